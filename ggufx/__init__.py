@@ -1,0 +1,39 @@
+"""ggufx: audit and fix GGUF model files (llama.cpp, Ollama, LM Studio).
+
+>>> import ggufx
+>>> model = ggufx.open("model.gguf")          # headers only, never tensor data
+>>> model.metadata["general.architecture"]
+>>> [t.name for t in model.tensors][:3]
+>>> ggufx.info("model.gguf").to_dict()        # what `ggufx info --json` prints
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from .errors import (FormatError, GGUFError, ShardError, SourceError, TruncatedError,
+                     UnsupportedVersionError, ValidationError)
+
+if TYPE_CHECKING:
+    from .model import GGUFModel
+    from .summary import ModelSummary
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "open", "info", "GGUFError", "FormatError", "TruncatedError", "UnsupportedVersionError",
+    "ValidationError", "ShardError", "SourceError", "__version__",
+]
+
+
+def open(path: str | os.PathLike[str]) -> "GGUFModel":  # noqa: A001 - mirrors builtins.open on purpose
+    """Parse a GGUF file's header (and its sibling shards' if it is split). Reads no tensor data."""
+    from .model import open_model
+
+    return open_model(path)
+
+
+def info(path: str | os.PathLike[str]) -> "ModelSummary":
+    """The summary ``ggufx info`` prints: same object the CLI renders as a table or JSON."""
+    return open(path).summary()

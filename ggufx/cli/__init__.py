@@ -1,0 +1,73 @@
+"""The ``ggufx`` command line: a thin layer over the library.
+
+Command modules are imported only when their command runs (or when ``--help`` lists them), so
+start-up stays at the cost of click itself. Every :class:`~ggufx.errors.GGUFError` becomes one line
+``ggufx: error: FILE: offset N: what was wrong`` on stderr and exit code 2; ``--debug`` shows the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from .. import __version__
+from ..errors import GGUFError
+from ._common import EXIT_USAGE
+
+# command name -> (module, function, one-line help shown by `ggufx --help`)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "info": ("inspect", "info", "Summary: architecture, parameters, BPW, type histogram."),
+    "tensors": ("inspect", "tensors", "Every tensor: type, shape, elements, bytes, BPW, offset."),
+    "meta": ("inspect", "meta", "Metadata keys with their GGUF types, or one raw value."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        entry = COMMANDS.get(name)
+        if entry is None:
+            return None
+        module = importlib.import_module(f"{__name__}.{entry[0]}")
+        return getattr(module, entry[1])
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # short help from the table above, so `ggufx --help` imports no command module
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, entry[2]) for name, entry in COMMANDS.items()])
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except GGUFError as e:
+            if ctx.find_root().params.get("debug"):
+                raise
+            click.echo(f"ggufx: error: {e.one_line()}", err=True)
+            ctx.exit(EXIT_USAGE)
+        except BrokenPipeError:
+            # `ggufx tensors big.gguf | head`: not an error
+            sys.stderr.close()
+            ctx.exit(0)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="ggufx")
+@click.option("--debug", is_flag=True, help="Show a traceback instead of a one-line error.")
+def main(debug: bool) -> None:
+    """Audit and fix GGUF model files (llama.cpp, Ollama, LM Studio).
+
+    Reads only headers: inspecting a 200 GB model costs milliseconds.
+
+    \b
+    Examples:
+      ggufx info model.gguf
+      ggufx tensors model.gguf --type Q6_K --grep ffn_down
+      ggufx meta model.gguf tokenizer.chat_template > template.jinja
+
+    Exit codes: 0 ok, 1 a check failed, 2 usage or input error.
+    """

@@ -1,0 +1,52 @@
+"""Pieces shared by every command: output options, JSON emission, error mapping."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from typing import Any, Callable
+
+import click
+
+_SURROGATE = re.compile("[\\ud800-\\udfff]")
+
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
+
+TABLE_FORMATS = ("simple", "github", "grid", "pipe", "rst", "html", "tsv", "plain")
+
+
+def json_option(f: Callable) -> Callable:
+    return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (a stable, documented interface).")(f)
+
+
+def tablefmt_option(f: Callable) -> Callable:
+    return click.option("--tablefmt", type=click.Choice(TABLE_FORMATS), default="simple", show_default=True,
+                        help="Table layout; 'github' pastes into a model card.")(f)
+
+
+def dumps(obj: Any) -> str:
+    """JSON text, UTF-8 readable; lone surrogates (invalid UTF-8 in the file) become \\udcXX escapes."""
+    text = json.dumps(obj, indent=2, ensure_ascii=False, default=_default)
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def emit_json(obj: Any) -> None:
+    click.echo(dumps(obj))
+
+
+def _default(o: Any) -> Any:
+    if hasattr(o, "to_dict"):
+        return o.to_dict()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_raw(data: bytes) -> None:
+    out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
+    if out is None:  # click's CliRunner in text mode
+        sys.stdout.write(data.decode("utf-8", "surrogateescape"))
+        return
+    out.write(data)
+    out.flush()

@@ -1,0 +1,160 @@
+"""Read-only inspection commands: info, tensors, meta."""
+
+from __future__ import annotations
+
+import re
+
+import click
+
+from ._common import EXIT_USAGE, emit_json, json_option, tablefmt_option, write_raw
+
+
+@click.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@json_option
+@tablefmt_option
+@click.pass_context
+def info(ctx: click.Context, files: tuple[str, ...], as_json: bool, tablefmt: str) -> None:
+    """Summarise one or more GGUF files: architecture, name, file type, size, tensor count,
+    parameters, bits per weight, type histogram, context length and chat template.
+
+    \b
+    BPW is llama.cpp's own figure: 8 x (bytes of all tensors) / (elements of all tensors), the
+    number `llama-cli` prints when it loads the model; metadata and padding are not counted.
+    BPW weights counts only the weight matrices llama-quantize quantizes (no norms, no biases).
+    Any shard of a split model gives the whole model.
+
+    \b
+    Examples:
+      ggufx info model.gguf
+      ggufx info --json model.gguf | jq .bpw
+      ggufx info ~/models/*.gguf --tablefmt github
+
+    With --json one file prints one object, several files a list of objects.
+    """
+    import ggufx
+    from ggufx.errors import GGUFError
+    from ggufx.report import info_text
+
+    results = []
+    failed = False
+    for i, path in enumerate(files):
+        try:
+            s = ggufx.info(path)
+        except GGUFError as e:
+            if len(files) == 1:
+                raise
+            click.echo(f"ggufx: error: {e.one_line()}", err=True)
+            failed = True
+            continue
+        if as_json:
+            results.append(s.to_dict())
+        else:
+            if i:
+                click.echo()
+            click.echo(info_text(s, tablefmt))
+    if as_json:
+        emit_json(results[0] if len(files) == 1 else results)
+    if failed:
+        ctx.exit(EXIT_USAGE)
+
+
+SORT_KEYS = {
+    "offset": lambda t: (t.shard, t.offset),
+    "name": lambda t: t.name,
+    "size": lambda t: (-t.nbytes, t.name),
+    "type": lambda t: (t.type.name, t.name),
+    "bpw": lambda t: (-t.bpw, t.name),
+}
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--type", "types", multiple=True, metavar="TYPE", help="Only tensors of this ggml type (repeatable), e.g. Q6_K.")
+@click.option("--grep", metavar="REGEX", help="Only tensors whose name matches this regular expression.")
+@click.option("--sort", type=click.Choice(list(SORT_KEYS)), default="offset", show_default=True,
+              help="Order: file offset, name, size (largest first), type, BPW (highest first).")
+@json_option
+@tablefmt_option
+def tensors(file: str, types: tuple[str, ...], grep: str | None, sort: str, as_json: bool, tablefmt: str) -> None:
+    """List tensors: name, ggml type, shape (ggml order, ne[0] first), elements, bytes, bits per
+    weight, shard (split models) and absolute offset of the data in its shard.
+
+    \b
+    Examples:
+      ggufx tensors model.gguf
+      ggufx tensors model.gguf --grep 'ffn_(up|gate)' --type Q5_K
+      ggufx tensors model.gguf --sort size --json | jq '.tensors[0]'
+    """
+    import ggufx
+    from ggufx.ggmltypes import ggml_type_by_name
+    from ggufx.report import tensor_dict, tensors_text
+
+    pattern = None
+    if grep is not None:
+        try:
+            pattern = re.compile(grep)
+        except re.error as e:
+            raise click.BadParameter(f"invalid regular expression: {e}", param_hint="--grep") from None
+    wanted = set()
+    for t in types:
+        try:
+            wanted.add(ggml_type_by_name(t).name)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--type") from None
+    model = ggufx.open(file)
+    selected = [t for t in model.tensors
+                if (not wanted or t.type.name in wanted) and (pattern is None or pattern.search(t.name))]
+    selected.sort(key=SORT_KEYS[sort])
+    if as_json:
+        emit_json({"path": model.path, "count": len(selected), "tensors": [tensor_dict(t) for t in selected]})
+    else:
+        click.echo(tensors_text(selected, tablefmt, show_shard=model.is_split))
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("key", required=False)
+@click.option("--full", is_flag=True, help="Show whole strings and arrays instead of a summary.")
+@json_option
+@tablefmt_option
+def meta(file: str, key: str | None, full: bool, as_json: bool, tablefmt: str) -> None:
+    """List every metadata key with its GGUF value type and value, or print one KEY's raw value.
+
+    Arrays are summarised (type, length, first items) unless --full. With KEY, a string value is
+    written byte for byte with nothing added (a chat template pipes into a file unchanged),
+    numbers as text, arrays as JSON.
+
+    \b
+    Examples:
+      ggufx meta model.gguf
+      ggufx meta model.gguf tokenizer.chat_template > template.jinja
+      ggufx meta model.gguf general.architecture
+      ggufx meta model.gguf --json | jq '."llama.context_length".value'
+    """
+    import ggufx
+    from ggufx.report import json_value, kv_dict, meta_text
+    from ggufx.values import ValueType, encode_str
+
+    model = ggufx.open(file)
+    md = model.metadata
+    if key is None:
+        if as_json:
+            emit_json({"path": model.path, "metadata": {kv.key: kv_dict(kv, full) for kv in md.kvs()}})
+        else:
+            click.echo(meta_text(md.kvs(), full, tablefmt))
+        return
+    if key not in md:
+        raise click.UsageError(f"{file}: no metadata key {key!r} (`ggufx meta {file}` lists them)")
+    kv = md.kv(key)
+    if as_json:
+        d = kv_dict(kv, True)
+        emit_json({"key": key, **d})
+    elif kv.type is ValueType.STRING:
+        write_raw(encode_str(kv.value))
+    elif kv.type is ValueType.ARRAY:
+        emit_json(json_value(kv.type, kv.value, True))
+    else:
+        from ggufx.report import value_text
+
+        click.echo(value_text(kv, True))

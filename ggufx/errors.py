@@ -1,0 +1,57 @@
+"""Errors raised by ggufx.
+
+Every problem with a file is a :class:`GGUFError` carrying the file, the byte offset where the
+problem was found (``None`` when no offset applies) and a one-line description, so that callers
+(the CLI, the MCP server, a script) can print ``FILE: offset N: what was wrong`` without a
+traceback.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class GGUFError(Exception):
+    """Base class: a GGUF file (or a set of shards) could not be used."""
+
+    def __init__(self, path: str | os.PathLike[str] | None, offset: int | None, message: str):
+        self.path = os.fspath(path) if path is not None else None
+        self.offset = offset
+        self.message = message
+        super().__init__(self.one_line())
+
+    def one_line(self) -> str:
+        parts = []
+        if self.path is not None:
+            parts.append(self.path)
+        if self.offset is not None:
+            parts.append(f"offset {self.offset}")
+        parts.append(self.message)
+        return ": ".join(parts)
+
+    def to_dict(self) -> dict:
+        return {"error": type(self).__name__, "path": self.path, "offset": self.offset, "message": self.message}
+
+
+class SourceError(GGUFError):
+    """The bytes could not be read at all (missing file, permission, I/O error)."""
+
+
+class FormatError(GGUFError):
+    """The bytes are not a valid GGUF file (bad magic, bad value type, lying length...)."""
+
+
+class TruncatedError(FormatError):
+    """A field or tensor runs past the end of the file."""
+
+
+class UnsupportedVersionError(FormatError):
+    """GGUF version 1 or a version newer than this reader knows."""
+
+
+class ValidationError(FormatError):
+    """The file parses but breaks a rule llama.cpp's loader enforces (alignment, overlap, dims...)."""
+
+
+class ShardError(GGUFError):
+    """A split model is inconsistent or one of its shards is missing."""
