@@ -227,3 +227,16 @@ def test_truncated_anywhere_is_an_error_not_a_crash() -> None:
             p.write_bytes(good[:cut])
             with pytest.raises(GGUFError):
                 ggufx.open(p)
+
+
+def test_committed_fixtures_are_what_the_generator_writes(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, str(FIXTURES / "make_fixtures.py"), str(tmp_path)], check=True)
+    generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    committed = sorted(p.relative_to(FIXTURES) for p in FIXTURES.rglob("*")
+                       if p.is_file() and (p.suffix == ".gguf" or p.name == "expected.json"))
+    assert generated == committed
+    for rel in generated:
+        assert (tmp_path / rel).read_bytes() == (FIXTURES / rel).read_bytes(), rel

@@ -11,7 +11,7 @@ from ggufx.cli import main
 from ggufx.reader import parse_header
 from ggufx.source import FileSource
 
-from .gguf_reference import assert_matches_gguf_reader
+from .gguf_reference import assert_matches_gguf_reader, gguf_reader
 
 
 def test_real_files_match_gguf_reader(real_models) -> None:
@@ -20,9 +20,7 @@ def test_real_files_match_gguf_reader(real_models) -> None:
 
 
 def test_smollm2_summary(smollm2_path) -> None:
-    from gguf import GGUFReader
-
-    ref = GGUFReader(smollm2_path)
+    ref = gguf_reader(smollm2_path)
     s = ggufx.info(smollm2_path)
     # llama.cpp's own definitions, recomputed from gguf-py's independent tensor table
     params = sum(int(t.n_elements) for t in ref.tensors)
@@ -41,15 +39,13 @@ def test_smollm2_summary(smollm2_path) -> None:
 
 
 def test_gemma_summary_and_vocabulary(gemma_path) -> None:
-    from gguf import GGUFReader
-
     m = ggufx.open(gemma_path)
     s = m.summary()
     assert s.architecture == "gemma3" and s.file_type_label == "Q4_K_M"
     assert s.parameters == 268_098_176 and s.vocab_size == 262_144 and not s.chat_template.present
     tokens = m.metadata["tokenizer.ggml.tokens"]
     assert len(tokens) == 262_144
-    ref = GGUFReader(gemma_path).fields["tokenizer.ggml.tokens"]
+    ref = gguf_reader(gemma_path).fields["tokenizer.ggml.tokens"]
     for i in (0, 1, 2, 106, 1000, 131_072, 262_143):
         assert tokens[i] == str(bytes(ref.parts[ref.data[i]]), "utf-8")
     scores = m.metadata["tokenizer.ggml.scores"]
@@ -75,9 +71,7 @@ def test_cli_info_json_on_real_files(real_models) -> None:
 
 
 def test_cli_meta_template_is_byte_identical(smollm2_path) -> None:
-    from gguf import GGUFReader
-
-    field = GGUFReader(smollm2_path).fields["tokenizer.chat_template"]
+    field = gguf_reader(smollm2_path).fields["tokenizer.chat_template"]
     expected = bytes(field.parts[field.data[0]])
     r = CliRunner().invoke(main, ["meta", str(smollm2_path), "tokenizer.chat_template"])
     assert r.exit_code == 0
