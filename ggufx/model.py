@@ -152,9 +152,14 @@ def _split_info(h: GGUFHeader) -> tuple[int, int, int | None] | None:
     return no, count, total
 
 
-def open_model(path: str | os.PathLike[str], opener: SourceOpener = FileSource) -> GGUFModel:
-    """Open a GGUF file (or every shard of the split model it belongs to)."""
+def open_model(path: str | os.PathLike[str], opener: SourceOpener = FileSource, recover: bool = True) -> GGUFModel:
+    """Open a GGUF file (or every shard of the split model it belongs to).
+
+    A local file that an interrupted ggufx edit left with an undo journal is first restored
+    (``recover=False`` skips that; the edit engine does it under its own lock)."""
     path = os.fspath(path)
+    if recover and opener is FileSource:
+        _recover_if_journal(path)
     src = opener(path)
     try:
         head = parse_header(src)
@@ -202,6 +207,14 @@ def open_model(path: str | os.PathLike[str], opener: SourceOpener = FileSource) 
     if total is not None and total != len(model.tensors):
         raise ShardError(shards[0].path, None, f"split.tensors.count = {total} but the {count} shards hold {len(model.tensors)} tensors")
     return model
+
+
+def _recover_if_journal(path: str) -> None:
+    # one stat on the hot path; the journal machinery is imported only when a journal exists
+    if os.path.exists(path + ".ggufx-journal"):
+        from .safewrite import recover
+
+        recover(path)
 
 
 def _with_shard(t: TensorInfo, index: int) -> TensorInfo:

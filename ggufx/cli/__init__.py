@@ -22,6 +22,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "info": ("inspect", "info", "Summary: architecture, parameters, BPW, type histogram."),
     "tensors": ("inspect", "tensors", "Every tensor: type, shape, elements, bytes, BPW, offset."),
     "meta": ("inspect", "meta", "Metadata keys with their GGUF types, or one raw value."),
+    "set": ("edit", "set_", "Set a metadata key in place (crash-safe, no requantizing)."),
+    "delete": ("edit", "delete", "Delete metadata keys."),
+    "rename": ("edit", "rename", "Rename a metadata key."),
+    "edit": ("edit", "edit_", "Several metadata changes as one transaction."),
 }
 
 

@@ -1,0 +1,511 @@
+"""Metadata transactions: set, delete and rename keys without touching tensor data.
+
+An edit is a list of operations applied in order to the first shard's metadata (where a split
+model keeps it). Every untouched key keeps its position, type and exact bytes; tensor infos are
+copied byte for byte, and tensor offsets (relative to the data section) never change. The new
+header is parsed in memory and checked before anything is written.
+
+Strategies, cheapest first:
+
+``in-place``
+    the new header fits before the current data section: the few changed bytes are written under
+    an undo journal, and the slack is absorbed by the ``ggufx.padding`` key (an array of u8 zeros
+    that llama.cpp ignores). Milliseconds, whatever the file size.
+``insert-range``
+    the filesystem can insert blocks (Linux ``FALLOC_FL_INSERT_RANGE``, e.g. ext4 and xfs):
+    whole blocks are inserted before the data section; no tensor byte is copied.
+``rewrite``
+    a new file is streamed beside the old one (kernel-side copy) and atomically renamed over it.
+    Always used with ``output=`` (the original is left untouched).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import stat
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Callable, Union
+
+from . import safewrite
+from .encode import encode_kv
+from .errors import GGUFError
+from .keys import PADDING_KEY, coerce, expected_types, infer_scalar_type, parse_json_list, protected_reason
+from .model import open_model
+from .reader import GGUFHeader, parse_header
+from .safewrite import EditError
+from .values import GGUFArray, ValueType, f32_short
+
+STRATEGIES = ("auto", "in-place", "insert-range", "rewrite")
+PADDING_OVERHEAD = 8 + len(PADDING_KEY) + 4 + 4 + 8  # key length + key + type + elem type + count
+PADDING_STR_OVERHEAD = 8 + len(PADDING_KEY) + 4 + 8  # key length + key + type + string length
+
+
+@dataclass(frozen=True, slots=True)
+class Set:
+    """Set ``key`` to ``value``. ``type`` (and ``elem_type`` for arrays) as on the command line;
+    by default the existing type, else the type gguf-py writes for this key, else inferred when
+    unambiguous (text, booleans). A ``str`` value may be command-line text to be parsed."""
+
+    key: str
+    value: Any
+    type: ValueType | None = None
+    elem_type: ValueType | None = None
+    from_text: bool = False  # value is command-line text: parse numbers, booleans, JSON lists
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rename:
+    old: str
+    new: str
+
+
+Op = Union[Set, Delete, Rename]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One line of the metadata diff."""
+
+    op: str  # "add", "set", "delete", "rename"
+    key: str
+    new_key: str | None = None
+    before_type: str | None = None
+    before: Any = None
+    after_type: str | None = None
+    after: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"op": self.op, "key": self.key}
+        if self.new_key is not None:
+            d["new_key"] = self.new_key
+        d.update(before_type=self.before_type, before=self.before, after_type=self.after_type, after=self.after)
+        return d
+
+
+@dataclass(slots=True)
+class EditResult:
+    """What an edit did (or, with ``dry_run``, would do). ``to_dict()`` is the ``--json`` output."""
+
+    path: str
+    target: str
+    output: str | None
+    strategy: str
+    dry_run: bool
+    bytes_written: int
+    file_bytes_before: int
+    file_bytes_after: int
+    data_offset_before: int
+    data_offset_after: int
+    padding_bytes: int
+    changes: list[Change] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path, "target": self.target, "output": self.output, "strategy": self.strategy,
+            "dry_run": self.dry_run, "bytes_written": self.bytes_written,
+            "file_bytes_before": self.file_bytes_before, "file_bytes_after": self.file_bytes_after,
+            "data_offset_before": self.data_offset_before, "data_offset_after": self.data_offset_after,
+            "padding_bytes": self.padding_bytes, "changes": [c.to_dict() for c in self.changes],
+            "notes": self.notes,
+        }
+
+
+@dataclass(slots=True)
+class _Entry:
+    key: str
+    type: ValueType
+    value: Any
+    elem_type: ValueType | None
+    raw: bytes | None  # the original record, reused byte for byte while untouched
+
+
+# -- planning ----------------------------------------------------------------------------------
+
+def _display(vtype: ValueType, value: Any) -> Any:
+    if vtype is ValueType.FLOAT32:
+        return f32_short(value)
+    if vtype is ValueType.ARRAY:
+        if isinstance(value, GGUFArray):
+            return f"[{value.count:,} x {value.elem_type.short}]" if value.count > 16 else _jsonable(value.tolist())
+        return value
+    return value
+
+
+def _jsonable(v: Any) -> Any:
+    return [_jsonable(x) for x in v] if isinstance(v, list) else v
+
+
+def _type_label(vtype: ValueType, elem: ValueType | None) -> str:
+    return f"arr[{elem.short}]" if vtype is ValueType.ARRAY and elem is not None else vtype.short
+
+
+def _resolve_set(op: Set, existing: _Entry | None, force: bool) -> tuple[ValueType, Any, ValueType | None]:
+    """The (type, value, element type) a Set writes, with gguf-py's type rules checked."""
+    key = op.key
+    value = op.value
+    listed = None
+    if op.from_text and isinstance(value, str):
+        listed = parse_json_list(value, key)
+    elif isinstance(value, (list, tuple)):
+        listed = list(value)
+    known = expected_types(key)
+    vtype = op.type
+    elem = op.elem_type
+    if vtype is not None and vtype is not ValueType.ARRAY and listed is not None:
+        vtype, elem = ValueType.ARRAY, vtype  # --type u32 with a JSON list: an array of u32
+    if vtype is None:
+        if listed is not None:
+            vtype = ValueType.ARRAY
+        elif existing is not None:
+            vtype = existing.type
+        elif known is not None and len(known - {ValueType.ARRAY}) == 1:
+            vtype = next(iter(known - {ValueType.ARRAY}))
+        elif op.from_text:
+            vtype = _infer_text(value, key)
+        else:
+            vtype = infer_scalar_type(value)
+            if vtype is None:
+                raise EditError(None, None, f"{key}: the value type of a new key that gguf-py does not know is ambiguous for {value!r}; give --type (u8, i32, u32, f32, str...)")
+    elif known is not None and vtype not in known and not force:
+        allowed = ", ".join(sorted(t.short for t in known))
+        raise EditError(None, None, f"{key} is written as {allowed} by llama.cpp's gguf-py, not {vtype.short} (--force to write it anyway)")
+    if vtype is ValueType.ARRAY:
+        if listed is None:
+            if isinstance(value, GGUFArray):
+                return vtype, value, value.elem_type
+            raise EditError(None, None, f"{key}: an array value must be a JSON list such as [1, 2, 3]")
+        if elem is None and existing is not None and existing.type is ValueType.ARRAY:
+            elem = existing.elem_type
+        if elem is None:
+            elem = _infer_elem(listed, key, known is not None)
+        if elem is ValueType.ARRAY:
+            raise EditError(None, None, f"{key}: writing nested arrays is not supported")
+        try:
+            items = [coerce(elem, v, f"{key}[{i}]") for i, v in enumerate(listed)]
+        except ValueError as e:
+            raise EditError(None, None, str(e)) from None
+        return vtype, items, elem
+    if op.from_text and vtype is not ValueType.STRING and isinstance(value, str):
+        value = value.strip()
+    try:
+        return vtype, coerce(vtype, value, key), None
+    except ValueError as e:
+        raise EditError(None, None, str(e)) from None
+
+
+_NUMBER = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\Z|[-+]?0[xX][0-9a-fA-F]+\Z")
+
+
+def _infer_text(text: str, key: str) -> ValueType:
+    t = text.strip()
+    if t.lower() in ("true", "false"):
+        return ValueType.BOOL
+    if _NUMBER.match(t):
+        raise EditError(None, None, f"{key}: a number for a key gguf-py does not know is ambiguous (u32? i64? f32?); give --type")
+    return ValueType.STRING
+
+
+def _infer_elem(items: list[Any], key: str, known: bool) -> ValueType:
+    if not items:
+        raise EditError(None, None, f"{key}: an empty list needs --type for its elements")
+    if all(isinstance(v, bool) for v in items):
+        return ValueType.BOOL
+    if all(isinstance(v, str) for v in items):
+        return ValueType.STRING
+    if known and all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+        return ValueType.INT32  # as gguf-py's GGUFWriter writes a list of ints
+    if known and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
+        return ValueType.FLOAT32
+    raise EditError(None, None, f"{key}: the element type of this list is ambiguous; give --type (e.g. u32, f32)")
+
+
+def plan_changes(header: GGUFHeader, ops: list[Op], force: bool = False) -> tuple[list[_Entry], list[Change]]:
+    """Apply ``ops`` to the header's metadata; return the new entries and the diff."""
+    entries: dict[str, _Entry] = {}
+    for kv in header.kvs.values():
+        if kv.key == PADDING_KEY:
+            continue
+        entries[kv.key] = _Entry(kv.key, kv.type, kv.value, kv.elem_type, bytes(header.buf[kv.offset:kv.end]))
+    changes: list[Change] = []
+    for op in ops:
+        keys = [op.key] if not isinstance(op, Rename) else [op.old, op.new]
+        for k in keys:
+            if k == PADDING_KEY:
+                raise EditError(header.path, None, f"{PADDING_KEY} is managed by ggufx (use --reserve to change the padding)")
+            reason = protected_reason(k)
+            if reason and not force:
+                raise EditError(header.path, None, f"refusing to change {k}: {reason} (--force to do it anyway)")
+            if not k or "\0" in k:
+                raise EditError(header.path, None, f"invalid key {k!r}")
+        if isinstance(op, Set):
+            old = entries.get(op.key)
+            try:
+                vtype, value, elem = _resolve_set(op, old, force)
+            except EditError as e:
+                raise EditError(header.path, None, e.message) from None
+            changes.append(Change("set" if old else "add", op.key, None,
+                                  _type_label(old.type, old.elem_type) if old else None,
+                                  _display(old.type, old.value) if old else None,
+                                  _type_label(vtype, elem), _display(vtype, value)))
+            entries[op.key] = _Entry(op.key, vtype, value, elem, None)  # an existing key keeps its position
+        elif isinstance(op, Delete):
+            old = entries.pop(op.key, None)
+            if old is None:
+                raise EditError(header.path, None, f"no metadata key {op.key!r} to delete")
+            changes.append(Change("delete", op.key, None, _type_label(old.type, old.elem_type), _display(old.type, old.value)))
+        else:
+            old = entries.get(op.old)
+            if old is None:
+                raise EditError(header.path, None, f"no metadata key {op.old!r} to rename")
+            if op.new in entries:
+                raise EditError(header.path, None, f"cannot rename {op.old!r} to {op.new!r}: that key exists (delete it first)")
+            known = expected_types(op.new)
+            if known is not None and old.type not in known and not force:
+                raise EditError(header.path, None, f"{op.new} is written as {', '.join(sorted(t.short for t in known))} by gguf-py, but {op.old} is {old.type.short} (--force to rename anyway)")
+            entries = {(op.new if k == op.old else k): (_Entry(op.new, e.type, e.value, e.elem_type, None) if k == op.old else e)
+                       for k, e in entries.items()}
+            changes.append(Change("rename", op.old, op.new, _type_label(old.type, old.elem_type), _display(old.type, old.value),
+                                  _type_label(old.type, old.elem_type), _display(old.type, old.value)))
+    return list(entries.values()), changes
+
+
+# -- layout ------------------------------------------------------------------------------------
+
+def _records(header: GGUFHeader, entries: list[_Entry]) -> bytes:
+    bo = header.byte_order
+    out = []
+    for e in entries:
+        out.append(e.raw if e.raw is not None else encode_kv(bo, e.key, e.type, e.value, e.elem_type))
+    return b"".join(out)
+
+
+def _padding_fast(bo: str, n: int) -> bytes:
+    """The padding record with ``n`` zero bytes (built without a Python list of n ints)."""
+    head = encode_kv(bo, PADDING_KEY, ValueType.ARRAY, [], ValueType.UINT8)
+    return head[:-8] + struct.pack(bo + "Q", n) + bytes(n)
+
+
+def build_header(header: GGUFHeader, entries: list[_Entry], data_offset: int | None) -> tuple[bytes, int] | None:
+    """The new header, exactly ``data_offset`` bytes long (padding absorbs the slack), or the
+    smallest aligned one when ``data_offset`` is None. Returns (bytes, padding bytes) or None when
+    it cannot fit."""
+    bo = header.byte_order
+    kvs = _records(header, entries)
+    tinfo = bytes(header.buf[header.tensor_info_offset:header.header_end])
+    n_tensors = len(header.tensors)
+
+    def prefix(n_kv: int) -> bytes:
+        return b"GGUF" + struct.pack(bo + "Iqq", header.version, n_tensors, n_kv)
+
+    base = 24 + len(kvs) + len(tinfo)
+    a = header.alignment
+    if data_offset is None:
+        data_offset = -(-base // a) * a
+    if data_offset - a < base <= data_offset:
+        body = prefix(len(entries)) + kvs + tinfo
+        return body + bytes(data_offset - len(body)), 0
+    if base + PADDING_OVERHEAD <= data_offset:
+        n = data_offset - base - PADDING_OVERHEAD
+        body = prefix(len(entries) + 1) + kvs + _padding_fast(bo, n) + tinfo
+    elif base + PADDING_STR_OVERHEAD <= data_offset:
+        # a slack of 33..36 bytes is too small for the array form: a short string of spaces
+        n = data_offset - base - PADDING_STR_OVERHEAD
+        body = prefix(len(entries) + 1) + kvs + encode_kv(bo, PADDING_KEY, ValueType.STRING, " " * n) + tinfo
+    else:
+        return None
+    assert len(body) == data_offset
+    return body, n
+
+
+class _MemorySource:
+    """Header bytes presented as a file of ``size`` bytes (the data section is never read)."""
+
+    def __init__(self, path: str, data: bytes, size: int):
+        self.path, self._data, self.size = path, data, size
+
+    def read(self, offset: int, n: int) -> bytes:
+        end = min(offset + n, len(self._data))
+        chunk = self._data[offset:end]
+        return chunk + bytes(n - len(chunk))
+
+
+def _verify(old: GGUFHeader, new_header: bytes, new_size: int, path: str) -> GGUFHeader:
+    """Parse the new header before writing it: same tensors, data where the new header says."""
+    try:
+        h = parse_header(_MemorySource(path, new_header, new_size))
+    except GGUFError as e:
+        raise EditError(path, e.offset, f"internal error: the new header would not parse ({e.message}); nothing was written") from None
+    same = [(t.name, t.shape, t.type.id, t.offset) for t in h.tensors] == \
+           [(t.name, t.shape, t.type.id, t.offset) for t in old.tensors]
+    if not same or h.data_offset != len(new_header):
+        raise EditError(path, None, "internal error: the new header would move tensor data; nothing was written")
+    return h
+
+
+# -- where files live --------------------------------------------------------------------------
+
+_BLOB = re.compile(r"sha256[-:][0-9a-f]{64}\Z")
+
+
+def content_addressed_reason(path: str) -> str | None:
+    """Why editing ``path`` in place would corrupt a content-addressed store, or None."""
+    real = os.path.realpath(path)
+    parent = os.path.basename(os.path.dirname(real))
+    if parent == "blobs" and _BLOB.match(os.path.basename(real)):
+        return "it is an Ollama blob, named by the sha256 of its content; editing it in place breaks the store"
+    if parent == "blobs" and os.path.basename(os.path.dirname(os.path.dirname(real))).startswith(("models--", "datasets--")):
+        return "it is a Hugging Face cache blob (named by its hash, shared by snapshots); editing it in place breaks the cache"
+    if os.sep + "snapshots" + os.sep in os.path.abspath(path) and os.path.islink(path) and parent == "blobs":
+        return "it is a Hugging Face cache snapshot file linking into blobs/; editing it in place breaks the cache"
+    return None
+
+
+# -- doing it ----------------------------------------------------------------------------------
+
+def edit(path: str | os.PathLike[str], ops: list[Op], *, output: str | os.PathLike[str] | None = None,
+         dry_run: bool = False, reserve: int = 0, strategy: str = "auto", force: bool = False,
+         progress: Callable[[int, int], None] | None = None) -> EditResult:
+    """Apply ``ops`` to the metadata of the GGUF at ``path`` (in place, or into ``output``)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}")
+    if reserve < 0:
+        raise ValueError("reserve must be >= 0")
+    given = os.fspath(path)
+    notes: list[str] = []
+    real = os.path.realpath(given)
+    if os.path.islink(given):
+        notes.append(f"{given} is a symlink: editing its target {real}")
+    msg = safewrite.recover(real) if os.path.exists(real) else None
+    if msg:
+        notes.append(f"{real}: {msg}")
+    model = open_model(real, recover=False)
+    target = model.shards[0].path
+    if target != real:
+        notes.append(f"metadata of a split model lives in its first shard: editing {target}")
+    out = os.fspath(output) if output is not None else None
+    if out is not None and os.path.exists(out) and os.path.samefile(out, target):
+        out = None
+    if out is None and not force:
+        reason = content_addressed_reason(given) or content_addressed_reason(target)
+        if reason:
+            raise EditError(given, None, f"refusing to edit in place: {reason}; write a copy with -o OUT (or --force)")
+    if out is None and strategy == "auto" and dry_run is False and not os.access(target, os.W_OK):
+        raise EditError(target, None, "the file is read-only; nothing was written (write a copy with -o OUT)")
+
+    fd = os.open(target, os.O_RDONLY if (out is not None or dry_run) else os.O_RDWR)
+    try:
+        safewrite.lock(fd, target)
+        st = os.fstat(fd)
+        header = parse_header(_FdSource(target, fd, st.st_size))  # parsed again under the lock
+        entries, changes = plan_changes(header, ops, force)
+        result = EditResult(given, target, out, "unchanged", dry_run, 0, st.st_size, st.st_size,
+                            header.data_offset, header.data_offset, 0, changes, notes)
+        if not changes:
+            return result
+        data_len = st.st_size - header.data_offset
+        chosen = _choose(header, entries, out, strategy, reserve, target)
+        kind, new_header, pad = chosen
+        new_size = len(new_header) + data_len
+        _verify(header, new_header, new_size, out or target)
+        result.strategy = kind
+        result.data_offset_after = len(new_header)
+        result.file_bytes_after = new_size
+        result.padding_bytes = pad
+        old_header = bytes(header.buf[:header.data_offset]) if len(header.buf) >= header.data_offset else \
+            os.pread(fd, header.data_offset, 0)
+        if kind == "in-place":
+            lo, hi = _changed_span(old_header, new_header)
+            result.bytes_written = (hi - lo) * 2 + 64  # journal + header (estimate for dry runs)
+            if not dry_run:
+                result.bytes_written = safewrite.patch_in_place(fd, target, st.st_size, lo, new_header[lo:hi], old_header[lo:hi])
+        elif kind == "insert-range":
+            bs = st.st_blksize or 4096
+            insert_at = header.data_offset // bs * bs
+            insert_len = len(new_header) - header.data_offset
+            result.bytes_written = len(old_header) + len(new_header)
+            if not dry_run:
+                result.bytes_written = safewrite.insert_and_patch(fd, target, st.st_size, insert_at, insert_len, old_header, new_header)
+        else:
+            dst = out or target
+            result.bytes_written = new_size
+            if not dry_run:
+                mode = stat.S_IMODE(st.st_mode)
+                result.bytes_written = safewrite.rewrite(target, dst, new_header, header.data_offset, data_len, mode,
+                                                         progress, expected_size=st.st_size)
+        return result
+    except OSError as e:
+        raise EditError(target, None, f"{e.strerror or e}; the file was left as it was") from None
+    finally:
+        os.close(fd)
+
+
+def _choose(header: GGUFHeader, entries: list[_Entry], out: str | None, strategy: str, reserve: int,
+            target: str) -> tuple[str, bytes, int]:
+    a = header.alignment
+    if out is not None or strategy == "rewrite":
+        base = build_header(header, entries, None)
+        assert base is not None
+        size = len(base[0])
+        if reserve:
+            size = -(-(size + PADDING_OVERHEAD + reserve) // a) * a
+        built = build_header(header, entries, size)
+        assert built is not None
+        return "rewrite", built[0], built[1]
+    if strategy in ("auto", "in-place"):
+        built = build_header(header, entries, header.data_offset)
+        if built is not None and built[1] >= reserve:
+            return "in-place", built[0], built[1]
+        if strategy == "in-place":
+            raise EditError(target, None, "the new metadata does not fit before the data section (use --strategy auto)")
+    if strategy in ("auto", "insert-range") and header.tensors:
+        if safewrite.supports_insert_range(target):
+            bs = os.stat(target).st_blksize or 4096
+            unit = bs * a // math.gcd(bs, a)
+            smallest = build_header(header, entries, None)
+            assert smallest is not None
+            need = len(smallest[0]) + PADDING_OVERHEAD + reserve - header.data_offset
+            grow = max(unit, -(-need // unit) * unit)
+            built = build_header(header, entries, header.data_offset + grow)
+            if built is not None:
+                return "insert-range", built[0], built[1]
+        elif strategy == "insert-range":
+            raise EditError(target, None, "this filesystem cannot insert ranges (FALLOC_FL_INSERT_RANGE); use --strategy rewrite")
+    return _choose(header, entries, None, "rewrite", reserve, target)
+
+
+def _changed_span(old: bytes, new: bytes) -> tuple[int, int]:
+    """[lo, hi) outside which ``old`` and ``new`` (same length) are identical."""
+    n = len(old)
+    lo = 0
+    step = 4096
+    while lo < n and old[lo:lo + step] == new[lo:lo + step]:
+        lo += step
+    while lo < n and old[lo] == new[lo]:
+        lo += 1
+    hi = n
+    while hi - step > lo and old[hi - step:hi] == new[hi - step:hi]:
+        hi -= step
+    while hi > lo and old[hi - 1] == new[hi - 1]:
+        hi -= 1
+    return lo, hi
+
+
+class _FdSource:
+    def __init__(self, path: str, fd: int, size: int):
+        self.path, self._fd, self.size = path, fd, size
+
+    def read(self, offset: int, n: int) -> bytes:
+        data = os.pread(self._fd, n, offset)
+        if len(data) != n:
+            raise EditError(self.path, offset, "the file shrank while reading")
+        return data
+
