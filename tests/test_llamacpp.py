@@ -1,0 +1,101 @@
+"""Interoperability with llama.cpp's own tools (marker ``llamacpp``).
+
+These run when the tools built by ``../shared/tools/build-llama-cpp.sh`` are present
+(``LLAMA_CPP_BIN``, else the script's default cache folder) and are skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import ggufx
+from ggufx.edit import Set, edit
+
+from .editing import data_hash
+
+pytestmark = pytest.mark.llamacpp
+
+
+def _loader_report(bin_dir: Path, model: Path) -> str:
+    proc = subprocess.run([str(bin_dir / "llama-completion"), "-m", str(model), "-n", "4", "-p", "Hello",
+                           "-no-cnv", "--no-warmup", "-t", "2", "-c", "256", "--temp", "0", "-v"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("which", ["smollm2", "gemma"])
+def test_bpw_and_parameters_equal_llama_cpp_loader(llama_bin: Path, real_models, which: str) -> None:
+    model = real_models[which]
+    log = _loader_report(llama_bin, model)
+    size = re.search(r"print_info: file size\s+=\s+([\d.]+) MiB \(([\d.]+) BPW\)", log)
+    params = re.search(r"print_info: model params\s+=\s+([\d.]+) M", log)
+    ftype = re.search(r"print_info: file type\s+=\s+(\S+)", log)
+    assert size and params and ftype, log[-3000:]
+    s = ggufx.info(model)
+    assert f"{s.tensor_bytes / 1024 / 1024:.2f}" == size.group(1)
+    assert f"{s.bpw:.2f}" == size.group(2)
+    assert f"{s.parameters * 1e-6:.2f}" == params.group(1)
+    assert ftype.group(1).startswith(s.file_type_label.split("_")[0])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _server_props(bin_dir: Path, model: Path) -> dict:
+    port = _free_port()
+    proc = subprocess.Popen([str(bin_dir / "llama-server"), "-m", str(model), "--host", "127.0.0.1",
+                             "--port", str(port), "-c", "256", "-t", "2", "--jinja", "--no-warmup"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(f"llama-server exited: {proc.stderr.read()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.3)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/props", timeout=10) as r:
+            return json.loads(r.read())
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+NEW_TEMPLATE = ("{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+                "'<|im_end|>\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+                "{#- replaced by ggufx #}")
+
+
+@pytest.mark.parametrize("strategy", ["in-place", "insert-range", "rewrite"])
+def test_llama_server_loads_patched_template(llama_bin: Path, smollm2_path: Path, tmp_path: Path, strategy: str) -> None:
+    p = tmp_path / "smollm2.gguf"
+    shutil.copy(smollm2_path, p)
+    if strategy == "in-place":
+        edit(p, [Set("general.name", "SmolLM2 reserved")], reserve=65536, strategy="rewrite")
+    h0 = data_hash(p)
+    r = edit(p, [Set("tokenizer.chat_template", NEW_TEMPLATE)], strategy=strategy)
+    assert r.strategy == strategy and data_hash(p) == h0
+    props = _server_props(llama_bin, p)
+    assert props["chat_template"] == NEW_TEMPLATE
+    # and it still generates from the same weights
+    log = _loader_report(llama_bin, p)
+    assert "file size   = 92.10 MiB (5.74 BPW)" in log
