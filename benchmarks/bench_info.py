@@ -54,6 +54,8 @@ def main() -> None:
     ap.add_argument("files", nargs="*", type=Path)
     args = ap.parse_args()
     files = args.files or DEFAULT_FILES
+    # byte-compile ggufx as an installed package would be (PYTHONDONTWRITEBYTECODE may be set here)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(HERE.parent / "ggufx")], check=True)
     ggufx, dump, inspect = tool("ggufx"), tool("gguf-dump"), tool("gguf-inspect")
     rows = []
     for f in files:

@@ -21,6 +21,7 @@ Strategies, cheapest first:
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
@@ -33,7 +34,7 @@ from . import safewrite
 from .encode import encode_kv
 from .errors import GGUFError
 from .keys import PADDING_KEY, coerce, expected_types, infer_scalar_type, parse_json_list, protected_reason
-from .model import open_model
+from .model import SHARD_RE, _split_info, shard_path
 from .reader import GGUFHeader, parse_header
 from .safewrite import EditError
 from .values import GGUFArray, ValueType, f32_short
@@ -294,36 +295,42 @@ def _padding_fast(bo: str, n: int) -> bytes:
     return head[:-8] + struct.pack(bo + "Q", n) + bytes(n)
 
 
-def build_header(header: GGUFHeader, entries: list[_Entry], data_offset: int | None) -> tuple[bytes, int] | None:
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """A new header and where its parts are."""
+
+    data: bytes  # the whole header, exactly the new data section offset long
+    padding: int  # bytes of padding in ggufx.padding
+    n_kv: int
+    records_end: int  # end of the metadata records (start of the padding record, if any)
+    tinfo_start: int  # start of the tensor infos
+
+
+def build_header(header: GGUFHeader, entries: list[_Entry], data_offset: int | None) -> _Layout | None:
     """The new header, exactly ``data_offset`` bytes long (padding absorbs the slack), or the
-    smallest aligned one when ``data_offset`` is None. Returns (bytes, padding bytes) or None when
-    it cannot fit."""
+    smallest aligned one when ``data_offset`` is None; None when it cannot fit."""
     bo = header.byte_order
     kvs = _records(header, entries)
     tinfo = bytes(header.buf[header.tensor_info_offset:header.header_end])
-    n_tensors = len(header.tensors)
-
-    def prefix(n_kv: int) -> bytes:
-        return b"GGUF" + struct.pack(bo + "Iqq", header.version, n_tensors, n_kv)
-
     base = 24 + len(kvs) + len(tinfo)
     a = header.alignment
     if data_offset is None:
         data_offset = -(-base // a) * a
     if data_offset - a < base <= data_offset:
-        body = prefix(len(entries)) + kvs + tinfo
-        return body + bytes(data_offset - len(body)), 0
-    if base + PADDING_OVERHEAD <= data_offset:
+        pad_rec, n = b"", 0
+    elif base + PADDING_OVERHEAD <= data_offset:
         n = data_offset - base - PADDING_OVERHEAD
-        body = prefix(len(entries) + 1) + kvs + _padding_fast(bo, n) + tinfo
+        pad_rec = _padding_fast(bo, n)
     elif base + PADDING_STR_OVERHEAD <= data_offset:
         # a slack of 33..36 bytes is too small for the array form: a short string of spaces
         n = data_offset - base - PADDING_STR_OVERHEAD
-        body = prefix(len(entries) + 1) + kvs + encode_kv(bo, PADDING_KEY, ValueType.STRING, " " * n) + tinfo
+        pad_rec = encode_kv(bo, PADDING_KEY, ValueType.STRING, " " * n)
     else:
         return None
-    assert len(body) == data_offset
-    return body, n
+    n_kv = len(entries) + (1 if pad_rec else 0)
+    body = b"GGUF" + struct.pack(bo + "Iqq", header.version, len(header.tensors), n_kv) + kvs + pad_rec + tinfo
+    records_end = 24 + len(kvs)
+    return _Layout(body + bytes(data_offset - len(body)), n, n_kv, records_end, records_end + len(pad_rec))
 
 
 class _MemorySource:
@@ -338,17 +345,40 @@ class _MemorySource:
         return chunk + bytes(n - len(chunk))
 
 
-def _verify(old: GGUFHeader, new_header: bytes, new_size: int, path: str) -> GGUFHeader:
-    """Parse the new header before writing it: same tensors, data where the new header says."""
+def _verify(old: GGUFHeader, entries: list[_Entry], lay: _Layout, new_size: int, path: str) -> None:
+    """Check a new header before writing it. The new records, the padding record and the tensor
+    infos are parsed as a small file of their own (unchanged records, such as a 262K vocabulary,
+    are byte copies and are not walked again), and the layout of the whole is checked."""
+    bo = old.byte_order
+    data = lay.data
+    tinfo = bytes(old.buf[old.tensor_info_offset:old.header_end])
+    fresh = [encode_kv(bo, e.key, e.type, e.value, e.elem_type) for e in entries if e.raw is None]
+    pad_rec = data[lay.records_end:lay.tinfo_start]
+    problems = []
+    if data[:8] != bytes(old.buf[:8]) or struct.unpack_from(bo + "qq", data, 8) != (len(old.tensors), lay.n_kv):
+        problems.append("prefix or counts are wrong")
+    if lay.n_kv != len(entries) + (1 if pad_rec else 0):
+        problems.append("metadata count is wrong")
+    records = b"".join(e.raw if e.raw is not None else encode_kv(bo, e.key, e.type, e.value, e.elem_type) for e in entries)
+    if data[24:lay.records_end] != records:
+        problems.append("metadata records are not where the header says")
+    infos_end = lay.tinfo_start + len(tinfo)
+    if data[lay.tinfo_start:infos_end] != tinfo:
+        problems.append("tensor infos are not where the header says")
+    if len(data) % old.alignment or not len(data) - old.alignment < infos_end <= len(data) or any(data[infos_end:]):
+        problems.append(f"the data section would not start at the aligned end of the header ({infos_end} -> {len(data)})")
+    mini = b"GGUF" + struct.pack(bo + "Iqq", old.version, len(old.tensors), len(fresh) + (1 if pad_rec else 0))
+    mini += b"".join(fresh) + pad_rec + tinfo
+    mini += bytes(-len(mini) % old.alignment)
     try:
-        h = parse_header(_MemorySource(path, new_header, new_size))
+        h = parse_header(_MemorySource(path, mini, len(mini) + new_size - len(data)))
     except GGUFError as e:
-        raise EditError(path, e.offset, f"internal error: the new header would not parse ({e.message}); nothing was written") from None
-    same = [(t.name, t.shape, t.type.id, t.offset) for t in h.tensors] == \
-           [(t.name, t.shape, t.type.id, t.offset) for t in old.tensors]
-    if not same or h.data_offset != len(new_header):
-        raise EditError(path, None, "internal error: the new header would move tensor data; nothing was written")
-    return h
+        raise EditError(path, None, f"internal error: the new header would not parse ({e.message}); nothing was written") from None
+    if [(t.name, t.shape, t.type.id, t.offset, t.nbytes) for t in h.tensors] != \
+       [(t.name, t.shape, t.type.id, t.offset, t.nbytes) for t in old.tensors]:
+        problems.append("tensor infos differ")
+    if problems:
+        raise EditError(path, None, f"internal error: {'; '.join(problems)}; nothing was written")
 
 
 # -- where files live --------------------------------------------------------------------------
@@ -384,38 +414,30 @@ def edit(path: str | os.PathLike[str], ops: list[Op], *, output: str | os.PathLi
     real = os.path.realpath(given)
     if os.path.islink(given):
         notes.append(f"{given} is a symlink: editing its target {real}")
-    msg = safewrite.recover(real) if os.path.exists(real) else None
-    if msg:
-        notes.append(f"{real}: {msg}")
-    model = open_model(real, recover=False)
-    target = model.shards[0].path
-    if target != real:
-        notes.append(f"metadata of a split model lives in its first shard: editing {target}")
     out = os.fspath(output) if output is not None else None
-    if out is not None and os.path.exists(out) and os.path.samefile(out, target):
-        out = None
-    if out is None and not force:
-        reason = content_addressed_reason(given) or content_addressed_reason(target)
-        if reason:
-            raise EditError(given, None, f"refusing to edit in place: {reason}; write a copy with -o OUT (or --force)")
-    if out is None and strategy == "auto" and dry_run is False and not os.access(target, os.W_OK):
-        raise EditError(target, None, "the file is read-only; nothing was written (write a copy with -o OUT)")
-
-    fd = os.open(target, os.O_RDONLY if (out is not None or dry_run) else os.O_RDWR)
+    writable = out is None and not dry_run
+    fd, target, header = _open_locked(real, writable, notes)
     try:
-        safewrite.lock(fd, target)
+        if out is not None and os.path.exists(out) and os.path.samefile(out, target):
+            out = None
+            if not dry_run:
+                os.close(fd)
+                fd, target, header = _open_locked(target, True, notes)
+        if out is None and not force:
+            reason = content_addressed_reason(given) or content_addressed_reason(target)
+            if reason:
+                raise EditError(given, None, f"refusing to edit in place: {reason}; write a copy with -o OUT (or --force)")
         st = os.fstat(fd)
-        header = parse_header(_FdSource(target, fd, st.st_size))  # parsed again under the lock
         entries, changes = plan_changes(header, ops, force)
         result = EditResult(given, target, out, "unchanged", dry_run, 0, st.st_size, st.st_size,
                             header.data_offset, header.data_offset, 0, changes, notes)
         if not changes:
             return result
         data_len = st.st_size - header.data_offset
-        chosen = _choose(header, entries, out, strategy, reserve, target)
-        kind, new_header, pad = chosen
+        kind, lay = _choose(header, entries, out, strategy, reserve, target)
+        new_header, pad = lay.data, lay.padding
         new_size = len(new_header) + data_len
-        _verify(header, new_header, new_size, out or target)
+        _verify(header, entries, lay, new_size, out or target)
         result.strategy = kind
         result.data_offset_after = len(new_header)
         result.file_bytes_after = new_size
@@ -423,10 +445,10 @@ def edit(path: str | os.PathLike[str], ops: list[Op], *, output: str | os.PathLi
         old_header = bytes(header.buf[:header.data_offset]) if len(header.buf) >= header.data_offset else \
             os.pread(fd, header.data_offset, 0)
         if kind == "in-place":
-            lo, hi = _changed_span(old_header, new_header)
-            result.bytes_written = (hi - lo) * 2 + 64  # journal + header (estimate for dry runs)
+            ranges = [(lo, new_header[lo:hi], old_header[lo:hi]) for lo, hi in _changed_ranges(old_header, new_header)]
+            result.bytes_written = 2 * sum(len(r[1]) for r in ranges)  # journal + header (estimate for dry runs)
             if not dry_run:
-                result.bytes_written = safewrite.patch_in_place(fd, target, st.st_size, lo, new_header[lo:hi], old_header[lo:hi])
+                result.bytes_written = safewrite.patch_in_place(fd, target, st.st_size, ranges)
         elif kind == "insert-range":
             bs = st.st_blksize or 4096
             insert_at = header.data_offset // bs * bs
@@ -449,54 +471,99 @@ def edit(path: str | os.PathLike[str], ops: list[Op], *, output: str | os.PathLi
 
 
 def _choose(header: GGUFHeader, entries: list[_Entry], out: str | None, strategy: str, reserve: int,
-            target: str) -> tuple[str, bytes, int]:
+            target: str) -> tuple[str, _Layout]:
     a = header.alignment
     if out is not None or strategy == "rewrite":
-        base = build_header(header, entries, None)
-        assert base is not None
-        size = len(base[0])
+        size = len(build_header(header, entries, None).data)  # type: ignore[union-attr]
         if reserve:
             size = -(-(size + PADDING_OVERHEAD + reserve) // a) * a
-        built = build_header(header, entries, size)
-        assert built is not None
-        return "rewrite", built[0], built[1]
+        return "rewrite", build_header(header, entries, size)  # type: ignore[return-value]
     if strategy in ("auto", "in-place"):
-        built = build_header(header, entries, header.data_offset)
-        if built is not None and built[1] >= reserve:
-            return "in-place", built[0], built[1]
+        lay = build_header(header, entries, header.data_offset)
+        if lay is not None and lay.padding >= reserve:
+            return "in-place", lay
         if strategy == "in-place":
             raise EditError(target, None, "the new metadata does not fit before the data section (use --strategy auto)")
     if strategy in ("auto", "insert-range") and header.tensors:
         if safewrite.supports_insert_range(target):
             bs = os.stat(target).st_blksize or 4096
             unit = bs * a // math.gcd(bs, a)
-            smallest = build_header(header, entries, None)
-            assert smallest is not None
-            need = len(smallest[0]) + PADDING_OVERHEAD + reserve - header.data_offset
-            grow = max(unit, -(-need // unit) * unit)
-            built = build_header(header, entries, header.data_offset + grow)
-            if built is not None:
-                return "insert-range", built[0], built[1]
+            smallest = len(build_header(header, entries, None).data)  # type: ignore[union-attr]
+            need = smallest + PADDING_OVERHEAD + reserve - header.data_offset
+            lay = build_header(header, entries, header.data_offset + max(unit, -(-need // unit) * unit))
+            if lay is not None:
+                return "insert-range", lay
         elif strategy == "insert-range":
             raise EditError(target, None, "this filesystem cannot insert ranges (FALLOC_FL_INSERT_RANGE); use --strategy rewrite")
     return _choose(header, entries, None, "rewrite", reserve, target)
 
 
-def _changed_span(old: bytes, new: bytes) -> tuple[int, int]:
-    """[lo, hi) outside which ``old`` and ``new`` (same length) are identical."""
+def _changed_ranges(old: bytes, new: bytes, block: int = 4096) -> list[tuple[int, int]]:
+    """The [lo, hi) ranges where ``old`` and ``new`` (same length) differ: compared in blocks,
+    adjacent blocks merged, then trimmed to the first and last differing byte."""
+    spans: list[list[int]] = []
     n = len(old)
-    lo = 0
-    step = 4096
-    while lo < n and old[lo:lo + step] == new[lo:lo + step]:
-        lo += step
-    while lo < n and old[lo] == new[lo]:
-        lo += 1
-    hi = n
-    while hi - step > lo and old[hi - step:hi] == new[hi - step:hi]:
-        hi -= step
-    while hi > lo and old[hi - 1] == new[hi - 1]:
-        hi -= 1
-    return lo, hi
+    for i in range(0, n, block):
+        j = min(n, i + block)
+        if old[i:j] != new[i:j]:
+            if spans and spans[-1][1] == i:
+                spans[-1][1] = j
+            else:
+                spans.append([i, j])
+    out = []
+    for lo, hi in spans:
+        while old[lo] == new[lo]:
+            lo += 1
+        while old[hi - 1] == new[hi - 1]:
+            hi -= 1
+        out.append((lo, hi))
+    return out
+
+
+def _open_locked(real: str, writable: bool, notes: list[str]) -> tuple[int, str, GGUFHeader]:
+    """Open, lock and parse the file whose metadata an edit changes: for a split model, its first
+    shard. Recovers an interrupted earlier edit first."""
+    target = real
+    for _ in range(2):
+        msg = safewrite.recover(target) if os.path.exists(target) else None
+        if msg:
+            notes.append(f"{target}: {msg}")
+        try:
+            fd = os.open(target, os.O_RDWR if writable else os.O_RDONLY)
+        except FileNotFoundError:
+            raise EditError(target, None, "no such file") from None
+        except OSError as e:
+            if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise EditError(target, None, f"the file is read-only ({e.strerror}); nothing was written (write a copy with -o OUT)") from None
+            raise EditError(target, None, e.strerror or str(e)) from None
+        try:
+            safewrite.lock(fd, target)
+            header = parse_header(_FdSource(target, fd, os.fstat(fd).st_size))
+            first = _first_shard(header)
+        except BaseException:
+            os.close(fd)
+            raise
+        if first is None or first == target:
+            return fd, target, header
+        os.close(fd)
+        notes.append(f"metadata of a split model lives in its first shard: editing {first}")
+        target = first
+    raise EditError(real, None, "the first shard of this split model says it is not the first shard")
+
+
+def _first_shard(header: GGUFHeader) -> str | None:
+    """The path of shard 1 when ``header`` belongs to a split model, else None."""
+    info = _split_info(header)
+    if info is None:
+        return None
+    no, count, _ = info
+    m = SHARD_RE.match(os.path.basename(header.path))
+    if m is None:
+        raise EditError(header.path, None, f"file is shard {no + 1} of {count} but its name does not follow PREFIX-0000N-of-0000M.gguf")
+    first = shard_path(os.path.join(os.path.dirname(header.path), m["prefix"]), 1, count)
+    if not os.path.exists(first):
+        raise EditError(first, None, f"shard 1 of {count}, which holds the metadata, is missing")
+    return first
 
 
 class _FdSource:

@@ -12,6 +12,8 @@ and the name ``UNKNOWN(id)``; the reader then derives its size from tensor offse
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import sys
 from dataclasses import dataclass
 from functools import lru_cache
@@ -45,6 +47,67 @@ def constants() -> ModuleType:
     import gguf.constants  # noqa: PLC0415 - fallback, pulls numpy via the package __init__
 
     return gguf.constants
+
+
+def _constants_path() -> str | None:
+    spec = importlib.util.find_spec("gguf")
+    for loc in (spec.submodule_search_locations or []) if spec else []:
+        path = os.path.join(loc, "constants.py")
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "ggufx")
+
+
+@lru_cache(maxsize=1)
+def type_table() -> dict:
+    """The facts ggufx needs from ``gguf.constants``: ggml types (id -> name, block size, type
+    size) and llama file types (id -> name).
+
+    Executing ``constants.py`` (hundreds of enum members) costs ~20 ms per process, a tenth of
+    ``ggufx info``; the extracted table is cached as JSON under ``~/.cache/ggufx``, keyed by that
+    file's path, size and mtime, so upgrading gguf refreshes it."""
+    path = _constants_path()
+    cache_file = None
+    if path is not None:
+        st = os.stat(path)
+        key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+        cache_file = os.path.join(_cache_dir(), "ggml-types-%016x.json" % (hash_key(key)))
+        try:
+            with open(cache_file, encoding="utf-8") as f:
+                table = json.load(f)
+            if table.get("key") == key:
+                return table
+        except (OSError, ValueError):
+            pass
+    c = constants()
+    table = {
+        "key": key if path is not None else None,
+        "types": {str(int(t)): [t.name, *c.GGML_QUANT_SIZES[t]] for t in c.GGMLQuantizationType if t in c.GGML_QUANT_SIZES},
+        "file_types": {str(int(t)): t.name for t in c.LlamaFileType},
+    }
+    if cache_file is not None:
+        try:
+            os.makedirs(os.path.dirname(cache_file), exist_ok=True)
+            tmp = f"{cache_file}.{os.getpid()}.tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(table, f)
+            os.replace(tmp, cache_file)
+        except OSError:
+            pass  # a read-only home: no cache, same answers
+    return table
+
+
+def hash_key(text: str) -> int:
+    """A stable 64-bit FNV-1a hash (``hash()`` is randomised per process)."""
+    h = 0xCBF29CE484222325
+    for b in text.encode("utf-8", "surrogateescape"):
+        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,29 +146,26 @@ _PLAIN_TYPES = frozenset({"F32", "F16", "BF16", "F64", "I8", "I16", "I32", "I64"
 @lru_cache(maxsize=None)
 def ggml_type(type_id: int) -> GGMLType:
     """The :class:`GGMLType` for a numeric id; never raises for an unknown id."""
-    c = constants()
-    try:
-        qt = c.GGMLQuantizationType(type_id)
-        block_size, type_size = c.GGML_QUANT_SIZES[qt]
-    except (ValueError, KeyError):
+    entry = type_table()["types"].get(str(type_id))
+    if entry is None:
         return GGMLType(type_id, f"UNKNOWN({type_id})", 0, 0, known=False)
-    return GGMLType(type_id, qt.name, block_size, type_size)
+    name, block_size, type_size = entry
+    return GGMLType(type_id, name, block_size, type_size)
 
 
 @lru_cache(maxsize=None)
 def ggml_type_by_name(name: str) -> GGMLType:
     """Look a type up by the name gguf-py spells (``Q4_K``, ``iq4_xs`` is accepted too)."""
-    c = constants()
-    try:
-        return ggml_type(int(c.GGMLQuantizationType[name.upper()]))
-    except KeyError:
-        raise ValueError(f"unknown ggml type {name!r}") from None
+    wanted = name.upper()
+    for type_id, entry in type_table()["types"].items():
+        if entry[0] == wanted:
+            return ggml_type(int(type_id))
+    raise ValueError(f"unknown ggml type {name!r}")
 
 
 def all_types() -> list[GGMLType]:
     """Every type the installed gguf-py knows, ordered by nominal bits per weight."""
-    c = constants()
-    types = [ggml_type(int(t)) for t in c.GGMLQuantizationType if t in c.GGML_QUANT_SIZES]
+    types = [ggml_type(int(t)) for t in type_table()["types"]]
     return sorted(types, key=lambda t: (t.bits_per_weight, t.id))
 
 
@@ -113,10 +173,8 @@ def file_type_label(file_type: int | None) -> str | None:
     """``general.file_type`` as the short label quant names use (``Q4_K_M``, ``F16``...)."""
     if file_type is None:
         return None
-    c = constants()
-    try:
-        name = c.LlamaFileType(file_type).name
-    except ValueError:
+    name = type_table()["file_types"].get(str(file_type))
+    if name is None:
         return f"UNKNOWN({file_type})"
     for prefix in ("MOSTLY_", "ALL_"):
         if name.startswith(prefix):
@@ -126,7 +184,6 @@ def file_type_label(file_type: int | None) -> str | None:
 
 def file_type_for_ggml_type(type_name: str) -> int | None:
     """The ``general.file_type`` that llama.cpp guesses from the dominant tensor type."""
-    c = constants()
     # as llama-model-loader.cpp's switch (type_max): the most common type to the plain ftype
     candidates = {
         "F32": "ALL_F32", "F16": "MOSTLY_F16", "BF16": "MOSTLY_BF16", "Q4_0": "MOSTLY_Q4_0",
@@ -139,9 +196,7 @@ def file_type_for_ggml_type(type_name: str) -> int | None:
         "Q2_0": "MOSTLY_Q2_0",
     }
     name = candidates.get(type_name)
-    if name is None:
-        return None
-    try:
-        return int(c.LlamaFileType[name])
-    except KeyError:
-        return None
+    for ftype_id, ftype_name in type_table()["file_types"].items():
+        if ftype_name == name:
+            return int(ftype_id)
+    return None

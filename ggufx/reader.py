@@ -326,24 +326,41 @@ class _Parser:
         return GGUFArray(cur.data, self.bo, etype, count, pos, nbytes), pos + nbytes
 
     def _skip_strings(self, pos: int, count: int, key: str) -> int:
-        """Walk ``count`` length-prefixed strings; the hot loop of opening a big vocabulary."""
+        """Walk ``count`` length-prefixed strings; the hot loop of opening a big vocabulary.
+
+        The inner loop has no bound checks: ``unpack_from`` past the buffer raises, and then the
+        buffer grows (or the string that overran the file is found and named) before the walk
+        resumes."""
         cur = self.cur
         unpack = self.u64.unpack_from
-        data = cur.data
-        have = len(data)
-        size = cur.size
-        for i in range(count):
-            if pos + 8 > have:
+        start = pos
+        i = 0
+        while True:
+            data = cur.data
+            try:
+                for i in range(i, count):  # noqa: B007 - i is read after an exception
+                    pos += 8 + unpack(data, pos)[0]
+                i = count
+            except (struct.error, OverflowError):  # past the buffer, or a length past any buffer
+                if pos + 8 > cur.size:
+                    self._name_overrun(start, count, key)
                 cur.need(pos + 8, pos, f"string {i} of array {key!r}")
-                data = cur.data
-                have = len(data)
-            (n,) = unpack(data, pos)
-            start = pos
+                continue
+            if pos > len(data):
+                if pos > cur.size:
+                    self._name_overrun(start, count, key)
+                cur.need(pos, pos, f"array {key!r}")
+            return pos
+
+    def _name_overrun(self, pos: int, count: int, key: str) -> None:
+        """Walk again with every check, to raise for the exact string that overruns the file."""
+        cur = self.cur
+        unpack = self.u64.unpack_from
+        for i in range(count):
+            what = f"string {i} of array {key!r}"
+            cur.need(pos + 8, pos, what)
+            (n,) = unpack(cur.data, pos)
+            if n > cur.size - pos - 8:
+                raise TruncatedError(cur.path, pos, f"{what} claims {n:,} bytes, more than the file has left")
             pos += 8 + n
-            if pos > have:
-                if pos > size:
-                    raise TruncatedError(cur.path, start, f"string {i} of array {key!r} claims {n:,} bytes, more than the file has left")
-                cur.need(pos, start, f"string {i} of array {key!r}")
-                data = cur.data
-                have = len(data)
-        return pos
+        raise TruncatedError(cur.path, pos, f"array {key!r} runs past the end of the file")  # pragma: no cover

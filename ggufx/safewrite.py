@@ -32,9 +32,10 @@ from . import faults
 from .errors import GGUFError
 
 JOURNAL_SUFFIX = ".ggufx-journal"
-JOURNAL_MAGIC = b"GGUFXJ01"
+JOURNAL_MAGIC = b"GGUFXJ02"
 JOURNAL_TRAILER = b"END!"
-_HEAD = struct.Struct("<QQQQQ")  # old_size, offset, length, insert_at, insert_len
+_HEAD = struct.Struct("<QQQQ")  # old_size, insert_at, insert_len, number of ranges
+_RANGE = struct.Struct("<QQ")  # offset, length
 NO_INSERT = 2**64 - 1
 
 FALLOC_FL_COLLAPSE_RANGE = 0x08
@@ -123,16 +124,20 @@ def supports_insert_range(path: str) -> bool:
 
 
 # -- the journal -------------------------------------------------------------------------------
+# layout: magic, head (old_size, insert_at, insert_len, n_ranges), n x (offset, length, bytes),
+# xxh3-64 of everything before it, "END!"
 
-def write_journal(path: str, old_size: int, offset: int, saved: bytes, insert_at: int | None = None,
+def write_journal(path: str, old_size: int, ranges: list[tuple[int, bytes]], insert_at: int | None = None,
                   insert_len: int = 0) -> int:
-    """Save ``saved`` (the bytes at ``offset`` about to be overwritten) durably. Returns bytes written."""
+    """Save ``ranges`` (offset, bytes about to be overwritten) durably. Returns bytes written."""
     import xxhash
 
-    head = JOURNAL_MAGIC + _HEAD.pack(old_size, offset, len(saved), NO_INSERT if insert_at is None else insert_at, insert_len)
-    digest = xxhash.xxh3_64(head)
-    digest.update(saved)
-    blob = head + saved + digest.digest() + JOURNAL_TRAILER
+    parts = [JOURNAL_MAGIC, _HEAD.pack(old_size, NO_INSERT if insert_at is None else insert_at, insert_len, len(ranges))]
+    for offset, saved in ranges:
+        parts.append(_RANGE.pack(offset, len(saved)))
+        parts.append(saved)
+    body = b"".join(parts)
+    blob = body + xxhash.xxh3_64(body).digest() + JOURNAL_TRAILER
     jp = journal_path(path)
     fd = os.open(jp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -154,7 +159,7 @@ def remove_journal(path: str) -> None:
     faults.point("journal-removed")
 
 
-def _read_journal(jp: str) -> tuple[int, int, bytes, int | None, int] | None:
+def _read_journal(jp: str) -> tuple[int, list[tuple[int, bytes]], int | None, int] | None:
     """The journal's content, or None when it is incomplete (the file was never touched)."""
     import xxhash
 
@@ -163,13 +168,20 @@ def _read_journal(jp: str) -> tuple[int, int, bytes, int | None, int] | None:
     n = len(JOURNAL_MAGIC) + _HEAD.size
     if len(blob) < n + 12 or not blob.startswith(JOURNAL_MAGIC) or not blob.endswith(JOURNAL_TRAILER):
         return None
-    old_size, offset, length, insert_at, insert_len = _HEAD.unpack_from(blob, len(JOURNAL_MAGIC))
-    if n + length + 12 != len(blob):
+    body = blob[:-12]
+    if xxhash.xxh3_64(body).digest() != blob[-12:-4]:
         return None
-    saved = blob[n:n + length]
-    if xxhash.xxh3_64(blob[:n + length]).digest() != blob[n + length:n + length + 8]:
+    old_size, insert_at, insert_len, n_ranges = _HEAD.unpack_from(body, len(JOURNAL_MAGIC))
+    ranges = []
+    pos = n
+    for _ in range(n_ranges):
+        offset, length = _RANGE.unpack_from(body, pos)
+        pos += _RANGE.size
+        ranges.append((offset, body[pos:pos + length]))
+        pos += length
+    if pos != len(body):
         return None
-    return old_size, offset, saved, None if insert_at == NO_INSERT else insert_at, insert_len
+    return old_size, ranges, None if insert_at == NO_INSERT else insert_at, insert_len
 
 
 def recover(path: str) -> str | None:
@@ -208,14 +220,15 @@ def _replay(fd: int, path: str) -> str | None:
         os.unlink(jp)
         fsync_dir(path)
         return "discarded an incomplete journal (the file had not been touched)"
-    old_size, offset, saved, insert_at, insert_len = content
+    old_size, ranges, insert_at, insert_len = content
     size = os.fstat(fd).st_size
     if insert_at is not None and size == old_size + insert_len:
         collapse_range(fd, insert_at, insert_len)
         size = old_size
     if size != old_size:
         raise EditError(path, None, f"cannot replay {jp}: the file is {size:,} bytes, the journal expects {old_size:,}; it was changed by something other than ggufx")
-    faults.write_at(fd, saved, offset, "recover-write")
+    for offset, saved in ranges:
+        faults.write_at(fd, saved, offset, "recover-write")
     os.fsync(fd)
     os.unlink(jp)
     fsync_dir(path)
@@ -231,26 +244,27 @@ def _unlink_quietly(p: str) -> None:
 
 # -- writing -----------------------------------------------------------------------------------
 
-def patch_in_place(fd: int, path: str, old_size: int, offset: int, new_bytes: bytes, old_bytes: bytes) -> int:
-    """Overwrite ``old_bytes`` at ``offset`` with ``new_bytes`` (same length) under a journal."""
-    assert len(new_bytes) == len(old_bytes)
-    written = write_journal(path, old_size, offset, old_bytes)
+def patch_in_place(fd: int, path: str, old_size: int, ranges: list[tuple[int, bytes, bytes]]) -> int:
+    """Overwrite each (offset, new bytes, old bytes) range in place, under one journal."""
+    written = write_journal(path, old_size, [(off, old) for off, _, old in ranges])
     _check_size_or_drop_journal(fd, path, old_size)
     try:
-        faults.write_at(fd, new_bytes, offset, "header-write")
+        for off, new, old in ranges:
+            assert len(new) == len(old)
+            written += faults.write_at(fd, new, off, "header-write")
         os.fsync(fd)
         faults.point("header-synced")
     except BaseException:
         _rollback(fd, path)
         raise
     remove_journal(path)
-    return written + len(new_bytes)
+    return written
 
 
 def insert_and_patch(fd: int, path: str, old_size: int, insert_at: int, insert_len: int, old_header: bytes,
                      new_header: bytes) -> int:
     """Insert ``insert_len`` bytes at ``insert_at`` (no data copied) and write the new header."""
-    written = write_journal(path, old_size, 0, old_header, insert_at, insert_len)
+    written = write_journal(path, old_size, [(0, old_header)], insert_at, insert_len)
     _check_size_or_drop_journal(fd, path, old_size)
     try:
         insert_range(fd, insert_at, insert_len)
