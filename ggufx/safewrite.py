@@ -344,8 +344,9 @@ def _copy_range(src: int, dst: int, src_off: int, dst_off: int, length: int,
     """Kernel-side copy (copy_file_range, else sendfile-like pread/pwrite with big buffers)."""
     done = 0
     use_cfr = hasattr(os, "copy_file_range") and not os.environ.get("GGUFX_FAULT", "").startswith("tmp-write")
+    chunk = COPY_CHUNK if progress else 1 << 30  # big kernel-side copies unless a progress bar wants news
     while done < length:
-        n = min(COPY_CHUNK, length - done)
+        n = min(chunk, length - done)
         if use_cfr:
             try:
                 k = os.copy_file_range(src, dst, n, src_off + done, dst_off + done)

@@ -372,3 +372,37 @@ def test_real_files_survive_edits(real_models, tmp_path: Path) -> None:
         assert_matches_gguf_reader(p)
         r = edit(p, [Delete("general.name"), Rename("tokenizer.chat_template", "tokenizer.chat_template.default")])
         assert data_hash(p) == h0 and "tokenizer.chat_template.default" in ggufx.open(p).metadata
+
+
+def test_read_only_directory_blocks_rewrite_cleanly(v3: Path) -> None:
+    import subprocess
+
+    before = v3.read_bytes()
+    if subprocess.run(["chattr", "+i", str(v3.parent)], capture_output=True).returncode != 0:
+        pytest.skip("cannot make a directory read-only here (chattr unavailable)")
+    try:
+        r = run("set", str(v3), "general.name", "x", "--strategy", "rewrite")
+        assert r.exit_code == 2 and "left as it was" in r.stderr
+        assert v3.read_bytes() == before
+    finally:
+        subprocess.run(["chattr", "-i", str(v3.parent)], capture_output=True)
+    assert [p.name for p in v3.parent.iterdir() if "ggufx" in p.name] == []
+
+
+def test_source_growing_during_rewrite_is_detected(v3: Path, monkeypatch) -> None:
+    import ggufx.safewrite as sw
+
+    before = v3.read_bytes()
+    real = sw._copy_range
+
+    def copy_then_grow(src, dst, *a, **k):
+        n = real(src, dst, *a, **k)
+        with open(v3, "ab") as f:
+            f.write(b"\0" * 64)
+        return n
+
+    monkeypatch.setattr(sw, "_copy_range", copy_then_grow)
+    with pytest.raises(EditError, match="changed size during the edit"):
+        edit(v3, [Set("general.name", "z")], strategy="rewrite")
+    assert v3.read_bytes() == before + b"\0" * 64
+    assert [p.name for p in v3.parent.iterdir() if "ggufx-tmp" in p.name] == []

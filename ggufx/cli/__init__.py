@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "delete": ("edit", "delete", "Delete metadata keys."),
     "rename": ("edit", "rename", "Rename a metadata key."),
     "edit": ("edit", "edit_", "Several metadata changes as one transaction."),
+    "template": ("template", "template", "Chat templates: show, set, render, lint, diff, info."),
 }
 
 

@@ -1,0 +1,322 @@
+"""`ggufx template ...`: show, set, render, lint, diff, info of chat templates."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from ._common import EXIT_CHECK_FAILED, emit_json, json_option, write_raw
+from .edit import run_edit, write_options
+
+NAME_OPTION = click.option("--name", help="A named template: tokenizer.chat_template.NAME (default: the main one).")
+
+
+@click.group()
+def template() -> None:
+    """Chat templates: show, set from any source, render in a sandbox, lint, diff, detect the tool-call dialect.
+
+    \b
+    Examples:
+      ggufx template info model.gguf
+      ggufx template lint model.gguf
+      ggufx template render model.gguf --sample tools
+      ggufx template set model.gguf --from tokenizer_config.json --dry-run
+      ggufx template diff old.gguf new.gguf
+    """
+
+
+def _load(path: str):
+    from ggufx.chat.sources import load
+
+    return load(path)
+
+
+def _variables(ts, extra: tuple[str, ...]) -> dict[str, Any]:
+    v: dict[str, Any] = {}
+    if ts.bos_token is not None:
+        v["bos_token"] = ts.bos_token
+    if ts.eos_token is not None:
+        v["eos_token"] = ts.eos_token
+    for item in extra:
+        if "=" not in item:
+            raise click.BadParameter(f"{item!r} must look like KEY=VALUE", param_hint="--var")
+        k, raw = item.split("=", 1)
+        try:
+            v[k] = json.loads(raw)  # true, 3, "text", [..]
+        except json.JSONDecodeError:
+            v[k] = raw
+    return v
+
+
+@template.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@NAME_OPTION
+@json_option
+def show(file: str, name: str | None, as_json: bool) -> None:
+    """Print the chat template byte for byte (also named variants and the list of names).
+
+    \b
+    Examples:
+      ggufx template show model.gguf > template.jinja
+      ggufx template show model.gguf --name tool_use
+      ggufx template show model.gguf --json
+    """
+    ts = _load(file)
+    if as_json:
+        emit_json({"path": file, "default": ts.default, "named": ts.named})
+        return
+    from ggufx.values import encode_str
+
+    write_raw(encode_str(ts.get(name)))
+
+
+@template.command("set")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--from", "source", required=True, type=click.Path(dir_okay=False),
+              help="A .jinja/text file, another GGUF, a tokenizer_config.json or chat_template.json.")
+@NAME_OPTION
+@write_options
+def set_(file: str, source: str, name: str | None, **kw: Any) -> None:
+    """Replace the chat template from SOURCE, through the crash-safe edit engine (in place when it
+    fits). From a tokenizer_config.json with several named templates and no --name, all of them
+    are written (default -> tokenizer.chat_template, others -> tokenizer.chat_template.NAME).
+
+    \b
+    Examples:
+      ggufx template set model.gguf --from fixed.jinja
+      ggufx template set model.gguf --from other-model.gguf --dry-run
+      ggufx template set model.gguf --from tokenizer_config.json --name tool_use
+      ggufx template set model.gguf --from chat_template.jinja -o fixed.gguf
+    """
+    from ggufx.chat.sources import NAMES_KEY, key_for
+    from ggufx.edit import Set
+    from ggufx.values import ValueType
+
+    ts = _load(source)
+    ops: list[Any] = []
+    if name is not None or not ts.named:
+        ops.append(Set(key_for(name), ts.get(name), ValueType.STRING))
+    else:
+        if ts.default is not None:
+            ops.append(Set(key_for(None), ts.default, ValueType.STRING))
+        for n, text in ts.named.items():
+            ops.append(Set(key_for(n), text, ValueType.STRING))
+        ops.append(Set(NAMES_KEY, list(ts.named), ValueType.ARRAY, ValueType.STRING))
+    if kw.get("dry_run") and not kw.get("as_json"):
+        _print_diff(file, ops)
+    run_edit(file, ops, **kw)
+
+
+def _print_diff(file: str, ops: list[Any]) -> None:
+    import difflib
+
+    from ggufx.chat.sources import load
+
+    current = load(file)
+    for op in ops:
+        if not isinstance(op.value, str):
+            continue
+        suffix = op.key[len("tokenizer.chat_template"):].lstrip(".")
+        old = current.named.get(suffix) if suffix else current.default
+        diff = difflib.unified_diff((old or "").splitlines(keepends=True), op.value.splitlines(keepends=True),
+                                    f"{file}:{op.key}", f"new:{op.key}")
+        text = "".join(diff)
+        click.echo(text if text.endswith("\n") or not text else text + "\n", nl=False)
+
+
+def _conversation(messages: str | None, tools: str | None, sample_name: str | None) -> list[tuple[str, dict]]:
+    from ggufx.chat.samples import NAMES, sample
+
+    if messages is None:
+        names = [sample_name] if sample_name else list(NAMES)
+        convs = [(n, sample(n)) for n in names]
+    else:
+        try:
+            with open(messages, encoding="utf-8") as f:
+                doc = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise click.BadParameter(f"{messages}: {e}", param_hint="--messages") from None
+        conv = {"messages": doc} if isinstance(doc, list) else doc
+        if not isinstance(conv, dict) or not isinstance(conv.get("messages"), list):
+            raise click.BadParameter(f"{messages}: expected a list of messages or {{\"messages\": [...]}}", param_hint="--messages")
+        convs = [(messages, conv)]
+    if tools is not None:
+        try:
+            with open(tools, encoding="utf-8") as f:
+                tool_list = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise click.BadParameter(f"{tools}: {e}", param_hint="--tools") from None
+        for _, c in convs:
+            c["tools"] = tool_list
+    return convs
+
+
+@template.command("render")
+@click.argument("source", type=click.Path(dir_okay=False))
+@click.option("--messages", type=click.Path(dir_okay=False), help="JSON: a list of messages, or {\"messages\": [...], \"tools\": [...]}.")
+@click.option("--tools", type=click.Path(dir_okay=False), help="JSON list of tool schemas.")
+@click.option("--sample", "sample_name", type=click.Choice(["plain", "system", "multi-turn", "tools", "reasoning"]),
+              help="One built-in conversation (default: all of them, unless --messages).")
+@click.option("--add-generation-prompt/--no-generation-prompt", default=True, show_default=True)
+@click.option("--var", "variables", multiple=True, metavar="KEY=VALUE", help="Extra template variable (JSON value or text), e.g. enable_thinking=false.")
+@NAME_OPTION
+@json_option
+def render_(source: str, messages: str | None, tools: str | None, sample_name: str | None,
+            add_generation_prompt: bool, variables: tuple[str, ...], name: str | None, as_json: bool) -> None:
+    """Render a chat template as transformers' apply_chat_template does, in a bounded sandbox.
+
+    SOURCE is a GGUF (bos_token/eos_token come from its token ids) or a template file.
+
+    \b
+    Examples:
+      ggufx template render model.gguf
+      ggufx template render model.gguf --sample tools
+      ggufx template render template.jinja --messages conv.json --tools tools.json --var enable_thinking=false
+    """
+    from ggufx.chat.render import RenderError, render
+
+    ts = _load(source)
+    tmpl = ts.get(name)
+    v = _variables(ts, variables)
+    results = []
+    failed = False
+    for label, conv in _conversation(messages, tools, sample_name):
+        try:
+            out = render(tmpl, conv["messages"], tools=conv.get("tools"), documents=conv.get("documents"),
+                         add_generation_prompt=add_generation_prompt, variables=v)
+            results.append({"conversation": label, "output": out, "error": None})
+        except RenderError as e:
+            failed = True
+            results.append({"conversation": label, "output": None, "error": str(e), "kind": e.kind, "line": e.line})
+    if as_json:
+        emit_json({"source": source, "results": results})
+    else:
+        single = len(results) == 1
+        for r in results:
+            if not single:
+                click.echo(click.style(f"=== {r['conversation']} ===", bold=True))
+            if r["error"]:
+                click.echo(f"ggufx: error: {source}: {r['conversation']}: {r['error']}", err=True)
+            else:
+                click.echo(r["output"], nl=not single)
+    if failed:
+        sys.exit(EXIT_CHECK_FAILED)
+
+
+@template.command()
+@click.argument("source", type=click.Path(dir_okay=False))
+@click.option("--var", "variables", multiple=True, metavar="KEY=VALUE", help="Extra template variable.")
+@NAME_OPTION
+@json_option
+def lint(source: str, variables: tuple[str, ...], name: str | None, as_json: bool) -> None:
+    """Find what breaks chats and tool calls: syntax errors (with lines), built-in conversations that
+    fail, refused system messages, undefined variables, a generation prompt that does nothing, BOS
+    added twice, special tokens missing from the model's vocabulary. Exit 1 when a problem is found.
+
+    \b
+    Examples:
+      ggufx template lint model.gguf
+      ggufx template lint chat_template.jinja --json
+    """
+    from ggufx.chat.lint import lint as run_lint
+
+    ts = _load(source)
+    tokens = add_bos = None
+    if ts.kind == "gguf":
+        import ggufx
+
+        md = ggufx.open(source).metadata
+        tokens = md["tokenizer.ggml.tokens"] if "tokenizer.ggml.tokens" in md else None
+        add_bos = md["tokenizer.ggml.add_bos_token"] if "tokenizer.ggml.add_bos_token" in md else None
+    result = run_lint(ts.get(name), origin=source, variables=_variables(ts, variables), tokens=tokens, add_bos_token=add_bos)
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        for p in result.problems:
+            where = f" (line {p.line})" if p.line else ""
+            colour = {"error": "red", "warning": "yellow"}.get(p.severity)
+            click.echo(click.style(f"{p.severity}: {p.code}{where}: {p.message}", fg=colour))
+        if result.info:
+            i = result.info
+            click.echo(f"family {i.family}, tool-call dialect {i.dialect}")
+        click.echo("ok" if result.ok else f"{sum(p.severity in ('error', 'warning') for p in result.problems)} problem(s)")
+    if not result.ok:
+        sys.exit(EXIT_CHECK_FAILED)
+
+
+@template.command()
+@click.argument("source", type=click.Path(dir_okay=False))
+@click.option("--var", "variables", multiple=True, metavar="KEY=VALUE", help="Extra template variable.")
+@NAME_OPTION
+@json_option
+def info(source: str, variables: tuple[str, ...], name: str | None, as_json: bool) -> None:
+    """Length, sha256, family, tool-call dialect, tool support, reasoning blocks, system role.
+
+    The dialect is detected by rendering a tool-call conversation and reading the output;
+    "unknown" means no known dialect matched, "none" that tool calls are not rendered at all.
+
+    \b
+    Examples:
+      ggufx template info model.gguf
+      ggufx template info chat_template.jinja --json
+    """
+    from ggufx.chat.dialect import analyze
+
+    ts = _load(source)
+    i = analyze(ts.get(name), _variables(ts, variables))
+    if as_json:
+        emit_json({"source": source, **i.to_dict()})
+        return
+    rows = [("length", f"{i.length:,} characters"), ("sha256", i.sha256), ("family", i.family),
+            ("tool-call dialect", i.dialect + (f"  {i.dialect_description}" if i.dialect_description else "")),
+            ("tool definitions", "shown to the model" if i.supports_tools else "not shown"),
+            ("tool calls", "rendered" if i.renders_tool_calls else "not rendered"),
+            ("reasoning", "yes" if i.reasoning else "no"), ("system role", i.system_role)]
+    for k, v in rows:
+        click.echo(f"{k:18} {v}")
+    for n, err in i.errors.items():
+        click.echo(f"{'error (' + n + ')':18} {err}")
+
+
+@template.command()
+@click.argument("a", type=click.Path(dir_okay=False))
+@click.argument("b", type=click.Path(dir_okay=False))
+@NAME_OPTION
+@json_option
+def diff(a: str, b: str, name: str | None, as_json: bool) -> None:
+    """Unified diff of two templates (GGUFs or files) and a one-line verdict on the dialect change.
+    Exit 1 when they differ.
+
+    \b
+    Examples:
+      ggufx template diff old.gguf new.gguf
+      ggufx template diff model.gguf fixed.jinja
+    """
+    import difflib
+
+    from ggufx.chat.dialect import analyze
+
+    ta, tb = _load(a), _load(b)
+    sa, sb = ta.get(name), tb.get(name)
+    ia, ib = analyze(sa, _variables(ta, ())), analyze(sb, _variables(tb, ()))
+    text = "".join(difflib.unified_diff(sa.splitlines(keepends=True), sb.splitlines(keepends=True), a, b))
+    if sa == sb:
+        verdict = "identical templates"
+    elif ia.dialect != ib.dialect:
+        verdict = f"tool-call dialect changes: {ia.dialect} -> {ib.dialect} (tool calls will be written differently)"
+    elif ia.family != ib.family:
+        verdict = f"family changes: {ia.family} -> {ib.family}"
+    else:
+        verdict = f"same family ({ia.family}) and tool-call dialect ({ia.dialect})"
+    if as_json:
+        emit_json({"a": a, "b": b, "identical": sa == sb, "diff": text, "verdict": verdict,
+                   "a_info": ia.to_dict(), "b_info": ib.to_dict()})
+    else:
+        if text:
+            click.echo(text if text.endswith("\n") else text + "\n", nl=False)
+        click.echo(verdict)
+    if sa != sb:
+        sys.exit(EXIT_CHECK_FAILED)
