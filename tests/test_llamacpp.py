@@ -99,3 +99,16 @@ def test_llama_server_loads_patched_template(llama_bin: Path, smollm2_path: Path
     # and it still generates from the same weights
     log = _loader_report(llama_bin, p)
     assert "file size   = 92.10 MiB (5.74 BPW)" in log
+
+
+def test_template_set_cli_then_llama_server_props(llama_bin: Path, smollm2_path: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from ggufx.cli import main
+
+    p = tmp_path / "smollm2.gguf"
+    shutil.copy(smollm2_path, p)
+    src = Path(__file__).parent / "fixtures" / "templates" / "Qwen-Qwen2.5-7B-Instruct.jinja"
+    r = CliRunner().invoke(main, ["template", "set", str(p), "--from", str(src)])
+    assert r.exit_code == 0, r.output
+    assert _server_props(llama_bin, p)["chat_template"] == src.read_text(encoding="utf-8")

@@ -200,7 +200,9 @@ def _run(template: Any, context: dict[str, Any], limits: Limits) -> str:
         raise RenderError("too-large", "the template recursed too deeply", guard.line) from None
     except MemoryError:
         raise RenderError("too-large", "the template ran out of memory", guard.line) from None
-    except Exception as e:  # a template can raise anything: TypeError on bad data, OverflowError from range...
+    except OverflowError as e:  # the sandbox's range() limit, or a number too large
+        raise RenderError("too-large", f"{e}", guard.line) from None
+    except Exception as e:  # a template can raise anything: TypeError on bad data...
         raise RenderError("error", f"{type(e).__name__}: {e}", guard.line) from None
     finally:
         sys.settrace(previous)
