@@ -21,11 +21,24 @@ def run(*args: str):
     return CliRunner().invoke(main, list(args))
 
 
-@pytest.mark.parametrize("command", list(COMMANDS))
-def test_every_command_has_help_with_examples(command: str) -> None:
-    r = run(command, "--help")
+def _all_commands() -> list[tuple[str, ...]]:
+    import click
+
+    out = []
+    for name in COMMANDS:
+        cmd = main.get_command(None, name)
+        if isinstance(cmd, click.Group):
+            out += [(name, sub) for sub in cmd.list_commands(None)]
+        else:
+            out.append((name,))
+    return out
+
+
+@pytest.mark.parametrize("command", _all_commands(), ids=" ".join)
+def test_every_command_has_help_with_examples(command: tuple[str, ...]) -> None:
+    r = run(*command, "--help")
     assert r.exit_code == 0
-    assert "Examples:" in r.output and f"ggufx {command}" in r.output
+    assert "Examples:" in r.output and f"ggufx {' '.join(command)}" in r.output
     assert "--json" in r.output
 
 
