@@ -393,9 +393,8 @@ def content_addressed_reason(path: str) -> str | None:
     if parent == "blobs" and _BLOB.match(os.path.basename(real)):
         return "it is an Ollama blob, named by the sha256 of its content; editing it in place breaks the store"
     if parent == "blobs" and os.path.basename(os.path.dirname(os.path.dirname(real))).startswith(("models--", "datasets--")):
+        # a snapshot file is a link to such a blob, so this covers both
         return "it is a Hugging Face cache blob (named by its hash, shared by snapshots); editing it in place breaks the cache"
-    if os.sep + "snapshots" + os.sep in os.path.abspath(path) and os.path.islink(path) and parent == "blobs":
-        return "it is a Hugging Face cache snapshot file linking into blobs/; editing it in place breaks the cache"
     return None
 
 

@@ -246,12 +246,35 @@ def _unlink_quietly(p: str) -> None:
 
 def patch_in_place(fd: int, path: str, old_size: int, ranges: list[tuple[int, bytes, bytes]]) -> int:
     """Overwrite each (offset, new bytes, old bytes) range in place, under one journal."""
-    written = write_journal(path, old_size, [(off, old) for off, _, old in ranges])
-    _check_size_or_drop_journal(fd, path, old_size)
-    try:
+    def write() -> int:
+        n = 0
         for off, new, old in ranges:
             assert len(new) == len(old)
-            written += faults.write_at(fd, new, off, "header-write")
+            n += faults.write_at(fd, new, off, "header-write")
+        return n
+
+    return _journaled(fd, path, old_size, [(off, old) for off, _, old in ranges], write)
+
+
+def insert_and_patch(fd: int, path: str, old_size: int, insert_at: int, insert_len: int, old_header: bytes,
+                     new_header: bytes) -> int:
+    """Insert ``insert_len`` bytes at ``insert_at`` (no data copied) and write the new header."""
+    def write() -> int:
+        insert_range(fd, insert_at, insert_len)
+        os.fsync(fd)
+        faults.point("insert-range")
+        return faults.write_at(fd, new_header, 0, "header-write")
+
+    return _journaled(fd, path, old_size, [(0, old_header)], write, insert_at, insert_len)
+
+
+def _journaled(fd: int, path: str, old_size: int, saved: list[tuple[int, bytes]], write: Callable[[], int],
+               insert_at: int | None = None, insert_len: int = 0) -> int:
+    """Journal ``saved``, run ``write``, fsync, drop the journal; undo at once if ``write`` fails."""
+    written = write_journal(path, old_size, saved, insert_at, insert_len)
+    _check_size_or_drop_journal(fd, path, old_size)
+    try:
+        written += write()
         os.fsync(fd)
         faults.point("header-synced")
     except BaseException:
@@ -259,25 +282,6 @@ def patch_in_place(fd: int, path: str, old_size: int, ranges: list[tuple[int, by
         raise
     remove_journal(path)
     return written
-
-
-def insert_and_patch(fd: int, path: str, old_size: int, insert_at: int, insert_len: int, old_header: bytes,
-                     new_header: bytes) -> int:
-    """Insert ``insert_len`` bytes at ``insert_at`` (no data copied) and write the new header."""
-    written = write_journal(path, old_size, [(0, old_header)], insert_at, insert_len)
-    _check_size_or_drop_journal(fd, path, old_size)
-    try:
-        insert_range(fd, insert_at, insert_len)
-        os.fsync(fd)
-        faults.point("insert-range")
-        faults.write_at(fd, new_header, 0, "header-write")
-        os.fsync(fd)
-        faults.point("header-synced")
-    except BaseException:
-        _rollback(fd, path)
-        raise
-    remove_journal(path)
-    return written + len(new_header)
 
 
 def _check_size(fd: int, path: str, expected: int) -> None:
@@ -343,8 +347,10 @@ def _copy_range(src: int, dst: int, src_off: int, dst_off: int, length: int,
                 progress: Callable[[int, int], None] | None) -> int:
     """Kernel-side copy (copy_file_range, else sendfile-like pread/pwrite with big buffers)."""
     done = 0
-    use_cfr = hasattr(os, "copy_file_range") and not os.environ.get("GGUFX_FAULT", "").startswith("tmp-write")
+    use_cfr = hasattr(os, "copy_file_range")
     chunk = COPY_CHUNK if progress else 1 << 30  # big kernel-side copies unless a progress bar wants news
+    # byte-counted fault injection needs the pwrite path, where every written byte is ours to count
+    use_cfr = use_cfr and not os.environ.get("GGUFX_FAULT", "").startswith("tmp-write")
     while done < length:
         n = min(chunk, length - done)
         if use_cfr:

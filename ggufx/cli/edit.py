@@ -84,7 +84,7 @@ def run_edit(file: str, ops: list[Any], output: str | None, dry_run: bool, reser
 def _short(v: Any) -> str:
     import json
 
-    text = json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else json.dumps(v, ensure_ascii=False)
+    text = json.dumps(v, ensure_ascii=False)
     return text if len(text) <= 80 else text[:77] + "…" + f" ({len(v) if isinstance(v, str) else len(text)} chars)"
 
 

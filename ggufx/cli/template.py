@@ -14,6 +14,18 @@ from .edit import run_edit, write_options
 NAME_OPTION = click.option("--name", help="A named template: tokenizer.chat_template.NAME (default: the main one).")
 
 
+def analysis_options(f: Any) -> Any:
+    """SOURCE argument and the options of the commands that render a template (lint, info)."""
+    for opt in reversed([
+        click.argument("source", type=click.Path(dir_okay=False)),
+        click.option("--var", "variables", multiple=True, metavar="KEY=VALUE", help="Extra template variable (JSON value or text)."),
+        NAME_OPTION,
+        json_option,
+    ]):
+        f = opt(f)
+    return f
+
+
 @click.group()
 def template() -> None:
     """Chat templates: show, set from any source, render in a sandbox, lint, diff, detect the tool-call dialect.
@@ -207,10 +219,7 @@ def render_(source: str, messages: str | None, tools: str | None, sample_name: s
 
 
 @template.command()
-@click.argument("source", type=click.Path(dir_okay=False))
-@click.option("--var", "variables", multiple=True, metavar="KEY=VALUE", help="Extra template variable.")
-@NAME_OPTION
-@json_option
+@analysis_options
 def lint(source: str, variables: tuple[str, ...], name: str | None, as_json: bool) -> None:
     """Find what breaks chats and tool calls: syntax errors (with lines), built-in conversations that
     fail, refused system messages, undefined variables, a generation prompt that does nothing, BOS
@@ -248,10 +257,7 @@ def lint(source: str, variables: tuple[str, ...], name: str | None, as_json: boo
 
 
 @template.command()
-@click.argument("source", type=click.Path(dir_okay=False))
-@click.option("--var", "variables", multiple=True, metavar="KEY=VALUE", help="Extra template variable.")
-@NAME_OPTION
-@json_option
+@analysis_options
 def info(source: str, variables: tuple[str, ...], name: str | None, as_json: bool) -> None:
     """Length, sha256, family, tool-call dialect, tool support, reasoning blocks, system role.
 
