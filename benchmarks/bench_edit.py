@@ -61,6 +61,7 @@ def build_big(path: Path, size_gib: int) -> None:
 
 def run(cmd: list[str]) -> tuple[float, int]:
     os.sync()  # no dirty pages from the previous run are flushed inside this one's fsync
+    time.sleep(2)  # and let ext4's background work on the previous run's extents settle
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -109,17 +110,22 @@ def main() -> None:
                                                    str((a, b)[i % 2])]) for i in range(args.runs)])
     t_insert = row("ggufx set (insert-range, grows header)", [run([gx, "set", str(work), "tokenizer.chat_template",
                                                                     "--from-file", str(a), "--strategy", "insert-range"])])
-    t_rewrite = row("ggufx set --strategy rewrite (streamed)", [run([gx, "set", str(work), "tokenizer.chat_template",
-                                                                      "--from-file", str((a, b)[i % 2]), "--strategy", "rewrite"])
-                                                                 for i in range(2)])
-    t_out = row("ggufx set -o OUT (new file)", [run([gx, "set", str(work), "tokenizer.chat_template", "--from-file",
-                                                      str(b), "-o", str(out)])])
-    out.unlink()
-    t_cp = row("cp FILE COPY", [run(["cp", str(work), str(out)]) for _ in range(2)])
-    out.unlink()
-    t_cps = row("cp FILE COPY && sync (durable, as ggufx)", [run(["sh", "-c", f"cp '{work}' '{out}' && sync"])
-                                                             for _ in range(2)])
-    out.unlink()
+    # the copies are interleaved (rewrite, -o, cp, cp+sync, rewrite, ...) so that all see the same
+    # state of the page cache and of the filesystem's background work
+    samples: dict[str, list[tuple[float, int]]] = {"rewrite": [], "out": [], "cp": [], "cps": []}
+    for i in range(3):
+        samples["rewrite"].append(run([gx, "set", str(work), "tokenizer.chat_template", "--from-file",
+                                       str((a, b)[i % 2]), "--strategy", "rewrite"]))
+        samples["out"].append(run([gx, "set", str(work), "tokenizer.chat_template", "--from-file", str(b), "-o", str(out)]))
+        out.unlink()
+        samples["cp"].append(run(["cp", str(work), str(out)]))
+        out.unlink()
+        samples["cps"].append(run(["sh", "-c", f"cp '{work}' '{out}' && sync"]))
+        out.unlink()
+    t_rewrite = row("ggufx set --strategy rewrite (streamed)", samples["rewrite"])
+    t_out = row("ggufx set -o OUT (new file)", samples["out"])
+    t_cp = row("cp FILE COPY", samples["cp"])
+    t_cps = row("cp FILE COPY && sync (durable, as ggufx)", samples["cps"])
     t_new = row("gguf-new-metadata --chat-template-file", [run([tool("gguf-new-metadata"), str(work), str(out),
                                                                 "--chat-template-file", str(a), "--force"])])
     out.unlink()

