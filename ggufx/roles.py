@@ -7,6 +7,9 @@ matrices, minus norms, expert gates, positional embeddings, conv1d kernels and a
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
 # substrings that llama-quant.cpp excludes for every architecture
 _EXCLUDED_SUBSTRINGS = (
     "_norm.weight", "ffn_gate_inp.weight", "ffn_gate_tid2eid.weight", "altup", "laurel",
@@ -28,3 +31,54 @@ def is_quantizable_weight(name: str, n_dims: int) -> bool:
     if name in _EXCLUDED_NAMES:
         return False
     return not any(s in name for s in _EXCLUDED_SUBSTRINGS)
+
+
+# -- names -> (layer, role) ---------------------------------------------------------------------
+
+_BLOCK = re.compile(r"^(?:(?P<tower>v|a|mm|enc|dec)\.)?blk\.(?P<layer>\d+)\.(?P<role>.+?)(?:\.(?P<kind>weight|bias|scale|scales))?$")
+_GLOBAL = re.compile(r"^(?:(?P<tower>v|a|mm|enc|dec)\.)?(?P<role>.+?)(?:\.(?P<kind>weight|bias|scale|scales))?$")
+TOWERS = {"v": "vision", "a": "audio", "mm": "projector", "enc": "encoder", "dec": "decoder"}
+
+# roles that belong to recurrent (SSM / linear attention) layers
+RECURRENT_ROLES = frozenset({
+    "ssm_in", "ssm_out", "ssm_conv1d", "ssm_a", "ssm_d", "ssm_dt", "ssm_norm", "ssm_x", "ssm_alpha", "ssm_beta",
+    "ssm_beta_alpha", "ssm_ba", "time_mix_key", "time_mix_value", "time_mix_receptance", "time_mix_output",
+    "time_mix_gate", "shortconv.conv", "shortconv.in_proj", "shortconv.out_proj",
+})
+ATTENTION_ROLES = frozenset({"attn_q", "attn_k", "attn_v", "attn_qkv", "attn_output", "attn_q_a", "attn_q_b",
+                             "attn_kv_a_mqa", "attn_kv_b", "attn_k_b", "attn_v_b"})
+
+
+@dataclass(frozen=True, slots=True)
+class TensorRole:
+    """Where a tensor sits: ``layer`` (None outside the blocks), ``role`` (``ffn_down``,
+    ``attn_v``, ``ssm_out``, ``token_embd``...), ``kind`` (weight, bias...) and ``tower`` for
+    multimodal parts (vision, audio, projector) whose layers are not the language model's."""
+
+    layer: int | None
+    role: str
+    kind: str
+    tower: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The role as tables show it: ``ffn_down``, ``attn_q.bias``, ``v.attn_q`` (vision tower)."""
+        prefix = {"vision": "v.", "audio": "a.", "projector": "mm.", "encoder": "enc.", "decoder": "dec."}.get(self.tower or "", "")
+        return f"{prefix}{self.role}{'.' + self.kind if self.kind not in ('', 'weight') else ''}"
+
+    @property
+    def is_expert(self) -> bool:
+        return self.role.endswith(("_exps", "_shexp", "_chexps"))
+
+
+def parse_name(name: str) -> TensorRole:
+    """``blk.12.ffn_up.weight`` -> (12, ffn_up, weight); unknown roles are kept as written."""
+    m = _BLOCK.match(name)
+    if m:
+        tower = TOWERS.get(m["tower"]) if m["tower"] else None
+        return TensorRole(int(m["layer"]), m["role"], m["kind"] or "", tower)
+    m = _GLOBAL.match(name)
+    tower = TOWERS.get(m["tower"]) if m and m["tower"] else None
+    if m is None:  # pragma: no cover - the pattern matches any string
+        return TensorRole(None, name, "")
+    return TensorRole(None, m["role"], m["kind"] or "", tower)

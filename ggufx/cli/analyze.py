@@ -1,0 +1,151 @@
+"""Quant analysis commands: roles, layers, recipe, diff."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from ._common import EXIT_CHECK_FAILED, emit_json, json_option, tablefmt_option
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@json_option
+@tablefmt_option
+def roles(file: str, as_json: bool, tablefmt: str) -> None:
+    """Where the bits go: per tensor role (ffn_down, attn_v, ssm_out, token_embd...) the tensors,
+    their types with counts, parameters, bytes, share of all tensor bytes and bits per weight
+    (8 x bytes / elements, the same definition as the whole-model BPW).
+
+    \b
+    Examples:
+      ggufx roles model.gguf
+      ggufx roles model.gguf --json | jq '.roles[] | select(.role == "ffn_down")'
+    """
+    import ggufx
+    from ggufx import table
+    from ggufx.analysis import role_table
+
+    model = ggufx.open(file)
+    rows = role_table(model)
+    if as_json:
+        emit_json({"path": model.path, "roles": [r.to_dict() for r in rows]})
+        return
+    click.echo(table.render(
+        [(r.role, r.tensors, ", ".join(f"{t} {n}" for t, n in r.types.items()), r.parameters, r.bytes,
+          f"{100 * r.share:.2f}%", f"{r.bpw:.2f}") for r in rows],
+        ("role", "tensors", "types", "parameters", "bytes", "share", "BPW"), tablefmt, align="lrlrrrr"))
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--no-collapse", is_flag=True, help="One row per layer even where neighbours are identical.")
+@json_option
+@tablefmt_option
+def layers(file: str, no_collapse: bool, as_json: bool, tablefmt: str) -> None:
+    """A grid with one row per layer: its kind (attention, sliding-window attention, recurrent:
+    Mamba, Gated DeltaNet, RWKV...; dense or MoE feed-forward) and the type of each role. Identical
+    neighbouring layers are collapsed, so "blocks 12-16 have ffn_up Q5_K" shows at a glance.
+
+    \b
+    Examples:
+      ggufx layers model.gguf
+      ggufx layers model.gguf --json | jq .layer_kinds
+    """
+    import ggufx
+    from ggufx import table
+    from ggufx.analysis import layer_grid
+
+    model = ggufx.open(file)
+    grid = layer_grid(model, collapse=not no_collapse)
+    if as_json:
+        emit_json({"path": model.path, **grid.to_dict()})
+        return
+    rows = []
+    for r in grid.rows:
+        span = str(r.first) if r.first == r.last else f"{r.first}-{r.last}"
+        rows.append([span, r.kind, *[r.types[role] or "-" for role in grid.roles], f"{r.bpw:.2f}"])
+    click.echo(table.render(rows, ["layers", "kind", *grid.roles, "BPW"], tablefmt,
+                            align="ll" + "l" * len(grid.roles) + "r"))
+    counts = ", ".join(f"{n} {kind}" for kind, n in grid.counts().items())
+    click.echo(f"\n{len(grid.kinds)} layers: {counts}")
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["command", "tensor-type-file", "args"]), default="command",
+              show_default=True, help="A llama-quantize command line, the file --tensor-type-file reads, or one argument per line.")
+@json_option
+def recipe(file: str, fmt: str, as_json: bool) -> None:
+    """The llama-quantize recipe that reproduces this file's per-tensor types: --pure, a base FTYPE
+    and the fewest --tensor-type rules (first match wins, as llama-quantize applies them), plus
+    --output-tensor-type / --token-embedding-type where needed. Run it on the same source model.
+
+    \b
+    Examples:
+      ggufx recipe model.gguf
+      ggufx recipe model.gguf --format tensor-type-file > types.txt
+      ggufx recipe model.gguf --json | jq '{base, rules}'
+    """
+    import ggufx
+    from ggufx.analysis import check_recipe, recipe as make_recipe
+
+    model = ggufx.open(file)
+    rec = make_recipe(model)
+    if as_json:
+        d = rec.to_dict()
+        d["path"] = model.path
+        d["verified"] = not check_recipe(model, rec)
+        emit_json(d)
+        return
+    if fmt == "tensor-type-file":
+        click.echo(rec.tensor_type_file(), nl=False)
+    elif fmt == "args":
+        click.echo("\n".join(rec.args()))
+    else:
+        click.echo(rec.command())
+    if rec.unreproducible:
+        click.echo(f"note: llama-quantize cannot give these tensors their types: {', '.join(rec.unreproducible)}", err=True)
+
+
+@click.command("diff")
+@click.argument("a", type=click.Path(dir_okay=False))
+@click.argument("b", type=click.Path(dir_okay=False))
+@json_option
+@tablefmt_option
+def diff_(a: str, b: str, as_json: bool, tablefmt: str) -> None:
+    """Compare two quants: per-tensor type changes grouped by role and layer ranges, added and
+    removed tensors, metadata changes, BPW and size change. Exit 1 when the tensors differ.
+
+    \b
+    Examples:
+      ggufx diff model-Q4_K_M.gguf model-UD-Q4_K_XL.gguf
+      ggufx diff old.gguf new.gguf --json | jq .type_changes
+    """
+    import ggufx
+    from ggufx import table
+    from ggufx.analysis import diff as model_diff
+
+    d = model_diff(ggufx.open(a), ggufx.open(b))
+    if as_json:
+        emit_json(d.to_dict())
+    else:
+        if d.type_changes:
+            click.echo(table.render([(c.role, c.layers or "-", c.before, c.after, c.tensors) for c in d.type_changes],
+                                    ("role", "layers", "A", "B", "tensors"), tablefmt, align="lllll"))
+        for label, names in (("added tensors", d.added), ("removed tensors", d.removed), ("shape changes", d.shape_changes),
+                             ("metadata added", d.metadata_added), ("metadata removed", d.metadata_removed),
+                             ("metadata changed", d.metadata_changed)):
+            if names:
+                click.echo(f"{label}: {', '.join(names[:20])}{' ...' if len(names) > 20 else ''}")
+        click.echo(f"BPW {d.a_bpw:.4f} -> {d.b_bpw:.4f} ({d.b_bpw - d.a_bpw:+.4f}); tensor bytes {d.a_bytes:,} -> "
+                   f"{d.b_bytes:,} ({d.b_bytes - d.a_bytes:+,}); file {d.a_file_bytes:,} -> {d.b_file_bytes:,}")
+        if d.identical_tensors:
+            click.echo("tensors: same names, shapes and types")
+    if not d.identical_tensors:
+        sys.exit(EXIT_CHECK_FAILED)
+
+
+__all__: list[Any] = ["roles", "layers", "recipe", "diff_"]

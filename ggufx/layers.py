@@ -1,0 +1,143 @@
+"""What each layer of a model is: attention (full or sliding-window), recurrent (Mamba, Mamba-2,
+Gated DeltaNet, RWKV, short convolution), dense or mixture-of-experts feed-forward.
+
+The model's own keys decide, as llama.cpp's loader reads them: ``{arch}.attention.recurrent_layers``
+and ``{arch}.full_attention_interval`` (Qwen3-Next, Qwen 3.5), per-layer
+``{arch}.attention.head_count_kv`` arrays (a 0 marks a layer without attention),
+``{arch}.attention.sliding_window`` with ``{arch}.attention.sliding_window_pattern`` or llama.cpp's
+per-architecture default pattern. The tensors each layer has are the cross-check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .model import GGUFModel
+from .roles import ATTENTION_ROLES, RECURRENT_ROLES, parse_name
+from .values import GGUFArray
+
+# llama.cpp's load_swa_pattern(ml, n, dense_first) defaults (src/models/*.cpp)
+SWA_DEFAULTS: dict[str, tuple[int, bool]] = {
+    "gemma2": (2, False), "gemma3": (6, False), "gemma3n": (5, False), "gemma-embedding": (6, False),
+    "cohere2": (4, False), "cohere2moe": (4, True), "afmoe": (4, False), "exaone4": (4, False),
+    "exaone-moe": (4, False), "llama4": (4, False), "mellum": (4, False), "olmo2": (4, False),
+    "gpt-oss": (2, False), "openai-moe": (2, False), "plamo3": (8, False), "smallthinker": (4, True),
+    "modern-bert": (3, True), "laguna": (4, True),
+}
+RECURRENT_FLAVOUR: dict[str, str] = {
+    "mamba": "Mamba", "mamba2": "Mamba-2", "jamba": "Mamba", "falcon-h1": "Mamba-2", "granitehybrid": "Mamba-2",
+    "nemotron_h": "Mamba-2", "nemotron_h_moe": "Mamba-2", "plamo2": "Mamba", "qwen3next": "Gated DeltaNet",
+    "qwen35": "Gated DeltaNet", "qwen35moe": "Gated DeltaNet", "kimi-linear": "Kimi delta attention",
+    "rwkv6": "RWKV", "rwkv6qwen2": "RWKV", "rwkv7": "RWKV", "arwkv7": "RWKV", "lfm2": "short conv",
+    "lfm2moe": "short conv", "minimax-01": "linear attention",
+}
+ALL_RECURRENT = frozenset({"mamba", "mamba2", "rwkv6", "rwkv7", "arwkv7", "rwkv6qwen2"})
+
+
+@dataclass(frozen=True, slots=True)
+class LayerKind:
+    index: int
+    mixer: str  # "attention", "attention (SWA)", "recurrent (Gated DeltaNet)", "none"
+    ffn: str  # "dense", "MoE", "none"
+    n_head_kv: int | None = None
+
+    @property
+    def is_attention(self) -> bool:
+        return self.mixer.startswith("attention")
+
+    @property
+    def is_swa(self) -> bool:
+        return self.mixer == "attention (SWA)"
+
+    @property
+    def is_recurrent(self) -> bool:
+        return self.mixer.startswith("recurrent")
+
+    @property
+    def label(self) -> str:
+        return self.mixer if self.ffn in ("dense", "none") else f"{self.mixer} + {self.ffn}"
+
+
+def _per_layer(model: GGUFModel, suffix: str, n: int) -> list[int] | None:
+    arch = model.architecture
+    key = f"{arch}.{suffix}"
+    if key not in model.metadata:
+        return None
+    v = model.metadata[key]
+    if isinstance(v, GGUFArray):
+        items = v.tolist()
+        return [int(x) for x in items[:n]] + [0] * (n - len(items)) if items else None
+    if isinstance(v, (int, bool)):
+        return [int(v)] * n
+    return None
+
+
+def swa_layers(model: GGUFModel, n: int) -> list[bool]:
+    """Which layers use the sliding window, as ``llama_hparams::set_swa_pattern`` decides."""
+    arch = model.architecture or ""
+    md = model.metadata
+    if md.get_int(f"{arch}.attention.sliding_window") in (None, 0):
+        return [False] * n
+    key = f"{arch}.attention.sliding_window_pattern"
+    if key in md and isinstance(md[key], GGUFArray):
+        items = [bool(x) for x in md[key].tolist()]
+        return (items + [False] * n)[:n]
+    n_pattern, dense_first = SWA_DEFAULTS.get(arch, (0, False))
+    if key in md and md.get_int(key) is not None:
+        n_pattern = md.get_int(key)  # type: ignore[assignment]
+    out = []
+    for il in range(n):
+        if dense_first:
+            out.append(n_pattern == 0 or il % n_pattern != 0)
+        else:
+            out.append(n_pattern == 0 or il % n_pattern < n_pattern - 1)
+    return out
+
+
+def recurrent_layers(model: GGUFModel, n: int, roles_by_layer: dict[int, set[str]]) -> list[bool]:
+    arch = model.architecture or ""
+    md = model.metadata
+    explicit = _per_layer(model, "attention.recurrent_layers", n)
+    if explicit is not None:
+        return [bool(x) for x in explicit]
+    interval = md.get_int(f"{arch}.full_attention_interval")
+    if interval:
+        return [(i + 1) % interval != 0 for i in range(n)]
+    if arch in ALL_RECURRENT:
+        return [True] * n
+    # hybrids that mark recurrent layers with n_head_kv = 0 (Jamba, Granite hybrid, Nemotron-H, LFM2)
+    kv = _per_layer(model, "attention.head_count_kv", n)
+    if kv is not None and any(x == 0 for x in kv) and arch in RECURRENT_FLAVOUR:
+        return [x == 0 for x in kv]
+    return [bool(roles_by_layer.get(i, set()) & RECURRENT_ROLES) for i in range(n)]
+
+
+def layer_kinds(model: GGUFModel) -> list[LayerKind]:
+    """One :class:`LayerKind` per block of the language model."""
+    roles_by_layer: dict[int, set[str]] = {}
+    for t in model.tensors:
+        r = parse_name(t.name)
+        if r.layer is not None and r.tower is None:
+            roles_by_layer.setdefault(r.layer, set()).add(r.role)
+    n = model.metadata.get_int(f"{model.architecture}.block_count") or (max(roles_by_layer) + 1 if roles_by_layer else 0)
+    rec = recurrent_layers(model, n, roles_by_layer)
+    swa = swa_layers(model, n)
+    kv = _per_layer(model, "attention.head_count_kv", n)
+    flavour = RECURRENT_FLAVOUR.get(model.architecture or "", "")
+    out = []
+    for i in range(n):
+        roles = roles_by_layer.get(i, set())
+        if rec[i]:
+            mixer = f"recurrent ({flavour})" if flavour else "recurrent"
+        elif roles & ATTENTION_ROLES or not roles:
+            mixer = "attention (SWA)" if swa[i] else "attention"
+        else:
+            mixer = "none"
+        if any(r.endswith("_exps") for r in roles):
+            ffn = "MoE"
+        elif roles & {"ffn_up", "ffn_down", "ffn_gate", "ffn_gate_up"}:
+            ffn = "dense"
+        else:
+            ffn = "none"
+        out.append(LayerKind(i, mixer, ffn, kv[i] if kv else None))
+    return out
