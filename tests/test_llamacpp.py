@@ -117,3 +117,58 @@ def test_template_set_cli_then_llama_server_props(llama_bin: Path, smollm2_path:
     # final "%}" is gone from what /props reports (the rendering is the same)
     served = _server_props(llama_bin, p)["chat_template"]
     assert served == (text[:-1] if text.endswith("%}\n") else text)
+
+
+def _types(path: Path) -> dict[str, str]:
+    return {t.name: t.type.name for t in ggufx.open(path).tensors}
+
+
+def _quantize(bin_dir: Path, args: list[str], src: Path, dst: Path, ftype: str) -> None:
+    proc = subprocess.run([str(bin_dir / "llama-quantize"), *args, str(src), str(dst), ftype, "2"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("first", [
+    ["--allow-requantize"],  # llama-quantize's own Q4_K_M mixture
+    ["--allow-requantize", "--pure", "--tensor-type", r"blk\.(1[0-4])\.ffn_up=q5_1", "--tensor-type", "attn_v=q8_0",
+     "--tensor-type", r"ffn_down=q6_k", "--output-tensor-type", "q8_0", "--token-embedding-type", "q4_1"],
+], ids=["q4_k_m-mixture", "custom-recipe"])
+def test_recipe_is_reproduced_by_llama_quantize(llama_bin: Path, smollm2_path: Path, tmp_path: Path, first: list[str]) -> None:
+    from ggufx.analysis import recipe
+
+    ftype = "Q4_K_M" if "--pure" not in first else "Q4_0"
+    out1, out2 = tmp_path / "one.gguf", tmp_path / "two.gguf"
+    _quantize(llama_bin, first, smollm2_path, out1, ftype)
+    rec = recipe(ggufx.open(out1))
+    _quantize(llama_bin, rec.args(), smollm2_path, out2, rec.ftype)
+    t1, t2 = _types(out1), _types(out2)
+    assert t1 == t2, {k: (t1[k], t2.get(k)) for k in t1 if t1[k] != t2.get(k)}
+    # the same through --tensor-type-file
+    types_file = tmp_path / "types.txt"
+    types_file.write_text(rec.tensor_type_file())
+    args = [a for a in rec.args() if a != "--tensor-type"]
+    args = [a for a in args if not any(a == f"{r.pattern}={r.type.lower()}" for r in rec.rules)]
+    out3 = tmp_path / "three.gguf"
+    _quantize(llama_bin, [*args, "--tensor-type-file", str(types_file)], smollm2_path, out3, rec.ftype)
+    assert _types(out3) == t1
+
+
+@pytest.mark.parametrize("which", ["smollm2", "gemma"])
+@pytest.mark.parametrize("cache", ["f16", "q8_0", "q4_0"])
+def test_kv_cache_equals_llama_cpp(llama_bin: Path, real_models, which: str, cache: str) -> None:
+    from ggufx.memory import estimate
+
+    model = real_models[which]
+    proc = subprocess.run([str(llama_bin / "llama-completion"), "-m", str(model), "-n", "1", "-p", "hi", "-no-cnv",
+                           "--no-warmup", "-t", "2", "-c", "4096", "-ctk", cache, "-ctv", cache, "-fa", "on", "-v"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    sizes = [(float(a), int(b), int(c)) for a, b, c in
+             re.findall(r"llama_kv_cache: size =\s+([\d.]+) MiB \(\s*(\d+) cells,\s+(\d+) layers", proc.stderr + proc.stdout)]
+    e = estimate(ggufx.open(model), 4096, cache_type_k=cache, cache_type_v=cache)
+    ours = [(round(e.kv / 2**20, 2), e.kv_cells, e.kv_layers)]
+    if e.kv_swa_layers:
+        ours.append((round(e.kv_swa / 2**20, 2), e.kv_swa_cells, e.kv_swa_layers))
+    # llama.cpp may build its context more than once (fitting, then for real): the same caches
+    assert list(dict.fromkeys(sizes)) == ours

@@ -149,3 +149,70 @@ def diff_(a: str, b: str, as_json: bool, tablefmt: str) -> None:
 
 
 __all__: list[Any] = ["roles", "layers", "recipe", "diff_"]
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--ctx", type=int, default=0, show_default=True, help="Context length in tokens (0: the model's training context).")
+@click.option("--cache-type-k", "-ctk", default="f16", show_default=True,
+              type=click.Choice(["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"]), help="K cache type.")
+@click.option("--cache-type-v", "-ctv", default="f16", show_default=True,
+              type=click.Choice(["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"]), help="V cache type.")
+@click.option("--flash-attn/--no-flash-attn", default=True, show_default=True, help="Flash attention (needed for a quantized V cache).")
+@click.option("--parallel", "-np", default=1, show_default=True, help="Sequences (slots) served in parallel.")
+@click.option("--ubatch", "-ub", default=512, show_default=True, help="Physical batch size in tokens.")
+@click.option("--n-gpu-layers", "-ngl", default=-1, show_default=True, help="Layers offloaded to the GPU (-1: all, and the output layer).")
+@click.option("--fit", "fit_budget", metavar="SIZE", help="Instead: the largest context per cache type that fits SIZE of GPU memory (24GiB, 16GB).")
+@json_option
+@tablefmt_option
+def mem(file: str, ctx: int, cache_type_k: str, cache_type_v: str, flash_attn: bool, parallel: int, ubatch: int,
+        n_gpu_layers: int, fit_budget: str | None, as_json: bool, tablefmt: str) -> None:
+    """Memory as llama.cpp allocates it: weights (offloaded vs host), KV cache (attention layers
+    only, sliding-window layers hold only the window), recurrent state (Mamba, Gated DeltaNet,
+    RWKV layers), and an estimate of the compute buffer. --fit answers the inverse question: the
+    largest context that fits a GPU, for f16, q8_0 and q4_0 caches. 1 MiB = 1,048,576 bytes.
+
+    \b
+    Examples:
+      ggufx mem model.gguf --ctx 32768
+      ggufx mem model.gguf --ctx 262144 -ctk q4_0 -ctv q4_0
+      ggufx mem model.gguf --fit 24GiB
+    """
+    import ggufx
+    from ggufx import table
+    from ggufx.memory import MiB, estimate, fit, parse_size
+
+    model = ggufx.open(file)
+    kw = {"parallel": parallel, "n_ubatch": ubatch, "flash_attn": flash_attn, "n_gpu_layers": n_gpu_layers}
+    if fit_budget is not None:
+        try:
+            budget = parse_size(fit_budget)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--fit") from None
+        fits = fit(model, budget, **kw)
+        if as_json:
+            emit_json({"path": model.path, "budget": budget, "fits": [f.to_dict() for f in fits]})
+            return
+        click.echo(table.render([(f.cache_type, f"{f.n_ctx:,}" + (" (training context)" if f.capped else ""),
+                                  f"{f.gpu_total / MiB:,.0f}") for f in fits],
+                                ("KV cache type", "largest context", "GPU MiB"), tablefmt, align="lrr"))
+        return
+    e = estimate(model, ctx, cache_type_k=cache_type_k, cache_type_v=cache_type_v, **kw)
+    if as_json:
+        emit_json({"path": model.path, **e.to_dict()})
+        return
+    rows = [
+        ("weights on GPU", e.weights_gpu / MiB, "all layers and the output layer offloaded" if n_gpu_layers < 0
+         else f"{e.n_gpu_layers} layers offloaded"),
+        ("weights on host", e.weights_host / MiB, "token embedding and layers not offloaded"),
+        ("KV cache (full attention)", e.kv / MiB, f"{e.kv_layers} layers x {e.kv_cells:,} cells, K {e.cache_type_k} V {e.cache_type_v}"),
+    ]
+    if e.kv_swa_layers:
+        rows.append(("KV cache (sliding window)", e.kv_swa / MiB, f"{e.kv_swa_layers} layers x {e.kv_swa_cells:,} cells"))
+    if e.recurrent_layers:
+        rows.append(("recurrent state", e.recurrent / MiB, f"{e.recurrent_layers} layers x {e.parallel} sequence(s), f32"))
+    rows.append(("compute buffer (estimate)", e.compute_estimate / MiB, f"ubatch {e.n_ubatch}, flash attention {'on' if e.flash_attn else 'off'}"))
+    rows.append(("GPU total", e.gpu_total / MiB, f"n_ctx {e.n_ctx:,}"))
+    click.echo(table.render([(a, f"{b:,.2f}", c) for a, b, c in rows], ("part", "MiB", "how"), tablefmt, align="lrl"))
+    for note in e.notes:
+        click.echo(f"note: {note}")
