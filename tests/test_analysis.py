@@ -190,3 +190,44 @@ def test_diff_reports_type_changes(tmp_path: Path, monkeypatch) -> None:
     assert d.b_bytes > d.a_bytes and d.b_bpw > d.a_bpw
     r = run("diff", str(FIXTURES / "all-types-v3.gguf"), str(b))
     assert r.exit_code == 1 and re.search(r"^attn_v +0 +Q6_K +Q8_0 +1$", r.output, re.M)
+
+
+# -- report --------------------------------------------------------------------------------------
+
+def test_report_html_contains_the_numbers_and_escapes_metadata(smollm2_path: Path, tmp_path: Path) -> None:
+    p = tmp_path / "m.gguf"
+    shutil.copy(smollm2_path, p)
+    assert run("set", str(p), "general.name", "<script>alert(1)</script> & co").exit_code == 0
+    out = tmp_path / "report.html"
+    r = run("report", str(p), "-o", str(out))
+    assert r.exit_code == 0, r.output
+    html = out.read_text()
+    s = ggufx.info(p)
+    assert f'<td id="parameters">{s.parameters:,}</td>' in html and f'<td id="bpw">{s.bpw:.4f}</td>' in html
+    assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co" in html
+    assert html.count("<rect ") == sum(1 for t in ggufx.open(p).tensors if parse_name(t.name).layer is not None)
+    assert 'id="dialect">none' in html
+    md = run("report", str(p), "--format", "md").output
+    assert md.startswith("# \\<script\\>alert(1)\\</script\\> & co") and f"| parameters | {s.parameters:,} |" in md
+    d = json.loads(run("report", str(p), "--json").output)
+    assert d["summary"]["parameters"] == s.parameters and d["chat_template"]["family"] == "chatml"
+
+
+def test_report_opens_in_headless_chromium(gemma_path: Path, tmp_path: Path) -> None:
+    import subprocess
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    out = tmp_path / "report.html"
+    assert run("report", str(gemma_path), "-o", str(out)).exit_code == 0
+    proc = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                           "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+                           "--enable-logging=stderr", "--v=0", "--dump-dom", out.as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    dom = proc.stdout
+    s = ggufx.info(gemma_path)
+    assert f'<td id="bpw">{s.bpw:.4f}</td>' in dom and "<svg" in dom and dom.count("<rect") > 200
+    console = [ln for ln in proc.stderr.splitlines() if "CONSOLE" in ln or "Refused to" in ln]
+    assert console == []

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "layers": ("analyze", "layers", "Layer grid: kind (attention, SWA, recurrent, MoE) and type per role."),
     "recipe": ("analyze", "recipe", "The llama-quantize recipe that reproduces this quant."),
     "mem": ("analyze", "mem", "Memory at a context length (KV, recurrent state, weights); --fit a GPU."),
+    "report": ("analyze", "report", "One-page HTML or Markdown report with a layer heat map."),
     "diff": ("analyze", "diff_", "Type, tensor and metadata differences between two quants."),
     "set": ("edit", "set_", "Set a metadata key in place (crash-safe, no requantizing)."),
     "delete": ("edit", "delete", "Delete metadata keys."),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -216,3 +217,41 @@ def mem(file: str, ctx: int, cache_type_k: str, cache_type_v: str, flash_attn: b
     click.echo(table.render([(a, f"{b:,.2f}", c) for a, b, c in rows], ("part", "MiB", "how"), tablefmt, align="lrl"))
     for note in e.notes:
         click.echo(f"note: {note}")
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the report here (default: stdout).")
+@click.option("--format", "fmt", type=click.Choice(["html", "md"]), default=None,
+              help="html or md (default: from the output's extension, else html).")
+@json_option
+def report(file: str, output: str | None, fmt: str | None, as_json: bool) -> None:
+    """One page about a model: summary, type histogram, where the bits go, a layer heat map (inline
+    SVG, no JavaScript, no network), memory at a few context lengths, chat template facts.
+
+    \b
+    Examples:
+      ggufx report model.gguf -o report.html
+      ggufx report model.gguf --format md > REPORT.md
+      ggufx report model.gguf --json   # the data behind the page
+    """
+    import ggufx
+    from ggufx.pages import context, render
+
+    model = ggufx.open(file)
+    if as_json:
+        ctx = context(model)
+        emit_json({"summary": ctx["s"], "roles": [r.to_dict() for r in ctx["roles"]], "layers": ctx["grid"].to_dict(),
+                   "memory": [m.to_dict() for m in ctx["memory"]], "chat_template": ctx["template"]})
+        return
+    if fmt is None:
+        fmt = "md" if output and output.endswith((".md", ".markdown")) else "html"
+    text = render(model, fmt)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    tmp = f"{output}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, output)
+    click.echo(f"wrote {output} ({len(text):,} characters)", err=True)
