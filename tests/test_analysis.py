@@ -231,3 +231,36 @@ def test_report_opens_in_headless_chromium(gemma_path: Path, tmp_path: Path) -> 
     assert f'<td id="bpw">{s.bpw:.4f}</td>' in dom and "<svg" in dom and dom.count("<rect") > 200
     console = [ln for ln in proc.stderr.splitlines() if "CONSOLE" in ln or "Refused to" in ln]
     assert console == []
+
+
+def test_analysis_on_split_models_equals_the_whole() -> None:
+    whole, split = FIXTURES / "all-types-v3.gguf", FIXTURES / "split-00002-of-00003.gguf"
+    for cmd in (["roles"], ["layers"], ["recipe"]):
+        a = json.loads(run(*cmd, str(whole), "--json").output)
+        b = json.loads(run(*cmd, str(split), "--json").output)
+        a.pop("path", None), b.pop("path", None)
+        assert a == b, cmd
+    assert run("diff", str(whole), str(split)).exit_code == 0  # same tensors; split keys differ
+
+
+def test_moe_layers(tmp_path: Path) -> None:
+    from tests.fixtures.make_fixtures import STR, U32, Raw
+
+    r = Raw()
+    r.kv("general.architecture", STR, r.s("qwen3moe"))
+    r.kv("qwen3moe.block_count", U32, r.p("I", 2))
+    off = 0
+    for il in range(2):
+        for role, shape in (("attn_q", (64, 64)), ("attn_k", (64, 16)), ("attn_v", (64, 16)),
+                            ("ffn_gate_inp", (64, 4)), ("ffn_up_exps", (64, 32, 4)), ("ffn_down_exps", (32, 64, 4))):
+            r.tensor(f"blk.{il}.{role}.weight", shape, 0, off)
+            n = 1
+            for d in shape:
+                n *= d
+            off += n * 4
+    p = tmp_path / "moe.gguf"
+    p.write_bytes(r.build() + bytes(off))
+    kinds = layer_kinds(ggufx.open(p))
+    assert [(k.mixer, k.ffn, k.label) for k in kinds] == [("attention", "MoE", "attention + MoE")] * 2
+    roles = {x.role: x for x in role_table(ggufx.open(p))}
+    assert roles["ffn_up_exps"].parameters == 2 * 64 * 32 * 4
