@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .ggmltypes import GGMLType, file_type_label, ggml_type_by_name, type_table
+from .ggmltypes import file_type_label, ggml_type_by_name
 from .layers import LayerKind, layer_kinds
 from .model import GGUFModel
 from .reader import TensorInfo
@@ -131,7 +131,9 @@ def layer_grid(model: GGUFModel, collapse: bool = True) -> LayerGrid:
 
 # -- recipe --------------------------------------------------------------------------------------
 
-# llama.cpp's llama_ftype_get_default_type, inverted: the type each ftype quantizes to by default
+# llama.cpp's llama_ftype_get_default_type (llama-quant.cpp), inverted: the FTYPE argument that
+# quantizes to a type by default. Not the loader's guess in ggmltypes.file_type_for_ggml_type:
+# e.g. IQ2_S is the default type of FTYPE IQ2_M, while the loader labels an IQ2_S file IQ2_S.
 FTYPE_FOR_TYPE = {
     "Q4_0": "Q4_0", "Q4_1": "Q4_1", "Q5_0": "Q5_0", "Q5_1": "Q5_1", "Q8_0": "Q8_0", "F16": "F16", "BF16": "BF16",
     "Q2_K": "Q2_K", "Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M", "Q6_K": "Q6_K", "TQ1_0": "TQ1_0",
@@ -395,4 +397,4 @@ def diff(a: GGUFModel, b: GGUFModel) -> ModelDiff:
 
 
 __all__ = ["RoleStat", "role_table", "LayerGrid", "layer_grid", "Recipe", "recipe", "check_recipe", "fallback",
-           "ModelDiff", "diff", "layer_ranges", "GGMLType", "type_table"]
+           "ModelDiff", "diff", "layer_ranges"]

@@ -34,7 +34,7 @@ from . import safewrite
 from .encode import encode_kv
 from .errors import GGUFError
 from .keys import PADDING_KEY, coerce, expected_types, infer_scalar_type, parse_json_list, protected_reason
-from .model import SHARD_RE, _split_info, shard_path
+from .model import SHARD_RE, split_info, shard_path
 from .reader import GGUFHeader, parse_header
 from .safewrite import EditError
 from .values import GGUFArray, ValueType, f32_short
@@ -560,7 +560,7 @@ def _open_locked(real: str, writable: bool, notes: list[str]) -> tuple[int, str,
 
 def _first_shard(header: GGUFHeader) -> str | None:
     """The path of shard 1 when ``header`` belongs to a split model, else None."""
-    info = _split_info(header)
+    info = split_info(header)
     if info is None:
         return None
     no, count, _ = info

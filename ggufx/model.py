@@ -132,7 +132,7 @@ class GGUFModel:
 SourceOpener = Callable[[str], Any]
 
 
-def _split_info(h: GGUFHeader) -> tuple[int, int, int | None] | None:
+def split_info(h: GGUFHeader) -> tuple[int, int, int | None] | None:
     """(no, count, tensors_total) from ``split.*`` keys, or None for an unsplit file."""
     count_kv = h.kvs.get("split.count")
     if count_kv is None:
@@ -165,7 +165,7 @@ def open_model(path: str | os.PathLike[str], opener: SourceOpener = FileSource, 
         head = parse_header(src)
     finally:
         _close(src)
-    info = _split_info(head)
+    info = split_info(head)
     if info is None:
         return GGUFModel([Shard(0, path, head)])
     no, count, total = info
@@ -189,7 +189,7 @@ def open_model(path: str | os.PathLike[str], opener: SourceOpener = FileSource, 
                 h = parse_header(s)
             finally:
                 _close(s)
-            sinfo = _split_info(h)
+            sinfo = split_info(h)
             if sinfo is None or sinfo[0] != i or sinfo[1] != count:
                 raise ShardError(p, None, f"expected shard {i + 1} of {count}, but its split.* keys say {'not split' if sinfo is None else f'{sinfo[0] + 1} of {sinfo[1]}'}")
         shards.append(Shard(i, p, h))

@@ -4,7 +4,6 @@ detection on real vendor templates, lint, and the `ggufx template` commands."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import ggufx
-from ggufx.errors import FormatError, GGUFError, ShardError, SourceError, TruncatedError
+from ggufx.errors import FormatError, GGUFError, ShardError, SourceError
 from ggufx.reader import parse_header
 from ggufx.source import FileSource
 from ggufx.values import GGUFArray, ValueType
