@@ -80,7 +80,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-gib", type=int, default=4)
     ap.add_argument("--dir", type=Path, default=HERE / ".data")
-    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=5, help="runs of the in-place edit")
+    ap.add_argument("--copies", type=int, default=5, help="interleaved runs of each whole-file copy")
     args = ap.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     # byte-compile ggufx as an installed package would be (PYTHONDONTWRITEBYTECODE may be set here)
@@ -113,7 +114,7 @@ def main() -> None:
     # the copies are interleaved (rewrite, -o, cp, cp+sync, rewrite, ...) so that all see the same
     # state of the page cache and of the filesystem's background work
     samples: dict[str, list[tuple[float, int]]] = {"rewrite": [], "out": [], "cp": [], "cps": []}
-    for i in range(3):
+    for i in range(args.copies):
         samples["rewrite"].append(run([gx, "set", str(work), "tokenizer.chat_template", "--from-file",
                                        str((a, b)[i % 2]), "--strategy", "rewrite"]))
         samples["out"].append(run([gx, "set", str(work), "tokenizer.chat_template", "--from-file", str(b), "-o", str(out)]))
@@ -137,7 +138,7 @@ def main() -> None:
         table.append([label, f"{wall:,.3f}", f"{size / wall / 2**30:,.2f}" if wall > 0.5 else "-",
                       f"{rss / 2**20:,.0f}", f"{t_new / wall:,.0f}x"])
     print(f"file: {size / 2**30:.2f} GiB ({size:,} bytes), header ~{ggufx.open(big).header.data_offset / 2**20:.1f} MiB; "
-          f"median of {args.runs} runs where repeated; warm page cache\n")
+          f"medians of {args.runs} in-place runs and {args.copies} interleaved copies; warm page cache\n")
     print(tabulate(table, headers=["command", "wall s", "GiB/s", "peak RSS MiB", "faster than gguf-new-metadata"],
                    tablefmt="github", colalign=("left", "right", "right", "right", "right")))
     print(f"\nin place vs gguf-new-metadata: {t_new / t_inplace:,.0f}x; insert-range {t_insert * 1000:.0f} ms; "
