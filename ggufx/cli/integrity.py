@@ -1,0 +1,128 @@
+"""Integrity commands: hash, manifest, verify."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from ._common import EXIT_CHECK_FAILED, EXIT_USAGE, dumps, emit_json, json_option
+
+ALGO_OPTION = click.option("--algo", type=click.Choice(["xxh3-128", "sha256"]), default="xxh3-128", show_default=True,
+                           help="Per-tensor hash; sha256 for a cryptographic one (the fingerprint is always xxh3-128).")
+
+
+def _hash(path: str, algo: str, quiet: bool):
+    import ggufx
+    from ggufx.hashing import hash_model
+
+    model = ggufx.open(path)
+    bar = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = click.progressbar(length=total, label=f"hashing {os.path.basename(path)}", file=sys.stderr)
+            bar.__enter__()
+        bar.update(done - bar.pos)
+
+    try:
+        return hash_model(model, algo, progress=None if quiet or not sys.stderr.isatty() else progress)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+
+
+@click.command("hash")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--per-tensor", is_flag=True, help="Also list every tensor's hash.")
+@ALGO_OPTION
+@json_option
+def hash_(file: str, per_tensor: bool, algo: str, as_json: bool) -> None:
+    """Hash each tensor's data and print the model fingerprint: it ignores metadata (a fixed chat
+    template) and how the model is split into shards, and changes if any tensor byte changes.
+    The construction is documented in the README.
+
+    \b
+    Examples:
+      ggufx hash model.gguf
+      ggufx hash model-00001-of-00003.gguf --per-tensor --json
+      ggufx hash model.gguf --algo sha256
+    """
+    h = _hash(file, algo, as_json)
+    if as_json:
+        emit_json(h.to_dict(per_tensor=per_tensor))
+        return
+    click.echo(f"fingerprint    {h.fingerprint}")
+    click.echo(f"metadata hash  {h.metadata_hash}")
+    if per_tensor:
+        for name, t in h.tensors.items():
+            click.echo(f"{t['hash']}  {t['type']:<8} {name}")
+
+
+@click.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write manifest.json.")
+@ALGO_OPTION
+def manifest(files: tuple[str, ...], output: str, algo: str) -> None:
+    """Record fingerprints, per-tensor hashes, per-key metadata hashes and key facts of FILES.
+
+    \b
+    Examples:
+      ggufx manifest model.gguf -o manifest.json
+      ggufx manifest *.gguf -o release-manifest.json --algo sha256
+    """
+    from ggufx.hashing import manifest as make_manifest
+
+    doc = make_manifest([_hash(f, algo, False) for f in files])
+    tmp = f"{output}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(dumps(doc) + "\n")
+    os.replace(tmp, output)
+    click.echo(f"wrote {output}: {len(files)} model(s)", err=True)
+
+
+@click.command()
+@click.argument("manifest_file", type=click.Path(dir_okay=False, exists=True))
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False))
+@json_option
+def verify(manifest_file: str, files: tuple[str, ...], as_json: bool) -> None:
+    """Check files against a manifest: which tensors or metadata keys differ. Exit 1 when anything
+    differs. Without FILES the paths recorded in the manifest are checked; with FILES they are
+    matched to the manifest's models in order.
+
+    \b
+    Examples:
+      ggufx verify manifest.json
+      ggufx verify manifest.json downloaded.gguf --json
+    """
+    from ggufx.hashing import verify as check
+
+    try:
+        with open(manifest_file, encoding="utf-8") as f:
+            doc = json.load(f)
+        models = doc["models"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        click.echo(f"ggufx: error: {manifest_file}: not a ggufx manifest ({e})", err=True)
+        sys.exit(EXIT_USAGE)
+    targets = list(files) or [m["path"] for m in models]
+    if len(targets) > len(models):
+        raise click.UsageError(f"{len(targets)} files but the manifest has {len(models)} model(s)")
+    results: list[Any] = []
+    for expected, path in zip(models, targets):
+        results.append(check(expected, _hash(path, expected.get("algo", "xxh3-128"), as_json)))
+    if as_json:
+        emit_json({"manifest": manifest_file, "ok": all(r.ok for r in results), "results": [r.to_dict() for r in results]})
+    else:
+        for r in results:
+            click.echo(f"{'OK  ' if r.ok else 'FAIL'} {r.path}: {r.verdict}")
+            for label, names in (("tensors changed", r.tensors_changed), ("tensors added", r.tensors_added),
+                                 ("tensors removed", r.tensors_removed), ("metadata changed", r.metadata_changed),
+                                 ("metadata added", r.metadata_added), ("metadata removed", r.metadata_removed)):
+                if names:
+                    click.echo(f"     {label}: {', '.join(names[:20])}{' ...' if len(names) > 20 else ''}")
+    if not all(r.ok for r in results):
+        sys.exit(EXIT_CHECK_FAILED)
