@@ -172,3 +172,29 @@ def test_kv_cache_equals_llama_cpp(llama_bin: Path, real_models, which: str, cac
         ours.append((round(e.kv_swa / 2**20, 2), e.kv_swa_cells, e.kv_swa_layers))
     # llama.cpp may build its context more than once (fitting, then for real): the same caches
     assert list(dict.fromkeys(sizes)) == ours
+
+
+def test_fingerprint_survives_llama_gguf_split_and_merge(llama_bin: Path, smollm2_path: Path, tmp_path: Path) -> None:
+    from ggufx.hashing import hash_model
+
+    whole = hash_model(ggufx.open(smollm2_path))
+    prefix = tmp_path / "smol"
+    proc = subprocess.run([str(llama_bin / "llama-gguf-split"), "--split", "--split-max-tensors", "100",
+                           str(smollm2_path), str(prefix)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    shards = sorted(tmp_path.glob("smol-*-of-*.gguf"))
+    assert len(shards) == 3
+    split = ggufx.open(shards[1])  # any shard opens the whole model
+    assert len(split.shards) == 3 and split.summary().bpw == ggufx.info(smollm2_path).bpw
+    h = hash_model(split)
+    assert h.fingerprint == whole.fingerprint and h.metadata_hash == whole.metadata_hash
+    merged = tmp_path / "merged.gguf"
+    proc = subprocess.run([str(llama_bin / "llama-gguf-split"), "--merge", str(shards[0]), str(merged)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert hash_model(ggufx.open(merged)).fingerprint == whole.fingerprint
+    # a template edit through the first shard keeps the fingerprint too
+    from ggufx.edit import Set, edit
+
+    edit(shards[2], [Set("tokenizer.chat_template", "{{ messages }}")])
+    assert hash_model(ggufx.open(shards[0])).fingerprint == whole.fingerprint
