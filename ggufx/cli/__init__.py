@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "hash": ("integrity", "hash_", "Per-tensor hashes and a fingerprint that ignores metadata and sharding."),
     "manifest": ("integrity", "manifest", "Record fingerprints, tensor and metadata hashes in a manifest."),
     "verify": ("integrity", "verify", "Check files against a manifest: which tensors or keys differ."),
+    "check": ("integrity", "check_", "Check files against a TOML policy (PASS/FAIL per rule, JUnit XML)."),
     "set": ("edit", "set_", "Set a metadata key in place (crash-safe, no requantizing)."),
     "delete": ("edit", "delete", "Delete metadata keys."),
     "rename": ("edit", "rename", "Rename a metadata key."),

@@ -126,3 +126,49 @@ def verify(manifest_file: str, files: tuple[str, ...], as_json: bool) -> None:
                     click.echo(f"     {label}: {', '.join(names[:20])}{' ...' if len(names) > 20 else ''}")
     if not all(r.ok for r in results):
         sys.exit(EXIT_CHECK_FAILED)
+
+
+@click.command("check")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--policy", "policy_path", required=True, type=click.Path(dir_okay=False), help="A TOML policy (schema in the README).")
+@click.option("--junit", type=click.Path(dir_okay=False), help="Also write JUnit XML here, for CI systems.")
+@json_option
+def check_(files: tuple[str, ...], policy_path: str, junit: str | None, as_json: bool) -> None:
+    """Check files against a policy: allowed/minimum types per tensor regex, BPW and parameter
+    ranges, architecture, required/forbidden metadata, chat template sha256/dialect/lint, memory at a
+    context under a budget, fingerprint. One line per rule; exit 0 all passed, 1 a rule failed,
+    2 a bad policy or an unreadable file.
+
+    \b
+    Examples:
+      ggufx check model.gguf --policy policy.toml
+      ggufx check *.gguf --policy policy.toml --junit results.xml --json
+    """
+    import ggufx
+    from ggufx.check import CheckReport, RuleResult, check, junit_xml, load_policy
+    from ggufx.errors import GGUFError
+
+    policy = load_policy(policy_path)
+    reports = []
+    unreadable = False
+    for f in files:
+        try:
+            reports.append(check(ggufx.open(f), policy))
+        except GGUFError as e:
+            unreadable = True
+            reports.append(CheckReport(f, [RuleResult("readable", False, e.one_line())]))
+            click.echo(f"ggufx: error: {e.one_line()}", err=True)
+    if junit:
+        with open(junit, "w", encoding="utf-8") as fh:
+            fh.write(junit_xml(reports, policy_path))
+    if as_json:
+        emit_json({"policy": policy_path, "passed": all(r.passed for r in reports), "files": [r.to_dict() for r in reports]})
+    else:
+        for rep in reports:
+            for x in rep.results:
+                tag = click.style("PASS", fg="green") if x.passed else click.style("FAIL", fg="red")
+                click.echo(f"{tag} {rep.path}: {x.rule}: {x.reason}")
+    if unreadable:
+        sys.exit(EXIT_USAGE)
+    if not all(r.passed for r in reports):
+        sys.exit(EXIT_CHECK_FAILED)
