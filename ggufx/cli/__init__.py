@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "manifest": ("integrity", "manifest", "Record fingerprints, tensor and metadata hashes in a manifest."),
     "verify": ("integrity", "verify", "Check files against a manifest: which tensors or keys differ."),
     "check": ("integrity", "check_", "Check files against a TOML policy (PASS/FAIL per rule, JUnit XML)."),
+    "scan": ("integrity", "scan", "Audit every GGUF in folders, the Hugging Face cache or the Ollama store."),
     "set": ("edit", "set_", "Set a metadata key in place (crash-safe, no requantizing)."),
     "delete": ("edit", "delete", "Delete metadata keys."),
     "rename": ("edit", "rename", "Rename a metadata key."),

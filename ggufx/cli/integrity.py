@@ -172,3 +172,46 @@ def check_(files: tuple[str, ...], policy_path: str, junit: str | None, as_json:
         sys.exit(EXIT_USAGE)
     if not all(r.passed for r in reports):
         sys.exit(EXIT_CHECK_FAILED)
+
+
+@click.command()
+@click.argument("dirs", nargs=-1, type=click.Path(file_okay=False))
+@click.option("--hf-cache", is_flag=True, help="Also scan the Hugging Face cache (HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub).")
+@click.option("--ollama", is_flag=True, help="Also scan the Ollama store (OLLAMA_MODELS or ~/.ollama/models).")
+@click.option("--no-lint", is_flag=True, help="Skip linting chat templates (faster).")
+@json_option
+def scan(dirs: tuple[str, ...], hf_cache: bool, ollama: bool, no_lint: bool, as_json: bool) -> None:
+    """Find GGUF models in folders (split shards grouped), a Hugging Face cache or an Ollama store,
+    and audit each from its header: architecture, parameters, type, BPW, size, template dialect and
+    problems (corrupt header, missing shard, template errors). Bad files are rows, never the end of
+    the scan. Exit 1 when any model has a problem.
+
+    \b
+    Examples:
+      ggufx scan ~/models
+      ggufx scan --hf-cache --ollama
+      ggufx scan ~/models --json | jq '.models[] | select(.problems != [])'
+    """
+    from ggufx import table
+    from ggufx.report import human_bytes, human_params
+    from ggufx.scan import default_hf_cache, default_ollama, scan as run_scan
+
+    roots = list(dirs)
+    if hf_cache:
+        roots.append(default_hf_cache())
+    if ollama:
+        roots.append(default_ollama())
+    if not roots:
+        raise click.UsageError("give a folder, --hf-cache or --ollama")
+    rows = run_scan([r for r in roots if os.path.isdir(r)], lint_templates=not no_lint)
+    if as_json:
+        emit_json({"roots": roots, "models": [r.to_dict() for r in rows]})
+    else:
+        click.echo(table.render(
+            [(r.name, r.architecture or "-", human_params(r.parameters) if r.parameters else "-", r.file_type or "-",
+              f"{r.bpw:.2f}" if r.bpw is not None else "-", human_bytes(r.file_bytes) if r.file_bytes else "-",
+              r.dialect or "-", "; ".join(r.problems) or "ok") for r in rows],
+            ("model", "arch", "params", "type", "BPW", "size", "template", "problems"), align="llrlrrll"))
+        click.echo(f"\n{len(rows)} model(s), {sum(1 for r in rows if r.problems)} with problems")
+    if any(r.problems for r in rows):
+        sys.exit(EXIT_CHECK_FAILED)

@@ -1,0 +1,162 @@
+"""Find GGUF models in folders, a Hugging Face cache and an Ollama store, and audit each header.
+
+* plain folders: every ``*.gguf``; split shards (``NAME-00001-of-00003.gguf``) become one model;
+* a Hugging Face cache (``models--ORG--NAME/snapshots/REV/...``): named ``ORG/NAME@REV/PATH``;
+* an Ollama store (``manifests/`` + ``blobs/sha256-*``): named as ``ollama run`` knows it
+  (``NAME:TAG``, ``NAMESPACE/NAME:TAG``) from the manifests' model layers.
+
+Header-only and fault-tolerant: a corrupt file or a missing shard is a row with a problem, never
+the end of the scan. Chat template facts are computed once per distinct template.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from .errors import GGUFError
+from .model import SHARD_RE
+
+OLLAMA_MODEL_LAYER = "application/vnd.ollama.image.model"
+
+
+@dataclass(slots=True)
+class ScanRow:
+    name: str
+    path: str
+    source: str  # "file", "hf-cache", "ollama"
+    shards: int = 1
+    architecture: str | None = None
+    parameters: int | None = None
+    file_type: str | None = None
+    bpw: float | None = None
+    file_bytes: int | None = None
+    dialect: str | None = None
+    problems: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "path": self.path, "source": self.source, "shards": self.shards,
+                "architecture": self.architecture, "parameters": self.parameters, "file_type": self.file_type,
+                "bpw": None if self.bpw is None else round(self.bpw, 4), "file_bytes": self.file_bytes,
+                "dialect": self.dialect, "problems": self.problems}
+
+
+def default_hf_cache() -> str:
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface")
+    return os.path.join(home, "hub")
+
+
+def default_ollama() -> str:
+    return os.environ.get("OLLAMA_MODELS") or os.path.expanduser("~/.ollama/models")
+
+
+def _ollama_models(root: str) -> Iterator[tuple[str, str]]:
+    """(name, blob path) for every model layer named by a manifest."""
+    mdir = os.path.join(root, "manifests")
+    for dirpath, _, files in os.walk(mdir):
+        for tag in files:
+            mpath = os.path.join(dirpath, tag)
+            rel = os.path.relpath(mpath, mdir).split(os.sep)  # host/namespace/name/tag
+            try:
+                with open(mpath, encoding="utf-8") as f:
+                    doc = json.load(f)
+            except (OSError, ValueError):
+                continue
+            host, ns, name = (rel + ["", "", ""])[:3] if len(rel) >= 4 else ("", "", rel[-2] if len(rel) > 1 else tag)
+            label = (f"{name}:{tag}" if ns == "library" and host == "registry.ollama.ai"
+                     else f"{ns}/{name}:{tag}" if host == "registry.ollama.ai" else f"{host}/{ns}/{name}:{tag}")
+            for layer in doc.get("layers", []) if isinstance(doc, dict) else []:
+                if isinstance(layer, dict) and layer.get("mediaType") == OLLAMA_MODEL_LAYER and isinstance(layer.get("digest"), str):
+                    yield label, os.path.join(root, "blobs", layer["digest"].replace(":", "-"))
+
+
+def _hf_name(path: str) -> str | None:
+    parts = os.path.abspath(path).split(os.sep)
+    for i, p in enumerate(parts):
+        if p.startswith("models--") and i + 3 < len(parts) and parts[i + 1] == "snapshots":
+            repo = p[len("models--"):].replace("--", "/")
+            return f"{repo}@{parts[i + 2][:12]}/{'/'.join(parts[i + 3:])}"
+    return None
+
+
+def discover(roots: list[str]) -> list[tuple[str, str, str]]:
+    """(name, path, source) for each model: one entry per unsplit file or per split set."""
+    found: list[tuple[str, str, str]] = []
+    seen: set[str] = set()
+    for root in roots:
+        if os.path.isdir(os.path.join(root, "manifests")) and os.path.isdir(os.path.join(root, "blobs")):
+            for name, blob in _ollama_models(root):
+                found.append((name, blob, "ollama"))
+                seen.add(os.path.realpath(blob))
+            continue
+        for dirpath, dirnames, files in os.walk(root, followlinks=False):
+            dirnames[:] = sorted(d for d in dirnames if d != "blobs" or not os.path.isdir(os.path.join(dirpath, "snapshots")))
+            groups: dict[str, list[str]] = {}
+            for f in sorted(files):
+                if not f.endswith(".gguf"):
+                    continue
+                path = os.path.join(dirpath, f)
+                real = os.path.realpath(path)
+                if real in seen:
+                    continue
+                seen.add(real)
+                m = SHARD_RE.match(f)
+                if m:
+                    groups.setdefault(os.path.join(dirpath, m["prefix"]), []).append(path)
+                    continue
+                hf = _hf_name(path)
+                found.append((hf or path, path, "hf-cache" if hf else "file"))
+            for prefix, paths in groups.items():
+                first = sorted(paths)[0]
+                hf = _hf_name(first)
+                found.append(((hf or prefix) + f" ({len(paths)} shards found)", first, "hf-cache" if hf else "file"))
+    return found
+
+
+def scan(roots: list[str], lint_templates: bool = True) -> list[ScanRow]:
+    from .model import open_model
+
+    rows = []
+    template_cache: dict[str, tuple[str, list[str]]] = {}
+    for name, path, source in discover(roots):
+        row = ScanRow(name, path, source)
+        rows.append(row)
+        try:
+            model = open_model(path)
+        except GGUFError as e:
+            row.problems.append(e.one_line())
+            continue
+        except OSError as e:
+            row.problems.append(f"{path}: {e.strerror or e}")
+            continue
+        s = model.summary()
+        row.shards, row.architecture, row.parameters = len(model.shards), s.architecture, s.parameters
+        row.file_type, row.bpw, row.file_bytes = s.file_type_label, s.bpw, s.file_bytes
+        tmpl = model.metadata.get_str("tokenizer.chat_template")
+        if tmpl is None:
+            row.dialect = "-"
+            continue
+        key = hashlib.sha256(tmpl.encode("utf-8", "surrogateescape")).hexdigest()
+        if key not in template_cache:
+            template_cache[key] = _template_facts(model, tmpl, lint_templates)
+        row.dialect, probs = template_cache[key]
+        row.problems.extend(probs)
+    return rows
+
+
+def _template_facts(model: Any, tmpl: str, lint_templates: bool) -> tuple[str, list[str]]:
+    from .chat.lint import lint
+    from .chat.sources import special_tokens
+
+    bos, eos = special_tokens(model)
+    md = model.metadata
+    res = lint(tmpl, variables={"bos_token": bos or "", "eos_token": eos or ""},
+               tokens=md["tokenizer.ggml.tokens"] if "tokenizer.ggml.tokens" in md and lint_templates else None,
+               add_bos_token=md["tokenizer.ggml.add_bos_token"] if "tokenizer.ggml.add_bos_token" in md else None)
+    problems = [f"template {p.code}: {p.message}" for p in res.problems if p.severity == "error"] if lint_templates else []
+    return (res.info.dialect if res.info else "unknown"), problems
