@@ -67,7 +67,8 @@ def hash_(file: str, per_tensor: bool, algo: str, as_json: bool) -> None:
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write manifest.json.")
 @ALGO_OPTION
-def manifest(files: tuple[str, ...], output: str, algo: str) -> None:
+@json_option
+def manifest(files: tuple[str, ...], output: str, algo: str, as_json: bool) -> None:
     """Record fingerprints, per-tensor hashes, per-key metadata hashes and key facts of FILES.
 
     \b
@@ -82,7 +83,11 @@ def manifest(files: tuple[str, ...], output: str, algo: str) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(dumps(doc) + "\n")
     os.replace(tmp, output)
-    click.echo(f"wrote {output}: {len(files)} model(s)", err=True)
+    if as_json:
+        emit_json({"output": output, "models": [{"path": m["path"], "fingerprint": m["fingerprint"],
+                                                 "metadata_hash": m["metadata_hash"]} for m in doc["models"]]})
+    else:
+        click.echo(f"wrote {output}: {len(files)} model(s)", err=True)
 
 
 @click.command()
