@@ -127,3 +127,6 @@ def test_junit_xml(tmp_path: Path) -> None:
             if f is not None:
                 assert f.get("message") and f.get("type") == "PolicyViolation"
     assert any(c.get("name") == "metadata.required[a<b&c]" for c in root.iter("testcase"))
+    import xmlschema
+
+    xmlschema.XMLSchema(str(FIXTURES / "schemas" / "junit.xsd")).validate(str(out))
