@@ -20,14 +20,15 @@ import statistics
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-CACHE = Path(os.environ.get("GGUFX_MODEL_CACHE", Path.home() / ".cache" / "ggufx-test-models"))
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
+import common  # noqa: E402
 import ggufx  # noqa: E402
+from common import CACHE, tool  # noqa: E402
 from ggufx.encode import encode_string  # noqa: E402
 
 TEMPLATE_A = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}" \
@@ -60,20 +61,7 @@ def build_big(path: Path, size_gib: int) -> None:
 
 
 def run(cmd: list[str]) -> tuple[float, int]:
-    os.sync()  # no dirty pages from the previous run are flushed inside this one's fsync
-    time.sleep(2)  # and let ext4's background work on the previous run's extents settle
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stderr.read().decode()[-2000:]}")
-    return wall, usage.ru_maxrss * 1024
-
-
-def tool(name: str) -> str:
-    local = Path(sys.executable).parent / name
-    return str(local) if local.exists() else (shutil.which(name) or name)
+    return common.run(cmd, settle=True)
 
 
 def main() -> None:
