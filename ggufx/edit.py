@@ -282,12 +282,14 @@ def plan_changes(header: GGUFHeader, ops: list[Op], force: bool = False) -> tupl
 
 # -- layout ------------------------------------------------------------------------------------
 
-def _records(header: GGUFHeader, entries: list[_Entry]) -> bytes:
+def _encoded(header: GGUFHeader, entries: list[_Entry]) -> list[bytes]:
+    """Each entry's record: the original bytes while untouched, else freshly encoded."""
     bo = header.byte_order
-    out = []
-    for e in entries:
-        out.append(e.raw if e.raw is not None else encode_kv(bo, e.key, e.type, e.value, e.elem_type))
-    return b"".join(out)
+    return [e.raw if e.raw is not None else encode_kv(bo, e.key, e.type, e.value, e.elem_type) for e in entries]
+
+
+def _records(header: GGUFHeader, entries: list[_Entry]) -> bytes:
+    return b"".join(_encoded(header, entries))
 
 
 def _padding_fast(bo: str, n: int) -> bytes:
@@ -353,15 +355,15 @@ def _verify(old: GGUFHeader, entries: list[_Entry], lay: _Layout, new_size: int,
     bo = old.byte_order
     data = lay.data
     tinfo = bytes(old.buf[old.tensor_info_offset:old.header_end])
-    fresh = [encode_kv(bo, e.key, e.type, e.value, e.elem_type) for e in entries if e.raw is None]
+    parts = _encoded(old, entries)
+    fresh = [p for p, e in zip(parts, entries) if e.raw is None]
     pad_rec = data[lay.records_end:lay.tinfo_start]
     problems = []
     if data[:8] != bytes(old.buf[:8]) or struct.unpack_from(bo + "qq", data, 8) != (len(old.tensors), lay.n_kv):
         problems.append("prefix or counts are wrong")
     if lay.n_kv != len(entries) + (1 if pad_rec else 0):
         problems.append("metadata count is wrong")
-    records = b"".join(e.raw if e.raw is not None else encode_kv(bo, e.key, e.type, e.value, e.elem_type) for e in entries)
-    if data[24:lay.records_end] != records:
+    if data[24:lay.records_end] != b"".join(parts):
         problems.append("metadata records are not where the header says")
     infos_end = lay.tinfo_start + len(tinfo)
     if data[lay.tinfo_start:infos_end] != tinfo:
