@@ -481,6 +481,8 @@ def _choose(header: GGUFHeader, entries: list[_Entry], out: str | None, strategy
             size = -(-(size + PADDING_OVERHEAD + reserve) // a) * a
         # keep tensor data at the same offset modulo the page size: the kernel then copies whole
         # pages (4x faster than a misaligned copy_file_range here, and reflinks on xfs/btrfs)
+        if not header.tensors:  # nothing to copy, nothing to align
+            return "rewrite", build_header(header, entries, size)  # type: ignore[return-value]
         unit = PAGE * a // math.gcd(PAGE, a)
         d = header.data_offset
         target = d + -(-(size - d) // unit) * unit

@@ -406,3 +406,20 @@ def test_source_growing_during_rewrite_is_detected(v3: Path, monkeypatch) -> Non
         edit(v3, [Set("general.name", "z")], strategy="rewrite")
     assert v3.read_bytes() == before + b"\0" * 64
     assert [p.name for p in v3.parent.iterdir() if "ggufx-tmp" in p.name] == []
+
+
+@pytest.mark.parametrize("name", ["no-tensors.gguf", "unknown-type.gguf", "edge-values.gguf", "all-types-v2.gguf"])
+def test_edit_unusual_files(tmp_path: Path, name: str) -> None:
+    p = tmp_path / name
+    shutil.copy(FIXTURES / name, p)
+    before = ggufx.open(p)
+    r = edit(p, [Set("general.name", "a longer name than any of these files had")])
+    m = ggufx.open(p)
+    assert m.metadata["general.name"] == "a longer name than any of these files had"
+    assert m.header.version == before.header.version
+    assert [(t.name, t.type.name, t.shape, t.nbytes) for t in m.tensors] == \
+           [(t.name, t.type.name, t.shape, t.nbytes) for t in before.tensors]
+    if not before.tensors:  # a vocabulary-only file is rewritten to its natural size, no page padding
+        assert r.strategy == "rewrite" and p.stat().st_size < 4096
+    else:
+        assert data_hash(p) == data_hash(FIXTURES / name)
