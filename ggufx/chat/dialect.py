@@ -101,17 +101,29 @@ class TemplateInfo:
                 "system_role": self.system_role, "errors": self.errors}
 
 
-def _try(source: str, name: str, variables: dict[str, Any], errors: dict[str, str], **kw: Any) -> str | None:
-    s = sample(name)
+def render_sample(source: str, name: str, variables: dict[str, Any], add_generation_prompt: bool = False) -> tuple[str, bool]:
+    """Render a built-in conversation. The tool conversation is retried with call arguments as
+    JSON text, which some templates (Functionary v3.2) expect. Returns (output, whether that retry
+    was needed); raises the first attempt's RenderError."""
+    conv = sample(name)
     try:
-        return render(source, s["messages"], tools=s.get("tools"), variables=variables, **kw)
+        return render(source, conv["messages"], tools=conv.get("tools"), variables=variables,
+                      add_generation_prompt=add_generation_prompt), False
     except RenderError as e:
         if name == "tools" and e.kind == "error":
-            try:  # some templates take tool call arguments as JSON text
-                s = with_string_arguments(s)
-                return render(source, s["messages"], tools=s["tools"], variables=variables, **kw)
+            conv = with_string_arguments(conv)
+            try:
+                return render(source, conv["messages"], tools=conv["tools"], variables=variables,
+                              add_generation_prompt=add_generation_prompt), True
             except RenderError:
                 pass
+        raise e
+
+
+def _try(source: str, name: str, variables: dict[str, Any], errors: dict[str, str], **kw: Any) -> str | None:
+    try:
+        return render_sample(source, name, variables, **kw)[0]
+    except RenderError as e:
         errors[name] = str(e)
         return None
 

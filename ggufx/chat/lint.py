@@ -15,9 +15,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .dialect import TemplateInfo, analyze
+from .dialect import TemplateInfo, analyze, render_sample
 from .render import RenderError, compile_template, render
-from .samples import NAMES, sample, with_string_arguments
+from .samples import NAMES, sample
 
 # variables apply_chat_template passes, and jinja/transformers globals
 PASSED = {"messages", "tools", "documents", "add_generation_prompt", "bos_token", "eos_token", "unk_token",
@@ -78,20 +78,11 @@ def lint(source: str, *, origin: str = "", variables: dict[str, Any] | None = No
     unknown = sorted(undeclared - assigned - PASSED - set(variables))
     outputs: dict[str, str] = {}
     for name in NAMES:
-        conv = sample(name)
         try:
-            outputs[name] = render(source, conv["messages"], tools=conv.get("tools"), variables=variables,
-                                   add_generation_prompt=True)
+            outputs[name], string_arguments = render_sample(source, name, variables, add_generation_prompt=True)
+            if string_arguments:
+                add(Problem("info", "string-arguments", "tool call arguments must be JSON text, not an object"))
         except RenderError as e:
-            if name == "tools" and e.kind == "error":
-                try:
-                    conv = with_string_arguments(conv)
-                    outputs[name] = render(source, conv["messages"], tools=conv["tools"], variables=variables,
-                                           add_generation_prompt=True)
-                    add(Problem("info", "string-arguments", "tool call arguments must be JSON text, not an object"))
-                    continue
-                except RenderError:
-                    pass
             if name == "system" and e.kind == "exception":
                 add(Problem("warning", "refuses-system", f"refuses system messages: {e.message}", e.line))
             elif e.kind == "security":
