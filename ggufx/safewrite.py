@@ -18,8 +18,6 @@ reader never replays the journal of an edit that is still running.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import fcntl
 import glob
@@ -83,6 +81,9 @@ _libc = None
 
 
 def _fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    import ctypes  # only editors that insert ranges pay for it
+    import ctypes.util
+
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
