@@ -14,7 +14,7 @@ from .ggmltypes import file_type_label, ggml_type_by_name
 from .layers import LayerKind, layer_kinds
 from .model import GGUFModel
 from .reader import TensorInfo
-from .roles import is_quantizable_weight, parse_name
+from .roles import TOWER_PREFIX, is_quantizable_weight, parse_name
 from .summary import ggml_n_dims
 
 
@@ -255,9 +255,11 @@ def _recipe_for(model: GGUFModel, quantizable: list[TensorInfo], ftype: str, bas
             unreproducible.append(t.name)
             continue
         r = parse_name(t.name)
-        groups.setdefault((r.layer is None, r.tower or "", r.role, r.kind) if r.layer is not None else (True, t.name), []).append(t)
+        # block tensors group by role (one rule may cover all layers); others stand alone
+        key = ("block", r.tower or "", r.role, r.kind) if r.layer is not None else ("global", t.name)
+        groups.setdefault(key, []).append(t)
     rules: list[Rule] = []
-    for key in sorted(groups, key=lambda k: tuple(str(x) for x in k)):
+    for key in sorted(groups):
         members = groups[key]
         # the role-wide type that explains most members (None: the base, no rule at all)
         options: list[str | None] = [None, *sorted({t.type.name for t in members})]
@@ -285,8 +287,8 @@ def _pattern(ts: list[TensorInfo], all_layers: bool = False) -> str:
     parsed = [parse_name(t.name) for t in ts]
     r0 = parsed[0]
     if r0.layer is None:
-        return "^" + "|".join(re.escape(t.name) for t in ts) + "$" if len(ts) > 1 else f"^{re.escape(ts[0].name)}$"
-    prefix = {"vision": r"v\.", "audio": r"a\.", "projector": r"mm\.", "encoder": r"enc\.", "decoder": r"dec\."}.get(r0.tower or "", "")
+        return "^(?:" + "|".join(re.escape(t.name) for t in ts) + ")$"
+    prefix = re.escape(TOWER_PREFIX[r0.tower] + ".") if r0.tower else ""
     kind = rf"\.{r0.kind}" if r0.kind else ""
     layers = sorted({p.layer for p in parsed if p.layer is not None})
     numbers = r"\d+" if all_layers else _ranges(layers)

@@ -38,6 +38,7 @@ def is_quantizable_weight(name: str, n_dims: int) -> bool:
 _BLOCK = re.compile(r"^(?:(?P<tower>v|a|mm|enc|dec)\.)?blk\.(?P<layer>\d+)\.(?P<role>.+?)(?:\.(?P<kind>weight|bias|scale|scales))?$")
 _GLOBAL = re.compile(r"^(?:(?P<tower>v|a|mm|enc|dec)\.)?(?P<role>.+?)(?:\.(?P<kind>weight|bias|scale|scales))?$")
 TOWERS = {"v": "vision", "a": "audio", "mm": "projector", "enc": "encoder", "dec": "decoder"}
+TOWER_PREFIX = {tower: prefix for prefix, tower in TOWERS.items()}
 
 # roles that belong to recurrent (SSM / linear attention) layers
 RECURRENT_ROLES = frozenset({
@@ -63,7 +64,7 @@ class TensorRole:
     @property
     def label(self) -> str:
         """The role as tables show it: ``ffn_down``, ``attn_q.bias``, ``v.attn_q`` (vision tower)."""
-        prefix = {"vision": "v.", "audio": "a.", "projector": "mm.", "encoder": "enc.", "decoder": "dec."}.get(self.tower or "", "")
+        prefix = f"{TOWER_PREFIX[self.tower]}." if self.tower else ""
         return f"{prefix}{self.role}{'.' + self.kind if self.kind not in ('', 'weight') else ''}"
 
     @property
