@@ -412,6 +412,8 @@ def edit(path: str | os.PathLike[str], ops: list[Op], *, output: str | os.PathLi
     if reserve < 0:
         raise ValueError("reserve must be >= 0")
     given = os.fspath(path)
+    if given.startswith(("http://", "https://", "hf://")):
+        raise EditError(given, None, "a remote file cannot be edited; download it first and edit the local copy")
     notes: list[str] = []
     real = os.path.realpath(given)
     if os.path.islink(given):

@@ -126,6 +126,10 @@ def hash_model(model: GGUFModel, algo: str = "xxh3-128", threads: int | None = N
     """Hash every tensor's data (all shards) and derive the fingerprint."""
     if algo not in ALGOS:
         raise ValueError(f"unknown hash algorithm {algo!r} (one of {', '.join(ALGOS)})")
+    if model.path.startswith(("http://", "https://", "hf://")):
+        from .errors import SourceError
+
+        raise SourceError(model.path, None, "hashing reads every tensor's data, which a remote source does not download; download the file and hash it locally")
     fds = {s.index: os.open(s.path, os.O_RDONLY) for s in model.shards}
     total = sum(t.nbytes for t in model.tensors)
     done = 0

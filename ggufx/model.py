@@ -155,40 +155,58 @@ def split_info(h: GGUFHeader) -> tuple[int, int, int | None] | None:
 def open_model(path: str | os.PathLike[str], opener: SourceOpener = FileSource, recover: bool = True) -> GGUFModel:
     """Open a GGUF file (or every shard of the split model it belongs to).
 
+    ``path`` may also be an ``http(s)://`` URL or an ``hf://ORG/REPO[@REV]/FILE`` reference: then
+    only the headers are fetched, with range requests (:mod:`ggufx.remote`).
+
     A local file that an interrupted ggufx edit left with an undo journal is first restored
     (``recover=False`` skips that; the edit engine does it under its own lock)."""
     path = os.fspath(path)
+    if opener is FileSource and path.startswith(("http://", "https://", "hf://")):
+        from .remote import open_remote
+
+        return open_remote(path)
     if recover and opener is FileSource:
         _recover_if_journal(path)
-    src = opener(path)
-    try:
-        head = parse_header(src)
-    finally:
-        _close(src)
+
+    def parse(p: str) -> GGUFHeader:
+        src = opener(p)
+        try:
+            return parse_header(src)
+        finally:
+            _close(src)
+
+    head = parse(path)
+    return assemble_shards(path, head, os.path.basename(path), lambda name: os.path.join(os.path.dirname(path), name),
+                           lambda paths: [parse(p) for p in paths])
+
+
+def assemble_shards(path: str, head: GGUFHeader, name: str, sibling: Callable[[str], str],
+                    parse_many: Callable[[list[str]], list[GGUFHeader]]) -> GGUFModel:
+    """The model ``head`` belongs to: itself, or all shards of its split model.
+
+    ``name`` is the file name of ``path``, ``sibling(name)`` the location of another file in the
+    same folder, ``parse_many`` parses several locations (a remote source does it in parallel)."""
     info = split_info(head)
     if info is None:
         return GGUFModel([Shard(0, path, head)])
     no, count, total = info
-    m = SHARD_RE.match(os.path.basename(path))
+    m = SHARD_RE.match(name)
     if m is None:
         raise ShardError(path, None, f"file is shard {no + 1} of {count} but its name does not follow PREFIX-0000N-of-0000M.gguf, so its siblings cannot be found")
     if int(m["count"]) != count or int(m["no"]) != no + 1:
         raise ShardError(path, None, f"file name says shard {int(m['no'])} of {int(m['count'])} but split.no/split.count say {no + 1} of {count}")
-    prefix = os.path.join(os.path.dirname(path), m["prefix"])
+    locations = [sibling(shard_path(m["prefix"], i + 1, count)) for i in range(count)]
+    others = [p for i, p in enumerate(locations) if i != no]
+    try:
+        parsed = iter(parse_many(others))
+    except GGUFError as e:
+        bad = e.path if e.path in others else None
+        where = f"shard {locations.index(bad) + 1} of {count}" if bad else f"a shard of {count}"
+        raise ShardError(bad or path, None, f"{where} is missing or unreadable ({e.message})") from None
     shards: list[Shard] = []
-    for i in range(count):
-        p = shard_path(prefix, i + 1, count)
-        if i == no:
-            h = head
-        else:
-            try:
-                s = opener(p)
-            except GGUFError as e:
-                raise ShardError(p, None, f"shard {i + 1} of {count} is missing or unreadable ({e.message})") from None
-            try:
-                h = parse_header(s)
-            finally:
-                _close(s)
+    for i, p in enumerate(locations):
+        h = head if i == no else next(parsed)
+        if i != no:
             sinfo = split_info(h)
             if sinfo is None or sinfo[0] != i or sinfo[1] != count:
                 raise ShardError(p, None, f"expected shard {i + 1} of {count}, but its split.* keys say {'not split' if sinfo is None else f'{sinfo[0] + 1} of {sinfo[1]}'}")

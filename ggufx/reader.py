@@ -27,6 +27,7 @@ MAX_NAME = 64  # GGML_MAX_NAME, including the terminating NUL
 MAX_ARRAY_DEPTH = 8
 INT64_MAX = (1 << 63) - 1
 FIRST_READ = 1 << 20
+STRING_ESTIMATE_MARGIN = 1.2
 
 
 class ByteSource(Protocol):
@@ -111,23 +112,33 @@ class GGUFHeader:
 class _Cursor:
     """A growing prefix of the file, with bound checks that name the offset."""
 
-    __slots__ = ("src", "path", "size", "data")
+    __slots__ = ("src", "path", "size", "data", "growth")
 
     def __init__(self, src: ByteSource):
         self.src = src
         self.path = src.path
         self.size = src.size
         self.data = bytearray()
+        # how much the buffer grows when it runs out: doubling for files (reads are cheap, fewer
+        # syscalls); a remote source asks for less overshoot, since every byte crosses the network
+        self.growth = getattr(src, "growth", 2.0)
 
-    def need(self, end: int, at: int, what: str) -> None:
-        """Make sure bytes [0, end) are buffered, or raise a truncation error for ``what`` at ``at``."""
+    def need(self, end: int, at: int, what: str, hint: int = 0) -> None:
+        """Make sure bytes [0, end) are buffered, or raise a truncation error for ``what`` at ``at``.
+
+        ``hint`` is the parser's estimate of where the structure it is in ends (a vocabulary whose
+        strings it has only partly seen), so that one read can cover it."""
         have = len(self.data)
         if end <= have:
             return
         if end > self.size:
             raise TruncatedError(self.path, at,
                                  f"{what} runs past the end of the file ({end:,} > {self.size:,} bytes)")
-        want = min(self.size, max(end, 2 * have, FIRST_READ))
+        want = min(self.size, max(end, int(have * self.growth), FIRST_READ, hint))
+        # a source holding only a prefix (a cached header) serves reads within it
+        available = getattr(self.src, "available", None)
+        if available is not None and end <= available:
+            want = min(want, available)
         self.data += self.src.read(have, want - have)
 
     def fail(self, at: int, what: str, cls: type = FormatError) -> None:
@@ -344,7 +355,11 @@ class _Parser:
             except (struct.error, OverflowError):  # past the buffer, or a length past any buffer
                 if pos + 8 > cur.size:
                     self._name_overrun(start, count, key)
-                cur.need(pos + 8, pos, f"string {i} of array {key!r}")
+                # estimate the rest of the array from the strings seen so far (with a margin:
+                # early vocabulary entries, such as byte tokens, are shorter than later ones)
+                seen = max(i, 1)
+                hint = pos + int((count - i) * (pos - start) / seen * STRING_ESTIMATE_MARGIN) + 64
+                cur.need(pos + 8, pos, f"string {i} of array {key!r}", hint)
                 continue
             if pos > len(data):
                 if pos > cur.size:

@@ -50,7 +50,10 @@ def is_gguf(path: str) -> bool:
 
 
 def load(path: str) -> TemplateSet:
-    """Read templates from ``path``: a GGUF, a JSON tokenizer config, or a template text file."""
+    """Read templates from ``path``: a GGUF (local, https:// or hf://), a JSON tokenizer config, or
+    a template text file."""
+    if path.startswith(("http://", "https://", "hf://")):
+        return from_gguf(path)
     if not os.path.exists(path):
         raise SourceError(path, None, "no such file")
     if is_gguf(path):

@@ -59,6 +59,14 @@ class LazyGroup(click.Group):
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
+            return self._invoke(ctx)
+        finally:
+            if ctx.params.get("debug") and "ggufx.remote" in sys.modules:
+                stats = sys.modules["ggufx.remote"].STATS
+                click.echo(f"ggufx: debug: {stats.requests} HTTP request(s), {stats.bytes:,} bytes received", err=True)
+
+    def _invoke(self, ctx: click.Context):
+        try:
             return super().invoke(ctx)
         except GGUFError as e:
             if ctx.find_root().params.get("debug"):
@@ -80,17 +88,27 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="ggufx")
-@click.option("--debug", is_flag=True, help="Show a traceback instead of a one-line error.")
+@click.option("--debug", is_flag=True, help="Show a traceback instead of a one-line error; log every HTTP request of a remote source.")
 def main(debug: bool) -> None:
     """Audit and fix GGUF model files (llama.cpp, Ollama, LM Studio).
 
-    Reads only headers: inspecting a 200 GB model costs milliseconds.
+    Reads only headers: inspecting a 200 GB model costs milliseconds. Read-only commands also
+    take https:// URLs and hf://ORG/REPO[@REVISION]/FILE, fetching only the header.
 
     \b
     Examples:
       ggufx info model.gguf
       ggufx tensors model.gguf --type Q6_K --grep ffn_down
       ggufx meta model.gguf tokenizer.chat_template > template.jinja
+      ggufx info hf://unsloth/Qwen3-8B-GGUF/Qwen3-8B-Q4_K_M.gguf
 
     Exit codes: 0 ok, 1 a check failed, 2 usage or input error.
     """
+    remote = sys.modules.get("ggufx.remote")  # imported only by a command that reads a URL
+    if remote is not None:
+        remote.reset_config()
+        remote.STATS.reset()
+    if debug:
+        from ..remote import CONFIG
+
+        CONFIG.debug = True

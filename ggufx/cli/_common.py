@@ -50,3 +50,39 @@ def write_raw(data: bytes) -> None:
         return
     out.write(data)
     out.flush()
+
+
+def _set_remote(field: str) -> Callable:
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if value is None or (value is False and param.is_flag):
+            return
+        from ..remote import CONFIG
+
+        setattr(CONFIG, field, value)
+    return callback
+
+
+def _no_cache(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        from ..remote import CONFIG
+
+        CONFIG.cache_dir = None
+
+
+def remote_options(f: Callable) -> Callable:
+    """Options for reading https:// and hf:// sources (they set ggufx.remote.CONFIG)."""
+    opts = [
+        click.option("--cache", "cache_dir", metavar="DIR", expose_value=False, callback=_set_remote("cache_dir"),
+                     help="Remote sources: keep parsed headers here (default ~/.cache/ggufx/headers; GGUFX_CACHE_DIR)."),
+        click.option("--no-cache", is_flag=True, expose_value=False, callback=_no_cache,
+                     help="Remote sources: neither read nor write the header cache."),
+        click.option("--offline", is_flag=True, expose_value=False, callback=_set_remote("offline"),
+                     help="Remote sources: use only the header cache, no network (also HF_HUB_OFFLINE=1)."),
+        click.option("--allow-full-download", is_flag=True, expose_value=False, callback=_set_remote("allow_full_download"),
+                     help="Remote sources: if the server ignores range requests, stream the file and stop after the header."),
+        click.option("--timeout", type=click.FloatRange(min=0.1), metavar="SECONDS", expose_value=False,
+                     callback=_set_remote("timeout"), help="Remote sources: connect/read timeout per request (default 30)."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f

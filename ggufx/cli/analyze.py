@@ -8,13 +8,14 @@ from typing import Any
 
 import click
 
-from ._common import EXIT_CHECK_FAILED, emit_json, json_option, tablefmt_option
+from ._common import remote_options, EXIT_CHECK_FAILED, emit_json, json_option, tablefmt_option
 
 
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @json_option
 @tablefmt_option
+@remote_options
 def roles(file: str, as_json: bool, tablefmt: str) -> None:
     """Where the bits go: per tensor role (ffn_down, attn_v, ssm_out, token_embd...) the tensors,
     their types with counts, parameters, bytes, share of all tensor bytes and bits per weight
@@ -45,6 +46,7 @@ def roles(file: str, as_json: bool, tablefmt: str) -> None:
 @click.option("--no-collapse", is_flag=True, help="One row per layer even where neighbours are identical.")
 @json_option
 @tablefmt_option
+@remote_options
 def layers(file: str, no_collapse: bool, as_json: bool, tablefmt: str) -> None:
     """A grid with one row per layer: its kind (attention, sliding-window attention, recurrent:
     Mamba, Gated DeltaNet, RWKV...; dense or MoE feed-forward) and the type of each role. Identical
@@ -79,6 +81,7 @@ def layers(file: str, no_collapse: bool, as_json: bool, tablefmt: str) -> None:
 @click.option("--format", "fmt", type=click.Choice(["command", "tensor-type-file", "args"]), default="command",
               show_default=True, help="A llama-quantize command line, the file --tensor-type-file reads, or one argument per line.")
 @json_option
+@remote_options
 def recipe(file: str, fmt: str, as_json: bool) -> None:
     """The llama-quantize recipe that reproduces this file's per-tensor types: --pure, a base FTYPE
     and the fewest --tensor-type rules (first match wins, as llama-quantize applies them), plus
@@ -116,6 +119,7 @@ def recipe(file: str, fmt: str, as_json: bool) -> None:
 @click.argument("b", type=click.Path(dir_okay=False))
 @json_option
 @tablefmt_option
+@remote_options
 def diff_(a: str, b: str, as_json: bool, tablefmt: str) -> None:
     """Compare two quants: per-tensor type changes grouped by role and layer ranges, added and
     removed tensors, metadata changes, BPW and size change. Exit 1 when the tensors differ.
@@ -166,6 +170,7 @@ __all__: list[Any] = ["roles", "layers", "recipe", "diff_"]
 @click.option("--fit", "fit_budget", metavar="SIZE", help="Instead: the largest context per cache type that fits SIZE of GPU memory (24GiB, 16GB).")
 @json_option
 @tablefmt_option
+@remote_options
 def mem(file: str, ctx: int, cache_type_k: str, cache_type_v: str, flash_attn: bool, parallel: int, ubatch: int,
         n_gpu_layers: int, fit_budget: str | None, as_json: bool, tablefmt: str) -> None:
     """Memory as llama.cpp allocates it: weights (offloaded vs host), KV cache (attention layers
@@ -225,6 +230,7 @@ def mem(file: str, ctx: int, cache_type_k: str, cache_type_v: str, flash_attn: b
 @click.option("--format", "fmt", type=click.Choice(["html", "md"]), default=None,
               help="html or md (default: from the output's extension, else html).")
 @json_option
+@remote_options
 def report(file: str, output: str | None, fmt: str | None, as_json: bool) -> None:
     """One page about a model: summary, type histogram, where the bits go, a layer heat map (inline
     SVG, no JavaScript, no network), memory at a few context lengths, chat template facts.

@@ -6,13 +6,14 @@ import re
 
 import click
 
-from ._common import EXIT_USAGE, emit_json, json_option, tablefmt_option, write_raw
+from ._common import remote_options, EXIT_USAGE, emit_json, json_option, tablefmt_option, write_raw
 
 
 @click.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @json_option
 @tablefmt_option
+@remote_options
 @click.pass_context
 def info(ctx: click.Context, files: tuple[str, ...], as_json: bool, tablefmt: str) -> None:
     """Summarise one or more GGUF files: architecture, name, file type, size, tensor count,
@@ -76,6 +77,7 @@ SORT_KEYS = {
               help="Order: file offset, name, size (largest first), type, BPW (highest first).")
 @json_option
 @tablefmt_option
+@remote_options
 def tensors(file: str, types: tuple[str, ...], grep: str | None, sort: str, as_json: bool, tablefmt: str) -> None:
     """List tensors: name, ggml type, shape (ggml order, ne[0] first), elements, bytes, bits per
     weight, shard (split models) and absolute offset of the data in its shard.
@@ -118,6 +120,7 @@ def tensors(file: str, types: tuple[str, ...], grep: str | None, sort: str, as_j
 @click.option("--full", is_flag=True, help="Show whole strings and arrays instead of a summary.")
 @json_option
 @tablefmt_option
+@remote_options
 def meta(file: str, key: str | None, full: bool, as_json: bool, tablefmt: str) -> None:
     """List every metadata key with its GGUF value type and value, or print one KEY's raw value.
 

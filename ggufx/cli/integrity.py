@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ._common import EXIT_CHECK_FAILED, EXIT_USAGE, dumps, emit_json, json_option
+from ._common import remote_options, EXIT_CHECK_FAILED, EXIT_USAGE, dumps, emit_json, json_option
 
 ALGO_OPTION = click.option("--algo", type=click.Choice(["xxh3-128", "sha256"]), default="xxh3-128", show_default=True,
                            help="Per-tensor hash; sha256 for a cryptographic one (the fingerprint is always xxh3-128).")
@@ -138,6 +138,7 @@ def verify(manifest_file: str, files: tuple[str, ...], as_json: bool) -> None:
 @click.option("--policy", "policy_path", required=True, type=click.Path(dir_okay=False), help="A TOML policy (schema in the README).")
 @click.option("--junit", type=click.Path(dir_okay=False), help="Also write JUnit XML here, for CI systems.")
 @json_option
+@remote_options
 def check_(files: tuple[str, ...], policy_path: str, junit: str | None, as_json: bool) -> None:
     """Check files against a policy: allowed/minimum types per tensor regex, BPW and parameter
     ranges, architecture, required/forbidden metadata, chat template sha256/dialect/lint, memory at a

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ._common import EXIT_CHECK_FAILED, emit_json, json_option, write_raw
+from ._common import remote_options, EXIT_CHECK_FAILED, emit_json, json_option, write_raw
 from .edit import run_edit, write_options
 
 NAME_OPTION = click.option("--name", help="A named template: tokenizer.chat_template.NAME (default: the main one).")
@@ -21,6 +21,7 @@ def analysis_options(f: Any) -> Any:
         click.option("--var", "variables", multiple=True, metavar="KEY=VALUE", help="Extra template variable (JSON value or text)."),
         NAME_OPTION,
         json_option,
+        remote_options,
     ]):
         f = opt(f)
     return f
@@ -67,6 +68,7 @@ def _variables(ts, extra: tuple[str, ...]) -> dict[str, Any]:
 @click.argument("file", type=click.Path(dir_okay=False))
 @NAME_OPTION
 @json_option
+@remote_options
 def show(file: str, name: str | None, as_json: bool) -> None:
     """Print the chat template byte for byte (also named variants and the list of names).
 
@@ -176,6 +178,7 @@ def _conversation(messages: str | None, tools: str | None, sample_name: str | No
 @click.option("--var", "variables", multiple=True, metavar="KEY=VALUE", help="Extra template variable (JSON value or text), e.g. enable_thinking=false.")
 @NAME_OPTION
 @json_option
+@remote_options
 def render_(source: str, messages: str | None, tools: str | None, sample_name: str | None,
             add_generation_prompt: bool, variables: tuple[str, ...], name: str | None, as_json: bool) -> None:
     """Render a chat template as transformers' apply_chat_template does, in a bounded sandbox.
@@ -292,6 +295,7 @@ def info(source: str, variables: tuple[str, ...], name: str | None, as_json: boo
 @click.argument("b", type=click.Path(dir_okay=False))
 @NAME_OPTION
 @json_option
+@remote_options
 def diff(a: str, b: str, name: str | None, as_json: bool) -> None:
     """Unified diff of two templates (GGUFs or files) and a one-line verdict on the dialect change.
     Exit 1 when they differ.

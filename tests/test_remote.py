@@ -1,0 +1,382 @@
+"""Remote sources (#9): https:// URLs and hf:// references read with range requests.
+
+A local range-capable server (tests/httpserver.py) serves the fixtures and the two real files;
+its switches make it fail the way real servers do. Every remote result must equal the local
+result on the same file, byte for byte, once the location string is substituted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import ggufx
+import ggufx.remote as remote
+from ggufx.cli import main
+
+from .conftest import FIXTURES
+from .httpserver import RangeServer
+
+TOKEN = "hf_secret_token_123"
+
+
+@pytest.fixture(scope="module")
+def files(smollm2_path: Path, gemma_path: Path) -> dict[str, Path]:
+    out = {p.name: p for p in FIXTURES.glob("*.gguf")}
+    out[smollm2_path.name] = smollm2_path
+    out[gemma_path.name] = gemma_path
+    return out
+
+
+@pytest.fixture(scope="module")
+def servers(files: dict[str, Path]):
+    hub = RangeServer(files).start()
+    cdn = RangeServer(files, host="localhost").start()  # another origin, as the Hub's CDN is
+    yield hub, cdn
+    hub.stop()
+    cdn.stop()
+
+
+@pytest.fixture
+def srv(servers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RangeServer:
+    hub, cdn = servers
+    hub.state.reset()
+    cdn.state.reset()
+    cfg = remote.RemoteConfig(cache_dir=str(tmp_path / "cache"), retries=3, backoff=0.01, timeout=5)
+    monkeypatch.setattr(remote, "BASE", cfg)
+    monkeypatch.setattr(remote, "CONFIG", dataclasses.replace(cfg))
+    monkeypatch.setattr(remote, "_CLIENT", None)
+    remote.STATS.reset()
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_TOKEN_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_ENDPOINT", hub.base)
+    return hub
+
+
+@pytest.fixture
+def cdn(servers) -> RangeServer:
+    return servers[1]
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    r = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return r.exit_code, r.stdout, r.stderr
+
+
+def gets(s: RangeServer) -> list[dict]:
+    return [e for e in s.state.log if e["method"] == "GET"]
+
+
+# -- results equal the local ones ------------------------------------------------------------
+
+COMMANDS = [
+    ["info", "--json"], ["tensors", "--json"], ["meta", "--json"], ["roles", "--json"], ["layers", "--json"],
+    ["recipe", "--json"], ["mem", "--json", "--ctx", "8192"], ["mem", "--json", "--fit", "2GiB"], ["report", "--format", "md"],
+    ["template", "show"], ["template", "info", "--json"], ["template", "lint", "--json"],
+    ["template", "render", "--json"],
+]
+
+
+@pytest.mark.parametrize("name", ["SmolLM2-135M-Instruct.Q4_1.gguf", "gemma-3-270m-q4_k_m.gguf", "all-types-v3.gguf",
+                                  "big-endian.gguf", "all-types-v2.gguf", "unknown-type.gguf", "split-00002-of-00003.gguf"])
+def test_every_read_command_equals_local(srv: RangeServer, files: dict[str, Path], name: str) -> None:
+    if name not in files:
+        pytest.fail(f"fixture {name} is missing; run tests/fixtures/make_fixtures.py")
+    local = files[name]
+    url = srv.url(name)
+    for cmd in COMMANDS:
+        code_l, out_l, err_l = run(*cmd, str(local))
+        code_r, out_r, err_r = run(*cmd, url)
+        assert code_r == code_l, (cmd, err_r, err_l)
+        # the only difference allowed: where the file is (and where its siblings are)
+        assert out_r.replace(srv.base, str(local.parent)) == out_l, cmd
+        assert err_r.replace(srv.base, str(local.parent)) == err_l, cmd
+
+
+def test_diff_and_check_remote(srv: RangeServer, files: dict[str, Path], tmp_path: Path) -> None:
+    a, b = "SmolLM2-135M-Instruct.Q4_1.gguf", "gemma-3-270m-q4_k_m.gguf"
+    code_l, out_l, _ = run("diff", "--json", str(files[a]), str(files[b]))
+    code_r, out_r, _ = run("diff", "--json", srv.url(a), str(files[b]))
+    assert (code_r, out_r.replace(srv.base, str(files[a].parent))) == (code_l, out_l)
+    code_l, out_l, _ = run("template", "diff", "--json", str(files[a]), str(files[b]))
+    code_r, out_r, _ = run("template", "diff", "--json", srv.url(a), srv.url(b))
+    assert (code_r, out_r.replace(srv.base, str(files[a].parent))) == (code_l, out_l)
+    policy = tmp_path / "p.toml"
+    policy.write_text('[model]\nbpw = { min = 5.0, max = 6.0 }\n[metadata]\nrequired = ["tokenizer.chat_template"]\n'
+                      '[memory]\nctx = 8192\nbudget = "1GiB"\n')
+    code_l, out_l, _ = run("check", "--json", "--policy", str(policy), str(files[a]))
+    code_r, out_r, _ = run("check", "--json", "--policy", str(policy), srv.url(a))
+    assert code_l == 0 and (code_r, out_r.replace(srv.base, str(files[a].parent))) == (code_l, out_l)
+    code_r, out_r, _ = run("check", "--json", "--policy", str(policy), srv.url(b))
+    assert code_r == 1  # gemma has no template and another BPW: the policy fails remotely too
+
+
+# -- requests and bytes ----------------------------------------------------------------------
+
+def test_gemma_info_request_budget(srv: RangeServer, files: dict[str, Path]) -> None:
+    name = "gemma-3-270m-q4_k_m.gguf"
+    header_end = ggufx.open(files[name]).header.data_offset  # 6,525,120
+    code, out, err = run("--debug", "info", "--no-cache", srv.url(name))
+    assert code == 0, err
+    assert remote.STATS.requests == len(srv.state.log) <= 4
+    assert remote.STATS.bytes < 8_000_000
+    assert header_end < remote.STATS.bytes < header_end + (1 << 20)  # the header and a little, no tensor data
+    lines = [x for x in err.splitlines() if x.startswith("ggufx: debug: GET")]
+    assert len(lines) == remote.STATS.requests
+    assert f"{remote.STATS.requests} HTTP request(s), {remote.STATS.bytes:,} bytes received" in err
+
+
+def test_small_headers_take_one_or_two_requests(srv: RangeServer, files: dict[str, Path]) -> None:
+    remote.CONFIG.cache_dir = None  # the library API uses CONFIG as it is
+    ggufx.open(srv.url("all-types-v3.gguf"))
+    assert remote.STATS.requests == 1
+    remote.STATS.reset()
+    ggufx.open(srv.url("SmolLM2-135M-Instruct.Q4_1.gguf"))  # 1.79 MB header
+    assert remote.STATS.requests <= 2 and remote.STATS.bytes < 2_100_000
+
+
+def test_split_siblings_are_read_in_parallel(srv: RangeServer, files: dict[str, Path]) -> None:
+    srv.state.behaviour.latency = 0.3
+    t0 = time.perf_counter()
+    m = ggufx.open(srv.url("split-00003-of-00003.gguf"))
+    wall = time.perf_counter() - t0
+    assert len(m.shards) == 3 and [s.path for s in m.shards] == [srv.url(f"split-0000{i}-of-00003.gguf") for i in (1, 2, 3)]
+    assert m.tensors == ggufx.open(files["split-00003-of-00003.gguf"]).tensors
+    assert remote.STATS.requests == 3
+    assert wall < 0.85, wall  # 2 rounds of 0.3 s (this shard, then both siblings at once), not 3
+
+
+def test_missing_remote_shard(srv: RangeServer, files: dict[str, Path]) -> None:
+    del srv.state.files["split-00002-of-00003.gguf"]
+    try:
+        code, _, err = run("info", srv.url("split-00001-of-00003.gguf"))
+    finally:
+        srv.state.files["split-00002-of-00003.gguf"] = files["split-00002-of-00003.gguf"]
+    assert code == 2
+    assert err.strip() == (f"ggufx: error: {srv.url('split-00002-of-00003.gguf')}: shard 2 of 3 is missing or unreadable "
+                           "(HTTP 404 Not Found: no such file on the server)")
+
+
+# -- failures --------------------------------------------------------------------------------
+
+def test_no_range_support_is_refused(srv: RangeServer, files: dict[str, Path]) -> None:
+    srv.state.behaviour.no_range = True
+    name = "gemma-3-270m-q4_k_m.gguf"
+    code, out, err = run("info", srv.url(name))
+    assert code == 2 and out == ""
+    assert "does not support range requests (HTTP 200 instead of 206)" in err and "--allow-full-download" in err
+    assert "253,113,024 bytes" in err
+    assert remote.STATS.bytes == 0
+    code, out, err = run("info", "--json", "--allow-full-download", "--no-cache", srv.url(name))
+    assert code == 0, err
+    assert out.replace(srv.base, str(files[name].parent)) == run("info", "--json", str(files[name]))[1]
+    assert remote.STATS.bytes < 8_000_000  # streamed, then closed after the header
+
+
+def test_429_then_success(srv: RangeServer, files: dict[str, Path]) -> None:
+    b = srv.state.behaviour
+    b.fail_status, b.fail_count, b.retry_after = 429, 2, "0"
+    s = ggufx.info(srv.url("all-types-v3.gguf"))
+    assert s.to_dict()["types"] == ggufx.info(files["all-types-v3.gguf"]).to_dict()["types"]
+    assert [e["path"] for e in srv.state.log].count("/all-types-v3.gguf") == 3
+
+
+def test_persistent_5xx_gives_up(srv: RangeServer) -> None:
+    srv.state.behaviour.fail_status, srv.state.behaviour.fail_count = 503, 100
+    code, _, err = run("info", srv.url("all-types-v3.gguf"))
+    assert code == 2
+    assert err.strip() == f"ggufx: error: {srv.url('all-types-v3.gguf')}: HTTP 503 Service Unavailable; gave up after 4 attempts"
+    assert len(srv.state.log) == 4
+
+
+def test_dropped_connection_mid_body(srv: RangeServer, files: dict[str, Path]) -> None:
+    b = srv.state.behaviour
+    b.drop_after, b.drop_count = 100_000, 2
+    name = "gemma-3-270m-q4_k_m.gguf"
+    s = ggufx.info(srv.url(name)).to_dict()
+    local = ggufx.info(files[name]).to_dict()
+    assert {k: v for k, v in s.items() if k not in ("path", "shards")} == {k: v for k, v in local.items() if k not in ("path", "shards")}
+    assert len(gets(srv)) >= 4  # two dropped, then the ranges again
+
+
+def test_file_changed_once_restarts(srv: RangeServer, files: dict[str, Path]) -> None:
+    srv.state.behaviour.change_etag_after = 1  # re-uploaded right after our first request
+    name = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    m = ggufx.open(srv.url(name))
+    assert m.tensors == ggufx.open(files[name]).tensors
+    log = gets(srv)
+    assert log[1]["if_range"] == log[0]["if_range"] is None or log[1]["if_range"] is not None
+    assert log[0]["range"] == log[2]["range"] == "bytes=0-1048575"  # the parse started again
+
+
+def test_file_changing_all_the_time_is_an_error(srv: RangeServer) -> None:
+    b = srv.state.behaviour
+    b.change_etag_after, b.change_every = 0, True
+    code, _, err = run("info", srv.url("SmolLM2-135M-Instruct.Q4_1.gguf"))
+    assert code == 2
+    assert "the file changed on the server while its header was read, twice" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_401_gated_repository_says_set_hf_token(srv: RangeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    srv.state.behaviour.hf_required_token = TOKEN
+    ref = "hf://org/gated-GGUF/all-types-v3.gguf"
+    code, _, err = run("info", ref)
+    assert code == 2
+    assert err.strip() == (f"ggufx: error: {ref}: HTTP 401 Unauthorized: the repository is gated or private; "
+                           "set HF_TOKEN to a token with access (huggingface.co/settings/tokens)")
+    monkeypatch.setenv("HF_TOKEN", "hf_wrong")
+    remote._CLIENT = None
+    code, _, err = run("info", ref)
+    assert "your HF_TOKEN has no access" in err and "hf_wrong" not in err
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    remote._CLIENT = None
+    code, out, err = run("--debug", "info", "--json", ref)
+    assert code == 0, err
+    assert TOKEN not in err and TOKEN not in out
+
+
+def test_token_file_is_read(srv: RangeServer, tmp_path: Path) -> None:
+    srv.state.behaviour.hf_required_token = TOKEN
+    (tmp_path / "hf-home").mkdir()
+    (tmp_path / "hf-home" / "token").write_text(TOKEN + "\n")
+    assert ggufx.open("hf://org/gated-GGUF/all-types-v3.gguf").tensors
+
+
+def test_404_names_revision_and_file(srv: RangeServer) -> None:
+    code, _, err = run("info", "hf://org/repo-GGUF@nope/all-types-v3.gguf")
+    assert code == 2
+    assert "HTTP 404 Not Found: no file 'all-types-v3.gguf' at revision 'nope' of org/repo-GGUF" in err
+    code, _, err = run("info", srv.url("missing.gguf"))
+    assert err.strip() == f"ggufx: error: {srv.url('missing.gguf')}: HTTP 404 Not Found: no such file on the server"
+
+
+def test_slow_server_times_out(srv: RangeServer) -> None:
+    srv.state.behaviour.delay = 3
+    t0 = time.perf_counter()
+    code, _, err = run("info", "--timeout", "0.3", srv.url("all-types-v3.gguf"))
+    wall = time.perf_counter() - t0
+    assert code == 2
+    assert "no response within 0.3 s (timeout); gave up after 4 attempts" in err
+    assert wall < 2.5, wall
+
+
+def test_token_does_not_follow_redirect_to_another_host(srv: RangeServer, cdn: RangeServer, files: dict[str, Path],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    srv.state.behaviour.hf_redirect = cdn.base
+    srv.state.behaviour.hf_required_token = TOKEN
+    ref = "hf://org/repo-GGUF@v1/gemma-3-270m-q4_k_m.gguf"
+    code, out, err = run("--debug", "info", "--json", ref)
+    assert code == 0, err
+    assert all(e["authorization"] == f"Bearer {TOKEN}" for e in srv.state.log)
+    assert cdn.state.log and all(e["authorization"] is None for e in cdn.state.log)
+    # after the redirect, ranges go straight to the CDN: one resolve request only
+    assert len(srv.state.log) == 1 and len(cdn.state.log) == remote.STATS.requests - 1
+    assert TOKEN not in err and "X-Amz-Signature" not in err and "secret" not in err
+    assert '"path": "hf://org/repo-GGUF@v1/gemma-3-270m-q4_k_m.gguf"' in out
+
+
+def test_browser_blob_link_is_read_as_resolve(srv: RangeServer) -> None:
+    m = ggufx.open(f"{srv.base}/org/repo-GGUF/blob/main/all-types-v3.gguf")
+    assert m.tensors and gets(srv)[0]["path"] == "/org/repo-GGUF/resolve/main/all-types-v3.gguf"
+
+
+# -- caches ----------------------------------------------------------------------------------
+
+def test_header_cache_head_then_offline(srv: RangeServer, files: dict[str, Path]) -> None:
+    name = "gemma-3-270m-q4_k_m.gguf"
+    first = run("info", "--json", srv.url(name))
+    assert first[0] == 0 and len(srv.state.log) == 3
+    srv.state.log.clear()
+    second = run("info", "--json", srv.url(name))
+    assert second == first
+    assert [e["method"] for e in srv.state.log] == ["HEAD"]
+    srv.state.log.clear()
+    third = run("info", "--json", "--offline", srv.url(name))
+    assert third == first and srv.state.log == []
+    # a re-upload (new ETag) is noticed by the HEAD and fetched again
+    srv.state.behaviour.change_etag_after = 0
+    srv.state.log.clear()
+    fourth = run("info", "--json", srv.url(name))
+    assert fourth == first and [e["method"] for e in srv.state.log] == ["HEAD", "GET", "GET", "GET"]
+
+
+def test_hub_cache_validation_is_one_head_without_following(srv: RangeServer, cdn: RangeServer) -> None:
+    srv.state.behaviour.hf_redirect = cdn.base
+    ref = "hf://org/repo-GGUF/SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert run("info", ref)[0] == 0
+    srv.state.log.clear()
+    cdn.state.log.clear()
+    assert run("info", ref)[0] == 0
+    assert [e["method"] for e in srv.state.log] == ["HEAD"] and cdn.state.log == []
+
+
+def test_offline_without_cache_is_an_error(srv: RangeServer) -> None:
+    code, _, err = run("info", "--offline", srv.url("all-types-v3.gguf"))
+    assert code == 2 and "not in the header cache, and --offline forbids the network" in err
+    assert srv.state.log == []
+
+
+def test_corrupt_cache_entry_is_ignored(srv: RangeServer, tmp_path: Path) -> None:
+    url = srv.url("all-types-v3.gguf")
+    ggufx.open(url)
+    for f in (tmp_path / "cache").glob("*.bin"):
+        f.write_bytes(b"GGUF garbage")
+    srv.state.log.clear()
+    assert ggufx.open(url).tensors
+    assert [e["method"] for e in srv.state.log] == ["GET"]
+
+
+def test_hf_reference_in_local_hf_cache_needs_no_network(srv: RangeServer, files: dict[str, Path], tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    hub = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    commit = "a" * 40
+    repo = hub / "models--org--repo-GGUF"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snap = repo / "snapshots" / commit / "sub"
+    snap.mkdir(parents=True)
+    os.symlink(files["all-types-v3.gguf"], snap / "model.gguf")
+    m = ggufx.open("hf://org/repo-GGUF/sub/model.gguf")
+    assert m.path == str(snap / "model.gguf") and m.tensors
+    m2 = ggufx.open(f"hf://org/repo-GGUF@{commit}/sub/model.gguf")
+    assert m2.path == m.path
+    assert srv.state.log == []  # not one request
+
+
+def test_bad_hf_reference(srv: RangeServer) -> None:
+    code, _, err = run("info", "hf://just-a-repo")
+    assert code == 2 and "expected hf://ORG/REPO/FILE or hf://ORG/REPO@REVISION/FILE" in err
+
+
+def test_remote_files_are_never_edited_or_hashed(srv: RangeServer) -> None:
+    url = srv.url("all-types-v3.gguf")
+    code, _, err = run("set", url, "general.name", "x")
+    assert code == 2 and "a remote file cannot be edited" in err
+    code, _, err = run("hash", url)
+    assert code == 2 and "hashing reads every tensor's data" in err
+
+
+def test_help_does_not_import_http(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from ggufx.cli import main\n"
+            "try: main(['--help'])\nexcept SystemExit: pass\n"
+            "print(sorted(m for m in ('http.client', 'ssl', 'ggufx.remote', 'urllib.request') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_redact_strips_credentials_and_query() -> None:
+    assert remote.redact("https://user:pw@cdn.example/x/y.gguf?X-Amz-Signature=abc") == "https://cdn.example/x/y.gguf?…"
+    assert re.fullmatch(r"ggufx/\S+", remote._user_agent())
