@@ -33,6 +33,7 @@ class Behaviour:
     change_every: bool = False  # ... and keeps changing with every request
     delay: float = 0.0  # sleep before answering (timeouts)
     latency: float = 0.0  # sleep per request (benchmarks)
+    bandwidth: float = 0.0  # bytes per second for bodies, 0 = unlimited (benchmarks)
     hf_redirect: str | None = None  # base URL of the "CDN" the /resolve/ paths redirect to
     hf_required_token: str | None = None  # /resolve/ paths need "Bearer <token>"
     no_etag: bool = False
@@ -166,7 +167,13 @@ class _Handler(BaseHTTPRequestHandler):
                         self.close_connection = True
                         self.connection.shutdown(2)
                         return
-                    self.wfile.write(chunk)
+                    if b.bandwidth:
+                        for i in range(0, len(chunk), 1 << 16):
+                            piece = chunk[i:i + (1 << 16)]
+                            self.wfile.write(piece)
+                            time.sleep(len(piece) / b.bandwidth)
+                    else:
+                        self.wfile.write(chunk)
                     sent += len(chunk)
                     left -= len(chunk)
             except (BrokenPipeError, ConnectionResetError):
