@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from ._common import remote_options, EXIT_CHECK_FAILED, emit_json, json_option, tablefmt_option
+from ..results import CACHE_TYPES
+from ._common import EXIT_CHECK_FAILED, emit_json, json_option, remote_options, tablefmt_option
 
 
 @click.command()
@@ -28,13 +29,14 @@ def roles(file: str, as_json: bool, tablefmt: str) -> None:
     """
     import ggufx
     from ggufx import table
+    from ggufx import results
     from ggufx.analysis import role_table
 
     model = ggufx.open(file)
-    rows = role_table(model)
     if as_json:
-        emit_json({"path": model.path, "roles": [r.to_dict() for r in rows]})
+        emit_json(results.roles(model))
         return
+    rows = role_table(model)
     click.echo(table.render(
         [(r.role, r.tensors, ", ".join(f"{t} {n}" for t, n in r.types.items()), r.parameters, r.bytes,
           f"{100 * r.share:.2f}%", f"{r.bpw:.2f}") for r in rows],
@@ -59,13 +61,14 @@ def layers(file: str, no_collapse: bool, as_json: bool, tablefmt: str) -> None:
     """
     import ggufx
     from ggufx import table
+    from ggufx import results
     from ggufx.analysis import layer_grid
 
     model = ggufx.open(file)
-    grid = layer_grid(model, collapse=not no_collapse)
     if as_json:
-        emit_json({"path": model.path, **grid.to_dict()})
+        emit_json(results.layers(model, collapse=not no_collapse))
         return
+    grid = layer_grid(model, collapse=not no_collapse)
     rows = []
     for r in grid.rows:
         span = str(r.first) if r.first == r.last else f"{r.first}-{r.last}"
@@ -94,16 +97,15 @@ def recipe(file: str, fmt: str, as_json: bool) -> None:
       ggufx recipe model.gguf --json | jq '{base, rules}'
     """
     import ggufx
-    from ggufx.analysis import check_recipe, recipe as make_recipe
+    from ggufx import results
+    from ggufx.analysis import recipe as make_recipe
 
     model = ggufx.open(file)
-    rec = make_recipe(model)
     if as_json:
-        d = rec.to_dict()
-        d["path"] = model.path
-        d["verified"] = not check_recipe(model, rec)
+        d = results.recipe(model)
         emit_json(d)
         return
+    rec = make_recipe(model)
     if fmt == "tensor-type-file":
         click.echo(rec.tensor_type_file(), nl=False)
     elif fmt == "args":
@@ -135,7 +137,7 @@ def diff_(a: str, b: str, as_json: bool, tablefmt: str) -> None:
 
     d = model_diff(ggufx.open(a), ggufx.open(b))
     if as_json:
-        emit_json(d.to_dict())
+        emit_json(d.to_dict())  # = ggufx.results.diff
     else:
         if d.type_changes:
             click.echo(table.render([(c.role, c.layers or "-", c.before, c.after, c.tensors) for c in d.type_changes],
@@ -159,10 +161,8 @@ __all__: list[Any] = ["roles", "layers", "recipe", "diff_"]
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--ctx", type=int, default=0, show_default=True, help="Context length in tokens (0: the model's training context).")
-@click.option("--cache-type-k", "-ctk", default="f16", show_default=True,
-              type=click.Choice(["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"]), help="K cache type.")
-@click.option("--cache-type-v", "-ctv", default="f16", show_default=True,
-              type=click.Choice(["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"]), help="V cache type.")
+@click.option("--cache-type-k", "-ctk", default="f16", show_default=True, type=click.Choice(CACHE_TYPES), help="K cache type.")
+@click.option("--cache-type-v", "-ctv", default="f16", show_default=True, type=click.Choice(CACHE_TYPES), help="V cache type.")
 @click.option("--flash-attn/--no-flash-attn", default=True, show_default=True, help="Flash attention (needed for a quantized V cache).")
 @click.option("--parallel", "-np", default=1, show_default=True, help="Sequences (slots) served in parallel.")
 @click.option("--ubatch", "-ub", default=512, show_default=True, help="Physical batch size in tokens.")
@@ -185,7 +185,7 @@ def mem(file: str, ctx: int, cache_type_k: str, cache_type_v: str, flash_attn: b
       ggufx mem model.gguf --fit 24GiB
     """
     import ggufx
-    from ggufx import table
+    from ggufx import results, table
     from ggufx.memory import MiB, estimate, fit, parse_size
 
     model = ggufx.open(file)
@@ -195,18 +195,18 @@ def mem(file: str, ctx: int, cache_type_k: str, cache_type_v: str, flash_attn: b
             budget = parse_size(fit_budget)
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--fit") from None
-        fits = fit(model, budget, **kw)
         if as_json:
-            emit_json({"path": model.path, "budget": budget, "fits": [f.to_dict() for f in fits]})
+            emit_json(results.fit(model, budget, flash_attn, parallel, ubatch, n_gpu_layers))
             return
+        fits = fit(model, budget, **kw)
         click.echo(table.render([(f.cache_type, f"{f.n_ctx:,}" + (" (training context)" if f.capped else ""),
                                   f"{f.gpu_total / MiB:,.0f}") for f in fits],
                                 ("KV cache type", "largest context", "GPU MiB"), tablefmt, align="lrr"))
         return
-    e = estimate(model, ctx, cache_type_k=cache_type_k, cache_type_v=cache_type_v, **kw)
     if as_json:
-        emit_json({"path": model.path, **e.to_dict()})
+        emit_json(results.memory(model, ctx, cache_type_k, cache_type_v, flash_attn, parallel, ubatch, n_gpu_layers))
         return
+    e = estimate(model, ctx, cache_type_k=cache_type_k, cache_type_v=cache_type_v, **kw)
     rows = [
         ("weights on GPU", e.weights_gpu / MiB, "all layers and the output layer offloaded" if n_gpu_layers < 0
          else f"{e.n_gpu_layers} layers offloaded"),
@@ -242,13 +242,12 @@ def report(file: str, output: str | None, fmt: str | None, as_json: bool) -> Non
       ggufx report model.gguf --json   # the data behind the page
     """
     import ggufx
-    from ggufx.pages import context, render
+    from ggufx import results
+    from ggufx.pages import render
 
     model = ggufx.open(file)
     if as_json:
-        ctx = context(model)
-        emit_json({"summary": ctx["s"], "roles": [r.to_dict() for r in ctx["roles"]], "layers": ctx["grid"].to_dict(),
-                   "memory": [m.to_dict() for m in ctx["memory"]], "chat_template": ctx["template"]})
+        emit_json(results.report(model))
         return
     if fmt is None:
         fmt = "md" if output and output.endswith((".md", ".markdown")) else "html"

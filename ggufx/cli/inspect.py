@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import re
 
 import click
 
-from ._common import remote_options, EXIT_USAGE, emit_json, json_option, tablefmt_option, write_raw
+from ._common import EXIT_USAGE, emit_json, json_option, remote_options, tablefmt_option, write_raw
 
 
 @click.command()
@@ -60,25 +59,20 @@ def info(ctx: click.Context, files: tuple[str, ...], as_json: bool, tablefmt: st
         ctx.exit(EXIT_USAGE)
 
 
-SORT_KEYS = {
-    "offset": lambda t: (t.shard, t.offset),
-    "name": lambda t: t.name,
-    "size": lambda t: (-t.nbytes, t.name),
-    "type": lambda t: (t.type.name, t.name),
-    "bpw": lambda t: (-t.bpw, t.name),
-}
-
-
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--type", "types", multiple=True, metavar="TYPE", help="Only tensors of this ggml type (repeatable), e.g. Q6_K.")
 @click.option("--grep", metavar="REGEX", help="Only tensors whose name matches this regular expression.")
-@click.option("--sort", type=click.Choice(list(SORT_KEYS)), default="offset", show_default=True,
+@click.option("--layers", metavar="N|A-B", help="Only tensors of these layers (blk.N), e.g. 10-19.")
+@click.option("--sort", type=click.Choice(["offset", "name", "size", "type", "bpw"]), default="offset", show_default=True,
               help="Order: file offset, name, size (largest first), type, BPW (highest first).")
+@click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip this many matching tensors (paging).")
+@click.option("--limit", type=click.IntRange(min=1), help="Show at most this many (paging; JSON then has next_offset).")
 @json_option
 @tablefmt_option
 @remote_options
-def tensors(file: str, types: tuple[str, ...], grep: str | None, sort: str, as_json: bool, tablefmt: str) -> None:
+def tensors(file: str, types: tuple[str, ...], grep: str | None, layers: str | None, sort: str, offset: int,
+            limit: int | None, as_json: bool, tablefmt: str) -> None:
     """List tensors: name, ggml type, shape (ggml order, ne[0] first), elements, bytes, bits per
     weight, shard (split models) and absolute offset of the data in its shard.
 
@@ -87,31 +81,25 @@ def tensors(file: str, types: tuple[str, ...], grep: str | None, sort: str, as_j
       ggufx tensors model.gguf
       ggufx tensors model.gguf --grep 'ffn_(up|gate)' --type Q5_K
       ggufx tensors model.gguf --sort size --json | jq '.tensors[0]'
+      ggufx tensors model.gguf --layers 10-19 --limit 50 --offset 50
     """
     import ggufx
-    from ggufx.ggmltypes import ggml_type_by_name
-    from ggufx.report import tensor_dict, tensors_text
+    from ggufx import results
+    from ggufx.report import tensors_text
 
-    pattern = None
-    if grep is not None:
-        try:
-            pattern = re.compile(grep)
-        except re.error as e:
-            raise click.BadParameter(f"invalid regular expression: {e}", param_hint="--grep") from None
-    wanted = set()
-    for t in types:
-        try:
-            wanted.add(ggml_type_by_name(t).name)
-        except ValueError as e:
-            raise click.BadParameter(str(e), param_hint="--type") from None
     model = ggufx.open(file)
-    selected = [t for t in model.tensors
-                if (not wanted or t.type.name in wanted) and (pattern is None or pattern.search(t.name))]
-    selected.sort(key=SORT_KEYS[sort])
+    try:
+        res = results.tensors(model, types, grep, sort, layers, offset, limit)
+    except results.InputError as e:
+        raise click.BadParameter(str(e), param_hint=e.param) from None
     if as_json:
-        emit_json({"path": model.path, "count": len(selected), "tensors": [tensor_dict(t) for t in selected]})
+        emit_json(res)
     else:
+        by_name = {t.name: t for t in model.tensors}
+        selected = [by_name[d["name"]] for d in res["tensors"]]
         click.echo(tensors_text(selected, tablefmt, show_shard=model.is_split))
+        if res.get("next_offset") is not None:
+            click.echo(f"({res['count']:,} tensors match; next page: --offset {res['next_offset']})", err=True)
 
 
 @click.command()
@@ -136,23 +124,25 @@ def meta(file: str, key: str | None, full: bool, as_json: bool, tablefmt: str) -
       ggufx meta model.gguf --json | jq '."llama.context_length".value'
     """
     import ggufx
-    from ggufx.report import json_value, kv_dict, meta_text
+    from ggufx import results
+    from ggufx.report import json_value, meta_text
     from ggufx.values import ValueType, encode_str
 
     model = ggufx.open(file)
     md = model.metadata
     if key is None:
         if as_json:
-            emit_json({"path": model.path, "metadata": {kv.key: kv_dict(kv, full) for kv in md.kvs()}})
+            emit_json(results.meta(model, None, full))
         else:
             click.echo(meta_text(md.kvs(), full, tablefmt))
         return
-    if key not in md:
-        raise click.UsageError(f"{file}: no metadata key {key!r} (`ggufx meta {file}` lists them)")
+    try:
+        res = results.meta(model, key)
+    except results.InputError as e:
+        raise click.UsageError(str(e)) from None
     kv = md.kv(key)
     if as_json:
-        d = kv_dict(kv, True)
-        emit_json({"key": key, **d})
+        emit_json(res)
     elif kv.type is ValueType.STRING:
         write_raw(encode_str(kv.value))
     elif kv.type is ValueType.ARRAY:

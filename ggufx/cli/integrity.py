@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ._common import remote_options, EXIT_CHECK_FAILED, EXIT_USAGE, dumps, emit_json, json_option
+from ._common import EXIT_CHECK_FAILED, EXIT_USAGE, dumps, emit_json, json_option, remote_options
 
 ALGO_OPTION = click.option("--algo", type=click.Choice(["xxh3-128", "sha256"]), default="xxh3-128", show_default=True,
                            help="Per-tensor hash; sha256 for a cryptographic one (the fingerprint is always xxh3-128).")

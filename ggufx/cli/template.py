@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ._common import remote_options, EXIT_CHECK_FAILED, emit_json, json_option, write_raw
+from ._common import EXIT_CHECK_FAILED, emit_json, json_option, remote_options, write_raw
 from .edit import run_edit, write_options
 
 NAME_OPTION = click.option("--name", help="A named template: tokenizer.chat_template.NAME (default: the main one).")
@@ -47,12 +47,9 @@ def _load(path: str):
     return load(path)
 
 
-def _variables(ts, extra: tuple[str, ...]) -> dict[str, Any]:
+def _variables(extra: tuple[str, ...]) -> dict[str, Any]:
+    """--var KEY=VALUE options (bos_token/eos_token come from the model: results.template_variables)."""
     v: dict[str, Any] = {}
-    if ts.bos_token is not None:
-        v["bos_token"] = ts.bos_token
-    if ts.eos_token is not None:
-        v["eos_token"] = ts.eos_token
     for item in extra:
         if "=" not in item:
             raise click.BadParameter(f"{item!r} must look like KEY=VALUE", param_hint="--var")
@@ -80,7 +77,9 @@ def show(file: str, name: str | None, as_json: bool) -> None:
     """
     ts = _load(file)
     if as_json:
-        emit_json({"path": file, "default": ts.default, "named": ts.named})
+        from ggufx.results import template_show
+
+        emit_json(template_show(file, ts))
         return
     from ggufx.values import encode_str
 
@@ -191,23 +190,15 @@ def render_(source: str, messages: str | None, tools: str | None, sample_name: s
       ggufx template render model.gguf --sample tools
       ggufx template render template.jinja --messages conv.json --tools tools.json --var enable_thinking=false
     """
-    from ggufx.chat.render import RenderError, render
+    from ggufx.results import template_render
 
     ts = _load(source)
-    tmpl = ts.get(name)
-    v = _variables(ts, variables)
-    results = []
-    failed = False
-    for label, conv in _conversation(messages, tools, sample_name):
-        try:
-            out = render(tmpl, conv["messages"], tools=conv.get("tools"), documents=conv.get("documents"),
-                         add_generation_prompt=add_generation_prompt, variables=v)
-            results.append({"conversation": label, "output": out, "error": None})
-        except RenderError as e:
-            failed = True
-            results.append({"conversation": label, "output": None, "error": str(e), "kind": e.kind, "line": e.line})
+    res = template_render(source, ts, _conversation(messages, tools, sample_name), name, add_generation_prompt,
+                          _variables(variables))
+    results = res["results"]
+    failed = any(r["error"] for r in results)
     if as_json:
-        emit_json({"source": source, "results": results})
+        emit_json(res)
     else:
         single = len(results) == 1
         for r in results:
@@ -233,17 +224,15 @@ def lint(source: str, variables: tuple[str, ...], name: str | None, as_json: boo
       ggufx template lint model.gguf
       ggufx template lint chat_template.jinja --json
     """
-    from ggufx.chat.lint import lint as run_lint
+    from ggufx.results import template_lint
 
     ts = _load(source)
-    tokens = add_bos = None
+    model = None
     if ts.kind == "gguf":
         import ggufx
 
-        md = ggufx.open(source).metadata
-        tokens = md["tokenizer.ggml.tokens"] if "tokenizer.ggml.tokens" in md else None
-        add_bos = md["tokenizer.ggml.add_bos_token"] if "tokenizer.ggml.add_bos_token" in md else None
-    result = run_lint(ts.get(name), origin=source, variables=_variables(ts, variables), tokens=tokens, add_bos_token=add_bos)
+        model = ggufx.open(source)
+    result = template_lint(source, ts, name, _variables(variables), model)
     if as_json:
         emit_json(result.to_dict())
     else:
@@ -273,12 +262,13 @@ def info(source: str, variables: tuple[str, ...], name: str | None, as_json: boo
       ggufx template info chat_template.jinja --json
     """
     from ggufx.chat.dialect import analyze
+    from ggufx.results import template_info, template_variables
 
     ts = _load(source)
-    i = analyze(ts.get(name), _variables(ts, variables))
     if as_json:
-        emit_json({"source": source, **i.to_dict()})
+        emit_json(template_info(source, ts, name, _variables(variables)))
         return
+    i = analyze(ts.get(name), template_variables(ts, _variables(variables)))
     rows = [("length", f"{i.length:,} characters"), ("sha256", i.sha256), ("family", i.family),
             ("tool-call dialect", i.dialect + (f"  {i.dialect_description}" if i.dialect_description else "")),
             ("tool definitions", "shown to the model" if i.supports_tools else "not shown"),
@@ -305,28 +295,15 @@ def diff(a: str, b: str, name: str | None, as_json: bool) -> None:
       ggufx template diff old.gguf new.gguf
       ggufx template diff model.gguf fixed.jinja
     """
-    import difflib
+    from ggufx.results import template_diff
 
-    from ggufx.chat.dialect import analyze
-
-    ta, tb = _load(a), _load(b)
-    sa, sb = ta.get(name), tb.get(name)
-    ia, ib = analyze(sa, _variables(ta, ())), analyze(sb, _variables(tb, ()))
-    text = "".join(difflib.unified_diff(sa.splitlines(keepends=True), sb.splitlines(keepends=True), a, b))
-    if sa == sb:
-        verdict = "identical templates"
-    elif ia.dialect != ib.dialect:
-        verdict = f"tool-call dialect changes: {ia.dialect} -> {ib.dialect} (tool calls will be written differently)"
-    elif ia.family != ib.family:
-        verdict = f"family changes: {ia.family} -> {ib.family}"
-    else:
-        verdict = f"same family ({ia.family}) and tool-call dialect ({ia.dialect})"
+    res = template_diff(a, b, _load(a), _load(b), name)
     if as_json:
-        emit_json({"a": a, "b": b, "identical": sa == sb, "diff": text, "verdict": verdict,
-                   "a_info": ia.to_dict(), "b_info": ib.to_dict()})
+        emit_json(res)
     else:
+        text = res["diff"]
         if text:
             click.echo(text if text.endswith("\n") else text + "\n", nl=False)
-        click.echo(verdict)
-    if sa != sb:
+        click.echo(res["verdict"])
+    if not res["identical"]:
         sys.exit(EXIT_CHECK_FAILED)
