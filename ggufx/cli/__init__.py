@@ -15,7 +15,7 @@ import click
 
 from .. import __version__
 from ..errors import GGUFError
-from ._common import EXIT_USAGE
+from ._common import EXIT_USAGE, server_aware
 
 # command name -> (module, function, one-line help shown by `ggufx --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "rename": ("edit", "rename", "Rename a metadata key."),
     "edit": ("edit", "edit_", "Several metadata changes as one transaction."),
     "template": ("template", "template", "Chat templates: show, set, render, lint, diff, info."),
+    "mcp": ("agent", "mcp", "MCP server: the read-only tools for agents (needs ggufx[mcp])."),
 }
 
 
@@ -50,7 +51,7 @@ class LazyGroup(click.Group):
         if entry is None:
             return None
         module = importlib.import_module(f"{__name__}.{entry[0]}")
-        return getattr(module, entry[1])
+        return server_aware(getattr(module, entry[1]))
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # short help from the table above, so `ggufx --help` imports no command module
@@ -61,7 +62,7 @@ class LazyGroup(click.Group):
         try:
             return self._invoke(ctx)
         finally:
-            if ctx.params.get("debug") and "ggufx.remote" in sys.modules:
+            if ctx.params.get("debug") and "ggufx.remote" in sys.modules and sys.modules["ggufx.remote"].STATS.requests:
                 stats = sys.modules["ggufx.remote"].STATS
                 click.echo(f"ggufx: debug: {stats.requests} HTTP request(s), {stats.bytes:,} bytes received", err=True)
 

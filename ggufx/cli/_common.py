@@ -70,8 +70,12 @@ def _no_cache(ctx: click.Context, param: click.Parameter, value: bool) -> None:
 
 
 def remote_options(f: Callable) -> Callable:
-    """Options for reading https:// and hf:// sources (they set ggufx.remote.CONFIG)."""
+    """Options for reading https:// and hf:// sources (they set ggufx.remote.CONFIG), and
+    ``--server URL`` (handled by :class:`ServerAwareCommand`)."""
     opts = [
+        click.option("--server", "server_url", metavar="URL", expose_value=False,
+                     help="Inspect the model file a running llama-server has loaded (instead of FILE), and say "
+                          "whether the server's chat template is the file's."),
         click.option("--cache", "cache_dir", metavar="DIR", expose_value=False, callback=_set_remote("cache_dir"),
                      help="Remote sources: keep parsed headers here (default ~/.cache/ggufx/headers; GGUFX_CACHE_DIR)."),
         click.option("--no-cache", is_flag=True, expose_value=False, callback=_no_cache,
@@ -86,3 +90,57 @@ def remote_options(f: Callable) -> Callable:
     for opt in reversed(opts):
         f = opt(f)
     return f
+
+
+SERVER_META = "ggufx.server"
+
+
+def _take_server(args: list[str]) -> tuple[str | None, list[str]]:
+    rest: list[str] = []
+    url = None
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            rest += args[i:]
+            break
+        if a == "--server" and i + 1 < len(args):
+            url = args[i + 1]
+            i += 2
+            continue
+        if a.startswith("--server="):
+            url = a.split("=", 1)[1]
+            i += 1
+            continue
+        rest.append(a)
+        i += 1
+    return url, rest
+
+
+class ServerAwareCommand(click.Command):
+    """A read-only command whose FILE may come from ``--server URL``: the model file the
+    llama-server at URL has loaded (``/props``) becomes the first argument."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        url, rest = _take_server(list(args))
+        if url is not None and not any(a in ("-h", "--help") for a in rest):
+            from ..llamaserver import resolve
+
+            sm = resolve(url)
+            ctx.meta[SERVER_META] = sm
+            click.echo(f"ggufx: {sm.url} has {sm.model_path} loaded", err=True)
+            note = sm.template_note()
+            if note:
+                click.echo(f"ggufx: note: {note}", err=True)
+            rest = [sm.model_path, *rest]
+        return super().parse_args(ctx, rest)
+
+
+def server_aware(cmd: click.Command) -> click.Command:
+    """Give every command with a ``--server`` option (and a group's subcommands) that behaviour."""
+    if isinstance(cmd, click.Group):
+        for sub in cmd.commands.values():
+            server_aware(sub)
+    elif any(p.name == "server_url" for p in cmd.params) and type(cmd) is click.Command:
+        cmd.__class__ = ServerAwareCommand
+    return cmd

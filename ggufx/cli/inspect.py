@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from ._common import EXIT_USAGE, emit_json, json_option, remote_options, tablefmt_option, write_raw
+from ._common import EXIT_USAGE, SERVER_META, emit_json, json_option, remote_options, tablefmt_option, write_raw
 
 
 @click.command()
@@ -29,6 +29,7 @@ def info(ctx: click.Context, files: tuple[str, ...], as_json: bool, tablefmt: st
       ggufx info model.gguf
       ggufx info --json model.gguf | jq .bpw
       ggufx info ~/models/*.gguf --tablefmt github
+      ggufx info --server http://127.0.0.1:8080     # the model llama-server has loaded
 
     With --json one file prints one object, several files a list of objects.
     """
@@ -47,12 +48,19 @@ def info(ctx: click.Context, files: tuple[str, ...], as_json: bool, tablefmt: st
             click.echo(f"ggufx: error: {e.one_line()}", err=True)
             failed = True
             continue
+        server = ctx.meta.get(SERVER_META) if i == 0 else None
         if as_json:
-            results.append(s.to_dict())
+            d = s.to_dict()
+            if server is not None:
+                d["server"] = server.to_dict()
+            results.append(d)
         else:
             if i:
                 click.echo()
             click.echo(info_text(s, tablefmt))
+            if server is not None:
+                same = {True: "the file's", False: "NOT the file's", None: "not reported"}[server.template_matches]
+                click.echo(f"\nserver: {server.url} (n_ctx {server.n_ctx}, chat template {same})")
     if as_json:
         emit_json(results[0] if len(files) == 1 else results)
     if failed:
