@@ -60,7 +60,7 @@ def build_server(roots: list[str], allow_write: bool = False, allow_remote: bool
         if not os.path.isdir(r):
             raise ValueError(f"root {r} is not a directory")
 
-    server = MCPServer("ggufx", instructions=INSTRUCTIONS, version=_version())
+    server = MCPServer("ggufx", instructions=INSTRUCTIONS, version=_version(), log_level="WARNING")
 
     # -- access rules -----------------------------------------------------------------------
     def inside(real: str) -> bool:

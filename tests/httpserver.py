@@ -232,3 +232,56 @@ class RangeServer:
 
 def serve_dir(paths: list[Path]) -> dict[str, Path]:
     return {os.path.basename(p): Path(p) for p in paths}
+
+
+class _LlamaHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: "_LlamaServer"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        import json
+
+        body = self.server.routes.get(self.path.split("?")[0])
+        if body is None:
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+class _LlamaServer(ThreadingHTTPServer):
+    daemon_threads = True
+    routes: dict[str, Any]
+
+
+class FakeLlamaServer:
+    """Answers /props and /v1/models as llama-server does (tools/server/server-context.cpp)."""
+
+    def __init__(self, model_path: str, chat_template: str | None, n_ctx: int = 4096):
+        self.httpd = _LlamaServer(("127.0.0.1", 0), _LlamaHandler)
+        props: dict[str, Any] = {"default_generation_settings": {"n_ctx": n_ctx, "params": {}}, "total_slots": 1,
+                                 "model_alias": os.path.basename(model_path), "model_path": model_path,
+                                 "build_info": "b0-fake", "bos_token": "<s>", "eos_token": "</s>"}
+        if chat_template is not None:
+            props["chat_template"] = chat_template
+        self.httpd.routes = {"/props": props,
+                             "/v1/models": {"object": "list", "data": [{"id": os.path.basename(model_path), "object": "model"}]}}
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> "FakeLlamaServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

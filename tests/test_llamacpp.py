@@ -6,6 +6,7 @@ These run when the tools built by ``../shared/tools/build-llama-cpp.sh`` are pre
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -14,6 +15,7 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -54,10 +56,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _server_props(bin_dir: Path, model: Path) -> dict:
+@contextlib.contextmanager
+def _llama_server(bin_dir: Path, model: Path, *extra: str) -> Iterator[str]:
+    """A llama-server serving ``model``; yields its base URL once /health answers."""
     port = _free_port()
     proc = subprocess.Popen([str(bin_dir / "llama-server"), "-m", str(model), "--host", "127.0.0.1",
-                             "--port", str(port), "-c", "256", "-t", "2", "--jinja", "--no-warmup"],
+                             "--port", str(port), "-c", "256", "-t", "2", "--jinja", "--no-warmup", *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -70,14 +74,41 @@ def _server_props(bin_dir: Path, model: Path) -> dict:
                         break
             except OSError:
                 time.sleep(0.3)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/props", timeout=10) as r:
-            return json.loads(r.read())
+        yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def _server_props(bin_dir: Path, model: Path) -> dict:
+    with _llama_server(bin_dir, model) as url, urllib.request.urlopen(f"{url}/props", timeout=10) as r:
+        return json.loads(r.read())
+
+
+def test_server_option_reads_the_model_llama_server_runs(llama_bin: Path, smollm2_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from ggufx.cli import main
+
+    plain = json.loads(CliRunner().invoke(main, ["info", "--json", str(smollm2_path)]).stdout)
+    with _llama_server(llama_bin, smollm2_path) as url:
+        r = CliRunner().invoke(main, ["info", "--json", "--server", url])
+        assert r.exit_code == 0, r.stderr
+        d = json.loads(r.stdout)
+        server = d.pop("server")
+        assert d == plain
+        assert server["model_path"] == str(smollm2_path) and server["n_ctx"] == 256
+        assert server["template_matches_file"] is True and server["note"] is None
+        assert server["model_ids"] and server["build_info"]
+    # started with another template: the server says so through /props, and ggufx tells
+    with _llama_server(llama_bin, smollm2_path, "--chat-template", "llama3") as url:
+        r = CliRunner().invoke(main, ["info", "--json", "--server", url])
+        assert r.exit_code == 0, r.stderr
+        assert json.loads(r.stdout)["server"]["template_matches_file"] is False
+        assert "ggufx: note: the server uses a different chat template" in r.stderr
 
 
 NEW_TEMPLATE = ("{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
