@@ -87,9 +87,11 @@ def build_server(roots: list[str], allow_write: bool = False, allow_remote: bool
         return model
 
     def load_templates(path: str):
+        """(resolved path, template set): results name the file as the CLI would given that path."""
         from .chat.sources import load
 
-        return load(local(path))
+        src = local(path)
+        return src, load(src)
 
     # -- results -----------------------------------------------------------------------------
     def ok(d: Any) -> CallToolResult:
@@ -204,15 +206,15 @@ def build_server(roots: list[str], allow_write: bool = False, allow_remote: bool
     @tool("Chat template facts: length, sha256, family, tool-call dialect, tool support, reasoning blocks, system role.")
     def template_info(path: Annotated[str, Field(description="A GGUF, .jinja or tokenizer_config.json under the roots.")],
                       name: Annotated[Optional[str], Field(description="A named template, e.g. \"tool_use\".")] = None) -> dict:
-        return results.template_info(path, load_templates(path), name)
+        return results.template_info(*load_templates(path), name)
 
     @tool("Lint the chat template: syntax errors with lines, failing built-in conversations, refused system role, "
           "double BOS, special tokens missing from the vocabulary. `ok` is false when something is wrong.")
     def template_lint(path: Annotated[str, Field(description="A GGUF, .jinja or tokenizer_config.json under the roots.")],
                       name: Optional[str] = None) -> dict:
-        ts = load_templates(path)
+        src, ts = load_templates(path)
         model = open_model(path) if ts.kind == "gguf" else None
-        return results.template_lint(path, ts, name, None, model).to_dict()
+        return results.template_lint(src, ts, name, None, model).to_dict()
 
     @tool("Render the chat template in a sandbox (as transformers' apply_chat_template) for a built-in sample "
           "conversation or your own messages, to see exactly what the model receives.")
@@ -231,7 +233,7 @@ def build_server(roots: list[str], allow_write: bool = False, allow_remote: bool
             conv, label = builtin(sample), sample
         if tools is not None:
             conv["tools"] = tools
-        return results.template_render(path, load_templates(path), [(label, conv)], name, add_generation_prompt)
+        return results.template_render(*load_templates(path), [(label, conv)], name, add_generation_prompt)
 
     @tool("Hash every tensor's data (reads the whole file: seconds per GB) and the model fingerprint, which ignores metadata and sharding.")
     def hash_(path: Path, algo: Literal["xxh3-128", "sha256"] = "xxh3-128",

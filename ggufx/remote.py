@@ -69,6 +69,7 @@ class RemoteConfig:
     backoff: float = 0.5  # seconds, doubled per attempt
     debug: bool = False  # log every request (URL without query, status, bytes, time) on stderr
     workers: int = 8  # parallel shard headers
+    max_header_bytes: int = 512 << 20  # a header claiming more is refused (a hostile server or file)
 
 
 def default_cache_dir() -> str | None:
@@ -256,8 +257,10 @@ class HTTPClient:
 
     # connections
     def _conn(self, url: str) -> Any:
+        """An idle keep-alive connection to the URL's origin, or a new one (through the proxy
+        that HTTPS_PROXY/HTTP_PROXY/NO_PROXY name, as curl and urllib read them)."""
         import http.client
-        from urllib.parse import urlsplit
+        from urllib.parse import unquote, urlsplit
 
         key = origin(url)
         with self._lock:
@@ -265,11 +268,27 @@ class HTTPClient:
             if idle:
                 return idle.pop()
         u = urlsplit(url)
-        if u.scheme == "https":
-            return http.client.HTTPSConnection(u.hostname, u.port, timeout=self.config.timeout)
-        if u.scheme == "http":
-            return http.client.HTTPConnection(u.hostname, u.port, timeout=self.config.timeout)
-        raise ValueError(f"unsupported URL scheme {u.scheme!r}")
+        if u.scheme not in ("http", "https"):
+            raise ValueError(f"unsupported URL scheme {u.scheme!r}")
+        proxy = _proxy_for(u.scheme, u.hostname or "")
+        if proxy is None:
+            cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
+            return cls(u.hostname, u.port, timeout=self.config.timeout)
+        p = urlsplit(proxy if "://" in proxy else "http://" + proxy)
+        auth = {}
+        if p.username is not None:
+            import base64
+
+            cred = f"{unquote(p.username)}:{unquote(p.password or '')}".encode()
+            auth = {"Proxy-Authorization": "Basic " + base64.b64encode(cred).decode()}
+        pcls = http.client.HTTPSConnection if p.scheme == "https" else http.client.HTTPConnection
+        if u.scheme == "https":  # a CONNECT tunnel: the proxy sees neither the request nor the token
+            conn = http.client.HTTPSConnection(p.hostname, p.port or 8080, timeout=self.config.timeout)
+            conn.set_tunnel(u.hostname, u.port or 443, headers=auth)
+            return conn
+        conn = pcls(p.hostname, p.port or (443 if p.scheme == "https" else 8080), timeout=self.config.timeout)
+        conn._ggufx_proxy_headers = auth  # type: ignore[attr-defined]  # plain http: absolute-form requests
+        return conn
 
     def release(self, url: str, conn: Any) -> None:
         with self._lock:
@@ -325,8 +344,11 @@ class HTTPClient:
             conn = self._conn(url)
             t0 = time.perf_counter()
             rng = headers.get("Range")
+            via = getattr(conn, "_ggufx_proxy_headers", None)
+            if via is not None:
+                h.update(via)
             try:
-                conn.request(method, _target(url), headers=h)
+                conn.request(method, url if via is not None else _target(url), headers=h)
                 resp = conn.getresponse()
             except (socket.timeout, TimeoutError):
                 conn.close()
@@ -417,6 +439,26 @@ class _Retry(Exception):
     def __init__(self, reason: str, retry_after: float | None = None):
         super().__init__(reason)
         self.reason, self.retry_after = reason, retry_after
+
+
+_LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
+def _proxy_for(scheme: str, host: str) -> str | None:
+    """The proxy URL for ``scheme://host`` from the environment (never for loopback hosts)."""
+    import urllib.request
+
+    if host in _LOOPBACK or host.startswith("127."):
+        return None
+    proxy = urllib.request.getproxies().get(scheme)
+    if not proxy:
+        return None
+    try:
+        if urllib.request.proxy_bypass(host):
+            return None
+    except OSError:  # pragma: no cover - platform lookups
+        pass
+    return proxy
 
 
 def _target(url: str) -> str:
@@ -564,6 +606,10 @@ class HTTPSource:
 
     def read(self, offset: int, n: int) -> bytes:
         end = offset + n
+        cap = self.client.config.max_header_bytes
+        if end > cap:
+            raise SourceError(self.path, offset, f"the header would need more than {cap:,} bytes (reading {end:,}); "
+                                                 "refusing to download that much metadata")
         if self._stream is not None:
             if end > len(self._buf):
                 self._buf = self._stream_more(end)

@@ -92,6 +92,9 @@ class _Handler(BaseHTTPRequestHandler):
         if fail:
             return self._status(b.fail_status, {"Retry-After": b.retry_after} if b.retry_after else {})
         path = self.path.split("?")[0]
+        if path.startswith("http://"):  # absolute form: we are being used as a forward proxy
+            st.log[-1]["proxied"] = path
+            path = "/" + path.split("/", 3)[3]
         m = _HF.match(path)
         if m is not None:
             if b.hf_required_token and self.headers.get("Authorization") != f"Bearer {b.hf_required_token}":

@@ -323,3 +323,71 @@ def test_server_option_and_tool_against_a_fake_llama_server(smollm2_path: Path) 
         assert err.strip() == f"ggufx: error: /nonexistent/model.gguf: the llama-server at {gone.url} has this file loaded, but it is not on this machine"
     code, _, err = cli("info", "--server", "http://127.0.0.1:9")
     assert code == 2 and "no llama-server reachable" in err and len(err.strip().splitlines()) == 1
+
+
+def test_every_tool_rejects_bad_arguments_and_hostile_templates_stay_bounded(tmp_path: Path) -> None:
+    import time
+
+    hostile = FIXTURES / "templates" / "hostile"
+    root = tmp_path / "root"
+    shutil.copytree(hostile, root)
+    names = sorted(p.name for p in hostile.glob("*.jinja"))
+
+    async def calls(c: Client) -> dict[str, Any]:
+        out: dict[str, Any] = {"empty": {}, "render": {}, "times": {}}
+        for tool in sorted(READ_TOOLS):
+            out["empty"][tool] = await c.call_tool(tool, {})  # every tool has a required argument
+        out["wrong_type"] = await c.call_tool("memory", {"path": "x.gguf", "ctx": "lots"})
+        out["wrong_enum"] = await c.call_tool("memory", {"path": "x.gguf", "cache_type_k": "q3_0"})
+        for n in names:
+            t0 = time.monotonic()
+            out["render"][n] = await c.call_tool("template_render", {"path": n, "sample": "plain"})
+            out["times"][n] = time.monotonic() - t0
+        out["alive"] = await c.list_tools()
+        return out
+
+    r = session(["--root", str(root)], calls)
+    for tool, res in r["empty"].items():
+        assert res.is_error, tool
+    assert r["wrong_type"].is_error and r["wrong_enum"].is_error and "q3_0" in text(r["wrong_enum"])
+    for n in names:
+        code, out, err = cli("template", "render", "--json", "--sample", "plain", str(root / n))
+        res = r["render"][n]
+        if code == 2:
+            assert res.is_error and "ggufx: error: " + text(res) == err.strip(), n
+        else:
+            assert not res.is_error and text(res) + "\n" == out, n
+            assert json.loads(out)["results"][0]["error"], n  # every hostile template is stopped
+        assert r["times"][n] < 5, (n, r["times"][n])
+    assert {t.name for t in r["alive"].tools} == READ_TOOLS
+
+
+def test_streamable_http_transport(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "ggufx", "mcp", "--root", str(FIXTURES), "--http", f"127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.1)
+
+        async def go() -> Any:
+            async with Client(f"http://127.0.0.1:{port}/mcp") as c:
+                return await c.call_tool("info", {"path": "all-types-v3.gguf"})
+
+        r = anyio.run(go)
+        assert not r.is_error
+        assert text(r) + "\n" == cli("info", "--json", str(FIXTURES / "all-types-v3.gguf"))[1]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

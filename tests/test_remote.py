@@ -380,3 +380,45 @@ def test_help_does_not_import_http(tmp_path: Path) -> None:
 def test_redact_strips_credentials_and_query() -> None:
     assert remote.redact("https://user:pw@cdn.example/x/y.gguf?X-Amz-Signature=abc") == "https://cdn.example/x/y.gguf?…"
     assert re.fullmatch(r"ggufx/\S+", remote._user_agent())
+
+
+def test_http_proxy_from_the_environment(srv: RangeServer, files: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("no_proxy", "NO_PROXY", "https_proxy", "HTTPS_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("http_proxy", srv.base)  # our server doubles as a forward proxy
+    url = "http://models.example.invalid/all-types-v3.gguf"
+    m = ggufx.open(url)
+    assert m.tensors == ggufx.open(files["all-types-v3.gguf"]).tensors
+    assert srv.state.log[0]["proxied"] == url
+    srv.state.log.clear()
+    monkeypatch.setenv("no_proxy", "models.example.invalid")
+    remote.CONFIG.cache_dir = None
+    remote._CLIENT = None
+    with pytest.raises(ggufx.SourceError, match="connection failed"):  # bypassed: the .invalid host does not resolve
+        ggufx.open(url)
+    assert srv.state.log == []
+
+
+def test_loopback_never_goes_through_a_proxy(srv: RangeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert ggufx.open(srv.url("all-types-v3.gguf")).tensors
+
+
+def test_hostile_header_size_is_bounded(srv: RangeServer, files: dict[str, Path]) -> None:
+    remote.CONFIG.max_header_bytes = 2 << 20
+    remote.CONFIG.cache_dir = None
+    with pytest.raises(ggufx.SourceError, match="refusing to download that much metadata"):
+        ggufx.open(srv.url("gemma-3-270m-q4_k_m.gguf"))  # a 6.5 MB header against a 2 MiB bound
+    assert remote.STATS.bytes <= 2 << 20
+
+
+def test_empty_remote_file(srv: RangeServer, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.gguf"
+    empty.write_bytes(b"")
+    srv.state.files["empty.gguf"] = empty
+    try:
+        code, _, err = run("info", srv.url("empty.gguf"))
+    finally:
+        del srv.state.files["empty.gguf"]
+    assert code == 2 and err.strip() == f"ggufx: error: {srv.url('empty.gguf')}: HTTP 416 Requested Range Not Satisfiable: the server has an empty file"
