@@ -88,9 +88,11 @@ def build_server(roots: list[str], allow_write: bool = False, allow_remote: bool
 
     def load_templates(path: str):
         """(resolved path, template set): results name the file as the CLI would given that path."""
-        from .chat.sources import load
+        from .chat.sources import from_model, is_gguf, load
 
         src = local(path)
+        if src.startswith(("http://", "https://", "hf://")) or is_gguf(src):
+            return src, from_model(open_model(path), src)  # every shard checked against the roots
         return src, load(src)
 
     # -- results -----------------------------------------------------------------------------
@@ -213,8 +215,7 @@ def build_server(roots: list[str], allow_write: bool = False, allow_remote: bool
     def template_lint(path: Annotated[str, Field(description="A GGUF, .jinja or tokenizer_config.json under the roots.")],
                       name: Optional[str] = None) -> dict:
         src, ts = load_templates(path)
-        model = open_model(path) if ts.kind == "gguf" else None
-        return results.template_lint(src, ts, name, None, model).to_dict()
+        return results.template_lint(src, ts, name, None, ts.model).to_dict()
 
     @tool("Render the chat template in a sandbox (as transformers' apply_chat_template) for a built-in sample "
           "conversation or your own messages, to see exactly what the model receives.")

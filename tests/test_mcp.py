@@ -173,6 +173,7 @@ def test_errors_are_tool_errors_with_the_cli_message(roots: tuple[Path, Path]) -
         r["symlink_escape"] = await c.call_tool("roles", {"path": "escape.gguf"})
         r["inner_link"] = await c.call_tool("info", {"path": "inner-link.gguf"})
         r["shard_escape"] = await c.call_tool("info", {"path": "split-00001-of-00003.gguf"})
+        r["shard_escape_template"] = await c.call_tool("template_info", {"path": "split-00001-of-00003.gguf"})
         r["malformed"] = await c.call_tool("info", {"path": "bad.gguf"})
         r["missing"] = await c.call_tool("info", {"path": "nope.gguf"})
         r["bad_regex"] = await c.call_tool("tensors", {"path": "model.gguf", "grep": "(unclosed"})
@@ -194,7 +195,8 @@ def test_errors_are_tool_errors_with_the_cli_message(roots: tuple[Path, Path]) -
         assert r[case].is_error, case
         assert "outside the allowed roots" in text(r[case]) and rroot in text(r[case]), case
     assert not r["inner_link"].is_error
-    assert r["shard_escape"].is_error and "a shard of split-00001-of-00003.gguf lies outside the allowed roots" in text(r["shard_escape"])
+    for case in ("shard_escape", "shard_escape_template"):
+        assert r[case].is_error and "a shard of split-00001-of-00003.gguf lies outside the allowed roots" in text(r[case])
     # the one-line message the CLI prints after "ggufx: error: "
     for case, rel in (("malformed", "bad.gguf"), ("missing", "nope.gguf")):
         code, _, err = cli("info", os.path.join(rroot, rel))

@@ -133,6 +133,14 @@ def test_gemma_info_request_budget(srv: RangeServer, files: dict[str, Path]) -> 
     assert f"{remote.STATS.requests} HTTP request(s), {remote.STATS.bytes:,} bytes received" in err
 
 
+@pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: "-".join(c[:2]))
+def test_every_command_reads_the_header_once(srv: RangeServer, cmd: list[str]) -> None:
+    code, out, err = run(*cmd, "--no-cache", srv.url("gemma-3-270m-q4_k_m.gguf"))
+    assert code in (0, 1) or "no chat template" in err, err  # Gemma ships none
+    assert 1 <= remote.STATS.requests == len(srv.state.log) <= 4, (cmd, remote.STATS.to_dict())
+    assert remote.STATS.bytes < 8_000_000
+
+
 def test_small_headers_take_one_or_two_requests(srv: RangeServer, files: dict[str, Path]) -> None:
     remote.CONFIG.cache_dir = None  # the library API uses CONFIG as it is
     ggufx.open(srv.url("all-types-v3.gguf"))

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import FormatError, GGUFError, SourceError
 
@@ -30,6 +31,7 @@ class TemplateSet:
     bos_token: str | None = None
     eos_token: str | None = None
     model_path: str | None = None
+    model: Any = field(default=None, repr=False, compare=False)  # the GGUFModel it came from (lint reads its vocabulary)
 
     def get(self, name: str | None) -> str:
         if name in (None, "", "default"):
@@ -109,11 +111,16 @@ def _token_text(tok: object) -> str | None:
 def from_gguf(path: str) -> TemplateSet:
     from ..model import open_model
 
-    model = open_model(path)
+    return from_model(open_model(path), path)
+
+
+def from_model(model: Any, path: str) -> TemplateSet:
+    """The templates of an opened :class:`~ggufx.model.GGUFModel` (``path`` names it in messages)."""
     md = model.metadata
     prefix = DEFAULT_KEY + "."
     named = {k[len(prefix):]: md[k] for k in md if k.startswith(prefix) and isinstance(md[k], str)}
-    return TemplateSet(path, "gguf", md.get_str(DEFAULT_KEY), named, *special_tokens(model), model_path=path)
+    return TemplateSet(path, "gguf", md.get_str(DEFAULT_KEY), named, *special_tokens(model), model_path=path,
+                       model=model)
 
 
 def special_tokens(model) -> tuple[str | None, str | None]:

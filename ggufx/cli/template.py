@@ -227,12 +227,7 @@ def lint(source: str, variables: tuple[str, ...], name: str | None, as_json: boo
     from ggufx.results import template_lint
 
     ts = _load(source)
-    model = None
-    if ts.kind == "gguf":
-        import ggufx
-
-        model = ggufx.open(source)
-    result = template_lint(source, ts, name, _variables(variables), model)
+    result = template_lint(source, ts, name, _variables(variables), ts.model)
     if as_json:
         emit_json(result.to_dict())
     else:
