@@ -294,6 +294,12 @@ class HTTPClient:
         with self._lock:
             self._idle.setdefault(origin(url), []).append(conn)
 
+    def _drop_idle(self, url: str) -> None:
+        with self._lock:
+            conns = self._idle.pop(origin(url), [])
+        for c in conns:
+            c.close()
+
     def close(self) -> None:
         with self._lock:
             conns = [c for v in self._idle.values() for c in v]
@@ -335,13 +341,16 @@ class HTTPClient:
         from urllib.parse import urljoin
 
         linked: dict[str, str] = {}
-        for _ in range(MAX_REDIRECTS + 1):
+        hops = 0
+        while hops <= MAX_REDIRECTS:
+            hops += 1
             h = dict(headers)
             h.setdefault("User-Agent", _user_agent())
             tok = self.token() if loc.token_origin is not None else None
             if tok and origin(url) == loc.token_origin:
                 h["Authorization"] = f"Bearer {tok}"
             conn = self._conn(url)
+            reused = conn.sock is not None  # an idle keep-alive connection the server may have closed
             t0 = time.perf_counter()
             rng = headers.get("Range")
             via = getattr(conn, "_ggufx_proxy_headers", None)
@@ -356,6 +365,10 @@ class HTTPClient:
                 raise _Retry(f"no response within {self.config.timeout:g} s (timeout)") from None
             except (http.client.HTTPException, ConnectionError, OSError) as e:
                 conn.close()
+                if reused:  # stale: try the same hop again at once on a new connection (not an attempt)
+                    self._drop_idle(url)
+                    hops -= 1
+                    continue
                 self._log(method, url, rng, "dropped", 0, t0)
                 raise _Retry(f"connection failed ({_reason(e)})") from None
             status = resp.status

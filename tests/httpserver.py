@@ -37,6 +37,7 @@ class Behaviour:
     hf_redirect: str | None = None  # base URL of the "CDN" the /resolve/ paths redirect to
     hf_required_token: str | None = None  # /resolve/ paths need "Bearer <token>"
     no_etag: bool = False
+    silent_close: bool = False  # close every connection after the response without saying so
 
 
 @dataclass
@@ -116,6 +117,8 @@ class _Handler(BaseHTTPRequestHandler):
         if f is None:
             return self._status(404)
         self._file(f, head, b, n, drop)
+        if b.silent_close:  # as a server whose keep-alive timeout expired would
+            self.close_connection = True
 
     def _etag(self, f: Path, n: int) -> str:
         b = self.server.state.behaviour

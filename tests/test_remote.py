@@ -430,3 +430,12 @@ def test_empty_remote_file(srv: RangeServer, tmp_path: Path) -> None:
     finally:
         del srv.state.files["empty.gguf"]
     assert code == 2 and err.strip() == f"ggufx: error: {srv.url('empty.gguf')}: HTTP 416 Requested Range Not Satisfiable: the server has an empty file"
+
+
+def test_stale_keep_alive_connection_is_replaced_without_a_retry(srv: RangeServer, files: dict[str, Path]) -> None:
+    srv.state.behaviour.silent_close = True
+    remote.CONFIG.retries = 0  # a stale pooled connection must not need (or use up) a retry
+    remote.CONFIG.cache_dir = None
+    m = ggufx.open(srv.url("gemma-3-270m-q4_k_m.gguf"))
+    assert m.tensors == ggufx.open(files["gemma-3-270m-q4_k_m.gguf"]).tensors
+    assert remote.STATS.requests == 3 and all(e["status"] == 206 for e in remote.STATS.log)
