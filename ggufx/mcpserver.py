@@ -145,6 +145,14 @@ def build_server(roots: list[str], allow_write: bool = False, allow_remote: bool
     CacheType = Literal[CACHE_TYPES]  # type: ignore[valid-type]
 
     # -- read-only tools ---------------------------------------------------------------------
+    @tool("The GGUF models under the allowed roots, one row each (split sets once): name, path, architecture, "
+          "parameters, file type, BPW, size in bytes, chat template dialect and problems. Use a path from here in the other tools.")
+    def list_models(lint: Annotated[bool, Field(description="Also lint each distinct chat template (slower).")] = False) -> dict:
+        from .scan import scan
+
+        rows = [r for r in scan(real_roots, lint_templates=lint) if inside(os.path.realpath(r.path))]
+        return {"roots": real_roots, "models": [r.to_dict() for r in rows]}
+
     @tool("Model summary: architecture, parameters, file size (bytes), bits per weight as llama.cpp reports it, "
           "type histogram, context length (tokens), layers, vocabulary size, chat template presence.")
     def info(path: Path) -> dict:

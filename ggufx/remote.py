@@ -181,6 +181,8 @@ def parse_location(location: str) -> Location:
     if location.startswith("hf://"):
         m = _HF_RE.match(location)
         if m is None:
+            if _HF_REPO_RE.match(location):
+                raise SourceError(location, None, f"name a file: hf://ORG/REPO[@REVISION]/FILE (`ggufx scan {location}` lists the repository's GGUF files)")
             raise SourceError(location, None, "not a Hugging Face reference: expected hf://ORG/REPO/FILE or hf://ORG/REPO@REVISION/FILE")
         from urllib.parse import quote
 
@@ -420,6 +422,8 @@ class HTTPClient:
         if status == 404:
             if loc.hf is not None:
                 repo, rev, file = loc.hf
+                if not file:
+                    return f"{what}: no repository {repo} with a revision {rev!r} (check the name and the @REVISION)"
                 return f"{what}: no file {file!r} at revision {rev!r} of {repo} (check the repository, the @REVISION and the file name)"
             return f"{what}: no such file on the server"
         if status == 416:
@@ -765,6 +769,57 @@ def parse_remote_header(location: str, config: RemoteConfig | None = None):
         return h
     assert changed is not None
     raise SourceError(location, None, f"the file changed on the server while its header was read, twice (validator {changed.before} became {changed.after}); try again later")
+
+
+_HF_REPO_RE = re.compile(r"^hf://(?P<repo>[^/@]+/[^/@]+)(?:@(?P<rev>[^/]+))?/?$")
+_LINK_NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
+MAX_LISTING_PAGES = 100
+
+
+def is_hf_repo(location: str) -> bool:
+    """``hf://ORG/REPO`` or ``hf://ORG/REPO@REV`` (no file): a repository to list."""
+    return _HF_REPO_RE.match(location) is not None
+
+
+def hf_repo_files(location: str, config: RemoteConfig | None = None) -> list[tuple[str, int | None]]:
+    """(path in the repository, size) of every file of ``hf://ORG/REPO[@REV]``, from the Hub's
+    tree listing (``/api/models/REPO/tree/REV?recursive=true``, following its ``Link`` pages)."""
+    from urllib.parse import quote, urljoin
+
+    m = _HF_REPO_RE.match(location)
+    if m is None:
+        raise SourceError(location, None, "not a Hugging Face repository: expected hf://ORG/REPO or hf://ORG/REPO@REVISION")
+    repo, rev = m["repo"], m["rev"] or "main"
+    ep = hf_endpoint()
+    cfg = config or CONFIG
+    if cfg.offline:
+        raise SourceError(location, None, "listing a repository needs the network, and --offline forbids it")
+    url: str | None = f"{ep}/api/models/{repo}/tree/{quote(rev, safe='')}?recursive=true"
+    loc = Location(location, url, origin(ep), (repo, rev, ""))
+    cl = client(cfg)
+    files: list[tuple[str, int | None]] = []
+    for _ in range(MAX_LISTING_PAGES):
+        if url is None:
+            break
+        t0 = time.perf_counter()
+        resp = cl.request("GET", loc, url, {"Accept": "application/json", "Accept-Encoding": "identity"})
+        try:
+            body = cl.timed_read(resp, None, "GET", None, t0)
+        except _Retry as r:
+            raise SourceError(location, None, f"listing the repository failed: {r.reason}") from None
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            raise SourceError(location, None, "the Hub's file listing is not JSON") from None
+        if not isinstance(doc, list):
+            raise SourceError(location, None, "the Hub's file listing is not a list of files")
+        for e in doc:
+            if isinstance(e, dict) and e.get("type") == "file" and isinstance(e.get("path"), str):
+                size = e.get("lfs", {}).get("size") if isinstance(e.get("lfs"), dict) else e.get("size")
+                files.append((e["path"], size if isinstance(size, int) else None))
+        nxt = _LINK_NEXT.search(resp.headers.get("Link") or "")
+        url = urljoin(url, nxt[1]) if nxt else None
+    return files
 
 
 def resolve_local(location: str) -> str | None:

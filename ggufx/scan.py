@@ -3,7 +3,9 @@
 * plain folders: every ``*.gguf``; split shards (``NAME-00001-of-00003.gguf``) become one model;
 * a Hugging Face cache (``models--ORG--NAME/snapshots/REV/...``): named ``ORG/NAME@REV/PATH``;
 * an Ollama store (``manifests/`` + ``blobs/sha256-*``): named as ``ollama run`` knows it
-  (``NAME:TAG``, ``NAMESPACE/NAME:TAG``) from the manifests' model layers.
+  (``NAME:TAG``, ``NAMESPACE/NAME:TAG``) from the manifests' model layers;
+* a Hub repository ``hf://ORG/REPO[@REV]``: its GGUF files listed by the Hub's API, their headers
+  read with range requests (:mod:`ggufx.remote`), several at once: ``ORG/REPO@REV/PATH``.
 
 Header-only and fault-tolerant: a corrupt file or a missing shard is a row with a problem, never
 the end of the scan. Chat template facts are computed once per distinct template.
@@ -89,6 +91,9 @@ def discover(roots: list[str]) -> list[tuple[str, str, str]]:
     found: list[tuple[str, str, str]] = []
     seen: set[str] = set()
     for root in roots:
+        if root.startswith("hf://"):
+            found.extend(_hf_repo_models(root))
+            continue
         if os.path.isdir(os.path.join(root, "manifests")) and os.path.isdir(os.path.join(root, "blobs")):
             for name, blob in _ollama_models(root):
                 found.append((name, blob, "ollama"))
@@ -118,35 +123,68 @@ def discover(roots: list[str]) -> list[tuple[str, str, str]]:
     return found
 
 
+def _hf_repo_models(root: str) -> list[tuple[str, str, str]]:
+    """(name, hf:// reference, "hf") for each GGUF model of a Hub repository (first shard of a set)."""
+    from .remote import hf_repo_files
+
+    base = root.rstrip("/")
+    repo_rev = base[len("hf://"):]
+    out: list[tuple[str, str, str]] = []
+    groups: dict[str, list[str]] = {}
+    for path, _size in sorted(hf_repo_files(root)):
+        if not path.endswith(".gguf"):
+            continue
+        m = SHARD_RE.match(path.rpartition("/")[2])
+        if m:
+            groups.setdefault(path.rpartition("/")[0] + "/" + m["prefix"], []).append(path)
+            continue
+        out.append((f"{repo_rev}/{path}", f"{base}/{path}", "hf"))
+    for prefix, paths in groups.items():
+        first = sorted(paths)[0]
+        out.append((f"{repo_rev}/{prefix.lstrip('/')} ({len(paths)} shards found)", f"{base}/{first}", "hf"))
+    return sorted(out)
+
+
 def scan(roots: list[str], lint_templates: bool = True) -> list[ScanRow]:
+    """One row per model under ``roots`` (folders, a Hugging Face cache, an Ollama store, or
+    ``hf://ORG/REPO[@REV]`` repositories, whose headers are read remotely and in parallel)."""
+    found = discover(roots)
+    rows = [ScanRow(name, path, source) for name, path, source in found]
+    template_cache: dict[str, tuple[str, list[str]]] = {}
+    if any(r.source == "hf" for r in rows):
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda r: _audit(r, template_cache, lint_templates), rows))
+    else:
+        for row in rows:
+            _audit(row, template_cache, lint_templates)
+    return rows
+
+
+def _audit(row: ScanRow, template_cache: dict[str, tuple[str, list[str]]], lint_templates: bool) -> None:
     from .model import open_model
 
-    rows = []
-    template_cache: dict[str, tuple[str, list[str]]] = {}
-    for name, path, source in discover(roots):
-        row = ScanRow(name, path, source)
-        rows.append(row)
-        try:
-            model = open_model(path)
-        except GGUFError as e:
-            row.problems.append(e.one_line())
-            continue
-        except OSError as e:
-            row.problems.append(f"{path}: {e.strerror or e}")
-            continue
-        s = model.summary()
-        row.shards, row.architecture, row.parameters = len(model.shards), s.architecture, s.parameters
-        row.file_type, row.bpw, row.file_bytes = s.file_type_label, s.bpw, s.file_bytes
-        tmpl = model.metadata.get_str("tokenizer.chat_template")
-        if tmpl is None:
-            row.dialect = "-"
-            continue
-        key = hashlib.sha256(tmpl.encode("utf-8", "surrogateescape")).hexdigest()
-        if key not in template_cache:
-            template_cache[key] = _template_facts(model, tmpl, lint_templates)
-        row.dialect, probs = template_cache[key]
-        row.problems.extend(probs)
-    return rows
+    try:
+        model = open_model(row.path)
+    except GGUFError as e:
+        row.problems.append(e.one_line())
+        return
+    except OSError as e:
+        row.problems.append(f"{row.path}: {e.strerror or e}")
+        return
+    s = model.summary()
+    row.shards, row.architecture, row.parameters = len(model.shards), s.architecture, s.parameters
+    row.file_type, row.bpw, row.file_bytes = s.file_type_label, s.bpw, s.file_bytes
+    tmpl = model.metadata.get_str("tokenizer.chat_template")
+    if tmpl is None:
+        row.dialect = "-"
+        return
+    key = hashlib.sha256(tmpl.encode("utf-8", "surrogateescape")).hexdigest()
+    if key not in template_cache:
+        template_cache[key] = _template_facts(model, tmpl, lint_templates)
+    row.dialect, probs = template_cache[key]
+    row.problems.extend(probs)
 
 
 def _template_facts(model: Any, tmpl: str, lint_templates: bool) -> tuple[str, list[str]]:

@@ -92,7 +92,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._status(b.status)
         if fail:
             return self._status(b.fail_status, {"Retry-After": b.retry_after} if b.retry_after else {})
-        path = self.path.split("?")[0]
+        path, _, query = self.path.partition("?")
+        api = re.match(r"^/api/models/(?P<repo>[^/]+/[^/]+)/tree/(?P<rev>[^/?]+)$", path)
+        if api is not None:
+            return self._tree(api["rev"], query)
         if path.startswith("http://"):  # absolute form: we are being used as a forward proxy
             st.log[-1]["proxied"] = path
             path = "/" + path.split("/", 3)[3]
@@ -100,7 +103,7 @@ class _Handler(BaseHTTPRequestHandler):
         if m is not None:
             if b.hf_required_token and self.headers.get("Authorization") != f"Bearer {b.hf_required_token}":
                 return self._status(401)
-            name = m["file"]
+            name = m["file"].removeprefix("gguf/")
             if name not in st.files or m["rev"] not in ("main", "v1", "0" * 40):
                 return self._status(404)
             if b.hf_redirect:
@@ -119,6 +122,30 @@ class _Handler(BaseHTTPRequestHandler):
         self._file(f, head, b, n, drop)
         if b.silent_close:  # as a server whose keep-alive timeout expired would
             self.close_connection = True
+
+    def _tree(self, rev: str, query: str) -> None:
+        """The Hub's file listing (GET /api/models/REPO/tree/REV?recursive=true), 4 entries a page."""
+        import json
+
+        st = self.server.state
+        if rev not in ("main", "v1"):
+            return self._status(404)
+        entries = [{"type": "file", "oid": "0" * 40, "size": 1234, "path": "README.md"}]
+        entries += [{"type": "file", "oid": "0" * 40, "size": f.stat().st_size, "path": f"gguf/{name}",
+                     "lfs": {"oid": "0" * 64, "size": f.stat().st_size, "pointerSize": 134}}
+                    for name, f in sorted(st.files.items())]
+        entries.append({"type": "directory", "oid": "0" * 40, "size": 0, "path": "gguf"})
+        cursor = int(dict(p.split("=", 1) for p in query.split("&") if "=" in p).get("cursor", "0"))
+        page = entries[cursor:cursor + 4]
+        body = json.dumps(page).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if cursor + 4 < len(entries):
+            path = self.path.partition("?")[0]
+            self.send_header("Link", f'<http://{self.headers["Host"]}{path}?recursive=true&cursor={cursor + 4}>; rel="next"')
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def _etag(self, f: Path, n: int) -> str:
         b = self.server.state.behaviour

@@ -25,7 +25,7 @@ from ggufx.cli import main
 from .conftest import FIXTURES
 from .httpserver import FakeLlamaServer
 
-READ_TOOLS = {"info", "type_histogram", "roles", "layers", "tensors", "metadata", "recipe", "memory", "fit", "diff",
+READ_TOOLS = {"list_models", "info", "type_histogram", "roles", "layers", "tensors", "metadata", "recipe", "memory", "fit", "diff",
               "template_info", "template_lint", "template_render", "hash", "verify", "server_model"}
 WRITE_TOOLS = {"set_metadata", "delete_metadata", "set_template"}
 
@@ -186,6 +186,7 @@ def test_errors_are_tool_errors_with_the_cli_message(roots: tuple[Path, Path]) -
         r["far_server"] = await c.call_tool("server_model", {"url": "http://192.0.2.1:8080"})
         r["manifest_outside"] = await c.call_tool("verify", {"manifest": str(outside / "m.json"), "path": "model.gguf"})
         r["alive"] = await c.call_tool("info", {"path": "model.gguf"})
+        r["list"] = await c.call_tool("list_models", {"lint": True})
         return r
 
     r = session(["--root", str(root)], calls)
@@ -211,6 +212,13 @@ def test_errors_are_tool_errors_with_the_cli_message(roots: tuple[Path, Path]) -
     assert r["far_server"].is_error and "only a llama-server on this machine" in text(r["far_server"])
     assert r["manifest_outside"].is_error and "outside the allowed roots" in text(r["manifest_outside"])
     assert not r["alive"].is_error  # the server survived all of it
+    listed = json.loads(text(r["list"]))
+    paths = sorted(m["path"] for m in listed["models"])
+    # (model.gguf is the same file as inner-link.gguf: scan lists a file once)
+    assert paths == sorted(os.path.join(rroot, n) for n in ("bad.gguf", "inner-link.gguf", "split-00001-of-00003.gguf"))
+    # the same rows as `ggufx scan --json ROOT`, without the link that escapes the root
+    cli_rows = [m for m in json.loads(cli("scan", "--json", rroot)[1])["models"] if not m["path"].endswith("escape.gguf")]
+    assert listed["models"] == cli_rows
 
 
 def test_resources_and_prompt(roots: tuple[Path, Path]) -> None:
@@ -337,8 +345,9 @@ def test_every_tool_rejects_bad_arguments_and_hostile_templates_stay_bounded(tmp
 
     async def calls(c: Client) -> dict[str, Any]:
         out: dict[str, Any] = {"empty": {}, "render": {}, "times": {}}
-        for tool in sorted(READ_TOOLS):
-            out["empty"][tool] = await c.call_tool(tool, {})  # every tool has a required argument
+        for tool in sorted(READ_TOOLS - {"list_models"}):
+            out["empty"][tool] = await c.call_tool(tool, {})  # every other tool has a required argument
+        out["wrong_lint"] = await c.call_tool("list_models", {"lint": "very"})
         out["wrong_type"] = await c.call_tool("memory", {"path": "x.gguf", "ctx": "lots"})
         out["wrong_enum"] = await c.call_tool("memory", {"path": "x.gguf", "cache_type_k": "q3_0"})
         for n in names:
@@ -351,6 +360,7 @@ def test_every_tool_rejects_bad_arguments_and_hostile_templates_stay_bounded(tmp
     r = session(["--root", str(root)], calls)
     for tool, res in r["empty"].items():
         assert res.is_error, tool
+    assert r["wrong_lint"].is_error
     assert r["wrong_type"].is_error and r["wrong_enum"].is_error and "q3_0" in text(r["wrong_enum"])
     for n in names:
         code, out, err = cli("template", "render", "--json", "--sample", "plain", str(root / n))

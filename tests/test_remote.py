@@ -8,6 +8,7 @@ result on the same file, byte for byte, once the location string is substituted.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import time
@@ -439,3 +440,33 @@ def test_stale_keep_alive_connection_is_replaced_without_a_retry(srv: RangeServe
     m = ggufx.open(srv.url("gemma-3-270m-q4_k_m.gguf"))
     assert m.tensors == ggufx.open(files["gemma-3-270m-q4_k_m.gguf"]).tensors
     assert remote.STATS.requests == 3 and all(e["status"] == 206 for e in remote.STATS.log)
+
+
+def test_scan_a_hub_repository(srv: RangeServer, files: dict[str, Path], tmp_path: Path) -> None:
+    local_dir = tmp_path / "local"
+    local_dir.mkdir()
+    for name, f in files.items():
+        os.symlink(f, local_dir / name)
+    code_l, out_l, _ = run("scan", "--json", str(local_dir))
+    code, out, err = run("scan", "--json", "hf://org/repo-GGUF")
+    assert code == code_l, err
+    remote_rows = {r["path"].rpartition("/")[2]: r for r in json.loads(out)["models"]}
+    local_rows = {r["path"].rpartition("/")[2]: r for r in json.loads(out_l)["models"]}
+    assert set(remote_rows) == set(local_rows) and len(remote_rows) >= 10
+    for name, r in remote_rows.items():
+        assert r["path"] == f"hf://org/repo-GGUF/gguf/{name}" and r["source"] == "hf"
+        assert r["name"].startswith("org/repo-GGUF/gguf/")
+        loc = local_rows[name]
+        keys = ("shards", "architecture", "parameters", "file_type", "bpw", "file_bytes", "dialect")
+        assert {k: r[k] for k in keys} == {k: loc[k] for k in keys}, name
+        assert [p.replace("hf://org/repo-GGUF/gguf/", "") for p in r["problems"]] == \
+               [p.replace(f"{local_dir}/", "") for p in loc["problems"]], name
+    listing = [e for e in srv.state.log if e["path"].startswith("/api/models/")]
+    assert len(listing) >= 3  # the listing is paged (4 entries a page) and every page was read
+
+
+def test_scan_unknown_repository_or_file_reference(srv: RangeServer) -> None:
+    code, _, err = run("scan", "hf://org/repo-GGUF@nope")
+    assert code == 2 and "no repository org/repo-GGUF with a revision 'nope'" in err
+    code, _, err = run("info", "hf://org/repo-GGUF")
+    assert code == 2 and "name a file: hf://ORG/REPO[@REVISION]/FILE (`ggufx scan hf://org/repo-GGUF` lists" in err

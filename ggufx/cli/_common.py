@@ -69,27 +69,35 @@ def _no_cache(ctx: click.Context, param: click.Parameter, value: bool) -> None:
         CONFIG.cache_dir = None
 
 
-def remote_options(f: Callable) -> Callable:
-    """Options for reading https:// and hf:// sources (they set ggufx.remote.CONFIG), and
-    ``--server URL`` (handled by :class:`ServerAwareCommand`)."""
-    opts = [
-        click.option("--server", "server_url", metavar="URL", expose_value=False,
-                     help="Inspect the model file a running llama-server has loaded (instead of FILE), and say "
-                          "whether the server's chat template is the file's."),
-        click.option("--cache", "cache_dir", metavar="DIR", expose_value=False, callback=_set_remote("cache_dir"),
-                     help="Remote sources: keep parsed headers here (default ~/.cache/ggufx/headers; GGUFX_CACHE_DIR)."),
-        click.option("--no-cache", is_flag=True, expose_value=False, callback=_no_cache,
-                     help="Remote sources: neither read nor write the header cache."),
-        click.option("--offline", is_flag=True, expose_value=False, callback=_set_remote("offline"),
-                     help="Remote sources: use only the header cache, no network (also HF_HUB_OFFLINE=1)."),
-        click.option("--allow-full-download", is_flag=True, expose_value=False, callback=_set_remote("allow_full_download"),
-                     help="Remote sources: if the server ignores range requests, stream the file and stop after the header."),
-        click.option("--timeout", type=click.FloatRange(min=0.1), metavar="SECONDS", expose_value=False,
-                     callback=_set_remote("timeout"), help="Remote sources: connect/read timeout per request (default 30)."),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
+def _remote_options(with_server: bool) -> Callable[[Callable], Callable]:
+    def decorate(f: Callable) -> Callable:
+        opts = [
+            click.option("--cache", "cache_dir", metavar="DIR", expose_value=False, callback=_set_remote("cache_dir"),
+                         help="Remote sources: keep parsed headers here (default ~/.cache/ggufx/headers; GGUFX_CACHE_DIR)."),
+            click.option("--no-cache", is_flag=True, expose_value=False, callback=_no_cache,
+                         help="Remote sources: neither read nor write the header cache."),
+            click.option("--offline", is_flag=True, expose_value=False, callback=_set_remote("offline"),
+                         help="Remote sources: use only the header cache, no network (also HF_HUB_OFFLINE=1)."),
+            click.option("--allow-full-download", is_flag=True, expose_value=False, callback=_set_remote("allow_full_download"),
+                         help="Remote sources: if the server ignores range requests, stream the file and stop after the header."),
+            click.option("--timeout", type=click.FloatRange(min=0.1), metavar="SECONDS", expose_value=False,
+                         callback=_set_remote("timeout"), help="Remote sources: connect/read timeout per request (default 30)."),
+        ]
+        if with_server:
+            opts.insert(0, click.option(
+                "--server", "server_url", metavar="URL", expose_value=False,
+                help="Inspect the model file a running llama-server has loaded (instead of FILE), and say "
+                     "whether the server's chat template is the file's."))
+        for opt in reversed(opts):
+            f = opt(f)
+        return f
+    return decorate
+
+
+# options for reading https:// and hf:// sources (they set ggufx.remote.CONFIG), with and without
+# ``--server URL`` (handled by ServerAwareCommand)
+remote_options = _remote_options(with_server=True)
+network_options = _remote_options(with_server=False)
 
 
 SERVER_META = "ggufx.server"

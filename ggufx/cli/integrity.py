@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ._common import EXIT_CHECK_FAILED, EXIT_USAGE, dumps, emit_json, json_option, remote_options
+from ._common import EXIT_CHECK_FAILED, EXIT_USAGE, dumps, emit_json, json_option, network_options, remote_options
 
 ALGO_OPTION = click.option("--algo", type=click.Choice(["xxh3-128", "sha256"]), default="xxh3-128", show_default=True,
                            help="Per-tensor hash; sha256 for a cryptographic one (the fingerprint is always xxh3-128).")
@@ -186,6 +186,7 @@ def check_(files: tuple[str, ...], policy_path: str, junit: str | None, as_json:
 @click.option("--ollama", is_flag=True, help="Also scan the Ollama store (OLLAMA_MODELS or ~/.ollama/models).")
 @click.option("--no-lint", is_flag=True, help="Skip linting chat templates (faster).")
 @json_option
+@network_options
 def scan(dirs: tuple[str, ...], hf_cache: bool, ollama: bool, no_lint: bool, as_json: bool) -> None:
     """Find GGUF models in folders (split shards grouped), a Hugging Face cache or an Ollama store,
     and audit each from its header: architecture, parameters, type, BPW, size, template dialect and
@@ -197,6 +198,7 @@ def scan(dirs: tuple[str, ...], hf_cache: bool, ollama: bool, no_lint: bool, as_
       ggufx scan ~/models
       ggufx scan --hf-cache --ollama
       ggufx scan ~/models --json | jq '.models[] | select(.problems != [])'
+      ggufx scan hf://unsloth/Qwen3-8B-GGUF      # every quant of a Hub repository, headers only
     """
     from ggufx import table
     from ggufx.report import human_bytes, human_params
@@ -209,7 +211,7 @@ def scan(dirs: tuple[str, ...], hf_cache: bool, ollama: bool, no_lint: bool, as_
         roots.append(default_ollama())
     if not roots:
         raise click.UsageError("give a folder, --hf-cache or --ollama")
-    rows = run_scan([r for r in roots if os.path.isdir(r)], lint_templates=not no_lint)
+    rows = run_scan([r for r in roots if r.startswith("hf://") or os.path.isdir(r)], lint_templates=not no_lint)
     if as_json:
         emit_json({"roots": roots, "models": [r.to_dict() for r in rows]})
     else:
