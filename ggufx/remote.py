@@ -765,7 +765,7 @@ def parse_remote_header(location: str, config: RemoteConfig | None = None):
             src.close()
         v = src.cache_validator
         if cfg.cache_dir and v and src._stream is None:
-            _cache_store(cfg.cache_dir, loc.url, v, src.size, bytes(h.buf))
+            _cache_store(cfg.cache_dir, loc.url, v, src.size, bytes(h.buf[:h.header_end]))  # no tensor data
         return h
     assert changed is not None
     raise SourceError(location, None, f"the file changed on the server while its header was read, twice (validator {changed.before} became {changed.after}); try again later")
