@@ -51,6 +51,7 @@ RETRY_STATUS = {429, 500, 502, 503, 504}
 MAX_REDIRECTS = 10
 MAX_RETRY_AFTER = 30.0
 CACHE_FORMAT = 1
+CACHE_MAX_BYTES = 1 << 30  # the header cache keeps the most recently used entries up to this size
 
 
 def is_remote(location: str | os.PathLike[str]) -> bool:
@@ -685,6 +686,10 @@ def _cache_load(cache_dir: str, url: str) -> tuple[dict[str, Any], bytes] | None
         return None
     if meta.get("sha256") != hashlib.sha256(data).hexdigest():
         return None
+    try:
+        os.utime(bin_path)  # recently used: pruned last
+    except OSError:
+        pass
     return meta, data
 
 
@@ -699,8 +704,33 @@ def _cache_store(cache_dir: str, url: str, validator: str, size: int, data: byte
             with open(tmp, "wb") as f:
                 f.write(payload)
             os.replace(tmp, path)
+        _cache_prune(cache_dir, CACHE_MAX_BYTES)
     except OSError:
         pass  # a cache that cannot be written is only slower
+
+
+def _cache_prune(cache_dir: str, limit: int) -> None:
+    """Delete the least recently used entries until the cache holds at most ``limit`` bytes."""
+    entries = []
+    total = 0
+    for name in os.listdir(cache_dir):
+        if name.endswith(".bin"):
+            p = os.path.join(cache_dir, name)
+            try:
+                st = os.stat(p)
+            except OSError:
+                continue
+            entries.append((st.st_mtime, st.st_size, p))
+            total += st.st_size
+    for _, size, p in sorted(entries):
+        if total <= limit:
+            break
+        for victim in (p, p[:-4] + ".json"):
+            try:
+                os.unlink(victim)
+            except OSError:
+                pass
+        total -= size
 
 
 def _head_validator(client: HTTPClient, loc: Location) -> tuple[str | None, int | None]:

@@ -470,3 +470,24 @@ def test_scan_unknown_repository_or_file_reference(srv: RangeServer) -> None:
     assert code == 2 and "no repository org/repo-GGUF with a revision 'nope'" in err
     code, _, err = run("info", "hf://org/repo-GGUF")
     assert code == 2 and "name a file: hf://ORG/REPO[@REVISION]/FILE (`ggufx scan hf://org/repo-GGUF` lists" in err
+
+
+def test_header_cache_is_bounded_least_recently_used_first(srv: RangeServer, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "cache"
+    names = ["all-types-v3.gguf", "all-types-v2.gguf", "big-endian.gguf"]
+    sizes = {}
+    for n in names:
+        ggufx.open(srv.url(n))
+        sizes[n] = ggufx.open(srv.url(n)).header.header_end
+        time.sleep(0.01)
+    assert len(list(cache.glob("*.bin"))) == 3
+    ggufx.open(srv.url(names[0]))  # a hit: the first becomes the most recently used
+    # room for two entries: the least recently used one (the second file) goes
+    monkeypatch.setattr(remote, "CACHE_MAX_BYTES", sizes[names[0]] + sizes[names[2]] + 1)
+    remote._cache_prune(str(cache), remote.CACHE_MAX_BYTES)
+    kept = {p.stem for p in cache.glob("*.bin")}
+    assert len(kept) == 2 and len(list(cache.glob("*.json"))) == 2
+    srv.state.log.clear()
+    ggufx.open(srv.url(names[1]))
+    assert [e["method"] for e in srv.state.log] == ["GET"]  # evicted: fetched again
