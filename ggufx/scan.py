@@ -125,13 +125,13 @@ def discover(roots: list[str]) -> list[tuple[str, str, str]]:
 
 def _hf_repo_models(root: str) -> list[tuple[str, str, str]]:
     """(name, hf:// reference, "hf") for each GGUF model of a Hub repository (first shard of a set)."""
-    from .remote import hf_repo_files
+    from .remote import list_hf_repo
 
     base = root.rstrip("/")
     repo_rev = base[len("hf://"):]
     out: list[tuple[str, str, str]] = []
     groups: dict[str, list[str]] = {}
-    for path, _size in sorted(hf_repo_files(root)):
+    for path, _size in sorted(list_hf_repo(root)):
         if not path.endswith(".gguf"):
             continue
         m = SHARD_RE.match(path.rpartition("/")[2])

@@ -387,8 +387,10 @@ def test_help_does_not_import_http(tmp_path: Path) -> None:
 
 
 def test_redact_strips_credentials_and_query() -> None:
-    assert remote.redact("https://user:pw@cdn.example/x/y.gguf?X-Amz-Signature=abc") == "https://cdn.example/x/y.gguf?…"
-    assert re.fullmatch(r"ggufx/\S+", remote._user_agent())
+    from ggufx.httpclient import _user_agent, redact
+
+    assert redact("https://user:pw@cdn.example/x/y.gguf?X-Amz-Signature=abc") == "https://cdn.example/x/y.gguf?…"
+    assert re.fullmatch(r"ggufx/\S+", _user_agent())
 
 
 def test_http_proxy_from_the_environment(srv: RangeServer, files: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
