@@ -256,8 +256,13 @@ def check(model: GGUFModel, policy: dict[str, Any]) -> CheckReport:
     if "equals" in fp:
         from .hashing import hash_model
 
-        h = hash_model(model)
-        add(RuleResult("fingerprint.equals", h.fingerprint == fp["equals"], f"fingerprint {h.fingerprint}"))
+        if model.path.startswith(("http://", "https://", "hf://")):
+            # unverifiable is not a pass: the rule fails, the others are still checked
+            add(RuleResult("fingerprint.equals", False, "cannot be checked on a remote file (hashing reads every tensor "
+                                                        "byte); check a downloaded copy"))
+        else:
+            h = hash_model(model)
+            add(RuleResult("fingerprint.equals", h.fingerprint == fp["equals"], f"fingerprint {h.fingerprint}"))
     return rep
 
 

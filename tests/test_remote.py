@@ -493,3 +493,12 @@ def test_header_cache_is_bounded_least_recently_used_first(srv: RangeServer, tmp
     srv.state.log.clear()
     ggufx.open(srv.url(names[1]))
     assert [e["method"] for e in srv.state.log] == ["GET"]  # evicted: fetched again
+
+
+def test_fingerprint_rule_fails_on_a_remote_file_and_other_rules_still_run(srv: RangeServer, tmp_path: Path) -> None:
+    policy = tmp_path / "p.toml"
+    policy.write_text('[fingerprint]\nequals = "abc"\n[model]\narchitecture = "llama"\n')
+    code, out, err = run("check", "--policy", str(policy), srv.url("all-types-v3.gguf"))
+    assert code == 1, err
+    assert "PASS" in out and "model.architecture" in out
+    assert "FAIL" in out and "fingerprint.equals: cannot be checked on a remote file" in out
