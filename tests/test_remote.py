@@ -502,3 +502,15 @@ def test_fingerprint_rule_fails_on_a_remote_file_and_other_rules_still_run(srv: 
     assert code == 1, err
     assert "PASS" in out and "model.architecture" in out
     assert "FAIL" in out and "fingerprint.equals: cannot be checked on a remote file" in out
+
+
+def test_several_remote_files_are_read_at_once(srv: RangeServer, files: dict[str, Path]) -> None:
+    names = ["all-types-v3.gguf", "all-types-v2.gguf", "big-endian.gguf", "missing.gguf"]
+    srv.state.behaviour.latency = 0.3
+    t0 = time.perf_counter()
+    code, out, err = run("info", "--json", "--no-cache", *[srv.url(n) for n in names])
+    wall = time.perf_counter() - t0
+    assert code == 2 and "missing.gguf: HTTP 404" in err  # the bad one is reported, the others printed
+    got = [d["path"] for d in json.loads(out)]
+    assert got == [srv.url(n) for n in names[:3]]  # in the order given
+    assert wall < 0.9, wall  # one round of 0.3 s, not four

@@ -152,3 +152,15 @@ def server_aware(cmd: click.Command) -> click.Command:
     elif any(p.name == "server_url" for p in cmd.params) and type(cmd) is click.Command:
         cmd.__class__ = ServerAwareCommand
     return cmd
+
+
+def open_many(paths: list[str]) -> list[Any]:
+    """``ggufx.open`` each path (remote ones at the same time); the first error is raised."""
+    import ggufx
+
+    if len(paths) > 1 and any(p.startswith(("http://", "https://", "hf://")) for p in paths):
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(paths)) as pool:
+            return list(pool.map(ggufx.open, paths))
+    return [ggufx.open(p) for p in paths]

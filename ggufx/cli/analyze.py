@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from ..results import CACHE_TYPES
-from ._common import EXIT_CHECK_FAILED, emit_json, json_option, remote_options, tablefmt_option
+from ._common import EXIT_CHECK_FAILED, emit_json, json_option, open_many, remote_options, tablefmt_option
 
 
 @click.command()
@@ -131,11 +131,10 @@ def diff_(a: str, b: str, as_json: bool, tablefmt: str) -> None:
       ggufx diff model-Q4_K_M.gguf model-UD-Q4_K_XL.gguf
       ggufx diff old.gguf new.gguf --json | jq .type_changes
     """
-    import ggufx
     from ggufx import table
     from ggufx.analysis import diff as model_diff
 
-    d = model_diff(ggufx.open(a), ggufx.open(b))
+    d = model_diff(*open_many([a, b]))
     if as_json:
         emit_json(d.to_dict())  # = ggufx.results.diff
     else:

@@ -8,6 +8,25 @@ import click
 from ._common import EXIT_USAGE, SERVER_META, emit_json, json_option, remote_options, tablefmt_option, write_raw
 
 
+def _summaries(files: tuple[str, ...]) -> list:
+    """ggufx.info of each file, or the GGUFError it raised; remote files are fetched in parallel."""
+    import ggufx
+    from ggufx.errors import GGUFError
+
+    def one(path: str):
+        try:
+            return ggufx.info(path)
+        except GGUFError as e:
+            return e
+
+    if len(files) > 1 and any(f.startswith(("http://", "https://", "hf://")) for f in files):
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(8) as pool:
+            return list(pool.map(one, files))
+    return [one(f) for f in files]
+
+
 @click.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @json_option
@@ -33,19 +52,16 @@ def info(ctx: click.Context, files: tuple[str, ...], as_json: bool, tablefmt: st
 
     With --json one file prints one object, several files a list of objects.
     """
-    import ggufx
     from ggufx.errors import GGUFError
     from ggufx.report import info_text
 
     results = []
     failed = False
-    for i, path in enumerate(files):
-        try:
-            s = ggufx.info(path)
-        except GGUFError as e:
+    for i, s in enumerate(_summaries(files)):
+        if isinstance(s, GGUFError):
             if len(files) == 1:
-                raise
-            click.echo(f"ggufx: error: {e.one_line()}", err=True)
+                raise s
+            click.echo(f"ggufx: error: {s.one_line()}", err=True)
             failed = True
             continue
         server = ctx.meta.get(SERVER_META) if i == 0 else None
