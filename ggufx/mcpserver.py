@@ -53,7 +53,7 @@ def build_server(roots: list[str], allow_write: bool = False, allow_remote: bool
     from pydantic import Field
 
     from . import results
-    from .cli._common import dumps
+    from .jsontext import dumps
 
     real_roots = [os.path.realpath(r) for r in roots]
     for r in real_roots:

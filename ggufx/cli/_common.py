@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import re
 import sys
 from typing import Any, Callable
 
 import click
 
-_SURROGATE = re.compile("[\\ud800-\\udfff]")
+from ..jsontext import dumps
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -25,22 +23,8 @@ def tablefmt_option(f: Callable) -> Callable:
                         help="Table layout; 'github' pastes into a model card.")(f)
 
 
-def dumps(obj: Any) -> str:
-    """JSON text, UTF-8 readable; lone surrogates (invalid UTF-8 in the file) become \\udcXX escapes."""
-    text = json.dumps(obj, indent=2, ensure_ascii=False, default=_default)
-    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
-
-
 def emit_json(obj: Any) -> None:
     click.echo(dumps(obj))
-
-
-def _default(o: Any) -> Any:
-    if hasattr(o, "to_dict"):
-        return o.to_dict()
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def write_raw(data: bytes) -> None:
