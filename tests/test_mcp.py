@@ -403,3 +403,18 @@ def test_streamable_http_transport(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_remote_sources_with_allow_remote(tmp_path: Path) -> None:
+    from .httpserver import RangeServer
+
+    with RangeServer({"model.gguf": FIXTURES / "all-types-v3.gguf"}) as srv:
+        url = srv.url("model.gguf")
+
+        async def calls(c: Client) -> Any:
+            return await c.call_tool("info", {"path": url}), await c.call_tool("template_show_missing", {})
+
+        info, unknown = session(["--root", str(tmp_path), "--allow-remote"], calls)
+        assert not info.is_error
+        assert text(info) + "\n" == cli("info", "--json", "--no-cache", url)[1]
+        assert unknown.is_error  # an unknown tool is an error, not a crash
