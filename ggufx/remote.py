@@ -364,7 +364,10 @@ def parse_remote_header(location: str, config: RemoteConfig | None = None):
         meta, data = cached
         fresh = cfg.offline
         if not fresh:
-            v, size = _head_validator(cl, loc)
+            try:
+                v, size = _head_validator(cl, loc)
+            except SourceError:  # no HEAD support (405), or worse: the GET below says which
+                v, size = None, None
             fresh = v is not None and v == meta["validator"] and (size is None or size == meta["size"])
         if fresh:
             try:

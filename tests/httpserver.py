@@ -37,6 +37,7 @@ class Behaviour:
     hf_redirect: str | None = None  # base URL of the "CDN" the /resolve/ paths redirect to
     hf_required_token: str | None = None  # /resolve/ paths need "Bearer <token>"
     no_etag: bool = False
+    no_head: bool = False  # answer HEAD with 405 Method Not Allowed
     silent_close: bool = False  # close every connection after the response without saying so
 
 
@@ -64,6 +65,11 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_HEAD(self) -> None:
+        if self.server.state.behaviour.no_head:
+            with self.server.state.lock:
+                self.server.state.log.append({"method": "HEAD", "path": self.path, "range": None, "if_range": None,
+                                              "authorization": None})
+            return self._status(405)
         self._serve(head=True)
 
     def do_GET(self) -> None:

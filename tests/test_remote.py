@@ -514,3 +514,12 @@ def test_several_remote_files_are_read_at_once(srv: RangeServer, files: dict[str
     got = [d["path"] for d in json.loads(out)]
     assert got == [srv.url(n) for n in names[:3]]  # in the order given
     assert wall < 0.9, wall  # one round of 0.3 s, not four
+
+
+def test_server_without_head_still_uses_and_refreshes_the_cache(srv: RangeServer) -> None:
+    url = srv.url("all-types-v3.gguf")
+    first = run("info", "--json", url)
+    srv.state.behaviour.no_head = True
+    srv.state.log.clear()
+    assert run("info", "--json", url) == first
+    assert [e["method"] for e in srv.state.log] == ["HEAD", "GET"]  # 405, then the header fetched again
