@@ -54,10 +54,17 @@ def _get_json(url: str, path: str, timeout: float) -> Any:
     import urllib.request
 
     full = url.rstrip("/") + path
+    headers = {"Accept": "application/json"}
+    key = os.environ.get("LLAMA_API_KEY")  # the variable llama-server itself reads for --api-key
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
     try:
-        with urllib.request.urlopen(urllib.request.Request(full, headers={"Accept": "application/json"}), timeout=timeout) as r:
+        with urllib.request.urlopen(urllib.request.Request(full, headers=headers), timeout=timeout) as r:
             body = r.read(16 << 20)
     except urllib.error.HTTPError as e:
+        if e.code == 401:
+            raise SourceError(url, None, f"llama-server wants an API key for GET {path} (it was started with --api-key): "
+                                         "set LLAMA_API_KEY") from None
         raise SourceError(url, None, f"llama-server answered HTTP {e.code} to GET {path}") from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)

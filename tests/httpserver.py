@@ -283,6 +283,12 @@ class _LlamaHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         import json
 
+        key = self.server.routes.get("api_key")
+        if key and self.headers.get("Authorization") != f"Bearer {key}":
+            self.send_response(401)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         body = self.server.routes.get(self.path.split("?")[0])
         if body is None:
             self.send_response(404)
@@ -305,7 +311,7 @@ class _LlamaServer(ThreadingHTTPServer):
 class FakeLlamaServer:
     """Answers /props and /v1/models as llama-server does (tools/server/server-context.cpp)."""
 
-    def __init__(self, model_path: str, chat_template: str | None, n_ctx: int = 4096):
+    def __init__(self, model_path: str, chat_template: str | None, n_ctx: int = 4096, api_key: str | None = None):
         self.httpd = _LlamaServer(("127.0.0.1", 0), _LlamaHandler)
         props: dict[str, Any] = {"default_generation_settings": {"n_ctx": n_ctx, "params": {}}, "total_slots": 1,
                                  "model_alias": os.path.basename(model_path), "model_path": model_path,
@@ -313,7 +319,8 @@ class FakeLlamaServer:
         if chat_template is not None:
             props["chat_template"] = chat_template
         self.httpd.routes = {"/props": props,
-                             "/v1/models": {"object": "list", "data": [{"id": os.path.basename(model_path), "object": "model"}]}}
+                             "/v1/models": {"object": "list", "data": [{"id": os.path.basename(model_path), "object": "model"}]},
+                             "api_key": api_key}
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 

@@ -418,3 +418,15 @@ def test_remote_sources_with_allow_remote(tmp_path: Path) -> None:
         assert not info.is_error
         assert text(info) + "\n" == cli("info", "--json", "--no-cache", url)[1]
         assert unknown.is_error  # an unknown tool is an error, not a crash
+
+
+def test_server_option_with_an_api_key(smollm2_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LLAMA_API_KEY", raising=False)
+    with FakeLlamaServer(str(smollm2_path), None, api_key="sekrit") as srv:
+        code, _, err = cli("info", "--server", srv.url)
+        assert code == 2 and "started with --api-key): set LLAMA_API_KEY" in err
+        monkeypatch.setenv("LLAMA_API_KEY", "sekrit")
+        code, out, err = cli("info", "--json", "--server", srv.url)
+        assert code == 0, err
+        assert json.loads(out)["server"]["model_path"] == str(smollm2_path)
+        assert "sekrit" not in err + out
