@@ -44,6 +44,7 @@ from typing import Any
 
 from .errors import GGUFError
 from .model import GGUFModel
+from .source import is_remote
 from .values import GGUFArray
 
 SCHEMA: dict[str, set[str]] = {
@@ -256,7 +257,7 @@ def check(model: GGUFModel, policy: dict[str, Any]) -> CheckReport:
     if "equals" in fp:
         from .hashing import hash_model
 
-        if model.path.startswith(("http://", "https://", "hf://")):
+        if is_remote(model.path):
             # unverifiable is not a pass: the rule fails, the others are still checked
             add(RuleResult("fingerprint.equals", False, "cannot be checked on a remote file (hashing reads every tensor "
                                                         "byte); check a downloaded copy"))

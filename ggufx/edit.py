@@ -37,6 +37,7 @@ from .keys import PADDING_KEY, coerce, expected_types, infer_scalar_type, parse_
 from .model import SHARD_RE, split_info, shard_path
 from .reader import GGUFHeader, parse_header
 from .safewrite import EditError
+from .source import is_remote
 from .values import GGUFArray, ValueType, f32_short
 
 STRATEGIES = ("auto", "in-place", "insert-range", "rewrite")
@@ -412,7 +413,7 @@ def edit(path: str | os.PathLike[str], ops: list[Op], *, output: str | os.PathLi
     if reserve < 0:
         raise ValueError("reserve must be >= 0")
     given = os.fspath(path)
-    if given.startswith(("http://", "https://", "hf://")):
+    if is_remote(given):
         raise EditError(given, None, "a remote file cannot be edited; download it first and edit the local copy")
     notes: list[str] = []
     real = os.path.realpath(given)

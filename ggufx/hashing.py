@@ -28,6 +28,7 @@ from .encode import encode_value
 from .keys import PADDING_KEY
 from .model import GGUFModel
 from .reader import TensorInfo
+from .source import is_remote
 
 ALGOS = ("xxh3-128", "sha256")
 CHUNK = 16 << 20
@@ -126,7 +127,7 @@ def hash_model(model: GGUFModel, algo: str = "xxh3-128", threads: int | None = N
     """Hash every tensor's data (all shards) and derive the fingerprint."""
     if algo not in ALGOS:
         raise ValueError(f"unknown hash algorithm {algo!r} (one of {', '.join(ALGOS)})")
-    if model.path.startswith(("http://", "https://", "hf://")):
+    if is_remote(model.path):
         from .errors import SourceError
 
         raise SourceError(model.path, None, "hashing reads every tensor's data, which a remote source does not download; download the file and hash it locally")

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Callable, Literal, Optional
 
 from .errors import GGUFError
 from .results import CACHE_TYPES, SORT_ORDERS, InputError
+from .source import is_remote
 
 MAX_RESOURCES = 500
 SAMPLES = ("plain", "system", "multi-turn", "tools", "reasoning")
@@ -67,7 +68,7 @@ def build_server(roots: list[str], allow_write: bool = False, allow_remote: bool
         return any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in real_roots)
 
     def local(path: str) -> str:
-        if path.startswith(("http://", "https://", "hf://")):
+        if is_remote(path):
             if not allow_remote:
                 raise AccessError(f"{path}: remote sources are disabled (start the server with --allow-remote)")
             return path
@@ -82,7 +83,7 @@ def build_server(roots: list[str], allow_write: bool = False, allow_remote: bool
 
         model = _open(local(path))
         for s in model.shards:
-            if not s.path.startswith(("http://", "https://", "hf://")) and not inside(os.path.realpath(s.path)):
+            if not is_remote(s.path) and not inside(os.path.realpath(s.path)):
                 raise AccessError(f"{s.path}: a shard of {path} lies outside the allowed roots")
         return model
 
@@ -91,7 +92,7 @@ def build_server(roots: list[str], allow_write: bool = False, allow_remote: bool
         from .chat.sources import from_model, is_gguf, load
 
         src = local(path)
-        if src.startswith(("http://", "https://", "hf://")) or is_gguf(src):
+        if is_remote(src) or is_gguf(src):
             return src, from_model(open_model(path), src)  # every shard checked against the roots
         return src, load(src)
 
@@ -289,7 +290,7 @@ def build_server(roots: list[str], allow_write: bool = False, allow_remote: bool
 
         def do_edit(path: str, ops: list[Any], dry_run: bool) -> dict:
             real = local(path)
-            if real.startswith(("http://", "https://", "hf://")):
+            if is_remote(real):
                 raise AccessError(f"{path}: a remote file cannot be edited")
             return edit(real, ops, dry_run=dry_run).to_dict()
 

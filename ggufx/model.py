@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from .errors import GGUFError, ShardError
 from .reader import KV, GGUFHeader, TensorInfo, parse_header
-from .source import FileSource
+from .source import FileSource, is_remote
 from .values import ValueType
 
 SHARD_RE = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
@@ -161,7 +161,7 @@ def open_model(path: str | os.PathLike[str], opener: SourceOpener = FileSource, 
     A local file that an interrupted ggufx edit left with an undo journal is first restored
     (``recover=False`` skips that; the edit engine does it under its own lock)."""
     path = os.fspath(path)
-    if opener is FileSource and path.startswith(("http://", "https://", "hf://")):
+    if opener is FileSource and is_remote(path):
         from .remote import open_remote
 
         return open_remote(path)

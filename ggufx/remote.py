@@ -35,15 +35,10 @@ from typing import Any
 from .errors import SourceError
 from .httpclient import HTTPClient, Location, Response, Retry, Stats, drain, validator
 
-SCHEMES = ("http://", "https://", "hf://")
 FIRST_BLOCK = 1 << 20
 REMOTE_GROWTH = 1.5  # see reader._Cursor.need: less overshoot than the local doubling
 CACHE_FORMAT = 1
 CACHE_MAX_BYTES = 1 << 30  # the header cache keeps the most recently used entries up to this size
-
-
-def is_remote(location: str | os.PathLike[str]) -> bool:
-    return isinstance(location, str) and location.startswith(SCHEMES)
 
 
 @dataclass

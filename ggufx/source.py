@@ -1,8 +1,8 @@
 """Byte sources: where the reader gets its bytes from.
 
 The reader asks a source for ``read(offset, n)`` and never for more than the header needs, so the
-same parser serves local files (``os.pread``, no shared file position) and, later, HTTP range
-requests. A source knows its total ``size`` up front; every length in the file is checked against
+same parser serves local files (``os.pread``, no shared file position) and HTTP range requests
+(:class:`ggufx.remote.HTTPSource`). A source knows its total ``size`` up front; every length in the file is checked against
 it before anything is read or allocated.
 """
 
@@ -12,6 +12,13 @@ import os
 import stat
 
 from .errors import SourceError
+
+REMOTE_PREFIXES = ("http://", "https://", "hf://")
+
+
+def is_remote(location: str | os.PathLike[str]) -> bool:
+    """A URL or hf:// reference (read by :mod:`ggufx.remote`), not a local path."""
+    return isinstance(location, str) and location.startswith(REMOTE_PREFIXES)
 
 
 class FileSource:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import FormatError, GGUFError, SourceError
+from ..source import is_remote
 
 DEFAULT_KEY = "tokenizer.chat_template"
 NAMES_KEY = "tokenizer.chat_templates"
@@ -54,7 +55,7 @@ def is_gguf(path: str) -> bool:
 def load(path: str) -> TemplateSet:
     """Read templates from ``path``: a GGUF (local, https:// or hf://), a JSON tokenizer config, or
     a template text file."""
-    if path.startswith(("http://", "https://", "hf://")):
+    if is_remote(path):
         return from_gguf(path)
     if not os.path.exists(path):
         raise SourceError(path, None, "no such file")

@@ -138,13 +138,24 @@ def server_aware(cmd: click.Command) -> click.Command:
     return cmd
 
 
-def open_many(paths: list[str]) -> list[Any]:
-    """``ggufx.open`` each path (remote ones at the same time); the first error is raised."""
+def open_many(paths: list[str] | tuple[str, ...], keep_errors: bool = False) -> list[Any]:
+    """``ggufx.open`` each path, remote ones at the same time. The first GGUFError is raised, or
+    with ``keep_errors`` each failing path's error takes its place in the list."""
     import ggufx
+    from ggufx.errors import GGUFError
+    from ggufx.source import is_remote
 
-    if len(paths) > 1 and any(p.startswith(("http://", "https://", "hf://")) for p in paths):
+    def one(path: str) -> Any:
+        try:
+            return ggufx.open(path)
+        except GGUFError as e:
+            if not keep_errors:
+                raise
+            return e
+
+    if len(paths) > 1 and any(is_remote(p) for p in paths):
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(len(paths)) as pool:
-            return list(pool.map(ggufx.open, paths))
-    return [ggufx.open(p) for p in paths]
+        with ThreadPoolExecutor(min(8, len(paths))) as pool:
+            return list(pool.map(one, paths))
+    return [one(p) for p in paths]

@@ -5,26 +5,7 @@ from __future__ import annotations
 
 import click
 
-from ._common import EXIT_USAGE, SERVER_META, emit_json, json_option, remote_options, tablefmt_option, write_raw
-
-
-def _summaries(files: tuple[str, ...]) -> list:
-    """ggufx.info of each file, or the GGUFError it raised; remote files are fetched in parallel."""
-    import ggufx
-    from ggufx.errors import GGUFError
-
-    def one(path: str):
-        try:
-            return ggufx.info(path)
-        except GGUFError as e:
-            return e
-
-    if len(files) > 1 and any(f.startswith(("http://", "https://", "hf://")) for f in files):
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(8) as pool:
-            return list(pool.map(one, files))
-    return [one(f) for f in files]
+from ._common import EXIT_USAGE, SERVER_META, emit_json, json_option, open_many, remote_options, tablefmt_option, write_raw
 
 
 @click.command()
@@ -57,13 +38,14 @@ def info(ctx: click.Context, files: tuple[str, ...], as_json: bool, tablefmt: st
 
     results = []
     failed = False
-    for i, s in enumerate(_summaries(files)):
-        if isinstance(s, GGUFError):
+    for i, model in enumerate(open_many(files, keep_errors=True)):
+        if isinstance(model, GGUFError):
             if len(files) == 1:
-                raise s
-            click.echo(f"ggufx: error: {s.one_line()}", err=True)
+                raise model
+            click.echo(f"ggufx: error: {model.one_line()}", err=True)
             failed = True
             continue
+        s = model.summary()
         server = ctx.meta.get(SERVER_META) if i == 0 else None
         if as_json:
             d = s.to_dict()
