@@ -47,6 +47,9 @@ class Served:
     behaviour: Behaviour = field(default_factory=Behaviour)
     log: list[dict[str, Any]] = field(default_factory=list)
     requests: int = 0
+    max_in_flight: int = 0  # the most requests being answered at once since reset (parallel clients show > 1)
+    epoch: int = 0  # requests still running from before a reset (a slow test) do not count after it
+    in_flight: dict[int, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reset(self) -> None:
@@ -54,6 +57,8 @@ class Served:
             self.behaviour = Behaviour()
             self.log.clear()
             self.requests = 0
+            self.max_in_flight = 0
+            self.epoch += 1
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -76,6 +81,18 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve(head=False)
 
     def _serve(self, head: bool) -> None:
+        st = self.server.state
+        with st.lock:
+            epoch = st.epoch
+            st.in_flight[epoch] = st.in_flight.get(epoch, 0) + 1
+            st.max_in_flight = max(st.max_in_flight, st.in_flight[epoch])
+        try:
+            self._answer(head)
+        finally:
+            with st.lock:
+                st.in_flight[epoch] -= 1
+
+    def _answer(self, head: bool) -> None:
         st = self.server.state
         b = st.behaviour
         with st.lock:

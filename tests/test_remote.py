@@ -152,14 +152,12 @@ def test_small_headers_take_one_or_two_requests(srv: RangeServer, files: dict[st
 
 
 def test_split_siblings_are_read_in_parallel(srv: RangeServer, files: dict[str, Path]) -> None:
-    srv.state.behaviour.latency = 0.3
-    t0 = time.perf_counter()
+    srv.state.behaviour.latency = 0.3  # long enough for the two sibling requests to overlap
     m = ggufx.open(srv.url("split-00003-of-00003.gguf"))
-    wall = time.perf_counter() - t0
     assert len(m.shards) == 3 and [s.path for s in m.shards] == [srv.url(f"split-0000{i}-of-00003.gguf") for i in (1, 2, 3)]
     assert m.tensors == ggufx.open(files["split-00003-of-00003.gguf"]).tensors
     assert remote.STATS.requests == 3
-    assert wall < 0.85, wall  # 2 rounds of 0.3 s (this shard, then both siblings at once), not 3
+    assert srv.state.max_in_flight == 2  # both siblings were being answered at the same time
 
 
 def test_missing_remote_shard(srv: RangeServer, files: dict[str, Path]) -> None:
@@ -269,12 +267,10 @@ def test_404_names_revision_and_file(srv: RangeServer) -> None:
 
 def test_slow_server_times_out(srv: RangeServer) -> None:
     srv.state.behaviour.delay = 3
-    t0 = time.perf_counter()
     code, _, err = run("info", "--timeout", "0.3", srv.url("all-types-v3.gguf"))
-    wall = time.perf_counter() - t0
     assert code == 2
     assert "no response within 0.3 s (timeout); gave up after 4 attempts" in err
-    assert wall < 2.5, wall
+    assert len(srv.state.log) == 4 and all(e["status"] == "timeout" for e in remote.STATS.log)
 
 
 def test_token_does_not_follow_redirect_to_another_host(srv: RangeServer, cdn: RangeServer, files: dict[str, Path],
@@ -506,14 +502,12 @@ def test_fingerprint_rule_fails_on_a_remote_file_and_other_rules_still_run(srv: 
 
 def test_several_remote_files_are_read_at_once(srv: RangeServer, files: dict[str, Path]) -> None:
     names = ["all-types-v3.gguf", "all-types-v2.gguf", "big-endian.gguf", "missing.gguf"]
-    srv.state.behaviour.latency = 0.3
-    t0 = time.perf_counter()
+    srv.state.behaviour.latency = 0.3  # long enough for the four requests to overlap
     code, out, err = run("info", "--json", "--no-cache", *[srv.url(n) for n in names])
-    wall = time.perf_counter() - t0
     assert code == 2 and "missing.gguf: HTTP 404" in err  # the bad one is reported, the others printed
     got = [d["path"] for d in json.loads(out)]
     assert got == [srv.url(n) for n in names[:3]]  # in the order given
-    assert wall < 0.9, wall  # one round of 0.3 s, not four
+    assert srv.state.max_in_flight == 4  # all four asked at once
 
 
 def test_server_without_head_still_uses_and_refreshes_the_cache(srv: RangeServer) -> None:
