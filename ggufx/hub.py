@@ -86,11 +86,6 @@ _LINK_NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
 MAX_LISTING_PAGES = 100
 
 
-def is_hf_repo(location: str) -> bool:
-    """``hf://ORG/REPO`` or ``hf://ORG/REPO@REV`` (no file): a repository to list."""
-    return _HF_REPO_RE.match(location) is not None
-
-
 def hf_repo_files(location: str, cl: HTTPClient, offline: bool = False) -> list[tuple[str, int | None]]:
     """(path in the repository, size) of every file of ``hf://ORG/REPO[@REV]``, from the Hub's
     tree listing (``/api/models/REPO/tree/REV?recursive=true``, following its ``Link`` pages)."""

@@ -116,8 +116,6 @@ class HTTPSource:
         self.path = loc.display
         self.client = client
         self.growth = REMOTE_GROWTH
-        self.requests = 0
-        self.bytes_read = 0
         self._stream: Response | None = None
         self._buf = b""  # the first block, or everything streamed so far
         resp, data, t0 = self._get(loc.url, 0, first - 1, first=True)
@@ -142,8 +140,6 @@ class HTTPSource:
                 resp.conn.close()
                 raise SourceError(self.path, None, "the server supports neither range requests nor Content-Length")
             self._stream = resp
-            self._stream_t0 = t0
-            self._buf = b""
             self._buf = self._stream_more(first)
         self._strong = self.validator if self.validator and not self.validator.startswith(("W/", "lm:")) else None
 
@@ -161,7 +157,6 @@ class HTTPSource:
         while True:
             t0 = time.perf_counter()
             resp = client.request("GET", self.loc, url, headers)
-            self.requests += 1
             if resp.status == 200 and first:
                 return resp, b"", t0
             if resp.status != 206:
@@ -178,7 +173,6 @@ class HTTPSource:
                     raise SourceError(self.path, start, f"{r.reason}; gave up after {attempt} attempts") from None
                 time.sleep(client.config.backoff * (2 ** (attempt - 1)))
                 continue
-            self.bytes_read += len(data)
             if not first:
                 v = validator(resp)
                 if v != self.validator:
@@ -201,7 +195,6 @@ class HTTPSource:
                                            t0, new_request=not self._buf)
         except Retry as r:
             raise SourceError(self.path, len(self._buf), f"{r.reason} (a streamed download cannot resume)") from None
-        self.bytes_read += len(chunk)
         if len(chunk) != want:
             raise SourceError(self.path, len(self._buf) + len(chunk), "the server closed the connection before the header was complete")
         return self._buf + chunk

@@ -197,7 +197,7 @@ def template_show(source: str, ts: Any) -> dict[str, Any]:
 def template_info(source: str, ts: Any, name: str | None = None, variables: dict[str, Any] | None = None) -> dict[str, Any]:
     from .chat.dialect import analyze
 
-    return {"source": source, **analyze(_template(ts, name), template_variables(ts, variables)).to_dict()}
+    return {"source": source, **analyze(ts.get(name), template_variables(ts, variables)).to_dict()}
 
 
 def template_lint(source: str, ts: Any, name: str | None = None, variables: dict[str, Any] | None = None,
@@ -210,7 +210,7 @@ def template_lint(source: str, ts: Any, name: str | None = None, variables: dict
         md = model.metadata
         tokens = md["tokenizer.ggml.tokens"] if "tokenizer.ggml.tokens" in md else None
         add_bos = md["tokenizer.ggml.add_bos_token"] if "tokenizer.ggml.add_bos_token" in md else None
-    return run_lint(_template(ts, name), origin=source, variables=template_variables(ts, variables), tokens=tokens,
+    return run_lint(ts.get(name), origin=source, variables=template_variables(ts, variables), tokens=tokens,
                     add_bos_token=add_bos)
 
 
@@ -219,7 +219,7 @@ def template_render(source: str, ts: Any, conversations: list[tuple[str, dict]],
     """Render each (label, {"messages", "tools"?, "documents"?}) in the sandbox."""
     from .chat.render import RenderError, render
 
-    tmpl = _template(ts, name)
+    tmpl = ts.get(name)
     v = template_variables(ts, variables)
     results = []
     for label, conv in conversations:
@@ -235,7 +235,7 @@ def template_render(source: str, ts: Any, conversations: list[tuple[str, dict]],
 def template_diff(a: str, b: str, ta: Any, tb: Any, name: str | None = None) -> dict[str, Any]:
     from .chat.dialect import analyze
 
-    sa, sb = _template(ta, name), _template(tb, name)
+    sa, sb = ta.get(name), tb.get(name)
     ia, ib = analyze(sa, template_variables(ta)), analyze(sb, template_variables(tb))
     text = "".join(difflib.unified_diff(sa.splitlines(keepends=True), sb.splitlines(keepends=True), a, b))
     if sa == sb:
@@ -249,6 +249,3 @@ def template_diff(a: str, b: str, ta: Any, tb: Any, name: str | None = None) -> 
     return {"a": a, "b": b, "identical": sa == sb, "diff": text, "verdict": verdict,
             "a_info": ia.to_dict(), "b_info": ib.to_dict()}
 
-
-def _template(ts: Any, name: str | None) -> str:
-    return ts.get(name)
