@@ -29,7 +29,7 @@ sys.path.insert(0, str(HERE))
 import common  # noqa: E402
 import ggufx  # noqa: E402
 from common import CACHE, tool  # noqa: E402
-from ggufx.encode import encode_string  # noqa: E402
+from ggufx.format.encode import encode_string  # noqa: E402
 
 TEMPLATE_A = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}" \
              "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"

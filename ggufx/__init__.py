@@ -12,12 +12,12 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from .errors import (FormatError, GGUFError, ShardError, SourceError, TruncatedError,
+from ggufx.errors import (FormatError, GGUFError, ShardError, SourceError, TruncatedError,
                      UnsupportedVersionError, ValidationError)
 
 if TYPE_CHECKING:
-    from .model import GGUFModel
-    from .summary import ModelSummary
+    from ggufx.model.model import GGUFModel
+    from ggufx.analysis.summary import ModelSummary
 
 __version__ = "0.1.0"
 
@@ -29,7 +29,7 @@ __all__ = [
 
 def open(path: str | os.PathLike[str]) -> "GGUFModel":  # noqa: A001 - mirrors builtins.open on purpose
     """Parse a GGUF file's header (and its sibling shards' if it is split). Reads no tensor data."""
-    from .model import open_model
+    from ggufx.model.model import open_model
 
     return open_model(path)
 

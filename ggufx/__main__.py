@@ -1,3 +1,3 @@
-from .cli import main
+from ggufx.cli import main
 
 main(prog_name="ggufx")

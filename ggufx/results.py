@@ -12,7 +12,7 @@ import difflib
 import re
 from typing import Any, Iterable
 
-from .model import GGUFModel
+from ggufx.model.model import GGUFModel
 
 SORT_ORDERS = ("offset", "name", "size", "type", "bpw")
 CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
@@ -58,9 +58,9 @@ def tensors(model: GGUFModel, types: Iterable[str] = (), grep: str | None = None
     """Tensors filtered by ggml type names, a regular expression searched in the name and a layer
     range; sorted; then the page ``[offset, offset + limit)``. ``count`` is the number that matched;
     with a limit, ``next_offset`` is where the next page starts (null after the last)."""
-    from .ggmltypes import ggml_type_by_name
-    from .report import tensor_dict
-    from .roles import parse_name
+    from ggufx.format.ggmltypes import ggml_type_by_name
+    from ggufx.render.text import tensor_dict
+    from ggufx.analysis.roles import parse_name
 
     if sort not in SORT_ORDERS:
         raise InputError(f"sort must be one of {', '.join(SORT_ORDERS)}", "--sort")
@@ -104,7 +104,7 @@ def tensors(model: GGUFModel, types: Iterable[str] = (), grep: str | None = None
 
 def meta(model: GGUFModel, key: str | None = None, full: bool = False) -> dict[str, Any]:
     """All keys (arrays summarised unless ``full``), or one key's record with its whole value."""
-    from .report import kv_dict
+    from ggufx.render.text import kv_dict
 
     md = model.metadata
     if key is None:
@@ -115,19 +115,19 @@ def meta(model: GGUFModel, key: str | None = None, full: bool = False) -> dict[s
 
 
 def roles(model: GGUFModel) -> dict[str, Any]:
-    from .analysis import role_table
+    from ggufx.analysis.tables import role_table
 
     return {"path": model.path, "roles": [r.to_dict() for r in role_table(model)]}
 
 
 def layers(model: GGUFModel, collapse: bool = True) -> dict[str, Any]:
-    from .analysis import layer_grid
+    from ggufx.analysis.tables import layer_grid
 
     return {"path": model.path, **layer_grid(model, collapse=collapse).to_dict()}
 
 
 def recipe(model: GGUFModel) -> dict[str, Any]:
-    from .analysis import check_recipe, recipe as make_recipe
+    from ggufx.analysis.tables import check_recipe, recipe as make_recipe
 
     rec = make_recipe(model)
     d = rec.to_dict()
@@ -137,14 +137,14 @@ def recipe(model: GGUFModel) -> dict[str, Any]:
 
 
 def diff(a: GGUFModel, b: GGUFModel) -> dict[str, Any]:
-    from .analysis import diff as model_diff
+    from ggufx.analysis.tables import diff as model_diff
 
     return model_diff(a, b).to_dict()
 
 
 def memory(model: GGUFModel, ctx: int = 0, cache_type_k: str = "f16", cache_type_v: str = "f16",
            flash_attn: bool = True, parallel: int = 1, ubatch: int = 512, n_gpu_layers: int = -1) -> dict[str, Any]:
-    from .memory import estimate
+    from ggufx.analysis.memory import estimate
 
     for name, v in (("--cache-type-k", cache_type_k), ("--cache-type-v", cache_type_v)):
         if v not in CACHE_TYPES:
@@ -158,7 +158,7 @@ def memory(model: GGUFModel, ctx: int = 0, cache_type_k: str = "f16", cache_type
 
 def fit(model: GGUFModel, budget: str | int, flash_attn: bool = True, parallel: int = 1, ubatch: int = 512,
         n_gpu_layers: int = -1) -> dict[str, Any]:
-    from .memory import fit as fit_ctx, parse_size
+    from ggufx.analysis.memory import fit as fit_ctx, parse_size
 
     if isinstance(budget, str):
         try:
@@ -170,7 +170,7 @@ def fit(model: GGUFModel, budget: str | int, flash_attn: bool = True, parallel: 
 
 
 def report(model: GGUFModel) -> dict[str, Any]:
-    from .pages import context
+    from ggufx.render.pages import context
 
     ctx = context(model)
     return {"summary": ctx["s"], "roles": [r.to_dict() for r in ctx["roles"]], "layers": ctx["grid"].to_dict(),
@@ -195,7 +195,7 @@ def template_show(source: str, ts: Any) -> dict[str, Any]:
 
 
 def template_info(source: str, ts: Any, name: str | None = None, variables: dict[str, Any] | None = None) -> dict[str, Any]:
-    from .chat.dialect import analyze
+    from ggufx.chat.dialect import analyze
 
     return {"source": source, **analyze(ts.get(name), template_variables(ts, variables)).to_dict()}
 
@@ -203,7 +203,7 @@ def template_info(source: str, ts: Any, name: str | None = None, variables: dict
 def template_lint(source: str, ts: Any, name: str | None = None, variables: dict[str, Any] | None = None,
                   model: GGUFModel | None = None):
     """The :class:`~ggufx.chat.lint.LintResult` (``to_dict()`` is the JSON; ``ok`` the verdict)."""
-    from .chat.lint import lint as run_lint
+    from ggufx.chat.lint import lint as run_lint
 
     tokens = add_bos = None
     if model is not None:
@@ -217,7 +217,7 @@ def template_lint(source: str, ts: Any, name: str | None = None, variables: dict
 def template_render(source: str, ts: Any, conversations: list[tuple[str, dict]], name: str | None = None,
                     add_generation_prompt: bool = True, variables: dict[str, Any] | None = None) -> dict[str, Any]:
     """Render each (label, {"messages", "tools"?, "documents"?}) in the sandbox."""
-    from .chat.render import RenderError, render
+    from ggufx.chat.render import RenderError, render
 
     tmpl = ts.get(name)
     v = template_variables(ts, variables)
@@ -233,7 +233,7 @@ def template_render(source: str, ts: Any, conversations: list[tuple[str, dict]],
 
 
 def template_diff(a: str, b: str, ta: Any, tb: Any, name: str | None = None) -> dict[str, Any]:
-    from .chat.dialect import analyze
+    from ggufx.chat.dialect import analyze
 
     sa, sb = ta.get(name), tb.get(name)
     ia, ib = analyze(sa, template_variables(ta)), analyze(sb, template_variables(tb))

@@ -6,9 +6,9 @@ import math
 from functools import lru_cache
 from pathlib import Path
 
-from ggufx.reader import parse_header
-from ggufx.source import FileSource
-from ggufx.values import GGUFArray, ValueType
+from ggufx.format.reader import parse_header
+from ggufx.io.sources import FileSource
+from ggufx.format.values import GGUFArray, ValueType
 
 
 def _flatten(v):

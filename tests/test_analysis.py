@@ -11,11 +11,11 @@ import pytest
 from click.testing import CliRunner
 
 import ggufx
-from ggufx.analysis import check_recipe, diff, fallback, layer_grid, layer_ranges, recipe, role_table
+from ggufx.analysis.tables import check_recipe, diff, fallback, layer_grid, layer_ranges, recipe, role_table
 from ggufx.cli import main
-from ggufx.layers import layer_kinds
-from ggufx.memory import estimate, fit, parse_size, row_size
-from ggufx.roles import parse_name
+from ggufx.analysis.layers import layer_kinds
+from ggufx.analysis.memory import estimate, fit, parse_size, row_size
+from ggufx.analysis.roles import parse_name
 
 from .conftest import FIXTURES
 

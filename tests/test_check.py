@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 import ggufx
-from ggufx.check import PolicyError, check, load_policy
+from ggufx.analysis.policy import PolicyError, check, load_policy
 from ggufx.cli import main
-from ggufx.hashing import hash_model
+from ggufx.analysis.hashing import hash_model
 
 from .conftest import FIXTURES
 

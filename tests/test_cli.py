@@ -188,7 +188,7 @@ def test_help_and_info_do_not_import_numpy_or_tabulate() -> None:
         assert "tabulate" not in mods, args
         assert "jinja2" not in mods, args
         # remote reading and the MCP SDK cost nothing until used
-        assert not mods & {"http.client", "ssl", "ggufx.remote", "ggufx.results", "mcp", "pydantic"}, args
+        assert not mods & {"http.client", "ssl", "ggufx.io.remote", "ggufx.results", "mcp", "pydantic"}, args
     assert "ggufx.cli.inspect" not in _modules_after(["--help"])
 
 

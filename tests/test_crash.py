@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 import ggufx
-from ggufx.edit import Set, edit
-from ggufx.safewrite import recover, supports_insert_range
+from ggufx.edit.engine import Set, edit
+from ggufx.edit.safewrite import recover, supports_insert_range
 
 from .conftest import FIXTURES
 

@@ -13,10 +13,10 @@ from click.testing import CliRunner
 
 import ggufx
 from ggufx.cli import main
-from ggufx.edit import Delete, Rename, Set, edit
-from ggufx.keys import PADDING_KEY
-from ggufx.safewrite import EditError, supports_insert_range
-from ggufx.values import GGUFArray, ValueType
+from ggufx.edit.engine import Delete, Rename, Set, edit
+from ggufx.format.keys import PADDING_KEY
+from ggufx.edit.safewrite import EditError, supports_insert_range
+from ggufx.format.values import GGUFArray, ValueType
 
 from .conftest import FIXTURES
 from .editing import data_hash
@@ -339,7 +339,7 @@ def test_real_tmpfs_disk_full(tmp_path: Path) -> None:
 
 
 def test_file_changing_size_is_detected(v3: Path, monkeypatch) -> None:
-    import ggufx.safewrite as sw
+    import ggufx.edit.safewrite as sw
 
     before = v3.read_bytes()
     real = sw.write_journal
@@ -390,7 +390,7 @@ def test_read_only_directory_blocks_rewrite_cleanly(v3: Path) -> None:
 
 
 def test_source_growing_during_rewrite_is_detected(v3: Path, monkeypatch) -> None:
-    import ggufx.safewrite as sw
+    import ggufx.edit.safewrite as sw
 
     before = v3.read_bytes()
     real = sw._copy_range

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import ggufx
 from ggufx.errors import GGUFError
-from ggufx.values import GGUFArray
+from ggufx.format.values import GGUFArray
 
 from .conftest import FIXTURES
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ggufx import ggmltypes
+from ggufx.format import ggmltypes
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 import ggufx
 from ggufx.cli import main
-from ggufx.edit import Set, edit
-from ggufx.hashing import hash_model
+from ggufx.edit.engine import Set, edit
+from ggufx.analysis.hashing import hash_model
 
 from .conftest import FIXTURES
 from .gguf_reference import gguf_reader

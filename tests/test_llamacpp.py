@@ -20,7 +20,7 @@ from typing import Iterator
 import pytest
 
 import ggufx
-from ggufx.edit import Set, edit
+from ggufx.edit.engine import Set, edit
 
 from .editing import data_hash
 
@@ -166,7 +166,7 @@ def _quantize(bin_dir: Path, args: list[str], src: Path, dst: Path, ftype: str) 
      "--tensor-type", r"ffn_down=q6_k", "--output-tensor-type", "q8_0", "--token-embedding-type", "q4_1"],
 ], ids=["q4_k_m-mixture", "custom-recipe"])
 def test_recipe_is_reproduced_by_llama_quantize(llama_bin: Path, smollm2_path: Path, tmp_path: Path, first: list[str]) -> None:
-    from ggufx.analysis import recipe
+    from ggufx.analysis.tables import recipe
 
     ftype = "Q4_K_M" if "--pure" not in first else "Q4_0"
     out1, out2 = tmp_path / "one.gguf", tmp_path / "two.gguf"
@@ -188,7 +188,7 @@ def test_recipe_is_reproduced_by_llama_quantize(llama_bin: Path, smollm2_path: P
 @pytest.mark.parametrize("which", ["smollm2", "gemma"])
 @pytest.mark.parametrize("cache", ["f16", "q8_0", "q4_0"])
 def test_kv_cache_equals_llama_cpp(llama_bin: Path, real_models, which: str, cache: str) -> None:
-    from ggufx.memory import estimate
+    from ggufx.analysis.memory import estimate
 
     model = real_models[which]
     proc = subprocess.run([str(llama_bin / "llama-completion"), "-m", str(model), "-n", "1", "-p", "hi", "-no-cnv",
@@ -206,7 +206,7 @@ def test_kv_cache_equals_llama_cpp(llama_bin: Path, real_models, which: str, cac
 
 
 def test_fingerprint_survives_llama_gguf_split_and_merge(llama_bin: Path, smollm2_path: Path, tmp_path: Path) -> None:
-    from ggufx.hashing import hash_model
+    from ggufx.analysis.hashing import hash_model
 
     whole = hash_model(ggufx.open(smollm2_path))
     prefix = tmp_path / "smol"
@@ -225,7 +225,7 @@ def test_fingerprint_survives_llama_gguf_split_and_merge(llama_bin: Path, smollm
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert hash_model(ggufx.open(merged)).fingerprint == whole.fingerprint
     # a template edit through the first shard keeps the fingerprint too
-    from ggufx.edit import Set, edit
+    from ggufx.edit.engine import Set, edit
 
     edit(shards[2], [Set("tokenizer.chat_template", "{{ messages }}")])
     assert hash_model(ggufx.open(shards[0])).fingerprint == whole.fingerprint

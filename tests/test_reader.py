@@ -13,9 +13,9 @@ import pytest
 
 import ggufx
 from ggufx.errors import FormatError, GGUFError, ShardError, SourceError
-from ggufx.reader import parse_header
-from ggufx.source import FileSource
-from ggufx.values import GGUFArray, ValueType
+from ggufx.format.reader import parse_header
+from ggufx.io.sources import FileSource
+from ggufx.format.values import GGUFArray, ValueType
 
 from .conftest import FIXTURES
 from .gguf_reference import assert_matches_gguf_reader

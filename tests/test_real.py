@@ -8,8 +8,8 @@ from click.testing import CliRunner
 
 import ggufx
 from ggufx.cli import main
-from ggufx.reader import parse_header
-from ggufx.source import FileSource
+from ggufx.format.reader import parse_header
+from ggufx.io.sources import FileSource
 
 from .gguf_reference import assert_matches_gguf_reader, gguf_reader
 

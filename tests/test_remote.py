@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 import ggufx
-import ggufx.remote as remote
+import ggufx.io.remote as remote
 from ggufx.cli import main
 
 from .conftest import FIXTURES
@@ -377,13 +377,13 @@ def test_help_does_not_import_http(tmp_path: Path) -> None:
 
     code = ("import sys; from ggufx.cli import main\n"
             "try: main(['--help'])\nexcept SystemExit: pass\n"
-            "print(sorted(m for m in ('http.client', 'ssl', 'ggufx.remote', 'urllib.request') if m in sys.modules))")
+            "print(sorted(m for m in ('http.client', 'ssl', 'ggufx.io.remote', 'urllib.request') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
 
 
 def test_redact_strips_credentials_and_query() -> None:
-    from ggufx.httpclient import _user_agent, redact
+    from ggufx.io.http import _user_agent, redact
 
     assert redact("https://user:pw@cdn.example/x/y.gguf?X-Amz-Signature=abc") == "https://cdn.example/x/y.gguf?…"
     assert re.fullmatch(r"ggufx/\S+", _user_agent())

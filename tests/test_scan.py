@@ -10,7 +10,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from ggufx.cli import main
-from ggufx.scan import scan
+from ggufx.analysis.scan import scan
 
 from .conftest import FIXTURES
 

@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .render import RenderError, render
-from .samples import REASONING_MARKER, SYSTEM_MARKER, TOOL_DESCRIPTION, USER_QUESTION, sample, with_string_arguments
+from ggufx.chat.render import RenderError, render
+from ggufx.chat.samples import REASONING_MARKER, SYSTEM_MARKER, TOOL_DESCRIPTION, USER_QUESTION, sample, with_string_arguments
 
 # (family, marker in rendered output); first match wins
 FAMILIES: tuple[tuple[str, str], ...] = (

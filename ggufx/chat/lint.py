@@ -15,9 +15,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .dialect import TemplateInfo, analyze, render_sample
-from .render import RenderError, compile_template, render
-from .samples import NAMES, sample
+from ggufx.chat.dialect import TemplateInfo, analyze, render_sample
+from ggufx.chat.render import RenderError, compile_template, render
+from ggufx.chat.samples import NAMES, sample
 
 # variables apply_chat_template passes, and jinja/transformers globals
 PASSED = {"messages", "tools", "documents", "add_generation_prompt", "bos_token", "eos_token", "unk_token",

@@ -9,8 +9,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import FormatError, GGUFError, SourceError
-from ..source import is_remote
+from ggufx.errors import FormatError, GGUFError, SourceError
+from ggufx.io.sources import is_remote
 
 DEFAULT_KEY = "tokenizer.chat_template"
 NAMES_KEY = "tokenizer.chat_templates"
@@ -110,13 +110,13 @@ def _token_text(tok: object) -> str | None:
 
 
 def from_gguf(path: str) -> TemplateSet:
-    from ..model import open_model
+    from ggufx.model.model import open_model
 
     return from_model(open_model(path), path)
 
 
 def from_model(model: Any, path: str) -> TemplateSet:
-    """The templates of an opened :class:`~ggufx.model.GGUFModel` (``path`` names it in messages)."""
+    """The templates of an opened :class:`~ggufx.model.model.GGUFModel` (``path`` names it in messages)."""
     md = model.metadata
     prefix = DEFAULT_KEY + "."
     named = {k[len(prefix):]: md[k] for k in md if k.startswith(prefix) and isinstance(md[k], str)}

@@ -13,9 +13,9 @@ import sys
 
 import click
 
-from .. import __version__
-from ..errors import GGUFError
-from ._common import EXIT_USAGE, server_aware
+from ggufx import __version__
+from ggufx.errors import GGUFError
+from ggufx.cli._common import EXIT_USAGE, server_aware
 
 # command name -> (module, function, one-line help shown by `ggufx --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -62,8 +62,8 @@ class LazyGroup(click.Group):
         try:
             return self._invoke(ctx)
         finally:
-            if ctx.params.get("debug") and "ggufx.remote" in sys.modules and sys.modules["ggufx.remote"].STATS.requests:
-                stats = sys.modules["ggufx.remote"].STATS
+            if ctx.params.get("debug") and "ggufx.io.remote" in sys.modules and sys.modules["ggufx.io.remote"].STATS.requests:
+                stats = sys.modules["ggufx.io.remote"].STATS
                 click.echo(f"ggufx: debug: {stats.requests} HTTP request(s), {stats.bytes:,} bytes received", err=True)
 
     def _invoke(self, ctx: click.Context):
@@ -105,11 +105,11 @@ def main(debug: bool) -> None:
 
     Exit codes: 0 ok, 1 a check failed, 2 usage or input error.
     """
-    remote = sys.modules.get("ggufx.remote")  # imported only by a command that reads a URL
+    remote = sys.modules.get("ggufx.io.remote")  # imported only by a command that reads a URL
     if remote is not None:
         remote.reset_config()
         remote.STATS.reset()
     if debug:
-        from ..remote import CONFIG
+        from ggufx.io.remote import CONFIG
 
         CONFIG.debug = True

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import click
 
-from ..jsontext import dumps
+from ggufx.render.jsontext import dumps
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -40,7 +40,7 @@ def _set_remote(field: str) -> Callable:
     def callback(ctx: click.Context, param: click.Parameter, value: Any) -> None:
         if value is None or (value is False and param.is_flag):
             return
-        from ..remote import CONFIG
+        from ggufx.io.remote import CONFIG
 
         setattr(CONFIG, field, value)
     return callback
@@ -48,7 +48,7 @@ def _set_remote(field: str) -> Callable:
 
 def _no_cache(ctx: click.Context, param: click.Parameter, value: bool) -> None:
     if value:
-        from ..remote import CONFIG
+        from ggufx.io.remote import CONFIG
 
         CONFIG.cache_dir = None
 
@@ -78,7 +78,7 @@ def _remote_options(with_server: bool) -> Callable[[Callable], Callable]:
     return decorate
 
 
-# options for reading https:// and hf:// sources (they set ggufx.remote.CONFIG), with and without
+# options for reading https:// and hf:// sources (they set ggufx.io.remote.CONFIG), with and without
 # ``--server URL`` (handled by ServerAwareCommand)
 remote_options = _remote_options(with_server=True)
 network_options = _remote_options(with_server=False)
@@ -116,7 +116,7 @@ class ServerAwareCommand(click.Command):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         url, rest = _take_server(list(args))
         if url is not None and not any(a in ("-h", "--help") for a in rest):
-            from ..llamaserver import resolve
+            from ggufx.io.llamaserver import resolve
 
             sm = resolve(url)
             ctx.meta[SERVER_META] = sm
@@ -143,7 +143,7 @@ def open_many(paths: list[str] | tuple[str, ...], keep_errors: bool = False) -> 
     with ``keep_errors`` each failing path's error takes its place in the list."""
     import ggufx
     from ggufx.errors import GGUFError
-    from ggufx.source import is_remote
+    from ggufx.io.sources import is_remote
 
     def one(path: str) -> Any:
         try:

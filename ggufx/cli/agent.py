@@ -6,7 +6,7 @@ import os
 
 import click
 
-from ._common import EXIT_USAGE, emit_json, json_option
+from ggufx.cli._common import EXIT_USAGE, emit_json, json_option
 
 
 @click.command("mcp")
@@ -38,7 +38,7 @@ def mcp(ctx: click.Context, roots: tuple[str, ...], allow_write: bool, allow_rem
     except ImportError:
         click.echo("ggufx: error: the MCP server needs the official MCP SDK: pip install 'ggufx[mcp]'", err=True)
         ctx.exit(EXIT_USAGE)
-    from ggufx.mcpserver import build_server, run
+    from ggufx.mcp.server import build_server, run
 
     root_list = list(roots) or [os.getcwd()]
     if http is not None:

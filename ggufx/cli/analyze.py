@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from ..results import CACHE_TYPES
-from ._common import EXIT_CHECK_FAILED, emit_json, json_option, open_many, remote_options, tablefmt_option
+from ggufx.results import CACHE_TYPES
+from ggufx.cli._common import EXIT_CHECK_FAILED, emit_json, json_option, open_many, remote_options, tablefmt_option
 
 
 @click.command()
@@ -28,9 +28,9 @@ def roles(file: str, as_json: bool, tablefmt: str) -> None:
       ggufx roles model.gguf --json | jq '.roles[] | select(.role == "ffn_down")'
     """
     import ggufx
-    from ggufx import table
+    from ggufx.render import table
     from ggufx import results
-    from ggufx.analysis import role_table
+    from ggufx.analysis.tables import role_table
 
     model = ggufx.open(file)
     if as_json:
@@ -60,9 +60,9 @@ def layers(file: str, no_collapse: bool, as_json: bool, tablefmt: str) -> None:
       ggufx layers model.gguf --json | jq .layer_kinds
     """
     import ggufx
-    from ggufx import table
+    from ggufx.render import table
     from ggufx import results
-    from ggufx.analysis import layer_grid
+    from ggufx.analysis.tables import layer_grid
 
     model = ggufx.open(file)
     if as_json:
@@ -98,7 +98,7 @@ def recipe(file: str, fmt: str, as_json: bool) -> None:
     """
     import ggufx
     from ggufx import results
-    from ggufx.analysis import recipe as make_recipe
+    from ggufx.analysis.tables import recipe as make_recipe
 
     model = ggufx.open(file)
     if as_json:
@@ -131,8 +131,8 @@ def diff_(a: str, b: str, as_json: bool, tablefmt: str) -> None:
       ggufx diff model-Q4_K_M.gguf model-UD-Q4_K_XL.gguf
       ggufx diff old.gguf new.gguf --json | jq .type_changes
     """
-    from ggufx import table
-    from ggufx.analysis import diff as model_diff
+    from ggufx.render import table
+    from ggufx.analysis.tables import diff as model_diff
 
     d = model_diff(*open_many([a, b]))
     if as_json:
@@ -184,8 +184,9 @@ def mem(file: str, ctx: int, cache_type_k: str, cache_type_v: str, flash_attn: b
       ggufx mem model.gguf --fit 24GiB
     """
     import ggufx
-    from ggufx import results, table
-    from ggufx.memory import MiB, estimate, fit, parse_size
+    from ggufx import results
+    from ggufx.render import table
+    from ggufx.analysis.memory import MiB, estimate, fit, parse_size
 
     model = ggufx.open(file)
     kw = {"parallel": parallel, "n_ubatch": ubatch, "flash_attn": flash_attn, "n_gpu_layers": n_gpu_layers}
@@ -242,7 +243,7 @@ def report(file: str, output: str | None, fmt: str | None, as_json: bool) -> Non
     """
     import ggufx
     from ggufx import results
-    from ggufx.pages import render
+    from ggufx.render.pages import render
 
     model = ggufx.open(file)
     if as_json:

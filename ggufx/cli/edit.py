@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import click
 
-from ._common import emit_json, json_option
+from ggufx.cli._common import emit_json, json_option
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.I)
 
@@ -42,7 +42,7 @@ def write_options(f: Callable) -> Callable:
 
 def run_edit(file: str, ops: list[Any], output: str | None, dry_run: bool, reserve: str, force: bool,
              strategy: str, as_json: bool) -> None:
-    from ggufx.edit import edit
+    from ggufx.edit.engine import edit
 
     bar = None
     progress = None
@@ -102,7 +102,7 @@ def _change_line(c: Any) -> str:
 def _type_option(value: str | None):
     if value is None:
         return None
-    from ggufx.keys import parse_type
+    from ggufx.format.keys import parse_type
 
     try:
         return parse_type(value)
@@ -144,7 +144,7 @@ def set_(file: str, key: str, value: str | None, vtype: str | None, from_file: s
       ggufx set model.gguf tokenizer.ggml.eos_token_id 106 --dry-run
       ggufx set model.gguf my.offset -5 --type i32
     """
-    from ggufx.edit import Set
+    from ggufx.edit.engine import Set
 
     if (value is None) == (from_file is None):
         raise click.UsageError("give either VALUE or --from-file PATH")
@@ -167,7 +167,7 @@ def delete(file: str, keys: tuple[str, ...], **kw: Any) -> None:
       ggufx delete model.gguf tokenizer.chat_template.tool_use
       ggufx delete model.gguf general.url general.repo_url --dry-run
     """
-    from ggufx.edit import Delete
+    from ggufx.edit.engine import Delete
 
     run_edit(file, [Delete(k) for k in keys], **kw)
 
@@ -184,7 +184,7 @@ def rename(file: str, old: str, new: str, **kw: Any) -> None:
     Examples:
       ggufx rename model.gguf tokenizer.chat_template tokenizer.chat_template.default
     """
-    from ggufx.edit import Rename
+    from ggufx.edit.engine import Rename
 
     run_edit(file, [Rename(old, new)], **kw)
 
@@ -214,7 +214,7 @@ def edit_(file: str, sets: tuple[str, ...], set_files: tuple[str, ...], deletes:
       ggufx edit model.gguf --set general.name=Foo --delete general.url --rename a.b=a.c
       ggufx edit model.gguf --set my.count:u32=7 --set-file tokenizer.chat_template=fixed.jinja -o fixed.gguf
     """
-    from ggufx.edit import Delete, Rename, Set
+    from ggufx.edit.engine import Delete, Rename, Set
 
     ops: list[Any] = []
     for s in sets:

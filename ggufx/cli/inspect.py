@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from ._common import EXIT_USAGE, SERVER_META, emit_json, json_option, open_many, remote_options, tablefmt_option, write_raw
+from ggufx.cli._common import EXIT_USAGE, SERVER_META, emit_json, json_option, open_many, remote_options, tablefmt_option, write_raw
 
 
 @click.command()
@@ -34,7 +34,7 @@ def info(ctx: click.Context, files: tuple[str, ...], as_json: bool, tablefmt: st
     With --json one file prints one object, several files a list of objects.
     """
     from ggufx.errors import GGUFError
-    from ggufx.report import info_text
+    from ggufx.render.text import info_text
 
     results = []
     failed = False
@@ -91,7 +91,7 @@ def tensors(file: str, types: tuple[str, ...], grep: str | None, layers: str | N
     """
     import ggufx
     from ggufx import results
-    from ggufx.report import tensors_text
+    from ggufx.render.text import tensors_text
 
     model = ggufx.open(file)
     try:
@@ -131,8 +131,8 @@ def meta(file: str, key: str | None, full: bool, as_json: bool, tablefmt: str) -
     """
     import ggufx
     from ggufx import results
-    from ggufx.report import json_value, meta_text
-    from ggufx.values import ValueType, encode_str
+    from ggufx.render.text import json_value, meta_text
+    from ggufx.format.values import ValueType, encode_str
 
     model = ggufx.open(file)
     md = model.metadata
@@ -154,6 +154,6 @@ def meta(file: str, key: str | None, full: bool, as_json: bool, tablefmt: str) -
     elif kv.type is ValueType.ARRAY:
         emit_json(json_value(kv.type, kv.value, True))
     else:
-        from ggufx.report import value_text
+        from ggufx.render.text import value_text
 
         click.echo(value_text(kv, True))

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ._common import EXIT_CHECK_FAILED, EXIT_USAGE, dumps, emit_json, json_option, network_options, remote_options
+from ggufx.cli._common import EXIT_CHECK_FAILED, EXIT_USAGE, dumps, emit_json, json_option, network_options, remote_options
 
 ALGO_OPTION = click.option("--algo", type=click.Choice(["xxh3-128", "sha256"]), default="xxh3-128", show_default=True,
                            help="Per-tensor hash; sha256 for a cryptographic one (the fingerprint is always xxh3-128).")
@@ -17,7 +17,7 @@ ALGO_OPTION = click.option("--algo", type=click.Choice(["xxh3-128", "sha256"]), 
 
 def _hash(path: str, algo: str, quiet: bool):
     import ggufx
-    from ggufx.hashing import hash_model
+    from ggufx.analysis.hashing import hash_model
 
     model = ggufx.open(path)
     bar = None
@@ -76,7 +76,7 @@ def manifest(files: tuple[str, ...], output: str, algo: str, as_json: bool) -> N
       ggufx manifest model.gguf -o manifest.json
       ggufx manifest *.gguf -o release-manifest.json --algo sha256
     """
-    from ggufx.hashing import manifest as make_manifest
+    from ggufx.analysis.hashing import manifest as make_manifest
 
     doc = make_manifest([_hash(f, algo, False) for f in files])
     tmp = f"{output}.tmp"
@@ -104,7 +104,7 @@ def verify(manifest_file: str, files: tuple[str, ...], as_json: bool) -> None:
       ggufx verify manifest.json
       ggufx verify manifest.json downloaded.gguf --json
     """
-    from ggufx.hashing import verify as check
+    from ggufx.analysis.hashing import verify as check
 
     try:
         with open(manifest_file, encoding="utf-8") as f:
@@ -151,7 +151,7 @@ def check_(files: tuple[str, ...], policy_path: str, junit: str | None, as_json:
       ggufx check *.gguf --policy policy.toml --junit results.xml --json
     """
     import ggufx
-    from ggufx.check import CheckReport, RuleResult, check, junit_xml, load_policy
+    from ggufx.analysis.policy import CheckReport, RuleResult, check, junit_xml, load_policy
     from ggufx.errors import GGUFError
 
     policy = load_policy(policy_path)
@@ -200,9 +200,9 @@ def scan(dirs: tuple[str, ...], hf_cache: bool, ollama: bool, no_lint: bool, as_
       ggufx scan ~/models --json | jq '.models[] | select(.problems != [])'
       ggufx scan hf://unsloth/Qwen3-8B-GGUF      # every quant of a Hub repository, headers only
     """
-    from ggufx import table
-    from ggufx.report import human_bytes, human_params
-    from ggufx.scan import default_hf_cache, default_ollama, scan as run_scan
+    from ggufx.render import table
+    from ggufx.render.text import human_bytes, human_params
+    from ggufx.analysis.scan import default_hf_cache, default_ollama, scan as run_scan
 
     roots = list(dirs)
     if hf_cache:

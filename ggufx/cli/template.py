@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from ._common import EXIT_CHECK_FAILED, emit_json, json_option, remote_options, write_raw
-from .edit import run_edit, write_options
+from ggufx.cli._common import EXIT_CHECK_FAILED, emit_json, json_option, remote_options, write_raw
+from ggufx.cli.edit import run_edit, write_options
 
 NAME_OPTION = click.option("--name", help="A named template: tokenizer.chat_template.NAME (default: the main one).")
 
@@ -81,7 +81,7 @@ def show(file: str, name: str | None, as_json: bool) -> None:
 
         emit_json(template_show(file, ts))
         return
-    from ggufx.values import encode_str
+    from ggufx.format.values import encode_str
 
     write_raw(encode_str(ts.get(name)))
 
@@ -105,8 +105,8 @@ def set_(file: str, source: str, name: str | None, **kw: Any) -> None:
       ggufx template set model.gguf --from chat_template.jinja -o fixed.gguf
     """
     from ggufx.chat.sources import NAMES_KEY, key_for
-    from ggufx.edit import Set
-    from ggufx.values import ValueType
+    from ggufx.edit.engine import Set
+    from ggufx.format.values import ValueType
 
     ts = _load(source)
     ops: list[Any] = []

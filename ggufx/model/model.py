@@ -15,10 +15,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .errors import GGUFError, ShardError
-from .reader import KV, GGUFHeader, TensorInfo, parse_header
-from .source import FileSource, is_remote
-from .values import ValueType
+from ggufx.errors import GGUFError, ShardError
+from ggufx.format.reader import KV, GGUFHeader, TensorInfo, parse_header
+from ggufx.io.sources import FileSource, is_remote
+from ggufx.format.values import ValueType
 
 SHARD_RE = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
@@ -31,7 +31,7 @@ def shard_path(prefix: str, no: int, count: int) -> str:
 class Metadata(Mapping):
     """Metadata of a model: a read-only mapping from key to Python value.
 
-    Arrays are :class:`~ggufx.values.GGUFArray` objects, decoded on demand. ``kv(key)`` gives the
+    Arrays are :class:`~ggufx.format.values.GGUFArray` objects, decoded on demand. ``kv(key)`` gives the
     full record (value type, byte range in the file).
     """
 
@@ -120,8 +120,8 @@ class GGUFModel:
         raise KeyError(name)
 
     def summary(self):
-        """The :class:`~ggufx.summary.ModelSummary` that ``ggufx info`` prints."""
-        from .summary import summarize
+        """The :class:`~ggufx.analysis.summary.ModelSummary` that ``ggufx info`` prints."""
+        from ggufx.analysis.summary import summarize
 
         return summarize(self)
 
@@ -156,13 +156,13 @@ def open_model(path: str | os.PathLike[str], opener: SourceOpener = FileSource, 
     """Open a GGUF file (or every shard of the split model it belongs to).
 
     ``path`` may also be an ``http(s)://`` URL or an ``hf://ORG/REPO[@REV]/FILE`` reference: then
-    only the headers are fetched, with range requests (:mod:`ggufx.remote`).
+    only the headers are fetched, with range requests (:mod:`ggufx.io.remote`).
 
     A local file that an interrupted ggufx edit left with an undo journal is first restored
     (``recover=False`` skips that; the edit engine does it under its own lock)."""
     path = os.fspath(path)
     if opener is FileSource and is_remote(path):
-        from .remote import open_remote
+        from ggufx.io.remote import open_remote
 
         return open_remote(path)
     if recover and opener is FileSource:
@@ -232,7 +232,7 @@ def _recover_if_journal(path: str) -> None:
     # when a journal exists. The suffix is safewrite.JOURNAL_SUFFIX; the crash tests recover
     # through this function, so the two cannot drift apart unnoticed.
     if os.path.exists(path + ".ggufx-journal"):
-        from .safewrite import recover
+        from ggufx.edit.safewrite import recover
 
         recover(path)
 

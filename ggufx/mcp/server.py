@@ -21,9 +21,9 @@ import json
 import os
 from typing import Annotated, Any, Callable, Literal, Optional
 
-from .errors import GGUFError
-from .results import CACHE_TYPES, SORT_ORDERS, InputError
-from .source import is_remote
+from ggufx.errors import GGUFError
+from ggufx.results import CACHE_TYPES, SORT_ORDERS, InputError
+from ggufx.io.sources import is_remote
 
 MAX_RESOURCES = 500
 SAMPLES = ("plain", "system", "multi-turn", "tools", "reasoning")
@@ -42,7 +42,7 @@ class AccessError(Exception):
 
 
 def _ggml_type_names() -> tuple[str, ...]:
-    from .ggmltypes import all_types
+    from ggufx.format.ggmltypes import all_types
 
     return tuple(t.name for t in all_types())
 
@@ -53,8 +53,8 @@ def build_server(roots: list[str], allow_write: bool = False, allow_remote: bool
     from mcp.types import CallToolResult, TextContent
     from pydantic import Field
 
-    from . import results
-    from .jsontext import dumps
+    from ggufx import results
+    from ggufx.render.jsontext import dumps
 
     real_roots = [os.path.realpath(r) for r in roots]
     for r in real_roots:
@@ -79,7 +79,7 @@ def build_server(roots: list[str], allow_write: bool = False, allow_remote: bool
         return real
 
     def open_model(path: str):
-        from .model import open_model as _open
+        from ggufx.model.model import open_model as _open
 
         model = _open(local(path))
         for s in model.shards:
@@ -89,7 +89,7 @@ def build_server(roots: list[str], allow_write: bool = False, allow_remote: bool
 
     def load_templates(path: str):
         """(resolved path, template set): results name the file as the CLI would given that path."""
-        from .chat.sources import from_model, is_gguf, load
+        from ggufx.chat.sources import from_model, is_gguf, load
 
         src = local(path)
         if is_remote(src) or is_gguf(src):
@@ -149,7 +149,7 @@ def build_server(roots: list[str], allow_write: bool = False, allow_remote: bool
     @tool("The GGUF models under the allowed roots, one row each (split sets once): name, path, architecture, "
           "parameters, file type, BPW, size in bytes, chat template dialect and problems. Use a path from here in the other tools.")
     def list_models(lint: Annotated[bool, Field(description="Also lint each distinct chat template (slower).")] = False) -> dict:
-        from .scan import scan
+        from ggufx.analysis.scan import scan
 
         rows = [r for r in scan(real_roots, lint_templates=lint) if inside(os.path.realpath(r.path))]
         return {"roots": real_roots, "models": [r.to_dict() for r in rows]}
@@ -234,7 +234,7 @@ def build_server(roots: list[str], allow_write: bool = False, allow_remote: bool
                         tools: Annotated[Optional[list[dict[str, Any]]], Field(description="Tool schemas (OpenAI style).")] = None,
                         add_generation_prompt: bool = True,
                         name: Optional[str] = None) -> dict:
-        from .chat.samples import sample as builtin
+        from ggufx.chat.samples import sample as builtin
 
         if messages is not None:
             conv: dict[str, Any] = {"messages": messages}
@@ -248,13 +248,13 @@ def build_server(roots: list[str], allow_write: bool = False, allow_remote: bool
     @tool("Hash every tensor's data (reads the whole file: seconds per GB) and the model fingerprint, which ignores metadata and sharding.")
     def hash_(path: Path, algo: Literal["xxh3-128", "sha256"] = "xxh3-128",
               per_tensor: Annotated[bool, Field(description="Include each tensor's hash (long for big models).")] = False) -> dict:
-        from .hashing import hash_model
+        from ggufx.analysis.hashing import hash_model
 
         return hash_model(open_model(path), algo).to_dict(per_tensor=per_tensor)
 
     @tool("Check a model against a manifest written by `ggufx manifest`: which tensors or metadata keys differ.")
     def verify(manifest: Annotated[str, Field(description="manifest.json under the roots.")], path: Path) -> dict:
-        from .hashing import hash_model, verify as run_verify
+        from ggufx.analysis.hashing import hash_model, verify as run_verify
 
         with open(local(manifest), encoding="utf-8") as f:
             doc = json.load(f)
@@ -273,7 +273,7 @@ def build_server(roots: list[str], allow_write: bool = False, allow_remote: bool
     def server_model(url: Annotated[str, Field(description="The llama-server, e.g. \"http://127.0.0.1:8080\".")]) -> dict:
         from urllib.parse import urlsplit
 
-        from .llamaserver import query
+        from ggufx.io.llamaserver import query
 
         host = urlsplit(url if "://" in url else "http://" + url).hostname or ""
         if not allow_remote and host not in ("127.0.0.1", "localhost", "::1"):
@@ -285,8 +285,8 @@ def build_server(roots: list[str], allow_write: bool = False, allow_remote: bool
 
     # -- write tools -------------------------------------------------------------------------
     if allow_write:
-        from .edit import Delete, Set, edit
-        from .values import ValueType
+        from ggufx.edit.engine import Delete, Set, edit
+        from ggufx.format.values import ValueType
 
         def do_edit(path: str, ops: list[Any], dry_run: bool) -> dict:
             real = local(path)
@@ -307,7 +307,7 @@ def build_server(roots: list[str], allow_write: bool = False, allow_remote: bool
         @tool("Replace the chat template (tokenizer.chat_template, or a named one) in place, crash-safe.", read_only=False)
         def set_template(path: Path, template: Annotated[str, Field(description="The Jinja template text.")],
                          name: Optional[str] = None, dry_run: bool = False) -> dict:
-            from .chat.sources import key_for
+            from ggufx.chat.sources import key_for
 
             return do_edit(path, [Set(key_for(name), template, ValueType.STRING)], dry_run)
 
@@ -341,7 +341,7 @@ def build_server(roots: list[str], allow_write: bool = False, allow_remote: bool
 
 def _models_under(roots: list[str]) -> list[str]:
     """GGUF files under the roots (first shard only for split models), sorted."""
-    from .model import SHARD_RE
+    from ggufx.model.model import SHARD_RE
 
     out: list[str] = []
     for root in roots:
@@ -360,7 +360,7 @@ def _models_under(roots: list[str]) -> list[str]:
 
 
 def _version() -> str:
-    from . import __version__
+    from ggufx import __version__
 
     return __version__
 

@@ -16,8 +16,8 @@ import re
 from functools import lru_cache
 from typing import Any
 
-from .ggmltypes import constants
-from .values import SHORT_NAMES, ValueType
+from ggufx.format.ggmltypes import constants
+from ggufx.format.values import SHORT_NAMES, ValueType
 
 _ADD_TYPES = {
     "uint8": ValueType.UINT8, "int8": ValueType.INT8, "uint16": ValueType.UINT16, "int16": ValueType.INT16,

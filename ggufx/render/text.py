@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from . import table
-from .reader import KV, TensorInfo
-from .summary import ModelSummary
-from .values import GGUFArray, ValueType, f32_short
+from ggufx.render import table
+from ggufx.format.reader import KV, TensorInfo
+from ggufx.analysis.summary import ModelSummary
+from ggufx.format.values import GGUFArray, ValueType, f32_short
 
 ARRAY_HEAD = 8  # array elements shown without --full
 STR_WIDTH = 72  # string characters shown in tables without --full

@@ -24,11 +24,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .encode import encode_value
-from .keys import PADDING_KEY
-from .model import GGUFModel
-from .reader import TensorInfo
-from .source import is_remote
+from ggufx.format.encode import encode_value
+from ggufx.format.keys import PADDING_KEY
+from ggufx.model.model import GGUFModel
+from ggufx.format.reader import TensorInfo
+from ggufx.io.sources import is_remote
 
 ALGOS = ("xxh3-128", "sha256")
 CHUNK = 16 << 20
@@ -74,7 +74,7 @@ def metadata_hashes(model: GGUFModel) -> dict[str, str]:
 
     import json
 
-    from .values import ValueType
+    from ggufx.format.values import ValueType
 
     little = model.header.byte_order == "<"
     out = {}
@@ -128,7 +128,7 @@ def hash_model(model: GGUFModel, algo: str = "xxh3-128", threads: int | None = N
     if algo not in ALGOS:
         raise ValueError(f"unknown hash algorithm {algo!r} (one of {', '.join(ALGOS)})")
     if is_remote(model.path):
-        from .errors import SourceError
+        from ggufx.errors import SourceError
 
         raise SourceError(model.path, None, "hashing reads every tensor's data, which a remote source does not download; download the file and hash it locally")
     fds = {s.index: os.open(s.path, os.O_RDONLY) for s in model.shards}

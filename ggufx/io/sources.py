@@ -2,7 +2,7 @@
 
 The reader asks a source for ``read(offset, n)`` and never for more than the header needs, so the
 same parser serves local files (``os.pread``, no shared file position) and HTTP range requests
-(:class:`ggufx.remote.HTTPSource`). A source knows its total ``size`` up front; every length in the file is checked against
+(:class:`ggufx.io.remote.HTTPSource`). A source knows its total ``size`` up front; every length in the file is checked against
 it before anything is read or allocated.
 """
 
@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 import stat
 
-from .errors import SourceError
+from ggufx.errors import SourceError
 
 REMOTE_PREFIXES = ("http://", "https://", "hf://")
 
 
 def is_remote(location: str | os.PathLike[str]) -> bool:
-    """A URL or hf:// reference (read by :mod:`ggufx.remote`), not a local path."""
+    """A URL or hf:// reference (read by :mod:`ggufx.io.remote`), not a local path."""
     return isinstance(location, str) and location.startswith(REMOTE_PREFIXES)
 
 

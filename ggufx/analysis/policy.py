@@ -42,10 +42,10 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import GGUFError
-from .model import GGUFModel
-from .source import is_remote
-from .values import GGUFArray
+from ggufx.errors import GGUFError
+from ggufx.model.model import GGUFModel
+from ggufx.io.sources import is_remote
+from ggufx.format.values import GGUFArray
 
 SCHEMA: dict[str, set[str]] = {
     "model": {"architecture", "file_type", "bpw", "bpw_weights", "parameters"},
@@ -139,7 +139,7 @@ def load_policy(path: str) -> dict[str, Any]:
 
 
 def _type(name: Any, fail) -> Any:
-    from .ggmltypes import ggml_type_by_name
+    from ggufx.format.ggmltypes import ggml_type_by_name
 
     try:
         return ggml_type_by_name(str(name))
@@ -155,9 +155,9 @@ def _range(rule: Any, value: float, what: str, fmt: str = "{:.4f}") -> RuleResul
 
 
 def check(model: GGUFModel, policy: dict[str, Any]) -> CheckReport:
-    from .analysis import layer_ranges
-    from .ggmltypes import ggml_type_by_name
-    from .roles import parse_name
+    from ggufx.analysis.tables import layer_ranges
+    from ggufx.format.ggmltypes import ggml_type_by_name
+    from ggufx.analysis.roles import parse_name
 
     rep = CheckReport(model.path)
     add = rep.results.append
@@ -226,8 +226,8 @@ def check(model: GGUFModel, policy: dict[str, Any]) -> CheckReport:
                 digest = hashlib.sha256(tmpl.encode("utf-8", "surrogateescape")).hexdigest()
                 add(RuleResult("chat_template.sha256", digest == ct["sha256"], f"sha256 {digest}"))
             if "dialect" in ct or ct.get("lint_clean"):
-                from .chat.lint import lint
-                from .chat.sources import special_tokens
+                from ggufx.chat.lint import lint
+                from ggufx.chat.sources import special_tokens
 
                 bos, eos = special_tokens(model)
                 tokens = model.metadata["tokenizer.ggml.tokens"] if "tokenizer.ggml.tokens" in model.metadata else None
@@ -244,7 +244,7 @@ def check(model: GGUFModel, policy: dict[str, Any]) -> CheckReport:
 
     mem = policy.get("memory", {})
     if mem:
-        from .memory import MiB, estimate, parse_size
+        from ggufx.analysis.memory import MiB, estimate, parse_size
 
         ctype = mem.get("cache_type", "f16")
         e = estimate(model, int(mem.get("ctx", 0)), cache_type_k=ctype, cache_type_v=ctype, parallel=int(mem.get("parallel", 1)))
@@ -255,7 +255,7 @@ def check(model: GGUFModel, policy: dict[str, Any]) -> CheckReport:
 
     fp = policy.get("fingerprint", {})
     if "equals" in fp:
-        from .hashing import hash_model
+        from ggufx.analysis.hashing import hash_model
 
         if is_remote(model.path):
             # unverifiable is not a pass: the rule fails, the others are still checked

@@ -16,9 +16,9 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .errors import FormatError, TruncatedError, UnsupportedVersionError, ValidationError
-from .ggmltypes import GGMLType, ggml_type
-from .values import SCALAR_FORMAT, SCALAR_SIZE, GGUFArray, ValueType, decode_str
+from ggufx.errors import FormatError, TruncatedError, UnsupportedVersionError, ValidationError
+from ggufx.format.ggmltypes import GGMLType, ggml_type
+from ggufx.format.values import SCALAR_FORMAT, SCALAR_SIZE, GGUFArray, ValueType, decode_str
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32

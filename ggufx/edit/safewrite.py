@@ -26,8 +26,8 @@ import struct
 import time
 from typing import Callable
 
-from . import faults
-from .errors import GGUFError
+from ggufx.edit import faults
+from ggufx.errors import GGUFError
 
 JOURNAL_SUFFIX = ".ggufx-journal"
 JOURNAL_MAGIC = b"GGUFXJ02"

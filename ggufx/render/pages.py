@@ -8,19 +8,19 @@ import os
 import sys
 from typing import Any
 
-from . import __version__
-from .analysis import layer_grid, role_table
-from .ggmltypes import ggml_type_by_name
-from .memory import MiB, estimate
-from .model import GGUFModel
+from ggufx import __version__
+from ggufx.analysis.tables import layer_grid, role_table
+from ggufx.format.ggmltypes import ggml_type_by_name
+from ggufx.analysis.memory import MiB, estimate
+from ggufx.model.model import GGUFModel
 
 CONTEXTS = (4096, 32768, 131072)
 
 
 def templates_dir() -> str:
     """``templates/`` beside the package (a checkout) or under ``share/ggufx`` (an install)."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    for candidate in (os.path.join(os.path.dirname(here), "templates"), os.path.join(sys.prefix, "share", "ggufx", "templates")):
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for candidate in (os.path.join(os.path.dirname(package), "templates"), os.path.join(sys.prefix, "share", "ggufx", "templates")):
         if os.path.isfile(os.path.join(candidate, "report.html.j2")):
             return candidate
     raise FileNotFoundError("ggufx report templates not found (templates/report.html.j2)")
@@ -48,8 +48,8 @@ def _colour(type_name: str) -> str:
 
 def context(model: GGUFModel) -> dict[str, Any]:
     """Everything the report templates show, from the same library calls as the CLI."""
-    from .chat.dialect import analyze
-    from .chat.sources import special_tokens
+    from ggufx.chat.dialect import analyze
+    from ggufx.chat.sources import special_tokens
 
     s = model.summary().to_dict()
     grid = layer_grid(model)

@@ -5,7 +5,7 @@
 * an Ollama store (``manifests/`` + ``blobs/sha256-*``): named as ``ollama run`` knows it
   (``NAME:TAG``, ``NAMESPACE/NAME:TAG``) from the manifests' model layers;
 * a Hub repository ``hf://ORG/REPO[@REV]``: its GGUF files listed by the Hub's API, their headers
-  read with range requests (:mod:`ggufx.remote`), several at once: ``ORG/REPO@REV/PATH``.
+  read with range requests (:mod:`ggufx.io.remote`), several at once: ``ORG/REPO@REV/PATH``.
 
 Header-only and fault-tolerant: a corrupt file or a missing shard is a row with a problem, never
 the end of the scan. Chat template facts are computed once per distinct template.
@@ -19,8 +19,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from .errors import GGUFError
-from .model import SHARD_RE
+from ggufx.errors import GGUFError
+from ggufx.model.model import SHARD_RE
 
 OLLAMA_MODEL_LAYER = "application/vnd.ollama.image.model"
 
@@ -125,7 +125,7 @@ def discover(roots: list[str]) -> list[tuple[str, str, str]]:
 
 def _hf_repo_models(root: str) -> list[tuple[str, str, str]]:
     """(name, hf:// reference, "hf") for each GGUF model of a Hub repository (first shard of a set)."""
-    from .remote import list_hf_repo
+    from ggufx.io.remote import list_hf_repo
 
     base = root.rstrip("/")
     repo_rev = base[len("hf://"):]
@@ -163,7 +163,7 @@ def scan(roots: list[str], lint_templates: bool = True) -> list[ScanRow]:
 
 
 def _audit(row: ScanRow, template_cache: dict[str, tuple[str, list[str]]], lint_templates: bool) -> None:
-    from .model import open_model
+    from ggufx.model.model import open_model
 
     try:
         model = open_model(row.path)
@@ -188,8 +188,8 @@ def _audit(row: ScanRow, template_cache: dict[str, tuple[str, list[str]]], lint_
 
 
 def _template_facts(model: Any, tmpl: str, lint_templates: bool) -> tuple[str, list[str]]:
-    from .chat.lint import lint
-    from .chat.sources import special_tokens
+    from ggufx.chat.lint import lint
+    from ggufx.chat.sources import special_tokens
 
     bos, eos = special_tokens(model)
     md = model.metadata

@@ -13,8 +13,8 @@ import os
 import re
 import time
 
-from .errors import SourceError
-from .httpclient import HTTPClient, Location, Retry, origin
+from ggufx.errors import SourceError
+from ggufx.io.http import HTTPClient, Location, Retry, origin
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _HF_RE = re.compile(r"^hf://(?P<repo>[^/@]+/[^/@]+)(?:@(?P<rev>[^/]+))?/(?P<file>.+)$")
@@ -31,7 +31,7 @@ def hf_token() -> str | None:
         return tok.strip()
     path = os.environ.get("HF_TOKEN_PATH")
     if not path:
-        from .scan import default_hf_cache
+        from ggufx.analysis.scan import default_hf_cache
 
         home = os.environ.get("HF_HOME") or os.path.dirname(default_hf_cache())
         path = os.path.join(home, "token")
@@ -67,7 +67,7 @@ def parse_location(location: str) -> Location:
 
 def hf_cached_file(repo: str, rev: str, file: str) -> str | None:
     """The local Hugging Face cache's copy of REPO@REV/FILE, if it holds one."""
-    from .scan import default_hf_cache
+    from ggufx.analysis.scan import default_hf_cache
 
     base = os.path.join(default_hf_cache(), "models--" + repo.replace("/", "--"))
     commit = rev if re.fullmatch(r"[0-9a-f]{40}", rev) else None

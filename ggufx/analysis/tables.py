@@ -10,12 +10,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .ggmltypes import file_type_label, ggml_type_by_name
-from .layers import LayerKind, layer_kinds
-from .model import GGUFModel
-from .reader import TensorInfo
-from .roles import TOWER_PREFIX, is_quantizable_weight, parse_name
-from .summary import ggml_n_dims
+from ggufx.format.ggmltypes import file_type_label, ggml_type_by_name
+from ggufx.analysis.layers import LayerKind, layer_kinds
+from ggufx.model.model import GGUFModel
+from ggufx.format.reader import TensorInfo
+from ggufx.analysis.roles import TOWER_PREFIX, is_quantizable_weight, parse_name
+from ggufx.analysis.summary import ggml_n_dims
 
 
 def _bpw(nbytes: int, n: int) -> float:

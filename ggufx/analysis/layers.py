@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .model import GGUFModel
-from .roles import ATTENTION_ROLES, RECURRENT_ROLES, parse_name
-from .values import GGUFArray
+from ggufx.model.model import GGUFModel
+from ggufx.analysis.roles import ATTENTION_ROLES, RECURRENT_ROLES, parse_name
+from ggufx.format.values import GGUFArray
 
 # llama.cpp's load_swa_pattern(ml, n, dense_first) defaults (src/models/*.cpp)
 SWA_DEFAULTS: dict[str, tuple[int, bool]] = {

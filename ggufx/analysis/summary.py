@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .ggmltypes import file_type_for_ggml_type, file_type_label
-from .model import GGUFModel
-from .reader import TensorInfo
-from .roles import is_quantizable_weight
+from ggufx.format.ggmltypes import file_type_for_ggml_type, file_type_label
+from ggufx.model.model import GGUFModel
+from ggufx.format.reader import TensorInfo
+from ggufx.analysis.roles import is_quantizable_weight
 
 
 def ggml_n_dims(shape: tuple[int, ...]) -> int:

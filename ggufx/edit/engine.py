@@ -30,15 +30,15 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 
-from . import safewrite
-from .encode import encode_kv
-from .errors import GGUFError
-from .keys import PADDING_KEY, coerce, expected_types, infer_scalar_type, parse_json_list, protected_reason
-from .model import SHARD_RE, split_info, shard_path
-from .reader import GGUFHeader, parse_header
-from .safewrite import EditError
-from .source import is_remote
-from .values import GGUFArray, ValueType, f32_short
+from ggufx.edit import safewrite
+from ggufx.format.encode import encode_kv
+from ggufx.errors import GGUFError
+from ggufx.format.keys import PADDING_KEY, coerce, expected_types, infer_scalar_type, parse_json_list, protected_reason
+from ggufx.model.model import SHARD_RE, split_info, shard_path
+from ggufx.format.reader import GGUFHeader, parse_header
+from ggufx.edit.safewrite import EditError
+from ggufx.io.sources import is_remote
+from ggufx.format.values import GGUFArray, ValueType, f32_short
 
 STRATEGIES = ("auto", "in-place", "insert-range", "rewrite")
 PAGE = 4096

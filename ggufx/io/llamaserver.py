@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import SourceError
+from ggufx.errors import SourceError
 
 
 @dataclass
@@ -106,7 +106,7 @@ def resolve(url: str, timeout: float = 10.0) -> ServerModel:
     sm = query(url, timeout)
     if not os.path.isfile(sm.model_path):
         raise SourceError(sm.model_path, None, f"the llama-server at {sm.url} has this file loaded, but it is not on this machine")
-    from .model import open_model
+    from ggufx.model.model import open_model
 
     sm.file_template = open_model(sm.model_path).metadata.get_str("tokenizer.chat_template")
     return sm

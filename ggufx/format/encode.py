@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from .values import SCALAR_FORMAT, GGUFArray, ValueType, encode_str
+from ggufx.format.values import SCALAR_FORMAT, GGUFArray, ValueType, encode_str
 
 
 def encode_string(bo: str, text: str | bytes) -> bytes:

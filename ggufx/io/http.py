@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .errors import SourceError
+from ggufx.errors import SourceError
 
 REDIRECTS = {301, 302, 303, 307, 308}
 RETRY_STATUS = {429, 500, 502, 503, 504}
@@ -99,7 +99,7 @@ class HTTPClient:
     def token(self) -> str | None:
         if not self._token[0]:
             if self._token_source is None:
-                from .hub import hf_token
+                from ggufx.io.hub import hf_token
 
                 self._token_source = hf_token
             self._token = (True, self._token_source())
@@ -356,7 +356,7 @@ def _reason(e: BaseException) -> str:
 
 
 def _user_agent() -> str:
-    from . import __version__
+    from ggufx import __version__
 
     return f"ggufx/{__version__}"
 

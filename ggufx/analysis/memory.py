@@ -19,11 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .ggmltypes import ggml_type_by_name
-from .layers import LayerKind, layer_kinds
-from .model import GGUFModel
-from .roles import parse_name
-from .values import GGUFArray
+from ggufx.format.ggmltypes import ggml_type_by_name
+from ggufx.analysis.layers import LayerKind, layer_kinds
+from ggufx.model.model import GGUFModel
+from ggufx.analysis.roles import parse_name
+from ggufx.format.values import GGUFArray
 
 CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 MiB = 1 << 20
