@@ -16,10 +16,10 @@ from ggufx.errors import (FormatError, GGUFError, ShardError, SourceError, Trunc
                      UnsupportedVersionError, ValidationError)
 
 if TYPE_CHECKING:
-    from ggufx.model.model import GGUFModel
+    from ggufx.model import GGUFModel
     from ggufx.analysis.summary import ModelSummary
 
-__version__ = "0.1.0"
+from ggufx._version import __version__
 
 __all__ = [
     "open", "info", "GGUFError", "FormatError", "TruncatedError", "UnsupportedVersionError",
@@ -29,11 +29,13 @@ __all__ = [
 
 def open(path: str | os.PathLike[str]) -> "GGUFModel":  # noqa: A001 - mirrors builtins.open on purpose
     """Parse a GGUF file's header (and its sibling shards' if it is split). Reads no tensor data."""
-    from ggufx.model.model import open_model
+    from ggufx.model import open_model
 
     return open_model(path)
 
 
 def info(path: str | os.PathLike[str]) -> "ModelSummary":
     """The summary ``ggufx info`` prints: same object the CLI renders as a table or JSON."""
-    return open(path).summary()
+    from ggufx.analysis.summary import summarize
+
+    return summarize(open(path))

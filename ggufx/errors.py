@@ -55,3 +55,7 @@ class ValidationError(FormatError):
 
 class ShardError(GGUFError):
     """A split model is inconsistent or one of its shards is missing."""
+
+
+class EditError(GGUFError):
+    """An edit could not be done (and the file was left as it was)."""

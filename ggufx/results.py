@@ -12,7 +12,8 @@ import difflib
 import re
 from typing import Any, Iterable
 
-from ggufx.model.model import GGUFModel
+from ggufx.model import GGUFModel
+from ggufx.analysis.summary import summarize
 
 SORT_ORDERS = ("offset", "name", "size", "type", "bpw")
 CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
@@ -29,7 +30,7 @@ class InputError(ValueError):
 # -- models ------------------------------------------------------------------------------------
 
 def info(model: GGUFModel) -> dict[str, Any]:
-    return model.summary().to_dict()
+    return summarize(model).to_dict()
 
 
 def _sort_key(order: str):

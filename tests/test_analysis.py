@@ -16,6 +16,7 @@ from ggufx.cli import main
 from ggufx.analysis.layers import layer_kinds
 from ggufx.analysis.memory import estimate, fit, parse_size, row_size
 from ggufx.analysis.roles import parse_name
+from ggufx.analysis.summary import summarize
 
 from .conftest import FIXTURES
 
@@ -56,7 +57,7 @@ def test_parse_name(name: str, expected: tuple) -> None:
 def test_role_table_adds_up(gemma_path: Path) -> None:
     m = ggufx.open(gemma_path)
     rows = role_table(m)
-    s = m.summary()
+    s = summarize(m)
     assert sum(r.bytes for r in rows) == s.tensor_bytes and sum(r.parameters for r in rows) == s.parameters
     assert sum(r.tensors for r in rows) == s.tensor_count
     by = {r.role: r for r in rows}

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 import ggufx
 from ggufx.errors import GGUFError
 from ggufx.format.values import GGUFArray
+from ggufx.analysis.summary import summarize
 
 from .conftest import FIXTURES
 
@@ -92,7 +93,7 @@ def test_roundtrip_against_gguf_writer(tmp_path_factory, kvs, tensors, big_endia
         assert got == value, key
     assert [(t.name, t.type.id, t.shape) for t in m.tensors] == \
            [(f"t{i}.weight", int(q), tuple(s)) for i, (q, s) in enumerate(tensors)]
-    s = m.summary()
+    s = summarize(m)
     assert s.parameters == sum(int(np.prod(s_)) for _, s_ in tensors)
 
 
@@ -127,7 +128,7 @@ def test_mutated_files_only_raise_gguf_error(tmp_path: Path, name: str) -> None:
         path.write_bytes(mutated)
         try:
             m = ggufx.open(path)
-            m.summary()
+            summarize(m)
             for v in m.metadata.values():
                 if isinstance(v, GGUFArray):
                     v.tolist()

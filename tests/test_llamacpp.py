@@ -21,6 +21,7 @@ import pytest
 
 import ggufx
 from ggufx.edit.engine import Set, edit
+from ggufx.analysis.summary import summarize
 
 from .editing import data_hash
 
@@ -216,7 +217,7 @@ def test_fingerprint_survives_llama_gguf_split_and_merge(llama_bin: Path, smollm
     shards = sorted(tmp_path.glob("smol-*-of-*.gguf"))
     assert len(shards) == 3
     split = ggufx.open(shards[1])  # any shard opens the whole model
-    assert len(split.shards) == 3 and split.summary().bpw == ggufx.info(smollm2_path).bpw
+    assert len(split.shards) == 3 and summarize(split).bpw == ggufx.info(smollm2_path).bpw
     h = hash_model(split)
     assert h.fingerprint == whole.fingerprint and h.metadata_hash == whole.metadata_hash
     merged = tmp_path / "merged.gguf"

@@ -16,6 +16,7 @@ from ggufx.errors import FormatError, GGUFError, ShardError, SourceError
 from ggufx.format.reader import parse_header
 from ggufx.io.sources import FileSource
 from ggufx.format.values import GGUFArray, ValueType
+from ggufx.analysis.summary import summarize
 
 from .conftest import FIXTURES
 from .gguf_reference import assert_matches_gguf_reader
@@ -122,7 +123,7 @@ def test_unknown_type_is_reported_with_derived_size() -> None:
     t = m.tensor("mystery.weight")
     assert t.type.name == "UNKNOWN(250)" and not t.type.known
     assert t.size_derived and t.nbytes == 96 - 32
-    s = m.summary()
+    s = summarize(m)
     assert s.unknown_types == ("UNKNOWN(250)",)
     hist = {row.type: row for row in s.types}
     assert hist["UNKNOWN(250)"].bytes == 64 and hist["UNKNOWN(250)"].parameters == 30
@@ -132,7 +133,7 @@ def test_unknown_type_is_reported_with_derived_size() -> None:
 def test_no_tensors_file() -> None:
     m = ggufx.open(FIXTURES / "no-tensors.gguf")
     assert m.tensors == [] and m.metadata["tokenizer.ggml.tokens"].tolist() == ["<s>", "</s>", "▁hi"]
-    s = m.summary()
+    s = summarize(m)
     assert s.parameters == 0 and s.bpw == 0.0 and s.vocab_size == 3
 
 
@@ -164,7 +165,7 @@ def test_any_shard_opens_the_whole_model() -> None:
         assert [t.shard for t in m.tensors] == [0, 0, 0, 0, 1, 1, 1, 1, 2]
         assert m.metadata["general.name"] == "ggufx all value types"
         assert m.metadata["split.count"] == 3
-        s, w = m.summary(), whole.summary()
+        s, w = summarize(m), summarize(whole)
         assert (s.parameters, s.tensor_bytes, s.bpw) == (w.parameters, w.tensor_bytes, w.bpw)
         assert s.file_bytes == sum((FIXTURES / f"split-0000{j}-of-00003.gguf").stat().st_size for j in (1, 2, 3))
 

@@ -10,6 +10,7 @@ import ggufx
 from ggufx.cli import main
 from ggufx.format.reader import parse_header
 from ggufx.io.sources import FileSource
+from ggufx.analysis.summary import summarize
 
 from .gguf_reference import assert_matches_gguf_reader, gguf_reader
 
@@ -40,7 +41,7 @@ def test_smollm2_summary(smollm2_path) -> None:
 
 def test_gemma_summary_and_vocabulary(gemma_path) -> None:
     m = ggufx.open(gemma_path)
-    s = m.summary()
+    s = summarize(m)
     assert s.architecture == "gemma3" and s.file_type_label == "Q4_K_M"
     assert s.parameters == 268_098_176 and s.vocab_size == 262_144 and not s.chat_template.present
     tokens = m.metadata["tokenizer.ggml.tokens"]

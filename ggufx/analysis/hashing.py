@@ -26,9 +26,10 @@ from typing import Any, Callable
 
 from ggufx.format.encode import encode_value
 from ggufx.format.keys import PADDING_KEY
-from ggufx.model.model import GGUFModel
+from ggufx.model import GGUFModel
 from ggufx.format.reader import TensorInfo
 from ggufx.io.sources import is_remote
+from ggufx.analysis.summary import summarize
 
 ALGOS = ("xxh3-128", "sha256")
 CHUNK = 16 << 20
@@ -154,7 +155,7 @@ def hash_model(model: GGUFModel, algo: str = "xxh3-128", threads: int | None = N
     tensors = {t.name: {"type": t.type.name, "shape": list(t.shape), "hash": digests[t.name]} for t in model.tensors}
     fp = fingerprint([(t.name, t.type.id, t.shape, digests[t.name]) for t in model.tensors])
     md = metadata_hashes(model)
-    s = model.summary()
+    s = summarize(model)
     tmpl = model.metadata.get_str("tokenizer.chat_template")
     facts = {"architecture": s.architecture, "name": s.name, "file_type": s.file_type_label, "parameters": s.parameters,
              "bpw": round(s.bpw, 4), "tensor_count": s.tensor_count, "file_bytes": s.file_bytes,

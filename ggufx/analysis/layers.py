@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ggufx.model.model import GGUFModel
+from ggufx.model import GGUFModel
 from ggufx.analysis.roles import ATTENTION_ROLES, RECURRENT_ROLES, parse_name
 from ggufx.format.values import GGUFArray
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from ggufx.format.ggmltypes import ggml_type_by_name
 from ggufx.analysis.layers import LayerKind, layer_kinds
-from ggufx.model.model import GGUFModel
+from ggufx.model import GGUFModel
 from ggufx.analysis.roles import parse_name
 from ggufx.format.values import GGUFArray
 

@@ -43,9 +43,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ggufx.errors import GGUFError
-from ggufx.model.model import GGUFModel
+from ggufx.model import GGUFModel
 from ggufx.io.sources import is_remote
 from ggufx.format.values import GGUFArray
+from ggufx.analysis.summary import summarize
 
 SCHEMA: dict[str, set[str]] = {
     "model": {"architecture", "file_type", "bpw", "bpw_weights", "parameters"},
@@ -161,7 +162,7 @@ def check(model: GGUFModel, policy: dict[str, Any]) -> CheckReport:
 
     rep = CheckReport(model.path)
     add = rep.results.append
-    s = model.summary()
+    s = summarize(model)
     m = policy.get("model", {})
     if "architecture" in m:
         allowed = m["architecture"] if isinstance(m["architecture"], list) else [m["architecture"]]

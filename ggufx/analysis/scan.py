@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from ggufx.errors import GGUFError
-from ggufx.model.model import SHARD_RE
+from ggufx.model.shards import SHARD_RE
+from ggufx.analysis.summary import summarize
 
 OLLAMA_MODEL_LAYER = "application/vnd.ollama.image.model"
 
@@ -44,13 +45,6 @@ class ScanRow:
                 "architecture": self.architecture, "parameters": self.parameters, "file_type": self.file_type,
                 "bpw": None if self.bpw is None else round(self.bpw, 4), "file_bytes": self.file_bytes,
                 "dialect": self.dialect, "problems": self.problems}
-
-
-def default_hf_cache() -> str:
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.environ["HF_HUB_CACHE"]
-    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface")
-    return os.path.join(home, "hub")
 
 
 def default_ollama() -> str:
@@ -163,7 +157,7 @@ def scan(roots: list[str], lint_templates: bool = True) -> list[ScanRow]:
 
 
 def _audit(row: ScanRow, template_cache: dict[str, tuple[str, list[str]]], lint_templates: bool) -> None:
-    from ggufx.model.model import open_model
+    from ggufx.model import open_model
 
     try:
         model = open_model(row.path)
@@ -173,7 +167,7 @@ def _audit(row: ScanRow, template_cache: dict[str, tuple[str, list[str]]], lint_
     except OSError as e:
         row.problems.append(f"{row.path}: {e.strerror or e}")
         return
-    s = model.summary()
+    s = summarize(model)
     row.shards, row.architecture, row.parameters = len(model.shards), s.architecture, s.parameters
     row.file_type, row.bpw, row.file_bytes = s.file_type_label, s.bpw, s.file_bytes
     tmpl = model.metadata.get_str("tokenizer.chat_template")

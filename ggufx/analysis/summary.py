@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ggufx.format.ggmltypes import file_type_for_ggml_type, file_type_label
-from ggufx.model.model import GGUFModel
+from ggufx.model import GGUFModel
 from ggufx.format.reader import TensorInfo
 from ggufx.analysis.roles import is_quantizable_weight
 

@@ -12,10 +12,10 @@ from typing import Any
 
 from ggufx.format.ggmltypes import file_type_label, ggml_type_by_name
 from ggufx.analysis.layers import LayerKind, layer_kinds
-from ggufx.model.model import GGUFModel
+from ggufx.model import GGUFModel
 from ggufx.format.reader import TensorInfo
 from ggufx.analysis.roles import TOWER_PREFIX, is_quantizable_weight, parse_name
-from ggufx.analysis.summary import ggml_n_dims
+from ggufx.analysis.summary import summarize, ggml_n_dims
 
 
 def _bpw(nbytes: int, n: int) -> float:
@@ -392,7 +392,7 @@ def diff(a: GGUFModel, b: GGUFModel) -> ModelDiff:
         ka, kb = ma.kv(k), mb.kv(k)
         if ka.type != kb.type or bytes(a.header.buf[ka.offset:ka.end]) != bytes(b.header.buf[kb.offset:kb.end]):
             changed.append(k)
-    sa, sb = a.summary(), b.summary()
+    sa, sb = summarize(a), summarize(b)
     return ModelDiff(a.path, b.path, changes, sorted(tb.keys() - ta.keys()), sorted(ta.keys() - tb.keys()), sorted(shapes),
                      sorted(mb.keys() - ma.keys()), sorted(ma.keys() - mb.keys()), sorted(changed),
                      sa.bpw, sb.bpw, sa.tensor_bytes, sb.tensor_bytes, sa.file_bytes, sb.file_bytes)

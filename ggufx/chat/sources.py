@@ -110,7 +110,7 @@ def _token_text(tok: object) -> str | None:
 
 
 def from_gguf(path: str) -> TemplateSet:
-    from ggufx.model.model import open_model
+    from ggufx.model import open_model
 
     return from_model(open_model(path), path)
 

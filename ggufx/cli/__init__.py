@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from ggufx import __version__
+from ggufx._version import __version__
 from ggufx.errors import GGUFError
 from ggufx.cli._common import EXIT_USAGE, server_aware
 

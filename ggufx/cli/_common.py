@@ -116,9 +116,9 @@ class ServerAwareCommand(click.Command):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         url, rest = _take_server(list(args))
         if url is not None and not any(a in ("-h", "--help") for a in rest):
-            from ggufx.io.llamaserver import resolve
+            from ggufx.model.open import served_model
 
-            sm = resolve(url)
+            sm = served_model(url)
             ctx.meta[SERVER_META] = sm
             click.echo(f"ggufx: {sm.url} has {sm.model_path} loaded", err=True)
             note = sm.template_note()

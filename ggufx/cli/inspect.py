@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from ggufx.cli._common import EXIT_USAGE, SERVER_META, emit_json, json_option, open_many, remote_options, tablefmt_option, write_raw
+from ggufx.analysis.summary import summarize
 
 
 @click.command()
@@ -45,7 +46,7 @@ def info(ctx: click.Context, files: tuple[str, ...], as_json: bool, tablefmt: st
             click.echo(f"ggufx: error: {model.one_line()}", err=True)
             failed = True
             continue
-        s = model.summary()
+        s = summarize(model)
         server = ctx.meta.get(SERVER_META) if i == 0 else None
         if as_json:
             d = s.to_dict()

@@ -202,7 +202,8 @@ def scan(dirs: tuple[str, ...], hf_cache: bool, ollama: bool, no_lint: bool, as_
     """
     from ggufx.render import table
     from ggufx.render.text import human_bytes, human_params
-    from ggufx.analysis.scan import default_hf_cache, default_ollama, scan as run_scan
+    from ggufx.analysis.scan import default_ollama, scan as run_scan
+    from ggufx.io.hub import default_hf_cache
 
     roots = list(dirs)
     if hf_cache:

@@ -34,9 +34,9 @@ from ggufx.edit import safewrite
 from ggufx.format.encode import encode_kv
 from ggufx.errors import GGUFError
 from ggufx.format.keys import PADDING_KEY, coerce, expected_types, infer_scalar_type, parse_json_list, protected_reason
-from ggufx.model.model import SHARD_RE, split_info, shard_path
+from ggufx.model.shards import SHARD_RE, split_info, shard_path
 from ggufx.format.reader import GGUFHeader, parse_header
-from ggufx.edit.safewrite import EditError
+from ggufx.errors import EditError
 from ggufx.io.sources import is_remote
 from ggufx.format.values import GGUFArray, ValueType, f32_short
 

@@ -54,7 +54,9 @@ class Location:
     display: str
     url: str
     token_origin: str | None  # scheme://host[:port] that may see the token
-    hf: tuple[str, str, str] | None = None  # (repo, revision, file) for hf:// references
+    # what a refusal means for this location (the Hub's gated repositories, a missing revision...):
+    # explain(status, token_sent) -> text, or None for the generic message
+    explain: Callable[[int, bool], str | None] | None = None
 
 
 def origin(url: str) -> str:
@@ -88,7 +90,7 @@ class HTTPClient:
 
     def __init__(self, config: Any, stats: Stats, token: Callable[[], str | None] | None = None):
         """``config`` has ``timeout``, ``retries``, ``backoff`` and ``debug``; ``token`` gives the
-        bearer token for ``Location.token_origin`` (default: the Hugging Face token)."""
+        bearer token sent to ``Location.token_origin`` (none by default)."""
         self.config = config
         self.stats = stats
         self._token_source = token
@@ -98,11 +100,7 @@ class HTTPClient:
 
     def token(self) -> str | None:
         if not self._token[0]:
-            if self._token_source is None:
-                from ggufx.io.hub import hf_token
-
-                self._token_source = hf_token
-            self._token = (True, self._token_source())
+            self._token = (True, self._token_source() if self._token_source is not None else None)
         return self._token[1]
 
     # connections
@@ -157,7 +155,7 @@ class HTTPClient:
         for c in conns:
             c.close()
 
-    def _log(self, method: str, url: str, rng: str | None, status: int | str, nbytes: int, t0: float,
+    def log_request(self, method: str, url: str, rng: str | None, status: int | str, nbytes: int, t0: float,
              new_request: bool = True) -> None:
         entry = {"method": method, "url": redact(url), "range": rng, "status": status, "bytes": nbytes,
                  "ms": round((time.perf_counter() - t0) * 1000, 1)}
@@ -211,7 +209,7 @@ class HTTPClient:
                 resp = conn.getresponse()
             except (socket.timeout, TimeoutError):
                 conn.close()
-                self._log(method, url, rng, "timeout", 0, t0)
+                self.log_request(method, url, rng, "timeout", 0, t0)
                 raise Retry(f"no response within {self.config.timeout:g} s (timeout)") from None
             except (http.client.HTTPException, ConnectionError, OSError) as e:
                 conn.close()
@@ -219,7 +217,7 @@ class HTTPClient:
                     self._drop_idle(url)
                     hops -= 1
                     continue
-                self._log(method, url, rng, "dropped", 0, t0)
+                self.log_request(method, url, rng, "dropped", 0, t0)
                 raise Retry(f"connection failed ({_reason(e)})") from None
             status = resp.status
             if status in REDIRECTS and follow:
@@ -229,7 +227,7 @@ class HTTPClient:
                 target = resp.getheader("Location")
                 drain(resp)
                 self._reuse(url, conn, resp)
-                self._log(method, url, rng, status, 0, t0)
+                self.log_request(method, url, rng, status, 0, t0)
                 if not target:
                     raise SourceError(loc.display, None, f"HTTP {status} redirect without a Location header")
                 if stop_at_linked and "X-Linked-Etag" in linked:
@@ -242,12 +240,12 @@ class HTTPClient:
                 ra = resp.getheader("Retry-After")
                 drain(resp)
                 self._reuse(url, conn, resp)
-                self._log(method, url, rng, status, 0, t0)
+                self.log_request(method, url, rng, status, 0, t0)
                 raise Retry(f"HTTP {status} {resp.reason}".rstrip(), _retry_after(ra))
             if status >= 400:
                 drain(resp)
                 self._reuse(url, conn, resp)
-                self._log(method, url, rng, status, 0, t0)
+                self.log_request(method, url, rng, status, 0, t0)
                 raise SourceError(loc.display, None, self._explain(loc, status, resp.reason))
             return Response(status, resp.headers, url, conn, resp, linked)
         raise SourceError(loc.display, None, f"more than {MAX_REDIRECTS} redirects")
@@ -260,19 +258,13 @@ class HTTPClient:
 
     def _explain(self, loc: Location, status: int, reason: str) -> str:
         what = f"HTTP {status} {reason}".rstrip()
-        hub = loc.token_origin is not None
+        if loc.explain is not None:
+            specific = loc.explain(status, loc.token_origin is not None and bool(self.token()))
+            if specific:
+                return f"{what}: {specific}"
         if status in (401, 403):
-            if hub and self.token():
-                return f"{what}: your HF_TOKEN has no access to this repository (gated: accept its terms on the Hub; private: use a token of an account with access)"
-            if hub:
-                return f"{what}: the repository is gated or private; set HF_TOKEN to a token with access (huggingface.co/settings/tokens)"
             return f"{what}: the server refused access to this URL"
         if status == 404:
-            if loc.hf is not None:
-                repo, rev, file = loc.hf
-                if not file:
-                    return f"{what}: no repository {repo} with a revision {rev!r} (check the name and the @REVISION)"
-                return f"{what}: no file {file!r} at revision {rev!r} of {repo} (check the repository, the @REVISION and the file name)"
             return f"{what}: no such file on the server"
         if status == 416:
             return f"{what}: the server has an empty file"
@@ -288,13 +280,13 @@ class HTTPClient:
             data = resp.raw.read() if n is None else resp.raw.read(n)
         except (socket.timeout, TimeoutError):
             resp.conn.close()
-            self._log(method, resp.url, rng, "timeout", 0, t0)
+            self.log_request(method, resp.url, rng, "timeout", 0, t0)
             raise Retry(f"the body did not arrive within {self.config.timeout:g} s (timeout)") from None
         except (http.client.HTTPException, ConnectionError, OSError) as e:
             resp.conn.close()
-            self._log(method, resp.url, rng, "dropped", 0, t0)
+            self.log_request(method, resp.url, rng, "dropped", 0, t0)
             raise Retry(f"connection dropped mid-body ({_reason(e)})") from None
-        self._log(method, resp.url, rng, resp.status, len(data), t0, new_request)
+        self.log_request(method, resp.url, rng, resp.status, len(data), t0, new_request)
         if n is None:
             self._reuse(resp.url, resp.conn, resp.raw)
         return data
@@ -356,7 +348,7 @@ def _reason(e: BaseException) -> str:
 
 
 def _user_agent() -> str:
-    from ggufx import __version__
+    from ggufx._version import __version__
 
     return f"ggufx/{__version__}"
 

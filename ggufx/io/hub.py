@@ -12,12 +12,20 @@ import json
 import os
 import re
 import time
+from typing import Callable
 
 from ggufx.errors import SourceError
 from ggufx.io.http import HTTPClient, Location, Retry, origin
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _HF_RE = re.compile(r"^hf://(?P<repo>[^/@]+/[^/@]+)(?:@(?P<rev>[^/]+))?/(?P<file>.+)$")
+
+
+def default_hf_cache() -> str:
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface")
+    return os.path.join(home, "hub")
 
 
 def hf_endpoint() -> str:
@@ -31,8 +39,6 @@ def hf_token() -> str | None:
         return tok.strip()
     path = os.environ.get("HF_TOKEN_PATH")
     if not path:
-        from ggufx.analysis.scan import default_hf_cache
-
         home = os.environ.get("HF_HOME") or os.path.dirname(default_hf_cache())
         path = os.path.join(home, "token")
     try:
@@ -41,6 +47,28 @@ def hf_token() -> str | None:
     except OSError:
         return None
 
+
+
+def _hub_refusal(ref: tuple[str, str, str] | None) -> Callable[[int, bool], str | None]:
+    """What a refusal by the Hub means, for :attr:`Location.explain` (the client knows no Hub)."""
+    def explain(status: int, token_sent: bool) -> str | None:
+        if status in (401, 403):
+            if token_sent:
+                return "your HF_TOKEN has no access to this repository (gated: accept its terms on the Hub; private: use a token of an account with access)"
+            return "the repository is gated or private; set HF_TOKEN to a token with access (huggingface.co/settings/tokens)"
+        if status == 404 and ref is not None:
+            repo, rev, file = ref
+            if not file:
+                return f"no repository {repo} with a revision {rev!r} (check the name and the @REVISION)"
+            return f"no file {file!r} at revision {rev!r} of {repo} (check the repository, the @REVISION and the file name)"
+        return None
+    return explain
+
+
+def hf_reference(location: str) -> tuple[str, str, str] | None:
+    """(repo, revision, file) of an ``hf://ORG/REPO[@REV]/FILE`` reference, else None."""
+    m = _HF_RE.match(location)
+    return None if m is None else (m["repo"], m["rev"] or "main", m["file"])
 
 
 def parse_location(location: str) -> Location:
@@ -55,20 +83,18 @@ def parse_location(location: str) -> Location:
         repo, rev, file = m["repo"], m["rev"] or "main", m["file"]
         ep = hf_endpoint()
         url = f"{ep}/{repo}/resolve/{quote(rev, safe='')}/{quote(file)}"
-        return Location(location, url, origin(ep), (repo, rev, file))
+        return Location(location, url, origin(ep), _hub_refusal((repo, rev, file)))
     url = location
     ep = hf_endpoint()
     if origin(url) == origin(ep):
         # a browser link to the Hub's file page: fetch the file, not the HTML page
         url = re.sub(r"^(%s/[^/]+/[^/]+)/blob/" % re.escape(ep), r"\1/resolve/", url)
-        return Location(location, url, origin(ep))
+        return Location(location, url, origin(ep), _hub_refusal(None))
     return Location(location, url, None)
 
 
 def hf_cached_file(repo: str, rev: str, file: str) -> str | None:
     """The local Hugging Face cache's copy of REPO@REV/FILE, if it holds one."""
-    from ggufx.analysis.scan import default_hf_cache
-
     base = os.path.join(default_hf_cache(), "models--" + repo.replace("/", "--"))
     commit = rev if re.fullmatch(r"[0-9a-f]{40}", rev) else None
     if commit is None:
@@ -99,7 +125,7 @@ def hf_repo_files(location: str, cl: HTTPClient, offline: bool = False) -> list[
     if offline:
         raise SourceError(location, None, "listing a repository needs the network, and --offline forbids it")
     url: str | None = f"{ep}/api/models/{repo}/tree/{quote(rev, safe='')}?recursive=true"
-    loc = Location(location, url, origin(ep), (repo, rev, ""))
+    loc = Location(location, url, origin(ep), _hub_refusal((repo, rev, "")))
     files: list[tuple[str, int | None]] = []
     for _ in range(MAX_LISTING_PAGES):
         if url is None:

@@ -99,14 +99,3 @@ def query(url: str, timeout: float = 10.0) -> ServerModel:
     return ServerModel(url, path, ids, n_ctx if isinstance(n_ctx, int) else None,
                        props.get("build_info") if isinstance(props.get("build_info"), str) else None,
                        tmpl if isinstance(tmpl, str) else None, tool_tmpl if isinstance(tool_tmpl, str) else None)
-
-
-def resolve(url: str, timeout: float = 10.0) -> ServerModel:
-    """:func:`query`, then check that the file is readable here and read its template."""
-    sm = query(url, timeout)
-    if not os.path.isfile(sm.model_path):
-        raise SourceError(sm.model_path, None, f"the llama-server at {sm.url} has this file loaded, but it is not on this machine")
-    from ggufx.model.model import open_model
-
-    sm.file_template = open_model(sm.model_path).metadata.get_str("tokenizer.chat_template")
-    return sm

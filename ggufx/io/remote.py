@@ -133,7 +133,7 @@ class HTTPSource:
             self.size = int(length) if length and length.isdigit() else -1
             if not client.config.allow_full_download:
                 resp.conn.close()
-                client._log("GET", resp.url, f"bytes=0-{first - 1}", 200, 0, t0)
+                client.log_request("GET", resp.url, f"bytes=0-{first - 1}", 200, 0, t0)
                 size = f" of {self.size:,} bytes" if self.size >= 0 else ""
                 raise SourceError(self.path, None, f"the server does not support range requests (HTTP 200 instead of 206): reading the header would start a full download{size}; pass --allow-full-download to stream it and stop after the header")
             if self.size < 0:
@@ -161,7 +161,7 @@ class HTTPSource:
                 return resp, b"", t0
             if resp.status != 206:
                 resp.conn.close()
-                client._log("GET", resp.url, rng, resp.status, 0, t0)
+                client.log_request("GET", resp.url, rng, resp.status, 0, t0)
                 if resp.status == 200:  # If-Range failed: the file is not the one we started on
                     raise _Changed(self.validator, validator(resp))
                 raise SourceError(self.path, start, f"unexpected HTTP {resp.status} for a range request")
@@ -218,6 +218,11 @@ class HTTPSource:
             head = b""
         _, data, _ = self._get(self.url, offset, end - 1)
         return head + data
+
+    @property
+    def streamed(self) -> bool:
+        """True when the server ignored ``Range`` and the body is being streamed (not cacheable)."""
+        return self._stream is not None
 
     def close(self) -> None:
         if self._stream is not None:
@@ -316,7 +321,7 @@ def _head_validator(client: HTTPClient, loc: Location) -> tuple[str | None, int 
     resp = client.request("HEAD", loc, loc.url, {"Accept-Encoding": "identity"}, stop_at_linked=True)
     if resp.raw is not None:
         drain(resp.raw)
-        client._log("HEAD", resp.url, None, resp.status, 0, t0)
+        client.log_request("HEAD", resp.url, None, resp.status, 0, t0)
         client._reuse(resp.url, resp.conn, resp.raw)
     if "X-Linked-Etag" in resp.linked:
         size = resp.linked.get("X-Linked-Size")
@@ -334,7 +339,9 @@ def client(config: RemoteConfig | None = None) -> HTTPClient:
     global _CLIENT
     cfg = config or CONFIG
     if _CLIENT is None or _CLIENT.config is not cfg:
-        _CLIENT = HTTPClient(cfg, STATS)
+        from ggufx.io.hub import hf_token
+
+        _CLIENT = HTTPClient(cfg, STATS, token=hf_token)
     return _CLIENT
 
 
@@ -376,7 +383,7 @@ def parse_remote_header(location: str, config: RemoteConfig | None = None):
         finally:
             src.close()
         v = src.cache_validator
-        if cfg.cache_dir and v and src._stream is None:
+        if cfg.cache_dir and v and not src.streamed:
             _cache_store(cfg.cache_dir, loc.url, v, src.size, bytes(h.buf[:h.header_end]))  # no tensor data
         return h
     assert changed is not None
@@ -386,11 +393,11 @@ def parse_remote_header(location: str, config: RemoteConfig | None = None):
 def resolve_local(location: str) -> str | None:
     """A local path for ``location`` if no network is needed (an hf:// file in the HF cache)."""
     if location.startswith("hf://"):
-        from ggufx.io.hub import hf_cached_file, parse_location
+        from ggufx.io.hub import hf_cached_file, hf_reference, parse_location
 
-        loc = parse_location(location)
-        assert loc.hf is not None
-        return hf_cached_file(*loc.hf)
+        parse_location(location)  # a malformed reference is an error here too
+        ref = hf_reference(location)
+        return hf_cached_file(*ref) if ref is not None else None
     return None
 
 
@@ -402,24 +409,12 @@ def list_hf_repo(location: str, config: RemoteConfig | None = None) -> list[tupl
     return hf_repo_files(location, client(cfg), cfg.offline)
 
 
-def open_remote(location: str, config: RemoteConfig | None = None):
-    """A :class:`~ggufx.model.model.GGUFModel` for a URL or hf:// reference, reading headers only."""
-    from ggufx.model.model import assemble_shards, open_model
-
-    local = resolve_local(location)
-    if local is not None:
-        return open_model(local)
+def parse_remote_headers(locations: list[str], config: RemoteConfig | None = None) -> list[Any]:
+    """:func:`parse_remote_header` of several files, in parallel (the shards of a split model)."""
     cfg = config or CONFIG
-    head = parse_remote_header(location, cfg)
+    if len(locations) <= 1:
+        return [parse_remote_header(x, cfg) for x in locations]
+    from concurrent.futures import ThreadPoolExecutor
 
-    def parse_many(locations: list[str]) -> list[Any]:
-        if len(locations) <= 1:
-            return [parse_remote_header(x, cfg) for x in locations]
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(min(cfg.workers, len(locations))) as pool:
-            return list(pool.map(lambda x: parse_remote_header(x, cfg), locations))
-
-    return assemble_shards(location, head, basename(location), lambda name: sibling(location, name), parse_many)
-
-
+    with ThreadPoolExecutor(min(cfg.workers, len(locations))) as pool:
+        return list(pool.map(lambda x: parse_remote_header(x, cfg), locations))

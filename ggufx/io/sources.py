@@ -83,3 +83,10 @@ class FileSource:
             self.close()
         except Exception:
             pass
+
+
+def close_source(src: object) -> None:
+    """Close a byte source if it has anything to close."""
+    close = getattr(src, "close", None)
+    if close is not None:
+        close()

@@ -79,7 +79,7 @@ def build_server(roots: list[str], allow_write: bool = False, allow_remote: bool
         return real
 
     def open_model(path: str):
-        from ggufx.model.model import open_model as _open
+        from ggufx.model import open_model as _open
 
         model = _open(local(path))
         for s in model.shards:
@@ -341,7 +341,7 @@ def build_server(roots: list[str], allow_write: bool = False, allow_remote: bool
 
 def _models_under(roots: list[str]) -> list[str]:
     """GGUF files under the roots (first shard only for split models), sorted."""
-    from ggufx.model.model import SHARD_RE
+    from ggufx.model.shards import SHARD_RE
 
     out: list[str] = []
     for root in roots:
@@ -360,7 +360,7 @@ def _models_under(roots: list[str]) -> list[str]:
 
 
 def _version() -> str:
-    from ggufx import __version__
+    from ggufx._version import __version__
 
     return __version__
 

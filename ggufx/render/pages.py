@@ -8,11 +8,12 @@ import os
 import sys
 from typing import Any
 
-from ggufx import __version__
+from ggufx._version import __version__
 from ggufx.analysis.tables import layer_grid, role_table
 from ggufx.format.ggmltypes import ggml_type_by_name
 from ggufx.analysis.memory import MiB, estimate
-from ggufx.model.model import GGUFModel
+from ggufx.model import GGUFModel
+from ggufx.analysis.summary import summarize
 
 CONTEXTS = (4096, 32768, 131072)
 
@@ -51,7 +52,7 @@ def context(model: GGUFModel) -> dict[str, Any]:
     from ggufx.chat.dialect import analyze
     from ggufx.chat.sources import special_tokens
 
-    s = model.summary().to_dict()
+    s = summarize(model).to_dict()
     grid = layer_grid(model)
     full = layer_grid(model, collapse=False)
     colours = {name: _colour(name) for name in s["types"]}
