@@ -59,3 +59,11 @@ class ShardError(GGUFError):
 
 class EditError(GGUFError):
     """An edit could not be done (and the file was left as it was)."""
+
+
+class InputError(ValueError):
+    """A bad argument (not a bad file). ``param`` names the CLI option it came from."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param

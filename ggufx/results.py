@@ -12,22 +12,66 @@ import difflib
 import re
 from typing import Any, Iterable
 
-from ggufx.model import GGUFModel
 from ggufx.analysis.summary import summarize
+from ggufx.errors import InputError
+from ggufx.format.ggmltypes import CACHE_TYPES
+from ggufx.format.reader import KV, TensorInfo
+from ggufx.format.values import GGUFArray, ValueType, f32_short
+from ggufx.model import GGUFModel
+
+__all__ = ["CACHE_TYPES", "SORT_ORDERS", "InputError"]  # and one function per command, below
 
 SORT_ORDERS = ("offset", "name", "size", "type", "bpw")
-CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+
+# -- records --------------------------------------------------------------------------------------
+
+ARRAY_HEAD = 8  # array elements shown without --full
 
 
-class InputError(ValueError):
-    """A bad argument (not a bad file). ``param`` names the CLI option it came from."""
+def tensor_dict(t: TensorInfo) -> dict[str, Any]:
+    """One tensor as ``tensors --json`` gives it."""
+    return {"name": t.name, "type": t.type.name, "shape": list(t.shape), "elements": t.n_elements,
+            "bytes": t.nbytes, "bpw": round(t.bpw, 4), "shard": t.shard, "offset": t.offset,
+            "file_offset": t.file_offset, "size_derived": t.size_derived}
 
-    def __init__(self, message: str, param: str | None = None):
-        super().__init__(message)
-        self.param = param
+
+def _elem_label(a: GGUFArray) -> str:
+    label = f"{a.elem_type.short},{a.count}"
+    if a.elem_type is ValueType.ARRAY and a.count:
+        label = f"arr[{_elem_label(a[0])}],{a.count}"
+    return label
 
 
-# -- models ------------------------------------------------------------------------------------
+def json_value(kv_type: ValueType, value: Any, full: bool) -> Any:
+    """A metadata value as JSON: floats as the shortest float32 text, arrays optionally cut."""
+    if kv_type is ValueType.FLOAT32:
+        return f32_short(value)
+    if kv_type is ValueType.ARRAY:
+        a: GGUFArray = value
+        if a.elem_type is ValueType.ARRAY:
+            return [json_value(ValueType.ARRAY, v, full) for v in (a if full else a[:ARRAY_HEAD])]
+        items = a.tolist() if full else a[:ARRAY_HEAD]
+        if a.elem_type is ValueType.FLOAT32:
+            items = [f32_short(v) for v in items]
+        return items
+    return value
+
+
+def kv_dict(kv: KV, full: bool) -> dict[str, Any]:
+    """A metadata record as ``meta --json`` gives it (arrays cut to their first items unless ``full``)."""
+    d: dict[str, Any] = {"type": kv.type.short}
+    if kv.type is ValueType.ARRAY:
+        d["type_label"] = f"arr[{_elem_label(kv.value)}]"
+        d["element_type"] = kv.value.elem_type.short
+        d["length"] = kv.value.count
+        d["truncated"] = (not full) and kv.value.count > ARRAY_HEAD
+    d["value"] = json_value(kv.type, kv.value, full)
+    d["offset"] = kv.offset
+    return d
+
+
+
+# -- read-only commands --------------------------------------------------------------------------
 
 def info(model: GGUFModel) -> dict[str, Any]:
     return summarize(model).to_dict()
@@ -60,7 +104,6 @@ def tensors(model: GGUFModel, types: Iterable[str] = (), grep: str | None = None
     range; sorted; then the page ``[offset, offset + limit)``. ``count`` is the number that matched;
     with a limit, ``next_offset`` is where the next page starts (null after the last)."""
     from ggufx.format.ggmltypes import ggml_type_by_name
-    from ggufx.render.text import tensor_dict
     from ggufx.analysis.roles import parse_name
 
     if sort not in SORT_ORDERS:
@@ -105,8 +148,6 @@ def tensors(model: GGUFModel, types: Iterable[str] = (), grep: str | None = None
 
 def meta(model: GGUFModel, key: str | None = None, full: bool = False) -> dict[str, Any]:
     """All keys (arrays summarised unless ``full``), or one key's record with its whole value."""
-    from ggufx.render.text import kv_dict
-
     md = model.metadata
     if key is None:
         return {"path": model.path, "metadata": {kv.key: kv_dict(kv, full) for kv in md.kvs()}}
@@ -116,19 +157,19 @@ def meta(model: GGUFModel, key: str | None = None, full: bool = False) -> dict[s
 
 
 def roles(model: GGUFModel) -> dict[str, Any]:
-    from ggufx.analysis.tables import role_table
+    from ggufx.analysis.roles import role_table
 
     return {"path": model.path, "roles": [r.to_dict() for r in role_table(model)]}
 
 
 def layers(model: GGUFModel, collapse: bool = True) -> dict[str, Any]:
-    from ggufx.analysis.tables import layer_grid
+    from ggufx.analysis.layers import layer_grid
 
     return {"path": model.path, **layer_grid(model, collapse=collapse).to_dict()}
 
 
 def recipe(model: GGUFModel) -> dict[str, Any]:
-    from ggufx.analysis.tables import check_recipe, recipe as make_recipe
+    from ggufx.analysis.recipe import check_recipe, recipe as make_recipe
 
     rec = make_recipe(model)
     d = rec.to_dict()
@@ -138,7 +179,7 @@ def recipe(model: GGUFModel) -> dict[str, Any]:
 
 
 def diff(a: GGUFModel, b: GGUFModel) -> dict[str, Any]:
-    from ggufx.analysis.tables import diff as model_diff
+    from ggufx.analysis.diff import diff as model_diff
 
     return model_diff(a, b).to_dict()
 
@@ -154,7 +195,7 @@ def memory(model: GGUFModel, ctx: int = 0, cache_type_k: str = "f16", cache_type
         raise InputError("ctx must be >= 0, parallel and ubatch >= 1", "--ctx")
     e = estimate(model, ctx, cache_type_k=cache_type_k, cache_type_v=cache_type_v, parallel=parallel,
                  n_ubatch=ubatch, flash_attn=flash_attn, n_gpu_layers=n_gpu_layers)
-    return {"path": model.path, **e.to_dict()}
+    return {"path": model.path, **e.to_dict(), "n_gpu_layers_requested": n_gpu_layers}
 
 
 def fit(model: GGUFModel, budget: str | int, flash_attn: bool = True, parallel: int = 1, ubatch: int = 512,
@@ -170,12 +211,30 @@ def fit(model: GGUFModel, budget: str | int, flash_attn: bool = True, parallel: 
     return {"path": model.path, "budget": budget, "fits": [f.to_dict() for f in fits]}
 
 
-def report(model: GGUFModel) -> dict[str, Any]:
-    from ggufx.render.pages import context
+REPORT_CONTEXTS = (4096, 32768, 131072)  # and the training context, where it is smaller or between
 
-    ctx = context(model)
-    return {"summary": ctx["s"], "roles": [r.to_dict() for r in ctx["roles"]], "layers": ctx["grid"].to_dict(),
-            "memory": [m.to_dict() for m in ctx["memory"]], "chat_template": ctx["template"]}
+
+def report(model: GGUFModel) -> dict[str, Any]:
+    """Everything ``ggufx report`` shows: summary, roles, the layer grid (collapsed, and one row per
+    layer for the heat map in ``layer_map``), memory at a few contexts for f16/q8_0/q4_0 caches,
+    and the chat template's facts."""
+    from ggufx.analysis.layers import layer_grid
+    from ggufx.analysis.memory import estimate
+    from ggufx.analysis.roles import role_table
+    from ggufx.chat.dialect import analyze
+    from ggufx.chat.sources import special_tokens
+
+    s = summarize(model).to_dict()
+    n_train = s["context_length"] or 0
+    ctxs = sorted({c for c in (*REPORT_CONTEXTS, n_train) if c and (not n_train or c <= n_train)})
+    memory = [estimate(model, c, cache_type_k=ct, cache_type_v=ct).to_dict() for c in ctxs for ct in ("f16", "q8_0", "q4_0")]
+    tmpl = model.metadata.get_str("tokenizer.chat_template")
+    info = None
+    if tmpl is not None:
+        bos, eos = special_tokens(model)
+        info = analyze(tmpl, {"bos_token": bos or "", "eos_token": eos or ""}).to_dict()
+    return {"summary": s, "roles": [r.to_dict() for r in role_table(model)], "layers": layer_grid(model).to_dict(),
+            "memory": memory, "chat_template": info, "layer_map": layer_grid(model, collapse=False).to_dict()}
 
 
 # -- chat templates ----------------------------------------------------------------------------

@@ -10,8 +10,10 @@ per-architecture default pattern. The tensors each layer has are the cross-check
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
+from ggufx.format.ggmltypes import bpw
 from ggufx.model import GGUFModel
 from ggufx.analysis.roles import ATTENTION_ROLES, RECURRENT_ROLES, parse_name
 from ggufx.format.values import GGUFArray
@@ -141,3 +143,70 @@ def layer_kinds(model: GGUFModel) -> list[LayerKind]:
             ffn = "none"
         out.append(LayerKind(i, mixer, ffn, kv[i] if kv else None))
     return out
+
+
+# -- the layer grid: kind and types per layer -----------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class LayerRow:
+    first: int
+    last: int  # rows with identical kind and types are collapsed into first..last
+    kind: str
+    types: dict[str, str]  # role -> type ("" when the layer has no such tensor)
+    parameters: int
+    bytes: int
+
+    @property
+    def bpw(self) -> float:
+        return bpw(self.bytes, self.parameters)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"first": self.first, "last": self.last, "kind": self.kind, "types": self.types,
+                "parameters": self.parameters, "bytes": self.bytes, "bpw": round(self.bpw, 4)}
+
+
+@dataclass(slots=True)
+class LayerGrid:
+    roles: list[str]
+    rows: list[LayerRow]  # collapsed
+    kinds: list[LayerKind] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for k in self.kinds:
+            out[k.mixer] = out.get(k.mixer, 0) + 1
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"roles": self.roles, "layers": [r.to_dict() for r in self.rows], "layer_kinds": self.counts(),
+                "per_layer": [{"layer": k.index, "mixer": k.mixer, "ffn": k.ffn, "n_head_kv": k.n_head_kv} for k in self.kinds]}
+
+
+def layer_grid(model: GGUFModel, collapse: bool = True) -> LayerGrid:
+    """One row per block (identical neighbours collapsed): kind and the type of each weight role."""
+    kinds = layer_kinds(model)
+    roles: list[str] = []
+    per: dict[int, dict[str, str]] = {}
+    size: dict[int, list[int]] = {}
+    for t in model.tensors:
+        r = parse_name(t.name)
+        if r.layer is None or r.tower is not None:
+            continue
+        s = size.setdefault(r.layer, [0, 0])
+        s[0] += t.n_elements
+        s[1] += t.nbytes
+        if r.kind not in ("weight", ""):
+            continue
+        if r.role not in roles:
+            roles.append(r.role)
+        per.setdefault(r.layer, {})[r.role] = t.type.name
+    rows: list[LayerRow] = []
+    for k in kinds:
+        types = {role: per.get(k.index, {}).get(role, "") for role in roles}
+        p, b = size.get(k.index, [0, 0])
+        if collapse and rows and rows[-1].kind == k.label and rows[-1].types == types and rows[-1].last == k.index - 1:
+            prev = rows[-1]
+            rows[-1] = LayerRow(prev.first, k.index, prev.kind, types, prev.parameters + p, prev.bytes + b)
+        else:
+            rows.append(LayerRow(k.index, k.index, k.label, types, p, b))
+    return LayerGrid(roles, rows, kinds)

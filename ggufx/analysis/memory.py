@@ -19,13 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ggufx.format.ggmltypes import ggml_type_by_name
+from ggufx.format.ggmltypes import CACHE_TYPES, ggml_type_by_name
 from ggufx.analysis.layers import LayerKind, layer_kinds
 from ggufx.model import GGUFModel
 from ggufx.analysis.roles import parse_name
 from ggufx.format.values import GGUFArray
 
-CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 MiB = 1 << 20
 
 

@@ -156,7 +156,7 @@ def _range(rule: Any, value: float, what: str, fmt: str = "{:.4f}") -> RuleResul
 
 
 def check(model: GGUFModel, policy: dict[str, Any]) -> CheckReport:
-    from ggufx.analysis.tables import layer_ranges
+    from ggufx.analysis.diff import layer_ranges
     from ggufx.format.ggmltypes import ggml_type_by_name
     from ggufx.analysis.roles import parse_name
 

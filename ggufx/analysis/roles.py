@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
+
+from ggufx.format.ggmltypes import bpw
+from ggufx.model import GGUFModel
 
 # substrings that llama-quant.cpp excludes for every architecture
 _EXCLUDED_SUBSTRINGS = (
@@ -83,3 +87,43 @@ def parse_name(name: str) -> TensorRole:
     if m is None:  # pragma: no cover - the pattern matches any string
         return TensorRole(None, name, "")
     return TensorRole(None, m["role"], m["kind"] or "", tower)
+
+
+# -- where the bits go, per role ---------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class RoleStat:
+    role: str
+    tensors: int
+    types: dict[str, int]  # type -> tensors, most first
+    parameters: int
+    bytes: int
+    share: float
+    layers: int  # distinct layers the role appears in (0 for global tensors)
+
+    @property
+    def bpw(self) -> float:
+        return bpw(self.bytes, self.parameters)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"role": self.role, "tensors": self.tensors, "types": self.types, "parameters": self.parameters,
+                "bytes": self.bytes, "share": round(self.share, 6), "bpw": round(self.bpw, 4), "layers": self.layers}
+
+
+def role_table(model: GGUFModel) -> list[RoleStat]:
+    """Per role (``ffn_down``, ``attn_v``, ``ssm_out``, ``token_embd``...): tensors, types with
+    counts, parameters, bytes, share of all tensor bytes, BPW; largest first."""
+    acc: dict[str, dict[str, Any]] = {}
+    total = sum(t.nbytes for t in model.tensors)
+    for t in model.tensors:
+        r = parse_name(t.name)
+        a = acc.setdefault(r.label, {"n": 0, "types": {}, "p": 0, "b": 0, "layers": set()})
+        a["n"] += 1
+        a["types"][t.type.name] = a["types"].get(t.type.name, 0) + 1
+        a["p"] += t.n_elements
+        a["b"] += t.nbytes
+        if r.layer is not None:
+            a["layers"].add(r.layer)
+    rows = [RoleStat(role, a["n"], dict(sorted(a["types"].items(), key=lambda kv: (-kv[1], kv[0]))), a["p"], a["b"],
+                     a["b"] / total if total else 0.0, len(a["layers"])) for role, a in acc.items()]
+    return sorted(rows, key=lambda r: (-r.bytes, r.role))

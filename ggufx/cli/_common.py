@@ -27,6 +27,14 @@ def emit_json(obj: Any) -> None:
     click.echo(dumps(obj))
 
 
+def emit(result: Any, as_json: bool, text: Callable[[], str]) -> None:
+    """The one output path of a read-only command: its result as JSON, or ``text()`` of it."""
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(text())
+
+
 def write_raw(data: bytes) -> None:
     out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
     if out is None:  # click's CliRunner in text mode

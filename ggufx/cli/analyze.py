@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from ggufx.results import CACHE_TYPES
-from ggufx.cli._common import EXIT_CHECK_FAILED, emit_json, json_option, open_many, remote_options, tablefmt_option
+from ggufx.cli._common import EXIT_CHECK_FAILED, emit, emit_json, json_option, open_many, remote_options, tablefmt_option
 
 
 @click.command()
@@ -28,19 +28,11 @@ def roles(file: str, as_json: bool, tablefmt: str) -> None:
       ggufx roles model.gguf --json | jq '.roles[] | select(.role == "ffn_down")'
     """
     import ggufx
-    from ggufx.render import table
     from ggufx import results
-    from ggufx.analysis.tables import role_table
+    from ggufx.render.text import roles_text
 
-    model = ggufx.open(file)
-    if as_json:
-        emit_json(results.roles(model))
-        return
-    rows = role_table(model)
-    click.echo(table.render(
-        [(r.role, r.tensors, ", ".join(f"{t} {n}" for t, n in r.types.items()), r.parameters, r.bytes,
-          f"{100 * r.share:.2f}%", f"{r.bpw:.2f}") for r in rows],
-        ("role", "tensors", "types", "parameters", "bytes", "share", "BPW"), tablefmt, align="lrlrrrr"))
+    res = results.roles(ggufx.open(file))
+    emit(res, as_json, lambda: roles_text(res, tablefmt))
 
 
 @click.command()
@@ -60,23 +52,11 @@ def layers(file: str, no_collapse: bool, as_json: bool, tablefmt: str) -> None:
       ggufx layers model.gguf --json | jq .layer_kinds
     """
     import ggufx
-    from ggufx.render import table
     from ggufx import results
-    from ggufx.analysis.tables import layer_grid
+    from ggufx.render.text import layers_text
 
-    model = ggufx.open(file)
-    if as_json:
-        emit_json(results.layers(model, collapse=not no_collapse))
-        return
-    grid = layer_grid(model, collapse=not no_collapse)
-    rows = []
-    for r in grid.rows:
-        span = str(r.first) if r.first == r.last else f"{r.first}-{r.last}"
-        rows.append([span, r.kind, *[r.types[role] or "-" for role in grid.roles], f"{r.bpw:.2f}"])
-    click.echo(table.render(rows, ["layers", "kind", *grid.roles, "BPW"], tablefmt,
-                            align="ll" + "l" * len(grid.roles) + "r"))
-    counts = ", ".join(f"{n} {kind}" for kind, n in grid.counts().items())
-    click.echo(f"\n{len(grid.kinds)} layers: {counts}")
+    res = results.layers(ggufx.open(file), collapse=not no_collapse)
+    emit(res, as_json, lambda: layers_text(res, tablefmt))
 
 
 @click.command()
@@ -98,22 +78,16 @@ def recipe(file: str, fmt: str, as_json: bool) -> None:
     """
     import ggufx
     from ggufx import results
-    from ggufx.analysis.tables import recipe as make_recipe
+    from ggufx.render.text import recipe_text
 
-    model = ggufx.open(file)
+    res = results.recipe(ggufx.open(file))
     if as_json:
-        d = results.recipe(model)
-        emit_json(d)
+        emit_json(res)
         return
-    rec = make_recipe(model)
-    if fmt == "tensor-type-file":
-        click.echo(rec.tensor_type_file(), nl=False)
-    elif fmt == "args":
-        click.echo("\n".join(rec.args()))
-    else:
-        click.echo(rec.command())
-    if rec.unreproducible:
-        click.echo(f"note: llama-quantize cannot give these tensors their types: {', '.join(rec.unreproducible)}", err=True)
+    click.echo(recipe_text(res, fmt), nl=fmt != "tensor-type-file")
+    if res["unreproducible"]:
+        click.echo(f"note: llama-quantize cannot give these tensors their types: {', '.join(res['unreproducible'])}",
+                   err=True)
 
 
 @click.command("diff")
@@ -131,26 +105,12 @@ def diff_(a: str, b: str, as_json: bool, tablefmt: str) -> None:
       ggufx diff model-Q4_K_M.gguf model-UD-Q4_K_XL.gguf
       ggufx diff old.gguf new.gguf --json | jq .type_changes
     """
-    from ggufx.render import table
-    from ggufx.analysis.tables import diff as model_diff
+    from ggufx import results
+    from ggufx.render.text import diff_text
 
-    d = model_diff(*open_many([a, b]))
-    if as_json:
-        emit_json(d.to_dict())  # = ggufx.results.diff
-    else:
-        if d.type_changes:
-            click.echo(table.render([(c.role, c.layers or "-", c.before, c.after, c.tensors) for c in d.type_changes],
-                                    ("role", "layers", "A", "B", "tensors"), tablefmt, align="lllll"))
-        for label, names in (("added tensors", d.added), ("removed tensors", d.removed), ("shape changes", d.shape_changes),
-                             ("metadata added", d.metadata_added), ("metadata removed", d.metadata_removed),
-                             ("metadata changed", d.metadata_changed)):
-            if names:
-                click.echo(f"{label}: {', '.join(names[:20])}{' ...' if len(names) > 20 else ''}")
-        click.echo(f"BPW {d.a_bpw:.4f} -> {d.b_bpw:.4f} ({d.b_bpw - d.a_bpw:+.4f}); tensor bytes {d.a_bytes:,} -> "
-                   f"{d.b_bytes:,} ({d.b_bytes - d.a_bytes:+,}); file {d.a_file_bytes:,} -> {d.b_file_bytes:,}")
-        if d.identical_tensors:
-            click.echo("tensors: same names, shapes and types")
-    if not d.identical_tensors:
+    res = results.diff(*open_many([a, b]))
+    emit(res, as_json, lambda: diff_text(res, tablefmt))
+    if not res["identical_tensors"]:
         sys.exit(EXIT_CHECK_FAILED)
 
 
@@ -185,43 +145,18 @@ def mem(file: str, ctx: int, cache_type_k: str, cache_type_v: str, flash_attn: b
     """
     import ggufx
     from ggufx import results
-    from ggufx.render import table
-    from ggufx.analysis.memory import MiB, estimate, fit, parse_size
+    from ggufx.render.text import fit_text, memory_text
 
     model = ggufx.open(file)
-    kw = {"parallel": parallel, "n_ubatch": ubatch, "flash_attn": flash_attn, "n_gpu_layers": n_gpu_layers}
-    if fit_budget is not None:
-        try:
-            budget = parse_size(fit_budget)
-        except ValueError as e:
-            raise click.BadParameter(str(e), param_hint="--fit") from None
-        if as_json:
-            emit_json(results.fit(model, budget, flash_attn, parallel, ubatch, n_gpu_layers))
+    try:
+        if fit_budget is not None:
+            res = results.fit(model, fit_budget, flash_attn, parallel, ubatch, n_gpu_layers)
+            emit(res, as_json, lambda: fit_text(res, tablefmt))
             return
-        fits = fit(model, budget, **kw)
-        click.echo(table.render([(f.cache_type, f"{f.n_ctx:,}" + (" (training context)" if f.capped else ""),
-                                  f"{f.gpu_total / MiB:,.0f}") for f in fits],
-                                ("KV cache type", "largest context", "GPU MiB"), tablefmt, align="lrr"))
-        return
-    if as_json:
-        emit_json(results.memory(model, ctx, cache_type_k, cache_type_v, flash_attn, parallel, ubatch, n_gpu_layers))
-        return
-    e = estimate(model, ctx, cache_type_k=cache_type_k, cache_type_v=cache_type_v, **kw)
-    rows = [
-        ("weights on GPU", e.weights_gpu / MiB, "all layers and the output layer offloaded" if n_gpu_layers < 0
-         else f"{e.n_gpu_layers} layers offloaded"),
-        ("weights on host", e.weights_host / MiB, "token embedding and layers not offloaded"),
-        ("KV cache (full attention)", e.kv / MiB, f"{e.kv_layers} layers x {e.kv_cells:,} cells, K {e.cache_type_k} V {e.cache_type_v}"),
-    ]
-    if e.kv_swa_layers:
-        rows.append(("KV cache (sliding window)", e.kv_swa / MiB, f"{e.kv_swa_layers} layers x {e.kv_swa_cells:,} cells"))
-    if e.recurrent_layers:
-        rows.append(("recurrent state", e.recurrent / MiB, f"{e.recurrent_layers} layers x {e.parallel} sequence(s), f32"))
-    rows.append(("compute buffer (estimate)", e.compute_estimate / MiB, f"ubatch {e.n_ubatch}, flash attention {'on' if e.flash_attn else 'off'}"))
-    rows.append(("GPU total", e.gpu_total / MiB, f"n_ctx {e.n_ctx:,}"))
-    click.echo(table.render([(a, f"{b:,.2f}", c) for a, b, c in rows], ("part", "MiB", "how"), tablefmt, align="lrl"))
-    for note in e.notes:
-        click.echo(f"note: {note}")
+        res = results.memory(model, ctx, cache_type_k, cache_type_v, flash_attn, parallel, ubatch, n_gpu_layers)
+    except results.InputError as e:
+        raise click.BadParameter(str(e), param_hint=e.param) from None
+    emit(res, as_json, lambda: memory_text(res, tablefmt))
 
 
 @click.command()
@@ -245,13 +180,13 @@ def report(file: str, output: str | None, fmt: str | None, as_json: bool) -> Non
     from ggufx import results
     from ggufx.render.pages import render
 
-    model = ggufx.open(file)
+    res = results.report(ggufx.open(file))
     if as_json:
-        emit_json(results.report(model))
+        emit_json(res)
         return
     if fmt is None:
         fmt = "md" if output and output.endswith((".md", ".markdown")) else "html"
-    text = render(model, fmt)
+    text = render(res, fmt)
     if output is None:
         click.echo(text, nl=False)
         return

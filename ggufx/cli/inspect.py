@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import click
 
-from ggufx.cli._common import EXIT_USAGE, SERVER_META, emit_json, json_option, open_many, remote_options, tablefmt_option, write_raw
-from ggufx.analysis.summary import summarize
+from ggufx.cli._common import (EXIT_USAGE, SERVER_META, emit, emit_json, json_option, open_many, remote_options,
+                               tablefmt_option, write_raw)
 
 
 @click.command()
@@ -34,10 +34,11 @@ def info(ctx: click.Context, files: tuple[str, ...], as_json: bool, tablefmt: st
 
     With --json one file prints one object, several files a list of objects.
     """
+    from ggufx import results
     from ggufx.errors import GGUFError
     from ggufx.render.text import info_text
 
-    results = []
+    out = []
     failed = False
     for i, model in enumerate(open_many(files, keep_errors=True)):
         if isinstance(model, GGUFError):
@@ -46,22 +47,18 @@ def info(ctx: click.Context, files: tuple[str, ...], as_json: bool, tablefmt: st
             click.echo(f"ggufx: error: {model.one_line()}", err=True)
             failed = True
             continue
-        s = summarize(model)
+        res = results.info(model)
         server = ctx.meta.get(SERVER_META) if i == 0 else None
+        if server is not None:
+            res["server"] = server.to_dict()
         if as_json:
-            d = s.to_dict()
-            if server is not None:
-                d["server"] = server.to_dict()
-            results.append(d)
+            out.append(res)
         else:
             if i:
                 click.echo()
-            click.echo(info_text(s, tablefmt))
-            if server is not None:
-                same = {True: "the file's", False: "NOT the file's", None: "not reported"}[server.template_matches]
-                click.echo(f"\nserver: {server.url} (n_ctx {server.n_ctx}, chat template {same})")
+            click.echo(info_text(res, tablefmt))
     if as_json:
-        emit_json(results[0] if len(files) == 1 else results)
+        emit_json(out[0] if len(files) == 1 else out)
     if failed:
         ctx.exit(EXIT_USAGE)
 
@@ -99,14 +96,9 @@ def tensors(file: str, types: tuple[str, ...], grep: str | None, layers: str | N
         res = results.tensors(model, types, grep, sort, layers, offset, limit)
     except results.InputError as e:
         raise click.BadParameter(str(e), param_hint=e.param) from None
-    if as_json:
-        emit_json(res)
-    else:
-        by_name = {t.name: t for t in model.tensors}
-        selected = [by_name[d["name"]] for d in res["tensors"]]
-        click.echo(tensors_text(selected, tablefmt, show_shard=model.is_split))
-        if res.get("next_offset") is not None:
-            click.echo(f"({res['count']:,} tensors match; next page: --offset {res['next_offset']})", err=True)
+    emit(res, as_json, lambda: tensors_text(res, tablefmt, show_shard=model.is_split))
+    if not as_json and res.get("next_offset") is not None:
+        click.echo(f"({res['count']:,} tensors match; next page: --offset {res['next_offset']})", err=True)
 
 
 @click.command()
@@ -132,16 +124,14 @@ def meta(file: str, key: str | None, full: bool, as_json: bool, tablefmt: str) -
     """
     import ggufx
     from ggufx import results
-    from ggufx.render.text import json_value, meta_text
     from ggufx.format.values import ValueType, encode_str
+    from ggufx.render.text import meta_text
 
     model = ggufx.open(file)
     md = model.metadata
     if key is None:
-        if as_json:
-            emit_json(results.meta(model, None, full))
-        else:
-            click.echo(meta_text(md.kvs(), full, tablefmt))
+        res = results.meta(model, None, full)
+        emit(res, as_json, lambda: meta_text(res, full, tablefmt))
         return
     try:
         res = results.meta(model, key)
@@ -153,8 +143,8 @@ def meta(file: str, key: str | None, full: bool, as_json: bool, tablefmt: str) -
     elif kv.type is ValueType.STRING:
         write_raw(encode_str(kv.value))
     elif kv.type is ValueType.ARRAY:
-        emit_json(json_value(kv.type, kv.value, True))
+        emit_json(res["value"])
     else:
         from ggufx.render.text import value_text
 
-        click.echo(value_text(kv, True))
+        click.echo(value_text(res, True))

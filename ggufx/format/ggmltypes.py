@@ -200,3 +200,12 @@ def file_type_for_ggml_type(type_name: str) -> int | None:
         if ftype_name == name:
             return int(ftype_id)
     return None
+
+
+def bpw(nbytes: int, n_elements: int) -> float:
+    """Bits per weight of a set of tensors, llama.cpp's definition: 8 x bytes / elements."""
+    return 8.0 * nbytes / n_elements if n_elements else 0.0
+
+
+# the KV cache types llama.cpp accepts for -ctk/-ctv (common/arg.cpp kv_cache_types)
+CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")

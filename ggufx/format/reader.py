@@ -28,6 +28,13 @@ MAX_ARRAY_DEPTH = 8
 INT64_MAX = (1 << 63) - 1
 FIRST_READ = 1 << 20
 STRING_ESTIMATE_MARGIN = 1.2
+PREAMBLE_SIZE = 24  # magic, version, tensor count, metadata count
+MIN_TENSOR_INFO = 24  # bytes of the smallest tensor info: empty name, no dimensions, type, offset
+MIN_KV = 13  # bytes of the smallest metadata record: empty key, type, a one-byte value
+
+# a tensor info as read, before the layout step sizes and places it (a plain tuple: a model has
+# thousands): name, shape, type, data offset, element count, offset of the info in the file
+_RawTensor = tuple[str, tuple[int, ...], GGMLType, int, int, int]
 
 
 class ByteSource(Protocol):
@@ -146,18 +153,36 @@ class _Cursor:
 
 
 def parse_header(src: ByteSource) -> GGUFHeader:
-    """Parse and validate the header of ``src``. Costs O(header) reads, never O(file)."""
+    """Parse and validate the header of ``src``. Costs O(header) reads, never O(file).
+
+    Four steps, each needing the one before: the preamble (magic, version, counts), the metadata
+    (which sets the alignment), the tensor infos, and the layout of their data."""
     cur = _Cursor(src)
+    version, bo = _read_version(cur)
+    n_tensors, n_kv = _read_counts(cur, bo)
+    p = _Parser(cur, bo)
+    kvs, tensor_info_offset = p.metadata(PREAMBLE_SIZE, n_kv)
+    alignment = _alignment(cur.path, kvs)
+    infos, header_end = p.tensor_infos(tensor_info_offset, n_tensors, alignment)
+    data_offset = _data_offset(cur, header_end, alignment, bool(infos))
+    tensors = _place_tensors(cur.path, infos, data_offset, max(0, cur.size - data_offset), alignment)
+    return GGUFHeader(cur.path, cur.size, version, bo, kvs, tensors, alignment, PREAMBLE_SIZE, tensor_info_offset,
+                      header_end, data_offset, cur.data)
+
+
+def _read_version(cur: _Cursor) -> tuple[int, str]:
+    """Check the magic and read the version, which also tells the byte order: ``(version, '<' or '>')``."""
     path = cur.path
     if cur.size < 4:
         raise TruncatedError(path, 0, f"file is {cur.size} bytes, too small to be GGUF")
-    cur.need(min(cur.size, 24), 0, "header")
+    cur.need(min(cur.size, PREAMBLE_SIZE), 0, "header")
     data = cur.data
     if bytes(data[:4]) != GGUF_MAGIC:
         raise FormatError(path, 0, f"not a GGUF file (magic {bytes(data[:4])!r}, expected b'GGUF')")
     cur.need(8, 4, "version")
     (version,) = struct.unpack_from("<I", data, 4)
     bo = "<"
+    # a big-endian file's small version number reads as a multiple of 65536 in little-endian
     if version & 0xFFFF == 0 and version != 0:
         bo = ">"
         (version,) = struct.unpack_from(">I", data, 4)
@@ -165,83 +190,50 @@ def parse_header(src: ByteSource) -> GGUFHeader:
         raise UnsupportedVersionError(path, 4, "GGUF version 1 is not supported (llama.cpp reads v2 and v3 only)")
     if version not in (2, 3):
         raise UnsupportedVersionError(path, 4, f"unknown GGUF version {version} (this reader knows 2 and 3)")
-    cur.need(24, 8, "tensor and metadata counts")
-    n_tensors, n_kv = struct.unpack_from(bo + "qq", data, 8)
-    remaining = cur.size - 24
-    if n_tensors < 0 or n_tensors * 24 > remaining:
+    return version, bo
+
+
+def _read_counts(cur: _Cursor, bo: str) -> tuple[int, int]:
+    """Read ``(tensor count, metadata count)``, refusing counts the file is too small to hold."""
+    path = cur.path
+    cur.need(PREAMBLE_SIZE, 8, "tensor and metadata counts")
+    n_tensors, n_kv = struct.unpack_from(bo + "qq", cur.data, 8)
+    remaining = cur.size - PREAMBLE_SIZE
+    if n_tensors < 0 or n_tensors * MIN_TENSOR_INFO > remaining:
         raise FormatError(path, 8, f"tensor count {n_tensors:,} is impossible for a {cur.size:,}-byte file")
-    if n_kv < 0 or n_kv * 13 > remaining:
+    if n_kv < 0 or n_kv * MIN_KV > remaining:
         raise FormatError(path, 16, f"metadata count {n_kv:,} is impossible for a {cur.size:,}-byte file")
+    return n_tensors, n_kv
 
-    p = _Parser(cur, bo)
-    pos = 24
-    kvs: dict[str, KV] = {}
-    for _ in range(n_kv):
-        start = pos
-        raw_key, pos = p.string(pos, "metadata key")
-        try:
-            key = bytes(raw_key).decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise ValidationError(path, start, f"metadata key is not valid UTF-8 ({e.reason} at byte {e.start})") from None
-        if key in kvs:
-            raise ValidationError(path, start, f"duplicate metadata key {key!r}")
-        vtype, pos = p.value_type(pos, key)
-        value, pos = p.value(vtype, pos, key, 0)
-        kvs[key] = KV(key, vtype, value, start, pos)
 
-    alignment = DEFAULT_ALIGNMENT
+def _alignment(path: str, kvs: dict[str, KV]) -> int:
+    """The data alignment in bytes: ``general.alignment`` (a u32 power of two), else 32."""
     akv = kvs.get("general.alignment")
-    if akv is not None:
-        if akv.type is not ValueType.UINT32:
-            raise ValidationError(path, akv.offset, f"general.alignment must be u32, not {akv.type.short}")
-        alignment = akv.value
-        if alignment == 0 or alignment & (alignment - 1):
-            raise ValidationError(path, akv.offset, f"general.alignment {alignment} is not a power of two")
+    if akv is None:
+        return DEFAULT_ALIGNMENT
+    if akv.type is not ValueType.UINT32:
+        raise ValidationError(path, akv.offset, f"general.alignment must be u32, not {akv.type.short}")
+    alignment: int = akv.value
+    if alignment == 0 or alignment & (alignment - 1):
+        raise ValidationError(path, akv.offset, f"general.alignment {alignment} is not a power of two")
+    return alignment
 
-    tensor_info_offset = pos
-    infos: list[tuple[str, tuple[int, ...], GGMLType, int, int, int]] = []
-    names: set[str] = set()
-    for _ in range(n_tensors):
-        start = pos
-        raw_name, pos = p.string(pos, "tensor name")
-        name = decode_str(raw_name)
-        if len(raw_name) >= MAX_NAME:
-            raise ValidationError(path, start, f"tensor name {name[:40]!r}... is {len(raw_name)} bytes, llama.cpp allows {MAX_NAME - 1}")
-        if name in names:
-            raise ValidationError(path, start, f"duplicate tensor name {name!r}")
-        names.add(name)
-        cur.need(pos + 4, pos, f"tensor {name!r}")
-        (n_dims,) = struct.unpack_from(bo + "I", cur.data, pos)
-        if n_dims > MAX_DIMS:
-            raise ValidationError(path, pos, f"tensor {name!r} has {n_dims} dimensions, ggml allows at most {MAX_DIMS}")
-        pos += 4
-        cur.need(pos + 8 * n_dims + 12, pos, f"tensor {name!r}")
-        shape = struct.unpack_from(f"{bo}{n_dims}q", cur.data, pos)
-        n_elements = 1
-        for d, ne in enumerate(shape):
-            if ne <= 0:
-                raise ValidationError(path, pos + 8 * d, f"tensor {name!r} has dimension {d} = {ne}, must be positive")
-            n_elements *= ne
-            if n_elements > INT64_MAX:
-                raise ValidationError(path, pos + 8 * d, f"tensor {name!r} element count overflows int64 (shape {list(shape)})")
-        pos += 8 * n_dims
-        type_id, offset = struct.unpack_from(bo + "iQ", cur.data, pos)
-        if type_id < 0:
-            raise ValidationError(path, pos, f"tensor {name!r} has invalid ggml type {type_id}")
-        gt = ggml_type(type_id)
-        if gt.known and shape and shape[0] % gt.block_size:
-            raise ValidationError(path, pos, f"tensor {name!r}: ne[0] = {shape[0]} is not a multiple of the {gt.name} block size {gt.block_size}")
-        if offset % alignment:
-            raise ValidationError(path, pos + 4, f"tensor {name!r} data offset {offset} is not a multiple of the alignment {alignment}")
-        pos += 12
-        infos.append((name, shape, gt, offset, n_elements, start))
 
-    header_end = pos
+def _data_offset(cur: _Cursor, header_end: int, alignment: int, has_tensors: bool) -> int:
+    """Where the data section starts: the end of the header rounded up to the alignment."""
     data_offset = -(-header_end // alignment) * alignment
-    if infos and data_offset > cur.size:
-        raise TruncatedError(path, header_end, f"data section would start at {data_offset:,}, past the end of the file ({cur.size:,} bytes)")
-    data_size = max(0, cur.size - data_offset)
+    if has_tensors and data_offset > cur.size:
+        raise TruncatedError(cur.path, header_end, f"data section would start at {data_offset:,}, "
+                                                   f"past the end of the file ({cur.size:,} bytes)")
+    return data_offset
 
+
+def _place_tensors(path: str, infos: list[_RawTensor], data_offset: int, data_size: int,
+                   alignment: int) -> list[TensorInfo]:
+    """Size each tensor and check that the tensors are packed in order inside the data section.
+
+    ``data_size`` is the bytes from ``data_offset`` to the end of the file. A tensor of a type
+    gguf-py does not know is sized by the next tensor's offset (or the end of the file)."""
     tensors: list[TensorInfo] = []
     expected = 0
     for i, (name, shape, gt, offset, n_elements, info_at) in enumerate(infos):
@@ -255,15 +247,30 @@ def parse_header(src: ByteSource) -> GGUFHeader:
             nbytes = gt.nbytes(n_elements)
         if offset != expected:
             how = "overlaps the previous tensor" if offset < expected else "leaves a gap after the previous tensor"
-            raise ValidationError(path, info_at, f"tensor {name!r} has data offset {offset:,}, expected {expected:,} (it {how}; llama.cpp requires tensors packed in order)")
+            raise ValidationError(path, info_at, f"tensor {name!r} has data offset {offset:,}, expected {expected:,} "
+                                                 f"(it {how}; llama.cpp requires tensors packed in order)")
         if offset + nbytes > data_size:
-            raise TruncatedError(path, data_offset + offset, f"tensor {name!r} data ({nbytes:,} bytes at data offset {offset:,}) runs past the end of the file")
+            raise TruncatedError(path, data_offset + offset, f"tensor {name!r} data ({nbytes:,} bytes at data offset "
+                                                             f"{offset:,}) runs past the end of the file")
         expected = offset + -(-nbytes // alignment) * alignment
         tensors.append(TensorInfo(name, shape, gt, offset, data_offset + offset, n_elements, nbytes,
                                   0, info_at, derived))
+    return tensors
 
-    return GGUFHeader(path, cur.size, version, bo, kvs, tensors, alignment, 24, tensor_info_offset,
-                      header_end, data_offset, cur.data)
+
+def _element_count(path: str, name: str, shape: tuple[int, ...], at: int) -> int:
+    """The number of elements of ``shape``, whose dimensions start at offset ``at``.
+
+    Every dimension must be positive and the product must fit int64, as ggml requires."""
+    n_elements = 1
+    for d, ne in enumerate(shape):
+        if ne <= 0:
+            raise ValidationError(path, at + 8 * d, f"tensor {name!r} has dimension {d} = {ne}, must be positive")
+        n_elements *= ne
+        if n_elements > INT64_MAX:
+            raise ValidationError(path, at + 8 * d, f"tensor {name!r} element count overflows int64 "
+                                                    f"(shape {list(shape)})")
+    return n_elements
 
 
 class _Parser:
@@ -274,6 +281,70 @@ class _Parser:
         self.bo = bo
         self.u64 = struct.Struct(bo + "Q")
         self.i32 = struct.Struct(bo + "i")
+
+    def metadata(self, pos: int, n_kv: int) -> tuple[dict[str, KV], int]:
+        """Read ``n_kv`` metadata records from ``pos``: ``(records by key, end offset)``."""
+        path = self.cur.path
+        kvs: dict[str, KV] = {}
+        for _ in range(n_kv):
+            start = pos
+            raw_key, pos = self.string(pos, "metadata key")
+            try:
+                key = bytes(raw_key).decode("utf-8")
+            except UnicodeDecodeError as e:
+                why = f"metadata key is not valid UTF-8 ({e.reason} at byte {e.start})"
+                raise ValidationError(path, start, why) from None
+            if key in kvs:
+                raise ValidationError(path, start, f"duplicate metadata key {key!r}")
+            vtype, pos = self.value_type(pos, key)
+            value, pos = self.value(vtype, pos, key, 0)
+            kvs[key] = KV(key, vtype, value, start, pos)
+        return kvs, pos
+
+    def tensor_infos(self, pos: int, n_tensors: int, alignment: int) -> tuple[list[_RawTensor], int]:
+        """Read ``n_tensors`` tensor infos from ``pos``: ``(infos in file order, end offset)``."""
+        infos: list[_RawTensor] = []
+        names: set[str] = set()
+        for _ in range(n_tensors):
+            info, pos = self.tensor_info(pos, names, alignment)
+            names.add(info[0])
+            infos.append(info)
+        return infos, pos
+
+    def tensor_info(self, start: int, names: set[str], alignment: int) -> tuple[_RawTensor, int]:
+        """Read the tensor info at ``start``: name, dimensions, shape, type, data offset.
+
+        ``names`` holds the names read so far: a repeated name is an error."""
+        cur = self.cur
+        path = cur.path
+        bo = self.bo
+        raw_name, pos = self.string(start, "tensor name")
+        name = decode_str(raw_name)
+        if len(raw_name) >= MAX_NAME:
+            raise ValidationError(path, start, f"tensor name {name[:40]!r}... is {len(raw_name)} bytes, "
+                                               f"llama.cpp allows {MAX_NAME - 1}")
+        if name in names:
+            raise ValidationError(path, start, f"duplicate tensor name {name!r}")
+        cur.need(pos + 4, pos, f"tensor {name!r}")
+        (n_dims,) = struct.unpack_from(bo + "I", cur.data, pos)
+        if n_dims > MAX_DIMS:
+            raise ValidationError(path, pos, f"tensor {name!r} has {n_dims} dimensions, ggml allows at most {MAX_DIMS}")
+        pos += 4
+        cur.need(pos + 8 * n_dims + 12, pos, f"tensor {name!r}")
+        shape = struct.unpack_from(f"{bo}{n_dims}q", cur.data, pos)
+        n_elements = _element_count(path, name, shape, pos)
+        pos += 8 * n_dims
+        type_id, offset = struct.unpack_from(bo + "iQ", cur.data, pos)
+        if type_id < 0:
+            raise ValidationError(path, pos, f"tensor {name!r} has invalid ggml type {type_id}")
+        gt = ggml_type(type_id)
+        if gt.known and shape and shape[0] % gt.block_size:
+            raise ValidationError(path, pos, f"tensor {name!r}: ne[0] = {shape[0]} is not a multiple of the "
+                                             f"{gt.name} block size {gt.block_size}")
+        if offset % alignment:
+            raise ValidationError(path, pos + 4, f"tensor {name!r} data offset {offset} is not a multiple of the "
+                                                 f"alignment {alignment}")
+        return (name, shape, gt, offset, n_elements, start), pos + 12
 
     def string(self, pos: int, what: str) -> tuple[bytearray, int]:
         cur = self.cur
@@ -317,12 +388,14 @@ class _Parser:
         left = cur.size - pos
         if etype is ValueType.STRING:
             if count > left // 8:
-                raise TruncatedError(path, pos - 8, f"array {key!r} claims {count:,} strings, more than the file can hold")
+                raise TruncatedError(path, pos - 8,
+                                     f"array {key!r} claims {count:,} strings, more than the file can hold")
             end = self._skip_strings(pos, count, key)
             return GGUFArray(cur.data, self.bo, etype, count, pos, end - pos), end
         if etype is ValueType.ARRAY:
             if count > left // 12:
-                raise TruncatedError(path, pos - 8, f"array {key!r} claims {count:,} nested arrays, more than the file can hold")
+                raise TruncatedError(path, pos - 8,
+                                     f"array {key!r} claims {count:,} nested arrays, more than the file can hold")
             items = []
             start = pos
             for _ in range(count):
@@ -331,7 +404,8 @@ class _Parser:
             return GGUFArray(cur.data, self.bo, etype, count, start, pos - start, items), pos
         size = SCALAR_SIZE[etype]
         if count > left // size:
-            raise TruncatedError(path, pos - 8, f"array {key!r} claims {count:,} x {etype.short} ({count * size:,} bytes), more than the file has left")
+            raise TruncatedError(path, pos - 8, f"array {key!r} claims {count:,} x {etype.short} "
+                                                f"({count * size:,} bytes), more than the file has left")
         nbytes = count * size
         cur.need(pos + nbytes, pos, f"array {key!r}")
         return GGUFArray(cur.data, self.bo, etype, count, pos, nbytes), pos + nbytes

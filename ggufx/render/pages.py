@@ -9,13 +9,9 @@ import sys
 from typing import Any
 
 from ggufx._version import __version__
-from ggufx.analysis.tables import layer_grid, role_table
 from ggufx.format.ggmltypes import ggml_type_by_name
-from ggufx.analysis.memory import MiB, estimate
-from ggufx.model import GGUFModel
-from ggufx.analysis.summary import summarize
 
-CONTEXTS = (4096, 32768, 131072)
+MiB = 1 << 20
 
 
 def templates_dir() -> str:
@@ -47,50 +43,42 @@ def _colour(type_name: str) -> str:
     return "#%02x%02x%02x" % rgb
 
 
-def context(model: GGUFModel) -> dict[str, Any]:
-    """Everything the report templates show, from the same library calls as the CLI."""
-    from ggufx.chat.dialect import analyze
-    from ggufx.chat.sources import special_tokens
-
-    s = summarize(model).to_dict()
-    grid = layer_grid(model)
-    full = layer_grid(model, collapse=False)
+def context(report: dict[str, Any]) -> dict[str, Any]:
+    """What the page templates show, from ``results.report`` (the object ``report --json`` prints)."""
+    s = report["summary"]
+    full = report["layer_map"]
     colours = {name: _colour(name) for name in s["types"]}
     cell, label_w, top = 16, 70, 110
-    columns = [{"x": label_w + i * cell + 4, "y": top - 6, "text": role} for i, role in enumerate(full.roles)]
+    roles = full["roles"]
+    columns = [{"x": label_w + i * cell + 4, "y": top - 6, "text": role} for i, role in enumerate(roles)]
     rows, cells = [], []
-    for j, r in enumerate(full.rows):
+    for j, r in enumerate(full["layers"]):
         y = top + j * cell
-        rows.append({"y": y, "text": f"{r.first} {'S' if 'SWA' in r.kind else 'R' if 'recurrent' in r.kind else 'A' if 'attention' in r.kind else ''}"})
-        for i, role in enumerate(full.roles):
-            t = r.types[role]
+        kind = r["kind"]
+        letter = "S" if "SWA" in kind else "R" if "recurrent" in kind else "A" if "attention" in kind else ""
+        rows.append({"y": y, "text": f"{r['first']} {letter}"})
+        for i, role in enumerate(roles):
+            t = r["types"][role]
             if t:
                 colours.setdefault(t, _colour(t))
                 cells.append({"x": label_w + i * cell, "y": y, "w": cell - 1, "h": cell - 1, "fill": colours[t],
-                              "title": f"layer {r.first} {role}: {t} ({r.kind})"})
-    heat = {"width": label_w + max(1, len(full.roles)) * cell + 80, "height": top + len(full.rows) * cell + 10,
+                              "title": f"layer {r['first']} {role}: {t} ({kind})"})
+    heat = {"width": label_w + max(1, len(roles)) * cell + 80, "height": top + len(full["layers"]) * cell + 10,
             "columns": columns, "rows": rows, "cells": cells}
-    n_train = s["context_length"] or 0
-    ctxs = sorted({c for c in (*CONTEXTS, n_train) if c and (not n_train or c <= n_train)})
-    memory = [estimate(model, c, cache_type_k=ct, cache_type_v=ct) for c in ctxs for ct in ("f16", "q8_0", "q4_0")]
-    tmpl = model.metadata.get_str("tokenizer.chat_template")
-    info = None
-    if tmpl is not None:
-        bos, eos = special_tokens(model)
-        info = analyze(tmpl, {"bos_token": bos or "", "eos_token": eos or ""}).to_dict()
-    return {"s": s, "roles": role_table(model), "grid": grid, "heat": heat, "colours": colours,
-            "layer_counts": grid.counts(), "memory": memory, "MiB": MiB, "template": info, "version": __version__}
+    return {"s": s, "roles": report["roles"], "grid": report["layers"], "heat": heat, "colours": colours,
+            "layer_counts": report["layers"]["layer_kinds"], "memory": report["memory"], "MiB": MiB,
+            "template": report["chat_template"], "version": __version__}
 
 
-def render(model: GGUFModel, fmt: str = "html") -> str:
-    """The report as HTML (``fmt="html"``) or Markdown (``fmt="md"``)."""
+def render(report: dict[str, Any], fmt: str = "html") -> str:
+    """The report (``results.report``) as HTML (``fmt="html"``) or Markdown (``fmt="md"``)."""
     import jinja2
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(templates_dir()), autoescape=fmt == "html",
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     env.filters["md"] = _md_escape
     name = "report.html.j2" if fmt == "html" else "report.md.j2"
-    return env.get_template(name).render(**context(model))
+    return env.get_template(name).render(**context(report))
 
 
 def _md_escape(value: Any) -> str:

@@ -1,4 +1,8 @@
-"""Text renderings of results. Pure: dataclasses in, strings out (no click, no I/O)."""
+"""Text renderings of the read-only commands' results.
+
+Each function takes the object a :mod:`ggufx.results` function built (the same object ``--json``
+prints) and returns the table text, so a command has one data path: result -> JSON or text.
+Pure: dicts in, strings out (no click, no I/O)."""
 
 from __future__ import annotations
 
@@ -6,11 +10,7 @@ import json
 from typing import Any
 
 from ggufx.render import table
-from ggufx.format.reader import KV, TensorInfo
-from ggufx.analysis.summary import ModelSummary
-from ggufx.format.values import GGUFArray, ValueType, f32_short
 
-ARRAY_HEAD = 8  # array elements shown without --full
 STR_WIDTH = 72  # string characters shown in tables without --full
 
 
@@ -30,41 +30,50 @@ def human_params(n: int) -> str:
     return str(n)
 
 
-def info_text(s: ModelSummary, fmt: str = "simple") -> str:
-    ft = s.file_type_label or "-"
-    if s.file_type_guessed:
+def info_text(s: dict[str, Any], fmt: str = "simple") -> str:
+    """``ggufx info``: facts, then the type histogram (``results.info``)."""
+    ft = s["file_type_label"] or "-"
+    if s["file_type_guessed"]:
         ft += " (guessed from tensor types)"
+    ct = s["chat_template"]
     tmpl = "none"
-    if s.chat_template.present:
-        tmpl = f"{s.chat_template.length:,} chars, starts: {_clip(s.chat_template.first_line or '', 60)}"
-    if s.chat_template.named:
-        tmpl += f" (+ named: {', '.join(s.chat_template.named)})"
+    if ct["present"]:
+        tmpl = f"{ct['length']:,} chars, starts: {_clip(ct['first_line'] or '', 60)}"
+    if ct["named"]:
+        tmpl += f" (+ named: {', '.join(ct['named'])})"
+    shards = len(s["shards"])
     facts = [
-        ("file", s.path),
-        ("architecture", s.architecture or "-"),
-        ("name", s.name or "-"),
+        ("file", s["path"]),
+        ("architecture", s["architecture"] or "-"),
+        ("name", s["name"] or "-"),
         ("file type", ft),
-        ("file size", f"{human_bytes(s.file_bytes)} ({s.file_bytes:,} bytes)"
-         + (f" in {s.shards} shards" if s.shards > 1 else "")),
-        ("GGUF", f"v{s.version}, {s.endianness}-endian, alignment {s.alignment}, {s.kv_count} keys"),
-        ("tensors", f"{s.tensor_count:,}"),
-        ("parameters", f"{human_params(s.parameters)} ({s.parameters:,})"),
-        ("BPW", f"{s.bpw:.4f}  (all tensors: 8 x {s.tensor_bytes:,} bytes / parameters, as llama.cpp prints)"),
-        ("BPW weights", f"{s.bpw_weights:.4f}  (only the {human_params(s.weight_parameters)} weights llama-quantize quantizes)"),
-        ("context length", _opt(s.context_length)),
-        ("block count", _opt(s.block_count)),
-        ("embedding length", _opt(s.embedding_length)),
-        ("vocabulary", _opt(s.vocab_size)),
+        ("file size", f"{human_bytes(s['file_bytes'])} ({s['file_bytes']:,} bytes)"
+         + (f" in {shards} shards" if shards > 1 else "")),
+        ("GGUF", f"v{s['gguf_version']}, {s['endianness']}-endian, alignment {s['alignment']}, {s['kv_count']} keys"),
+        ("tensors", f"{s['tensor_count']:,}"),
+        ("parameters", f"{human_params(s['parameters'])} ({s['parameters']:,})"),
+        ("BPW", f"{s['bpw']:.4f}  (all tensors: 8 x {s['tensor_bytes']:,} bytes / parameters, as llama.cpp prints)"),
+        ("BPW weights", f"{s['bpw_weights']:.4f}  (only the {human_params(s['weight_parameters'])} weights "
+                        "llama-quantize quantizes)"),
+        ("context length", _opt(s["context_length"])),
+        ("block count", _opt(s["block_count"])),
+        ("embedding length", _opt(s["embedding_length"])),
+        ("vocabulary", _opt(s["vocab_size"])),
         ("chat template", tmpl),
     ]
-    if s.unknown_types:
-        facts.append(("unknown types", ", ".join(s.unknown_types) + " (size derived from offsets; upgrade gguf)"))
+    if s["unknown_types"]:
+        facts.append(("unknown types", ", ".join(s["unknown_types"]) + " (size derived from offsets; upgrade gguf)"))
     width = max(len(k) for k, _ in facts)
     head = "\n".join(f"{k.ljust(width)}  {v}" for k, v in facts)
-    rows = [(t.type, t.count, t.parameters, t.bytes, f"{100 * t.share:.2f}%", f"{t.bpw:.2f}") for t in s.types]
-    hist = table.render(rows, ("type", "tensors", "parameters", "bytes", "share", "BPW"), fmt,
-                        align="lrrrrr")
-    return f"{head}\n\n{hist}"
+    rows = [(name, t["count"], t["parameters"], t["bytes"], f"{100 * t['share']:.2f}%", f"{t['bpw']:.2f}")
+            for name, t in s["types"].items()]
+    hist = table.render(rows, ("type", "tensors", "parameters", "bytes", "share", "BPW"), fmt, align="lrrrrr")
+    text = f"{head}\n\n{hist}"
+    server = s.get("server")
+    if server is not None:
+        same = {True: "the file's", False: "NOT the file's", None: "not reported"}[server["template_matches_file"]]
+        text += f"\n\nserver: {server['url']} (n_ctx {server['n_ctx']}, chat template {same})"
+    return text
 
 
 def _opt(v: int | None) -> str:
@@ -76,85 +85,132 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-# -- tensors -----------------------------------------------------------------------------------
-
-def tensor_dict(t: TensorInfo) -> dict[str, Any]:
-    return {"name": t.name, "type": t.type.name, "shape": list(t.shape), "elements": t.n_elements,
-            "bytes": t.nbytes, "bpw": round(t.bpw, 4), "shard": t.shard, "offset": t.offset,
-            "file_offset": t.file_offset, "size_derived": t.size_derived}
-
-
-def tensors_text(tensors: list[TensorInfo], fmt: str = "simple", show_shard: bool = False) -> str:
+def tensors_text(res: dict[str, Any], fmt: str = "simple", show_shard: bool = False) -> str:
+    """``ggufx tensors`` (``results.tensors``); ``show_shard`` for split models."""
     headers = ["name", "type", "shape", "elements", "bytes", "BPW"]
     if show_shard:
         headers.append("shard")
     headers.append("offset")
     rows = []
-    for t in tensors:
-        row: list[Any] = [t.name, t.type.name, " x ".join(map(str, t.shape)), t.n_elements, t.nbytes, f"{t.bpw:.2f}"]
+    for t in res["tensors"]:
+        row: list[Any] = [t["name"], t["type"], " x ".join(map(str, t["shape"])), t["elements"], t["bytes"],
+                          f"{t['bpw']:.2f}"]
         if show_shard:
-            row.append(t.shard + 1)
-        row.append(t.file_offset)
+            row.append(t["shard"] + 1)
+        row.append(t["file_offset"])
         rows.append(row)
     return table.render(rows, headers, fmt, align="lllrrr" + ("r" if show_shard else "") + "r")
 
 
 # -- metadata ----------------------------------------------------------------------------------
 
-def type_label(kv: KV) -> str:
-    if kv.type is ValueType.ARRAY:
-        return f"arr[{_elem_label(kv.value)}]"
-    return kv.type.short
+def type_label(record: dict[str, Any]) -> str:
+    """``u32``, ``str``, ``arr[str,262144]``, ``arr[arr[i32,2],3]`` (a ``results.meta`` record)."""
+    return record.get("type_label", record["type"])
 
 
-def _elem_label(a: GGUFArray) -> str:
-    label = f"{a.elem_type.short},{a.count}"
-    if a.elem_type is ValueType.ARRAY and a.count:
-        label = f"arr[{_elem_label(a[0])}],{a.count}"
-    return label
-
-
-def json_value(kv_type: ValueType, value: Any, full: bool) -> Any:
-    """A metadata value as JSON: floats as the shortest float32 text, arrays optionally cut."""
-    if kv_type is ValueType.FLOAT32:
-        return f32_short(value)
-    if kv_type is ValueType.ARRAY:
-        a: GGUFArray = value
-        if a.elem_type is ValueType.ARRAY:
-            return [json_value(ValueType.ARRAY, v, full) for v in (a if full else a[:ARRAY_HEAD])]
-        items = a.tolist() if full else a[:ARRAY_HEAD]
-        if a.elem_type is ValueType.FLOAT32:
-            items = [f32_short(v) for v in items]
-        return items
-    return value
-
-
-def kv_dict(kv: KV, full: bool) -> dict[str, Any]:
-    d: dict[str, Any] = {"type": kv.type.short}
-    if kv.type is ValueType.ARRAY:
-        d["element_type"] = kv.value.elem_type.short
-        d["length"] = kv.value.count
-        d["truncated"] = (not full) and kv.value.count > ARRAY_HEAD
-    d["value"] = json_value(kv.type, kv.value, full)
-    d["offset"] = kv.offset
-    return d
-
-
-def value_text(kv: KV, full: bool) -> str:
-    if kv.type is ValueType.STRING:
-        return kv.value if full else _clip(kv.value, STR_WIDTH)
-    if kv.type is ValueType.ARRAY:
-        a: GGUFArray = kv.value
-        items = json_value(kv.type, a, full)
-        text = json.dumps(items, ensure_ascii=False)
-        if not full and a.count > ARRAY_HEAD:
-            text = text[:-1] + f", … {a.count - ARRAY_HEAD:,} more]"
+def value_text(record: dict[str, Any], full: bool) -> str:
+    """One metadata value as a table cell (``full``: whole strings and arrays)."""
+    vtype, value = record["type"], record["value"]
+    if vtype == "str":
+        return value if full else _clip(value, STR_WIDTH)
+    if vtype == "arr":
+        text = json.dumps(value, ensure_ascii=False)
+        shown = len(value)
+        if not full and record["length"] > shown:
+            text = text[:-1] + f", … {record['length'] - shown:,} more]"
         return text if full else _clip(text, STR_WIDTH * 2)
-    if kv.type is ValueType.FLOAT32:
-        return repr(f32_short(kv.value))
-    return str(kv.value).lower() if kv.type is ValueType.BOOL else str(kv.value)
+    if vtype == "f32":
+        return repr(value)
+    return str(value).lower() if vtype == "bool" else str(value)
 
 
-def meta_text(kvs: list[KV], full: bool, fmt: str = "simple") -> str:
-    rows = [(kv.key, type_label(kv), value_text(kv, full)) for kv in kvs]
+def meta_text(res: dict[str, Any], full: bool, fmt: str = "simple") -> str:
+    """``ggufx meta`` (``results.meta``)."""
+    rows = [(key, type_label(rec), value_text(rec, full)) for key, rec in res["metadata"].items()]
     return table.render(rows, ("key", "type", "value"), fmt, align="lll")
+
+
+# -- quant analysis ------------------------------------------------------------------------------
+
+def roles_text(res: dict[str, Any], fmt: str = "simple") -> str:
+    """``ggufx roles`` (``results.roles``)."""
+    rows = [(r["role"], r["tensors"], ", ".join(f"{t} {n}" for t, n in r["types"].items()), r["parameters"],
+             r["bytes"], f"{100 * r['share']:.2f}%", f"{r['bpw']:.2f}") for r in res["roles"]]
+    return table.render(rows, ("role", "tensors", "types", "parameters", "bytes", "share", "BPW"), fmt,
+                        align="lrlrrrr")
+
+
+def layers_text(res: dict[str, Any], fmt: str = "simple") -> str:
+    """``ggufx layers`` (``results.layers``): the grid, then the count of layers per kind."""
+    roles = res["roles"]
+    rows = []
+    for r in res["layers"]:
+        span = str(r["first"]) if r["first"] == r["last"] else f"{r['first']}-{r['last']}"
+        rows.append([span, r["kind"], *[r["types"][role] or "-" for role in roles], f"{r['bpw']:.2f}"])
+    grid = table.render(rows, ["layers", "kind", *roles, "BPW"], fmt, align="ll" + "l" * len(roles) + "r")
+    counts = ", ".join(f"{n} {kind}" for kind, n in res["layer_kinds"].items())
+    return f"{grid}\n\n{len(res['per_layer'])} layers: {counts}"
+
+
+def recipe_text(res: dict[str, Any], fmt: str = "command") -> str:
+    """``ggufx recipe`` (``results.recipe``) as a command line, a --tensor-type-file or arguments."""
+    if fmt == "tensor-type-file":
+        return res["tensor_type_file"]
+    if fmt == "args":
+        return "\n".join(res["args"])
+    return res["command"]
+
+
+def diff_text(res: dict[str, Any], fmt: str = "simple") -> str:
+    """``ggufx diff`` (``results.diff``)."""
+    out = []
+    if res["type_changes"]:
+        out.append(table.render([(c["role"], c["layers"] or "-", c["before"], c["after"], c["tensors"])
+                                 for c in res["type_changes"]], ("role", "layers", "A", "B", "tensors"), fmt,
+                                align="lllll"))
+    md = res["metadata"]
+    for label, names in (("added tensors", res["tensors_added"]), ("removed tensors", res["tensors_removed"]),
+                         ("shape changes", res["shape_changes"]), ("metadata added", md["added"]),
+                         ("metadata removed", md["removed"]), ("metadata changed", md["changed"])):
+        if names:
+            out.append(f"{label}: {', '.join(names[:20])}{' ...' if len(names) > 20 else ''}")
+    bpw, tb, fb = res["bpw"], res["tensor_bytes"], res["file_bytes"]
+    out.append(f"BPW {bpw['a']:.4f} -> {bpw['b']:.4f} ({bpw['change']:+.4f}); tensor bytes {tb['a']:,} -> "
+               f"{tb['b']:,} ({tb['change']:+,}); file {fb['a']:,} -> {fb['b']:,}")
+    if res["identical_tensors"]:
+        out.append("tensors: same names, shapes and types")
+    return "\n".join(out)
+
+
+MiB = 1 << 20
+
+
+def memory_text(res: dict[str, Any], fmt: str = "simple") -> str:
+    """``ggufx mem`` (``results.memory``): one row per part, in MiB, then llama.cpp's notes."""
+    w, kv, rec = res["weights"], res["kv_cache"], res["recurrent_state"]
+    full, swa = kv["full_attention"], kv["sliding_window"]
+    offload = ("all layers and the output layer offloaded" if res["n_gpu_layers_requested"] < 0
+               else f"{res['n_gpu_layers']} layers offloaded")
+    rows = [
+        ("weights on GPU", w["gpu"] / MiB, offload),
+        ("weights on host", w["host"] / MiB, "token embedding and layers not offloaded"),
+        ("KV cache (full attention)", full["bytes"] / MiB,
+         f"{full['layers']} layers x {full['cells']:,} cells, K {res['cache_type_k']} V {res['cache_type_v']}"),
+    ]
+    if swa["layers"]:
+        rows.append(("KV cache (sliding window)", swa["bytes"] / MiB, f"{swa['layers']} layers x {swa['cells']:,} cells"))
+    if rec["layers"]:
+        rows.append(("recurrent state", rec["bytes"] / MiB, f"{rec['layers']} layers x {res['parallel']} sequence(s), f32"))
+    rows.append(("compute buffer (estimate)", res["compute_estimate"] / MiB,
+                 f"ubatch {res['n_ubatch']}, flash attention {'on' if res['flash_attn'] else 'off'}"))
+    rows.append(("GPU total", res["gpu_total"] / MiB, f"n_ctx {res['n_ctx']:,}"))
+    text = table.render([(a, f"{b:,.2f}", c) for a, b, c in rows], ("part", "MiB", "how"), fmt, align="lrl")
+    return "\n".join([text, *(f"note: {note}" for note in res["notes"])])
+
+
+def fit_text(res: dict[str, Any], fmt: str = "simple") -> str:
+    """``ggufx mem --fit`` (``results.fit``): the largest context per cache type."""
+    rows = [(f["cache_type"], f"{f['n_ctx']:,}" + (" (training context)" if f["capped_at_training_context"] else ""),
+             f"{f['gpu_bytes'] / MiB:,.0f}") for f in res["fits"]]
+    return table.render(rows, ("KV cache type", "largest context", "GPU MiB"), fmt, align="lrr")

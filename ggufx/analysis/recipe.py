@@ -1,135 +1,18 @@
-"""Where the bits go: per-role and per-layer tables, the recipe that reproduces a quant with
-``llama-quantize``, and the difference between two quants. Pure functions of parsed headers.
-
-BPW everywhere is the whole-model definition applied to the subset: 8 x bytes / elements.
-"""
+"""The ``llama-quantize`` recipe that reproduces a quant's per-tensor types: ``--pure``, a base
+FTYPE and the fewest ``--tensor-type`` rules (first match wins, as llama-quantize applies them)."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from ggufx.format.ggmltypes import file_type_label, ggml_type_by_name
-from ggufx.analysis.layers import LayerKind, layer_kinds
-from ggufx.model import GGUFModel
-from ggufx.format.reader import TensorInfo
 from ggufx.analysis.roles import TOWER_PREFIX, is_quantizable_weight, parse_name
-from ggufx.analysis.summary import summarize, ggml_n_dims
+from ggufx.analysis.summary import ggml_n_dims
+from ggufx.format.ggmltypes import file_type_label, ggml_type_by_name
+from ggufx.format.reader import TensorInfo
+from ggufx.model import GGUFModel
 
-
-def _bpw(nbytes: int, n: int) -> float:
-    return 8.0 * nbytes / n if n else 0.0
-
-
-# -- roles ---------------------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class RoleStat:
-    role: str
-    tensors: int
-    types: dict[str, int]  # type -> tensors, most first
-    parameters: int
-    bytes: int
-    share: float
-    layers: int  # distinct layers the role appears in (0 for global tensors)
-
-    @property
-    def bpw(self) -> float:
-        return _bpw(self.bytes, self.parameters)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"role": self.role, "tensors": self.tensors, "types": self.types, "parameters": self.parameters,
-                "bytes": self.bytes, "share": round(self.share, 6), "bpw": round(self.bpw, 4), "layers": self.layers}
-
-
-def role_table(model: GGUFModel) -> list[RoleStat]:
-    """Per role (``ffn_down``, ``attn_v``, ``ssm_out``, ``token_embd``...): tensors, types with
-    counts, parameters, bytes, share of all tensor bytes, BPW; largest first."""
-    acc: dict[str, dict[str, Any]] = {}
-    total = sum(t.nbytes for t in model.tensors)
-    for t in model.tensors:
-        r = parse_name(t.name)
-        a = acc.setdefault(r.label, {"n": 0, "types": {}, "p": 0, "b": 0, "layers": set()})
-        a["n"] += 1
-        a["types"][t.type.name] = a["types"].get(t.type.name, 0) + 1
-        a["p"] += t.n_elements
-        a["b"] += t.nbytes
-        if r.layer is not None:
-            a["layers"].add(r.layer)
-    rows = [RoleStat(role, a["n"], dict(sorted(a["types"].items(), key=lambda kv: (-kv[1], kv[0]))), a["p"], a["b"],
-                     a["b"] / total if total else 0.0, len(a["layers"])) for role, a in acc.items()]
-    return sorted(rows, key=lambda r: (-r.bytes, r.role))
-
-
-# -- layers --------------------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class LayerRow:
-    first: int
-    last: int  # rows with identical kind and types are collapsed into first..last
-    kind: str
-    types: dict[str, str]  # role -> type ("" when the layer has no such tensor)
-    parameters: int
-    bytes: int
-
-    @property
-    def bpw(self) -> float:
-        return _bpw(self.bytes, self.parameters)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"first": self.first, "last": self.last, "kind": self.kind, "types": self.types,
-                "parameters": self.parameters, "bytes": self.bytes, "bpw": round(self.bpw, 4)}
-
-
-@dataclass(slots=True)
-class LayerGrid:
-    roles: list[str]
-    rows: list[LayerRow]  # collapsed
-    kinds: list[LayerKind] = field(default_factory=list)
-
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for k in self.kinds:
-            out[k.mixer] = out.get(k.mixer, 0) + 1
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"roles": self.roles, "layers": [r.to_dict() for r in self.rows], "layer_kinds": self.counts(),
-                "per_layer": [{"layer": k.index, "mixer": k.mixer, "ffn": k.ffn, "n_head_kv": k.n_head_kv} for k in self.kinds]}
-
-
-def layer_grid(model: GGUFModel, collapse: bool = True) -> LayerGrid:
-    """One row per block (identical neighbours collapsed): kind and the type of each weight role."""
-    kinds = layer_kinds(model)
-    roles: list[str] = []
-    per: dict[int, dict[str, str]] = {}
-    size: dict[int, list[int]] = {}
-    for t in model.tensors:
-        r = parse_name(t.name)
-        if r.layer is None or r.tower is not None:
-            continue
-        s = size.setdefault(r.layer, [0, 0])
-        s[0] += t.n_elements
-        s[1] += t.nbytes
-        if r.kind not in ("weight", ""):
-            continue
-        if r.role not in roles:
-            roles.append(r.role)
-        per.setdefault(r.layer, {})[r.role] = t.type.name
-    rows: list[LayerRow] = []
-    for k in kinds:
-        types = {role: per.get(k.index, {}).get(role, "") for role in roles}
-        p, b = size.get(k.index, [0, 0])
-        if collapse and rows and rows[-1].kind == k.label and rows[-1].types == types and rows[-1].last == k.index - 1:
-            prev = rows[-1]
-            rows[-1] = LayerRow(prev.first, k.index, prev.kind, types, prev.parameters + p, prev.bytes + b)
-        else:
-            rows.append(LayerRow(k.index, k.index, k.label, types, p, b))
-    return LayerGrid(roles, rows, kinds)
-
-
-# -- recipe --------------------------------------------------------------------------------------
 
 # llama.cpp's llama_ftype_get_default_type (llama-quant.cpp), inverted: the FTYPE argument that
 # quantizes to a type by default. Not the loader's guess in ggmltypes.file_type_for_ggml_type:
@@ -209,7 +92,7 @@ class Recipe:
         return {"base": self.ftype, "base_type": self.base, "rules": [r.to_dict() for r in self.rules],
                 "output_tensor_type": self.output_tensor_type, "token_embedding_type": self.token_embedding_type,
                 "pure": True, "allow_requantize": self.requantize, "args": self.args(), "command": self.command(),
-                "unreproducible": self.unreproducible}
+                "tensor_type_file": self.tensor_type_file(), "unreproducible": self.unreproducible}
 
 
 def _ranges(layers: list[int]) -> str:
@@ -311,92 +194,3 @@ def check_recipe(model: GGUFModel, rec: Recipe) -> list[str]:
     """Tensors whose type the recipe would not reproduce (empty when it is exact)."""
     return [t.name for t in model.tensors if is_quantizable_weight(t.name, ggml_n_dims(t.shape))
             and t.name not in rec.unreproducible and _expected(rec, t) != t.type.name]
-
-
-# -- diff ----------------------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class TypeChange:
-    role: str
-    layers: str  # "12-16" or "" for global tensors
-    before: str
-    after: str
-    tensors: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"role": self.role, "layers": self.layers, "before": self.before, "after": self.after, "tensors": self.tensors}
-
-
-def layer_ranges(layers: list[int]) -> str:
-    """[12, 13, 14, 16] -> "12-14, 16"."""
-    out: list[str] = []
-    for n in sorted(set(layers)):
-        if out and (parts := out[-1].split("-")) and int(parts[-1]) == n - 1:
-            out[-1] = f"{parts[0]}-{n}"
-        else:
-            out.append(str(n))
-    return ", ".join(out)
-
-
-@dataclass(slots=True)
-class ModelDiff:
-    a: str
-    b: str
-    type_changes: list[TypeChange]
-    added: list[str]
-    removed: list[str]
-    shape_changes: list[str]
-    metadata_added: list[str]
-    metadata_removed: list[str]
-    metadata_changed: list[str]
-    a_bpw: float
-    b_bpw: float
-    a_bytes: int
-    b_bytes: int
-    a_file_bytes: int
-    b_file_bytes: int
-
-    @property
-    def identical_tensors(self) -> bool:
-        return not (self.type_changes or self.added or self.removed or self.shape_changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"a": self.a, "b": self.b, "type_changes": [c.to_dict() for c in self.type_changes],
-                "tensors_added": self.added, "tensors_removed": self.removed, "shape_changes": self.shape_changes,
-                "metadata": {"added": self.metadata_added, "removed": self.metadata_removed, "changed": self.metadata_changed},
-                "bpw": {"a": round(self.a_bpw, 4), "b": round(self.b_bpw, 4), "change": round(self.b_bpw - self.a_bpw, 4)},
-                "tensor_bytes": {"a": self.a_bytes, "b": self.b_bytes, "change": self.b_bytes - self.a_bytes},
-                "file_bytes": {"a": self.a_file_bytes, "b": self.b_file_bytes, "change": self.b_file_bytes - self.a_file_bytes},
-                "identical_tensors": self.identical_tensors}
-
-
-def diff(a: GGUFModel, b: GGUFModel) -> ModelDiff:
-    ta = {t.name: t for t in a.tensors}
-    tb = {t.name: t for t in b.tensors}
-    groups: dict[tuple[str, str, str], list[int | None]] = {}
-    shapes = []
-    for name in ta.keys() & tb.keys():
-        x, y = ta[name], tb[name]
-        if x.shape != y.shape:
-            shapes.append(name)
-        if x.type.name != y.type.name:
-            r = parse_name(name)
-            groups.setdefault((r.label, x.type.name, y.type.name), []).append(r.layer)
-    changes = []
-    for (role, before, after), layers in sorted(groups.items()):
-        nums = [n for n in layers if n is not None]
-        changes.append(TypeChange(role, layer_ranges(nums), before, after, len(layers)))
-    ma, mb = a.metadata, b.metadata
-    changed = []
-    for k in ma.keys() & mb.keys():
-        ka, kb = ma.kv(k), mb.kv(k)
-        if ka.type != kb.type or bytes(a.header.buf[ka.offset:ka.end]) != bytes(b.header.buf[kb.offset:kb.end]):
-            changed.append(k)
-    sa, sb = summarize(a), summarize(b)
-    return ModelDiff(a.path, b.path, changes, sorted(tb.keys() - ta.keys()), sorted(ta.keys() - tb.keys()), sorted(shapes),
-                     sorted(mb.keys() - ma.keys()), sorted(ma.keys() - mb.keys()), sorted(changed),
-                     sa.bpw, sb.bpw, sa.tensor_bytes, sb.tensor_bytes, sa.file_bytes, sb.file_bytes)
-
-
-__all__ = ["RoleStat", "role_table", "LayerGrid", "layer_grid", "Recipe", "recipe", "check_recipe", "fallback",
-           "ModelDiff", "diff", "layer_ranges"]
