@@ -9,15 +9,47 @@ llama.cpp's converter writes them, and learns new keys by upgrading ``gguf``. Ke
 
 from __future__ import annotations
 
+import sys
+import os
 import importlib.util
 import json
 import math
 import re
 from functools import lru_cache
+from types import ModuleType
 from typing import Any
 
-from ggufx.format.ggmltypes import constants
 from ggufx.format.values import SHORT_NAMES, ValueType
+
+_PRIVATE_NAME = "_ggufx_gguf_constants"
+
+
+@lru_cache(maxsize=1)
+def constants() -> ModuleType:
+    """gguf-py's ``gguf.constants`` module, loaded without importing numpy when possible."""
+    if "gguf.constants" in sys.modules:
+        return sys.modules["gguf.constants"]
+    if _PRIVATE_NAME in sys.modules:
+        return sys.modules[_PRIVATE_NAME]
+    spec = importlib.util.find_spec("gguf")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for loc in locations:
+        path = f"{loc}/constants.py"
+        try:
+            cspec = importlib.util.spec_from_file_location(_PRIVATE_NAME, path)
+            if cspec is None or cspec.loader is None:
+                continue
+            mod = importlib.util.module_from_spec(cspec)
+            sys.modules[_PRIVATE_NAME] = mod
+            cspec.loader.exec_module(mod)
+            return mod
+        except (OSError, ImportError):
+            sys.modules.pop(_PRIVATE_NAME, None)
+            continue
+    import gguf.constants  # noqa: PLC0415 - fallback, pulls numpy via the package __init__
+
+    return gguf.constants
+
 
 _ADD_TYPES = {
     "uint8": ValueType.UINT8, "int8": ValueType.INT8, "uint16": ValueType.UINT16, "int16": ValueType.INT16,
