@@ -2,29 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 import ggufx
-from ggufx.analysis.tables import check_recipe, diff, fallback, layer_grid, layer_ranges, recipe, role_table
-from ggufx.cli import main
+from ggufx.analysis.diff import diff, layer_ranges
+from ggufx.analysis.layers import layer_grid
+from ggufx.analysis.recipe import check_recipe, fallback, recipe
+from ggufx.analysis.roles import role_table
 from ggufx.analysis.layers import layer_kinds
 from ggufx.analysis.memory import estimate, fit, parse_size, row_size
 from ggufx.analysis.roles import parse_name
 from ggufx.analysis.summary import summarize
 
-from .conftest import FIXTURES
+from .conftest import FIXTURES, CliRun
 
 MiB = 1 << 20
-
-
-def run(*args: str):
-    return CliRunner().invoke(main, list(args))
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +52,7 @@ def test_parse_name(name: str, expected: tuple) -> None:
     assert (r.layer, r.role, r.kind, r.tower, r.label) == expected
 
 
-def test_role_table_adds_up(gemma_path: Path) -> None:
+def test_role_table_adds_up(cli: CliRun, gemma_path: Path) -> None:
     m = ggufx.open(gemma_path)
     rows = role_table(m)
     s = summarize(m)
@@ -64,7 +62,7 @@ def test_role_table_adds_up(gemma_path: Path) -> None:
     assert by["ffn_down"].types == {"Q4_K": 9, "Q6_K": 9} and by["ffn_down"].layers == 18
     assert by["token_embd"].types == {"Q8_0": 1} and rows[0].role == "token_embd"
     assert by["ffn_down"].bpw == 8 * by["ffn_down"].bytes / by["ffn_down"].parameters
-    d = json.loads(run("roles", str(gemma_path), "--json").output)
+    d = json.loads(cli("roles", str(gemma_path), "--json").output)
     assert [r["role"] for r in d["roles"]] == [r.role for r in rows]
 
 
@@ -81,18 +79,18 @@ def test_gemma3_layer_kinds_follow_llama_cpp_swa_pattern(gemma_path: Path) -> No
     assert (first.first, first.last, first.types["ffn_down"], first.types["attn_v"]) == (0, 1, "Q6_K", "Q8_0")
 
 
-def test_hybrid_layers(qwen36: Path) -> None:
+def test_hybrid_layers(cli: CliRun, qwen36: Path) -> None:
     m = ggufx.open(qwen36)
     kinds = layer_kinds(m)
     assert [k.index for k in kinds if k.is_attention] == list(range(3, 64, 4))
     assert sum(k.is_recurrent for k in kinds) == 48 and kinds[0].mixer == "recurrent (Gated DeltaNet)"
     roles = {r.role: r for r in role_table(m)}
     assert roles["ssm_out"].types == {"Q8_0": 48} and roles["attn_q"].tensors == 16
-    text = run("layers", str(qwen36)).output
+    text = cli("layers", str(qwen36)).output
     assert "64 layers: 48 recurrent (Gated DeltaNet), 16 attention" in text
 
 
-def test_memory_matches_the_published_hybrid_figures(qwen36: Path) -> None:
+def test_memory_matches_the_published_hybrid_figures(cli: CliRun, qwen36: Path) -> None:
     m = ggufx.open(qwen36)
     e = estimate(m, 262144, cache_type_k="q4_0", cache_type_v="q4_0")
     # 16 attention layers x 4 KV heads x 256 dims x 262,144 cells x (K + V) in q4_0 (18 bytes / 32)
@@ -104,7 +102,7 @@ def test_memory_matches_the_published_hybrid_figures(qwen36: Path) -> None:
     assert f16.kv == 16 * 2 * 4 * 256 * 262144 * 2
     fits = {f.cache_type: f.n_ctx for f in fit(m, parse_size("24GiB"))}
     assert fits["f16"] < fits["q8_0"] <= fits["q4_0"] and all(n % 256 == 0 for n in fits.values())
-    d = json.loads(run("mem", str(qwen36), "--ctx", "262144", "-ctk", "q4_0", "-ctv", "q4_0", "--json").output)
+    d = json.loads(cli("mem", str(qwen36), "--ctx", "262144", "-ctk", "q4_0", "-ctv", "q4_0", "--json").output)
     assert d["kv_cache"]["bytes"] == 4608 * MiB and d["recurrent_state"]["layers"] == 48
 
 
@@ -133,7 +131,7 @@ def test_fallback_types() -> None:
     assert fallback("Q4_K", 100) == "F16"
 
 
-def test_recipe_reproduces_the_files(real_models) -> None:
+def test_recipe_reproduces_the_files(cli: CliRun, real_models) -> None:
     for path in [*real_models.values(), FIXTURES / "all-types-v3.gguf"]:
         m = ggufx.open(path)
         rec = recipe(m)
@@ -142,32 +140,49 @@ def test_recipe_reproduces_the_files(real_models) -> None:
     assert g.ftype == "Q4_K_M" and g.token_embedding_type == "Q8_0"
     assert [r.type for r in g.rules] == ["Q8_0", "Q6_K"]
     assert g.rules[0].pattern == r"^blk\.(0|1|4|7|10|13|15|16|17)\.attn_v\.weight$"
-    r = run("recipe", str(real_models["gemma"]), "--format", "tensor-type-file")
+    r = cli("recipe", str(real_models["gemma"]), "--format", "tensor-type-file")
     assert r.output.splitlines() == [r"^blk\.(0|1|4|7|10|13|15|16|17)\.attn_v\.weight$=q8_0",
                                      r"^blk\.(0|1|4|7|10|13|15|16|17)\.ffn_down\.weight$=q6_k"]
-    d = json.loads(run("recipe", str(real_models["gemma"]), "--json").output)
+    d = json.loads(cli("recipe", str(real_models["gemma"]), "--json").output)
     assert d["base"] == "Q4_K_M" and d["verified"] and len(d["rules"]) == 2 and "--pure" in d["args"]
 
 
-def test_recipe_rules_are_first_match_wins(tmp_path: Path) -> None:
-    m = ggufx.open(FIXTURES / "all-types-v3.gguf")
+def test_recipe_rules_are_first_match_wins(tmp_path: Path, monkeypatch) -> None:
+    from gguf import GGMLQuantizationType as Q
+
+    import tests.fixtures.make_fixtures as mf
+
+    # attn_v in four layers: Q6_K in three (a role-wide rule) and Q8_0 in layer 2 (an exception to it)
+    attn_v = [(f"blk.{il}.attn_v.weight", Q.Q8_0 if il == 2 else Q.Q6_K, (256, 2)) for il in range(1, 4)]
+    monkeypatch.setattr(mf, "TENSORS", [*mf.TENSORS, *attn_v])
+    p = tmp_path / "exception.gguf"
+    mf.write_model(p)
+    m = ggufx.open(p)
     rec = recipe(m)
-    for t in m.tensors:
-        hits = [r for r in rec.rules if re.search(r.pattern, t.name)]
-        assert len(hits) <= 2  # an exception and its role-wide rule at most
+    hits = {t.name: [r for r in rec.rules if re.search(r.pattern, t.name)] for t in m.tensors}
+    assert all(len(h) <= 2 for h in hits.values())  # an exception and its role-wide rule at most
+    (both,) = [name for name, h in hits.items() if len(h) == 2]  # exactly one tensor matches two rules
+    assert both == "blk.2.attn_v.weight"
+    assert [(r.pattern, r.type, r.tensors) for r in hits[both]] == [
+        (r"^blk\.(2)\.attn_v\.weight$", "Q8_0", 1),  # the exception comes first and wins
+        (r"^blk\.\d+\.attn_v\.weight$", "Q6_K", 3)]
+    assert check_recipe(m, rec) == []
+    # applied last-match-wins (the rules reversed) the recipe would get exactly that tensor wrong
+    reversed_rules = dataclasses.replace(rec, rules=rec.rules[::-1])
+    assert check_recipe(m, reversed_rules) == ["blk.2.attn_v.weight"]
 
 
-def test_diff_groups_by_role_and_layers(real_models, tmp_path: Path) -> None:
+def test_diff_groups_by_role_and_layers(cli: CliRun, real_models, tmp_path: Path) -> None:
     a = tmp_path / "a.gguf"
     shutil.copy(FIXTURES / "all-types-v3.gguf", a)
-    assert run("set", str(a), "general.name", "changed").exit_code == 0
+    assert cli("set", str(a), "general.name", "changed").exit_code == 0
     d = diff(ggufx.open(FIXTURES / "all-types-v3.gguf"), ggufx.open(a))
     assert d.identical_tensors and d.metadata_changed == ["general.name"]
-    r = run("diff", str(FIXTURES / "all-types-v3.gguf"), str(a))
+    r = cli("diff", str(FIXTURES / "all-types-v3.gguf"), str(a))
     assert r.exit_code == 0 and "same names, shapes and types" in r.output
     d = diff(ggufx.open(real_models["smollm2"]), ggufx.open(real_models["gemma"]))
     assert not d.identical_tensors and d.added and d.removed
-    r = run("diff", str(real_models["smollm2"]), str(real_models["gemma"]), "--json")
+    r = cli("diff", str(real_models["smollm2"]), str(real_models["gemma"]), "--json")
     assert r.exit_code == 1 and json.loads(r.output)["bpw"]["a"] == round(ggufx.info(real_models["smollm2"]).bpw, 4)
 
 
@@ -176,7 +191,7 @@ def test_layer_ranges() -> None:
     assert layer_ranges([]) == ""
 
 
-def test_diff_reports_type_changes(tmp_path: Path, monkeypatch) -> None:
+def test_diff_reports_type_changes(cli: CliRun, tmp_path: Path, monkeypatch) -> None:
     from gguf import GGMLQuantizationType as Q
 
     import tests.fixtures.make_fixtures as mf
@@ -189,18 +204,18 @@ def test_diff_reports_type_changes(tmp_path: Path, monkeypatch) -> None:
     got = {(c.role, c.layers, c.before, c.after, c.tensors) for c in d.type_changes}
     assert got == {("attn_v", "0", "Q6_K", "Q8_0", 1), ("output", "", "Q4_0", "Q8_0", 1)}
     assert d.b_bytes > d.a_bytes and d.b_bpw > d.a_bpw
-    r = run("diff", str(FIXTURES / "all-types-v3.gguf"), str(b))
+    r = cli("diff", str(FIXTURES / "all-types-v3.gguf"), str(b))
     assert r.exit_code == 1 and re.search(r"^attn_v +0 +Q6_K +Q8_0 +1$", r.output, re.M)
 
 
 # -- report --------------------------------------------------------------------------------------
 
-def test_report_html_contains_the_numbers_and_escapes_metadata(smollm2_path: Path, tmp_path: Path) -> None:
+def test_report_html_contains_the_numbers_and_escapes_metadata(cli: CliRun, smollm2_path: Path, tmp_path: Path) -> None:
     p = tmp_path / "m.gguf"
     shutil.copy(smollm2_path, p)
-    assert run("set", str(p), "general.name", "<script>alert(1)</script> & co").exit_code == 0
+    assert cli("set", str(p), "general.name", "<script>alert(1)</script> & co").exit_code == 0
     out = tmp_path / "report.html"
-    r = run("report", str(p), "-o", str(out))
+    r = cli("report", str(p), "-o", str(out))
     assert r.exit_code == 0, r.output
     html = out.read_text()
     s = ggufx.info(p)
@@ -208,20 +223,20 @@ def test_report_html_contains_the_numbers_and_escapes_metadata(smollm2_path: Pat
     assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co" in html
     assert html.count("<rect ") == sum(1 for t in ggufx.open(p).tensors if parse_name(t.name).layer is not None)
     assert 'id="dialect">none' in html
-    md = run("report", str(p), "--format", "md").output
+    md = cli("report", str(p), "--format", "md").output
     assert md.startswith("# \\<script\\>alert(1)\\</script\\> & co") and f"| parameters | {s.parameters:,} |" in md
-    d = json.loads(run("report", str(p), "--json").output)
+    d = json.loads(cli("report", str(p), "--json").output)
     assert d["summary"]["parameters"] == s.parameters and d["chat_template"]["family"] == "chatml"
 
 
-def test_report_opens_in_headless_chromium(gemma_path: Path, tmp_path: Path) -> None:
+def test_report_opens_in_headless_chromium(cli: CliRun, gemma_path: Path, tmp_path: Path) -> None:
     import subprocess
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
     out = tmp_path / "report.html"
-    assert run("report", str(gemma_path), "-o", str(out)).exit_code == 0
+    assert cli("report", str(gemma_path), "-o", str(out)).exit_code == 0
     proc = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                            "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
                            "--enable-logging=stderr", "--v=0", "--dump-dom", out.as_uri()],
@@ -234,14 +249,14 @@ def test_report_opens_in_headless_chromium(gemma_path: Path, tmp_path: Path) -> 
     assert console == []
 
 
-def test_analysis_on_split_models_equals_the_whole() -> None:
+def test_analysis_on_split_models_equals_the_whole(cli: CliRun) -> None:
     whole, split = FIXTURES / "all-types-v3.gguf", FIXTURES / "split-00002-of-00003.gguf"
     for cmd in (["roles"], ["layers"], ["recipe"]):
-        a = json.loads(run(*cmd, str(whole), "--json").output)
-        b = json.loads(run(*cmd, str(split), "--json").output)
+        a = json.loads(cli(*cmd, str(whole), "--json").output)
+        b = json.loads(cli(*cmd, str(split), "--json").output)
         a.pop("path", None), b.pop("path", None)
         assert a == b, cmd
-    assert run("diff", str(whole), str(split)).exit_code == 0  # same tensors; split keys differ
+    assert cli("diff", str(whole), str(split)).exit_code == 0  # same tensors; split keys differ
 
 
 def test_moe_layers(tmp_path: Path) -> None:

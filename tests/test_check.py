@@ -8,20 +8,14 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 import ggufx
 from ggufx.analysis.policy import PolicyError, check, load_policy
-from ggufx.cli import main
 from ggufx.analysis.hashing import hash_model
 
-from .conftest import FIXTURES
+from .conftest import FIXTURES, CliRun
 
 V3 = FIXTURES / "all-types-v3.gguf"
-
-
-def run(*args: str):
-    return CliRunner().invoke(main, list(args))
 
 
 def _check(tmp_path: Path, toml: str, path: Path = V3) -> dict[str, bool]:
@@ -73,10 +67,10 @@ def test_template_sha256_lint_and_fingerprint(tmp_path: Path) -> None:
     assert missing == {"chat_template.lint_clean": False}
 
 
-def test_failure_names_offending_tensors_collapsed(tmp_path: Path, gemma_path: Path) -> None:
+def test_failure_names_offending_tensors_collapsed(cli: CliRun, tmp_path: Path, gemma_path: Path) -> None:
     p = tmp_path / "policy.toml"
     p.write_text('[tensors]\n"blk\\\\.\\\\d+\\\\.ffn_down" = { min = "Q5_K" }\n')
-    r = run("check", str(gemma_path), "--policy", str(p))
+    r = cli("check", str(gemma_path), "--policy", str(p))
     assert r.exit_code == 1
     assert "9 of 18 tensors break min Q5_K: ffn_down Q4_K (layers 2-3, 5-6, 8-9, 11-12, 14)" in r.output
 
@@ -89,30 +83,30 @@ def test_failure_names_offending_tensors_collapsed(tmp_path: Path, gemma_path: P
     ('[tensors]\n"ffn_down" = { minimum = "Q4_K" }\n', "line 2: tensor rule"),
     ("[model\n", "invalid TOML"),
 ])
-def test_bad_policy_is_an_error_naming_the_line(tmp_path: Path, toml: str, phrase: str) -> None:
+def test_bad_policy_is_an_error_naming_the_line(cli: CliRun, tmp_path: Path, toml: str, phrase: str) -> None:
     p = tmp_path / "policy.toml"
     p.write_text(toml)
     with pytest.raises(PolicyError) as e:
         load_policy(str(p))
     assert phrase in e.value.message
-    r = run("check", str(V3), "--policy", str(p))
+    r = cli("check", str(V3), "--policy", str(p))
     assert r.exit_code == 2 and phrase in r.stderr
 
 
-def test_unreadable_file_exit_2_and_json(tmp_path: Path) -> None:
+def test_unreadable_file_exit_2_and_json(cli: CliRun, tmp_path: Path) -> None:
     p = tmp_path / "policy.toml"
     p.write_text('[model]\narchitecture = "llama"\n')
-    r = run("check", str(V3), str(FIXTURES / "malformed" / "bad-magic.gguf"), "--policy", str(p), "--json")
+    r = cli("check", str(V3), str(FIXTURES / "malformed" / "bad-magic.gguf"), "--policy", str(p), "--json")
     assert r.exit_code == 2
     d = json.loads(r.stdout)
     assert d["files"][0]["passed"] is True and d["files"][1]["passed"] is False
 
 
-def test_junit_xml(tmp_path: Path) -> None:
+def test_junit_xml(cli: CliRun, tmp_path: Path) -> None:
     p = tmp_path / "policy.toml"
     p.write_text('[model]\narchitecture = "llama"\nbpw = { max = 1.0 }\n[metadata]\nrequired = ["a<b&c"]\n')
     out = tmp_path / "results.xml"
-    r = run("check", str(V3), str(FIXTURES / "big-endian.gguf"), "--policy", str(p), "--junit", str(out))
+    r = cli("check", str(V3), str(FIXTURES / "big-endian.gguf"), "--policy", str(p), "--junit", str(out))
     assert r.exit_code == 1
     root = ET.parse(out).getroot()
     assert root.tag == "testsuites" and root.get("tests") == "6" and root.get("failures") == "4"

@@ -8,17 +8,13 @@ import subprocess
 import sys
 
 import pytest
-from click.testing import CliRunner
 
 from ggufx.cli import COMMANDS, main
+from ggufx.errors import FormatError
 
-from .conftest import FIXTURES
+from .conftest import FIXTURES, CliRun
 
 V3 = str(FIXTURES / "all-types-v3.gguf")
-
-
-def run(*args: str):
-    return CliRunner().invoke(main, list(args))
 
 
 def _all_commands() -> list[tuple[str, ...]]:
@@ -35,15 +31,15 @@ def _all_commands() -> list[tuple[str, ...]]:
 
 
 @pytest.mark.parametrize("command", _all_commands(), ids=" ".join)
-def test_every_command_has_help_with_examples(command: tuple[str, ...]) -> None:
-    r = run(*command, "--help")
+def test_every_command_has_help_with_examples(cli: CliRun, command: tuple[str, ...]) -> None:
+    r = cli(*command, "--help")
     assert r.exit_code == 0
     assert "Examples:" in r.output and f"ggufx {' '.join(command)}" in r.output
     assert "--json" in r.output
 
 
-def test_info_json_interface() -> None:
-    r = run("info", "--json", V3)
+def test_info_json_interface(cli: CliRun) -> None:
+    r = cli("info", "--json", V3)
     assert r.exit_code == 0, r.output
     d = json.loads(r.output)
     for key in ("architecture", "tensor_count", "parameters", "tensor_bytes", "file_bytes", "bpw", "types"):
@@ -59,111 +55,112 @@ def test_info_json_interface() -> None:
     assert d["file_type_label"] == "Q4_K_M" and d["context_length"] == 4096
 
 
-def test_info_text() -> None:
-    r = run("info", V3)
+def test_info_text(cli: CliRun) -> None:
+    r = cli("info", V3)
     assert r.exit_code == 0
     for phrase in ("architecture      llama", "file type         Q4_K_M", "Q4_K ", "BPW", "chat template     "):
         assert phrase in r.output
     assert "\x1b[" not in r.output  # no colour when not a terminal
 
 
-def test_info_several_files_continue_after_a_bad_one() -> None:
+def test_info_several_files_continue_after_a_bad_one(cli: CliRun) -> None:
     bad = str(FIXTURES / "malformed" / "bad-magic.gguf")
-    r = CliRunner().invoke(main, ["info", "--json", V3, bad, str(FIXTURES / "big-endian.gguf")])
+    r = cli("info", "--json", V3, bad, str(FIXTURES / "big-endian.gguf"))
     assert r.exit_code == 2
     docs = json.loads(r.stdout)
     assert len(docs) == 2
     assert f"ggufx: error: {bad}: offset 0: not a GGUF file" in r.stderr
 
 
-def test_tablefmt_github() -> None:
-    r = run("info", V3, "--tablefmt", "github")
+def test_tablefmt_github(cli: CliRun) -> None:
+    r = cli("info", V3, "--tablefmt", "github")
     assert r.exit_code == 0 and "| type " in r.output
 
 
-def test_tensors_filters_and_sort() -> None:
-    r = run("tensors", V3, "--json", "--grep", r"^blk\.0\.", "--sort", "size")
+def test_tensors_filters_and_sort(cli: CliRun) -> None:
+    r = cli("tensors", V3, "--json", "--grep", r"^blk\.0\.", "--sort", "size")
     d = json.loads(r.output)
     names = [t["name"] for t in d["tensors"]]
     assert all(n.startswith("blk.0.") for n in names) and d["count"] == 6
     sizes = [t["bytes"] for t in d["tensors"]]
     assert sizes == sorted(sizes, reverse=True)
-    r = run("tensors", V3, "--json", "--type", "q4_k", "--type", "F32")
+    r = cli("tensors", V3, "--json", "--type", "q4_k", "--type", "F32")
     assert {t["type"] for t in json.loads(r.output)["tensors"]} == {"Q4_K", "F32"}
-    r = run("tensors", V3)
+    r = cli("tensors", V3)
     assert r.exit_code == 0
     assert re.search(r"^blk\.0\.attn_q\.weight +Q4_K +256 x 4 +1,024 +576 +4\.50 +[\d,]+$", r.output, re.M)
 
 
-def test_tensors_bad_options_are_usage_errors() -> None:
-    assert run("tensors", V3, "--type", "Q9_X").exit_code == 2
-    assert run("tensors", V3, "--grep", "(").exit_code == 2
-    assert run("tensors", V3, "--sort", "color").exit_code == 2
+def test_tensors_bad_options_are_usage_errors(cli: CliRun) -> None:
+    assert cli("tensors", V3, "--type", "Q9_X").exit_code == 2
+    assert cli("tensors", V3, "--grep", "(").exit_code == 2
+    assert cli("tensors", V3, "--sort", "color").exit_code == 2
 
 
-def test_tensors_on_split_model_show_shard() -> None:
-    r = run("tensors", str(FIXTURES / "split-00002-of-00003.gguf"), "--json")
+def test_tensors_on_split_model_show_shard(cli: CliRun) -> None:
+    r = cli("tensors", str(FIXTURES / "split-00002-of-00003.gguf"), "--json")
     d = json.loads(r.output)
     assert [t["shard"] for t in d["tensors"]] == [0, 0, 0, 0, 1, 1, 1, 1, 2]
-    assert "shard" in run("tensors", str(FIXTURES / "split-00002-of-00003.gguf")).output
+    assert "shard" in cli("tensors", str(FIXTURES / "split-00002-of-00003.gguf")).output
 
 
-def test_meta_listing_and_single_keys() -> None:
-    r = run("meta", V3)
+def test_meta_listing_and_single_keys(cli: CliRun) -> None:
+    r = cli("meta", V3)
     assert r.exit_code == 0
     assert "tokenizer.ggml.tokens" in r.output and "arr[str,5]" in r.output
     assert "test.arr.nested" in r.output and "arr[arr[i32,2],3]" in r.output
-    d = json.loads(run("meta", V3, "--json").output)["metadata"]
+    d = json.loads(cli("meta", V3, "--json").output)["metadata"]
     assert d["test.f32"] == {"type": "f32", "value": 0.1, "offset": d["test.f32"]["offset"]}
     assert d["test.u64"]["value"] == 2**63 + 5
     assert d["tokenizer.ggml.tokens"]["length"] == 5 and d["tokenizer.ggml.tokens"]["element_type"] == "str"
-    assert run("meta", V3, "llama.context_length").output == "4096\n"
-    assert run("meta", V3, "test.bool").output == "true\n"
-    assert json.loads(run("meta", V3, "test.arr.nested").output) == [[1, 2], [3], [4, 5, 6]]
-    raw = run("meta", V3, "tokenizer.chat_template")
+    assert cli("meta", V3, "llama.context_length").output == "4096\n"
+    assert cli("meta", V3, "test.bool").output == "true\n"
+    assert json.loads(cli("meta", V3, "test.arr.nested").output) == [[1, 2], [3], [4, 5, 6]]
+    raw = cli("meta", V3, "tokenizer.chat_template")
     assert raw.stdout_bytes.startswith(b"{% for message in messages %}") and not raw.stdout_bytes.endswith(b"\n")
-    missing = run("meta", V3, "no.such.key")
+    missing = cli("meta", V3, "no.such.key")
     assert missing.exit_code == 2 and "no metadata key" in missing.output
 
 
-def test_meta_full_arrays() -> None:
-    big = run("meta", V3, "--json").output
+def test_meta_full_arrays(cli: CliRun) -> None:
+    big = cli("meta", V3, "--json").output
     assert json.loads(big)["metadata"]["test.arr.str"]["truncated"] is False
-    full = json.loads(run("meta", V3, "--json", "--full").output)["metadata"]
+    full = json.loads(cli("meta", V3, "--json", "--full").output)["metadata"]
     assert full["test.arr.str"]["value"] == ["a", "", "ünï", "<|im_start|>"]
 
 
-def test_invalid_utf8_value_survives_json() -> None:
-    r = run("meta", str(FIXTURES / "edge-values.gguf"), "--json")
+def test_invalid_utf8_value_survives_json(cli: CliRun) -> None:
+    r = cli("meta", str(FIXTURES / "edge-values.gguf"), "--json")
     assert r.exit_code == 0
     d = json.loads(r.output)["metadata"]
     assert d["edge.bad_utf8_value"]["value"] == "ok\udcff\udcfe"
 
 
 @pytest.mark.parametrize("name", ["bad-magic", "truncated-in-tensor-info", "duplicate-key", "version-1"])
-def test_bad_input_is_one_line_exit_2_no_traceback(name: str) -> None:
+def test_bad_input_is_one_line_exit_2_no_traceback(cli: CliRun, name: str) -> None:
     path = FIXTURES / "malformed" / f"{name}.gguf"
     for cmd in ("info", "tensors", "meta"):
-        r = run(cmd, str(path))
+        r = cli(cmd, str(path))
         assert r.exit_code == 2
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"ggufx: error: {path}: ")
         assert "Traceback" not in r.output
 
 
-def test_error_names_offset() -> None:
-    r = run("info", str(FIXTURES / "malformed" / "duplicate-key.gguf"))
+def test_error_names_offset(cli: CliRun) -> None:
+    r = cli("info", str(FIXTURES / "malformed" / "duplicate-key.gguf"))
     expected = json.loads((FIXTURES / "malformed" / "expected.json").read_text())["duplicate-key"]
     assert f": offset {expected['offset']}: duplicate metadata key 'general.name'" in r.stderr
 
 
-def test_debug_shows_traceback() -> None:
-    r = run("--debug", "info", str(FIXTURES / "malformed" / "bad-magic.gguf"))
-    assert r.exit_code != 0 and r.exception is not None
+def test_debug_shows_traceback(cli: CliRun) -> None:
+    # without --debug the error is a one-line message and SystemExit(2); with it, the exception itself
+    r = cli("--debug", "info", str(FIXTURES / "malformed" / "bad-magic.gguf"), catch_exceptions=True)
+    assert r.exit_code == 1 and type(r.exception) is FormatError and "not a GGUF file" in str(r.exception)
 
 
-def test_missing_file_exit_2() -> None:
-    r = run("info", str(FIXTURES / "missing.gguf"))
+def test_missing_file_exit_2(cli: CliRun) -> None:
+    r = cli("info", str(FIXTURES / "missing.gguf"))
     assert r.exit_code == 2 and "no such file" in r.stderr
 
 
@@ -188,7 +185,7 @@ def test_help_and_info_do_not_import_numpy_or_tabulate() -> None:
         assert "tabulate" not in mods, args
         assert "jinja2" not in mods, args
         # remote reading and the MCP SDK cost nothing until used
-        assert not mods & {"http.client", "ssl", "ggufx.io.remote", "ggufx.results", "mcp", "pydantic"}, args
+        assert not mods & {"http.client", "ssl", "ggufx.io.remote", "ggufx.analysis.memory", "mcp", "pydantic"}, args
     assert "ggufx.cli.inspect" not in _modules_after(["--help"])
 
 

@@ -9,16 +9,14 @@ import struct
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 import ggufx
-from ggufx.cli import main
 from ggufx.edit.engine import Delete, Rename, Set, edit
 from ggufx.format.keys import PADDING_KEY
 from ggufx.edit.safewrite import EditError, supports_insert_range
 from ggufx.format.values import GGUFArray, ValueType
 
-from .conftest import FIXTURES
+from .conftest import FIXTURES, CliRun
 from .editing import data_hash
 from .gguf_reference import assert_matches_gguf_reader
 
@@ -28,10 +26,6 @@ def v3(tmp_path: Path) -> Path:
     p = tmp_path / "model.gguf"
     shutil.copy(FIXTURES / "all-types-v3.gguf", p)
     return p
-
-
-def run(*args: str):
-    return CliRunner().invoke(main, list(args))
 
 
 def _value(m, key):
@@ -61,11 +55,11 @@ SCALAR_CASES = [
 
 
 @pytest.mark.parametrize("key,vtype,text,expected", SCALAR_CASES)
-def test_set_every_scalar_type_roundtrips(v3: Path, tmp_path: Path, key, vtype, text, expected) -> None:
+def test_set_every_scalar_type_roundtrips(cli: CliRun, v3: Path, tmp_path: Path, key, vtype, text, expected) -> None:
     before = tmp_path / "before.gguf"
     shutil.copy(v3, before)
     h0 = data_hash(v3)
-    r = run("set", str(v3), key, text, "--type", vtype)
+    r = cli("set", str(v3), key, text, "--type", vtype)
     assert r.exit_code == 0, r.output
     m = ggufx.open(v3)
     assert m.metadata[key] == expected and m.metadata.type_of(key).short == vtype
@@ -77,71 +71,71 @@ def test_set_every_scalar_type_roundtrips(v3: Path, tmp_path: Path, key, vtype, 
 @pytest.mark.parametrize("vtype,items", [("u8", [1, 2]), ("i16", [-5, 5]), ("u32", [7]), ("i64", [-(2**63)]),
                                          ("f32", [0.5, 2.0]), ("f64", [1.5]), ("bool", [True, False]),
                                          ("str", ["a", "", "ü"])])
-def test_set_arrays_from_json(v3: Path, vtype: str, items: list) -> None:
-    r = run("set", str(v3), "t.arr", json.dumps(items), "--type", vtype)
+def test_set_arrays_from_json(cli: CliRun, v3: Path, vtype: str, items: list) -> None:
+    r = cli("set", str(v3), "t.arr", json.dumps(items), "--type", vtype)
     assert r.exit_code == 0, r.output
     arr = ggufx.open(v3).metadata["t.arr"]
     assert arr.elem_type.short == vtype and arr.tolist() == items
     assert_matches_gguf_reader(v3)
 
 
-def test_known_key_types_are_checked(v3: Path) -> None:
-    r = run("set", str(v3), "llama.context_length", "8192")
+def test_known_key_types_are_checked(cli: CliRun, v3: Path) -> None:
+    r = cli("set", str(v3), "llama.context_length", "8192")
     assert r.exit_code == 0 and ggufx.open(v3).metadata.type_of("llama.context_length") is ValueType.UINT32
-    bad = run("set", str(v3), "llama.context_length", "-1")
+    bad = cli("set", str(v3), "llama.context_length", "-1")
     assert bad.exit_code == 2 and "does not fit in u32" in bad.stderr
-    wrong = run("set", str(v3), "llama.context_length", "8192", "--type", "str")
+    wrong = cli("set", str(v3), "llama.context_length", "8192", "--type", "str")
     assert wrong.exit_code == 2 and "written as u32 by llama.cpp's gguf-py" in wrong.stderr
-    assert run("set", str(v3), "llama.context_length", "8192", "--type", "u64", "--force").exit_code == 0
+    assert cli("set", str(v3), "llama.context_length", "8192", "--type", "u64", "--force").exit_code == 0
     # a key gguf-py knows but the file lacks gets gguf-py's type
-    assert run("set", str(v3), "llama.rope.freq_base", "10000").exit_code == 0
+    assert cli("set", str(v3), "llama.rope.freq_base", "10000").exit_code == 0
     assert ggufx.open(v3).metadata.type_of("llama.rope.freq_base") is ValueType.FLOAT32
-    assert run("set", str(v3), "tokenizer.ggml.add_bos_token", "true").exit_code == 0
+    assert cli("set", str(v3), "tokenizer.ggml.add_bos_token", "true").exit_code == 0
     assert ggufx.open(v3).metadata["tokenizer.ggml.add_bos_token"] is True
 
 
-def test_unknown_keys_need_an_unambiguous_value(v3: Path) -> None:
-    r = run("set", str(v3), "my.number", "42")
+def test_unknown_keys_need_an_unambiguous_value(cli: CliRun, v3: Path) -> None:
+    r = cli("set", str(v3), "my.number", "42")
     assert r.exit_code == 2 and "give --type" in r.stderr
-    assert run("set", str(v3), "my.text", "hello world").exit_code == 0
-    assert run("set", str(v3), "my.flag", "true").exit_code == 0
+    assert cli("set", str(v3), "my.text", "hello world").exit_code == 0
+    assert cli("set", str(v3), "my.flag", "true").exit_code == 0
     m = ggufx.open(v3)
     assert m.metadata.type_of("my.text") is ValueType.STRING and m.metadata["my.flag"] is True
-    assert run("set", str(v3), "my.list", "[1, 2]").exit_code == 2
-    assert run("set", str(v3), "my.list", '["a", "b"]').exit_code == 0
+    assert cli("set", str(v3), "my.list", "[1, 2]").exit_code == 2
+    assert cli("set", str(v3), "my.list", '["a", "b"]').exit_code == 0
 
 
-def test_existing_key_keeps_type_and_position(v3: Path) -> None:
+def test_existing_key_keeps_type_and_position(cli: CliRun, v3: Path) -> None:
     keys = list(ggufx.open(v3).metadata)
-    assert run("set", str(v3), "test.u16", "7").exit_code == 0
+    assert cli("set", str(v3), "test.u16", "7").exit_code == 0
     m = ggufx.open(v3)
     assert list(m.metadata)[: len(keys)] == keys
     assert m.metadata.type_of("test.u16") is ValueType.UINT16 and m.metadata["test.u16"] == 7
 
 
-def test_delete_and_rename(v3: Path, tmp_path: Path) -> None:
+def test_delete_and_rename(cli: CliRun, v3: Path, tmp_path: Path) -> None:
     before = tmp_path / "b.gguf"
     shutil.copy(v3, before)
     h0 = data_hash(v3)
-    r = run("delete", str(v3), "test.u8", "test.arr.str")
+    r = cli("delete", str(v3), "test.u8", "test.arr.str")
     assert r.exit_code == 0
-    r = run("rename", str(v3), "test.i8", "test.renamed")
+    r = cli("rename", str(v3), "test.i8", "test.renamed")
     assert r.exit_code == 0
     m = ggufx.open(v3)
     assert "test.u8" not in m.metadata and "test.arr.str" not in m.metadata
     assert m.metadata["test.renamed"] == -100 and list(m.metadata).index("test.renamed") == list(ggufx.open(before).metadata).index("test.i8") - 1
     assert data_hash(v3) == h0
-    assert run("delete", str(v3), "no.such").exit_code == 2
-    assert "that key exists" in run("rename", str(v3), "test.u16", "test.i16").stderr
+    assert cli("delete", str(v3), "no.such").exit_code == 2
+    assert "that key exists" in cli("rename", str(v3), "test.u16", "test.i16").stderr
     _others_unchanged(before, v3, {"test.u8", "test.arr.str", "test.i8"})
 
 
-def test_edit_is_one_transaction(v3: Path) -> None:
+def test_edit_is_one_transaction(cli: CliRun, v3: Path) -> None:
     before = v3.read_bytes()
     # the last change is invalid: nothing at all is written
-    r = run("edit", str(v3), "--set", "general.name=X", "--delete", "no.such.key")
+    r = cli("edit", str(v3), "--set", "general.name=X", "--delete", "no.such.key")
     assert r.exit_code == 2 and v3.read_bytes() == before
-    r = run("edit", str(v3), "--set", "general.name=X", "--set", "my.n:u32=7", "--delete", "test.u8",
+    r = cli("edit", str(v3), "--set", "general.name=X", "--set", "my.n:u32=7", "--delete", "test.u8",
             "--rename", "test.i8=test.j8", "--json")
     assert r.exit_code == 0, r.output
     d = json.loads(r.output)
@@ -150,10 +144,10 @@ def test_edit_is_one_transaction(v3: Path) -> None:
     assert m.metadata["general.name"] == "X" and m.metadata["my.n"] == 7 and "test.j8" in m.metadata
 
 
-def test_dry_run_writes_nothing(v3: Path) -> None:
+def test_dry_run_writes_nothing(cli: CliRun, v3: Path) -> None:
     before = v3.read_bytes()
     st = v3.stat()
-    r = run("set", str(v3), "general.name", "Y", "--dry-run", "--json")
+    r = cli("set", str(v3), "general.name", "Y", "--dry-run", "--json")
     assert r.exit_code == 0
     d = json.loads(r.output)
     assert d["dry_run"] and d["strategy"] == "in-place" and d["bytes_written"] > 0
@@ -161,15 +155,15 @@ def test_dry_run_writes_nothing(v3: Path) -> None:
                                "before": "ggufx all value types", "after_type": "str", "after": "Y"}
     assert v3.read_bytes() == before and v3.stat().st_mtime_ns == st.st_mtime_ns
     assert not Path(str(v3) + ".ggufx-journal").exists()
-    text = run("set", str(v3), "general.name", "Y", "--dry-run").output
+    text = cli("set", str(v3), "general.name", "Y", "--dry-run").output
     assert '- general.name (str) = "ggufx all value types"' in text and "would write" in text
 
 
-def test_output_leaves_original_untouched(v3: Path, tmp_path: Path) -> None:
+def test_output_leaves_original_untouched(cli: CliRun, v3: Path, tmp_path: Path) -> None:
     before = v3.read_bytes()
     out = tmp_path / "out.gguf"
     os.chmod(v3, 0o640)
-    r = run("set", str(v3), "general.name", "Copy", "-o", str(out), "--reserve", "64K", "--json")
+    r = cli("set", str(v3), "general.name", "Copy", "-o", str(out), "--reserve", "64K", "--json")
     assert r.exit_code == 0, r.output
     d = json.loads(r.output)
     assert d["strategy"] == "rewrite" and d["padding_bytes"] >= 64 * 1024
@@ -179,16 +173,16 @@ def test_output_leaves_original_untouched(v3: Path, tmp_path: Path) -> None:
     assert (out.stat().st_mode & 0o777) == 0o640
     assert_matches_gguf_reader(out)
     # the reserve keeps the next edit in place
-    r = run("set", str(out), "tokenizer.chat_template", "x" * 60000, "--json")
+    r = cli("set", str(out), "tokenizer.chat_template", "x" * 60000, "--json")
     assert json.loads(r.output)["strategy"] == "in-place"
 
 
-def test_in_place_padding_absorbs_slack(v3: Path) -> None:
+def test_in_place_padding_absorbs_slack(cli: CliRun, v3: Path) -> None:
     size = v3.stat().st_size
-    d = json.loads(run("set", str(v3), "general.name", "n" * 3000, "--json").output)
+    d = json.loads(cli("set", str(v3), "general.name", "n" * 3000, "--json").output)
     assert d["strategy"] in ("insert-range", "rewrite")
     # shrinking back is in place: the slack becomes ggufx.padding, the data section stays put
-    d = json.loads(run("set", str(v3), "general.name", "short", "--json").output)
+    d = json.loads(cli("set", str(v3), "general.name", "short", "--json").output)
     assert d["strategy"] == "in-place" and d["data_offset_after"] == d["data_offset_before"]
     m = ggufx.open(v3)
     assert m.metadata.type_of(PADDING_KEY) is ValueType.ARRAY and len(m.metadata[PADDING_KEY]) == d["padding_bytes"]
@@ -235,20 +229,20 @@ def test_big_endian_edit(tmp_path: Path) -> None:
     assert_matches_gguf_reader(p)
 
 
-def test_protected_keys(v3: Path) -> None:
+def test_protected_keys(cli: CliRun, v3: Path) -> None:
     for args in (["set", str(v3), "general.alignment", "64"], ["delete", str(v3), "split.count"],
                  ["rename", str(v3), "general.name", "split.no"], ["set", str(v3), PADDING_KEY, "[1]", "--type", "u8"]):
-        r = run(*args)
+        r = cli(*args)
         assert r.exit_code == 2
-    assert "misplaces all tensors" in run("set", str(v3), "general.alignment", "64").stderr
+    assert "misplaces all tensors" in cli("set", str(v3), "general.alignment", "64").stderr
 
 
-def test_split_model_edits_first_shard(tmp_path: Path) -> None:
+def test_split_model_edits_first_shard(cli: CliRun, tmp_path: Path) -> None:
     for i in (1, 2, 3):
         shutil.copy(FIXTURES / f"split-0000{i}-of-00003.gguf", tmp_path)
     second = tmp_path / "split-00002-of-00003.gguf"
     others = {i: (tmp_path / f"split-0000{i}-of-00003.gguf").read_bytes() for i in (2, 3)}
-    r = run("set", str(second), "general.name", "Split edit", "--json")
+    r = cli("set", str(second), "general.name", "Split edit", "--json")
     assert r.exit_code == 0, r.output
     d = json.loads(r.output)
     assert d["target"] == str(tmp_path / "split-00001-of-00003.gguf")
@@ -256,13 +250,13 @@ def test_split_model_edits_first_shard(tmp_path: Path) -> None:
     assert {i: (tmp_path / f"split-0000{i}-of-00003.gguf").read_bytes() for i in (2, 3)} == others
     m = ggufx.open(second)
     assert m.metadata["general.name"] == "Split edit" and len(m.tensors) == 9 and m.metadata["split.count"] == 3
-    assert run("set", str(second), "split.count", "2").exit_code == 2
+    assert cli("set", str(second), "split.count", "2").exit_code == 2
 
 
-def test_symlink_edits_target(v3: Path, tmp_path: Path) -> None:
+def test_symlink_edits_target(cli: CliRun, v3: Path, tmp_path: Path) -> None:
     link = tmp_path / "link.gguf"
     link.symlink_to(v3)
-    r = CliRunner().invoke(main, ["set", str(link), "general.name", "via link"])
+    r = cli("set", str(link), "general.name", "via link")
     assert r.exit_code == 0 and "symlink" in r.stderr
     assert link.is_symlink() and ggufx.open(v3).metadata["general.name"] == "via link"
     # a rewrite keeps the link and replaces its target
@@ -270,14 +264,14 @@ def test_symlink_edits_target(v3: Path, tmp_path: Path) -> None:
     assert link.is_symlink() and ggufx.open(v3).metadata["general.name"] == "L" * 5000
 
 
-def test_content_addressed_stores_are_refused(tmp_path: Path) -> None:
+def test_content_addressed_stores_are_refused(cli: CliRun, tmp_path: Path) -> None:
     blobs = tmp_path / "ollama" / "blobs"
     blobs.mkdir(parents=True)
     blob = blobs / ("sha256-" + "a" * 64)
     shutil.copy(FIXTURES / "all-types-v3.gguf", blob)
-    r = run("set", str(blob), "general.name", "x")
+    r = cli("set", str(blob), "general.name", "x")
     assert r.exit_code == 2 and "Ollama blob" in r.stderr and "-o OUT" in r.stderr
-    assert run("set", str(blob), "general.name", "x", "-o", str(tmp_path / "copy.gguf")).exit_code == 0
+    assert cli("set", str(blob), "general.name", "x", "-o", str(tmp_path / "copy.gguf")).exit_code == 0
     hf = tmp_path / "hub" / "models--org--name"
     (hf / "blobs").mkdir(parents=True)
     (hf / "snapshots" / "abc123").mkdir(parents=True)
@@ -285,12 +279,12 @@ def test_content_addressed_stores_are_refused(tmp_path: Path) -> None:
     shutil.copy(FIXTURES / "all-types-v3.gguf", target)
     snap = hf / "snapshots" / "abc123" / "model.gguf"
     snap.symlink_to(Path("../../blobs") / target.name)
-    r = run("set", str(snap), "general.name", "x")
+    r = cli("set", str(snap), "general.name", "x")
     assert r.exit_code == 2 and "Hugging Face cache" in r.stderr
-    assert run("set", str(snap), "general.name", "x", "--force").exit_code == 0
+    assert cli("set", str(snap), "general.name", "x", "--force").exit_code == 0
 
 
-def test_read_only_file_is_a_clear_error(v3: Path) -> None:
+def test_read_only_file_is_a_clear_error(cli: CliRun, v3: Path) -> None:
     import subprocess
 
     before = v3.read_bytes()
@@ -299,7 +293,7 @@ def test_read_only_file_is_a_clear_error(v3: Path) -> None:
         if os.access(v3, os.W_OK):
             pytest.skip("cannot make a file read-only here (root without chattr)")
     try:
-        r = run("set", str(v3), "general.name", "x")
+        r = cli("set", str(v3), "general.name", "x")
         assert r.exit_code == 2 and "read-only" in r.stderr
         assert v3.read_bytes() == before
     finally:
@@ -319,7 +313,7 @@ def test_disk_full_leaves_original(v3: Path, monkeypatch) -> None:
         assert not list(v3.parent.glob(".*ggufx-tmp*"))
 
 
-def test_real_tmpfs_disk_full(tmp_path: Path) -> None:
+def test_real_tmpfs_disk_full(cli: CliRun, tmp_path: Path) -> None:
     import subprocess
 
     mnt = tmp_path / "small"
@@ -331,7 +325,7 @@ def test_real_tmpfs_disk_full(tmp_path: Path) -> None:
         p = mnt / "m.gguf"
         shutil.copy(FIXTURES / "all-types-v3.gguf", p)
         before = p.read_bytes()
-        r = run("set", str(p), "general.name", "x" * 10000)
+        r = cli("set", str(p), "general.name", "x" * 10000)
         assert r.exit_code == 2 and "No space left" in r.stderr
         assert p.read_bytes() == before and sorted(os.listdir(mnt)) == ["m.gguf"]
     finally:
@@ -356,13 +350,18 @@ def test_file_changing_size_is_detected(v3: Path, monkeypatch) -> None:
     assert not Path(str(v3) + ".ggufx-journal").exists()
 
 
+CHATML_TOOLS = FIXTURES / "templates" / "Qwen-Qwen2.5-7B-Instruct.jinja"  # ChatML with tool calls, 2.5 KB
+
+
 def test_real_files_survive_edits(real_models, tmp_path: Path) -> None:
+    if not CHATML_TOOLS.is_file():
+        pytest.fail(f"the template fixture {CHATML_TOOLS} is missing", pytrace=False)
     for name, src in real_models.items():
         p = tmp_path / f"{name}.gguf"
         shutil.copy(src, p)
         h0 = data_hash(p)
         tokens_before = ggufx.open(p).metadata["tokenizer.ggml.tokens"].raw()
-        tmpl = (FIXTURES / "templates" / "chatml-tools.jinja").read_text() if (FIXTURES / "templates" / "chatml-tools.jinja").exists() else "{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}"
+        tmpl = CHATML_TOOLS.read_text(encoding="utf-8")
         r = edit(p, [Set("tokenizer.chat_template", tmpl), Set("general.name", f"{name} edited")])
         assert r.strategy in ("in-place", "insert-range", "rewrite")
         m = ggufx.open(p)
@@ -374,14 +373,14 @@ def test_real_files_survive_edits(real_models, tmp_path: Path) -> None:
         assert data_hash(p) == h0 and "tokenizer.chat_template.default" in ggufx.open(p).metadata
 
 
-def test_read_only_directory_blocks_rewrite_cleanly(v3: Path) -> None:
+def test_read_only_directory_blocks_rewrite_cleanly(cli: CliRun, v3: Path) -> None:
     import subprocess
 
     before = v3.read_bytes()
     if subprocess.run(["chattr", "+i", str(v3.parent)], capture_output=True).returncode != 0:
         pytest.skip("cannot make a directory read-only here (chattr unavailable)")
     try:
-        r = run("set", str(v3), "general.name", "x", "--strategy", "rewrite")
+        r = cli("set", str(v3), "general.name", "x", "--strategy", "rewrite")
         assert r.exit_code == 2 and "left as it was" in r.stderr
         assert v3.read_bytes() == before
     finally:

@@ -8,19 +8,13 @@ import shutil
 from pathlib import Path
 
 import xxhash
-from click.testing import CliRunner
 
 import ggufx
-from ggufx.cli import main
 from ggufx.edit.engine import Set, edit
 from ggufx.analysis.hashing import hash_model
 
-from .conftest import FIXTURES
+from .conftest import FIXTURES, CliRun
 from .gguf_reference import gguf_reader
-
-
-def run(*args: str):
-    return CliRunner().invoke(main, list(args))
 
 
 def test_tensor_hashes_are_of_the_tensor_bytes(smollm2_path: Path) -> None:
@@ -64,18 +58,18 @@ def test_fingerprint_changes_with_one_tensor_byte(tmp_path: Path) -> None:
     assert [n for n in before.tensors if before.tensors[n] != after.tensors[n]] == ["blk.0.ffn_down.weight"]
 
 
-def test_manifest_and_verify(tmp_path: Path) -> None:
+def test_manifest_and_verify(cli: CliRun, tmp_path: Path) -> None:
     p = tmp_path / "m.gguf"
     shutil.copy(FIXTURES / "all-types-v3.gguf", p)
     man = tmp_path / "manifest.json"
-    assert run("manifest", str(p), "-o", str(man)).exit_code == 0
+    assert cli("manifest", str(p), "-o", str(man)).exit_code == 0
     doc = json.loads(man.read_text())
     assert doc["ggufx_manifest"] == 1 and doc["models"][0]["facts"]["architecture"] == "llama"
-    ok = run("verify", str(man), "--json")
+    ok = cli("verify", str(man), "--json")
     assert ok.exit_code == 0 and json.loads(ok.output)["ok"] is True
     # a fixed template: same weights, metadata differs
-    assert run("set", str(p), "tokenizer.chat_template", "{{ messages }}").exit_code == 0
-    r = run("verify", str(man), "--json")
+    assert cli("set", str(p), "tokenizer.chat_template", "{{ messages }}").exit_code == 0
+    r = cli("verify", str(man), "--json")
     res = json.loads(r.output)["results"][0]
     assert r.exit_code == 1 and res["fingerprint_ok"] and res["metadata_changed"] == ["tokenizer.chat_template"]
     assert res["verdict"].startswith("same weights") and res["tensors_changed"] == []
@@ -84,19 +78,19 @@ def test_manifest_and_verify(tmp_path: Path) -> None:
     data = bytearray(p.read_bytes())
     data[t.file_offset] ^= 0xFF
     p.write_bytes(bytes(data))
-    r = run("verify", str(man))
+    r = cli("verify", str(man))
     assert r.exit_code == 1 and "different weights" in r.output and "tensors changed: output.weight" in r.output
     # the manifest of the unsplit original verifies its split copy (split.* keys are left out)
-    r = run("verify", str(man), str(FIXTURES / "split-00001-of-00003.gguf"))
+    r = cli("verify", str(man), str(FIXTURES / "split-00001-of-00003.gguf"))
     assert r.exit_code == 0 and "identical weights and metadata" in r.output
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
-    assert run("verify", str(bad)).exit_code == 2
+    assert cli("verify", str(bad)).exit_code == 2
 
 
-def test_hash_cli(tmp_path: Path) -> None:
-    r = run("hash", str(FIXTURES / "all-types-v3.gguf"), "--per-tensor", "--json")
+def test_hash_cli(cli: CliRun, tmp_path: Path) -> None:
+    r = cli("hash", str(FIXTURES / "all-types-v3.gguf"), "--per-tensor", "--json")
     d = json.loads(r.output)
     assert r.exit_code == 0 and len(d["tensors"]) == 9 and len(d["fingerprint"]) == 32
-    text = run("hash", str(FIXTURES / "all-types-v3.gguf")).output
+    text = cli("hash", str(FIXTURES / "all-types-v3.gguf")).output
     assert f"fingerprint    {d['fingerprint']}" in text

@@ -23,6 +23,7 @@ import ggufx
 from ggufx.edit.engine import Set, edit
 from ggufx.analysis.summary import summarize
 
+from .conftest import CliRun
 from .editing import data_hash
 
 pytestmark = pytest.mark.llamacpp
@@ -89,14 +90,10 @@ def _server_props(bin_dir: Path, model: Path) -> dict:
         return json.loads(r.read())
 
 
-def test_server_option_reads_the_model_llama_server_runs(llama_bin: Path, smollm2_path: Path) -> None:
-    from click.testing import CliRunner
-
-    from ggufx.cli import main
-
-    plain = json.loads(CliRunner().invoke(main, ["info", "--json", str(smollm2_path)]).stdout)
+def test_server_option_reads_the_model_llama_server_runs(cli: CliRun, llama_bin: Path, smollm2_path: Path) -> None:
+    plain = json.loads(cli("info", "--json", str(smollm2_path)).stdout)
     with _llama_server(llama_bin, smollm2_path) as url:
-        r = CliRunner().invoke(main, ["info", "--json", "--server", url])
+        r = cli("info", "--json", "--server", url)
         assert r.exit_code == 0, r.stderr
         d = json.loads(r.stdout)
         server = d.pop("server")
@@ -106,7 +103,7 @@ def test_server_option_reads_the_model_llama_server_runs(llama_bin: Path, smollm
         assert server["model_ids"] and server["build_info"]
     # started with another template: the server says so through /props, and ggufx tells
     with _llama_server(llama_bin, smollm2_path, "--chat-template", "llama3") as url:
-        r = CliRunner().invoke(main, ["info", "--json", "--server", url])
+        r = cli("info", "--json", "--server", url)
         assert r.exit_code == 0, r.stderr
         assert json.loads(r.stdout)["server"]["template_matches_file"] is False
         assert "ggufx: note: the server uses a different chat template" in r.stderr
@@ -133,15 +130,11 @@ def test_llama_server_loads_patched_template(llama_bin: Path, smollm2_path: Path
     assert "file size   = 92.10 MiB (5.74 BPW)" in log
 
 
-def test_template_set_cli_then_llama_server_props(llama_bin: Path, smollm2_path: Path, tmp_path: Path) -> None:
-    from click.testing import CliRunner
-
-    from ggufx.cli import main
-
+def test_template_set_cli_then_llama_server_props(cli: CliRun, llama_bin: Path, smollm2_path: Path, tmp_path: Path) -> None:
     p = tmp_path / "smollm2.gguf"
     shutil.copy(smollm2_path, p)
     src = Path(__file__).parent / "fixtures" / "templates" / "Qwen-Qwen2.5-7B-Instruct.jinja"
-    r = CliRunner().invoke(main, ["template", "set", str(p), "--from", str(src)])
+    r = cli("template", "set", str(p), "--from", str(src))
     assert r.exit_code == 0, r.output
     text = src.read_text(encoding="utf-8")
     assert ggufx.open(p).metadata["tokenizer.chat_template"] == text  # stored byte for byte
@@ -167,7 +160,7 @@ def _quantize(bin_dir: Path, args: list[str], src: Path, dst: Path, ftype: str) 
      "--tensor-type", r"ffn_down=q6_k", "--output-tensor-type", "q8_0", "--token-embedding-type", "q4_1"],
 ], ids=["q4_k_m-mixture", "custom-recipe"])
 def test_recipe_is_reproduced_by_llama_quantize(llama_bin: Path, smollm2_path: Path, tmp_path: Path, first: list[str]) -> None:
-    from ggufx.analysis.tables import recipe
+    from ggufx.analysis.recipe import recipe
 
     ftype = "Q4_K_M" if "--pure" not in first else "Q4_0"
     out1, out2 = tmp_path / "one.gguf", tmp_path / "two.gguf"

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 
-from click.testing import CliRunner
-
 import ggufx
-from ggufx.cli import main
 from ggufx.format.reader import parse_header
 from ggufx.io.sources import FileSource
 from ggufx.analysis.summary import summarize
 
+from .conftest import CliRun
 from .gguf_reference import assert_matches_gguf_reader, gguf_reader
 
 
@@ -62,8 +60,8 @@ def test_gemma_open_costs_a_header_not_a_file(gemma_path) -> None:
         assert src.reads <= 6
 
 
-def test_cli_info_json_on_real_files(real_models) -> None:
-    r = CliRunner().invoke(main, ["info", "--json", str(real_models["smollm2"]), str(real_models["gemma"])])
+def test_cli_info_json_on_real_files(cli: CliRun, real_models) -> None:
+    r = cli("info", "--json", str(real_models["smollm2"]), str(real_models["gemma"]))
     assert r.exit_code == 0, r.output
     docs = json.loads(r.output)
     assert [d["architecture"] for d in docs] == ["llama", "gemma3"]
@@ -71,9 +69,9 @@ def test_cli_info_json_on_real_files(real_models) -> None:
     assert docs[0]["chat_template"]["present"] is True
 
 
-def test_cli_meta_template_is_byte_identical(smollm2_path) -> None:
+def test_cli_meta_template_is_byte_identical(cli: CliRun, smollm2_path) -> None:
     field = gguf_reader(smollm2_path).fields["tokenizer.chat_template"]
     expected = bytes(field.parts[field.data[0]])
-    r = CliRunner().invoke(main, ["meta", str(smollm2_path), "tokenizer.chat_template"])
+    r = cli("meta", str(smollm2_path), "tokenizer.chat_template")
     assert r.exit_code == 0
     assert r.stdout_bytes == expected

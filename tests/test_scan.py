@@ -7,16 +7,9 @@ import os
 import shutil
 from pathlib import Path
 
-from click.testing import CliRunner
-
-from ggufx.cli import main
 from ggufx.analysis.scan import scan
 
-from .conftest import FIXTURES
-
-
-def run(*args: str, env: dict | None = None):
-    return CliRunner(env=env).invoke(main, list(args))
+from .conftest import FIXTURES, CliRun
 
 
 def _hf_cache(root: Path) -> Path:
@@ -44,7 +37,7 @@ def _ollama(root: Path) -> Path:
     return store
 
 
-def test_scan_hf_cache_and_ollama(tmp_path: Path) -> None:
+def test_scan_hf_cache_and_ollama(cli: CliRun, tmp_path: Path) -> None:
     hf, ol = _hf_cache(tmp_path), _ollama(tmp_path)
     rows = {r.name: r for r in scan([str(hf), str(ol)])}
     assert set(rows) == {"HuggingFaceTB/SmolLM2-GGUF@0123456789ab/model-q4.gguf", "smol:latest", "someone/tiny:q4"}
@@ -52,12 +45,12 @@ def test_scan_hf_cache_and_ollama(tmp_path: Path) -> None:
     assert hf_row.source == "hf-cache" and hf_row.architecture == "llama" and hf_row.dialect == "none" and not hf_row.problems
     assert rows["smol:latest"].source == "ollama" and rows["smol:latest"].parameters == hf_row.parameters
     # --hf-cache and --ollama find the stores through the usual environment variables
-    r = run("scan", "--hf-cache", "--ollama", "--json", env={"HF_HUB_CACHE": str(hf), "OLLAMA_MODELS": str(ol)})
+    r = cli("scan", "--hf-cache", "--ollama", "--json", env={"HF_HUB_CACHE": str(hf), "OLLAMA_MODELS": str(ol)})
     assert r.exit_code == 0, r.output
     assert {m["name"] for m in json.loads(r.output)["models"]} == set(rows)
 
 
-def test_scan_groups_shards_and_reports_problems(tmp_path: Path) -> None:
+def test_scan_groups_shards_and_reports_problems(cli: CliRun, tmp_path: Path) -> None:
     d = tmp_path / "models"
     d.mkdir()
     for i in (1, 2, 3):
@@ -77,18 +70,18 @@ def test_scan_groups_shards_and_reports_problems(tmp_path: Path) -> None:
     assert "shard 2 of 3 is missing" in missing.problems[0] and "(2 shards found)" in missing.name
     assert "runs past the end of the file" in rows["corrupt.gguf"].problems[0]
     assert rows["good.gguf"].problems == []
-    r = run("scan", str(d))
+    r = cli("scan", str(d))
     assert r.exit_code == 1 and "4 model(s), 2 with problems" in r.output
 
 
-def test_scan_reports_template_errors(tmp_path: Path) -> None:
+def test_scan_reports_template_errors(cli: CliRun, tmp_path: Path) -> None:
     d = tmp_path / "m"
     d.mkdir()
     p = d / "model.gguf"
     shutil.copy(FIXTURES / "all-types-v3.gguf", p)
     bad = tmp_path / "bad.jinja"
     bad.write_text("{% for m in messages %}{{ m.content }")
-    assert run("template", "set", str(p), "--from", str(bad)).exit_code == 0
+    assert cli("template", "set", str(p), "--from", str(bad)).exit_code == 0
     (row,) = scan([str(d)])
     assert any(x.startswith("template syntax") for x in row.problems)
     (row,) = scan([str(d)], lint_templates=False)
