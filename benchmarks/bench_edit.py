@@ -27,12 +27,15 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import common  # noqa: E402
-import ggufx  # noqa: E402
 from common import CACHE, tool  # noqa: E402
+
+import ggufx  # noqa: E402
 from ggufx.format.encode import encode_string  # noqa: E402
 
-TEMPLATE_A = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}" \
-             "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+TEMPLATE_A = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 TEMPLATE_B = TEMPLATE_A.replace("<|im_start|>", "<start_of_turn>").replace("<|im_end|>", "<end_of_turn>")
 
 
@@ -42,12 +45,17 @@ def build_big(path: Path, size_gib: int) -> None:
         raise SystemExit(f"{src} missing: run the test suite once to fetch the real files")
     m = ggufx.open(src)
     h = m.header
-    kvs = bytes(h.buf[h.kv_offset:h.tensor_info_offset])
+    kvs = bytes(h.buf[h.kv_offset : h.tensor_info_offset])
     n_tensors = size_gib * 2
     ne = 16384
     nbytes = ne * ne * 2
-    tinfo = b"".join(encode_string("<", f"blk.{i}.ffn_up.weight") + struct.pack("<I", 2) + struct.pack("<qq", ne, ne)
-                     + struct.pack("<iQ", 1, i * nbytes) for i in range(n_tensors))
+    tinfo = b"".join(
+        encode_string("<", f"blk.{i}.ffn_up.weight")
+        + struct.pack("<I", 2)
+        + struct.pack("<qq", ne, ne)
+        + struct.pack("<iQ", 1, i * nbytes)
+        for i in range(n_tensors)
+    )
     head = b"GGUF" + struct.pack("<Iqq", 3, n_tensors, len(h.kvs)) + kvs + tinfo
     head += bytes(-len(head) % 32)
     block = bytearray(os.urandom(1 << 20))
@@ -95,17 +103,38 @@ def main() -> None:
     shutil.copy(big, work)
     run([gx, "set", str(work), "general.name", "bench", "--reserve", "1M", "-o", str(out)])  # room for in-place
     out.replace(work)
-    t_inplace = row("ggufx set (in place)", [run([gx, "set", str(work), "tokenizer.chat_template", "--from-file",
-                                                   str((a, b)[i % 2])]) for i in range(args.runs)])
-    t_insert = row("ggufx set (insert-range, grows header)", [run([gx, "set", str(work), "tokenizer.chat_template",
-                                                                    "--from-file", str(a), "--strategy", "insert-range"])])
+    t_inplace = row(
+        "ggufx set (in place)",
+        [
+            run([gx, "set", str(work), "tokenizer.chat_template", "--from-file", str((a, b)[i % 2])])
+            for i in range(args.runs)
+        ],
+    )
+    t_insert = row(
+        "ggufx set (insert-range, grows header)",
+        [run([gx, "set", str(work), "tokenizer.chat_template", "--from-file", str(a), "--strategy", "insert-range"])],
+    )
     # the copies are interleaved (rewrite, -o, cp, cp+sync, rewrite, ...) so that all see the same
     # state of the page cache and of the filesystem's background work
     samples: dict[str, list[tuple[float, int]]] = {"rewrite": [], "out": [], "cp": [], "cps": []}
     for i in range(args.copies):
-        samples["rewrite"].append(run([gx, "set", str(work), "tokenizer.chat_template", "--from-file",
-                                       str((a, b)[i % 2]), "--strategy", "rewrite"]))
-        samples["out"].append(run([gx, "set", str(work), "tokenizer.chat_template", "--from-file", str(b), "-o", str(out)]))
+        samples["rewrite"].append(
+            run(
+                [
+                    gx,
+                    "set",
+                    str(work),
+                    "tokenizer.chat_template",
+                    "--from-file",
+                    str((a, b)[i % 2]),
+                    "--strategy",
+                    "rewrite",
+                ]
+            )
+        )
+        samples["out"].append(
+            run([gx, "set", str(work), "tokenizer.chat_template", "--from-file", str(b), "-o", str(out)])
+        )
         out.unlink()
         samples["cp"].append(run(["cp", str(work), str(out)]))
         out.unlink()
@@ -115,23 +144,42 @@ def main() -> None:
     t_out = row("ggufx set -o OUT (new file)", samples["out"])
     t_cp = row("cp FILE COPY", samples["cp"])
     t_cps = row("cp FILE COPY && sync (durable, as ggufx)", samples["cps"])
-    t_new = row("gguf-new-metadata --chat-template-file", [run([tool("gguf-new-metadata"), str(work), str(out),
-                                                                "--chat-template-file", str(a), "--force"])])
+    t_new = row(
+        "gguf-new-metadata --chat-template-file",
+        [run([tool("gguf-new-metadata"), str(work), str(out), "--chat-template-file", str(a), "--force"])],
+    )
     out.unlink()
     work.unlink()
     from tabulate import tabulate
 
     table = []
     for label, wall, rss in rows:
-        table.append([label, f"{wall:,.3f}", f"{size / wall / 2**30:,.2f}" if wall > 0.5 else "-",
-                      f"{rss / 2**20:,.0f}", f"{t_new / wall:,.0f}x"])
-    print(f"file: {size / 2**30:.2f} GiB ({size:,} bytes), header ~{ggufx.open(big).header.data_offset / 2**20:.1f} MiB; "
-          f"medians of {args.runs} in-place runs and {args.copies} interleaved copies; warm page cache\n")
-    print(tabulate(table, headers=["command", "wall s", "GiB/s", "peak RSS MiB", "faster than gguf-new-metadata"],
-                   tablefmt="github", colalign=("left", "right", "right", "right", "right")))
-    print(f"\nin place vs gguf-new-metadata: {t_new / t_inplace:,.0f}x; insert-range {t_insert * 1000:.0f} ms; "
-          f"streamed rewrite at {100 * t_cp / t_rewrite:.0f}% of cp and {100 * t_cps / t_rewrite:.0f}% of cp+sync; "
-          f"-o at {100 * t_cp / t_out:.0f}% of cp and {100 * t_cps / t_out:.0f}% of cp+sync")
+        table.append(
+            [
+                label,
+                f"{wall:,.3f}",
+                f"{size / wall / 2**30:,.2f}" if wall > 0.5 else "-",
+                f"{rss / 2**20:,.0f}",
+                f"{t_new / wall:,.0f}x",
+            ]
+        )
+    print(
+        f"file: {size / 2**30:.2f} GiB ({size:,} bytes), header ~{ggufx.open(big).header.data_offset / 2**20:.1f} MiB; "
+        f"medians of {args.runs} in-place runs and {args.copies} interleaved copies; warm page cache\n"
+    )
+    print(
+        tabulate(
+            table,
+            headers=["command", "wall s", "GiB/s", "peak RSS MiB", "faster than gguf-new-metadata"],
+            tablefmt="github",
+            colalign=("left", "right", "right", "right", "right"),
+        )
+    )
+    print(
+        f"\nin place vs gguf-new-metadata: {t_new / t_inplace:,.0f}x; insert-range {t_insert * 1000:.0f} ms; "
+        f"streamed rewrite at {100 * t_cp / t_rewrite:.0f}% of cp and {100 * t_cps / t_rewrite:.0f}% of cp+sync; "
+        f"-o at {100 * t_cp / t_out:.0f}% of cp and {100 * t_cps / t_out:.0f}% of cp+sync"
+    )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import CACHE, run  # noqa: E402
-DEFAULT = [CACHE / "SmolLM2-135M-Instruct.Q4_1.gguf", CACHE / "gemma-3-270m-q4_k_m.gguf", HERE / ".data" / "big-4g.gguf"]
+
+DEFAULT = [
+    CACHE / "SmolLM2-135M-Instruct.Q4_1.gguf",
+    CACHE / "gemma-3-270m-q4_k_m.gguf",
+    HERE / ".data" / "big-4g.gguf",
+]
 
 
 def main() -> None:
@@ -45,12 +50,26 @@ def main() -> None:
             samples = [run(cmd) for _ in range(runs)]
             wall = statistics.median(s[0] for s in samples)
             base = base or wall
-            rows.append((f.name, label, f"{wall:,.2f}", f"{size / wall / 2**30:,.2f}", f"{max(s[1] for s in samples) / 2**20:,.0f}",
-                         f"{wall / base:,.1f}x"))
+            rows.append(
+                (
+                    f.name,
+                    label,
+                    f"{wall:,.2f}",
+                    f"{size / wall / 2**30:,.2f}",
+                    f"{max(s[1] for s in samples) / 2**20:,.0f}",
+                    f"{wall / base:,.1f}x",
+                )
+            )
     from tabulate import tabulate
 
-    print(tabulate(rows, headers=["file", "command", "wall s", "GiB/s", "peak RSS MiB", "time vs ggufx hash"],
-                   tablefmt="github", colalign=("left", "left", "right", "right", "right", "right")))
+    print(
+        tabulate(
+            rows,
+            headers=["file", "command", "wall s", "GiB/s", "peak RSS MiB", "time vs ggufx hash"],
+            tablefmt="github",
+            colalign=("left", "left", "right", "right", "right", "right"),
+        )
+    )
 
 
 if __name__ == "__main__":

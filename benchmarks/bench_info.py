@@ -21,6 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import CACHE, run, tool  # noqa: E402
+
 DEFAULT_FILES = [CACHE / "SmolLM2-135M-Instruct.Q4_1.gguf", CACHE / "gemma-3-270m-q4_k_m.gguf"]
 
 
@@ -63,8 +64,14 @@ def main() -> None:
     from tabulate import tabulate
 
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, median of {args.runs} runs\n")
-    print(tabulate(rows, headers=["file", "command", "wall ms", "peak RSS MiB", "time vs ggufx info"],
-                   tablefmt="github", colalign=("left", "left", "right", "right", "right")))
+    print(
+        tabulate(
+            rows,
+            headers=["file", "command", "wall ms", "peak RSS MiB", "time vs ggufx info"],
+            tablefmt="github",
+            colalign=("left", "left", "right", "right", "right"),
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -57,8 +57,12 @@ def download(url: str, dest: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--latency", type=float, default=0.05, help="seconds before every response (default 0.05)")
-    ap.add_argument("--bandwidth", type=float, default=100.0,
-                    help="Mbit/s the server sends bodies at (default 100, a fast home line; 0 = loopback speed)")
+    ap.add_argument(
+        "--bandwidth",
+        type=float,
+        default=100.0,
+        help="Mbit/s the server sends bodies at (default 100, a fast home line; 0 = loopback speed)",
+    )
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("files", nargs="*", type=Path)
     args = ap.parse_args()

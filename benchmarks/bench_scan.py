@@ -31,7 +31,12 @@ def main() -> None:
     bindir = Path(sys.executable).parent
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
-        sources = [FIX / "all-types-v3.gguf", FIX / "big-endian.gguf", FIX / "edge-values.gguf", FIX / "no-tensors.gguf"]
+        sources = [
+            FIX / "all-types-v3.gguf",
+            FIX / "big-endian.gguf",
+            FIX / "edge-values.gguf",
+            FIX / "no-tensors.gguf",
+        ]
         for i in range(args.files):
             shutil.copy(sources[i % len(sources)], root / f"model-{i:04d}.gguf")
         for real in CACHE.glob("*.gguf"):
@@ -41,17 +46,26 @@ def main() -> None:
         subprocess.run([str(bindir / "ggufx"), "scan", str(root), "--json"], stdout=subprocess.DEVNULL, check=False)
         t_scan = time.perf_counter() - t0
         t0 = time.perf_counter()
-        subprocess.run([str(bindir / "ggufx"), "scan", str(root), "--json", "--no-lint"], stdout=subprocess.DEVNULL, check=False)
+        subprocess.run(
+            [str(bindir / "ggufx"), "scan", str(root), "--json", "--no-lint"], stdout=subprocess.DEVNULL, check=False
+        )
         t_nolint = time.perf_counter() - t0
         t0 = time.perf_counter()
         for f in files:
-            subprocess.run([str(bindir / "gguf-inspect"), "--no-metadata", "--no-tensors", str(f)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+            subprocess.run(
+                [str(bindir / "gguf-inspect"), "--no-metadata", "--no-tensors", str(f)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                check=False,
+            )
         t_loop = time.perf_counter() - t0
     print(f"| command ({len(files)} files) | wall s | per file ms | vs ggufx scan |")
     print("|---|---:|---:|---:|")
-    for label, t in (("ggufx scan (with template lint)", t_scan), ("ggufx scan --no-lint", t_nolint),
-                     ("gguf-inspect, once per file", t_loop)):
+    for label, t in (
+        ("ggufx scan (with template lint)", t_scan),
+        ("ggufx scan --no-lint", t_nolint),
+        ("gguf-inspect, once per file", t_loop),
+    ):
         print(f"| {label} | {t:.2f} | {1000 * t / len(files):.1f} | {t / t_scan:.1f}x |")
 
 

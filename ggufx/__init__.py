@@ -12,29 +12,44 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from ggufx.errors import (FormatError, GGUFError, ShardError, SourceError, TruncatedError,
-                     UnsupportedVersionError, ValidationError)
+from ggufx.errors import (
+    FormatError,
+    GGUFError,
+    ShardError,
+    SourceError,
+    TruncatedError,
+    UnsupportedVersionError,
+    ValidationError,
+)
 
 if TYPE_CHECKING:
-    from ggufx.model import GGUFModel
     from ggufx.analysis.summary import ModelSummary
+    from ggufx.model import GGUFModel
 
 from ggufx._version import __version__
 
 __all__ = [
-    "open", "info", "GGUFError", "FormatError", "TruncatedError", "UnsupportedVersionError",
-    "ValidationError", "ShardError", "SourceError", "__version__",
+    "open",
+    "info",
+    "GGUFError",
+    "FormatError",
+    "TruncatedError",
+    "UnsupportedVersionError",
+    "ValidationError",
+    "ShardError",
+    "SourceError",
+    "__version__",
 ]
 
 
-def open(path: str | os.PathLike[str]) -> "GGUFModel":  # noqa: A001 - mirrors builtins.open on purpose
+def open(path: str | os.PathLike[str]) -> GGUFModel:  # noqa: A001 - mirrors builtins.open on purpose
     """Parse a GGUF file's header (and its sibling shards' if it is split). Reads no tensor data."""
     from ggufx.model import open_model
 
     return open_model(path)
 
 
-def info(path: str | os.PathLike[str]) -> "ModelSummary":
+def info(path: str | os.PathLike[str]) -> ModelSummary:
     """The summary ``ggufx info`` prints: same object the CLI renders as a table or JSON."""
     from ggufx.analysis.summary import summarize
 

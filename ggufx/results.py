@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from ggufx.analysis.summary import summarize
 from ggufx.errors import InputError
@@ -30,9 +31,18 @@ ARRAY_HEAD = 8  # array elements shown without --full
 
 def tensor_dict(t: TensorInfo) -> dict[str, Any]:
     """One tensor as ``tensors --json`` gives it."""
-    return {"name": t.name, "type": t.type.name, "shape": list(t.shape), "elements": t.n_elements,
-            "bytes": t.nbytes, "bpw": round(t.bpw, 4), "shard": t.shard, "offset": t.offset,
-            "file_offset": t.file_offset, "size_derived": t.size_derived}
+    return {
+        "name": t.name,
+        "type": t.type.name,
+        "shape": list(t.shape),
+        "elements": t.n_elements,
+        "bytes": t.nbytes,
+        "bpw": round(t.bpw, 4),
+        "shard": t.shard,
+        "offset": t.offset,
+        "file_offset": t.file_offset,
+        "size_derived": t.size_derived,
+    }
 
 
 def _elem_label(a: GGUFArray) -> str:
@@ -70,8 +80,8 @@ def kv_dict(kv: KV, full: bool) -> dict[str, Any]:
     return d
 
 
-
 # -- read-only commands --------------------------------------------------------------------------
+
 
 def info(model: GGUFModel) -> dict[str, Any]:
     return summarize(model).to_dict()
@@ -98,13 +108,20 @@ def parse_layer_range(text: str) -> tuple[int, int]:
     return lo, hi
 
 
-def tensors(model: GGUFModel, types: Iterable[str] = (), grep: str | None = None, sort: str = "offset",
-            layers: str | None = None, offset: int = 0, limit: int | None = None) -> dict[str, Any]:
+def tensors(
+    model: GGUFModel,
+    types: Iterable[str] = (),
+    grep: str | None = None,
+    sort: str = "offset",
+    layers: str | None = None,
+    offset: int = 0,
+    limit: int | None = None,
+) -> dict[str, Any]:
     """Tensors filtered by ggml type names, a regular expression searched in the name and a layer
     range; sorted; then the page ``[offset, offset + limit)``. ``count`` is the number that matched;
     with a limit, ``next_offset`` is where the next page starts (null after the last)."""
-    from ggufx.format.ggmltypes import ggml_type_by_name
     from ggufx.analysis.roles import parse_name
+    from ggufx.format.ggmltypes import ggml_type_by_name
 
     if sort not in SORT_ORDERS:
         raise InputError(f"sort must be one of {', '.join(SORT_ORDERS)}", "--sort")
@@ -139,10 +156,16 @@ def tensors(model: GGUFModel, types: Iterable[str] = (), grep: str | None = None
     if limit is None and offset == 0:
         out["tensors"] = [tensor_dict(t) for t in selected]
         return out
-    page = selected[offset:offset + limit if limit is not None else None]
+    page = selected[offset : offset + limit if limit is not None else None]
     end = offset + len(page)
-    out.update({"offset": offset, "limit": limit, "next_offset": end if end < len(selected) else None,
-                "tensors": [tensor_dict(t) for t in page]})
+    out.update(
+        {
+            "offset": offset,
+            "limit": limit,
+            "next_offset": end if end < len(selected) else None,
+            "tensors": [tensor_dict(t) for t in page],
+        }
+    )
     return out
 
 
@@ -169,7 +192,8 @@ def layers(model: GGUFModel, collapse: bool = True) -> dict[str, Any]:
 
 
 def recipe(model: GGUFModel) -> dict[str, Any]:
-    from ggufx.analysis.recipe import check_recipe, recipe as make_recipe
+    from ggufx.analysis.recipe import check_recipe
+    from ggufx.analysis.recipe import recipe as make_recipe
 
     rec = make_recipe(model)
     d = rec.to_dict()
@@ -184,8 +208,16 @@ def diff(a: GGUFModel, b: GGUFModel) -> dict[str, Any]:
     return model_diff(a, b).to_dict()
 
 
-def memory(model: GGUFModel, ctx: int = 0, cache_type_k: str = "f16", cache_type_v: str = "f16",
-           flash_attn: bool = True, parallel: int = 1, ubatch: int = 512, n_gpu_layers: int = -1) -> dict[str, Any]:
+def memory(
+    model: GGUFModel,
+    ctx: int = 0,
+    cache_type_k: str = "f16",
+    cache_type_v: str = "f16",
+    flash_attn: bool = True,
+    parallel: int = 1,
+    ubatch: int = 512,
+    n_gpu_layers: int = -1,
+) -> dict[str, Any]:
     from ggufx.analysis.memory import estimate
 
     for name, v in (("--cache-type-k", cache_type_k), ("--cache-type-v", cache_type_v)):
@@ -193,14 +225,29 @@ def memory(model: GGUFModel, ctx: int = 0, cache_type_k: str = "f16", cache_type
             raise InputError(f"cache type {v!r} is not one of {', '.join(CACHE_TYPES)}", name)
     if ctx < 0 or parallel < 1 or ubatch < 1:
         raise InputError("ctx must be >= 0, parallel and ubatch >= 1", "--ctx")
-    e = estimate(model, ctx, cache_type_k=cache_type_k, cache_type_v=cache_type_v, parallel=parallel,
-                 n_ubatch=ubatch, flash_attn=flash_attn, n_gpu_layers=n_gpu_layers)
+    e = estimate(
+        model,
+        ctx,
+        cache_type_k=cache_type_k,
+        cache_type_v=cache_type_v,
+        parallel=parallel,
+        n_ubatch=ubatch,
+        flash_attn=flash_attn,
+        n_gpu_layers=n_gpu_layers,
+    )
     return {"path": model.path, **e.to_dict(), "n_gpu_layers_requested": n_gpu_layers}
 
 
-def fit(model: GGUFModel, budget: str | int, flash_attn: bool = True, parallel: int = 1, ubatch: int = 512,
-        n_gpu_layers: int = -1) -> dict[str, Any]:
-    from ggufx.analysis.memory import fit as fit_ctx, parse_size
+def fit(
+    model: GGUFModel,
+    budget: str | int,
+    flash_attn: bool = True,
+    parallel: int = 1,
+    ubatch: int = 512,
+    n_gpu_layers: int = -1,
+) -> dict[str, Any]:
+    from ggufx.analysis.memory import fit as fit_ctx
+    from ggufx.analysis.memory import parse_size
 
     if isinstance(budget, str):
         try:
@@ -227,17 +274,26 @@ def report(model: GGUFModel) -> dict[str, Any]:
     s = summarize(model).to_dict()
     n_train = s["context_length"] or 0
     ctxs = sorted({c for c in (*REPORT_CONTEXTS, n_train) if c and (not n_train or c <= n_train)})
-    memory = [estimate(model, c, cache_type_k=ct, cache_type_v=ct).to_dict() for c in ctxs for ct in ("f16", "q8_0", "q4_0")]
+    memory = [
+        estimate(model, c, cache_type_k=ct, cache_type_v=ct).to_dict() for c in ctxs for ct in ("f16", "q8_0", "q4_0")
+    ]
     tmpl = model.metadata.get_str("tokenizer.chat_template")
     info = None
     if tmpl is not None:
         bos, eos = special_tokens(model)
         info = analyze(tmpl, {"bos_token": bos or "", "eos_token": eos or ""}).to_dict()
-    return {"summary": s, "roles": [r.to_dict() for r in role_table(model)], "layers": layer_grid(model).to_dict(),
-            "memory": memory, "chat_template": info, "layer_map": layer_grid(model, collapse=False).to_dict()}
+    return {
+        "summary": s,
+        "roles": [r.to_dict() for r in role_table(model)],
+        "layers": layer_grid(model).to_dict(),
+        "memory": memory,
+        "chat_template": info,
+        "layer_map": layer_grid(model, collapse=False).to_dict(),
+    }
 
 
 # -- chat templates ----------------------------------------------------------------------------
+
 
 def template_variables(ts: Any, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """bos_token/eos_token of the model, then the caller's extra variables."""
@@ -254,14 +310,21 @@ def template_show(source: str, ts: Any) -> dict[str, Any]:
     return {"path": source, "default": ts.default, "named": ts.named}
 
 
-def template_info(source: str, ts: Any, name: str | None = None, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+def template_info(
+    source: str, ts: Any, name: str | None = None, variables: dict[str, Any] | None = None
+) -> dict[str, Any]:
     from ggufx.chat.dialect import analyze
 
     return {"source": source, **analyze(ts.get(name), template_variables(ts, variables)).to_dict()}
 
 
-def template_lint(source: str, ts: Any, name: str | None = None, variables: dict[str, Any] | None = None,
-                  model: GGUFModel | None = None):
+def template_lint(
+    source: str,
+    ts: Any,
+    name: str | None = None,
+    variables: dict[str, Any] | None = None,
+    model: GGUFModel | None = None,
+):
     """The :class:`~ggufx.chat.lint.LintResult` (``to_dict()`` is the JSON; ``ok`` the verdict)."""
     from ggufx.chat.lint import lint as run_lint
 
@@ -270,12 +333,19 @@ def template_lint(source: str, ts: Any, name: str | None = None, variables: dict
         md = model.metadata
         tokens = md["tokenizer.ggml.tokens"] if "tokenizer.ggml.tokens" in md else None
         add_bos = md["tokenizer.ggml.add_bos_token"] if "tokenizer.ggml.add_bos_token" in md else None
-    return run_lint(ts.get(name), origin=source, variables=template_variables(ts, variables), tokens=tokens,
-                    add_bos_token=add_bos)
+    return run_lint(
+        ts.get(name), origin=source, variables=template_variables(ts, variables), tokens=tokens, add_bos_token=add_bos
+    )
 
 
-def template_render(source: str, ts: Any, conversations: list[tuple[str, dict]], name: str | None = None,
-                    add_generation_prompt: bool = True, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+def template_render(
+    source: str,
+    ts: Any,
+    conversations: list[tuple[str, dict]],
+    name: str | None = None,
+    add_generation_prompt: bool = True,
+    variables: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Render each (label, {"messages", "tools"?, "documents"?}) in the sandbox."""
     from ggufx.chat.render import RenderError, render
 
@@ -284,8 +354,14 @@ def template_render(source: str, ts: Any, conversations: list[tuple[str, dict]],
     results = []
     for label, conv in conversations:
         try:
-            out = render(tmpl, conv["messages"], tools=conv.get("tools"), documents=conv.get("documents"),
-                         add_generation_prompt=add_generation_prompt, variables=v)
+            out = render(
+                tmpl,
+                conv["messages"],
+                tools=conv.get("tools"),
+                documents=conv.get("documents"),
+                add_generation_prompt=add_generation_prompt,
+                variables=v,
+            )
             results.append({"conversation": label, "output": out, "error": None})
         except RenderError as e:
             results.append({"conversation": label, "output": None, "error": str(e), "kind": e.kind, "line": e.line})
@@ -306,6 +382,12 @@ def template_diff(a: str, b: str, ta: Any, tb: Any, name: str | None = None) -> 
         verdict = f"family changes: {ia.family} -> {ib.family}"
     else:
         verdict = f"same family ({ia.family}) and tool-call dialect ({ia.dialect})"
-    return {"a": a, "b": b, "identical": sa == sb, "diff": text, "verdict": verdict,
-            "a_info": ia.to_dict(), "b_info": ib.to_dict()}
-
+    return {
+        "a": a,
+        "b": b,
+        "identical": sa == sb,
+        "diff": text,
+        "verdict": verdict,
+        "a_info": ia.to_dict(),
+        "b_info": ib.to_dict(),
+    }

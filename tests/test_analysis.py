@@ -12,12 +12,10 @@ import pytest
 
 import ggufx
 from ggufx.analysis.diff import diff, layer_ranges
-from ggufx.analysis.layers import layer_grid
-from ggufx.analysis.recipe import check_recipe, fallback, recipe
-from ggufx.analysis.roles import role_table
-from ggufx.analysis.layers import layer_kinds
+from ggufx.analysis.layers import layer_grid, layer_kinds
 from ggufx.analysis.memory import estimate, fit, parse_size, row_size
-from ggufx.analysis.roles import parse_name
+from ggufx.analysis.recipe import check_recipe, fallback, recipe
+from ggufx.analysis.roles import parse_name, role_table
 from ggufx.analysis.summary import summarize
 
 from .conftest import FIXTURES, CliRun
@@ -34,19 +32,22 @@ def qwen36(tmp_path_factory) -> Path:
     return p
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("blk.12.ffn_up.weight", (12, "ffn_up", "weight", None, "ffn_up")),
-    ("blk.0.ffn_gate_exps.weight", (0, "ffn_gate_exps", "weight", None, "ffn_gate_exps")),
-    ("blk.3.attn_q.bias", (3, "attn_q", "bias", None, "attn_q.bias")),
-    ("blk.7.ssm_conv1d.weight", (7, "ssm_conv1d", "weight", None, "ssm_conv1d")),
-    ("blk.7.ssm_a", (7, "ssm_a", "", None, "ssm_a")),
-    ("token_embd.weight", (None, "token_embd", "weight", None, "token_embd")),
-    ("output_norm.weight", (None, "output_norm", "weight", None, "output_norm")),
-    ("rope_freqs.weight", (None, "rope_freqs", "weight", None, "rope_freqs")),
-    ("v.blk.2.attn_q.weight", (2, "attn_q", "weight", "vision", "v.attn_q")),
-    ("mm.input_projection.weight", (None, "input_projection", "weight", "projector", "mm.input_projection")),
-    ("blk.1.something_new.weight", (1, "something_new", "weight", None, "something_new")),
-])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("blk.12.ffn_up.weight", (12, "ffn_up", "weight", None, "ffn_up")),
+        ("blk.0.ffn_gate_exps.weight", (0, "ffn_gate_exps", "weight", None, "ffn_gate_exps")),
+        ("blk.3.attn_q.bias", (3, "attn_q", "bias", None, "attn_q.bias")),
+        ("blk.7.ssm_conv1d.weight", (7, "ssm_conv1d", "weight", None, "ssm_conv1d")),
+        ("blk.7.ssm_a", (7, "ssm_a", "", None, "ssm_a")),
+        ("token_embd.weight", (None, "token_embd", "weight", None, "token_embd")),
+        ("output_norm.weight", (None, "output_norm", "weight", None, "output_norm")),
+        ("rope_freqs.weight", (None, "rope_freqs", "weight", None, "rope_freqs")),
+        ("v.blk.2.attn_q.weight", (2, "attn_q", "weight", "vision", "v.attn_q")),
+        ("mm.input_projection.weight", (None, "input_projection", "weight", "projector", "mm.input_projection")),
+        ("blk.1.something_new.weight", (1, "something_new", "weight", None, "something_new")),
+    ],
+)
 def test_parse_name(name: str, expected: tuple) -> None:
     r = parse_name(name)
     assert (r.layer, r.role, r.kind, r.tower, r.label) == expected
@@ -141,8 +142,10 @@ def test_recipe_reproduces_the_files(cli: CliRun, real_models) -> None:
     assert [r.type for r in g.rules] == ["Q8_0", "Q6_K"]
     assert g.rules[0].pattern == r"^blk\.(0|1|4|7|10|13|15|16|17)\.attn_v\.weight$"
     r = cli("recipe", str(real_models["gemma"]), "--format", "tensor-type-file")
-    assert r.output.splitlines() == [r"^blk\.(0|1|4|7|10|13|15|16|17)\.attn_v\.weight$=q8_0",
-                                     r"^blk\.(0|1|4|7|10|13|15|16|17)\.ffn_down\.weight$=q6_k"]
+    assert r.output.splitlines() == [
+        r"^blk\.(0|1|4|7|10|13|15|16|17)\.attn_v\.weight$=q8_0",
+        r"^blk\.(0|1|4|7|10|13|15|16|17)\.ffn_down\.weight$=q6_k",
+    ]
     d = json.loads(cli("recipe", str(real_models["gemma"]), "--json").output)
     assert d["base"] == "Q4_K_M" and d["verified"] and len(d["rules"]) == 2 and "--pure" in d["args"]
 
@@ -165,7 +168,8 @@ def test_recipe_rules_are_first_match_wins(tmp_path: Path, monkeypatch) -> None:
     assert both == "blk.2.attn_v.weight"
     assert [(r.pattern, r.type, r.tensors) for r in hits[both]] == [
         (r"^blk\.(2)\.attn_v\.weight$", "Q8_0", 1),  # the exception comes first and wins
-        (r"^blk\.\d+\.attn_v\.weight$", "Q6_K", 3)]
+        (r"^blk\.\d+\.attn_v\.weight$", "Q6_K", 3),
+    ]
     assert check_recipe(m, rec) == []
     # applied last-match-wins (the rules reversed) the recipe would get exactly that tensor wrong
     reversed_rules = dataclasses.replace(rec, rules=rec.rules[::-1])
@@ -210,6 +214,7 @@ def test_diff_reports_type_changes(cli: CliRun, tmp_path: Path, monkeypatch) -> 
 
 # -- report --------------------------------------------------------------------------------------
 
+
 def test_report_html_contains_the_numbers_and_escapes_metadata(cli: CliRun, smollm2_path: Path, tmp_path: Path) -> None:
     p = tmp_path / "m.gguf"
     shutil.copy(smollm2_path, p)
@@ -237,10 +242,25 @@ def test_report_opens_in_headless_chromium(cli: CliRun, gemma_path: Path, tmp_pa
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
     out = tmp_path / "report.html"
     assert cli("report", str(gemma_path), "-o", str(out)).exit_code == 0
-    proc = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                           "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-                           "--enable-logging=stderr", "--v=0", "--dump-dom", out.as_uri()],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--dump-dom",
+            out.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     dom = proc.stdout
     s = ggufx.info(gemma_path)
@@ -267,8 +287,14 @@ def test_moe_layers(tmp_path: Path) -> None:
     r.kv("qwen3moe.block_count", U32, r.p("I", 2))
     off = 0
     for il in range(2):
-        for role, shape in (("attn_q", (64, 64)), ("attn_k", (64, 16)), ("attn_v", (64, 16)),
-                            ("ffn_gate_inp", (64, 4)), ("ffn_up_exps", (64, 32, 4)), ("ffn_down_exps", (32, 64, 4))):
+        for role, shape in (
+            ("attn_q", (64, 64)),
+            ("attn_k", (64, 16)),
+            ("attn_v", (64, 16)),
+            ("ffn_gate_inp", (64, 4)),
+            ("ffn_up_exps", (64, 32, 4)),
+            ("ffn_down_exps", (32, 64, 4)),
+        ):
             r.tensor(f"blk.{il}.{role}.weight", shape, 0, off)
             n = 1
             for d in shape:

@@ -69,19 +69,34 @@ def test_family_and_dialect_of_real_templates(name: str) -> None:
 # (template, sample conversation): transformers itself refuses to render these (with and without the
 # generation prompt) - the exception it raises, the words of its message - and the RenderError kind
 # ggufx must raise instead, with the same words. Any other transformers failure fails the test.
-_NO_TOOLS_TYPEERROR = ("builtins.TypeError", "'NoneType' object is not iterable", "error")  # a tool_use template, no tools
+_NO_TOOLS_TYPEERROR = (
+    "builtins.TypeError",
+    "'NoneType' object is not iterable",
+    "error",
+)  # a tool_use template, no tools
 _NO_FUNCTIONS = ("jinja2.exceptions.UndefinedError", "'functions' is undefined", "undefined")
 REFUSED_BY_TRANSFORMERS = {
-    ("Kimi-K2-Instruct", "tools"):
-        ("jinja2.exceptions.SecurityError", "access to attribute 'append' of 'list' object is unsafe", "security"),
-    **{("NousResearch-Hermes-3-Llama-3.1-8B-tool_use", n): _NO_TOOLS_TYPEERROR
-       for n in ("plain", "system", "multi-turn", "reasoning")},
+    ("Kimi-K2-Instruct", "tools"): (
+        "jinja2.exceptions.SecurityError",
+        "access to attribute 'append' of 'list' object is unsafe",
+        "security",
+    ),
+    **{
+        ("NousResearch-Hermes-3-Llama-3.1-8B-tool_use", n): _NO_TOOLS_TYPEERROR
+        for n in ("plain", "system", "multi-turn", "reasoning")
+    },
     **{("fireworks-ai-llama-3-firefunction-v2", n): _NO_FUNCTIONS for n in NAMES},
     ("google-gemma-2-2b-it", "system"): ("jinja2.exceptions.TemplateError", "System role not supported", "exception"),
-    ("google-gemma-2-2b-it", "tools"):
-        ("jinja2.exceptions.TemplateError", "Conversation roles must alternate user/assistant/user/assistant/...", "exception"),
-    ("meetkai-functionary-medium-v3.2", "tools"):
-        ("builtins.TypeError", 'can only concatenate str (not "dict") to str', "error"),
+    ("google-gemma-2-2b-it", "tools"): (
+        "jinja2.exceptions.TemplateError",
+        "Conversation roles must alternate user/assistant/user/assistant/...",
+        "exception",
+    ),
+    ("meetkai-functionary-medium-v3.2", "tools"): (
+        "builtins.TypeError",
+        'can only concatenate str (not "dict") to str',
+        "error",
+    ),
 }
 
 
@@ -99,8 +114,13 @@ def test_rendering_equals_transformers(path: Path) -> None:
             case = f"{path.stem}/{name}/agp={agp}"
             kwargs = {"bos_token": "<s>", "eos_token": "</s>"}
             try:
-                expected = render_jinja_template([conv["messages"]], tools=conv.get("tools"), chat_template=source,
-                                                 add_generation_prompt=agp, **kwargs)[0][0]
+                expected = render_jinja_template(
+                    [conv["messages"]],
+                    tools=conv.get("tools"),
+                    chat_template=source,
+                    add_generation_prompt=agp,
+                    **kwargs,
+                )[0][0]
             except Exception as exc:
                 raised = f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}"
                 if (path.stem, name) not in REFUSED_BY_TRANSFORMERS:
@@ -108,7 +128,9 @@ def test_rendering_equals_transformers(path: Path) -> None:
                 exc_type, words, kind = REFUSED_BY_TRANSFORMERS[path.stem, name]
                 assert raised.startswith(f"{exc_type}: ") and words in str(exc), (case, raised)
                 with pytest.raises(RenderError) as ours:
-                    render(source, conv["messages"], tools=conv.get("tools"), add_generation_prompt=agp, variables=kwargs)
+                    render(
+                        source, conv["messages"], tools=conv.get("tools"), add_generation_prompt=agp, variables=kwargs
+                    )
                 assert ours.value.kind == kind and words in ours.value.message, (case, ours.value.kind, str(ours.value))
                 refused.add((name, agp))
                 continue
@@ -117,12 +139,18 @@ def test_rendering_equals_transformers(path: Path) -> None:
             compared += 1
     # every refusal the table expects happened, both ways
     assert refused == {(n, agp) for (stem, n) in REFUSED_BY_TRANSFORMERS if stem == path.stem for agp in (True, False)}
-    assert compared >= 2 or path.stem in ("fireworks-ai-llama-3-firefunction-v2",
-                                          "NousResearch-Hermes-3-Llama-3.1-8B-tool_use")
+    assert compared >= 2 or path.stem in (
+        "fireworks-ai-llama-3-firefunction-v2",
+        "NousResearch-Hermes-3-Llama-3.1-8B-tool_use",
+    )
 
 
 def test_tojson_spacing_and_escaping_like_transformers() -> None:
-    out = render("{{ x | tojson }}|{{ x | tojson(indent=2) }}|{{ '<a&b>' | tojson }}", [], variables={"x": {"a": "é", "b": [1, 2]}})
+    out = render(
+        "{{ x | tojson }}|{{ x | tojson(indent=2) }}|{{ '<a&b>' | tojson }}",
+        [],
+        variables={"x": {"a": "é", "b": [1, 2]}},
+    )
     assert out == '{"a": "é", "b": [1, 2]}|{\n  "a": "é",\n  "b": [\n    1,\n    2\n  ]\n}|"<a&b>"'
 
 
@@ -196,6 +224,7 @@ def test_tracer_is_removed_after_rendering() -> None:
 
 # -- lint ----------------------------------------------------------------------------------------
 
+
 def test_lint_clean_template(cli: CliRun, smollm2_path: Path) -> None:
     r = cli("template", "lint", str(smollm2_path), "--json")
     assert r.exit_code == 0, r.output
@@ -246,14 +275,17 @@ def test_lint_double_bos(cli: CliRun, tmp_path: Path) -> None:
     shutil.copy(FIXTURES / "all-types-v3.gguf", p)
     assert cli("set", str(p), "tokenizer.ggml.add_bos_token", "true").exit_code == 0
     tmpl = tmp_path / "t.jinja"
-    tmpl.write_text("{{ bos_token }}{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
-                    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    tmpl.write_text(
+        "{{ bos_token }}{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
     assert cli("template", "set", str(p), "--from", str(tmpl)).exit_code == 0
     d = json.loads(cli("template", "lint", str(p), "--json").output)
     assert "double-bos" in {x["code"] for x in d["problems"]}
 
 
 # -- commands ------------------------------------------------------------------------------------
+
 
 def test_show_is_byte_identical_and_lists_named(cli: CliRun, tmp_path: Path) -> None:
     r = cli("template", "show", str(FIXTURES / "all-types-v3.gguf"))
@@ -276,18 +308,34 @@ def test_set_from_every_kind_of_source(cli: CliRun, tmp_path: Path) -> None:
     assert cli("template", "set", str(p), "--from", str(cfg)).exit_code == 0
     assert ggufx.open(p).metadata["tokenizer.chat_template"] == "{{ messages }}"
     # a tokenizer_config.json with named templates: all of them, as llama.cpp's converter writes them
-    cfg.write_text(json.dumps({"chat_template": [{"name": "default", "template": "D"}, {"name": "tool_use", "template": "T"},
-                                                 {"name": "rag", "template": "R"}]}))
+    cfg.write_text(
+        json.dumps(
+            {
+                "chat_template": [
+                    {"name": "default", "template": "D"},
+                    {"name": "tool_use", "template": "T"},
+                    {"name": "rag", "template": "R"},
+                ]
+            }
+        )
+    )
     assert cli("template", "set", str(p), "--from", str(cfg)).exit_code == 0
     md = ggufx.open(p).metadata
-    assert (md["tokenizer.chat_template"], md["tokenizer.chat_template.tool_use"], md["tokenizer.chat_template.rag"]) == ("D", "T", "R")
+    assert (
+        md["tokenizer.chat_template"],
+        md["tokenizer.chat_template.tool_use"],
+        md["tokenizer.chat_template.rag"],
+    ) == ("D", "T", "R")
     assert md["tokenizer.chat_templates"].tolist() == ["tool_use", "rag"]
     assert cli("template", "show", str(p), "--name", "tool_use").stdout_bytes == b"T"
     # one named template
     assert cli("template", "set", str(p), "--from", str(cfg), "--name", "rag").exit_code == 0
     # another GGUF
     assert cli("template", "set", str(p), "--from", str(FIXTURES / "big-endian.gguf")).exit_code == 0
-    assert ggufx.open(p).metadata["tokenizer.chat_template"] == ggufx.open(FIXTURES / "big-endian.gguf").metadata["tokenizer.chat_template"]
+    assert (
+        ggufx.open(p).metadata["tokenizer.chat_template"]
+        == ggufx.open(FIXTURES / "big-endian.gguf").metadata["tokenizer.chat_template"]
+    )
     assert data_hash(p) == h0
     # a source without a template is a clear error
     r = cli("template", "set", str(p), "--from", str(FIXTURES / "raw-base.gguf"))
@@ -307,8 +355,10 @@ def test_set_dry_run_shows_a_unified_diff(cli: CliRun, tmp_path: Path) -> None:
 def test_diff_verdict_on_a_dialect_change(cli: CliRun) -> None:
     r = cli("template", "diff", str(TEMPLATES / "Qwen-Qwen3-0.6B.jinja"), str(TEMPLATES / "Qwen3.5-4B.jinja"))
     assert r.exit_code == 1
-    assert r.output.strip().splitlines()[-1] == \
-        "tool-call dialect changes: hermes-json -> qwen3-coder-xml (tool calls will be written differently)"
+    assert (
+        r.output.strip().splitlines()[-1]
+        == "tool-call dialect changes: hermes-json -> qwen3-coder-xml (tool calls will be written differently)"
+    )
     same = cli("template", "diff", str(TEMPLATES / "Qwen3.5-4B.jinja"), str(TEMPLATES / "Qwen3.5-4B.jinja"))
     assert same.exit_code == 0 and "identical" in same.output
 

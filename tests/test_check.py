@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import ggufx
-from ggufx.analysis.policy import PolicyError, check, load_policy
 from ggufx.analysis.hashing import hash_model
+from ggufx.analysis.policy import PolicyError, check, load_policy
 
 from .conftest import FIXTURES, CliRun
 
@@ -33,13 +33,33 @@ CASES = [
     ("[model]\nparameters = { min = 1000, max = 100000 }", "[model]\nparameters = { min = 1e9 }", "model.parameters"),
     ('[tensors]\n"attn_v" = { min = "Q5_K" }', '[tensors]\n"attn_v" = { min = "Q8_0" }', "tensors[attn_v]"),
     ('[tensors]\n"attn_v" = { max = "Q8_0" }', '[tensors]\n"attn_v" = { max = "Q4_K" }', "tensors[attn_v]"),
-    ('[tensors]\n"token_embd" = { allowed = ["Q8_0", "Q6_K"] }', '[tensors]\n"token_embd" = { allowed = ["Q4_K"] }', "tensors[token_embd]"),
-    ('[tensors]\n"output\\\\.weight" = { type = "Q4_0" }', '[tensors]\n"output\\\\.weight" = { type = "Q6_K" }', "tensors[output\\.weight]"),
-    ('[metadata]\nrequired = ["general.name"]', '[metadata]\nrequired = ["general.url"]', "metadata.required[general.url]"),
-    ('[metadata]\nforbidden = ["general.url"]', '[metadata]\nforbidden = ["general.name"]', "metadata.forbidden[general.name]"),
-    ('[metadata.equals]\n"llama.context_length" = 4096', '[metadata.equals]\n"llama.context_length" = 8192', "metadata.equals[llama.context_length]"),
+    (
+        '[tensors]\n"token_embd" = { allowed = ["Q8_0", "Q6_K"] }',
+        '[tensors]\n"token_embd" = { allowed = ["Q4_K"] }',
+        "tensors[token_embd]",
+    ),
+    (
+        '[tensors]\n"output\\\\.weight" = { type = "Q4_0" }',
+        '[tensors]\n"output\\\\.weight" = { type = "Q6_K" }',
+        "tensors[output\\.weight]",
+    ),
+    (
+        '[metadata]\nrequired = ["general.name"]',
+        '[metadata]\nrequired = ["general.url"]',
+        "metadata.required[general.url]",
+    ),
+    (
+        '[metadata]\nforbidden = ["general.url"]',
+        '[metadata]\nforbidden = ["general.name"]',
+        "metadata.forbidden[general.name]",
+    ),
+    (
+        '[metadata.equals]\n"llama.context_length" = 4096',
+        '[metadata.equals]\n"llama.context_length" = 8192',
+        "metadata.equals[llama.context_length]",
+    ),
     ('[chat_template]\ndialect = "none"', '[chat_template]\ndialect = "hermes-json"', "chat_template.dialect"),
-    ("[memory]\nctx = 4096\nbudget = \"1GiB\"", "[memory]\nctx = 4096\nbudget = \"1KiB\"", "memory.budget"),
+    ('[memory]\nctx = 4096\nbudget = "1GiB"', '[memory]\nctx = 4096\nbudget = "1KiB"', "memory.budget"),
 ]
 
 
@@ -63,7 +83,7 @@ def test_template_sha256_lint_and_fingerprint(tmp_path: Path) -> None:
     assert bad["chat_template.sha256"] is False and bad["fingerprint.equals"] is False
     # the fixture's ChatML template lints clean against its own vocabulary
     assert bad["chat_template.lint_clean"] is True
-    missing = _check(tmp_path, '[chat_template]\nlint_clean = true', FIXTURES / "raw-base.gguf")
+    missing = _check(tmp_path, "[chat_template]\nlint_clean = true", FIXTURES / "raw-base.gguf")
     assert missing == {"chat_template.lint_clean": False}
 
 
@@ -75,14 +95,17 @@ def test_failure_names_offending_tensors_collapsed(cli: CliRun, tmp_path: Path, 
     assert "9 of 18 tensors break min Q5_K: ffn_down Q4_K (layers 2-3, 5-6, 8-9, 11-12, 14)" in r.output
 
 
-@pytest.mark.parametrize("toml,phrase", [
-    ("[model]\nbpww = 3\n", "line 2: unknown key 'bpww' in [model]"),
-    ("[modle]\nbpw = 3\n", "line 1: unknown section [modle]"),
-    ('[tensors]\n"ffn_down" = { min = "Q9_K" }\n', "line 2: unknown ggml type 'Q9_K'"),
-    ('[tensors]\n"ffn_(down" = { min = "Q4_K" }\n', "invalid regular expression"),
-    ('[tensors]\n"ffn_down" = { minimum = "Q4_K" }\n', "line 2: tensor rule"),
-    ("[model\n", "invalid TOML"),
-])
+@pytest.mark.parametrize(
+    "toml,phrase",
+    [
+        ("[model]\nbpww = 3\n", "line 2: unknown key 'bpww' in [model]"),
+        ("[modle]\nbpw = 3\n", "line 1: unknown section [modle]"),
+        ('[tensors]\n"ffn_down" = { min = "Q9_K" }\n', "line 2: unknown ggml type 'Q9_K'"),
+        ('[tensors]\n"ffn_(down" = { min = "Q4_K" }\n', "invalid regular expression"),
+        ('[tensors]\n"ffn_down" = { minimum = "Q4_K" }\n', "line 2: tensor rule"),
+        ("[model\n", "invalid TOML"),
+    ],
+)
 def test_bad_policy_is_an_error_naming_the_line(cli: CliRun, tmp_path: Path, toml: str, phrase: str) -> None:
     p = tmp_path / "policy.toml"
     p.write_text(toml)
@@ -114,7 +137,9 @@ def test_junit_xml(cli: CliRun, tmp_path: Path) -> None:
     assert [s.get("name") for s in suites] == [str(V3), str(FIXTURES / "big-endian.gguf")]
     for s in suites:
         cases = s.findall("testcase")
-        assert int(s.get("tests")) == len(cases) and int(s.get("failures")) == sum(1 for c in cases if c.find("failure") is not None)
+        assert int(s.get("tests")) == len(cases) and int(s.get("failures")) == sum(
+            1 for c in cases if c.find("failure") is not None
+        )
         for c in cases:
             assert c.get("name") and c.get("classname")
             f = c.find("failure")

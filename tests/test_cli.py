@@ -47,8 +47,13 @@ def test_info_json_interface(cli: CliRun) -> None:
     assert d["architecture"] == "llama" and d["tensor_count"] == 9
     assert d["file_bytes"] == (FIXTURES / "all-types-v3.gguf").stat().st_size
     assert set(d["types"]) == {"Q8_0", "F32", "Q4_K", "Q5_0", "Q6_K", "F16", "BF16", "Q4_0"}
-    assert d["types"]["F32"] == {"count": 2, "parameters": 128, "bytes": 512,
-                                 "share": round(512 / d["tensor_bytes"], 6), "bpw": 32.0}
+    assert d["types"]["F32"] == {
+        "count": 2,
+        "parameters": 128,
+        "bytes": 512,
+        "share": round(512 / d["tensor_bytes"], 6),
+        "bpw": 32.0,
+    }
     assert sum(t["bytes"] for t in d["types"].values()) == d["tensor_bytes"]
     assert sum(t["parameters"] for t in d["types"].values()) == d["parameters"]
     assert d["bpw"] == round(8 * d["tensor_bytes"] / d["parameters"], 4)

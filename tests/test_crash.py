@@ -41,9 +41,23 @@ def _expected_new(src: Path, tmp_path: Path, strategy: str) -> bytes:
 
 def _killed_edit(path: Path, tmpl_file: Path, strategy: str, fault: str) -> int:
     env = {**os.environ, "GGUFX_FAULT": fault}
-    proc = subprocess.run([sys.executable, "-m", "ggufx", "set", str(path), "tokenizer.chat_template",
-                           "--from-file", str(tmpl_file), "--strategy", strategy],
-                          env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ggufx",
+            "set",
+            str(path),
+            "tokenizer.chat_template",
+            "--from-file",
+            str(tmpl_file),
+            "--strategy",
+            strategy,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     return proc.returncode
 
 
@@ -52,12 +66,36 @@ def _leftovers(path: Path) -> list[str]:
 
 
 CASES = {
-    "in-place": (8192, ["journal-write:0", "journal-write:9", "journal-write:700", "journal-synced",
-                        "header-write:0", "header-write:1", "header-write:33", "header-write:400",
-                        "header-write:1500", "header-synced", "journal-removed"]),
-    "insert-range": (0, ["journal-write:50", "journal-synced", "insert-range", "header-write:0",
-                         "header-write:100", "header-write:2600", "header-write:5000", "header-synced",
-                         "journal-removed"]),
+    "in-place": (
+        8192,
+        [
+            "journal-write:0",
+            "journal-write:9",
+            "journal-write:700",
+            "journal-synced",
+            "header-write:0",
+            "header-write:1",
+            "header-write:33",
+            "header-write:400",
+            "header-write:1500",
+            "header-synced",
+            "journal-removed",
+        ],
+    ),
+    "insert-range": (
+        0,
+        [
+            "journal-write:50",
+            "journal-synced",
+            "insert-range",
+            "header-write:0",
+            "header-write:100",
+            "header-write:2600",
+            "header-write:5000",
+            "header-synced",
+            "journal-removed",
+        ],
+    ),
     "rewrite": (0, ["tmp-write:0", "tmp-write:100", "tmp-write:2000", "tmp-synced", "renamed"]),
 }
 NEW_AFTER = {"journal-removed", "renamed"}

@@ -12,8 +12,8 @@ import pytest
 
 import ggufx
 from ggufx.edit.engine import Delete, Rename, Set, edit
-from ggufx.format.keys import PADDING_KEY
 from ggufx.edit.safewrite import EditError, supports_insert_range
+from ggufx.format.keys import PADDING_KEY
 from ggufx.format.values import GGUFArray, ValueType
 
 from .conftest import FIXTURES, CliRun
@@ -40,17 +40,25 @@ def _others_unchanged(before: Path, after: Path, changed: set[str]) -> None:
             continue
         other = b.metadata.kv(kv.key)
         assert other.type is kv.type, kv.key
-        assert bytes(a.header.buf[kv.offset:kv.end]) == bytes(b.header.buf[other.offset:other.end]), kv.key
-    assert [(t.name, t.shape, t.type.id, t.offset, t.nbytes) for t in a.tensors] == \
-           [(t.name, t.shape, t.type.id, t.offset, t.nbytes) for t in b.tensors]
+        assert bytes(a.header.buf[kv.offset : kv.end]) == bytes(b.header.buf[other.offset : other.end]), kv.key
+    assert [(t.name, t.shape, t.type.id, t.offset, t.nbytes) for t in a.tensors] == [
+        (t.name, t.shape, t.type.id, t.offset, t.nbytes) for t in b.tensors
+    ]
 
 
 SCALAR_CASES = [
-    ("t.u8", "u8", "255", 255), ("t.i8", "i8", "-128", -128), ("t.u16", "u16", "65535", 65535),
-    ("t.i16", "i16", "-32768", -32768), ("t.u32", "u32", "4294967295", 2**32 - 1),
-    ("t.i32", "i32", "-2147483648", -(2**31)), ("t.u64", "u64", str(2**64 - 1), 2**64 - 1),
-    ("t.i64", "i64", str(-(2**63)), -(2**63)), ("t.f32", "f32", "0.25", 0.25), ("t.f64", "f64", "1e-300", 1e-300),
-    ("t.bool", "bool", "false", False), ("t.str", "str", "12", "12"),
+    ("t.u8", "u8", "255", 255),
+    ("t.i8", "i8", "-128", -128),
+    ("t.u16", "u16", "65535", 65535),
+    ("t.i16", "i16", "-32768", -32768),
+    ("t.u32", "u32", "4294967295", 2**32 - 1),
+    ("t.i32", "i32", "-2147483648", -(2**31)),
+    ("t.u64", "u64", str(2**64 - 1), 2**64 - 1),
+    ("t.i64", "i64", str(-(2**63)), -(2**63)),
+    ("t.f32", "f32", "0.25", 0.25),
+    ("t.f64", "f64", "1e-300", 1e-300),
+    ("t.bool", "bool", "false", False),
+    ("t.str", "str", "12", "12"),
 ]
 
 
@@ -68,9 +76,19 @@ def test_set_every_scalar_type_roundtrips(cli: CliRun, v3: Path, tmp_path: Path,
     _others_unchanged(before, v3, {key})
 
 
-@pytest.mark.parametrize("vtype,items", [("u8", [1, 2]), ("i16", [-5, 5]), ("u32", [7]), ("i64", [-(2**63)]),
-                                         ("f32", [0.5, 2.0]), ("f64", [1.5]), ("bool", [True, False]),
-                                         ("str", ["a", "", "ü"])])
+@pytest.mark.parametrize(
+    "vtype,items",
+    [
+        ("u8", [1, 2]),
+        ("i16", [-5, 5]),
+        ("u32", [7]),
+        ("i64", [-(2**63)]),
+        ("f32", [0.5, 2.0]),
+        ("f64", [1.5]),
+        ("bool", [True, False]),
+        ("str", ["a", "", "ü"]),
+    ],
+)
 def test_set_arrays_from_json(cli: CliRun, v3: Path, vtype: str, items: list) -> None:
     r = cli("set", str(v3), "t.arr", json.dumps(items), "--type", vtype)
     assert r.exit_code == 0, r.output
@@ -123,7 +141,10 @@ def test_delete_and_rename(cli: CliRun, v3: Path, tmp_path: Path) -> None:
     assert r.exit_code == 0
     m = ggufx.open(v3)
     assert "test.u8" not in m.metadata and "test.arr.str" not in m.metadata
-    assert m.metadata["test.renamed"] == -100 and list(m.metadata).index("test.renamed") == list(ggufx.open(before).metadata).index("test.i8") - 1
+    assert (
+        m.metadata["test.renamed"] == -100
+        and list(m.metadata).index("test.renamed") == list(ggufx.open(before).metadata).index("test.i8") - 1
+    )
     assert data_hash(v3) == h0
     assert cli("delete", str(v3), "no.such").exit_code == 2
     assert "that key exists" in cli("rename", str(v3), "test.u16", "test.i16").stderr
@@ -135,8 +156,19 @@ def test_edit_is_one_transaction(cli: CliRun, v3: Path) -> None:
     # the last change is invalid: nothing at all is written
     r = cli("edit", str(v3), "--set", "general.name=X", "--delete", "no.such.key")
     assert r.exit_code == 2 and v3.read_bytes() == before
-    r = cli("edit", str(v3), "--set", "general.name=X", "--set", "my.n:u32=7", "--delete", "test.u8",
-            "--rename", "test.i8=test.j8", "--json")
+    r = cli(
+        "edit",
+        str(v3),
+        "--set",
+        "general.name=X",
+        "--set",
+        "my.n:u32=7",
+        "--delete",
+        "test.u8",
+        "--rename",
+        "test.i8=test.j8",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     d = json.loads(r.output)
     assert [c["op"] for c in d["changes"]] == ["set", "add", "delete", "rename"]
@@ -151,8 +183,14 @@ def test_dry_run_writes_nothing(cli: CliRun, v3: Path) -> None:
     assert r.exit_code == 0
     d = json.loads(r.output)
     assert d["dry_run"] and d["strategy"] == "in-place" and d["bytes_written"] > 0
-    assert d["changes"][0] == {"op": "set", "key": "general.name", "before_type": "str",
-                               "before": "ggufx all value types", "after_type": "str", "after": "Y"}
+    assert d["changes"][0] == {
+        "op": "set",
+        "key": "general.name",
+        "before_type": "str",
+        "before": "ggufx all value types",
+        "after_type": "str",
+        "after": "Y",
+    }
     assert v3.read_bytes() == before and v3.stat().st_mtime_ns == st.st_mtime_ns
     assert not Path(str(v3) + ".ggufx-journal").exists()
     text = cli("set", str(v3), "general.name", "Y", "--dry-run").output
@@ -220,7 +258,14 @@ def test_big_endian_edit(tmp_path: Path) -> None:
     p = tmp_path / "be.gguf"
     shutil.copy(FIXTURES / "big-endian.gguf", p)
     h0 = data_hash(p)
-    edit(p, [Set("general.name", "BE"), Set("my.v", 513, ValueType.UINT32), Set("my.a", [1, 2], ValueType.ARRAY, ValueType.INT16)])
+    edit(
+        p,
+        [
+            Set("general.name", "BE"),
+            Set("my.v", 513, ValueType.UINT32),
+            Set("my.a", [1, 2], ValueType.ARRAY, ValueType.INT16),
+        ],
+    )
     m = ggufx.open(p)
     assert m.header.endianness == "big" and m.metadata["my.v"] == 513 and m.metadata["my.a"].tolist() == [1, 2]
     raw = p.read_bytes()
@@ -230,8 +275,12 @@ def test_big_endian_edit(tmp_path: Path) -> None:
 
 
 def test_protected_keys(cli: CliRun, v3: Path) -> None:
-    for args in (["set", str(v3), "general.alignment", "64"], ["delete", str(v3), "split.count"],
-                 ["rename", str(v3), "general.name", "split.no"], ["set", str(v3), PADDING_KEY, "[1]", "--type", "u8"]):
+    for args in (
+        ["set", str(v3), "general.alignment", "64"],
+        ["delete", str(v3), "split.count"],
+        ["rename", str(v3), "general.name", "split.no"],
+        ["set", str(v3), PADDING_KEY, "[1]", "--type", "u8"],
+    ):
         r = cli(*args)
         assert r.exit_code == 2
     assert "misplaces all tensors" in cli("set", str(v3), "general.alignment", "64").stderr
@@ -318,8 +367,11 @@ def test_real_tmpfs_disk_full(cli: CliRun, tmp_path: Path) -> None:
 
     mnt = tmp_path / "small"
     mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12k", "tmpfs", str(mnt)],
-                                           capture_output=True).returncode != 0:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12k", "tmpfs", str(mnt)], capture_output=True).returncode
+        != 0
+    ):
         pytest.skip("needs root to mount a small tmpfs")
     try:
         p = mnt / "m.gguf"
@@ -416,8 +468,9 @@ def test_edit_unusual_files(tmp_path: Path, name: str) -> None:
     m = ggufx.open(p)
     assert m.metadata["general.name"] == "a longer name than any of these files had"
     assert m.header.version == before.header.version
-    assert [(t.name, t.type.name, t.shape, t.nbytes) for t in m.tensors] == \
-           [(t.name, t.type.name, t.shape, t.nbytes) for t in before.tensors]
+    assert [(t.name, t.type.name, t.shape, t.nbytes) for t in m.tensors] == [
+        (t.name, t.type.name, t.shape, t.nbytes) for t in before.tensors
+    ]
     if not before.tensors:  # a vocabulary-only file is rewritten to its natural size, no page padding
         assert r.strategy == "rewrite" and p.stat().st_size < 4096
     else:

@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ggufx
+from ggufx.analysis.summary import summarize
 from ggufx.errors import GGUFError
 from ggufx.format.values import GGUFArray
-from ggufx.analysis.summary import summarize
 
 from .conftest import FIXTURES
 
@@ -26,12 +26,18 @@ KEY = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size
 TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
 
 SCALARS = {
-    GGUFValueType.UINT8: st.integers(0, 2**8 - 1), GGUFValueType.INT8: st.integers(-(2**7), 2**7 - 1),
-    GGUFValueType.UINT16: st.integers(0, 2**16 - 1), GGUFValueType.INT16: st.integers(-(2**15), 2**15 - 1),
-    GGUFValueType.UINT32: st.integers(0, 2**32 - 1), GGUFValueType.INT32: st.integers(-(2**31), 2**31 - 1),
-    GGUFValueType.UINT64: st.integers(0, 2**64 - 1), GGUFValueType.INT64: st.integers(-(2**63), 2**63 - 1),
-    GGUFValueType.FLOAT32: st.floats(width=32, allow_nan=False), GGUFValueType.FLOAT64: st.floats(allow_nan=False),
-    GGUFValueType.BOOL: st.booleans(), GGUFValueType.STRING: TEXT,
+    GGUFValueType.UINT8: st.integers(0, 2**8 - 1),
+    GGUFValueType.INT8: st.integers(-(2**7), 2**7 - 1),
+    GGUFValueType.UINT16: st.integers(0, 2**16 - 1),
+    GGUFValueType.INT16: st.integers(-(2**15), 2**15 - 1),
+    GGUFValueType.UINT32: st.integers(0, 2**32 - 1),
+    GGUFValueType.INT32: st.integers(-(2**31), 2**31 - 1),
+    GGUFValueType.UINT64: st.integers(0, 2**64 - 1),
+    GGUFValueType.INT64: st.integers(-(2**63), 2**63 - 1),
+    GGUFValueType.FLOAT32: st.floats(width=32, allow_nan=False),
+    GGUFValueType.FLOAT64: st.floats(allow_nan=False),
+    GGUFValueType.BOOL: st.booleans(),
+    GGUFValueType.STRING: TEXT,
 }
 
 
@@ -44,9 +50,16 @@ def kv_entries(draw):
     return vtype, None, draw(SCALARS[vtype])
 
 
-QTYPES = [GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.Q8_0,
-          GGMLQuantizationType.Q4_K, GGMLQuantizationType.Q6_K, GGMLQuantizationType.IQ4_XS,
-          GGMLQuantizationType.Q5_1, GGMLQuantizationType.BF16]
+QTYPES = [
+    GGMLQuantizationType.F32,
+    GGMLQuantizationType.F16,
+    GGMLQuantizationType.Q8_0,
+    GGMLQuantizationType.Q4_K,
+    GGMLQuantizationType.Q6_K,
+    GGMLQuantizationType.IQ4_XS,
+    GGMLQuantizationType.Q5_1,
+    GGMLQuantizationType.BF16,
+]
 
 
 @st.composite
@@ -59,10 +72,15 @@ def tensor_specs(draw):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(kvs=st.dictionaries(KEY.filter(lambda k: k not in ("general.architecture", "general.alignment") and not k.startswith("split.")),
-                           kv_entries(), max_size=8),
-       tensors=st.lists(tensor_specs(), max_size=5),
-       big_endian=st.booleans())
+@given(
+    kvs=st.dictionaries(
+        KEY.filter(lambda k: k not in ("general.architecture", "general.alignment") and not k.startswith("split.")),
+        kv_entries(),
+        max_size=8,
+    ),
+    tensors=st.lists(tensor_specs(), max_size=5),
+    big_endian=st.booleans(),
+)
 def test_roundtrip_against_gguf_writer(tmp_path_factory, kvs, tensors, big_endian) -> None:
     path = tmp_path_factory.mktemp("rt") / "random.gguf"
     w = GGUFWriter(path, "llama", endianess=GGUFEndian.BIG if big_endian else GGUFEndian.LITTLE)
@@ -91,14 +109,20 @@ def test_roundtrip_against_gguf_writer(tmp_path_factory, kvs, tensors, big_endia
             f32 = lambda v: struct.unpack("<f", struct.pack("<f", v))[0]  # noqa: E731
             value = [f32(v) for v in value] if isinstance(value, list) else f32(value)
         assert got == value, key
-    assert [(t.name, t.type.id, t.shape) for t in m.tensors] == \
-           [(f"t{i}.weight", int(q), tuple(s)) for i, (q, s) in enumerate(tensors)]
+    assert [(t.name, t.type.id, t.shape) for t in m.tensors] == [
+        (f"t{i}.weight", int(q), tuple(s)) for i, (q, s) in enumerate(tensors)
+    ]
     s = summarize(m)
     assert s.parameters == sum(int(np.prod(s_)) for _, s_ in tensors)
 
 
-SEEDS = {"all-types-v3.gguf": 1, "big-endian.gguf": 2, "edge-values.gguf": 3, "split-00001-of-00003.gguf": 4,
-         "raw-base.gguf": 5}
+SEEDS = {
+    "all-types-v3.gguf": 1,
+    "big-endian.gguf": 2,
+    "edge-values.gguf": 3,
+    "split-00001-of-00003.gguf": 4,
+    "raw-base.gguf": 5,
+}
 
 
 def _mutations(data: bytes, rng: random.Random, n: int):
@@ -109,12 +133,12 @@ def _mutations(data: bytes, rng: random.Random, n: int):
             for _ in range(rng.randint(1, 8)):
                 b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
         elif kind == 1:  # truncate
-            del b[rng.randrange(len(b)):]
+            del b[rng.randrange(len(b)) :]
         elif kind == 2:  # extend with junk
             b += bytes(rng.randrange(256) for _ in range(rng.randint(1, 64)))
         else:  # overwrite a length-like u64 with a huge value
             pos = rng.randrange(0, max(1, len(b) - 8))
-            b[pos:pos + 8] = struct.pack("<Q", rng.choice([2**63, 2**32, 2**64 - 1, len(b) * 3]))
+            b[pos : pos + 8] = struct.pack("<Q", rng.choice([2**63, 2**32, 2**64 - 1, len(b) * 3]))
         yield bytes(b)
 
 
@@ -142,8 +166,15 @@ def test_mutated_files_only_raise_gguf_error(tmp_path: Path, name: str) -> None:
 def test_lying_lengths_allocate_nothing_big() -> None:
     tracemalloc.start()
     try:
-        for name in ("huge-array-count", "huge-string-array-count", "lying-string-length", "lying-key-length",
-                     "huge-tensor-count", "huge-kv-count", "nesting-bomb"):
+        for name in (
+            "huge-array-count",
+            "huge-string-array-count",
+            "lying-string-length",
+            "lying-key-length",
+            "huge-tensor-count",
+            "huge-kv-count",
+            "nesting-bomb",
+        ):
             with pytest.raises(GGUFError):
                 ggufx.open(FIXTURES / "malformed" / f"{name}.gguf")
         _, peak = tracemalloc.get_traced_memory()

@@ -53,7 +53,8 @@ def _source(gen: ModuleType) -> Path:
 @pytest.mark.llamacpp
 def test_committed_table_is_generated_from_the_pinned_llama_cpp(gen: ModuleType) -> None:
     assert gen.generate(_source(gen)) == TABLE.read_text(encoding="utf-8"), (
-        "ggufx/format/ggml_type_table.py is stale: run tools/gen_ggml_types.py")
+        "ggufx/format/ggml_type_table.py is stale: run tools/gen_ggml_types.py"
+    )
     assert T.LLAMA_CPP_VERSION == LLAMA_CPP_VERSION
 
 
@@ -80,7 +81,7 @@ def test_types_are_consistent() -> None:
     removed = {e[0] for e in T.REMOVED_GGML_TYPES}
     assert not removed & set(ids)
     assert removed | set(ids) == set(range(T.GGML_TYPE_COUNT))  # every id below the count is accounted for
-    for i, name, block, size in T.GGML_TYPES:
+    for _id, name, block, size in T.GGML_TYPES:
         assert re.fullmatch(r"[A-Z][A-Z0-9_]*", name), name
         assert block > 0 and size > 0, name
         assert T.QK_K % block == 0, name  # 1, 32, 64, 128 or QK_K itself
@@ -101,17 +102,35 @@ def test_file_types_are_consistent() -> None:
         assert type_name in BY_NAME and ftype in FTYPES
 
 
-@pytest.mark.parametrize(("name", "type_id", "block", "size"), [
-    ("F32", 0, 1, 4), ("F16", 1, 1, 2), ("BF16", 30, 1, 2), ("F64", 28, 1, 8), ("I64", 27, 1, 8),
-    ("Q4_0", 2, 32, 18), ("Q8_0", 8, 32, 34),
-    ("Q8_1", 9, 32, 36),        # two halves + 32 int8 (gguf-py 0.19 says 40)
-    ("Q2_K", 10, 256, 84), ("Q3_K", 11, 256, 110), ("Q4_K", 12, 256, 144), ("Q5_K", 13, 256, 176),
-    ("Q6_K", 14, 256, 210), ("Q8_K", 15, 256, 292),
-    ("IQ1_M", 29, 256, 56), ("IQ3_S", 21, 256, 110), ("IQ4_XS", 23, 256, 136), ("IQ4_NL", 20, 32, 18),
-    ("TQ1_0", 34, 256, 54), ("TQ2_0", 35, 256, 66),
-    ("MXFP4", 39, 32, 17), ("NVFP4", 40, 64, 36), ("Q1_0", 41, 128, 18),
-    ("Q2_0", 42, 64, 18),       # newer than gguf-py 0.19
-])
+@pytest.mark.parametrize(
+    ("name", "type_id", "block", "size"),
+    [
+        ("F32", 0, 1, 4),
+        ("F16", 1, 1, 2),
+        ("BF16", 30, 1, 2),
+        ("F64", 28, 1, 8),
+        ("I64", 27, 1, 8),
+        ("Q4_0", 2, 32, 18),
+        ("Q8_0", 8, 32, 34),
+        ("Q8_1", 9, 32, 36),  # two halves + 32 int8 (gguf-py 0.19 says 40)
+        ("Q2_K", 10, 256, 84),
+        ("Q3_K", 11, 256, 110),
+        ("Q4_K", 12, 256, 144),
+        ("Q5_K", 13, 256, 176),
+        ("Q6_K", 14, 256, 210),
+        ("Q8_K", 15, 256, 292),
+        ("IQ1_M", 29, 256, 56),
+        ("IQ3_S", 21, 256, 110),
+        ("IQ4_XS", 23, 256, 136),
+        ("IQ4_NL", 20, 32, 18),
+        ("TQ1_0", 34, 256, 54),
+        ("TQ2_0", 35, 256, 66),
+        ("MXFP4", 39, 32, 17),
+        ("NVFP4", 40, 64, 36),
+        ("Q1_0", 41, 128, 18),
+        ("Q2_0", 42, 64, 18),  # newer than gguf-py 0.19
+    ],
+)
 def test_known_sizes(name: str, type_id: int, block: int, size: int) -> None:
     assert BY_NAME[name] == (type_id, block, size)
 
@@ -123,8 +142,15 @@ def test_known_file_types_and_removed_ids() -> None:
     assert FTYPES[41] == "MOSTLY_Q2_0"
     assert dict(T.FTYPE_GUESS_FROM_TYPE)["Q4_K"] == 15 and dict(T.FTYPE_GUESS_FROM_TYPE)["Q3_K"] == 12
     assert {i: n for i, n, *_ in T.REMOVED_GGML_TYPES} == {
-        4: "Q4_2", 5: "Q4_3", 31: "Q4_0_4_4", 32: "Q4_0_4_8", 33: "Q4_0_8_8",
-        36: "IQ4_NL_4_4", 37: "IQ4_NL_4_8", 38: "IQ4_NL_8_8"}
+        4: "Q4_2",
+        5: "Q4_3",
+        31: "Q4_0_4_4",
+        32: "Q4_0_4_8",
+        33: "Q4_0_8_8",
+        36: "IQ4_NL_4_4",
+        37: "IQ4_NL_4_8",
+        38: "IQ4_NL_8_8",
+    }
     assert T.GGML_TYPE_COUNT not in TYPES  # a file may carry ids newer than the table
 
 
@@ -141,15 +167,22 @@ EXPECTED_FTYPE_DIFFERENCES = {41: ("MOSTLY_Q2_0", None)}
 def test_differences_from_installed_gguf_py() -> None:
     from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
-    theirs = {int(t): (t.name, *GGML_QUANT_SIZES[t]) if t in GGML_QUANT_SIZES else (t.name,)
-              for t in GGMLQuantizationType}
-    types = {i: (TYPES.get(i), theirs.get(i)) for i in sorted(TYPES.keys() | theirs.keys())
-             if TYPES.get(i) != theirs.get(i)}
+    theirs = {
+        int(t): (t.name, *GGML_QUANT_SIZES[t]) if t in GGML_QUANT_SIZES else (t.name,) for t in GGMLQuantizationType
+    }
+    types = {
+        i: (TYPES.get(i), theirs.get(i)) for i in sorted(TYPES.keys() | theirs.keys()) if TYPES.get(i) != theirs.get(i)
+    }
     theirs_f = {int(t): t.name for t in LlamaFileType if t != LlamaFileType.GUESSED}
-    ftypes = {i: (FTYPES.get(i), theirs_f.get(i)) for i in sorted(FTYPES.keys() | theirs_f.keys())
-              if FTYPES.get(i) != theirs_f.get(i)}
-    hint = (f"gguf {importlib.metadata.version('gguf')} differs from ggml {T.LLAMA_CPP_VERSION} in other "
-            "entries than before: check them against ggml and update the expected differences")
+    ftypes = {
+        i: (FTYPES.get(i), theirs_f.get(i))
+        for i in sorted(FTYPES.keys() | theirs_f.keys())
+        if FTYPES.get(i) != theirs_f.get(i)
+    }
+    hint = (
+        f"gguf {importlib.metadata.version('gguf')} differs from ggml {T.LLAMA_CPP_VERSION} in other "
+        "entries than before: check them against ggml and update the expected differences"
+    )
     assert types == EXPECTED_TYPE_DIFFERENCES, hint
     assert ftypes == EXPECTED_FTYPE_DIFFERENCES, hint
 
@@ -261,14 +294,17 @@ def test_generator_on_a_synthetic_source(gen: ModuleType, tmp_path: Path) -> Non
 
 
 def test_generator_computes_c_layout(gen: ModuleType) -> None:
-    layout = gen.Layout("""
+    layout = gen.Layout(
+        """
         #define N 3
         #define HALF N*2/2
         #define M N+1
         typedef struct { uint8_t a; float b; } padded;
         typedef struct { float f; uint8_t c[N]; } tail_padded;
         typedef union { uint16_t h; uint8_t b[HALF]; } u;
-    """, "")
+    """,
+        "",
+    )
     assert layout.sizeof("padded") == 8
     assert layout.sizeof("tail_padded") == 8
     assert layout.sizeof("u") == 3 + 1  # 3 bytes, rounded up to uint16_t's alignment
@@ -276,24 +312,43 @@ def test_generator_computes_c_layout(gen: ModuleType) -> None:
     assert layout.eval("(256 - 4 * 256 / 64) / 5") == 48
 
 
-@pytest.mark.parametrize(("rel", "old", "new", "message"), [
-    ("ggml/src/ggml-common.h", "== sizeof(ggml_half) + QK4_0 / 2", "== sizeof(float) + QK4_0 / 2",
-     "sizeof(block_q4_0): members add up to 18 bytes"),
-    ("ggml/src/ggml-common.h", 'static_assert(sizeof(block_q4_1)', 'static_assert(sizeof(block_q4_0x)',
-     "no static_assert(sizeof(block_q4_1)"),
-    ("ggml/src/ggml.c", "[GGML_TYPE_Q4_1]", "[9]", "GGML_TYPE_Q4_1 (3) has no type_traits"),
-    ("ggml/src/ggml.c", '"q4_1"', '"q4_one"', "does not match"),
-    ("ggml/include/ggml.h", "// GGML_TYPE_Q4_2 = 4, support has been removed", "",
-     "ggml_type id 4 is neither"),
-    ("ggml/src/ggml.c", ".blck_size = 0, .type_size = 0", ".blck_size = 32, .type_size = 0",
-     "removed GGML_TYPE_Q4_2 (4) has a non-zero size"),
-    ("ggml/src/ggml-common.h", "uint8_t qs[QK4_0 / 2]", "uint8_t qs[QK4_0 / HALF]", "unknown name 'HALF'"),
-    ("include/llama.h", "LLAMA_FTYPE_MOSTLY_F16 = 1,", "LLAMA_FTYPE_MOSTLY_F16 = 1, LLAMA_FTYPE_X = 2,",
-     "4 members but 3 parsed"),
-    ("ggml/src/ggml.c", '"f16"', '"F16"', None),  # ggml's lowercase type_name is upper-cased anyway
-])
-def test_generator_fails_loudly(gen: ModuleType, tmp_path: Path, rel: str, old: str, new: str,
-                                message: str | None) -> None:
+@pytest.mark.parametrize(
+    ("rel", "old", "new", "message"),
+    [
+        (
+            "ggml/src/ggml-common.h",
+            "== sizeof(ggml_half) + QK4_0 / 2",
+            "== sizeof(float) + QK4_0 / 2",
+            "sizeof(block_q4_0): members add up to 18 bytes",
+        ),
+        (
+            "ggml/src/ggml-common.h",
+            "static_assert(sizeof(block_q4_1)",
+            "static_assert(sizeof(block_q4_0x)",
+            "no static_assert(sizeof(block_q4_1)",
+        ),
+        ("ggml/src/ggml.c", "[GGML_TYPE_Q4_1]", "[9]", "GGML_TYPE_Q4_1 (3) has no type_traits"),
+        ("ggml/src/ggml.c", '"q4_1"', '"q4_one"', "does not match"),
+        ("ggml/include/ggml.h", "// GGML_TYPE_Q4_2 = 4, support has been removed", "", "ggml_type id 4 is neither"),
+        (
+            "ggml/src/ggml.c",
+            ".blck_size = 0, .type_size = 0",
+            ".blck_size = 32, .type_size = 0",
+            "removed GGML_TYPE_Q4_2 (4) has a non-zero size",
+        ),
+        ("ggml/src/ggml-common.h", "uint8_t qs[QK4_0 / 2]", "uint8_t qs[QK4_0 / HALF]", "unknown name 'HALF'"),
+        (
+            "include/llama.h",
+            "LLAMA_FTYPE_MOSTLY_F16 = 1,",
+            "LLAMA_FTYPE_MOSTLY_F16 = 1, LLAMA_FTYPE_X = 2,",
+            "4 members but 3 parsed",
+        ),
+        ("ggml/src/ggml.c", '"f16"', '"F16"', None),  # ggml's lowercase type_name is upper-cased anyway
+    ],
+)
+def test_generator_fails_loudly(
+    gen: ModuleType, tmp_path: Path, rel: str, old: str, new: str, message: str | None
+) -> None:
     src = _mini(tmp_path, **{rel: (old, new)})
     if message is None:
         gen.generate(src)

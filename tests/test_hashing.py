@@ -10,8 +10,8 @@ from pathlib import Path
 import xxhash
 
 import ggufx
-from ggufx.edit.engine import Set, edit
 from ggufx.analysis.hashing import hash_model
+from ggufx.edit.engine import Set, edit
 
 from .conftest import FIXTURES, CliRun
 from .gguf_reference import gguf_reader

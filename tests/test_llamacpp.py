@@ -14,14 +14,14 @@ import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 import ggufx
-from ggufx.edit.engine import Set, edit
 from ggufx.analysis.summary import summarize
+from ggufx.edit.engine import Set, edit
 
 from .conftest import CliRun
 from .editing import data_hash
@@ -30,9 +30,29 @@ pytestmark = pytest.mark.llamacpp
 
 
 def _loader_report(bin_dir: Path, model: Path) -> str:
-    proc = subprocess.run([str(bin_dir / "llama-completion"), "-m", str(model), "-n", "4", "-p", "Hello",
-                           "-no-cnv", "--no-warmup", "-t", "2", "-c", "256", "--temp", "0", "-v"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            str(bin_dir / "llama-completion"),
+            "-m",
+            str(model),
+            "-n",
+            "4",
+            "-p",
+            "Hello",
+            "-no-cnv",
+            "--no-warmup",
+            "-t",
+            "2",
+            "-c",
+            "256",
+            "--temp",
+            "0",
+            "-v",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout + proc.stderr
 
@@ -62,9 +82,27 @@ def _free_port() -> int:
 def _llama_server(bin_dir: Path, model: Path, *extra: str) -> Iterator[str]:
     """A llama-server serving ``model``; yields its base URL once /health answers."""
     port = _free_port()
-    proc = subprocess.Popen([str(bin_dir / "llama-server"), "-m", str(model), "--host", "127.0.0.1",
-                             "--port", str(port), "-c", "256", "-t", "2", "--jinja", "--no-warmup", *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            str(bin_dir / "llama-server"),
+            "-m",
+            str(model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "-c",
+            "256",
+            "-t",
+            "2",
+            "--jinja",
+            "--no-warmup",
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -109,13 +147,17 @@ def test_server_option_reads_the_model_llama_server_runs(cli: CliRun, llama_bin:
         assert "ggufx: note: the server uses a different chat template" in r.stderr
 
 
-NEW_TEMPLATE = ("{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
-                "'<|im_end|>\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-                "{#- replaced by ggufx #}")
+NEW_TEMPLATE = (
+    "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+    "'<|im_end|>\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+    "{#- replaced by ggufx #}"
+)
 
 
 @pytest.mark.parametrize("strategy", ["in-place", "insert-range", "rewrite"])
-def test_llama_server_loads_patched_template(llama_bin: Path, smollm2_path: Path, tmp_path: Path, strategy: str) -> None:
+def test_llama_server_loads_patched_template(
+    llama_bin: Path, smollm2_path: Path, tmp_path: Path, strategy: str
+) -> None:
     p = tmp_path / "smollm2.gguf"
     shutil.copy(smollm2_path, p)
     if strategy == "in-place":
@@ -130,7 +172,9 @@ def test_llama_server_loads_patched_template(llama_bin: Path, smollm2_path: Path
     assert "file size   = 92.10 MiB (5.74 BPW)" in log
 
 
-def test_template_set_cli_then_llama_server_props(cli: CliRun, llama_bin: Path, smollm2_path: Path, tmp_path: Path) -> None:
+def test_template_set_cli_then_llama_server_props(
+    cli: CliRun, llama_bin: Path, smollm2_path: Path, tmp_path: Path
+) -> None:
     p = tmp_path / "smollm2.gguf"
     shutil.copy(smollm2_path, p)
     src = Path(__file__).parent / "fixtures" / "templates" / "Qwen-Qwen2.5-7B-Instruct.jinja"
@@ -149,17 +193,39 @@ def _types(path: Path) -> dict[str, str]:
 
 
 def _quantize(bin_dir: Path, args: list[str], src: Path, dst: Path, ftype: str) -> None:
-    proc = subprocess.run([str(bin_dir / "llama-quantize"), *args, str(src), str(dst), ftype, "2"],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [str(bin_dir / "llama-quantize"), *args, str(src), str(dst), ftype, "2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-@pytest.mark.parametrize("first", [
-    ["--allow-requantize"],  # llama-quantize's own Q4_K_M mixture
-    ["--allow-requantize", "--pure", "--tensor-type", r"blk\.(1[0-4])\.ffn_up=q5_1", "--tensor-type", "attn_v=q8_0",
-     "--tensor-type", r"ffn_down=q6_k", "--output-tensor-type", "q8_0", "--token-embedding-type", "q4_1"],
-], ids=["q4_k_m-mixture", "custom-recipe"])
-def test_recipe_is_reproduced_by_llama_quantize(llama_bin: Path, smollm2_path: Path, tmp_path: Path, first: list[str]) -> None:
+@pytest.mark.parametrize(
+    "first",
+    [
+        ["--allow-requantize"],  # llama-quantize's own Q4_K_M mixture
+        [
+            "--allow-requantize",
+            "--pure",
+            "--tensor-type",
+            r"blk\.(1[0-4])\.ffn_up=q5_1",
+            "--tensor-type",
+            "attn_v=q8_0",
+            "--tensor-type",
+            r"ffn_down=q6_k",
+            "--output-tensor-type",
+            "q8_0",
+            "--token-embedding-type",
+            "q4_1",
+        ],
+    ],
+    ids=["q4_k_m-mixture", "custom-recipe"],
+)
+def test_recipe_is_reproduced_by_llama_quantize(
+    llama_bin: Path, smollm2_path: Path, tmp_path: Path, first: list[str]
+) -> None:
     from ggufx.analysis.recipe import recipe
 
     ftype = "Q4_K_M" if "--pure" not in first else "Q4_0"
@@ -185,12 +251,40 @@ def test_kv_cache_equals_llama_cpp(llama_bin: Path, real_models, which: str, cac
     from ggufx.analysis.memory import estimate
 
     model = real_models[which]
-    proc = subprocess.run([str(llama_bin / "llama-completion"), "-m", str(model), "-n", "1", "-p", "hi", "-no-cnv",
-                           "--no-warmup", "-t", "2", "-c", "4096", "-ctk", cache, "-ctv", cache, "-fa", "on", "-v"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            str(llama_bin / "llama-completion"),
+            "-m",
+            str(model),
+            "-n",
+            "1",
+            "-p",
+            "hi",
+            "-no-cnv",
+            "--no-warmup",
+            "-t",
+            "2",
+            "-c",
+            "4096",
+            "-ctk",
+            cache,
+            "-ctv",
+            cache,
+            "-fa",
+            "on",
+            "-v",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    sizes = [(float(a), int(b), int(c)) for a, b, c in
-             re.findall(r"llama_kv_cache: size =\s+([\d.]+) MiB \(\s*(\d+) cells,\s+(\d+) layers", proc.stderr + proc.stdout)]
+    sizes = [
+        (float(a), int(b), int(c))
+        for a, b, c in re.findall(
+            r"llama_kv_cache: size =\s+([\d.]+) MiB \(\s*(\d+) cells,\s+(\d+) layers", proc.stderr + proc.stdout
+        )
+    ]
     e = estimate(ggufx.open(model), 4096, cache_type_k=cache, cache_type_v=cache)
     ours = [(round(e.kv / 2**20, 2), e.kv_cells, e.kv_layers)]
     if e.kv_swa_layers:
@@ -204,8 +298,12 @@ def test_fingerprint_survives_llama_gguf_split_and_merge(llama_bin: Path, smollm
 
     whole = hash_model(ggufx.open(smollm2_path))
     prefix = tmp_path / "smol"
-    proc = subprocess.run([str(llama_bin / "llama-gguf-split"), "--split", "--split-max-tensors", "100",
-                           str(smollm2_path), str(prefix)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(llama_bin / "llama-gguf-split"), "--split", "--split-max-tensors", "100", str(smollm2_path), str(prefix)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     shards = sorted(tmp_path.glob("smol-*-of-*.gguf"))
     assert len(shards) == 3
@@ -214,8 +312,12 @@ def test_fingerprint_survives_llama_gguf_split_and_merge(llama_bin: Path, smollm
     h = hash_model(split)
     assert h.fingerprint == whole.fingerprint and h.metadata_hash == whole.metadata_hash
     merged = tmp_path / "merged.gguf"
-    proc = subprocess.run([str(llama_bin / "llama-gguf-split"), "--merge", str(shards[0]), str(merged)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(llama_bin / "llama-gguf-split"), "--merge", str(shards[0]), str(merged)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert hash_model(ggufx.open(merged)).fingerprint == whole.fingerprint
     # a template edit through the first shard keeps the fingerprint too

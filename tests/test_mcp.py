@@ -11,8 +11,9 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import anyio
 import pytest
@@ -22,15 +23,33 @@ from mcp.client.stdio import StdioServerParameters
 from .conftest import FIXTURES, HOSTILE_TEMPLATES, CliRun
 from .httpserver import FakeLlamaServer
 
-READ_TOOLS = {"list_models", "info", "type_histogram", "roles", "layers", "tensors", "metadata", "recipe", "memory", "fit", "diff",
-              "template_info", "template_lint", "template_render", "hash", "verify", "server_model"}
+READ_TOOLS = {
+    "list_models",
+    "info",
+    "type_histogram",
+    "roles",
+    "layers",
+    "tensors",
+    "metadata",
+    "recipe",
+    "memory",
+    "fit",
+    "diff",
+    "template_info",
+    "template_lint",
+    "template_render",
+    "hash",
+    "verify",
+    "server_model",
+}
 WRITE_TOOLS = {"set_metadata", "delete_metadata", "set_template"}
 
 
 def session(args: list[str], fn: Callable[[Client], Awaitable[Any]]) -> Any:
     """Start `python -m ggufx mcp ARGS` and run ``fn`` with a connected client."""
-    params = StdioServerParameters(command=sys.executable, args=["-m", "ggufx", "mcp", *args],
-                                   env={**os.environ, "GGUFX_NO_CACHE": "1"})
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "ggufx", "mcp", *args], env={**os.environ, "GGUFX_NO_CACHE": "1"}
+    )
 
     async def go() -> Any:
         async with Client(params) as client:
@@ -46,6 +65,7 @@ def text(result: Any) -> str:
 
 # -- every tool answers what the CLI prints ----------------------------------------------------
 
+
 def cli_equivalents(p: str, other: str, manifest: str) -> dict[str, tuple[dict, list[str]]]:
     return {
         "info": ({"path": p}, ["info", "--json", p]),
@@ -53,14 +73,21 @@ def cli_equivalents(p: str, other: str, manifest: str) -> dict[str, tuple[dict, 
         "layers": ({"path": p}, ["layers", "--json", p]),
         "layers_nocollapse": ({"path": p, "collapse": False}, ["layers", "--json", "--no-collapse", p]),
         "tensors": ({"path": p, "limit": 1000}, ["tensors", "--json", "--limit", "1000", p]),
-        "tensors_page": ({"path": p, "types": ["F32"], "sort": "size", "limit": 7, "offset": 3},
-                         ["tensors", "--json", "--type", "F32", "--sort", "size", "--limit", "7", "--offset", "3", p]),
-        "tensors_layers": ({"path": p, "layers": "2-4", "grep": "ffn"}, ["tensors", "--json", "--layers", "2-4", "--grep", "ffn", "--limit", "100", p]),
+        "tensors_page": (
+            {"path": p, "types": ["F32"], "sort": "size", "limit": 7, "offset": 3},
+            ["tensors", "--json", "--type", "F32", "--sort", "size", "--limit", "7", "--offset", "3", p],
+        ),
+        "tensors_layers": (
+            {"path": p, "layers": "2-4", "grep": "ffn"},
+            ["tensors", "--json", "--layers", "2-4", "--grep", "ffn", "--limit", "100", p],
+        ),
         "metadata": ({"path": p}, ["meta", "--json", p]),
         "metadata_key": ({"path": p, "key": "general.architecture"}, ["meta", "--json", p, "general.architecture"]),
         "recipe": ({"path": p}, ["recipe", "--json", p]),
-        "memory": ({"path": p, "ctx": 8192, "cache_type_k": "q8_0", "cache_type_v": "q8_0"},
-                   ["mem", "--json", "--ctx", "8192", "-ctk", "q8_0", "-ctv", "q8_0", p]),
+        "memory": (
+            {"path": p, "ctx": 8192, "cache_type_k": "q8_0", "cache_type_v": "q8_0"},
+            ["mem", "--json", "--ctx", "8192", "-ctk", "q8_0", "-ctv", "q8_0", p],
+        ),
         "fit": ({"path": p, "budget": "2GiB"}, ["mem", "--json", "--fit", "2GiB", p]),
         "diff": ({"a": p, "b": other}, ["diff", "--json", p, other]),
         "template_info": ({"path": p}, ["template", "info", "--json", p]),
@@ -80,8 +107,9 @@ def model_root(smollm2_path: Path, gemma_path: Path, tmp_path_factory: pytest.Te
 
 
 @pytest.mark.parametrize("which", ["smollm2", "gemma"])
-def test_every_read_tool_equals_cli_json(cli: CliRun, model_root: Path, smollm2_path: Path, gemma_path: Path, which: str,
-                                         tmp_path: Path) -> None:
+def test_every_read_tool_equals_cli_json(
+    cli: CliRun, model_root: Path, smollm2_path: Path, gemma_path: Path, which: str, tmp_path: Path
+) -> None:
     p, other = (smollm2_path, gemma_path) if which == "smollm2" else (gemma_path, smollm2_path)
     manifest = tmp_path / "manifest.json"
     assert cli("manifest", "-o", str(manifest), str(p))[0] == 0
@@ -91,7 +119,9 @@ def test_every_read_tool_equals_cli_json(cli: CliRun, model_root: Path, smollm2_
         listed = {t.name for t in (await c.list_tools()).tools}
         out = {"_tools": listed}
         for name, (args, _) in cases.items():
-            out[name] = await c.call_tool(name.split("_page")[0].split("_nocollapse")[0].split("_layers")[0].split("_key")[0], args)
+            out[name] = await c.call_tool(
+                name.split("_page")[0].split("_nocollapse")[0].split("_layers")[0].split("_key")[0], args
+            )
         out["type_histogram"] = await c.call_tool("type_histogram", {"path": str(p)})
         return out
 
@@ -133,6 +163,7 @@ def test_tensor_paging_walks_every_tensor_once(cli: CliRun, gemma_path: Path) ->
 
 
 # -- errors, roots and symlinks ------------------------------------------------------------------
+
 
 @pytest.fixture
 def roots(tmp_path: Path) -> tuple[Path, Path]:
@@ -189,7 +220,9 @@ def test_errors_are_tool_errors_with_the_cli_message(cli: CliRun, roots: tuple[P
         assert "outside the allowed roots" in text(r[case]) and rroot in text(r[case]), case
     assert not r["inner_link"].is_error
     for case in ("shard_escape", "shard_escape_template"):
-        assert r[case].is_error and "a shard of split-00001-of-00003.gguf lies outside the allowed roots" in text(r[case])
+        assert r[case].is_error and "a shard of split-00001-of-00003.gguf lies outside the allowed roots" in text(
+            r[case]
+        )
     # the one-line message the CLI prints after "ggufx: error: "
     for case, rel in (("malformed", "bad.gguf"), ("missing", "nope.gguf")):
         code, _, err = cli("info", os.path.join(rroot, rel))
@@ -209,7 +242,9 @@ def test_errors_are_tool_errors_with_the_cli_message(cli: CliRun, roots: tuple[P
     # (model.gguf is the same file as inner-link.gguf: scan lists a file once)
     assert paths == sorted(os.path.join(rroot, n) for n in ("bad.gguf", "inner-link.gguf", "split-00001-of-00003.gguf"))
     # the same rows as `ggufx scan --json ROOT`, without the link that escapes the root
-    cli_rows = [m for m in json.loads(cli("scan", "--json", rroot)[1])["models"] if not m["path"].endswith("escape.gguf")]
+    cli_rows = [
+        m for m in json.loads(cli("scan", "--json", rroot)[1])["models"] if not m["path"].endswith("escape.gguf")
+    ]
     assert listed["models"] == cli_rows
 
 
@@ -222,15 +257,21 @@ def test_resources_and_prompt(cli: CliRun, roots: tuple[Path, Path]) -> None:
         content = await c.read_resource(model.uri)
         prompts = (await c.list_prompts()).prompts
         prompt = await c.get_prompt("audit_quant", {"path": "model.gguf", "ctx": "65536"})
-        return {"uris": sorted(str(x.uri) for x in res), "content": content, "prompts": [p.name for p in prompts],
-                "prompt": prompt}
+        return {
+            "uris": sorted(str(x.uri) for x in res),
+            "content": content,
+            "prompts": [p.name for p in prompts],
+            "prompt": prompt,
+        }
 
     r = session(["--root", str(root)], calls)
     rroot = os.path.realpath(root)
     # one resource per model: the split model once (first shard); the escaping link reads as an error
     assert f"gguf://{rroot}/model.gguf" in r["uris"] and f"gguf://{rroot}/split-00001-of-00003.gguf" in r["uris"]
     assert not any("split-00002" in u for u in r["uris"])
-    assert json.loads(r["content"].contents[0].text) == json.loads(cli("info", "--json", os.path.join(rroot, "model.gguf"))[1])
+    assert json.loads(r["content"].contents[0].text) == json.loads(
+        cli("info", "--json", os.path.join(rroot, "model.gguf"))[1]
+    )
     assert r["prompts"] == ["audit_quant"]
     body = r["prompt"].messages[0].content.text
     for step in ("`info`", "`roles`", "`template_lint`", "`memory` with ctx=65536"):
@@ -244,12 +285,20 @@ def test_write_tools_only_with_allow_write(cli: CliRun, roots: tuple[Path, Path]
 
     async def calls(c: Client) -> dict[str, Any]:
         r = {"names": {t.name for t in (await c.list_tools()).tools}}
-        r["set"] = await c.call_tool("set_metadata", {"path": "model.gguf", "key": "general.name", "value": "Patched by an agent"})
+        r["set"] = await c.call_tool(
+            "set_metadata", {"path": "model.gguf", "key": "general.name", "value": "Patched by an agent"}
+        )
         r["template"] = await c.call_tool("set_template", {"path": "model.gguf", "template": tmpl})
-        r["delete"] = await c.call_tool("delete_metadata", {"path": "model.gguf", "keys": ["general.name"], "dry_run": True})
+        r["delete"] = await c.call_tool(
+            "delete_metadata", {"path": "model.gguf", "keys": ["general.name"], "dry_run": True}
+        )
         r["escape"] = await c.call_tool("set_metadata", {"path": "escape.gguf", "key": "general.name", "value": "x"})
-        r["outside"] = await c.call_tool("set_metadata", {"path": str(outside / "secret.gguf"), "key": "general.name", "value": "x"})
-        r["protected"] = await c.call_tool("set_metadata", {"path": "model.gguf", "key": "general.alignment", "value": 64})
+        r["outside"] = await c.call_tool(
+            "set_metadata", {"path": str(outside / "secret.gguf"), "key": "general.name", "value": "x"}
+        )
+        r["protected"] = await c.call_tool(
+            "set_metadata", {"path": "model.gguf", "key": "general.alignment", "value": 64}
+        )
         r["info"] = await c.call_tool("metadata", {"path": "model.gguf", "key": "general.name"})
         return r
 
@@ -291,6 +340,7 @@ def test_list_tools_json_has_units_and_enumerations(cli: CliRun) -> None:
 
 # -- the model a llama-server runs -------------------------------------------------------------
 
+
 def test_server_option_and_tool_against_a_fake_llama_server(cli: CliRun, smollm2_path: Path) -> None:
     template = cli("meta", str(smollm2_path), "tokenizer.chat_template")[1]
     plain = json.loads(cli("info", "--json", str(smollm2_path))[1])
@@ -300,8 +350,15 @@ def test_server_option_and_tool_against_a_fake_llama_server(cli: CliRun, smollm2
         d = json.loads(out)
         server = d.pop("server")
         assert d == plain
-        assert server == {"url": same.url, "model_path": str(smollm2_path), "model_ids": [smollm2_path.name],
-                          "n_ctx": 8192, "build_info": "b0-fake", "template_matches_file": True, "note": None}
+        assert server == {
+            "url": same.url,
+            "model_path": str(smollm2_path),
+            "model_ids": [smollm2_path.name],
+            "n_ctx": 8192,
+            "build_info": "b0-fake",
+            "template_matches_file": True,
+            "note": None,
+        }
         assert "note:" not in err
         code, out, _ = cli("tensors", "--server", same.url, "--json", "--limit", "3")
         assert code == 0 and json.loads(out)["path"] == str(smollm2_path)
@@ -322,7 +379,10 @@ def test_server_option_and_tool_against_a_fake_llama_server(cli: CliRun, smollm2
     with FakeLlamaServer("/nonexistent/model.gguf", None) as gone:
         code, _, err = cli("info", "--server", gone.url)
         assert code == 2
-        assert err.strip() == f"ggufx: error: /nonexistent/model.gguf: the llama-server at {gone.url} has this file loaded, but it is not on this machine"
+        assert (
+            err.strip()
+            == f"ggufx: error: /nonexistent/model.gguf: the llama-server at {gone.url} has this file loaded, but it is not on this machine"
+        )
     code, _, err = cli("info", "--server", "http://127.0.0.1:9")
     assert code == 2 and "no llama-server reachable" in err and len(err.strip().splitlines()) == 1
 
@@ -371,8 +431,12 @@ def test_streamable_http_transport(cli: CliRun, tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "ggufx", "mcp", "--root", str(FIXTURES), "--http", f"127.0.0.1:{port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ggufx", "mcp", "--root", str(FIXTURES), "--http", f"127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -12,18 +12,27 @@ from pathlib import Path
 import pytest
 
 import ggufx
+from ggufx.analysis.summary import summarize
 from ggufx.errors import FormatError, GGUFError, ShardError, SourceError
 from ggufx.format.reader import parse_header
-from ggufx.io.sources import FileSource
 from ggufx.format.values import GGUFArray, ValueType
-from ggufx.analysis.summary import summarize
+from ggufx.io.sources import FileSource
 
 from .conftest import FIXTURES
 from .gguf_reference import assert_matches_gguf_reader
 
-VALID = ["all-types-v3.gguf", "all-types-v2.gguf", "big-endian.gguf", "edge-values.gguf",
-         "unknown-type.gguf", "no-tensors.gguf", "raw-base.gguf", "split-00001-of-00003.gguf",
-         "split-00002-of-00003.gguf", "split-00003-of-00003.gguf"]
+VALID = [
+    "all-types-v3.gguf",
+    "all-types-v2.gguf",
+    "big-endian.gguf",
+    "edge-values.gguf",
+    "unknown-type.gguf",
+    "no-tensors.gguf",
+    "raw-base.gguf",
+    "split-00001-of-00003.gguf",
+    "split-00002-of-00003.gguf",
+    "split-00003-of-00003.gguf",
+]
 EXPECTED_MALFORMED = json.loads((FIXTURES / "malformed" / "expected.json").read_text())
 
 
@@ -35,11 +44,16 @@ def test_matches_gguf_reader(name: str) -> None:
 def test_every_value_type_decodes() -> None:
     md = ggufx.open(FIXTURES / "all-types-v3.gguf").metadata
     expected = {
-        "test.u8": (ValueType.UINT8, 200), "test.i8": (ValueType.INT8, -100),
-        "test.u16": (ValueType.UINT16, 60000), "test.i16": (ValueType.INT16, -30000),
-        "test.u32": (ValueType.UINT32, 4_000_000_000), "test.i32": (ValueType.INT32, -2_000_000_000),
-        "test.bool": (ValueType.BOOL, True), "test.str": (ValueType.STRING, "héllo ✓ 世界"),
-        "test.u64": (ValueType.UINT64, 2**63 + 5), "test.i64": (ValueType.INT64, -(2**62)),
+        "test.u8": (ValueType.UINT8, 200),
+        "test.i8": (ValueType.INT8, -100),
+        "test.u16": (ValueType.UINT16, 60000),
+        "test.i16": (ValueType.INT16, -30000),
+        "test.u32": (ValueType.UINT32, 4_000_000_000),
+        "test.i32": (ValueType.INT32, -2_000_000_000),
+        "test.bool": (ValueType.BOOL, True),
+        "test.str": (ValueType.STRING, "héllo ✓ 世界"),
+        "test.u64": (ValueType.UINT64, 2**63 + 5),
+        "test.i64": (ValueType.INT64, -(2**62)),
         "test.f64": (ValueType.FLOAT64, 3.141592653589793),
     }
     for key, (vt, value) in expected.items():
@@ -48,11 +62,19 @@ def test_every_value_type_decodes() -> None:
     assert md.type_of("test.f32") is ValueType.FLOAT32
     assert md["test.f32"] == struct.unpack("<f", struct.pack("<f", 0.1))[0]
     arrays = {
-        "test.arr.u8": [1, 2, 255], "test.arr.i8": [-1, 2, -128], "test.arr.u16": [1, 65535],
-        "test.arr.i16": [-32768, 7], "test.arr.u32": [1, 2, 3], "test.arr.i32": [-1, 0, 1],
-        "test.arr.bool": [True, False, True], "test.arr.str": ["a", "", "ünï", "<|im_start|>"],
-        "test.arr.u64": [2**64 - 1, 0], "test.arr.i64": [-(2**63), 2**63 - 1], "test.arr.f64": [2.5, -0.0],
-        "test.arr.nested": [[1, 2], [3], [4, 5, 6]], "test.arr.nested_str": [["x", "y"], ["z"]],
+        "test.arr.u8": [1, 2, 255],
+        "test.arr.i8": [-1, 2, -128],
+        "test.arr.u16": [1, 65535],
+        "test.arr.i16": [-32768, 7],
+        "test.arr.u32": [1, 2, 3],
+        "test.arr.i32": [-1, 0, 1],
+        "test.arr.bool": [True, False, True],
+        "test.arr.str": ["a", "", "ünï", "<|im_start|>"],
+        "test.arr.u64": [2**64 - 1, 0],
+        "test.arr.i64": [-(2**63), 2**63 - 1],
+        "test.arr.f64": [2.5, -0.0],
+        "test.arr.nested": [[1, 2], [3], [4, 5, 6]],
+        "test.arr.nested_str": [["x", "y"], ["z"]],
     }
     for key, value in arrays.items():
         arr = md[key]
@@ -75,8 +97,9 @@ def test_v2_v3_and_big_endian_agree() -> None:
         for k in ref.metadata:
             a, b = ref.metadata[k], m.metadata[k]
             assert (a.tolist() if isinstance(a, GGUFArray) else a) == (b.tolist() if isinstance(b, GGUFArray) else b), k
-        assert [(t.name, t.shape, t.type, t.offset, t.nbytes) for t in m.tensors] == \
-               [(t.name, t.shape, t.type, t.offset, t.nbytes) for t in ref.tensors]
+        assert [(t.name, t.shape, t.type, t.offset, t.nbytes) for t in m.tensors] == [
+            (t.name, t.shape, t.type, t.offset, t.nbytes) for t in ref.tensors
+        ]
 
 
 def test_edge_values() -> None:
@@ -156,6 +179,7 @@ def test_malformed_file_is_a_precise_error(name: str) -> None:
 
 # -- split models -------------------------------------------------------------------------------
 
+
 def test_any_shard_opens_the_whole_model() -> None:
     whole = ggufx.open(FIXTURES / "all-types-v3.gguf")
     for i in (1, 2, 3):
@@ -203,7 +227,8 @@ def test_open_reads_only_the_header(tmp_path: Path) -> None:
     """A file with 64 MiB of tensor data: opening it reads a small prefix, never the data."""
     src_bytes = (FIXTURES / "raw-base.gguf").read_bytes()
     # rewrite base so its second tensor is 64 MiB of F32
-    from tests.fixtures.make_fixtures import Raw, STR
+    from tests.fixtures.make_fixtures import STR, Raw
+
     r = Raw()
     r.kv("general.architecture", STR, r.s("llama"))
     r.tensor("big.weight", (4096, 4096), 0, 0)
@@ -222,6 +247,7 @@ def test_truncated_anywhere_is_an_error_not_a_crash() -> None:
     good = (FIXTURES / "all-types-v3.gguf").read_bytes()
     header_end = ggufx.open(FIXTURES / "all-types-v3.gguf").header.header_end
     import tempfile
+
     with tempfile.TemporaryDirectory() as d:
         for cut in range(0, header_end + 40, 7):
             p = Path(d) / "cut.gguf"
@@ -236,8 +262,11 @@ def test_committed_fixtures_are_what_the_generator_writes(tmp_path: Path) -> Non
 
     subprocess.run([sys.executable, str(FIXTURES / "make_fixtures.py"), str(tmp_path)], check=True)
     generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
-    committed = sorted(p.relative_to(FIXTURES) for p in FIXTURES.rglob("*")
-                       if p.is_file() and (p.suffix == ".gguf" or p.name == "expected.json"))
+    committed = sorted(
+        p.relative_to(FIXTURES)
+        for p in FIXTURES.rglob("*")
+        if p.is_file() and (p.suffix == ".gguf" or p.name == "expected.json")
+    )
     assert generated == committed
     for rel in generated:
         assert (tmp_path / rel).read_bytes() == (FIXTURES / rel).read_bytes(), rel

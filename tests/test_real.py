@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import ggufx
+from ggufx.analysis.summary import summarize
 from ggufx.format.reader import parse_header
 from ggufx.io.sources import FileSource
-from ggufx.analysis.summary import summarize
 
 from .conftest import CliRun
 from .gguf_reference import assert_matches_gguf_reader, gguf_reader

@@ -71,15 +71,34 @@ def gets(s: RangeServer) -> list[dict]:
 # -- results equal the local ones ------------------------------------------------------------
 
 COMMANDS = [
-    ["info", "--json"], ["tensors", "--json"], ["meta", "--json"], ["roles", "--json"], ["layers", "--json"],
-    ["recipe", "--json"], ["mem", "--json", "--ctx", "8192"], ["mem", "--json", "--fit", "2GiB"], ["report", "--format", "md"],
-    ["template", "show"], ["template", "info", "--json"], ["template", "lint", "--json"],
+    ["info", "--json"],
+    ["tensors", "--json"],
+    ["meta", "--json"],
+    ["roles", "--json"],
+    ["layers", "--json"],
+    ["recipe", "--json"],
+    ["mem", "--json", "--ctx", "8192"],
+    ["mem", "--json", "--fit", "2GiB"],
+    ["report", "--format", "md"],
+    ["template", "show"],
+    ["template", "info", "--json"],
+    ["template", "lint", "--json"],
     ["template", "render", "--json"],
 ]
 
 
-@pytest.mark.parametrize("name", ["SmolLM2-135M-Instruct.Q4_1.gguf", "gemma-3-270m-q4_k_m.gguf", "all-types-v3.gguf",
-                                  "big-endian.gguf", "all-types-v2.gguf", "unknown-type.gguf", "split-00002-of-00003.gguf"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "gemma-3-270m-q4_k_m.gguf",
+        "all-types-v3.gguf",
+        "big-endian.gguf",
+        "all-types-v2.gguf",
+        "unknown-type.gguf",
+        "split-00002-of-00003.gguf",
+    ],
+)
 def test_every_read_command_equals_local(cli: CliRun, srv: RangeServer, files: dict[str, Path], name: str) -> None:
     if name not in files:
         pytest.fail(f"fixture {name} is missing; run tests/fixtures/make_fixtures.py")
@@ -103,8 +122,10 @@ def test_diff_and_check_remote(cli: CliRun, srv: RangeServer, files: dict[str, P
     code_r, out_r, _ = cli("template", "diff", "--json", srv.url(a), srv.url(b))
     assert (code_r, out_r.replace(srv.base, str(files[a].parent))) == (code_l, out_l)
     policy = tmp_path / "p.toml"
-    policy.write_text('[model]\nbpw = { min = 5.0, max = 6.0 }\n[metadata]\nrequired = ["tokenizer.chat_template"]\n'
-                      '[memory]\nctx = 8192\nbudget = "1GiB"\n')
+    policy.write_text(
+        '[model]\nbpw = { min = 5.0, max = 6.0 }\n[metadata]\nrequired = ["tokenizer.chat_template"]\n'
+        '[memory]\nctx = 8192\nbudget = "1GiB"\n'
+    )
     code_l, out_l, _ = cli("check", "--json", "--policy", str(policy), str(files[a]))
     code_r, out_r, _ = cli("check", "--json", "--policy", str(policy), srv.url(a))
     assert code_l == 0 and (code_r, out_r.replace(srv.base, str(files[a].parent))) == (code_l, out_l)
@@ -113,6 +134,7 @@ def test_diff_and_check_remote(cli: CliRun, srv: RangeServer, files: dict[str, P
 
 
 # -- requests and bytes ----------------------------------------------------------------------
+
 
 def test_gemma_info_request_budget(cli: CliRun, srv: RangeServer, files: dict[str, Path]) -> None:
     name = "gemma-3-270m-q4_k_m.gguf"
@@ -156,7 +178,9 @@ def test_small_headers_take_one_or_two_requests(srv: RangeServer, files: dict[st
 def test_split_siblings_are_read_in_parallel(srv: RangeServer, files: dict[str, Path]) -> None:
     srv.state.behaviour.latency = 0.3  # long enough for the two sibling requests to overlap
     m = ggufx.open(srv.url("split-00003-of-00003.gguf"))
-    assert len(m.shards) == 3 and [s.path for s in m.shards] == [srv.url(f"split-0000{i}-of-00003.gguf") for i in (1, 2, 3)]
+    assert len(m.shards) == 3 and [s.path for s in m.shards] == [
+        srv.url(f"split-0000{i}-of-00003.gguf") for i in (1, 2, 3)
+    ]
     assert m.tensors == ggufx.open(files["split-00003-of-00003.gguf"]).tensors
     assert remote.STATS.requests == 3
     assert srv.state.max_in_flight == 2  # both siblings were being answered at the same time
@@ -169,11 +193,14 @@ def test_missing_remote_shard(cli: CliRun, srv: RangeServer, files: dict[str, Pa
     finally:
         srv.state.files["split-00002-of-00003.gguf"] = files["split-00002-of-00003.gguf"]
     assert code == 2
-    assert err.strip() == (f"ggufx: error: {srv.url('split-00002-of-00003.gguf')}: shard 2 of 3 is missing or unreadable "
-                           "(HTTP 404 Not Found: no such file on the server)")
+    assert err.strip() == (
+        f"ggufx: error: {srv.url('split-00002-of-00003.gguf')}: shard 2 of 3 is missing or unreadable "
+        "(HTTP 404 Not Found: no such file on the server)"
+    )
 
 
 # -- failures --------------------------------------------------------------------------------
+
 
 def test_no_range_support_is_refused(cli: CliRun, srv: RangeServer, files: dict[str, Path]) -> None:
     srv.state.behaviour.no_range = True
@@ -201,7 +228,10 @@ def test_persistent_5xx_gives_up(cli: CliRun, srv: RangeServer) -> None:
     srv.state.behaviour.fail_status, srv.state.behaviour.fail_count = 503, 100
     code, _, err = cli("info", srv.url("all-types-v3.gguf"))
     assert code == 2
-    assert err.strip() == f"ggufx: error: {srv.url('all-types-v3.gguf')}: HTTP 503 Service Unavailable; gave up after 4 attempts"
+    assert (
+        err.strip()
+        == f"ggufx: error: {srv.url('all-types-v3.gguf')}: HTTP 503 Service Unavailable; gave up after 4 attempts"
+    )
     assert len(srv.state.log) == 4
 
 
@@ -211,7 +241,9 @@ def test_dropped_connection_mid_body(srv: RangeServer, files: dict[str, Path]) -
     name = "gemma-3-270m-q4_k_m.gguf"
     s = ggufx.info(srv.url(name)).to_dict()
     local = ggufx.info(files[name]).to_dict()
-    assert {k: v for k, v in s.items() if k not in ("path", "shards")} == {k: v for k, v in local.items() if k not in ("path", "shards")}
+    assert {k: v for k, v in s.items() if k not in ("path", "shards")} == {
+        k: v for k, v in local.items() if k not in ("path", "shards")
+    }
     # the first range twice dropped mid-body and asked for again, then the rest of the header
     ranges = [e["range"] for e in gets(srv)]
     assert ranges[:3] == ["bytes=0-1048575"] * 3 and len(ranges) == 5
@@ -247,8 +279,10 @@ def test_401_gated_repository_says_set_hf_token(cli: CliRun, srv: RangeServer, m
     ref = "hf://org/gated-GGUF/all-types-v3.gguf"
     code, _, err = cli("info", ref)
     assert code == 2
-    assert err.strip() == (f"ggufx: error: {ref}: HTTP 401 Unauthorized: the repository is gated or private; "
-                           "set HF_TOKEN to a token with access (huggingface.co/settings/tokens)")
+    assert err.strip() == (
+        f"ggufx: error: {ref}: HTTP 401 Unauthorized: the repository is gated or private; "
+        "set HF_TOKEN to a token with access (huggingface.co/settings/tokens)"
+    )
     monkeypatch.setenv("HF_TOKEN", "hf_wrong")
     remote._CLIENT = None
     code, _, err = cli("info", ref)
@@ -284,8 +318,9 @@ def test_slow_server_times_out(cli: CliRun, srv: RangeServer) -> None:
     assert len(srv.state.log) == 4 and all(e["status"] == "timeout" for e in remote.STATS.log)
 
 
-def test_token_does_not_follow_redirect_to_another_host(cli: CliRun, srv: RangeServer, cdn: RangeServer, files: dict[str, Path],
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_token_does_not_follow_redirect_to_another_host(
+    cli: CliRun, srv: RangeServer, cdn: RangeServer, files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     srv.state.behaviour.hf_redirect = cdn.base
     srv.state.behaviour.hf_required_token = TOKEN
@@ -306,6 +341,7 @@ def test_browser_blob_link_is_read_as_resolve(srv: RangeServer) -> None:
 
 
 # -- caches ----------------------------------------------------------------------------------
+
 
 def test_header_cache_head_then_offline(cli: CliRun, srv: RangeServer, files: dict[str, Path]) -> None:
     name = "gemma-3-270m-q4_k_m.gguf"
@@ -351,8 +387,9 @@ def test_corrupt_cache_entry_is_ignored(srv: RangeServer, tmp_path: Path) -> Non
     assert [e["method"] for e in srv.state.log] == ["GET"]
 
 
-def test_hf_reference_in_local_hf_cache_needs_no_network(srv: RangeServer, files: dict[str, Path], tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hf_reference_in_local_hf_cache_needs_no_network(
+    srv: RangeServer, files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     hub = tmp_path / "hub"
     monkeypatch.setenv("HF_HUB_CACHE", str(hub))
     commit = "a" * 40
@@ -386,9 +423,11 @@ def test_help_does_not_import_http(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    code = ("import sys; from ggufx.cli import main\n"
-            "try: main(['--help'])\nexcept SystemExit: pass\n"
-            "print(sorted(m for m in ('http.client', 'ssl', 'ggufx.io.remote', 'urllib.request') if m in sys.modules))")
+    code = (
+        "import sys; from ggufx.cli import main\n"
+        "try: main(['--help'])\nexcept SystemExit: pass\n"
+        "print(sorted(m for m in ('http.client', 'ssl', 'ggufx.io.remote', 'urllib.request') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
 
@@ -400,7 +439,9 @@ def test_redact_strips_credentials_and_query() -> None:
     assert re.fullmatch(r"ggufx/\S+", _user_agent())
 
 
-def test_http_proxy_from_the_environment(srv: RangeServer, files: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_http_proxy_from_the_environment(
+    srv: RangeServer, files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     for var in ("no_proxy", "NO_PROXY", "https_proxy", "HTTPS_PROXY"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("http_proxy", srv.base)  # our server doubles as a forward proxy
@@ -439,7 +480,11 @@ def test_empty_remote_file(cli: CliRun, srv: RangeServer, tmp_path: Path) -> Non
         code, _, err = cli("info", srv.url("empty.gguf"))
     finally:
         del srv.state.files["empty.gguf"]
-    assert code == 2 and err.strip() == f"ggufx: error: {srv.url('empty.gguf')}: HTTP 416 Requested Range Not Satisfiable: the server has an empty file"
+    assert (
+        code == 2
+        and err.strip()
+        == f"ggufx: error: {srv.url('empty.gguf')}: HTTP 416 Requested Range Not Satisfiable: the server has an empty file"
+    )
 
 
 def test_stale_keep_alive_connection_is_replaced_without_a_retry(srv: RangeServer, files: dict[str, Path]) -> None:
@@ -469,8 +514,9 @@ def test_scan_a_hub_repository(cli: CliRun, srv: RangeServer, files: dict[str, P
         loc = local_rows[name]
         keys = ("shards", "architecture", "parameters", "file_type", "bpw", "file_bytes", "dialect")
         assert {k: r[k] for k in keys} == {k: loc[k] for k in keys}, name
-        assert [p.replace("hf://org/repo-GGUF/gguf/", "") for p in r["problems"]] == \
-               [p.replace(f"{local_dir}/", "") for p in loc["problems"]], name
+        assert [p.replace("hf://org/repo-GGUF/gguf/", "") for p in r["problems"]] == [
+            p.replace(f"{local_dir}/", "") for p in loc["problems"]
+        ], name
     listing = [e for e in srv.state.log if e["path"].startswith("/api/models/")]
     # the listing is paged (4 entries a page: the files, a README and the gguf/ folder) and every page was read once
     assert len(listing) == -(-(len(files) + 2) // 4) >= 3
@@ -483,8 +529,9 @@ def test_scan_unknown_repository_or_file_reference(cli: CliRun, srv: RangeServer
     assert code == 2 and "name a file: hf://ORG/REPO[@REVISION]/FILE (`ggufx scan hf://org/repo-GGUF` lists" in err
 
 
-def test_header_cache_is_bounded_least_recently_used_first(srv: RangeServer, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_header_cache_is_bounded_least_recently_used_first(
+    srv: RangeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cache = tmp_path / "cache"
     names = ["all-types-v3.gguf", "all-types-v2.gguf", "big-endian.gguf"]
     sizes = {}
@@ -504,7 +551,9 @@ def test_header_cache_is_bounded_least_recently_used_first(srv: RangeServer, tmp
     assert [e["method"] for e in srv.state.log] == ["GET"]  # evicted: fetched again
 
 
-def test_fingerprint_rule_fails_on_a_remote_file_and_other_rules_still_run(cli: CliRun, srv: RangeServer, tmp_path: Path) -> None:
+def test_fingerprint_rule_fails_on_a_remote_file_and_other_rules_still_run(
+    cli: CliRun, srv: RangeServer, tmp_path: Path
+) -> None:
     policy = tmp_path / "p.toml"
     policy.write_text('[fingerprint]\nequals = "abc"\n[model]\narchitecture = "llama"\n')
     code, out, err = cli("check", "--policy", str(policy), srv.url("all-types-v3.gguf"))

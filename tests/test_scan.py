@@ -31,9 +31,21 @@ def _ollama(root: Path) -> Path:
     for ns, name, tag in (("library", "smol", "latest"), ("someone", "tiny", "q4")):
         mdir = store / "manifests" / "registry.ollama.ai" / ns / name
         mdir.mkdir(parents=True)
-        (mdir / tag).write_text(json.dumps({"schemaVersion": 2, "layers": [
-            {"mediaType": "application/vnd.ollama.image.model", "digest": digest, "size": 1},
-            {"mediaType": "application/vnd.ollama.image.template", "digest": "sha256:" + "b" * 64, "size": 1}]}))
+        (mdir / tag).write_text(
+            json.dumps(
+                {
+                    "schemaVersion": 2,
+                    "layers": [
+                        {"mediaType": "application/vnd.ollama.image.model", "digest": digest, "size": 1},
+                        {
+                            "mediaType": "application/vnd.ollama.image.template",
+                            "digest": "sha256:" + "b" * 64,
+                            "size": 1,
+                        },
+                    ],
+                }
+            )
+        )
     return store
 
 
@@ -42,7 +54,12 @@ def test_scan_hf_cache_and_ollama(cli: CliRun, tmp_path: Path) -> None:
     rows = {r.name: r for r in scan([str(hf), str(ol)])}
     assert set(rows) == {"HuggingFaceTB/SmolLM2-GGUF@0123456789ab/model-q4.gguf", "smol:latest", "someone/tiny:q4"}
     hf_row = rows["HuggingFaceTB/SmolLM2-GGUF@0123456789ab/model-q4.gguf"]
-    assert hf_row.source == "hf-cache" and hf_row.architecture == "llama" and hf_row.dialect == "none" and not hf_row.problems
+    assert (
+        hf_row.source == "hf-cache"
+        and hf_row.architecture == "llama"
+        and hf_row.dialect == "none"
+        and not hf_row.problems
+    )
     assert rows["smol:latest"].source == "ollama" and rows["smol:latest"].parameters == hf_row.parameters
     # --hf-cache and --ollama find the stores through the usual environment variables
     r = cli("scan", "--hf-cache", "--ollama", "--json", env={"HF_HUB_CACHE": str(hf), "OLLAMA_MODELS": str(ol)})

@@ -47,10 +47,17 @@ SOURCES = {
 
 # C types on every platform llama.cpp supports (LP64/LLP64): (size, alignment)
 C_TYPES = {
-    "char": (1, 1), "int8_t": (1, 1), "uint8_t": (1, 1),
-    "int16_t": (2, 2), "uint16_t": (2, 2),
-    "int32_t": (4, 4), "uint32_t": (4, 4), "float": (4, 4),
-    "int64_t": (8, 8), "uint64_t": (8, 8), "double": (8, 8),
+    "char": (1, 1),
+    "int8_t": (1, 1),
+    "uint8_t": (1, 1),
+    "int16_t": (2, 2),
+    "uint16_t": (2, 2),
+    "int32_t": (4, 4),
+    "uint32_t": (4, 4),
+    "float": (4, 4),
+    "int64_t": (8, 8),
+    "uint64_t": (8, 8),
+    "double": (8, 8),
 }
 
 
@@ -154,7 +161,7 @@ def strip_comments(text: str) -> str:
             j = i + 1
             while j < n and text[j] != c:
                 j += 2 if text[j] == "\\" else 1
-            out.append(text[i:j + 1])
+            out.append(text[i : j + 1])
             i = j + 1
         elif text.startswith("//", i):
             j = text.find("\n", i)
@@ -193,7 +200,7 @@ def tokenize(text: str) -> list[str]:
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if not m:
-            raise GenError(f"cannot tokenize {text[pos:pos + 40]!r}")
+            raise GenError(f"cannot tokenize {text[pos : pos + 40]!r}")
         tokens.append(m.group(1) or m.group(2) or m.group(3))
         pos = m.end()
     return tokens
@@ -209,8 +216,8 @@ class Layout:
     def __init__(self, common_h: str, ggml_h: str) -> None:
         self.macros: dict[str, list[str]] = {}
         self.types: dict[str, tuple[int, int]] = dict(C_TYPES)
-        self.aggregates: dict[str, str] = {}   # typedef name -> body text (computed on demand)
-        self.asserts: dict[str, str] = {}      # struct name -> asserted size expression
+        self.aggregates: dict[str, str] = {}  # typedef name -> body text (computed on demand)
+        self.asserts: dict[str, str] = {}  # struct name -> asserted size expression
         common = strip_comments(common_h)
         self._read_macros(common)
         self._read_typedefs(self._c_branch(common))
@@ -250,15 +257,15 @@ class Layout:
     def _read_aggregates(self, text: str) -> None:
         for m in re.finditer(r"\btypedef\s+(struct|union)\s*\{", text):
             close = matching_close(text, m.end() - 1)
-            name = re.match(r"\s*([A-Za-z_]\w*)\s*;", text[close + 1:])
+            name = re.match(r"\s*([A-Za-z_]\w*)\s*;", text[close + 1 :])
             if name:  # others (pointer typedefs...) cannot be named in a sizeof
-                self.aggregates.setdefault(name.group(1), m.group(1) + " " + text[m.end() - 1:close + 1])
+                self.aggregates.setdefault(name.group(1), m.group(1) + " " + text[m.end() - 1 : close + 1])
 
     def _read_asserts(self, text: str) -> None:
         for m in re.finditer(r"\bstatic_assert\s*\(", text):
             close = matching_close(text, m.end() - 1, "(", ")")
-            args = text[m.end():close]
-            cond = args[:self._top_level_comma(args)]
+            args = text[m.end() : close]
+            cond = args[: self._top_level_comma(args)]
             sm = re.fullmatch(r"\s*sizeof\s*\(\s*([A-Za-z_]\w*)\s*\)\s*==\s*(.+?)\s*", cond, re.DOTALL)
             if sm:
                 if sm.group(1) in self.asserts:
@@ -284,7 +291,7 @@ class Layout:
             t = tokens[i]
             if t == "sizeof" and i + 1 < len(tokens) and tokens[i + 1] == "(":  # a type name: not expanded
                 j = tokens.index(")", i)
-                out.extend(tokens[i:j + 1])
+                out.extend(tokens[i : j + 1])
                 i = j + 1
                 continue
             if t in self.macros and t not in active:
@@ -387,8 +394,8 @@ class Layout:
                     if depth == 0:
                         break
                     j += 1
-                member = self._aggregate(tokens[i], tokens[i + 2:j], f"{where}.<{tokens[i]}>")
-                declarator = tokens[j + 1:tokens.index(";", j)]
+                member = self._aggregate(tokens[i], tokens[i + 2 : j], f"{where}.<{tokens[i]}>")
+                declarator = tokens[j + 1 : tokens.index(";", j)]
                 # nothing (anonymous), or one name - possibly a macro such as GGML_COMMON_AGGR_S, which is
                 # empty for C and "data" for C++: either way one member of the aggregate's size
                 if len(declarator) > 1 or (declarator and not re.fullmatch(r"[A-Za-z_]\w*", declarator[0])):
@@ -409,7 +416,7 @@ class Layout:
                 count = 1
                 while tokens[i] == "[":
                     j = tokens.index("]", i)
-                    count *= self.eval(tokens[i + 1:j])
+                    count *= self.eval(tokens[i + 1 : j])
                     i = j + 1
                 members.append((base[0] * count, base[1]))
                 if tokens[i] == ",":
@@ -437,8 +444,10 @@ class Layout:
             raise GenError(f"no static_assert(sizeof({name}) == ...) in ggml-common.h to check {size} against")
         asserted = self.eval(self.asserts[name])
         if asserted != size:
-            raise GenError(f"sizeof({name}): members add up to {size} bytes, but ggml-common.h asserts "
-                           f"{self.asserts[name]} = {asserted}")
+            raise GenError(
+                f"sizeof({name}): members add up to {size} bytes, but ggml-common.h asserts "
+                f"{self.asserts[name]} = {asserted}"
+            )
         return size
 
 
@@ -449,11 +458,11 @@ class Layout:
 @dataclass(frozen=True)
 class TypeEntry:
     id: int
-    name: str           # gguf-py spelling: the GGML_TYPE_ suffix
+    name: str  # gguf-py spelling: the GGML_TYPE_ suffix
     block_size: int
     type_size: int
     is_quantized: bool
-    ggml_name: str      # type_traits[].type_name
+    ggml_name: str  # type_traits[].type_name
 
 
 def parse_enum(header: str, enum_name: str, prefix: str) -> tuple[dict[int, str], dict[int, str]]:
@@ -461,7 +470,7 @@ def parse_enum(header: str, enum_name: str, prefix: str) -> tuple[dict[int, str]
     m = re.search(r"\benum\s+" + enum_name + r"\s*\{", header)
     if not m:
         raise GenError(f"enum {enum_name} not found")
-    body = header[m.end():matching_close(header, m.end() - 1)]
+    body = header[m.end() : matching_close(header, m.end() - 1)]
     live: dict[int, str] = {}
     removed: dict[int, str] = {}
     for line in body.splitlines():
@@ -485,7 +494,7 @@ def parse_type_traits(ggml_c: str, ids: dict[str, int]) -> dict[int, dict]:
     m = re.search(r"type_traits\s*\[\s*GGML_TYPE_COUNT\s*\]\s*=\s*\{", ggml_c)
     if not m:
         raise GenError("ggml.c: type_traits[GGML_TYPE_COUNT] not found")
-    block = ggml_c[m.end():matching_close(ggml_c, m.end() - 1)]
+    block = ggml_c[m.end() : matching_close(ggml_c, m.end() - 1)]
     traits: dict[int, dict] = {}
     for em in re.finditer(r"\[\s*(\w+)\s*\]\s*=\s*\{([^\n]*)", block):
         key = em.group(1)
@@ -498,7 +507,7 @@ def parse_type_traits(ggml_c: str, ids: dict[str, int]) -> dict[int, dict]:
         if type_id in traits:
             raise GenError(f"ggml.c type_traits: [{key}] twice")
         open_pos = em.start(2) - 1
-        body = strip_comments(block[open_pos:matching_close(block, open_pos)])
+        body = strip_comments(block[open_pos : matching_close(block, open_pos)])
         fields = {}
         for field in ("type_name", "blck_size", "type_size", "is_quantized"):
             value = r'("(?:[^"\\]|\\.)*")' if field == "type_name" else r"([^,\n]+?)"
@@ -568,8 +577,9 @@ def ggml_types(src: Source, layout: Layout) -> tuple[int, list[TypeEntry], list[
 # llama.h / llama-model-loader.cpp
 
 
-def llama_ftypes(src: Source) -> tuple[int, list[tuple[int, str, str]], str, list[tuple[int, str]],
-                                       list[tuple[str, int]]]:
+def llama_ftypes(
+    src: Source,
+) -> tuple[int, list[tuple[int, str, str]], str, list[tuple[int, str]], list[tuple[str, int]]]:
     """(LLAMA_FTYPE_GUESSED, [(id, name, label)], default label, removed [(id, name)],
     [(ggml type, guessed ftype id)])."""
     live, removed = parse_enum(src.files["llama.h"], "llama_ftype", "LLAMA_FTYPE_")
@@ -581,7 +591,7 @@ def llama_ftypes(src: Source) -> tuple[int, list[tuple[int, str, str]], str, lis
     fm = re.search(r"const char \* llama_ftype_name\s*\([^)]*\)\s*\{", loader)
     if not fm:
         raise GenError("llama-model-loader.cpp: llama_ftype_name not found")
-    body = loader[fm.end():matching_close(loader, fm.end() - 1)]
+    body = loader[fm.end() : matching_close(loader, fm.end() - 1)]
     labels: dict[str, str] = {}
     for m in re.finditer(r"case\s+LLAMA_FTYPE_(\w+)\s*:\s*name\s*=\s*LLAMA_FTYPE_PREFIX\s*\"([^\"]*)\"", body):
         labels[m.group(1)] = m.group(2)
@@ -598,7 +608,7 @@ def llama_ftypes(src: Source) -> tuple[int, list[tuple[int, str, str]], str, lis
     sm = re.search(r"switch\s*\(\s*type_max\s*\)\s*\{", loader)
     if not sm:
         raise GenError("llama-model-loader.cpp: switch (type_max) not found")
-    switch = loader[sm.end():matching_close(loader, sm.end() - 1)]
+    switch = loader[sm.end() : matching_close(loader, sm.end() - 1)]
     ftype_ids = {n: i for i, n in live.items()}
     guess = []
     for m in re.finditer(r"case\s+GGML_TYPE_(\w+)\s*:\s*ftype\s*=\s*LLAMA_FTYPE_(\w+)\s*;", switch):
@@ -677,7 +687,8 @@ def generate(path: str | os.PathLike, version: str | None = None) -> str:
         "",
         "# types whose ggml type_traits say is_quantized = false",
         "NOT_QUANTIZED: frozenset[str] = frozenset({"
-        + ", ".join(repr(e.name) for e in entries if not e.is_quantized) + "})",
+        + ", ".join(repr(e.name) for e in entries if not e.is_quantized)
+        + "})",
         "",
         "# (id, name, block_size, type_size, ggml's type_name): ids ggml no longer supports (sizes 0, as in ggml)",
         "REMOVED_GGML_TYPES: tuple[tuple[int, str, int, int, str], ...] = (",

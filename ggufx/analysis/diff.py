@@ -20,7 +20,13 @@ class TypeChange:
     tensors: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"role": self.role, "layers": self.layers, "before": self.before, "after": self.after, "tensors": self.tensors}
+        return {
+            "role": self.role,
+            "layers": self.layers,
+            "before": self.before,
+            "after": self.after,
+            "tensors": self.tensors,
+        }
 
 
 def layer_ranges(layers: list[int]) -> str:
@@ -57,13 +63,27 @@ class ModelDiff:
         return not (self.type_changes or self.added or self.removed or self.shape_changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"a": self.a, "b": self.b, "type_changes": [c.to_dict() for c in self.type_changes],
-                "tensors_added": self.added, "tensors_removed": self.removed, "shape_changes": self.shape_changes,
-                "metadata": {"added": self.metadata_added, "removed": self.metadata_removed, "changed": self.metadata_changed},
-                "bpw": {"a": round(self.a_bpw, 4), "b": round(self.b_bpw, 4), "change": round(self.b_bpw - self.a_bpw, 4)},
-                "tensor_bytes": {"a": self.a_bytes, "b": self.b_bytes, "change": self.b_bytes - self.a_bytes},
-                "file_bytes": {"a": self.a_file_bytes, "b": self.b_file_bytes, "change": self.b_file_bytes - self.a_file_bytes},
-                "identical_tensors": self.identical_tensors}
+        return {
+            "a": self.a,
+            "b": self.b,
+            "type_changes": [c.to_dict() for c in self.type_changes],
+            "tensors_added": self.added,
+            "tensors_removed": self.removed,
+            "shape_changes": self.shape_changes,
+            "metadata": {
+                "added": self.metadata_added,
+                "removed": self.metadata_removed,
+                "changed": self.metadata_changed,
+            },
+            "bpw": {"a": round(self.a_bpw, 4), "b": round(self.b_bpw, 4), "change": round(self.b_bpw - self.a_bpw, 4)},
+            "tensor_bytes": {"a": self.a_bytes, "b": self.b_bytes, "change": self.b_bytes - self.a_bytes},
+            "file_bytes": {
+                "a": self.a_file_bytes,
+                "b": self.b_file_bytes,
+                "change": self.b_file_bytes - self.a_file_bytes,
+            },
+            "identical_tensors": self.identical_tensors,
+        }
 
 
 def diff(a: GGUFModel, b: GGUFModel) -> ModelDiff:
@@ -86,9 +106,23 @@ def diff(a: GGUFModel, b: GGUFModel) -> ModelDiff:
     changed = []
     for k in ma.keys() & mb.keys():
         ka, kb = ma.kv(k), mb.kv(k)
-        if ka.type != kb.type or bytes(a.header.buf[ka.offset:ka.end]) != bytes(b.header.buf[kb.offset:kb.end]):
+        if ka.type != kb.type or bytes(a.header.buf[ka.offset : ka.end]) != bytes(b.header.buf[kb.offset : kb.end]):
             changed.append(k)
     sa, sb = summarize(a), summarize(b)
-    return ModelDiff(a.path, b.path, changes, sorted(tb.keys() - ta.keys()), sorted(ta.keys() - tb.keys()), sorted(shapes),
-                     sorted(mb.keys() - ma.keys()), sorted(ma.keys() - mb.keys()), sorted(changed),
-                     sa.bpw, sb.bpw, sa.tensor_bytes, sb.tensor_bytes, sa.file_bytes, sb.file_bytes)
+    return ModelDiff(
+        a.path,
+        b.path,
+        changes,
+        sorted(tb.keys() - ta.keys()),
+        sorted(ta.keys() - tb.keys()),
+        sorted(shapes),
+        sorted(mb.keys() - ma.keys()),
+        sorted(ma.keys() - mb.keys()),
+        sorted(changed),
+        sa.bpw,
+        sb.bpw,
+        sa.tensor_bytes,
+        sb.tensor_bytes,
+        sa.file_bytes,
+        sb.file_bytes,
+    )

@@ -20,16 +20,17 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
+from ggufx.analysis.summary import summarize
 from ggufx.format.encode import encode_value
 from ggufx.format.keys import PADDING_KEY
-from ggufx.model import GGUFModel
 from ggufx.format.reader import TensorInfo
 from ggufx.io.sources import is_remote
-from ggufx.analysis.summary import summarize
+from ggufx.model import GGUFModel
 
 ALGOS = ("xxh3-128", "sha256")
 CHUNK = 16 << 20
@@ -71,9 +72,9 @@ def fingerprint(tensors: list[tuple[str, int, tuple[int, ...], str]]) -> str:
 
 def metadata_hashes(model: GGUFModel) -> dict[str, str]:
     """Per key: xxh3-128 of its canonical (little-endian) value, padding and split.* left out."""
-    import xxhash
-
     import json
+
+    import xxhash
 
     from ggufx.format.values import ValueType
 
@@ -115,23 +116,37 @@ class ModelHashes:
     bytes_hashed: int = 0
 
     def to_dict(self, per_tensor: bool = True) -> dict[str, Any]:
-        d: dict[str, Any] = {"path": self.path, "algo": self.algo, "fingerprint": self.fingerprint,
-                             "metadata_hash": self.metadata_hash, "bytes_hashed": self.bytes_hashed, "facts": self.facts}
+        d: dict[str, Any] = {
+            "path": self.path,
+            "algo": self.algo,
+            "fingerprint": self.fingerprint,
+            "metadata_hash": self.metadata_hash,
+            "bytes_hashed": self.bytes_hashed,
+            "facts": self.facts,
+        }
         if per_tensor:
             d["tensors"] = self.tensors
             d["metadata"] = self.metadata
         return d
 
 
-def hash_model(model: GGUFModel, algo: str = "xxh3-128", threads: int | None = None,
-               progress: Callable[[int, int], None] | None = None) -> ModelHashes:
+def hash_model(
+    model: GGUFModel,
+    algo: str = "xxh3-128",
+    threads: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ModelHashes:
     """Hash every tensor's data (all shards) and derive the fingerprint."""
     if algo not in ALGOS:
         raise ValueError(f"unknown hash algorithm {algo!r} (one of {', '.join(ALGOS)})")
     if is_remote(model.path):
         from ggufx.errors import SourceError
 
-        raise SourceError(model.path, None, "hashing reads every tensor's data, which a remote source does not download; download the file and hash it locally")
+        raise SourceError(
+            model.path,
+            None,
+            "hashing reads every tensor's data, which a remote source does not download; download the file and hash it locally",
+        )
     fds = {s.index: os.open(s.path, os.O_RDONLY) for s in model.shards}
     total = sum(t.nbytes for t in model.tensors)
     done = 0
@@ -157,9 +172,18 @@ def hash_model(model: GGUFModel, algo: str = "xxh3-128", threads: int | None = N
     md = metadata_hashes(model)
     s = summarize(model)
     tmpl = model.metadata.get_str("tokenizer.chat_template")
-    facts = {"architecture": s.architecture, "name": s.name, "file_type": s.file_type_label, "parameters": s.parameters,
-             "bpw": round(s.bpw, 4), "tensor_count": s.tensor_count, "file_bytes": s.file_bytes,
-             "chat_template_sha256": hashlib.sha256(tmpl.encode("utf-8", "surrogateescape")).hexdigest() if tmpl is not None else None}
+    facts = {
+        "architecture": s.architecture,
+        "name": s.name,
+        "file_type": s.file_type_label,
+        "parameters": s.parameters,
+        "bpw": round(s.bpw, 4),
+        "tensor_count": s.tensor_count,
+        "file_bytes": s.file_bytes,
+        "chat_template_sha256": hashlib.sha256(tmpl.encode("utf-8", "surrogateescape")).hexdigest()
+        if tmpl is not None
+        else None,
+    }
     return ModelHashes(model.path, algo, fp, metadata_hash(md), tensors, md, facts, total)
 
 
@@ -186,8 +210,14 @@ class Verification:
 
     @property
     def ok(self) -> bool:
-        return self.fingerprint_ok and not (self.tensors_changed or self.tensors_added or self.tensors_removed
-                                            or self.metadata_changed or self.metadata_added or self.metadata_removed)
+        return self.fingerprint_ok and not (
+            self.tensors_changed
+            or self.tensors_added
+            or self.tensors_removed
+            or self.metadata_changed
+            or self.metadata_added
+            or self.metadata_removed
+        )
 
     @property
     def verdict(self) -> str:
@@ -198,18 +228,33 @@ class Verification:
         return "different weights"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "manifest_path": self.expected_path, "ok": self.ok, "verdict": self.verdict,
-                "fingerprint_ok": self.fingerprint_ok, "tensors_changed": self.tensors_changed,
-                "tensors_added": self.tensors_added, "tensors_removed": self.tensors_removed,
-                "metadata_changed": self.metadata_changed, "metadata_added": self.metadata_added,
-                "metadata_removed": self.metadata_removed}
+        return {
+            "path": self.path,
+            "manifest_path": self.expected_path,
+            "ok": self.ok,
+            "verdict": self.verdict,
+            "fingerprint_ok": self.fingerprint_ok,
+            "tensors_changed": self.tensors_changed,
+            "tensors_added": self.tensors_added,
+            "tensors_removed": self.tensors_removed,
+            "metadata_changed": self.metadata_changed,
+            "metadata_added": self.metadata_added,
+            "metadata_removed": self.metadata_removed,
+        }
 
 
 def verify(expected: dict[str, Any], actual: ModelHashes) -> Verification:
     et, at = expected["tensors"], actual.tensors
     em, am = expected["metadata"], actual.metadata
     changed = sorted(n for n in et.keys() & at.keys() if et[n] != at[n])
-    return Verification(actual.path, expected["path"], expected["fingerprint"] == actual.fingerprint, changed,
-                        sorted(at.keys() - et.keys()), sorted(et.keys() - at.keys()),
-                        sorted(k for k in em.keys() & am.keys() if em[k] != am[k]),
-                        sorted(am.keys() - em.keys()), sorted(em.keys() - am.keys()))
+    return Verification(
+        actual.path,
+        expected["path"],
+        expected["fingerprint"] == actual.fingerprint,
+        changed,
+        sorted(at.keys() - et.keys()),
+        sorted(et.keys() - at.keys()),
+        sorted(k for k in em.keys() & am.keys() if em[k] != am[k]),
+        sorted(am.keys() - em.keys()),
+        sorted(em.keys() - am.keys()),
+    )

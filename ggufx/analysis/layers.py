@@ -13,25 +13,52 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ggufx.format.ggmltypes import bpw
-from ggufx.model import GGUFModel
 from ggufx.analysis.roles import ATTENTION_ROLES, RECURRENT_ROLES, parse_name
+from ggufx.format.ggmltypes import bpw
 from ggufx.format.values import GGUFArray
+from ggufx.model import GGUFModel
 
 # llama.cpp's load_swa_pattern(ml, n, dense_first) defaults (src/models/*.cpp)
 SWA_DEFAULTS: dict[str, tuple[int, bool]] = {
-    "gemma2": (2, False), "gemma3": (6, False), "gemma3n": (5, False), "gemma-embedding": (6, False),
-    "cohere2": (4, False), "cohere2moe": (4, True), "afmoe": (4, False), "exaone4": (4, False),
-    "exaone-moe": (4, False), "llama4": (4, False), "mellum": (4, False), "olmo2": (4, False),
-    "gpt-oss": (2, False), "openai-moe": (2, False), "plamo3": (8, False), "smallthinker": (4, True),
-    "modern-bert": (3, True), "laguna": (4, True),
+    "gemma2": (2, False),
+    "gemma3": (6, False),
+    "gemma3n": (5, False),
+    "gemma-embedding": (6, False),
+    "cohere2": (4, False),
+    "cohere2moe": (4, True),
+    "afmoe": (4, False),
+    "exaone4": (4, False),
+    "exaone-moe": (4, False),
+    "llama4": (4, False),
+    "mellum": (4, False),
+    "olmo2": (4, False),
+    "gpt-oss": (2, False),
+    "openai-moe": (2, False),
+    "plamo3": (8, False),
+    "smallthinker": (4, True),
+    "modern-bert": (3, True),
+    "laguna": (4, True),
 }
 RECURRENT_FLAVOUR: dict[str, str] = {
-    "mamba": "Mamba", "mamba2": "Mamba-2", "jamba": "Mamba", "falcon-h1": "Mamba-2", "granitehybrid": "Mamba-2",
-    "nemotron_h": "Mamba-2", "nemotron_h_moe": "Mamba-2", "plamo2": "Mamba", "qwen3next": "Gated DeltaNet",
-    "qwen35": "Gated DeltaNet", "qwen35moe": "Gated DeltaNet", "kimi-linear": "Kimi delta attention",
-    "rwkv6": "RWKV", "rwkv6qwen2": "RWKV", "rwkv7": "RWKV", "arwkv7": "RWKV", "lfm2": "short conv",
-    "lfm2moe": "short conv", "minimax-01": "linear attention",
+    "mamba": "Mamba",
+    "mamba2": "Mamba-2",
+    "jamba": "Mamba",
+    "falcon-h1": "Mamba-2",
+    "granitehybrid": "Mamba-2",
+    "nemotron_h": "Mamba-2",
+    "nemotron_h_moe": "Mamba-2",
+    "plamo2": "Mamba",
+    "qwen3next": "Gated DeltaNet",
+    "qwen35": "Gated DeltaNet",
+    "qwen35moe": "Gated DeltaNet",
+    "kimi-linear": "Kimi delta attention",
+    "rwkv6": "RWKV",
+    "rwkv6qwen2": "RWKV",
+    "rwkv7": "RWKV",
+    "arwkv7": "RWKV",
+    "lfm2": "short conv",
+    "lfm2moe": "short conv",
+    "minimax-01": "linear attention",
 }
 ALL_RECURRENT = frozenset({"mamba", "mamba2", "rwkv6", "rwkv7", "arwkv7", "rwkv6qwen2"})
 
@@ -121,7 +148,9 @@ def layer_kinds(model: GGUFModel) -> list[LayerKind]:
         r = parse_name(t.name)
         if r.layer is not None and r.tower is None:
             roles_by_layer.setdefault(r.layer, set()).add(r.role)
-    n = model.metadata.get_int(f"{model.architecture}.block_count") or (max(roles_by_layer) + 1 if roles_by_layer else 0)
+    n = model.metadata.get_int(f"{model.architecture}.block_count") or (
+        max(roles_by_layer) + 1 if roles_by_layer else 0
+    )
     rec = recurrent_layers(model, n, roles_by_layer)
     swa = swa_layers(model, n)
     kv = _per_layer(model, "attention.head_count_kv", n)
@@ -147,6 +176,7 @@ def layer_kinds(model: GGUFModel) -> list[LayerKind]:
 
 # -- the layer grid: kind and types per layer -----------------------------------------------
 
+
 @dataclass(frozen=True, slots=True)
 class LayerRow:
     first: int
@@ -161,8 +191,15 @@ class LayerRow:
         return bpw(self.bytes, self.parameters)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"first": self.first, "last": self.last, "kind": self.kind, "types": self.types,
-                "parameters": self.parameters, "bytes": self.bytes, "bpw": round(self.bpw, 4)}
+        return {
+            "first": self.first,
+            "last": self.last,
+            "kind": self.kind,
+            "types": self.types,
+            "parameters": self.parameters,
+            "bytes": self.bytes,
+            "bpw": round(self.bpw, 4),
+        }
 
 
 @dataclass(slots=True)
@@ -178,8 +215,14 @@ class LayerGrid:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"roles": self.roles, "layers": [r.to_dict() for r in self.rows], "layer_kinds": self.counts(),
-                "per_layer": [{"layer": k.index, "mixer": k.mixer, "ffn": k.ffn, "n_head_kv": k.n_head_kv} for k in self.kinds]}
+        return {
+            "roles": self.roles,
+            "layers": [r.to_dict() for r in self.rows],
+            "layer_kinds": self.counts(),
+            "per_layer": [
+                {"layer": k.index, "mixer": k.mixer, "ffn": k.ffn, "n_head_kv": k.n_head_kv} for k in self.kinds
+            ],
+        }
 
 
 def layer_grid(model: GGUFModel, collapse: bool = True) -> LayerGrid:

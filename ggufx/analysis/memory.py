@@ -19,11 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ggufx.format.ggmltypes import CACHE_TYPES, ggml_type_by_name
 from ggufx.analysis.layers import LayerKind, layer_kinds
-from ggufx.model import GGUFModel
 from ggufx.analysis.roles import parse_name
+from ggufx.format.ggmltypes import ggml_type_by_name
 from ggufx.format.values import GGUFArray
+from ggufx.model import GGUFModel
 
 MiB = 1 << 20
 
@@ -100,9 +100,23 @@ def hparams(model: GGUFModel) -> Hparams:
     else:
         n_r = (d_conv - 1 if d_conv > 0 else 0) * (d_inner + 2 * n_group * d_state)
         n_s = d_state * d_inner
-    return Hparams(a, n_layer, n_embd, n_vocab, get("context_length"), n_head, n_head_kv, head_k, head_v,
-                   get("attention.key_length_swa", head_k), get("attention.value_length_swa", head_v),
-                   get("attention.sliding_window"), n_ff, n_r, n_s)
+    return Hparams(
+        a,
+        n_layer,
+        n_embd,
+        n_vocab,
+        get("context_length"),
+        n_head,
+        n_head_kv,
+        head_k,
+        head_v,
+        get("attention.key_length_swa", head_k),
+        get("attention.value_length_swa", head_v),
+        get("attention.sliding_window"),
+        n_ff,
+        n_r,
+        n_s,
+    )
 
 
 @dataclass(slots=True)
@@ -137,21 +151,39 @@ class MemoryEstimate:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "n_ctx": self.n_ctx, "cache_type_k": self.cache_type_k, "cache_type_v": self.cache_type_v,
-            "parallel": self.parallel, "n_ubatch": self.n_ubatch, "flash_attn": self.flash_attn,
+            "n_ctx": self.n_ctx,
+            "cache_type_k": self.cache_type_k,
+            "cache_type_v": self.cache_type_v,
+            "parallel": self.parallel,
+            "n_ubatch": self.n_ubatch,
+            "flash_attn": self.flash_attn,
             "n_gpu_layers": self.n_gpu_layers,
             "weights": {"total": self.weights_total, "gpu": self.weights_gpu, "host": self.weights_host},
-            "kv_cache": {"bytes": self.kv + self.kv_swa, "full_attention": {"bytes": self.kv, "layers": self.kv_layers, "cells": self.kv_cells},
-                         "sliding_window": {"bytes": self.kv_swa, "layers": self.kv_swa_layers, "cells": self.kv_swa_cells}},
+            "kv_cache": {
+                "bytes": self.kv + self.kv_swa,
+                "full_attention": {"bytes": self.kv, "layers": self.kv_layers, "cells": self.kv_cells},
+                "sliding_window": {"bytes": self.kv_swa, "layers": self.kv_swa_layers, "cells": self.kv_swa_cells},
+            },
             "recurrent_state": {"bytes": self.recurrent, "layers": self.recurrent_layers},
             "compute_estimate": self.compute_estimate,
-            "gpu_total": self.gpu_total, "notes": self.notes,
+            "gpu_total": self.gpu_total,
+            "notes": self.notes,
         }
 
 
-def estimate(model: GGUFModel, ctx: int, *, cache_type_k: str = "f16", cache_type_v: str = "f16", parallel: int = 1,
-             n_ubatch: int = 512, flash_attn: bool = True, n_gpu_layers: int = -1,
-             kinds: list[LayerKind] | None = None, hp: Hparams | None = None) -> MemoryEstimate:
+def estimate(
+    model: GGUFModel,
+    ctx: int,
+    *,
+    cache_type_k: str = "f16",
+    cache_type_v: str = "f16",
+    parallel: int = 1,
+    n_ubatch: int = 512,
+    flash_attn: bool = True,
+    n_gpu_layers: int = -1,
+    kinds: list[LayerKind] | None = None,
+    hp: Hparams | None = None,
+) -> MemoryEstimate:
     """Memory at ``ctx`` tokens (0: the training context). ``n_gpu_layers=-1`` offloads everything."""
     hp = hp or hparams(model)
     kinds = kinds if kinds is not None else layer_kinds(model)
@@ -201,7 +233,9 @@ def estimate(model: GGUFModel, ctx: int, *, cache_type_k: str = "f16", cache_typ
             n_kv_layers += 1
 
     rec_layers = sum(1 for k in kinds if k.is_recurrent)
-    recurrent = rec_layers * (row_size("f32", hp.n_embd_r) + row_size("f32", hp.n_embd_s)) * parallel if rec_layers else 0
+    recurrent = (
+        rec_layers * (row_size("f32", hp.n_embd_r) + row_size("f32", hp.n_embd_s)) * parallel if rec_layers else 0
+    )
 
     # compute buffer: an estimate, not llama.cpp's graph allocator
     n_head_max = max(hp.n_head) if hp.n_head else 0
@@ -209,9 +243,28 @@ def estimate(model: GGUFModel, ctx: int, *, cache_type_k: str = "f16", cache_typ
     acts = n_ubatch * max(hp.n_ff, 4 * hp.n_embd) * 4 * 3
     scores = n_head_max * n_ubatch * (256 if flash_attn else n_ctx_seq) * 4
     compute = logits + acts + scores
-    return MemoryEstimate(n_ctx, cache_type_k, cache_type_v, parallel, n_ubatch, flash_attn, ngl, w_total, w_gpu,
-                          max(0, w_total - w_gpu), kv, n_kv_layers, kv_swa, n_swa_layers, n_ctx_seq if n_kv_layers else 0,
-                          swa_cells if n_swa_layers else 0, recurrent, rec_layers, compute, notes)
+    return MemoryEstimate(
+        n_ctx,
+        cache_type_k,
+        cache_type_v,
+        parallel,
+        n_ubatch,
+        flash_attn,
+        ngl,
+        w_total,
+        w_gpu,
+        max(0, w_total - w_gpu),
+        kv,
+        n_kv_layers,
+        kv_swa,
+        n_swa_layers,
+        n_ctx_seq if n_kv_layers else 0,
+        swa_cells if n_swa_layers else 0,
+        recurrent,
+        rec_layers,
+        compute,
+        notes,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,17 +275,29 @@ class Fit:
     capped: bool  # reached the training context
 
     def to_dict(self) -> dict[str, Any]:
-        return {"cache_type": self.cache_type, "n_ctx": self.n_ctx, "gpu_bytes": self.gpu_total, "capped_at_training_context": self.capped}
+        return {
+            "cache_type": self.cache_type,
+            "n_ctx": self.n_ctx,
+            "gpu_bytes": self.gpu_total,
+            "capped_at_training_context": self.capped,
+        }
 
 
-def fit(model: GGUFModel, budget: int, cache_types: tuple[str, ...] = ("f16", "q8_0", "q4_0"), *, max_ctx: int = 0,
-        **kw: Any) -> list[Fit]:
+def fit(
+    model: GGUFModel,
+    budget: int,
+    cache_types: tuple[str, ...] = ("f16", "q8_0", "q4_0"),
+    *,
+    max_ctx: int = 0,
+    **kw: Any,
+) -> list[Fit]:
     """The largest context (a multiple of 256) whose GPU total fits ``budget`` bytes, per cache type."""
     hp = hparams(model)
     kinds = layer_kinds(model)
     top = pad(max_ctx or hp.n_ctx_train or 131072)
     out = []
     for ct in cache_types:
+
         def total(n: int) -> int:
             return estimate(model, n, cache_type_k=ct, cache_type_v=ct, kinds=kinds, hp=hp, **kw).gpu_total
 

@@ -39,14 +39,19 @@ from __future__ import annotations
 import hashlib
 import re
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, NoReturn
 
-from ggufx.errors import GGUFError
-from ggufx.model import GGUFModel
-from ggufx.io.sources import is_remote
-from ggufx.format.values import GGUFArray
+from ggufx.analysis.roles import parse_name
 from ggufx.analysis.summary import summarize
+from ggufx.errors import GGUFError
+from ggufx.format.ggmltypes import GGMLType, ggml_type_by_name
+from ggufx.format.reader import TensorInfo
+from ggufx.format.values import GGUFArray
+from ggufx.io.sources import is_remote
+from ggufx.model import GGUFModel
 
 SCHEMA: dict[str, set[str]] = {
     "model": {"architecture", "file_type", "bpw", "bpw_weights", "parameters"},
@@ -57,6 +62,8 @@ SCHEMA: dict[str, set[str]] = {
     "fingerprint": {"equals"},
 }
 TENSOR_RULE_KEYS = {"min", "max", "allowed", "type"}
+
+Section = dict[str, Any]  # one [section] of a policy as TOML parsed it (values of any TOML type)
 
 
 class PolicyError(GGUFError):
@@ -110,7 +117,7 @@ def load_policy(path: str) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as e:
         raise PolicyError(path, None, f"invalid TOML: {e}") from None
 
-    def fail(needle: str, msg: str) -> None:
+    def fail(needle: str, msg: str) -> NoReturn:
         line = _line_of(text, needle)
         raise PolicyError(path, None, (f"line {line}: " if line else "") + msg)
 
@@ -121,17 +128,7 @@ def load_policy(path: str) -> dict[str, Any]:
             fail(section, f"[{section}] must be a table")
         if section == "tensors":
             for pattern, rule in body.items():
-                try:
-                    re.compile(pattern)
-                except re.error as e:
-                    fail(pattern, f"invalid regular expression {pattern!r}: {e}")
-                if not isinstance(rule, dict) or not rule or set(rule) - TENSOR_RULE_KEYS:
-                    fail(pattern, f"tensor rule for {pattern!r} must use {', '.join(sorted(TENSOR_RULE_KEYS))}")
-                for key in ("min", "max", "type"):
-                    if key in rule:
-                        _type(rule[key], lambda m: fail(pattern, m))
-                for t in rule.get("allowed", []):
-                    _type(t, lambda m: fail(pattern, m))
+                _validate_tensor_rule(pattern, rule, partial(fail, pattern))
         else:
             for key in body:
                 if key not in SCHEMA[section]:
@@ -139,133 +136,217 @@ def load_policy(path: str) -> dict[str, Any]:
     return doc
 
 
-def _type(name: Any, fail) -> Any:
-    from ggufx.format.ggmltypes import ggml_type_by_name
+def _validate_tensor_rule(pattern: str, rule: object, fail: Callable[[str], NoReturn]) -> None:
+    """A [tensors] entry: a valid regex mapped to a table of known keys naming known ggml types."""
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        fail(f"invalid regular expression {pattern!r}: {e}")
+    if not isinstance(rule, dict) or not rule or set(rule) - TENSOR_RULE_KEYS:
+        fail(f"tensor rule for {pattern!r} must use {', '.join(sorted(TENSOR_RULE_KEYS))}")
+    for key in ("min", "max", "type"):
+        if key in rule:
+            _type(rule[key], fail)
+    for t in rule.get("allowed", []):
+        _type(t, fail)
 
+
+def _type(name: object, fail: Callable[[str], NoReturn]) -> GGMLType:
     try:
         return ggml_type_by_name(str(name))
     except ValueError:
         fail(f"unknown ggml type {name!r}")
 
 
-def _range(rule: Any, value: float, what: str, fmt: str = "{:.4f}") -> RuleResult:
+def check(model: GGUFModel, policy: dict[str, Any]) -> CheckReport:
+    """Apply every rule of ``policy`` (as :func:`load_policy` returns it) to ``model``.
+
+    The results come section by section, in the order of the schema above."""
+    rep = CheckReport(model.path)
+    for section, rules_of in _SECTION_CHECKS:
+        rep.results.extend(rules_of(model, policy.get(section, {})))
+    return rep
+
+
+def _check_model(model: GGUFModel, rules: Section) -> Iterator[RuleResult]:
+    """[model]: architecture, file type, bits per weight (all tensors, then weights only), parameters."""
+    s = summarize(model)
+    if "architecture" in rules:
+        allowed = rules["architecture"] if isinstance(rules["architecture"], list) else [rules["architecture"]]
+        yield RuleResult(
+            "model.architecture", s.architecture in allowed, f"architecture {s.architecture!r}, allowed {allowed}"
+        )
+    if "file_type" in rules:
+        yield RuleResult(
+            "model.file_type",
+            s.file_type_label == rules["file_type"],
+            f"file type {s.file_type_label}, expected {rules['file_type']}",
+        )
+    if "bpw" in rules:
+        yield _range(rules["bpw"], s.bpw, "bpw")
+    if "bpw_weights" in rules:
+        yield _range(rules["bpw_weights"], s.bpw_weights, "bpw_weights")
+    if "parameters" in rules:
+        yield _range(rules["parameters"], s.parameters, "parameters", "{:,}")
+
+
+def _range(rule: Section, value: float, what: str, fmt: str = "{:.4f}") -> RuleResult:
+    """``value`` within ``rule``'s optional ``min`` and ``max`` (both inclusive)."""
     lo, hi = rule.get("min"), rule.get("max")
     ok = (lo is None or value >= lo) and (hi is None or value <= hi)
-    bounds = " and ".join(s for s in ((f">= {lo}" if lo is not None else ""), (f"<= {hi}" if hi is not None else "")) if s)
+    bounds = " and ".join(
+        s for s in ((f">= {lo}" if lo is not None else ""), (f"<= {hi}" if hi is not None else "")) if s
+    )
     return RuleResult(f"model.{what}", ok, f"{what} {fmt.format(value)} {'is' if ok else 'is not'} {bounds}")
 
 
-def check(model: GGUFModel, policy: dict[str, Any]) -> CheckReport:
+def _check_tensors(model: GGUFModel, rules: Section) -> Iterator[RuleResult]:
+    """[tensors]: one result per pattern."""
+    for pattern, rule in rules.items():
+        yield _tensor_rule(model, pattern, rule)
+
+
+def _tensor_rule(model: GGUFModel, pattern: str, rule: Section) -> RuleResult:
+    """Every tensor whose name matches ``pattern`` meets ``rule``; a pattern matching nothing fails."""
+    rx = re.compile(pattern)
+    matched = [t for t in model.tensors if rx.search(t.name)]
+    offenders: dict[tuple[str, str], list[int | None]] = {}  # (role, type) -> layers
+    for t in matched:
+        if not _meets(t, rule):
+            r = parse_name(t.name)
+            offenders.setdefault((r.label, t.type.name), []).append(r.layer)
+    name = f"tensors[{pattern}]"
+    desc = ", ".join(f"{k} {v}" for k, v in rule.items())
+    if not matched:
+        return RuleResult(name, False, f"no tensor matches {pattern!r} ({desc})")
+    if offenders:
+        n = sum(len(v) for v in offenders.values())
+        return RuleResult(name, False, f"{n} of {len(matched)} tensors break {desc}: {_describe(offenders)}")
+    return RuleResult(name, True, f"all {len(matched)} tensors meet {desc}")
+
+
+def _meets(t: TensorInfo, rule: Section) -> bool:
+    """Whether ``t``'s type is within ``rule``: ``min``/``max`` by bits per weight, ``allowed`` or ``type`` by name."""
+    bpw = t.type.bits_per_weight
+    broken = (  # a tuple, not `or`: a rule naming an unknown type raises whichever bound the tensor breaks
+        "min" in rule and bpw < ggml_type_by_name(rule["min"]).bits_per_weight,
+        "max" in rule and bpw > ggml_type_by_name(rule["max"]).bits_per_weight,
+        "allowed" in rule and t.type.name not in {ggml_type_by_name(x).name for x in rule["allowed"]},
+        "type" in rule and t.type.name != ggml_type_by_name(rule["type"]).name,
+    )
+    return not any(broken)
+
+
+def _describe(offenders: dict[tuple[str, str], list[int | None]]) -> str:
+    """``role type (layers 0-3, 7)`` for each role and type that breaks a rule, sorted, ``; `` between."""
     from ggufx.analysis.diff import layer_ranges
-    from ggufx.format.ggmltypes import ggml_type_by_name
-    from ggufx.analysis.roles import parse_name
 
-    rep = CheckReport(model.path)
-    add = rep.results.append
-    s = summarize(model)
-    m = policy.get("model", {})
-    if "architecture" in m:
-        allowed = m["architecture"] if isinstance(m["architecture"], list) else [m["architecture"]]
-        add(RuleResult("model.architecture", s.architecture in allowed, f"architecture {s.architecture!r}, allowed {allowed}"))
-    if "file_type" in m:
-        add(RuleResult("model.file_type", s.file_type_label == m["file_type"], f"file type {s.file_type_label}, expected {m['file_type']}"))
-    if "bpw" in m:
-        add(_range(m["bpw"], s.bpw, "bpw"))
-    if "bpw_weights" in m:
-        add(_range(m["bpw_weights"], s.bpw_weights, "bpw_weights"))
-    if "parameters" in m:
-        add(_range(m["parameters"], s.parameters, "parameters", "{:,}"))
+    parts = []
+    for (role, typ), layers in sorted(offenders.items()):
+        numbered = [x for x in layers if x is not None]
+        parts.append(f"{role} {typ}" + (f" (layers {layer_ranges(numbered)})" if numbered else ""))
+    return "; ".join(parts)
 
-    for pattern, rule in policy.get("tensors", {}).items():
-        rx = re.compile(pattern)
-        matched = [t for t in model.tensors if rx.search(t.name)]
-        bad: dict[tuple[str, str], list[int | None]] = {}
-        for t in matched:
-            bpw = t.type.bits_per_weight
-            ok = True
-            if "min" in rule and bpw < ggml_type_by_name(rule["min"]).bits_per_weight:
-                ok = False
-            if "max" in rule and bpw > ggml_type_by_name(rule["max"]).bits_per_weight:
-                ok = False
-            if "allowed" in rule and t.type.name not in {ggml_type_by_name(x).name for x in rule["allowed"]}:
-                ok = False
-            if "type" in rule and t.type.name != ggml_type_by_name(rule["type"]).name:
-                ok = False
-            if not ok:
-                r = parse_name(t.name)
-                bad.setdefault((r.label, t.type.name), []).append(r.layer)
-        desc = ", ".join(f"{k} {v}" for k, v in rule.items())
-        if not matched:
-            add(RuleResult(f"tensors[{pattern}]", False, f"no tensor matches {pattern!r} ({desc})"))
-        elif bad:
-            parts = [f"{role} {typ}" + (f" (layers {layer_ranges([x for x in ls if x is not None])})" if any(x is not None for x in ls) else "")
-                     for (role, typ), ls in sorted(bad.items())]
-            n = sum(len(v) for v in bad.values())
-            add(RuleResult(f"tensors[{pattern}]", False, f"{n} of {len(matched)} tensors break {desc}: {'; '.join(parts)}"))
-        else:
-            add(RuleResult(f"tensors[{pattern}]", True, f"all {len(matched)} tensors meet {desc}"))
 
-    md = policy.get("metadata", {})
-    for key in md.get("required", []):
-        add(RuleResult(f"metadata.required[{key}]", key in model.metadata, f"{key} {'present' if key in model.metadata else 'missing'}"))
-    for key in md.get("forbidden", []):
-        add(RuleResult(f"metadata.forbidden[{key}]", key not in model.metadata, f"{key} {'present' if key in model.metadata else 'absent'}"))
-    for key, want in md.get("equals", {}).items():
-        have = model.metadata[key] if key in model.metadata else None
+def _check_metadata(model: GGUFModel, rules: Section) -> Iterator[RuleResult]:
+    """[metadata]: keys required, keys forbidden, then keys that must have a given value."""
+    md = model.metadata
+    for key in rules.get("required", []):
+        yield RuleResult(f"metadata.required[{key}]", key in md, f"{key} {'present' if key in md else 'missing'}")
+    for key in rules.get("forbidden", []):
+        yield RuleResult(f"metadata.forbidden[{key}]", key not in md, f"{key} {'present' if key in md else 'absent'}")
+    for key, want in rules.get("equals", {}).items():
+        have = md[key] if key in md else None
         if isinstance(have, GGUFArray):
             have = have.tolist()
-        add(RuleResult(f"metadata.equals[{key}]", have == want, f"{key} = {have!r}, expected {want!r}"))
+        yield RuleResult(f"metadata.equals[{key}]", have == want, f"{key} = {have!r}, expected {want!r}")
 
-    ct = policy.get("chat_template", {})
-    if ct:
-        tmpl = model.metadata.get_str("tokenizer.chat_template")
-        if tmpl is None:
-            for key in ct:
-                add(RuleResult(f"chat_template.{key}", False, "the file has no chat template"))
-        else:
-            if "sha256" in ct:
-                digest = hashlib.sha256(tmpl.encode("utf-8", "surrogateescape")).hexdigest()
-                add(RuleResult("chat_template.sha256", digest == ct["sha256"], f"sha256 {digest}"))
-            if "dialect" in ct or ct.get("lint_clean"):
-                from ggufx.chat.lint import lint
-                from ggufx.chat.sources import special_tokens
 
-                bos, eos = special_tokens(model)
-                tokens = model.metadata["tokenizer.ggml.tokens"] if "tokenizer.ggml.tokens" in model.metadata else None
-                add_bos = model.metadata["tokenizer.ggml.add_bos_token"] if "tokenizer.ggml.add_bos_token" in model.metadata else None
-                res = lint(tmpl, variables={"bos_token": bos or "", "eos_token": eos or ""}, tokens=tokens, add_bos_token=add_bos)
-                if "dialect" in ct:
-                    allowed = ct["dialect"] if isinstance(ct["dialect"], list) else [ct["dialect"]]
-                    d = res.info.dialect if res.info else "unknown"
-                    add(RuleResult("chat_template.dialect", d in allowed, f"dialect {d}, allowed {allowed}"))
-                if ct.get("lint_clean"):
-                    probs = [p for p in res.problems if p.severity in ("error", "warning")]
-                    add(RuleResult("chat_template.lint_clean", not probs,
-                                   "lint clean" if not probs else "; ".join(f"{p.code}: {p.message}" for p in probs)[:500]))
+def _check_chat_template(model: GGUFModel, rules: Section) -> Iterator[RuleResult]:
+    """[chat_template]: the template's sha256, then what linting it finds; every rule fails without one."""
+    if not rules:
+        return
+    tmpl = model.metadata.get_str("tokenizer.chat_template")
+    if tmpl is None:
+        for key in rules:
+            yield RuleResult(f"chat_template.{key}", False, "the file has no chat template")
+        return
+    if "sha256" in rules:
+        digest = hashlib.sha256(tmpl.encode("utf-8", "surrogateescape")).hexdigest()
+        yield RuleResult("chat_template.sha256", digest == rules["sha256"], f"sha256 {digest}")
+    if "dialect" in rules or rules.get("lint_clean"):
+        yield from _lint_rules(model, tmpl, rules)
 
-    mem = policy.get("memory", {})
-    if mem:
-        from ggufx.analysis.memory import MiB, estimate, parse_size
 
-        ctype = mem.get("cache_type", "f16")
-        e = estimate(model, int(mem.get("ctx", 0)), cache_type_k=ctype, cache_type_v=ctype, parallel=int(mem.get("parallel", 1)))
-        budget = parse_size(str(mem["budget"])) if "budget" in mem else None
-        ok = budget is None or e.gpu_total <= budget
-        add(RuleResult("memory.budget", ok, f"{e.gpu_total / MiB:,.0f} MiB at {e.n_ctx:,} tokens ({ctype} cache)"
-                       + (f", budget {budget / MiB:,.0f} MiB" if budget else "")))
+def _lint_rules(model: GGUFModel, tmpl: str, rules: Section) -> Iterator[RuleResult]:
+    """The ``dialect`` and ``lint_clean`` rules, from one lint of the template with the file's tokens."""
+    from ggufx.chat.lint import lint
+    from ggufx.chat.sources import special_tokens
 
-    fp = policy.get("fingerprint", {})
-    if "equals" in fp:
-        from ggufx.analysis.hashing import hash_model
+    md = model.metadata
+    bos, eos = special_tokens(model)
+    tokens = md["tokenizer.ggml.tokens"] if "tokenizer.ggml.tokens" in md else None
+    add_bos = md["tokenizer.ggml.add_bos_token"] if "tokenizer.ggml.add_bos_token" in md else None
+    res = lint(tmpl, variables={"bos_token": bos or "", "eos_token": eos or ""}, tokens=tokens, add_bos_token=add_bos)
+    if "dialect" in rules:
+        allowed = rules["dialect"] if isinstance(rules["dialect"], list) else [rules["dialect"]]
+        d = res.info.dialect if res.info else "unknown"
+        yield RuleResult("chat_template.dialect", d in allowed, f"dialect {d}, allowed {allowed}")
+    if rules.get("lint_clean"):
+        probs = [p for p in res.problems if p.severity in ("error", "warning")]
+        yield RuleResult(
+            "chat_template.lint_clean",
+            not probs,
+            "lint clean" if not probs else "; ".join(f"{p.code}: {p.message}" for p in probs)[:500],
+        )
 
-        if is_remote(model.path):
-            # unverifiable is not a pass: the rule fails, the others are still checked
-            add(RuleResult("fingerprint.equals", False, "cannot be checked on a remote file (hashing reads every tensor "
-                                                        "byte); check a downloaded copy"))
-        else:
-            h = hash_model(model)
-            add(RuleResult("fingerprint.equals", h.fingerprint == fp["equals"], f"fingerprint {h.fingerprint}"))
-    return rep
+
+def _check_memory(model: GGUFModel, rules: Section) -> Iterator[RuleResult]:
+    """[memory]: the GPU total (bytes) at ``ctx`` tokens and ``parallel`` sequences within ``budget``."""
+    if not rules:
+        return
+    from ggufx.analysis.memory import MiB, estimate, parse_size
+
+    ctype = rules.get("cache_type", "f16")
+    e = estimate(
+        model, int(rules.get("ctx", 0)), cache_type_k=ctype, cache_type_v=ctype, parallel=int(rules.get("parallel", 1))
+    )
+    budget = parse_size(str(rules["budget"])) if "budget" in rules else None
+    ok = budget is None or e.gpu_total <= budget
+    yield RuleResult(
+        "memory.budget",
+        ok,
+        f"{e.gpu_total / MiB:,.0f} MiB at {e.n_ctx:,} tokens ({ctype} cache)"
+        + (f", budget {budget / MiB:,.0f} MiB" if budget else ""),
+    )
+
+
+def _check_fingerprint(model: GGUFModel, rules: Section) -> Iterator[RuleResult]:
+    """[fingerprint]: the hash of every tensor's data equals ``equals``."""
+    if "equals" not in rules:
+        return
+    from ggufx.analysis.hashing import hash_model
+
+    if is_remote(model.path):
+        # unverifiable is not a pass: the rule fails, the others are still checked
+        yield RuleResult(
+            "fingerprint.equals",
+            False,
+            "cannot be checked on a remote file (hashing reads every tensor byte); check a downloaded copy",
+        )
+        return
+    h = hash_model(model)
+    yield RuleResult("fingerprint.equals", h.fingerprint == rules["equals"], f"fingerprint {h.fingerprint}")
+
+
+_SECTION_CHECKS: tuple[tuple[str, Callable[[GGUFModel, Section], Iterator[RuleResult]]], ...] = (
+    ("model", _check_model),
+    ("tensors", _check_tensors),
+    ("metadata", _check_metadata),
+    ("chat_template", _check_chat_template),
+    ("memory", _check_memory),
+    ("fingerprint", _check_fingerprint),
+)
 
 
 def junit_xml(reports: list[CheckReport], policy_path: str) -> str:
@@ -275,16 +356,23 @@ def junit_xml(reports: list[CheckReport], policy_path: str) -> str:
     out = ['<?xml version="1.0" encoding="UTF-8"?>']
     total = sum(len(r.results) for r in reports)
     failures = sum(1 for r in reports for x in r.results if not x.passed)
-    out.append(f'<testsuites name={quoteattr("ggufx check " + policy_path)} tests="{total}" failures="{failures}" errors="0">')
+    out.append(
+        f'<testsuites name={quoteattr("ggufx check " + policy_path)} tests="{total}" failures="{failures}" errors="0">'
+    )
     for rep in reports:
         fails = sum(1 for x in rep.results if not x.passed)
-        out.append(f'  <testsuite name={quoteattr(rep.path)} tests="{len(rep.results)}" failures="{fails}" errors="0" skipped="0">')
+        out.append(
+            f'  <testsuite name={quoteattr(rep.path)} tests="{len(rep.results)}" failures="{fails}" errors="0" '
+            'skipped="0">'
+        )
         for x in rep.results:
-            out.append(f'    <testcase classname={quoteattr(rep.path)} name={quoteattr(x.rule)}>')
+            out.append(f"    <testcase classname={quoteattr(rep.path)} name={quoteattr(x.rule)}>")
             if x.passed:
                 out.append(f"      <system-out>{escape(x.reason)}</system-out>")
             else:
-                out.append(f'      <failure message={quoteattr(x.reason)} type="PolicyViolation">{escape(x.reason)}</failure>')
+                out.append(
+                    f'      <failure message={quoteattr(x.reason)} type="PolicyViolation">{escape(x.reason)}</failure>'
+                )
             out.append("    </testcase>")
         out.append("  </testsuite>")
     out.append("</testsuites>")

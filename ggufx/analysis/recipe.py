@@ -13,24 +13,63 @@ from ggufx.format.ggmltypes import file_type_label, ggml_type_by_name
 from ggufx.format.reader import TensorInfo
 from ggufx.model import GGUFModel
 
-
 # llama.cpp's llama_ftype_get_default_type (llama-quant.cpp), inverted: the FTYPE argument that
 # quantizes to a type by default. Not the loader's guess in ggmltypes.file_type_for_ggml_type:
 # e.g. IQ2_S is the default type of FTYPE IQ2_M, while the loader labels an IQ2_S file IQ2_S.
 FTYPE_FOR_TYPE = {
-    "Q4_0": "Q4_0", "Q4_1": "Q4_1", "Q5_0": "Q5_0", "Q5_1": "Q5_1", "Q8_0": "Q8_0", "F16": "F16", "BF16": "BF16",
-    "Q2_K": "Q2_K", "Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M", "Q6_K": "Q6_K", "TQ1_0": "TQ1_0",
-    "TQ2_0": "TQ2_0", "IQ2_XXS": "IQ2_XXS", "IQ2_XS": "IQ2_XS", "IQ2_S": "IQ2_M", "IQ3_XXS": "IQ3_XXS",
-    "IQ3_S": "IQ3_S", "IQ1_S": "IQ1_S", "IQ1_M": "IQ1_M", "IQ4_NL": "IQ4_NL", "IQ4_XS": "IQ4_XS", "MXFP4": "MXFP4_MOE",
+    "Q4_0": "Q4_0",
+    "Q4_1": "Q4_1",
+    "Q5_0": "Q5_0",
+    "Q5_1": "Q5_1",
+    "Q8_0": "Q8_0",
+    "F16": "F16",
+    "BF16": "BF16",
+    "Q2_K": "Q2_K",
+    "Q3_K": "Q3_K_M",
+    "Q4_K": "Q4_K_M",
+    "Q5_K": "Q5_K_M",
+    "Q6_K": "Q6_K",
+    "TQ1_0": "TQ1_0",
+    "TQ2_0": "TQ2_0",
+    "IQ2_XXS": "IQ2_XXS",
+    "IQ2_XS": "IQ2_XS",
+    "IQ2_S": "IQ2_M",
+    "IQ3_XXS": "IQ3_XXS",
+    "IQ3_S": "IQ3_S",
+    "IQ1_S": "IQ1_S",
+    "IQ1_M": "IQ1_M",
+    "IQ4_NL": "IQ4_NL",
+    "IQ4_XS": "IQ4_XS",
+    "MXFP4": "MXFP4_MOE",
 }
 DEFAULT_TYPE_OF_FTYPE = {
-    "Q2_K_S": "Q2_K", "IQ3_XS": "IQ3_S", "Q3_K_S": "Q3_K", "Q3_K_L": "Q3_K", "Q4_K_S": "Q4_K", "Q5_K_S": "Q5_K",
-    "IQ2_S": "IQ2_XS", "IQ3_M": "IQ3_S", **{v: k for k, v in FTYPE_FOR_TYPE.items()},
+    "Q2_K_S": "Q2_K",
+    "IQ3_XS": "IQ3_S",
+    "Q3_K_S": "Q3_K",
+    "Q3_K_L": "Q3_K",
+    "Q4_K_S": "Q4_K",
+    "Q5_K_S": "Q5_K",
+    "IQ2_S": "IQ2_XS",
+    "IQ3_M": "IQ3_S",
+    **{v: k for k, v in FTYPE_FOR_TYPE.items()},
 }
 _FALLBACK = {
-    "IQ1_S": "IQ4_NL", "IQ1_M": "IQ4_NL", "IQ2_XXS": "IQ4_NL", "IQ2_XS": "IQ4_NL", "IQ2_S": "IQ4_NL",
-    "IQ3_XXS": "IQ4_NL", "IQ3_S": "IQ4_NL", "IQ4_XS": "IQ4_NL", "Q2_0": "Q4_0", "Q2_K": "Q4_0", "Q3_K": "Q4_0",
-    "TQ1_0": "Q4_0", "TQ2_0": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0",
+    "IQ1_S": "IQ4_NL",
+    "IQ1_M": "IQ4_NL",
+    "IQ2_XXS": "IQ4_NL",
+    "IQ2_XS": "IQ4_NL",
+    "IQ2_S": "IQ4_NL",
+    "IQ3_XXS": "IQ4_NL",
+    "IQ3_S": "IQ4_NL",
+    "IQ4_XS": "IQ4_NL",
+    "Q2_0": "Q4_0",
+    "Q2_K": "Q4_0",
+    "Q3_K": "Q4_0",
+    "TQ1_0": "Q4_0",
+    "TQ2_0": "Q4_0",
+    "Q4_K": "Q5_0",
+    "Q5_K": "Q5_1",
+    "Q6_K": "Q8_0",
 }
 
 
@@ -89,10 +128,19 @@ class Recipe:
         return "".join(f"{r.pattern}={r.type.lower()}\n" for r in self.rules)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"base": self.ftype, "base_type": self.base, "rules": [r.to_dict() for r in self.rules],
-                "output_tensor_type": self.output_tensor_type, "token_embedding_type": self.token_embedding_type,
-                "pure": True, "allow_requantize": self.requantize, "args": self.args(), "command": self.command(),
-                "tensor_type_file": self.tensor_type_file(), "unreproducible": self.unreproducible}
+        return {
+            "base": self.ftype,
+            "base_type": self.base,
+            "rules": [r.to_dict() for r in self.rules],
+            "output_tensor_type": self.output_tensor_type,
+            "token_embedding_type": self.token_embedding_type,
+            "pure": True,
+            "allow_requantize": self.requantize,
+            "args": self.args(),
+            "command": self.command(),
+            "tensor_type_file": self.tensor_type_file(),
+            "unreproducible": self.unreproducible,
+        }
 
 
 def _ranges(layers: list[int]) -> str:
@@ -158,10 +206,22 @@ def _recipe_for(model: GGUFModel, quantizable: list[TensorInfo], ftype: str, bas
         for tname in sorted(exceptions):
             rules.append(Rule(_pattern(exceptions[tname]), tname, len(exceptions[tname])))
         if role_type is not None:
-            rules.append(Rule(_pattern(members, all_layers=True), role_type,
-                              sum(1 for t in members if t.type.name not in exceptions)))
-    return Recipe(ftype, base, rules, specials["output.weight"], specials["token_embd.weight"],
-                  any(t.type.is_quantized for t in model.tensors), sorted(unreproducible))
+            rules.append(
+                Rule(
+                    _pattern(members, all_layers=True),
+                    role_type,
+                    sum(1 for t in members if t.type.name not in exceptions),
+                )
+            )
+    return Recipe(
+        ftype,
+        base,
+        rules,
+        specials["output.weight"],
+        specials["token_embd.weight"],
+        any(t.type.is_quantized for t in model.tensors),
+        sorted(unreproducible),
+    )
 
 
 def _pattern(ts: list[TensorInfo], all_layers: bool = False) -> str:
@@ -192,5 +252,10 @@ def _expected(rec: Recipe, t: TensorInfo) -> str:
 
 def check_recipe(model: GGUFModel, rec: Recipe) -> list[str]:
     """Tensors whose type the recipe would not reproduce (empty when it is exact)."""
-    return [t.name for t in model.tensors if is_quantizable_weight(t.name, ggml_n_dims(t.shape))
-            and t.name not in rec.unreproducible and _expected(rec, t) != t.type.name]
+    return [
+        t.name
+        for t in model.tensors
+        if is_quantizable_weight(t.name, ggml_n_dims(t.shape))
+        and t.name not in rec.unreproducible
+        and _expected(rec, t) != t.type.name
+    ]

@@ -16,14 +16,41 @@ from ggufx.model import GGUFModel
 
 # substrings that llama-quant.cpp excludes for every architecture
 _EXCLUDED_SUBSTRINGS = (
-    "_norm.weight", "ffn_gate_inp.weight", "ffn_gate_tid2eid.weight", "altup", "laurel",
-    "per_layer_model_proj", "ssm_conv1d", "shortconv.conv.weight", "indexer.k_proj.weight",
-    "indexer.q_proj.weight", "time_mix_first.weight", "time_mix_w0.weight", "time_mix_w1.weight",
-    "time_mix_w2.weight", "time_mix_v0.weight", "time_mix_v1.weight", "time_mix_v2.weight",
-    "time_mix_a0.weight", "time_mix_a1.weight", "time_mix_a2.weight", "time_mix_g1.weight",
-    "time_mix_g2.weight", "time_mix_decay_w1.weight", "time_mix_decay_w2.weight",
-    "time_mix_lerp_fused.weight", "attn_rel_b.weight", ".position_embd", "sam.pos_embd", "sam.neck.",
-    "sam.net_", ".rel_pos", ".patch_embd", ".patch_merger", "a.rvq.codebook", "mm.a.code_embd",
+    "_norm.weight",
+    "ffn_gate_inp.weight",
+    "ffn_gate_tid2eid.weight",
+    "altup",
+    "laurel",
+    "per_layer_model_proj",
+    "ssm_conv1d",
+    "shortconv.conv.weight",
+    "indexer.k_proj.weight",
+    "indexer.q_proj.weight",
+    "time_mix_first.weight",
+    "time_mix_w0.weight",
+    "time_mix_w1.weight",
+    "time_mix_w2.weight",
+    "time_mix_v0.weight",
+    "time_mix_v1.weight",
+    "time_mix_v2.weight",
+    "time_mix_a0.weight",
+    "time_mix_a1.weight",
+    "time_mix_a2.weight",
+    "time_mix_g1.weight",
+    "time_mix_g2.weight",
+    "time_mix_decay_w1.weight",
+    "time_mix_decay_w2.weight",
+    "time_mix_lerp_fused.weight",
+    "attn_rel_b.weight",
+    ".position_embd",
+    "sam.pos_embd",
+    "sam.neck.",
+    "sam.net_",
+    ".rel_pos",
+    ".patch_embd",
+    ".patch_merger",
+    "a.rvq.codebook",
+    "mm.a.code_embd",
 )
 _EXCLUDED_NAMES = frozenset({"position_embd.weight", "token_types.weight"})
 
@@ -39,19 +66,53 @@ def is_quantizable_weight(name: str, n_dims: int) -> bool:
 
 # -- names -> (layer, role) ---------------------------------------------------------------------
 
-_BLOCK = re.compile(r"^(?:(?P<tower>v|a|mm|enc|dec)\.)?blk\.(?P<layer>\d+)\.(?P<role>.+?)(?:\.(?P<kind>weight|bias|scale|scales))?$")
+_BLOCK = re.compile(
+    r"^(?:(?P<tower>v|a|mm|enc|dec)\.)?blk\.(?P<layer>\d+)\.(?P<role>.+?)(?:\.(?P<kind>weight|bias|scale|scales))?$"
+)
 _GLOBAL = re.compile(r"^(?:(?P<tower>v|a|mm|enc|dec)\.)?(?P<role>.+?)(?:\.(?P<kind>weight|bias|scale|scales))?$")
 TOWERS = {"v": "vision", "a": "audio", "mm": "projector", "enc": "encoder", "dec": "decoder"}
 TOWER_PREFIX = {tower: prefix for prefix, tower in TOWERS.items()}
 
 # roles that belong to recurrent (SSM / linear attention) layers
-RECURRENT_ROLES = frozenset({
-    "ssm_in", "ssm_out", "ssm_conv1d", "ssm_a", "ssm_d", "ssm_dt", "ssm_norm", "ssm_x", "ssm_alpha", "ssm_beta",
-    "ssm_beta_alpha", "ssm_ba", "time_mix_key", "time_mix_value", "time_mix_receptance", "time_mix_output",
-    "time_mix_gate", "shortconv.conv", "shortconv.in_proj", "shortconv.out_proj",
-})
-ATTENTION_ROLES = frozenset({"attn_q", "attn_k", "attn_v", "attn_qkv", "attn_output", "attn_q_a", "attn_q_b",
-                             "attn_kv_a_mqa", "attn_kv_b", "attn_k_b", "attn_v_b"})
+RECURRENT_ROLES = frozenset(
+    {
+        "ssm_in",
+        "ssm_out",
+        "ssm_conv1d",
+        "ssm_a",
+        "ssm_d",
+        "ssm_dt",
+        "ssm_norm",
+        "ssm_x",
+        "ssm_alpha",
+        "ssm_beta",
+        "ssm_beta_alpha",
+        "ssm_ba",
+        "time_mix_key",
+        "time_mix_value",
+        "time_mix_receptance",
+        "time_mix_output",
+        "time_mix_gate",
+        "shortconv.conv",
+        "shortconv.in_proj",
+        "shortconv.out_proj",
+    }
+)
+ATTENTION_ROLES = frozenset(
+    {
+        "attn_q",
+        "attn_k",
+        "attn_v",
+        "attn_qkv",
+        "attn_output",
+        "attn_q_a",
+        "attn_q_b",
+        "attn_kv_a_mqa",
+        "attn_kv_b",
+        "attn_k_b",
+        "attn_v_b",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +152,7 @@ def parse_name(name: str) -> TensorRole:
 
 # -- where the bits go, per role ---------------------------------------------------------------
 
+
 @dataclass(frozen=True, slots=True)
 class RoleStat:
     role: str
@@ -106,8 +168,16 @@ class RoleStat:
         return bpw(self.bytes, self.parameters)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"role": self.role, "tensors": self.tensors, "types": self.types, "parameters": self.parameters,
-                "bytes": self.bytes, "share": round(self.share, 6), "bpw": round(self.bpw, 4), "layers": self.layers}
+        return {
+            "role": self.role,
+            "tensors": self.tensors,
+            "types": self.types,
+            "parameters": self.parameters,
+            "bytes": self.bytes,
+            "share": round(self.share, 6),
+            "bpw": round(self.bpw, 4),
+            "layers": self.layers,
+        }
 
 
 def role_table(model: GGUFModel) -> list[RoleStat]:
@@ -124,6 +194,16 @@ def role_table(model: GGUFModel) -> list[RoleStat]:
         a["b"] += t.nbytes
         if r.layer is not None:
             a["layers"].add(r.layer)
-    rows = [RoleStat(role, a["n"], dict(sorted(a["types"].items(), key=lambda kv: (-kv[1], kv[0]))), a["p"], a["b"],
-                     a["b"] / total if total else 0.0, len(a["layers"])) for role, a in acc.items()]
+    rows = [
+        RoleStat(
+            role,
+            a["n"],
+            dict(sorted(a["types"].items(), key=lambda kv: (-kv[1], kv[0]))),
+            a["p"],
+            a["b"],
+            a["b"] / total if total else 0.0,
+            len(a["layers"]),
+        )
+        for role, a in acc.items()
+    ]
     return sorted(rows, key=lambda r: (-r.bytes, r.role))

@@ -16,12 +16,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
+from ggufx.analysis.summary import summarize
 from ggufx.errors import GGUFError
 from ggufx.model.shards import SHARD_RE
-from ggufx.analysis.summary import summarize
 
 OLLAMA_MODEL_LAYER = "application/vnd.ollama.image.model"
 
@@ -41,10 +42,19 @@ class ScanRow:
     problems: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "path": self.path, "source": self.source, "shards": self.shards,
-                "architecture": self.architecture, "parameters": self.parameters, "file_type": self.file_type,
-                "bpw": None if self.bpw is None else round(self.bpw, 4), "file_bytes": self.file_bytes,
-                "dialect": self.dialect, "problems": self.problems}
+        return {
+            "name": self.name,
+            "path": self.path,
+            "source": self.source,
+            "shards": self.shards,
+            "architecture": self.architecture,
+            "parameters": self.parameters,
+            "file_type": self.file_type,
+            "bpw": None if self.bpw is None else round(self.bpw, 4),
+            "file_bytes": self.file_bytes,
+            "dialect": self.dialect,
+            "problems": self.problems,
+        }
 
 
 def default_ollama() -> str:
@@ -64,10 +74,19 @@ def _ollama_models(root: str) -> Iterator[tuple[str, str]]:
             except (OSError, ValueError):
                 continue
             host, ns, name = (rel + ["", "", ""])[:3] if len(rel) >= 4 else ("", "", rel[-2] if len(rel) > 1 else tag)
-            label = (f"{name}:{tag}" if ns == "library" and host == "registry.ollama.ai"
-                     else f"{ns}/{name}:{tag}" if host == "registry.ollama.ai" else f"{host}/{ns}/{name}:{tag}")
+            label = (
+                f"{name}:{tag}"
+                if ns == "library" and host == "registry.ollama.ai"
+                else f"{ns}/{name}:{tag}"
+                if host == "registry.ollama.ai"
+                else f"{host}/{ns}/{name}:{tag}"
+            )
             for layer in doc.get("layers", []) if isinstance(doc, dict) else []:
-                if isinstance(layer, dict) and layer.get("mediaType") == OLLAMA_MODEL_LAYER and isinstance(layer.get("digest"), str):
+                if (
+                    isinstance(layer, dict)
+                    and layer.get("mediaType") == OLLAMA_MODEL_LAYER
+                    and isinstance(layer.get("digest"), str)
+                ):
                     yield label, os.path.join(root, "blobs", layer["digest"].replace(":", "-"))
 
 
@@ -75,8 +94,8 @@ def _hf_name(path: str) -> str | None:
     parts = os.path.abspath(path).split(os.sep)
     for i, p in enumerate(parts):
         if p.startswith("models--") and i + 3 < len(parts) and parts[i + 1] == "snapshots":
-            repo = p[len("models--"):].replace("--", "/")
-            return f"{repo}@{parts[i + 2][:12]}/{'/'.join(parts[i + 3:])}"
+            repo = p[len("models--") :].replace("--", "/")
+            return f"{repo}@{parts[i + 2][:12]}/{'/'.join(parts[i + 3 :])}"
     return None
 
 
@@ -94,7 +113,9 @@ def discover(roots: list[str]) -> list[tuple[str, str, str]]:
                 seen.add(os.path.realpath(blob))
             continue
         for dirpath, dirnames, files in os.walk(root, followlinks=False):
-            dirnames[:] = sorted(d for d in dirnames if d != "blobs" or not os.path.isdir(os.path.join(dirpath, "snapshots")))
+            dirnames[:] = sorted(
+                d for d in dirnames if d != "blobs" or not os.path.isdir(os.path.join(dirpath, "snapshots"))
+            )
             groups: dict[str, list[str]] = {}
             for f in sorted(files):
                 if not f.endswith(".gguf"):
@@ -122,7 +143,7 @@ def _hf_repo_models(root: str) -> list[tuple[str, str, str]]:
     from ggufx.io.remote import list_hf_repo
 
     base = root.rstrip("/")
-    repo_rev = base[len("hf://"):]
+    repo_rev = base[len("hf://") :]
     out: list[tuple[str, str, str]] = []
     groups: dict[str, list[str]] = {}
     for path, _size in sorted(list_hf_repo(root)):
@@ -187,8 +208,13 @@ def _template_facts(model: Any, tmpl: str, lint_templates: bool) -> tuple[str, l
 
     bos, eos = special_tokens(model)
     md = model.metadata
-    res = lint(tmpl, variables={"bos_token": bos or "", "eos_token": eos or ""},
-               tokens=md["tokenizer.ggml.tokens"] if "tokenizer.ggml.tokens" in md and lint_templates else None,
-               add_bos_token=md["tokenizer.ggml.add_bos_token"] if "tokenizer.ggml.add_bos_token" in md else None)
-    problems = [f"template {p.code}: {p.message}" for p in res.problems if p.severity == "error"] if lint_templates else []
+    res = lint(
+        tmpl,
+        variables={"bos_token": bos or "", "eos_token": eos or ""},
+        tokens=md["tokenizer.ggml.tokens"] if "tokenizer.ggml.tokens" in md and lint_templates else None,
+        add_bos_token=md["tokenizer.ggml.add_bos_token"] if "tokenizer.ggml.add_bos_token" in md else None,
+    )
+    problems = (
+        [f"template {p.code}: {p.message}" for p in res.problems if p.severity == "error"] if lint_templates else []
+    )
     return (res.info.dialect if res.info else "unknown"), problems

@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ggufx.format.ggmltypes import file_type_for_ggml_type, file_type_label
-from ggufx.model import GGUFModel
-from ggufx.format.reader import TensorInfo
 from ggufx.analysis.roles import is_quantizable_weight
+from ggufx.format.ggmltypes import file_type_for_ggml_type, file_type_label
+from ggufx.format.reader import TensorInfo
+from ggufx.model import GGUFModel
 
 
 def ggml_n_dims(shape: tuple[int, ...]) -> int:
@@ -41,8 +41,13 @@ class TypeStat:
         return 8.0 * self.bytes / self.parameters if self.parameters else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"count": self.count, "parameters": self.parameters, "bytes": self.bytes,
-                "share": round(self.share, 6), "bpw": round(self.bpw, 4)}
+        return {
+            "count": self.count,
+            "parameters": self.parameters,
+            "bytes": self.bytes,
+            "share": round(self.share, 6),
+            "bpw": round(self.bpw, 4),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +58,12 @@ class ChatTemplateInfo:
     named: tuple[str, ...] = ()  # names of tokenizer.chat_template.NAME variants
 
     def to_dict(self) -> dict[str, Any]:
-        return {"present": self.present, "length": self.length, "first_line": self.first_line,
-                "named": list(self.named)}
+        return {
+            "present": self.present,
+            "length": self.length,
+            "first_line": self.first_line,
+            "named": list(self.named),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +158,7 @@ def guess_file_type(tensors: list[TensorInfo]) -> int | None:
 def _chat_template_info(model: GGUFModel) -> ChatTemplateInfo:
     md = model.metadata
     prefix = "tokenizer.chat_template."
-    named = tuple(k[len(prefix):] for k in md if k.startswith(prefix))
+    named = tuple(k[len(prefix) :] for k in md if k.startswith(prefix))
     tmpl = md.get_str("tokenizer.chat_template")
     if tmpl is None:
         return ChatTemplateInfo(False, named=named)

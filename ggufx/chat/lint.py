@@ -20,11 +20,35 @@ from ggufx.chat.render import RenderError, compile_template, render
 from ggufx.chat.samples import NAMES, sample
 
 # variables apply_chat_template passes, and jinja/transformers globals
-PASSED = {"messages", "tools", "documents", "add_generation_prompt", "bos_token", "eos_token", "unk_token",
-          "pad_token", "raise_exception", "strftime_now", "namespace", "dict", "range", "loop", "lipsum",
-          "cycler", "joiner", "true", "false", "none", "True", "False", "None"}
+PASSED = {
+    "messages",
+    "tools",
+    "documents",
+    "add_generation_prompt",
+    "bos_token",
+    "eos_token",
+    "unk_token",
+    "pad_token",
+    "raise_exception",
+    "strftime_now",
+    "namespace",
+    "dict",
+    "range",
+    "loop",
+    "lipsum",
+    "cycler",
+    "joiner",
+    "true",
+    "false",
+    "none",
+    "True",
+    "False",
+    "None",
+}
 
-SPECIAL = re.compile(r"<\|[^<>|\s]{1,64}\|>|<｜[^<>｜\s]{1,64}｜>|<(?:start|end)_of_turn>|\[/?(?:INST|TOOL_CALLS|AVAILABLE_TOOLS|TOOL_RESULTS|SYSTEM_PROMPT)\]")
+SPECIAL = re.compile(
+    r"<\|[^<>|\s]{1,64}\|>|<｜[^<>｜\s]{1,64}｜>|<(?:start|end)_of_turn>|\[/?(?:INST|TOOL_CALLS|AVAILABLE_TOOLS|TOOL_RESULTS|SYSTEM_PROMPT)\]"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,12 +73,22 @@ class LintResult:
         return not any(p.severity in ("error", "warning") for p in self.problems)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "ok": self.ok, "problems": [p.to_dict() for p in self.problems],
-                "template": self.info.to_dict() if self.info else None}
+        return {
+            "source": self.source,
+            "ok": self.ok,
+            "problems": [p.to_dict() for p in self.problems],
+            "template": self.info.to_dict() if self.info else None,
+        }
 
 
-def lint(source: str, *, origin: str = "", variables: dict[str, Any] | None = None, tokens: Any = None,
-         add_bos_token: bool | None = None) -> LintResult:
+def lint(
+    source: str,
+    *,
+    origin: str = "",
+    variables: dict[str, Any] | None = None,
+    tokens: Any = None,
+    add_bos_token: bool | None = None,
+) -> LintResult:
     """Lint ``source``. ``tokens`` (the GGUF's token list) and ``add_bos_token`` enable the
     tokenizer checks; ``variables`` include ``bos_token``/``eos_token`` text."""
     import jinja2.meta
@@ -86,21 +120,43 @@ def lint(source: str, *, origin: str = "", variables: dict[str, Any] | None = No
             if name == "system" and e.kind == "exception":
                 add(Problem("warning", "refuses-system", f"refuses system messages: {e.message}", e.line))
             elif e.kind == "security":
-                add(Problem("error", "sandbox", f"the {name} conversation is blocked by the sandbox "
-                            f"(transformers refuses it too): {e.message}", e.line))
+                add(
+                    Problem(
+                        "error",
+                        "sandbox",
+                        f"the {name} conversation is blocked by the sandbox (transformers refuses it too): {e.message}",
+                        e.line,
+                    )
+                )
             else:
-                add(Problem("error" if name in ("plain", "multi-turn") else "warning", f"fails-{name}",
-                            f"fails on the built-in {name!r} conversation: {e.message}", e.line))
+                add(
+                    Problem(
+                        "error" if name in ("plain", "multi-turn") else "warning",
+                        f"fails-{name}",
+                        f"fails on the built-in {name!r} conversation: {e.message}",
+                        e.line,
+                    )
+                )
 
     # undefined variables are false/empty in transformers: a problem only where a render failed on one
     required = sorted(v for v in unknown for p in result.problems if f"'{v}' is undefined" in p.message)
     if required:
-        add(Problem("warning", "undefined-variable",
-                    f"needs variables apply_chat_template does not pass: {', '.join(required)} (give them with --var)"))
+        add(
+            Problem(
+                "warning",
+                "undefined-variable",
+                f"needs variables apply_chat_template does not pass: {', '.join(required)} (give them with --var)",
+            )
+        )
     optional = [v for v in unknown if v not in required]
     if optional:
-        add(Problem("info", "optional-variable",
-                    f"reads variables apply_chat_template does not pass (undefined, so false/empty): {', '.join(optional)}"))
+        add(
+            Problem(
+                "info",
+                "optional-variable",
+                f"reads variables apply_chat_template does not pass (undefined, so false/empty): {', '.join(optional)}",
+            )
+        )
 
     info = analyze(source, variables)
     result.info = info
@@ -113,14 +169,24 @@ def lint(source: str, *, origin: str = "", variables: dict[str, Any] | None = No
             if without == outputs["plain"]:
                 # Mistral's format has no assistant header: the prompt ends with [/INST] either way
                 severity = "info" if info.family == "mistral" else "warning"
-                add(Problem(severity, "no-generation-prompt",
-                            "add_generation_prompt changes nothing: no assistant turn is opened for the model"))
+                add(
+                    Problem(
+                        severity,
+                        "no-generation-prompt",
+                        "add_generation_prompt changes nothing: no assistant turn is opened for the model",
+                    )
+                )
         except RenderError:
             pass
     bos = variables.get("bos_token") or ""
     if bos and add_bos_token and any(out.startswith(bos) for out in outputs.values()):
-        add(Problem("warning", "double-bos", f"the template writes {bos!r} and tokenizer.ggml.add_bos_token is true: "
-                                             "llama.cpp will see BOS twice"))
+        add(
+            Problem(
+                "warning",
+                "double-bos",
+                f"the template writes {bos!r} and tokenizer.ggml.add_bos_token is true: llama.cpp will see BOS twice",
+            )
+        )
     if tokens is not None and outputs:
         vocab = set(tokens.tolist() if hasattr(tokens, "tolist") else tokens)
         written = set()
@@ -128,6 +194,12 @@ def lint(source: str, *, origin: str = "", variables: dict[str, Any] | None = No
             written.update(SPECIAL.findall(out))
         missing = sorted(t for t in written if t not in vocab)
         if missing:
-            add(Problem("error", "token-mismatch", f"writes {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}, "
-                        "which the model's vocabulary does not have: they are tokenized as plain text"))
+            add(
+                Problem(
+                    "error",
+                    "token-mismatch",
+                    f"writes {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}, "
+                    "which the model's vocabulary does not have: they are tokenized as plain text",
+                )
+            )
     return result

@@ -65,7 +65,9 @@ def _environment(limits: Limits, strict_undefined: bool = False):
     def raise_exception(message: Any) -> None:
         raise jinja2.exceptions.TemplateError(str(message))
 
-    def tojson(x: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None, sort_keys: bool = False) -> str:
+    def tojson(
+        x: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None, sort_keys: bool = False
+    ) -> str:
         return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
     def strftime_now(fmt: str) -> str:
@@ -93,26 +95,39 @@ def _environment(limits: Limits, strict_undefined: bool = False):
         @staticmethod
         def _check(name: Any, value: Any) -> None:
             if isinstance(name, str) and name.startswith("_"):
-                raise jinja2.exceptions.SecurityError(f"chat templates cannot store underscore-prefixed attributes on a namespace ({name!r})")
+                raise jinja2.exceptions.SecurityError(
+                    f"chat templates cannot store underscore-prefixed attributes on a namespace ({name!r})"
+                )
             _check_size(value, limits.max_value)
 
     class BoundedEnvironment(ImmutableSandboxedEnvironment):
         intercepted_binops = frozenset(["*", "**", "+"])
 
         def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-            if operator == "**" and isinstance(right, (int, float)) and abs(right) > 64 and \
-                    isinstance(left, (int, float)) and abs(left) > 1:
+            if (
+                operator == "**"
+                and isinstance(right, (int, float))
+                and abs(right) > 64
+                and isinstance(left, (int, float))
+                and abs(left) > 1
+            ):
                 raise RenderError("too-large", f"exponent {right} is too large for a chat template")
             if operator == "*":
                 for seq, n in ((left, right), (right, left)):
                     if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > limits.max_value:
-                        raise RenderError("too-large", f"a value of {len(seq) * n:,} items is too large for a chat template")
+                        raise RenderError(
+                            "too-large", f"a value of {len(seq) * n:,} items is too large for a chat template"
+                        )
             result = super().call_binop(context, operator, left, right)
             _check_size(result, limits.max_value)
             return result
 
-    env = BoundedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[GenerationTag, jinja2.ext.loopcontrols],
-                             undefined=jinja2.StrictUndefined if strict_undefined else jinja2.Undefined)
+    env = BoundedEnvironment(
+        trim_blocks=True,
+        lstrip_blocks=True,
+        extensions=[GenerationTag, jinja2.ext.loopcontrols],
+        undefined=jinja2.StrictUndefined if strict_undefined else jinja2.Undefined,
+    )
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = strftime_now
@@ -157,17 +172,29 @@ def alias_reasoning(messages: list[dict]) -> list[dict]:
     return out
 
 
-def render(source: str, messages: list[dict], *, tools: list[dict] | None = None, documents: list[dict] | None = None,
-           add_generation_prompt: bool = False, variables: dict[str, Any] | None = None,
-           limits: Limits = Limits(), strict_undefined: bool = False) -> str:
+def render(
+    source: str,
+    messages: list[dict],
+    *,
+    tools: list[dict] | None = None,
+    documents: list[dict] | None = None,
+    add_generation_prompt: bool = False,
+    variables: dict[str, Any] | None = None,
+    limits: Limits = Limits(),
+    strict_undefined: bool = False,
+) -> str:
     """Render ``source`` like ``tokenizer.apply_chat_template(messages, tools=..., tokenize=False)``.
 
     ``variables`` are passed to the template as keyword arguments (``bos_token``,
     ``enable_thinking``...). Raises RenderError."""
     template = compile_template(source, strict_undefined, limits)
     context = dict(plain(variables or {}))
-    context.update(messages=alias_reasoning(plain(messages)), tools=plain(tools), documents=plain(documents),
-                   add_generation_prompt=add_generation_prompt)
+    context.update(
+        messages=alias_reasoning(plain(messages)),
+        tools=plain(tools),
+        documents=plain(documents),
+        add_generation_prompt=add_generation_prompt,
+    )
     return _run(template, context, limits)
 
 

@@ -32,27 +32,46 @@ TOOL_RESULT = '{"temperature": 22, "condition": "sunny"}'
 
 _SAMPLES: dict[str, dict[str, Any]] = {
     "plain": {"messages": [{"role": "user", "content": "Hello! How are you?"}]},
-    "system": {"messages": [{"role": "system", "content": SYSTEM_TEXT},
-                            {"role": "user", "content": "What is the capital of France?"}]},
-    "multi-turn": {"messages": [
-        {"role": "user", "content": "Hi, my name is Ada."},
-        {"role": "assistant", "content": "Nice to meet you, Ada!"},
-        {"role": "user", "content": "What is my name?"},
-    ]},
-    "tools": {"tools": [WEATHER_TOOL], "messages": [
-        {"role": "user", "content": "What is the weather in Paris?"},  # USER_QUESTION
-        {"role": "assistant", "content": "", "tool_calls": [
-            {"id": "call00001", "type": "function",
-             "function": {"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}}]},
-        {"role": "tool", "tool_call_id": "call00001", "name": "get_weather", "content": TOOL_RESULT},
-        {"role": "assistant", "content": "It is 22 °C and sunny in Paris."},
-        {"role": "user", "content": "Thanks!"},
-    ]},
-    "reasoning": {"messages": [
-        {"role": "user", "content": "Say hi."},
-        {"role": "assistant", "content": "Hi!", "reasoning_content": REASONING_TEXT},
-        {"role": "user", "content": "Again."},
-    ]},
+    "system": {
+        "messages": [
+            {"role": "system", "content": SYSTEM_TEXT},
+            {"role": "user", "content": "What is the capital of France?"},
+        ]
+    },
+    "multi-turn": {
+        "messages": [
+            {"role": "user", "content": "Hi, my name is Ada."},
+            {"role": "assistant", "content": "Nice to meet you, Ada!"},
+            {"role": "user", "content": "What is my name?"},
+        ]
+    },
+    "tools": {
+        "tools": [WEATHER_TOOL],
+        "messages": [
+            {"role": "user", "content": "What is the weather in Paris?"},  # USER_QUESTION
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {
+                        "id": "call00001",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call00001", "name": "get_weather", "content": TOOL_RESULT},
+            {"role": "assistant", "content": "It is 22 °C and sunny in Paris."},
+            {"role": "user", "content": "Thanks!"},
+        ],
+    },
+    "reasoning": {
+        "messages": [
+            {"role": "user", "content": "Say hi."},
+            {"role": "assistant", "content": "Hi!", "reasoning_content": REASONING_TEXT},
+            {"role": "user", "content": "Again."},
+        ]
+    },
 }
 
 NAMES = tuple(_SAMPLES)

@@ -32,15 +32,25 @@ class TemplateSet:
     bos_token: str | None = None
     eos_token: str | None = None
     model_path: str | None = None
-    model: Any = field(default=None, repr=False, compare=False)  # the GGUFModel it came from (lint reads its vocabulary)
+    model: Any = field(
+        default=None, repr=False, compare=False
+    )  # the GGUFModel it came from (lint reads its vocabulary)
 
     def get(self, name: str | None) -> str:
         if name in (None, "", "default"):
             if self.default is None:
-                raise GGUFError(self.origin, None, "no chat template" + (f" (named ones: {', '.join(self.named)})" if self.named else ""))
+                raise GGUFError(
+                    self.origin,
+                    None,
+                    "no chat template" + (f" (named ones: {', '.join(self.named)})" if self.named else ""),
+                )
             return self.default
         if name not in self.named:
-            raise GGUFError(self.origin, None, f"no chat template named {name!r}" + (f" (there are: {', '.join(self.named)})" if self.named else ""))
+            raise GGUFError(
+                self.origin,
+                None,
+                f"no chat template named {name!r}" + (f" (there are: {', '.join(self.named)})" if self.named else ""),
+            )
         return self.named[name]
 
 
@@ -91,14 +101,16 @@ def _from_config(path: str, doc: dict) -> TemplateSet:
         named: dict[str, str] = {}
         default = None
         for item in tmpl:
-            if not (isinstance(item, dict) and isinstance(item.get("name"), str) and isinstance(item.get("template"), str)):
-                raise FormatError(path, None, "chat_template list entries must be {\"name\": ..., \"template\": ...}")
+            if not (
+                isinstance(item, dict) and isinstance(item.get("name"), str) and isinstance(item.get("template"), str)
+            ):
+                raise FormatError(path, None, 'chat_template list entries must be {"name": ..., "template": ...}')
             if item["name"] == "default":
                 default = item["template"]
             else:
                 named[item["name"]] = item["template"]
         return TemplateSet(path, "tokenizer_config", default, named, bos, eos)
-    raise FormatError(path, None, "no \"chat_template\" in this JSON file")
+    raise FormatError(path, None, 'no "chat_template" in this JSON file')
 
 
 def _token_text(tok: object) -> str | None:
@@ -119,9 +131,10 @@ def from_model(model: Any, path: str) -> TemplateSet:
     """The templates of an opened :class:`~ggufx.model.model.GGUFModel` (``path`` names it in messages)."""
     md = model.metadata
     prefix = DEFAULT_KEY + "."
-    named = {k[len(prefix):]: md[k] for k in md if k.startswith(prefix) and isinstance(md[k], str)}
-    return TemplateSet(path, "gguf", md.get_str(DEFAULT_KEY), named, *special_tokens(model), model_path=path,
-                       model=model)
+    named = {k[len(prefix) :]: md[k] for k in md if k.startswith(prefix) and isinstance(md[k], str)}
+    return TemplateSet(
+        path, "gguf", md.get_str(DEFAULT_KEY), named, *special_tokens(model), model_path=path, model=model
+    )
 
 
 def special_tokens(model) -> tuple[str | None, str | None]:

@@ -14,8 +14,8 @@ import sys
 import click
 
 from ggufx._version import __version__
-from ggufx.errors import GGUFError
 from ggufx.cli._common import EXIT_USAGE, server_aware
+from ggufx.errors import GGUFError
 
 # command name -> (module, function, one-line help shown by `ggufx --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -62,7 +62,11 @@ class LazyGroup(click.Group):
         try:
             return self._invoke(ctx)
         finally:
-            if ctx.params.get("debug") and "ggufx.io.remote" in sys.modules and sys.modules["ggufx.io.remote"].STATS.requests:
+            if (
+                ctx.params.get("debug")
+                and "ggufx.io.remote" in sys.modules
+                and sys.modules["ggufx.io.remote"].STATS.requests
+            ):
                 stats = sys.modules["ggufx.io.remote"].STATS
                 click.echo(f"ggufx: debug: {stats.requests} HTTP request(s), {stats.bytes:,} bytes received", err=True)
 
@@ -89,7 +93,11 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="ggufx")
-@click.option("--debug", is_flag=True, help="Show a traceback instead of a one-line error; log every HTTP request of a remote source.")
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="Show a traceback instead of a one-line error; log every HTTP request of a remote source.",
+)
 def main(debug: bool) -> None:
     """Audit and fix GGUF model files (llama.cpp, Ollama, LM Studio).
 

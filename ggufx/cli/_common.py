@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -15,12 +16,19 @@ TABLE_FORMATS = ("simple", "github", "grid", "pipe", "rst", "html", "tsv", "plai
 
 
 def json_option(f: Callable) -> Callable:
-    return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (a stable, documented interface).")(f)
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print the result as JSON (a stable, documented interface)."
+    )(f)
 
 
 def tablefmt_option(f: Callable) -> Callable:
-    return click.option("--tablefmt", type=click.Choice(TABLE_FORMATS), default="simple", show_default=True,
-                        help="Table layout; 'github' pastes into a model card.")(f)
+    return click.option(
+        "--tablefmt",
+        type=click.Choice(TABLE_FORMATS),
+        default="simple",
+        show_default=True,
+        help="Table layout; 'github' pastes into a model card.",
+    )(f)
 
 
 def emit_json(obj: Any) -> None:
@@ -51,6 +59,7 @@ def _set_remote(field: str) -> Callable:
         from ggufx.io.remote import CONFIG
 
         setattr(CONFIG, field, value)
+
     return callback
 
 
@@ -64,25 +73,60 @@ def _no_cache(ctx: click.Context, param: click.Parameter, value: bool) -> None:
 def _remote_options(with_server: bool) -> Callable[[Callable], Callable]:
     def decorate(f: Callable) -> Callable:
         opts = [
-            click.option("--cache", "cache_dir", metavar="DIR", expose_value=False, callback=_set_remote("cache_dir"),
-                         help="Remote sources: keep parsed headers here (default ~/.cache/ggufx/headers; GGUFX_CACHE_DIR)."),
-            click.option("--no-cache", is_flag=True, expose_value=False, callback=_no_cache,
-                         help="Remote sources: neither read nor write the header cache."),
-            click.option("--offline", is_flag=True, expose_value=False, callback=_set_remote("offline"),
-                         help="Remote sources: use only the header cache, no network (also HF_HUB_OFFLINE=1)."),
-            click.option("--allow-full-download", is_flag=True, expose_value=False, callback=_set_remote("allow_full_download"),
-                         help="Remote sources: if the server ignores range requests, stream the file and stop after the header."),
-            click.option("--timeout", type=click.FloatRange(min=0.1), metavar="SECONDS", expose_value=False,
-                         callback=_set_remote("timeout"), help="Remote sources: connect/read timeout per request (default 30)."),
+            click.option(
+                "--cache",
+                "cache_dir",
+                metavar="DIR",
+                expose_value=False,
+                callback=_set_remote("cache_dir"),
+                help="Remote sources: keep parsed headers here (default ~/.cache/ggufx/headers; GGUFX_CACHE_DIR).",
+            ),
+            click.option(
+                "--no-cache",
+                is_flag=True,
+                expose_value=False,
+                callback=_no_cache,
+                help="Remote sources: neither read nor write the header cache.",
+            ),
+            click.option(
+                "--offline",
+                is_flag=True,
+                expose_value=False,
+                callback=_set_remote("offline"),
+                help="Remote sources: use only the header cache, no network (also HF_HUB_OFFLINE=1).",
+            ),
+            click.option(
+                "--allow-full-download",
+                is_flag=True,
+                expose_value=False,
+                callback=_set_remote("allow_full_download"),
+                help="Remote sources: if the server ignores range requests, stream the file and stop after the header.",
+            ),
+            click.option(
+                "--timeout",
+                type=click.FloatRange(min=0.1),
+                metavar="SECONDS",
+                expose_value=False,
+                callback=_set_remote("timeout"),
+                help="Remote sources: connect/read timeout per request (default 30).",
+            ),
         ]
         if with_server:
-            opts.insert(0, click.option(
-                "--server", "server_url", metavar="URL", expose_value=False,
-                help="Inspect the model file a running llama-server has loaded (instead of FILE), and say "
-                     "whether the server's chat template is the file's."))
+            opts.insert(
+                0,
+                click.option(
+                    "--server",
+                    "server_url",
+                    metavar="URL",
+                    expose_value=False,
+                    help="Inspect the model file a running llama-server has loaded (instead of FILE), and say "
+                    "whether the server's chat template is the file's.",
+                ),
+            )
         for opt in reversed(opts):
             f = opt(f)
         return f
+
     return decorate
 
 

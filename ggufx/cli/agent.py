@@ -10,16 +10,36 @@ from ggufx.cli._common import EXIT_USAGE, emit_json, json_option
 
 
 @click.command("mcp")
-@click.option("--root", "roots", multiple=True, type=click.Path(file_okay=False, exists=True),
-              help="A folder whose GGUF files the tools may read (repeatable; default: the current directory).")
-@click.option("--allow-write", is_flag=True, help="Also expose metadata and chat template edits (crash-safe, under the roots only).")
-@click.option("--allow-remote", is_flag=True, help="Also read https:// and hf:// models and ask llama-servers on other hosts.")
-@click.option("--http", "http", metavar="HOST:PORT", help="Serve streamable HTTP here instead of stdio, e.g. 127.0.0.1:8765.")
+@click.option(
+    "--root",
+    "roots",
+    multiple=True,
+    type=click.Path(file_okay=False, exists=True),
+    help="A folder whose GGUF files the tools may read (repeatable; default: the current directory).",
+)
+@click.option(
+    "--allow-write",
+    is_flag=True,
+    help="Also expose metadata and chat template edits (crash-safe, under the roots only).",
+)
+@click.option(
+    "--allow-remote", is_flag=True, help="Also read https:// and hf:// models and ask llama-servers on other hosts."
+)
+@click.option(
+    "--http", "http", metavar="HOST:PORT", help="Serve streamable HTTP here instead of stdio, e.g. 127.0.0.1:8765."
+)
 @click.option("--list-tools", is_flag=True, help="Print the tools (name, description, input schema) and exit.")
 @json_option
 @click.pass_context
-def mcp(ctx: click.Context, roots: tuple[str, ...], allow_write: bool, allow_remote: bool, http: str | None,
-        list_tools: bool, as_json: bool) -> None:
+def mcp(
+    ctx: click.Context,
+    roots: tuple[str, ...],
+    allow_write: bool,
+    allow_remote: bool,
+    http: str | None,
+    list_tools: bool,
+    as_json: bool,
+) -> None:
     """Run an MCP server whose tools mirror the read-only commands (info, type histogram, roles,
     layers, tensors with filters and paging, metadata, recipe, memory, fit, diff, chat template
     info/lint/render, hash, verify, the model a llama-server runs) and return the same JSON as
@@ -46,7 +66,10 @@ def mcp(ctx: click.Context, roots: tuple[str, ...], allow_write: bool, allow_rem
         if not port.isdigit():
             raise click.BadParameter("expected HOST:PORT, e.g. 127.0.0.1:8765", param_hint="--http")
         if host not in ("127.0.0.1", "localhost", "::1", "[::1]", ""):
-            click.echo(f"ggufx: warning: serving on {host}, reachable from other machines; the tools read files under {', '.join(root_list)}", err=True)
+            click.echo(
+                f"ggufx: warning: serving on {host}, reachable from other machines; the tools read files under {', '.join(root_list)}",
+                err=True,
+            )
     if list_tools:
         import anyio
 

@@ -8,8 +8,16 @@ from typing import Any
 
 import click
 
+from ggufx.cli._common import (
+    EXIT_CHECK_FAILED,
+    emit,
+    emit_json,
+    json_option,
+    open_many,
+    remote_options,
+    tablefmt_option,
+)
 from ggufx.results import CACHE_TYPES
-from ggufx.cli._common import EXIT_CHECK_FAILED, emit, emit_json, json_option, open_many, remote_options, tablefmt_option
 
 
 @click.command()
@@ -61,8 +69,14 @@ def layers(file: str, no_collapse: bool, as_json: bool, tablefmt: str) -> None:
 
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["command", "tensor-type-file", "args"]), default="command",
-              show_default=True, help="A llama-quantize command line, the file --tensor-type-file reads, or one argument per line.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["command", "tensor-type-file", "args"]),
+    default="command",
+    show_default=True,
+    help="A llama-quantize command line, the file --tensor-type-file reads, or one argument per line.",
+)
 @json_option
 @remote_options
 def recipe(file: str, fmt: str, as_json: bool) -> None:
@@ -86,8 +100,9 @@ def recipe(file: str, fmt: str, as_json: bool) -> None:
         return
     click.echo(recipe_text(res, fmt), nl=fmt != "tensor-type-file")
     if res["unreproducible"]:
-        click.echo(f"note: llama-quantize cannot give these tensors their types: {', '.join(res['unreproducible'])}",
-                   err=True)
+        click.echo(
+            f"note: llama-quantize cannot give these tensors their types: {', '.join(res['unreproducible'])}", err=True
+        )
 
 
 @click.command("diff")
@@ -119,19 +134,52 @@ __all__: list[Any] = ["roles", "layers", "recipe", "diff_"]
 
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--ctx", type=int, default=0, show_default=True, help="Context length in tokens (0: the model's training context).")
-@click.option("--cache-type-k", "-ctk", default="f16", show_default=True, type=click.Choice(CACHE_TYPES), help="K cache type.")
-@click.option("--cache-type-v", "-ctv", default="f16", show_default=True, type=click.Choice(CACHE_TYPES), help="V cache type.")
-@click.option("--flash-attn/--no-flash-attn", default=True, show_default=True, help="Flash attention (needed for a quantized V cache).")
+@click.option(
+    "--ctx", type=int, default=0, show_default=True, help="Context length in tokens (0: the model's training context)."
+)
+@click.option(
+    "--cache-type-k", "-ctk", default="f16", show_default=True, type=click.Choice(CACHE_TYPES), help="K cache type."
+)
+@click.option(
+    "--cache-type-v", "-ctv", default="f16", show_default=True, type=click.Choice(CACHE_TYPES), help="V cache type."
+)
+@click.option(
+    "--flash-attn/--no-flash-attn",
+    default=True,
+    show_default=True,
+    help="Flash attention (needed for a quantized V cache).",
+)
 @click.option("--parallel", "-np", default=1, show_default=True, help="Sequences (slots) served in parallel.")
 @click.option("--ubatch", "-ub", default=512, show_default=True, help="Physical batch size in tokens.")
-@click.option("--n-gpu-layers", "-ngl", default=-1, show_default=True, help="Layers offloaded to the GPU (-1: all, and the output layer).")
-@click.option("--fit", "fit_budget", metavar="SIZE", help="Instead: the largest context per cache type that fits SIZE of GPU memory (24GiB, 16GB).")
+@click.option(
+    "--n-gpu-layers",
+    "-ngl",
+    default=-1,
+    show_default=True,
+    help="Layers offloaded to the GPU (-1: all, and the output layer).",
+)
+@click.option(
+    "--fit",
+    "fit_budget",
+    metavar="SIZE",
+    help="Instead: the largest context per cache type that fits SIZE of GPU memory (24GiB, 16GB).",
+)
 @json_option
 @tablefmt_option
 @remote_options
-def mem(file: str, ctx: int, cache_type_k: str, cache_type_v: str, flash_attn: bool, parallel: int, ubatch: int,
-        n_gpu_layers: int, fit_budget: str | None, as_json: bool, tablefmt: str) -> None:
+def mem(
+    file: str,
+    ctx: int,
+    cache_type_k: str,
+    cache_type_v: str,
+    flash_attn: bool,
+    parallel: int,
+    ubatch: int,
+    n_gpu_layers: int,
+    fit_budget: str | None,
+    as_json: bool,
+    tablefmt: str,
+) -> None:
     """Memory as llama.cpp allocates it: weights (offloaded vs host), KV cache (attention layers
     only, sliding-window layers hold only the window), recurrent state (Mamba, Gated DeltaNet,
     RWKV layers), and an estimate of the compute buffer. --fit answers the inverse question: the
@@ -162,8 +210,13 @@ def mem(file: str, ctx: int, cache_type_k: str, cache_type_v: str, flash_attn: b
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the report here (default: stdout).")
-@click.option("--format", "fmt", type=click.Choice(["html", "md"]), default=None,
-              help="html or md (default: from the output's extension, else html).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["html", "md"]),
+    default=None,
+    help="html or md (default: from the output's extension, else html).",
+)
 @json_option
 @remote_options
 def report(file: str, output: str | None, fmt: str | None, as_json: bool) -> None:

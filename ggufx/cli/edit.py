@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -27,12 +28,32 @@ def parse_size(text: str) -> int:
 def write_options(f: Callable) -> Callable:
     """Options every editing command shares."""
     opts = [
-        click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the result to OUT and leave FILE untouched."),
-        click.option("--dry-run", is_flag=True, help="Show the metadata diff, the strategy and the bytes that would be written; write nothing."),
-        click.option("--reserve", default="0", metavar="SIZE", help="Leave at least SIZE bytes of padding (e.g. 64K) so later edits stay in place."),
-        click.option("--force", is_flag=True, help="Allow protected keys (general.alignment, split.*), type changes of known keys, and content-addressed stores."),
-        click.option("--strategy", type=click.Choice(["auto", "in-place", "insert-range", "rewrite"]), default="auto",
-                     show_default=True, help="How to write: cheapest that works, or force one."),
+        click.option(
+            "-o", "--output", type=click.Path(dir_okay=False), help="Write the result to OUT and leave FILE untouched."
+        ),
+        click.option(
+            "--dry-run",
+            is_flag=True,
+            help="Show the metadata diff, the strategy and the bytes that would be written; write nothing.",
+        ),
+        click.option(
+            "--reserve",
+            default="0",
+            metavar="SIZE",
+            help="Leave at least SIZE bytes of padding (e.g. 64K) so later edits stay in place.",
+        ),
+        click.option(
+            "--force",
+            is_flag=True,
+            help="Allow protected keys (general.alignment, split.*), type changes of known keys, and content-addressed stores.",
+        ),
+        click.option(
+            "--strategy",
+            type=click.Choice(["auto", "in-place", "insert-range", "rewrite"]),
+            default="auto",
+            show_default=True,
+            help="How to write: cheapest that works, or force one.",
+        ),
         json_option,
     ]
     for opt in reversed(opts):
@@ -40,23 +61,41 @@ def write_options(f: Callable) -> Callable:
     return f
 
 
-def run_edit(file: str, ops: list[Any], output: str | None, dry_run: bool, reserve: str, force: bool,
-             strategy: str, as_json: bool) -> None:
+def run_edit(
+    file: str,
+    ops: list[Any],
+    output: str | None,
+    dry_run: bool,
+    reserve: str,
+    force: bool,
+    strategy: str,
+    as_json: bool,
+) -> None:
     from ggufx.edit.engine import edit
 
     bar = None
     progress = None
     if not as_json and sys.stderr.isatty():
+
         def progress(done: int, total: int) -> None:
             nonlocal bar
             if bar is None:
                 bar = click.progressbar(length=total, label="copying tensor data", file=sys.stderr)
                 bar.__enter__()
             bar.update(done - bar.pos)
+
     t0 = time.perf_counter()
     try:
-        result = edit(file, ops, output=output, dry_run=dry_run, reserve=parse_size(reserve), strategy=strategy,
-                      force=force, progress=progress)
+        result = edit(
+            file,
+            ops,
+            output=output,
+            dry_run=dry_run,
+            reserve=parse_size(reserve),
+            strategy=strategy,
+            force=force,
+            progress=progress,
+        )
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
@@ -75,10 +114,15 @@ def run_edit(file: str, ops: list[Any], output: str | None, dry_run: bool, reser
         return
     where = result.output or result.target
     verb = "would write" if dry_run else "wrote"
-    moved = "" if result.data_offset_after == result.data_offset_before else \
-        f", data section {result.data_offset_before:,} -> {result.data_offset_after:,}"
-    click.echo(f"{result.strategy}: {verb} {result.bytes_written:,} bytes to {where}"
-               f"{'' if dry_run else f' in {elapsed * 1000:,.1f} ms'} (padding {result.padding_bytes:,} bytes{moved})")
+    moved = (
+        ""
+        if result.data_offset_after == result.data_offset_before
+        else f", data section {result.data_offset_before:,} -> {result.data_offset_after:,}"
+    )
+    click.echo(
+        f"{result.strategy}: {verb} {result.bytes_written:,} bytes to {where}"
+        f"{'' if dry_run else f' in {elapsed * 1000:,.1f} ms'} (padding {result.padding_bytes:,} bytes{moved})"
+    )
 
 
 def _short(v: Any) -> str:
@@ -95,8 +139,11 @@ def _change_line(c: Any) -> str:
         return click.style(f"- {c.key} ({c.before_type}) = {_short(c.before)}", fg="red")
     if c.op == "rename":
         return click.style(f"~ {c.key} -> {c.new_key} ({c.after_type})", fg="yellow")
-    return (click.style(f"- {c.key} ({c.before_type}) = {_short(c.before)}", fg="red") + "\n"
-            + click.style(f"+ {c.key} ({c.after_type}) = {_short(c.after)}", fg="green"))
+    return (
+        click.style(f"- {c.key} ({c.before_type}) = {_short(c.before)}", fg="red")
+        + "\n"
+        + click.style(f"+ {c.key} ({c.after_type}) = {_short(c.after)}", fg="green")
+    )
 
 
 def _type_option(value: str | None):
@@ -126,8 +173,17 @@ def _read_text_file(path: str) -> str:
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.argument("key")
 @click.argument("value", required=False)
-@click.option("--type", "vtype", metavar="TYPE", help="u8|i8|u16|i16|u32|i32|u64|i64|f32|f64|bool|str; with a JSON list, the element type.")
-@click.option("--from-file", type=click.Path(dir_okay=False), help="Read a string VALUE from this file (UTF-8), e.g. a chat template.")
+@click.option(
+    "--type",
+    "vtype",
+    metavar="TYPE",
+    help="u8|i8|u16|i16|u32|i32|u64|i64|f32|f64|bool|str; with a JSON list, the element type.",
+)
+@click.option(
+    "--from-file",
+    type=click.Path(dir_okay=False),
+    help="Read a string VALUE from this file (UTF-8), e.g. a chat template.",
+)
 @write_options
 def set_(file: str, key: str, value: str | None, vtype: str | None, from_file: str | None, **kw: Any) -> None:
     """Set metadata KEY to VALUE, in place when it fits (milliseconds, crash-safe).
@@ -198,13 +254,27 @@ def _split_pair(text: str, sep: str, opt: str) -> tuple[str, str]:
 
 @click.command("edit")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Set a key (repeatable); KEY:TYPE=VALUE gives the type.")
-@click.option("--set-file", "set_files", multiple=True, metavar="KEY=PATH", help="Set a string key from a UTF-8 file (repeatable).")
+@click.option(
+    "--set", "sets", multiple=True, metavar="KEY=VALUE", help="Set a key (repeatable); KEY:TYPE=VALUE gives the type."
+)
+@click.option(
+    "--set-file",
+    "set_files",
+    multiple=True,
+    metavar="KEY=PATH",
+    help="Set a string key from a UTF-8 file (repeatable).",
+)
 @click.option("--delete", "deletes", multiple=True, metavar="KEY", help="Delete a key (repeatable).")
 @click.option("--rename", "renames", multiple=True, metavar="OLD=NEW", help="Rename a key (repeatable).")
 @write_options
-def edit_(file: str, sets: tuple[str, ...], set_files: tuple[str, ...], deletes: tuple[str, ...],
-          renames: tuple[str, ...], **kw: Any) -> None:
+def edit_(
+    file: str,
+    sets: tuple[str, ...],
+    set_files: tuple[str, ...],
+    deletes: tuple[str, ...],
+    renames: tuple[str, ...],
+    **kw: Any,
+) -> None:
     """Apply several changes as one transaction: all of them or none, one write.
 
     Changes apply in the order: --set, --set-file, --delete, --rename.

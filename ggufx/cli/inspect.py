@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-
 import click
 
-from ggufx.cli._common import (EXIT_USAGE, SERVER_META, emit, emit_json, json_option, open_many, remote_options,
-                               tablefmt_option, write_raw)
+from ggufx.cli._common import (
+    EXIT_USAGE,
+    SERVER_META,
+    emit,
+    emit_json,
+    json_option,
+    open_many,
+    remote_options,
+    tablefmt_option,
+    write_raw,
+)
 
 
 @click.command()
@@ -65,18 +73,34 @@ def info(ctx: click.Context, files: tuple[str, ...], as_json: bool, tablefmt: st
 
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--type", "types", multiple=True, metavar="TYPE", help="Only tensors of this ggml type (repeatable), e.g. Q6_K.")
+@click.option(
+    "--type", "types", multiple=True, metavar="TYPE", help="Only tensors of this ggml type (repeatable), e.g. Q6_K."
+)
 @click.option("--grep", metavar="REGEX", help="Only tensors whose name matches this regular expression.")
 @click.option("--layers", metavar="N|A-B", help="Only tensors of these layers (blk.N), e.g. 10-19.")
-@click.option("--sort", type=click.Choice(["offset", "name", "size", "type", "bpw"]), default="offset", show_default=True,
-              help="Order: file offset, name, size (largest first), type, BPW (highest first).")
+@click.option(
+    "--sort",
+    type=click.Choice(["offset", "name", "size", "type", "bpw"]),
+    default="offset",
+    show_default=True,
+    help="Order: file offset, name, size (largest first), type, BPW (highest first).",
+)
 @click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip this many matching tensors (paging).")
 @click.option("--limit", type=click.IntRange(min=1), help="Show at most this many (paging; JSON then has next_offset).")
 @json_option
 @tablefmt_option
 @remote_options
-def tensors(file: str, types: tuple[str, ...], grep: str | None, layers: str | None, sort: str, offset: int,
-            limit: int | None, as_json: bool, tablefmt: str) -> None:
+def tensors(
+    file: str,
+    types: tuple[str, ...],
+    grep: str | None,
+    layers: str | None,
+    sort: str,
+    offset: int,
+    limit: int | None,
+    as_json: bool,
+    tablefmt: str,
+) -> None:
     """List tensors: name, ggml type, shape (ggml order, ne[0] first), elements, bytes, bits per
     weight, shard (split models) and absolute offset of the data in its shard.
 

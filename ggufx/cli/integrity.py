@@ -9,10 +9,23 @@ from typing import Any
 
 import click
 
-from ggufx.cli._common import EXIT_CHECK_FAILED, EXIT_USAGE, dumps, emit_json, json_option, network_options, remote_options
+from ggufx.cli._common import (
+    EXIT_CHECK_FAILED,
+    EXIT_USAGE,
+    dumps,
+    emit_json,
+    json_option,
+    network_options,
+    remote_options,
+)
 
-ALGO_OPTION = click.option("--algo", type=click.Choice(["xxh3-128", "sha256"]), default="xxh3-128", show_default=True,
-                           help="Per-tensor hash; sha256 for a cryptographic one (the fingerprint is always xxh3-128).")
+ALGO_OPTION = click.option(
+    "--algo",
+    type=click.Choice(["xxh3-128", "sha256"]),
+    default="xxh3-128",
+    show_default=True,
+    help="Per-tensor hash; sha256 for a cryptographic one (the fingerprint is always xxh3-128).",
+)
 
 
 def _hash(path: str, algo: str, quiet: bool):
@@ -84,8 +97,15 @@ def manifest(files: tuple[str, ...], output: str, algo: str, as_json: bool) -> N
         f.write(dumps(doc) + "\n")
     os.replace(tmp, output)
     if as_json:
-        emit_json({"output": output, "models": [{"path": m["path"], "fingerprint": m["fingerprint"],
-                                                 "metadata_hash": m["metadata_hash"]} for m in doc["models"]]})
+        emit_json(
+            {
+                "output": output,
+                "models": [
+                    {"path": m["path"], "fingerprint": m["fingerprint"], "metadata_hash": m["metadata_hash"]}
+                    for m in doc["models"]
+                ],
+            }
+        )
     else:
         click.echo(f"wrote {output}: {len(files)} model(s)", err=True)
 
@@ -120,13 +140,20 @@ def verify(manifest_file: str, files: tuple[str, ...], as_json: bool) -> None:
     for expected, path in zip(models, targets):
         results.append(check(expected, _hash(path, expected.get("algo", "xxh3-128"), as_json)))
     if as_json:
-        emit_json({"manifest": manifest_file, "ok": all(r.ok for r in results), "results": [r.to_dict() for r in results]})
+        emit_json(
+            {"manifest": manifest_file, "ok": all(r.ok for r in results), "results": [r.to_dict() for r in results]}
+        )
     else:
         for r in results:
             click.echo(f"{'OK  ' if r.ok else 'FAIL'} {r.path}: {r.verdict}")
-            for label, names in (("tensors changed", r.tensors_changed), ("tensors added", r.tensors_added),
-                                 ("tensors removed", r.tensors_removed), ("metadata changed", r.metadata_changed),
-                                 ("metadata added", r.metadata_added), ("metadata removed", r.metadata_removed)):
+            for label, names in (
+                ("tensors changed", r.tensors_changed),
+                ("tensors added", r.tensors_added),
+                ("tensors removed", r.tensors_removed),
+                ("metadata changed", r.metadata_changed),
+                ("metadata added", r.metadata_added),
+                ("metadata removed", r.metadata_removed),
+            ):
                 if names:
                     click.echo(f"     {label}: {', '.join(names[:20])}{' ...' if len(names) > 20 else ''}")
     if not all(r.ok for r in results):
@@ -135,7 +162,13 @@ def verify(manifest_file: str, files: tuple[str, ...], as_json: bool) -> None:
 
 @click.command("check")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--policy", "policy_path", required=True, type=click.Path(dir_okay=False), help="A TOML policy (schema in the README).")
+@click.option(
+    "--policy",
+    "policy_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="A TOML policy (schema in the README).",
+)
 @click.option("--junit", type=click.Path(dir_okay=False), help="Also write JUnit XML here, for CI systems.")
 @json_option
 @remote_options
@@ -168,7 +201,9 @@ def check_(files: tuple[str, ...], policy_path: str, junit: str | None, as_json:
         with open(junit, "w", encoding="utf-8") as fh:
             fh.write(junit_xml(reports, policy_path))
     if as_json:
-        emit_json({"policy": policy_path, "passed": all(r.passed for r in reports), "files": [r.to_dict() for r in reports]})
+        emit_json(
+            {"policy": policy_path, "passed": all(r.passed for r in reports), "files": [r.to_dict() for r in reports]}
+        )
     else:
         for rep in reports:
             for x in rep.results:
@@ -182,7 +217,11 @@ def check_(files: tuple[str, ...], policy_path: str, junit: str | None, as_json:
 
 @click.command()
 @click.argument("dirs", nargs=-1, type=click.Path(file_okay=False))
-@click.option("--hf-cache", is_flag=True, help="Also scan the Hugging Face cache (HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub).")
+@click.option(
+    "--hf-cache",
+    is_flag=True,
+    help="Also scan the Hugging Face cache (HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub).",
+)
 @click.option("--ollama", is_flag=True, help="Also scan the Ollama store (OLLAMA_MODELS or ~/.ollama/models).")
 @click.option("--no-lint", is_flag=True, help="Skip linting chat templates (faster).")
 @json_option
@@ -200,10 +239,11 @@ def scan(dirs: tuple[str, ...], hf_cache: bool, ollama: bool, no_lint: bool, as_
       ggufx scan ~/models --json | jq '.models[] | select(.problems != [])'
       ggufx scan hf://unsloth/Qwen3-8B-GGUF      # every quant of a Hub repository, headers only
     """
+    from ggufx.analysis.scan import default_ollama
+    from ggufx.analysis.scan import scan as run_scan
+    from ggufx.io.hub import default_hf_cache
     from ggufx.render import table
     from ggufx.render.text import human_bytes, human_params
-    from ggufx.analysis.scan import default_ollama, scan as run_scan
-    from ggufx.io.hub import default_hf_cache
 
     roots = list(dirs)
     if hf_cache:
@@ -216,11 +256,25 @@ def scan(dirs: tuple[str, ...], hf_cache: bool, ollama: bool, no_lint: bool, as_
     if as_json:
         emit_json({"roots": roots, "models": [r.to_dict() for r in rows]})
     else:
-        click.echo(table.render(
-            [(r.name, r.architecture or "-", human_params(r.parameters) if r.parameters else "-", r.file_type or "-",
-              f"{r.bpw:.2f}" if r.bpw is not None else "-", human_bytes(r.file_bytes) if r.file_bytes else "-",
-              r.dialect or "-", "; ".join(r.problems) or "ok") for r in rows],
-            ("model", "arch", "params", "type", "BPW", "size", "template", "problems"), align="llrlrrll"))
+        click.echo(
+            table.render(
+                [
+                    (
+                        r.name,
+                        r.architecture or "-",
+                        human_params(r.parameters) if r.parameters else "-",
+                        r.file_type or "-",
+                        f"{r.bpw:.2f}" if r.bpw is not None else "-",
+                        human_bytes(r.file_bytes) if r.file_bytes else "-",
+                        r.dialect or "-",
+                        "; ".join(r.problems) or "ok",
+                    )
+                    for r in rows
+                ],
+                ("model", "arch", "params", "type", "BPW", "size", "template", "problems"),
+                align="llrlrrll",
+            )
+        )
         click.echo(f"\n{len(rows)} model(s), {sum(1 for r in rows if r.problems)} with problems")
     if any(r.problems for r in rows):
         sys.exit(EXIT_CHECK_FAILED)

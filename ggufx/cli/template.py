@@ -16,13 +16,21 @@ NAME_OPTION = click.option("--name", help="A named template: tokenizer.chat_temp
 
 def analysis_options(f: Any) -> Any:
     """SOURCE argument and the options of the commands that render a template (lint, info)."""
-    for opt in reversed([
-        click.argument("source", type=click.Path(dir_okay=False)),
-        click.option("--var", "variables", multiple=True, metavar="KEY=VALUE", help="Extra template variable (JSON value or text)."),
-        NAME_OPTION,
-        json_option,
-        remote_options,
-    ]):
+    for opt in reversed(
+        [
+            click.argument("source", type=click.Path(dir_okay=False)),
+            click.option(
+                "--var",
+                "variables",
+                multiple=True,
+                metavar="KEY=VALUE",
+                help="Extra template variable (JSON value or text).",
+            ),
+            NAME_OPTION,
+            json_option,
+            remote_options,
+        ]
+    ):
         f = opt(f)
     return f
 
@@ -88,8 +96,13 @@ def show(file: str, name: str | None, as_json: bool) -> None:
 
 @template.command("set")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--from", "source", required=True, type=click.Path(dir_okay=False),
-              help="A .jinja/text file, another GGUF, a tokenizer_config.json or chat_template.json.")
+@click.option(
+    "--from",
+    "source",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="A .jinja/text file, another GGUF, a tokenizer_config.json or chat_template.json.",
+)
 @NAME_OPTION
 @write_options
 def set_(file: str, source: str, name: str | None, **kw: Any) -> None:
@@ -132,10 +145,14 @@ def _print_diff(file: str, ops: list[Any]) -> None:
     for op in ops:
         if not isinstance(op.value, str):
             continue
-        suffix = op.key[len("tokenizer.chat_template"):].lstrip(".")
+        suffix = op.key[len("tokenizer.chat_template") :].lstrip(".")
         old = current.named.get(suffix) if suffix else current.default
-        diff = difflib.unified_diff((old or "").splitlines(keepends=True), op.value.splitlines(keepends=True),
-                                    f"{file}:{op.key}", f"new:{op.key}")
+        diff = difflib.unified_diff(
+            (old or "").splitlines(keepends=True),
+            op.value.splitlines(keepends=True),
+            f"{file}:{op.key}",
+            f"new:{op.key}",
+        )
         text = "".join(diff)
         click.echo(text if text.endswith("\n") or not text else text + "\n", nl=False)
 
@@ -154,7 +171,9 @@ def _conversation(messages: str | None, tools: str | None, sample_name: str | No
             raise click.BadParameter(f"{messages}: {e}", param_hint="--messages") from None
         conv = {"messages": doc} if isinstance(doc, list) else doc
         if not isinstance(conv, dict) or not isinstance(conv.get("messages"), list):
-            raise click.BadParameter(f"{messages}: expected a list of messages or {{\"messages\": [...]}}", param_hint="--messages")
+            raise click.BadParameter(
+                f'{messages}: expected a list of messages or {{"messages": [...]}}', param_hint="--messages"
+            )
         convs = [(messages, conv)]
     if tools is not None:
         try:
@@ -169,17 +188,39 @@ def _conversation(messages: str | None, tools: str | None, sample_name: str | No
 
 @template.command("render")
 @click.argument("source", type=click.Path(dir_okay=False))
-@click.option("--messages", type=click.Path(dir_okay=False), help="JSON: a list of messages, or {\"messages\": [...], \"tools\": [...]}.")
+@click.option(
+    "--messages",
+    type=click.Path(dir_okay=False),
+    help='JSON: a list of messages, or {"messages": [...], "tools": [...]}.',
+)
 @click.option("--tools", type=click.Path(dir_okay=False), help="JSON list of tool schemas.")
-@click.option("--sample", "sample_name", type=click.Choice(["plain", "system", "multi-turn", "tools", "reasoning"]),
-              help="One built-in conversation (default: all of them, unless --messages).")
+@click.option(
+    "--sample",
+    "sample_name",
+    type=click.Choice(["plain", "system", "multi-turn", "tools", "reasoning"]),
+    help="One built-in conversation (default: all of them, unless --messages).",
+)
 @click.option("--add-generation-prompt/--no-generation-prompt", default=True, show_default=True)
-@click.option("--var", "variables", multiple=True, metavar="KEY=VALUE", help="Extra template variable (JSON value or text), e.g. enable_thinking=false.")
+@click.option(
+    "--var",
+    "variables",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Extra template variable (JSON value or text), e.g. enable_thinking=false.",
+)
 @NAME_OPTION
 @json_option
 @remote_options
-def render_(source: str, messages: str | None, tools: str | None, sample_name: str | None,
-            add_generation_prompt: bool, variables: tuple[str, ...], name: str | None, as_json: bool) -> None:
+def render_(
+    source: str,
+    messages: str | None,
+    tools: str | None,
+    sample_name: str | None,
+    add_generation_prompt: bool,
+    variables: tuple[str, ...],
+    name: str | None,
+    as_json: bool,
+) -> None:
     """Render a chat template as transformers' apply_chat_template does, in a bounded sandbox.
 
     SOURCE is a GGUF (bos_token/eos_token come from its token ids) or a template file.
@@ -193,8 +234,9 @@ def render_(source: str, messages: str | None, tools: str | None, sample_name: s
     from ggufx.results import template_render
 
     ts = _load(source)
-    res = template_render(source, ts, _conversation(messages, tools, sample_name), name, add_generation_prompt,
-                          _variables(variables))
+    res = template_render(
+        source, ts, _conversation(messages, tools, sample_name), name, add_generation_prompt, _variables(variables)
+    )
     results = res["results"]
     failed = any(r["error"] for r in results)
     if as_json:
@@ -238,7 +280,9 @@ def lint(source: str, variables: tuple[str, ...], name: str | None, as_json: boo
         if result.info:
             i = result.info
             click.echo(f"family {i.family}, tool-call dialect {i.dialect}")
-        click.echo("ok" if result.ok else f"{sum(p.severity in ('error', 'warning') for p in result.problems)} problem(s)")
+        click.echo(
+            "ok" if result.ok else f"{sum(p.severity in ('error', 'warning') for p in result.problems)} problem(s)"
+        )
     if not result.ok:
         sys.exit(EXIT_CHECK_FAILED)
 
@@ -264,11 +308,16 @@ def info(source: str, variables: tuple[str, ...], name: str | None, as_json: boo
         emit_json(template_info(source, ts, name, _variables(variables)))
         return
     i = analyze(ts.get(name), template_variables(ts, _variables(variables)))
-    rows = [("length", f"{i.length:,} characters"), ("sha256", i.sha256), ("family", i.family),
-            ("tool-call dialect", i.dialect + (f"  {i.dialect_description}" if i.dialect_description else "")),
-            ("tool definitions", "shown to the model" if i.supports_tools else "not shown"),
-            ("tool calls", "rendered" if i.renders_tool_calls else "not rendered"),
-            ("reasoning", "yes" if i.reasoning else "no"), ("system role", i.system_role)]
+    rows = [
+        ("length", f"{i.length:,} characters"),
+        ("sha256", i.sha256),
+        ("family", i.family),
+        ("tool-call dialect", i.dialect + (f"  {i.dialect_description}" if i.dialect_description else "")),
+        ("tool definitions", "shown to the model" if i.supports_tools else "not shown"),
+        ("tool calls", "rendered" if i.renders_tool_calls else "not rendered"),
+        ("reasoning", "yes" if i.reasoning else "no"),
+        ("system role", i.system_role),
+    ]
     for k, v in rows:
         click.echo(f"{k:18} {v}")
     for n, err in i.errors.items():

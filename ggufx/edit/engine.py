@@ -27,18 +27,18 @@ import os
 import re
 import stat
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Union
+from typing import Any
 
 from ggufx.edit import safewrite
+from ggufx.errors import EditError, GGUFError
 from ggufx.format.encode import encode_kv
-from ggufx.errors import GGUFError
 from ggufx.format.keys import PADDING_KEY, coerce, expected_types, infer_scalar_type, parse_json_list, protected_reason
-from ggufx.model.shards import SHARD_RE, split_info, shard_path
 from ggufx.format.reader import GGUFHeader, parse_header
-from ggufx.errors import EditError
-from ggufx.io.sources import is_remote
 from ggufx.format.values import GGUFArray, ValueType, f32_short
+from ggufx.io.sources import is_remote
+from ggufx.model.shards import SHARD_RE, shard_path, split_info
 
 STRATEGIES = ("auto", "in-place", "insert-range", "rewrite")
 PAGE = 4096
@@ -70,7 +70,7 @@ class Rename:
     new: str
 
 
-Op = Union[Set, Delete, Rename]
+Op = Set | Delete | Rename
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,11 +113,18 @@ class EditResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "path": self.path, "target": self.target, "output": self.output, "strategy": self.strategy,
-            "dry_run": self.dry_run, "bytes_written": self.bytes_written,
-            "file_bytes_before": self.file_bytes_before, "file_bytes_after": self.file_bytes_after,
-            "data_offset_before": self.data_offset_before, "data_offset_after": self.data_offset_after,
-            "padding_bytes": self.padding_bytes, "changes": [c.to_dict() for c in self.changes],
+            "path": self.path,
+            "target": self.target,
+            "output": self.output,
+            "strategy": self.strategy,
+            "dry_run": self.dry_run,
+            "bytes_written": self.bytes_written,
+            "file_bytes_before": self.file_bytes_before,
+            "file_bytes_after": self.file_bytes_after,
+            "data_offset_before": self.data_offset_before,
+            "data_offset_after": self.data_offset_after,
+            "padding_bytes": self.padding_bytes,
+            "changes": [c.to_dict() for c in self.changes],
             "notes": self.notes,
         }
 
@@ -132,6 +139,7 @@ class _Entry:
 
 
 # -- planning ----------------------------------------------------------------------------------
+
 
 def _display(vtype: ValueType, value: Any) -> Any:
     if vtype is ValueType.FLOAT32:
@@ -177,10 +185,18 @@ def _resolve_set(op: Set, existing: _Entry | None, force: bool) -> tuple[ValueTy
         else:
             vtype = infer_scalar_type(value)
             if vtype is None:
-                raise EditError(None, None, f"{key}: the value type of a new key that gguf-py does not know is ambiguous for {value!r}; give --type (u8, i32, u32, f32, str...)")
+                raise EditError(
+                    None,
+                    None,
+                    f"{key}: the value type of a new key that gguf-py does not know is ambiguous for {value!r}; give --type (u8, i32, u32, f32, str...)",
+                )
     elif known is not None and vtype not in known and not force:
         allowed = ", ".join(sorted(t.short for t in known))
-        raise EditError(None, None, f"{key} is written as {allowed} by llama.cpp's gguf-py, not {vtype.short} (--force to write it anyway)")
+        raise EditError(
+            None,
+            None,
+            f"{key} is written as {allowed} by llama.cpp's gguf-py, not {vtype.short} (--force to write it anyway)",
+        )
     if vtype is ValueType.ARRAY:
         if listed is None:
             if isinstance(value, GGUFArray):
@@ -213,7 +229,9 @@ def _infer_text(text: str, key: str) -> ValueType:
     if t.lower() in ("true", "false"):
         return ValueType.BOOL
     if _NUMBER.match(t):
-        raise EditError(None, None, f"{key}: a number for a key gguf-py does not know is ambiguous (u32? i64? f32?); give --type")
+        raise EditError(
+            None, None, f"{key}: a number for a key gguf-py does not know is ambiguous (u32? i64? f32?); give --type"
+        )
     return ValueType.STRING
 
 
@@ -237,13 +255,15 @@ def plan_changes(header: GGUFHeader, ops: list[Op], force: bool = False) -> tupl
     for kv in header.kvs.values():
         if kv.key == PADDING_KEY:
             continue
-        entries[kv.key] = _Entry(kv.key, kv.type, kv.value, kv.elem_type, bytes(header.buf[kv.offset:kv.end]))
+        entries[kv.key] = _Entry(kv.key, kv.type, kv.value, kv.elem_type, bytes(header.buf[kv.offset : kv.end]))
     changes: list[Change] = []
     for op in ops:
         keys = [op.key] if not isinstance(op, Rename) else [op.old, op.new]
         for k in keys:
             if k == PADDING_KEY:
-                raise EditError(header.path, None, f"{PADDING_KEY} is managed by ggufx (use --reserve to change the padding)")
+                raise EditError(
+                    header.path, None, f"{PADDING_KEY} is managed by ggufx (use --reserve to change the padding)"
+                )
             reason = protected_reason(k)
             if reason and not force:
                 raise EditError(header.path, None, f"refusing to change {k}: {reason} (--force to do it anyway)")
@@ -255,33 +275,62 @@ def plan_changes(header: GGUFHeader, ops: list[Op], force: bool = False) -> tupl
                 vtype, value, elem = _resolve_set(op, old, force)
             except EditError as e:
                 raise EditError(header.path, None, e.message) from None
-            changes.append(Change("set" if old else "add", op.key, None,
-                                  _type_label(old.type, old.elem_type) if old else None,
-                                  _display(old.type, old.value) if old else None,
-                                  _type_label(vtype, elem), _display(vtype, value)))
+            changes.append(
+                Change(
+                    "set" if old else "add",
+                    op.key,
+                    None,
+                    _type_label(old.type, old.elem_type) if old else None,
+                    _display(old.type, old.value) if old else None,
+                    _type_label(vtype, elem),
+                    _display(vtype, value),
+                )
+            )
             entries[op.key] = _Entry(op.key, vtype, value, elem, None)  # an existing key keeps its position
         elif isinstance(op, Delete):
             old = entries.pop(op.key, None)
             if old is None:
                 raise EditError(header.path, None, f"no metadata key {op.key!r} to delete")
-            changes.append(Change("delete", op.key, None, _type_label(old.type, old.elem_type), _display(old.type, old.value)))
+            changes.append(
+                Change("delete", op.key, None, _type_label(old.type, old.elem_type), _display(old.type, old.value))
+            )
         else:
             old = entries.get(op.old)
             if old is None:
                 raise EditError(header.path, None, f"no metadata key {op.old!r} to rename")
             if op.new in entries:
-                raise EditError(header.path, None, f"cannot rename {op.old!r} to {op.new!r}: that key exists (delete it first)")
+                raise EditError(
+                    header.path, None, f"cannot rename {op.old!r} to {op.new!r}: that key exists (delete it first)"
+                )
             known = expected_types(op.new)
             if known is not None and old.type not in known and not force:
-                raise EditError(header.path, None, f"{op.new} is written as {', '.join(sorted(t.short for t in known))} by gguf-py, but {op.old} is {old.type.short} (--force to rename anyway)")
-            entries = {(op.new if k == op.old else k): (_Entry(op.new, e.type, e.value, e.elem_type, None) if k == op.old else e)
-                       for k, e in entries.items()}
-            changes.append(Change("rename", op.old, op.new, _type_label(old.type, old.elem_type), _display(old.type, old.value),
-                                  _type_label(old.type, old.elem_type), _display(old.type, old.value)))
+                raise EditError(
+                    header.path,
+                    None,
+                    f"{op.new} is written as {', '.join(sorted(t.short for t in known))} by gguf-py, but {op.old} is {old.type.short} (--force to rename anyway)",
+                )
+            entries = {
+                (op.new if k == op.old else k): (
+                    _Entry(op.new, e.type, e.value, e.elem_type, None) if k == op.old else e
+                )
+                for k, e in entries.items()
+            }
+            changes.append(
+                Change(
+                    "rename",
+                    op.old,
+                    op.new,
+                    _type_label(old.type, old.elem_type),
+                    _display(old.type, old.value),
+                    _type_label(old.type, old.elem_type),
+                    _display(old.type, old.value),
+                )
+            )
     return list(entries.values()), changes
 
 
 # -- layout ------------------------------------------------------------------------------------
+
 
 def _encoded(header: GGUFHeader, entries: list[_Entry]) -> list[bytes]:
     """Each entry's record: the original bytes while untouched, else freshly encoded."""
@@ -315,7 +364,7 @@ def build_header(header: GGUFHeader, entries: list[_Entry], data_offset: int | N
     smallest aligned one when ``data_offset`` is None; None when it cannot fit."""
     bo = header.byte_order
     kvs = _records(header, entries)
-    tinfo = bytes(header.buf[header.tensor_info_offset:header.header_end])
+    tinfo = bytes(header.buf[header.tensor_info_offset : header.header_end])
     base = 24 + len(kvs) + len(tinfo)
     a = header.alignment
     if data_offset is None:
@@ -355,31 +404,36 @@ def _verify(old: GGUFHeader, entries: list[_Entry], lay: _Layout, new_size: int,
     are byte copies and are not walked again), and the layout of the whole is checked."""
     bo = old.byte_order
     data = lay.data
-    tinfo = bytes(old.buf[old.tensor_info_offset:old.header_end])
+    tinfo = bytes(old.buf[old.tensor_info_offset : old.header_end])
     parts = _encoded(old, entries)
     fresh = [p for p, e in zip(parts, entries) if e.raw is None]
-    pad_rec = data[lay.records_end:lay.tinfo_start]
+    pad_rec = data[lay.records_end : lay.tinfo_start]
     problems = []
     if data[:8] != bytes(old.buf[:8]) or struct.unpack_from(bo + "qq", data, 8) != (len(old.tensors), lay.n_kv):
         problems.append("prefix or counts are wrong")
     if lay.n_kv != len(entries) + (1 if pad_rec else 0):
         problems.append("metadata count is wrong")
-    if data[24:lay.records_end] != b"".join(parts):
+    if data[24 : lay.records_end] != b"".join(parts):
         problems.append("metadata records are not where the header says")
     infos_end = lay.tinfo_start + len(tinfo)
-    if data[lay.tinfo_start:infos_end] != tinfo:
+    if data[lay.tinfo_start : infos_end] != tinfo:
         problems.append("tensor infos are not where the header says")
     if len(data) % old.alignment or not len(data) - old.alignment < infos_end <= len(data) or any(data[infos_end:]):
-        problems.append(f"the data section would not start at the aligned end of the header ({infos_end} -> {len(data)})")
+        problems.append(
+            f"the data section would not start at the aligned end of the header ({infos_end} -> {len(data)})"
+        )
     mini = b"GGUF" + struct.pack(bo + "Iqq", old.version, len(old.tensors), len(fresh) + (1 if pad_rec else 0))
     mini += b"".join(fresh) + pad_rec + tinfo
     mini += bytes(-len(mini) % old.alignment)
     try:
         h = parse_header(_MemorySource(path, mini, len(mini) + new_size - len(data)))
     except GGUFError as e:
-        raise EditError(path, None, f"internal error: the new header would not parse ({e.message}); nothing was written") from None
-    if [(t.name, t.shape, t.type.id, t.offset, t.nbytes) for t in h.tensors] != \
-       [(t.name, t.shape, t.type.id, t.offset, t.nbytes) for t in old.tensors]:
+        raise EditError(
+            path, None, f"internal error: the new header would not parse ({e.message}); nothing was written"
+        ) from None
+    if [(t.name, t.shape, t.type.id, t.offset, t.nbytes) for t in h.tensors] != [
+        (t.name, t.shape, t.type.id, t.offset, t.nbytes) for t in old.tensors
+    ]:
         problems.append("tensor infos differ")
     if problems:
         raise EditError(path, None, f"internal error: {'; '.join(problems)}; nothing was written")
@@ -396,7 +450,9 @@ def content_addressed_reason(path: str) -> str | None:
     parent = os.path.basename(os.path.dirname(real))
     if parent == "blobs" and _BLOB.match(os.path.basename(real)):
         return "it is an Ollama blob, named by the sha256 of its content; editing it in place breaks the store"
-    if parent == "blobs" and os.path.basename(os.path.dirname(os.path.dirname(real))).startswith(("models--", "datasets--")):
+    if parent == "blobs" and os.path.basename(os.path.dirname(os.path.dirname(real))).startswith(
+        ("models--", "datasets--")
+    ):
         # a snapshot file is a link to such a blob, so this covers both
         return "it is a Hugging Face cache blob (named by its hash, shared by snapshots); editing it in place breaks the cache"
     return None
@@ -404,9 +460,18 @@ def content_addressed_reason(path: str) -> str | None:
 
 # -- doing it ----------------------------------------------------------------------------------
 
-def edit(path: str | os.PathLike[str], ops: list[Op], *, output: str | os.PathLike[str] | None = None,
-         dry_run: bool = False, reserve: int = 0, strategy: str = "auto", force: bool = False,
-         progress: Callable[[int, int], None] | None = None) -> EditResult:
+
+def edit(
+    path: str | os.PathLike[str],
+    ops: list[Op],
+    *,
+    output: str | os.PathLike[str] | None = None,
+    dry_run: bool = False,
+    reserve: int = 0,
+    strategy: str = "auto",
+    force: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> EditResult:
     """Apply ``ops`` to the metadata of the GGUF at ``path`` (in place, or into ``output``)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}")
@@ -431,11 +496,26 @@ def edit(path: str | os.PathLike[str], ops: list[Op], *, output: str | os.PathLi
         if out is None and not force:
             reason = content_addressed_reason(given) or content_addressed_reason(target)
             if reason:
-                raise EditError(given, None, f"refusing to edit in place: {reason}; write a copy with -o OUT (or --force)")
+                raise EditError(
+                    given, None, f"refusing to edit in place: {reason}; write a copy with -o OUT (or --force)"
+                )
         st = os.fstat(fd)
         entries, changes = plan_changes(header, ops, force)
-        result = EditResult(given, target, out, "unchanged", dry_run, 0, st.st_size, st.st_size,
-                            header.data_offset, header.data_offset, 0, changes, notes)
+        result = EditResult(
+            given,
+            target,
+            out,
+            "unchanged",
+            dry_run,
+            0,
+            st.st_size,
+            st.st_size,
+            header.data_offset,
+            header.data_offset,
+            0,
+            changes,
+            notes,
+        )
         if not changes:
             return result
         data_len = st.st_size - header.data_offset
@@ -447,8 +527,11 @@ def edit(path: str | os.PathLike[str], ops: list[Op], *, output: str | os.PathLi
         result.data_offset_after = len(new_header)
         result.file_bytes_after = new_size
         result.padding_bytes = pad
-        old_header = bytes(header.buf[:header.data_offset]) if len(header.buf) >= header.data_offset else \
-            os.pread(fd, header.data_offset, 0)
+        old_header = (
+            bytes(header.buf[: header.data_offset])
+            if len(header.buf) >= header.data_offset
+            else os.pread(fd, header.data_offset, 0)
+        )
         if kind == "in-place":
             ranges = [(lo, new_header[lo:hi], old_header[lo:hi]) for lo, hi in _changed_ranges(old_header, new_header)]
             result.bytes_written = 2 * sum(len(r[1]) for r in ranges)  # journal + header (estimate for dry runs)
@@ -460,14 +543,17 @@ def edit(path: str | os.PathLike[str], ops: list[Op], *, output: str | os.PathLi
             insert_len = len(new_header) - header.data_offset
             result.bytes_written = len(old_header) + len(new_header)
             if not dry_run:
-                result.bytes_written = safewrite.insert_and_patch(fd, target, st.st_size, insert_at, insert_len, old_header, new_header)
+                result.bytes_written = safewrite.insert_and_patch(
+                    fd, target, st.st_size, insert_at, insert_len, old_header, new_header
+                )
         else:
             dst = out or target
             result.bytes_written = new_size
             if not dry_run:
                 mode = stat.S_IMODE(st.st_mode)
-                result.bytes_written = safewrite.rewrite(target, dst, new_header, header.data_offset, data_len, mode,
-                                                         progress, expected_size=st.st_size)
+                result.bytes_written = safewrite.rewrite(
+                    target, dst, new_header, header.data_offset, data_len, mode, progress, expected_size=st.st_size
+                )
         return result
     except OSError as e:
         raise EditError(target, None, f"{e.strerror or e}; the file was left as it was") from None
@@ -475,8 +561,9 @@ def edit(path: str | os.PathLike[str], ops: list[Op], *, output: str | os.PathLi
         os.close(fd)
 
 
-def _choose(header: GGUFHeader, entries: list[_Entry], out: str | None, strategy: str, reserve: int,
-            target: str) -> tuple[str, _Layout]:
+def _choose(
+    header: GGUFHeader, entries: list[_Entry], out: str | None, strategy: str, reserve: int, target: str
+) -> tuple[str, _Layout]:
     a = header.alignment
     if out is not None or strategy == "rewrite":
         size = len(build_header(header, entries, None).data)  # type: ignore[union-attr]
@@ -508,7 +595,9 @@ def _choose(header: GGUFHeader, entries: list[_Entry], out: str | None, strategy
             if lay is not None:
                 return "insert-range", lay
         elif strategy == "insert-range":
-            raise EditError(target, None, "this filesystem cannot insert ranges (FALLOC_FL_INSERT_RANGE); use --strategy rewrite")
+            raise EditError(
+                target, None, "this filesystem cannot insert ranges (FALLOC_FL_INSERT_RANGE); use --strategy rewrite"
+            )
     return _choose(header, entries, None, "rewrite", reserve, target)
 
 
@@ -548,7 +637,11 @@ def _open_locked(real: str, writable: bool, notes: list[str]) -> tuple[int, str,
             raise EditError(target, None, "no such file") from None
         except OSError as e:
             if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-                raise EditError(target, None, f"the file is read-only ({e.strerror}); nothing was written (write a copy with -o OUT)") from None
+                raise EditError(
+                    target,
+                    None,
+                    f"the file is read-only ({e.strerror}); nothing was written (write a copy with -o OUT)",
+                ) from None
             raise EditError(target, None, e.strerror or str(e)) from None
         try:
             safewrite.lock(fd, target)
@@ -573,7 +666,11 @@ def _first_shard(header: GGUFHeader) -> str | None:
     no, count, _ = info
     m = SHARD_RE.match(os.path.basename(header.path))
     if m is None:
-        raise EditError(header.path, None, f"file is shard {no + 1} of {count} but its name does not follow PREFIX-0000N-of-0000M.gguf")
+        raise EditError(
+            header.path,
+            None,
+            f"file is shard {no + 1} of {count} but its name does not follow PREFIX-0000N-of-0000M.gguf",
+        )
     first = shard_path(os.path.join(os.path.dirname(header.path), m["prefix"]), 1, count)
     if not os.path.exists(first):
         raise EditError(first, None, f"shard 1 of {count}, which holds the metadata, is missing")
@@ -589,4 +686,3 @@ class _FdSource:
         if len(data) != n:
             raise EditError(self.path, offset, "the file shrank while reading")
         return data
-

@@ -20,15 +20,37 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from ggufx.errors import EditError
 from ggufx.io import faults
-from ggufx.io.journal import (fsync_dir, insert_range, journal_path, lock, recover, remove_journal, replay,
-                              tmp_pattern, unlink_quietly, write_journal)
+from ggufx.io.journal import (
+    fsync_dir,
+    insert_range,
+    journal_path,
+    lock,
+    recover,
+    remove_journal,
+    replay,
+    tmp_pattern,
+    unlink_quietly,
+    write_journal,
+)
 
-__all__ = ["EditError", "fsync_dir", "journal_path", "lock", "recover", "remove_journal", "tmp_pattern",
-           "write_journal", "supports_insert_range", "patch_in_place", "insert_and_patch", "rewrite"]
+__all__ = [
+    "EditError",
+    "fsync_dir",
+    "journal_path",
+    "lock",
+    "recover",
+    "remove_journal",
+    "tmp_pattern",
+    "write_journal",
+    "supports_insert_range",
+    "patch_in_place",
+    "insert_and_patch",
+    "rewrite",
+]
 
 
 def supports_insert_range(path: str) -> bool:
@@ -57,6 +79,7 @@ def supports_insert_range(path: str) -> bool:
 
 def patch_in_place(fd: int, path: str, old_size: int, ranges: list[tuple[int, bytes, bytes]]) -> int:
     """Overwrite each (offset, new bytes, old bytes) range in place, under one journal."""
+
     def write() -> int:
         n = 0
         for off, new, old in ranges:
@@ -67,9 +90,11 @@ def patch_in_place(fd: int, path: str, old_size: int, ranges: list[tuple[int, by
     return _journaled(fd, path, old_size, [(off, old) for off, _, old in ranges], write)
 
 
-def insert_and_patch(fd: int, path: str, old_size: int, insert_at: int, insert_len: int, old_header: bytes,
-                     new_header: bytes) -> int:
+def insert_and_patch(
+    fd: int, path: str, old_size: int, insert_at: int, insert_len: int, old_header: bytes, new_header: bytes
+) -> int:
     """Insert ``insert_len`` bytes at ``insert_at`` (no data copied) and write the new header."""
+
     def write() -> int:
         insert_range(fd, insert_at, insert_len)
         os.fsync(fd)
@@ -79,8 +104,15 @@ def insert_and_patch(fd: int, path: str, old_size: int, insert_at: int, insert_l
     return _journaled(fd, path, old_size, [(0, old_header)], write, insert_at, insert_len)
 
 
-def _journaled(fd: int, path: str, old_size: int, saved: list[tuple[int, bytes]], write: Callable[[], int],
-               insert_at: int | None = None, insert_len: int = 0) -> int:
+def _journaled(
+    fd: int,
+    path: str,
+    old_size: int,
+    saved: list[tuple[int, bytes]],
+    write: Callable[[], int],
+    insert_at: int | None = None,
+    insert_len: int = 0,
+) -> int:
     """Journal ``saved``, run ``write``, fsync, drop the journal; undo at once if ``write`` fails."""
     written = write_journal(path, old_size, saved, insert_at, insert_len)
     _check_size_or_drop_journal(fd, path, old_size)
@@ -98,7 +130,9 @@ def _journaled(fd: int, path: str, old_size: int, saved: list[tuple[int, bytes]]
 def _check_size(fd: int, path: str, expected: int) -> None:
     size = os.fstat(fd).st_size
     if size != expected:
-        raise EditError(path, None, f"the file changed size during the edit ({expected:,} -> {size:,} bytes); nothing was written")
+        raise EditError(
+            path, None, f"the file changed size during the edit ({expected:,} -> {size:,} bytes); nothing was written"
+        )
 
 
 def _check_size_or_drop_journal(fd: int, path: str, expected: int) -> None:
@@ -117,8 +151,16 @@ def _rollback(fd: int, path: str) -> None:
         pass  # the journal stays; the next ggufx command replays it
 
 
-def rewrite(src_path: str, dst_path: str, header: bytes, data_from: int, data_len: int, mode: int,
-            progress: Callable[[int, int], None] | None = None, expected_size: int | None = None) -> int:
+def rewrite(
+    src_path: str,
+    dst_path: str,
+    header: bytes,
+    data_from: int,
+    data_len: int,
+    mode: int,
+    progress: Callable[[int, int], None] | None = None,
+    expected_size: int | None = None,
+) -> int:
     """Write ``header`` + the source's bytes [data_from, data_from + data_len) to a temporary file
     beside ``dst_path``, fsync it and rename it over ``dst_path``. Returns bytes written."""
     d, name = os.path.split(os.path.abspath(dst_path))
@@ -156,8 +198,9 @@ def rewrite(src_path: str, dst_path: str, header: bytes, data_from: int, data_le
 COPY_CHUNK = 64 << 20
 
 
-def _copy_range(src: int, dst: int, src_off: int, dst_off: int, length: int,
-                progress: Callable[[int, int], None] | None) -> int:
+def _copy_range(
+    src: int, dst: int, src_off: int, dst_off: int, length: int, progress: Callable[[int, int], None] | None
+) -> int:
     """Kernel-side copy (copy_file_range, else sendfile-like pread/pwrite with big buffers)."""
     done = 0
     use_cfr = hasattr(os, "copy_file_range")

@@ -36,4 +36,8 @@ def encode_value(bo: str, vtype: ValueType, value: Any, elem_type: ValueType | N
 
 def encode_kv(bo: str, key: str, vtype: ValueType, value: Any, elem_type: ValueType | None = None) -> bytes:
     """A whole KV record: key, type tag, value."""
-    return encode_string(bo, key.encode("utf-8")) + struct.pack(bo + "i", int(vtype)) + encode_value(bo, vtype, value, elem_type)
+    return (
+        encode_string(bo, key.encode("utf-8"))
+        + struct.pack(bo + "i", int(vtype))
+        + encode_value(bo, vtype, value, elem_type)
+    )

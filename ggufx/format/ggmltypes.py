@@ -13,7 +13,7 @@ A type id newer than the table is a :class:`GGMLType` with ``known=False`` and t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 from ggufx.format import ggml_type_table as _table
 
@@ -55,7 +55,7 @@ class GGMLType:
         return self.name
 
 
-@lru_cache(maxsize=None)
+@cache
 def ggml_type(type_id: int) -> GGMLType:
     """The :class:`GGMLType` for a numeric id; never raises for an unknown id."""
     entry = _TYPES.get(type_id)
@@ -67,7 +67,7 @@ def ggml_type(type_id: int) -> GGMLType:
     return GGMLType(type_id, f"UNKNOWN({type_id})", 0, 0, known=False)
 
 
-@lru_cache(maxsize=None)
+@cache
 def ggml_type_by_name(name: str) -> GGMLType:
     """Look a type up by the name gguf-py spells (``Q4_K``, ``iq4_xs`` is accepted too)."""
     wanted = name.upper()
@@ -92,7 +92,7 @@ def file_type_label(file_type: int | None) -> str | None:
         return f"UNKNOWN({file_type})"
     for prefix in ("MOSTLY_", "ALL_"):
         if name.startswith(prefix):
-            return name[len(prefix):]
+            return name[len(prefix) :]
     return name
 
 

@@ -9,12 +9,11 @@ llama.cpp's converter writes them, and learns new keys by upgrading ``gguf``. Ke
 
 from __future__ import annotations
 
-import sys
-import os
 import importlib.util
 import json
 import math
 import re
+import sys
 from functools import lru_cache
 from types import ModuleType
 from typing import Any
@@ -52,9 +51,18 @@ def constants() -> ModuleType:
 
 
 _ADD_TYPES = {
-    "uint8": ValueType.UINT8, "int8": ValueType.INT8, "uint16": ValueType.UINT16, "int16": ValueType.INT16,
-    "uint32": ValueType.UINT32, "int32": ValueType.INT32, "float32": ValueType.FLOAT32, "bool": ValueType.BOOL,
-    "string": ValueType.STRING, "array": ValueType.ARRAY, "uint64": ValueType.UINT64, "int64": ValueType.INT64,
+    "uint8": ValueType.UINT8,
+    "int8": ValueType.INT8,
+    "uint16": ValueType.UINT16,
+    "int16": ValueType.INT16,
+    "uint32": ValueType.UINT32,
+    "int32": ValueType.INT32,
+    "float32": ValueType.FLOAT32,
+    "bool": ValueType.BOOL,
+    "string": ValueType.STRING,
+    "array": ValueType.ARRAY,
+    "uint64": ValueType.UINT64,
+    "int64": ValueType.INT64,
     "float64": ValueType.FLOAT64,
 }
 
@@ -137,10 +145,14 @@ def expected_types(key: str) -> frozenset[ValueType] | None:
 # -- turning command-line text into typed values -----------------------------------------------
 
 _INT_RANGES = {
-    ValueType.UINT8: (0, 2**8 - 1), ValueType.INT8: (-(2**7), 2**7 - 1),
-    ValueType.UINT16: (0, 2**16 - 1), ValueType.INT16: (-(2**15), 2**15 - 1),
-    ValueType.UINT32: (0, 2**32 - 1), ValueType.INT32: (-(2**31), 2**31 - 1),
-    ValueType.UINT64: (0, 2**64 - 1), ValueType.INT64: (-(2**63), 2**63 - 1),
+    ValueType.UINT8: (0, 2**8 - 1),
+    ValueType.INT8: (-(2**7), 2**7 - 1),
+    ValueType.UINT16: (0, 2**16 - 1),
+    ValueType.INT16: (-(2**15), 2**15 - 1),
+    ValueType.UINT32: (0, 2**32 - 1),
+    ValueType.INT32: (-(2**31), 2**31 - 1),
+    ValueType.UINT64: (0, 2**64 - 1),
+    ValueType.INT64: (-(2**63), 2**63 - 1),
 }
 
 

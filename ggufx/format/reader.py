@@ -35,6 +35,7 @@ MIN_KV = 13  # bytes of the smallest metadata record: empty key, type, a one-byt
 # a tensor info as read, before the layout step sizes and places it (a plain tuple: a model has
 # thousands): name, shape, type, data offset, element count, offset of the info in the file
 _RawTensor = tuple[str, tuple[int, ...], GGMLType, int, int, int]
+MetaValue = int | float | bool | str | GGUFArray
 
 
 class ByteSource(Protocol):
@@ -139,8 +140,7 @@ class _Cursor:
         if end <= have:
             return
         if end > self.size:
-            raise TruncatedError(self.path, at,
-                                 f"{what} runs past the end of the file ({end:,} > {self.size:,} bytes)")
+            raise TruncatedError(self.path, at, f"{what} runs past the end of the file ({end:,} > {self.size:,} bytes)")
         want = min(self.size, max(end, int(have * self.growth), FIRST_READ, hint))
         # a source holding only a prefix (a cached header) serves reads within it
         available = getattr(self.src, "available", None)
@@ -166,8 +166,20 @@ def parse_header(src: ByteSource) -> GGUFHeader:
     infos, header_end = p.tensor_infos(tensor_info_offset, n_tensors, alignment)
     data_offset = _data_offset(cur, header_end, alignment, bool(infos))
     tensors = _place_tensors(cur.path, infos, data_offset, max(0, cur.size - data_offset), alignment)
-    return GGUFHeader(cur.path, cur.size, version, bo, kvs, tensors, alignment, PREAMBLE_SIZE, tensor_info_offset,
-                      header_end, data_offset, cur.data)
+    return GGUFHeader(
+        cur.path,
+        cur.size,
+        version,
+        bo,
+        kvs,
+        tensors,
+        alignment,
+        PREAMBLE_SIZE,
+        tensor_info_offset,
+        header_end,
+        data_offset,
+        cur.data,
+    )
 
 
 def _read_version(cur: _Cursor) -> tuple[int, str]:
@@ -223,13 +235,17 @@ def _data_offset(cur: _Cursor, header_end: int, alignment: int, has_tensors: boo
     """Where the data section starts: the end of the header rounded up to the alignment."""
     data_offset = -(-header_end // alignment) * alignment
     if has_tensors and data_offset > cur.size:
-        raise TruncatedError(cur.path, header_end, f"data section would start at {data_offset:,}, "
-                                                   f"past the end of the file ({cur.size:,} bytes)")
+        raise TruncatedError(
+            cur.path,
+            header_end,
+            f"data section would start at {data_offset:,}, past the end of the file ({cur.size:,} bytes)",
+        )
     return data_offset
 
 
-def _place_tensors(path: str, infos: list[_RawTensor], data_offset: int, data_size: int,
-                   alignment: int) -> list[TensorInfo]:
+def _place_tensors(
+    path: str, infos: list[_RawTensor], data_offset: int, data_size: int, alignment: int
+) -> list[TensorInfo]:
     """Size each tensor and check that the tensors are packed in order inside the data section.
 
     ``data_size`` is the bytes from ``data_offset`` to the end of the file. A tensor of a type
@@ -247,30 +263,23 @@ def _place_tensors(path: str, infos: list[_RawTensor], data_offset: int, data_si
             nbytes = gt.nbytes(n_elements)
         if offset != expected:
             how = "overlaps the previous tensor" if offset < expected else "leaves a gap after the previous tensor"
-            raise ValidationError(path, info_at, f"tensor {name!r} has data offset {offset:,}, expected {expected:,} "
-                                                 f"(it {how}; llama.cpp requires tensors packed in order)")
+            raise ValidationError(
+                path,
+                info_at,
+                f"tensor {name!r} has data offset {offset:,}, expected {expected:,} "
+                f"(it {how}; llama.cpp requires tensors packed in order)",
+            )
         if offset + nbytes > data_size:
-            raise TruncatedError(path, data_offset + offset, f"tensor {name!r} data ({nbytes:,} bytes at data offset "
-                                                             f"{offset:,}) runs past the end of the file")
+            raise TruncatedError(
+                path,
+                data_offset + offset,
+                f"tensor {name!r} data ({nbytes:,} bytes at data offset {offset:,}) runs past the end of the file",
+            )
         expected = offset + -(-nbytes // alignment) * alignment
-        tensors.append(TensorInfo(name, shape, gt, offset, data_offset + offset, n_elements, nbytes,
-                                  0, info_at, derived))
+        tensors.append(
+            TensorInfo(name, shape, gt, offset, data_offset + offset, n_elements, nbytes, 0, info_at, derived)
+        )
     return tensors
-
-
-def _element_count(path: str, name: str, shape: tuple[int, ...], at: int) -> int:
-    """The number of elements of ``shape``, whose dimensions start at offset ``at``.
-
-    Every dimension must be positive and the product must fit int64, as ggml requires."""
-    n_elements = 1
-    for d, ne in enumerate(shape):
-        if ne <= 0:
-            raise ValidationError(path, at + 8 * d, f"tensor {name!r} has dimension {d} = {ne}, must be positive")
-        n_elements *= ne
-        if n_elements > INT64_MAX:
-            raise ValidationError(path, at + 8 * d, f"tensor {name!r} element count overflows int64 "
-                                                    f"(shape {list(shape)})")
-    return n_elements
 
 
 class _Parser:
@@ -302,49 +311,69 @@ class _Parser:
         return kvs, pos
 
     def tensor_infos(self, pos: int, n_tensors: int, alignment: int) -> tuple[list[_RawTensor], int]:
-        """Read ``n_tensors`` tensor infos from ``pos``: ``(infos in file order, end offset)``."""
-        infos: list[_RawTensor] = []
-        names: set[str] = set()
-        for _ in range(n_tensors):
-            info, pos = self.tensor_info(pos, names, alignment)
-            names.add(info[0])
-            infos.append(info)
-        return infos, pos
+        """Read ``n_tensors`` tensor infos from ``pos``: ``(infos in file order, end offset)``.
 
-    def tensor_info(self, start: int, names: set[str], alignment: int) -> tuple[_RawTensor, int]:
-        """Read the tensor info at ``start``: name, dimensions, shape, type, data offset.
-
-        ``names`` holds the names read so far: a repeated name is an error."""
+        Each is a name, the number of dimensions, the shape, the ggml type and the data offset. The
+        loop has no helper calls: a model has thousands of tensors."""
         cur = self.cur
         path = cur.path
         bo = self.bo
-        raw_name, pos = self.string(start, "tensor name")
-        name = decode_str(raw_name)
-        if len(raw_name) >= MAX_NAME:
-            raise ValidationError(path, start, f"tensor name {name[:40]!r}... is {len(raw_name)} bytes, "
-                                               f"llama.cpp allows {MAX_NAME - 1}")
-        if name in names:
-            raise ValidationError(path, start, f"duplicate tensor name {name!r}")
-        cur.need(pos + 4, pos, f"tensor {name!r}")
-        (n_dims,) = struct.unpack_from(bo + "I", cur.data, pos)
-        if n_dims > MAX_DIMS:
-            raise ValidationError(path, pos, f"tensor {name!r} has {n_dims} dimensions, ggml allows at most {MAX_DIMS}")
-        pos += 4
-        cur.need(pos + 8 * n_dims + 12, pos, f"tensor {name!r}")
-        shape = struct.unpack_from(f"{bo}{n_dims}q", cur.data, pos)
-        n_elements = _element_count(path, name, shape, pos)
-        pos += 8 * n_dims
-        type_id, offset = struct.unpack_from(bo + "iQ", cur.data, pos)
-        if type_id < 0:
-            raise ValidationError(path, pos, f"tensor {name!r} has invalid ggml type {type_id}")
-        gt = ggml_type(type_id)
-        if gt.known and shape and shape[0] % gt.block_size:
-            raise ValidationError(path, pos, f"tensor {name!r}: ne[0] = {shape[0]} is not a multiple of the "
-                                             f"{gt.name} block size {gt.block_size}")
-        if offset % alignment:
-            raise ValidationError(path, pos + 4, f"tensor {name!r} data offset {offset} is not a multiple of the "
-                                                 f"alignment {alignment}")
-        return (name, shape, gt, offset, n_elements, start), pos + 12
+        infos: list[_RawTensor] = []
+        names: set[str] = set()
+        for _ in range(n_tensors):
+            start = pos
+            raw_name, pos = self.string(pos, "tensor name")
+            name = decode_str(raw_name)
+            if len(raw_name) >= MAX_NAME:
+                raise ValidationError(
+                    path,
+                    start,
+                    f"tensor name {name[:40]!r}... is {len(raw_name)} bytes, llama.cpp allows {MAX_NAME - 1}",
+                )
+            if name in names:
+                raise ValidationError(path, start, f"duplicate tensor name {name!r}")
+            names.add(name)
+            cur.need(pos + 4, pos, f"tensor {name!r}")
+            (n_dims,) = struct.unpack_from(bo + "I", cur.data, pos)
+            if n_dims > MAX_DIMS:
+                raise ValidationError(
+                    path, pos, f"tensor {name!r} has {n_dims} dimensions, ggml allows at most {MAX_DIMS}"
+                )
+            pos += 4
+            cur.need(pos + 8 * n_dims + 12, pos, f"tensor {name!r}")
+            shape = struct.unpack_from(f"{bo}{n_dims}q", cur.data, pos)
+            n_elements = 1
+            for d, ne in enumerate(shape):
+                if ne <= 0:
+                    raise ValidationError(
+                        path, pos + 8 * d, f"tensor {name!r} has dimension {d} = {ne}, must be positive"
+                    )
+                n_elements *= ne
+                if n_elements > INT64_MAX:
+                    raise ValidationError(
+                        path, pos + 8 * d, f"tensor {name!r} element count overflows int64 (shape {list(shape)})"
+                    )
+            pos += 8 * n_dims
+            type_id, offset = struct.unpack_from(bo + "iQ", cur.data, pos)
+            if type_id < 0:
+                raise ValidationError(path, pos, f"tensor {name!r} has invalid ggml type {type_id}")
+            gt = ggml_type(type_id)
+            if gt.known and shape and shape[0] % gt.block_size:
+                raise ValidationError(
+                    path,
+                    pos,
+                    f"tensor {name!r}: ne[0] = {shape[0]} is not a multiple of the "
+                    f"{gt.name} block size {gt.block_size}",
+                )
+            if offset % alignment:
+                raise ValidationError(
+                    path,
+                    pos + 4,
+                    f"tensor {name!r} data offset {offset} is not a multiple of the alignment {alignment}",
+                )
+            pos += 12
+            infos.append((name, shape, gt, offset, n_elements, start))
+        return infos, pos
 
     def string(self, pos: int, what: str) -> tuple[bytearray, int]:
         cur = self.cur
@@ -353,7 +382,7 @@ class _Parser:
         if n > cur.size - pos - 8:
             raise TruncatedError(cur.path, pos, f"{what} claims {n:,} bytes, more than the file has left")
         cur.need(pos + 8 + n, pos, what)
-        return cur.data[pos + 8:pos + 8 + n], pos + 8 + n
+        return cur.data[pos + 8 : pos + 8 + n], pos + 8 + n
 
     def value_type(self, pos: int, key: str) -> tuple[ValueType, int]:
         cur = self.cur
@@ -364,7 +393,7 @@ class _Parser:
         except ValueError:
             raise FormatError(cur.path, pos, f"metadata {key!r} has invalid value type {t}") from None
 
-    def value(self, vtype: ValueType, pos: int, key: str, depth: int) -> tuple[Any, int]:
+    def value(self, vtype: ValueType, pos: int, key: str, depth: int) -> tuple[MetaValue, int]:
         cur = self.cur
         if vtype is ValueType.STRING:
             raw, pos = self.string(pos, f"string value of {key!r}")
@@ -388,14 +417,16 @@ class _Parser:
         left = cur.size - pos
         if etype is ValueType.STRING:
             if count > left // 8:
-                raise TruncatedError(path, pos - 8,
-                                     f"array {key!r} claims {count:,} strings, more than the file can hold")
+                raise TruncatedError(
+                    path, pos - 8, f"array {key!r} claims {count:,} strings, more than the file can hold"
+                )
             end = self._skip_strings(pos, count, key)
             return GGUFArray(cur.data, self.bo, etype, count, pos, end - pos), end
         if etype is ValueType.ARRAY:
             if count > left // 12:
-                raise TruncatedError(path, pos - 8,
-                                     f"array {key!r} claims {count:,} nested arrays, more than the file can hold")
+                raise TruncatedError(
+                    path, pos - 8, f"array {key!r} claims {count:,} nested arrays, more than the file can hold"
+                )
             items = []
             start = pos
             for _ in range(count):
@@ -404,8 +435,11 @@ class _Parser:
             return GGUFArray(cur.data, self.bo, etype, count, start, pos - start, items), pos
         size = SCALAR_SIZE[etype]
         if count > left // size:
-            raise TruncatedError(path, pos - 8, f"array {key!r} claims {count:,} x {etype.short} "
-                                                f"({count * size:,} bytes), more than the file has left")
+            raise TruncatedError(
+                path,
+                pos - 8,
+                f"array {key!r} claims {count:,} x {etype.short} ({count * size:,} bytes), more than the file has left",
+            )
         nbytes = count * size
         cur.need(pos + nbytes, pos, f"array {key!r}")
         return GGUFArray(cur.data, self.bo, etype, count, pos, nbytes), pos + nbytes
@@ -423,7 +457,7 @@ class _Parser:
         while True:
             data = cur.data
             try:
-                for i in range(i, count):  # noqa: B007 - i is read after an exception
+                for i in range(i, count):  # noqa: B007, B020 - i is read after an exception
                     pos += 8 + unpack(data, pos)[0]
                 i = count
             except (struct.error, OverflowError):  # past the buffer, or a length past any buffer

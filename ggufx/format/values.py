@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import struct
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from enum import IntEnum
-from typing import Any, Iterator
+from typing import Any
 
 
 class ValueType(IntEnum):
@@ -39,18 +39,35 @@ class ValueType(IntEnum):
 
 
 _SHORT = {
-    ValueType.UINT8: "u8", ValueType.INT8: "i8", ValueType.UINT16: "u16", ValueType.INT16: "i16",
-    ValueType.UINT32: "u32", ValueType.INT32: "i32", ValueType.FLOAT32: "f32", ValueType.BOOL: "bool",
-    ValueType.STRING: "str", ValueType.ARRAY: "arr", ValueType.UINT64: "u64", ValueType.INT64: "i64",
+    ValueType.UINT8: "u8",
+    ValueType.INT8: "i8",
+    ValueType.UINT16: "u16",
+    ValueType.INT16: "i16",
+    ValueType.UINT32: "u32",
+    ValueType.INT32: "i32",
+    ValueType.FLOAT32: "f32",
+    ValueType.BOOL: "bool",
+    ValueType.STRING: "str",
+    ValueType.ARRAY: "arr",
+    ValueType.UINT64: "u64",
+    ValueType.INT64: "i64",
     ValueType.FLOAT64: "f64",
 }
 SHORT_NAMES = {v: k for k, v in _SHORT.items()}
 
 # struct format character and size in bytes of each fixed-size type
 SCALAR_FORMAT: dict[ValueType, str] = {
-    ValueType.UINT8: "B", ValueType.INT8: "b", ValueType.UINT16: "H", ValueType.INT16: "h",
-    ValueType.UINT32: "I", ValueType.INT32: "i", ValueType.FLOAT32: "f", ValueType.BOOL: "?",
-    ValueType.UINT64: "Q", ValueType.INT64: "q", ValueType.FLOAT64: "d",
+    ValueType.UINT8: "B",
+    ValueType.INT8: "b",
+    ValueType.UINT16: "H",
+    ValueType.INT16: "h",
+    ValueType.UINT32: "I",
+    ValueType.INT32: "i",
+    ValueType.FLOAT32: "f",
+    ValueType.BOOL: "?",
+    ValueType.UINT64: "Q",
+    ValueType.INT64: "q",
+    ValueType.FLOAT64: "d",
 }
 SCALAR_SIZE: dict[ValueType, int] = {t: struct.calcsize(f) for t, f in SCALAR_FORMAT.items()}
 
@@ -86,8 +103,16 @@ class GGUFArray(Sequence):
 
     __slots__ = ("elem_type", "count", "offset", "nbytes", "_buf", "_bo", "_index", "_items")
 
-    def __init__(self, buf: bytes | bytearray, byte_order: str, elem_type: ValueType, count: int,
-                 offset: int, nbytes: int, items: list["GGUFArray"] | None = None):
+    def __init__(
+        self,
+        buf: bytes | bytearray,
+        byte_order: str,
+        elem_type: ValueType,
+        count: int,
+        offset: int,
+        nbytes: int,
+        items: list[GGUFArray] | None = None,
+    ):
         self._buf = buf
         self._bo = byte_order
         self.elem_type = elem_type
@@ -105,7 +130,7 @@ class GGUFArray(Sequence):
 
     def raw(self) -> bytes:
         """The elements' bytes exactly as stored in the file."""
-        return bytes(self._buf[self.offset:self.offset + self.nbytes])
+        return bytes(self._buf[self.offset : self.offset + self.nbytes])
 
     def _string_index(self) -> array:
         if self._index is None:
@@ -125,7 +150,7 @@ class GGUFArray(Sequence):
         if self.elem_type is not ValueType.STRING:
             raise TypeError("raw_item() is for string arrays")
         idx = self._string_index()
-        return bytes(self._buf[idx[i] + 8:idx[i + 1]])
+        return bytes(self._buf[idx[i] + 8 : idx[i + 1]])
 
     def _get(self, i: int) -> Any:
         t = self.elem_type
@@ -157,7 +182,7 @@ class GGUFArray(Sequence):
         if t is ValueType.STRING:
             idx = self._string_index()
             buf = self._buf
-            return [decode_str(buf[idx[i] + 8:idx[i + 1]]) for i in range(self.count)]
+            return [decode_str(buf[idx[i] + 8 : idx[i + 1]]) for i in range(self.count)]
         if t is ValueType.ARRAY:
             return [a.tolist() for a in self._items]  # type: ignore[union-attr]
         fmt = f"{self._bo}{self.count}{SCALAR_FORMAT[t]}"

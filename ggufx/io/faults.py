@@ -23,7 +23,7 @@ def _spec() -> tuple[str, str | None, int | None] | None:
     if not raw:
         return None
     if raw.startswith("enospc:"):
-        return "enospc", raw[len("enospc:"):], None
+        return "enospc", raw[len("enospc:") :], None
     if ":" in raw:
         name, n = raw.rsplit(":", 1)
         return "bytes", name, int(n)

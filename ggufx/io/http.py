@@ -14,8 +14,9 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ggufx.errors import SourceError
 
@@ -155,18 +156,42 @@ class HTTPClient:
         for c in conns:
             c.close()
 
-    def log_request(self, method: str, url: str, rng: str | None, status: int | str, nbytes: int, t0: float,
-             new_request: bool = True) -> None:
-        entry = {"method": method, "url": redact(url), "range": rng, "status": status, "bytes": nbytes,
-                 "ms": round((time.perf_counter() - t0) * 1000, 1)}
+    def log_request(
+        self,
+        method: str,
+        url: str,
+        rng: str | None,
+        status: int | str,
+        nbytes: int,
+        t0: float,
+        new_request: bool = True,
+    ) -> None:
+        entry = {
+            "method": method,
+            "url": redact(url),
+            "range": rng,
+            "status": status,
+            "bytes": nbytes,
+            "ms": round((time.perf_counter() - t0) * 1000, 1),
+        }
         self.stats.add(entry, new_request)
         if self.config.debug:
             r = f" [{rng}]" if rng else ""
-            print(f"ggufx: debug: {method} {entry['url']}{r} -> {status}, {nbytes:,} bytes, {entry['ms']:.0f} ms",
-                  file=sys.stderr)
+            print(
+                f"ggufx: debug: {method} {entry['url']}{r} -> {status}, {nbytes:,} bytes, {entry['ms']:.0f} ms",
+                file=sys.stderr,
+            )
 
-    def request(self, method: str, loc: Location, url: str, headers: dict[str, str], *, follow: bool = True,
-                stop_at_linked: bool = False) -> Response:
+    def request(
+        self,
+        method: str,
+        loc: Location,
+        url: str,
+        headers: dict[str, str],
+        *,
+        follow: bool = True,
+        stop_at_linked: bool = False,
+    ) -> Response:
         """Send one request (following redirects), with retries. The caller reads the body
         (``read_body``) or closes it. Raises SourceError for what retrying cannot fix."""
         attempt = 0
@@ -182,10 +207,10 @@ class HTTPClient:
                     delay = max(delay, min(r.retry_after, MAX_RETRY_AFTER))
                 time.sleep(delay)
 
-    def _send(self, method: str, loc: Location, url: str, headers: dict[str, str], follow: bool,
-              stop_at_linked: bool) -> Response:
+    def _send(
+        self, method: str, loc: Location, url: str, headers: dict[str, str], follow: bool, stop_at_linked: bool
+    ) -> Response:
         import http.client
-        import socket
         from urllib.parse import urljoin
 
         linked: dict[str, str] = {}
@@ -207,7 +232,7 @@ class HTTPClient:
             try:
                 conn.request(method, url if via is not None else _target(url), headers=h)
                 resp = conn.getresponse()
-            except (socket.timeout, TimeoutError):
+            except TimeoutError:
                 conn.close()
                 self.log_request(method, url, rng, "timeout", 0, t0)
                 raise Retry(f"no response within {self.config.timeout:g} s (timeout)") from None
@@ -270,15 +295,15 @@ class HTTPClient:
             return f"{what}: the server has an empty file"
         return what
 
-    def timed_read(self, resp: Response, n: int | None, method: str, rng: str | None, t0: float,
-                   new_request: bool = True) -> bytes:
+    def timed_read(
+        self, resp: Response, n: int | None, method: str, rng: str | None, t0: float, new_request: bool = True
+    ) -> bytes:
         """Read the body (or ``n`` bytes of it), count it, and give the connection back."""
         import http.client
-        import socket
 
         try:
             data = resp.raw.read() if n is None else resp.raw.read(n)
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             resp.conn.close()
             self.log_request(method, resp.url, rng, "timeout", 0, t0)
             raise Retry(f"the body did not arrive within {self.config.timeout:g} s (timeout)") from None
@@ -360,5 +385,3 @@ def validator(resp: Response) -> str | None:
         return etag
     lm = resp.headers.get("Last-Modified")
     return f"lm:{lm}" if lm else None
-
-

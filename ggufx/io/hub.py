@@ -12,7 +12,7 @@ import json
 import os
 import re
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from ggufx.errors import SourceError
 from ggufx.io.http import HTTPClient, Location, Retry, origin
@@ -24,7 +24,9 @@ _HF_RE = re.compile(r"^hf://(?P<repo>[^/@]+/[^/@]+)(?:@(?P<rev>[^/]+))?/(?P<file
 def default_hf_cache() -> str:
     if os.environ.get("HF_HUB_CACHE"):
         return os.environ["HF_HUB_CACHE"]
-    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface")
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface"
+    )
     return os.path.join(home, "hub")
 
 
@@ -48,9 +50,9 @@ def hf_token() -> str | None:
         return None
 
 
-
 def _hub_refusal(ref: tuple[str, str, str] | None) -> Callable[[int, bool], str | None]:
     """What a refusal by the Hub means, for :attr:`Location.explain` (the client knows no Hub)."""
+
     def explain(status: int, token_sent: bool) -> str | None:
         if status in (401, 403):
             if token_sent:
@@ -62,6 +64,7 @@ def _hub_refusal(ref: tuple[str, str, str] | None) -> Callable[[int, bool], str 
                 return f"no repository {repo} with a revision {rev!r} (check the name and the @REVISION)"
             return f"no file {file!r} at revision {rev!r} of {repo} (check the repository, the @REVISION and the file name)"
         return None
+
     return explain
 
 
@@ -76,8 +79,16 @@ def parse_location(location: str) -> Location:
         m = _HF_RE.match(location)
         if m is None:
             if _HF_REPO_RE.match(location):
-                raise SourceError(location, None, f"name a file: hf://ORG/REPO[@REVISION]/FILE (`ggufx scan {location}` lists the repository's GGUF files)")
-            raise SourceError(location, None, "not a Hugging Face reference: expected hf://ORG/REPO/FILE or hf://ORG/REPO@REVISION/FILE")
+                raise SourceError(
+                    location,
+                    None,
+                    f"name a file: hf://ORG/REPO[@REVISION]/FILE (`ggufx scan {location}` lists the repository's GGUF files)",
+                )
+            raise SourceError(
+                location,
+                None,
+                "not a Hugging Face reference: expected hf://ORG/REPO/FILE or hf://ORG/REPO@REVISION/FILE",
+            )
         from urllib.parse import quote
 
         repo, rev, file = m["repo"], m["rev"] or "main", m["file"]
@@ -119,7 +130,9 @@ def hf_repo_files(location: str, cl: HTTPClient, offline: bool = False) -> list[
 
     m = _HF_REPO_RE.match(location)
     if m is None:
-        raise SourceError(location, None, "not a Hugging Face repository: expected hf://ORG/REPO or hf://ORG/REPO@REVISION")
+        raise SourceError(
+            location, None, "not a Hugging Face repository: expected hf://ORG/REPO or hf://ORG/REPO@REVISION"
+        )
     repo, rev = m["repo"], m["rev"] or "main"
     ep = hf_endpoint()
     if offline:
@@ -149,5 +162,3 @@ def hf_repo_files(location: str, cl: HTTPClient, offline: bool = False) -> list[
         nxt = _LINK_NEXT.search(resp.headers.get("Link") or "")
         url = urljoin(url, nxt[1]) if nxt else None
     return files
-
-

@@ -95,12 +95,17 @@ def collapse_range(fd: int, offset: int, length: int) -> None:
 # layout: magic, head (old_size, insert_at, insert_len, n_ranges), n x (offset, length, bytes),
 # xxh3-64 of everything before it, "END!"
 
-def write_journal(path: str, old_size: int, ranges: list[tuple[int, bytes]], insert_at: int | None = None,
-                  insert_len: int = 0) -> int:
+
+def write_journal(
+    path: str, old_size: int, ranges: list[tuple[int, bytes]], insert_at: int | None = None, insert_len: int = 0
+) -> int:
     """Save ``ranges`` (offset, bytes about to be overwritten) durably. Returns bytes written."""
     import xxhash
 
-    parts = [JOURNAL_MAGIC, _HEAD.pack(old_size, NO_INSERT if insert_at is None else insert_at, insert_len, len(ranges))]
+    parts = [
+        JOURNAL_MAGIC,
+        _HEAD.pack(old_size, NO_INSERT if insert_at is None else insert_at, insert_len, len(ranges)),
+    ]
     for offset, saved in ranges:
         parts.append(_RANGE.pack(offset, len(saved)))
         parts.append(saved)
@@ -145,7 +150,7 @@ def _read_journal(jp: str) -> tuple[int, list[tuple[int, bytes]], int | None, in
     for _ in range(n_ranges):
         offset, length = _RANGE.unpack_from(body, pos)
         pos += _RANGE.size
-        ranges.append((offset, body[pos:pos + length]))
+        ranges.append((offset, body[pos : pos + length]))
         pos += length
     if pos != len(body):
         return None
@@ -162,7 +167,11 @@ def recover(path: str) -> str | None:
         fd = os.open(path, os.O_RDWR)
     except OSError as e:
         if os.path.exists(jp):
-            raise EditError(path, None, f"an interrupted ggufx edit left {jp} but the file cannot be opened for repair: {e.strerror}") from None
+            raise EditError(
+                path,
+                None,
+                f"an interrupted ggufx edit left {jp} but the file cannot be opened for repair: {e.strerror}",
+            ) from None
         return None
     try:
         lock(fd, path)
@@ -194,7 +203,11 @@ def replay(fd: int, path: str) -> str | None:
         collapse_range(fd, insert_at, insert_len)
         size = old_size
     if size != old_size:
-        raise EditError(path, None, f"cannot replay {jp}: the file is {size:,} bytes, the journal expects {old_size:,}; it was changed by something other than ggufx")
+        raise EditError(
+            path,
+            None,
+            f"cannot replay {jp}: the file is {size:,} bytes, the journal expects {old_size:,}; it was changed by something other than ggufx",
+        )
     for offset, saved in ranges:
         faults.write_at(fd, saved, offset, "recover-write")
     os.fsync(fd)

@@ -38,15 +38,25 @@ class ServerModel:
         if self.template_matches is not False:
             return None
         if not self.file_template:
-            return ("the file has no chat template; the server uses another one (its built-in fallback, or one given "
-                    "with --chat-template/--chat-template-file)")
-        return ("the server uses a different chat template than the file's tokenizer.chat_template (it was started "
-                "with --chat-template or --chat-template-file, or the file changed since it was loaded)")
+            return (
+                "the file has no chat template; the server uses another one (its built-in fallback, or one given "
+                "with --chat-template/--chat-template-file)"
+            )
+        return (
+            "the server uses a different chat template than the file's tokenizer.chat_template (it was started "
+            "with --chat-template or --chat-template-file, or the file changed since it was loaded)"
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"url": self.url, "model_path": self.model_path, "model_ids": self.model_ids, "n_ctx": self.n_ctx,
-                "build_info": self.build_info, "template_matches_file": self.template_matches,
-                "note": self.template_note()}
+        return {
+            "url": self.url,
+            "model_path": self.model_path,
+            "model_ids": self.model_ids,
+            "n_ctx": self.n_ctx,
+            "build_info": self.build_info,
+            "template_matches_file": self.template_matches,
+            "note": self.template_note(),
+        }
 
 
 def _get_json(url: str, path: str, timeout: float) -> Any:
@@ -63,8 +73,11 @@ def _get_json(url: str, path: str, timeout: float) -> Any:
             body = r.read(16 << 20)
     except urllib.error.HTTPError as e:
         if e.code == 401:
-            raise SourceError(url, None, f"llama-server wants an API key for GET {path} (it was started with --api-key): "
-                                         "set LLAMA_API_KEY") from None
+            raise SourceError(
+                url,
+                None,
+                f"llama-server wants an API key for GET {path} (it was started with --api-key): set LLAMA_API_KEY",
+            ) from None
         raise SourceError(url, None, f"llama-server answered HTTP {e.code} to GET {path}") from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
@@ -96,6 +109,12 @@ def query(url: str, timeout: float = 10.0) -> ServerModel:
     n_ctx = settings.get("n_ctx") if isinstance(settings, dict) else None
     tmpl = props.get("chat_template")
     tool_tmpl = props.get("chat_template_tool_use")
-    return ServerModel(url, path, ids, n_ctx if isinstance(n_ctx, int) else None,
-                       props.get("build_info") if isinstance(props.get("build_info"), str) else None,
-                       tmpl if isinstance(tmpl, str) else None, tool_tmpl if isinstance(tool_tmpl, str) else None)
+    return ServerModel(
+        url,
+        path,
+        ids,
+        n_ctx if isinstance(n_ctx, int) else None,
+        props.get("build_info") if isinstance(props.get("build_info"), str) else None,
+        tmpl if isinstance(tmpl, str) else None,
+        tool_tmpl if isinstance(tool_tmpl, str) else None,
+    )

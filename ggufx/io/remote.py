@@ -85,6 +85,7 @@ STATS = Stats()  # requests and bytes of this process (the CLI resets it per com
 
 # -- locations ---------------------------------------------------------------------------------
 
+
 def sibling(location: str, name: str) -> str:
     """The location of the file ``name`` in the same folder as ``location``."""
     head, _, _ = location.rpartition("/")
@@ -96,6 +97,7 @@ def basename(location: str) -> str:
 
 
 # -- the byte source ---------------------------------------------------------------------------
+
 
 class _Changed(Exception):
     """The file changed on the server between two requests."""
@@ -125,7 +127,11 @@ class HTTPSource:
         if resp.status == 206:
             m = _CONTENT_RANGE.match(resp.headers.get("Content-Range") or "")
             if m is None or m[3] == "*" or int(m[1]) != 0:
-                raise SourceError(self.path, None, f"the server sent a malformed Content-Range ({resp.headers.get('Content-Range')!r})")
+                raise SourceError(
+                    self.path,
+                    None,
+                    f"the server sent a malformed Content-Range ({resp.headers.get('Content-Range')!r})",
+                )
             self.size = int(m[3])
             self._buf = data
         else:  # 200: the server ignores Range and sends the whole file
@@ -135,7 +141,11 @@ class HTTPSource:
                 resp.conn.close()
                 client.log_request("GET", resp.url, f"bytes=0-{first - 1}", 200, 0, t0)
                 size = f" of {self.size:,} bytes" if self.size >= 0 else ""
-                raise SourceError(self.path, None, f"the server does not support range requests (HTTP 200 instead of 206): reading the header would start a full download{size}; pass --allow-full-download to stream it and stop after the header")
+                raise SourceError(
+                    self.path,
+                    None,
+                    f"the server does not support range requests (HTTP 200 instead of 206): reading the header would start a full download{size}; pass --allow-full-download to stream it and stop after the header",
+                )
             if self.size < 0:
                 resp.conn.close()
                 raise SourceError(self.path, None, "the server supports neither range requests nor Content-Length")
@@ -182,7 +192,9 @@ class HTTPSource:
                     raise _Changed(self.validator, f"Content-Range {resp.headers.get('Content-Range')}")
             expected = end - start + 1 if first is False else None
             if expected is not None and len(data) != min(expected, self.size - start):
-                raise SourceError(self.path, start, f"the server sent {len(data):,} bytes for a {expected:,}-byte range")
+                raise SourceError(
+                    self.path, start, f"the server sent {len(data):,} bytes for a {expected:,}-byte range"
+                )
             return resp, data, t0
 
     def _stream_more(self, upto: int) -> bytes:
@@ -191,20 +203,34 @@ class HTTPSource:
             return self._buf
         t0 = time.perf_counter()
         try:
-            chunk = self.client.timed_read(self._stream, want, "GET", f"stream {len(self._buf)}-{len(self._buf) + want - 1}",
-                                           t0, new_request=not self._buf)
+            chunk = self.client.timed_read(
+                self._stream,
+                want,
+                "GET",
+                f"stream {len(self._buf)}-{len(self._buf) + want - 1}",
+                t0,
+                new_request=not self._buf,
+            )
         except Retry as r:
             raise SourceError(self.path, len(self._buf), f"{r.reason} (a streamed download cannot resume)") from None
         if len(chunk) != want:
-            raise SourceError(self.path, len(self._buf) + len(chunk), "the server closed the connection before the header was complete")
+            raise SourceError(
+                self.path,
+                len(self._buf) + len(chunk),
+                "the server closed the connection before the header was complete",
+            )
         return self._buf + chunk
 
     def read(self, offset: int, n: int) -> bytes:
         end = offset + n
         cap = self.client.config.max_header_bytes
         if end > cap:
-            raise SourceError(self.path, offset, f"the header would need more than {cap:,} bytes (reading {end:,}); "
-                                                 "refusing to download that much metadata")
+            raise SourceError(
+                self.path,
+                offset,
+                f"the header would need more than {cap:,} bytes (reading {end:,}); "
+                "refusing to download that much metadata",
+            )
         if self._stream is not None:
             if end > len(self._buf):
                 self._buf = self._stream_more(end)
@@ -245,10 +271,11 @@ class _CachedSource:
     def read(self, offset: int, n: int) -> bytes:
         if offset + n > len(self._data):
             raise _CachedSource.Miss()
-        return self._data[offset:offset + n]
+        return self._data[offset : offset + n]
 
 
 # -- header cache ------------------------------------------------------------------------------
+
 
 def _cache_paths(cache_dir: str, url: str) -> tuple[str, str]:
     key = hashlib.sha256(url.encode()).hexdigest()[:32]
@@ -276,8 +303,14 @@ def _cache_load(cache_dir: str, url: str) -> tuple[dict[str, Any], bytes] | None
 
 
 def _cache_store(cache_dir: str, url: str, validator: str, size: int, data: bytes) -> None:
-    meta = {"format": CACHE_FORMAT, "url": url, "validator": validator, "size": size,
-            "sha256": hashlib.sha256(data).hexdigest(), "stored": int(time.time())}
+    meta = {
+        "format": CACHE_FORMAT,
+        "url": url,
+        "validator": validator,
+        "size": size,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "stored": int(time.time()),
+    }
     meta_path, bin_path = _cache_paths(cache_dir, url)
     try:
         os.makedirs(cache_dir, exist_ok=True)
@@ -348,7 +381,6 @@ def client(config: RemoteConfig | None = None) -> HTTPClient:
 def parse_remote_header(location: str, config: RemoteConfig | None = None):
     """Parse the header of one remote file (no shard logic): cache, network, one restart on change."""
     from ggufx.format.reader import parse_header
-
     from ggufx.io.hub import parse_location
 
     cfg = config or CONFIG
@@ -369,9 +401,15 @@ def parse_remote_header(location: str, config: RemoteConfig | None = None):
                 return parse_header(_CachedSource(location, data, meta["size"]))
             except _CachedSource.Miss:
                 if cfg.offline:
-                    raise SourceError(location, None, "the cached header is incomplete and --offline forbids the network") from None
+                    raise SourceError(
+                        location, None, "the cached header is incomplete and --offline forbids the network"
+                    ) from None
     elif cfg.offline:
-        raise SourceError(location, None, "not in the header cache, and --offline forbids the network (run once online, or drop --offline)")
+        raise SourceError(
+            location,
+            None,
+            "not in the header cache, and --offline forbids the network (run once online, or drop --offline)",
+        )
     changed: _Changed | None = None
     for _ in range(2):
         src = HTTPSource(loc, cl)
@@ -384,10 +422,14 @@ def parse_remote_header(location: str, config: RemoteConfig | None = None):
             src.close()
         v = src.cache_validator
         if cfg.cache_dir and v and not src.streamed:
-            _cache_store(cfg.cache_dir, loc.url, v, src.size, bytes(h.buf[:h.header_end]))  # no tensor data
+            _cache_store(cfg.cache_dir, loc.url, v, src.size, bytes(h.buf[: h.header_end]))  # no tensor data
         return h
     assert changed is not None
-    raise SourceError(location, None, f"the file changed on the server while its header was read, twice (validator {changed.before} became {changed.after}); try again later")
+    raise SourceError(
+        location,
+        None,
+        f"the file changed on the server while its header was read, twice (validator {changed.before} became {changed.after}); try again later",
+    )
 
 
 def resolve_local(location: str) -> str | None:

@@ -72,7 +72,7 @@ class FileSource:
             os.close(self._fd)
             self._fd = -1
 
-    def __enter__(self) -> "FileSource":
+    def __enter__(self) -> FileSource:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -9,14 +9,13 @@ replayed (:mod:`ggufx.io.journal`); remote ones through HTTP range requests and 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from ggufx.format.reader import GGUFHeader, parse_header
 from ggufx.io.sources import FileSource, close_source, is_remote
 from ggufx.model.model import GGUFModel
 from ggufx.model.shards import assemble_shards
-
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # without importing the remote layer at start-up
     from ggufx.io.llamaserver import ServerModel
@@ -25,8 +24,12 @@ if TYPE_CHECKING:  # without importing the remote layer at start-up
 SourceOpener = Callable[[str], Any]
 
 
-def open_model(path: str | os.PathLike[str], opener: SourceOpener = FileSource, recover: bool = True,
-               remote: "RemoteConfig | None" = None) -> GGUFModel:
+def open_model(
+    path: str | os.PathLike[str],
+    opener: SourceOpener = FileSource,
+    recover: bool = True,
+    remote: RemoteConfig | None = None,
+) -> GGUFModel:
     """Open a GGUF file (or every shard of the split model it belongs to).
 
     ``path`` may also be an ``http(s)://`` URL or an ``hf://ORG/REPO[@REV]/FILE`` reference: then
@@ -49,8 +52,13 @@ def open_model(path: str | os.PathLike[str], opener: SourceOpener = FileSource, 
             close_source(src)
 
     head = parse(path)
-    return assemble_shards(path, head, os.path.basename(path), lambda name: os.path.join(os.path.dirname(path), name),
-                           lambda paths: [parse(p) for p in paths])
+    return assemble_shards(
+        path,
+        head,
+        os.path.basename(path),
+        lambda name: os.path.join(os.path.dirname(path), name),
+        lambda paths: [parse(p) for p in paths],
+    )
 
 
 def _recover_if_journal(path: str) -> None:
@@ -63,9 +71,7 @@ def _recover_if_journal(path: str) -> None:
         recover(path)
 
 
-
-
-def open_remote(location: str, config: "RemoteConfig | None" = None) -> GGUFModel:
+def open_remote(location: str, config: RemoteConfig | None = None) -> GGUFModel:
     """A model for a URL or hf:// reference, reading headers only (siblings in parallel)."""
     from ggufx.io import remote
 
@@ -74,11 +80,16 @@ def open_remote(location: str, config: "RemoteConfig | None" = None) -> GGUFMode
         return open_model(local)
     cfg = config or remote.CONFIG
     head = remote.parse_remote_header(location, cfg)
-    return assemble_shards(location, head, remote.basename(location), lambda name: remote.sibling(location, name),
-                           lambda locations: remote.parse_remote_headers(locations, cfg))
+    return assemble_shards(
+        location,
+        head,
+        remote.basename(location),
+        lambda name: remote.sibling(location, name),
+        lambda locations: remote.parse_remote_headers(locations, cfg),
+    )
 
 
-def served_model(url: str, timeout: float = 10.0) -> "ServerModel":
+def served_model(url: str, timeout: float = 10.0) -> ServerModel:
     """Which model file the llama-server at ``url`` has loaded (:func:`ggufx.io.llamaserver.query`),
     checked to be readable on this machine, with the file's own chat template read for comparison."""
     from ggufx.errors import SourceError
@@ -86,6 +97,8 @@ def served_model(url: str, timeout: float = 10.0) -> "ServerModel":
 
     sm = query(url, timeout)
     if not os.path.isfile(sm.model_path):
-        raise SourceError(sm.model_path, None, f"the llama-server at {sm.url} has this file loaded, but it is not on this machine")
+        raise SourceError(
+            sm.model_path, None, f"the llama-server at {sm.url} has this file loaded, but it is not on this machine"
+        )
     sm.file_template = open_model(sm.model_path).metadata.get_str("tokenizer.chat_template")
     return sm

@@ -8,7 +8,7 @@ A shard of a split model (``split.count`` > 1) names its siblings by llama.cpp's
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from ggufx.errors import GGUFError, ShardError
 from ggufx.format.reader import GGUFHeader, TensorInfo
@@ -31,7 +31,13 @@ def split_info(h: GGUFHeader) -> tuple[int, int, int | None] | None:
     no_kv = h.kvs.get("split.no")
     total_kv = h.kvs.get("split.tensors.count")
     for kv in (count_kv, no_kv, total_kv):
-        if kv is not None and kv.type in (ValueType.STRING, ValueType.ARRAY, ValueType.FLOAT32, ValueType.FLOAT64, ValueType.BOOL):
+        if kv is not None and kv.type in (
+            ValueType.STRING,
+            ValueType.ARRAY,
+            ValueType.FLOAT32,
+            ValueType.FLOAT64,
+            ValueType.BOOL,
+        ):
             raise ShardError(h.path, kv.offset, f"{kv.key} must be an integer, not {kv.type.short}")
     count = int(count_kv.value)
     no = int(no_kv.value) if no_kv is not None else 0
@@ -43,8 +49,13 @@ def split_info(h: GGUFHeader) -> tuple[int, int, int | None] | None:
     return no, count, total
 
 
-def assemble_shards(path: str, head: GGUFHeader, name: str, sibling: Callable[[str], str],
-                    parse_many: Callable[[list[str]], list[GGUFHeader]]) -> GGUFModel:
+def assemble_shards(
+    path: str,
+    head: GGUFHeader,
+    name: str,
+    sibling: Callable[[str], str],
+    parse_many: Callable[[list[str]], list[GGUFHeader]],
+) -> GGUFModel:
     """The model ``head`` belongs to: itself, or all shards of its split model.
 
     ``name`` is the file name of ``path``, ``sibling(name)`` the location of another file in the
@@ -55,9 +66,17 @@ def assemble_shards(path: str, head: GGUFHeader, name: str, sibling: Callable[[s
     no, count, total = info
     m = SHARD_RE.match(name)
     if m is None:
-        raise ShardError(path, None, f"file is shard {no + 1} of {count} but its name does not follow PREFIX-0000N-of-0000M.gguf, so its siblings cannot be found")
+        raise ShardError(
+            path,
+            None,
+            f"file is shard {no + 1} of {count} but its name does not follow PREFIX-0000N-of-0000M.gguf, so its siblings cannot be found",
+        )
     if int(m["count"]) != count or int(m["no"]) != no + 1:
-        raise ShardError(path, None, f"file name says shard {int(m['no'])} of {int(m['count'])} but split.no/split.count say {no + 1} of {count}")
+        raise ShardError(
+            path,
+            None,
+            f"file name says shard {int(m['no'])} of {int(m['count'])} but split.no/split.count say {no + 1} of {count}",
+        )
     locations = [sibling(shard_path(m["prefix"], i + 1, count)) for i in range(count)]
     others = [p for i, p in enumerate(locations) if i != no]
     try:
@@ -72,7 +91,11 @@ def assemble_shards(path: str, head: GGUFHeader, name: str, sibling: Callable[[s
         if i != no:
             sinfo = split_info(h)
             if sinfo is None or sinfo[0] != i or sinfo[1] != count:
-                raise ShardError(p, None, f"expected shard {i + 1} of {count}, but its split.* keys say {'not split' if sinfo is None else f'{sinfo[0] + 1} of {sinfo[1]}'}")
+                raise ShardError(
+                    p,
+                    None,
+                    f"expected shard {i + 1} of {count}, but its split.* keys say {'not split' if sinfo is None else f'{sinfo[0] + 1} of {sinfo[1]}'}",
+                )
         shards.append(Shard(i, p, h))
     # re-label tensors with their shard index
     for s in shards:
@@ -86,10 +109,15 @@ def assemble_shards(path: str, head: GGUFHeader, name: str, sibling: Callable[[s
                 raise ShardError(s.path, t.info_offset, f"tensor {t.name!r} appears in more than one shard")
             seen.add(t.name)
     if total is not None and total != len(model.tensors):
-        raise ShardError(shards[0].path, None, f"split.tensors.count = {total} but the {count} shards hold {len(model.tensors)} tensors")
+        raise ShardError(
+            shards[0].path,
+            None,
+            f"split.tensors.count = {total} but the {count} shards hold {len(model.tensors)} tensors",
+        )
     return model
 
 
 def _with_shard(t: TensorInfo, index: int) -> TensorInfo:
-    return TensorInfo(t.name, t.shape, t.type, t.offset, t.file_offset, t.n_elements, t.nbytes, index,
-                      t.info_offset, t.size_derived)
+    return TensorInfo(
+        t.name, t.shape, t.type, t.offset, t.file_offset, t.n_elements, t.nbytes, index, t.info_offset, t.size_derived
+    )

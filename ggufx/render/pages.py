@@ -17,7 +17,10 @@ MiB = 1 << 20
 def templates_dir() -> str:
     """``templates/`` beside the package (a checkout) or under ``share/ggufx`` (an install)."""
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for candidate in (os.path.join(os.path.dirname(package), "templates"), os.path.join(sys.prefix, "share", "ggufx", "templates")):
+    for candidate in (
+        os.path.join(os.path.dirname(package), "templates"),
+        os.path.join(sys.prefix, "share", "ggufx", "templates"),
+    ):
         if os.path.isfile(os.path.join(candidate, "report.html.j2")):
             return candidate
     raise FileNotFoundError("ggufx report templates not found (templates/report.html.j2)")
@@ -29,8 +32,15 @@ def _colour(type_name: str) -> str:
         bpw = ggml_type_by_name(type_name).bits_per_weight
     except ValueError:
         return "#cccccc"
-    stops = [(1.5, (49, 54, 149)), (4.5, (69, 117, 180)), (5.5, (116, 173, 209)), (6.6, (254, 224, 144)),
-             (8.5, (253, 174, 97)), (16, (244, 109, 67)), (32, (165, 0, 38))]
+    stops = [
+        (1.5, (49, 54, 149)),
+        (4.5, (69, 117, 180)),
+        (5.5, (116, 173, 209)),
+        (6.6, (254, 224, 144)),
+        (8.5, (253, 174, 97)),
+        (16, (244, 109, 67)),
+        (32, (165, 0, 38)),
+    ]
     if bpw <= stops[0][0]:
         rgb = stops[0][1]
     else:
@@ -61,21 +71,47 @@ def context(report: dict[str, Any]) -> dict[str, Any]:
             t = r["types"][role]
             if t:
                 colours.setdefault(t, _colour(t))
-                cells.append({"x": label_w + i * cell, "y": y, "w": cell - 1, "h": cell - 1, "fill": colours[t],
-                              "title": f"layer {r['first']} {role}: {t} ({kind})"})
-    heat = {"width": label_w + max(1, len(roles)) * cell + 80, "height": top + len(full["layers"]) * cell + 10,
-            "columns": columns, "rows": rows, "cells": cells}
-    return {"s": s, "roles": report["roles"], "grid": report["layers"], "heat": heat, "colours": colours,
-            "layer_counts": report["layers"]["layer_kinds"], "memory": report["memory"], "MiB": MiB,
-            "template": report["chat_template"], "version": __version__}
+                cells.append(
+                    {
+                        "x": label_w + i * cell,
+                        "y": y,
+                        "w": cell - 1,
+                        "h": cell - 1,
+                        "fill": colours[t],
+                        "title": f"layer {r['first']} {role}: {t} ({kind})",
+                    }
+                )
+    heat = {
+        "width": label_w + max(1, len(roles)) * cell + 80,
+        "height": top + len(full["layers"]) * cell + 10,
+        "columns": columns,
+        "rows": rows,
+        "cells": cells,
+    }
+    return {
+        "s": s,
+        "roles": report["roles"],
+        "grid": report["layers"],
+        "heat": heat,
+        "colours": colours,
+        "layer_counts": report["layers"]["layer_kinds"],
+        "memory": report["memory"],
+        "MiB": MiB,
+        "template": report["chat_template"],
+        "version": __version__,
+    }
 
 
 def render(report: dict[str, Any], fmt: str = "html") -> str:
     """The report (``results.report``) as HTML (``fmt="html"``) or Markdown (``fmt="md"``)."""
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(templates_dir()), autoescape=fmt == "html",
-                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(templates_dir()),
+        autoescape=fmt == "html",
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
     env.filters["md"] = _md_escape
     name = "report.html.j2" if fmt == "html" else "report.md.j2"
     return env.get_template(name).render(**context(report))

@@ -8,7 +8,8 @@ rendered by tabulate, imported only then.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 NUMERIC = (int, float)
 
@@ -23,15 +24,21 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
-def render(rows: Sequence[Sequence[Any]], headers: Sequence[str], fmt: str = "simple",
-           align: Sequence[str] | None = None) -> str:
+def render(
+    rows: Sequence[Sequence[Any]], headers: Sequence[str], fmt: str = "simple", align: Sequence[str] | None = None
+) -> str:
     """A table of ``rows`` under ``headers``. Numbers are right-aligned unless ``align`` says."""
     cells = [[_cell(v) for v in row] for row in rows]
     if fmt != "simple":
         from tabulate import tabulate  # noqa: PLC0415 - lazy, see module docstring
 
-        return tabulate(cells, headers=list(headers), tablefmt=fmt, disable_numparse=True,
-                        colalign=tuple("right" if a == "r" else "left" for a in _aligns(rows, headers, align)))
+        return tabulate(
+            cells,
+            headers=list(headers),
+            tablefmt=fmt,
+            disable_numparse=True,
+            colalign=tuple("right" if a == "r" else "left" for a in _aligns(rows, headers, align)),
+        )
     aligns = _aligns(rows, headers, align)
     widths = [len(h) for h in headers]
     for row in cells:

@@ -47,14 +47,20 @@ def info_text(s: dict[str, Any], fmt: str = "simple") -> str:
         ("architecture", s["architecture"] or "-"),
         ("name", s["name"] or "-"),
         ("file type", ft),
-        ("file size", f"{human_bytes(s['file_bytes'])} ({s['file_bytes']:,} bytes)"
-         + (f" in {shards} shards" if shards > 1 else "")),
+        (
+            "file size",
+            f"{human_bytes(s['file_bytes'])} ({s['file_bytes']:,} bytes)"
+            + (f" in {shards} shards" if shards > 1 else ""),
+        ),
         ("GGUF", f"v{s['gguf_version']}, {s['endianness']}-endian, alignment {s['alignment']}, {s['kv_count']} keys"),
         ("tensors", f"{s['tensor_count']:,}"),
         ("parameters", f"{human_params(s['parameters'])} ({s['parameters']:,})"),
         ("BPW", f"{s['bpw']:.4f}  (all tensors: 8 x {s['tensor_bytes']:,} bytes / parameters, as llama.cpp prints)"),
-        ("BPW weights", f"{s['bpw_weights']:.4f}  (only the {human_params(s['weight_parameters'])} weights "
-                        "llama-quantize quantizes)"),
+        (
+            "BPW weights",
+            f"{s['bpw_weights']:.4f}  (only the {human_params(s['weight_parameters'])} weights "
+            "llama-quantize quantizes)",
+        ),
         ("context length", _opt(s["context_length"])),
         ("block count", _opt(s["block_count"])),
         ("embedding length", _opt(s["embedding_length"])),
@@ -65,8 +71,10 @@ def info_text(s: dict[str, Any], fmt: str = "simple") -> str:
         facts.append(("unknown types", ", ".join(s["unknown_types"]) + " (size derived from offsets; upgrade gguf)"))
     width = max(len(k) for k, _ in facts)
     head = "\n".join(f"{k.ljust(width)}  {v}" for k, v in facts)
-    rows = [(name, t["count"], t["parameters"], t["bytes"], f"{100 * t['share']:.2f}%", f"{t['bpw']:.2f}")
-            for name, t in s["types"].items()]
+    rows = [
+        (name, t["count"], t["parameters"], t["bytes"], f"{100 * t['share']:.2f}%", f"{t['bpw']:.2f}")
+        for name, t in s["types"].items()
+    ]
     hist = table.render(rows, ("type", "tensors", "parameters", "bytes", "share", "BPW"), fmt, align="lrrrrr")
     text = f"{head}\n\n{hist}"
     server = s.get("server")
@@ -93,8 +101,14 @@ def tensors_text(res: dict[str, Any], fmt: str = "simple", show_shard: bool = Fa
     headers.append("offset")
     rows = []
     for t in res["tensors"]:
-        row: list[Any] = [t["name"], t["type"], " x ".join(map(str, t["shape"])), t["elements"], t["bytes"],
-                          f"{t['bpw']:.2f}"]
+        row: list[Any] = [
+            t["name"],
+            t["type"],
+            " x ".join(map(str, t["shape"])),
+            t["elements"],
+            t["bytes"],
+            f"{t['bpw']:.2f}",
+        ]
         if show_shard:
             row.append(t["shard"] + 1)
         row.append(t["file_offset"])
@@ -103,6 +117,7 @@ def tensors_text(res: dict[str, Any], fmt: str = "simple", show_shard: bool = Fa
 
 
 # -- metadata ----------------------------------------------------------------------------------
+
 
 def type_label(record: dict[str, Any]) -> str:
     """``u32``, ``str``, ``arr[str,262144]``, ``arr[arr[i32,2],3]`` (a ``results.meta`` record)."""
@@ -133,12 +148,22 @@ def meta_text(res: dict[str, Any], full: bool, fmt: str = "simple") -> str:
 
 # -- quant analysis ------------------------------------------------------------------------------
 
+
 def roles_text(res: dict[str, Any], fmt: str = "simple") -> str:
     """``ggufx roles`` (``results.roles``)."""
-    rows = [(r["role"], r["tensors"], ", ".join(f"{t} {n}" for t, n in r["types"].items()), r["parameters"],
-             r["bytes"], f"{100 * r['share']:.2f}%", f"{r['bpw']:.2f}") for r in res["roles"]]
-    return table.render(rows, ("role", "tensors", "types", "parameters", "bytes", "share", "BPW"), fmt,
-                        align="lrlrrrr")
+    rows = [
+        (
+            r["role"],
+            r["tensors"],
+            ", ".join(f"{t} {n}" for t, n in r["types"].items()),
+            r["parameters"],
+            r["bytes"],
+            f"{100 * r['share']:.2f}%",
+            f"{r['bpw']:.2f}",
+        )
+        for r in res["roles"]
+    ]
+    return table.render(rows, ("role", "tensors", "types", "parameters", "bytes", "share", "BPW"), fmt, align="lrlrrrr")
 
 
 def layers_text(res: dict[str, Any], fmt: str = "simple") -> str:
@@ -166,18 +191,30 @@ def diff_text(res: dict[str, Any], fmt: str = "simple") -> str:
     """``ggufx diff`` (``results.diff``)."""
     out = []
     if res["type_changes"]:
-        out.append(table.render([(c["role"], c["layers"] or "-", c["before"], c["after"], c["tensors"])
-                                 for c in res["type_changes"]], ("role", "layers", "A", "B", "tensors"), fmt,
-                                align="lllll"))
+        out.append(
+            table.render(
+                [(c["role"], c["layers"] or "-", c["before"], c["after"], c["tensors"]) for c in res["type_changes"]],
+                ("role", "layers", "A", "B", "tensors"),
+                fmt,
+                align="lllll",
+            )
+        )
     md = res["metadata"]
-    for label, names in (("added tensors", res["tensors_added"]), ("removed tensors", res["tensors_removed"]),
-                         ("shape changes", res["shape_changes"]), ("metadata added", md["added"]),
-                         ("metadata removed", md["removed"]), ("metadata changed", md["changed"])):
+    for label, names in (
+        ("added tensors", res["tensors_added"]),
+        ("removed tensors", res["tensors_removed"]),
+        ("shape changes", res["shape_changes"]),
+        ("metadata added", md["added"]),
+        ("metadata removed", md["removed"]),
+        ("metadata changed", md["changed"]),
+    ):
         if names:
             out.append(f"{label}: {', '.join(names[:20])}{' ...' if len(names) > 20 else ''}")
     bpw, tb, fb = res["bpw"], res["tensor_bytes"], res["file_bytes"]
-    out.append(f"BPW {bpw['a']:.4f} -> {bpw['b']:.4f} ({bpw['change']:+.4f}); tensor bytes {tb['a']:,} -> "
-               f"{tb['b']:,} ({tb['change']:+,}); file {fb['a']:,} -> {fb['b']:,}")
+    out.append(
+        f"BPW {bpw['a']:.4f} -> {bpw['b']:.4f} ({bpw['change']:+.4f}); tensor bytes {tb['a']:,} -> "
+        f"{tb['b']:,} ({tb['change']:+,}); file {fb['a']:,} -> {fb['b']:,}"
+    )
     if res["identical_tensors"]:
         out.append("tensors: same names, shapes and types")
     return "\n".join(out)
@@ -190,20 +227,35 @@ def memory_text(res: dict[str, Any], fmt: str = "simple") -> str:
     """``ggufx mem`` (``results.memory``): one row per part, in MiB, then llama.cpp's notes."""
     w, kv, rec = res["weights"], res["kv_cache"], res["recurrent_state"]
     full, swa = kv["full_attention"], kv["sliding_window"]
-    offload = ("all layers and the output layer offloaded" if res["n_gpu_layers_requested"] < 0
-               else f"{res['n_gpu_layers']} layers offloaded")
+    offload = (
+        "all layers and the output layer offloaded"
+        if res["n_gpu_layers_requested"] < 0
+        else f"{res['n_gpu_layers']} layers offloaded"
+    )
     rows = [
         ("weights on GPU", w["gpu"] / MiB, offload),
         ("weights on host", w["host"] / MiB, "token embedding and layers not offloaded"),
-        ("KV cache (full attention)", full["bytes"] / MiB,
-         f"{full['layers']} layers x {full['cells']:,} cells, K {res['cache_type_k']} V {res['cache_type_v']}"),
+        (
+            "KV cache (full attention)",
+            full["bytes"] / MiB,
+            f"{full['layers']} layers x {full['cells']:,} cells, K {res['cache_type_k']} V {res['cache_type_v']}",
+        ),
     ]
     if swa["layers"]:
-        rows.append(("KV cache (sliding window)", swa["bytes"] / MiB, f"{swa['layers']} layers x {swa['cells']:,} cells"))
+        rows.append(
+            ("KV cache (sliding window)", swa["bytes"] / MiB, f"{swa['layers']} layers x {swa['cells']:,} cells")
+        )
     if rec["layers"]:
-        rows.append(("recurrent state", rec["bytes"] / MiB, f"{rec['layers']} layers x {res['parallel']} sequence(s), f32"))
-    rows.append(("compute buffer (estimate)", res["compute_estimate"] / MiB,
-                 f"ubatch {res['n_ubatch']}, flash attention {'on' if res['flash_attn'] else 'off'}"))
+        rows.append(
+            ("recurrent state", rec["bytes"] / MiB, f"{rec['layers']} layers x {res['parallel']} sequence(s), f32")
+        )
+    rows.append(
+        (
+            "compute buffer (estimate)",
+            res["compute_estimate"] / MiB,
+            f"ubatch {res['n_ubatch']}, flash attention {'on' if res['flash_attn'] else 'off'}",
+        )
+    )
     rows.append(("GPU total", res["gpu_total"] / MiB, f"n_ctx {res['n_ctx']:,}"))
     text = table.render([(a, f"{b:,.2f}", c) for a, b, c in rows], ("part", "MiB", "how"), fmt, align="lrl")
     return "\n".join([text, *(f"note: {note}" for note in res["notes"])])
@@ -211,6 +263,12 @@ def memory_text(res: dict[str, Any], fmt: str = "simple") -> str:
 
 def fit_text(res: dict[str, Any], fmt: str = "simple") -> str:
     """``ggufx mem --fit`` (``results.fit``): the largest context per cache type."""
-    rows = [(f["cache_type"], f"{f['n_ctx']:,}" + (" (training context)" if f["capped_at_training_context"] else ""),
-             f"{f['gpu_bytes'] / MiB:,.0f}") for f in res["fits"]]
+    rows = [
+        (
+            f["cache_type"],
+            f"{f['n_ctx']:,}" + (" (training context)" if f["capped_at_training_context"] else ""),
+            f"{f['gpu_bytes'] / MiB:,.0f}",
+        )
+        for f in res["fits"]
+    ]
     return table.render(rows, ("KV cache type", "largest context", "GPU MiB"), fmt, align="lrr")
