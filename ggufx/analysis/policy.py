@@ -94,6 +94,7 @@ class CheckReport:
 
 
 def _line_of(text: str, needle: str) -> int | None:
+    """The number (from 1) of the first line of ``text`` containing ``needle``."""
     for i, line in enumerate(text.splitlines(), 1):
         if needle in line:
             return i
@@ -118,6 +119,7 @@ def load_policy(path: str) -> dict[str, Any]:
         raise PolicyError(path, None, f"invalid TOML: {e}") from None
 
     def fail(needle: str, msg: str) -> NoReturn:
+        """Raise ``msg`` as a PolicyError naming the first line that contains ``needle``."""
         line = _line_of(text, needle)
         raise PolicyError(path, None, (f"line {line}: " if line else "") + msg)
 
@@ -152,6 +154,7 @@ def _validate_tensor_rule(pattern: str, rule: object, fail: Callable[[str], NoRe
 
 
 def _type(name: object, fail: Callable[[str], NoReturn]) -> GGMLType:
+    """The ggml type called ``name``; an unknown name goes to ``fail``."""
     try:
         return ggml_type_by_name(str(name))
     except ValueError:

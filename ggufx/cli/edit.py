@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from ggufx.cli._common import emit_json, json_option
+from ggufx.edit.engine import STRATEGIES
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.I)
 
@@ -49,7 +50,7 @@ def write_options(f: Callable) -> Callable:
         ),
         click.option(
             "--strategy",
-            type=click.Choice(["auto", "in-place", "insert-range", "rewrite"]),
+            type=click.Choice(STRATEGIES),
             default="auto",
             show_default=True,
             help="How to write: cheapest that works, or force one.",

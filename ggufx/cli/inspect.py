@@ -15,6 +15,7 @@ from ggufx.cli._common import (
     tablefmt_option,
     write_raw,
 )
+from ggufx.results import SORT_ORDERS
 
 
 @click.command()
@@ -80,7 +81,7 @@ def info(ctx: click.Context, files: tuple[str, ...], as_json: bool, tablefmt: st
 @click.option("--layers", metavar="N|A-B", help="Only tensors of these layers (blk.N), e.g. 10-19.")
 @click.option(
     "--sort",
-    type=click.Choice(["offset", "name", "size", "type", "bpw"]),
+    type=click.Choice(SORT_ORDERS),
     default="offset",
     show_default=True,
     help="Order: file offset, name, size (largest first), type, BPW (highest first).",

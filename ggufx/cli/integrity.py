@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from ggufx.analysis.hashing import ALGOS
 from ggufx.cli._common import (
     EXIT_CHECK_FAILED,
     EXIT_USAGE,
@@ -21,7 +22,7 @@ from ggufx.cli._common import (
 
 ALGO_OPTION = click.option(
     "--algo",
-    type=click.Choice(["xxh3-128", "sha256"]),
+    type=click.Choice(ALGOS),
     default="xxh3-128",
     show_default=True,
     help="Per-tensor hash; sha256 for a cryptographic one (the fingerprint is always xxh3-128).",

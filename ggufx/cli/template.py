@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from ggufx.chat.samples import NAMES
 from ggufx.cli._common import EXIT_CHECK_FAILED, emit_json, json_option, remote_options, write_raw
 from ggufx.cli.edit import run_edit, write_options
 
@@ -197,7 +198,7 @@ def _conversation(messages: str | None, tools: str | None, sample_name: str | No
 @click.option(
     "--sample",
     "sample_name",
-    type=click.Choice(["plain", "system", "multi-turn", "tools", "reasoning"]),
+    type=click.Choice(NAMES),
     help="One built-in conversation (default: all of them, unless --messages).",
 )
 @click.option("--add-generation-prompt/--no-generation-prompt", default=True, show_default=True)

@@ -67,7 +67,7 @@ class TensorInfo:
 
     ``shape`` is in ggml order (``ne[0]`` first, the contiguous dimension). ``offset`` is relative
     to the data section as stored in the file; ``file_offset`` is absolute within its shard.
-    ``nbytes`` is ``ggml_nbytes``; for a type the installed gguf-py does not know it is derived from
+    ``nbytes`` is ``ggml_nbytes``; for a type missing from the ggml type table it is derived from
     the next tensor's offset (``size_derived`` is then true).
     """
 
@@ -249,7 +249,7 @@ def _place_tensors(
     """Size each tensor and check that the tensors are packed in order inside the data section.
 
     ``data_size`` is the bytes from ``data_offset`` to the end of the file. A tensor of a type
-    gguf-py does not know is sized by the next tensor's offset (or the end of the file)."""
+    missing from the ggml type table is sized by the next tensor's offset (or the end of the file)."""
     tensors: list[TensorInfo] = []
     expected = 0
     for i, (name, shape, gt, offset, n_elements, info_at) in enumerate(infos):

@@ -19,7 +19,8 @@ puts them, the resources and the prompt together. Needs the optional extra:
 
 # no `from __future__ import annotations`: the SDK reads the prompt's annotations
 import os
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ggufx import results
 from ggufx.errors import GGUFError
@@ -52,8 +53,9 @@ def build_server(roots: list[str], allow_write: bool = False, allow_remote: bool
     server = MCPServer("ggufx", instructions=INSTRUCTIONS, version=_version(), log_level="WARNING")
     register_tools(server, GGUFTools(access), allow_write)
     _add_resources(server, access)
-    server.prompt(name="audit_quant", description="Audit a quantized GGUF: summary, where the bits go, chat template, "
-                                                  "memory.")(audit_quant)
+    server.prompt(
+        name="audit_quant", description="Audit a quantized GGUF: summary, where the bits go, chat template, memory."
+    )(audit_quant)
     return server
 
 
@@ -62,32 +64,42 @@ def _add_resources(server: "MCPServer", access: Access) -> None:
     from mcp.server.mcpserver.resources import FunctionResource
 
     for path in _models_under(access.roots)[:MAX_RESOURCES]:
-        server.add_resource(FunctionResource(uri=f"gguf://{path}", name=os.path.basename(path),
-                                             description="Summary of this GGUF (what the info tool returns)",
-                                             mime_type="application/json", fn=_summary_reader(access, path)))
+        server.add_resource(
+            FunctionResource(
+                uri=f"gguf://{path}",
+                name=os.path.basename(path),
+                description="Summary of this GGUF (what the info tool returns)",
+                mime_type="application/json",
+                fn=_summary_reader(access, path),
+            )
+        )
 
 
 def _summary_reader(access: Access, path: str) -> Callable[[], str]:
     """Read the summary of ``path`` when called: its JSON, or ``{"error": ...}`` with the CLI's message."""
+
     def read() -> str:
         try:
             return dumps(results.info(access.open_model(path)))
         except (GGUFError, AccessError) as e:
             return dumps({"error": str(e) if isinstance(e, AccessError) else e.one_line()})
+
     return read
 
 
 def audit_quant(path: str, ctx: str = "32768") -> str:
     """The ``audit_quant`` prompt: the steps of auditing the quant at ``path`` (``ctx`` in tokens)."""
-    return (f"Audit the GGUF model {path} with the ggufx tools, one step at a time:\n"
-            f"1. `info`: architecture, parameters, file type, BPW and the type histogram.\n"
-            f"2. `roles`: which roles (attn_v, ffn_down, ssm_out, token_embd, output...) got which types and "
-            f"what share of the bytes; note anything kept at high precision or cut low.\n"
-            f"3. `layers`: the layer kinds (attention, sliding-window, recurrent, MoE) and where types change.\n"
-            f"4. `template_lint` and `template_info`: is the chat template valid, which tool-call dialect does it "
-            f"write, does it accept a system message?\n"
-            f"5. `memory` with ctx={ctx} for f16 and q8_0 caches, and `fit` for the user's GPU if known.\n"
-            f"Then summarise in a few lines: what this quant is, its risks, and what it costs to run.")
+    return (
+        f"Audit the GGUF model {path} with the ggufx tools, one step at a time:\n"
+        f"1. `info`: architecture, parameters, file type, BPW and the type histogram.\n"
+        f"2. `roles`: which roles (attn_v, ffn_down, ssm_out, token_embd, output...) got which types and "
+        f"what share of the bytes; note anything kept at high precision or cut low.\n"
+        f"3. `layers`: the layer kinds (attention, sliding-window, recurrent, MoE) and where types change.\n"
+        f"4. `template_lint` and `template_info`: is the chat template valid, which tool-call dialect does it "
+        f"write, does it accept a system message?\n"
+        f"5. `memory` with ctx={ctx} for f16 and q8_0 caches, and `fit` for the user's GPU if known.\n"
+        f"Then summarise in a few lines: what this quant is, its risks, and what it costs to run."
+    )
 
 
 def _models_under(roots: list[str]) -> list[str]:

@@ -13,8 +13,9 @@ import functools
 import inspect
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Callable, Literal, Optional, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from mcp.server import MCPServer
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
@@ -26,6 +27,9 @@ from ggufx.io.sources import is_remote
 from ggufx.mcp.access import Access, AccessError
 from ggufx.render.jsontext import dumps
 from ggufx.results import CACHE_TYPES, SORT_ORDERS, InputError
+
+if TYPE_CHECKING:
+    from ggufx.edit.engine import Op
 
 SAMPLES = ("plain", "system", "multi-turn", "tools", "reasoning")
 Result = dict[str, Any]  # what a tool method returns: the JSON object of the CLI's --json
@@ -51,20 +55,28 @@ TOOL_DEFS: list[ToolDef] = []  # in the order clients list them
 
 def tool(description: str, read_only: bool = True) -> Callable[[F], F]:
     """Mark a method of :class:`GGUFTools` as a tool, adding it to :data:`TOOL_DEFS`."""
+
     def mark(fn: F) -> F:
         TOOL_DEFS.append(ToolDef(fn.__name__, description, read_only))
         return fn
+
     return mark
 
 
 def _ggml_type_names() -> tuple[str, ...]:
+    """Every ggml type's name, for the enumeration in the tensors tool's schema."""
     from ggufx.format.ggmltypes import all_types
 
     return tuple(t.name for t in all_types())
 
 
-ModelPath = Annotated[str, Field(description="A GGUF file: relative to the first allowed root, or absolute. "
-                                             "Any shard of a split model gives the whole model.")]
+ModelPath = Annotated[
+    str,
+    Field(
+        description="A GGUF file: relative to the first allowed root, or absolute. "
+        "Any shard of a split model gives the whole model."
+    ),
+]
 TemplatePath = Annotated[str, Field(description="A GGUF, .jinja or tokenizer_config.json under the roots.")]
 TypeName = Literal[_ggml_type_names()]  # type: ignore[valid-type]
 CacheType = Literal[CACHE_TYPES]  # type: ignore[valid-type]
@@ -79,9 +91,11 @@ class GGUFTools:
         self.access = access
 
     # -- read-only tools ---------------------------------------------------------------------
-    @tool("The GGUF models under the allowed roots, one row each (split sets once): name, path, architecture, "
-          "parameters, file type, BPW, size in bytes, chat template dialect and problems. Use a path from here in "
-          "the other tools.")
+    @tool(
+        "The GGUF models under the allowed roots, one row each (split sets once): name, path, architecture, "
+        "parameters, file type, BPW, size in bytes, chat template dialect and problems. Use a path from here in "
+        "the other tools."
+    )
     def list_models(
         self,
         lint: Annotated[bool, Field(description="Also lint each distinct chat template (slower).")] = False,
@@ -92,24 +106,31 @@ class GGUFTools:
         rows = [r for r in scan(roots, lint_templates=lint) if self.access.inside(os.path.realpath(r.path))]
         return {"roots": roots, "models": [r.to_dict() for r in rows]}
 
-    @tool("Model summary: architecture, parameters, file size (bytes), bits per weight as llama.cpp reports it, "
-          "type histogram, context length (tokens), layers, vocabulary size, chat template presence.")
+    @tool(
+        "Model summary: architecture, parameters, file size (bytes), bits per weight as llama.cpp reports it, "
+        "type histogram, context length (tokens), layers, vocabulary size, chat template presence."
+    )
     def info(self, path: ModelPath) -> Result:
         return results.info(self.access.open_model(path))
 
-    @tool("Type histogram: for each ggml type, the number of tensors, elements and bytes; with the tensor count and "
-          "BPW.")
+    @tool(
+        "Type histogram: for each ggml type, the number of tensors, elements and bytes; with the tensor count and BPW."
+    )
     def type_histogram(self, path: ModelPath) -> Result:
         d = results.info(self.access.open_model(path))
         return {"path": d["path"], "tensor_count": d["tensor_count"], "bpw": d["bpw"], "types": d["types"]}
 
-    @tool("Where the bits go: per tensor role (attn_v, ffn_down, ssm_out, token_embd, ...) the tensor count, "
-          "types, parameters, bytes, share of all tensor bytes and bits per weight.")
+    @tool(
+        "Where the bits go: per tensor role (attn_v, ffn_down, ssm_out, token_embd, ...) the tensor count, "
+        "types, parameters, bytes, share of all tensor bytes and bits per weight."
+    )
     def roles(self, path: ModelPath) -> Result:
         return results.roles(self.access.open_model(path))
 
-    @tool("Layer grid: each layer's kind (full attention, sliding-window attention, recurrent such as Mamba or "
-          "Gated DeltaNet, dense or MoE feed-forward) and the ggml type of each role; identical neighbours collapsed.")
+    @tool(
+        "Layer grid: each layer's kind (full attention, sliding-window attention, recurrent such as Mamba or "
+        "Gated DeltaNet, dense or MoE feed-forward) and the ggml type of each role; identical neighbours collapsed."
+    )
     def layers(
         self,
         path: ModelPath,
@@ -117,51 +138,59 @@ class GGUFTools:
     ) -> Result:
         return results.layers(self.access.open_model(path), collapse=collapse)
 
-    @tool("List tensors (name, type, shape, elements, bytes, BPW, offset) with filters, one page at a time. "
-          "`count` is how many matched; ask again with offset=next_offset for the next page.")
+    @tool(
+        "List tensors (name, type, shape, elements, bytes, BPW, offset) with filters, one page at a time. "
+        "`count` is how many matched; ask again with offset=next_offset for the next page."
+    )
     def tensors(
         self,
         path: ModelPath,
-        types: Annotated[Optional[list[TypeName]],
-                         Field(description="Only these ggml types, e.g. [\"Q6_K\", \"F32\"].")] = None,
-        grep: Annotated[Optional[str],
-                        Field(description="Python regular expression searched in tensor names, e.g. \"ffn_down\".")]
-        = None,
-        layers: Annotated[Optional[str],
-                          Field(description="Only layers (blk.N) in this range: \"12\" or \"10-19\".")] = None,
-        sort: Annotated[SortOrder, Field(description="Order: file offset, name, size (largest first), type, BPW "
-                                                     "(highest first).")] = "offset",
+        types: Annotated[
+            list[TypeName] | None,  # type: ignore[valid-type]
+            Field(description='Only these ggml types, e.g. ["Q6_K", "F32"].'),
+        ] = None,
+        grep: Annotated[
+            str | None, Field(description='Python regular expression searched in tensor names, e.g. "ffn_down".')
+        ] = None,
+        layers: Annotated[str | None, Field(description='Only layers (blk.N) in this range: "12" or "10-19".')] = None,
+        sort: Annotated[
+            SortOrder, Field(description="Order: file offset, name, size (largest first), type, BPW (highest first).")
+        ] = "offset",
         offset: Annotated[int, Field(ge=0, description="Skip this many matching tensors.")] = 0,
         limit: Annotated[int, Field(ge=1, le=1000, description="At most this many tensors in the answer.")] = 100,
     ) -> Result:
         return results.tensors(self.access.open_model(path), types or (), grep, sort, layers, offset, limit)
 
-    @tool("Metadata: every key with its GGUF type and value (arrays summarised unless full), or one key's whole "
-          "value.")
+    @tool("Metadata: every key with its GGUF type and value (arrays summarised unless full), or one key's whole value.")
     def metadata(
         self,
         path: ModelPath,
-        key: Annotated[Optional[str], Field(description="One key, e.g. \"general.architecture\" or "
-                                                        "\"tokenizer.chat_template\".")] = None,
+        key: Annotated[
+            str | None, Field(description='One key, e.g. "general.architecture" or "tokenizer.chat_template".')
+        ] = None,
         full: Annotated[bool, Field(description="List whole strings and arrays (a vocabulary is large).")] = False,
     ) -> Result:
         return results.meta(self.access.open_model(path), key, full)
 
-    @tool("The llama-quantize recipe (--pure, base type, --tensor-type rules) that reproduces this quant's "
-          "per-tensor types.")
+    @tool(
+        "The llama-quantize recipe (--pure, base type, --tensor-type rules) that reproduces this quant's "
+        "per-tensor types."
+    )
     def recipe(self, path: ModelPath) -> Result:
         return results.recipe(self.access.open_model(path))
 
-    @tool("Memory as llama.cpp allocates it at a context length: weights, KV cache (attention layers; sliding-window "
-          "layers hold only the window), recurrent state, compute estimate. Bytes, and MiB where a key says so.")
+    @tool(
+        "Memory as llama.cpp allocates it at a context length: weights, KV cache (attention layers; sliding-window "
+        "layers hold only the window), recurrent state, compute estimate. Bytes, and MiB where a key says so."
+    )
     def memory(
         self,
         path: ModelPath,
-        ctx: Annotated[int, Field(ge=0, description="Context length in tokens; 0 = the model's training context.")]
-        = 0,
+        ctx: Annotated[int, Field(ge=0, description="Context length in tokens; 0 = the model's training context.")] = 0,
         cache_type_k: Annotated[CacheType, Field(description="K cache type.")] = "f16",
-        cache_type_v: Annotated[CacheType, Field(description="V cache type (quantized needs flash attention).")]
-        = "f16",
+        cache_type_v: Annotated[
+            CacheType, Field(description="V cache type (quantized needs flash attention).")
+        ] = "f16",
         flash_attn: bool = True,
         parallel: Annotated[int, Field(ge=1, description="Sequences served in parallel.")] = 1,
         n_gpu_layers: Annotated[int, Field(ge=-1, description="Layers offloaded to the GPU; -1 = all.")] = -1,
@@ -173,43 +202,51 @@ class GGUFTools:
     def fit(
         self,
         path: ModelPath,
-        budget: Annotated[str, Field(description="GPU memory, e.g. \"24GiB\", \"16GB\", or bytes.")],
+        budget: Annotated[str, Field(description='GPU memory, e.g. "24GiB", "16GB", or bytes.')],
     ) -> Result:
         return results.fit(self.access.open_model(path), budget)
 
-    @tool("Compare two quants: type changes by role and layer range, added/removed tensors, metadata changes, BPW "
-          "and size change.")
+    @tool(
+        "Compare two quants: type changes by role and layer range, added/removed tensors, metadata changes, BPW "
+        "and size change."
+    )
     def diff(self, a: ModelPath, b: ModelPath) -> Result:
         return results.diff(self.access.open_model(a), self.access.open_model(b))
 
-    @tool("Chat template facts: length, sha256, family, tool-call dialect, tool support, reasoning blocks, system "
-          "role.")
+    @tool(
+        "Chat template facts: length, sha256, family, tool-call dialect, tool support, reasoning blocks, system role."
+    )
     def template_info(
         self,
         path: TemplatePath,
-        name: Annotated[Optional[str], Field(description="A named template, e.g. \"tool_use\".")] = None,
+        name: Annotated[str | None, Field(description='A named template, e.g. "tool_use".')] = None,
     ) -> Result:
         return results.template_info(*self.access.load_templates(path), name)
 
-    @tool("Lint the chat template: syntax errors with lines, failing built-in conversations, refused system role, "
-          "double BOS, special tokens missing from the vocabulary. `ok` is false when something is wrong.")
-    def template_lint(self, path: TemplatePath, name: Optional[str] = None) -> Result:
+    @tool(
+        "Lint the chat template: syntax errors with lines, failing built-in conversations, refused system role, "
+        "double BOS, special tokens missing from the vocabulary. `ok` is false when something is wrong."
+    )
+    def template_lint(self, path: TemplatePath, name: str | None = None) -> Result:
         src, ts = self.access.load_templates(path)
         return results.template_lint(src, ts, name, None, ts.model).to_dict()
 
-    @tool("Render the chat template in a sandbox (as transformers' apply_chat_template) for a built-in sample "
-          "conversation or your own messages, to see exactly what the model receives.")
+    @tool(
+        "Render the chat template in a sandbox (as transformers' apply_chat_template) for a built-in sample "
+        "conversation or your own messages, to see exactly what the model receives."
+    )
     def template_render(
         self,
         path: TemplatePath,
-        sample: Annotated[Sample, Field(description="Built-in conversation, used when messages is not given.")]
-        = "tools",
-        messages: Annotated[Optional[list[dict[str, Any]]],
-                            Field(description="Messages like [{\"role\": \"user\", \"content\": \"hi\"}].")]
-        = None,
-        tools: Annotated[Optional[list[dict[str, Any]]], Field(description="Tool schemas (OpenAI style).")] = None,
+        sample: Annotated[
+            Sample, Field(description="Built-in conversation, used when messages is not given.")
+        ] = "tools",
+        messages: Annotated[
+            list[dict[str, Any]] | None, Field(description='Messages like [{"role": "user", "content": "hi"}].')
+        ] = None,
+        tools: Annotated[list[dict[str, Any]] | None, Field(description="Tool schemas (OpenAI style).")] = None,
         add_generation_prompt: bool = True,
-        name: Optional[str] = None,
+        name: str | None = None,
     ) -> Result:
         from ggufx.chat.samples import sample as builtin
 
@@ -223,8 +260,10 @@ class GGUFTools:
         src, ts = self.access.load_templates(path)
         return results.template_render(src, ts, [(label, conv)], name, add_generation_prompt)
 
-    @tool("Hash every tensor's data (reads the whole file: seconds per GB) and the model fingerprint, which ignores "
-          "metadata and sharding.")
+    @tool(
+        "Hash every tensor's data (reads the whole file: seconds per GB) and the model fingerprint, which ignores "
+        "metadata and sharding."
+    )
     def hash_(
         self,
         path: ModelPath,
@@ -241,7 +280,8 @@ class GGUFTools:
         manifest: Annotated[str, Field(description="manifest.json under the roots.")],
         path: ModelPath,
     ) -> Result:
-        from ggufx.analysis.hashing import hash_model, verify as run_verify
+        from ggufx.analysis.hashing import hash_model
+        from ggufx.analysis.hashing import verify as run_verify
 
         with open(self.access.local(manifest), encoding="utf-8") as f:
             doc = json.load(f)
@@ -255,11 +295,13 @@ class GGUFTools:
         result = run_verify(entries[0], hash_model(model, entries[0].get("algo", "xxh3-128")))
         return {"manifest": manifest, "ok": result.ok, "results": [result.to_dict()]}
 
-    @tool("The model a running llama-server has loaded (asks its /props): the file's summary, the server's context "
-          "size, and whether the server's chat template is the file's (they differ after --chat-template overrides).")
+    @tool(
+        "The model a running llama-server has loaded (asks its /props): the file's summary, the server's context "
+        "size, and whether the server's chat template is the file's (they differ after --chat-template overrides)."
+    )
     def server_model(
         self,
-        url: Annotated[str, Field(description="The llama-server, e.g. \"http://127.0.0.1:8080\".")],
+        url: Annotated[str, Field(description='The llama-server, e.g. "http://127.0.0.1:8080".')],
     ) -> Result:
         from urllib.parse import urlsplit
 
@@ -274,8 +316,11 @@ class GGUFTools:
         return {"server": sm.to_dict(), "info": results.info(model)}
 
     # -- write tools (only with --allow-write) ----------------------------------------------
-    @tool("Set one metadata key in place (crash-safe; the file is the old or the new one at every instant). "
-          "The type is the key's existing type, else the one llama.cpp expects for it.", read_only=False)
+    @tool(
+        "Set one metadata key in place (crash-safe; the file is the old or the new one at every instant). "
+        "The type is the key's existing type, else the one llama.cpp expects for it.",
+        read_only=False,
+    )
     def set_metadata(
         self,
         path: ModelPath,
@@ -298,7 +343,7 @@ class GGUFTools:
         self,
         path: ModelPath,
         template: Annotated[str, Field(description="The Jinja template text.")],
-        name: Optional[str] = None,
+        name: str | None = None,
         dry_run: bool = False,
     ) -> Result:
         from ggufx.chat.sources import key_for
@@ -307,7 +352,7 @@ class GGUFTools:
 
         return self._edit(path, [Set(key_for(name), template, ValueType.STRING)], dry_run)
 
-    def _edit(self, path: str, ops: list[Any], dry_run: bool) -> Result:
+    def _edit(self, path: str, ops: "list[Op]", dry_run: bool) -> Result:
         """Apply ``ops`` to the local file ``path`` through the crash-safe edit engine."""
         from ggufx.edit.engine import edit
 
@@ -323,13 +368,19 @@ def register_tools(server: MCPServer, tools: GGUFTools, allow_write: bool) -> No
     for d in TOOL_DEFS:
         if not (d.read_only or allow_write):
             continue
-        server.add_tool(_guarded(getattr(tools, d.method)), name=d.name, description=d.description,
-                        annotations=ToolAnnotations(readOnlyHint=d.read_only, destructiveHint=not d.read_only,
-                                                    openWorldHint=open_world))
+        server.add_tool(
+            _guarded(getattr(tools, d.method)),
+            name=d.name,
+            description=d.description,
+            annotations=ToolAnnotations(
+                read_only_hint=d.read_only, destructive_hint=not d.read_only, open_world_hint=open_world
+            ),
+        )
 
 
 def _guarded(fn: Callable[..., Result]) -> Callable[..., CallToolResult]:
     """``fn`` answering a tool result: its JSON, or a tool error whose text is the CLI's one-line message."""
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> CallToolResult:
         try:
@@ -361,4 +412,5 @@ def _ok(d: Result) -> CallToolResult:
 
 
 def _fail(message: str) -> CallToolResult:
+    """A tool error whose text is ``message``."""
     return CallToolResult(content=[TextContent(type="text", text=message)], is_error=True)
