@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ggufx.analysis.buffers import Breakdown, ContextParams
+from ggufx.analysis.placement import Device, OffloadParams
 from ggufx.analysis.summary import summarize
 from ggufx.errors import InputError
 from ggufx.format.ggmltypes import CACHE_TYPES
@@ -217,25 +219,127 @@ def memory(
     parallel: int = 1,
     ubatch: int = 512,
     n_gpu_layers: int = -1,
+    *,
+    gpus: Sequence[Device] | None = None,
+    offload: OffloadParams | None = None,
+    context: ContextParams | None = None,
 ) -> dict[str, Any]:
-    from ggufx.analysis.memory import estimate
+    """Every buffer llama.cpp allocates, per device, and the one-GPU summary of earlier versions.
 
-    for name, v in (("--cache-type-k", cache_type_k), ("--cache-type-v", cache_type_v)):
-        if v not in CACHE_TYPES:
-            raise InputError(f"cache type {v!r} is not one of {', '.join(CACHE_TYPES)}", name)
-    if ctx < 0 or parallel < 1 or ubatch < 1:
-        raise InputError("ctx must be >= 0, parallel and ubatch >= 1", "--ctx")
-    e = estimate(
-        model,
-        ctx,
-        cache_type_k=cache_type_k,
-        cache_type_v=cache_type_v,
-        parallel=parallel,
-        n_ubatch=ubatch,
-        flash_attn=flash_attn,
-        n_gpu_layers=n_gpu_layers,
-    )
-    return {"path": model.path, **e.to_dict(), "n_gpu_layers_requested": n_gpu_layers}
+    ``gpus`` (default one CUDA GPU; empty: a build without GPUs), ``offload`` and ``context`` carry
+    every llama.cpp option; without them the positional arguments are used."""
+    from ggufx.analysis.buffers import breakdown
+    from ggufx.analysis.memory import GPU, summarize_breakdown
+
+    if context is None:
+        for name, v in (("--cache-type-k", cache_type_k), ("--cache-type-v", cache_type_v)):
+            if v not in CACHE_TYPES:
+                raise InputError(f"cache type {v!r} is not one of {', '.join(CACHE_TYPES)}", name)
+        if ctx < 0 or parallel < 1 or ubatch < 1:
+            raise InputError("ctx must be >= 0, parallel and ubatch >= 1", "--ctx")
+        context = ContextParams(
+            n_ctx=ctx,
+            n_ubatch=ubatch,
+            n_parallel=parallel,
+            cache_type_k=cache_type_k,
+            cache_type_v=cache_type_v,
+            flash_attn="auto" if flash_attn else "off",
+        )
+    offload = offload or OffloadParams(n_gpu_layers=n_gpu_layers)
+    devices = list(gpus) if gpus is not None else [Device(GPU, 0)]
+    b = breakdown(model, devices, offload, context)
+    e = summarize_breakdown(model, b, context)
+    return {"path": model.path, **e.to_dict(), "n_gpu_layers_requested": offload.n_gpu_layers, **memory_details(b)}
+
+
+def memory_details(b: Breakdown) -> dict[str, Any]:
+    """The per-device keys of ``mem --json``: llama.cpp's memory breakdown table and every buffer."""
+    d = b.to_dict()
+    outputs = b.by_kind("output")
+    rows = []
+    for name, r in d["table"].items():
+        free = next((dev.free for dev in b.devices if dev.name == name), None)
+        out = sum(v for k, v in outputs.items() if b.row(k) == name)
+        rows.append(
+            {
+                "name": name,
+                "free": free or None,
+                "model": r["model"],
+                "context": r["context"],
+                "compute": r["compute"],
+                "self": r["self"],
+                "output": out,
+            }
+        )
+    return {
+        "devices": rows,
+        "buffers": d["buffers"],
+        "n_ctx_seq": d["n_ctx_seq"],
+        "n_streams": d["n_streams"],
+        "n_batch": d["n_batch"],
+        "swa_cells": d["swa_cells"],
+        "layers_offloaded": d["layers_offloaded"],
+        "n_layer": d["n_layer"],
+        "exact": ["model", "kv", "recurrent", "output"],
+        "computed": ["compute"],
+    }
+
+
+def memory_check(
+    model: GGUFModel,
+    log_text: str,
+    *,
+    gpus: Sequence[Device] | None = None,
+    offload: OffloadParams | None = None,
+    context: ContextParams | None = None,
+    tolerance: float = 0.05,
+) -> dict[str, Any]:
+    """Compare ggufx's buffers with a llama.cpp log's (``-v``): per kind and buffer type, llama.cpp's
+    MiB, ggufx's and the difference. Exact buffers must agree to llama.cpp's printed 0.01 MiB,
+    computed ones within ``tolerance``; ``ok`` says whether all do."""
+    from ggufx.analysis.buffers import MiB, breakdown
+    from ggufx.analysis.llamalog import parse_log
+
+    log = parse_log(log_text)
+    if not log.buffers:
+        raise InputError("the log has no buffer lines: run llama.cpp with -v (--verbose)", "--check")
+    if gpus is None:
+        gpus = [Device(name, free * MiB) for name, free in log.devices]
+    b = breakdown(model, list(gpus), offload or OffloadParams(), context or ContextParams())
+    rows = []
+    for kind in ("model", "kv", "recurrent", "output", "compute"):
+        theirs = log.buffers.get(kind, {})
+        ours = b.by_kind(kind)
+        for buft in sorted(set(theirs) | {k for k, v in ours.items() if v}):
+            t = theirs.get(buft)
+            o = ours.get(buft, 0) / MiB
+            exact = kind != "compute"
+            if t is None:
+                ok = False
+            elif exact:
+                ok = round(o, 2) == round(t, 2)
+            else:
+                ok = abs(o - t) <= tolerance * max(t, 1.0)
+            rows.append(
+                {
+                    "kind": kind,
+                    "buft": buft,
+                    "llama_cpp_mib": t,
+                    "ggufx_mib": round(o, 2),
+                    "difference_mib": None if t is None else round(o - t, 2),
+                    "difference_pct": None if not t else round(100 * (o - t) / t, 2),
+                    "exact": exact,
+                    "ok": ok,
+                }
+            )
+    return {
+        "path": model.path,
+        "tolerance": tolerance,
+        "ok": all(r["ok"] for r in rows),
+        "rows": rows,
+        "log_devices": [{"name": n, "free_mib": f} for n, f in log.devices],
+        "pipeline_parallel": log.pipeline_parallel,
+    }
 
 
 def fit(

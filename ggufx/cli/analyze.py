@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from ggufx.analysis.buffers import FLASH_ATTN, ContextParams
+from ggufx.analysis.placement import CPU_MOE_PATTERN, SPLIT_MODES, Device, OffloadParams
 from ggufx.cli._common import (
     EXIT_CHECK_FAILED,
     emit,
@@ -135,7 +137,14 @@ __all__: list[Any] = ["roles", "layers", "recipe", "diff_"]
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option(
-    "--ctx", type=int, default=0, show_default=True, help="Context length in tokens (0: the model's training context)."
+    "--ctx",
+    "-c",
+    "--ctx-size",
+    "ctx",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Context length in tokens (0: the model's training context).",
 )
 @click.option(
     "--cache-type-k", "-ctk", default="f16", show_default=True, type=click.Choice(CACHE_TYPES), help="K cache type."
@@ -147,22 +156,105 @@ __all__: list[Any] = ["roles", "layers", "recipe", "diff_"]
     "--flash-attn/--no-flash-attn",
     default=True,
     show_default=True,
-    help="Flash attention (needed for a quantized V cache).",
+    help="Flash attention (needed for a quantized V cache); -fa sets it as llama.cpp does.",
 )
-@click.option("--parallel", "-np", default=1, show_default=True, help="Sequences (slots) served in parallel.")
-@click.option("--ubatch", "-ub", default=512, show_default=True, help="Physical batch size in tokens.")
+@click.option("-fa", "fa", type=click.Choice(FLASH_ATTN), help="llama.cpp's -fa on|off|auto (default auto).")
+@click.option(
+    "--parallel",
+    "-np",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Sequences (slots) served in parallel.",
+)
+@click.option(
+    "--ubatch",
+    "-ub",
+    "--ubatch-size",
+    "ubatch",
+    type=click.IntRange(min=1),
+    default=512,
+    show_default=True,
+    help="Physical batch size in tokens.",
+)
+@click.option(
+    "--batch-size",
+    "-b",
+    "batch",
+    type=click.IntRange(min=1),
+    default=2048,
+    show_default=True,
+    help="Logical batch size in tokens.",
+)
 @click.option(
     "--n-gpu-layers",
     "-ngl",
+    type=int,
     default=-1,
     show_default=True,
-    help="Layers offloaded to the GPU (-1: all, and the output layer).",
+    help="The last N of n_layer + 1 layers on the GPUs, the output layer counting as one (-1: all).",
 )
+@click.option("--tensor-split", "-ts", metavar="A,B,...", help="Share of the layers per GPU (default: by free memory).")
+@click.option(
+    "--split-mode",
+    "-sm",
+    type=click.Choice(SPLIT_MODES),
+    default="layer",
+    show_default=True,
+    help="How several GPUs share the model (row is refused by this llama.cpp with CUDA).",
+)
+@click.option(
+    "--main-gpu", "-mg", type=click.IntRange(min=0), default=0, show_default=True, help="The GPU of -sm none."
+)
+@click.option(
+    "--override-tensor",
+    "-ot",
+    "overrides",
+    multiple=True,
+    metavar="REGEX=BUFT",
+    help="Put tensors matching REGEX in buffer type BUFT (CPU, CUDA1...); repeatable, first match wins.",
+)
+@click.option("--cpu-moe", "-cmoe", is_flag=True, help="Keep every MoE expert tensor on the CPU.")
+@click.option(
+    "--n-cpu-moe",
+    "-ncmoe",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Keep the experts of the first N layers on the CPU.",
+)
+@click.option("--no-kv-offload", "-nkvo", is_flag=True, help="KV cache and recurrent state on the host.")
+@click.option("--swa-full", is_flag=True, help="Sliding-window layers keep the full context.")
+@click.option("--kv-unified", "-kvu", is_flag=True, help="One KV stream shared by all sequences.")
+@click.option("--no-mmap", is_flag=True, help="Host weights in pinned memory instead of a mapping of the file.")
+@click.option(
+    "--gpus", metavar="SIZE,SIZE|none", help="The GPUs' free memory, e.g. 24GiB,24GiB (default: one GPU); none: no GPU."
+)
+@click.option(
+    "--tool",
+    type=click.Choice(["llama-cli", "llama-server"]),
+    default="llama-cli",
+    show_default=True,
+    help="llama-server reserves logits for one token per slot, the CLI tools for a whole micro-batch.",
+)
+@click.option("--llama-args", metavar="'ARGS'", help="llama.cpp's own options as one string (they override the above).")
 @click.option(
     "--fit",
     "fit_budget",
     metavar="SIZE",
     help="Instead: the largest context per cache type that fits SIZE of GPU memory (24GiB, 16GB).",
+)
+@click.option(
+    "--check",
+    "check_log",
+    type=click.Path(dir_okay=False, exists=True),
+    help="Compare with a llama.cpp log (-v) of the same model and options; exit 1 beyond the tolerance.",
+)
+@click.option(
+    "--tolerance",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="Percent allowed on computed buffers for --check.",
 )
 @json_option
 @tablefmt_option
@@ -173,27 +265,52 @@ def mem(
     cache_type_k: str,
     cache_type_v: str,
     flash_attn: bool,
+    fa: str | None,
     parallel: int,
     ubatch: int,
+    batch: int,
     n_gpu_layers: int,
+    tensor_split: str | None,
+    split_mode: str,
+    main_gpu: int,
+    overrides: tuple[str, ...],
+    cpu_moe: bool,
+    n_cpu_moe: int,
+    no_kv_offload: bool,
+    swa_full: bool,
+    kv_unified: bool,
+    no_mmap: bool,
+    gpus: str | None,
+    tool: str,
+    llama_args: str | None,
     fit_budget: str | None,
+    check_log: str | None,
+    tolerance: float,
     as_json: bool,
     tablefmt: str,
 ) -> None:
-    """Memory as llama.cpp allocates it: weights (offloaded vs host), KV cache (attention layers
-    only, sliding-window layers hold only the window), recurrent state (Mamba, Gated DeltaNet,
-    RWKV layers), and an estimate of the compute buffer. --fit answers the inverse question: the
-    largest context that fits a GPU, for f16, q8_0 and q4_0 caches. 1 MiB = 1,048,576 bytes.
+    """Memory as llama.cpp allocates it, per device: weights, KV cache, recurrent state, output and
+    compute buffers, in the shape of llama.cpp's own "memory breakdown" table. Options are
+    llama.cpp's (-c, -ngl, -ts, -sm, -mg, -ot, --cpu-moe, -nkvo, -np, -ub, -fa, -ctk, -ctv...).
+
+    \b
+    Exact (as llama.cpp allocates them, checked against recorded CUDA logs): weights per buffer
+    type (CUDA padding, memory-mapped host span, tied output copies), KV cache, recurrent state,
+    output buffer. Computed (an allocator model, labelled so): compute buffers. 1 MiB = 1,048,576 bytes.
 
     \b
     Examples:
-      ggufx mem model.gguf --ctx 32768
-      ggufx mem model.gguf --ctx 262144 -ctk q4_0 -ctv q4_0
+      ggufx mem model.gguf -c 32768
+      ggufx mem model.gguf -c 262144 -ctk q4_0 -ctv q4_0 --gpus 24GiB
+      ggufx mem model.gguf --gpus 24GiB,24GiB -ngl 40 --n-cpu-moe 20
+      ggufx mem model.gguf --llama-args "-ngl 99 -c 65536 -fa on" --check llama.log
       ggufx mem model.gguf --fit 24GiB
     """
     import ggufx
     from ggufx import results
-    from ggufx.render.text import fit_text, memory_text
+    from ggufx.analysis.llamaargs import parse_args
+    from ggufx.analysis.placement import n_cpu_moe_patterns
+    from ggufx.render.text import fit_text, memory_check_text, memory_devices_text
 
     model = ggufx.open(file)
     try:
@@ -201,10 +318,87 @@ def mem(
             res = results.fit(model, fit_budget, flash_attn, parallel, ubatch, n_gpu_layers)
             emit(res, as_json, lambda: fit_text(res, tablefmt))
             return
-        res = results.memory(model, ctx, cache_type_k, cache_type_v, flash_attn, parallel, ubatch, n_gpu_layers)
+        ot = [_override(o) for o in overrides]
+        if cpu_moe:
+            ot.append((CPU_MOE_PATTERN, "CPU"))
+        ot += [(p, "CPU") for p in n_cpu_moe_patterns(n_cpu_moe)]
+        offload = OffloadParams(n_gpu_layers, split_mode, main_gpu, _split(tensor_split), tuple(ot), not no_mmap)
+        server = tool == "llama-server"
+        context = ContextParams(
+            n_ctx=ctx,
+            n_batch=batch,
+            n_ubatch=ubatch,
+            n_parallel=parallel,
+            kv_unified=kv_unified,
+            flash_attn=fa or ("auto" if flash_attn else "off"),
+            cache_type_k=cache_type_k,
+            cache_type_v=cache_type_v,
+            no_kv_offload=no_kv_offload,
+            swa_full=swa_full,
+            n_outputs_max=parallel if server else 0,
+        )
+        no_devices = False
+        if llama_args is not None:
+            parsed = parse_args(llama_args, server=server)
+            offload, context, no_devices = parsed.offload, parsed.context, parsed.no_devices
+        devices = [] if no_devices else _gpus(gpus)
+        if check_log is not None:
+            with open(check_log, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+            res = results.memory_check(
+                model,
+                text,
+                gpus=devices if (gpus or no_devices) else None,
+                offload=offload,
+                context=context,
+                tolerance=tolerance / 100,
+            )
+            emit(res, as_json, lambda: memory_check_text(res, tablefmt))
+            if not res["ok"]:
+                sys.exit(EXIT_CHECK_FAILED)
+            return
+        res = results.memory(model, gpus=devices, offload=offload, context=context)
     except results.InputError as e:
         raise click.BadParameter(str(e), param_hint=e.param) from None
-    emit(res, as_json, lambda: memory_text(res, tablefmt))
+    emit(res, as_json, lambda: memory_devices_text(res, tablefmt))
+
+
+def _override(text: str) -> tuple[str, str]:
+    pattern, sep, buft = text.rpartition("=")
+    if not sep or not pattern or not buft:
+        raise click.BadParameter(f"{text!r}: expected REGEX=BUFFER_TYPE, e.g. exps=CPU", param_hint="-ot")
+    return pattern, buft
+
+
+def _split(text: str | None) -> tuple[float, ...]:
+    if not text:
+        return ()
+    try:
+        parts = tuple(float(x) for x in text.replace("/", ",").split(","))
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r}: expected numbers separated by commas, e.g. 3,1", param_hint="-ts"
+        ) from None
+    if any(p < 0 for p in parts):
+        raise click.BadParameter(f"{text!r}: shares cannot be negative", param_hint="-ts")
+    return parts
+
+
+def _gpus(text: str | None) -> list[Device]:
+    """--gpus 24GiB,24GiB: one CUDA device per size (its free memory); none: no GPU."""
+    from ggufx.analysis.memory import GPU, parse_size
+
+    if text is None:
+        return [Device(GPU, 0)]
+    if text.strip().lower() in ("none", "0", "cpu"):
+        return []
+    devices = []
+    for i, part in enumerate(text.split(",")):
+        try:
+            devices.append(Device(f"CUDA{i}", parse_size(part)))
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--gpus") from None
+    return devices
 
 
 @click.command()

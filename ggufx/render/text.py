@@ -223,44 +223,6 @@ def diff_text(res: dict[str, Any], fmt: str = "simple") -> str:
 MiB = 1 << 20
 
 
-def memory_text(res: dict[str, Any], fmt: str = "simple") -> str:
-    """``ggufx mem`` (``results.memory``): one row per part, in MiB, then llama.cpp's notes."""
-    w, kv, rec = res["weights"], res["kv_cache"], res["recurrent_state"]
-    full, swa = kv["full_attention"], kv["sliding_window"]
-    offload = (
-        "all layers and the output layer offloaded"
-        if res["n_gpu_layers_requested"] < 0
-        else f"{res['n_gpu_layers']} layers offloaded"
-    )
-    rows = [
-        ("weights on GPU", w["gpu"] / MiB, offload),
-        ("weights on host", w["host"] / MiB, "token embedding and layers not offloaded"),
-        (
-            "KV cache (full attention)",
-            full["bytes"] / MiB,
-            f"{full['layers']} layers x {full['cells']:,} cells, K {res['cache_type_k']} V {res['cache_type_v']}",
-        ),
-    ]
-    if swa["layers"]:
-        rows.append(
-            ("KV cache (sliding window)", swa["bytes"] / MiB, f"{swa['layers']} layers x {swa['cells']:,} cells")
-        )
-    if rec["layers"]:
-        rows.append(
-            ("recurrent state", rec["bytes"] / MiB, f"{rec['layers']} layers x {res['parallel']} sequence(s), f32")
-        )
-    rows.append(
-        (
-            "compute buffer (estimate)",
-            res["compute_estimate"] / MiB,
-            f"ubatch {res['n_ubatch']}, flash attention {'on' if res['flash_attn'] else 'off'}",
-        )
-    )
-    rows.append(("GPU total", res["gpu_total"] / MiB, f"n_ctx {res['n_ctx']:,}"))
-    text = table.render([(a, f"{b:,.2f}", c) for a, b, c in rows], ("part", "MiB", "how"), fmt, align="lrl")
-    return "\n".join([text, *(f"note: {note}" for note in res["notes"])])
-
-
 def fit_text(res: dict[str, Any], fmt: str = "simple") -> str:
     """``ggufx mem --fit`` (``results.fit``): the largest context per cache type."""
     rows = [
@@ -272,3 +234,82 @@ def fit_text(res: dict[str, Any], fmt: str = "simple") -> str:
         for f in res["fits"]
     ]
     return table.render(rows, ("KV cache type", "largest context", "GPU MiB"), fmt, align="lrr")
+
+
+def memory_devices_text(res: dict[str, Any], fmt: str = "simple") -> str:
+    """``ggufx mem`` (``results.memory``): llama.cpp's memory breakdown per device, then the caches."""
+    rows = []
+    for d in res["devices"]:
+        total = d["self"] + d["output"]
+        free = d["free"]
+        verdict = "" if not free else ("yes" if total <= free else f"no: {(total - free) / MiB:,.0f} MiB short")
+        rows.append(
+            (
+                d["name"],
+                f"{d['model'] / MiB:,.2f}",
+                f"{d['context'] / MiB:,.2f}",
+                f"{d['compute'] / MiB:,.2f}",
+                f"{d['output'] / MiB:,.2f}",
+                f"{total / MiB:,.2f}",
+                f"{free / MiB:,.0f}" if free else "-",
+                verdict,
+            )
+        )
+    table_text = table.render(
+        rows,
+        ("device", "model MiB", "context MiB", "compute MiB*", "output MiB", "total MiB", "free MiB", "fits"),
+        fmt,
+        align="lrrrrrrl",
+    )
+    kv, rec = res["kv_cache"], res["recurrent_state"]
+    full, swa = kv["full_attention"], kv["sliding_window"]
+    lines = [
+        table_text,
+        "* computed: a model of llama.cpp's graph allocator; every other figure is exact.",
+        f"context {res['n_ctx']:,} tokens ({res['n_streams']} stream(s) of {res['n_ctx_seq']:,}), micro-batch "
+        f"{res['n_ubatch']}, {res['layers_offloaded']}/{res['n_layer'] + 1} layers offloaded, KV cache K "
+        f"{res['cache_type_k']} V {res['cache_type_v']}",
+    ]
+    if full["layers"]:
+        lines.append(
+            f"KV cache: {full['layers']} full-attention layers x {full['cells']:,} cells = {full['bytes'] / MiB:,.2f} MiB"
+        )
+    if swa["layers"]:
+        lines.append(
+            f"KV cache: {swa['layers']} sliding-window layers x {swa['cells']:,} cells = {swa['bytes'] / MiB:,.2f} MiB"
+        )
+    if rec["layers"]:
+        lines.append(
+            f"recurrent state: {rec['layers']} layers x {res['parallel']} sequence(s) = {rec['bytes'] / MiB:,.2f} MiB"
+        )
+    lines += [f"note: {note}" for note in res["notes"]]
+    return "\n".join(lines)
+
+
+def memory_check_text(res: dict[str, Any], fmt: str = "simple") -> str:
+    """``ggufx mem --check LOG`` (``results.memory_check``): llama.cpp's figure, ggufx's, difference."""
+
+    def num(v: float | None, spec: str = ",.2f") -> str:
+        return "-" if v is None else format(v, spec)
+
+    rows = [
+        (
+            r["kind"],
+            r["buft"],
+            num(r["llama_cpp_mib"]),
+            num(r["ggufx_mib"]),
+            num(r["difference_mib"], "+,.2f"),
+            num(r["difference_pct"], "+.1f") + ("%" if r["difference_pct"] is not None else ""),
+            "exact" if r["exact"] else "computed",
+            "ok" if r["ok"] else "MISMATCH",
+        )
+        for r in res["rows"]
+    ]
+    text = table.render(
+        rows, ("buffer", "type", "llama.cpp MiB", "ggufx MiB", "difference", "%", "", ""), fmt, align="llrrrrll"
+    )
+    bad = sum(not r["ok"] for r in res["rows"])
+    verdict = ("every buffer agrees" if not bad else f"{bad} buffer(s) differ") + (
+        f" (exact ones to 0.01 MiB, computed ones within {100 * res['tolerance']:g}%)"
+    )
+    return f"{text}\n{verdict}"

@@ -1,0 +1,412 @@
+"""Every buffer llama.cpp allocates for a model and a context, per buffer type, from the header alone.
+
+Exact (byte for byte what llama.cpp allocates, checked against recorded logs in tests):
+
+* **model**: weights per buffer type (:mod:`ggufx.analysis.placement`). CUDA buffers align every
+  tensor to 128 bytes and give a quantized tensor whose row is not a multiple of 512 elements one
+  padded partial row (``ggml_backend_cuda_buffer_type_get_alloc_size``); memory-mapped host weights
+  (``CPU_Mapped``) span the file from the first to the last host tensor of each shard.
+* **kv**: per attention layer, on its layer's device (the host with ``-nkvo``): K ``[n_embd_k_gqa,
+  cells]`` and V (``[n_embd_v_gqa_max, ...]`` when V is transposed, i.e. ``-fa off``), cells =
+  ``n_ctx`` (``n_ctx_seq`` per stream); sliding-window layers hold ``pad256(min(n_ctx_seq, n_swa x
+  (unified ? np : 1) + n_ubatch))`` cells per stream unless ``--swa-full``.
+* **recurrent**: per recurrent layer and sequence, ``n_embd_r`` and ``n_embd_s`` f32 values.
+* **output**: ``n_vocab`` floats per sequence, on the host buffer of the output layer's device.
+
+Computed (an estimate, labelled so): **compute** buffers, see :mod:`ggufx.analysis.compute`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ggufx.analysis.compute import ComputeModel, GraphShape, cpu_compute, device_compute, host_compute, masks
+from ggufx.analysis.hparams import Hparams, hparams, pad
+from ggufx.analysis.layers import LayerKind, layer_kinds
+from ggufx.analysis.placement import CPU, CPU_MAPPED, CPU_REPACK, Device, OffloadParams, Placement, layer_of, place
+from ggufx.errors import InputError
+from ggufx.format.ggmltypes import GGMLType, ggml_type_by_name
+from ggufx.model import GGUFModel
+
+MiB = 1 << 20
+CUDA_ALIGN = 128  # ggml-cuda.cu: ggml_backend_cuda_buffer_type_get_alignment
+HOST_ALIGN = 32  # TENSOR_ALIGNMENT: CPU, CPU_Mapped, CUDA_Host, CPU_REPACK
+MATRIX_ROW_PADDING = 512  # ggml-cuda/common.cuh
+FLASH_ATTN = ("on", "off", "auto")
+
+
+@dataclass(frozen=True, slots=True)
+class ContextParams:
+    """The llama.cpp context options that size the KV cache, state, output and compute buffers."""
+
+    n_ctx: int = 0  # -c (0: the training context)
+    n_batch: int = 2048  # -b
+    n_ubatch: int = 512  # -ub
+    n_parallel: int = 1  # -np
+    kv_unified: bool = False  # --kv-unified
+    flash_attn: str = "auto"  # -fa on|off|auto
+    cache_type_k: str = "f16"  # -ctk
+    cache_type_v: str = "f16"  # -ctv
+    no_kv_offload: bool = False  # -nkvo
+    swa_full: bool = False  # --swa-full
+    n_outputs_max: int = 0  # 0: n_batch, as llama-completion; llama-server reserves -np outputs
+
+
+@dataclass(slots=True)
+class Buffer:
+    """One buffer: what it holds, its buffer type (``CUDA0``, ``CPU_Mapped``...), size in bytes."""
+
+    kind: str  # model, kv, recurrent, output, compute
+    buft: str
+    bytes: int
+    exact: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "buft": self.buft,
+            "bytes": self.bytes,
+            "mib": round(self.bytes / MiB, 2),
+            "exact": self.exact,
+        }
+
+
+@dataclass(slots=True)
+class Breakdown:
+    """All buffers of one model and context, and the resolved llama.cpp parameters."""
+
+    buffers: list[Buffer]
+    n_ctx: int
+    n_ctx_seq: int
+    n_streams: int
+    n_batch: int
+    n_ubatch: int
+    n_seq_max: int
+    swa_cells: int
+    layers_offloaded: int
+    n_layer: int
+    devices: list[Device] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    # tensor bytes (as ``llama_kv_cache: size = ...`` prints them, without buffer padding) and layers
+    kv_bytes: int = 0
+    kv_layers: int = 0
+    kv_swa_bytes: int = 0
+    kv_swa_layers: int = 0
+    recurrent_bytes: int = 0
+    recurrent_layers: int = 0
+
+    def by_kind(self, kind: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for b in self.buffers:
+            if b.kind == kind:
+                out[b.buft] = out.get(b.buft, 0) + b.bytes
+        return out
+
+    def row(self, buft: str) -> str:
+        """The row of llama.cpp's memory breakdown table a buffer type is counted in."""
+        if buft in (CPU, CPU_MAPPED) or buft.endswith("_Host"):
+            return "Host"
+        return buft
+
+    def table(self) -> dict[str, dict[str, int]]:
+        """llama.cpp's ``memory breakdown``: per device and the host, model / context / compute bytes
+        (the output buffer is not in llama.cpp's table and not here)."""
+        rows: dict[str, dict[str, int]] = {d.name: {"model": 0, "context": 0, "compute": 0} for d in self.devices}
+        col = {"model": "model", "kv": "context", "recurrent": "context", "compute": "compute"}
+        for b in self.buffers:
+            if b.kind in col:
+                r = rows.setdefault(self.row(b.buft), {"model": 0, "context": 0, "compute": 0})
+                r[col[b.kind]] += b.bytes
+        for r in rows.values():
+            r["self"] = r["model"] + r["context"] + r["compute"]
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n_ctx": self.n_ctx,
+            "n_ctx_seq": self.n_ctx_seq,
+            "n_streams": self.n_streams,
+            "n_batch": self.n_batch,
+            "n_ubatch": self.n_ubatch,
+            "n_seq_max": self.n_seq_max,
+            "swa_cells": self.swa_cells,
+            "layers_offloaded": self.layers_offloaded,
+            "n_layer": self.n_layer,
+            "devices": [{"name": d.name, "free": d.free} for d in self.devices],
+            "buffers": [b.to_dict() for b in self.buffers],
+            "table": self.table(),
+            "notes": self.notes,
+        }
+
+
+def is_cuda(buft: str) -> bool:
+    return buft.startswith("CUDA") and not buft.endswith("_Host")
+
+
+def alloc_size(buft: str, t: GGMLType, ne0: int, rows: int) -> int:
+    """Bytes a tensor of ``rows`` rows of ``ne0`` elements takes in a buffer of type ``buft``."""
+    size = ne0 // t.block_size * t.type_size * rows
+    if is_cuda(buft):
+        if t.is_quantized and ne0 % MATRIX_ROW_PADDING:
+            size += (MATRIX_ROW_PADDING - ne0 % MATRIX_ROW_PADDING) // t.block_size * t.type_size
+        return pad(size, CUDA_ALIGN)
+    return pad(size, HOST_ALIGN)
+
+
+def weight_buffers(model: GGUFModel, pl: Placement) -> list[Buffer]:
+    """The model buffers of a placement: one per buffer type (``CPU_Mapped`` one per shard)."""
+    sizes: dict[str, int] = {}
+    spans: dict[int, tuple[int, int]] = {}
+    for t, buft in pl.tensors:
+        if buft == CPU_MAPPED:
+            lo, hi = spans.get(t.shard, (t.file_offset, t.file_offset + t.nbytes))
+            spans[t.shard] = (min(lo, t.file_offset), max(hi, t.file_offset + t.nbytes))
+            continue
+        rows = t.n_elements // t.shape[0] if t.shape and t.shape[0] else 1
+        sizes[buft] = sizes.get(buft, 0) + alloc_size(buft, t.type, t.shape[0] if t.shape else 1, rows)
+    out = [Buffer("model", CPU_MAPPED, hi - lo) for _shard, (lo, hi) in sorted(spans.items())]
+    out += [Buffer("model", b, n) for b, n in sizes.items()]
+    if pl.repack:
+        out.append(Buffer("model", CPU_REPACK, sum(pad(t.nbytes, HOST_ALIGN) for t in pl.repack)))
+    return out
+
+
+def _cache_type(name: str, option: str) -> GGMLType:
+    try:
+        return ggml_type_by_name(name)
+    except ValueError:
+        raise InputError(f"{option} {name}: not a ggml type", option) from None
+
+
+def kv_buffers(
+    hp: Hparams, kinds: list[LayerKind], pl: Placement, cp: ContextParams, cells: int, swa_cells: int, n_streams: int
+) -> tuple[list[Buffer], dict[bool, tuple[int, int]]]:
+    """The KV cache: one buffer per buffer type and cache (the sliding-window layers' cache apart),
+    and per cache (sliding window or not) its tensor bytes and layers."""
+    tk, tv = _cache_type(cp.cache_type_k, "-ctk"), _cache_type(cp.cache_type_v, "-ctv")
+    v_trans = cp.flash_attn == "off"
+    attn = [k for k in kinds if k.is_attention and k.index < len(hp.n_head_kv) and hp.n_head_kv[k.index] > 0]
+    v_max = max((hp.n_head_kv[k.index] * (hp.head_v_swa if k.is_swa else hp.head_v) for k in attn), default=0)
+    out: list[Buffer] = []
+    stats: dict[bool, tuple[int, int]] = {}
+    for swa in (False, True):
+        per: dict[str, int] = {}
+        nbytes = layers = 0
+        for k in attn:
+            if k.is_swa != swa:
+                continue
+            n_kv = hp.n_head_kv[k.index]
+            hk, hv = (hp.head_k_swa, hp.head_v_swa) if swa else (hp.head_k, hp.head_v)
+            dev = pl.layer_device[k.index] if k.index < len(pl.layer_device) else None
+            buft = CPU if cp.no_kv_offload or dev is None else dev
+            rows = (swa_cells if swa else cells) * n_streams
+            v_width = v_max if v_trans else hv * n_kv
+            per[buft] = per.get(buft, 0) + alloc_size(buft, tk, hk * n_kv, rows) + alloc_size(buft, tv, v_width, rows)
+            nbytes += (_row(tk, hk * n_kv) + _row(tv, v_width)) * rows
+            layers += 1
+        out += [Buffer("kv", b, n) for b, n in per.items()]
+        stats[swa] = (nbytes, layers)
+    return out, stats
+
+
+def _row(t: GGMLType, n: int) -> int:
+    if n % t.block_size:
+        raise InputError(f"a row of {n} values is not a whole number of {t.name} blocks ({t.block_size})", "-ctk")
+    return n // t.block_size * t.type_size
+
+
+def recurrent_buffers(
+    hp: Hparams, kinds: list[LayerKind], pl: Placement, cp: ContextParams, n_seq: int
+) -> list[Buffer]:
+    f32 = ggml_type_by_name("F32")
+    per: dict[str, int] = {}
+    for k in kinds:
+        if not k.is_recurrent:
+            continue
+        dev = pl.layer_device[k.index]
+        buft = CPU if cp.no_kv_offload or dev is None else dev
+        per[buft] = (
+            per.get(buft, 0) + alloc_size(buft, f32, hp.n_embd_r, n_seq) + alloc_size(buft, f32, hp.n_embd_s, n_seq)
+        )
+    return [Buffer("recurrent", b, n) for b, n in per.items()]
+
+
+def breakdown(model: GGUFModel, devices: list[Device], offload: OffloadParams, cp: ContextParams) -> Breakdown:
+    """Every buffer llama.cpp allocates for ``model`` on ``devices`` with these options."""
+    if cp.flash_attn not in FLASH_ATTN:
+        raise InputError(f"-fa must be one of {', '.join(FLASH_ATTN)}", "-fa")
+    if min(cp.n_batch, cp.n_ubatch, cp.n_parallel) < 1 or cp.n_ctx < 0:
+        raise InputError("-b, -ub and -np must be >= 1 and -c >= 0", "-c")
+    hp = hparams(model)
+    kinds = layer_kinds(model)
+    pl = place(model, devices, offload)
+    n_seq = cp.n_parallel
+    n_ctx = pad(cp.n_ctx or hp.n_ctx_train or 4096)
+    if cp.kv_unified:
+        n_ctx_seq, n_streams = n_ctx, 1
+    else:
+        n_ctx_seq, n_streams = pad(n_ctx // n_seq), n_seq
+        n_ctx = n_ctx_seq * n_seq
+    n_batch = min(n_ctx, cp.n_batch)
+    n_ubatch = min(n_batch, cp.n_ubatch)
+    swa_cells = n_ctx_seq
+    if hp.n_swa and not cp.swa_full:
+        swa_cells = pad(min(n_ctx_seq, hp.n_swa * (n_seq if cp.kv_unified else 1) + n_ubatch))
+    notes: list[str] = []
+    if cp.flash_attn == "off" and ggml_type_by_name(cp.cache_type_v).is_quantized:
+        raise InputError("a quantized V cache needs flash attention (llama.cpp refuses -fa off with it)", "-ctv")
+    if pl.unmatched_overrides:
+        raise InputError(f"-ot {pl.unmatched_overrides[0]}: matches no tensor of {model.path}", "-ot")
+    buffers = weight_buffers(model, pl)
+    kv, kv_stats = kv_buffers(hp, kinds, pl, cp, n_ctx_seq, swa_cells, n_streams)
+    buffers += kv
+    rs = recurrent_buffers(hp, kinds, pl, cp, max(1, n_seq))
+    buffers += rs
+    out_dev = pl.output_device
+    host = f"{out_dev.rstrip('0123456789')}_Host" if out_dev is not None else CPU
+    buffers.append(Buffer("output", host, 4 * hp.n_vocab * n_seq))
+    n_outputs = min(n_ubatch, cp.n_outputs_max or n_batch)
+    shape = GraphShape(
+        n_tokens=n_ubatch,
+        n_outputs=n_outputs,
+        n_kv=n_ctx_seq,
+        n_kv_swa=swa_cells,
+        n_streams=n_streams,
+        flash_attn=cp.flash_attn != "off",
+        k_quantized=ggml_type_by_name(cp.cache_type_k).is_quantized,
+        v_quantized=ggml_type_by_name(cp.cache_type_v).is_quantized,
+    )
+    pipeline = (
+        len(pl.devices) > 1
+        and pl.n_offloaded == hp.n_layer + 1
+        and offload.split_mode == "layer"
+        and not cp.no_kv_offload
+        and not offload.overrides
+    )
+    buffers += compute_buffers(model, hp, kinds, pl, shape, pipeline, cp.flash_attn == "off", cp.no_kv_offload)
+    rough = approximate_compute(model, kinds, pl, shape, pipeline, cp, offload)
+    if rough:
+        notes.append(f"compute buffers are a rough approximation here ({rough}); the other figures stay exact")
+    n_rec = sum(1 for k in kinds if k.is_recurrent)
+    return Breakdown(
+        buffers,
+        n_ctx,
+        n_ctx_seq,
+        n_streams,
+        n_batch,
+        n_ubatch,
+        n_seq,
+        swa_cells,
+        pl.n_offloaded,
+        hp.n_layer,
+        pl.devices,
+        notes,
+        kv_stats[False][0],
+        kv_stats[False][1],
+        kv_stats[True][0],
+        kv_stats[True][1],
+        n_rec * 4 * (hp.n_embd_r + hp.n_embd_s) * max(1, n_seq),
+        n_rec,
+    )
+
+
+def approximate_compute(
+    model: GGUFModel,
+    kinds: list[LayerKind],
+    pl: Placement,
+    s: GraphShape,
+    pipeline: bool,
+    cp: ContextParams,
+    offload: OffloadParams,
+) -> str | None:
+    """Why the compute model is only approximate for this configuration (None: it is within 5% of
+    llama.cpp on every recorded run of this kind)."""
+    if len(pl.devices) > 1 and not pipeline:
+        return "several GPUs without pipeline parallelism"
+    if pipeline and any(d.name not in pl.layer_device for d in pl.devices):
+        return "a GPU that holds no layer"
+    if pipeline and s.n_outputs < s.n_tokens:
+        return "pipeline parallelism with fewer outputs than tokens"
+    if cp.no_kv_offload and any(k.is_recurrent for k in kinds):
+        return "-nkvo with recurrent layers"
+    moe = (model.metadata.get_int(f"{model.architecture}.expert_count") or 0) > 0
+    if moe and offload.overrides and pl.n_offloaded < len(pl.layer_device):
+        return "MoE experts on the host with partial offload"
+    return None
+
+
+def compute_model(model: GGUFModel, hp: Hparams, kinds: list[LayerKind]) -> ComputeModel:
+    md = model.metadata
+    a = model.architecture or ""
+    n_expert = md.get_int(f"{a}.expert_count") or 0
+    per = tuple(
+        "recurrent" if k.is_recurrent else "swa" if k.is_swa else "attention" if k.is_attention else "none"
+        for k in kinds
+    )
+    hybrid_q = a in ("qwen35", "qwen35moe", "qwen3next")
+    return ComputeModel(
+        per,
+        n_expert > 0,
+        md.get_int(f"{a}.expert_feed_forward_length") or 0,
+        md.get_int(f"{a}.expert_used_count") or 0,
+        hybrid_q,
+        hybrid_q,
+    )
+
+
+def compute_buffers(
+    model: GGUFModel,
+    hp: Hparams,
+    kinds: list[LayerKind],
+    pl: Placement,
+    s: GraphShape,
+    pipeline: bool,
+    v_trans: bool,
+    no_kv_offload: bool,
+) -> list[Buffer]:
+    """Computed (not exact) compute buffers per backend (see :mod:`ggufx.analysis.compute`)."""
+    cm = compute_model(model, hp, kinds)
+    if not pl.devices:
+        return [Buffer("compute", CPU, cpu_compute(hp, cm, s), exact=False)]
+    full = pl.n_offloaded == hp.n_layer + 1
+    host_weights = [
+        t
+        for t, buft in pl.tensors
+        if not is_cuda(buft) and len(t.shape) >= 2 and layer_of(t.name, hp.n_layer) != "input"
+    ]
+    out_on_host = pl.output_device is None
+    if out_on_host:  # the output matrix (or the tied embedding) is multiplied on the first GPU
+        host_weights += [t for t, _ in pl.tensors if t.name in ("output.weight", "token_embd.weight")][-1:]
+    biggest = (
+        max(
+            (alloc_size(pl.devices[0].name, t.type, t.shape[0], t.n_elements // t.shape[0]) for t in host_weights),
+            default=0,
+        )
+        if out_on_host
+        else 0
+    )
+    out: list[Buffer] = []
+    for i, d in enumerate(pl.devices):
+        layers = [il for il in range(hp.n_layer) if pl.layer_device[il] == d.name]
+        has_output = pl.output_device == d.name
+        if not layers and not has_output and not (i == 0 and biggest):
+            continue
+        size = device_compute(
+            hp,
+            cm,
+            s,
+            layers,
+            has_output,
+            full,
+            pipeline,
+            biggest if i == 0 else 0,
+            not no_kv_offload,
+            len(pl.devices) == 1,
+        )
+        out.append(Buffer("compute", d.name, size, exact=False))
+    all_masks = masks(s, list(cm.kinds))
+    v_rows = hp.head_v * max(hp.n_head_kv, default=0) if v_trans else 0
+    host = f"{pl.devices[0].name.rstrip('0123456789')}_Host"
+    out.append(Buffer("compute", host, host_compute(hp, s, all_masks, v_rows, pipeline), exact=False))
+    return out

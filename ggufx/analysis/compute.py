@@ -1,0 +1,168 @@
+"""Compute buffers: the peak of llama.cpp's graph allocator, as a sum of the graph's large tensors.
+
+llama.cpp sizes each backend's compute buffer by allocating its worst-case graph (a micro-batch of
+``n_ubatch`` tokens against the full KV cache) with ``ggml-alloc``: tensors are placed best-fit in one
+growing buffer and freed after their last consumer; the buffer is the high-water mark. That peak is
+reached in one of a few phases, each a sum of large tensors (``blk`` = one ``n_embd x n_tokens`` f32
+activation; ``T`` = tokens of the micro-batch):
+
+* the GPU that holds the output layer computes the logits (``n_vocab x n_outputs`` f32, never freed;
+  ``llama-completion`` reserves one output per token, ``llama-server`` one per slot);
+* every GPU that runs attention holds its own copy of the attention masks (f16 with flash attention,
+  f32 without; one per cache) and of the hidden state it receives;
+* the host backend (``CUDA_Host``, or ``CPU`` without GPUs) holds the graph inputs, the embedding
+  lookups and the masks it builds;
+* without flash attention, ``kq`` is ``n_kv x n_tokens x n_head`` f32; with a quantized KV cache the
+  CUDA flash-attention kernel converts K and V of one layer to f16 in its output's allocation;
+* with several GPUs and every layer offloaded llama.cpp runs a pipeline (4 copies of every input).
+
+Phases (the maximum is the buffer): the feed-forward of a layer (``3 n_ff T`` f32 for gate, up and
+their product, plus four ``blk``) over the masks; attention (without flash attention ``kq``
+dominates); and the logits, which land on top of the masks and four or five ``blk`` still allocated
+when they do not fit the hole the masks leave. The phases and their constants were read off
+llama.cpp's allocator on these graphs and are checked against every recorded llama.cpp log in
+``tests/fixtures/llamacpp-logs`` (``tests/test_memory_logs.py``), which is why the figures are
+labelled *computed*, not exact: architectures beyond dense, SWA, hybrid (Gated DeltaNet) and MoE
+decoders, ``-sm tensor`` and partial offload of MoE experts are approximations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ggufx.analysis.hparams import Hparams
+
+PIPELINE_COPIES = 4  # GGML_SCHED_MAX_COPIES
+OP_OFFLOAD_MIN_BATCH = 32  # ggml-cuda: a host weight's matrix product runs on the GPU from this batch up
+
+
+@dataclass(frozen=True, slots=True)
+class GraphShape:
+    """What the worst-case graph of one context looks like (tokens, outputs, cache sizes, kernels)."""
+
+    n_tokens: int  # the micro-batch of the worst-case reserve
+    n_outputs: int
+    n_kv: int  # cells per stream of the full-attention cache
+    n_kv_swa: int
+    n_streams: int
+    flash_attn: bool
+    k_quantized: bool
+    v_quantized: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ComputeModel:
+    """The model's shape facts the graph needs beyond :class:`Hparams`."""
+
+    kinds: tuple[str, ...]  # per layer: "attention", "swa", "recurrent" or "none"
+    is_moe: bool
+    n_ff_exp: int
+    n_expert_used: int
+    norm_before_outputs: bool  # qwen35: the final norm runs on every token, then the outputs are picked
+    gated_q: bool  # qwen35: the Q projection also yields a gate
+
+
+def masks(s: GraphShape, kinds: list[str]) -> int:
+    """The attention masks a backend holds for these layers: ``n_kv x T`` per cache, f16 with flash
+    attention, f32 without."""
+    width = 2 if s.flash_attn else 4
+    total = width * s.n_kv * s.n_tokens if "attention" in kinds else 0
+    return total + (width * s.n_kv_swa * s.n_tokens if "swa" in kinds else 0)
+
+
+def ffn_peak(hp: Hparams, cm: ComputeModel, s: GraphShape) -> int:
+    """A feed-forward block: gate, up and their product alive together, plus four ``blk``."""
+    T, E = s.n_tokens, hp.n_embd
+    inner = 3 * cm.n_ff_exp * cm.n_expert_used + cm.n_expert_used * E if cm.is_moe else 3 * hp.n_ff
+    return 4 * T * (inner + 4 * E)
+
+
+def attention_peak(hp: Hparams, cm: ComputeModel, s: GraphShape, layers: list[int]) -> int:
+    """The largest attention block of these layers: ``kq`` without flash attention; with it, CUDA's
+    f16 copies of a quantized K and V cache (made in the flash-attention output's allocation)."""
+    T, E = s.n_tokens, hp.n_embd
+    peak = 0
+    for il in layers:
+        kind = cm.kinds[il]
+        if kind not in ("attention", "swa"):
+            continue
+        swa = kind == "swa"
+        n_kv = s.n_kv_swa if swa else s.n_kv
+        hk, hv = (hp.head_k_swa, hp.head_v_swa) if swa else (hp.head_k, hp.head_v)
+        n_head, n_head_kv = hp.n_head[il], hp.n_head_kv[il]
+        q = 4 * T * hk * n_head * (2 if cm.gated_q else 1)
+        if s.flash_attn:
+            convert = 2 * n_kv * s.n_streams * n_head_kv * ((hk if s.k_quantized else 0) + (hv if s.v_quantized else 0))
+            peak = max(peak, convert + 5 * 4 * E * T)
+        else:
+            gate = 4 * T * hk * n_head if cm.gated_q else 0
+            peak = max(peak, 4 * n_kv * T * n_head + q + gate + 18 * E * T)
+    return peak
+
+
+def logits(hp: Hparams, s: GraphShape) -> int:
+    return 4 * hp.n_vocab * s.n_outputs
+
+
+def device_compute(
+    hp: Hparams,
+    cm: ComputeModel,
+    s: GraphShape,
+    layers: list[int],
+    has_output: bool,
+    full_offload: bool,
+    pipeline: bool,
+    host_weight: int,
+    kv_on_gpu: bool,
+    alone: bool,
+) -> int:
+    """One GPU's compute buffer.
+
+    ``host_weight``: the CUDA size of the largest weight left on the host whose product this GPU
+    runs (op offload; the output matrix when the output layer stays on the host), 0 when none.
+    ``kv_on_gpu``: attention runs here (not with ``-nkvo``). ``alone``: the only GPU."""
+    T, E = s.n_tokens, hp.n_embd
+    blk = 4 * E * T
+    kinds = [cm.kinds[il] for il in layers] if kv_on_gpu else []
+    m = masks(s, kinds)
+    attn = attention_peak(hp, cm, s, layers) if kv_on_gpu else 0
+    extra_blk = 1 if cm.norm_before_outputs else 0
+    if pipeline:  # every input has 4 copies that are never freed
+        if has_output:
+            return PIPELINE_COPIES * m + (5 + extra_blk) * blk + max(logits(hp, s), attn)
+        return PIPELINE_COPIES * m + 12 * blk + max(ffn_peak(hp, cm, s), attn)
+    phases = [m + max(ffn_peak(hp, cm, s), attn)] if layers else []
+    if has_output:
+        out = logits(hp, s)
+        if not alone:
+            phases.append(out + blk)
+        elif (full_offload or cm.is_moe) and kv_on_gpu:
+            # the logits land above the masks unless they fit the hole the masks leave
+            phases.append(m + out + (4 + extra_blk) * blk if out > m else 0)
+        else:
+            phases.append(out + 4 * blk)
+    if host_weight and T >= OP_OFFLOAD_MIN_BATCH:
+        phases.append(host_weight + (0 if has_output else logits(hp, s)) + 4 * blk)
+    return max(phases, default=0)
+
+
+def host_compute(hp: Hparams, s: GraphShape, all_masks: int, v_trans_rows: int, pipeline: bool) -> int:
+    """The host backend's buffer beside GPUs (``CUDA_Host``): the graph inputs it builds (masks,
+    positions, cache indices, output ids) and the embedding lookups (four ``blk``, two of which,
+    the selected and the unselected embedding branch, llama.cpp never frees)."""
+    T, E = s.n_tokens, hp.n_embd
+    blk = 4 * E * T
+    small = 4 * T + 8 * T + 8 * T * (v_trans_rows or 1) + 4 * s.n_outputs + 4 * T
+    if pipeline:
+        return PIPELINE_COPIES * all_masks + 10 * blk + small
+    return all_masks + 4 * blk + small
+
+
+def cpu_compute(hp: Hparams, cm: ComputeModel, s: GraphShape) -> int:
+    """The one compute buffer of a build without GPUs: the whole graph on the CPU backend."""
+    T, E = s.n_tokens, hp.n_embd
+    blk = 4 * E * T
+    layers = list(range(len(cm.kinds)))
+    m = masks(s, list(cm.kinds))
+    layer = m + max(ffn_peak(hp, cm, s), attention_peak(hp, cm, s, layers)) + blk
+    return max(layer, m + logits(hp, s) + 5 * blk)

@@ -1,0 +1,128 @@
+"""A model's shape as llama.cpp's ``llama_hparams`` sees it: layers, heads, head sizes, window,
+vocabulary and the recurrent state sizes, from the ``{arch}.*`` metadata keys.
+
+A file that lacks a key llama.cpp needs for its memory (``{arch}.block_count``, the head counts)
+gets a :class:`~ggufx.errors.ValidationError` naming the key, not an arithmetic error later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ggufx.errors import ValidationError
+from ggufx.format.ggmltypes import ggml_type_by_name
+from ggufx.format.values import GGUFArray
+from ggufx.model import GGUFModel
+
+
+def pad(n: int, to: int = 256) -> int:
+    return -(-n // to) * to
+
+
+def row_size(type_name: str, n: int) -> int:
+    """``ggml_row_size``: bytes of ``n`` elements of a type."""
+    t = ggml_type_by_name(type_name)
+    if n % t.block_size:
+        raise ValueError(f"{n} elements are not a multiple of the {t.name} block size {t.block_size}")
+    return n // t.block_size * t.type_size
+
+
+@dataclass(frozen=True, slots=True)
+class Hparams:
+    arch: str
+    n_layer: int
+    n_embd: int
+    n_vocab: int
+    n_ctx_train: int
+    n_head: list[int]
+    n_head_kv: list[int]
+    head_k: int
+    head_v: int
+    head_k_swa: int
+    head_v_swa: int
+    n_swa: int
+    n_ff: int
+    n_embd_r: int
+    n_embd_s: int
+
+
+def _arr(model: GGUFModel, key: str, n: int, default: int) -> list[int]:
+    """A per-layer value: a scalar for every layer or an array of n integers (llama.cpp's
+    ``get_key_or_arr``)."""
+    md = model.metadata
+    if key not in md:
+        return [default] * n
+    v = md[key]
+    if isinstance(v, GGUFArray):
+        items = v.tolist()
+        if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in items):
+            raise ValidationError(model.path, md.kv(key).offset, f"{key} must hold non-negative integers")
+        if len(items) != n:
+            raise ValidationError(
+                model.path, md.kv(key).offset, f"{key} has {len(items)} entries but the model has {n} layers"
+            )
+        return [int(x) for x in items]
+    if md.get_int(key) is None or int(v) < 0:
+        raise ValidationError(model.path, md.kv(key).offset, f"{key} must be a non-negative integer")
+    return [int(v)] * n
+
+
+def hparams(model: GGUFModel) -> Hparams:
+    md = model.metadata
+    a = model.architecture or ""
+
+    def get(suffix: str, default: int = 0) -> int:
+        v = md.get_int(f"{a}.{suffix}")
+        return default if v is None else v
+
+    for key in (f"{a}.block_count", f"{a}.embedding_length"):
+        if not a or md.get_int(key) is None or md.get_int(key) <= 0:
+            what = "general.architecture is missing" if not a else f"{key} is missing or not a positive integer"
+            raise ValidationError(
+                model.path,
+                md.kv(key).offset if key in md else None,
+                f"{what}: llama.cpp cannot size this model's memory",
+            )
+    n_layer = get("block_count")
+    if n_layer > 1 << 16:
+        raise ValidationError(
+            model.path, md.kv(f"{a}.block_count").offset, f"{a}.block_count = {n_layer} is not plausible"
+        )
+    n_embd = get("embedding_length")
+    n_head = _arr(model, f"{a}.attention.head_count", n_layer, 0)
+    n_head_kv = _arr(model, f"{a}.attention.head_count_kv", n_layer, n_head[0] if n_head else 0)
+    h0 = max(n_head, default=0) or 1
+    head_k = get("attention.key_length", n_embd // h0)
+    head_v = get("attention.value_length", n_embd // h0)
+    tokens = md["tokenizer.ggml.tokens"] if "tokenizer.ggml.tokens" in md else None
+    n_vocab = get("vocab_size", len(tokens) if tokens is not None else 0)
+    n_ff = max(_arr(model, f"{a}.feed_forward_length", n_layer, 0), default=0)
+    # recurrent state sizes, as llama_hparams::n_embd_r / n_embd_s
+    d_conv, d_inner = get("ssm.conv_kernel"), get("ssm.inner_size")
+    d_state, n_group = get("ssm.state_size"), get("ssm.group_count")
+    wkv = get("wkv.head_size")
+    l_cache = get("shortconv.l_cache")
+    if wkv:
+        n_r, n_s = get("token_shift_count", 2) * n_embd, n_embd * wkv
+    elif l_cache:
+        n_r, n_s = n_embd * (l_cache - 1), d_state * d_inner
+    else:
+        n_r = (d_conv - 1 if d_conv > 0 else 0) * (d_inner + 2 * n_group * d_state)
+        n_s = d_state * d_inner
+    return Hparams(
+        a,
+        n_layer,
+        n_embd,
+        n_vocab,
+        get("context_length"),
+        n_head,
+        n_head_kv,
+        head_k,
+        head_v,
+        get("attention.key_length_swa", head_k),
+        get("attention.value_length_swa", head_v),
+        get("attention.sliding_window"),
+        n_ff,
+        n_r,
+        n_s,
+    )
