@@ -11,9 +11,10 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
-from ggufx.analysis.buffers import Breakdown, ContextParams
+from ggufx.analysis.buffers import Breakdown, Buffer, ContextParams
 from ggufx.analysis.placement import Device, OffloadParams
 from ggufx.analysis.summary import summarize
 from ggufx.errors import InputError
@@ -223,8 +224,15 @@ def memory(
     gpus: Sequence[Device] | None = None,
     offload: OffloadParams | None = None,
     context: ContextParams | None = None,
+    mmproj: GGUFModel | None = None,
+    draft: GGUFModel | None = None,
+    draft_offload: OffloadParams | None = None,
+    draft_context: ContextParams | None = None,
 ) -> dict[str, Any]:
     """Every buffer llama.cpp allocates, per device, and the one-GPU summary of earlier versions.
+
+    ``mmproj`` adds a projector's weights (on the first GPU, as ``mtmd`` loads it); ``draft`` adds a
+    draft model's buffers (its own context, ``-ngld``/``-cd``/``-ctkd``/``-ctvd`` in ``draft_*``).
 
     ``gpus`` (default one CUDA GPU; empty: a build without GPUs), ``offload`` and ``context`` carry
     every llama.cpp option; without them the positional arguments are used."""
@@ -248,8 +256,44 @@ def memory(
     offload = offload or OffloadParams(n_gpu_layers=n_gpu_layers)
     devices = list(gpus) if gpus is not None else [Device(GPU, 0)]
     b = breakdown(model, devices, offload, context)
+    extra = companion_buffers(model, devices, context, mmproj, draft, draft_offload, draft_context, b.notes)
     e = summarize_breakdown(model, b, context)
+    b.buffers += extra
     return {"path": model.path, **e.to_dict(), "n_gpu_layers_requested": offload.n_gpu_layers, **memory_details(b)}
+
+
+def companion_buffers(
+    model: GGUFModel,
+    devices: Sequence[Device],
+    context: ContextParams,
+    mmproj: GGUFModel | None,
+    draft: GGUFModel | None,
+    draft_offload: OffloadParams | None,
+    draft_context: ContextParams | None,
+    notes: list[str],
+) -> list[Buffer]:
+    """A projector's weights and a draft model's buffers (kinds ``projector`` and ``draft_*``);
+    a pair llama.cpp would refuse is an :class:`InputError` naming the reason."""
+    from ggufx.analysis.buffers import alloc_size, breakdown
+    from ggufx.analysis.companions import draft_incompatibility, projector_incompatibility
+
+    out: list[Buffer] = []
+    if mmproj is not None:
+        reason = projector_incompatibility(model, mmproj)
+        if reason:
+            raise InputError(f"--mmproj {mmproj.path}: {reason}", "--mmproj")
+        buft = devices[0].name if devices else "CPU"
+        size = sum(alloc_size(buft, t.type, t.shape[0], t.n_elements // t.shape[0]) for t in mmproj.tensors if t.shape)
+        out.append(Buffer("projector", buft, size))
+        notes.append("the projector's compute buffer (its image graph) is not modelled yet")
+    if draft is not None:
+        reason = draft_incompatibility(model, draft)
+        if reason:
+            raise InputError(f"--model-draft {draft.path}: llama.cpp refuses this pair: {reason}", "--model-draft")
+        dcp = draft_context or replace(context, cache_type_k="f16", cache_type_v="f16")
+        db = breakdown(draft, list(devices), draft_offload or OffloadParams(), dcp)
+        out += [Buffer(f"draft_{x.kind}", x.buft, x.bytes, x.exact) for x in db.buffers]
+    return out
 
 
 def memory_details(b: Breakdown) -> dict[str, Any]:
@@ -257,6 +301,12 @@ def memory_details(b: Breakdown) -> dict[str, Any]:
     d = b.to_dict()
     outputs = b.by_kind("output")
     rows = []
+    others: dict[str, int] = {}
+    for x in b.buffers:
+        if x.kind == "projector" or x.kind.startswith("draft_"):
+            others[b.row(x.buft)] = others.get(b.row(x.buft), 0) + x.bytes
+    for name in others:
+        d["table"].setdefault(name, {"model": 0, "context": 0, "compute": 0, "self": 0})
     for name, r in d["table"].items():
         free = next((dev.free for dev in b.devices if dev.name == name), None)
         out = sum(v for k, v in outputs.items() if b.row(k) == name)
@@ -269,6 +319,7 @@ def memory_details(b: Breakdown) -> dict[str, Any]:
                 "compute": r["compute"],
                 "self": r["self"],
                 "output": out,
+                "companions": others.get(name, 0),
             }
         )
     return {
@@ -293,10 +344,15 @@ def memory_check(
     offload: OffloadParams | None = None,
     context: ContextParams | None = None,
     tolerance: float = 0.05,
+    mmproj: GGUFModel | None = None,
+    draft: GGUFModel | None = None,
+    draft_offload: OffloadParams | None = None,
+    draft_context: ContextParams | None = None,
 ) -> dict[str, Any]:
     """Compare ggufx's buffers with a llama.cpp log's (``-v``): per kind and buffer type, llama.cpp's
     MiB, ggufx's and the difference. Exact buffers must agree to llama.cpp's printed 0.01 MiB,
-    computed ones within ``tolerance``; ``ok`` says whether all do."""
+    computed ones within ``tolerance``; ``ok`` says whether all do. A draft model's buffers and a
+    projector's weights are compared too when given."""
     from ggufx.analysis.buffers import MiB, breakdown
     from ggufx.analysis.llamalog import parse_log
 
@@ -305,11 +361,51 @@ def memory_check(
         raise InputError("the log has no buffer lines: run llama.cpp with -v (--verbose)", "--check")
     if gpus is None:
         gpus = [Device(name, free * MiB) for name, free in log.devices]
-    b = breakdown(model, list(gpus), offload or OffloadParams(), context or ContextParams())
+    context = context or ContextParams()
+    b = breakdown(model, list(gpus), offload or OffloadParams(), context)
+    companions = companion_buffers(model, gpus, context, mmproj, draft, draft_offload, draft_context, b.notes)
+    rows = _check_rows(b.buffers, log.buffers, "", tolerance)
+    if draft is not None:
+        if log.draft is None:
+            raise InputError("the log loaded no draft model (no 'loading draft model' line)", "--model-draft")
+        theirs = {f"draft_{k}": v for k, v in log.draft.buffers.items()}
+        rows += _check_rows([x for x in companions if x.kind.startswith("draft_")], theirs, "draft_", tolerance)
+    if mmproj is not None and "weights" in log.projector:
+        mine = sum(t.nbytes for t in mmproj.tensors) / MiB  # mtmd prints the tensors' bytes, not the buffer
+        rows.append(
+            {
+                "kind": "projector",
+                "buft": "model size",
+                "llama_cpp_mib": log.projector["weights"],
+                "ggufx_mib": round(mine, 2),
+                "difference_mib": round(mine - log.projector["weights"], 2),
+                "difference_pct": round(100 * (mine - log.projector["weights"]) / log.projector["weights"], 2),
+                "exact": True,
+                "ok": round(mine, 2) == log.projector["weights"],
+            }
+        )
+    return {
+        "path": model.path,
+        "tolerance": tolerance,
+        "ok": all(r["ok"] for r in rows),
+        "rows": rows,
+        "log_devices": [{"name": n, "free_mib": f} for n, f in log.devices],
+        "pipeline_parallel": log.pipeline_parallel,
+        "notes": b.notes,
+    }
+
+
+def _check_rows(
+    buffers: list[Buffer], theirs_by_kind: dict[str, dict[str, float]], prefix: str, tolerance: float
+) -> list[dict[str, Any]]:
+    MiB = 1 << 20
     rows = []
     for kind in ("model", "kv", "recurrent", "output", "compute"):
-        theirs = log.buffers.get(kind, {})
-        ours = b.by_kind(kind)
+        theirs = {k: v for k, v in theirs_by_kind.get(prefix + kind, {}).items() if v > 0 or kind != "compute"}
+        ours: dict[str, int] = {}
+        for x in buffers:
+            if x.kind == prefix + kind:
+                ours[x.buft] = ours.get(x.buft, 0) + x.bytes
         for buft in sorted(set(theirs) | {k for k, v in ours.items() if v}):
             t = theirs.get(buft)
             o = ours.get(buft, 0) / MiB
@@ -322,7 +418,7 @@ def memory_check(
                 ok = abs(o - t) <= tolerance * max(t, 1.0)
             rows.append(
                 {
-                    "kind": kind,
+                    "kind": prefix + kind,
                     "buft": buft,
                     "llama_cpp_mib": t,
                     "ggufx_mib": round(o, 2),
@@ -332,14 +428,7 @@ def memory_check(
                     "ok": ok,
                 }
             )
-    return {
-        "path": model.path,
-        "tolerance": tolerance,
-        "ok": all(r["ok"] for r in rows),
-        "rows": rows,
-        "log_devices": [{"name": n, "free_mib": f} for n, f in log.devices],
-        "pipeline_parallel": log.pipeline_parallel,
-    }
+    return rows
 
 
 def fit(
@@ -349,17 +438,53 @@ def fit(
     parallel: int = 1,
     ubatch: int = 512,
     n_gpu_layers: int = -1,
+    *,
+    offload: OffloadParams | None = None,
+    context: ContextParams | None = None,
+    margin: int = 0,
+    layers: bool = False,
 ) -> dict[str, Any]:
-    from ggufx.analysis.memory import fit as fit_ctx
-    from ggufx.analysis.memory import parse_size
+    """What fits GPUs of ``budget`` free memory (``"24GiB"`` or ``"24GiB,24GiB"``, or bytes), keeping
+    ``margin`` bytes free on each: per KV cache type the largest context (and the one llama.cpp's
+    ``--fit`` would pick), or with ``layers`` the most layers at ``context.n_ctx``."""
+    from ggufx.analysis.memory import fit_devices, llama_fit_context, parse_size
 
-    if isinstance(budget, str):
+    sizes: list[int] = []
+    for part in str(budget).split(","):
         try:
-            budget = parse_size(budget)
+            sizes.append(parse_size(part) if not part.strip().isdigit() else int(part))
         except ValueError as e:
             raise InputError(str(e), "--fit") from None
-    fits = fit_ctx(model, budget, parallel=parallel, n_ubatch=ubatch, flash_attn=flash_attn, n_gpu_layers=n_gpu_layers)
-    return {"path": model.path, "budget": budget, "fits": [f.to_dict() for f in fits]}
+    devices = [Device(f"CUDA{i}", n) for i, n in enumerate(sizes)]
+    context = context or ContextParams(n_ubatch=ubatch, n_parallel=parallel, flash_attn="auto" if flash_attn else "off")
+    offload = offload or OffloadParams(n_gpu_layers=n_gpu_layers)
+    found = fit_devices(model, devices, offload, context, target="layers" if layers else "context", margin=margin)
+    out: dict[str, Any] = {
+        "path": model.path,
+        "budget": sizes[0] if len(sizes) == 1 else sizes,
+        "margin": margin,
+        "fits": [],
+    }
+    for f in found:
+        d = f.to_dict()
+        if not layers:  # the keys of earlier versions, and llama.cpp's own choice
+            d.update(
+                {
+                    "gpu_bytes": sum(f.use.values()),
+                    "capped_at_training_context": f.capped,
+                    "llama_cpp_n_ctx": None
+                    if context.n_ctx
+                    else llama_fit_context(
+                        model,
+                        devices,
+                        offload,
+                        replace(context, cache_type_k=f.cache_type, cache_type_v=f.cache_type),
+                        margin=margin,
+                    ),
+                }
+            )
+        out["fits"].append(d)
+    return out
 
 
 REPORT_CONTEXTS = (4096, 32768, 131072)  # and the training context, where it is smaller or between
@@ -415,11 +540,27 @@ def template_show(source: str, ts: Any) -> dict[str, Any]:
 
 
 def template_info(
-    source: str, ts: Any, name: str | None = None, variables: dict[str, Any] | None = None
+    source: str,
+    ts: Any,
+    name: str | None = None,
+    variables: dict[str, Any] | None = None,
+    server: str | None = None,
 ) -> dict[str, Any]:
+    """What the template speaks (as transformers renders it) and llama.cpp's capability flags
+    (``llama_cpp_caps``, computed as llama.cpp's caps.cpp does); with ``server`` (a llama-server
+    URL) also the server's own ``/props`` flags (``llama_server_caps``)."""
     from ggufx.chat.dialect import analyze
+    from ggufx.chat.llamacpp_caps import caps_report
+    from ggufx.chat.render import time_budget
 
-    return {"source": source, **analyze(ts.get(name), template_variables(ts, variables)).to_dict()}
+    tmpl = ts.get(name)
+    with time_budget():
+        res = {"source": source, **analyze(tmpl, template_variables(ts, variables)).to_dict(), **caps_report(tmpl)}
+    if server is not None:
+        from ggufx.chat.llamacpp_server import server_caps
+
+        res["llama_server_caps"] = server_caps(server)
+    return res
 
 
 def template_lint(
@@ -437,9 +578,16 @@ def template_lint(
         md = model.metadata
         tokens = md["tokenizer.ggml.tokens"] if "tokenizer.ggml.tokens" in md else None
         add_bos = md["tokenizer.ggml.add_bos_token"] if "tokenizer.ggml.add_bos_token" in md else None
-    return run_lint(
-        ts.get(name), origin=source, variables=template_variables(ts, variables), tokens=tokens, add_bos_token=add_bos
-    )
+    from ggufx.chat.render import time_budget
+
+    with time_budget():
+        return run_lint(
+            ts.get(name),
+            origin=source,
+            variables=template_variables(ts, variables),
+            tokens=tokens,
+            add_bos_token=add_bos,
+        )
 
 
 def template_render(
@@ -449,34 +597,95 @@ def template_render(
     name: str | None = None,
     add_generation_prompt: bool = True,
     variables: dict[str, Any] | None = None,
+    engine: str = "transformers",
+    server: str | None = None,
 ) -> dict[str, Any]:
-    """Render each (label, {"messages", "tools"?, "documents"?}) in the sandbox."""
-    from ggufx.chat.render import RenderError, render
+    """Render each (label, {"messages", "tools"?, "documents"?}) in the sandbox: ``engine``
+    "transformers" (apply_chat_template) or "llama.cpp" (llama-server's inputs and llama.cpp's
+    Jinja rules). With ``server`` (a llama-server URL, llama.cpp engine) each output is the prompt
+    the server's ``/apply-template`` returns, beside ggufx's own (``ggufx_output``, ``agrees``)."""
+    from ggufx.chat.render import ENGINES, RenderError, render, time_budget
 
+    if engine not in ENGINES:
+        raise InputError(f"unknown template engine {engine!r} (one of {', '.join(ENGINES)})")
     tmpl = ts.get(name)
     v = template_variables(ts, variables)
+    add_bos = add_eos = False
+    if ts.model is not None:
+        md = ts.model.metadata
+        add_bos = bool(md["tokenizer.ggml.add_bos_token"]) if "tokenizer.ggml.add_bos_token" in md else False
+        add_eos = bool(md["tokenizer.ggml.add_eos_token"]) if "tokenizer.ggml.add_eos_token" in md else False
     results = []
-    for label, conv in conversations:
-        try:
-            out = render(
-                tmpl,
+    with time_budget():
+        for label, conv in conversations:
+            try:
+                if engine == "llama.cpp":
+                    from ggufx.chat.llamacpp_caps import render_server
+
+                    out, _ = render_server(
+                        tmpl,
+                        conv["messages"],
+                        tools=conv.get("tools"),
+                        add_generation_prompt=add_generation_prompt,
+                        variables=v,
+                        add_bos=add_bos,
+                        add_eos=add_eos,
+                    )
+                else:
+                    out = render(
+                        tmpl,
+                        conv["messages"],
+                        tools=conv.get("tools"),
+                        documents=conv.get("documents"),
+                        add_generation_prompt=add_generation_prompt,
+                        variables=v,
+                    )
+                r: dict[str, Any] = {"conversation": label, "output": out, "error": None}
+            except RenderError as e:
+                r = {"conversation": label, "output": None, "error": str(e), "kind": e.kind, "line": e.line}
+            if server is not None and engine == "llama.cpp":
+                r = _server_render(server, conv, add_generation_prompt, variables, r)
+            results.append(r)
+    res: dict[str, Any] = {"source": source, "engine": engine, "results": results}
+    if server is not None and engine == "llama.cpp":
+        res["server"] = server
+    return res
+
+
+def _server_render(
+    server: str, conv: dict, add_generation_prompt: bool, variables: dict[str, Any] | None, local: dict[str, Any]
+) -> dict[str, Any]:
+    """The server's prompt as the output, ggufx's llama.cpp rendering beside it."""
+    from ggufx.chat.llamacpp_server import apply_template
+    from ggufx.chat.render import RenderError
+
+    r: dict[str, Any] = {"conversation": local["conversation"]}
+    try:
+        r.update(
+            output=apply_template(
+                server,
                 conv["messages"],
                 tools=conv.get("tools"),
-                documents=conv.get("documents"),
                 add_generation_prompt=add_generation_prompt,
-                variables=v,
-            )
-            results.append({"conversation": label, "output": out, "error": None})
-        except RenderError as e:
-            results.append({"conversation": label, "output": None, "error": str(e), "kind": e.kind, "line": e.line})
-    return {"source": source, "results": results}
+                kwargs=variables or None,
+            ),
+            error=None,
+        )
+    except RenderError as e:
+        r.update(output=None, error=str(e), kind=e.kind, line=None)
+    r["ggufx_output"] = local["output"]
+    r["ggufx_error"] = local["error"]
+    r["agrees"] = r["output"] == local["output"] and (r["error"] is None) == (local["error"] is None)
+    return r
 
 
 def template_diff(a: str, b: str, ta: Any, tb: Any, name: str | None = None) -> dict[str, Any]:
     from ggufx.chat.dialect import analyze
+    from ggufx.chat.render import time_budget
 
     sa, sb = ta.get(name), tb.get(name)
-    ia, ib = analyze(sa, template_variables(ta)), analyze(sb, template_variables(tb))
+    with time_budget():
+        ia, ib = analyze(sa, template_variables(ta)), analyze(sb, template_variables(tb))
     text = "".join(difflib.unified_diff(sa.splitlines(keepends=True), sb.splitlines(keepends=True), a, b))
     if sa == sb:
         verdict = "identical templates"

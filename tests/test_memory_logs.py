@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 import ggufx
+from ggufx import results
 from ggufx.analysis.buffers import MiB, breakdown
 from ggufx.analysis.llamaargs import parse_args
 from ggufx.analysis.llamalog import parse_log
@@ -95,6 +96,21 @@ def _run(rid: str, models: dict[str, Path]):
 @pytest.mark.parametrize("rid", MEASURED)
 def test_buffers_match_llama_cpp(rid: str, hole_models: dict[str, Path]) -> None:
     run, log, b = _run(rid, hole_models)
+    args = parse_args(run["args"].replace("@", ""), server=run["tool"] == "server")
+    if args.draft or args.mmproj:  # the companions, through `mem --check`'s comparison
+        res = results.memory_check(
+            ggufx.open(hole_models[args.model]),
+            (LOGS / f"{rid}.log").read_text(),
+            gpus=_devices(run, log.devices),
+            offload=args.offload,
+            context=args.context,
+            draft_offload=args.draft_offload,
+            draft_context=args.draft_context,
+            draft=ggufx.open(hole_models[args.draft]) if args.draft else None,
+            mmproj=ggufx.open(hole_models[args.mmproj]) if args.mmproj else None,
+        )
+        companion = [r for r in res["rows"] if r["kind"].startswith("draft_") or r["kind"] == "projector"]
+        assert companion and all(r["ok"] for r in companion if r["exact"]), companion
     for kind in EXACT:
         ours = {buft: round(n / MiB, 2) for buft, n in b.by_kind(kind).items() if n}
         assert ours == log.buffers.get(kind, {}), f"{rid} {kind}"
@@ -160,6 +176,19 @@ def test_mem_check_cli_agrees_and_fails_on_a_wrong_option(cli: CliRun, hole_mode
     assert wrong.exit_code == 1 and "MISMATCH" in wrong.output and "differ" in wrong.output
 
 
+def test_companions_that_llama_cpp_refuses(cli: CliRun, hole_models: dict[str, Path]) -> None:
+    l8b, q27 = str(hole_models["llama31-8b"]), str(hole_models["qwen36-27b"])
+    r = cli("mem", l8b, "-md", q27)
+    assert r.exit_code == 2 and "llama.cpp refuses this pair: the vocabularies differ by 120064 tokens" in r.stderr
+    r = cli("mem", l8b, "--mmproj", str(hole_models["mmproj-qwen36-27b"]))
+    assert r.exit_code == 2 and "the projector projects to 5120 but the model's embedding is 4096" in r.stderr
+    r = cli("mem", q27, "--mmproj", l8b)
+    assert r.exit_code == 2 and "is not a projector" in r.stderr
+    ok = json.loads(cli("mem", l8b, "-md", str(hole_models["llama32-1b"]), "-ngld", "0", "--json").output)
+    assert {x["kind"] for x in ok["buffers"]} >= {"draft_model", "draft_kv", "draft_output"}
+    assert {x["buft"] for x in ok["buffers"] if x["kind"] == "draft_kv"} == {"CPU"}  # -ngld 0: on the host
+
+
 def test_mem_per_device_and_shortfall(cli: CliRun, hole_models: dict[str, Path]) -> None:
     model = str(hole_models["qwen36-27b"])
     d = json.loads(
@@ -192,3 +221,25 @@ def test_mem_bad_options_are_one_line_errors(
 ) -> None:
     r = cli("mem", str(hole_models["qwen3moe-30b-a3b"]), *args)
     assert r.exit_code == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_fit_layers_is_llama_fit_params_answer(cli: CliRun, hole_models: dict[str, Path]) -> None:
+    """llama-fit-params -c 262144 -fitt 50000 on an H100 with 80,552 MiB free printed `-ngl 57`."""
+    assert "-c 262144 -ngl 57" in (LOGS / "fit-q27-c262144-fitt50000.log").read_text()
+    d = json.loads(cli("mem", str(hole_models["qwen36-27b"]), "--fit", "80552MiB", "-fitt", "50000", "--fit-layers",
+                       "-c", "262144", "--json").output)
+    assert [(f["fit"], f["n_gpu_layers"]) for f in d["fits"]] == [("layers", 57)]
+    assert d["fits"][0]["use"]["CUDA0"] <= (80552 - 50000) * MiB
+
+
+def test_fit_context_per_cache_type(cli: CliRun, hole_models: dict[str, Path]) -> None:
+    d = json.loads(cli("mem", str(hole_models["qwen36-27b"]), "--fit", "24GiB", "--json").output)
+    fits = {f["cache_type"]: f for f in d["fits"]}
+    assert fits["f16"]["n_ctx"] < fits["q8_0"]["n_ctx"] < fits["q4_0"]["n_ctx"] == 262144
+    for f in fits.values():  # the largest: 256 more tokens would not fit
+        assert f["gpu_bytes"] <= 24 << 30 and f["n_ctx"] % 256 == 0
+        if not f["capped_at_training_context"]:
+            more = json.loads(cli("mem", str(hole_models["qwen36-27b"]), "-c", str(f["n_ctx"] + 256), "-ctk",
+                                  f["cache_type"], "-ctv", f["cache_type"], "--gpus", "24GiB", "--json").output)
+            assert more["devices"][0]["self"] > 24 << 30
+        assert f["llama_cpp_n_ctx"] <= f["n_ctx"]

@@ -21,7 +21,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ggufx.analysis.compute import ComputeModel, GraphShape, cpu_compute, device_compute, host_compute, masks
+from ggufx.analysis.compute import (
+    OP_OFFLOAD_MIN_BATCH,
+    ComputeModel,
+    GraphShape,
+    cpu_compute,
+    device_compute,
+    host_compute,
+    masks,
+)
 from ggufx.analysis.hparams import Hparams, hparams, pad
 from ggufx.analysis.layers import LayerKind, layer_kinds
 from ggufx.analysis.placement import CPU, CPU_MAPPED, CPU_REPACK, Device, OffloadParams, Placement, layer_of, place
@@ -328,6 +336,8 @@ def approximate_compute(
         return "a GPU that holds no layer"
     if pipeline and s.n_outputs < s.n_tokens:
         return "pipeline parallelism with fewer outputs than tokens"
+    if pl.devices and pl.output_device is None and s.n_outputs < OP_OFFLOAD_MIN_BATCH:
+        return "the output layer on the host with fewer outputs than the GPU's offload threshold"
     if cp.no_kv_offload and any(k.is_recurrent for k in kinds):
         return "-nkvo with recurrent layers"
     moe = (model.metadata.get_int(f"{model.architecture}.expert_count") or 0) > 0

@@ -9,7 +9,7 @@ for one token per slot, not for a whole micro-batch).
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ggufx.analysis.buffers import ContextParams
 from ggufx.analysis.placement import CPU_MOE_PATTERN, OffloadParams, n_cpu_moe_patterns
@@ -59,6 +59,10 @@ class LlamaArgs:
     context: ContextParams
     model: str | None = None
     no_devices: bool = False  # -dev none
+    mmproj: str | None = None  # --mmproj FILE
+    draft: str | None = None  # -md FILE: the draft model of speculative decoding
+    draft_offload: OffloadParams | None = None  # -ngld
+    draft_context: ContextParams | None = None  # -cd, -ctkd, -ctvd
     others: list[str] = field(default_factory=list)  # options that change no buffer of the main model
 
 
@@ -115,6 +119,17 @@ def parse_args(argv: list[str] | str, server: bool = False) -> LlamaArgs:
         elif a in ("-m", "--model"):
             model = value()
             i += 2
+        elif a in ("-md", "--model-draft", "--mmproj", "-mm"):
+            v["draft" if a in ("-md", "--model-draft") else "mmproj"] = value()
+            i += 2
+        elif a in ("-ngld", "--n-gpu-layers-draft", "-cd", "--ctx-size-draft"):
+            raw = value()
+            key = "draft_ngl" if a in ("-ngld", "--n-gpu-layers-draft") else "draft_ctx"
+            v[key] = -1 if raw in ("auto", "all") else int(raw)
+            i += 2
+        elif a in ("-ctkd", "--cache-type-k-draft", "-ctvd", "--cache-type-v-draft"):
+            v["draft_ctk" if a in ("-ctkd", "--cache-type-k-draft") else "draft_ctv"] = value()
+            i += 2
         elif a in ("-dev", "--device"):
             no_devices = value() == "none"
             i += 2
@@ -146,4 +161,25 @@ def parse_args(argv: list[str] | str, server: bool = False) -> LlamaArgs:
         swa_full=bool(v.get("swa_full", False)),
         n_outputs_max=n_parallel if server else 0,
     )
-    return LlamaArgs(offload, context, model, no_devices, others)
+    draft = v.get("draft")
+    draft_offload = draft_context = None
+    if draft is not None:
+        draft_offload = OffloadParams(n_gpu_layers=int(v.get("draft_ngl", -1)))  # type: ignore[call-overload]
+        draft_context = replace(
+            context,
+            n_ctx=int(v.get("draft_ctx", 0)) or context.n_ctx,  # type: ignore[call-overload]
+            cache_type_k=str(v.get("draft_ctk", "f16")),
+            cache_type_v=str(v.get("draft_ctv", "f16")),
+        )
+    mmproj = v.get("mmproj")
+    return LlamaArgs(
+        offload,
+        context,
+        model,
+        no_devices,
+        None if mmproj is None else str(mmproj),
+        None if draft is None else str(draft),
+        draft_offload,
+        draft_context,
+        others,
+    )

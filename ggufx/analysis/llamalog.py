@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+__all__ = ["LlamaLog", "parse_log"]
+
 _BUFFER = re.compile(
     r"(?P<fn>load_tensors|llama_kv_cache|llama_memory_recurrent|llama_context|sched_reserve):\s+"
     r"(?P<buft>\S+)\s+(?P<kind>model|KV|RS|output|compute) buffer size =\s+(?P<mib>[\d.]+) MiB"
@@ -42,6 +44,8 @@ class LlamaLog:
     context: dict[str, str] = field(default_factory=dict)  # n_ctx, n_ubatch, flash_attn...
     pipeline_parallel: bool = False
     errors: list[str] = field(default_factory=list)
+    draft: LlamaLog | None = None  # the draft model's buffers (speculative decoding), if it loaded one
+    projector: dict[str, float] = field(default_factory=dict)  # mmproj: "weights" and compute per buffer type
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -56,16 +60,29 @@ class LlamaLog:
 
 def parse_log(text: str) -> LlamaLog:
     """The main model's buffers from a llama.cpp log (``-v``)."""
+    main, _, draft_text = text.partition("loading draft model")
+    log = _parse(main)
+    if draft_text:
+        log.draft = _parse(draft_text)
+    return log
+
+
+_PROJ_WEIGHTS = re.compile(r"load_hparams: model size:\s+(?P<mib>[\d.]+) MiB")
+_PROJ_COMPUTE = re.compile(r"reserve_compute_meta:\s+(?P<buft>\S+) compute buffer size =\s+(?P<mib>[\d.]+) MiB")
+
+
+def _parse(text: str) -> LlamaLog:
     log = LlamaLog()
     exact_compute: dict[str, float] = {}
-    section = "main"
     for raw in text.splitlines():
         line = raw.strip()
-        if "loading draft model" in line or line.startswith(("clip_", "I clip_", "D clip_")) or "mtmd_" in line:
-            section = "other" if "loading draft model" in line else section
-        if "load_tensors: loading model tensors" in line and section == "main" and log.buffers.get("model"):
+        if "load_tensors: loading model tensors" in line and log.buffers.get("model"):
             log.buffers.clear()  # a second load in the same log (the fit dry run came first): keep the last
-        if section != "main":
+        if m := _PROJ_WEIGHTS.search(line):
+            log.projector["weights"] = float(m["mib"])
+            continue
+        if m := _PROJ_COMPUTE.search(line):
+            log.projector[m["buft"]] = float(m["mib"])
             continue
         if m := _DEVICE.search(line):
             entry = (m["name"], int(m["free"]))
@@ -76,7 +93,7 @@ def parse_log(text: str) -> LlamaLog:
             per = log.buffers.setdefault(kind, {})
             per[m["buft"]] = round(per.get(m["buft"], 0.0) + float(m["mib"]), 2)
         elif m := _EXACT_COMPUTE.search(line):
-            exact_compute[m["buft"]] = float(m["mib"])
+            exact_compute.setdefault(m["buft"], float(m["mib"]))
         elif m := _BREAKDOWN.search(line):
             name = m["name"].split(" (")[0].strip()
             log.breakdown[name] = {k: int(m[k]) for k in ("self", "model", "context", "compute")}
@@ -86,6 +103,8 @@ def parse_log(text: str) -> LlamaLog:
             log.pipeline_parallel = True
         elif " error" in line.lower() and ("llama_model_load" in line or "failed" in line):
             log.errors.append(line.split(": ", 1)[-1])
-    if exact_compute:  # the exit lines carry four decimals
-        log.buffers.setdefault("compute", {}).update(exact_compute)
+    printed = log.buffers.get("compute", {})
+    for buft, mib in exact_compute.items():  # the exit lines carry four decimals (of whichever context ends)
+        if buft in printed and abs(printed[buft] - mib) < 0.006:
+            printed[buft] = mib
     return log

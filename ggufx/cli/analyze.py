@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from typing import Any
 
 import click
 
-from ggufx.analysis.buffers import FLASH_ATTN, ContextParams
+from ggufx.analysis.buffers import FLASH_ATTN, ContextParams, MiB
 from ggufx.analysis.placement import CPU_MOE_PATTERN, SPLIT_MODES, Device, OffloadParams
 from ggufx.cli._common import (
     EXIT_CHECK_FAILED,
@@ -236,13 +237,52 @@ __all__: list[Any] = ["roles", "layers", "recipe", "diff_"]
     show_default=True,
     help="llama-server reserves logits for one token per slot, the CLI tools for a whole micro-batch.",
 )
+@click.option(
+    "--mmproj", "mmproj_file", type=click.Path(dir_okay=False), help="A vision/audio projector loaded beside the model."
+)
+@click.option(
+    "--model-draft",
+    "-md",
+    "draft_file",
+    type=click.Path(dir_okay=False),
+    help="A draft model for speculative decoding.",
+)
+@click.option("--n-gpu-layers-draft", "-ngld", type=int, default=-1, show_default=True, help="-ngl of the draft model.")
+@click.option(
+    "--ctx-size-draft", "-cd", type=click.IntRange(min=0), default=0, help="The draft model's context (0: -c)."
+)
+@click.option(
+    "--cache-type-k-draft",
+    "-ctkd",
+    type=click.Choice(CACHE_TYPES),
+    default="f16",
+    show_default=True,
+    help="The draft model's K cache type.",
+)
+@click.option(
+    "--cache-type-v-draft",
+    "-ctvd",
+    type=click.Choice(CACHE_TYPES),
+    default="f16",
+    show_default=True,
+    help="The draft model's V cache type.",
+)
 @click.option("--llama-args", metavar="'ARGS'", help="llama.cpp's own options as one string (they override the above).")
 @click.option(
     "--fit",
     "fit_budget",
     metavar="SIZE",
-    help="Instead: the largest context per cache type that fits SIZE of GPU memory (24GiB, 16GB).",
+    help="Instead: the largest context per cache type that fits GPUs of SIZE free memory (24GiB; 24GiB,24GiB).",
 )
+@click.option(
+    "--fit-target",
+    "-fitt",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="MiB to keep free on each GPU when fitting (llama.cpp's --fit keeps 1024).",
+)
+@click.option("--fit-layers", is_flag=True, help="With --fit: the most layers (-ngl) that fit at -c, not the context.")
 @click.option(
     "--check",
     "check_log",
@@ -283,7 +323,15 @@ def mem(
     gpus: str | None,
     tool: str,
     llama_args: str | None,
+    mmproj_file: str | None,
+    draft_file: str | None,
+    n_gpu_layers_draft: int,
+    ctx_size_draft: int,
+    cache_type_k_draft: str,
+    cache_type_v_draft: str,
     fit_budget: str | None,
+    fit_target: float,
+    fit_layers: bool,
     check_log: str | None,
     tolerance: float,
     as_json: bool,
@@ -304,7 +352,10 @@ def mem(
       ggufx mem model.gguf -c 262144 -ctk q4_0 -ctv q4_0 --gpus 24GiB
       ggufx mem model.gguf --gpus 24GiB,24GiB -ngl 40 --n-cpu-moe 20
       ggufx mem model.gguf --llama-args "-ngl 99 -c 65536 -fa on" --check llama.log
+      ggufx mem model.gguf -c 32768 --mmproj mmproj.gguf -md draft.gguf -ngld 99
       ggufx mem model.gguf --fit 24GiB
+      ggufx mem model.gguf --fit 24GiB,24GiB -fitt 1024 -ctk q8_0 -ctv q8_0
+      ggufx mem model.gguf --fit 24GiB --fit-layers -c 131072
     """
     import ggufx
     from ggufx import results
@@ -314,10 +365,6 @@ def mem(
 
     model = ggufx.open(file)
     try:
-        if fit_budget is not None:
-            res = results.fit(model, fit_budget, flash_attn, parallel, ubatch, n_gpu_layers)
-            emit(res, as_json, lambda: fit_text(res, tablefmt))
-            return
         ot = [_override(o) for o in overrides]
         if cpu_moe:
             ot.append((CPU_MOE_PATTERN, "CPU"))
@@ -338,10 +385,28 @@ def mem(
             n_outputs_max=parallel if server else 0,
         )
         no_devices = False
+        draft_offload = OffloadParams(n_gpu_layers=n_gpu_layers_draft)
+        draft_context = replace(
+            context, n_ctx=ctx_size_draft or ctx, cache_type_k=cache_type_k_draft, cache_type_v=cache_type_v_draft
+        )
         if llama_args is not None:
             parsed = parse_args(llama_args, server=server)
             offload, context, no_devices = parsed.offload, parsed.context, parsed.no_devices
+            mmproj_file, draft_file = parsed.mmproj or mmproj_file, parsed.draft or draft_file
+            draft_offload, draft_context = parsed.draft_offload or draft_offload, parsed.draft_context or draft_context
+        companions = {
+            "mmproj": ggufx.open(mmproj_file) if mmproj_file else None,
+            "draft": ggufx.open(draft_file) if draft_file else None,
+            "draft_offload": draft_offload,
+            "draft_context": draft_context,
+        }
         devices = [] if no_devices else _gpus(gpus)
+        if fit_budget is not None:
+            res = results.fit(
+                model, fit_budget, offload=offload, context=context, margin=int(fit_target * MiB), layers=fit_layers
+            )
+            emit(res, as_json, lambda: fit_text(res, tablefmt))
+            return
         if check_log is not None:
             with open(check_log, encoding="utf-8", errors="replace") as f:
                 text = f.read()
@@ -352,12 +417,13 @@ def mem(
                 offload=offload,
                 context=context,
                 tolerance=tolerance / 100,
+                **companions,
             )
             emit(res, as_json, lambda: memory_check_text(res, tablefmt))
             if not res["ok"]:
                 sys.exit(EXIT_CHECK_FAILED)
             return
-        res = results.memory(model, gpus=devices, offload=offload, context=context)
+        res = results.memory(model, gpus=devices, offload=offload, context=context, **companions)
     except results.InputError as e:
         raise click.BadParameter(str(e), param_hint=e.param) from None
     emit(res, as_json, lambda: memory_devices_text(res, tablefmt))

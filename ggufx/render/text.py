@@ -224,23 +224,34 @@ MiB = 1 << 20
 
 
 def fit_text(res: dict[str, Any], fmt: str = "simple") -> str:
-    """``ggufx mem --fit`` (``results.fit``): the largest context per cache type."""
+    """``ggufx mem --fit`` (``results.fit``): the largest context per cache type, or the most layers."""
+    if res["fits"] and res["fits"][0]["fit"] == "layers":
+        rows = [
+            (
+                f["cache_type"],
+                f"{f['n_gpu_layers']} of {f['n_layer'] + 1}" + (" (all)" if f["capped"] else ""),
+                ", ".join(f"{k} {v / MiB:,.0f}" for k, v in f["use"].items()),
+            )
+            for f in res["fits"]
+        ]
+        return table.render(rows, ("KV cache type", "-ngl", "GPU MiB"), fmt, align="lrl")
     rows = [
         (
             f["cache_type"],
             f"{f['n_ctx']:,}" + (" (training context)" if f["capped_at_training_context"] else ""),
-            f"{f['gpu_bytes'] / MiB:,.0f}",
+            "-" if f.get("llama_cpp_n_ctx") is None else f"{f['llama_cpp_n_ctx']:,}",
+            ", ".join(f"{k} {v / MiB:,.0f}" for k, v in f["use"].items()),
         )
         for f in res["fits"]
     ]
-    return table.render(rows, ("KV cache type", "largest context", "GPU MiB"), fmt, align="lrr")
+    return table.render(rows, ("KV cache type", "largest context", "llama.cpp --fit", "GPU MiB"), fmt, align="lrrl")
 
 
 def memory_devices_text(res: dict[str, Any], fmt: str = "simple") -> str:
     """``ggufx mem`` (``results.memory``): llama.cpp's memory breakdown per device, then the caches."""
     rows = []
     for d in res["devices"]:
-        total = d["self"] + d["output"]
+        total = d["self"] + d["output"] + d.get("companions", 0)
         free = d["free"]
         verdict = "" if not free else ("yes" if total <= free else f"no: {(total - free) / MiB:,.0f} MiB short")
         rows.append(
@@ -250,6 +261,7 @@ def memory_devices_text(res: dict[str, Any], fmt: str = "simple") -> str:
                 f"{d['context'] / MiB:,.2f}",
                 f"{d['compute'] / MiB:,.2f}",
                 f"{d['output'] / MiB:,.2f}",
+                f"{d.get('companions', 0) / MiB:,.2f}",
                 f"{total / MiB:,.2f}",
                 f"{free / MiB:,.0f}" if free else "-",
                 verdict,
@@ -257,9 +269,19 @@ def memory_devices_text(res: dict[str, Any], fmt: str = "simple") -> str:
         )
     table_text = table.render(
         rows,
-        ("device", "model MiB", "context MiB", "compute MiB*", "output MiB", "total MiB", "free MiB", "fits"),
+        (
+            "device",
+            "model MiB",
+            "context MiB",
+            "compute MiB*",
+            "output MiB",
+            "mmproj+draft MiB",
+            "total MiB",
+            "free MiB",
+            "fits",
+        ),
         fmt,
-        align="lrrrrrrl",
+        align="lrrrrrrrl",
     )
     kv, rec = res["kv_cache"], res["recurrent_state"]
     full, swa = kv["full_attention"], kv["sliding_window"]
