@@ -226,8 +226,20 @@ def test_mem_bad_options_are_one_line_errors(
 def test_fit_layers_is_llama_fit_params_answer(cli: CliRun, hole_models: dict[str, Path]) -> None:
     """llama-fit-params -c 262144 -fitt 50000 on an H100 with 80,552 MiB free printed `-ngl 57`."""
     assert "-c 262144 -ngl 57" in (LOGS / "fit-q27-c262144-fitt50000.log").read_text()
-    d = json.loads(cli("mem", str(hole_models["qwen36-27b"]), "--fit", "80552MiB", "-fitt", "50000", "--fit-layers",
-                       "-c", "262144", "--json").output)
+    d = json.loads(
+        cli(
+            "mem",
+            str(hole_models["qwen36-27b"]),
+            "--fit",
+            "80552MiB",
+            "-fitt",
+            "50000",
+            "--fit-layers",
+            "-c",
+            "262144",
+            "--json",
+        ).output
+    )
     assert [(f["fit"], f["n_gpu_layers"]) for f in d["fits"]] == [("layers", 57)]
     assert d["fits"][0]["use"]["CUDA0"] <= (80552 - 50000) * MiB
 
@@ -239,7 +251,20 @@ def test_fit_context_per_cache_type(cli: CliRun, hole_models: dict[str, Path]) -
     for f in fits.values():  # the largest: 256 more tokens would not fit
         assert f["gpu_bytes"] <= 24 << 30 and f["n_ctx"] % 256 == 0
         if not f["capped_at_training_context"]:
-            more = json.loads(cli("mem", str(hole_models["qwen36-27b"]), "-c", str(f["n_ctx"] + 256), "-ctk",
-                                  f["cache_type"], "-ctv", f["cache_type"], "--gpus", "24GiB", "--json").output)
+            more = json.loads(
+                cli(
+                    "mem",
+                    str(hole_models["qwen36-27b"]),
+                    "-c",
+                    str(f["n_ctx"] + 256),
+                    "-ctk",
+                    f["cache_type"],
+                    "-ctv",
+                    f["cache_type"],
+                    "--gpus",
+                    "24GiB",
+                    "--json",
+                ).output
+            )
             assert more["devices"][0]["self"] > 24 << 30
         assert f["llama_cpp_n_ctx"] <= f["n_ctx"]
