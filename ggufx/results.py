@@ -17,7 +17,7 @@ from typing import Any
 from ggufx.analysis.buffers import Breakdown, Buffer, ContextParams
 from ggufx.analysis.placement import Device, OffloadParams
 from ggufx.analysis.summary import summarize
-from ggufx.errors import InputError
+from ggufx.errors import GGUFError, InputError
 from ggufx.format.ggmltypes import CACHE_TYPES
 from ggufx.format.reader import KV, TensorInfo
 from ggufx.format.values import GGUFArray, ValueType, f32_short
@@ -503,9 +503,14 @@ def report(model: GGUFModel) -> dict[str, Any]:
     s = summarize(model).to_dict()
     n_train = s["context_length"] or 0
     ctxs = sorted({c for c in (*REPORT_CONTEXTS, n_train) if c and (not n_train or c <= n_train)})
-    memory = [
-        estimate(model, c, cache_type_k=ct, cache_type_v=ct).to_dict() for c in ctxs for ct in ("f16", "q8_0", "q4_0")
-    ]
+    try:
+        memory = [
+            estimate(model, c, cache_type_k=ct, cache_type_v=ct).to_dict()
+            for c in ctxs
+            for ct in ("f16", "q8_0", "q4_0")
+        ]
+    except GGUFError:  # a file llama.cpp cannot size (no block count...): the rest of the page still stands
+        memory = []
     tmpl = model.metadata.get_str("tokenizer.chat_template")
     info = None
     if tmpl is not None:

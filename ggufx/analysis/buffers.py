@@ -42,6 +42,11 @@ CUDA_ALIGN = 128  # ggml-cuda.cu: ggml_backend_cuda_buffer_type_get_alignment
 HOST_ALIGN = 32  # TENSOR_ALIGNMENT: CPU, CPU_Mapped, CUDA_Host, CPU_REPACK
 MATRIX_ROW_PADDING = 512  # ggml-cuda/common.cuh
 FLASH_ATTN = ("on", "off", "auto")
+# decoder architectures whose graph the compute model follows (checked against recorded logs: llama,
+# gemma3, qwen35, qwen3moe; the others build the same blocks in src/models/*.cpp)
+COMPUTE_ARCHS = frozenset(
+    {"llama", "mistral3", "qwen2", "qwen3", "qwen3moe", "qwen35", "qwen35moe", "gemma3", "granite", "olmo2"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,10 +297,16 @@ def breakdown(model: GGUFModel, devices: list[Device], offload: OffloadParams, c
         and not cp.no_kv_offload
         and not offload.overrides
     )
-    buffers += compute_buffers(model, hp, kinds, pl, shape, pipeline, cp.flash_attn == "off", cp.no_kv_offload)
-    rough = approximate_compute(model, kinds, pl, shape, pipeline, cp, offload)
-    if rough:
-        notes.append(f"compute buffers are a rough approximation here ({rough}); the other figures stay exact")
+    if hp.arch in COMPUTE_ARCHS:
+        buffers += compute_buffers(model, hp, kinds, pl, shape, pipeline, cp.flash_attn == "off", cp.no_kv_offload)
+        rough = approximate_compute(model, kinds, pl, shape, pipeline, cp, offload)
+        if rough:
+            notes.append(f"compute buffers are a rough approximation here ({rough}); the other figures stay exact")
+    else:
+        notes.append(
+            f"compute buffers are not modelled for the {hp.arch!r} architecture (modelled: "
+            f"{', '.join(sorted(COMPUTE_ARCHS))}); they are left out of the totals"
+        )
     n_rec = sum(1 for k in kinds if k.is_recurrent)
     return Breakdown(
         buffers,
