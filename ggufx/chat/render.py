@@ -16,28 +16,25 @@ the template runs). Every failure is a :class:`RenderError` with the template li
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-DEFAULT_TIMEOUT = 1.0  # seconds
+DEFAULT_TIMEOUT = 1.0  # seconds, one render
+DEFAULT_BUDGET = 5.0  # seconds, every render of one command together (see time_budget)
 DEFAULT_MAX_OUTPUT = 1 << 20  # characters
 MAX_VALUE = 4 << 20  # characters of a string (or items of a list) a template may build
 REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+ENGINES = ("transformers", "llama.cpp")  # transformers: this module; llama.cpp: ggufx.chat.llamacpp
 
 
-class RenderError(Exception):
-    """A template could not be rendered. ``kind``: syntax, exception (raise_exception), security,
-    undefined, timeout, too-large, error. ``line`` is the template line when known."""
-
-    def __init__(self, kind: str, message: str, line: int | None = None):
-        self.kind = kind
-        self.line = line
-        self.message = message
-        super().__init__(f"{message}" + (f" (template line {line})" if line else ""))
+from ggufx.errors import RenderError  # noqa: E402 - defined in ggufx.errors, re-exported here
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +42,54 @@ class Limits:
     timeout: float = DEFAULT_TIMEOUT
     max_output: int = DEFAULT_MAX_OUTPUT
     max_value: int = MAX_VALUE
+
+
+@dataclass(slots=True)
+class Budget:
+    """Wall time shared by every render of one command (``template info``/``lint``/``render``
+    render a template many times). Once one render has run out of time the template is a runaway:
+    the renders after it fail at once instead of each waiting for its own timeout."""
+
+    deadline: float
+    spent: bool = False
+
+
+_BUDGET: contextvars.ContextVar[Budget | None] = contextvars.ContextVar("ggufx_render_budget", default=None)
+
+
+@contextlib.contextmanager
+def time_budget(seconds: float = DEFAULT_BUDGET) -> Iterator[Budget]:
+    """One budget for the renders inside the ``with`` block (an enclosing budget is shared)."""
+    current = _BUDGET.get()
+    if current is not None:
+        yield current
+        return
+    budget = Budget(time.monotonic() + seconds)
+    token = _BUDGET.set(budget)
+    try:
+        yield budget
+    finally:
+        _BUDGET.reset(token)
+
+
+def budget_deadline(timeout: float) -> float:
+    """The deadline of one render: its own timeout, within the command's budget; a RenderError
+    ``timeout`` at once when an earlier render of the command ran out of time."""
+    deadline = time.monotonic() + timeout
+    budget = _BUDGET.get()
+    if budget is None:
+        return deadline
+    if budget.spent or time.monotonic() >= budget.deadline:
+        budget.spent = True
+        raise RenderError("timeout", "not rendered: an earlier render of this template ran out of time")
+    return min(deadline, budget.deadline)
+
+
+def note_timeout() -> None:
+    """A render ran out of time: the rest of the command's renders are not attempted."""
+    budget = _BUDGET.get()
+    if budget is not None:
+        budget.spent = True
 
 
 def _environment(limits: Limits, strict_undefined: bool = False):
@@ -141,15 +186,27 @@ def _check_size(value: Any, limit: int) -> None:
         raise RenderError("too-large", f"the template built a value of {len(value):,} items (limit {limit:,})")
 
 
+_COMPILED: dict[tuple[str, bool, Limits], Any] = {}
+
+
 def compile_template(source: str, strict_undefined: bool = False, limits: Limits = Limits()):
-    """Parse a template; a syntax error is a RenderError with its line number."""
+    """Parse a template; a syntax error is a RenderError with its line number. The last few
+    compiled templates are kept (a command renders one template many times)."""
     import jinja2
 
+    key = (source, strict_undefined, limits)
+    cached = _COMPILED.get(key)
+    if cached is not None:
+        return cached
     env = _environment(limits, strict_undefined)
     try:
-        return env.from_string(source)
+        template = env.from_string(source)
     except jinja2.TemplateSyntaxError as e:
         raise RenderError("syntax", f"syntax error: {e.message}", e.lineno) from None
+    if len(_COMPILED) >= 16:
+        _COMPILED.pop(next(iter(_COMPILED)))
+    _COMPILED[key] = template
+    return template
 
 
 def plain(data: Any) -> Any:
@@ -201,7 +258,7 @@ def render(
 def _run(template: Any, context: dict[str, Any], limits: Limits) -> str:
     import jinja2
 
-    deadline = time.monotonic() + limits.timeout
+    deadline = budget_deadline(limits.timeout)
     out: list[str] = []
     size = 0
     guard = _Guard(deadline, limits.max_value)
@@ -214,26 +271,40 @@ def _run(template: Any, context: dict[str, Any], limits: Limits) -> str:
                 raise RenderError("too-large", f"output exceeds {limits.max_output:,} characters")
             out.append(chunk)
     except RenderError as e:
+        if e.kind == "timeout":
+            note_timeout()
         if e.line is None:
             e.line = guard.line
         raise
     except jinja2.exceptions.SecurityError as e:
-        raise RenderError("security", f"blocked by the sandbox: {e}", guard.line) from None
+        raise RenderError("security", f"blocked by the sandbox: {e}", guard.line or _tb_line(e)) from None
     except jinja2.exceptions.UndefinedError as e:
-        raise RenderError("undefined", f"undefined: {e.message}", guard.line) from None
+        raise RenderError("undefined", f"undefined: {e.message}", guard.line or _tb_line(e)) from None
     except jinja2.exceptions.TemplateError as e:
-        raise RenderError("exception", f"the template raised: {e.message or e}", guard.line) from None
+        raise RenderError("exception", f"the template raised: {e.message or e}", guard.line or _tb_line(e)) from None
     except RecursionError:
         raise RenderError("too-large", "the template recursed too deeply", guard.line) from None
     except MemoryError:
         raise RenderError("too-large", "the template ran out of memory", guard.line) from None
     except OverflowError as e:  # the sandbox's range() limit, or a number too large
-        raise RenderError("too-large", f"{e}", guard.line) from None
+        raise RenderError("too-large", f"{e}", guard.line or _tb_line(e)) from None
     except Exception as e:  # a template can raise anything: TypeError on bad data...
-        raise RenderError("error", f"{type(e).__name__}: {e}", guard.line) from None
+        raise RenderError("error", f"{type(e).__name__}: {e}", guard.line or _tb_line(e)) from None
     finally:
         sys.settrace(previous)
     return "".join(out)
+
+
+def _tb_line(e: BaseException) -> int | None:
+    """The template line of an exception: jinja2 rewrites the traceback of a failed render so that
+    its frames for template code carry the template's own line numbers."""
+    line = None
+    tb = e.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
 
 
 class _Guard:

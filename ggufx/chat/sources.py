@@ -7,10 +7,14 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ggufx.errors import FormatError, GGUFError, SourceError
+from ggufx.format.spec import GGUF_MAGIC
 from ggufx.io.sources import is_remote
+
+if TYPE_CHECKING:
+    from ggufx.io.remote import RemoteConfig
 
 DEFAULT_KEY = "tokenizer.chat_template"
 NAMES_KEY = "tokenizer.chat_templates"
@@ -57,20 +61,20 @@ class TemplateSet:
 def is_gguf(path: str) -> bool:
     try:
         with open(path, "rb") as f:
-            return f.read(4) == b"GGUF"
+            return f.read(4) == GGUF_MAGIC
     except OSError:
         return False
 
 
-def load(path: str) -> TemplateSet:
+def load(path: str, remote: RemoteConfig | None = None) -> TemplateSet:
     """Read templates from ``path``: a GGUF (local, https:// or hf://), a JSON tokenizer config, or
-    a template text file."""
+    a template text file. ``remote``: the options for a URL (default ``ggufx.io.remote.CONFIG``)."""
     if is_remote(path):
-        return from_gguf(path)
+        return from_gguf(path, remote=remote)
     if not os.path.exists(path):
         raise SourceError(path, None, "no such file")
     if is_gguf(path):
-        return from_gguf(path)
+        return from_gguf(path, remote=remote)
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -121,10 +125,10 @@ def _token_text(tok: object) -> str | None:
     return None
 
 
-def from_gguf(path: str) -> TemplateSet:
+def from_gguf(path: str, remote: RemoteConfig | None = None) -> TemplateSet:
     from ggufx.model import open_model
 
-    return from_model(open_model(path), path)
+    return from_model(open_model(path, remote=remote), path)
 
 
 def from_model(model: Any, path: str) -> TemplateSet:
@@ -141,7 +145,7 @@ def special_tokens(model) -> tuple[str | None, str | None]:
     """BOS and EOS token text from the token ids in the metadata."""
     md = model.metadata
     out = []
-    tokens = md["tokenizer.ggml.tokens"] if "tokenizer.ggml.tokens" in md else None
+    tokens = md.get("tokenizer.ggml.tokens")
     for key in ("tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"):
         tid = md.get_int(key)
         out.append(tokens[tid] if tokens is not None and tid is not None and 0 <= tid < len(tokens) else None)

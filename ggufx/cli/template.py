@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from ggufx.chat.render import ENGINES
 from ggufx.chat.samples import NAMES
 from ggufx.cli._common import EXIT_CHECK_FAILED, emit_json, json_option, remote_options, write_raw
 from ggufx.cli.edit import run_edit, write_options
@@ -51,9 +52,32 @@ def template() -> None:
 
 
 def _load(path: str):
-    from ggufx.chat.sources import load
+    from ggufx.cli._common import load_templates
 
-    return load(path)
+    return load_templates(path)
+
+
+def _served() -> Any:
+    """The llama-server given with ``--server`` (ServerAwareCommand put its model file in SOURCE)."""
+    from ggufx.cli._common import SERVER_META
+
+    return click.get_current_context().meta.get(SERVER_META)
+
+
+def _server_url() -> str | None:
+    sm = _served()
+    return sm.url if sm is not None else None
+
+
+def _as_served(ts: Any) -> Any:
+    """The templates of the served file, with the server's own template in place of the default
+    when it was started with another (--chat-template-file): what the server renders."""
+    import dataclasses
+
+    sm = _served()
+    if sm is None or not sm.server_template or sm.template_matches is not False:
+        return ts
+    return dataclasses.replace(ts, default=sm.server_template, named={})
 
 
 def _variables(extra: tuple[str, ...]) -> dict[str, Any]:
@@ -209,6 +233,14 @@ def _conversation(messages: str | None, tools: str | None, sample_name: str | No
     metavar="KEY=VALUE",
     help="Extra template variable (JSON value or text), e.g. enable_thinking=false.",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(ENGINES),
+    default="transformers",
+    show_default=True,
+    help="transformers: apply_chat_template (jinja2). llama.cpp: llama-server's inputs and llama.cpp's own "
+    "Jinja rules (with --server, the server's /apply-template output, compared with ggufx's).",
+)
 @NAME_OPTION
 @json_option
 @remote_options
@@ -219,24 +251,39 @@ def render_(
     sample_name: str | None,
     add_generation_prompt: bool,
     variables: tuple[str, ...],
+    engine: str,
     name: str | None,
     as_json: bool,
 ) -> None:
-    """Render a chat template as transformers' apply_chat_template does, in a bounded sandbox.
+    """Render a chat template in a bounded sandbox, as transformers' apply_chat_template does
+    (default) or as llama.cpp does (--engine llama.cpp).
 
-    SOURCE is a GGUF (bos_token/eos_token come from its token ids) or a template file.
+    SOURCE is a GGUF (bos_token/eos_token come from its token ids) or a template file. With
+    --server URL and --engine llama.cpp, the running llama-server renders each conversation
+    (POST /apply-template) and ggufx says where its own llama.cpp rendering differs.
 
     \b
     Examples:
       ggufx template render model.gguf
       ggufx template render model.gguf --sample tools
+      ggufx template render model.gguf --engine llama.cpp
+      ggufx template render --server http://127.0.0.1:8080 --engine llama.cpp --sample tools
       ggufx template render template.jinja --messages conv.json --tools tools.json --var enable_thinking=false
     """
     from ggufx.results import template_render
 
     ts = _load(source)
+    if engine == "llama.cpp":
+        ts = _as_served(ts)
     res = template_render(
-        source, ts, _conversation(messages, tools, sample_name), name, add_generation_prompt, _variables(variables)
+        source,
+        ts,
+        _conversation(messages, tools, sample_name),
+        name,
+        add_generation_prompt,
+        _variables(variables),
+        engine=engine,
+        server=_server_url() if engine == "llama.cpp" else None,
     )
     results = res["results"]
     failed = any(r["error"] for r in results)
@@ -251,6 +298,12 @@ def render_(
                 click.echo(f"ggufx: error: {source}: {r['conversation']}: {r['error']}", err=True)
             else:
                 click.echo(r["output"], nl=not single)
+            if r.get("agrees") is False:
+                click.echo(
+                    f"ggufx: note: {r['conversation']}: llama-server's prompt differs from ggufx's llama.cpp "
+                    f"rendering ({r['ggufx_error'] or 'render with --json to compare'})",
+                    err=True,
+                )
     if failed:
         sys.exit(EXIT_CHECK_FAILED)
 
@@ -291,7 +344,9 @@ def lint(source: str, variables: tuple[str, ...], name: str | None, as_json: boo
 @template.command()
 @analysis_options
 def info(source: str, variables: tuple[str, ...], name: str | None, as_json: bool) -> None:
-    """Length, sha256, family, tool-call dialect, tool support, reasoning blocks, system role.
+    """Length, sha256, family, tool-call dialect, tool support, reasoning blocks, system role, and
+    llama.cpp's capability flags (as llama-server's /props reports them; with --server URL, the
+    server's own flags too).
 
     The dialect is detected by rendering a tool-call conversation and reading the output;
     "unknown" means no known dialect matched, "none" that tool calls are not rendered at all.
@@ -301,27 +356,33 @@ def info(source: str, variables: tuple[str, ...], name: str | None, as_json: boo
       ggufx template info model.gguf
       ggufx template info chat_template.jinja --json
     """
-    from ggufx.chat.dialect import analyze
-    from ggufx.results import template_info, template_variables
+    from ggufx.results import template_info
 
     ts = _load(source)
+    i = template_info(source, ts, name, _variables(variables), server=_server_url())
     if as_json:
-        emit_json(template_info(source, ts, name, _variables(variables)))
+        emit_json(i)
         return
-    i = analyze(ts.get(name), template_variables(ts, _variables(variables)))
     rows = [
-        ("length", f"{i.length:,} characters"),
-        ("sha256", i.sha256),
-        ("family", i.family),
-        ("tool-call dialect", i.dialect + (f"  {i.dialect_description}" if i.dialect_description else "")),
-        ("tool definitions", "shown to the model" if i.supports_tools else "not shown"),
-        ("tool calls", "rendered" if i.renders_tool_calls else "not rendered"),
-        ("reasoning", "yes" if i.reasoning else "no"),
-        ("system role", i.system_role),
+        ("length", f"{i['length']:,} characters"),
+        ("sha256", i["sha256"]),
+        ("family", i["family"]),
+        ("tool-call dialect", i["dialect"] + (f"  {i['dialect_description']}" if i["dialect_description"] else "")),
+        ("tool definitions", "shown to the model" if i["supports_tools"] else "not shown"),
+        ("tool calls", "rendered" if i["renders_tool_calls"] else "not rendered"),
+        ("reasoning", "yes" if i["reasoning"] else "no"),
+        ("system role", i["system_role"]),
     ]
+    for label, key in (("llama.cpp", "llama_cpp_caps"), ("llama-server", "llama_server_caps")):
+        caps = i.get(key)
+        if caps:
+            rows.append((f"{label} supports", ", ".join(k.removeprefix("supports_") for k, v in caps.items() if v)))
+            rows.append((f"{label} lacks", ", ".join(k.removeprefix("supports_") for k, v in caps.items() if not v)))
+    if i.get("llama_cpp_error"):
+        rows.append(("llama.cpp", f"error: {i['llama_cpp_error']}"))
     for k, v in rows:
         click.echo(f"{k:18} {v}")
-    for n, err in i.errors.items():
+    for n, err in i["errors"].items():
         click.echo(f"{'error (' + n + ')':18} {err}")
 
 
