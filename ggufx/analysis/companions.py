@@ -7,11 +7,22 @@ speculative decoding (``-md``). Whether llama.cpp accepts the pair, from headers
   (``SPEC_VOCAB_CHECK_START_TOKEN_ID``) up to the smaller vocabulary.
 * Projector: a ``clip`` file whose projection (``clip.vision.projection_dim``, or the last ``mm.*``
   matrix) outputs the language model's embedding size (``n_embd``), which ``mtmd`` feeds it as.
+* LoRA adapter: ``llama_adapter_lora_init_impl`` (``src/llama-adapter.cpp``): ``general.type`` adapter,
+  the model's ``general.architecture``, ``adapter.type`` lora, tensors ``X.lora_a``/``X.lora_b`` (or
+  ``*_norm.weight``, ignored) in pairs naming a base tensor X with ne [n_in, n_out], lora_a
+  [n_in, r] and lora_b [r, n_out] (``token_embd.weight``: lora_b [n_in, r], lora_a [r, n_out]).
+* Importance matrix: every weight ``llama-quantize`` quantizes (``tensor_allows_quantization``) has
+  importance data of ``ne[0] x ne[2]`` values (``llama_model_quantize_impl``), except
+  ``token_embd``/``output`` which never require one (``tensor_requires_imatrix``) and which
+  llama-imatrix does not collect by default.
 """
 
 from __future__ import annotations
 
+from ggufx.analysis.filekind import file_kind, imatrix_pairs, lora_pairs
 from ggufx.analysis.hparams import hparams
+from ggufx.analysis.roles import is_quantizable_weight
+from ggufx.analysis.summary import ggml_n_dims
 from ggufx.format.values import GGUFArray
 from ggufx.model import GGUFModel
 
@@ -74,4 +85,82 @@ def projector_incompatibility(model: GGUFModel, mmproj: GGUFModel) -> str | None
     n_embd = hparams(model).n_embd
     if dim is not None and dim != n_embd:
         return f"the projector projects to {dim} but the model's embedding is {n_embd}"
+    return None
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    return " x ".join(map(str, shape))
+
+
+def lora_incompatibility(model: GGUFModel, lora: GGUFModel) -> str | None:
+    """Why llama.cpp would refuse ``lora`` as an adapter of ``model`` (None: it loads it), in the
+    order ``llama_adapter_lora_init_impl`` checks."""
+    gtype = lora.metadata.get_str("general.type")
+    if gtype != "adapter":
+        return (
+            f"{lora.path} is not an adapter (general.type is {gtype!r}, not 'adapter'; its kind is {file_kind(lora)})"
+        )
+    if lora.architecture != model.architecture:
+        return f"the adapter is for architecture {lora.architecture!r}, the model is {model.architecture!r}"
+    atype = lora.metadata.get_str("adapter.type")
+    if atype != "lora":
+        return f"adapter.type is {atype!r}, llama.cpp loads only 'lora'"
+    for t in lora.tensors:
+        if not t.name.endswith((".lora_a", ".lora_b", "_norm.weight")):
+            return f"adapter tensor '{t.name}' has an unexpected suffix (not .lora_a, .lora_b or _norm.weight)"
+    base = {t.name: tuple(t.shape) + (1,) * (2 - len(t.shape)) for t in model.tensors}
+    for name, pair in sorted(lora_pairs(lora).items()):
+        if "a" not in pair or "b" not in pair:
+            return f"'{name}' has a lora_{'b' if 'b' in pair else 'a'} but no lora_{'a' if 'b' in pair else 'b'}"
+        if name not in base:
+            return f"'{name}' is adapted but the model has no tensor of that name"
+        a, b = pair["a"] + (1,) * (2 - len(pair["a"])), pair["b"] + (1,) * (2 - len(pair["b"]))
+        n_in, n_out = base[name][0], base[name][1]
+        if name.endswith("token_embd.weight"):
+            if n_in != b[1] or n_out != a[1]:
+                return (
+                    f"'{name}' is {_dims(base[name][:2])} but its lora_b is {_dims(b)} and lora_a {_dims(a)} "
+                    f"(expected lora_b [r, {n_in}], lora_a [r, {n_out}])"
+                )
+            continue
+        if n_in != a[0] or n_out != b[1]:
+            return (
+                f"'{name}' is {_dims(base[name][:2])} but its lora_a is {_dims(a)} and lora_b {_dims(b)} "
+                f"(expected lora_a [{n_in}, r], lora_b [r, {n_out}])"
+            )
+        if a[1] != b[0]:
+            return f"'{name}': lora_a is {_dims(a)} but lora_b is {_dims(b)} (rank {a[1]} against {b[0]}; lora_a not transposed)"
+    return None
+
+
+def imatrix_coverage(model: GGUFModel, imatrix: GGUFModel) -> str | None:
+    """Which weights ``llama-quantize`` would quantize from ``model`` without importance data of
+    the right size from ``imatrix`` (None: all are covered)."""
+    if file_kind(imatrix) != "imatrix":
+        return f"{imatrix.path} is not an imatrix (its kind is {file_kind(imatrix)})"
+    sizes: dict[str, int] = {}
+    by_name = {t.name: t for t in imatrix.tensors}
+    for name in imatrix_pairs(imatrix):
+        sizes[name] = by_name[name + ".in_sum2"].n_elements
+    missing: list[str] = []
+    wrong: list[str] = []
+    for t in model.tensors:
+        if t.name in ("token_embd.weight", "output.weight"):
+            continue
+        if not is_quantizable_weight(t.name, ggml_n_dims(t.shape)):
+            continue
+        want = t.shape[0] * (t.shape[2] if len(t.shape) > 2 else 1)
+        have = sizes.get(t.name)
+        if have is None:
+            missing.append(t.name)
+        elif have != want:
+            wrong.append(f"{t.name} (imatrix size {have}, tensor size {want})")
+    if wrong:
+        return f"{len(wrong)} tensor(s) have importance data of the wrong size: {', '.join(wrong[:5])}" + (
+            " ..." if len(wrong) > 5 else ""
+        )
+    if missing:
+        return f"{len(missing)} quantizable tensor(s) have no importance data: {', '.join(missing[:5])}" + (
+            " ..." if len(missing) > 5 else ""
+        )
     return None

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ggufx.analysis.filekind import companion_summary, file_kind
 from ggufx.analysis.roles import is_quantizable_weight
 from ggufx.format.ggmltypes import file_type_for_ggml_type, file_type_label
 from ggufx.format.reader import TensorInfo
@@ -97,6 +98,8 @@ class ModelSummary:
     chat_template: ChatTemplateInfo
     types: tuple[TypeStat, ...] = field(default_factory=tuple)
     unknown_types: tuple[str, ...] = ()
+    kind: str = "model"  # ggufx.analysis.filekind.KINDS
+    companion: dict[str, Any] | None = None  # the companion file's summary (None for a model)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -126,6 +129,8 @@ class ModelSummary:
             "chat_template": self.chat_template.to_dict(),
             "types": {t.type: t.to_dict() for t in self.types},
             "unknown_types": list(self.unknown_types),
+            "kind": self.kind,
+            "companion": self.companion,
         }
 
 
@@ -186,6 +191,7 @@ def summarize(model: GGUFModel) -> ModelSummary:
     def arch_int(suffix: str) -> int | None:
         return md.get_int(f"{arch}.{suffix}") if arch else None
 
+    kind = file_kind(model)
     vocab = arch_int("vocab_size")
     if vocab is None and "tokenizer.ggml.tokens" in md:
         tokens = md["tokenizer.ggml.tokens"]
@@ -218,4 +224,6 @@ def summarize(model: GGUFModel) -> ModelSummary:
         chat_template=_chat_template_info(model),
         types=type_histogram(tensors),
         unknown_types=tuple(sorted({t.type.name for t in tensors if not t.type.known})),
+        kind=kind,
+        companion=companion_summary(model, kind),
     )

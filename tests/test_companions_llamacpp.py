@@ -1,0 +1,118 @@
+"""Companion files against llama.cpp's own tools (marker ``llamacpp``): an imatrix made by
+llama-imatrix is read by ``ggufx imatrix`` with the per-tensor figure llama-imatrix's own
+``--show-statistics`` prints, and LoRA adapters written with gguf-py are accepted or refused by
+llama-completion exactly as ``ggufx check --lora`` says."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from . import companion_files as cf
+from .conftest import CliRun
+
+pytestmark = pytest.mark.llamacpp
+
+WORDS = (
+    "the river ran past old mills and quiet farms while children learned to count stones by the water "
+    "and merchants argued about the price of wool in small towns across the valley before winter came"
+).split()
+
+
+def _prose(path: Path) -> Path:
+    rng = random.Random(17)
+    lines = [" ".join(rng.choice(WORDS) for _ in range(16)).capitalize() + "." for _ in range(120)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=cwd, stdin=subprocess.DEVNULL)
+
+
+def test_imatrix_from_llama_imatrix_agrees_with_its_statistics(
+    cli: CliRun, llama_bin: Path, smollm2_path: Path, tmp_path: Path
+) -> None:
+    text = _prose(tmp_path / "prose.txt")
+    out = tmp_path / "imatrix.gguf"
+    p = _run(
+        [str(llama_bin / "llama-imatrix"), "-m", str(smollm2_path), "-f", str(text), "-o", str(out)]
+        + ["--chunks", "2", "-c", "128", "-t", "2"],
+        tmp_path,
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    info = json.loads(cli("info", "--json", str(out)).stdout)
+    assert info["kind"] == "imatrix"
+    assert (info["companion"]["chunk_count"], info["companion"]["chunk_size"]) == (2, 128)
+    assert info["companion"]["datasets"] == [str(text)]
+    res = json.loads(cli("imatrix", "--json", str(out), "--model", str(smollm2_path)).stdout)
+    ours = {t["name"]: t for t in res["tensors"]}
+    # SmolLM2 has 30 layers of 7 matrices; llama-imatrix skips output.weight without --process-output
+    assert len(ours) == res["count"] == 210
+    assert res["missing_in_model"] == []
+
+    stats = _run(
+        [str(llama_bin / "llama-imatrix"), "-m", str(smollm2_path), "--in-file", str(out), "--show-statistics"],
+        tmp_path,
+    )
+    assert stats.returncode == 0, stats.stderr[-2000:]
+    theirs: dict[str, float] = {}
+    for line in stats.stdout.splitlines():
+        cols = [c.strip() for c in line.split("|")]
+        if len(cols) >= 4 and cols[1].startswith("blk."):
+            theirs[cols[1]] = float(cols[3].split()[0])  # the "∑ E[A²]" column, printed %.4f
+    assert set(theirs) == set(ours)
+    for name, printed in theirs.items():
+        assert f"{ours[name]['sum_sq']:.4f}" == f"{printed:.4f}", name
+        assert ours[name]["importance"] == pytest.approx(ours[name]["sum_sq"] / ours[name]["elements"], rel=1e-12)
+
+    r = cli("check", str(smollm2_path), "--imatrix", str(out))
+    assert r.exit_code == 0, r.output
+
+
+SMOL_TARGETS = {
+    "blk.0.attn_q.weight": (576, 576),
+    "blk.0.ffn_up.weight": (576, 1536),
+    "blk.3.attn_v.weight": (576, 192),
+}
+
+
+def _completion(llama_bin: Path, model: Path, lora: Path) -> subprocess.CompletedProcess[str]:
+    return _run(
+        [str(llama_bin / "llama-completion"), "-m", str(model), "--lora", str(lora)]
+        + ["-n", "1", "-p", "hi", "-t", "2", "-no-cnv"],
+        lora.parent,
+    )
+
+
+def test_lora_adapter_loads_in_llama_cpp_and_passes_check(
+    cli: CliRun, llama_bin: Path, smollm2_path: Path, tmp_path: Path
+) -> None:
+    lora = cf.write_lora(tmp_path / "adapter.gguf", SMOL_TARGETS, rank=8, alpha=16.0)
+    p = _completion(llama_bin, smollm2_path, lora)
+    assert p.returncode == 0, p.stderr[-2000:]
+    info = json.loads(cli("info", "--json", str(lora)).stdout)
+    assert info["kind"] == "adapter"
+    assert (info["companion"]["rank"], info["companion"]["alpha"], info["companion"]["layers"]) == (8, 16.0, [0, 3])
+    r = cli("check", str(smollm2_path), "--lora", str(lora))
+    assert r.exit_code == 0, r.output
+
+
+def test_mismatched_lora_refused_by_llama_cpp_and_by_check(
+    cli: CliRun, llama_bin: Path, smollm2_path: Path, tmp_path: Path
+) -> None:
+    bad = dict(SMOL_TARGETS, **{"blk.0.ffn_up.weight": (576, 1024)})
+    lora = cf.write_lora(tmp_path / "adapter.gguf", bad, rank=8, alpha=16.0)
+    p = _completion(llama_bin, smollm2_path, lora)
+    assert p.returncode != 0
+    assert "tensor 'blk.0.ffn_up.weight' has incorrect shape" in p.stderr
+    r = cli("check", str(smollm2_path), "--lora", str(lora))
+    assert r.exit_code == 1
+    assert (
+        "companions.lora: " + str(lora) + ": 'blk.0.ffn_up.weight' is 576 x 1536 but its lora_a is 576 x 8 and "
+        "lora_b 8 x 1024 (expected lora_a [576, r], lora_b [r, 1536])"
+    ) in r.stdout
