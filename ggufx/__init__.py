@@ -24,6 +24,7 @@ from ggufx.errors import (
 
 if TYPE_CHECKING:
     from ggufx.analysis.summary import ModelSummary
+    from ggufx.io.remote import RemoteConfig
     from ggufx.model import GGUFModel
 
 from ggufx._version import __version__
@@ -42,15 +43,18 @@ __all__ = [
 ]
 
 
-def open(path: str | os.PathLike[str]) -> GGUFModel:  # noqa: A001 - mirrors builtins.open on purpose
-    """Parse a GGUF file's header (and its sibling shards' if it is split). Reads no tensor data."""
+def open(path: str | os.PathLike[str], remote: RemoteConfig | None = None) -> GGUFModel:  # noqa: A001 - mirrors builtins.open on purpose
+    """Parse a GGUF file's header (and its sibling shards' if it is split). Reads no tensor data.
+
+    ``path`` may be an ``https://`` URL or ``hf://ORG/REPO[@REV]/FILE``: ``remote`` then holds the
+    options (a :class:`ggufx.remote.RemoteConfig`; default :data:`ggufx.remote.CONFIG`)."""
     from ggufx.model import open_model
 
-    return open_model(path)
+    return open_model(path, remote=remote)
 
 
-def info(path: str | os.PathLike[str]) -> ModelSummary:
+def info(path: str | os.PathLike[str], remote: RemoteConfig | None = None) -> ModelSummary:
     """The summary ``ggufx info`` prints: same object the CLI renders as a table or JSON."""
     from ggufx.analysis.summary import summarize
 
-    return summarize(open(path))
+    return summarize(open(path, remote=remote))

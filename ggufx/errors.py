@@ -3,12 +3,16 @@
 Every problem with a file is a :class:`GGUFError` carrying the file, the byte offset where the
 problem was found (``None`` when no offset applies) and a one-line description, so that callers
 (the CLI, the MCP server, a script) can print ``FILE: offset N: what was wrong`` without a
-traceback.
+traceback. The other exceptions of the library live here too, and are re-exported where they were
+first defined: :class:`InputError` (a bad argument), :class:`PolicyError` (a bad policy file,
+``ggufx.analysis.policy``), :class:`RenderError` (a chat template that cannot be rendered,
+``ggufx.chat.render``) and :class:`AccessError` (what the MCP server refuses, ``ggufx.mcp.access``).
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 
 class GGUFError(Exception):
@@ -29,7 +33,7 @@ class GGUFError(Exception):
         parts.append(self.message)
         return ": ".join(parts)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"error": type(self).__name__, "path": self.path, "offset": self.offset, "message": self.message}
 
 
@@ -67,3 +71,22 @@ class InputError(ValueError):
     def __init__(self, message: str, param: str | None = None):
         super().__init__(message)
         self.param = param
+
+
+class PolicyError(GGUFError):
+    """The policy file itself is wrong (exit code 2)."""
+
+
+class RenderError(Exception):
+    """A template could not be rendered. ``kind``: syntax, exception (raise_exception), security,
+    undefined, timeout, too-large, error. ``line`` is the template line when known."""
+
+    def __init__(self, kind: str, message: str, line: int | None = None):
+        self.kind = kind
+        self.line = line
+        self.message = message
+        super().__init__(f"{message}" + (f" (template line {line})" if line else ""))
+
+
+class AccessError(Exception):
+    """A path or URL the MCP server may not touch."""

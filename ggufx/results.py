@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
 from ggufx.analysis.buffers import Breakdown, Buffer, ContextParams
 from ggufx.analysis.placement import Device, OffloadParams
 from ggufx.analysis.summary import summarize
-from ggufx.errors import GGUFError, InputError
+from ggufx.errors import GGUFError, InputError, SourceError, ValidationError
 from ggufx.format.ggmltypes import CACHE_TYPES
 from ggufx.format.reader import KV, TensorInfo
 from ggufx.format.values import GGUFArray, ValueType, f32_short
+from ggufx.io.sources import is_remote
 from ggufx.model import GGUFModel
 
 __all__ = ["CACHE_TYPES", "SORT_ORDERS", "InputError"]  # and one function per command, below
@@ -90,7 +91,7 @@ def info(model: GGUFModel) -> dict[str, Any]:
     return summarize(model).to_dict()
 
 
-def _sort_key(order: str):
+def _sort_key(order: str) -> Callable[[TensorInfo], Any]:
     return {
         "offset": lambda t: (t.shard, t.offset),
         "name": lambda t: t.name,
@@ -135,9 +136,9 @@ def tensors(
         except re.error as e:
             raise InputError(f"invalid regular expression: {e}", "--grep") from None
     wanted = set()
-    for t in types:
+    for type_name in types:
         try:
-            wanted.add(ggml_type_by_name(t).name)
+            wanted.add(ggml_type_by_name(type_name).name)
         except ValueError as e:
             raise InputError(str(e), "--type") from None
     span = parse_layer_range(layers) if layers is not None else None
@@ -581,8 +582,8 @@ def template_lint(
     tokens = add_bos = None
     if model is not None:
         md = model.metadata
-        tokens = md["tokenizer.ggml.tokens"] if "tokenizer.ggml.tokens" in md else None
-        add_bos = md["tokenizer.ggml.add_bos_token"] if "tokenizer.ggml.add_bos_token" in md else None
+        tokens = md.get("tokenizer.ggml.tokens")
+        add_bos = md.get("tokenizer.ggml.add_bos_token")
     from ggufx.chat.render import time_budget
 
     with time_budget():
@@ -709,3 +710,139 @@ def template_diff(a: str, b: str, ta: Any, tb: Any, name: str | None = None) -> 
         "a_info": ia.to_dict(),
         "b_info": ib.to_dict(),
     }
+
+
+# -- companion files ------------------------------------------------------------------------------
+
+
+def _f32_rows(model: GGUFModel, t: TensorInfo) -> Any:
+    """The data of a small F32 tensor of ``model`` as a numpy float64 array (ne[1] rows of ne[0])."""
+    import os
+
+    import numpy as np
+
+    path = model.shards[t.shard].path
+    if t.type.name != "F32":
+        raise ValidationError(path, t.info_offset, f"tensor '{t.name}' is {t.type.name}, an imatrix holds F32")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        data = os.pread(fd, t.nbytes, t.file_offset)
+    finally:
+        os.close(fd)
+    if len(data) != t.nbytes:
+        raise ValidationError(path, t.file_offset, f"tensor '{t.name}' data is cut short")
+    order = ">" if model.header.endianness == "big" else "<"
+    arr = np.frombuffer(data, dtype=f"{order}f4").astype(np.float64)
+    ne0 = t.shape[0] if t.shape else 1
+    return arr.reshape(-1, ne0) if ne0 else arr.reshape(0, 0)
+
+
+def imatrix(im: GGUFModel, quant: GGUFModel | None = None) -> dict[str, Any]:
+    """``ggufx imatrix``: per tensor the importance llama-imatrix's statistics report, ranked within
+    its role; with ``quant`` the type each tensor got and where rank and type disagree.
+
+    ``sum_sq`` is llama-imatrix's ``∑ E[A²]`` (``compute_vector_statistics`` in
+    ``tools/imatrix/imatrix.cpp``): the sum over every matrix with a positive count of
+    ``in_sum2 / counts``, skipping values that are not finite; ``importance`` is that sum over the
+    ``elements`` summed (the mean of ``in_sum2 / counts``). Only the ``.in_sum2`` and ``.counts``
+    tensors' data are read.
+    """
+    import math
+
+    import numpy as np
+
+    from ggufx.analysis.filekind import file_kind, imatrix_pairs, imatrix_summary
+    from ggufx.analysis.roles import parse_name
+
+    if is_remote(im.path):
+        raise SourceError(im.path, None, "reading an imatrix needs its tensor data; download the file first")
+    kind = file_kind(im)
+    if kind != "imatrix":
+        gtype = im.metadata.get_str("general.type")
+        raise ValidationError(
+            im.path,
+            None,
+            f"not an imatrix: the file's kind is {kind} (general.type {gtype or 'absent'}, not 'imatrix')",
+        )
+    by_name = {t.name: t for t in im.tensors}
+    rows: list[dict[str, Any]] = []
+    for name in imatrix_pairs(im):
+        s2, cn = by_name[name + ".in_sum2"], by_name[name + ".counts"]
+        values, counts = _f32_rows(im, s2), _f32_rows(im, cn).reshape(-1)
+        n_mat = counts.size
+        if n_mat == 0 or values.size == 0 or values.size % n_mat:
+            raise ValidationError(
+                im.shards[s2.shard].path,
+                s2.info_offset,
+                f"tensor '{name}.in_sum2' has {values.size} values for {n_mat} counts (not a multiple)",
+            )
+        values = values.reshape(n_mat, -1)
+        total = 0.0
+        n = 0
+        for m in range(n_mat):
+            c = float(np.float32(counts[m]))
+            if not c > 0.0:
+                continue
+            v = values[m] * (1.0 / c)
+            ok = np.isfinite(v)
+            total += float(v[ok].sum())
+            n += int(ok.sum())
+        role = parse_name(name)
+        rows.append(
+            {
+                "name": name,
+                "role": role.label,
+                "layer": role.layer,
+                "matrices": n_mat,
+                "elements": n,
+                "sum_sq": total,
+                "importance": total / n if n else None,
+                "counts": int(cmax) if math.isfinite(cmax := float(counts.max())) else None,
+            }
+        )
+    # rank within role: 1 = most important; ties by name
+    by_role: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_role.setdefault(r["role"], []).append(r)
+    for members in by_role.values():
+        members.sort(key=lambda r: (-(r["importance"] if r["importance"] is not None else -math.inf), r["name"]))
+        top = math.ceil(len(members) / 4)
+        for i, r in enumerate(members, 1):
+            r["rank"], r["role_count"], r["top_quartile"] = i, len(members), i <= top
+    summary = imatrix_summary(im)
+    res: dict[str, Any] = {
+        "path": im.path,
+        "datasets": summary["datasets"],
+        "chunk_count": summary["chunk_count"],
+        "chunk_size": summary["chunk_size"],
+        "count": len(rows),
+        "model": None,
+    }
+    if quant is not None:
+        types = {t.name: t.type.name for t in quant.tensors}
+        common: dict[str, str] = {}
+        for role_name, members in by_role.items():
+            hist: dict[str, int] = {}
+            for r in members:
+                ty = types.get(r["name"])
+                if ty is not None:
+                    hist[ty] = hist.get(ty, 0) + 1
+            if hist:
+                common[role_name] = min(hist, key=lambda k: (-hist[k], k))
+        for r in rows:
+            r["type"] = types.get(r["name"])
+        res["model"] = quant.path
+        res["missing_in_model"] = [r["name"] for r in rows if r["type"] is None]
+        res["most_common_type"] = dict(sorted(common.items()))
+        res["high_at_common_type"] = [
+            r["name"]
+            for r in rows
+            if r["top_quartile"] and r["type"] is not None and r["type"] == common.get(r["role"])
+        ]
+        res["low_not_at_common_type"] = [
+            r["name"]
+            for r in rows
+            if not r["top_quartile"] and r["type"] is not None and r["type"] != common.get(r["role"])
+        ]
+    res["tensors"] = rows
+    return res

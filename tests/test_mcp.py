@@ -32,6 +32,7 @@ READ_TOOLS = {
     "tensors",
     "metadata",
     "recipe",
+    "imatrix",
     "memory",
     "fit",
     "diff",

@@ -49,8 +49,7 @@ def srv(servers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RangeServer
     cdn.state.reset()
     cfg = remote.RemoteConfig(cache_dir=str(tmp_path / "cache"), retries=3, backoff=0.01, timeout=5)
     monkeypatch.setattr(remote, "BASE", cfg)
-    monkeypatch.setattr(remote, "CONFIG", dataclasses.replace(cfg))
-    monkeypatch.setattr(remote, "_CLIENT", None)
+    monkeypatch.setattr(remote, "CONFIG", dataclasses.replace(cfg))  # a fresh config: its own client
     remote.STATS.reset()
     for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_TOKEN_PATH"):
         monkeypatch.delenv(var, raising=False)
@@ -283,12 +282,10 @@ def test_401_gated_repository_says_set_hf_token(cli: CliRun, srv: RangeServer, m
         f"ggufx: error: {ref}: HTTP 401 Unauthorized: the repository is gated or private; "
         "set HF_TOKEN to a token with access (huggingface.co/settings/tokens)"
     )
-    monkeypatch.setenv("HF_TOKEN", "hf_wrong")
-    remote._CLIENT = None
+    monkeypatch.setenv("HF_TOKEN", "hf_wrong")  # read again: each invocation has its own config and client
     code, _, err = cli("info", ref)
     assert code == 2 and "your HF_TOKEN has no access" in err and "hf_wrong" not in err
     monkeypatch.setenv("HF_TOKEN", TOKEN)
-    remote._CLIENT = None
     code, out, err = cli("--debug", "info", "--json", ref)
     assert code == 0, err
     assert TOKEN not in err and TOKEN not in out
@@ -451,8 +448,8 @@ def test_http_proxy_from_the_environment(
     assert srv.state.log[0]["proxied"] == url
     srv.state.log.clear()
     monkeypatch.setenv("no_proxy", "models.example.invalid")
-    remote.CONFIG.cache_dir = None
-    remote._CLIENT = None
+    # new options, new client: none of the pooled connections to the proxy is reused
+    monkeypatch.setattr(remote, "CONFIG", dataclasses.replace(remote.CONFIG, cache_dir=None))
     with pytest.raises(ggufx.SourceError, match="connection failed"):  # bypassed: the .invalid host does not resolve
         ggufx.open(url)
     assert srv.state.log == []
@@ -579,3 +576,58 @@ def test_server_without_head_still_uses_and_refreshes_the_cache(cli: CliRun, srv
     srv.state.log.clear()
     assert cli("info", "--json", url) == first
     assert [e["method"] for e in srv.state.log] == ["HEAD", "GET"]  # 405, then the header fetched again
+
+
+# -- options passed explicitly (#15) ---------------------------------------------------------
+
+
+def test_cli_options_never_touch_the_library_default(cli: CliRun, srv: RangeServer, tmp_path: Path) -> None:
+    before = dataclasses.replace(remote.CONFIG)
+    url = srv.url("all-types-v3.gguf")
+    code, _, err = cli("--debug", "info", "--no-cache", "--timeout", "7", "--allow-full-download", url)
+    assert code == 0 and f"ggufx: debug: GET {url}" in err
+    code, _, err = cli("info", "--offline", "--cache", str(tmp_path / "empty-cache"), url)
+    assert code == 2 and "not in the header cache, and --offline forbids the network" in err
+    assert remote.CONFIG == before  # each invocation built its own RemoteConfig from its options
+
+
+def test_open_takes_a_config(srv: RangeServer, files: dict[str, Path]) -> None:
+    name = "all-types-v3.gguf"
+    remote.CONFIG.offline = True  # the library default now refuses the network; a config passed is used instead
+    cfg = remote.new_config(cache_dir=None)
+    assert ggufx.open(srv.url(name), remote=cfg).tensors == ggufx.open(files[name]).tensors
+    assert ggufx.info(srv.url(name), remote=cfg).parameters == ggufx.info(files[name]).parameters
+    assert remote.stats_of(cfg).requests == 2 == remote.STATS.requests  # a config's counters add up in STATS
+    with pytest.raises(ggufx.SourceError, match="not in the header cache, and --offline forbids the network"):
+        ggufx.open(srv.url(name))
+    assert remote.stats_of(remote.CONFIG).requests == 0
+
+
+def test_debug_summary_counts_this_invocation_only(cli: CliRun, srv: RangeServer) -> None:
+    url = srv.url("all-types-v3.gguf")
+    for _ in range(2):  # STATS counts for the process; the summary for the invocation
+        code, _, err = cli("--debug", "info", "--no-cache", url)
+        assert code == 0 and err.count("ggufx: debug: GET") == 1
+        assert re.search(r"^ggufx: debug: 1 HTTP request\(s\), [\d,]+ bytes received$", err, re.M)
+    assert remote.STATS.requests == 2
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: "-".join(c[:2]))
+def test_every_command_honours_its_remote_options(
+    cli: CliRun, srv: RangeServer, tmp_path: Path, cmd: list[str]
+) -> None:
+    url = srv.url("all-types-v3.gguf")
+    code, out, err = cli(*cmd, "--offline", "--cache", str(tmp_path / "empty"), url)
+    assert (code, out) == (2, "") and "not in the header cache, and --offline forbids the network" in err, cmd
+    assert srv.state.log == []
+
+
+def test_mcp_access_reads_urls_with_its_own_config(srv: RangeServer, tmp_path: Path) -> None:
+    from ggufx.mcp.access import Access
+
+    remote.CONFIG.offline = True  # the library default would refuse: the server's own config is used
+    access = Access([str(tmp_path)], allow_remote=True)
+    assert access.remote is not None and access.remote is not remote.CONFIG
+    assert access.open_model(srv.url("all-types-v3.gguf")).tensors
+    assert remote.stats_of(access.remote).requests == 1
+    assert Access([str(tmp_path)], allow_remote=False).remote is None

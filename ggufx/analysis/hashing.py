@@ -23,7 +23,7 @@ import struct
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ggufx.analysis.summary import summarize
 from ggufx.format.encode import encode_value
@@ -36,7 +36,12 @@ ALGOS = ("xxh3-128", "sha256")
 CHUNK = 16 << 20
 
 
-def _hasher(algo: str):
+class _Hasher(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+    def hexdigest(self) -> str: ...
+
+
+def _hasher(algo: str) -> _Hasher:
     if algo == "xxh3-128":
         import xxhash
 

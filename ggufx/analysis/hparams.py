@@ -11,12 +11,14 @@ from dataclasses import dataclass
 
 from ggufx.errors import ValidationError
 from ggufx.format.ggmltypes import ggml_type_by_name
+from ggufx.format.spec import align
 from ggufx.format.values import GGUFArray
 from ggufx.model import GGUFModel
 
 
 def pad(n: int, to: int = 256) -> int:
-    return -(-n // to) * to
+    """``GGML_PAD(n, to)``: llama.cpp pads context sizes to 256."""
+    return align(n, to)
 
 
 def row_size(type_name: str, n: int) -> int:
@@ -76,7 +78,8 @@ def hparams(model: GGUFModel) -> Hparams:
         return default if v is None else v
 
     for key in (f"{a}.block_count", f"{a}.embedding_length"):
-        if not a or md.get_int(key) is None or md.get_int(key) <= 0:
+        value = md.get_int(key) if a else None
+        if value is None or value <= 0:
             what = "general.architecture is missing" if not a else f"{key} is missing or not a positive integer"
             raise ValidationError(
                 model.path,
@@ -94,7 +97,7 @@ def hparams(model: GGUFModel) -> Hparams:
     h0 = max(n_head, default=0) or 1
     head_k = get("attention.key_length", n_embd // h0)
     head_v = get("attention.value_length", n_embd // h0)
-    tokens = md["tokenizer.ggml.tokens"] if "tokenizer.ggml.tokens" in md else None
+    tokens = md.get("tokenizer.ggml.tokens")
     n_vocab = get("vocab_size", len(tokens) if tokens is not None else 0)
     n_ff = max(_arr(model, f"{a}.feed_forward_length", n_layer, 0), default=0)
     # recurrent state sizes, as llama_hparams::n_embd_r / n_embd_s

@@ -32,6 +32,12 @@ Schema (every section optional; unknown sections or keys are errors that name th
 
     [fingerprint]
     equals = "…"                           # ggufx hash; reads all tensor data
+
+    [companions]                           # files that run beside the model (relative to this file)
+    mmproj = "mmproj.gguf"                 # a projector whose output width is the model's embedding
+    draft = "draft.gguf"                   # a draft model llama.cpp accepts for speculative decoding
+    lora = "adapter.gguf"                  # a LoRA adapter llama.cpp loads onto the model
+    imatrix = "imatrix.gguf"               # importance data for every weight llama-quantize quantizes
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ from typing import Any, NoReturn
 
 from ggufx.analysis.roles import parse_name
 from ggufx.analysis.summary import summarize
-from ggufx.errors import GGUFError
+from ggufx.errors import PolicyError
 from ggufx.format.ggmltypes import GGMLType, ggml_type_by_name
 from ggufx.format.reader import TensorInfo
 from ggufx.format.values import GGUFArray
@@ -60,14 +66,11 @@ SCHEMA: dict[str, set[str]] = {
     "chat_template": {"sha256", "dialect", "lint_clean"},
     "memory": {"ctx", "cache_type", "budget", "parallel"},
     "fingerprint": {"equals"},
+    "companions": {"mmproj", "draft", "lora", "imatrix"},
 }
 TENSOR_RULE_KEYS = {"min", "max", "allowed", "type"}
 
 Section = dict[str, Any]  # one [section] of a policy as TOML parsed it (values of any TOML type)
-
-
-class PolicyError(GGUFError):
-    """The policy file itself is wrong (exit code 2)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,11 +134,27 @@ def load_policy(path: str) -> dict[str, Any]:
         if section == "tensors":
             for pattern, rule in body.items():
                 _validate_tensor_rule(pattern, rule, partial(fail, pattern))
+        elif section == "companions":
+            for key, value in body.items():
+                if key not in SCHEMA[section]:
+                    fail(key, f"unknown key {key!r} in [{section}] (known: {', '.join(sorted(SCHEMA[section]))})")
+                if not isinstance(value, str) or not value:
+                    fail(key, f"[companions] {key} must be a path (a string)")
+                body[key] = companion_path(path, value)
         else:
             for key in body:
                 if key not in SCHEMA[section]:
                     fail(key, f"unknown key {key!r} in [{section}] (known: {', '.join(sorted(SCHEMA[section]))})")
     return doc
+
+
+def companion_path(policy_path: str, value: str) -> str:
+    """A ``[companions]`` path: relative to the policy file's folder (URLs and absolute paths kept)."""
+    import os
+
+    if is_remote(value) or os.path.isabs(value):
+        return value
+    return os.path.join(os.path.dirname(policy_path), value)
 
 
 def _validate_tensor_rule(pattern: str, rule: object, fail: Callable[[str], NoReturn]) -> None:
@@ -259,7 +278,7 @@ def _check_metadata(model: GGUFModel, rules: Section) -> Iterator[RuleResult]:
     for key in rules.get("forbidden", []):
         yield RuleResult(f"metadata.forbidden[{key}]", key not in md, f"{key} {'present' if key in md else 'absent'}")
     for key, want in rules.get("equals", {}).items():
-        have = md[key] if key in md else None
+        have = md.get(key)
         if isinstance(have, GGUFArray):
             have = have.tolist()
         yield RuleResult(f"metadata.equals[{key}]", have == want, f"{key} = {have!r}, expected {want!r}")
@@ -288,8 +307,8 @@ def _lint_rules(model: GGUFModel, tmpl: str, rules: Section) -> Iterator[RuleRes
 
     md = model.metadata
     bos, eos = special_tokens(model)
-    tokens = md["tokenizer.ggml.tokens"] if "tokenizer.ggml.tokens" in md else None
-    add_bos = md["tokenizer.ggml.add_bos_token"] if "tokenizer.ggml.add_bos_token" in md else None
+    tokens = md.get("tokenizer.ggml.tokens")
+    add_bos = md.get("tokenizer.ggml.add_bos_token")
     res = lint(tmpl, variables={"bos_token": bos or "", "eos_token": eos or ""}, tokens=tokens, add_bos_token=add_bos)
     if "dialect" in rules:
         allowed = rules["dialect"] if isinstance(rules["dialect"], list) else [rules["dialect"]]
@@ -342,6 +361,29 @@ def _check_fingerprint(model: GGUFModel, rules: Section) -> Iterator[RuleResult]
     yield RuleResult("fingerprint.equals", h.fingerprint == rules["equals"], f"fingerprint {h.fingerprint}")
 
 
+def _check_companions(model: GGUFModel, rules: Section) -> Iterator[RuleResult]:
+    """[companions]: each file given is one llama.cpp would accept beside the model (the rules of
+    :mod:`ggufx.analysis.companions`); an unreadable companion is a GGUFError, as the model's own."""
+    if not rules:
+        return
+    from ggufx.analysis import companions as c
+    from ggufx.model import open_model
+
+    checks: dict[str, tuple[Callable[[GGUFModel, GGUFModel], str | None], str]] = {
+        "mmproj": (c.projector_incompatibility, "the projector fits the model"),
+        "draft": (c.draft_incompatibility, "llama.cpp accepts it as the draft model"),
+        "lora": (c.lora_incompatibility, "llama.cpp loads the adapter onto the model"),
+        "imatrix": (c.imatrix_coverage, "every weight llama-quantize quantizes has importance data"),
+    }
+    for key in ("mmproj", "draft", "lora", "imatrix"):
+        if key not in rules:
+            continue
+        other = open_model(rules[key])
+        rule, ok_text = checks[key]
+        why = rule(model, other)
+        yield RuleResult(f"companions.{key}", why is None, f"{other.path}: {why or ok_text}")
+
+
 _SECTION_CHECKS: tuple[tuple[str, Callable[[GGUFModel, Section], Iterator[RuleResult]]], ...] = (
     ("model", _check_model),
     ("tensors", _check_tensors),
@@ -349,6 +391,7 @@ _SECTION_CHECKS: tuple[tuple[str, Callable[[GGUFModel, Section], Iterator[RuleRe
     ("chat_template", _check_chat_template),
     ("memory", _check_memory),
     ("fingerprint", _check_fingerprint),
+    ("companions", _check_companions),
 )
 
 

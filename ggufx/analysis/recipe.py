@@ -158,7 +158,7 @@ def recipe(model: GGUFModel) -> Recipe:
     label = file_type_label(model.metadata.get_int("general.file_type"))
     candidates: list[tuple[str, str]] = []
     if label in DEFAULT_TYPE_OF_FTYPE:
-        candidates.append((label, DEFAULT_TYPE_OF_FTYPE[label]))  # type: ignore[arg-type]
+        candidates.append((label, DEFAULT_TYPE_OF_FTYPE[label]))
     for name in sorted({t.type.name for t in quantizable if t.type.is_quantized}):
         if name in FTYPE_FOR_TYPE and all(name != c[1] for c in candidates):
             candidates.append((FTYPE_FOR_TYPE[name], name))
@@ -175,7 +175,7 @@ def recipe(model: GGUFModel) -> Recipe:
 
 def _recipe_for(model: GGUFModel, quantizable: list[TensorInfo], ftype: str, base: str) -> Recipe:
     specials: dict[str, str | None] = {"output.weight": None, "token_embd.weight": None}
-    groups: dict[tuple, list[TensorInfo]] = {}
+    groups: dict[tuple[str, ...], list[TensorInfo]] = {}
     unreproducible = []
     for t in quantizable:
         if t.name in specials:
@@ -187,7 +187,7 @@ def _recipe_for(model: GGUFModel, quantizable: list[TensorInfo], ftype: str, bas
             continue
         r = parse_name(t.name)
         # block tensors group by role (one rule may cover all layers); others stand alone
-        key = ("block", r.tower or "", r.role, r.kind) if r.layer is not None else ("global", t.name)
+        key: tuple[str, ...] = ("block", r.tower or "", r.role, r.kind) if r.layer is not None else ("global", t.name)
         groups.setdefault(key, []).append(t)
     rules: list[Rule] = []
     for key in sorted(groups):

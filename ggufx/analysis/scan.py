@@ -18,11 +18,15 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ggufx.analysis.summary import summarize
 from ggufx.errors import GGUFError
 from ggufx.model.shards import SHARD_RE
+
+if TYPE_CHECKING:
+    from ggufx.io.remote import RemoteConfig
+    from ggufx.model import GGUFModel
 
 OLLAMA_MODEL_LAYER = "application/vnd.ollama.image.model"
 
@@ -99,13 +103,14 @@ def _hf_name(path: str) -> str | None:
     return None
 
 
-def discover(roots: list[str]) -> list[tuple[str, str, str]]:
-    """(name, path, source) for each model: one entry per unsplit file or per split set."""
+def discover(roots: list[str], remote: RemoteConfig | None = None) -> list[tuple[str, str, str]]:
+    """(name, path, source) for each model: one entry per unsplit file or per split set.
+    ``remote``: the options for listing ``hf://`` repositories (default ``ggufx.io.remote.CONFIG``)."""
     found: list[tuple[str, str, str]] = []
     seen: set[str] = set()
     for root in roots:
         if root.startswith("hf://"):
-            found.extend(_hf_repo_models(root))
+            found.extend(_hf_repo_models(root, remote))
             continue
         if os.path.isdir(os.path.join(root, "manifests")) and os.path.isdir(os.path.join(root, "blobs")):
             for name, blob in _ollama_models(root):
@@ -138,7 +143,7 @@ def discover(roots: list[str]) -> list[tuple[str, str, str]]:
     return found
 
 
-def _hf_repo_models(root: str) -> list[tuple[str, str, str]]:
+def _hf_repo_models(root: str, remote: RemoteConfig | None) -> list[tuple[str, str, str]]:
     """(name, hf:// reference, "hf") for each GGUF model of a Hub repository (first shard of a set)."""
     from ggufx.io.remote import list_hf_repo
 
@@ -146,7 +151,7 @@ def _hf_repo_models(root: str) -> list[tuple[str, str, str]]:
     repo_rev = base[len("hf://") :]
     out: list[tuple[str, str, str]] = []
     groups: dict[str, list[str]] = {}
-    for path, _size in sorted(list_hf_repo(root)):
+    for path, _size in sorted(list_hf_repo(root, remote)):
         if not path.endswith(".gguf"):
             continue
         m = SHARD_RE.match(path.rpartition("/")[2])
@@ -160,28 +165,31 @@ def _hf_repo_models(root: str) -> list[tuple[str, str, str]]:
     return sorted(out)
 
 
-def scan(roots: list[str], lint_templates: bool = True) -> list[ScanRow]:
+def scan(roots: list[str], lint_templates: bool = True, remote: RemoteConfig | None = None) -> list[ScanRow]:
     """One row per model under ``roots`` (folders, a Hugging Face cache, an Ollama store, or
-    ``hf://ORG/REPO[@REV]`` repositories, whose headers are read remotely and in parallel)."""
-    found = discover(roots)
+    ``hf://ORG/REPO[@REV]`` repositories, whose headers are read remotely and in parallel, with the
+    options ``remote``: default ``ggufx.io.remote.CONFIG``)."""
+    found = discover(roots, remote)
     rows = [ScanRow(name, path, source) for name, path, source in found]
     template_cache: dict[str, tuple[str, list[str]]] = {}
     if any(r.source == "hf" for r in rows):
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda r: _audit(r, template_cache, lint_templates), rows))
+            list(pool.map(lambda r: _audit(r, template_cache, lint_templates, remote), rows))
     else:
         for row in rows:
-            _audit(row, template_cache, lint_templates)
+            _audit(row, template_cache, lint_templates, remote)
     return rows
 
 
-def _audit(row: ScanRow, template_cache: dict[str, tuple[str, list[str]]], lint_templates: bool) -> None:
+def _audit(
+    row: ScanRow, template_cache: dict[str, tuple[str, list[str]]], lint_templates: bool, remote: RemoteConfig | None
+) -> None:
     from ggufx.model import open_model
 
     try:
-        model = open_model(row.path)
+        model = open_model(row.path, remote=remote)
     except GGUFError as e:
         row.problems.append(e.one_line())
         return
@@ -202,7 +210,7 @@ def _audit(row: ScanRow, template_cache: dict[str, tuple[str, list[str]]], lint_
     row.problems.extend(probs)
 
 
-def _template_facts(model: Any, tmpl: str, lint_templates: bool) -> tuple[str, list[str]]:
+def _template_facts(model: GGUFModel, tmpl: str, lint_templates: bool) -> tuple[str, list[str]]:
     from ggufx.chat.lint import lint
     from ggufx.chat.sources import special_tokens
 
@@ -212,7 +220,7 @@ def _template_facts(model: Any, tmpl: str, lint_templates: bool) -> tuple[str, l
         tmpl,
         variables={"bos_token": bos or "", "eos_token": eos or ""},
         tokens=md["tokenizer.ggml.tokens"] if "tokenizer.ggml.tokens" in md and lint_templates else None,
-        add_bos_token=md["tokenizer.ggml.add_bos_token"] if "tokenizer.ggml.add_bos_token" in md else None,
+        add_bos_token=md.get("tokenizer.ggml.add_bos_token"),
     )
     problems = (
         [f"template {p.code}: {p.message}" for p in res.problems if p.severity == "error"] if lint_templates else []

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import Any
 
 import click
 
 from ggufx._version import __version__
-from ggufx.cli._common import EXIT_USAGE, server_aware
+from ggufx.cli._common import EXIT_USAGE, REMOTE_CONFIG, server_aware, set_remote_option
 from ggufx.errors import GGUFError
 
 # command name -> (module, function, one-line help shown by `ggufx --help`)
@@ -37,6 +38,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "delete": ("edit", "delete", "Delete metadata keys."),
     "rename": ("edit", "rename", "Rename a metadata key."),
     "edit": ("edit", "edit_", "Several metadata changes as one transaction."),
+    "imatrix": (
+        "companions",
+        "imatrix",
+        "Importance matrix: per-tensor importance and rank per role, beside a quant's types.",
+    ),
     "template": ("template", "template", "Chat templates: show, set, render, lint, diff, info."),
     "mcp": ("agent", "mcp", "MCP server: the read-only tools for agents (needs ggufx[mcp])."),
 }
@@ -58,19 +64,21 @@ class LazyGroup(click.Group):
         with formatter.section("Commands"):
             formatter.write_dl([(name, entry[2]) for name, entry in COMMANDS.items()])
 
-    def invoke(self, ctx: click.Context):  # type: ignore[override]
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             return self._invoke(ctx)
         finally:
-            if (
-                ctx.params.get("debug")
-                and "ggufx.io.remote" in sys.modules
-                and sys.modules["ggufx.io.remote"].STATS.requests
-            ):
-                stats = sys.modules["ggufx.io.remote"].STATS
-                click.echo(f"ggufx: debug: {stats.requests} HTTP request(s), {stats.bytes:,} bytes received", err=True)
+            remote = ctx.meta.get(REMOTE_CONFIG)  # built only by a command that read a URL
+            if ctx.params.get("debug") and remote is not None:
+                from ggufx.io.remote import stats_of
 
-    def _invoke(self, ctx: click.Context):
+                stats = stats_of(remote)
+                if stats.requests:
+                    click.echo(
+                        f"ggufx: debug: {stats.requests} HTTP request(s), {stats.bytes:,} bytes received", err=True
+                    )
+
+    def _invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except GGUFError as e:
@@ -98,7 +106,8 @@ class LazyGroup(click.Group):
     is_flag=True,
     help="Show a traceback instead of a one-line error; log every HTTP request of a remote source.",
 )
-def main(debug: bool) -> None:
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
     """Audit and fix GGUF model files (llama.cpp, Ollama, LM Studio).
 
     Reads only headers: inspecting a 200 GB model costs milliseconds. Read-only commands also
@@ -113,11 +122,5 @@ def main(debug: bool) -> None:
 
     Exit codes: 0 ok, 1 a check failed, 2 usage or input error.
     """
-    remote = sys.modules.get("ggufx.io.remote")  # imported only by a command that reads a URL
-    if remote is not None:
-        remote.reset_config()
-        remote.STATS.reset()
-    if debug:
-        from ggufx.io.remote import CONFIG
-
-        CONFIG.debug = True
+    if debug:  # remote sources log every request (this invocation's RemoteConfig, see _common)
+        set_remote_option(ctx, "debug", True)

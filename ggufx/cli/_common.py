@@ -1,27 +1,36 @@
-"""Pieces shared by every command: output options, JSON emission, error mapping."""
+"""Pieces shared by every command: output options, JSON emission, error mapping, and how a
+command opens its models: with this invocation's remote options (:func:`remote_config`), passed
+explicitly, never through a module global."""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import click
 
 from ggufx.render.jsontext import dumps
+
+if TYPE_CHECKING:  # the model and remote layers are imported by the commands that use them
+    from ggufx.chat.sources import TemplateSet
+    from ggufx.errors import GGUFError
+    from ggufx.io.remote import RemoteConfig
+    from ggufx.model import GGUFModel
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
 
 TABLE_FORMATS = ("simple", "github", "grid", "pipe", "rst", "html", "tsv", "plain")
 
 
-def json_option(f: Callable) -> Callable:
+def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--json", "as_json", is_flag=True, help="Print the result as JSON (a stable, documented interface)."
     )(f)
 
 
-def tablefmt_option(f: Callable) -> Callable:
+def tablefmt_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--tablefmt",
         type=click.Choice(TABLE_FORMATS),
@@ -52,26 +61,73 @@ def write_raw(data: bytes) -> None:
     out.flush()
 
 
-def _set_remote(field: str) -> Callable:
-    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> None:
-        if value is None or (value is False and param.is_flag):
-            return
-        from ggufx.io.remote import CONFIG
+# -- remote options: one RemoteConfig per invocation, on the click context --------------------
 
-        setattr(CONFIG, field, value)
+REMOTE_OPTIONS = "ggufx.remote_options"  # ctx.meta: the remote options given (RemoteConfig field -> value)
+REMOTE_CONFIG = "ggufx.remote_config"  # ctx.meta: this invocation's RemoteConfig, once built
+
+
+def set_remote_option(ctx: click.Context, field: str, value: Any) -> None:
+    """Record one remote option for this invocation (``ctx.meta`` is shared by the whole command
+    line: ``ggufx --debug template show --offline URL``)."""
+    ctx.meta.setdefault(REMOTE_OPTIONS, {})[field] = value
+    if REMOTE_CONFIG in ctx.meta:  # already built (options are parsed first; never in practice)
+        setattr(ctx.meta[REMOTE_CONFIG], field, value)
+
+
+def _set_remote(field: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if value is None or (value is False and isinstance(param, click.Option) and param.is_flag):
+            return
+        set_remote_option(ctx, field, value)
 
     return callback
 
 
 def _no_cache(ctx: click.Context, param: click.Parameter, value: bool) -> None:
     if value:
-        from ggufx.io.remote import CONFIG
-
-        CONFIG.cache_dir = None
+        set_remote_option(ctx, "cache_dir", None)
 
 
-def _remote_options(with_server: bool) -> Callable[[Callable], Callable]:
-    def decorate(f: Callable) -> Callable:
+def remote_config(ctx: click.Context | None = None) -> RemoteConfig:
+    """This invocation's options for https:// and hf:// sources: a
+    :class:`~ggufx.io.remote.RemoteConfig` built on first use from the defaults and the options
+    given (``--cache``, ``--no-cache``, ``--offline``, ``--allow-full-download``, ``--timeout``,
+    ``--debug``), kept on the click context, and passed explicitly to whatever reads a URL."""
+    meta = (ctx or click.get_current_context()).meta
+    cfg: RemoteConfig | None = meta.get(REMOTE_CONFIG)
+    if cfg is None:
+        from ggufx.io.remote import new_config
+
+        cfg = meta[REMOTE_CONFIG] = new_config(**meta.get(REMOTE_OPTIONS, {}))
+    return cfg
+
+
+def remote_for(path: str | os.PathLike[str], ctx: click.Context | None = None) -> RemoteConfig | None:
+    """:func:`remote_config` if ``path`` is a URL or hf:// reference, else None (a local file
+    needs no options, and its command then never imports the remote layer)."""
+    from ggufx.io.sources import is_remote
+
+    return remote_config(ctx) if is_remote(os.fspath(path)) else None
+
+
+def open_model(path: str | os.PathLike[str], ctx: click.Context | None = None) -> GGUFModel:
+    """``ggufx.open(path)`` with this invocation's remote options."""
+    import ggufx
+
+    return ggufx.open(path, remote=remote_for(path, ctx))
+
+
+def load_templates(path: str, ctx: click.Context | None = None) -> TemplateSet:
+    """The chat templates of ``path`` (:func:`ggufx.chat.sources.load`) with this invocation's
+    remote options."""
+    from ggufx.chat.sources import load
+
+    return load(path, remote=remote_for(path, ctx))
+
+
+def _remote_options(with_server: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
         opts = [
             click.option(
                 "--cache",
@@ -130,7 +186,7 @@ def _remote_options(with_server: bool) -> Callable[[Callable], Callable]:
     return decorate
 
 
-# options for reading https:// and hf:// sources (they set ggufx.io.remote.CONFIG), with and without
+# options for reading https:// and hf:// sources (recorded for remote_config()), with and without
 # ``--server URL`` (handled by ServerAwareCommand)
 remote_options = _remote_options(with_server=True)
 network_options = _remote_options(with_server=False)
@@ -190,24 +246,39 @@ def server_aware(cmd: click.Command) -> click.Command:
     return cmd
 
 
-def open_many(paths: list[str] | tuple[str, ...], keep_errors: bool = False) -> list[Any]:
-    """``ggufx.open`` each path, remote ones at the same time. The first GGUFError is raised, or
-    with ``keep_errors`` each failing path's error takes its place in the list."""
+@overload
+def open_many(
+    paths: list[str] | tuple[str, ...], keep_errors: Literal[False] = False, ctx: click.Context | None = None
+) -> list[GGUFModel]: ...
+
+
+@overload
+def open_many(
+    paths: list[str] | tuple[str, ...], keep_errors: Literal[True], ctx: click.Context | None = None
+) -> list[GGUFModel | GGUFError]: ...
+
+
+def open_many(
+    paths: list[str] | tuple[str, ...], keep_errors: bool = False, ctx: click.Context | None = None
+) -> list[GGUFModel] | list[GGUFModel | GGUFError]:
+    """:func:`open_model` each path, remote ones at the same time. The first GGUFError is raised,
+    or with ``keep_errors`` each failing path's error takes its place in the list."""
     import ggufx
     from ggufx.errors import GGUFError
-    from ggufx.io.sources import is_remote
 
-    def one(path: str) -> Any:
+    configs = [remote_for(p, ctx) for p in paths]  # here: the click context is this thread's
+
+    def one(path: str, remote: RemoteConfig | None) -> GGUFModel | GGUFError:
         try:
-            return ggufx.open(path)
+            return ggufx.open(path, remote=remote)
         except GGUFError as e:
             if not keep_errors:
                 raise
             return e
 
-    if len(paths) > 1 and any(is_remote(p) for p in paths):
+    if len(paths) > 1 and any(c is not None for c in configs):
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(min(8, len(paths))) as pool:
-            return list(pool.map(one, paths))
-    return [one(p) for p in paths]
+            return list(pool.map(one, paths, configs))
+    return [one(p, c) for p, c in zip(paths, configs)]

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import click
 
-from ggufx.cli._common import EXIT_USAGE, emit_json, json_option
+from ggufx.cli._common import EXIT_USAGE, emit_json, json_option, remote_config
 
 
 @click.command("mcp")
@@ -61,6 +62,7 @@ def mcp(
     from ggufx.mcp.server import build_server, run
 
     root_list = list(roots) or [os.getcwd()]
+    remote = remote_config(ctx) if allow_remote else None  # --debug logs the server's requests too
     if http is not None:
         host, _, port = http.rpartition(":")
         if not port.isdigit():
@@ -73,9 +75,9 @@ def mcp(
     if list_tools:
         import anyio
 
-        server = build_server(root_list, allow_write, allow_remote)
+        server = build_server(root_list, allow_write, allow_remote, remote)
 
-        async def listing() -> list:
+        async def listing() -> list[Any]:
             from mcp import Client
 
             async with Client(server) as client:
@@ -88,4 +90,4 @@ def mcp(
             for t in tools:
                 click.echo(f"{t.name:18} {t.description}")
         return
-    run(root_list, allow_write, allow_remote, http)
+    run(root_list, allow_write, allow_remote, http, remote)

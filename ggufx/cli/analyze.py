@@ -17,6 +17,7 @@ from ggufx.cli._common import (
     emit_json,
     json_option,
     open_many,
+    open_model,
     remote_options,
     tablefmt_option,
 )
@@ -38,11 +39,10 @@ def roles(file: str, as_json: bool, tablefmt: str) -> None:
       ggufx roles model.gguf
       ggufx roles model.gguf --json | jq '.roles[] | select(.role == "ffn_down")'
     """
-    import ggufx
     from ggufx import results
     from ggufx.render.text import roles_text
 
-    res = results.roles(ggufx.open(file))
+    res = results.roles(open_model(file))
     emit(res, as_json, lambda: roles_text(res, tablefmt))
 
 
@@ -62,11 +62,10 @@ def layers(file: str, no_collapse: bool, as_json: bool, tablefmt: str) -> None:
       ggufx layers model.gguf
       ggufx layers model.gguf --json | jq .layer_kinds
     """
-    import ggufx
     from ggufx import results
     from ggufx.render.text import layers_text
 
-    res = results.layers(ggufx.open(file), collapse=not no_collapse)
+    res = results.layers(open_model(file), collapse=not no_collapse)
     emit(res, as_json, lambda: layers_text(res, tablefmt))
 
 
@@ -93,11 +92,10 @@ def recipe(file: str, fmt: str, as_json: bool) -> None:
       ggufx recipe model.gguf --format tensor-type-file > types.txt
       ggufx recipe model.gguf --json | jq '{base, rules}'
     """
-    import ggufx
     from ggufx import results
     from ggufx.render.text import recipe_text
 
-    res = results.recipe(ggufx.open(file))
+    res = results.recipe(open_model(file))
     if as_json:
         emit_json(res)
         return
@@ -357,13 +355,12 @@ def mem(
       ggufx mem model.gguf --fit 24GiB,24GiB -fitt 1024 -ctk q8_0 -ctv q8_0
       ggufx mem model.gguf --fit 24GiB --fit-layers -c 131072
     """
-    import ggufx
     from ggufx import results
     from ggufx.analysis.llamaargs import parse_args
     from ggufx.analysis.placement import n_cpu_moe_patterns
     from ggufx.render.text import fit_text, memory_check_text, memory_devices_text
 
-    model = ggufx.open(file)
+    model = open_model(file)
     try:
         ot = [_override(o) for o in overrides]
         if cpu_moe:
@@ -394,9 +391,9 @@ def mem(
             offload, context, no_devices = parsed.offload, parsed.context, parsed.no_devices
             mmproj_file, draft_file = parsed.mmproj or mmproj_file, parsed.draft or draft_file
             draft_offload, draft_context = parsed.draft_offload or draft_offload, parsed.draft_context or draft_context
-        companions = {
-            "mmproj": ggufx.open(mmproj_file) if mmproj_file else None,
-            "draft": ggufx.open(draft_file) if draft_file else None,
+        companions: dict[str, Any] = {
+            "mmproj": open_model(mmproj_file) if mmproj_file else None,
+            "draft": open_model(draft_file) if draft_file else None,
             "draft_offload": draft_offload,
             "draft_context": draft_context,
         }
@@ -489,11 +486,10 @@ def report(file: str, output: str | None, fmt: str | None, as_json: bool) -> Non
       ggufx report model.gguf --format md > REPORT.md
       ggufx report model.gguf --json   # the data behind the page
     """
-    import ggufx
     from ggufx import results
     from ggufx.render.pages import render
 
-    res = results.report(ggufx.open(file))
+    res = results.report(open_model(file))
     if as_json:
         emit_json(res)
         return

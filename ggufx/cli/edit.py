@@ -6,12 +6,15 @@ import re
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ggufx.cli._common import emit_json, json_option
-from ggufx.edit.engine import STRATEGIES
+from ggufx.edit.engine import STRATEGIES, Change, Op
+
+if TYPE_CHECKING:
+    from ggufx.format.values import ValueType
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.I)
 
@@ -26,9 +29,9 @@ def parse_size(text: str) -> int:
     return n * {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit]
 
 
-def write_options(f: Callable) -> Callable:
+def write_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """Options every editing command shares."""
-    opts = [
+    opts: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
         click.option(
             "-o", "--output", type=click.Path(dir_okay=False), help="Write the result to OUT and leave FILE untouched."
         ),
@@ -64,7 +67,7 @@ def write_options(f: Callable) -> Callable:
 
 def run_edit(
     file: str,
-    ops: list[Any],
+    ops: list[Op],
     output: str | None,
     dry_run: bool,
     reserve: str,
@@ -133,7 +136,7 @@ def _short(v: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "…" + f" ({len(v) if isinstance(v, str) else len(text)} chars)"
 
 
-def _change_line(c: Any) -> str:
+def _change_line(c: Change) -> str:
     if c.op == "add":
         return click.style(f"+ {c.key} ({c.after_type}) = {_short(c.after)}", fg="green")
     if c.op == "delete":
@@ -147,7 +150,7 @@ def _change_line(c: Any) -> str:
     )
 
 
-def _type_option(value: str | None):
+def _type_option(value: str | None) -> ValueType | None:
     if value is None:
         return None
     from ggufx.format.keys import parse_type
@@ -287,7 +290,7 @@ def edit_(
     """
     from ggufx.edit.engine import Delete, Rename, Set
 
-    ops: list[Any] = []
+    ops: list[Op] = []
     for s in sets:
         k, v = _split_pair(s, "=", "--set")
         vtype = None

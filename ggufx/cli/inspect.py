@@ -11,6 +11,7 @@ from ggufx.cli._common import (
     emit_json,
     json_option,
     open_many,
+    open_model,
     remote_options,
     tablefmt_option,
     write_raw,
@@ -112,11 +113,10 @@ def tensors(
       ggufx tensors model.gguf --sort size --json | jq '.tensors[0]'
       ggufx tensors model.gguf --layers 10-19 --limit 50 --offset 50
     """
-    import ggufx
     from ggufx import results
     from ggufx.render.text import tensors_text
 
-    model = ggufx.open(file)
+    model = open_model(file)
     try:
         res = results.tensors(model, types, grep, sort, layers, offset, limit)
     except results.InputError as e:
@@ -147,12 +147,11 @@ def meta(file: str, key: str | None, full: bool, as_json: bool, tablefmt: str) -
       ggufx meta model.gguf general.architecture
       ggufx meta model.gguf --json | jq '."llama.context_length".value'
     """
-    import ggufx
     from ggufx import results
     from ggufx.format.values import ValueType, encode_str
     from ggufx.render.text import meta_text
 
-    model = ggufx.open(file)
+    model = open_model(file)
     md = model.metadata
     if key is None:
         res = results.meta(model, None, full)

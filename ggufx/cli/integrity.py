@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
 
 import click
 
-from ggufx.analysis.hashing import ALGOS
+from ggufx.analysis.hashing import ALGOS, ModelHashes, Verification
 from ggufx.cli._common import (
     EXIT_CHECK_FAILED,
     EXIT_USAGE,
@@ -17,6 +16,8 @@ from ggufx.cli._common import (
     emit_json,
     json_option,
     network_options,
+    open_model,
+    remote_config,
     remote_options,
 )
 
@@ -29,11 +30,10 @@ ALGO_OPTION = click.option(
 )
 
 
-def _hash(path: str, algo: str, quiet: bool):
-    import ggufx
+def _hash(path: str, algo: str, quiet: bool) -> ModelHashes:
     from ggufx.analysis.hashing import hash_model
 
-    model = ggufx.open(path)
+    model = open_model(path)
     bar = None
 
     def progress(done: int, total: int) -> None:
@@ -137,7 +137,7 @@ def verify(manifest_file: str, files: tuple[str, ...], as_json: bool) -> None:
     targets = list(files) or [m["path"] for m in models]
     if len(targets) > len(models):
         raise click.UsageError(f"{len(targets)} files but the manifest has {len(models)} model(s)")
-    results: list[Any] = []
+    results: list[Verification] = []
     for expected, path in zip(models, targets):
         results.append(check(expected, _hash(path, expected.get("algo", "xxh3-128"), as_json)))
     if as_json:
@@ -166,14 +166,26 @@ def verify(manifest_file: str, files: tuple[str, ...], as_json: bool) -> None:
 @click.option(
     "--policy",
     "policy_path",
-    required=True,
     type=click.Path(dir_okay=False),
-    help="A TOML policy (schema in the README).",
+    help="A TOML policy (schema in the README); optional when a companion file is given.",
 )
+@click.option("--mmproj", type=click.Path(dir_okay=False), help="A projector that must fit the model.")
+@click.option("--draft", type=click.Path(dir_okay=False), help="A draft model llama.cpp must accept.")
+@click.option("--lora", type=click.Path(dir_okay=False), help="A LoRA adapter llama.cpp must load onto the model.")
+@click.option("--imatrix", type=click.Path(dir_okay=False), help="An imatrix that must cover every quantized weight.")
 @click.option("--junit", type=click.Path(dir_okay=False), help="Also write JUnit XML here, for CI systems.")
 @json_option
 @remote_options
-def check_(files: tuple[str, ...], policy_path: str, junit: str | None, as_json: bool) -> None:
+def check_(
+    files: tuple[str, ...],
+    policy_path: str | None,
+    mmproj: str | None,
+    draft: str | None,
+    lora: str | None,
+    imatrix: str | None,
+    junit: str | None,
+    as_json: bool,
+) -> None:
     """Check files against a policy: allowed/minimum types per tensor regex, BPW and parameter
     ranges, architecture, required/forbidden metadata, chat template sha256/dialect/lint, memory at a
     context under a budget, fingerprint. One line per rule; exit 0 all passed, 1 a rule failed,
@@ -183,17 +195,30 @@ def check_(files: tuple[str, ...], policy_path: str, junit: str | None, as_json:
     Examples:
       ggufx check model.gguf --policy policy.toml
       ggufx check *.gguf --policy policy.toml --junit results.xml --json
+      ggufx check model.gguf --mmproj mmproj.gguf --lora adapter.gguf --imatrix imatrix.gguf
+
+    \b
+    Companion files (--mmproj, --draft, --lora, --imatrix, or [companions] in the policy with
+    paths relative to it; the options win) must be ones llama.cpp accepts beside the model: the
+    projector's output width is the model's embedding, the draft model's vocabulary matches, every
+    adapter tensor names a base tensor of the right shape, the imatrix covers every weight
+    llama-quantize quantizes.
     """
-    import ggufx
     from ggufx.analysis.policy import CheckReport, RuleResult, check, junit_xml, load_policy
     from ggufx.errors import GGUFError
 
-    policy = load_policy(policy_path)
+    given = {k: v for k, v in (("mmproj", mmproj), ("draft", draft), ("lora", lora), ("imatrix", imatrix)) if v}
+    if policy_path is None and not given:
+        raise click.UsageError("give --policy, or a companion file (--mmproj, --draft, --lora, --imatrix)")
+    policy = load_policy(policy_path) if policy_path is not None else {}
+    if given:
+        policy["companions"] = {**policy.get("companions", {}), **given}
+    policy_path = policy_path or "(command line)"
     reports = []
     unreadable = False
     for f in files:
         try:
-            reports.append(check(ggufx.open(f), policy))
+            reports.append(check(open_model(f), policy))
         except GGUFError as e:
             unreadable = True
             reports.append(CheckReport(f, [RuleResult("readable", False, e.one_line())]))
@@ -253,7 +278,9 @@ def scan(dirs: tuple[str, ...], hf_cache: bool, ollama: bool, no_lint: bool, as_
         roots.append(default_ollama())
     if not roots:
         raise click.UsageError("give a folder, --hf-cache or --ollama")
-    rows = run_scan([r for r in roots if r.startswith("hf://") or os.path.isdir(r)], lint_templates=not no_lint)
+    found = [r for r in roots if r.startswith("hf://") or os.path.isdir(r)]
+    remote = remote_config() if any(r.startswith("hf://") for r in found) else None
+    rows = run_scan(found, lint_templates=not no_lint, remote=remote)
     if as_json:
         emit_json({"roots": roots, "models": [r.to_dict() for r in rows]})
     else:

@@ -36,8 +36,9 @@ from ggufx.errors import EditError, GGUFError
 from ggufx.format.encode import encode_kv
 from ggufx.format.keys import PADDING_KEY, coerce, expected_types, infer_scalar_type, parse_json_list, protected_reason
 from ggufx.format.reader import GGUFHeader, parse_header
+from ggufx.format.spec import GGUF_MAGIC, align
 from ggufx.format.values import GGUFArray, ValueType, f32_short
-from ggufx.io.sources import is_remote
+from ggufx.io.sources import FdSource, MemorySource, is_remote
 from ggufx.model.shards import SHARD_RE, shard_path, split_info
 
 STRATEGIES = ("auto", "in-place", "insert-range", "rewrite")
@@ -86,7 +87,7 @@ class Change:
     after: Any = None
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"op": self.op, "key": self.key}
+        d: dict[str, Any] = {"op": self.op, "key": self.key}
         if self.new_key is not None:
             d["new_key"] = self.new_key
         d.update(before_type=self.before_type, before=self.before, after_type=self.after_type, after=self.after)
@@ -368,7 +369,7 @@ def build_header(header: GGUFHeader, entries: list[_Entry], data_offset: int | N
     base = 24 + len(kvs) + len(tinfo)
     a = header.alignment
     if data_offset is None:
-        data_offset = -(-base // a) * a
+        data_offset = align(base, a)
     if data_offset - a < base <= data_offset:
         pad_rec, n = b"", 0
     elif base + PADDING_OVERHEAD <= data_offset:
@@ -381,21 +382,9 @@ def build_header(header: GGUFHeader, entries: list[_Entry], data_offset: int | N
     else:
         return None
     n_kv = len(entries) + (1 if pad_rec else 0)
-    body = b"GGUF" + struct.pack(bo + "Iqq", header.version, len(header.tensors), n_kv) + kvs + pad_rec + tinfo
+    body = GGUF_MAGIC + struct.pack(bo + "Iqq", header.version, len(header.tensors), n_kv) + kvs + pad_rec + tinfo
     records_end = 24 + len(kvs)
     return _Layout(body + bytes(data_offset - len(body)), n, n_kv, records_end, records_end + len(pad_rec))
-
-
-class _MemorySource:
-    """Header bytes presented as a file of ``size`` bytes (the data section is never read)."""
-
-    def __init__(self, path: str, data: bytes, size: int):
-        self.path, self._data, self.size = path, data, size
-
-    def read(self, offset: int, n: int) -> bytes:
-        end = min(offset + n, len(self._data))
-        chunk = self._data[offset:end]
-        return chunk + bytes(n - len(chunk))
 
 
 def _verify(old: GGUFHeader, entries: list[_Entry], lay: _Layout, new_size: int, path: str) -> None:
@@ -422,11 +411,11 @@ def _verify(old: GGUFHeader, entries: list[_Entry], lay: _Layout, new_size: int,
         problems.append(
             f"the data section would not start at the aligned end of the header ({infos_end} -> {len(data)})"
         )
-    mini = b"GGUF" + struct.pack(bo + "Iqq", old.version, len(old.tensors), len(fresh) + (1 if pad_rec else 0))
+    mini = GGUF_MAGIC + struct.pack(bo + "Iqq", old.version, len(old.tensors), len(fresh) + (1 if pad_rec else 0))
     mini += b"".join(fresh) + pad_rec + tinfo
     mini += bytes(-len(mini) % old.alignment)
     try:
-        h = parse_header(_MemorySource(path, mini, len(mini) + new_size - len(data)))
+        h = parse_header(MemorySource(path, mini, len(mini) + new_size - len(data)))
     except GGUFError as e:
         raise EditError(
             path, None, f"internal error: the new header would not parse ({e.message}); nothing was written"
@@ -568,15 +557,15 @@ def _choose(
     if out is not None or strategy == "rewrite":
         size = len(build_header(header, entries, None).data)  # type: ignore[union-attr]
         if reserve:
-            size = -(-(size + PADDING_OVERHEAD + reserve) // a) * a
+            size = align(size + PADDING_OVERHEAD + reserve, a)
         # keep tensor data at the same offset modulo the page size: the kernel then copies whole
         # pages (4x faster than a misaligned copy_file_range here, and reflinks on xfs/btrfs)
         if not header.tensors:  # nothing to copy, nothing to align
             return "rewrite", build_header(header, entries, size)  # type: ignore[return-value]
         unit = PAGE * a // math.gcd(PAGE, a)
         d = header.data_offset
-        target = d + -(-(size - d) // unit) * unit
-        lay = build_header(header, entries, target) or build_header(header, entries, target + unit)
+        start = d + align(size - d, unit)  # where the data section will start
+        lay = build_header(header, entries, start) or build_header(header, entries, start + unit)
         assert lay is not None
         return "rewrite", lay
     if strategy in ("auto", "in-place"):
@@ -591,7 +580,7 @@ def _choose(
             unit = bs * a // math.gcd(bs, a)
             smallest = len(build_header(header, entries, None).data)  # type: ignore[union-attr]
             need = smallest + PADDING_OVERHEAD + reserve - header.data_offset
-            lay = build_header(header, entries, header.data_offset + max(unit, -(-need // unit) * unit))
+            lay = build_header(header, entries, header.data_offset + max(unit, align(need, unit)))
             if lay is not None:
                 return "insert-range", lay
         elif strategy == "insert-range":
@@ -645,7 +634,7 @@ def _open_locked(real: str, writable: bool, notes: list[str]) -> tuple[int, str,
             raise EditError(target, None, e.strerror or str(e)) from None
         try:
             safewrite.lock(fd, target)
-            header = parse_header(_FdSource(target, fd, os.fstat(fd).st_size))
+            header = parse_header(FdSource(target, fd, os.fstat(fd).st_size))
             first = _first_shard(header)
         except BaseException:
             os.close(fd)
@@ -675,14 +664,3 @@ def _first_shard(header: GGUFHeader) -> str | None:
     if not os.path.exists(first):
         raise EditError(first, None, f"shard 1 of {count}, which holds the metadata, is missing")
     return first
-
-
-class _FdSource:
-    def __init__(self, path: str, fd: int, size: int):
-        self.path, self._fd, self.size = path, fd, size
-
-    def read(self, offset: int, n: int) -> bytes:
-        data = os.pread(self._fd, n, offset)
-        if len(data) != n:
-            raise EditError(self.path, offset, "the file shrank while reading")
-        return data

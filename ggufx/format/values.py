@@ -12,7 +12,7 @@ import struct
 from array import array
 from collections.abc import Iterator, Sequence
 from enum import IntEnum
-from typing import Any
+from typing import Any, overload
 
 
 class ValueType(IntEnum):
@@ -93,7 +93,7 @@ def f32_short(value: float) -> float:
     return value
 
 
-class GGUFArray(Sequence):
+class GGUFArray(Sequence[Any]):
     """A metadata array whose elements are decoded on demand.
 
     ``buf`` is the header buffer; ``offset`` is where the first element starts in it (which is also
@@ -102,6 +102,9 @@ class GGUFArray(Sequence):
     """
 
     __slots__ = ("elem_type", "count", "offset", "nbytes", "_buf", "_bo", "_index", "_items")
+
+    # the number of elements (= len()): a public attribute that hides Sequence.count(value) on purpose
+    count: int  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -119,7 +122,7 @@ class GGUFArray(Sequence):
         self.count = count
         self.offset = offset
         self.nbytes = nbytes
-        self._index: array | None = None
+        self._index: array[int] | None = None
         self._items = items  # nested arrays are decoded eagerly (they are rare and small)
 
     def __len__(self) -> int:
@@ -132,7 +135,7 @@ class GGUFArray(Sequence):
         """The elements' bytes exactly as stored in the file."""
         return bytes(self._buf[self.offset : self.offset + self.nbytes])
 
-    def _string_index(self) -> array:
+    def _string_index(self) -> array[int]:
         if self._index is None:
             idx = array("Q")
             unpack = struct.Struct(self._bo + "Q").unpack_from
@@ -162,7 +165,13 @@ class GGUFArray(Sequence):
         (v,) = struct.unpack_from(self._bo + SCALAR_FORMAT[t], self._buf, self.offset + i * size)
         return v
 
-    def __getitem__(self, i):  # type: ignore[override]
+    @overload
+    def __getitem__(self, i: int) -> Any: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[Any]: ...
+
+    def __getitem__(self, i: int | slice) -> Any:
         if isinstance(i, slice):
             return [self._get(j) for j in range(*i.indices(self.count))]
         if i < 0:

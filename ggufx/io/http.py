@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from ggufx.errors import SourceError
 
@@ -27,10 +27,12 @@ MAX_RETRY_AFTER = 30.0
 
 
 class Stats:
-    """Requests and bytes on the wire since the last :meth:`reset` (all threads)."""
+    """Requests and bytes on the wire since the last :meth:`reset` (all threads). What is added
+    to it is added to ``parent`` too (a client's own counters roll up into the process's)."""
 
-    def __init__(self) -> None:
+    def __init__(self, parent: Stats | None = None) -> None:
         self._lock = threading.Lock()
+        self.parent = parent
         self.reset()
 
     def reset(self) -> None:
@@ -43,6 +45,8 @@ class Stats:
             self.requests += new_request
             self.bytes += entry.get("bytes", 0)
             self.log.append(entry)
+        if self.parent is not None:
+            self.parent.add(entry, new_request)
 
     def to_dict(self) -> dict[str, Any]:
         return {"requests": self.requests, "bytes": self.bytes}
@@ -86,12 +90,25 @@ class Response:
         self.status, self.headers, self.url, self.conn, self.raw, self.linked = status, headers, url, conn, raw, linked
 
 
-class HTTPClient:
+class ClientConfig(Protocol):
+    """What the client reads of its options (:class:`ggufx.io.remote.RemoteConfig` has more)."""
+
+    timeout: float  # seconds per connect and per read
+    retries: int  # attempts after the first
+    backoff: float  # seconds, doubled per attempt
+    debug: bool  # log every request on stderr
+
+
+# covariant: an HTTPClient[RemoteConfig] is an HTTPClient[ClientConfig] (hub.py reads no option of its own)
+ConfigT = TypeVar("ConfigT", bound=ClientConfig, covariant=True)
+
+
+class HTTPClient(Generic[ConfigT]):
     """Keep-alive connections per origin (thread-safe), redirects, retries, and the token rule."""
 
-    def __init__(self, config: Any, stats: Stats, token: Callable[[], str | None] | None = None):
-        """``config`` has ``timeout``, ``retries``, ``backoff`` and ``debug``; ``token`` gives the
-        bearer token sent to ``Location.token_origin`` (none by default)."""
+    def __init__(self, config: ConfigT, stats: Stats, token: Callable[[], str | None] | None = None):
+        """``config`` has (at least) ``timeout``, ``retries``, ``backoff`` and ``debug``; ``token``
+        gives the bearer token sent to ``Location.token_origin`` (none by default)."""
         self.config = config
         self.stats = stats
         self._token_source = token
@@ -119,11 +136,17 @@ class HTTPClient:
         u = urlsplit(url)
         if u.scheme not in ("http", "https"):
             raise ValueError(f"unsupported URL scheme {u.scheme!r}")
-        proxy = _proxy_for(u.scheme, u.hostname or "")
+        if not u.hostname:
+            raise ValueError(f"no host in the URL {redact(url)!r}")
+        host = u.hostname
+        proxy = _proxy_for(u.scheme, host)
+        conn: http.client.HTTPConnection
         if proxy is None:
             cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
-            return cls(u.hostname, u.port, timeout=self.config.timeout)
+            return cls(host, u.port, timeout=self.config.timeout)
         p = urlsplit(proxy if "://" in proxy else "http://" + proxy)
+        if not p.hostname:
+            raise ValueError(f"no host in the proxy URL {redact(proxy)!r}")
         auth = {}
         if p.username is not None:
             import base64
@@ -133,7 +156,7 @@ class HTTPClient:
         pcls = http.client.HTTPSConnection if p.scheme == "https" else http.client.HTTPConnection
         if u.scheme == "https":  # a CONNECT tunnel: the proxy sees neither the request nor the token
             conn = http.client.HTTPSConnection(p.hostname, p.port or 8080, timeout=self.config.timeout)
-            conn.set_tunnel(u.hostname, u.port or 443, headers=auth)
+            conn.set_tunnel(host, u.port or 443, headers=auth)
             return conn
         conn = pcls(p.hostname, p.port or (443 if p.scheme == "https" else 8080), timeout=self.config.timeout)
         conn._ggufx_proxy_headers = auth  # type: ignore[attr-defined]  # plain http: absolute-form requests

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from ggufx.errors import SourceError
-from ggufx.io.http import HTTPClient, Location, Retry, origin
+from ggufx.io.http import ClientConfig, HTTPClient, Location, Retry, origin
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _HF_RE = re.compile(r"^hf://(?P<repo>[^/@]+/[^/@]+)(?:@(?P<rev>[^/]+))?/(?P<file>.+)$")
@@ -123,7 +123,7 @@ _LINK_NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
 MAX_LISTING_PAGES = 100
 
 
-def hf_repo_files(location: str, cl: HTTPClient, offline: bool = False) -> list[tuple[str, int | None]]:
+def hf_repo_files(location: str, cl: HTTPClient[ClientConfig], offline: bool = False) -> list[tuple[str, int | None]]:
     """(path in the repository, size) of every file of ``hf://ORG/REPO[@REV]``, from the Hub's
     tree listing (``/api/models/REPO/tree/REV?recursive=true``, following its ``Link`` pages)."""
     from urllib.parse import quote, urljoin
@@ -137,8 +137,9 @@ def hf_repo_files(location: str, cl: HTTPClient, offline: bool = False) -> list[
     ep = hf_endpoint()
     if offline:
         raise SourceError(location, None, "listing a repository needs the network, and --offline forbids it")
-    url: str | None = f"{ep}/api/models/{repo}/tree/{quote(rev, safe='')}?recursive=true"
-    loc = Location(location, url, origin(ep), _hub_refusal((repo, rev, "")))
+    first = f"{ep}/api/models/{repo}/tree/{quote(rev, safe='')}?recursive=true"
+    loc = Location(location, first, origin(ep), _hub_refusal((repo, rev, "")))
+    url: str | None = first
     files: list[tuple[str, int | None]] = []
     for _ in range(MAX_LISTING_PAGES):
         if url is None:

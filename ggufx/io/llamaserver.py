@@ -98,7 +98,12 @@ def query(url: str, timeout: float = 10.0) -> ServerModel:
     ids: list[str] = []
     try:
         models = _get_json(url, "/v1/models", timeout)
-        ids = [m.get("id") for m in models.get("data", []) if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        data = models.get("data") if isinstance(models, dict) else None
+        ids = [
+            m["id"]
+            for m in (data if isinstance(data, list) else ())
+            if isinstance(m, dict) and isinstance(m.get("id"), str)
+        ]
     except SourceError:
         pass
     path = props.get("model_path")

@@ -18,6 +18,12 @@ Here:
   costs one ``HEAD`` request, or none with ``offline``. The cache keeps the most recently used
   headers up to 1 GiB.
 * Split models: the siblings of a shard are found by name and their headers read in parallel.
+
+Options are passed explicitly: every function here takes a :class:`RemoteConfig` (the CLI builds one
+per invocation with :func:`new_config`, the MCP server one for its lifetime) and falls back to the
+module's :data:`CONFIG`, the library's default, only when given none. Each config has its own
+:class:`~ggufx.io.http.HTTPClient` (:func:`client`), so its keep-alive connections and request
+counters belong to it; :data:`STATS` adds up every client of the process.
 """
 
 from __future__ import annotations
@@ -30,10 +36,13 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ggufx.errors import SourceError
 from ggufx.io.http import HTTPClient, Location, Response, Retry, Stats, drain, validator
+
+if TYPE_CHECKING:  # the parser is imported when a header is parsed, not with this module
+    from ggufx.format.reader import GGUFHeader
 
 FIRST_BLOCK = 1 << 20
 REMOTE_GROWTH = 1.5  # see reader._Cursor.need: less overshoot than the local doubling
@@ -43,7 +52,8 @@ CACHE_MAX_BYTES = 1 << 30  # the header cache keeps the most recently used entri
 
 @dataclass
 class RemoteConfig:
-    """How remote sources behave. The CLI fills :data:`CONFIG` from its options."""
+    """How remote sources behave. The CLI builds one per invocation from its options
+    (:func:`new_config`); the library uses :data:`CONFIG` where none is passed."""
 
     cache_dir: str | None = field(default_factory=lambda: default_cache_dir())
     offline: bool = False
@@ -54,6 +64,8 @@ class RemoteConfig:
     debug: bool = False  # log every request (URL without query, status, bytes, time) on stderr
     workers: int = 8  # parallel shard headers
     max_header_bytes: int = 512 << 20  # a header claiming more is refused (a hostile server or file)
+    # the HTTP client of this config (made by client() on first use; a copy starts without one)
+    _client: HTTPClient[RemoteConfig] | None = field(default=None, init=False, repr=False, compare=False)
 
 
 def default_cache_dir() -> str | None:
@@ -69,18 +81,16 @@ def _env_offline() -> bool:
     return any(os.environ.get(v) not in (None, "", "0") for v in ("GGUFX_OFFLINE", "HF_HUB_OFFLINE"))
 
 
-BASE = RemoteConfig(offline=_env_offline())  # the defaults each CLI invocation starts from
-CONFIG = dataclasses.replace(BASE)  # what the current command uses (its options change it)
+BASE = RemoteConfig(offline=_env_offline())  # the defaults (and environment) each new_config() starts from
+CONFIG = dataclasses.replace(BASE)  # the library's default where no config is passed (callers may change it)
+
+STATS = Stats()  # requests and bytes of this process: every config's client adds to it
 
 
-def reset_config() -> RemoteConfig:
-    """Start a command from the defaults (one process may run many commands: tests, MCP)."""
-    global CONFIG
-    CONFIG = dataclasses.replace(BASE)
-    return CONFIG
-
-
-STATS = Stats()  # requests and bytes of this process (the CLI resets it per command)
+def new_config(**changes: Any) -> RemoteConfig:
+    """A fresh config: the defaults (:data:`BASE`, with the environment's ``GGUFX_*`` and
+    ``HF_HUB_OFFLINE``) with ``changes`` (field names of :class:`RemoteConfig`)."""
+    return dataclasses.replace(BASE, **changes)
 
 
 # -- locations ---------------------------------------------------------------------------------
@@ -113,7 +123,7 @@ _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 class HTTPSource:
     """A remote file read with range requests. The constructor fetches the first block."""
 
-    def __init__(self, loc: Location, client: HTTPClient, first: int = FIRST_BLOCK):
+    def __init__(self, loc: Location, client: HTTPClient[RemoteConfig], first: int = FIRST_BLOCK):
         self.loc = loc
         self.path = loc.display
         self.client = client
@@ -201,6 +211,7 @@ class HTTPSource:
         want = min(upto, self.size) - len(self._buf)
         if want <= 0:
             return self._buf
+        assert self._stream is not None, "only a streamed body grows"
         t0 = time.perf_counter()
         try:
             chunk = self.client.timed_read(
@@ -348,7 +359,7 @@ def _cache_prune(cache_dir: str, limit: int) -> None:
         total -= size
 
 
-def _head_validator(client: HTTPClient, loc: Location) -> tuple[str | None, int | None]:
+def _head_validator(client: HTTPClient[RemoteConfig], loc: Location) -> tuple[str | None, int | None]:
     """(validator, size) from one HEAD request; on the Hub the first redirect's X-Linked-Etag."""
     t0 = time.perf_counter()
     resp = client.request("HEAD", loc, loc.url, {"Accept-Encoding": "identity"}, stop_at_linked=True)
@@ -365,25 +376,33 @@ def _head_validator(client: HTTPClient, loc: Location) -> tuple[str | None, int 
 
 # -- opening -----------------------------------------------------------------------------------
 
-_CLIENT: HTTPClient | None = None
+_CLIENT_LOCK = threading.Lock()
 
 
-def client(config: RemoteConfig | None = None) -> HTTPClient:
-    global _CLIENT
-    cfg = config or CONFIG
-    if _CLIENT is None or _CLIENT.config is not cfg:
-        from ggufx.io.hub import hf_token
+def client(config: RemoteConfig | None = None) -> HTTPClient[RemoteConfig]:
+    """The HTTP client of ``config`` (default :data:`CONFIG`): one per config, made on first use,
+    so later requests with the same options reuse its keep-alive connections. It counts requests
+    in its own ``stats`` (:func:`stats_of`) and in :data:`STATS`."""
+    cfg = CONFIG if config is None else config
+    with _CLIENT_LOCK:  # the shards of a split model ask from several threads at once
+        if cfg._client is None:
+            from ggufx.io.hub import hf_token
 
-        _CLIENT = HTTPClient(cfg, STATS, token=hf_token)
-    return _CLIENT
+            cfg._client = HTTPClient(cfg, Stats(parent=STATS), token=hf_token)
+        return cfg._client
 
 
-def parse_remote_header(location: str, config: RemoteConfig | None = None):
+def stats_of(config: RemoteConfig) -> Stats:
+    """The requests and bytes made with ``config`` so far (none if it never made a client)."""
+    return config._client.stats if config._client is not None else Stats()
+
+
+def parse_remote_header(location: str, config: RemoteConfig | None = None) -> GGUFHeader:
     """Parse the header of one remote file (no shard logic): cache, network, one restart on change."""
     from ggufx.format.reader import parse_header
     from ggufx.io.hub import parse_location
 
-    cfg = config or CONFIG
+    cfg = CONFIG if config is None else config
     loc = parse_location(location)
     cl = client(cfg)
     cached = _cache_load(cfg.cache_dir, loc.url) if cfg.cache_dir else None
@@ -447,13 +466,13 @@ def list_hf_repo(location: str, config: RemoteConfig | None = None) -> list[tupl
     """(path, size) of every file of the Hub repository ``hf://ORG/REPO[@REV]``."""
     from ggufx.io.hub import hf_repo_files
 
-    cfg = config or CONFIG
+    cfg = CONFIG if config is None else config
     return hf_repo_files(location, client(cfg), cfg.offline)
 
 
-def parse_remote_headers(locations: list[str], config: RemoteConfig | None = None) -> list[Any]:
+def parse_remote_headers(locations: list[str], config: RemoteConfig | None = None) -> list[GGUFHeader]:
     """:func:`parse_remote_header` of several files, in parallel (the shards of a split model)."""
-    cfg = config or CONFIG
+    cfg = CONFIG if config is None else config
     if len(locations) <= 1:
         return [parse_remote_header(x, cfg) for x in locations]
     from concurrent.futures import ThreadPoolExecutor

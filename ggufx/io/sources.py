@@ -85,6 +85,32 @@ class FileSource:
             pass
 
 
+class FdSource:
+    """An already open file descriptor (the edit engine reads the header it holds locked)."""
+
+    def __init__(self, path: str, fd: int, size: int):
+        self.path, self._fd, self.size = path, fd, size
+
+    def read(self, offset: int, n: int) -> bytes:
+        data = os.pread(self._fd, n, offset)
+        if len(data) != n:
+            raise SourceError(self.path, offset, "the file shrank while reading")
+        return data
+
+
+class MemorySource:
+    """Bytes in memory presented as a file of ``size`` bytes; reads past them give zeros (a header
+    parsed before its data section exists)."""
+
+    def __init__(self, path: str, data: bytes, size: int):
+        self.path, self._data, self.size = path, data, size
+
+    def read(self, offset: int, n: int) -> bytes:
+        end = min(offset + n, len(self._data))
+        chunk = self._data[offset:end]
+        return chunk + bytes(n - len(chunk))
+
+
 def close_source(src: object) -> None:
     """Close a byte source if it has anything to close."""
     close = getattr(src, "close", None)

@@ -10,27 +10,33 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from ggufx.errors import AccessError
 from ggufx.io.sources import is_remote
 
 if TYPE_CHECKING:
     from ggufx.chat.sources import TemplateSet
+    from ggufx.io.remote import RemoteConfig
     from ggufx.model import GGUFModel
 
 
-class AccessError(Exception):
-    """A path or URL the server may not touch."""
-
-
 class Access:
-    """The roots (resolved) and whether remote sources are allowed; opens only what they permit."""
+    """The roots (resolved) and whether remote sources are allowed; opens only what they permit,
+    remote sources with the options ``remote``."""
 
-    def __init__(self, roots: list[str], allow_remote: bool):
-        """Resolve ``roots``; a root that is not a directory is a ``ValueError``."""
+    def __init__(self, roots: list[str], allow_remote: bool, remote: RemoteConfig | None = None):
+        """Resolve ``roots``; a root that is not a directory is a ``ValueError``. ``remote``: the
+        options for URLs (with ``allow_remote``, default: a fresh config from the environment's
+        defaults, owned by this server, not the library's mutable ``ggufx.io.remote.CONFIG``)."""
         self.roots = [os.path.realpath(r) for r in roots]
         for r in self.roots:
             if not os.path.isdir(r):
                 raise ValueError(f"root {r} is not a directory")
         self.allow_remote = allow_remote
+        if allow_remote and remote is None:
+            from ggufx.io.remote import new_config
+
+            remote = new_config()
+        self.remote = remote
 
     def inside(self, real: str) -> bool:
         """Whether the resolved path ``real`` is a root or lies under one."""
@@ -52,7 +58,7 @@ class Access:
         """Open the model at ``path``, refusing it if any of its shards lies outside the roots."""
         from ggufx.model import open_model
 
-        model = open_model(self.local(path))
+        model = open_model(self.local(path), remote=self.remote)
         for s in model.shards:
             if not is_remote(s.path) and not self.inside(os.path.realpath(s.path)):
                 raise AccessError(f"{s.path}: a shard of {path} lies outside the allowed roots")
@@ -65,4 +71,4 @@ class Access:
         src = self.local(path)
         if is_remote(src) or is_gguf(src):
             return src, from_model(self.open_model(path), src)  # every shard checked against the roots
-        return src, load(src)
+        return src, load(src, remote=self.remote)

@@ -23,12 +23,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ggufx import results
-from ggufx.errors import GGUFError
-from ggufx.mcp.access import Access, AccessError
+from ggufx.errors import AccessError, GGUFError
+from ggufx.mcp.access import Access
 from ggufx.render.jsontext import dumps
 
 if TYPE_CHECKING:
     from mcp.server import MCPServer
+
+    from ggufx.io.remote import RemoteConfig
 
 MAX_RESOURCES = 500
 
@@ -41,15 +43,18 @@ kinds: attention, sliding-window, recurrent, MoE), `memory` (bytes at a context 
 MiB; context lengths are tokens. Paths are relative to the first allowed root or absolute."""
 
 
-def build_server(roots: list[str], allow_write: bool = False, allow_remote: bool = False) -> "MCPServer":
-    """An ``mcp.server.MCPServer`` with ggufx's tools, resources and prompt.
+def build_server(
+    roots: list[str], allow_write: bool = False, allow_remote: bool = False, remote: "RemoteConfig | None" = None
+) -> "MCPServer":
+    """An ``mcp.server.MCPServer`` with ggufx's tools, resources and prompt. ``remote``: the options
+    for URLs (with ``allow_remote``; default a fresh config, see :class:`~ggufx.mcp.access.Access`).
 
     A root that is not a directory is a ``ValueError``."""
     from mcp.server import MCPServer
 
     from ggufx.mcp.tools import GGUFTools, register_tools
 
-    access = Access(roots, allow_remote)
+    access = Access(roots, allow_remote, remote)
     server = MCPServer("ggufx", instructions=INSTRUCTIONS, version=_version(), log_level="WARNING")
     register_tools(server, GGUFTools(access), allow_write)
     _add_resources(server, access)
@@ -128,9 +133,15 @@ def _version() -> str:
     return __version__
 
 
-def run(roots: list[str], allow_write: bool = False, allow_remote: bool = False, http: str | None = None) -> None:
+def run(
+    roots: list[str],
+    allow_write: bool = False,
+    allow_remote: bool = False,
+    http: str | None = None,
+    remote: "RemoteConfig | None" = None,
+) -> None:
     """Serve over stdio, or over streamable HTTP at ``http`` (``HOST:PORT``)."""
-    server = build_server(roots, allow_write, allow_remote)
+    server = build_server(roots, allow_write, allow_remote, remote)
     if http is None:
         server.run("stdio")
         return

@@ -22,9 +22,9 @@ from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
 
 from ggufx import results
-from ggufx.errors import GGUFError
+from ggufx.errors import AccessError, GGUFError
 from ggufx.io.sources import is_remote
-from ggufx.mcp.access import Access, AccessError
+from ggufx.mcp.access import Access
 from ggufx.render.jsontext import dumps
 from ggufx.results import CACHE_TYPES, SORT_ORDERS, InputError
 
@@ -178,6 +178,21 @@ class GGUFTools:
     )
     def recipe(self, path: ModelPath) -> Result:
         return results.recipe(self.access.open_model(path))
+
+    @tool(
+        "An importance matrix (llama-imatrix's GGUF): per tensor the importance its statistics report "
+        "(sum_sq = llama-imatrix's sum of in_sum2/counts, importance = its mean) and the rank within its role; "
+        "with model, the type each tensor got in that quant and where rank and type disagree."
+    )
+    def imatrix(
+        self,
+        path: Annotated[str, Field(description="The imatrix GGUF (llama-imatrix -o), under the roots.")],
+        model: Annotated[
+            str | None, Field(description="A quant of the model, under the roots: show each tensor's type.")
+        ] = None,
+    ) -> Result:
+        quant = self.access.open_model(model) if model is not None else None
+        return results.imatrix(self.access.open_model(path), quant)
 
     @tool(
         "Memory as llama.cpp allocates it at a context length: weights, KV cache (attention layers; sliding-window "

@@ -14,7 +14,7 @@ from ggufx.format.reader import KV, GGUFHeader, TensorInfo
 from ggufx.format.values import ValueType
 
 
-class Metadata(Mapping):
+class Metadata(Mapping[str, Any]):
     """Metadata of a model: a read-only mapping from key to Python value.
 
     Arrays are :class:`~ggufx.format.values.GGUFArray` objects, decoded on demand. ``kv(key)`` gives the

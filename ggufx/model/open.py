@@ -78,7 +78,7 @@ def open_remote(location: str, config: RemoteConfig | None = None) -> GGUFModel:
     local = remote.resolve_local(location)
     if local is not None:
         return open_model(local)
-    cfg = config or remote.CONFIG
+    cfg = remote.CONFIG if config is None else config
     head = remote.parse_remote_header(location, cfg)
     return assemble_shards(
         location,

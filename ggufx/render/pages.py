@@ -10,6 +10,7 @@ from typing import Any
 
 from ggufx._version import __version__
 from ggufx.format.ggmltypes import ggml_type_by_name
+from ggufx.render.table import printable
 
 MiB = 1 << 20
 
@@ -48,7 +49,8 @@ def _colour(type_name: str) -> str:
         for (x0, c0), (x1, c1) in zip(stops, stops[1:]):
             if bpw <= x1:
                 f = (bpw - x0) / (x1 - x0)
-                rgb = tuple(round(a + (b - a) * f) for a, b in zip(c0, c1))
+                r, g, b = (round(lo + (hi - lo) * f) for lo, hi in zip(c0, c1))
+                rgb = (r, g, b)
                 break
     return "#%02x%02x%02x" % rgb
 
@@ -114,7 +116,7 @@ def render(report: dict[str, Any], fmt: str = "html") -> str:
     )
     env.filters["md"] = _md_escape
     name = "report.html.j2" if fmt == "html" else "report.md.j2"
-    return env.get_template(name).render(**context(report))
+    return printable(env.get_template(name).render(**context(report)))
 
 
 def _md_escape(value: Any) -> str:

@@ -14,6 +14,20 @@ from typing import Any
 NUMERIC = (int, float)
 
 
+def printable(text: str) -> str:
+    """Text a terminal can print: bytes that were not UTF-8 in the file (kept as surrogates so that
+    edits are lossless) are shown as ``\\xff`` escapes."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that is not an undecodable byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _cell(v: Any) -> str:
     if v is None:
         return ""
@@ -21,7 +35,7 @@ def _cell(v: Any) -> str:
         return f"{v:,.2f}"
     if isinstance(v, int) and not isinstance(v, bool):
         return f"{v:,}"
-    return str(v)
+    return printable(str(v))
 
 
 def render(

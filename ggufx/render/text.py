@@ -67,6 +67,9 @@ def info_text(s: dict[str, Any], fmt: str = "simple") -> str:
         ("vocabulary", _opt(s["vocab_size"])),
         ("chat template", tmpl),
     ]
+    if s.get("kind", "model") != "model":
+        facts.insert(1, ("kind", s["kind"]))
+        facts.extend(_companion_facts(s["kind"], s.get("companion") or {}))
     if s["unknown_types"]:
         facts.append(("unknown types", ", ".join(s["unknown_types"]) + " (size derived from offsets; upgrade gguf)"))
     width = max(len(k) for k, _ in facts)
@@ -82,6 +85,48 @@ def info_text(s: dict[str, Any], fmt: str = "simple") -> str:
         same = {True: "the file's", False: "NOT the file's", None: "not reported"}[server["template_matches_file"]]
         text += f"\n\nserver: {server['url']} (n_ctx {server['n_ctx']}, chat template {same})"
     return text
+
+
+def _companion_facts(kind: str, c: dict[str, Any]) -> list[tuple[str, str]]:
+    """The lines ``info`` adds for a projector, adapter, imatrix, control vector or vocabulary."""
+
+    def opt(v: Any) -> str:
+        return "-" if v is None else str(v)
+
+    if kind == "projector":
+        mods = [m for m in ("vision", "audio") if c.get(f"has_{m}_encoder")]
+        out = [("projector", f"{opt(c.get('projector_type'))} ({', '.join(mods) or 'no encoder flag'})")]
+        for m in mods:
+            t = c.get(m) or {}
+            parts = [f"{t.get('block_count') or '-'} blocks", f"width {opt(t.get('embedding_length'))}"]
+            if m == "vision":
+                parts += [f"image {opt(t.get('image_size'))}", f"patch {opt(t.get('patch_size'))}"]
+            parts.append(f"projects to {opt(t.get('projection_dim'))}")
+            out.append((f"{m} tower", ", ".join(parts)))
+        return out
+    if kind == "adapter":
+        rank = c.get("rank")
+        ranks = "/".join(map(str, c.get("ranks") or [])) or "-"
+        layers = c.get("layers") or []
+        span = f"layers {layers[0]}-{layers[-1]} ({len(layers)})" if layers else "no layer tensors"
+        return [
+            ("adapter", f"{opt(c.get('adapter_type'))}, alpha {opt(c.get('alpha'))}, rank {rank if rank else ranks}"),
+            ("adapted tensors", f"{c.get('tensors', 0)} in {span}"),
+        ]
+    if kind == "imatrix":
+        ds = c.get("datasets") or []
+        return [
+            (
+                "imatrix",
+                f"{c.get('tensors', 0)} tensors, {opt(c.get('chunk_count'))} chunks of {opt(c.get('chunk_size'))}",
+            ),
+            ("datasets", ", ".join(ds) or "-"),
+        ]
+    if kind == "control-vector":
+        return [("control vector", f"{len(c.get('layers') or [])} layers, model hint {opt(c.get('model_hint'))}")]
+    if kind == "vocab":
+        return [("vocabulary only", f"{opt(c.get('tokenizer_model'))} ({opt(c.get('tokens'))} tokens)")]
+    return []
 
 
 def _opt(v: int | None) -> str:
@@ -235,7 +280,7 @@ def fit_text(res: dict[str, Any], fmt: str = "simple") -> str:
             for f in res["fits"]
         ]
         return table.render(rows, ("KV cache type", "-ngl", "GPU MiB"), fmt, align="lrl")
-    rows = [
+    ctx_rows = [
         (
             f["cache_type"],
             f"{f['n_ctx']:,}" + (" (training context)" if f["capped_at_training_context"] else ""),
@@ -244,7 +289,7 @@ def fit_text(res: dict[str, Any], fmt: str = "simple") -> str:
         )
         for f in res["fits"]
     ]
-    return table.render(rows, ("KV cache type", "largest context", "llama.cpp --fit", "GPU MiB"), fmt, align="lrrl")
+    return table.render(ctx_rows, ("KV cache type", "largest context", "llama.cpp --fit", "GPU MiB"), fmt, align="lrrl")
 
 
 def memory_devices_text(res: dict[str, Any], fmt: str = "simple") -> str:
@@ -335,3 +380,38 @@ def memory_check_text(res: dict[str, Any], fmt: str = "simple") -> str:
         f" (exact ones to 0.01 MiB, computed ones within {100 * res['tolerance']:g}%)"
     )
     return f"{text}\n{verdict}"
+
+
+def imatrix_text(res: dict[str, Any], fmt: str = "simple") -> str:
+    """``ggufx imatrix`` (``results.imatrix``): facts, one row per tensor, then the disagreements."""
+    with_model = res["model"] is not None
+    chunks = "-" if res["chunk_count"] is None else f"{res['chunk_count']:,}"
+    size = "-" if res["chunk_size"] is None else f"{res['chunk_size']:,}"
+    head = [
+        f"imatrix   {res['path']}",
+        f"datasets  {', '.join(res['datasets']) or '-'}",
+        f"chunks    {chunks} of {size} tokens, {res['count']} tensors",
+    ]
+    if with_model:
+        head.append(f"model     {res['model']}")
+    headers = ["tensor", "role", "rank", "importance", "∑ E[A²]"] + (["type"] if with_model else [])
+    rows = []
+    for t in res["tensors"]:
+        imp = "-" if t["importance"] is None else f"{t['importance']:.6g}"
+        row: list[Any] = [t["name"], t["role"], f"{t['rank']}/{t['role_count']}", imp, f"{t['sum_sq']:.4f}"]
+        if with_model:
+            row.append(t["type"] or "(absent)")
+        rows.append(row)
+    text = "\n".join(head) + "\n\n" + table.render(rows, headers, fmt, align="llrrr" + ("l" if with_model else ""))
+    if with_model:
+        common = ", ".join(f"{r} {ty}" for r, ty in res["most_common_type"].items()) or "-"
+        text += f"\n\nmost common type per role: {common}"
+        for key, what in (
+            ("high_at_common_type", "top quartile of their role but left at its most common type"),
+            ("low_not_at_common_type", "outside the top quartile but given another type"),
+        ):
+            names = res[key]
+            text += f"\n{len(names)} tensor(s) {what}" + (f": {', '.join(names)}" if names else "")
+        if res["missing_in_model"]:
+            text += f"\nnot in the model: {', '.join(res['missing_in_model'])}"
+    return text
