@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import random
 import struct
+import sys
 import tracemalloc
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +20,12 @@ from hypothesis import strategies as st
 import ggufx
 from ggufx.analysis.summary import summarize
 from ggufx.errors import GGUFError
+from ggufx.format.reader import parse_header
 from ggufx.format.values import GGUFArray
 
-from .conftest import FIXTURES
+from .conftest import FIXTURES, model_cache
+
+TOOLS = Path(__file__).resolve().parent.parent / "tools"
 
 KEY = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=24)
 TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
@@ -174,6 +179,7 @@ def test_lying_lengths_allocate_nothing_big() -> None:
             "huge-tensor-count",
             "huge-kv-count",
             "nesting-bomb",
+            "tensor-name-length-lies",
         ):
             with pytest.raises(GGUFError):
                 ggufx.open(FIXTURES / "malformed" / f"{name}.gguf")
@@ -181,3 +187,152 @@ def test_lying_lengths_allocate_nothing_big() -> None:
     finally:
         tracemalloc.stop()
     assert peak < 4 << 20
+
+
+# -- lengths llama.cpp bounds are checked before the bytes they cover are read ---------------------
+
+
+class _HoleSource:
+    """A header in memory in front of a (virtual) hole of zeros: a sparse file of any size."""
+
+    def __init__(self, header: bytes, size: int):
+        self.path = "hole.gguf"
+        self.header = header
+        self.size = size
+        self.bytes_read = 0
+
+    def read(self, offset: int, n: int) -> bytes:
+        self.bytes_read += n
+        part = self.header[offset : offset + n]
+        return part + bytes(n - len(part))
+
+
+def _raw_with(kv: tuple[str, int, bytes] | None = None, tensor_name_len: int | None = None):
+    from .fixtures.make_fixtures import ARR, STR, U8, Raw
+
+    r = Raw()
+    r.kv("general.architecture", STR, r.s("llama"))
+    if kv is not None:
+        r.kv(*kv)
+    r.tensor("a.weight", (8,), 0, 0)
+    if tensor_name_len is not None:
+        r.tinfos[0] = r.s("a.weight", tensor_name_len) + r.tinfos[0][16:]
+    return r, (ARR, STR, U8)
+
+
+GIB = 1 << 30
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["tensor-name-231MB", "key-over-1GiB", "string-over-1GiB", "array-over-1Gi-elements", "string-in-array-over-1GiB"],
+)
+def test_lengths_pointing_into_the_hole_are_refused_before_reading(case: str) -> None:
+    """Issue #14: a length that stays inside a large file but breaks llama.cpp's limit (tensor names
+    under 64 bytes, strings and arrays up to 2**30) is refused without reading what it covers."""
+    from .fixtures.make_fixtures import ARR, STR, U8, Raw
+
+    r = Raw()
+    size = 4 * GIB
+    if case == "tensor-name-231MB":
+        r, _ = _raw_with(tensor_name_len=231_000_000)
+        size = 300_000_000
+        phrase = "is 231,000,000 bytes, llama.cpp allows 63"
+    elif case == "key-over-1GiB":
+        r.kvs.append(r.s("general.architecture", GIB + 1) + b"general.architecture")
+        phrase = "metadata key claims 1,073,741,825 bytes, llama.cpp allows at most 1,073,741,824"
+    elif case == "string-over-1GiB":
+        r.kv("general.name", STR, r.p("Q", GIB + 1) + b"x")
+        phrase = "claims 1,073,741,825 bytes, llama.cpp allows at most 1,073,741,824"
+    elif case == "array-over-1Gi-elements":
+        r.kv("my.bytes", ARR, r.p("iQ", U8, GIB + 1))
+        phrase = "claims 1,073,741,825 elements, llama.cpp allows at most 1,073,741,824"
+    else:
+        r.kv("my.strs", ARR, r.p("iQ", STR, 3) + r.s("ok") + r.p("Q", GIB + 1) + b"x")
+        phrase = "string 1 of array 'my.strs' claims 1,073,741,825 bytes, llama.cpp allows at most"
+    src = _HoleSource(r.build(), size)
+    tracemalloc.start()
+    try:
+        with pytest.raises(GGUFError) as info:
+            parse_header(src)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert phrase in info.value.message
+    assert "\n" not in info.value.one_line()
+    assert src.bytes_read <= 1 << 20  # the first read, nothing more
+    assert peak < 4 << 20
+
+
+def test_a_header_larger_than_memory_is_a_gguf_error() -> None:
+    """An array of 2**30 - 1 u64 (8 GiB) is within llama.cpp's limits in a large enough file; when
+    the machine cannot hold it, the reader says so in one line instead of raising MemoryError."""
+    from .fixtures.make_fixtures import ARR, U64, Raw
+
+    class Starved(_HoleSource):
+        def read(self, offset: int, n: int) -> bytes:
+            if n > 64 << 20:
+                raise MemoryError
+            return super().read(offset, n)
+
+    r = Raw()
+    r.kv("my.u64s", ARR, r.p("iQ", U64, GIB - 1))
+    with pytest.raises(GGUFError, match=r"array 'my.u64s' needs 8,589,934,6\d\d bytes of header in memory, more than"):
+        parse_header(Starved(r.build(), 16 * GIB))
+
+
+def test_nested_arrays_are_bounded() -> None:
+    """llama.cpp refuses nested arrays; ggufx reads them (gguf-py writes them) but not millions."""
+    from .fixtures.make_fixtures import ARR, U8, Raw
+
+    r = Raw()
+    n = 65_537
+    r.kv("nest", ARR, r.p("iQ", ARR, n) + r.p("iQ", U8, 0) * n)
+    with pytest.raises(GGUFError, match="more than 65,536 nested arrays"):
+        parse_header(_HoleSource(r.build(), len(r.build())))
+    r = Raw()
+    r.kv("nest", ARR, r.p("iQ", ARR, 3) + r.p("iQ", U8, 0) * 3)
+    assert parse_header(_HoleSource(r.build(), len(r.build()))).kvs["nest"].value.tolist() == [[], [], []]
+
+
+# -- a fast sample of tools/fuzz_gguf.py (the long run: python tools/fuzz_gguf.py) -----------------
+
+SAMPLE_MUTANTS = 100
+SAMPLE_RUN_SEED = 14
+
+
+@pytest.fixture(scope="module")
+def fuzz_sample(real_models) -> list[dict]:
+    import signal
+
+    sys.path.insert(0, str(TOOLS))
+    import fuzz_gguf
+
+    seeds = fuzz_gguf.load_seeds(model_cache(), [fuzz_gguf.HANDCRAFTED_DIR])
+    assert {s.kind for s in seeds} == {"real", "handcrafted"}
+    previous = signal.signal(signal.SIGALRM, fuzz_gguf._on_alarm)
+    try:
+        out = []
+        for i in range(SAMPLE_MUTANTS):
+            seed, m = fuzz_gguf.make_mutant(i, SAMPLE_RUN_SEED, seeds)
+            out.append(fuzz_gguf.run_mutant(i, seed, m, timeout=30.0))
+        return out
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_fuzz_sample_mutants_open_or_are_refused_with_one_line(fuzz_sample: list[dict]) -> None:
+    """Structure-aware mutants of the real files' headers (full size, data as a hole) and of
+    llama.cpp's handcrafted files: opening one gives a model or a one-line GGUFError."""
+    assert [(r["i"], r["findings"]) for r in fuzz_sample if any(f[0] == "open" for f in r["findings"])] == []
+    assert all(r["open"] in ("opened", "rejected") for r in fuzz_sample)
+    outcomes = Counter(r["open"] for r in fuzz_sample)
+    assert outcomes["rejected"] >= 20 and outcomes["opened"] >= 10, outcomes
+    assert all("\n" not in r["message"] for r in fuzz_sample if r["open"] == "rejected")
+
+
+def test_fuzz_sample_read_only_commands_raise_only_gguf_errors(fuzz_sample: list[dict]) -> None:
+    """Every mutant that opens goes through info, tensors, meta, roles, layers, recipe, memory, fit,
+    report and template info (rendered as the CLI renders them): nothing but GGUFError comes out."""
+    findings = [(r["i"], r["seed"], r["ops"], f) for r in fuzz_sample for f in r["findings"] if f[0] != "open"]
+    assert findings == []

@@ -153,6 +153,48 @@ def test_unknown_type_is_reported_with_derived_size() -> None:
     assert s.tensor_bytes == 32 + 64 + 32
 
 
+def test_zero_element_tensor_is_read_as_llama_cpp_reads_it(tmp_path: Path) -> None:
+    """gguf.cpp refuses negative dimensions only (test-gguf's TENSORS_ZERO_DIM loads): a dimension
+    of 0 is an empty tensor of 0 bytes, and the next tensor starts at the same offset."""
+    from tests.fixtures.make_fixtures import STR, Raw
+
+    r = Raw()
+    r.kv("general.architecture", STR, r.s("llama"))
+    r.tensor("empty.weight", (256, 0), 12, 0)  # Q4_K
+    r.tensor("b.weight", (8,), 0, 0)
+    r.data = bytes(32)
+    path = tmp_path / "zero-dim.gguf"
+    path.write_bytes(r.build())
+    m = ggufx.open(path)
+    empty, b = m.tensors
+    assert (empty.shape, empty.n_elements, empty.nbytes, empty.offset) == ((256, 0), 0, 0, 0)
+    assert (b.n_elements, b.nbytes, b.offset) == (8, 32, 0)
+    s = summarize(m)
+    assert s.parameters == 8 and s.tensor_bytes == 32
+
+
+def test_newer_type_id_is_sized_by_the_next_tensor_only(tmp_path: Path) -> None:
+    """An id past llama.cpp's table is carried with its size derived from the next tensor's offset;
+    as the last tensor it has nothing to bound it (the bytes up to the end of the file may be
+    anything) and is refused, naming the pinned llama.cpp."""
+    from tests.fixtures.make_fixtures import STR, Raw
+
+    r = Raw()
+    r.kv("general.architecture", STR, r.s("llama"))
+    r.tensor("a.weight", (8,), 0, 0)
+    r.tensor("new.weight", (64,), 43, 32)
+    r.data = bytes(32 + 64)
+    path = tmp_path / "newer-last.gguf"
+    path.write_bytes(r.build())
+    with pytest.raises(GGUFError, match=r"type id 43, which llama.cpp 11434.0.0 does not know .* last tensor"):
+        ggufx.open(path)
+    r.tensor("c.weight", (8,), 0, 96)
+    r.data = bytes(32 + 64 + 32)
+    path.write_bytes(r.build())
+    t = ggufx.open(path).tensor("new.weight")
+    assert (t.type.name, t.size_derived, t.nbytes) == ("UNKNOWN(43)", True, 64)
+
+
 def test_no_tensors_file() -> None:
     m = ggufx.open(FIXTURES / "no-tensors.gguf")
     assert m.tensors == [] and m.metadata["tokenizer.ggml.tokens"].tolist() == ["<s>", "</s>", "▁hi"]
@@ -262,10 +304,12 @@ def test_committed_fixtures_are_what_the_generator_writes(tmp_path: Path) -> Non
 
     subprocess.run([sys.executable, str(FIXTURES / "make_fixtures.py"), str(tmp_path)], check=True)
     generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    # tests/fixtures/test-gguf/ is written by llama.cpp's own tests/test-gguf.cpp, not by this script:
+    # tests/test_gguf_differential.py checks those files against it
     committed = sorted(
         p.relative_to(FIXTURES)
         for p in FIXTURES.rglob("*")
-        if p.is_file() and (p.suffix == ".gguf" or p.name == "expected.json")
+        if p.is_file() and (p.suffix == ".gguf" or p.name == "expected.json") and p.parent.name != "test-gguf"
     )
     assert generated == committed
     for rel in generated:

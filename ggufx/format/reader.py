@@ -1,9 +1,18 @@
 """Parse one GGUF file's header: metadata and tensor infos, never tensor data.
 
-The checks follow llama.cpp's ``ggml/src/gguf.cpp``: every length and count is bounded by what is
-left of the file before anything is read or allocated, element counts may not overflow int64,
-tensor data must be aligned, in order, non-overlapping and inside the file, keys and tensor names
-must be unique. Anything else is a :class:`~ggufx.errors.GGUFError` naming the file and offset.
+The checks follow llama.cpp's ``ggml/src/gguf.cpp`` (the limits are in :mod:`ggufx.format.spec`,
+each with its source line): every length and count is bounded by what is left of the file *and* by
+llama.cpp's own limit before the bytes it covers are read or anything is allocated (strings and
+arrays up to 2**30, tensor names under 64 bytes), keys are non-empty and unique, tensor names
+unique, shapes non-negative with element counts and byte sizes that fit int64/size_t, ggml type ids
+known to llama.cpp (a removed one is refused with ggml's note), and the data section - every tensor
+padded to the alignment, in order - must be inside the file, as gguf.cpp reads it. Anything else is
+a :class:`~ggufx.errors.GGUFError` naming the file and offset.
+
+Two deliberate differences, both documented in README.md: a tensor whose type id is newer than the
+pinned llama.cpp (``>= GGML_TYPE_COUNT``) is read with its size derived from the next tensor's
+offset (a *last* tensor of such a type is refused: nothing bounds its size), and, as gguf-py
+writes them, big-endian files and nested arrays are read.
 
 The parser reads through a byte source (``read(offset, n)``): it asks for a first block and grows
 it geometrically as the header demands, so a local file and an HTTP range source cost the same
@@ -18,16 +27,27 @@ from typing import Any, Protocol
 
 from ggufx.errors import FormatError, TruncatedError, UnsupportedVersionError, ValidationError
 from ggufx.format.ggmltypes import GGMLType, ggml_type
-from ggufx.format.values import SCALAR_FORMAT, SCALAR_SIZE, GGUFArray, ValueType, decode_str
+from ggufx.format.spec import (
+    GGML_MAX_DIMS,
+    GGML_MAX_NAME,
+    GGML_TYPE_COUNT,
+    GGUF_DEFAULT_ALIGNMENT,
+    GGUF_MAGIC,
+    GGUF_MAX_ARRAY_ELEMENTS,
+    GGUF_MAX_STRING_LENGTH,
+    INT64_MAX,
+    LLAMA_CPP_VERSION,
+    SIZE_MAX,
+)
+from ggufx.format.values import SCALAR_FORMAT, SCALAR_SIZE, GGUFArray, ValueType
 
-GGUF_MAGIC = b"GGUF"
-DEFAULT_ALIGNMENT = 32
-MAX_DIMS = 4  # GGML_MAX_DIMS
-MAX_NAME = 64  # GGML_MAX_NAME, including the terminating NUL
+# nested arrays are a gguf-py extension that llama.cpp refuses outright (gguf.cpp:609); ggufx reads
+# them, eagerly, so it bounds how deep they go and how many one key may hold (a Python object each)
 MAX_ARRAY_DEPTH = 8
-INT64_MAX = (1 << 63) - 1
+MAX_NESTED_ARRAYS = 1 << 16
 FIRST_READ = 1 << 20
 STRING_ESTIMATE_MARGIN = 1.2
+HINT_CAP = 16 << 20  # how far past the buffer an estimate of a vocabulary's end may read at once
 PREAMBLE_SIZE = 24  # magic, version, tensor count, metadata count
 MIN_TENSOR_INFO = 24  # bytes of the smallest tensor info: empty name, no dimensions, type, offset
 MIN_KV = 13  # bytes of the smallest metadata record: empty key, type, a one-byte value
@@ -35,6 +55,7 @@ MIN_KV = 13  # bytes of the smallest metadata record: empty key, type, a one-byt
 # a tensor info as read, before the layout step sizes and places it (a plain tuple: a model has
 # thousands): name, shape, type, data offset, element count, offset of the info in the file
 _RawTensor = tuple[str, tuple[int, ...], GGMLType, int, int, int]
+_uncached_type = ggml_type.__wrapped__  # for ids past the table: ggml_type caches every id it sees
 MetaValue = int | float | bool | str | GGUFArray
 
 
@@ -146,7 +167,12 @@ class _Cursor:
         available = getattr(self.src, "available", None)
         if available is not None and end <= available:
             want = min(want, available)
-        self.data += self.src.read(have, want - have)
+        try:
+            self.data += self.src.read(have, want - have)
+        except MemoryError:  # a length within llama.cpp's limits and the file, but not this machine's
+            raise FormatError(
+                self.path, at, f"{what} needs {end:,} bytes of header in memory, more than can be allocated"
+            ) from None
 
     def fail(self, at: int, what: str, cls: type = FormatError) -> None:
         raise cls(self.path, at, what)
@@ -219,10 +245,10 @@ def _read_counts(cur: _Cursor, bo: str) -> tuple[int, int]:
 
 
 def _alignment(path: str, kvs: dict[str, KV]) -> int:
-    """The data alignment in bytes: ``general.alignment`` (a u32 power of two), else 32."""
+    """The data alignment in bytes: ``general.alignment`` (a u32 power of two), else 32 (gguf.cpp:622-636)."""
     akv = kvs.get("general.alignment")
     if akv is None:
-        return DEFAULT_ALIGNMENT
+        return GGUF_DEFAULT_ALIGNMENT
     if akv.type is not ValueType.UINT32:
         raise ValidationError(path, akv.offset, f"general.alignment must be u32, not {akv.type.short}")
     alignment: int = akv.value
@@ -232,7 +258,7 @@ def _alignment(path: str, kvs: dict[str, KV]) -> int:
 
 
 def _data_offset(cur: _Cursor, header_end: int, alignment: int, has_tensors: bool) -> int:
-    """Where the data section starts: the end of the header rounded up to the alignment."""
+    """Where the data section starts: the end of the header rounded up to the alignment (gguf.cpp:780)."""
     data_offset = -(-header_end // alignment) * alignment
     if has_tensors and data_offset > cur.size:
         raise TruncatedError(
@@ -248,15 +274,27 @@ def _place_tensors(
 ) -> list[TensorInfo]:
     """Size each tensor and check that the tensors are packed in order inside the data section.
 
-    ``data_size`` is the bytes from ``data_offset`` to the end of the file. A tensor of a type
-    missing from the ggml type table is sized by the next tensor's offset (or the end of the file)."""
+    ``data_size`` is the bytes from ``data_offset`` to the end of the file. Each tensor takes its
+    ``ggml_nbytes`` padded to the alignment, and the whole padded section must be in the file: that
+    is what gguf.cpp reads (gguf.cpp:795-818 sums it, :885 reads it; llama-model-loader.h:47 asks
+    only for the unpadded bytes, but every GGUF writer pads the last tensor too). A tensor of a type
+    newer than the type table is sized by the next tensor's offset; a last tensor of such a type has
+    nothing to bound its size and is refused."""
     tensors: list[TensorInfo] = []
     expected = 0
+    last = len(infos) - 1
     for i, (name, shape, gt, offset, n_elements, info_at) in enumerate(infos):
         derived = not gt.known
         if derived:
-            nxt = infos[i + 1][3] if i + 1 < len(infos) else data_size
-            nbytes = nxt - offset
+            if i == last:
+                raise ValidationError(
+                    path,
+                    info_at,
+                    f"tensor {name!r} has ggml type id {gt.id}, which llama.cpp {LLAMA_CPP_VERSION} does not know "
+                    f"(it refuses ids >= {GGML_TYPE_COUNT}), and is the last tensor: ggufx derives the size of a "
+                    "newer type only from the next tensor's offset",
+                )
+            nbytes = infos[i + 1][3] - offset
             if nbytes <= 0:
                 raise ValidationError(path, info_at, f"tensor {name!r} of {gt.name} has no room before the next tensor")
         else:
@@ -269,43 +307,60 @@ def _place_tensors(
                 f"tensor {name!r} has data offset {offset:,}, expected {expected:,} "
                 f"(it {how}; llama.cpp requires tensors packed in order)",
             )
-        if offset + nbytes > data_size:
+        padded = -(-nbytes // alignment) * alignment
+        if offset + padded > data_size:
+            size = f"{nbytes:,} bytes" + (f", {padded:,} with its alignment padding" if padded != nbytes else "")
             raise TruncatedError(
                 path,
                 data_offset + offset,
-                f"tensor {name!r} data ({nbytes:,} bytes at data offset {offset:,}) runs past the end of the file",
+                f"tensor {name!r} data ({size}, at data offset {offset:,}) runs past the end of the file",
             )
-        expected = offset + -(-nbytes // alignment) * alignment
+        expected = offset + padded
         tensors.append(
             TensorInfo(name, shape, gt, offset, data_offset + offset, n_elements, nbytes, 0, info_at, derived)
         )
     return tensors
 
 
+def _text(path: str, data: bytearray, start: int, end: int, errors: str = "surrogateescape") -> str:
+    """``data[start:end]`` decoded as UTF-8 without copying the bytes first (a string may be 1 GiB);
+    invalid UTF-8 survives as surrogate escapes unless ``errors`` is ``'strict'``."""
+    try:
+        with memoryview(data) as view, view[start:end] as part:
+            return str(part, "utf-8", errors)
+    except MemoryError:
+        raise FormatError(path, start - 8, f"a string of {end - start:,} bytes is more than can be decoded") from None
+
+
 class _Parser:
-    __slots__ = ("cur", "bo", "u64", "i32")
+    __slots__ = ("cur", "bo", "u64", "i32", "nested")
 
     def __init__(self, cur: _Cursor, bo: str):
         self.cur = cur
         self.bo = bo
         self.u64 = struct.Struct(bo + "Q")
         self.i32 = struct.Struct(bo + "i")
+        self.nested = 0  # nested arrays read for the current key
 
     def metadata(self, pos: int, n_kv: int) -> tuple[dict[str, KV], int]:
         """Read ``n_kv`` metadata records from ``pos``: ``(records by key, end offset)``."""
-        path = self.cur.path
+        cur = self.cur
+        path = cur.path
         kvs: dict[str, KV] = {}
         for _ in range(n_kv):
             start = pos
-            raw_key, pos = self.string(pos, "metadata key")
+            a, pos = self.string(pos, "metadata key")
+            if a == pos:
+                raise ValidationError(path, start, "empty metadata key (llama.cpp refuses it)")
             try:
-                key = bytes(raw_key).decode("utf-8")
+                key = _text(path, cur.data, a, pos, "strict")
             except UnicodeDecodeError as e:
                 why = f"metadata key is not valid UTF-8 ({e.reason} at byte {e.start})"
                 raise ValidationError(path, start, why) from None
             if key in kvs:
                 raise ValidationError(path, start, f"duplicate metadata key {key!r}")
             vtype, pos = self.value_type(pos, key)
+            self.nested = 0
             value, pos = self.value(vtype, pos, key, 0)
             kvs[key] = KV(key, vtype, value, start, pos)
         return kvs, pos
@@ -313,40 +368,42 @@ class _Parser:
     def tensor_infos(self, pos: int, n_tensors: int, alignment: int) -> tuple[list[_RawTensor], int]:
         """Read ``n_tensors`` tensor infos from ``pos``: ``(infos in file order, end offset)``.
 
-        Each is a name, the number of dimensions, the shape, the ggml type and the data offset. The
-        loop has no helper calls: a model has thousands of tensors."""
+        Each is a name, the number of dimensions, the shape, the ggml type and the data offset,
+        checked in gguf.cpp's order (gguf.cpp:645-770). The loop has no helper calls on the good
+        path: a model has thousands of tensors."""
         cur = self.cur
         path = cur.path
         bo = self.bo
+        u64 = self.u64
         infos: list[_RawTensor] = []
         names: set[str] = set()
         for _ in range(n_tensors):
             start = pos
-            raw_name, pos = self.string(pos, "tensor name")
-            name = decode_str(raw_name)
-            if len(raw_name) >= MAX_NAME:
-                raise ValidationError(
-                    path,
-                    start,
-                    f"tensor name {name[:40]!r}... is {len(raw_name)} bytes, llama.cpp allows {MAX_NAME - 1}",
-                )
+            cur.need(pos + 8, pos, "length of tensor name")
+            (n,) = u64.unpack_from(cur.data, pos)
+            if n >= GGML_MAX_NAME:  # before reading it: the length may be anything up to the file size
+                raise ValidationError(path, start, self._long_name(pos, n))
+            pos += 8
+            cur.need(pos + n, start, "tensor name")
+            name = cur.data[pos : pos + n].decode("utf-8", "surrogateescape")
+            pos += n
             if name in names:
                 raise ValidationError(path, start, f"duplicate tensor name {name!r}")
             names.add(name)
             cur.need(pos + 4, pos, f"tensor {name!r}")
             (n_dims,) = struct.unpack_from(bo + "I", cur.data, pos)
-            if n_dims > MAX_DIMS:
+            if n_dims > GGML_MAX_DIMS:
                 raise ValidationError(
-                    path, pos, f"tensor {name!r} has {n_dims} dimensions, ggml allows at most {MAX_DIMS}"
+                    path, pos, f"tensor {name!r} has {n_dims} dimensions, ggml allows at most {GGML_MAX_DIMS}"
                 )
             pos += 4
             cur.need(pos + 8 * n_dims + 12, pos, f"tensor {name!r}")
             shape = struct.unpack_from(f"{bo}{n_dims}q", cur.data, pos)
             n_elements = 1
             for d, ne in enumerate(shape):
-                if ne <= 0:
+                if ne < 0:  # zero is allowed: an empty tensor (gguf.cpp:692)
                     raise ValidationError(
-                        path, pos + 8 * d, f"tensor {name!r} has dimension {d} = {ne}, must be positive"
+                        path, pos + 8 * d, f"tensor {name!r} has dimension {d} = {ne}, must not be negative"
                     )
                 n_elements *= ne
                 if n_elements > INT64_MAX:
@@ -355,16 +412,28 @@ class _Parser:
                     )
             pos += 8 * n_dims
             type_id, offset = struct.unpack_from(bo + "iQ", cur.data, pos)
-            if type_id < 0:
-                raise ValidationError(path, pos, f"tensor {name!r} has invalid ggml type {type_id}")
-            gt = ggml_type(type_id)
-            if gt.known and shape and shape[0] % gt.block_size:
-                raise ValidationError(
-                    path,
-                    pos,
-                    f"tensor {name!r}: ne[0] = {shape[0]} is not a multiple of the "
-                    f"{gt.name} block size {gt.block_size}",
-                )
+            if 0 <= type_id < GGML_TYPE_COUNT:
+                gt = ggml_type(type_id)
+            else:  # not through ggml_type's cache: a hostile file may hold millions of distinct ids
+                gt = _uncached_type(type_id) if type_id >= 0 else None
+            if gt is None or not gt.known:
+                gt = self._unusual_type(pos, name, type_id, gt)
+            else:
+                ne0 = shape[0] if shape else 1  # missing dimensions are 1
+                if ne0 % gt.block_size:
+                    raise ValidationError(
+                        path,
+                        pos,
+                        f"tensor {name!r}: ne[0] = {ne0} is not a multiple of the {gt.name} block size {gt.block_size}",
+                    )
+                nbytes = n_elements // gt.block_size * gt.type_size
+                if nbytes > SIZE_MAX - (alignment - 1):  # gguf.cpp:749 and :805
+                    raise ValidationError(
+                        path,
+                        pos,
+                        f"tensor {name!r} of {gt.name} with shape {list(shape)} has {nbytes:,} bytes, "
+                        "more than a 64-bit size can hold once padded",
+                    )
             if offset % alignment:
                 raise ValidationError(
                     path,
@@ -375,14 +444,42 @@ class _Parser:
             infos.append((name, shape, gt, offset, n_elements, start))
         return infos, pos
 
-    def string(self, pos: int, what: str) -> tuple[bytearray, int]:
+    def _long_name(self, pos: int, n: int) -> str:
+        """The message for a tensor name of ``n >= 64`` bytes, reading at most 40 of them."""
+        cur = self.cur
+        k = max(0, min(n, 40, cur.size - pos - 8))
+        cur.need(pos + 8 + k, pos, "tensor name")
+        head = cur.data[pos + 8 : pos + 8 + k].decode("utf-8", "surrogateescape")
+        return f"tensor name {head!r}... is {n:,} bytes, llama.cpp allows {GGML_MAX_NAME - 1}"
+
+    def _unusual_type(self, pos: int, name: str, type_id: int, gt: GGMLType | None) -> GGMLType:
+        """A negative or removed type id is refused (gguf.cpp:730, :740); a newer one is carried."""
+        if gt is None:
+            raise ValidationError(self.cur.path, pos, f"tensor {name!r} has invalid ggml type {type_id}")
+        if gt.removed is not None:
+            raise ValidationError(
+                self.cur.path,
+                pos,
+                f"tensor {name!r} has ggml type {type_id} ({gt.name}), which ggml no longer supports: {gt.removed}",
+            )
+        return gt
+
+    def string(self, pos: int, what: str) -> tuple[int, int]:
+        """Bound the string at ``pos`` by the file and by llama.cpp's limit, then buffer it.
+
+        Returns ``(start, end)`` of its bytes in the buffer (``end`` is also where the next field
+        starts)."""
         cur = self.cur
         cur.need(pos + 8, pos, f"length of {what}")
         (n,) = self.u64.unpack_from(cur.data, pos)
         if n > cur.size - pos - 8:
             raise TruncatedError(cur.path, pos, f"{what} claims {n:,} bytes, more than the file has left")
+        if n > GGUF_MAX_STRING_LENGTH:
+            raise FormatError(
+                cur.path, pos, f"{what} claims {n:,} bytes, llama.cpp allows at most {GGUF_MAX_STRING_LENGTH:,}"
+            )
         cur.need(pos + 8 + n, pos, what)
-        return cur.data[pos + 8 : pos + 8 + n], pos + 8 + n
+        return pos + 8, pos + 8 + n
 
     def value_type(self, pos: int, key: str) -> tuple[ValueType, int]:
         cur = self.cur
@@ -396,8 +493,8 @@ class _Parser:
     def value(self, vtype: ValueType, pos: int, key: str, depth: int) -> tuple[MetaValue, int]:
         cur = self.cur
         if vtype is ValueType.STRING:
-            raw, pos = self.string(pos, f"string value of {key!r}")
-            return decode_str(raw), pos
+            a, pos = self.string(pos, f"string value of {key!r}")
+            return _text(cur.path, cur.data, a, pos), pos
         if vtype is ValueType.ARRAY:
             return self.array(pos, key, depth)
         size = SCALAR_SIZE[vtype]
@@ -420,12 +517,21 @@ class _Parser:
                 raise TruncatedError(
                     path, pos - 8, f"array {key!r} claims {count:,} strings, more than the file can hold"
                 )
+            self._count_limit(pos - 8, count, key)
             end = self._skip_strings(pos, count, key)
             return GGUFArray(cur.data, self.bo, etype, count, pos, end - pos), end
         if etype is ValueType.ARRAY:
             if count > left // 12:
                 raise TruncatedError(
                     path, pos - 8, f"array {key!r} claims {count:,} nested arrays, more than the file can hold"
+                )
+            self.nested += count
+            if self.nested > MAX_NESTED_ARRAYS:
+                raise FormatError(
+                    path,
+                    pos - 8,
+                    f"metadata {key!r} holds more than {MAX_NESTED_ARRAYS:,} nested arrays "
+                    "(llama.cpp refuses nested arrays altogether)",
                 )
             items = []
             start = pos
@@ -440,16 +546,27 @@ class _Parser:
                 pos - 8,
                 f"array {key!r} claims {count:,} x {etype.short} ({count * size:,} bytes), more than the file has left",
             )
+        self._count_limit(pos - 8, count, key)
         nbytes = count * size
         cur.need(pos + nbytes, pos, f"array {key!r}")
         return GGUFArray(cur.data, self.bo, etype, count, pos, nbytes), pos + nbytes
+
+    def _count_limit(self, at: int, count: int, key: str) -> None:
+        if count > GGUF_MAX_ARRAY_ELEMENTS:  # gguf.cpp:280
+            raise FormatError(
+                self.cur.path,
+                at,
+                f"array {key!r} claims {count:,} elements, llama.cpp allows at most {GGUF_MAX_ARRAY_ELEMENTS:,}",
+            )
 
     def _skip_strings(self, pos: int, count: int, key: str) -> int:
         """Walk ``count`` length-prefixed strings; the hot loop of opening a big vocabulary.
 
         The inner loop has no bound checks: ``unpack_from`` past the buffer raises, and then the
         buffer grows (or the string that overran the file is found and named) before the walk
-        resumes."""
+        resumes. Only strings that add up to more than llama.cpp allows for one string can hold one
+        that is too long: then the array is walked again with every check, each length checked
+        before the buffer grows past it."""
         cur = self.cur
         unpack = self.u64.unpack_from
         start = pos
@@ -461,29 +578,41 @@ class _Parser:
                     pos += 8 + unpack(data, pos)[0]
                 i = count
             except (struct.error, OverflowError):  # past the buffer, or a length past any buffer
-                if pos + 8 > cur.size:
-                    self._name_overrun(start, count, key)
+                if pos + 8 > cur.size or pos - start - 8 * i > GGUF_MAX_STRING_LENGTH:
+                    return self._strict_walk(start, count, key)
                 # estimate the rest of the array from the strings seen so far (with a margin:
-                # early vocabulary entries, such as byte tokens, are shorter than later ones)
+                # early vocabulary entries, such as byte tokens, are shorter than later ones), but
+                # never read far ahead on an estimate: the count may be a lie
                 seen = max(i, 1)
                 hint = pos + int((count - i) * (pos - start) / seen * STRING_ESTIMATE_MARGIN) + 64
+                hint = min(hint, pos + max(HINT_CAP, len(data)))
                 cur.need(pos + 8, pos, f"string {i} of array {key!r}", hint)
                 continue
+            if pos > cur.size or pos - start - 8 * count > GGUF_MAX_STRING_LENGTH:
+                return self._strict_walk(start, count, key)
             if pos > len(data):
-                if pos > cur.size:
-                    self._name_overrun(start, count, key)
                 cur.need(pos, pos, f"array {key!r}")
             return pos
 
-    def _name_overrun(self, pos: int, count: int, key: str) -> None:
-        """Walk again with every check, to raise for the exact string that overruns the file."""
+    def _strict_walk(self, pos: int, count: int, key: str) -> int:
+        """Walk again with every check, to raise for the exact string that overruns the file or is
+        longer than llama.cpp allows; returns the end when there is none."""
         cur = self.cur
         unpack = self.u64.unpack_from
         for i in range(count):
-            what = f"string {i} of array {key!r}"
-            cur.need(pos + 8, pos, what)
+            if pos + 8 > len(cur.data):
+                cur.need(pos + 8, pos, f"string {i} of array {key!r}")
             (n,) = unpack(cur.data, pos)
             if n > cur.size - pos - 8:
-                raise TruncatedError(cur.path, pos, f"{what} claims {n:,} bytes, more than the file has left")
+                raise TruncatedError(
+                    cur.path, pos, f"string {i} of array {key!r} claims {n:,} bytes, more than the file has left"
+                )
+            if n > GGUF_MAX_STRING_LENGTH:
+                raise FormatError(
+                    cur.path,
+                    pos,
+                    f"string {i} of array {key!r} claims {n:,} bytes, llama.cpp allows at most {GGUF_MAX_STRING_LENGTH:,}",
+                )
             pos += 8 + n
-        raise TruncatedError(cur.path, pos, f"array {key!r} runs past the end of the file")  # pragma: no cover
+        cur.need(pos, pos, f"array {key!r}")
+        return pos
