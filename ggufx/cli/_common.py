@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # the model and remote layers are imported by the commands th
     from ggufx.io.remote import RemoteConfig
     from ggufx.model import GGUFModel
 
-EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_CHECK_FAILED, EXIT_USAGE = 1, 2  # 0 is success
 
 TABLE_FORMATS = ("simple", "github", "grid", "pipe", "rst", "html", "tsv", "plain")
 

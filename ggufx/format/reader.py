@@ -38,6 +38,7 @@ from ggufx.format.spec import (
     INT64_MAX,
     LLAMA_CPP_VERSION,
     SIZE_MAX,
+    align,
 )
 from ggufx.format.values import SCALAR_FORMAT, SCALAR_SIZE, GGUFArray, ValueType
 
@@ -259,7 +260,7 @@ def _alignment(path: str, kvs: dict[str, KV]) -> int:
 
 def _data_offset(cur: _Cursor, header_end: int, alignment: int, has_tensors: bool) -> int:
     """Where the data section starts: the end of the header rounded up to the alignment (gguf.cpp:780)."""
-    data_offset = -(-header_end // alignment) * alignment
+    data_offset = align(header_end, alignment)
     if has_tensors and data_offset > cur.size:
         raise TruncatedError(
             cur.path,
@@ -307,7 +308,7 @@ def _place_tensors(
                 f"tensor {name!r} has data offset {offset:,}, expected {expected:,} "
                 f"(it {how}; llama.cpp requires tensors packed in order)",
             )
-        padded = -(-nbytes // alignment) * alignment
+        padded = align(nbytes, alignment)
         if offset + padded > data_size:
             size = f"{nbytes:,} bytes" + (f", {padded:,} with its alignment padding" if padded != nbytes else "")
             raise TruncatedError(
@@ -412,13 +413,15 @@ class _Parser:
                     )
             pos += 8 * n_dims
             type_id, offset = struct.unpack_from(bo + "iQ", cur.data, pos)
+            found: GGMLType | None
             if 0 <= type_id < GGML_TYPE_COUNT:
-                gt = ggml_type(type_id)
+                found = ggml_type(type_id)
             else:  # not through ggml_type's cache: a hostile file may hold millions of distinct ids
-                gt = _uncached_type(type_id) if type_id >= 0 else None
-            if gt is None or not gt.known:
-                gt = self._unusual_type(pos, name, type_id, gt)
+                found = _uncached_type(type_id) if type_id >= 0 else None
+            if found is None or not found.known:
+                gt = self._unusual_type(pos, name, type_id, found)
             else:
+                gt = found
                 ne0 = shape[0] if shape else 1  # missing dimensions are 1
                 if ne0 % gt.block_size:
                     raise ValidationError(
