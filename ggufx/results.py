@@ -502,7 +502,7 @@ def report(model: GGUFModel) -> dict[str, Any]:
     from ggufx.chat.sources import special_tokens
 
     s = summarize(model).to_dict()
-    n_train = s["context_length"] or 0
+    n_train = s["context_length"] if isinstance(s["context_length"], int) and 0 < s["context_length"] < 1 << 32 else 0
     ctxs = sorted({c for c in (*REPORT_CONTEXTS, n_train) if c and (not n_train or c <= n_train)})
     try:
         memory = [

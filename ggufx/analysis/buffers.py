@@ -33,7 +33,7 @@ from ggufx.analysis.compute import (
 from ggufx.analysis.hparams import Hparams, hparams, pad
 from ggufx.analysis.layers import LayerKind, layer_kinds
 from ggufx.analysis.placement import CPU, CPU_MAPPED, CPU_REPACK, Device, OffloadParams, Placement, layer_of, place
-from ggufx.errors import InputError
+from ggufx.errors import InputError, ValidationError
 from ggufx.format.ggmltypes import GGMLType, ggml_type_by_name
 from ggufx.model import GGUFModel
 
@@ -157,8 +157,11 @@ def is_cuda(buft: str) -> bool:
     return buft.startswith("CUDA") and not buft.endswith("_Host")
 
 
-def alloc_size(buft: str, t: GGMLType, ne0: int, rows: int) -> int:
-    """Bytes a tensor of ``rows`` rows of ``ne0`` elements takes in a buffer of type ``buft``."""
+def alloc_size(buft: str, t: GGMLType, ne0: int, rows: int, nbytes: int | None = None) -> int:
+    """Bytes a tensor of ``rows`` rows of ``ne0`` elements takes in a buffer of type ``buft``
+    (``nbytes``: the size when the type's is not known, derived from the file's offsets)."""
+    if not t.known or not t.block_size:
+        return pad(nbytes or 0, CUDA_ALIGN if is_cuda(buft) else HOST_ALIGN)
     size = ne0 // t.block_size * t.type_size * rows
     if is_cuda(buft):
         if t.is_quantized and ne0 % MATRIX_ROW_PADDING:
@@ -177,7 +180,7 @@ def weight_buffers(model: GGUFModel, pl: Placement) -> list[Buffer]:
             spans[t.shard] = (min(lo, t.file_offset), max(hi, t.file_offset + t.nbytes))
             continue
         rows = t.n_elements // t.shape[0] if t.shape and t.shape[0] else 1
-        sizes[buft] = sizes.get(buft, 0) + alloc_size(buft, t.type, t.shape[0] if t.shape else 1, rows)
+        sizes[buft] = sizes.get(buft, 0) + alloc_size(buft, t.type, t.shape[0] if t.shape else 1, rows, t.nbytes)
     out = [Buffer("model", CPU_MAPPED, hi - lo) for _shard, (lo, hi) in sorted(spans.items())]
     out += [Buffer("model", b, n) for b, n in sizes.items()]
     if pl.repack:
@@ -193,7 +196,14 @@ def _cache_type(name: str, option: str) -> GGMLType:
 
 
 def kv_buffers(
-    hp: Hparams, kinds: list[LayerKind], pl: Placement, cp: ContextParams, cells: int, swa_cells: int, n_streams: int
+    hp: Hparams,
+    kinds: list[LayerKind],
+    pl: Placement,
+    cp: ContextParams,
+    cells: int,
+    swa_cells: int,
+    n_streams: int,
+    path: str = "",
 ) -> tuple[list[Buffer], dict[bool, tuple[int, int]]]:
     """The KV cache: one buffer per buffer type and cache (the sliding-window layers' cache apart),
     and per cache (sliding window or not) its tensor bytes and layers."""
@@ -216,16 +226,21 @@ def kv_buffers(
             rows = (swa_cells if swa else cells) * n_streams
             v_width = v_max if v_trans else hv * n_kv
             per[buft] = per.get(buft, 0) + alloc_size(buft, tk, hk * n_kv, rows) + alloc_size(buft, tv, v_width, rows)
-            nbytes += (_row(tk, hk * n_kv) + _row(tv, v_width)) * rows
+            nbytes += (_row(tk, hk * n_kv, path) + _row(tv, v_width, path)) * rows
             layers += 1
         out += [Buffer("kv", b, n) for b, n in per.items()]
         stats[swa] = (nbytes, layers)
     return out, stats
 
 
-def _row(t: GGMLType, n: int) -> int:
+def _row(t: GGMLType, n: int, path: str) -> int:
     if n % t.block_size:
-        raise InputError(f"a row of {n} values is not a whole number of {t.name} blocks ({t.block_size})", "-ctk")
+        raise ValidationError(
+            path,
+            None,
+            f"a KV cache row of {n} values (heads x head size) is not a whole number "
+            f"of {t.name} blocks ({t.block_size}): llama.cpp cannot use that cache type",
+        )
     return n // t.block_size * t.type_size
 
 
@@ -272,7 +287,7 @@ def breakdown(model: GGUFModel, devices: list[Device], offload: OffloadParams, c
     if pl.unmatched_overrides:
         raise InputError(f"-ot {pl.unmatched_overrides[0]}: matches no tensor of {model.path}", "-ot")
     buffers = weight_buffers(model, pl)
-    kv, kv_stats = kv_buffers(hp, kinds, pl, cp, n_ctx_seq, swa_cells, n_streams)
+    kv, kv_stats = kv_buffers(hp, kinds, pl, cp, n_ctx_seq, swa_cells, n_streams, model.path)
     buffers += kv
     rs = recurrent_buffers(hp, kinds, pl, cp, max(1, n_seq))
     buffers += rs

@@ -15,6 +15,8 @@ from ggufx.format.spec import align
 from ggufx.format.values import GGUFArray
 from ggufx.model import GGUFModel
 
+LLAMA_MAX_LAYERS = 512  # src/llama-hparams.h: the per-layer arrays are this long
+
 
 def pad(n: int, to: int = 256) -> int:
     """``GGML_PAD(n, to)``: llama.cpp pads context sizes to 256."""
@@ -87,7 +89,7 @@ def hparams(model: GGUFModel) -> Hparams:
                 f"{what}: llama.cpp cannot size this model's memory",
             )
     n_layer = get("block_count")
-    if n_layer > 1 << 16:
+    if n_layer > LLAMA_MAX_LAYERS:
         raise ValidationError(
             model.path, md.kv(f"{a}.block_count").offset, f"{a}.block_count = {n_layer} is not plausible"
         )
@@ -98,7 +100,7 @@ def hparams(model: GGUFModel) -> Hparams:
     head_k = get("attention.key_length", n_embd // h0)
     head_v = get("attention.value_length", n_embd // h0)
     tokens = md.get("tokenizer.ggml.tokens")
-    n_vocab = get("vocab_size", len(tokens) if tokens is not None else 0)
+    n_vocab = get("vocab_size", len(tokens) if isinstance(tokens, GGUFArray) else 0)
     n_ff = max(_arr(model, f"{a}.feed_forward_length", n_layer, 0), default=0)
     # recurrent state sizes, as llama_hparams::n_embd_r / n_embd_s
     d_conv, d_inner = get("ssm.conv_kernel"), get("ssm.inner_size")
@@ -117,7 +119,7 @@ def hparams(model: GGUFModel) -> Hparams:
         n_layer,
         n_embd,
         n_vocab,
-        get("context_length"),
+        n_ctx_train if 0 < (n_ctx_train := get("context_length")) < 1 << 32 else 0,
         n_head,
         n_head_kv,
         head_k,

@@ -13,7 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ggufx.analysis.hparams import LLAMA_MAX_LAYERS
 from ggufx.analysis.roles import ATTENTION_ROLES, RECURRENT_ROLES, parse_name
+from ggufx.errors import ValidationError
 from ggufx.format.ggmltypes import bpw
 from ggufx.format.values import GGUFArray
 from ggufx.model import GGUFModel
@@ -94,7 +96,15 @@ def _per_layer(model: GGUFModel, suffix: str, n: int) -> list[int] | None:
         return None
     v = model.metadata[key]
     if isinstance(v, GGUFArray):
+        if len(v) > LLAMA_MAX_LAYERS:
+            raise ValidationError(
+                model.path,
+                model.metadata.kv(key).offset,
+                f"{key} has {len(v)} entries; llama.cpp allows at most {LLAMA_MAX_LAYERS}",
+            )
         items = v.tolist()
+        if not all(isinstance(x, int) for x in items):  # bools are ints: recurrent_layers is a bool array
+            raise ValidationError(model.path, model.metadata.kv(key).offset, f"{key} must hold integers")
         return [int(x) for x in items[:n]] + [0] * (n - len(items)) if items else None
     if isinstance(v, (int, bool)):
         return [int(v)] * n
@@ -151,6 +161,13 @@ def layer_kinds(model: GGUFModel) -> list[LayerKind]:
     n = model.metadata.get_int(f"{model.architecture}.block_count") or (
         max(roles_by_layer) + 1 if roles_by_layer else 0
     )
+    if not 0 <= n <= LLAMA_MAX_LAYERS:
+        key = f"{model.architecture}.block_count"
+        raise ValidationError(
+            model.path,
+            model.metadata.kv(key).offset if key in model.metadata else None,
+            f"{n} layers: llama.cpp supports at most {LLAMA_MAX_LAYERS}",
+        )
     rec = recurrent_layers(model, n, roles_by_layer)
     swa = swa_layers(model, n)
     kv = _per_layer(model, "attention.head_count_kv", n)

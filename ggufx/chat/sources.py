@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ggufx.errors import FormatError, GGUFError, SourceError
 from ggufx.format.spec import GGUF_MAGIC
+from ggufx.format.values import GGUFArray
 from ggufx.io.sources import is_remote
 
 if TYPE_CHECKING:
@@ -146,6 +147,8 @@ def special_tokens(model) -> tuple[str | None, str | None]:
     md = model.metadata
     out = []
     tokens = md.get("tokenizer.ggml.tokens")
+    if not isinstance(tokens, GGUFArray):
+        tokens = None
     for key in ("tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"):
         tid = md.get_int(key)
         out.append(tokens[tid] if tokens is not None and tid is not None and 0 <= tid < len(tokens) else None)

@@ -6,12 +6,23 @@ Pure: dicts in, strings out (no click, no I/O)."""
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from typing import Any
 
 from ggufx.render import table
+from ggufx.render.table import printable
 
 STR_WIDTH = 72  # string characters shown in tables without --full
+
+
+def _printable(render: Callable[..., str]) -> Callable[..., str]:
+    @functools.wraps(render)
+    def wrapper(*args: Any, **kwargs: Any) -> str:
+        return printable(render(*args, **kwargs))
+
+    return wrapper
 
 
 def human_bytes(n: int) -> str:
@@ -415,3 +426,18 @@ def imatrix_text(res: dict[str, Any], fmt: str = "simple") -> str:
         if res["missing_in_model"]:
             text += f"\nnot in the model: {', '.join(res['missing_in_model'])}"
     return text
+
+
+# every rendering is printable: bytes of the file that were not UTF-8 shown as \xNN escapes
+info_text = _printable(info_text)
+tensors_text = _printable(tensors_text)
+value_text = _printable(value_text)
+meta_text = _printable(meta_text)
+roles_text = _printable(roles_text)
+layers_text = _printable(layers_text)
+recipe_text = _printable(recipe_text)
+diff_text = _printable(diff_text)
+fit_text = _printable(fit_text)
+memory_devices_text = _printable(memory_devices_text)
+memory_check_text = _printable(memory_check_text)
+imatrix_text = _printable(imatrix_text)
