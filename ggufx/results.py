@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from ggufx.analysis.buffers import Breakdown, Buffer, ContextParams
+from ggufx.analysis.buffers import Breakdown, Buffer, ContextParams, MiB
 from ggufx.analysis.placement import Device, OffloadParams
 from ggufx.analysis.summary import summarize
 from ggufx.errors import GGUFError, InputError, SourceError, ValidationError
@@ -354,7 +354,7 @@ def memory_check(
     MiB, ggufx's and the difference. Exact buffers must agree to llama.cpp's printed 0.01 MiB,
     computed ones within ``tolerance``; ``ok`` says whether all do. A draft model's buffers and a
     projector's weights are compared too when given."""
-    from ggufx.analysis.buffers import MiB, breakdown
+    from ggufx.analysis.buffers import breakdown
     from ggufx.analysis.llamalog import parse_log
 
     log = parse_log(log_text)
@@ -399,7 +399,6 @@ def memory_check(
 def _check_rows(
     buffers: list[Buffer], theirs_by_kind: dict[str, dict[str, float]], prefix: str, tolerance: float
 ) -> list[dict[str, Any]]:
-    MiB = 1 << 20
     rows = []
     for kind in ("model", "kv", "recurrent", "output", "compute"):
         theirs = {k: v for k, v in theirs_by_kind.get(prefix + kind, {}).items() if v > 0 or kind != "compute"}

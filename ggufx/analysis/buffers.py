@@ -32,7 +32,17 @@ from ggufx.analysis.compute import (
 )
 from ggufx.analysis.hparams import Hparams, hparams, pad
 from ggufx.analysis.layers import LayerKind, layer_kinds
-from ggufx.analysis.placement import CPU, CPU_MAPPED, CPU_REPACK, Device, OffloadParams, Placement, layer_of, place
+from ggufx.analysis.placement import (
+    CPU,
+    CPU_MAPPED,
+    CPU_REPACK,
+    Device,
+    OffloadParams,
+    Placement,
+    host_buft,
+    layer_of,
+    place,
+)
 from ggufx.errors import InputError, ValidationError
 from ggufx.format.ggmltypes import GGMLType, ggml_type_by_name
 from ggufx.model import GGUFModel
@@ -292,7 +302,7 @@ def breakdown(model: GGUFModel, devices: list[Device], offload: OffloadParams, c
     rs = recurrent_buffers(hp, kinds, pl, cp, max(1, n_seq))
     buffers += rs
     out_dev = pl.output_device
-    host = f"{out_dev.rstrip('0123456789')}_Host" if out_dev is not None else CPU
+    host = host_buft(out_dev)
     buffers.append(Buffer("output", host, 4 * hp.n_vocab * n_seq))
     n_outputs = min(n_ubatch, cp.n_outputs_max or n_batch)
     shape = GraphShape(
@@ -406,22 +416,18 @@ def compute_buffers(
     if not pl.devices:
         return [Buffer("compute", CPU, cpu_compute(hp, cm, s), exact=False)]
     full = pl.n_offloaded == hp.n_layer + 1
-    host_weights = [
-        t
-        for t, buft in pl.tensors
-        if not is_cuda(buft) and len(t.shape) >= 2 and layer_of(t.name, hp.n_layer) != "input"
-    ]
-    out_on_host = pl.output_device is None
-    if out_on_host:  # the output matrix (or the tied embedding) is multiplied on the first GPU
+    biggest = 0  # the largest host weight the first GPU multiplies (op offload) when the output stays on the host
+    if pl.output_device is None:
+        host_weights = [
+            t
+            for t, buft in pl.tensors
+            if not is_cuda(buft) and len(t.shape) >= 2 and layer_of(t.name, hp.n_layer) != "input"
+        ]
         host_weights += [t for t, _ in pl.tensors if t.name in ("output.weight", "token_embd.weight")][-1:]
-    biggest = (
-        max(
-            (alloc_size(pl.devices[0].name, t.type, t.shape[0], t.n_elements // t.shape[0]) for t in host_weights),
-            default=0,
+        gpu = pl.devices[0].name
+        biggest = max(
+            (alloc_size(gpu, t.type, t.shape[0], t.n_elements // t.shape[0]) for t in host_weights), default=0
         )
-        if out_on_host
-        else 0
-    )
     out: list[Buffer] = []
     for i, d in enumerate(pl.devices):
         layers = [il for il in range(hp.n_layer) if pl.layer_device[il] == d.name]
@@ -443,6 +449,7 @@ def compute_buffers(
         out.append(Buffer("compute", d.name, size, exact=False))
     all_masks = masks(s, list(cm.kinds))
     v_rows = hp.head_v * max(hp.n_head_kv, default=0) if v_trans else 0
-    host = f"{pl.devices[0].name.rstrip('0123456789')}_Host"
-    out.append(Buffer("compute", host, host_compute(hp, s, all_masks, v_rows, pipeline), exact=False))
+    out.append(
+        Buffer("compute", host_buft(pl.devices[0].name), host_compute(hp, s, all_masks, v_rows, pipeline), exact=False)
+    )
     return out

@@ -29,7 +29,6 @@ _PARAM = re.compile(
     r"llama_context: (?P<key>n_seq_max|n_ctx|n_ctx_seq|n_batch|n_ubatch|flash_attn|kv_unified)\s+= (?P<v>\S+)"
 )
 KINDS = {"model": "model", "KV": "kv", "RS": "recurrent", "output": "output", "compute": "compute"}
-MiB = 1 << 20
 
 
 @dataclass(slots=True)

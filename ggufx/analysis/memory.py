@@ -17,7 +17,6 @@ from ggufx.analysis.layers import LayerKind
 from ggufx.analysis.placement import Device, OffloadParams
 from ggufx.model import GGUFModel
 
-MiB = 1 << 20
 GPU = "CUDA0"  # the device of the one-GPU view (llama.cpp's name for the first CUDA device)
 
 

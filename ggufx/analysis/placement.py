@@ -87,6 +87,11 @@ class Placement:
         return self.layer_device[self.n_layer]
 
 
+def host_buft(device: str | None) -> str:
+    """The pinned host buffer type of a GPU's backend (``CUDA0`` -> ``CUDA_Host``); ``CPU`` without one."""
+    return f"{device.rstrip('0123456789')}_Host" if device is not None else CPU
+
+
 def layer_of(name: str, n_layer: int) -> int | str:
     """The llama.cpp layer a tensor belongs to: a block index, ``n_layer`` for the output layer,
     ``"input"`` for the input layer or ``"repeating"`` for per-layer duplicates such as rope_freqs."""
@@ -172,7 +177,7 @@ def place(model: GGUFModel, devices: list[Device], p: OffloadParams) -> Placemen
             raise InputError(f"-ot {rx}: invalid regular expression: {e}", "-ot") from None
     hits = {rx.pattern: 0 for rx, _ in patterns}
 
-    host = CPU_MAPPED if p.mmap else (f"{devices[0].name.rstrip('0123456789')}_Host" if devices else CPU)
+    host = CPU_MAPPED if p.mmap else host_buft(devices[0].name if devices else None)
     placement = Placement(devices, n_layer, layer_dev)
 
     def buft_for(t: TensorInfo, layer: int | str) -> str:
