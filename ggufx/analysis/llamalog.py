@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
 
 __all__ = ["LlamaLog", "parse_log"]
 
@@ -45,16 +44,6 @@ class LlamaLog:
     errors: list[str] = field(default_factory=list)
     draft: LlamaLog | None = None  # the draft model's buffers (speculative decoding), if it loaded one
     projector: dict[str, float] = field(default_factory=dict)  # mmproj: "weights" and compute per buffer type
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "buffers": self.buffers,
-            "devices": [{"name": n, "free_mib": f} for n, f in self.devices],
-            "breakdown": self.breakdown,
-            "context": self.context,
-            "pipeline_parallel": self.pipeline_parallel,
-            "errors": self.errors,
-        }
 
 
 def parse_log(text: str) -> LlamaLog:
