@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from .llamacpp_logs import hole_models  # noqa: F401 (a session fixture shared by the memory tests)
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 # tests/fixtures/templates/hostile/NAME.jinja: the RenderError kind that stops each one, and the part

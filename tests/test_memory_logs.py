@@ -11,26 +11,21 @@ compute buffers within 5% wherever ggufx does not itself say its compute figure 
 
 from __future__ import annotations
 
-import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import ggufx
 from ggufx import results
-from ggufx.analysis.buffers import MiB, breakdown
+from ggufx.analysis.buffers import MiB
 from ggufx.analysis.llamaargs import parse_args
 from ggufx.analysis.llamalog import parse_log
-from ggufx.analysis.placement import Device
 from ggufx.errors import InputError
 
 from .conftest import CliRun
+from .llamacpp_logs import LOGS, RUNS, devices_of, replay_run
 
-LOGS = Path(__file__).resolve().parent / "fixtures" / "llamacpp-logs"
-RUNS = json.loads((LOGS / "runs.json").read_text())
 MEASURED = sorted(
     rid
     for rid, r in RUNS.items()
@@ -42,57 +37,6 @@ MEASURED = sorted(
 EXACT = ("model", "kv", "recurrent", "output")
 
 
-@pytest.fixture(scope="session")
-def hole_models(smollm2_path: Path, gemma_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The recorded runs' models: headers written by make_headers.py, files truncated to full size."""
-    out = tmp_path_factory.mktemp("holes")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(LOGS / "make_headers.py"),
-            str(out),
-            "--smollm2",
-            str(smollm2_path),
-            "--gemma",
-            str(gemma_path),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    models = {}
-    for line in (LOGS / "headers-manifest.tsv").read_text().splitlines():
-        name, size, head, sha = line.split("\t")
-        hdr = (out / f"{name}.hdr").read_bytes()
-        assert (len(hdr), hashlib.sha256(hdr).hexdigest()) == (int(head), sha), (
-            f"{name}: not the header llama.cpp loaded"
-        )
-        path = out / f"{name}.gguf"
-        with open(path, "wb") as f:
-            f.write(hdr)
-            f.truncate(int(size))
-        models[name] = path
-    return models
-
-
-def _devices(run: dict, log_devices: list[tuple[str, int]]) -> list[Device]:
-    """The GPUs llama.cpp saw: CUDA0..N-1 as CUDA_VISIBLE_DEVICES numbered them, with the free memory
-    the log reports (the default split follows it)."""
-    if run["gpus"] == "cpu" or "-dev none" in run["args"]:
-        return []
-    free = dict(log_devices)
-    first = next(iter(free.values()))
-    return [Device(f"CUDA{i}", free.get(f"CUDA{i}", first) * MiB) for i in range(int(run["gpus"]))]
-
-
-def _run(rid: str, models: dict[str, Path]):
-    run = RUNS[rid]
-    log = parse_log((LOGS / f"{rid}.log").read_text())
-    args = parse_args(run["args"].replace("@", ""), server=run["tool"] == "server")
-    model = ggufx.open(models[args.model])
-    return run, log, breakdown(model, _devices(run, log.devices), args.offload, args.context)
-
-
 @pytest.mark.parametrize("rid", MEASURED)
 def test_buffers_match_llama_cpp(rid: str, hole_models: dict[str, Path]) -> None:
     """`mem --check`'s comparison of every buffer in the log, the draft model's and projector's too."""
@@ -102,7 +46,7 @@ def test_buffers_match_llama_cpp(rid: str, hole_models: dict[str, Path]) -> None
     res = results.memory_check(
         ggufx.open(hole_models[args.model]),
         text,
-        gpus=_devices(run, parse_log(text).devices),
+        gpus=devices_of(run, parse_log(text).devices),
         offload=args.offload,
         context=args.context,
         draft_offload=args.draft_offload,
@@ -158,7 +102,7 @@ def test_split_mode_row_is_refused_like_llama_cpp(rid: str, hole_models: dict[st
     log = parse_log((LOGS / f"{rid}.log").read_text())
     assert "device CUDA0 does not support split buffers" in " ".join(log.errors)
     with pytest.raises(InputError, match="does not support split buffers"):
-        _run(rid, hole_models)
+        replay_run(rid, hole_models)
 
 
 def test_mem_check_cli_agrees_and_fails_on_a_wrong_option(cli: CliRun, hole_models: dict[str, Path]) -> None:

@@ -1,0 +1,72 @@
+"""The recorded llama.cpp runs of tests/fixtures/llamacpp-logs: their index, the header-only models
+they loaded (rebuilt byte-identical from the real GGUF files) and a run replayed through ggufx."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import ggufx
+from ggufx.analysis.buffers import MiB, breakdown
+from ggufx.analysis.llamaargs import parse_args
+from ggufx.analysis.llamalog import parse_log
+from ggufx.analysis.placement import Device
+
+LOGS = Path(__file__).resolve().parent / "fixtures" / "llamacpp-logs"
+RUNS = json.loads((LOGS / "runs.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def hole_models(smollm2_path: Path, gemma_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The recorded runs' models: headers written by make_headers.py, files truncated to full size."""
+    out = tmp_path_factory.mktemp("holes")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(LOGS / "make_headers.py"),
+            str(out),
+            "--smollm2",
+            str(smollm2_path),
+            "--gemma",
+            str(gemma_path),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    models = {}
+    for line in (LOGS / "headers-manifest.tsv").read_text().splitlines():
+        name, size, head, sha = line.split("\t")
+        hdr = (out / f"{name}.hdr").read_bytes()
+        assert (len(hdr), hashlib.sha256(hdr).hexdigest()) == (int(head), sha), (
+            f"{name}: not the header llama.cpp loaded"
+        )
+        path = out / f"{name}.gguf"
+        with open(path, "wb") as f:
+            f.write(hdr)
+            f.truncate(int(size))
+        models[name] = path
+    return models
+
+
+def devices_of(run: dict, log_devices: list[tuple[str, int]]) -> list[Device]:
+    """The GPUs llama.cpp saw: CUDA0..N-1 as CUDA_VISIBLE_DEVICES numbered them, with the free memory
+    the log reports (the default split follows it)."""
+    if run["gpus"] == "cpu" or "-dev none" in run["args"]:
+        return []
+    free = dict(log_devices)
+    first = next(iter(free.values()))
+    return [Device(f"CUDA{i}", free.get(f"CUDA{i}", first) * MiB) for i in range(int(run["gpus"]))]
+
+
+def replay_run(rid: str, models: dict[str, Path]):
+    run = RUNS[rid]
+    log = parse_log((LOGS / f"{rid}.log").read_text())
+    args = parse_args(run["args"].replace("@", ""), server=run["tool"] == "server")
+    model = ggufx.open(models[args.model])
+    return run, log, breakdown(model, devices_of(run, log.devices), args.offload, args.context)
