@@ -124,6 +124,7 @@ def tensors(
     """Tensors filtered by ggml type names, a regular expression searched in the name and a layer
     range; sorted; then the page ``[offset, offset + limit)``. ``count`` is the number that matched;
     with a limit, ``next_offset`` is where the next page starts (null after the last)."""
+    from ggufx.analysis.filekind import file_kind
     from ggufx.analysis.roles import parse_name
     from ggufx.format.ggmltypes import ggml_type_by_name
 
@@ -156,7 +157,7 @@ def tensors(
                 continue
         selected.append(t)
     selected.sort(key=_sort_key(sort))
-    out: dict[str, Any] = {"path": model.path, "count": len(selected)}
+    out: dict[str, Any] = {"path": model.path, "kind": file_kind(model), "count": len(selected)}
     if limit is None and offset == 0:
         out["tensors"] = [tensor_dict(t) for t in selected]
         return out
@@ -175,30 +176,65 @@ def tensors(
 
 def meta(model: GGUFModel, key: str | None = None, full: bool = False) -> dict[str, Any]:
     """All keys (arrays summarised unless ``full``), or one key's record with its whole value."""
+    from ggufx.analysis.filekind import file_kind
+
     md = model.metadata
     if key is None:
-        return {"path": model.path, "metadata": {kv.key: kv_dict(kv, full) for kv in md.kvs()}}
+        return {
+            "path": model.path,
+            "kind": file_kind(model),
+            "metadata": {kv.key: kv_dict(kv, full) for kv in md.kvs()},
+        }
     if key not in md:
         raise InputError(f"{model.path}: no metadata key {key!r} (`ggufx meta {model.path}` lists them)", "KEY")
     return {"key": key, **kv_dict(md.kv(key), True)}
 
 
 def roles(model: GGUFModel) -> dict[str, Any]:
+    """Where the bits go, per role; a companion file's roles are those of the model tensors it
+    adapts or measures (``attn_q.lora_a``, ``attn_q.in_sum2``) or its towers' (``v.attn_q``)."""
+    from ggufx.analysis.filekind import file_kind
     from ggufx.analysis.roles import role_table
 
-    return {"path": model.path, "roles": [r.to_dict() for r in role_table(model)]}
+    return {"path": model.path, "kind": file_kind(model), "roles": [r.to_dict() for r in role_table(model)]}
 
 
 def layers(model: GGUFModel, collapse: bool = True) -> dict[str, Any]:
+    """The layer grid; for a companion file the layers it holds or covers
+    (:func:`ggufx.analysis.layers.companion_grid`)."""
+    from ggufx.analysis.filekind import file_kind
     from ggufx.analysis.layers import layer_grid
 
-    return {"path": model.path, **layer_grid(model, collapse=collapse).to_dict()}
+    kind = file_kind(model)
+    return {"path": model.path, "kind": kind, **layer_grid(model, collapse=collapse, kind=kind).to_dict()}
 
 
-def recipe(model: GGUFModel) -> dict[str, Any]:
+def recipe(model: GGUFModel, imatrix_file: GGUFModel | None = None, budget_bpw: float | None = None) -> dict[str, Any]:
+    """``ggufx recipe``: the llama-quantize recipe that reproduces ``model``'s types; with an
+    importance matrix and a budget (BPW as llama.cpp prints it), the ``--tensor-type`` promotions
+    of the most important tensors that fit it (``analysis.promotion``), as one command."""
     from ggufx.analysis.recipe import check_recipe
     from ggufx.analysis.recipe import recipe as make_recipe
 
+    if (imatrix_file is None) != (budget_bpw is None):
+        raise InputError("--imatrix and --budget go together", "--budget")
+    if imatrix_file is not None and budget_bpw is not None:
+        from ggufx.analysis.companions import imatrix_coverage
+        from ggufx.analysis.promotion import Importance, plan
+
+        stats = imatrix(imatrix_file)  # a file that is not an imatrix fails here, naming it
+        if (why := imatrix_coverage(model, imatrix_file)) is not None:
+            raise ValidationError(imatrix_file.path, None, f"not an imatrix for {model.path}: {why}")
+        importance = {
+            r["name"]: Importance(r["importance"], r["rank"], r["role_count"])
+            for r in stats["tensors"]
+            if r["importance"] is not None
+        }
+        try:
+            p = plan(model, importance, budget_bpw, imatrix_file.path)
+        except ValueError as e:
+            raise InputError(f"{model.path}: {e}", "--budget") from None
+        return {"path": model.path, **p.to_dict()}
     rec = make_recipe(model)
     d = rec.to_dict()
     d["path"] = model.path
@@ -493,37 +529,50 @@ REPORT_CONTEXTS = (4096, 32768, 131072)  # and the training context, where it is
 def report(model: GGUFModel) -> dict[str, Any]:
     """Everything ``ggufx report`` shows: summary, roles, the layer grid (collapsed, and one row per
     layer for the heat map in ``layer_map``), memory at a few contexts for f16/q8_0/q4_0 caches,
-    and the chat template's facts."""
+    and the chat template's facts. A companion file (projector, adapter, imatrix...) gets its
+    ``companion`` summary and grid instead of a language model's memory and template."""
+    from ggufx.analysis.filekind import companion_summary, file_kind
     from ggufx.analysis.layers import layer_grid
-    from ggufx.analysis.memory import estimate
     from ggufx.analysis.roles import role_table
+
+    s = summarize(model).to_dict()
+    kind = file_kind(model)
+    is_model = kind == "model"
+    return {
+        "kind": kind,
+        "summary": s,
+        "companion": companion_summary(model, kind),
+        "roles": [r.to_dict() for r in role_table(model)],
+        "layers": layer_grid(model, kind=kind).to_dict(),
+        "memory": _report_memory(model, s["context_length"]) if is_model else [],
+        "chat_template": _report_template(model) if is_model else None,
+        "layer_map": layer_grid(model, collapse=False, kind=kind).to_dict(),
+    }
+
+
+def _report_memory(model: GGUFModel, context_length: Any) -> list[dict[str, Any]]:
+    """One GPU, everything offloaded, at the report's contexts (up to the training context)."""
+    from ggufx.analysis.memory import estimate
+
+    n_train = context_length if isinstance(context_length, int) and 0 < context_length < 1 << 32 else 0
+    ctxs = sorted({c for c in (*REPORT_CONTEXTS, n_train) if c and (not n_train or c <= n_train)})
+    try:
+        return [
+            estimate(model, c, cache_type_k=ct, cache_type_v=ct).to_dict() for c in ctxs for ct in ("f16", "q8_0", "q4_0")
+        ]
+    except GGUFError:  # a file llama.cpp cannot size (no block count...): the rest of the page still stands
+        return []
+
+
+def _report_template(model: GGUFModel) -> dict[str, Any] | None:
     from ggufx.chat.dialect import analyze
     from ggufx.chat.sources import special_tokens
 
-    s = summarize(model).to_dict()
-    n_train = s["context_length"] if isinstance(s["context_length"], int) and 0 < s["context_length"] < 1 << 32 else 0
-    ctxs = sorted({c for c in (*REPORT_CONTEXTS, n_train) if c and (not n_train or c <= n_train)})
-    try:
-        memory = [
-            estimate(model, c, cache_type_k=ct, cache_type_v=ct).to_dict()
-            for c in ctxs
-            for ct in ("f16", "q8_0", "q4_0")
-        ]
-    except GGUFError:  # a file llama.cpp cannot size (no block count...): the rest of the page still stands
-        memory = []
     tmpl = model.metadata.get_str("tokenizer.chat_template")
-    info = None
-    if tmpl is not None:
-        bos, eos = special_tokens(model)
-        info = analyze(tmpl, {"bos_token": bos or "", "eos_token": eos or ""}).to_dict()
-    return {
-        "summary": s,
-        "roles": [r.to_dict() for r in role_table(model)],
-        "layers": layer_grid(model).to_dict(),
-        "memory": memory,
-        "chat_template": info,
-        "layer_map": layer_grid(model, collapse=False).to_dict(),
-    }
+    if tmpl is None:
+        return None
+    bos, eos = special_tokens(model)
+    return analyze(tmpl, {"bos_token": bos or "", "eos_token": eos or ""}).to_dict()
 
 
 # -- chat templates ----------------------------------------------------------------------------

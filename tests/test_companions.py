@@ -86,6 +86,70 @@ def test_model_text_has_no_kind_line(cli: CliRun, base: Path) -> None:
     assert json.loads(cli("info", "--json", str(base)).stdout)["kind"] == "model"
 
 
+def test_roles_and_layers_of_companions(cli: CliRun, tmp_path: Path) -> None:
+    """An adapter's and an imatrix's roles are the model roles they touch, with the factor or the
+    statistic they hold; their grids are the model layers they cover; a control vector's rows are
+    its directions' layers."""
+    lora = cf.write_lora(tmp_path / "lora.gguf", {ATTN_Q: (64, 64), FFN_UP: (64, 128)}, rank=4)
+    im = cf.write_imatrix(tmp_path / "im.gguf", {ATTN_Q: ([1.0] * 64, 4.0), "blk.2.ffn_up.weight": ([1.0] * 64, 4.0)})
+    cv = cf.write_control_vector(tmp_path / "cv.gguf", layers=3)
+    roles = json.loads(cli("roles", "--json", str(lora)).stdout)
+    assert roles["kind"] == "adapter"
+    assert sorted(r["role"] for r in roles["roles"]) == [
+        "attn_q.lora_a",
+        "attn_q.lora_b",
+        "ffn_up.lora_a",
+        "ffn_up.lora_b",
+    ]
+    grid = json.loads(cli("layers", "--json", str(lora)).stdout)
+    assert grid["roles"] == ["attn_q.lora_a", "attn_q.lora_b", "ffn_up.lora_a", "ffn_up.lora_b"]
+    assert [(r["first"], r["kind"], r["types"]) for r in grid["layers"]] == [
+        (0, "LoRA", {"attn_q.lora_a": "F32", "attn_q.lora_b": "F32", "ffn_up.lora_a": "", "ffn_up.lora_b": ""}),
+        (1, "LoRA", {"attn_q.lora_a": "", "attn_q.lora_b": "", "ffn_up.lora_a": "F32", "ffn_up.lora_b": "F32"}),
+    ]
+    text = cli("layers", str(lora)).stdout
+    assert text.rstrip().endswith("2 layers in this adapter file: 2 LoRA")
+    assert {r["role"] for r in json.loads(cli("roles", "--json", str(im)).stdout)["roles"]} == {
+        "attn_q.in_sum2",
+        "attn_q.counts",
+        "ffn_up.in_sum2",
+        "ffn_up.counts",
+    }
+    ig = json.loads(cli("layers", "--json", str(im)).stdout)
+    assert (ig["kind"], ig["roles"], ig["layer_kinds"]) == ("imatrix", ["attn_q", "ffn_up"], {"imatrix entries": 2})
+    assert [(r["first"], r["types"]) for r in ig["layers"]] == [
+        (0, {"attn_q": "F32", "ffn_up": ""}),
+        (2, {"attn_q": "", "ffn_up": "F32"}),
+    ]
+    cg = json.loads(cli("layers", "--json", str(cv)).stdout)
+    assert [(r["first"], r["last"], r["kind"]) for r in cg["layers"]] == [(1, 3, "control vector")]
+    for command in ("tensors", "meta"):
+        assert json.loads(cli(command, "--json", str(im)).stdout)["kind"] == "imatrix"
+
+
+def test_projector_towers_and_report(cli: CliRun, hole_models: dict[str, Path], tmp_path: Path) -> None:
+    """The Qwen3.6 27B projector: its 27 vision blocks are its layers; the report describes the
+    projector instead of a language model's memory and chat template."""
+    mm = str(hole_models["mmproj-qwen36-27b"])
+    grid = json.loads(cli("layers", "--json", mm).stdout)
+    assert grid["kind"] == "projector"
+    assert grid["layer_kinds"] == {"vision encoder": 27}
+    assert [(r["first"], r["last"]) for r in grid["layers"]] == [(0, 26)]
+    assert {"attn_qkv", "attn_out", "ffn_up", "ffn_down"} <= set(grid["roles"])
+    roles = {r["role"]: r for r in json.loads(cli("roles", "--json", mm).stdout)["roles"]}
+    assert roles["v.ffn_up"]["layers"] == 27 and roles["v.ffn_up"]["types"] == {"F16": 27}
+    rep = json.loads(cli("report", "--json", mm).stdout)
+    assert (rep["kind"], rep["memory"], rep["chat_template"]) == ("projector", [], None)
+    assert rep["companion"]["vision"]["projection_dim"] == 5120
+    md = cli("report", "--format", "md", mm).stdout
+    assert "## Multimodal projector" in md and "| vision projection dim | 5,120 |" in md
+    assert "## Memory" not in md and "## Chat template" not in md
+    html = tmp_path / "mm.html"
+    assert cli("report", mm, "-o", str(html)).exit_code == 0
+    page = html.read_text()
+    assert '<table class="facts" id="companion">' in page and "<h2>Memory</h2>" not in page
+
+
 # -- ggufx imatrix -------------------------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from ggufx.analysis.scan import scan
 
+from . import companion_files as cf
 from .conftest import FIXTURES, CliRun
 
 
@@ -103,3 +105,68 @@ def test_scan_reports_template_errors(cli: CliRun, tmp_path: Path) -> None:
     assert any(x.startswith("template syntax") for x in row.problems)
     (row,) = scan([str(d)], lint_templates=False)
     assert row.problems == []
+
+
+def test_scan_pairs_companions_with_the_models_beside_them(cli: CliRun, tmp_path: Path) -> None:
+    """A repository folder: two quants, a projector and an adapter that fit them, a projector for
+    another model; a lone projector elsewhere is no problem."""
+    repo, alone = tmp_path / "repo", tmp_path / "alone"
+    repo.mkdir()
+    alone.mkdir()
+    cf.write_base(repo / "m-Q8_0.gguf")
+    cf.write_base(repo / "m-F16.gguf")
+    cf.write_projector(repo / "mmproj-F16.gguf", projection_dim=64)
+    cf.write_projector(repo / "mmproj-other.gguf", projection_dim=128)
+    cf.write_lora(repo / "lora.gguf", {"blk.0.attn_q.weight": (64, 64)})
+    cf.write_control_vector(repo / "cv.gguf", n_embd=32, layers=2)
+    cf.write_projector(alone / "mmproj.gguf")
+    r = cli("scan", "--json", "--no-lint", str(tmp_path))
+    assert r.exit_code == 1, r.output
+    rows = {Path(m["name"]).name: m for m in json.loads(r.stdout)["models"]}
+    models = [str(repo / "m-F16.gguf"), str(repo / "m-Q8_0.gguf")]
+    assert {n: m["kind"] for n, m in rows.items()} == {
+        "m-Q8_0.gguf": "model",
+        "m-F16.gguf": "model",
+        "mmproj-F16.gguf": "projector",
+        "mmproj-other.gguf": "projector",
+        "lora.gguf": "adapter",
+        "cv.gguf": "control-vector",
+        "mmproj.gguf": "projector",
+    }
+    assert sorted(rows["mmproj-F16.gguf"]["companion_of"]) == models and not rows["mmproj-F16.gguf"]["problems"]
+    assert sorted(rows["lora.gguf"]["companion_of"]) == models
+    assert sorted(rows["m-F16.gguf"]["companions"]) == [str(repo / "lora.gguf"), str(repo / "mmproj-F16.gguf")]
+    other = rows["mmproj-other.gguf"]
+    assert other["companion_of"] == [] and len(other["mismatches"]) == 2
+    assert {m["reason"] for m in other["mismatches"]} == {
+        "the projector projects to 128 but the model's embedding is 64"
+    }
+    assert other["problems"][0].startswith("fits none of the 2 model(s) beside it;")
+    cv = rows["cv.gguf"]
+    assert cv["mismatches"][0]["reason"] == "its directions have 32 values but the model's embedding is 64"
+    assert rows["mmproj.gguf"]["problems"] == [] and rows["mmproj.gguf"]["mismatches"] == []
+    text = cli("scan", "--no-lint", str(tmp_path)).stdout
+    assert f"projector {repo / 'mmproj-F16.gguf'}: fits 2 of 2 model(s)" in text
+    assert text.rstrip().endswith("2 model(s), 5 companion file(s), 2 with problems")
+
+
+def test_scan_pairs_an_ollama_projector_with_its_model(tmp_path: Path) -> None:
+    """Ollama keeps a vision model's projector as a layer of the same manifest."""
+    store = tmp_path / "ollama"
+    (store / "blobs").mkdir(parents=True)
+    blobs = {}
+    for part, write in (("model", cf.write_base), ("projector", cf.write_projector)):
+        digest = "sha256:" + hashlib.sha256(part.encode()).hexdigest()
+        write(store / "blobs" / digest.replace(":", "-"))
+        blobs[part] = digest
+    mdir = store / "manifests" / "registry.ollama.ai" / "library" / "vis"
+    mdir.mkdir(parents=True)
+    layers = [
+        {"mediaType": "application/vnd.ollama.image.model", "digest": blobs["model"], "size": 1},
+        {"mediaType": "application/vnd.ollama.image.projector", "digest": blobs["projector"], "size": 1},
+    ]
+    (mdir / "latest").write_text(json.dumps({"schemaVersion": 2, "layers": layers}))
+    rows = {r.name: r for r in scan([str(store)], lint_templates=False)}
+    assert {n: r.kind for n, r in rows.items()} == {"vis:latest": "model", "vis:latest (projector)": "projector"}
+    assert rows["vis:latest (projector)"].companion_of == ["vis:latest"]
+    assert rows["vis:latest"].companions == ["vis:latest (projector)"]

@@ -15,6 +15,9 @@ speculative decoding (``-md``). Whether llama.cpp accepts the pair, from headers
   importance data of ``ne[0] x ne[2]`` values (``llama_model_quantize_impl``), except
   ``token_embd``/``output`` which never require one (``tensor_requires_imatrix``) and which
   llama-imatrix does not collect by default.
+* Control vector: ``common_control_vector_load_one`` (``common/common.cpp``): tensors ``direction.N``
+  with N >= 1, F32, one dimension, all of one length, which ``llama_adapter_cvec::apply``
+  (``src/llama-adapter.cpp``) requires to equal the model's ``n_embd``.
 """
 
 from __future__ import annotations
@@ -163,4 +166,24 @@ def imatrix_coverage(model: GGUFModel, imatrix: GGUFModel) -> str | None:
         return f"{len(missing)} quantizable tensor(s) have no importance data: {', '.join(missing[:5])}" + (
             " ..." if len(missing) > 5 else ""
         )
+    return None
+
+
+def control_vector_incompatibility(model: GGUFModel, cvec: GGUFModel) -> str | None:
+    """Why llama.cpp would skip or refuse ``cvec`` for ``model`` (None: it applies)."""
+    if file_kind(cvec) != "control-vector":
+        return f"{cvec.path} is not a control vector (its kind is {file_kind(cvec)})"
+    lengths: set[int] = set()
+    for t in cvec.tensors:
+        layer = t.name.partition(".")[2]
+        if not t.name.startswith("direction.") or not layer.isdigit() or int(layer) == 0:
+            return f"'{t.name}' is not a direction tensor of a layer from 1 up (llama.cpp skips the file)"
+        if t.type.name != "F32" or ggml_n_dims(t.shape) != 1:
+            return f"'{t.name}' must be a one-dimensional F32 tensor (llama.cpp skips the file)"
+        lengths.add(t.n_elements)
+    if len(lengths) > 1:
+        return f"its directions have different lengths ({', '.join(map(str, sorted(lengths)))})"
+    n_embd = hparams(model).n_embd
+    if lengths and (length := lengths.pop()) != n_embd:
+        return f"its directions have {length} values but the model's embedding is {n_embd}"
     return None

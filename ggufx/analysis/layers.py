@@ -226,9 +226,13 @@ class LayerGrid:
     kinds: list[LayerKind] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
+        """Layers per kind: the model's mixers, or a companion file's row kinds."""
         out: dict[str, int] = {}
         for k in self.kinds:
             out[k.mixer] = out.get(k.mixer, 0) + 1
+        if not self.kinds:
+            for r in self.rows:
+                out[r.kind] = out.get(r.kind, 0) + r.last - r.first + 1
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -242,8 +246,13 @@ class LayerGrid:
         }
 
 
-def layer_grid(model: GGUFModel, collapse: bool = True) -> LayerGrid:
-    """One row per block (identical neighbours collapsed): kind and the type of each weight role."""
+def layer_grid(model: GGUFModel, collapse: bool = True, kind: str = "model") -> LayerGrid:
+    """One row per block (identical neighbours collapsed): kind and the type of each weight role.
+
+    ``kind`` is the file's (:func:`ggufx.analysis.filekind.file_kind`): a companion file's grid is
+    the one of :func:`companion_grid`."""
+    if kind != "model":
+        return companion_grid(model, kind, collapse)
     kinds = layer_kinds(model)
     roles: list[str] = []
     per: dict[int, dict[str, str]] = {}
@@ -270,3 +279,42 @@ def layer_grid(model: GGUFModel, collapse: bool = True) -> LayerGrid:
         else:
             rows.append(LayerRow(k.index, k.index, k.label, types, p, b))
     return LayerGrid(roles, rows, kinds)
+
+
+# what a row of a companion file's grid is, by the file's kind
+_COMPANION_ROW = {"adapter": "LoRA", "imatrix": "imatrix entries", "control-vector": "control vector"}
+
+
+def companion_grid(model: GGUFModel, kind: str, collapse: bool = True) -> LayerGrid:
+    """The layers a companion file holds: a projector's encoder blocks (``v.blk.N`` / ``a.blk.N``,
+    one group per tower), or the model layers an adapter, an importance matrix or a control vector
+    covers. The cells are the tensors' types, per role; an adapter's two factors are their own
+    columns (``attn_q.lora_a``, ``attn_q.lora_b``), an imatrix's sums stand for their pair."""
+    cells: dict[tuple[str | None, int], dict[str, str]] = {}
+    size: dict[tuple[str | None, int], list[int]] = {}
+    roles: list[str] = []
+    for t in model.tensors:
+        r = parse_name(t.name)
+        if r.layer is None or r.kind == "counts":
+            continue
+        key = (r.tower, r.layer)
+        s = size.setdefault(key, [0, 0])
+        s[0] += t.n_elements
+        s[1] += t.nbytes
+        if r.kind not in ("weight", "", "lora_a", "lora_b", "in_sum2"):
+            continue
+        role = f"{r.role}.{r.kind}" if r.kind in ("lora_a", "lora_b") else r.role
+        if role not in roles:
+            roles.append(role)
+        cells.setdefault(key, {})[role] = t.type.name
+    rows: list[LayerRow] = []
+    for tower, layer in sorted(size, key=lambda k: (k[0] or "", k[1])):
+        label = f"{tower} encoder" if tower else _COMPANION_ROW.get(kind, kind)
+        types = {role: cells.get((tower, layer), {}).get(role, "") for role in roles}
+        p, b = size[(tower, layer)]
+        prev = rows[-1] if rows else None
+        if collapse and prev and prev.kind == label and prev.types == types and prev.last == layer - 1:
+            rows[-1] = LayerRow(prev.first, layer, label, types, prev.parameters + p, prev.bytes + b)
+        else:
+            rows.append(LayerRow(layer, layer, label, types, p, b))
+    return LayerGrid(roles, rows)

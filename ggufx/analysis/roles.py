@@ -137,8 +137,24 @@ class TensorRole:
         return self.role.endswith(("_exps", "_shexp", "_chexps"))
 
 
+# what companion files append to a model tensor's name: a LoRA adapter's two factors
+# (src/llama-adapter.cpp) and an importance matrix's sums and counts (tools/imatrix/imatrix.cpp)
+COMPANION_SUFFIXES = ("lora_a", "lora_b", "in_sum2", "counts")
+_DIRECTION = re.compile(r"^direction\.(\d+)$")  # a control vector's direction for layer N
+
+
 def parse_name(name: str) -> TensorRole:
-    """``blk.12.ffn_up.weight`` -> (12, ffn_up, weight); unknown roles are kept as written."""
+    """``blk.12.ffn_up.weight`` -> (12, ffn_up, weight); unknown roles are kept as written.
+
+    Companion files name their tensors after the model's: ``blk.3.attn_q.weight.lora_a`` ->
+    (3, attn_q, lora_a), ``blk.3.attn_q.weight.in_sum2`` -> (3, attn_q, in_sum2), a control
+    vector's ``direction.3`` -> (3, direction, "")."""
+    base, dot, suffix = name.rpartition(".")
+    if dot and suffix in COMPANION_SUFFIXES and base:
+        r = parse_name(base.removesuffix(".weight"))
+        return TensorRole(r.layer, r.role, suffix, r.tower)
+    if m := _DIRECTION.match(name):
+        return TensorRole(int(m[1]), "direction", "")
     m = _BLOCK.match(name)
     if m:
         tower = TOWERS.get(m["tower"]) if m["tower"] else None

@@ -9,6 +9,13 @@
 
 Header-only and fault-tolerant: a corrupt file or a missing shard is a row with a problem, never
 the end of the scan. Chat template facts are computed once per distinct template.
+
+Companion files (a projector, LoRA adapter, importance matrix or control vector: the header says
+which, :mod:`ggufx.analysis.filekind`) are grouped with the models they sit beside: the same
+folder (a Hugging Face repository keeps a model's quants and its ``mmproj-*.gguf`` in one folder),
+or the same Ollama manifest (its projector and adapter layers). Each companion is checked against
+each model of its group with llama.cpp's loading rules (:mod:`ggufx.analysis.companions`); a pair
+that does not fit is listed, and a companion that fits none of its models is a problem.
 """
 
 from __future__ import annotations
@@ -16,10 +23,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ggufx.analysis.filekind import file_kind
 from ggufx.analysis.summary import summarize
 from ggufx.errors import GGUFError
 from ggufx.model.shards import SHARD_RE
@@ -29,6 +37,11 @@ if TYPE_CHECKING:
     from ggufx.model import GGUFModel
 
 OLLAMA_MODEL_LAYER = "application/vnd.ollama.image.model"
+# the other GGUF layers of an Ollama manifest, named after the model as "NAME:TAG (projector)"
+OLLAMA_COMPANION_LAYERS = {
+    "application/vnd.ollama.image.projector": "projector",
+    "application/vnd.ollama.image.adapter": "adapter",
+}
 
 
 @dataclass(slots=True)
@@ -44,9 +57,19 @@ class ScanRow:
     file_bytes: int | None = None
     dialect: str | None = None
     problems: list[str] = field(default_factory=list)
+    group: str = ""  # the folder, repository folder or Ollama manifest the file belongs to
+    kind: str | None = None  # filekind.KINDS; None when the header could not be read
+    companions: list[str] = field(default_factory=list)  # a model's: the companions that fit it
+    companion_of: list[str] = field(default_factory=list)  # a companion's: the models it fits
+    mismatches: list[dict[str, str]] = field(default_factory=list)  # a companion's: {model, reason}
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "kind": self.kind,
+            "group": self.group,
+            "companions": self.companions,
+            "companion_of": self.companion_of,
+            "mismatches": self.mismatches,
             "name": self.name,
             "path": self.path,
             "source": self.source,
@@ -66,7 +89,8 @@ def default_ollama() -> str:
 
 
 def _ollama_models(root: str) -> Iterator[tuple[str, str]]:
-    """(name, blob path) for every model layer named by a manifest."""
+    """(name, blob path) for every GGUF layer named by a manifest: the model as ``NAME:TAG``, its
+    projector and adapters as ``NAME:TAG (projector)``, ``NAME:TAG (adapter)``."""
     mdir = os.path.join(root, "manifests")
     for dirpath, _, files in os.walk(mdir):
         for tag in files:
@@ -86,12 +110,13 @@ def _ollama_models(root: str) -> Iterator[tuple[str, str]]:
                 else f"{host}/{ns}/{name}:{tag}"
             )
             for layer in doc.get("layers", []) if isinstance(doc, dict) else []:
-                if (
-                    isinstance(layer, dict)
-                    and layer.get("mediaType") == OLLAMA_MODEL_LAYER
-                    and isinstance(layer.get("digest"), str)
-                ):
-                    yield label, os.path.join(root, "blobs", layer["digest"].replace(":", "-"))
+                if not isinstance(layer, dict) or not isinstance(layer.get("digest"), str):
+                    continue
+                media = layer.get("mediaType")
+                part = "" if media == OLLAMA_MODEL_LAYER else OLLAMA_COMPANION_LAYERS.get(str(media))
+                if part is not None:
+                    name = f"{label} ({part})" if part else label
+                    yield name, os.path.join(root, "blobs", layer["digest"].replace(":", "-"))
 
 
 def _hf_name(path: str) -> str | None:
@@ -103,10 +128,11 @@ def _hf_name(path: str) -> str | None:
     return None
 
 
-def discover(roots: list[str], remote: RemoteConfig | None = None) -> list[tuple[str, str, str]]:
-    """(name, path, source) for each model: one entry per unsplit file or per split set.
-    ``remote``: the options for listing ``hf://`` repositories (default ``ggufx.io.remote.CONFIG``)."""
-    found: list[tuple[str, str, str]] = []
+def discover(roots: list[str], remote: RemoteConfig | None = None) -> list[tuple[str, str, str, str]]:
+    """(name, path, source, group) for each GGUF file: one entry per unsplit file or per split set;
+    ``group`` is its folder (or Ollama manifest). ``remote``: the options for listing ``hf://``
+    repositories (default ``ggufx.io.remote.CONFIG``)."""
+    found: list[tuple[str, str, str, str]] = []
     seen: set[str] = set()
     for root in roots:
         if root.startswith("hf://"):
@@ -114,7 +140,7 @@ def discover(roots: list[str], remote: RemoteConfig | None = None) -> list[tuple
             continue
         if os.path.isdir(os.path.join(root, "manifests")) and os.path.isdir(os.path.join(root, "blobs")):
             for name, blob in _ollama_models(root):
-                found.append((name, blob, "ollama"))
+                found.append((name, blob, "ollama", name.partition(" (")[0]))
                 seen.add(os.path.realpath(blob))
             continue
         for dirpath, dirnames, files in os.walk(root, followlinks=False):
@@ -135,21 +161,23 @@ def discover(roots: list[str], remote: RemoteConfig | None = None) -> list[tuple
                     groups.setdefault(os.path.join(dirpath, m["prefix"]), []).append(path)
                     continue
                 hf = _hf_name(path)
-                found.append((hf or path, path, "hf-cache" if hf else "file"))
+                found.append((hf or path, path, "hf-cache" if hf else "file", dirpath))
             for prefix, paths in groups.items():
                 first = sorted(paths)[0]
                 hf = _hf_name(first)
-                found.append(((hf or prefix) + f" ({len(paths)} shards found)", first, "hf-cache" if hf else "file"))
+                name = (hf or prefix) + f" ({len(paths)} shards found)"
+                found.append((name, first, "hf-cache" if hf else "file", dirpath))
     return found
 
 
-def _hf_repo_models(root: str, remote: RemoteConfig | None) -> list[tuple[str, str, str]]:
-    """(name, hf:// reference, "hf") for each GGUF model of a Hub repository (first shard of a set)."""
+def _hf_repo_models(root: str, remote: RemoteConfig | None) -> list[tuple[str, str, str, str]]:
+    """(name, hf:// reference, "hf", folder) for each GGUF file of a Hub repository (first shard of
+    a set)."""
     from ggufx.io.remote import list_hf_repo
 
     base = root.rstrip("/")
     repo_rev = base[len("hf://") :]
-    out: list[tuple[str, str, str]] = []
+    out: list[tuple[str, str, str, str]] = []
     groups: dict[str, list[str]] = {}
     for path, _size in sorted(list_hf_repo(root, remote)):
         if not path.endswith(".gguf"):
@@ -158,10 +186,11 @@ def _hf_repo_models(root: str, remote: RemoteConfig | None) -> list[tuple[str, s
         if m:
             groups.setdefault(path.rpartition("/")[0] + "/" + m["prefix"], []).append(path)
             continue
-        out.append((f"{repo_rev}/{path}", f"{base}/{path}", "hf"))
+        out.append((f"{repo_rev}/{path}", f"{base}/{path}", "hf", f"{base}/{path.rpartition('/')[0]}"))
     for prefix, paths in groups.items():
         first = sorted(paths)[0]
-        out.append((f"{repo_rev}/{prefix.lstrip('/')} ({len(paths)} shards found)", f"{base}/{first}", "hf"))
+        name = f"{repo_rev}/{prefix.lstrip('/')} ({len(paths)} shards found)"
+        out.append((name, f"{base}/{first}", "hf", f"{base}/{first.rpartition('/')[0]}"))
     return sorted(out)
 
 
@@ -170,7 +199,7 @@ def scan(roots: list[str], lint_templates: bool = True, remote: RemoteConfig | N
     ``hf://ORG/REPO[@REV]`` repositories, whose headers are read remotely and in parallel, with the
     options ``remote``: default ``ggufx.io.remote.CONFIG``)."""
     found = discover(roots, remote)
-    rows = [ScanRow(name, path, source) for name, path, source in found]
+    rows = [ScanRow(name, path, source, group=group) for name, path, source, group in found]
     template_cache: dict[str, tuple[str, list[str]]] = {}
     if any(r.source == "hf" for r in rows):
         from concurrent.futures import ThreadPoolExecutor
@@ -180,7 +209,57 @@ def scan(roots: list[str], lint_templates: bool = True, remote: RemoteConfig | N
     else:
         for row in rows:
             _audit(row, template_cache, lint_templates, remote)
+    pair_companions(rows, remote)
     return rows
+
+
+def _pair_rule(kind: str) -> Callable[[GGUFModel, GGUFModel], str | None] | None:
+    from ggufx.analysis import companions
+
+    return {
+        "projector": companions.projector_incompatibility,
+        "adapter": companions.lora_incompatibility,
+        "imatrix": companions.imatrix_coverage,
+        "control-vector": companions.control_vector_incompatibility,
+    }.get(kind)
+
+
+def pair_companions(rows: list[ScanRow], remote: RemoteConfig | None = None) -> None:
+    """Check every companion against every model of its group (headers only): fill ``companions``,
+    ``companion_of`` and ``mismatches``; a companion that fits none of its models gets a problem."""
+    from ggufx.model import open_model
+
+    groups: dict[str, list[ScanRow]] = {}
+    for r in rows:
+        groups.setdefault(r.group, []).append(r)
+    for members in groups.values():
+        models = [r for r in members if r.kind == "model" and not r.problems]
+        extras = [r for r in members if r.kind and _pair_rule(r.kind) and not r.problems]
+        if not models or not extras:
+            continue
+        try:
+            opened = {r.name: open_model(r.path, remote=remote) for r in models + extras}
+        except (GGUFError, OSError):  # changed since it was read: the rows already say what was found
+            continue
+        for c in extras:
+            rule = _pair_rule(c.kind or "")
+            if rule is None:
+                continue
+            for m in models:
+                try:
+                    reason = rule(opened[m.name], opened[c.name])
+                except GGUFError as e:
+                    reason = e.one_line()
+                if reason is None:
+                    c.companion_of.append(m.name)
+                    m.companions.append(c.name)
+                else:
+                    c.mismatches.append({"model": m.name, "reason": reason})
+            if not c.companion_of:
+                first = c.mismatches[0]
+                c.problems.append(
+                    f"fits none of the {len(models)} model(s) beside it; {first['model']}: {first['reason']}"
+                )
 
 
 def _audit(
@@ -197,6 +276,7 @@ def _audit(
         row.problems.append(f"{row.path}: {e.strerror or e}")
         return
     s = summarize(model)
+    row.kind = file_kind(model)
     row.shards, row.architecture, row.parameters = len(model.shards), s.architecture, s.parameters
     row.file_type, row.bpw, row.file_bytes = s.file_type_label, s.bpw, s.file_bytes
     tmpl = model.metadata.get_str("tokenizer.chat_template")

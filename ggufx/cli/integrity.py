@@ -254,9 +254,11 @@ def check_(
 @network_options
 def scan(dirs: tuple[str, ...], hf_cache: bool, ollama: bool, no_lint: bool, as_json: bool) -> None:
     """Find GGUF models in folders (split shards grouped), a Hugging Face cache or an Ollama store,
-    and audit each from its header: architecture, parameters, type, BPW, size, template dialect and
-    problems (corrupt header, missing shard, template errors). Bad files are rows, never the end of
-    the scan. Exit 1 when any model has a problem.
+    and audit each from its header: kind, architecture, parameters, type, BPW, size, template
+    dialect and problems (corrupt header, missing shard, template errors). Companion files
+    (projector, LoRA adapter, imatrix, control vector) are checked against the models in their
+    folder (or Ollama manifest) with llama.cpp's loading rules; one that fits none of them is a
+    problem. Bad files are rows, never the end of the scan. Exit 1 when any file has a problem.
 
     \b
     Examples:
@@ -289,6 +291,7 @@ def scan(dirs: tuple[str, ...], hf_cache: bool, ollama: bool, no_lint: bool, as_
                 [
                     (
                         r.name,
+                        r.kind or "-",
                         r.architecture or "-",
                         human_params(r.parameters) if r.parameters else "-",
                         r.file_type or "-",
@@ -299,10 +302,20 @@ def scan(dirs: tuple[str, ...], hf_cache: bool, ollama: bool, no_lint: bool, as_
                     )
                     for r in rows
                 ],
-                ("model", "arch", "params", "type", "BPW", "size", "template", "problems"),
-                align="llrlrrll",
+                ("file", "kind", "arch", "params", "type", "BPW", "size", "template", "problems"),
+                align="lllrlrrll",
             )
         )
-        click.echo(f"\n{len(rows)} model(s), {sum(1 for r in rows if r.problems)} with problems")
+        pairs = [
+            f"  {r.kind} {r.name}: fits {len(r.companion_of)} of {len(r.companion_of) + len(r.mismatches)} model(s)"
+            + "".join(f"\n    not {m['model']}: {m['reason']}" for m in r.mismatches)
+            for r in rows
+            if r.companion_of or r.mismatches
+        ]
+        if pairs:
+            click.echo("\ncompanion files and the models beside them:\n" + "\n".join(pairs))
+        n_models = sum(1 for r in rows if r.kind in ("model", None))
+        extra = f"{len(rows) - n_models} companion file(s), " if len(rows) > n_models else ""
+        click.echo(f"\n{n_models} model(s), {extra}{sum(1 for r in rows if r.problems)} with problems")
     if any(r.problems for r in rows):
         sys.exit(EXIT_CHECK_FAILED)

@@ -90,8 +90,13 @@ def context(report: dict[str, Any]) -> dict[str, Any]:
         "rows": rows,
         "cells": cells,
     }
+    kind = report.get("kind", "model")
     return {
         "s": s,
+        "kind": kind,
+        "title": s["name"] or KIND_TITLES.get(kind, "GGUF file"),
+        "kind_title": KIND_TITLES.get(kind, kind),
+        "companion": companion_facts(report.get("companion")),
         "roles": report["roles"],
         "grid": report["layers"],
         "heat": heat,
@@ -102,6 +107,32 @@ def context(report: dict[str, Any]) -> dict[str, Any]:
         "template": report["chat_template"],
         "version": __version__,
     }
+
+
+KIND_TITLES = {
+    "model": "GGUF model",
+    "projector": "Multimodal projector",
+    "adapter": "LoRA adapter",
+    "imatrix": "Importance matrix",
+    "control-vector": "Control vector",
+    "vocab": "Vocabulary",
+}
+
+
+def companion_facts(summary: dict[str, Any] | None, prefix: str = "") -> list[tuple[str, str]]:
+    """A companion file's summary (``filekind.companion_summary``) as (fact, value) rows: nested
+    towers flattened (``vision image_size``), long lists cut to their first items."""
+    rows: list[tuple[str, str]] = []
+    for key, value in (summary or {}).items():
+        label = f"{prefix}{key.replace('_', ' ')}"
+        if isinstance(value, dict):
+            rows += companion_facts(value, f"{label} ")
+        elif isinstance(value, list):
+            shown = ", ".join(map(str, value[:8])) + (f", ... ({len(value):,} in all)" if len(value) > 8 else "")
+            rows.append((label, shown or "-"))
+        elif value is not None:
+            rows.append((label, f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)))
+    return rows
 
 
 def render(report: dict[str, Any], fmt: str = "html") -> str:

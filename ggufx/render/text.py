@@ -231,7 +231,9 @@ def layers_text(res: dict[str, Any], fmt: str = "simple") -> str:
         rows.append([span, r["kind"], *[r["types"][role] or "-" for role in roles], f"{r['bpw']:.2f}"])
     grid = table.render(rows, ["layers", "kind", *roles, "BPW"], fmt, align="ll" + "l" * len(roles) + "r")
     counts = ", ".join(f"{n} {kind}" for kind, n in res["layer_kinds"].items())
-    return f"{grid}\n\n{len(res['per_layer'])} layers: {counts}"
+    n = sum(res["layer_kinds"].values())
+    of = "" if res.get("kind", "model") == "model" else f" in this {res['kind']} file"
+    return f"{grid}\n\n{n} layers{of}: {counts}"
 
 
 def recipe_text(res: dict[str, Any], fmt: str = "command") -> str:
@@ -241,6 +243,37 @@ def recipe_text(res: dict[str, Any], fmt: str = "command") -> str:
     if fmt == "args":
         return "\n".join(res["args"])
     return res["command"]
+
+
+def promotion_text(res: dict[str, Any], fmt: str = "simple") -> str:
+    """``ggufx recipe --imatrix --budget`` (``results.recipe``): the promotions, most important
+    first, the BPW and size they reach, and the llama-quantize command."""
+    rows = [
+        (
+            p["name"],
+            f"{p['importance']:.6g}",
+            f"{p['rank']}/{p['role_count']}",
+            p["from"],
+            p["to"],
+            f"{p['added_bytes'] / MiB:.3f}",
+        )
+        for p in res["promotions"]
+    ]
+    out = []
+    if rows:
+        out.append(table.render(rows, ("tensor", "importance", "rank", "from", "to", "added MiB"), fmt, align="lrrllr"))
+    else:
+        out.append("no promotion fits the budget")
+    bpw, tb = res["bpw"], res["tensor_bytes"]
+    out.append(
+        f"\n{len(res['promotions'])} tensor(s) promoted by {len(res['promotion_rules'])} rule(s); "
+        f"BPW {bpw['before']:.4f} -> {bpw['after']:.4f} (budget {res['budget_bpw']:g}); "
+        f"tensors {tb['before'] / MiB:.2f} -> {tb['after'] / MiB:.2f} MiB (+{tb['added'] / MiB:.2f} MiB)"
+    )
+    if not res["verified"]:
+        out.append("warning: the command would not reproduce every other tensor's type")
+    out.append("\n" + res["command"])
+    return "\n".join(out)
 
 
 def diff_text(res: dict[str, Any], fmt: str = "simple") -> str:
@@ -436,6 +469,7 @@ meta_text = _printable(meta_text)
 roles_text = _printable(roles_text)
 layers_text = _printable(layers_text)
 recipe_text = _printable(recipe_text)
+promotion_text = _printable(promotion_text)
 diff_text = _printable(diff_text)
 fit_text = _printable(fit_text)
 memory_devices_text = _printable(memory_devices_text)
