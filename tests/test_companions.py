@@ -296,7 +296,7 @@ def test_policy_companions_relative_to_policy(cli: CliRun, tmp_path: Path, base:
     pol.write_text('[companions]\nlora = "../adapters/bad.gguf"\nvae = "x.gguf"\n')
     r = cli("check", str(base), "--policy", str(pol))
     assert r.exit_code == 2
-    assert "line 3: unknown key 'vae' in [companions] (known: draft, imatrix, lora, mmproj)" in r.stderr
+    assert "line 3: unknown key 'vae' in [companions] (known: control_vector, draft, imatrix, lora, mmproj)" in r.stderr
 
 
 def test_check_draft_on_real_models(cli: CliRun, smollm2_path: Path, gemma_path: Path) -> None:

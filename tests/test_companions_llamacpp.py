@@ -1,7 +1,8 @@
 """Companion files against llama.cpp's own tools (marker ``llamacpp``): an imatrix made by
 llama-imatrix is read by ``ggufx imatrix`` with the per-tensor figure llama-imatrix's own
-``--show-statistics`` prints, and LoRA adapters written with gguf-py are accepted or refused by
-llama-completion exactly as ``ggufx check --lora`` says."""
+``--show-statistics`` prints; LoRA adapters and control vectors written with gguf-py, and a
+projector beside a model of another width, are accepted or refused by llama.cpp exactly as
+``ggufx check`` says."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 
 from . import companion_files as cf
 from .conftest import CliRun
+from .llamacpp_logs import RUNS
 
 pytestmark = pytest.mark.llamacpp
 
@@ -116,3 +118,43 @@ def test_mismatched_lora_refused_by_llama_cpp_and_by_check(
         "companions.lora: " + str(lora) + ": 'blk.0.ffn_up.weight' is 576 x 1536 but its lora_a is 576 x 8 and "
         "lora_b 8 x 1024 (expected lora_a [576, r], lora_b [r, 1536])"
     ) in r.stdout
+
+
+def test_control_vector_applied_or_refused_as_check_says(
+    cli: CliRun, llama_bin: Path, smollm2_path: Path, tmp_path: Path
+) -> None:
+    """llama.cpp applies a control vector of the model's width (576 for SmolLM2) and refuses one
+    of another width; ``check --control-vector`` says the same."""
+    for n_embd, ok in ((576, True), (64, False)):
+        cvec = cf.write_control_vector(tmp_path / f"cvec{n_embd}.gguf", n_embd=n_embd, layers=3)
+        p = _run(
+            [str(llama_bin / "llama-completion"), "-m", str(smollm2_path), "--control-vector", str(cvec)]
+            + ["-n", "1", "-p", "hi", "-t", "2", "-no-cnv"],
+            tmp_path,
+        )
+        refused = "control vector n_embd does not match model" in p.stderr
+        assert refused is not ok, p.stderr[-2000:]
+        r = cli("check", str(smollm2_path), "--control-vector", str(cvec))
+        assert r.exit_code == (0 if ok else 1), r.output
+        if not ok:
+            assert "its directions have 64 values but the model's embedding is 576" in r.stdout
+
+
+def test_projector_of_another_width_refused_by_mtmd_and_by_check(
+    cli: CliRun, llama_bin: Path, smollm2_path: Path, hole_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """The Qwen3.6 27B projector (output 5120) beside SmolLM2 (576): libmtmd refuses the pair and
+    check --mmproj names the same two widths. Beside its own model llama.cpp loaded it (recorded
+    run q27-mmproj-cpu-c32768, exit 0), and check accepts that pair."""
+    mm = hole_models["mmproj-qwen36-27b"]
+    p = _run(
+        [str(llama_bin / "llama-mtmd-cli"), "-m", str(smollm2_path), "--mmproj", str(mm)]
+        + ["-p", "hi", "-n", "1", "-t", "2", "--no-warmup", "-v"],
+        tmp_path,
+    )
+    assert p.returncode != 0
+    assert "mismatch between text model (n_embd = 576) and mmproj (n_embd = 5120)" in p.stderr + p.stdout
+    r = cli("check", str(smollm2_path), "--mmproj", str(mm))
+    assert r.exit_code == 1 and "the projector projects to 5120 but the model's embedding is 576" in r.stdout
+    assert RUNS["q27-mmproj-cpu-c32768"]["exit_status"] == 0
+    assert cli("check", str(hole_models["qwen36-27b"]), "--mmproj", str(mm)).exit_code == 0

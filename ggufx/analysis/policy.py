@@ -38,6 +38,7 @@ Schema (every section optional; unknown sections or keys are errors that name th
     draft = "draft.gguf"                   # a draft model llama.cpp accepts for speculative decoding
     lora = "adapter.gguf"                  # a LoRA adapter llama.cpp loads onto the model
     imatrix = "imatrix.gguf"               # importance data for every weight llama-quantize quantizes
+    control_vector = "cvec.gguf"           # a control vector whose directions are the model's width
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ SCHEMA: dict[str, set[str]] = {
     "chat_template": {"sha256", "dialect", "lint_clean"},
     "memory": {"ctx", "cache_type", "budget", "parallel"},
     "fingerprint": {"equals"},
-    "companions": {"mmproj", "draft", "lora", "imatrix"},
+    "companions": {"mmproj", "draft", "lora", "imatrix", "control_vector"},
 }
 TENSOR_RULE_KEYS = {"min", "max", "allowed", "type"}
 
@@ -375,8 +376,9 @@ def _check_companions(model: GGUFModel, rules: Section) -> Iterator[RuleResult]:
         "draft": (c.draft_incompatibility, "llama.cpp accepts it as the draft model"),
         "lora": (c.lora_incompatibility, "llama.cpp loads the adapter onto the model"),
         "imatrix": (c.imatrix_coverage, "every weight llama-quantize quantizes has importance data"),
+        "control_vector": (c.control_vector_incompatibility, "llama.cpp applies the control vector to the model"),
     }
-    for key in ("mmproj", "draft", "lora", "imatrix"):
+    for key in checks:
         if key not in rules:
             continue
         other = open_model(rules[key])

@@ -173,6 +173,12 @@ def verify(manifest_file: str, files: tuple[str, ...], as_json: bool) -> None:
 @click.option("--draft", type=click.Path(dir_okay=False), help="A draft model llama.cpp must accept.")
 @click.option("--lora", type=click.Path(dir_okay=False), help="A LoRA adapter llama.cpp must load onto the model.")
 @click.option("--imatrix", type=click.Path(dir_okay=False), help="An imatrix that must cover every quantized weight.")
+@click.option(
+    "--control-vector",
+    "control_vector",
+    type=click.Path(dir_okay=False),
+    help="A control vector llama.cpp must apply to the model.",
+)
 @click.option("--junit", type=click.Path(dir_okay=False), help="Also write JUnit XML here, for CI systems.")
 @json_option
 @remote_options
@@ -183,6 +189,7 @@ def check_(
     draft: str | None,
     lora: str | None,
     imatrix: str | None,
+    control_vector: str | None,
     junit: str | None,
     as_json: bool,
 ) -> None:
@@ -198,18 +205,21 @@ def check_(
       ggufx check model.gguf --mmproj mmproj.gguf --lora adapter.gguf --imatrix imatrix.gguf
 
     \b
-    Companion files (--mmproj, --draft, --lora, --imatrix, or [companions] in the policy with
-    paths relative to it; the options win) must be ones llama.cpp accepts beside the model: the
-    projector's output width is the model's embedding, the draft model's vocabulary matches, every
-    adapter tensor names a base tensor of the right shape, the imatrix covers every weight
-    llama-quantize quantizes.
+    Companion files (--mmproj, --draft, --lora, --imatrix, --control-vector, or [companions] in
+    the policy with paths relative to it; the options win) must be ones llama.cpp accepts beside
+    the model: the projector's output width is the model's embedding, the draft model's vocabulary
+    matches, every adapter tensor names a base tensor of the right shape, the imatrix covers every
+    weight llama-quantize quantizes, the control vector's directions are the model's width.
     """
     from ggufx.analysis.policy import CheckReport, RuleResult, check, junit_xml, load_policy
     from ggufx.errors import GGUFError
 
-    given = {k: v for k, v in (("mmproj", mmproj), ("draft", draft), ("lora", lora), ("imatrix", imatrix)) if v}
+    options = {"mmproj": mmproj, "draft": draft, "lora": lora, "imatrix": imatrix, "control_vector": control_vector}
+    given = {k: v for k, v in options.items() if v}
     if policy_path is None and not given:
-        raise click.UsageError("give --policy, or a companion file (--mmproj, --draft, --lora, --imatrix)")
+        raise click.UsageError(
+            "give --policy, or a companion file (--mmproj, --draft, --lora, --imatrix, --control-vector)"
+        )
     policy = load_policy(policy_path) if policy_path is not None else {}
     if given:
         policy["companions"] = {**policy.get("companions", {}), **given}
