@@ -97,6 +97,37 @@ def test_the_matrix_is_covered() -> None:
     assert models == {"smollm2-135m", "gemma3-270m", "llama32-1b", "llama31-8b", "qwen36-27b", "qwen3moe-30b-a3b"}
 
 
+# The only recorded runs whose compute figure ggufx still calls a rough approximation: several GPUs
+# with host weights (the first GPU op-offloads them and the host layers' attention), and MoE experts
+# on the host with partial offload. Every other configuration is held to 5% by the test above.
+ROUGH = {
+    "2g-l8b-ngl20-c32768",
+    "2g-q27-ngl40-c131072",
+    "2g-moe-ngl30-c32768",
+    "2g-moe-ncpumoe16-c32768",
+    "2g-moe-cpumoe-c262144",
+    "moe-cpumoe-ngl24-c32768",
+}
+
+
+def test_compute_is_held_to_five_percent_everywhere_else(hole_models: dict[str, Path]) -> None:
+    """A GPU without layers (-ts 1,0), pipeline parallelism with one output per slot (llama-server),
+    -nkvo on one and on two GPUs, -nkvo with recurrent layers: modelled, so not flagged."""
+    rough = {rid for rid in MEASURED if any("rough approximation" in n for n in replay_run(rid, hole_models)[2].notes)}
+    assert rough == ROUGH
+    for rid in ("2g-l8b-ts1-0-c32768", "2g-srv-l8b-np4-kvu", "2g-l8b-nkvo-c32768", "q27-ngl99-c262144-nkvo"):
+        assert rid in MEASURED
+
+
+@pytest.mark.parametrize("rid", ["2g-l8b-smtensor-c32768", "2g-moe-smtensor-c32768", "2g-q27-smtensor-c131072"])
+def test_split_mode_tensor_is_refused_as_not_modelled(rid: str, hole_models: dict[str, Path]) -> None:
+    """llama.cpp ran these on one Meta device whose weights and KV are sliced per tensor."""
+    text = (LOGS / f"{rid}.log").read_text()
+    assert "creating a Meta device for tensor parallelism" in text and "Meta() KV buffer size" in text
+    with pytest.raises(InputError, match=r"-sm tensor is not modelled: .* Meta device"):
+        replay_run(rid, hole_models)
+
+
 @pytest.mark.parametrize("rid", ["2g-l8b-smrow-c32768", "2g-q27-smrow-c32768"])
 def test_split_mode_row_is_refused_like_llama_cpp(rid: str, hole_models: dict[str, Path]) -> None:
     log = parse_log((LOGS / f"{rid}.log").read_text())

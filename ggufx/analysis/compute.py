@@ -14,7 +14,9 @@ activation; ``T`` = tokens of the micro-batch):
   lookups and the masks it builds;
 * without flash attention, ``kq`` is ``n_kv x n_tokens x n_head`` f32; with a quantized KV cache the
   CUDA flash-attention kernel converts K and V of one layer to f16 in its output's allocation;
-* with several GPUs and every layer offloaded llama.cpp runs a pipeline (4 copies of every input).
+* with several GPUs and every layer offloaded llama.cpp runs a pipeline (4 copies of every input,
+  never freed);
+* with ``-nkvo`` flash attention still runs on the layer's GPU, over copies of the host cache.
 
 Phases (the maximum is the buffer): the feed-forward of a layer (``3 n_ff T`` f32 for gate, up and
 their product, plus four ``blk``) over the masks; attention (without flash attention ``kq``
@@ -23,7 +25,8 @@ when they do not fit the hole the masks leave. The phases and their constants we
 llama.cpp's allocator on these graphs and are checked against every recorded llama.cpp log in
 ``tests/fixtures/llamacpp-logs`` (``tests/test_memory_logs.py``), which is why the figures are
 labelled *computed*, not exact: architectures beyond dense, SWA, hybrid (Gated DeltaNet) and MoE
-decoders, ``-sm tensor`` and partial offload of MoE experts are approximations.
+decoders, several GPUs with weights on the host and partial offload of MoE experts are
+approximations (``mem`` says so in a note).
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ class GraphShape:
     flash_attn: bool
     k_quantized: bool
     v_quantized: bool
+    k_bytes: float = 2.0  # bytes per K cache element (f16: 2, q8_0: 34/32...)
+    v_bytes: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +105,31 @@ def attention_peak(hp: Hparams, cm: ComputeModel, s: GraphShape, layers: list[in
     return peak
 
 
+def host_kv_attention_peak(hp: Hparams, cm: ComputeModel, s: GraphShape, layers: list[int]) -> int:
+    """Flash attention on a GPU over a cache on the host (``-nkvo``): ``resolve_fused_ops`` keeps
+    flash attention only where it runs on the layer's device (llama-context.cpp:511-561), and unlike
+    ``-fa off`` (pinned to the CPU, llama-graph.cpp:2821) nothing moves it to the host, so the
+    scheduler copies the layer's whole K and V views and the mask into the GPU's compute buffer as
+    split inputs (ggml-backend.cpp:1519-1530): mask + K + V copies + the f16 conversion of a
+    quantized cache + five ``blk``."""
+    if not s.flash_attn:
+        return 0
+    E, peak = hp.n_embd, 0
+    for il in layers:
+        kind = cm.kinds[il]
+        if kind not in ("attention", "swa"):
+            continue
+        swa = kind == "swa"
+        n_kv = (s.n_kv_swa if swa else s.n_kv) * s.n_streams
+        hk, hv = (hp.head_k_swa, hp.head_v_swa) if swa else (hp.head_k, hp.head_v)
+        cells = n_kv * hp.n_head_kv[il]
+        copies = int(cells * (hk * s.k_bytes + hv * s.v_bytes))
+        convert = 2 * cells * ((hk if s.k_quantized else 0) + (hv if s.v_quantized else 0))
+        peak = max(peak, copies + convert + 5 * 4 * E * s.n_tokens)
+    kinds = [cm.kinds[il] for il in layers]
+    return masks(s, kinds) + peak if peak else 0
+
+
 def logits(hp: Hparams, s: GraphShape) -> int:
     return 4 * hp.n_vocab * s.n_outputs
 
@@ -115,23 +145,30 @@ def device_compute(
     host_weight: int,
     kv_on_gpu: bool,
     alone: bool,
+    first: bool = True,
 ) -> int:
     """One GPU's compute buffer.
 
     ``host_weight``: the CUDA size of the largest weight left on the host whose product this GPU
     runs (op offload; the output matrix when the output layer stays on the host), 0 when none.
-    ``kv_on_gpu``: attention runs here (not with ``-nkvo``). ``alone``: the only GPU."""
+    ``kv_on_gpu``: the cache of these layers is here (not with ``-nkvo``). ``alone``: the only GPU.
+    ``first``: the GPU that holds layer 0 (with pipeline parallelism it receives the embeddings)."""
     T, E = s.n_tokens, hp.n_embd
     blk = 4 * E * T
     kinds = [cm.kinds[il] for il in layers] if kv_on_gpu else []
     m = masks(s, kinds)
     attn = attention_peak(hp, cm, s, layers) if kv_on_gpu else 0
     extra_blk = 1 if cm.norm_before_outputs else 0
-    if pipeline:  # every input has 4 copies that are never freed
-        if has_output:
-            return PIPELINE_COPIES * m + (5 + extra_blk) * blk + max(logits(hp, s), attn)
-        return PIPELINE_COPIES * m + 12 * blk + max(ffn_peak(hp, cm, s), attn)
+    if pipeline:
+        # every split input has 4 copies that are never freed (ggml-backend.cpp:1519-1580): the
+        # masks, and resident blocks: 12 ``blk`` on the GPU that takes the embeddings from the host
+        # (its first layer is layer 0), 3 on a GPU that takes the hidden state from another GPU
+        resident = PIPELINE_COPIES * m + (12 if first else 3) * blk
+        out = logits(hp, s) + (2 + extra_blk) * blk if has_output else 0
+        return resident + max(ffn_peak(hp, cm, s), attn, out)
     phases = [m + max(ffn_peak(hp, cm, s), attn)] if layers else []
+    if layers and not kv_on_gpu:
+        phases.append(host_kv_attention_peak(hp, cm, s, layers))
     if has_output:
         out = logits(hp, s)
         if not alone:

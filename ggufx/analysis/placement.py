@@ -7,7 +7,8 @@ This follows llama.cpp 11434 (``src/llama-model.cpp`` ``load_tensors``, ``src/ll
   (``i_gpu_start = max(n_layer + 1 - N, 0)``); the input layer (``token_embd``...) stays on the host.
 * Several GPUs split the offloaded layers by ``-ts`` or, by default, in proportion to each GPU's free
   memory: layer ``il`` goes to the first GPU whose cumulative share exceeds ``(il - i_gpu_start) / N``.
-  ``-sm none`` keeps only ``-mg``'s GPU; ``-sm row`` is refused by this llama.cpp's CUDA backend.
+  ``-sm none`` keeps only ``-mg``'s GPU; ``-sm row`` is refused by this llama.cpp's CUDA backend;
+  ``-sm tensor`` (one Meta device, every tensor sliced across the GPUs) is refused as not modelled.
 * ``-ot REGEX=BUFT`` (and ``--cpu-moe``, ``--n-cpu-moe N``, which are such overrides): the first
   regex found in the tensor name wins. A weight on the host is memory-mapped (``CPU_Mapped``); in a
   build without GPUs, matrices of repackable types also get a ``CPU_REPACK`` copy.
@@ -28,7 +29,7 @@ from ggufx.model import GGUFModel
 CPU = "CPU"
 CPU_MAPPED = "CPU_Mapped"
 CPU_REPACK = "CPU_REPACK"
-SPLIT_MODES = ("none", "layer", "row")
+SPLIT_MODES = ("none", "layer", "row", "tensor")
 
 # llama-arch.cpp: tensors of the input layer (always on the host) and of the output layer
 _INPUT = frozenset({"token_embd", "pos_embd", "token_types", "per_layer_token_embd"})
@@ -149,7 +150,14 @@ def _repackable(t: TensorInfo) -> bool:
 def place(model: GGUFModel, devices: list[Device], p: OffloadParams) -> Placement:
     """Decide the buffer type of every weight (``CUDA0``, ``CPU``...) for these devices and options."""
     if p.split_mode not in SPLIT_MODES:
-        raise InputError(f"split mode must be one of {', '.join(SPLIT_MODES)} (tensor is not modelled)", "-sm")
+        raise InputError(f"split mode must be one of {', '.join(SPLIT_MODES)}", "-sm")
+    if p.split_mode == "tensor" and devices:
+        raise InputError(
+            "-sm tensor is not modelled: llama.cpp makes one Meta device of the GPUs and cuts every "
+            "weight, the KV cache and the recurrent state into per-GPU slices by per-tensor granularity "
+            "rules (llama-model.cpp:379-880) that ggufx does not follow yet; -sm layer is the nearest estimate",
+            "-sm",
+        )
     if p.split_mode == "row" and devices:
         raise InputError(
             f"-sm row: this llama.cpp's CUDA backend has no split buffers (it fails with 'device "
