@@ -477,13 +477,19 @@ def fit(
     *,
     offload: OffloadParams | None = None,
     context: ContextParams | None = None,
-    margin: int = 0,
+    margin: int | list[int] | None = None,
     layers: bool = False,
+    n_ctx_min: int = 4096,
 ) -> dict[str, Any]:
-    """What fits GPUs of ``budget`` free memory (``"24GiB"`` or ``"24GiB,24GiB"``, or bytes), keeping
-    ``margin`` bytes free on each: per KV cache type the largest context (and the one llama.cpp's
-    ``--fit`` would pick), or with ``layers`` the most layers at ``context.n_ctx``."""
-    from ggufx.analysis.memory import fit_devices, llama_fit_context, parse_size
+    """What fits GPUs of ``budget`` free memory (``"24GiB"`` or ``"24GiB,24GiB"``, or bytes).
+
+    ``llama_cpp``: what llama.cpp's ``--fit`` decides (``-c``, ``-ngl``, ``-ts``, ``-ot``), keeping
+    ``margin`` bytes free per GPU (one value or one per GPU; None: llama.cpp's 1024 MiB) with
+    ``n_ctx_min`` as ``-fitc``; ``context.n_ctx`` 0 is ``-c`` not given. ``fits``: ggufx's own
+    search per KV cache type (``margin`` None: nothing kept free), the largest context, or with
+    ``layers`` the most whole layers at ``context.n_ctx``, each with llama.cpp's answer beside it."""
+    from ggufx.analysis.fit import MARGIN, fit_devices, llama_fit
+    from ggufx.analysis.memory import parse_size
 
     sizes: list[int] = []
     for part in str(budget).split(","):
@@ -494,29 +500,34 @@ def fit(
     devices = [Device(f"CUDA{i}", n) for i, n in enumerate(sizes)]
     context = context or ContextParams(n_ubatch=ubatch, n_parallel=parallel, flash_attn="auto" if flash_attn else "off")
     offload = offload or OffloadParams(n_gpu_layers=n_gpu_layers)
-    found = fit_devices(model, devices, offload, context, target="layers" if layers else "context", margin=margin)
+    margins = [margin] if isinstance(margin, int) else list(margin or [])[: len(devices)]  # llama.cpp ignores extras
+    own_margin = max(margins, default=0)
+    llama_margins = margins or [MARGIN]
+
+    def decide(ct: str) -> Any:
+        cp = replace(context, cache_type_k=ct, cache_type_v=ct)
+        return llama_fit(model, devices, offload, cp, margins=llama_margins, n_ctx_min=n_ctx_min)
+
+    found = fit_devices(model, devices, offload, context, target="layers" if layers else "context", margin=own_margin)
+    decision = llama_fit(model, devices, offload, context, margins=llama_margins, n_ctx_min=n_ctx_min)
     out: dict[str, Any] = {
         "path": model.path,
         "budget": sizes[0] if len(sizes) == 1 else sizes,
-        "margin": margin,
+        "margin": own_margin,
         "fits": [],
+        "llama_cpp": decision.to_dict(),
     }
     for f in found:
         d = f.to_dict()
+        same = f.cache_type == context.cache_type_k == context.cache_type_v
+        answer = decision if same else decide(f.cache_type)
+        d["llama_cpp_args"] = None if answer.status == "failed" else answer.args
         if not layers:  # the keys of earlier versions, and llama.cpp's own choice
             d.update(
                 {
                     "gpu_bytes": sum(f.use.values()),
                     "capped_at_training_context": f.capped,
-                    "llama_cpp_n_ctx": None
-                    if context.n_ctx
-                    else llama_fit_context(
-                        model,
-                        devices,
-                        offload,
-                        replace(context, cache_type_k=f.cache_type, cache_type_v=f.cache_type),
-                        margin=margin,
-                    ),
+                    "llama_cpp_n_ctx": None if context.n_ctx else answer.n_ctx,
                 }
             )
         out["fits"].append(d)

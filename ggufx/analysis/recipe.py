@@ -105,11 +105,14 @@ class Recipe:
     token_embedding_type: str | None
     requantize: bool
     unreproducible: list[str]  # tensors llama-quantize would not give these types
+    imatrix: str | None = None  # the --imatrix file, where the recipe quantizes with one
 
     def args(self) -> list[str]:
         out = ["--pure"]
         if self.requantize:
             out.append("--allow-requantize")
+        if self.imatrix:
+            out += ["--imatrix", self.imatrix]
         if self.output_tensor_type:
             out += ["--output-tensor-type", self.output_tensor_type.lower()]
         if self.token_embedding_type:
@@ -136,6 +139,7 @@ class Recipe:
             "token_embedding_type": self.token_embedding_type,
             "pure": True,
             "allow_requantize": self.requantize,
+            "imatrix": self.imatrix,
             "args": self.args(),
             "command": self.command(),
             "tensor_type_file": self.tensor_type_file(),
@@ -204,11 +208,11 @@ def _recipe_for(model: GGUFModel, quantizable: list[TensorInfo], ftype: str, bas
             if fallback(role_type or base, t.shape[0]) != t.type.name:
                 exceptions.setdefault(t.type.name, []).append(t)
         for tname in sorted(exceptions):
-            rules.append(Rule(_pattern(exceptions[tname]), tname, len(exceptions[tname])))
+            rules.append(Rule(pattern_for(exceptions[tname]), tname, len(exceptions[tname])))
         if role_type is not None:
             rules.append(
                 Rule(
-                    _pattern(members, all_layers=True),
+                    pattern_for(members, all_layers=True),
                     role_type,
                     sum(1 for t in members if t.type.name not in exceptions),
                 )
@@ -224,7 +228,7 @@ def _recipe_for(model: GGUFModel, quantizable: list[TensorInfo], ftype: str, bas
     )
 
 
-def _pattern(ts: list[TensorInfo], all_layers: bool = False) -> str:
+def pattern_for(ts: list[TensorInfo], all_layers: bool = False) -> str:
     """A regex (searched, as llama-quantize does) matching exactly these tensors' names
     (``all_layers``: every layer of their role, written ``\\d+``)."""
     parsed = [parse_name(t.name) for t in ts]
@@ -252,10 +256,15 @@ def _expected(rec: Recipe, t: TensorInfo) -> str:
 
 def check_recipe(model: GGUFModel, rec: Recipe) -> list[str]:
     """Tensors whose type the recipe would not reproduce (empty when it is exact)."""
+    return check_types(model, rec, {t.name: t.type.name for t in model.tensors})
+
+
+def check_types(model: GGUFModel, rec: Recipe, types: dict[str, str]) -> list[str]:
+    """Tensors of ``model`` that the recipe would not give the type ``types`` names for them."""
     return [
         t.name
         for t in model.tensors
         if is_quantizable_weight(t.name, ggml_n_dims(t.shape))
         and t.name not in rec.unreproducible
-        and _expected(rec, t) != t.type.name
+        and _expected(rec, t) != types[t.name]
     ]

@@ -72,34 +72,69 @@ def layers(file: str, no_collapse: bool, as_json: bool, tablefmt: str) -> None:
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option(
+    "--imatrix",
+    "imatrix_path",
+    type=click.Path(dir_okay=False),
+    help="An importance matrix of this model (llama-imatrix's GGUF); with --budget, plan promotions.",
+)
+@click.option(
+    "--budget",
+    type=float,
+    metavar="BPW",
+    help="Target bits per weight as llama.cpp prints them (8 x tensor bytes / parameters), at least the file's.",
+)
+@click.option(
     "--format",
     "fmt",
     type=click.Choice(["command", "tensor-type-file", "args"]),
     default="command",
     show_default=True,
-    help="A llama-quantize command line, the file --tensor-type-file reads, or one argument per line.",
+    help="A llama-quantize command line (with --budget: after the table of promotions), the file "
+    "--tensor-type-file reads, or one argument per line.",
 )
 @json_option
+@tablefmt_option
 @remote_options
-def recipe(file: str, fmt: str, as_json: bool) -> None:
+def recipe(file: str, imatrix_path: str | None, budget: float | None, fmt: str, as_json: bool, tablefmt: str) -> None:
     """The llama-quantize recipe that reproduces this file's per-tensor types: --pure, a base FTYPE
     and the fewest --tensor-type rules (first match wins, as llama-quantize applies them), plus
     --output-tensor-type / --token-embedding-type where needed. Run it on the same source model.
+
+    With --imatrix and --budget: promote the most important tensors to larger types until the
+    budget is spent, as --tensor-type rules placed first. The rule: each step up a tensor's ladder
+    (IQ1_S IQ1_M IQ2_XXS IQ2_XS IQ2_S Q2_K IQ3_XXS IQ3_S Q3_K IQ4_XS Q4_K Q5_K Q6_K Q8_0, each
+    after llama-quantize's fallback for a row length its block does not divide: Q4_K -> Q5_0,
+    Q5_K -> Q5_1, Q6_K -> Q8_0, IQ* -> IQ4_NL) is worth importance x (4^-bpw_from - 4^-bpw_to)
+    per added bit per weight, importance being the mean of in_sum2 / counts (ggufx imatrix);
+    the best steps are taken first, greedily, and a step that would pass the budget ends that
+    tensor's climb. Exit 2 when the budget is below the file's BPW or the imatrix is not this
+    model's.
 
     \b
     Examples:
       ggufx recipe model.gguf
       ggufx recipe model.gguf --format tensor-type-file > types.txt
       ggufx recipe model.gguf --json | jq '{base, rules}'
+      ggufx recipe model-Q4_K_M.gguf --imatrix imatrix.gguf --budget 5.2
+      ggufx recipe model-Q4_K_M.gguf --imatrix imatrix.gguf --budget 5.2 --json | jq .promotions
     """
     from ggufx import results
-    from ggufx.render.text import recipe_text
+    from ggufx.cli._common import EXIT_USAGE
+    from ggufx.render.text import promotion_text, recipe_text
 
-    res = results.recipe(open_model(file))
+    model = open_model(file)
+    try:
+        res = results.recipe(model, open_model(imatrix_path) if imatrix_path else None, budget)
+    except results.InputError as e:
+        click.echo(f"ggufx: error: {e.param + ': ' if e.param else ''}{e}", err=True)
+        sys.exit(EXIT_USAGE)
     if as_json:
         emit_json(res)
         return
-    click.echo(recipe_text(res, fmt), nl=fmt != "tensor-type-file")
+    if budget is not None and fmt == "command":
+        click.echo(promotion_text(res, tablefmt))
+    else:
+        click.echo(recipe_text(res, fmt), nl=fmt != "tensor-type-file")
     if res["unreproducible"]:
         click.echo(
             f"note: llama-quantize cannot give these tensors their types: {', '.join(res['unreproducible'])}", err=True
@@ -270,15 +305,24 @@ __all__: list[Any] = ["roles", "layers", "recipe", "diff_"]
     "--fit",
     "fit_budget",
     metavar="SIZE",
-    help="Instead: the largest context per cache type that fits GPUs of SIZE free memory (24GiB; 24GiB,24GiB).",
+    help="Instead: what llama.cpp's --fit sets (-c -ngl -ts -ot) for GPUs of SIZE free memory (24GiB; "
+    "24GiB,24GiB), and the largest context per cache type.",
 )
 @click.option(
     "--fit-target",
     "-fitt",
-    type=click.FloatRange(min=0),
-    default=0.0,
+    metavar="MiB[,MiB...]",
+    help="MiB to keep free per GPU when fitting (one value, or one per GPU). Default: llama.cpp's 1024 "
+    "for its answer, 0 for ggufx's largest context.",
+)
+@click.option(
+    "--fit-ctx",
+    "-fitc",
+    "fit_ctx",
+    type=click.IntRange(min=0),
+    default=4096,
     show_default=True,
-    help="MiB to keep free on each GPU when fitting (llama.cpp's --fit keeps 1024).",
+    help="With --fit and no -c: the smallest context llama.cpp's --fit may reduce to.",
 )
 @click.option("--fit-layers", is_flag=True, help="With --fit: the most layers (-ngl) that fit at -c, not the context.")
 @click.option(
@@ -328,7 +372,8 @@ def mem(
     cache_type_k_draft: str,
     cache_type_v_draft: str,
     fit_budget: str | None,
-    fit_target: float,
+    fit_target: str | None,
+    fit_ctx: int,
     fit_layers: bool,
     check_log: str | None,
     tolerance: float,
@@ -400,7 +445,13 @@ def mem(
         devices = [] if no_devices else _gpus(gpus)
         if fit_budget is not None:
             res = results.fit(
-                model, fit_budget, offload=offload, context=context, margin=int(fit_target * MiB), layers=fit_layers
+                model,
+                fit_budget,
+                offload=offload,
+                context=context,
+                margin=None if fit_target is None else _fit_margins(fit_target),
+                layers=fit_layers,
+                n_ctx_min=fit_ctx,
             )
             emit(res, as_json, lambda: fit_text(res, tablefmt))
             return
@@ -431,6 +482,19 @@ def _override(text: str) -> tuple[str, str]:
     if not sep or not pattern or not buft:
         raise click.BadParameter(f"{text!r}: expected REGEX=BUFFER_TYPE, e.g. exps=CPU", param_hint="-ot")
     return pattern, buft
+
+
+def _fit_margins(text: str) -> list[int]:
+    """-fitt 1024 or 70000,74000 (MiB per GPU, as llama.cpp splits it at , and /) -> bytes."""
+    try:
+        values = [float(x) for x in text.replace("/", ",").split(",")]
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r}: expected MiB, or MiB per GPU separated by commas", param_hint="-fitt"
+        ) from None
+    if any(v < 0 for v in values):
+        raise click.BadParameter(f"{text!r}: a margin cannot be negative", param_hint="-fitt")
+    return [int(v * MiB) for v in values]
 
 
 def _split(text: str | None) -> tuple[float, ...]:

@@ -313,7 +313,25 @@ MiB = 1 << 20
 
 
 def fit_text(res: dict[str, Any], fmt: str = "simple") -> str:
-    """``ggufx mem --fit`` (``results.fit``): the largest context per cache type, or the most layers."""
+    """``ggufx mem --fit`` (``results.fit``): llama.cpp's answer (arguments to paste), then ggufx's
+    largest context per cache type, or the most layers."""
+    head = []
+    if "llama_cpp" in res:
+        lc = res["llama_cpp"]
+        why = {
+            "unchanged": "everything fits as given",
+            "context": "the context reduced",
+            "layers": "layers (MoE: expert tensors) moved off the GPUs",
+        }
+        margins = sorted({v // MiB for v in lc["margin"].values()})
+        head.append(f"llama.cpp --fit (-fitt {','.join(str(m) for m in margins)} MiB):")
+        if lc["status"] == "failed":
+            head.append(f"  fails: {lc['message']}")
+        else:
+            head.append(f"  {lc['args']}")
+            head.append(f"  ({why[lc['status']]})")
+        uses = ", ".join(f"{k} {v / MiB:,.0f} of {lc['free'][k] / MiB:,.0f} MiB" for k, v in lc["use"].items())
+        head += [f"  ggufx's figures there: {uses}", ""]
     if res["fits"] and res["fits"][0]["fit"] == "layers":
         rows = [
             (
@@ -323,7 +341,7 @@ def fit_text(res: dict[str, Any], fmt: str = "simple") -> str:
             )
             for f in res["fits"]
         ]
-        return table.render(rows, ("KV cache type", "-ngl", "GPU MiB"), fmt, align="lrl")
+        return "\n".join(head) + table.render(rows, ("KV cache type", "most -ngl", "GPU MiB"), fmt, align="lrl")
     ctx_rows = [
         (
             f["cache_type"],
@@ -333,7 +351,9 @@ def fit_text(res: dict[str, Any], fmt: str = "simple") -> str:
         )
         for f in res["fits"]
     ]
-    return table.render(ctx_rows, ("KV cache type", "largest context", "llama.cpp --fit", "GPU MiB"), fmt, align="lrrl")
+    return "\n".join(head) + table.render(
+        ctx_rows, ("KV cache type", "largest context", "llama.cpp --fit", "GPU MiB"), fmt, align="lrrl"
+    )
 
 
 def memory_devices_text(res: dict[str, Any], fmt: str = "simple") -> str:

@@ -1,0 +1,335 @@
+"""llama.cpp's --fit decisions against ggufx's (ggufx.analysis.fit), on every recorded fit run.
+
+tests/fixtures/llamacpp-logs holds llama-fit-params answers (fit-*: one GPU, fit2g-*: two) and runs with
+auto-fit on (fiton-*: the trimmed log keeps common_params_fit_impl's trace, every dry run's layer split
+and measured MiB). For each, ggufx runs llama.cpp's algorithm on its own dry runs (buffers.breakdown)
+and must print the same arguments (``-c -ngl -ts -ot``) or reach the same split (fiton-*).
+
+Where a decision hinges on a compute buffer ggufx computes differently from llama.cpp (compute.py is
+an allocator model, not exact), COMPUTE_BOUND names it: ggufx's answer today, and the recorded run
+that measures ggufx's compute error for that kind of configuration. The test then shows that this
+error alone flips the decision: the same algorithm, with each device's compute buffers moved by the
+difference llama.cpp's log shows, gives llama.cpp's answer. Once compute.py agrees, ggufx's own answer
+is llama.cpp's and the entry is no longer used.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+import ggufx
+from ggufx.analysis.buffers import ContextParams, MiB, breakdown
+from ggufx.analysis.fit import (
+    ATTN,
+    GATE,
+    MOE,
+    UP,
+    DeviceLayers,
+    DeviceUse,
+    DryRun,
+    LlamaFit,
+    Measure,
+    breakdown_measure,
+    layer_args,
+    llama_fit,
+)
+from ggufx.analysis.hparams import hparams
+from ggufx.analysis.llamaargs import parse_args
+from ggufx.analysis.llamalog import parse_log
+from ggufx.analysis.placement import Device, OffloadParams
+
+from .llamacpp_logs import LOGS, RUNS
+
+FIT_LOGS = sorted(rid for rid in RUNS if rid.startswith(("fit-", "fit2g-", "fiton")))
+
+# llama-fit-params logs keep only the answer, not the free memory its first dry run saw. The fit-on
+# runs print it ("projected to use ... vs. N MiB of free device memory"): 80552 MiB for llama31-8b and
+# qwen3moe-30b-a3b, 80400 MiB for qwen36-27b (on either GPU; 80550 MiB at the load that follows). With
+# llama.cpp's own dry-run figures, 80400 MiB gives fit-q27-noc-fitt60000's 55040 (80552 would give 57344).
+FREE_MIB = {"qwen36-27b": 80400}
+FREE_MIB_DEFAULT = 80552
+FRACTION = {"ATTN": ATTN, "UP": UP, "GATE": GATE}
+
+
+@dataclass(frozen=True)
+class ComputeBound:
+    """A decision that flips on ggufx's compute error: ggufx's answer, why, and a recorded run of the
+    same kind of configuration whose compute buffers measure that error (``ngl``/``n_ctx``: that run's
+    configuration where its command line does not say it, as for a fit-on run)."""
+
+    ggufx: str
+    why: str
+    reference: str
+    ngl: int | None = None
+    n_ctx: int | None = None
+
+
+MOE_REST = r"_(ch|)exps=CPU"
+COMPUTE_BOUND = {
+    "fit-l8b-c131072-fitt75000": ComputeBound(
+        "-c 131072 -ngl 8",
+        "-ngl 8 at 131072: llama.cpp measured 5858 MiB (fiton-l8b-c131072-fitt75000), over the 5552 MiB "
+        "target; ggufx 5205 MiB, its CUDA0 compute buffer at partial offload 282.5 MiB where llama.cpp's is 936",
+        "fiton-l8b-c131072-fitt75000",
+        ngl=7,
+        n_ctx=131072,
+    ),
+    "fiton-l8b-c131072-fitt75000": ComputeBound(
+        "-c 131072 -ngl 8",
+        "as fit-l8b-c131072-fitt75000 (its trace: -ngl 7 5213 MiB, -ngl 8 5858 MiB; ggufx 4560, 5205)",
+        "fiton-l8b-c131072-fitt75000",
+        ngl=7,
+        n_ctx=131072,
+    ),
+    "fit-q27-noc-fitt60000": ComputeBound(
+        "-c 54784 -ngl -1",
+        "the interpolation between 4096 and 262144 tokens: ggufx's CUDA0 compute is ~10 MiB over llama.cpp's "
+        "(791.0 vs 781.02 MiB at 262144), which is 256 tokens less",
+        "q27-ngl99-c262144",
+    ),
+    "fiton-q27-noc-fitt60000": ComputeBound(
+        "-c 54784 -ngl -1",
+        "as fit-q27-noc-fitt60000 (the trace: 33536 MiB projected, ggufx 33546)",
+        "q27-ngl99-c262144",
+    ),
+    "fit-moe-c262144-fitt60000": ComputeBound(
+        '-c 262144 -ngl 38 -ot "'
+        + ",".join(rf"blk\.{il}\.ffn_(up|down|gate_up|gate){MOE_REST}" for il in range(12, 49))
+        + '"',
+        "38 dense-only layers at 262144: ggufx 20551.5 MiB, just under the 20552 MiB target; llama.cpp measured "
+        "more (its CUDA0 compute at 262144 is 4.0 MiB over ggufx's, moe-ngl99-c262144)",
+        "moe-ngl99-c262144",
+    ),
+    "fit2g-moe-c262144-fitt65000": ComputeBound(
+        '-c 262144 -ngl 49 -ts 21,28 -ot "blk\\.11\\.ffn_(gate|gate_up|down).*=CUDA1,'
+        + ",".join(rf"blk\.{il}\.ffn_(up|down|gate_up|gate){MOE_REST}" for il in [*range(12, 21), *range(22, 49)])
+        + '"',
+        "CUDA0 with 21 layers, 11 of them full: ggufx 15439 MiB, under the 15552 MiB target, so one more full "
+        "layer than llama.cpp; two GPUs with experts on the host run without pipeline parallelism, where "
+        "ggufx's CUDA0 compute is 133.5 MiB under llama.cpp's (2g-moe-cpumoe-c262144)",
+        "2g-moe-cpumoe-c262144",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class FitRun:
+    """A recorded fit: the model, the GPUs as llama.cpp saw them and the options."""
+
+    model: ggufx.GGUFModel
+    devices: list[Device]
+    offload: OffloadParams
+    context: ContextParams
+    margins: list[int]
+    n_ctx_min: int
+
+
+def fit_run(rid: str, models: dict[str, Path]) -> FitRun:
+    run = RUNS[rid]
+    argv = shlex.split(run["args"].replace("@", ""))
+    args = parse_args(argv)
+    opt = dict(zip(argv, [*argv[1:], ""], strict=True))
+    text = (LOGS / f"{rid}.log").read_text()
+    nd = int(run["gpus"])
+    m = re.search(r"vs\. (\d+) MiB of free device memory", text)  # the sum over the GPUs
+    free = int(m[1]) // nd if m else FREE_MIB.get(args.model or "", FREE_MIB_DEFAULT)
+    devices = [Device(f"CUDA{i}", free * MiB) for i in range(nd)]
+    margins = [int(v) * MiB for v in opt.get("-fitt", "1024").replace("/", ",").split(",")]
+    assert args.model is not None
+    return FitRun(
+        ggufx.open(models[args.model]),
+        devices,
+        args.offload,
+        args.context,
+        margins,
+        int(opt.get("-fitc", "4096")),
+    )
+
+
+def decide(f: FitRun, measure: Measure | None = None) -> LlamaFit:
+    return llama_fit(
+        f.model, f.devices, f.offload, f.context, margins=f.margins, n_ctx_min=f.n_ctx_min, measure=measure
+    )
+
+
+def traced_decision(text: str) -> tuple[int, tuple[DeviceLayers, ...] | None]:
+    """A fit-on run's decision: the context it loaded, and the layer split of the trace's last
+    per-device summary (the overflow part from the last ``set ngl_per_device[i].(...)=(..., UP)``)."""
+    m = re.search(r"llama_context: n_ctx += (\d+)", text)
+    assert m is not None
+    n_ctx = int(m[1])
+    if "no changes needed" in text or "entire model can be fit by reducing context" in text:
+        return n_ctx, None
+    final: dict[int, tuple[int, int]] = {}
+    summary = r"common_params_fit_impl: +- CUDA(\d+) \(.*?\): +(\d+) layers(?: \( *(\d+) overflowing\))?,"
+    for m in re.finditer(summary, text):
+        final[int(m[1])] = (int(m[2]), int(m[3] or 0))
+    kinds: dict[int, tuple[int, int, int]] = {}
+    kind = r"set ngl_per_device\[(\d+)\]\.\(n_layer, n_part, overflow_type\)=\((\d+), (\d+), (\w+)\)"
+    for m in re.finditer(kind, text):
+        kinds[int(m[1])] = (int(m[2]), int(m[3]), FRACTION[m[4]])
+    layers = []
+    for i in sorted(final):
+        n, p = final[i]
+        k = kinds.get(i)
+        layers.append(DeviceLayers(n, p, k[2] if k and k[:2] == (n, p) else MOE))
+    return n_ctx, tuple(layers)
+
+
+Split = tuple[tuple[int, int, int], ...]
+
+
+def traced_trials(text: str, nd: int) -> list[tuple[Split, list[int]]]:
+    """Every ``memory for test allocation by device`` block: the layer split tried (n_layer, n_part,
+    overflow type per device) and the MiB llama.cpp measured per device, in order."""
+    row = r"id=\d+, n_layer= *(\d+), n_part= *(\d+), overflow_type=(\d), mem= *(\d+) MiB"
+    out = []
+    for block in text.split("memory for test allocation by device:")[1:]:
+        rows = re.findall(row, block)[:nd]
+        out.append((tuple((int(a), int(b), int(c)) for a, b, c, _ in rows), [int(r[3]) for r in rows]))
+    return out
+
+
+def split_of(layers: tuple[DeviceLayers, ...]) -> Split:
+    return tuple((x.n_layer, x.n_part, x.overflow) for x in layers)
+
+
+def recorded_compute(model: str, n_ctx: int, nd: int) -> dict[str, float]:
+    """llama.cpp's compute buffers (MiB) of the recorded run of ``model`` at ``-ngl 99 -c n_ctx`` on ``nd`` GPUs."""
+    for rid, run in RUNS.items():
+        if run["gpus"] == str(nd) and run["args"].startswith(f"-m @{model} -ngl 99 -c {n_ctx} -p hi -n 1 -no-cnv"):
+            if run["args"].endswith("--no-warmup -v -fit off"):
+                return parse_log((LOGS / f"{rid}.log").read_text()).buffers["compute"]
+    raise KeyError(f"no recorded run of {model} at -ngl 99 -c {n_ctx}")
+
+
+def compute_error(bound: ComputeBound, models: dict[str, Path]) -> dict[str, int]:
+    """Per GPU, llama.cpp's compute buffer in the reference run less ggufx's for it (bytes)."""
+    run = RUNS[bound.reference]
+    log = parse_log((LOGS / f"{bound.reference}.log").read_text())
+    args = parse_args(run["args"].replace("@", ""), server=run["tool"] == "server")
+    assert args.model is not None
+    offload, context = args.offload, args.context
+    if bound.ngl is not None:
+        offload = replace(offload, n_gpu_layers=bound.ngl)
+    if bound.n_ctx is not None:
+        context = replace(context, n_ctx=bound.n_ctx)
+    devices = [Device(name, free * MiB) for name, free in log.devices]
+    ours = breakdown(ggufx.open(models[args.model]), devices, offload, context).by_kind("compute")
+    return {d.name: round(log.buffers["compute"][d.name] * MiB) - ours.get(d.name, 0) for d in devices}
+
+
+def corrected(f: FitRun, error: dict[str, int]) -> Measure:
+    """ggufx's dry run with each GPU's compute buffers moved by llama.cpp's recorded difference."""
+    base = breakdown_measure(f.model, f.devices, f.offload, f.context)
+
+    def measure(run: DryRun) -> tuple[DeviceUse, ...]:
+        return tuple(
+            replace(u, compute=u.compute + error.get(d.name, 0)) for d, u in zip(f.devices, base(run), strict=True)
+        )
+
+    return measure
+
+
+def llama_answer(rid: str, text: str, f: FitRun) -> str:
+    """llama.cpp's answer as llama-fit-params prints it (fit-on runs: rebuilt from the trace)."""
+    if not rid.startswith("fiton"):
+        return next(line for line in text.splitlines() if line.startswith("-c "))
+    n_ctx, layers = traced_decision(text)
+    if layers is None:
+        return f"-c {n_ctx} -ngl -1"
+    nd = len(f.devices)
+    bufts = tuple(f.devices[i + 1].name if x.overflow != MOE and i + 1 < nd else "CPU" for i, x in enumerate(layers))
+    ngl, ts, ot = layer_args(layers, bufts, hparams(f.model).n_layer)
+    return LlamaFit("layers", n_ctx, ngl, ts, ot, f.devices, f.margins, {}).args
+
+
+@pytest.mark.parametrize("rid", [r for r in FIT_LOGS if "--fit-print" not in RUNS[r]["args"]])
+def test_fit_decision_is_llama_cpps(rid: str, hole_models: dict[str, Path]) -> None:
+    """ggufx's llama_fit prints llama.cpp's answer, or, where COMPUTE_BOUND says so, its documented
+    answer, which the recorded compute error alone turns into llama.cpp's."""
+    text = (LOGS / f"{rid}.log").read_text()
+    f = fit_run(rid, hole_models)
+    expected = llama_answer(rid, text, f)
+    own = decide(f)
+    assert own.status != "failed", own.message
+    if own.args == expected:
+        return
+    bound = COMPUTE_BOUND.get(rid)
+    assert bound is not None, f"ggufx {own.args[:200]} != llama.cpp {expected[:200]}"
+    assert own.args == bound.ggufx, f"ggufx now answers {own.args[:200]} ({bound.why})"
+    error = compute_error(bound, hole_models)
+    fixed = decide(f, corrected(f, error))
+    assert fixed.args == expected, (
+        f"with llama.cpp's compute ({ {k: round(v / MiB, 2) for k, v in error.items()} } MiB): {fixed.args[:200]}"
+    )
+
+
+@pytest.mark.parametrize("rid", [r for r in FIT_LOGS if r.startswith("fiton")])
+def test_fit_replays_llama_cpp_trace(rid: str, hole_models: dict[str, Path]) -> None:
+    """Fed llama.cpp's own dry-run figures (the trace's MiB; for a context dry run the trace does not
+    print, ggufx's exact weights and KV with the compute buffer of the recorded run at that context),
+    the algorithm tries the same layer splits in the same order and decides as llama.cpp did; ggufx's
+    weights at that decision are the model buffers llama.cpp then loaded."""
+    text = (LOGS / f"{rid}.log").read_text()
+    f = fit_run(rid, hole_models)
+    nd = len(f.devices)
+    traced = dict(traced_trials(text, nd))
+    projected = re.search(r"projected to use (\d+) MiB of device memory", text)
+    assert projected is not None
+    initial = [int(projected[1])]
+    if nd > 1:  # "  - CUDA0 (...):  81079 total,  23578 used,  56974 free vs. target of ..."
+        initial = [int(u) for u in re.findall(r"total, +(\d+) used, +-?\d+ free vs\. target", text)[:nd]]
+    surplus = re.search(r"total (surplus|deficit) of (\d+) MiB", text)
+    base = breakdown_measure(f.model, f.devices, f.offload, f.context)
+    name = RUNS[rid]["model"]
+    calls: list[DryRun] = []
+
+    def measure(run: DryRun) -> tuple[DeviceUse, ...]:
+        calls.append(run)
+        if run.layers is not None:  # a KeyError: llama.cpp never tried this split
+            return tuple(DeviceUse(mib * MiB, 0, 0) for mib in traced[split_of(run.layers)])
+        if run.experts_on_host:  # the trace prints the sum only, which is all the algorithm uses
+            assert surplus is not None
+            left = int(surplus[2]) * MiB * (1 if surplus[1] == "surplus" else -1)
+            used = sum(d.free for d in f.devices) - sum(f.margins) - left
+            return tuple(DeviceUse(used if i == 0 else 0, 0, 0) for i in range(nd))
+        if len(calls) == 1:
+            return tuple(DeviceUse(mib * MiB, 0, 0) for mib in initial)
+        compute = recorded_compute(name, run.n_ctx, nd)
+        return tuple(
+            replace(u, compute=round(compute[d.name] * MiB)) for d, u in zip(f.devices, base(run), strict=True)
+        )
+
+    res = decide(f, measure)
+    tried = [split_of(t.run.layers) for t in res.trials if t.run.layers is not None]
+    assert tried == [s for s, _ in traced_trials(text, nd)]
+    n_ctx, layers = traced_decision(text)
+    assert (res.n_ctx, res.layers) == (n_ctx, layers)
+    if layers is not None:
+        loaded = parse_log(text).buffers["model"]
+        overrides = tuple(o for o in res.overrides if any(re.search(o[0], t.name) for t in f.model.tensors))
+        ts = tuple(float(n) for n in res.tensor_split)
+        offload = replace(f.offload, n_gpu_layers=res.n_gpu_layers, tensor_split=ts, overrides=overrides)
+        ours = breakdown(f.model, f.devices, offload, replace(f.context, n_ctx=res.n_ctx)).by_kind("model")
+        assert {d.name: round(ours[d.name] / MiB, 2) for d in f.devices} == {d.name: loaded[d.name] for d in f.devices}
+
+
+@pytest.mark.parametrize("rid", [r for r in FIT_LOGS if "--fit-print" in RUNS[r]["args"]])
+def test_fit_print_is_llama_cpps(rid: str, hole_models: dict[str, Path]) -> None:
+    """``llama-fit-params --fit-print on``: model and context MiB per device and host as printed
+    (floored), compute within the 5% of test_memory_logs."""
+    text = (LOGS / f"{rid}.log").read_text()
+    f = fit_run(rid, hole_models)
+    table = breakdown(f.model, f.devices, f.offload, f.context).table()
+    rows = re.findall(r"^(CUDA\d+|Host) (\d+) (\d+) (\d+)$", text, re.M)
+    assert rows
+    for name, model_mib, context_mib, compute_mib in rows:
+        ours = table[name]
+        assert (ours["model"] // MiB, ours["context"] // MiB) == (int(model_mib), int(context_mib)), name
+        assert abs(ours["compute"] / MiB - int(compute_mib)) <= 0.05 * int(compute_mib) + 1, name
