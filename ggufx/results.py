@@ -16,6 +16,7 @@ from typing import Any
 
 from ggufx.analysis.buffers import Breakdown, Buffer, ContextParams, MiB
 from ggufx.analysis.placement import Device, OffloadParams
+from ggufx.analysis.projector import ProjectorOptions
 from ggufx.analysis.summary import summarize
 from ggufx.errors import GGUFError, InputError, SourceError, ValidationError
 from ggufx.format.ggmltypes import CACHE_TYPES
@@ -265,11 +266,13 @@ def memory(
     draft: GGUFModel | None = None,
     draft_offload: OffloadParams | None = None,
     draft_context: ContextParams | None = None,
+    projector: ProjectorOptions | None = None,
 ) -> dict[str, Any]:
     """Every buffer llama.cpp allocates, per device, and the one-GPU summary of earlier versions.
 
-    ``mmproj`` adds a projector's weights (on the first GPU, as ``mtmd`` loads it); ``draft`` adds a
-    draft model's buffers (its own context, ``-ngld``/``-cd``/``-ctkd``/``-ctvd`` in ``draft_*``).
+    ``mmproj`` adds a projector's weights and compute buffers (on the first GPU, as ``mtmd`` loads
+    it, with ``projector``'s ``--image-*-tokens`` / ``--no-mmproj-offload``); ``draft`` adds a draft
+    model's buffers (its own context, ``-ngld``/``-cd``/``-ctkd``/``-ctvd`` in ``draft_*``).
 
     ``gpus`` (default one CUDA GPU; empty: a build without GPUs), ``offload`` and ``context`` carry
     every llama.cpp option; without them the positional arguments are used."""
@@ -293,7 +296,9 @@ def memory(
     offload = offload or OffloadParams(n_gpu_layers=n_gpu_layers)
     devices = list(gpus) if gpus is not None else [Device(GPU, 0)]
     b = breakdown(model, devices, offload, context)
-    extra = companion_buffers(model, devices, context, mmproj, draft, draft_offload, draft_context, b.notes)
+    extra = companion_buffers(
+        model, devices, context, mmproj, draft, draft_offload, draft_context, b.notes, projector or ProjectorOptions()
+    )
     e = summarize_breakdown(model, b, context)
     b.buffers += extra
     return {"path": model.path, **e.to_dict(), "n_gpu_layers_requested": offload.n_gpu_layers, **memory_details(b)}
@@ -308,21 +313,35 @@ def companion_buffers(
     draft_offload: OffloadParams | None,
     draft_context: ContextParams | None,
     notes: list[str],
+    projector: ProjectorOptions,
 ) -> list[Buffer]:
-    """A projector's weights and a draft model's buffers (kinds ``projector`` and ``draft_*``);
-    a pair llama.cpp would refuse is an :class:`InputError` naming the reason."""
+    """A projector's weights and compute buffers and a draft model's buffers (kinds ``projector``,
+    ``projector_compute`` and ``draft_*``); a pair llama.cpp would refuse is an
+    :class:`InputError` naming the reason."""
     from ggufx.analysis.buffers import alloc_size, breakdown
     from ggufx.analysis.companions import draft_incompatibility, projector_incompatibility
+    from ggufx.analysis.projector import projector_buffers, projector_unsupported
 
     out: list[Buffer] = []
     if mmproj is not None:
         reason = projector_incompatibility(model, mmproj)
         if reason:
             raise InputError(f"--mmproj {mmproj.path}: {reason}", "--mmproj")
-        buft = devices[0].name if devices else "CPU"
+        gpu = devices[0].name if devices and projector.offload else None
+        buft = gpu or "CPU"
         size = sum(alloc_size(buft, t.type, t.shape[0], t.n_elements // t.shape[0]) for t in mmproj.tensors if t.shape)
         out.append(Buffer("projector", buft, size))
-        notes.append("the projector's compute buffer (its image graph) is not modelled yet")
+        why = projector_unsupported(mmproj)
+        if why:
+            notes.append(f"the projector's compute buffer is not counted: {why}")
+        else:
+            out += projector_buffers(
+                mmproj,
+                gpu,
+                flash_attn=context.flash_attn,
+                image_max_tokens=projector.image_max_tokens,
+                image_min_tokens=projector.image_min_tokens,
+            )
     if draft is not None:
         reason = draft_incompatibility(model, draft)
         if reason:
@@ -340,7 +359,7 @@ def memory_details(b: Breakdown) -> dict[str, Any]:
     rows = []
     others: dict[str, int] = {}
     for x in b.buffers:
-        if x.kind == "projector" or x.kind.startswith("draft_"):
+        if x.kind.startswith(("projector", "draft_")):
             others[b.row(x.buft)] = others.get(b.row(x.buft), 0) + x.bytes
     for name in others:
         d["table"].setdefault(name, {"model": 0, "context": 0, "compute": 0, "self": 0})
@@ -369,7 +388,7 @@ def memory_details(b: Breakdown) -> dict[str, Any]:
         "layers_offloaded": d["layers_offloaded"],
         "n_layer": d["n_layer"],
         "exact": ["model", "kv", "recurrent", "output"],
-        "computed": ["compute"],
+        "computed": ["compute", "projector_compute"],
     }
 
 
@@ -385,11 +404,12 @@ def memory_check(
     draft: GGUFModel | None = None,
     draft_offload: OffloadParams | None = None,
     draft_context: ContextParams | None = None,
+    projector: ProjectorOptions | None = None,
 ) -> dict[str, Any]:
     """Compare ggufx's buffers with a llama.cpp log's (``-v``): per kind and buffer type, llama.cpp's
     MiB, ggufx's and the difference. Exact buffers must agree to llama.cpp's printed 0.01 MiB,
     computed ones within ``tolerance``; ``ok`` says whether all do. A draft model's buffers and a
-    projector's weights are compared too when given."""
+    projector's weights and compute buffers are compared too when given."""
     from ggufx.analysis.buffers import breakdown
     from ggufx.analysis.llamalog import parse_log
 
@@ -400,7 +420,9 @@ def memory_check(
         gpus = [Device(name, free * MiB) for name, free in log.devices]
     context = context or ContextParams()
     b = breakdown(model, list(gpus), offload or OffloadParams(), context)
-    companions = companion_buffers(model, gpus, context, mmproj, draft, draft_offload, draft_context, b.notes)
+    companions = companion_buffers(
+        model, gpus, context, mmproj, draft, draft_offload, draft_context, b.notes, projector or ProjectorOptions()
+    )
     rows = _check_rows(b.buffers, log.buffers, "", tolerance)
     if draft is not None:
         if log.draft is None:
@@ -421,6 +443,11 @@ def memory_check(
                 "ok": round(mine, 2) == log.projector["weights"],
             }
         )
+    if mmproj is not None:
+        printed = {buft: mib for buft, mib in log.projector.items() if buft != "weights"}
+        mine_compute = [x for x in companions if x.kind == "projector_compute"]
+        if printed and mine_compute:
+            rows += _check_rows(mine_compute, {"projector_compute": printed}, "projector_", tolerance)
     return {
         "path": model.path,
         "tolerance": tolerance,
@@ -480,8 +507,14 @@ def fit(
     margin: int | list[int] | None = None,
     layers: bool = False,
     n_ctx_min: int = 4096,
+    mmproj: GGUFModel | None = None,
+    projector: ProjectorOptions | None = None,
 ) -> dict[str, Any]:
     """What fits GPUs of ``budget`` free memory (``"24GiB"`` or ``"24GiB,24GiB"``, or bytes).
+
+    ``mmproj``: a projector loaded beside the model takes its weights and compute buffers from the
+    first GPU first, as llama-server adds them to that GPU's ``-fitt`` margin
+    (tools/server/server-context.cpp:1174-1198, ``mtmd_get_memory_usage``).
 
     ``llama_cpp``: what llama.cpp's ``--fit`` decides (``-c``, ``-ngl``, ``-ts``, ``-ot``), keeping
     ``margin`` bytes free per GPU (one value or one per GPU; None: llama.cpp's 1024 MiB) with
@@ -503,17 +536,28 @@ def fit(
     margins = [margin] if isinstance(margin, int) else list(margin or [])[: len(devices)]  # llama.cpp ignores extras
     own_margin = max(margins, default=0)
     llama_margins = margins or [MARGIN]
+    vision = _projector_usage(model, devices, context, mmproj, projector or ProjectorOptions())
+    if vision:
+        per_device = llama_margins * len(devices) if len(llama_margins) == 1 else list(llama_margins)
+        per_device += [MARGIN] * (len(devices) - len(per_device))
+        llama_margins = [m + vision.get(d.name, 0) for m, d in zip(per_device, devices, strict=False)]
+        devices_left = [Device(d.name, d.free - vision.get(d.name, 0)) for d in devices]
+    else:
+        devices_left = devices
 
     def decide(ct: str) -> Any:
         cp = replace(context, cache_type_k=ct, cache_type_v=ct)
         return llama_fit(model, devices, offload, cp, margins=llama_margins, n_ctx_min=n_ctx_min)
 
-    found = fit_devices(model, devices, offload, context, target="layers" if layers else "context", margin=own_margin)
+    found = fit_devices(
+        model, devices_left, offload, context, target="layers" if layers else "context", margin=own_margin
+    )
     decision = llama_fit(model, devices, offload, context, margins=llama_margins, n_ctx_min=n_ctx_min)
     out: dict[str, Any] = {
         "path": model.path,
         "budget": sizes[0] if len(sizes) == 1 else sizes,
         "margin": own_margin,
+        "projector_bytes": vision or None,
         "fits": [],
         "llama_cpp": decision.to_dict(),
     }
@@ -532,6 +576,24 @@ def fit(
             )
         out["fits"].append(d)
     return out
+
+
+def _projector_usage(
+    model: GGUFModel,
+    devices: list[Device],
+    context: ContextParams,
+    mmproj: GGUFModel | None,
+    projector: ProjectorOptions,
+) -> dict[str, int]:
+    """What ``mtmd_get_memory_usage`` says a projector takes per GPU: its tensors' bytes
+    (``ggml_nbytes``, clip.cpp:2181) and its compute buffers (clip.cpp:3819)."""
+    if mmproj is None or not devices or not projector.offload:
+        return {}
+    notes: list[str] = []
+    bufs = companion_buffers(model, devices, context, mmproj, None, None, None, notes, projector)
+    gpu = devices[0].name
+    usage = sum(t.nbytes for t in mmproj.tensors)
+    return {gpu: usage + sum(x.bytes for x in bufs if x.kind == "projector_compute" and x.buft == gpu)}
 
 
 REPORT_CONTEXTS = (4096, 32768, 131072)  # and the training context, where it is smaller or between
@@ -569,7 +631,9 @@ def _report_memory(model: GGUFModel, context_length: Any) -> list[dict[str, Any]
     ctxs = sorted({c for c in (*REPORT_CONTEXTS, n_train) if c and (not n_train or c <= n_train)})
     try:
         return [
-            estimate(model, c, cache_type_k=ct, cache_type_v=ct).to_dict() for c in ctxs for ct in ("f16", "q8_0", "q4_0")
+            estimate(model, c, cache_type_k=ct, cache_type_v=ct).to_dict()
+            for c in ctxs
+            for ct in ("f16", "q8_0", "q4_0")
         ]
     except GGUFError:  # a file llama.cpp cannot size (no block count...): the rest of the page still stands
         return []

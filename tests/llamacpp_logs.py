@@ -21,26 +21,16 @@ LOGS = Path(__file__).resolve().parent / "fixtures" / "llamacpp-logs"
 RUNS = json.loads((LOGS / "runs.json").read_text())
 
 
-@pytest.fixture(scope="session")
-def hole_models(smollm2_path: Path, gemma_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The recorded runs' models: headers written by make_headers.py, files truncated to full size."""
-    out = tmp_path_factory.mktemp("holes")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(LOGS / "make_headers.py"),
-            str(out),
-            "--smollm2",
-            str(smollm2_path),
-            "--gemma",
-            str(gemma_path),
-        ],
-        capture_output=True,
-        text=True,
-    )
+PROJECTOR_LOGS = LOGS.parent / "projector-logs"
+
+
+def _write_holes(script: Path, manifest: Path, out: Path, *args: str) -> dict[str, Path]:
+    """Run a header writer, check each header against the manifest it was recorded with (sha256),
+    and truncate a copy to the model's full size."""
+    proc = subprocess.run([sys.executable, str(script), str(out), *args], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     models = {}
-    for line in (LOGS / "headers-manifest.tsv").read_text().splitlines():
+    for line in manifest.read_text().splitlines():
         name, size, head, sha = line.split("\t")
         hdr = (out / f"{name}.hdr").read_bytes()
         assert (len(hdr), hashlib.sha256(hdr).hexdigest()) == (int(head), sha), (
@@ -51,6 +41,25 @@ def hole_models(smollm2_path: Path, gemma_path: Path, tmp_path_factory: pytest.T
             f.write(hdr)
             f.truncate(int(size))
         models[name] = path
+    return models
+
+
+@pytest.fixture(scope="session")
+def hole_models(smollm2_path: Path, gemma_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The recorded runs' models: the headers of make_headers.py (text models and the Qwen3.6 27B
+    projector) and of projector-logs/make_projectors.py (projectors of other types), each file
+    truncated to its full size."""
+    out = tmp_path_factory.mktemp("holes")
+    models = _write_holes(
+        LOGS / "make_headers.py",
+        LOGS / "headers-manifest.tsv",
+        out,
+        "--smollm2",
+        str(smollm2_path),
+        "--gemma",
+        str(gemma_path),
+    )
+    models.update(_write_holes(PROJECTOR_LOGS / "make_projectors.py", PROJECTOR_LOGS / "headers-manifest.tsv", out))
     return models
 
 

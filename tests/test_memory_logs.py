@@ -53,6 +53,7 @@ def test_buffers_match_llama_cpp(rid: str, hole_models: dict[str, Path]) -> None
         draft_context=args.draft_context,
         draft=ggufx.open(hole_models[args.draft]) if args.draft else None,
         mmproj=ggufx.open(hole_models[args.mmproj]) if args.mmproj else None,
+        projector=args.projector,
     )
     exact = [r for r in res["rows"] if r["exact"]]
     kinds = {r["kind"] for r in exact}

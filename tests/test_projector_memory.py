@@ -7,10 +7,7 @@ type, to the 0.01 MiB llama.cpp prints."""
 
 from __future__ import annotations
 
-import hashlib
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -39,25 +36,9 @@ RECORDED = _runs_with_projector()
 
 
 @pytest.fixture(scope="session")
-def projector_models(hole_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """hole_models plus the projectors of make_projectors.py, truncated to their full size."""
-    out = tmp_path_factory.mktemp("projectors")
-    proc = subprocess.run(
-        [sys.executable, str(PROJ_LOGS / "make_projectors.py"), str(out)], capture_output=True, text=True
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    models = dict(hole_models)
-    manifest = (PROJ_LOGS / "headers-manifest.tsv").read_text().splitlines()
-    for line in manifest:
-        name, size, head, sha = line.split("\t")
-        hdr = (out / f"{name}.hdr").read_bytes()
-        assert (len(hdr), hashlib.sha256(hdr).hexdigest()) == (int(head), sha), f"{name}: not the header recorded"
-        path = out / f"{name}.gguf"
-        with open(path, "wb") as f:
-            f.write(hdr)
-            f.truncate(int(size))
-        models[name] = path
-    return models
+def projector_models(hole_models: dict[str, Path]) -> dict[str, Path]:
+    """The text models and every recorded projector (tests/llamacpp_logs.py writes them)."""
+    return hole_models
 
 
 def _options(args: str) -> dict:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 
 from ggufx.analysis.buffers import ContextParams
 from ggufx.analysis.placement import CPU_MOE_PATTERN, OffloadParams, n_cpu_moe_patterns
+from ggufx.analysis.projector import ProjectorOptions
 from ggufx.errors import InputError
 
 _INT = {
@@ -28,6 +29,8 @@ _INT = {
     "--parallel": "n_parallel",
     "-mg": "main_gpu",
     "--main-gpu": "main_gpu",
+    "--image-min-tokens": "image_min",
+    "--image-max-tokens": "image_max",
 }
 _STR = {
     "-fa": "flash_attn",
@@ -63,6 +66,7 @@ class LlamaArgs:
     draft: str | None = None  # -md FILE: the draft model of speculative decoding
     draft_offload: OffloadParams | None = None  # -ngld
     draft_context: ContextParams | None = None  # -cd, -ctkd, -ctvd
+    projector: ProjectorOptions = field(default_factory=ProjectorOptions)  # --image-*-tokens, --no-mmproj-offload
     others: list[str] = field(default_factory=list)  # options that change no buffer of the main model
 
 
@@ -133,6 +137,9 @@ def parse_args(argv: list[str] | str, server: bool = False) -> LlamaArgs:
         elif a in ("-dev", "--device"):
             no_devices = value() == "none"
             i += 2
+        elif a in ("--no-mmproj-offload", "--mmproj-offload"):
+            v["mmproj_offload"] = a == "--mmproj-offload"
+            i += 1
         else:
             others.append(a)
             i += 1
@@ -181,5 +188,10 @@ def parse_args(argv: list[str] | str, server: bool = False) -> LlamaArgs:
         None if draft is None else str(draft),
         draft_offload,
         draft_context,
+        ProjectorOptions(
+            v.get("image_min"),  # type: ignore[arg-type]
+            v.get("image_max"),  # type: ignore[arg-type]
+            bool(v.get("mmproj_offload", True)),
+        ),
         others,
     )

@@ -27,7 +27,14 @@ from ggufx.analysis.buffers import Buffer
 from ggufx.errors import InputError
 from ggufx.model import GGUFModel
 
-__all__ = ["MODELLED", "ProjectorParams", "projector_buffers", "projector_params", "projector_unsupported"]
+__all__ = [
+    "MODELLED",
+    "ProjectorOptions",
+    "ProjectorParams",
+    "projector_buffers",
+    "projector_params",
+    "projector_unsupported",
+]
 
 CPU_ALIGN = 32  # TENSOR_ALIGNMENT (ggml-cpu buffer type)
 CUDA_ALIGN = 128  # ggml_backend_cuda_buffer_type_get_alignment
@@ -37,6 +44,17 @@ MODELLED = frozenset({"qwen2vl_merger", "qwen2.5vl_merger", "qwen3vl_merger", "g
 CUDA_FA_HEAD_DIMS = frozenset({40, 64, 72, 80, 96, 112, 128, 256})
 _INPLACE = frozenset({"add", "mul", "scale", "unary", "rope", "rms_norm", "soft_max"})
 _TYPE_SIZE = {"F32": 4, "F16": 2, "BF16": 2, "I32": 4}
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectorOptions:
+    """llama.cpp's options for the projector (common/arg.cpp): ``--image-min-tokens``,
+    ``--image-max-tokens`` (None: the projector's own limits) and ``--no-mmproj-offload``
+    (``offload=False``: its weights and graph stay on the CPU)."""
+
+    image_min_tokens: int | None = None
+    image_max_tokens: int | None = None
+    offload: bool = True
 
 
 # -- the projector's hyperparameters ------------------------------------------------------------------

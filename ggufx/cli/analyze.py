@@ -274,6 +274,21 @@ __all__: list[Any] = ["roles", "layers", "recipe", "diff_"]
     "--mmproj", "mmproj_file", type=click.Path(dir_okay=False), help="A vision/audio projector loaded beside the model."
 )
 @click.option(
+    "--image-min-tokens",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --mmproj: the fewest image tokens (llama.cpp's option; default: the projector's).",
+)
+@click.option(
+    "--image-max-tokens",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --mmproj: the most image tokens; a smaller warmup image, a smaller compute buffer.",
+)
+@click.option(
+    "--no-mmproj-offload", is_flag=True, help="With --mmproj: the projector's weights and graph stay on the CPU."
+)
+@click.option(
     "--model-draft",
     "-md",
     "draft_file",
@@ -366,6 +381,9 @@ def mem(
     tool: str,
     llama_args: str | None,
     mmproj_file: str | None,
+    image_min_tokens: int | None,
+    image_max_tokens: int | None,
+    no_mmproj_offload: bool,
     draft_file: str | None,
     n_gpu_layers_draft: int,
     ctx_size_draft: int,
@@ -403,6 +421,7 @@ def mem(
     from ggufx import results
     from ggufx.analysis.llamaargs import parse_args
     from ggufx.analysis.placement import n_cpu_moe_patterns
+    from ggufx.analysis.projector import ProjectorOptions
     from ggufx.render.text import fit_text, memory_check_text, memory_devices_text
 
     model = open_model(file)
@@ -431,9 +450,15 @@ def mem(
         draft_context = replace(
             context, n_ctx=ctx_size_draft or ctx, cache_type_k=cache_type_k_draft, cache_type_v=cache_type_v_draft
         )
+        projector = ProjectorOptions(image_min_tokens, image_max_tokens, not no_mmproj_offload)
         if llama_args is not None:
             parsed = parse_args(llama_args, server=server)
-            offload, context, no_devices = parsed.offload, parsed.context, parsed.no_devices
+            offload, context, no_devices, projector = (
+                parsed.offload,
+                parsed.context,
+                parsed.no_devices,
+                parsed.projector,
+            )
             mmproj_file, draft_file = parsed.mmproj or mmproj_file, parsed.draft or draft_file
             draft_offload, draft_context = parsed.draft_offload or draft_offload, parsed.draft_context or draft_context
         companions: dict[str, Any] = {
@@ -441,12 +466,15 @@ def mem(
             "draft": open_model(draft_file) if draft_file else None,
             "draft_offload": draft_offload,
             "draft_context": draft_context,
+            "projector": projector,
         }
         devices = [] if no_devices else _gpus(gpus)
         if fit_budget is not None:
             res = results.fit(
                 model,
                 fit_budget,
+                mmproj=companions["mmproj"],
+                projector=projector,
                 offload=offload,
                 context=context,
                 margin=None if fit_target is None else _fit_margins(fit_target),
