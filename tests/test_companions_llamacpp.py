@@ -1,8 +1,8 @@
 """Companion files against llama.cpp's own tools (marker ``llamacpp``): an imatrix made by
 llama-imatrix is read by ``ggufx imatrix`` with the per-tensor figure llama-imatrix's own
-``--show-statistics`` prints; LoRA adapters and control vectors written with gguf-py, and a
-projector beside a model of another width, are accepted or refused by llama.cpp exactly as
-``ggufx check`` says."""
+``--show-statistics`` prints; LoRA adapters and control vectors written with gguf-py, a projector
+beside a model of another width and draft models with the same or another vocabulary are accepted
+or refused by llama.cpp exactly as ``ggufx check`` says."""
 
 from __future__ import annotations
 
@@ -158,3 +158,37 @@ def test_projector_of_another_width_refused_by_mtmd_and_by_check(
     assert r.exit_code == 1 and "the projector projects to 5120 but the model's embedding is 576" in r.stdout
     assert RUNS["q27-mmproj-cpu-c32768"]["exit_status"] == 0
     assert cli("check", str(hole_models["qwen36-27b"]), "--mmproj", str(mm)).exit_code == 0
+
+
+def _server_speculation(llama_bin: Path, model: Path, draft: Path, cwd: Path) -> str:
+    """llama-server's log up to "model loaded" with ``draft`` as its draft model (``--spec-type
+    draft-simple``, which runs llama.cpp's vocabulary compatibility check); the server is stopped."""
+    cmd = [str(llama_bin / "llama-server"), "-m", str(model), "-md", str(draft), "--spec-type", "draft-simple"]
+    cmd += ["--port", "0", "-t", "2", "-c", "512", "--no-warmup", "-v"]
+    proc = subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            lines.append(raw.decode("utf-8", "replace"))
+            if "model loaded" in lines[-1] or "exiting due to model loading error" in lines[-1]:
+                break
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    return "".join(lines)
+
+
+def test_draft_model_accepted_or_refused_as_check_says(
+    cli: CliRun, llama_bin: Path, smollm2_path: Path, gemma_path: Path, tmp_path: Path
+) -> None:
+    """SmolLM2 drafting for itself: llama-server sets speculation up and check passes; Gemma 3's
+    vocabulary for SmolLM2: llama-server's compatibility check refuses it, as check does."""
+    log = _server_speculation(llama_bin, smollm2_path, smollm2_path, tmp_path)
+    assert "speculative decoding context initialized" in log, log[-3000:]
+    assert cli("check", str(smollm2_path), "--draft", str(smollm2_path)).exit_code == 0
+    log = _server_speculation(llama_bin, smollm2_path, gemma_path, tmp_path)
+    assert "the target and draft vocabs are not compatible" in log, log[-3000:]
+    assert "vocab_type_dft = 1 while vocab_type_tgt = 2" in log  # LLAMA_VOCAB_TYPE_SPM, _BPE
+    r = cli("check", str(smollm2_path), "--draft", str(gemma_path))
+    assert r.exit_code == 1 and "the draft model's vocabulary type is 'llama', the model's 'gpt2'" in r.stdout
