@@ -14,7 +14,9 @@ from gguf import GGUFWriter
 
 import ggufx
 from ggufx import results
+from ggufx.analysis.buffers import MiB
 from ggufx.analysis.companions import imatrix_coverage, lora_incompatibility
+from ggufx.analysis.llamalog import parse_log
 
 from . import companion_files as cf
 from .conftest import CliRun
@@ -125,6 +127,35 @@ def test_roles_and_layers_of_companions(cli: CliRun, tmp_path: Path) -> None:
     assert [(r["first"], r["last"], r["kind"]) for r in cg["layers"]] == [(1, 3, "control vector")]
     for command in ("tensors", "meta"):
         assert json.loads(cli(command, "--json", str(im)).stdout)["kind"] == "imatrix"
+
+
+def test_projector_memory_in_info_is_what_llama_cpp_printed(cli: CliRun, hole_models: dict[str, Path]) -> None:
+    """info's projector memory: the weights and warmup compute buffers llama-mtmd-cli printed for
+    the Qwen3.6 27B projector on an H100 (q27-mmproj-c32768) and with --no-mmproj-offload."""
+    from .llamacpp_logs import LOGS
+
+    gpu = parse_log((LOGS / "q27-mmproj-c32768.log").read_text()).projector
+    cpu = parse_log((LOGS / "q27-mmproj-cpu-c32768.log").read_text()).projector
+    mem = json.loads(cli("info", "--json", str(hole_models["mmproj-qwen36-27b"])).stdout)["companion"]["memory"]
+    mib = {k: round(v / MiB, 2) for k, v in mem.items() if isinstance(v, int)}
+    assert mib == {
+        "weights_bytes": gpu["weights"],
+        "gpu_compute_bytes": gpu["CUDA0"],
+        "host_compute_bytes": gpu["CPU"],
+        "cpu_compute_bytes": cpu["CPU"],
+    }
+    assert mem["compute_not_modelled"] is None
+    text = cli("info", str(hole_models["mmproj-qwen36-27b"])).stdout
+    assert "weights 884.62 MiB; compute 248.10 MiB on the GPU + 24.93 MiB host, 248.10 MiB without GPU" in text
+
+
+def test_projector_with_missing_hyperparameters_says_why(cli: CliRun, tmp_path: Path) -> None:
+    mm = cf.write_projector(tmp_path / "mmproj.gguf")  # no feed_forward_length: no graph to size
+    mem = json.loads(cli("info", "--json", str(mm)).stdout)["companion"]["memory"]
+    assert mem["weights_bytes"] == 83456 and mem["gpu_compute_bytes"] is None
+    assert mem["compute_not_modelled"] == f"{mm}: projector key clip.vision.feed_forward_length is missing"
+    r = cli("mem", str(cf.write_base(tmp_path / "base.gguf")), "--mmproj", str(mm))
+    assert r.exit_code == 2 and "projector key clip.vision.feed_forward_length is missing" in r.stderr
 
 
 def test_projector_towers_and_report(cli: CliRun, hole_models: dict[str, Path], tmp_path: Path) -> None:

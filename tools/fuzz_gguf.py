@@ -65,7 +65,7 @@ from ggufx.errors import GGUFError, SourceError  # noqa: E402
 REAL_FILES = ("SmolLM2-135M-Instruct.Q4_1.gguf", "gemma-3-270m-q4_k_m.gguf")
 HANDCRAFTED_DIR = ROOT / "tests" / "fixtures" / "test-gguf"
 # how often each kind of seed is picked (the real files' headers are the expensive ones)
-SEED_WEIGHTS = {"real": 0.6, "handcrafted": 0.4}
+SEED_WEIGHTS = {"real": 0.6, "handcrafted": 0.4, "extra": 0.4}  # "extra": --seed-dir files
 
 U8, I8, U16, I16, U32, I32, F32, BOOL, STR, ARR, U64, I64, F64 = range(13)
 SCALAR_FMT = {
@@ -434,7 +434,7 @@ def _nbytes(type_id: int, shape: tuple[int, ...]) -> int:
 @dataclass
 class Seed:
     name: str
-    kind: str  # "real" or "handcrafted"
+    kind: str  # "real", "handcrafted" or "extra"
     header: bytes  # the bytes before the data section (or the whole file when it is small)
     size: int  # the file's size: what follows the header is a hole of zeros
     lay: Layout
@@ -465,18 +465,27 @@ def load_seed(name: str, kind: str, data: bytes, file_size: int) -> Seed:
     return Seed(name, kind, bytes(header), size, lay, arch)
 
 
-def load_seeds(models: Path, handcrafted_dirs: list[Path]) -> list[Seed]:
+def _header_seed(p: Path, kind: str) -> Seed:
+    """A seed of a large file: its header up to the data (the data itself is never read)."""
+    size = p.stat().st_size
+    with open(p, "rb") as f:
+        head = f.read(min(size, 16 << 20))
+    lay = walk(head)
+    cut = _pad(lay.header_end, lay.alignment) if lay.complete else len(head)
+    return load_seed(p.name, kind, head[:cut], size)
+
+
+def load_seeds(models: Path, handcrafted_dirs: list[Path], seed_dirs: list[Path] = ()) -> list[Seed]:
+    """The two real models, test-gguf's handcrafted files and the ``*.gguf`` of ``seed_dirs``
+    (companion files: projectors, adapters, imatrices; header-only holes are fine)."""
     seeds = []
     for fname in REAL_FILES:
         p = models / fname
         if not p.is_file():
             raise SystemExit(f"fuzz_gguf: {p} is missing (run the test suite once to fetch the real files)")
-        size = p.stat().st_size
-        with open(p, "rb") as f:
-            head = f.read(min(size, 16 << 20))
-        lay = walk(head)
-        cut = _pad(lay.header_end, lay.alignment) if lay.complete else len(head)
-        seeds.append(load_seed(fname, "real", head[:cut], size))
+        seeds.append(_header_seed(p, "real"))
+    for d in seed_dirs:
+        seeds += [_header_seed(p, "extra") for p in sorted(d.glob("*.gguf"))]
     for d in handcrafted_dirs:
         for p in sorted(d.glob("*.gguf")):
             data = p.read_bytes()
@@ -1000,7 +1009,14 @@ def run_mutant(index: int, seed: Seed, m: Mutant, timeout: float) -> dict[str, A
     from ggufx.model.open import open_model
 
     path = f"/fuzz/{index}-{seed.name}"
-    out: dict[str, Any] = {"i": index, "seed": seed.name, "ops": m.ops, "size": m.size, "findings": []}
+    out: dict[str, Any] = {
+        "i": index,
+        "seed": seed.name,
+        "seed_kind": seed.kind,
+        "ops": m.ops,
+        "size": m.size,
+        "findings": [],
+    }
 
     def opener(p: str) -> MemSource:
         if p != path:
@@ -1108,7 +1124,7 @@ class Summary:
     def add(self, r: dict[str, Any]) -> None:
         self.mutants += 1
         k = self.by_kind.setdefault(
-            "real" if r["seed"] in REAL_FILES else "handcrafted",
+            r.get("seed_kind", "real" if r["seed"] in REAL_FILES else "handcrafted"),
             {"mutants": 0, "rejected": 0, "opened": 0, "slowest_rejection_s": 0.0, "biggest_rss_step_mib": 0.0},
         )
         k["mutants"] += 1
@@ -1232,13 +1248,20 @@ def main(argv: list[str]) -> int:
         type=Path,
         default=Path(os.environ.get("GGUFX_MODEL_CACHE", Path.home() / ".cache" / "ggufx-test-models")),
     )
+    ap.add_argument(
+        "--seed-dir",
+        type=Path,
+        action="append",
+        default=[],
+        help="also every *.gguf here as a seed (e.g. projectors, adapters, imatrices); repeatable",
+    )
     ap.add_argument("--json", type=Path, help="write the summary here too")
     ap.add_argument("--replay", type=int, help="run mutant I alone and print what happened")
     ap.add_argument("--write", type=Path, help="with --replay: save the mutant as a (sparse) file")
     ap.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "ggufx-fuzz")
     args = ap.parse_args(argv)
 
-    seeds = load_seeds(args.models, handcrafted_dirs(args.handcrafted_seeds, args.workdir))
+    seeds = load_seeds(args.models, handcrafted_dirs(args.handcrafted_seeds, args.workdir), args.seed_dir)
     if args.replay is not None:
         seed, m = make_mutant(args.replay, args.run_seed, seeds)
         if args.write:

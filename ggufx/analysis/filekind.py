@@ -98,7 +98,36 @@ def projector_summary(model: GGUFModel) -> dict[str, Any]:
         "has_audio_encoder": audio,
         "vision": _tower(model, "vision") if vision else None,
         "audio": _tower(model, "audio") if audio else None,
+        "memory": projector_memory(model),
     }
+
+
+def projector_memory(model: GGUFModel) -> dict[str, Any]:
+    """What libmtmd allocates for the projector with llama.cpp's defaults (``-fa auto``, the
+    projector's own image-token limits): its weights (``weights_bytes``, the tensors' bytes, as
+    ``mtmd_get_memory_usage`` counts them) and its warmup compute buffers on one CUDA GPU (``gpu``
+    plus the ``host`` inputs) or on a build without GPUs (``cpu``); the compute figures are null with
+    ``compute_not_modelled`` saying why for projector types ggufx does not model."""
+    from ggufx.analysis.projector import projector_buffers, projector_unsupported
+    from ggufx.errors import GGUFError
+
+    out: dict[str, Any] = {
+        "weights_bytes": sum(t.nbytes for t in model.tensors),
+        "gpu_compute_bytes": None,
+        "host_compute_bytes": None,
+        "cpu_compute_bytes": None,
+        "compute_not_modelled": projector_unsupported(model),
+    }
+    if out["compute_not_modelled"]:
+        return out
+    try:
+        gpu = {b.buft: b.bytes for b in projector_buffers(model, "CUDA0")}
+        cpu = {b.buft: b.bytes for b in projector_buffers(model, None)}
+    except GGUFError as e:  # hyper-parameters a graph cannot be built from: say so, the rest stands
+        out["compute_not_modelled"] = e.one_line()
+        return out
+    out.update(gpu_compute_bytes=gpu.get("CUDA0"), host_compute_bytes=gpu.get("CPU"), cpu_compute_bytes=cpu.get("CPU"))
+    return out
 
 
 def lora_pairs(model: GGUFModel) -> dict[str, dict[str, tuple[int, ...]]]:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ggufx.analysis.buffers import Buffer
-from ggufx.errors import InputError
+from ggufx.errors import InputError, ValidationError
 from ggufx.model import GGUFModel
 
 __all__ = [
@@ -79,12 +79,32 @@ class ProjectorParams:
     ffn_op: str  # gelu, silu, gelu_quick
 
 
+# what ggufx sizes a projector graph for: hostile values get a one-line error, not an endless graph
+_BOUNDS = {
+    "clip.vision.block_count": (1, 512),
+    "clip.vision.embedding_length": (1, 1 << 16),
+    "clip.vision.attention.head_count": (1, 1 << 12),
+    "clip.vision.feed_forward_length": (1, 1 << 18),
+    "clip.vision.image_size": (1, 1 << 16),
+    "clip.vision.patch_size": (1, 1 << 12),
+    "clip.vision.spatial_merge_size": (1, 64),
+    "clip.vision.projector.scale_factor": (0, 64),
+    "clip.vision.n_wa_pattern": (0, 512),
+}
+
+
 def _u32(m: GGUFModel, key: str, default: int | None = None) -> int:
+    """A projector hyper-parameter within :data:`_BOUNDS` (a missing key takes ``default``)."""
     v = m.metadata.get_int(key)
+    offset = m.metadata.kv(key).offset if key in m.metadata else None
     if v is None:
         if default is None:
-            raise InputError(f"{m.path}: projector key {key} is missing", "--mmproj")
+            why = "is missing" if key not in m.metadata else "is not an integer"
+            raise ValidationError(m.path, offset, f"projector key {key} {why}")
         return default
+    lo, hi = _BOUNDS.get(key, (0, 1 << 31))
+    if not lo <= v <= hi:
+        raise ValidationError(m.path, offset, f"projector key {key} = {v} is outside {lo}..{hi}")
     return v
 
 
@@ -148,10 +168,17 @@ def projector_params(mmproj: GGUFModel, image_min_tokens: int | None, image_max_
         n_merge = n_merge or 1
     use_gelu = md.get("clip.use_gelu") is True
     use_silu = md.get("clip.use_silu") is True
+    n_embd, n_head = _u32(mmproj, "clip.vision.embedding_length"), _u32(mmproj, "clip.vision.attention.head_count")
+    if n_embd % n_head:
+        key = "clip.vision.attention.head_count"
+        raise ValidationError(mmproj.path, md.kv(key).offset, f"{key} = {n_head} does not divide the width {n_embd}")
+    if patch > image:
+        key = "clip.vision.patch_size"
+        raise ValidationError(mmproj.path, md.kv(key).offset, f"{key} = {patch} is larger than the image ({image})")
     return ProjectorParams(
         proj_type=ptype,
-        n_embd=_u32(mmproj, "clip.vision.embedding_length"),
-        n_head=_u32(mmproj, "clip.vision.attention.head_count"),
+        n_embd=n_embd,
+        n_head=n_head,
         n_ff=_u32(mmproj, "clip.vision.feed_forward_length"),
         n_layer=_u32(mmproj, "clip.vision.block_count"),
         eps_rms=ptype in ("qwen2.5vl_merger", "pixtral"),
@@ -407,6 +434,18 @@ def _peak(g: _Graph, alignment: int) -> int:
 # -- the projector graphs (tools/mtmd/models/*.cpp) ---------------------------------------------------
 
 
+class _Weights(dict[str, "_T"]):
+    """The projector's tensors by name; one the graph needs and the file lacks is a one-line error,
+    as llama.cpp's clip loader refuses such a file (``get_tensor`` with ``required``)."""
+
+    def __init__(self, path: str, tensors: dict[str, _T]) -> None:
+        super().__init__(tensors)
+        self.path = path
+
+    def __missing__(self, name: str) -> _T:
+        raise ValidationError(self.path, None, f"projector tensor {name} is missing")
+
+
 class _Builder:
     """The shared pieces of ``clip_graph`` (clip.cpp:337-930) over one dummy image."""
 
@@ -418,7 +457,7 @@ class _Builder:
         self.px = side // hp.patch_size
         self.n_patches = self.px * self.px
         self.d_head = hp.n_embd // hp.n_head
-        self.w: dict[str, _T] = {t.name: self.g.weight(tuple(t.shape), t.type.name) for t in mm.tensors}
+        self.w = _Weights(mm.path, {t.name: self.g.weight(tuple(t.shape), t.type.name) for t in mm.tensors})
 
     def has(self, name: str) -> bool:
         return name in self.w

@@ -114,6 +114,18 @@ def _companion_facts(kind: str, c: dict[str, Any]) -> list[tuple[str, str]]:
                 parts += [f"image {opt(t.get('image_size'))}", f"patch {opt(t.get('patch_size'))}"]
             parts.append(f"projects to {opt(t.get('projection_dim'))}")
             out.append((f"{m} tower", ", ".join(parts)))
+        mem = c.get("memory") or {}
+        if mem:
+            line = f"weights {mem['weights_bytes'] / MiB:,.2f} MiB"
+            if mem.get("gpu_compute_bytes") is not None:
+                line += (
+                    f"; compute {mem['gpu_compute_bytes'] / MiB:,.2f} MiB on the GPU"
+                    f" + {mem['host_compute_bytes'] / MiB:,.2f} MiB host, {mem['cpu_compute_bytes'] / MiB:,.2f} MiB"
+                    " without GPU"
+                )
+            else:
+                line += f"; compute not modelled ({mem.get('compute_not_modelled')})"
+            out.append(("projector memory", line))
         return out
     if kind == "adapter":
         rank = c.get("rank")
