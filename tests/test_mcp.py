@@ -484,3 +484,33 @@ def test_server_option_with_an_api_key(cli: CliRun, smollm2_path: Path, monkeypa
         assert code == 0, err
         assert json.loads(out)["server"]["model_path"] == str(smollm2_path)
         assert "sekrit" not in err + out
+
+
+def test_memory_and_fit_with_a_projector_equal_cli_json(cli: CliRun, hole_models: dict[str, Path]) -> None:
+    """An agent asking whether the Qwen3.6 27B and its projector fit gets what `mem --mmproj` prints."""
+    model, mmproj = str(hole_models["qwen36-27b"]), str(hole_models["mmproj-qwen36-27b"])
+
+    async def calls(c: Client) -> dict[str, Any]:
+        return {
+            "memory": await c.call_tool("memory", {"path": model, "ctx": 32768, "mmproj": mmproj}),
+            "fit": await c.call_tool("fit", {"path": model, "budget": "24GiB", "mmproj": mmproj}),
+        }
+
+    got = session(["--root", str(Path(model).parent)], calls)
+    for name, argv in (
+        ("memory", ["mem", "--json", "--ctx", "32768", "--mmproj", mmproj, model]),
+        ("fit", ["mem", "--json", "--fit", "24GiB", "--mmproj", mmproj, model]),
+    ):
+        code, out, _ = cli(*argv)
+        assert code == 0 and not got[name].is_error, (name, text(got[name]))
+        assert got[name].structured_content == json.loads(out), name
+    buffers = got["memory"].structured_content["buffers"]
+    assert {(b["kind"], b["buft"]) for b in buffers if b["kind"].startswith("projector")} == {
+        ("projector", "CUDA0"),
+        ("projector_compute", "CUDA0"),
+        ("projector_compute", "CPU"),
+    }
+    # llama-server keeps the projector's tensors and warmup compute free on CUDA0 (884.62 + 248.10 MiB
+    # in the recorded q27-mmproj-c32768 log)
+    (reserved,) = got["fit"].structured_content["projector_bytes"].items()
+    assert reserved[0] == "CUDA0" and abs(reserved[1] / (1 << 20) - (884.62 + 248.10)) <= 0.01

@@ -209,17 +209,30 @@ class GGUFTools:
         flash_attn: bool = True,
         parallel: Annotated[int, Field(ge=1, description="Sequences served in parallel.")] = 1,
         n_gpu_layers: Annotated[int, Field(ge=-1, description="Layers offloaded to the GPU; -1 = all.")] = -1,
+        mmproj: Annotated[
+            str | None, Field(description="A vision/audio projector (mmproj GGUF) loaded beside it, under the roots.")
+        ] = None,
     ) -> Result:
         model = self.access.open_model(path)
-        return results.memory(model, ctx, cache_type_k, cache_type_v, flash_attn, parallel, 512, n_gpu_layers)
+        projector = self.access.open_model(mmproj) if mmproj is not None else None
+        return results.memory(
+            model, ctx, cache_type_k, cache_type_v, flash_attn, parallel, 512, n_gpu_layers, mmproj=projector
+        )
 
-    @tool("The largest context (tokens) that fits a GPU memory budget, for f16, q8_0 and q4_0 KV caches.")
+    @tool(
+        "The largest context (tokens) that fits a GPU memory budget, for f16, q8_0 and q4_0 KV caches, and what "
+        "llama.cpp's --fit would pass (llama_cpp.args)."
+    )
     def fit(
         self,
         path: ModelPath,
         budget: Annotated[str, Field(description='GPU memory, e.g. "24GiB", "16GB", or bytes.')],
+        mmproj: Annotated[
+            str | None, Field(description="A projector (mmproj GGUF) that must fit beside it, under the roots.")
+        ] = None,
     ) -> Result:
-        return results.fit(self.access.open_model(path), budget)
+        projector = self.access.open_model(mmproj) if mmproj is not None else None
+        return results.fit(self.access.open_model(path), budget, mmproj=projector)
 
     @tool(
         "Compare two quants: type changes by role and layer range, added/removed tensors, metadata changes, BPW "
