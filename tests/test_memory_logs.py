@@ -18,9 +18,10 @@ import pytest
 
 import ggufx
 from ggufx import results
-from ggufx.analysis.buffers import MiB
+from ggufx.analysis.buffers import MiB, breakdown
 from ggufx.analysis.llamaargs import parse_args
 from ggufx.analysis.llamalog import parse_log
+from ggufx.analysis.placement import Device
 from ggufx.errors import InputError
 
 from .conftest import CliRun
@@ -99,15 +100,21 @@ def test_the_matrix_is_covered() -> None:
 
 
 # The only recorded runs whose compute figure ggufx still calls a rough approximation: several GPUs
-# with host weights (the first GPU op-offloads them and the host layers' attention), and MoE experts
-# on the host with partial offload. Every other configuration is held to 5% by the test above.
+# with host weights (the first GPU op-offloads them and the host layers' attention), MoE experts on
+# the host with partial offload, and the host layers' flash attention deciding the first GPU's buffer
+# (srv-l8b-ngl0-np4-c32768). Every other configuration is held to 5% by the test above.
 ROUGH = {
     "2g-l8b-ngl20-c32768",
+    "2g-srv-l8b-ngl20-np4",
     "2g-q27-ngl40-c131072",
+    "2g-q27-ngl40-q4_0-c131072",
     "2g-moe-ngl30-c32768",
     "2g-moe-ncpumoe16-c32768",
+    "2g-moe-ncpumoe24-c131072",
+    "2g-srv-moe-ncpumoe24-c65536",
     "2g-moe-cpumoe-c262144",
     "moe-cpumoe-ngl24-c32768",
+    "srv-l8b-ngl0-np4-c32768",
 }
 
 
@@ -116,8 +123,34 @@ def test_compute_is_held_to_five_percent_everywhere_else(hole_models: dict[str, 
     -nkvo on one and on two GPUs, -nkvo with recurrent layers: modelled, so not flagged."""
     rough = {rid for rid in MEASURED if any("rough approximation" in n for n in replay_run(rid, hole_models)[2].notes)}
     assert rough == ROUGH
-    for rid in ("2g-l8b-ts1-0-c32768", "2g-srv-l8b-np4-kvu", "2g-l8b-nkvo-c32768", "q27-ngl99-c262144-nkvo"):
+    for rid in (
+        "2g-l8b-ts1-0-c32768",
+        "2g-srv-l8b-np4-kvu",
+        "2g-l8b-nkvo-c32768",
+        "q27-ngl99-c262144-nkvo",
+        "2g-q27-nkvo-c65536",  # -nkvo on the hybrid: its joint Q and gate projection outlives attention
+        "l8b-ngl16-c32768-ub16",  # below 32 tokens: no op offload, the host computes its own layers
+        "2g-l8b-ot-blk0-cuda1-c32768",  # an override to a GPU leaves no weight on the host
+    ):
         assert rid in MEASURED
+
+
+def test_host_layers_attention_on_the_first_gpu(hole_models: dict[str, Path]) -> None:
+    """llama31-8b at 131072 cells with 7 and with 0 of 33 layers on one GPU: the GPU runs the host
+    layers' flash attention over copies of their host cache (936.00 MiB in both of the fit's trials
+    and in the run it chose), far above the logits phase ggufx used to stop at (282.5 MiB)."""
+    text = (LOGS / "fiton-l8b-c131072-fitt75000.log").read_text()
+    assert (
+        "offloaded 7/33 layers to GPU" in text
+        and "id=0, n_layer= 0, n_part= 0, overflow_type=4, mem=   936 MiB" in text
+    )
+    recorded = parse_log(text).buffers["compute"]["CUDA0"]  # 936.0039, the exit line's four decimals
+    model = ggufx.open(hole_models["llama31-8b"])
+    for ngl in ("7", "0"):
+        args = parse_args(f"-m x -ngl {ngl} -c 131072")
+        bd = breakdown(model, [Device("CUDA0", 80552 * MiB)], args.offload, args.context)
+        assert abs(bd.by_kind("compute")["CUDA0"] / MiB - recorded) < 0.01
+        assert any("host layers' attention" in n for n in bd.notes)
 
 
 @pytest.mark.parametrize("rid", ["2g-l8b-smtensor-c32768", "2g-moe-smtensor-c32768", "2g-q27-smtensor-c131072"])

@@ -26,8 +26,10 @@ from ggufx.analysis.compute import (
     ComputeModel,
     GraphShape,
     cpu_compute,
+    cpu_layers_peak,
     device_compute,
     host_compute,
+    host_layers_attention,
     masks,
 )
 from ggufx.analysis.hparams import Hparams, hparams, pad
@@ -329,8 +331,11 @@ def breakdown(model: GGUFModel, devices: list[Device], offload: OffloadParams, c
         and not offload.overrides
     )
     if hp.arch in COMPUTE_ARCHS:
-        buffers += compute_buffers(model, hp, kinds, pl, shape, pipeline, cp.flash_attn == "off", cp.no_kv_offload)
-        rough = approximate_compute(model, kinds, pl, shape, pipeline, cp, offload)
+        computed, decided_by = compute_buffers(
+            model, hp, kinds, pl, shape, pipeline, cp.flash_attn == "off", cp.no_kv_offload
+        )
+        buffers += computed
+        rough = approximate_compute(model, kinds, pl, shape, pipeline, cp, offload) or decided_by
         if rough:
             notes.append(f"compute buffers are a rough approximation here ({rough}); the other figures stay exact")
     else:
@@ -372,13 +377,12 @@ def approximate_compute(
 ) -> str | None:
     """Why the compute model is only approximate for this configuration (None: it is within 5% of
     llama.cpp on every recorded run of this kind)."""
-    if len(pl.devices) > 1 and not pipeline and (pl.n_offloaded < len(pl.layer_device) or offload.overrides):
+    host_weights = any(not is_cuda(buft) and layer_of(t.name, len(kinds)) != "input" for t, buft in pl.tensors)
+    if len(pl.devices) > 1 and not pipeline and host_weights and s.n_tokens >= OP_OFFLOAD_MIN_BATCH:
         # the first GPU multiplies every host weight (op offload) and runs the host layers' attention
         # over copies of their cache; how those copies and the GPU's own layers fragment its buffer
         # is beyond the phase model (recorded: -44% to -63% without this term)
         return "several GPUs with weights on the host (partial offload or overrides)"
-    if pl.devices and pl.output_device is None and s.n_outputs < OP_OFFLOAD_MIN_BATCH:
-        return "the output layer on the host with fewer outputs than the GPU's offload threshold"
     moe = (model.metadata.get_int(f"{model.architecture}.expert_count") or 0) > 0
     if moe and offload.overrides and pl.n_offloaded < len(pl.layer_device):
         return "MoE experts on the host with partial offload"
@@ -413,47 +417,46 @@ def compute_buffers(
     pipeline: bool,
     v_trans: bool,
     no_kv_offload: bool,
-) -> list[Buffer]:
-    """Computed (not exact) compute buffers per backend (see :mod:`ggufx.analysis.compute`)."""
+) -> tuple[list[Buffer], str | None]:
+    """Computed (not exact) compute buffers per backend (see :mod:`ggufx.analysis.compute`), and why
+    the figures are rough when a phase the model only bounds decides them (None otherwise)."""
     cm = compute_model(model, hp, kinds)
     if not pl.devices:
-        return [Buffer("compute", CPU, cpu_compute(hp, cm, s), exact=False)]
+        return [Buffer("compute", CPU, cpu_compute(hp, cm, s), exact=False)], None
     full = pl.n_offloaded == hp.n_layer + 1
     biggest = 0  # the largest host weight the first GPU multiplies (op offload) when the output stays on the host
     if pl.output_device is None:
         host_weights = [
             t
             for t, buft in pl.tensors
-            if not is_cuda(buft) and len(t.shape) >= 2 and layer_of(t.name, hp.n_layer) != "input"
+            if not is_cuda(buft) and len(t.shape) >= 2 and layer_of(t.name, hp.n_layer) not in ("input", hp.n_layer)
         ]
-        host_weights += [t for t, _ in pl.tensors if t.name in ("output.weight", "token_embd.weight")][-1:]
+        if s.n_outputs >= OP_OFFLOAD_MIN_BATCH:  # fewer outputs: the host multiplies the output matrix itself
+            host_weights += [t for t, _ in pl.tensors if t.name in ("output.weight", "token_embd.weight")][-1:]
         gpu = pl.devices[0].name
         biggest = max(
             (alloc_size(gpu, t.type, t.shape[0], t.n_elements // t.shape[0]) for t in host_weights), default=0
         )
+    host_layers = tuple(il for il in range(hp.n_layer) if pl.layer_device[il] is None)
+    rough = None
     out: list[Buffer] = []
     for i, d in enumerate(pl.devices):
         layers = [il for il in range(hp.n_layer) if pl.layer_device[il] == d.name]
         has_output = pl.output_device == d.name
-        if not layers and not has_output and not (i == 0 and biggest):
+        if not layers and not has_output and not (i == 0 and (biggest or host_layers)):
             continue
-        size = device_compute(
-            hp,
-            cm,
-            s,
-            layers,
-            has_output,
-            full,
-            pipeline,
-            biggest if i == 0 else 0,
-            not no_kv_offload,
-            len(pl.devices) == 1,
-            bool(layers) and layers[0] == 0,
-        )
+        args = (hp, cm, s, layers, has_output, full, pipeline, biggest if i == 0 else 0, not no_kv_offload)
+        size = device_compute(*args, len(pl.devices) == 1, bool(layers) and layers[0] == 0)
+        if i == 0 and host_layers and host_layers_attention(hp, cm, s, list(host_layers)) > size:
+            size = host_layers_attention(hp, cm, s, list(host_layers))
+            rough = (
+                "the host layers' attention over copies of their cache decides the first GPU's buffer; "
+                "how the next host layers' copies fit the holes one layer leaves is not modelled"
+            )
         out.append(Buffer("compute", d.name, size, exact=False))
     all_masks = masks(s, list(cm.kinds))
     v_rows = hp.head_v * max(hp.n_head_kv, default=0) if v_trans else 0
-    out.append(
-        Buffer("compute", host_buft(pl.devices[0].name), host_compute(hp, s, all_masks, v_rows, pipeline), exact=False)
-    )
-    return out
+    on_host = cpu_layers_peak(hp, cm, s, list(host_layers)) if s.n_tokens < OP_OFFLOAD_MIN_BATCH else 0
+    host = host_compute(hp, s, all_masks, v_rows, pipeline, on_host)
+    out.append(Buffer("compute", host_buft(pl.devices[0].name), host, exact=False))
+    return out, rough

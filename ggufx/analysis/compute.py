@@ -16,7 +16,10 @@ activation; ``T`` = tokens of the micro-batch):
   CUDA flash-attention kernel converts K and V of one layer to f16 in its output's allocation;
 * with several GPUs and every layer offloaded llama.cpp runs a pipeline (4 copies of every input,
   never freed);
-* with ``-nkvo`` flash attention still runs on the layer's GPU, over copies of the host cache.
+* with ``-nkvo`` flash attention still runs on the layer's GPU, over copies of the host cache;
+* with partial offload (from 32 tokens) the first GPU runs the host layers too: their products
+  (op offload) and their attention over copies of their host cache; below 32 tokens the host
+  backend computes its layers itself.
 
 Phases (the maximum is the buffer): the feed-forward of a layer (``3 n_ff T`` f32 for gate, up and
 their product, plus four ``blk``) over the masks; attention (without flash attention ``kq``
@@ -25,8 +28,8 @@ when they do not fit the hole the masks leave. The phases and their constants we
 llama.cpp's allocator on these graphs and are checked against every recorded llama.cpp log in
 ``tests/fixtures/llamacpp-logs`` (``tests/test_memory_logs.py``), which is why the figures are
 labelled *computed*, not exact: architectures beyond dense, SWA, hybrid (Gated DeltaNet) and MoE
-decoders, several GPUs with weights on the host and partial offload of MoE experts are
-approximations (``mem`` says so in a note).
+decoders, several GPUs with weights on the host, partial offload of MoE experts and the host
+layers' attention deciding the first GPU's buffer are approximations (``mem`` says so in a note).
 """
 
 from __future__ import annotations
@@ -125,7 +128,10 @@ def host_kv_attention_peak(hp: Hparams, cm: ComputeModel, s: GraphShape, layers:
         cells = n_kv * hp.n_head_kv[il]
         copies = int(cells * (hk * s.k_bytes + hv * s.v_bytes))
         convert = 2 * cells * ((hk if s.k_quantized else 0) + (hv if s.v_quantized else 0))
-        peak = max(peak, copies + convert + 5 * 4 * E * s.n_tokens)
+        # qwen35: the joint Q and gate projection outlives attention (its gate view is made
+        # contiguous only after it, qwen35.cpp:304-338), and that copy lands beside the output
+        gated = 3 * 4 * s.n_tokens * hk * hp.n_head[il] if cm.gated_q else 0
+        peak = max(peak, copies + convert + 5 * 4 * E * s.n_tokens + gated)
     kinds = [cm.kinds[il] for il in layers]
     return masks(s, kinds) + peak if peak else 0
 
@@ -152,7 +158,8 @@ def device_compute(
     ``host_weight``: the CUDA size of the largest weight left on the host whose product this GPU
     runs (op offload; the output matrix when the output layer stays on the host), 0 when none.
     ``kv_on_gpu``: the cache of these layers is here (not with ``-nkvo``). ``alone``: the only GPU.
-    ``first``: the GPU that holds layer 0 (with pipeline parallelism it receives the embeddings)."""
+    ``first``: the GPU that holds layer 0 (with pipeline parallelism it receives the embeddings).
+    The host layers' attention, which the first GPU also runs, is :func:`host_layers_attention`."""
     T, E = s.n_tokens, hp.n_embd
     blk = 4 * E * T
     kinds = [cm.kinds[il] for il in layers] if kv_on_gpu else []
@@ -176,23 +183,92 @@ def device_compute(
         elif (full_offload or cm.is_moe) and kv_on_gpu:
             # the logits land above the masks unless they fit the hole the masks leave
             phases.append(m + out + (4 + extra_blk) * blk if out > m else 0)
+        elif T < OP_OFFLOAD_MIN_BATCH:
+            # no op offload: the GPU runs only its own layers, and graph_get_cb pins each layer's
+            # last op to the layer's device (llama-context.cpp:2648-2660)
+            phases.append(out + blk)
         else:
             phases.append(out + 4 * blk)
     if host_weight and T >= OP_OFFLOAD_MIN_BATCH:
-        phases.append(host_weight + (0 if has_output else logits(hp, s)) + 4 * blk)
+        on_gpu = not has_output and s.n_outputs >= OP_OFFLOAD_MIN_BATCH
+        phases.append(host_weight + (logits(hp, s) if on_gpu else 0) + 4 * blk)
     return max(phases, default=0)
 
 
-def host_compute(hp: Hparams, s: GraphShape, all_masks: int, v_trans_rows: int, pipeline: bool) -> int:
+def host_layers_attention(hp: Hparams, cm: ComputeModel, s: GraphShape, host_layers: list[int]) -> int:
+    """The host layers' flash attention on the first GPU: from ``OP_OFFLOAD_MIN_BATCH`` tokens up
+    every product with a host weight runs on the first GPU (ggml-backend.cpp:1101-1111), and the
+    expansion passes (ggml-backend.cpp:1264-1340) give it the layer's flash attention too (only the
+    cache writes stay on the host, with the cache), so the scheduler copies the layer's whole K and V
+    views and the mask into this GPU, as with ``-nkvo`` (:func:`host_kv_attention_peak`).
+
+    When two host attention layers follow each other, the first one's K and V copies are freed
+    after its attention (ggml-alloc.c:790-822) and its output projection, residual and FFN tensors
+    are placed best-fit into that hole (ggml-alloc.c:202-300); the next layer's K copy still fits
+    what is left, its V copy goes above the first layer's live set. That envelope is what llama.cpp
+    allocated for llama31-8b (-ngl 0 and 7 at 131072 cells: 936 MiB; two GPUs -ngl 20: 264 MiB) but
+    not for four per-sequence streams (185 MiB, 55 below): the caller flags the figure as rough
+    wherever this phase decides it."""
+    if s.n_tokens < OP_OFFLOAD_MIN_BATCH:
+        return 0
+    if not s.flash_attn:
+        return host_kq_peak(hp, cm, s, host_layers)
+    one = host_kv_attention_peak(hp, cm, s, host_layers)
+    attn = [il for il in host_layers if cm.kinds[il] in ("attention", "swa")]
+    adjacent = [il for il in attn if il + 1 in attn]
+    if not one or not adjacent:
+        return one
+    v_copy = max(
+        int((s.n_kv_swa if cm.kinds[il] == "swa" else s.n_kv) * s.n_streams * hp.n_head_kv[il] * s.v_bytes)
+        * (hp.head_v_swa if cm.kinds[il] == "swa" else hp.head_v)
+        for il in adjacent
+    )
+    return one + v_copy
+
+
+def host_kq_peak(hp: Hparams, cm: ComputeModel, s: GraphShape, host_layers: list[int]) -> int:
+    """Without flash attention the host layers' ``kq`` product follows their offloaded Q onto the
+    first GPU the same way (only ``-nkvo`` pins attention to the host, llama-graph.cpp:2821), over
+    copies of the layer's K and (transposed) V: masks + copies + the :func:`attention_peak` block.
+    No recorded run has this configuration; the caller flags it wherever it decides the buffer."""
+    copies = 0
+    for il in host_layers:
+        kind = cm.kinds[il]
+        if kind not in ("attention", "swa"):
+            continue
+        swa = kind == "swa"
+        cells = (s.n_kv_swa if swa else s.n_kv) * s.n_streams * hp.n_head_kv[il]
+        hk, hv = (hp.head_k_swa, hp.head_v_swa) if swa else (hp.head_k, hp.head_v)
+        copies = max(copies, int(cells * (hk * s.k_bytes + hv * s.v_bytes)))
+    if not copies:
+        return 0
+    m = masks(s, [cm.kinds[il] for il in host_layers])
+    return m + copies + attention_peak(hp, cm, s, host_layers)
+
+
+def cpu_layers_peak(hp: Hparams, cm: ComputeModel, s: GraphShape, host_layers: list[int]) -> int:
+    """The host layers computed by the host backend itself (below ``OP_OFFLOAD_MIN_BATCH`` tokens no
+    GPU takes their products): their masks plus a layer's largest block, as :func:`cpu_compute`."""
+    if not host_layers:
+        return 0
+    blk = 4 * hp.n_embd * s.n_tokens
+    m = masks(s, [cm.kinds[il] for il in host_layers])
+    return m + max(ffn_peak(hp, cm, s), attention_peak(hp, cm, s, host_layers)) + blk
+
+
+def host_compute(
+    hp: Hparams, s: GraphShape, all_masks: int, v_trans_rows: int, pipeline: bool, host_layers_peak: int = 0
+) -> int:
     """The host backend's buffer beside GPUs (``CUDA_Host``): the graph inputs it builds (masks,
     positions, cache indices, output ids) and the embedding lookups (four ``blk``, two of which,
-    the selected and the unselected embedding branch, llama.cpp never frees)."""
+    the selected and the unselected embedding branch, llama.cpp never frees); or the host layers it
+    computes itself (``host_layers_peak``, :func:`cpu_layers_peak`), whichever is larger."""
     T, E = s.n_tokens, hp.n_embd
     blk = 4 * E * T
     small = 4 * T + 8 * T + 8 * T * (v_trans_rows or 1) + 4 * s.n_outputs + 4 * T
     if pipeline:
         return PIPELINE_COPIES * all_masks + 10 * blk + small
-    return all_masks + 4 * blk + small
+    return max(all_masks + 4 * blk, host_layers_peak) + small
 
 
 def cpu_compute(hp: Hparams, cm: ComputeModel, s: GraphShape) -> int:
