@@ -192,3 +192,34 @@ def test_draft_model_accepted_or_refused_as_check_says(
     assert "vocab_type_dft = 1 while vocab_type_tgt = 2" in log  # LLAMA_VOCAB_TYPE_SPM, _BPE
     r = cli("check", str(smollm2_path), "--draft", str(gemma_path))
     assert r.exit_code == 1 and "the draft model's vocabulary type is 'llama', the model's 'gpt2'" in r.stdout
+
+
+def test_imatrix_coverage_as_llama_quantize_requires_it(
+    cli: CliRun, llama_bin: Path, smollm2_path: Path, tmp_path: Path
+) -> None:
+    """llama-quantize to IQ2_XXS (an importance-dependent type) accepts an imatrix covering every
+    weight check --imatrix asks for and refuses one missing blk.3.ffn_down.weight, which check names."""
+    import ggufx
+    from ggufx.analysis.roles import is_quantizable_weight
+    from ggufx.analysis.summary import ggml_n_dims
+
+    model = ggufx.open(str(smollm2_path))
+    wanted = {
+        t.name: ([1.0] * t.shape[0], 1.0)
+        for t in model.tensors
+        if is_quantizable_weight(t.name, ggml_n_dims(t.shape)) and t.name not in ("token_embd.weight", "output.weight")
+    }
+    partial = {k: v for k, v in wanted.items() if k != "blk.3.ffn_down.weight"}
+    for name, entries, ok in (("full", wanted, True), ("partial", partial, False)):
+        im = cf.write_imatrix(tmp_path / f"{name}.gguf", entries)
+        p = _run(
+            [str(llama_bin / "llama-quantize"), "--allow-requantize", "--imatrix", str(im), str(smollm2_path)]
+            + [str(tmp_path / f"out-{name}.gguf"), "IQ2_XXS", "2"],
+            tmp_path,
+        )
+        assert (p.returncode == 0) is ok, p.stdout[-2000:] + p.stderr[-2000:]
+        r = cli("check", str(smollm2_path), "--imatrix", str(im))
+        assert r.exit_code == (0 if ok else 1), r.output
+        if not ok:
+            assert "Missing importance matrix for tensor blk.3.ffn_down.weight" in p.stdout + p.stderr
+            assert "1 quantizable tensor(s) have no importance data: blk.3.ffn_down.weight" in r.stdout
