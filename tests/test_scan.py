@@ -170,3 +170,32 @@ def test_scan_pairs_an_ollama_projector_with_its_model(tmp_path: Path) -> None:
     assert {n: r.kind for n, r in rows.items()} == {"vis:latest": "model", "vis:latest (projector)": "projector"}
     assert rows["vis:latest (projector)"].companion_of == ["vis:latest"]
     assert rows["vis:latest"].companions == ["vis:latest (projector)"]
+
+
+def test_scan_pairs_by_name_in_a_flat_folder(tmp_path: Path) -> None:
+    """A flat ~/models: two model families of the same width and a projector named after one; the
+    projector is checked only against the model it names, a nameless one against all."""
+    cf.write_base(tmp_path / "Alpha-7B-Instruct-Q4_K_M.gguf")
+    cf.write_base(tmp_path / "Beta-7B-UD-Q4_K_XL.gguf")
+    cf.write_projector(tmp_path / "mmproj-Alpha-7B-Instruct-F16.gguf", projection_dim=64)
+    cf.write_projector(tmp_path / "mmproj-BF16.gguf", projection_dim=64)
+    rows = {Path(r.name).name: r for r in scan([str(tmp_path)], lint_templates=False)}
+    assert [Path(n).name for n in rows["mmproj-Alpha-7B-Instruct-F16.gguf"].companion_of] == [
+        "Alpha-7B-Instruct-Q4_K_M.gguf"
+    ]
+    assert sorted(Path(n).name for n in rows["mmproj-BF16.gguf"].companion_of) == [
+        "Alpha-7B-Instruct-Q4_K_M.gguf",
+        "Beta-7B-UD-Q4_K_XL.gguf",
+    ]
+    assert [Path(n).name for n in rows["Beta-7B-UD-Q4_K_XL.gguf"].companions] == ["mmproj-BF16.gguf"]
+
+
+def test_name_stems_follow_hugging_face_names() -> None:
+    from ggufx.analysis.scan import name_stem
+
+    assert name_stem("mmproj-Qwen3-VL-8B-Instruct-F16.gguf") == name_stem("Qwen3-VL-8B-Instruct-UD-Q4_K_XL.gguf")
+    assert name_stem("Qwen3-VL-8B-Instruct-IQ4_XS.gguf") == "qwen3vl8binstruct"
+    assert name_stem("mmproj-F16.gguf") == "" and name_stem("imatrix.gguf") == ""
+    assert name_stem("Llama-3.1-8B-Instruct.imatrix.gguf") == "llama318binstruct"
+    assert name_stem("Qwen3-235B-A22B-Q4_K_M-00001-of-00003.gguf") == "qwen3235ba22b"
+    assert name_stem("gpt-oss-20b-mxfp4.gguf") == "gptoss20b"

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -224,42 +225,92 @@ def _pair_rule(kind: str) -> Callable[[GGUFModel, GGUFModel], str | None] | None
     }.get(kind)
 
 
+_QUANT_TOKEN = re.compile(
+    r"(?:^|[-_.])(?:ud-)?(?:i?q\d(?:_[a-z0-9]+)*|f16|bf16|f32|fp16|fp32|mxfp4(?:_moe)?)(?=$|[-_.])", re.IGNORECASE
+)
+_COMPANION_TOKEN = re.compile(r"(?:^|[-_.])(?:mmproj|imatrix|lora|adapter|cvec|control[-_]?vector)(?=$|[-_.])", re.I)
+
+
+def name_stem(name: str) -> str:
+    """A file's model name as Hugging Face repositories spell it, without the companion marker, the
+    quantization and the shard number: ``mmproj-Qwen3-VL-8B-Instruct-F16.gguf`` and
+    ``Qwen3-VL-8B-Instruct-UD-Q4_K_XL.gguf`` both give ``qwen3vl8binstruct``; ``mmproj-F16.gguf`` gives
+    ``""`` (no name: it goes with every model of its folder)."""
+    base = os.path.basename(name.split(" (")[0])
+    shard = SHARD_RE.match(base if base.endswith(".gguf") else base + ".gguf")
+    base = (shard["prefix"] if shard else base).lower().removesuffix(".gguf")
+    base = _COMPANION_TOKEN.sub("-", base)
+    base = _QUANT_TOKEN.sub("-", base)
+    return re.sub(r"[-_. ]+", "", base)
+
+
+def _candidates(companion: ScanRow, models: list[ScanRow]) -> list[ScanRow]:
+    """The models a companion is meant for: those whose name it shares, else all of its group."""
+    stem = name_stem(companion.path)
+    if not stem:
+        return models
+    named = [m for m in models if _same_name(stem, name_stem(m.path))]
+    return named or models
+
+
+def _same_name(a: str, b: str) -> bool:
+    """One stem is the other, or starts it (``qwen3vl8b`` and ``qwen3vl8binstruct``), the shorter
+    long enough to say something (4 characters)."""
+    short, long = sorted((a, b), key=len)
+    return len(short) >= 4 and long.startswith(short)
+
+
 def pair_companions(rows: list[ScanRow], remote: RemoteConfig | None = None) -> None:
-    """Check every companion against every model of its group (headers only): fill ``companions``,
-    ``companion_of`` and ``mismatches``; a companion that fits none of its models gets a problem."""
+    """Check every companion against the models of its group that its name points at (all of them
+    when it names none): fill ``companions``, ``companion_of`` and ``mismatches``; a companion that
+    fits none of them gets a problem. Headers only; one model header is held at a time."""
     from ggufx.model import open_model
 
     groups: dict[str, list[ScanRow]] = {}
     for r in rows:
         groups.setdefault(r.group, []).append(r)
     for members in groups.values():
-        models = [r for r in members if r.kind == "model" and not r.problems]
-        extras = [r for r in members if r.kind and _pair_rule(r.kind) and not r.problems]
+        models = [r for r in members if r.kind == "model"]
+        extras = [r for r in members if r.kind and _pair_rule(r.kind)]
         if not models or not extras:
             continue
         try:
-            opened = {r.name: open_model(r.path, remote=remote) for r in models + extras}
+            opened = {c.name: open_model(c.path, remote=remote) for c in extras}
         except (GGUFError, OSError):  # changed since it was read: the rows already say what was found
             continue
-        for c in extras:
-            rule = _pair_rule(c.kind or "")
-            if rule is None:
+        wanted = {c.name: _candidates(c, models) for c in extras}
+        for m in models:
+            if not any(m in ms for ms in wanted.values()):
                 continue
-            for m in models:
-                try:
-                    reason = rule(opened[m.name], opened[c.name])
-                except GGUFError as e:
-                    reason = e.one_line()
-                if reason is None:
-                    c.companion_of.append(m.name)
-                    m.companions.append(c.name)
-                else:
-                    c.mismatches.append({"model": m.name, "reason": reason})
-            if not c.companion_of:
+            try:
+                model = open_model(m.path, remote=remote)
+            except (GGUFError, OSError):
+                continue
+            for c in extras:
+                if m not in wanted[c.name]:
+                    continue
+                _check_pair(m, c, model, opened[c.name])
+        for c in extras:
+            if c.mismatches and not c.companion_of:
                 first = c.mismatches[0]
                 c.problems.append(
-                    f"fits none of the {len(models)} model(s) beside it; {first['model']}: {first['reason']}"
+                    f"fits none of the {len(wanted[c.name])} model(s) beside it; {first['model']}: {first['reason']}"
                 )
+
+
+def _check_pair(m: ScanRow, c: ScanRow, model: GGUFModel, companion: GGUFModel) -> None:
+    rule = _pair_rule(c.kind or "")
+    if rule is None:
+        return
+    try:
+        reason = rule(model, companion)
+    except GGUFError as e:
+        reason = e.one_line()
+    if reason is None:
+        c.companion_of.append(m.name)
+        m.companions.append(c.name)
+    else:
+        c.mismatches.append({"model": m.name, "reason": reason})
 
 
 def _audit(
