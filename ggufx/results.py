@@ -517,11 +517,12 @@ def fit(
     (tools/server/server-context.cpp:1174-1198, ``mtmd_get_memory_usage``).
 
     ``llama_cpp``: what llama.cpp's ``--fit`` decides (``-c``, ``-ngl``, ``-ts``, ``-ot``), keeping
-    ``margin`` bytes free per GPU (one value or one per GPU; None: llama.cpp's 1024 MiB) with
+    ``margin`` bytes free per GPU (one value or one per GPU; None: llama.cpp's 1024 MiB), from the
+    free memory llama.cpp's fit reads while its dry run holds the recurrent state (``free_seen``), with
     ``n_ctx_min`` as ``-fitc``; ``context.n_ctx`` 0 is ``-c`` not given. ``fits``: ggufx's own
     search per KV cache type (``margin`` None: nothing kept free), the largest context, or with
     ``layers`` the most whole layers at ``context.n_ctx``, each with llama.cpp's answer beside it."""
-    from ggufx.analysis.fit import MARGIN, fit_devices, llama_fit
+    from ggufx.analysis.fit import MARGIN, fit_devices, free_seen, llama_fit
     from ggufx.analysis.memory import parse_size
 
     sizes: list[int] = []
@@ -547,12 +548,15 @@ def fit(
 
     def decide(ct: str) -> Any:
         cp = replace(context, cache_type_k=ct, cache_type_v=ct)
-        return llama_fit(model, devices, offload, cp, margins=llama_margins, n_ctx_min=n_ctx_min)
+        return llama_fit(
+            model, free_seen(model, devices, offload, cp), offload, cp, margins=llama_margins, n_ctx_min=n_ctx_min
+        )
 
     found = fit_devices(
         model, devices_left, offload, context, target="layers" if layers else "context", margin=own_margin
     )
-    decision = llama_fit(model, devices, offload, context, margins=llama_margins, n_ctx_min=n_ctx_min)
+    seen = free_seen(model, devices, offload, context)  # what llama.cpp's fit reads during its dry run
+    decision = llama_fit(model, seen, offload, context, margins=llama_margins, n_ctx_min=n_ctx_min)
     out: dict[str, Any] = {
         "path": model.path,
         "budget": sizes[0] if len(sizes) == 1 else sizes,

@@ -5,12 +5,17 @@ auto-fit on (fiton-*: the trimmed log keeps common_params_fit_impl's trace, ever
 and measured MiB). For each, ggufx runs llama.cpp's algorithm on its own dry runs (buffers.breakdown)
 and must print the same arguments (``-c -ngl -ts -ot``) or reach the same split (fiton-*).
 
+llama-fit-params prints only its answer, so every run gets the free memory llama.cpp's fit saw from
+``fit.free_seen`` of the card's free memory in that recording session (``machine_of``: H100s before
+the matrix's ``# Session 2``, H200s after it); test_free_seen_is_what_fit_printed pins that to every
+fit-on run, which prints it.
+
 Where a decision hinges on a compute buffer ggufx computes differently from llama.cpp (compute.py is
 an allocator model, not exact), COMPUTE_BOUND names it: ggufx's answer today, and the recorded run
-that measures ggufx's compute error for that kind of configuration. The test then shows that this
-error alone flips the decision: the same algorithm, with each device's compute buffers moved by the
-difference llama.cpp's log shows, gives llama.cpp's answer. Once compute.py agrees, ggufx's own answer
-is llama.cpp's and the entry is no longer used.
+whose compute buffers (quoted from its log) measure ggufx's compute error for that kind of
+configuration. The test then shows that this gap alone flips the decision: the same algorithm, with
+each device's compute buffers moved by it, gives llama.cpp's answer. Once compute.py agrees, ggufx's
+own answer is llama.cpp's and the entry is no longer used; an answer that is neither fails.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import re
 import shlex
 from dataclasses import dataclass, replace
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -35,6 +41,7 @@ from ggufx.analysis.fit import (
     LlamaFit,
     Measure,
     breakdown_measure,
+    free_seen,
     layer_args,
     llama_fit,
 )
@@ -47,72 +54,105 @@ from .llamacpp_logs import LOGS, RUNS
 
 FIT_LOGS = sorted(rid for rid in RUNS if rid.startswith(("fit-", "fit2g-", "fiton")))
 
-# llama-fit-params logs keep only the answer, not the free memory its first dry run saw. The fit-on
-# runs print it ("projected to use ... vs. N MiB of free device memory"): 80552 MiB for llama31-8b and
-# qwen3moe-30b-a3b, 80400 MiB for qwen36-27b (on either GPU; 80550 MiB at the load that follows). With
-# llama.cpp's own dry-run figures, 80400 MiB gives fit-q27-noc-fitt60000's 55040 (80552 would give 57344).
-FREE_MIB = {"qwen36-27b": 80400}
-FREE_MIB_DEFAULT = 80552
+MATRIX = LOGS / "matrix"
+
+
+@cache
+def machine_of(rid: str) -> int:
+    """The recording session of a run: 0 for the matrix lines before the first ``# Session N`` header
+    (2 x H100, device-env.txt), N-1 after it (session 2: 2 x H200, device-env-2.txt)."""
+    session = 0
+    for line in MATRIX.read_text().splitlines():
+        if re.match(r"# Session \d+", line):
+            session += 1
+        elif line.split("|", 1)[0].strip() == rid:
+            return session
+    raise KeyError(rid)
+
+
+def printed_free(text: str, nd: int) -> list[int] | None:
+    """The free MiB per GPU that a fit-on run's first dry run saw (common/fit.cpp:345-351): one GPU
+    prints it, several print each one's projected use and what is left (floored MiB each)."""
+    if nd > 1:
+        rows = re.findall(r"total, +(\d+) used, +(-?\d+) free vs\. target", text)[:nd]
+        return [int(u) + int(f) for u, f in rows] if len(rows) == nd else None
+    m = re.search(r"vs\. (\d+) MiB of free device memory", text)
+    return [int(m[1])] if m else None
+
+
+@cache
+def card_free(session: int) -> int:
+    """The free MiB of one GPU before llama.cpp runs, on the machine of a recording session: what the
+    runs without fit (``-fit off``) of that session print at load (``using device CUDA0 (...) - N MiB
+    free``; 80552 on the H100s, 142629 on the H200s, on one GPU or two)."""
+    return max(
+        free
+        for rid, run in RUNS.items()
+        if "-fit off" in run["args"] and run["gpus"] in ("1", "2") and machine_of(rid) == session
+        for name, free in parse_log((LOGS / f"{rid}.log").read_text()).devices
+        if name.startswith("CUDA")
+    )
+
+
 FRACTION = {"ATTN": ATTN, "UP": UP, "GATE": GATE}
 
 
 @dataclass(frozen=True)
 class ComputeBound:
-    """A decision that flips on ggufx's compute error: ggufx's answer, why, and a recorded run of the
-    same kind of configuration whose compute buffers measure that error (``ngl``/``n_ctx``: that run's
-    configuration where its command line does not say it, as for a fit-on run)."""
+    """A decision that flips on ggufx's compute error: ggufx's answer while the error lasts, why, and a
+    recorded run of the same kind of configuration whose compute buffers measure that error:
+    ``llama_mib``, llama.cpp's compute buffer per GPU there as its log prints it (4 decimals, checked
+    against the log), less ggufx's for the same configuration, is the gap (``ngl``/``n_ctx``: that
+    run's configuration where its command line does not say it, as for a fit-on run)."""
 
     ggufx: str
     why: str
     reference: str
+    llama_mib: dict[str, float]
     ngl: int | None = None
     n_ctx: int | None = None
 
 
 MOE_REST = r"_(ch|)exps=CPU"
+L8B_NGL7 = ComputeBound(
+    "-c 131072 -ngl 8",
+    "-ngl 8 at 131072: llama.cpp's dry run measured 5858 MiB, over the 5552 MiB target (-ngl 7: 5213 MiB, "
+    "fiton-l8b-c131072-fitt75000); the CUDA0 compute buffer at partial offload decides it",
+    "fiton-l8b-c131072-fitt75000",
+    {"CUDA0": 936.0039},
+    ngl=7,
+    n_ctx=131072,
+)
+Q27_NOC = ComputeBound(
+    "-c 54784 -ngl -1",
+    "the interpolation between 4096 and 262144 tokens (fiton-q27-noc-fitt60000: 33536 MiB projected at "
+    "262144) lands 256 tokens lower when CUDA0's compute at 262144 is over llama.cpp's 781.0216 MiB",
+    "q27-ngl99-c262144",
+    {"CUDA0": 781.0216},
+)
 COMPUTE_BOUND = {
-    "fit-l8b-c131072-fitt75000": ComputeBound(
-        "-c 131072 -ngl 8",
-        "-ngl 8 at 131072: llama.cpp measured 5858 MiB (fiton-l8b-c131072-fitt75000), over the 5552 MiB "
-        "target; ggufx 5205 MiB, its CUDA0 compute buffer at partial offload 282.5 MiB where llama.cpp's is 936",
-        "fiton-l8b-c131072-fitt75000",
-        ngl=7,
-        n_ctx=131072,
-    ),
-    "fiton-l8b-c131072-fitt75000": ComputeBound(
-        "-c 131072 -ngl 8",
-        "as fit-l8b-c131072-fitt75000 (its trace: -ngl 7 5213 MiB, -ngl 8 5858 MiB; ggufx 4560, 5205)",
-        "fiton-l8b-c131072-fitt75000",
-        ngl=7,
-        n_ctx=131072,
-    ),
-    "fit-q27-noc-fitt60000": ComputeBound(
-        "-c 54784 -ngl -1",
-        "the interpolation between 4096 and 262144 tokens: ggufx's CUDA0 compute is ~10 MiB over llama.cpp's "
-        "(791.0 vs 781.02 MiB at 262144), which is 256 tokens less",
-        "q27-ngl99-c262144",
-    ),
-    "fiton-q27-noc-fitt60000": ComputeBound(
-        "-c 54784 -ngl -1",
-        "as fit-q27-noc-fitt60000 (the trace: 33536 MiB projected, ggufx 33546)",
-        "q27-ngl99-c262144",
-    ),
+    "fit-l8b-c131072-fitt75000": L8B_NGL7,
+    "fiton-l8b-c131072-fitt75000": L8B_NGL7,
+    "fit-q27-noc-fitt60000": Q27_NOC,
+    "fiton-q27-noc-fitt60000": Q27_NOC,
     "fit-moe-c262144-fitt60000": ComputeBound(
         '-c 262144 -ngl 38 -ot "'
         + ",".join(rf"blk\.{il}\.ffn_(up|down|gate_up|gate){MOE_REST}" for il in range(12, 49))
         + '"',
-        "38 dense-only layers at 262144: ggufx 20551.5 MiB, just under the 20552 MiB target; llama.cpp measured "
-        "more (its CUDA0 compute at 262144 is 4.0 MiB over ggufx's, moe-ngl99-c262144)",
+        "llama.cpp's dry run of 38 dense-only layers at 262144 went over the 20552 MiB target (it kept 37), "
+        "ggufx's stays under; llama.cpp's CUDA0 compute at 262144, every layer offloaded, is 572.7656 MiB",
         "moe-ngl99-c262144",
+        {"CUDA0": 572.7656},
     ),
     "fit2g-moe-c262144-fitt65000": ComputeBound(
         '-c 262144 -ngl 49 -ts 21,28 -ot "blk\\.11\\.ffn_(gate|gate_up|down).*=CUDA1,'
         + ",".join(rf"blk\.{il}\.ffn_(up|down|gate_up|gate){MOE_REST}" for il in [*range(12, 21), *range(22, 49)])
         + '"',
-        "CUDA0 with 21 layers, 11 of them full: ggufx 15439 MiB, under the 15552 MiB target, so one more full "
-        "layer than llama.cpp; two GPUs with experts on the host run without pipeline parallelism, where "
-        "ggufx's CUDA0 compute is 133.5 MiB under llama.cpp's (2g-moe-cpumoe-c262144)",
+        "CUDA0 with 21 layers, 11 of them full: llama.cpp kept 10 full, so its dry run of 11 went over the 15550 MiB "
+        "target, ggufx's stays under; two GPUs with experts on the host run without pipeline parallelism, where "
+        "llama.cpp's compute is 473.5139 MiB on CUDA0 and 300.75 MiB on CUDA1 (2g-moe-cpumoe-c262144)",
         "2g-moe-cpumoe-c262144",
+        {"CUDA0": 473.5139, "CUDA1": 300.75},
     ),
 }
 
@@ -134,15 +174,12 @@ def fit_run(rid: str, models: dict[str, Path]) -> FitRun:
     argv = shlex.split(run["args"].replace("@", ""))
     args = parse_args(argv)
     opt = dict(zip(argv, [*argv[1:], ""], strict=True))
-    text = (LOGS / f"{rid}.log").read_text()
-    nd = int(run["gpus"])
-    m = re.search(r"vs\. (\d+) MiB of free device memory", text)  # the sum over the GPUs
-    free = int(m[1]) // nd if m else FREE_MIB.get(args.model or "", FREE_MIB_DEFAULT)
-    devices = [Device(f"CUDA{i}", free * MiB) for i in range(nd)]
+    model = ggufx.open(models[args.model or ""])
+    card = card_free(machine_of(rid)) * MiB
+    devices = free_seen(model, [Device(f"CUDA{i}", card) for i in range(int(run["gpus"]))], args.offload, args.context)
     margins = [int(v) * MiB for v in opt.get("-fitt", "1024").replace("/", ",").split(",")]
-    assert args.model is not None
     return FitRun(
-        ggufx.open(models[args.model]),
+        model,
         devices,
         args.offload,
         args.context,
@@ -209,9 +246,11 @@ def recorded_compute(model: str, n_ctx: int, nd: int) -> dict[str, float]:
 
 
 def compute_error(bound: ComputeBound, models: dict[str, Path]) -> dict[str, int]:
-    """Per GPU, llama.cpp's compute buffer in the reference run less ggufx's for it (bytes)."""
+    """Per GPU, llama.cpp's compute buffer in the reference run (its ``llama_mib``, checked against the
+    log) less ggufx's for that configuration (bytes)."""
     run = RUNS[bound.reference]
     log = parse_log((LOGS / f"{bound.reference}.log").read_text())
+    assert {d: log.buffers["compute"][d] for d in bound.llama_mib} == bound.llama_mib, bound.reference
     args = parse_args(run["args"].replace("@", ""), server=run["tool"] == "server")
     assert args.model is not None
     offload, context = args.offload, args.context
@@ -221,7 +260,7 @@ def compute_error(bound: ComputeBound, models: dict[str, Path]) -> dict[str, int
         context = replace(context, n_ctx=bound.n_ctx)
     devices = [Device(name, free * MiB) for name, free in log.devices]
     ours = breakdown(ggufx.open(models[args.model]), devices, offload, context).by_kind("compute")
-    return {d.name: round(log.buffers["compute"][d.name] * MiB) - ours.get(d.name, 0) for d in devices}
+    return {d: round(mib * MiB) - ours.get(d, 0) for d, mib in bound.llama_mib.items()}
 
 
 def corrected(f: FitRun, error: dict[str, int]) -> Measure:
@@ -249,10 +288,31 @@ def llama_answer(rid: str, text: str, f: FitRun) -> str:
     return LlamaFit("layers", n_ctx, ngl, ts, ot, f.devices, f.margins, {}).args
 
 
+@pytest.mark.parametrize("rid", [r for r in FIT_LOGS if r.startswith("fiton")])
+def test_free_seen_is_what_fit_printed(rid: str, hole_models: dict[str, Path]) -> None:
+    """The free memory llama.cpp's fit printed is ggufx's ``free_seen`` of the card's free memory: exactly
+    on one GPU; on several, within the flooring of the printed ``used`` and ``free`` MiB of each GPU."""
+    f = fit_run(rid, hole_models)
+    printed = printed_free((LOGS / f"{rid}.log").read_text(), len(f.devices))
+    assert printed is not None
+    for d, mib in zip(f.devices, printed, strict=True):
+        assert mib <= d.free // MiB <= mib + (len(f.devices) > 1), (d.name, d.free / MiB)
+
+
+def test_compute_bounds_quote_their_logs() -> None:
+    """Every COMPUTE_BOUND entry names a recorded fit run and quotes its reference run's compute buffers
+    exactly as that log prints them (used or not)."""
+    for rid, bound in COMPUTE_BOUND.items():
+        assert rid in FIT_LOGS and bound.reference in RUNS, rid
+        log = parse_log((LOGS / f"{bound.reference}.log").read_text())
+        assert {d: log.buffers["compute"][d] for d in bound.llama_mib} == bound.llama_mib, rid
+
+
 @pytest.mark.parametrize("rid", [r for r in FIT_LOGS if "--fit-print" not in RUNS[r]["args"]])
 def test_fit_decision_is_llama_cpps(rid: str, hole_models: dict[str, Path]) -> None:
     """ggufx's llama_fit prints llama.cpp's answer, or, where COMPUTE_BOUND says so, its documented
-    answer, which the recorded compute error alone turns into llama.cpp's."""
+    answer, which the measured compute gap alone turns into llama.cpp's. An entry whose gap is closed
+    (compute.py now agrees) is not used; any other answer fails."""
     text = (LOGS / f"{rid}.log").read_text()
     f = fit_run(rid, hole_models)
     expected = llama_answer(rid, text, f)
@@ -262,12 +322,11 @@ def test_fit_decision_is_llama_cpps(rid: str, hole_models: dict[str, Path]) -> N
         return
     bound = COMPUTE_BOUND.get(rid)
     assert bound is not None, f"ggufx {own.args[:200]} != llama.cpp {expected[:200]}"
-    assert own.args == bound.ggufx, f"ggufx now answers {own.args[:200]} ({bound.why})"
     error = compute_error(bound, hole_models)
+    gap = {k: round(v / MiB, 4) for k, v in error.items()}
+    assert own.args == bound.ggufx, f"ggufx now answers {own.args[:200]} (gap {gap} MiB: {bound.why})"
     fixed = decide(f, corrected(f, error))
-    assert fixed.args == expected, (
-        f"with llama.cpp's compute ({ {k: round(v / MiB, 2) for k, v in error.items()} } MiB): {fixed.args[:200]}"
-    )
+    assert fixed.args == expected, f"with llama.cpp's compute (gap {gap} MiB): {fixed.args[:200]}"
 
 
 @pytest.mark.parametrize("rid", [r for r in FIT_LOGS if r.startswith("fiton")])
@@ -333,3 +392,13 @@ def test_fit_print_is_llama_cpps(rid: str, hole_models: dict[str, Path]) -> None
         ours = table[name]
         assert (ours["model"] // MiB, ours["context"] // MiB) == (int(model_mib), int(context_mib)), name
         assert abs(ours["compute"] / MiB - int(compute_mib)) <= 0.05 * int(compute_mib) + 1, name
+
+
+def test_fit_with_split_mode_none_is_the_main_gpus(hole_models: dict[str, Path]) -> None:
+    """``-sm none -mg 1``: llama.cpp's model keeps only the main GPU (src/llama.cpp:288-301), so fit
+    decides for CUDA1 alone what it decides for one GPU (fit-l8b-c131072-fitt75000), with its first margin."""
+    one = fit_run("fit-l8b-c131072-fitt75000", hole_models)
+    two = [Device("CUDA0", 1 << 40), replace(one.devices[0], name="CUDA1")]
+    none = replace(one.offload, split_mode="none", main_gpu=1)
+    res = llama_fit(one.model, two, none, one.context, margins=[75000 * MiB, 1024 * MiB], n_ctx_min=one.n_ctx_min)
+    assert (res.args, [d.name for d in res.devices]) == (decide(one).args, ["CUDA1"])

@@ -3,6 +3,8 @@
 llama.cpp 11434 fits in four steps (``common_params_fit_impl``, common/fit.cpp:179-877), each measuring
 memory with a dry run (a model and context loaded with ``no_alloc``: weights + KV/state + compute per
 device, the ``self`` of the memory breakdown table). Here the dry run is :func:`buffers.breakdown`.
+The free memory per GPU is what fit reads during its first dry run: :func:`free_seen` of the free
+memory before llama.cpp starts (less the recurrent state that dry run allocates).
 
 1. Measure the initial parameters; if every device keeps its margin (``-fitt``, 1024 MiB) free, nothing
    changes (``-c`` unset becomes the training context x streams).
@@ -226,6 +228,33 @@ def breakdown_measure(model: GGUFModel, devices: list[Device], offload: OffloadP
     return measure
 
 
+PAGE = 2 * MiB  # CUDA hands out device memory in 2 MiB pages
+
+
+def free_seen(
+    model: GGUFModel, devices: list[Device], offload: OffloadParams | None = None, cp: ContextParams | None = None
+) -> list[Device]:
+    """``devices`` (free memory before llama.cpp starts) with the free memory llama.cpp's fit then sees.
+
+    Fit reads each GPU's free memory while its first dry run's context is alive (common/fit.cpp:103-110,
+    ``dmds_full[id].free``, which sets the targets, fit.cpp:647-652). That dry run gives the weights and
+    the KV cache size-0 dummy buffers (llama-model.cpp:1879-1883, llama-kv-cache.cpp:279-283) but
+    allocates and clears the recurrent state for real (llama-memory-recurrent.cpp:118-123), in whole
+    pages; a GPU the dry run does work on (its recurrent state, or any GPU of several) keeps one more
+    page. Measured on every recorded fit-on run: qwen36-27b 80552 -> 80400 MiB on an H100 and
+    142629 -> 142477 on an H200 (149.62 MiB of state), on two H200s 142629 -> 142549 and 142555
+    (77.93 and 71.70 MiB), models without state 142629 -> 142627 on two H200s, unchanged on one GPU."""
+    offload = offload or OffloadParams()
+    cp = cp or ContextParams()
+    rs = breakdown(model, devices, offload, cp).by_kind("recurrent")
+    out = []
+    for d in devices:
+        state = -(-rs.get(d.name, 0) // PAGE) * PAGE
+        used = state + (PAGE if state or len(devices) > 1 else 0)
+        out.append(replace(d, free=d.free - used))
+    return out
+
+
 def device_use(b: Breakdown, devices: list[Device]) -> tuple[DeviceUse, ...]:
     table = b.table()
     empty = {"model": 0, "context": 0, "compute": 0}
@@ -254,7 +283,11 @@ def llama_fit(
     cp = cp or ContextParams()
     if offload.split_mode == "tensor":
         raise InputError("llama.cpp's fit is not implemented for -sm tensor", "-sm")
-    # common/arg.cpp:2911-2920: one -fitt value is every device's, several leave the rest at 1024 MiB
+    if offload.split_mode == "none":  # src/llama.cpp:288-301: the model has the main GPU only
+        if not 0 <= offload.main_gpu < len(devices):
+            raise InputError(f"-mg {offload.main_gpu}: there are {len(devices)} GPU(s)", "-mg")
+        devices, offload = [devices[offload.main_gpu]], replace(offload, main_gpu=0)
+    # common/arg.cpp:2902-2920: one -fitt value is every device's, several leave the rest at 1024 MiB
     margin_list = [margins] if isinstance(margins, int) else list(margins) or [MARGIN]
     margin_list = margin_list * len(devices) if len(margin_list) == 1 else margin_list
     margin_list += [MARGIN] * (len(devices) - len(margin_list))
