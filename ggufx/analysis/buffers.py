@@ -12,13 +12,16 @@ Exact (byte for byte what llama.cpp allocates, checked against recorded logs in 
   (unified ? np : 1) + n_ubatch))`` cells per stream unless ``--swa-full``.
 * **recurrent**: per recurrent layer and sequence, ``n_embd_r`` and ``n_embd_s`` f32 values.
 * **output**: ``n_vocab`` floats per sequence, on the host buffer of the output layer's device.
+* ``-sm tensor``: the weights, KV cache and recurrent state of the Meta device are cut per GPU
+  (:func:`ggufx.analysis.placement.meta_split`); each such buffer is one buffer per GPU
+  (``Buffer.slices``) and llama.cpp prints the largest as ``Meta()``.
 
 Computed (an estimate, labelled so): **compute** buffers, see :mod:`ggufx.analysis.compute`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ggufx.analysis.compute import (
@@ -38,11 +41,14 @@ from ggufx.analysis.placement import (
     CPU,
     CPU_MAPPED,
     CPU_REPACK,
+    META,
+    MIRRORED,
     Device,
     OffloadParams,
     Placement,
     host_buft,
     layer_of,
+    meta_split,
     place,
 )
 from ggufx.errors import InputError, ValidationError
@@ -86,15 +92,21 @@ class Buffer:
     buft: str
     bytes: int
     exact: bool = True
+    # -sm tensor: the Meta device's buffer is one buffer per GPU and ``bytes`` the largest, as llama.cpp
+    # prints it (ggml-backend-meta.cpp:1772); this is every GPU's own
+    slices: dict[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "kind": self.kind,
             "buft": self.buft,
             "bytes": self.bytes,
             "mib": round(self.bytes / MiB, 2),
             "exact": self.exact,
         }
+        if self.slices is not None:
+            d["slices"] = dict(self.slices)
+        return d
 
 
 @dataclass(slots=True)
@@ -122,10 +134,11 @@ class Breakdown:
     recurrent_layers: int = 0
 
     def by_kind(self, kind: str) -> dict[str, int]:
+        """Bytes per buffer type; a Meta buffer (``-sm tensor``) counts every GPU's slice."""
         out: dict[str, int] = {}
         for b in self.buffers:
             if b.kind == kind:
-                out[b.buft] = out.get(b.buft, 0) + b.bytes
+                out[b.buft] = out.get(b.buft, 0) + (sum(b.slices.values()) if b.slices is not None else b.bytes)
         return out
 
     def row(self, buft: str) -> str:
@@ -141,8 +154,9 @@ class Breakdown:
         col = {"model": "model", "kv": "context", "recurrent": "context", "compute": "compute"}
         for b in self.buffers:
             if b.kind in col:
-                r = rows.setdefault(self.row(b.buft), {"model": 0, "context": 0, "compute": 0})
-                r[col[b.kind]] += b.bytes
+                for name, n in (b.slices or {self.row(b.buft): b.bytes}).items():
+                    r = rows.setdefault(name, {"model": 0, "context": 0, "compute": 0})
+                    r[col[b.kind]] += n
         for r in rows.values():
             r["self"] = r["model"] + r["context"] + r["compute"]
         return rows
@@ -166,7 +180,9 @@ class Breakdown:
 
 
 def is_cuda(buft: str) -> bool:
-    return buft.startswith("CUDA") and not buft.endswith("_Host")
+    """A CUDA device buffer, or the Meta device of CUDA GPUs (whose buffer type takes their alignment
+    and the largest of their tensor sizes, ggml-backend-meta.cpp:295-323)."""
+    return (buft.startswith("CUDA") and not buft.endswith("_Host")) or buft == META
 
 
 def alloc_size(buft: str, t: GGMLType, ne0: int, rows: int, nbytes: int | None = None) -> int:
@@ -182,19 +198,52 @@ def alloc_size(buft: str, t: GGMLType, ne0: int, rows: int, nbytes: int | None =
     return pad(size, HOST_ALIGN)
 
 
+def meta_alloc(pl: Placement, name: str, t: GGMLType, ne: tuple[int, ...]) -> dict[str, int]:
+    """The bytes each GPU of the Meta device allocates for its slice of a tensor of shape ``ne``
+    (ggml-backend-meta.cpp:1184-1222: the slice is a contiguous tensor of the same type)."""
+    assert pl.layout is not None
+    axis, per = meta_split(name, ne, pl.layout)
+    out = {}
+    for j, d in enumerate(pl.meta):
+        shape = list(ne)
+        if axis != MIRRORED:
+            shape[axis] = per[j]
+        rows = 1
+        for x in shape[1:]:
+            rows *= x
+        out[d.name] = alloc_size(d.name, t, shape[0], rows)
+    return out
+
+
+def meta_buffer(kind: str, slices: dict[str, int]) -> Buffer:
+    """A Meta device buffer: llama.cpp prints (and its memory table counts) the largest GPU's."""
+    return Buffer(kind, META, max(slices.values(), default=0), slices=slices)
+
+
+def _add(into: dict[str, int], more: dict[str, int]) -> None:
+    for k, v in more.items():
+        into[k] = into.get(k, 0) + v
+
+
 def weight_buffers(model: GGUFModel, pl: Placement) -> list[Buffer]:
     """The model buffers of a placement: one per buffer type (``CPU_Mapped`` one per shard)."""
     sizes: dict[str, int] = {}
     spans: dict[int, tuple[int, int]] = {}
+    meta: dict[str, int] = {}
     for t, buft in pl.tensors:
         if buft == CPU_MAPPED:
             lo, hi = spans.get(t.shard, (t.file_offset, t.file_offset + t.nbytes))
             spans[t.shard] = (min(lo, t.file_offset), max(hi, t.file_offset + t.nbytes))
             continue
+        if buft == META:
+            _add(meta, meta_alloc(pl, t.name, t.type, tuple(t.shape)))
+            continue
         rows = t.n_elements // t.shape[0] if t.shape and t.shape[0] else 1
         sizes[buft] = sizes.get(buft, 0) + alloc_size(buft, t.type, t.shape[0] if t.shape else 1, rows, t.nbytes)
     out = [Buffer("model", CPU_MAPPED, hi - lo) for _shard, (lo, hi) in sorted(spans.items())]
     out += [Buffer("model", b, n) for b, n in sizes.items()]
+    if meta:
+        out.append(meta_buffer("model", meta))
     if pl.repack:
         out.append(Buffer("model", CPU_REPACK, sum(pad(t.nbytes, HOST_ALIGN) for t in pl.repack)))
     return out
@@ -227,6 +276,7 @@ def kv_buffers(
     stats: dict[bool, tuple[int, int]] = {}
     for swa in (False, True):
         per: dict[str, int] = {}
+        meta: dict[str, int] = {}
         nbytes = layers = 0
         for k in attn:
             if k.is_swa != swa:
@@ -237,10 +287,19 @@ def kv_buffers(
             buft = CPU if cp.no_kv_offload or dev is None else dev
             rows = (swa_cells if swa else cells) * n_streams
             v_width = v_max if v_trans else hv * n_kv
-            per[buft] = per.get(buft, 0) + alloc_size(buft, tk, hk * n_kv, rows) + alloc_size(buft, tv, v_width, rows)
+            if buft == META:  # llama-kv-cache.cpp:233-237: K and V are [width, cells, streams]
+                n_cells = swa_cells if swa else cells
+                _add(meta, meta_alloc(pl, f"cache_k_l{k.index}", tk, (hk * n_kv, n_cells, n_streams)))
+                _add(meta, meta_alloc(pl, f"cache_v_l{k.index}", tv, (v_width, n_cells, n_streams)))
+            else:
+                per[buft] = (
+                    per.get(buft, 0) + alloc_size(buft, tk, hk * n_kv, rows) + alloc_size(buft, tv, v_width, rows)
+                )
             nbytes += (_row(tk, hk * n_kv, path) + _row(tv, v_width, path)) * rows
             layers += 1
         out += [Buffer("kv", b, n) for b, n in per.items()]
+        if meta:
+            out.append(meta_buffer("kv", meta))
         stats[swa] = (nbytes, layers)
     return out, stats
 
@@ -265,15 +324,20 @@ def recurrent_buffers(
 ) -> list[Buffer]:
     f32 = ggml_type_by_name("F32")
     per: dict[str, int] = {}
+    meta: dict[str, int] = {}
     for k in kinds:
         if not k.is_recurrent:
             continue
         dev = pl.layer_device[k.index]
         buft = CPU if cp.no_kv_offload or dev is None else dev
+        if buft == META:  # llama-memory-recurrent.cpp:102-105: R and S are [n_embd_r or n_embd_s, rows]
+            _add(meta, meta_alloc(pl, f"cache_r_l{k.index}", f32, (hp.n_embd_r, n_seq)))
+            _add(meta, meta_alloc(pl, f"cache_s_l{k.index}", f32, (hp.n_embd_s, n_seq)))
+            continue
         per[buft] = (
             per.get(buft, 0) + alloc_size(buft, f32, hp.n_embd_r, n_seq) + alloc_size(buft, f32, hp.n_embd_s, n_seq)
         )
-    return [Buffer("recurrent", b, n) for b, n in per.items()]
+    return [Buffer("recurrent", b, n) for b, n in per.items()] + ([meta_buffer("recurrent", meta)] if meta else [])
 
 
 def breakdown(model: GGUFModel, devices: list[Device], offload: OffloadParams, cp: ContextParams) -> Breakdown:
@@ -285,6 +349,8 @@ def breakdown(model: GGUFModel, devices: list[Device], offload: OffloadParams, c
     hp = hparams(model)
     kinds = layer_kinds(model)
     pl = place(model, devices, offload)
+    if pl.meta:
+        cp = _tensor_parallel_context(cp)
     n_seq = cp.n_parallel
     n_ctx = pad(cp.n_ctx or hp.n_ctx_train or 4096)
     if cp.kv_unified:
@@ -307,9 +373,7 @@ def breakdown(model: GGUFModel, devices: list[Device], offload: OffloadParams, c
     buffers += kv
     rs = recurrent_buffers(hp, kinds, pl, cp, max(1, n_seq))
     buffers += rs
-    out_dev = pl.output_device
-    host = host_buft(out_dev)
-    buffers.append(Buffer("output", host, 4 * hp.n_vocab * n_seq))
+    buffers.append(Buffer("output", _host(pl, pl.output_device), 4 * hp.n_vocab * n_seq))
     n_outputs = min(n_ubatch, cp.n_outputs_max or n_batch)
     shape = GraphShape(
         n_tokens=n_ubatch,
@@ -334,7 +398,7 @@ def breakdown(model: GGUFModel, devices: list[Device], offload: OffloadParams, c
         computed, decided_by = compute_buffers(
             model, hp, kinds, pl, shape, pipeline, cp.flash_attn == "off", cp.no_kv_offload
         )
-        buffers += computed
+        buffers += [_meta_compute(pl, b) for b in computed]
         rough = approximate_compute(model, kinds, pl, shape, pipeline, cp, offload) or decided_by
         if rough:
             notes.append(f"compute buffers are a rough approximation here ({rough}); the other figures stay exact")
@@ -355,7 +419,7 @@ def breakdown(model: GGUFModel, devices: list[Device], offload: OffloadParams, c
         swa_cells,
         pl.n_offloaded,
         hp.n_layer,
-        pl.devices,
+        pl.meta or pl.devices,
         notes,
         kv_stats[False][0],
         kv_stats[False][1],
@@ -458,5 +522,32 @@ def compute_buffers(
     v_rows = hp.head_v * max(hp.n_head_kv, default=0) if v_trans else 0
     on_host = cpu_layers_peak(hp, cm, s, list(host_layers)) if s.n_tokens < OP_OFFLOAD_MIN_BATCH else 0
     host = host_compute(hp, s, all_masks, v_rows, pipeline, on_host)
-    out.append(Buffer("compute", host_buft(pl.devices[0].name), host, exact=False))
+    out.append(Buffer("compute", _host(pl, pl.devices[0].name), host, exact=False))
     return out, rough
+
+
+def _host(pl: Placement, device: str | None) -> str:
+    """The host buffer type beside a device: the Meta device's is its GPUs' (ggml-backend-meta.cpp:377-397)."""
+    return host_buft(pl.meta[0].name if device == META and pl.meta else device)
+
+
+def _tensor_parallel_context(cp: ContextParams) -> ContextParams:
+    """-sm tensor turns flash attention on and refuses it off (llama-context.cpp:3824-3832)."""
+    if cp.flash_attn == "off":
+        raise InputError("-sm tensor needs flash attention: llama.cpp refuses -fa off with it", "-fa")
+    if cp.no_kv_offload:
+        raise InputError(
+            "-sm tensor with -nkvo is not modelled: the compute buffers of a Meta device over a host "
+            "cache were never recorded",
+            "-nkvo",
+        )
+    return replace(cp, flash_attn="on")
+
+
+def _meta_compute(pl: Placement, b: Buffer) -> Buffer:
+    """The Meta device's compute buffer: every GPU runs the whole graph over its slices, and llama.cpp
+    prints the one-GPU figure (2 x H100 and H200, 8B, 27B, 30B-A3B, -ts 3,1 alike); each GPU is given
+    that figure."""
+    if b.buft != META:
+        return b
+    return Buffer(b.kind, b.buft, b.bytes, b.exact, slices={d.name: b.bytes for d in pl.meta})

@@ -18,9 +18,13 @@ This follows llama.cpp 11434 (``src/llama-model.cpp`` ``load_tensors``, ``src/ll
 
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import dataclass, field
+import struct
+from dataclasses import dataclass, field, replace
 
+from ggufx.analysis.hparams import hparams
+from ggufx.analysis.layers import layer_kinds
 from ggufx.errors import InputError
 from ggufx.format.ggmltypes import ggml_type_by_name
 from ggufx.format.reader import TensorInfo
@@ -78,6 +82,8 @@ class Placement:
     tensors: list[tuple[TensorInfo, str]] = field(default_factory=list)
     repack: list[TensorInfo] = field(default_factory=list)  # CPU_REPACK copies (builds without GPUs)
     unmatched_overrides: list[str] = field(default_factory=list)
+    meta: list[Device] = field(default_factory=list)  # -sm tensor: the GPUs behind the Meta device
+    layout: MetaLayout | None = None  # -sm tensor: what decides each tensor's slices
 
     @property
     def n_offloaded(self) -> int:
@@ -152,12 +158,7 @@ def place(model: GGUFModel, devices: list[Device], p: OffloadParams) -> Placemen
     if p.split_mode not in SPLIT_MODES:
         raise InputError(f"split mode must be one of {', '.join(SPLIT_MODES)}", "-sm")
     if p.split_mode == "tensor" and devices:
-        raise InputError(
-            "-sm tensor is not modelled: llama.cpp makes one Meta device of the GPUs and cuts every "
-            "weight, the KV cache and the recurrent state into per-GPU slices by per-tensor granularity "
-            "rules (llama-model.cpp:379-880) that ggufx does not follow yet; -sm layer is the nearest estimate",
-            "-sm",
-        )
+        return _place_meta(model, devices, p)
     if p.split_mode == "row" and devices:
         raise InputError(
             f"-sm row: this llama.cpp's CUDA backend has no split buffers (it fails with 'device "
@@ -220,9 +221,322 @@ def place(model: GGUFModel, devices: list[Device], p: OffloadParams) -> Placemen
     return placement
 
 
+def _place_meta(model: GGUFModel, devices: list[Device], p: OffloadParams) -> Placement:
+    """``-sm tensor``: the layers go to one Meta device spanning the GPUs, as to one GPU; each weight on
+    it is then cut per GPU by :func:`meta_split` (``Placement.meta``)."""
+    arch = model.architecture or ""
+    if arch in _NO_SM_TENSOR:
+        raise InputError(f"-sm tensor: llama.cpp does not implement it for the {arch!r} architecture", "-sm")
+    if arch in _OWN_SPLIT_RULES:
+        raise InputError(
+            f"-sm tensor on {arch!r} is not modelled: llama.cpp gives it its own split rules "
+            "(llama-model.cpp:458-499) that ggufx does not follow",
+            "-sm",
+        )
+    if p.tensor_split and len(p.tensor_split) > len(devices):
+        raise InputError(f"-ts has {len(p.tensor_split)} entries for {len(devices)} GPU(s)", "-ts")
+    n_layer = model.metadata.get_int(f"{arch}.block_count") or 0
+    if p.overrides or 0 <= p.n_gpu_layers <= n_layer:
+        raise InputError(
+            "-sm tensor is modelled with every layer on the GPUs (-ngl above the layer count) and no -ot: "
+            "llama.cpp's compute buffers with host layers beside a Meta device were never recorded",
+            "-ngl" if not p.overrides else "-ot",
+        )
+    meta = Device(META, sum(d.free for d in devices))
+    pl = place(model, [meta], replace(p, split_mode="layer", tensor_split=()))
+    pl.meta = devices
+    pl.layout = meta_layout(model, len(devices), p.tensor_split)
+    return pl
+
+
 def check_cache_type(name: str, option: str) -> str:
     """A KV cache type llama.cpp accepts, or an InputError naming the option."""
     try:
         return ggml_type_by_name(name).name.lower()
     except ValueError:
         raise InputError(f"{option} {name}: not a ggml type", option) from None
+
+
+# -sm tensor: llama.cpp makes one Meta device of the GPUs (src/llama.cpp:193-220); the Meta buffer
+# type holds one buffer per GPU and prints the largest (ggml-backend-meta.cpp:1722-1774). Its name is
+# "Meta()": the constructor lists the GPUs from a moved-from vector (ggml-backend-meta.cpp:255-264).
+META = "Meta()"
+# llama-arch.cpp:1196 llm_arch_supports_sm_tensor: the architectures that refuse -sm tensor
+_NO_SM_TENSOR = frozenset(
+    {
+        "grok", "mpt", "plamo2", "minicpm3", "gemma3n", "mamba", "mamba2", "jamba", "falcon-h1", "olmo2",
+        "olmoe", "deepseek2", "deepseek32", "hy_v4", "dots3note", "glm-dsa", "bitnet", "t5", "nemotron_h",
+        "nemotron_h_moe", "granitehybrid", "minimax-01", "minimax-m2", "minimax-m3", "mistral4", "kimi-linear",
+        "bailingmoe3", "kimi-k3", "glm5-next", "qwen3tts",
+    }
+)  # fmt: skip
+# llama-model.cpp:383-384, :458-499: architectures with split rules of their own (not followed here)
+_OWN_SPLIT_RULES = frozenset({"deepseek4", "dflash", "hrm_text"})
+# llama-model.cpp:606-608, :654: the architectures whose Q carries a gate (granularity doubled, segments)
+_QGATE_ARCHS = frozenset({"qwen3next", "qwen35", "qwen35moe", "clef", "qwen4exp"})
+MIRRORED = -1  # GGML_BACKEND_SPLIT_AXIS_MIRRORED (and PARTIAL): the whole tensor on every GPU
+
+
+def _rx(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+# llama-model.cpp:386-430, the patterns of llama_meta_device_get_split_state (std::regex_match)
+_Q = _rx(r"blk\.\d*\.attn_q.weight")
+_KV = _rx(r"blk\.\d*\.attn_(k|v).weight")
+_QKV = _rx(r"blk\.\d*\.attn_qkv.weight")
+_Q_B = _rx(r"blk\.\d*\.attn_q\.bias")
+_KV_B = _rx(r"blk\.\d*\.attn_(k|v)\.bias")
+_QKV_B = _rx(r"blk\.\d*\.attn_qkv.bias")
+_QK_NORM = _rx(r"blk\.\d*\.attn_(q|k)_norm\.weight")
+_KV_CACHE = _rx(r"cache_(k|v)_l\d*")
+_SINKS = _rx(r"blk\.\d*\.attn_sinks.weight")
+_ATTN_OUT = _rx(r"blk\.\d*\.attn_output.weight")
+_ATTN_OUT_B = _rx(r"blk\.\d*\.attn_output.bias")
+_ATTN_GATE = _rx(r"blk\.\d*\.attn_gate.weight")
+_SSM_DT = _rx(r"blk\.\d*\.ssm_dt.bias")
+_SSM_A = _rx(r"blk\.\d*\.ssm_a")
+_SSM_ALPHA = _rx(r"blk\.\d*\.ssm_alpha.weight")
+_SSM_BETA = _rx(r"blk\.\d*\.ssm_beta.weight")
+_SSM_BA = _rx(r"blk\.\d*\.ssm_ba.weight")
+_R_CACHE = _rx(r"cache_r_l\d*")
+_S_CACHE = _rx(r"cache_s_l\d*")
+_SSM_CONV = _rx(r"blk\.\d*\.ssm_conv1d.weight")
+_SSM_OUT = _rx(r"blk\.\d*\.ssm_out.weight")
+_FFN_UP = _rx(r"blk\.\d*\.ffn_up(_exps)?.weight")
+_FFN_UP_B = _rx(r"blk\.\d*\.ffn_up(_exps)?.bias")
+_FFN_GATE = _rx(r"blk\.\d*\.ffn_gate(_exps)?.weight")
+_FFN_GATE_B = _rx(r"blk\.\d*\.ffn_gate(_exps)?.bias")
+_FFN_GATE_UP = _rx(r"blk\.\d*\.ffn_gate_up(_exps)?.weight")
+_FFN_DOWN = _rx(r"blk\.\d*\.ffn_down(_exps)?.weight")
+_FFN_DOWN_EXPS_B = _rx(r"blk\.\d*\.ffn_down_exps.bias")
+_OUTPUT = _rx(r"output\.weight")
+_OUTPUT_B = _rx(r"output\.bias")
+
+
+def _is(name: str, *patterns: re.Pattern[str]) -> bool:
+    return any(p.fullmatch(name) for p in patterns)
+
+
+def _f32(x: float) -> float:
+    """A value rounded to a C ``float`` (llama.cpp splits with float arithmetic)."""
+    return float(struct.unpack("f", struct.pack("f", x))[0])
+
+
+@dataclass(frozen=True, slots=True)
+class MetaLayout:
+    """What ``llama_meta_device_get_split_state`` reads: the layers' kinds and sizes, the GPUs, ``-ts``."""
+
+    arch: str
+    n_devices: int
+    tensor_split: tuple[float, ...]
+    recurrent: tuple[bool, ...]
+    swa: tuple[bool, ...]
+    n_head: tuple[int, ...]
+    n_head_kv: tuple[int, ...]
+    head_k: tuple[int, ...]
+    head_v: tuple[int, ...]
+    n_ff: int
+    n_ff_exp: int
+    n_layer: int  # llama_hparams::n_layer(): without the next-token-prediction layers
+    ssm_d_state: int
+    ssm_n_group: int
+    ssm_dt_rank: int
+    ssm_d_conv: int
+    block_size: dict[str, int]  # tensor name -> its type's block size (for the tensor_axis_0 lookups)
+
+    def il_eff(self, il: int) -> int:
+        """Earlier layers of the same kind (llama-model.cpp:435-444): the rotation counts only these."""
+        kind = (self.recurrent[il], self.swa[il])
+        return sum((self.recurrent[i], self.swa[i]) == kind for i in range(il))
+
+
+def meta_layout(model: GGUFModel, n_devices: int, tensor_split: tuple[float, ...]) -> MetaLayout:
+    hp = hparams(model)
+    kinds = layer_kinds(model)
+    md, a = model.metadata, model.architecture or ""
+
+    def get(suffix: str) -> int:
+        return md.get_int(f"{a}.{suffix}") or 0
+
+    n = hp.n_layer
+    swa = tuple(k.is_swa for k in kinds)
+    return MetaLayout(
+        a,
+        n_devices,
+        tensor_split,
+        tuple(k.is_recurrent for k in kinds),
+        swa,
+        tuple(hp.n_head),
+        tuple(hp.n_head_kv),
+        tuple(hp.head_k_swa if s else hp.head_k for s in swa),
+        tuple(hp.head_v_swa if s else hp.head_v for s in swa),
+        hp.n_ff,
+        get("expert_feed_forward_length"),
+        n - get("nextn_predict_layers"),
+        get("ssm.state_size"),
+        get("ssm.group_count"),
+        get("ssm.time_step_rank"),
+        get("ssm.conv_kernel"),
+        {t.name: t.type.block_size or 1 for t in model.tensors},
+    )
+
+
+def _config(name: str, ne: tuple[int, ...], lay: MetaLayout) -> tuple[int, str, str]:
+    """(axis, tensor_axis_0's suffix, its fallback) of a weight or cache tensor (llama-model.cpp:469-607);
+    an empty suffix: the tensor itself."""
+    if _is(name, _Q, _KV, _QKV):
+        return 1, "attn_output.weight", "ssm_out.weight"
+    if _is(name, _Q_B, _KV_B, _QKV_B):
+        return 0, "attn_output.weight", "ssm_out.weight"
+    if _is(name, _QK_NORM):
+        return (MIRRORED if len(ne) < 2 or ne[1] == 1 else 1), "attn_output.weight", ""
+    if _is(name, _KV_CACHE, _SINKS):
+        return 0, "attn_output.weight", ""
+    if _is(name, _ATTN_OUT):
+        return 0, "", ""
+    if _is(name, _ATTN_GATE):
+        return 1, "attn_output.weight", "ssm_out.weight"
+    if _is(name, _SSM_DT, _SSM_A):
+        return 0, "ssm_out.weight", ""
+    if _is(name, _SSM_ALPHA, _SSM_BETA, _SSM_BA, _SSM_CONV):
+        return 1, "ssm_out.weight", ""
+    if _is(name, _R_CACHE, _S_CACHE):
+        return (MIRRORED, "", "") if lay.arch in ("lfm2", "lfm2moe") else (0, "ssm_out.weight", "")
+    if _is(name, _SSM_OUT):
+        return 0, "", ""
+    if _is(name, _FFN_UP, _FFN_GATE, _FFN_GATE_UP):
+        return 1, "ffn_down.weight", "ffn_down_exps.weight"
+    if _is(name, _FFN_UP_B, _FFN_GATE_B):
+        return 0, "ffn_down.weight", "ffn_down_exps.weight"
+    if _is(name, _FFN_DOWN):
+        return 0, "ffn_down.weight", "ffn_down_exps.weight"
+    if _is(name, _OUTPUT):
+        return 1, "", ""
+    if _is(name, _OUTPUT_B):
+        return 0, "", ""
+    return MIRRORED, "", ""  # norms, routers, biases summed after the split (PARTIAL), embeddings...
+
+
+def _segments(name: str, ne_axis: int, il: int, lay: MetaLayout) -> list[tuple[int, int]]:
+    """(elements, repeats) of the fused parts of a tensor along its split axis (llama-model.cpp:633-720)."""
+    if lay.arch in _QGATE_ARCHS:
+        if not lay.recurrent[il] and _is(name, _QKV, _QKV_B):
+            n_kv = lay.n_head_kv[il] * lay.head_v[il]
+            return [(lay.n_head[il] * lay.head_k[il] * 2, 1), (n_kv, 2)]
+        key_dim = lay.ssm_d_state * lay.ssm_n_group
+        value_dim = lay.ssm_d_state * lay.ssm_dt_rank
+        if lay.arch == "qwen3next":
+            if _is(name, _QKV, _SSM_CONV):
+                return [(key_dim, 2), (value_dim, 1)]
+            if _is(name, _R_CACHE):
+                return [(key_dim * (lay.ssm_d_conv - 1), 2), (value_dim * (lay.ssm_d_conv - 1), 1)]
+        else:
+            ratio = lay.ssm_dt_rank // lay.ssm_n_group if lay.ssm_n_group else 0
+            if _is(name, _QKV, _SSM_CONV):
+                return [(key_dim, 2 + ratio)]
+            if _is(name, _ATTN_GATE, _SSM_OUT):
+                return [(key_dim, ratio)]
+            if _is(name, _SSM_DT, _SSM_A, _SSM_ALPHA, _SSM_BETA):
+                return [(lay.ssm_n_group, ratio)]
+            if _is(name, _R_CACHE):
+                return [(key_dim * (lay.ssm_d_conv - 1), 2 + ratio)]
+            if _is(name, _S_CACHE):
+                return [(lay.ssm_n_group * lay.ssm_d_state * lay.ssm_d_state, ratio)]
+        if _is(name, _FFN_GATE_UP):
+            return [(lay.n_ff_exp, 2)]
+        return [(ne_axis, 1)]
+    if _is(name, _QKV, _QKV_B):
+        q, k, v = (
+            lay.n_head[il] * lay.head_k[il],
+            lay.n_head_kv[il] * lay.head_k[il],
+            lay.n_head_kv[il] * lay.head_v[il],
+        )
+        return [(q, 1), (k, 2)] if k == v else [(q, 1), (k, 1), (v, 1)]
+    if _is(name, _FFN_UP, _FFN_UP_B):
+        return [(lay.n_ff, 2)] if ne_axis == 2 * lay.n_ff else [(ne_axis, 1)]
+    if _is(name, _FFN_GATE_UP):
+        return [(lay.n_ff_exp, 2)]
+    return [(ne_axis, 1)]
+
+
+def _granularity(name: str, blck: int, il: int, n_segments: int, lay: MetaLayout) -> list[int]:
+    """The slice boundaries' multiple per segment (llama-model.cpp:722-832)."""
+    if lay.recurrent[il]:
+        head_dim = lay.ssm_d_state
+        qkv = math.lcm(math.lcm(blck, 128), head_dim)
+        if _is(name, _QKV, _ATTN_GATE, _SSM_CONV, _SSM_OUT):
+            return [qkv] * n_segments
+        if _is(name, _SSM_DT, _SSM_A, _SSM_ALPHA, _SSM_BETA):
+            return [qkv // head_dim] * n_segments
+        if _is(name, _SSM_BA):
+            return [2 * (qkv // head_dim)] * n_segments
+        if _is(name, _R_CACHE):
+            return [qkv * (lay.ssm_d_conv - 1)] * n_segments
+        if _is(name, _S_CACHE):
+            return [qkv * head_dim] * n_segments
+    elif _is(name, _SINKS, _Q, _Q_B, _ATTN_OUT, _ATTN_GATE, _KV, _KV_B, _KV_CACHE, _QKV, _QKV_B):
+        n_gqa = lay.n_head[il] // lay.n_head_kv[il] if lay.n_head_kv[il] else 0
+        n_embd_q = n_gqa * lay.head_k[il]
+        perf = blck
+        while perf < 128 and perf * lay.n_devices < n_embd_q:  # head sizes like 80
+            perf *= 2
+        g_q = math.lcm(n_embd_q, perf)
+        g_head = g_q // lay.head_k[il]
+        if _is(name, _SINKS):
+            return [g_head]
+        if _is(name, _Q, _Q_B):
+            return [math.lcm(2 * n_embd_q, perf) if lay.arch in _QGATE_ARCHS else g_q]
+        if _is(name, _ATTN_OUT):
+            return [g_head * lay.head_v[il]]
+        if _is(name, _ATTN_GATE):
+            return [g_q]  # a per-head gate (ne[1] == n_head) takes g_head; not in these architectures
+        g_kv = g_q // n_gqa
+        g_v = g_kv // lay.head_k[il] * lay.head_v[il]
+        if _is(name, _KV, _KV_B, _KV_CACHE):
+            return [g_v if ("attn_v" in name or "cache_v" in name) else g_kv]
+        if lay.arch in _QGATE_ARCHS:
+            return [math.lcm(2 * n_embd_q, perf), g_kv]
+        return [g_q, g_kv, g_v] if n_segments == 3 else [g_q, g_kv]
+    if _is(name, _FFN_UP, _FFN_UP_B, _FFN_GATE, _FFN_GATE_B, _FFN_GATE_UP, _FFN_DOWN):
+        return [math.lcm(blck, 128)]
+    return [1]
+
+
+def meta_split(name: str, ne: tuple[int, ...], lay: MetaLayout) -> tuple[int, list[int]]:
+    """How the Meta device cuts a tensor: (axis, elements along it per GPU), or (MIRRORED, []) for a
+    tensor every GPU holds whole (llama-model.cpp:379-880 ``llama_meta_device_get_split_state``)."""
+    axis, suffix, fallback = _config(name, ne, lay)
+    if axis == MIRRORED or axis >= len(ne):
+        return MIRRORED, []
+    n = lay.n_devices
+    if name.startswith("blk."):
+        il = int(name.split(".")[1])
+        rotation = lay.il_eff(il) % n
+    elif name.startswith("cache_"):
+        il = int(name.rsplit("_l", 1)[1])
+        rotation = lay.il_eff(il) % n
+    else:
+        il, rotation = 0, lay.n_layer % n
+    prefix = f"blk.{il}."
+    if suffix:
+        axis0 = lay.block_size.get(prefix + suffix) or lay.block_size.get(prefix + fallback)
+    else:
+        axis0 = lay.block_size.get(name)
+    blck = axis0 or 1
+    ts = [_f32(x) for x in lay.tensor_split] + [0.0] * n
+    scan: list[float] = []
+    for j in range(n):  # tensor_split_scan: float partial sums of -ts, rotated
+        scan.append(_f32(ts[(j + rotation) % n] + (scan[-1] if scan else 0.0)))
+    segments = _segments(name, ne[axis], il, lay)
+    grains = _granularity(name, blck, il, len(segments), lay)
+    out = [0] * n
+    for (ne_s, nr_s), g in zip(segments, grains, strict=True):
+        low = 0
+        for j in range(n - 1):
+            high = ne_s * (j + 1) // n if scan[-1] == 0 else int(_f32(_f32(_f32(ne_s) * scan[j]) / scan[-1]))
+            high -= high % g
+            out[(j + rotation) % n] += (high - low) * nr_s
+            low = high
+        out[(n - 1 + rotation) % n] += (ne_s - low) * nr_s
+    return axis, out
