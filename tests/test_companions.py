@@ -387,3 +387,19 @@ def test_mcp_imatrix_tool_equals_cli_json(cli: CliRun, tmp_path: Path, base: Pat
     assert text(got["plain"]) + "\n" == cli("imatrix", "--json", str(im)).stdout
     assert text(got["model"]) + "\n" == cli("imatrix", "--json", str(im), "--model", str(base)).stdout
     assert got["wrong"].is_error and "not an imatrix" in text(got["wrong"])
+
+
+def test_fit_with_a_projector_keeps_its_memory_free(cli: CliRun, hole_models: dict[str, Path]) -> None:
+    """The quant card's question, "context on 24 GB + vision": the 27B hybrid with its projector
+    gets a smaller context than without, by the projector's weights and warmup compute."""
+    model, mm = str(hole_models["qwen36-27b"]), str(hole_models["mmproj-qwen36-27b"])
+    alone = json.loads(cli("mem", model, "--fit", "24GiB", "--json").stdout)
+    both = json.loads(cli("mem", model, "--fit", "24GiB", "--mmproj", mm, "--json").stdout)
+    kept = both["projector_bytes"]["CUDA0"]
+    assert abs(kept / MiB - (884.62 + 248.10)) <= 0.01  # the recorded log's model size + CUDA0 compute
+    for a, b in zip(alone["fits"], both["fits"], strict=True):
+        assert b["n_ctx"] <= a["n_ctx"] and b["gpu_bytes"] <= 24 * 1024 * MiB - kept
+    assert both["fits"][0]["n_ctx"] < alone["fits"][0]["n_ctx"]
+    assert both["llama_cpp"]["margin"]["CUDA0"] == 1024 * MiB + kept
+    text = cli("mem", model, "--fit", "24GiB", "--mmproj", mm).stdout
+    assert text.startswith("+ vision: the projector's weights and compute kept free (CUDA0 1,133 MiB)")

@@ -328,6 +328,10 @@ def fit_text(res: dict[str, Any], fmt: str = "simple") -> str:
     """``ggufx mem --fit`` (``results.fit``): llama.cpp's answer (arguments to paste), then ggufx's
     largest context per cache type, or the most layers."""
     head = []
+    vision = res.get("projector_bytes") or {}
+    if vision:
+        kept = ", ".join(f"{k} {v / MiB:,.0f} MiB" for k, v in vision.items())
+        head += [f"+ vision: the projector's weights and compute kept free ({kept}), as llama-server does", ""]
     if "llama_cpp" in res:
         lc = res["llama_cpp"]
         why = {
