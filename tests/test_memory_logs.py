@@ -103,17 +103,8 @@ def test_the_matrix_is_covered() -> None:
 # the host with partial offload, and the host layers' flash attention deciding the first GPU's buffer
 # (srv-l8b-ngl0-np4-c32768). Every other configuration is held to 5% by the test above.
 ROUGH = {
-    "2g-l8b-ngl20-c32768",
-    "2g-srv-l8b-ngl20-np4",
     "2g-q27-ngl40-c131072",
     "2g-q27-ngl40-q4_0-c131072",
-    "2g-moe-ngl30-c32768",
-    "2g-moe-ncpumoe16-c32768",
-    "2g-moe-ncpumoe24-c131072",
-    "2g-srv-moe-ncpumoe24-c65536",
-    "2g-moe-cpumoe-c262144",
-    "moe-cpumoe-ngl24-c32768",
-    "srv-l8b-ngl0-np4-c32768",
 }
 
 
@@ -149,7 +140,7 @@ def test_host_layers_attention_on_the_first_gpu(hole_models: dict[str, Path]) ->
         args = parse_args(f"-m x -ngl {ngl} -c 131072")
         bd = breakdown(model, [Device("CUDA0", 80552 * MiB)], args.offload, args.context)
         assert abs(bd.by_kind("compute")["CUDA0"] / MiB - recorded) < 0.01
-        assert any("host layers' attention" in n for n in bd.notes)
+        assert not any("rough approximation" in n for n in bd.notes)  # the simulated graph, not a phase
 
 
 SMTENSOR = sorted(rid for rid in RUNS if "-sm tensor" in RUNS[rid]["args"])

@@ -35,6 +35,9 @@ from ggufx.analysis.compute import (
     host_layers_attention,
     masks,
 )
+from ggufx.analysis.galloc import CUDA_ALIGN, HOST_ALIGN, MATRIX_ROW_PADDING
+from ggufx.analysis.graphsim import SimParams, simulated
+from ggufx.analysis.graphsim import simulate as simulate_compute
 from ggufx.analysis.hparams import Hparams, hparams, pad
 from ggufx.analysis.layers import LayerKind, layer_kinds
 from ggufx.analysis.placement import (
@@ -56,9 +59,6 @@ from ggufx.format.ggmltypes import GGMLType, ggml_type_by_name
 from ggufx.model import GGUFModel
 
 MiB = 1 << 20
-CUDA_ALIGN = 128  # ggml-cuda.cu: ggml_backend_cuda_buffer_type_get_alignment
-HOST_ALIGN = 32  # TENSOR_ALIGNMENT: CPU, CPU_Mapped, CUDA_Host, CPU_REPACK
-MATRIX_ROW_PADDING = 512  # ggml-cuda/common.cuh
 FLASH_ATTN = ("on", "off", "auto")
 # decoder architectures whose graph the compute model follows (checked against recorded logs: llama,
 # gemma3, qwen35, qwen3moe; the others build the same blocks in src/models/*.cpp)
@@ -394,7 +394,24 @@ def breakdown(model: GGUFModel, devices: list[Device], offload: OffloadParams, c
         and not cp.no_kv_offload
         and not offload.overrides
     )
-    if hp.arch in COMPUTE_ARCHS:
+    by_graph = not pl.meta and simulated(model) is None
+    if by_graph:  # the graph itself, split and allocated as llama.cpp does (exact on every recorded run)
+        sp = SimParams(
+            n_ubatch,
+            n_outputs,
+            max(1, n_seq),
+            n_ctx_seq,
+            n_streams,
+            cp.flash_attn != "off",
+            _cache_type(cp.cache_type_k, "-ctk").name,
+            _cache_type(cp.cache_type_v, "-ctv").name,
+            cp.no_kv_offload,
+            pipeline,
+            swa_cells,
+        )
+        sizes = simulate_compute(model, devices, offload, sp)
+        buffers += [Buffer("compute", b, n, exact=False) for b, n in sizes.items() if n > 1]
+    elif hp.arch in COMPUTE_ARCHS:
         computed, decided_by = compute_buffers(
             model, hp, kinds, pl, shape, pipeline, cp.flash_attn == "off", cp.no_kv_offload
         )

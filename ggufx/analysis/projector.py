@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ggufx.analysis.buffers import Buffer
+from ggufx.analysis.galloc import CUDA_ALIGN, HOST_ALIGN, DynAllocator
 from ggufx.errors import InputError, ValidationError
 from ggufx.model import GGUFModel
 
@@ -36,8 +37,6 @@ __all__ = [
     "projector_unsupported",
 ]
 
-CPU_ALIGN = 32  # TENSOR_ALIGNMENT (ggml-cpu buffer type)
-CUDA_ALIGN = 128  # ggml_backend_cuda_buffer_type_get_alignment
 MODELLED = frozenset({"qwen2vl_merger", "qwen2.5vl_merger", "qwen3vl_merger", "gemma3", "idefics3", "mlp", "pixtral"})
 # ggml_op_can_inplace (ggml-alloc.c:22), by the op names used here
 # ggml-cuda/fattn.cu ggml_cuda_get_best_fattn_kernel: the head sizes CUDA's flash attention takes (K = V)
@@ -311,63 +310,13 @@ class _Graph:
 # -- ggml-alloc's dynamic allocator -------------------------------------------------------------------
 
 
-class _Allocator:
-    """``ggml_dyn_tallocr`` with one chunk (ggml-alloc.c:202 alloc, :312 free)."""
-
-    def __init__(self, alignment: int) -> None:
-        self.alignment = alignment
-        self.blocks: list[list[int]] = [[0, 1 << 62]]  # [offset, size], sorted by offset
-        self.max_size = 0
-
-    def _align(self, n: int) -> int:
-        return -(-n // self.alignment) * self.alignment
-
-    def alloc(self, size: int) -> int:
-        size = self._align(size)
-        best, best_size = -1, 1 << 63
-        for i, (_, bsize) in enumerate(self.blocks[:-1]):
-            if size <= bsize <= best_size:
-                best, best_size = i, bsize
-        if best == -1:
-            best = len(self.blocks) - 1
-        block = self.blocks[best]
-        offset = block[0]
-        block[0] += size
-        block[1] -= size
-        if block[1] == 0:
-            del self.blocks[best]
-        self.max_size = max(self.max_size, offset + size)
-        return offset
-
-    def free(self, offset: int, size: int) -> None:
-        size = self._align(size)
-        for i, block in enumerate(self.blocks):
-            if block[0] + block[1] == offset:
-                block[1] += size
-                if i + 1 < len(self.blocks) and block[0] + block[1] == self.blocks[i + 1][0]:
-                    block[1] += self.blocks[i + 1][1]
-                    del self.blocks[i + 1]
-                return
-            if offset + size == block[0]:
-                block[0] = offset
-                block[1] += size
-                if i > 0 and self.blocks[i - 1][0] + self.blocks[i - 1][1] == block[0]:
-                    self.blocks[i - 1][1] += block[1]
-                    del self.blocks[i]
-                return
-        pos = 0
-        while pos < len(self.blocks) and self.blocks[pos][0] < offset:
-            pos += 1
-        self.blocks.insert(pos, [offset, size])
-
-
 def _same_layout(a: _T, b: _T) -> bool:
     return a.type == b.type and a.ne == b.ne and a.nb == b.nb
 
 
 def _peak(g: _Graph, alignment: int) -> int:
     """``ggml_gallocr_alloc_graph_impl`` (ggml-alloc.c:718) on one buffer: its high-water mark."""
-    alloc = _Allocator(alignment)
+    alloc = DynAllocator(alignment)
     addr: dict[int, int] = {}
     own: set[int] = set()
     children: dict[int, int] = {}
@@ -399,7 +348,7 @@ def _peak(g: _Graph, alignment: int) -> int:
         addr[id(t)] = alloc.alloc(t.nbytes)
 
     def _free_extra(parent: _T, node: _T) -> None:
-        ps, ns = alloc._align(parent.nbytes), alloc._align(node.nbytes)
+        ps, ns = alloc.align(parent.nbytes), alloc.align(node.nbytes)
         if ps > ns:
             alloc.free(addr[id(parent)] + ns, ps - ns)
 
@@ -718,7 +667,7 @@ def _graph(mm: GGUFModel, hp: ProjectorParams, flash_attn: bool) -> tuple[_Graph
     b = _Builder(mm, hp, hp.warmup_image_size, flash_attn)
     out = _GRAPHS[hp.proj_type](b)
     b.g.expand(out)
-    inputs = sum(-(-t.nbytes // CPU_ALIGN) * CPU_ALIGN for t in b.g.leafs if t.input)
+    inputs = sum(-(-t.nbytes // HOST_ALIGN) * HOST_ALIGN for t in b.g.leafs if t.input)
     return b.g, inputs
 
 
@@ -745,7 +694,7 @@ def projector_buffers(
     hp = projector_params(mmproj, image_min_tokens, image_max_tokens)
     g, inputs = _graph(mmproj, hp, fa)
     if gpu is None:
-        return [Buffer("projector_compute", "CPU", _peak(g, CPU_ALIGN), exact=False)]
+        return [Buffer("projector_compute", "CPU", _peak(g, HOST_ALIGN), exact=False)]
     size = _peak(g, CUDA_ALIGN)
     if flash_attn == "auto" and hp.n_embd // hp.n_head not in CUDA_FA_HEAD_DIMS:
         # warmup (clip.cpp:3740): the backend refuses the flash-attention op, so the graph is reserved again

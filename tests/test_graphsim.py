@@ -1,0 +1,167 @@
+"""The simulated compute buffers (graph + scheduler + ggml-alloc replay) against llama.cpp's own logs.
+
+Every recorded run of a model whose graph :mod:`ggufx.analysis.graphsim` builds (dense ``llama``:
+SmolLM2-135M, Llama 3.2 1B-like, Llama 3.1 8B-like; ``qwen3moe``: Qwen3-30B-A3B-like; ``gemma3``:
+Gemma 3 270M with its sliding-window cache) on the CPU, one or two H100s: each compute buffer
+llama.cpp printed must come out to the 0.01 MiB it prints (the ``~llama_context`` exit lines carry
+four decimals), including the configurations the phase model of :mod:`ggufx.analysis.compute` only
+approximates (several GPUs with host weights, four streams with the host layers' attention on the
+first GPU, expert weights on the host with --cpu-moe / --n-cpu-moe / -ot, whose whole tensors are
+copied to the first GPU, and the tensors CUDA keeps alive around its fused MoE ops).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf import GGUFWriter
+
+import ggufx
+from ggufx.analysis import graphsim
+from ggufx.analysis.buffers import Breakdown, MiB, breakdown
+from ggufx.analysis.llamaargs import LlamaArgs, parse_args
+from ggufx.analysis.llamalog import parse_log
+from ggufx.analysis.placement import Device
+
+from .llamacpp_logs import LOGS, RUNS, devices_of
+
+MODELS = ("smollm2-135m", "llama32-1b", "llama31-8b", "qwen3moe-30b-a3b", "gemma3-270m")
+SIMULATED = sorted(
+    rid
+    for rid, r in RUNS.items()
+    if r["tool"] in ("completion", "server", "mtmd")
+    and r["exit_status"] == 0
+    and not rid.startswith("fiton")
+    and "-sm tensor" not in r["args"]
+    and "-sm row" not in r["args"]
+    and parse_args(r["args"].replace("@", "")).model in MODELS
+)
+# the runs tests/test_memory_logs.py calls a rough approximation for the phase model
+PHASE_ROUGH = ("2g-l8b-ngl20-c32768", "2g-srv-l8b-ngl20-np4", "srv-l8b-ngl0-np4-c32768")
+
+
+def sim_params(bd: Breakdown, args: LlamaArgs) -> graphsim.SimParams:
+    """The reservation ``breakdown`` resolved: micro-batch, outputs, cells, streams and pipeline
+    parallelism (llama-context.cpp:432-459)."""
+    cp, off = args.context, args.offload
+    pipeline = (
+        len(bd.devices) > 1
+        and bd.layers_offloaded == bd.n_layer + 1
+        and off.split_mode == "layer"
+        and not cp.no_kv_offload
+        and not off.overrides
+    )
+    return graphsim.SimParams(
+        n_ubatch=bd.n_ubatch,
+        n_outputs=min(bd.n_ubatch, cp.n_outputs_max or bd.n_batch),
+        n_seq_max=bd.n_seq_max,
+        n_kv=bd.n_ctx_seq,
+        n_streams=bd.n_streams,
+        flash_attn=cp.flash_attn != "off",
+        type_k=cp.cache_type_k.upper(),
+        type_v=cp.cache_type_v.upper(),
+        no_kv_offload=cp.no_kv_offload,
+        pipeline=pipeline,
+        n_kv_swa=bd.swa_cells,
+    )
+
+
+def simulate_run(rid: str, models: dict[str, Path]) -> tuple[dict[str, float], dict[str, int]]:
+    run = RUNS[rid]
+    log = parse_log((LOGS / f"{rid}.log").read_text())
+    args = parse_args(run["args"].replace("@", ""), server=run["tool"] == "server")
+    model = ggufx.open(models[str(args.model)])
+    devices = devices_of(run, log.devices)
+    bd = breakdown(model, devices, args.offload, args.context)
+    return log.buffers["compute"], graphsim.simulate(model, devices, args.offload, sim_params(bd, args))
+
+
+def test_the_simulated_runs_cover_the_llama_matrix() -> None:
+    assert len(SIMULATED) >= 100
+    args = " ".join(RUNS[r]["args"] for r in SIMULATED)
+    for option in ("-ngl 0", "-ngl 1 ", "-ngl 20", "-fa off", "-ctk q8_0", "-ub 2048", "-np 4", "-nkvo", "-ts 3,1"):
+        assert option in args, option
+    assert {RUNS[r]["gpus"] for r in SIMULATED} == {"1", "2", "cpu"}
+    assert set(PHASE_ROUGH) <= set(SIMULATED)
+
+
+@pytest.mark.parametrize("rid", SIMULATED)
+def test_every_compute_buffer_is_llama_cpps(rid: str, hole_models: dict[str, Path]) -> None:
+    recorded, simulated = simulate_run(rid, hole_models)
+    assert recorded
+    got = {buft: round(simulated.get(buft, 0) / MiB, 4) for buft in recorded}
+    assert all(abs(got[b] - recorded[b]) < 0.01 for b in recorded), (recorded, got)
+
+
+def test_host_layers_attention_at_131072_cells(hole_models: dict[str, Path]) -> None:
+    """llama.cpp's fit dry runs of llama31-8b with 7 and 0 of 33 layers on one H100 at 131072 cells
+    (936.0039 MiB, the run it chose, `fiton-l8b-c131072-fitt75000`): the first GPU runs the host
+    layers' flash attention over copies of their host cache."""
+    text = (LOGS / "fiton-l8b-c131072-fitt75000.log").read_text()
+    assert "offloaded 7/33 layers to GPU" in text
+    recorded = parse_log(text).buffers["compute"]
+    model = ggufx.open(hole_models["llama31-8b"])
+    gpu = [Device("CUDA0", 80552 * MiB)]
+    for ngl in ("7", "0"):
+        args = parse_args(f"-m x -ngl {ngl} -c 131072")
+        bd = breakdown(model, gpu, args.offload, args.context)
+        got = graphsim.simulate(model, gpu, args.offload, sim_params(bd, args))
+        assert abs(got["CUDA0"] / MiB - recorded["CUDA0"]) < 0.01
+        if ngl == "7":
+            assert abs(got["CUDA_Host"] / MiB - recorded["CUDA_Host"]) < 0.01
+
+
+def test_other_architectures_are_refused(hole_models: dict[str, Path]) -> None:
+    reason = graphsim.simulated(ggufx.open(hole_models["qwen36-27b"]))
+    assert reason is not None and "'qwen35' graph is not simulated" in reason
+    for name in ("llama31-8b", "qwen3moe-30b-a3b", "gemma3-270m"):
+        assert graphsim.simulated(ggufx.open(hole_models[name])) is None
+    assert graphsim.unbuildable(ggufx.open(hole_models["gemma3-270m"])) is None
+    assert "not built" in (graphsim.unbuildable(ggufx.open(hole_models["qwen36-27b"])) or "")
+
+
+def _write_moe(path: Path, n_used: int = 2, drop: str = "", flat: str = "") -> Path:
+    """A tiny qwen3moe file (2 layers, 4 experts); ``drop`` leaves a tensor out, ``flat`` writes
+    one expert tensor two-dimensional."""
+    w = GGUFWriter(str(path), "qwen3moe")
+    for key, value in (("block_count", 2), ("embedding_length", 64), ("feed_forward_length", 128)):
+        w.add_uint32(f"qwen3moe.{key}", value)
+    for key, value in (("attention.head_count", 4), ("attention.head_count_kv", 2), ("context_length", 256)):
+        w.add_uint32(f"qwen3moe.{key}", value)
+    w.add_uint32("qwen3moe.expert_count", 4)
+    w.add_uint32("qwen3moe.expert_used_count", n_used)
+    w.add_uint32("qwen3moe.expert_feed_forward_length", 32)
+    shapes = {"token_embd.weight": (32, 64), "output_norm.weight": (64,)}
+    for il in range(2):
+        p = f"blk.{il}."
+        shapes |= {p + n: (64,) for n in ("attn_norm.weight", "ffn_norm.weight")}
+        shapes |= {p + n: (16,) for n in ("attn_q_norm.weight", "attn_k_norm.weight")}
+        shapes |= {p + "attn_q.weight": (64, 64), p + "attn_k.weight": (32, 64), p + "attn_v.weight": (32, 64)}
+        shapes |= {p + "attn_output.weight": (64, 64), p + "ffn_gate_inp.weight": (4, 64)}
+        shapes |= {p + "ffn_gate_exps.weight": (4, 32, 64), p + "ffn_up_exps.weight": (4, 32, 64)}
+        shapes |= {p + "ffn_down_exps.weight": (4, 64, 32)}
+    for name, shape in shapes.items():
+        if name != drop:
+            w.add_tensor(name, np.zeros(shape[1:] if name == flat else shape, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_moe_files_llama_cpp_would_not_load_are_refused(tmp_path: Path) -> None:
+    """llama.cpp refuses a qwen3moe file without a layer's router, with no expert used, with more
+    used than there are, or with an expert tensor of the wrong rank (qwen3moe.cpp:34-55); the
+    simulation names the reason and leaves the file to the phase model."""
+    assert graphsim.simulated(ggufx.open(_write_moe(tmp_path / "ok.gguf"))) is None
+    for name, kwargs, why in (
+        ("router", {"drop": "blk.1.ffn_gate_inp.weight"}, "blk.1.ffn_gate_inp.weight"),
+        ("unused", {"n_used": 0}, "expert_used_count"),
+        ("overused", {"n_used": 5}, "expert_used_count"),
+        ("flat", {"flat": "blk.0.ffn_up_exps.weight"}, "three-dimensional tensor blk.0.ffn_up_exps.weight"),
+    ):
+        reason = graphsim.simulated(ggufx.open(_write_moe(tmp_path / f"{name}.gguf", **kwargs)))
+        assert reason is not None and why in reason, (name, reason)
