@@ -10,12 +10,8 @@ llama-fit-params prints only its answer, so every run gets the free memory llama
 the matrix's ``# Session 2``, H200s after it); test_free_seen_is_what_fit_printed pins that to every
 fit-on run, which prints it.
 
-Where a decision hinges on a compute buffer ggufx computes differently from llama.cpp (compute.py is
-an allocator model, not exact), COMPUTE_BOUND names it: ggufx's answer today, and the recorded run
-whose compute buffers (quoted from its log) measure ggufx's compute error for that kind of
-configuration. The test then shows that this gap alone flips the decision: the same algorithm, with
-each device's compute buffers moved by it, gives llama.cpp's answer. Once compute.py agrees, ggufx's
-own answer is llama.cpp's and the entry is no longer used; an answer that is neither fails.
+Every decision is llama.cpp's exactly: the dry runs' compute buffers come from the simulated graph
+(ggufx.analysis.graphsim), which equals llama.cpp's on every recorded run.
 """
 
 from __future__ import annotations
@@ -95,66 +91,6 @@ def card_free(session: int) -> int:
 
 
 FRACTION = {"ATTN": ATTN, "UP": UP, "GATE": GATE}
-
-
-@dataclass(frozen=True)
-class ComputeBound:
-    """A decision that flips on ggufx's compute error: ggufx's answer while the error lasts, why, and a
-    recorded run of the same kind of configuration whose compute buffers measure that error:
-    ``llama_mib``, llama.cpp's compute buffer per GPU there as its log prints it (4 decimals, checked
-    against the log), less ggufx's for the same configuration, is the gap (``ngl``/``n_ctx``: that
-    run's configuration where its command line does not say it, as for a fit-on run)."""
-
-    ggufx: str
-    why: str
-    reference: str
-    llama_mib: dict[str, float]
-    ngl: int | None = None
-    n_ctx: int | None = None
-
-
-MOE_REST = r"_(ch|)exps=CPU"
-L8B_NGL7 = ComputeBound(
-    "-c 131072 -ngl 8",
-    "-ngl 8 at 131072: llama.cpp's dry run measured 5858 MiB, over the 5552 MiB target (-ngl 7: 5213 MiB, "
-    "fiton-l8b-c131072-fitt75000); the CUDA0 compute buffer at partial offload decides it",
-    "fiton-l8b-c131072-fitt75000",
-    {"CUDA0": 936.0039},
-    ngl=7,
-    n_ctx=131072,
-)
-Q27_NOC = ComputeBound(
-    "-c 54784 -ngl -1",
-    "the interpolation between 4096 and 262144 tokens (fiton-q27-noc-fitt60000: 33536 MiB projected at "
-    "262144) lands 256 tokens lower when CUDA0's compute at 262144 is over llama.cpp's 781.0216 MiB",
-    "q27-ngl99-c262144",
-    {"CUDA0": 781.0216},
-)
-COMPUTE_BOUND = {
-    "fit-l8b-c131072-fitt75000": L8B_NGL7,
-    "fiton-l8b-c131072-fitt75000": L8B_NGL7,
-    "fit-q27-noc-fitt60000": Q27_NOC,
-    "fiton-q27-noc-fitt60000": Q27_NOC,
-    "fit-moe-c262144-fitt60000": ComputeBound(
-        '-c 262144 -ngl 38 -ot "'
-        + ",".join(rf"blk\.{il}\.ffn_(up|down|gate_up|gate){MOE_REST}" for il in range(12, 49))
-        + '"',
-        "llama.cpp's dry run of 38 dense-only layers at 262144 went over the 20552 MiB target (it kept 37), "
-        "ggufx's stays under; llama.cpp's CUDA0 compute at 262144, every layer offloaded, is 572.7656 MiB",
-        "moe-ngl99-c262144",
-        {"CUDA0": 572.7656},
-    ),
-    "fit2g-moe-c262144-fitt65000": ComputeBound(
-        '-c 262144 -ngl 49 -ts 21,28 -ot "blk\\.11\\.ffn_(gate|gate_up|down).*=CUDA1,'
-        + ",".join(rf"blk\.{il}\.ffn_(up|down|gate_up|gate){MOE_REST}" for il in [*range(12, 21), *range(22, 49)])
-        + '"',
-        "CUDA0 with 21 layers, 11 of them full: llama.cpp kept 10 full, so its dry run of 11 went over the 15550 MiB "
-        "target, ggufx's stays under; two GPUs with experts on the host run without pipeline parallelism, where "
-        "llama.cpp's compute is 473.5139 MiB on CUDA0 and 300.75 MiB on CUDA1 (2g-moe-cpumoe-c262144)",
-        "2g-moe-cpumoe-c262144",
-        {"CUDA0": 473.5139, "CUDA1": 300.75},
-    ),
-}
 
 
 @dataclass(frozen=True)
@@ -245,36 +181,6 @@ def recorded_compute(model: str, n_ctx: int, nd: int) -> dict[str, float]:
     raise KeyError(f"no recorded run of {model} at -ngl 99 -c {n_ctx}")
 
 
-def compute_error(bound: ComputeBound, models: dict[str, Path]) -> dict[str, int]:
-    """Per GPU, llama.cpp's compute buffer in the reference run (its ``llama_mib``, checked against the
-    log) less ggufx's for that configuration (bytes)."""
-    run = RUNS[bound.reference]
-    log = parse_log((LOGS / f"{bound.reference}.log").read_text())
-    assert {d: log.buffers["compute"][d] for d in bound.llama_mib} == bound.llama_mib, bound.reference
-    args = parse_args(run["args"].replace("@", ""), server=run["tool"] == "server")
-    assert args.model is not None
-    offload, context = args.offload, args.context
-    if bound.ngl is not None:
-        offload = replace(offload, n_gpu_layers=bound.ngl)
-    if bound.n_ctx is not None:
-        context = replace(context, n_ctx=bound.n_ctx)
-    devices = [Device(name, free * MiB) for name, free in log.devices]
-    ours = breakdown(ggufx.open(models[args.model]), devices, offload, context).by_kind("compute")
-    return {d: round(mib * MiB) - ours.get(d, 0) for d, mib in bound.llama_mib.items()}
-
-
-def corrected(f: FitRun, error: dict[str, int]) -> Measure:
-    """ggufx's dry run with each GPU's compute buffers moved by llama.cpp's recorded difference."""
-    base = breakdown_measure(f.model, f.devices, f.offload, f.context)
-
-    def measure(run: DryRun) -> tuple[DeviceUse, ...]:
-        return tuple(
-            replace(u, compute=u.compute + error.get(d.name, 0)) for d, u in zip(f.devices, base(run), strict=True)
-        )
-
-    return measure
-
-
 def llama_answer(rid: str, text: str, f: FitRun) -> str:
     """llama.cpp's answer as llama-fit-params prints it (fit-on runs: rebuilt from the trace)."""
     if not rid.startswith("fiton"):
@@ -299,34 +205,15 @@ def test_free_seen_is_what_fit_printed(rid: str, hole_models: dict[str, Path]) -
         assert mib <= d.free // MiB <= mib + (len(f.devices) > 1), (d.name, d.free / MiB)
 
 
-def test_compute_bounds_quote_their_logs() -> None:
-    """Every COMPUTE_BOUND entry names a recorded fit run and quotes its reference run's compute buffers
-    exactly as that log prints them (used or not)."""
-    for rid, bound in COMPUTE_BOUND.items():
-        assert rid in FIT_LOGS and bound.reference in RUNS, rid
-        log = parse_log((LOGS / f"{bound.reference}.log").read_text())
-        assert {d: log.buffers["compute"][d] for d in bound.llama_mib} == bound.llama_mib, rid
-
-
 @pytest.mark.parametrize("rid", [r for r in FIT_LOGS if "--fit-print" not in RUNS[r]["args"]])
 def test_fit_decision_is_llama_cpps(rid: str, hole_models: dict[str, Path]) -> None:
-    """ggufx's llama_fit prints llama.cpp's answer, or, where COMPUTE_BOUND says so, its documented
-    answer, which the measured compute gap alone turns into llama.cpp's. An entry whose gap is closed
-    (compute.py now agrees) is not used; any other answer fails."""
+    """ggufx's llama_fit prints llama.cpp's answer: the same -c, -ngl, -ts and -ot."""
     text = (LOGS / f"{rid}.log").read_text()
     f = fit_run(rid, hole_models)
     expected = llama_answer(rid, text, f)
     own = decide(f)
     assert own.status != "failed", own.message
-    if own.args == expected:
-        return
-    bound = COMPUTE_BOUND.get(rid)
-    assert bound is not None, f"ggufx {own.args[:200]} != llama.cpp {expected[:200]}"
-    error = compute_error(bound, hole_models)
-    gap = {k: round(v / MiB, 4) for k, v in error.items()}
-    assert own.args == bound.ggufx, f"ggufx now answers {own.args[:200]} (gap {gap} MiB: {bound.why})"
-    fixed = decide(f, corrected(f, error))
-    assert fixed.args == expected, f"with llama.cpp's compute (gap {gap} MiB): {fixed.args[:200]}"
+    assert own.args == expected
 
 
 @pytest.mark.parametrize("rid", [r for r in FIT_LOGS if r.startswith("fiton")])

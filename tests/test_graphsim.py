@@ -2,7 +2,8 @@
 
 Every recorded run of a model whose graph :mod:`ggufx.analysis.graphsim` builds (dense ``llama``:
 SmolLM2-135M, Llama 3.2 1B-like, Llama 3.1 8B-like; ``qwen3moe``: Qwen3-30B-A3B-like; ``gemma3``:
-Gemma 3 270M with its sliding-window cache) on the CPU, one or two H100s: each compute buffer
+Gemma 3 270M with its sliding-window cache; ``qwen35``: the Qwen3.6 27B hybrid of gated attention
+and Gated DeltaNet layers) on the CPU, one or two H100s: each compute buffer
 llama.cpp printed must come out to the 0.01 MiB it prints (the ``~llama_context`` exit lines carry
 four decimals), including the configurations the phase model of :mod:`ggufx.analysis.compute` only
 approximates (several GPUs with host weights, four streams with the host layers' attention on the
@@ -27,7 +28,7 @@ from ggufx.analysis.placement import Device
 
 from .llamacpp_logs import LOGS, RUNS, devices_of
 
-MODELS = ("smollm2-135m", "llama32-1b", "llama31-8b", "qwen3moe-30b-a3b", "gemma3-270m")
+MODELS = ("smollm2-135m", "llama32-1b", "llama31-8b", "qwen3moe-30b-a3b", "gemma3-270m", "qwen36-27b")
 SIMULATED = sorted(
     rid
     for rid, r in RUNS.items()
@@ -95,6 +96,17 @@ def test_every_compute_buffer_is_llama_cpps(rid: str, hole_models: dict[str, Pat
     assert all(abs(got[b] - recorded[b]) < 0.01 for b in recorded), (recorded, got)
 
 
+def test_the_simulated_runs_cover_the_hybrid() -> None:
+    """The qwen35 runs: one and two GPUs, partial offload, -nkvo, quantized caches, -fa off,
+    llama-server with four sequences, the CPU backend."""
+    runs = [RUNS[r] for r in SIMULATED if "@qwen36-27b" in RUNS[r]["args"]]
+    args = " ".join(r["args"] for r in runs)
+    assert len(runs) >= 40 and {r["gpus"] for r in runs} == {"1", "2", "cpu"}
+    for option in ("-ngl 40", "-ngl 0", "-nkvo", "-ctk q4_0", "-ctk q8_0", "-fa off", "-np 4", "-ub 2048", "-ts 3,1"):
+        assert option in args, option
+    assert {r["tool"] for r in runs} == {"completion", "server", "mtmd"}
+
+
 def test_host_layers_attention_at_131072_cells(hole_models: dict[str, Path]) -> None:
     """llama.cpp's fit dry runs of llama31-8b with 7 and 0 of 33 layers on one H100 at 131072 cells
     (936.0039 MiB, the run it chose, `fiton-l8b-c131072-fitt75000`): the first GPU runs the host
@@ -114,12 +126,11 @@ def test_host_layers_attention_at_131072_cells(hole_models: dict[str, Path]) -> 
 
 
 def test_other_architectures_are_refused(hole_models: dict[str, Path]) -> None:
-    reason = graphsim.simulated(ggufx.open(hole_models["qwen36-27b"]))
-    assert reason is not None and "'qwen35' graph is not simulated" in reason
-    for name in ("llama31-8b", "qwen3moe-30b-a3b", "gemma3-270m"):
+    reason = graphsim.simulated(ggufx.open(hole_models["mmproj-qwen36-27b"]))
+    assert reason is not None and "'clip' graph is not simulated" in reason
+    assert "not built" in (graphsim.unbuildable(ggufx.open(hole_models["mmproj-qwen36-27b"])) or "")
+    for name in ("llama31-8b", "qwen3moe-30b-a3b", "gemma3-270m", "qwen36-27b"):
         assert graphsim.simulated(ggufx.open(hole_models[name])) is None
-    assert graphsim.unbuildable(ggufx.open(hole_models["gemma3-270m"])) is None
-    assert "not built" in (graphsim.unbuildable(ggufx.open(hole_models["qwen36-27b"])) or "")
 
 
 def _write_moe(path: Path, n_used: int = 2, drop: str = "", flat: str = "") -> Path:
@@ -164,4 +175,78 @@ def test_moe_files_llama_cpp_would_not_load_are_refused(tmp_path: Path) -> None:
         ("flat", {"flat": "blk.0.ffn_up_exps.weight"}, "three-dimensional tensor blk.0.ffn_up_exps.weight"),
     ):
         reason = graphsim.simulated(ggufx.open(_write_moe(tmp_path / f"{name}.gguf", **kwargs)))
+        assert reason is not None and why in reason, (name, reason)
+
+
+def _write_qwen35(
+    path: Path, drop: str = "", keys: dict[str, int] | None = None, shapes: dict[str, tuple[int, ...]] | None = None
+) -> Path:
+    """A tiny qwen35 file (4 layers: three Gated DeltaNet, one attention); ``drop`` leaves a tensor
+    out, ``keys`` overrides metadata, ``shapes`` tensor shapes."""
+    w = GGUFWriter(str(path), "qwen35")
+    meta = {"block_count": 4, "embedding_length": 64, "feed_forward_length": 128, "context_length": 256}
+    meta |= {"attention.head_count": 4, "attention.head_count_kv": 2, "attention.key_length": 16}
+    meta |= {"attention.value_length": 16, "full_attention_interval": 4, "ssm.conv_kernel": 4}
+    meta |= {"ssm.inner_size": 32, "ssm.state_size": 8, "ssm.group_count": 2, "ssm.time_step_rank": 4}
+    for key, value in (meta | (keys or {})).items():
+        w.add_uint32(f"qwen35.{key}", value)
+    w.add_float32("qwen35.attention.layer_norm_rms_epsilon", 1e-6)
+    all_shapes = {"token_embd.weight": (32, 64), "output_norm.weight": (64,)}
+    for il in range(4):
+        p = f"blk.{il}."
+        all_shapes |= {p + n: (64,) for n in ("attn_norm.weight", "post_attention_norm.weight")}
+        all_shapes |= {
+            p + "ffn_gate.weight": (128, 64),
+            p + "ffn_up.weight": (128, 64),
+            p + "ffn_down.weight": (64, 128),
+        }
+        if il == 3:
+            all_shapes |= {p + "attn_q.weight": (128, 64), p + "attn_k.weight": (32, 64), p + "attn_v.weight": (32, 64)}
+            all_shapes |= {
+                p + "attn_output.weight": (64, 64),
+                p + "attn_q_norm.weight": (16,),
+                p + "attn_k_norm.weight": (16,),
+            }
+        else:
+            all_shapes |= {
+                p + "attn_qkv.weight": (64, 64),
+                p + "attn_gate.weight": (32, 64),
+                p + "ssm_conv1d.weight": (64, 4),
+            }
+            all_shapes |= {p + "ssm_dt.bias": (4,), p + "ssm_a": (4,), p + "ssm_norm.weight": (8,)}
+            all_shapes |= {
+                p + "ssm_beta.weight": (4, 64),
+                p + "ssm_alpha.weight": (4, 64),
+                p + "ssm_out.weight": (64, 32),
+            }
+    for name, shape in (all_shapes | (shapes or {})).items():
+        if name != drop:
+            w.add_tensor(name, np.zeros(shape, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_hybrid_files_the_graph_cannot_read_are_refused(tmp_path: Path) -> None:
+    """A qwen35 file without a Gated DeltaNet tensor, with inconsistent state dimensions, a tensor
+    of another shape than qwen35.cpp creates (which llama.cpp would not load), a zero attention
+    interval or a multi-token-prediction block is left to the phase model with the reason; a
+    well-formed one is simulated on the CPU."""
+    ok = ggufx.open(_write_qwen35(tmp_path / "ok.gguf"))
+    assert graphsim.simulated(ok) is None
+    args = parse_args("-m x -c 256 -ngl 0")
+    bd = breakdown(ok, [], args.offload, args.context)
+    sizes = graphsim.simulate(ok, [], args.offload, sim_params(bd, args))
+    assert sizes["CPU"] > 0
+    for name, kwargs, why in (
+        ("ssm_a", {"drop": "blk.1.ssm_a"}, "tensor blk.1.ssm_a, which the file lacks"),
+        ("inner", {"keys": {"ssm.inner_size": 33}}, "ssm.inner_size"),
+        ("rank", {"keys": {"ssm.time_step_rank": 0}}, "ssm.time_step_rank"),
+        ("shape", {"shapes": {"blk.0.attn_qkv.weight": (64, 48)}}, "blk.0.attn_qkv.weight of shape [64, 64]"),
+        ("interval", {"keys": {"full_attention_interval": 0}}, "full_attention_interval"),
+        ("mtp", {"keys": {"nextn_predict_layers": 1}}, "multi-token-prediction"),
+    ):
+        reason = graphsim.simulated(ggufx.open(_write_qwen35(tmp_path / f"{name}.gguf", **kwargs)))
         assert reason is not None and why in reason, (name, reason)

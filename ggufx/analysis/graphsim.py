@@ -12,13 +12,13 @@ the token-generation graph (one token per sequence) and keeps the larger.
 
 This module rebuilds that graph for dense llama-style decoders (``llama``: Llama 3, SmolLM2), for
 ``qwen3moe`` (softmax routing, ``MUL_MAT_ID`` experts, host experts copied whole to the first GPU,
-and the tensors CUDA's ``graph_optimize`` keeps alive around the MoE ops it fuses) and for ``gemma3``
-(a second cache and mask for the sliding-window layers), and replays the three steps. It is an
-alternative to the phase model of :mod:`ggufx.analysis.compute`, checked against the recorded
-llama.cpp logs in ``tests/test_graphsim.py``; architectures it does not build are refused
-(:func:`simulated`, :func:`unbuildable`). ``gemma3`` is built but not yet in
-:data:`SIMULATED_ARCHS`: the caller must first pass the sliding-window cells of ``--swa-full``
-(:attr:`SimParams.n_kv_swa`).
+and the tensors CUDA's ``graph_optimize`` keeps alive around the MoE ops it fuses), for ``gemma3``
+(a second cache and mask for the sliding-window layers) and for the ``qwen35`` hybrid (gated
+attention layers, Gated DeltaNet layers reading and writing the recurrent state in place, the fused
+``GATED_DELTA_NET`` node), and replays the three steps. It is an alternative to the phase model of
+:mod:`ggufx.analysis.compute`, checked against the recorded llama.cpp logs in
+``tests/test_graphsim.py``; architectures it does not build, and files without what the graph
+needs, are refused with a reason (:func:`simulated`, :func:`unbuildable`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from functools import lru_cache
 
 from ggufx.analysis.galloc import CUDA_ALIGN, HOST_ALIGN, MATRIX_ROW_PADDING, DynAllocator
 from ggufx.analysis.hparams import Hparams, hparams, pad
-from ggufx.analysis.layers import swa_layers
+from ggufx.analysis.layers import layer_kinds, swa_layers
 from ggufx.analysis.placement import CPU, Device, OffloadParams, Placement, host_buft, place
 from ggufx.errors import ValidationError
 from ggufx.format.ggmltypes import GGMLType, ggml_type_by_name
@@ -37,9 +37,8 @@ from ggufx.model import GGUFModel
 
 __all__ = ["BUILT_ARCHS", "SIMULATED_ARCHS", "SimParams", "simulate", "simulated", "unbuildable"]
 
-SIMULATED_ARCHS = frozenset({"gemma3", "llama", "qwen3moe"})
-# built and exact on every recorded run, but breakdown() must pass SimParams.n_kv_swa (--swa-full) first
-BUILT_ARCHS = SIMULATED_ARCHS | {"gemma3"}
+SIMULATED_ARCHS = frozenset({"gemma3", "llama", "qwen35", "qwen3moe"})
+BUILT_ARCHS = SIMULATED_ARCHS  # every built graph is exact on every recorded run
 OP_OFFLOAD_MIN_BATCH = 32  # ggml-cuda.cu:5754 (op_offload_min_batch_size)
 N_COPIES = 4  # GGML_SCHED_MAX_COPIES (ggml-backend.cpp:912)
 GGML_MAX_SRC = 10
@@ -213,6 +212,8 @@ class _Ctx:
     swa: list[bool] = field(default_factory=list)  # the sliding-window layers
     n_kv_swa: int = 0  # cells per stream of the sliding-window cache
     pos: _T | None = None  # the positions input, once built
+    recurrent: list[bool] = field(default_factory=list)  # the Gated DeltaNet layers of a hybrid
+    gdn: _Gdn | None = None  # their dimensions
 
 
 def _weight(c: _Ctx, name: str, il: int) -> _T | None:
@@ -295,17 +296,11 @@ def _inp_embd(c: _Ctx, g: _Graph) -> _T:
 
 
 def _attn(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp, iswa: bool) -> _T:
-    """Q/K/V, RoPE, the cache writes and the attention of one layer, then the output projection
-    (``build_attn``, llama-graph.cpp:2950-3060 and, with a sliding-window cache, :3195-3290)."""
-    hp, sp = c.hp, c.sp
+    """Q/K/V and RoPE of one layer, its attention (:func:`_attn_kv`), then the output projection."""
+    hp = c.hp
     T = c.n_tokens
-    ns = sp.n_streams
     nh, nkv = hp.n_head[il], hp.n_head_kv[il]
     hd, hv = hp.head_k, hp.head_v
-    fa = sp.flash_attn
-    tk, tv = _type(sp.type_k), _type(sp.type_v)
-    n_kv = inp.n_kv
-    v_gqa = max(hp.n_head_kv) * hv
     pos = c.pos
     assert pos is not None
     rope_freqs = _weight(c, "rope_freqs.weight", il)
@@ -320,6 +315,23 @@ def _attn(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp, iswa: bool) -> _T:
     v = _proj(c, g, f"Vcur-{il}", f"blk.{il}.attn_v", x, il)
     v = g.reshape(v, hv, nkv, T)
     k = g.new(k.name, "ROPE", "F32", k.ne, k, *rope_src)
+    cur = _attn_kv(c, g, q, k, v, il, inp, iswa)
+    return _proj(c, g, f"attn_out-{il}", f"blk.{il}.attn_output", cur, il)
+
+
+def _attn_kv(c: _Ctx, g: _Graph, q: _T, k: _T, v: _T, il: int, inp: _AttnInp, iswa: bool) -> _T:
+    """The cache writes and the attention of one layer's roped Q, K and V (``build_attn``,
+    llama-graph.cpp:2950-3060 and, with a sliding-window cache, :3195-3290), before the output
+    projection."""
+    hp, sp = c.hp, c.sp
+    T = c.n_tokens
+    ns = sp.n_streams
+    nh, nkv = hp.n_head[il], hp.n_head_kv[il]
+    hd, hv = hp.head_k, hp.head_v
+    fa = sp.flash_attn
+    tk, tv = _type(sp.type_k), _type(sp.type_v)
+    n_kv = inp.n_kv
+    v_gqa = max(hp.n_head_kv) * hv
     q, k, v = _rot(g, q, inp.k_rot), _rot(g, k, inp.k_rot), _rot(g, v, inp.v_rot)
     for t in (q, k, v) if iswa else (q, v, k):
         g.expand(t)
@@ -359,8 +371,7 @@ def _attn(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp, iswa: bool) -> _T:
         kq = g.op(f"kq_soft_max-{il}", "SOFT_MAX", kq, inp.mask)
         kqv = g.new(f"kqv-{il}", "MUL_MAT", "F32", (hv, T // ns, nh, ns), vp, kq)
         cur = g.new(f"kqv_out-{il}", "CONT", "F32", (hv * nh, T), g.permute(kqv, 0, 2, 1, 3))
-    cur = _rot(g, cur, inp.v_rot) if inp.v_rot is not None else cur
-    return _proj(c, g, f"attn_out-{il}", f"blk.{il}.attn_output", cur, il)
+    return _rot(g, cur, inp.v_rot) if inp.v_rot is not None else cur
 
 
 def _norm(c: _Ctx, g: _Graph, x: _T, weight: str, il: int, pin: bool = True) -> _T:
@@ -375,6 +386,8 @@ def _norm(c: _Ctx, g: _Graph, x: _T, weight: str, il: int, pin: bool = True) -> 
 def _decoder(c: _Ctx, g: _Graph) -> _T:
     """The transformer of ``llama`` (src/models/llama.cpp), ``qwen3moe`` (src/models/qwen3moe.cpp)
     and ``gemma3`` (src/models/gemma3.cpp, sliding-window layers on their own cache and mask)."""
+    if c.gdn is not None:
+        return _qwen35(c, g, c.gdn)
     hp, sp = c.hp, c.sp
     T, n_out, E = c.n_tokens, c.n_outputs, hp.n_embd
     gemma = hp.arch == "gemma3"
@@ -478,6 +491,193 @@ def _proj(c: _Ctx, g: _Graph, name: str, prefix: str, x: _T, il: int) -> _T:
     cur = g.mul_mat(name, _w(c, prefix + ".weight", il), x)
     b = _weight(c, prefix + ".bias", il)
     return g.op(name, "ADD", cur, b) if b is not None else cur
+
+
+# -- qwen35: gated attention and Gated DeltaNet layers (src/models/qwen35.cpp) ------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Gdn:
+    """The Gated DeltaNet dimensions (qwen35.cpp:54-61, :356-362)."""
+
+    d_conv: int  # ssm.conv_kernel
+    head_k: int  # ssm.state_size
+    n_k_heads: int  # ssm.group_count
+    n_v_heads: int  # ssm.time_step_rank
+    head_v: int  # ssm.inner_size / n_v_heads
+
+
+def _gdn_dims(model: GGUFModel) -> _Gdn | str:
+    """The Gated DeltaNet dimensions, or why the file lacks them."""
+    arch = model.architecture or ""
+    md = model.metadata
+    keys = ("ssm.conv_kernel", "ssm.inner_size", "ssm.state_size", "ssm.group_count", "ssm.time_step_rank")
+    vals = [md.get_int(f"{arch}.{k}") or 0 for k in keys]
+    missing = next((k for k, v in zip(keys, vals, strict=True) if v <= 0), None)
+    if missing:
+        return f"the graph needs a positive {arch}.{missing}"
+    d_conv, d_inner, d_state, n_group, dt_rank = vals
+    if d_conv < 2:
+        return f"the graph needs {arch}.ssm.conv_kernel >= 2 (a cached convolution column)"
+    if d_inner != d_state * dt_rank or dt_rank % n_group:  # delta-net-base.cpp:388-390
+        return (
+            f"the graph needs {arch}.ssm.inner_size = ssm.state_size x ssm.time_step_rank, "
+            "and ssm.time_step_rank a multiple of ssm.group_count"
+        )
+    return _Gdn(d_conv, d_state, n_group, dt_rank, d_state)
+
+
+def _recurrent_layers(model: GGUFModel, n_layer: int) -> list[bool] | str:
+    """The Gated DeltaNet layers (qwen35.cpp:16-23): the recurrent_layers array, else every layer
+    but each ``full_attention_interval``-th (4 by default)."""
+    md = model.metadata
+    if "qwen35.attention.recurrent_layers" in md:
+        return [k.is_recurrent for k in layer_kinds(model)][:n_layer]
+    interval = md.get_int("qwen35.full_attention_interval")
+    interval = 4 if interval is None else interval
+    if interval <= 0:
+        return "the graph needs a positive qwen35.full_attention_interval"
+    return [(i + 1) % interval != 0 for i in range(n_layer)]
+
+
+def _rs(c: _Ctx, g: _Graph, cache: _T, s_copy: _T, size: int) -> _T:
+    """``build_rs`` (llama-graph.cpp:3587-3627) over the full memory: the in-place clear of state 0,
+    the gather of every state, the view of the micro-batch's and the copy of the (empty) rest."""
+    n_seqs = c.sp.n_seq_max
+    states = g.reshape(cache, size, cache.ne[1])
+    zero = g.view(states, (size,), None)
+    g.expand(g.view(zero, zero.ne, zero.nb, "SCALE"))  # ggml_scale_inplace: the cache itself
+    every = g.new(f"{cache.name}_rows", "GET_ROWS", "F32", (size, s_copy.ne[0]), states, s_copy)
+    out = g.view(every, (size, n_seqs), every.nb[:2])
+    g.expand(out)
+    extra = g.view(every, (size, s_copy.ne[0] - n_seqs), every.nb[:2])
+    dst = g.view(cache, extra.ne, cache.nb[:2])
+    cpy = g.view(dst, dst.ne, dst.nb, "CPY")
+    cpy.src = [extra, dst]
+    g.expand(cpy)
+    return out
+
+
+def _copy_into(g: _Graph, src: _T, cache: _T, rows: int) -> None:
+    """``ggml_cpy`` of ``src`` into the first ``rows`` rows of a recurrent cache, expanded."""
+    dst = g.view(cache, (cache.ne[0], rows), cache.nb[:2])
+    cpy = g.view(dst, dst.ne, dst.nb, "CPY")
+    cpy.src = [src, dst]
+    g.expand(cpy)
+
+
+def _gated_delta_net(c: _Ctx, g: _Graph, x: _T, il: int, s_copy: _T, d: _Gdn) -> _T:
+    """``build_layer_attn_linear`` (qwen35.cpp:349-482): the joint QKV and gate projections, the
+    convolution over the cached last ``d_conv - 1`` columns (``build_conv_state``,
+    delta-net-base.cpp:449-525), the fused ``GATED_DELTA_NET`` node (llama-context.cpp:235 keeps
+    fused_gdn_ar/_ch on; delta-net-base.cpp:373-423) whose output rows carry the new state, the
+    state write-back (:527-550) and the gated RMS norm."""
+    hp, T = c.hp, c.n_tokens
+    ns = c.sp.n_seq_max
+    nst = T // ns
+    p = f"blk.{il}."
+    buft = c.cache_buft[il]
+    cache_r = g.leaf(f"cache_r_l{il}", "F32", (hp.n_embd_r, ns), buft=buft)
+    cache_s = g.leaf(f"cache_s_l{il}", "F32", (hp.n_embd_s, ns), buft=buft)
+    qkv = g.mul_mat(f"qkv_mixed-{il}", _w(c, p + "attn_qkv.weight", il), x)
+    channels = qkv.ne[0]
+    qkv = g.reshape(qkv, channels, nst, ns)
+    z = g.mul_mat(f"z-{il}", _w(c, p + "attn_gate.weight", il), x)
+    beta = g.reshape(g.mul_mat(f"beta-{il}", _w(c, p + "ssm_beta.weight", il), x), 1, d.n_v_heads, nst, ns)
+    beta = g.op(f"beta_sigmoid-{il}", "UNARY", beta)
+    alpha = g.reshape(g.mul_mat(f"alpha-{il}", _w(c, p + "ssm_alpha.weight", il), x), d.n_v_heads, nst, ns)
+    alpha = g.op(f"alpha_biased-{il}", "ADD", alpha, _w(c, p + "ssm_dt.bias", il))
+    alpha = g.op(f"a_softplus-{il}", "UNARY", alpha)
+    gate = g.op(f"gate-{il}", "MUL", alpha, _w(c, p + "ssm_a", il))
+    gate = g.reshape(gate, 1, d.n_v_heads, nst, ns)
+    # build_conv_state: the cached columns, then the micro-batch's, the last ones written back
+    conv = g.reshape(_rs(c, g, cache_r, s_copy, hp.n_embd_r), d.d_conv - 1, channels, ns)
+    conv_in = g.new(
+        f"conv_input-{il}", "CONCAT", "F32", (d.d_conv - 1 + nst, channels, ns), conv, g.permute(qkv, 1, 0, 2, 3)
+    )
+    last = g.view(conv_in, (d.d_conv - 1, channels, ns), conv_in.nb[:3])
+    _copy_into(g, last, cache_r, ns)
+    state = _rs(c, g, cache_s, s_copy, hp.n_embd_s)
+    state = g.reshape(state, d.head_v, d.head_v, d.n_v_heads, ns)
+    out = g.new(
+        f"conv_output_raw-{il}", "SSM_CONV", "F32", (channels, nst, ns), conv_in, _w(c, p + "ssm_conv1d.weight", il)
+    )
+    out = g.op(f"conv_output_silu-{il}", "UNARY", out)
+    row = out.nb[1]
+    heads = []
+    for n_heads in (d.n_k_heads, d.n_k_heads):  # build_gdn_l2_norm (models.h:14): RMS_NORM, SCALE
+        qk = g.view(out, (d.head_k, n_heads, nst, ns), (4, 4 * d.head_k, row, row * nst))
+        heads.append(g.op(f"qk_conv-{il}", "SCALE", g.new(f"qk_norm-{il}", "RMS_NORM", "F32", qk.ne, qk)))
+    v = g.view(out, (d.head_v, d.n_v_heads, nst, ns), (4, 4 * d.head_v, row, row * nst))
+    S, H = d.head_v, d.n_v_heads
+    gdn = g.new(f"gdn-{il}", "GATED_DELTA_NET", "F32", (S * H, T + S * ns), heads[0], heads[1], v, gate, beta, state)
+    new_state = g.view(gdn, (S, S, H, ns), (4, 4 * S, 4 * S * S))
+    _copy_into(g, new_state, cache_s, ns)
+    o = g.view(gdn, (S, H, nst, ns), (4, 4 * S, 4 * S * H))
+    o = _norm(c, g, o, p + "ssm_norm.weight", il)  # build_norm_gated (qwen35.cpp:257-266)
+    o = g.op(f"attn_gated-{il}", "MUL", o, g.op(f"z_silu-{il}", "UNARY", g.reshape(z, S, H, nst, ns)))
+    o = g.mul_mat(f"linear_attn_out-{il}", _w(c, p + "ssm_out.weight", il), g.reshape(o, S * H, nst, ns))
+    return g.reshape(o, hp.n_embd, T)
+
+
+def _gated_attn(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp) -> _T:
+    """``build_layer_attn`` (qwen35.cpp:268-347): one projection yields Q and its gate, interleaved
+    per head; Q and K are normed and roped (M-RoPE), the attention output is multiplied by the
+    gate's sigmoid before the output projection."""
+    hp, T = c.hp, c.n_tokens
+    nh, nkv, hd = hp.n_head[il], hp.n_head_kv[il], hp.head_k
+    p = f"blk.{il}."
+    pos = c.pos
+    assert pos is not None
+    qg = g.mul_mat(f"Qcur_full-{il}", _w(c, p + "attn_q.weight", il), x)
+    q = g.view(qg, (hd, nh, T), (4, 8 * hd, 8 * hd * nh))
+    q = _norm(c, g, q, p + "attn_q_norm.weight", il)
+    k = g.mul_mat(f"Kcur-{il}", _w(c, p + "attn_k.weight", il), x)
+    k = _norm(c, g, g.reshape(k, hd, nkv, T), p + "attn_k_norm.weight", il)
+    gate = g.new(f"gate-{il}", "CONT", "F32", (hd * nh, T), g.view(qg, (hd, nh, T), (4, 8 * hd, 8 * hd * nh)))
+    v = g.reshape(g.mul_mat(f"Vcur-{il}", _w(c, p + "attn_v.weight", il), x), hp.head_v, nkv, T)
+    q = g.new(q.name, "ROPE", "F32", q.ne, q, pos)
+    k = g.new(k.name, "ROPE", "F32", k.ne, k, pos)
+    cur = _attn_kv(c, g, q, k, v, il, inp, False)
+    cur = g.op(f"attn_gated-{il}", "MUL", cur, g.op(f"gate_sigmoid-{il}", "UNARY", gate))
+    return g.mul_mat(f"attn_output-{il}", _w(c, p + "attn_output.weight", il), cur)
+
+
+def _qwen35(c: _Ctx, g: _Graph, d: _Gdn) -> _T:
+    """The hybrid of src/models/qwen35.cpp: attention or Gated DeltaNet, the post-attention norm,
+    a dense FFN; the final norm (``h_nextn``) stays an output before the rows are picked."""
+    hp, sp = c.hp, c.sp
+    T, n_out, E = c.n_tokens, c.n_outputs, hp.n_embd
+    x = _inp_embd(c, g)
+    s_copy = g.input("rs_s_copy", "I32", sp.n_seq_max)  # get_n_rs of the full memory (llama-memory-recurrent.cpp:1336)
+    full = _attn_inp(c, g, sp.n_kv)
+    # build_inp_pos (llama-graph.cpp:2540): n_pos_per_embd = 4 M-RoPE positions per token
+    c.pos = g.input("inp_pos", "I32", T * 4)
+    out_ids = g.input("out_ids", "I32", n_out)
+    for il in range(hp.n_layer):
+        cur = _norm(c, g, x, f"blk.{il}.attn_norm.weight", il)
+        g.expand(cur)
+        if c.recurrent[il]:
+            cur = _gated_delta_net(c, g, cur, il, s_copy, d)
+        else:
+            cur = _gated_attn(c, g, cur, il, full)
+        res = g.op(f"attn_residual-{il}", "ADD", cur, x)
+        cur = _norm(c, g, res, f"blk.{il}.post_attention_norm.weight", il)
+        gate = _proj(c, g, f"ffn_gate-{il}", f"blk.{il}.ffn_gate", cur, il)
+        up = _proj(c, g, f"ffn_up-{il}", f"blk.{il}.ffn_up", cur, il)
+        cur = _proj(
+            c, g, f"ffn_out-{il}", f"blk.{il}.ffn_down", g.new(f"ffn_glu-{il}", "GLU", "F32", gate.ne, gate, up), il
+        )
+        x = g.op(f"l_out-{il}", "ADD", cur, res)
+    cur = g.op("norm", "RMS_NORM", x)
+    cur = g.op("h_nextn", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
+    cur.flags |= OUTPUT  # llm_graph_result::set_outputs (llama-graph.cpp:1406)
+    cur = g.new("result_norm", "GET_ROWS", "F32", (E, n_out), cur, out_ids)
+    cur.flags |= OUTPUT
+    out_w = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
+    logits = g.mul_mat("result_output", out_w, cur)
+    logits.flags |= OUTPUT
+    return logits
 
 
 # -- ggml_backend_sched (ggml-backend.cpp:1061-1745) ---------------------------------------------------
@@ -782,7 +982,21 @@ def simulated(model: GGUFModel) -> str | None:
     arch = model.architecture or ""
     if arch not in SIMULATED_ARCHS:
         return f"the {arch!r} graph is not simulated (simulated: {', '.join(sorted(SIMULATED_ARCHS))})"
-    return unbuildable(model)
+    return unbuildable(model) or _unsound(model)
+
+
+def _unsound(model: GGUFModel) -> str | None:
+    """Head counts and sizes the graph cannot be laid out with (llama.cpp asserts on them while it
+    builds the graph): every attention layer needs KV heads that divide its query heads."""
+    hp = hparams(model)
+    if min(hp.n_embd, hp.head_k, hp.head_v) <= 0:
+        return "the graph needs positive embedding and head sizes"
+    for il, (nh, nkv) in enumerate(zip(hp.n_head, hp.n_head_kv, strict=False)):
+        if model.architecture == "qwen35" and nkv == 0:  # a recurrent layer
+            continue
+        if nkv <= 0 or nh <= 0 or nh % nkv:
+            return f"layer {il} has {nh} query heads for {nkv} KV heads, which the graph cannot lay out"
+    return None
 
 
 def unbuildable(model: GGUFModel) -> str | None:
@@ -801,6 +1015,8 @@ def unbuildable(model: GGUFModel) -> str | None:
         n_used = md.get_int(f"{arch}.expert_used_count") or 0
         if not 0 < n_used <= n_expert <= LLAMA_MAX_EXPERTS:  # qwen3moe.cpp:41-46, llama-model.cpp:1363
             return f"the graph needs 0 < expert_used_count <= expert_count <= {LLAMA_MAX_EXPERTS}"
+    if arch == "qwen35":
+        return _qwen35_unbuildable(model)
     tensors = {t.name: t for t in model.tensors}
     n_layer = md.get_int(f"{arch}.block_count") or 0
     needed = ["token_embd.weight", "output_norm.weight"]
@@ -812,6 +1028,57 @@ def unbuildable(model: GGUFModel) -> str | None:
         odd = next((n for n in needed if "exps" in n and len(tensors[n].shape) != 3), None)
         if odd:
             return f"the graph needs a three-dimensional tensor {odd}"
+    return None
+
+
+def _qwen35_unbuildable(model: GGUFModel) -> str | None:
+    """Why the qwen35 graph cannot be built: no MTP block, per-tensor scales or embedding projection
+    (graph parts not simulated), Gated DeltaNet dimensions, every tensor the graph reads in the shape
+    qwen35.cpp:33-135 creates it (llama.cpp refuses the file otherwise)."""
+    md = model.metadata
+    if (md.get_int("qwen35.nextn_predict_layers") or 0) > 0:
+        return "qwen35 graphs with a multi-token-prediction block are not simulated"
+    tensors = {t.name: tuple(t.shape) for t in model.tensors}
+    extra = next((n for n in tensors if n.endswith(".scale") or n.startswith("cls.")), None)
+    if extra:
+        return f"qwen35 graphs with tensor {extra} are not simulated"
+    d = _gdn_dims(model)
+    if isinstance(d, str):
+        return d
+    hp = hparams(model)
+    E, hd, n_ff = hp.n_embd, hp.head_k, hp.n_ff
+    if hd <= 0 or hd != hp.head_v:
+        return "the graph needs attention.key_length = attention.value_length > 0 (qwen35.cpp:141)"
+    inner, conv = d.head_v * d.n_v_heads, 2 * d.head_k * d.n_k_heads + d.head_v * d.n_v_heads
+    shapes: dict[str, tuple[int, ...]] = {"output_norm.weight": (E,)}  # token_embd: columns only (below)
+    recurrent = _recurrent_layers(model, hp.n_layer)
+    if isinstance(recurrent, str):
+        return recurrent
+    for il, is_recurrent in enumerate(recurrent):
+        nh, nkv = hp.n_head[il], hp.n_head_kv[il]
+        w: dict[str, tuple[int, ...]] = {"attn_norm.weight": (E,), "post_attention_norm.weight": (E,)}
+        w |= {"ffn_gate.weight": (E, n_ff), "ffn_up.weight": (E, n_ff), "ffn_down.weight": (n_ff, E)}
+        if is_recurrent:
+            w |= {"attn_qkv.weight": (E, conv), "attn_gate.weight": (E, inner), "ssm_conv1d.weight": (d.d_conv, conv)}
+            w |= {"ssm_dt.bias": (d.n_v_heads,), "ssm_a": (d.n_v_heads,), "ssm_norm.weight": (d.head_v,)}
+            w |= {
+                "ssm_beta.weight": (E, d.n_v_heads),
+                "ssm_alpha.weight": (E, d.n_v_heads),
+                "ssm_out.weight": (inner, E),
+            }
+        elif nh <= 0 or nkv <= 0 or nh % nkv:
+            return f"the graph needs attention heads in layer {il} (head_count a multiple of head_count_kv)"
+        else:
+            w |= {"attn_q.weight": (E, 2 * hd * nh), "attn_k.weight": (E, hd * nkv), "attn_v.weight": (E, hd * nkv)}
+            w |= {"attn_output.weight": (hd * nh, E), "attn_q_norm.weight": (hd,), "attn_k_norm.weight": (hd,)}
+        shapes |= {f"blk.{il}.{n}": shape for n, shape in w.items()}
+    if len(tensors.get("token_embd.weight", ())) != 2 or tensors["token_embd.weight"][0] != E:
+        return f"the graph needs a two-dimensional tensor token_embd.weight of {E} columns"
+    for name, shape in shapes.items():
+        if name not in tensors:
+            return f"the graph needs tensor {name}, which the file lacks"
+        if tensors[name] != shape:
+            return f"the graph needs tensor {name} of shape {list(shape)}, not {list(tensors[name])}"
     return None
 
 
@@ -843,9 +1110,13 @@ def _context(model: GGUFModel, hp: Hparams, pl: Placement, sp: SimParams, n_toke
     n_kv_swa = sp.n_kv_swa
     if n_kv_swa is None:  # llama-kv-cache-iswa.cpp:73: n_swa per sequence of a stream plus a micro-batch
         n_kv_swa = pad(min(sp.n_kv, hp.n_swa * (sp.n_seq_max if sp.n_streams == 1 else 1) + sp.n_ubatch))
-    return _Ctx(
-        hp, sp, n_tokens, n_outputs, weights, by_name, layer_buft, cache_buft, pin, model.path, moe, swa, n_kv_swa
-    )
+    c = _Ctx(hp, sp, n_tokens, n_outputs, weights, by_name, layer_buft, cache_buft, pin, model.path, moe, swa, n_kv_swa)
+    if hp.arch == "qwen35":
+        dims, recurrent = _gdn_dims(model), _recurrent_layers(model, hp.n_layer)
+        if isinstance(dims, str) or isinstance(recurrent, str):
+            raise ValidationError(model.path, None, str(dims if isinstance(dims, str) else recurrent))
+        c.recurrent, c.gdn = recurrent, dims
+    return c
 
 
 def _one(model: GGUFModel, hp: Hparams, pl: Placement, sp: SimParams, n_tokens: int, n_outputs: int) -> dict[str, int]:
