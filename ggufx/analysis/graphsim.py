@@ -1004,6 +1004,9 @@ def unbuildable(model: GGUFModel) -> str | None:
     arch = model.architecture or ""
     if arch not in BUILT_ARCHS:
         return f"the {arch!r} graph is not built (built: {', '.join(sorted(BUILT_ARCHS))})"
+    odd_type = next((t for t in model.tensors if not t.type.known), None)
+    if odd_type is not None:
+        return f"tensor {odd_type.name} has the ggml type {odd_type.type.name}, which this llama.cpp does not know"
     md = model.metadata
     cap = f"{arch}.final_logit_softcapping"  # gemma3.cpp:15, :203-207: SCALE, TANH, SCALE on the logits
     if arch == "gemma3" and cap in md and not (isinstance(md[cap], (int, float)) and md[cap] == 0):

@@ -405,7 +405,9 @@ def mem(
     \b
     Exact (as llama.cpp allocates them, checked against recorded CUDA logs): weights per buffer
     type (CUDA padding, memory-mapped host span, tied output copies), KV cache, recurrent state,
-    output buffer. Computed (an allocator model, labelled so): compute buffers. 1 MiB = 1,048,576 bytes.
+    output buffer. Computed (labelled so): compute buffers, from llama.cpp's graph rebuilt, split and
+    allocated as llama.cpp does (llama-style, Gemma 3, Qwen 3 MoE, Qwen 3.5 hybrid: equal to every
+    recorded log; other architectures: an estimate of the allocator's peak). 1 MiB = 1,048,576 bytes.
 
     \b
     Examples:

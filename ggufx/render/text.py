@@ -412,7 +412,8 @@ def memory_devices_text(res: dict[str, Any], fmt: str = "simple") -> str:
     full, swa = kv["full_attention"], kv["sliding_window"]
     lines = [
         table_text,
-        "* computed: a model of llama.cpp's graph allocator; every other figure is exact.",
+        "* computed: llama.cpp's graph, split and allocated as llama.cpp does (an estimate where a note says"
+        " so); every other figure is exact.",
         f"context {res['n_ctx']:,} tokens ({res['n_streams']} stream(s) of {res['n_ctx_seq']:,}), micro-batch "
         f"{res['n_ubatch']}, {res['layers_offloaded']}/{res['n_layer'] + 1} layers offloaded, KV cache K "
         f"{res['cache_type_k']} V {res['cache_type_v']}",
