@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -197,3 +198,14 @@ def test_help_and_info_do_not_import_numpy_or_tabulate() -> None:
 def test_console_script_runs() -> None:
     proc = subprocess.run([sys.executable, "-m", "ggufx", "info", "--json", V3], capture_output=True, text=True)
     assert proc.returncode == 0 and json.loads(proc.stdout)["tensor_count"] == 9
+
+
+def test_report_and_manifest_files_are_written_whole_and_alone(cli: CliRun, tmp_path: Path) -> None:
+    """-o writes through a uniquely named file beside the target and a rename: nothing else is left."""
+    model = str(FIXTURES / "all-types-v3.gguf")
+    out = tmp_path / "out"
+    out.mkdir()
+    assert cli("report", model, "-o", str(out / "r.html")).exit_code == 0
+    assert cli("manifest", model, "-o", str(out / "m.json")).exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["m.json", "r.html"]
+    assert "<h1>" in (out / "r.html").read_text() and json.loads((out / "m.json").read_text())["models"]

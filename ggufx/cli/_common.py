@@ -282,3 +282,19 @@ def open_many(
         with ThreadPoolExecutor(min(8, len(paths))) as pool:
             return list(pool.map(one, paths, configs))
     return [one(p, c) for p, c in zip(paths, configs)]
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` so that the file is the old one or the new one at every instant: a
+    uniquely named file beside it, then a rename; nothing is left behind if the write fails."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path) or ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

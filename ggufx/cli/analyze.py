@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import replace
 from typing import Any
@@ -20,6 +19,7 @@ from ggufx.cli._common import (
     open_model,
     remote_options,
     tablefmt_option,
+    write_text_atomic,
 )
 from ggufx.results import CACHE_TYPES
 
@@ -593,8 +593,5 @@ def report(file: str, output: str | None, fmt: str | None, as_json: bool) -> Non
     if output is None:
         click.echo(text, nl=False)
         return
-    tmp = f"{output}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, output)
+    write_text_atomic(output, text)
     click.echo(f"wrote {output} ({len(text):,} characters)", err=True)

@@ -19,6 +19,7 @@ from ggufx.cli._common import (
     open_model,
     remote_config,
     remote_options,
+    write_text_atomic,
 )
 
 ALGO_OPTION = click.option(
@@ -93,10 +94,7 @@ def manifest(files: tuple[str, ...], output: str, algo: str, as_json: bool) -> N
     from ggufx.analysis.hashing import manifest as make_manifest
 
     doc = make_manifest([_hash(f, algo, False) for f in files])
-    tmp = f"{output}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(dumps(doc) + "\n")
-    os.replace(tmp, output)
+    write_text_atomic(output, dumps(doc) + "\n")
     if as_json:
         emit_json(
             {
