@@ -13,6 +13,7 @@ import random
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -389,3 +390,19 @@ def test_llama_quantize_applies_the_plan_with_the_predicted_size(
     assert (printed[1], printed[2]) == (f"{after / MiB:.2f}", f"{8 * after / params:.2f}")
     info = json.loads(cli("info", "--json", str(out)).stdout)
     assert (info["tensor_bytes"], info["parameters"]) == (after, params)
+
+
+def test_mcp_recipe_with_a_budget_equals_cli_json(cli: CliRun, quant: Path, tmp_path: Path) -> None:
+    """An agent asking the MCP `recipe` tool for a budget gets what `recipe --json` prints."""
+    from .test_mcp import session
+
+    spec = _spec()
+    im = _imatrix(tmp_path / "imatrix.gguf", spec, {"blk.1.ffn_down.weight": 100.0})
+    budget = _budget(spec, FFN_DOWN_TO_Q8_0)
+    expected = _plan(cli, quant, im, budget)
+
+    async def call(c: Any) -> Any:
+        return await c.call_tool("recipe", {"path": str(quant), "imatrix": str(im), "budget": float(budget)})
+
+    got = session(["--root", str(tmp_path)], call)
+    assert not got.is_error and got.structured_content == expected

@@ -174,10 +174,21 @@ class GGUFTools:
 
     @tool(
         "The llama-quantize recipe (--pure, base type, --tensor-type rules) that reproduces this quant's "
-        "per-tensor types."
+        "per-tensor types; with imatrix and budget, the promotions of the most important tensors that "
+        "spend that bits-per-weight budget, as one llama-quantize command."
     )
-    def recipe(self, path: ModelPath) -> Result:
-        return results.recipe(self.access.open_model(path))
+    def recipe(
+        self,
+        path: ModelPath,
+        imatrix: Annotated[
+            str | None, Field(description="An importance matrix of this model (llama-imatrix's GGUF), under the roots.")
+        ] = None,
+        budget: Annotated[
+            float | None, Field(gt=0, description="Target bits per weight as llama.cpp prints them (with imatrix).")
+        ] = None,
+    ) -> Result:
+        im = self.access.open_model(imatrix) if imatrix is not None else None
+        return results.recipe(self.access.open_model(path), im, budget)
 
     @tool(
         "An importance matrix (llama-imatrix's GGUF): per tensor the importance its statistics report "
