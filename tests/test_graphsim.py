@@ -22,7 +22,7 @@ from gguf import GGUFWriter
 import ggufx
 from ggufx.analysis import graphsim
 from ggufx.analysis.buffers import Breakdown, MiB, breakdown
-from ggufx.analysis.llamaargs import LlamaArgs, parse_args
+from ggufx.analysis.llamaargs import parse_args
 from ggufx.analysis.llamalog import parse_log
 from ggufx.analysis.placement import Device
 
@@ -43,30 +43,11 @@ SIMULATED = sorted(
 PHASE_ROUGH = ("2g-l8b-ngl20-c32768", "2g-srv-l8b-ngl20-np4", "srv-l8b-ngl0-np4-c32768")
 
 
-def sim_params(bd: Breakdown, args: LlamaArgs) -> graphsim.SimParams:
-    """The reservation ``breakdown`` resolved: micro-batch, outputs, cells, streams and pipeline
-    parallelism (llama-context.cpp:432-459)."""
-    cp, off = args.context, args.offload
-    pipeline = (
-        len(bd.devices) > 1
-        and bd.layers_offloaded == bd.n_layer + 1
-        and off.split_mode == "layer"
-        and not cp.no_kv_offload
-        and not off.overrides
-    )
-    return graphsim.SimParams(
-        n_ubatch=bd.n_ubatch,
-        n_outputs=min(bd.n_ubatch, cp.n_outputs_max or bd.n_batch),
-        n_seq_max=bd.n_seq_max,
-        n_kv=bd.n_ctx_seq,
-        n_streams=bd.n_streams,
-        flash_attn=cp.flash_attn != "off",
-        type_k=cp.cache_type_k.upper(),
-        type_v=cp.cache_type_v.upper(),
-        no_kv_offload=cp.no_kv_offload,
-        pipeline=pipeline,
-        n_kv_swa=bd.swa_cells,
-    )
+def sim_params(bd: Breakdown) -> graphsim.SimParams:
+    """The reservation ``breakdown`` resolved (micro-batch, outputs, cells, streams, pipeline
+    parallelism: llama-context.cpp:432-459), which the simulation is then given."""
+    assert bd.reservation is not None
+    return bd.reservation
 
 
 def simulate_run(rid: str, models: dict[str, Path]) -> tuple[dict[str, float], dict[str, int]]:
@@ -76,7 +57,7 @@ def simulate_run(rid: str, models: dict[str, Path]) -> tuple[dict[str, float], d
     model = ggufx.open(models[str(args.model)])
     devices = devices_of(run, log.devices)
     bd = breakdown(model, devices, args.offload, args.context)
-    return log.buffers["compute"], graphsim.simulate(model, devices, args.offload, sim_params(bd, args))
+    return log.buffers["compute"], graphsim.simulate(model, devices, args.offload, sim_params(bd))
 
 
 def test_the_simulated_runs_cover_the_llama_matrix() -> None:
@@ -119,7 +100,7 @@ def test_host_layers_attention_at_131072_cells(hole_models: dict[str, Path]) -> 
     for ngl in ("7", "0"):
         args = parse_args(f"-m x -ngl {ngl} -c 131072")
         bd = breakdown(model, gpu, args.offload, args.context)
-        got = graphsim.simulate(model, gpu, args.offload, sim_params(bd, args))
+        got = graphsim.simulate(model, gpu, args.offload, sim_params(bd))
         assert abs(got["CUDA0"] / MiB - recorded["CUDA0"]) < 0.01
         if ngl == "7":
             assert abs(got["CUDA_Host"] / MiB - recorded["CUDA_Host"]) < 0.01
@@ -238,7 +219,7 @@ def test_hybrid_files_the_graph_cannot_read_are_refused(tmp_path: Path) -> None:
     assert graphsim.simulated(ok) is None
     args = parse_args("-m x -c 256 -ngl 0")
     bd = breakdown(ok, [], args.offload, args.context)
-    sizes = graphsim.simulate(ok, [], args.offload, sim_params(bd, args))
+    sizes = graphsim.simulate(ok, [], args.offload, sim_params(bd))
     assert sizes["CPU"] > 0
     for name, kwargs, why in (
         ("ssm_a", {"drop": "blk.1.ssm_a"}, "tensor blk.1.ssm_a, which the file lacks"),

@@ -132,6 +132,7 @@ class Breakdown:
     kv_swa_layers: int = 0
     recurrent_bytes: int = 0
     recurrent_layers: int = 0
+    reservation: SimParams | None = None  # the graph reservation these options resolve to (graphsim)
 
     def by_kind(self, kind: str) -> dict[str, int]:
         """Bytes per buffer type; a Meta buffer (``-sm tensor``) counts every GPU's slice."""
@@ -394,21 +395,20 @@ def breakdown(model: GGUFModel, devices: list[Device], offload: OffloadParams, c
         and not cp.no_kv_offload
         and not offload.overrides
     )
-    by_graph = not pl.meta and simulated(model) is None
-    if by_graph:  # the graph itself, split and allocated as llama.cpp does (exact on every recorded run)
-        sp = SimParams(
-            n_ubatch,
-            n_outputs,
-            max(1, n_seq),
-            n_ctx_seq,
-            n_streams,
-            cp.flash_attn != "off",
-            _cache_type(cp.cache_type_k, "-ctk").name,
-            _cache_type(cp.cache_type_v, "-ctv").name,
-            cp.no_kv_offload,
-            pipeline,
-            swa_cells,
-        )
+    sp = SimParams(
+        n_ubatch,
+        n_outputs,
+        max(1, n_seq),
+        n_ctx_seq,
+        n_streams,
+        cp.flash_attn != "off",
+        _cache_type(cp.cache_type_k, "-ctk").name,
+        _cache_type(cp.cache_type_v, "-ctv").name,
+        cp.no_kv_offload,
+        pipeline,
+        swa_cells,
+    )
+    if not pl.meta and simulated(model) is None:  # the graph itself, split and allocated as llama.cpp does
         sizes = simulate_compute(model, devices, offload, sp)
         buffers += [Buffer("compute", b, n, exact=False) for b, n in sizes.items() if n > 1]
     elif hp.arch in COMPUTE_ARCHS:
@@ -444,6 +444,7 @@ def breakdown(model: GGUFModel, devices: list[Device], offload: OffloadParams, c
         kv_stats[True][1],
         n_rec * 4 * (hp.n_embd_r + hp.n_embd_s) * max(1, n_seq),
         n_rec,
+        sp,
     )
 
 
