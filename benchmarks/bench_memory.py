@@ -4,7 +4,7 @@
     python benchmarks/bench_memory.py [--runs N] [--only RUN_ID...]
 
 Ground truth: the llama.cpp logs (CUDA, one and two H100s) in tests/fixtures/llamacpp-logs, read by
-ggufx.analysis.llamalog: every buffer llama.cpp allocated on a CUDA device (weights, KV cache,
+ggufx.analysis.memory.llamalog: every buffer llama.cpp allocated on a CUDA device (weights, KV cache,
 recurrent state, output, compute), added up over the devices. The models are the header-only files
 those runs loaded, rebuilt once into benchmarks/.data/holes by the fixtures' make_headers.py from the
 two real GGUFs the test suite caches (the tensor data is a hole: full size, no disk).
@@ -119,7 +119,7 @@ def hole_models() -> dict[str, Path]:
 
 def llama_cpp_gpu_mib(rid: str) -> tuple[float, list[int]]:
     """llama.cpp's buffers on CUDA devices (MiB, as it printed them) and each GPU's free MiB at load."""
-    from ggufx.analysis.llamalog import parse_log
+    from ggufx.analysis.memory.llamalog import parse_log
 
     log = parse_log((LOGS / f"{rid}.log").read_text())
     total = sum(mib for bufs in log.buffers.values() for buft, mib in bufs.items() if re.fullmatch(r"CUDA\d+", buft))
@@ -163,7 +163,7 @@ def timed(cmd: list[str], runs: int) -> tuple[str, float]:
 
 def options(args: list[str], n_layer_plus_output: int) -> dict:
     """The options the peers take, read by ggufx's own llama.cpp argument parser."""
-    from ggufx.analysis.llamaargs import parse_args
+    from ggufx.analysis.memory.llamaargs import parse_args
 
     a = parse_args(args)
     ngl = a.offload.n_gpu_layers

@@ -12,11 +12,8 @@ import difflib
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ggufx.analysis.buffers import Breakdown, Buffer, ContextParams, MiB
-from ggufx.analysis.placement import Device, OffloadParams
-from ggufx.analysis.projector import ProjectorOptions
 from ggufx.analysis.summary import summarize
 from ggufx.errors import GGUFError, InputError, SourceError, ValidationError
 from ggufx.format.ggmltypes import CACHE_TYPES
@@ -24,6 +21,11 @@ from ggufx.format.reader import KV, TensorInfo
 from ggufx.format.values import GGUFArray, ValueType, f32_short
 from ggufx.io.sources import is_remote
 from ggufx.model import GGUFModel
+
+if TYPE_CHECKING:  # the memory model is imported by the commands that use it (info stays light)
+    from ggufx.analysis.memory.buffers import Breakdown, Buffer, ContextParams
+    from ggufx.analysis.memory.graph.projector import ProjectorOptions
+    from ggufx.analysis.memory.placement import Device, OffloadParams
 
 __all__ = ["CACHE_TYPES", "SORT_ORDERS", "InputError"]  # and one function per command, below
 
@@ -276,8 +278,10 @@ def memory(
 
     ``gpus`` (default one CUDA GPU; empty: a build without GPUs), ``offload`` and ``context`` carry
     every llama.cpp option; without them the positional arguments are used."""
-    from ggufx.analysis.buffers import breakdown
-    from ggufx.analysis.memory import GPU, summarize_breakdown
+    from ggufx.analysis.memory.buffers import ContextParams, breakdown
+    from ggufx.analysis.memory.estimate import GPU, summarize_breakdown
+    from ggufx.analysis.memory.graph.projector import ProjectorOptions
+    from ggufx.analysis.memory.placement import Device, OffloadParams
 
     if context is None:
         for name, v in (("--cache-type-k", cache_type_k), ("--cache-type-v", cache_type_v)):
@@ -318,9 +322,10 @@ def companion_buffers(
     """A projector's weights and compute buffers and a draft model's buffers (kinds ``projector``,
     ``projector_compute`` and ``draft_*``); a pair llama.cpp would refuse is an
     :class:`InputError` naming the reason."""
-    from ggufx.analysis.buffers import alloc_size, breakdown
     from ggufx.analysis.companions import draft_incompatibility, projector_incompatibility
-    from ggufx.analysis.projector import projector_buffers, projector_unsupported
+    from ggufx.analysis.memory.buffers import Buffer, alloc_size, breakdown
+    from ggufx.analysis.memory.graph.projector import projector_buffers, projector_unsupported
+    from ggufx.analysis.memory.placement import OffloadParams
 
     out: list[Buffer] = []
     if mmproj is not None:
@@ -410,8 +415,10 @@ def memory_check(
     MiB, ggufx's and the difference. Exact buffers must agree to llama.cpp's printed 0.01 MiB,
     computed ones within ``tolerance``; ``ok`` says whether all do. A draft model's buffers and a
     projector's weights and compute buffers are compared too when given."""
-    from ggufx.analysis.buffers import breakdown
-    from ggufx.analysis.llamalog import parse_log
+    from ggufx.analysis.memory.buffers import ContextParams, MiB, breakdown
+    from ggufx.analysis.memory.graph.projector import ProjectorOptions
+    from ggufx.analysis.memory.llamalog import parse_log
+    from ggufx.analysis.memory.placement import Device, OffloadParams
 
     log = parse_log(log_text)
     if not log.buffers:
@@ -462,6 +469,8 @@ def memory_check(
 def _check_rows(
     buffers: list[Buffer], theirs_by_kind: dict[str, dict[str, float]], prefix: str, tolerance: float
 ) -> list[dict[str, Any]]:
+    from ggufx.analysis.memory.buffers import MiB
+
     rows = []
     for kind in ("model", "kv", "recurrent", "output", "compute"):
         theirs = {k: v for k, v in theirs_by_kind.get(prefix + kind, {}).items() if v > 0 or kind != "compute"}
@@ -522,8 +531,11 @@ def fit(
     ``n_ctx_min`` as ``-fitc``; ``context.n_ctx`` 0 is ``-c`` not given. ``fits``: ggufx's own
     search per KV cache type (``margin`` None: nothing kept free), the largest context, or with
     ``layers`` the most whole layers at ``context.n_ctx``, each with llama.cpp's answer beside it."""
-    from ggufx.analysis.fit import MARGIN, fit_devices, free_seen, llama_fit
-    from ggufx.analysis.memory import parse_size
+    from ggufx.analysis.memory.buffers import ContextParams
+    from ggufx.analysis.memory.estimate import parse_size
+    from ggufx.analysis.memory.fit import MARGIN, fit_devices, free_seen, llama_fit
+    from ggufx.analysis.memory.graph.projector import ProjectorOptions
+    from ggufx.analysis.memory.placement import Device, OffloadParams
 
     sizes: list[int] = []
     for part in str(budget).split(","):
@@ -629,7 +641,7 @@ def report(model: GGUFModel) -> dict[str, Any]:
 
 def _report_memory(model: GGUFModel, context_length: Any) -> list[dict[str, Any]]:
     """One GPU, everything offloaded, at the report's contexts (up to the training context)."""
-    from ggufx.analysis.memory import estimate
+    from ggufx.analysis.memory.estimate import estimate
 
     n_train = context_length if isinstance(context_length, int) and 0 < context_length < 1 << 32 else 0
     ctxs = sorted({c for c in (*REPORT_CONTEXTS, n_train) if c and (not n_train or c <= n_train)})

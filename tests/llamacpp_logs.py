@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 import ggufx
-from ggufx.analysis.buffers import MiB, breakdown
-from ggufx.analysis.llamaargs import parse_args
-from ggufx.analysis.llamalog import parse_log
-from ggufx.analysis.placement import Device
+from ggufx.analysis.memory.buffers import MiB, breakdown
+from ggufx.analysis.memory.llamaargs import parse_args
+from ggufx.analysis.memory.llamalog import parse_log
+from ggufx.analysis.memory.placement import Device
 
 LOGS = Path(__file__).resolve().parent / "fixtures" / "llamacpp-logs"
 RUNS = json.loads((LOGS / "runs.json").read_text())

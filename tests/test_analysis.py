@@ -12,10 +12,10 @@ import pytest
 
 import ggufx
 from ggufx.analysis.diff import diff, layer_ranges
-from ggufx.analysis.fit import fit
-from ggufx.analysis.hparams import row_size
+from ggufx.analysis.memory.fit import fit
+from ggufx.analysis.memory.hparams import row_size
 from ggufx.analysis.layers import layer_grid, layer_kinds
-from ggufx.analysis.memory import estimate, parse_size
+from ggufx.analysis.memory.estimate import estimate, parse_size
 from ggufx.analysis.recipe import check_recipe, fallback, recipe
 from ggufx.analysis.roles import parse_name, role_table
 from ggufx.analysis.summary import summarize

@@ -14,9 +14,9 @@ from gguf import GGUFWriter
 
 import ggufx
 from ggufx import results
-from ggufx.analysis.buffers import MiB
+from ggufx.analysis.memory.buffers import MiB
 from ggufx.analysis.companions import imatrix_coverage, lora_incompatibility
-from ggufx.analysis.llamalog import parse_log
+from ggufx.analysis.memory.llamalog import parse_log
 
 from . import companion_files as cf
 from .conftest import CliRun

@@ -1,4 +1,4 @@
-"""llama.cpp's --fit decisions against ggufx's (ggufx.analysis.fit), on every recorded fit run.
+"""llama.cpp's --fit decisions against ggufx's (ggufx.analysis.memory.fit), on every recorded fit run.
 
 tests/fixtures/llamacpp-logs holds llama-fit-params answers (fit-*: one GPU, fit2g-*: two) and runs with
 auto-fit on (fiton-*: the trimmed log keeps common_params_fit_impl's trace, every dry run's layer split
@@ -11,7 +11,7 @@ the matrix's ``# Session 2``, H200s after it); test_free_seen_is_what_fit_printe
 fit-on run, which prints it.
 
 Every decision is llama.cpp's exactly: the dry runs' compute buffers come from the simulated graph
-(ggufx.analysis.graphsim), which equals llama.cpp's on every recorded run.
+(ggufx.analysis.memory.graph.graphsim), which equals llama.cpp's on every recorded run.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 
 import ggufx
-from ggufx.analysis.buffers import ContextParams, MiB, breakdown
-from ggufx.analysis.fit import (
+from ggufx.analysis.memory.buffers import ContextParams, MiB, breakdown
+from ggufx.analysis.memory.fit import (
     ATTN,
     GATE,
     MOE,
@@ -41,10 +41,10 @@ from ggufx.analysis.fit import (
     layer_args,
     llama_fit,
 )
-from ggufx.analysis.hparams import hparams
-from ggufx.analysis.llamaargs import parse_args
-from ggufx.analysis.llamalog import parse_log
-from ggufx.analysis.placement import Device, OffloadParams
+from ggufx.analysis.memory.hparams import hparams
+from ggufx.analysis.memory.llamaargs import parse_args
+from ggufx.analysis.memory.llamalog import parse_log
+from ggufx.analysis.memory.placement import Device, OffloadParams
 
 from .llamacpp_logs import LOGS, RUNS
 

@@ -1,11 +1,11 @@
 """The simulated compute buffers (graph + scheduler + ggml-alloc replay) against llama.cpp's own logs.
 
-Every recorded run of a model whose graph :mod:`ggufx.analysis.graphsim` builds (dense ``llama``:
+Every recorded run of a model whose graph :mod:`ggufx.analysis.memory.graph.graphsim` builds (dense ``llama``:
 SmolLM2-135M, Llama 3.2 1B-like, Llama 3.1 8B-like; ``qwen3moe``: Qwen3-30B-A3B-like; ``gemma3``:
 Gemma 3 270M with its sliding-window cache; ``qwen35``: the Qwen3.6 27B hybrid of gated attention
 and Gated DeltaNet layers) on the CPU, one or two H100s: each compute buffer
 llama.cpp printed must come out to the 0.01 MiB it prints (the ``~llama_context`` exit lines carry
-four decimals), including the configurations the phase model of :mod:`ggufx.analysis.compute` only
+four decimals), including the configurations the phase model of :mod:`ggufx.analysis.memory.compute` only
 approximates (several GPUs with host weights, four streams with the host layers' attention on the
 first GPU, expert weights on the host with --cpu-moe / --n-cpu-moe / -ot, whose whole tensors are
 copied to the first GPU, and the tensors CUDA keeps alive around its fused MoE ops).
@@ -20,11 +20,11 @@ import pytest
 from gguf import GGUFWriter
 
 import ggufx
-from ggufx.analysis import graphsim
-from ggufx.analysis.buffers import Breakdown, MiB, breakdown
-from ggufx.analysis.llamaargs import parse_args
-from ggufx.analysis.llamalog import parse_log
-from ggufx.analysis.placement import Device
+from ggufx.analysis.memory.graph import graphsim
+from ggufx.analysis.memory.buffers import Breakdown, MiB, breakdown
+from ggufx.analysis.memory.llamaargs import parse_args
+from ggufx.analysis.memory.llamalog import parse_log
+from ggufx.analysis.memory.placement import Device
 
 from .llamacpp_logs import LOGS, RUNS, devices_of
 

@@ -248,7 +248,7 @@ def test_recipe_is_reproduced_by_llama_quantize(
 @pytest.mark.parametrize("which", ["smollm2", "gemma"])
 @pytest.mark.parametrize("cache", ["f16", "q8_0", "q4_0"])
 def test_kv_cache_equals_llama_cpp(llama_bin: Path, real_models, which: str, cache: str) -> None:
-    from ggufx.analysis.memory import estimate
+    from ggufx.analysis.memory.estimate import estimate
 
     model = real_models[which]
     proc = subprocess.run(

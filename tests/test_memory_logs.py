@@ -19,10 +19,10 @@ import pytest
 
 import ggufx
 from ggufx import results
-from ggufx.analysis.buffers import MiB, breakdown
-from ggufx.analysis.llamaargs import parse_args
-from ggufx.analysis.llamalog import parse_log
-from ggufx.analysis.placement import Device
+from ggufx.analysis.memory.buffers import MiB, breakdown
+from ggufx.analysis.memory.llamaargs import parse_args
+from ggufx.analysis.memory.llamalog import parse_log
+from ggufx.analysis.memory.placement import Device
 from ggufx.errors import InputError
 
 from .conftest import CliRun

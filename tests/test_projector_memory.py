@@ -1,4 +1,4 @@
-"""The projector's compute buffers (ggufx.analysis.projector) against llama.cpp's own logs.
+"""The projector's compute buffers (ggufx.analysis.memory.graph.projector) against llama.cpp's own logs.
 
 Every llama-mtmd-cli / llama-server run with ``--mmproj`` recorded under tests/fixtures/llamacpp-logs (CUDA)
 and every CPU run under tests/fixtures/projector-logs (projector types written by make_projectors.py there)
@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 import ggufx
-from ggufx.analysis.buffers import MiB
-from ggufx.analysis.llamalog import parse_log
-from ggufx.analysis.projector import projector_buffers, projector_unsupported
+from ggufx.analysis.memory.buffers import MiB
+from ggufx.analysis.memory.llamalog import parse_log
+from ggufx.analysis.memory.graph.projector import projector_buffers, projector_unsupported
 from ggufx.errors import InputError
 
 from .llamacpp_logs import LOGS, RUNS

@@ -1086,7 +1086,7 @@ def _init_worker(seeds: list[Seed], args: argparse.Namespace) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
     # everything a mutant may import, imported now: the first mutants should not pay for it
     import ggufx.analysis.layers  # noqa: F401
-    import ggufx.analysis.memory  # noqa: F401
+    import ggufx.analysis.memory.estimate  # noqa: F401
     import ggufx.analysis.recipe  # noqa: F401
     import ggufx.analysis.roles  # noqa: F401
     import ggufx.chat.dialect  # noqa: F401

@@ -23,7 +23,7 @@ speculative decoding (``-md``). Whether llama.cpp accepts the pair, from headers
 from __future__ import annotations
 
 from ggufx.analysis.filekind import file_kind, imatrix_pairs, lora_pairs
-from ggufx.analysis.hparams import hparams
+from ggufx.analysis.memory.hparams import hparams
 from ggufx.analysis.roles import is_quantizable_weight
 from ggufx.analysis.summary import ggml_n_dims
 from ggufx.format.values import GGUFArray

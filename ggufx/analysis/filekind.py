@@ -108,7 +108,7 @@ def projector_memory(model: GGUFModel) -> dict[str, Any]:
     ``mtmd_get_memory_usage`` counts them) and its warmup compute buffers on one CUDA GPU (``gpu``
     plus the ``host`` inputs) or on a build without GPUs (``cpu``); the compute figures are null with
     ``compute_not_modelled`` saying why for projector types ggufx does not model."""
-    from ggufx.analysis.projector import projector_buffers, projector_unsupported
+    from ggufx.analysis.memory.graph.projector import projector_buffers, projector_unsupported
     from ggufx.errors import GGUFError
 
     out: dict[str, Any] = {

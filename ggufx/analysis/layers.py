@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ggufx.analysis.hparams import LLAMA_MAX_LAYERS
+from ggufx.analysis.memory.hparams import LLAMA_MAX_LAYERS
 from ggufx.analysis.roles import ATTENTION_ROLES, RECURRENT_ROLES, parse_name
 from ggufx.errors import ValidationError
 from ggufx.format.ggmltypes import bpw

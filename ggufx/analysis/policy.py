@@ -328,8 +328,8 @@ def _check_memory(model: GGUFModel, rules: Section) -> Iterator[RuleResult]:
     """[memory]: the GPU total (bytes) at ``ctx`` tokens and ``parallel`` sequences within ``budget``."""
     if not rules:
         return
-    from ggufx.analysis.buffers import MiB
-    from ggufx.analysis.memory import estimate, parse_size
+    from ggufx.analysis.memory.buffers import MiB
+    from ggufx.analysis.memory.estimate import estimate, parse_size
 
     ctype = rules.get("cache_type", "f16")
     e = estimate(

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Any
 
-from ggufx.analysis.buffers import MiB
+from ggufx.analysis.memory.buffers import MiB
 from ggufx.analysis.recipe import Recipe, Rule, check_types, fallback, pattern_for, recipe
 from ggufx.analysis.roles import is_quantizable_weight, parse_name
 from ggufx.analysis.summary import ggml_n_dims

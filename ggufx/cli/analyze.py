@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from ggufx.analysis.buffers import FLASH_ATTN, ContextParams, MiB
-from ggufx.analysis.placement import CPU_MOE_PATTERN, SPLIT_MODES, Device, OffloadParams
+from ggufx.analysis.memory.buffers import FLASH_ATTN, ContextParams, MiB
+from ggufx.analysis.memory.placement import CPU_MOE_PATTERN, SPLIT_MODES, Device, OffloadParams
 from ggufx.cli._common import (
     EXIT_CHECK_FAILED,
     emit,
@@ -421,9 +421,9 @@ def mem(
       ggufx mem model.gguf --fit 24GiB --fit-layers -c 131072
     """
     from ggufx import results
-    from ggufx.analysis.llamaargs import parse_args
-    from ggufx.analysis.placement import n_cpu_moe_patterns
-    from ggufx.analysis.projector import ProjectorOptions
+    from ggufx.analysis.memory.llamaargs import parse_args
+    from ggufx.analysis.memory.placement import n_cpu_moe_patterns
+    from ggufx.analysis.memory.graph.projector import ProjectorOptions
     from ggufx.render.text import fit_text, memory_check_text, memory_devices_text
 
     model = open_model(file)
@@ -543,7 +543,7 @@ def _split(text: str | None) -> tuple[float, ...]:
 
 def _gpus(text: str | None) -> list[Device]:
     """--gpus 24GiB,24GiB: one CUDA device per size (its free memory); none: no GPU."""
-    from ggufx.analysis.memory import GPU, parse_size
+    from ggufx.analysis.memory.estimate import GPU, parse_size
 
     if text is None:
         return [Device(GPU, 0)]

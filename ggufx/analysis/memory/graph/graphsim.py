@@ -16,7 +16,7 @@ and the tensors CUDA's ``graph_optimize`` keeps alive around the MoE ops it fuse
 (a second cache and mask for the sliding-window layers) and for the ``qwen35`` hybrid (gated
 attention layers, Gated DeltaNet layers reading and writing the recurrent state in place, the fused
 ``GATED_DELTA_NET`` node), and replays the three steps. It is an alternative to the phase model of
-:mod:`ggufx.analysis.compute`, checked against the recorded llama.cpp logs in
+:mod:`ggufx.analysis.memory.compute`, checked against the recorded llama.cpp logs in
 ``tests/test_graphsim.py``; architectures it does not build, and files without what the graph
 needs, are refused with a reason (:func:`simulated`, :func:`unbuildable`).
 """
@@ -27,10 +27,10 @@ import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from ggufx.analysis.galloc import CUDA_ALIGN, HOST_ALIGN, MATRIX_ROW_PADDING, DynAllocator
-from ggufx.analysis.hparams import Hparams, hparams, pad
+from ggufx.analysis.memory.graph.galloc import CUDA_ALIGN, HOST_ALIGN, MATRIX_ROW_PADDING, DynAllocator
+from ggufx.analysis.memory.hparams import Hparams, hparams, pad
 from ggufx.analysis.layers import layer_kinds, swa_layers
-from ggufx.analysis.placement import CPU, Device, OffloadParams, Placement, host_buft, place
+from ggufx.analysis.memory.placement import CPU, Device, OffloadParams, Placement, host_buft, place
 from ggufx.errors import ValidationError
 from ggufx.format.ggmltypes import GGMLType, ggml_type_by_name
 from ggufx.model import GGUFModel

@@ -23,7 +23,7 @@ import re
 import struct
 from dataclasses import dataclass, field, replace
 
-from ggufx.analysis.hparams import hparams
+from ggufx.analysis.memory.hparams import hparams
 from ggufx.analysis.layers import layer_kinds
 from ggufx.errors import InputError
 from ggufx.format.ggmltypes import ggml_type_by_name

@@ -2,7 +2,7 @@
 
 Exact (byte for byte what llama.cpp allocates, checked against recorded logs in tests):
 
-* **model**: weights per buffer type (:mod:`ggufx.analysis.placement`). CUDA buffers align every
+* **model**: weights per buffer type (:mod:`ggufx.analysis.memory.placement`). CUDA buffers align every
   tensor to 128 bytes and give a quantized tensor whose row is not a multiple of 512 elements one
   padded partial row (``ggml_backend_cuda_buffer_type_get_alloc_size``); memory-mapped host weights
   (``CPU_Mapped``) span the file from the first to the last host tensor of each shard.
@@ -13,10 +13,10 @@ Exact (byte for byte what llama.cpp allocates, checked against recorded logs in 
 * **recurrent**: per recurrent layer and sequence, ``n_embd_r`` and ``n_embd_s`` f32 values.
 * **output**: ``n_vocab`` floats per sequence, on the host buffer of the output layer's device.
 * ``-sm tensor``: the weights, KV cache and recurrent state of the Meta device are cut per GPU
-  (:func:`ggufx.analysis.placement.meta_split`); each such buffer is one buffer per GPU
+  (:func:`ggufx.analysis.memory.placement.meta_split`); each such buffer is one buffer per GPU
   (``Buffer.slices``) and llama.cpp prints the largest as ``Meta()``.
 
-Computed (an estimate, labelled so): **compute** buffers, see :mod:`ggufx.analysis.compute`.
+Computed (an estimate, labelled so): **compute** buffers, see :mod:`ggufx.analysis.memory.compute`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ggufx.analysis.compute import (
+from ggufx.analysis.memory.compute import (
     OP_OFFLOAD_MIN_BATCH,
     ComputeModel,
     GraphShape,
@@ -35,12 +35,12 @@ from ggufx.analysis.compute import (
     host_layers_attention,
     masks,
 )
-from ggufx.analysis.galloc import CUDA_ALIGN, HOST_ALIGN, MATRIX_ROW_PADDING
-from ggufx.analysis.graphsim import SimParams, simulated
-from ggufx.analysis.graphsim import simulate as simulate_compute
-from ggufx.analysis.hparams import Hparams, hparams, pad
+from ggufx.analysis.memory.graph.galloc import CUDA_ALIGN, HOST_ALIGN, MATRIX_ROW_PADDING
+from ggufx.analysis.memory.graph.graphsim import SimParams, simulated
+from ggufx.analysis.memory.graph.graphsim import simulate as simulate_compute
+from ggufx.analysis.memory.hparams import Hparams, hparams, pad
 from ggufx.analysis.layers import LayerKind, layer_kinds
-from ggufx.analysis.placement import (
+from ggufx.analysis.memory.placement import (
     CPU,
     CPU_MAPPED,
     CPU_REPACK,
@@ -500,7 +500,7 @@ def compute_buffers(
     v_trans: bool,
     no_kv_offload: bool,
 ) -> tuple[list[Buffer], str | None]:
-    """Computed (not exact) compute buffers per backend (see :mod:`ggufx.analysis.compute`), and why
+    """Computed (not exact) compute buffers per backend (see :mod:`ggufx.analysis.memory.compute`), and why
     the figures are rough when a phase the model only bounds decides them (None otherwise)."""
     cm = compute_model(model, hp, kinds)
     if not pl.devices:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass, field, replace
 
-from ggufx.analysis.buffers import ContextParams
-from ggufx.analysis.placement import CPU_MOE_PATTERN, OffloadParams, n_cpu_moe_patterns
-from ggufx.analysis.projector import ProjectorOptions
+from ggufx.analysis.memory.buffers import ContextParams
+from ggufx.analysis.memory.placement import CPU_MOE_PATTERN, OffloadParams, n_cpu_moe_patterns
+from ggufx.analysis.memory.graph.projector import ProjectorOptions
 from ggufx.errors import InputError
 
 _INT = {

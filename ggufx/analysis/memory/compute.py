@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ggufx.analysis.hparams import Hparams
+from ggufx.analysis.memory.hparams import Hparams
 
 PIPELINE_COPIES = 4  # GGML_SCHED_MAX_COPIES
 OP_OFFLOAD_MIN_BATCH = 32  # ggml-cuda: a host weight's matrix product runs on the GPU from this batch up

@@ -23,8 +23,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ggufx.analysis.buffers import Buffer
-from ggufx.analysis.galloc import CUDA_ALIGN, HOST_ALIGN, DynAllocator
+from ggufx.analysis.memory.buffers import Buffer
+from ggufx.analysis.memory.graph.galloc import CUDA_ALIGN, HOST_ALIGN, DynAllocator
 from ggufx.errors import InputError, ValidationError
 from ggufx.model import GGUFModel
 

@@ -27,9 +27,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ggufx.analysis.buffers import Breakdown, ContextParams, breakdown
-from ggufx.analysis.hparams import hparams, pad
-from ggufx.analysis.placement import CPU, Device, OffloadParams
+from ggufx.analysis.memory.buffers import Breakdown, ContextParams, breakdown
+from ggufx.analysis.memory.hparams import hparams, pad
+from ggufx.analysis.memory.placement import CPU, Device, OffloadParams
 from ggufx.errors import InputError
 from ggufx.model import GGUFModel
 

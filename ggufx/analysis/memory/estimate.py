@@ -1,9 +1,9 @@
 """Memory a model needs on one GPU at a context length.
 
-:func:`estimate` is the one-GPU summary of :func:`ggufx.analysis.buffers.breakdown` (every buffer
+:func:`estimate` is the one-GPU summary of :func:`ggufx.analysis.memory.buffers.breakdown` (every buffer
 llama.cpp allocates, per device): weights on the GPU and on the host, the KV cache per cache
 (full attention and sliding window, as ``llama_kv_cache: size = ...`` prints it), the recurrent
-state, and the computed compute buffer. What fits given GPUs is :mod:`ggufx.analysis.fit`.
+state, and the computed compute buffer. What fits given GPUs is :mod:`ggufx.analysis.memory.fit`.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ggufx.analysis.buffers import Breakdown, ContextParams, breakdown, is_cuda
-from ggufx.analysis.hparams import Hparams
+from ggufx.analysis.memory.buffers import Breakdown, ContextParams, breakdown, is_cuda
+from ggufx.analysis.memory.hparams import Hparams
 from ggufx.analysis.layers import LayerKind
-from ggufx.analysis.placement import Device, OffloadParams
+from ggufx.analysis.memory.placement import Device, OffloadParams
 from ggufx.model import GGUFModel
 
 GPU = "CUDA0"  # the device of the one-GPU view (llama.cpp's name for the first CUDA device)

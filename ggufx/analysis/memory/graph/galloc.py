@@ -1,6 +1,6 @@
 """ggml-alloc's dynamic allocator (``ggml_dyn_tallocr``, ggml/src/ggml-alloc.c), as llama.cpp's graph
 allocator uses it to size a compute buffer: the replay both simulations share (the language model's
-graph in :mod:`ggufx.analysis.graphsim`, a projector's in :mod:`ggufx.analysis.projector`)."""
+graph in :mod:`ggufx.analysis.memory.graph.graphsim`, a projector's in :mod:`ggufx.analysis.memory.graph.projector`)."""
 
 from __future__ import annotations
 
