@@ -1,5 +1,5 @@
 """llama.cpp's verdict on chat templates: its Jinja engine (``ggufx.chat.llamacpp``), its capability
-flags and llama-server's inputs (``ggufx.chat.llamacpp_caps``), lint's engine comparison and the
+flags and llama-server's inputs (``ggufx.chat.llamacpp.caps``), lint's engine comparison and the
 per-command time budget.
 
 The reference is llama-server itself. ``tests/fixtures/templates/llamacpp/llama-server.json`` holds
@@ -26,7 +26,7 @@ import pytest
 
 from ggufx.chat.lint import lint, marking_hazards
 from ggufx.chat.llamacpp import compile_program, run_json
-from ggufx.chat.llamacpp_caps import FLAGS, caps_of, render_server, supports_thinking
+from ggufx.chat.llamacpp.caps import FLAGS, caps_of, render_server, supports_thinking
 from ggufx.chat.render import RenderError, budget_deadline, time_budget
 from ggufx.chat.samples import NAMES, sample
 

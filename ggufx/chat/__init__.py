@@ -6,6 +6,6 @@
 * :mod:`ggufx.chat.dialect`  - template family and tool-call dialect, detected by rendering
 * :mod:`ggufx.chat.lint`     - problems: syntax, failing conversations, tokenizer mismatches...
 * :mod:`ggufx.chat.llamacpp` - render with llama.cpp's own Jinja rules (its engine is not jinja2)
-* :mod:`ggufx.chat.llamacpp_caps`   - llama.cpp's capability flags (caps.cpp) and llama-server's inputs
-* :mod:`ggufx.chat.llamacpp_server` - a running llama-server's /apply-template and /props
+* :mod:`ggufx.chat.llamacpp.caps`   - llama.cpp's capability flags (caps.cpp) and llama-server's inputs
+* :mod:`ggufx.chat.llamacpp.server` - a running llama-server's /apply-template and /props
 """

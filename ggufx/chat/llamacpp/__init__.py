@@ -17,8 +17,8 @@ template with llama.cpp's rules, written after the pinned llama.cpp source:
   splits on one space, ``replace`` with a count and ``tojson(sort_keys=true)`` are not
   implemented...), and lists are mutable (``list.append``, ``list.pop``);
 * **scoping**: a loop has one scope for all its iterations, macros see their caller's variables;
-* **usage statistics** (which input values a render touched), from which :mod:`llamacpp_caps
-  <ggufx.chat.llamacpp_caps>` computes llama.cpp's capability flags as ``caps.cpp`` does;
+* **usage statistics** (which input values a render touched), from which :mod:`caps
+  <ggufx.chat.llamacpp.caps>` computes llama.cpp's capability flags as ``caps.cpp`` does;
 * **input marking**: strings that come from the messages keep that mark through concatenation,
   so the output is a list of (text, is_input) parts as llama-server tokenizes it.
 

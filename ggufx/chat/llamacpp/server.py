@@ -1,6 +1,6 @@
 """Ask a running llama-server about its chat template: ``POST /apply-template`` renders a
 conversation with the server's own template and engine (the ground truth for
-:func:`ggufx.chat.llamacpp_caps.render_server`), ``GET /props`` gives its ``chat_template_caps``.
+:func:`ggufx.chat.llamacpp.caps.render_server`), ``GET /props`` gives its ``chat_template_caps``.
 
 ``LLAMA_API_KEY`` is sent as a bearer token, as llama-server reads it for ``--api-key``.
 """
@@ -11,7 +11,7 @@ import json
 import os
 from typing import Any
 
-from ggufx.chat.llamacpp_caps import FLAGS
+from ggufx.chat.llamacpp.caps import FLAGS
 from ggufx.chat.render import RenderError
 from ggufx.errors import SourceError
 
