@@ -430,6 +430,76 @@ def _recorder() -> ModuleType:
     return mod
 
 
+# -- the package follows llama.cpp's files ----------------------------------------------------------
+
+ENGINE = ROOT / "ggufx" / "chat" / "llamacpp"
+# what each module of ggufx.chat.llamacpp may import from the package: value <- builtins <- runtime <-
+# driver <- caps <- server, the parser none of value, builtins or runtime, and nothing the package's
+# __init__ (which re-exports the driver's entry points)
+ENGINE_IMPORTS = {
+    "value": set(),
+    "builtins": {"value"},
+    "runtime": {"value", "builtins"},
+    "parser": set(),
+    "driver": {"value", "builtins", "runtime", "parser"},
+    "caps": {"value", "builtins", "runtime", "parser", "driver"},
+    "server": {"value", "builtins", "runtime", "parser", "driver", "caps"},
+    "__init__": {"driver"},
+}
+# and from the rest of ggufx, only modules that do not import the package
+ENGINE_IMPORTS_OUTSIDE = {"ggufx.errors", "ggufx.chat.render"}
+
+
+def _ggufx_imports(path: Path) -> set[str]:
+    """Every ggufx module ``path`` imports, anywhere in it (inside functions and ``if TYPE_CHECKING:``
+    blocks too); ``from P import m`` counts as ``P.m`` when ``m`` is a module of the engine."""
+    import ast
+
+    package = "ggufx.chat.llamacpp"
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            if base == package:
+                found.update(f"{base}.{a.name}" if a.name in ENGINE_IMPORTS else base for a in node.names)
+            else:
+                found.add(base)
+    return {m for m in found if m == "ggufx" or m.startswith("ggufx.")}
+
+
+def test_the_engines_modules_import_one_way(tmp_path: Path) -> None:
+    # the check sees every kind of import: inside a function, under TYPE_CHECKING, relative, a submodule
+    # named in ``from PACKAGE import``, the package itself
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from ggufx.chat.llamacpp.runtime import Runtime\n"
+        "def f():\n    import ggufx.chat.lint\n    from . import caps\n    from .driver import run_json\n"
+        "    from ggufx.chat.llamacpp import parser, compile_program\n",
+        encoding="utf-8",
+    )
+    assert _ggufx_imports(probe) == {
+        "ggufx.chat.llamacpp.runtime",
+        "ggufx.chat.lint",
+        "ggufx.chat.llamacpp.caps",
+        "ggufx.chat.llamacpp.driver",
+        "ggufx.chat.llamacpp.parser",
+        "ggufx.chat.llamacpp",
+    }
+    assert {p.stem for p in ENGINE.glob("*.py")} == set(ENGINE_IMPORTS)
+    for mod, allowed in ENGINE_IMPORTS.items():
+        imported = _ggufx_imports(ENGINE / f"{mod}.py")
+        inside = {m.removeprefix("ggufx.chat.llamacpp.") for m in imported if m.startswith("ggufx.chat.llamacpp.")}
+        outside = {m for m in imported if not m.startswith("ggufx.chat.llamacpp.")}
+        assert inside <= allowed, (mod, inside - allowed)
+        assert outside <= ENGINE_IMPORTS_OUTSIDE, (mod, outside - ENGINE_IMPORTS_OUTSIDE)
+
+
 @pytest.mark.llamacpp
 def test_recording_is_what_llama_server_says_today(llama_bin: Path, smollm2_path: Path) -> None:
     rec = _recorder()

@@ -10,7 +10,7 @@ whether content is tested as a string or read as an array (``supports_string_con
 ``supports_typed_content``), a reasoning placeholder deep in the history
 (``supports_preserve_reasoning``) and ``reasoning_effort`` (``supports_reasoning_effort``). A probe
 that fails counts as caps.cpp counts it (some checks need success, some read the statistics of the
-part that ran). The probes run in :mod:`ggufx.chat.llamacpp`, with llama.cpp's rules.
+part that ran). The probes run in :mod:`ggufx.chat.llamacpp`, with llama.cpp's rules (this is ``caps.cpp``).
 
 llama-server then adapts the messages to the flags before every render: a system message is merged
 into the next one when the system role is unsupported, tool call arguments become objects when
@@ -25,8 +25,11 @@ import time
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ggufx.chat.llamacpp import LIMITS, Arr, JStr, Obj, Program, compile_program, execute, from_json, run_json
-from ggufx.chat.render import Limits, RenderError
+from ggufx.chat.llamacpp.driver import LIMITS, compile_program, execute, run_json
+from ggufx.chat.llamacpp.parser import Program
+from ggufx.chat.llamacpp.value import Arr, JStr, Obj, from_json
+from ggufx.chat.render import Limits
+from ggufx.errors import RenderError
 
 CONTENT_MARKER = "STRING_MARKER"
 REASONING_PLACEHOLDER = "<REASONING_CONTENT_PLACEHOLDER>"
