@@ -24,9 +24,10 @@ from types import ModuleType
 
 import pytest
 
+from ggufx.chat.dialect import analyze
 from ggufx.chat.lint import lint, marking_hazards
 from ggufx.chat.llamacpp import compile_program, run_json
-from ggufx.chat.llamacpp.caps import FLAGS, caps_of, render_server, supports_thinking
+from ggufx.chat.llamacpp.caps import FLAGS, caps_of, handler_of, render_server, supports_thinking
 from ggufx.chat.render import RenderError, budget_deadline, time_budget
 from ggufx.chat.samples import NAMES, sample
 
@@ -109,6 +110,36 @@ def test_issue_verdicts_differ_from_transformers_as_llama_cpp_says() -> None:
     assert fire.supports_system_role and not fire.supports_tools
     r1 = caps_of(_source("llama-cpp-deepseek-r1"))  # tojson of a generator-like map
     assert r1.supports_tools and r1.supports_tool_calls
+
+
+def test_handlers_and_dialect_detection_name_a_family_alike() -> None:
+    """caps.handler_of (which of llama.cpp's model-specific handlers takes a template) and
+    dialect.analyze (which dialect the rendered tool call is in) use one name per family."""
+    seen: dict[str, set[str]] = {}
+    for path in sorted({_path(n) for n in NAMES_LLAMA} | set(TEMPLATES.glob("*.jinja"))):
+        src = path.read_text(encoding="utf-8")
+        handler = handler_of(src)
+        if handler is not None:
+            seen.setdefault(handler, set()).add(analyze(src).dialect)
+    # each of the 15 families handler_of can name (its 17 llama.cpp handlers) takes a template here, and
+    # where a dialect is detected at all it is the handler's
+    assert {h: d - {"none", "unknown"} for h, d in seen.items()} == {
+        "atem-xml": {"atem-xml"},
+        "command-r": {"command-r"},
+        "deepseek-dsml": {"deepseek-dsml"},
+        "functionary-v3.2": {"functionary-v3.2"},
+        "gemma4": {"gemma4"},
+        "gigachat": {"gigachat"},
+        "glm-xml": {"glm-xml"},
+        "harmony": {"harmony"},
+        "kimi": {"kimi"},
+        "kimi-k3": {"kimi-k3"},
+        "lfm2": {"lfm2"},
+        "minicpm-xml": {"minicpm-xml"},
+        "minimax-m3": {"minimax-m3"},
+        "mistral": {"mistral"},
+        "qwen3-coder-xml": {"qwen3-coder-xml"},
+    }
 
 
 # -- rendering as llama-server does ------------------------------------------------------------------
@@ -447,7 +478,7 @@ ENGINE_IMPORTS = {
     "__init__": {"driver"},
 }
 # and from the rest of ggufx, only modules that do not import the package
-ENGINE_IMPORTS_OUTSIDE = {"ggufx.errors", "ggufx.chat.render"}
+ENGINE_IMPORTS_OUTSIDE = {"ggufx.errors", "ggufx.chat.render", "ggufx.chat.dialects"}
 
 
 def _ggufx_imports(path: Path) -> set[str]:
