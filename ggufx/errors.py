@@ -6,7 +6,8 @@ problem was found (``None`` when no offset applies) and a one-line description, 
 traceback. The other exceptions of the library live here too, and are re-exported where they were
 first defined: :class:`InputError` (a bad argument), :class:`PolicyError` (a bad policy file,
 ``ggufx.analysis.policy``), :class:`RenderError` (a chat template that cannot be rendered,
-``ggufx.chat.render``) and :class:`AccessError` (what the MCP server refuses, ``ggufx.mcp.access``).
+``ggufx.chat.render``, with the errors of llama.cpp's Jinja engine below it, which never leave
+``ggufx.chat.llamacpp``) and :class:`AccessError` (what the MCP server refuses, ``ggufx.mcp.access``).
 """
 
 from __future__ import annotations
@@ -86,6 +87,34 @@ class RenderError(Exception):
         self.line = line
         self.message = message
         super().__init__(f"{message}" + (f" (template line {line})" if line else ""))
+
+
+class JinjaError(RenderError):
+    """A runtime error of llama.cpp's Jinja engine (its std::runtime_error), raised inside
+    ``ggufx.chat.llamacpp``: the engine turns it into a plain RenderError with the template line."""
+
+    def __init__(self, message: str):
+        super().__init__("error", message)
+
+
+class RaisedError(JinjaError):
+    """raise_exception() in the template, or a built-in refusing its arguments."""
+
+
+class TemplateRaised(RaisedError):
+    """raise_exception("...") called by the template itself."""
+
+
+class NotImplementedInLlamaCpp(JinjaError):
+    """llama.cpp's not_implemented_exception."""
+
+
+class LoopBreak(Exception):
+    """``{% break %}`` unwinding to its loop in llama.cpp's engine (break_statement::signal)."""
+
+
+class LoopContinue(Exception):
+    """``{% continue %}`` unwinding to its loop in llama.cpp's engine (continue_statement::signal)."""
 
 
 class AccessError(Exception):

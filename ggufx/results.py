@@ -695,14 +695,14 @@ def template_info(
     (``llama_cpp_caps``, computed as llama.cpp's caps.cpp does); with ``server`` (a llama-server
     URL) also the server's own ``/props`` flags (``llama_server_caps``)."""
     from ggufx.chat.dialect import analyze
-    from ggufx.chat.llamacpp_caps import caps_report
+    from ggufx.chat.llamacpp.caps import caps_report
     from ggufx.chat.render import time_budget
 
     tmpl = ts.get(name)
     with time_budget():
         res = {"source": source, **analyze(tmpl, template_variables(ts, variables)).to_dict(), **caps_report(tmpl)}
     if server is not None:
-        from ggufx.chat.llamacpp_server import server_caps
+        from ggufx.chat.llamacpp.server import server_caps
 
         res["llama_server_caps"] = server_caps(server)
     return res
@@ -765,7 +765,7 @@ def template_render(
         for label, conv in conversations:
             try:
                 if engine == "llama.cpp":
-                    from ggufx.chat.llamacpp_caps import render_server
+                    from ggufx.chat.llamacpp.caps import render_server
 
                     out, _ = render_server(
                         tmpl,
@@ -801,7 +801,7 @@ def _server_render(
     server: str, conv: dict, add_generation_prompt: bool, variables: dict[str, Any] | None, local: dict[str, Any]
 ) -> dict[str, Any]:
     """The server's prompt as the output, ggufx's llama.cpp rendering beside it."""
-    from ggufx.chat.llamacpp_server import apply_template
+    from ggufx.chat.llamacpp.server import apply_template
     from ggufx.chat.render import RenderError
 
     r: dict[str, Any] = {"conversation": local["conversation"]}

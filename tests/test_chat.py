@@ -11,6 +11,7 @@ import pytest
 
 import ggufx
 from ggufx.chat.dialect import analyze
+from ggufx.chat.dialects import DIALECTS, canonical, lookup
 from ggufx.chat.lint import lint
 from ggufx.chat.render import RenderError, render
 from ggufx.chat.samples import NAMES, sample
@@ -64,6 +65,35 @@ def test_family_and_dialect_of_real_templates(name: str) -> None:
     assert (info.family, info.dialect) == EXPECTED[name]
     if info.dialect not in ("none", "unknown"):
         assert info.renders_tool_calls and info.dialect_description
+
+
+def test_dialect_aliases_resolve_to_their_family() -> None:
+    # the names llama.cpp gives its handlers (caps.handler_of checks them) are aliases of the names
+    # `template info --json` prints
+    expected = {
+        "gpt-oss": "harmony",
+        "llm-jp-harmony": "harmony",
+        "kimi-k2": "kimi",
+        "qwen3-coder": "qwen3-coder-xml",
+        "deepseek-v3.2": "deepseek-dsml",
+        "gigachat-v3": "gigachat",
+        "minicpm5": "minicpm-xml",
+        "muse-glimmer": "atem-xml",
+        "ministral-3": "mistral",
+        "cohere2moe": "command-r",
+        "ling3": "glm-xml",
+        "lfm2.5": "lfm2",
+    }
+    assert {a: d.name for d in DIALECTS for a in d.aliases} == expected
+    for alias, name in expected.items():
+        assert canonical(alias) == name and lookup(alias) is lookup(name)
+    names = [n for d in DIALECTS for n in (d.name, *d.aliases)]
+    assert len(names) == len(set(names))  # one family per name
+    for d in DIALECTS:
+        assert canonical(d.name) == d.name
+    assert lookup("unknown") is None and lookup("none") is None
+    with pytest.raises(KeyError):
+        canonical("gpt-oss-2")
 
 
 # (template, sample conversation): transformers itself refuses to render these (with and without the

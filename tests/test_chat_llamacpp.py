@@ -1,5 +1,5 @@
 """llama.cpp's verdict on chat templates: its Jinja engine (``ggufx.chat.llamacpp``), its capability
-flags and llama-server's inputs (``ggufx.chat.llamacpp_caps``), lint's engine comparison and the
+flags and llama-server's inputs (``ggufx.chat.llamacpp.caps``), lint's engine comparison and the
 per-command time budget.
 
 The reference is llama-server itself. ``tests/fixtures/templates/llamacpp/llama-server.json`` holds
@@ -24,9 +24,10 @@ from types import ModuleType
 
 import pytest
 
+from ggufx.chat.dialect import analyze
 from ggufx.chat.lint import lint, marking_hazards
 from ggufx.chat.llamacpp import compile_program, run_json
-from ggufx.chat.llamacpp_caps import FLAGS, caps_of, render_server, supports_thinking
+from ggufx.chat.llamacpp.caps import FLAGS, caps_of, handler_of, render_server, supports_thinking
 from ggufx.chat.render import RenderError, budget_deadline, time_budget
 from ggufx.chat.samples import NAMES, sample
 
@@ -109,6 +110,36 @@ def test_issue_verdicts_differ_from_transformers_as_llama_cpp_says() -> None:
     assert fire.supports_system_role and not fire.supports_tools
     r1 = caps_of(_source("llama-cpp-deepseek-r1"))  # tojson of a generator-like map
     assert r1.supports_tools and r1.supports_tool_calls
+
+
+def test_handlers_and_dialect_detection_name_a_family_alike() -> None:
+    """caps.handler_of (which of llama.cpp's model-specific handlers takes a template) and
+    dialect.analyze (which dialect the rendered tool call is in) use one name per family."""
+    seen: dict[str, set[str]] = {}
+    for path in sorted({_path(n) for n in NAMES_LLAMA} | set(TEMPLATES.glob("*.jinja"))):
+        src = path.read_text(encoding="utf-8")
+        handler = handler_of(src)
+        if handler is not None:
+            seen.setdefault(handler, set()).add(analyze(src).dialect)
+    # each of the 15 families handler_of can name (its 17 llama.cpp handlers) takes a template here, and
+    # where a dialect is detected at all it is the handler's
+    assert {h: d - {"none", "unknown"} for h, d in seen.items()} == {
+        "atem-xml": {"atem-xml"},
+        "command-r": {"command-r"},
+        "deepseek-dsml": {"deepseek-dsml"},
+        "functionary-v3.2": {"functionary-v3.2"},
+        "gemma4": {"gemma4"},
+        "gigachat": {"gigachat"},
+        "glm-xml": {"glm-xml"},
+        "harmony": {"harmony"},
+        "kimi": {"kimi"},
+        "kimi-k3": {"kimi-k3"},
+        "lfm2": {"lfm2"},
+        "minicpm-xml": {"minicpm-xml"},
+        "minimax-m3": {"minimax-m3"},
+        "mistral": {"mistral"},
+        "qwen3-coder-xml": {"qwen3-coder-xml"},
+    }
 
 
 # -- rendering as llama-server does ------------------------------------------------------------------
@@ -428,6 +459,76 @@ def _recorder() -> ModuleType:
     sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
     return mod
+
+
+# -- the package follows llama.cpp's files ----------------------------------------------------------
+
+ENGINE = ROOT / "ggufx" / "chat" / "llamacpp"
+# what each module of ggufx.chat.llamacpp may import from the package: value <- builtins <- runtime <-
+# driver <- caps <- server, the parser none of value, builtins or runtime, and nothing the package's
+# __init__ (which re-exports the driver's entry points)
+ENGINE_IMPORTS = {
+    "value": set(),
+    "builtins": {"value"},
+    "runtime": {"value", "builtins"},
+    "parser": set(),
+    "driver": {"value", "builtins", "runtime", "parser"},
+    "caps": {"value", "builtins", "runtime", "parser", "driver"},
+    "server": {"value", "builtins", "runtime", "parser", "driver", "caps"},
+    "__init__": {"driver"},
+}
+# and from the rest of ggufx, only modules that do not import the package
+ENGINE_IMPORTS_OUTSIDE = {"ggufx.errors", "ggufx.chat.render", "ggufx.chat.dialects"}
+
+
+def _ggufx_imports(path: Path) -> set[str]:
+    """Every ggufx module ``path`` imports, anywhere in it (inside functions and ``if TYPE_CHECKING:``
+    blocks too); ``from P import m`` counts as ``P.m`` when ``m`` is a module of the engine."""
+    import ast
+
+    package = "ggufx.chat.llamacpp"
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            if base == package:
+                found.update(f"{base}.{a.name}" if a.name in ENGINE_IMPORTS else base for a in node.names)
+            else:
+                found.add(base)
+    return {m for m in found if m == "ggufx" or m.startswith("ggufx.")}
+
+
+def test_the_engines_modules_import_one_way(tmp_path: Path) -> None:
+    # the check sees every kind of import: inside a function, under TYPE_CHECKING, relative, a submodule
+    # named in ``from PACKAGE import``, the package itself
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from ggufx.chat.llamacpp.runtime import Runtime\n"
+        "def f():\n    import ggufx.chat.lint\n    from . import caps\n    from .driver import run_json\n"
+        "    from ggufx.chat.llamacpp import parser, compile_program\n",
+        encoding="utf-8",
+    )
+    assert _ggufx_imports(probe) == {
+        "ggufx.chat.llamacpp.runtime",
+        "ggufx.chat.lint",
+        "ggufx.chat.llamacpp.caps",
+        "ggufx.chat.llamacpp.driver",
+        "ggufx.chat.llamacpp.parser",
+        "ggufx.chat.llamacpp",
+    }
+    assert {p.stem for p in ENGINE.glob("*.py")} == set(ENGINE_IMPORTS)
+    for mod, allowed in ENGINE_IMPORTS.items():
+        imported = _ggufx_imports(ENGINE / f"{mod}.py")
+        inside = {m.removeprefix("ggufx.chat.llamacpp.") for m in imported if m.startswith("ggufx.chat.llamacpp.")}
+        outside = {m for m in imported if not m.startswith("ggufx.chat.llamacpp.")}
+        assert inside <= allowed, (mod, inside - allowed)
+        assert outside <= ENGINE_IMPORTS_OUTSIDE, (mod, outside - ENGINE_IMPORTS_OUTSIDE)
 
 
 @pytest.mark.llamacpp

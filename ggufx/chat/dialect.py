@@ -1,4 +1,5 @@
-"""What a chat template speaks: its family (turn markup) and its tool-call dialect.
+"""What a chat template speaks: its family (turn markup) and its tool-call dialect (one of
+:mod:`ggufx.chat.dialects`' table).
 
 Detection renders the built-in conversations and inspects the *output*, not only the source:
 a template that mentions ``<tool_call>`` in a comment but never emits one is not a tool template,
@@ -14,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ggufx.chat.dialects import DIALECTS, lookup
 from ggufx.chat.render import RenderError, render
 from ggufx.chat.samples import (
     REASONING_MARKER,
@@ -47,76 +49,6 @@ FAMILIES: tuple[tuple[str, str], ...] = (
     ("kimi-k3", "<|open|>message"),
     ("hunyuan", "<｜hy_"),
 )
-
-# (dialect, regex on the rendered tool conversation, description); first match wins
-DIALECTS: tuple[tuple[str, str, str], ...] = (
-    (
-        "qwen3-coder-xml",
-        r"<tool_call>\s*<function=get_weather>\s*<parameter=city>",
-        "<tool_call><function=NAME><parameter=ARG>...</parameter></function></tool_call> (Qwen3-Coder, Qwen 3.5/3.6)",
-    ),
-    (
-        "seed-oss-xml",
-        r"<seed:tool_call>\s*<function=get_weather>",
-        "<seed:tool_call><function=NAME><parameter=ARG> (Seed-OSS)",
-    ),
-    (
-        "glm-xml",
-        r"<tool_call>\s*get_weather\s*<arg_key>city</arg_key>",
-        "<tool_call>NAME<arg_key>ARG</arg_key><arg_value>... (GLM 4.5+)",
-    ),
-    (
-        "hermes-json",
-        r"<tool_call>\s*\{\s*\"name\"\s*:\s*\"get_weather\"",
-        '<tool_call>{"name": ..., "arguments": ...}</tool_call> (Qwen 2.5/3, Hermes)',
-    ),
-    ("minimax-xml", r"<minimax:tool_call>", "<minimax:tool_call><invoke name=NAME> (MiniMax M2)"),
-    ("minimax-m3", r"\]<\]minimax\[>\[<tool_call>", "]<]minimax[>[<tool_call> (MiniMax M3)"),
-    (
-        "deepseek-dsml",
-        r"<｜DSML｜function_calls>",
-        "<｜DSML｜function_calls><｜DSML｜invoke name=NAME> (DeepSeek V3.2/V4)",
-    ),
-    ("kimi-k3", r"<\|open\|>call tool=\"get_weather\"", "<|open|>call tool=NAME (Kimi K3)"),
-    ("hunyuan", r"<tool_call:opensource>", "<tool_call:opensource>NAME<arg_key:opensource> (Hunyuan)"),
-    ("apertus", r"<\|tools_prefix\|>", "<|tools_prefix|>[{NAME: {...}}] (Apertus)"),
-    ("apriel", r"<tool_calls>\s*\[\s*\{\s*\"name\"", '<tool_calls>[{"name": ...}]</tool_calls> (Apriel)'),
-    ("gigachat", r"function call<\|role_sep\|>", "function call<|role_sep|>{...} (GigaChat)"),
-    (
-        "minicpm-xml",
-        r"<function name=\"get_weather\">\s*<param name=",
-        "<function name=NAME><param name=ARG> (MiniCPM)",
-    ),
-    ("atem-xml", r"<atem:function_calls>", "<atem:function_calls> (Muse)"),
-    ("kimi", r"<\|tool_calls_section_begin\|>", "<|tool_calls_section_begin|> (Kimi K2)"),
-    ("deepseek", r"<｜tool▁call▁begin｜>|<｜tool▁calls▁begin｜>", "<｜tool▁calls▁begin｜> (DeepSeek)"),
-    (
-        "harmony",
-        r"to=functions\.get_weather",
-        "<|start|>assistant<|channel|>commentary to=functions.NAME (gpt-oss harmony)",
-    ),
-    (
-        "llama3-json",
-        r"<\|python_tag\|>|\{\s*\"name\"\s*:\s*\"get_weather\"\s*,\s*\"parameters\"",
-        '{"name": ..., "parameters": ...} / <|python_tag|> (Llama 3.x)',
-    ),
-    ("mistral", r"\[TOOL_CALLS\]", "[TOOL_CALLS][{...}] (Mistral)"),
-    ("command-r", r"<\|START_ACTION\|>|Action:\s*```json", "<|START_ACTION|> / Action: ```json (Command-R)"),
-    ("granite", r"<\|tool_call\|>", "<|tool_call|>[{...}] (Granite 3.x)"),
-    ("functionary-v3.2", r">>>\s*get_weather", ">>>NAME\\n{...} (Functionary v3.2)"),
-    ("functionary-v3.1", r"<function=get_weather>\s*\{", "<function=NAME>{...}</function> (Functionary v3.1)"),
-    ("gemma4", r"<\|tool_call>", "<|tool_call>call:NAME{...} (Gemma 4)"),
-    ("lfm2", r"<\|tool_call_start\|>", "<|tool_call_start|>[NAME(...)] (LFM2)"),
-    ("solar", r"<\|tool_call:begin\|>", "<|tool_call:begin|> (Solar Open)"),
-    ("nemotron-json", r"<TOOLCALL>", "<TOOLCALL>[{...}]</TOOLCALL> (Nemotron Nano v2)"),
-    (
-        "xml-function",
-        r"<function=get_weather>\s*<parameter=city>",
-        "<function=NAME><parameter=ARG> without <tool_call>",
-    ),
-    ("json-in-tool-call-tag", r"<tool_call>[^<]*get_weather", "<tool_call>...NAME...</tool_call>"),
-)
-DIALECT_DESCRIPTIONS = {d: text for d, _, text in DIALECTS}
 
 
 @dataclass(slots=True)
@@ -200,9 +132,9 @@ def dialect_of(output: str) -> str:
     question is searched: tool *definitions* (and examples in the system prompt) come before it."""
     at = output.find(USER_QUESTION)
     calls = output[at + len(USER_QUESTION) :] if at >= 0 else output
-    for name, pattern, _ in DIALECTS:
-        if re.search(pattern, calls):
-            return name
+    for d in DIALECTS:
+        if re.search(d.pattern, calls):
+            return d.name
     return "none" if "get_weather" not in calls else "unknown"
 
 
@@ -242,7 +174,7 @@ def analyze(source: str, variables: dict[str, Any] | None = None) -> TemplateInf
         hashlib.sha256(source.encode("utf-8", "surrogateescape")).hexdigest(),
         family,
         dialect,
-        DIALECT_DESCRIPTIONS.get(dialect),
+        found.description if (found := lookup(dialect)) is not None else None,
         supports_tools,
         renders_calls,
         reasoning,

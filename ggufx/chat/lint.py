@@ -246,7 +246,7 @@ def _llamacpp_checks(
     """Render each built-in conversation as llama-server does and compare with transformers.
     Returns False when the command's time budget ran out (nothing more to check)."""
     from ggufx.chat.llamacpp import compile_program
-    from ggufx.chat.llamacpp_caps import caps_of, render_server
+    from ggufx.chat.llamacpp.caps import caps_of, render_server
 
     try:
         compile_program(source)

@@ -10,7 +10,7 @@ whether content is tested as a string or read as an array (``supports_string_con
 ``supports_typed_content``), a reasoning placeholder deep in the history
 (``supports_preserve_reasoning``) and ``reasoning_effort`` (``supports_reasoning_effort``). A probe
 that fails counts as caps.cpp counts it (some checks need success, some read the statistics of the
-part that ran). The probes run in :mod:`ggufx.chat.llamacpp`, with llama.cpp's rules.
+part that ran). The probes run in :mod:`ggufx.chat.llamacpp`, with llama.cpp's rules (this is ``caps.cpp``).
 
 llama-server then adapts the messages to the flags before every render: a system message is merged
 into the next one when the system role is unsupported, tool call arguments become objects when
@@ -25,8 +25,12 @@ import time
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ggufx.chat.llamacpp import LIMITS, Arr, JStr, Obj, Program, compile_program, execute, from_json, run_json
-from ggufx.chat.render import Limits, RenderError
+from ggufx.chat.dialects import canonical
+from ggufx.chat.llamacpp.driver import LIMITS, compile_program, execute, run_json
+from ggufx.chat.llamacpp.parser import Program
+from ggufx.chat.llamacpp.value import Arr, JStr, Obj, from_json
+from ggufx.chat.render import Limits
+from ggufx.errors import RenderError
 
 CONTENT_MARKER = "STRING_MARKER"
 REASONING_PLACEHOLDER = "<REASONING_CONTENT_PLACEHOLDER>"
@@ -266,7 +270,9 @@ _WS = " \t\n\v\f\r"
 
 def handler_of(src: str) -> str | None:
     """The model-specific handler llama-server picks for ``src`` (common_chat_try_specialized_template,
-    first match wins), or None: its generic differential autoparser."""
+    first match wins), named by the tool-call dialect it parses (:mod:`ggufx.chat.dialects`' canonical
+    name; the checks below use llama.cpp's own handler names, the table's aliases), or None: its
+    generic differential autoparser."""
     has = src.__contains__
     checks: tuple[tuple[str, bool], ...] = (
         ("ministral-3", has("[SYSTEM_PROMPT]") and has("[TOOL_CALLS]") and has("[ARGS]") and not has("[CALL_ID]")),
@@ -293,7 +299,7 @@ def handler_of(src: str) -> str | None:
             and not has("'<tool_call><function=' ~ tool_call.name ~ '>'"),
         ),
     )
-    return next((name for name, hit in checks if hit), None)
+    return next((canonical(name) for name, hit in checks if hit), None)
 
 
 def _specialized_thinking(src: str) -> bool | None:
@@ -301,9 +307,9 @@ def _specialized_thinking(src: str) -> bool | None:
     handler = handler_of(src)
     if handler is None:
         return None
-    if handler == "qwen3-coder":
+    if handler == "qwen3-coder-xml":
         return "<think>" in src
-    return handler not in ("functionary-v3.2", "gigachat-v3")
+    return handler not in ("functionary-v3.2", "gigachat")
 
 
 def _handler_messages(src: str, msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -311,7 +317,7 @@ def _handler_messages(src: str, msgs: list[dict[str, Any]]) -> list[dict[str, An
     content blocks; LFM2: reasoning copied to ``thinking``; an outdated Gemma 4 template: tool
     results folded into the assistant turn as ``tool_responses``)."""
     handler = handler_of(src)
-    if handler == "ministral-3":
+    if handler == "mistral":  # only Ministral 3's templates have a handler (ministral-3)
         out = []
         for m in msgs:
             if m.get("role") not in ("system", "assistant"):
@@ -328,7 +334,7 @@ def _handler_messages(src: str, msgs: list[dict[str, Any]]) -> list[dict[str, An
             m["content"] = blocks
             out.append(m)
         return out
-    if handler in ("lfm2", "lfm2.5"):
+    if handler == "lfm2":  # lfm2 and lfm2.5
         for m in msgs:
             if isinstance(m.get("reasoning_content"), str):
                 m["thinking"] = m["reasoning_content"]

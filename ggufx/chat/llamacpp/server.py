@@ -1,6 +1,6 @@
 """Ask a running llama-server about its chat template: ``POST /apply-template`` renders a
 conversation with the server's own template and engine (the ground truth for
-:func:`ggufx.chat.llamacpp_caps.render_server`), ``GET /props`` gives its ``chat_template_caps``.
+:func:`ggufx.chat.llamacpp.caps.render_server`), ``GET /props`` gives its ``chat_template_caps``.
 
 ``LLAMA_API_KEY`` is sent as a bearer token, as llama-server reads it for ``--api-key``.
 """
@@ -11,9 +11,8 @@ import json
 import os
 from typing import Any
 
-from ggufx.chat.llamacpp_caps import FLAGS
-from ggufx.chat.render import RenderError
-from ggufx.errors import SourceError
+from ggufx.chat.llamacpp.caps import FLAGS
+from ggufx.errors import RenderError, SourceError
 
 
 def _base(url: str) -> str:
@@ -64,8 +63,9 @@ def apply_template(
     if kwargs:
         body["chat_template_kwargs"] = kwargs
     status, res = _call(url, "/apply-template", body, timeout)
-    if status == 200 and isinstance(res, dict) and isinstance(res.get("prompt"), str):
-        return res["prompt"]
+    prompt = res.get("prompt") if isinstance(res, dict) else None
+    if status == 200 and isinstance(prompt, str):
+        return prompt
     err = res.get("error") if isinstance(res, dict) else None
     msg = err.get("message") if isinstance(err, dict) else None
     lines = [ln.strip() for ln in (msg or f"HTTP {status}").splitlines() if ln.strip()]
