@@ -1,6 +1,6 @@
 """Per-tensor hashes, a model fingerprint, and manifests to verify files against.
 
-Construction (stable, documented in the README):
+Construction (stable, documented in docs/integrity.md):
 
 * a tensor's hash is xxh3-128 (or sha256) of exactly its ``nbytes`` data bytes (no padding);
 * the **fingerprint** is xxh3-128 over the tensors sorted by name (UTF-8 bytes), each contributing

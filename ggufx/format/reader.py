@@ -9,7 +9,7 @@ known to llama.cpp (a removed one is refused with ggml's note), and the data sec
 padded to the alignment, in order - must be inside the file, as gguf.cpp reads it. Anything else is
 a :class:`~ggufx.errors.GGUFError` naming the file and offset.
 
-Two deliberate differences, both documented in README.md: a tensor whose type id is newer than the
+Two deliberate differences, both documented in docs/hostile-input.md: a tensor whose type id is newer than the
 pinned llama.cpp (``>= GGML_TYPE_COUNT``) is read with its size derived from the next tensor's
 offset (a *last* tensor of such a type is refused: nothing bounds its size), and, as gguf-py
 writes them, big-endian files and nested arrays are read.
