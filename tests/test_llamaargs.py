@@ -271,3 +271,52 @@ def test_options_table_for_each_tool_matches_the_add_opt_filter() -> None:
     assert accepted("-p", "llama-completion") and not accepted("-p", "llama-server")  # set_excludes
     assert accepted("--mmproj", "llama-mtmd-cli") and not accepted("--mmproj", "llama-completion")
     assert accepted("--port") and accepted("-p")  # no tool: any tool ggufx reads
+
+
+# --- llama.cpp's warnings about the context size -------------------------------------------------------
+
+
+_WARNED = ("n_ctx_seq (", "not divisible by n_seq_max", "exceeds the training context", "model was trained on only")
+_TOOL = {"completion": "llama-completion", "server": "llama-server", "mtmd": "llama-mtmd-cli"}
+
+
+def test_context_warnings_are_the_ones_every_recorded_llama_cpp_run_printed(hole_models: dict[str, Path]) -> None:
+    import ggufx
+    from ggufx.analysis.memory.context_warnings import context_warnings
+
+    from .llamacpp_logs import LOGS, RUNS
+
+    compared = warned = 0
+    for rid, run in RUNS.items():
+        if run["tool"] not in _TOOL:
+            continue  # llama-fit-params tries many contexts
+        args = parse_args(run["args"].replace("@", ""), tool=_TOOL[run["tool"]])
+        if args.model not in hole_models:
+            continue
+        log = (LOGS / f"{rid}.log").read_text()
+        printed = [line[2:] for line in log.splitlines() if line.startswith("W ") and any(w in line for w in _WARNED)]
+        ours = context_warnings(ggufx.open(hole_models[args.model]), args.context, args.tool)
+        assert ours == printed, rid
+        compared += 1
+        warned += bool(printed)
+    assert compared > 150 and warned == 2  # smol at -c 16384, Llama 3.2 1B at -c 262144
+
+
+def test_context_warnings_of_each_tool(smollm2_path: Path) -> None:
+    import ggufx
+    from ggufx.analysis.memory.context_warnings import context_warnings
+
+    smol = ggufx.open(smollm2_path)  # trained on 8192 tokens
+    assert context_warnings(smol, parse_args("-c 8192").context) == []
+    assert context_warnings(smol, parse_args("").context) == []  # 0: the training context
+    over = parse_args("llama-server -c 16384")  # 4 unified slots: one sequence of 16384
+    assert context_warnings(smol, over.context, over.tool) == [
+        "llama_context: n_ctx_seq (16384) > n_ctx_train (8192) -- possible training context overflow",
+        "srv    load_model: the slot context (16384) exceeds the training context of the model (8192) - capping",
+    ]
+    split = parse_args("llama-server -c 16384 -np 2")  # two sequences of 8192: within the training context
+    assert context_warnings(smol, split.context, split.tool) == []
+    odd = parse_args("llama-completion -c 1000 -np 3").context  # pad(1000)=1024, pad(1024 // 3)=512, x3
+    assert context_warnings(smol, odd, "llama-completion") == [
+        "llama_context: n_ctx is not divisible by n_seq_max - rounding down to 1536"
+    ]
