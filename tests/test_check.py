@@ -338,6 +338,7 @@ def test_every_tensor_rule_mistake_is_an_error_naming_the_rule_and_line(
         ('[metadata.equals]\n"a.b" = 1\nc = { d = 1 }\n', 3, "[metadata] equals.c is a table"),
         ('[metadata]\nequals = { "general.name" = "x", general.url = "y" }\n', 2, '"general.url" = ...'),
         ('[tensors]\n"x" = { allowed = [\n  "Q8_0",\n  5,\n] }\n', 2, "not an integer (5)"),
+        ('[tensors]\n"z" = { allowed = ["Q8_0",\n  "Q4_K"], type = 3 }\n', 3, "'z' type must be a ggml type name"),
         (  # a table header and key inside a multi-line string are text, not TOML
             '# x\n[companions]\nmmproj = """\n[memory]\nctx = "1"\n"""\n[memory]\nctx = "1"\nbudget = 1\n',
             8,

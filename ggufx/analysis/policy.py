@@ -455,44 +455,42 @@ def _toml_keys(text: str) -> Iterator[tuple[int, tuple[str, ...]]]:
             if end < 0:
                 continue
             line, state.string = line[end + 3 :], None
-            base = state.last
-        elif state.depth == 0 and (header := _HEADER.match(line)):
+        elif state.open:  # the next line of a value still open (an array spans lines)
+            pass
+        elif header := _HEADER.match(line):
             table = _split_key(header.group(1))
             yield n, table
             continue
-        elif state.depth == 0 and (key := _KEY_EQ.match(line)):
-            base = table + _split_key(key.group(1))
-            yield n, base
+        elif key := _KEY_EQ.match(line):
+            state.current = table + _split_key(key.group(1))
+            yield n, state.current
             line = line[key.end() :]
-        elif state.depth == 0:
+        else:
             continue
-        else:  # the next line of a multi-line array
-            base = state.last
-        state.last = base
-        yield from _value_keys(n, base, line, state)
+        yield from _value_keys(n, line, state)
 
 
 class _LineState:
-    """What a value left open at the end of a line: brackets (a multi-line array), a multi-line
-    string's delimiter, and the key the open value belongs to."""
+    """What a value leaves open at the end of a line: its open ``{`` and ``[`` (each with the key
+    whose value it is), a multi-line string's delimiter, and the key whose value comes next."""
 
     def __init__(self) -> None:
-        self.depth = 0
+        self.open: list[tuple[str, tuple[str, ...]]] = []
         self.string: str | None = None
-        self.last: tuple[str, ...] = ()
+        self.current: tuple[str, ...] = ()
 
 
-def _value_keys(n: int, base: tuple[str, ...], value: str, state: _LineState) -> Iterator[tuple[int, tuple[str, ...]]]:
-    """The keys of the inline tables in ``value`` (what follows ``key =`` on line ``n``)."""
-    open_: list[tuple[str, tuple[str, ...]]] = []  # the "{" and "[" open on this line, with their key
-    current = base  # the key whose value comes next
-    i, expect_key = 0, False
+def _value_keys(n: int, value: str, state: _LineState) -> Iterator[tuple[int, tuple[str, ...]]]:
+    """The keys of the inline tables in ``value`` (what follows ``key =`` on line ``n``, or the next
+    line of a value left open)."""
+    open_ = state.open
+    i, expect_key = 0, bool(open_) and open_[-1][0] == "{"  # TOML 1.1 lets an inline table span lines
     while i < len(value):
         if expect_key:
             expect_key = False
             if key := _KEY_EQ.match(value, i):
-                current = (open_[-1][1] if open_ else base) + _split_key(key.group(1))
-                yield n, current
+                state.current = open_[-1][1] + _split_key(key.group(1))
+                yield n, state.current
                 i = key.end()
                 continue
         c = value[i]
@@ -510,13 +508,11 @@ def _value_keys(n: int, base: tuple[str, ...], value: str, state: _LineState) ->
         if c == "#":
             break
         if c in "{[":
-            open_.append((c, current))
-            state.depth += c == "["
+            open_.append((c, state.current))
             expect_key = c == "{"
         elif c in "}]":
             if open_:
-                current = open_.pop()[1]
-            state.depth = max(0, state.depth - (c == "]"))
+                state.current = open_.pop()[1]
         elif c == "," and open_ and open_[-1][0] == "{":
             expect_key = True
         i += 1
