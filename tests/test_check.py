@@ -375,3 +375,27 @@ def test_range_sentences_are_complete(tmp_path: Path, key: str, bounds: str, sai
     p.write_text(f"[model]\n{key} = {{ {bounds} }}\n")
     (res,) = check(ggufx.open(V3), load_policy(str(p))).results
     assert re.fullmatch(rf"{key} [\d.,]+ {'is' if res.passed else 'is not'} {said}", res.reason), res.reason
+
+
+@pytest.mark.parametrize("layout", ["header", "dotted", "inline"])
+@pytest.mark.parametrize("section,key", list(GOOD), ids=[f"{s}.{k}" for s, k in GOOD])
+def test_the_line_is_the_typos_own_whatever_the_layout(tmp_path: Path, section: str, key: str, layout: str) -> None:
+    # the typo'd key also appears earlier in a comment and inside a string, where a text search finds it
+    typo = key + "x"
+    other = "fingerprint" if section == "companions" else "companions"
+    value = {"fingerprint": '"00"', "companions": '"mmproj.gguf"'}[other]
+    decoy = f"# {typo} = 1 was the old name\n[{other}]\n{'equals' if other == 'fingerprint' else 'mmproj'} = {value}"
+    decoy += f'  # "{typo} ="\n'
+    if other == "companions":
+        decoy = decoy.replace('"mmproj.gguf"', f'"{typo} = {{"')
+    budget = ', budget = "1GiB"' if section == "memory" else ""
+    body = {
+        "header": f"[{section}]\n{typo} = {GOOD[section, key]}\n"
+        + ('budget = "1GiB"\n' if section == "memory" else ""),
+        "dotted": f"{section}.{typo} = {GOOD[section, key]}\n",
+        "inline": f"{section} = {{ {typo} = {GOOD[section, key]}{budget} }}\n",
+    }[layout]
+    err = _policy_error(tmp_path, body + decoy if layout != "header" else decoy + body)
+    line = int(err.message.split(":")[0].removeprefix("line "))
+    text = (tmp_path / "policy.toml").read_text().splitlines()
+    assert text[line - 1].lstrip().startswith((typo, f"{section}.{typo}", f"{section} = {{ {typo}")), err.message
