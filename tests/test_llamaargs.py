@@ -92,6 +92,14 @@ def test_an_argument_of_another_tool_is_refused() -> None:
     )
     assert "invalid argument: -p" in _refused("llama-server -m m.gguf -p hi")
     assert "invalid argument: -md" in _refused("llama-completion -m m.gguf -md d.gguf")
+    assert "(llama-fit-params does not accept it; llama-server, llama-cli, llama-mtmd-cli do)" in _refused(
+        "llama-fit-params --mmproj p.gguf"
+    )
+    # llama-perplexity's argument: llama.cpp knows it, none of the tools ggufx reads accepts it
+    assert "(llama-server does not accept it)" in _refused("llama-server --ppl-stride 5")
+    assert "(llama-server, llama-cli, llama-completion, llama-mtmd-cli, llama-fit-params do not" in _refused(
+        "--ppl-stride 5"
+    )
     assert parse_args("llama-server -m m.gguf -md d.gguf").draft == "d.gguf"
     # no program, no tool: any tool ggufx reads may accept it
     assert parse_args("--port 8080 -p hi").others == ["--port", "8080", "-p", "hi"]

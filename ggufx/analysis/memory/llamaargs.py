@@ -135,9 +135,9 @@ def _refusal(word: str, tool: str | None) -> str:
         return msg + " (llama.cpp takes no positional arguments: the model is -m FILE)"
     others = [t for t in TOOL_NAMES if t != tool and name in _options(t)]
     if tool is not None and others:
-        return msg + f" ({tool} does not accept it; {', '.join(others)} does)"
-    if tool is not None and any(name in names or name in neg for names, neg, *_ in ARGS):
-        return msg + f" ({tool} does not accept it)"
+        return msg + f" ({tool} does not accept it; {', '.join(others)} {'does' if len(others) == 1 else 'do'})"
+    if any(name in names or name in neg for names, neg, *_ in ARGS):
+        return msg + f" ({tool or ', '.join(TOOL_NAMES)} {'does' if tool else 'do'} not accept it)"
     return msg + f" (llama.cpp {LLAMA_CPP_VERSION} has no such argument)"
 
 
