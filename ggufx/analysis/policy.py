@@ -1,6 +1,9 @@
 """Policy checks for CI: a TOML policy of rules, each a PASS or FAIL with a reason.
 
-Schema (every section optional; unknown sections or keys are errors that name their line):
+Schema (every section optional). Every key and value is checked before any rule runs: an unknown
+section or key, a value of the wrong kind (a number where a table is wanted...), a bound that is
+not a number, a min above its max or a rule that checks nothing is a PolicyError naming the key and
+its line, never a rule that passes (:func:`validate_policy`):
 
     [model]
     architecture = "llama"                 # or a list of allowed architectures
@@ -46,9 +49,8 @@ from __future__ import annotations
 import hashlib
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, NoReturn
 
 from ggufx.analysis.roles import parse_name
@@ -97,16 +99,9 @@ class CheckReport:
         return {"path": self.path, "passed": self.passed, "results": [r.to_dict() for r in self.results]}
 
 
-def _line_of(text: str, needle: str) -> int | None:
-    """The number (from 1) of the first line of ``text`` containing ``needle``."""
-    for i, line in enumerate(text.splitlines(), 1):
-        if needle in line:
-            return i
-    return None
-
-
 def load_policy(path: str) -> dict[str, Any]:
-    """Parse and validate a policy file; a typo is a PolicyError naming its line."""
+    """Parse and validate a policy file; a typo or a value of the wrong kind is a PolicyError naming
+    the key and its line (:func:`validate_policy`)."""
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover
@@ -121,31 +116,10 @@ def load_policy(path: str) -> dict[str, Any]:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise PolicyError(path, None, f"invalid TOML: {e}") from None
-
-    def fail(needle: str, msg: str) -> NoReturn:
-        """Raise ``msg`` as a PolicyError naming the first line that contains ``needle``."""
-        line = _line_of(text, needle)
-        raise PolicyError(path, None, (f"line {line}: " if line else "") + msg)
-
-    for section, body in doc.items():
-        if section not in SCHEMA:
-            fail(f"[{section}", f"unknown section [{section}] (known: {', '.join(sorted(SCHEMA))})")
-        if not isinstance(body, dict):
-            fail(section, f"[{section}] must be a table")
-        if section == "tensors":
-            for pattern, rule in body.items():
-                _validate_tensor_rule(pattern, rule, partial(fail, pattern))
-        elif section == "companions":
-            for key, value in body.items():
-                if key not in SCHEMA[section]:
-                    fail(key, f"unknown key {key!r} in [{section}] (known: {', '.join(sorted(SCHEMA[section]))})")
-                if not isinstance(value, str) or not value:
-                    fail(key, f"[companions] {key} must be a path (a string)")
-                body[key] = companion_path(path, value)
-        else:
-            for key in body:
-                if key not in SCHEMA[section]:
-                    fail(key, f"unknown key {key!r} in [{section}] (known: {', '.join(sorted(SCHEMA[section]))})")
+    validate_policy(doc, path, text)
+    companions = doc.get("companions", {})
+    for key, value in companions.items():
+        companions[key] = companion_path(path, value)
     return doc
 
 
@@ -158,33 +132,413 @@ def companion_path(policy_path: str, value: str) -> str:
     return os.path.join(os.path.dirname(policy_path), value)
 
 
-def _validate_tensor_rule(pattern: str, rule: object, fail: Callable[[str], NoReturn]) -> None:
+# --- validation --------------------------------------------------------------------------------
+# Every value of a policy is checked against what its rule reads before any rule runs: a key the
+# rule does not know, a table where a number is wanted (or the reverse), a bound that is not a
+# number, a range whose min is above its max, a rule that names nothing to check. Each is a
+# PolicyError naming the key (``[model] bpw.mn``) and the line of the policy it is on, so that a
+# typo can never become a check that passes.
+
+Key = tuple[str | int, ...]  # a key path in the parsed document: ("model", "bpw", "mn"); ints index arrays
+Fail = Callable[[Key, str], NoReturn]
+ValueCheck = Callable[[Key, Any, Fail], None]
+
+RANGE_KEYS = ("min", "max")  # [model] bpw, bpw_weights, parameters: numbers, both inclusive
+
+
+def validate_policy(doc: dict[str, Any], path: str = "(policy)", text: str = "") -> None:
+    """Check every section, key and value of a parsed policy; the first problem is a PolicyError
+    naming the key and, when ``text`` (the TOML source) is given, its line."""
+
+    def fail(key: Key, msg: str) -> NoReturn:
+        line = _line_of_key(text, key) if text else None
+        raise PolicyError(path, None, (f"line {line}: " if line else "") + msg)
+
+    for section, body in doc.items():
+        if section not in SCHEMA:
+            fail((section,), f"unknown section [{section}] (known: {', '.join(sorted(SCHEMA))})")
+        if not isinstance(body, dict):
+            fail((section,), f"[{section}] must be a table, not {_kind(body)}")
+        if section == "tensors":
+            for pattern, rule in body.items():
+                _validate_tensor_rule(pattern, rule, fail)
+            continue
+        for key, value in body.items():
+            if key not in SCHEMA[section]:
+                known = ", ".join(sorted(SCHEMA[section]))
+                fail((section, key), f"unknown key {key!r} in [{section}] (known: {known})")
+            _VALUE_CHECKS[section, key]((section, key), value, fail)
+    memory = doc.get("memory")
+    if memory and "budget" not in memory:
+        fail(("memory",), "[memory] has no budget: without one its rule cannot fail")
+
+
+def _kind(value: object) -> str:
+    """What TOML calls the kind of ``value``, with the value: ``a float (5.0)``, ``a table``."""
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, int):
+        return f"an integer ({value})"
+    if isinstance(value, float):
+        return f"a float ({value})"
+    if isinstance(value, str):
+        return f"a string ({value!r})"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return f"a date/time ({value})"  # the only other kind TOML has
+
+
+def _name(key: Key) -> str:
+    """``[model] bpw.min`` for ("model", "bpw", "min"); an array item as ``required[2]``."""
+    out = ""
+    for k in key[1:]:
+        out += f"[{k}]" if isinstance(k, int) else (f".{k}" if out else k)
+    return f"[{key[0]}]" + (f" {out}" if out else "")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _range_rule(key: Key, value: Any, fail: Fail) -> None:
+    """``{ min = N, max = N }``: a table of the known keys, at least one, numbers, min <= max."""
+    import math
+
+    if not isinstance(value, dict):
+        fail(key, f"{_name(key)} must be a table such as {{ min = 4.5, max = 5.6 }}, not {_kind(value)}")
+    for k, bound in value.items():
+        if k not in RANGE_KEYS:
+            fail((*key, k), f"unknown key {k!r} in {_name(key)} (known: {', '.join(RANGE_KEYS)})")
+        if not _is_number(bound) or math.isnan(bound):
+            fail((*key, k), f"{_name((*key, k))} must be a number, not {_kind(bound)}")
+    if not value:
+        fail(key, f"{_name(key)} is empty: give min, max or both")
+    if "min" in value and "max" in value and value["min"] > value["max"]:
+        fail(key, f"{_name(key)}: min {value['min']} is greater than max {value['max']}")
+
+
+def _string(key: Key, value: Any, fail: Fail, known: Collection[str] | None = None, what: str = "") -> None:
+    """A non-empty string; one of ``known`` when given."""
+    if not isinstance(value, str):
+        fail(key, f"{_name(key)} must be a string, not {_kind(value)}")
+    if not value:
+        fail(key, f"{_name(key)} is an empty string")
+    if known is not None and value not in known:
+        fail(key, f"{_name(key)}: unknown {what} {value!r} (known: {', '.join(sorted(known))})")
+
+
+def _strings(key: Key, value: Any, fail: Fail, known: Collection[str] | None = None, what: str = "") -> None:
+    """A non-empty array of non-empty strings (each one of ``known`` when given)."""
+    if not isinstance(value, list):
+        fail(key, f"{_name(key)} must be an array of strings, not {_kind(value)}")
+    if not value:
+        fail(key, f"{_name(key)} is an empty array: a rule that checks nothing")
+    for i, item in enumerate(value):
+        _string((*key, i), item, fail, known, what)
+
+
+def _string_or_strings(known: Callable[[], Collection[str]] | None = None, what: str = "") -> ValueCheck:
+    """A string, or a non-empty array of them (``architecture``, ``dialect``); ``known()`` is asked
+    only when a value is checked (its names come from modules a policy may not otherwise need)."""
+
+    def check(key: Key, value: Any, fail: Fail) -> None:
+        names = known() if known is not None else None
+        if isinstance(value, list):
+            _strings(key, value, fail, names, what)
+        elif isinstance(value, str):
+            _string(key, value, fail, names, what)
+        else:
+            fail(key, f"{_name(key)} must be a string or an array of strings, not {_kind(value)}")
+
+    return check
+
+
+def _one_of(known: Callable[[], Collection[str]], what: str) -> ValueCheck:
+    """A string naming one of ``known()``."""
+    return lambda key, value, fail: _string(key, value, fail, known(), what)
+
+
+def _hex_digest(digits: int, what: str) -> ValueCheck:
+    """A digest as ggufx prints it: ``digits`` hexadecimal digits (either case)."""
+
+    def check(key: Key, value: Any, fail: Fail) -> None:
+        _string(key, value, fail)
+        if not re.fullmatch(f"[0-9a-fA-F]{{{digits}}}", value):
+            fail(key, f"{_name(key)} must be {what} ({digits} hexadecimal digits), not {value!r}")
+
+    return check
+
+
+def _integer(minimum: int, meaning: str) -> ValueCheck:
+    def check(key: Key, value: Any, fail: Fail) -> None:
+        if not isinstance(value, int) or isinstance(value, bool):
+            fail(key, f"{_name(key)} must be an integer ({meaning}), not {_kind(value)}")
+        if value < minimum:
+            fail(key, f"{_name(key)} must be at least {minimum} ({meaning}), not {value}")
+
+    return check
+
+
+def _boolean(key: Key, value: Any, fail: Fail) -> None:
+    if not isinstance(value, bool):
+        fail(key, f"{_name(key)} must be true or false, not {_kind(value)}")
+
+
+def _metadata_equals(key: Key, value: Any, fail: Fail) -> None:
+    """``{ "general.architecture" = "llama", ... }``: metadata keys (quoted) to plain values."""
+    if not isinstance(value, dict):
+        fail(key, f'{_name(key)} must be a table such as {{ "general.architecture" = "llama" }}, not {_kind(value)}')
+    if not value:
+        fail(key, f"{_name(key)} is an empty table: a rule that checks nothing")
+    for k, want in value.items():
+        if isinstance(want, dict):  # `general.architecture = "x"` unquoted is a table in TOML
+            inner = next(iter(want), "key")
+            fail((*key, k), f'{_name((*key, k))} is a table: quote a dotted metadata key ("{k}.{inner}" = ...)')
+        for item in want if isinstance(want, list) else [want]:
+            if not isinstance(item, (str, int, float, bool)):
+                fail((*key, k), f"{_name((*key, k))} must be a string, number, boolean or an array of them")
+
+
+def _budget(key: Key, value: Any, fail: Fail) -> None:
+    """``"24GiB"`` or a number of bytes, more than 0."""
+    from ggufx.analysis.memory.estimate import parse_size
+
+    if _is_number(value):
+        size = value
+    elif isinstance(value, str):
+        try:
+            size = parse_size(value)
+        except ValueError as e:
+            fail(key, f"{_name(key)}: {e}")
+    else:
+        fail(key, f'{_name(key)} must be a size such as "24GiB" (or a number of bytes), not {_kind(value)}')
+    if not size > 0:
+        fail(key, f"{_name(key)} must be more than 0 bytes, not {value!r}")
+
+
+def _companion(key: Key, value: Any, fail: Fail) -> None:
+    if not isinstance(value, str) or not value:
+        fail(key, f"[companions] {key[-1]} must be a path (a non-empty string), not {_kind(value)}")
+
+
+def _file_types() -> set[str]:
+    """Every ``general.file_type`` label (``Q4_K_M``...), as ``ggufx info`` prints them."""
+    from ggufx.format.ggmltypes import _FILE_TYPES, file_type_label
+
+    return {label for fid in _FILE_TYPES if (label := file_type_label(fid))}
+
+
+def _dialects() -> set[str]:
+    """Every tool-call dialect ``ggufx template info`` reports."""
+    from ggufx.chat.dialect import DIALECTS
+
+    return {name for name, _, _ in DIALECTS} | {"none", "unknown"}
+
+
+def _cache_types() -> tuple[str, ...]:
+    from ggufx.format.ggmltypes import CACHE_TYPES
+
+    return CACHE_TYPES
+
+
+# (section, key) -> the check of its value; every key of SCHEMA but [tensors]'s has one
+_VALUE_CHECKS: dict[tuple[str, str], ValueCheck] = {
+    ("model", "architecture"): _string_or_strings(),
+    ("model", "file_type"): _one_of(_file_types, "file type"),
+    ("model", "bpw"): _range_rule,
+    ("model", "bpw_weights"): _range_rule,
+    ("model", "parameters"): _range_rule,
+    ("metadata", "required"): _strings,
+    ("metadata", "forbidden"): _strings,
+    ("metadata", "equals"): _metadata_equals,
+    ("chat_template", "sha256"): _hex_digest(64, "a sha256"),
+    ("chat_template", "dialect"): _string_or_strings(_dialects, "dialect"),
+    ("chat_template", "lint_clean"): _boolean,
+    ("memory", "ctx"): _integer(0, "tokens; 0 is the training context"),
+    ("memory", "cache_type"): _one_of(_cache_types, "cache type"),
+    ("memory", "budget"): _budget,
+    ("memory", "parallel"): _integer(1, "sequences"),
+    ("fingerprint", "equals"): _string,  # any other text fails the rule: it can be no fingerprint
+    **{("companions", k): _companion for k in SCHEMA["companions"]},
+}
+
+
+def _validate_tensor_rule(pattern: str, rule: Any, fail: Fail) -> None:
     """A [tensors] entry: a valid regex mapped to a table of known keys naming known ggml types."""
+    key: Key = ("tensors", pattern)
+    what = f"tensor rule for {pattern!r}"
     try:
         re.compile(pattern)
     except re.error as e:
-        fail(f"invalid regular expression {pattern!r}: {e}")
-    if not isinstance(rule, dict) or not rule or set(rule) - TENSOR_RULE_KEYS:
-        fail(f"tensor rule for {pattern!r} must use {', '.join(sorted(TENSOR_RULE_KEYS))}")
-    for key in ("min", "max", "type"):
-        if key in rule:
-            _type(rule[key], fail)
-    for t in rule.get("allowed", []):
-        _type(t, fail)
+        fail(key, f"invalid regular expression {pattern!r}: {e}")
+    if not isinstance(rule, dict):
+        fail(key, f'{what} must be a table such as {{ min = "Q5_K" }}, not {_kind(rule)}')
+    known = ", ".join(sorted(TENSOR_RULE_KEYS))
+    for k in rule:
+        if k not in TENSOR_RULE_KEYS:
+            fail((*key, k), f"{what}: unknown key {k!r} (known: {known})")
+    if not rule:
+        fail(key, f"{what} is empty: give one of {known}")
+    types = {k: _type((*key, k), rule[k], f"{what} {k}", fail) for k in ("min", "max", "type") if k in rule}
+    if "allowed" in rule:
+        allowed = rule["allowed"]
+        if not isinstance(allowed, list) or not allowed:
+            what_it_is = "an empty array" if allowed == [] else _kind(allowed)
+            fail((*key, "allowed"), f"{what} allowed must be a non-empty array of ggml types, not {what_it_is}")
+        for i, t in enumerate(allowed):
+            _type((*key, "allowed", i), t, f"{what} allowed", fail)
+    lo, hi = types.get("min"), types.get("max")
+    if lo is not None and hi is not None and lo.bits_per_weight > hi.bits_per_weight:
+        fail(
+            key,
+            f"{what}: min {lo.name} ({lo.bits_per_weight:g} bits per weight) is above max {hi.name} "
+            f"({hi.bits_per_weight:g})",
+        )
 
 
-def _type(name: object, fail: Callable[[str], NoReturn]) -> GGMLType:
-    """The ggml type called ``name``; an unknown name goes to ``fail``."""
+def _type(key: Key, name: Any, what: str, fail: Fail) -> GGMLType:
+    """The ggml type called ``name``; anything else goes to ``fail``."""
+    if not isinstance(name, str):
+        fail(key, f'{what} must be a ggml type name (a string such as "Q5_K"), not {_kind(name)}')
     try:
-        return ggml_type_by_name(str(name))
+        return ggml_type_by_name(name)
     except ValueError:
-        fail(f"unknown ggml type {name!r}")
+        fail(key, f"unknown ggml type {name!r} ({what})")
+
+
+# --- where a key is in the TOML text -----------------------------------------------------------
+# TOML parsers give values without lines, so the line of a key is found in the text: a table header
+# (``[metadata.equals]``) sets the table the keys after it belong to, a ``key =`` line adds its
+# (dotted, quoted) key, and the keys of the inline tables on that line (``bpw = { mn = 5.0 }``) are
+# read too. Strings are skipped whole, so a ``#``, ``=`` or ``{`` inside one is not taken for TOML.
+# The line reported is that of the deepest part of the key path found (the key, else the table
+# holding it, else its section).
+
+_BARE = r"[A-Za-z0-9_-]+"
+_BASIC = r'"(?:[^"\\]|\\.)*"'
+_LITERAL = r"'[^']*'"
+_SIMPLE = rf"(?:{_BARE}|{_BASIC}|{_LITERAL})"
+_DOTTED = rf"{_SIMPLE}(?:\s*\.\s*{_SIMPLE})*"
+_HEADER = re.compile(rf"\s*\[\[?\s*({_DOTTED})\s*\]\]?\s*(?:#.*)?$")
+_KEY_EQ = re.compile(rf"\s*({_DOTTED})\s*=")
+_PART = re.compile(rf"\s*({_SIMPLE})\s*\.?")
+_STRING = {'"': re.compile(_BASIC), "'": re.compile(_LITERAL)}
+
+
+def _split_key(dotted: str) -> tuple[str, ...]:
+    """``a."b.c".'d'`` -> ("a", "b.c", "d"), the escapes of basic strings decoded."""
+    import json
+
+    parts = []
+    for m in _PART.finditer(dotted):
+        p = m.group(1)
+        if p.startswith('"'):
+            try:
+                p = json.loads(p)
+            except ValueError:  # an escape TOML has and JSON lacks (\e, \UXXXXXXXX): keep the text
+                p = p[1:-1]
+        elif p.startswith("'"):
+            p = p[1:-1]
+        parts.append(p)
+    return tuple(parts)
+
+
+def _toml_keys(text: str) -> Iterator[tuple[int, tuple[str, ...]]]:
+    """(line, key path) for every table header, key and inline-table key of a TOML text."""
+    table: tuple[str, ...] = ()
+    state = _LineState()
+    for n, line in enumerate(text.splitlines(), 1):
+        if state.string is not None:  # inside a multi-line string
+            end = line.find(state.string)
+            if end < 0:
+                continue
+            line, state.string = line[end + 3 :], None
+        elif state.open:  # the next line of a value still open (an array spans lines)
+            pass
+        elif header := _HEADER.match(line):
+            table = _split_key(header.group(1))
+            yield n, table
+            continue
+        elif key := _KEY_EQ.match(line):
+            state.current = table + _split_key(key.group(1))
+            yield n, state.current
+            line = line[key.end() :]
+        else:
+            continue
+        yield from _value_keys(n, line, state)
+
+
+class _LineState:
+    """What a value leaves open at the end of a line: its open ``{`` and ``[`` (each with the key
+    whose value it is), a multi-line string's delimiter, and the key whose value comes next."""
+
+    def __init__(self) -> None:
+        self.open: list[tuple[str, tuple[str, ...]]] = []
+        self.string: str | None = None
+        self.current: tuple[str, ...] = ()
+
+
+def _value_keys(n: int, value: str, state: _LineState) -> Iterator[tuple[int, tuple[str, ...]]]:
+    """The keys of the inline tables in ``value`` (what follows ``key =`` on line ``n``, or the next
+    line of a value left open)."""
+    open_ = state.open
+    i, expect_key = 0, bool(open_) and open_[-1][0] == "{"  # TOML 1.1 lets an inline table span lines
+    while i < len(value):
+        if expect_key:
+            expect_key = False
+            if key := _KEY_EQ.match(value, i):
+                state.current = open_[-1][1] + _split_key(key.group(1))
+                yield n, state.current
+                i = key.end()
+                continue
+        c = value[i]
+        if value.startswith(('"""', "'''"), i):
+            end = value.find(value[i : i + 3], i + 3)
+            if end < 0:
+                state.string = value[i : i + 3]
+                return
+            i = end + 3
+            continue
+        if c in _STRING:
+            s = _STRING[c].match(value, i)
+            i = s.end() if s else len(value)
+            continue
+        if c == "#":
+            break
+        if c in "{[":
+            open_.append((c, state.current))
+            expect_key = c == "{"
+        elif c in "}]":
+            if open_:
+                state.current = open_.pop()[1]
+        elif c == "," and open_ and open_[-1][0] == "{":
+            expect_key = True
+        i += 1
+
+
+def _line_of_key(text: str, key: Key) -> int | None:
+    """The line of ``key`` in ``text``: where it is written, else where its first dotted sub-key is
+    (``bpw.min = 6`` writes ``bpw``), else the line of the longest part of it found (its section)."""
+    path = tuple(k for k in key if isinstance(k, str))
+    within, best, best_len = None, None, 0
+    for n, found in _toml_keys(text):
+        if found == path:
+            return n
+        if within is None and found[: len(path)] == path:
+            within = n
+        elif found == path[: len(found)] and len(found) > best_len:
+            best, best_len = n, len(found)
+    return within if within is not None else best
 
 
 def check(model: GGUFModel, policy: dict[str, Any]) -> CheckReport:
     """Apply every rule of ``policy`` (as :func:`load_policy` returns it) to ``model``.
 
-    The results come section by section, in the order of the schema above."""
+    The results come section by section, in the order of the schema above. A policy that
+    :func:`validate_policy` refuses is a PolicyError here too, so that no rule can pass unchecked."""
+    validate_policy(policy)
     rep = CheckReport(model.path)
     for section, rules_of in _SECTION_CHECKS:
         rep.results.extend(rules_of(model, policy.get(section, {})))
@@ -296,7 +650,7 @@ def _check_chat_template(model: GGUFModel, rules: Section) -> Iterator[RuleResul
         return
     if "sha256" in rules:
         digest = hashlib.sha256(tmpl.encode("utf-8", "surrogateescape")).hexdigest()
-        yield RuleResult("chat_template.sha256", digest == rules["sha256"], f"sha256 {digest}")
+        yield RuleResult("chat_template.sha256", digest == rules["sha256"].lower(), f"sha256 {digest}")
     if "dialect" in rules or rules.get("lint_clean"):
         yield from _lint_rules(model, tmpl, rules)
 
@@ -335,7 +689,8 @@ def _check_memory(model: GGUFModel, rules: Section) -> Iterator[RuleResult]:
     e = estimate(
         model, int(rules.get("ctx", 0)), cache_type_k=ctype, cache_type_v=ctype, parallel=int(rules.get("parallel", 1))
     )
-    budget = parse_size(str(rules["budget"])) if "budget" in rules else None
+    b = rules.get("budget")
+    budget = None if b is None else int(b) if isinstance(b, (int, float)) else parse_size(b)
     ok = budget is None or e.gpu_total <= budget
     yield RuleResult(
         "memory.budget",
@@ -360,7 +715,7 @@ def _check_fingerprint(model: GGUFModel, rules: Section) -> Iterator[RuleResult]
         )
         return
     h = hash_model(model)
-    yield RuleResult("fingerprint.equals", h.fingerprint == rules["equals"], f"fingerprint {h.fingerprint}")
+    yield RuleResult("fingerprint.equals", h.fingerprint == rules["equals"].lower(), f"fingerprint {h.fingerprint}")
 
 
 def _check_companions(model: GGUFModel, rules: Section) -> Iterator[RuleResult]:

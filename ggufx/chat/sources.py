@@ -60,6 +60,10 @@ class TemplateSet:
 
 
 def is_gguf(path: str) -> bool:
+    """Whether ``path`` is to be read as a GGUF: by its name (``.gguf``, any case: a file so named is
+    never taken for a template, however broken it is) or by its first four bytes."""
+    if path.lower().endswith(".gguf"):
+        return True
     try:
         with open(path, "rb") as f:
             return f.read(4) == GGUF_MAGIC
@@ -69,7 +73,9 @@ def is_gguf(path: str) -> bool:
 
 def load(path: str, remote: RemoteConfig | None = None) -> TemplateSet:
     """Read templates from ``path``: a GGUF (local, https:// or hf://), a JSON tokenizer config, or
-    a template text file. ``remote``: the options for a URL (default ``ggufx.io.remote.CONFIG``)."""
+    a template text file. ``remote``: the options for a URL (default ``ggufx.io.remote.CONFIG``).
+    A path ending in ``.gguf`` is always opened as a GGUF, so that a broken one is the one-line
+    GGUFError every other command gives, never a template of its bytes."""
     if is_remote(path):
         return from_gguf(path, remote=remote)
     if not os.path.exists(path):

@@ -1,57 +1,56 @@
-"""llama.cpp command-line options that decide memory, read into ggufx's parameter objects.
+"""llama.cpp command lines, read whole into ggufx's parameter objects.
 
-``parse_args(["-ngl", "20", "-c", "32768", "-ctk", "q8_0"])`` gives the :class:`OffloadParams` and
-:class:`ContextParams` llama.cpp would use, with its defaults (``common/common.h``) and the
-``llama-server`` differences (``-np`` unset means 4 slots with a unified KV cache; logits are reserved
-for one token per slot, not for a whole micro-batch).
+``parse_args("llama-server -m model.gguf -ngl 99 -c 32768 -ctk q8_0")`` gives the
+:class:`OffloadParams` and :class:`ContextParams` llama.cpp would use, with its defaults
+(``common/common.h``) and the ``llama-server`` differences (``-np`` unset means 4 slots with a unified
+KV cache; logits are reserved for one token per slot, not for a whole micro-batch).
+
+The line is read as llama.cpp's ``common_params_parse`` reads it, from the table of every argument the
+pinned llama.cpp defines (:mod:`ggufx.analysis.memory.llama_arg_table`, generated from
+``common/arg.cpp``):
+
+* a first word that is not an option is the program (``llama-server``, ``./build/bin/llama-cli``...):
+  it decides which arguments are accepted and the llama-server semantics; it is returned as ``tool``;
+* every argument is looked up by its name (``--ctx_size`` is ``--ctx-size``, as in llama.cpp); one the
+  tool does not define is an :class:`InputError` worded as llama.cpp words it (``invalid argument:
+  --bogus``), as is an argument whose value is missing;
+* the arguments that decide memory are read; every other argument is accepted and skipped with its
+  values (listed in ``others``; those that change memory in a way ggufx does not model yet, in
+  ``unmodelled``); ``-m``, ``--mmproj`` and ``-md`` name the files (``model``, ``mmproj``, ``draft``).
+
+Without a program name (and no ``tool``), an argument is accepted when any of the tools ggufx reads
+accepts it. Environment variables (``LLAMA_ARG_*``) are not read.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import cache
 
 from ggufx.analysis.memory.buffers import ContextParams
-from ggufx.analysis.memory.placement import CPU_MOE_PATTERN, OffloadParams, n_cpu_moe_patterns
 from ggufx.analysis.memory.graph.projector import ProjectorOptions
+from ggufx.analysis.memory.llama_arg_table import ARGS, LLAMA_CPP_VERSION, TOOLS
+from ggufx.analysis.memory.placement import CPU_MOE_PATTERN, OffloadParams, n_cpu_moe_patterns
 from ggufx.errors import InputError
 
-_INT = {
-    "-ngl": "n_gpu_layers",
-    "--n-gpu-layers": "n_gpu_layers",
-    "-c": "n_ctx",
-    "--ctx-size": "n_ctx",
-    "-b": "n_batch",
-    "--batch-size": "n_batch",
-    "-ub": "n_ubatch",
-    "--ubatch-size": "n_ubatch",
-    "-np": "n_parallel",
-    "--parallel": "n_parallel",
-    "-mg": "main_gpu",
-    "--main-gpu": "main_gpu",
-    "--image-min-tokens": "image_min",
-    "--image-max-tokens": "image_max",
-}
-_STR = {
-    "-fa": "flash_attn",
-    "--flash-attn": "flash_attn",
-    "-ctk": "cache_type_k",
-    "--cache-type-k": "cache_type_k",
-    "-ctv": "cache_type_v",
-    "--cache-type-v": "cache_type_v",
-    "-sm": "split_mode",
-    "--split-mode": "split_mode",
-}
-_FLAGS = {
-    "-nkvo": "no_kv_offload",
-    "--no-kv-offload": "no_kv_offload",
-    "--swa-full": "swa_full",
-    "--kv-unified": "kv_unified",
-    "-kvu": "kv_unified",
-    "--no-mmap": "no_mmap",
-    "--cpu-moe": "cpu_moe",
-    "-cmoe": "cpu_moe",
-}
+__all__ = ["TOOL_NAMES", "LlamaArgs", "accepted", "parse_args", "program_tool"]
+
+TOOL_NAMES: tuple[str, ...] = tuple(TOOLS)  # the programs whose command lines ggufx reads
+PARAM = "--llama-args"  # the option every InputError names (the CLI's option for a llama.cpp command line)
+
+# arguments that change memory in ways ggufx does not model yet (by the first name arg.cpp gives)
+NOT_MODELLED = frozenset(
+    {
+        "-ncffn",  # dense FFN weights of the first N layers kept on the CPU
+        "--spec-draft-override-tensor",  # -otd: the draft model's tensor placement
+        "--spec-draft-cpu-moe",  # -cmoed
+        "--spec-draft-n-cpu-moe",  # -ncmoed
+        "--spec-draft-device",  # -devd
+    }
+)
 
 
 @dataclass(slots=True)
@@ -60,138 +59,320 @@ class LlamaArgs:
 
     offload: OffloadParams
     context: ContextParams
-    model: str | None = None
+    model: str | None = None  # -m FILE
     no_devices: bool = False  # -dev none
     mmproj: str | None = None  # --mmproj FILE
     draft: str | None = None  # -md FILE: the draft model of speculative decoding
     draft_offload: OffloadParams | None = None  # -ngld
-    draft_context: ContextParams | None = None  # -cd, -ctkd, -ctvd
+    draft_context: ContextParams | None = None  # -ctkd, -ctvd
     projector: ProjectorOptions = field(default_factory=ProjectorOptions)  # --image-*-tokens, --no-mmproj-offload
-    others: list[str] = field(default_factory=list)  # options that change no buffer of the main model
+    others: list[str] = field(default_factory=list)  # arguments (with their values) that change no buffer
+    tool: str | None = None  # the program the line runs (its first word), or the tool asked for
+    unmodelled: list[str] = field(default_factory=list)  # arguments that change memory ggufx does not model
 
 
-def parse_args(argv: list[str] | str, server: bool = False) -> LlamaArgs:
-    """Read llama.cpp options (``llama-server`` semantics when ``server``)."""
-    args = shlex.split(argv) if isinstance(argv, str) else list(argv)
-    v: dict[str, object] = {}
-    overrides: list[tuple[str, str]] = []
-    ts: tuple[float, ...] = ()
-    model = None
-    no_devices = False
-    others: list[str] = []
-    i = 0
+@dataclass(frozen=True, slots=True)
+class _Option:
+    first: str  # the first name arg.cpp gives: the key of the memory options below
+    values: int  # words after the name
+    positive: bool  # False for a --no- form
 
-    def value() -> str:
-        if i + 1 >= len(args):
-            raise InputError(f"{args[i]} needs a value", args[i])
-        return args[i + 1]
 
-    while i < len(args):
-        a = args[i]
-        if a in _INT:
-            raw = value()
-            try:
-                v[_INT[a]] = -1 if raw in ("auto", "all") and a in ("-ngl", "--n-gpu-layers") else int(raw)
-            except ValueError:
-                raise InputError(f"{a} {raw}: not an integer", a) from None
-            i += 2
-        elif a in _STR:
-            v[_STR[a]] = value()
-            i += 2
-        elif a in _FLAGS:
-            v[_FLAGS[a]] = True
-            i += 1
-        elif a in ("-no-kvu", "--no-kv-unified"):
-            v["kv_unified"] = False
-            i += 1
-        elif a in ("-ts", "--tensor-split"):
-            try:
-                ts = tuple(float(x) for x in value().replace("/", ",").split(","))
-            except ValueError:
-                raise InputError(f"-ts {value()}: expected numbers separated by commas", "-ts") from None
-            i += 2
-        elif a in ("-ot", "--override-tensor"):
-            for item in value().split(","):
-                pattern, sep, buft = item.rpartition("=")
-                if not sep or not pattern:
-                    raise InputError(f"-ot {item}: expected REGEX=BUFFER_TYPE", "-ot")
-                overrides.append((pattern, buft))
-            i += 2
-        elif a in ("-ncmoe", "--n-cpu-moe"):
-            overrides += [(p, "CPU") for p in n_cpu_moe_patterns(int(value()))]
-            i += 2
-        elif a in ("-m", "--model"):
-            model = value()
-            i += 2
-        elif a in ("-md", "--model-draft", "--mmproj", "-mm"):
-            v["draft" if a in ("-md", "--model-draft") else "mmproj"] = value()
-            i += 2
-        elif a in ("-ngld", "--n-gpu-layers-draft", "-cd", "--ctx-size-draft"):
-            raw = value()
-            key = "draft_ngl" if a in ("-ngld", "--n-gpu-layers-draft") else "draft_ctx"
-            v[key] = -1 if raw in ("auto", "all") else int(raw)
-            i += 2
-        elif a in ("-ctkd", "--cache-type-k-draft", "-ctvd", "--cache-type-v-draft"):
-            v["draft_ctk" if a in ("-ctkd", "--cache-type-k-draft") else "draft_ctv"] = value()
-            i += 2
-        elif a in ("-dev", "--device"):
-            no_devices = value() == "none"
-            i += 2
-        elif a in ("--no-mmproj-offload", "--mmproj-offload"):
-            v["mmproj_offload"] = a == "--mmproj-offload"
-            i += 1
-        else:
-            others.append(a)
-            i += 1
-    if v.pop("cpu_moe", False):
-        overrides.append((CPU_MOE_PATTERN, "CPU"))
-    n_parallel = int(v.get("n_parallel", 4 if server else 1))  # type: ignore[call-overload]
-    unified = bool(v["kv_unified"]) if "kv_unified" in v else server and "n_parallel" not in v
-    offload = OffloadParams(
-        n_gpu_layers=int(v.get("n_gpu_layers", -1)),  # type: ignore[call-overload]
-        split_mode=str(v.get("split_mode", "layer")),
-        main_gpu=int(v.get("main_gpu", 0)),  # type: ignore[call-overload]
-        tensor_split=ts,
-        overrides=tuple(overrides),
-        mmap=not v.get("no_mmap", False),
-    )
-    context = ContextParams(
-        n_ctx=int(v.get("n_ctx", 0)),  # type: ignore[call-overload]
-        n_batch=int(v.get("n_batch", 2048)),  # type: ignore[call-overload]
-        n_ubatch=int(v.get("n_ubatch", 512)),  # type: ignore[call-overload]
-        n_parallel=n_parallel,
-        kv_unified=unified,
-        flash_attn=str(v.get("flash_attn", "auto")),
-        cache_type_k=str(v.get("cache_type_k", "f16")),
-        cache_type_v=str(v.get("cache_type_v", "f16")),
-        no_kv_offload=bool(v.get("no_kv_offload", False)),
-        swa_full=bool(v.get("swa_full", False)),
-        n_outputs_max=n_parallel if server else 0,
-    )
-    draft = v.get("draft")
-    draft_offload = draft_context = None
-    if draft is not None:
-        draft_offload = OffloadParams(n_gpu_layers=int(v.get("draft_ngl", -1)))  # type: ignore[call-overload]
-        draft_context = replace(
-            context,
-            n_ctx=int(v.get("draft_ctx", 0)) or context.n_ctx,  # type: ignore[call-overload]
-            cache_type_k=str(v.get("draft_ctk", "f16")),
-            cache_type_v=str(v.get("draft_ctv", "f16")),
+def _accepts(example: str, examples: tuple[str, ...], excludes: tuple[str, ...], when: str | None) -> bool:
+    """``common_params_parser_init``'s add_opt filter, and the ``if (ex == ...)`` around an option."""
+    if when is not None and (when.lstrip("!") == example) == when.startswith("!"):
+        return False  # "SERVER" holds for llama-server only, "!SERVER" for every other tool
+    inherit_common = example != "DOWNLOAD"
+    return (example in examples or (inherit_common and "COMMON" in examples)) and example not in excludes
+
+
+@cache
+def _options(tool: str | None) -> dict[str, _Option]:
+    """Every name ``tool`` accepts (any of the tools ggufx reads when None), as llama.cpp maps them
+    (a later definition of a name wins, as in ``arg_to_options``)."""
+    examples = [TOOLS[tool]] if tool is not None else list(TOOLS.values())
+    out: dict[str, _Option] = {}
+    for names, negated, values, ex, excludes, when in ARGS:
+        if not any(_accepts(e, ex, excludes, when) for e in examples):
+            continue
+        for n in names:
+            out[n] = _Option(names[0], values, True)
+        for n in negated:
+            out[n] = _Option(names[0], values, False)
+    return out
+
+
+def accepted(name: str, tool: str | None = None) -> bool:
+    """Whether ``tool`` (any of :data:`TOOL_NAMES` when None) accepts the argument ``name``."""
+    return _canonical(name) in _options(tool)
+
+
+def _canonical(word: str) -> str:
+    """llama.cpp reads ``--ctx_size`` as ``--ctx-size`` (``_`` -> ``-`` in long names only)."""
+    return word.replace("_", "-") if word.startswith("--") else word
+
+
+def program_tool(word: str) -> str:
+    """The tool a program name runs: ``llama-server``, ``/opt/llama.cpp/build/bin/llama-cli``,
+    ``llama-server.exe``; anything else is an InputError naming the programs ggufx reads."""
+    base = os.path.basename(word.replace("\\", "/"))
+    if base.lower().endswith(".exe"):
+        base = base[:-4]
+    if base not in TOOLS:
+        raise InputError(
+            f"{word!r} is not a llama.cpp program whose command line ggufx reads ({', '.join(TOOL_NAMES)}); "
+            "give the options alone, or one of those programs first",
+            PARAM,
         )
-    mmproj = v.get("mmproj")
-    return LlamaArgs(
-        offload,
-        context,
-        model,
-        no_devices,
-        None if mmproj is None else str(mmproj),
-        None if draft is None else str(draft),
-        draft_offload,
-        draft_context,
-        ProjectorOptions(
-            v.get("image_min"),  # type: ignore[arg-type]
-            v.get("image_max"),  # type: ignore[arg-type]
-            bool(v.get("mmproj_offload", True)),
-        ),
-        others,
-    )
+    return base
+
+
+def _refusal(word: str, tool: str | None) -> str:
+    """llama.cpp's message for an argument it does not know, and who would accept it."""
+    name = _canonical(word)
+    msg = f"invalid argument: {word}"
+    if not word.startswith("-"):
+        return msg + " (llama.cpp takes no positional arguments: the model is -m FILE)"
+    others = [t for t in TOOL_NAMES if t != tool and name in _options(t)]
+    if tool is not None and others:
+        return msg + f" ({tool} does not accept it; {', '.join(others)} {'does' if len(others) == 1 else 'do'})"
+    if any(name in names or name in neg for names, neg, *_ in ARGS):
+        return msg + f" ({tool or ', '.join(TOOL_NAMES)} {'does' if tool else 'do'} not accept it)"
+    return msg + f" (llama.cpp {LLAMA_CPP_VERSION} has no such argument)"
+
+
+def parse_args(argv: list[str] | str, server: bool = False, tool: str | None = None) -> LlamaArgs:
+    """Read a llama.cpp command line: options alone, or a program name and its options.
+
+    ``tool`` (one of :data:`TOOL_NAMES`) is the program when the line names none; a line that names
+    another is an InputError. ``server`` is the older way to say ``tool="llama-server"``."""
+    try:
+        words = shlex.split(argv) if isinstance(argv, str) else list(argv)
+    except ValueError as e:  # an unclosed quote
+        raise InputError(f"cannot split the command line: {e}", PARAM) from None
+    if tool is not None and tool not in TOOLS:
+        raise InputError(f"unknown tool {tool!r} (one of {', '.join(TOOL_NAMES)})", "--tool")
+    if words and not words[0].startswith("-"):
+        program = program_tool(words.pop(0))
+        if tool is not None and program != tool:
+            raise InputError(f"the command line runs {program}, but the tool asked for is {tool}", "--tool")
+        tool = program
+    if tool is None and server:
+        tool = "llama-server"
+    options = _options(tool)
+    st = _State()
+    i = 0
+    while i < len(words):
+        word = words[i]
+        opt = options.get(_canonical(word))
+        if opt is None:
+            raise InputError(_refusal(word, tool), PARAM)
+        if i + opt.values >= len(words):
+            raise InputError(f'error while handling argument "{word}": expected value for argument', PARAM)
+        values = words[i + 1 : i + 1 + opt.values]
+        handler = _MEMORY.get(opt.first)
+        if handler is not None:
+            handler(st, _Value(word, values[0] if values else "", opt.positive))
+        else:
+            st.others += words[i : i + 1 + opt.values]
+            if opt.first in NOT_MODELLED:
+                st.unmodelled.append(word)
+        i += 1 + opt.values
+    return st.result(tool)
+
+
+@dataclass(frozen=True, slots=True)
+class _Value:
+    name: str  # as written
+    text: str  # its value ("" for a flag)
+    positive: bool
+
+    def integer(self, lo: int | None = None) -> int:
+        try:
+            n = int(self.text)
+        except ValueError:
+            raise InputError(
+                f'error while handling argument "{self.name}": {self.text!r} is not an integer', PARAM
+            ) from None
+        if lo is not None and n < lo:
+            raise InputError(f'error while handling argument "{self.name}": invalid value {n}', PARAM)
+        return n
+
+    def layers(self) -> int:
+        """-ngl N, auto or all (ggufx reads both as every layer)."""
+        return -1 if self.text in ("auto", "all") else self.integer()
+
+    def cache_type(self) -> str:
+        """-ctk/-ctv TYPE: one of llama.cpp's kv_cache_types (arg.cpp kv_cache_type_from_str)."""
+        from ggufx.format.ggmltypes import CACHE_TYPES
+
+        if self.text not in CACHE_TYPES:
+            raise InputError(
+                f'error while handling argument "{self.name}": Unsupported cache type: {self.text} '
+                f"(one of {', '.join(CACHE_TYPES)})",
+                PARAM,
+            )
+        return self.text
+
+    def choice(self, *allowed: str) -> str:
+        if self.text not in allowed:
+            raise InputError(
+                f'error while handling argument "{self.name}": invalid value {self.text!r} '
+                f"(one of {', '.join(allowed)})",
+                PARAM,
+            )
+        return self.text
+
+
+_TRUTHY, _FALSEY, _AUTO = ("on", "enabled", "true", "1"), ("off", "disabled", "false", "0"), ("auto", "-1")
+
+
+@dataclass(slots=True)
+class _State:
+    """What the memory arguments of one command line set (unset keys keep llama.cpp's defaults)."""
+
+    v: dict[str, object] = field(default_factory=dict)
+    overrides: list[tuple[str, str]] = field(default_factory=list)
+    tensor_split: tuple[float, ...] = ()
+    no_devices: bool = False
+    others: list[str] = field(default_factory=list)
+    unmodelled: list[str] = field(default_factory=list)
+
+    def result(self, tool: str | None) -> LlamaArgs:
+        v = self.v
+        server = tool == "llama-server"
+        overrides = list(self.overrides)
+        n_parallel = int(v.get("n_parallel", 4 if server else 1))  # type: ignore[call-overload]
+        unified = bool(v["kv_unified"]) if "kv_unified" in v else server and "n_parallel" not in v
+        offload = OffloadParams(
+            n_gpu_layers=int(v.get("n_gpu_layers", -1)),  # type: ignore[call-overload]
+            split_mode=str(v.get("split_mode", "layer")),
+            main_gpu=int(v.get("main_gpu", 0)),  # type: ignore[call-overload]
+            tensor_split=self.tensor_split,
+            overrides=tuple(overrides),
+            mmap=bool(v.get("mmap", True)),
+        )
+        context = ContextParams(
+            n_ctx=int(v.get("n_ctx", 0)),  # type: ignore[call-overload]
+            n_batch=int(v.get("n_batch", 2048)),  # type: ignore[call-overload]
+            n_ubatch=int(v.get("n_ubatch", 512)),  # type: ignore[call-overload]
+            n_parallel=n_parallel,
+            kv_unified=unified,
+            flash_attn=str(v.get("flash_attn", "auto")),
+            cache_type_k=str(v.get("cache_type_k", "f16")),
+            cache_type_v=str(v.get("cache_type_v", "f16")),
+            no_kv_offload=bool(v.get("no_kv_offload", False)),
+            swa_full=bool(v.get("swa_full", False)),
+            n_outputs_max=n_parallel if server else 0,
+        )
+        draft = v.get("draft")
+        draft_offload = draft_context = None
+        if draft is not None:
+            draft_offload = OffloadParams(n_gpu_layers=int(v.get("draft_ngl", -1)))  # type: ignore[call-overload]
+            draft_context = replace(
+                context,
+                cache_type_k=str(v.get("draft_ctk", "f16")),
+                cache_type_v=str(v.get("draft_ctv", "f16")),
+            )
+        mmproj, model = v.get("mmproj"), v.get("model")
+        return LlamaArgs(
+            offload,
+            context,
+            None if model is None else str(model),
+            self.no_devices,
+            None if mmproj is None else str(mmproj),
+            None if draft is None else str(draft),
+            draft_offload,
+            draft_context,
+            ProjectorOptions(
+                v.get("image_min"),  # type: ignore[arg-type]
+                v.get("image_max"),  # type: ignore[arg-type]
+                bool(v.get("mmproj_offload", True)),
+            ),
+            self.others,
+            tool,
+            self.unmodelled,
+        )
+
+
+def _set(key: str, read: Callable[[_Value], object]) -> Callable[[_State, _Value], None]:
+    def handle(st: _State, a: _Value) -> None:
+        st.v[key] = read(a)
+
+    return handle
+
+
+def _flash_attn(a: _Value) -> str:
+    """-fa on|off|auto, with llama.cpp's synonyms (is_truthy, is_falsey, is_autoy)."""
+    if a.text in _TRUTHY:
+        return "on"
+    if a.text in _FALSEY:
+        return "off"
+    if a.text in _AUTO:
+        return "auto"
+    raise InputError(f'error while handling argument "{a.name}": unknown value for --flash-attn: {a.text!r}', PARAM)
+
+
+def _tensor_split(st: _State, a: _Value) -> None:
+    try:
+        st.tensor_split = tuple(float(x) for x in a.text.replace("/", ",").split(","))
+    except ValueError:
+        raise InputError(f"{a.name} {a.text}: expected numbers separated by commas", PARAM) from None
+
+
+def _override_tensor(st: _State, a: _Value) -> None:
+    for item in a.text.split(","):
+        pattern, sep, buft = item.rpartition("=")
+        if not sep or not pattern:
+            raise InputError(f"{a.name} {item}: expected REGEX=BUFFER_TYPE", PARAM)
+        st.overrides.append((pattern, buft))
+
+
+def _cpu_moe(st: _State, a: _Value) -> None:
+    st.overrides.append((CPU_MOE_PATTERN, "CPU"))
+
+
+def _n_cpu_moe(st: _State, a: _Value) -> None:
+    st.overrides += [(p, "CPU") for p in n_cpu_moe_patterns(a.integer(lo=0))]
+
+
+def _device(st: _State, a: _Value) -> None:
+    st.no_devices = a.text == "none"
+
+
+def _load_mode(a: _Value) -> bool:
+    """-lm: the modes that memory-map the model (llama-model-loader.cpp: mmap, mmap+mlock, auto)."""
+    return a.choice("auto", "none", "mmap", "mlock", "mmap+mlock", "dio") in ("auto", "mmap", "mmap+mlock")
+
+
+# the memory arguments, by the first name arg.cpp gives each (every one is checked against the table)
+_MEMORY: dict[str, Callable[[_State, _Value], None]] = {
+    "-ngl": _set("n_gpu_layers", _Value.layers),
+    "-c": _set("n_ctx", lambda a: a.integer()),
+    "-b": _set("n_batch", lambda a: a.integer()),
+    "-ub": _set("n_ubatch", lambda a: a.integer()),
+    "-np": _set("n_parallel", lambda a: a.integer()),
+    "-mg": _set("main_gpu", lambda a: a.integer()),
+    "--image-min-tokens": _set("image_min", lambda a: a.integer()),
+    "--image-max-tokens": _set("image_max", lambda a: a.integer()),
+    "-fa": _set("flash_attn", _flash_attn),
+    "-ctk": _set("cache_type_k", _Value.cache_type),
+    "-ctv": _set("cache_type_v", _Value.cache_type),
+    "-sm": _set("split_mode", lambda a: a.choice("none", "layer", "row", "tensor")),
+    "-kvo": _set("no_kv_offload", lambda a: not a.positive),
+    "--swa-full": _set("swa_full", lambda a: True),
+    "-kvu": _set("kv_unified", lambda a: a.positive),
+    "-lm": _set("mmap", _load_mode),
+    "-ts": _tensor_split,
+    "-ot": _override_tensor,
+    "-cmoe": _cpu_moe,
+    "-ncmoe": _n_cpu_moe,
+    "-dev": _device,
+    "-m": _set("model", lambda a: a.text),
+    "-mm": _set("mmproj", lambda a: a.text),
+    "--mmproj-offload": _set("mmproj_offload", lambda a: a.positive),
+    "--spec-draft-model": _set("draft", lambda a: a.text),
+    "--spec-draft-ngl": _set("draft_ngl", _Value.layers),
+    "--spec-draft-type-k": _set("draft_ctk", _Value.cache_type),
+    "--spec-draft-type-v": _set("draft_ctv", _Value.cache_type),
+}
