@@ -399,3 +399,17 @@ def test_the_line_is_the_typos_own_whatever_the_layout(tmp_path: Path, section: 
     line = int(err.message.split(":")[0].removeprefix("line "))
     text = (tmp_path / "policy.toml").read_text().splitlines()
     assert text[line - 1].lstrip().startswith((typo, f"{section}.{typo}", f"{section} = {{ {typo}")), err.message
+
+
+def test_dialect_rule_accepts_a_familys_other_names(tmp_path: Path, cli: CliRun) -> None:
+    """llama.cpp calls the harmony family 'gpt-oss': a policy may name it either way."""
+    import shutil
+
+    model = tmp_path / "oss.gguf"
+    shutil.copy(V3, model)
+    template = FIXTURES / "templates" / "openai-gpt-oss-120b.jinja"
+    assert cli("template", "set", str(model), "--from", str(template)).exit_code == 0
+    for name in ("harmony", "gpt-oss", '["none", "gpt-oss"]'):
+        value = name if name.startswith("[") else f'"{name}"'
+        assert _check(tmp_path, f"[chat_template]\ndialect = {value}", model) == {"chat_template.dialect": True}
+    assert _check(tmp_path, '[chat_template]\ndialect = "kimi-k2"', model) == {"chat_template.dialect": False}

@@ -331,10 +331,10 @@ def _file_types() -> set[str]:
 
 
 def _dialects() -> set[str]:
-    """Every tool-call dialect ``ggufx template info`` reports."""
-    from ggufx.chat.dialect import DIALECTS
+    """Every tool-call dialect ``ggufx template info`` reports, and the other names of each family."""
+    from ggufx.chat.dialects import DIALECTS
 
-    return {name for name, _, _ in DIALECTS} | {"none", "unknown"}
+    return {n for d in DIALECTS for n in (d.name, *d.aliases)} | {"none", "unknown"}
 
 
 def _cache_types() -> tuple[str, ...]:
@@ -666,9 +666,12 @@ def _lint_rules(model: GGUFModel, tmpl: str, rules: Section) -> Iterator[RuleRes
     add_bos = md.get("tokenizer.ggml.add_bos_token")
     res = lint(tmpl, variables={"bos_token": bos or "", "eos_token": eos or ""}, tokens=tokens, add_bos_token=add_bos)
     if "dialect" in rules:
+        from ggufx.chat.dialects import canonical
+
         allowed = rules["dialect"] if isinstance(rules["dialect"], list) else [rules["dialect"]]
         d = res.info.dialect if res.info else "unknown"
-        yield RuleResult("chat_template.dialect", d in allowed, f"dialect {d}, allowed {allowed}")
+        ok = d in {a if a in ("none", "unknown") else canonical(a) for a in allowed}
+        yield RuleResult("chat_template.dialect", ok, f"dialect {d}, allowed {allowed}")
     if rules.get("lint_clean"):
         probs = [p for p in res.problems if p.severity in ("error", "warning")]
         yield RuleResult(
