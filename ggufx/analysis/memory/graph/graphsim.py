@@ -27,9 +27,9 @@ import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from ggufx.analysis.layers import layer_kinds, swa_layers
 from ggufx.analysis.memory.graph.galloc import CUDA_ALIGN, HOST_ALIGN, MATRIX_ROW_PADDING, DynAllocator
 from ggufx.analysis.memory.hparams import Hparams, hparams, pad
-from ggufx.analysis.layers import layer_kinds, swa_layers
 from ggufx.analysis.memory.placement import CPU, Device, OffloadParams, Placement, host_buft, place
 from ggufx.errors import ValidationError
 from ggufx.format.ggmltypes import GGMLType, ggml_type_by_name
@@ -44,6 +44,8 @@ N_COPIES = 4  # GGML_SCHED_MAX_COPIES (ggml-backend.cpp:912)
 GGML_MAX_SRC = 10
 _MOE_REDUCTION_MAX = 15  # MOE_WEIGHTED_REDUCTION_MAX_EXPERTS (ggml-cuda.cu:3096)
 INPUT, OUTPUT = 1, 2  # GGML_TENSOR_FLAG_INPUT / _OUTPUT
+GLOBAL = -1  # the position of a tensor no layer made (inputs, embeddings, the output head, shared weights)
+PREALLOCATED = -1  # the key of the positions of the tensors allocated before the first node
 # ggml_op_can_inplace (ggml-alloc.c:22)
 _INPLACE = frozenset(
     {"FILL", "SCALE", "DIAG_MASK_ZERO", "DIAG_MASK_INF", "ADD", "ADD_ID", "ADD1", "SUB", "MUL", "DIV", "SQR"}
@@ -94,18 +96,26 @@ class _T:
     buft: str | None = None  # the buffer of a pre-allocated tensor (weights, KV cache)
     weight: bool = False
     backend: int = -1
+    pos: int = GLOBAL  # the position in the built layers of the layer that made it (GLOBAL: none)
+    seq: object = 0  # its place among that layer's tensors (what the replay's periodicity check keys on)
 
     @property
     def nbytes(self) -> int:
         """``ggml_nbytes`` (ggml.c): the span of the strides."""
-        if any(n <= 0 for n in self.ne):
-            return 0
-        t = _type(self.type)
-        if t.block_size == 1:
-            return t.type_size + sum((self.ne[i] - 1) * self.nb[i] for i in range(4))
-        return self.ne[0] * self.nb[0] // t.block_size + sum((self.ne[i] - 1) * self.nb[i] for i in range(1, 4))
+        return _nbytes(self.type, self.ne, self.nb)
 
 
+@lru_cache(maxsize=4096)
+def _nbytes(type_: str, ne: tuple[int, int, int, int], nb: tuple[int, int, int, int]) -> int:
+    if ne[0] <= 0 or ne[1] <= 0 or ne[2] <= 0 or ne[3] <= 0:
+        return 0
+    t = _type(type_)
+    if t.block_size == 1:
+        return t.type_size + (ne[0] - 1) * nb[0] + (ne[1] - 1) * nb[1] + (ne[2] - 1) * nb[2] + (ne[3] - 1) * nb[3]
+    return ne[0] * nb[0] // t.block_size + (ne[1] - 1) * nb[1] + (ne[2] - 1) * nb[2] + (ne[3] - 1) * nb[3]
+
+
+@lru_cache(maxsize=4096)
 def _strides(ne: tuple[int, int, int, int], type_: str) -> tuple[int, int, int, int]:
     t = _type(type_)
     nb0 = t.type_size
@@ -137,10 +147,21 @@ class _Graph:
         self.leafs: list[_T] = []
         self.fused: list[_Fusion] = []
         self._seen: set[int] = set()
+        self.pos = GLOBAL  # the layer being built (its position in the built layers)
+        self._seq = 0
+
+    def at(self, pos: int) -> None:
+        """The tensors made from now on belong to the layer at ``pos`` of the built layers."""
+        self.pos, self._seq = pos, 0
+
+    def _tag(self, t: _T) -> _T:
+        self._seq += 1
+        t.pos, t.seq = self.pos, self._seq
+        return t
 
     def new(self, name: str, op: str, type_: str, ne: tuple[int, ...], *src: _T) -> _T:
         n = _ne(*ne)
-        return _T(name, op, type_, n, _strides(n, type_), list(src))
+        return self._tag(_T(name, op, type_, n, _strides(n, type_), list(src)))
 
     def leaf(self, name: str, type_: str, ne: tuple[int, ...], flags: int = 0, buft: str | None = None) -> _T:
         t = self.new(name, "NONE", type_, ne)
@@ -159,7 +180,7 @@ class _Graph:
             for i in range(len(nb), 4):
                 full[i] = full[i - 1] * n[i - 1]
             strides = (full[0], full[1], full[2], full[3])
-        return _T(a.name, op, a.type, n, strides, [a], view_src=a.view_src or a)
+        return self._tag(_T(a.name, op, a.type, n, strides, [a], view_src=a.view_src or a))
 
     def reshape(self, a: _T, *ne: int) -> _T:
         return self.view(a, ne, None, "RESHAPE")
@@ -168,7 +189,8 @@ class _Graph:
         ne, nb = [0] * 4, [0] * 4
         for i, ax in enumerate(axes):
             ne[ax], nb[ax] = a.ne[i], a.nb[i]
-        return _T(a.name, "PERMUTE", a.type, _ne(*ne), (nb[0], nb[1], nb[2], nb[3]), [a], view_src=a.view_src or a)
+        t = _T(a.name, "PERMUTE", a.type, _ne(*ne), (nb[0], nb[1], nb[2], nb[3]), [a], view_src=a.view_src or a)
+        return self._tag(t)
 
     def op(self, name: str, op: str, a: _T, *more: _T, type_: str | None = None) -> _T:
         """An element-wise op: the shape and type of ``a``."""
@@ -214,6 +236,7 @@ class _Ctx:
     pos: _T | None = None  # the positions input, once built
     recurrent: list[bool] = field(default_factory=list)  # the Gated DeltaNet layers of a hybrid
     gdn: _Gdn | None = None  # their dimensions
+    layers: list[int] = field(default_factory=list)  # the layers built, in order (all of them, or a plan's)
 
 
 def _weight(c: _Ctx, name: str, il: int) -> _T | None:
@@ -397,7 +420,8 @@ def _decoder(c: _Ctx, g: _Graph) -> _T:
     full = _attn_inp(c, g, sp.n_kv)
     swa = _attn_inp(c, g, c.n_kv_swa) if iswa else full
     out_ids = g.input("out_ids", "I32", n_out)
-    for il in range(hp.n_layer):
+    for p, il in enumerate(c.layers):
+        g.at(p)
         inp_sa = x
         cur = _norm(c, g, x, f"blk.{il}.attn_norm.weight", il)
         cur = _attn(c, g, cur, il, swa if c.swa[il] else full, iswa)
@@ -418,6 +442,7 @@ def _decoder(c: _Ctx, g: _Graph) -> _T:
         if gemma:  # the post-FFN norm is built with il = -1 (gemma3.cpp:188): not pinned
             cur = _norm(c, g, cur, f"blk.{il}.post_ffw_norm.weight", il, pin=False)
         x = g.op(f"l_out-{il}", "ADD", cur, ffn_inp)
+    g.at(GLOBAL)
     cur = g.op("norm", "RMS_NORM", x)
     cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
     cur.flags |= OUTPUT
@@ -654,7 +679,8 @@ def _qwen35(c: _Ctx, g: _Graph, d: _Gdn) -> _T:
     # build_inp_pos (llama-graph.cpp:2540): n_pos_per_embd = 4 M-RoPE positions per token
     c.pos = g.input("inp_pos", "I32", T * 4)
     out_ids = g.input("out_ids", "I32", n_out)
-    for il in range(hp.n_layer):
+    for p, il in enumerate(c.layers):
+        g.at(p)
         cur = _norm(c, g, x, f"blk.{il}.attn_norm.weight", il)
         g.expand(cur)
         if c.recurrent[il]:
@@ -669,6 +695,7 @@ def _qwen35(c: _Ctx, g: _Graph, d: _Gdn) -> _T:
             c, g, f"ffn_out-{il}", f"blk.{il}.ffn_down", g.new(f"ffn_glu-{il}", "GLU", "F32", gate.ne, gate, up), il
         )
         x = g.op(f"l_out-{il}", "ADD", cur, res)
+    g.at(GLOBAL)
     cur = g.op("norm", "RMS_NORM", x)
     cur = g.op("h_nextn", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
     cur.flags |= OUTPUT  # llm_graph_result::set_outputs (llama-graph.cpp:1406)
@@ -798,15 +825,21 @@ class _Sched:
             kept += [t for t in dict.fromkeys(keep) if t not in kept]
         return deps
 
-    def split(self, g: _Graph) -> tuple[list[_T], list[_T]]:
-        """Pass 5 and the graph copy (:1386-1740): the nodes and leafs ggml-alloc reserves."""
+    def split(self, g: _Graph) -> tuple[list[_T], list[_T], list[int]]:
+        """Pass 5 and the graph copy (:1386-1740): the nodes and leafs ggml-alloc reserves, and for each
+        node the position of the layer whose nodes it comes with (a split's inputs come with its first
+        node; the nodes after the last layer with the last layer)."""
         splits: list[tuple[int, list[_T], list[_T]]] = []  # (backend, inputs, nodes)
+        split_at: list[int] = []
         copies: dict[tuple[int, int], list[_T]] = {}
         first = next((n.backend for n in g.nodes if n.op not in _VIEW_OPS), 0)
         cur = first
         split: tuple[int, list[_T], list[_T]] = (cur, [], [])
         splits.append(split)
+        split_at.append(GLOBAL)
+        at = GLOBAL
         for node in g.nodes:
+            at = max(at, node.pos)
             if node.op in _VIEW_OPS:
                 split[2].append(node)
                 continue
@@ -817,14 +850,17 @@ class _Sched:
                 cur = node.backend
                 split = (cur, [], [])
                 splits.append(split)
+                split_at.append(at)
             for j, s in enumerate(node.src):
                 if s.backend != cur and not self.supported(s, cur):
                     key = (id(s), cur)
                     if key not in copies:
                         made = []
-                        for _ in range(self.n_copies):
+                        for k in range(self.n_copies):
                             cp = _T(f"{self.names[cur]}#{s.name}", "NONE", s.type, s.ne, s.nb)
-                            cp.backend = cur
+                            # a layer's copy belongs to the layer its split begins with; a shared one stays shared
+                            cp.backend, cp.pos = cur, GLOBAL if s.pos == GLOBAL else split_at[-1]
+                            cp.seq = ("copy", s.pos - cp.pos, s.seq, cur, k)
                             if self.n_copies > 1:
                                 cp.flags = INPUT | OUTPUT
                             made.append(cp)
@@ -834,18 +870,25 @@ class _Sched:
             split[2].append(node)
         deps = self.keep_alive(g, splits)
         nodes: list[_T] = []
-        for b, inputs, members in splits:
+        node_at: list[int] = []
+        for (b, inputs, members), sat in zip(splits, split_at, strict=True):
             for s in inputs:
                 dep = _T(s.name, "NONE", s.type, s.ne, s.nb, [s], view_src=s)
-                dep.backend = s.backend
+                dep.backend, dep.pos = s.backend, GLOBAL if s.pos == GLOBAL else sat
+                dep.seq = ("input", s.pos - dep.pos, s.seq, b)
                 nodes += [dep, copies[(id(s), b)][0]]
+                node_at += [sat, sat]
             for node in members:
+                sat = max(sat, node.pos)
                 nodes.append(node)
+                node_at.append(sat)
                 keep = deps.get(id(node), [])
                 for k in range(0, len(keep), GGML_MAX_SRC):  # ggml-backend.cpp:1672-1690
                     dep = _T(node.name, "NONE", "F32", (1, 1, 1, 1), (4, 4, 4, 4), keep[k : k + GGML_MAX_SRC])
                     dep.view_src, dep.backend = keep[k].view_src or keep[k], b
+                    dep.pos, dep.seq = node.pos, ("keep", node.seq, k)
                     nodes.append(dep)
+                    node_at.append(sat)
         leafs: list[_T] = []
         if self.n_copies > 1:
             for leaf in g.leafs:
@@ -858,7 +901,7 @@ class _Sched:
             for b, inputs, _ in splits:
                 for s in inputs:
                     leafs += copies[(id(s), b)]
-        return nodes, leafs + g.leafs
+        return nodes, leafs + g.leafs, node_at
 
 
 # -- ggml_gallocr (ggml-alloc.c:589-822) ---------------------------------------------------------------
@@ -887,8 +930,16 @@ def _same_layout(a: _T, b: _T) -> bool:
     return a.type == b.type and a.ne == b.ne and a.nb == b.nb
 
 
-def _reserve(nodes: list[_T], leafs: list[_T], bufts: list[str]) -> dict[str, int]:
-    """``ggml_gallocr_alloc_graph_impl`` with one dynamic allocator per buffer type."""
+def _reserve(
+    nodes: list[_T],
+    leafs: list[_T],
+    bufts: list[str],
+    node_at: list[int] | None = None,
+    marks: frozenset[int] = frozenset(),
+) -> tuple[dict[str, int], dict[int, object]]:
+    """``ggml_gallocr_alloc_graph_impl`` with one dynamic allocator per buffer type: each buffer
+    type's high-water mark, and the allocator's state (:func:`_state`) where the nodes of the layer
+    at each position of ``marks`` begin (``node_at``: the position each node comes with)."""
     allocs = {
         b: DynAllocator(CUDA_ALIGN if b.startswith("CUDA") and not b.endswith("_Host") else HOST_ALIGN) for b in bufts
     }
@@ -896,6 +947,13 @@ def _reserve(nodes: list[_T], leafs: list[_T], bufts: list[str]) -> dict[str, in
     own: set[int] = set()
     children: dict[int, int] = {}
     views: dict[int, int] = {}
+    sizes: dict[int, int] = {}
+
+    def size_of(buft: str, t: _T) -> int:
+        n = sizes.get(id(t))
+        if n is None:
+            n = sizes[id(t)] = _alloc_size(buft, t)
+        return n
 
     def allocate(t: _T, bid: int) -> None:
         if t.buft is not None or id(t) in own or t.view_src is not None:
@@ -918,18 +976,18 @@ def _reserve(nodes: list[_T], leafs: list[_T], bufts: list[str]) -> dict[str, in
                 buft, off = where[id(owner)]
                 where[id(t)] = (buft, off)
                 a = allocs[buft]
-                ps, ns = a.align(_alloc_size(buft, owner)), a.align(_alloc_size(buft, t))
+                ps, ns = a.align(size_of(buft, owner)), a.align(size_of(buft, t))
                 if ps > ns:
                     a.free(off + ns, ps - ns)
                 return
         buft = bufts[bid]
-        where[id(t)] = (buft, allocs[buft].alloc(_alloc_size(buft, t)))
+        where[id(t)] = (buft, allocs[buft].alloc(size_of(buft, t)))
 
     def free(t: _T) -> None:
         if t.flags & OUTPUT:
             return
         buft, off = where[id(t)]
-        allocs[buft].free(off, _alloc_size(buft, t))
+        allocs[buft].free(off, size_of(buft, t))
         own.discard(id(t))
 
     for leaf in leafs:
@@ -943,7 +1001,20 @@ def _reserve(nodes: list[_T], leafs: list[_T], bufts: list[str]) -> dict[str, in
             children[id(s)] = children.get(id(s), 0) + 1
             if s.flags & INPUT:
                 allocate(s, node.backend)
-    for node in nodes:
+    states: dict[int, object] = {}
+    todo = sorted(marks, reverse=True)
+    tensors: dict[int, _T] = {}
+    if todo:
+        for t in (*leafs, *nodes):
+            tensors[id(t)] = t
+            for s in t.src:
+                tensors[id(s)] = s
+        pre = frozenset(own)  # allocated before the first node: leafs and inputs
+        states[PREALLOCATED] = frozenset(tensors[tid].pos for tid in pre)
+    for i, node in enumerate(nodes):
+        while todo and node_at is not None and node_at[i] >= todo[-1]:
+            mark = todo.pop()
+            states[mark] = _state(mark, allocs, tensors, where, own, children, views, pre)
         for p in node.src:
             allocate(p, node.backend)
         allocate(node, node.backend)
@@ -957,7 +1028,45 @@ def _reserve(nodes: list[_T], leafs: list[_T], bufts: list[str]) -> dict[str, in
                         free(v)
                 elif id(p) in own:
                     free(p)
-    return {b: a.max_size for b, a in allocs.items()}
+    return {b: a.max_size for b, a in allocs.items()}, states
+
+
+def _state(
+    mark: int,
+    allocs: dict[str, DynAllocator],
+    tensors: dict[int, _T],
+    where: dict[int, tuple[str, int]],
+    own: set[int],
+    children: dict[int, int],
+    views: dict[int, int],
+    pre: frozenset[int],
+) -> object:
+    """What the replay of the nodes from the layer at position ``mark`` on depends on: every
+    allocator's free blocks, and each tensor allocated or still awaited (its place, and its pending
+    consumers and views), a layer's tensors keyed by their layer's distance to ``mark`` and their
+    place in it, the others (inputs, embeddings, shared copies) by identity, without their pending
+    consumers (which only differ by the uses of the layers a plan leaves out, all before a last
+    use in the layers it keeps), and those allocated before the first node (in a place no layer
+    changes) by identity. Tensors of later layers are left out unless already allocated."""
+    free = tuple((b, tuple(tuple(blk) for blk in a.blocks)) for b, a in allocs.items())
+    live: dict[object, object] = {}
+    for tid, t in tensors.items():
+        if t.buft is not None or (t.view_src is not None and t.view_src.buft is not None):
+            continue  # weights and caches: never allocated here
+        mine = tid in own
+        if tid in pre:
+            live[("pre", tid)] = where[tid] if mine else None
+            continue
+        if t.pos == GLOBAL:
+            if mine or children.get(tid, 0) or views.get(tid, 0):
+                live[("global", tid)] = (where[tid] if mine else None, bool(children.get(tid, 0) or views.get(tid, 0)))
+            continue
+        if t.pos >= mark and not mine:
+            continue
+        n_children, n_views = children.get(tid, 0), views.get(tid, 0)
+        if mine or n_children or n_views:
+            live[(t.pos - mark, t.seq)] = (where[tid] if mine else None, n_children, n_views)
+    return free, live
 
 
 # -- the reservation -----------------------------------------------------------------------------------
@@ -1122,24 +1231,164 @@ def _context(model: GGUFModel, hp: Hparams, pl: Placement, sp: SimParams, n_toke
     return c
 
 
-def _one(model: GGUFModel, hp: Hparams, pl: Placement, sp: SimParams, n_tokens: int, n_outputs: int) -> dict[str, int]:
+def _layer_signatures(c: _Ctx) -> list[tuple[object, ...]]:
+    """Per layer, everything its part of the graph is built from: its kind and heads, the buffers of
+    its weights, cache and pinned norm, and the name, buffer, type and shape of each of its weights.
+    Two layers with one signature make identical nodes, scheduled and split identically."""
+    hp = c.hp
+    per: dict[int, list[tuple[object, ...]]] = {}
+    for name, copies in c.by_name.items():
+        if name.startswith("blk."):
+            num, _, role = name[4:].partition(".")
+            if num.isdigit():
+                per.setdefault(int(num), []).append((role, tuple((b, t.type, t.ne) for b, t in copies)))
+    return [
+        (
+            il == hp.n_layer - 1,
+            hp.n_head[il],
+            hp.n_head_kv[il],
+            c.swa[il] if il < len(c.swa) else False,
+            c.recurrent[il] if c.recurrent else False,
+            c.layer_buft[il],
+            c.cache_buft[il],
+            c.pin[il],
+            tuple(sorted(per.get(il, []), key=lambda r: str(r[0]))),
+        )
+        for il in range(hp.n_layer)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """The layers a shortened replay builds, and where it must find the allocator periodic: for each
+    run of repeated blocks of layers it shortens, the positions (in ``layers``) of the first block it
+    keeps after the left-out blocks, and of the blocks one and two periods before it."""
+
+    layers: tuple[int, ...]
+    checks: tuple[tuple[int, int, int, int], ...]  # (resume, one period before, two before, the run's start)
+
+
+MAX_PERIOD = 8  # the longest block of layers looked for (qwen35: 4, gemma3: 6)
+
+
+def _plan(sigs: list[tuple[object, ...]], warm: int) -> _Plan:
+    """Each run of identical blocks of ``P`` layers (the smallest ``P`` that leaves the most layers
+    out) is built as its first ``warm`` blocks, then the replay resumes after an even number of
+    blocks left out (so that a replay periodic over one or two blocks resumes in the state it would
+    have reached: :func:`simulate`); everything else is built as it is. ``warm`` >= 3, so that the
+    states compared follow a block."""
+    n = len(sigs)
+    layers: list[int] = []
+    checks: list[tuple[int, int, int, int]] = []
+    i = 0
+    while i < n:
+        best: tuple[int, int, int] | None = None  # (P, blocks kept before, blocks left out)
+        for period in range(1, MAX_PERIOD + 1):
+            if i + period > n:
+                break
+            block = sigs[i : i + period]
+            nb = 1
+            while sigs[i + nb * period : i + (nb + 1) * period] == block:
+                nb += 1
+            # the replay resumes on a block, or on layers that begin as one (else a run's own
+            # inputs would see their last use in the blocks left out)
+            end = i + nb * period
+            tail = 0 if end < n and sigs[end] == sigs[i] else 1
+            kept = warm + (nb - warm - tail) % 2
+            out = nb - kept - tail
+            if out >= 2 and (best is None or out * period > best[2] * best[0]):
+                best = (period, kept, out)
+        if best is None:
+            layers.append(i)
+            i += 1
+            continue
+        period, kept, out = best
+        start = len(layers)
+        layers += range(i, i + kept * period)
+        resume = len(layers)
+        checks.append((resume, resume - period, resume - 2 * period, start))
+        i += (kept + out) * period
+    return _Plan(tuple(layers), tuple(checks))
+
+
+def _one(
+    model: GGUFModel,
+    hp: Hparams,
+    pl: Placement,
+    sp: SimParams,
+    n_tokens: int,
+    n_outputs: int,
+    warm: int | None,
+) -> dict[str, int] | None:
+    """One reservation: the graph of every layer (``warm`` None), or of a plan's layers (None when the
+    allocator is not periodic where the plan needs it to be)."""
     c = _context(model, hp, pl, sp, n_tokens, n_outputs)
+    plan = _Plan(tuple(range(hp.n_layer)), ())
+    if warm is not None:
+        plan = _plan(_layer_signatures(c), warm)
+        if not plan.checks:
+            warm = None
+    c.layers = list(plan.layers)
+    if warm is not None:
+        where = {il: p for p, il in enumerate(plan.layers)}
+        for name, copies in c.by_name.items():
+            if name.startswith("blk."):
+                num = name[4:].partition(".")[0]
+                for buft, t in copies:
+                    t.pos = where.get(int(num), GLOBAL - 1) if num.isdigit() else GLOBAL
+                    t.seq = ("weight", name[4 + len(num) :], buft)
     g = _Graph()
     g.expand(_decoder(c, g))
     gpus = [d.name for d in pl.devices]
     host = host_buft(gpus[0] if gpus else None)
     sched = _Sched(gpus, host, N_COPIES if sp.pipeline else 1)
     sched.assign(g)
-    nodes, leafs = sched.split(g)
-    return _reserve(nodes, leafs, sched.bufts)
+    nodes, leafs, node_at = sched.split(g)
+    marks = frozenset(p for check in plan.checks for p in check[:3])
+    sizes, states = _reserve(nodes, leafs, sched.bufts, node_at, marks)
+    pre = states.get(PREALLOCATED, frozenset())
+    assert isinstance(pre, frozenset)
+    for resume, one, two, start in plan.checks:
+        # up-front allocations (pipeline parallelism's input copies) of a block after the first: each
+        # block left out would have its own (the first block's may come from the layers before it)
+        if any(start + resume - one <= p < resume for p in pre):
+            return None
+        if not (_shifted(states[resume], states[one]) or _shifted(states[resume], states[two])):
+            return None
+    return sizes
 
 
-def simulate(model: GGUFModel, devices: list[Device], offload: OffloadParams, sp: SimParams) -> dict[str, int]:
+def _shifted(a: object, b: object) -> bool:
+    """Whether two allocator states (:func:`_state`) are the same."""
+    return a == b
+
+
+WARM = (3, 6)  # the warm-up blocks tried before the whole graph
+
+
+def simulate(
+    model: GGUFModel, devices: list[Device], offload: OffloadParams, sp: SimParams, *, whole: bool = False
+) -> dict[str, int]:
     """Each backend's compute buffer (bytes by buffer type: ``CUDA0``..., ``CUDA_Host`` or ``CPU``):
     the larger of the prompt-processing and the token-generation reservations
-    (``llama_context::sched_reserve``, llama-context.cpp:617-770)."""
+    (``llama_context::sched_reserve``, llama-context.cpp:617-770).
+
+    Repeated layers allocate alike: once the allocator's state (its free blocks, the tensors alive,
+    where they are and what still reads them) comes back the same after a block of identical layers,
+    every further such block leaves it so and allocates as that one did. So the graph is built with
+    a few of each run of identical blocks, and the replay checks that periodicity where it leaves the
+    others out; where it does not hold, with more blocks kept, then with every layer. ``whole``
+    replays every layer (the oracle the shortcut is tested against)."""
     hp = hparams(model)
     pl = place(model, devices, offload)
-    pp = _one(model, hp, pl, sp, sp.n_ubatch, sp.n_outputs)
-    tg = _one(model, hp, pl, sp, sp.n_seq_max, sp.n_seq_max)
+    out = []
+    for n_tokens, n_outputs in ((sp.n_ubatch, sp.n_outputs), (sp.n_seq_max, sp.n_seq_max)):
+        sizes = None
+        for warm in () if whole else WARM:
+            sizes = _one(model, hp, pl, sp, n_tokens, n_outputs, warm)
+            if sizes is not None:
+                break
+        out.append(sizes or _one(model, hp, pl, sp, n_tokens, n_outputs, None))
+    pp, tg = out
+    assert pp is not None and tg is not None
     return {b: max(pp.get(b, 0), tg.get(b, 0)) for b in pp}
