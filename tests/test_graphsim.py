@@ -283,13 +283,12 @@ def test_the_shortened_replay_builds_few_layers(
     args = parse_args(f"-m x {argv}")
     devices = [Device(f"CUDA{i}", 80000 * MiB) for i in range(n_gpus)]
     sp = sim_params(breakdown(model, devices, args.offload, args.context))
-    hp = graphsim.hparams(model)
-    pl = graphsim.place(model, devices, args.offload)
+    ld = graphsim._loaded(model, devices, args.offload)
     for n_tokens in (sp.n_ubatch, sp.n_seq_max):
-        c = graphsim._context(model, hp, pl, sp, n_tokens, n_tokens)
-        plan = graphsim._plan(graphsim._layer_signatures(c), graphsim.WARM[0])
-        assert len(plan.layers) <= most < hp.n_layer, plan.layers
-        assert graphsim._one(model, hp, pl, sp, n_tokens, min(n_tokens, sp.n_outputs), graphsim.WARM[0]) is not None
+        c = graphsim._context(model, ld, sp, n_tokens, n_tokens)
+        plan = graphsim._plan(graphsim._layer_signatures(c, ld), graphsim.WARM[0])
+        assert len(plan.layers) <= most < ld.hp.n_layer, plan.layers
+        assert graphsim._one(model, ld, sp, n_tokens, min(n_tokens, sp.n_outputs), graphsim.WARM[0]) is not None
     assert graphsim.simulate(model, devices, args.offload, sp) == graphsim.simulate(
         model, devices, args.offload, sp, whole=True
     )

@@ -24,8 +24,10 @@ needs, are refused with a reason (:func:`simulated`, :func:`unbuildable`).
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any, TypeVar
 
 from ggufx.analysis.layers import layer_kinds, swa_layers
 from ggufx.analysis.memory.graph.galloc import CUDA_ALIGN, HOST_ALIGN, MATRIX_ROW_PADDING, DynAllocator
@@ -34,6 +36,8 @@ from ggufx.analysis.memory.placement import CPU, Device, OffloadParams, Placemen
 from ggufx.errors import ValidationError
 from ggufx.format.ggmltypes import GGMLType, ggml_type_by_name
 from ggufx.model import GGUFModel
+
+T = TypeVar("T")
 
 __all__ = ["BUILT_ARCHS", "SIMULATED_ARCHS", "SimParams", "simulate", "simulated", "unbuildable"]
 
@@ -1194,7 +1198,25 @@ def _qwen35_unbuildable(model: GGUFModel) -> str | None:
     return None
 
 
-def _context(model: GGUFModel, hp: Hparams, pl: Placement, sp: SimParams, n_tokens: int, n_outputs: int) -> _Ctx:
+@dataclass(slots=True)
+class _Loaded:
+    """What every graph of one model on one placement shares: the weights as graph tensors (with the
+    buffer type of each copy), the buffer type of each layer's weights, the per-layer weight part of
+    the layer signatures, the layer kinds. Built once per (model, devices, offload options)."""
+
+    hp: Hparams
+    pl: Placement
+    weights: dict[tuple[str, str | None], _T]
+    by_name: dict[str, list[tuple[str, _T]]]
+    layer_buft: list[str]
+    layer_weights: list[tuple[object, ...]]
+    moe: int | None
+    swa: list[bool]
+    recurrent: list[bool]
+    gdn: _Gdn | None
+
+
+def _load(model: GGUFModel, hp: Hparams, pl: Placement) -> _Loaded:
     mapped_host = {CPU, "CPU_Mapped", "CPU_REPACK"}
     weights: dict[tuple[str, str | None], _T] = {}
     by_name: dict[str, list[tuple[str, _T]]] = {}
@@ -1210,6 +1232,25 @@ def _context(model: GGUFModel, hp: Hparams, pl: Placement, sp: SimParams, n_toke
             layer_buft[il] = next(
                 (b for b, _ in by_name.get(f"blk.{il}.attn_norm.weight", []) if b in mapped_host), "CPU_Mapped"
             )
+    per: dict[int, list[tuple[str, tuple[object, ...]]]] = {}
+    for name, copies in by_name.items():
+        if name.startswith("blk."):
+            num, _, role = name[4:].partition(".")
+            if num.isdigit():
+                per.setdefault(int(num), []).append((role, tuple((b, t.type, t.ne) for b, t in copies)))
+    layer_weights: list[tuple[object, ...]] = [tuple(sorted(per.get(il, []))) for il in range(hp.n_layer)]
+    moe = model.metadata.get_int(f"{hp.arch}.expert_used_count") if hp.arch == "qwen3moe" else None
+    loaded = _Loaded(hp, pl, weights, by_name, layer_buft, layer_weights, moe, swa_layers(model, hp.n_layer), [], None)
+    if hp.arch == "qwen35":
+        dims, recurrent = _gdn_dims(model), _recurrent_layers(model, hp.n_layer)
+        if isinstance(dims, str) or isinstance(recurrent, str):
+            raise ValidationError(model.path, None, str(dims if isinstance(dims, str) else recurrent))
+        loaded.recurrent, loaded.gdn = recurrent, dims
+    return loaded
+
+
+def _context(model: GGUFModel, ld: _Loaded, sp: SimParams, n_tokens: int, n_outputs: int) -> _Ctx:
+    hp, pl = ld.hp, ld.pl
     cache_buft = [CPU if sp.no_kv_offload or d is None else d for d in pl.layer_device]
     gpus = [d.name for d in pl.devices]
     full = pl.n_offloaded > hp.n_layer
@@ -1217,31 +1258,19 @@ def _context(model: GGUFModel, hp: Hparams, pl: Placement, sp: SimParams, n_toke
     if n_tokens < OP_OFFLOAD_MIN_BATCH or full:  # graph_get_cb (llama-context.cpp:2638-2662)
         for il, d in enumerate(pl.layer_device):
             pin[il] = gpus.index(d) if d is not None else len(gpus)
-    moe = model.metadata.get_int(f"{hp.arch}.expert_used_count") if hp.arch == "qwen3moe" else None
-    swa = swa_layers(model, hp.n_layer)
     n_kv_swa = sp.n_kv_swa
     if n_kv_swa is None:  # llama-kv-cache-iswa.cpp:73: n_swa per sequence of a stream plus a micro-batch
         n_kv_swa = pad(min(sp.n_kv, hp.n_swa * (sp.n_seq_max if sp.n_streams == 1 else 1) + sp.n_ubatch))
-    c = _Ctx(hp, sp, n_tokens, n_outputs, weights, by_name, layer_buft, cache_buft, pin, model.path, moe, swa, n_kv_swa)
-    if hp.arch == "qwen35":
-        dims, recurrent = _gdn_dims(model), _recurrent_layers(model, hp.n_layer)
-        if isinstance(dims, str) or isinstance(recurrent, str):
-            raise ValidationError(model.path, None, str(dims if isinstance(dims, str) else recurrent))
-        c.recurrent, c.gdn = recurrent, dims
+    c = _Ctx(hp, sp, n_tokens, n_outputs, ld.weights, ld.by_name, ld.layer_buft, cache_buft, pin, model.path, ld.moe)
+    c.swa, c.n_kv_swa, c.recurrent, c.gdn = ld.swa, n_kv_swa, ld.recurrent, ld.gdn
     return c
 
 
-def _layer_signatures(c: _Ctx) -> list[tuple[object, ...]]:
+def _layer_signatures(c: _Ctx, ld: _Loaded) -> list[tuple[object, ...]]:
     """Per layer, everything its part of the graph is built from: its kind and heads, the buffers of
     its weights, cache and pinned norm, and the name, buffer, type and shape of each of its weights.
     Two layers with one signature make identical nodes, scheduled and split identically."""
     hp = c.hp
-    per: dict[int, list[tuple[object, ...]]] = {}
-    for name, copies in c.by_name.items():
-        if name.startswith("blk."):
-            num, _, role = name[4:].partition(".")
-            if num.isdigit():
-                per.setdefault(int(num), []).append((role, tuple((b, t.type, t.ne) for b, t in copies)))
     return [
         (
             il == hp.n_layer - 1,
@@ -1252,7 +1281,7 @@ def _layer_signatures(c: _Ctx) -> list[tuple[object, ...]]:
             c.layer_buft[il],
             c.cache_buft[il],
             c.pin[il],
-            tuple(sorted(per.get(il, []), key=lambda r: str(r[0]))),
+            ld.layer_weights[il],
         )
         for il in range(hp.n_layer)
     ]
@@ -1312,20 +1341,15 @@ def _plan(sigs: list[tuple[object, ...]], warm: int) -> _Plan:
 
 
 def _one(
-    model: GGUFModel,
-    hp: Hparams,
-    pl: Placement,
-    sp: SimParams,
-    n_tokens: int,
-    n_outputs: int,
-    warm: int | None,
+    model: GGUFModel, ld: _Loaded, sp: SimParams, n_tokens: int, n_outputs: int, warm: int | None
 ) -> dict[str, int] | None:
     """One reservation: the graph of every layer (``warm`` None), or of a plan's layers (None when the
     allocator is not periodic where the plan needs it to be)."""
-    c = _context(model, hp, pl, sp, n_tokens, n_outputs)
+    hp, pl = ld.hp, ld.pl
+    c = _context(model, ld, sp, n_tokens, n_outputs)
     plan = _Plan(tuple(range(hp.n_layer)), ())
     if warm is not None:
-        plan = _plan(_layer_signatures(c), warm)
+        plan = _plan(_layer_signatures(c, ld), warm)
         if not plan.checks:
             warm = None
     c.layers = list(plan.layers)
@@ -1367,7 +1391,13 @@ WARM = (3, 6)  # the warm-up blocks tried before the whole graph
 
 
 def simulate(
-    model: GGUFModel, devices: list[Device], offload: OffloadParams, sp: SimParams, *, whole: bool = False
+    model: GGUFModel,
+    devices: list[Device],
+    offload: OffloadParams,
+    sp: SimParams,
+    *,
+    whole: bool = False,
+    placement: Placement | None = None,
 ) -> dict[str, int]:
     """Each backend's compute buffer (bytes by buffer type: ``CUDA0``..., ``CUDA_Host`` or ``CPU``):
     the larger of the prompt-processing and the token-generation reservations
@@ -1378,17 +1408,55 @@ def simulate(
     every further such block leaves it so and allocates as that one did. So the graph is built with
     a few of each run of identical blocks, and the replay checks that periodicity where it leaves the
     others out; where it does not hold, with more blocks kept, then with every layer. ``whole``
-    replays every layer (the oracle the shortcut is tested against)."""
-    hp = hparams(model)
-    pl = place(model, devices, offload)
+    replays every layer (the oracle the shortcut is tested against). ``placement``: ``place(model,
+    devices, offload)`` when the caller has it."""
+    key = (tuple(devices), offload, sp, whole)
+    done = _cached(_RESULTS, model, key)
+    if done is not None:
+        return dict(done)
+    ld = _loaded(model, devices, offload, placement)
     out = []
     for n_tokens, n_outputs in ((sp.n_ubatch, sp.n_outputs), (sp.n_seq_max, sp.n_seq_max)):
         sizes = None
         for warm in () if whole else WARM:
-            sizes = _one(model, hp, pl, sp, n_tokens, n_outputs, warm)
+            sizes = _one(model, ld, sp, n_tokens, n_outputs, warm)
             if sizes is not None:
                 break
-        out.append(sizes or _one(model, hp, pl, sp, n_tokens, n_outputs, None))
+        out.append(sizes or _one(model, ld, sp, n_tokens, n_outputs, None))
     pp, tg = out
     assert pp is not None and tg is not None
-    return {b: max(pp.get(b, 0), tg.get(b, 0)) for b in pp}
+    result = {b: max(pp.get(b, 0), tg.get(b, 0)) for b in pp}
+    return dict(_store(_RESULTS, model, key, result, 256))
+
+
+def _loaded(
+    model: GGUFModel, devices: list[Device], offload: OffloadParams, placement: Placement | None = None
+) -> _Loaded:
+    key = (tuple(devices), offload)
+    ld = _cached(_LOADED, model, key)
+    if ld is None:
+        pl = placement or place(model, devices, offload)
+        ld = _store(_LOADED, model, key, _load(model, hparams(model), pl), 8)
+    assert isinstance(ld, _Loaded)
+    return ld
+
+
+# per model (held weakly: a model closed and collected takes its entries along), the loaded graph
+# tensors per placement and the buffers per reservation, so that --fit's searches and a report's
+# several contexts replay a configuration once per process
+_LOADED: weakref.WeakKeyDictionary[GGUFModel, dict[object, Any]] = weakref.WeakKeyDictionary()
+_RESULTS: weakref.WeakKeyDictionary[GGUFModel, dict[object, Any]] = weakref.WeakKeyDictionary()
+
+
+def _cached(cache: weakref.WeakKeyDictionary[GGUFModel, dict[object, Any]], model: GGUFModel, key: object) -> Any:
+    return cache.get(model, {}).get(key)
+
+
+def _store(
+    cache: weakref.WeakKeyDictionary[GGUFModel, dict[object, Any]], model: GGUFModel, key: object, value: T, most: int
+) -> T:
+    entries = cache.setdefault(model, {})
+    if len(entries) >= most:
+        del entries[next(iter(entries))]
+    entries[key] = value
+    return value
