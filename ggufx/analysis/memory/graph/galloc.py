@@ -115,74 +115,75 @@ def _reserve(
     allocs = {
         b: DynAllocator(CUDA_ALIGN if b.startswith("CUDA") and not b.endswith("_Host") else HOST_ALIGN) for b in bufts
     }
-    where: dict[int, tuple[str, int]] = {}  # tensor -> (buft, offset)
-    own: set[int] = set()
-    children: dict[int, int] = {}
-    views: dict[int, int] = {}
-    sizes: dict[int, int] = {}
+    where: dict[_T, tuple[str, int]] = {}  # tensor -> (buft, offset)
+    own: set[_T] = set()
+    children: dict[_T, int] = {}
+    views: dict[_T, int] = {}
+    sizes: dict[_T, int] = {}
 
     def size_of(buft: str, t: _T) -> int:
-        n = sizes.get(id(t))
+        n = sizes.get(t)
         if n is None:
-            n = sizes[id(t)] = _alloc_size(buft, t)
+            n = sizes[t] = _alloc_size(buft, t)
         return n
 
     def allocate(t: _T, bid: int) -> None:
-        if t.buft is not None or id(t) in own or t.view_src is not None:
+        if t.buft is not None or t in own or t.view_src is not None:
             return
-        own.add(id(t))
+        own.add(t)
         if t.op in _INPLACE:
             for p in t.src:
-                if id(p) not in own or p.flags & OUTPUT or (p.view_src is not None and p.view_src.flags & OUTPUT):
+                if p not in own or p.flags & OUTPUT or (p.view_src is not None and p.view_src.flags & OUTPUT):
                     continue
-                if not _same_layout(t, p) or children.get(id(p), 0) != 1 or views.get(id(p), 0) != 0:
+                if not _same_layout(t, p) or children.get(p, 0) != 1 or views.get(p, 0) != 0:
                     continue
                 owner = p
                 if p.view_src is not None:
                     v = p.view_src
-                    if not (views.get(id(v), 0) == 1 and children.get(id(v), 0) == 0):
+                    if not (views.get(v, 0) == 1 and children.get(v, 0) == 0):
                         continue
                     owner = v
-                    own.discard(id(v))
-                own.discard(id(p))
-                buft, off = where[id(owner)]
-                where[id(t)] = (buft, off)
+                    own.discard(v)
+                own.discard(p)
+                buft, off = where[owner]
+                where[t] = (buft, off)
                 a = allocs[buft]
                 ps, ns = a.align(size_of(buft, owner)), a.align(size_of(buft, t))
                 if ps > ns:
                     a.free(off + ns, ps - ns)
                 return
         buft = bufts[bid]
-        where[id(t)] = (buft, allocs[buft].alloc(size_of(buft, t)))
+        where[t] = (buft, allocs[buft].alloc(size_of(buft, t)))
 
     def free(t: _T) -> None:
         if t.flags & OUTPUT:
             return
-        buft, off = where[id(t)]
+        buft, off = where[t]
         allocs[buft].free(off, size_of(buft, t))
-        own.discard(id(t))
+        own.discard(t)
 
     for leaf in leafs:
         allocate(leaf, leaf.backend)
     for node in nodes:
         if node.view_src is not None and node.op != "NONE":
-            views[id(node.view_src)] = views.get(id(node.view_src), 0) + 1
+            views[node.view_src] = views.get(node.view_src, 0) + 1
         if node.flags & INPUT:
             allocate(node, node.backend)
         for s in node.src:
-            children[id(s)] = children.get(id(s), 0) + 1
+            children[s] = children.get(s, 0) + 1
             if s.flags & INPUT:
                 allocate(s, node.backend)
     states: dict[int, object] = {}
     todo = sorted(marks, reverse=True)
-    tensors: dict[int, _T] = {}
+    tensors: dict[_T, None] = {}
+    pre: frozenset[_T] = frozenset()
     if todo:
         for t in (*leafs, *nodes):
-            tensors[id(t)] = t
+            tensors[t] = None
             for s in t.src:
-                tensors[id(s)] = s
+                tensors[s] = None
         pre = frozenset(own)  # allocated before the first node: leafs and inputs
-        states[PREALLOCATED] = frozenset(tensors[tid].pos for tid in pre)
+        states[PREALLOCATED] = frozenset(t.pos for t in pre)
     for i, node in enumerate(nodes):
         while todo and node_at is not None and node_at[i] >= todo[-1]:
             mark = todo.pop()
@@ -191,14 +192,14 @@ def _reserve(
             allocate(p, node.backend)
         allocate(node, node.backend)
         for p in node.src:
-            children[id(p)] -= 1
-            if children[id(p)] == 0 and views.get(id(p), 0) == 0:
+            children[p] -= 1
+            if children[p] == 0 and views.get(p, 0) == 0:
                 if p.view_src is not None:
                     v = p.view_src
-                    views[id(v)] -= 1
-                    if views[id(v)] == 0 and children.get(id(v), 0) == 0 and id(v) in own:
+                    views[v] -= 1
+                    if views[v] == 0 and children.get(v, 0) == 0 and v in own:
                         free(v)
-                elif id(p) in own:
+                elif p in own:
                     free(p)
     return {b: a.max_size for b, a in allocs.items()}, states
 
@@ -206,12 +207,12 @@ def _reserve(
 def _state(
     mark: int,
     allocs: dict[str, DynAllocator],
-    tensors: dict[int, _T],
-    where: dict[int, tuple[str, int]],
-    own: set[int],
-    children: dict[int, int],
-    views: dict[int, int],
-    pre: frozenset[int],
+    tensors: dict[_T, None],
+    where: dict[_T, tuple[str, int]],
+    own: set[_T],
+    children: dict[_T, int],
+    views: dict[_T, int],
+    pre: frozenset[_T],
 ) -> object:
     """What the replay of the nodes from the layer at position ``mark`` on depends on: every
     allocator's free blocks, and each tensor allocated or still awaited (its place, and its pending
@@ -222,16 +223,17 @@ def _state(
     changes) by identity. Tensors of later layers are left out unless already allocated."""
     free = tuple((b, tuple(tuple(blk) for blk in a.blocks)) for b, a in allocs.items())
     live: dict[object, object] = {}
-    for tid, t in tensors.items():
+    for t in tensors:
+        tid = t
         if t.buft is not None or (t.view_src is not None and t.view_src.buft is not None):
             continue  # weights and caches: never allocated here
         mine = tid in own
         if tid in pre:
-            live[("pre", tid)] = where[tid] if mine else None
+            live[("pre", id(t))] = where[tid] if mine else None
             continue
         if t.pos == GLOBAL:
             if mine or children.get(tid, 0) or views.get(tid, 0):
-                live[("global", tid)] = (where[tid] if mine else None, bool(children.get(tid, 0) or views.get(tid, 0)))
+                live[("global", id(t))] = (where[t] if mine else None, bool(children.get(t, 0) or views.get(t, 0)))
             continue
         if t.pos >= mark and not mine:
             continue

@@ -84,7 +84,7 @@ class _Graph:
         self.nodes: list[_T] = []
         self.leafs: list[_T] = []
         self.fused: list[_Fusion] = []
-        self._seen: set[int] = set()
+        self._seen: set[_T] = set()
         self.pos = GLOBAL  # the layer being built (its position in the built layers)
         self._seq = 0
 
@@ -138,16 +138,21 @@ class _Graph:
         return self.new(name, "MUL_MAT", "F32", (w.ne[1], x.ne[1], x.ne[2], x.ne[3]), w, x)
 
     def expand(self, t: _T) -> None:
+        """``ggml_visit_parents``: the sources depth first, then the tensor (a node, or a leaf when it
+        has no op)."""
+        seen, nodes, leafs = self._seen, self.nodes, self.leafs
         stack: list[tuple[_T, int]] = [(t, 0)]
+        pop, push = stack.pop, stack.append
         while stack:
-            node, i = stack.pop()
+            node, i = pop()
             if i == 0:
-                if id(node) in self._seen:
+                if node in seen:
                     continue
-                self._seen.add(id(node))
-            if i < len(node.src):
-                stack.append((node, i + 1))
-                if id(node.src[i]) not in self._seen:
-                    stack.append((node.src[i], 0))
+                seen.add(node)
+            src = node.src
+            if i < len(src):
+                push((node, i + 1))
+                if src[i] not in seen:
+                    push((src[i], 0))
                 continue
-            (self.leafs if node.op == "NONE" else self.nodes).append(node)
+            (leafs if node.op == "NONE" else nodes).append(node)

@@ -24,7 +24,7 @@ needs, are refused with a reason (:func:`simulated`, :func:`unbuildable`).
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ggufx.analysis.layers import swa_layers
@@ -188,6 +188,8 @@ class _Loaded:
     swa: list[bool]
     recurrent: list[bool]
     gdn: _Gdn | None
+    plans: dict[object, _Plan] = field(default_factory=dict)  # by the signatures' varying parts and warm-up
+    tagged: _Plan | None = None  # the plan the weights' positions are set for
 
 
 def _load(model: GGUFModel, hp: Hparams, pl: Placement) -> _Loaded:
@@ -278,8 +280,8 @@ def _plan(sigs: list[tuple[object, ...]], warm: int) -> _Plan:
     """Each run of identical blocks of ``P`` layers (the smallest ``P`` that leaves the most layers
     out) is built as its first ``warm`` blocks, then the replay resumes after an even number of
     blocks left out (so that a replay periodic over one or two blocks resumes in the state it would
-    have reached: :func:`simulate`); everything else is built as it is. ``warm`` >= 3, so that the
-    states compared follow a block."""
+    have reached: :func:`simulate`); everything else is built as it is. ``warm`` >= 2, so that the
+    states compared follow a block (two blocks back: from three kept blocks on)."""
     n = len(sigs)
     layers: list[int] = []
     checks: list[tuple[int, int, int, int]] = []
@@ -323,11 +325,15 @@ def _one(
     c = _context(model, ld, sp, n_tokens, n_outputs)
     plan = _Plan(tuple(range(hp.n_layer)), ())
     if warm is not None:
-        plan = _plan(_layer_signatures(c, ld), warm)
+        key = (tuple(c.cache_buft), tuple(c.pin), warm)  # what the signatures take from the reservation
+        if key not in ld.plans:
+            ld.plans[key] = _plan(_layer_signatures(c, ld), warm)
+        plan = ld.plans[key]
         if not plan.checks:
             warm = None
     c.layers = list(plan.layers)
-    if warm is not None:
+    if warm is not None and ld.tagged is not plan:
+        ld.tagged = plan
         where = {il: p for p, il in enumerate(plan.layers)}
         for name, copies in c.by_name.items():
             if name.startswith("blk."):
@@ -351,7 +357,9 @@ def _one(
         # block left out would have its own (the first block's may come from the layers before it)
         if any(start + resume - one <= p < resume for p in pre):
             return None
-        if not (_shifted(states[resume], states[one]) or _shifted(states[resume], states[two])):
+        # two blocks back only where that state follows a block too (the warm-up's first block does not)
+        twice = two >= start + resume - one and _shifted(states[resume], states[two])
+        if not (twice or _shifted(states[resume], states[one])):
             return None
     return sizes
 
@@ -361,7 +369,7 @@ def _shifted(a: object, b: object) -> bool:
     return a == b
 
 
-WARM = (3, 6)  # the warm-up blocks tried before the whole graph
+WARM = (2, 3, 6)  # the warm-up blocks tried before the whole graph
 
 
 def simulate(

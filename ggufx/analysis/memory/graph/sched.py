@@ -110,13 +110,13 @@ class _Sched:
             if node.backend == -1:
                 node.backend = 0
 
-    def keep_alive(self, g: _Graph, splits: list[tuple[int, list[_T], list[_T]]]) -> dict[int, list[_T]]:
+    def keep_alive(self, g: _Graph, splits: list[tuple[int, list[_T], list[_T]]]) -> dict[_T, list[_T]]:
         """``ggml_backend_cuda_graph_optimize``'s allocation dependencies (ggml-cuda.cu:4604-4660):
         for each fusable group inside one CUDA split, the tensors kept alive until a node."""
-        where = {id(n): (i, j) for i, (_, _, members) in enumerate(splits) for j, n in enumerate(members)}
-        deps: dict[int, list[_T]] = {}
+        where = {n: (i, j) for i, (_, _, members) in enumerate(splits) for j, n in enumerate(members)}
+        deps: dict[_T, list[_T]] = {}
         for f in g.fused:
-            first, last = where[id(f.members[0])], where[id(f.members[-1])]
+            first, last = where[f.members[0]], where[f.members[-1]]
             b, _, members = splits[first[0]]
             if b == self.cpu or first[0] != last[0] or last[1] - first[1] != len(f.members) - 1:
                 continue
@@ -126,7 +126,7 @@ class _Sched:
                 until, keep = members[last[1] + 1], [t for m in f.members for t in (m, *m.src)]
             else:  # the weighted sum of the experts: until its last add
                 until, keep = f.members[-1], f.keep
-            kept = deps.setdefault(id(until), [])
+            kept = deps.setdefault(until, [])
             kept += [t for t in dict.fromkeys(keep) if t not in kept]
         return deps
 
@@ -136,7 +136,7 @@ class _Sched:
         node; the nodes after the last layer with the last layer)."""
         splits: list[tuple[int, list[_T], list[_T]]] = []  # (backend, inputs, nodes)
         split_at: list[int] = []
-        copies: dict[tuple[int, int], list[_T]] = {}
+        copies: dict[tuple[_T, int], list[_T]] = {}
         first = next((n.backend for n in g.nodes if n.op not in _VIEW_OPS), 0)
         cur = first
         split: tuple[int, list[_T], list[_T]] = (cur, [], [])
@@ -158,7 +158,7 @@ class _Sched:
                 split_at.append(at)
             for j, s in enumerate(node.src):
                 if s.backend != cur and not self.supported(s, cur):
-                    key = (id(s), cur)
+                    key = (s, cur)
                     if key not in copies:
                         made = []
                         for k in range(self.n_copies):
@@ -181,13 +181,13 @@ class _Sched:
                 dep = _T(s.name, "NONE", s.type, s.ne, s.nb, [s], view_src=s)
                 dep.backend, dep.pos = s.backend, GLOBAL if s.pos == GLOBAL else sat
                 dep.seq = ("input", s.pos - dep.pos, s.seq, b)
-                nodes += [dep, copies[(id(s), b)][0]]
+                nodes += [dep, copies[(s, b)][0]]
                 node_at += [sat, sat]
             for node in members:
                 sat = max(sat, node.pos)
                 nodes.append(node)
                 node_at.append(sat)
-                keep = deps.get(id(node), [])
+                keep = deps.get(node, [])
                 for k in range(0, len(keep), GGML_MAX_SRC):  # ggml-backend.cpp:1672-1690
                     dep = _T(node.name, "NONE", "F32", (1, 1, 1, 1), (4, 4, 4, 4), keep[k : k + GGML_MAX_SRC])
                     dep.view_src, dep.backend = keep[k].view_src or keep[k], b
@@ -205,5 +205,5 @@ class _Sched:
                     leafs += [leaf, *extra]
             for b, inputs, _ in splits:
                 for s in inputs:
-                    leafs += copies[(id(s), b)]
+                    leafs += copies[(s, b)]
         return nodes, leafs + g.leafs, node_at
