@@ -20,11 +20,12 @@ import pytest
 from gguf import GGUFWriter
 
 import ggufx
-from ggufx.analysis.memory.graph import graphsim
 from ggufx.analysis.memory.buffers import Breakdown, MiB, breakdown
+from ggufx.analysis.memory.graph import graphsim
 from ggufx.analysis.memory.llamaargs import parse_args
 from ggufx.analysis.memory.llamalog import parse_log
 from ggufx.analysis.memory.placement import Device
+from ggufx.errors import InputError
 
 from .llamacpp_logs import LOGS, RUNS, devices_of
 
@@ -231,3 +232,64 @@ def test_hybrid_files_the_graph_cannot_read_are_refused(tmp_path: Path) -> None:
     ):
         reason = graphsim.simulated(ggufx.open(_write_qwen35(tmp_path / f"{name}.gguf", **kwargs)))
         assert reason is not None and why in reason, (name, reason)
+
+
+# -- the shortened replay against the whole one --------------------------------------------------------
+
+ALL_RUNS = sorted(RUNS)
+
+
+@pytest.mark.parametrize("rid", ALL_RUNS)
+def test_the_shortened_replay_is_the_whole_one(rid: str, hole_models: dict[str, Path]) -> None:
+    """Every recorded run's configuration, prompt processing and token generation: the compute
+    buffers of the replay that builds a few of each run of identical layers
+    (:func:`graphsim.simulate`) are byte for byte those of the replay of every layer (``whole``)."""
+    run = RUNS[rid]
+    log = parse_log((LOGS / f"{rid}.log").read_text())
+    args = parse_args(run["args"].replace("@", ""), server=run["tool"] == "server")
+    model = ggufx.open(hole_models[str(args.model)])
+    if graphsim.simulated(model) is not None:
+        pytest.skip(f"{args.model}: not simulated")
+    # llama-fit-params prints no device line: the H100's free memory (its dry runs: tests/test_fit_logs.py)
+    devices = devices_of(run, log.devices or [("CUDA0", 80552)])
+    try:
+        bd = breakdown(model, devices, args.offload, args.context)
+    except (ggufx.GGUFError, InputError) as e:  # options ggufx refuses (tests/test_memory_logs.py checks why)
+        pytest.skip(str(e))
+    if bd.reservation is None or not any(b.kind == "compute" for b in bd.buffers):
+        pytest.skip("no simulated compute buffers (-sm tensor)")
+    sp = sim_params(bd)
+    whole = graphsim.simulate(model, devices, args.offload, sp, whole=True)
+    assert graphsim.simulate(model, devices, args.offload, sp) == whole
+
+
+@pytest.mark.parametrize(
+    ("name", "argv", "n_gpus", "most"),
+    [
+        ("qwen36-27b", "-c 262144 -ctk q4_0 -ctv q4_0", 1, 16),
+        ("qwen36-27b", "-c 32768 -ngl 40", 1, 32),
+        ("qwen3moe-30b-a3b", "-c 32768", 1, 8),
+        ("qwen3moe-30b-a3b", "-c 32768 --n-cpu-moe 20", 1, 16),
+        ("llama31-8b", "-c 32768", 2, 16),
+        ("llama31-8b", "-c 32768 -fa off -np 4", 1, 8),
+    ],
+)
+def test_the_shortened_replay_builds_few_layers(
+    name: str, argv: str, n_gpus: int, most: int, hole_models: dict[str, Path]
+) -> None:
+    """The shortcut is taken: the replay's periodicity holds where the plan of one of the warm-ups
+    tried needs it, with at most ``most`` layers built, and gives the whole replay's buffers."""
+    model = ggufx.open(hole_models[name])
+    args = parse_args(f"-m x {argv}")
+    devices = [Device(f"CUDA{i}", 80000 * MiB) for i in range(n_gpus)]
+    sp = sim_params(breakdown(model, devices, args.offload, args.context))
+    ld = graphsim._loaded(model, devices, args.offload)
+    for n_tokens in (sp.n_ubatch, sp.n_seq_max):
+        c = graphsim._context(model, ld, sp, n_tokens, n_tokens)
+        n_out = min(n_tokens, sp.n_outputs)
+        warm = next(w for w in graphsim.WARM if graphsim._one(model, ld, sp, n_tokens, n_out, w) is not None)
+        plan = graphsim._plan(graphsim._layer_signatures(c, ld), warm)
+        assert plan.checks and len(plan.layers) <= most < ld.hp.n_layer, plan.layers
+    assert graphsim.simulate(model, devices, args.offload, sp) == graphsim.simulate(
+        model, devices, args.offload, sp, whole=True
+    )

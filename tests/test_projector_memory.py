@@ -14,8 +14,8 @@ import pytest
 
 import ggufx
 from ggufx.analysis.memory.buffers import MiB
-from ggufx.analysis.memory.llamalog import parse_log
 from ggufx.analysis.memory.graph.projector import projector_buffers, projector_unsupported
+from ggufx.analysis.memory.llamalog import parse_log
 from ggufx.errors import InputError
 
 from .llamacpp_logs import LOGS, RUNS

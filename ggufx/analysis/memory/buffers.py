@@ -409,7 +409,7 @@ def breakdown(model: GGUFModel, devices: list[Device], offload: OffloadParams, c
         swa_cells,
     )
     if not pl.meta and simulated(model) is None:  # the graph itself, split and allocated as llama.cpp does
-        sizes = simulate_compute(model, devices, offload, sp)
+        sizes = simulate_compute(model, devices, offload, sp, placement=pl)
         buffers += [Buffer("compute", b, n, exact=False) for b, n in sizes.items() if n > 1]
     elif hp.arch in COMPUTE_ARCHS:
         computed, decided_by = compute_buffers(

@@ -205,12 +205,21 @@ def breakdown_measure(model: GGUFModel, devices: list[Device], offload: OffloadP
 
     n_layer = hparams(model).n_layer
     names = [t.name for t in model.tensors]
+    matched: dict[str, bool] = {}
+    measured: dict[DryRun, tuple[DeviceUse, ...]] = {}  # fit's searches come back to a dry run
 
     def matches(pattern: str) -> bool:
-        rx = re.compile(pattern)
-        return any(rx.search(n) for n in names)
+        if pattern not in matched:
+            rx = re.compile(pattern)
+            matched[pattern] = any(rx.search(n) for n in names)
+        return matched[pattern]
 
     def measure(run: DryRun) -> tuple[DeviceUse, ...]:
+        if run not in measured:
+            measured[run] = dry_run(run)
+        return measured[run]
+
+    def dry_run(run: DryRun) -> tuple[DeviceUse, ...]:
         off = offload
         if run.experts_on_host:
             off = replace(offload, overrides=((MOE_ALL, CPU),))

@@ -4,7 +4,19 @@ graph in :mod:`ggufx.analysis.memory.graph.graphsim`, a projector's in :mod:`ggu
 
 from __future__ import annotations
 
+import math
+
+from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, INPUT, OUTPUT, _type
+
 __all__ = ["CUDA_ALIGN", "HOST_ALIGN", "MATRIX_ROW_PADDING", "DynAllocator"]
+
+PREALLOCATED = -1  # the key of the positions of the tensors allocated before the first node
+# ggml_op_can_inplace (ggml-alloc.c:22)
+_INPLACE = frozenset(
+    {"FILL", "SCALE", "DIAG_MASK_ZERO", "DIAG_MASK_INF", "ADD", "ADD_ID", "ADD1", "SUB", "MUL", "DIV", "SQR"}
+    | {"SQRT", "LOG", "UNARY", "ROPE", "ROPE_BACK", "SILU_BACK", "RMS_NORM", "RMS_NORM_BACK", "CLAMP"}
+    | {"SOFT_MAX", "SOFT_MAX_BACK"}
+)
 
 CUDA_ALIGN = 128  # ggml-cuda.cu: ggml_backend_cuda_buffer_type_get_alignment
 HOST_ALIGN = 32  # TENSOR_ALIGNMENT: CPU, CPU_Mapped, CUDA_Host, CPU_REPACK
@@ -62,3 +74,170 @@ class DynAllocator:
         while pos < len(self.blocks) and self.blocks[pos][0] < offset:
             pos += 1
         self.blocks.insert(pos, [offset, size])
+
+
+# -- ggml_gallocr (ggml-alloc.c:589-822) ---------------------------------------------------------------
+
+
+def _alloc_size(buft: str, t: _T) -> int:
+    """``ggml_backend_buft_get_alloc_size``: CUDA adds the flash-attention f16 conversion of a
+    quantized K/V (fattn.cu:722, fattn-common.cuh:53) and pads quantized rows (ggml-cuda.cu:903)."""
+    size = t.nbytes
+    if not buft.startswith("CUDA") or buft.endswith("_Host"):
+        return size
+    if t.op == "FLASH_ATTN_EXT":
+        q, k, v = t.src[0], t.src[1], t.src[2]
+        tiles = q.ne[1] > 2  # MMA/tile kernels for batches; the vec kernel converts only what it lacks
+        if tiles and k.type != "F16":
+            size = -(-size // 128) * 128 + 2 * math.prod(k.ne)
+        if tiles and v.type != "F16":
+            size = -(-size // 128) * 128 + 2 * math.prod(v.ne)
+    tt = _type(t.type)
+    if tt.block_size > 1 and t.ne[0] % MATRIX_ROW_PADDING:
+        size += (MATRIX_ROW_PADDING - t.ne[0] % MATRIX_ROW_PADDING) // tt.block_size * tt.type_size
+    return size
+
+
+def _same_layout(a: _T, b: _T) -> bool:
+    return a.type == b.type and a.ne == b.ne and a.nb == b.nb
+
+
+def _reserve(
+    nodes: list[_T],
+    leafs: list[_T],
+    bufts: list[str],
+    node_at: list[int] | None = None,
+    marks: frozenset[int] = frozenset(),
+) -> tuple[dict[str, int], dict[int, object]]:
+    """``ggml_gallocr_alloc_graph_impl`` with one dynamic allocator per buffer type: each buffer
+    type's high-water mark, and the allocator's state (:func:`_state`) where the nodes of the layer
+    at each position of ``marks`` begin (``node_at``: the position each node comes with)."""
+    allocs = {
+        b: DynAllocator(CUDA_ALIGN if b.startswith("CUDA") and not b.endswith("_Host") else HOST_ALIGN) for b in bufts
+    }
+    where: dict[_T, tuple[str, int]] = {}  # tensor -> (buft, offset)
+    own: set[_T] = set()
+    children: dict[_T, int] = {}
+    views: dict[_T, int] = {}
+    sizes: dict[_T, int] = {}
+
+    def size_of(buft: str, t: _T) -> int:
+        n = sizes.get(t)
+        if n is None:
+            n = sizes[t] = _alloc_size(buft, t)
+        return n
+
+    def allocate(t: _T, bid: int) -> None:
+        if t.buft is not None or t in own or t.view_src is not None:
+            return
+        own.add(t)
+        if t.op in _INPLACE:
+            for p in t.src:
+                if p not in own or p.flags & OUTPUT or (p.view_src is not None and p.view_src.flags & OUTPUT):
+                    continue
+                if not _same_layout(t, p) or children.get(p, 0) != 1 or views.get(p, 0) != 0:
+                    continue
+                owner = p
+                if p.view_src is not None:
+                    v = p.view_src
+                    if not (views.get(v, 0) == 1 and children.get(v, 0) == 0):
+                        continue
+                    owner = v
+                    own.discard(v)
+                own.discard(p)
+                buft, off = where[owner]
+                where[t] = (buft, off)
+                a = allocs[buft]
+                ps, ns = a.align(size_of(buft, owner)), a.align(size_of(buft, t))
+                if ps > ns:
+                    a.free(off + ns, ps - ns)
+                return
+        buft = bufts[bid]
+        where[t] = (buft, allocs[buft].alloc(size_of(buft, t)))
+
+    def free(t: _T) -> None:
+        if t.flags & OUTPUT:
+            return
+        buft, off = where[t]
+        allocs[buft].free(off, size_of(buft, t))
+        own.discard(t)
+
+    for leaf in leafs:
+        allocate(leaf, leaf.backend)
+    for node in nodes:
+        if node.view_src is not None and node.op != "NONE":
+            views[node.view_src] = views.get(node.view_src, 0) + 1
+        if node.flags & INPUT:
+            allocate(node, node.backend)
+        for s in node.src:
+            children[s] = children.get(s, 0) + 1
+            if s.flags & INPUT:
+                allocate(s, node.backend)
+    states: dict[int, object] = {}
+    todo = sorted(marks, reverse=True)
+    tensors: dict[_T, None] = {}
+    pre: frozenset[_T] = frozenset()
+    if todo:
+        for t in (*leafs, *nodes):
+            tensors[t] = None
+            for s in t.src:
+                tensors[s] = None
+        pre = frozenset(own)  # allocated before the first node: leafs and inputs
+        states[PREALLOCATED] = frozenset(t.pos for t in pre)
+    for i, node in enumerate(nodes):
+        while todo and node_at is not None and node_at[i] >= todo[-1]:
+            mark = todo.pop()
+            states[mark] = _state(mark, allocs, tensors, where, own, children, views, pre)
+        for p in node.src:
+            allocate(p, node.backend)
+        allocate(node, node.backend)
+        for p in node.src:
+            children[p] -= 1
+            if children[p] == 0 and views.get(p, 0) == 0:
+                if p.view_src is not None:
+                    v = p.view_src
+                    views[v] -= 1
+                    if views[v] == 0 and children.get(v, 0) == 0 and v in own:
+                        free(v)
+                elif p in own:
+                    free(p)
+    return {b: a.max_size for b, a in allocs.items()}, states
+
+
+def _state(
+    mark: int,
+    allocs: dict[str, DynAllocator],
+    tensors: dict[_T, None],
+    where: dict[_T, tuple[str, int]],
+    own: set[_T],
+    children: dict[_T, int],
+    views: dict[_T, int],
+    pre: frozenset[_T],
+) -> object:
+    """What the replay of the nodes from the layer at position ``mark`` on depends on: every
+    allocator's free blocks, and each tensor allocated or still awaited (its place, and its pending
+    consumers and views), a layer's tensors keyed by their layer's distance to ``mark`` and their
+    place in it, the others (inputs, embeddings, shared copies) by identity, without their pending
+    consumers (which only differ by the uses of the layers a plan leaves out, all before a last
+    use in the layers it keeps), and those allocated before the first node (in a place no layer
+    changes) by identity. Tensors of later layers are left out unless already allocated."""
+    free = tuple((b, tuple(tuple(blk) for blk in a.blocks)) for b, a in allocs.items())
+    live: dict[object, object] = {}
+    for t in tensors:
+        tid = t
+        if t.buft is not None or (t.view_src is not None and t.view_src.buft is not None):
+            continue  # weights and caches: never allocated here
+        mine = tid in own
+        if tid in pre:
+            live[("pre", id(t))] = where[tid] if mine else None
+            continue
+        if t.pos == GLOBAL:
+            if mine or children.get(tid, 0) or views.get(tid, 0):
+                live[("global", id(t))] = (where[t] if mine else None, bool(children.get(t, 0) or views.get(t, 0)))
+            continue
+        if t.pos >= mark and not mine:
+            continue
+        n_children, n_views = children.get(tid, 0), views.get(tid, 0)
+        if mine or n_children or n_views:
+            live[(t.pos - mark, t.seq)] = (where[tid] if mine else None, n_children, n_views)
+    return free, live

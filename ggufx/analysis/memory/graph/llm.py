@@ -1,0 +1,296 @@
+"""``llm_graph_context``'s shared pieces (src/llama-graph.cpp): the graph inputs (embeddings, positions,
+the KV cache's rows and masks), attention over the cache, norms, projections, the dense and the
+mixture-of-experts FFN; what a builder of :mod:`ggufx.analysis.memory.graph.models` is made of."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ggufx.analysis.memory.graph.ggml import _T, _Fusion, _Graph, _ne, _strides, _type
+from ggufx.analysis.memory.hparams import Hparams
+from ggufx.errors import ValidationError
+
+_MOE_REDUCTION_MAX = 15  # MOE_WEIGHTED_REDUCTION_MAX_EXPERTS (ggml-cuda.cu:3096)
+
+
+@dataclass(frozen=True, slots=True)
+class SimParams:
+    """The resolved context of one reservation (what ``breakdown`` computes from the options)."""
+
+    n_ubatch: int
+    n_outputs: int  # outputs of the prompt-processing reserve
+    n_seq_max: int
+    n_kv: int  # cells per stream
+    n_streams: int
+    flash_attn: bool
+    type_k: str = "F16"
+    type_v: str = "F16"
+    no_kv_offload: bool = False
+    pipeline: bool = False
+    n_kv_swa: int | None = None  # cells per stream of a sliding-window cache (None: without --swa-full)
+
+
+@dataclass(frozen=True, slots=True)
+class _Gdn:
+    """The Gated DeltaNet dimensions (qwen35.cpp:54-61, :356-362)."""
+
+    d_conv: int  # ssm.conv_kernel
+    head_k: int  # ssm.state_size
+    n_k_heads: int  # ssm.group_count
+    n_v_heads: int  # ssm.time_step_rank
+    head_v: int  # ssm.inner_size / n_v_heads
+
+
+@dataclass(slots=True)
+class _Ctx:
+    hp: Hparams
+    sp: SimParams
+    n_tokens: int
+    n_outputs: int
+    weights: dict[tuple[str, str | None], _T]  # (name, buft) -> tensor
+    by_name: dict[str, list[tuple[str, _T]]]
+    layer_buft: list[str]  # the buffer type of each layer's weights (index n_layer: the output layer)
+    cache_buft: list[str]
+    pin: list[int]  # the backend graph_get_cb pins each layer's "norm" to (-1: none)
+    path: str = ""  # the model's file, for the error a missing tensor gets
+    moe: int | None = None  # experts used per token (n_expert_used) of a mixture-of-experts FFN
+    swa: list[bool] = field(default_factory=list)  # the sliding-window layers
+    n_kv_swa: int = 0  # cells per stream of the sliding-window cache
+    pos: _T | None = None  # the positions input, once built
+    recurrent: list[bool] = field(default_factory=list)  # the Gated DeltaNet layers of a hybrid
+    gdn: _Gdn | None = None  # their dimensions
+    layers: list[int] = field(default_factory=list)  # the layers built, in order (all of them, or a plan's)
+
+
+def _weight(c: _Ctx, name: str, il: int) -> _T | None:
+    """The copy of a weight that layer ``il`` uses: a tensor loaded once per buffer type (the tied
+    output, rope_freqs) is taken from the layer's own buffer type when it has one there."""
+    copies = c.by_name.get(name)
+    if not copies:
+        return None
+    if il < 0:  # the input layer: the first copy (llama-model.cpp loads token_embd on the host first)
+        return copies[0][1]
+    for buft, t in copies:
+        if buft == c.layer_buft[il]:
+            return t
+    return copies[-1][1] if il == c.hp.n_layer else copies[0][1]
+
+
+def _rot(g: _Graph, x: _T, rot: _T | None) -> _T:
+    """The Hadamard rotation of a quantized cache (llama-graph.cpp ``ggml_rotate_hadamard``)."""
+    if rot is None:
+        return x
+    n = rot.ne[0]
+    r = g.reshape(x, n, math.prod(x.ne) // n)
+    r = g.mul_mat(x.name, rot, r)
+    return g.reshape(r, *x.ne)
+
+
+@dataclass(slots=True)
+class _AttnInp:
+    """One KV cache's graph inputs (``build_attn_inp_kv``/``_iswa``, llama-graph.cpp:3470-3530):
+    the rows to write, the mask, the Hadamard rotations of a quantized cache."""
+
+    n_kv: int  # cells per stream
+    k_idxs: _T
+    v_idxs: _T
+    mask: _T
+    k_rot: _T | None
+    v_rot: _T | None
+
+
+def _attn_inp(c: _Ctx, g: _Graph, n_kv: int) -> _AttnInp:
+    hp, sp, T = c.hp, c.sp, c.n_tokens
+    hd, hv = hp.head_k, hp.head_v
+    tk, tv = _type(sp.type_k), _type(sp.type_v)
+    k_rot = g.input("attn_inp_k_rot", "F32", hd, hd) if tk.block_size > 1 and hd % 64 == 0 else None
+    if k_rot is not None:
+        n = 64
+        while hd % (2 * n) == 0:
+            n *= 2
+        k_rot.ne, k_rot.nb = _ne(n, n), _strides(_ne(n, n), "F32")
+    v_rot = g.input("attn_inp_v_rot", "F32", 64, 64) if tv.block_size > 1 and hv % 64 == 0 else None
+    k_idxs = g.input("attn_inp_k_idxs", "I64", T)
+    v_gqa = max(hp.n_head_kv) * hv
+    v_idxs = g.input("attn_inp_v_idxs", "I64", T * (v_gqa if not sp.flash_attn else 1))
+    ns = sp.n_streams
+    mask = g.input("attn_inp_kq_mask", "F16" if sp.flash_attn else "F32", n_kv, T // ns, 1, ns)
+    return _AttnInp(n_kv, k_idxs, v_idxs, mask, k_rot, v_rot)
+
+
+def _inp_embd(c: _Ctx, g: _Graph) -> _T:
+    """``build_inp_embd`` (llama-graph.cpp:2413): the token branch, then the unselected embedding
+    branches (all kept by ``ggml_build_forward_select``), then Gemma's scaling of the token rows."""
+    T, E = c.n_tokens, c.hp.n_embd
+    tok = _w(c, "token_embd.weight", -1)
+    tokens = g.input("inp_tokens", "I32", T)
+    embd = g.new("embd", "GET_ROWS", "F32", (E, T), tok, tokens)
+    inp_embd = g.input("inp_embd", "F32", E, T)
+    mixed_tokens = g.input("inp_mixed_tokens", "I32", T)
+    mixed_slots = g.input("inp_mixed_slots", "I64", T)
+    mixed_embd = g.input("inp_mixed_embd", "F32", E, T)
+    rows = g.new("node_1", "GET_ROWS", "F32", (E, T), tok, mixed_tokens)
+    dup = g.new("node_2", "DUP", "F32", (E, T), mixed_embd)
+    sel = g.view(dup, dup.ne, dup.nb, "SET_ROWS")
+    sel.src = [rows, mixed_slots, dup]
+    for t in (embd, inp_embd, sel):
+        g.expand(t)
+    if c.hp.arch == "gemma3":  # tok_scale = sqrt(n_embd) (gemma3.cpp:89): MUL by the input scale_rows
+        embd = g.op("inp_scaled", "MUL", embd, g.input("inp_scale_rows", "F32", 1, T))
+        g.expand(embd)
+    return embd
+
+
+def _attn(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp, iswa: bool) -> _T:
+    """Q/K/V and RoPE of one layer, its attention (:func:`_attn_kv`), then the output projection."""
+    hp = c.hp
+    T = c.n_tokens
+    nh, nkv = hp.n_head[il], hp.n_head_kv[il]
+    hd, hv = hp.head_k, hp.head_v
+    pos = c.pos
+    assert pos is not None
+    rope_freqs = _weight(c, "rope_freqs.weight", il)
+    rope_src = [pos, *([rope_freqs] if rope_freqs else [])]
+    q = _proj(c, g, f"Qcur-{il}", f"blk.{il}.attn_q", x, il)
+    q = _qk_norm(c, g, g.reshape(q, hd, nh, T), f"blk.{il}.attn_q_norm.weight", il)
+    q = g.new(q.name, "ROPE", "F32", q.ne, q, *rope_src)
+    if hp.arch == "gemma3":
+        q = g.op(q.name, "SCALE", q)  # f_attention_scale (gemma3.cpp:138)
+    k = _proj(c, g, f"Kcur-{il}", f"blk.{il}.attn_k", x, il)
+    k = _qk_norm(c, g, g.reshape(k, hd, nkv, T), f"blk.{il}.attn_k_norm.weight", il)
+    v = _proj(c, g, f"Vcur-{il}", f"blk.{il}.attn_v", x, il)
+    v = g.reshape(v, hv, nkv, T)
+    k = g.new(k.name, "ROPE", "F32", k.ne, k, *rope_src)
+    cur = _attn_kv(c, g, q, k, v, il, inp, iswa)
+    return _proj(c, g, f"attn_out-{il}", f"blk.{il}.attn_output", cur, il)
+
+
+def _attn_kv(c: _Ctx, g: _Graph, q: _T, k: _T, v: _T, il: int, inp: _AttnInp, iswa: bool) -> _T:
+    """The cache writes and the attention of one layer's roped Q, K and V (``build_attn``,
+    llama-graph.cpp:2950-3060 and, with a sliding-window cache, :3195-3290), before the output
+    projection."""
+    hp, sp = c.hp, c.sp
+    T = c.n_tokens
+    ns = sp.n_streams
+    nh, nkv = hp.n_head[il], hp.n_head_kv[il]
+    hd, hv = hp.head_k, hp.head_v
+    fa = sp.flash_attn
+    tk, tv = _type(sp.type_k), _type(sp.type_v)
+    n_kv = inp.n_kv
+    v_gqa = max(hp.n_head_kv) * hv
+    q, k, v = _rot(g, q, inp.k_rot), _rot(g, k, inp.k_rot), _rot(g, v, inp.v_rot)
+    for t in (q, k, v) if iswa else (q, v, k):
+        g.expand(t)
+    buft = c.cache_buft[il]
+    cache_k = g.leaf(f"cache_k_l{il}", tk.name, (hd * nkv, n_kv * ns), buft=buft)
+    cache_v = g.leaf(f"cache_v_l{il}", tv.name, ((hv * nkv) if fa else v_gqa, n_kv * ns), buft=buft)
+    # cpy_k / cpy_v (llama-kv-cache.cpp): SET_ROWS into views of the cache
+    kv = g.view(k, (hd * nkv, T), None)
+    set_k = g.view(cache_k, cache_k.ne, cache_k.nb, "SET_ROWS")
+    set_k.src = [kv, inp.k_idxs, cache_k]
+    g.expand(set_k)
+    if fa:
+        vv = g.view(v, (hv * nkv, T), None)
+        set_v = g.view(cache_v, cache_v.ne, cache_v.nb, "SET_ROWS")
+        set_v.src = [vv, inp.v_idxs, cache_v]
+    else:
+        vv = g.reshape(g.reshape(v, hv * nkv, T), 1, hv * nkv * T)
+        cv = g.reshape(cache_v, 1, math.prod(cache_v.ne))
+        set_v = g.view(cv, cv.ne, cv.nb, "SET_ROWS")
+        set_v.src = [vv, inp.v_idxs, cv]
+    g.expand(set_v)
+    qv = g.permute(g.view(q, (hd, nh, T // ns, ns), (q.nb[0], q.nb[1], q.nb[2], q.nb[2] * (T // ns))), 0, 2, 1, 3)
+    krow = cache_k.nb[1]
+    kview = g.view(cache_k, (hd, nkv, n_kv, ns), (cache_k.nb[0], krow // nkv, krow, krow * n_kv))
+    kp = g.permute(kview, 0, 2, 1, 3)
+    if fa:
+        vrow = cache_v.nb[1]
+        vview = g.view(cache_v, (hv, nkv, n_kv, ns), (cache_v.nb[0], vrow // nkv, vrow, vrow * n_kv))
+        vp = g.permute(vview, 0, 2, 1, 3)
+        out = g.new(f"node_fa-{il}", "FLASH_ATTN_EXT", "F32", (hv, nh, T // ns, ns), qv, kp, vp, inp.mask)
+        cur = g.reshape(out, hv * nh, T)
+    else:
+        es = cache_v.nb[0]
+        vview = g.view(cache_v, (n_kv, nkv, hv, ns), (es, es * n_kv * hv, es * n_kv, es * n_kv * v_gqa))
+        vp = g.permute(vview, 0, 2, 1, 3)
+        kq = g.new(f"kq-{il}", "MUL_MAT", "F32", (n_kv, T // ns, nh, ns), kp, qv)
+        kq = g.op(f"kq_soft_max-{il}", "SOFT_MAX", kq, inp.mask)
+        kqv = g.new(f"kqv-{il}", "MUL_MAT", "F32", (hv, T // ns, nh, ns), vp, kq)
+        cur = g.new(f"kqv_out-{il}", "CONT", "F32", (hv * nh, T), g.permute(kqv, 0, 2, 1, 3))
+    return _rot(g, cur, inp.v_rot) if inp.v_rot is not None else cur
+
+
+def _norm(c: _Ctx, g: _Graph, x: _T, weight: str, il: int, pin: bool = True) -> _T:
+    """``build_norm`` with RMS: the norm (named "norm", which ``graph_get_cb`` pins to the layer's
+    device when the call passes the layer) times its weight."""
+    cur = g.op(f"norm-{il}", "RMS_NORM", x)
+    if pin:
+        cur.backend = c.pin[il]
+    return g.op(f"normed-{il}", "MUL", cur, _w(c, weight, il))
+
+
+def _qk_norm(c: _Ctx, g: _Graph, x: _T, weight: str, il: int) -> _T:
+    """The RMS norm of each Q and K head (qwen3moe.cpp:104-116, gemma3.cpp:121-133)."""
+    return x if c.hp.arch == "llama" else _norm(c, g, x, weight, il)
+
+
+def _moe_ffn(c: _Ctx, g: _Graph, cur: _T, il: int) -> _T:
+    """``build_moe_ffn`` with softmax gating, normalized weights, separate gate and up experts
+    (llama-graph.cpp:2044-2420), in its expansion order: the routing first (expanded early so that
+    CUDA can fuse top-k), then the experts, then one view per used expert and the sum of those."""
+    assert c.moe is not None
+    T, E, n_used = cur.ne[1], cur.ne[0], c.moe
+    p = f"blk.{il}."
+    logits = g.mul_mat(f"ffn_moe_logits-{il}", _w(c, p + "ffn_gate_inp.weight", il), cur)
+    n_exp = logits.ne[0]
+    probs = g.op(f"ffn_moe_probs-{il}", "SOFT_MAX", logits)
+    probs3 = g.reshape(probs, 1, n_exp, T)
+    argsort = g.new(f"ffn_moe_argsort-{il}", "ARGSORT", "I32", (n_exp, T), probs)
+    topk = g.view(argsort, (n_used, T), argsort.nb[:2])
+    weights = g.new(f"ffn_moe_weights-{il}", "GET_ROWS", "F32", (1, n_used, T), probs3, topk)
+    w2 = g.reshape(weights, n_used, T)
+    wsum = g.new(f"ffn_moe_weights_sum-{il}", "SUM_ROWS", "F32", (1, T), w2)
+    clamped = g.op(f"ffn_moe_weights_sum_clamped-{il}", "CLAMP", wsum)
+    wnorm = g.op(f"ffn_moe_weights_norm-{il}", "DIV", w2, clamped)
+    w3 = g.reshape(wnorm, 1, n_used, T)
+    g.expand(w3)
+    if n_exp in (288, 576) or (n_exp & (n_exp - 1) == 0 and n_exp <= 512):  # topk-moe.cu:403-412
+        g.fused.append(_Fusion([probs, probs3, argsort, topk, weights, w2, wsum, clamped, wnorm, w3]))
+    x = g.reshape(cur, E, 1, T)
+    up_w, gate_w, down_w = (_w(c, p + f"ffn_{r}_exps.weight", il) for r in ("up", "gate", "down"))
+    up = g.new(f"ffn_moe_up-{il}", "MUL_MAT_ID", "F32", (up_w.ne[1], n_used, T), up_w, x, topk)
+    gate = g.new(f"ffn_moe_gate-{il}", "MUL_MAT_ID", "F32", (gate_w.ne[1], n_used, T), gate_w, x, topk)
+    act = g.new(f"ffn_moe_swiglu-{il}", "GLU", "F32", gate.ne, gate, up)
+    experts = g.new(f"ffn_moe_down-{il}", "MUL_MAT_ID", "F32", (down_w.ne[1], n_used, T), down_w, act, topk)
+    weighted = g.op(f"ffn_moe_weighted-{il}", "MUL", experts, w3)
+    g.expand(weighted)
+    views = [g.view(weighted, (E, T), (weighted.nb[0], weighted.nb[2])) for _ in range(n_used)]
+    for v in views:
+        g.expand(v)
+    out = views[0]
+    adds = []
+    for v in views[1:]:
+        out = g.op(f"ffn_moe_out-{il}", "ADD", out, v)
+        g.expand(out)
+        adds.append(out)
+    if n_used == 1:
+        out = g.new(f"ffn_moe_out-{il}", "CONT", "F32", (E, T), out)
+    elif n_used <= _MOE_REDUCTION_MAX:
+        g.fused.append(_Fusion([weighted, *views, *adds], keep=[experts, w3]))
+    return out
+
+
+def _w(c: _Ctx, name: str, il: int) -> _T:
+    """A weight the graph needs; llama.cpp refuses to load a model without it (``create_tensor``)."""
+    t = _weight(c, name, il)
+    if t is None:
+        raise ValidationError(c.path, None, f"tensor {name} is missing (llama.cpp refuses to load the model)")
+    return t
+
+
+def _proj(c: _Ctx, g: _Graph, name: str, prefix: str, x: _T, il: int) -> _T:
+    """``build_lora_mm`` plus the optional bias (llama-graph.cpp)."""
+    cur = g.mul_mat(name, _w(c, prefix + ".weight", il), x)
+    b = _weight(c, prefix + ".bias", il)
+    return g.op(name, "ADD", cur, b) if b is not None else cur

@@ -1,0 +1,209 @@
+"""``ggml_backend_sched`` (ggml/src/ggml-backend.cpp:1061-1745): every node assigned a backend in its
+five passes (op offload of host weights' products to the first GPU from 32 tokens), the graph split
+where the backend changes, one copy per split input (four with pipeline parallelism), and the
+allocation dependencies CUDA's ``graph_optimize`` adds around the ops it fuses."""
+
+from __future__ import annotations
+
+from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, INPUT, OUTPUT, _Graph
+from ggufx.analysis.memory.placement import CPU
+
+OP_OFFLOAD_MIN_BATCH = 32  # ggml-cuda.cu:5754 (op_offload_min_batch_size)
+N_COPIES = 4  # GGML_SCHED_MAX_COPIES (ggml-backend.cpp:912)
+GGML_MAX_SRC = 10
+_VIEW_OPS = frozenset({"VIEW", "RESHAPE", "PERMUTE", "TRANSPOSE"})  # ggml_is_view_op
+_HOST_BUFTS = ("CPU", "CPU_Mapped", "CPU_REPACK")
+
+
+class _Sched:
+    """The backends (GPUs in order, the CPU last) and the split graph they run."""
+
+    def __init__(self, gpus: list[str], host: str, n_copies: int, op_offload: bool = True) -> None:
+        self.names = [*gpus, CPU]
+        self.bufts = [*gpus, host]
+        self.cpu = len(gpus)
+        self.n_copies = n_copies
+        self.op_offload = op_offload
+
+    def supports_buft(self, b: int, buft: str) -> bool:
+        if b == self.cpu:  # the CPU backend takes any host buffer (ggml-cpu.cpp supports_buft)
+            return buft in _HOST_BUFTS or buft.endswith("_Host")
+        return buft == self.bufts[b]  # CUDA: only its own device buffers (ggml-cuda.cu:5733)
+
+    def from_buffer(self, t: _T) -> int:
+        buft = t.view_src.buft if t.view_src is not None else t.buft
+        if buft is None:
+            return -1
+        return next(b for b in range(len(self.names)) if self.supports_buft(b, buft))
+
+    def offload(self, t: _T) -> bool:  # ggml_backend_cuda_device_offload_op (ggml-cuda.cu:5739-5758)
+        if t.op == "GET_ROWS":
+            batch = 0
+        elif t.op == "MUL_MAT":
+            batch = t.ne[1]
+        elif t.op in ("MUL_MAT_ID", "ROPE"):
+            batch = t.ne[2]
+        else:
+            batch = t.ne[1] * t.ne[2] * t.ne[3]
+        return batch >= OP_OFFLOAD_MIN_BATCH
+
+    def from_cur(self, t: _T) -> int:  # ggml_backend_sched_backend_id_from_cur (:1061)
+        b = self.from_buffer(t)
+        if b != -1:
+            return b
+        if t.flags & INPUT:
+            return self.cpu
+        if t.op in ("ROPE", "FLASH_ATTN_EXT"):
+            return -1
+        for s in t.src:
+            if s.weight:
+                sb = self.from_buffer(s)
+                if self.op_offload and sb == self.cpu and self.cpu > 0 and self.offload(t):
+                    return 0
+                return sb
+        return -1
+
+    def supported(self, t: _T, b: int) -> bool:  # ggml_backend_sched_buffer_supported (:1177)
+        buft = t.view_src.buft if t.view_src is not None else t.buft
+        if buft is None:
+            bid = t.backend
+            if bid == -1 and t.view_src is not None:
+                bid = t.view_src.backend
+            if bid == -1:
+                return False
+            buft = self.bufts[bid]
+        return self.supports_buft(b, buft)
+
+    def assign(self, g: _Graph) -> None:
+        for leaf in g.leafs:
+            if leaf.backend == -1:
+                leaf.backend = self.from_cur(leaf)
+        for node in g.nodes:
+            if node.backend == -1:
+                node.backend = self.from_cur(node)
+        ops = [n for n in g.nodes if n.op not in _VIEW_OPS]
+        for seq, gpu_only in ((ops, True), (ops[::-1], True), (ops, False), (ops[::-1], False)):
+            cur = -1
+            for node in seq:
+                if node.backend != -1:
+                    cur = -1 if gpu_only and node.backend == self.cpu else node.backend
+                elif cur != -1:
+                    node.backend = cur
+        for node in ops:  # pass 3: the backend with the most supported inputs (distinct bufts: no upgrades)
+            if node.backend == -1:
+                best = -1
+                for b in range(len(self.names)):
+                    n = sum(
+                        1
+                        for s in node.src
+                        if (s.backend != -1 or (s.view_src is not None and s.view_src.backend != -1))
+                        and self.supported(s, b)
+                    )
+                    if n > best:
+                        best, node.backend = n, b
+        for node in g.nodes:  # pass 4
+            if node.view_src is not None and node.backend == -1:
+                node.backend = node.view_src.backend
+            for s in node.src:
+                if s.backend == -1:
+                    s.backend = s.view_src.backend if s.view_src is not None else node.backend
+            if node.backend == -1:
+                node.backend = 0
+
+    def keep_alive(self, g: _Graph, splits: list[tuple[int, list[_T], list[_T]]]) -> dict[_T, list[_T]]:
+        """``ggml_backend_cuda_graph_optimize``'s allocation dependencies (ggml-cuda.cu:4604-4660):
+        for each fusable group inside one CUDA split, the tensors kept alive until a node."""
+        where = {n: (i, j) for i, (_, _, members) in enumerate(splits) for j, n in enumerate(members)}
+        deps: dict[_T, list[_T]] = {}
+        for f in g.fused:
+            first, last = where[f.members[0]], where[f.members[-1]]
+            b, _, members = splits[first[0]]
+            if b == self.cpu or first[0] != last[0] or last[1] - first[1] != len(f.members) - 1:
+                continue
+            if f.keep is None:  # top-k routing: every member and its sources until the next node
+                if last[1] + 1 >= len(members):
+                    continue
+                until, keep = members[last[1] + 1], [t for m in f.members for t in (m, *m.src)]
+            else:  # the weighted sum of the experts: until its last add
+                until, keep = f.members[-1], f.keep
+            kept = deps.setdefault(until, [])
+            kept += [t for t in dict.fromkeys(keep) if t not in kept]
+        return deps
+
+    def split(self, g: _Graph) -> tuple[list[_T], list[_T], list[int]]:
+        """Pass 5 and the graph copy (:1386-1740): the nodes and leafs ggml-alloc reserves, and for each
+        node the position of the layer whose nodes it comes with (a split's inputs come with its first
+        node; the nodes after the last layer with the last layer)."""
+        splits: list[tuple[int, list[_T], list[_T]]] = []  # (backend, inputs, nodes)
+        split_at: list[int] = []
+        copies: dict[tuple[_T, int], list[_T]] = {}
+        first = next((n.backend for n in g.nodes if n.op not in _VIEW_OPS), 0)
+        cur = first
+        split: tuple[int, list[_T], list[_T]] = (cur, [], [])
+        splits.append(split)
+        split_at.append(GLOBAL)
+        at = GLOBAL
+        for node in g.nodes:
+            at = max(at, node.pos)
+            if node.op in _VIEW_OPS:
+                split[2].append(node)
+                continue
+            need_new = False
+            if node.backend == cur and split[1]:
+                need_new = any(s.weight and s.backend != cur and not self.supported(s, cur) for s in node.src)
+            if node.backend != cur or need_new:
+                cur = node.backend
+                split = (cur, [], [])
+                splits.append(split)
+                split_at.append(at)
+            for j, s in enumerate(node.src):
+                if s.backend != cur and not self.supported(s, cur):
+                    key = (s, cur)
+                    if key not in copies:
+                        made = []
+                        for k in range(self.n_copies):
+                            cp = _T(f"{self.names[cur]}#{s.name}", "NONE", s.type, s.ne, s.nb)
+                            # a layer's copy belongs to the layer its split begins with; a shared one stays shared
+                            cp.backend, cp.pos = cur, GLOBAL if s.pos == GLOBAL else split_at[-1]
+                            cp.seq = ("copy", s.pos - cp.pos, s.seq, cur, k)
+                            if self.n_copies > 1:
+                                cp.flags = INPUT | OUTPUT
+                            made.append(cp)
+                        copies[key] = made
+                        split[1].append(s)
+                    node.src[j] = copies[key][0]
+            split[2].append(node)
+        deps = self.keep_alive(g, splits)
+        nodes: list[_T] = []
+        node_at: list[int] = []
+        for (b, inputs, members), sat in zip(splits, split_at, strict=True):
+            for s in inputs:
+                dep = _T(s.name, "NONE", s.type, s.ne, s.nb, [s], view_src=s)
+                dep.backend, dep.pos = s.backend, GLOBAL if s.pos == GLOBAL else sat
+                dep.seq = ("input", s.pos - dep.pos, s.seq, b)
+                nodes += [dep, copies[(s, b)][0]]
+                node_at += [sat, sat]
+            for node in members:
+                sat = max(sat, node.pos)
+                nodes.append(node)
+                node_at.append(sat)
+                keep = deps.get(node, [])
+                for k in range(0, len(keep), GGML_MAX_SRC):  # ggml-backend.cpp:1672-1690
+                    dep = _T(node.name, "NONE", "F32", (1, 1, 1, 1), (4, 4, 4, 4), keep[k : k + GGML_MAX_SRC])
+                    dep.view_src, dep.backend = keep[k].view_src or keep[k], b
+                    dep.pos, dep.seq = node.pos, ("keep", node.seq, k)
+                    nodes.append(dep)
+                    node_at.append(sat)
+        leafs: list[_T] = []
+        if self.n_copies > 1:
+            for leaf in g.leafs:
+                if leaf.flags & INPUT:
+                    leaf.flags |= OUTPUT
+                    extra = [_T(leaf.name, "NONE", leaf.type, leaf.ne, leaf.nb) for _ in range(self.n_copies - 1)]
+                    for e in extra:
+                        e.flags, e.backend = INPUT | OUTPUT, leaf.backend
+                    leafs += [leaf, *extra]
+            for b, inputs, _ in splits:
+                for s in inputs:
+                    leafs += copies[(s, b)]
+        return nodes, leafs + g.leafs, node_at
