@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ggufx.analysis.layers import LayerKind, layer_kinds
 from ggufx.analysis.memory.compute import (
     OP_OFFLOAD_MIN_BATCH,
     ComputeModel,
@@ -39,7 +40,6 @@ from ggufx.analysis.memory.graph.galloc import CUDA_ALIGN, HOST_ALIGN, MATRIX_RO
 from ggufx.analysis.memory.graph.graphsim import SimParams, simulated
 from ggufx.analysis.memory.graph.graphsim import simulate as simulate_compute
 from ggufx.analysis.memory.hparams import Hparams, hparams, pad
-from ggufx.analysis.layers import LayerKind, layer_kinds
 from ggufx.analysis.memory.placement import (
     CPU,
     CPU_MAPPED,
@@ -233,8 +233,9 @@ def weight_buffers(model: GGUFModel, pl: Placement) -> list[Buffer]:
     meta: dict[str, int] = {}
     for t, buft in pl.tensors:
         if buft == CPU_MAPPED:
-            lo, hi = spans.get(t.shard, (t.file_offset, t.file_offset + t.nbytes))
-            spans[t.shard] = (min(lo, t.file_offset), max(hi, t.file_offset + t.nbytes))
+            if t.name not in pl.repacked_only:
+                lo, hi = spans.get(t.shard, (t.file_offset, t.file_offset + t.nbytes))
+                spans[t.shard] = (min(lo, t.file_offset), max(hi, t.file_offset + t.nbytes))
             continue
         if buft == META:
             _add(meta, meta_alloc(pl, t.name, t.type, tuple(t.shape)))
@@ -271,8 +272,12 @@ def kv_buffers(
     and per cache (sliding window or not) its tensor bytes and layers."""
     tk, tv = _cache_type(cp.cache_type_k, "-ctk"), _cache_type(cp.cache_type_v, "-ctv")
     v_trans = cp.flash_attn == "off"
-    attn = [k for k in kinds if k.is_attention and k.index < len(hp.n_head_kv) and hp.n_head_kv[k.index] > 0]
-    v_max = max((hp.n_head_kv[k.index] * (hp.head_v_swa if k.is_swa else hp.head_v) for k in attn), default=0)
+    # the layers with a cache of their own: no NextN/MTP layer (llama-model.cpp:2812-2819), no layer
+    # that reuses an earlier one's (gemma3n, has_kv), no recurrent-only or MLP-only layer
+    attn = [k for k in kinds if k.kv and k.index < len(hp.n_head_kv) and hp.n_head_kv[k.index] > 0]
+    # [TAG_V_CACHE_VARIABLE] n_embd_v_gqa_max over every layer (llama-hparams.cpp:199-206)
+    v_max = max((hp.n_head_kv[k.index] * (hp.head_v_swa if k.is_swa else hp.head_v) for k in kinds), default=0)
+    has_v = not hp.is_mla  # MLA caches the compressed latent and the rope part of K only (llama-kv-cache.cpp:210-211)
     out: list[Buffer] = []
     stats: dict[bool, tuple[int, int]] = {}
     for swa in (False, True):
@@ -287,16 +292,16 @@ def kv_buffers(
             dev = pl.layer_device[k.index] if k.index < len(pl.layer_device) else None
             buft = CPU if cp.no_kv_offload or dev is None else dev
             rows = (swa_cells if swa else cells) * n_streams
-            v_width = v_max if v_trans else hv * n_kv
+            v_width = (v_max if v_trans else hv * n_kv) if has_v else 0
             if buft == META:  # llama-kv-cache.cpp:233-237: K and V are [width, cells, streams]
                 n_cells = swa_cells if swa else cells
                 _add(meta, meta_alloc(pl, f"cache_k_l{k.index}", tk, (hk * n_kv, n_cells, n_streams)))
-                _add(meta, meta_alloc(pl, f"cache_v_l{k.index}", tv, (v_width, n_cells, n_streams)))
+                if has_v:
+                    _add(meta, meta_alloc(pl, f"cache_v_l{k.index}", tv, (v_width, n_cells, n_streams)))
             else:
-                per[buft] = (
-                    per.get(buft, 0) + alloc_size(buft, tk, hk * n_kv, rows) + alloc_size(buft, tv, v_width, rows)
-                )
-            nbytes += (_row(tk, hk * n_kv, path) + _row(tv, v_width, path)) * rows
+                v_bytes = alloc_size(buft, tv, v_width, rows) if has_v else 0
+                per[buft] = per.get(buft, 0) + alloc_size(buft, tk, hk * n_kv, rows) + v_bytes
+            nbytes += (_row(tk, hk * n_kv, path) + (_row(tv, v_width, path) if has_v else 0)) * rows
             layers += 1
         out += [Buffer("kv", b, n) for b, n in per.items()]
         if meta:
@@ -327,7 +332,7 @@ def recurrent_buffers(
     per: dict[str, int] = {}
     meta: dict[str, int] = {}
     for k in kinds:
-        if not k.is_recurrent:
+        if not k.state:
             continue
         dev = pl.layer_device[k.index]
         buft = CPU if cp.no_kv_offload or dev is None else dev
@@ -424,7 +429,7 @@ def breakdown(model: GGUFModel, devices: list[Device], offload: OffloadParams, c
             f"compute buffers are not modelled for the {hp.arch!r} architecture (modelled: "
             f"{', '.join(sorted(COMPUTE_ARCHS))}); they are left out of the totals"
         )
-    n_rec = sum(1 for k in kinds if k.is_recurrent)
+    n_rec = sum(1 for k in kinds if k.state)
     return Breakdown(
         buffers,
         n_ctx,

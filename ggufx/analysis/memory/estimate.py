@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ggufx.analysis.layers import LayerKind
 from ggufx.analysis.memory.buffers import Breakdown, ContextParams, breakdown, is_cuda
 from ggufx.analysis.memory.hparams import Hparams
-from ggufx.analysis.layers import LayerKind
 from ggufx.analysis.memory.placement import Device, OffloadParams
 from ggufx.model import GGUFModel
 
