@@ -70,6 +70,8 @@ class MemoryEstimate:
             },
             "recurrent_state": {"bytes": self.recurrent, "layers": self.recurrent_layers},
             "compute_estimate": self.compute_estimate,
+            # why the compute figure is the generic decoder estimate (None: the graph is rebuilt)
+            "compute_note": self.breakdown.compute_estimate if self.breakdown is not None else None,
             "gpu_total": self.gpu_total,
             "notes": self.notes,
         }

@@ -156,7 +156,20 @@ def _override(name: str, patterns: list[tuple[re.Pattern[str], str]], hits: dict
 
 
 def _repackable(t: TensorInfo) -> bool:
-    return t.type.name in _REPACK_TYPES and len(t.shape) >= 2 and t.shape[1] % 8 == 0
+    """A weight the CPU_REPACK buffer type takes (ggml-cpu/repack.cpp:5191-5225 ``supports_op``): a
+    matrix of ``MUL_MAT`` (2 dimensions) or an expert stack of ``MUL_MAT_ID`` (3), of a repackable
+    type whose rows come in groups of 8; not a bias (``ADD``/``ADD_ID``) nor a 3-D ``MUL_MAT`` weight
+    such as DeepSeek's ``attn_k_b``."""
+    dims = len(t.shape)
+    while dims > 1 and t.shape[dims - 1] == 1:
+        dims -= 1
+    experts = "_exps." in t.name or "_chexps." in t.name
+    return (
+        t.name.endswith(".weight")
+        and t.type.name in _REPACK_TYPES
+        and dims == (3 if experts else 2)
+        and t.shape[1] % 8 == 0
+    )
 
 
 def place(model: GGUFModel, devices: list[Device], p: OffloadParams) -> Placement:
