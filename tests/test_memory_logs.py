@@ -231,7 +231,6 @@ def test_mem_per_device_and_shortfall(cli: CliRun, hole_models: dict[str, Path])
     ("args", "message"),
     [
         (["-ts", "1,1,1", "--gpus", "24GiB,24GiB"], "-ts has 3 entries for 2 GPU(s)"),
-        (["-ot", "nothing_matches=CPU"], "matches no tensor"),
         (["-ot", "exps=CUDA7"], "no buffer type CUDA7"),
         (["-ot", "noequals"], "expected REGEX=BUFFER_TYPE"),
         (["-sm", "none", "-mg", "3", "--gpus", "24GiB,24GiB"], "-mg 3: there are 2 GPU(s)"),
@@ -246,6 +245,22 @@ def test_mem_bad_options_are_one_line_errors(
 ) -> None:
     r = cli("mem", str(hole_models["qwen3moe-30b-a3b"]), *args)
     assert r.exit_code == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_an_override_that_matches_nothing_is_ignored_like_llama_cpp(cli: CliRun, hole_models: dict[str, Path]) -> None:
+    """llama.cpp applies the -ot patterns that match and ignores the others (llama-model-loader.cpp:1235-1258
+    has no check): ggufx sizes the model and says so in a note, instead of refusing the option."""
+    model = str(hole_models["qwen3moe-30b-a3b"])
+    r = cli("mem", model, "-ot", "nothing_matches=CPU", "--json")
+    assert r.exit_code == 0, r.stderr
+    d = json.loads(r.output)
+    assert "-ot nothing_matches: matches no tensor of this model; llama.cpp ignores it" in d["notes"]
+    plain = json.loads(cli("mem", model, "--json").output)
+    assert [b for b in d["buffers"] if b["kind"] != "compute"] == [
+        b for b in plain["buffers"] if b["kind"] != "compute"
+    ]
+    text = cli("mem", model, "-ot", "nothing_matches=CPU")
+    assert text.exit_code == 0 and "llama.cpp ignores it" in text.output
 
 
 def test_fit_layers_is_llama_fit_params_answer(cli: CliRun, hole_models: dict[str, Path]) -> None:

@@ -13,64 +13,26 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ggufx.analysis.memory.hparams import LLAMA_MAX_LAYERS
+from ggufx.analysis.memory.archs import arch_of
+from ggufx.analysis.memory.hparams import LLAMA_MAX_LAYERS, n_nextn, sliding_window
 from ggufx.analysis.roles import ATTENTION_ROLES, RECURRENT_ROLES, parse_name
 from ggufx.errors import ValidationError
 from ggufx.format.ggmltypes import bpw
 from ggufx.format.values import GGUFArray
 from ggufx.model import GGUFModel
 
-# llama.cpp's load_swa_pattern(ml, n, dense_first) defaults (src/models/*.cpp)
-SWA_DEFAULTS: dict[str, tuple[int, bool]] = {
-    "gemma2": (2, False),
-    "gemma3": (6, False),
-    "gemma3n": (5, False),
-    "gemma-embedding": (6, False),
-    "cohere2": (4, False),
-    "cohere2moe": (4, True),
-    "afmoe": (4, False),
-    "exaone4": (4, False),
-    "exaone-moe": (4, False),
-    "llama4": (4, False),
-    "mellum": (4, False),
-    "olmo2": (4, False),
-    "gpt-oss": (2, False),
-    "openai-moe": (2, False),
-    "plamo3": (8, False),
-    "smallthinker": (4, True),
-    "modern-bert": (3, True),
-    "laguna": (4, True),
-}
-RECURRENT_FLAVOUR: dict[str, str] = {
-    "mamba": "Mamba",
-    "mamba2": "Mamba-2",
-    "jamba": "Mamba",
-    "falcon-h1": "Mamba-2",
-    "granitehybrid": "Mamba-2",
-    "nemotron_h": "Mamba-2",
-    "nemotron_h_moe": "Mamba-2",
-    "plamo2": "Mamba",
-    "qwen3next": "Gated DeltaNet",
-    "qwen35": "Gated DeltaNet",
-    "qwen35moe": "Gated DeltaNet",
-    "kimi-linear": "Kimi delta attention",
-    "rwkv6": "RWKV",
-    "rwkv6qwen2": "RWKV",
-    "rwkv7": "RWKV",
-    "arwkv7": "RWKV",
-    "lfm2": "short conv",
-    "lfm2moe": "short conv",
-    "minimax-01": "linear attention",
-}
-ALL_RECURRENT = frozenset({"mamba", "mamba2", "rwkv6", "rwkv7", "arwkv7", "rwkv6qwen2"})
-
 
 @dataclass(frozen=True, slots=True)
 class LayerKind:
     index: int
-    mixer: str  # "attention", "attention (SWA)", "recurrent (Gated DeltaNet)", "none"
+    mixer: (
+        str  # "attention", "attention (SWA)", "recurrent (Gated DeltaNet)", "attention + recurrent (Mamba-2)", "none"
+    )
     ffn: str  # "dense", "MoE", "none"
     n_head_kv: int | None = None
+    kv: bool = False  # has its own KV cache (llama.cpp's filter and has_kv: not a NextN layer, not a shared-KV one)
+    state: bool = False  # keeps a recurrent state (the recurrent memory's filter)
+    nextn: bool = False  # a NextN/MTP layer (the last nextn_predict_layers blocks): no cache, skipped by the loader
 
     @property
     def is_attention(self) -> bool:
@@ -115,18 +77,26 @@ def swa_layers(model: GGUFModel, n: int) -> list[bool]:
     """Which layers use the sliding window, as ``llama_hparams::set_swa_pattern`` decides."""
     arch = model.architecture or ""
     md = model.metadata
-    if md.get_int(f"{arch}.attention.sliding_window") in (None, 0):
+    if not sliding_window(model, n):
         return [False] * n
+    a = arch_of(arch)
+    rule = a.swa if a else None
+    n_main = max(n - n_nextn(model), 0)  # set_swa_pattern marks the NextN layers dense
+    if rule is not None and rule.attention_layers:  # lfm2: every attention layer
+        rec = recurrent_layers(model, n, {})
+        return [not rec[i] and i < n_main for i in range(n)]
     key = f"{arch}.attention.sliding_window_pattern"
     if key in md and isinstance(md[key], GGUFArray):
         items = [bool(x) for x in md[key].tolist()]
         return (items + [False] * n)[:n]
-    n_pattern, dense_first = SWA_DEFAULTS.get(arch, (0, False))
+    n_pattern, dense_first = (rule.pattern, rule.dense_first) if rule is not None else (0, False)
     if key in md and md.get_int(key) is not None:
         n_pattern = md.get_int(key)  # type: ignore[assignment]
     out = []
     for il in range(n):
-        if dense_first:
+        if il >= n_main:
+            out.append(False)
+        elif dense_first:
             out.append(n_pattern == 0 or il % n_pattern != 0)
         else:
             out.append(n_pattern == 0 or il % n_pattern < n_pattern - 1)
@@ -134,21 +104,44 @@ def swa_layers(model: GGUFModel, n: int) -> list[bool]:
 
 
 def recurrent_layers(model: GGUFModel, n: int, roles_by_layer: dict[int, set[str]]) -> list[bool]:
+    """Which layers keep a recurrent state: the registry's rule (:class:`~ggufx.analysis.memory.archs.Recurrent`)
+    for a registered architecture, the model's own keys (or, failing those, its tensors) otherwise."""
     arch = model.architecture or ""
     md = model.metadata
+    a = arch_of(arch)
+    rule = a.recurrent.rule if a and a.recurrent else ""
+    n_main = max(n - n_nextn(model), 0)
+    if rule in ("all", "every_layer"):
+        return [True] * n
+    if a is not None and not rule:
+        return [False] * n
+    if rule in ("no_kv_heads", "no_kv_heads_no_ffn"):
+        kv = _per_layer(model, "attention.head_count_kv", n)
+        if kv is None:  # n_head_kv defaults to n_head: no layer without heads
+            kv = _per_layer(model, "attention.head_count", n) or [1] * n
+        ff = _per_layer(model, "feed_forward_length", n) or [0] * n
+        no_ffn = rule == "no_kv_heads_no_ffn"
+        return [i < n_main and kv[i] == 0 and (not no_ffn or ff[i] == 0) for i in range(n)]
     explicit = _per_layer(model, "attention.recurrent_layers", n)
     if explicit is not None:
         return [bool(x) for x in explicit]
     interval = md.get_int(f"{arch}.full_attention_interval")
     if interval:
-        return [(i + 1) % interval != 0 for i in range(n)]
-    if arch in ALL_RECURRENT:
-        return [True] * n
-    # hybrids that mark recurrent layers with n_head_kv = 0 (Jamba, Granite hybrid, Nemotron-H, LFM2)
-    kv = _per_layer(model, "attention.head_count_kv", n)
-    if kv is not None and any(x == 0 for x in kv) and arch in RECURRENT_FLAVOUR:
-        return [x == 0 for x in kv]
+        return [i < n_main and (i + 1) % interval != 0 for i in range(n)]
     return [bool(roles_by_layer.get(i, set()) & RECURRENT_ROLES) for i in range(n)]
+
+
+def _attention_filter(model: GGUFModel, n: int, rec: list[bool]) -> list[bool]:
+    """The layers with attention: not recurrent, except falcon-h1 (every layer both) and nemotron_h
+    (neither for its MLP layers: n_ff > 0, llama-model.cpp:2698-2703)."""
+    a = arch_of(model.architecture)
+    rule = a.recurrent.rule if a and a.recurrent else ""
+    if rule == "every_layer":
+        return [True] * n
+    if rule == "no_kv_heads_no_ffn":
+        ff = _per_layer(model, "feed_forward_length", n) or [0] * n
+        return [not rec[i] and ff[i] == 0 for i in range(n)]
+    return [not r for r in rec]
 
 
 def layer_kinds(model: GGUFModel) -> list[LayerKind]:
@@ -168,15 +161,25 @@ def layer_kinds(model: GGUFModel) -> list[LayerKind]:
             model.metadata.kv(key).offset if key in model.metadata else None,
             f"{n} layers: llama.cpp supports at most {LLAMA_MAX_LAYERS}",
         )
+    a = arch_of(model.architecture)
     rec = recurrent_layers(model, n, roles_by_layer)
+    attn = _attention_filter(model, n, rec)
     swa = swa_layers(model, n)
     kv = _per_layer(model, "attention.head_count_kv", n)
-    flavour = RECURRENT_FLAVOUR.get(model.architecture or "", "")
+    flavour = a.recurrent.flavour if a and a.recurrent else ""
+    n_main = max(n - n_nextn(model), 0)
+    kv_from = a.kv_from_start if a else -1
     out = []
     for i in range(n):
         roles = roles_by_layer.get(i, set())
-        if rec[i]:
-            mixer = f"recurrent ({flavour})" if flavour else "recurrent"
+        nextn = i >= n_main
+        recurrent = f"recurrent ({flavour})" if flavour else "recurrent"
+        if rec[i] and attn[i]:
+            mixer = f"attention + {recurrent}"
+        elif rec[i]:
+            mixer = recurrent
+        elif a is not None and not attn[i]:
+            mixer = "none"
         elif roles & ATTENTION_ROLES or not roles:
             mixer = "attention (SWA)" if swa[i] else "attention"
         else:
@@ -187,7 +190,8 @@ def layer_kinds(model: GGUFModel) -> list[LayerKind]:
             ffn = "dense"
         else:
             ffn = "none"
-        out.append(LayerKind(i, mixer, ffn, kv[i] if kv else None))
+        has_kv = mixer.startswith("attention") and not nextn and (kv_from < 0 or i < kv_from)
+        out.append(LayerKind(i, mixer, ffn, kv[i] if kv else None, has_kv, rec[i], nextn))
     return out
 
 

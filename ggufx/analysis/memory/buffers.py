@@ -16,7 +16,12 @@ Exact (byte for byte what llama.cpp allocates, checked against recorded logs in 
   (:func:`ggufx.analysis.memory.placement.meta_split`); each such buffer is one buffer per GPU
   (``Buffer.slices``) and llama.cpp prints the largest as ``Meta()``.
 
-Computed (an estimate, labelled so): **compute** buffers, see :mod:`ggufx.analysis.memory.compute`.
+Computed: **compute** buffers. Where the architecture's graph is rebuilt
+(:mod:`ggufx.analysis.memory.graph`, the registry's ``builder``) they follow llama.cpp's allocator; every
+other model gets the phase model of :mod:`ggufx.analysis.memory.compute` as a generic decoder estimate,
+labelled so: each such compute :class:`Buffer` carries its ``reason`` and the :class:`Breakdown` its
+``compute_estimate`` and a note (no graph builder for the architecture, an unregistered architecture, or
+what the file lacks for its builder).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ggufx.analysis.layers import LayerKind, layer_kinds
+from ggufx.analysis.memory.archs import arch_of
 from ggufx.analysis.memory.compute import (
     OP_OFFLOAD_MIN_BATCH,
     ComputeModel,
@@ -39,7 +46,6 @@ from ggufx.analysis.memory.graph.galloc import CUDA_ALIGN, HOST_ALIGN, MATRIX_RO
 from ggufx.analysis.memory.graph.graphsim import SimParams, simulated
 from ggufx.analysis.memory.graph.graphsim import simulate as simulate_compute
 from ggufx.analysis.memory.hparams import Hparams, hparams, pad
-from ggufx.analysis.layers import LayerKind, layer_kinds
 from ggufx.analysis.memory.placement import (
     CPU,
     CPU_MAPPED,
@@ -60,11 +66,6 @@ from ggufx.model import GGUFModel
 
 MiB = 1 << 20
 FLASH_ATTN = ("on", "off", "auto")
-# decoder architectures whose graph the compute model follows (checked against recorded logs: llama,
-# gemma3, qwen35, qwen3moe; the others build the same blocks in src/models/*.cpp)
-COMPUTE_ARCHS = frozenset(
-    {"llama", "mistral3", "qwen2", "qwen3", "qwen3moe", "qwen35", "qwen35moe", "gemma3", "granite", "olmo2"}
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +96,7 @@ class Buffer:
     # -sm tensor: the Meta device's buffer is one buffer per GPU and ``bytes`` the largest, as llama.cpp
     # prints it (ggml-backend-meta.cpp:1772); this is every GPU's own
     slices: dict[str, int] | None = None
+    reason: str = ""  # a compute buffer of the generic estimate: why it is one (exact is False)
 
     def to_dict(self) -> dict[str, Any]:
         d = {
@@ -106,6 +108,8 @@ class Buffer:
         }
         if self.slices is not None:
             d["slices"] = dict(self.slices)
+        if self.reason:
+            d["reason"] = self.reason
         return d
 
 
@@ -133,6 +137,7 @@ class Breakdown:
     recurrent_bytes: int = 0
     recurrent_layers: int = 0
     reservation: SimParams | None = None  # the graph reservation these options resolve to (graphsim)
+    compute_estimate: str | None = None  # why the compute buffers are an estimate (None: the graph is rebuilt)
 
     def by_kind(self, kind: str) -> dict[str, int]:
         """Bytes per buffer type; a Meta buffer (``-sm tensor``) counts every GPU's slice."""
@@ -177,6 +182,7 @@ class Breakdown:
             "buffers": [b.to_dict() for b in self.buffers],
             "table": self.table(),
             "notes": self.notes,
+            "compute_estimate": self.compute_estimate,
         }
 
 
@@ -233,8 +239,9 @@ def weight_buffers(model: GGUFModel, pl: Placement) -> list[Buffer]:
     meta: dict[str, int] = {}
     for t, buft in pl.tensors:
         if buft == CPU_MAPPED:
-            lo, hi = spans.get(t.shard, (t.file_offset, t.file_offset + t.nbytes))
-            spans[t.shard] = (min(lo, t.file_offset), max(hi, t.file_offset + t.nbytes))
+            if t.name not in pl.repacked_only:
+                lo, hi = spans.get(t.shard, (t.file_offset, t.file_offset + t.nbytes))
+                spans[t.shard] = (min(lo, t.file_offset), max(hi, t.file_offset + t.nbytes))
             continue
         if buft == META:
             _add(meta, meta_alloc(pl, t.name, t.type, tuple(t.shape)))
@@ -271,8 +278,12 @@ def kv_buffers(
     and per cache (sliding window or not) its tensor bytes and layers."""
     tk, tv = _cache_type(cp.cache_type_k, "-ctk"), _cache_type(cp.cache_type_v, "-ctv")
     v_trans = cp.flash_attn == "off"
-    attn = [k for k in kinds if k.is_attention and k.index < len(hp.n_head_kv) and hp.n_head_kv[k.index] > 0]
-    v_max = max((hp.n_head_kv[k.index] * (hp.head_v_swa if k.is_swa else hp.head_v) for k in attn), default=0)
+    # the layers with a cache of their own: no NextN/MTP layer (llama-model.cpp:2812-2819), no layer
+    # that reuses an earlier one's (gemma3n, has_kv), no recurrent-only or MLP-only layer
+    attn = [k for k in kinds if k.kv and k.index < len(hp.n_head_kv) and hp.n_head_kv[k.index] > 0]
+    # [TAG_V_CACHE_VARIABLE] n_embd_v_gqa_max over every layer (llama-hparams.cpp:199-206)
+    v_max = max((hp.n_head_kv[k.index] * (hp.head_v_swa if k.is_swa else hp.head_v) for k in kinds), default=0)
+    has_v = not hp.is_mla  # MLA caches the compressed latent and the rope part of K only (llama-kv-cache.cpp:210-211)
     out: list[Buffer] = []
     stats: dict[bool, tuple[int, int]] = {}
     for swa in (False, True):
@@ -287,16 +298,16 @@ def kv_buffers(
             dev = pl.layer_device[k.index] if k.index < len(pl.layer_device) else None
             buft = CPU if cp.no_kv_offload or dev is None else dev
             rows = (swa_cells if swa else cells) * n_streams
-            v_width = v_max if v_trans else hv * n_kv
+            v_width = (v_max if v_trans else hv * n_kv) if has_v else 0
             if buft == META:  # llama-kv-cache.cpp:233-237: K and V are [width, cells, streams]
                 n_cells = swa_cells if swa else cells
                 _add(meta, meta_alloc(pl, f"cache_k_l{k.index}", tk, (hk * n_kv, n_cells, n_streams)))
-                _add(meta, meta_alloc(pl, f"cache_v_l{k.index}", tv, (v_width, n_cells, n_streams)))
+                if has_v:
+                    _add(meta, meta_alloc(pl, f"cache_v_l{k.index}", tv, (v_width, n_cells, n_streams)))
             else:
-                per[buft] = (
-                    per.get(buft, 0) + alloc_size(buft, tk, hk * n_kv, rows) + alloc_size(buft, tv, v_width, rows)
-                )
-            nbytes += (_row(tk, hk * n_kv, path) + _row(tv, v_width, path)) * rows
+                v_bytes = alloc_size(buft, tv, v_width, rows) if has_v else 0
+                per[buft] = per.get(buft, 0) + alloc_size(buft, tk, hk * n_kv, rows) + v_bytes
+            nbytes += (_row(tk, hk * n_kv, path) + (_row(tv, v_width, path) if has_v else 0)) * rows
             layers += 1
         out += [Buffer("kv", b, n) for b, n in per.items()]
         if meta:
@@ -327,7 +338,7 @@ def recurrent_buffers(
     per: dict[str, int] = {}
     meta: dict[str, int] = {}
     for k in kinds:
-        if not k.is_recurrent:
+        if not k.state:
             continue
         dev = pl.layer_device[k.index]
         buft = CPU if cp.no_kv_offload or dev is None else dev
@@ -341,8 +352,13 @@ def recurrent_buffers(
     return [Buffer("recurrent", b, n) for b, n in per.items()] + ([meta_buffer("recurrent", meta)] if meta else [])
 
 
-def breakdown(model: GGUFModel, devices: list[Device], offload: OffloadParams, cp: ContextParams) -> Breakdown:
-    """Every buffer llama.cpp allocates for ``model`` on ``devices`` with these options."""
+def breakdown(
+    model: GGUFModel, devices: list[Device], offload: OffloadParams, cp: ContextParams, *, builder: bool = True
+) -> Breakdown:
+    """Every buffer llama.cpp allocates for ``model`` on ``devices`` with these options.
+
+    ``builder=False`` switches the architecture's graph builder off: the compute buffers are then the
+    generic decoder estimate, as for an architecture without one (what its error table measures)."""
     if cp.flash_attn not in FLASH_ATTN:
         raise InputError(f"-fa must be one of {', '.join(FLASH_ATTN)}", "-fa")
     if min(cp.n_batch, cp.n_ubatch, cp.n_parallel) < 1 or cp.n_ctx < 0:
@@ -367,8 +383,6 @@ def breakdown(model: GGUFModel, devices: list[Device], offload: OffloadParams, c
     notes: list[str] = []
     if cp.flash_attn == "off" and ggml_type_by_name(cp.cache_type_v).is_quantized:
         raise InputError("a quantized V cache needs flash attention (llama.cpp refuses -fa off with it)", "-ctv")
-    if pl.unmatched_overrides:
-        raise InputError(f"-ot {pl.unmatched_overrides[0]}: matches no tensor of {model.path}", "-ot")
     buffers = weight_buffers(model, pl)
     kv, kv_stats = kv_buffers(hp, kinds, pl, cp, n_ctx_seq, swa_cells, n_streams, model.path)
     buffers += kv
@@ -408,23 +422,29 @@ def breakdown(model: GGUFModel, devices: list[Device], offload: OffloadParams, c
         pipeline,
         swa_cells,
     )
-    if not pl.meta and simulated(model) is None:  # the graph itself, split and allocated as llama.cpp does
+    why_not = simulated(model) if builder else "the graph builder is switched off"
+    if not pl.meta and why_not is None:  # the graph itself, split and allocated as llama.cpp does
         sizes = simulate_compute(model, devices, offload, sp, placement=pl)
         buffers += [Buffer("compute", b, n, exact=False) for b, n in sizes.items() if n > 1]
-    elif hp.arch in COMPUTE_ARCHS:
-        computed, decided_by = compute_buffers(
-            model, hp, kinds, pl, shape, pipeline, cp.flash_attn == "off", cp.no_kv_offload
-        )
-        buffers += [_meta_compute(pl, b) for b in computed]
+        estimate = None
+    else:
+        estimate = estimate_reason(model, why_not, bool(pl.meta))
+        try:
+            computed, decided_by = compute_buffers(
+                model, hp, kinds, pl, shape, pipeline, cp.flash_attn == "off", cp.no_kv_offload
+            )
+        except (ArithmeticError, IndexError, ValueError) as e:  # a shape the phase model cannot size
+            computed, decided_by = [], None
+            estimate = f"no compute figure: the generic decoder estimate cannot size this model ({e})"
+        buffers += [_meta_compute(pl, replace(b, reason=estimate or "")) for b in computed]
         rough = approximate_compute(model, kinds, pl, shape, pipeline, cp, offload) or decided_by
         if rough:
             notes.append(f"compute buffers are a rough approximation here ({rough}); the other figures stay exact")
-    else:
-        notes.append(
-            f"compute buffers are not modelled for the {hp.arch!r} architecture (modelled: "
-            f"{', '.join(sorted(COMPUTE_ARCHS))}); they are left out of the totals"
-        )
-    n_rec = sum(1 for k in kinds if k.is_recurrent)
+        if estimate and not pl.meta:
+            notes.append(f"compute buffers: {estimate}; the weights, KV cache, state and output stay exact")
+    for rx in pl.unmatched_overrides:  # llama.cpp applies the overrides that match and ignores the rest
+        notes.append(f"-ot {rx}: matches no tensor of this model; llama.cpp ignores it")
+    n_rec = sum(1 for k in kinds if k.state)
     return Breakdown(
         buffers,
         n_ctx,
@@ -445,7 +465,24 @@ def breakdown(model: GGUFModel, devices: list[Device], offload: OffloadParams, c
         n_rec * 4 * (hp.n_embd_r + hp.n_embd_s) * max(1, n_seq),
         n_rec,
         sp,
+        estimate,
     )
+
+
+def estimate_reason(model: GGUFModel, why_not: str | None, meta: bool = False) -> str:
+    """Why a model's compute buffers are the phase model's estimate (:mod:`.compute`), not its rebuilt graph:
+    no builder for the architecture, an unknown architecture, a file the builder cannot build (what is
+    missing), or ``-sm tensor``."""
+    arch = model.architecture or ""
+    a = arch_of(arch)
+    if a is None:
+        return f"generic decoder estimate: {arch!r} is not a registered architecture"
+    if a.builder is None:
+        return f"generic decoder estimate: no graph builder for {arch}"
+    if why_not is not None:
+        return f"generic decoder estimate: {why_not}"
+    assert meta
+    return "phase-model estimate: -sm tensor graphs are not rebuilt"
 
 
 def approximate_compute(
@@ -476,10 +513,19 @@ def compute_model(model: GGUFModel, hp: Hparams, kinds: list[LayerKind]) -> Comp
     a = model.architecture or ""
     n_expert = md.get_int(f"{a}.expert_count") or 0
     per = tuple(
-        "recurrent" if k.is_recurrent else "swa" if k.is_swa else "attention" if k.is_attention else "none"
+        "none"
+        if k.nextn  # the graph does not run the NextN/MTP layers
+        else "recurrent"
+        if k.is_recurrent
+        else "swa"
+        if k.is_swa
+        else "attention"
+        if k.is_attention
+        else "none"
         for k in kinds
     )
-    hybrid_q = a in ("qwen35", "qwen35moe", "qwen3next")
+    entry = arch_of(a)
+    hybrid_q = bool(entry and entry.gated_q)
     return ComputeModel(
         per,
         n_expert > 0,
@@ -568,4 +614,4 @@ def _meta_compute(pl: Placement, b: Buffer) -> Buffer:
     that figure."""
     if b.buft != META:
         return b
-    return Buffer(b.kind, b.buft, b.bytes, b.exact, slices={d.name: b.bytes for d in pl.meta})
+    return Buffer(b.kind, b.buft, b.bytes, b.exact, slices={d.name: b.bytes for d in pl.meta}, reason=b.reason)

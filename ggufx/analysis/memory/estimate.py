@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ggufx.analysis.layers import LayerKind
 from ggufx.analysis.memory.buffers import Breakdown, ContextParams, breakdown, is_cuda
 from ggufx.analysis.memory.hparams import Hparams
-from ggufx.analysis.layers import LayerKind
 from ggufx.analysis.memory.placement import Device, OffloadParams
 from ggufx.model import GGUFModel
 
@@ -70,6 +70,8 @@ class MemoryEstimate:
             },
             "recurrent_state": {"bytes": self.recurrent, "layers": self.recurrent_layers},
             "compute_estimate": self.compute_estimate,
+            # why the compute figure is the generic decoder estimate (None: the graph is rebuilt)
+            "compute_note": self.breakdown.compute_estimate if self.breakdown is not None else None,
             "gpu_total": self.gpu_total,
             "notes": self.notes,
         }

@@ -27,7 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ggufx.analysis.memory.buffers import Breakdown, ContextParams, breakdown
+from ggufx.analysis.memory.buffers import Breakdown, ContextParams, breakdown, estimate_reason
+from ggufx.analysis.memory.graph.graphsim import simulated
 from ggufx.analysis.memory.hparams import hparams, pad
 from ggufx.analysis.memory.placement import CPU, Device, OffloadParams
 from ggufx.errors import InputError
@@ -119,6 +120,7 @@ class LlamaFit:
     message: str = ""  # why fitting failed, as llama.cpp says it
     trials: list[Trial] = field(default_factory=list)
     layers: tuple[DeviceLayers, ...] | None = None  # the layer split fit set (None: -ngl as given)
+    compute_note: str | None = None  # the measured compute buffers are the generic decoder estimate: why
 
     @property
     def args(self) -> str:
@@ -148,6 +150,7 @@ class LlamaFit:
             "message": self.message,
             "layers": None if self.layers is None else [x.to_dict() for x in self.layers],
             "trials": [t.to_dict(names) for t in self.trials],
+            "compute_note": self.compute_note,
         }
 
 
@@ -305,7 +308,11 @@ def llama_fit(
         run.fit()
     except _FitFailed as e:
         run.status, run.message = "failed", str(e)
-    return run.result()
+    out = run.result()
+    why_not = simulated(model)
+    if why_not is not None:  # every dry run's compute buffers are the phase model's
+        out.compute_note = estimate_reason(model, why_not)
+    return out
 
 
 class _Fit:
@@ -326,7 +333,7 @@ class _Fit:
         self.nd = len(devices)
         self.free = [d.free for d in devices]
         self.targets = [f - m for f, m in zip(self.free, margins, strict=True)]  # common/fit.cpp:647-652
-        self.hp_ngl = hp.n_layer  # llama_model_n_layer
+        self.hp_ngl = hp.n_layer_main  # llama_model_n_layer: without the NextN/MTP layers (common/fit.cpp:140-143)
         self.hp_nct = hp.n_ctx_train or 4096
         self.hp_nex = model.metadata.get_int(f"{model.architecture}.expert_count") or 0
         self.n_streams = 1 if cp.kv_unified else max(1, cp.n_parallel)  # common/fit.cpp:197

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ggufx.analysis.memory.archs import arch_of
 from ggufx.errors import ValidationError
 from ggufx.format.ggmltypes import ggml_type_by_name
 from ggufx.format.spec import align
@@ -48,6 +49,13 @@ class Hparams:
     n_ff: int
     n_embd_r: int
     n_embd_s: int
+    n_nextn: int = 0  # nextn_predict_layers: the trailing NextN/MTP blocks (no cache; skipped by the loader)
+    is_mla: bool = False  # llama_hparams::is_mla(): key_length_mla and value_length_mla set (K-only cache)
+
+    @property
+    def n_layer_main(self) -> int:
+        """``llama_hparams::n_layer()``: the layers without the NextN/MTP blocks (llama_model_n_layer)."""
+        return self.n_layer - self.n_nextn
 
 
 def _arr(model: GGUFModel, key: str, n: int, default: int) -> list[int]:
@@ -71,9 +79,37 @@ def _arr(model: GGUFModel, key: str, n: int, default: int) -> list[int]:
     return [int(v)] * n
 
 
+def n_nextn(model: GGUFModel) -> int:
+    """``nextn_predict_layers``: the trailing NextN/MTP blocks (llama_hparams::n_layer_nextn)."""
+    n = model.metadata.get_int(f"{model.architecture}.nextn_predict_layers") or 0
+    return max(n, 0)
+
+
+def sliding_window(model: GGUFModel, n_layer: int | None = None) -> int:
+    """``llama_hparams::n_swa`` as the architecture's ``load_arch_hparams`` sets it (0: no SWA)."""
+    arch = model.architecture or ""
+    a = arch_of(arch)
+    key = model.metadata.get_int(f"{arch}.attention.sliding_window")
+    rule = a.swa if a else None
+    if rule is None:
+        return key or 0
+    if rule.disabled:
+        return 0
+    if rule.forced_window:  # llama4: chunked attention of 8192 unless the key is present and 0
+        return 0 if key == 0 else rule.forced_window
+    if rule.only_n_layer:  # exaone4: the window key is read whatever the layer count
+        n = n_layer if n_layer is not None else (model.metadata.get_int(f"{arch}.block_count") or 0)
+        if n - n_nextn(model) != rule.only_n_layer:
+            return 0
+    if rule.needs_window:
+        return key or 0
+    return rule.default_window if key is None else key
+
+
 def hparams(model: GGUFModel) -> Hparams:
     md = model.metadata
     a = model.architecture or ""
+    arch = arch_of(a)
 
     def get(suffix: str, default: int = 0) -> int:
         v = md.get_int(f"{a}.{suffix}")
@@ -126,8 +162,10 @@ def hparams(model: GGUFModel) -> Hparams:
         head_v,
         get("attention.key_length_swa", head_k),
         get("attention.value_length_swa", head_v),
-        get("attention.sliding_window"),
+        sliding_window(model, n_layer),
         n_ff,
         n_r,
         n_s,
+        min(n_nextn(model), n_layer),
+        bool(arch is not None and arch.mla and get("attention.key_length_mla") and get("attention.value_length_mla")),
     )

@@ -23,8 +23,9 @@ import re
 import struct
 from dataclasses import dataclass, field, replace
 
-from ggufx.analysis.memory.hparams import hparams
 from ggufx.analysis.layers import layer_kinds
+from ggufx.analysis.memory.archs import arch_of
+from ggufx.analysis.memory.hparams import hparams, n_nextn
 from ggufx.errors import InputError
 from ggufx.format.ggmltypes import ggml_type_by_name
 from ggufx.format.reader import TensorInfo
@@ -67,6 +68,7 @@ class OffloadParams:
     tensor_split: tuple[float, ...] = ()  # -ts
     overrides: tuple[tuple[str, str], ...] = ()  # -ot REGEX=BUFT, in order
     mmap: bool = True  # --no-mmap turns it off
+    repack: bool = True  # --no-repack turns it off (no CPU_REPACK copies: params.no_extra_bufts)
 
 
 @dataclass(slots=True)
@@ -81,6 +83,10 @@ class Placement:
     layer_device: list[str | None]  # index n_layer is the output layer
     tensors: list[tuple[TensorInfo, str]] = field(default_factory=list)
     repack: list[TensorInfo] = field(default_factory=list)  # CPU_REPACK copies (builds without GPUs)
+    # tensors whose only host copy is the repacked one: they are not in the CPU_Mapped span (the span
+    # covers the tensors of the CPU context alone, llama-model-loader.cpp:1449-1463)
+    repacked_only: set[str] = field(default_factory=set)
+    skipped: list[TensorInfo] = field(default_factory=list)  # not loaded: NextN/MTP tensors (TENSOR_SKIP)
     unmatched_overrides: list[str] = field(default_factory=list)
     meta: list[Device] = field(default_factory=list)  # -sm tensor: the GPUs behind the Meta device
     layout: MetaLayout | None = None  # -sm tensor: what decides each tensor's slices
@@ -150,7 +156,20 @@ def _override(name: str, patterns: list[tuple[re.Pattern[str], str]], hits: dict
 
 
 def _repackable(t: TensorInfo) -> bool:
-    return t.type.name in _REPACK_TYPES and len(t.shape) >= 2 and t.shape[1] % 8 == 0
+    """A weight the CPU_REPACK buffer type takes (ggml-cpu/repack.cpp:5191-5225 ``supports_op``): a
+    matrix of ``MUL_MAT`` (2 dimensions) or an expert stack of ``MUL_MAT_ID`` (3), of a repackable
+    type whose rows come in groups of 8; not a bias (``ADD``/``ADD_ID``) nor a 3-D ``MUL_MAT`` weight
+    such as DeepSeek's ``attn_k_b``."""
+    dims = len(t.shape)
+    while dims > 1 and t.shape[dims - 1] == 1:
+        dims -= 1
+    experts = "_exps." in t.name or "_chexps." in t.name
+    return (
+        t.name.endswith(".weight")
+        and t.type.name in _REPACK_TYPES
+        and dims == (3 if experts else 2)
+        and t.shape[1] % 8 == 0
+    )
 
 
 def place(model: GGUFModel, devices: list[Device], p: OffloadParams) -> Placement:
@@ -198,8 +217,14 @@ def place(model: GGUFModel, devices: list[Device], p: OffloadParams) -> Placemen
 
     seen_rope: set[str] = set()
     tied = not any(t.name == "output.weight" for t in model.tensors)
+    arch = arch_of(model.architecture)
+    n_main = n_layer - min(n_nextn(model), n_layer) if arch is not None and arch.skips_nextn else n_layer
+    repack = p.repack and not devices
     for t in model.tensors:
         layer = layer_of(t.name, n_layer)
+        if isinstance(layer, int) and n_main <= layer < n_layer and t.name.startswith("blk."):
+            placement.skipped.append(t)  # src/models/*.cpp: mtp_flags |= TENSOR_SKIP unless --mtp
+            continue
         if layer == "repeating":
             for il in range(n_layer):
                 buft = layer_dev[il] or host
@@ -209,13 +234,14 @@ def place(model: GGUFModel, devices: list[Device], p: OffloadParams) -> Placemen
             continue
         buft = buft_for(t, layer)
         placement.tensors.append((t, buft))
-        if not devices and buft in (CPU_MAPPED, CPU) and isinstance(layer, int) and _repackable(t):
+        if repack and buft in (CPU_MAPPED, CPU) and isinstance(layer, int) and _repackable(t):
             placement.repack.append(t)
+            placement.repacked_only.add(t.name)
         if tied and t.name == "token_embd.weight":
             out = buft_for(t, n_layer) if layer_dev[n_layer] is not None else host
             if out != buft:  # the output layer's copy of the tied embedding
                 placement.tensors.append((t, out))
-            elif not devices and _repackable(t):
+            elif repack and _repackable(t):
                 placement.repack.append(t)
     placement.unmatched_overrides = [rx for rx, n in hits.items() if n == 0]
     return placement

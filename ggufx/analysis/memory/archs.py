@@ -1,0 +1,419 @@
+"""The architecture registry: what llama.cpp knows per architecture, in one declarative table.
+
+In the spirit of llama.cpp's ``src/llama-arch.cpp`` and gguf-py's ``constants.py``: one :class:`Arch`
+entry per ``general.architecture`` says
+
+* ``source``: the file of llama.cpp 11434 that loads it (``src/models/<source>``), and ``keys``: the
+  ``{arch}.*`` hyper-parameter keys its ``load_arch_hparams`` reads beyond the ones every architecture
+  reads (:data:`COMMON_KEYS`, ``llama_model_base::load_hparams``, llama-model.cpp:1300-1481);
+* its layer kinds: the sliding-window rule (:class:`Swa`), the recurrent rule (:class:`Recurrent`),
+  MLA (DeepSeek's compressed KV cache), Gemma 3n's shared-KV layers, mixture of experts with shared
+  experts and leading dense layers;
+* ``skips_nextn``: the NextN/MTP layers (the last ``nextn_predict_layers`` blocks) are created with
+  ``TENSOR_SKIP`` (not loaded unless ``--mtp``); every architecture leaves them out of its KV cache
+  (llama-model.cpp:2812-2819, ``il < n_layer()``);
+* ``builder``: the module of :mod:`ggufx.analysis.memory.graph` that rebuilds its compute graph, or
+  None (the compute figure is then the generic decoder estimate of :mod:`.compute`, labelled so);
+  ``graph``: the llama.cpp graph struct it runs, which several architectures share
+  (``using graph = llama_model_<other>::graph`` in src/models/models.h).
+
+Adding an architecture is one entry here (plus, for an exact compute figure, one builder module).
+An architecture that is not registered is sized from its keys and tensors alone (the rules below
+that every llama.cpp architecture shares) and its compute figure is the generic estimate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# llama_model_base::load_hparams (llama-model.cpp:1323-1450): the keys every architecture reads
+COMMON_KEYS = (
+    "context_length",
+    "embedding_length",
+    "block_count",
+    "nextn_predict_layers",
+    "expert_count",
+    "expert_used_count",
+    "feed_forward_length",
+    "attention.head_count",
+    "attention.head_count_kv",
+    "attention.key_length",
+    "attention.value_length",
+    "attention.key_length_swa",
+    "attention.value_length_swa",
+    "rope.dimension_count",
+    "rope.freq_base",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Swa:
+    """How an architecture marks its sliding-window layers (``load_swa_pattern``, llama-model.cpp:3451:
+    a ``sliding_window_pattern`` array wins, else its scalar period, else ``pattern``;
+    ``llama_hparams::set_swa_pattern``: with ``dense_first`` layer ``il`` is SWA unless
+    ``il % n == 0``, otherwise unless ``il % n == n - 1``; a period of 0 makes every layer SWA).
+
+    ``needs_window``: SWA only when ``attention.sliding_window`` is present and positive (gemma3, olmo2,
+    lfm2); otherwise the architecture is always SWA with ``default_window`` when the key is absent
+    (gemma2: 4096). ``forced_window``: llama4's chunked attention always uses 8192 whatever the key
+    says (and none at all when the key is present and 0). ``attention_layers``: every non-recurrent
+    layer is SWA (lfm2). ``only_n_layer``: SWA only at this layer count (exaone4: the 32B's 64)."""
+
+    pattern: int = 0
+    dense_first: bool = False
+    needs_window: bool = False
+    default_window: int = 0
+    forced_window: int = 0
+    chunked: bool = False
+    attention_layers: bool = False
+    only_n_layer: int = 0
+    disabled: bool = False  # phi3 reads the window but llama.cpp turns SWA off (phi3.cpp:13-24)
+
+
+@dataclass(frozen=True, slots=True)
+class Recurrent:
+    """Which layers keep a recurrent state, and of what kind.
+
+    ``rule``: ``"all"`` (pure recurrent: ``llm_arch_is_recurrent``), ``"array_or_interval"``
+    (``attention.recurrent_layers`` else every layer but each ``full_attention_interval``-th, qwen3next,
+    qwen35), ``"no_kv_heads"`` (a 0 in the ``head_count_kv`` array: granitehybrid, lfm2, jamba),
+    ``"no_kv_heads_no_ffn"`` (nemotron_h: also ``feed_forward_length`` 0; a layer with neither is
+    an MLP layer), ``"every_layer"`` (falcon-h1: every layer has attention *and* a Mamba-2 state,
+    llama-model.cpp:2695-2697)."""
+
+    flavour: str  # "Mamba", "Mamba-2", "Gated DeltaNet", "RWKV", "short conv"
+    rule: str
+
+
+@dataclass(frozen=True, slots=True)
+class Arch:
+    name: str
+    source: str  # src/models/<source> in llama.cpp 11434
+    keys: tuple[str, ...] = ()
+    graph: str = ""  # the llama.cpp graph struct (llama_model_<graph>::graph); "" = its own
+    builder: str | None = None
+    swa: Swa | None = None
+    recurrent: Recurrent | None = None
+    mla: bool = False  # attention.key_length_mla + value_length_mla: K-only cache (llama-kv-cache.cpp:210-211)
+    kv_from_start: int = -1  # n_layer_kv_from_start: later layers reuse earlier KV (gemma3n.cpp:7)
+    skips_nextn: bool = False  # NextN/MTP tensors created with TENSOR_SKIP
+    moe: bool = False
+    leading_dense: bool = False  # reads leading_dense_block_count
+    shared_experts: bool = False  # expert_shared_count / expert_shared_feed_forward_length
+    gated_q: bool = False  # the Q projection also yields a gate (qwen3next, qwen35)
+
+    @property
+    def llama_graph(self) -> str:
+        return self.graph or self.source.removesuffix(".cpp").replace("-", "_")
+
+
+_GDN = Recurrent("Gated DeltaNet", "array_or_interval")
+_SSM = ("ssm.conv_kernel", "ssm.inner_size", "ssm.state_size", "ssm.time_step_rank", "ssm.group_count")
+
+_ENTRIES = (
+    # -- the four whose graph ggufx rebuilds (graph/graphsim.py) -------------------------------------
+    Arch("llama", "llama.cpp", ("vocab_size",), builder="llama"),
+    Arch(
+        "gemma3",
+        "gemma3.cpp",
+        (
+            "attention.sliding_window",
+            "attention.sliding_window_pattern",
+            "rope.freq_base_swa",
+            "final_logit_softcapping",
+        ),
+        builder="gemma3",
+        swa=Swa(6, needs_window=True),
+    ),
+    Arch("qwen3moe", "qwen3moe.cpp", ("expert_feed_forward_length",), builder="qwen3moe", moe=True),
+    Arch(
+        "qwen35",
+        "qwen35.cpp",
+        ("rope.dimension_sections", *_SSM, "attention.recurrent_layers", "full_attention_interval"),
+        builder="qwen35",
+        recurrent=_GDN,
+        skips_nextn=True,
+        gated_q=True,
+    ),
+    # -- dense decoders ------------------------------------------------------------------------------
+    Arch("qwen2", "qwen2.cpp"),
+    Arch("qwen3", "qwen3.cpp"),
+    Arch("qwen2vl", "qwen2vl.cpp", ("rope.dimension_sections",)),
+    Arch("qwen3vl", "qwen3vl.cpp", ("n_deepstack_layers", "rope.dimension_sections")),
+    Arch(
+        "mistral3",
+        "mistral3.cpp",
+        (
+            "attention.temperature_scale",
+            "rope.scaling.yarn_beta_fast",
+            "rope.scaling.yarn_beta_slow",
+            "rope.scaling.yarn_log_multiplier",
+        ),
+    ),
+    Arch("smollm3", "smollm3.cpp"),
+    Arch("seed_oss", "seed-oss.cpp"),
+    Arch("apertus", "apertus.cpp", ("xielu.alpha_n", "xielu.alpha_p", "xielu.beta", "xielu.eps")),
+    Arch("glm4", "glm4.cpp", ("rope.dimension_sections",), skips_nextn=True),
+    Arch("openelm", "openelm.cpp"),  # per-layer head_count / head_count_kv arrays
+    Arch(
+        "granite",
+        "granite.cpp",
+        ("logit_scale", "residual_scale", "embedding_scale", "attention.scale", "rope.scaling.finetuned"),
+    ),
+    Arch("phi3", "phi3.cpp", ("attention.sliding_window",), swa=Swa(disabled=True)),
+    Arch("ernie4_5", "ernie4-5.cpp", ("rope.dimension_sections",)),
+    # -- sliding window ------------------------------------------------------------------------------
+    Arch(
+        "gemma2",
+        "gemma2.cpp",
+        ("rope.freq_base_swa", "attention.sliding_window", "attn_logit_softcapping", "final_logit_softcapping"),
+        swa=Swa(2, default_window=4096),
+    ),
+    Arch(
+        "gemma3n",
+        "gemma3n.cpp",
+        ("rope.freq_base_swa", "attention.sliding_window"),
+        swa=Swa(5),
+        kv_from_start=20,
+    ),
+    Arch("cohere2", "cohere2.cpp", ("rope.freq_base_swa", "attention.sliding_window", "logit_scale"), swa=Swa(4)),
+    Arch(
+        "exaone4",
+        "exaone4.cpp",
+        ("rope.freq_base_swa", "attention.sliding_window"),
+        swa=Swa(4, default_window=4096, only_n_layer=64),
+        skips_nextn=True,
+    ),
+    Arch("olmo2", "olmo2.cpp", ("attention.sliding_window", "rope.freq_base_swa"), swa=Swa(4, needs_window=True)),
+    Arch(
+        "gpt-oss",
+        "openai-moe.cpp",
+        ("expert_feed_forward_length", "attention.sliding_window", "rope.freq_base_swa"),
+        swa=Swa(2),
+        moe=True,
+    ),
+    Arch(
+        "llama4",
+        "llama4.cpp",
+        ("expert_feed_forward_length", "interleave_moe_layer_step", "attention.sliding_window", "rope.freq_base_swa"),
+        swa=Swa(4, forced_window=8192, chunked=True),
+        moe=True,
+    ),
+    # -- mixture of experts --------------------------------------------------------------------------
+    Arch(
+        "qwen2moe",
+        "qwen2moe.cpp",
+        ("expert_feed_forward_length", "expert_shared_feed_forward_length"),
+        moe=True,
+        shared_experts=True,
+    ),
+    Arch(
+        "qwen3vlmoe",
+        "qwen3vlmoe.cpp",
+        ("n_deepstack_layers", "rope.dimension_sections", "expert_feed_forward_length"),
+        moe=True,
+    ),
+    Arch(
+        "granitemoe",
+        "granite-moe.cpp",
+        ("logit_scale", "residual_scale", "embedding_scale", "attention.scale", "expert_shared_feed_forward_length"),
+        graph="granite",
+        moe=True,
+        shared_experts=True,
+    ),
+    Arch(
+        "ernie4_5-moe",
+        "ernie4-5.cpp",
+        (
+            "rope.dimension_sections",
+            "expert_feed_forward_length",
+            "expert_shared_feed_forward_length",
+            "interleave_moe_layer_step",
+            "leading_dense_block_count",
+        ),
+        graph="ernie4_5_moe",
+        moe=True,
+        leading_dense=True,
+        shared_experts=True,
+    ),
+    Arch("minimax-m2", "minimax-m2.cpp", ("expert_feed_forward_length", "expert_gating_func"), moe=True),
+    Arch(
+        "hunyuan-moe",
+        "hunyuan-moe.cpp",
+        ("expert_feed_forward_length", "expert_shared_feed_forward_length"),
+        moe=True,
+        shared_experts=True,
+    ),
+    Arch("phimoe", "phimoe.cpp", graph="phi3", moe=True),
+    Arch(
+        "glm4moe",
+        "glm4-moe.cpp",
+        (
+            "expert_feed_forward_length",
+            "rope.dimension_sections",
+            "expert_shared_count",
+            "leading_dense_block_count",
+            "expert_weights_scale",
+            "expert_weights_norm",
+            "expert_gating_func",
+        ),
+        skips_nextn=True,
+        moe=True,
+        leading_dense=True,
+        shared_experts=True,
+    ),
+    Arch(
+        "deepseek2",  # DeepSeek V2/V3/R1, Kimi K2: MLA with and without q_lora
+        "deepseek2.cpp",
+        (
+            "vocab_size",
+            "leading_dense_block_count",
+            "attention.q_lora_rank",
+            "attention.kv_lora_rank",
+            "attention.key_length_mla",
+            "attention.value_length_mla",
+            "expert_feed_forward_length",
+            "expert_shared_count",
+            "expert_weights_scale",
+            "expert_weights_norm",
+            "expert_gating_func",
+            "rope.scaling.yarn_log_multiplier",
+            "attention.temperature_scale",
+            "attention.temperature_length",
+        ),
+        mla=True,
+        skips_nextn=True,
+        moe=True,
+        leading_dense=True,
+        shared_experts=True,
+    ),
+    # -- recurrent and hybrid ------------------------------------------------------------------------
+    Arch(
+        "qwen35moe",
+        "qwen35moe.cpp",
+        (
+            "expert_feed_forward_length",
+            "expert_shared_feed_forward_length",
+            "rope.dimension_sections",
+            *_SSM,
+            "attention.recurrent_layers",
+            "full_attention_interval",
+        ),
+        recurrent=_GDN,
+        skips_nextn=True,
+        moe=True,
+        shared_experts=True,
+        gated_q=True,
+    ),
+    Arch(
+        "qwen3next",
+        "qwen3next.cpp",
+        (
+            "expert_feed_forward_length",
+            "expert_shared_feed_forward_length",
+            *_SSM,
+            "attention.recurrent_layers",
+            "full_attention_interval",
+        ),
+        recurrent=_GDN,
+        skips_nextn=True,
+        moe=True,
+        shared_experts=True,
+        gated_q=True,
+    ),
+    Arch(
+        "granitehybrid",
+        "granite-hybrid.cpp",
+        (
+            "logit_scale",
+            "residual_scale",
+            "embedding_scale",
+            "attention.scale",
+            *_SSM,
+            "rope.scaling.finetuned",
+            "expert_shared_feed_forward_length",
+        ),
+        recurrent=Recurrent("Mamba-2", "no_kv_heads"),
+        shared_experts=True,
+    ),
+    Arch(
+        "nemotron_h",
+        "nemotron-h.cpp",
+        (*_SSM, "expert_feed_forward_length", "expert_shared_feed_forward_length", "expert_shared_count"),
+        recurrent=Recurrent("Mamba-2", "no_kv_heads_no_ffn"),
+        skips_nextn=True,
+    ),
+    Arch(
+        "nemotron_h_moe",
+        "nemotron-h.cpp",
+        (*_SSM, "expert_feed_forward_length", "expert_shared_feed_forward_length", "expert_shared_count"),
+        graph="nemotron_h",
+        recurrent=Recurrent("Mamba-2", "no_kv_heads_no_ffn"),
+        skips_nextn=True,
+        moe=True,
+        shared_experts=True,
+    ),
+    Arch("falcon-h1", "falcon-h1.cpp", _SSM, recurrent=Recurrent("Mamba-2", "every_layer")),
+    Arch("jamba", "jamba.cpp", _SSM[:4], recurrent=Recurrent("Mamba", "no_kv_heads"), moe=True),
+    Arch(
+        "lfm2",
+        "lfm2.cpp",
+        ("shortconv.l_cache", "attention.sliding_window"),
+        recurrent=Recurrent("short conv", "no_kv_heads"),
+        swa=Swa(needs_window=True, attention_layers=True),
+    ),
+    Arch(
+        "lfm2moe",
+        "lfm2moe.cpp",
+        ("shortconv.l_cache", "leading_dense_block_count", "expert_feed_forward_length", "expert_gating_func"),
+        graph="lfm2",
+        recurrent=Recurrent("short conv", "no_kv_heads"),
+        moe=True,
+        leading_dense=True,
+    ),
+    Arch("mamba", "mamba.cpp", _SSM[:4], recurrent=Recurrent("Mamba", "all")),
+    Arch("mamba2", "mamba2.cpp", _SSM, graph="mamba", recurrent=Recurrent("Mamba-2", "all")),
+    Arch("rwkv6", "rwkv6.cpp", ("wkv.head_size", "token_shift_count"), recurrent=Recurrent("RWKV", "all")),
+    Arch("rwkv7", "rwkv7.cpp", ("wkv.head_size", "token_shift_count"), recurrent=Recurrent("RWKV", "all")),
+    # -- registered for their layer kinds only (sliding window or recurrent rule) ---------------------
+    Arch("gemma-embedding", "gemma-embedding.cpp", ("attention.sliding_window",), swa=Swa(6, needs_window=True)),
+    Arch("cohere2moe", "cohere2moe.cpp", ("attention.sliding_window",), swa=Swa(4, True, needs_window=True), moe=True),
+    Arch("exaone-moe", "exaone-moe.cpp", ("attention.sliding_window",), swa=Swa(4, needs_window=True), moe=True),
+    Arch("afmoe", "afmoe.cpp", ("attention.sliding_window",), swa=Swa(4, needs_window=True), moe=True),
+    Arch("mellum", "mellum.cpp", ("attention.sliding_window",), swa=Swa(4, needs_window=True)),
+    Arch("plamo3", "plamo3.cpp", ("attention.sliding_window",), swa=Swa(8, needs_window=True)),
+    Arch(
+        "smallthinker", "smallthinker.cpp", ("attention.sliding_window",), swa=Swa(4, True, needs_window=True), moe=True
+    ),
+    Arch("modern-bert", "modern-bert.cpp", ("attention.sliding_window",), swa=Swa(3, True, needs_window=True)),
+    Arch("laguna", "laguna.cpp", ("attention.sliding_window",), swa=Swa(4, True, needs_window=True)),
+    Arch("plamo2", "plamo2.cpp", _SSM[:4], recurrent=Recurrent("Mamba", "no_kv_heads")),
+    Arch("kimi-linear", "kimi-linear.cpp", recurrent=Recurrent("Kimi delta attention", "no_kv_heads"), moe=True),
+    Arch(
+        "minimax-01",
+        "minimax-01.cpp",
+        ("attention.recurrent_layers", "full_attention_interval"),
+        recurrent=Recurrent("linear attention", "array_or_interval"),
+        moe=True,
+    ),
+    Arch("rwkv6qwen2", "rwkv6qwen2.cpp", ("wkv.head_size", "token_shift_count"), recurrent=Recurrent("RWKV", "all")),
+    Arch("arwkv7", "arwkv7.cpp", ("wkv.head_size", "token_shift_count"), recurrent=Recurrent("RWKV", "all")),
+)
+
+ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}
+
+
+def arch_of(name: str | None) -> Arch | None:
+    """The registry entry of ``general.architecture`` (None: not registered)."""
+    return ARCHS.get(name or "")
+
+
+def builder_of(name: str | None) -> str | None:
+    """The graph builder that rebuilds this architecture's compute graph (None: the generic estimate)."""
+    a = arch_of(name)
+    return a.builder if a else None
+
+
+def sharing(graph: str) -> list[str]:
+    """The registered architectures that run llama.cpp's graph ``graph`` (``llama_model_<graph>::graph``)."""
+    return [a.name for a in _ENTRIES if a.llama_graph == graph]

@@ -1,0 +1,153 @@
+"""ggufx's KV cache, recurrent state, weights and output buffers against llama.cpp's CPU build, for one
+small model of each registered architecture family (tests/fixtures/llamacpp-logs-cpu: MLA with and
+without q_lora, NextN layers, leading dense layers and shared experts, each sliding-window rule, Gemma 3n's
+shared-KV layers, per-layer head counts, Mamba-2, short convolutions, Gated DeltaNet, Falcon-H1's
+attention-plus-state layers).
+
+The models are header-only files rebuilt here from ``models.py`` (metadata) and ``tensors.json`` (the
+tensors llama.cpp's loader asked for, found by ``discover.py``); ``record_cpu.py`` ran them in
+``llama-completion -dev none``. Every buffer but compute must agree to the 0.01 MiB llama.cpp prints.
+The compute buffer of these architectures is the generic decoder estimate: labelled, never missing.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+import ggufx
+from ggufx.analysis.layers import layer_kinds
+from ggufx.analysis.memory.buffers import MiB, breakdown
+from ggufx.analysis.memory.fit import llama_fit
+from ggufx.analysis.memory.llamaargs import parse_args
+from ggufx.analysis.memory.llamalog import parse_log
+from ggufx.analysis.memory.placement import Device, place
+
+CPU_LOGS = Path(__file__).resolve().parent / "fixtures" / "llamacpp-logs-cpu"
+sys.path.insert(0, str(CPU_LOGS))
+from make_arch_headers import header  # noqa: E402
+from models import MODELS  # noqa: E402
+
+TENSORS = json.loads((CPU_LOGS / "tensors.json").read_text())
+MATRIX = [
+    line.split("\t")
+    for line in (CPU_LOGS / "matrix").read_text().splitlines()
+    if line.strip() and not line.startswith("#")
+]
+RUNS = {rid: (model, args) for rid, model, args in MATRIX if (CPU_LOGS / f"{rid}.log").exists()}
+EXACT = ("model", "kv", "recurrent", "output")
+
+
+@pytest.fixture(scope="session")
+def arch_models(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("arch-holes")
+    made = {}
+    for name in sorted({m for m, _ in RUNS.values()}):
+        made[name] = out / f"{name}.gguf"
+        header(made[name], MODELS[name], TENSORS[name], smollm2_path)
+    return made
+
+
+def replay(rid: str, models: dict[str, Path]):  # type: ignore[no-untyped-def]
+    model, args = RUNS[rid]
+    text = (CPU_LOGS / f"{rid}.log").read_text()
+    assert "# exit status" in text and "load_tensors" in text
+    parsed = parse_args("-m x " + args.replace("--no-repack", ""))
+    offload = replace(parsed.offload, repack="--no-repack" not in args)
+    return parse_log(text), breakdown(ggufx.open(models[model]), [], offload, parsed.context)
+
+
+def test_the_cpu_matrix_is_recorded() -> None:
+    """Every family the registry's layer rules cover has runs, with -ctk/-ctv, -fa off -np 3, --swa-full."""
+    assert len(RUNS) >= 40
+    families = {m for m, _ in RUNS.values()}
+    assert {"deepseek2-mla", "deepseek2-noqlora", "glm4moe", "gpt-oss", "gemma2", "cohere2", "llama4"} <= families
+    args = " ".join(a for _, a in RUNS.values())
+    for option in ("-ctk q8_0", "-ctk q4_0", "-fa off", "-np 3", "--swa-full", "--no-repack"):
+        assert option in args, option
+
+
+@pytest.mark.parametrize("rid", sorted(RUNS))
+def test_cpu_buffers_match_llama_cpp(rid: str, arch_models: dict[str, Path]) -> None:
+    log, bd = replay(rid, arch_models)
+    ours: dict[str, dict[str, int]] = {}
+    for b in bd.buffers:
+        ours.setdefault(b.kind, {}).setdefault(b.buft, 0)
+        ours[b.kind][b.buft] += b.bytes
+    for kind in EXACT:
+        theirs = log.buffers.get(kind, {})
+        mine = {k: round(v / MiB, 2) for k, v in ours.get(kind, {}).items() if v}
+        assert mine == {k: v for k, v in theirs.items() if v}, (kind, mine, theirs)
+    # the compute figure is there, labelled as the generic estimate (no builder for these architectures)
+    compute = [b for b in bd.buffers if b.kind == "compute"]
+    assert compute and all(b.bytes > 0 and not b.exact and "generic decoder estimate" in b.reason for b in compute)
+    assert bd.compute_estimate and any(bd.compute_estimate in n for n in bd.notes)
+
+
+def _kv_line(rid: str) -> list[str]:
+    return [x for x in (CPU_LOGS / f"{rid}.log").read_text().splitlines() if "llama_kv_cache: size" in x]
+
+
+def test_mla_caches_the_latent_and_the_rope_part_of_k_only(arch_models: dict[str, Path]) -> None:
+    """DeepSeek V3 shape: kv_lora_rank 512 + rope 64 = 576 K values per cell and layer, no V; 4 of its
+    5 blocks (the fifth is the NextN layer), so 8192 cells hold 4 x 8192 x 576 x 2 bytes = 36 MiB."""
+    (line,) = _kv_line("deepseek2-mla-c8192")
+    assert "4 layers" in line and "K (f16):   36.00 MiB, V (f16):    0.00 MiB" in line
+    _, bd = replay("deepseek2-mla-c8192", arch_models)
+    assert (bd.kv_bytes, bd.kv_layers) == (36 * MiB, 4)
+    (q8,) = _kv_line("deepseek2-mla-c16384-q8_0")  # -ctk applies to the one K tensor
+    assert "K (q8_0):   38.25 MiB" in q8
+
+
+def test_nextn_layers_have_no_cache_and_are_not_loaded(arch_models: dict[str, Path]) -> None:
+    text = (CPU_LOGS / "glm4moe-c8192.log").read_text()
+    assert "filtered: 4" in text and "model has unused tensor blk.4." in text
+    model = ggufx.open(arch_models["glm4moe"])
+    kinds = layer_kinds(model)
+    assert [k.kv for k in kinds] == [True] * 4 + [False] and kinds[4].nextn
+    _, bd = replay("glm4moe-c8192", arch_models)
+    blk4 = sum(t.nbytes for t in model.tensors if t.name.startswith("blk.4."))
+    assert blk4 > 0 and bd.kv_layers == 4
+
+
+def test_layer_kinds_of_the_hybrids(arch_models: dict[str, Path]) -> None:
+    kinds = {name: layer_kinds(ggufx.open(arch_models[name])) for name in arch_models}
+    if "nemotron_h" in kinds:  # Mamba-2, MLP, attention: no state and no cache for the MLP layers
+        assert [(k.kv, k.state) for k in kinds["nemotron_h"]] == [
+            (False, True), (False, False), (True, False), (False, True), (False, False), (True, False),
+        ]  # fmt: skip
+    if "falcon-h1" in kinds:  # every layer both
+        assert all(k.kv and k.state for k in kinds["falcon-h1"])
+    if "gemma3n" in kinds:  # layers from 20 on reuse 18's and 19's cache
+        assert [k.kv for k in kinds["gemma3n"]] == [True] * 20 + [False] * 2
+    if "lfm2" in kinds:
+        assert [k.state for k in kinds["lfm2"]] == [True, True, False, True, True, False]
+
+
+def test_n_cpu_moe_over_a_dense_leading_layer(arch_models: dict[str, Path]) -> None:
+    """--n-cpu-moe 2 on DeepSeek's shape (layer 0 dense): llama.cpp runs (recorded, exit 0) with the
+    experts of layer 1 on the host; the pattern of layer 0 matches nothing and is ignored (a note)."""
+    text = (CPU_LOGS / "deepseek2-mla-c8192-ncpumoe2.log").read_text()
+    assert "# exit status: 0" in text and "n-cpu-moe 2" in text
+    model = ggufx.open(arch_models["deepseek2-mla"])
+    args = parse_args("-m x -c 8192 --n-cpu-moe 2")
+    bd = breakdown(model, [Device("CUDA0", 80 << 30)], args.offload, args.context)
+    assert any(n.startswith("-ot blk\\.0\\.ffn_") and "llama.cpp ignores it" in n for n in bd.notes), bd.notes
+    host = {t.name for t, b in place(model, [Device("CUDA0", 80 << 30)], args.offload).tensors if b == "CPU_Mapped"}
+    assert "blk.1.ffn_up_exps.weight" in host and "blk.2.ffn_up_exps.weight" not in host
+    assert "blk.0.ffn_up.weight" not in host
+
+
+def test_fit_over_dense_leading_layers_and_nextn(arch_models: dict[str, Path]) -> None:
+    """llama.cpp's fit counts llama_model_n_layer (without the NextN layer, common/fit.cpp:140-143) and puts
+    the expert patterns of partial layers whatever they match (a dense layer's match nothing): the
+    answer is reached without an error, its -ngl within the 4 trunk layers + output."""
+    model = ggufx.open(arch_models["glm4moe"])
+    fit = llama_fit(model, [Device("CUDA0", 1100 * MiB)], margins=1024 * MiB)
+    assert fit.status in ("layers", "context", "unchanged") and fit.n_gpu_layers <= 5
+    assert fit.compute_note and "no graph builder for glm4moe" in fit.compute_note
+    assert fit.to_dict()["compute_note"] == fit.compute_note

@@ -1,0 +1,107 @@
+"""The architecture registry (ggufx/analysis/memory/archs.py) against llama.cpp's own source, and the
+layer kinds it decides.
+
+The source checks read the llama.cpp 11434 tree beside its build (skipped where it is absent): every
+registered architecture is one of llama-arch.cpp's names, its ``source`` file is the one that loads it,
+the keys the registry lists are the ones that file's ``load_arch_hparams`` reads, and the graph it
+says it shares is the one ``models.h`` declares with ``using graph = ...``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from ggufx.analysis.memory.archs import ARCHS, arch_of, builder_of, sharing
+
+from .conftest import LLAMA_CPP_VERSION
+
+SRC = (
+    Path(os.environ.get("LLAMA_CPP_HOME", str(Path.home() / ".cache" / f"llama.cpp-{LLAMA_CPP_VERSION}")))
+    / "src"
+    / "llama.cpp"
+)
+
+
+def _source() -> Path:
+    if not (SRC / "src" / "llama-arch.cpp").is_file():
+        pytest.skip(f"llama.cpp's source is not at {SRC}")
+    return SRC
+
+
+def _names(src: Path) -> dict[str, str]:
+    """llama-arch.cpp: LLM_ARCH_X -> "name"."""
+    return dict(re.findall(r'\{\s*(LLM_ARCH_\w+),\s*"([^"]+)"\s*\}', (src / "src" / "llama-arch.cpp").read_text()))
+
+
+def _kv_names(src: Path) -> dict[str, str]:
+    text = (src / "src" / "llama-arch.cpp").read_text()
+    return {k: v.replace("%s.", "") for k, v in re.findall(r'\{\s*(LLM_KV_\w+),\s*"([^"]+)"\s*\}', text)}
+
+
+def _struct_of(src: Path) -> dict[str, str]:
+    """general.architecture -> the llama_model_<struct> llama_model_mapping creates (llama-model.cpp)."""
+    names = _names(src)
+    text = (src / "src" / "llama-model.cpp").read_text()
+    return {names[e]: s for e, s in re.findall(r"case (LLM_ARCH_\w+):\s*return new llama_model_(\w+)\(params\)", text)}
+
+
+def test_every_entry_is_a_llama_cpp_architecture_loaded_by_its_source() -> None:
+    src = _source()
+    structs = _struct_of(src)
+    for name, a in ARCHS.items():
+        assert name in structs, f"{name} is not an architecture of llama-arch.cpp"
+        text = (src / "src" / "models" / a.source).read_text()
+        struct = structs[name]
+        # the file that defines the architecture's loader (or that of the struct it inherits from)
+        header = (src / "src" / "models" / "models.h").read_text()
+        base = re.search(rf"struct llama_model_{struct} : public llama_model_(\w+)", header)
+        owners = {struct} | ({base.group(1)} if base else set())
+        assert any(f"llama_model_{s}::load_arch_hparams" in text for s in owners), (name, a.source)
+
+
+def test_registered_keys_are_the_ones_load_arch_hparams_reads() -> None:
+    src = _source()
+    kv = _kv_names(src)
+    for name, a in ARCHS.items():
+        text = (src / "src" / "models" / a.source).read_text()
+        body = re.search(r"::load_arch_hparams\(.*?\n}\n", text, re.S)
+        assert body is not None, name
+        read = {kv.get(k, k) for k in re.findall(r"(LLM_KV_\w+)", body.group(0))}
+        if "load_swa_pattern" in body.group(0):
+            read.add("attention.sliding_window_pattern")
+        missing = [k for k in a.keys if k not in read]
+        assert not missing, f"{name}: {missing} are not read by {a.source}"
+
+
+def test_shared_graphs_are_the_ones_models_h_declares() -> None:
+    src = _source()
+    header = (src / "src" / "models" / "models.h").read_text()
+    structs = _struct_of(src)
+    declared = {}
+    for chunk in re.split(r"(?=struct llama_model_\w+ : public)", header):
+        m = re.match(r"struct llama_model_(\w+)", chunk)
+        g = re.search(r"using graph = llama_model_(\w+)::graph", chunk)
+        if m:
+            declared[m.group(1)] = g.group(1) if g else m.group(1)
+    for name, a in ARCHS.items():
+        assert a.llama_graph == declared[structs[name]], (name, a.llama_graph, declared[structs[name]])
+    assert sorted(sharing("granite")) == ["granite", "granitemoe"]
+    assert sorted(sharing("lfm2")) == ["lfm2", "lfm2moe"]
+
+
+def test_issue_architectures_are_registered() -> None:
+    """The architectures users run (issue 25) and the four whose graph ggufx rebuilds."""
+    for name in (
+        "llama", "gemma3", "qwen3moe", "qwen35", "gpt-oss", "deepseek2", "glm4", "glm4moe", "qwen3next",
+        "granitehybrid", "granite", "granitemoe", "lfm2", "lfm2moe", "phi3", "nemotron_h", "falcon-h1", "gemma2",
+        "gemma3n", "qwen2", "qwen3vl", "qwen2vl", "llama4", "mistral3", "seed_oss", "ernie4_5", "ernie4_5-moe",
+        "minimax-m2", "olmo2", "smollm3", "cohere2", "exaone4", "hunyuan-moe", "apertus",
+    ):  # fmt: skip
+        assert arch_of(name) is not None, name
+    assert {n for n in ARCHS if builder_of(n)} == {"llama", "gemma3", "qwen3moe", "qwen35"}
+    assert arch_of("deepseek2").mla and arch_of("glm4moe").skips_nextn  # type: ignore[union-attr]
+    assert arch_of("no-such-arch") is None and builder_of(None) is None
