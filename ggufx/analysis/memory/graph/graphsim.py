@@ -31,7 +31,7 @@ from ggufx.analysis.layers import swa_layers
 from ggufx.analysis.memory.graph.galloc import PREALLOCATED, _reserve
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, _Graph, _ne, _strides
 from ggufx.analysis.memory.graph.llm import SimParams, _Ctx, _Gdn
-from ggufx.analysis.memory.graph.models import builder
+from ggufx.analysis.memory.graph.models import BUILT, builder
 from ggufx.analysis.memory.graph.models.qwen35 import _gdn_dims, _recurrent_layers
 from ggufx.analysis.memory.graph.sched import N_COPIES, OP_OFFLOAD_MIN_BATCH, _Sched
 from ggufx.analysis.memory.hparams import Hparams, hparams, pad
@@ -43,7 +43,7 @@ T = TypeVar("T")
 
 __all__ = ["BUILT_ARCHS", "SIMULATED_ARCHS", "SimParams", "simulate", "simulated", "unbuildable"]
 
-SIMULATED_ARCHS = frozenset({"gemma3", "llama", "qwen35", "qwen3moe"})
+SIMULATED_ARCHS = BUILT  # the registry entries with a builder module (graph/models/)
 BUILT_ARCHS = SIMULATED_ARCHS  # every built graph is exact on every recorded run
 
 

@@ -1,6 +1,7 @@
-"""One graph builder per llama.cpp model (``src/models/<arch>.cpp``): architecture name -> the module
-whose ``build(c, g)`` returns the graph's logits. A plain table, for the architecture registry to
-replace; adding an architecture is one module here and one line below."""
+"""One graph builder per llama.cpp model (``src/models/<arch>.cpp``): a module whose ``build(c, g)``
+returns the graph's logits. Which architecture uses which module is the architecture registry's
+``builder`` field (:mod:`ggufx.analysis.memory.archs`): adding an architecture is one module here and
+its registry entry."""
 
 from __future__ import annotations
 
@@ -8,15 +9,16 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-BUILDERS: dict[str, str] = {
-    "llama": "ggufx.analysis.memory.graph.models.llama",
-    "gemma3": "ggufx.analysis.memory.graph.models.gemma3",
-    "qwen3moe": "ggufx.analysis.memory.graph.models.qwen3moe",
-    "qwen35": "ggufx.analysis.memory.graph.models.qwen35",
-}
+from ggufx.analysis.memory.archs import ARCHS, builder_of
+
+#: the architectures whose compute graph is rebuilt
+BUILT: frozenset[str] = frozenset(a.name for a in ARCHS.values() if a.builder)
 
 
 def builder(arch: str) -> Callable[..., Any]:
     """The ``build`` function of an architecture's module (KeyError: none)."""
-    build: Callable[..., Any] = importlib.import_module(BUILDERS[arch]).build
+    name = builder_of(arch)
+    if name is None:
+        raise KeyError(arch)
+    build: Callable[..., Any] = importlib.import_module(f"{__name__}.{name}").build
     return build
