@@ -645,25 +645,31 @@ def pick(
             None,
             "no GGUF model in it" + (f" ({len(companions)} companion file(s) only)" if companions else ""),
         )
-    used: dict[str, int] = {}
-    mismatch: dict[str, str] = {}
+    offered: list[tuple[str, GGUFModel]] = []  # (label, projector): what --mmproj offers the models
+    if explicit is not None:
+        offered = [(mmproj, explicit)]
+    elif mmproj == "auto":
+        offered = [(pe.name, pm) for pe, pm in projectors]
+    meant = _projector_candidates(
+        mmproj if explicit is not None else None, projectors if offered else [], [e for e, _ in models]
+    )
+    fitted: set[str] = set()  # projectors that fit at least one model
+    mismatch: dict[str, str] = {}  # projector -> the first model it does not fit, and why
     for e, m in models:
-        chosen, why = _choose_projector(e, m, explicit, projectors if mmproj == "auto" else [])
-        for name, reason in why.items():
-            mismatch.setdefault(name, f"{e.name}: {reason}")
+        chosen, why = _choose_projector(m, [(label, pm) for label, pm in offered if e.name in meant[label]])
+        fitted.update(label for label, _ in offered if e.name in meant[label] and label not in why)
+        for label, reason in why.items():
+            mismatch.setdefault(label, f"{e.name}: {reason}")
         try:
             row = assess(m, e, req, chosen)
         except (GGUFError, InputError) as err:
             row = ModelPick(e.name, e.path, e.group, quant=summarize(m).file_type_label, error=_one_line(err))
-        if chosen is not None:
-            used[chosen.path] = used.get(chosen.path, 0) + 1
-        elif why and (explicit is not None or projectors):
+        if chosen is None and why:
             row.notes.append("no projector fits it: " + "; ".join(f"{k}: {v}" for k, v in why.items()))
         rows.append(row)
-    offered = [(mmproj, "--mmproj", explicit)] if explicit is not None else [(e.name, e.name, m) for e, m in projectors]
-    for label, key, pm in offered:
-        if pm is not None and pm.path not in used:
-            why_not = mismatch.get(key)
+    for label, _pm in offered:
+        if label not in fitted:
+            why_not = mismatch.get(label)
             result.notes.append(f"the projector {label} fits none of the models" + (f" ({why_not})" if why_not else ""))
     _rank(result)
     return result
@@ -676,24 +682,38 @@ def _one_line(err: Exception) -> str:
     return f"{param}: {err}" if param else str(err)
 
 
+def _projector_candidates(
+    explicit: str | None, projectors: list[tuple[Entry, GGUFModel]], models: list[Entry]
+) -> dict[str, set[str]]:
+    """Projector -> the names of the models it is offered to: a ``--mmproj FILE`` to every model; a
+    projector of the sources to the models of its folder whose name it shares, or to all of them
+    when it shares none (as ``scan`` pairs companions)."""
+    if explicit is not None:
+        return {explicit: {e.name for e in models}}
+    out = {}
+    for pe, _pm in projectors:
+        folder = [e for e in models if e.group == pe.group]
+        named = [e for e in folder if _meant_for(pe, e)]
+        out[pe.name] = {e.name for e in (named or folder)}
+    return out
+
+
 def _choose_projector(
-    entry: Entry, model: GGUFModel, explicit: GGUFModel | None, projectors: list[tuple[Entry, GGUFModel]]
+    model: GGUFModel, offered: list[tuple[str, GGUFModel]]
 ) -> tuple[GGUFModel | None, dict[str, str]]:
-    """The projector for ``model`` and why the others do not fit it (name -> reason)."""
+    """The projector for ``model`` among those offered to it (F16 before BF16 before F32, the rest
+    after), and why the others do not fit it (label -> reason). Every offered projector is checked."""
     from ggufx.analysis.companions import projector_incompatibility
 
-    if explicit is not None:
-        reason = projector_incompatibility(model, explicit)
-        return (explicit, {}) if reason is None else (None, {"--mmproj": reason})
     why: dict[str, str] = {}
-    candidates = [(pe, pm) for pe, pm in projectors if _meant_for(pe, entry)]
-    candidates.sort(key=lambda x: (_projector_rank(summarize(x[1]).file_type_label), x[0].name))
-    for pe, pm in candidates:
+    chosen = None
+    for label, pm in sorted(offered, key=lambda x: (_projector_rank(summarize(x[1]).file_type_label), x[0])):
         reason = projector_incompatibility(model, pm)
-        if reason is None:
-            return pm, {}
-        why[pe.name] = reason
-    return None, why
+        if reason is not None:
+            why[label] = reason
+        elif chosen is None:
+            chosen = pm
+    return chosen, why
 
 
 def _rank(result: PickResult) -> None:
