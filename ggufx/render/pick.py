@@ -91,3 +91,35 @@ def pick_text(res: PickResult, fmt: str = "simple") -> str:
         listed = ", ".join(f"{c['name']} ({c['kind']})" for c in res.companions)
         out += ["", f"Companion files (not ranked): {listed}"]
     return table.printable("\n".join(out))
+
+
+def pick_page(res: dict[str, Any], fmt: str = "html") -> str:
+    """``pick --json`` (``PickResult.to_json()``) as the report's page for a folder or repository:
+    ``templates/pick.html.j2`` or ``pick.md.j2`` (autoescaped: names come from untrusted files)."""
+    import jinja2
+
+    from ggufx._version import __version__
+    from ggufx.render.pages import templates_dir
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(templates_dir()),
+        autoescape=fmt == "html",
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    env.filters["md"] = md_escape
+    cache_types = next((list(m["largest_context"]) for m in res["models"] if m["largest_context"]), [])
+    notes = [(m["name"], m["error"]) for m in res["models"] if m["error"]]
+    notes += [(m["name"], n) for m in res["models"] for n in m["notes"]]
+    page = env.get_template("pick.html.j2" if fmt == "html" else "pick.md.j2").render(
+        pick=res, cache_types=cache_types, notes=notes, version=__version__, MiB=MiB, GiB=GiB
+    )
+    return table.printable(page)
+
+
+def md_escape(value: Any) -> str:
+    """A value in a Markdown table cell: the characters Markdown would read escaped, one line."""
+    text = "" if value is None else str(value)
+    for ch in ("\\", "|", "<", ">", "*", "_", "`", "[", "]"):
+        text = text.replace(ch, "\\" + ch)
+    return text.replace("\n", " ")
