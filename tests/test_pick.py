@@ -355,3 +355,93 @@ def test_hub_repository_without_gguf(cli: CliRun, tmp_path: Path, monkeypatch: p
         assert r.exit_code == 2 and r.stderr == "ggufx: error: hf://org/empty-GGUF: no GGUF file in this repository\n"
     finally:
         srv.stop()
+
+
+# -- the MCP tool and the folder's page -------------------------------------------------------
+
+
+def test_mcp_pick_tool_answers_the_cli_json(
+    picked: dict, quant_folder: Path, smollm2_path: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("mcp")
+    import anyio
+    from mcp.server import MCPServer
+
+    from ggufx.mcp.access import Access
+    from ggufx.mcp.pick_tool import register
+
+    access = Access([str(quant_folder)], allow_remote=False)
+    server = MCPServer("test")
+    register(server, access)
+
+    async def go() -> tuple:
+        tools = {t.name: t for t in await server.list_tools()}
+        ok = await server.call_tool("pick", {"sources": [str(quant_folder)], "gpus": GPUS, "ctx": CTX})
+        bad_gpus = await server.call_tool("pick", {"sources": [str(quant_folder)], "gpus": "lots"})
+        remote_src = await server.call_tool("pick", {"sources": ["hf://org/repo-GGUF"], "gpus": GPUS})
+        outside = await server.call_tool("pick", {"sources": [str(smollm2_path)], "gpus": GPUS})
+        return tools, ok, bad_gpus, remote_src, outside
+
+    tools, ok, bad_gpus, remote_src, outside = anyio.run(go)
+    t = tools["pick"]
+    assert t.annotations.read_only_hint and not t.annotations.open_world_hint
+    assert set(t.input_schema["required"]) == {"sources", "gpus"}
+    assert not ok.is_error and json.loads(ok.content[0].text) == picked
+    assert bad_gpus.is_error and bad_gpus.content[0].text.startswith("--gpus: 'lots' is not a size")
+    assert remote_src.is_error and "remote sources are disabled" in remote_src.content[0].text
+    assert outside.is_error and "outside the allowed roots" in outside.content[0].text
+    # a link inside the root to a model outside it: found, but not read (a row saying why)
+    inside = tmp_path / "root"
+    inside.mkdir()
+    os.symlink(smollm2_path, inside / "linked.gguf")
+    shutil.copy(quant_folder / "SmolLM2-135M-Instruct.Q2_K.gguf", inside)
+    from ggufx.mcp.pick_tool import PickTool
+
+    res = PickTool(Access([str(inside)], allow_remote=False)).pick([str(inside)], GPUS, CTX)
+    rows = {r["name"]: r for r in res["models"]}
+    assert "outside the allowed roots" in rows["linked.gguf"]["error"] and rows["linked.gguf"]["quant"] is None
+    assert rows["SmolLM2-135M-Instruct.Q2_K.gguf"]["error"] is None
+
+
+def test_folder_page_opens_in_headless_chromium(picked: dict, tmp_path: Path) -> None:
+    """The report's page for a folder (templates/pick.html.j2), in a real browser."""
+    from ggufx.render.pick import pick_page
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    html = pick_page(picked)
+    md = pick_page(picked, "md")
+    for m in picked["models"]:
+        assert m["name"].replace("_", "\\_").replace("*", "\\*") in md
+        if m["command_line"]:
+            assert f"`{m['command_line']}`" in md
+    page = tmp_path / "pick.html"
+    page.write_text(html)
+    proc = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    dom = proc.stdout
+    assert f'<p class="summary" id="pick-summary">{picked["summary"]}</p>' in dom
+    table = dom[dom.index('<table id="pick">') : dom.index("</table>")]
+    assert table.count("<tr") == len(picked["models"]) + 1 and table.count('class="recommended"') == 1
+    assert dom.count("<code>llama-server ") == sum(1 for m in picked["models"] if m["command"])
+    console = [ln for ln in proc.stderr.splitlines() if "CONSOLE" in ln or "Refused to" in ln]
+    assert console == []

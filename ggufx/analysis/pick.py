@@ -592,6 +592,7 @@ def pick(
     n_ctx_min: int = N_CTX_MIN,
     remote: RemoteConfig | None = None,
     progress: Progress | None = None,
+    allow: Callable[[str], str | None] | None = None,
 ) -> PickResult:
     """Every model of ``sources`` against ``gpus`` (their free bytes) at ``n_ctx`` tokens (None: no
     ``-c``, llama.cpp's fit chooses), ranked, with the command line that runs each.
@@ -599,7 +600,8 @@ def pick(
     ``mmproj``: ``auto`` (each model's projector from its folder, F16 before BF16 before F32),
     ``none``, or a projector file used for every model. Raises :class:`SourceError` for a source with
     no GGUF file and :class:`InputError` for a bad option; a file that cannot be read is a row with
-    its ``error``."""
+    its ``error``. ``allow(path)``: None, or why a local file may not be read (the MCP server's roots);
+    asked for every file found and every shard of a split model, before any is read."""
     from ggufx.format.ggmltypes import CACHE_TYPES
 
     if tool not in TOOLS:
@@ -620,7 +622,22 @@ def pick(
         explicit = open_model(mmproj, remote=remote)
         if file_kind(explicit) != "projector":
             raise InputError(f"{mmproj}: not a multimodal projector ({file_kind(explicit)})", "--mmproj")
-    opened = _open_all(entries, remote, progress)
+    refused: dict[str, str] = {}
+    if allow is not None:
+        for e in entries:
+            for path in _local_shards(e.path):
+                denied = allow(path)
+                if denied is not None:
+                    refused.setdefault(e.path, denied)
+    opened = _open_all([e for e in entries if e.path not in refused], remote, progress)
+    by_path = {e.path: m for e, m in zip([e for e in entries if e.path not in refused], opened, strict=True)}
+    opened = [by_path.get(e.path) or SourceError(e.path, None, refused[e.path]) for e in entries]
+    if allow is not None:  # the shards the headers named, checked too
+        for i, m in enumerate(opened):
+            if not isinstance(m, GGUFError):
+                denied = next((w for sh in m.shards if "://" not in sh.path and (w := allow(sh.path))), None)
+                if denied is not None:
+                    opened[i] = SourceError(m.path, None, denied)
     rows: list[ModelPick] = []
     companions: list[tuple[Entry, GGUFModel, str]] = []
     models: list[tuple[Entry, GGUFModel]] = []
@@ -673,6 +690,19 @@ def pick(
             result.notes.append(f"the projector {label} fits none of the models" + (f" ({why_not})" if why_not else ""))
     _rank(result)
     return result
+
+
+def _local_shards(path: str) -> list[str]:
+    """A local file and, if it is the first shard of a split set, the other shards its name implies."""
+    if "://" in path:
+        return []
+    m = SHARD_RE.match(os.path.basename(path))
+    if m is None:
+        return [path]
+    from ggufx.model.shards import shard_path
+
+    prefix = os.path.join(os.path.dirname(path), m["prefix"])
+    return [shard_path(prefix, i, int(m["count"])) for i in range(1, int(m["count"]) + 1)]
 
 
 def _one_line(err: Exception) -> str:
