@@ -445,3 +445,55 @@ def test_folder_page_opens_in_headless_chromium(picked: dict, tmp_path: Path) ->
     assert dom.count("<code>llama-server ") == sum(1 for m in picked["models"] if m["command"])
     console = [ln for ln in proc.stderr.splitlines() if "CONSOLE" in ln or "Refused to" in ln]
     assert console == []
+
+
+def test_moe_experts_go_to_the_host(cli: CliRun, hole_models: dict[str, Path], llama_bin: Path, tmp_path: Path) -> None:
+    """A MoE model (Qwen3 30B-A3B's header, its data a hole) on a GPU too small for it: llama.cpp's fit
+    keeps every layer on the GPU and moves experts to the host; the runner-up says so, the command
+    carries the -ot of mem --fit (less the pattern for the output layer, which has no experts), and
+    llama-server's parser accepts it."""
+    d = tmp_path / "moe"
+    d.mkdir()
+    os.symlink(hole_models["qwen3moe-30b-a3b"], d / "Qwen3-30B-A3B-Q4_K_M.gguf")
+    res = pick_json(cli, str(d), "--gpus", "16GiB", "-c", "32768", "--tablefmt", "github")
+    (r,) = res["models"]
+    assert r["experts"] > 0 and not r["fits"] and r["llama_cpp_fit"]["status"] == "layers"
+    assert res["recommendation"] is None and res["runner_up"] == r["name"]
+    assert res["summary"].startswith(
+        "No model runs entirely on 16 GiB GPU at 32,768 tokens; best with part on the host"
+    )
+    assert r["n_gpu_layers"] == r["n_layer"] + 1 and r["overrides"] and all(b == "CPU" for _, b in r["overrides"])
+    lc = _mem(cli, r["path"], "--fit", "16GiB", "-fitt", "1024", "--llama-args", "-c 32768 -ctk f16 -ctv f16")[
+        "llama_cpp"
+    ]
+    assert lc["args"] == r["llama_cpp_fit"]["args"]
+    output_layer = rf"blk\.{r['n_layer']}\."
+    assert [o for o in lc["overrides"] if not o[0].startswith(output_layer)] == r["overrides"]
+    assert len(lc["overrides"]) == len(r["overrides"]) + 1
+    layers = {re.search(r"blk\\\.(\d+)", p)[1] for p, _ in r["overrides"]}
+    assert f"experts of {len(layers)} layer(s) on the host" in res["summary"]
+    promised = _mem(cli, r["path"], "--gpus", "16GiB", "--llama-args", shlex.join(r["command"][1:]))
+    dev = next(x for x in promised["devices"] if x["name"] == "CUDA0")
+    assert dev["self"] == r["gpus"][0]["total"] <= 16 * 1024**3 - 1024**3
+    proc = subprocess.run(
+        [str(llama_bin / "llama-server"), *r["command"][1:], "--help"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    # the text table: the offload in words, the command in full below it
+    out = cli("pick", str(d), "--gpus", "16GiB", "-c", "32768", "--tablefmt", "github").stdout
+    assert "| no: experts of" in out and f"`{r['command_line']}`" in out
+
+
+def test_files_shards_and_no_gpu(cli: CliRun, quant_folder: Path) -> None:
+    """Several files (a second shard names its set, -m the first shard), and --gpus none."""
+    stem = "SmolLM2-135M-Instruct"
+    files = [str(quant_folder / f"{stem}.Q6_K-00002-of-00003.gguf"), str(quant_folder / f"{stem}.Q2_K.gguf")]
+    res = pick_json(cli, *files, "--gpus", "none", "-c", "4096", "--mmproj", "none")
+    rows = {r["name"]: r for r in res["models"]}
+    assert set(rows) == {f"{stem}.Q6_K-*-of-00003.gguf", f"{stem}.Q2_K.gguf"}
+    split = rows[f"{stem}.Q6_K-*-of-00003.gguf"]
+    assert split["shards"] == 3 and split["command"][2] == str(quant_folder / f"{stem}.Q6_K-00001-of-00003.gguf")
+    assert res["gpus"] == [] and res["recommendation"] == split["name"]  # the higher BPW
+    for r in res["models"]:
+        assert r["gpus"] == [] and r["host_bytes"] > 0 and r["command"][-2:] == ["-ngl", "0"]
+    assert res["summary"].startswith(f"No GPU: {split['name']} ")

@@ -136,7 +136,8 @@ def find_entries(sources: Sequence[str], remote: RemoteConfig | None = None) -> 
                 add(_display(inside), path, group)
             if len(out) == before:
                 raise SourceError(src, None, "no GGUF file in this repository" + (f" under {subdir}" if subdir else ""))
-        elif "://" in src:  # one remote file
+        elif "://" in src:  # one remote file (a shard: its set, named by the first shard, as llama.cpp wants -m)
+            src = _first_shard(src)
             add(_display(src.rpartition("/")[2]), src, src.rpartition("/")[0])
         elif os.path.isdir(src):
             for _name, path, _source, group in discover([src], remote):
@@ -144,10 +145,26 @@ def find_entries(sources: Sequence[str], remote: RemoteConfig | None = None) -> 
             if len(out) == before:
                 raise SourceError(src, None, "no GGUF file in this folder")
         elif os.path.exists(src):
+            src = _first_shard(src)
             add(_display(os.path.basename(src)), src, os.path.dirname(os.path.abspath(src)))
         else:
             raise SourceError(src, None, "no such file or folder")
     return out
+
+
+def _first_shard(path: str) -> str:
+    """``NAME-00002-of-00003.gguf`` -> ``NAME-00001-of-00003.gguf`` (llama.cpp loads a split model
+    from its first shard); any other path as it is."""
+    head, sep, base = (
+        path.rpartition("/") if "://" in path else (*os.path.split(path)[:1], os.sep, os.path.basename(path))
+    )
+    m = SHARD_RE.match(base)
+    if m is None:
+        return path
+    from ggufx.model.shards import shard_path
+
+    first = shard_path(m["prefix"], 1, int(m["count"]))
+    return f"{head}{sep}{first}" if head else first
 
 
 def _display(inside: str) -> str:
@@ -319,7 +336,7 @@ class PickResult:
         else:
             line = f"No model runs entirely on {where} at {at}"
         if u is not None:
-            line += f"; {'higher' if r else 'best'} with part on the host: {u.name} ({_quant(u)}, {_offload_text(u)})"
+            line += f"; {'higher' if r else 'best'} with part on the host: {u.name} ({_quant(u)}, {offload_text(u)})"
         return line + "."
 
     def to_json(self) -> dict[str, Any]:
@@ -352,11 +369,15 @@ def _gpus_text(gpus: list[Device]) -> str:
     return " + ".join(sizes) + (" GPU" if len(sizes) == 1 else " GPUs")
 
 
-def _offload_text(m: ModelPick) -> str:
-    """What llama.cpp's fit moved to the host, in words."""
-    if m.overrides and any(b == "CPU" for _, b in m.overrides):
-        n = len({re.search(r"blk\\\.(\d+)", p)[1] for p, b in m.overrides if re.search(r"blk\\\.(\d+)", p)})  # type: ignore[index]
-        return f"experts of {n} layer(s) on the host"
+_OT_LAYER = re.compile(r"blk\\\.(\d+)")  # the layer an -ot pattern of llama.cpp's fit names
+
+
+def offload_text(m: ModelPick) -> str:
+    """What llama.cpp's fit moves to the host, in words: ``experts of 18 layer(s) on the host``,
+    ``27 of 31 layers on the GPUs``."""
+    on_host = {x[1] for p, b in m.overrides if b == "CPU" and (x := _OT_LAYER.search(p))}
+    if on_host:
+        return f"experts of {len(on_host)} layer(s) on the host"
     if m.n_gpu_layers is not None:
         return f"{m.n_gpu_layers} of {m.n_layer + 1} layers on the GPUs"
     return "as llama.cpp's fit sets it"
@@ -511,9 +532,10 @@ def assess(model: GGUFModel, entry: Entry, req: Request, mmproj: GGUFModel | Non
     if decision.status == "failed":
         row.notes.append(f"llama.cpp's fit gives up: {decision.message}")
         return row
-    row.command = [req.tool, *_command(argv, decision, len(devices), devices)]
+    names = [t.name for t in model.tensors]
+    row.command = [req.tool, *_command(argv, decision, len(devices), devices, names)]
     row.n_ctx = decision.n_ctx
-    row.overrides = list(decision.overrides)
+    row.overrides = [(p, b) for p, b in decision.overrides if any(re.search(p, n) for n in names)]
     row.n_gpu_layers = None if decision.layers is None else decision.n_gpu_layers
     row.gpus, row.host_bytes, _ = gpu_use(model, devices, row.command[1:], mmproj, server)
     if row.fits and len(devices) > 1 and any(g.total > g.free - req.margin for g in row.gpus):
@@ -523,13 +545,19 @@ def assess(model: GGUFModel, entry: Entry, req: Request, mmproj: GGUFModel | Non
         plain = row.command[:i] + row.command[i + 2 :]
         row.command = plain
         row.gpus, row.host_bytes, _ = gpu_use(model, devices, plain[1:], mmproj, server)
+    ct = req.cache_type_k if req.cache_type_k == req.cache_type_v else None
+    if not row.fits and ct and row.largest_context.get(ct):
+        row.notes.append(f"entirely on the GPUs up to {row.largest_context[ct]:,} tokens ({ct} cache)")
     if row.fits and req.n_ctx is None and decision.status == "context":
         row.notes.append(f"llama.cpp's fit reduces the context to {decision.n_ctx:,} tokens")
     return row
 
 
-def _command(argv: list[str], decision: LlamaFit, nd: int, devices: list[Device]) -> list[str]:
-    """The options that run the model as llama.cpp's fit decided: ``-c``, ``-ngl``, ``-ts``, ``-ot``."""
+def _command(argv: list[str], decision: LlamaFit, nd: int, devices: list[Device], names: list[str]) -> list[str]:
+    """The options that run the model as llama.cpp's fit decided: ``-c``, ``-ngl``, ``-ts``, ``-ot``.
+
+    A pattern of fit's that matches no tensor (the experts of the output layer, which has none) is
+    left out: llama.cpp ignores it (common/fit.cpp:548-586 writes it, the loader matches nothing)."""
     out = _with_ctx(argv, decision.n_ctx)
     if decision.layers is None:
         out += ["-ngl", "all"]
@@ -542,8 +570,9 @@ def _command(argv: list[str], decision: LlamaFit, nd: int, devices: list[Device]
         ts.pop()
     if len(ts) > 1:
         out += ["-ts", ",".join(str(n) for n in ts)]
-    if decision.overrides:
-        out += ["-ot", ",".join(f"{p}={b}" for p, b in decision.overrides)]
+    live = [(p, b) for p, b in decision.overrides if any(re.search(p, n) for n in names)]
+    if live:
+        out += ["-ot", ",".join(f"{p}={b}" for p, b in live)]
     return out
 
 
@@ -613,6 +642,8 @@ def pick(
         raise InputError("the context cannot be negative", "-c")
     if margin < 0:
         raise InputError("a margin cannot be negative", "-fitt")
+    if cache_type_k == cache_type_v and cache_type_k not in cache_types:  # the requested type's largest context too
+        cache_types = (*cache_types, cache_type_k)
     req = Request(tuple(gpus), n_ctx, cache_type_k, cache_type_v, margin, tool, cache_types, n_ctx_min)
     entries = find_entries(sources, remote)
     explicit: GGUFModel | None = None

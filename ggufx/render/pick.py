@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ggufx.analysis.pick import ModelPick, PickResult
+from ggufx.analysis.pick import ModelPick, PickResult, offload_text
 from ggufx.render import table
 
 MiB = 1 << 20
@@ -14,14 +14,14 @@ GiB = 1 << 30
 
 def _fit_cell(m: ModelPick) -> str:
     if m.error is not None:
-        return "unreadable"
+        return "unreadable" if m.quant is None else "error (see the notes)"
     if not m.gpus and m.command is not None:
         return "CPU only"
     if m.fits:
         return "yes"
     if m.status == "failed":
         return "no (llama.cpp's fit gives up)"
-    return f"no: {m.fit_args}"
+    return f"no: {offload_text(m)}" + (f", -c {m.n_ctx:,}" if m.status == "context" else "")
 
 
 def _gpu_cell(m: ModelPick) -> str:
