@@ -31,6 +31,7 @@ from .httpserver import RangeServer
 pytestmark = pytest.mark.llamacpp
 
 QUANTS = ("Q8_0", "Q4_K_M", "Q2_K")  # made by llama-quantize; Q6_K split in 3; the Q4_1 original
+SPLIT = "Q6_K/SmolLM2-135M-Instruct.Q6_K"  # in a folder of its own, as Hub repositories keep split quants
 GPUS = "1.5GiB"  # with the projector, the two 8-bit quants do not fit entirely at 8192 tokens, the rest do
 CTX = 8192
 
@@ -64,6 +65,7 @@ def quant_folder(llama_bin: Path, smollm2_path: Path, tmp_path_factory: pytest.T
     """A folder as a Hub repository holds it: quants, a split quant, two projectors, a corrupt file."""
     d = tmp_path_factory.mktemp("quants")
     stem = "SmolLM2-135M-Instruct"
+    (d / "Q6_K").mkdir()
     shutil.copy(smollm2_path, d / smollm2_path.name)
     for t in (*QUANTS, "Q6_K"):
         out = d / f"{stem}.{t}.gguf" if t != "Q6_K" else d.parent / f"{stem}.{t}.gguf"
@@ -80,13 +82,13 @@ def quant_folder(llama_bin: Path, smollm2_path: Path, tmp_path_factory: pytest.T
             "--split-max-tensors",
             "120",
             str(d.parent / f"{stem}.Q6_K.gguf"),
-            str(d / f"{stem}.Q6_K"),
+            str(d / SPLIT),
         ],
         capture_output=True,
         text=True,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert len(list(d.glob(f"{stem}.Q6_K-000*-of-00003.gguf"))) == 3
+    assert len(list(d.glob(f"{SPLIT}-000*-of-00003.gguf"))) == 3
     write_projector(d / f"mmproj-{stem}-F32.gguf", f32=True)
     write_projector(d / f"mmproj-{stem}-F16.gguf")
     (d / f"{stem}.Q3_K_S.gguf").write_bytes((d / f"{stem}.Q2_K.gguf").read_bytes()[:1000])
@@ -117,8 +119,8 @@ def test_folder_rows_and_recommendation(picked: dict, quant_folder: Path) -> Non
     rows = {r["name"]: r for r in picked["models"]}
     stem = "SmolLM2-135M-Instruct"
     # one row per model (the 3 shards are one), the projectors listed as companions, not ranked
-    assert set(rows) == {f"{stem}.{t}.gguf" for t in ("Q4_1", *QUANTS, "Q3_K_S")} | {f"{stem}.Q6_K-*-of-00003.gguf"}
-    assert rows[f"{stem}.Q6_K-*-of-00003.gguf"]["shards"] == 3
+    assert set(rows) == {f"{stem}.{t}.gguf" for t in ("Q4_1", *QUANTS, "Q3_K_S")} | {f"{SPLIT}-*-of-00003.gguf"}
+    assert rows[f"{SPLIT}-*-of-00003.gguf"]["shards"] == 3
     assert sorted(c["name"] for c in picked["companions"]) == [f"mmproj-{stem}-F16.gguf", f"mmproj-{stem}-F32.gguf"]
     # the corrupt header: a row with its error (file and offset), ranked last; the rest still ranked
     broken = rows[f"{stem}.Q3_K_S.gguf"]
@@ -291,7 +293,7 @@ def test_no_gguf_is_one_line(cli: CliRun, tmp_path: Path) -> None:
 
 @pytest.fixture
 def hub(quant_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
-    files = {p.name: p for p in quant_folder.iterdir()}
+    files = {p.relative_to(quant_folder).as_posix(): p for p in quant_folder.rglob("*.gguf")}
     srv = RangeServer(files).start()
     cfg = remote.RemoteConfig(cache_dir=str(tmp_path / "cache"), retries=3, backoff=0.01, timeout=10)
     monkeypatch.setattr(remote, "BASE", cfg)
@@ -313,7 +315,8 @@ def _comparable(res: dict, base: str) -> dict:
 def test_hub_repository_gives_the_folders_table(
     cli: CliRun, hub: RangeServer, picked: dict, quant_folder: Path
 ) -> None:
-    n_files = len(list(quant_folder.iterdir()))
+    names = sorted(p.relative_to(quant_folder).as_posix() for p in quant_folder.rglob("*.gguf"))
+    n_files = len(names)
     r = cli("pick", "--json", "hf://org/repo-GGUF", "--gpus", GPUS, "-c", str(CTX))
     assert r.exit_code == 0, r.stderr
     res = json.loads(r.stdout)
@@ -326,7 +329,7 @@ def test_hub_repository_gives_the_folders_table(
     per_file: dict[str, int] = {}
     for e in files:
         per_file[e["path"]] = per_file.get(e["path"], 0) + 1
-    assert set(per_file) == {f"/org/repo-GGUF/resolve/main/gguf/{n}" for n in os.listdir(quant_folder)}
+    assert set(per_file) == {f"/org/repo-GGUF/resolve/main/gguf/{n}" for n in names}
     assert max(per_file.values()) <= 3, per_file
     assert all(e["method"] == "HEAD" or e["range"] for e in files)
     # progress on stderr, one line per header
@@ -339,10 +342,10 @@ def test_hub_repository_gives_the_folders_table(
     assert r2.exit_code == 0, r2.stderr
     assert _comparable(json.loads(r2.stdout), "hf://org/repo-GGUF@main/gguf") == _comparable(picked, str(quant_folder))
     again = [e for e in hub.state.log if not e["path"].startswith("/api/models/")]
-    heads = sorted(e["path"].rpartition("/")[2] for e in again if e["method"] == "HEAD")
-    gets = {e["path"].rpartition("/")[2] for e in again if e["method"] == "GET"}
+    heads = sorted(e["path"].split("/gguf/", 1)[1] for e in again if e["method"] == "HEAD")
+    gets = {e["path"].split("/gguf/", 1)[1] for e in again if e["method"] == "GET"}
     # the corrupt header was never cached (nothing valid to keep): read again, alone
-    assert heads == sorted(n for n in os.listdir(quant_folder) if n != "SmolLM2-135M-Instruct.Q3_K_S.gguf"), again
+    assert heads == [n for n in names if n != "SmolLM2-135M-Instruct.Q3_K_S.gguf"], again
     assert gets == {"SmolLM2-135M-Instruct.Q3_K_S.gguf"}
 
 
@@ -487,12 +490,12 @@ def test_moe_experts_go_to_the_host(cli: CliRun, hole_models: dict[str, Path], l
 def test_files_shards_and_no_gpu(cli: CliRun, quant_folder: Path) -> None:
     """Several files (a second shard names its set, -m the first shard), and --gpus none."""
     stem = "SmolLM2-135M-Instruct"
-    files = [str(quant_folder / f"{stem}.Q6_K-00002-of-00003.gguf"), str(quant_folder / f"{stem}.Q2_K.gguf")]
+    files = [str(quant_folder / f"{SPLIT}-00002-of-00003.gguf"), str(quant_folder / f"{stem}.Q2_K.gguf")]
     res = pick_json(cli, *files, "--gpus", "none", "-c", "4096", "--mmproj", "none")
     rows = {r["name"]: r for r in res["models"]}
     assert set(rows) == {f"{stem}.Q6_K-*-of-00003.gguf", f"{stem}.Q2_K.gguf"}
     split = rows[f"{stem}.Q6_K-*-of-00003.gguf"]
-    assert split["shards"] == 3 and split["command"][2] == str(quant_folder / f"{stem}.Q6_K-00001-of-00003.gguf")
+    assert split["shards"] == 3 and split["command"][2] == str(quant_folder / f"{SPLIT}-00001-of-00003.gguf")
     assert res["gpus"] == [] and res["recommendation"] == split["name"]  # the higher BPW
     for r in res["models"]:
         assert r["gpus"] == [] and r["host_bytes"] > 0 and r["command"][-2:] == ["-ngl", "0"]

@@ -408,9 +408,17 @@ def _projector_rank(label: str | None) -> int:
     return PROJECTOR_PREFERENCE.index(label) if label in PROJECTOR_PREFERENCE else len(PROJECTOR_PREFERENCE)
 
 
+def _under(folder: str, top: str) -> bool:
+    """``folder`` is ``top`` or inside it (a Hub repository keeps split quants in folders of their own,
+    their projector beside those folders)."""
+    folder, top = folder.rstrip("/" + os.sep), top.rstrip("/" + os.sep)
+    return folder == top or folder.startswith((top + "/", top + os.sep))
+
+
 def _meant_for(projector: Entry, model: Entry) -> bool:
-    """A projector goes with the models of its folder whose name it shares (all, if it names none)."""
-    if projector.group != model.group:
+    """A projector goes with the models of its folder (and the folders below it) whose name it
+    shares (all, if it names none)."""
+    if not _under(model.group, projector.group):
         return False
     a, b = name_stem(projector.name), name_stem(model.name)
     if not a:
@@ -747,13 +755,13 @@ def _projector_candidates(
     explicit: str | None, projectors: list[tuple[Entry, GGUFModel]], models: list[Entry]
 ) -> dict[str, set[str]]:
     """Projector -> the names of the models it is offered to: a ``--mmproj FILE`` to every model; a
-    projector of the sources to the models of its folder whose name it shares, or to all of them
-    when it shares none (as ``scan`` pairs companions)."""
+    projector of the sources to the models of its folder and the folders below it whose name it
+    shares, or to all of them when it shares none (as ``scan`` pairs companions)."""
     if explicit is not None:
         return {explicit: {e.name for e in models}}
     out = {}
     for pe, _pm in projectors:
-        folder = [e for e in models if e.group == pe.group]
+        folder = [e for e in models if _under(e.group, pe.group)]
         named = [e for e in folder if _meant_for(pe, e)]
         out[pe.name] = {e.name for e in (named or folder)}
     return out
