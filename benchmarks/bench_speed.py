@@ -62,7 +62,12 @@ def measure(cmd: list[str], env: dict[str, str], runs: int) -> tuple[float, floa
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--before", type=Path, default=Path("/work/main"), help="the checkout to compare with")
+    ap.add_argument(
+        "--before",
+        type=Path,
+        default=Path("/work/main"),
+        help="the ggufx tree to compare with (a checkout, or `git archive REV ggufx | tar -x -C DIR`)",
+    )
     ap.add_argument("--only", default="info,mem,fit,report")
     args = ap.parse_args()
     paths = models()
@@ -82,7 +87,11 @@ def main() -> None:
         "fit": lambda f, n: ["mem", str(f), "--fit", "24GiB"],
         "report": lambda f, n: ["report", str(f), "-o", str(out / f"{n}.html")],
     }
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, median of {args.runs} runs after a warm-up\n")
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, median of {args.runs} runs after a warm-up")
+    for label, path in codes.items():
+        rev = subprocess.run(["git", "-C", str(path), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        print(f"{label}: {path}" + (f" (commit {rev.stdout.strip()})" if rev.returncode == 0 else ""))
+    print()
     for name in args.only.split(","):
         rows = []
         for model, path in paths.items():

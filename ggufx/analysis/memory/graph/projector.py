@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ggufx.analysis.memory.buffers import Buffer
-from ggufx.analysis.memory.graph.galloc import CUDA_ALIGN, HOST_ALIGN, DynAllocator
+from ggufx.analysis.memory.graph import ggml
+from ggufx.analysis.memory.graph.galloc import HOST_ALIGN, _reserve
+from ggufx.analysis.memory.graph.ggml import _T, INPUT
 from ggufx.errors import InputError, ValidationError
 from ggufx.model import GGUFModel
 
@@ -38,11 +40,8 @@ __all__ = [
 ]
 
 MODELLED = frozenset({"qwen2vl_merger", "qwen2.5vl_merger", "qwen3vl_merger", "gemma3", "idefics3", "mlp", "pixtral"})
-# ggml_op_can_inplace (ggml-alloc.c:22), by the op names used here
 # ggml-cuda/fattn.cu ggml_cuda_get_best_fattn_kernel: the head sizes CUDA's flash attention takes (K = V)
 CUDA_FA_HEAD_DIMS = frozenset({40, 64, 72, 80, 96, 112, 128, 256})
-_INPLACE = frozenset({"add", "mul", "scale", "unary", "rope", "rms_norm", "soft_max"})
-_TYPE_SIZE = {"F32": 4, "F16": 2, "BF16": 2, "I32": 4}
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,84 +190,44 @@ def projector_params(mmproj: GGUFModel, image_min_tokens: int | None, image_max_
     )
 
 
-# -- a ggml graph, as far as the allocator sees it ---------------------------------------------------
-
-
-@dataclass(eq=False, slots=True)
-class _T:
-    """A ggml tensor: shape and strides (ggml order), type, op, sources, and the tensor it views."""
-
-    ne: tuple[int, int, int, int]
-    nb: tuple[int, int, int, int]
-    type: str
-    op: str
-    src: list[_T] = field(default_factory=list)
-    view_src: _T | None = None
-    weight: bool = False
-    input: bool = False
-
-    @property
-    def nbytes(self) -> int:
-        return math.prod(self.ne) * _TYPE_SIZE.get(self.type, 2)
-
-
-def _contig(ne: tuple[int, ...], type_: str) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
-    n = (tuple(ne) + (1, 1, 1, 1))[:4]
-    ts = _TYPE_SIZE.get(type_, 2)
-    nb = (ts, ts * n[0], ts * n[0] * n[1], ts * n[0] * n[1] * n[2])
-    return (n[0], n[1], n[2], n[3]), nb
+# -- the graph: ggml's tensors (graph/ggml.py) through clip_graph's helpers -------------------------
 
 
 class _Graph:
-    """Tensors in ``ggml_build_forward_expand`` order (a depth-first walk of the sources, ggml.c:7245)."""
+    """clip.cpp's ggml calls over a :class:`ggufx.analysis.memory.graph.ggml._Graph` (the one the
+    language model's graphs use): op names as ggml spells them, weights in their own buffer (never
+    allocated), inputs flagged as such."""
 
     def __init__(self) -> None:
-        self.nodes: list[_T] = []
-        self.leafs: list[_T] = []
-        self._seen: set[int] = set()
+        self.g = ggml._Graph()
 
-    # construction
+    @property
+    def nodes(self) -> list[_T]:
+        return self.g.nodes
+
+    @property
+    def leafs(self) -> list[_T]:
+        return self.g.leafs
+
     def new(self, ne: tuple[int, ...], type_: str, op: str, *src: _T) -> _T:
-        n, nb = _contig(ne, type_)
-        return _T(n, nb, type_, op, list(src))
+        return self.g.new("", op.upper(), type_, ne, *src)
 
     def weight(self, ne: tuple[int, ...], type_: str) -> _T:
-        t = self.new(ne, type_, "none")
+        t = self.g.leaf("", type_, ne, buft=_WEIGHTS)
         t.weight = True
         return t
 
     def input(self, ne: tuple[int, ...], type_: str = "F32") -> _T:
-        t = self.new(ne, type_, "none")
-        t.input = True
-        return t
+        return self.g.leaf("", type_, ne, INPUT)
 
     def view(self, a: _T, ne: tuple[int, ...], nb: tuple[int, ...] | None, op: str = "view") -> _T:
-        if nb is None:
-            n, nbs = _contig(ne, a.type)
-        else:
-            n = (tuple(ne) + (1, 1, 1, 1))[:4]  # type: ignore[assignment]
-            full = list(nb) + [0] * (4 - len(nb))
-            for i in range(len(nb), 4):
-                full[i] = full[i - 1] * n[i - 1]
-            nbs = (full[0], full[1], full[2], full[3])
-        return _T(n, nbs, a.type, op, [a], view_src=a.view_src or a, weight=a.weight)
+        return self.g.view(a, ne, nb, op.upper())
 
     def reshape(self, a: _T, *ne: int) -> _T:
-        return self.view(a, ne, None, "reshape")
+        return self.g.reshape(a, *ne)
 
     def permute(self, a: _T, *axes: int) -> _T:
-        ne, nb = [0] * 4, [0] * 4
-        for i, ax in enumerate(axes):
-            ne[ax], nb[ax] = a.ne[i], a.nb[i]
-        return _T(
-            (ne[0], ne[1], ne[2], ne[3]),
-            (nb[0], nb[1], nb[2], nb[3]),
-            a.type,
-            "permute",
-            [a],
-            view_src=a.view_src or a,
-            weight=a.weight,
-        )
+        return self.g.permute(a, *axes)
 
     def transpose(self, a: _T) -> _T:
         return self.permute(a, 1, 0, 2, 3)
@@ -277,7 +236,7 @@ class _Graph:
         return self.new(ne or a.ne, a.type, "cont", a)
 
     def mul_mat(self, w: _T, x: _T) -> _T:
-        return self.new((w.ne[1], x.ne[1], x.ne[2], x.ne[3]), "F32", "mul_mat", w, x)
+        return self.g.mul_mat("", w, x)
 
     def unary(self, op: str, a: _T, *more: _T) -> _T:
         return self.new(a.ne, a.type, op, a, *more)
@@ -288,96 +247,17 @@ class _Graph:
         return t
 
     def expand(self, t: _T) -> None:
-        stack: list[tuple[_T, int]] = [(t, 0)]
-        while stack:
-            node, i = stack.pop()
-            if i == 0 and id(node) in self._seen:
-                continue
-            if i == 0:
-                self._seen.add(id(node))
-            if i < len(node.src):
-                stack.append((node, i + 1))
-                s = node.src[i]
-                if id(s) not in self._seen:
-                    stack.append((s, 0))
-                continue
-            if node.op == "none":
-                self.leafs.append(node)
-            else:
-                self.nodes.append(node)
+        self.g.expand(t)
 
 
-# -- ggml-alloc's dynamic allocator -------------------------------------------------------------------
+_WEIGHTS = "weights"  # the projector's weight buffer: preallocated, never part of the compute buffer
 
 
-def _same_layout(a: _T, b: _T) -> bool:
-    return a.type == b.type and a.ne == b.ne and a.nb == b.nb
-
-
-def _peak(g: _Graph, alignment: int) -> int:
-    """``ggml_gallocr_alloc_graph_impl`` (ggml-alloc.c:718) on one buffer: its high-water mark."""
-    alloc = DynAllocator(alignment)
-    addr: dict[int, int] = {}
-    own: set[int] = set()
-    children: dict[int, int] = {}
-    views: dict[int, int] = {}
-
-    def allocate(t: _T) -> None:  # ggml_gallocr_allocate_node (ggml-alloc.c:623)
-        if t.weight or t.view_src is not None or id(t) in own or id(t) in addr:
-            return
-        own.add(id(t))
-        if t.op in _INPLACE:
-            for p in t.src:
-                if id(p) not in own or not _same_layout(t, p):
-                    continue
-                if children.get(id(p), 0) != 1 or views.get(id(p), 0) != 0:
-                    continue
-                if p.view_src is not None:
-                    v = p.view_src
-                    if views.get(id(v), 0) == 1 and children.get(id(v), 0) == 0 and p.nb == v.nb:
-                        addr[id(t)] = addr[id(v)]
-                        own.discard(id(p))
-                        own.discard(id(v))
-                        _free_extra(v, t)
-                        return
-                    continue
-                addr[id(t)] = addr[id(p)]
-                own.discard(id(p))
-                _free_extra(p, t)
-                return
-        addr[id(t)] = alloc.alloc(t.nbytes)
-
-    def _free_extra(parent: _T, node: _T) -> None:
-        ps, ns = alloc.align(parent.nbytes), alloc.align(node.nbytes)
-        if ps > ns:
-            alloc.free(addr[id(parent)] + ns, ps - ns)
-
-    def free(t: _T) -> None:
-        alloc.free(addr[id(t)], t.nbytes)
-        own.discard(id(t))
-
-    for leaf in g.leafs:
-        allocate(leaf)
-    for node in g.nodes:
-        if node.view_src is not None:
-            views[id(node.view_src)] = views.get(id(node.view_src), 0) + 1
-        for s in node.src:
-            children[id(s)] = children.get(id(s), 0) + 1
-    for node in g.nodes:
-        for p in node.src:
-            allocate(p)
-        allocate(node)
-        for p in node.src:
-            children[id(p)] -= 1
-            if children[id(p)] == 0 and views.get(id(p), 0) == 0:
-                if p.view_src is not None:
-                    v = p.view_src
-                    views[id(v)] -= 1
-                    if views[id(v)] == 0 and children.get(id(v), 0) == 0 and id(v) in own:
-                        free(v)
-                elif id(p) in own:
-                    free(p)
-    return alloc.max_size
+def _peak(g: _Graph, buft: str) -> int:
+    """The high-water mark of ggml-alloc's replay (graph/galloc.py, the one the language model's
+    graphs use) of the graph in one buffer ``buft`` (its alignment: CUDA's or the host's)."""
+    sizes, _ = _reserve(g.nodes, g.leafs, [buft])
+    return sizes[buft]
 
 
 # -- the projector graphs (tools/mtmd/models/*.cpp) ---------------------------------------------------
@@ -667,7 +547,7 @@ def _graph(mm: GGUFModel, hp: ProjectorParams, flash_attn: bool) -> tuple[_Graph
     b = _Builder(mm, hp, hp.warmup_image_size, flash_attn)
     out = _GRAPHS[hp.proj_type](b)
     b.g.expand(out)
-    inputs = sum(-(-t.nbytes // HOST_ALIGN) * HOST_ALIGN for t in b.g.leafs if t.input)
+    inputs = sum(-(-t.nbytes // HOST_ALIGN) * HOST_ALIGN for t in b.g.leafs if t.flags & INPUT)
     return b.g, inputs
 
 
@@ -694,12 +574,12 @@ def projector_buffers(
     hp = projector_params(mmproj, image_min_tokens, image_max_tokens)
     g, inputs = _graph(mmproj, hp, fa)
     if gpu is None:
-        return [Buffer("projector_compute", "CPU", _peak(g, HOST_ALIGN), exact=False)]
-    size = _peak(g, CUDA_ALIGN)
+        return [Buffer("projector_compute", "CPU", _peak(g, "CPU"), exact=False)]
+    size = _peak(g, gpu)
     if flash_attn == "auto" and hp.n_embd // hp.n_head not in CUDA_FA_HEAD_DIMS:
         # warmup (clip.cpp:3740): the backend refuses the flash-attention op, so the graph is reserved again
         # without it; the buffer only grows (ggml-alloc.c reserve), so it is the larger of the two
-        size = max(size, _peak(_graph(mmproj, hp, False)[0], CUDA_ALIGN))
+        size = max(size, _peak(_graph(mmproj, hp, False)[0], gpu))
     return [
         Buffer("projector_compute", gpu, size, exact=False),
         Buffer("projector_compute", "CPU", inputs, exact=False),
