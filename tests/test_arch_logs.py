@@ -21,11 +21,13 @@ import pytest
 
 import ggufx
 from ggufx.analysis.layers import layer_kinds
-from ggufx.analysis.memory.buffers import MiB, breakdown
+from ggufx.analysis.memory.buffers import ContextParams, MiB, breakdown
 from ggufx.analysis.memory.fit import llama_fit
 from ggufx.analysis.memory.llamaargs import parse_args
 from ggufx.analysis.memory.llamalog import parse_log
-from ggufx.analysis.memory.placement import Device, place
+from ggufx.analysis.memory.placement import Device, OffloadParams, place
+
+from .llamacpp_logs import LOGS
 
 CPU_LOGS = Path(__file__).resolve().parent / "fixtures" / "llamacpp-logs-cpu"
 sys.path.insert(0, str(CPU_LOGS))
@@ -151,3 +153,30 @@ def test_fit_over_dense_leading_layers_and_nextn(arch_models: dict[str, Path]) -
     assert fit.status in ("layers", "context", "unchanged") and fit.n_gpu_layers <= 5
     assert fit.compute_note and "no graph builder for glm4moe" in fit.compute_note
     assert fit.to_dict()["compute_note"] == fit.compute_note
+
+
+PUBLISHED = sorted((CPU_LOGS / "published").glob("*.log"))
+
+
+@pytest.mark.parametrize("log", PUBLISHED, ids=lambda p: p.stem)
+def test_published_shapes_on_the_cpu_build(log: Path, hole_models: dict[str, Path]) -> None:
+    """The models of published dimensions that ../llamacpp-logs/make_headers.py writes (gpt-oss 20B,
+    DeepSeek V2-Lite, Granite 4 hybrid, Nemotron-H 8B, Falcon-H1 7B, LFM2...), run on the CPU build with
+    -c 4096 --no-repack: every buffer but compute to the 0.01 MiB, and compute (the generic decoder
+    estimate, dominated on the CPU by the logits) within 1%."""
+    name = log.stem.removesuffix("-c4096-norepack")
+    text = log.read_text()
+    if name not in hole_models:
+        pytest.skip(f"{name}: its header is written by the recording branch's make_headers.py")
+    manifest = (LOGS / "headers-manifest.tsv").read_text().splitlines()
+    sha = next(line.split("\t")[3] for line in manifest if line.split("\t")[0] == name)
+    assert f"sha256 {sha}" in text, "not the header this log was recorded with"
+    llama = parse_log(text)
+    bd = breakdown(ggufx.open(hole_models[name]), [], OffloadParams(repack=False), ContextParams(n_ctx=4096))
+    for kind in (*EXACT, "compute"):
+        ours = {buft: round(n / MiB, 2) for buft, n in bd.by_kind(kind).items() if n}
+        theirs = llama.buffers.get(kind, {})
+        if kind != "compute":
+            assert ours == {k: v for k, v in theirs.items() if v}, (kind, ours, theirs)
+        else:
+            assert set(ours) == set(theirs) and all(abs(ours[k] - v) <= 0.01 * v for k, v in theirs.items())

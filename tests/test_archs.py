@@ -105,3 +105,57 @@ def test_issue_architectures_are_registered() -> None:
     assert {n for n in ARCHS if builder_of(n)} == {"llama", "gemma3", "qwen3moe", "qwen35"}
     assert arch_of("deepseek2").mla and arch_of("glm4moe").skips_nextn  # type: ignore[union-attr]
     assert arch_of("no-such-arch") is None and builder_of(None) is None
+
+
+@pytest.mark.parametrize(
+    "kv",
+    [
+        {"block_count": 4, "embedding_length": 256},
+        {"block_count": 4, "embedding_length": 256, "attention.head_count": 4, "attention.head_count_kv": [0, 2, 0, 2]},
+        {
+            "block_count": 2,
+            "embedding_length": 256,
+            "attention.head_count": 4,
+            "attention.key_length_mla": 64,
+            "attention.sliding_window": 64,
+            "full_attention_interval": 0,
+            "ssm.conv_kernel": 1,
+            "nextn_predict_layers": 2,
+        },
+    ],
+    ids=["no-heads", "zero-kv-heads", "odd-keys"],
+)
+def test_odd_files_of_every_registered_architecture_raise_nothing_but_gguf_errors(
+    kv: dict, tmp_path: Path, smollm2_path: Path
+) -> None:
+    """Headers with keys missing or inconsistent for the architecture (no heads, KV-less layers, MLA with
+    half its keys, NextN covering every layer): a breakdown on the CPU and on a GPU and llama.cpp's fit
+    either answer, with a labelled compute figure, or raise a GGUFError naming the problem."""
+    import sys
+
+    import ggufx
+    from ggufx.analysis.memory.buffers import ContextParams, breakdown
+    from ggufx.analysis.memory.fit import llama_fit
+    from ggufx.analysis.memory.placement import Device, OffloadParams
+    from ggufx.errors import GGUFError
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "llamacpp-logs-cpu"))
+    from make_arch_headers import header
+
+    answered = 0
+    for name in ARCHS:
+        path = tmp_path / f"{name}.gguf"
+        tensors = [["token_embd.weight", [256, 49152], "F16"], ["blk.0.attn_norm.weight", [256], "F32"]]
+        header(path, {"arch": name, "kv": kv}, tensors, smollm2_path)
+        model = ggufx.open(path)
+        try:
+            for devices in ([], [Device("CUDA0", 8 << 30)]):
+                bd = breakdown(model, devices, OffloadParams(), ContextParams(n_ctx=1024))
+                compute = [b for b in bd.buffers if b.kind == "compute"]
+                assert bd.compute_estimate and (compute or "no compute figure" in bd.compute_estimate), name
+            fit = llama_fit(model, [Device("CUDA0", 1 << 30)])
+            assert fit.status in ("unchanged", "context", "layers", "failed")
+            answered += 1
+        except GGUFError as e:
+            assert str(e)
+    assert answered > 0

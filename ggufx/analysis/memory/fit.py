@@ -197,7 +197,14 @@ def _trunc_div(a: int, b: int) -> int:
 
 
 def _step(delta: int, target: int, lo: int, hi: int) -> int:
-    """The false-position step of common/fit.cpp:693-695 (int64 arithmetic stored in a uint32)."""
+    """The false-position step of common/fit.cpp:693-695 (int64 arithmetic stored in a uint32). Equal
+    memory at both ends (a device over its target with no layer at all) makes llama.cpp divide by zero;
+    here fitting fails with that reason."""
+    if hi == lo:
+        raise _FitFailed(
+            f"the dry runs measured {lo // MiB} MiB with and without the layers, above the target of "
+            f"{target // MiB} MiB: llama.cpp's false-position step would divide by zero"
+        )
     step = _trunc_div(delta * (target - lo), hi - lo) & UINT32_MAX
     return min(max(step, 1), delta - 1)
 
