@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -16,17 +15,16 @@ from ggufx.edit.engine import STRATEGIES, Change, Op
 if TYPE_CHECKING:
     from ggufx.format.values import ValueType
 
-_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.I)
-
 
 def parse_size(text: str) -> int:
-    """``4096``, ``64K``, ``1MiB``, ``2M`` -> bytes (binary units)."""
-    m = _SIZE.match(text)
-    if not m:
-        raise click.BadParameter(f"{text!r} is not a size such as 4096, 64K or 1MiB", param_hint="--reserve")
-    n = int(m.group(1))
-    unit = (m.group(2) or "b")[0].lower()
-    return n * {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit]
+    """``--reserve``: ``4096``, ``64K``, ``1MiB``, ``2M`` -> bytes (:func:`ggufx.results.parse_size`)."""
+    from ggufx.results import InputError
+    from ggufx.results import parse_size as parse
+
+    try:
+        return parse(text)
+    except InputError as e:
+        raise click.BadParameter(str(e), param_hint="--reserve") from None
 
 
 def write_options(f: Callable[..., Any]) -> Callable[..., Any]:

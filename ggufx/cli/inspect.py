@@ -148,27 +148,18 @@ def meta(file: str, key: str | None, full: bool, as_json: bool, tablefmt: str) -
       ggufx meta model.gguf --json | jq '."llama.context_length".value'
     """
     from ggufx import results
-    from ggufx.format.values import ValueType, encode_str
-    from ggufx.render.text import meta_text
+    from ggufx.render.text import key_bytes, meta_text
 
     model = open_model(file)
-    md = model.metadata
     if key is None:
-        res = results.meta(model, None, full)
+        res = results.meta(model, full)
         emit(res, as_json, lambda: meta_text(res, full, tablefmt))
         return
     try:
-        res = results.meta(model, key)
+        one = results.meta_key(model, key)
     except results.InputError as e:
         raise click.UsageError(str(e)) from None
-    kv = md.kv(key)
     if as_json:
-        emit_json(res)
-    elif kv.type is ValueType.STRING:
-        write_raw(encode_str(kv.value))
-    elif kv.type is ValueType.ARRAY:
-        emit_json(res["value"])
+        emit_json(one)
     else:
-        from ggufx.render.text import value_text
-
-        click.echo(value_text(res, True))
+        write_raw(key_bytes(one))
