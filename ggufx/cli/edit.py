@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from ggufx.cli._common import emit_json, json_option
+from ggufx.cli._common import emit_json, json_option, progress_bar
 from ggufx.edit.engine import STRATEGIES, Change, Op
 
 if TYPE_CHECKING:
-    from ggufx.format.values import ValueType
+    from ggufx.edit.engine import EditResult
+    from ggufx.results.editing import ValueType
 
 
 def parse_size(text: str) -> int:
@@ -73,21 +73,11 @@ def run_edit(
     strategy: str,
     as_json: bool,
 ) -> None:
+    """Apply ``ops`` through the edit engine and print what changed (a progress bar on a terminal)."""
     from ggufx.edit.engine import edit
 
-    bar = None
-    progress = None
-    if not as_json and sys.stderr.isatty():
-
-        def progress(done: int, total: int) -> None:
-            nonlocal bar
-            if bar is None:
-                bar = click.progressbar(length=total, label="copying tensor data", file=sys.stderr)
-                bar.__enter__()
-            bar.update(done - bar.pos)
-
     t0 = time.perf_counter()
-    try:
+    with progress_bar("copying tensor data", not as_json) as progress:
         result = edit(
             file,
             ops,
@@ -98,15 +88,16 @@ def run_edit(
             force=force,
             progress=progress,
         )
-    finally:
-        if bar is not None:
-            bar.__exit__(None, None, None)
     elapsed = time.perf_counter() - t0
     if as_json:
         d = result.to_dict()
         d["seconds"] = round(elapsed, 6)
         emit_json(d)
-        return
+    else:
+        _print_edit(result, dry_run, elapsed)
+
+
+def _print_edit(result: EditResult, dry_run: bool, elapsed: float) -> None:
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     for c in result.changes:
@@ -151,12 +142,12 @@ def _change_line(c: Change) -> str:
 def _type_option(value: str | None) -> ValueType | None:
     if value is None:
         return None
-    from ggufx.format.keys import parse_type
+    from ggufx.results import InputError, value_type
 
     try:
-        return parse_type(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--type") from None
+        return value_type(value)
+    except InputError as e:
+        raise click.BadParameter(str(e), param_hint=e.param) from None
 
 
 def _read_text_file(path: str) -> str:

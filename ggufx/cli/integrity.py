@@ -16,6 +16,7 @@ from ggufx.cli._common import (
     json_option,
     network_options,
     open_model,
+    progress_bar,
     remote_config,
     remote_options,
     write_text_atomic,
@@ -38,20 +39,8 @@ def _hash(path: str, algo: str, quiet: bool) -> ModelHashes:
     from ggufx.results import model_hashes
 
     model = open_model(path)
-    bar = None
-
-    def progress(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = click.progressbar(length=total, label=f"hashing {os.path.basename(path)}", file=sys.stderr)
-            bar.__enter__()
-        bar.update(done - bar.pos)
-
-    try:
-        return model_hashes(model, algo, None if quiet or not sys.stderr.isatty() else progress)
-    finally:
-        if bar is not None:
-            bar.__exit__(None, None, None)
+    with progress_bar(f"hashing {os.path.basename(path)}", not quiet) as progress:
+        return model_hashes(model, algo, progress)
 
 
 @click.command("hash")

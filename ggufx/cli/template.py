@@ -13,7 +13,7 @@ from ggufx.cli.edit import run_edit, write_options
 from ggufx.results import ENGINES, SAMPLES
 
 if TYPE_CHECKING:
-    from ggufx.chat.sources import TemplateSet
+    from ggufx.results.templates import TemplateSet
 
 NAME_OPTION = click.option("--name", help="A named template: tokenizer.chat_template.NAME (default: the main one).")
 

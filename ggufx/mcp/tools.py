@@ -64,9 +64,9 @@ def tool(description: str, read_only: bool = True) -> Callable[[F], F]:
 
 def _ggml_type_names() -> tuple[str, ...]:
     """Every ggml type's name, for the enumeration in the tensors tool's schema."""
-    from ggufx.format.ggmltypes import all_types
+    from ggufx.results import ggml_type_names
 
-    return tuple(t.name for t in all_types())
+    return ggml_type_names()
 
 
 ModelPath = Annotated[
@@ -323,15 +323,10 @@ class GGUFTools:
     ) -> Result:
         from urllib.parse import urlsplit
 
-        from ggufx.io.llamaserver import query
-
         host = urlsplit(url if "://" in url else "http://" + url).hostname or ""
         if not self.access.allow_remote and host not in ("127.0.0.1", "localhost", "::1"):
             raise AccessError(f"{url}: only a llama-server on this machine may be asked (start with --allow-remote)")
-        sm = query(url)
-        model = self.access.open_model(sm.model_path)
-        sm.file_template = model.metadata.get_str("tokenizer.chat_template")
-        return {"server": sm.to_dict(), "info": results.info(model)}
+        return results.server_model(url, self.access.open_model)
 
     # -- write tools (only with --allow-write) ----------------------------------------------
     @tool(

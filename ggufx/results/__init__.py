@@ -19,19 +19,23 @@ from __future__ import annotations
 from ggufx.errors import InputError
 from ggufx.format.ggmltypes import CACHE_TYPES
 from ggufx.results.companions import ImatrixResult, imatrix
+from ggufx.results.editing import value_type
 from ggufx.results.inspection import (
     SORT_ORDERS,
     InfoResult,
     KeyRecord,
     KeyResult,
     MetaResult,
+    ServerModelResult,
     TensorRecord,
     TensorsResult,
     TypeHistogram,
+    ggml_type_names,
     info,
     meta,
     meta_key,
     parse_layer_range,
+    server_model,
     tensors,
     type_histogram,
 )
@@ -92,6 +96,9 @@ from ggufx.results.templates import (
     TemplateRenderResult,
     TemplateShowResult,
     conversations,
+    is_gguf_path,
+    load_templates,
+    model_templates,
     set_template_op,
     template_diff,
     template_info,
@@ -104,6 +111,13 @@ from ggufx.results.templates import (
 )
 
 __all__ = [
+    "ServerModelResult",
+    "ggml_type_names",
+    "is_gguf_path",
+    "load_templates",
+    "model_templates",
+    "server_model",
+    "value_type",
     "ALGOS",
     "ENGINES",
     "SAMPLES",

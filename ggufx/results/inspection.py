@@ -174,6 +174,31 @@ def info(model: GGUFModel) -> InfoResult:
     return cast(InfoResult, summarize(model).to_dict())
 
 
+class ServerModelResult(TypedDict):
+    """The MCP tool ``server_model``: what a llama-server says it runs, and that file's summary."""
+
+    server: dict[str, Any]
+    info: InfoResult
+
+
+def server_model(url: str, open_model: Callable[[str], GGUFModel]) -> ServerModelResult:
+    """Ask the llama-server at ``url`` which file it has loaded (``/props``), open it with
+    ``open_model`` and say whether the server's chat template is the file's."""
+    from ggufx.io.llamaserver import query
+
+    sm = query(url)
+    model = open_model(sm.model_path)
+    sm.file_template = model.metadata.get_str("tokenizer.chat_template")
+    return {"server": sm.to_dict(), "info": info(model)}
+
+
+def ggml_type_names() -> tuple[str, ...]:
+    """Every ggml type's name (the MCP ``tensors`` tool's enumeration)."""
+    from ggufx.format.ggmltypes import all_types
+
+    return tuple(t.name for t in all_types())
+
+
 def type_histogram(model: GGUFModel) -> TypeHistogram:
     d = info(model)
     return {"path": d["path"], "tensor_count": d["tensor_count"], "bpw": d["bpw"], "types": d["types"]}

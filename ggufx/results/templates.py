@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from ggufx.chat.sources import TemplateSet
     from ggufx.edit.engine import Op
+    from ggufx.io.remote import RemoteConfig
 
 Conversation = dict[str, Any]  # {"messages": [...], "tools"?: [...], "documents"?: [...]}
 
@@ -96,6 +97,28 @@ class TemplateDiffResult(TypedDict):
 def unified_diff(old: str, new: str, a: str, b: str) -> str:
     """``diff -u`` of two templates."""
     return "".join(difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True), a, b))
+
+
+def load_templates(path: str, remote: RemoteConfig | None = None) -> TemplateSet:
+    """The chat templates of a GGUF, a template file, a tokenizer_config.json or a URL
+    (:func:`ggufx.chat.sources.load`)."""
+    from ggufx.chat.sources import load
+
+    return load(path, remote=remote)
+
+
+def model_templates(model: GGUFModel, source: str) -> TemplateSet:
+    """The chat templates of an opened model, named ``source``."""
+    from ggufx.chat.sources import from_model
+
+    return from_model(model, source)
+
+
+def is_gguf_path(path: str) -> bool:
+    """Whether ``path`` names a GGUF (read as a model, not as a template file)."""
+    from ggufx.chat.sources import is_gguf
+
+    return is_gguf(path)
 
 
 def conversations(
