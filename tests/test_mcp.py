@@ -20,7 +20,8 @@ import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
-from .conftest import FIXTURES, HOSTILE_TEMPLATES, CliRun
+from tests.support import FIXTURES, HOSTILE_TEMPLATES, CliRun
+
 from .httpserver import FakeLlamaServer
 
 READ_TOOLS = {

@@ -24,8 +24,8 @@ from ggufx.analysis.memory.llamaargs import parse_args
 from ggufx.analysis.memory.llamalog import parse_log
 from ggufx.analysis.memory.placement import Device
 from ggufx.errors import InputError
+from tests.support import CliRun
 
-from .conftest import CliRun
 from .llamacpp_logs import LOGS, RUNS, devices_of, replay_run
 
 MEASURED = sorted(
