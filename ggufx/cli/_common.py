@@ -310,6 +310,12 @@ def open_many(
     return [one(p, c) for p, c in zip(paths, configs)]
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_text_atomic(path: str, text: str) -> None:
     """Write ``text`` to ``path`` so that the file is the old one or the new one at every instant: a
     uniquely named file beside it, then a rename; nothing is left behind if the write fails."""
@@ -317,6 +323,11 @@ def write_text_atomic(path: str, text: str) -> None:
 
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path) or ".")
     try:
+        try:  # a file replaced keeps its mode; a new one gets the umask's (mkstemp makes it 0600)
+            mode = os.stat(path).st_mode & 0o7777
+        except OSError:
+            mode = 0o666 & ~_umask()
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)

@@ -184,12 +184,16 @@ __all__: list[Any] = ["roles", "layers", "recipe", "diff_"]
     "--cache-type-v", "-ctv", default="f16", show_default=True, type=click.Choice(CACHE_TYPES), help="V cache type."
 )
 @click.option(
-    "--flash-attn/--no-flash-attn",
-    default=True,
-    show_default=True,
-    help="Flash attention (needed for a quantized V cache); -fa sets it as llama.cpp does.",
+    "--flash-attn",
+    "-fa",
+    "fa",
+    type=click.Choice(FLASH_ATTN),
+    is_flag=False,
+    flag_value="auto",
+    default=None,
+    help="llama.cpp's -fa on|off|auto (default auto); a quantized V cache needs it.",
 )
-@click.option("-fa", "fa", type=click.Choice(FLASH_ATTN), help="llama.cpp's -fa on|off|auto (default auto).")
+@click.option("--no-flash-attn", is_flag=True, hidden=True)  # the earlier spelling of -fa off
 @click.option(
     "--parallel",
     "-np",
@@ -368,7 +372,7 @@ def mem(file: str, as_json: bool, tablefmt: str, **options: Any) -> None:
     \b
     Examples:
       ggufx mem model.gguf -c 32768
-      ggufx mem model.gguf -c 262144 -ctk q4_0 -ctv q4_0 --gpus 24GiB
+      ggufx mem model.gguf -c 262144 -ctk q4_0 -ctv q4_0 --gpus 24GiB   # exit 1 if it does not fit
       ggufx mem model.gguf --gpus 24GiB,24GiB -ngl 40 --n-cpu-moe 20
       ggufx mem model.gguf --llama-args "-ngl 99 -c 65536 -fa on" --check llama.log
       ggufx mem model.gguf -c 32768 --mmproj mmproj.gguf -md draft.gguf -ngld 99
@@ -380,7 +384,7 @@ def mem(file: str, as_json: bool, tablefmt: str, **options: Any) -> None:
     from ggufx.render.text import fit_text, memory_check_text, memory_devices_text
 
     model = open_model(file)
-    request = results.MemoryRequest(**options)
+    request = results.MemoryRequest(flash_attn=not options.pop("no_flash_attn"), **options)
     try:
         if request.fit_budget is not None:
             fitted = results.fit(model, request, open_model)
@@ -394,6 +398,8 @@ def mem(file: str, as_json: bool, tablefmt: str, **options: Any) -> None:
         else:
             res = results.memory(model, request, open_model)
             emit(res, as_json, lambda: memory_devices_text(res, tablefmt))
+            if results.short_devices(res):  # --gpus sizes the model does not fit: a failed check
+                sys.exit(EXIT_CHECK_FAILED)
     except results.InputError as e:
         raise click.BadParameter(str(e), param_hint=e.param) from None
 

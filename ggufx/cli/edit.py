@@ -238,6 +238,30 @@ def rename(file: str, old: str, new: str, **kw: Any) -> None:
     run_edit(file, [Rename(old, new)], **kw)
 
 
+def _edit_ops(
+    sets: tuple[str, ...], set_files: tuple[str, ...], deletes: tuple[str, ...], renames: tuple[str, ...]
+) -> list[Op]:
+    """The changes of ``edit``, in the order --set, --from-file, --delete, --rename."""
+    from ggufx.edit.engine import Delete, Rename, Set
+
+    ops: list[Op] = []
+    for s in sets:
+        k, v = _split_pair(s, "=", "--set")
+        vtype = None
+        if ":" in k:
+            k, t = k.rsplit(":", 1)
+            vtype = _type_option(t)
+        ops.append(Set(k, v, vtype, from_text=True))
+    for s in set_files:
+        k, p = _split_pair(s, "=", "--from-file")
+        ops.append(Set(k, _read_text_file(p)))
+    ops.extend(Delete(k) for k in deletes)
+    for s in renames:
+        a, b = _split_pair(s, "=", "--rename")
+        ops.append(Rename(a, b))
+    return ops
+
+
 def _split_pair(text: str, sep: str, opt: str) -> tuple[str, str]:
     if sep not in text:
         raise click.BadParameter(f"{text!r} must look like KEY{sep}VALUE", param_hint=opt)
@@ -251,49 +275,42 @@ def _split_pair(text: str, sep: str, opt: str) -> tuple[str, str]:
     "--set", "sets", multiple=True, metavar="KEY=VALUE", help="Set a key (repeatable); KEY:TYPE=VALUE gives the type."
 )
 @click.option(
-    "--set-file",
+    "--from-file",
     "set_files",
     multiple=True,
     metavar="KEY=PATH",
-    help="Set a string key from a UTF-8 file (repeatable).",
+    help="Set a string key to the text of a UTF-8 file (repeatable).",
 )
+@click.option("--set-file", "set_files_alias", multiple=True, hidden=True)  # the earlier name of --from-file
 @click.option("--delete", "deletes", multiple=True, metavar="KEY", help="Delete a key (repeatable).")
+@click.option("--missing-ok", is_flag=True, help="--delete of a key the file does not have is not an error.")
 @click.option("--rename", "renames", multiple=True, metavar="OLD=NEW", help="Rename a key (repeatable).")
 @write_options
 def edit_(
     file: str,
     sets: tuple[str, ...],
     set_files: tuple[str, ...],
+    set_files_alias: tuple[str, ...],
     deletes: tuple[str, ...],
+    missing_ok: bool,
     renames: tuple[str, ...],
     **kw: Any,
 ) -> None:
     """Apply several changes as one transaction: all of them or none, one write.
 
-    Changes apply in the order: --set, --set-file, --delete, --rename.
+    Changes apply in the order: --set, --from-file, --delete, --rename. --delete of a key the
+    file does not have is an error unless --missing-ok.
 
     \b
     Examples:
       ggufx edit model.gguf --set general.name=Foo --delete general.url --rename a.b=a.c
-      ggufx edit model.gguf --set my.count:u32=7 --set-file tokenizer.chat_template=fixed.jinja -o fixed.gguf
+      ggufx edit model.gguf --set my.count:u32=7 --from-file tokenizer.chat_template=fixed.jinja -o fixed.gguf
     """
-    from ggufx.edit.engine import Delete, Rename, Set
+    if not (sets or set_files or set_files_alias or deletes or renames):
+        raise click.UsageError("nothing to do: give --set, --from-file, --delete or --rename")
+    if missing_ok:
+        from ggufx.results import present_keys
 
-    ops: list[Op] = []
-    for s in sets:
-        k, v = _split_pair(s, "=", "--set")
-        vtype = None
-        if ":" in k:
-            k, t = k.rsplit(":", 1)
-            vtype = _type_option(t)
-        ops.append(Set(k, v, vtype, from_text=True))
-    for s in set_files:
-        k, p = _split_pair(s, "=", "--set-file")
-        ops.append(Set(k, _read_text_file(p)))
-    ops.extend(Delete(k) for k in deletes)
-    for s in renames:
-        a, b = _split_pair(s, "=", "--rename")
-        ops.append(Rename(a, b))
-    if not ops:
-        raise click.UsageError("nothing to do: give --set, --set-file, --delete or --rename")
+        deletes = present_keys(file, deletes)
+    ops = _edit_ops(sets, set_files + set_files_alias, deletes, renames)
     run_edit(file, ops, **kw)

@@ -42,7 +42,8 @@ def info(ctx: click.Context, files: tuple[str, ...], as_json: bool, tablefmt: st
       ggufx info ~/models/*.gguf --tablefmt github
       ggufx info --server http://127.0.0.1:8080     # the model llama-server has loaded
 
-    With --json one file prints one object, several files a list of objects.
+    With --json one file prints one object, several files a list of objects. A split model is listed
+    once, however many of its shards are named.
     """
     from ggufx import results
     from ggufx.errors import GGUFError
@@ -50,7 +51,7 @@ def info(ctx: click.Context, files: tuple[str, ...], as_json: bool, tablefmt: st
 
     out = []
     failed = False
-    for i, model in enumerate(open_many(files, keep_errors=True)):
+    for i, model in enumerate(results.distinct_models(open_many(files, keep_errors=True))):
         if isinstance(model, GGUFError):
             if len(files) == 1:
                 raise model

@@ -48,7 +48,7 @@ def template() -> None:
       ggufx template info model.gguf
       ggufx template lint model.gguf
       ggufx template render model.gguf --sample tools
-      ggufx template set model.gguf --from tokenizer_config.json --dry-run
+      ggufx template set model.gguf --from-file tokenizer_config.json --dry-run
       ggufx template diff old.gguf new.gguf
     """
 
@@ -123,28 +123,33 @@ def show(file: str, name: str | None, as_json: bool) -> None:
 @template.command("set")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option(
-    "--from",
+    "--from-file",
     "source",
-    required=True,
     type=click.Path(dir_okay=False),
-    help="A .jinja/text file, another GGUF, a tokenizer_config.json or chat_template.json.",
+    help="Read the template from this file: a .jinja/text file, another GGUF, a tokenizer_config.json or "
+    "chat_template.json (required).",
 )
+@click.option("--from", "source_alias", type=click.Path(dir_okay=False), hidden=True)  # the earlier name
 @NAME_OPTION
 @write_options
-def set_(file: str, source: str, name: str | None, **kw: Any) -> None:
-    """Replace the chat template from SOURCE, through the crash-safe edit engine (in place when it
-    fits). From a tokenizer_config.json with several named templates and no --name, all of them
+def set_(file: str, source: str | None, source_alias: str | None, name: str | None, **kw: Any) -> None:
+    """Replace the chat template with the one read from --from-file (a .jinja or text file, another
+    GGUF, a tokenizer_config.json or chat_template.json), through the crash-safe edit engine (in
+    place when it fits). From a tokenizer_config.json with several named templates and no --name, all of them
     are written (default -> tokenizer.chat_template, others -> tokenizer.chat_template.NAME).
 
     \b
     Examples:
-      ggufx template set model.gguf --from fixed.jinja
-      ggufx template set model.gguf --from other-model.gguf --dry-run
-      ggufx template set model.gguf --from tokenizer_config.json --name tool_use
-      ggufx template set model.gguf --from chat_template.jinja -o fixed.gguf
+      ggufx template set model.gguf --from-file fixed.jinja
+      ggufx template set model.gguf --from-file other-model.gguf --dry-run
+      ggufx template set model.gguf --from-file tokenizer_config.json --name tool_use
+      ggufx template set model.gguf --from-file chat_template.jinja -o fixed.gguf
     """
     from ggufx.results import template_set_diff, template_set_ops
 
+    source = source or source_alias
+    if source is None:
+        raise click.UsageError("give --from-file PATH: a template, a GGUF or a tokenizer_config.json")
     ops = template_set_ops(_load(source), name)
     if kw.get("dry_run") and not kw.get("as_json"):
         click.echo(template_set_diff(file, _load(file), ops), nl=False)
@@ -188,7 +193,12 @@ def _conversation(messages: str | None, tools: str | None, sample_name: str | No
     type=click.Choice(SAMPLES),
     help="One built-in conversation (default: all of them, unless --messages).",
 )
-@click.option("--add-generation-prompt/--no-generation-prompt", default=True, show_default=True)
+@click.option(
+    "--add-generation-prompt/--no-generation-prompt",
+    default=True,
+    show_default=True,
+    help="End with the assistant turn's opening (add_generation_prompt), as a server does before generating.",
+)
 @click.option(
     "--var",
     "variables",

@@ -397,8 +397,17 @@ def fit_text(res: FitResult, fmt: str = "simple") -> str:
         else:
             head.append(f"  {lc['args']}")
             head.append(f"  ({why[lc['status']]})")
-        uses = ", ".join(f"{k} {v / MiB:,.0f} of {lc['free'][k] / MiB:,.0f} MiB" for k, v in lc["use"].items())
-        head += [f"  ggufx's figures there: {uses}", ""]
+        uses = ", ".join(
+            f"{k} {v / MiB:,.0f} MiB used of {lc['free'][k] / MiB:,.0f} MiB free, "
+            f"{lc['margin'][k] / MiB:,.0f} kept free"
+            for k, v in lc["use"].items()
+        )
+        head += [
+            f"  ggufx's figures there: {uses}",
+            "  (free: what llama.cpp's fit reads while its dry run holds the recurrent state, the size "
+            "given less that; kept free: the -fitt margin)",
+            "",
+        ]
     if res["fits"] and res["fits"][0]["fit"] == "layers":
         rows = [
             (
@@ -505,7 +514,10 @@ def memory_check_text(res: MemoryCheckResult, fmt: str = "simple") -> str:
         for r in res["rows"]
     ]
     text = table.render(
-        rows, ("buffer", "type", "llama.cpp MiB", "ggufx MiB", "difference", "%", "", ""), fmt, align="llrrrrll"
+        rows,
+        ("buffer", "type", "llama.cpp MiB", "ggufx MiB", "difference", "%", "figure", "check"),
+        fmt,
+        align="llrrrrll",
     )
     bad = sum(not r["ok"] for r in res["rows"])
     verdict = ("every buffer agrees" if not bad else f"{bad} buffer(s) differ") + (

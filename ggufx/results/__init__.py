@@ -19,7 +19,7 @@ from __future__ import annotations
 from ggufx.errors import InputError
 from ggufx.format.ggmltypes import CACHE_TYPES
 from ggufx.results.companions import ImatrixResult, imatrix
-from ggufx.results.editing import value_type
+from ggufx.results.editing import present_keys, value_type
 from ggufx.results.inspection import (
     SORT_ORDERS,
     InfoResult,
@@ -30,6 +30,7 @@ from ggufx.results.inspection import (
     TensorRecord,
     TensorsResult,
     TypeHistogram,
+    distinct_models,
     ggml_type_names,
     info,
     meta,
@@ -72,6 +73,7 @@ from ggufx.results.memory import (
     memory_breakdown,
     memory_check,
     parse_size,
+    short_devices,
 )
 from ggufx.results.quantization import (
     DiffResult,
@@ -112,12 +114,14 @@ from ggufx.results.templates import (
 
 __all__ = [
     "ServerModelResult",
+    "distinct_models",
     "ggml_type_names",
     "is_gguf_path",
     "load_templates",
     "model_templates",
     "server_model",
     "value_type",
+    "present_keys",
     "ALGOS",
     "ENGINES",
     "SAMPLES",
@@ -175,6 +179,7 @@ __all__ = [
     "needs_remote",
     "parse_layer_range",
     "parse_size",
+    "short_devices",
     "promotions",
     "recipe",
     "recipe_or_promotions",

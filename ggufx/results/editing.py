@@ -19,3 +19,11 @@ def value_type(name: str, param: str = "--type") -> ValueType:
         return parse_type(name)
     except ValueError as e:
         raise InputError(str(e), param) from None
+
+
+def present_keys(path: str, keys: tuple[str, ...]) -> tuple[str, ...]:
+    """The ``keys`` the local GGUF at ``path`` has (``edit --delete KEY --missing-ok``)."""
+    from ggufx.model import open_model
+
+    metadata = open_model(path).metadata
+    return tuple(k for k in keys if k in metadata)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, TypedDict, cast
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, cast
 
 from ggufx.analysis.summary import summarize
 from ggufx.errors import InputError
@@ -197,6 +198,24 @@ def ggml_type_names() -> tuple[str, ...]:
     from ggufx.format.ggmltypes import all_types
 
     return tuple(t.name for t in all_types())
+
+
+M = TypeVar("M")
+
+
+def distinct_models(models: list[M]) -> list[M]:
+    """``models`` less any split model already listed (``info shard-*.gguf``: once, not per shard);
+    anything that is not a model (an error in its place) is kept."""
+    seen: set[str] = set()
+    out: list[M] = []
+    for m in models:
+        if isinstance(m, GGUFModel):
+            first = os.path.realpath(m.shards[0].path)
+            if first in seen:
+                continue
+            seen.add(first)
+        out.append(m)
+    return out
 
 
 def type_histogram(model: GGUFModel) -> TypeHistogram:

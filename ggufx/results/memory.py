@@ -362,6 +362,12 @@ def check(model: GGUFModel, request: MemoryRequest, log_text: str, open_model: O
     )
 
 
+def short_devices(res: MemoryResult) -> list[str]:
+    """The devices of known free memory (``--gpus``) whose buffers do not fit it: the model does
+    not load as asked (``mem --gpus`` exits 1, a check)."""
+    return [d["name"] for d in res["devices"] if d["free"] and d["self"] + d["output"] + d["companions"] > d["free"]]
+
+
 # -- the same, from the memory model's parameters ------------------------------------------------
 
 

@@ -95,8 +95,10 @@ class TemplateDiffResult(TypedDict):
 
 
 def unified_diff(old: str, new: str, a: str, b: str) -> str:
-    """``diff -u`` of two templates."""
-    return "".join(difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True), a, b))
+    """``diff -u`` of two templates; a last line without a newline is followed by ``diff``'s
+    ``\\ No newline at end of file``, so it is never joined to the line after it."""
+    lines = difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True), a, b)
+    return "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines)
 
 
 def load_templates(path: str, remote: RemoteConfig | None = None) -> TemplateSet:
