@@ -181,3 +181,15 @@ def test_edit_delete_missing_ok(cli: CliRun, tmp_path: Path) -> None:
     code, out, _ = cli("edit", str(gguf), "--delete", "general.url", "--delete", "general.name", "--missing-ok")
     assert code == 0 and "- general.name" in out and gguf.read_bytes() != before
     assert "general.name" not in cli("meta", str(gguf), "--json").stdout
+
+
+def test_scan_does_not_say_none_for_a_model_with_a_template(cli: CliRun, smollm2_path: Path, tmp_path: Path) -> None:
+    """SmolLM2's ChatML template renders no tool calls (dialect "none"): the column says so, and a
+    file without a template shows "-"."""
+    (tmp_path / "smol.gguf").symlink_to(smollm2_path)
+    shutil.copy(FIXTURES / "raw-base.gguf", tmp_path / "raw.gguf")
+    lines = cli("scan", str(tmp_path)).stdout.splitlines()
+    assert "tool calls" in lines[0]
+    row = {line.split()[0].rsplit("/", 1)[-1]: line.split() for line in lines[2:4]}
+    assert "not rendered" in " ".join(row["smol.gguf"]) and "none" not in row["smol.gguf"]
+    assert row["raw.gguf"][-2] == "-"

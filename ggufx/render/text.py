@@ -608,6 +608,14 @@ def check_lines(res: CheckResult) -> list[tuple[bool, str]]:
     return [(x["passed"], f"{f['path']}: {x['rule']}: {x['reason']}") for f in res["files"] for x in f["results"]]
 
 
+def _scan_dialect(dialect: str | None) -> str:
+    """The tool-call dialect of a file's template: ``-`` without a template, ``not rendered`` for
+    chat.dialect's ``none`` (a template that shows no tool calls is still a template)."""
+    if dialect is None:
+        return "-"
+    return "not rendered" if dialect == "none" else dialect
+
+
 def scan_text(res: ScanResult) -> str:
     """``ggufx scan``: one row per file, the companion files and the models they fit, the counts."""
     rows = res["models"]
@@ -621,12 +629,12 @@ def scan_text(res: ScanResult) -> str:
                 r["file_type"] or "-",
                 f"{r['bpw']:.2f}" if r["bpw"] is not None else "-",
                 human_bytes(r["file_bytes"]) if r["file_bytes"] else "-",
-                r["dialect"] or "-",
+                _scan_dialect(r["dialect"]),
                 "; ".join(r["problems"]) or "ok",
             )
             for r in rows
         ],
-        ("file", "kind", "arch", "params", "type", "BPW", "size", "template", "problems"),
+        ("file", "kind", "arch", "params", "type", "BPW", "size", "tool calls", "problems"),
         align="lllrlrrll",
     )
     pairs = [
