@@ -36,8 +36,8 @@ def parse_size(text: str) -> int:
         return int(text)
     try:
         return parse(text)
-    except ValueError as e:
-        raise InputError(str(e)) from None
+    except ValueError:
+        raise InputError(f"{text!r} is not a size such as 24GiB, 24GB or 16000MiB") from None
 
 
 # -- the request ------------------------------------------------------------------------------
