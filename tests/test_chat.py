@@ -15,8 +15,8 @@ from ggufx.chat.dialects import DIALECTS, canonical, lookup
 from ggufx.chat.lint import lint
 from ggufx.chat.render import RenderError, render
 from ggufx.chat.samples import NAMES, sample
+from tests.support import FIXTURES, HOSTILE_TEMPLATES, CliRun
 
-from .conftest import FIXTURES, HOSTILE_TEMPLATES, CliRun
 from .editing import data_hash
 
 TEMPLATES = FIXTURES / "templates"

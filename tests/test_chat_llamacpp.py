@@ -30,8 +30,7 @@ from ggufx.chat.llamacpp import compile_program, run_json
 from ggufx.chat.llamacpp.caps import FLAGS, caps_of, handler_of, render_server, supports_thinking
 from ggufx.chat.render import RenderError, budget_deadline, time_budget
 from ggufx.chat.samples import NAMES, sample
-
-from .conftest import FIXTURES, LLAMA_CPP_VERSION, CliRun
+from tests.support import FIXTURES, LLAMA_CPP_VERSION, CliRun
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = FIXTURES / "templates"

@@ -12,8 +12,7 @@ import pytest
 import ggufx
 from ggufx.analysis.hashing import hash_model
 from ggufx.analysis.policy import PolicyError, check, load_policy
-
-from .conftest import FIXTURES, CliRun
+from tests.support import FIXTURES, CliRun
 
 V3 = FIXTURES / "all-types-v3.gguf"
 

@@ -12,8 +12,7 @@ import pytest
 
 from ggufx.cli import COMMANDS, main
 from ggufx.errors import FormatError
-
-from .conftest import FIXTURES, CliRun
+from tests.support import FIXTURES, CliRun
 
 V3 = str(FIXTURES / "all-types-v3.gguf")
 

@@ -14,12 +14,12 @@ from gguf import GGUFWriter
 
 import ggufx
 from ggufx import results
-from ggufx.analysis.memory.buffers import MiB
 from ggufx.analysis.companions import imatrix_coverage, lora_incompatibility
+from ggufx.analysis.memory.buffers import MiB
 from ggufx.analysis.memory.llamalog import parse_log
+from tests.support import CliRun
 
 from . import companion_files as cf
-from .conftest import CliRun
 
 ATTN_Q = "blk.0.attn_q.weight"
 FFN_UP = "blk.1.ffn_up.weight"

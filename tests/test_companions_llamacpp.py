@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import CliRun
+
 from . import companion_files as cf
-from .conftest import CliRun
 from .llamacpp_logs import RUNS
 
 pytestmark = pytest.mark.llamacpp

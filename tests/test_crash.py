@@ -16,8 +16,7 @@ import pytest
 import ggufx
 from ggufx.edit.engine import Set, edit
 from ggufx.edit.safewrite import recover, supports_insert_range
-
-from .conftest import FIXTURES
+from tests.support import FIXTURES
 
 TEMPLATE = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}" * 30
 

@@ -15,8 +15,8 @@ from ggufx.edit.engine import Delete, Rename, Set, edit
 from ggufx.edit.safewrite import EditError, supports_insert_range
 from ggufx.format.keys import PADDING_KEY
 from ggufx.format.values import GGUFArray, ValueType
+from tests.support import FIXTURES, CliRun
 
-from .conftest import FIXTURES, CliRun
 from .editing import data_hash
 from .gguf_reference import assert_matches_gguf_reader
 

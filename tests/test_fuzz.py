@@ -22,8 +22,7 @@ from ggufx.analysis.summary import summarize
 from ggufx.errors import GGUFError
 from ggufx.format.reader import parse_header
 from ggufx.format.values import GGUFArray
-
-from .conftest import FIXTURES, model_cache
+from tests.support import FIXTURES, model_cache
 
 TOOLS = Path(__file__).resolve().parent.parent / "tools"
 

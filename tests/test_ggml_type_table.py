@@ -15,8 +15,7 @@ from types import ModuleType
 import pytest
 
 from ggufx.format import ggml_type_table as T
-
-from .conftest import LLAMA_CPP_VERSION
+from tests.support import LLAMA_CPP_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = ROOT / "ggufx" / "format" / "ggml_type_table.py"

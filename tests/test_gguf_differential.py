@@ -29,8 +29,7 @@ from pathlib import Path
 import pytest
 
 from ggufx.format import spec
-
-from .conftest import FIXTURES, CliRun
+from tests.support import FIXTURES, CliRun
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 import gguf_oracle  # noqa: E402

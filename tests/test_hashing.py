@@ -12,8 +12,8 @@ import xxhash
 import ggufx
 from ggufx.analysis.hashing import hash_model
 from ggufx.edit.engine import Set, edit
+from tests.support import FIXTURES, CliRun
 
-from .conftest import FIXTURES, CliRun
 from .gguf_reference import gguf_reader
 
 

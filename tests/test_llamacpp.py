@@ -22,8 +22,8 @@ import pytest
 import ggufx
 from ggufx.analysis.summary import summarize
 from ggufx.edit.engine import Set, edit
+from tests.support import CliRun
 
-from .conftest import CliRun
 from .editing import data_hash
 
 pytestmark = pytest.mark.llamacpp

@@ -20,11 +20,13 @@ import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
-from .conftest import FIXTURES, HOSTILE_TEMPLATES, CliRun
+from tests.support import FIXTURES, HOSTILE_TEMPLATES, CliRun
+
 from .httpserver import FakeLlamaServer
 
 READ_TOOLS = {
     "list_models",
+    "pick",
     "info",
     "type_histogram",
     "roles",

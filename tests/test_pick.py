@@ -36,14 +36,6 @@ GPUS = "1.5GiB"  # with the projector, the two 8-bit quants do not fit entirely 
 CTX = 8192
 
 
-@pytest.fixture(autouse=True)
-def _registered(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The command as cli/__init__.py's COMMANDS registers it (a no-op once the lead has)."""
-    from ggufx import cli
-
-    monkeypatch.setitem(cli.COMMANDS, "pick", ("pick", "pick", "Which quant to download for your GPUs and context."))
-
-
 def write_projector(path: Path, out: int = 576, f32: bool = False, gemma: bool = False) -> Path:
     """A header-only projector (make_projectors.py's SmolVLM-256M, or Gemma 3 4B), its data a hole."""
     sys.path.insert(0, str(FIXTURES / "projector-logs"))

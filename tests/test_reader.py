@@ -17,8 +17,8 @@ from ggufx.errors import FormatError, GGUFError, ShardError, SourceError
 from ggufx.format.reader import parse_header
 from ggufx.format.values import GGUFArray, ValueType
 from ggufx.io.sources import FileSource
+from tests.support import FIXTURES
 
-from .conftest import FIXTURES
 from .gguf_reference import assert_matches_gguf_reader
 
 VALID = [

@@ -8,8 +8,8 @@ import ggufx
 from ggufx.analysis.summary import summarize
 from ggufx.format.reader import parse_header
 from ggufx.io.sources import FileSource
+from tests.support import CliRun
 
-from .conftest import CliRun
 from .gguf_reference import assert_matches_gguf_reader, gguf_reader
 
 

@@ -21,9 +21,9 @@ from gguf import GGMLQuantizationType, GGUFWriter
 
 import ggufx
 from ggufx.analysis.promotion import ladder_of
+from tests.support import CliRun
 
 from . import companion_files as cf
-from .conftest import CliRun
 
 # ggml/src/ggml.c type_traits: elements per block, bytes per block
 BLOCK = {"F32": (1, 4), "Q4_0": (32, 18), "Q5_0": (32, 22), "Q5_1": (32, 24), "Q8_0": (32, 34)}

@@ -18,8 +18,8 @@ import pytest
 
 import ggufx
 import ggufx.io.remote as remote
+from tests.support import FIXTURES, CliRun
 
-from .conftest import FIXTURES, CliRun
 from .httpserver import RangeServer
 
 TOKEN = "hf_secret_token_123"

@@ -9,9 +9,9 @@ import shutil
 from pathlib import Path
 
 from ggufx.analysis.scan import scan
+from tests.support import FIXTURES, CliRun
 
 from . import companion_files as cf
-from .conftest import FIXTURES, CliRun
 
 
 def _hf_cache(root: Path) -> Path:

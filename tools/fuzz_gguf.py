@@ -933,6 +933,7 @@ def _out(fn: Any, *args: Any) -> int:
 
 
 def _steps(path: str) -> list[tuple[str, Any]]:
+    import ggufx
     from ggufx import results
     from ggufx.chat.sources import from_model
     from ggufx.errors import InputError
@@ -970,17 +971,22 @@ def _steps(path: str) -> list[tuple[str, Any]]:
         _out(dumps, r), _out(text.recipe_text, r)
 
     def memory(m):
-        r = results.memory(m)
+        r = results.memory(m, results.MemoryRequest(), ggufx.open)
         _out(dumps, r)
         if memory_text:
             _out(memory_text, r)
         try:  # quantized caches: refusing them for this file's head sizes is an answer, not a crash
-            _out(dumps, results.memory(m, ctx=32768, cache_type_k="q8_0", cache_type_v="q4_0"))
+            _out(
+                dumps,
+                results.memory(
+                    m, results.MemoryRequest(ctx=32768, cache_type_k="q8_0", cache_type_v="q4_0"), ggufx.open
+                ),
+            )
         except InputError:
             pass
 
     def fit(m):
-        r = results.fit(m, "24GiB")
+        r = results.fit(m, results.MemoryRequest(fit_budget="24GiB"), ggufx.open)
         _out(dumps, r), _out(text.fit_text, r)
 
     def report(m):

@@ -3,14 +3,14 @@
 Command modules are imported only when their command runs (or when ``--help`` lists them), so
 start-up stays at the cost of click itself. Every :class:`~ggufx.errors.GGUFError` becomes one line
 ``ggufx: error: FILE: offset N: what was wrong`` on stderr and exit code 2; ``--debug`` shows the
-traceback instead.
+traceback instead. Usage errors (click's and ggufx's) are one line ``ggufx: error: ...``, exit 2.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "layers": ("analyze", "layers", "Layer grid: kind (attention, SWA, recurrent, MoE) and type per role."),
     "recipe": ("analyze", "recipe", "The llama-quantize recipe that reproduces this quant."),
     "mem": ("analyze", "mem", "Memory at a context length (KV, recurrent state, weights); --fit a GPU."),
+    "pick": ("pick", "pick", "Which quant to download: every model of a repository or folder against your GPUs."),
     "report": ("analyze", "report", "One-page HTML or Markdown report with a layer heat map."),
     "diff": ("analyze", "diff_", "Type, tensor and metadata differences between two quants."),
     "hash": ("integrity", "hash_", "Per-tensor hashes and a fingerprint that ignores metadata and sharding."),
@@ -46,6 +47,14 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "template": ("template", "template", "Chat templates: show, set, render, lint, diff, info."),
     "mcp": ("agent", "mcp", "MCP server: the read-only tools for agents (needs ggufx[mcp])."),
 }
+
+
+def usage_error(e: click.UsageError) -> NoReturn:
+    """Every usage error in one format: ``ggufx: error: ...`` on one line of stderr, exit 2 (click's
+    own four-line Usage/Try/Error block is not used)."""
+    message = " ".join(e.format_message().split())
+    click.echo(f"ggufx: error: {message}", err=True)
+    raise click.exceptions.Exit(EXIT_USAGE)
 
 
 class LazyGroup(click.Group):
@@ -78,9 +87,19 @@ class LazyGroup(click.Group):
                         f"ggufx: debug: {stats.requests} HTTP request(s), {stats.bytes:,} bytes received", err=True
                     )
 
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as e:  # `ggufx --bogus`: the group's own options
+            usage_error(e)
+
     def _invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as e:  # a command's options and arguments, as click or ggufx found them wrong
+            usage_error(e)
         except GGUFError as e:
             if ctx.find_root().params.get("debug"):
                 raise

@@ -4,9 +4,10 @@ explicitly, never through a module global."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import click
@@ -14,10 +15,10 @@ import click
 from ggufx.render.jsontext import dumps
 
 if TYPE_CHECKING:  # the model and remote layers are imported by the commands that use them
-    from ggufx.chat.sources import TemplateSet
     from ggufx.errors import GGUFError
     from ggufx.io.remote import RemoteConfig
     from ggufx.model import GGUFModel
+    from ggufx.results.templates import TemplateSet
 
 EXIT_CHECK_FAILED, EXIT_USAGE = 1, 2  # 0 is success
 
@@ -119,66 +120,88 @@ def open_model(path: str | os.PathLike[str], ctx: click.Context | None = None) -
 
 
 def load_templates(path: str, ctx: click.Context | None = None) -> TemplateSet:
-    """The chat templates of ``path`` (:func:`ggufx.chat.sources.load`) with this invocation's
+    """The chat templates of ``path`` (:func:`ggufx.results.load_templates`) with this invocation's
     remote options."""
-    from ggufx.chat.sources import load
+    from ggufx.results import load_templates as load
 
     return load(path, remote=remote_for(path, ctx))
 
 
+REMOTE_SECTION = "Remote sources (https://, hf://)"
+
+
+class RemoteOption(click.Option):
+    """An option that only matters for https:// and hf:// sources: listed under its own heading."""
+
+    help_section = REMOTE_SECTION
+
+
+class SectionedCommand(click.Command):
+    """A command whose --help lists the remote-source options under their own heading, after the
+    command's own options (they are the same five in every command that reads a file)."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {"Options": []}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx) if isinstance(param, click.Option) else None
+            if record is not None:
+                sections.setdefault(getattr(param, "help_section", "Options"), []).append(record)
+        for name, rows in sections.items():
+            if rows:
+                with formatter.section(name):
+                    formatter.write_dl(rows)
+
+
+def _remote_option_list() -> list[Callable[[Callable[..., Any]], Callable[..., Any]]]:
+    """``--cache``, ``--no-cache``, ``--offline``, ``--allow-full-download``, ``--timeout``."""
+
+    def option(*decls: str, **kw: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        return click.option(*decls, cls=RemoteOption, expose_value=False, **kw)
+
+    return [
+        option(
+            "--cache",
+            "cache_dir",
+            metavar="DIR",
+            callback=_set_remote("cache_dir"),
+            help="Keep parsed headers here (default ~/.cache/ggufx/headers; GGUFX_CACHE_DIR).",
+        ),
+        option("--no-cache", is_flag=True, callback=_no_cache, help="Neither read nor write the header cache."),
+        option(
+            "--offline",
+            is_flag=True,
+            callback=_set_remote("offline"),
+            help="Use only the header cache, no network (also HF_HUB_OFFLINE=1).",
+        ),
+        option(
+            "--allow-full-download",
+            is_flag=True,
+            callback=_set_remote("allow_full_download"),
+            help="If the server ignores range requests, stream the file and stop after the header.",
+        ),
+        option(
+            "--timeout",
+            type=click.FloatRange(min=0.1),
+            metavar="SECONDS",
+            callback=_set_remote("timeout"),
+            help="Connect/read timeout per request (default 30).",
+        ),
+    ]
+
+
+SERVER_OPTION = click.option(
+    "--server",
+    "server_url",
+    metavar="URL",
+    expose_value=False,
+    help="Inspect the model file a running llama-server has loaded (instead of FILE), and say "
+    "whether the server's chat template is the file's.",
+)
+
+
 def _remote_options(with_server: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
-        opts = [
-            click.option(
-                "--cache",
-                "cache_dir",
-                metavar="DIR",
-                expose_value=False,
-                callback=_set_remote("cache_dir"),
-                help="Remote sources: keep parsed headers here (default ~/.cache/ggufx/headers; GGUFX_CACHE_DIR).",
-            ),
-            click.option(
-                "--no-cache",
-                is_flag=True,
-                expose_value=False,
-                callback=_no_cache,
-                help="Remote sources: neither read nor write the header cache.",
-            ),
-            click.option(
-                "--offline",
-                is_flag=True,
-                expose_value=False,
-                callback=_set_remote("offline"),
-                help="Remote sources: use only the header cache, no network (also HF_HUB_OFFLINE=1).",
-            ),
-            click.option(
-                "--allow-full-download",
-                is_flag=True,
-                expose_value=False,
-                callback=_set_remote("allow_full_download"),
-                help="Remote sources: if the server ignores range requests, stream the file and stop after the header.",
-            ),
-            click.option(
-                "--timeout",
-                type=click.FloatRange(min=0.1),
-                metavar="SECONDS",
-                expose_value=False,
-                callback=_set_remote("timeout"),
-                help="Remote sources: connect/read timeout per request (default 30).",
-            ),
-        ]
-        if with_server:
-            opts.insert(
-                0,
-                click.option(
-                    "--server",
-                    "server_url",
-                    metavar="URL",
-                    expose_value=False,
-                    help="Inspect the model file a running llama-server has loaded (instead of FILE), and say "
-                    "whether the server's chat template is the file's.",
-                ),
-            )
+        opts = ([SERVER_OPTION] if with_server else []) + _remote_option_list()
         for opt in reversed(opts):
             f = opt(f)
         return f
@@ -217,7 +240,7 @@ def _take_server(args: list[str]) -> tuple[str | None, list[str]]:
     return url, rest
 
 
-class ServerAwareCommand(click.Command):
+class ServerAwareCommand(SectionedCommand):
     """A read-only command whose FILE may come from ``--server URL``: the model file the
     llama-server at URL has loaded (``/props``) becomes the first argument."""
 
@@ -237,12 +260,15 @@ class ServerAwareCommand(click.Command):
 
 
 def server_aware(cmd: click.Command) -> click.Command:
-    """Give every command with a ``--server`` option (and a group's subcommands) that behaviour."""
+    """Give every command with a ``--server`` option (and a group's subcommands) that behaviour, and
+    every command the sectioned --help."""
     if isinstance(cmd, click.Group):
         for sub in cmd.commands.values():
             server_aware(sub)
     elif any(p.name == "server_url" for p in cmd.params) and type(cmd) is click.Command:
         cmd.__class__ = ServerAwareCommand
+    elif type(cmd) is click.Command:
+        cmd.__class__ = SectionedCommand
     return cmd
 
 
@@ -284,6 +310,12 @@ def open_many(
     return [one(p, c) for p, c in zip(paths, configs)]
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_text_atomic(path: str, text: str) -> None:
     """Write ``text`` to ``path`` so that the file is the old one or the new one at every instant: a
     uniquely named file beside it, then a rename; nothing is left behind if the write fails."""
@@ -291,6 +323,11 @@ def write_text_atomic(path: str, text: str) -> None:
 
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path) or ".")
     try:
+        try:  # a file replaced keeps its mode; a new one gets the umask's (mkstemp makes it 0600)
+            mode = os.stat(path).st_mode & 0o7777
+        except OSError:
+            mode = 0o666 & ~_umask()
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
@@ -298,3 +335,26 @@ def write_text_atomic(path: str, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def progress_bar(label: str, show: bool = True) -> Iterator[Callable[[int, int], None] | None]:
+    """A ``progress(done, total)`` callback drawing a bar on stderr (None when ``show`` is false or
+    stderr is not a terminal); the bar is closed however the work ends."""
+    if not show or not sys.stderr.isatty():
+        yield None
+        return
+    bar: Any = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = click.progressbar(length=total, label=label, file=sys.stderr)
+            bar.__enter__()
+        bar.update(done - bar.pos)
+
+    try:
+        yield progress
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 from typing import Any
 
 import click
 
-from ggufx.analysis.memory.buffers import FLASH_ATTN, ContextParams, MiB
-from ggufx.analysis.memory.placement import CPU_MOE_PATTERN, SPLIT_MODES, Device, OffloadParams
 from ggufx.cli._common import (
     EXIT_CHECK_FAILED,
     emit,
@@ -22,6 +19,7 @@ from ggufx.cli._common import (
     write_text_atomic,
 )
 from ggufx.results import CACHE_TYPES
+from ggufx.results.memory import FLASH_ATTN, SPLIT_MODES
 
 
 @click.command()
@@ -120,21 +118,20 @@ def recipe(file: str, imatrix_path: str | None, budget: float | None, fmt: str, 
     """
     from ggufx import results
     from ggufx.cli._common import EXIT_USAGE
-    from ggufx.render.text import promotion_text, recipe_text
+    from ggufx.render.text import recipe_output
 
     model = open_model(file)
     try:
-        res = results.recipe(model, open_model(imatrix_path) if imatrix_path else None, budget)
+        res = results.recipe_or_promotions(model, open_model(imatrix_path) if imatrix_path else None, budget)
     except results.InputError as e:
         click.echo(f"ggufx: error: {e.param + ': ' if e.param else ''}{e}", err=True)
         sys.exit(EXIT_USAGE)
     if as_json:
         emit_json(res)
         return
-    if budget is not None and fmt == "command":
-        click.echo(promotion_text(res, tablefmt))
-    else:
-        click.echo(recipe_text(res, fmt), nl=fmt != "tensor-type-file")
+    click.echo(
+        recipe_output(res, fmt, tablefmt), nl=budget is not None and fmt == "command" or fmt != "tensor-type-file"
+    )
     if res["unreproducible"]:
         click.echo(
             f"note: llama-quantize cannot give these tensors their types: {', '.join(res['unreproducible'])}", err=True
@@ -187,12 +184,16 @@ __all__: list[Any] = ["roles", "layers", "recipe", "diff_"]
     "--cache-type-v", "-ctv", default="f16", show_default=True, type=click.Choice(CACHE_TYPES), help="V cache type."
 )
 @click.option(
-    "--flash-attn/--no-flash-attn",
-    default=True,
-    show_default=True,
-    help="Flash attention (needed for a quantized V cache); -fa sets it as llama.cpp does.",
+    "--flash-attn",
+    "-fa",
+    "fa",
+    type=click.Choice(FLASH_ATTN),
+    is_flag=False,
+    flag_value="auto",
+    default=None,
+    help="llama.cpp's -fa on|off|auto (default auto); a quantized V cache needs it.",
 )
-@click.option("-fa", "fa", type=click.Choice(FLASH_ATTN), help="llama.cpp's -fa on|off|auto (default auto).")
+@click.option("--no-flash-attn", is_flag=True, hidden=True)  # the earlier spelling of -fa off
 @click.option(
     "--parallel",
     "-np",
@@ -356,48 +357,7 @@ __all__: list[Any] = ["roles", "layers", "recipe", "diff_"]
 @json_option
 @tablefmt_option
 @remote_options
-def mem(
-    file: str,
-    ctx: int,
-    cache_type_k: str,
-    cache_type_v: str,
-    flash_attn: bool,
-    fa: str | None,
-    parallel: int,
-    ubatch: int,
-    batch: int,
-    n_gpu_layers: int,
-    tensor_split: str | None,
-    split_mode: str,
-    main_gpu: int,
-    overrides: tuple[str, ...],
-    cpu_moe: bool,
-    n_cpu_moe: int,
-    no_kv_offload: bool,
-    swa_full: bool,
-    kv_unified: bool,
-    no_mmap: bool,
-    gpus: str | None,
-    tool: str,
-    llama_args: str | None,
-    mmproj_file: str | None,
-    image_min_tokens: int | None,
-    image_max_tokens: int | None,
-    no_mmproj_offload: bool,
-    draft_file: str | None,
-    n_gpu_layers_draft: int,
-    ctx_size_draft: int,
-    cache_type_k_draft: str,
-    cache_type_v_draft: str,
-    fit_budget: str | None,
-    fit_target: str | None,
-    fit_ctx: int,
-    fit_layers: bool,
-    check_log: str | None,
-    tolerance: float,
-    as_json: bool,
-    tablefmt: str,
-) -> None:
+def mem(file: str, as_json: bool, tablefmt: str, **options: Any) -> None:
     """Memory as llama.cpp allocates it, per device: weights, KV cache, recurrent state, output and
     compute buffers, in the shape of llama.cpp's own "memory breakdown" table. Options are
     llama.cpp's (-c, -ngl, -ts, -sm, -mg, -ot, --cpu-moe, -nkvo, -np, -ub, -fa, -ctk, -ctv...).
@@ -412,7 +372,7 @@ def mem(
     \b
     Examples:
       ggufx mem model.gguf -c 32768
-      ggufx mem model.gguf -c 262144 -ctk q4_0 -ctv q4_0 --gpus 24GiB
+      ggufx mem model.gguf -c 262144 -ctk q4_0 -ctv q4_0 --gpus 24GiB   # exit 1 if it does not fit
       ggufx mem model.gguf --gpus 24GiB,24GiB -ngl 40 --n-cpu-moe 20
       ggufx mem model.gguf --llama-args "-ngl 99 -c 65536 -fa on" --check llama.log
       ggufx mem model.gguf -c 32768 --mmproj mmproj.gguf -md draft.gguf -ngld 99
@@ -421,141 +381,27 @@ def mem(
       ggufx mem model.gguf --fit 24GiB --fit-layers -c 131072
     """
     from ggufx import results
-    from ggufx.analysis.memory.llamaargs import parse_args
-    from ggufx.analysis.memory.placement import n_cpu_moe_patterns
-    from ggufx.analysis.memory.graph.projector import ProjectorOptions
     from ggufx.render.text import fit_text, memory_check_text, memory_devices_text
 
     model = open_model(file)
+    request = results.MemoryRequest(flash_attn=not options.pop("no_flash_attn"), **options)
     try:
-        ot = [_override(o) for o in overrides]
-        if cpu_moe:
-            ot.append((CPU_MOE_PATTERN, "CPU"))
-        ot += [(p, "CPU") for p in n_cpu_moe_patterns(n_cpu_moe)]
-        offload = OffloadParams(n_gpu_layers, split_mode, main_gpu, _split(tensor_split), tuple(ot), not no_mmap)
-        server = tool == "llama-server"
-        context = ContextParams(
-            n_ctx=ctx,
-            n_batch=batch,
-            n_ubatch=ubatch,
-            n_parallel=parallel,
-            kv_unified=kv_unified,
-            flash_attn=fa or ("auto" if flash_attn else "off"),
-            cache_type_k=cache_type_k,
-            cache_type_v=cache_type_v,
-            no_kv_offload=no_kv_offload,
-            swa_full=swa_full,
-            n_outputs_max=parallel if server else 0,
-        )
-        no_devices = False
-        draft_offload = OffloadParams(n_gpu_layers=n_gpu_layers_draft)
-        draft_context = replace(
-            context, n_ctx=ctx_size_draft or ctx, cache_type_k=cache_type_k_draft, cache_type_v=cache_type_v_draft
-        )
-        projector = ProjectorOptions(image_min_tokens, image_max_tokens, not no_mmproj_offload)
-        if llama_args is not None:
-            parsed = parse_args(llama_args, server=server)
-            offload, context, no_devices, projector = (
-                parsed.offload,
-                parsed.context,
-                parsed.no_devices,
-                parsed.projector,
-            )
-            mmproj_file, draft_file = parsed.mmproj or mmproj_file, parsed.draft or draft_file
-            draft_offload, draft_context = parsed.draft_offload or draft_offload, parsed.draft_context or draft_context
-        companions: dict[str, Any] = {
-            "mmproj": open_model(mmproj_file) if mmproj_file else None,
-            "draft": open_model(draft_file) if draft_file else None,
-            "draft_offload": draft_offload,
-            "draft_context": draft_context,
-            "projector": projector,
-        }
-        devices = [] if no_devices else _gpus(gpus)
-        if fit_budget is not None:
-            res = results.fit(
-                model,
-                fit_budget,
-                mmproj=companions["mmproj"],
-                projector=projector,
-                offload=offload,
-                context=context,
-                margin=None if fit_target is None else _fit_margins(fit_target),
-                layers=fit_layers,
-                n_ctx_min=fit_ctx,
-            )
-            emit(res, as_json, lambda: fit_text(res, tablefmt))
-            return
-        if check_log is not None:
-            with open(check_log, encoding="utf-8", errors="replace") as f:
-                text = f.read()
-            res = results.memory_check(
-                model,
-                text,
-                gpus=devices if (gpus or no_devices) else None,
-                offload=offload,
-                context=context,
-                tolerance=tolerance / 100,
-                **companions,
-            )
-            emit(res, as_json, lambda: memory_check_text(res, tablefmt))
-            if not res["ok"]:
+        if request.fit_budget is not None:
+            fitted = results.fit(model, request, open_model)
+            emit(fitted, as_json, lambda: fit_text(fitted, tablefmt))
+        elif request.check_log is not None:
+            with open(request.check_log, encoding="utf-8", errors="replace") as f:
+                checked = results.check(model, request, f.read(), open_model)
+            emit(checked, as_json, lambda: memory_check_text(checked, tablefmt))
+            if not checked["ok"]:
                 sys.exit(EXIT_CHECK_FAILED)
-            return
-        res = results.memory(model, gpus=devices, offload=offload, context=context, **companions)
+        else:
+            res = results.memory(model, request, open_model)
+            emit(res, as_json, lambda: memory_devices_text(res, tablefmt))
+            if results.short_devices(res):  # --gpus sizes the model does not fit: a failed check
+                sys.exit(EXIT_CHECK_FAILED)
     except results.InputError as e:
         raise click.BadParameter(str(e), param_hint=e.param) from None
-    emit(res, as_json, lambda: memory_devices_text(res, tablefmt))
-
-
-def _override(text: str) -> tuple[str, str]:
-    pattern, sep, buft = text.rpartition("=")
-    if not sep or not pattern or not buft:
-        raise click.BadParameter(f"{text!r}: expected REGEX=BUFFER_TYPE, e.g. exps=CPU", param_hint="-ot")
-    return pattern, buft
-
-
-def _fit_margins(text: str) -> list[int]:
-    """-fitt 1024 or 70000,74000 (MiB per GPU, as llama.cpp splits it at , and /) -> bytes."""
-    try:
-        values = [float(x) for x in text.replace("/", ",").split(",")]
-    except ValueError:
-        raise click.BadParameter(
-            f"{text!r}: expected MiB, or MiB per GPU separated by commas", param_hint="-fitt"
-        ) from None
-    if any(v < 0 for v in values):
-        raise click.BadParameter(f"{text!r}: a margin cannot be negative", param_hint="-fitt")
-    return [int(v * MiB) for v in values]
-
-
-def _split(text: str | None) -> tuple[float, ...]:
-    if not text:
-        return ()
-    try:
-        parts = tuple(float(x) for x in text.replace("/", ",").split(","))
-    except ValueError:
-        raise click.BadParameter(
-            f"{text!r}: expected numbers separated by commas, e.g. 3,1", param_hint="-ts"
-        ) from None
-    if any(p < 0 for p in parts):
-        raise click.BadParameter(f"{text!r}: shares cannot be negative", param_hint="-ts")
-    return parts
-
-
-def _gpus(text: str | None) -> list[Device]:
-    """--gpus 24GiB,24GiB: one CUDA device per size (its free memory); none: no GPU."""
-    from ggufx.analysis.memory.estimate import GPU, parse_size
-
-    if text is None:
-        return [Device(GPU, 0)]
-    if text.strip().lower() in ("none", "0", "cpu"):
-        return []
-    devices = []
-    for i, part in enumerate(text.split(",")):
-        try:
-            devices.append(Device(f"CUDA{i}", parse_size(part)))
-        except ValueError as e:
-            raise click.BadParameter(str(e), param_hint="--gpus") from None
-    return devices
 
 
 @click.command()

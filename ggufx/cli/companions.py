@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from ggufx.cli._common import emit, json_option, open_model, remote_options, tablefmt_option
+from ggufx.cli._common import emit, json_option, network_options, open_model, tablefmt_option
 
 
 @click.command()
@@ -13,7 +13,7 @@ from ggufx.cli._common import emit, json_option, open_model, remote_options, tab
 @click.option("--model", "model_path", metavar="MODEL", help="A quant of the model: show the type each tensor got.")
 @json_option
 @tablefmt_option
-@remote_options
+@network_options
 def imatrix(file: str, model_path: str | None, as_json: bool, tablefmt: str) -> None:
     """Read an importance matrix (llama-imatrix's GGUF output): per tensor the importance its
     statistics report (the mean of in_sum2 / counts, and the sum llama-imatrix prints as

@@ -2,31 +2,29 @@
 
 from __future__ import annotations
 
-import re
-import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from ggufx.cli._common import emit_json, json_option
+from ggufx.cli._common import emit_json, json_option, progress_bar
 from ggufx.edit.engine import STRATEGIES, Change, Op
 
 if TYPE_CHECKING:
-    from ggufx.format.values import ValueType
-
-_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.I)
+    from ggufx.edit.engine import EditResult
+    from ggufx.results.editing import ValueType
 
 
 def parse_size(text: str) -> int:
-    """``4096``, ``64K``, ``1MiB``, ``2M`` -> bytes (binary units)."""
-    m = _SIZE.match(text)
-    if not m:
-        raise click.BadParameter(f"{text!r} is not a size such as 4096, 64K or 1MiB", param_hint="--reserve")
-    n = int(m.group(1))
-    unit = (m.group(2) or "b")[0].lower()
-    return n * {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit]
+    """``--reserve``: ``4096``, ``64K``, ``1MiB``, ``2M`` -> bytes (:func:`ggufx.results.parse_size`)."""
+    from ggufx.results import InputError
+    from ggufx.results import parse_size as parse
+
+    try:
+        return parse(text)
+    except InputError as e:
+        raise click.BadParameter(str(e), param_hint="--reserve") from None
 
 
 def write_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -75,21 +73,11 @@ def run_edit(
     strategy: str,
     as_json: bool,
 ) -> None:
+    """Apply ``ops`` through the edit engine and print what changed (a progress bar on a terminal)."""
     from ggufx.edit.engine import edit
 
-    bar = None
-    progress = None
-    if not as_json and sys.stderr.isatty():
-
-        def progress(done: int, total: int) -> None:
-            nonlocal bar
-            if bar is None:
-                bar = click.progressbar(length=total, label="copying tensor data", file=sys.stderr)
-                bar.__enter__()
-            bar.update(done - bar.pos)
-
     t0 = time.perf_counter()
-    try:
+    with progress_bar("copying tensor data", not as_json) as progress:
         result = edit(
             file,
             ops,
@@ -100,15 +88,16 @@ def run_edit(
             force=force,
             progress=progress,
         )
-    finally:
-        if bar is not None:
-            bar.__exit__(None, None, None)
     elapsed = time.perf_counter() - t0
     if as_json:
         d = result.to_dict()
         d["seconds"] = round(elapsed, 6)
         emit_json(d)
-        return
+    else:
+        _print_edit(result, dry_run, elapsed)
+
+
+def _print_edit(result: EditResult, dry_run: bool, elapsed: float) -> None:
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     for c in result.changes:
@@ -153,12 +142,12 @@ def _change_line(c: Change) -> str:
 def _type_option(value: str | None) -> ValueType | None:
     if value is None:
         return None
-    from ggufx.format.keys import parse_type
+    from ggufx.results import InputError, value_type
 
     try:
-        return parse_type(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--type") from None
+        return value_type(value)
+    except InputError as e:
+        raise click.BadParameter(str(e), param_hint=e.param) from None
 
 
 def _read_text_file(path: str) -> str:
@@ -249,6 +238,30 @@ def rename(file: str, old: str, new: str, **kw: Any) -> None:
     run_edit(file, [Rename(old, new)], **kw)
 
 
+def _edit_ops(
+    sets: tuple[str, ...], set_files: tuple[str, ...], deletes: tuple[str, ...], renames: tuple[str, ...]
+) -> list[Op]:
+    """The changes of ``edit``, in the order --set, --from-file, --delete, --rename."""
+    from ggufx.edit.engine import Delete, Rename, Set
+
+    ops: list[Op] = []
+    for s in sets:
+        k, v = _split_pair(s, "=", "--set")
+        vtype = None
+        if ":" in k:
+            k, t = k.rsplit(":", 1)
+            vtype = _type_option(t)
+        ops.append(Set(k, v, vtype, from_text=True))
+    for s in set_files:
+        k, p = _split_pair(s, "=", "--from-file")
+        ops.append(Set(k, _read_text_file(p)))
+    ops.extend(Delete(k) for k in deletes)
+    for s in renames:
+        a, b = _split_pair(s, "=", "--rename")
+        ops.append(Rename(a, b))
+    return ops
+
+
 def _split_pair(text: str, sep: str, opt: str) -> tuple[str, str]:
     if sep not in text:
         raise click.BadParameter(f"{text!r} must look like KEY{sep}VALUE", param_hint=opt)
@@ -262,49 +275,42 @@ def _split_pair(text: str, sep: str, opt: str) -> tuple[str, str]:
     "--set", "sets", multiple=True, metavar="KEY=VALUE", help="Set a key (repeatable); KEY:TYPE=VALUE gives the type."
 )
 @click.option(
-    "--set-file",
+    "--from-file",
     "set_files",
     multiple=True,
     metavar="KEY=PATH",
-    help="Set a string key from a UTF-8 file (repeatable).",
+    help="Set a string key to the text of a UTF-8 file (repeatable).",
 )
+@click.option("--set-file", "set_files_alias", multiple=True, hidden=True)  # the earlier name of --from-file
 @click.option("--delete", "deletes", multiple=True, metavar="KEY", help="Delete a key (repeatable).")
+@click.option("--missing-ok", is_flag=True, help="--delete of a key the file does not have is not an error.")
 @click.option("--rename", "renames", multiple=True, metavar="OLD=NEW", help="Rename a key (repeatable).")
 @write_options
 def edit_(
     file: str,
     sets: tuple[str, ...],
     set_files: tuple[str, ...],
+    set_files_alias: tuple[str, ...],
     deletes: tuple[str, ...],
+    missing_ok: bool,
     renames: tuple[str, ...],
     **kw: Any,
 ) -> None:
     """Apply several changes as one transaction: all of them or none, one write.
 
-    Changes apply in the order: --set, --set-file, --delete, --rename.
+    Changes apply in the order: --set, --from-file, --delete, --rename. --delete of a key the
+    file does not have is an error unless --missing-ok.
 
     \b
     Examples:
       ggufx edit model.gguf --set general.name=Foo --delete general.url --rename a.b=a.c
-      ggufx edit model.gguf --set my.count:u32=7 --set-file tokenizer.chat_template=fixed.jinja -o fixed.gguf
+      ggufx edit model.gguf --set my.count:u32=7 --from-file tokenizer.chat_template=fixed.jinja -o fixed.gguf
     """
-    from ggufx.edit.engine import Delete, Rename, Set
+    if not (sets or set_files or set_files_alias or deletes or renames):
+        raise click.UsageError("nothing to do: give --set, --from-file, --delete or --rename")
+    if missing_ok:
+        from ggufx.results import present_keys
 
-    ops: list[Op] = []
-    for s in sets:
-        k, v = _split_pair(s, "=", "--set")
-        vtype = None
-        if ":" in k:
-            k, t = k.rsplit(":", 1)
-            vtype = _type_option(t)
-        ops.append(Set(k, v, vtype, from_text=True))
-    for s in set_files:
-        k, p = _split_pair(s, "=", "--set-file")
-        ops.append(Set(k, _read_text_file(p)))
-    ops.extend(Delete(k) for k in deletes)
-    for s in renames:
-        a, b = _split_pair(s, "=", "--rename")
-        ops.append(Rename(a, b))
-    if not ops:
-        raise click.UsageError("nothing to do: give --set, --set-file, --delete or --rename")
+        deletes = present_keys(file, deletes)
+    ops = _edit_ops(sets, set_files + set_files_alias, deletes, renames)
     run_edit(file, ops, **kw)

@@ -42,7 +42,8 @@ def info(ctx: click.Context, files: tuple[str, ...], as_json: bool, tablefmt: st
       ggufx info ~/models/*.gguf --tablefmt github
       ggufx info --server http://127.0.0.1:8080     # the model llama-server has loaded
 
-    With --json one file prints one object, several files a list of objects.
+    With --json one file prints one object, several files a list of objects. A split model is listed
+    once, however many of its shards are named.
     """
     from ggufx import results
     from ggufx.errors import GGUFError
@@ -50,7 +51,7 @@ def info(ctx: click.Context, files: tuple[str, ...], as_json: bool, tablefmt: st
 
     out = []
     failed = False
-    for i, model in enumerate(open_many(files, keep_errors=True)):
+    for i, model in enumerate(results.distinct_models(open_many(files, keep_errors=True))):
         if isinstance(model, GGUFError):
             if len(files) == 1:
                 raise model
@@ -148,27 +149,18 @@ def meta(file: str, key: str | None, full: bool, as_json: bool, tablefmt: str) -
       ggufx meta model.gguf --json | jq '."llama.context_length".value'
     """
     from ggufx import results
-    from ggufx.format.values import ValueType, encode_str
-    from ggufx.render.text import meta_text
+    from ggufx.render.text import key_bytes, meta_text
 
     model = open_model(file)
-    md = model.metadata
     if key is None:
-        res = results.meta(model, None, full)
+        res = results.meta(model, full)
         emit(res, as_json, lambda: meta_text(res, full, tablefmt))
         return
     try:
-        res = results.meta(model, key)
+        one = results.meta_key(model, key)
     except results.InputError as e:
         raise click.UsageError(str(e)) from None
-    kv = md.kv(key)
     if as_json:
-        emit_json(res)
-    elif kv.type is ValueType.STRING:
-        write_raw(encode_str(kv.value))
-    elif kv.type is ValueType.ARRAY:
-        emit_json(res["value"])
+        emit_json(one)
     else:
-        from ggufx.render.text import value_text
-
-        click.echo(value_text(res, True))
+        write_raw(key_bytes(one))

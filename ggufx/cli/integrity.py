@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
-from ggufx.analysis.hashing import ALGOS, ModelHashes, Verification
 from ggufx.cli._common import (
     EXIT_CHECK_FAILED,
     EXIT_USAGE,
-    dumps,
+    emit,
     emit_json,
     json_option,
     network_options,
     open_model,
+    progress_bar,
     remote_config,
     remote_options,
     write_text_atomic,
 )
+from ggufx.results import ALGOS
+
+if TYPE_CHECKING:
+    from ggufx.results.integrity import ModelHashes
 
 ALGO_OPTION = click.option(
     "--algo",
@@ -32,23 +36,11 @@ ALGO_OPTION = click.option(
 
 
 def _hash(path: str, algo: str, quiet: bool) -> ModelHashes:
-    from ggufx.analysis.hashing import hash_model
+    from ggufx.results import model_hashes
 
     model = open_model(path)
-    bar = None
-
-    def progress(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = click.progressbar(length=total, label=f"hashing {os.path.basename(path)}", file=sys.stderr)
-            bar.__enter__()
-        bar.update(done - bar.pos)
-
-    try:
-        return hash_model(model, algo, progress=None if quiet or not sys.stderr.isatty() else progress)
-    finally:
-        if bar is not None:
-            bar.__exit__(None, None, None)
+    with progress_bar(f"hashing {os.path.basename(path)}", not quiet) as progress:
+        return model_hashes(model, algo, progress)
 
 
 @click.command("hash")
@@ -67,15 +59,11 @@ def hash_(file: str, per_tensor: bool, algo: str, as_json: bool) -> None:
       ggufx hash model-00001-of-00003.gguf --per-tensor --json
       ggufx hash model.gguf --algo sha256
     """
-    h = _hash(file, algo, as_json)
-    if as_json:
-        emit_json(h.to_dict(per_tensor=per_tensor))
-        return
-    click.echo(f"fingerprint    {h.fingerprint}")
-    click.echo(f"metadata hash  {h.metadata_hash}")
-    if per_tensor:
-        for name, t in h.tensors.items():
-            click.echo(f"{t['hash']}  {t['type']:<8} {name}")
+    from ggufx import results
+    from ggufx.render.text import hash_text
+
+    res = results.hash_result(_hash(file, algo, as_json), per_tensor)
+    emit(res, as_json, lambda: hash_text(res, per_tensor))
 
 
 @click.command()
@@ -91,20 +79,14 @@ def manifest(files: tuple[str, ...], output: str, algo: str, as_json: bool) -> N
       ggufx manifest model.gguf -o manifest.json
       ggufx manifest *.gguf -o release-manifest.json --algo sha256
     """
-    from ggufx.analysis.hashing import manifest as make_manifest
+    from ggufx.render.jsontext import dumps
+    from ggufx.results import write_manifest
 
-    doc = make_manifest([_hash(f, algo, False) for f in files])
-    write_text_atomic(output, dumps(doc) + "\n")
+    res = write_manifest(
+        [_hash(f, algo, False) for f in files], output, lambda path, doc: write_text_atomic(path, dumps(doc) + "\n")
+    )
     if as_json:
-        emit_json(
-            {
-                "output": output,
-                "models": [
-                    {"path": m["path"], "fingerprint": m["fingerprint"], "metadata_hash": m["metadata_hash"]}
-                    for m in doc["models"]
-                ],
-            }
-        )
+        emit_json(res)
     else:
         click.echo(f"wrote {output}: {len(files)} model(s)", err=True)
 
@@ -123,39 +105,15 @@ def verify(manifest_file: str, files: tuple[str, ...], as_json: bool) -> None:
       ggufx verify manifest.json
       ggufx verify manifest.json downloaded.gguf --json
     """
-    from ggufx.analysis.hashing import verify as check
+    from ggufx import results
+    from ggufx.render.text import verify_text
 
     try:
-        with open(manifest_file, encoding="utf-8") as f:
-            doc = json.load(f)
-        models = doc["models"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        click.echo(f"ggufx: error: {manifest_file}: not a ggufx manifest ({e})", err=True)
-        sys.exit(EXIT_USAGE)
-    targets = list(files) or [m["path"] for m in models]
-    if len(targets) > len(models):
-        raise click.UsageError(f"{len(targets)} files but the manifest has {len(models)} model(s)")
-    results: list[Verification] = []
-    for expected, path in zip(models, targets):
-        results.append(check(expected, _hash(path, expected.get("algo", "xxh3-128"), as_json)))
-    if as_json:
-        emit_json(
-            {"manifest": manifest_file, "ok": all(r.ok for r in results), "results": [r.to_dict() for r in results]}
-        )
-    else:
-        for r in results:
-            click.echo(f"{'OK  ' if r.ok else 'FAIL'} {r.path}: {r.verdict}")
-            for label, names in (
-                ("tensors changed", r.tensors_changed),
-                ("tensors added", r.tensors_added),
-                ("tensors removed", r.tensors_removed),
-                ("metadata changed", r.metadata_changed),
-                ("metadata added", r.metadata_added),
-                ("metadata removed", r.metadata_removed),
-            ):
-                if names:
-                    click.echo(f"     {label}: {', '.join(names[:20])}{' ...' if len(names) > 20 else ''}")
-    if not all(r.ok for r in results):
+        res = results.verify(manifest_file, list(files), lambda path, algo: _hash(path, algo, as_json))
+    except results.InputError as e:
+        raise click.UsageError(str(e)) from None
+    emit(res, as_json, lambda: verify_text(res))
+    if not res["ok"]:
         sys.exit(EXIT_CHECK_FAILED)
 
 
@@ -209,43 +167,28 @@ def check_(
     matches, every adapter tensor names a base tensor of the right shape, the imatrix covers every
     weight llama-quantize quantizes, the control vector's directions are the model's width.
     """
-    from ggufx.analysis.policy import CheckReport, RuleResult, check, junit_xml, load_policy
-    from ggufx.errors import GGUFError
+    from ggufx import results
+    from ggufx.render.text import check_lines
 
     options = {"mmproj": mmproj, "draft": draft, "lora": lora, "imatrix": imatrix, "control_vector": control_vector}
-    given = {k: v for k, v in options.items() if v}
-    if policy_path is None and not given:
-        raise click.UsageError(
-            "give --policy, or a companion file (--mmproj, --draft, --lora, --imatrix, --control-vector)"
-        )
-    policy = load_policy(policy_path) if policy_path is not None else {}
-    if given:
-        policy["companions"] = {**policy.get("companions", {}), **given}
-    policy_path = policy_path or "(command line)"
-    reports = []
-    unreadable = False
-    for f in files:
-        try:
-            reports.append(check(open_model(f), policy))
-        except GGUFError as e:
-            unreadable = True
-            reports.append(CheckReport(f, [RuleResult("readable", False, e.one_line())]))
-            click.echo(f"ggufx: error: {e.one_line()}", err=True)
+    try:
+        outcome = results.check_files(list(files), policy_path, options, open_model)
+    except results.InputError as e:
+        raise click.UsageError(str(e)) from None
+    for line in outcome.unreadable:
+        click.echo(f"ggufx: error: {line}", err=True)
     if junit:
         with open(junit, "w", encoding="utf-8") as fh:
-            fh.write(junit_xml(reports, policy_path))
+            fh.write(outcome.junit())
+    res = outcome.to_json()
     if as_json:
-        emit_json(
-            {"policy": policy_path, "passed": all(r.passed for r in reports), "files": [r.to_dict() for r in reports]}
-        )
+        emit_json(res)
     else:
-        for rep in reports:
-            for x in rep.results:
-                tag = click.style("PASS", fg="green") if x.passed else click.style("FAIL", fg="red")
-                click.echo(f"{tag} {rep.path}: {x.rule}: {x.reason}")
-    if unreadable:
+        for passed, line in check_lines(res):
+            click.echo(f"{click.style('PASS', fg='green') if passed else click.style('FAIL', fg='red')} {line}")
+    if outcome.unreadable:
         sys.exit(EXIT_USAGE)
-    if not all(r.passed for r in reports):
+    if not outcome.passed:
         sys.exit(EXIT_CHECK_FAILED)
 
 
@@ -275,55 +218,15 @@ def scan(dirs: tuple[str, ...], hf_cache: bool, ollama: bool, no_lint: bool, as_
       ggufx scan ~/models --json | jq '.models[] | select(.problems != [])'
       ggufx scan hf://unsloth/Qwen3-8B-GGUF      # every quant of a Hub repository, headers only
     """
-    from ggufx.analysis.scan import default_ollama
-    from ggufx.analysis.scan import scan as run_scan
-    from ggufx.io.hub import default_hf_cache
-    from ggufx.render import table
-    from ggufx.render.text import human_bytes, human_params
+    from ggufx import results
+    from ggufx.render.text import scan_text
 
-    roots = list(dirs)
-    if hf_cache:
-        roots.append(default_hf_cache())
-    if ollama:
-        roots.append(default_ollama())
-    if not roots:
-        raise click.UsageError("give a folder, --hf-cache or --ollama")
-    found = [r for r in roots if r.startswith("hf://") or os.path.isdir(r)]
-    remote = remote_config() if any(r.startswith("hf://") for r in found) else None
-    rows = run_scan(found, lint_templates=not no_lint, remote=remote)
-    if as_json:
-        emit_json({"roots": roots, "models": [r.to_dict() for r in rows]})
-    else:
-        click.echo(
-            table.render(
-                [
-                    (
-                        r.name,
-                        r.kind or "-",
-                        r.architecture or "-",
-                        human_params(r.parameters) if r.parameters else "-",
-                        r.file_type or "-",
-                        f"{r.bpw:.2f}" if r.bpw is not None else "-",
-                        human_bytes(r.file_bytes) if r.file_bytes else "-",
-                        r.dialect or "-",
-                        "; ".join(r.problems) or "ok",
-                    )
-                    for r in rows
-                ],
-                ("file", "kind", "arch", "params", "type", "BPW", "size", "template", "problems"),
-                align="lllrlrrll",
-            )
-        )
-        pairs = [
-            f"  {r.kind} {r.name}: fits {len(r.companion_of)} of {len(r.companion_of) + len(r.mismatches)} model(s)"
-            + "".join(f"\n    not {m['model']}: {m['reason']}" for m in r.mismatches)
-            for r in rows
-            if r.companion_of or r.mismatches
-        ]
-        if pairs:
-            click.echo("\ncompanion files and the models beside them:\n" + "\n".join(pairs))
-        n_models = sum(1 for r in rows if r.kind in ("model", None))
-        extra = f"{len(rows) - n_models} companion file(s), " if len(rows) > n_models else ""
-        click.echo(f"\n{n_models} model(s), {extra}{sum(1 for r in rows if r.problems)} with problems")
-    if any(r.problems for r in rows):
+    try:
+        roots = results.scan_roots(list(dirs), hf_cache, ollama)
+    except results.InputError as e:
+        raise click.UsageError(str(e)) from None
+    remote = remote_config() if results.needs_remote(roots) else None
+    res = results.scan(roots, lint_templates=not no_lint, remote=remote)
+    emit(res, as_json, lambda: scan_text(res))
+    if any(r["problems"] for r in res["models"]):
         sys.exit(EXIT_CHECK_FAILED)

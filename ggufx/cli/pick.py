@@ -7,9 +7,7 @@ import sys
 import click
 
 from ggufx.cli._common import EXIT_USAGE, emit, json_option, network_options, remote_config, tablefmt_option
-from ggufx.format.ggmltypes import CACHE_TYPES
-
-MiB = 1 << 20
+from ggufx.results import CACHE_TYPES
 
 
 def _fail(param: str | None, message: str) -> None:
@@ -98,8 +96,7 @@ def pick(
       ggufx pick ./models/ --gpus 16GiB -c 32768 -ctk q8_0 -ctv q8_0 --tablefmt github
       ggufx pick a.gguf b-00001-of-00002.gguf --gpus 24GiB --mmproj none --json
     """
-    from ggufx.analysis.pick import parse_gpus
-    from ggufx.analysis.pick import pick as run_pick
+    from ggufx import results
     from ggufx.errors import InputError
     from ggufx.io.sources import is_remote
     from ggufx.render.pick import pick_text
@@ -115,16 +112,15 @@ def pick(
         click.echo(f"ggufx: header {done}/{total}: {name}", err=True)
 
     try:
-        devices = parse_gpus(gpus)
-        res = run_pick(
-            list(sources),
-            devices,
-            n_ctx=ctx,
+        res = results.pick(
+            sources,
+            gpus,
+            ctx=ctx,
             cache_type_k=cache_type_k,
             cache_type_v=cache_type_v,
             mmproj=mmproj,
             tool=tool,
-            margin=int(fit_target * MiB),
+            fit_target_mib=fit_target,
             remote=remote,
             progress=progress if remote is not None else None,
         )

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from ggufx.chat.render import ENGINES
-from ggufx.chat.samples import NAMES
 from ggufx.cli._common import EXIT_CHECK_FAILED, emit_json, json_option, remote_options, write_raw
 from ggufx.cli.edit import run_edit, write_options
+from ggufx.results import ENGINES, SAMPLES
+
+if TYPE_CHECKING:
+    from ggufx.results.templates import TemplateSet
 
 NAME_OPTION = click.option("--name", help="A named template: tokenizer.chat_template.NAME (default: the main one).")
 
@@ -46,12 +48,12 @@ def template() -> None:
       ggufx template info model.gguf
       ggufx template lint model.gguf
       ggufx template render model.gguf --sample tools
-      ggufx template set model.gguf --from tokenizer_config.json --dry-run
+      ggufx template set model.gguf --from-file tokenizer_config.json --dry-run
       ggufx template diff old.gguf new.gguf
     """
 
 
-def _load(path: str):
+def _load(path: str) -> TemplateSet:
     from ggufx.cli._common import load_templates
 
     return load_templates(path)
@@ -108,107 +110,73 @@ def show(file: str, name: str | None, as_json: bool) -> None:
       ggufx template show model.gguf --name tool_use
       ggufx template show model.gguf --json
     """
+    from ggufx.render.text import raw_text
+    from ggufx.results import template_show
+
     ts = _load(file)
     if as_json:
-        from ggufx.results import template_show
-
         emit_json(template_show(file, ts))
         return
-    from ggufx.format.values import encode_str
-
-    write_raw(encode_str(ts.get(name)))
+    write_raw(raw_text(ts.get(name)))
 
 
 @template.command("set")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option(
-    "--from",
+    "--from-file",
     "source",
-    required=True,
     type=click.Path(dir_okay=False),
-    help="A .jinja/text file, another GGUF, a tokenizer_config.json or chat_template.json.",
+    help="Read the template from this file: a .jinja/text file, another GGUF, a tokenizer_config.json or "
+    "chat_template.json (required).",
 )
+@click.option("--from", "source_alias", type=click.Path(dir_okay=False), hidden=True)  # the earlier name
 @NAME_OPTION
 @write_options
-def set_(file: str, source: str, name: str | None, **kw: Any) -> None:
-    """Replace the chat template from SOURCE, through the crash-safe edit engine (in place when it
-    fits). From a tokenizer_config.json with several named templates and no --name, all of them
+def set_(file: str, source: str | None, source_alias: str | None, name: str | None, **kw: Any) -> None:
+    """Replace the chat template with the one read from --from-file (a .jinja or text file, another
+    GGUF, a tokenizer_config.json or chat_template.json), through the crash-safe edit engine (in
+    place when it fits). From a tokenizer_config.json with several named templates and no --name, all of them
     are written (default -> tokenizer.chat_template, others -> tokenizer.chat_template.NAME).
 
     \b
     Examples:
-      ggufx template set model.gguf --from fixed.jinja
-      ggufx template set model.gguf --from other-model.gguf --dry-run
-      ggufx template set model.gguf --from tokenizer_config.json --name tool_use
-      ggufx template set model.gguf --from chat_template.jinja -o fixed.gguf
+      ggufx template set model.gguf --from-file fixed.jinja
+      ggufx template set model.gguf --from-file other-model.gguf --dry-run
+      ggufx template set model.gguf --from-file tokenizer_config.json --name tool_use
+      ggufx template set model.gguf --from-file chat_template.jinja -o fixed.gguf
     """
-    from ggufx.chat.sources import NAMES_KEY, key_for
-    from ggufx.edit.engine import Set
-    from ggufx.format.values import ValueType
+    from ggufx.results import template_set_diff, template_set_ops
 
-    ts = _load(source)
-    ops: list[Any] = []
-    if name is not None or not ts.named:
-        ops.append(Set(key_for(name), ts.get(name), ValueType.STRING))
-    else:
-        if ts.default is not None:
-            ops.append(Set(key_for(None), ts.default, ValueType.STRING))
-        for n, text in ts.named.items():
-            ops.append(Set(key_for(n), text, ValueType.STRING))
-        ops.append(Set(NAMES_KEY, list(ts.named), ValueType.ARRAY, ValueType.STRING))
+    source = source or source_alias
+    if source is None:
+        raise click.UsageError("give --from-file PATH: a template, a GGUF or a tokenizer_config.json")
+    ops = template_set_ops(_load(source), name)
     if kw.get("dry_run") and not kw.get("as_json"):
-        _print_diff(file, ops)
+        click.echo(template_set_diff(file, _load(file), ops), nl=False)
     run_edit(file, ops, **kw)
 
 
-def _print_diff(file: str, ops: list[Any]) -> None:
-    import difflib
-
-    from ggufx.chat.sources import load
-
-    current = load(file)
-    for op in ops:
-        if not isinstance(op.value, str):
-            continue
-        suffix = op.key[len("tokenizer.chat_template") :].lstrip(".")
-        old = current.named.get(suffix) if suffix else current.default
-        diff = difflib.unified_diff(
-            (old or "").splitlines(keepends=True),
-            op.value.splitlines(keepends=True),
-            f"{file}:{op.key}",
-            f"new:{op.key}",
-        )
-        text = "".join(diff)
-        click.echo(text if text.endswith("\n") or not text else text + "\n", nl=False)
+def _read_json(path: str, option: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise click.BadParameter(f"{path}: {e}", param_hint=option) from None
 
 
-def _conversation(messages: str | None, tools: str | None, sample_name: str | None) -> list[tuple[str, dict]]:
-    from ggufx.chat.samples import NAMES, sample
+def _conversation(messages: str | None, tools: str | None, sample_name: str | None) -> list[tuple[str, dict[str, Any]]]:
+    from ggufx.results import conversations
 
-    if messages is None:
-        names = [sample_name] if sample_name else list(NAMES)
-        convs = [(n, sample(n)) for n in names]
-    else:
-        try:
-            with open(messages, encoding="utf-8") as f:
-                doc = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
-            raise click.BadParameter(f"{messages}: {e}", param_hint="--messages") from None
+    own = None
+    if messages is not None:
+        doc = _read_json(messages, "--messages")
         conv = {"messages": doc} if isinstance(doc, list) else doc
         if not isinstance(conv, dict) or not isinstance(conv.get("messages"), list):
             raise click.BadParameter(
                 f'{messages}: expected a list of messages or {{"messages": [...]}}', param_hint="--messages"
             )
-        convs = [(messages, conv)]
-    if tools is not None:
-        try:
-            with open(tools, encoding="utf-8") as f:
-                tool_list = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
-            raise click.BadParameter(f"{tools}: {e}", param_hint="--tools") from None
-        for _, c in convs:
-            c["tools"] = tool_list
-    return convs
+        own = (messages, conv)
+    return conversations(sample_name, own, _read_json(tools, "--tools") if tools is not None else None)
 
 
 @template.command("render")
@@ -222,10 +190,15 @@ def _conversation(messages: str | None, tools: str | None, sample_name: str | No
 @click.option(
     "--sample",
     "sample_name",
-    type=click.Choice(NAMES),
+    type=click.Choice(SAMPLES),
     help="One built-in conversation (default: all of them, unless --messages).",
 )
-@click.option("--add-generation-prompt/--no-generation-prompt", default=True, show_default=True)
+@click.option(
+    "--add-generation-prompt/--no-generation-prompt",
+    default=True,
+    show_default=True,
+    help="End with the assistant turn's opening (add_generation_prompt), as a server does before generating.",
+)
 @click.option(
     "--var",
     "variables",
@@ -320,24 +293,17 @@ def lint(source: str, variables: tuple[str, ...], name: str | None, as_json: boo
       ggufx template lint model.gguf
       ggufx template lint chat_template.jinja --json
     """
+    from ggufx.render.text import lint_lines
     from ggufx.results import template_lint
 
     ts = _load(source)
     result = template_lint(source, ts, name, _variables(variables), ts.model)
     if as_json:
-        emit_json(result.to_dict())
+        emit_json(result)
     else:
-        for p in result.problems:
-            where = f" (line {p.line})" if p.line else ""
-            colour = {"error": "red", "warning": "yellow"}.get(p.severity)
-            click.echo(click.style(f"{p.severity}: {p.code}{where}: {p.message}", fg=colour))
-        if result.info:
-            i = result.info
-            click.echo(f"family {i.family}, tool-call dialect {i.dialect}")
-        click.echo(
-            "ok" if result.ok else f"{sum(p.severity in ('error', 'warning') for p in result.problems)} problem(s)"
-        )
-    if not result.ok:
+        for colour, line in lint_lines(result):
+            click.echo(click.style(line, fg=colour))
+    if not result["ok"]:
         sys.exit(EXIT_CHECK_FAILED)
 
 
@@ -356,6 +322,7 @@ def info(source: str, variables: tuple[str, ...], name: str | None, as_json: boo
       ggufx template info model.gguf
       ggufx template info chat_template.jinja --json
     """
+    from ggufx.render.text import template_info_text
     from ggufx.results import template_info
 
     ts = _load(source)
@@ -363,27 +330,7 @@ def info(source: str, variables: tuple[str, ...], name: str | None, as_json: boo
     if as_json:
         emit_json(i)
         return
-    rows = [
-        ("length", f"{i['length']:,} characters"),
-        ("sha256", i["sha256"]),
-        ("family", i["family"]),
-        ("tool-call dialect", i["dialect"] + (f"  {i['dialect_description']}" if i["dialect_description"] else "")),
-        ("tool definitions", "shown to the model" if i["supports_tools"] else "not shown"),
-        ("tool calls", "rendered" if i["renders_tool_calls"] else "not rendered"),
-        ("reasoning", "yes" if i["reasoning"] else "no"),
-        ("system role", i["system_role"]),
-    ]
-    for label, key in (("llama.cpp", "llama_cpp_caps"), ("llama-server", "llama_server_caps")):
-        caps = i.get(key)
-        if caps:
-            rows.append((f"{label} supports", ", ".join(k.removeprefix("supports_") for k, v in caps.items() if v)))
-            rows.append((f"{label} lacks", ", ".join(k.removeprefix("supports_") for k, v in caps.items() if not v)))
-    if i.get("llama_cpp_error"):
-        rows.append(("llama.cpp", f"error: {i['llama_cpp_error']}"))
-    for k, v in rows:
-        click.echo(f"{k:18} {v}")
-    for n, err in i["errors"].items():
-        click.echo(f"{'error (' + n + ')':18} {err}")
+    click.echo(template_info_text(i))
 
 
 @template.command()

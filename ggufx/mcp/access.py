@@ -14,9 +14,9 @@ from ggufx.errors import AccessError
 from ggufx.io.sources import is_remote
 
 if TYPE_CHECKING:
-    from ggufx.chat.sources import TemplateSet
     from ggufx.io.remote import RemoteConfig
     from ggufx.model import GGUFModel
+    from ggufx.results.templates import TemplateSet
 
 
 class Access:
@@ -66,9 +66,9 @@ class Access:
 
     def load_templates(self, path: str) -> tuple[str, TemplateSet]:
         """``(resolved path, template set)``: results name the file as the CLI would given that path."""
-        from ggufx.chat.sources import from_model, is_gguf, load
+        from ggufx.results import is_gguf_path, load_templates, model_templates
 
         src = self.local(path)
-        if is_remote(src) or is_gguf(src):
-            return src, from_model(self.open_model(path), src)  # every shard checked against the roots
-        return src, load(src, remote=self.remote)
+        if is_remote(src) or is_gguf_path(src):
+            return src, model_templates(self.open_model(path), src)  # every shard checked against the roots
+        return src, load_templates(src, remote=self.remote)

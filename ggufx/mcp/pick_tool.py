@@ -16,9 +16,9 @@ from mcp.types import ToolAnnotations
 from pydantic import Field
 
 from ggufx.errors import AccessError
-from ggufx.format.ggmltypes import CACHE_TYPES
 from ggufx.io.sources import is_remote
 from ggufx.mcp.access import Access
+from ggufx.results import CACHE_TYPES
 
 NAME = "pick"
 DESCRIPTION = (
@@ -68,21 +68,20 @@ class PickTool:
             float, Field(ge=0, description="MiB kept free on each GPU (llama.cpp's -fitt).")
         ] = 1024.0,
     ) -> dict[str, Any]:
-        from ggufx.analysis.pick import parse_gpus
-        from ggufx.analysis.pick import pick as run_pick
+        from ggufx import results
 
         resolved = [self.access.local(s) for s in sources]  # remote only if allowed; local under the roots
         projector = mmproj if mmproj in ("auto", "none") else self.access.local(mmproj)
         if projector not in ("auto", "none") and not is_remote(projector):
             self.access.open_model(projector)  # every shard under the roots
-        res = run_pick(
+        res = results.pick(
             resolved,
-            parse_gpus(gpus),
-            n_ctx=ctx,
+            gpus,
+            ctx=ctx,
             cache_type_k=cache_type_k,
             cache_type_v=cache_type_v,
             mmproj=projector,
-            margin=int(fit_target_mib * (1 << 20)),
+            fit_target_mib=fit_target_mib,
             remote=self.access.remote,
             allow=self._refusal,
         )

@@ -52,11 +52,13 @@ def build_server(
     A root that is not a directory is a ``ValueError``."""
     from mcp.server import MCPServer
 
+    from ggufx.mcp.pick_tool import register as register_pick
     from ggufx.mcp.tools import GGUFTools, register_tools
 
     access = Access(roots, allow_remote, remote)
     server = MCPServer("ggufx", instructions=INSTRUCTIONS, version=_version(), log_level="WARNING")
     register_tools(server, GGUFTools(access), allow_write)
+    register_pick(server, access)
     _add_resources(server, access)
     server.prompt(
         name="audit_quant", description="Audit a quantized GGUF: summary, where the bits go, chat template, memory."

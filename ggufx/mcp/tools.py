@@ -12,8 +12,7 @@ imports this module.
 import functools
 import inspect
 import json
-import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
@@ -32,7 +31,7 @@ if TYPE_CHECKING:
     from ggufx.edit.engine import Op
 
 SAMPLES = ("plain", "system", "multi-turn", "tools", "reasoning")
-Result = dict[str, Any]  # what a tool method returns: the JSON object of the CLI's --json
+Result = Mapping[str, Any]  # what a tool method returns: the JSON object of the CLI's --json
 F = TypeVar("F", bound=Callable[..., Result])
 
 
@@ -65,9 +64,9 @@ def tool(description: str, read_only: bool = True) -> Callable[[F], F]:
 
 def _ggml_type_names() -> tuple[str, ...]:
     """Every ggml type's name, for the enumeration in the tensors tool's schema."""
-    from ggufx.format.ggmltypes import all_types
+    from ggufx.results import ggml_type_names
 
-    return tuple(t.name for t in all_types())
+    return ggml_type_names()
 
 
 ModelPath = Annotated[
@@ -100,11 +99,7 @@ class GGUFTools:
         self,
         lint: Annotated[bool, Field(description="Also lint each distinct chat template (slower).")] = False,
     ) -> Result:
-        from ggufx.analysis.scan import scan
-
-        roots = self.access.roots
-        rows = [r for r in scan(roots, lint_templates=lint) if self.access.inside(os.path.realpath(r.path))]
-        return {"roots": roots, "models": [r.to_dict() for r in rows]}
+        return results.scan(self.access.roots, lint_templates=lint, inside=self.access.inside)
 
     @tool(
         "Model summary: architecture, parameters, file size (bytes), bits per weight as llama.cpp reports it, "
@@ -117,8 +112,7 @@ class GGUFTools:
         "Type histogram: for each ggml type, the number of tensors, elements and bytes; with the tensor count and BPW."
     )
     def type_histogram(self, path: ModelPath) -> Result:
-        d = results.info(self.access.open_model(path))
-        return {"path": d["path"], "tensor_count": d["tensor_count"], "bpw": d["bpw"], "types": d["types"]}
+        return results.type_histogram(self.access.open_model(path))
 
     @tool(
         "Where the bits go: per tensor role (attn_v, ffn_down, ssm_out, token_embd, ...) the tensor count, "
@@ -170,7 +164,8 @@ class GGUFTools:
         ] = None,
         full: Annotated[bool, Field(description="List whole strings and arrays (a vocabulary is large).")] = False,
     ) -> Result:
-        return results.meta(self.access.open_model(path), key, full)
+        model = self.access.open_model(path)
+        return results.meta(model, full) if key is None else results.meta_key(model, key)
 
     @tool(
         "The llama-quantize recipe (--pure, base type, --tensor-type rules) that reproduces this quant's "
@@ -188,7 +183,7 @@ class GGUFTools:
         ] = None,
     ) -> Result:
         im = self.access.open_model(imatrix) if imatrix is not None else None
-        return results.recipe(self.access.open_model(path), im, budget)
+        return results.recipe_or_promotions(self.access.open_model(path), im, budget)
 
     @tool(
         "An importance matrix (llama-imatrix's GGUF): per tensor the importance its statistics report "
@@ -224,11 +219,16 @@ class GGUFTools:
             str | None, Field(description="A vision/audio projector (mmproj GGUF) loaded beside it, under the roots.")
         ] = None,
     ) -> Result:
-        model = self.access.open_model(path)
-        projector = self.access.open_model(mmproj) if mmproj is not None else None
-        return results.memory(
-            model, ctx, cache_type_k, cache_type_v, flash_attn, parallel, 512, n_gpu_layers, mmproj=projector
+        request = results.MemoryRequest(
+            ctx=ctx,
+            cache_type_k=cache_type_k,
+            cache_type_v=cache_type_v,
+            flash_attn=flash_attn,
+            parallel=parallel,
+            n_gpu_layers=n_gpu_layers,
+            mmproj_file=mmproj,
         )
+        return results.memory(self.access.open_model(path), request, self.access.open_model)
 
     @tool(
         "The largest context (tokens) that fits a GPU memory budget, for f16, q8_0 and q4_0 KV caches, and what "
@@ -242,8 +242,8 @@ class GGUFTools:
             str | None, Field(description="A projector (mmproj GGUF) that must fit beside it, under the roots.")
         ] = None,
     ) -> Result:
-        projector = self.access.open_model(mmproj) if mmproj is not None else None
-        return results.fit(self.access.open_model(path), budget, mmproj=projector)
+        request = results.MemoryRequest(fit_budget=budget, mmproj_file=mmproj)
+        return results.fit(self.access.open_model(path), request, self.access.open_model)
 
     @tool(
         "Compare two quants: type changes by role and layer range, added/removed tensors, metadata changes, BPW "
@@ -268,7 +268,7 @@ class GGUFTools:
     )
     def template_lint(self, path: TemplatePath, name: str | None = None) -> Result:
         src, ts = self.access.load_templates(path)
-        return results.template_lint(src, ts, name, None, ts.model).to_dict()
+        return results.template_lint(src, ts, name, None, ts.model)
 
     @tool(
         "Render the chat template in a sandbox (as transformers' apply_chat_template) for a built-in sample "
@@ -287,17 +287,10 @@ class GGUFTools:
         add_generation_prompt: bool = True,
         name: str | None = None,
     ) -> Result:
-        from ggufx.chat.samples import sample as builtin
-
-        if messages is not None:
-            conv: dict[str, Any] = {"messages": messages}
-            label = "messages"
-        else:
-            conv, label = builtin(sample), sample
-        if tools is not None:
-            conv["tools"] = tools
+        own = ("messages", {"messages": messages}) if messages is not None else None
+        convs = results.conversations(sample, own, tools)
         src, ts = self.access.load_templates(path)
-        return results.template_render(src, ts, [(label, conv)], name, add_generation_prompt)
+        return results.template_render(src, ts, convs, name, add_generation_prompt)
 
     @tool(
         "Hash every tensor's data (reads the whole file: seconds per GB) and the model fingerprint, which ignores "
@@ -309,9 +302,7 @@ class GGUFTools:
         algo: Literal["xxh3-128", "sha256"] = "xxh3-128",
         per_tensor: Annotated[bool, Field(description="Include each tensor's hash (long for big models).")] = False,
     ) -> Result:
-        from ggufx.analysis.hashing import hash_model
-
-        return hash_model(self.access.open_model(path), algo).to_dict(per_tensor=per_tensor)
+        return results.hash_(self.access.open_model(path), algo, per_tensor)
 
     @tool("Check a model against a manifest written by `ggufx manifest`: which tensors or metadata keys differ.")
     def verify(
@@ -319,20 +310,8 @@ class GGUFTools:
         manifest: Annotated[str, Field(description="manifest.json under the roots.")],
         path: ModelPath,
     ) -> Result:
-        from ggufx.analysis.hashing import hash_model
-        from ggufx.analysis.hashing import verify as run_verify
-
-        with open(self.access.local(manifest), encoding="utf-8") as f:
-            doc = json.load(f)
-        model = self.access.open_model(path)
-        models = doc.get("models", []) if isinstance(doc, dict) else []
-        entries = [m for m in models if os.path.basename(m.get("path", "")) == os.path.basename(model.path)]
-        if not entries and len(models) == 1:
-            entries = models
-        if not entries:
-            raise InputError(f"{manifest}: no model named {os.path.basename(model.path)} in the manifest", "manifest")
-        result = run_verify(entries[0], hash_model(model, entries[0].get("algo", "xxh3-128")))
-        return {"manifest": manifest, "ok": result.ok, "results": [result.to_dict()]}
+        local = self.access.local(manifest)
+        return results.verify_model(manifest, self.access.open_model(path), local)
 
     @tool(
         "The model a running llama-server has loaded (asks its /props): the file's summary, the server's context "
@@ -344,15 +323,10 @@ class GGUFTools:
     ) -> Result:
         from urllib.parse import urlsplit
 
-        from ggufx.io.llamaserver import query
-
         host = urlsplit(url if "://" in url else "http://" + url).hostname or ""
         if not self.access.allow_remote and host not in ("127.0.0.1", "localhost", "::1"):
             raise AccessError(f"{url}: only a llama-server on this machine may be asked (start with --allow-remote)")
-        sm = query(url)
-        model = self.access.open_model(sm.model_path)
-        sm.file_template = model.metadata.get_str("tokenizer.chat_template")
-        return {"server": sm.to_dict(), "info": results.info(model)}
+        return results.server_model(url, self.access.open_model)
 
     # -- write tools (only with --allow-write) ----------------------------------------------
     @tool(
@@ -385,11 +359,7 @@ class GGUFTools:
         name: str | None = None,
         dry_run: bool = False,
     ) -> Result:
-        from ggufx.chat.sources import key_for
-        from ggufx.edit.engine import Set
-        from ggufx.format.values import ValueType
-
-        return self._edit(path, [Set(key_for(name), template, ValueType.STRING)], dry_run)
+        return self._edit(path, [results.set_template_op(template, name)], dry_run)
 
     def _edit(self, path: str, ops: "list[Op]", dry_run: bool) -> Result:
         """Apply ``ops`` to the local file ``path`` through the crash-safe edit engine."""

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from ggufx._version import __version__
 from ggufx.format.ggmltypes import ggml_type_by_name
 from ggufx.render.table import printable
+
+if TYPE_CHECKING:
+    from ggufx.results import ReportResult
 
 MiB = 1 << 20
 
@@ -55,7 +59,7 @@ def _colour(type_name: str) -> str:
     return "#%02x%02x%02x" % rgb
 
 
-def context(report: dict[str, Any]) -> dict[str, Any]:
+def context(report: ReportResult) -> dict[str, Any]:
     """What the page templates show, from ``results.report`` (the object ``report --json`` prints)."""
     s = report["summary"]
     full = report["layer_map"]
@@ -119,7 +123,7 @@ KIND_TITLES = {
 }
 
 
-def companion_facts(summary: dict[str, Any] | None, prefix: str = "") -> list[tuple[str, str]]:
+def companion_facts(summary: Mapping[str, Any] | None, prefix: str = "") -> list[tuple[str, str]]:
     """A companion file's summary (``filekind.companion_summary``) as (fact, value) rows: nested
     towers flattened (``vision image_size``), long lists cut to their first items."""
     rows: list[tuple[str, str]] = []
@@ -135,7 +139,7 @@ def companion_facts(summary: dict[str, Any] | None, prefix: str = "") -> list[tu
     return rows
 
 
-def render(report: dict[str, Any], fmt: str = "html") -> str:
+def render(report: ReportResult, fmt: str = "html") -> str:
     """The report (``results.report``) as HTML (``fmt="html"``) or Markdown (``fmt="md"``)."""
     import jinja2
 

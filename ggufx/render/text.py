@@ -2,17 +2,42 @@
 
 Each function takes the object a :mod:`ggufx.results` function built (the same object ``--json``
 prints) and returns the table text, so a command has one data path: result -> JSON or text.
-Pure: dicts in, strings out (no click, no I/O)."""
+Pure: typed results in (the ``TypedDict`` of each command, :mod:`ggufx.results`), strings out (no
+click, no I/O)."""
 
 from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, cast
 
 from ggufx.render import table
 from ggufx.render.table import printable
+
+if TYPE_CHECKING:  # the result types are imported for mypy only: rendering a result needs no results module
+    from ggufx.results import (
+        CheckResult,
+        DiffResult,
+        FitResult,
+        HashResult,
+        ImatrixResult,
+        InfoResult,
+        KeyRecord,
+        KeyResult,
+        LayersResult,
+        MemoryCheckResult,
+        MemoryResult,
+        MetaResult,
+        PromotionResult,
+        RecipeResult,
+        RolesResult,
+        ScanResult,
+        TemplateInfoResult,
+        TemplateLintResult,
+        TensorsResult,
+        VerifyResult,
+    )
 
 STR_WIDTH = 72  # string characters shown in tables without --full
 
@@ -41,7 +66,7 @@ def human_params(n: int) -> str:
     return str(n)
 
 
-def info_text(s: dict[str, Any], fmt: str = "simple") -> str:
+def info_text(s: InfoResult, fmt: str = "simple") -> str:
     """``ggufx info``: facts, then the type histogram (``results.info``)."""
     ft = s["file_type_label"] or "-"
     if s["file_type_guessed"]:
@@ -98,7 +123,7 @@ def info_text(s: dict[str, Any], fmt: str = "simple") -> str:
     return text
 
 
-def _companion_facts(kind: str, c: dict[str, Any]) -> list[tuple[str, str]]:
+def _companion_facts(kind: str, c: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The lines ``info`` adds for a projector, adapter, imatrix, control vector or vocabulary."""
 
     def opt(v: Any) -> str:
@@ -161,7 +186,7 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def tensors_text(res: dict[str, Any], fmt: str = "simple", show_shard: bool = False) -> str:
+def tensors_text(res: TensorsResult, fmt: str = "simple", show_shard: bool = False) -> str:
     """``ggufx tensors`` (``results.tensors``); ``show_shard`` for split models."""
     headers = ["name", "type", "shape", "elements", "bytes", "BPW"]
     if show_shard:
@@ -187,12 +212,12 @@ def tensors_text(res: dict[str, Any], fmt: str = "simple", show_shard: bool = Fa
 # -- metadata ----------------------------------------------------------------------------------
 
 
-def type_label(record: dict[str, Any]) -> str:
+def type_label(record: KeyRecord) -> str:
     """``u32``, ``str``, ``arr[str,262144]``, ``arr[arr[i32,2],3]`` (a ``results.meta`` record)."""
     return record.get("type_label", record["type"])
 
 
-def value_text(record: dict[str, Any], full: bool) -> str:
+def value_text(record: KeyRecord, full: bool) -> str:
     """One metadata value as a table cell (``full``: whole strings and arrays)."""
     vtype, value = record["type"], record["value"]
     if vtype == "str":
@@ -208,7 +233,25 @@ def value_text(record: dict[str, Any], full: bool) -> str:
     return str(value).lower() if vtype == "bool" else str(value)
 
 
-def meta_text(res: dict[str, Any], full: bool, fmt: str = "simple") -> str:
+def raw_text(text: str) -> bytes:
+    """A string value byte for byte as the file holds it (invalid UTF-8 kept as it was)."""
+    from ggufx.format.values import encode_str
+
+    return encode_str(text)
+
+
+def key_bytes(res: KeyResult) -> bytes:
+    """``meta FILE KEY``: a string byte for byte with nothing added, an array as JSON, else the value."""
+    if res["type"] == "str":
+        return raw_text(res["value"])
+    if res["type"] == "arr":
+        from ggufx.render.jsontext import dumps
+
+        return (dumps(res["value"]) + "\n").encode("utf-8", "surrogateescape")
+    return (value_text(res, True) + "\n").encode("utf-8", "surrogateescape")
+
+
+def meta_text(res: MetaResult, full: bool, fmt: str = "simple") -> str:
     """``ggufx meta`` (``results.meta``)."""
     rows = [(key, type_label(rec), value_text(rec, full)) for key, rec in res["metadata"].items()]
     return table.render(rows, ("key", "type", "value"), fmt, align="lll")
@@ -217,7 +260,7 @@ def meta_text(res: dict[str, Any], full: bool, fmt: str = "simple") -> str:
 # -- quant analysis ------------------------------------------------------------------------------
 
 
-def roles_text(res: dict[str, Any], fmt: str = "simple") -> str:
+def roles_text(res: RolesResult, fmt: str = "simple") -> str:
     """``ggufx roles`` (``results.roles``)."""
     rows = [
         (
@@ -234,7 +277,7 @@ def roles_text(res: dict[str, Any], fmt: str = "simple") -> str:
     return table.render(rows, ("role", "tensors", "types", "parameters", "bytes", "share", "BPW"), fmt, align="lrlrrrr")
 
 
-def layers_text(res: dict[str, Any], fmt: str = "simple") -> str:
+def layers_text(res: LayersResult, fmt: str = "simple") -> str:
     """``ggufx layers`` (``results.layers``): the grid, then the count of layers per kind."""
     roles = res["roles"]
     rows = []
@@ -248,7 +291,15 @@ def layers_text(res: dict[str, Any], fmt: str = "simple") -> str:
     return f"{grid}\n\n{n} layers{of}: {counts}"
 
 
-def recipe_text(res: dict[str, Any], fmt: str = "command") -> str:
+def recipe_output(res: RecipeResult | PromotionResult, fmt: str, tablefmt: str) -> str:
+    """``ggufx recipe``: with promotions and ``--format command`` the table of promotions, else the
+    recipe in ``fmt``."""
+    if "promotions" in res and fmt == "command":
+        return promotion_text(cast("PromotionResult", res), tablefmt)
+    return recipe_text(res, fmt)
+
+
+def recipe_text(res: RecipeResult, fmt: str = "command") -> str:
     """``ggufx recipe`` (``results.recipe``) as a command line, a --tensor-type-file or arguments."""
     if fmt == "tensor-type-file":
         return res["tensor_type_file"]
@@ -257,7 +308,7 @@ def recipe_text(res: dict[str, Any], fmt: str = "command") -> str:
     return res["command"]
 
 
-def promotion_text(res: dict[str, Any], fmt: str = "simple") -> str:
+def promotion_text(res: PromotionResult, fmt: str = "simple") -> str:
     """``ggufx recipe --imatrix --budget`` (``results.recipe``): the promotions, most important
     first, the BPW and size they reach, and the llama-quantize command."""
     rows = [
@@ -288,7 +339,7 @@ def promotion_text(res: dict[str, Any], fmt: str = "simple") -> str:
     return "\n".join(out)
 
 
-def diff_text(res: dict[str, Any], fmt: str = "simple") -> str:
+def diff_text(res: DiffResult, fmt: str = "simple") -> str:
     """``ggufx diff`` (``results.diff``)."""
     out = []
     if res["type_changes"]:
@@ -324,7 +375,7 @@ def diff_text(res: dict[str, Any], fmt: str = "simple") -> str:
 MiB = 1 << 20
 
 
-def fit_text(res: dict[str, Any], fmt: str = "simple") -> str:
+def fit_text(res: FitResult, fmt: str = "simple") -> str:
     """``ggufx mem --fit`` (``results.fit``): llama.cpp's answer (arguments to paste), then ggufx's
     largest context per cache type, or the most layers."""
     head = []
@@ -346,8 +397,17 @@ def fit_text(res: dict[str, Any], fmt: str = "simple") -> str:
         else:
             head.append(f"  {lc['args']}")
             head.append(f"  ({why[lc['status']]})")
-        uses = ", ".join(f"{k} {v / MiB:,.0f} of {lc['free'][k] / MiB:,.0f} MiB" for k, v in lc["use"].items())
-        head += [f"  ggufx's figures there: {uses}", ""]
+        uses = ", ".join(
+            f"{k} {v / MiB:,.0f} MiB used of {lc['free'][k] / MiB:,.0f} MiB free, "
+            f"{lc['margin'][k] / MiB:,.0f} kept free"
+            for k, v in lc["use"].items()
+        )
+        head += [
+            f"  ggufx's figures there: {uses}",
+            "  (free: what llama.cpp's fit reads while its dry run holds the recurrent state, the size "
+            "given less that; kept free: the -fitt margin)",
+            "",
+        ]
     if res["fits"] and res["fits"][0]["fit"] == "layers":
         rows = [
             (
@@ -372,7 +432,7 @@ def fit_text(res: dict[str, Any], fmt: str = "simple") -> str:
     )
 
 
-def memory_devices_text(res: dict[str, Any], fmt: str = "simple") -> str:
+def memory_devices_text(res: MemoryResult, fmt: str = "simple") -> str:
     """``ggufx mem`` (``results.memory``): llama.cpp's memory breakdown per device, then the caches."""
     rows = []
     for d in res["devices"]:
@@ -434,7 +494,7 @@ def memory_devices_text(res: dict[str, Any], fmt: str = "simple") -> str:
     return "\n".join(lines)
 
 
-def memory_check_text(res: dict[str, Any], fmt: str = "simple") -> str:
+def memory_check_text(res: MemoryCheckResult, fmt: str = "simple") -> str:
     """``ggufx mem --check LOG`` (``results.memory_check``): llama.cpp's figure, ggufx's, difference."""
 
     def num(v: float | None, spec: str = ",.2f") -> str:
@@ -454,7 +514,10 @@ def memory_check_text(res: dict[str, Any], fmt: str = "simple") -> str:
         for r in res["rows"]
     ]
     text = table.render(
-        rows, ("buffer", "type", "llama.cpp MiB", "ggufx MiB", "difference", "%", "", ""), fmt, align="llrrrrll"
+        rows,
+        ("buffer", "type", "llama.cpp MiB", "ggufx MiB", "difference", "%", "figure", "check"),
+        fmt,
+        align="llrrrrll",
     )
     bad = sum(not r["ok"] for r in res["rows"])
     verdict = ("every buffer agrees" if not bad else f"{bad} buffer(s) differ") + (
@@ -463,7 +526,7 @@ def memory_check_text(res: dict[str, Any], fmt: str = "simple") -> str:
     return f"{text}\n{verdict}"
 
 
-def imatrix_text(res: dict[str, Any], fmt: str = "simple") -> str:
+def imatrix_text(res: ImatrixResult, fmt: str = "simple") -> str:
     """``ggufx imatrix`` (``results.imatrix``): facts, one row per tensor, then the disagreements."""
     with_model = res["model"] is not None
     chunks = "-" if res["chunk_count"] is None else f"{res['chunk_count']:,}"
@@ -485,16 +548,15 @@ def imatrix_text(res: dict[str, Any], fmt: str = "simple") -> str:
         rows.append(row)
     text = "\n".join(head) + "\n\n" + table.render(rows, headers, fmt, align="llrrr" + ("l" if with_model else ""))
     if with_model:
-        common = ", ".join(f"{r} {ty}" for r, ty in res["most_common_type"].items()) or "-"
+        common = ", ".join(f"{r} {ty}" for r, ty in res.get("most_common_type", {}).items()) or "-"
         text += f"\n\nmost common type per role: {common}"
-        for key, what in (
-            ("high_at_common_type", "top quartile of their role but left at its most common type"),
-            ("low_not_at_common_type", "outside the top quartile but given another type"),
+        for names, what in (
+            (res.get("high_at_common_type", []), "top quartile of their role but left at its most common type"),
+            (res.get("low_not_at_common_type", []), "outside the top quartile but given another type"),
         ):
-            names = res[key]
             text += f"\n{len(names)} tensor(s) {what}" + (f": {', '.join(names)}" if names else "")
-        if res["missing_in_model"]:
-            text += f"\nnot in the model: {', '.join(res['missing_in_model'])}"
+        if res.get("missing_in_model"):
+            text += f"\nnot in the model: {', '.join(res.get('missing_in_model', []))}"
     return text
 
 
@@ -512,3 +574,119 @@ fit_text = _printable(fit_text)
 memory_devices_text = _printable(memory_devices_text)
 memory_check_text = _printable(memory_check_text)
 imatrix_text = _printable(imatrix_text)
+
+
+def hash_text(res: HashResult, per_tensor: bool) -> str:
+    """``ggufx hash``: the fingerprint and the metadata hash, then (``per_tensor``) every tensor's."""
+    lines = [f"fingerprint    {res['fingerprint']}", f"metadata hash  {res['metadata_hash']}"]
+    if per_tensor:
+        lines += [f"{t['hash']}  {t['type']:<8} {name}" for name, t in res.get("tensors", {}).items()]
+    return "\n".join(lines)
+
+
+def verify_text(res: VerifyResult) -> str:
+    """``ggufx verify``: OK or FAIL per file, and what differs."""
+    lines = []
+    for r in res["results"]:
+        lines.append(f"{'OK  ' if r['ok'] else 'FAIL'} {r['path']}: {r['verdict']}")
+        for label, key in (
+            ("tensors changed", "tensors_changed"),
+            ("tensors added", "tensors_added"),
+            ("tensors removed", "tensors_removed"),
+            ("metadata changed", "metadata_changed"),
+            ("metadata added", "metadata_added"),
+            ("metadata removed", "metadata_removed"),
+        ):
+            names = r[key]
+            if names:
+                lines.append(f"     {label}: {', '.join(names[:20])}{' ...' if len(names) > 20 else ''}")
+    return "\n".join(lines)
+
+
+def check_lines(res: CheckResult) -> list[tuple[bool, str]]:
+    """``ggufx check``: (passed, ``FILE: RULE: REASON``) per rule of every file."""
+    return [(x["passed"], f"{f['path']}: {x['rule']}: {x['reason']}") for f in res["files"] for x in f["results"]]
+
+
+def _scan_dialect(dialect: str | None) -> str:
+    """The tool-call dialect of a file's template: ``-`` without a template, ``not rendered`` for
+    chat.dialect's ``none`` (a template that shows no tool calls is still a template)."""
+    if dialect is None:
+        return "-"
+    return "not rendered" if dialect == "none" else dialect
+
+
+def scan_text(res: ScanResult) -> str:
+    """``ggufx scan``: one row per file, the companion files and the models they fit, the counts."""
+    rows = res["models"]
+    text = table.render(
+        [
+            (
+                r["name"],
+                r["kind"] or "-",
+                r["architecture"] or "-",
+                human_params(r["parameters"]) if r["parameters"] else "-",
+                r["file_type"] or "-",
+                f"{r['bpw']:.2f}" if r["bpw"] is not None else "-",
+                human_bytes(r["file_bytes"]) if r["file_bytes"] else "-",
+                _scan_dialect(r["dialect"]),
+                "; ".join(r["problems"]) or "ok",
+            )
+            for r in rows
+        ],
+        ("file", "kind", "arch", "params", "type", "BPW", "size", "tool calls", "problems"),
+        align="lllrlrrll",
+    )
+    pairs = [
+        f"  {r['kind']} {r['name']}: fits {len(r['companion_of'])} of {len(r['companion_of']) + len(r['mismatches'])} model(s)"
+        + "".join(f"\n    not {m['model']}: {m['reason']}" for m in r["mismatches"])
+        for r in rows
+        if r["companion_of"] or r["mismatches"]
+    ]
+    if pairs:
+        text += "\n\ncompanion files and the models beside them:\n" + "\n".join(pairs)
+    n_models = sum(1 for r in rows if r["kind"] in ("model", None))
+    extra = f"{len(rows) - n_models} companion file(s), " if len(rows) > n_models else ""
+    return text + f"\n\n{n_models} model(s), {extra}{sum(1 for r in rows if r['problems'])} with problems"
+
+
+def lint_lines(res: TemplateLintResult) -> list[tuple[str | None, str]]:
+    """``template lint``: (colour, line) per problem, the template's family and dialect, the verdict."""
+    out: list[tuple[str | None, str]] = []
+    for p in res["problems"]:
+        where = f" (line {p['line']})" if p["line"] else ""
+        out.append(
+            (
+                {"error": "red", "warning": "yellow"}.get(p["severity"]),
+                f"{p['severity']}: {p['code']}{where}: {p['message']}",
+            )
+        )
+    info = res["template"]
+    if info:
+        out.append((None, f"family {info['family']}, tool-call dialect {info['dialect']}"))
+    n = sum(p["severity"] in ("error", "warning") for p in res["problems"])
+    out.append((None, "ok" if res["ok"] else f"{n} problem(s)"))
+    return out
+
+
+def template_info_text(i: TemplateInfoResult) -> str:
+    """``template info``: one fact per line, llama.cpp's and llama-server's capability flags."""
+    rows = [
+        ("length", f"{i['length']:,} characters"),
+        ("sha256", i["sha256"]),
+        ("family", i["family"]),
+        ("tool-call dialect", i["dialect"] + (f"  {i['dialect_description']}" if i["dialect_description"] else "")),
+        ("tool definitions", "shown to the model" if i["supports_tools"] else "not shown"),
+        ("tool calls", "rendered" if i["renders_tool_calls"] else "not rendered"),
+        ("reasoning", "yes" if i["reasoning"] else "no"),
+        ("system role", i["system_role"]),
+    ]
+    for label, caps in (("llama.cpp", i["llama_cpp_caps"]), ("llama-server", i.get("llama_server_caps"))):
+        if caps:
+            rows.append((f"{label} supports", ", ".join(k.removeprefix("supports_") for k, v in caps.items() if v)))
+            rows.append((f"{label} lacks", ", ".join(k.removeprefix("supports_") for k, v in caps.items() if not v)))
+    if i["llama_cpp_error"]:
+        rows.append(("llama.cpp", f"error: {i['llama_cpp_error']}"))
+    lines = [f"{k:18} {v}" for k, v in rows]
+    lines += [f"{'error (' + n + ')':18} {err}" for n, err in i["errors"].items()]
+    return "\n".join(lines)

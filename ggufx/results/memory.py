@@ -1,0 +1,731 @@
+"""``mem``: every buffer llama.cpp allocates per device (``memory``), what fits GPUs of a given
+size (``fit``, llama.cpp's ``--fit``) and a comparison with a llama.cpp log (``check``).
+
+The faces fill one :class:`MemoryRequest` with llama.cpp's own options (the CLI from its options,
+the MCP server from its tool arguments, either with a llama.cpp command line in ``llama_args``);
+:meth:`MemoryRequest.setup` turns it into the memory model's parameters in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, TypedDict, cast
+
+from ggufx.errors import GGUFError, InputError
+from ggufx.format.ggmltypes import CACHE_TYPES
+from ggufx.model import GGUFModel
+
+if TYPE_CHECKING:
+    from ggufx.analysis.memory.buffers import Breakdown, Buffer, ContextParams
+    from ggufx.analysis.memory.graph.projector import ProjectorOptions
+    from ggufx.analysis.memory.placement import Device, OffloadParams
+
+Opener = Callable[[str], GGUFModel]  # how a face opens a companion file it names (its remote options, its roots)
+
+TOOLS = ("llama-cli", "llama-server")
+
+
+def parse_size(text: str) -> int:
+    """The one size grammar of every option that takes one (``--gpus``, ``--fit``, ``--reserve``,
+    a policy's ``budget``): ``4096`` (bytes), ``64K``/``64KiB`` and ``24G``/``24GiB`` binary,
+    ``24GB`` decimal, ``1.5GiB``, ``8e9``. An :class:`InputError` names what is wrong."""
+    from ggufx.analysis.memory.estimate import parse_size as parse
+
+    if text.strip().isdigit():  # exact, however large
+        return int(text)
+    try:
+        return parse(text)
+    except ValueError:
+        raise InputError(f"{text!r} is not a size such as 24GiB, 24GB or 16000MiB") from None
+
+
+# -- the request ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemoryRequest:
+    """llama.cpp's options for a memory question, as the faces take them (field names are the CLI's
+    option names; defaults are llama.cpp's). ``llama_args`` (a llama.cpp command line) overrides
+    the rest, as ``--llama-args`` documents. ``fit_budget`` asks :func:`fit`, ``check_log``
+    :func:`check`."""
+
+    ctx: int = 0
+    cache_type_k: str = "f16"
+    cache_type_v: str = "f16"
+    flash_attn: bool = True
+    fa: str | None = None  # -fa on|off|auto: wins over flash_attn
+    parallel: int = 1
+    ubatch: int = 512
+    batch: int = 2048
+    n_gpu_layers: int = -1
+    tensor_split: str | None = None
+    split_mode: str = "layer"
+    main_gpu: int = 0
+    overrides: tuple[str, ...] = ()
+    cpu_moe: bool = False
+    n_cpu_moe: int = 0
+    no_kv_offload: bool = False
+    swa_full: bool = False
+    kv_unified: bool = False
+    no_mmap: bool = False
+    gpus: str | None = None  # "24GiB,24GiB" or "none"; None: one GPU
+    tool: str = "llama-cli"
+    llama_args: str | None = None
+    mmproj_file: str | None = None
+    image_min_tokens: int | None = None
+    image_max_tokens: int | None = None
+    no_mmproj_offload: bool = False
+    draft_file: str | None = None
+    n_gpu_layers_draft: int = -1
+    ctx_size_draft: int = 0
+    cache_type_k_draft: str = "f16"
+    cache_type_v_draft: str = "f16"
+    fit_budget: str | None = None
+    fit_target: str | None = None
+    fit_ctx: int = 4096
+    fit_layers: bool = False
+    check_log: str | None = None
+    tolerance: float = 5.0  # percent
+
+    def setup(self, open_model: Opener) -> MemorySetup:
+        """The memory model's parameters, the companion files opened with ``open_model``."""
+        from ggufx.analysis.memory.buffers import ContextParams
+        from ggufx.analysis.memory.graph.projector import ProjectorOptions
+        from ggufx.analysis.memory.llamaargs import parse_args
+        from ggufx.analysis.memory.placement import CPU_MOE_PATTERN, OffloadParams, n_cpu_moe_patterns
+
+        for name, v in (
+            ("--cache-type-k", self.cache_type_k),
+            ("--cache-type-v", self.cache_type_v),
+            ("--cache-type-k-draft", self.cache_type_k_draft),
+            ("--cache-type-v-draft", self.cache_type_v_draft),
+        ):
+            if v not in CACHE_TYPES:
+                raise InputError(f"cache type {v!r} is not one of {', '.join(CACHE_TYPES)}", name)
+        if self.ctx < 0 or self.parallel < 1 or self.ubatch < 1:
+            raise InputError("ctx must be >= 0, parallel and ubatch >= 1", "--ctx")
+        if self.tool not in TOOLS:
+            raise InputError(f"tool must be one of {', '.join(TOOLS)}", "--tool")
+        ot = [_override(o) for o in self.overrides]
+        if self.cpu_moe:
+            ot.append((CPU_MOE_PATTERN, "CPU"))
+        ot += [(p, "CPU") for p in n_cpu_moe_patterns(self.n_cpu_moe)]
+        offload = OffloadParams(
+            self.n_gpu_layers, self.split_mode, self.main_gpu, _split(self.tensor_split), tuple(ot), not self.no_mmap
+        )
+        server = self.tool == "llama-server"
+        context = ContextParams(
+            n_ctx=self.ctx,
+            n_batch=self.batch,
+            n_ubatch=self.ubatch,
+            n_parallel=self.parallel,
+            kv_unified=self.kv_unified,
+            flash_attn=self.fa or ("auto" if self.flash_attn else "off"),
+            cache_type_k=self.cache_type_k,
+            cache_type_v=self.cache_type_v,
+            no_kv_offload=self.no_kv_offload,
+            swa_full=self.swa_full,
+            n_outputs_max=self.parallel if server else 0,
+        )
+        no_devices = False
+        draft_offload = OffloadParams(n_gpu_layers=self.n_gpu_layers_draft)
+        draft_context = replace(
+            context,
+            n_ctx=self.ctx_size_draft or self.ctx,
+            cache_type_k=self.cache_type_k_draft,
+            cache_type_v=self.cache_type_v_draft,
+        )
+        projector = ProjectorOptions(self.image_min_tokens, self.image_max_tokens, not self.no_mmproj_offload)
+        mmproj_file, draft_file = self.mmproj_file, self.draft_file
+        if self.llama_args is not None:
+            parsed = parse_args(self.llama_args, server=server)
+            offload, context, no_devices, projector = (
+                parsed.offload,
+                parsed.context,
+                parsed.no_devices,
+                parsed.projector,
+            )
+            mmproj_file, draft_file = parsed.mmproj or mmproj_file, parsed.draft or draft_file
+            draft_offload, draft_context = parsed.draft_offload or draft_offload, parsed.draft_context or draft_context
+        return MemorySetup(
+            offload=offload,
+            context=context,
+            devices=[] if no_devices else _gpus(self.gpus),
+            devices_given=self.gpus is not None or no_devices,
+            projector=projector,
+            mmproj=open_model(mmproj_file) if mmproj_file else None,
+            draft=open_model(draft_file) if draft_file else None,
+            draft_offload=draft_offload,
+            draft_context=draft_context,
+        )
+
+
+@dataclass
+class MemorySetup:
+    """A :class:`MemoryRequest` resolved: the memory model's parameters and the companions opened."""
+
+    offload: OffloadParams
+    context: ContextParams
+    devices: list[Device]
+    devices_given: bool  # --gpus or -dev none (else --check takes the log's devices)
+    projector: ProjectorOptions
+    mmproj: GGUFModel | None
+    draft: GGUFModel | None
+    draft_offload: OffloadParams | None
+    draft_context: ContextParams | None
+
+
+def _override(text: str) -> tuple[str, str]:
+    pattern, sep, buft = text.rpartition("=")
+    if not sep or not pattern or not buft:
+        raise InputError(f"{text!r}: expected REGEX=BUFFER_TYPE, e.g. exps=CPU", "-ot")
+    return pattern, buft
+
+
+def _split(text: str | None) -> tuple[float, ...]:
+    if not text:
+        return ()
+    try:
+        parts = tuple(float(x) for x in text.replace("/", ",").split(","))
+    except ValueError:
+        raise InputError(f"{text!r}: expected numbers separated by commas, e.g. 3,1", "-ts") from None
+    if any(p < 0 for p in parts):
+        raise InputError(f"{text!r}: shares cannot be negative", "-ts")
+    return parts
+
+
+def _gpus(text: str | None) -> list[Device]:
+    """--gpus 24GiB,24GiB: one CUDA device per size (its free memory); none: no GPU."""
+    from ggufx.analysis.memory.estimate import GPU
+    from ggufx.analysis.memory.placement import Device
+
+    if text is None:
+        return [Device(GPU, 0)]
+    if text.strip().lower() in ("none", "0", "cpu"):
+        return []
+    devices = []
+    for i, part in enumerate(text.split(",")):
+        try:
+            devices.append(Device(f"CUDA{i}", parse_size(part)))
+        except InputError as e:
+            raise InputError(str(e), "--gpus") from None
+    return devices
+
+
+def _fit_margins(text: str) -> list[int]:
+    """-fitt 1024 or 70000,74000 (MiB per GPU, as llama.cpp splits it at , and /) -> bytes."""
+    from ggufx.analysis.memory.buffers import MiB
+
+    try:
+        values = [float(x) for x in text.replace("/", ",").split(",")]
+    except ValueError:
+        raise InputError(f"{text!r}: expected MiB, or MiB per GPU separated by commas", "-fitt") from None
+    if any(v < 0 for v in values):
+        raise InputError(f"{text!r}: a margin cannot be negative", "-fitt")
+    return [int(v * MiB) for v in values]
+
+
+# -- result types ----------------------------------------------------------------------------
+
+
+class DeviceRow(TypedDict):
+    """One row of llama.cpp's memory breakdown table (bytes)."""
+
+    name: str
+    free: int | None
+    model: int
+    context: int
+    compute: int
+    self: int
+    output: int
+    companions: int
+
+
+class MemoryResult(TypedDict):
+    """``mem --json``: the one-GPU summary of earlier versions (:meth:`Estimate.to_dict`), then every
+    buffer per device."""
+
+    path: str
+    n_ctx: int
+    cache_type_k: str
+    cache_type_v: str
+    parallel: int
+    n_ubatch: int
+    flash_attn: bool
+    n_gpu_layers: int
+    weights: dict[str, int]
+    kv_cache: dict[str, Any]
+    recurrent_state: dict[str, int]
+    compute_estimate: int
+    gpu_total: int
+    notes: list[str]
+    n_gpu_layers_requested: int
+    devices: list[DeviceRow]
+    buffers: list[dict[str, Any]]
+    n_ctx_seq: int
+    n_streams: int
+    n_batch: int
+    swa_cells: int
+    layers_offloaded: int
+    n_layer: int
+    exact: list[str]
+    computed: list[str]
+
+
+class CheckRow(TypedDict):
+    kind: str
+    buft: str
+    llama_cpp_mib: float | None
+    ggufx_mib: float
+    difference_mib: float | None
+    difference_pct: float | None
+    exact: bool
+    ok: bool
+
+
+class MemoryCheckResult(TypedDict):
+    """``mem --check LOG --json``."""
+
+    path: str
+    tolerance: float
+    ok: bool
+    rows: list[CheckRow]
+    log_devices: list[dict[str, Any]]
+    pipeline_parallel: bool
+    notes: list[str]
+
+
+class FitResult(TypedDict):
+    """``mem --fit SIZE --json``: ggufx's fits per cache type and llama.cpp's own decision."""
+
+    path: str
+    budget: int | list[int]
+    margin: int
+    projector_bytes: dict[str, int] | None
+    fits: list[dict[str, Any]]
+    llama_cpp: dict[str, Any]
+
+
+# -- the questions, from a request -------------------------------------------------------------
+
+
+def memory(model: GGUFModel, request: MemoryRequest, open_model: Opener) -> MemoryResult:
+    """Every buffer llama.cpp allocates for ``request``, per device."""
+    s = request.setup(open_model)
+    return memory_breakdown(
+        model,
+        gpus=s.devices,
+        offload=s.offload,
+        context=s.context,
+        mmproj=s.mmproj,
+        draft=s.draft,
+        draft_offload=s.draft_offload,
+        draft_context=s.draft_context,
+        projector=s.projector,
+    )
+
+
+def fit(model: GGUFModel, request: MemoryRequest, open_model: Opener) -> FitResult:
+    """What fits GPUs of ``request.fit_budget`` free memory."""
+    if request.fit_budget is None:
+        raise InputError("give the GPUs' free memory, e.g. 24GiB", "--fit")
+    s = request.setup(open_model)
+    return fit_budget(
+        model,
+        request.fit_budget,
+        offload=s.offload,
+        context=s.context,
+        margin=None if request.fit_target is None else _fit_margins(request.fit_target),
+        layers=request.fit_layers,
+        n_ctx_min=request.fit_ctx,
+        mmproj=s.mmproj,
+        projector=s.projector,
+    )
+
+
+def check(model: GGUFModel, request: MemoryRequest, log_text: str, open_model: Opener) -> MemoryCheckResult:
+    """ggufx's buffers for ``request`` beside those of a llama.cpp log of the same run."""
+    s = request.setup(open_model)
+    return memory_check(
+        model,
+        log_text,
+        gpus=s.devices if s.devices_given else None,
+        offload=s.offload,
+        context=s.context,
+        tolerance=request.tolerance / 100,
+        mmproj=s.mmproj,
+        draft=s.draft,
+        draft_offload=s.draft_offload,
+        draft_context=s.draft_context,
+        projector=s.projector,
+    )
+
+
+def short_devices(res: MemoryResult) -> list[str]:
+    """The devices of known free memory (``--gpus``) whose buffers do not fit it: the model does
+    not load as asked (``mem --gpus`` exits 1, a check)."""
+    return [d["name"] for d in res["devices"] if d["free"] and d["self"] + d["output"] + d["companions"] > d["free"]]
+
+
+# -- the same, from the memory model's parameters ------------------------------------------------
+
+
+def memory_breakdown(
+    model: GGUFModel,
+    *,
+    gpus: Sequence[Device] | None = None,
+    offload: OffloadParams | None = None,
+    context: ContextParams | None = None,
+    mmproj: GGUFModel | None = None,
+    draft: GGUFModel | None = None,
+    draft_offload: OffloadParams | None = None,
+    draft_context: ContextParams | None = None,
+    projector: ProjectorOptions | None = None,
+) -> MemoryResult:
+    """Every buffer llama.cpp allocates, per device, and the one-GPU summary of earlier versions.
+
+    ``mmproj`` adds a projector's weights and compute buffers (on the first GPU, as ``mtmd`` loads
+    it, with ``projector``'s ``--image-*-tokens`` / ``--no-mmproj-offload``); ``draft`` adds a draft
+    model's buffers (its own context, ``-ngld``/``-cd``/``-ctkd``/``-ctvd`` in ``draft_*``).
+    ``gpus``: default one CUDA GPU; empty: a build without GPUs."""
+    from ggufx.analysis.memory.buffers import ContextParams, breakdown
+    from ggufx.analysis.memory.estimate import GPU, summarize_breakdown
+    from ggufx.analysis.memory.graph.projector import ProjectorOptions
+    from ggufx.analysis.memory.placement import Device, OffloadParams
+
+    context = context or ContextParams()
+    offload = offload or OffloadParams()
+    devices = list(gpus) if gpus is not None else [Device(GPU, 0)]
+    b = breakdown(model, devices, offload, context)
+    extra = companion_buffers(
+        model, devices, context, mmproj, draft, draft_offload, draft_context, b.notes, projector or ProjectorOptions()
+    )
+    e = summarize_breakdown(model, b, context)
+    b.buffers += extra
+    res = {"path": model.path, **e.to_dict(), "n_gpu_layers_requested": offload.n_gpu_layers, **_details(b)}
+    return cast(MemoryResult, res)
+
+
+def companion_buffers(
+    model: GGUFModel,
+    devices: Sequence[Device],
+    context: ContextParams,
+    mmproj: GGUFModel | None,
+    draft: GGUFModel | None,
+    draft_offload: OffloadParams | None,
+    draft_context: ContextParams | None,
+    notes: list[str],
+    projector: ProjectorOptions,
+) -> list[Buffer]:
+    """A projector's weights and compute buffers and a draft model's buffers (kinds ``projector``,
+    ``projector_compute`` and ``draft_*``); a pair llama.cpp would refuse is an
+    :class:`InputError` naming the reason."""
+    from ggufx.analysis.companions import draft_incompatibility, projector_incompatibility
+    from ggufx.analysis.memory.buffers import Buffer, alloc_size, breakdown
+    from ggufx.analysis.memory.graph.projector import projector_buffers, projector_unsupported
+    from ggufx.analysis.memory.placement import OffloadParams
+
+    out: list[Buffer] = []
+    if mmproj is not None:
+        reason = projector_incompatibility(model, mmproj)
+        if reason:
+            raise InputError(f"--mmproj {mmproj.path}: {reason}", "--mmproj")
+        gpu = devices[0].name if devices and projector.offload else None
+        buft = gpu or "CPU"
+        size = sum(alloc_size(buft, t.type, t.shape[0], t.n_elements // t.shape[0]) for t in mmproj.tensors if t.shape)
+        out.append(Buffer("projector", buft, size))
+        why = projector_unsupported(mmproj)
+        if why:
+            notes.append(f"the projector's compute buffer is not counted: {why}")
+        else:
+            out += projector_buffers(
+                mmproj,
+                gpu,
+                flash_attn=context.flash_attn,
+                image_max_tokens=projector.image_max_tokens,
+                image_min_tokens=projector.image_min_tokens,
+            )
+    if draft is not None:
+        reason = draft_incompatibility(model, draft)
+        if reason:
+            raise InputError(f"--model-draft {draft.path}: llama.cpp refuses this pair: {reason}", "--model-draft")
+        dcp = draft_context or replace(context, cache_type_k="f16", cache_type_v="f16")
+        db = breakdown(draft, list(devices), draft_offload or OffloadParams(), dcp)
+        out += [Buffer(f"draft_{x.kind}", x.buft, x.bytes, x.exact) for x in db.buffers]
+    return out
+
+
+def _details(b: Breakdown) -> dict[str, Any]:
+    """The per-device keys of ``mem --json``: llama.cpp's memory breakdown table and every buffer."""
+    d = b.to_dict()
+    outputs = b.by_kind("output")
+    rows: list[DeviceRow] = []
+    others: dict[str, int] = {}
+    for x in b.buffers:
+        if x.kind.startswith(("projector", "draft_")):
+            others[b.row(x.buft)] = others.get(b.row(x.buft), 0) + x.bytes
+    for name in others:
+        d["table"].setdefault(name, {"model": 0, "context": 0, "compute": 0, "self": 0})
+    for name, r in d["table"].items():
+        free = next((dev.free for dev in b.devices if dev.name == name), None)
+        out = sum(v for k, v in outputs.items() if b.row(k) == name)
+        rows.append(
+            {
+                "name": name,
+                "free": free or None,
+                "model": r["model"],
+                "context": r["context"],
+                "compute": r["compute"],
+                "self": r["self"],
+                "output": out,
+                "companions": others.get(name, 0),
+            }
+        )
+    return {
+        "devices": rows,
+        "buffers": d["buffers"],
+        "n_ctx_seq": d["n_ctx_seq"],
+        "n_streams": d["n_streams"],
+        "n_batch": d["n_batch"],
+        "swa_cells": d["swa_cells"],
+        "layers_offloaded": d["layers_offloaded"],
+        "n_layer": d["n_layer"],
+        "exact": ["model", "kv", "recurrent", "output"],
+        "computed": ["compute", "projector_compute"],
+    }
+
+
+def memory_check(
+    model: GGUFModel,
+    log_text: str,
+    *,
+    gpus: Sequence[Device] | None = None,
+    offload: OffloadParams | None = None,
+    context: ContextParams | None = None,
+    tolerance: float = 0.05,
+    mmproj: GGUFModel | None = None,
+    draft: GGUFModel | None = None,
+    draft_offload: OffloadParams | None = None,
+    draft_context: ContextParams | None = None,
+    projector: ProjectorOptions | None = None,
+) -> MemoryCheckResult:
+    """Compare ggufx's buffers with a llama.cpp log's (``-v``): per kind and buffer type, llama.cpp's
+    MiB, ggufx's and the difference. Exact buffers must agree to llama.cpp's printed 0.01 MiB,
+    computed ones within ``tolerance``; ``ok`` says whether all do. A draft model's buffers and a
+    projector's weights and compute buffers are compared too when given. ``gpus`` None: the
+    devices the log reports."""
+    from ggufx.analysis.memory.buffers import ContextParams, MiB, breakdown
+    from ggufx.analysis.memory.graph.projector import ProjectorOptions
+    from ggufx.analysis.memory.llamalog import parse_log
+    from ggufx.analysis.memory.placement import Device, OffloadParams
+
+    log = parse_log(log_text)
+    if not log.buffers:
+        raise InputError("the log has no buffer lines: run llama.cpp with -v (--verbose)", "--check")
+    if gpus is None:
+        gpus = [Device(name, free * MiB) for name, free in log.devices]
+    context = context or ContextParams()
+    b = breakdown(model, list(gpus), offload or OffloadParams(), context)
+    companions = companion_buffers(
+        model, gpus, context, mmproj, draft, draft_offload, draft_context, b.notes, projector or ProjectorOptions()
+    )
+    rows = _check_rows(b.buffers, log.buffers, "", tolerance)
+    if draft is not None:
+        if log.draft is None:
+            raise InputError("the log loaded no draft model (no 'loading draft model' line)", "--model-draft")
+        theirs = {f"draft_{k}": v for k, v in log.draft.buffers.items()}
+        rows += _check_rows([x for x in companions if x.kind.startswith("draft_")], theirs, "draft_", tolerance)
+    if mmproj is not None and "weights" in log.projector:
+        mine = sum(t.nbytes for t in mmproj.tensors) / MiB  # mtmd prints the tensors' bytes, not the buffer
+        rows.append(
+            {
+                "kind": "projector",
+                "buft": "model size",
+                "llama_cpp_mib": log.projector["weights"],
+                "ggufx_mib": round(mine, 2),
+                "difference_mib": round(mine - log.projector["weights"], 2),
+                "difference_pct": round(100 * (mine - log.projector["weights"]) / log.projector["weights"], 2),
+                "exact": True,
+                "ok": round(mine, 2) == log.projector["weights"],
+            }
+        )
+    if mmproj is not None:
+        printed = {buft: mib for buft, mib in log.projector.items() if buft != "weights"}
+        mine_compute = [x for x in companions if x.kind == "projector_compute"]
+        if printed and mine_compute:
+            rows += _check_rows(mine_compute, {"projector_compute": printed}, "projector_", tolerance)
+    return {
+        "path": model.path,
+        "tolerance": tolerance,
+        "ok": all(r["ok"] for r in rows),
+        "rows": rows,
+        "log_devices": [{"name": n, "free_mib": f} for n, f in log.devices],
+        "pipeline_parallel": log.pipeline_parallel,
+        "notes": b.notes,
+    }
+
+
+def _check_rows(
+    buffers: list[Buffer], theirs_by_kind: dict[str, dict[str, float]], prefix: str, tolerance: float
+) -> list[CheckRow]:
+    from ggufx.analysis.memory.buffers import MiB
+
+    rows: list[CheckRow] = []
+    for kind in ("model", "kv", "recurrent", "output", "compute"):
+        theirs = {k: v for k, v in theirs_by_kind.get(prefix + kind, {}).items() if v > 0 or kind != "compute"}
+        ours: dict[str, int] = {}
+        for x in buffers:
+            if x.kind == prefix + kind:
+                ours[x.buft] = ours.get(x.buft, 0) + x.bytes
+        for buft in sorted(set(theirs) | {k for k, v in ours.items() if v}):
+            t = theirs.get(buft)
+            o = ours.get(buft, 0) / MiB
+            exact = kind != "compute"
+            if t is None:
+                ok = False
+            elif exact:
+                ok = round(o, 2) == round(t, 2)
+            else:
+                ok = abs(o - t) <= tolerance * max(t, 1.0)
+            rows.append(
+                {
+                    "kind": prefix + kind,
+                    "buft": buft,
+                    "llama_cpp_mib": t,
+                    "ggufx_mib": round(o, 2),
+                    "difference_mib": None if t is None else round(o - t, 2),
+                    "difference_pct": None if not t else round(100 * (o - t) / t, 2),
+                    "exact": exact,
+                    "ok": ok,
+                }
+            )
+    return rows
+
+
+def fit_budget(
+    model: GGUFModel,
+    budget: str | int,
+    *,
+    offload: OffloadParams | None = None,
+    context: ContextParams | None = None,
+    margin: int | list[int] | None = None,
+    layers: bool = False,
+    n_ctx_min: int = 4096,
+    mmproj: GGUFModel | None = None,
+    projector: ProjectorOptions | None = None,
+) -> FitResult:
+    """What fits GPUs of ``budget`` free memory (``"24GiB"`` or ``"24GiB,24GiB"``, or bytes).
+
+    ``mmproj``: a projector loaded beside the model takes its weights and compute buffers from the
+    first GPU first, as llama-server adds them to that GPU's ``-fitt`` margin
+    (tools/server/server-context.cpp:1174-1198, ``mtmd_get_memory_usage``).
+
+    ``llama_cpp``: what llama.cpp's ``--fit`` decides (``-c``, ``-ngl``, ``-ts``, ``-ot``), keeping
+    ``margin`` bytes free per GPU (one value or one per GPU; None: llama.cpp's 1024 MiB), from the
+    free memory llama.cpp's fit reads while its dry run holds the recurrent state (``free_seen``), with
+    ``n_ctx_min`` as ``-fitc``; ``context.n_ctx`` 0 is ``-c`` not given. ``fits``: ggufx's own
+    search per KV cache type (``margin`` None: nothing kept free), the largest context, or with
+    ``layers`` the most whole layers at ``context.n_ctx``, each with llama.cpp's answer beside it."""
+    from ggufx.analysis.memory.buffers import ContextParams
+    from ggufx.analysis.memory.fit import MARGIN, fit_devices, free_seen, llama_fit
+    from ggufx.analysis.memory.graph.projector import ProjectorOptions
+    from ggufx.analysis.memory.placement import Device, OffloadParams
+
+    sizes: list[int] = []
+    for part in str(budget).split(","):
+        try:
+            sizes.append(parse_size(part))
+        except InputError as e:
+            raise InputError(str(e), "--fit") from None
+    devices = [Device(f"CUDA{i}", n) for i, n in enumerate(sizes)]
+    context = context or ContextParams()
+    offload = offload or OffloadParams()
+    margins = [margin] if isinstance(margin, int) else list(margin or [])[: len(devices)]  # llama.cpp ignores extras
+    own_margin = max(margins, default=0)
+    llama_margins = margins or [MARGIN]
+    vision = _projector_usage(model, devices, context, mmproj, projector or ProjectorOptions())
+    if vision:
+        per_device = llama_margins * len(devices) if len(llama_margins) == 1 else list(llama_margins)
+        per_device += [MARGIN] * (len(devices) - len(per_device))
+        llama_margins = [m + vision.get(d.name, 0) for m, d in zip(per_device, devices, strict=False)]
+        devices_left = [Device(d.name, d.free - vision.get(d.name, 0)) for d in devices]
+    else:
+        devices_left = devices
+
+    def decide(ct: str) -> Any:
+        cp = replace(context, cache_type_k=ct, cache_type_v=ct)
+        return llama_fit(
+            model, free_seen(model, devices, offload, cp), offload, cp, margins=llama_margins, n_ctx_min=n_ctx_min
+        )
+
+    found = fit_devices(
+        model, devices_left, offload, context, target="layers" if layers else "context", margin=own_margin
+    )
+    seen = free_seen(model, devices, offload, context)  # what llama.cpp's fit reads during its dry run
+    decision = llama_fit(model, seen, offload, context, margins=llama_margins, n_ctx_min=n_ctx_min)
+    out: FitResult = {
+        "path": model.path,
+        "budget": sizes[0] if len(sizes) == 1 else sizes,
+        "margin": own_margin,
+        "projector_bytes": vision or None,
+        "fits": [],
+        "llama_cpp": decision.to_dict(),
+    }
+    for f in found:
+        d = f.to_dict()
+        same = f.cache_type == context.cache_type_k == context.cache_type_v
+        answer = decision if same else decide(f.cache_type)
+        d["llama_cpp_args"] = None if answer.status == "failed" else answer.args
+        if not layers:  # the keys of earlier versions, and llama.cpp's own choice
+            d.update(
+                {
+                    "gpu_bytes": sum(f.use.values()),
+                    "capped_at_training_context": f.capped,
+                    "llama_cpp_n_ctx": None if context.n_ctx else answer.n_ctx,
+                }
+            )
+        out["fits"].append(d)
+    return out
+
+
+def _projector_usage(
+    model: GGUFModel,
+    devices: list[Device],
+    context: ContextParams,
+    mmproj: GGUFModel | None,
+    projector: ProjectorOptions,
+) -> dict[str, int]:
+    """What ``mtmd_get_memory_usage`` says a projector takes per GPU: its tensors' bytes
+    (``ggml_nbytes``, clip.cpp:2181) and its compute buffers (clip.cpp:3819)."""
+    if mmproj is None or not devices or not projector.offload:
+        return {}
+    notes: list[str] = []
+    bufs = companion_buffers(model, devices, context, mmproj, None, None, None, notes, projector)
+    gpu = devices[0].name
+    usage = sum(t.nbytes for t in mmproj.tensors)
+    return {gpu: usage + sum(x.bytes for x in bufs if x.kind == "projector_compute" and x.buft == gpu)}
+
+
+REPORT_CONTEXTS = (4096, 32768, 131072)  # and the training context, where it is smaller or between
+
+
+def report_memory(model: GGUFModel, context_length: Any) -> list[dict[str, Any]]:
+    """One GPU, everything offloaded, at the report's contexts (up to the training context), for
+    f16, q8_0 and q4_0 caches."""
+    from ggufx.analysis.memory.estimate import estimate
+
+    n_train = context_length if isinstance(context_length, int) and 0 < context_length < 1 << 32 else 0
+    ctxs = sorted({c for c in (*REPORT_CONTEXTS, n_train) if c and (not n_train or c <= n_train)})
+    try:
+        return [
+            estimate(model, c, cache_type_k=ct, cache_type_v=ct).to_dict()
+            for c in ctxs
+            for ct in ("f16", "q8_0", "q4_0")
+        ]
+    except GGUFError:  # a file llama.cpp cannot size (no block count...): the rest of the page still stands
+        return []
+
+
+FLASH_ATTN = ("on", "off", "auto")  # llama.cpp's -fa (ggufx.analysis.memory.buffers.FLASH_ATTN)
+SPLIT_MODES = ("none", "layer", "row", "tensor")  # llama.cpp's -sm (ggufx.analysis.memory.placement.SPLIT_MODES)

@@ -1,0 +1,57 @@
+"""``report``: everything the one-page report shows, as the JSON ``report --json`` prints."""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict, cast
+
+from ggufx.model import GGUFModel
+from ggufx.results.inspection import InfoResult
+from ggufx.results.quantization import LayerGridDict, layer_grid
+from ggufx.results.templates import TemplateFacts
+
+
+class ReportResult(TypedDict):
+    kind: str
+    summary: InfoResult
+    companion: dict[str, Any] | None
+    roles: list[dict[str, Any]]
+    layers: LayerGridDict
+    memory: list[dict[str, Any]]  # ggufx.analysis.memory.estimate.Estimate.to_dict() per context and cache type
+    chat_template: TemplateFacts | None
+    layer_map: LayerGridDict
+
+
+def report(model: GGUFModel) -> ReportResult:
+    """Everything ``ggufx report`` shows: summary, roles, the layer grid (collapsed, and one row per
+    layer for the heat map in ``layer_map``), memory at a few contexts for f16/q8_0/q4_0 caches,
+    and the chat template's facts. A companion file (projector, adapter, imatrix...) gets its
+    ``companion`` summary and grid instead of a language model's memory and template."""
+    from ggufx.analysis.filekind import companion_summary, file_kind
+    from ggufx.analysis.roles import role_table
+    from ggufx.results.inspection import info
+    from ggufx.results.memory import report_memory
+
+    s = info(model)
+    kind = file_kind(model)
+    is_model = kind == "model"
+    return {
+        "kind": kind,
+        "summary": s,
+        "companion": companion_summary(model, kind),
+        "roles": [r.to_dict() for r in role_table(model)],
+        "layers": layer_grid(model, kind),
+        "memory": report_memory(model, s["context_length"]) if is_model else [],
+        "chat_template": _report_template(model) if is_model else None,
+        "layer_map": layer_grid(model, kind, collapse=False),
+    }
+
+
+def _report_template(model: GGUFModel) -> TemplateFacts | None:
+    from ggufx.chat.dialect import analyze
+    from ggufx.chat.sources import special_tokens
+
+    tmpl = model.metadata.get_str("tokenizer.chat_template")
+    if tmpl is None:
+        return None
+    bos, eos = special_tokens(model)
+    return cast(TemplateFacts, analyze(tmpl, {"bos_token": bos or "", "eos_token": eos or ""}).to_dict())

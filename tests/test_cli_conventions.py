@@ -1,0 +1,197 @@
+"""The command line's conventions, checked on every command (issue 22, items 5 and 6): one error
+format, one option name per idea, grouped remote options, help and an example everywhere, and the
+details a careful user noticed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import click
+import pytest
+
+from tests.support import FIXTURES, CliRun
+
+REMOTE = ("--cache", "--no-cache", "--offline", "--allow-full-download", "--timeout")
+RETIRED = ("--set-file", "--from ", "--no-flash-attn", "--flash-attn/--no-flash-attn")  # hidden aliases now
+
+
+def _commands() -> list[tuple[str, click.Command]]:
+    from ggufx.cli import COMMANDS, main
+
+    ctx = click.Context(main)
+    out = []
+    for name in COMMANDS:
+        cmd = main.get_command(ctx, name)
+        assert cmd is not None
+        if isinstance(cmd, click.Group):
+            out += [(f"{name} {sub}", c) for sub, c in cmd.commands.items()]
+        else:
+            out.append((name, cmd))
+    return out
+
+
+COMMAND_NAMES = [n for n, _ in _commands()]
+
+
+@pytest.mark.parametrize("name", COMMAND_NAMES)
+def test_every_command_s_help_follows_the_conventions(cli: CliRun, name: str) -> None:
+    cmd = dict(_commands())[name]
+    code, out, err = cli(*name.split(), "--help")
+    assert code == 0 and not err
+    assert "Examples:" in out, f"{name}: no example"
+    for p in cmd.params:
+        if isinstance(p, click.Option) and not p.hidden and p.name != "help":
+            assert p.help, f"{name} {p.opts}: no help"
+    options, _, remote = out.partition("Remote sources (https://, hf://):")
+    for opt in REMOTE:
+        assert f"  {opt} " not in options, f"{name}: {opt} outside the remote-sources heading"
+    if any(isinstance(p, click.Option) and p.opts[0] == "--offline" for p in cmd.params):
+        assert all(f"  {opt} " in remote for opt in REMOTE), name
+    for retired in RETIRED:
+        assert retired not in out, f"{name}: {retired.strip()} is a hidden alias now"
+    # an argument the help names exists (template set spoke of a SOURCE it does not have)
+    assert "SOURCE" not in out or any(
+        isinstance(p, click.Argument) and p.name in ("source", "sources") for p in cmd.params
+    ), name
+
+
+def test_one_name_for_reading_a_value_from_a_file(cli: CliRun) -> None:
+    for args in (("set", "--help"), ("template", "set", "--help"), ("edit", "--help")):
+        assert "--from-file" in cli(*args).stdout, args
+
+
+def test_usage_errors_are_one_line(cli: CliRun, smollm2_path: Path, tmp_path: Path) -> None:
+    """click's own errors (a directory for a file, an unknown option, a missing one) and ggufx's
+    (-ctv q4_0 with -fa off) all read ``ggufx: error: ...`` on one line, exit 2."""
+    for args in (
+        ("info", str(tmp_path)),
+        ("mem", str(smollm2_path), "-ctv", "q4_0", "-fa", "off"),
+        ("--bogus",),
+        ("info", "--bogus", str(smollm2_path)),
+        ("template", "set", str(smollm2_path)),
+        ("nope",),
+        ("tensors", str(smollm2_path), "--grep", "("),
+    ):
+        code, out, err = cli(*args)
+        assert code == 2 and not out, args
+        assert err.startswith("ggufx: error: ") and err.count("\n") == 1, (args, err)
+    assert "a quantized V cache needs flash attention" in cli("mem", str(smollm2_path), "-ctv", "q4_0", "-fa", "off")[2]
+
+
+def _template_file(tmp_path: Path, text: str) -> Path:
+    gguf = tmp_path / "m.gguf"
+    shutil.copy(FIXTURES / "raw-base.gguf", gguf)
+    (tmp_path / "old.jinja").write_text(text, encoding="utf-8")
+    return gguf
+
+
+def test_template_diffs_never_join_the_last_old_line_and_the_first_new_one(cli: CliRun, tmp_path: Path) -> None:
+    gguf = _template_file(tmp_path, "{{ messages }}{% endif %}")
+    assert cli("template", "set", str(gguf), "--from-file", str(tmp_path / "old.jinja"))[0] == 0
+    (tmp_path / "new.jinja").write_text("{{ messages }}\n{%- if tools %}x{% endif %}\n", encoding="utf-8")
+    code, out, _ = cli("template", "set", str(gguf), "--from-file", str(tmp_path / "new.jinja"), "--dry-run")
+    assert code == 0
+    assert "-{{ messages }}{% endif %}\n\\ No newline at end of file\n+{{ messages }}\n" in out
+    code, out, _ = cli("template", "diff", str(gguf), str(tmp_path / "new.jinja"))
+    assert code == 1 and "{% endif %}\n\\ No newline at end of file\n+" in out
+    assert "%}+{" not in out
+
+
+def test_report_and_manifest_files_get_the_umask_s_mode(cli: CliRun, tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        for args, out in (
+            (("report", str(FIXTURES / "raw-base.gguf"), "-o"), tmp_path / "r.html"),
+            (("manifest", str(FIXTURES / "raw-base.gguf"), "-o"), tmp_path / "m.json"),
+        ):
+            assert cli(*args, str(out))[0] == 0
+            assert out.stat().st_mode & 0o777 == 0o644, args
+        out.chmod(0o600)  # a file replaced keeps its mode
+        assert cli("manifest", str(FIXTURES / "raw-base.gguf"), "-o", str(out))[0] == 0
+        assert out.stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
+
+
+def test_info_lists_a_split_model_once(cli: CliRun) -> None:
+    shards = sorted(str(p) for p in FIXTURES.glob("split-0000?-of-00003.gguf"))
+    res = json.loads(cli("info", "--json", *shards, str(FIXTURES / "raw-base.gguf")).stdout)
+    assert [len(r["shards"]) for r in res] == [3, 1]
+    assert cli("info", *shards).stdout.count("in 3 shards") == 1
+
+
+def test_mem_flash_attention_is_llama_cpp_s_option(cli: CliRun, smollm2_path: Path) -> None:
+    help_text = cli("mem", "--help").stdout
+    assert "-fa, --flash-attn [on|off|auto]" in help_text and "--no-flash-attn" not in help_text
+
+    def fa(*args: str) -> bool:
+        return json.loads(cli("mem", str(smollm2_path), "-c", "4096", *args, "--json").stdout)["flash_attn"]
+
+    assert fa() and fa("-fa", "on") and fa("--flash-attn") and fa("--flash-attn", "auto")
+    assert not fa("-fa", "off") and not fa("--no-flash-attn") and not fa("--flash-attn", "off")
+
+
+def test_the_earlier_option_names_still_work(cli: CliRun, tmp_path: Path) -> None:
+    gguf = _template_file(tmp_path, "A")
+    for args in (
+        ("template", "set", str(gguf), "--from", str(tmp_path / "old.jinja"), "--dry-run", "--json"),
+        ("edit", str(gguf), "--set-file", f"tokenizer.chat_template={tmp_path / 'old.jinja'}", "--dry-run", "--json"),
+        ("edit", str(gguf), "--from-file", f"tokenizer.chat_template={tmp_path / 'old.jinja'}", "--dry-run", "--json"),
+    ):
+        code, out, err = cli(*args)
+        assert code == 0 and json.loads(out)["changes"][0]["key"] == "tokenizer.chat_template", (args, err)
+
+
+def test_imatrix_has_no_server_option(cli: CliRun) -> None:
+    assert "--server" not in cli("imatrix", "--help").stdout
+    code, _, err = cli("imatrix", "--server", "http://127.0.0.1:1", "x.gguf")
+    assert code == 2 and "No such option" in err
+
+
+def test_fit_says_what_its_free_memory_is(cli: CliRun, gemma_path: Path) -> None:
+    out = cli("mem", str(gemma_path), "--fit", "1GiB").stdout
+    assert "MiB free, 1,024 kept free" in out
+    assert "free: what llama.cpp's fit reads while its dry run holds the recurrent state" in out
+
+
+def test_mem_with_gpus_is_a_check(cli: CliRun, gemma_path: Path) -> None:
+    """--gpus sizes the model does not fit: exit 1, as every check; it fits: exit 0."""
+    code, out, _ = cli("mem", str(gemma_path), "--gpus", "100MiB")
+    assert code == 1 and "MiB short" in out
+    assert cli("mem", str(gemma_path), "--gpus", "24GiB")[0] == 0
+    assert cli("mem", str(gemma_path))[0] == 0  # no --gpus: nothing to check
+
+
+def test_mem_check_table_has_every_header(cli: CliRun, smollm2_path: Path) -> None:
+    log = FIXTURES / "llamacpp-logs" / "2g-smol-ngl99-c8192.log"
+    out = cli("mem", str(smollm2_path), "--llama-args", "-ngl 99 -c 8192", "--check", str(log)).stdout
+    header = out.splitlines()[0].split()
+    assert header[-2:] == ["figure", "check"] and len(header) == 10, header
+
+
+def test_edit_delete_missing_ok(cli: CliRun, tmp_path: Path) -> None:
+    gguf = tmp_path / "m.gguf"
+    shutil.copy(FIXTURES / "raw-base.gguf", gguf)
+    code, _, err = cli("edit", str(gguf), "--delete", "general.url")
+    assert code == 2 and "no metadata key 'general.url' to delete" in err
+    code, out, _ = cli("edit", str(gguf), "--delete", "general.url", "--missing-ok")
+    assert (code, out) == (0, "nothing to change\n")
+    before = gguf.read_bytes()
+    code, out, _ = cli("edit", str(gguf), "--delete", "general.url", "--delete", "general.name", "--missing-ok")
+    assert code == 0 and "- general.name" in out and gguf.read_bytes() != before
+    assert "general.name" not in cli("meta", str(gguf), "--json").stdout
+
+
+def test_scan_does_not_say_none_for_a_model_with_a_template(cli: CliRun, smollm2_path: Path, tmp_path: Path) -> None:
+    """SmolLM2's ChatML template renders no tool calls (dialect "none"): the column says so, and a
+    file without a template shows "-"."""
+    (tmp_path / "smol.gguf").symlink_to(smollm2_path)
+    shutil.copy(FIXTURES / "raw-base.gguf", tmp_path / "raw.gguf")
+    lines = cli("scan", str(tmp_path)).stdout.splitlines()
+    assert "tool calls" in lines[0]
+    row = {line.split()[0].rsplit("/", 1)[-1]: line.split() for line in lines[2:4]}
+    assert "not rendered" in " ".join(row["smol.gguf"]) and "none" not in row["smol.gguf"]
+    assert row["raw.gguf"][-2] == "-"
