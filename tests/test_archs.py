@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 from ggufx.analysis.memory.archs import ARCHS, arch_of, builder_of, sharing
-
-from .conftest import LLAMA_CPP_VERSION
+from tests.support import LLAMA_CPP_VERSION
 
 SRC = (
     Path(os.environ.get("LLAMA_CPP_HOME", str(Path.home() / ".cache" / f"llama.cpp-{LLAMA_CPP_VERSION}")))

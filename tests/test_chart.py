@@ -22,8 +22,7 @@ import ggufx
 from ggufx.analysis.memory.curve import chart_contexts, memory_curve
 from ggufx.analysis.memory.placement import Device
 from ggufx.render.chart import memory_chart_svg
-
-from .conftest import CliRun
+from tests.support import CliRun
 
 NS = "{http://www.w3.org/2000/svg}"
 GiB = 1 << 30

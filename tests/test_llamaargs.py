@@ -18,8 +18,7 @@ import pytest
 from ggufx.analysis.memory import llama_arg_table as T
 from ggufx.analysis.memory.llamaargs import _MEMORY, NOT_MODELLED, TOOL_NAMES, _options, accepted, parse_args
 from ggufx.errors import InputError
-
-from .conftest import LLAMA_CPP_VERSION, CliRun
+from tests.support import LLAMA_CPP_VERSION, CliRun
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEN = "llama-server -m model.gguf -ngl 99 -c 32768 -fa on -ctk q8_0 -ctv q8_0 -np 2"  # the line
@@ -174,7 +173,7 @@ def test_every_memory_argument_is_one_llama_cpp_defines() -> None:
 
 @pytest.mark.parametrize("line", ["llama-server -m m.gguf --bogus 5", "-c 4096 --no-mmap"])
 def test_mem_refuses_an_unknown_argument_with_exit_2(cli: CliRun, line: str) -> None:
-    from .conftest import FIXTURES
+    from tests.support import FIXTURES
 
     r = cli("mem", str(FIXTURES / "all-types-v3.gguf"), "--llama-args", line)
     assert r.exit_code == 2 and "invalid argument: " in r.stderr and "Traceback" not in r.output

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 
 import ggufx.io.remote as remote
+from tests.support import FIXTURES, CliRun
 
-from .conftest import FIXTURES, CliRun
 from .httpserver import RangeServer
 
 pytestmark = pytest.mark.llamacpp

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import FIXTURES, CliRun
+from tests.support import FIXTURES, CliRun
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

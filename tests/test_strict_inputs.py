@@ -10,8 +10,7 @@ import pytest
 
 from ggufx.chat.sources import load
 from ggufx.errors import GGUFError
-
-from .conftest import FIXTURES, CliRun
+from tests.support import FIXTURES, CliRun
 
 ROOT = Path(__file__).resolve().parent.parent
 
