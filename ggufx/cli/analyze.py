@@ -19,7 +19,7 @@ from ggufx.cli._common import (
     write_text_atomic,
 )
 from ggufx.results import CACHE_TYPES
-from ggufx.results.memory import FLASH_ATTN, SPLIT_MODES
+from ggufx.results.memory import FLASH_ATTN, SPLIT_MODES, TOOLS
 
 
 @click.command()
@@ -166,7 +166,7 @@ __all__: list[Any] = ["roles", "layers", "recipe", "diff_"]
 
 
 @click.command()
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file", type=click.Path(dir_okay=False), required=False)
 @click.option(
     "--ctx",
     "-c",
@@ -261,15 +261,16 @@ __all__: list[Any] = ["roles", "layers", "recipe", "diff_"]
 @click.option("--swa-full", is_flag=True, help="Sliding-window layers keep the full context.")
 @click.option("--kv-unified", "-kvu", is_flag=True, help="One KV stream shared by all sequences.")
 @click.option("--no-mmap", is_flag=True, help="Host weights in pinned memory instead of a mapping of the file.")
+@click.option("--no-repack", "-nr", is_flag=True, help="No repacked CPU_REPACK copies of host weights (CPU builds).")
 @click.option(
     "--gpus", metavar="SIZE,SIZE|none", help="The GPUs' free memory, e.g. 24GiB,24GiB (default: one GPU); none: no GPU."
 )
 @click.option(
     "--tool",
-    type=click.Choice(["llama-cli", "llama-server"]),
-    default="llama-cli",
-    show_default=True,
-    help="llama-server reserves logits for one token per slot, the CLI tools for a whole micro-batch.",
+    type=click.Choice(TOOLS),
+    default=None,
+    help="The program whose buffers to give (default: the one --llama-args names, else llama-cli): "
+    "llama-server reserves logits for one token per slot, the CLI tools for a whole micro-batch.",
 )
 @click.option(
     "--mmproj", "mmproj_file", type=click.Path(dir_okay=False), help="A vision/audio projector loaded beside the model."
@@ -357,7 +358,7 @@ __all__: list[Any] = ["roles", "layers", "recipe", "diff_"]
 @json_option
 @tablefmt_option
 @remote_options
-def mem(file: str, as_json: bool, tablefmt: str, **options: Any) -> None:
+def mem(file: str | None, as_json: bool, tablefmt: str, **options: Any) -> None:
     """Memory as llama.cpp allocates it, per device: weights, KV cache, recurrent state, output and
     compute buffers, in the shape of llama.cpp's own "memory breakdown" table. Options are
     llama.cpp's (-c, -ngl, -ts, -sm, -mg, -ot, --cpu-moe, -nkvo, -np, -ub, -fa, -ctk, -ctv...).
@@ -375,6 +376,7 @@ def mem(file: str, as_json: bool, tablefmt: str, **options: Any) -> None:
       ggufx mem model.gguf -c 262144 -ctk q4_0 -ctv q4_0 --gpus 24GiB   # exit 1 if it does not fit
       ggufx mem model.gguf --gpus 24GiB,24GiB -ngl 40 --n-cpu-moe 20
       ggufx mem model.gguf --llama-args "-ngl 99 -c 65536 -fa on" --check llama.log
+      ggufx mem --llama-args "llama-server -m model.gguf -ngl 99 -c 32768 -np 2"
       ggufx mem model.gguf -c 32768 --mmproj mmproj.gguf -md draft.gguf -ngld 99
       ggufx mem model.gguf --fit 24GiB
       ggufx mem model.gguf --fit 24GiB,24GiB -fitt 1024 -ctk q8_0 -ctv q8_0
@@ -383,9 +385,9 @@ def mem(file: str, as_json: bool, tablefmt: str, **options: Any) -> None:
     from ggufx import results
     from ggufx.render.text import fit_text, memory_check_text, memory_devices_text
 
-    model = open_model(file)
     request = results.MemoryRequest(flash_attn=not options.pop("no_flash_attn"), **options)
     try:
+        model = open_model(request.model_file(file))
         if request.fit_budget is not None:
             fitted = results.fit(model, request, open_model)
             emit(fitted, as_json, lambda: fit_text(fitted, tablefmt))
@@ -398,6 +400,8 @@ def mem(file: str, as_json: bool, tablefmt: str, **options: Any) -> None:
         else:
             res = results.memory(model, request, open_model)
             emit(res, as_json, lambda: memory_devices_text(res, tablefmt))
+            for line in [] if as_json else res["warnings"]:
+                click.echo(f"warning: llama.cpp will log: {line}", err=True)
             if results.short_devices(res):  # --gpus sizes the model does not fit: a failed check
                 sys.exit(EXIT_CHECK_FAILED)
     except results.InputError as e:

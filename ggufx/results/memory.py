@@ -9,7 +9,7 @@ the MCP server from its tool arguments, either with a llama.cpp command line in 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 from ggufx.errors import GGUFError, InputError
@@ -19,11 +19,12 @@ from ggufx.model import GGUFModel
 if TYPE_CHECKING:
     from ggufx.analysis.memory.buffers import Breakdown, Buffer, ContextParams
     from ggufx.analysis.memory.graph.projector import ProjectorOptions
+    from ggufx.analysis.memory.llamaargs import LlamaArgs
     from ggufx.analysis.memory.placement import Device, OffloadParams
 
 Opener = Callable[[str], GGUFModel]  # how a face opens a companion file it names (its remote options, its roots)
 
-TOOLS = ("llama-cli", "llama-server")
+TOOLS = ("llama-cli", "llama-server", "llama-completion", "llama-mtmd-cli", "llama-fit-params")  # llamaargs.TOOL_NAMES
 
 
 def parse_size(text: str) -> int:
@@ -69,8 +70,9 @@ class MemoryRequest:
     swa_full: bool = False
     kv_unified: bool = False
     no_mmap: bool = False
+    no_repack: bool = False
     gpus: str | None = None  # "24GiB,24GiB" or "none"; None: one GPU
-    tool: str = "llama-cli"
+    tool: str | None = None  # None: the program --llama-args names, else llama-cli
     llama_args: str | None = None
     mmproj_file: str | None = None
     image_min_tokens: int | None = None
@@ -88,11 +90,30 @@ class MemoryRequest:
     check_log: str | None = None
     tolerance: float = 5.0  # percent
 
+    def parsed_args(self) -> LlamaArgs | None:
+        """``llama_args`` read whole (None without it): its program name sets the tool (an explicit
+        ``tool`` must agree), an argument llama.cpp would refuse is an InputError."""
+        from ggufx.analysis.memory.llamaargs import parse_args
+
+        return None if self.llama_args is None else parse_args(self.llama_args, tool=self.tool)
+
+    def model_file(self, file: str | None) -> str:
+        """The model the question is about: ``file``, or the command line's ``-m`` when no file is
+        given; both given, they must name the same file (InputError otherwise)."""
+        parsed = self.parsed_args()
+        named = parsed.model if parsed is not None else None
+        if file is None:
+            if named is None:
+                raise InputError("give the model: FILE, or -m FILE in --llama-args", "FILE")
+            return named
+        if named is not None and not _same_file(named, file):
+            raise InputError(f"the command line's -m {named} is not FILE ({file})", "--llama-args")
+        return file
+
     def setup(self, open_model: Opener) -> MemorySetup:
         """The memory model's parameters, the companion files opened with ``open_model``."""
         from ggufx.analysis.memory.buffers import ContextParams
         from ggufx.analysis.memory.graph.projector import ProjectorOptions
-        from ggufx.analysis.memory.llamaargs import parse_args
         from ggufx.analysis.memory.placement import CPU_MOE_PATTERN, OffloadParams, n_cpu_moe_patterns
 
         for name, v in (
@@ -105,16 +126,24 @@ class MemoryRequest:
                 raise InputError(f"cache type {v!r} is not one of {', '.join(CACHE_TYPES)}", name)
         if self.ctx < 0 or self.parallel < 1 or self.ubatch < 1:
             raise InputError("ctx must be >= 0, parallel and ubatch >= 1", "--ctx")
-        if self.tool not in TOOLS:
+        if self.tool is not None and self.tool not in TOOLS:
             raise InputError(f"tool must be one of {', '.join(TOOLS)}", "--tool")
+        parsed = self.parsed_args()
+        tool = (parsed.tool if parsed is not None else None) or self.tool or "llama-cli"
         ot = [_override(o) for o in self.overrides]
         if self.cpu_moe:
             ot.append((CPU_MOE_PATTERN, "CPU"))
         ot += [(p, "CPU") for p in n_cpu_moe_patterns(self.n_cpu_moe)]
         offload = OffloadParams(
-            self.n_gpu_layers, self.split_mode, self.main_gpu, _split(self.tensor_split), tuple(ot), not self.no_mmap
+            self.n_gpu_layers,
+            self.split_mode,
+            self.main_gpu,
+            _split(self.tensor_split),
+            tuple(ot),
+            not self.no_mmap,
+            not self.no_repack,
         )
-        server = self.tool == "llama-server"
+        server = tool == "llama-server"
         context = ContextParams(
             n_ctx=self.ctx,
             n_batch=self.batch,
@@ -138,8 +167,13 @@ class MemoryRequest:
         )
         projector = ProjectorOptions(self.image_min_tokens, self.image_max_tokens, not self.no_mmproj_offload)
         mmproj_file, draft_file = self.mmproj_file, self.draft_file
-        if self.llama_args is not None:
-            parsed = parse_args(self.llama_args, server=server)
+        notes: list[str] = []
+        if parsed is not None:
+            if parsed.unmodelled:
+                notes.append(
+                    "ggufx does not model what these llama.cpp options change in memory: "
+                    + ", ".join(parsed.unmodelled)
+                )
             offload, context, no_devices, projector = (
                 parsed.offload,
                 parsed.context,
@@ -158,7 +192,18 @@ class MemoryRequest:
             draft=open_model(draft_file) if draft_file else None,
             draft_offload=draft_offload,
             draft_context=draft_context,
+            tool=tool,
+            notes=notes,
         )
+
+
+def _same_file(a: str, b: str) -> bool:
+    import os
+
+    try:
+        return a == b or os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 @dataclass
@@ -174,6 +219,8 @@ class MemorySetup:
     draft: GGUFModel | None
     draft_offload: OffloadParams | None
     draft_context: ContextParams | None
+    tool: str = "llama-cli"  # the program whose buffers these are
+    notes: list[str] = field(default_factory=list)  # what the command line asks that ggufx does not model
 
 
 def _override(text: str) -> tuple[str, str]:
@@ -271,6 +318,7 @@ class MemoryResult(TypedDict):
     n_layer: int
     exact: list[str]
     computed: list[str]
+    warnings: list[str]
 
 
 class CheckRow(TypedDict):
@@ -313,7 +361,7 @@ class FitResult(TypedDict):
 def memory(model: GGUFModel, request: MemoryRequest, open_model: Opener) -> MemoryResult:
     """Every buffer llama.cpp allocates for ``request``, per device."""
     s = request.setup(open_model)
-    return memory_breakdown(
+    res = memory_breakdown(
         model,
         gpus=s.devices,
         offload=s.offload,
@@ -323,7 +371,10 @@ def memory(model: GGUFModel, request: MemoryRequest, open_model: Opener) -> Memo
         draft_offload=s.draft_offload,
         draft_context=s.draft_context,
         projector=s.projector,
+        tool=s.tool,
     )
+    res["notes"] += s.notes
+    return res
 
 
 def fit(model: GGUFModel, request: MemoryRequest, open_model: Opener) -> FitResult:
@@ -382,14 +433,17 @@ def memory_breakdown(
     draft_offload: OffloadParams | None = None,
     draft_context: ContextParams | None = None,
     projector: ProjectorOptions | None = None,
+    tool: str | None = None,
 ) -> MemoryResult:
     """Every buffer llama.cpp allocates, per device, and the one-GPU summary of earlier versions.
 
     ``mmproj`` adds a projector's weights and compute buffers (on the first GPU, as ``mtmd`` loads
     it, with ``projector``'s ``--image-*-tokens`` / ``--no-mmproj-offload``); ``draft`` adds a draft
     model's buffers (its own context, ``-ngld``/``-cd``/``-ctkd``/``-ctvd`` in ``draft_*``).
-    ``gpus``: default one CUDA GPU; empty: a build without GPUs."""
+    ``gpus``: default one CUDA GPU; empty: a build without GPUs. ``warnings``: what llama.cpp (``tool``)
+    logs about this context (beyond the training context, not divisible by the sequences)."""
     from ggufx.analysis.memory.buffers import ContextParams, breakdown
+    from ggufx.analysis.memory.context_warnings import context_warnings
     from ggufx.analysis.memory.estimate import GPU, summarize_breakdown
     from ggufx.analysis.memory.graph.projector import ProjectorOptions
     from ggufx.analysis.memory.placement import Device, OffloadParams
@@ -403,7 +457,13 @@ def memory_breakdown(
     )
     e = summarize_breakdown(model, b, context)
     b.buffers += extra
-    res = {"path": model.path, **e.to_dict(), "n_gpu_layers_requested": offload.n_gpu_layers, **_details(b)}
+    res = {
+        "path": model.path,
+        **e.to_dict(),
+        "n_gpu_layers_requested": offload.n_gpu_layers,
+        **_details(b),
+        "warnings": context_warnings(model, context, tool),
+    }
     return cast(MemoryResult, res)
 
 

@@ -251,6 +251,7 @@ class _State:
             tensor_split=self.tensor_split,
             overrides=tuple(overrides),
             mmap=bool(v.get("mmap", True)),
+            repack=bool(v.get("repack", True)),
         )
         context = ContextParams(
             n_ctx=int(v.get("n_ctx", 0)),  # type: ignore[call-overload]
@@ -363,6 +364,7 @@ _MEMORY: dict[str, Callable[[_State, _Value], None]] = {
     "--swa-full": _set("swa_full", lambda a: True),
     "-kvu": _set("kv_unified", lambda a: a.positive),
     "-lm": _set("mmap", _load_mode),
+    "--repack": _set("repack", lambda a: a.positive),
     "-ts": _tensor_split,
     "-ot": _override_tensor,
     "-cmoe": _cpu_moe,

@@ -1,0 +1,83 @@
+"""``mem --llama-args`` reads a pasted llama.cpp command line whole: the program name sets the tool,
+``-m`` names the model (or must agree with FILE), an argument llama.cpp refuses is refused, and
+llama.cpp's warnings about the context are repeated (issue 22)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ggufx.analysis.memory.llamaargs import TOOL_NAMES
+from ggufx.results.memory import TOOLS
+from tests.support import FIXTURES, CliRun
+
+SERVER_LINE = "-ngl 99 -c 32768 -fa on -ctk q8_0 -ctv q8_0 -np 2"
+
+
+def _mem(cli: CliRun, *args: str) -> dict:  # type: ignore[type-arg]
+    r = cli("mem", *args, "--json")
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)
+
+
+def _compute(d: dict) -> dict[str, int]:  # type: ignore[type-arg]
+    return {b["buft"]: b["bytes"] for b in d["buffers"] if b["kind"] == "compute"}
+
+
+def test_the_program_name_sets_the_tool(cli: CliRun, smollm2_path: Path) -> None:
+    m = str(smollm2_path)
+    pasted = _mem(cli, m, "--llama-args", f"llama-server -m {m} {SERVER_LINE}")
+    told = _mem(cli, m, "--tool", "llama-server", "--llama-args", SERVER_LINE)
+    cli_tool = _mem(cli, m, "--llama-args", SERVER_LINE)
+    assert pasted["buffers"] == told["buffers"]
+    assert _compute(pasted) != _compute(cli_tool)  # llama-cli reserves logits for a whole micro-batch
+    # a path to the program names it too
+    assert _mem(cli, m, "--llama-args", f"./build/bin/llama-server {SERVER_LINE}")["buffers"] == told["buffers"]
+
+
+def test_m_names_the_model_or_must_agree_with_file(cli: CliRun, smollm2_path: Path) -> None:
+    m = str(smollm2_path)
+    alone = _mem(cli, "--llama-args", f"llama-server -m {m} {SERVER_LINE}")
+    both = _mem(cli, m, "--llama-args", f"llama-server -m {m} {SERVER_LINE}")
+    assert alone["buffers"] == both["buffers"] and alone["path"] == m
+    other = cli("mem", str(FIXTURES / "all-types-v3.gguf"), "--llama-args", f"llama-server -m {m}")
+    assert other.exit_code == 2 and other.stderr.count("\n") == 1
+    assert "the command line's -m" in other.stderr and "is not FILE" in other.stderr
+    none = cli("mem", "--llama-args", "llama-server -c 4096")
+    assert none.exit_code == 2 and "give the model" in none.stderr
+
+
+def test_an_argument_llama_cpp_refuses_is_refused(cli: CliRun, smollm2_path: Path) -> None:
+    m = str(smollm2_path)
+    for line, named in (
+        (f"llama-server -m {m} -c 4096 --bogus 5", "--bogus"),
+        ("llama-completion -c 4096 --port 8080", "--port"),  # a server-only option
+    ):
+        r = cli("mem", m, "--llama-args", line)
+        assert r.exit_code == 2 and r.stderr.startswith("ggufx: error:") and named in r.stderr, r.stderr
+    mismatch = cli("mem", m, "--tool", "llama-cli", "--llama-args", "llama-server -c 4096")
+    assert mismatch.exit_code == 2 and "runs llama-server" in mismatch.stderr
+
+
+def test_llama_cpp_s_context_warnings(cli: CliRun, smollm2_path: Path) -> None:
+    m = str(smollm2_path)  # trained on 8,192 tokens
+    over = _mem(cli, m, "-c", "32768")
+    assert over["warnings"] == [
+        "llama_context: n_ctx_seq (32768) > n_ctx_train (8192) -- possible training context overflow"
+    ]
+    assert _mem(cli, m, "-c", "8192")["warnings"] == []
+    text = cli("mem", m, "-c", "32768")
+    assert text.exit_code == 0 and "warning: llama.cpp will log: llama_context: n_ctx_seq (32768)" in text.stderr
+
+
+def test_no_repack_drops_the_repacked_copies(cli: CliRun, gemma_path: Path) -> None:
+    gemma = str(gemma_path)  # Q4_K_M: its Q4_K matrices get a CPU_REPACK copy on an AVX2 CPU build
+    repacked = {b["buft"] for b in _mem(cli, gemma, "--gpus", "none", "-c", "4096")["buffers"]}
+    assert "CPU_REPACK" in repacked
+    for args in (("--no-repack",), ("--llama-args", "-c 4096 -dev none --no-repack")):
+        d = _mem(cli, gemma, "--gpus", "none", "-c", "4096", *args)
+        assert "CPU_REPACK" not in {b["buft"] for b in d["buffers"]}, args
+
+
+def test_the_request_knows_every_tool_the_command_line_may_name() -> None:
+    assert set(TOOLS) == set(TOOL_NAMES)
