@@ -315,6 +315,7 @@ _ENTRIES = (
             "attention.recurrent_layers",
             "full_attention_interval",
         ),
+        builder="qwen3next",
         recurrent=_GDN,
         skips_nextn=True,
         moe=True,

@@ -107,6 +107,10 @@ def unbuildable(model: GGUFModel) -> str | None:
             return f"the graph needs 0 < expert_used_count <= expert_count <= {LLAMA_MAX_EXPERTS}"
     if arch == "qwen35":
         return _qwen35_unbuildable(model)
+    if arch == "qwen3next":
+        from ggufx.analysis.memory.graph.models.qwen3next import unbuildable as qwen3next_unbuildable
+
+        return qwen3next_unbuildable(model)
     tensors = {t.name: t for t in model.tensors}
     n_layer = md.get_int(f"{arch}.block_count") or 0
     needed = ["token_embd.weight", "output_norm.weight"]
