@@ -6,9 +6,8 @@ bias. The output norm is ``token_embd_norm``."""
 
 from __future__ import annotations
 
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Fusion, _Graph
+from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
 from ggufx.analysis.memory.graph.llm import (
-    _MOE_REDUCTION_MAX,
     _attn,
     _attn_inp,
     _attn_kv,
@@ -20,6 +19,7 @@ from ggufx.analysis.memory.graph.llm import (
     _w,
     _weight,
 )
+from ggufx.analysis.memory.graph.models.moe import moe_ffn
 from ggufx.analysis.memory.graph.models.qwen3next import n_expert_used, round_tokens
 from ggufx.analysis.memory.graph.models.qwen35 import _copy_into, _rs
 from ggufx.analysis.memory.hparams import hparams
@@ -87,50 +87,6 @@ def _dense(c: _Ctx, g: _Graph, cur: _T, il: int) -> _T:
     return _proj(c, g, f"ffn_out-{il}", f"blk.{il}.ffn_down", act, il)
 
 
-def moe_sigmoid_biased(c: _Ctx, g: _Graph, cur: _T, il: int, n_used: int) -> _T:
-    """``build_moe_ffn`` with sigmoid gating, the selection bias ``exp_probs_b`` (experts picked on the
-    biased probabilities, weighted by the unbiased ones), normalized weights, separate gate and up
-    experts (llama-graph.cpp:2044-2420), in its expansion order."""
-    T, E = cur.ne[1], cur.ne[0]
-    p = f"blk.{il}."
-    logits = g.mul_mat(f"ffn_moe_logits-{il}", _w(c, p + "ffn_gate_inp.weight", il), cur)
-    n_exp = logits.ne[0]
-    probs = g.op(f"ffn_moe_probs-{il}", "UNARY", logits)
-    biased = g.op(f"ffn_moe_probs_biased-{il}", "ADD", probs, _w(c, p + "exp_probs_b.bias", il))
-    argsort = g.new(f"ffn_moe_argsort-{il}", "ARGSORT", "I32", (n_exp, T), biased)
-    topk = g.view(argsort, (n_used, T), argsort.nb[:2])
-    probs3 = g.reshape(probs, 1, n_exp, T)
-    weights = g.new(f"ffn_moe_weights-{il}", "GET_ROWS", "F32", (1, n_used, T), probs3, topk)
-    w2 = g.reshape(weights, n_used, T)
-    wsum = g.new(f"ffn_moe_weights_sum-{il}", "SUM_ROWS", "F32", (1, T), w2)
-    clamped = g.op(f"ffn_moe_weights_sum_clamped-{il}", "CLAMP", wsum)
-    wnorm = g.op(f"ffn_moe_weights_norm-{il}", "DIV", w2, clamped)
-    w3 = g.reshape(wnorm, 1, n_used, T)
-    g.expand(w3)
-    x = g.reshape(cur, E, 1, T)
-    up_w, gate_w, down_w = (_w(c, p + f"ffn_{r}_exps.weight", il) for r in ("up", "gate", "down"))
-    up = g.new(f"ffn_moe_up-{il}", "MUL_MAT_ID", "F32", (up_w.ne[1], n_used, T), up_w, x, topk)
-    gate = g.new(f"ffn_moe_gate-{il}", "MUL_MAT_ID", "F32", (gate_w.ne[1], n_used, T), gate_w, x, topk)
-    act = g.new(f"ffn_moe_swiglu-{il}", "GLU", "F32", gate.ne, gate, up)
-    experts = g.new(f"ffn_moe_down-{il}", "MUL_MAT_ID", "F32", (down_w.ne[1], n_used, T), down_w, act, topk)
-    weighted = g.op(f"ffn_moe_weighted-{il}", "MUL", experts, w3)
-    g.expand(weighted)
-    views = [g.view(weighted, (E, T), (weighted.nb[0], weighted.nb[2])) for _ in range(n_used)]
-    for v in views:
-        g.expand(v)
-    out = views[0]
-    adds = []
-    for v in views[1:]:
-        out = g.op(f"ffn_moe_out-{il}", "ADD", out, v)
-        g.expand(out)
-        adds.append(out)
-    if n_used == 1:
-        out = g.new(f"ffn_moe_out-{il}", "CONT", "F32", (E, T), out)
-    elif n_used <= _MOE_REDUCTION_MAX:
-        g.fused.append(_Fusion([weighted, *views, *adds], keep=[experts, w3]))
-    return out
-
-
 def build(c: _Ctx, g: _Graph) -> _T:
     """The graph's logits (lfm2.cpp:236-295): per layer the operator norm, a short convolution or
     attention, the residual, the FFN norm, a dense or expert FFN, the residual; the last layer keeps
@@ -159,7 +115,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
         cur = g.op(f"ffn_inp-{il}", "ADD", prev, cur)
         ffn = _norm(c, g, cur, f"blk.{il}.ffn_norm.weight", il)
         if _weight(c, f"blk.{il}.ffn_gate_inp.weight", il) is not None:
-            ffn = moe_sigmoid_biased(c, g, ffn, il, n_used)
+            ffn = moe_ffn(c, g, ffn, il, n_used, sigmoid=True, probs_b=_w(c, f"blk.{il}.exp_probs_b.bias", il))
         else:
             ffn = _dense(c, g, ffn, il)
         x = g.op(f"l_out-{il}", "ADD", cur, ffn)

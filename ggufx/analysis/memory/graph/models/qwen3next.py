@@ -19,11 +19,11 @@ from ggufx.analysis.memory.graph.llm import (
     _Ctx,
     _Gdn,
     _inp_embd,
-    _moe_ffn,
     _norm,
     _w,
     _weight,
 )
+from ggufx.analysis.memory.graph.models.moe import moe_ffn, shared_fuses
 from ggufx.analysis.memory.graph.models.qwen35 import _copy_into, _gdn_dims, _rs
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.errors import ValidationError
@@ -222,27 +222,35 @@ def _gated_attn(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp) -> _T:
 def _ffn(c: _Ctx, g: _Graph, cur: _T, il: int) -> _T:
     """``build_layer_ffn`` (qwen3next.cpp:598-660): the experts (softmax routing, normalized
     weights), plus the shared expert scaled by the sigmoid of its one-column gate; a layer without
-    a router has a dense FFN."""
+    a router has a dense FFN. On CUDA the shared expert's gate/up/GLU may run right after the routed
+    experts' (:func:`~ggufx.analysis.memory.graph.models.moe.shared_fuses`)."""
     p = f"blk.{il}."
+    assert c.moe is not None
     if _weight(c, p + "ffn_gate_inp.weight", il) is None:
-        return _dense(c, g, cur, il, "")
-    moe = _moe_ffn(c, g, cur, il)
+        return _down(c, g, _glu(c, g, cur, il, ""), il, "")
     if _weight(c, p + "ffn_up_shexp.weight", il) is None:
-        return moe
-    shexp = _dense(c, g, cur, il, "_shexp")
+        return moe_ffn(c, g, cur, il, c.moe)
+    sh_glu = _glu(c, g, cur, il, "_shexp")
+    routed = (_w(c, p + "ffn_gate_exps.weight", il), _w(c, p + "ffn_up_exps.weight", il))
+    fuses = shared_fuses(routed, (sh_glu.src[0].src[0], sh_glu.src[1].src[0]))
+    moe = moe_ffn(c, g, cur, il, c.moe, shared_glu=sh_glu if fuses else None)
+    shexp = _down(c, g, sh_glu, il, "_shexp")
     shared_gate = g.mul_mat(f"shared_expert_gate-{il}", _w(c, p + "ffn_gate_inp_shexp.weight", il), cur)
     shared_gate = g.op(f"shared_expert_gate_sigmoid-{il}", "UNARY", shared_gate)
     shexp = g.op(f"ffn_shexp_gated-{il}", "MUL", shexp, shared_gate)
     return g.op(f"ffn_out-{il}", "ADD", moe, shexp)
 
 
-def _dense(c: _Ctx, g: _Graph, cur: _T, il: int, suffix: str) -> _T:
-    """``build_ffn`` with SiLU, parallel gate (no biases)."""
+def _glu(c: _Ctx, g: _Graph, cur: _T, il: int, suffix: str) -> _T:
+    """``build_ffn``'s gate and up projections and their SwiGLU (SiLU, parallel gate, no biases)."""
     p = f"blk.{il}."
     up = g.mul_mat(f"ffn_up{suffix}-{il}", _w(c, f"{p}ffn_up{suffix}.weight", il), cur)
     gate = g.mul_mat(f"ffn_gate{suffix}-{il}", _w(c, f"{p}ffn_gate{suffix}.weight", il), cur)
-    act = g.new(f"ffn_swiglu{suffix}-{il}", "GLU", "F32", gate.ne, gate, up)
-    return g.mul_mat(f"ffn_down{suffix}-{il}", _w(c, f"{p}ffn_down{suffix}.weight", il), act)
+    return g.new(f"ffn_swiglu{suffix}-{il}", "GLU", "F32", gate.ne, gate, up)
+
+
+def _down(c: _Ctx, g: _Graph, act: _T, il: int, suffix: str) -> _T:
+    return g.mul_mat(f"ffn_down{suffix}-{il}", _w(c, f"blk.{il}.ffn_down{suffix}.weight", il), act)
 
 
 def build(c: _Ctx, g: _Graph) -> _T:
