@@ -334,6 +334,7 @@ _ENTRIES = (
             "rope.scaling.finetuned",
             "expert_shared_feed_forward_length",
         ),
+        builder="granitehybrid",
         recurrent=Recurrent("Mamba-2", "no_kv_heads"),
         shared_experts=True,
     ),

@@ -79,7 +79,7 @@ def _unsound(model: GGUFModel) -> str | None:
     if min(hp.n_embd, hp.head_k, hp.head_v) <= 0:
         return "the graph needs positive embedding and head sizes"
     for il, (nh, nkv) in enumerate(zip(hp.n_head, hp.n_head_kv, strict=False)):
-        if model.architecture in ("qwen35", "lfm2", "lfm2moe") and nkv == 0:  # a recurrent layer
+        if model.architecture in ("qwen35", "lfm2", "lfm2moe", "granitehybrid") and nkv == 0:  # a recurrent layer
             continue
         if nkv <= 0 or nh <= 0 or nh % nkv:
             return f"layer {il} has {nh} query heads for {nkv} KV heads, which the graph cannot lay out"
@@ -111,6 +111,10 @@ def unbuildable(model: GGUFModel) -> str | None:
         from ggufx.analysis.memory.graph.models.qwen3next import unbuildable as qwen3next_unbuildable
 
         return qwen3next_unbuildable(model)
+    if arch == "granitehybrid":
+        from ggufx.analysis.memory.graph.models.granitehybrid import unbuildable as granitehybrid_unbuildable
+
+        return granitehybrid_unbuildable(model)
     if arch in ("lfm2", "lfm2moe"):
         from ggufx.analysis.memory.graph.models.lfm2 import unbuildable as lfm2_unbuildable
 

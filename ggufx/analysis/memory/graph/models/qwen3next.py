@@ -30,25 +30,30 @@ from ggufx.errors import ValidationError
 from ggufx.model import GGUFModel
 
 
+def file_value(c: _Ctx, key: str) -> object:
+    """A scalar hyper-parameter of the model's file (``None`` when absent): what a builder needs that
+    the graph context does not carry (read once per file version)."""
+    try:
+        st = os.stat(c.path)
+    except OSError as e:
+        raise ValidationError(c.path, None, f"cannot read {key}: {e}") from e
+    return _scalars(c.path, (st.st_mtime_ns, st.st_size)).get(key)
+
+
 @lru_cache(maxsize=32)
-def _expert_used(path: str, stamp: tuple[int, int]) -> int:
-    """``expert_used_count`` of the file (read once per file version)."""
+def _scalars(path: str, stamp: tuple[int, int]) -> dict[str, object]:
     import ggufx
 
-    model = ggufx.open(path)
-    return model.metadata.get_int(f"{model.architecture}.expert_used_count") or 0
+    md = ggufx.open(path).metadata
+    return {k: md[k] for k in md if isinstance(md[k], (bool, int, float, str))}
 
 
 def n_expert_used(c: _Ctx) -> int:
     """Experts used per token: the context's, else the file's ``expert_used_count``."""
     if c.moe:
         return c.moe
-    try:
-        st = os.stat(c.path)
-    except OSError as e:
-        raise ValidationError(c.path, None, f"cannot read expert_used_count: {e}") from e
-    n = _expert_used(c.path, (st.st_mtime_ns, st.st_size))
-    if n <= 0:
+    n = file_value(c, f"{c.hp.arch}.expert_used_count")
+    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
         raise ValidationError(c.path, None, "the graph needs a positive expert_used_count")
     return n
 
