@@ -6,9 +6,9 @@ expert, and Granite's scales: the embeddings, each residual branch and the logit
 from __future__ import annotations
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _attn_inp, _attn_kv, _AttnInp, _Ctx, _inp_embd, _norm, _proj, _w, _weight
+from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _inp_embd, _norm, _proj, _w, _weight
 from ggufx.analysis.memory.graph.models.moe import moe_ffn, shared_fuses
-from ggufx.analysis.memory.graph.models.qwen3next import file_value, n_expert_used, remember, round_tokens
+from ggufx.analysis.memory.graph.models.qwen3next import attn_core, file_value, n_expert_used, remember, round_tokens
 from ggufx.analysis.memory.graph.models.qwen35 import _copy_into, _rs
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.model import GGUFModel
@@ -134,7 +134,7 @@ def _attention(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp, rope: bool) ->
         src = [pos, *([freqs] if freqs else [])]
         q = g.new(q.name, "ROPE", "F32", q.ne, q, *src)
         k = g.new(k.name, "ROPE", "F32", k.ne, k, *src)
-    cur = _attn_kv(c, g, q, k, v, il, inp, False)
+    cur = attn_core(c, g, q, k, v, il, inp)
     return _proj(c, g, f"attn_out-{il}", p + "attn_output", cur, il)
 
 
@@ -173,6 +173,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
     x = _inp_embd(c, g)
     if _scale(c, "embedding_scale"):  # build_inp_embd (llama-graph.cpp:2509-2514)
         x = g.op("embd_scaled", "SCALE", x)
+        g.expand(x)
     s_copy = g.input("rs_s_copy", "I32", sp.n_seq_max)
     full = _attn_inp(c, g, sp.n_kv)
     out_ids = g.input("out_ids", "I32", n_out)

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
 from ggufx.analysis.memory.graph.llm import (
-    _attn,
     _attn_inp,
-    _attn_kv,
     _AttnInp,
     _Ctx,
     _inp_embd,
@@ -20,7 +18,7 @@ from ggufx.analysis.memory.graph.llm import (
     _weight,
 )
 from ggufx.analysis.memory.graph.models.moe import moe_ffn
-from ggufx.analysis.memory.graph.models.qwen3next import n_expert_used, remember, round_tokens
+from ggufx.analysis.memory.graph.models.qwen3next import attn_core, n_expert_used, remember, round_tokens
 from ggufx.analysis.memory.graph.models.qwen35 import _copy_into, _rs
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.model import GGUFModel
@@ -58,24 +56,27 @@ def _shortconv(c: _Ctx, g: _Graph, x: _T, il: int, s_copy: _T) -> _T:
 def _attn_block(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp) -> _T:
     """``build_attn_block`` (lfm2.cpp:128-157): Q, K, V (separate or one fused projection), Q/K norms,
     RoPE, attention and the output projection."""
-    wqkv = _weight(c, f"blk.{il}.attn_qkv.weight", il)
-    if wqkv is None:
-        return _attn(c, g, x, il, inp, False)
     hp, T = c.hp, c.n_tokens
     nh, nkv, hd = hp.n_head[il], hp.n_head_kv[il], hp.head_k
     p = f"blk.{il}."
     pos = c.pos
     assert pos is not None
-    qkv = g.mul_mat(f"wqkv-{il}", wqkv, x)
-    row = qkv.nb[1]
-    q = g.view(qkv, (hd, nh, T), (4, 4 * hd, row))
-    k = g.view(qkv, (hd, nkv, T), (4, 4 * hd, row))
-    v = g.view(qkv, (hp.head_v, nkv, T), (4, 4 * hp.head_v, row))
+    wqkv = _weight(c, p + "attn_qkv.weight", il)
+    if wqkv is not None:
+        qkv = g.mul_mat(f"wqkv-{il}", wqkv, x)
+        row = qkv.nb[1]
+        q = g.view(qkv, (hd, nh, T), (4, 4 * hd, row))
+        k = g.view(qkv, (hd, nkv, T), (4, 4 * hd, row))
+        v = g.view(qkv, (hp.head_v, nkv, T), (4, 4 * hp.head_v, row))
+    else:
+        q = g.reshape(_proj(c, g, f"Qcur-{il}", p + "attn_q", x, il), hd, nh, T)
+        k = g.reshape(_proj(c, g, f"Kcur-{il}", p + "attn_k", x, il), hd, nkv, T)
+        v = g.reshape(_proj(c, g, f"Vcur-{il}", p + "attn_v", x, il), hp.head_v, nkv, T)
     q = _norm(c, g, q, p + "attn_q_norm.weight", il)
     k = _norm(c, g, k, p + "attn_k_norm.weight", il)
     q = g.new(q.name, "ROPE", "F32", q.ne, q, pos)
     k = g.new(k.name, "ROPE", "F32", k.ne, k, pos)
-    cur = _attn_kv(c, g, q, k, v, il, inp, False)
+    cur = attn_core(c, g, q, k, v, il, inp)
     return _proj(c, g, f"attn_out-{il}", p + "attn_output", cur, il)
 
 

@@ -218,6 +218,17 @@ def _qkv(c: _Ctx, g: _Graph, x: _T, il: int) -> tuple[_T, _T, _T]:
     return out[0], out[1], out[2]
 
 
+def attn_core(c: _Ctx, g: _Graph, q: _T, k: _T, v: _T, il: int, inp: _AttnInp) -> _T:
+    """``build_attn`` without the output projection (:func:`~ggufx.analysis.memory.graph.llm._attn_kv`),
+    with the expansion ``build_attn_mha`` ends with (llama-graph.cpp:2827): the attention output joins
+    the graph before the Hadamard rotation back and before anything the next layer expands (a
+    recurrent layer's state reads)."""
+    out = _attn_kv(c, g, q, k, v, il, inp, False)
+    # with a rotated V cache the output is reshape(mul_mat(rot, reshape(attention))): expand the attention
+    g.expand(out.src[0].src[1].src[0] if inp.v_rot is not None else out)
+    return out
+
+
 def _gated_attn(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp) -> _T:
     """``build_layer_attn`` (qwen3next.cpp:266-322): the Q projection yields Q and its gate,
     interleaved per head; Q and K are normed and roped, the attention output is multiplied by the
@@ -237,7 +248,7 @@ def _gated_attn(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp) -> _T:
     k = _norm(c, g, k, p + "attn_k_norm.weight", il)
     q = g.new(q.name, "ROPE", "F32", q.ne, q, pos)
     k = g.new(k.name, "ROPE", "F32", k.ne, k, pos)
-    cur = _attn_kv(c, g, q, k, v, il, inp, False)
+    cur = attn_core(c, g, q, k, v, il, inp)
     gate = g.new(f"gate-{il}", "CONT", "F32", (hd * nh, T), gate)
     cur = g.op(f"attn_gated-{il}", "MUL", cur, g.op(f"gate_sigmoid-{il}", "UNARY", gate))
     return g.mul_mat(f"attn_output-{il}", _w(c, p + "attn_output.weight", il), cur)
