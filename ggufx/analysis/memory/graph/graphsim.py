@@ -79,7 +79,7 @@ def _unsound(model: GGUFModel) -> str | None:
     if min(hp.n_embd, hp.head_k, hp.head_v) <= 0:
         return "the graph needs positive embedding and head sizes"
     for il, (nh, nkv) in enumerate(zip(hp.n_head, hp.n_head_kv, strict=False)):
-        if model.architecture == "qwen35" and nkv == 0:  # a recurrent layer
+        if model.architecture in ("qwen35", "lfm2", "lfm2moe", "granitehybrid") and nkv == 0:  # a recurrent layer
             continue
         if nkv <= 0 or nh <= 0 or nh % nkv:
             return f"layer {il} has {nh} query heads for {nkv} KV heads, which the graph cannot lay out"
@@ -107,6 +107,18 @@ def unbuildable(model: GGUFModel) -> str | None:
             return f"the graph needs 0 < expert_used_count <= expert_count <= {LLAMA_MAX_EXPERTS}"
     if arch == "qwen35":
         return _qwen35_unbuildable(model)
+    if arch == "qwen3next":
+        from ggufx.analysis.memory.graph.models.qwen3next import unbuildable as qwen3next_unbuildable
+
+        return qwen3next_unbuildable(model)
+    if arch == "granitehybrid":
+        from ggufx.analysis.memory.graph.models.granitehybrid import unbuildable as granitehybrid_unbuildable
+
+        return granitehybrid_unbuildable(model)
+    if arch in ("lfm2", "lfm2moe"):
+        from ggufx.analysis.memory.graph.models.lfm2 import unbuildable as lfm2_unbuildable
+
+        return lfm2_unbuildable(model)
     tensors = {t.name: t for t in model.tensors}
     n_layer = md.get_int(f"{arch}.block_count") or 0
     needed = ["token_embd.weight", "output_norm.weight"]

@@ -1,0 +1,105 @@
+"""Replaying one architecture's recorded llama.cpp runs through its graph builder: the CPU runs of
+tests/fixtures/llamacpp-logs-cpu (small header-only models of the family) and, where that matrix holds
+them, the CUDA runs of tests/fixtures/llamacpp-logs (header-only models of published dimensions).
+Each compute buffer must come out to the four decimals of llama.cpp's ``~llama_context`` line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import ggufx
+from ggufx.analysis.memory.buffers import Breakdown, MiB, breakdown
+from ggufx.analysis.memory.llamaargs import parse_args
+from ggufx.analysis.memory.llamalog import parse_log
+
+CPU_LOGS = Path(__file__).resolve().parent / "fixtures" / "llamacpp-logs-cpu"
+CUDA_LOGS = Path(__file__).resolve().parent / "fixtures" / "llamacpp-logs"
+
+
+def cpu_runs(*models: str) -> list[str]:
+    """The recorded CPU runs of these models of tests/fixtures/llamacpp-logs-cpu/matrix."""
+    runs = []
+    for line in (CPU_LOGS / "matrix").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            rid, model, _ = line.split("\t")
+            if model in models and (CPU_LOGS / f"{rid}.log").exists():
+                runs.append(rid)
+    return runs
+
+
+def cpu_args(rid: str) -> tuple[str, str]:
+    for line in (CPU_LOGS / "matrix").read_text().splitlines():
+        if line.startswith(rid + "\t"):
+            _, model, args = line.split("\t")
+            return model, args
+    raise KeyError(rid)
+
+
+def cpu_model(name: str, out: Path, smollm2: Path) -> Path:
+    """The header-only model ``name`` of models.py / tensors.json (what record_cpu.py loaded)."""
+    sys.path.insert(0, str(CPU_LOGS))
+    try:
+        from make_arch_headers import header
+        from models import MODELS
+    finally:
+        sys.path.remove(str(CPU_LOGS))
+    tensors = json.loads((CPU_LOGS / "tensors.json").read_text())
+    path = out / f"{name}.gguf"
+    if not path.exists():
+        header(path, MODELS[name], tensors[name], smollm2)
+    return path
+
+
+def replay_cpu(rid: str, path: Path) -> tuple[str, Breakdown]:
+    """The log of a CPU run and ggufx's breakdown of its model and options."""
+    _, args = cpu_args(rid)
+    text = (CPU_LOGS / f"{rid}.log").read_text()
+    assert "# exit status: 0" in text
+    parsed = parse_args("-m x " + args.replace("--no-repack", ""))
+    offload = replace(parsed.offload, repack="--no-repack" not in args)
+    return text, breakdown(ggufx.open(path), [], offload, parsed.context)
+
+
+def cuda_runs(model_names: tuple[str, ...]) -> list[str]:
+    """The CUDA runs (tests/fixtures/llamacpp-logs/runs.json) that loaded one of these models."""
+    index = CUDA_LOGS / "runs.json"
+    if not index.exists():
+        return []
+    runs = json.loads(index.read_text())
+    out = []
+    for rid, run in runs.items():
+        if run.get("exit_status") != 0 or run.get("tool") not in ("completion", "server") or rid.startswith("fiton"):
+            continue  # (a -fit on run's layers and context are fit's answer, not its arguments: tests/test_fit_logs.py)
+        if "-sm tensor" in run["args"] or "-sm row" in run["args"]:
+            continue
+        args = run["args"].replace("@", "")
+        try:
+            model = parse_args(args, server=run["tool"] == "server").model
+        except Exception:  # noqa: BLE001 - a run of options this parser does not take is not ours
+            continue
+        if model in model_names and (CUDA_LOGS / f"{rid}.log").exists():
+            out.append(rid)
+    return sorted(out)
+
+
+def compute_mib(bd: Breakdown) -> dict[str, float]:
+    """Our compute buffers, MiB to four decimals, by buffer type (all from the graph builder)."""
+    out: dict[str, float] = {}
+    for b in bd.buffers:
+        if b.kind == "compute" and b.bytes > 1:
+            assert not b.reason, b.reason  # not the generic estimate
+            out[b.buft] = out.get(b.buft, 0) + b.bytes
+    return {k: round(v / MiB, 4) for k, v in out.items()}
+
+
+def assert_compute_equal(log_text: str, bd: Breakdown) -> None:
+    """Each compute buffer equal to llama.cpp's: to the four decimals of the ``~llama_context`` exit
+    line when the log has it, else to the two of ``sched_reserve``."""
+    assert bd.compute_estimate is None, bd.compute_estimate
+    mine = compute_mib(bd)
+    theirs = {k: v for k, v in parse_log(log_text).buffers.get("compute", {}).items() if v}
+    digits = 4 if "compute buffer size is" in log_text else 2
+    assert {k: round(v, digits) for k, v in mine.items()} == theirs, (mine, theirs)

@@ -1,0 +1,79 @@
+"""The ``qwen3next`` graph builder (graph/models/qwen3next.py, llama.cpp's src/models/qwen3next.cpp):
+Gated DeltaNet layers with the query/key heads repeated up to the value heads, a gated full-attention
+layer every fourth, a mixture of experts with a sigmoid-gated shared expert in every layer. Its compute
+buffer against llama.cpp's CPU build (flash attention on and off, -np 3 with its 513-token micro-batch,
+a q8_0 cache) and, where recorded, its CUDA build on Qwen3-Next-80B-A3B's dimensions."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+import ggufx
+from ggufx.analysis.memory.buffers import breakdown
+from ggufx.analysis.memory.graph import graphsim
+from ggufx.analysis.memory.llamaargs import parse_args
+from ggufx.analysis.memory.placement import Device
+
+from .graph_arch_logs import CPU_LOGS, assert_compute_equal, cpu_model, cpu_runs, cuda_runs, replay_cpu
+from .llamacpp_logs import LOGS, replay_run
+
+ARCH = "qwen3next"
+CPU_RUNS = cpu_runs(ARCH)
+CUDA_RUNS = cuda_runs(("qwen3next-80b-a3b",))
+
+
+@pytest.fixture(scope="module")
+def model_path(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return cpu_model(ARCH, tmp_path_factory.mktemp(ARCH), smollm2_path)
+
+
+def test_the_cpu_runs_cover_flash_attention_off_parallel_sequences_and_a_quantized_cache() -> None:
+    args = " ".join(line for line in (CPU_LOGS / "matrix").read_text().splitlines() if f"\t{ARCH}\t" in line)
+    assert len(CPU_RUNS) >= 3
+    for option in ("-fa off", "-np 3", "-ctk q8_0"):
+        assert option in args
+
+
+@pytest.mark.parametrize("rid", CPU_RUNS)
+def test_cpu_compute_buffer_equals_llama_cpp(rid: str, model_path: Path) -> None:
+    text, bd = replay_cpu(rid, model_path)
+    assert_compute_equal(text, bd)
+
+
+def test_the_layer_shortcut_equals_the_whole_replay(model_path: Path) -> None:
+    """The replay that leaves repeated blocks of layers out allocates as the one of every layer."""
+    model = ggufx.open(model_path)
+    for args in ("-c 8192", "-c 4096 -fa off -np 3"):
+        a = parse_args("-m x " + args)
+        sp = breakdown(model, [], a.offload, a.context).reservation
+        assert sp is not None
+        whole = graphsim.simulate(model, [], a.offload, sp, whole=True)
+        assert graphsim.simulate(model, [], a.offload, sp) == whole and whole["CPU"] > 0
+
+
+def test_a_file_without_a_tensor_the_graph_reads_gets_the_generic_estimate(smollm2_path: Path, tmp_path: Path) -> None:
+    sys.path.insert(0, str(CPU_LOGS))
+    try:
+        from make_arch_headers import header
+        from models import MODELS
+    finally:
+        sys.path.remove(str(CPU_LOGS))
+    tensors = [t for t in json.loads((CPU_LOGS / "tensors.json").read_text())[ARCH] if t[0] != "blk.1.ssm_ba.weight"]
+    path = tmp_path / "no-ba.gguf"
+    header(path, MODELS[ARCH], tensors, smollm2_path)
+    model = ggufx.open(path)
+    assert graphsim.unbuildable(model) == "the graph needs tensor blk.1.ssm_ba.weight, which the file lacks"
+    a = parse_args("-m x -c 8192")
+    bd = breakdown(model, [Device("CUDA0", 80 << 30)], a.offload, a.context)
+    assert bd.compute_estimate and "blk.1.ssm_ba.weight" in bd.compute_estimate
+
+
+@pytest.mark.skipif(not CUDA_RUNS, reason="no CUDA run of Qwen3-Next-80B-A3B recorded in tests/fixtures/llamacpp-logs")
+@pytest.mark.parametrize("rid", CUDA_RUNS)
+def test_cuda_compute_buffers_equal_llama_cpp(rid: str, hole_models: dict[str, Path]) -> None:
+    _, _, bd = replay_run(rid, hole_models)
+    assert_compute_equal((LOGS / f"{rid}.log").read_text(), bd)
