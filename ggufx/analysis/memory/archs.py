@@ -281,6 +281,7 @@ _ENTRIES = (
             "attention.temperature_scale",
             "attention.temperature_length",
         ),
+        builder="deepseek2",
         mla=True,
         skips_nextn=True,
         moe=True,

@@ -107,6 +107,10 @@ def unbuildable(model: GGUFModel) -> str | None:
             return f"the graph needs 0 < expert_used_count <= expert_count <= {LLAMA_MAX_EXPERTS}"
     if arch == "qwen35":
         return _qwen35_unbuildable(model)
+    if arch == "deepseek2":
+        from ggufx.analysis.memory.graph.models.deepseek2 import unbuildable as deepseek2_unbuildable
+
+        return deepseek2_unbuildable(model)
     tensors = {t.name: t for t in model.tensors}
     n_layer = md.get_int(f"{arch}.block_count") or 0
     needed = ["token_embd.weight", "output_norm.weight"]
