@@ -257,6 +257,7 @@ _ENTRIES = (
             "expert_weights_norm",
             "expert_gating_func",
         ),
+        builder="glm4moe",
         skips_nextn=True,
         moe=True,
         leading_dense=True,
