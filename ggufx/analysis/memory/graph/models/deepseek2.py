@@ -72,15 +72,49 @@ def moe_params(c: _Ctx) -> MoeParams:
     return _read(c.path, st.st_mtime_ns, st.st_size)
 
 
-def ffn(c: _Ctx, g: _Graph, cur: _T, il: int, part: str = "") -> _T:
+def ffn(c: _Ctx, g: _Graph, cur: _T, il: int, part: str = "", routed: Routed | None = None) -> _T:
     """``build_ffn`` with SiLU and a parallel gate (llama-graph.cpp:1799-1990): ``up`` and ``gate``
     projections, their ``swiglu_split`` (the gate first among its sources), the ``down`` projection;
-    ``part``: ``"_shexp"`` for the shared experts."""
+    ``part``: ``"_shexp"`` for the shared experts, whose gate, up and GLU CUDA may move next to the
+    ``routed`` experts' (:func:`_shares_kernel`)."""
     p = f"blk.{il}.ffn_"
-    up = g.mul_mat(f"ffn_up-{il}", _w(c, f"{p}up{part}.weight", il), cur)
-    gate = g.mul_mat(f"ffn_gate-{il}", _w(c, f"{p}gate{part}.weight", il), cur)
+    up_w, gate_w = _w(c, f"{p}up{part}.weight", il), _w(c, f"{p}gate{part}.weight", il)
+    up = g.mul_mat(f"ffn_up-{il}", up_w, cur)
+    gate = g.mul_mat(f"ffn_gate-{il}", gate_w, cur)
     act = g.new(f"ffn_swiglu-{il}", "GLU", "F32", gate.ne, gate, up)
+    if routed is not None and _shares_kernel(routed, gate_w, up_w):
+        g.rotations.append(([routed.gate, routed.up, routed.act], [gate, up, act], [routed.x, routed.ids]))
     return g.mul_mat(f"ffn_out-{il}", _w(c, f"{p}down{part}.weight", il), act)
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """The routed experts' products of one layer (for the shared expert's grouping)."""
+
+    gate: _T
+    up: _T
+    act: _T
+    x: _T  # the input reshaped to one row per token
+    ids: _T  # the selected experts
+
+
+def _shares_kernel(r: Routed, gate_w: _T, up_w: _T) -> bool:
+    """``ggml_cuda_match_shared_expert``'s batch-size independent checks (ggml-cuda.cu:1827-1880): both
+    pairs of weights alike (type, shape), the routed ones quantized, the shared expert's weights of the
+    routed ones' type and row count (one shared expert of the experts' width)."""
+    ue, ge = r.up.src[0], r.gate.src[0]
+    return (
+        ue.type == ge.type
+        and ue.ne == ge.ne
+        and up_w.type == gate_w.type
+        and up_w.ne == gate_w.ne
+        and _type(ue.type).block_size > 1
+        and ue.ne[3] == 1
+        and up_w.type == ue.type
+        and up_w.ne[0] == ue.ne[0]
+        and up_w.ne[1] == ue.ne[1]
+        and up_w.ne[2] == up_w.ne[3] == 1
+    )
 
 
 def _argsort_top_k(g: _Graph, name: str, a: _T, k: int) -> tuple[_T, _T]:
@@ -89,7 +123,7 @@ def _argsort_top_k(g: _Graph, name: str, a: _T, k: int) -> tuple[_T, _T]:
     return s, g.view(s, (k, *s.ne[1:]), s.nb)
 
 
-def moe_ffn(c: _Ctx, g: _Graph, cur: _T, il: int, mp: MoeParams, gating: int) -> _T:
+def moe_ffn(c: _Ctx, g: _Graph, cur: _T, il: int, mp: MoeParams, gating: int) -> tuple[_T, Routed]:
     """``build_moe_ffn`` (llama-graph.cpp:2044-2420) with separate gate and up experts and SiLU: the
     router (softmax, sigmoid, or the logits themselves), the optional selection bias ``exp_probs_b``,
     the group selection (``expert_group_count`` > 1), top-k, the weights (normalized, scaled),
@@ -144,7 +178,8 @@ def moe_ffn(c: _Ctx, g: _Graph, cur: _T, il: int, mp: MoeParams, gating: int) ->
         weights = g.op(f"ffn_moe_weights_scaled-{il}", "SCALE", weights)
         members.append(weights)
     g.expand(weights)
-    g.fused.extend(topk_fusion(n_exp, members))
+    if mp.n_groups <= 1 and gating != SOFTMAX_WEIGHT:  # the group selection breaks topk-moe's pattern
+        g.fused.extend(topk_fusion(n_exp, members))
     x = g.reshape(cur, E, 1, T)
     up_w, gate_w, down_w = (_w(c, p + f"ffn_{r}_exps.weight", il) for r in ("up", "gate", "down"))
     up = g.new(f"ffn_moe_up-{il}", "MUL_MAT_ID", "F32", (up_w.ne[1], n_used, T), up_w, x, topk)
@@ -166,12 +201,13 @@ def moe_ffn(c: _Ctx, g: _Graph, cur: _T, il: int, mp: MoeParams, gating: int) ->
         out = g.new(f"ffn_moe_out-{il}", "CONT", "F32", (E, T), out)
     elif n_used <= _MOE_REDUCTION_MAX:
         g.fused.append(_Fusion([weighted, *views, *adds], keep=[experts, weights]))
-    return out
+    return out, Routed(gate, up, act, x, topk)
 
 
 def topk_fusion(n_exp: int, members: list[_T]) -> list[_Fusion]:
-    """The top-k routing group CUDA's ``graph_optimize`` keeps alive (topk-moe.cu:403-412: expert counts
-    it has a kernel for). Only the softmax/normalized form is proven on recorded CUDA logs so far."""
+    """The top-k routing group CUDA's ``graph_optimize`` keeps alive (ggml-cuda.cu:2875-3025: the gating,
+    the optional selection bias, argsort, top-k, the weights, their normalization and scale, in that
+    order; topk-moe.cu:403-412: expert counts it has a kernel for)."""
     if n_exp in (288, 576) or (n_exp & (n_exp - 1) == 0 and n_exp <= 512):
         return [_Fusion(members)]
     return []
@@ -224,8 +260,10 @@ def _mla_attn(c: _Ctx, g: _Graph, x: _T, il: int, k_idxs: _T, mask: _T, scale: _
     tk = _type(sp.type_k)
     cache_k = g.leaf(f"cache_k_l{il}", tk.name, (hk_all, n_kv * ns), buft=c.cache_buft[il])
     kv = g.view(kcur, (hk_all, T), None)
-    set_k = g.view(cache_k, cache_k.ne, cache_k.nb, "SET_ROWS")
-    set_k.src = [kv, k_idxs, cache_k]
+    # cpy_k (llama-kv-cache.cpp:1348-1380): the streams' caches merged into one 2D view when several
+    dst = g.reshape(cache_k, hk_all, n_kv * ns) if ns > 1 else cache_k
+    set_k = g.view(dst, dst.ne, dst.nb, "SET_ROWS")
+    set_k.src = [kv, k_idxs, dst]
     g.expand(set_k)
     krow = cache_k.nb[1]
     k = g.view(cache_k, (hk_all, 1, n_kv, ns), (cache_k.nb[0], krow, krow, krow * n_kv))
@@ -286,8 +324,8 @@ def build(c: _Ctx, g: _Graph) -> _T:
         if il < mp.n_lead:
             cur = ffn(c, g, cur, il)
         else:
-            moe_out = moe_ffn(c, g, cur, il, mp, gating)
-            shexp = ffn(c, g, cur, il, "_shexp")
+            moe_out, routed = moe_ffn(c, g, cur, il, mp, gating)
+            shexp = ffn(c, g, cur, il, "_shexp", routed)
             cur = g.op(f"ffn_out-{il}", "ADD", moe_out, shexp)
         x = g.op(f"l_out-{il}", "ADD", cur, ffn_inp)
     g.at(GLOBAL)
@@ -300,7 +338,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
     return logits
 
 
-__all__ = ["MoeParams", "build", "ffn", "moe_ffn", "moe_params", "topk_fusion", "unbuildable"]
+__all__ = ["MoeParams", "Routed", "build", "ffn", "moe_ffn", "moe_params", "topk_fusion", "unbuildable"]
 
 
 def unbuildable(model: GGUFModel) -> str | None:

@@ -62,11 +62,11 @@ def build(c: _Ctx, g: _Graph) -> _T:
         if il < mp.n_lead:
             cur = ffn(c, g, cur, il)
         else:
-            routed = moe_ffn(c, g, cur, il, mp, gating)
+            moe_out, routed = moe_ffn(c, g, cur, il, mp, gating)
             if _weight(c, f"blk.{il}.ffn_up_shexp.weight", il) is not None:
-                cur = g.op(f"ffn_out-{il}", "ADD", routed, ffn(c, g, cur, il, "_shexp"))
+                cur = g.op(f"ffn_out-{il}", "ADD", moe_out, ffn(c, g, cur, il, "_shexp", routed))
             else:  # n_expert_shared 0: build_ffn of null weights is the SiLU of its input
-                cur = g.op(f"ffn_out-{il}", "ADD", routed, g.op(f"ffn_silu-{il}", "UNARY", cur))
+                cur = g.op(f"ffn_out-{il}", "ADD", moe_out, g.op(f"ffn_silu-{il}", "UNARY", cur))
         x = g.op(f"l_out-{il}", "ADD", cur, ffn_inp)
     g.at(GLOBAL)
     cur = g.op("norm", "RMS_NORM", x)
