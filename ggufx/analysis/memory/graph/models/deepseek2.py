@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from functools import lru_cache
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Fusion, _Graph, _type
 from ggufx.analysis.memory.graph.llm import _MOE_REDUCTION_MAX, _Ctx, _inp_embd, _norm, _w, _weight
@@ -40,12 +39,8 @@ def _num(v: object) -> float:
     return float(v) if isinstance(v, (int, float)) else 0.0
 
 
-@lru_cache(maxsize=16)
-def _read(path: str, mtime: int, size: int) -> MoeParams:
-    del mtime, size  # the cache key: a file rewritten in place is read again
-    import ggufx
-
-    model = ggufx.open(path)
+def params_of(model: GGUFModel) -> MoeParams:
+    """The MoE hyper-parameters of an opened model."""
     md = model.metadata
     arch = model.architecture or ""
 
@@ -66,10 +61,36 @@ def _read(path: str, mtime: int, size: int) -> MoeParams:
     )
 
 
+# the builders get the model's path only (graphsim's context): its parameters, kept by file and version
+# when :func:`unbuildable` sees the opened model (``simulated`` runs before every simulation)
+_PARAMS: dict[tuple[str, int, int], MoeParams] = {}
+
+
+def _key(path: str) -> tuple[str, int, int]:
+    st = os.stat(path)
+    return path, st.st_mtime_ns, st.st_size
+
+
+def remember(model: GGUFModel) -> None:
+    """Keep an opened model's MoE parameters for :func:`moe_params`."""
+    try:
+        key = _key(model.path)
+    except OSError:
+        return
+    if key not in _PARAMS:
+        if len(_PARAMS) >= 32:
+            del _PARAMS[next(iter(_PARAMS))]
+        _PARAMS[key] = params_of(model)
+
+
 def moe_params(c: _Ctx) -> MoeParams:
-    """The model's MoE hyper-parameters (read once per file from ``c.path``)."""
-    st = os.stat(c.path)
-    return _read(c.path, st.st_mtime_ns, st.st_size)
+    """The model's MoE hyper-parameters (read from ``c.path`` when :func:`remember` has not kept them)."""
+    key = _key(c.path)
+    if key not in _PARAMS:
+        import ggufx
+
+        remember(ggufx.open(c.path))
+    return _PARAMS[key]
 
 
 def ffn(c: _Ctx, g: _Graph, cur: _T, il: int, part: str = "", routed: Routed | None = None) -> _T:
@@ -338,13 +359,25 @@ def build(c: _Ctx, g: _Graph) -> _T:
     return logits
 
 
-__all__ = ["MoeParams", "Routed", "build", "ffn", "moe_ffn", "moe_params", "topk_fusion", "unbuildable"]
+__all__ = [
+    "MoeParams",
+    "Routed",
+    "build",
+    "ffn",
+    "moe_ffn",
+    "moe_params",
+    "params_of",
+    "remember",
+    "topk_fusion",
+    "unbuildable",
+]
 
 
 def unbuildable(model: GGUFModel) -> str | None:
     """Why the deepseek2 graph cannot be built from this file (None when it can): the absorbed MLA form
     (``attn_k_b``/``attn_v_b``; legacy files with one ``attn_kv_b`` are not simulated), every trunk layer's
     tensors in the shapes deepseek2.cpp creates them, experts split into gate and up."""
+    remember(model)
     md = model.metadata
     arch = model.architecture or ""
     if not (md.get_int(f"{arch}.attention.key_length_mla") and md.get_int(f"{arch}.attention.value_length_mla")):
