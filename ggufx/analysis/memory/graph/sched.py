@@ -143,7 +143,8 @@ class _Sched:
                 continue
             si = at[0][0] if at[0] is not None else -1
             b, _, members = splits[si]
-            if b == self.cpu:
+            # the routed weights must have a buffer: not a copy of host experts (ggml-cuda.cu:1857)
+            if b == self.cpu or not routed[1].src[0].weight:
                 continue
             p, q = [a[1] for a in at if a is not None][0], [a[1] for a in at if a is not None][3]
             pos = [a[1] for a in at if a is not None]
