@@ -84,6 +84,9 @@ class _Graph:
         self.nodes: list[_T] = []
         self.leafs: list[_T] = []
         self.fused: list[_Fusion] = []
+        # routed experts' gate, up, GLU and a shared expert's gate, up, GLU that CUDA's graph_optimize
+        # moves together (with the tensors it keeps alive until then): :meth:`_Sched._rotate`
+        self.rotations: list[tuple[list[_T], list[_T], list[_T]]] = []
         self._seen: set[_T] = set()
         self.pos = GLOBAL  # the layer being built (its position in the built layers)
         self._seq = 0

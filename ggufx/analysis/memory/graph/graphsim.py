@@ -119,6 +119,14 @@ def unbuildable(model: GGUFModel) -> str | None:
         from ggufx.analysis.memory.graph.models.lfm2 import unbuildable as lfm2_unbuildable
 
         return lfm2_unbuildable(model)
+    if arch == "deepseek2":
+        from ggufx.analysis.memory.graph.models.deepseek2 import unbuildable as deepseek2_unbuildable
+
+        return deepseek2_unbuildable(model)
+    if arch == "glm4moe":
+        from ggufx.analysis.memory.graph.models.glm4moe import unbuildable as glm4moe_unbuildable
+
+        return glm4moe_unbuildable(model)
     tensors = {t.name: t for t in model.tensors}
     n_layer = md.get_int(f"{arch}.block_count") or 0
     needed = ["token_embd.weight", "output_norm.weight"]

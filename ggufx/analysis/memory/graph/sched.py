@@ -5,7 +5,7 @@ allocation dependencies CUDA's ``graph_optimize`` adds around the ops it fuses."
 
 from __future__ import annotations
 
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, INPUT, OUTPUT, _Graph
+from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, INPUT, OUTPUT, _Fusion, _Graph
 from ggufx.analysis.memory.placement import CPU
 
 OP_OFFLOAD_MIN_BATCH = 32  # ggml-cuda.cu:5754 (op_offload_min_batch_size)
@@ -130,6 +130,33 @@ class _Sched:
             kept += [t for t in dict.fromkeys(keep) if t not in kept]
         return deps
 
+    def _rotate(self, g: _Graph, splits: list[tuple[int, list[_T], list[_T]]]) -> None:
+        """``ggml_backend_cuda_graph_optimize``'s shared-expert grouping (ggml-cuda.cu:4626-4645): in a CUDA
+        split, the gate, up and GLU of a shared expert are moved right after the routed experts' gate, up
+        and GLU (when no pair of expert products lies between), and the routed input and ids are kept
+        alive until the shared GLU. The builder registers the candidates whose weights
+        ``ggml_cuda_match_shared_expert`` accepts (batch-size independent checks)."""
+        where = {n: (i, j) for i, (_, _, members) in enumerate(splits) for j, n in enumerate(members)}
+        for routed, shared, keep in g.rotations:
+            at = [where.get(n) for n in (*routed, *shared)]
+            if any(a is None for a in at) or len({a[0] for a in at if a is not None}) != 1:
+                continue
+            si = at[0][0] if at[0] is not None else -1
+            b, _, members = splits[si]
+            # the routed weights must have a buffer: not a copy of host experts (ggml-cuda.cu:1857)
+            if b == self.cpu or not routed[1].src[0].weight:
+                continue
+            p, q = [a[1] for a in at if a is not None][0], [a[1] for a in at if a is not None][3]
+            pos = [a[1] for a in at if a is not None]
+            if pos[:3] != [p, p + 1, p + 2] or pos[3:] != [q, q + 1, q + 2] or q < p + 3:
+                continue
+            if any(members[k].op == "MUL_MAT_ID" and members[k + 1].op == "MUL_MAT_ID" for k in range(p + 3, q)):
+                continue
+            members[p + 3 : q + 3] = members[q : q + 3] + members[p + 3 : q]
+            for j in range(p, q + 3):
+                where[members[j]] = (si, j)
+            g.fused.append(_Fusion([*routed, *shared], keep=keep))
+
     def split(self, g: _Graph) -> tuple[list[_T], list[_T], list[int]]:
         """Pass 5 and the graph copy (:1386-1740): the nodes and leafs ggml-alloc reserves, and for each
         node the position of the layer whose nodes it comes with (a split's inputs come with its first
@@ -173,6 +200,8 @@ class _Sched:
                         split[1].append(s)
                     node.src[j] = copies[key][0]
             split[2].append(node)
+        if g.rotations:
+            self._rotate(g, splits)
         deps = self.keep_alive(g, splits)
         nodes: list[_T] = []
         node_at: list[int] = []
