@@ -189,6 +189,7 @@ _ENTRIES = (
         "gpt-oss",
         "openai-moe.cpp",
         ("expert_feed_forward_length", "attention.sliding_window", "rope.freq_base_swa"),
+        builder="gpt_oss",
         swa=Swa(2),
         moe=True,
     ),

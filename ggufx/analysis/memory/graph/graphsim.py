@@ -31,7 +31,7 @@ from ggufx.analysis.layers import swa_layers
 from ggufx.analysis.memory.graph.galloc import PREALLOCATED, _reserve
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, _Graph, _ne, _strides
 from ggufx.analysis.memory.graph.llm import SimParams, _Ctx, _Gdn
-from ggufx.analysis.memory.graph.models import BUILT, builder
+from ggufx.analysis.memory.graph.models import BUILT, builder, gpt_oss
 from ggufx.analysis.memory.graph.models.qwen35 import _gdn_dims, _recurrent_layers
 from ggufx.analysis.memory.graph.sched import N_COPIES, OP_OFFLOAD_MIN_BATCH, _Sched
 from ggufx.analysis.memory.hparams import Hparams, hparams, pad
@@ -107,6 +107,11 @@ def unbuildable(model: GGUFModel) -> str | None:
             return f"the graph needs 0 < expert_used_count <= expert_count <= {LLAMA_MAX_EXPERTS}"
     if arch == "qwen35":
         return _qwen35_unbuildable(model)
+    if arch == "gpt-oss":
+        shapes = {t.name: tuple(t.shape) for t in model.tensors}
+        n_used = md.get_int(f"{arch}.expert_used_count") or 0
+        hp = hparams(model)
+        return gpt_oss.unbuildable(shapes, hp.n_layer, hp.n_embd, n_used, hp.n_swa)
     tensors = {t.name: t for t in model.tensors}
     n_layer = md.get_int(f"{arch}.block_count") or 0
     needed = ["token_embd.weight", "output_norm.weight"]
