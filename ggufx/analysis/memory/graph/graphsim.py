@@ -31,7 +31,7 @@ from ggufx.analysis.layers import swa_layers
 from ggufx.analysis.memory.graph.galloc import PREALLOCATED, _reserve
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, _Graph, _ne, _strides
 from ggufx.analysis.memory.graph.llm import SimParams, _Ctx, _Gdn
-from ggufx.analysis.memory.graph.models import BUILT, builder, gpt_oss
+from ggufx.analysis.memory.graph.models import BUILT, builder, gpt_oss, granite
 from ggufx.analysis.memory.graph.models.qwen35 import _gdn_dims, _recurrent_layers
 from ggufx.analysis.memory.graph.sched import N_COPIES, OP_OFFLOAD_MIN_BATCH, _Sched
 from ggufx.analysis.memory.hparams import Hparams, hparams, pad
@@ -112,6 +112,9 @@ def unbuildable(model: GGUFModel) -> str | None:
         n_used = md.get_int(f"{arch}.expert_used_count") or 0
         hp = hparams(model)
         return gpt_oss.unbuildable(shapes, hp.n_layer, hp.n_embd, n_used, hp.n_swa)
+    if arch in ("granite", "granitemoe"):
+        shapes = {t.name: tuple(t.shape) for t in model.tensors}
+        return granite.unbuildable(shapes, arch, hparams(model).n_layer, granite.read_params(md, arch))
     tensors = {t.name: t for t in model.tensors}
     n_layer = md.get_int(f"{arch}.block_count") or 0
     needed = ["token_embd.weight", "output_norm.weight"]
