@@ -108,13 +108,9 @@ def unbuildable(model: GGUFModel) -> str | None:
     if arch == "qwen35":
         return _qwen35_unbuildable(model)
     if arch == "gpt-oss":
-        shapes = {t.name: tuple(t.shape) for t in model.tensors}
-        n_used = md.get_int(f"{arch}.expert_used_count") or 0
-        hp = hparams(model)
-        return gpt_oss.unbuildable(shapes, hp.n_layer, hp.n_embd, n_used, hp.n_swa)
+        return gpt_oss.unbuildable(model)
     if arch in ("granite", "granitemoe"):
-        shapes = {t.name: tuple(t.shape) for t in model.tensors}
-        return granite.unbuildable(shapes, arch, hparams(model).n_layer, granite.read_params(md, arch))
+        return granite.unbuildable(model)
     tensors = {t.name: t for t in model.tensors}
     n_layer = md.get_int(f"{arch}.block_count") or 0
     needed = ["token_embd.weight", "output_norm.weight"]

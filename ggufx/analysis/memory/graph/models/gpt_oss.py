@@ -9,7 +9,6 @@ state (``t_h_nextn``) is an output before the output rows are picked."""
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Fusion, _Graph
 from ggufx.analysis.memory.graph.llm import (
@@ -23,6 +22,8 @@ from ggufx.analysis.memory.graph.llm import (
     _proj,
     _w,
 )
+from ggufx.analysis.memory.hparams import hparams
+from ggufx.model import GGUFModel
 
 __all__ = ["build", "n_expert_used", "unbuildable"]
 
@@ -47,43 +48,54 @@ LAYER_TENSORS = (
 )
 
 
-@lru_cache(maxsize=16)
-def _used(path: str, mtime: int, size: int) -> int:
-    del mtime, size  # the cache key: a file rewritten in place is read again
-    import ggufx
+def _key(path: str) -> tuple[str, int, int]:
+    """A file's identity: a file rewritten in place is another (a URL: its path)."""
+    try:
+        st = os.stat(path)
+        return path, st.st_mtime_ns, st.st_size
+    except OSError:
+        return path, 0, 0
 
-    model = ggufx.open(path)  # the header only
-    return model.metadata.get_int(f"{model.architecture}.expert_used_count") or 0
+
+# expert_used_count per file, left by :func:`unbuildable` (which reads it from the open model) for the
+# graph, whose context carries it for qwen3moe only
+_USED: dict[tuple[str, int, int], int] = {}
 
 
 def n_expert_used(c: _Ctx) -> int:
-    """``n_expert_used``: the graph context's (graphsim sets it per MoE architecture), else read once
-    per file from its header."""
+    """``n_expert_used``: the graph context's, else what :func:`unbuildable` read, else the header's."""
     if c.moe:
         return c.moe
-    try:
-        st = os.stat(c.path)
-        key = (st.st_mtime_ns, st.st_size)
-    except OSError:  # a URL: its header cache
-        key = (0, 0)
-    return _used(c.path, *key)
+    key = _key(c.path)
+    if key not in _USED:
+        import ggufx
+
+        model = ggufx.open(c.path)  # the header only
+        _USED[key] = model.metadata.get_int(f"{model.architecture}.expert_used_count") or 0
+    return _USED[key]
 
 
-def unbuildable(tensors: dict[str, tuple[int, ...]], n_layer: int, n_embd: int, n_used: int, n_swa: int) -> str | None:
+def unbuildable(model: GGUFModel) -> str | None:
     """Why this gpt-oss file's graph cannot be built (None when it can): the sliding window, the expert
     counts, and every tensor the graph reads, the experts three-dimensional (llama.cpp refuses a file
-    without them, or with a fused ``attn_qkv``, whose views are not rebuilt here)."""
-    if n_swa <= 0:
+    without them; a fused ``attn_qkv``, whose views are not rebuilt here, is refused too)."""
+    hp = hparams(model)
+    n_used = model.metadata.get_int(f"{hp.arch}.expert_used_count") or 0
+    if len(_USED) > 64:
+        _USED.clear()
+    _USED[_key(model.path)] = n_used
+    if hp.n_swa <= 0:
         return "the gpt-oss graph needs a positive gpt-oss.attention.sliding_window"
+    tensors = {t.name: tuple(t.shape) for t in model.tensors}
     fused = next((n for n in tensors if n.endswith(".attn_qkv.weight")), None)
     if fused:
         return f"gpt-oss graphs with a fused {fused} are not simulated"
     needed = ["token_embd.weight", "output_norm.weight", "output.weight"]
-    needed += [f"blk.{il}.{n}" for il in range(n_layer) for n in LAYER_TENSORS]
+    needed += [f"blk.{il}.{n}" for il in range(hp.n_layer) for n in LAYER_TENSORS]
     missing = next((n for n in needed if n not in tensors), None)
     if missing:
         return f"the graph needs tensor {missing}, which the file lacks"
-    for il in range(n_layer):
+    for il in range(hp.n_layer):
         for role in ("gate", "up", "down"):
             name = f"blk.{il}.ffn_{role}_exps.weight"
             if len(tensors[name]) != 3:
@@ -91,8 +103,8 @@ def unbuildable(tensors: dict[str, tuple[int, ...]], n_layer: int, n_embd: int, 
         n_expert = tensors[f"blk.{il}.ffn_gate_exps.weight"][2]
         if not 0 < n_used <= n_expert:
             return "the graph needs 0 < expert_used_count <= expert_count"
-        if tensors[f"blk.{il}.attn_norm.weight"][0] != n_embd:
-            return f"the graph needs tensor blk.{il}.attn_norm.weight of {n_embd} values"
+        if tensors[f"blk.{il}.attn_norm.weight"] != (hp.n_embd,):
+            return f"the graph needs tensor blk.{il}.attn_norm.weight of {hp.n_embd} values"
     return None
 
 

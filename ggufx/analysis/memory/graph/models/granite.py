@@ -6,9 +6,7 @@ where its source has no other reader), RoPE switched by ``rope.scaling.finetuned
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from functools import lru_cache
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
 from ggufx.analysis.memory.graph.llm import (
@@ -23,6 +21,9 @@ from ggufx.analysis.memory.graph.llm import (
     _w,
     _weight,
 )
+from ggufx.analysis.memory.graph.models.gpt_oss import _key
+from ggufx.analysis.memory.hparams import hparams
+from ggufx.model import GGUFModel
 
 __all__ = ["GraniteParams", "build", "params", "read_params", "unbuildable"]
 
@@ -43,43 +44,43 @@ def _nonzero(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and v != 0
 
 
-def read_params(md: object, arch: str) -> GraniteParams:
-    """The graph's parameters from a model's metadata (``md``: its ``metadata``)."""
-    get = md.get  # type: ignore[attr-defined]
-    finetuned = get(f"{arch}.rope.scaling.finetuned", True)
+def read_params(model: GGUFModel) -> GraniteParams:
+    """The graph's parameters from a model's metadata."""
+    md, arch = model.metadata, model.architecture or ""
     return GraniteParams(
-        _nonzero(get(f"{arch}.embedding_scale")),
-        _nonzero(get(f"{arch}.residual_scale")),
-        bool(finetuned),
-        md.get_int(f"{arch}.expert_used_count") or 0,  # type: ignore[attr-defined]
-        md.get_int(f"{arch}.expert_shared_feed_forward_length") or 0,  # type: ignore[attr-defined]
-        f"{arch}.deepstack_mapping" in md,  # type: ignore[operator]
+        _nonzero(md.get(f"{arch}.embedding_scale")),
+        _nonzero(md.get(f"{arch}.residual_scale")),
+        bool(md.get(f"{arch}.rope.scaling.finetuned", True)),
+        md.get_int(f"{arch}.expert_used_count") or 0,
+        md.get_int(f"{arch}.expert_shared_feed_forward_length") or 0,
+        f"{arch}.deepstack_mapping" in md,
     )
 
 
-@lru_cache(maxsize=16)
-def _read(path: str, mtime: int, size: int) -> GraniteParams:
-    del mtime, size  # the cache key: a file rewritten in place is read again
-    import ggufx
-
-    model = ggufx.open(path)  # the header only
-    return read_params(model.metadata, model.architecture or "")
+# the parameters per file, left by :func:`unbuildable` (which reads them from the open model) for the graph
+_PARAMS: dict[tuple[str, int, int], GraniteParams] = {}
 
 
 def params(c: _Ctx) -> GraniteParams:
-    """The model's parameters, read once per file from its header."""
-    try:
-        st = os.stat(c.path)
-        key = (st.st_mtime_ns, st.st_size)
-    except OSError:  # a URL: its header cache
-        key = (0, 0)
-    return _read(c.path, *key)
+    """The model's parameters: what :func:`unbuildable` read, else the header's."""
+    key = _key(c.path)
+    if key not in _PARAMS:
+        import ggufx
+
+        _PARAMS[key] = read_params(ggufx.open(c.path))  # the header only
+    return _PARAMS[key]
 
 
-def unbuildable(tensors: dict[str, tuple[int, ...]], arch: str, n_layer: int, p: GraniteParams) -> str | None:
+def unbuildable(model: GGUFModel) -> str | None:
     """Why this granite/granitemoe file's graph cannot be built (None when it can): every tensor the
     graph reads (granite.cpp / granite-moe.cpp ``load_arch_tensors``), the expert counts; fused QKV,
     LongRoPE factors and Granite Vision's deepstack are not rebuilt here."""
+    arch, p = model.architecture or "", read_params(model)
+    if len(_PARAMS) > 64:
+        _PARAMS.clear()
+    _PARAMS[_key(model.path)] = p
+    n_layer = hparams(model).n_layer
+    tensors = {t.name: tuple(t.shape) for t in model.tensors}
     if p.deepstack:
         return f"{arch} graphs with a deepstack_mapping (Granite Vision) are not simulated"
     odd = next((n for n in tensors if n.endswith((".attn_qkv.weight", "rope_factors_long.weight"))), None)
