@@ -31,7 +31,7 @@ from ggufx.analysis.layers import swa_layers
 from ggufx.analysis.memory.graph.galloc import PREALLOCATED, _reserve
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, _Graph, _ne, _strides
 from ggufx.analysis.memory.graph.llm import SimParams, _Ctx, _Gdn
-from ggufx.analysis.memory.graph.models import BUILT, builder
+from ggufx.analysis.memory.graph.models import BUILT, builder, gpt_oss, granite
 from ggufx.analysis.memory.graph.models.qwen35 import _gdn_dims, _recurrent_layers
 from ggufx.analysis.memory.graph.sched import N_COPIES, OP_OFFLOAD_MIN_BATCH, _Sched
 from ggufx.analysis.memory.hparams import Hparams, hparams, pad
@@ -127,6 +127,10 @@ def unbuildable(model: GGUFModel) -> str | None:
         from ggufx.analysis.memory.graph.models.glm4moe import unbuildable as glm4moe_unbuildable
 
         return glm4moe_unbuildable(model)
+    if arch == "gpt-oss":
+        return gpt_oss.unbuildable(model)
+    if arch in ("granite", "granitemoe"):
+        return granite.unbuildable(model)
     tensors = {t.name: t for t in model.tensors}
     n_layer = md.get_int(f"{arch}.block_count") or 0
     needed = ["token_embd.weight", "output_norm.weight"]
