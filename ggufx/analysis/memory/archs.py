@@ -167,6 +167,7 @@ _ENTRIES = (
         "gemma2",
         "gemma2.cpp",
         ("rope.freq_base_swa", "attention.sliding_window", "attn_logit_softcapping", "final_logit_softcapping"),
+        builder="gemma2",
         swa=Swa(2, default_window=4096),
     ),
     Arch(
@@ -176,15 +177,28 @@ _ENTRIES = (
         swa=Swa(5),
         kv_from_start=20,
     ),
-    Arch("cohere2", "cohere2.cpp", ("rope.freq_base_swa", "attention.sliding_window", "logit_scale"), swa=Swa(4)),
+    Arch(
+        "cohere2",
+        "cohere2.cpp",
+        ("rope.freq_base_swa", "attention.sliding_window", "logit_scale"),
+        builder="cohere2",
+        swa=Swa(4),
+    ),
     Arch(
         "exaone4",
         "exaone4.cpp",
         ("rope.freq_base_swa", "attention.sliding_window"),
+        builder="exaone4",
         swa=Swa(4, default_window=4096, only_n_layer=64),
         skips_nextn=True,
     ),
-    Arch("olmo2", "olmo2.cpp", ("attention.sliding_window", "rope.freq_base_swa"), swa=Swa(4, needs_window=True)),
+    Arch(
+        "olmo2",
+        "olmo2.cpp",
+        ("attention.sliding_window", "rope.freq_base_swa"),
+        builder="olmo2",
+        swa=Swa(4, needs_window=True),
+    ),
     Arch(
         "gpt-oss",
         "openai-moe.cpp",
