@@ -136,8 +136,8 @@ _ENTRIES = (
         gated_q=True,
     ),
     # -- dense decoders ------------------------------------------------------------------------------
-    Arch("qwen2", "qwen2.cpp"),
-    Arch("qwen3", "qwen3.cpp"),
+    Arch("qwen2", "qwen2.cpp", builder="qwen2"),
+    Arch("qwen3", "qwen3.cpp", builder="qwen3"),
     Arch("qwen2vl", "qwen2vl.cpp", ("rope.dimension_sections",)),
     Arch("qwen3vl", "qwen3vl.cpp", ("n_deepstack_layers", "rope.dimension_sections")),
     Arch(
@@ -149,9 +149,10 @@ _ENTRIES = (
             "rope.scaling.yarn_beta_slow",
             "rope.scaling.yarn_log_multiplier",
         ),
+        builder="mistral3",
     ),
-    Arch("smollm3", "smollm3.cpp"),
-    Arch("seed_oss", "seed-oss.cpp"),
+    Arch("smollm3", "smollm3.cpp", builder="smollm3"),
+    Arch("seed_oss", "seed-oss.cpp", builder="seed_oss"),
     Arch("apertus", "apertus.cpp", ("xielu.alpha_n", "xielu.alpha_p", "xielu.beta", "xielu.eps")),
     Arch("glm4", "glm4.cpp", ("rope.dimension_sections",), skips_nextn=True),
     Arch("openelm", "openelm.cpp"),  # per-layer head_count / head_count_kv arrays
@@ -160,7 +161,7 @@ _ENTRIES = (
         "granite.cpp",
         ("logit_scale", "residual_scale", "embedding_scale", "attention.scale", "rope.scaling.finetuned"),
     ),
-    Arch("phi3", "phi3.cpp", ("attention.sliding_window",), swa=Swa(disabled=True)),
+    Arch("phi3", "phi3.cpp", ("attention.sliding_window",), builder="phi3", swa=Swa(disabled=True)),
     Arch("ernie4_5", "ernie4-5.cpp", ("rope.dimension_sections",)),
     # -- sliding window ------------------------------------------------------------------------------
     Arch(

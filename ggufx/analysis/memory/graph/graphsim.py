@@ -112,7 +112,7 @@ def unbuildable(model: GGUFModel) -> str | None:
     tensors = {t.name: t for t in model.tensors}
     n_layer = md.get_int(f"{arch}.block_count") or 0
     if arch not in _LAYER_WEIGHTS:  # the dense decoders of graph/models/_dense.py: their module's SPEC
-        return dense_unbuildable(set(tensors), n_layer, importlib.import_module(builder(arch).__module__).SPEC)
+        return dense_unbuildable(model, importlib.import_module(builder(arch).__module__).SPEC)
     needed = ["token_embd.weight", "output_norm.weight"]
     needed += [f"blk.{il}.{role}.weight" for il in range(min(n_layer, 513)) for role in _LAYER_WEIGHTS[arch]]
     missing = next((n for n in needed if n not in tensors), None)

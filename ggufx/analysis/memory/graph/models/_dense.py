@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph, _type
 from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _inp_embd, _proj, _rot, _w, _weight
+from ggufx.model import GGUFModel
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,7 @@ class Dense:
     norm: str = "RMS_NORM"  # the op of every build_norm (cohere2: LLM_NORM, "NORM")
     attn_norm: bool = True  # a norm before attention (olmo2, exaone4: none)
     ffn_norm: bool = True  # a norm before the FFN (olmo2, exaone4: none)
+    ffn_norm_name: str = "ffn_norm"  # its weight (seed_oss: post_attention_norm)
     qk_norm: str = ""  # "head": RMS norm of each Q and K head (qwen3); "full": of the 2-D projection (olmo2)
     rope: Callable[[_Ctx, int], bool] | None = None  # whether layer il applies RoPE (None: all)
     q_scale: bool = False  # ggml_scale of Q before attention (gemma2, phi3)
@@ -40,6 +42,9 @@ class Dense:
     embd_scale: bool = False  # gemma2: ggml_scale of the token embeddings
     logit_softcap: bool = False  # gemma2: SCALE, TANH, SCALE of the logits
     logit_scale: bool = False  # cohere2: SCALE of the logits (when f_logit_scale is set)
+
+
+_ROPE_FACTORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
 
 
 def _n(c: _Ctx, g: _Graph, x: _T, weight: str, il: int, d: Dense, pin: bool = True) -> _T:
@@ -91,7 +96,8 @@ def _attention(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp, iswa: bool, d:
         q, k, v = g.reshape(q, hd, nh, T), g.reshape(k, hd, nkv, T), g.reshape(v, hv, nkv, T)
     if d.rope is None or d.rope(c, il):
         assert c.pos is not None
-        freqs = _weight(c, "rope_freqs.weight", il)
+        # get_rope_factors (llama-model.cpp:2343): rope_freqs, else phi3's long or short factors
+        freqs = next((f for n in _ROPE_FACTORS if (f := _weight(c, n, il)) is not None), None)
         src = [c.pos, *([freqs] if freqs else [])]
         q = g.new(q.name, "ROPE", "F32", q.ne, q, *src)
         k = g.new(k.name, "ROPE", "F32", k.ne, k, *src)
@@ -212,7 +218,7 @@ def build_dense(c: _Ctx, g: _Graph, d: Dense) -> _T:
         if d.post_attn_norm:
             cur = _n(c, g, cur, b + "post_attention_norm.weight", il, d)
         ffn_inp = g.op(f"ffn_inp-{il}", "ADD", cur, inp_sa)
-        cur = _n(c, g, ffn_inp, b + "ffn_norm.weight", il, d) if d.ffn_norm else ffn_inp
+        cur = _n(c, g, ffn_inp, b + d.ffn_norm_name + ".weight", il, d) if d.ffn_norm else ffn_inp
         cur = _ffn(c, g, cur, il, d)
         if d.post_ffn_norm:  # built with il = -1: not pinned
             cur = _n(c, g, cur, b + "post_ffw_norm.weight", il, d, pin=False)
@@ -243,7 +249,7 @@ def layer_weights(d: Dense) -> tuple[str, ...]:
     the Q/K/V projections are checked apart (``attn_qkv`` or the three)."""
     w = ["attn_output", "ffn_up", "ffn_down"]
     w += ["attn_norm"] if d.attn_norm else []
-    w += ["ffn_norm"] if d.ffn_norm and not d.parallel else []
+    w += [d.ffn_norm_name] if d.ffn_norm and not d.parallel else []
     w += [] if d.fused_up else ["ffn_gate"]
     w += ["attn_q_norm", "attn_k_norm"] if d.qk_norm else []
     w += ["post_attention_norm"] if d.post_attn_norm else []
@@ -251,8 +257,15 @@ def layer_weights(d: Dense) -> tuple[str, ...]:
     return tuple(w)
 
 
-def unbuildable(names: set[str], n_layer: int, d: Dense) -> str | None:
-    """Why a file with these tensors cannot be built as a ``d`` graph (None when it can)."""
+def unbuildable(model: GGUFModel, d: Dense) -> str | None:
+    """Why this file cannot be built as a ``d`` graph (None when it can): a tensor the graph reads
+    that the file lacks (llama.cpp would refuse it), or a graph part not rebuilt here."""
+    arch = model.architecture or ""
+    scale = model.metadata.get(f"{arch}.attention.temperature_scale")
+    if isinstance(scale, (int, float)) and scale != 0:  # mistral3.cpp: build_inp_attn_scale, Q times it
+        return f"{arch} graphs with attention temperature scaling are not simulated"
+    names = {t.name for t in model.tensors}
+    n_layer = model.metadata.get_int(f"{arch}.block_count") or 0
     needed = ["token_embd.weight", "output_norm.weight"]
     for il in range(min(n_layer, 513)):
         needed += [f"blk.{il}.{role}.weight" for role in layer_weights(d)]
