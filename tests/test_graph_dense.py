@@ -1,5 +1,5 @@
 """The dense decoder builders (graph/models/_dense.py and one module per llama.cpp model file: gemma2,
-olmo2, exaone4, cohere2, qwen2, qwen3, phi3, smollm3, mistral3, seed_oss) against llama.cpp's CPU build: every recorded run
+olmo2, exaone4, cohere2, qwen2, qwen3, phi3, smollm3, mistral3, seed_oss, llama4) against llama.cpp's CPU build: every recorded run
 of their small header-only models (tests/fixtures/llamacpp-logs-cpu) has the compute buffer llama.cpp
 reserved, to the 4 decimals of its ``~llama_context`` line, simulated (not the generic estimate).
 Where the CUDA logs of published dimensions (tests/fixtures/llamacpp-logs) hold runs of these
@@ -26,7 +26,7 @@ sys.path.insert(0, str(CPU_LOGS))
 from make_arch_headers import header  # noqa: E402
 from models import MODELS  # noqa: E402
 
-DENSE = ("gemma2", "olmo2", "exaone4", "cohere2", "qwen2", "qwen3", "phi3", "smollm3", "mistral3", "seed_oss")
+DENSE = ("gemma2", "olmo2", "exaone4", "cohere2", "qwen2", "qwen3", "phi3", "smollm3", "mistral3", "seed_oss", "llama4")
 TENSORS = json.loads((CPU_LOGS / "tensors.json").read_text())
 RUNS = {
     rid: (model, args)
@@ -51,13 +51,16 @@ def dense_models(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 def test_every_dense_builder_has_recorded_runs() -> None:
     """Each architecture given a builder here is proven on CPU runs: plain, a quantized cache,
-    -fa off with -np 3 (512 tokens rounded up to 513, graph_reserve), --swa-full where it has a window."""
+    -fa off with -np 3 (512 tokens rounded up to 513, graph_reserve), -fa off at 16384 cells (the
+    attention's KQ is the peak there, not the logits), --swa-full where it has a window."""
     built = {a for a in DENSE if ARCHS[a].builder}
     archs = {MODELS[m]["arch"] for m, _ in RUNS.values()}
     assert built and built <= archs, built - archs
     for arch in built:
         args = [a for m, a in RUNS.values() if MODELS[m]["arch"] == arch]
         assert any("-ctk q8_0" in a for a in args) and any("-fa off -np 3" in a for a in args), arch
+        # without flash attention at 16384 cells the layers' attention, not the logits, sets the peak
+        assert "-c 16384 -fa off" in args, arch
         if ARCHS[arch].swa and not ARCHS[arch].swa.disabled:
             assert any("--swa-full" in a for a in args), arch
 

@@ -211,6 +211,7 @@ _ENTRIES = (
         "llama4",
         "llama4.cpp",
         ("expert_feed_forward_length", "interleave_moe_layer_step", "attention.sliding_window", "rope.freq_base_swa"),
+        builder="llama4",
         swa=Swa(4, forced_window=8192, chunked=True),
         moe=True,
     ),

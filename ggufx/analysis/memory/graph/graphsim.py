@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import importlib
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -33,7 +34,6 @@ from ggufx.analysis.memory.graph.galloc import PREALLOCATED, _reserve
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, _Graph, _ne, _strides
 from ggufx.analysis.memory.graph.llm import SimParams, _Ctx, _Gdn
 from ggufx.analysis.memory.graph.models import BUILT, builder
-from ggufx.analysis.memory.graph.models._dense import unbuildable as dense_unbuildable
 from ggufx.analysis.memory.graph.models.qwen35 import _gdn_dims, _recurrent_layers
 from ggufx.analysis.memory.graph.sched import N_COPIES, OP_OFFLOAD_MIN_BATCH, _Sched
 from ggufx.analysis.memory.hparams import Hparams, hparams, pad
@@ -111,8 +111,9 @@ def unbuildable(model: GGUFModel) -> str | None:
         return _qwen35_unbuildable(model)
     tensors = {t.name: t for t in model.tensors}
     n_layer = md.get_int(f"{arch}.block_count") or 0
-    if arch not in _LAYER_WEIGHTS:  # the dense decoders of graph/models/_dense.py: their module's SPEC
-        return dense_unbuildable(model, importlib.import_module(builder(arch).__module__).SPEC)
+    if arch not in _LAYER_WEIGHTS:  # a builder module with its own check (graph/models/_dense.py and others)
+        check: Callable[[GGUFModel], str | None] = importlib.import_module(builder(arch).__module__).unbuildable
+        return check(model)
     needed = ["token_embd.weight", "output_norm.weight"]
     needed += [f"blk.{il}.{role}.weight" for il in range(min(n_layer, 513)) for role in _LAYER_WEIGHTS[arch]]
     missing = next((n for n in needed if n not in tensors), None)

@@ -257,7 +257,7 @@ def layer_weights(d: Dense) -> tuple[str, ...]:
     return tuple(w)
 
 
-def unbuildable(model: GGUFModel, d: Dense) -> str | None:
+def dense_unbuildable(model: GGUFModel, d: Dense) -> str | None:
     """Why this file cannot be built as a ``d`` graph (None when it can): a tensor the graph reads
     that the file lacks (llama.cpp would refuse it), or a graph part not rebuilt here."""
     arch = model.architecture or ""
