@@ -1,5 +1,5 @@
 """The dense decoder builders (graph/models/_dense.py and one module per llama.cpp model file: gemma2,
-olmo2, exaone4, cohere2, qwen2, qwen3, phi3, smollm3, mistral3, seed_oss, llama4) against llama.cpp's CPU build: every recorded run
+olmo2, exaone4, cohere2, qwen2, qwen3, phi3, smollm3, mistral3, seed_oss, llama4, openelm) against llama.cpp's CPU build: every recorded run
 of their small header-only models (tests/fixtures/llamacpp-logs-cpu) has the compute buffer llama.cpp
 reserved, to the 4 decimals of its ``~llama_context`` line, simulated (not the generic estimate).
 Where the CUDA logs of published dimensions (tests/fixtures/llamacpp-logs) hold runs of these
@@ -26,7 +26,20 @@ sys.path.insert(0, str(CPU_LOGS))
 from make_arch_headers import header  # noqa: E402
 from models import MODELS  # noqa: E402
 
-DENSE = ("gemma2", "olmo2", "exaone4", "cohere2", "qwen2", "qwen3", "phi3", "smollm3", "mistral3", "seed_oss", "llama4")
+DENSE = (
+    "gemma2",
+    "olmo2",
+    "exaone4",
+    "cohere2",
+    "qwen2",
+    "qwen3",
+    "phi3",
+    "smollm3",
+    "mistral3",
+    "seed_oss",
+    "llama4",
+    "openelm",
+)
 TENSORS = json.loads((CPU_LOGS / "tensors.json").read_text())
 RUNS = {
     rid: (model, args)
@@ -35,7 +48,9 @@ RUNS = {
         for line in (CPU_LOGS / "matrix").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     )
-    if MODELS[model]["arch"] in DENSE and (CPU_LOGS / f"{rid}.log").exists()
+    if MODELS[model]["arch"] in DENSE
+    and (CPU_LOGS / f"{rid}.log").exists()
+    and "# exit status: 0" in (CPU_LOGS / f"{rid}.log").read_text()  # "openelm": 10 heads over 4 abort
 }
 
 

@@ -155,7 +155,7 @@ _ENTRIES = (
     Arch("seed_oss", "seed-oss.cpp", builder="seed_oss"),
     Arch("apertus", "apertus.cpp", ("xielu.alpha_n", "xielu.alpha_p", "xielu.beta", "xielu.eps")),
     Arch("glm4", "glm4.cpp", ("rope.dimension_sections",), skips_nextn=True),
-    Arch("openelm", "openelm.cpp"),  # per-layer head_count / head_count_kv arrays
+    Arch("openelm", "openelm.cpp", builder="openelm"),  # per-layer head_count / head_count_kv arrays
     Arch(
         "granite",
         "granite.cpp",

@@ -42,6 +42,8 @@ class Dense:
     embd_scale: bool = False  # gemma2: ggml_scale of the token embeddings
     logit_softcap: bool = False  # gemma2: SCALE, TANH, SCALE of the logits
     logit_scale: bool = False  # cohere2: SCALE of the logits (when f_logit_scale is set)
+    residual_first: bool = False  # openelm: ffn_inp = residual + attention (the residual's rows gathered first)
+    ffn_residual_first: bool = False  # phi3: l_out = residual + FFN (ggml-alloc tries the residual in place first)
 
 
 _ROPE_FACTORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
@@ -104,6 +106,7 @@ def _attention(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp, iswa: bool, d:
     if d.q_scale:
         q = g.op(q.name, "SCALE", q)
     cur = _attn_kv(c, g, q, k, v, il, inp, iswa, d)
+    g.expand(cur)  # build_attn_mha expands the attention's output before the output projection
     return _proj(c, g, f"attn_out-{il}", p + "attn_output", cur, il)
 
 
@@ -138,7 +141,9 @@ def _attn_kv(c: _Ctx, g: _Graph, q: _T, k: _T, v: _T, il: int, inp: _AttnInp, is
             v2 = g.reshape(v, hv * nkv, T)
         else:
             v2 = g.new(f"Vcur_cont-{il}", "CONT", "F32", (hv * nkv, T), v)
-        vv = g.reshape(v2, 1, hv * nkv * T)
+        if hv * nkv < v_gqa:  # [TAG_V_CACHE_VARIABLE]: fewer KV heads than the cache's widest layer
+            v2 = g.new(f"Vcur_pad-{il}", "PAD", "F32", (v_gqa, T), v2)
+        vv = g.reshape(v2, 1, v2.ne[0] * T)
         cv = g.reshape(cache_v, 1, math.prod(cache_v.ne))
         set_v = g.view(cv, cv.ne, cv.nb, "SET_ROWS")
         set_v.src = [vv, inp.v_idxs, cv]
@@ -207,6 +212,8 @@ def build_dense(c: _Ctx, g: _Graph, d: Dense) -> _T:
         if last:
             cur = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), cur, out_ids)
             inp_sa = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), inp_sa, out_ids)
+            if d.residual_first:
+                g.expand(inp_sa)
             if d.parallel:
                 ffn_in = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), ffn_in, out_ids)
         if d.parallel:  # cohere2.cpp:104-130: FFN of the attention's input norm, then + input + attention
@@ -217,12 +224,13 @@ def build_dense(c: _Ctx, g: _Graph, d: Dense) -> _T:
             continue
         if d.post_attn_norm:
             cur = _n(c, g, cur, b + "post_attention_norm.weight", il, d)
-        ffn_inp = g.op(f"ffn_inp-{il}", "ADD", cur, inp_sa)
+        add = (inp_sa, cur) if d.residual_first else (cur, inp_sa)
+        ffn_inp = g.op(f"ffn_inp-{il}", "ADD", *add)
         cur = _n(c, g, ffn_inp, b + d.ffn_norm_name + ".weight", il, d) if d.ffn_norm else ffn_inp
         cur = _ffn(c, g, cur, il, d)
         if d.post_ffn_norm:  # built with il = -1: not pinned
             cur = _n(c, g, cur, b + "post_ffw_norm.weight", il, d, pin=False)
-        x = g.op(f"l_out-{il}", "ADD", cur, ffn_inp)
+        x = g.op(f"l_out-{il}", "ADD", *((ffn_inp, cur) if d.ffn_residual_first else (cur, ffn_inp)))
     g.at(GLOBAL)
     cur = g.op("norm", d.norm, x)
     cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
