@@ -1,9 +1,12 @@
 """The dense decoder builders (graph/models/_dense.py and one module per llama.cpp model file: gemma2,
-olmo2, exaone4, cohere2, qwen2, qwen3, phi3, smollm3, mistral3, seed_oss, llama4, openelm) against llama.cpp's CPU build: every recorded run
+olmo2, exaone4, cohere2, qwen2, qwen3, phi3, smollm3, mistral3, seed_oss, llama4, openelm, glm4) against llama.cpp's CPU build: every recorded run
 of their small header-only models (tests/fixtures/llamacpp-logs-cpu) has the compute buffer llama.cpp
 reserved, to the 4 decimals of its ``~llama_context`` line, simulated (not the generic estimate).
-Where the CUDA logs of published dimensions (tests/fixtures/llamacpp-logs) hold runs of these
-architectures, those are replayed too."""
+The same on models of published dimensions (llamacpp-logs-cpu/published: Qwen2.5-7B, gemma-2-2b,
+Phi-3.5-mini, SmolLM3-3B, OLMo-2-7B, command-r7b, EXAONE-4.0-1.2B, GLM-4-9B-0414, whose headers
+tests/fixtures/llamacpp-logs/make_headers.py writes), and, where the CUDA logs of
+tests/fixtures/llamacpp-logs hold runs of these models, every compute buffer of every device to the
+0.01 MiB llama.cpp prints."""
 
 from __future__ import annotations
 
@@ -20,6 +23,9 @@ from ggufx.analysis.memory.buffers import MiB, breakdown
 from ggufx.analysis.memory.graph.graphsim import simulated
 from ggufx.analysis.memory.llamaargs import parse_args
 from ggufx.analysis.memory.llamalog import parse_log
+
+from .llamacpp_logs import LOGS, devices_of
+from .llamacpp_logs import RUNS as CUDA_RUNS
 
 CPU_LOGS = Path(__file__).resolve().parent / "fixtures" / "llamacpp-logs-cpu"
 sys.path.insert(0, str(CPU_LOGS))
@@ -39,6 +45,7 @@ DENSE = (
     "seed_oss",
     "llama4",
     "openelm",
+    "glm4",
 )
 TENSORS = json.loads((CPU_LOGS / "tensors.json").read_text())
 RUNS = {
@@ -106,3 +113,75 @@ def test_a_file_without_a_needed_tensor_falls_back(smollm2_path: Path, tmp_path:
     bd = breakdown(model, [], parse_args("-m x -c 4096").offload, parse_args("-m x -c 4096").context)
     compute = [b for b in bd.buffers if b.kind == "compute"]
     assert compute and all("generic decoder estimate" in b.reason for b in compute) and bd.compute_estimate
+
+
+# the models of published dimensions (make_headers.py) that run a builder of this module
+PUBLISHED_MODELS = {
+    "qwen25-7b": "qwen2",
+    "gemma2-2b": "gemma2",
+    "phi35-mini": "phi3",
+    "smollm3-3b": "smollm3",
+    "olmo2-7b": "olmo2",
+    "cohere2-7b": "cohere2",
+    "exaone4-1.2b": "exaone4",
+    "glm4-9b": "glm4",
+}
+PUBLISHED = CPU_LOGS / "published"
+PUBLISHED_RUNS = {
+    rid: (model, args)
+    for rid, model, args in (
+        line.split("\t")
+        for line in (PUBLISHED / "matrix").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    )
+    if (PUBLISHED / f"{rid}.log").exists() and "# exit status: 0" in (PUBLISHED / f"{rid}.log").read_text()
+}
+CUDA = sorted(
+    rid
+    for rid, r in CUDA_RUNS.items()
+    if r.get("model") in PUBLISHED_MODELS and r["tool"] in ("completion", "server") and r["exit_status"] == 0
+)
+
+
+def _hole(hole_models: dict[str, Path], name: str) -> Path:
+    if name not in hole_models:
+        pytest.skip(f"make_headers.py does not write {name} in this checkout")
+    return hole_models[name]
+
+
+def test_published_runs_are_recorded() -> None:
+    """Each published model: flash attention and not, -np 3 -ub 1024, a q8_0 cache."""
+    assert {m for m, _ in PUBLISHED_RUNS.values()} == set(PUBLISHED_MODELS)
+    assert len(PUBLISHED_RUNS) == 4 * len(PUBLISHED_MODELS)
+
+
+@pytest.mark.parametrize("rid", sorted(PUBLISHED_RUNS))
+def test_published_dimensions_cpu(rid: str, hole_models: dict[str, Path]) -> None:
+    name, args = PUBLISHED_RUNS[rid]
+    model = ggufx.open(_hole(hole_models, name))
+    assert model.architecture == PUBLISHED_MODELS[name] and simulated(model) is None
+    log = parse_log((PUBLISHED / f"{rid}.log").read_text())
+    parsed = parse_args("-m x " + args)
+    bd = breakdown(model, [], replace(parsed.offload, repack=False), parsed.context)
+    compute = [b for b in bd.buffers if b.kind == "compute"]
+    assert compute and not bd.compute_estimate
+    assert {b.buft: round(b.bytes / MiB, 4) for b in compute} == log.buffers["compute"]
+
+
+@pytest.mark.parametrize("rid", CUDA)
+def test_published_dimensions_cuda(rid: str, hole_models: dict[str, Path]) -> None:
+    """Every compute buffer of a recorded CUDA run (one or two H100s, partial -ngl, -nkvo, ...) of a
+    published model with a dense builder: llama.cpp's, to the 0.01 MiB."""
+    run = CUDA_RUNS[rid]
+    text = (LOGS / f"{rid}.log").read_text()
+    log = parse_log(text)
+    args = parse_args(run["args"].replace("@", ""), server=run["tool"] == "server")
+    model = ggufx.open(_hole(hole_models, run["model"]))
+    bd = breakdown(model, devices_of(run, log.devices), args.offload, args.context)
+    compute = [b for b in bd.buffers if b.kind == "compute"]
+    assert compute and not bd.compute_estimate
+    ours: dict[str, float] = {}
+    for b in compute:
+        ours[b.buft] = ours.get(b.buft, 0) + b.bytes / MiB
+    theirs = {k: round(v, 2) for k, v in log.buffers["compute"].items() if v}
+    assert {k: round(v, 2) for k, v in ours.items() if round(v, 2)} == theirs

@@ -36,6 +36,7 @@ class Dense:
     attn_softcap: bool = False  # attention logit soft-capping (gemma2): SCALE, TANH, SCALE before soft_max
     post_attn_norm: bool = False  # a norm of the attention output (gemma2, olmo2, exaone4)
     post_ffn_norm: bool = False  # a norm of the FFN output, built with il = -1 (not pinned)
+    post_ffn_norm_pin: bool = False  # glm4 builds it with the layer's il: pinned like the others
     gelu: bool = False  # GEGLU in place of SwiGLU (gemma2)
     fused_up: bool = False  # phi3: one ffn_up of 2 n_ff, ggml_swiglu over its halves, no ffn_gate
     parallel: bool = False  # cohere2: the FFN reads the attention's input norm; both add to the residual
@@ -228,8 +229,8 @@ def build_dense(c: _Ctx, g: _Graph, d: Dense) -> _T:
         ffn_inp = g.op(f"ffn_inp-{il}", "ADD", *add)
         cur = _n(c, g, ffn_inp, b + d.ffn_norm_name + ".weight", il, d) if d.ffn_norm else ffn_inp
         cur = _ffn(c, g, cur, il, d)
-        if d.post_ffn_norm:  # built with il = -1: not pinned
-            cur = _n(c, g, cur, b + "post_ffw_norm.weight", il, d, pin=False)
+        if d.post_ffn_norm:  # built with il = -1 (not pinned) but in glm4
+            cur = _n(c, g, cur, b + "post_ffw_norm.weight", il, d, pin=d.post_ffn_norm_pin)
         x = g.op(f"l_out-{il}", "ADD", *((ffn_inp, cur) if d.ffn_residual_first else (cur, ffn_inp)))
     g.at(GLOBAL)
     cur = g.op("norm", d.norm, x)
