@@ -44,6 +44,7 @@ class Dense:
     logit_softcap: bool = False  # gemma2: SCALE, TANH, SCALE of the logits
     logit_scale: bool = False  # cohere2: SCALE of the logits (when f_logit_scale is set)
     residual_first: bool = False  # openelm: ffn_inp = residual + attention (the residual's rows gathered first)
+    n_pos: int = 1  # positions per token (n_pos_per_embd: 4 with M-RoPE, qwen2vl)
     ffn_residual_first: bool = False  # phi3: l_out = residual + FFN (ggml-alloc tries the residual in place first)
 
 
@@ -197,7 +198,7 @@ def build_dense(c: _Ctx, g: _Graph, d: Dense) -> _T:
     x = _inp_embd(c, g)
     if d.embd_scale:
         x = g.op("inp_scaled", "SCALE", x)
-    c.pos = g.input("inp_pos", "I32", T)
+    c.pos = g.input("inp_pos", "I32", T * d.n_pos)
     iswa = any(c.swa)
     full = _attn_inp(c, g, sp.n_kv)
     swa = _attn_inp(c, g, c.n_kv_swa) if iswa else full
