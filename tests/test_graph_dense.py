@@ -1,6 +1,6 @@
 """The dense decoder builders (graph/models/_dense.py and one module per llama.cpp model file: gemma2,
-olmo2, exaone4, cohere2, qwen2, qwen3, phi3, smollm3, mistral3, seed_oss, llama4, openelm, glm4, qwen2vl)
-against llama.cpp's CPU build: every recorded run of their small header-only models
+olmo2, exaone4, cohere2, qwen2, qwen3, phi3, smollm3, mistral3, seed_oss, llama4, openelm, glm4, qwen2vl,
+ernie4_5) against llama.cpp's CPU build: every recorded run of their small header-only models
 (tests/fixtures/llamacpp-logs-cpu) has the compute buffer llama.cpp reserved, to the 4 decimals of its ``~llama_context`` line, simulated (not the generic estimate).
 The same on models of published dimensions (llamacpp-logs-cpu/published: Qwen2.5-7B, gemma-2-2b,
 Phi-3.5-mini, SmolLM3-3B, OLMo-2-7B, command-r7b, EXAONE-4.0-1.2B, GLM-4-9B-0414, whose headers
@@ -47,6 +47,7 @@ DENSE = (
     "openelm",
     "glm4",
     "qwen2vl",
+    "ernie4_5",
 )
 TENSORS = json.loads((CPU_LOGS / "tensors.json").read_text())
 RUNS = {

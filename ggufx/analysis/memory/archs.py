@@ -162,7 +162,7 @@ _ENTRIES = (
         ("logit_scale", "residual_scale", "embedding_scale", "attention.scale", "rope.scaling.finetuned"),
     ),
     Arch("phi3", "phi3.cpp", ("attention.sliding_window",), builder="phi3", swa=Swa(disabled=True)),
-    Arch("ernie4_5", "ernie4-5.cpp", ("rope.dimension_sections",)),
+    Arch("ernie4_5", "ernie4-5.cpp", ("rope.dimension_sections",), builder="ernie4_5"),
     # -- sliding window ------------------------------------------------------------------------------
     Arch(
         "gemma2",
