@@ -1,7 +1,8 @@
 """The dense decoder builders (graph/models/_dense.py and one module per llama.cpp model file: gemma2,
 olmo2, exaone4, cohere2, qwen2, qwen3, phi3, smollm3, mistral3, seed_oss, llama4, openelm, glm4, qwen2vl,
 ernie4_5) against llama.cpp's CPU build: every recorded run of their small header-only models
-(tests/fixtures/llamacpp-logs-cpu) has the compute buffer llama.cpp reserved, to the 4 decimals of its ``~llama_context`` line, simulated (not the generic estimate).
+(tests/fixtures/llamacpp-logs-cpu) has the compute buffer llama.cpp reserved, to the 4 decimals of its
+``~llama_context`` line, simulated (not the generic estimate).
 The same on models of published dimensions (llamacpp-logs-cpu/published: Qwen2.5-7B, gemma-2-2b,
 Phi-3.5-mini, SmolLM3-3B, OLMo-2-7B, command-r7b, EXAONE-4.0-1.2B, GLM-4-9B-0414, whose headers
 tests/fixtures/llamacpp-logs/make_headers.py writes), and, where the CUDA logs of
@@ -115,6 +116,21 @@ def test_a_file_without_a_needed_tensor_falls_back(smollm2_path: Path, tmp_path:
     bd = breakdown(model, [], parse_args("-m x -c 4096").offload, parse_args("-m x -c 4096").context)
     compute = [b for b in bd.buffers if b.kind == "compute"]
     assert compute and all("generic decoder estimate" in b.reason for b in compute) and bd.compute_estimate
+
+
+def test_nextn_and_mrope_files_fall_back(smollm2_path: Path, tmp_path: Path) -> None:
+    """exaone4 and glm4 files with NextN layers, glm4 with M-RoPE sections: graph parts these builders do
+    not rebuild, so the generic estimate with the reason named."""
+    cases = [
+        ("exaone4", {"nextn_predict_layers": 1}, "exaone4 graphs with NextN layers are not simulated"),
+        ("glm4", {"nextn_predict_layers": 1}, "glm4 graphs with NextN layers are not simulated"),
+        ("glm4", {"rope.dimension_sections": [8, 12, 12, 0]}, "glm4 graphs with M-RoPE sections are not simulated"),
+    ]
+    for name, kv, why in cases:
+        path = tmp_path / f"{name}.gguf"
+        spec = {**MODELS[name], "kv": {**MODELS[name]["kv"], **kv}}
+        header(path, spec, TENSORS[name], smollm2_path)
+        assert simulated(ggufx.open(path)) == why
 
 
 # the models of published dimensions (make_headers.py) that run a builder of this module

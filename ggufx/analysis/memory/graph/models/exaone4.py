@@ -1,6 +1,6 @@
 """``exaone4`` (src/models/exaone4.cpp): no pre-norms; RMS norms of each Q and K head; RoPE only
 in the sliding-window layers when there are any (exaone4.cpp: ``use_rope``); norms after attention
-and after the FFN."""
+and after the FFN. Files with NextN layers are not built."""
 
 from __future__ import annotations
 
@@ -24,4 +24,6 @@ def build(c: _Ctx, g: _Graph) -> _T:
 
 
 def unbuildable(model: GGUFModel) -> str | None:
+    if (model.metadata.get_int("exaone4.nextn_predict_layers") or 0) > 0:  # the graph stops before them
+        return "exaone4 graphs with NextN layers are not simulated"
     return dense_unbuildable(model, SPEC)
