@@ -23,7 +23,9 @@ needs, are refused with a reason (:func:`simulated`, :func:`unbuildable`).
 
 from __future__ import annotations
 
+import importlib
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -133,6 +135,9 @@ def unbuildable(model: GGUFModel) -> str | None:
         return granite.unbuildable(model)
     tensors = {t.name: t for t in model.tensors}
     n_layer = md.get_int(f"{arch}.block_count") or 0
+    if arch not in _LAYER_WEIGHTS:  # a builder module with its own check (graph/models/_dense.py and others)
+        check: Callable[[GGUFModel], str | None] = importlib.import_module(builder(arch).__module__).unbuildable
+        return check(model)
     needed = ["token_embd.weight", "output_norm.weight"]
     needed += [f"blk.{il}.{role}.weight" for il in range(min(n_layer, 513)) for role in _LAYER_WEIGHTS[arch]]
     missing = next((n for n in needed if n not in tensors), None)

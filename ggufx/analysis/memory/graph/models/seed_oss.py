@@ -1,0 +1,19 @@
+"""``seed_oss`` (src/models/seed-oss.cpp): the llama graph, the FFN's norm weight named
+``post_attention_norm``."""
+
+from __future__ import annotations
+
+from ggufx.analysis.memory.graph.ggml import _T, _Graph
+from ggufx.analysis.memory.graph.llm import _Ctx
+from ggufx.analysis.memory.graph.models._dense import Dense, build_dense, dense_unbuildable
+from ggufx.model import GGUFModel
+
+SPEC = Dense(ffn_norm_name="post_attention_norm")
+
+
+def build(c: _Ctx, g: _Graph) -> _T:
+    return build_dense(c, g, SPEC)
+
+
+def unbuildable(model: GGUFModel) -> str | None:
+    return dense_unbuildable(model, SPEC)
