@@ -101,7 +101,11 @@ def test_issue_architectures_are_registered() -> None:
         "minimax-m2", "olmo2", "smollm3", "cohere2", "exaone4", "hunyuan-moe", "apertus",
     ):  # fmt: skip
         assert arch_of(name) is not None, name
-    assert {n for n in ARCHS if builder_of(n)} == {"llama", "gemma3", "qwen3moe", "qwen35"}
+    assert {n for n in ARCHS if builder_of(n)} == {
+        "llama", "gemma3", "qwen3moe", "qwen35", "cohere2", "deepseek2", "ernie4_5", "exaone4", "gemma2", "glm4",
+        "glm4moe", "gpt-oss", "granite", "granitehybrid", "granitemoe", "lfm2", "lfm2moe", "llama4", "mistral3",
+        "olmo2", "openelm", "phi3", "qwen2", "qwen2vl", "qwen3", "qwen3next", "seed_oss", "smollm3",
+    }  # fmt: skip
     assert arch_of("deepseek2").mla and arch_of("glm4moe").skips_nextn  # type: ignore[union-attr]
     assert arch_of("no-such-arch") is None and builder_of(None) is None
 

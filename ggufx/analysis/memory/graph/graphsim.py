@@ -33,7 +33,7 @@ from ggufx.analysis.layers import swa_layers
 from ggufx.analysis.memory.graph.galloc import PREALLOCATED, _reserve
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, _Graph, _ne, _strides
 from ggufx.analysis.memory.graph.llm import SimParams, _Ctx, _Gdn
-from ggufx.analysis.memory.graph.models import BUILT, builder, gpt_oss, granite
+from ggufx.analysis.memory.graph.models import BUILT, builder
 from ggufx.analysis.memory.graph.models.qwen35 import _gdn_dims, _recurrent_layers
 from ggufx.analysis.memory.graph.sched import N_COPIES, OP_OFFLOAD_MIN_BATCH, _Sched
 from ggufx.analysis.memory.hparams import Hparams, hparams, pad
@@ -109,33 +109,9 @@ def unbuildable(model: GGUFModel) -> str | None:
             return f"the graph needs 0 < expert_used_count <= expert_count <= {LLAMA_MAX_EXPERTS}"
     if arch == "qwen35":
         return _qwen35_unbuildable(model)
-    if arch == "qwen3next":
-        from ggufx.analysis.memory.graph.models.qwen3next import unbuildable as qwen3next_unbuildable
-
-        return qwen3next_unbuildable(model)
-    if arch == "granitehybrid":
-        from ggufx.analysis.memory.graph.models.granitehybrid import unbuildable as granitehybrid_unbuildable
-
-        return granitehybrid_unbuildable(model)
-    if arch in ("lfm2", "lfm2moe"):
-        from ggufx.analysis.memory.graph.models.lfm2 import unbuildable as lfm2_unbuildable
-
-        return lfm2_unbuildable(model)
-    if arch == "deepseek2":
-        from ggufx.analysis.memory.graph.models.deepseek2 import unbuildable as deepseek2_unbuildable
-
-        return deepseek2_unbuildable(model)
-    if arch == "glm4moe":
-        from ggufx.analysis.memory.graph.models.glm4moe import unbuildable as glm4moe_unbuildable
-
-        return glm4moe_unbuildable(model)
-    if arch == "gpt-oss":
-        return gpt_oss.unbuildable(model)
-    if arch in ("granite", "granitemoe"):
-        return granite.unbuildable(model)
     tensors = {t.name: t for t in model.tensors}
     n_layer = md.get_int(f"{arch}.block_count") or 0
-    if arch not in _LAYER_WEIGHTS:  # a builder module with its own check (graph/models/_dense.py and others)
+    if arch not in _LAYER_WEIGHTS:  # a builder module with its own check (every module of graph/models/ but llama's)
         check: Callable[[GGUFModel], str | None] = importlib.import_module(builder(arch).__module__).unbuildable
         return check(model)
     needed = ["token_embd.weight", "output_norm.weight"]
