@@ -69,9 +69,13 @@ def builder_errors(hole_models: dict[str, Path]) -> dict[str, list[tuple[str, st
 
 
 def test_error_table_covers_every_architecture_with_a_builder(builder_errors) -> None:  # type: ignore[no-untyped-def]
+    from ggufx.analysis.memory.archs import ARCHS, builder_of
+
     rows = {r.arch: r for r in table(builder_errors)}
-    assert set(rows) == {"llama", "gemma3", "qwen35", "qwen3moe"}
-    for r in rows.values():
+    tuned = {"llama", "gemma3", "qwen35", "qwen3moe"}  # the CUDA-recorded ones the phase model was tuned on
+    assert tuned <= set(rows) <= {n for n in ARCHS if builder_of(n)}
+    assert len(rows) > len(tuned)  # the CPU runs of published shapes of issue 25's architectures
+    for r in (rows[n] for n in tuned):
         assert r.runs >= 20 and r.buffers >= r.runs
         # what the docs print: the phase model is tuned on these runs, so its median is small; its tail is not
         assert r.median < 5.0 and r.worst >= r.p90 >= r.median
