@@ -103,3 +103,43 @@ def assert_compute_equal(log_text: str, bd: Breakdown) -> None:
     theirs = {k: v for k, v in parse_log(log_text).buffers.get("compute", {}).items() if v}
     digits = 4 if "compute buffer size is" in log_text else 2
     assert {k: round(v, digits) for k, v in mine.items()} == theirs, (mine, theirs)
+
+
+NODES = CPU_LOGS / "nodes"
+_VIEWS = {"VIEW", "RESHAPE", "PERMUTE", "TRANSPOSE"}
+# ggml_op_desc prints the unary and GLU kinds; the graph records their op
+_OP = {"SILU": "UNARY", "SIGMOID": "UNARY", "SOFTPLUS": "UNARY", "GELU": "UNARY", "SWIGLU": "GLU"}
+
+
+def _fmt_size(n: int) -> str:
+    """ggml-backend.cpp's ``fmt_size``."""
+    return f"{n // 1024 // 1024}M" if n >= 1024 * 1024 else f"{n // 1024}K"
+
+
+def assert_nodes_equal(rid: str, path: Path) -> None:
+    """The prompt-processing graph the builder makes, node for node (op and size, views aside) equal to
+    the one llama.cpp's scheduler printed for this run (tests/fixtures/llamacpp-logs-cpu/nodes)."""
+    from ggufx.analysis.memory.graph import graphsim
+    from ggufx.analysis.memory.graph.ggml import _Graph
+    from ggufx.analysis.memory.graph.models import builder
+
+    theirs = []
+    for line in (NODES / f"{rid}.tsv").read_text().splitlines():
+        if not line.startswith("#"):
+            _, op, _, size = line.split("\t")
+            if op not in _VIEWS:
+                theirs.append((_OP.get(op, op), size))
+    _, args = cpu_args(rid)
+    parsed = parse_args("-m x " + args)
+    model = ggufx.open(path)
+    sp = breakdown(model, [], parsed.offload, parsed.context).reservation
+    assert sp is not None
+    ld = graphsim._loaded(model, [], parsed.offload)
+    c = graphsim._context(model, ld, sp, sp.n_ubatch, sp.n_outputs)
+    c.layers = list(range(ld.hp.n_layer))
+    g = _Graph()
+    g.expand(builder(ld.hp.arch)(c, g))
+    mine = [(n.op, _fmt_size(n.nbytes)) for n in g.nodes if n.op not in _VIEWS]
+    assert len(mine) == len(theirs)
+    for i, (a, b) in enumerate(zip(mine, theirs, strict=True)):
+        assert a[0].startswith(b[0][:10]) and a[1] == b[1], (i, a, b)

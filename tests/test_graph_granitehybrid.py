@@ -19,7 +19,15 @@ from ggufx.analysis.memory.llamaargs import parse_args
 from ggufx.analysis.memory.placement import Device
 from ggufx.model import GGUFModel
 
-from .graph_arch_logs import CPU_LOGS, assert_compute_equal, cpu_model, cpu_runs, cuda_runs, replay_cpu
+from .graph_arch_logs import (
+    CPU_LOGS,
+    assert_compute_equal,
+    assert_nodes_equal,
+    cpu_model,
+    cpu_runs,
+    cuda_runs,
+    replay_cpu,
+)
 from .llamacpp_logs import LOGS, replay_run
 
 ARCH = "granitehybrid"
@@ -43,6 +51,13 @@ def test_the_cpu_runs_cover_flash_attention_off_parallel_sequences_and_a_quantiz
 def test_cpu_compute_buffer_equals_llama_cpp(rid: str, model_path: Path) -> None:
     text, bd = replay_cpu(rid, model_path)
     assert_compute_equal(text, bd)
+
+
+@pytest.mark.parametrize("rid", [f"{ARCH}-c4096-faoff-np3", f"{ARCH}-c16384-q8_0"])
+def test_the_graph_is_llama_cpps_node_for_node(rid: str, model_path: Path) -> None:
+    """Equal buffers could hide another order of the same nodes: the graph itself equals the one
+    llama.cpp's scheduler printed (GGML_SCHED_DEBUG=2), op and size of every node, in order."""
+    assert_nodes_equal(rid, model_path)
 
 
 def test_the_layer_shortcut_equals_the_whole_replay(model_path: Path) -> None:
