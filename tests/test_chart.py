@@ -176,8 +176,8 @@ def test_report_page_with_the_chart_opens_in_headless_chromium(gemma_path: Path,
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(pages.templates_dir()), autoescape=True, undefined=jinja2.StrictUndefined
     )
-    ctx = pages.context(results.report(model))
-    html = env.get_template("report.html.j2").render(**ctx, memory_chart=svg, memory_curve=curve)
+    ctx = {**pages.context(results.report(model)), "memory_chart": svg, "memory_curve": curve}
+    html = env.get_template("report.html.j2").render(**ctx)
     assert html.count("<svg") == 2 and 'id="memory-chart"' in html
     out = tmp_path / "report.html"
     out.write_text(html)
@@ -243,3 +243,29 @@ def _distinct_colours(png: bytes) -> int:
             colours.add(bytes(line[k : k + 3]))
         prev = line
     return len(colours)
+
+
+def test_report_carries_the_chart(cli: CliRun, smollm2_path: Path, tmp_path: Path) -> None:
+    """``report --gpus``: the page holds the chart of the curve ``report --json`` gives (budget and
+    llama.cpp's --fit point included); without --gpus the chart has neither."""
+    import json
+
+    m = str(smollm2_path)
+    data = json.loads(cli("report", m, "--gpus", "1GiB", "--json").stdout)
+    curve = data["memory_curve"]
+    assert [g["free"] for g in curve["gpus"]] == [1 << 30] and curve["fit"]
+    assert curve["contexts"][0] == 4096 and curve["contexts"][-1] == 8192  # SmolLM2's training context
+    page = tmp_path / "r.html"
+    assert cli("report", m, "--gpus", "1GiB", "-o", str(page)).exit_code == 0
+    html = page.read_text()
+    assert '<figure id="memory-chart"><svg' in html
+    for s in curve["series"]:
+        for p in s["points"]:
+            assert f'data-bytes="{p["use"]["CUDA0"]}"' in html
+    plain = json.loads(cli("report", m, "--json").stdout)["memory_curve"]
+    assert plain["gpus"][0]["free"] == 0 and not plain.get("fit")
+    md = tmp_path / "r.md"
+    assert cli("report", m, "--gpus", "1GiB", "-o", str(md)).exit_code == 0
+    assert "| context |" in md.read_text()
+    bad = cli("report", m, "--gpus", "lots", "-o", str(tmp_path / "bad.html"))
+    assert bad.exit_code == 2 and not (tmp_path / "bad.html").exists()

@@ -418,22 +418,31 @@ def mem(file: str | None, as_json: bool, tablefmt: str, **options: Any) -> None:
     default=None,
     help="html or md (default: from the output's extension, else html).",
 )
+@click.option(
+    "--gpus",
+    metavar="SIZE,SIZE",
+    help="The GPUs' free memory (24GiB,24GiB): the memory chart draws the budget and llama.cpp's --fit point.",
+)
 @json_option
 @remote_options
-def report(file: str, output: str | None, fmt: str | None, as_json: bool) -> None:
+def report(file: str, output: str | None, fmt: str | None, gpus: str | None, as_json: bool) -> None:
     """One page about a model: summary, type histogram, where the bits go, a layer heat map (inline
     SVG, no JavaScript, no network), memory at a few context lengths, chat template facts.
 
     \b
     Examples:
       ggufx report model.gguf -o report.html
+      ggufx report model.gguf --gpus 24GiB -o report.html   # the chart with the GPU's budget
       ggufx report model.gguf --format md > REPORT.md
       ggufx report model.gguf --json   # the data behind the page
     """
     from ggufx import results
     from ggufx.render.pages import render
 
-    res = results.report(open_model(file))
+    try:
+        res = results.report(open_model(file), gpus)
+    except results.InputError as e:
+        raise click.BadParameter(str(e), param_hint=e.param) from None
     if as_json:
         emit_json(res)
         return

@@ -59,6 +59,14 @@ def _colour(type_name: str) -> str:
     return "#%02x%02x%02x" % rgb
 
 
+def _chart(report: ReportResult) -> str | None:
+    from ggufx.render.chart import memory_chart_svg
+
+    curve = report.get("memory_curve")
+    s = report["summary"]
+    return memory_chart_svg(curve, f"{s['name'] or s['path']}: memory per GPU against context") if curve else None
+
+
 def context(report: ReportResult) -> dict[str, Any]:
     """What the page templates show, from ``results.report`` (the object ``report --json`` prints)."""
     s = report["summary"]
@@ -107,6 +115,8 @@ def context(report: ReportResult) -> dict[str, Any]:
         "colours": colours,
         "layer_counts": report["layers"]["layer_kinds"],
         "memory": report["memory"],
+        "memory_curve": report.get("memory_curve"),
+        "memory_chart": _chart(report),
         "MiB": MiB,
         "template": report["chat_template"],
         "version": __version__,
