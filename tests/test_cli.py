@@ -194,6 +194,43 @@ def test_help_and_info_do_not_import_numpy_or_tabulate() -> None:
     assert "ggufx.cli.inspect" not in _modules_after(["--help"])
 
 
+def test_mem_imports_the_projector_only_for_a_projector(tmp_path: Path) -> None:
+    """``mem`` without --mmproj imports no projector graph nor the companion checks (ProjectorOptions
+    lives in a light module), ``info`` no memory module; with --mmproj both come (the check can fail)."""
+    from tests.companion_files import write_base, write_projector
+
+    base, mmproj = tmp_path / "base.gguf", tmp_path / "mmproj.gguf"
+    write_base(base)
+    write_projector(mmproj)
+    heavy = {"ggufx.analysis.memory.graph.projector", "ggufx.analysis.companions"}
+    plain = _modules_after(["mem", str(base), "-c", "256", "--json"])
+    assert "ggufx.analysis.memory.buffers" in plain  # it did compute the memory
+    assert not plain & heavy, plain & heavy
+    assert heavy <= _modules_after(["mem", str(base), "-c", "256", "--mmproj", str(mmproj), "--json"])
+    info = _modules_after(["info", str(base)])
+    assert not {m for m in info if m.startswith("ggufx.analysis.memory")}
+    # the results package imports a result module on first use: info neither memory's nor the templates'
+    assert "ggufx.results.inspection" in info
+    assert not info & {"ggufx.results.memory", "ggufx.results.templates", "ggufx.results.report", "ggufx.chat"}
+
+
+def test_results_names_are_the_functions_once_their_modules_are_imported() -> None:
+    """``results.memory``, ``results.report`` and ``results.pick`` are functions, also after their
+    modules of the same name were imported (which binds a module on its package)."""
+    code = (
+        "import ggufx.results.memory, ggufx.results.report, ggufx.results.pick\n"
+        "from ggufx import results\n"
+        "print(all(callable(f) and f.__module__.startswith('ggufx.results.') "
+        "for f in (results.memory, results.report, results.pick)), results.MemoryRequest.__name__)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.split() == ["True", "MemoryRequest"]
+    with pytest.raises(AttributeError):
+        import ggufx.results
+
+        _ = ggufx.results.no_such_name
+
+
 def test_console_script_runs() -> None:
     proc = subprocess.run([sys.executable, "-m", "ggufx", "info", "--json", V3], capture_output=True, text=True)
     assert proc.returncode == 0 and json.loads(proc.stdout)["tensor_count"] == 9

@@ -293,3 +293,31 @@ def test_the_shortened_replay_builds_few_layers(
     assert graphsim.simulate(model, devices, args.offload, sp) == graphsim.simulate(
         model, devices, args.offload, sp, whole=True
     )
+
+
+# -- fit's dry runs on a model with NextN/MTP layers ----------------------------------------------------
+
+
+def test_fit_dry_run_counts_layers_without_the_nextn_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """common/fit.cpp:140-143 counts ``hp_ngl = llama_model_n_layer(model)`` (``n_layer_all -
+    n_layer_nextn``, llama-hparams.cpp:348-350; without --mtp) and puts the -ot overrides of a partial
+    layer at ``il0 = hp_ngl + 1 - ngl`` (fit.cpp:560): on 4 blocks of which the last is NextN, -ngl 3
+    with two partial layers overrides layers 2 and 3 (3 and 4 if the NextN block were counted)."""
+    from ggufx.analysis.memory import fit
+    from ggufx.analysis.memory.buffers import ContextParams
+    from ggufx.analysis.memory.placement import OffloadParams
+
+    model = ggufx.open(_write_qwen35(tmp_path / "mtp.gguf", keys={"nextn_predict_layers": 1}))
+    seen = []
+
+    def spy(m, devices, off, cp):  # type: ignore[no-untyped-def]
+        seen.append(off)
+        return breakdown(m, devices, off, cp)
+
+    monkeypatch.setattr(fit, "breakdown", spy)
+    measure = fit.breakdown_measure(model, [Device("CUDA0", 1 << 30)], OffloadParams(), ContextParams(n_ctx=256))
+    measure(fit.DryRun(256, (fit.DeviceLayers(3, 2, fit.UP),), ("CPU",)))
+    (off,) = seen
+    assert off.n_gpu_layers == 3
+    # layer 3's expert pattern matches no tensor of this dense model: llama.cpp ignores it, ggufx drops it
+    assert off.overrides == ((fit.overflow_pattern(2, fit.UP), "CPU"),)

@@ -10,6 +10,7 @@ per-architecture default pattern. The tensors each layer has are the cross-check
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,8 +145,20 @@ def _attention_filter(model: GGUFModel, n: int, rec: list[bool]) -> list[bool]:
     return [not r for r in rec]
 
 
+# per model, held weakly (a model collected takes its entry along): --fit's searches ask for the kinds
+# of the same model's layers once per placement
+_KINDS: weakref.WeakKeyDictionary[GGUFModel, tuple[LayerKind, ...]] = weakref.WeakKeyDictionary()
+
+
 def layer_kinds(model: GGUFModel) -> list[LayerKind]:
     """One :class:`LayerKind` per block of the language model."""
+    cached = _KINDS.get(model)
+    if cached is None:
+        cached = _KINDS[model] = tuple(_layer_kinds(model))
+    return list(cached)
+
+
+def _layer_kinds(model: GGUFModel) -> list[LayerKind]:
     roles_by_layer: dict[int, set[str]] = {}
     for t in model.tensors:
         r = parse_name(t.name)

@@ -18,8 +18,8 @@ from ggufx.model import GGUFModel
 
 if TYPE_CHECKING:
     from ggufx.analysis.memory.buffers import Breakdown, Buffer, ContextParams
-    from ggufx.analysis.memory.graph.projector import ProjectorOptions
     from ggufx.analysis.memory.llamaargs import LlamaArgs
+    from ggufx.analysis.memory.options import ProjectorOptions
     from ggufx.analysis.memory.placement import Device, OffloadParams
 
 Opener = Callable[[str], GGUFModel]  # how a face opens a companion file it names (its remote options, its roots)
@@ -113,7 +113,7 @@ class MemoryRequest:
     def setup(self, open_model: Opener) -> MemorySetup:
         """The memory model's parameters, the companion files opened with ``open_model``."""
         from ggufx.analysis.memory.buffers import ContextParams
-        from ggufx.analysis.memory.graph.projector import ProjectorOptions
+        from ggufx.analysis.memory.options import ProjectorOptions
         from ggufx.analysis.memory.placement import CPU_MOE_PATTERN, OffloadParams, n_cpu_moe_patterns
 
         for name, v in (
@@ -445,7 +445,7 @@ def memory_breakdown(
     from ggufx.analysis.memory.buffers import ContextParams, breakdown
     from ggufx.analysis.memory.context_warnings import context_warnings
     from ggufx.analysis.memory.estimate import GPU, summarize_breakdown
-    from ggufx.analysis.memory.graph.projector import ProjectorOptions
+    from ggufx.analysis.memory.options import ProjectorOptions
     from ggufx.analysis.memory.placement import Device, OffloadParams
 
     context = context or ContextParams()
@@ -481,13 +481,14 @@ def companion_buffers(
     """A projector's weights and compute buffers and a draft model's buffers (kinds ``projector``,
     ``projector_compute`` and ``draft_*``); a pair llama.cpp would refuse is an
     :class:`InputError` naming the reason."""
-    from ggufx.analysis.companions import draft_incompatibility, projector_incompatibility
     from ggufx.analysis.memory.buffers import Buffer, alloc_size, breakdown
-    from ggufx.analysis.memory.graph.projector import projector_buffers, projector_unsupported
     from ggufx.analysis.memory.placement import OffloadParams
 
     out: list[Buffer] = []
     if mmproj is not None:
+        from ggufx.analysis.companions import projector_incompatibility
+        from ggufx.analysis.memory.graph.projector import projector_buffers, projector_unsupported
+
         reason = projector_incompatibility(model, mmproj)
         if reason:
             raise InputError(f"--mmproj {mmproj.path}: {reason}", "--mmproj")
@@ -507,6 +508,8 @@ def companion_buffers(
                 image_min_tokens=projector.image_min_tokens,
             )
     if draft is not None:
+        from ggufx.analysis.companions import draft_incompatibility
+
         reason = draft_incompatibility(model, draft)
         if reason:
             raise InputError(f"--model-draft {draft.path}: llama.cpp refuses this pair: {reason}", "--model-draft")
@@ -576,8 +579,8 @@ def memory_check(
     projector's weights and compute buffers are compared too when given. ``gpus`` None: the
     devices the log reports."""
     from ggufx.analysis.memory.buffers import ContextParams, MiB, breakdown
-    from ggufx.analysis.memory.graph.projector import ProjectorOptions
     from ggufx.analysis.memory.llamalog import parse_log
+    from ggufx.analysis.memory.options import ProjectorOptions
     from ggufx.analysis.memory.placement import Device, OffloadParams
 
     log = parse_log(log_text)
@@ -689,7 +692,7 @@ def fit_budget(
     ``layers`` the most whole layers at ``context.n_ctx``, each with llama.cpp's answer beside it."""
     from ggufx.analysis.memory.buffers import ContextParams
     from ggufx.analysis.memory.fit import MARGIN, fit_devices, free_seen, llama_fit
-    from ggufx.analysis.memory.graph.projector import ProjectorOptions
+    from ggufx.analysis.memory.options import ProjectorOptions
     from ggufx.analysis.memory.placement import Device, OffloadParams
 
     sizes: list[int] = []

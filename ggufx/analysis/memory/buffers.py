@@ -26,6 +26,7 @@ what the file lacks for its builder).
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -232,11 +233,16 @@ def _add(into: dict[str, int], more: dict[str, int]) -> None:
         into[k] = into.get(k, 0) + v
 
 
+# per model (held weakly), the bytes of each (tensor, buffer type): --fit places the same weights again
+_SIZES: weakref.WeakKeyDictionary[GGUFModel, dict[tuple[str, int, str], int]] = weakref.WeakKeyDictionary()
+
+
 def weight_buffers(model: GGUFModel, pl: Placement) -> list[Buffer]:
     """The model buffers of a placement: one per buffer type (``CPU_Mapped`` one per shard)."""
     sizes: dict[str, int] = {}
     spans: dict[int, tuple[int, int]] = {}
     meta: dict[str, int] = {}
+    known = _SIZES.setdefault(model, {})
     for t, buft in pl.tensors:
         if buft == CPU_MAPPED:
             if t.name not in pl.repacked_only:
@@ -246,8 +252,12 @@ def weight_buffers(model: GGUFModel, pl: Placement) -> list[Buffer]:
         if buft == META:
             _add(meta, meta_alloc(pl, t.name, t.type, tuple(t.shape)))
             continue
-        rows = t.n_elements // t.shape[0] if t.shape and t.shape[0] else 1
-        sizes[buft] = sizes.get(buft, 0) + alloc_size(buft, t.type, t.shape[0] if t.shape else 1, rows, t.nbytes)
+        key = (t.name, t.file_offset, buft)
+        size = known.get(key)
+        if size is None:
+            rows = t.n_elements // t.shape[0] if t.shape and t.shape[0] else 1
+            size = known[key] = alloc_size(buft, t.type, t.shape[0] if t.shape else 1, rows, t.nbytes)
+        sizes[buft] = sizes.get(buft, 0) + size
     out = [Buffer("model", CPU_MAPPED, hi - lo) for _shard, (lo, hi) in sorted(spans.items())]
     out += [Buffer("model", b, n) for b, n in sizes.items()]
     if meta:

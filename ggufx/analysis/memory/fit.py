@@ -213,7 +213,7 @@ def breakdown_measure(model: GGUFModel, devices: list[Device], offload: OffloadP
     """The dry run of ``common_get_device_memory_data`` computed by :func:`breakdown`."""
     import re
 
-    n_layer = hparams(model).n_layer
+    n_layer = hparams(model).n_layer_main  # hp_ngl: without the NextN/MTP layers (common/fit.cpp:140-143)
     names = [t.name for t in model.tensors]
     matched: dict[str, bool] = {}
     measured: dict[DryRun, tuple[DeviceUse, ...]] = {}  # fit's searches come back to a dry run

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field, replace
 from functools import cache
 
 from ggufx.analysis.memory.buffers import ContextParams
-from ggufx.analysis.memory.graph.projector import ProjectorOptions
 from ggufx.analysis.memory.llama_arg_table import ARGS, LLAMA_CPP_VERSION, TOOLS
+from ggufx.analysis.memory.options import ProjectorOptions
 from ggufx.analysis.memory.placement import CPU_MOE_PATTERN, OffloadParams, n_cpu_moe_patterns
 from ggufx.errors import InputError
 

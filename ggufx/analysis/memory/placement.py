@@ -21,7 +21,9 @@ from __future__ import annotations
 import math
 import re
 import struct
+import weakref
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 
 from ggufx.analysis.layers import layer_kinds
 from ggufx.analysis.memory.archs import arch_of
@@ -105,6 +107,7 @@ def host_buft(device: str | None) -> str:
     return f"{device.rstrip('0123456789')}_Host" if device is not None else CPU
 
 
+@lru_cache(maxsize=16384)
 def layer_of(name: str, n_layer: int) -> int | str:
     """The llama.cpp layer a tensor belongs to: a block index, ``n_layer`` for the output layer,
     ``"input"`` for the input layer or ``"repeating"`` for per-layer duplicates such as rope_freqs."""
@@ -147,12 +150,46 @@ def layer_devices(n_layer: int, devices: list[Device], p: OffloadParams) -> list
     return out
 
 
-def _override(name: str, patterns: list[tuple[re.Pattern[str], str]], hits: dict[str, int]) -> str | None:
-    for rx, buft in patterns:
-        if rx.search(name):
-            hits[rx.pattern] += 1
-            return buft
-    return None
+# the -ot regexes, compiled once per process, and per model (held weakly) the tensor names each pattern
+# matches: --fit's layer search places the same model with override lists that share most patterns
+_COMPILED: dict[str, re.Pattern[str]] = {}
+_MATCHES: weakref.WeakKeyDictionary[GGUFModel, dict[str, frozenset[str]]] = weakref.WeakKeyDictionary()
+
+
+def _compile(rx: str) -> re.Pattern[str]:
+    compiled = _COMPILED.get(rx)
+    if compiled is None:
+        if len(_COMPILED) >= 4096:
+            _COMPILED.clear()
+        compiled = _COMPILED[rx] = re.compile(rx)
+    return compiled
+
+
+def _first_matches(model: GGUFModel, patterns: list[tuple[re.Pattern[str], str]]) -> dict[str, int]:
+    """Tensor name -> the index of the first pattern that matches it (``std::regex_search``, in order);
+    names no pattern matches are absent."""
+    matches = _MATCHES.setdefault(model, {})
+    if len(matches) >= 4096:
+        matches.clear()
+    first: dict[str, int] = {}
+    for k, (rx, _) in enumerate(patterns):
+        names = matches.get(rx.pattern)
+        if names is None:
+            names = matches[rx.pattern] = frozenset(t.name for t in model.tensors if rx.search(t.name))
+        for name in names:
+            first.setdefault(name, k)
+    return first
+
+
+def _override(
+    name: str, patterns: list[tuple[re.Pattern[str], str]], hits: dict[str, int], first: dict[str, int]
+) -> str | None:
+    i = first.get(name)
+    if i is None:
+        return None
+    rx, buft = patterns[i]
+    hits[rx.pattern] += 1
+    return buft
 
 
 def _repackable(t: TensorInfo) -> bool:
@@ -200,16 +237,17 @@ def place(model: GGUFModel, devices: list[Device], p: OffloadParams) -> Placemen
                 f"-ot {rx}={buft}: no buffer type {buft} (devices: {', '.join(sorted(names)) or 'none'})", "-ot"
             )
         try:
-            patterns.append((re.compile(rx), buft))
+            patterns.append((_compile(rx), buft))
         except re.error as e:
             raise InputError(f"-ot {rx}: invalid regular expression: {e}", "-ot") from None
     hits = {rx.pattern: 0 for rx, _ in patterns}
+    first = _first_matches(model, patterns)
 
     host = CPU_MAPPED if p.mmap else host_buft(devices[0].name if devices else None)
     placement = Placement(devices, n_layer, layer_dev)
 
     def buft_for(t: TensorInfo, layer: int | str) -> str:
-        forced = _override(t.name, patterns, hits)
+        forced = _override(t.name, patterns, hits, first)
         if forced is not None:
             return host if forced == CPU else forced
         dev = layer_dev[layer] if isinstance(layer, int) else None

@@ -27,6 +27,7 @@ from ggufx.analysis.memory.buffers import Buffer
 from ggufx.analysis.memory.graph import ggml
 from ggufx.analysis.memory.graph.galloc import HOST_ALIGN, _reserve
 from ggufx.analysis.memory.graph.ggml import _T, INPUT
+from ggufx.analysis.memory.options import ProjectorOptions
 from ggufx.errors import InputError, ValidationError
 from ggufx.model import GGUFModel
 
@@ -42,17 +43,6 @@ __all__ = [
 MODELLED = frozenset({"qwen2vl_merger", "qwen2.5vl_merger", "qwen3vl_merger", "gemma3", "idefics3", "mlp", "pixtral"})
 # ggml-cuda/fattn.cu ggml_cuda_get_best_fattn_kernel: the head sizes CUDA's flash attention takes (K = V)
 CUDA_FA_HEAD_DIMS = frozenset({40, 64, 72, 80, 96, 112, 128, 256})
-
-
-@dataclass(frozen=True, slots=True)
-class ProjectorOptions:
-    """llama.cpp's options for the projector (common/arg.cpp): ``--image-min-tokens``,
-    ``--image-max-tokens`` (None: the projector's own limits) and ``--no-mmproj-offload``
-    (``offload=False``: its weights and graph stay on the CPU)."""
-
-    image_min_tokens: int | None = None
-    image_max_tokens: int | None = None
-    offload: bool = True
 
 
 # -- the projector's hyperparameters ------------------------------------------------------------------
