@@ -4,7 +4,7 @@ src/models/openai-moe.cpp) against llama.cpp's own compute buffers.
 The CPU build's runs of tests/fixtures/llamacpp-logs-cpu (a 4-layer gpt-oss of the family's structure:
 sliding-window and full layers over two caches, attention sinks, biased router and experts; flash
 attention on and off, -np 3 with a micro-batch that is not a multiple of the sequences, quantized K and
-V, --swa-full, -ub 1024) and, once recorded, the CUDA runs of gpt-oss-20b in tests/fixtures/llamacpp-logs:
+V, --swa-full, -ub 1024) and, once recorded, the runs of gpt-oss-20b in tests/fixtures/llamacpp-logs (CUDA, CPU):
 every compute buffer equal to the 0.01 MiB llama.cpp prints. The periodicity shortcut of the replay
 equals the whole replay on a 24-layer model; files llama.cpp would not load fall back to the generic
 estimate with the reason.
@@ -198,6 +198,8 @@ def test_every_cuda_compute_buffer_is_llama_cpps(rid: str, hole_models: dict[str
     run = RUNS[rid]
     log = parse_log((LOGS / f"{rid}.log").read_text())
     args = parse_args(run["args"].replace("@", ""), server=run["tool"] == "server")
+    if str(args.model) not in hole_models:
+        pytest.skip(f"{args.model}: its header is written by the recording branch's make_headers.py")
     model = ggufx.open(hole_models[str(args.model)])
     devices = devices_of(run, log.devices)
     bd = breakdown(model, devices, args.offload, args.context)

@@ -202,6 +202,8 @@ def test_every_cuda_compute_buffer_is_llama_cpps(rid: str, hole_models: dict[str
     run = RUNS[rid]
     log = parse_log((LOGS / f"{rid}.log").read_text())
     args = parse_args(run["args"].replace("@", ""), server=run["tool"] == "server")
+    if str(args.model) not in hole_models:
+        pytest.skip(f"{args.model}: its header is written by the recording branch's make_headers.py")
     model = ggufx.open(hole_models[str(args.model)])
     bd = breakdown(model, devices_of(run, log.devices), args.offload, args.context)
     assert bd.compute_estimate is None, bd.compute_estimate
