@@ -87,6 +87,11 @@ def test_scan_groups_shards_and_reports_problems(cli: CliRun, tmp_path: Path) ->
     assert full.shards == 3 and not full.problems and "(3 shards found)" in full.name
     missing = [r for r in scan([str(d)]) if "/broken/" in r.path][0]
     assert "shard 2 of 3 is missing" in missing.problems[0] and "(2 shards found)" in missing.name
+    lone = d.parent / "lone"
+    lone.mkdir()
+    shutil.copy(FIXTURES / "split-00002-of-00003.gguf", lone)
+    (one,) = scan([str(lone)])
+    assert "(1 shard found)" in one.name and "shard 1 of 3 is missing" in one.problems[0]
     assert "runs past the end of the file" in rows["corrupt.gguf"].problems[0]
     assert rows["good.gguf"].problems == []
     r = cli("scan", str(d))

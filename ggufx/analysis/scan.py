@@ -166,9 +166,13 @@ def discover(roots: list[str], remote: RemoteConfig | None = None) -> list[tuple
             for prefix, paths in groups.items():
                 first = sorted(paths)[0]
                 hf = _hf_name(first)
-                name = (hf or prefix) + f" ({len(paths)} shards found)"
+                name = (hf or prefix) + f" ({_shards_found(len(paths))})"
                 found.append((name, first, "hf-cache" if hf else "file", dirpath))
     return found
+
+
+def _shards_found(n: int) -> str:
+    return f"{n} shard{'' if n == 1 else 's'} found"
 
 
 def _hf_repo_models(root: str, remote: RemoteConfig | None) -> list[tuple[str, str, str, str]]:
@@ -190,7 +194,7 @@ def _hf_repo_models(root: str, remote: RemoteConfig | None) -> list[tuple[str, s
         out.append((f"{repo_rev}/{path}", f"{base}/{path}", "hf", f"{base}/{path.rpartition('/')[0]}"))
     for prefix, paths in groups.items():
         first = sorted(paths)[0]
-        name = f"{repo_rev}/{prefix.lstrip('/')} ({len(paths)} shards found)"
+        name = f"{repo_rev}/{prefix.lstrip('/')} ({_shards_found(len(paths))})"
         out.append((name, f"{base}/{first}", "hf", f"{base}/{first.rpartition('/')[0]}"))
     return sorted(out)
 
