@@ -269,3 +269,27 @@ def test_report_carries_the_chart(cli: CliRun, smollm2_path: Path, tmp_path: Pat
     assert "| context |" in md.read_text()
     bad = cli("report", m, "--gpus", "lots", "-o", str(tmp_path / "bad.html"))
     assert bad.exit_code == 2 and not (tmp_path / "bad.html").exists()
+
+
+def test_report_on_a_folder_is_pick_s_page(cli: CliRun, smollm2_path: Path, gemma_path: Path, tmp_path: Path) -> None:
+    """``report FOLDER --gpus``: the folder's page ranks its quants as ``pick`` does (the same JSON)."""
+    import json
+    import os
+    import shutil
+
+    folder = tmp_path / "quants"
+    folder.mkdir()
+    for src, name in ((smollm2_path, "smol-Q4_1.gguf"), (gemma_path, "gemma-Q4_K_M.gguf")):
+        try:
+            os.link(src, folder / name)
+        except OSError:
+            shutil.copy(src, folder / name)
+    picked = json.loads(cli("pick", str(folder), "--gpus", "2GiB", "--json").stdout)
+    reported = json.loads(cli("report", str(folder), "--gpus", "2GiB", "--json").stdout)
+    assert reported == picked and len(picked["models"]) == 2
+    page = tmp_path / "quants.html"
+    assert cli("report", str(folder), "--gpus", "2GiB", "-o", str(page)).exit_code == 0
+    html = page.read_text()
+    assert "smol-Q4_1.gguf" in html and "gemma-Q4_K_M.gguf" in html and picked["summary"].split(":")[0] in html
+    no_gpus = cli("report", str(folder), "-o", str(tmp_path / "x.html"))
+    assert no_gpus.exit_code == 2 and "give --gpus" in no_gpus.stderr and not (tmp_path / "x.html").exists()

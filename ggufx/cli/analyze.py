@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -409,7 +410,7 @@ def mem(file: str | None, as_json: bool, tablefmt: str, **options: Any) -> None:
 
 
 @click.command()
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file", type=click.Path())
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the report here (default: stdout).")
 @click.option(
     "--format",
@@ -435,22 +436,41 @@ def report(file: str, output: str | None, fmt: str | None, gpus: str | None, as_
       ggufx report model.gguf --gpus 24GiB -o report.html   # the chart with the GPU's budget
       ggufx report model.gguf --format md > REPORT.md
       ggufx report model.gguf --json   # the data behind the page
+      ggufx report ./models/ --gpus 24GiB,24GiB -o quants.html   # a folder: every quant against the GPUs
     """
     from ggufx import results
     from ggufx.render.pages import render
 
+    if fmt is None:
+        fmt = "md" if output and output.endswith((".md", ".markdown")) else "html"
     try:
-        res = results.report(open_model(file), gpus)
+        if os.path.isdir(file):
+            text = _folder_page(file, gpus, fmt, as_json)
+        else:
+            res = results.report(open_model(file), gpus)
+            text = "" if as_json else render(res, fmt)
+            if as_json:
+                emit_json(res)
     except results.InputError as e:
         raise click.BadParameter(str(e), param_hint=e.param) from None
     if as_json:
-        emit_json(res)
         return
-    if fmt is None:
-        fmt = "md" if output and output.endswith((".md", ".markdown")) else "html"
-    text = render(res, fmt)
     if output is None:
         click.echo(text, nl=False)
         return
     write_text_atomic(output, text)
     click.echo(f"wrote {output} ({len(text):,} characters)", err=True)
+
+
+def _folder_page(folder: str, gpus: str | None, fmt: str, as_json: bool) -> str:
+    """A folder's page: ``pick``'s ranking of every quant in it against ``--gpus`` (needed here)."""
+    from ggufx import results
+    from ggufx.render.pick import pick_page
+
+    if gpus is None:
+        raise results.InputError("a folder's report ranks its quants against your GPUs: give --gpus", "--gpus")
+    data = results.pick([folder], gpus).to_json()
+    if as_json:
+        emit_json(data)
+        return ""
+    return pick_page(data, fmt)
