@@ -242,6 +242,9 @@ def _context(model: GGUFModel, ld: _Loaded, sp: SimParams, n_tokens: int, n_outp
     n_kv_swa = sp.n_kv_swa
     if n_kv_swa is None:  # llama-kv-cache-iswa.cpp:73: n_swa per sequence of a stream plus a micro-batch
         n_kv_swa = pad(min(sp.n_kv, hp.n_swa * (sp.n_seq_max if sp.n_streams == 1 else 1) + sp.n_ubatch))
+    # graph_reserve (llama-context.cpp:2531-2534) rounds the micro-batch up to a multiple of the
+    # sequences (-np 3: 513 tokens of 171 per sequence); the outputs stay as asked
+    n_tokens = -(-n_tokens // sp.n_seq_max) * sp.n_seq_max
     c = _Ctx(hp, sp, n_tokens, n_outputs, ld.weights, ld.by_name, ld.layer_buft, cache_buft, pin, model.path, ld.moe)
     c.swa, c.n_kv_swa, c.recurrent, c.gdn = ld.swa, n_kv_swa, ld.recurrent, ld.gdn
     return c

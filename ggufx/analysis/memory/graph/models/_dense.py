@@ -192,8 +192,6 @@ def _ffn(c: _Ctx, g: _Graph, x: _T, il: int, d: Dense) -> _T:
 def build_dense(c: _Ctx, g: _Graph, d: Dense) -> _T:
     """The transformer of a llama-style model file, with ``d``'s differences."""
     hp, sp = c.hp, c.sp
-    # graph_reserve (llama-context.cpp:2531): a micro-batch of a multiple of n_seqs tokens
-    c.n_tokens = -(-c.n_tokens // sp.n_seq_max) * sp.n_seq_max
     T, n_out, E = c.n_tokens, c.n_outputs, hp.n_embd
     x = _inp_embd(c, g)
     if d.embd_scale:

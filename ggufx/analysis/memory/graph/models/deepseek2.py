@@ -321,7 +321,6 @@ def build(c: _Ctx, g: _Graph) -> _T:
     if not mp.gating and hp.n_layer_main in (47, 48) and mp.n_vocab == 154880:  # GLM 4.7 Lite
         gating = SIGMOID
     ns = sp.n_streams
-    c.n_tokens = -(-c.n_tokens // ns) * ns  # graph_reserve rounds n_tokens up to a multiple of n_seqs
     T, n_out, E = c.n_tokens, c.n_outputs, hp.n_embd
     last = hp.n_layer_main - 1
     x = _inp_embd(c, g)

@@ -39,8 +39,6 @@ def build(c: _Ctx, g: _Graph) -> _T:
     hp, sp = c.hp, c.sp
     mp = moe_params(c)
     gating = mp.gating or SIGMOID
-    ns = sp.n_streams
-    c.n_tokens = -(-c.n_tokens // ns) * ns  # graph_reserve rounds n_tokens up to a multiple of n_seqs
     n_out, E = c.n_outputs, hp.n_embd
     last = hp.n_layer_main - 1
     x = _inp_embd(c, g)

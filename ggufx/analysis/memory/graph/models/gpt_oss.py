@@ -205,7 +205,6 @@ def build(c: _Ctx, g: _Graph) -> _T:
     n_out, E = c.n_outputs, hp.n_embd
     n_used = n_expert_used(c)
     # graph_reserve (llama-context.cpp:2531) rounds the micro-batch up to a multiple of the sequences
-    c.n_tokens = -(-c.n_tokens // sp.n_seq_max) * sp.n_seq_max
     x = _inp_embd(c, g)
     c.pos = g.input("inp_pos", "I32", c.n_tokens)
     full = _attn_inp(c, g, sp.n_kv)

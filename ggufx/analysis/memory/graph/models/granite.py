@@ -144,7 +144,6 @@ def build(c: _Ctx, g: _Graph) -> _T:
     n_out, E = c.n_outputs, hp.n_embd
     gp = params(c)
     # graph_reserve (llama-context.cpp:2531) rounds the micro-batch up to a multiple of the sequences
-    c.n_tokens = -(-c.n_tokens // sp.n_seq_max) * sp.n_seq_max
     x = _inp_embd(c, g)
     if gp.embedding_scale:  # build_inp_embd: after the select, before "embd" is expanded
         x = g.op("embd", "SCALE", x)

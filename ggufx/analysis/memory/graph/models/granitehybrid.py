@@ -8,7 +8,7 @@ from __future__ import annotations
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
 from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _inp_embd, _norm, _proj, _w, _weight
 from ggufx.analysis.memory.graph.models.moe import moe_ffn, shared_fuses
-from ggufx.analysis.memory.graph.models.qwen3next import attn_core, file_value, n_expert_used, remember, round_tokens
+from ggufx.analysis.memory.graph.models.qwen3next import attn_core, file_value, n_expert_used, remember
 from ggufx.analysis.memory.graph.models.qwen35 import _copy_into, _rs
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.model import GGUFModel
@@ -162,7 +162,6 @@ def _ffn(c: _Ctx, g: _Graph, cur: _T, il: int) -> _T:
 def build(c: _Ctx, g: _Graph) -> _T:
     """The graph's logits (granite-hybrid.cpp:135-200, :232-302)."""
     hp, sp = c.hp, c.sp
-    round_tokens(c)
     T, n_out, E = c.n_tokens, c.n_outputs, hp.n_embd
     moe = any(_weight(c, f"blk.{il}.ffn_gate_inp.weight", il) is not None for il in range(hp.n_layer))
     if moe:

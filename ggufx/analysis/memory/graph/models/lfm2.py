@@ -18,7 +18,7 @@ from ggufx.analysis.memory.graph.llm import (
     _weight,
 )
 from ggufx.analysis.memory.graph.models.moe import moe_ffn
-from ggufx.analysis.memory.graph.models.qwen3next import attn_core, n_expert_used, remember, round_tokens
+from ggufx.analysis.memory.graph.models.qwen3next import attn_core, n_expert_used, remember
 from ggufx.analysis.memory.graph.models.qwen35 import _copy_into, _rs
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.model import GGUFModel
@@ -93,7 +93,6 @@ def build(c: _Ctx, g: _Graph) -> _T:
     attention, the residual, the FFN norm, a dense or expert FFN, the residual; the last layer keeps
     the output rows only; then the output norm and the (tied) output projection."""
     hp, sp = c.hp, c.sp
-    round_tokens(c)
     T, n_out, E = c.n_tokens, c.n_outputs, hp.n_embd
     moe = any(_weight(c, f"blk.{il}.ffn_gate_inp.weight", il) is not None for il in range(hp.n_layer))
     n_used = n_expert_used(c) if moe else 0

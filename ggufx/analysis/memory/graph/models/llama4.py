@@ -80,7 +80,6 @@ def build(c: _Ctx, g: _Graph) -> _T:
     hp, sp = c.hp, c.sp
     d = SPEC
     n_used, n_expert, no_window = header(c)
-    c.n_tokens = -(-c.n_tokens // sp.n_seq_max) * sp.n_seq_max  # graph_reserve (llama-context.cpp:2531)
     T, n_out, E = c.n_tokens, c.n_outputs, hp.n_embd
     step = hp.n_layer if no_window else NO_ROPE_STEP  # llama4.cpp load_arch_hparams
     kq_norm = n_expert != 128  # use_kq_norm: all but LLM_TYPE_17B_128E

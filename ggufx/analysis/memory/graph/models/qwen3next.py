@@ -77,13 +77,6 @@ def n_expert_used(c: _Ctx) -> int:
     return n
 
 
-def round_tokens(c: _Ctx) -> None:
-    """``graph_reserve`` (llama-context.cpp:2531-2534) rounds the micro-batch up to a multiple of the
-    sequences (``-np 3``: 513 tokens of 171 per sequence); the outputs stay as asked."""
-    ns = c.sp.n_seq_max
-    c.n_tokens = -(-c.n_tokens // ns) * ns
-
-
 def gdn_dims(c: _Ctx, il: int) -> _Gdn:
     """The Gated DeltaNet dimensions of a recurrent layer, from the shapes llama.cpp's loader gave its
     tensors (qwen3next.cpp:58-65: head_k = head_v = ssm.state_size (``ssm_norm``), ssm.time_step_rank
@@ -293,7 +286,6 @@ def build(c: _Ctx, g: _Graph) -> _T:
     post-attention norm, the FFN; the final norm (``h_nextn``) stays an output before the rows are
     picked. The MTP block (``nextn_predict_layers``) is not executed."""
     hp, sp = c.hp, c.sp
-    round_tokens(c)
     T, n_out, E = c.n_tokens, c.n_outputs, hp.n_embd
     c.moe = n_expert_used(c)
     x = _inp_embd(c, g)
