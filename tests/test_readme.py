@@ -58,10 +58,15 @@ SKIPPED = {
     "ggufx --debug info hf://ORG/REPO/model.gguf": "network: a placeholder Hugging Face repository",
     "ggufx scan hf://unsloth/Qwen3-8B-GGUF": "network: the Hugging Face Hub's API",
     "ggufx template lint --server http://127.0.0.1:8080": "needs a running llama-server",
+    "ggufx pick hf://ORG/REPO --gpus 24GiB -c 32768": "network: a placeholder Hugging Face repository",
+    "ggufx pick hf://unsloth/Qwen3-30B-A3B-GGUF --gpus 24GiB,24GiB -c 65536": "network: the Hugging Face Hub",
+    "ggufx pick hf://ORG/REPO@v1.2 --gpus 16GiB -c 32768 -ctk q8_0 -ctv q8_0 --tablefmt github": (
+        "network: a placeholder Hugging Face repository"
+    ),
 }
 # how many commands the README shows that this test runs; a README edit that changes it (or breaks
 # the extraction) must change this number too
-EXPECTED_RUN = 65
+EXPECTED_RUN = 68
 
 # placeholder name in the README -> (path inside the block's folder, what it is); the folder is built
 # by ``files`` below
