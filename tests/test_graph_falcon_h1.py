@@ -1,0 +1,125 @@
+"""The ``falcon-h1`` graph builder (graph/models/falcon_h1.py, llama.cpp's src/models/falcon-h1.cpp):
+attention and a Mamba-2 mixer in every layer over one input norm built twice, the FFN norm named without
+``.weight``. Its compute buffer against llama.cpp's CPU build (flash attention on and off, -np 3 with its
+513-token micro-batch, -np 2 and -ub 1024, a q8_0 cache, a q8_0 K cache without flash attention), on
+Falcon-H1-7B's dimensions (the CPU build, and its CUDA build where recorded)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+import ggufx
+from ggufx.analysis.memory.buffers import breakdown
+from ggufx.analysis.memory.graph import graphsim
+from ggufx.analysis.memory.llamaargs import parse_args
+from ggufx.analysis.memory.placement import Device
+from ggufx.model import GGUFModel
+
+from .graph_arch_logs import (
+    CPU_LOGS,
+    assert_compute_equal,
+    assert_nodes_equal,
+    cpu_model,
+    cpu_runs,
+    cuda_runs,
+    replay_cpu,
+)
+from .llamacpp_logs import LOGS, replay_run
+
+ARCH = "falcon-h1"
+CPU_RUNS = cpu_runs(ARCH)
+CUDA_RUNS = cuda_runs(("falcon-h1-7b",))  # the CPU run of Falcon-H1-7B's header, and CUDA runs as they land
+
+
+@pytest.fixture(scope="module")
+def model_path(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return cpu_model(ARCH, tmp_path_factory.mktemp("falcon_h1"), smollm2_path)
+
+
+def _header(tensors: list, smollm2: Path, out: Path, **kv: object) -> GGUFModel:
+    """The CPU model of models.py with these tensors (and metadata changed by ``kv``)."""
+    sys.path.insert(0, str(CPU_LOGS))
+    try:
+        from make_arch_headers import header
+        from models import MODELS
+    finally:
+        sys.path.remove(str(CPU_LOGS))
+    spec = {**MODELS[ARCH], "kv": {**MODELS[ARCH]["kv"], **kv}}
+    header(out, spec, tensors, smollm2)
+    return ggufx.open(out)
+
+
+def _tensors() -> list:
+    return json.loads((CPU_LOGS / "tensors.json").read_text())[ARCH]
+
+
+def test_the_cpu_runs_cover_flash_attention_off_parallel_sequences_big_batches_and_quantized_caches() -> None:
+    args = " ".join(line for line in (CPU_LOGS / "matrix").read_text().splitlines() if f"\t{ARCH}\t" in line)
+    assert len(CPU_RUNS) >= 6
+    for option in ("-fa off", "-np 3", "-np 2", "-ub 1024", "-ctk q8_0 -ctv q8_0", "-fa off -ctk q8_0"):
+        assert option in args
+
+
+@pytest.mark.parametrize("rid", CPU_RUNS)
+def test_cpu_compute_buffer_equals_llama_cpp(rid: str, model_path: Path) -> None:
+    text, bd = replay_cpu(rid, model_path)
+    assert_compute_equal(text, bd)
+
+
+@pytest.mark.parametrize("rid", [f"{ARCH}-c4096-faoff-np3", f"{ARCH}-c16384-q8_0"])
+def test_the_graph_is_llama_cpps_node_for_node(rid: str, model_path: Path) -> None:
+    """Equal buffers could hide another order of the same nodes: the graph itself equals the one
+    llama.cpp's scheduler printed (GGML_SCHED_DEBUG=2), op and size of every node, in order (the
+    attention's output projection after the Mamba-2 state writes, the input norm twice)."""
+    assert_nodes_equal(rid, model_path)
+
+
+def test_the_layer_shortcut_equals_the_whole_replay(smollm2_path: Path, tmp_path: Path) -> None:
+    """With 12 identical layers the replay leaves blocks of layers out; it allocates as the one of
+    every layer."""
+    tensors = _tensors()
+    layers = [(n.split(".", 2), s, t) for n, s, t in tensors if n.startswith("blk.")]
+    more = [[f"blk.{int(il) + 4 * k}.{rest}", s, t] for k in (1, 2) for (_, il, rest), s, t in layers]
+    model = _header(tensors + more, smollm2_path, tmp_path / "falcon-h1-12.gguf", block_count=12)
+    assert graphsim.unbuildable(model) is None
+    for args in ("-c 8192", "-c 4096 -fa off -np 3"):
+        a = parse_args("-m x " + args)
+        sp = breakdown(model, [], a.offload, a.context).reservation
+        assert sp is not None
+        whole = graphsim.simulate(model, [], a.offload, sp, whole=True)
+        assert graphsim.simulate(model, [], a.offload, sp) == whole and whole["CPU"] > 0
+    plans = graphsim._loaded(model, [], parse_args("-m x").offload).plans
+    assert plans and all(len(p.layers) < 12 for p in plans.values())
+
+
+@pytest.mark.parametrize("tensor", ["blk.1.ssm_conv1d.bias", "blk.2.ffn_norm"])
+def test_a_file_without_a_tensor_the_graph_reads_gets_the_generic_estimate(
+    tensor: str, smollm2_path: Path, tmp_path: Path
+) -> None:
+    """The convolution bias is optional to falcon-h1's loader but the graph adds it; the FFN norm is
+    read as ``blk.N.ffn_norm``."""
+    model = _header([t for t in _tensors() if t[0] != tensor], smollm2_path, tmp_path / "without.gguf")
+    assert graphsim.unbuildable(model) == f"the graph needs tensor {tensor}, which the file lacks"
+    a = parse_args("-m x -c 8192")
+    bd = breakdown(model, [Device("CUDA0", 80 << 30)], a.offload, a.context)
+    assert bd.compute_estimate and tensor in bd.compute_estimate
+
+
+def test_a_mamba2_dimension_the_graph_cannot_lay_out_gets_the_generic_estimate(
+    smollm2_path: Path, tmp_path: Path
+) -> None:
+    """llama.cpp asserts that the heads divide ssm.inner_size (mamba-base.cpp:174)."""
+    model = _header(_tensors(), smollm2_path, tmp_path / "odd.gguf", **{"ssm.time_step_rank": 24})
+    why = graphsim.unbuildable(model)
+    assert why is not None and "ssm.inner_size a multiple of ssm.time_step_rank" in why
+
+
+@pytest.mark.skipif(not CUDA_RUNS, reason="no run of Falcon-H1-7B recorded in tests/fixtures/llamacpp-logs")
+@pytest.mark.parametrize("rid", CUDA_RUNS)
+def test_falcon_h1_7b_compute_buffers_equal_llama_cpp(rid: str, hole_models: dict[str, Path]) -> None:
+    _, _, bd = replay_run(rid, hole_models)
+    assert_compute_equal((LOGS / f"{rid}.log").read_text(), bd)
