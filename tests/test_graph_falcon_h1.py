@@ -6,18 +6,14 @@ Falcon-H1-7B's dimensions (the CPU build, and its CUDA build where recorded)."""
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import pytest
 
-import ggufx
 from ggufx.analysis.memory.buffers import breakdown
 from ggufx.analysis.memory.graph import graphsim
 from ggufx.analysis.memory.llamaargs import parse_args
 from ggufx.analysis.memory.placement import Device
-from ggufx.model import GGUFModel
 
 from .graph_arch_logs import (
     CPU_LOGS,
@@ -29,6 +25,7 @@ from .graph_arch_logs import (
     replay_cpu,
 )
 from .llamacpp_logs import LOGS, replay_run
+from .ssm_models import repeated, tensors_of, variant
 
 ARCH = "falcon-h1"
 CPU_RUNS = cpu_runs(ARCH)
@@ -38,23 +35,6 @@ CUDA_RUNS = cuda_runs(("falcon-h1-7b",))  # the CPU run of Falcon-H1-7B's header
 @pytest.fixture(scope="module")
 def model_path(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cpu_model(ARCH, tmp_path_factory.mktemp("falcon_h1"), smollm2_path)
-
-
-def _header(tensors: list, smollm2: Path, out: Path, **kv: object) -> GGUFModel:
-    """The CPU model of models.py with these tensors (and metadata changed by ``kv``)."""
-    sys.path.insert(0, str(CPU_LOGS))
-    try:
-        from make_arch_headers import header
-        from models import MODELS
-    finally:
-        sys.path.remove(str(CPU_LOGS))
-    spec = {**MODELS[ARCH], "kv": {**MODELS[ARCH]["kv"], **kv}}
-    header(out, spec, tensors, smollm2)
-    return ggufx.open(out)
-
-
-def _tensors() -> list:
-    return json.loads((CPU_LOGS / "tensors.json").read_text())[ARCH]
 
 
 def test_the_cpu_runs_cover_flash_attention_off_parallel_sequences_big_batches_and_quantized_caches() -> None:
@@ -81,10 +61,8 @@ def test_the_graph_is_llama_cpps_node_for_node(rid: str, model_path: Path) -> No
 def test_the_layer_shortcut_equals_the_whole_replay(smollm2_path: Path, tmp_path: Path) -> None:
     """With 12 identical layers the replay leaves blocks of layers out; it allocates as the one of
     every layer."""
-    tensors = _tensors()
-    layers = [(n.split(".", 2), s, t) for n, s, t in tensors if n.startswith("blk.")]
-    more = [[f"blk.{int(il) + 4 * k}.{rest}", s, t] for k in (1, 2) for (_, il, rest), s, t in layers]
-    model = _header(tensors + more, smollm2_path, tmp_path / "falcon-h1-12.gguf", block_count=12)
+    tensors = repeated(tensors_of(ARCH), 4, 3)
+    model = variant(ARCH, tensors, smollm2_path, tmp_path / "falcon-h1-12.gguf", block_count=12)
     assert graphsim.unbuildable(model) is None
     for args in ("-c 8192", "-c 4096 -fa off -np 3"):
         a = parse_args("-m x " + args)
@@ -102,7 +80,7 @@ def test_a_file_without_a_tensor_the_graph_reads_gets_the_generic_estimate(
 ) -> None:
     """The convolution bias is optional to falcon-h1's loader but the graph adds it; the FFN norm is
     read as ``blk.N.ffn_norm``."""
-    model = _header([t for t in _tensors() if t[0] != tensor], smollm2_path, tmp_path / "without.gguf")
+    model = variant(ARCH, [t for t in tensors_of(ARCH) if t[0] != tensor], smollm2_path, tmp_path / "without.gguf")
     assert graphsim.unbuildable(model) == f"the graph needs tensor {tensor}, which the file lacks"
     a = parse_args("-m x -c 8192")
     bd = breakdown(model, [Device("CUDA0", 80 << 30)], a.offload, a.context)
@@ -113,7 +91,7 @@ def test_a_mamba2_dimension_the_graph_cannot_lay_out_gets_the_generic_estimate(
     smollm2_path: Path, tmp_path: Path
 ) -> None:
     """llama.cpp asserts that the heads divide ssm.inner_size (mamba-base.cpp:174)."""
-    model = _header(_tensors(), smollm2_path, tmp_path / "odd.gguf", **{"ssm.time_step_rank": 24})
+    model = variant(ARCH, tensors_of(ARCH), smollm2_path, tmp_path / "odd.gguf", **{"ssm.time_step_rank": 24})
     why = graphsim.unbuildable(model)
     assert why is not None and "ssm.inner_size a multiple of ssm.time_step_rank" in why
 

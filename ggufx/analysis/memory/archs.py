@@ -363,6 +363,7 @@ _ENTRIES = (
         "nemotron_h",
         "nemotron-h.cpp",
         (*_SSM, "expert_feed_forward_length", "expert_shared_feed_forward_length", "expert_shared_count"),
+        builder="nemotron_h",
         recurrent=Recurrent("Mamba-2", "no_kv_heads_no_ffn"),
         skips_nextn=True,
     ),

@@ -81,7 +81,9 @@ def _unsound(model: GGUFModel) -> str | None:
     if min(hp.n_embd, hp.head_k, hp.head_v) <= 0:
         return "the graph needs positive embedding and head sizes"
     for il, (nh, nkv) in enumerate(zip(hp.n_head, hp.n_head_kv, strict=False)):
-        if model.architecture in ("qwen35", "lfm2", "lfm2moe", "granitehybrid") and nkv == 0:  # a recurrent layer
+        if (
+            model.architecture in ("qwen35", "lfm2", "lfm2moe", "granitehybrid", "nemotron_h") and nkv == 0
+        ):  # a recurrent layer
             continue
         if nkv <= 0 or nh <= 0 or nh % nkv:
             return f"layer {il} has {nh} query heads for {nkv} KV heads, which the graph cannot lay out"
