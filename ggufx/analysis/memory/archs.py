@@ -372,6 +372,7 @@ _ENTRIES = (
         "nemotron-h.cpp",
         (*_SSM, "expert_feed_forward_length", "expert_shared_feed_forward_length", "expert_shared_count"),
         graph="nemotron_h",
+        builder="nemotron_h",
         recurrent=Recurrent("Mamba-2", "no_kv_heads_no_ffn"),
         skips_nextn=True,
         moe=True,

@@ -82,7 +82,9 @@ def _unsound(model: GGUFModel) -> str | None:
         return "the graph needs positive embedding and head sizes"
     for il, (nh, nkv) in enumerate(zip(hp.n_head, hp.n_head_kv, strict=False)):
         if (
-            model.architecture in ("qwen35", "lfm2", "lfm2moe", "granitehybrid", "nemotron_h", "mamba2") and nkv == 0
+            model.architecture
+            in ("qwen35", "lfm2", "lfm2moe", "granitehybrid", "nemotron_h", "nemotron_h_moe", "mamba2")
+            and nkv == 0
         ):  # a recurrent layer
             continue
         if nkv <= 0 or nh <= 0 or nh % nkv:
