@@ -1,4 +1,4 @@
-"""The ``mamba2`` graph builder (graph/models/mamba2.py, llama.cpp's src/models/mamba.cpp with
+"""The ``mamba2`` graph builder (graph/models/mamba.py, llama.cpp's src/models/mamba.cpp with
 ``LLM_ARCH_MAMBA2``): Mamba-2 layers only, the recurrent state its one memory. Its compute buffer against
 llama.cpp's CPU build (-np 3 with its 513-token micro-batch, -np 2 and -np 4, -ub 256 and 1024)."""
 

@@ -398,8 +398,8 @@ _ENTRIES = (
         moe=True,
         leading_dense=True,
     ),
-    Arch("mamba", "mamba.cpp", _SSM[:4], recurrent=Recurrent("Mamba", "all")),
-    Arch("mamba2", "mamba2.cpp", _SSM, graph="mamba", builder="mamba2", recurrent=Recurrent("Mamba-2", "all")),
+    Arch("mamba", "mamba.cpp", _SSM[:4], builder="mamba", recurrent=Recurrent("Mamba", "all")),
+    Arch("mamba2", "mamba2.cpp", _SSM, graph="mamba", builder="mamba", recurrent=Recurrent("Mamba-2", "all")),
     Arch("rwkv6", "rwkv6.cpp", ("wkv.head_size", "token_shift_count"), recurrent=Recurrent("RWKV", "all")),
     Arch("rwkv7", "rwkv7.cpp", ("wkv.head_size", "token_shift_count"), recurrent=Recurrent("RWKV", "all")),
     # -- registered for their layer kinds only (sliding window or recurrent rule) ---------------------

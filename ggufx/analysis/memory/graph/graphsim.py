@@ -83,7 +83,7 @@ def _unsound(model: GGUFModel) -> str | None:
     for il, (nh, nkv) in enumerate(zip(hp.n_head, hp.n_head_kv, strict=False)):
         if (
             model.architecture
-            in ("qwen35", "lfm2", "lfm2moe", "granitehybrid", "nemotron_h", "nemotron_h_moe", "mamba2")
+            in ("qwen35", "lfm2", "lfm2moe", "granitehybrid", "nemotron_h", "nemotron_h_moe", "mamba", "mamba2")
             and nkv == 0
         ):  # a recurrent layer
             continue

@@ -70,6 +70,46 @@ def mamba2_dims(model: GGUFModel) -> Mamba2Dims | str:
     return d
 
 
+@dataclass(frozen=True, slots=True)
+class MambaDims:
+    """The Mamba-1 hyper-parameters (mamba.cpp:3-10: ssm_d_conv, ssm_d_inner, ssm_d_state, ssm_dt_rank)."""
+
+    d_conv: int
+    d_inner: int
+    d_state: int
+    dt_rank: int
+
+    def tensors(self, n_embd: int) -> dict[str, tuple[int, ...]]:
+        """The shapes of one Mamba-1 layer's tensors as mamba.cpp:63-82 creates them."""
+        d, r, s = self.d_inner, self.dt_rank, self.d_state
+        return {
+            "ssm_in.weight": (n_embd, 2 * d),
+            "ssm_conv1d.weight": (self.d_conv, d),
+            "ssm_conv1d.bias": (d,),
+            "ssm_x.weight": (d, r + 2 * s),
+            "ssm_dt.weight": (r, d),
+            "ssm_dt.bias": (d,),
+            "ssm_a": (s, d),
+            "ssm_d": (d,),
+            "ssm_out.weight": (d, n_embd),
+        }
+
+
+def mamba_dims(model: GGUFModel) -> MambaDims | str:
+    """The Mamba-1 dimensions of a model, or why the graph cannot use them (llama.cpp refuses an
+    inner size other than twice the embeddings, mamba.cpp:42-44)."""
+    arch = model.architecture or ""
+    vals = [model.metadata.get_int(f"{arch}.{k}") or 0 for k in _SSM_KEYS[:4]]
+    missing = next((k for k, v in zip(_SSM_KEYS, vals, strict=False) if v <= 0), None)
+    if missing:
+        return f"the graph needs a positive {arch}.{missing}"
+    d = MambaDims(*vals)
+    n_embd = model.metadata.get_int(f"{arch}.embedding_length") or 0
+    if d.d_conv < 2 or d.d_inner != 2 * n_embd:
+        return f"the graph needs {arch}.ssm.conv_kernel >= 2 and ssm.inner_size = 2 x embedding_length"
+    return d
+
+
 def check_shapes(model: GGUFModel, shapes: dict[str, tuple[int, ...]]) -> str | None:
     """The first tensor of ``shapes`` the file lacks or has in another shape (None: all there), and
     token_embd.weight two-dimensional with the embedding's columns."""
@@ -174,3 +214,90 @@ def mamba2_layer(c: _Ctx, g: _Graph, x: _T, il: int, s_copy: _T) -> _T:
         y = _norm(c, g, y, p + "ssm_norm.weight", il)
     y = g.reshape(y, d_inner, T)
     return g.mul_mat(f"mamba_out-{il}", out_w, y)
+
+
+def mamba_layer(c: _Ctx, g: _Graph, x: _T, il: int, s_copy: _T) -> _T:
+    """``build_mamba_layer`` (mamba-base.cpp:9-151, Mamba-1): the in-projection of the tokens of each
+    sequence split in x and z, the convolution over the cached columns (written back), its bias and
+    SiLU, the projection to dt, B and C (each RMS-normed where ``ssm.dt_b_c_rms`` is set: Falcon-Mamba),
+    dt's own projection and bias, the selective scan with one decay per state (reading the states
+    straight from the cache as Mamba-2's does), the new state written back, the D skip, the SwiGLU
+    with z and the out-projection."""
+    hp, T = c.hp, c.n_tokens
+    ns = c.sp.n_seq_max
+    nst = T // ns
+    p = f"blk.{il}."
+    conv_w = _w(c, p + "ssm_conv1d.weight", il)
+    d_conv, d_inner = conv_w.ne[0], conv_w.ne[1]
+    x_w, dt_w = _w(c, p + "ssm_x.weight", il), _w(c, p + "ssm_dt.weight", il)
+    dt_rank = dt_w.ne[0]
+    d_state = (x_w.ne[1] - dt_rank) // 2
+    buft = c.cache_buft[il]
+    cache_r = g.leaf(f"cache_r_l{il}", "F32", (hp.n_embd_r, ns), buft=buft)
+    cache_s = g.leaf(f"cache_s_l{il}", "F32", (hp.n_embd_s, ns), buft=buft)
+    conv = g.reshape(_rs(c, g, cache_r, s_copy, hp.n_embd_r), d_conv - 1, d_inner, ns)
+    xz = g.mul_mat(f"xz-{il}", _w(c, p + "ssm_in.weight", il), g.reshape(x, x.ne[0], nst, ns))
+    row = xz.nb[1]
+    xs = g.view(xz, (d_inner, nst, ns), (4, row, xz.nb[2]))
+    z = g.view(xz, (d_inner, nst, ns), (4, row, xz.nb[2]))
+    conv_x = g.new(f"conv_x-{il}", "CONCAT", "F32", (d_conv - 1 + nst, d_inner, ns), conv, g.permute(xs, 1, 0, 2, 3))
+    last = g.view(conv_x, (d_conv - 1, d_inner, ns), conv_x.nb[:3])
+    dst = g.view(cache_r, ((d_conv - 1) * d_inner * ns,), None)
+    cpy = g.view(dst, dst.ne, dst.nb, "CPY")
+    cpy.src = [last, dst]
+    g.expand(cpy)
+    xc = g.new(f"x-{il}", "SSM_CONV", "F32", (d_inner, nst, ns), conv_x, conv_w)
+    xc = g.op(f"x-{il}", "ADD", xc, _w(c, p + "ssm_conv1d.bias", il))
+    xc = g.op(f"x-{il}", "UNARY", xc)
+    x_db = g.mul_mat(f"x_db-{il}", x_w, xc)
+    r = x_db.nb[1]
+    dt = g.view(x_db, (dt_rank, nst, ns), (4, r, x_db.nb[2]))
+    bs = g.view(x_db, (d_state, 1, nst, ns), (4, 4 * d_state, r, x_db.nb[2]))
+    cs = g.view(x_db, (d_state, 1, nst, ns), (4, 4 * d_state, r, x_db.nb[2]))
+    if file_value(c, f"{hp.arch}.ssm.dt_b_c_rms") is True:  # build_norm without a weight: the norm alone
+        dt, bs, cs = (g.op(f"norm-{il}", "RMS_NORM", t) for t in (dt, bs, cs))
+        for t in (dt, bs, cs):
+            t.backend = c.pin[il]
+    else:
+        dt = g.new(f"dt-{il}", "CONT", "F32", dt.ne, dt)
+    dt = g.op(f"dt-{il}", "ADD", g.mul_mat(f"dt-{il}", dt_w, dt), _w(c, p + "ssm_dt.bias", il))
+    x4 = g.reshape(xc, 1, d_inner, nst, ns)
+    # build_rs with get_ssm_rows (llama-graph.cpp:3587-3627, :3661-3675): s_copy's tail gathered
+    size = hp.n_embd_s
+    states = g.reshape(cache_s, size, cache_s.ne[1])
+    zero = g.view(states, (size,), None)
+    g.expand(g.view(zero, zero.ne, zero.nb, "SCALE"))
+    tail = g.view(s_copy, (s_copy.ne[0] - 1,), None)
+    every = g.new(f"{cache_s.name}_rows", "GET_ROWS", "F32", (size, tail.ne[0]), states, tail)
+    main = g.view(s_copy, (ns,), None)
+    ssm = g.reshape(states, d_state, 1, d_inner, states.ne[1])
+    n_y = d_inner * nst * ns
+    scan = g.new(
+        f"ssm_scan-{il}",
+        "SSM_SCAN",
+        "F32",
+        (n_y + d_state * d_inner * ns,),
+        ssm,
+        x4,
+        dt,
+        _w(c, p + "ssm_a", il),
+        bs,
+        cs,
+        main,
+    )
+    g.expand(scan)
+    extra = g.view(every, (size, s_copy.ne[0] - ns), every.nb[:2])
+    dst = g.view(cache_s, extra.ne, cache_s.nb[:2])
+    cpy = g.view(dst, dst.ne, dst.nb, "CPY")
+    cpy.src = [extra, dst]
+    g.expand(cpy)
+    dst = g.view(cache_s, (d_state * d_inner * ns,), None)
+    cpy = g.view(dst, dst.ne, dst.nb, "CPY")
+    cpy.src = [g.view(scan, (d_state * d_inner * ns,), None), dst]
+    g.expand(cpy)
+    y = g.view(scan, (d_inner, nst, ns), (4, 4 * d_inner, 4 * d_inner * nst))
+    y = g.op(f"y-{il}", "ADD", y, g.op(f"x_d-{il}", "MUL", xc, _w(c, p + "ssm_d", il), type_="F32"))
+    zc = g.new(f"z-{il}", "CONT", "F32", z.ne, z)
+    y = g.new(f"y-{il}", "GLU", "F32", zc.ne, zc, y)
+    out = g.mul_mat(f"ssm_out-{il}", _w(c, p + "ssm_out.weight", il), y)
+    return g.reshape(out, out.ne[0], T)

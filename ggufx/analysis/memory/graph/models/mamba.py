@@ -1,5 +1,6 @@
-"""The ``mamba2`` decoder (src/models/mamba.cpp, the graph ``llama_model_mamba2`` shares with Mamba-1):
-every layer an RMS norm, a Mamba-2 mixer (``build_mamba2_layer``,
+"""The ``mamba`` and ``mamba2`` decoders (src/models/mamba.cpp, the graph ``llama_model_mamba2`` shares
+with Mamba-1): every layer an RMS norm, a Mamba-1 mixer (``build_mamba_layer``,
+:func:`~ggufx.analysis.memory.graph.models.ssm.mamba_layer`) or a Mamba-2 one (``build_mamba2_layer``,
 :func:`~ggufx.analysis.memory.graph.models.ssm.mamba2_layer`) and the residual; no attention, no FFN."""
 
 from __future__ import annotations
@@ -7,14 +8,22 @@ from __future__ import annotations
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
 from ggufx.analysis.memory.graph.llm import _Ctx, _inp_embd, _norm, _w, _weight
 from ggufx.analysis.memory.graph.models.qwen3next import remember
-from ggufx.analysis.memory.graph.models.ssm import check_shapes, mamba2_dims, mamba2_layer
+from ggufx.analysis.memory.graph.models.ssm import (
+    MambaDims,
+    check_shapes,
+    mamba2_dims,
+    mamba2_layer,
+    mamba_dims,
+    mamba_layer,
+)
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.model import GGUFModel
 
 
 def build(c: _Ctx, g: _Graph) -> _T:
-    """The graph's logits (mamba.cpp:105-150 with ``LLM_ARCH_MAMBA2``)."""
+    """The graph's logits (mamba.cpp:105-150)."""
     hp, sp = c.hp, c.sp
+    layer = mamba2_layer if hp.arch == "mamba2" else mamba_layer
     n_out, E = c.n_outputs, hp.n_embd
     x = _inp_embd(c, g)
     s_copy = g.input("rs_s_copy", "I32", sp.n_seq_max)
@@ -22,7 +31,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
     for p, il in enumerate(c.layers):
         g.at(p)
         cur = _norm(c, g, x, f"blk.{il}.attn_norm.weight", il)
-        cur = mamba2_layer(c, g, cur, il, s_copy)
+        cur = layer(c, g, cur, il, s_copy)
         if il == hp.n_layer - 1:
             cur = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), cur, out_ids)
             x = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), x, out_ids)
@@ -38,16 +47,17 @@ def build(c: _Ctx, g: _Graph) -> _T:
 
 
 def unbuildable(model: GGUFModel) -> str | None:
-    """Why the mamba2 graph cannot be built from this file (None when it can): the Mamba-2 dimensions
-    and every tensor the graph reads in the shape mamba2.cpp:35-80 creates it."""
+    """Why the mamba / mamba2 graph cannot be built from this file (None when it can): the Mamba or
+    Mamba-2 dimensions and every tensor the graph reads in the shape mamba.cpp:35-83 / mamba2.cpp:35-80
+    creates it."""
     remember(model)
-    d = mamba2_dims(model)
+    d = mamba2_dims(model) if model.architecture == "mamba2" else mamba_dims(model)
     if isinstance(d, str):
         return d
     hp = hparams(model)
     E = hp.n_embd
     shapes: dict[str, tuple[int, ...]] = {"output_norm.weight": (E,)}
     for il in range(hp.n_layer):
-        w = {"attn_norm.weight": (E,), **d.tensors(E, norm=True)}
+        w = {"attn_norm.weight": (E,), **(d.tensors(E) if isinstance(d, MambaDims) else d.tensors(E, norm=True))}
         shapes |= {f"blk.{il}.{n}": s for n, s in w.items()}
     return check_shapes(model, shapes)
