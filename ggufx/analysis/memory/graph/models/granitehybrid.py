@@ -1,5 +1,5 @@
 """The ``granitehybrid`` decoder (src/models/granite-hybrid.cpp, Granite 4.0 H): Mamba-2 layers (the
-layers with no KV heads: ``build_mamba2_layer``, mamba-base.cpp:153-304) and attention layers (RoPE
+layers with no KV heads: ``build_mamba2_layer``, mamba-base.cpp:153-304, in models/ssm.py) and attention layers (RoPE
 unless ``rope.scaling.finetuned`` is false), each with a dense FFN or a mixture of experts plus a shared
 expert, and Granite's scales: the embeddings, each residual branch and the logits."""
 
@@ -9,7 +9,7 @@ from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
 from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _inp_embd, _norm, _proj, _w, _weight
 from ggufx.analysis.memory.graph.models.moe import moe_ffn, shared_fuses
 from ggufx.analysis.memory.graph.models.qwen3next import attn_core, file_value, n_expert_used, remember
-from ggufx.analysis.memory.graph.models.qwen35 import _copy_into, _rs
+from ggufx.analysis.memory.graph.models.ssm import mamba2_layer
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.model import GGUFModel
 
@@ -21,93 +21,6 @@ def _scale(c: _Ctx, key: str) -> bool:
     a ``SCALE`` node)."""
     v = file_value(c, f"{ARCH}.{key}")
     return isinstance(v, (int, float)) and not isinstance(v, bool) and v != 0
-
-
-def _mamba2(c: _Ctx, g: _Graph, x: _T, il: int, s_copy: _T) -> _T:
-    """``build_mamba2_layer``: the joint in-projection split in z, xBC and dt, the convolution over the
-    cached columns (written back), its bias and SiLU, the selective scan reading the states straight
-    from the cache (``build_rs`` with a row getter: the gather skips the first state), the new state
-    written back, the D skip, the SwiGLU with z, the grouped RMS norm and the out-projection."""
-    hp, T = c.hp, c.n_tokens
-    ns = c.sp.n_seq_max
-    nst = T // ns
-    p = f"blk.{il}."
-    conv_w = _w(c, p + "ssm_conv1d.weight", il)
-    d_conv, channels = conv_w.ne[0], conv_w.ne[1]
-    n_head = _w(c, p + "ssm_dt.bias", il).ne[0]
-    norm_w = _weight(c, p + "ssm_norm.weight", il)
-    out_w = _w(c, p + "ssm_out.weight", il)
-    d_inner = out_w.ne[0]
-    head_dim = d_inner // n_head
-    d_state = (channels - d_inner) // (2 * _n_group(c, il, d_inner))
-    buft = c.cache_buft[il]
-    cache_r = g.leaf(f"cache_r_l{il}", "F32", (hp.n_embd_r, ns), buft=buft)
-    cache_s = g.leaf(f"cache_s_l{il}", "F32", (hp.n_embd_s, ns), buft=buft)
-    conv = g.reshape(_rs(c, g, cache_r, s_copy, hp.n_embd_r), d_conv - 1, channels, ns)
-    zx = g.mul_mat(f"zxBCdt-{il}", _w(c, p + "ssm_in.weight", il), x)
-    zx = g.reshape(zx, zx.ne[0], nst, ns)
-    row = zx.nb[1]
-    z = g.view(zx, (head_dim, n_head, nst, ns), (4, 4 * head_dim, row, row * nst))
-    xbc = g.view(zx, (channels, nst, ns), (4, row, row * nst))
-    dt = g.view(zx, (n_head, nst, ns), (4, row, row * nst))
-    conv_x = g.new(f"conv_x-{il}", "CONCAT", "F32", (d_conv - 1 + nst, channels, ns), conv, g.permute(xbc, 1, 0, 2, 3))
-    _copy_into(g, g.view(conv_x, (d_conv - 1, channels, ns), conv_x.nb[:3]), cache_r, ns)
-    xbc = g.new(f"xBC-{il}", "SSM_CONV", "F32", (channels, nst, ns), conv_x, conv_w)
-    xbc = g.op(f"xBC-{il}", "ADD", xbc, _w(c, p + "ssm_conv1d.bias", il))
-    xbc = g.op(f"xBC-{il}", "UNARY", xbc)
-    r = xbc.nb[1]
-    xs = g.view(xbc, (head_dim, n_head, nst, ns), (4, 4 * head_dim, r, r * nst))
-    n_group = _n_group(c, il, d_inner)
-    bs = g.view(xbc, (d_state, n_group, nst, ns), (4, 4 * d_state, r, r * nst))
-    cs = g.view(xbc, (d_state, n_group, nst, ns), (4, 4 * d_state, r, r * nst))
-    dt = g.op(f"dt-{il}", "ADD", g.new(f"dt-{il}", "CONT", "F32", dt.ne, dt), _w(c, p + "ssm_dt.bias", il))
-    # build_rs with get_ssm_rows (llama-graph.cpp:3587-3627, :3661-3675): s_copy's tail gathered
-    size = hp.n_embd_s
-    states = g.reshape(cache_s, size, cache_s.ne[1])
-    zero = g.view(states, (size,), None)
-    g.expand(g.view(zero, zero.ne, zero.nb, "SCALE"))
-    tail = g.view(s_copy, (s_copy.ne[0] - 1,), None)
-    every = g.new(f"{cache_s.name}_rows", "GET_ROWS", "F32", (size, tail.ne[0]), states, tail)
-    main = g.view(s_copy, (ns,), None)
-    ssm = g.reshape(states, d_state, head_dim, n_head, states.ne[1])
-    n_y = head_dim * n_head * nst * ns
-    scan = g.new(
-        f"ssm_scan-{il}",
-        "SSM_SCAN",
-        "F32",
-        (n_y + d_state * head_dim * n_head * ns,),
-        ssm,
-        xs,
-        dt,
-        _w(c, p + "ssm_a", il),
-        bs,
-        cs,
-        main,
-    )
-    g.expand(scan)
-    extra = g.view(every, (size, s_copy.ne[0] - ns), every.nb[:2])
-    dst = g.view(cache_s, extra.ne, cache_s.nb[:2])
-    cpy = g.view(dst, dst.ne, dst.nb, "CPY")
-    cpy.src = [extra, dst]
-    g.expand(cpy)
-    _copy_into(g, g.view(scan, (size, ns, 1), (4, 4 * size, 4 * size * ns)), cache_s, ns)
-    y = g.view(scan, (head_dim, n_head, nst, ns), (4, 4 * head_dim, 4 * head_dim * n_head, 4 * head_dim * n_head * nst))
-    y = g.op(f"mamba2_y_add_d-{il}", "ADD", y, g.op(f"x_d-{il}", "MUL", xs, _w(c, p + "ssm_d", il), type_="F32"))
-    zc = g.new(f"z-{il}", "CONT", "F32", z.ne, z)
-    y = g.new(f"y-{il}", "GLU", "F32", zc.ne, zc, y)
-    if norm_w is not None:
-        y = g.reshape(y, d_inner // n_group, n_group, nst, ns)
-        y = _norm(c, g, y, p + "ssm_norm.weight", il)
-    y = g.reshape(y, d_inner, T)
-    return g.mul_mat(f"mamba_out-{il}", out_w, y)
-
-
-def _n_group(c: _Ctx, il: int, d_inner: int) -> int:
-    norm_w = _weight(c, f"blk.{il}.ssm_norm.weight", il)
-    if norm_w is not None:
-        return norm_w.ne[1]
-    v = file_value(c, f"{ARCH}.ssm.group_count")
-    return v if isinstance(v, int) and v > 0 else 1
 
 
 def _attention(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp, rope: bool) -> _T:
@@ -183,7 +96,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
         inp_sa = x
         cur = _norm(c, g, x, f"blk.{il}.attn_norm.weight", il)
         if hp.n_head_kv[il] == 0:
-            cur = _mamba2(c, g, cur, il, s_copy)
+            cur = mamba2_layer(c, g, cur, il, s_copy)
         else:
             cur = _attention(c, g, cur, il, full, rope)
         if il == hp.n_layer - 1:

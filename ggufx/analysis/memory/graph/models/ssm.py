@@ -1,8 +1,8 @@
-"""The Mamba-2 family's shared pieces (src/models/mamba-base.cpp): ``build_mamba2_layer`` for any
+"""The Mamba family's shared pieces (src/models/mamba-base.cpp): ``build_mamba2_layer`` for any
 architecture (the group count read from the architecture's own ``ssm.group_count`` when the layer has no
-grouped norm), the recurrent-state input, and the checks of the Mamba-2 dimensions and tensors that the
-``falcon-h1``, ``nemotron_h`` and ``mamba2`` builders share. granitehybrid.py keeps its own copy of the
-layer (the same graph, its group count read from ``granitehybrid.ssm.group_count``)."""
+grouped norm; moved here from granitehybrid.py, which uses it too), ``build_mamba_layer`` (Mamba-1), and
+the checks of the Mamba and Mamba-2 dimensions and tensors that the ``granitehybrid``, ``falcon-h1``,
+``nemotron_h`` / ``nemotron_h_moe``, ``mamba`` and ``mamba2`` builders share."""
 
 from __future__ import annotations
 
@@ -137,11 +137,10 @@ def _n_group(c: _Ctx, il: int) -> int:
 def mamba2_layer(c: _Ctx, g: _Graph, x: _T, il: int, s_copy: _T) -> _T:
     """``build_mamba2_layer`` (mamba-base.cpp:153-304, with ``n_rs_seq`` 0: one state written back):
     the joint in-projection split in z, xBC and dt, the convolution over the cached columns (written
-    back), its bias (which the graph adds whether or not the loader
-    required it) and SiLU, the selective scan reading the states straight
-    from the cache (``build_rs`` with a row getter: the gather skips the first state), the new state
-    written back, the D skip, the SwiGLU with z, the grouped RMS norm (when the layer has one) and the
-    out-projection."""
+    back), its bias (which the graph adds whether or not the loader required it) and SiLU, the
+    selective scan reading the states straight from the cache (``build_rs`` with a row getter: the
+    gather skips the first state), the new state written back, the D skip, the SwiGLU with z, the
+    grouped RMS norm (when the layer has one) and the out-projection."""
     hp, T = c.hp, c.n_tokens
     ns = c.sp.n_seq_max
     nst = T // ns
