@@ -139,7 +139,7 @@ _ENTRIES = (
     Arch("qwen2", "qwen2.cpp", builder="qwen2"),
     Arch("qwen3", "qwen3.cpp", builder="qwen3"),
     Arch("qwen2vl", "qwen2vl.cpp", ("rope.dimension_sections",), builder="qwen2vl"),
-    Arch("qwen3vl", "qwen3vl.cpp", ("n_deepstack_layers", "rope.dimension_sections")),
+    Arch("qwen3vl", "qwen3vl.cpp", ("n_deepstack_layers", "rope.dimension_sections"), builder="qwen3vl"),
     Arch(
         "mistral3",
         "mistral3.cpp",
