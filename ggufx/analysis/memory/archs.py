@@ -153,7 +153,7 @@ _ENTRIES = (
     ),
     Arch("smollm3", "smollm3.cpp", builder="smollm3"),
     Arch("seed_oss", "seed-oss.cpp", builder="seed_oss"),
-    Arch("apertus", "apertus.cpp", ("xielu.alpha_n", "xielu.alpha_p", "xielu.beta", "xielu.eps")),
+    Arch("apertus", "apertus.cpp", ("xielu.alpha_n", "xielu.alpha_p", "xielu.beta", "xielu.eps"), builder="apertus"),
     Arch("glm4", "glm4.cpp", ("rope.dimension_sections",), builder="glm4", skips_nextn=True),
     Arch("openelm", "openelm.cpp", builder="openelm"),  # per-layer head_count / head_count_kv arrays
     Arch(
