@@ -64,6 +64,8 @@ def test_the_layer_shortcut_equals_the_whole_replay(model_path: Path) -> None:
 
 
 def _variant(smollm2: Path, out: Path, drop: str = "", **kv: object) -> GGUFModel:
+    """The CPU model with other metadata ``kv`` (a ``block_count``: each layer like layer 0), without
+    tensor ``drop``."""
     sys.path.insert(0, str(CPU_LOGS))
     try:
         from make_arch_headers import header
@@ -71,8 +73,29 @@ def _variant(smollm2: Path, out: Path, drop: str = "", **kv: object) -> GGUFMode
     finally:
         sys.path.remove(str(CPU_LOGS))
     tensors = [t for t in json.loads((CPU_LOGS / "tensors.json").read_text())[ARCH] if t[0] != drop]
+    n_layer = kv.get("block_count")
+    if isinstance(n_layer, int):
+        one = [t for t in tensors if t[0].startswith("blk.0.")]
+        tensors = [t for t in tensors if not t[0].startswith("blk.")]
+        tensors += [[n.replace("blk.0.", f"blk.{il}.", 1), ne, ty] for il in range(n_layer) for n, ne, ty in one]
     header(out, {**MODELS[ARCH], "kv": {**MODELS[ARCH]["kv"], **kv}}, tensors, smollm2)
     return ggufx.open(out)
+
+
+@pytest.mark.parametrize("n_deepstack", [3, 20, 35])
+def test_the_layer_shortcut_keeps_every_deepstack_layer(n_deepstack: int, smollm2_path: Path, tmp_path: Path) -> None:
+    """36 layers (Qwen3-VL-8B's count) of one signature, the first 3, 20 or 35 adding a deepstack slice:
+    the shortcut's periodicity check sees the padded embeddings freed after the last deepstack layer it
+    builds, so it only leaves out layers past the last one (or all deepstack ones, the padded rows alive
+    throughout); the replay with layers left out allocates as the whole one."""
+    model = _variant(smollm2_path, tmp_path / "q36.gguf", block_count=36, n_deepstack_layers=n_deepstack)
+    assert graphsim.unbuildable(model) is None
+    for args in ("-c 8192", "-c 4096 -fa off -np 3"):
+        a = parse_args("-m x " + args)
+        sp = breakdown(model, [], a.offload, a.context).reservation
+        assert sp is not None
+        whole = graphsim.simulate(model, [], a.offload, sp, whole=True)
+        assert graphsim.simulate(model, [], a.offload, sp) == whole and whole["CPU"] > 0
 
 
 def test_the_deepstack_width_counts(smollm2_path: Path, tmp_path: Path) -> None:
