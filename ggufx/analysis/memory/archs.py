@@ -176,6 +176,7 @@ _ENTRIES = (
         "gemma3n",
         "gemma3n.cpp",
         ("rope.freq_base_swa", "attention.sliding_window"),
+        builder="gemma3n",
         swa=Swa(5),
         kv_from_start=20,
     ),
