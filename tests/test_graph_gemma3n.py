@@ -2,7 +2,8 @@
 streams (predict, correct, unembed), LAuReL, per-layer embeddings, activation sparsity in the first 10
 layers, the layers from 20 on attending over layers 18's and 19's cache without K or V of their own, final
 logit soft-capping. Its compute buffer against llama.cpp's CPU build on a 22-layer model (flash attention
-on and off, -np 3 with its 513-token micro-batch, a q8_0 cache, --swa-full), its graph node for node, and
+on and off at 16384 and 65536 cells, -np 3 with its 513-token micro-batch, a q8_0 cache, --swa-full, -ub 1024
+and 256, --no-repack), its graph node for node, and
 the replay that leaves layers out against the whole one at Gemma 3n E2B's and E4B's layer counts."""
 
 from __future__ import annotations
@@ -64,8 +65,8 @@ def _variant(
 def test_the_builder_is_registered_and_the_runs_cover_the_options() -> None:
     assert ARCHS[ARCH].builder == ARCH
     args = " ".join(line for line in (CPU_LOGS / "matrix").read_text().splitlines() if f"\t{ARCH}\t" in line)
-    assert len(CPU_RUNS) >= 4
-    for option in ("-fa off -np 3", "-ctk q8_0", "--swa-full"):
+    assert len(CPU_RUNS) >= 7
+    for option in ("-fa off -np 3", "-ctk q8_0", "--swa-full", "-ub 1024", "--no-repack", "-c 16384 -fa off"):
         assert option in args
 
 
