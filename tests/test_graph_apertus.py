@@ -84,3 +84,17 @@ def test_a_file_without_a_tensor_the_graph_reads_gets_the_generic_estimate(
     a = parse_args("-m x -c 8192")
     bd = breakdown(model, [], a.offload, a.context)
     assert bd.compute_estimate and tensor in bd.compute_estimate
+
+
+def test_a_file_without_the_xielu_parameters_gets_the_generic_estimate(smollm2_path: Path, tmp_path: Path) -> None:
+    """apertus.cpp reads xielu.alpha_n/alpha_p/beta/eps required (keys without the architecture prefix)."""
+    sys.path.insert(0, str(CPU_LOGS))
+    try:
+        from make_arch_headers import header
+        from models import MODELS
+    finally:
+        sys.path.remove(str(CPU_LOGS))
+    spec = {**MODELS[ARCH], "kv": {k: v for k, v in MODELS[ARCH]["kv"].items() if k != "xielu.beta"}}
+    header(tmp_path / "no-beta.gguf", spec, json.loads((CPU_LOGS / "tensors.json").read_text())[ARCH], smollm2_path)
+    model = ggufx.open(tmp_path / "no-beta.gguf")
+    assert graphsim.unbuildable(model) == "the graph needs the metadata key xielu.beta, which the file lacks"

@@ -11,6 +11,7 @@ from ggufx.analysis.memory.graph.models._dense import Dense, _attention, _n
 from ggufx.model import GGUFModel
 
 SPEC = Dense(qk_norm="head")
+XIELU_KEYS = ("xielu.alpha_n", "xielu.alpha_p", "xielu.beta", "xielu.eps")  # the activation's parameters
 
 
 def build(c: _Ctx, g: _Graph) -> _T:
@@ -46,9 +47,14 @@ def build(c: _Ctx, g: _Graph) -> _T:
 
 
 def unbuildable(model: GGUFModel) -> str | None:
-    """Why this apertus file's graph cannot be built: a tensor the graph reads that the file lacks
-    (apertus.cpp ``load_arch_tensors`` creates them required: llama.cpp refuses the file)."""
+    """Why this apertus file's graph cannot be built: a metadata key or a tensor the graph reads that the
+    file lacks (apertus.cpp's ``load_arch_hparams`` and ``load_arch_tensors`` read them required:
+    llama.cpp refuses the file)."""
     arch = model.architecture or ""
+    # load_arch_hparams reads them required (llama-arch.cpp: no architecture prefix)
+    key = next((k for k in XIELU_KEYS if k not in model.metadata), None)
+    if key is not None:
+        return f"the graph needs the metadata key {key}, which the file lacks"
     names = {t.name for t in model.tensors}
     n_layer = model.metadata.get_int(f"{arch}.block_count") or 0
     needed = ["token_embd.weight", "output_norm.weight", "output.weight"]
