@@ -115,3 +115,18 @@ def test_a_file_without_a_tensor_the_graph_reads_gets_the_generic_estimate(smoll
     a = parse_args("-m x -c 8192")
     bd = breakdown(model, [], a.offload, a.context)
     assert bd.compute_estimate and "blk.2.attn_q_norm.weight" in bd.compute_estimate
+
+
+def test_a_file_without_rope_sections_gets_the_generic_estimate(smollm2_path: Path, tmp_path: Path) -> None:
+    """qwen3vl.cpp reads rope.dimension_sections required: llama.cpp refuses a file without them."""
+    sys.path.insert(0, str(CPU_LOGS))
+    try:
+        from make_arch_headers import header
+        from models import MODELS
+    finally:
+        sys.path.remove(str(CPU_LOGS))
+    spec = {**MODELS[ARCH], "kv": {k: v for k, v in MODELS[ARCH]["kv"].items() if k != "rope.dimension_sections"}}
+    header(tmp_path / "no-sections.gguf", spec, json.loads((CPU_LOGS / "tensors.json").read_text())[ARCH], smollm2_path)
+    model = ggufx.open(tmp_path / "no-sections.gguf")
+    why = "the graph needs the metadata key qwen3vl.rope.dimension_sections, which the file lacks"
+    assert graphsim.unbuildable(model) == why

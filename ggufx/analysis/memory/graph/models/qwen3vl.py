@@ -99,12 +99,15 @@ def build(c: _Ctx, g: _Graph) -> _T:
 
 
 def unbuildable(model: GGUFModel) -> str | None:
-    """Why this qwen3vl file's graph cannot be built: a tensor the graph reads that it lacks; a
+    """Why this qwen3vl file's graph cannot be built: the M-RoPE sections or a tensor the graph reads
+    missing (llama.cpp refuses the file); a
     Qwen3-TTS codec head (an output narrower than the vocabulary: qwen3vl.cpp pads the logits)."""
     n = read_deepstack(model)
     if len(_DEEPSTACK) > 64:
         _DEEPSTACK.clear()
     _DEEPSTACK[_key(model.path)] = n
+    if f"{model.architecture}.rope.dimension_sections" not in model.metadata:  # read required (qwen3vl.cpp:5)
+        return f"the graph needs the metadata key {model.architecture}.rope.dimension_sections, which the file lacks"
     tensors = {t.name: tuple(t.shape) for t in model.tensors}
     out, tok = tensors.get("output.weight"), tensors.get("token_embd.weight")
     if out and tok and len(out) == 2 and len(tok) == 2 and out[1] != tok[1]:
