@@ -2,7 +2,7 @@
 Mamba-2, attention (no RoPE) and squared-ReLU MLP layers, the final norm over every token kept as the
 NextN seed, then the output rows. Its compute buffer against llama.cpp's CPU build (flash attention on and
 off, -np 3 with its 513-token micro-batch, -np 2 and -ub 1024, a q8_0 cache, a q8_0 K cache without flash
-attention), on Nemotron-H-8B's dimensions (the CPU build, and its CUDA build where recorded)."""
+attention) (Nemotron-H-8B's recorded runs: tests/test_graph_logs.py)."""
 
 from __future__ import annotations
 
@@ -23,15 +23,12 @@ from .graph_arch_logs import (
     assert_nodes_equal,
     cpu_model,
     cpu_runs,
-    cuda_runs,
     replay_cpu,
 )
-from .llamacpp_logs import LOGS, replay_run
 from .ssm_models import repeated, tensors_of, variant
 
 ARCH = "nemotron_h"
 CPU_RUNS = cpu_runs(ARCH)
-CUDA_RUNS = cuda_runs(("nemotron-h-8b",))  # the CPU run of Nemotron-H-8B's header, and CUDA runs as they land
 
 
 @pytest.fixture(scope="module")
@@ -119,10 +116,3 @@ def test_the_published_shape_gets_the_graph(hole_models: dict[str, Path]) -> Non
     """Nemotron-H-8B's 52 layers (24 Mamba-2, 4 attention, 24 MLP) are built, not estimated."""
     model = ggufx.open(hole_models["nemotron-h-8b"])
     assert graphsim.unbuildable(model) is None and graphsim.simulated(model) is None
-
-
-@pytest.mark.skipif(not CUDA_RUNS, reason="no run of Nemotron-H-8B recorded in tests/fixtures/llamacpp-logs")
-@pytest.mark.parametrize("rid", CUDA_RUNS)
-def test_nemotron_h_8b_compute_buffers_equal_llama_cpp(rid: str, hole_models: dict[str, Path]) -> None:
-    _, _, bd = replay_run(rid, hole_models)
-    assert_compute_equal((LOGS / f"{rid}.log").read_text(), bd)

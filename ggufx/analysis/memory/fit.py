@@ -678,14 +678,54 @@ def fit_devices(
             continue
         step = 256 * (1 if cp.kv_unified else cp.n_parallel)
         top = pad(cp.n_ctx or hp.n_ctx_train or 131072, step)
-        lo, hi = 0, top // step
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if _fits(model, devices, offload, replace(ctx_params, n_ctx=mid * step), margin)[0]:
-                lo = mid
-            else:
-                hi = mid - 1
-        n = lo * step
-        use = _fits(model, devices, offload, replace(ctx_params, n_ctx=n or step), margin)[1]
+        seen: dict[int, dict[str, int]] = {}
+
+        def slack(k: int, ctx_params: ContextParams = ctx_params) -> int:
+            """The least memory left on a GPU at ``k`` steps of context (negative: it does not fit)."""
+            use = seen[k] = _fits(model, devices, offload, replace(ctx_params, n_ctx=k * step), margin)[1]
+            return min(d.free - margin - use[d.name] for d in devices)
+
+        n = _largest(slack, top // step) * step
+        use = seen.get(n // step) or _fits(model, devices, offload, replace(ctx_params, n_ctx=n or step), margin)[1]
         out.append(DeviceFit("context", ct, n, hp.n_layer, use, n == top))
     return out
+
+
+def _largest(slack: Callable[[int], int], top: int) -> int:
+    """The largest ``k`` in ``1..top`` with ``slack(k) >= 0`` (0: none), for a ``slack`` that falls as
+    ``k`` grows, as a bisection finds it, in fewer calls: memory grows almost linearly with the
+    context, so after the top and the middle each guess is interpolated from the two ends of the
+    bracket (and its neighbour tried, which closes the bracket when the guess is right); a guess
+    that does not halve the bracket is followed by a bisection step, so it never takes more than
+    about twice a bisection's calls."""
+    s_hi = slack(top)
+    if s_hi >= 0:
+        return top
+    lo, hi = 0, top  # slack(lo) >= 0 (lo = 0: nothing tried), slack(hi) < 0
+    s_lo: int | None = None
+    bisect = True
+    while hi - lo > 1:
+        guess = not bisect and s_lo is not None
+        if guess:
+            assert s_lo is not None
+            k = min(max(lo + (hi - lo) * s_lo // (s_lo - s_hi), lo + 1), hi - 1)
+        else:
+            k = (lo + hi) // 2
+        width = hi - lo
+        s = slack(k)
+        if s >= 0:
+            lo, s_lo = k, s
+            if k + 1 < hi and guess:
+                s = slack(k + 1)
+                if s < 0:
+                    return k
+                lo, s_lo = k + 1, s
+        else:
+            hi, s_hi = k, s
+            if k - 1 > lo and guess:
+                s = slack(k - 1)
+                if s >= 0:
+                    return k - 1
+                hi, s_hi = k - 1, s
+        bisect = guess and (hi - lo) * 2 > width
+    return lo

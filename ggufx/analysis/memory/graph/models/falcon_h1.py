@@ -8,7 +8,7 @@ from __future__ import annotations
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
 from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd, _norm, _proj, _w, _weight
 from ggufx.analysis.memory.graph.models._dense import _qkv
-from ggufx.analysis.memory.graph.models.qwen3next import attn_core, remember
+from ggufx.analysis.memory.graph.models.qwen3next import attn_core
 from ggufx.analysis.memory.graph.models.ssm import check_shapes, mamba2_dims, mamba2_layer
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.model import GGUFModel
@@ -65,7 +65,6 @@ def unbuildable(model: GGUFModel) -> str | None:
     """Why the falcon-h1 graph cannot be built from this file (None when it can): the Mamba-2
     dimensions and every tensor the graph reads in the shape falcon-h1.cpp:35-107 creates it (the
     convolution bias, optional to the loader, is added by the graph)."""
-    remember(model)
     d = mamba2_dims(model)
     if isinstance(d, str):
         return d

@@ -1,14 +1,14 @@
 """The ``granitehybrid`` decoder (src/models/granite-hybrid.cpp, Granite 4.0 H): Mamba-2 layers (the
-layers with no KV heads: ``build_mamba2_layer``, mamba-base.cpp:153-304, in models/ssm.py) and attention layers (RoPE
-unless ``rope.scaling.finetuned`` is false), each with a dense FFN or a mixture of experts plus a shared
-expert, and Granite's scales: the embeddings, each residual branch and the logits."""
+layers with no KV heads: ``build_mamba2_layer``, mamba-base.cpp:153-304, in models/ssm.py) and attention
+layers (RoPE unless ``rope.scaling.finetuned`` is false), each with a dense FFN or a mixture of experts
+plus a shared expert, and Granite's scales: the embeddings, each residual branch and the logits."""
 
 from __future__ import annotations
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
 from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _inp_embd, _norm, _proj, _w, _weight
 from ggufx.analysis.memory.graph.models.moe import moe_ffn, shared_fuses
-from ggufx.analysis.memory.graph.models.qwen3next import attn_core, file_value, n_expert_used, remember
+from ggufx.analysis.memory.graph.models.qwen3next import attn_core, file_value, n_expert_used
 from ggufx.analysis.memory.graph.models.ssm import mamba2_layer
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.model import GGUFModel
@@ -126,7 +126,6 @@ def unbuildable(model: GGUFModel) -> str | None:
     """Why the granitehybrid graph cannot be built from this file (None when it can): the Mamba-2
     dimensions, the experts, and every tensor the graph reads in the shape granite-hybrid.cpp:40-131
     creates it (the convolution bias is optional to the loader but the graph adds it)."""
-    remember(model)
     md = model.metadata
     hp = hparams(model)
     E, hd = hp.n_embd, hp.head_k

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
 from ggufx.analysis.memory.graph.llm import _Ctx, _inp_embd, _norm, _w, _weight
-from ggufx.analysis.memory.graph.models.qwen3next import remember
 from ggufx.analysis.memory.graph.models.ssm import (
     MambaDims,
     check_shapes,
@@ -50,7 +49,6 @@ def unbuildable(model: GGUFModel) -> str | None:
     """Why the mamba / mamba2 graph cannot be built from this file (None when it can): the Mamba or
     Mamba-2 dimensions and every tensor the graph reads in the shape mamba.cpp:35-83 / mamba2.cpp:35-80
     creates it."""
-    remember(model)
     d = mamba2_dims(model) if model.architecture == "mamba2" else mamba_dims(model)
     if isinstance(d, str):
         return d

@@ -13,7 +13,7 @@ from __future__ import annotations
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Fusion, _Graph
 from ggufx.analysis.memory.graph.llm import _MOE_REDUCTION_MAX, _attn_inp, _Ctx, _inp_embd, _norm, _proj, _w, _weight
 from ggufx.analysis.memory.graph.models._dense import _qkv
-from ggufx.analysis.memory.graph.models.qwen3next import attn_core, file_value, n_expert_used, remember
+from ggufx.analysis.memory.graph.models.qwen3next import attn_core, file_value, n_expert_used
 from ggufx.analysis.memory.graph.models.ssm import check_shapes, mamba2_dims, mamba2_layer
 from ggufx.analysis.memory.hparams import _arr, hparams
 from ggufx.model import GGUFModel
@@ -173,7 +173,6 @@ def unbuildable(model: GGUFModel) -> str | None:
     the shape nemotron-h.cpp:46-150 creates it, each layer of the kind llama.cpp gives it (Mamba-2
     where head_count_kv and feed_forward_length are 0, attention where only feed_forward_length is,
     else an MLP: a mixture of experts when the model has experts)."""
-    remember(model)
     arch = model.architecture or ""
     md = model.metadata
     if (md.get_int(f"{arch}.nextn_predict_layers") or 0) > 0:
