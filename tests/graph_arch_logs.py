@@ -86,7 +86,16 @@ def assert_compute_equal(log_text: str, bd: Breakdown) -> None:
 NODES = CPU_LOGS / "nodes"
 _VIEWS = {"VIEW", "RESHAPE", "PERMUTE", "TRANSPOSE"}
 # ggml_op_desc prints the unary and GLU kinds; the graph records their op
-_OP = {"SILU": "UNARY", "SIGMOID": "UNARY", "SOFTPLUS": "UNARY", "GELU": "UNARY", "SWIGLU": "GLU"}
+_OP = {
+    "SILU": "UNARY",
+    "SIGMOID": "UNARY",
+    "SOFTPLUS": "UNARY",
+    "GELU": "UNARY",
+    "TANH": "UNARY",
+    "RELU": "UNARY",
+    "XIELU": "UNARY",
+    "SWIGLU": "GLU",
+}
 
 
 def _fmt_size(n: int) -> str:

@@ -33,7 +33,7 @@ from ggufx.analysis.layers import swa_layers
 from ggufx.analysis.memory.graph.galloc import PREALLOCATED, _reserve
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, _Graph, _ne, _strides
 from ggufx.analysis.memory.graph.llm import SimParams, _Ctx, _Gdn
-from ggufx.analysis.memory.graph.models import BUILT, builder
+from ggufx.analysis.memory.graph.models import BUILT, builder, layer_kind
 from ggufx.analysis.memory.graph.models.qwen35 import _gdn_dims, _recurrent_layers
 from ggufx.analysis.memory.graph.sched import N_COPIES, OP_OFFLOAD_MIN_BATCH, _Sched
 from ggufx.analysis.memory.hparams import Hparams, hparams, pad
@@ -260,9 +260,11 @@ def _layer_signatures(c: _Ctx, ld: _Loaded) -> list[tuple[object, ...]]:
     its weights, cache and pinned norm, and the name, buffer, type and shape of each of its weights.
     Two layers with one signature make identical nodes, scheduled and split identically."""
     hp = c.hp
+    kind = layer_kind(hp.arch) or (lambda il: None)
     return [
         (
             il == hp.n_layer - 1,
+            kind(il),
             hp.n_head[il],
             hp.n_head_kv[il],
             c.swa[il] if il < len(c.swa) else False,

@@ -32,7 +32,6 @@ N_EMBD_ALTUP = 256  # llama_hparams::n_embd_altup
 LAUREL_RANK = 64  # llama_hparams::laurel_rank
 KV_FROM_START = 20  # n_layer_kv_from_start (gemma3n.cpp load_arch_hparams)
 N_LAYER_SPARSITY = 10  # models.h: the layers whose FFN gate goes through gaussian_topk
-MAX_PERIOD = 8  # graphsim.MAX_PERIOD: the longest block of layers a plan repeats
 
 _D = Dense()
 
@@ -165,25 +164,10 @@ def _gaussian_topk(g: _Graph, x: _T, il: int) -> _T:
     return g.op(f"relu-{il}", "UNARY", g.op(f"sparse-{il}", "SUB", x, cutoff))
 
 
-def _kind(il: int) -> tuple[bool, bool]:
+def layer_kind(il: int) -> tuple[bool, bool]:
     """What makes a layer's graph differ from another's that graphsim's layer signatures do not see:
     activation sparsity, shared KV."""
     return il < N_LAYER_SPARSITY, il >= KV_FROM_START
-
-
-def _layers(c: _Ctx) -> list[int]:
-    """The layers to build: the plan's (``c.layers``), unless it leaves out a layer of another kind
-    (:func:`_kind`) than one it keeps in the ``3 * MAX_PERIOD`` layers before it, whose allocation the
-    left-out layer would be assumed to repeat; then every layer (the replay of the whole graph, which
-    the reservation's periodicity checks cannot make wrong: its sizes are the whole graph's)."""
-    kept = set(c.layers)
-    every = list(range(c.hp.n_layer))
-    for il in every:
-        if il not in kept:
-            before = (j for j in range(max(0, il - 3 * MAX_PERIOD), il) if j in kept)
-            if any(_kind(j) != _kind(il) for j in before):
-                return every
-    return c.layers
 
 
 def build(c: _Ctx, g: _Graph) -> _T:
@@ -216,7 +200,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
     new = _magnitude(g, added, "new_magnitude")
     added = g.op("altup_added", "DIV", g.op("altup_added", "MUL", added, target), new)
     cur = g.new("inp_stacked", "CONCAT", "F32", (E, T, N_ALTUP), x, added)
-    for p, il in enumerate(_layers(c)):
+    for p, il in enumerate(c.layers):
         g.at(p)
         b = f"blk.{il}."
         predictions = _predict(c, g, cur, il)

@@ -8,15 +8,11 @@ the embeddings to its output (so the padded embeddings stay alive until the last
 from __future__ import annotations
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd, _w, _weight
+from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd, _w, _weight, model_of
 from ggufx.analysis.memory.graph.models._dense import Dense, _attention, _ffn, _n, dense_unbuildable
-from ggufx.analysis.memory.graph.models.gpt_oss import _key
 from ggufx.model import GGUFModel
 
 SPEC = Dense(qk_norm="head", n_pos=4)
-
-# n_deepstack_layers per file, left by :func:`unbuildable` (which reads it from the open model) for the graph
-_DEEPSTACK: dict[tuple[str, int, int], int] = {}
 
 
 def read_deepstack(model: GGUFModel) -> int:
@@ -26,13 +22,8 @@ def read_deepstack(model: GGUFModel) -> int:
 
 
 def n_deepstack(c: _Ctx) -> int:
-    """The model's deepstack layers: what :func:`unbuildable` read, else the header's."""
-    key = _key(c.path)
-    if key not in _DEEPSTACK:
-        import ggufx
-
-        _DEEPSTACK[key] = read_deepstack(ggufx.open(c.path))  # the header only
-    return _DEEPSTACK[key]
+    """The model's deepstack layers."""
+    return read_deepstack(model_of(c))
 
 
 def inp_embd_wide(c: _Ctx, g: _Graph, n_embd_inp: int) -> tuple[_T, _T]:
@@ -102,10 +93,6 @@ def unbuildable(model: GGUFModel) -> str | None:
     """Why this qwen3vl file's graph cannot be built: the M-RoPE sections or a tensor the graph reads
     missing (llama.cpp refuses the file); a
     Qwen3-TTS codec head (an output narrower than the vocabulary: qwen3vl.cpp pads the logits)."""
-    n = read_deepstack(model)
-    if len(_DEEPSTACK) > 64:
-        _DEEPSTACK.clear()
-    _DEEPSTACK[_key(model.path)] = n
     if f"{model.architecture}.rope.dimension_sections" not in model.metadata:  # read required (qwen3vl.cpp:5)
         return f"the graph needs the metadata key {model.architecture}.rope.dimension_sections, which the file lacks"
     tensors = {t.name: tuple(t.shape) for t in model.tensors}
