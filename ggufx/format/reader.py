@@ -48,6 +48,11 @@ MAX_ARRAY_DEPTH = 8
 MAX_NESTED_ARRAYS = 1 << 16
 FIRST_READ = 1 << 20
 STRING_ESTIMATE_MARGIN = 1.2
+# how much a local file's buffer grows when it runs out: every byte read costs two page faults of
+# fresh memory (the bytes read and their copy in the buffer), about a millisecond per MB on a small
+# VM, far more than another read, so little overshoot (1.25: Gemma 3's 6.5 MB header is read as
+# 7.5 MB in four reads, against 9.6 MB in three when the buffer doubled)
+LOCAL_GROWTH = 1.25
 HINT_CAP = 16 << 20  # how far past the buffer an estimate of a vocabulary's end may read at once
 PREAMBLE_SIZE = 24  # magic, version, tensor count, metadata count
 MIN_TENSOR_INFO = 24  # bytes of the smallest tensor info: empty name, no dimensions, type, offset
@@ -149,9 +154,8 @@ class _Cursor:
         self.path = src.path
         self.size = src.size
         self.data = bytearray()
-        # how much the buffer grows when it runs out: doubling for files (reads are cheap, fewer
-        # syscalls); a remote source asks for less overshoot, since every byte crosses the network
-        self.growth = getattr(src, "growth", 2.0)
+        # how much the buffer grows when it runs out (a remote source sets its own)
+        self.growth = getattr(src, "growth", LOCAL_GROWTH)
 
     def need(self, end: int, at: int, what: str, hint: int = 0) -> None:
         """Make sure bytes [0, end) are buffered, or raise a truncation error for ``what`` at ``at``.
@@ -567,15 +571,32 @@ class _Parser:
 
         The inner loop has no bound checks: ``unpack_from`` past the buffer raises, and then the
         buffer grows (or the string that overran the file is found and named) before the walk
-        resumes. Only strings that add up to more than llama.cpp allows for one string can hold one
-        that is too long: then the array is walked again with every check, each length checked
-        before the buffer grows past it."""
+        resumes. It steps eight strings per turn (a quarter less time than one per turn: 262K
+        strings take about 17 ms instead of 22); a block that runs past the buffer is walked again
+        one string at a time, to find the string that did. Only strings that add up to more than
+        llama.cpp allows for one string can hold one that is too long: then the array is walked
+        again with every check, each length checked before the buffer grows past it."""
         cur = self.cur
         unpack = self.u64.unpack_from
         start = pos
         i = 0
         while True:
             data = cur.data
+            try:
+                for _ in range((count - i) >> 3):
+                    p = pos
+                    p += 8 + unpack(data, p)[0]
+                    p += 8 + unpack(data, p)[0]
+                    p += 8 + unpack(data, p)[0]
+                    p += 8 + unpack(data, p)[0]
+                    p += 8 + unpack(data, p)[0]
+                    p += 8 + unpack(data, p)[0]
+                    p += 8 + unpack(data, p)[0]
+                    p += 8 + unpack(data, p)[0]
+                    pos = p
+                    i += 8
+            except (struct.error, OverflowError):
+                pass  # pos and i are the start of the block that ran past: the loop below finds where
             try:
                 for i in range(i, count):  # noqa: B007, B020 - i is read after an exception
                     pos += 8 + unpack(data, pos)[0]
