@@ -105,3 +105,72 @@ def test_a_hostile_length_is_named_as_the_strict_walk_names_it(at: int, how: str
         assert fast[0] == "error"
         assert fast == _parse(data, True, monkeypatch, first, size)
         assert f"string {at} of array 'tok'" in fast[3]
+
+
+# -- tensor infos: the loop asks the buffer to grow only at its edge, and multiplies shapes out at once --
+
+
+def _tensors_file(shapes: list[tuple[int, ...]]) -> tuple[bytes, Raw]:
+    r = Raw()
+    r.kv("general.architecture", STR, r.s("llama"))
+    offset = 0
+    for i, shape in enumerate(shapes):
+        r.tensor(f"t{i}.weight", shape, 0, offset)  # F32
+        n = 1
+        for d in shape:
+            n *= d
+        offset += -(-n * 4 // 32) * 32
+    r.data = bytes(offset)
+    return r.build(), r
+
+
+@pytest.mark.parametrize("first", [24, 61, 130, 1 << 20])
+def test_tensor_infos_read_the_same_wherever_the_buffer_ends(first: int, monkeypatch) -> None:
+    shapes = [(8,), (16, 3), (0, 5), (32, 2, 1, 4), ()]
+    data, _ = _tensors_file(shapes)
+    with monkeypatch.context() as m:
+        m.setattr(reader, "FIRST_READ", first)
+        h = parse_header(_Source(data))
+    assert [t.shape for t in h.tensors] == shapes
+    assert [t.n_elements for t in h.tensors] == [8, 48, 0, 256, 1]
+    assert [t.nbytes for t in h.tensors] == [32, 192, 0, 1024, 4]
+
+
+@pytest.mark.parametrize(
+    "shape, d, phrase",
+    [
+        ((1 << 32, 1 << 32), 1, "element count overflows int64 (shape [4294967296, 4294967296])"),
+        ((1 << 40, 1 << 40, 0), 1, "element count overflows int64"),  # the whole product is 0: refused all the same
+        ((4, -1), 1, "has dimension 1 = -1, must not be negative"),
+        ((-4, 1 << 62, 1 << 62), 0, "has dimension 0 = -4, must not be negative"),
+        ((1 << 62, 2, -1), 1, "element count overflows int64 (shape [4611686018427387904, 2, -1])"),
+    ],
+)
+def test_a_bad_shape_is_named_at_its_dimension(shape: tuple[int, ...], d: int, phrase: str) -> None:
+    data, r = _tensors_file([(8,)])
+    r.tinfos.append(r.s("bad.weight") + r.p("I", len(shape)) + b"".join(r.p("q", x) for x in shape) + r.p("iQ", 0, 32))
+    data = r.build() + bytes(64)
+    with pytest.raises(GGUFError) as e:
+        parse_header(_Source(data))
+    dims_at = r.offsets()["tinfo1"] + 8 + len("bad.weight") + 4
+    assert e.value.offset == dims_at + 8 * d
+    assert e.value.message.startswith(f"tensor 'bad.weight' {phrase}")
+
+
+def test_every_truncation_of_a_tensor_info_names_its_field() -> None:
+    """Cut at every byte of the second tensor info: the error names the field the cut falls in, at
+    the offset gguf.cpp would stop at."""
+    data, r = _tensors_file([(8,), (16, 3)])
+    s = r.offsets()["tinfo1"]
+    name = b"t1.weight"
+    fields = [
+        (s + 8, "length of tensor name", s),
+        (s + 8 + len(name), "tensor name", s),
+        (s + 8 + len(name) + 4, "tensor 't1.weight'", s + 8 + len(name)),
+        (s + 8 + len(name) + 4 + 16 + 12, "tensor 't1.weight'", s + 8 + len(name) + 4),
+    ]
+    for cut in range(s, fields[-1][0]):
+        end, what, at = next(f for f in fields if cut < f[0])
+        with pytest.raises(GGUFError) as e:
+            parse_header(_Source(data[:cut]))
+        assert (e.value.offset, e.value.message.split(" runs past")[0]) == (at, what), cut
