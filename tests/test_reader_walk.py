@@ -174,3 +174,15 @@ def test_every_truncation_of_a_tensor_info_names_its_field() -> None:
         with pytest.raises(GGUFError) as e:
             parse_header(_Source(data[:cut]))
         assert (e.value.offset, e.value.message.split(" runs past")[0]) == (at, what), cut
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 23, 64])
+def test_string_index_of_any_count(n: int) -> None:
+    """The lazy index of a string array (eight strings a turn, then the rest): every item, raw and
+    decoded, and ``count + 1`` offsets, for counts around the block size."""
+    strings = [bytes([97 + i % 26]) * (i % 11) + b"\xff" * (i % 3 == 0) for i in range(n)]
+    h = parse_header(_Source(_file(strings)))
+    arr = h.kvs["tok"].value
+    assert [arr.raw_item(i) for i in range(n)] == strings
+    assert arr.tolist() == [s.decode("utf-8", "surrogateescape") for s in strings]
+    assert arr._index is not None and len(arr._index) == n + 1 and arr._index[-1] == h.kvs["tok"].end

@@ -36,3 +36,24 @@ def test_report_with_its_chart_imports_no_network_module(gemma_path: Path, tmp_p
     mods = set(proc.stderr.strip().splitlines()[-1].split(","))
     assert "ggufx.render.chart" in mods and "<svg" in out.read_text()
     assert not mods & {"http.client", "ssl", "urllib.request", "email", "xml.sax"}
+
+
+def test_a_command_collects_cycles_less_often(tmp_path: Path) -> None:
+    """The CLI raises the cyclic collector's first threshold while a command runs (the memory model's
+    short-lived containers are freed by reference counting; collecting every 700 allocations cost 5
+    to 10% of `report` and `mem --fit`), and never lowers one set higher."""
+    from tests.support import FIXTURES
+
+    code = (
+        "import gc, sys\n"
+        "gc.set_threshold(int(sys.argv[1]), 10, 10)\n"
+        "from ggufx.cli import main\n"
+        "try:\n"
+        f"    main(['info', {str(FIXTURES / 'all-types-v3.gguf')!r}], prog_name='ggufx')\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "print(gc.get_threshold(), file=sys.stderr)\n"
+    )
+    for before, after in ((700, "(20000, 10, 10)"), (50_000, "(50000, 10, 10)")):
+        proc = subprocess.run([sys.executable, "-c", code, str(before)], capture_output=True, text=True, check=True)
+        assert proc.stderr.strip().splitlines()[-1] == after
