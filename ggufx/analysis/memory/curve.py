@@ -85,14 +85,10 @@ def memory_curve(
     ctxs = contexts or chart_contexts(hp.n_ctx_train)
     curve = MemoryCurve(hp.n_ctx_train, devices, margin, ctxs)
     offload = OffloadParams()
-    # one GPU holds every layer whatever its size (placement.layer_devices), so its points are the
-    # breakdowns of a GPU of unknown size: those the report's memory table asks for (estimate's
-    # one-GPU view), which the graph simulation's cache then serves instead of replaying them again
-    sizing = [Device(devices[0].name, 0)] if len(devices) == 1 else devices
     for ct in cache_types:
         pts = []
         for c in ctxs:
-            table = breakdown(model, sizing, offload, replace(cp, n_ctx=c, cache_type_k=ct, cache_type_v=ct)).table()
+            table = breakdown(model, devices, offload, replace(cp, n_ctx=c, cache_type_k=ct, cache_type_v=ct)).table()
             pts.append({d.name: table.get(d.name, {}).get("self", 0) for d in devices})
         curve.series[ct] = pts
     if gpus and all(d.free > 0 for d in devices) and cache_types:
