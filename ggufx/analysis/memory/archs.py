@@ -320,6 +320,7 @@ _ENTRIES = (
             "attention.recurrent_layers",
             "full_attention_interval",
         ),
+        builder="qwen35moe",
         recurrent=_GDN,
         skips_nextn=True,
         moe=True,
