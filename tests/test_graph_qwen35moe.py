@@ -29,6 +29,7 @@ from .graph_arch_logs import (
 
 ARCH = "qwen35moe"
 CPU_RUNS = cpu_runs(ARCH)
+MTP_RUNS = cpu_runs(f"{ARCH}-mtp")
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,15 @@ def test_the_cpu_runs_cover_flash_attention_off_parallel_sequences_and_a_quantiz
 @pytest.mark.parametrize("rid", CPU_RUNS)
 def test_cpu_compute_buffer_equals_llama_cpp(rid: str, model_path: Path) -> None:
     text, bd = replay_cpu(rid, model_path)
+    assert_compute_equal(text, bd)
+
+
+@pytest.mark.parametrize("rid", MTP_RUNS)
+def test_the_mtp_block_is_loaded_but_not_run(rid: str, smollm2_path: Path, tmp_path: Path) -> None:
+    """A file with its MTP block (nextn_predict_layers = 1, as published): llama.cpp skips the block
+    without speculative decoding; the compute buffer is the one without it, llama.cpp's."""
+    assert len(MTP_RUNS) >= 2
+    text, bd = replay_cpu(rid, cpu_model(f"{ARCH}-mtp", tmp_path, smollm2_path))
     assert_compute_equal(text, bd)
 
 

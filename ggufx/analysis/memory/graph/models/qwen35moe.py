@@ -66,9 +66,9 @@ def unbuildable(model: GGUFModel) -> str | None:
     n_used = md.get_int("qwen35moe.expert_used_count") or 0
     if not 0 < n_used <= n_expert <= 1024:  # llama-model.cpp: LLAMA_MAX_EXPERTS
         return "the graph needs 0 < expert_used_count <= expert_count <= 1024"
-    scale = md.get("qwen35moe.expert_weights_scale")
-    if isinstance(scale, (int, float)) and scale not in (0, 1):  # build_moe_ffn's SCALE of the weights
-        return "qwen35moe graphs with expert_weights_scale are not simulated"
+    # (expert_weights_scale is not read for qwen35moe: hparams' 0, no SCALE node; the expert groups are)
+    if (md.get_int("qwen35moe.expert_group_count") or 0) > 1:  # llama-model.cpp:1336, llama-graph.cpp:2160
+        return "qwen35moe graphs with expert groups are not simulated"
     d = _gdn_dims(model)
     if isinstance(d, str):
         return d
