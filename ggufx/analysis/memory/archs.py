@@ -222,6 +222,7 @@ _ENTRIES = (
         "qwen2moe",
         "qwen2moe.cpp",
         ("expert_feed_forward_length", "expert_shared_feed_forward_length"),
+        builder="qwen2moe",
         moe=True,
         shared_experts=True,
     ),
