@@ -252,6 +252,7 @@ _ENTRIES = (
             "leading_dense_block_count",
         ),
         graph="ernie4_5_moe",
+        builder="ernie4_5_moe",
         moe=True,
         leading_dense=True,
         shared_experts=True,
