@@ -262,6 +262,7 @@ _ENTRIES = (
         "hunyuan-moe",
         "hunyuan-moe.cpp",
         ("expert_feed_forward_length", "expert_shared_feed_forward_length"),
+        builder="hunyuan_moe",
         moe=True,
         shared_experts=True,
     ),
