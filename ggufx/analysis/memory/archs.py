@@ -257,7 +257,13 @@ _ENTRIES = (
         leading_dense=True,
         shared_experts=True,
     ),
-    Arch("minimax-m2", "minimax-m2.cpp", ("expert_feed_forward_length", "expert_gating_func"), moe=True),
+    Arch(
+        "minimax-m2",
+        "minimax-m2.cpp",
+        ("expert_feed_forward_length", "expert_gating_func"),
+        builder="minimax_m2",
+        moe=True,
+    ),
     Arch(
         "hunyuan-moe",
         "hunyuan-moe.cpp",
