@@ -30,11 +30,17 @@ from .graph_arch_logs import (
 ARCH = "qwen35moe"
 CPU_RUNS = cpu_runs(ARCH)
 MTP_RUNS = cpu_runs(f"{ARCH}-mtp")
+PUBLISHED_RUNS = cpu_runs(f"{ARCH}-35b-a3b")
 
 
 @pytest.fixture(scope="module")
 def model_path(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cpu_model(ARCH, tmp_path_factory.mktemp(ARCH), smollm2_path)
+
+
+@pytest.fixture(scope="module")
+def published_path(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return cpu_model(f"{ARCH}-35b-a3b", tmp_path_factory.mktemp(ARCH), smollm2_path)
 
 
 def test_the_cpu_runs_cover_flash_attention_off_parallel_sequences_and_a_quantized_cache() -> None:
@@ -56,6 +62,15 @@ def test_the_mtp_block_is_loaded_but_not_run(rid: str, smollm2_path: Path, tmp_p
     without speculative decoding; the compute buffer is the one without it, llama.cpp's."""
     assert len(MTP_RUNS) >= 2
     text, bd = replay_cpu(rid, cpu_model(f"{ARCH}-mtp", tmp_path, smollm2_path))
+    assert_compute_equal(text, bd)
+
+
+@pytest.mark.parametrize("rid", PUBLISHED_RUNS)
+def test_qwen35_35b_a3b_dimensions_equal_llama_cpp(rid: str, published_path: Path) -> None:
+    """Qwen3.5-35B-A3B's published dimensions (40 layers, 256 experts, a 248,320-token vocabulary; the
+    replay leaves repeated blocks of 4 layers out): llama.cpp's CPU buffer to the 0.0001 MiB."""
+    assert len(PUBLISHED_RUNS) >= 3
+    text, bd = replay_cpu(rid, published_path)
     assert_compute_equal(text, bd)
 
 
