@@ -29,11 +29,18 @@ from .graph_arch_logs import (
 
 ARCH = "ernie4_5-moe"
 CPU_RUNS = cpu_runs(ARCH)
+PUBLISHED = "ernie4_5-moe-21b-a3b"
+PUBLISHED_RUNS = cpu_runs(PUBLISHED)
 
 
 @pytest.fixture(scope="module")
 def model_path(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cpu_model(ARCH, tmp_path_factory.mktemp(ARCH), smollm2_path)
+
+
+@pytest.fixture(scope="module")
+def published_path(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return cpu_model(PUBLISHED, tmp_path_factory.mktemp(PUBLISHED), smollm2_path)
 
 
 def test_the_cpu_runs_cover_flash_attention_off_parallel_sequences_and_a_quantized_cache() -> None:
@@ -46,6 +53,14 @@ def test_the_cpu_runs_cover_flash_attention_off_parallel_sequences_and_a_quantiz
 @pytest.mark.parametrize("rid", CPU_RUNS)
 def test_cpu_compute_buffer_equals_llama_cpp(rid: str, model_path: Path) -> None:
     text, bd = replay_cpu(rid, model_path)
+    assert_compute_equal(text, bd)
+
+
+@pytest.mark.parametrize("rid", PUBLISHED_RUNS)
+def test_published_dimensions_equal_llama_cpp(rid: str, published_path: Path) -> None:
+    """ERNIE-4.5-21B-A3B's published dimensions (a dense first layer, 64 experts of 1536 with 6 used, 2 shared experts, 103,424 tokens; --no-repack): llama.cpp's CPU buffer to the 0.0001 MiB."""
+    assert len(PUBLISHED_RUNS) >= 3
+    text, bd = replay_cpu(rid, published_path)
     assert_compute_equal(text, bd)
 
 

@@ -28,11 +28,18 @@ from .graph_arch_logs import (
 
 ARCH = "hunyuan-moe"
 CPU_RUNS = cpu_runs(ARCH)
+PUBLISHED = "hunyuan-moe-a13b"
+PUBLISHED_RUNS = cpu_runs(PUBLISHED)
 
 
 @pytest.fixture(scope="module")
 def model_path(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cpu_model(ARCH, tmp_path_factory.mktemp(ARCH), smollm2_path)
+
+
+@pytest.fixture(scope="module")
+def published_path(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return cpu_model(PUBLISHED, tmp_path_factory.mktemp(PUBLISHED), smollm2_path)
 
 
 def test_the_cpu_runs_cover_flash_attention_off_parallel_sequences_and_a_quantized_cache() -> None:
@@ -45,6 +52,14 @@ def test_the_cpu_runs_cover_flash_attention_off_parallel_sequences_and_a_quantiz
 @pytest.mark.parametrize("rid", CPU_RUNS)
 def test_cpu_compute_buffer_equals_llama_cpp(rid: str, model_path: Path) -> None:
     text, bd = replay_cpu(rid, model_path)
+    assert_compute_equal(text, bd)
+
+
+@pytest.mark.parametrize("rid", PUBLISHED_RUNS)
+def test_published_dimensions_equal_llama_cpp(rid: str, published_path: Path) -> None:
+    """Hunyuan-A13B's published dimensions (32 layers, 64 experts of 3072 with 8 used, a shared MLP, 128,167 tokens; --no-repack): llama.cpp's CPU buffer to the 0.0001 MiB."""
+    assert len(PUBLISHED_RUNS) >= 3
+    text, bd = replay_cpu(rid, published_path)
     assert_compute_equal(text, bd)
 
 
