@@ -1,6 +1,6 @@
 """Replaying one architecture's recorded llama.cpp runs through its graph builder: the CPU runs of
-tests/fixtures/llamacpp-logs-cpu (small header-only models of the family) and, where that matrix holds
-them, the CUDA runs of tests/fixtures/llamacpp-logs (header-only models of published dimensions).
+tests/fixtures/llamacpp-logs-cpu (small header-only models of the family; the CUDA runs of published
+dimensions are replayed for every builder by tests/test_graph_logs.py).
 Each compute buffer must come out to the four decimals of llama.cpp's ``~llama_context`` line."""
 
 from __future__ import annotations
@@ -63,28 +63,6 @@ def replay_cpu(rid: str, path: Path) -> tuple[str, Breakdown]:
     return text, breakdown(ggufx.open(path), [], offload, parsed.context)
 
 
-def cuda_runs(model_names: tuple[str, ...]) -> list[str]:
-    """The CUDA runs (tests/fixtures/llamacpp-logs/runs.json) that loaded one of these models."""
-    index = CUDA_LOGS / "runs.json"
-    if not index.exists():
-        return []
-    runs = json.loads(index.read_text())
-    out = []
-    for rid, run in runs.items():
-        if run.get("exit_status") != 0 or run.get("tool") not in ("completion", "server") or rid.startswith("fiton"):
-            continue  # (a -fit on run's layers and context are fit's answer, not its arguments: tests/test_fit_logs.py)
-        if "-sm tensor" in run["args"] or "-sm row" in run["args"]:
-            continue
-        args = run["args"].replace("@", "")
-        try:
-            model = parse_args(args, server=run["tool"] == "server").model
-        except Exception:  # noqa: BLE001 - a run of options this parser does not take is not ours
-            continue
-        if model in model_names and (CUDA_LOGS / f"{rid}.log").exists():
-            out.append(rid)
-    return sorted(out)
-
-
 def compute_mib(bd: Breakdown) -> dict[str, float]:
     """Our compute buffers, MiB to four decimals, by buffer type (all from the graph builder)."""
     out: dict[str, float] = {}
@@ -108,7 +86,16 @@ def assert_compute_equal(log_text: str, bd: Breakdown) -> None:
 NODES = CPU_LOGS / "nodes"
 _VIEWS = {"VIEW", "RESHAPE", "PERMUTE", "TRANSPOSE"}
 # ggml_op_desc prints the unary and GLU kinds; the graph records their op
-_OP = {"SILU": "UNARY", "SIGMOID": "UNARY", "SOFTPLUS": "UNARY", "GELU": "UNARY", "SWIGLU": "GLU"}
+_OP = {
+    "SILU": "UNARY",
+    "SIGMOID": "UNARY",
+    "SOFTPLUS": "UNARY",
+    "GELU": "UNARY",
+    "TANH": "UNARY",
+    "RELU": "UNARY",
+    "XIELU": "UNARY",
+    "SWIGLU": "GLU",
+}
 
 
 def _fmt_size(n: int) -> str:

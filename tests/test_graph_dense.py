@@ -5,9 +5,8 @@ ernie4_5) against llama.cpp's CPU build: every recorded run of their small heade
 ``~llama_context`` line, simulated (not the generic estimate).
 The same on models of published dimensions (llamacpp-logs-cpu/published: Qwen2.5-7B, gemma-2-2b,
 Phi-3.5-mini, SmolLM3-3B, OLMo-2-7B, command-r7b, EXAONE-4.0-1.2B, GLM-4-9B-0414, whose headers
-tests/fixtures/llamacpp-logs/make_headers.py writes), and, where the CUDA logs of
-tests/fixtures/llamacpp-logs hold runs of these models, every compute buffer of every device to the
-0.01 MiB llama.cpp prints."""
+tests/fixtures/llamacpp-logs/make_headers.py writes); their runs in tests/fixtures/llamacpp-logs
+are replayed for every builder by tests/test_graph_logs.py."""
 
 from __future__ import annotations
 
@@ -24,9 +23,6 @@ from ggufx.analysis.memory.buffers import MiB, breakdown
 from ggufx.analysis.memory.graph.graphsim import simulated
 from ggufx.analysis.memory.llamaargs import parse_args
 from ggufx.analysis.memory.llamalog import parse_log
-
-from .llamacpp_logs import LOGS, devices_of
-from .llamacpp_logs import RUNS as CUDA_RUNS
 
 CPU_LOGS = Path(__file__).resolve().parent / "fixtures" / "llamacpp-logs-cpu"
 sys.path.insert(0, str(CPU_LOGS))
@@ -154,11 +150,6 @@ PUBLISHED_RUNS = {
     )
     if (PUBLISHED / f"{rid}.log").exists() and "# exit status: 0" in (PUBLISHED / f"{rid}.log").read_text()
 }
-CUDA = sorted(
-    rid
-    for rid, r in CUDA_RUNS.items()
-    if r.get("model") in PUBLISHED_MODELS and r["tool"] in ("completion", "server") and r["exit_status"] == 0
-)
 
 
 def _hole(hole_models: dict[str, Path], name: str) -> Path:
@@ -184,22 +175,3 @@ def test_published_dimensions_cpu(rid: str, hole_models: dict[str, Path]) -> Non
     compute = [b for b in bd.buffers if b.kind == "compute"]
     assert compute and not bd.compute_estimate
     assert {b.buft: round(b.bytes / MiB, 4) for b in compute} == log.buffers["compute"]
-
-
-@pytest.mark.parametrize("rid", CUDA)
-def test_published_dimensions_cuda(rid: str, hole_models: dict[str, Path]) -> None:
-    """Every compute buffer of a recorded CUDA run (one or two H100s, partial -ngl, -nkvo, ...) of a
-    published model with a dense builder: llama.cpp's, to the 0.01 MiB."""
-    run = CUDA_RUNS[rid]
-    text = (LOGS / f"{rid}.log").read_text()
-    log = parse_log(text)
-    args = parse_args(run["args"].replace("@", ""), server=run["tool"] == "server")
-    model = ggufx.open(_hole(hole_models, run["model"]))
-    bd = breakdown(model, devices_of(run, log.devices), args.offload, args.context)
-    compute = [b for b in bd.buffers if b.kind == "compute"]
-    assert compute and not bd.compute_estimate
-    ours: dict[str, float] = {}
-    for b in compute:
-        ours[b.buft] = ours.get(b.buft, 0) + b.bytes / MiB
-    theirs = {k: round(v, 2) for k, v in log.buffers["compute"].items() if v}
-    assert {k: round(v, 2) for k, v in ours.items() if round(v, 2)} == theirs

@@ -2,7 +2,7 @@
 src/models/granite-hybrid.cpp): Mamba-2 layers whose selective scan reads the states straight from the
 cache, attention layers, Granite's embedding, residual and logit scales. Its compute buffer against
 llama.cpp's CPU build (flash attention on and off, -np 3 with its 513-token micro-batch, a q8_0 cache)
-and, where recorded, its CUDA build on granite-4.0-h-tiny's dimensions (MoE with a shared expert)."""
+(granite-4.0-h-tiny's recorded runs: tests/test_graph_logs.py)."""
 
 from __future__ import annotations
 
@@ -25,14 +25,11 @@ from .graph_arch_logs import (
     assert_nodes_equal,
     cpu_model,
     cpu_runs,
-    cuda_runs,
     replay_cpu,
 )
-from .llamacpp_logs import LOGS, replay_run
 
 ARCH = "granitehybrid"
 CPU_RUNS = cpu_runs(ARCH)
-CUDA_RUNS = cuda_runs(("granite4-h-tiny",))
 
 
 @pytest.fixture(scope="module")
@@ -92,10 +89,3 @@ def test_a_file_without_the_convolution_bias_the_graph_adds_gets_the_generic_est
     a = parse_args("-m x -c 8192")
     bd = breakdown(model, [Device("CUDA0", 80 << 30)], a.offload, a.context)
     assert bd.compute_estimate and "blk.1.ssm_conv1d.bias" in bd.compute_estimate
-
-
-@pytest.mark.skipif(not CUDA_RUNS, reason="no CUDA run of granite-4.0-h-tiny recorded in tests/fixtures/llamacpp-logs")
-@pytest.mark.parametrize("rid", CUDA_RUNS)
-def test_cuda_compute_buffers_equal_llama_cpp(rid: str, hole_models: dict[str, Path]) -> None:
-    _, _, bd = replay_run(rid, hole_models)
-    assert_compute_equal((LOGS / f"{rid}.log").read_text(), bd)

@@ -492,3 +492,49 @@ def test_files_shards_and_no_gpu(cli: CliRun, quant_folder: Path) -> None:
     for r in res["models"]:
         assert r["gpus"] == [] and r["host_bytes"] > 0 and r["command"][-2:] == ["-ngl", "0"]
     assert res["summary"].startswith(f"No GPU: {split['name']} ")
+
+
+def _serve_until_loaded(llama_bin: Path, argv: list[str], cwd: Path) -> str:
+    """llama-server's ``-v`` log, run with ``argv`` (a printed command line, the program name left out),
+    up to "model loaded"; the server is stopped."""
+    cmd = [str(llama_bin / "llama-server"), *argv, "--host", "127.0.0.1", "--port", "0", "-t", "2", "-v"]
+    proc = subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            lines.append(raw.decode("utf-8", "replace"))
+            if "model loaded" in lines[-1] or "exiting due to model loading error" in lines[-1]:
+                break
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    return "".join(lines)
+
+
+def test_a_printed_command_loads_with_the_buffers_it_promised(
+    cli: CliRun, llama_bin: Path, quant_folder: Path, tmp_path: Path
+) -> None:
+    """No GPU here, so the CPU build loads them: each model's printed command line, run as it is by
+    llama-server, allocates on the host what the row promised (``host_bytes``: weights, KV cache,
+    compute and output buffers, each llama.cpp prints to the 0.01 MiB), and ``mem --check`` on that
+    log agrees buffer for buffer."""
+    from ggufx.analysis.memory.llamalog import parse_log
+
+    stem = "SmolLM2-135M-Instruct"
+    files = [str(quant_folder / f"{stem}.{t}.gguf") for t in ("Q8_0", "Q2_K")]
+    res = pick_json(cli, *files, "--gpus", "none", "-c", "4096", "--mmproj", "none")
+    assert len(res["models"]) == 2
+    for row in res["models"]:
+        log = _serve_until_loaded(llama_bin, row["command"][1:], tmp_path)
+        assert "model loaded" in log, log[-3000:]
+        (tmp_path / "server.log").write_text(log)
+        buffers = parse_log(log).buffers
+        theirs = sum(v for kind in buffers.values() for v in kind.values())
+        assert buffers["model"] and buffers["kv"] and buffers["compute"] and buffers["output"]
+        assert abs(row["host_bytes"] / 2**20 - theirs) <= 0.005 * sum(len(k) for k in buffers.values()), (
+            row["name"],
+            buffers,
+        )
+        r = cli("mem", "--llama-args", row["command_line"], "--gpus", "none", "--check", str(tmp_path / "server.log"))
+        assert r.exit_code == 0 and "every buffer agrees" in r.stdout, r.stdout + r.stderr

@@ -139,7 +139,7 @@ _ENTRIES = (
     Arch("qwen2", "qwen2.cpp", builder="qwen2"),
     Arch("qwen3", "qwen3.cpp", builder="qwen3"),
     Arch("qwen2vl", "qwen2vl.cpp", ("rope.dimension_sections",), builder="qwen2vl"),
-    Arch("qwen3vl", "qwen3vl.cpp", ("n_deepstack_layers", "rope.dimension_sections")),
+    Arch("qwen3vl", "qwen3vl.cpp", ("n_deepstack_layers", "rope.dimension_sections"), builder="qwen3vl"),
     Arch(
         "mistral3",
         "mistral3.cpp",
@@ -153,7 +153,7 @@ _ENTRIES = (
     ),
     Arch("smollm3", "smollm3.cpp", builder="smollm3"),
     Arch("seed_oss", "seed-oss.cpp", builder="seed_oss"),
-    Arch("apertus", "apertus.cpp", ("xielu.alpha_n", "xielu.alpha_p", "xielu.beta", "xielu.eps")),
+    Arch("apertus", "apertus.cpp", ("xielu.alpha_n", "xielu.alpha_p", "xielu.beta", "xielu.eps"), builder="apertus"),
     Arch("glm4", "glm4.cpp", ("rope.dimension_sections",), builder="glm4", skips_nextn=True),
     Arch("openelm", "openelm.cpp", builder="openelm"),  # per-layer head_count / head_count_kv arrays
     Arch(
@@ -176,6 +176,7 @@ _ENTRIES = (
         "gemma3n",
         "gemma3n.cpp",
         ("rope.freq_base_swa", "attention.sliding_window"),
+        builder="gemma3n",
         swa=Swa(5),
         kv_from_start=20,
     ),

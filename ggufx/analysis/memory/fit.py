@@ -705,25 +705,27 @@ def _largest(slack: Callable[[int], int], top: int) -> int:
     s_lo: int | None = None
     bisect = True
     while hi - lo > 1:
-        if bisect or s_lo is None:
-            k = (lo + hi) // 2
-        else:
+        guess = not bisect and s_lo is not None
+        if guess:
+            assert s_lo is not None
             k = min(max(lo + (hi - lo) * s_lo // (s_lo - s_hi), lo + 1), hi - 1)
+        else:
+            k = (lo + hi) // 2
         width = hi - lo
         s = slack(k)
         if s >= 0:
             lo, s_lo = k, s
-            if k + 1 < hi and not bisect:
+            if k + 1 < hi and guess:
                 s = slack(k + 1)
                 if s < 0:
                     return k
                 lo, s_lo = k + 1, s
         else:
             hi, s_hi = k, s
-            if k - 1 > lo and not bisect:
+            if k - 1 > lo and guess:
                 s = slack(k - 1)
                 if s >= 0:
                     return k - 1
                 hi, s_hi = k - 1, s
-        bisect = not bisect and (hi - lo) * 2 > width
+        bisect = guess and (hi - lo) * 2 > width
     return lo

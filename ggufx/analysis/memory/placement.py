@@ -41,6 +41,11 @@ SPLIT_MODES = ("none", "layer", "row", "tensor")
 # llama-arch.cpp: tensors of the input layer (always on the host) and of the output layer
 _INPUT = frozenset({"token_embd", "pos_embd", "token_types", "per_layer_token_embd"})
 _OUTPUT_PREFIXES = ("output", "cls", "dense_2", "dense_3")
+# tensors without a block number that llama-arch.cpp's table puts in a layer all the same: Gemma 3n's
+# per-layer projection and its norm are created with block 0 (LLM_TENSOR_LAYER_REPEATING, gemma3n.cpp:40-41),
+# its AltUp projections in the output layer (LLM_TENSOR_LAYER_OUTPUT, llama-arch.cpp:958-961)
+_LAYER0 = frozenset({"per_layer_model_proj", "per_layer_proj_norm"})
+_OUTPUT_LAYER = frozenset({"altup_proj", "altup_unembd_proj"})
 # common/common.h: the tensor-override patterns --cpu-moe and --n-cpu-moe stand for
 CPU_MOE_PATTERN = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"
 # ggml-cpu/repack.cpp on x86 with AVX2: the types whose 2-D matrices get a repacked copy
@@ -119,7 +124,9 @@ def layer_of(name: str, n_layer: int) -> int | str:
         return "input"
     if base == "rope_freqs":
         return "repeating"
-    if base.startswith(_OUTPUT_PREFIXES):
+    if base in _LAYER0:
+        return 0
+    if base in _OUTPUT_LAYER or base.startswith(_OUTPUT_PREFIXES):
         return n_layer
     return "input"
 

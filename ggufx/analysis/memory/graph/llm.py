@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from ggufx.analysis.memory.graph.ggml import _T, _Fusion, _Graph, _ne, _strides, _type
 from ggufx.analysis.memory.hparams import Hparams
 from ggufx.errors import ValidationError
+from ggufx.model import GGUFModel
 
 _MOE_REDUCTION_MAX = 15  # MOE_WEIGHTED_REDUCTION_MAX_EXPERTS (ggml-cuda.cu:3096)
 
@@ -61,6 +62,14 @@ class _Ctx:
     recurrent: list[bool] = field(default_factory=list)  # the Gated DeltaNet layers of a hybrid
     gdn: _Gdn | None = None  # their dimensions
     layers: list[int] = field(default_factory=list)  # the layers built, in order (all of them, or a plan's)
+    model: GGUFModel | None = None  # the opened model: the hyper-parameters a builder reads beyond ``hp``
+
+
+def model_of(c: _Ctx) -> GGUFModel:
+    """The model whose graph is built (graphsim's context carries it)."""
+    if c.model is None:
+        raise ValidationError(c.path, None, "the graph needs the model's header")
+    return c.model
 
 
 def _weight(c: _Ctx, name: str, il: int) -> _T | None:

@@ -111,8 +111,6 @@ def unbuildable(model: GGUFModel, needed: Callable[[int], tuple[list[str], list[
     """Why this MoE file's graph cannot be built (None when it can): the expert counts and groups, and per
     layer the weights ``needed(il)`` names (``(weights, three-dimensional experts)`` by role, without the
     ``blk.N.`` prefix); the attention's Q/K/V as one ``attn_qkv`` or three projections."""
-    deepseek2.remember(model)
-    qwen3next.remember(model)
     md = model.metadata
     arch = model.architecture or ""
     n_exp = md.get_int(f"{arch}.expert_count") or 0

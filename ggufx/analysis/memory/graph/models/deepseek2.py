@@ -9,11 +9,10 @@ NextN/MTP block is left out as llama.cpp leaves it. The MoE pieces are shared wi
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Fusion, _Graph, _type
-from ggufx.analysis.memory.graph.llm import _MOE_REDUCTION_MAX, _Ctx, _inp_embd, _norm, _w, _weight
+from ggufx.analysis.memory.graph.llm import _MOE_REDUCTION_MAX, _Ctx, _inp_embd, _norm, _w, _weight, model_of
 from ggufx.model import GGUFModel
 
 SOFTMAX, SIGMOID, SOFTMAX_WEIGHT = 1, 2, 3  # llama_expert_gating_func_type (llama-hparams.h)
@@ -61,36 +60,9 @@ def params_of(model: GGUFModel) -> MoeParams:
     )
 
 
-# the builders get the model's path only (graphsim's context): its parameters, kept by file and version
-# when :func:`unbuildable` sees the opened model (``simulated`` runs before every simulation)
-_PARAMS: dict[tuple[str, int, int], MoeParams] = {}
-
-
-def _key(path: str) -> tuple[str, int, int]:
-    st = os.stat(path)
-    return path, st.st_mtime_ns, st.st_size
-
-
-def remember(model: GGUFModel) -> None:
-    """Keep an opened model's MoE parameters for :func:`moe_params`."""
-    try:
-        key = _key(model.path)
-    except OSError:
-        return
-    if key not in _PARAMS:
-        if len(_PARAMS) >= 32:
-            del _PARAMS[next(iter(_PARAMS))]
-        _PARAMS[key] = params_of(model)
-
-
 def moe_params(c: _Ctx) -> MoeParams:
-    """The model's MoE hyper-parameters (read from ``c.path`` when :func:`remember` has not kept them)."""
-    key = _key(c.path)
-    if key not in _PARAMS:
-        import ggufx
-
-        remember(ggufx.open(c.path))
-    return _PARAMS[key]
+    """The model's MoE hyper-parameters."""
+    return params_of(model_of(c))
 
 
 def ffn(c: _Ctx, g: _Graph, cur: _T, il: int, part: str = "", routed: Routed | None = None) -> _T:
@@ -366,7 +338,6 @@ __all__ = [
     "moe_ffn",
     "moe_params",
     "params_of",
-    "remember",
     "topk_fusion",
     "unbuildable",
 ]
@@ -376,7 +347,6 @@ def unbuildable(model: GGUFModel) -> str | None:
     """Why the deepseek2 graph cannot be built from this file (None when it can): the absorbed MLA form
     (``attn_k_b``/``attn_v_b``; legacy files with one ``attn_kv_b`` are not simulated), every trunk layer's
     tensors in the shapes deepseek2.cpp creates them, experts split into gate and up."""
-    remember(model)
     md = model.metadata
     arch = model.architecture or ""
     if not (md.get_int(f"{arch}.attention.key_length_mla") and md.get_int(f"{arch}.attention.value_length_mla")):

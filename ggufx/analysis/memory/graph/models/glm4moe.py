@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
 from ggufx.analysis.memory.graph.llm import _attn_inp, _attn_kv, _AttnInp, _Ctx, _inp_embd, _norm, _proj, _w, _weight
-from ggufx.analysis.memory.graph.models.deepseek2 import SIGMOID, ffn, moe_ffn, moe_params, remember
+from ggufx.analysis.memory.graph.models.deepseek2 import SIGMOID, ffn, moe_ffn, moe_params
 from ggufx.model import GGUFModel
 
 
@@ -79,7 +79,6 @@ def build(c: _Ctx, g: _Graph) -> _T:
 def unbuildable(model: GGUFModel) -> str | None:
     """Why the glm4moe graph cannot be built from this file (None when it can): every trunk layer's
     tensors as glm4-moe.cpp creates them (separate Q/K/V projections, experts split into gate and up)."""
-    remember(model)
     md = model.metadata
     arch = model.architecture or ""
     n_layer = md.get_int(f"{arch}.block_count") or 0

@@ -8,8 +8,6 @@ state (``t_h_nextn``) is an output before the output rows are picked."""
 
 from __future__ import annotations
 
-import os
-
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Fusion, _Graph
 from ggufx.analysis.memory.graph.llm import (
     _MOE_REDUCTION_MAX,
@@ -21,6 +19,7 @@ from ggufx.analysis.memory.graph.llm import (
     _norm,
     _proj,
     _w,
+    model_of,
 )
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.model import GGUFModel
@@ -48,31 +47,12 @@ LAYER_TENSORS = (
 )
 
 
-def _key(path: str) -> tuple[str, int, int]:
-    """A file's identity: a file rewritten in place is another (a URL: its path)."""
-    try:
-        st = os.stat(path)
-        return path, st.st_mtime_ns, st.st_size
-    except OSError:
-        return path, 0, 0
-
-
-# expert_used_count per file, left by :func:`unbuildable` (which reads it from the open model) for the
-# graph, whose context carries it for qwen3moe only
-_USED: dict[tuple[str, int, int], int] = {}
-
-
 def n_expert_used(c: _Ctx) -> int:
-    """``n_expert_used``: the graph context's, else what :func:`unbuildable` read, else the header's."""
+    """``n_expert_used``: the graph context's, else the model's ``expert_used_count``."""
     if c.moe:
         return c.moe
-    key = _key(c.path)
-    if key not in _USED:
-        import ggufx
-
-        model = ggufx.open(c.path)  # the header only
-        _USED[key] = model.metadata.get_int(f"{model.architecture}.expert_used_count") or 0
-    return _USED[key]
+    model = model_of(c)
+    return model.metadata.get_int(f"{model.architecture}.expert_used_count") or 0
 
 
 def unbuildable(model: GGUFModel) -> str | None:
@@ -81,9 +61,6 @@ def unbuildable(model: GGUFModel) -> str | None:
     without them; a fused ``attn_qkv``, whose views are not rebuilt here, is refused too)."""
     hp = hparams(model)
     n_used = model.metadata.get_int(f"{hp.arch}.expert_used_count") or 0
-    if len(_USED) > 64:
-        _USED.clear()
-    _USED[_key(model.path)] = n_used
     if hp.n_swa <= 0:
         return "the gpt-oss graph needs a positive gpt-oss.attention.sliding_window"
     tensors = {t.name: tuple(t.shape) for t in model.tensors}

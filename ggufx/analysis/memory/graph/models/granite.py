@@ -20,8 +20,8 @@ from ggufx.analysis.memory.graph.llm import (
     _proj,
     _w,
     _weight,
+    model_of,
 )
-from ggufx.analysis.memory.graph.models.gpt_oss import _key
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.model import GGUFModel
 
@@ -57,18 +57,9 @@ def read_params(model: GGUFModel) -> GraniteParams:
     )
 
 
-# the parameters per file, left by :func:`unbuildable` (which reads them from the open model) for the graph
-_PARAMS: dict[tuple[str, int, int], GraniteParams] = {}
-
-
 def params(c: _Ctx) -> GraniteParams:
-    """The model's parameters: what :func:`unbuildable` read, else the header's."""
-    key = _key(c.path)
-    if key not in _PARAMS:
-        import ggufx
-
-        _PARAMS[key] = read_params(ggufx.open(c.path))  # the header only
-    return _PARAMS[key]
+    """The model's parameters."""
+    return read_params(model_of(c))
 
 
 def unbuildable(model: GGUFModel) -> str | None:
@@ -76,9 +67,6 @@ def unbuildable(model: GGUFModel) -> str | None:
     graph reads (granite.cpp / granite-moe.cpp ``load_arch_tensors``), the expert counts; fused QKV,
     LongRoPE factors and Granite Vision's deepstack are not rebuilt here."""
     arch, p = model.architecture or "", read_params(model)
-    if len(_PARAMS) > 64:
-        _PARAMS.clear()
-    _PARAMS[_key(model.path)] = p
     n_layer = hparams(model).n_layer
     tensors = {t.name: tuple(t.shape) for t in model.tensors}
     if p.deepstack:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
 from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _inp_embd, _norm, _proj, _w, _weight
 from ggufx.analysis.memory.graph.models.moe import moe_ffn, shared_fuses
-from ggufx.analysis.memory.graph.models.qwen3next import attn_core, file_value, n_expert_used, remember
+from ggufx.analysis.memory.graph.models.qwen3next import attn_core, file_value, n_expert_used
 from ggufx.analysis.memory.graph.models.qwen35 import _copy_into, _rs
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.model import GGUFModel
@@ -213,7 +213,6 @@ def unbuildable(model: GGUFModel) -> str | None:
     """Why the granitehybrid graph cannot be built from this file (None when it can): the Mamba-2
     dimensions, the experts, and every tensor the graph reads in the shape granite-hybrid.cpp:40-131
     creates it (the convolution bias is optional to the loader but the graph adds it)."""
-    remember(model)
     md = model.metadata
     hp = hparams(model)
     E, hd = hp.n_embd, hp.head_k

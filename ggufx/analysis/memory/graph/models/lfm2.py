@@ -18,7 +18,7 @@ from ggufx.analysis.memory.graph.llm import (
     _weight,
 )
 from ggufx.analysis.memory.graph.models.moe import moe_ffn
-from ggufx.analysis.memory.graph.models.qwen3next import attn_core, n_expert_used, remember
+from ggufx.analysis.memory.graph.models.qwen3next import attn_core, n_expert_used
 from ggufx.analysis.memory.graph.models.qwen35 import _copy_into, _rs
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.model import GGUFModel
@@ -133,7 +133,6 @@ def unbuildable(model: GGUFModel) -> str | None:
     """Why the lfm2/lfm2moe graph cannot be built from this file (None when it can): a sliding window
     (the hybrid-iswa graph is not simulated), the experts, and every tensor the graph reads in the
     shape lfm2.cpp:33-86 creates it."""
-    remember(model)
     arch = model.architecture or ""
     md = model.metadata
     if arch == "lfm2" and (md.get_int(f"{arch}.attention.sliding_window") or 0) > 0:  # lfm2moe reads none

@@ -8,11 +8,8 @@ expert."""
 
 from __future__ import annotations
 
-import os
-from functools import lru_cache
-
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd, _proj, _w, _weight
+from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd, _proj, _w, _weight, model_of
 from ggufx.analysis.memory.graph.models._dense import _ROPE_FACTORS, Dense, _attn_kv, _ffn, _n, _qkv
 from ggufx.model import GGUFModel
 
@@ -20,25 +17,12 @@ SPEC = Dense()
 NO_ROPE_STEP = 4  # llama_hparams::n_no_rope_layer_step (llama-hparams.h:259), unless the window is 0
 
 
-@lru_cache(maxsize=16)
-def _header(path: str, mtime: int, size: int) -> tuple[int, int, bool]:
-    """expert_used_count, expert_count and whether sliding_window is present and 0, read once per file."""
-    del mtime, size  # the cache key: a file rewritten in place is read again
-    import ggufx
-
-    model = ggufx.open(path)  # the header only
+def header(c: _Ctx) -> tuple[int, int, bool]:
+    """expert_used_count, expert_count and whether sliding_window is present and 0."""
+    model = model_of(c)
     md, a = model.metadata, model.architecture
     window = md.get(f"{a}.attention.sliding_window")
     return md.get_int(f"{a}.expert_used_count") or 0, md.get_int(f"{a}.expert_count") or 0, window == 0
-
-
-def header(c: _Ctx) -> tuple[int, int, bool]:
-    try:
-        st = os.stat(c.path)
-        key = (st.st_mtime_ns, st.st_size)
-    except OSError:  # a URL: its header cache
-        key = (0, 0)
-    return _header(c.path, *key)
 
 
 def _moe(c: _Ctx, g: _Graph, cur: _T, il: int, n_used: int) -> _T:

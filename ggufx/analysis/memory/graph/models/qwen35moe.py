@@ -11,7 +11,7 @@ from __future__ import annotations
 from ggufx.analysis.layers import layer_kinds
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
 from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd, _norm, _w, _weight
-from ggufx.analysis.memory.graph.models.qwen3next import _ffn, gdn_dims, n_expert_used, recurrent_layer, remember
+from ggufx.analysis.memory.graph.models.qwen3next import _ffn, gdn_dims, n_expert_used, recurrent_layer
 from ggufx.analysis.memory.graph.models.qwen35 import _gated_attn, _gated_delta_net, _gdn_dims
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.model import GGUFModel
@@ -60,7 +60,6 @@ def unbuildable(model: GGUFModel) -> str | None:
     """Why the qwen35moe graph cannot be built from this file (None when it can): the expert counts,
     the Gated DeltaNet dimensions, and every tensor the main graph reads in the shape
     qwen35moe.cpp:36-146 creates it (llama.cpp refuses the file otherwise)."""
-    remember(model)
     md = model.metadata
     n_expert = md.get_int("qwen35moe.expert_count") or 0
     n_used = md.get_int("qwen35moe.expert_used_count") or 0

@@ -7,9 +7,6 @@ mixture-of-experts FFN with a sigmoid-gated shared expert in every layer."""
 
 from __future__ import annotations
 
-import os
-from functools import lru_cache
-
 from ggufx.analysis.layers import layer_kinds
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
 from ggufx.analysis.memory.graph.llm import (
@@ -22,6 +19,7 @@ from ggufx.analysis.memory.graph.llm import (
     _norm,
     _w,
     _weight,
+    model_of,
 )
 from ggufx.analysis.memory.graph.models.moe import moe_ffn, shared_fuses
 from ggufx.analysis.memory.graph.models.qwen35 import _copy_into, _gdn_dims, _rs
@@ -31,40 +29,10 @@ from ggufx.model import GGUFModel
 
 
 def file_value(c: _Ctx, key: str) -> object:
-    """A scalar hyper-parameter of the model (``None`` when absent): what a builder needs that the graph
-    context does not carry. From the model's metadata as :func:`remember` saw it (the ``unbuildable``
-    check that comes before every simulation), else read once from the file."""
-    scalars = _SEEN.get(c.path)
-    if scalars is None:
-        try:
-            st = os.stat(c.path)
-        except OSError as e:
-            raise ValidationError(c.path, None, f"cannot read {key}: {e}") from e
-        scalars = _scalars(c.path, (st.st_mtime_ns, st.st_size))
-    return scalars.get(key)
-
-
-_SEEN: dict[str, dict[str, object]] = {}
-
-
-def remember(model: GGUFModel) -> None:
-    """Keep the scalar metadata of a model about to be simulated, by its path."""
-    if len(_SEEN) >= 64:
-        del _SEEN[next(iter(_SEEN))]
-    _SEEN.pop(model.path, None)
-    _SEEN[model.path] = _metadata_scalars(model)
-
-
-def _metadata_scalars(model: GGUFModel) -> dict[str, object]:
-    md = model.metadata
-    return {k: md[k] for k in md if isinstance(md[k], (bool, int, float, str))}
-
-
-@lru_cache(maxsize=32)
-def _scalars(path: str, stamp: tuple[int, int]) -> dict[str, object]:
-    import ggufx
-
-    return _metadata_scalars(ggufx.open(path))
+    """A scalar hyper-parameter of the model (``None`` when absent or not a scalar): what a builder
+    needs that the graph context's ``hp`` does not carry."""
+    v = model_of(c).metadata.get(key)
+    return v if isinstance(v, (bool, int, float, str)) else None
 
 
 def n_expert_used(c: _Ctx) -> int:
@@ -323,7 +291,6 @@ def unbuildable(model: GGUFModel) -> str | None:
     """Why the qwen3next graph cannot be built from this file (None when it can): the expert counts,
     the Gated DeltaNet dimensions, and every tensor the graph reads in the shape qwen3next.cpp:34-118
     creates it (llama.cpp refuses the file otherwise)."""
-    remember(model)
     md = model.metadata
     n_expert = md.get_int("qwen3next.expert_count") or 0
     n_used = md.get_int("qwen3next.expert_used_count") or 0
