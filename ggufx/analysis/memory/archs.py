@@ -231,6 +231,7 @@ _ENTRIES = (
         "qwen3vlmoe",
         "qwen3vlmoe.cpp",
         ("n_deepstack_layers", "rope.dimension_sections", "expert_feed_forward_length"),
+        builder="qwen3vlmoe",
         moe=True,
     ),
     Arch(
