@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How long `ggufx info`, `mem`, `mem --fit` and `report` take, as whole processes, before and after.
 
-    python benchmarks/bench_speed.py [--runs N] [--before /work/main] [--only info,mem,fit,report]
+    python benchmarks/bench_speed.py [--runs N] [--before /work/main] [--only info,mem,fit,report,report-gpus]
 
 One table per command, one row per model and code: "after" is this checkout, "before" another
 checkout of ggufx (default: /work/main, the commit this branch started from), both run by this
@@ -11,10 +11,14 @@ code. `info` is paired with PyPI's `gguf-inspect` (its header summary, `--no-met
 the fastest Python peer we know. Models (benchmarks/bench_models.py): the Qwen3.6 27B hybrid replica
 of the recorded runs (64 layers), a 94-layer MoE of Qwen3-235B-A22B's shape, Gemma 3 270M.
 
-Each command runs N times after a warm-up (page cache and byte code warm); the table gives the
-median wall time, the median CPU time (user + system, from wait4: steadier than wall time on a busy
-machine) and the largest peak RSS. `mem` is `-c 32768 --gpus 24GiB`; `fit` is `mem --fit 24GiB`
-(every cache type, llama.cpp's answer); `report` writes the HTML page (memory at several contexts).
+Per model the commands compared (before, after, the peer, `python -c pass`) run N times interleaved,
+round by round, after a warm-up round (page cache and byte code warm), so that the other workers of
+a shared machine weigh on all of them alike; the table gives the median wall time, the median CPU
+time (user + system, from wait4: steadier than wall time on a busy machine; the ratios are of CPU
+times) and the largest peak RSS; `info` and `mem` also give their CPU beyond process start (minus
+`python -c pass`). `mem` is `-c 32768 --gpus 24GiB`; `fit` is `mem --fit 24GiB` (every cache type,
+llama.cpp's answer); `report` writes the HTML page (memory at several contexts), `report-gpus` with
+`--gpus 24GiB` (the memory chart's budget and llama.cpp's --fit point).
 """
 
 from __future__ import annotations
@@ -49,14 +53,20 @@ def run(cmd: list[str], env: dict[str, str]) -> tuple[float, float, int]:
     return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024
 
 
-def measure(cmd: list[str], env: dict[str, str], runs: int) -> tuple[float, float, int]:
-    run(cmd, env)  # warm-up: page cache, byte code
-    samples = [run(cmd, env) for _ in range(runs)]
-    return (
-        statistics.median(s[0] for s in samples),
-        statistics.median(s[1] for s in samples),
-        max(s[2] for s in samples),
-    )
+def measure(cmds: list[tuple[list[str], dict[str, str]]], runs: int) -> list[tuple[float, float, int]]:
+    """Each command's median wall and CPU seconds and largest peak RSS over ``runs`` rounds, the
+    commands interleaved round by round (so that a busy spell of the shared machine falls on all of
+    them alike), after one warm-up round (page cache, byte code)."""
+    for cmd, env in cmds:
+        run(cmd, env)
+    samples: list[list[tuple[float, float, int]]] = [[] for _ in cmds]
+    for _ in range(runs):
+        for i, (cmd, env) in enumerate(cmds):
+            samples[i].append(run(cmd, env))
+    return [
+        (statistics.median(s[0] for s in ss), statistics.median(s[1] for s in ss), max(s[2] for s in ss))
+        for ss in samples
+    ]
 
 
 def main() -> None:
@@ -66,9 +76,9 @@ def main() -> None:
         "--before",
         type=Path,
         default=Path("/work/main"),
-        help="the ggufx tree to compare with (a checkout, or `git archive REV ggufx | tar -x -C DIR`)",
+        help="the ggufx tree to compare with (a checkout, or `git archive REV ggufx templates | tar -x -C DIR`)",
     )
-    ap.add_argument("--only", default="info,mem,fit,report")
+    ap.add_argument("--only", default="info,mem,fit,report,report-gpus")
     args = ap.parse_args()
     paths = models()
     out = Path(tempfile.mkdtemp(prefix="ggufx-bench-"))
@@ -86,8 +96,11 @@ def main() -> None:
         "mem": lambda f, n: ["mem", str(f), "-c", "32768", "--gpus", "24GiB"],
         "fit": lambda f, n: ["mem", str(f), "--fit", "24GiB"],
         "report": lambda f, n: ["report", str(f), "-o", str(out / f"{n}.html")],
+        "report-gpus": lambda f, n: ["report", str(f), "--gpus", "24GiB", "-o", str(out / f"{n}.html")],
     }
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, median of {args.runs} runs after a warm-up")
+    print(
+        f"python {sys.version.split()[0]}, {os.cpu_count()} cores, median of {args.runs} interleaved runs after a warm-up"
+    )
     for label, path in codes.items():
         rev = subprocess.run(["git", "-C", str(path), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
         print(f"{label}: {path}" + (f" (commit {rev.stdout.strip()})" if rev.returncode == 0 else ""))
@@ -95,21 +108,30 @@ def main() -> None:
     for name in args.only.split(","):
         rows = []
         for model, path in paths.items():
-            base = None
-            for label in ("before", "after"):
-                if label not in codes:
-                    continue
-                cmd, env = ggufx(label)
-                wall, cpu, rss = measure(cmd + commands[name](path, model), env, args.runs)
-                ratio = f"{base / cpu:.1f}x" if base else ""  # CPU time: steadier on a shared machine
-                base = base or cpu
-                rows.append((model, f"ggufx {name} ({label})", wall, cpu, rss, ratio))
-            if name == "info":
-                inspect = tool("gguf-inspect")
-                wall, cpu, rss = measure([inspect, "--no-metadata", "--no-tensors", str(path)], env0, args.runs)
-                rows.append((model, "gguf-inspect", wall, cpu, rss, f"ggufx (after) {cpu / rows[-1][3]:.1f}x faster"))
+            labels = [lb for lb in ("before", "after") if lb in codes]
+            cmds = [(ggufx(lb)[0] + commands[name](path, model), ggufx(lb)[1]) for lb in labels]
+            names = [f"ggufx {name} ({lb})" for lb in labels]
+            if name == "info":  # the peer
+                cmds.append(([tool("gguf-inspect"), "--no-metadata", "--no-tensors", str(path)], env0))
+                names.append("gguf-inspect")
+            if name in ("info", "mem"):  # what a process costs before it does anything
+                cmds.append(([sys.executable, "-c", "pass"], env0))
+                names.append("python -c pass")
+            got = dict(zip(names, measure(cmds, args.runs), strict=True))
+            after = got[f"ggufx {name} (after)"][1]
+            start = got.get("python -c pass", (0.0, 0.0, 0))[1]
+            for label, (wall, cpu, rss) in got.items():
+                if label.endswith("(after)") and f"ggufx {name} (before)" in got:
+                    note = f"{got[f'ggufx {name} (before)'][1] / cpu:.2f}x less CPU than before"
+                elif label == "gguf-inspect":
+                    note = f"ggufx (after) {cpu / after:.2f}x less CPU"
+                else:
+                    note = ""
+                if start and label.startswith("ggufx"):
+                    note += f"{'; ' if note else ''}{(cpu - start) * 1000:,.0f} ms beyond process start"
+                rows.append((model, label, wall, cpu, rss, note))
         print(f"## {name}\n")
-        print("| model | command | wall ms | CPU ms | peak RSS MiB | speed-up |")
+        print("| model | command | wall ms | CPU ms | peak RSS MiB | note |")
         print("|---|---|---:|---:|---:|---|")
         for model, label, wall, cpu, rss, note in rows:
             print(f"| {model} | {label} | {wall * 1000:,.0f} | {cpu * 1000:,.0f} | {rss / 2**20:,.1f} | {note} |")

@@ -136,15 +136,35 @@ class GGUFArray(Sequence[Any]):
         return bytes(self._buf[self.offset : self.offset + self.nbytes])
 
     def _string_index(self) -> array[int]:
+        """Where each string starts, and where the last ends (``count + 1`` offsets), built on first
+        use; eight strings a turn (the reader has checked every length: no bound checks here)."""
         if self._index is None:
             idx = array("Q")
+            app = idx.append
             unpack = struct.Struct(self._bo + "Q").unpack_from
             buf = self._buf
             pos = self.offset
-            for _ in range(self.count):
-                idx.append(pos)
+            for _ in range(self.count >> 3):
+                app(pos)
                 pos += 8 + unpack(buf, pos)[0]
-            idx.append(pos)
+                app(pos)
+                pos += 8 + unpack(buf, pos)[0]
+                app(pos)
+                pos += 8 + unpack(buf, pos)[0]
+                app(pos)
+                pos += 8 + unpack(buf, pos)[0]
+                app(pos)
+                pos += 8 + unpack(buf, pos)[0]
+                app(pos)
+                pos += 8 + unpack(buf, pos)[0]
+                app(pos)
+                pos += 8 + unpack(buf, pos)[0]
+                app(pos)
+                pos += 8 + unpack(buf, pos)[0]
+            for _ in range(self.count & 7):
+                app(pos)
+                pos += 8 + unpack(buf, pos)[0]
+            app(pos)
             self._index = idx
         return self._index
 

@@ -13,7 +13,27 @@ from __future__ import annotations
 
 import math
 from typing import Any
-from xml.sax.saxutils import escape, quoteattr
+
+# escape and quoteattr as xml.sax.saxutils writes them, here because importing that module imports
+# urllib.request and with it http.client, ssl and email (15 ms of every `report`)
+
+
+def escape(data: str) -> str:
+    """``&``, ``<`` and ``>`` as entities (xml.sax.saxutils.escape)."""
+    return data.replace("&", "&amp;").replace(">", "&gt;").replace("<", "&lt;")
+
+
+def quoteattr(data: str) -> str:
+    """An attribute value, escaped and quoted (xml.sax.saxutils.quoteattr): newlines, carriage
+    returns and tabs as character references; double quotes unless the value holds one, then single
+    quotes, unless it holds both (then ``&quot;`` inside double quotes)."""
+    data = escape(data).replace("\n", "&#10;").replace("\r", "&#13;").replace("\t", "&#9;")
+    if '"' not in data:
+        return f'"{data}"'
+    if "'" not in data:
+        return f"'{data}'"
+    return '"{}"'.format(data.replace('"', "&quot;"))
+
 
 MiB = 1 << 20
 

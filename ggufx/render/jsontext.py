@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -11,6 +10,8 @@ _SURROGATE = re.compile("[\\ud800-\\udfff]")
 
 def dumps(obj: Any) -> str:
     """JSON text, UTF-8 readable; lone surrogates (invalid UTF-8 in the file) become \\udcXX escapes."""
+    import json  # on first use: every command imports this module, only --json needs json
+
     text = json.dumps(obj, indent=2, ensure_ascii=False, default=_default)
     return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 

@@ -8,7 +8,6 @@ click, no I/O)."""
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
@@ -223,6 +222,8 @@ def value_text(record: KeyRecord, full: bool) -> str:
     if vtype == "str":
         return value if full else _clip(value, STR_WIDTH)
     if vtype == "arr":
+        import json
+
         text = json.dumps(value, ensure_ascii=False)
         shown = len(value)
         if not full and record["length"] > shown:

@@ -407,7 +407,7 @@ def simulate(
     others out; where it does not hold, with more blocks kept, then with every layer. ``whole``
     replays every layer (the oracle the shortcut is tested against). ``placement``: ``place(model,
     devices, offload)`` when the caller has it."""
-    key = (tuple(devices), offload, sp, whole)
+    key = (_layout(devices, offload), offload, sp, whole)
     done = _cached(_RESULTS, model, key)
     if done is not None:
         return dict(done)
@@ -429,13 +429,23 @@ def simulate(
 def _loaded(
     model: GGUFModel, devices: list[Device], offload: OffloadParams, placement: Placement | None = None
 ) -> _Loaded:
-    key = (tuple(devices), offload)
+    key = (_layout(devices, offload), offload)
     ld = _cached(_LOADED, model, key)
     if ld is None:
         pl = placement or place(model, devices, offload)
         ld = _store(_LOADED, model, key, _load(model, hparams(model), pl), 8)
     assert isinstance(ld, _Loaded)
     return ld
+
+
+def _layout(devices: list[Device], offload: OffloadParams) -> tuple[object, ...]:
+    """What of the GPUs decides the placement: their names, and their free memory only where it splits
+    the layers (``-ts`` unset and several GPUs: ``placement.layer_devices`` shares them by it). One GPU
+    holds every offloaded layer whatever its size, so a report's memory chart and its table, or --fit's
+    searches at several budgets, share their replays."""
+    if (len(devices) > 1 and not any(offload.tensor_split)) or offload.split_mode == "tensor":
+        return tuple(devices)
+    return tuple(d.name for d in devices)
 
 
 # per model (held weakly: a model closed and collected takes its entries along), the loaded graph

@@ -1,0 +1,105 @@
+"""What the commands import and the light stand-ins that keep heavy modules out of them (issue 21)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from xml.sax import saxutils
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ggufx.render import chart
+
+
+@given(st.text(alphabet=st.sampled_from(list("ab&<>\"'\n\r\t é;#x"))))
+def test_chart_escapes_as_saxutils_does(text: str) -> None:
+    """The chart's escape and quoteattr write exactly what xml.sax.saxutils writes (which the chart
+    no longer imports: it costs urllib.request, http.client, ssl and email)."""
+    assert chart.escape(text) == saxutils.escape(text)
+    assert chart.quoteattr(text) == saxutils.quoteattr(text)
+
+
+def test_report_with_its_chart_imports_no_network_module(gemma_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.html"
+    code = (
+        "import sys\n"
+        "from ggufx.cli import main\n"
+        "try:\n"
+        f"    main(['report', {str(gemma_path)!r}, '--gpus', '24GiB', '-o', {str(out)!r}], prog_name='ggufx')\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "print(','.join(sorted(sys.modules)), file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    mods = set(proc.stderr.strip().splitlines()[-1].split(","))
+    assert "ggufx.render.chart" in mods and "<svg" in out.read_text()
+    assert not mods & {"http.client", "ssl", "urllib.request", "email", "xml.sax"}
+
+
+def test_a_command_collects_cycles_less_often(tmp_path: Path) -> None:
+    """The CLI raises the cyclic collector's first threshold while a command runs (the memory model's
+    short-lived containers are freed by reference counting; collecting every 700 allocations cost 5
+    to 10% of `report` and `mem --fit`), and never lowers one set higher."""
+    from tests.support import FIXTURES
+
+    code = (
+        "import gc, sys\n"
+        "gc.set_threshold(int(sys.argv[1]), 10, 10)\n"
+        "from ggufx.cli import main\n"
+        "try:\n"
+        f"    main(['info', {str(FIXTURES / 'all-types-v3.gguf')!r}], prog_name='ggufx')\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "print(gc.get_threshold(), file=sys.stderr)\n"
+    )
+    for before, after in ((700, "(20000, 10, 10)"), (50_000, "(50000, 10, 10)")):
+        proc = subprocess.run([sys.executable, "-c", code, str(before)], capture_output=True, text=True, check=True)
+        assert proc.stderr.strip().splitlines()[-1] == after
+
+
+def _run(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+
+
+LAUNCH = "import sys; from ggufx.cli import main; main()"
+
+
+def test_the_process_ends_as_the_interpreter_would(gemma_path: Path) -> None:
+    """`ggufx` skips Python's teardown once a command is done (end_process): the same output, the
+    same exit status (0, 1 does not fit, 2 bad input), and atexit handlers still run."""
+    from click.testing import CliRunner
+
+    from ggufx.cli import main
+
+    for args, status in (
+        (["tensors", str(gemma_path)], 0),
+        (["mem", str(gemma_path), "-c", "32768", "--gpus", "100MiB"], 1),
+        (["info", str(gemma_path) + ".missing"], 2),
+    ):
+        proc = _run(LAUNCH, *args)
+        assert proc.returncode == status, (args, proc.stderr)
+        ref = CliRunner().invoke(main, args)
+        assert (proc.returncode, proc.stdout) == (ref.exit_code, ref.stdout), args
+    hook = "import atexit, sys; atexit.register(lambda: print('atexit ran', file=sys.stderr)); " + LAUNCH
+    proc = _run(hook, "info", str(gemma_path))
+    assert proc.returncode == 0 and proc.stderr == "atexit ran\n" and "gemma3" in proc.stdout
+
+
+def test_where_the_ending_could_differ_the_interpreter_ends_it(gemma_path: Path) -> None:
+    """A thread still running is waited for, a message as exit code is printed (exit 1): the
+    interpreter's own ending, as before."""
+    import pytest
+
+    from ggufx.cli import end_process
+
+    late = (
+        "import sys, threading, time\n"
+        "threading.Thread(target=lambda: (time.sleep(0.3), print('thread done', file=sys.stderr))).start()\n" + LAUNCH
+    )
+    proc = _run(late, "info", str(gemma_path))
+    assert proc.returncode == 0 and "thread done" in proc.stderr
+    with pytest.raises(SystemExit) as e:
+        end_process("a message")
+    assert e.value.code == "a message"
