@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ggufx.analysis.layers import swa_layers
+from ggufx.analysis.memory.archs import arch_of
 from ggufx.analysis.memory.graph.galloc import PREALLOCATED, _reserve
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, _Graph, _ne, _strides
 from ggufx.analysis.memory.graph.llm import SimParams, _Ctx, _Gdn
@@ -80,12 +81,10 @@ def _unsound(model: GGUFModel) -> str | None:
     hp = hparams(model)
     if min(hp.n_embd, hp.head_k, hp.head_v) <= 0:
         return "the graph needs positive embedding and head sizes"
+    entry = arch_of(model.architecture)
+    hybrid = entry is not None and entry.recurrent is not None
     for il, (nh, nkv) in enumerate(zip(hp.n_head, hp.n_head_kv, strict=False)):
-        if (
-            model.architecture
-            in ("qwen35", "lfm2", "lfm2moe", "granitehybrid", "nemotron_h", "nemotron_h_moe", "mamba", "mamba2")
-            and nkv == 0
-        ):  # a recurrent layer
+        if hybrid and nkv == 0:  # a recurrent layer
             continue
         if nkv <= 0 or nh <= 0 or nh % nkv:
             return f"layer {il} has {nh} query heads for {nkv} KV heads, which the graph cannot lay out"
