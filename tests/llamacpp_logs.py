@@ -79,3 +79,47 @@ def replay_run(rid: str, models: dict[str, Path]):
     args = parse_args(run["args"].replace("@", ""), server=run["tool"] == "server")
     model = ggufx.open(models[args.model])
     return run, log, breakdown(model, devices_of(run, log.devices), args.offload, args.context)
+
+
+# Recorded runs where ggufx does not yet say what llama.cpp did (the first CUDA recordings of issue 25,
+# 2026-12-06). Each is an expected failure, strict: the test fails when one of them comes right, so
+# this table stays true. Key: (test, run id).
+_SSM_SCRATCH = (
+    "a Mamba-2 hybrid's CUDA compute buffer 0.003-0.03 MiB off llama.cpp's (within 0.01%: CUDA's "
+    "scan/convolution buffers are not modelled exactly)"
+)
+_LFM2_FA = (
+    "llama.cpp switches flash attention off here (resolve_fused_ops: in its probe graph a host layer's "
+    "attention lands on CUDA0), ggufx keeps it on: compute 136/52 MiB where llama.cpp has 2226/2164"
+)
+_PHI35_LONG = (
+    "Phi-3.5 at 131,072 tokens (beyond its original context: LongRoPE's long factors): CPU_Mapped "
+    "129.91 MiB where llama.cpp maps 52.84, compute 2 MiB low; not understood yet"
+)
+_FIT_EXPERTS = "llama.cpp's --fit moves the experts of a different first layer to the host (-ot) than ggufx's"
+KNOWN_DEVIATIONS: dict[tuple[str, str], str] = {
+    ("compute", "falh1-ngl99-c262144"): _SSM_SCRATCH,
+    ("compute", "gr4ht-ngl20-c32768"): _SSM_SCRATCH,
+    ("compute", "gr4ht-ngl99-c131072"): _SSM_SCRATCH,
+    ("compute", "gr4ht-ngl99-c32768-q8_0"): _SSM_SCRATCH,
+    ("compute", "nemoh-ngl99-c8192"): _SSM_SCRATCH,
+    ("compute", "lfm2-ngl8-c32768"): _LFM2_FA,
+    ("buffers", "lfm2-ngl8-c32768"): _LFM2_FA,
+    ("compute", "phi35-ngl99-c131072"): _PHI35_LONG,
+    ("buffers", "phi35-ngl99-c131072"): _PHI35_LONG,
+    ("fit", "fit-gr4ht-c131072-fitt77900"): _FIT_EXPERTS,
+    ("fit", "fiton-gr4ht-c131072-fitt77900"): _FIT_EXPERTS,
+    ("fit", "fiton-glm45a-c131072-fitt56600"): _FIT_EXPERTS,
+    ("trace", "fiton-gr4ht-c131072-fitt77900"): _FIT_EXPERTS,
+    ("trace", "fiton-glm45a-c131072-fitt56600"): _FIT_EXPERTS,
+}
+
+
+def with_known(test: str, rids: list[str]) -> list[object]:
+    """``rids`` as pytest parameters, the known deviations of ``test`` marked as strict expected failures."""
+    return [
+        pytest.param(r, marks=pytest.mark.xfail(strict=True, reason=KNOWN_DEVIATIONS[(test, r)]))
+        if (test, r) in KNOWN_DEVIATIONS
+        else r
+        for r in rids
+    ]

@@ -46,7 +46,7 @@ from ggufx.analysis.memory.llamaargs import parse_args
 from ggufx.analysis.memory.llamalog import parse_log
 from ggufx.analysis.memory.placement import Device, OffloadParams
 
-from .llamacpp_logs import LOGS, RUNS
+from .llamacpp_logs import LOGS, RUNS, with_known
 
 FIT_LOGS = sorted(rid for rid in RUNS if rid.startswith(("fit-", "fit2g-", "fiton")))
 
@@ -205,7 +205,7 @@ def test_free_seen_is_what_fit_printed(rid: str, hole_models: dict[str, Path]) -
         assert mib <= d.free // MiB <= mib + (len(f.devices) > 1), (d.name, d.free / MiB)
 
 
-@pytest.mark.parametrize("rid", [r for r in FIT_LOGS if "--fit-print" not in RUNS[r]["args"]])
+@pytest.mark.parametrize("rid", with_known("fit", [r for r in FIT_LOGS if "--fit-print" not in RUNS[r]["args"]]))
 def test_fit_decision_is_llama_cpps(rid: str, hole_models: dict[str, Path]) -> None:
     """ggufx's llama_fit prints llama.cpp's answer: the same -c, -ngl, -ts and -ot."""
     text = (LOGS / f"{rid}.log").read_text()
@@ -216,7 +216,7 @@ def test_fit_decision_is_llama_cpps(rid: str, hole_models: dict[str, Path]) -> N
     assert own.args == expected
 
 
-@pytest.mark.parametrize("rid", [r for r in FIT_LOGS if r.startswith("fiton")])
+@pytest.mark.parametrize("rid", with_known("trace", [r for r in FIT_LOGS if r.startswith("fiton")]))
 def test_fit_replays_llama_cpp_trace(rid: str, hole_models: dict[str, Path]) -> None:
     """Fed llama.cpp's own dry-run figures (the trace's MiB; for a context dry run the trace does not
     print, ggufx's exact weights and KV with the compute buffer of the recorded run at that context),

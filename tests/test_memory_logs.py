@@ -27,7 +27,7 @@ from ggufx.analysis.memory.placement import Device
 from ggufx.errors import InputError
 from tests.support import CliRun
 
-from .llamacpp_logs import LOGS, RUNS, devices_of, replay_run
+from .llamacpp_logs import LOGS, RUNS, devices_of, replay_run, with_known
 
 MEASURED = sorted(
     rid
@@ -37,7 +37,7 @@ MEASURED = sorted(
 EXACT = ("model", "kv", "recurrent", "output")
 
 
-@pytest.mark.parametrize("rid", MEASURED)
+@pytest.mark.parametrize("rid", with_known("buffers", MEASURED))
 def test_buffers_match_llama_cpp(rid: str, hole_models: dict[str, Path]) -> None:
     """`mem --check`'s comparison of every buffer in the log, the draft model's and projector's too."""
     run = RUNS[rid]
@@ -104,6 +104,8 @@ def test_the_matrix_is_covered() -> None:
         "cohere2-7b", "deepseek-v2-lite", "exaone4-1.2b", "falcon-h1-7b", "gemma2-2b", "glm4-9b", "gpt-oss-20b",
         "granite33-8b", "granite4-h-tiny", "lfm2-1.2b", "lfm2-8b-a1b", "nemotron-h-8b", "olmo2-7b", "phi35-mini",
         "qwen25-7b", "smollm3-3b",
+        # and on one H100 (the first CUDA recordings of issue 25): the MoE shapes too large for the CPU runs
+        "glm45-air", "qwen3next-80b-a3b",
     }  # fmt: skip
 
 

@@ -46,6 +46,9 @@ _OUTPUT_PREFIXES = ("output", "cls", "dense_2", "dense_3")
 # its AltUp projections in the output layer (LLM_TENSOR_LAYER_OUTPUT, llama-arch.cpp:958-961)
 _LAYER0 = frozenset({"per_layer_model_proj", "per_layer_proj_norm"})
 _OUTPUT_LAYER = frozenset({"altup_proj", "altup_unembd_proj"})
+# LFM2's output norm is stored as token_embd_norm (LLM_TENSOR_OUTPUT_NORM_LFM2, llama-arch.cpp:447, :775):
+# the output layer's
+_OUTPUT_NORM_AS_TOKEN_EMBD_NORM = frozenset({"lfm2", "lfm2moe"})
 # common/common.h: the tensor-override patterns --cpu-moe and --n-cpu-moe stand for
 CPU_MOE_PATTERN = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"
 # ggml-cpu/repack.cpp on x86 with AVX2: the types whose 2-D matrices get a repacked copy
@@ -113,7 +116,7 @@ def host_buft(device: str | None) -> str:
 
 
 @lru_cache(maxsize=16384)
-def layer_of(name: str, n_layer: int) -> int | str:
+def layer_of(name: str, n_layer: int, arch: str | None = None) -> int | str:
     """The llama.cpp layer a tensor belongs to: a block index, ``n_layer`` for the output layer,
     ``"input"`` for the input layer or ``"repeating"`` for per-layer duplicates such as rope_freqs."""
     m = re.match(r"blk\.(\d+)\.", name)
@@ -126,6 +129,8 @@ def layer_of(name: str, n_layer: int) -> int | str:
         return "repeating"
     if base in _LAYER0:
         return 0
+    if base == "token_embd_norm" and arch in _OUTPUT_NORM_AS_TOKEN_EMBD_NORM:
+        return n_layer
     if base in _OUTPUT_LAYER or base.startswith(_OUTPUT_PREFIXES):
         return n_layer
     return "input"
@@ -266,7 +271,7 @@ def place(model: GGUFModel, devices: list[Device], p: OffloadParams) -> Placemen
     n_main = n_layer - min(n_nextn(model), n_layer) if arch is not None and arch.skips_nextn else n_layer
     repack = p.repack and not devices
     for t in model.tensors:
-        layer = layer_of(t.name, n_layer)
+        layer = layer_of(t.name, n_layer, model.architecture)
         if isinstance(layer, int) and n_main <= layer < n_layer and t.name.startswith("blk."):
             placement.skipped.append(t)  # src/models/*.cpp: mtp_flags |= TENSOR_SKIP unless --mtp
             continue
