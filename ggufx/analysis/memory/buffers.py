@@ -44,7 +44,7 @@ from ggufx.analysis.memory.compute import (
     masks,
 )
 from ggufx.analysis.memory.graph.galloc import CUDA_ALIGN, HOST_ALIGN, MATRIX_ROW_PADDING
-from ggufx.analysis.memory.graph.graphsim import SimParams, simulated
+from ggufx.analysis.memory.graph.graphsim import SimParams, flash_attn_mismatch, simulated
 from ggufx.analysis.memory.graph.graphsim import simulate as simulate_compute
 from ggufx.analysis.memory.hparams import Hparams, hparams, pad
 from ggufx.analysis.memory.placement import (
@@ -433,6 +433,15 @@ def breakdown(
         swa_cells,
     )
     why_not = simulated(model) if builder else "the graph builder is switched off"
+    if not pl.meta and why_not is None and cp.flash_attn == "auto":
+        il = flash_attn_mismatch(model, devices, offload, sp, placement=pl)
+        if il is not None:  # llama.cpp turns flash attention off and sizes everything without it
+            bd = breakdown(model, devices, offload, replace(cp, flash_attn="off"), builder=builder)
+            bd.notes.append(
+                f"-fa auto: llama.cpp turns flash attention off (layer {il}'s attention is scheduled on "
+                "another device than the layer's: resolve_fused_ops)"
+            )
+            return bd
     if not pl.meta and why_not is None:  # the graph itself, split and allocated as llama.cpp does
         sizes = simulate_compute(model, devices, offload, sp, placement=pl)
         buffers += [Buffer("compute", b, n, exact=False) for b, n in sizes.items() if n > 1]

@@ -425,6 +425,32 @@ def simulate(
     return dict(_store(_RESULTS, model, key, result, 256))
 
 
+def flash_attn_mismatch(
+    model: GGUFModel, devices: list[Device], offload: OffloadParams, sp: SimParams, placement: Placement | None = None
+) -> int | None:
+    """``-fa auto``: ``resolve_fused_ops`` (llama-context.cpp:509-561) reserves the graph of one token
+    per sequence and keeps flash attention only if the scheduler puts every layer's flash-attention
+    node on that layer's device. The first layer whose node it puts elsewhere (None: flash attention
+    stays on): LFM2 at ``-ngl 8``, say, whose host attention layer 8 follows the GPU's inputs."""
+    if not devices:
+        return None
+    ld = _loaded(model, devices, offload, placement)
+    c = _context(model, ld, sp, sp.n_seq_max, sp.n_seq_max)
+    c.layers = list(range(ld.hp.n_layer))
+    g = _Graph()
+    g.expand(builder(ld.hp.arch)(c, g))
+    gpus = [d.name for d in ld.pl.devices]
+    sched = _Sched(gpus, host_buft(gpus[0]), 1)
+    sched.assign(g)
+    for node in g.nodes:
+        if node.op == "FLASH_ATTN_EXT" and node.name.startswith("node_fa-"):
+            il = int(node.name.rsplit("-", 1)[1])
+            device = ld.pl.layer_device[il]
+            if node.backend != (gpus.index(device) if device in gpus else sched.cpu):
+                return il
+    return None
+
+
 def _loaded(
     model: GGUFModel, devices: list[Device], offload: OffloadParams, placement: Placement | None = None
 ) -> _Loaded:
