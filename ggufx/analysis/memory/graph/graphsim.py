@@ -26,7 +26,7 @@ from __future__ import annotations
 import importlib
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from ggufx.analysis.layers import swa_layers
@@ -434,6 +434,19 @@ def flash_attn_mismatch(
     stays on): LFM2 at ``-ngl 8``, say, whose host attention layer 8 follows the GPU's inputs."""
     if not devices:
         return None
+    # the outcome depends on the placement and the graph's structure, not on the context's length
+    key = ("flash-attn probe", _layout(devices, offload), offload, replace(sp, n_kv=256, n_kv_swa=256))
+    done = _cached(_RESULTS, model, key)
+    if done is not None:
+        return None if done < 0 else int(done)
+    il = _flash_attn_mismatch(model, devices, offload, sp, placement)
+    _store(_RESULTS, model, key, -1 if il is None else il, 256)
+    return il
+
+
+def _flash_attn_mismatch(
+    model: GGUFModel, devices: list[Device], offload: OffloadParams, sp: SimParams, placement: Placement | None
+) -> int | None:
     ld = _loaded(model, devices, offload, placement)
     c = _context(model, ld, sp, sp.n_seq_max, sp.n_seq_max)
     c.layers = list(range(ld.hp.n_layer))
