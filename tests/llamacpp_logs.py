@@ -60,6 +60,43 @@ def hole_models(smollm2_path: Path, gemma_path: Path, tmp_path_factory: pytest.T
         str(gemma_path),
     )
     models.update(_write_holes(PROJECTOR_LOGS / "make_projectors.py", PROJECTOR_LOGS / "headers-manifest.tsv", out))
+    models.update(_cpu_models(out, smollm2_path))
+    return models
+
+
+CPU_MODELS = LOGS.parent / "llamacpp-logs-cpu"
+
+
+def cpu_model_archs() -> dict[str, str]:
+    """Model name -> architecture, for the models of llamacpp-logs-cpu/models.py that GPU runs loaded
+    (headers-manifest-cpu-models.tsv, written by matrix_builders.py)."""
+    sys.path.insert(0, str(CPU_MODELS))
+    try:
+        from models import MODELS
+    finally:
+        sys.path.remove(str(CPU_MODELS))
+    names = [line.split("\t")[0] for line in (LOGS / "headers-manifest-cpu-models.tsv").read_text().splitlines()]
+    return {n: MODELS[n]["arch"] for n in names}
+
+
+def _cpu_models(out: Path, smollm2: Path) -> dict[str, Path]:
+    """The models of llamacpp-logs-cpu that the GPU runs of matrix_builders.py loaded, each checked
+    against the header the GPU machine was given."""
+    sys.path.insert(0, str(CPU_MODELS))
+    try:
+        from make_arch_headers import header
+        from models import MODELS
+    finally:
+        sys.path.remove(str(CPU_MODELS))
+    tensors = json.loads((CPU_MODELS / "tensors.json").read_text())
+    models = {}
+    for line in (LOGS / "headers-manifest-cpu-models.tsv").read_text().splitlines():
+        name, size, head, sha = line.split("\t")
+        path = out / f"{name}.gguf"
+        assert header(path, MODELS[name], tensors[name], smollm2) == (int(head), int(size)), name
+        with open(path, "rb") as f:
+            assert hashlib.sha256(f.read(int(head))).hexdigest() == sha, f"{name}: not the header llama.cpp loaded"
+        models[name] = path
     return models
 
 

@@ -22,7 +22,7 @@ from ggufx.analysis.memory.buffers import MiB, breakdown
 from ggufx.analysis.memory.llamaargs import parse_args
 from ggufx.analysis.memory.llamalog import parse_log
 
-from .llamacpp_logs import LOGS, RUNS, devices_of, with_known
+from .llamacpp_logs import LOGS, RUNS, cpu_model_archs, devices_of, with_known
 
 # the architecture of each header-only model of the recorded runs (make_headers.py writes them)
 _ARCH = {
@@ -51,6 +51,7 @@ _ARCH = {
     "olmo2-7b": "olmo2",
     "cohere2-7b": "cohere2",
     "exaone4-1.2b": "exaone4",
+    **cpu_model_archs(),  # the models of llamacpp-logs-cpu that matrix_builders.py's GPU runs loaded
 }
 
 
