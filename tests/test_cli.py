@@ -206,6 +206,10 @@ def test_mem_imports_the_projector_only_for_a_projector(tmp_path: Path) -> None:
     plain = _modules_after(["mem", str(base), "-c", "256", "--json"])
     assert "ggufx.analysis.memory.buffers" in plain  # it did compute the memory
     assert not plain & heavy, plain & heavy
+    # llama.cpp's argument table is read only for a command line (--llama-args)
+    args_table = {"ggufx.analysis.memory.llamaargs", "ggufx.analysis.memory.llama_arg_table"}
+    assert not plain & args_table, plain & args_table
+    assert args_table <= _modules_after(["mem", str(base), "--llama-args", "llama-server -c 256", "--json"])
     assert heavy <= _modules_after(["mem", str(base), "-c", "256", "--mmproj", str(mmproj), "--json"])
     info = _modules_after(["info", str(base)])
     assert not {m for m in info if m.startswith("ggufx.analysis.memory")}

@@ -93,9 +93,11 @@ class MemoryRequest:
     def parsed_args(self) -> LlamaArgs | None:
         """``llama_args`` read whole (None without it): its program name sets the tool (an explicit
         ``tool`` must agree), an argument llama.cpp would refuse is an InputError."""
-        from ggufx.analysis.memory.llamaargs import parse_args
+        if self.llama_args is None:
+            return None
+        from ggufx.analysis.memory.llamaargs import parse_args  # (its argument table: only when asked)
 
-        return None if self.llama_args is None else parse_args(self.llama_args, tool=self.tool)
+        return parse_args(self.llama_args, tool=self.tool)
 
     def model_file(self, file: str | None) -> str:
         """The model the question is about: ``file``, or the command line's ``-m`` when no file is
