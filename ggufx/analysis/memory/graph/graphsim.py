@@ -426,30 +426,47 @@ def simulate(
 
 
 def flash_attn_mismatch(
-    model: GGUFModel, devices: list[Device], offload: OffloadParams, sp: SimParams, placement: Placement | None = None
+    model: GGUFModel,
+    devices: list[Device],
+    offload: OffloadParams,
+    sp: SimParams,
+    placement: Placement | None = None,
+    *,
+    whole: bool = False,
 ) -> int | None:
     """``-fa auto``: ``resolve_fused_ops`` (llama-context.cpp:509-561) reserves the graph of one token
     per sequence and keeps flash attention only if the scheduler puts every layer's flash-attention
     node on that layer's device. The first layer whose node it puts elsewhere (None: flash attention
-    stays on): LFM2 at ``-ngl 8``, say, whose host attention layer 8 follows the GPU's inputs."""
+    stays on): LFM2 at ``-ngl 8``, say, whose host attention layer 8 follows the GPU's inputs.
+
+    Layers of one signature are scheduled alike, so the probe graph holds the layers of the
+    allocator's plan (the first blocks of each run of identical blocks, and every other layer): a
+    node put elsewhere in a left-out block is put elsewhere in the kept one like it too, and the
+    first layer that differs is in a kept block. ``whole`` builds every layer (the oracle this is
+    tested against)."""
     if not devices:
         return None
     # the outcome depends on the placement and the graph's structure, not on the context's length
-    key = ("flash-attn probe", _layout(devices, offload), offload, replace(sp, n_kv=256, n_kv_swa=256))
+    key = ("flash-attn probe", _layout(devices, offload), offload, replace(sp, n_kv=256, n_kv_swa=256), whole)
     done = _cached(_RESULTS, model, key)
     if done is not None:
         return None if done < 0 else int(done)
-    il = _flash_attn_mismatch(model, devices, offload, sp, placement)
+    il = _flash_attn_mismatch(model, devices, offload, sp, placement, whole)
     _store(_RESULTS, model, key, -1 if il is None else il, 256)
     return il
 
 
 def _flash_attn_mismatch(
-    model: GGUFModel, devices: list[Device], offload: OffloadParams, sp: SimParams, placement: Placement | None
+    model: GGUFModel,
+    devices: list[Device],
+    offload: OffloadParams,
+    sp: SimParams,
+    placement: Placement | None,
+    whole: bool,
 ) -> int | None:
     ld = _loaded(model, devices, offload, placement)
     c = _context(model, ld, sp, sp.n_seq_max, sp.n_seq_max)
-    c.layers = list(range(ld.hp.n_layer))
+    c.layers = list(range(ld.hp.n_layer)) if whole else list(_plan(_layer_signatures(c, ld), 2).layers)
     g = _Graph()
     g.expand(builder(ld.hp.arch)(c, g))
     gpus = [d.name for d in ld.pl.devices]
