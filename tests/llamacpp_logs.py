@@ -130,10 +130,6 @@ _LFM2_FA = (
     "buffers without flash attention over the host layers are 32 and 30 MiB (1.4%) short: 2194/2134 MiB where "
     "llama.cpp has 2226/2164"
 )
-_PHI35_LONG = (
-    "Phi-3.5 at 131,072 tokens (beyond its original context: LongRoPE's long factors): CPU_Mapped "
-    "129.91 MiB where llama.cpp maps 52.84, compute 2 MiB low; not understood yet"
-)
 _FIT_EXPERTS = "llama.cpp's --fit moves the experts of a different first layer to the host (-ot) than ggufx's"
 KNOWN_DEVIATIONS: dict[tuple[str, str], str] = {
     ("compute", "falh1-ngl99-c262144"): _SSM_SCRATCH,
@@ -142,8 +138,6 @@ KNOWN_DEVIATIONS: dict[tuple[str, str], str] = {
     ("compute", "gr4ht-ngl99-c32768-q8_0"): _SSM_SCRATCH,
     ("compute", "nemoh-ngl99-c8192"): _SSM_SCRATCH,
     ("compute", "lfm2-ngl8-c32768"): _LFM2_FA,
-    ("compute", "phi35-ngl99-c131072"): _PHI35_LONG,
-    ("buffers", "phi35-ngl99-c131072"): _PHI35_LONG,
     ("fit", "fit-gr4ht-c131072-fitt77900"): _FIT_EXPERTS,
     ("fit", "fiton-gr4ht-c131072-fitt77900"): _FIT_EXPERTS,
     ("fit", "fiton-glm45a-c131072-fitt56600"): _FIT_EXPERTS,

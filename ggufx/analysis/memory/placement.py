@@ -45,6 +45,10 @@ _OUTPUT_PREFIXES = ("output", "cls", "dense_2", "dense_3")
 # per-layer projection and its norm are created with block 0 (LLM_TENSOR_LAYER_REPEATING, gemma3n.cpp:40-41),
 # its AltUp projections in the output layer (LLM_TENSOR_LAYER_OUTPUT, llama-arch.cpp:958-961)
 _LAYER0 = frozenset({"per_layer_model_proj", "per_layer_proj_norm"})
+# tensors without a block number that every layer creates (LLM_TENSOR_LAYER_REPEATING, llama-arch.cpp:779-780),
+# layer 0 its own and the others TENSOR_DUPLICATED (phi3.cpp:52-53, llama.cpp's rope_freqs the same way):
+# one copy per buffer type the layers use, on the layers' devices, not in the input layer on the host
+_PER_LAYER = frozenset({"rope_freqs", "rope_factors_long", "rope_factors_short"})
 _OUTPUT_LAYER = frozenset({"altup_proj", "altup_unembd_proj"})
 # LFM2's output norm is stored as token_embd_norm (LLM_TENSOR_OUTPUT_NORM_LFM2, llama-arch.cpp:447, :775):
 # the output layer's
@@ -125,7 +129,7 @@ def layer_of(name: str, n_layer: int, arch: str | None = None) -> int | str:
     base = name.split(".")[0]
     if base in _INPUT:
         return "input"
-    if base == "rope_freqs":
+    if base in _PER_LAYER:
         return "repeating"
     if base in _LAYER0:
         return 0
@@ -265,7 +269,7 @@ def place(model: GGUFModel, devices: list[Device], p: OffloadParams) -> Placemen
         dev = layer_dev[layer] if isinstance(layer, int) else None
         return dev if dev is not None else host
 
-    seen_rope: set[str] = set()
+    seen_rope: set[tuple[str, str]] = set()
     tied = not any(t.name == "output.weight" for t in model.tensors)
     arch = arch_of(model.architecture)
     n_main = n_layer - min(n_nextn(model), n_layer) if arch is not None and arch.skips_nextn else n_layer
@@ -278,8 +282,8 @@ def place(model: GGUFModel, devices: list[Device], p: OffloadParams) -> Placemen
         if layer == "repeating":
             for il in range(n_layer):
                 buft = layer_dev[il] or host
-                if buft not in seen_rope:
-                    seen_rope.add(buft)
+                if (t.name, buft) not in seen_rope:  # each tensor once per buffer type
+                    seen_rope.add((t.name, buft))
                     placement.tensors.append((t, buft))
             continue
         buft = buft_for(t, layer)
