@@ -5,6 +5,7 @@ builder, and over every ``-ngl`` and some ``-ot`` of models whose layers differ 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,19 @@ def test_over_every_layer_split(
     assert [(i, s, f) for i, (s, f) in enumerate(both_probes) if s != f] == []
     if name == "lfm2-1.2b":  # host attention layers after GPU ones: flash attention off, as in lfm2-ngl8-c32768
         assert sum(f is not None for _, f in both_probes) >= 4
+
+
+def test_a_quantized_v_cache_turns_flash_attention_on_before_any_probe(hole_models: dict[str, Path]) -> None:
+    """llama_init_from_model (llama-context.cpp:3843-3847) sets flash attention on for a quantized V
+    cache under -fa auto, so the probe that turns it off for LFM2 at -ngl 8 never runs: the buffers are
+    -fa on's, with no note; with only K quantized the probe still decides. (--fit's search for the
+    largest q8_0 context used to stop here with "a quantized V cache needs flash attention".)"""
+    model = ggufx.open(hole_models["lfm2-1.2b"])
+    gpu, offload = [Device("CUDA0", 80 * GiB)], OffloadParams(n_gpu_layers=8)
+    q8 = ContextParams(n_ctx=32768, cache_type_k="q8_0", cache_type_v="q8_0")
+    auto = breakdown(model, gpu, offload, q8)
+    on = breakdown(model, gpu, offload, replace(q8, flash_attn="on"))
+    assert auto.buffers == on.buffers and not [n for n in auto.notes if "-fa auto" in n]
+    k_only = breakdown(model, gpu, offload, replace(q8, cache_type_v="f16"))
+    off = breakdown(model, gpu, offload, replace(q8, cache_type_v="f16", flash_attn="off"))
+    assert k_only.buffers == off.buffers and [n for n in k_only.notes if "-fa auto" in n]
