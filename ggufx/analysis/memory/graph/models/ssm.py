@@ -128,9 +128,9 @@ def check_shapes(model: GGUFModel, shapes: dict[str, tuple[int, ...]]) -> str | 
 
 @dataclass(frozen=True, slots=True)
 class RsInp:
-    """``build_rs_inp_impl`` (llama-graph.cpp:3632-3651): the state-copy indices and their two views, made
+    """``build_rs_inp_impl`` (llama-graph.cpp:3630-3651): the state-copy indices and their two views, made
     once per graph and read by every recurrent layer. The views are graph nodes of their own where a layer
-    first reads them; on a GPU split each is a split input of its own (one copy per view, ggml-backend.cpp
+    first reads them; on a GPU split each is a split input of its own (one copy per view, ggml-backend.cpp:1516,
     pass 5), so per-layer views would each get a copy that llama.cpp does not make."""
 
     s_copy: _T  # every state's source cell (``rs_s_copy``, n_rs = n_seq_max)
