@@ -30,6 +30,16 @@ class SimParams:
     no_kv_offload: bool = False
     pipeline: bool = False
     n_kv_swa: int | None = None  # cells per stream of a sliding-window cache (None: without --swa-full)
+    # the V cache's layout (llama_kv_cache's v_trans, from attn_v_trans = !cparams.flash_attn when the
+    # context makes its memory, llama-model.cpp:2485). None: the layout of a cache made with this
+    # flash-attention setting (transposed without). False with flash attention off: -fa auto that
+    # resolve_fused_ops turns off (llama-context.cpp:509-561) after the memory was made for it (:232, :399)
+    v_trans: bool | None = None
+
+    @property
+    def v_transposed(self) -> bool:
+        """Whether the V cache is transposed (one row per channel, written element by element)."""
+        return not self.flash_attn if self.v_trans is None else self.v_trans
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +132,7 @@ def _attn_inp(c: _Ctx, g: _Graph, n_kv: int) -> _AttnInp:
     v_rot = g.input("attn_inp_v_rot", "F32", 64, 64) if tv.block_size > 1 and hv % 64 == 0 else None
     k_idxs = g.input("attn_inp_k_idxs", "I64", T)
     v_gqa = max(hp.n_head_kv) * hv
-    v_idxs = g.input("attn_inp_v_idxs", "I64", T * (v_gqa if not sp.flash_attn else 1))
+    v_idxs = g.input("attn_inp_v_idxs", "I64", T * (v_gqa if sp.v_transposed else 1))
     ns = sp.n_streams
     mask = g.input("attn_inp_kq_mask", "F16" if sp.flash_attn else "F32", n_kv, T // ns, 1, ns)
     return _AttnInp(n_kv, k_idxs, v_idxs, mask, k_rot, v_rot)
@@ -184,7 +194,7 @@ def _attn_kv(c: _Ctx, g: _Graph, q: _T, k: _T, v: _T, il: int, inp: _AttnInp, is
     ns = sp.n_streams
     nh, nkv = hp.n_head[il], hp.n_head_kv[il]
     hd, hv = hp.head_k, hp.head_v
-    fa = sp.flash_attn
+    fa, vt = sp.flash_attn, sp.v_transposed
     tk, tv = _type(sp.type_k), _type(sp.type_v)
     n_kv = inp.n_kv
     v_gqa = max(hp.n_head_kv) * hv
@@ -193,13 +203,13 @@ def _attn_kv(c: _Ctx, g: _Graph, q: _T, k: _T, v: _T, il: int, inp: _AttnInp, is
         g.expand(t)
     buft = c.cache_buft[il]
     cache_k = g.leaf(f"cache_k_l{il}", tk.name, (hd * nkv, n_kv * ns), buft=buft)
-    cache_v = g.leaf(f"cache_v_l{il}", tv.name, ((hv * nkv) if fa else v_gqa, n_kv * ns), buft=buft)
+    cache_v = g.leaf(f"cache_v_l{il}", tv.name, (v_gqa if vt else (hv * nkv), n_kv * ns), buft=buft)
     # cpy_k / cpy_v (llama-kv-cache.cpp): SET_ROWS into views of the cache
     kv = g.view(k, (hd * nkv, T), None)
     set_k = g.view(cache_k, cache_k.ne, cache_k.nb, "SET_ROWS")
     set_k.src = [kv, inp.k_idxs, cache_k]
     g.expand(set_k)
-    if fa:
+    if not vt:
         vv = g.view(v, (hv * nkv, T), None)
         set_v = g.view(cache_v, cache_v.ne, cache_v.nb, "SET_ROWS")
         set_v.src = [vv, inp.v_idxs, cache_v]
@@ -213,21 +223,39 @@ def _attn_kv(c: _Ctx, g: _Graph, q: _T, k: _T, v: _T, il: int, inp: _AttnInp, is
     krow = cache_k.nb[1]
     kview = g.view(cache_k, (hd, nkv, n_kv, ns), (cache_k.nb[0], krow // nkv, krow, krow * n_kv))
     kp = g.permute(kview, 0, 2, 1, 3)
+    vp = v_cache_view(g, cache_v, il, nkv, hv, n_kv, ns, vt, v_gqa, fa)
     if fa:
-        vrow = cache_v.nb[1]
-        vview = g.view(cache_v, (hv, nkv, n_kv, ns), (cache_v.nb[0], vrow // nkv, vrow, vrow * n_kv))
-        vp = g.permute(vview, 0, 2, 1, 3)
         out = g.new(f"node_fa-{il}", "FLASH_ATTN_EXT", "F32", (hv, nh, T // ns, ns), qv, kp, vp, inp.mask)
         cur = g.reshape(out, hv * nh, T)
     else:
-        es = cache_v.nb[0]
-        vview = g.view(cache_v, (n_kv, nkv, hv, ns), (es, es * n_kv * hv, es * n_kv, es * n_kv * v_gqa))
-        vp = g.permute(vview, 0, 2, 1, 3)
         kq = g.new(f"kq-{il}", "MUL_MAT", "F32", (n_kv, T // ns, nh, ns), kp, qv)
         kq = g.op(f"kq_soft_max-{il}", "SOFT_MAX", kq, inp.mask)
         kqv = g.new(f"kqv-{il}", "MUL_MAT", "F32", (hv, T // ns, nh, ns), vp, kq)
         cur = g.new(f"kqv_out-{il}", "CONT", "F32", (hv * nh, T), g.permute(kqv, 0, 2, 1, 3))
     return _rot(g, cur, inp.v_rot) if inp.v_rot is not None else cur
+
+
+def v_cache_view(
+    g: _Graph, cache_v: _T, il: int, nkv: int, hv: int, n_kv: int, ns: int, vt: bool, v_gqa: int, fa: bool
+) -> _T:
+    """The V operand of ``build_attn_mha`` (llama-graph.cpp:2691-2820) from ``get_v``'s view of the
+    cache (llama-kv-cache.cpp:1316-1342), permuted: as it is for flash attention (or transposed back,
+    a view); without flash attention a transposed cache is read as it is, and an untransposed one
+    (the cache -fa auto made for flash attention before turning it off) is copied transposed,
+    ``ggml_cont(ggml_transpose(v))`` ("v_cont", :2801-2805), before the product. Not expanded: the
+    product's first source, it joins the graph before the scores."""
+    es = cache_v.nb[0]
+    if vt:
+        vview = g.view(cache_v, (n_kv, nkv, hv, ns), (es, es * n_kv * hv, es * n_kv, es * n_kv * v_gqa))
+        vp = g.permute(vview, 0, 2, 1, 3)
+        return g.permute(vp, 1, 0, 2, 3) if fa else vp  # (flash attention never has a transposed cache)
+    vrow = cache_v.nb[1]
+    vview = g.view(cache_v, (hv, nkv, n_kv, ns), (es, vrow // nkv, vrow, vrow * n_kv))
+    vp = g.permute(vview, 0, 2, 1, 3)
+    if fa:
+        return vp
+    vtr = g.permute(vp, 1, 0, 2, 3)  # ggml_transpose
+    return g.new(f"v_cont-{il}", "CONT", cache_v.type, vtr.ne, vtr)
 
 
 def _norm(c: _Ctx, g: _Graph, x: _T, weight: str, il: int, pin: bool = True) -> _T:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph, _type
-from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _inp_embd, _proj, _rot, _w, _weight
+from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _inp_embd, _proj, _rot, _w, _weight, v_cache_view
 from ggufx.model import GGUFModel
 
 
@@ -120,7 +120,7 @@ def _attn_kv(c: _Ctx, g: _Graph, q: _T, k: _T, v: _T, il: int, inp: _AttnInp, is
     hp, sp = c.hp, c.sp
     T, ns = c.n_tokens, sp.n_streams
     nh, nkv, hd, hv = hp.n_head[il], hp.n_head_kv[il], hp.head_k, hp.head_v
-    fa = sp.flash_attn
+    fa, vt = sp.flash_attn, sp.v_transposed
     tk, tv = _type(sp.type_k), _type(sp.type_v)
     n_kv = inp.n_kv
     v_gqa = max(hp.n_head_kv) * hv
@@ -129,12 +129,12 @@ def _attn_kv(c: _Ctx, g: _Graph, q: _T, k: _T, v: _T, il: int, inp: _AttnInp, is
         g.expand(t)
     buft = c.cache_buft[il]
     cache_k = g.leaf(f"cache_k_l{il}", tk.name, (hd * nkv, n_kv * ns), buft=buft)
-    cache_v = g.leaf(f"cache_v_l{il}", tv.name, ((hv * nkv) if fa else v_gqa, n_kv * ns), buft=buft)
+    cache_v = g.leaf(f"cache_v_l{il}", tv.name, (v_gqa if vt else (hv * nkv), n_kv * ns), buft=buft)
     kv = g.view(k, (hd * nkv, T), (k.nb[0], k.nb[2]))
     set_k = g.view(cache_k, cache_k.ne, cache_k.nb, "SET_ROWS")
     set_k.src = [kv, inp.k_idxs, cache_k]
     g.expand(set_k)
-    if fa:
+    if not vt:
         vv = g.view(v, (hv * nkv, T), (v.nb[0], v.nb[2]))
         set_v = g.view(cache_v, cache_v.ne, cache_v.nb, "SET_ROWS")
         set_v.src = [vv, inp.v_idxs, cache_v]
@@ -154,16 +154,11 @@ def _attn_kv(c: _Ctx, g: _Graph, q: _T, k: _T, v: _T, il: int, inp: _AttnInp, is
     krow = cache_k.nb[1]
     kview = g.view(cache_k, (hd, nkv, n_kv, ns), (cache_k.nb[0], krow // nkv, krow, krow * n_kv))
     kp = g.permute(kview, 0, 2, 1, 3)
+    vp = v_cache_view(g, cache_v, il, nkv, hv, n_kv, ns, vt, v_gqa, fa)
     if fa:
-        vrow = cache_v.nb[1]
-        vview = g.view(cache_v, (hv, nkv, n_kv, ns), (cache_v.nb[0], vrow // nkv, vrow, vrow * n_kv))
-        vp = g.permute(vview, 0, 2, 1, 3)
         out = g.new(f"node_fa-{il}", "FLASH_ATTN_EXT", "F32", (hv, nh, T // ns, ns), qv, kp, vp, inp.mask)
         cur = g.reshape(out, hv * nh, T)
     else:
-        es = cache_v.nb[0]
-        vview = g.view(cache_v, (n_kv, nkv, hv, ns), (es, es * n_kv * hv, es * n_kv, es * n_kv * v_gqa))
-        vp = g.permute(vview, 0, 2, 1, 3)
         kq = g.new(f"kq-{il}", "MUL_MAT", "F32", (n_kv, T // ns, nh, ns), kp, qv)
         if d.attn_softcap:
             kq = g.op(f"kq_scaled_1-{il}", "SCALE", kq)

@@ -9,7 +9,7 @@ from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
 from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd, _norm, _proj, _w, _weight
 from ggufx.analysis.memory.graph.models._dense import _qkv
 from ggufx.analysis.memory.graph.models.qwen3next import attn_core
-from ggufx.analysis.memory.graph.models.ssm import check_shapes, mamba2_dims, mamba2_layer
+from ggufx.analysis.memory.graph.models.ssm import check_shapes, mamba2_dims, mamba2_layer, rs_inp
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.model import GGUFModel
 
@@ -29,7 +29,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
     T, n_out, E = c.n_tokens, c.n_outputs, hp.n_embd
     x = _inp_embd(c, g)
     c.pos = g.input("inp_pos", "I32", T)
-    s_copy = g.input("rs_s_copy", "I32", sp.n_seq_max)
+    rs = rs_inp(c, g)
     full = _attn_inp(c, g, sp.n_kv)
     out_ids = g.input("out_ids", "I32", n_out)
     for p, il in enumerate(c.layers):
@@ -43,7 +43,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
         attn = attn_core(c, g, q, k, v, il, full)
         attn_out = g.mul_mat(f"attn_out-{il}", _w(c, pre + "attn_output.weight", il), attn)  # wo_b unused
         cur = _norm(c, g, x, pre + "attn_norm.weight", il)
-        ssm_out = mamba2_layer(c, g, cur, il, s_copy)
+        ssm_out = mamba2_layer(c, g, cur, il, rs)
         cur = g.op(f"layer_out-{il}", "ADD", attn_out, ssm_out)
         inp_sa = g.op(f"ffn_inp-{il}", "ADD", cur, inp_sa)
         if il == hp.n_layer - 1:  # (the rows of cur gathered too: a node nothing reads, not in the graph)

@@ -21,7 +21,7 @@ order ggml gives them, and only the expansions gemma3n.cpp and ``build_attn`` ma
 from __future__ import annotations
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _inp_embd, _proj, _rot, _w, _weight
+from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _inp_embd, _proj, _rot, _w, _weight, v_cache_view
 from ggufx.analysis.memory.graph.models._dense import Dense, _attn_kv
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.model import GGUFModel
@@ -103,27 +103,22 @@ def _attn_shared(c: _Ctx, g: _Graph, q: _T, il: int, src_il: int, inp: _AttnInp)
     hp, sp = c.hp, c.sp
     T, ns = c.n_tokens, sp.n_streams
     nh, nkv, hd, hv = hp.n_head[il], hp.n_head_kv[il], hp.head_k, hp.head_v
-    fa = sp.flash_attn
+    fa, vt = sp.flash_attn, sp.v_transposed
     n_kv = inp.n_kv
     v_gqa = max(hp.n_head_kv) * hv
     q = _rot(g, q, inp.k_rot)
     g.expand(q)
     buft = c.cache_buft[src_il]
     cache_k = g.leaf(f"cache_k_l{src_il}", sp.type_k, (hd * nkv, n_kv * ns), buft=buft)
-    cache_v = g.leaf(f"cache_v_l{src_il}", sp.type_v, ((hv * nkv) if fa else v_gqa, n_kv * ns), buft=buft)
+    cache_v = g.leaf(f"cache_v_l{src_il}", sp.type_v, (v_gqa if vt else (hv * nkv), n_kv * ns), buft=buft)
     qv = g.permute(g.view(q, (hd, nh, T // ns, ns), (q.nb[0], q.nb[1], q.nb[2], q.nb[2] * (T // ns))), 0, 2, 1, 3)
     krow = cache_k.nb[1]
     kp = g.permute(g.view(cache_k, (hd, nkv, n_kv, ns), (cache_k.nb[0], krow // nkv, krow, krow * n_kv)), 0, 2, 1, 3)
+    vp = v_cache_view(g, cache_v, il, nkv, hv, n_kv, ns, vt, v_gqa, fa)
     if fa:
-        vrow = cache_v.nb[1]
-        vview = g.view(cache_v, (hv, nkv, n_kv, ns), (cache_v.nb[0], vrow // nkv, vrow, vrow * n_kv))
-        vp = g.permute(vview, 0, 2, 1, 3)
         out = g.new(f"node_fa-{il}", "FLASH_ATTN_EXT", "F32", (hv, nh, T // ns, ns), qv, kp, vp, inp.mask)
         cur = g.reshape(out, hv * nh, T)
     else:
-        es = cache_v.nb[0]
-        vview = g.view(cache_v, (n_kv, nkv, hv, ns), (es, es * n_kv * hv, es * n_kv, es * n_kv * v_gqa))
-        vp = g.permute(vview, 0, 2, 1, 3)
         kq = g.new(f"kq-{il}", "MUL_MAT", "F32", (n_kv, T // ns, nh, ns), kp, qv)
         kq = g.op(f"kq_soft_max-{il}", "SOFT_MAX", kq, inp.mask)
         kqv = g.new(f"kqv-{il}", "MUL_MAT", "F32", (hv, T // ns, nh, ns), vp, kq)

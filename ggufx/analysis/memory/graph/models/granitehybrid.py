@@ -9,7 +9,7 @@ from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
 from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _inp_embd, _norm, _proj, _w, _weight
 from ggufx.analysis.memory.graph.models.moe import moe_ffn, shared_fuses
 from ggufx.analysis.memory.graph.models.qwen3next import attn_core, file_value, n_expert_used
-from ggufx.analysis.memory.graph.models.ssm import mamba2_layer
+from ggufx.analysis.memory.graph.models.ssm import mamba2_layer, rs_inp
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.model import GGUFModel
 
@@ -86,7 +86,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
     if _scale(c, "embedding_scale"):  # build_inp_embd (llama-graph.cpp:2509-2514)
         x = g.op("embd_scaled", "SCALE", x)
         g.expand(x)
-    s_copy = g.input("rs_s_copy", "I32", sp.n_seq_max)
+    rs = rs_inp(c, g)
     full = _attn_inp(c, g, sp.n_kv)
     out_ids = g.input("out_ids", "I32", n_out)
     if rope:
@@ -96,7 +96,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
         inp_sa = x
         cur = _norm(c, g, x, f"blk.{il}.attn_norm.weight", il)
         if hp.n_head_kv[il] == 0:
-            cur = mamba2_layer(c, g, cur, il, s_copy)
+            cur = mamba2_layer(c, g, cur, il, rs)
         else:
             cur = _attention(c, g, cur, il, full, rope)
         if il == hp.n_layer - 1:

@@ -14,6 +14,7 @@ from ggufx.analysis.memory.graph.models.ssm import (
     mamba2_layer,
     mamba_dims,
     mamba_layer,
+    rs_inp,
 )
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.model import GGUFModel
@@ -21,16 +22,16 @@ from ggufx.model import GGUFModel
 
 def build(c: _Ctx, g: _Graph) -> _T:
     """The graph's logits (mamba.cpp:105-150)."""
-    hp, sp = c.hp, c.sp
+    hp = c.hp
     layer = mamba2_layer if hp.arch == "mamba2" else mamba_layer
     n_out, E = c.n_outputs, hp.n_embd
     x = _inp_embd(c, g)
-    s_copy = g.input("rs_s_copy", "I32", sp.n_seq_max)
+    rs = rs_inp(c, g)
     out_ids = g.input("out_ids", "I32", n_out)
     for p, il in enumerate(c.layers):
         g.at(p)
         cur = _norm(c, g, x, f"blk.{il}.attn_norm.weight", il)
-        cur = layer(c, g, cur, il, s_copy)
+        cur = layer(c, g, cur, il, rs)
         if il == hp.n_layer - 1:
             cur = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), cur, out_ids)
             x = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), x, out_ids)

@@ -14,7 +14,7 @@ from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Fusion, _Graph
 from ggufx.analysis.memory.graph.llm import _MOE_REDUCTION_MAX, _attn_inp, _Ctx, _inp_embd, _norm, _proj, _w, _weight
 from ggufx.analysis.memory.graph.models._dense import _qkv
 from ggufx.analysis.memory.graph.models.qwen3next import attn_core, file_value, n_expert_used
-from ggufx.analysis.memory.graph.models.ssm import check_shapes, mamba2_dims, mamba2_layer
+from ggufx.analysis.memory.graph.models.ssm import check_shapes, mamba2_dims, mamba2_layer, rs_inp
 from ggufx.analysis.memory.hparams import _arr, hparams
 from ggufx.model import GGUFModel
 
@@ -100,7 +100,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
     hp, sp = c.hp, c.sp
     n_out, E = c.n_outputs, hp.n_embd
     x = _inp_embd(c, g)
-    s_copy = g.input("rs_s_copy", "I32", sp.n_seq_max)
+    rs = rs_inp(c, g)
     full = _attn_inp(c, g, sp.n_kv)
     out_ids = g.input("out_ids", "I32", n_out)
     for p, il in enumerate(c.layers):
@@ -108,7 +108,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
         pre = f"blk.{il}."
         cur = _norm(c, g, x, pre + "attn_norm.weight", il)
         if _weight(c, pre + "ssm_in.weight", il) is not None:
-            cur = mamba2_layer(c, g, cur, il, s_copy)
+            cur = mamba2_layer(c, g, cur, il, rs)
         elif _weight(c, pre + "ffn_down.weight", il) is not None:
             cur = _mlp(c, g, cur, il)
         elif _weight(c, pre + "ffn_down_exps.weight", il) is not None:

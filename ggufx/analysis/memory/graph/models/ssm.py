@@ -126,6 +126,26 @@ def check_shapes(model: GGUFModel, shapes: dict[str, tuple[int, ...]]) -> str | 
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class RsInp:
+    """``build_rs_inp_impl`` (llama-graph.cpp:3630-3651): the state-copy indices and their two views, made
+    once per graph and read by every recurrent layer. The views are graph nodes of their own where a layer
+    first reads them; on a GPU split each is a split input of its own (one copy per view, ggml-backend.cpp:1516,
+    pass 5), so per-layer views would each get a copy that llama.cpp does not make."""
+
+    s_copy: _T  # every state's source cell (``rs_s_copy``, n_rs = n_seq_max)
+    main: _T  # the micro-batch's states (``s_copy_main``, n_seqs)
+    tail: _T  # the states after the first (``s_copy_tail``, n_rs - 1)
+
+
+def rs_inp(c: _Ctx, g: _Graph) -> RsInp:
+    """``build_rs_inp``: ``rs_s_copy`` and its views ``s_copy_main`` and ``s_copy_tail``."""
+    s_copy = g.input("rs_s_copy", "I32", c.sp.n_seq_max)
+    main = g.view(s_copy, (c.sp.n_seq_max,), None)
+    tail = g.view(s_copy, (s_copy.ne[0] - 1,), None)
+    return RsInp(s_copy, main, tail)
+
+
 def _n_group(c: _Ctx, il: int) -> int:
     norm_w = _weight(c, f"blk.{il}.ssm_norm.weight", il)
     if norm_w is not None:
@@ -134,7 +154,7 @@ def _n_group(c: _Ctx, il: int) -> int:
     return v if isinstance(v, int) and v > 0 else 1
 
 
-def mamba2_layer(c: _Ctx, g: _Graph, x: _T, il: int, s_copy: _T) -> _T:
+def mamba2_layer(c: _Ctx, g: _Graph, x: _T, il: int, rs: RsInp) -> _T:
     """``build_mamba2_layer`` (mamba-base.cpp:153-304, with ``n_rs_seq`` 0: one state written back):
     the joint in-projection split in z, xBC and dt, the convolution over the cached columns (written
     back), its bias (which the graph adds whether or not the loader required it) and SiLU, the
@@ -157,6 +177,7 @@ def mamba2_layer(c: _Ctx, g: _Graph, x: _T, il: int, s_copy: _T) -> _T:
     buft = c.cache_buft[il]
     cache_r = g.leaf(f"cache_r_l{il}", "F32", (hp.n_embd_r, ns), buft=buft)
     cache_s = g.leaf(f"cache_s_l{il}", "F32", (hp.n_embd_s, ns), buft=buft)
+    s_copy, tail, main = rs.s_copy, rs.tail, rs.main
     conv = g.reshape(_rs(c, g, cache_r, s_copy, hp.n_embd_r), d_conv - 1, channels, ns)
     zx = g.mul_mat(f"zxBCdt-{il}", _w(c, p + "ssm_in.weight", il), x)
     zx = g.reshape(zx, zx.ne[0], nst, ns)
@@ -179,9 +200,7 @@ def mamba2_layer(c: _Ctx, g: _Graph, x: _T, il: int, s_copy: _T) -> _T:
     states = g.reshape(cache_s, size, cache_s.ne[1])
     zero = g.view(states, (size,), None)
     g.expand(g.view(zero, zero.ne, zero.nb, "SCALE"))
-    tail = g.view(s_copy, (s_copy.ne[0] - 1,), None)
     every = g.new(f"{cache_s.name}_rows", "GET_ROWS", "F32", (size, tail.ne[0]), states, tail)
-    main = g.view(s_copy, (ns,), None)
     ssm = g.reshape(states, d_state, head_dim, n_head, states.ne[1])
     n_y = head_dim * n_head * nst * ns
     scan = g.new(
@@ -215,7 +234,7 @@ def mamba2_layer(c: _Ctx, g: _Graph, x: _T, il: int, s_copy: _T) -> _T:
     return g.mul_mat(f"mamba_out-{il}", out_w, y)
 
 
-def mamba_layer(c: _Ctx, g: _Graph, x: _T, il: int, s_copy: _T) -> _T:
+def mamba_layer(c: _Ctx, g: _Graph, x: _T, il: int, rs: RsInp) -> _T:
     """``build_mamba_layer`` (mamba-base.cpp:9-151, Mamba-1): the in-projection of the tokens of each
     sequence split in x and z, the convolution over the cached columns (written back), its bias and
     SiLU, the projection to dt, B and C (each RMS-normed where ``ssm.dt_b_c_rms`` is set: Falcon-Mamba),
@@ -234,6 +253,7 @@ def mamba_layer(c: _Ctx, g: _Graph, x: _T, il: int, s_copy: _T) -> _T:
     buft = c.cache_buft[il]
     cache_r = g.leaf(f"cache_r_l{il}", "F32", (hp.n_embd_r, ns), buft=buft)
     cache_s = g.leaf(f"cache_s_l{il}", "F32", (hp.n_embd_s, ns), buft=buft)
+    s_copy, tail, main = rs.s_copy, rs.tail, rs.main
     conv = g.reshape(_rs(c, g, cache_r, s_copy, hp.n_embd_r), d_conv - 1, d_inner, ns)
     xz = g.mul_mat(f"xz-{il}", _w(c, p + "ssm_in.weight", il), g.reshape(x, x.ne[0], nst, ns))
     row = xz.nb[1]
@@ -266,9 +286,7 @@ def mamba_layer(c: _Ctx, g: _Graph, x: _T, il: int, s_copy: _T) -> _T:
     states = g.reshape(cache_s, size, cache_s.ne[1])
     zero = g.view(states, (size,), None)
     g.expand(g.view(zero, zero.ne, zero.nb, "SCALE"))
-    tail = g.view(s_copy, (s_copy.ne[0] - 1,), None)
     every = g.new(f"{cache_s.name}_rows", "GET_ROWS", "F32", (size, tail.ne[0]), states, tail)
-    main = g.view(s_copy, (ns,), None)
     ssm = g.reshape(states, d_state, 1, d_inner, states.ne[1])
     n_y = d_inner * nst * ns
     scan = g.new(
