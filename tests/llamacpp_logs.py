@@ -121,15 +121,8 @@ def replay_run(rid: str, models: dict[str, Path]):
 # Recorded runs where ggufx does not yet say what llama.cpp did (the first CUDA recordings of issue 25,
 # 2026-12-06). Each is an expected failure, strict: the test fails when one of them comes right, so
 # this table stays true. Key: (test, run id).
-_LFM2_FA = (
-    "-fa auto switched off as llama.cpp does, but llama.cpp keeps the V cache it made for flash attention "
-    "(not transposed: one index per token, a transposed copy of V per layer, v_cont); the graph builds that "
-    "given SimParams(v_trans=False) (tests/test_graph_fa_auto_cache.py: exact), buffers.breakdown's "
-    "fallback does not pass it yet: 2194/2134 MiB where llama.cpp has 2226/2164"
-)
 _FIT_EXPERTS = "llama.cpp's --fit moves the experts of a different first layer to the host (-ot) than ggufx's"
 KNOWN_DEVIATIONS: dict[tuple[str, str], str] = {
-    ("compute", "lfm2-ngl8-c32768"): _LFM2_FA,
     ("fit", "fit-gr4ht-c131072-fitt77900"): _FIT_EXPERTS,
     ("fit", "fiton-gr4ht-c131072-fitt77900"): _FIT_EXPERTS,
     ("fit", "fiton-glm45a-c131072-fitt56600"): _FIT_EXPERTS,

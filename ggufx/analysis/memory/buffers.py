@@ -433,15 +433,19 @@ def breakdown(
         swa_cells,
     )
     why_not = simulated(model) if builder else "the graph builder is switched off"
-    if not pl.meta and why_not is None and cp.flash_attn == "auto":
+    # -fa auto with a quantized V cache is flash attention on before any probe (llama_init_from_model,
+    # llama-context.cpp:3843-3847: the V cache needs it); otherwise resolve_fused_ops' probe decides
+    v_quantized = _cache_type(cp.cache_type_v, "-ctv").is_quantized
+    if not pl.meta and why_not is None and cp.flash_attn == "auto" and not v_quantized:
         il = flash_attn_mismatch(model, devices, offload, sp, placement=pl)
-        if il is not None:  # llama.cpp turns flash attention off and sizes everything without it
-            bd = breakdown(model, devices, offload, replace(cp, flash_attn="off"), builder=builder)
-            bd.notes.append(
+        if il is not None:
+            # llama.cpp turns flash attention off after making the KV cache for it (llama-context.cpp:232,
+            # :399, :509-561): the graphs are reserved without flash attention over an untransposed V cache
+            sp = replace(sp, flash_attn=False, v_trans=False)
+            notes.append(
                 f"-fa auto: llama.cpp turns flash attention off (layer {il}'s attention is scheduled on "
                 "another device than the layer's: resolve_fused_ops)"
             )
-            return bd
     if not pl.meta and why_not is None:  # the graph itself, split and allocated as llama.cpp does
         sizes = simulate_compute(model, devices, offload, sp, placement=pl)
         buffers += [Buffer("compute", b, n, exact=False) for b, n in sizes.items() if n > 1]
