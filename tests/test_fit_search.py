@@ -61,3 +61,16 @@ def test_linear_memory_takes_a_handful_of_breakdowns() -> None:
     n = _largest(slack, 1024)  # 262,144 tokens in steps of 256
     assert n == 7 * 2**30 // (256 * 65536)
     assert len(calls) <= 5  # a bisection: 11
+
+
+def test_where_nothing_fits_two_breakdowns_say_so() -> None:
+    """A model whose smallest context does not fit (GLM-4.5-Air's 73 GB on a 24 GiB GPU): the top and
+    the bottom, where a bisection takes every halving down to 1."""
+    calls: list[int] = []
+
+    def slack(k: int) -> int:
+        calls.append(k)
+        return -(50 * 2**30) - k * 2**20
+
+    assert _largest(slack, 512) == 0 and calls == [512, 1]
+    assert _bisection(lambda k: -1, 512) == 0

@@ -694,16 +694,21 @@ def fit_devices(
 def _largest(slack: Callable[[int], int], top: int) -> int:
     """The largest ``k`` in ``1..top`` with ``slack(k) >= 0`` (0: none), for a ``slack`` that falls as
     ``k`` grows, as a bisection finds it, in fewer calls: memory grows almost linearly with the
-    context, so after the top and the middle each guess is interpolated from the two ends of the
-    bracket (and its neighbour tried, which closes the bracket when the guess is right); a guess
-    that does not halve the bracket is followed by a bisection step, so it never takes more than
-    about twice a bisection's calls."""
+    context, so after the top and the bottom (where nothing fits, the answer at once) each guess is
+    interpolated from the two ends of the bracket (and its neighbour tried, which closes the bracket
+    when the guess is right); a guess that does not halve the bracket is followed by a bisection
+    step, so it never takes more than about twice a bisection's calls."""
     s_hi = slack(top)
     if s_hi >= 0:
         return top
-    lo, hi = 0, top  # slack(lo) >= 0 (lo = 0: nothing tried), slack(hi) < 0
-    s_lo: int | None = None
-    bisect = True
+    if top == 1:
+        return 0
+    s_lo: int | None = slack(1)
+    assert s_lo is not None
+    if s_lo < 0:  # not even the smallest context fits
+        return 0
+    lo, hi = 1, top  # slack(lo) >= 0, slack(hi) < 0
+    bisect = False
     while hi - lo > 1:
         guess = not bisect and s_lo is not None
         if guess:

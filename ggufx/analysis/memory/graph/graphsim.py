@@ -412,12 +412,23 @@ def simulate(
         return dict(done)
     ld = _loaded(model, devices, offload, placement)
     out = []
+    last = _LAST_WARM.setdefault(model, {})
     for n_tokens, n_outputs in ((sp.n_ubatch, sp.n_outputs), (sp.n_seq_max, sp.n_seq_max)):
         sizes = None
-        for warm in () if whole else WARM:
+        # the warm-up that served this model's last reservation of this kind first (--fit's dry runs
+        # of one model differ in placement, rarely in what the allocator needs); where none did, one
+        # try before the whole graph. Every answer is checked, so the order changes the time only.
+        pp = n_tokens > sp.n_seq_max
+        prev = last.get(pp, WARM[0])
+        tries = (WARM[0],) if prev is None else (prev, *(w for w in WARM if w != prev))
+        used: int | None = None
+        for warm in () if whole else tries:
             sizes = _one(model, ld, sp, n_tokens, n_outputs, warm)
             if sizes is not None:
+                used = warm
                 break
+        if not whole:
+            last[pp] = used
         out.append(sizes or _one(model, ld, sp, n_tokens, n_outputs, None))
     pp, tg = out
     assert pp is not None and tg is not None
@@ -508,6 +519,9 @@ def _layout(devices: list[Device], offload: OffloadParams) -> tuple[object, ...]
 # several contexts replay a configuration once per process
 _LOADED: weakref.WeakKeyDictionary[GGUFModel, dict[object, Any]] = weakref.WeakKeyDictionary()
 _RESULTS: weakref.WeakKeyDictionary[GGUFModel, dict[object, Any]] = weakref.WeakKeyDictionary()
+# per model and reservation (prompt or token): the warm-up of the last shortened replay that held (None:
+# none did, the whole graph was replayed)
+_LAST_WARM: weakref.WeakKeyDictionary[GGUFModel, dict[bool, int | None]] = weakref.WeakKeyDictionary()
 
 
 def _cached(cache: weakref.WeakKeyDictionary[GGUFModel, dict[object, Any]], model: GGUFModel, key: object) -> Any:
