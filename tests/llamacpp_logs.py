@@ -146,9 +146,7 @@ KNOWN_DEVIATIONS: dict[tuple[str, str], str] = {
     ("buffers", "phi35-ngl99-c131072"): _PHI35_LONG,
     ("fit", "fit-gr4ht-c131072-fitt77900"): _FIT_EXPERTS,
     ("fit", "fiton-gr4ht-c131072-fitt77900"): _FIT_EXPERTS,
-    ("fit", "fiton-glm45a-c131072-fitt56600"): _FIT_EXPERTS,
     ("trace", "fiton-gr4ht-c131072-fitt77900"): _FIT_EXPERTS,
-    ("trace", "fiton-glm45a-c131072-fitt56600"): _FIT_EXPERTS,
 }
 
 

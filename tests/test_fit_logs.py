@@ -27,10 +27,7 @@ import pytest
 import ggufx
 from ggufx.analysis.memory.buffers import ContextParams, MiB, breakdown
 from ggufx.analysis.memory.fit import (
-    ATTN,
-    GATE,
     MOE,
-    UP,
     DeviceLayers,
     DeviceUse,
     DryRun,
@@ -90,9 +87,6 @@ def card_free(session: int) -> int:
     )
 
 
-FRACTION = {"ATTN": ATTN, "UP": UP, "GATE": GATE}
-
-
 @dataclass(frozen=True)
 class FitRun:
     """A recorded fit: the model, the GPUs as llama.cpp saw them and the options."""
@@ -131,27 +125,32 @@ def decide(f: FitRun, measure: Measure | None = None) -> LlamaFit:
 
 
 def traced_decision(text: str) -> tuple[int, tuple[DeviceLayers, ...] | None]:
-    """A fit-on run's decision: the context it loaded, and the layer split of the trace's last
-    per-device summary (the overflow part from the last ``set ngl_per_device[i].(...)=(..., UP)``)."""
+    """A fit-on run's decision: the context it loaded, and the layer split of the last dry run that fit
+    accepted (the last ``memory for test allocation`` block followed by a ``set ngl_per_device[...]``
+    line, common/fit.cpp:714-728, 766-790, 823-858; none accepted: the first, zero layers). The
+    per-device summaries print only the layers (and in step 4 the overflowing ones): a MoE split that
+    ends in step 3 (no surplus with every expert on the host) keeps its dense-only layers partial,
+    their experts on the host, which the summary of step 3 does not say. The summaries' layer counts
+    must agree with the split."""
     m = re.search(r"llama_context: n_ctx += (\d+)", text)
     assert m is not None
     n_ctx = int(m[1])
     if "no changes needed" in text or "entire model can be fit by reducing context" in text:
         return n_ctx, None
-    final: dict[int, tuple[int, int]] = {}
-    summary = r"common_params_fit_impl: +- CUDA(\d+) \(.*?\): +(\d+) layers(?: \( *(\d+) overflowing\))?,"
-    for m in re.finditer(summary, text):
-        final[int(m[1])] = (int(m[2]), int(m[3] or 0))
-    kinds: dict[int, tuple[int, int, int]] = {}
-    kind = r"set ngl_per_device\[(\d+)\]\.\(n_layer, n_part, overflow_type\)=\((\d+), (\d+), (\w+)\)"
-    for m in re.finditer(kind, text):
-        kinds[int(m[1])] = (int(m[2]), int(m[3]), FRACTION[m[4]])
-    layers = []
-    for i in sorted(final):
-        n, p = final[i]
-        k = kinds.get(i)
-        layers.append(DeviceLayers(n, p, k[2] if k and k[:2] == (n, p) else MOE))
-    return n_ctx, tuple(layers)
+    row = r"id=(\d+), n_layer= *(\d+), n_part= *(\d+), overflow_type=(\d), mem= *-?\d+ MiB"
+    blocks = text.split("memory for test allocation by device:")[1:]
+    assert blocks, "a fit that changed the layers without a dry run"
+    final = blocks[0]
+    for block in blocks:
+        if re.search(r"set ngl_per_device\[", block):
+            final = block
+    rows = re.findall(row, final)
+    nd = len({i for i, *_ in rows})
+    layers = tuple(DeviceLayers(int(n), int(p), int(k)) for _, n, p, k in rows[:nd])
+    summary = r"common_params_fit_impl: +- CUDA(\d+) \(.*?\): +(\d+) layers"
+    printed: dict[int, int] = {int(i): int(n) for i, n in re.findall(summary, text)}
+    assert printed == {i: x.n_layer for i, x in enumerate(layers)}, (printed, layers)
+    return n_ctx, layers
 
 
 Split = tuple[tuple[int, int, int], ...]
@@ -190,7 +189,10 @@ def llama_answer(rid: str, text: str, f: FitRun) -> str:
         return f"-c {n_ctx} -ngl -1"
     nd = len(f.devices)
     bufts = tuple(f.devices[i + 1].name if x.overflow != MOE and i + 1 < nd else "CPU" for i, x in enumerate(layers))
-    ngl, ts, ot = layer_args(layers, bufts, hparams(f.model).n_layer)
+    # hp_ngl is llama_model_n_layer, without the NextN/MTP layers (common/fit.cpp:140-143): GLM-4.5-Air's
+    # -ngl 39 (1 full, 38 partial) moves the experts of blk.9 on to the host, as llama-fit-params printed
+    # (fit-glm45a-c131072-fitt56600); counted from 47 layers they would start at blk.10
+    ngl, ts, ot = layer_args(layers, bufts, hparams(f.model).n_layer_main)
     return LlamaFit("layers", n_ctx, ngl, ts, ot, f.devices, f.margins, {}).args
 
 
@@ -289,3 +291,24 @@ def test_fit_with_split_mode_none_is_the_main_gpus(hole_models: dict[str, Path])
     none = replace(one.offload, split_mode="none", main_gpu=1)
     res = llama_fit(one.model, two, none, one.context, margins=[75000 * MiB, 1024 * MiB], n_ctx_min=one.n_ctx_min)
     assert (res.args, [d.name for d in res.devices]) == (decide(one).args, ["CUDA1"])
+
+
+FIT_PAIRS = [
+    (r, "fit-" + r.removeprefix("fiton-"))
+    for r in FIT_LOGS
+    if r.startswith("fiton-")
+    and "fit-" + r.removeprefix("fiton-") in RUNS
+    and machine_of(r) == machine_of("fit-" + r.removeprefix("fiton-"))
+]
+
+
+@pytest.mark.parametrize(("fiton", "fit"), FIT_PAIRS)
+def test_trace_reading_is_what_llama_fit_params_printed(fiton: str, fit: str, hole_models: dict[str, Path]) -> None:
+    """The answer this module reads from a fit-on run's trace (the split of the last dry run fit accepted,
+    its -ot counted from llama_model_n_layer) is what llama-fit-params printed for the same model and
+    options on the same machine. GLM-4.5-Air's fit ends in step 3 (a deficit with every expert on the
+    host): its 38 dense-only layers stay partial, which its step-3 summary (``39 layers``) does not say,
+    and its NextN layer is not one of fit's layers."""
+    f = fit_run(fiton, hole_models)
+    printed = llama_answer(fit, (LOGS / f"{fit}.log").read_text(), f)
+    assert llama_answer(fiton, (LOGS / f"{fiton}.log").read_text(), f) == printed
