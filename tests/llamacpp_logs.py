@@ -134,7 +134,6 @@ _PHI35_LONG = (
     "Phi-3.5 at 131,072 tokens (beyond its original context: LongRoPE's long factors): CPU_Mapped "
     "129.91 MiB where llama.cpp maps 52.84, compute 2 MiB low; not understood yet"
 )
-_FIT_EXPERTS = "llama.cpp's --fit moves the experts of a different first layer to the host (-ot) than ggufx's"
 KNOWN_DEVIATIONS: dict[tuple[str, str], str] = {
     ("compute", "falh1-ngl99-c262144"): _SSM_SCRATCH,
     ("compute", "gr4ht-ngl20-c32768"): _SSM_SCRATCH,
@@ -144,9 +143,6 @@ KNOWN_DEVIATIONS: dict[tuple[str, str], str] = {
     ("compute", "lfm2-ngl8-c32768"): _LFM2_FA,
     ("compute", "phi35-ngl99-c131072"): _PHI35_LONG,
     ("buffers", "phi35-ngl99-c131072"): _PHI35_LONG,
-    ("fit", "fit-gr4ht-c131072-fitt77900"): _FIT_EXPERTS,
-    ("fit", "fiton-gr4ht-c131072-fitt77900"): _FIT_EXPERTS,
-    ("trace", "fiton-gr4ht-c131072-fitt77900"): _FIT_EXPERTS,
 }
 
 
