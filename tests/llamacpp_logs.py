@@ -118,17 +118,11 @@ def replay_run(rid: str, models: dict[str, Path]):
     return run, log, breakdown(model, devices_of(run, log.devices), args.offload, args.context)
 
 
-# Recorded runs where ggufx does not yet say what llama.cpp did (the first CUDA recordings of issue 25,
-# 2026-12-06). Each is an expected failure, strict: the test fails when one of them comes right, so
-# this table stays true. Key: (test, run id).
-_FIT_EXPERTS = "llama.cpp's --fit moves the experts of a different first layer to the host (-ot) than ggufx's"
-KNOWN_DEVIATIONS: dict[tuple[str, str], str] = {
-    ("fit", "fit-gr4ht-c131072-fitt77900"): _FIT_EXPERTS,
-    ("fit", "fiton-gr4ht-c131072-fitt77900"): _FIT_EXPERTS,
-    ("fit", "fiton-glm45a-c131072-fitt56600"): _FIT_EXPERTS,
-    ("trace", "fiton-gr4ht-c131072-fitt77900"): _FIT_EXPERTS,
-    ("trace", "fiton-glm45a-c131072-fitt56600"): _FIT_EXPERTS,
-}
+# Recorded runs where ggufx does not yet say what llama.cpp did. Each is an expected failure, strict: the
+# test fails when one of them comes right, so this table stays true. Key: (test, run id). Empty since
+# 2026-12-06: the Mamba-2 state-copy views, -fa auto's untransposed V cache, Phi-3's LongRoPE factors and
+# the fit traces' reading (the deviations of the first CUDA recordings of issue 25) are resolved.
+KNOWN_DEVIATIONS: dict[tuple[str, str], str] = {}
 
 
 def with_known(test: str, rids: list[str]) -> list[object]:

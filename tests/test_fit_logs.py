@@ -8,7 +8,8 @@ and must print the same arguments (``-c -ngl -ts -ot``) or reach the same split 
 llama-fit-params prints only its answer, so every run gets the free memory llama.cpp's fit saw from
 ``fit.free_seen`` of the card's free memory in that recording session (``machine_of``: H100s before
 the matrix's ``# Session 2``, H200s after it); test_free_seen_is_what_fit_printed pins that to every
-fit-on run, which prints it.
+fit-on run, which prints it. The logs print it floored to MiB; the H100's fraction (0.1875 MiB) was
+measured (``MEASURED_FREE``) and decides granite-4.0-h-tiny's split, 0.06 MiB under its target.
 
 Every decision is llama.cpp's exactly: the dry runs' compute buffers come from the simulated graph
 (ggufx.analysis.memory.graph.graphsim), which equals llama.cpp's on every recorded run.
@@ -28,7 +29,6 @@ import ggufx
 from ggufx.analysis.memory.buffers import ContextParams, MiB, breakdown
 from ggufx.analysis.memory.fit import (
     ATTN,
-    GATE,
     MOE,
     UP,
     DeviceLayers,
@@ -76,21 +76,47 @@ def printed_free(text: str, nd: int) -> list[int] | None:
     return [int(m[1])] if m else None
 
 
+# The free memory of a GPU in bytes, where it was measured on a card of the recording machines: llama.cpp
+# prints it floored to MiB, and fit's targets (free - margin) keep its fraction. The H100 80GB HBM3
+# (driver 580.159.04, CUDA 13.0, the workplace's nvidia-h100-x1, 2026-12-06): cuMemGetInfo right after
+# the primary context is created (ctypes on libcuda; torch.cuda.mem_get_info the same) gave 84,465,090,560
+# of 85,017,493,504 bytes (80552.1875 of 81079.0 MiB); a 1-byte cuMemAlloc then took one 2 MiB page and
+# 55.38 MiB (granite-4.0-h-tiny's recurrent state) 56 MiB, free_seen's pages (80494.1875 MiB left).
+# The H200 of session 2 is not measured: its runs use the printed MiB.
+MEASURED_FREE = {"NVIDIA H100 80GB HBM3": 84_465_090_560}
+
+
+@cache
+def card_name(session: int) -> str:
+    """The GPU of a recording session, as ggml_cuda_init names it (``Device 0: NVIDIA H100 80GB HBM3, ...``)."""
+    names = {
+        m
+        for rid in RUNS
+        if machine_of(rid) == session
+        for m in re.findall(r"Device \d+: ([^,\n]+),", (LOGS / f"{rid}.log").read_text())
+    }
+    assert len(names) == 1, (session, names)
+    return names.pop()
+
+
 @cache
 def card_free(session: int) -> int:
-    """The free MiB of one GPU before llama.cpp runs, on the machine of a recording session: what the
+    """The free bytes of one GPU before llama.cpp runs, on the machine of a recording session: what the
     runs without fit (``-fit off``) of that session print at load (``using device CUDA0 (...) - N MiB
-    free``; 80552 on the H100s, 142629 on the H200s, on one GPU or two)."""
-    return max(
+    free``; 80552 on the H100s, 142629 on the H200s, on one GPU or two), with its fraction where
+    ``MEASURED_FREE`` has the card (the measurement must floor to the printed MiB)."""
+    mib = max(
         free
         for rid, run in RUNS.items()
         if "-fit off" in run["args"] and run["gpus"] in ("1", "2") and machine_of(rid) == session
         for name, free in parse_log((LOGS / f"{rid}.log").read_text()).devices
         if name.startswith("CUDA")
     )
-
-
-FRACTION = {"ATTN": ATTN, "UP": UP, "GATE": GATE}
+    measured = MEASURED_FREE.get(card_name(session))
+    if measured is None:
+        return mib * MiB
+    assert measured // MiB == mib, (card_name(session), measured / MiB, mib)
+    return measured
 
 
 @dataclass(frozen=True)
@@ -111,7 +137,7 @@ def fit_run(rid: str, models: dict[str, Path]) -> FitRun:
     args = parse_args(argv)
     opt = dict(zip(argv, [*argv[1:], ""], strict=True))
     model = ggufx.open(models[args.model or ""])
-    card = card_free(machine_of(rid)) * MiB
+    card = card_free(machine_of(rid))
     devices = free_seen(model, [Device(f"CUDA{i}", card) for i in range(int(run["gpus"]))], args.offload, args.context)
     margins = [int(v) * MiB for v in opt.get("-fitt", "1024").replace("/", ",").split(",")]
     return FitRun(
@@ -131,27 +157,32 @@ def decide(f: FitRun, measure: Measure | None = None) -> LlamaFit:
 
 
 def traced_decision(text: str) -> tuple[int, tuple[DeviceLayers, ...] | None]:
-    """A fit-on run's decision: the context it loaded, and the layer split of the trace's last
-    per-device summary (the overflow part from the last ``set ngl_per_device[i].(...)=(..., UP)``)."""
+    """A fit-on run's decision: the context it loaded, and the layer split of the last dry run that fit
+    accepted (the last ``memory for test allocation`` block followed by a ``set ngl_per_device[...]``
+    line, common/fit.cpp:714-728, 766-790, 823-858; none accepted: the first, zero layers). The
+    per-device summaries print only the layers (and in step 4 the overflowing ones): a MoE split that
+    ends in step 3 (no surplus with every expert on the host) keeps its dense-only layers partial,
+    their experts on the host, which the summary of step 3 does not say. The summaries' layer counts
+    must agree with the split."""
     m = re.search(r"llama_context: n_ctx += (\d+)", text)
     assert m is not None
     n_ctx = int(m[1])
     if "no changes needed" in text or "entire model can be fit by reducing context" in text:
         return n_ctx, None
-    final: dict[int, tuple[int, int]] = {}
-    summary = r"common_params_fit_impl: +- CUDA(\d+) \(.*?\): +(\d+) layers(?: \( *(\d+) overflowing\))?,"
-    for m in re.finditer(summary, text):
-        final[int(m[1])] = (int(m[2]), int(m[3] or 0))
-    kinds: dict[int, tuple[int, int, int]] = {}
-    kind = r"set ngl_per_device\[(\d+)\]\.\(n_layer, n_part, overflow_type\)=\((\d+), (\d+), (\w+)\)"
-    for m in re.finditer(kind, text):
-        kinds[int(m[1])] = (int(m[2]), int(m[3]), FRACTION[m[4]])
-    layers = []
-    for i in sorted(final):
-        n, p = final[i]
-        k = kinds.get(i)
-        layers.append(DeviceLayers(n, p, k[2] if k and k[:2] == (n, p) else MOE))
-    return n_ctx, tuple(layers)
+    row = r"id=(\d+), n_layer= *(\d+), n_part= *(\d+), overflow_type=(\d), mem= *-?\d+ MiB"
+    blocks = text.split("memory for test allocation by device:")[1:]
+    assert blocks, "a fit that changed the layers without a dry run"
+    final = blocks[0]
+    for block in blocks:
+        if re.search(r"set ngl_per_device\[", block):
+            final = block
+    rows = re.findall(row, final)
+    nd = len({i for i, *_ in rows})
+    layers = tuple(DeviceLayers(int(n), int(p), int(k)) for _, n, p, k in rows[:nd])
+    summary = r"common_params_fit_impl: +- CUDA(\d+) \(.*?\): +(\d+) layers"
+    printed: dict[int, int] = {int(i): int(n) for i, n in re.findall(summary, text)}
+    assert printed == {i: x.n_layer for i, x in enumerate(layers)}, (printed, layers)
+    return n_ctx, layers
 
 
 Split = tuple[tuple[int, int, int], ...]
@@ -190,7 +221,10 @@ def llama_answer(rid: str, text: str, f: FitRun) -> str:
         return f"-c {n_ctx} -ngl -1"
     nd = len(f.devices)
     bufts = tuple(f.devices[i + 1].name if x.overflow != MOE and i + 1 < nd else "CPU" for i, x in enumerate(layers))
-    ngl, ts, ot = layer_args(layers, bufts, hparams(f.model).n_layer)
+    # hp_ngl is llama_model_n_layer, without the NextN/MTP layers (common/fit.cpp:140-143): GLM-4.5-Air's
+    # -ngl 39 (1 full, 38 partial) moves the experts of blk.9 on to the host, as llama-fit-params printed
+    # (fit-glm45a-c131072-fitt56600); counted from 47 layers they would start at blk.10
+    ngl, ts, ot = layer_args(layers, bufts, hparams(f.model).n_layer_main)
     return LlamaFit("layers", n_ctx, ngl, ts, ot, f.devices, f.margins, {}).args
 
 
@@ -289,3 +323,82 @@ def test_fit_with_split_mode_none_is_the_main_gpus(hole_models: dict[str, Path])
     none = replace(one.offload, split_mode="none", main_gpu=1)
     res = llama_fit(one.model, two, none, one.context, margins=[75000 * MiB, 1024 * MiB], n_ctx_min=one.n_ctx_min)
     assert (res.args, [d.name for d in res.devices]) == (decide(one).args, ["CUDA1"])
+
+
+FIT_PAIRS = [
+    (r, "fit-" + r.removeprefix("fiton-"))
+    for r in FIT_LOGS
+    if r.startswith("fiton-")
+    and "fit-" + r.removeprefix("fiton-") in RUNS
+    and machine_of(r) == machine_of("fit-" + r.removeprefix("fiton-"))
+]
+
+
+@pytest.mark.parametrize(("fiton", "fit"), FIT_PAIRS)
+def test_trace_reading_is_what_llama_fit_params_printed(fiton: str, fit: str, hole_models: dict[str, Path]) -> None:
+    """The answer this module reads from a fit-on run's trace (the split of the last dry run fit accepted,
+    its -ot counted from llama_model_n_layer) is what llama-fit-params printed for the same model and
+    options on the same machine. GLM-4.5-Air's fit ends in step 3 (a deficit with every expert on the
+    host): its 38 dense-only layers stay partial, which its step-3 summary (``39 layers``) does not say,
+    and its NextN layer is not one of fit's layers."""
+    f = fit_run(fiton, hole_models)
+    printed = llama_answer(fit, (LOGS / f"{fit}.log").read_text(), f)
+    assert llama_answer(fiton, (LOGS / f"{fiton}.log").read_text(), f) == printed
+
+
+def free_window(rid: str, f: FitRun) -> tuple[int, int]:
+    """The free bytes a one-GPU fit-on run's fit can have seen, from its trace alone: the printed free MiB
+    (floored) and each dry run it accepted or rejected against its target (free - margin; ``<`` for
+    the extra partial layer, common/fit.cpp:823-858, ``<=`` elsewhere), with ggufx's exact use of that
+    split where it is the trace's MiB (floored)."""
+    text = (LOGS / f"{rid}.log").read_text()
+    m = re.search(r"vs\. (\d+) MiB of free device memory", text)
+    assert m is not None
+    lo, hi = int(m[1]) * MiB, (int(m[1]) + 1) * MiB
+    measure = breakdown_measure(f.model, f.devices, f.offload, f.context)
+    n_ctx, _ = traced_decision(text)
+    row = r"id=0, n_layer= *(\d+), n_part= *(\d+), overflow_type=(\d), mem= *(\d+) MiB"
+    for block in text.split("memory for test allocation by device:")[2:]:  # the first: zero layers, no decision
+        r = re.search(row, block)
+        assert r is not None
+        x = DeviceLayers(int(r[1]), int(r[2]), int(r[3]))
+        mem = measure(DryRun(n_ctx, (x,), ("CPU",)))[0].total
+        if mem // MiB != int(r[4]):
+            continue
+        edge = mem + f.margins[0] + (x.overflow != MOE)  # the least free that accepts it
+        if re.search(r"set ngl_per_device\[", block):
+            lo = max(lo, edge)
+        else:
+            hi = min(hi, edge)
+    return lo, hi
+
+
+ONE_GPU_MEASURED = [
+    r
+    for r in FIT_LOGS
+    if r.startswith("fiton-") and RUNS[r]["gpus"] == "1" and card_name(machine_of(r)) in MEASURED_FREE
+]
+
+
+@pytest.mark.parametrize("rid", ONE_GPU_MEASURED)
+def test_measured_free_is_what_each_fit_trace_allows(rid: str, hole_models: dict[str, Path]) -> None:
+    """The measured free memory of the card (``MEASURED_FREE``, less free_seen's pages) is within what
+    each one-GPU fit-on run's trace allows its fit to have seen."""
+    f = fit_run(rid, hole_models)
+    lo, hi = free_window(rid, f)
+    assert lo <= f.devices[0].free < hi, (lo / MiB, f.devices[0].free / MiB, hi / MiB)
+
+
+def test_granite_keeps_attention_and_up_of_blk6_by_the_free_fraction(hole_models: dict[str, Path]) -> None:
+    """granite-4.0-h-tiny at -c 131072 -fitt 77900: fit's target is 2594.19 MiB (80494.19 MiB free less
+    77900) and the split with blk.6's attention and up on the GPU measures 2594.13 MiB (the trace's
+    2594), so llama.cpp keeps them (UP). The trace alone puts fit's free at 80494.13 MiB or more, above
+    the printed 80494; with the free memory floored to MiB, ggufx moves blk.6's up to the host (ATTN),
+    as it did before the card's measured free memory was used."""
+    rid = "fiton-gr4ht-c131072-fitt77900"
+    f = fit_run(rid, hole_models)
+    lo, hi = free_window(rid, f)
+    floored = replace(f, devices=[replace(d, free=d.free // MiB * MiB) for d in f.devices])
+    assert floored.devices[0].free < lo <= f.devices[0].free < hi
+    assert decide(f).layers == (DeviceLayers(41, 35, UP),)
+    assert decide(floored).layers == (DeviceLayers(41, 35, ATTN),)

@@ -262,7 +262,11 @@ def free_seen(
     pages; a GPU the dry run does work on (its recurrent state, or any GPU of several) keeps one more
     page. Measured on every recorded fit-on run: qwen36-27b 80552 -> 80400 MiB on an H100 and
     142629 -> 142477 on an H200 (149.62 MiB of state), on two H200s 142629 -> 142549 and 142555
-    (77.93 and 71.70 MiB), models without state 142629 -> 142627 on two H200s, unchanged on one GPU."""
+    (77.93 and 71.70 MiB), models without state 142629 -> 142627 on two H200s, unchanged on one GPU.
+    In bytes (cuMemGetInfo on an H100, driver 580.159.04): 80552.1875 MiB free, a 1-byte allocation
+    takes a 2 MiB page and 55.38 MiB of state 56 MiB. Give the free memory in bytes: fit compares
+    with its targets to the byte (granite-4.0-h-tiny at -fitt 77900 keeps blk.6's up on the GPU by
+    0.06 MiB, which free memory floored to MiB loses)."""
     offload = offload or OffloadParams()
     cp = cp or ContextParams()
     rs = breakdown(model, devices, offload, cp).by_kind("recurrent")

@@ -418,8 +418,8 @@ def simulate(
         # the warm-up that served this model's last reservation of this kind first (--fit's dry runs
         # of one model differ in placement, rarely in what the allocator needs); where none did, one
         # try before the whole graph. Every answer is checked, so the order changes the time only.
-        pp = n_tokens > sp.n_seq_max
-        prev = last.get(pp, WARM[0])
+        prompt = n_tokens > sp.n_seq_max
+        prev = last.get(prompt, WARM[0])
         tries = (WARM[0],) if prev is None else (prev, *(w for w in WARM if w != prev))
         used: int | None = None
         for warm in () if whole else tries:
@@ -428,7 +428,7 @@ def simulate(
                 used = warm
                 break
         if not whole:
-            last[pp] = used
+            last[prompt] = used
         out.append(sizes or _one(model, ld, sp, n_tokens, n_outputs, None))
     pp, tg = out
     assert pp is not None and tg is not None
