@@ -347,7 +347,7 @@ _ENTRIES = (
         "deepseek32",  # DeepSeek-V3.2: deepseek2's MLA and MoE plus the lightning indexer (DSA)
         "deepseek32.cpp",
         _DSA_KEYS,
-        builder=None,
+        builder="deepseek32",
         mla=True,
         skips_nextn=True,
         moe=True,
@@ -359,7 +359,7 @@ _ENTRIES = (
         "glm-dsa",  # GLM-5: deepseek32's graph; "shared" indexer layers reuse the last full layer's top-k
         "glm-dsa.cpp",
         (*_DSA_KEYS, "attention.indexer.types"),
-        builder=None,
+        builder="deepseek32",
         mla=True,
         skips_nextn=True,
         moe=True,
