@@ -116,7 +116,6 @@ _GDN = Recurrent("Gated DeltaNet", "array_or_interval")
 _SSM = ("ssm.conv_kernel", "ssm.inner_size", "ssm.state_size", "ssm.time_step_rank", "ssm.group_count")
 
 _DSA_KEYS = (
-    "vocab_size",
     "leading_dense_block_count",
     "attention.q_lora_rank",
     "attention.kv_lora_rank",
@@ -128,7 +127,6 @@ _DSA_KEYS = (
     "expert_weights_norm",
     "expert_gating_func",
     "rope.dimension_sections",
-    "rope.scaling.yarn_log_multiplier",
     "attention.indexer.head_count",
     "attention.indexer.key_length",
     "attention.indexer.top_k",
@@ -346,7 +344,7 @@ _ENTRIES = (
     Arch(
         "deepseek32",  # DeepSeek-V3.2: deepseek2's MLA and MoE plus the lightning indexer (DSA)
         "deepseek32.cpp",
-        _DSA_KEYS,
+        (*_DSA_KEYS, "rope.scaling.yarn_log_multiplier"),
         builder="deepseek32",
         mla=True,
         skips_nextn=True,
