@@ -120,9 +120,11 @@ def test_which_layers_have_an_indexer(models: dict[str, Path]) -> None:
     assert hparams(ggufx.open(models["deepseek32-v32"])).indexer_layers == tuple(range(8))
 
 
-def _deep(smollm2: Path, path: Path, name: str, n_trunk: int) -> Path:
+def _deep(smollm2: Path, path: Path, name: str, n_trunk: int, every_indexer: bool = False) -> Path:
     """``name``'s model with ``n_trunk`` trunk layers (layer 0 as its, the rest like its layer 1, or
-    for glm-dsa-52 GLM-5.2's default pattern of full and shared layers) and its NextN block after them."""
+    for glm-dsa-52 GLM-5.2's default pattern of full and shared layers) and its NextN block after them;
+    ``every_indexer``: the shared layers keep indexer tensors too (the graph leaves them unused, and the
+    layer signatures do not tell full layers from shared ones)."""
     spec = json.loads(json.dumps(MODELS[name]))
     spec["kv"]["block_count"] = n_trunk + 1
     base = TENSORS[name]
@@ -132,18 +134,20 @@ def _deep(smollm2: Path, path: Path, name: str, n_trunk: int) -> Path:
     for il in range(1, n_trunk + 1):
         src = "blk.6." if il == n_trunk and name == "glm-dsa-52" else "blk.4." if il == n_trunk else "blk.1."
         for t in base:
-            if t[0].startswith(src) and (".indexer." not in t[0] or il in full or il == n_trunk):
+            if t[0].startswith(src) and (".indexer." not in t[0] or il in full or il == n_trunk or every_indexer):
                 tensors.append([f"blk.{il}." + t[0][len(src) :], *t[1:]])
     header(path, spec, tensors, smollm2)
     return path
 
 
-@pytest.mark.parametrize("name", ["deepseek32", "glm-dsa-52"])
+@pytest.mark.parametrize(("name", "every"), [("deepseek32", False), ("glm-dsa-52", False), ("glm-dsa-52", True)])
 @pytest.mark.parametrize("argv", ["-c 8192", "-c 4096 -fa off -np 3", "-c 8192 -ngl 9"])
-def test_the_shortened_replay_is_the_whole_one(name: str, argv: str, smollm2_path: Path, tmp_path: Path) -> None:
+def test_the_shortened_replay_is_the_whole_one(
+    name: str, every: bool, argv: str, smollm2_path: Path, tmp_path: Path
+) -> None:
     """Long runs of identical layers (and GLM-5.2's period of four with the shared layers' top-k kept
     alive from the last full layer): the replay of the plan's layers equals the whole graph's."""
-    model = ggufx.open(_deep(smollm2_path, tmp_path / "deep.gguf", name, 14))
+    model = ggufx.open(_deep(smollm2_path, tmp_path / "deep.gguf", name, 14, every))
     assert simulated(model) is None
     if name == "glm-dsa-52":
         assert hparams(model).indexer_layers == (0, 1, 2, 6, 10)
