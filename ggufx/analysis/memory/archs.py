@@ -101,6 +101,11 @@ class Arch:
     leading_dense: bool = False  # reads leading_dense_block_count
     shared_experts: bool = False  # expert_shared_count / expert_shared_feed_forward_length
     gated_q: bool = False  # the Q projection also yields a gate (qwen3next, qwen35)
+    # DeepSeek Sparse Attention's lightning indexer: llama_kv_cache_dsa keeps its keys in a second K-only
+    # cache of attention.indexer.key_length values per cell (llama-kv-cache-dsa.cpp:41-53) for every trunk
+    # layer ("all") or for the "full" layers of attention.indexer.types ("types", glm-dsa:
+    # llama-model.cpp:2438)
+    indexer: str = ""
 
     @property
     def llama_graph(self) -> str:
@@ -109,6 +114,23 @@ class Arch:
 
 _GDN = Recurrent("Gated DeltaNet", "array_or_interval")
 _SSM = ("ssm.conv_kernel", "ssm.inner_size", "ssm.state_size", "ssm.time_step_rank", "ssm.group_count")
+
+_DSA_KEYS = (
+    "leading_dense_block_count",
+    "attention.q_lora_rank",
+    "attention.kv_lora_rank",
+    "attention.key_length_mla",
+    "attention.value_length_mla",
+    "expert_feed_forward_length",
+    "expert_shared_count",
+    "expert_weights_scale",
+    "expert_weights_norm",
+    "expert_gating_func",
+    "rope.dimension_sections",
+    "attention.indexer.head_count",
+    "attention.indexer.key_length",
+    "attention.indexer.top_k",
+)
 
 _ENTRIES = (
     # -- the four whose graph ggufx rebuilds (graph/graphsim.py) -------------------------------------
@@ -318,6 +340,30 @@ _ENTRIES = (
         moe=True,
         leading_dense=True,
         shared_experts=True,
+    ),
+    Arch(
+        "deepseek32",  # DeepSeek-V3.2: deepseek2's MLA and MoE plus the lightning indexer (DSA)
+        "deepseek32.cpp",
+        (*_DSA_KEYS, "rope.scaling.yarn_log_multiplier"),
+        builder="deepseek32",
+        mla=True,
+        skips_nextn=True,
+        moe=True,
+        leading_dense=True,
+        shared_experts=True,
+        indexer="all",
+    ),
+    Arch(
+        "glm-dsa",  # GLM-5: deepseek32's graph; "shared" indexer layers reuse the last full layer's top-k
+        "glm-dsa.cpp",
+        (*_DSA_KEYS, "attention.indexer.types"),
+        builder="deepseek32",
+        mla=True,
+        skips_nextn=True,
+        moe=True,
+        leading_dense=True,
+        shared_experts=True,
+        indexer="types",
     ),
     # -- recurrent and hybrid ------------------------------------------------------------------------
     Arch(

@@ -322,8 +322,39 @@ def kv_buffers(
         out += [Buffer("kv", b, n) for b, n in per.items()]
         if meta:
             out.append(meta_buffer("kv", meta))
+        if not swa and hp.indexer_layers:
+            nbytes += _indexer_buffers(hp, pl, cp, tk, cells, n_streams, path, out)
         stats[swa] = (nbytes, layers)
     return out, stats
+
+
+def _indexer_buffers(
+    hp: Hparams,
+    pl: Placement,
+    cp: ContextParams,
+    tk: GGMLType,
+    cells: int,
+    n_streams: int,
+    path: str,
+    out: list[Buffer],
+) -> int:
+    """DeepSeek Sparse Attention's indexer-key cache (``llama_kv_cache_dsa``'s second ``llama_kv_cache``,
+    llama-kv-cache-dsa.cpp:41-53): one K tensor of ``indexer.key_length`` values (one head) per cell and
+    indexer layer, of the -ctk type, no V (the hparams are MLA's); its own buffer per buffer type, after
+    the MLA cache's. Appends them to ``out``; returns the tensor bytes."""
+    per: dict[str, int] = {}
+    meta: dict[str, int] = {}
+    for il in hp.indexer_layers:
+        dev = pl.layer_device[il] if il < len(pl.layer_device) else None
+        buft = CPU if cp.no_kv_offload or dev is None else dev
+        if buft == META:
+            _add(meta, meta_alloc(pl, f"cache_k_l{il}", tk, (hp.indexer_k, cells, n_streams)))
+        else:
+            per[buft] = per.get(buft, 0) + alloc_size(buft, tk, hp.indexer_k, cells * n_streams)
+    out += [Buffer("kv", b, n) for b, n in per.items()]
+    if meta:
+        out.append(meta_buffer("kv", meta))
+    return _row(tk, hp.indexer_k, path) * cells * n_streams * len(hp.indexer_layers)
 
 
 def _element_bytes(t: GGMLType) -> float:

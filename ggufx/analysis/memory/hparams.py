@@ -51,6 +51,10 @@ class Hparams:
     n_embd_s: int
     n_nextn: int = 0  # nextn_predict_layers: the trailing NextN/MTP blocks (no cache; skipped by the loader)
     is_mla: bool = False  # llama_hparams::is_mla(): key_length_mla and value_length_mla set (K-only cache)
+    # DeepSeek Sparse Attention (archs.Arch.indexer): the lightning indexer's key length and the trunk
+    # layers whose keys its cache holds
+    indexer_k: int = 0
+    indexer_layers: tuple[int, ...] = ()
 
     @property
     def n_layer_main(self) -> int:
@@ -104,6 +108,37 @@ def sliding_window(model: GGUFModel, n_layer: int | None = None) -> int:
     if rule.needs_window:
         return key or 0
     return rule.default_window if key is None else key
+
+
+# glm-dsa.cpp GLM_5_2_DEFAULT_INDEXER_TYPES (GLM-5.2's config.json): layers 0 and 1 and every fourth from 2
+# are "full" among its 78, the rest of the LLAMA_MAX_LAYERS array is 0
+_GLM_5_2_FULL = frozenset([0, 1, *range(2, 78, 4)])
+
+
+def indexer_layers(model: GGUFModel, n_main: int) -> tuple[int, ...]:
+    """The trunk layers with a lightning indexer of their own (``llama_hparams::is_indexer_full``): every
+    one for ``deepseek32``; for ``glm-dsa`` (glm-dsa.cpp ``load_arch_hparams``) the ``attention.indexer.types``
+    array (or scalar) if present, else every layer before GLM-5.2 (``context_length`` < 1048576) and
+    GLM-5.2's pattern from it on."""
+    a = model.architecture or ""
+    arch = arch_of(a)
+    rule = arch.indexer if arch is not None else ""
+    if not rule:
+        return ()
+    if rule == "all":
+        return tuple(range(n_main))
+    key = f"{a}.attention.indexer.types"
+    md = model.metadata
+    if key in md:
+        v = md[key]
+        items = v.tolist() if isinstance(v, GGUFArray) else [v] * n_main
+        if len(items) != n_main:
+            raise ValidationError(
+                model.path, md.kv(key).offset, f"{key} has {len(items)} entries but the model has {n_main} layers"
+            )
+        return tuple(il for il, full in enumerate(items) if full)
+    ctx = md.get_int(f"{a}.context_length") or 0
+    return tuple(il for il in range(n_main) if ctx < 1048576 or il in _GLM_5_2_FULL)
 
 
 def hparams(model: GGUFModel) -> Hparams:
@@ -168,4 +203,6 @@ def hparams(model: GGUFModel) -> Hparams:
         n_s,
         min(n_nextn(model), n_layer),
         bool(arch is not None and arch.mla and get("attention.key_length_mla") and get("attention.value_length_mla")),
+        get("attention.indexer.key_length") if arch is not None and arch.indexer else 0,
+        indexer_layers(model, n_layer - min(n_nextn(model), n_layer)),
     )
