@@ -7,9 +7,9 @@ GLM-5.2's default types) and DeepSeek-V3.2's published dimensions at 8 trunk lay
 and off, ``-np 3``, q8_0 caches, ``-ub 1024``, ``--no-repack`` and a context shorter than the top-k: each
 KV buffer line llama.cpp prints (the MLA cache's, then the indexer cache's) to the 0.01 MiB, their
 ``llama_kv_cache: size`` lines (layers and bytes), and the compute buffer to the 0.0001 MiB of
-``~llama_context``. tests/test_arch_logs.py replays the same runs for every buffer kind but those listed
-``#per-line`` in ``matrix`` (there llama.cpp's two KV lines, each rounded, add up 0.01 MiB away from their
-total rounded: they are held line by line here).
+``~llama_context``. tests/test_arch_logs.py replays the same runs for every buffer kind, adding the lines
+as llama.cpp prints them (PER_LINE: runs whose two KV lines, each rounded, add up 0.01 MiB away from their
+total rounded; ``mem --check`` adds them so too).
 """
 
 from __future__ import annotations
@@ -40,14 +40,10 @@ from models import MODELS  # noqa: E402
 ARCHS = ("deepseek32", "glm-dsa")
 TENSORS = json.loads((CPU_LOGS / "tensors.json").read_text())
 _LINES = (CPU_LOGS / "matrix").read_text().splitlines()
-PER_LINE = {rid for line in _LINES if line.startswith("#per-line\t") for rid in [line.split("\t")[1]]}
+PER_LINE = {"deepseek32-c8192-np3", "glm-dsa-c4096-faoff-np3", "glm-dsa-c16384-q8_0-ub1024"}
 CPU_RUNS = {
     rid: (model, args)
-    for rid, model, args in (
-        line.removeprefix("#per-line\t").split("\t")
-        for line in _LINES
-        if line.strip() and (not line.startswith("#") or line.startswith("#per-line\t"))
-    )
+    for rid, model, args in (line.split("\t") for line in _LINES if line.strip() and not line.startswith("#"))
     if MODELS[model]["arch"] in ARCHS and (CPU_LOGS / f"{rid}.log").exists()
 }
 KV_SIZE = re.compile(r"llama_kv_cache: size =\s+([\d.]+) MiB \(\s*(\d+) cells,\s+(\d+) layers")
@@ -193,3 +189,22 @@ def test_the_gpu_graph_builds(models: dict[str, Path]) -> None:
         ]
         compute = [b for b in bd.buffers if b.kind == "compute"]
         assert compute and all(b.bytes > 0 and not b.reason for b in compute)
+
+
+@pytest.mark.parametrize("rid", sorted(PER_LINE))
+def test_mem_check_adds_the_kv_lines_as_llama_cpp_prints_them(rid: str, models: dict[str, Path]) -> None:
+    """``mem --check`` on a run whose two KV lines, each rounded, add up 0.01 MiB away from their rounded
+    total: every exact buffer agrees (it compared 45.38 with the log's 37.12 + 8.25 = 45.37)."""
+    from ggufx import results
+
+    model, args = CPU_RUNS[rid]
+    parsed = parse_args("-m x " + args.replace("--no-repack", ""))
+    res = results.memory_check(
+        ggufx.open(models[model]),
+        (CPU_LOGS / f"{rid}.log").read_text(),
+        gpus=[],
+        offload=replace(parsed.offload, repack="--no-repack" not in args),
+        context=parsed.context,
+    )
+    kv = [r for r in res["rows"] if r["kind"] == "kv"]
+    assert kv and all(r["ok"] for r in res["rows"] if r["exact"]), [r for r in res["rows"] if not r["ok"]]

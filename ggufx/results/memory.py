@@ -640,13 +640,20 @@ def _check_rows(
     for kind in ("model", "kv", "recurrent", "output", "compute"):
         theirs = {k: v for k, v in theirs_by_kind.get(prefix + kind, {}).items() if v > 0 or kind != "compute"}
         ours: dict[str, int] = {}
+        # llama.cpp prints each cache's buffer on its own line to 0.01 MiB (an SWA cache beside the full
+        # one, DeepSeek Sparse Attention's indexer keys beside the MLA cache): the log's figure per buffer
+        # type is the sum of those rounded lines, so ggufx's is too (37.12 + 8.25, not 45.375 -> 45.38)
+        printed: dict[str, float] = {}
         for x in buffers:
             if x.kind == prefix + kind:
                 ours[x.buft] = ours.get(x.buft, 0) + x.bytes
+                printed[x.buft] = printed.get(x.buft, 0.0) + round(x.bytes / MiB, 2)
         for buft in sorted(set(theirs) | {k for k, v in ours.items() if v}):
             t = theirs.get(buft)
             o = ours.get(buft, 0) / MiB
             exact = kind != "compute"
+            if exact:
+                o = printed.get(buft, 0.0)
             if t is None:
                 ok = False
             elif exact:
