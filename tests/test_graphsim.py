@@ -27,7 +27,7 @@ from ggufx.analysis.memory.llamalog import parse_log
 from ggufx.analysis.memory.placement import Device
 from ggufx.errors import InputError
 
-from .llamacpp_logs import LOGS, RUNS, devices_of
+from .llamacpp_logs import LOGS, RUNS, devices_of, with_known
 
 MODELS = ("smollm2-135m", "llama32-1b", "llama31-8b", "qwen3moe-30b-a3b", "gemma3-270m", "qwen36-27b")
 SIMULATED = sorted(
@@ -70,7 +70,7 @@ def test_the_simulated_runs_cover_the_llama_matrix() -> None:
     assert set(PHASE_ROUGH) <= set(SIMULATED)
 
 
-@pytest.mark.parametrize("rid", SIMULATED)
+@pytest.mark.parametrize("rid", with_known("compute", SIMULATED))
 def test_every_compute_buffer_is_llama_cpps(rid: str, hole_models: dict[str, Path]) -> None:
     recorded, simulated = simulate_run(rid, hole_models)
     assert recorded

@@ -8,6 +8,7 @@ KV cache and state, compute) and on the host is what llama-server allocated."""
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,7 @@ def test_the_row_is_what_llama_server_allocated(
     assert r.exit_code == 0, r.stderr
     (row,) = json.loads(r.stdout)["models"]
     argv = [a if a != str(tmp_path / f"{name}.gguf") else f"@{name}" for a in row["command"][1:]]
-    assert " ".join(argv) + " -v" == RUNS[rid]["args"]
+    assert argv + ["-v"] == shlex.split(RUNS[rid]["args"])  # the words llama-server was given
     log = parse_log((LOGS / f"{rid}.log").read_text())
     (gpu,) = row["gpus"]
     assert gpu["name"] == "CUDA0"
