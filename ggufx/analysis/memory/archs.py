@@ -437,6 +437,16 @@ _ENTRIES = (
     ),
     Arch("rwkv6qwen2", "rwkv6qwen2.cpp", ("wkv.head_size", "token_shift_count"), recurrent=Recurrent("RWKV", "all")),
     Arch("arwkv7", "arwkv7.cpp", ("wkv.head_size", "token_shift_count"), recurrent=Recurrent("RWKV", "all")),
+    # -- plain decoders: the llama graph with small differences (graph/models/_dense.py, _plain.py, _moe_dense.py)
+    Arch("olmoe", "olmoe.cpp", builder="olmoe", moe=True),  # Q/K norms of the whole projections, softmax experts
+    Arch("arcee", "arcee.cpp", builder="arcee"),  # llama's layer, an FFN of up, ReLU squared, down
+    Arch("command-r", "command-r.cpp", ("logit_scale",), builder="command_r"),  # cohere2's layer without SWA
+    Arch("gemma", "gemma.cpp", builder="gemma"),  # scaled embeddings and Q, GEGLU
+    Arch("internlm2", "internlm2.cpp", builder="internlm2"),  # the llama graph
+    Arch("starcoder2", "starcoder2.cpp", builder="starcoder2"),  # layer norms, biases, GELU FFN without gate
+    Arch("exaone", "exaone.cpp", builder="exaone"),  # the llama graph
+    Arch("phi2", "phi2.cpp", builder="phi2"),  # attention and GELU FFN in parallel, biases
+    Arch("stablelm", "stablelm.cpp", builder="stablelm"),  # layer norms; parallel FFN without ffn_norm
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}

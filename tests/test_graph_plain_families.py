@@ -1,0 +1,142 @@
+"""The plain decoders whose llama.cpp graph is the llama graph with small differences, against llama.cpp's
+CPU build (graph/models/_dense.py, _plain.py, _moe_dense.py):
+
+* ``olmoe`` (src/models/olmoe.cpp): RMS norms of the whole Q and K projections, softmax-routed experts
+  with unnormalized weights;
+* ``arcee`` (arcee.cpp): llama's layer with an FFN of up, ReLU squared and down;
+* ``command-r`` (command-r.cpp): layer norm, attention and FFN in parallel, the logits scaled;
+* ``gemma`` (gemma.cpp): scaled embeddings and query, GEGLU, one KV head of 256;
+* ``internlm2`` (internlm2.cpp) and ``exaone`` (exaone.cpp): the llama graph;
+* ``starcoder2`` (starcoder2.cpp): layer norms and projections with biases, a GELU FFN without gate;
+* ``phi2`` (phi2.cpp): the fused QKV with bias, partial rotary, attention and GELU FFN in parallel;
+* ``stablelm`` (stablelm.cpp): layer norms with biases, partial rotary; with an FFN norm (1.6B) and
+  without it (12B: Q/K head norms, the FFN of the attention's input norm).
+
+Per model: its compute buffer on its runs (flash attention on and off at 8192 and 16384 cells, -np 3
+with its 513-token micro-batch, q8_0 caches, --no-repack), to the 0.0001 MiB of ``~llama_context``'s line;
+its graph against the one llama.cpp's scheduler printed, node for node; the layer shortcut against the
+whole replay; and per builder family a file llama.cpp would refuse gets the generic estimate, with the
+reason."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import ggufx
+from ggufx.analysis.memory.archs import builder_of
+from ggufx.analysis.memory.buffers import breakdown
+from ggufx.analysis.memory.graph import graphsim
+from ggufx.analysis.memory.llamaargs import parse_args
+from ggufx.analysis.memory.placement import Device
+
+from . import graph_arch_logs
+from .graph_arch_logs import CPU_LOGS, assert_compute_equal, assert_nodes_equal, cpu_model, cpu_runs, replay_cpu
+
+
+@dataclass(frozen=True)
+class Refused:
+    model: str  # the small model (models.py) whose file loses...
+    drop_tensor: str  # ...this tensor (llama.cpp's loader requires it)
+    reason: str  # graphsim.unbuildable's words for it
+
+
+MODELS = (
+    "olmoe", "arcee", "command-r", "gemma", "internlm2", "starcoder2", "exaone", "phi2", "stablelm", "stablelm-par",
+)  # fmt: skip
+# one refused file per builder family: _moe_dense (olmoe), _plain (arcee, starcoder2's required biases,
+# phi2's output bias), _dense (gemma), and the switches of command-r and stablelm
+REFUSED = (
+    Refused(
+        "olmoe", "blk.2.attn_k_norm.weight", "the graph needs tensor blk.2.attn_k_norm.weight, which the file lacks"
+    ),
+    Refused("arcee", "blk.1.ffn_up.weight", "the graph needs tensor blk.1.ffn_up.weight, which the file lacks"),
+    Refused("starcoder2", "blk.3.ffn_up.bias", "the graph needs tensor blk.3.ffn_up.bias, which the file lacks"),
+    Refused("phi2", "output.bias", "the graph needs tensor output.bias, which the file lacks"),
+    Refused("gemma", "blk.0.ffn_gate.weight", "the graph needs tensor blk.0.ffn_gate.weight, which the file lacks"),
+    Refused(
+        "command-r", "blk.1.attn_norm.weight", "the graph needs tensor blk.1.attn_norm.weight, which the file lacks"
+    ),
+    Refused("stablelm", "blk.2.ffn_norm.weight", "stablelm graphs with ffn_norm in some layers only are not simulated"),
+)
+CPU_RUNS = [(m, rid) for m in MODELS for rid in cpu_runs(m)]
+
+
+def _spec(name: str) -> dict:
+    sys.path.insert(0, str(CPU_LOGS))
+    try:
+        from models import MODELS as SPECS
+    finally:
+        sys.path.remove(str(CPU_LOGS))
+    return SPECS[name]
+
+
+@pytest.fixture(scope="module")
+def models(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("plain-families")
+    return {n: cpu_model(n, out, smollm2_path) for n in MODELS}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_the_cpu_runs_cover_flash_attention_off_parallel_sequences_a_quantized_cache_and_no_repack(name: str) -> None:
+    assert builder_of(_spec(name)["arch"]) is not None
+    args = [line.split("\t")[2] for line in (CPU_LOGS / "matrix").read_text().splitlines() if f"\t{name}\t" in line]
+    assert len(cpu_runs(name)) == len(args) >= 5
+    for option in ("-fa off", "-np 3", "-ctk q8_0 -ctv q8_0", "--no-repack"):
+        assert any(option in a for a in args), option
+    assert any("-fa off" not in a for a in args)
+
+
+@pytest.mark.parametrize(("name", "rid"), CPU_RUNS)
+def test_cpu_compute_buffer_equals_llama_cpp(name: str, rid: str, models: dict[str, Path]) -> None:
+    text, bd = replay_cpu(rid, models[name])
+    assert_compute_equal(text, bd)
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("run", ["c4096-faoff-np3", "c16384-q8_0"])
+def test_the_graph_is_llama_cpps_node_for_node(
+    name: str, run: str, models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Equal buffers could hide another order of the same nodes: the graph itself equals the one
+    llama.cpp's scheduler printed (GGML_SCHED_DEBUG=2), op and size of every node, in order (gemma's
+    GEGLU is a GLU op, as SwiGLU is)."""
+    monkeypatch.setitem(graph_arch_logs._OP, "GEGLU", "GLU")
+    assert_nodes_equal(f"{name}-{run}", models[name])
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_the_layer_shortcut_equals_the_whole_replay(name: str, models: dict[str, Path]) -> None:
+    """The replay that leaves repeated blocks of layers out allocates as the one of every layer."""
+    model = ggufx.open(models[name])
+    for args in ("-c 8192", "-c 4096 -fa off -np 3"):
+        a = parse_args("-m x " + args)
+        sp = breakdown(model, [], a.offload, a.context).reservation
+        assert sp is not None
+        whole = graphsim.simulate(model, [], a.offload, sp, whole=True)
+        assert graphsim.simulate(model, [], a.offload, sp) == whole and whole["CPU"] > 0
+
+
+@pytest.mark.parametrize("refused", REFUSED, ids=lambda r: r.model)
+def test_a_file_llama_cpp_would_refuse_gets_the_generic_estimate(
+    refused: Refused, smollm2_path: Path, tmp_path: Path
+) -> None:
+    sys.path.insert(0, str(CPU_LOGS))
+    try:
+        from make_arch_headers import header
+    finally:
+        sys.path.remove(str(CPU_LOGS))
+    tensors = json.loads((CPU_LOGS / "tensors.json").read_text())[refused.model]
+    kept = [t for t in tensors if t[0] != refused.drop_tensor]
+    assert len(kept) == len(tensors) - 1
+    path = tmp_path / "refused.gguf"
+    header(path, _spec(refused.model), kept, smollm2_path)
+    model = ggufx.open(path)
+    assert graphsim.unbuildable(model) == refused.reason
+    a = parse_args("-m x -c 8192")
+    bd = breakdown(model, [Device("CUDA0", 80 << 30)], a.offload, a.context)
+    assert bd.compute_estimate and refused.reason in bd.compute_estimate
