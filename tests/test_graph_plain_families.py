@@ -10,7 +10,12 @@ CPU build (graph/models/_dense.py, _plain.py, _moe_dense.py):
 * ``starcoder2`` (starcoder2.cpp): layer norms and projections with biases, a GELU FFN without gate;
 * ``phi2`` (phi2.cpp): the fused QKV with bias, partial rotary, attention and GELU FFN in parallel;
 * ``stablelm`` (stablelm.cpp): layer norms with biases, partial rotary; with an FFN norm (1.6B) and
-  without it (12B: Q/K head norms, the FFN of the attention's input norm).
+  without it (12B: Q/K head norms, the FFN of the attention's input norm);
+* ``hunyuan-dense`` (hunyuan-vl.cpp's graph): Q and K heads RMS-normed after RoPE, a dense FFN;
+* ``dots1`` (dots1.cpp) and ``bailingmoe2`` (bailingmoe2.cpp: the fused QKV, a NextN block left out):
+  Q/K head norms, a leading dense layer, sigmoid-routed experts with the selection bias, normalized and
+  scaled weights, a shared expert;
+* ``mistral4`` (deepseek2.cpp's loader and graph): DeepSeek V3's MLA shape under its own name.
 
 Per model: its compute buffer on its runs (flash attention on and off at 8192 and 16384 cells, -np 3
 with its 513-token micro-batch, q8_0 caches, --no-repack), to the 0.0001 MiB of ``~llama_context``'s line;
@@ -41,12 +46,14 @@ from .graph_arch_logs import CPU_LOGS, assert_compute_equal, assert_nodes_equal,
 @dataclass(frozen=True)
 class Refused:
     model: str  # the small model (models.py) whose file loses...
-    drop_tensor: str  # ...this tensor (llama.cpp's loader requires it)
+    drop_tensor: str  # ...this tensor (llama.cpp's loader requires it)...
     reason: str  # graphsim.unbuildable's words for it
+    drop_key: str = ""  # ...or this metadata key (without the architecture's prefix)
 
 
 MODELS = (
     "olmoe", "arcee", "command-r", "gemma", "internlm2", "starcoder2", "exaone", "phi2", "stablelm", "stablelm-par",
+    "hunyuan-dense", "dots1", "bailingmoe2", "mistral4",
 )  # fmt: skip
 # one refused file per builder family: _moe_dense (olmoe), _plain (arcee, starcoder2's required biases,
 # phi2's output bias), _dense (gemma), and the switches of command-r and stablelm
@@ -62,6 +69,27 @@ REFUSED = (
         "command-r", "blk.1.attn_norm.weight", "the graph needs tensor blk.1.attn_norm.weight, which the file lacks"
     ),
     Refused("stablelm", "blk.2.ffn_norm.weight", "stablelm graphs with ffn_norm in some layers only are not simulated"),
+    Refused(
+        "hunyuan-dense",
+        "blk.3.attn_q_norm.weight",
+        "the graph needs tensor blk.3.attn_q_norm.weight, which the file lacks",
+    ),
+    Refused(
+        "bailingmoe2",
+        "blk.2.ffn_up_shexp.weight",
+        "the graph needs tensor blk.2.ffn_up_shexp.weight, which the file lacks",
+    ),
+    Refused(  # llama.cpp's build_moe_ffn aborts on gating 0
+        "dots1",
+        "",
+        "the graph needs dots1.expert_gating_func 1, 2 or 3 (softmax, sigmoid, softmax weights), not 0",
+        drop_key="expert_gating_func",
+    ),
+    Refused(
+        "mistral4",
+        "blk.1.ffn_gate_exps.weight",
+        "the graph needs tensor blk.1.ffn_gate_exps.weight, which the file lacks",
+    ),
 )
 CPU_RUNS = [(m, rid) for m in MODELS for rid in cpu_runs(m)]
 
@@ -132,9 +160,12 @@ def test_a_file_llama_cpp_would_refuse_gets_the_generic_estimate(
         sys.path.remove(str(CPU_LOGS))
     tensors = json.loads((CPU_LOGS / "tensors.json").read_text())[refused.model]
     kept = [t for t in tensors if t[0] != refused.drop_tensor]
-    assert len(kept) == len(tensors) - 1
+    assert len(kept) == len(tensors) - (1 if refused.drop_tensor else 0)
+    spec = _spec(refused.model)
+    spec = {**spec, "kv": {k: v for k, v in spec["kv"].items() if k != refused.drop_key}}
+    assert len(spec["kv"]) == len(_spec(refused.model)["kv"]) - (1 if refused.drop_key else 0)
     path = tmp_path / "refused.gguf"
-    header(path, _spec(refused.model), kept, smollm2_path)
+    header(path, spec, kept, smollm2_path)
     model = ggufx.open(path)
     assert graphsim.unbuildable(model) == refused.reason
     a = parse_args("-m x -c 8192")

@@ -447,6 +447,74 @@ _ENTRIES = (
     Arch("exaone", "exaone.cpp", builder="exaone"),  # the llama graph
     Arch("phi2", "phi2.cpp", builder="phi2"),  # attention and GELU FFN in parallel, biases
     Arch("stablelm", "stablelm.cpp", builder="stablelm"),  # layer norms; parallel FFN without ffn_norm
+    Arch(
+        "hunyuan-dense",
+        "hunyuan-vl.cpp",  # llama_model_hunyuan_dense reuses hunyuan_vl's loader and graph
+        ("rope.dimension_sections",),
+        graph="hunyuan_vl",
+        builder="hunyuan_dense",  # hunyuan-moe's attention (Q/K norms after RoPE), a dense FFN
+    ),
+    Arch(
+        "dots1",
+        "dots1.cpp",
+        (
+            "leading_dense_block_count",
+            "expert_feed_forward_length",
+            "expert_shared_count",
+            "expert_weights_scale",
+            "expert_weights_norm",
+            "expert_gating_func",
+        ),
+        builder="dots1",
+        moe=True,
+        leading_dense=True,
+        shared_experts=True,
+    ),
+    Arch(
+        "bailingmoe2",
+        "bailingmoe2.cpp",
+        (
+            "leading_dense_block_count",
+            "expert_feed_forward_length",
+            "expert_shared_feed_forward_length",
+            "expert_shared_count",
+            "expert_weights_scale",
+            "expert_weights_norm",
+            "expert_gating_func",
+        ),
+        builder="bailingmoe2",  # dots1's graph over the trunk, the fused QKV
+        skips_nextn=True,
+        moe=True,
+        leading_dense=True,
+        shared_experts=True,
+    ),
+    Arch(
+        "mistral4",  # llama_model_mistral4: deepseek2's loader and graph (MLA)
+        "deepseek2.cpp",
+        (
+            "vocab_size",
+            "leading_dense_block_count",
+            "attention.q_lora_rank",
+            "attention.kv_lora_rank",
+            "attention.key_length_mla",
+            "attention.value_length_mla",
+            "expert_feed_forward_length",
+            "expert_shared_count",
+            "expert_weights_scale",
+            "expert_weights_norm",
+            "expert_gating_func",
+            "rope.scaling.yarn_log_multiplier",
+            "attention.temperature_scale",
+            "attention.temperature_length",
+        ),
+        graph="deepseek2",
+        builder="deepseek2",
+        mla=True,
+        skips_nextn=True,
+        moe=True,
+        leading_dense=True,
+        shared_experts=True,
+    ),
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}
