@@ -15,7 +15,9 @@ CPU build (graph/models/_dense.py, _plain.py, _moe_dense.py):
 * ``dots1`` (dots1.cpp) and ``bailingmoe2`` (bailingmoe2.cpp: the fused QKV, a NextN block left out):
   Q/K head norms, a leading dense layer, sigmoid-routed experts with the selection bias, normalized and
   scaled weights, a shared expert;
-* ``mistral4`` (deepseek2.cpp's loader and graph): DeepSeek V3's MLA shape under its own name.
+* ``mistral4`` (deepseek2.cpp's loader and graph): DeepSeek V3's MLA shape under its own name;
+* ``minicpm3`` (minicpm3.cpp): expanded multi-head latent attention (K of the heads' own part and a
+  shared rope part repeated over the heads) over an ordinary cache, the MiniCPM scales.
 
 Per model: its compute buffer on its runs (flash attention on and off at 8192 and 16384 cells, -np 3
 with its 513-token micro-batch, q8_0 caches, --no-repack), to the 0.0001 MiB of ``~llama_context``'s line;
@@ -53,7 +55,7 @@ class Refused:
 
 MODELS = (
     "olmoe", "arcee", "command-r", "gemma", "internlm2", "starcoder2", "exaone", "phi2", "stablelm", "stablelm-par",
-    "hunyuan-dense", "dots1", "bailingmoe2", "mistral4",
+    "hunyuan-dense", "dots1", "bailingmoe2", "mistral4", "minicpm3",
 )  # fmt: skip
 # one refused file per builder family: _moe_dense (olmoe), _plain (arcee, starcoder2's required biases,
 # phi2's output bias), _dense (gemma), and the switches of command-r and stablelm
@@ -84,6 +86,9 @@ REFUSED = (
         "",
         "the graph needs dots1.expert_gating_func 1, 2 or 3 (softmax, sigmoid, softmax weights), not 0",
         drop_key="expert_gating_func",
+    ),
+    Refused(
+        "minicpm3", "blk.1.attn_kv_b.weight", "the graph needs tensor blk.1.attn_kv_b.weight, which the file lacks"
     ),
     Refused(
         "mistral4",

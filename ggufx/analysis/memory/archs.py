@@ -515,6 +515,8 @@ _ENTRIES = (
         leading_dense=True,
         shared_experts=True,
     ),
+    # expanded (not absorbed) MLA: an ordinary K/V cache of key_length / value_length per head
+    Arch("minicpm3", "minicpm3.cpp", ("attention.q_lora_rank", "attention.kv_lora_rank"), builder="minicpm3"),
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}

@@ -154,17 +154,17 @@ def layer_weights(p: Plain) -> tuple[str, ...]:
     return tuple(w)
 
 
-def needs(model: GGUFModel, layer: tuple[str, ...], top: tuple[str, ...] = ()) -> str | None:
+def needs(model: GGUFModel, layer: tuple[str, ...], top: tuple[str, ...] = (), qkv: bool = True) -> str | None:
     """The first tensor of ``layer`` (per layer, without ``blk.N.``), the Q/K/V projections (``attn_qkv``
-    or the three), ``token_embd``, ``output_norm`` and ``top`` that the file lacks, as
-    ``graphsim.unbuildable`` words it (None: the file has them all)."""
+    or the three; not with ``qkv`` false), ``token_embd``, ``output_norm`` and ``top`` that the file
+    lacks, as ``graphsim.unbuildable`` words it (None: the file has them all)."""
     arch = model.architecture or ""
     names = {t.name for t in model.tensors}
     n_layer = model.metadata.get_int(f"{arch}.block_count") or 0
     needed = ["token_embd.weight", "output_norm.weight", *top]
     for il in range(min(n_layer, 513)):
         needed += [f"blk.{il}.{role}.weight" for role in layer]
-        if f"blk.{il}.attn_qkv.weight" not in names:
+        if qkv and f"blk.{il}.attn_qkv.weight" not in names:
             needed += [f"blk.{il}.attn_{r}.weight" for r in "qkv"]
     missing = next((n for n in needed if n not in names), None)
     return f"the graph needs tensor {missing}, which the file lacks" if missing else None
