@@ -17,7 +17,10 @@ CPU build (graph/models/_dense.py, _plain.py, _moe_dense.py):
   scaled weights, a shared expert;
 * ``mistral4`` (deepseek2.cpp's loader and graph): DeepSeek V3's MLA shape under its own name;
 * ``minicpm3`` (minicpm3.cpp): expanded multi-head latent attention (K of the heads' own part and a
-  shared rope part repeated over the heads) over an ordinary cache, the MiniCPM scales.
+  shared rope part repeated over the heads) over an ordinary cache, the MiniCPM scales;
+* ``mimo2`` (mimo2.cpp): sliding-window layers from the pattern array on their own cache, per-layer KV
+  heads (the V cache padded to the widest without flash attention), K wider than V, sinks, the scaled
+  attention output, a dense first layer then sigmoid-routed experts (also with --swa-full).
 
 Per model: its compute buffer on its runs (flash attention on and off at 8192 and 16384 cells, -np 3
 with its 513-token micro-batch, q8_0 caches, --no-repack), to the 0.0001 MiB of ``~llama_context``'s line;
@@ -55,7 +58,7 @@ class Refused:
 
 MODELS = (
     "olmoe", "arcee", "command-r", "gemma", "internlm2", "starcoder2", "exaone", "phi2", "stablelm", "stablelm-par",
-    "hunyuan-dense", "dots1", "bailingmoe2", "mistral4", "minicpm3",
+    "hunyuan-dense", "dots1", "bailingmoe2", "mistral4", "minicpm3", "mimo2",
 )  # fmt: skip
 # one refused file per builder family: _moe_dense (olmoe), _plain (arcee, starcoder2's required biases,
 # phi2's output bias), _dense (gemma), and the switches of command-r and stablelm

@@ -517,6 +517,15 @@ _ENTRIES = (
     ),
     # expanded (not absorbed) MLA: an ordinary K/V cache of key_length / value_length per head
     Arch("minicpm3", "minicpm3.cpp", ("attention.q_lora_rank", "attention.kv_lora_rank"), builder="minicpm3"),
+    Arch(
+        "mimo2",  # the pattern array marks the sliding-window layers (required, as the window is)
+        "mimo2.cpp",
+        ("expert_feed_forward_length", "attention.sliding_window", "rope.freq_base_swa", "attention.value_scale"),
+        builder="mimo2",
+        swa=Swa(needs_window=True),
+        skips_nextn=True,
+        moe=True,
+    ),
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}
