@@ -20,7 +20,10 @@ CPU build (graph/models/_dense.py, _plain.py, _moe_dense.py):
   shared rope part repeated over the heads) over an ordinary cache, the MiniCPM scales;
 * ``mimo2`` (mimo2.cpp): sliding-window layers from the pattern array on their own cache, per-layer KV
   heads (the V cache padded to the widest without flash attention), K wider than V, sinks, the scaled
-  attention output, a dense first layer then sigmoid-routed experts (also with --swa-full).
+  attention output, a dense first layer then sigmoid-routed experts (also with --swa-full);
+* ``step35`` (step35.cpp): mimo2's layer kinds with per-layer query heads, Q/K head norms, the head-wise
+  sigmoid gate of the attention output, experts plus a shared expert, the hidden state an output and the
+  rows picked after the layers (also with --swa-full).
 
 Per model: its compute buffer on its runs (flash attention on and off at 8192 and 16384 cells, -np 3
 with its 513-token micro-batch, q8_0 caches, --no-repack), to the 0.0001 MiB of ``~llama_context``'s line;
@@ -54,11 +57,12 @@ class Refused:
     drop_tensor: str  # ...this tensor (llama.cpp's loader requires it)...
     reason: str  # graphsim.unbuildable's words for it
     drop_key: str = ""  # ...or this metadata key (without the architecture's prefix)
+    add_kv: tuple[tuple[str, object], ...] = ()  # ...or gains these keys
 
 
 MODELS = (
     "olmoe", "arcee", "command-r", "gemma", "internlm2", "starcoder2", "exaone", "phi2", "stablelm", "stablelm-par",
-    "hunyuan-dense", "dots1", "bailingmoe2", "mistral4", "minicpm3", "mimo2",
+    "hunyuan-dense", "dots1", "bailingmoe2", "mistral4", "minicpm3", "mimo2", "step35",
 )  # fmt: skip
 # one refused file per builder family: _moe_dense (olmoe), _plain (arcee, starcoder2's required biases,
 # phi2's output bias), _dense (gemma), and the switches of command-r and stablelm
@@ -89,6 +93,15 @@ REFUSED = (
         "",
         "the graph needs dots1.expert_gating_func 1, 2 or 3 (softmax, sigmoid, softmax weights), not 0",
         drop_key="expert_gating_func",
+    ),
+    Refused(
+        "mimo2", "blk.2.ffn_up_exps.weight", "the graph needs tensor blk.2.ffn_up_exps.weight, which the file lacks"
+    ),
+    Refused(  # Step-3.5-Flash's clamped SwiGLU of the last layers' experts: not built
+        "step35",
+        "",
+        "step35 graphs with SwiGLU clamps (step35.swiglu_clamp_exp) are not simulated",
+        add_kv=(("swiglu_clamp_exp", [0.0, 0.0, 0.0, 7.0]),),
     ),
     Refused(
         "minicpm3", "blk.1.attn_kv_b.weight", "the graph needs tensor blk.1.attn_kv_b.weight, which the file lacks"
@@ -170,8 +183,8 @@ def test_a_file_llama_cpp_would_refuse_gets_the_generic_estimate(
     kept = [t for t in tensors if t[0] != refused.drop_tensor]
     assert len(kept) == len(tensors) - (1 if refused.drop_tensor else 0)
     spec = _spec(refused.model)
-    spec = {**spec, "kv": {k: v for k, v in spec["kv"].items() if k != refused.drop_key}}
-    assert len(spec["kv"]) == len(_spec(refused.model)["kv"]) - (1 if refused.drop_key else 0)
+    spec = {**spec, "kv": {k: v for k, v in spec["kv"].items() if k != refused.drop_key} | dict(refused.add_kv)}
+    assert len(spec["kv"]) == len(_spec(refused.model)["kv"]) - (1 if refused.drop_key else 0) + len(refused.add_kv)
     path = tmp_path / "refused.gguf"
     header(path, spec, kept, smollm2_path)
     model = ggufx.open(path)

@@ -526,6 +526,26 @@ _ENTRIES = (
         skips_nextn=True,
         moe=True,
     ),
+    Arch(
+        "step35",  # the pattern array marks the sliding-window layers (required, as the window is)
+        "step35.cpp",
+        (
+            "expert_feed_forward_length",
+            "expert_shared_feed_forward_length",
+            "expert_gating_func",
+            "expert_weights_scale",
+            "expert_weights_norm",
+            "attention.sliding_window",
+            "rope.freq_base_swa",
+            "swiglu_clamp_exp",
+            "swiglu_clamp_shexp",
+        ),
+        builder="step35",
+        swa=Swa(needs_window=True),
+        skips_nextn=True,
+        moe=True,
+        shared_experts=True,
+    ),
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}
