@@ -23,7 +23,8 @@ CPU build (graph/models/_dense.py, _plain.py, _moe_dense.py):
   attention output, a dense first layer then sigmoid-routed experts (also with --swa-full);
 * ``step35`` (step35.cpp): mimo2's layer kinds with per-layer query heads, Q/K head norms, the head-wise
   sigmoid gate of the attention output, experts plus a shared expert, the hidden state an output and the
-  rows picked after the layers (also with --swa-full).
+  rows picked after the layers (also with --swa-full); with SwiGLU clamps (``step35-clamp``: the experts'
+  of two layers, the dense layer's and a shared expert's).
 
 Per model: its compute buffer on its runs (flash attention on and off at 8192 and 16384 cells, -np 3
 with its 513-token micro-batch, q8_0 caches, --no-repack), to the 0.0001 MiB of ``~llama_context``'s line;
@@ -63,6 +64,7 @@ class Refused:
 MODELS = (
     "olmoe", "arcee", "command-r", "gemma", "internlm2", "starcoder2", "exaone", "phi2", "stablelm", "stablelm-par",
     "hunyuan-dense", "dots1", "bailingmoe2", "mistral4", "minicpm3", "mimo2", "step35",
+    "step35-clamp",
 )  # fmt: skip
 # one refused file per builder family: _moe_dense (olmoe), _plain (arcee, starcoder2's required biases,
 # phi2's output bias), _dense (gemma), and the switches of command-r and stablelm
@@ -97,11 +99,11 @@ REFUSED = (
     Refused(
         "mimo2", "blk.2.ffn_up_exps.weight", "the graph needs tensor blk.2.ffn_up_exps.weight, which the file lacks"
     ),
-    Refused(  # Step-3.5-Flash's clamped SwiGLU of the last layers' experts: not built
+    Refused(  # the gating set to 4 (sqrt-softplus, not built): llama.cpp's build_moe_ffn knows it
         "step35",
         "",
-        "step35 graphs with SwiGLU clamps (step35.swiglu_clamp_exp) are not simulated",
-        add_kv=(("swiglu_clamp_exp", [0.0, 0.0, 0.0, 7.0]),),
+        "the graph needs step35.expert_gating_func 1, 2 or 3 (softmax, sigmoid, softmax weights), not 4",
+        add_kv=(("expert_gating_func", 4),),
     ),
     Refused(
         "minicpm3", "blk.1.attn_kv_b.weight", "the graph needs tensor blk.1.attn_kv_b.weight, which the file lacks"

@@ -5,15 +5,18 @@ head-wise gate ``attn_gate`` where the file has it, then the output projection; 
 without a router, else the routed experts (the file's gating, sigmoid when unset; the optional selection
 bias; the file's weight normalization and scale) plus the shared expert. The last layer's rows are picked
 after the layers (the hidden state is an output, ``t_h_nextn``), then the output norm and head. The MTP
-blocks are not in the graph. Files with SwiGLU clamps (``swiglu_clamp_exp``/``swiglu_clamp_shexp``
-above 1e-6 in a layer) are not built here."""
+blocks are not in the graph. The SwiGLU clamps of a layer (``swiglu_clamp_exp`` for the experts,
+``swiglu_clamp_shexp`` for every other ``build_ffn`` of the layer: the shared expert and the dense FFN)
+replace the GLU by the clamped up projection times the clamped SiLU of the gate (llama-graph.cpp
+``build_ffn`` and ``build_moe_ffn``: CLAMP, SILU, CLAMP, MUL)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any, cast
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _inp_embd, _rot, _w, _weight
+from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _inp_embd, _rot, _w, _weight, model_of
 from ggufx.analysis.memory.graph.models import _moe_dense, deepseek2, qwen3next
 from ggufx.analysis.memory.graph.models._dense import _ROPE_FACTORS, Dense, _attn_kv, _ffn, _n, _qkv
 from ggufx.analysis.memory.graph.models._moe_dense import EXPERTS, GATINGS, ROUTER, SHARED, shared
@@ -52,14 +55,58 @@ def _attention(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp) -> _T:
     return g.mul_mat(f"attn_out-{il}", _w(c, p + "attn_output.weight", il), cur)
 
 
+class _ClampedExperts:
+    """The graph as :func:`~.deepseek2.moe_ffn` sees it, but for the experts' GLU, which becomes
+    ``build_moe_ffn``'s clamped SwiGLU (llama-graph.cpp: ``up`` clamped to +-limit, the SiLU of the gate
+    clamped above at limit, their product): everything else is the graph's."""
+
+    def __init__(self, g: _Graph, il: int) -> None:
+        self._g, self._il = g, il
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._g, name)
+
+    def new(self, name: str, op: str, type_: str, ne: tuple[int, ...], *src: _T) -> _T:
+        if op != "GLU" or name != f"ffn_moe_swiglu-{self._il}":
+            return self._g.new(name, op, type_, ne, *src)
+        return _clamped_swiglu(self._g, src[0], src[1], "ffn_moe_", self._il)
+
+
+def _clamped_swiglu(g: _Graph, gate: _T, up: _T, prefix: str, il: int) -> _T:
+    up = g.op(f"{prefix}up_clamped-{il}", "CLAMP", up)
+    act = g.op(f"{prefix}silu_clamped-{il}", "CLAMP", g.op(f"{prefix}silu-{il}", "UNARY", gate))
+    return g.op(f"{prefix}swiglu_limited-{il}", "MUL", act, up)
+
+
+def _clamped_ffn(c: _Ctx, g: _Graph, cur: _T, il: int, part: str) -> _T:
+    """``build_ffn`` (SiLU, parallel gate) with the layer's clamp: up, gate, the clamped SwiGLU, down."""
+    b = f"blk.{il}.ffn_"
+    up = g.mul_mat(f"ffn_up{part}-{il}", _w(c, f"{b}up{part}.weight", il), cur)
+    gate = g.mul_mat(f"ffn_gate{part}-{il}", _w(c, f"{b}gate{part}.weight", il), cur)
+    act = _clamped_swiglu(g, gate, up, "ffn_", il)
+    return g.mul_mat(f"ffn_out{part}-{il}", _w(c, f"{b}down{part}.weight", il), act)
+
+
+def _limit(c: _Ctx, key: str, il: int) -> bool:
+    """Whether the layer's clamp is on (``limit > 1e-6``)."""
+    m = model_of(c)
+    v = _clamps(m, key, il + 1)
+    return len(v) > il and v[il] > 1e-6
+
+
 def _ffn_of(c: _Ctx, g: _Graph, cur: _T, il: int) -> _T:
     """step35.cpp:127-158: ``build_ffn`` without a router, else ``build_moe_ffn`` plus the shared expert."""
+    shexp_clamp = _limit(c, "step35.swiglu_clamp_shexp", il)
     if _weight(c, f"blk.{il}.ffn_gate_inp.weight", il) is None:
-        return _ffn(c, g, cur, il, _D)
+        return _clamped_ffn(c, g, cur, il, "") if shexp_clamp else _ffn(c, g, cur, il, _D)
     mp = deepseek2.moe_params(c)
     mp = replace(mp, n_used=qwen3next.n_expert_used(c))
-    moe, r = deepseek2.moe_ffn(c, g, cur, il, mp, mp.gating or SIGMOID)
-    return g.op(f"ffn_out-{il}", "ADD", moe, shared(c, g, cur, il, r))
+    if _limit(c, "step35.swiglu_clamp_exp", il):
+        moe, r = deepseek2.moe_ffn(c, cast(_Graph, _ClampedExperts(g, il)), cur, il, mp, mp.gating or SIGMOID)
+    else:
+        moe, r = deepseek2.moe_ffn(c, g, cur, il, mp, mp.gating or SIGMOID)
+    sh = _clamped_ffn(c, g, cur, il, "_shexp") if shexp_clamp else shared(c, g, cur, il, r)
+    return g.op(f"ffn_out-{il}", "ADD", moe, sh)
 
 
 def build(c: _Ctx, g: _Graph) -> _T:
@@ -100,15 +147,12 @@ def _clamps(model: GGUFModel, key: str, n: int) -> list[float]:
 
 
 def unbuildable(model: GGUFModel) -> str | None:
-    """The sliding window, no SwiGLU clamps in the trunk, the gating, and per trunk layer the tensors the
-    graph reads (optional to step35.cpp's loader but the norms, projections and output head)."""
+    """The sliding window, the gating, and per trunk layer the tensors the graph reads (optional to
+    step35.cpp's loader but the norms, projections and output head)."""
     md = model.metadata
     if (md.get_int("step35.attention.sliding_window") or 0) <= 0:
         return "the step35 graph needs a positive step35.attention.sliding_window"
     n_trunk = (md.get_int("step35.block_count") or 0) - (md.get_int("step35.nextn_predict_layers") or 0)
-    for key in ("step35.swiglu_clamp_exp", "step35.swiglu_clamp_shexp"):
-        if any(x > 1e-6 for x in _clamps(model, key, n_trunk)):
-            return f"step35 graphs with SwiGLU clamps ({key}) are not simulated"
     gating = md.get_int("step35.expert_gating_func") or 0
     if gating not in (0, *GATINGS):
         return f"the graph needs step35.expert_gating_func 1, 2 or 3 (softmax, sigmoid, softmax weights), not {gating}"
