@@ -4,7 +4,8 @@ CPU build (graph/models/_dense.py, _plain.py, _moe_dense.py):
 * ``olmoe`` (src/models/olmoe.cpp): RMS norms of the whole Q and K projections, softmax-routed experts
   with unnormalized weights;
 * ``arcee`` (arcee.cpp): llama's layer with an FFN of up, ReLU squared and down;
-* ``command-r`` (command-r.cpp): layer norm, attention and FFN in parallel, the logits scaled;
+* ``command-r`` (command-r.cpp): layer norm, attention and FFN in parallel, the logits scaled; with 64
+  layers (``command-r-qk``, Command-R+) the layer norms of each Q and K head;
 * ``gemma`` (gemma.cpp): scaled embeddings and query, GEGLU, one KV head of 256;
 * ``internlm2`` (internlm2.cpp) and ``exaone`` (exaone.cpp): the llama graph;
 * ``starcoder2`` (starcoder2.cpp): layer norms and projections with biases, a GELU FFN without gate;
@@ -64,7 +65,7 @@ class Refused:
 MODELS = (
     "olmoe", "arcee", "command-r", "gemma", "internlm2", "starcoder2", "exaone", "phi2", "stablelm", "stablelm-par",
     "hunyuan-dense", "dots1", "bailingmoe2", "mistral4", "minicpm3", "mimo2", "step35",
-    "step35-clamp",
+    "step35-clamp", "command-r-qk",
 )  # fmt: skip
 # one refused file per builder family: _moe_dense (olmoe), _plain (arcee, starcoder2's required biases,
 # phi2's output bias), _dense (gemma), and the switches of command-r and stablelm

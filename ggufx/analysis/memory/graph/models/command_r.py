@@ -1,7 +1,7 @@
 """``command-r`` (src/models/command-r.cpp: Command-R 35B, Command-R+): layer norm (``LLM_NORM``), the
 attention and the FFN in parallel on the one input norm, both added to the residual; the logits scaled
-by ``logit_scale`` when it is set. The layer norms of each Q and K head that files of 64 layers or more
-have (command-r.cpp's loader) are not built here: such files get the generic estimate."""
+by ``logit_scale`` when it is set; the layer norms of each Q and K head before RoPE in files that have
+them (command-r.cpp's loader: those of 64 layers or more, Command-R+)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,12 @@ SPEC = Plain(Dense(norm="NORM"), residual=COHERE)
 
 
 def spec(model: GGUFModel) -> Plain:
-    """The file's graph: ``if (f_logit_scale)`` a SCALE of the logits (command-r.cpp:136-138)."""
+    """The file's graph: ``if (f_logit_scale)`` a SCALE of the logits (command-r.cpp:136-138), the Q/K
+    norms where the file has them (the loader's ``n_layer >= 64``)."""
     scale = model.metadata.get("command-r.logit_scale")
-    return replace(SPEC, attn=replace(SPEC.attn, logit_scale=isinstance(scale, (int, float)) and scale != 0))
+    qk = "head" if any(t.name == "blk.0.attn_q_norm.weight" for t in model.tensors) else ""
+    logit_scale = isinstance(scale, (int, float)) and scale != 0
+    return replace(SPEC, attn=replace(SPEC.attn, logit_scale=logit_scale, qk_norm=qk))
 
 
 def build(c: _Ctx, g: _Graph) -> _T:
@@ -28,7 +31,4 @@ def build(c: _Ctx, g: _Graph) -> _T:
 
 
 def unbuildable(model: GGUFModel) -> str | None:
-    norm = next((t.name for t in model.tensors if t.name.endswith(("attn_q_norm.weight", "attn_k_norm.weight"))), None)
-    if norm:
-        return f"command-r graphs with Q/K norms ({norm}) are not simulated"
-    return _plain.needs(model, _plain.layer_weights(SPEC))
+    return _plain.needs(model, _plain.layer_weights(spec(model)))
