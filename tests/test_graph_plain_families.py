@@ -25,7 +25,11 @@ CPU build (graph/models/_dense.py, _plain.py, _moe_dense.py):
 * ``step35`` (step35.cpp): mimo2's layer kinds with per-layer query heads, Q/K head norms, the head-wise
   sigmoid gate of the attention output, experts plus a shared expert, the hidden state an output and the
   rows picked after the layers (also with --swa-full); with SwiGLU clamps (``step35-clamp``: the experts'
-  of two layers, the dense layer's and a shared expert's).
+  of two layers, the dense layer's and a shared expert's);
+* ``xverse`` (the llama graph), ``orion`` (with layer norms), ``qwen`` (Qwen 1: the fused QKV with its
+  bias), ``nemotron`` (layer norms, an FFN of up, ReLU squared, down), ``minicpm`` (granite's graph with
+  MiniCPM's default scales), ``deepseek`` (V1: a dense first layer, softmax experts plus shared experts)
+  and ``bailingmoe`` (Ling 1.x: normalized softmax experts plus a shared expert in every layer).
 
 Per model: its compute buffer on its runs (flash attention on and off at 8192 and 16384 cells, -np 3
 with its 513-token micro-batch, q8_0 caches, --no-repack), to the 0.0001 MiB of ``~llama_context``'s line;
@@ -65,7 +69,7 @@ class Refused:
 MODELS = (
     "olmoe", "arcee", "command-r", "gemma", "internlm2", "starcoder2", "exaone", "phi2", "stablelm", "stablelm-par",
     "hunyuan-dense", "dots1", "bailingmoe2", "mistral4", "minicpm3", "mimo2", "step35",
-    "step35-clamp", "command-r-qk",
+    "step35-clamp", "command-r-qk", "xverse", "orion", "qwen", "nemotron", "deepseek", "bailingmoe", "minicpm",
 )  # fmt: skip
 # one refused file per builder family: _moe_dense (olmoe), _plain (arcee, starcoder2's required biases,
 # phi2's output bias), _dense (gemma), and the switches of command-r and stablelm
@@ -96,6 +100,12 @@ REFUSED = (
         "",
         "the graph needs dots1.expert_gating_func 1, 2 or 3 (softmax, sigmoid, softmax weights), not 0",
         drop_key="expert_gating_func",
+    ),
+    Refused("minicpm", "blk.2.ffn_up.weight", "the graph needs tensor blk.2.ffn_up.weight, which the file lacks"),
+    Refused(
+        "deepseek",
+        "blk.2.ffn_up_shexp.weight",
+        "the graph needs tensor blk.2.ffn_up_shexp.weight, which the file lacks",
     ),
     Refused(
         "mimo2", "blk.2.ffn_up_exps.weight", "the graph needs tensor blk.2.ffn_up_exps.weight, which the file lacks"

@@ -546,6 +546,40 @@ _ENTRIES = (
         moe=True,
         shared_experts=True,
     ),
+    Arch("xverse", "xverse.cpp", builder="xverse"),  # the llama graph
+    Arch("orion", "orion.cpp", builder="orion"),  # the llama graph with layer norms
+    Arch("qwen", "qwen.cpp", builder="qwen"),  # the llama graph, the fused QKV with its bias
+    Arch("nemotron", "nemotron.cpp", builder="nemotron"),  # layer norms, an FFN of up, ReLU squared, down
+    Arch(
+        "minicpm",
+        "minicpm.cpp",
+        ("embedding_scale", "residual_scale", "logit_scale"),
+        graph="granite",
+        builder="minicpm",  # granite's graph with MiniCPM's default scales
+    ),
+    Arch(
+        "deepseek",
+        "deepseek.cpp",
+        ("leading_dense_block_count", "expert_feed_forward_length", "expert_shared_count", "expert_weights_scale"),
+        builder="deepseek",
+        moe=True,
+        leading_dense=True,
+        shared_experts=True,
+    ),
+    Arch(
+        "bailingmoe",
+        "bailingmoe.cpp",
+        (
+            "leading_dense_block_count",
+            "expert_feed_forward_length",
+            "expert_shared_count",
+            "expert_weights_scale",
+            "expert_weights_norm",
+        ),
+        builder="bailingmoe",
+        moe=True,
+        shared_experts=True,
+    ),
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}
