@@ -109,7 +109,8 @@ def test_issue_architectures_are_registered() -> None:
         "qwen3vlmoe", "falcon-h1", "nemotron_h", "nemotron_h_moe", "mamba", "mamba2",
         "olmoe", "arcee", "command-r", "gemma", "internlm2", "starcoder2", "exaone", "phi2", "stablelm",
         "hunyuan-dense", "dots1", "bailingmoe2", "mistral4", "minicpm3", "mimo2", "step35",
-        "xverse", "orion", "qwen", "nemotron", "minicpm", "deepseek", "bailingmoe",
+        "xverse", "orion", "qwen", "nemotron", "minicpm", "deepseek", "bailingmoe", "maincoder", "baichuan",
+        "chatglm",
     }  # fmt: skip
     assert arch_of("deepseek2").mla and arch_of("glm4moe").skips_nextn  # type: ignore[union-attr]
     assert arch_of("no-such-arch") is None and builder_of(None) is None

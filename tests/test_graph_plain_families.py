@@ -29,7 +29,9 @@ CPU build (graph/models/_dense.py, _plain.py, _moe_dense.py):
 * ``xverse`` (the llama graph), ``orion`` (with layer norms), ``qwen`` (Qwen 1: the fused QKV with its
   bias), ``nemotron`` (layer norms, an FFN of up, ReLU squared, down), ``minicpm`` (granite's graph with
   MiniCPM's default scales), ``deepseek`` (V1: a dense first layer, softmax experts plus shared experts)
-  and ``bailingmoe`` (Ling 1.x: normalized softmax experts plus a shared expert in every layer).
+  and ``bailingmoe`` (Ling 1.x: normalized softmax experts plus a shared expert in every layer);
+* ``maincoder`` (hunyuan-dense's graph), ``baichuan`` (no RoPE; with it at 32 layers, ``baichuan-7b``) and
+  ``chatglm`` (the fused QKV with its bias, the fused up projection's SwiGLU over its halves).
 
 Per model: its compute buffer on its runs (flash attention on and off at 8192 and 16384 cells, -np 3
 with its 513-token micro-batch, q8_0 caches, --no-repack), to the 0.0001 MiB of ``~llama_context``'s line;
@@ -70,6 +72,7 @@ MODELS = (
     "olmoe", "arcee", "command-r", "gemma", "internlm2", "starcoder2", "exaone", "phi2", "stablelm", "stablelm-par",
     "hunyuan-dense", "dots1", "bailingmoe2", "mistral4", "minicpm3", "mimo2", "step35",
     "step35-clamp", "command-r-qk", "xverse", "orion", "qwen", "nemotron", "deepseek", "bailingmoe", "minicpm",
+    "maincoder", "baichuan", "baichuan-7b", "chatglm",
 )  # fmt: skip
 # one refused file per builder family: _moe_dense (olmoe), _plain (arcee, starcoder2's required biases,
 # phi2's output bias), _dense (gemma), and the switches of command-r and stablelm
@@ -101,6 +104,7 @@ REFUSED = (
         "the graph needs dots1.expert_gating_func 1, 2 or 3 (softmax, sigmoid, softmax weights), not 0",
         drop_key="expert_gating_func",
     ),
+    Refused("chatglm", "blk.3.ffn_down.weight", "the graph needs tensor blk.3.ffn_down.weight, which the file lacks"),
     Refused("minicpm", "blk.2.ffn_up.weight", "the graph needs tensor blk.2.ffn_up.weight, which the file lacks"),
     Refused(
         "deepseek",

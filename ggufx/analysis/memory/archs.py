@@ -580,6 +580,9 @@ _ENTRIES = (
         moe=True,
         shared_experts=True,
     ),
+    Arch("maincoder", "maincoder.cpp", builder="maincoder"),  # hunyuan-dense's graph (Q/K norms after RoPE)
+    Arch("baichuan", "baichuan.cpp", builder="baichuan"),  # the llama graph, RoPE only at 32 layers (7B)
+    Arch("chatglm", "chatglm.cpp", builder="chatglm"),  # the llama graph, the fused up projection's SwiGLU
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}
