@@ -88,7 +88,7 @@ def test_shared_graphs_are_the_ones_models_h_declares() -> None:
             declared[m.group(1)] = g.group(1) if g else m.group(1)
     for name, a in ARCHS.items():
         assert a.llama_graph == declared[structs[name]], (name, a.llama_graph, declared[structs[name]])
-    assert sorted(sharing("granite")) == ["granite", "granitemoe"]
+    assert sorted(sharing("granite")) == ["granite", "granitemoe", "minicpm"]
     assert sorted(sharing("lfm2")) == ["lfm2", "lfm2moe"]
 
 
@@ -107,6 +107,10 @@ def test_issue_architectures_are_registered() -> None:
         "olmo2", "openelm", "phi3", "qwen2", "qwen2vl", "qwen3", "qwen3next", "seed_oss", "smollm3",
         "apertus", "gemma3n", "qwen3vl", "qwen35moe", "qwen2moe", "ernie4_5-moe", "hunyuan-moe", "minimax-m2",
         "qwen3vlmoe", "falcon-h1", "nemotron_h", "nemotron_h_moe", "mamba", "mamba2", "deepseek32", "glm-dsa",
+        "olmoe", "arcee", "command-r", "gemma", "internlm2", "starcoder2", "exaone", "phi2", "stablelm",
+        "hunyuan-dense", "dots1", "bailingmoe2", "mistral4", "minicpm3", "mimo2", "step35",
+        "xverse", "orion", "qwen", "nemotron", "minicpm", "deepseek", "bailingmoe", "maincoder", "baichuan",
+        "chatglm",
     }  # fmt: skip
     assert arch_of("deepseek2").mla and arch_of("glm4moe").skips_nextn  # type: ignore[union-attr]
     assert arch_of("no-such-arch") is None and builder_of(None) is None

@@ -483,6 +483,152 @@ _ENTRIES = (
     ),
     Arch("rwkv6qwen2", "rwkv6qwen2.cpp", ("wkv.head_size", "token_shift_count"), recurrent=Recurrent("RWKV", "all")),
     Arch("arwkv7", "arwkv7.cpp", ("wkv.head_size", "token_shift_count"), recurrent=Recurrent("RWKV", "all")),
+    # -- plain decoders: the llama graph with small differences (graph/models/_dense.py, _plain.py, _moe_dense.py)
+    Arch("olmoe", "olmoe.cpp", builder="olmoe", moe=True),  # Q/K norms of the whole projections, softmax experts
+    Arch("arcee", "arcee.cpp", builder="arcee"),  # llama's layer, an FFN of up, ReLU squared, down
+    Arch("command-r", "command-r.cpp", ("logit_scale",), builder="command_r"),  # cohere2's layer without SWA
+    Arch("gemma", "gemma.cpp", builder="gemma"),  # scaled embeddings and Q, GEGLU
+    Arch("internlm2", "internlm2.cpp", builder="internlm2"),  # the llama graph
+    Arch("starcoder2", "starcoder2.cpp", builder="starcoder2"),  # layer norms, biases, GELU FFN without gate
+    Arch("exaone", "exaone.cpp", builder="exaone"),  # the llama graph
+    Arch("phi2", "phi2.cpp", builder="phi2"),  # attention and GELU FFN in parallel, biases
+    Arch("stablelm", "stablelm.cpp", builder="stablelm"),  # layer norms; parallel FFN without ffn_norm
+    Arch(
+        "hunyuan-dense",
+        "hunyuan-vl.cpp",  # llama_model_hunyuan_dense reuses hunyuan_vl's loader and graph
+        ("rope.dimension_sections",),
+        graph="hunyuan_vl",
+        builder="hunyuan_dense",  # hunyuan-moe's attention (Q/K norms after RoPE), a dense FFN
+    ),
+    Arch(
+        "dots1",
+        "dots1.cpp",
+        (
+            "leading_dense_block_count",
+            "expert_feed_forward_length",
+            "expert_shared_count",
+            "expert_weights_scale",
+            "expert_weights_norm",
+            "expert_gating_func",
+        ),
+        builder="dots1",
+        moe=True,
+        leading_dense=True,
+        shared_experts=True,
+    ),
+    Arch(
+        "bailingmoe2",
+        "bailingmoe2.cpp",
+        (
+            "leading_dense_block_count",
+            "expert_feed_forward_length",
+            "expert_shared_feed_forward_length",
+            "expert_shared_count",
+            "expert_weights_scale",
+            "expert_weights_norm",
+            "expert_gating_func",
+        ),
+        builder="bailingmoe2",  # dots1's graph over the trunk, the fused QKV
+        skips_nextn=True,
+        moe=True,
+        leading_dense=True,
+        shared_experts=True,
+    ),
+    Arch(
+        "mistral4",  # llama_model_mistral4: deepseek2's loader and graph (MLA)
+        "deepseek2.cpp",
+        (
+            "vocab_size",
+            "leading_dense_block_count",
+            "attention.q_lora_rank",
+            "attention.kv_lora_rank",
+            "attention.key_length_mla",
+            "attention.value_length_mla",
+            "expert_feed_forward_length",
+            "expert_shared_count",
+            "expert_weights_scale",
+            "expert_weights_norm",
+            "expert_gating_func",
+            "rope.scaling.yarn_log_multiplier",
+            "attention.temperature_scale",
+            "attention.temperature_length",
+        ),
+        graph="deepseek2",
+        builder="deepseek2",
+        mla=True,
+        skips_nextn=True,
+        moe=True,
+        leading_dense=True,
+        shared_experts=True,
+    ),
+    # expanded (not absorbed) MLA: an ordinary K/V cache of key_length / value_length per head
+    Arch("minicpm3", "minicpm3.cpp", ("attention.q_lora_rank", "attention.kv_lora_rank"), builder="minicpm3"),
+    Arch(
+        "mimo2",  # the pattern array marks the sliding-window layers (required, as the window is)
+        "mimo2.cpp",
+        ("expert_feed_forward_length", "attention.sliding_window", "rope.freq_base_swa", "attention.value_scale"),
+        builder="mimo2",
+        swa=Swa(needs_window=True),
+        skips_nextn=True,
+        moe=True,
+    ),
+    Arch(
+        "step35",  # the pattern array marks the sliding-window layers (required, as the window is)
+        "step35.cpp",
+        (
+            "expert_feed_forward_length",
+            "expert_shared_feed_forward_length",
+            "expert_gating_func",
+            "expert_weights_scale",
+            "expert_weights_norm",
+            "attention.sliding_window",
+            "rope.freq_base_swa",
+            "swiglu_clamp_exp",
+            "swiglu_clamp_shexp",
+        ),
+        builder="step35",
+        swa=Swa(needs_window=True),
+        skips_nextn=True,
+        moe=True,
+        shared_experts=True,
+    ),
+    Arch("xverse", "xverse.cpp", builder="xverse"),  # the llama graph
+    Arch("orion", "orion.cpp", builder="orion"),  # the llama graph with layer norms
+    Arch("qwen", "qwen.cpp", builder="qwen"),  # the llama graph, the fused QKV with its bias
+    Arch("nemotron", "nemotron.cpp", builder="nemotron"),  # layer norms, an FFN of up, ReLU squared, down
+    Arch(
+        "minicpm",
+        "minicpm.cpp",
+        ("embedding_scale", "residual_scale", "logit_scale"),
+        graph="granite",
+        builder="minicpm",  # granite's graph with MiniCPM's default scales
+    ),
+    Arch(
+        "deepseek",
+        "deepseek.cpp",
+        ("leading_dense_block_count", "expert_feed_forward_length", "expert_shared_count", "expert_weights_scale"),
+        builder="deepseek",
+        moe=True,
+        leading_dense=True,
+        shared_experts=True,
+    ),
+    Arch(
+        "bailingmoe",
+        "bailingmoe.cpp",
+        (
+            "leading_dense_block_count",
+            "expert_feed_forward_length",
+            "expert_shared_count",
+            "expert_weights_scale",
+            "expert_weights_norm",
+        ),
+        builder="bailingmoe",
+        moe=True,
+        shared_experts=True,
+    ),
+    Arch("maincoder", "maincoder.cpp", builder="maincoder"),  # hunyuan-dense's graph (Q/K norms after RoPE)
+    Arch("baichuan", "baichuan.cpp", builder="baichuan"),  # the llama graph, RoPE only at 32 layers (7B)
+    Arch("chatglm", "chatglm.cpp", builder="chatglm"),  # the llama graph, the fused up projection's SwiGLU
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}

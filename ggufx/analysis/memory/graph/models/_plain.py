@@ -1,0 +1,170 @@
+"""The plain decoders whose layer differs from :mod:`._dense`'s in the FFN or in how the residual is
+wired (not a llama.cpp model file itself: ``arcee``, ``starcoder2``, ``phi2`` and ``stablelm`` without an
+FFN norm are each one such file, built from :func:`build` with that file's :class:`Plain`).
+
+The attention is :mod:`._dense`'s (its :class:`~._dense.Dense` switches: the norm op, Q/K norms, the
+scaled query, the biases that come with the file's tensors); what this module adds is the FFN without a
+gate (``build_ffn`` with ``LLM_FFN_SEQ`` and no gate tensor: up, its optional bias, GELU or squared ReLU,
+down, its optional bias) and the two parallel residuals of phi2.cpp and stablelm.cpp. As in
+:mod:`._dense`, the node order is ``ggml_build_forward_expand``'s (sources depth first): what matters is
+which node reads which."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph, _strides
+from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _inp_embd, _proj, _rot, _w, _weight
+from ggufx.analysis.memory.graph.models._dense import _ROPE_FACTORS, Dense, _attn_kv, _ffn, _n, _qkv
+from ggufx.model import GGUFModel
+
+GLU = "glu"  # ffn_gate and ffn_up in parallel, SwiGLU (GEGLU with Dense.gelu): _dense's FFN
+GELU = "gelu"  # up (+ bias), GELU, down (+ bias): starcoder2.cpp, phi2.cpp
+RELU_SQR = "relu_sqr"  # up, ReLU, square, down: arcee.cpp
+
+SEQ = "seq"  # ffn_inp = attn + x; l_out = FFN(norm(ffn_inp)) + ffn_inp (llama.cpp)
+COHERE = "cohere"  # l_out = (FFN(attn_norm(x)) + x) + attn (command-r.cpp:104-130)
+PHI2 = "phi2"  # l_out = (attn + FFN(attn_norm(x))) + x (phi2.cpp:95-111)
+STABLELM = "stablelm"  # ffn_inp = attn + x; l_out = FFN(attn_norm(x)) + ffn_inp (stablelm.cpp without ffn_norm)
+
+
+@dataclass(frozen=True, slots=True)
+class Plain:
+    """What one llama.cpp model file does: the attention's switches, its FFN, its residual."""
+
+    attn: Dense = Dense()
+    ffn: str = GLU
+    residual: str = SEQ
+
+
+def rot(g: _Graph, x: _T, r: _T | None) -> _T:
+    """``llama_mul_mat_hadamard`` (llama-impl.h:57): as :func:`~ggufx.analysis.memory.graph.llm._rot`,
+    with the ``ggml_cont_2d`` it makes of a tensor that is not contiguous (V as a view of the fused QKV)."""
+    if r is None:
+        return x
+    if x.nb == _strides(x.ne, x.type):
+        return _rot(g, x, r)
+    n = r.ne[0]
+    cont = g.new(f"{x.name} (cont)", "CONT", x.type, (n, math.prod(x.ne) // n), x)
+    return g.reshape(g.mul_mat(x.name, r, cont), *x.ne)
+
+
+def attention(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp, d: Dense) -> _T:
+    """Q/K/V, their norms, RoPE, the scaled query, the attention and the output projection, as
+    :func:`._dense._attention` but for one thing that matters where the FFN runs beside the attention:
+    ``build_attn_mha`` expands the attention's output *before* the Hadamard rotation of a quantized V
+    cache (llama-graph.cpp:2827 then :3003), so the rotation and the output projection are reached only
+    from the residual that reads them (after a parallel FFN)."""
+    hp, T = c.hp, c.n_tokens
+    nh, nkv, hd, hv = hp.n_head[il], hp.n_head_kv[il], hp.head_k, hp.head_v
+    p = f"blk.{il}."
+    q, k, v = _qkv(c, g, x, il, reshape=d.qk_norm != "full")
+    if d.qk_norm:
+        q = _n(c, g, q, p + "attn_q_norm.weight", il, d)
+        k = _n(c, g, k, p + "attn_k_norm.weight", il, d)
+    if d.qk_norm == "full":
+        q, k, v = g.reshape(q, hd, nh, T), g.reshape(k, hd, nkv, T), g.reshape(v, hv, nkv, T)
+    if d.rope is None or d.rope(c, il):
+        assert c.pos is not None
+        freqs = next((f for n in _ROPE_FACTORS if (f := _weight(c, n, il)) is not None), None)
+        src = [c.pos, *([freqs] if freqs else [])]
+        q = g.new(q.name, "ROPE", "F32", q.ne, q, *src)
+        k = g.new(k.name, "ROPE", "F32", k.ne, k, *src)
+    if d.q_scale:
+        q = g.op(q.name, "SCALE", q)
+    v = rot(g, v, inp.v_rot)  # what _attn_kv does first, here, so that it returns the unrotated output
+    cur = _attn_kv(c, g, q, k, v, il, replace(inp, v_rot=None), False, d)
+    g.expand(cur)
+    cur = _rot(g, cur, inp.v_rot)
+    return _proj(c, g, f"attn_out-{il}", p + "attn_output", cur, il)
+
+
+def ffn(c: _Ctx, g: _Graph, x: _T, il: int, p: Plain) -> _T:
+    """``build_ffn`` of the file's kind (the biases are added where the file has them)."""
+    if p.ffn == GLU:
+        return _ffn(c, g, x, il, p.attn)
+    b = f"blk.{il}."
+    cur = _proj(c, g, f"ffn_up-{il}", b + "ffn_up", x, il)
+    if p.ffn == GELU:
+        cur = g.op(f"ffn_gelu-{il}", "UNARY", cur)
+    else:
+        cur = g.op(f"ffn_sqr(relu)-{il}", "SQR", g.op(f"ffn_relu-{il}", "UNARY", cur))
+    return _proj(c, g, f"ffn_out-{il}", b + "ffn_down", cur, il)
+
+
+def build(c: _Ctx, g: _Graph, p: Plain) -> _T:
+    """The transformer of the file: per layer the attention norm and attention, the last layer's rows
+    picked, the file's FFN and residual; then the output norm (optional bias), the head (optional bias)."""
+    hp, sp = c.hp, c.sp
+    T, n_out, E = c.n_tokens, c.n_outputs, hp.n_embd
+    d = p.attn
+    x = _inp_embd(c, g)
+    if d.embd_scale:
+        x = g.op("inp_scaled", "SCALE", x)
+    c.pos = g.input("inp_pos", "I32", T)
+    inp = _attn_inp(c, g, sp.n_kv)
+    out_ids = g.input("out_ids", "I32", n_out)
+    for pos, il in enumerate(c.layers):
+        g.at(pos)
+        b = f"blk.{il}."
+        inp_sa = x
+        normed = _n(c, g, x, b + "attn_norm.weight", il, d)
+        cur = attention(c, g, normed, il, inp, d)
+        if il == hp.n_layer - 1:
+            cur = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), cur, out_ids)
+            inp_sa = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), inp_sa, out_ids)
+            if p.residual != SEQ:
+                normed = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), normed, out_ids)
+        if p.residual == PHI2:
+            cur = g.op(f"attn_ffn-{il}", "ADD", cur, ffn(c, g, normed, il, p))
+            x = g.op(f"l_out-{il}", "ADD", cur, inp_sa)
+            continue
+        if p.residual == COHERE:
+            out = g.op(f"ffn_out-{il}", "ADD", ffn(c, g, normed, il, p), inp_sa)
+            x = g.op(f"l_out-{il}", "ADD", out, cur)
+            continue
+        ffn_inp = g.op(f"ffn_inp-{il}", "ADD", cur, inp_sa)
+        src = normed if p.residual == STABLELM else _n(c, g, ffn_inp, b + "ffn_norm.weight", il, d)
+        x = g.op(f"l_out-{il}", "ADD", ffn(c, g, src, il, p), ffn_inp)
+    g.at(GLOBAL)
+    cur = g.op("norm", d.norm, x)
+    cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
+    nb = _weight(c, "output_norm.bias", hp.n_layer)
+    if nb is not None:
+        cur = g.op("result_norm", "ADD", cur, nb)
+    cur.flags |= OUTPUT
+    out_w = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
+    logits = g.mul_mat("result_output", out_w, cur)
+    ob = _weight(c, "output.bias", hp.n_layer)
+    if ob is not None:
+        logits = g.op("result_output", "ADD", logits, ob)
+    if d.logit_scale:
+        logits = g.op("result_output", "SCALE", logits)
+    logits.flags |= OUTPUT
+    return logits
+
+
+def layer_weights(p: Plain) -> tuple[str, ...]:
+    """The weights every layer of a ``p`` graph multiplies by (the Q/K/V projections apart)."""
+    w = ["attn_norm", "attn_output", "ffn_up", "ffn_down"]
+    w += ["ffn_norm"] if p.residual == SEQ else []
+    w += ["ffn_gate"] if p.ffn == GLU else []
+    w += ["attn_q_norm", "attn_k_norm"] if p.attn.qk_norm else []
+    return tuple(w)
+
+
+def needs(model: GGUFModel, layer: tuple[str, ...], top: tuple[str, ...] = (), qkv: bool = True) -> str | None:
+    """The first tensor of ``layer`` (per layer, without ``blk.N.``), the Q/K/V projections (``attn_qkv``
+    or the three; not with ``qkv`` false), ``token_embd``, ``output_norm`` and ``top`` that the file
+    lacks, as ``graphsim.unbuildable`` words it (None: the file has them all)."""
+    arch = model.architecture or ""
+    names = {t.name for t in model.tensors}
+    n_layer = model.metadata.get_int(f"{arch}.block_count") or 0
+    needed = ["token_embd.weight", "output_norm.weight", *top]
+    for il in range(min(n_layer, 513)):
+        needed += [f"blk.{il}.{role}.weight" for role in layer]
+        if qkv and f"blk.{il}.attn_qkv.weight" not in names:
+            needed += [f"blk.{il}.attn_{r}.weight" for r in "qkv"]
+    missing = next((n for n in needed if n not in names), None)
+    return f"the graph needs tensor {missing}, which the file lacks" if missing else None
