@@ -10,7 +10,8 @@ side runs here, on the same header-only model, as a user would ask the same ques
 `ggufx mem MODEL --fit FREE -fitt T [-c N] [-fitc N]`, FREE being the card's free memory llama.cpp saw. ggufx
 answers more than llama-fit-params does (llama.cpp's `-c`/`-ngl`/`-ot`, and also the largest context for each
 of three KV cache types). Medians of N whole-process runs after a warm-up (wall and CPU time). The machines
-differ (the table says which); llama-fit-params needs a GPU, ggufx does not.
+differ (the table says which); llama-fit-params needs a GPU, ggufx does not. FREE is given in bytes, as
+measured on the H100 (tests/test_fit_logs.py MEASURED_FREE).
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ def card_of(rid: str) -> tuple[str, int]:
     sys.path.insert(0, str(ROOT))
     from tests.test_fit_logs import card_free, machine_of
 
-    free = card_free(machine_of(rid))
-    return ("H200" if free > 100_000 else "H100"), free
+    free = card_free(machine_of(rid))  # bytes (the H100's measured to the byte, else the printed MiB)
+    return ("H200" if free > 100_000 << 20 else "H100"), free
 
 
 def timed(cmd: list[str]) -> tuple[float, float]:
@@ -67,7 +68,7 @@ def main() -> None:
         if name not in models or "--fit-print" in opts:
             continue
         card, free = card_of(rid)
-        cmd = [tool("ggufx"), "mem", str(models[name]), "--fit", f"{free}MiB"]
+        cmd = [tool("ggufx"), "mem", str(models[name]), "--fit", str(free)]
         for k in ("-c", "-fitt", "-fitc"):
             if k in opts:
                 cmd += [k, opts[k]]
