@@ -32,6 +32,7 @@ sys.path.insert(0, str(HERE))
 from bench_memory import LOGS, hole_models  # noqa: E402
 from common import tool  # noqa: E402
 
+
 def card_of(rid: str) -> tuple[str, int]:
     """The card a recorded run used and its free MiB as llama.cpp saw it before the run (the
     recording session's runs without fit print it: tests/test_fit_logs.py card_free)."""

@@ -141,7 +141,7 @@ def markdown(rows: list[Row]) -> str:
 
 
 def main() -> None:
-    from .llamacpp_logs import _write_holes
+    from .llamacpp_logs import _cpu_models, _write_holes
 
     home = Path.home() / ".cache" / "ggufx-test-models"
     with tempfile.TemporaryDirectory() as d:
@@ -154,6 +154,7 @@ def main() -> None:
             "--gemma",
             str(home / "gemma-3-270m-q4_k_m.gguf"),
         )
+        models.update(_cpu_models(Path(d), home / "SmolLM2-135M-Instruct.Q4_1.gguf"))
         print("Architectures with a graph builder, the builder switched off (CUDA and CPU runs):\n")
         print(markdown(table(errors(models))))
         print(
