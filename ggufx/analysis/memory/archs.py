@@ -198,6 +198,7 @@ _ENTRIES = (
             "attention.value_length_swa",
             "final_logit_softcapping",
         ),
+        builder="gemma4",
         swa=Swa(needs_window=True),
         moe=True,
     ),
