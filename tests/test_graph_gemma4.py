@@ -40,7 +40,7 @@ from .graph_arch_logs import (
 )
 
 ARCH = "gemma4"
-MODELS = ("gemma4", "gemma4-moe", "gemma4-31b")
+MODELS = ("gemma4", "gemma4-moe", "gemma4-31b", "gemma4-lazy")
 CPU_RUNS = cpu_runs(*MODELS)
 NODE_RUNS = sorted(p.stem for p in NODES.glob("gemma4*.tsv"))
 
@@ -234,3 +234,22 @@ def test_files_the_graph_cannot_be_built_from(smollm2_path: Path, tmp_path: Path
     a = parse_args("-m x -c 8192")
     bd = breakdown(model, [], a.offload, a.context)
     assert bd.compute_estimate is not None
+
+
+def test_per_layer_embeddings_over_4_gib_have_their_own_mapped_buffer(paths: dict[str, Path]) -> None:
+    """gemma4.cpp creates per_layer_token_embd TENSOR_READ_LAZY: over 4 GiB (a BF16 E4B's 10,752 x 262,144)
+    llama.cpp's --lazy-mode auto maps it in a buffer of its own, a second CPU_Mapped line of exactly its
+    size beside the one of the other tensors; under 4 GiB it is one of those."""
+    a = parse_args("-m x -c 4096")
+    mapped = {
+        name: [
+            b.bytes
+            for b in breakdown(ggufx.open(paths[name]), [], a.offload, a.context).buffers
+            if b.kind == "model" and b.buft == "CPU_Mapped"
+        ]
+        for name in ("gemma4", "gemma4-lazy")
+    }
+    assert len(mapped["gemma4"]) == 1
+    assert len(mapped["gemma4-lazy"]) == 2 and mapped["gemma4-lazy"][1] == 5120 << 20
+    log = (CPU_LOGS / "gemma4-lazy-c4096.log").read_text()
+    assert log.count("CPU_Mapped model buffer size") == 2 and "CPU_Mapped model buffer size =  5120.00 MiB" in log
