@@ -98,7 +98,7 @@ def test_issue_architectures_are_registered() -> None:
         "llama", "gemma3", "qwen3moe", "qwen35", "gpt-oss", "deepseek2", "glm4", "glm4moe", "qwen3next",
         "granitehybrid", "granite", "granitemoe", "lfm2", "lfm2moe", "phi3", "nemotron_h", "falcon-h1", "gemma2",
         "gemma3n", "qwen2", "qwen3vl", "qwen2vl", "llama4", "mistral3", "seed_oss", "ernie4_5", "ernie4_5-moe",
-        "minimax-m2", "olmo2", "smollm3", "cohere2", "exaone4", "hunyuan-moe", "apertus",
+        "minimax-m2", "olmo2", "smollm3", "cohere2", "exaone4", "hunyuan-moe", "apertus", "gemma4", "deepseek32",
     ):  # fmt: skip
         assert arch_of(name) is not None, name
     assert {n for n in ARCHS if builder_of(n)} == {
@@ -110,7 +110,7 @@ def test_issue_architectures_are_registered() -> None:
         "olmoe", "arcee", "command-r", "gemma", "internlm2", "starcoder2", "exaone", "phi2", "stablelm",
         "hunyuan-dense", "dots1", "bailingmoe2", "mistral4", "minicpm3", "mimo2", "step35",
         "xverse", "orion", "qwen", "nemotron", "minicpm", "deepseek", "bailingmoe", "maincoder", "baichuan",
-        "chatglm",
+        "chatglm", "gemma4",
     }  # fmt: skip
     assert arch_of("deepseek2").mla and arch_of("glm4moe").skips_nextn  # type: ignore[union-attr]
     assert arch_of("no-such-arch") is None and builder_of(None) is None

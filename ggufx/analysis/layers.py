@@ -182,6 +182,8 @@ def _layer_kinds(model: GGUFModel) -> list[LayerKind]:
     flavour = a.recurrent.flavour if a and a.recurrent else ""
     n_main = max(n - n_nextn(model), 0)
     kv_from = a.kv_from_start if a else -1
+    if a is not None and a.name == "gemma4":  # n_layer - attention.shared_kv_layers (gemma4.cpp load_arch_hparams)
+        kv_from = n - max(model.metadata.get_int("gemma4.attention.shared_kv_layers") or 0, 0)
     out = []
     for i in range(n):
         roles = roles_by_layer.get(i, set())

@@ -203,6 +203,28 @@ _ENTRIES = (
         kv_from_start=20,
     ),
     Arch(
+        # Gemma 4 (E2B, E4B, 26B-A4B, 31B): the sliding-window layers from the pattern array, their own head
+        # size (key_length_swa) and KV heads (a head_count_kv array); the last attention.shared_kv_layers
+        # layers reuse the KV of the last sliding-window and full-attention layers before them
+        # (n_layer_kv_from_start = n_layer - shared_kv_layers, llama-model.cpp:2796-2803: layers.py reads it)
+        "gemma4",
+        "gemma4.cpp",
+        (
+            "attention.sliding_window_pattern",
+            "attention.shared_kv_layers",
+            "rope.freq_base_swa",
+            "expert_feed_forward_length",
+            "attention.sliding_window",
+            "embedding_length_per_layer_input",
+            "attention.key_length_swa",
+            "attention.value_length_swa",
+            "final_logit_softcapping",
+        ),
+        builder="gemma4",
+        swa=Swa(needs_window=True),
+        moe=True,
+    ),
+    Arch(
         "cohere2",
         "cohere2.cpp",
         ("rope.freq_base_swa", "attention.sliding_window", "logit_scale"),

@@ -237,13 +237,24 @@ def _add(into: dict[str, int], more: dict[str, int]) -> None:
 _SIZES: weakref.WeakKeyDictionary[GGUFModel, dict[tuple[str, int, str], int]] = weakref.WeakKeyDictionary()
 
 
+# TENSOR_READ_LAZY tensors (gemma4.cpp: the per-layer token embeddings) that llama.cpp's default --lazy-mode
+# auto reads on demand when over 4 GiB (llama-model-loader.cpp:1088-1112): a context and a buffer of their
+# own, from the file's mapping (lazy_read::buft, even with --no-mmap), printed as a second CPU_Mapped buffer
+_LAZY = {"gemma4": ("per_layer_token_embd.weight",)}
+LAZY_MIN = 4 << 30
+
+
 def weight_buffers(model: GGUFModel, pl: Placement) -> list[Buffer]:
     """The model buffers of a placement: one per buffer type (``CPU_Mapped`` one per shard)."""
     sizes: dict[str, int] = {}
     spans: dict[int, tuple[int, int]] = {}
     meta: dict[str, int] = {}
     known = _SIZES.setdefault(model, {})
+    lazy: list[int] = []
     for t, buft in pl.tensors:
+        if t.name in _LAZY.get(model.architecture or "", ()) and t.nbytes > LAZY_MIN:
+            lazy.append(t.nbytes)  # its own context and mapped buffer, whatever the placement and --no-mmap
+            continue
         if buft == CPU_MAPPED:
             if t.name not in pl.repacked_only:
                 lo, hi = spans.get(t.shard, (t.file_offset, t.file_offset + t.nbytes))
@@ -264,6 +275,7 @@ def weight_buffers(model: GGUFModel, pl: Placement) -> list[Buffer]:
         out.append(meta_buffer("model", meta))
     if pl.repack:
         out.append(Buffer("model", CPU_REPACK, sum(pad(t.nbytes, HOST_ALIGN) for t in pl.repack)))
+    out += [Buffer("model", CPU_MAPPED, n) for n in lazy]
     return out
 
 
