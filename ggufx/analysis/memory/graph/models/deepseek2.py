@@ -211,10 +211,10 @@ def _mla_attn(c: _Ctx, g: _Graph, x: _T, il: int, k_idxs: _T, mask: _T, scale: _
     ``llm_graph_input_attn_k``, llama-graph.cpp:3056-3110, and ``build_attn_mha``, :2691-2820), up to and
     including the output projection."""
     hp, sp = c.hp, c.sp
-    T, ns, fa = c.n_tokens, sp.n_streams, sp.flash_attn
+    T, ns = c.n_tokens, sp.n_streams
     nh = hp.n_head[il]
     p = f"blk.{il}."
-    wk_b, wv_b = _w(c, p + "attn_k_b.weight", il), _w(c, p + "attn_v_b.weight", il)
+    wk_b = _w(c, p + "attn_k_b.weight", il)
     kv_a = _w(c, p + "attn_kv_a_mqa.weight", il)
     rank = _w(c, p + "attn_kv_a_norm.weight", il).ne[0]  # kv_lora_rank
     n_rot = kv_a.ne[1] - rank
@@ -260,8 +260,20 @@ def _mla_attn(c: _Ctx, g: _Graph, x: _T, il: int, k_idxs: _T, mask: _T, scale: _
     g.expand(set_k)
     krow = cache_k.nb[1]
     k = g.view(cache_k, (hk_all, 1, n_kv, ns), (cache_k.nb[0], krow, krow, krow * n_kv))
+    return mla_mha(c, g, qcur, k, mask, il, rank)
+
+
+def mla_mha(c: _Ctx, g: _Graph, qcur: _T, k: _T, mask: _T, il: int, rank: int) -> _T:
+    """``build_attn_mha`` over an MLA cache view ``k`` (V its first ``rank`` values), then ``attn_v_b``
+    decompressing each head and the output projection (llama-graph.cpp:2691-2820): deepseek2's and
+    deepseek32's layers alike."""
+    ns, fa = c.sp.n_streams, c.sp.flash_attn
+    T, nh, n_kv = c.n_tokens, qcur.ne[1], k.ne[2]
+    p = f"blk.{il}."
+    wv_b = _w(c, p + "attn_v_b.weight", il)
+    width = qcur.ne[0]
     v = g.view(k, (rank, 1, n_kv, ns), k.nb)
-    qv = g.view(qcur, (hk_all, nh, T // ns, ns), (qcur.nb[0], qcur.nb[1], qcur.nb[2], qcur.nb[2] * (T // ns)))
+    qv = g.view(qcur, (width, nh, T // ns, ns), (qcur.nb[0], qcur.nb[1], qcur.nb[2], qcur.nb[2] * (T // ns)))
     qp, kp, vp = g.permute(qv, 0, 2, 1, 3), g.permute(k, 0, 2, 1, 3), g.permute(v, 0, 2, 1, 3)
     if fa:
         out = g.new(f"node_fa-{il}", "FLASH_ATTN_EXT", "F32", (rank, nh, T // ns, ns), qp, kp, vp, mask)

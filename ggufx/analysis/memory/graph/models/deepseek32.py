@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph, _type
 from ggufx.analysis.memory.graph.llm import _Ctx, _inp_embd, _norm, _w, _weight
-from ggufx.analysis.memory.graph.models.deepseek2 import SIGMOID, SOFTMAX, ffn, moe_ffn, moe_params
+from ggufx.analysis.memory.graph.models.deepseek2 import SIGMOID, SOFTMAX, ffn, mla_mha, moe_ffn, moe_params
 from ggufx.analysis.memory.graph.models.deepseek2 import unbuildable as _deepseek2_unbuildable
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.model import GGUFModel
@@ -125,10 +125,10 @@ def _attn(c: _Ctx, g: _Graph, x: _T, qr: _T, il: int, inp: _Dsa, top_k: _T) -> _
     ``llm_graph_input_attn_k_dsa`` and ``build_attn_mha``, llama-graph.cpp:2691-2830), up to and including
     the output projection."""
     hp, sp = c.hp, c.sp
-    T, ns, fa = c.n_tokens, sp.n_streams, sp.flash_attn
+    T = c.n_tokens
     nh = hp.n_head[il]
     p = f"blk.{il}."
-    wk_b, wv_b = _w(c, p + "attn_k_b.weight", il), _w(c, p + "attn_v_b.weight", il)
+    wk_b = _w(c, p + "attn_k_b.weight", il)
     kv_a = _w(c, p + "attn_kv_a_mqa.weight", il)
     rank = _w(c, p + "attn_kv_a_norm.weight", il).ne[0]  # kv_lora_rank
     n_rot = kv_a.ne[1] - rank
@@ -159,28 +159,7 @@ def _attn(c: _Ctx, g: _Graph, x: _T, qr: _T, il: int, inp: _Dsa, top_k: _T) -> _
     cache, k = _cache_k(c, g, f"cache_k_l{il}", width, _type(sp.type_k).name, il)
     g.expand(_cache_write(c, g, cache, kcur, width, inp.k_idxs))
     mask = _sparse_mask(c, g, inp, top_k, il)
-    n_kv = k.ne[2]
-    v = g.view(k, (rank, 1, n_kv, ns), k.nb)
-    qv = g.view(qcur, (width, nh, T // ns, ns), (qcur.nb[0], qcur.nb[1], qcur.nb[2], qcur.nb[2] * (T // ns)))
-    qp, kp, vp = g.permute(qv, 0, 2, 1, 3), g.permute(k, 0, 2, 1, 3), g.permute(v, 0, 2, 1, 3)
-    if fa:
-        out = g.new(f"node_fa-{il}", "FLASH_ATTN_EXT", "F32", (rank, nh, T // ns, ns), qp, kp, vp, mask)
-        out = g.permute(out, 0, 2, 1, 3)
-        out = g.mul_mat(f"fattn_mla-{il}", wv_b, out)
-        out = g.permute(out, 0, 2, 1, 3)
-        out = g.new(f"node_cont-{il}", "CONT", "F32", out.ne, out)
-        cur = g.reshape(out, out.ne[0] * out.ne[1], out.ne[2] * out.ne[3])
-    else:
-        kq = g.mul_mat(f"kq-{il}", kp, qp)
-        kq = g.op(f"kq_soft_max-{il}", "SOFT_MAX", kq, mask)
-        vt = g.permute(vp, 1, 0, 2, 3)  # ggml_transpose
-        vc = g.new(f"v_cont-{il}", "CONT", vt.type, vt.ne, vt)
-        kqv = g.mul_mat(f"kqv-{il}", vc, kq)
-        kqv = g.mul_mat(f"kqv_mla-{il}", wv_b, kqv)
-        perm = g.permute(kqv, 0, 2, 1, 3)
-        cur = g.new(f"kqv_out-{il}", "CONT", "F32", (perm.ne[0] * perm.ne[1], perm.ne[2] * perm.ne[3]), perm)
-    g.expand(cur)
-    return g.mul_mat(f"attn_out-{il}", _w(c, p + "attn_output.weight", il), cur)
+    return mla_mha(c, g, qcur, k, mask, il, rank)
 
 
 def build(c: _Ctx, g: _Graph) -> _T:
