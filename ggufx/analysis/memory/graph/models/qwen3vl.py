@@ -7,6 +7,8 @@ the embeddings to its output (so the padded embeddings stay alive until the last
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
 from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd, _w, _weight, model_of
 from ggufx.analysis.memory.graph.models._dense import Dense, _attention, _ffn, _n, dense_unbuildable
@@ -55,6 +57,11 @@ def inp_embd_wide(c: _Ctx, g: _Graph, n_embd_inp: int) -> tuple[_T, _T]:
 
 def build(c: _Ctx, g: _Graph) -> _T:
     """The graph of qwen3vl.cpp."""
+    return decoder(c, g, lambda cur, il: _ffn(c, g, cur, il, SPEC))
+
+
+def decoder(c: _Ctx, g: _Graph, ffn: Callable[[_T, int], _T]) -> _T:
+    """qwen3vl.cpp's decoder with ``ffn(cur, il)`` for each layer's FFN (qwen3vlmoe.cpp: the experts)."""
     hp, sp = c.hp, c.sp
     T, n_out, E = c.n_tokens, c.n_outputs, hp.n_embd
     n_ds = n_deepstack(c)
@@ -73,9 +80,9 @@ def build(c: _Ctx, g: _Graph) -> _T:
             inp_sa = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), inp_sa, out_ids)
         ffn_inp = g.op(f"ffn_inp-{il}", "ADD", cur, inp_sa)
         cur = _n(c, g, ffn_inp, b + "ffn_norm.weight", il, SPEC)
-        cur = _ffn(c, g, cur, il, SPEC)
+        cur = ffn(cur, il)
         x = g.op(f"l_out-{il}", "ADD", cur, ffn_inp)
-        if il < n_ds:  # qwen3vl.cpp: + a view of the il+1-th n_embd columns of the input rows
+        if il < n_ds:  # qwen3vl.cpp, qwen3vlmoe.cpp:164-168: + a view of the il+1-th n_embd columns of the input rows
             assert padded is not None
             ds = g.view(padded, (E, T), padded.nb[:2])
             x = g.op(f"deepstack_out-{il}", "ADD", x, ds)
