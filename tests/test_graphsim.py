@@ -270,6 +270,9 @@ def test_the_shortened_replay_is_the_whole_one(rid: str, hole_models: dict[str, 
         ("qwen36-27b", "-c 32768 -ngl 40", 1, 32),
         ("qwen3moe-30b-a3b", "-c 32768", 1, 8),
         ("qwen3moe-30b-a3b", "-c 32768 --n-cpu-moe 20", 1, 16),
+        # experts of layers 13-46 on the host, as --fit moves them: the last trunk layer (45) is the last
+        # one built (its split takes the output ids), the NextN block after it is not
+        ("glm45-air", r"-c 4096 -ot blk\.(1[3-9]|[2-4][0-9])\.ffn_.*_exps=CPU", 1, 16),
         ("llama31-8b", "-c 32768", 2, 16),
         ("llama31-8b", "-c 32768 -fa off -np 4", 1, 8),
     ],
@@ -293,6 +296,37 @@ def test_the_shortened_replay_builds_few_layers(
     assert graphsim.simulate(model, devices, args.offload, sp) == graphsim.simulate(
         model, devices, args.offload, sp, whole=True
     )
+
+
+def test_a_warm_up_making_a_plan_found_not_periodic_is_not_replayed(
+    hole_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Qwen3-Next's prompt reservation with every layer on the host (--fit's first dry run) and q8_0
+    caches is not periodic after two blocks of four layers; three blocks kept make the same plan (the
+    replay resumes after an even number left out), so that plan is replayed once, then six blocks:
+    two replays, not three, and the whole replay's buffers."""
+    model = ggufx.open(hole_models["qwen3next-80b-a3b"])
+    args = parse_args("-m x -c 4096 -ngl 0 -fa on -ctk q8_0 -ctv q8_0")
+    devices = [Device("CUDA0", 80000 * MiB)]
+    sp = sim_params(breakdown(model, devices, args.offload, args.context))
+    ld = graphsim._loaded(model, devices, args.offload)
+    c = graphsim._context(model, ld, sp, sp.n_ubatch, sp.n_outputs)
+    sigs = graphsim._layer_signatures(c, ld)
+    assert graphsim._plan(sigs, 2) == graphsim._plan(sigs, 3)
+    graphsim._RESULTS.pop(model, None)
+    graphsim._LAST_WARM.pop(model, None)
+    built: list[int] = []
+    reserve = graphsim._reserve
+
+    def spy(nodes, *rest):  # type: ignore[no-untyped-def]
+        built.append(len(nodes))
+        return reserve(nodes, *rest)
+
+    monkeypatch.setattr(graphsim, "_reserve", spy)
+    got = graphsim.simulate(model, devices, args.offload, sp)
+    assert len(built) == 3  # prompt: 2 blocks (not periodic), 6 blocks; one token: 2 blocks
+    monkeypatch.setattr(graphsim, "_reserve", reserve)
+    assert got == graphsim.simulate(model, devices, args.offload, sp, whole=True)
 
 
 # -- fit's dry runs on a model with NextN/MTP layers ----------------------------------------------------

@@ -262,7 +262,7 @@ def _layer_signatures(c: _Ctx, ld: _Loaded) -> list[tuple[object, ...]]:
     kind = layer_kind(hp.arch) or (lambda il: None)
     return [
         (
-            il == hp.n_layer - 1,
+            il == hp.n_layer_main - 1,  # the last trunk layer (NextN blocks follow it, unbuilt)
             kind(il),
             hp.n_head[il],
             hp.n_head_kv[il],
@@ -331,10 +331,18 @@ def _plan(sigs: list[tuple[object, ...]], warm: int) -> _Plan:
 
 
 def _one(
-    model: GGUFModel, ld: _Loaded, sp: SimParams, n_tokens: int, n_outputs: int, warm: int | None
+    model: GGUFModel,
+    ld: _Loaded,
+    sp: SimParams,
+    n_tokens: int,
+    n_outputs: int,
+    warm: int | None,
+    failed: set[_Plan] | None = None,
 ) -> dict[str, int] | None:
     """One reservation: the graph of every layer (``warm`` None), or of a plan's layers (None when the
-    allocator is not periodic where the plan needs it to be)."""
+    allocator is not periodic where the plan needs it to be). ``failed``: the plans this reservation
+    already found not periodic (another warm-up can make the same plan: one more block kept to resume
+    after an even number left out); such a plan is not replayed again, and a failing one is added."""
     hp, pl = ld.hp, ld.pl
     c = _context(model, ld, sp, n_tokens, n_outputs)
     plan = _Plan(tuple(range(hp.n_layer)), ())
@@ -345,6 +353,8 @@ def _one(
         plan = ld.plans[key]
         if not plan.checks:
             warm = None
+        elif failed is not None and plan in failed:
+            return None
     c.layers = list(plan.layers)
     if warm is not None and ld.tagged is not plan:
         ld.tagged = plan
@@ -370,10 +380,14 @@ def _one(
         # up-front allocations (pipeline parallelism's input copies) of a block after the first: each
         # block left out would have its own (the first block's may come from the layers before it)
         if any(start + resume - one <= p < resume for p in pre):
+            if failed is not None:
+                failed.add(plan)
             return None
         # two blocks back only where that state follows a block too (the warm-up's first block does not)
         twice = two >= start + resume - one and _shifted(states[resume], states[two])
         if not (twice or _shifted(states[resume], states[one])):
+            if failed is not None:
+                failed.add(plan)
             return None
     return sizes
 
@@ -422,8 +436,9 @@ def simulate(
         prev = last.get(prompt, WARM[0])
         tries = (WARM[0],) if prev is None else (prev, *(w for w in WARM if w != prev))
         used: int | None = None
+        failed: set[_Plan] = set()
         for warm in () if whole else tries:
-            sizes = _one(model, ld, sp, n_tokens, n_outputs, warm)
+            sizes = _one(model, ld, sp, n_tokens, n_outputs, warm, failed)
             if sizes is not None:
                 used = warm
                 break
