@@ -263,6 +263,8 @@ def weight_buffers(model: GGUFModel, pl: Placement) -> list[Buffer]:
         if buft == META:
             _add(meta, meta_alloc(pl, t.name, t.type, tuple(t.shape)))
             continue
+        if buft == CPU and t.name in pl.repacked_only:
+            continue  # without a mapping (-lm none / --no-mmap) its one host copy is the CPU_REPACK one
         key = (t.name, t.file_offset, buft)
         size = known.get(key)
         if size is None:
