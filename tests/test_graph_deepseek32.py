@@ -105,6 +105,27 @@ def test_the_indexer_cache_holds_the_full_layers_keys(rid: str, models: dict[str
     assert mla[2] == hp.n_layer_main == sum(k.kv for k in layer_kinds(model))
     assert lid[2] == len(hp.indexer_layers) and mla[1] == lid[1] == bd.n_ctx_seq
     assert abs(bd.kv_bytes / MiB - mla[0] - lid[0]) <= 0.01 + 1e-9  # two lines, each rounded to 0.01
+    # the indexer's part, which `mem` says apart (JSON kv_cache.indexer, the text's KV cache line)
+    assert round(bd.kv_indexer_bytes / MiB, 2) == lid[0] and bd.kv_indexer_layers == lid[2]
+
+
+def test_mem_says_the_indexer_cache_apart(models: dict[str, Path], smollm2_path: Path, tmp_path: Path) -> None:
+    """``ggufx mem``: the KV cache line names the indexer's keys within the full-attention figure, and the
+    JSON has them as ``kv_cache.indexer`` (a model without DSA: 0 layers, and no such words)."""
+    from click.testing import CliRunner
+
+    from ggufx.cli import main
+
+    plain = tmp_path / "deepseek2-mla.gguf"
+    header(plain, MODELS["deepseek2-mla"], TENSORS["deepseek2-mla"], smollm2_path)
+    for name, layers in (("deepseek32", 4), ("glm-dsa", 3), ("deepseek2-mla", 0)):
+        path = models.get(name, plain)
+        out = CliRunner().invoke(main, ["mem", str(path), "-c", "8192", "--json"])
+        assert out.exit_code == 0, out.output
+        kv = json.loads(out.output)["kv_cache"]
+        assert kv["indexer"]["layers"] == layers and (kv["indexer"]["bytes"] > 0) == (layers > 0)
+        text = CliRunner().invoke(main, ["mem", str(path), "-c", "8192"]).output
+        assert ("indexer's keys, %d layers" % layers in text) == (layers > 0), text
 
 
 def test_which_layers_have_an_indexer(models: dict[str, Path]) -> None:

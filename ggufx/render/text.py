@@ -480,9 +480,11 @@ def memory_devices_text(res: MemoryResult, fmt: str = "simple") -> str:
         f"{res['cache_type_k']} V {res['cache_type_v']}",
     ]
     if full["layers"]:
-        lines.append(
-            f"KV cache: {full['layers']} full-attention layers x {full['cells']:,} cells = {full['bytes'] / MiB:,.2f} MiB"
-        )
+        line = f"KV cache: {full['layers']} full-attention layers x {full['cells']:,} cells = {full['bytes'] / MiB:,.2f} MiB"
+        indexer = kv.get("indexer") or {}
+        if indexer.get("layers"):
+            line += f" (with the sparse-attention indexer's keys, {indexer['layers']} layers: {indexer['bytes'] / MiB:,.2f} MiB)"
+        lines.append(line)
     if swa["layers"]:
         lines.append(
             f"KV cache: {swa['layers']} sliding-window layers x {swa['cells']:,} cells = {swa['bytes'] / MiB:,.2f} MiB"

@@ -139,6 +139,10 @@ class Breakdown:
     recurrent_layers: int = 0
     reservation: SimParams | None = None  # the graph reservation these options resolve to (graphsim)
     compute_estimate: str | None = None  # why the compute buffers are an estimate (None: the graph is rebuilt)
+    # DeepSeek Sparse Attention's indexer-key cache: its tensor bytes (within kv_bytes, as llama.cpp's
+    # "llama_kv_cache: size" lines add it to the full-attention cache's) and layers
+    kv_indexer_bytes: int = 0
+    kv_indexer_layers: int = 0
 
     def by_kind(self, kind: str) -> dict[str, int]:
         """Bytes per buffer type; a Meta buffer (``-sm tensor``) counts every GPU's slice."""
@@ -297,9 +301,10 @@ def kv_buffers(
     swa_cells: int,
     n_streams: int,
     path: str = "",
-) -> tuple[list[Buffer], dict[bool, tuple[int, int]]]:
+) -> tuple[list[Buffer], dict[bool | None, tuple[int, int]]]:
     """The KV cache: one buffer per buffer type and cache (the sliding-window layers' cache apart),
-    and per cache (sliding window or not) its tensor bytes and layers."""
+    and per cache (sliding window or not; None: a DSA indexer-key cache, within the full-attention one's
+    figure) its tensor bytes and layers."""
     tk, tv = _cache_type(cp.cache_type_k, "-ctk"), _cache_type(cp.cache_type_v, "-ctv")
     v_trans = cp.flash_attn == "off"
     # the layers with a cache of their own: no NextN/MTP layer (llama-model.cpp:2812-2819), no layer
@@ -309,7 +314,7 @@ def kv_buffers(
     v_max = max((hp.n_head_kv[k.index] * (hp.head_v_swa if k.is_swa else hp.head_v) for k in kinds), default=0)
     has_v = not hp.is_mla  # MLA caches the compressed latent and the rope part of K only (llama-kv-cache.cpp:210-211)
     out: list[Buffer] = []
-    stats: dict[bool, tuple[int, int]] = {}
+    stats: dict[bool | None, tuple[int, int]] = {None: (0, 0)}
     for swa in (False, True):
         per: dict[str, int] = {}
         meta: dict[str, int] = {}
@@ -337,7 +342,9 @@ def kv_buffers(
         if meta:
             out.append(meta_buffer("kv", meta))
         if not swa and hp.indexer_layers:
-            nbytes += _indexer_buffers(hp, pl, cp, tk, cells, n_streams, path, out)
+            indexer = _indexer_buffers(hp, pl, cp, tk, cells, n_streams, path, out)
+            nbytes += indexer
+            stats[None] = (indexer, len(hp.indexer_layers))
         stats[swa] = (nbytes, layers)
     return out, stats
 
@@ -534,6 +541,8 @@ def breakdown(
         n_rec,
         sp,
         estimate,
+        kv_stats[None][0],
+        kv_stats[None][1],
     )
 
 

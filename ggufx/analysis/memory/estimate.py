@@ -45,6 +45,8 @@ class MemoryEstimate:
     compute_estimate: int
     notes: list[str] = field(default_factory=list)
     breakdown: Breakdown | None = None  # every buffer, per device
+    kv_indexer: int = 0  # a DSA model's indexer-key cache: bytes (within ``kv``) and layers
+    kv_indexer_layers: int = 0
 
     @property
     def gpu_total(self) -> int:
@@ -67,6 +69,8 @@ class MemoryEstimate:
                 "bytes": self.kv + self.kv_swa,
                 "full_attention": {"bytes": self.kv, "layers": self.kv_layers, "cells": self.kv_cells},
                 "sliding_window": {"bytes": self.kv_swa, "layers": self.kv_swa_layers, "cells": self.kv_swa_cells},
+                # DeepSeek Sparse Attention's indexer-key cache (DeepSeek-V3.2, GLM-5): within full_attention
+                "indexer": {"bytes": self.kv_indexer, "layers": self.kv_indexer_layers},
             },
             "recurrent_state": {"bytes": self.recurrent, "layers": self.recurrent_layers},
             "compute_estimate": self.compute_estimate,
@@ -143,6 +147,8 @@ def summarize_breakdown(model: GGUFModel, b: Breakdown, cp: ContextParams) -> Me
         sum(v for k, v in b.by_kind("compute").items() if is_cuda(k)),
         notes,
         b,
+        b.kv_indexer_bytes,
+        b.kv_indexer_layers,
     )
 
 
