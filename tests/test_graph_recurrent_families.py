@@ -1,0 +1,162 @@
+"""The recurrent and hybrid architectures whose graph builders issue 25 added, against llama.cpp's CPU build
+(tests/fixtures/llamacpp-logs-cpu):
+
+* ``kimi-linear`` (src/models/kimi-linear.cpp, Kimi Linear 48B-A3B's structure: graph/models/kimi_linear.py):
+  Kimi-delta-attention layers (Q/K/V short convolutions over a cached state, the per-channel gate, the fused
+  ``GATED_DELTA_NET`` node, the gated head norm) and MLA layers without RoPE over a K-only cache, a dense
+  first layer then sigmoid-routed experts plus a shared expert.
+
+Per model: its compute buffer on every recorded run (flash attention on and off, -np 3 with its 513-token
+micro-batch, -np 3 at 8192 cells, q8_0 caches, -ub 1024, --n-cpu-moe) to the 0.0001 MiB of
+``~llama_context``'s line; its graph against the one llama.cpp's scheduler printed, node for node; the
+layer shortcut against the whole replay; and a file llama.cpp would refuse gets the generic estimate, with
+the reason."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+import ggufx
+from ggufx.analysis.memory.archs import builder_of
+from ggufx.analysis.memory.buffers import MiB, breakdown
+from ggufx.analysis.memory.graph import graphsim
+from ggufx.analysis.memory.llamaargs import parse_args
+from ggufx.analysis.memory.placement import Device
+
+from .graph_arch_logs import CPU_LOGS, assert_compute_equal, assert_nodes_equal, cpu_model, cpu_runs, replay_cpu
+
+# the models and the runs whose graph llama.cpp's scheduler printed (nodes/<id>.tsv: the last prompt graph
+# reserved, which for kimi-linear is the one of a single sequence, llama-context.cpp:715-728)
+MODELS = {
+    "kimi-linear": ("kimi-linear-c8192", "kimi-linear-c8192-faoff", "kimi-linear-c16384-q8_0"),
+}
+# one file per builder that llama.cpp would refuse: (model, tensor dropped, metadata changed, the reason)
+REFUSED = (
+    (
+        "kimi-linear",
+        "blk.2.ssm_g_b.weight",
+        {},
+        "the graph needs tensor blk.2.ssm_g_b.weight, which the file lacks",
+    ),
+    (
+        "kimi-linear",
+        "blk.3.ffn_up_shexp.weight",
+        {},
+        "the graph needs tensor blk.3.ffn_up_shexp.weight, which the file lacks",
+    ),
+    (
+        "kimi-linear",
+        "",
+        {"expert_gating_func": 0},
+        "the graph needs kimi-linear.expert_gating_func 1, 2 or 3 (softmax, sigmoid, softmax weights), not 0",
+    ),
+)
+CPU_RUNS = [(m, rid) for m in MODELS for rid in cpu_runs(m)]
+NODE_RUNS = [(m, rid) for m, rids in MODELS.items() for rid in rids]
+
+
+def _spec(name: str) -> dict:
+    sys.path.insert(0, str(CPU_LOGS))
+    try:
+        from models import MODELS as SPECS
+    finally:
+        sys.path.remove(str(CPU_LOGS))
+    return SPECS[name]
+
+
+@pytest.fixture(scope="module")
+def models(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("recurrent-families")
+    return {n: cpu_model(n, out, smollm2_path) for n in MODELS}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_the_cpu_runs_cover_flash_attention_off_parallel_sequences_and_a_quantized_cache(name: str) -> None:
+    assert builder_of(_spec(name)["arch"]) is not None
+    args = [line.split("\t")[2] for line in (CPU_LOGS / "matrix").read_text().splitlines() if f"\t{name}\t" in line]
+    assert len(cpu_runs(name)) == len(args) >= 5
+    for option in ("-fa off", "-np 3", "-ctk q8_0 -ctv q8_0", "-c 8192 -np 3"):
+        assert any(option in a for a in args), option
+    assert any("-fa off" not in a for a in args)
+
+
+@pytest.mark.parametrize(("name", "rid"), CPU_RUNS)
+def test_cpu_compute_buffer_equals_llama_cpp(name: str, rid: str, models: dict[str, Path]) -> None:
+    text, bd = replay_cpu(rid, models[name])
+    assert_compute_equal(text, bd)
+
+
+@pytest.mark.parametrize(("name", "rid"), NODE_RUNS)
+def test_the_graph_is_llama_cpps_node_for_node(name: str, rid: str, models: dict[str, Path]) -> None:
+    """Equal buffers could hide another order of the same nodes: the graph itself equals the one
+    llama.cpp's scheduler printed (GGML_SCHED_DEBUG=2), op and size of every node, in order."""
+    assert_nodes_equal(rid, models[name])
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_the_layer_shortcut_equals_the_whole_replay(name: str, models: dict[str, Path]) -> None:
+    """The replay that leaves repeated blocks of layers out allocates as the one of every layer."""
+    model = ggufx.open(models[name])
+    for args in ("-c 8192", "-c 4096 -fa off -np 3"):
+        a = parse_args("-m x " + args)
+        sp = breakdown(model, [], a.offload, a.context).reservation
+        assert sp is not None
+        whole = graphsim.simulate(model, [], a.offload, sp, whole=True)
+        assert graphsim.simulate(model, [], a.offload, sp) == whole and whole["CPU"] > 0
+
+
+def test_the_kda_state_the_graph_reads_is_llama_cpps(models: dict[str, Path]) -> None:
+    """The convolution (R) and delta-rule (S) states the KDA layers' graph reads and writes are the rows
+    of llama.cpp's recurrent memory: 3 x (4 - 1) x 8 x 128 and 128 x 128 x 8 f32 values per layer and
+    sequence (llama_hparams::n_embd_r/n_embd_s for n_embd_head_kda, llama-hparams.cpp:219-247), over the
+    3 KDA layers of the model."""
+    from ggufx.analysis.memory.graph.ggml import _Graph
+    from ggufx.analysis.memory.graph.models import builder
+
+    model = ggufx.open(models["kimi-linear"])
+    for rid, n_seq in (("kimi-linear-c8192", 1), ("kimi-linear-c8192-np3", 3)):
+        text = (CPU_LOGS / f"{rid}.log").read_text()
+        m = re.search(r"R \(f32\):\s+([\d.]+) MiB, S \(f32\):\s+([\d.]+) MiB", text)
+        assert m is not None
+        a = parse_args("-m x " + ("-c 8192" if n_seq == 1 else "-c 8192 -np 3"))
+        sp = breakdown(model, [], a.offload, a.context).reservation
+        assert sp is not None and sp.n_seq_max == n_seq
+        ld = graphsim._loaded(model, [], a.offload)
+        c = graphsim._context(model, ld, sp, sp.n_ubatch, sp.n_outputs)
+        c.layers = list(range(ld.hp.n_layer))
+        g = _Graph()
+        g.expand(builder("kimi-linear")(c, g))
+        caches = {t.name: t for t in g.leafs if t.name.startswith(("cache_r_l", "cache_s_l"))}
+        assert sorted(caches) == ["cache_r_l0", "cache_r_l1", "cache_r_l2", "cache_s_l0", "cache_s_l1", "cache_s_l2"]
+        r = sum(t.nbytes for n, t in caches.items() if n.startswith("cache_r"))
+        s = sum(t.nbytes for n, t in caches.items() if n.startswith("cache_s"))
+        assert (r, s) == (3 * 3 * 3 * 1024 * 4 * n_seq, 3 * 128 * 128 * 8 * 4 * n_seq)
+        assert (round(r / MiB, 2), round(s / MiB, 2)) == (float(m.group(1)), float(m.group(2)))
+
+
+@pytest.mark.parametrize(("name", "drop", "kv", "reason"), REFUSED, ids=lambda x: str(x)[:40])
+def test_a_file_llama_cpp_would_refuse_gets_the_generic_estimate(
+    name: str, drop: str, kv: dict, reason: str, smollm2_path: Path, tmp_path: Path
+) -> None:
+    sys.path.insert(0, str(CPU_LOGS))
+    try:
+        from make_arch_headers import header
+    finally:
+        sys.path.remove(str(CPU_LOGS))
+    tensors = json.loads((CPU_LOGS / "tensors.json").read_text())[name]
+    kept = [t for t in tensors if t[0] != drop]
+    assert len(kept) == len(tensors) - (1 if drop else 0)
+    spec = _spec(name)
+    spec = {**spec, "kv": spec["kv"] | kv}
+    path = tmp_path / "refused.gguf"
+    header(path, spec, kept, smollm2_path)
+    model = ggufx.open(path)
+    assert graphsim.unbuildable(model) == reason
+    a = parse_args("-m x -c 8192")
+    bd = breakdown(model, [Device("CUDA0", 80 << 30)], a.offload, a.context)
+    assert bd.compute_estimate and reason in bd.compute_estimate
