@@ -6,6 +6,14 @@
   ``GATED_DELTA_NET`` node, the gated head norm) and MLA layers without RoPE over a K-only cache, a dense
   first layer then sigmoid-routed experts plus a shared expert.
 
+* ``rwkv7`` (rwkv7.cpp over rwkv7-base.cpp: graph/models/rwkv7.py): the time mix's six token-shift
+  interpolations, the low-rank decay, value-residual, learning-rate and gate paths, the fused ``RWKV_WKV7``
+  node over the per-head state, the group norm, the channel mix (ReLU squared) with its own token shift;
+  ``rwkv7-8k`` is the model with an 8,192-token vocabulary (with 49,152 the logits are the buffer's peak,
+  and those runs end in an abort over the zero weights: tests/test_arch_logs.py holds their two decimals);
+* ``arwkv7`` (arwkv7.cpp): the same time mix without the optional gate and group norm, RMS norms, one token
+  shift, a SwiGLU FFN.
+
 Per model: its compute buffer on every recorded run (flash attention on and off, -np 3 with its 513-token
 micro-batch, -np 3 at 8192 cells, q8_0 caches, -ub 1024, --n-cpu-moe) to the 0.0001 MiB of
 ``~llama_context``'s line; its graph against the one llama.cpp's scheduler printed, node for node; the
@@ -28,12 +36,15 @@ from ggufx.analysis.memory.graph import graphsim
 from ggufx.analysis.memory.llamaargs import parse_args
 from ggufx.analysis.memory.placement import Device
 
+from . import graph_arch_logs
 from .graph_arch_logs import CPU_LOGS, assert_compute_equal, assert_nodes_equal, cpu_model, cpu_runs, replay_cpu
 
 # the models and the runs whose graph llama.cpp's scheduler printed (nodes/<id>.tsv: the last prompt graph
 # reserved, which for kimi-linear is the one of a single sequence, llama-context.cpp:715-728)
 MODELS = {
     "kimi-linear": ("kimi-linear-c8192", "kimi-linear-c8192-faoff", "kimi-linear-c16384-q8_0"),
+    "rwkv7-8k": ("rwkv7-8k-c8192", "rwkv7-8k-c4096-faoff-np3"),
+    "arwkv7": ("arwkv7-c8192", "arwkv7-c4096-faoff-np3"),
 }
 # one file per builder that llama.cpp would refuse: (model, tensor dropped, metadata changed, the reason)
 REFUSED = (
@@ -54,6 +65,25 @@ REFUSED = (
         "",
         {"expert_gating_func": 0},
         "the graph needs kimi-linear.expert_gating_func 1, 2 or 3 (softmax, sigmoid, softmax weights), not 0",
+    ),
+    (
+        "rwkv7-8k",
+        "blk.2.channel_mix_key.weight",
+        {},
+        "the graph needs tensor blk.2.channel_mix_key.weight, which the file lacks",
+    ),
+    (
+        "rwkv7-8k",
+        "blk.1.time_mix_g2.weight",
+        {},
+        "the graph needs tensor blk.1.time_mix_g1.weight, which the file lacks",
+    ),
+    ("arwkv7", "blk.1.ffn_up.weight", {}, "the graph needs tensor blk.1.ffn_up.weight, which the file lacks"),
+    (  # arwkv7.cpp:118 asserts one token shift (n_embd_r == n_embd)
+        "arwkv7",
+        "",
+        {"token_shift_count": 2},
+        "the graph needs arwkv7.token_shift_count 1, not 2",
     ),
 )
 CPU_RUNS = [(m, rid) for m in MODELS for rid in cpu_runs(m)]
@@ -92,9 +122,14 @@ def test_cpu_compute_buffer_equals_llama_cpp(name: str, rid: str, models: dict[s
 
 
 @pytest.mark.parametrize(("name", "rid"), NODE_RUNS)
-def test_the_graph_is_llama_cpps_node_for_node(name: str, rid: str, models: dict[str, Path]) -> None:
+def test_the_graph_is_llama_cpps_node_for_node(
+    name: str, rid: str, models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Equal buffers could hide another order of the same nodes: the graph itself equals the one
-    llama.cpp's scheduler printed (GGML_SCHED_DEBUG=2), op and size of every node, in order."""
+    llama.cpp's scheduler printed (GGML_SCHED_DEBUG=2), op and size of every node, in order (RWKV's EXP
+    and NEG are unary ops)."""
+    for op in ("EXP", "NEG"):
+        monkeypatch.setitem(graph_arch_logs._OP, op, "UNARY")
     assert_nodes_equal(rid, models[name])
 
 

@@ -481,7 +481,20 @@ _ENTRIES = (
     Arch("mamba", "mamba.cpp", _SSM[:4], builder="mamba", recurrent=Recurrent("Mamba", "all")),
     Arch("mamba2", "mamba2.cpp", _SSM, graph="mamba", builder="mamba", recurrent=Recurrent("Mamba-2", "all")),
     Arch("rwkv6", "rwkv6.cpp", ("wkv.head_size", "token_shift_count"), recurrent=Recurrent("RWKV", "all")),
-    Arch("rwkv7", "rwkv7.cpp", ("wkv.head_size", "token_shift_count"), recurrent=Recurrent("RWKV", "all")),
+    Arch(
+        "rwkv7",
+        "rwkv7.cpp",
+        (
+            "wkv.head_size",
+            "token_shift_count",
+            "attention.decay_lora_rank",
+            "attention.iclr_lora_rank",
+            "attention.value_residual_mix_lora_rank",
+            "attention.gate_lora_rank",
+        ),
+        builder="rwkv7",
+        recurrent=Recurrent("RWKV", "all"),
+    ),
     # -- registered for their layer kinds only (sliding window or recurrent rule) ---------------------
     Arch("gemma-embedding", "gemma-embedding.cpp", ("attention.sliding_window",), swa=Swa(6, needs_window=True)),
     Arch("cohere2moe", "cohere2moe.cpp", ("attention.sliding_window",), swa=Swa(4, True, needs_window=True), moe=True),
@@ -526,7 +539,20 @@ _ENTRIES = (
         moe=True,
     ),
     Arch("rwkv6qwen2", "rwkv6qwen2.cpp", ("wkv.head_size", "token_shift_count"), recurrent=Recurrent("RWKV", "all")),
-    Arch("arwkv7", "arwkv7.cpp", ("wkv.head_size", "token_shift_count"), recurrent=Recurrent("RWKV", "all")),
+    Arch(
+        "arwkv7",  # rwkv7's time mix (llm_build_rwkv7_base), RMS norms, one token shift, a SwiGLU FFN
+        "arwkv7.cpp",
+        (
+            "wkv.head_size",
+            "token_shift_count",
+            "attention.decay_lora_rank",
+            "attention.iclr_lora_rank",
+            "attention.value_residual_mix_lora_rank",
+            "attention.gate_lora_rank",
+        ),
+        builder="rwkv7",
+        recurrent=Recurrent("RWKV", "all"),
+    ),
     # -- plain decoders: the llama graph with small differences (graph/models/_dense.py, _plain.py, _moe_dense.py)
     Arch("olmoe", "olmoe.cpp", builder="olmoe", moe=True),  # Q/K norms of the whole projections, softmax experts
     Arch("arcee", "arcee.cpp", builder="arcee"),  # llama's layer, an FFN of up, ReLU squared, down
