@@ -14,6 +14,14 @@
 * ``arwkv7`` (arwkv7.cpp): the same time mix without the optional gate and group norm, RMS norms, one token
   shift, a SwiGLU FFN.
 
+* ``rwkv6`` (rwkv6.cpp over rwkv6-base.cpp: graph/models/rwkv6.py): the data-dependent token shift (one
+  low-rank projection to the five fused interpolations), the fused ``RWKV_WKV6`` node with its per-head bonus,
+  the group norm, the SiLU gate, the channel mix with its sigmoid receptance, the residual halved every
+  ``rescale_every_n_layers``;
+* ``rwkv6qwen2`` (rwkv6qwen2.cpp, QRWKV-6): the same time mix without ``time_mix_first`` (the fused
+  ``GATED_LINEAR_ATTN`` node, the sigmoid gate), grouped KV heads repeated, Qwen's biases, RMS norms, one
+  token shift, a SwiGLU FFN.
+
 Per model: its compute buffer on every recorded run (flash attention on and off, -np 3 with its 513-token
 micro-batch, -np 3 at 8192 cells, q8_0 caches, -ub 1024, --n-cpu-moe) to the 0.0001 MiB of
 ``~llama_context``'s line; its graph against the one llama.cpp's scheduler printed, node for node; the
@@ -45,6 +53,8 @@ MODELS = {
     "kimi-linear": ("kimi-linear-c8192", "kimi-linear-c8192-faoff", "kimi-linear-c16384-q8_0"),
     "rwkv7-8k": ("rwkv7-8k-c8192", "rwkv7-8k-c4096-faoff-np3"),
     "arwkv7": ("arwkv7-c8192", "arwkv7-c4096-faoff-np3"),
+    "rwkv6": ("rwkv6-c8192", "rwkv6-c4096-faoff-np3"),
+    "rwkv6qwen2": ("rwkv6qwen2-c8192", "rwkv6qwen2-c4096-faoff-np3"),
 }
 # one file per builder that llama.cpp would refuse: (model, tensor dropped, metadata changed, the reason)
 REFUSED = (
@@ -85,6 +95,25 @@ REFUSED = (
         {"token_shift_count": 2},
         "the graph needs arwkv7.token_shift_count 1, not 2",
     ),
+    (
+        "rwkv6",
+        "blk.3.channel_mix_receptance.weight",
+        {},
+        "the graph needs tensor blk.3.channel_mix_receptance.weight, which the file lacks",
+    ),
+    (  # neither the fused interpolations nor the five separate ones: rwkv6-base.cpp would add a null tensor
+        "rwkv6",
+        "blk.2.time_mix_lerp_fused.weight",
+        {},
+        "the graph needs tensor blk.2.time_mix_lerp_w.weight, which the file lacks",
+    ),
+    (
+        "rwkv6qwen2",
+        "",
+        {"attention.head_count_kv": 3},
+        "the graph needs head_count_kv dividing the 16 heads in layer 0",
+    ),
+    ("rwkv6qwen2", "", {"token_shift_count": 2}, "the graph needs rwkv6qwen2.token_shift_count 1, not 2"),
 )
 CPU_RUNS = [(m, rid) for m in MODELS for rid in cpu_runs(m)]
 NODE_RUNS = [(m, rid) for m, rids in MODELS.items() for rid in rids]

@@ -480,7 +480,19 @@ _ENTRIES = (
     ),
     Arch("mamba", "mamba.cpp", _SSM[:4], builder="mamba", recurrent=Recurrent("Mamba", "all")),
     Arch("mamba2", "mamba2.cpp", _SSM, graph="mamba", builder="mamba", recurrent=Recurrent("Mamba-2", "all")),
-    Arch("rwkv6", "rwkv6.cpp", ("wkv.head_size", "token_shift_count"), recurrent=Recurrent("RWKV", "all")),
+    Arch(
+        "rwkv6",
+        "rwkv6.cpp",
+        (
+            "wkv.head_size",
+            "token_shift_count",
+            "time_mix_extra_dim",
+            "time_decay_extra_dim",
+            "rescale_every_n_layers",
+        ),
+        builder="rwkv6",
+        recurrent=Recurrent("RWKV", "all"),
+    ),
     Arch(
         "rwkv7",
         "rwkv7.cpp",
@@ -538,7 +550,19 @@ _ENTRIES = (
         recurrent=Recurrent("linear attention", "array_or_interval"),
         moe=True,
     ),
-    Arch("rwkv6qwen2", "rwkv6qwen2.cpp", ("wkv.head_size", "token_shift_count"), recurrent=Recurrent("RWKV", "all")),
+    Arch(
+        "rwkv6qwen2",  # rwkv6's time mix (llm_build_rwkv6_base), RMS norms, one token shift, a SwiGLU FFN
+        "rwkv6qwen2.cpp",
+        (
+            "wkv.head_size",
+            "token_shift_count",
+            "time_mix_extra_dim",
+            "time_decay_extra_dim",
+            "rescale_every_n_layers",
+        ),
+        builder="rwkv6",
+        recurrent=Recurrent("RWKV", "all"),
+    ),
     Arch(
         "arwkv7",  # rwkv7's time mix (llm_build_rwkv7_base), RMS norms, one token shift, a SwiGLU FFN
         "arwkv7.cpp",

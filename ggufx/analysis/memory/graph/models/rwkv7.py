@@ -8,6 +8,8 @@ gate and group norm optional) with a SwiGLU FFN."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
 from ggufx.analysis.memory.graph.llm import _Ctx, _inp_embd, _w, _weight
 from ggufx.analysis.memory.graph.models._dense import Dense, _n
@@ -147,22 +149,26 @@ def _channel_mix7(c: _Ctx, g: _Graph, cur: _T, x_prev: _T, il: int) -> _T:
     return g.mul_mat(f"cm_v-{il}", _w(c, p + "channel_mix_value.weight", il), k)
 
 
-def build(c: _Ctx, g: _Graph) -> _T:
-    """The graph's logits (rwkv7.cpp:136-211, arwkv7.cpp:117-202): per layer the token shift, the norm, the
-    time mix, the residual, then RWKV-7's channel mix (its token shift stored with the time mix's) or
-    ARWKV-7's RMS norm and SwiGLU FFN; the output rows are picked in the last layer."""
+TimeMix = Callable[[_Ctx, _Graph, _T, _T, int, _T], _T]  # (c, g, normed input, previous rows, il, s_copy)
+ChannelMix = Callable[[_Ctx, _Graph, _T, _T, int], _T]  # (c, g, normed input, previous rows, il)
+
+
+def build_rwkv(c: _Ctx, g: _Graph, time_mix: TimeMix, channel_mix: ChannelMix | None, rescale: int = 0) -> _T:
+    """The RWKV decoders' layer loop (rwkv6.cpp, rwkv7.cpp; rwkv6qwen2.cpp, arwkv7.cpp with
+    ``channel_mix`` None): per layer the token shift, the norm, the time mix, the residual, then the
+    channel mix (layer norms with biases, the token-embedding norm, a second token shift stored with the
+    time mix's, the output scaled by half every ``rescale`` layers) or the RMS norms' SwiGLU FFN (one
+    token shift, stored right after the time mix); the output rows are picked in the last layer."""
     hp, sp = c.hp, c.sp
     T, n_out, E = c.n_tokens, c.n_outputs, hp.n_embd
     ns = sp.n_seq_max
     nst = T // ns
-    arwkv = hp.arch == "arwkv7"
-    d = RMS_NORM if arwkv else LAYER_NORM
+    d = RMS_NORM if channel_mix is None else LAYER_NORM
     x = _inp_embd(c, g)
-    if not arwkv:
+    if channel_mix is not None:
         x = _n(c, g, x, "token_embd_norm.weight", 0, d)
     s_copy = g.input("rs_s_copy", "I32", ns)
     out_ids = g.input("out_ids", "I32", n_out)
-    first: _T | None = None
     last = hp.n_layer - 1
     for p, il in enumerate(c.layers):
         g.at(p)
@@ -170,14 +176,13 @@ def build(c: _Ctx, g: _Graph) -> _T:
         shift, cache_r = token_shift_load(c, g, il, s_copy)
         att_shift = g.view(shift, (E, 1, ns), shift.nb[:3])
         att_norm = _n(c, g, inp, f"blk.{il}.attn_norm.weight", il, d)
-        cur, first = time_mix7(c, g, att_norm, shifted(g, att_shift, att_norm), first, il, s_copy)
-        if arwkv:
+        cur = time_mix(c, g, att_norm, shifted(g, att_shift, att_norm), il, s_copy)
+        if channel_mix is None:
             token_shift_store(c, g, last_rows(g, att_norm), cache_r)
         ffn_inp = g.op(f"ffn_inp-{il}", "ADD", cur, inp)
-        if arwkv:
-            cur, ffn_inp = g.reshape(cur, E, T), g.reshape(ffn_inp, E, T)
+        if channel_mix is None:
+            ffn_inp = g.reshape(ffn_inp, E, T)
             if il == last:
-                cur = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), cur, out_ids)
                 ffn_inp = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), ffn_inp, out_ids)
             cur = ffn(c, g, _n(c, g, ffn_inp, f"blk.{il}.ffn_norm.weight", il, d), il)
         else:
@@ -192,14 +197,29 @@ def build(c: _Ctx, g: _Graph) -> _T:
                 ffn_inp, ffn_norm, x_prev = (
                     g.new("node_rows", "GET_ROWS", "F32", (E, n_out), t, out_ids) for t in (ffn_inp, ffn_norm, x_prev)
                 )
-            cur = _channel_mix7(c, g, ffn_norm, x_prev, il)
+            cur = channel_mix(c, g, ffn_norm, x_prev, il)
         x = g.op(f"l_out-{il}", "ADD", cur, ffn_inp)
+        if rescale and (il + 1) % rescale == 0:
+            x = g.op(f"l_out_scaled-{il}", "SCALE", x)
     g.at(GLOBAL)
     cur = _n(c, g, x, "output_norm.weight", hp.n_layer, d, pin=False)
     cur.flags |= OUTPUT
     logits = g.mul_mat("result_output", _w(c, "output.weight", hp.n_layer), cur)
     logits.flags |= OUTPUT
     return logits
+
+
+def build(c: _Ctx, g: _Graph) -> _T:
+    """The graph's logits (rwkv7.cpp:136-211, arwkv7.cpp:117-202): :func:`build_rwkv` with the RWKV-7 time
+    mix, whose first layer's value the later layers mix in, and RWKV-7's channel mix or ARWKV-7's FFN."""
+    first: list[_T] = []
+
+    def mix(c: _Ctx, g: _Graph, cur: _T, x_prev: _T, il: int, s_copy: _T) -> _T:
+        out, v = time_mix7(c, g, cur, x_prev, first[0] if first else None, il, s_copy)
+        first[:] = [v]
+        return out
+
+    return build_rwkv(c, g, mix, None if c.hp.arch == "arwkv7" else _channel_mix7)
 
 
 def unbuildable(model: GGUFModel) -> str | None:
