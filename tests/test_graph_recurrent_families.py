@@ -22,6 +22,9 @@
   ``GATED_LINEAR_ATTN`` node, the sigmoid gate), grouped KV heads repeated, Qwen's biases, RMS norms, one
   token shift, a SwiGLU FFN.
 
+* ``jamba`` (jamba.cpp: graph/models/jamba.py): Mamba-1 layers with dt's, B's and C's weighted RMS norms,
+  attention without RoPE in one layer of eight, a dense FFN or softmax-routed experts every other layer.
+
 Per model: its compute buffer on every recorded run (flash attention on and off, -np 3 with its 513-token
 micro-batch, -np 3 at 8192 cells, q8_0 caches, -ub 1024, --n-cpu-moe) to the 0.0001 MiB of
 ``~llama_context``'s line; its graph against the one llama.cpp's scheduler printed, node for node; the
@@ -55,6 +58,7 @@ MODELS = {
     "arwkv7": ("arwkv7-c8192", "arwkv7-c4096-faoff-np3"),
     "rwkv6": ("rwkv6-c8192", "rwkv6-c4096-faoff-np3"),
     "rwkv6qwen2": ("rwkv6qwen2-c8192", "rwkv6qwen2-c4096-faoff-np3"),
+    "jamba": ("jamba-c8192", "jamba-c4096-faoff-np3", "jamba-c16384-q8_0"),
 }
 # one file per builder that llama.cpp would refuse: (model, tensor dropped, metadata changed, the reason)
 REFUSED = (
@@ -114,6 +118,14 @@ REFUSED = (
         "the graph needs head_count_kv dividing the 16 heads in layer 0",
     ),
     ("rwkv6qwen2", "", {"token_shift_count": 2}, "the graph needs rwkv6qwen2.token_shift_count 1, not 2"),
+    ("jamba", "blk.2.ssm_b_norm.weight", {}, "the graph needs tensor blk.2.ssm_b_norm.weight, which the file lacks"),
+    ("jamba", "blk.5.ffn_up_exps.weight", {}, "the graph needs tensor blk.5.ffn_up_exps.weight, which the file lacks"),
+    (  # jamba.cpp:31 asserts an inner size of twice the embeddings
+        "jamba",
+        "",
+        {"ssm.inner_size": 3072},
+        "the graph needs jamba.ssm.conv_kernel >= 2 and ssm.inner_size = 2 x embedding_length",
+    ),
 )
 CPU_RUNS = [(m, rid) for m in MODELS for rid in cpu_runs(m)]
 NODE_RUNS = [(m, rid) for m, rids in MODELS.items() for rid in rids]

@@ -459,7 +459,7 @@ _ENTRIES = (
         shared_experts=True,
     ),
     Arch("falcon-h1", "falcon-h1.cpp", _SSM, builder="falcon_h1", recurrent=Recurrent("Mamba-2", "every_layer")),
-    Arch("jamba", "jamba.cpp", _SSM[:4], recurrent=Recurrent("Mamba", "no_kv_heads"), moe=True),
+    Arch("jamba", "jamba.cpp", _SSM[:4], builder="jamba", recurrent=Recurrent("Mamba", "no_kv_heads"), moe=True),
     Arch(
         "lfm2",
         "lfm2.cpp",
