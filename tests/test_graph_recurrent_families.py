@@ -25,6 +25,11 @@
 * ``jamba`` (jamba.cpp: graph/models/jamba.py): Mamba-1 layers with dt's, B's and C's weighted RMS norms,
   attention without RoPE in one layer of eight, a dense FFN or softmax-routed experts every other layer.
 
+* ``plamo2`` (plamo2.cpp: graph/models/plamo2.py): PLaMo's Mamba mixer (the in-projection interleaving z and
+  x per head, no groups, B/C/dt norms) alternating with attention over one fused QKV projection (per-head
+  Q/K norms, RoPE; V a strided view that llama.cpp copies contiguous into a transposed or rotated cache),
+  post-mixer and post-FFN norms, a SwiGLU FFN of one up projection.
+
 Per model: its compute buffer on every recorded run (flash attention on and off, -np 3 with its 513-token
 micro-batch, -np 3 at 8192 cells, q8_0 caches, -ub 1024, --n-cpu-moe) to the 0.0001 MiB of
 ``~llama_context``'s line; its graph against the one llama.cpp's scheduler printed, node for node; the
@@ -59,6 +64,7 @@ MODELS = {
     "rwkv6": ("rwkv6-c8192", "rwkv6-c4096-faoff-np3"),
     "rwkv6qwen2": ("rwkv6qwen2-c8192", "rwkv6qwen2-c4096-faoff-np3"),
     "jamba": ("jamba-c8192", "jamba-c4096-faoff-np3", "jamba-c16384-q8_0"),
+    "plamo2": ("plamo2-c8192", "plamo2-c4096-faoff-np3", "plamo2-c16384-q8_0"),
 }
 # one file per builder that llama.cpp would refuse: (model, tensor dropped, metadata changed, the reason)
 REFUSED = (
@@ -126,6 +132,9 @@ REFUSED = (
         {"ssm.inner_size": 3072},
         "the graph needs jamba.ssm.conv_kernel >= 2 and ssm.inner_size = 2 x embedding_length",
     ),
+    ("plamo2", "blk.1.attn_k_norm.weight", {}, "the graph needs tensor blk.1.attn_k_norm.weight, which the file lacks"),
+    ("plamo2", "blk.2.ssm_dt_norm", {}, "the graph needs tensor blk.2.ssm_dt_norm, which the file lacks"),
+    ("plamo2", "", {"ssm.group_count": 1}, "the graph needs plamo2.ssm.group_count 0 (plamo2.cpp:289)"),
 )
 CPU_RUNS = [(m, rid) for m in MODELS for rid in cpu_runs(m)]
 NODE_RUNS = [(m, rid) for m, rids in MODELS.items() for rid in rids]

@@ -519,7 +519,7 @@ _ENTRIES = (
     ),
     Arch("modern-bert", "modern-bert.cpp", ("attention.sliding_window",), swa=Swa(3, True, needs_window=True)),
     Arch("laguna", "laguna.cpp", ("attention.sliding_window",), swa=Swa(4, True, needs_window=True)),
-    Arch("plamo2", "plamo2.cpp", _SSM[:4], recurrent=Recurrent("Mamba", "no_kv_heads")),
+    Arch("plamo2", "plamo2.cpp", _SSM, builder="plamo2", recurrent=Recurrent("Mamba", "no_kv_heads")),
     Arch(
         # Kimi Linear: Kimi-delta-attention layers (head_count_kv 0) and MLA layers on a K-only cache
         "kimi-linear",
