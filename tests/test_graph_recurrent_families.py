@@ -30,6 +30,11 @@
   Q/K norms, RoPE; V a strided view that llama.cpp copies contiguous into a transposed or rotated cache),
   post-mixer and post-FFN norms, a SwiGLU FFN of one up projection.
 
+* ``minimax-01`` (minimax-01.cpp: graph/models/minimax_01.py): lightning attention (the fused QKV's SiLU, the
+  position decays within the micro-batch, the per-head state decayed and written back, the RMS norm and
+  sigmoid gate) and softmax attention every fourth layer, softmax experts in every layer, the scaled
+  residuals of the normed inputs. llama.cpp aborts it with -np > 1: its runs have one sequence.
+
 Per model: its compute buffer on every recorded run (flash attention on and off, -np 3 with its 513-token
 micro-batch, -np 3 at 8192 cells, q8_0 caches, -ub 1024, --n-cpu-moe) to the 0.0001 MiB of
 ``~llama_context``'s line; its graph against the one llama.cpp's scheduler printed, node for node; the
@@ -65,7 +70,11 @@ MODELS = {
     "rwkv6qwen2": ("rwkv6qwen2-c8192", "rwkv6qwen2-c4096-faoff-np3"),
     "jamba": ("jamba-c8192", "jamba-c4096-faoff-np3", "jamba-c16384-q8_0"),
     "plamo2": ("plamo2-c8192", "plamo2-c4096-faoff-np3", "plamo2-c16384-q8_0"),
+    "minimax-01": ("minimax-01-c8192", "minimax-01-c8192-faoff", "minimax-01-c16384-q8_0"),
 }
+# llama.cpp aborts minimax-01 with -np > 1 (ggml.c:2072, ggml_can_repeat, in the reservation of one sequence
+# of a full micro-batch that follows the one of every sequence: llama-context.cpp:715-728): no such runs
+SINGLE_SEQUENCE = {"minimax-01"}
 # one file per builder that llama.cpp would refuse: (model, tensor dropped, metadata changed, the reason)
 REFUSED = (
     (
@@ -135,6 +144,18 @@ REFUSED = (
     ("plamo2", "blk.1.attn_k_norm.weight", {}, "the graph needs tensor blk.1.attn_k_norm.weight, which the file lacks"),
     ("plamo2", "blk.2.ssm_dt_norm", {}, "the graph needs tensor blk.2.ssm_dt_norm, which the file lacks"),
     ("plamo2", "", {"ssm.group_count": 1}, "the graph needs plamo2.ssm.group_count 0 (plamo2.cpp:289)"),
+    (
+        "minimax-01",
+        "blk.5.attn_norm_2.weight",
+        {},
+        "the graph needs tensor blk.5.attn_norm_2.weight, which the file lacks",
+    ),
+    (
+        "minimax-01",
+        "blk.2.ffn_gate_exps.weight",
+        {},
+        "the graph needs tensor blk.2.ffn_gate_exps.weight, which the file lacks",
+    ),
 )
 CPU_RUNS = [(m, rid) for m in MODELS for rid in cpu_runs(m)]
 NODE_RUNS = [(m, rid) for m, rids in MODELS.items() for rid in rids]
@@ -160,7 +181,8 @@ def test_the_cpu_runs_cover_flash_attention_off_parallel_sequences_and_a_quantiz
     assert builder_of(_spec(name)["arch"]) is not None
     args = [line.split("\t")[2] for line in (CPU_LOGS / "matrix").read_text().splitlines() if f"\t{name}\t" in line]
     assert len(cpu_runs(name)) == len(args) >= 5
-    for option in ("-fa off", "-np 3", "-ctk q8_0 -ctv q8_0", "-c 8192 -np 3"):
+    options = ("-fa off", "-ctk q8_0 -ctv q8_0") + (() if name in SINGLE_SEQUENCE else ("-np 3", "-c 8192 -np 3"))
+    for option in options:
         assert any(option in a for a in args), option
     assert any("-fa off" not in a for a in args)
 
@@ -195,33 +217,45 @@ def test_the_layer_shortcut_equals_the_whole_replay(name: str, models: dict[str,
         assert graphsim.simulate(model, [], a.offload, sp) == whole and whole["CPU"] > 0
 
 
-def test_the_kda_state_the_graph_reads_is_llama_cpps(models: dict[str, Path]) -> None:
-    """The convolution (R) and delta-rule (S) states the KDA layers' graph reads and writes are the rows
-    of llama.cpp's recurrent memory: 3 x (4 - 1) x 8 x 128 and 128 x 128 x 8 f32 values per layer and
-    sequence (llama_hparams::n_embd_r/n_embd_s for n_embd_head_kda, llama-hparams.cpp:219-247), over the
-    3 KDA layers of the model."""
+# the states the graph reads and writes: (model, run, sequences, recurrent layers, R and S bytes per layer
+# and sequence: llama_hparams::n_embd_r/n_embd_s x 4, llama-hparams.cpp:208-258)
+STATES = (
+    # KDA: Q, K and V's (4 - 1) cached columns of 8 heads of 128, and 128 x 128 per head
+    ("kimi-linear", "kimi-linear-c8192", 1, 3, 3 * 3 * 1024 * 4, 128 * 128 * 8 * 4),
+    ("kimi-linear", "kimi-linear-c8192-np3", 3, 3, 3 * 3 * 1024 * 4, 128 * 128 * 8 * 4),
+    # lightning attention: no convolution, 128 x 128 per head of 8 (n_embd_head_la = key_length)
+    ("minimax-01", "minimax-01-c8192", 1, 6, 0, 128 * 128 * 8 * 4),
+)
+
+
+@pytest.mark.parametrize(("name", "rid", "n_seq", "n_rec", "r", "s"), STATES, ids=lambda x: str(x))
+def test_the_state_the_graph_reads_is_llama_cpps(
+    name: str, rid: str, n_seq: int, n_rec: int, r: int, s: int, models: dict[str, Path]
+) -> None:
+    """The recurrent states the graph reads and writes (its cache leaves) are llama.cpp's recurrent memory,
+    whose R and S sizes the log prints (kimi-linear's and minimax-01's state sizes are their own:
+    ``n_embd_head_kda``, ``n_embd_head_la``)."""
     from ggufx.analysis.memory.graph.ggml import _Graph
     from ggufx.analysis.memory.graph.models import builder
 
-    model = ggufx.open(models["kimi-linear"])
-    for rid, n_seq in (("kimi-linear-c8192", 1), ("kimi-linear-c8192-np3", 3)):
-        text = (CPU_LOGS / f"{rid}.log").read_text()
-        m = re.search(r"R \(f32\):\s+([\d.]+) MiB, S \(f32\):\s+([\d.]+) MiB", text)
-        assert m is not None
-        a = parse_args("-m x " + ("-c 8192" if n_seq == 1 else "-c 8192 -np 3"))
-        sp = breakdown(model, [], a.offload, a.context).reservation
-        assert sp is not None and sp.n_seq_max == n_seq
-        ld = graphsim._loaded(model, [], a.offload)
-        c = graphsim._context(model, ld, sp, sp.n_ubatch, sp.n_outputs)
-        c.layers = list(range(ld.hp.n_layer))
-        g = _Graph()
-        g.expand(builder("kimi-linear")(c, g))
-        caches = {t.name: t for t in g.leafs if t.name.startswith(("cache_r_l", "cache_s_l"))}
-        assert sorted(caches) == ["cache_r_l0", "cache_r_l1", "cache_r_l2", "cache_s_l0", "cache_s_l1", "cache_s_l2"]
-        r = sum(t.nbytes for n, t in caches.items() if n.startswith("cache_r"))
-        s = sum(t.nbytes for n, t in caches.items() if n.startswith("cache_s"))
-        assert (r, s) == (3 * 3 * 3 * 1024 * 4 * n_seq, 3 * 128 * 128 * 8 * 4 * n_seq)
-        assert (round(r / MiB, 2), round(s / MiB, 2)) == (float(m.group(1)), float(m.group(2)))
+    model = ggufx.open(models[name])
+    text = (CPU_LOGS / f"{rid}.log").read_text()
+    m = re.search(r"R \(f32\):\s+([\d.]+) MiB, S \(f32\):\s+([\d.]+) MiB", text)
+    assert m is not None
+    a = parse_args("-m x " + ("-c 8192" if n_seq == 1 else f"-c 8192 -np {n_seq}"))
+    sp = breakdown(model, [], a.offload, a.context).reservation
+    assert sp is not None and sp.n_seq_max == n_seq
+    ld = graphsim._loaded(model, [], a.offload)
+    c = graphsim._context(model, ld, sp, sp.n_ubatch, sp.n_outputs)
+    c.layers = list(range(ld.hp.n_layer))
+    g = _Graph()
+    g.expand(builder(ld.hp.arch)(c, g))
+    caches = {t.name: t for t in g.leafs if t.name.startswith(("cache_r_l", "cache_s_l"))}
+    assert len([n for n in caches if n.startswith("cache_s")]) == n_rec
+    got_r = sum(t.nbytes for n, t in caches.items() if n.startswith("cache_r"))
+    got_s = sum(t.nbytes for n, t in caches.items() if n.startswith("cache_s"))
+    assert (got_r, got_s) == (n_rec * r * n_seq, n_rec * s * n_seq)
+    assert (round(got_r / MiB, 2), round(got_s / MiB, 2)) == (float(m.group(1)), float(m.group(2)))
 
 
 @pytest.mark.parametrize(("name", "drop", "kv", "reason"), REFUSED, ids=lambda x: str(x)[:40])

@@ -546,7 +546,8 @@ _ENTRIES = (
     Arch(
         "minimax-01",
         "minimax-01.cpp",
-        ("attention.recurrent_layers", "full_attention_interval"),
+        ("attention.recurrent_layers", "full_attention_interval", "residual_scale"),
+        builder="minimax_01",
         recurrent=Recurrent("linear attention", "array_or_interval"),
         moe=True,
     ),
