@@ -4,32 +4,27 @@
 * ``kimi-linear`` (src/models/kimi-linear.cpp, Kimi Linear 48B-A3B's structure: graph/models/kimi_linear.py):
   Kimi-delta-attention layers (Q/K/V short convolutions over a cached state, the per-channel gate, the fused
   ``GATED_DELTA_NET`` node, the gated head norm) and MLA layers without RoPE over a K-only cache, a dense
-  first layer then sigmoid-routed experts plus a shared expert.
-
+  first layer then sigmoid-routed experts plus a shared expert;
 * ``rwkv7`` (rwkv7.cpp over rwkv7-base.cpp: graph/models/rwkv7.py): the time mix's six token-shift
   interpolations, the low-rank decay, value-residual, learning-rate and gate paths, the fused ``RWKV_WKV7``
   node over the per-head state, the group norm, the channel mix (ReLU squared) with its own token shift;
   ``rwkv7-8k`` is the model with an 8,192-token vocabulary (with 49,152 the logits are the buffer's peak,
   and those runs end in an abort over the zero weights: tests/test_arch_logs.py holds their two decimals);
 * ``arwkv7`` (arwkv7.cpp): the same time mix without the optional gate and group norm, RMS norms, one token
-  shift, a SwiGLU FFN.
-
+  shift, a SwiGLU FFN;
 * ``rwkv6`` (rwkv6.cpp over rwkv6-base.cpp: graph/models/rwkv6.py): the data-dependent token shift (one
   low-rank projection to the five fused interpolations), the fused ``RWKV_WKV6`` node with its per-head bonus,
   the group norm, the SiLU gate, the channel mix with its sigmoid receptance, the residual halved every
   ``rescale_every_n_layers``;
 * ``rwkv6qwen2`` (rwkv6qwen2.cpp, QRWKV-6): the same time mix without ``time_mix_first`` (the fused
   ``GATED_LINEAR_ATTN`` node, the sigmoid gate), grouped KV heads repeated, Qwen's biases, RMS norms, one
-  token shift, a SwiGLU FFN.
-
+  token shift, a SwiGLU FFN;
 * ``jamba`` (jamba.cpp: graph/models/jamba.py): Mamba-1 layers with dt's, B's and C's weighted RMS norms,
-  attention without RoPE in one layer of eight, a dense FFN or softmax-routed experts every other layer.
-
+  attention without RoPE in one layer of eight, a dense FFN or softmax-routed experts every other layer;
 * ``plamo2`` (plamo2.cpp: graph/models/plamo2.py): PLaMo's Mamba mixer (the in-projection interleaving z and
   x per head, no groups, B/C/dt norms) alternating with attention over one fused QKV projection (per-head
   Q/K norms, RoPE; V a strided view that llama.cpp copies contiguous into a transposed or rotated cache),
-  post-mixer and post-FFN norms, a SwiGLU FFN of one up projection.
-
+  post-mixer and post-FFN norms, a SwiGLU FFN of one up projection;
 * ``minimax-01`` (minimax-01.cpp: graph/models/minimax_01.py): lightning attention (the fused QKV's SiLU, the
   position decays within the micro-batch, the per-head state decayed and written back, the RMS norm and
   sigmoid gate) and softmax attention every fourth layer, softmax experts in every layer, the scaled
