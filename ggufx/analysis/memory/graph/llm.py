@@ -189,6 +189,43 @@ def _attn_kv(c: _Ctx, g: _Graph, q: _T, k: _T, v: _T, il: int, inp: _AttnInp, is
     """The cache writes and the attention of one layer's roped Q, K and V (``build_attn``,
     llama-graph.cpp:2950-3060 and, with a sliding-window cache, :3195-3290), before the output
     projection."""
+    return _attn_kv_impl(c, g, q, k, v, il, inp, iswa, False)
+
+
+def attn_kv_strided(c: _Ctx, g: _Graph, q: _T, k: _T, v: _T, il: int, inp: _AttnInp, iswa: bool) -> _T:
+    """:func:`_attn_kv` where Q, K or V may be strided views (of a fused QKV projection): llama.cpp copies
+    such a tensor contiguous where it must, as ``CONT`` nodes of its own: before a Hadamard rotation
+    (``llama_mul_mat_hadamard``, llama-impl.h:57-75) and, into a transposed V cache, when V's tokens are
+    not rows of ``n_embd_v_gqa`` values (``cpy_v``, llama-kv-cache.cpp:1418-1424)."""
+    return _attn_kv_impl(c, g, q, k, v, il, inp, iswa, True)
+
+
+def is_contiguous(t: _T) -> bool:
+    """``ggml_is_contiguous``: the elements in order, dimensions of one element skipped."""
+    ty = _type(t.type)
+    if t.nb[0] != ty.type_size:
+        return False
+    step = ty.type_size * (t.ne[0] // ty.block_size)
+    for i in (1, 2, 3):
+        if t.ne[i] != 1:
+            if t.nb[i] != step:
+                return False
+            step *= t.ne[i]
+    return True
+
+
+def _rot_strided(g: _Graph, x: _T, rot: _T | None) -> _T:
+    """:func:`_rot` of a tensor that may be strided: ``llama_mul_mat_hadamard`` copies it contiguous
+    (``ggml_cont_2d``) instead of reshaping it (llama-impl.h:57-75)."""
+    if rot is None or is_contiguous(x):
+        return _rot(g, x, rot)
+    n = rot.ne[0]
+    r = g.new(f"{x.name} (cont)", "CONT", x.type, (n, math.prod(x.ne) // n), x)
+    r = g.mul_mat(x.name, rot, r)
+    return g.reshape(r, *x.ne)
+
+
+def _attn_kv_impl(c: _Ctx, g: _Graph, q: _T, k: _T, v: _T, il: int, inp: _AttnInp, iswa: bool, strided: bool) -> _T:
     hp, sp = c.hp, c.sp
     T = c.n_tokens
     ns = sp.n_streams
@@ -198,7 +235,8 @@ def _attn_kv(c: _Ctx, g: _Graph, q: _T, k: _T, v: _T, il: int, inp: _AttnInp, is
     tk, tv = _type(sp.type_k), _type(sp.type_v)
     n_kv = inp.n_kv
     v_gqa = max(hp.n_head_kv) * hv
-    q, k, v = _rot(g, q, inp.k_rot), _rot(g, k, inp.k_rot), _rot(g, v, inp.v_rot)
+    rot = _rot_strided if strided else _rot
+    q, k, v = rot(g, q, inp.k_rot), rot(g, k, inp.k_rot), rot(g, v, inp.v_rot)
     for t in (q, k, v) if iswa else (q, v, k):
         g.expand(t)
     buft = c.cache_buft[il]
@@ -213,6 +251,12 @@ def _attn_kv(c: _Ctx, g: _Graph, q: _T, k: _T, v: _T, il: int, inp: _AttnInp, is
         vv = g.view(v, (hv * nkv, T), None)
         set_v = g.view(cache_v, cache_v.ne, cache_v.nb, "SET_ROWS")
         set_v.src = [vv, inp.v_idxs, cache_v]
+    elif strided and v.nb[2] != _type(v.type).type_size * hv * nkv:  # cpy_v's ggml_cont_2d
+        vv = g.new(f"{v.name} (cont)", "CONT", v.type, (hv * nkv, T), v)
+        vv = g.reshape(vv, 1, hv * nkv * T)
+        cv = g.reshape(cache_v, 1, math.prod(cache_v.ne))
+        set_v = g.view(cv, cv.ne, cv.nb, "SET_ROWS")
+        set_v.src = [vv, inp.v_idxs, cv]
     else:
         vv = g.reshape(g.reshape(v, hv * nkv, T), 1, hv * nkv * T)
         cv = g.reshape(cache_v, 1, math.prod(cache_v.ne))

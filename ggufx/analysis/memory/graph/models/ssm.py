@@ -241,6 +241,17 @@ def mamba_layer(c: _Ctx, g: _Graph, x: _T, il: int, rs: RsInp) -> _T:
     dt's own projection and bias, the selective scan with one decay per state (reading the states
     straight from the cache as Mamba-2's does), the new state written back, the D skip, the SwiGLU
     with z and the out-projection."""
+    return _mamba_layer(c, g, x, il, rs, False)
+
+
+def mamba_layer_normed(c: _Ctx, g: _Graph, x: _T, il: int, rs: RsInp) -> _T:
+    """:func:`mamba_layer` for a layer with the weights of dt's, B's and C's RMS norms (``ssm_dt_norm``,
+    ``ssm_b_norm``, ``ssm_c_norm``: Jamba), which ``build_mamba_layer`` applies with them
+    (mamba-base.cpp:89-93: each norm times its weight)."""
+    return _mamba_layer(c, g, x, il, rs, True)
+
+
+def _mamba_layer(c: _Ctx, g: _Graph, x: _T, il: int, rs: RsInp, weighted: bool) -> _T:
     hp, T = c.hp, c.n_tokens
     ns = c.sp.n_seq_max
     nst = T // ns
@@ -273,7 +284,9 @@ def mamba_layer(c: _Ctx, g: _Graph, x: _T, il: int, rs: RsInp) -> _T:
     dt = g.view(x_db, (dt_rank, nst, ns), (4, r, x_db.nb[2]))
     bs = g.view(x_db, (d_state, 1, nst, ns), (4, 4 * d_state, r, x_db.nb[2]))
     cs = g.view(x_db, (d_state, 1, nst, ns), (4, 4 * d_state, r, x_db.nb[2]))
-    if file_value(c, f"{hp.arch}.ssm.dt_b_c_rms") is True:  # build_norm without a weight: the norm alone
+    if weighted:
+        dt, bs, cs = (_norm(c, g, t, f"{p}ssm_{n}_norm.weight", il) for n, t in (("dt", dt), ("b", bs), ("c", cs)))
+    elif file_value(c, f"{hp.arch}.ssm.dt_b_c_rms") is True:  # build_norm without a weight: the norm alone
         dt, bs, cs = (g.op(f"norm-{il}", "RMS_NORM", t) for t in (dt, bs, cs))
         for t in (dt, bs, cs):
             t.backend = c.pin[il]
