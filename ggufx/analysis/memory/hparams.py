@@ -183,9 +183,10 @@ def hparams(model: GGUFModel) -> Hparams:
     elif l_cache:
         n_r, n_s = n_embd * (l_cache - 1), d_state * d_inner
     elif kda := get("kda.head_dim"):  # Kimi's KDA layers (llama-hparams.cpp:219-224, :242-247)
-        n_r, n_s = 3 * (d_conv - 1 if d_conv > 0 else 3) * n_head[0] * kda, kda * kda * n_head[0]
+        h = n_head[0] if n_head else 0
+        n_r, n_s = 3 * (d_conv - 1 if d_conv > 0 else 3) * h * kda, kda * kda * h
     elif a == "minimax-01":  # n_embd_head_la is the head size (minimax-01.cpp:8, llama-hparams.cpp:249-254)
-        n_r, n_s = 0, head_k * head_k * n_head[0]
+        n_r, n_s = 0, head_k * head_k * (n_head[0] if n_head else 0)
     else:
         n_r = (d_conv - 1 if d_conv > 0 else 0) * (d_inner + 2 * n_group * d_state)
         n_s = d_state * d_inner
