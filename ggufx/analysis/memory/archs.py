@@ -485,8 +485,46 @@ _ENTRIES = (
     # -- registered for their layer kinds only (sliding window or recurrent rule) ---------------------
     Arch("gemma-embedding", "gemma-embedding.cpp", ("attention.sliding_window",), swa=Swa(6, needs_window=True)),
     Arch("cohere2moe", "cohere2moe.cpp", ("attention.sliding_window",), swa=Swa(4, True, needs_window=True), moe=True),
-    Arch("exaone-moe", "exaone-moe.cpp", ("attention.sliding_window",), swa=Swa(4, needs_window=True), moe=True),
-    Arch("afmoe", "afmoe.cpp", ("attention.sliding_window",), swa=Swa(4, needs_window=True), moe=True),
+    Arch(
+        "exaone-moe",  # K-EXAONE: RoPE in the sliding-window layers only, sigmoid experts plus a shared expert
+        "exaone-moe.cpp",
+        (
+            "rope.freq_base_swa",
+            "attention.sliding_window",
+            "expert_shared_count",
+            "expert_feed_forward_length",
+            "expert_shared_feed_forward_length",
+            "expert_gating_func",
+            "expert_weights_scale",
+            "expert_weights_norm",
+            "leading_dense_block_count",
+        ),
+        builder="exaone_moe",
+        swa=Swa(4, needs_window=True),
+        skips_nextn=True,
+        moe=True,
+        leading_dense=True,
+        shared_experts=True,
+    ),
+    Arch(
+        "afmoe",  # Arcee Trinity: gated attention, pre- and post-norms, sigmoid experts plus shared experts
+        "afmoe.cpp",
+        (
+            "leading_dense_block_count",
+            "expert_feed_forward_length",
+            "expert_shared_count",
+            "expert_gating_func",
+            "expert_weights_scale",
+            "expert_weights_norm",
+            "attention.sliding_window",
+            "rope.freq_base_swa",
+        ),
+        builder="afmoe",
+        swa=Swa(4, needs_window=True),
+        moe=True,
+        leading_dense=True,
+        shared_experts=True,
+    ),
     Arch("mellum", "mellum.cpp", ("attention.sliding_window",), swa=Swa(4, needs_window=True)),
     Arch("plamo3", "plamo3.cpp", ("attention.sliding_window",), swa=Swa(8, needs_window=True)),
     Arch(

@@ -1,0 +1,139 @@
+"""The mixture-of-experts decoders of issue 25 whose graphs had no builder, against llama.cpp's CPU build:
+
+* ``afmoe`` (src/models/afmoe.cpp, Arcee Trinity): scaled embeddings, sliding-window layers with a full
+  layer every fourth (without RoPE), RMS norms of each Q and K head, the sigmoid gate of the attention output
+  before its projection, norms before and after attention and FFN, a dense first layer, sigmoid-routed
+  experts with the selection bias, normalized and scaled weights, a shared expert;
+* ``exaone-moe`` (exaone-moe.cpp, K-EXAONE): three sliding-window layers of every four, RoPE only there,
+  RMS norms of each Q and K head, a dense first layer, sigmoid-routed experts with the selection bias,
+  normalized and scaled weights, a shared expert; a NextN block left out.
+
+Per model: its compute buffer on its runs (flash attention on and off at 8192 and 16384 cells, -np 3 with its
+513-token micro-batch, q8_0 caches, --no-repack, --swa-full where there is a window, --n-cpu-moe), to the
+0.0001 MiB of ``~llama_context``'s line; its graph against the one llama.cpp's scheduler printed, node for
+node; the layer shortcut against the whole replay; and a file llama.cpp would refuse gets the generic
+estimate, with the reason."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import ggufx
+from ggufx.analysis.memory.archs import builder_of
+from ggufx.analysis.memory.buffers import breakdown
+from ggufx.analysis.memory.graph import graphsim
+from ggufx.analysis.memory.llamaargs import parse_args
+from ggufx.analysis.memory.placement import Device
+
+from .graph_arch_logs import CPU_LOGS, assert_compute_equal, assert_nodes_equal, cpu_model, cpu_runs, replay_cpu
+
+
+@dataclass(frozen=True)
+class Refused:
+    model: str  # the small model (models.py) whose file loses...
+    drop_tensor: str  # ...this tensor (llama.cpp's loader requires it)...
+    reason: str  # graphsim.unbuildable's words for it
+    add_kv: tuple[tuple[str, object], ...] = ()  # ...or gains these keys
+
+
+MODELS = ("afmoe", "exaone-moe")
+SWA = {"afmoe", "exaone-moe"}  # the models with a sliding window: a --swa-full run
+REFUSED = (
+    Refused("afmoe", "blk.2.attn_gate.weight", "the graph needs tensor blk.2.attn_gate.weight, which the file lacks"),
+    Refused("afmoe", "blk.3.exp_probs_b.bias", "the graph needs tensor blk.3.exp_probs_b.bias, which the file lacks"),
+    Refused(
+        "afmoe",
+        "",
+        "the graph needs afmoe.expert_gating_func 1, 2 or 3 (softmax, sigmoid, softmax weights), not 4",
+        add_kv=(("expert_gating_func", 4),),
+    ),
+    Refused(
+        "exaone-moe",
+        "blk.2.ffn_up_shexp.weight",
+        "the graph needs tensor blk.2.ffn_up_shexp.weight, which the file lacks",
+    ),
+    Refused("exaone-moe", "output.weight", "the graph needs tensor output.weight, which the file lacks"),
+)
+CPU_RUNS = [(m, rid) for m in MODELS for rid in cpu_runs(m)]
+
+
+def _spec(name: str) -> dict:
+    sys.path.insert(0, str(CPU_LOGS))
+    try:
+        from models import MODELS as SPECS
+    finally:
+        sys.path.remove(str(CPU_LOGS))
+    return SPECS[name]
+
+
+@pytest.fixture(scope="module")
+def models(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("moe-families")
+    return {n: cpu_model(n, out, smollm2_path) for n in MODELS}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_the_cpu_runs_cover_the_options_that_change_the_graph(name: str) -> None:
+    assert builder_of(_spec(name)["arch"]) is not None
+    args = [line.split("\t")[2] for line in (CPU_LOGS / "matrix").read_text().splitlines() if f"\t{name}\t" in line]
+    assert len(cpu_runs(name)) == len(args) >= 5
+    options = ["-fa off", "-np 3", "-ctk q8_0 -ctv q8_0", "--no-repack"]
+    options += ["--swa-full"] if name in SWA else []
+    for option in options:
+        assert any(option in a for a in args), option
+    assert any("-fa off" not in a for a in args)
+
+
+@pytest.mark.parametrize(("name", "rid"), CPU_RUNS)
+def test_cpu_compute_buffer_equals_llama_cpp(name: str, rid: str, models: dict[str, Path]) -> None:
+    text, bd = replay_cpu(rid, models[name])
+    assert bd.compute_estimate is None
+    assert_compute_equal(text, bd)
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("run", ["c4096-faoff-np3", "c16384-q8_0"])
+def test_the_graph_is_llama_cpps_node_for_node(name: str, run: str, models: dict[str, Path]) -> None:
+    """Equal buffers could hide another order of the same nodes: the graph itself equals the one
+    llama.cpp's scheduler printed (GGML_SCHED_DEBUG=2), op and size of every node, in order."""
+    assert_nodes_equal(f"{name}-{run}", models[name])
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_the_layer_shortcut_equals_the_whole_replay(name: str, models: dict[str, Path]) -> None:
+    """The replay that leaves repeated blocks of layers out allocates as the one of every layer."""
+    model = ggufx.open(models[name])
+    for args in ("-c 8192", "-c 4096 -fa off -np 3", "-c 16384 --swa-full"):
+        a = parse_args("-m x " + args)
+        sp = breakdown(model, [], a.offload, a.context).reservation
+        assert sp is not None
+        whole = graphsim.simulate(model, [], a.offload, sp, whole=True)
+        assert graphsim.simulate(model, [], a.offload, sp) == whole and whole["CPU"] > 0
+
+
+@pytest.mark.parametrize("refused", REFUSED, ids=lambda r: f"{r.model}-{r.drop_tensor or 'kv'}")
+def test_a_file_llama_cpp_would_refuse_gets_the_generic_estimate(
+    refused: Refused, smollm2_path: Path, tmp_path: Path
+) -> None:
+    sys.path.insert(0, str(CPU_LOGS))
+    try:
+        from make_arch_headers import header
+    finally:
+        sys.path.remove(str(CPU_LOGS))
+    tensors = json.loads((CPU_LOGS / "tensors.json").read_text())[refused.model]
+    kept = [t for t in tensors if t[0] != refused.drop_tensor]
+    assert len(kept) == len(tensors) - (1 if refused.drop_tensor else 0)
+    spec = _spec(refused.model)
+    spec = {**spec, "kv": spec["kv"] | dict(refused.add_kv)}
+    path = tmp_path / "refused.gguf"
+    header(path, spec, kept, smollm2_path)
+    model = ggufx.open(path)
+    assert graphsim.unbuildable(model) == refused.reason
+    a = parse_args("-m x -c 8192")
+    bd = breakdown(model, [Device("CUDA0", 80 << 30)], a.offload, a.context)
+    assert bd.compute_estimate and refused.reason in bd.compute_estimate
