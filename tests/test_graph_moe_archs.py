@@ -6,7 +6,11 @@
   experts with the selection bias, normalized and scaled weights, a shared expert;
 * ``exaone-moe`` (exaone-moe.cpp, K-EXAONE): three sliding-window layers of every four, RoPE only there,
   RMS norms of each Q and K head, a dense first layer, sigmoid-routed experts with the selection bias,
-  normalized and scaled weights, a shared expert; a NextN block left out.
+  normalized and scaled weights, a shared expert; a NextN block left out;
+* ``cohere2moe`` (cohere2moe.cpp): layer norm, attention and FFN in parallel on the one input norm, the full
+  layer first then three sliding-window layers (the pattern array), RoPE in those and in the dense first
+  layer, sigmoid-routed experts (the gating unset) with normalized weights plus a shared expert, their sum
+  halved; the last layer on every token, the output norm's rows picked, the logits scaled.
 
 Per model: its compute buffer on its runs (flash attention on and off at 8192 and 16384 cells, -np 3 with its
 513-token micro-batch, q8_0 caches, --no-repack, --swa-full where there is a window, --n-cpu-moe), to the
@@ -41,8 +45,8 @@ class Refused:
     add_kv: tuple[tuple[str, object], ...] = ()  # ...or gains these keys
 
 
-MODELS = ("afmoe", "exaone-moe")
-SWA = {"afmoe", "exaone-moe"}  # the models with a sliding window: a --swa-full run
+MODELS = ("afmoe", "exaone-moe", "cohere2moe")
+SWA = {"afmoe", "exaone-moe", "cohere2moe"}  # the models with a sliding window: a --swa-full run
 REFUSED = (
     Refused("afmoe", "blk.2.attn_gate.weight", "the graph needs tensor blk.2.attn_gate.weight, which the file lacks"),
     Refused("afmoe", "blk.3.exp_probs_b.bias", "the graph needs tensor blk.3.exp_probs_b.bias, which the file lacks"),
@@ -58,6 +62,17 @@ REFUSED = (
         "the graph needs tensor blk.2.ffn_up_shexp.weight, which the file lacks",
     ),
     Refused("exaone-moe", "output.weight", "the graph needs tensor output.weight, which the file lacks"),
+    Refused(
+        "cohere2moe",
+        "blk.2.ffn_gate_inp.weight",
+        "the graph needs tensor blk.2.ffn_gate_inp.weight, which the file lacks",
+    ),
+    Refused(
+        "cohere2moe",
+        "",
+        "the graph needs cohere2moe.expert_gating_func 1, 2 or 3 (softmax, sigmoid, softmax weights), not 4",
+        add_kv=(("expert_gating_func", 4),),
+    ),
 )
 CPU_RUNS = [(m, rid) for m in MODELS for rid in cpu_runs(m)]
 

@@ -484,7 +484,28 @@ _ENTRIES = (
     Arch("rwkv7", "rwkv7.cpp", ("wkv.head_size", "token_shift_count"), recurrent=Recurrent("RWKV", "all")),
     # -- registered for their layer kinds only (sliding window or recurrent rule) ---------------------
     Arch("gemma-embedding", "gemma-embedding.cpp", ("attention.sliding_window",), swa=Swa(6, needs_window=True)),
-    Arch("cohere2moe", "cohere2moe.cpp", ("attention.sliding_window",), swa=Swa(4, True, needs_window=True), moe=True),
+    Arch(
+        "cohere2moe",  # cohere2's parallel layer, a dense first layer, experts plus a shared expert averaged
+        "cohere2moe.cpp",
+        (
+            "attention.sliding_window",
+            "logit_scale",
+            "leading_dense_block_count",
+            "expert_feed_forward_length",
+            "expert_shared_feed_forward_length",
+            "expert_shared_count",
+            "expert_weights_norm",
+            "expert_weights_scale",
+            "expert_gating_func",
+            "rope.freq_base_swa",
+        ),
+        builder="cohere2moe",
+        swa=Swa(4, True, needs_window=True),
+        skips_nextn=True,
+        moe=True,
+        leading_dense=True,
+        shared_experts=True,
+    ),
     Arch(
         "exaone-moe",  # K-EXAONE: RoPE in the sliding-window layers only, sigmoid experts plus a shared expert
         "exaone-moe.cpp",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _inp_embd, _rot, _w, _weight
+from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _inp_embd, _proj, _rot, _w, _weight
 from ggufx.analysis.memory.graph.models import _moe_dense, dots1
 from ggufx.analysis.memory.graph.models._dense import _ROPE_FACTORS, Dense, _attn_kv, _n, _qkv
 from ggufx.analysis.memory.graph.models._moe_dense import EXPERTS, GATINGS, ROUTER, SHARED
@@ -19,14 +19,18 @@ from ggufx.model import GGUFModel
 _D = Dense()
 
 
-def swa_attention(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp, rope: bool, proj: bool = True) -> _T:
-    """Q/K/V (``build_qkv``), the RMS norms of each Q and K head, RoPE where ``rope`` (with the file's
-    rope factors), ``build_attn`` over a sliding-window model's caches (Q, K, V expanded in that order),
-    then the output projection (not with ``proj`` false)."""
+def swa_attention(
+    c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp, rope: bool, proj: bool = True, qk_norm: bool = True
+) -> _T:
+    """Q/K/V (``build_qkv``), the RMS norms of each Q and K head (with ``qk_norm``), RoPE where ``rope``
+    (with the file's rope factors), ``build_attn`` over a sliding-window model's caches (Q, K, V expanded
+    in that order), then the output projection and its bias where the file has it (not with ``proj``
+    false)."""
     p = f"blk.{il}."
     q, k, v = _qkv(c, g, x, il, reshape=True)
-    q = _n(c, g, q, p + "attn_q_norm.weight", il, _D)
-    k = _n(c, g, k, p + "attn_k_norm.weight", il, _D)
+    if qk_norm:
+        q = _n(c, g, q, p + "attn_q_norm.weight", il, _D)
+        k = _n(c, g, k, p + "attn_k_norm.weight", il, _D)
     if rope:
         assert c.pos is not None
         freqs = next((f for n in _ROPE_FACTORS if (f := _weight(c, n, il)) is not None), None)
@@ -37,7 +41,7 @@ def swa_attention(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp, rope: bool,
     cur = _attn_kv(c, g, q, k, v, il, replace(inp, v_rot=None), True, _D)
     g.expand(cur)  # build_attn_mha expands the attention's output before the rotation and projection
     cur = _rot(g, cur, inp.v_rot)
-    return g.mul_mat(f"attn_out-{il}", _w(c, p + "attn_output.weight", il), cur) if proj else cur
+    return _proj(c, g, f"attn_out-{il}", p + "attn_output", cur, il) if proj else cur
 
 
 def build(c: _Ctx, g: _Graph) -> _T:
