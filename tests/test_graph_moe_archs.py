@@ -10,7 +10,11 @@
 * ``cohere2moe`` (cohere2moe.cpp): layer norm, attention and FFN in parallel on the one input norm, the full
   layer first then three sliding-window layers (the pattern array), RoPE in those and in the dense first
   layer, sigmoid-routed experts (the gating unset) with normalized weights plus a shared expert, their sum
-  halved; the last layer on every token, the output norm's rows picked, the logits scaled.
+  halved; the last layer on every token, the output norm's rows picked, the logits scaled;
+* ``smallthinker`` (smallthinker.cpp): the router's logits from the layer's input before the attention norm
+  (their rows picked with the last layer's), experts in every layer (softmax, normalized weights, ReLU: a
+  REGLU); with a sliding window, 6 layers of which 0 and 4 are full and without RoPE
+  (``n_no_rope_layer_step`` 4); without one (``smallthinker-nowin``), one cache and RoPE everywhere.
 
 Per model: its compute buffer on its runs (flash attention on and off at 8192 and 16384 cells, -np 3 with its
 513-token micro-batch, q8_0 caches, --no-repack, --swa-full where there is a window, --n-cpu-moe), to the
@@ -34,6 +38,7 @@ from ggufx.analysis.memory.graph import graphsim
 from ggufx.analysis.memory.llamaargs import parse_args
 from ggufx.analysis.memory.placement import Device
 
+from . import graph_arch_logs
 from .graph_arch_logs import CPU_LOGS, assert_compute_equal, assert_nodes_equal, cpu_model, cpu_runs, replay_cpu
 
 
@@ -43,10 +48,11 @@ class Refused:
     drop_tensor: str  # ...this tensor (llama.cpp's loader requires it)...
     reason: str  # graphsim.unbuildable's words for it
     add_kv: tuple[tuple[str, object], ...] = ()  # ...or gains these keys
+    drop_key: str = ""  # ...or loses this metadata key (without the architecture's prefix)
 
 
-MODELS = ("afmoe", "exaone-moe", "cohere2moe")
-SWA = {"afmoe", "exaone-moe", "cohere2moe"}  # the models with a sliding window: a --swa-full run
+MODELS = ("afmoe", "exaone-moe", "cohere2moe", "smallthinker", "smallthinker-nowin")
+SWA = {"afmoe", "exaone-moe", "cohere2moe", "smallthinker"}  # the models with a sliding window: a --swa-full run
 REFUSED = (
     Refused("afmoe", "blk.2.attn_gate.weight", "the graph needs tensor blk.2.attn_gate.weight, which the file lacks"),
     Refused("afmoe", "blk.3.exp_probs_b.bias", "the graph needs tensor blk.3.exp_probs_b.bias, which the file lacks"),
@@ -72,6 +78,17 @@ REFUSED = (
         "",
         "the graph needs cohere2moe.expert_gating_func 1, 2 or 3 (softmax, sigmoid, softmax weights), not 4",
         add_kv=(("expert_gating_func", 4),),
+    ),
+    Refused(
+        "smallthinker",
+        "blk.5.ffn_up_exps.weight",
+        "the graph needs tensor blk.5.ffn_up_exps.weight, which the file lacks",
+    ),
+    Refused(  # optional to smallthinker.cpp's loader, but build_moe_ffn aborts on gating 0
+        "smallthinker",
+        "",
+        "the graph needs smallthinker.expert_gating_func 1, 2 or 3 (softmax, sigmoid, softmax weights), not 0",
+        drop_key="expert_gating_func",
     ),
 )
 CPU_RUNS = [(m, rid) for m in MODELS for rid in cpu_runs(m)]
@@ -113,9 +130,13 @@ def test_cpu_compute_buffer_equals_llama_cpp(name: str, rid: str, models: dict[s
 
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("run", ["c4096-faoff-np3", "c16384-q8_0"])
-def test_the_graph_is_llama_cpps_node_for_node(name: str, run: str, models: dict[str, Path]) -> None:
+def test_the_graph_is_llama_cpps_node_for_node(
+    name: str, run: str, models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Equal buffers could hide another order of the same nodes: the graph itself equals the one
-    llama.cpp's scheduler printed (GGML_SCHED_DEBUG=2), op and size of every node, in order."""
+    llama.cpp's scheduler printed (GGML_SCHED_DEBUG=2), op and size of every node, in order (smallthinker's
+    REGLU is a GLU op, as SwiGLU is)."""
+    monkeypatch.setitem(graph_arch_logs._OP, "REGLU", "GLU")
     assert_nodes_equal(f"{name}-{run}", models[name])
 
 
@@ -144,7 +165,10 @@ def test_a_file_llama_cpp_would_refuse_gets_the_generic_estimate(
     kept = [t for t in tensors if t[0] != refused.drop_tensor]
     assert len(kept) == len(tensors) - (1 if refused.drop_tensor else 0)
     spec = _spec(refused.model)
-    spec = {**spec, "kv": spec["kv"] | dict(refused.add_kv)}
+    spec = {**spec, "kv": {k: v for k, v in spec["kv"].items() if k != refused.drop_key} | dict(refused.add_kv)}
+    assert refused.drop_key not in spec["kv"] and (
+        not refused.drop_key or refused.drop_key in _spec(refused.model)["kv"]
+    )
     path = tmp_path / "refused.gguf"
     header(path, spec, kept, smollm2_path)
     model = ggufx.open(path)

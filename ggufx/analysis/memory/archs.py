@@ -549,7 +549,12 @@ _ENTRIES = (
     Arch("mellum", "mellum.cpp", ("attention.sliding_window",), swa=Swa(4, needs_window=True)),
     Arch("plamo3", "plamo3.cpp", ("attention.sliding_window",), swa=Swa(8, needs_window=True)),
     Arch(
-        "smallthinker", "smallthinker.cpp", ("attention.sliding_window",), swa=Swa(4, True, needs_window=True), moe=True
+        "smallthinker",  # the router before the attention norm, experts in every layer
+        "smallthinker.cpp",
+        ("attention.sliding_window", "rope.freq_base_swa", "expert_feed_forward_length", "expert_gating_func"),
+        builder="smallthinker",
+        swa=Swa(4, True, needs_window=True),
+        moe=True,
     ),
     Arch("modern-bert", "modern-bert.cpp", ("attention.sliding_window",), swa=Swa(3, True, needs_window=True)),
     Arch("laguna", "laguna.cpp", ("attention.sliding_window",), swa=Swa(4, True, needs_window=True)),
