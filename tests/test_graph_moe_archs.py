@@ -14,7 +14,10 @@
 * ``smallthinker`` (smallthinker.cpp): the router's logits from the layer's input before the attention norm
   (their rows picked with the last layer's), experts in every layer (softmax, normalized weights, ReLU: a
   REGLU); with a sliding window, 6 layers of which 0 and 4 are full and without RoPE
-  (``n_no_rope_layer_step`` 4); without one (``smallthinker-nowin``), one cache and RoPE everywhere.
+  (``n_no_rope_layer_step`` 4); without one (``smallthinker-nowin``), one cache and RoPE everywhere;
+* ``phimoe`` (phimoe.cpp's loader, phi3.cpp's graph): RMS norms with biases, the query scaled, the output
+  projection's and the head's biases, the residual added first after the FFN; softmax experts with
+  normalized weights in every layer.
 
 Per model: its compute buffer on its runs (flash attention on and off at 8192 and 16384 cells, -np 3 with its
 513-token micro-batch, q8_0 caches, --no-repack, --swa-full where there is a window, --n-cpu-moe), to the
@@ -51,7 +54,7 @@ class Refused:
     drop_key: str = ""  # ...or loses this metadata key (without the architecture's prefix)
 
 
-MODELS = ("afmoe", "exaone-moe", "cohere2moe", "smallthinker", "smallthinker-nowin")
+MODELS = ("afmoe", "exaone-moe", "cohere2moe", "smallthinker", "smallthinker-nowin", "phimoe")
 SWA = {"afmoe", "exaone-moe", "cohere2moe", "smallthinker"}  # the models with a sliding window: a --swa-full run
 REFUSED = (
     Refused("afmoe", "blk.2.attn_gate.weight", "the graph needs tensor blk.2.attn_gate.weight, which the file lacks"),
@@ -89,6 +92,12 @@ REFUSED = (
         "",
         "the graph needs smallthinker.expert_gating_func 1, 2 or 3 (softmax, sigmoid, softmax weights), not 0",
         drop_key="expert_gating_func",
+    ),
+    Refused("phimoe", "blk.1.attn_output.bias", "the graph needs tensor blk.1.attn_output.bias, which the file lacks"),
+    Refused(
+        "phimoe",
+        "blk.3.ffn_gate_exps.weight",
+        "the graph needs tensor blk.3.ffn_gate_exps.weight, which the file lacks",
     ),
 )
 CPU_RUNS = [(m, rid) for m in MODELS for rid in cpu_runs(m)]

@@ -318,7 +318,7 @@ _ENTRIES = (
         moe=True,
         shared_experts=True,
     ),
-    Arch("phimoe", "phimoe.cpp", graph="phi3", moe=True),
+    Arch("phimoe", "phimoe.cpp", graph="phi3", builder="phimoe", moe=True),  # phi3's graph, experts for the FFN
     Arch(
         "glm4moe",
         "glm4-moe.cpp",
