@@ -715,6 +715,36 @@ _ENTRIES = (
     Arch("maincoder", "maincoder.cpp", builder="maincoder"),  # hunyuan-dense's graph (Q/K norms after RoPE)
     Arch("baichuan", "baichuan.cpp", builder="baichuan"),  # the llama graph, RoPE only at 32 layers (7B)
     Arch("chatglm", "chatglm.cpp", builder="chatglm"),  # the llama graph, the fused up projection's SwiGLU
+    # -- mixture-of-experts families registered with their builders (issue 25, h-moe) -----------------------
+    Arch("dbrx", "dbrx.cpp", ("attention.clamp_kqv",), builder="dbrx", moe=True),  # layer norms, the clamped QKV
+    Arch("arctic", "arctic.cpp", builder="arctic", moe=True),  # a dense FFN and, beside it, the experts
+    Arch(
+        "grok",  # soft-capped attention logits (flash attention forced off), GELU experts plus Grok-2's dense FFN
+        "grok.cpp",
+        (
+            "expert_feed_forward_length",
+            "logit_scale",
+            "embedding_scale",
+            "attention.output_scale",
+            "attn_logit_softcapping",
+            "router_logit_softcapping",
+            "final_logit_softcapping",
+            "attention.temperature_length",
+            "rope.scaling.yarn_ext_factor",
+            "rope.scaling.yarn_attn_factor",
+            "rope.scaling.yarn_beta_fast",
+            "rope.scaling.yarn_beta_slow",
+        ),
+        builder="grok",
+        moe=True,
+    ),
+    Arch(
+        "grovemoe",  # experts, then chunk experts on their output (one per group of experts_per_group)
+        "grovemoe.cpp",
+        ("expert_feed_forward_length", "expert_chunk_feed_forward_length", "expert_group_scale", "experts_per_group"),
+        builder="grovemoe",
+        moe=True,
+    ),
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}
