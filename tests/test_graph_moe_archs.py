@@ -10,7 +10,8 @@
 * ``cohere2moe`` (cohere2moe.cpp): layer norm, attention and FFN in parallel on the one input norm, the full
   layer first then three sliding-window layers (the pattern array), RoPE in those and in the dense first
   layer, sigmoid-routed experts (the gating unset) with normalized weights plus a shared expert, their sum
-  halved; the last layer on every token, the output norm's rows picked, the logits scaled;
+  halved; the last layer on every token, the output norm's rows picked, the logits scaled; with RMS norms
+  (the file's RMS epsilon) and an MTP block left out (``cohere2moe-rms-mtp``);
 * ``smallthinker`` (smallthinker.cpp): the router's logits from the layer's input before the attention norm
   (their rows picked with the last layer's), experts in every layer (softmax, normalized weights, ReLU: a
   REGLU); with a sliding window, 6 layers of which 0 and 4 are full and without RoPE
@@ -23,7 +24,8 @@
   on the layer's input normed by ``ffn_norm_exps``;
 * ``grok`` (grok.cpp, Grok-2's shape): scaled embeddings, the attention logits scaled and soft-capped
   (flash attention is off for grok: its runs say so), norms after attention and FFN, GEGLU experts plus the
-  dense FFN scaled by sqrt(2)/2, the logits scaled and soft-capped;
+  dense FFN scaled by sqrt(2)/2, the logits scaled and soft-capped; Grok-1's shape (``grok-1``): the
+  experts alone, the logits not soft-capped;
 * ``grovemoe`` (grovemoe.cpp): Q/K head norms, the router's logits given to two ``build_moe_ffn`` calls
   (selection on their sigmoid): the experts, then the chunk experts on the experts' output (the ids halved
   through two casts and a scale), scaled and added.
@@ -73,10 +75,16 @@ class Refused:
 
 
 MODELS = (
-    "afmoe", "exaone-moe", "cohere2moe", "smallthinker", "smallthinker-nowin", "phimoe", "dbrx", "arctic", "grok",
-    "grovemoe",
+    "afmoe", "exaone-moe", "cohere2moe", "cohere2moe-rms-mtp", "smallthinker", "smallthinker-nowin", "phimoe",
+    "dbrx", "arctic", "grok", "grok-1", "grovemoe",
 )  # fmt: skip
-SWA = {"afmoe", "exaone-moe", "cohere2moe", "smallthinker"}  # the models with a sliding window: a --swa-full run
+SWA = {
+    "afmoe",
+    "exaone-moe",
+    "cohere2moe",
+    "cohere2moe-rms-mtp",
+    "smallthinker",
+}  # the models with a sliding window: a --swa-full run
 REFUSED = (
     Refused("afmoe", "blk.2.attn_gate.weight", "the graph needs tensor blk.2.attn_gate.weight, which the file lacks"),
     Refused("afmoe", "blk.3.exp_probs_b.bias", "the graph needs tensor blk.3.exp_probs_b.bias, which the file lacks"),
@@ -136,9 +144,9 @@ REFUSED = (
 # llama.cpp turns flash attention off for grok (llama-context.cpp:3819-3822) and then refuses a quantized V
 # cache; ggufx's context resolution does not know that yet (a default run would be sized with flash
 # attention), so grok's runs say -fa off
-FA_OFF = {"grok"}
+FA_OFF = {"grok", "grok-1"}
 NODE_RUNS = [(m, f"{m}-{run}") for m in MODELS for run in ("c4096-faoff-np3", "c16384-q8_0") if m not in FA_OFF]
-NODE_RUNS += [("grok", "grok-c4096-faoff-np3"), ("grok", "grok-c16384-faoff-ctk-q8_0")]
+NODE_RUNS += [(m, f"{m}-{run}") for m in sorted(FA_OFF) for run in ("c4096-faoff-np3", "c16384-faoff-ctk-q8_0")]
 CPU_RUNS = [(m, rid) for m in MODELS for rid in cpu_runs(m)]
 
 
