@@ -4,12 +4,14 @@ softmax, and, for ``LLM_ARCH_GROVEMOE``, experts picked on the sigmoid of the lo
 normed input, then the chunk experts (``expert_count / experts_per_group`` of them, the picked experts' ids
 divided by ``experts_per_group`` through two casts and a scale, the weights gathered from all the experts'
 probabilities) on the experts' output; the chunk experts' output scaled by ``expert_group_scale`` and added.
-No top-k fusion is modelled for CUDA (the sigmoid selection is not the pattern ``topk-moe`` matches)."""
+For CUDA the weighted sum of each call's experts is kept alive as ``graph_optimize`` fuses it; there is no
+top-k fusion (the sigmoid selection between the softmax and the argsort is not the pattern ``topk-moe``
+matches)."""
 
 from __future__ import annotations
 
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd, _w, _weight
+from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Fusion, _Graph
+from ggufx.analysis.memory.graph.llm import _MOE_REDUCTION_MAX, _attn_inp, _Ctx, _inp_embd, _w, _weight
 from ggufx.analysis.memory.graph.models import _moe_check, qwen3next
 from ggufx.analysis.memory.graph.models._dense import Dense, _n
 from ggufx.analysis.memory.graph.models._moe_dense import EXPERTS, ROUTER
@@ -54,10 +56,16 @@ def _moe(c: _Ctx, g: _Graph, cur: _T, logits: _T, il: int, part: str, n_used: in
     for v in views:
         g.expand(v)
     out = views[0]
+    adds = []
     for v in views[1:]:
         out = g.op(f"ffn_moe_out-{il}", "ADD", out, v)
         g.expand(out)
-    return g.new(f"ffn_moe_out-{il}", "CONT", "F32", (E, T), out) if n_used == 1 else out
+        adds.append(out)
+    if n_used == 1:
+        return g.new(f"ffn_moe_out-{il}", "CONT", "F32", (E, T), out)
+    if n_used <= _MOE_REDUCTION_MAX:  # CUDA's weighted sum of the experts (ggml_cuda_match_moe_weighted_reduction)
+        g.fused.append(_Fusion([weighted, *views, *adds], keep=[experts, weights]))
+    return out
 
 
 def build(c: _Ctx, g: _Graph) -> _T:
