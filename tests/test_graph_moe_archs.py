@@ -34,7 +34,9 @@ Per model: its compute buffer on its runs (flash attention on and off at 8192 an
 513-token micro-batch, q8_0 caches, --no-repack, --swa-full where there is a window, --n-cpu-moe), to the
 0.0001 MiB of ``~llama_context``'s line; its graph against the one llama.cpp's scheduler printed, node for
 node; the layer shortcut against the whole replay; and a file llama.cpp would refuse gets the generic
-estimate, with the reason."""
+estimate, with the reason. The small models' compute buffers peak in the attention or the logits; the
+``*-wide`` variants of the families whose experts are wired their own way (8 of 16 experts of 1024 used)
+peak in the experts, so that their tensors' lifetimes are held too (8192 cells, -np 3, q8_0 caches)."""
 
 from __future__ import annotations
 
@@ -147,7 +149,11 @@ REFUSED = (
 FA_OFF = {"grok", "grok-1"}
 NODE_RUNS = [(m, f"{m}-{run}") for m in MODELS for run in ("c4096-faoff-np3", "c16384-q8_0") if m not in FA_OFF]
 NODE_RUNS += [(m, f"{m}-{run}") for m in sorted(FA_OFF) for run in ("c4096-faoff-np3", "c16384-faoff-ctk-q8_0")]
-CPU_RUNS = [(m, rid) for m in MODELS for rid in cpu_runs(m)]
+# the families whose experts are wired their own way, with experts wide enough to make the compute buffer's
+# peak theirs (three runs each)
+WIDE = ("afmoe-wide", "cohere2moe-wide", "smallthinker-wide", "arctic-wide", "grovemoe-wide", "grok-1-wide")
+NODE_RUNS += [(m, f"{m}-c4096-faoff-np3") for m in WIDE]
+CPU_RUNS = [(m, rid) for m in MODELS + WIDE for rid in cpu_runs(m)]
 
 
 def _spec(name: str) -> dict:
@@ -162,7 +168,7 @@ def _spec(name: str) -> dict:
 @pytest.fixture(scope="module")
 def models(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("moe-families")
-    return {n: cpu_model(n, out, smollm2_path) for n in MODELS}
+    return {n: cpu_model(n, out, smollm2_path) for n in MODELS + WIDE}
 
 
 @pytest.mark.parametrize("name", MODELS)
