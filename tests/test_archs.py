@@ -111,6 +111,11 @@ def test_issue_architectures_are_registered() -> None:
         "hunyuan-dense", "dots1", "bailingmoe2", "mistral4", "minicpm3", "mimo2", "step35",
         "xverse", "orion", "qwen", "nemotron", "minicpm", "deepseek", "bailingmoe", "maincoder", "baichuan",
         "chatglm", "gemma4",
+        # the third round's builders: recurrent and hybrid families, mixtures of experts, classic decoders
+        "kimi-linear", "rwkv7", "arwkv7", "rwkv6", "rwkv6qwen2", "jamba", "plamo2", "minimax-01",
+        "afmoe", "exaone-moe", "cohere2moe", "smallthinker", "phimoe", "dbrx", "arctic", "grok", "grovemoe",
+        "deci", "olmo", "falcon", "gptneox", "mpt", "starcoder", "gpt2", "bloom", "refact", "codeshell", "jais",
+        "jais2", "bitnet", "plamo", "pangu-embedded", "nanbeige", "plamo3", "mellum", "laguna", "plm", "granite_swa",
     }  # fmt: skip
     assert arch_of("deepseek2").mla and arch_of("glm4moe").skips_nextn  # type: ignore[union-attr]
     assert arch_of("no-such-arch") is None and builder_of(None) is None

@@ -318,7 +318,7 @@ _ENTRIES = (
         moe=True,
         shared_experts=True,
     ),
-    Arch("phimoe", "phimoe.cpp", graph="phi3", moe=True),
+    Arch("phimoe", "phimoe.cpp", graph="phi3", builder="phimoe", moe=True),  # phi3's graph, experts for the FFN
     Arch(
         "glm4moe",
         "glm4-moe.cpp",
@@ -509,13 +509,77 @@ _ENTRIES = (
     ),
     # -- registered for their layer kinds only (sliding window or recurrent rule) ---------------------
     Arch("gemma-embedding", "gemma-embedding.cpp", ("attention.sliding_window",), swa=Swa(6, needs_window=True)),
-    Arch("cohere2moe", "cohere2moe.cpp", ("attention.sliding_window",), swa=Swa(4, True, needs_window=True), moe=True),
-    Arch("exaone-moe", "exaone-moe.cpp", ("attention.sliding_window",), swa=Swa(4, needs_window=True), moe=True),
-    Arch("afmoe", "afmoe.cpp", ("attention.sliding_window",), swa=Swa(4, needs_window=True), moe=True),
+    Arch(
+        "cohere2moe",  # cohere2's parallel layer, a dense first layer, experts plus a shared expert averaged
+        "cohere2moe.cpp",
+        (
+            "attention.sliding_window",
+            "logit_scale",
+            "leading_dense_block_count",
+            "expert_feed_forward_length",
+            "expert_shared_feed_forward_length",
+            "expert_shared_count",
+            "expert_weights_norm",
+            "expert_weights_scale",
+            "expert_gating_func",
+            "rope.freq_base_swa",
+        ),
+        builder="cohere2moe",
+        swa=Swa(4, True, needs_window=True),
+        skips_nextn=True,
+        moe=True,
+        leading_dense=True,
+        shared_experts=True,
+    ),
+    Arch(
+        "exaone-moe",  # K-EXAONE: RoPE in the sliding-window layers only, sigmoid experts plus a shared expert
+        "exaone-moe.cpp",
+        (
+            "rope.freq_base_swa",
+            "attention.sliding_window",
+            "expert_shared_count",
+            "expert_feed_forward_length",
+            "expert_shared_feed_forward_length",
+            "expert_gating_func",
+            "expert_weights_scale",
+            "expert_weights_norm",
+            "leading_dense_block_count",
+        ),
+        builder="exaone_moe",
+        swa=Swa(4, needs_window=True),
+        skips_nextn=True,
+        moe=True,
+        leading_dense=True,
+        shared_experts=True,
+    ),
+    Arch(
+        "afmoe",  # Arcee Trinity: gated attention, pre- and post-norms, sigmoid experts plus shared experts
+        "afmoe.cpp",
+        (
+            "leading_dense_block_count",
+            "expert_feed_forward_length",
+            "expert_shared_count",
+            "expert_gating_func",
+            "expert_weights_scale",
+            "expert_weights_norm",
+            "attention.sliding_window",
+            "rope.freq_base_swa",
+        ),
+        builder="afmoe",
+        swa=Swa(4, needs_window=True),
+        moe=True,
+        leading_dense=True,
+        shared_experts=True,
+    ),
     Arch("mellum", "mellum.cpp", ("attention.sliding_window",), swa=Swa(4, needs_window=True)),
     Arch("plamo3", "plamo3.cpp", ("attention.sliding_window",), swa=Swa(8, needs_window=True)),
     Arch(
-        "smallthinker", "smallthinker.cpp", ("attention.sliding_window",), swa=Swa(4, True, needs_window=True), moe=True
+        "smallthinker",  # the router before the attention norm, experts in every layer
+        "smallthinker.cpp",
+        ("attention.sliding_window", "rope.freq_base_swa", "expert_feed_forward_length", "expert_gating_func"),
+        builder="smallthinker",
+        swa=Swa(4, True, needs_window=True, forced_window=4096),  # any positive window is 4096
+        moe=True,
     ),
     Arch("modern-bert", "modern-bert.cpp", ("attention.sliding_window",), swa=Swa(3, True, needs_window=True)),
     Arch("laguna", "laguna.cpp", ("attention.sliding_window",), swa=Swa(4, True, needs_window=True)),
@@ -724,6 +788,36 @@ _ENTRIES = (
     Arch("maincoder", "maincoder.cpp", builder="maincoder"),  # hunyuan-dense's graph (Q/K norms after RoPE)
     Arch("baichuan", "baichuan.cpp", builder="baichuan"),  # the llama graph, RoPE only at 32 layers (7B)
     Arch("chatglm", "chatglm.cpp", builder="chatglm"),  # the llama graph, the fused up projection's SwiGLU
+    # -- mixture-of-experts families registered with their builders (issue 25, h-moe) -----------------------
+    Arch("dbrx", "dbrx.cpp", ("attention.clamp_kqv",), builder="dbrx", moe=True),  # layer norms, the clamped QKV
+    Arch("arctic", "arctic.cpp", builder="arctic", moe=True),  # a dense FFN and, beside it, the experts
+    Arch(
+        "grok",  # soft-capped attention logits (flash attention forced off), GELU experts plus Grok-2's dense FFN
+        "grok.cpp",
+        (
+            "expert_feed_forward_length",
+            "logit_scale",
+            "embedding_scale",
+            "attention.output_scale",
+            "attn_logit_softcapping",
+            "router_logit_softcapping",
+            "final_logit_softcapping",
+            "attention.temperature_length",
+            "rope.scaling.yarn_ext_factor",
+            "rope.scaling.yarn_attn_factor",
+            "rope.scaling.yarn_beta_fast",
+            "rope.scaling.yarn_beta_slow",
+        ),
+        builder="grok",
+        moe=True,
+    ),
+    Arch(
+        "grovemoe",  # experts, then chunk experts on their output (one per group of experts_per_group)
+        "grovemoe.cpp",
+        ("expert_feed_forward_length", "expert_chunk_feed_forward_length", "expert_group_scale", "experts_per_group"),
+        builder="grovemoe",
+        moe=True,
+    ),
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}

@@ -425,6 +425,10 @@ def breakdown(
         raise InputError(f"-fa must be one of {', '.join(FLASH_ATTN)}", "-fa")
     if min(cp.n_batch, cp.n_ubatch, cp.n_parallel) < 1 or cp.n_ctx < 0:
         raise InputError("-b, -ub and -np must be >= 1 and -c >= 0", "-c")
+    # llama_init_from_model (llama-context.cpp:3819-3822): flash attention is not compatible with Grok
+    grok_fa_off = model.architecture == "grok" and cp.flash_attn != "off"
+    if grok_fa_off:
+        cp = replace(cp, flash_attn="off")
     hp = hparams(model)
     kinds = layer_kinds(model)
     pl = place(model, devices, offload)
@@ -443,6 +447,8 @@ def breakdown(
     if hp.n_swa and not cp.swa_full:
         swa_cells = pad(min(n_ctx_seq, hp.n_swa * (n_seq if cp.kv_unified else 1) + n_ubatch))
     notes: list[str] = []
+    if grok_fa_off:
+        notes.append("flash attention off: llama.cpp forces it off for Grok")
     if cp.flash_attn == "off" and ggml_type_by_name(cp.cache_type_v).is_quantized:
         raise InputError("a quantized V cache needs flash attention (llama.cpp refuses -fa off with it)", "-ctv")
     buffers = weight_buffers(model, pl)

@@ -99,8 +99,10 @@ def sliding_window(model: GGUFModel, n_layer: int | None = None) -> int:
         return key or 0
     if rule.disabled:
         return 0
-    if rule.forced_window:  # llama4: chunked attention of 8192 unless the key is present and 0
-        return 0 if key == 0 else rule.forced_window
+    if rule.forced_window:
+        if rule.needs_window:  # smallthinker: a positive window key means 4096 (smallthinker.cpp:6-8)
+            return rule.forced_window if key is not None and key > 0 else 0
+        return 0 if key == 0 else rule.forced_window  # llama4: chunked attention of 8192 unless the key is 0
     if rule.only_n_layer:  # exaone4: the window key is read whatever the layer count
         n = n_layer if n_layer is not None else (model.metadata.get_int(f"{arch}.block_count") or 0)
         if n - n_nextn(model) != rule.only_n_layer:

@@ -1,0 +1,41 @@
+"""Why a mixture-of-experts file cannot be built, for the model files whose layers lack one of the tensors
+:func:`._moe_dense.unbuildable` asks of every layer (``attn_norm``, ``attn_output``, ``ffn_norm``): the
+expert counts, and per layer exactly the weights the caller names."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ggufx.model import GGUFModel
+
+
+def unbuildable(model: GGUFModel, needed: Callable[[int], tuple[list[str], list[str]]], qkv: bool = True) -> str | None:
+    """The expert counts (``0 < expert_used_count <= expert_count <= 1024``), ``token_embd`` and
+    ``output_norm``, and per layer ``needed(il)``'s weights (``(weights, three-dimensional experts)`` by
+    role, without ``blk.N.`` and ``.weight``; roles ending in ``.bias`` are taken as they are) plus, with
+    ``qkv``, the fused ``attn_qkv`` or the three projections; merged gate_up experts are not built."""
+    md = model.metadata
+    arch = model.architecture or ""
+    n_exp = md.get_int(f"{arch}.expert_count") or 0
+    if not 0 < (md.get_int(f"{arch}.expert_used_count") or 0) <= n_exp <= 1024:  # LLAMA_MAX_EXPERTS
+        return "the graph needs 0 < expert_used_count <= expert_count <= 1024"
+    dims = {t.name: len(t.shape) for t in model.tensors}
+    for name in ("token_embd.weight", "output_norm.weight"):
+        if name not in dims:
+            return f"the graph needs tensor {name}, which the file lacks"
+    n_layer = md.get_int(f"{arch}.block_count") or 0
+    for il in range(min(n_layer, 513)):
+        p = f"blk.{il}."
+        if p + "ffn_gate_up_exps.weight" in dims:
+            return f"{arch} graphs with merged gate_up experts are not simulated"
+        flat, three = needed(il)
+        if qkv and p + "attn_qkv.weight" not in dims:
+            flat = [*flat, "attn_q", "attn_k", "attn_v"]
+        for role in flat + three:
+            name = p + role + ("" if role.endswith(".bias") else ".weight")
+            if name not in dims:
+                return f"the graph needs tensor {name}, which the file lacks"
+        for role in three:
+            if dims[p + role + ".weight"] != 3:
+                return f"the graph needs a three-dimensional tensor {p}{role}.weight"
+    return None
