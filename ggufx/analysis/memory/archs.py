@@ -651,6 +651,10 @@ _ENTRIES = (
     Arch("maincoder", "maincoder.cpp", builder="maincoder"),  # hunyuan-dense's graph (Q/K norms after RoPE)
     Arch("baichuan", "baichuan.cpp", builder="baichuan"),  # the llama graph, RoPE only at 32 layers (7B)
     Arch("chatglm", "chatglm.cpp", builder="chatglm"),  # the llama graph, the fused up projection's SwiGLU
+    # -- classic decoders (issue 25): architectures of llama.cpp not registered before --------------------
+    # DeciLM / Llama-3.x-Nemotron: per-layer head_count, head_count_kv and feed_forward_length arrays (a layer
+    # without KV heads still has its -- empty -- K and V cache tensors: no layer filter, deci.cpp)
+    Arch("deci", "deci.cpp", builder="deci"),
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}
