@@ -5,7 +5,18 @@ CPU build (graph/models/<arch>.py over _dense.py and _plain.py):
   counts and FFN widths from the arrays; a full-attention layer, the "linear attention" layer (query heads
   without KV heads: attn_output alone), an attention-free layer, one of one KV head and a narrower FFN (its
   V padded to the widest without flash attention), the FFN-free layer whose attention output deci.cpp's
-  ``continue`` leaves out of the residual, and llama 3's rope_freqs.
+  ``continue`` leaves out of the residual, and llama 3's rope_freqs;
+* ``olmo`` (olmo.cpp): layer norms without weights, llama's attention and SwiGLU;
+* ``falcon`` (falcon.cpp): one KV head, the fused QKV, attention and a GELU FFN in parallel on the one
+  norm, ``(FFN + attention) + x``; with 2 KV heads and the attention's own input norm (``falcon-40b``);
+* ``gptneox`` (gptneox.cpp): layer norms and biases, partial rotary, the parallel residual of
+  ``use_parallel_residual`` (``(FFN(ffn_norm(x)) + x) + attention``), and without it (``gptneox-seq``);
+* ``mpt``, ``bloom`` and ``jais`` (ALiBi in place of RoPE: Q and K stay views of the fused QKV, which the
+  Hadamard rotation of a quantized cache makes contiguous first), bloom with the embeddings' layer norm,
+  jais with SwiGLU and biases;
+* ``starcoder`` and ``gpt2`` (starcoder.cpp, gpt2.cpp): learned absolute positions added to the token rows;
+* ``refact`` (refact.cpp): the llama graph without RoPE; ``codeshell`` (codeshell.cpp): layer norms, biases,
+  RoPE, a GELU FFN; ``jais2`` (jais2.cpp): layer norms, biases, an FFN of up, ReLU squared and down.
 
 Per model: its compute buffer on its runs (flash attention on and off at 8192 and 16384 cells, -np 3
 with its 513-token micro-batch, q8_0 caches, --no-repack), to the 0.0001 MiB of ``~llama_context``'s line;
@@ -41,12 +52,34 @@ class Refused:
     add_kv: tuple[tuple[str, object], ...] = ()  # ...or gains these keys
 
 
-MODELS = ("deci",)
+MODELS = (
+    "deci", "olmo", "falcon", "falcon-40b", "gptneox", "gptneox-seq", "mpt", "starcoder", "gpt2", "bloom", "refact",
+    "codeshell", "jais", "jais2",
+)  # fmt: skip
 REFUSED = (
     Refused(
         "deci", "blk.1.attn_output.weight", "the graph needs tensor blk.1.attn_output.weight, which the file lacks"
     ),
     Refused("deci", "blk.3.ffn_gate.weight", "the graph needs tensor blk.3.ffn_gate.weight, which the file lacks"),
+    Refused("olmo", "blk.2.ffn_gate.weight", "the graph needs tensor blk.2.ffn_gate.weight, which the file lacks"),
+    Refused(  # OLMo 1.7's clamp of Q/K/V (build_qkv) is not built
+        "olmo", "", "olmo graphs with attention.clamp_kqv are not simulated", add_kv=(("attention.clamp_kqv", 8.0),)
+    ),
+    Refused("falcon", "blk.0.attn_norm.bias", "the graph needs tensor blk.0.attn_norm.bias, which the file lacks"),
+    Refused("gptneox", "output.weight", "the graph needs tensor output.weight, which the file lacks"),
+    Refused("mpt", "blk.1.attn_qkv.weight", "the graph needs tensor blk.1.attn_qkv.weight, which the file lacks"),
+    Refused("starcoder", "position_embd.weight", "the graph needs tensor position_embd.weight, which the file lacks"),
+    Refused("gpt2", "blk.3.ffn_up.bias", "the graph needs tensor blk.3.ffn_up.bias, which the file lacks"),
+    Refused("bloom", "token_embd_norm.bias", "the graph needs tensor token_embd_norm.bias, which the file lacks"),
+    Refused(
+        "refact",
+        "",
+        "refact graphs with experts are not simulated (refact.cpp's graph has no expert FFN)",
+        add_kv=(("expert_count", 8),),
+    ),
+    Refused("codeshell", "token_embd.weight", "the graph needs tensor token_embd.weight, which the file lacks"),
+    Refused("jais", "blk.2.ffn_gate.bias", "the graph needs tensor blk.2.ffn_gate.bias, which the file lacks"),
+    Refused("jais2", "output_norm.bias", "the graph needs tensor output_norm.bias, which the file lacks"),
     Refused(
         "deci",
         "",

@@ -655,6 +655,17 @@ _ENTRIES = (
     # DeciLM / Llama-3.x-Nemotron: per-layer head_count, head_count_kv and feed_forward_length arrays (a layer
     # without KV heads still has its -- empty -- K and V cache tensors: no layer filter, deci.cpp)
     Arch("deci", "deci.cpp", builder="deci"),
+    Arch("olmo", "olmo.cpp", ("attention.clamp_kqv",), builder="olmo"),  # layer norms without weights
+    Arch("falcon", "falcon.cpp", builder="falcon"),  # attention and GELU FFN in parallel, attn_norm_2 (40B)
+    Arch("gptneox", "gptneox.cpp", ("use_parallel_residual",), builder="gptneox"),  # the parallel residual
+    Arch("mpt", "mpt.cpp", ("attention.clamp_kqv", "attention.max_alibi_bias"), builder="mpt"),  # ALiBi
+    Arch("starcoder", "starcoder.cpp", builder="starcoder"),  # learned positions, biases, GELU FFN
+    Arch("gpt2", "gpt2.cpp", builder="gpt2"),  # starcoder's graph
+    Arch("bloom", "bloom.cpp", builder="bloom"),  # the embeddings' layer norm, ALiBi
+    Arch("refact", "refact.cpp", builder="refact"),  # the llama graph without RoPE (ALiBi)
+    Arch("codeshell", "codeshell.cpp", builder="codeshell"),  # layer norms, biases, GELU FFN
+    Arch("jais", "jais.cpp", ("attention.max_alibi_bias",), builder="jais"),  # ALiBi, SwiGLU with biases
+    Arch("jais2", "jais2.cpp", builder="jais2"),  # layer norms, biases, an FFN of up, ReLU squared, down
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}
