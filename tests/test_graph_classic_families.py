@@ -16,7 +16,9 @@ CPU build (graph/models/<arch>.py over _dense.py and _plain.py):
   jais with SwiGLU and biases;
 * ``starcoder`` and ``gpt2`` (starcoder.cpp, gpt2.cpp): learned absolute positions added to the token rows;
 * ``refact`` (refact.cpp): the llama graph without RoPE; ``codeshell`` (codeshell.cpp): layer norms, biases,
-  RoPE, a GELU FFN; ``jais2`` (jais2.cpp): layer norms, biases, an FFN of up, ReLU squared and down.
+  RoPE, a GELU FFN; ``jais2`` (jais2.cpp): layer norms, biases, an FFN of up, ReLU squared and down;
+* ``bitnet`` (bitnet.cpp): llama's layer with RMS sub-norms before ``attn_output`` and ``ffn_down``, the
+  per-tensor scales of some projections (a MUL after the product), the token embeddings as the head.
 
 Per model: its compute buffer on its runs (flash attention on and off at 8192 and 16384 cells, -np 3
 with its 513-token micro-batch, q8_0 caches, --no-repack), to the 0.0001 MiB of ``~llama_context``'s line;
@@ -54,7 +56,7 @@ class Refused:
 
 MODELS = (
     "deci", "olmo", "falcon", "falcon-40b", "gptneox", "gptneox-seq", "mpt", "starcoder", "gpt2", "bloom", "refact",
-    "codeshell", "jais", "jais2",
+    "codeshell", "jais", "jais2", "bitnet",
 )  # fmt: skip
 REFUSED = (
     Refused(
@@ -79,6 +81,11 @@ REFUSED = (
     ),
     Refused("codeshell", "token_embd.weight", "the graph needs tensor token_embd.weight, which the file lacks"),
     Refused("jais", "blk.2.ffn_gate.bias", "the graph needs tensor blk.2.ffn_gate.bias, which the file lacks"),
+    Refused(
+        "bitnet",
+        "blk.2.attn_sub_norm.weight",
+        "the graph needs tensor blk.2.attn_sub_norm.weight, which the file lacks",
+    ),
     Refused("jais2", "output_norm.bias", "the graph needs tensor output_norm.bias, which the file lacks"),
     Refused(
         "deci",

@@ -666,6 +666,7 @@ _ENTRIES = (
     Arch("codeshell", "codeshell.cpp", builder="codeshell"),  # layer norms, biases, GELU FFN
     Arch("jais", "jais.cpp", ("attention.max_alibi_bias",), builder="jais"),  # ALiBi, SwiGLU with biases
     Arch("jais2", "jais2.cpp", builder="jais2"),  # layer norms, biases, an FFN of up, ReLU squared, down
+    Arch("bitnet", "bitnet.cpp", builder="bitnet"),  # llama's layer, sub-norms, per-tensor scales
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}
