@@ -18,7 +18,9 @@ CPU build (graph/models/<arch>.py over _dense.py and _plain.py):
 * ``refact`` (refact.cpp): the llama graph without RoPE; ``codeshell`` (codeshell.cpp): layer norms, biases,
   RoPE, a GELU FFN; ``jais2`` (jais2.cpp): layer norms, biases, an FFN of up, ReLU squared and down;
 * ``bitnet`` (bitnet.cpp): llama's layer with RMS sub-norms before ``attn_output`` and ``ffn_down``, the
-  per-tensor scales of some projections (a MUL after the product), the token embeddings as the head.
+  per-tensor scales of some projections (a MUL after the product), the token embeddings as the head;
+* ``plamo`` (plamo.cpp): RMS norms, attention and SwiGLU in parallel on the one norm (falcon's residual);
+  ``pangu-embedded`` (pangu-embed.cpp) and ``nanbeige`` (nanbeige.cpp, one loop): the llama graph.
 
 Per model: its compute buffer on its runs (flash attention on and off at 8192 and 16384 cells, -np 3
 with its 513-token micro-batch, q8_0 caches, --no-repack), to the 0.0001 MiB of ``~llama_context``'s line;
@@ -56,7 +58,7 @@ class Refused:
 
 MODELS = (
     "deci", "olmo", "falcon", "falcon-40b", "gptneox", "gptneox-seq", "mpt", "starcoder", "gpt2", "bloom", "refact",
-    "codeshell", "jais", "jais2", "bitnet",
+    "codeshell", "jais", "jais2", "bitnet", "plamo", "pangu-embedded", "nanbeige",
 )  # fmt: skip
 REFUSED = (
     Refused(
@@ -85,6 +87,15 @@ REFUSED = (
         "bitnet",
         "blk.2.attn_sub_norm.weight",
         "the graph needs tensor blk.2.attn_sub_norm.weight, which the file lacks",
+    ),
+    Refused("plamo", "output.weight", "the graph needs tensor output.weight, which the file lacks"),
+    Refused(
+        "pangu-embedded",
+        "blk.1.attn_output.bias",
+        "the graph needs tensor blk.1.attn_output.bias, which the file lacks",
+    ),
+    Refused(  # the layers looped (llama.cpp's n_layer is block_count times num_loops): not sized here
+        "nanbeige", "", "nanbeige graphs with num_loops above 1 are not simulated", add_kv=(("num_loops", 2),)
     ),
     Refused("jais2", "output_norm.bias", "the graph needs tensor output_norm.bias, which the file lacks"),
     Refused(

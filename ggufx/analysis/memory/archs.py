@@ -667,6 +667,10 @@ _ENTRIES = (
     Arch("jais", "jais.cpp", ("attention.max_alibi_bias",), builder="jais"),  # ALiBi, SwiGLU with biases
     Arch("jais2", "jais2.cpp", builder="jais2"),  # layer norms, biases, an FFN of up, ReLU squared, down
     Arch("bitnet", "bitnet.cpp", builder="bitnet"),  # llama's layer, sub-norms, per-tensor scales
+    Arch("plamo", "plamo.cpp", builder="plamo"),  # attention and SwiGLU in parallel on the one norm
+    Arch("pangu-embedded", "pangu-embed.cpp", graph="pangu_embed", builder="pangu_embed"),  # llama's, biases
+    # the llama graph; num_loops > 1 (the layers run again with caches of their own) is not sized here
+    Arch("nanbeige", "nanbeige.cpp", ("num_loops", "skip_loop_final_norm"), builder="nanbeige"),
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}
