@@ -6,14 +6,15 @@ CPU build (graph/models/<arch>.py over _dense.py and _plain.py):
   without KV heads: attn_output alone), an attention-free layer, one of one KV head and a narrower FFN (its
   V padded to the widest without flash attention), the FFN-free layer whose attention output deci.cpp's
   ``continue`` leaves out of the residual, and llama 3's rope_freqs;
-* ``olmo`` (olmo.cpp): layer norms without weights, llama's attention and SwiGLU;
+* ``olmo`` (olmo.cpp): layer norms without weights, llama's attention and SwiGLU; with OLMo 1.7's
+  ``attention.clamp_kqv`` (``olmo-clamp``: Q, K and V each clamped after its projection);
 * ``falcon`` (falcon.cpp): one KV head, the fused QKV, attention and a GELU FFN in parallel on the one
   norm, ``(FFN + attention) + x``; with 2 KV heads and the attention's own input norm (``falcon-40b``);
 * ``gptneox`` (gptneox.cpp): layer norms and biases, partial rotary, the parallel residual of
   ``use_parallel_residual`` (``(FFN(ffn_norm(x)) + x) + attention``), and without it (``gptneox-seq``);
 * ``mpt``, ``bloom`` and ``jais`` (ALiBi in place of RoPE: Q and K stay views of the fused QKV, which the
   Hadamard rotation of a quantized cache makes contiguous first), bloom with the embeddings' layer norm,
-  jais with SwiGLU and biases;
+  jais with SwiGLU and biases; ``mpt-clamp``: the fused QKV projection clamped before its views;
 * ``starcoder`` and ``gpt2`` (starcoder.cpp, gpt2.cpp): learned absolute positions added to the token rows;
 * ``refact`` (refact.cpp): the llama graph without RoPE; ``codeshell`` (codeshell.cpp): layer norms, biases,
   RoPE, a GELU FFN; ``jais2`` (jais2.cpp): layer norms, biases, an FFN of up, ReLU squared and down;
@@ -57,8 +58,8 @@ class Refused:
 
 
 MODELS = (
-    "deci", "olmo", "falcon", "falcon-40b", "gptneox", "gptneox-seq", "mpt", "starcoder", "gpt2", "bloom", "refact",
-    "codeshell", "jais", "jais2", "bitnet", "plamo", "pangu-embedded", "nanbeige",
+    "deci", "olmo", "olmo-clamp", "falcon", "falcon-40b", "gptneox", "gptneox-seq", "mpt", "mpt-clamp", "starcoder",
+    "gpt2", "bloom", "refact", "codeshell", "jais", "jais2", "bitnet", "plamo", "pangu-embedded", "nanbeige",
 )  # fmt: skip
 REFUSED = (
     Refused(
@@ -66,9 +67,6 @@ REFUSED = (
     ),
     Refused("deci", "blk.3.ffn_gate.weight", "the graph needs tensor blk.3.ffn_gate.weight, which the file lacks"),
     Refused("olmo", "blk.2.ffn_gate.weight", "the graph needs tensor blk.2.ffn_gate.weight, which the file lacks"),
-    Refused(  # OLMo 1.7's clamp of Q/K/V (build_qkv) is not built
-        "olmo", "", "olmo graphs with attention.clamp_kqv are not simulated", add_kv=(("attention.clamp_kqv", 8.0),)
-    ),
     Refused("falcon", "blk.0.attn_norm.bias", "the graph needs tensor blk.0.attn_norm.bias, which the file lacks"),
     Refused("gptneox", "output.weight", "the graph needs tensor output.weight, which the file lacks"),
     Refused("mpt", "blk.1.attn_qkv.weight", "the graph needs tensor blk.1.attn_qkv.weight, which the file lacks"),

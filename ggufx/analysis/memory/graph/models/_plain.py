@@ -186,6 +186,14 @@ class Classic:
 
     plain: Plain = Plain()
     residual: str = ""  # "" (the Plain's), NEOX_PAR, FALCON
+    clamp: bool = False  # the loader reads attention.clamp_kqv (olmo, mpt): build_qkv clamps Q/K/V when set
+
+
+def clamp_kqv(c: _Ctx) -> bool:
+    """Whether the file sets ``{arch}.attention.clamp_kqv`` above 0 (``hparams.f_clamp_kqv``: read by the
+    loaders of olmo and mpt; ``build_qkv`` then clamps Q/K/V)."""
+    v = c.model.metadata.get(f"{c.hp.arch}.attention.clamp_kqv") if c.model is not None else None
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
 
 
 def norm(c: _Ctx, g: _Graph, x: _T, weight: str, il: int, d: Dense) -> _T:
@@ -202,22 +210,50 @@ def norm(c: _Ctx, g: _Graph, x: _T, weight: str, il: int, d: Dense) -> _T:
     return g.op(f"normed-{il}", "ADD", cur, b) if b is not None else cur
 
 
-def attention_unroped(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp, d: Dense) -> _T:
-    """:func:`attention` for the files whose Q and K may stay views of the fused QKV projection (ALiBi in
-    place of RoPE: bloom, mpt, jais, gpt2, starcoder): ``build_attn``'s Hadamard rotations of a quantized
-    cache (llama-graph.cpp:2958-2966) then make each of Q, K and V contiguous first (:func:`rot`), in
-    that order; with RoPE they are :func:`attention`'s."""
-    if d.rope is None or d.rope(c, il) or (inp.k_rot is None and inp.v_rot is None):
-        return attention(c, g, x, il, inp, d)
+def qkv_clamped(c: _Ctx, g: _Graph, x: _T, il: int) -> tuple[_T, _T, _T]:
+    """``build_qkv`` (llama-graph.cpp:1684) with ``attention.clamp_kqv`` set: the fused projection (plus its
+    bias) clamped before its three views, or each separate projection (plus its bias) clamped before its
+    reshape (``ggml_clamp``: a new tensor, which ggml-alloc may place over its source)."""
     hp, T = c.hp, c.n_tokens
     nh, nkv, hd, hv = hp.n_head[il], hp.n_head_kv[il], hp.head_k, hp.head_v
     p = f"blk.{il}."
-    q, k, v = _qkv(c, g, x, il, reshape=d.qk_norm != "full")
+    if _weight(c, p + "attn_qkv.weight", il) is not None:
+        qkv = g.op(f"wqkv_clamped-{il}", "CLAMP", _proj(c, g, f"wqkv-{il}", p + "attn_qkv", x, il))
+        es, row = qkv.nb[0], qkv.nb[1]
+        q = g.view(qkv, (hd, nh, T), (es * hd, row))
+        k = g.view(qkv, (hd, nkv, T), (es * hd, row))
+        v = g.view(qkv, (hv, nkv, T), (es * hv, row))
+        return q, k, v
+    out = []
+    for r, n, h in (("q", nh, hd), ("k", nkv, hd), ("v", nkv, hv)):
+        t = g.op(f"{r.upper()}cur_clamped-{il}", "CLAMP", _proj(c, g, f"{r.upper()}cur-{il}", p + f"attn_{r}", x, il))
+        out.append(g.reshape(t, h, n, T))
+    return out[0], out[1], out[2]
+
+
+def attention_classic(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp, d: Dense, clamp: bool = False) -> _T:
+    """:func:`attention` for the older files: Q/K/V (clamped with ``clamp``: :func:`qkv_clamped`), RoPE
+    unless ``d.rope`` says no (ALiBi: bloom, mpt, jais, gpt2, starcoder, refact), and ``build_attn``'s
+    Hadamard rotations of a quantized cache (llama-graph.cpp:2958-2966), which make Q, K and V contiguous
+    first where they are views of the fused projection (:func:`rot`: the unroped Q and K)."""
+    hp, T = c.hp, c.n_tokens
+    nh, nkv, hd, hv = hp.n_head[il], hp.n_head_kv[il], hp.head_k, hp.head_v
+    p = f"blk.{il}."
+    if clamp:
+        q, k, v = qkv_clamped(c, g, x, il)
+    else:
+        q, k, v = _qkv(c, g, x, il, reshape=d.qk_norm != "full")
     if d.qk_norm:
         q = _n(c, g, q, p + "attn_q_norm.weight", il, d)
         k = _n(c, g, k, p + "attn_k_norm.weight", il, d)
     if d.qk_norm == "full":
         q, k, v = g.reshape(q, hd, nh, T), g.reshape(k, hd, nkv, T), g.reshape(v, hv, nkv, T)
+    if d.rope is None or d.rope(c, il):
+        assert c.pos is not None
+        freqs = next((f for n in _ROPE_FACTORS if (f := _weight(c, n, il)) is not None), None)
+        src = [c.pos, *([freqs] if freqs else [])]
+        q = g.new(q.name, "ROPE", "F32", q.ne, q, *src)
+        k = g.new(k.name, "ROPE", "F32", k.ne, k, *src)
     if d.q_scale:
         q = g.op(q.name, "SCALE", q)
     q, k = rot(g, q, inp.k_rot), rot(g, k, inp.k_rot)
@@ -238,6 +274,7 @@ def build_classic(c: _Ctx, g: _Graph, k: Classic, use_par_res: bool = False) -> 
     p = k.plain
     d = p.attn
     residual = k.residual or p.residual
+    clamp = k.clamp and clamp_kqv(c)
     if residual == NEOX_PAR and not use_par_res:
         residual = SEQ
     x = _inp_embd(c, g)
@@ -257,7 +294,7 @@ def build_classic(c: _Ctx, g: _Graph, k: Classic, use_par_res: bool = False) -> 
         attn_in = normed
         if residual == FALCON and _weight(c, b + "attn_norm_2.weight", il) is not None:  # Falcon-40B
             attn_in = norm(c, g, x, b + "attn_norm_2.weight", il, d)
-        cur = attention_unroped(c, g, attn_in, il, inp, d)
+        cur = attention_classic(c, g, attn_in, il, inp, d, clamp)
         if il == hp.n_layer - 1:
             cur = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), cur, out_ids)
             inp_sa = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), inp_sa, out_ids)

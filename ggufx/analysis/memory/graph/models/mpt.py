@@ -1,8 +1,8 @@
 """``mpt`` (src/models/mpt.cpp: MPT 7B/30B): ALiBi in place of RoPE (the same nodes), the learned positions
 where the file has ``position_embd``, layer norms (biases optional), the fused QKV projection (bias
 optional), an FFN of up, GELU and down (biases optional, no gate); the head (tied embeddings without
-``output``). Not simulated: ``attention.clamp_kqv`` (a clamp of the fused projection), the layer norms of Q
-and K, the FFN's activation scales (``ffn_act``)."""
+``output``); ``attention.clamp_kqv`` clamps the fused projection. Not simulated: the layer norms of Q and K,
+the FFN's activation scales (``ffn_act``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from ggufx.analysis.memory.graph.models._dense import Dense
 from ggufx.analysis.memory.graph.models._plain import GELU, Classic, Plain
 from ggufx.model import GGUFModel
 
-SPEC = Classic(Plain(Dense(norm="NORM", rope=lambda c, il: False), ffn=GELU))
+SPEC = Classic(Plain(Dense(norm="NORM", rope=lambda c, il: False), ffn=GELU), clamp=True)
 
 
 def build(c: _Ctx, g: _Graph) -> _T:
@@ -21,9 +21,6 @@ def build(c: _Ctx, g: _Graph) -> _T:
 
 
 def unbuildable(model: GGUFModel) -> str | None:
-    clamp = model.metadata.get("mpt.attention.clamp_kqv")
-    if isinstance(clamp, (int, float)) and clamp > 0:
-        return "mpt graphs with attention.clamp_kqv are not simulated"
     odd = next((t.name for t in model.tensors if t.name.endswith(("attn_q_norm.weight", "ffn_act.scales"))), None)
     if odd:
         return f"mpt graphs with tensor {odd} are not simulated"

@@ -1,6 +1,6 @@
 """``olmo`` (src/models/olmo.cpp: OLMo 1): layer norms without weights or biases (``build_norm(x, NULL,
 NULL, LLM_NORM)``), llama's attention and SwiGLU FFN without biases, the head (tied embeddings without
-``output``). A file with ``attention.clamp_kqv`` (OLMo 1.7) clamps Q/K/V in ``build_qkv``: not simulated."""
+``output``); ``attention.clamp_kqv`` (OLMo 1.7) clamps Q, K and V in ``build_qkv``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from ggufx.analysis.memory.graph.models._dense import Dense
 from ggufx.analysis.memory.graph.models._plain import Classic, Plain
 from ggufx.model import GGUFModel
 
-SPEC = Classic(Plain(Dense(norm="NORM")))
+SPEC = Classic(Plain(Dense(norm="NORM")), clamp=True)
 
 
 def build(c: _Ctx, g: _Graph) -> _T:
@@ -19,9 +19,6 @@ def build(c: _Ctx, g: _Graph) -> _T:
 
 
 def unbuildable(model: GGUFModel) -> str | None:
-    clamp = model.metadata.get("olmo.attention.clamp_kqv")
-    if isinstance(clamp, (int, float)) and clamp > 0:
-        return "olmo graphs with attention.clamp_kqv are not simulated"
     names = {t.name for t in model.tensors}
     n_layer = model.metadata.get_int("olmo.block_count") or 0
     needed = ["token_embd.weight"]  # olmo.cpp's load_arch_tensors: no norm weights at all
