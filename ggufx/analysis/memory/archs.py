@@ -488,7 +488,13 @@ _ENTRIES = (
     Arch("exaone-moe", "exaone-moe.cpp", ("attention.sliding_window",), swa=Swa(4, needs_window=True), moe=True),
     Arch("afmoe", "afmoe.cpp", ("attention.sliding_window",), swa=Swa(4, needs_window=True), moe=True),
     Arch("mellum", "mellum.cpp", ("attention.sliding_window",), swa=Swa(4, needs_window=True)),
-    Arch("plamo3", "plamo3.cpp", ("attention.sliding_window",), swa=Swa(8, needs_window=True)),
+    Arch(
+        "plamo3",
+        "plamo3.cpp",
+        ("attention.sliding_window", "rope.freq_base_swa"),
+        builder="plamo3",  # fused QKV, Q/K head norms, post norms, the fused up's SwiGLU (classic decoders)
+        swa=Swa(8, needs_window=True),
+    ),
     Arch(
         "smallthinker", "smallthinker.cpp", ("attention.sliding_window",), swa=Swa(4, True, needs_window=True), moe=True
     ),

@@ -231,11 +231,15 @@ def qkv_clamped(c: _Ctx, g: _Graph, x: _T, il: int) -> tuple[_T, _T, _T]:
     return out[0], out[1], out[2]
 
 
-def attention_classic(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp, d: Dense, clamp: bool = False) -> _T:
+def attention_classic(
+    c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp, d: Dense, clamp: bool = False, iswa: bool = False
+) -> _T:
     """:func:`attention` for the older files: Q/K/V (clamped with ``clamp``: :func:`qkv_clamped`), RoPE
     unless ``d.rope`` says no (ALiBi: bloom, mpt, jais, gpt2, starcoder, refact), and ``build_attn``'s
     Hadamard rotations of a quantized cache (llama-graph.cpp:2958-2966), which make Q, K and V contiguous
-    first where they are views of the fused projection (:func:`rot`: the unroped Q and K)."""
+    first where they are views of the fused projection (:func:`rot`: the unroped Q and K, the V of a fused
+    projection); ``iswa``: the model has a sliding-window cache (``build_attn``'s iSWA overload expands Q,
+    K, V in that order)."""
     hp, T = c.hp, c.n_tokens
     nh, nkv, hd, hv = hp.n_head[il], hp.n_head_kv[il], hp.head_k, hp.head_v
     p = f"blk.{il}."
@@ -258,7 +262,7 @@ def attention_classic(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp, d: Dens
         q = g.op(q.name, "SCALE", q)
     q, k = rot(g, q, inp.k_rot), rot(g, k, inp.k_rot)
     v = rot(g, v, inp.v_rot)
-    cur = _attn_kv(c, g, q, k, v, il, replace(inp, k_rot=None, v_rot=None), False, d)
+    cur = _attn_kv(c, g, q, k, v, il, replace(inp, k_rot=None, v_rot=None), iswa, d)
     g.expand(cur)
     cur = _rot(g, cur, inp.v_rot)
     return _proj(c, g, f"attn_out-{il}", p + "attn_output", cur, il)
