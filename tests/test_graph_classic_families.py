@@ -25,7 +25,9 @@ CPU build (graph/models/<arch>.py over _dense.py and _plain.py):
 * ``plamo3`` (plamo3.cpp): 8 layers of which the sliding-window pattern's default makes the eighth full (also
   with --swa-full), the fused QKV (V a strided view of it, made contiguous for the Hadamard rotation of a
   quantized cache), Q/K head norms, the post norms (named without ``.weight`` by its loader), the fused up
-  projection's SwiGLU.
+  projection's SwiGLU;
+* ``mellum`` (mellum.cpp): qwen3moe's layer (Q/K head norms, softmax experts with normalized weights) over 8
+  layers of which the pattern's default makes every fourth full (also with --swa-full).
 
 Per model: its compute buffer on its runs (flash attention on and off at 8192 and 16384 cells, -np 3
 with its 513-token micro-batch, q8_0 caches, --no-repack), to the 0.0001 MiB of ``~llama_context``'s line;
@@ -64,7 +66,7 @@ class Refused:
 MODELS = (
     "deci", "olmo", "olmo-clamp", "falcon", "falcon-40b", "gptneox", "gptneox-seq", "mpt", "mpt-clamp", "starcoder",
     "gpt2", "bloom", "refact", "codeshell", "jais", "jais2", "bitnet", "plamo", "pangu-embedded", "nanbeige",
-    "plamo3",
+    "plamo3", "mellum",
 )  # fmt: skip
 REFUSED = (
     Refused(
@@ -101,6 +103,9 @@ REFUSED = (
         "nanbeige", "", "nanbeige graphs with num_loops above 1 are not simulated", add_kv=(("num_loops", 2),)
     ),
     Refused("plamo3", "blk.3.post_ffw_norm", "the graph needs tensor blk.3.post_ffw_norm, which the file lacks"),
+    Refused(
+        "mellum", "blk.5.ffn_up_exps.weight", "the graph needs tensor blk.5.ffn_up_exps.weight, which the file lacks"
+    ),
     Refused("jais2", "output_norm.bias", "the graph needs tensor output_norm.bias, which the file lacks"),
     Refused(
         "deci",

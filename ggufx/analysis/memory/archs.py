@@ -487,7 +487,14 @@ _ENTRIES = (
     Arch("cohere2moe", "cohere2moe.cpp", ("attention.sliding_window",), swa=Swa(4, True, needs_window=True), moe=True),
     Arch("exaone-moe", "exaone-moe.cpp", ("attention.sliding_window",), swa=Swa(4, needs_window=True), moe=True),
     Arch("afmoe", "afmoe.cpp", ("attention.sliding_window",), swa=Swa(4, needs_window=True), moe=True),
-    Arch("mellum", "mellum.cpp", ("attention.sliding_window",), swa=Swa(4, needs_window=True)),
+    Arch(
+        "mellum",
+        "mellum.cpp",
+        ("attention.sliding_window", "expert_feed_forward_length", "rope.freq_base_swa"),
+        builder="mellum",  # qwen3moe's layer over the sliding-window pattern's caches (classic decoders)
+        swa=Swa(4, needs_window=True),
+        moe=True,
+    ),
     Arch(
         "plamo3",
         "plamo3.cpp",
