@@ -27,7 +27,10 @@ CPU build (graph/models/<arch>.py over _dense.py and _plain.py):
   quantized cache), Q/K head norms, the post norms (named without ``.weight`` by its loader), the fused up
   projection's SwiGLU;
 * ``mellum`` (mellum.cpp): qwen3moe's layer (Q/K head norms, softmax experts with normalized weights) over 8
-  layers of which the pattern's default makes every fourth full (also with --swa-full).
+  layers of which the pattern's default makes every fourth full (also with --swa-full);
+* ``laguna`` (laguna.cpp): per-layer query heads, Q/K head norms, the softplus gate of the attention output
+  (per head and per element), a dense first layer, sigmoid experts with the selection bias plus a shared
+  expert, over the sliding-window pattern whose first layer of four is full (also with --swa-full).
 
 Per model: its compute buffer on its runs (flash attention on and off at 8192 and 16384 cells, -np 3
 with its 513-token micro-batch, q8_0 caches, --no-repack), to the 0.0001 MiB of ``~llama_context``'s line;
@@ -66,7 +69,7 @@ class Refused:
 MODELS = (
     "deci", "olmo", "olmo-clamp", "falcon", "falcon-40b", "gptneox", "gptneox-seq", "mpt", "mpt-clamp", "starcoder",
     "gpt2", "bloom", "refact", "codeshell", "jais", "jais2", "bitnet", "plamo", "pangu-embedded", "nanbeige",
-    "plamo3", "mellum",
+    "plamo3", "mellum", "laguna",
 )  # fmt: skip
 REFUSED = (
     Refused(
@@ -106,6 +109,8 @@ REFUSED = (
     Refused(
         "mellum", "blk.5.ffn_up_exps.weight", "the graph needs tensor blk.5.ffn_up_exps.weight, which the file lacks"
     ),
+    Refused("laguna", "blk.6.attn_gate.weight", "the graph needs tensor blk.6.attn_gate.weight, which the file lacks"),
+    Refused("laguna", "blk.3.exp_probs_b.bias", "the graph needs tensor blk.3.exp_probs_b.bias, which the file lacks"),
     Refused("jais2", "output_norm.bias", "the graph needs tensor output_norm.bias, which the file lacks"),
     Refused(
         "deci",

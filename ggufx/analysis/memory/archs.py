@@ -506,7 +506,27 @@ _ENTRIES = (
         "smallthinker", "smallthinker.cpp", ("attention.sliding_window",), swa=Swa(4, True, needs_window=True), moe=True
     ),
     Arch("modern-bert", "modern-bert.cpp", ("attention.sliding_window",), swa=Swa(3, True, needs_window=True)),
-    Arch("laguna", "laguna.cpp", ("attention.sliding_window",), swa=Swa(4, True, needs_window=True)),
+    Arch(
+        "laguna",
+        "laguna.cpp",
+        (
+            "attention.sliding_window",
+            "leading_dense_block_count",
+            "expert_feed_forward_length",
+            "expert_gating_func",
+            "expert_weights_scale",
+            "expert_weights_norm",
+            "expert_shared_count",
+            "expert_shared_feed_forward_length",
+            "rope.freq_base_swa",
+            "rope.dimension_count_swa",
+        ),
+        builder="laguna",  # gated attention, a dense lead, sigmoid experts plus a shared expert (classic decoders)
+        swa=Swa(4, True, needs_window=True),
+        moe=True,
+        leading_dense=True,
+        shared_experts=True,
+    ),
     Arch("plamo2", "plamo2.cpp", _SSM[:4], recurrent=Recurrent("Mamba", "no_kv_heads")),
     Arch("kimi-linear", "kimi-linear.cpp", recurrent=Recurrent("Kimi delta attention", "no_kv_heads"), moe=True),
     Arch(
