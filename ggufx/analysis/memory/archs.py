@@ -704,6 +704,8 @@ _ENTRIES = (
     Arch("pangu-embedded", "pangu-embed.cpp", graph="pangu_embed", builder="pangu_embed"),  # llama's, biases
     # the llama graph; num_loops > 1 (the layers run again with caches of their own) is not sized here
     Arch("nanbeige", "nanbeige.cpp", ("num_loops", "skip_loop_final_norm"), builder="nanbeige"),
+    # minicpm3's expanded MLA without q_lora: an ordinary cache of key_length K and value_length V per head
+    Arch("plm", "plm.cpp", ("attention.kv_lora_rank",), builder="plm"),
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}
