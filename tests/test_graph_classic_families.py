@@ -32,7 +32,9 @@ CPU build (graph/models/<arch>.py over _dense.py and _plain.py):
   (per head and per element), a dense first layer, sigmoid experts with the selection bias plus a shared
   expert, over the sliding-window pattern whose first layer of four is full (also with --swa-full);
 * ``plm`` (plm.cpp): minicpm3's expanded latent attention without the Q compression, an FFN of up, ReLU
-  squared and down, the token embeddings as the head (flash attention off only: llama.cpp aborts with it).
+  squared and down, the token embeddings as the head (flash attention off only: llama.cpp aborts with it);
+* ``granite_swa`` (granite-swa.cpp): granite's scales over the sliding-window pattern array, sinks in every
+  layer, NoPE layers from ``attention.rope_pattern`` (also with --swa-full).
 
 Per model: its compute buffer on its runs (flash attention on and off at 8192 and 16384 cells, -np 3
 with its 513-token micro-batch, q8_0 caches, --no-repack), to the 0.0001 MiB of ``~llama_context``'s line;
@@ -71,7 +73,7 @@ class Refused:
 MODELS = (
     "deci", "olmo", "olmo-clamp", "falcon", "falcon-40b", "gptneox", "gptneox-seq", "mpt", "mpt-clamp", "starcoder",
     "gpt2", "bloom", "refact", "codeshell", "jais", "jais2", "bitnet", "plamo", "pangu-embedded", "nanbeige",
-    "plamo3", "mellum", "laguna", "plm",
+    "plamo3", "mellum", "laguna", "plm", "granite_swa",
 )  # fmt: skip
 # llama.cpp 11434 aborts on plm's graph with flash attention (its V, a 2-D view, is taken for one token of
 # n_tokens heads by the cache's cpy_v: GGML_ASSERT in ggml_set_rows): its runs are all -fa off, the quantized
@@ -118,6 +120,15 @@ REFUSED = (
     Refused("laguna", "blk.6.attn_gate.weight", "the graph needs tensor blk.6.attn_gate.weight, which the file lacks"),
     Refused("laguna", "blk.3.exp_probs_b.bias", "the graph needs tensor blk.3.exp_probs_b.bias, which the file lacks"),
     Refused("plm", "blk.2.attn_kv_b.weight", "the graph needs tensor blk.2.attn_kv_b.weight, which the file lacks"),
+    Refused(
+        "granite_swa", "blk.4.attn_sinks.weight", "the graph needs tensor blk.4.attn_sinks.weight, which the file lacks"
+    ),
+    Refused(  # GraniteMoeSWAForCausalLM's fused gate-up experts and fused shared expert are not rebuilt
+        "granite_swa",
+        "",
+        "granite_swa graphs with experts (GraniteMoeSWAForCausalLM) are not simulated",
+        add_kv=(("expert_count", 8),),
+    ),
     Refused("jais2", "output_norm.bias", "the graph needs tensor output_norm.bias, which the file lacks"),
     Refused(
         "deci",

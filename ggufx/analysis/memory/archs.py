@@ -706,6 +706,23 @@ _ENTRIES = (
     Arch("nanbeige", "nanbeige.cpp", ("num_loops", "skip_loop_final_norm"), builder="nanbeige"),
     # minicpm3's expanded MLA without q_lora: an ordinary cache of key_length K and value_length V per head
     Arch("plm", "plm.cpp", ("attention.kv_lora_rank",), builder="plm"),
+    Arch(
+        "granite_swa",  # the pattern array marks the sliding-window layers (required, as the window is)
+        "granite-swa.cpp",
+        (
+            "logit_scale",
+            "residual_scale",
+            "embedding_scale",
+            "attention.scale",
+            "attention.sliding_window",
+            "attention.sliding_window_pattern",
+            "attention.rope_pattern",
+            "deepstack_mapping",
+            "expert_shared_feed_forward_length",
+        ),
+        builder="granite_swa",  # granite's scales, sinks, NoPE layers; its experts are not rebuilt
+        swa=Swa(needs_window=True),
+    ),
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}
