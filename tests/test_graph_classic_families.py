@@ -5,7 +5,8 @@ CPU build (graph/models/<arch>.py over _dense.py and _plain.py):
   counts and FFN widths from the arrays; a full-attention layer, the "linear attention" layer (query heads
   without KV heads: attn_output alone), an attention-free layer, one of one KV head and a narrower FFN (its
   V padded to the widest without flash attention), the FFN-free layer whose attention output deci.cpp's
-  ``continue`` leaves out of the residual, and llama 3's rope_freqs;
+  ``continue`` leaves out of the residual, and llama 3's rope_freqs; over 16 layers (``deci-long``: several
+  attention-free layers, Super 49B's, and an FFN-free one, Ultra 253B's, between repeated blocks);
 * ``olmo`` (olmo.cpp): layer norms without weights, llama's attention and SwiGLU; with OLMo 1.7's
   ``attention.clamp_kqv`` (``olmo-clamp``: Q, K and V each clamped after its projection);
 * ``falcon`` (falcon.cpp): one KV head, the fused QKV, attention and a GELU FFN in parallel on the one
@@ -71,7 +72,7 @@ class Refused:
 
 
 MODELS = (
-    "deci", "olmo", "olmo-clamp", "falcon", "falcon-40b", "gptneox", "gptneox-seq", "mpt", "mpt-clamp", "starcoder",
+    "deci", "deci-long", "olmo", "olmo-clamp", "falcon", "falcon-40b", "gptneox", "gptneox-seq", "mpt", "mpt-clamp", "starcoder",
     "gpt2", "bloom", "refact", "codeshell", "jais", "jais2", "bitnet", "plamo", "pangu-embedded", "nanbeige",
     "plamo3", "mellum", "laguna", "plm", "granite_swa",
 )  # fmt: skip
