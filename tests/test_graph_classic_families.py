@@ -87,6 +87,12 @@ REFUSED = (
     Refused("deci", "blk.3.ffn_gate.weight", "the graph needs tensor blk.3.ffn_gate.weight, which the file lacks"),
     Refused("olmo", "blk.2.ffn_gate.weight", "the graph needs tensor blk.2.ffn_gate.weight, which the file lacks"),
     Refused("falcon", "blk.0.attn_norm.bias", "the graph needs tensor blk.0.attn_norm.bias, which the file lacks"),
+    Refused(
+        "gptneox",
+        "",
+        "the gptneox graph needs gptneox.use_parallel_residual, which llama.cpp requires",
+        drop_key="use_parallel_residual",
+    ),
     Refused("gptneox", "output.weight", "the graph needs tensor output.weight, which the file lacks"),
     Refused("mpt", "blk.1.attn_qkv.weight", "the graph needs tensor blk.1.attn_qkv.weight, which the file lacks"),
     Refused("starcoder", "position_embd.weight", "the graph needs tensor position_embd.weight, which the file lacks"),
@@ -201,7 +207,7 @@ def test_the_layer_shortcut_equals_the_whole_replay(name: str, models: dict[str,
         assert graphsim.simulate(model, [], a.offload, sp) == whole and whole["CPU"] > 0
 
 
-@pytest.mark.parametrize("refused", REFUSED, ids=lambda r: f"{r.model}-{r.drop_tensor or r.add_kv[0][0]}")
+@pytest.mark.parametrize("refused", REFUSED, ids=lambda r: f"{r.model}-{r.drop_tensor or r.drop_key or r.add_kv[0][0]}")
 def test_a_file_llama_cpp_would_refuse_gets_the_generic_estimate(
     refused: Refused, smollm2_path: Path, tmp_path: Path
 ) -> None:

@@ -22,6 +22,8 @@ def build(c: _Ctx, g: _Graph) -> _T:
 
 
 def unbuildable(model: GGUFModel) -> str | None:
+    if not isinstance(model.metadata.get("gptneox.use_parallel_residual"), bool):  # required by load_arch_hparams
+        return "the gptneox graph needs gptneox.use_parallel_residual, which llama.cpp requires"
     # gptneox.cpp's load_arch_tensors: the head, the fused QKV and every bias are required
     layer = ("attn_norm", "attn_qkv", "attn_output", "ffn_norm", "ffn_up", "ffn_down")
     top = ("output.weight",)
