@@ -106,6 +106,9 @@ class Arch:
     # layer ("all") or for the "full" layers of attention.indexer.types ("types", glm-dsa:
     # llama-model.cpp:2438)
     indexer: str = ""
+    # every layer has K and V cache tensors, empty in a layer without KV heads (deci: its cache has no
+    # layer filter), so that without flash attention each V is padded to the widest layer's
+    kv_every_layer: bool = False
 
     @property
     def llama_graph(self) -> str:
@@ -571,8 +574,21 @@ _ENTRIES = (
         leading_dense=True,
         shared_experts=True,
     ),
-    Arch("mellum", "mellum.cpp", ("attention.sliding_window",), swa=Swa(4, needs_window=True)),
-    Arch("plamo3", "plamo3.cpp", ("attention.sliding_window",), swa=Swa(8, needs_window=True)),
+    Arch(
+        "mellum",
+        "mellum.cpp",
+        ("attention.sliding_window", "expert_feed_forward_length", "rope.freq_base_swa"),
+        builder="mellum",  # qwen3moe's layer over the sliding-window pattern's caches (classic decoders)
+        swa=Swa(4, needs_window=True),
+        moe=True,
+    ),
+    Arch(
+        "plamo3",
+        "plamo3.cpp",
+        ("attention.sliding_window", "rope.freq_base_swa"),
+        builder="plamo3",  # fused QKV, Q/K head norms, post norms, the fused up's SwiGLU (classic decoders)
+        swa=Swa(8, needs_window=True),
+    ),
     Arch(
         "smallthinker",  # the router before the attention norm, experts in every layer
         "smallthinker.cpp",
@@ -582,7 +598,27 @@ _ENTRIES = (
         moe=True,
     ),
     Arch("modern-bert", "modern-bert.cpp", ("attention.sliding_window",), swa=Swa(3, True, needs_window=True)),
-    Arch("laguna", "laguna.cpp", ("attention.sliding_window",), swa=Swa(4, True, needs_window=True)),
+    Arch(
+        "laguna",
+        "laguna.cpp",
+        (
+            "attention.sliding_window",
+            "leading_dense_block_count",
+            "expert_feed_forward_length",
+            "expert_gating_func",
+            "expert_weights_scale",
+            "expert_weights_norm",
+            "expert_shared_count",
+            "expert_shared_feed_forward_length",
+            "rope.freq_base_swa",
+            "rope.dimension_count_swa",
+        ),
+        builder="laguna",  # gated attention, a dense lead, sigmoid experts plus a shared expert (classic decoders)
+        swa=Swa(4, True, needs_window=True),
+        moe=True,
+        leading_dense=True,
+        shared_experts=True,
+    ),
     Arch("plamo2", "plamo2.cpp", _SSM, builder="plamo2", recurrent=Recurrent("Mamba", "no_kv_heads")),
     Arch(
         # Kimi Linear: Kimi-delta-attention layers (head_count_kv 0) and MLA layers on a K-only cache
@@ -817,6 +853,45 @@ _ENTRIES = (
         ("expert_feed_forward_length", "expert_chunk_feed_forward_length", "expert_group_scale", "experts_per_group"),
         builder="grovemoe",
         moe=True,
+    ),
+    # -- classic decoders (issue 25): architectures of llama.cpp not registered before --------------------
+    # DeciLM / Llama-3.x-Nemotron: per-layer head_count, head_count_kv and feed_forward_length arrays (a layer
+    # without KV heads still has its -- empty -- K and V cache tensors: no layer filter, deci.cpp)
+    Arch("deci", "deci.cpp", builder="deci", kv_every_layer=True),
+    Arch("olmo", "olmo.cpp", ("attention.clamp_kqv",), builder="olmo"),  # layer norms without weights
+    Arch("falcon", "falcon.cpp", builder="falcon"),  # attention and GELU FFN in parallel, attn_norm_2 (40B)
+    Arch("gptneox", "gptneox.cpp", ("use_parallel_residual",), builder="gptneox"),  # the parallel residual
+    Arch("mpt", "mpt.cpp", ("attention.clamp_kqv", "attention.max_alibi_bias"), builder="mpt"),  # ALiBi
+    Arch("starcoder", "starcoder.cpp", builder="starcoder"),  # learned positions, biases, GELU FFN
+    Arch("gpt2", "gpt2.cpp", builder="gpt2"),  # starcoder's graph
+    Arch("bloom", "bloom.cpp", builder="bloom"),  # the embeddings' layer norm, ALiBi
+    Arch("refact", "refact.cpp", builder="refact"),  # the llama graph without RoPE (ALiBi)
+    Arch("codeshell", "codeshell.cpp", builder="codeshell"),  # layer norms, biases, GELU FFN
+    Arch("jais", "jais.cpp", ("attention.max_alibi_bias",), builder="jais"),  # ALiBi, SwiGLU with biases
+    Arch("jais2", "jais2.cpp", builder="jais2"),  # layer norms, biases, an FFN of up, ReLU squared, down
+    Arch("bitnet", "bitnet.cpp", builder="bitnet"),  # llama's layer, sub-norms, per-tensor scales
+    Arch("plamo", "plamo.cpp", builder="plamo"),  # attention and SwiGLU in parallel on the one norm
+    Arch("pangu-embedded", "pangu-embed.cpp", graph="pangu_embed", builder="pangu_embed"),  # llama's, biases
+    # the llama graph; num_loops > 1 (the layers run again with caches of their own) is not sized here
+    Arch("nanbeige", "nanbeige.cpp", ("num_loops", "skip_loop_final_norm"), builder="nanbeige"),
+    # minicpm3's expanded MLA without q_lora: an ordinary cache of key_length K and value_length V per head
+    Arch("plm", "plm.cpp", ("attention.kv_lora_rank",), builder="plm"),
+    Arch(
+        "granite_swa",  # the pattern array marks the sliding-window layers (required, as the window is)
+        "granite-swa.cpp",
+        (
+            "logit_scale",
+            "residual_scale",
+            "embedding_scale",
+            "attention.scale",
+            "attention.sliding_window",
+            "attention.sliding_window_pattern",
+            "attention.rope_pattern",
+            "deepstack_mapping",
+            "expert_shared_feed_forward_length",
+        ),
+        builder="granite_swa",  # granite's scales, sinks, NoPE layers; its experts are not rebuilt
+        swa=Swa(needs_window=True),
     ),
 )
 

@@ -309,7 +309,8 @@ def kv_buffers(
     v_trans = cp.flash_attn == "off"
     # the layers with a cache of their own: no NextN/MTP layer (llama-model.cpp:2812-2819), no layer
     # that reuses an earlier one's (gemma3n, has_kv), no recurrent-only or MLP-only layer
-    attn = [k for k in kinds if k.kv and k.index < len(hp.n_head_kv) and hp.n_head_kv[k.index] > 0]
+    every = (a := arch_of(hp.arch)) is not None and a.kv_every_layer  # deci: a cache tensor per layer
+    attn = [k for k in kinds if k.kv and k.index < len(hp.n_head_kv) and (hp.n_head_kv[k.index] > 0 or every)]
     # [TAG_V_CACHE_VARIABLE] n_embd_v_gqa_max over every layer (llama-hparams.cpp:199-206)
     v_max = max((hp.n_head_kv[k.index] * (hp.head_v_swa if k.is_swa else hp.head_v) for k in kinds), default=0)
     has_v = not hp.is_mla  # MLA caches the compressed latent and the rope part of K only (llama-kv-cache.cpp:210-211)

@@ -83,8 +83,9 @@ def _unsound(model: GGUFModel) -> str | None:
         return "the graph needs positive embedding and head sizes"
     entry = arch_of(model.architecture)
     hybrid = entry is not None and entry.recurrent is not None
+    deci = model.architecture == "deci"  # deci.cpp: "linear attention" (no KV heads) and attention-free layers
     for il, (nh, nkv) in enumerate(zip(hp.n_head, hp.n_head_kv, strict=False)):
-        if hybrid and nkv == 0:  # a recurrent layer
+        if (hybrid or deci) and nkv == 0:  # a recurrent layer, or deci's layer without attention
             continue
         if nkv <= 0 or nh <= 0 or nh % nkv:
             return f"layer {il} has {nh} query heads for {nkv} KV heads, which the graph cannot lay out"

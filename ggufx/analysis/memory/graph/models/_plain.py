@@ -168,3 +168,167 @@ def needs(model: GGUFModel, layer: tuple[str, ...], top: tuple[str, ...] = (), q
             needed += [f"blk.{il}.attn_{r}.weight" for r in "qkv"]
     missing = next((n for n in needed if n not in names), None)
     return f"the graph needs tensor {missing}, which the file lacks" if missing else None
+
+
+# -- the classic decoders (issue 25): learned positions, an embedding norm, weightless norms, more residuals --
+
+NEOX_PAR = "neox_par"  # gptneox.cpp use_par_res: l_out = (FFN(ffn_norm(x)) + x) + attn
+FALCON = "falcon"  # falcon.cpp: l_out = (FFN(attn_norm(x)) + attn) + x (the attention of attn_norm_2(x) if any)
+
+
+@dataclass(frozen=True, slots=True)
+class Classic:
+    """What one of the older llama.cpp model files does beyond :class:`Plain`: the learned absolute
+    positions (``position_embd`` rows added to the token rows when the file has them: gpt2, starcoder,
+    mpt), bloom's layer norm of the embeddings (``token_embd_norm``), norms without weights where the
+    file has none (olmo's ``build_norm(x, NULL, NULL, LLM_NORM)``), and the residuals of gptneox's
+    ``use_parallel_residual`` and falcon."""
+
+    plain: Plain = Plain()
+    residual: str = ""  # "" (the Plain's), NEOX_PAR, FALCON
+    clamp: bool = False  # the loader reads attention.clamp_kqv (olmo, mpt): build_qkv clamps Q/K/V when set
+
+
+def clamp_kqv(c: _Ctx) -> bool:
+    """Whether the file sets ``{arch}.attention.clamp_kqv`` above 0 (``hparams.f_clamp_kqv``: read by the
+    loaders of olmo and mpt; ``build_qkv`` then clamps Q/K/V)."""
+    v = c.model.metadata.get(f"{c.hp.arch}.attention.clamp_kqv") if c.model is not None else None
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+
+
+def norm(c: _Ctx, g: _Graph, x: _T, weight: str, il: int, d: Dense) -> _T:
+    """``build_norm`` with the weight and the bias optional (olmo passes neither): the norm (pinned to the
+    layer's device when ``il`` >= 0, as ``graph_get_cb`` does), times the weight, plus the bias, where the
+    file has them."""
+    cur = g.op(f"norm-{il}", d.norm, x)
+    if il >= 0:
+        cur.backend = c.pin[il]
+    w = _weight(c, weight, il if il >= 0 else c.hp.n_layer)
+    if w is not None:
+        cur = g.op(f"normed-{il}", "MUL", cur, w)
+    b = _weight(c, weight.removesuffix(".weight") + ".bias", il if il >= 0 else c.hp.n_layer)
+    return g.op(f"normed-{il}", "ADD", cur, b) if b is not None else cur
+
+
+def qkv_clamped(c: _Ctx, g: _Graph, x: _T, il: int) -> tuple[_T, _T, _T]:
+    """``build_qkv`` (llama-graph.cpp:1684) with ``attention.clamp_kqv`` set: the fused projection (plus its
+    bias) clamped before its three views, or each separate projection (plus its bias) clamped before its
+    reshape (``ggml_clamp``: a new tensor, which ggml-alloc may place over its source)."""
+    hp, T = c.hp, c.n_tokens
+    nh, nkv, hd, hv = hp.n_head[il], hp.n_head_kv[il], hp.head_k, hp.head_v
+    p = f"blk.{il}."
+    if _weight(c, p + "attn_qkv.weight", il) is not None:
+        qkv = g.op(f"wqkv_clamped-{il}", "CLAMP", _proj(c, g, f"wqkv-{il}", p + "attn_qkv", x, il))
+        es, row = qkv.nb[0], qkv.nb[1]
+        q = g.view(qkv, (hd, nh, T), (es * hd, row))
+        k = g.view(qkv, (hd, nkv, T), (es * hd, row))
+        v = g.view(qkv, (hv, nkv, T), (es * hv, row))
+        return q, k, v
+    out = []
+    for r, n, h in (("q", nh, hd), ("k", nkv, hd), ("v", nkv, hv)):
+        t = g.op(f"{r.upper()}cur_clamped-{il}", "CLAMP", _proj(c, g, f"{r.upper()}cur-{il}", p + f"attn_{r}", x, il))
+        out.append(g.reshape(t, h, n, T))
+    return out[0], out[1], out[2]
+
+
+def attention_classic(
+    c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp, d: Dense, clamp: bool = False, iswa: bool = False
+) -> _T:
+    """:func:`attention` for the older files: Q/K/V (clamped with ``clamp``: :func:`qkv_clamped`), RoPE
+    unless ``d.rope`` says no (ALiBi: bloom, mpt, jais, gpt2, starcoder, refact), and ``build_attn``'s
+    Hadamard rotations of a quantized cache (llama-graph.cpp:2958-2966), which make Q, K and V contiguous
+    first where they are views of the fused projection (:func:`rot`: the unroped Q and K, the V of a fused
+    projection); ``iswa``: the model has a sliding-window cache (``build_attn``'s iSWA overload expands Q,
+    K, V in that order)."""
+    hp, T = c.hp, c.n_tokens
+    nh, nkv, hd, hv = hp.n_head[il], hp.n_head_kv[il], hp.head_k, hp.head_v
+    p = f"blk.{il}."
+    if clamp:
+        q, k, v = qkv_clamped(c, g, x, il)
+    else:
+        q, k, v = _qkv(c, g, x, il, reshape=d.qk_norm != "full")
+    if d.qk_norm:
+        q = _n(c, g, q, p + "attn_q_norm.weight", il, d)
+        k = _n(c, g, k, p + "attn_k_norm.weight", il, d)
+    if d.qk_norm == "full":
+        q, k, v = g.reshape(q, hd, nh, T), g.reshape(k, hd, nkv, T), g.reshape(v, hv, nkv, T)
+    if d.rope is None or d.rope(c, il):
+        assert c.pos is not None
+        freqs = next((f for n in _ROPE_FACTORS if (f := _weight(c, n, il)) is not None), None)
+        src = [c.pos, *([freqs] if freqs else [])]
+        q = g.new(q.name, "ROPE", "F32", q.ne, q, *src)
+        k = g.new(k.name, "ROPE", "F32", k.ne, k, *src)
+    if d.q_scale:
+        q = g.op(q.name, "SCALE", q)
+    q, k = rot(g, q, inp.k_rot), rot(g, k, inp.k_rot)
+    v = rot(g, v, inp.v_rot)
+    cur = _attn_kv(c, g, q, k, v, il, replace(inp, k_rot=None, v_rot=None), iswa, d)
+    g.expand(cur)
+    cur = _rot(g, cur, inp.v_rot)
+    return _proj(c, g, f"attn_out-{il}", p + "attn_output", cur, il)
+
+
+def build_classic(c: _Ctx, g: _Graph, k: Classic, use_par_res: bool = False) -> _T:
+    """The transformer of an older model file: the token rows (plus the ``position_embd`` rows, then
+    ``token_embd_norm``, where the file has them), per layer the attention norm and attention, the last
+    layer's rows picked, the file's FFN and residual (gptneox's parallel one with ``use_par_res``); the
+    output norm (weight and bias where present) and the head (the tied embeddings without ``output``)."""
+    hp, sp = c.hp, c.sp
+    T, n_out, E = c.n_tokens, c.n_outputs, hp.n_embd
+    p = k.plain
+    d = p.attn
+    residual = k.residual or p.residual
+    clamp = k.clamp and clamp_kqv(c)
+    if residual == NEOX_PAR and not use_par_res:
+        residual = SEQ
+    x = _inp_embd(c, g)
+    c.pos = g.input("inp_pos", "I32", T)
+    pos_embd = _weight(c, "position_embd.weight", -1)
+    if pos_embd is not None:  # gpt2.cpp, starcoder.cpp, mpt.cpp: inpL = tokens + get_rows(pos_embd, inp_pos)
+        x = g.op("inp_embd_pos", "ADD", x, g.new("pos_embd", "GET_ROWS", "F32", (E, T), pos_embd, c.pos))
+    if _weight(c, "token_embd_norm.weight", -1) is not None:  # bloom.cpp: build_norm(inpL, tok_norm, .., 0)
+        x = norm(c, g, x, "token_embd_norm.weight", 0, d)
+    inp = _attn_inp(c, g, sp.n_kv)
+    out_ids = g.input("out_ids", "I32", n_out)
+    for pos, il in enumerate(c.layers):
+        g.at(pos)
+        b = f"blk.{il}."
+        inp_sa = x
+        normed = norm(c, g, x, b + "attn_norm.weight", il, d)
+        attn_in = normed
+        if residual == FALCON and _weight(c, b + "attn_norm_2.weight", il) is not None:  # Falcon-40B
+            attn_in = norm(c, g, x, b + "attn_norm_2.weight", il, d)
+        cur = attention_classic(c, g, attn_in, il, inp, d, clamp)
+        if il == hp.n_layer - 1:
+            cur = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), cur, out_ids)
+            inp_sa = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), inp_sa, out_ids)
+            if residual == FALCON:
+                normed = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), normed, out_ids)
+        if residual == FALCON:
+            out = g.op(f"ffn_out-{il}", "ADD", ffn(c, g, normed, il, p), cur)
+            x = g.op(f"l_out-{il}", "ADD", out, inp_sa)
+            continue
+        if residual == NEOX_PAR:
+            out = ffn(c, g, norm(c, g, inp_sa, b + "ffn_norm.weight", il, d), il, p)
+            x = g.op(f"l_out-{il}", "ADD", g.op(f"ffn_out-{il}", "ADD", out, inp_sa), cur)
+            continue
+        ffn_inp = g.op(f"ffn_inp-{il}", "ADD", cur, inp_sa)
+        x = g.op(f"l_out-{il}", "ADD", ffn(c, g, norm(c, g, ffn_inp, b + "ffn_norm.weight", il, d), il, p), ffn_inp)
+    g.at(GLOBAL)
+    cur = norm(c, g, x, "output_norm.weight", -1, d)
+    cur.flags |= OUTPUT
+    out_w = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
+    logits = g.mul_mat("result_output", out_w, cur)
+    logits.flags |= OUTPUT
+    return logits
+
+
+def needs_biases(model: GGUFModel, layer: tuple[str, ...], top: tuple[str, ...] = ()) -> str | None:
+    """The first bias of ``layer`` (per layer, without ``blk.N.`` and ``.bias``) or of ``top`` (whole
+    names) that the file lacks, as :func:`needs` words it (the loaders that require them refuse the file)."""
+    arch = model.architecture or ""
+    names = {t.name for t in model.tensors}
+    n_layer = model.metadata.get_int(f"{arch}.block_count") or 0
+    needed = [*top, *(f"blk.{il}.{r}.bias" for il in range(min(n_layer, 513)) for r in layer)]
+    missing = next((n for n in needed if n not in names), None)
+    return f"the graph needs tensor {missing}, which the file lacks" if missing else None
