@@ -25,7 +25,7 @@ import weakref
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
-from ggufx.analysis.layers import layer_kinds
+from ggufx.analysis.layers import layer_kinds, swa_layers
 from ggufx.analysis.memory.archs import arch_of
 from ggufx.analysis.memory.hparams import hparams, n_nextn
 from ggufx.errors import InputError
@@ -280,7 +280,12 @@ def place(model: GGUFModel, devices: list[Device], p: OffloadParams) -> Placemen
             placement.skipped.append(t)  # src/models/*.cpp: mtp_flags |= TENSOR_SKIP unless --mtp
             continue
         if layer == "repeating":
+            # gemma4.cpp:94-97 creates rope_freqs for its full-attention layers only
+            full_only = model.architecture == "gemma4" and t.name.startswith("rope_freqs.")
+            swa = swa_layers(model, n_layer) if full_only else []
             for il in range(n_layer):
+                if full_only and swa[il]:
+                    continue
                 buft = layer_dev[il] or host
                 if (t.name, buft) not in seen_rope:  # each tensor once per buffer type
                     seen_rope.add((t.name, buft))
