@@ -127,23 +127,10 @@ def replay_run(rid: str, models: dict[str, Path]):
 # Recorded runs where ggufx does not yet say what llama.cpp did. Each is an expected failure, strict: the
 # test fails when one of them comes right, so this table stays true. Key: (test, run id). The deviations
 # of the first CUDA recordings (Mamba-2 state-copy views, -fa auto's untransposed V cache, Phi-3's LongRoPE
-# factors, the fit traces' reading) are resolved; these came with the second recordings (2026-12-06).
-_MLA_Q8 = (
-    "MLA with a q8_0 cache at 131K+ on CUDA: ggufx's CUDA0 compute buffer is 128 MiB (n_kv x 512 x 2 bytes) "
-    "larger than llama.cpp's; its CPU runs of the same shapes are exact (a CUDA-only difference, not found yet)"
-)
-KNOWN_DEVIATIONS: dict[tuple[str, str], str] = {
-    **{
-        (test, rid): _MLA_Q8
-        for test in ("compute", "buffers")
-        for rid in (
-            "g-deepseek2-k2-ngl99-c131072-q8_0",
-            "g-deepseek32-ngl99-c131072-q8_0",
-            "g-deepseek32-v32-ngl99-c163840-q8_0",
-            "g-glm-dsa-ngl99-c131072-q8_0",
-        )
-    },
-}
+# factors, the fit traces' reading) are resolved, and so are those of the second recordings (2026-12-06:
+# MLA's V sharing K's f16 conversion, a fused QKV's view strides, -nkvo's attention pinned to the host
+# without flash attention: tests/test_graph_sched_causes.py).
+KNOWN_DEVIATIONS: dict[tuple[str, str], str] = {}
 
 
 def with_known(test: str, rids: list[str]) -> list[object]:

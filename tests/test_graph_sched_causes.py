@@ -7,6 +7,9 @@ the scheduler assigns, the size of the tensor it copies) and on the run llama.cp
 - A fused QKV projection's views (``ggml_view_3d`` with ``nb1`` = a head, ``nb2`` = the projection's
   row, phi3.cpp): a host cache's V write copies the view to the host, as large as its span, the
   micro-batch's rows (phi35-ngl16-c32768: 62 MiB on CUDA_Host, not 620).
+- MLA's flash attention over a quantized latent cache: V is a view of K's data, so CUDA converts the
+  cache to f16 once and V reads K's conversion (fattn-common.cuh:63-81, ``V_is_K_view``): the four
+  131K+ q8_0 DeepSeek/GLM-5 runs, 128 MiB (n_kv x 512 x 2 bytes) below a second conversion.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 import ggufx
 from ggufx.analysis.memory.buffers import MiB, breakdown
 from ggufx.analysis.memory.graph import graphsim
+from ggufx.analysis.memory.graph.galloc import _alloc_size
 from ggufx.analysis.memory.graph.ggml import _T, _Graph
 from ggufx.analysis.memory.graph.models import builder
 from ggufx.analysis.memory.graph.sched import _Sched
@@ -84,3 +88,47 @@ def test_a_fused_qkv_view_spans_the_micro_batch(hole_models: dict[str, Path]) ->
     # layer 0's cache is on the host, its projection on CUDA0 (op offload): the write copies V to the host
     assert sched.names[set_v[0].backend] == "CPU" and sched.names[v.view_src.backend] == "CUDA0"
     assert {k: round(v / MiB, 4) for k, v in ours.items()} == theirs == {"CUDA0": 632.0039, "CUDA_Host": 61.9961}
+
+
+def _fa(g: _Graph, width: int, rank: int, n_kv: int, T: int, nh: int, mla: bool) -> _T:
+    """A flash-attention node over a q8_0 cache: MLA's (V the first ``rank`` values of K's rows) or
+    one over separate K and V caches."""
+    cache_k = g.leaf("cache_k_l0", "Q8_0", (width, n_kv), buft="CUDA0")
+    cache_v = cache_k if mla else g.leaf("cache_v_l0", "Q8_0", (rank, n_kv), buft="CUDA0")
+    k = g.view(cache_k, (width, 1, n_kv, 1), cache_k.nb)
+    v = g.view(k if mla else cache_v, (rank, 1, n_kv, 1), (k if mla else cache_v).nb)
+    q = g.new("q", "NONE", "F32", (width, T, nh, 1))
+    mask = g.new("mask", "NONE", "F16", (n_kv, T, 1, 1))
+    kp, vp = g.permute(k, 0, 2, 1, 3), g.permute(v, 0, 2, 1, 3)
+    return g.new("node_fa-0", "FLASH_ATTN_EXT", "F32", (rank, nh, T, 1), q, kp, vp, mask)
+
+
+def test_mla_v_shares_the_f16_conversion_of_k() -> None:
+    n_kv, T, nh = 131072, 512, 64
+    out = T * nh * 512 * 4
+    mla = _fa(_Graph(), 576, 512, n_kv, T, nh, mla=True)
+    assert _alloc_size("CUDA0", mla) == out + 2 * 576 * n_kv  # K's conversion only
+    apart = _fa(_Graph(), 576, 512, n_kv, T, nh, mla=False)
+    assert _alloc_size("CUDA0", apart) == out + 2 * 576 * n_kv + 2 * 512 * n_kv
+    # one token: MLA's 576-wide heads have no vector kernel (fattn.cu:641), the MMA kernel converts K
+    one = _fa(_Graph(), 576, 512, n_kv, 1, nh, mla=True)
+    assert _alloc_size("CUDA0", one) == -(-(nh * 512 * 4) // 128) * 128 + 2 * 576 * n_kv
+    assert _alloc_size("CUDA_Host", mla) == out  # the host converts nothing ahead
+
+
+def test_mla_q8_0_runs_at_131072_cells(hole_models: dict[str, Path]) -> None:
+    for rid in (
+        "g-deepseek2-k2-ngl99-c131072-q8_0",
+        "g-deepseek32-ngl99-c131072-q8_0",
+        "g-deepseek32-v32-ngl99-c163840-q8_0",
+        "g-glm-dsa-ngl99-c131072-q8_0",
+    ):
+        run = RUNS[rid]
+        text = (LOGS / f"{rid}.log").read_text()
+        log = parse_log(text)
+        args = parse_args(run["args"].replace("@", ""))
+        model = ggufx.open(hole_models[str(args.model)])
+        bd = breakdown(model, devices_of(run, log.devices), args.offload, args.context)
+        assert bd.compute_estimate is None
+        ours = {k: round(v / MiB, 4) for k, v in bd.by_kind("compute").items()}
+        assert ours == log.buffers["compute"], rid
