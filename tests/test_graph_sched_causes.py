@@ -10,6 +10,7 @@ the scheduler assigns, the size of the tensor it copies) and on the run llama.cp
 - MLA's flash attention over a quantized latent cache: V is a view of K's data, so CUDA converts the
   cache to f16 once and V reads K's conversion (fattn-common.cuh:63-81, ``V_is_K_view``): the four
   131K+ q8_0 DeepSeek/GLM-5 runs, 128 MiB (n_kv x 512 x 2 bytes) below a second conversion.
+- Every view of every recorded model's graph steps one element at a time, as ``ggml_view_*`` makes it.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ import ggufx
 from ggufx.analysis.memory.buffers import MiB, breakdown
 from ggufx.analysis.memory.graph import graphsim
 from ggufx.analysis.memory.graph.galloc import _alloc_size
-from ggufx.analysis.memory.graph.ggml import _T, _Graph
+from ggufx.analysis.memory.graph.ggml import _T, _Graph, _type
 from ggufx.analysis.memory.graph.models import builder
 from ggufx.analysis.memory.graph.sched import _Sched
 from ggufx.analysis.memory.llamaargs import parse_args
 from ggufx.analysis.memory.llamalog import parse_log
-from ggufx.analysis.memory.placement import host_buft
+from ggufx.analysis.memory.placement import Device, host_buft
 
 from .llamacpp_logs import LOGS, RUNS, devices_of
 
@@ -132,3 +133,33 @@ def test_mla_q8_0_runs_at_131072_cells(hole_models: dict[str, Path]) -> None:
         assert bd.compute_estimate is None
         ours = {k: round(v / MiB, 4) for k, v in bd.by_kind("compute").items()}
         assert ours == log.buffers["compute"], rid
+
+
+def test_every_view_steps_one_element_at_a_time(hole_models: dict[str, Path]) -> None:
+    """``ggml_view_1d``..``_4d`` give a view the element size as ``nb0`` and take ``nb1``..``nb3`` from
+    their arguments (ggml.c ``ggml_view_impl``): only a permute or transpose steps otherwise. A view
+    built with its strides shifted by one spans far more than its source, which the scheduler then
+    copies whole where a split reads it (the fused QKV's V of phi35-ngl16; gpt-oss's top-k ids,
+    ``ggml_argsort_top_k``; qwen3next's gate, ``b`` and ``a`` heads). Every recorded model's graph,
+    with flash attention and without."""
+    gpu = [Device("CUDA0", 80 * 1024 * MiB)]
+    built, wrong = 0, []
+    for name, path in sorted(hole_models.items()):
+        model = ggufx.open(path)
+        if graphsim.simulated(model) is not None:
+            continue
+        for fa in ("on", "off"):
+            args = parse_args(f"-m x -ngl 99 -c 4096 -fa {fa}")
+            bd = breakdown(model, gpu, args.offload, args.context)
+            sp = bd.reservation
+            assert sp is not None
+            ld = graphsim._loaded(model, gpu, args.offload)
+            c = graphsim._context(model, ld, sp, sp.n_ubatch, sp.n_outputs)
+            c.layers = list(graphsim._plan(graphsim._layer_signatures(c, ld), 2).layers)
+            g = _Graph()
+            g.expand(builder(ld.hp.arch)(c, g))
+            odd = [(n.name, n.ne, n.nb) for n in g.nodes if n.op == "VIEW" and n.nb[0] != _type(n.type).type_size]
+            wrong += [(name, fa, *odd[0])] if odd else []
+            built += 1
+    assert not wrong
+    assert built >= 2 * 50
