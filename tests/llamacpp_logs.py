@@ -127,37 +127,10 @@ def replay_run(rid: str, models: dict[str, Path]):
 # Recorded runs where ggufx does not yet say what llama.cpp did. Each is an expected failure, strict: the
 # test fails when one of them comes right, so this table stays true. Key: (test, run id). The deviations
 # of the first CUDA recordings (Mamba-2 state-copy views, -fa auto's untransposed V cache, Phi-3's LongRoPE
-# factors, the fit traces' reading) are resolved; these came with the second recordings (2026-12-06).
-_MLA_Q8 = (
-    "MLA with a q8_0 cache at 131K+ on CUDA: ggufx's CUDA0 compute buffer is 128 MiB (n_kv x 512 x 2 bytes) "
-    "larger than llama.cpp's; its CPU runs of the same shapes are exact (a CUDA-only difference, not found yet)"
-)
-_PHI35_HOST = (
-    "Phi-3.5 at -ngl 16 (16 host layers, flash attention kept): ggufx's CUDA_Host compute buffer is 620 MiB "
-    "where llama.cpp's is 62 MiB (CUDA0 exact); the host layers' part of the graph is not yet found"
-)
-_NKVO_FA_OFF = (
-    "-nkvo with flash attention turned off by the -fa auto probe (-ot moving layers 0-9 to the host): "
-    "llama.cpp computes the host cache's attention (kq) on the host, ggufx on CUDA0 (175.75/20.52 MiB "
-    "where llama.cpp has 100.50/166.39)"
-)
-KNOWN_DEVIATIONS: dict[tuple[str, str], str] = {
-    **{
-        (test, rid): _MLA_Q8
-        for test in ("compute", "buffers")
-        for rid in (
-            "g-deepseek2-k2-ngl99-c131072-q8_0",
-            "g-deepseek32-ngl99-c131072-q8_0",
-            "g-deepseek32-v32-ngl99-c163840-q8_0",
-            "g-glm-dsa-ngl99-c131072-q8_0",
-        )
-    },
-    ("compute", "phi35-ngl16-c32768"): _PHI35_HOST,
-    ("buffers", "phi35-ngl16-c32768"): _PHI35_HOST,
-    ("trace", "fiton-phi35-c131072-fitt79100"): _PHI35_HOST,
-    ("compute", "g-smol-ot0-9-nkvo-c8192"): _NKVO_FA_OFF,
-    ("buffers", "g-smol-ot0-9-nkvo-c8192"): _NKVO_FA_OFF,
-}
+# factors, the fit traces' reading) are resolved, and so are those of the second recordings (2026-12-06:
+# MLA's V sharing K's f16 conversion, a fused QKV's view strides, -nkvo's attention pinned to the host
+# without flash attention: tests/test_graph_sched_causes.py).
+KNOWN_DEVIATIONS: dict[tuple[str, str], str] = {}
 
 
 def with_known(test: str, rids: list[str]) -> list[object]:

@@ -297,7 +297,10 @@ def test_fit_replays_llama_cpp_trace(rid: str, hole_models: dict[str, Path]) -> 
         ts = tuple(float(n) for n in res.tensor_split)
         offload = replace(f.offload, n_gpu_layers=res.n_gpu_layers, tensor_split=ts, overrides=overrides)
         ours = breakdown(f.model, f.devices, offload, replace(f.context, n_ctx=res.n_ctx)).by_kind("model")
-        assert {d.name: round(ours[d.name] / MiB, 2) for d in f.devices} == {d.name: loaded[d.name] for d in f.devices}
+        # a GPU given no layer has no model buffer, and llama.cpp prints none (fiton-phi35: 0/33 layers)
+        assert {d.name: round(ours.get(d.name, 0) / MiB, 2) for d in f.devices} == {
+            d.name: loaded.get(d.name, 0.0) for d in f.devices
+        }
 
 
 @pytest.mark.parametrize("rid", [r for r in FIT_LOGS if "--fit-print" in RUNS[r]["args"]])

@@ -87,10 +87,17 @@ def _alloc_size(buft: str, t: _T) -> int:
         return size
     if t.op == "FLASH_ATTN_EXT":
         q, k, v = t.src[0], t.src[1], t.src[2]
-        tiles = q.ne[1] > 2  # MMA/tile kernels for batches; the vec kernel converts only what it lacks
+        # the MMA/tile kernels convert a quantized K and V; the vector kernel (for up to two tokens, with
+        # heads of 64, 128 or 256: can_use_vector_kernel, fattn.cu:641) only what it lacks
+        vec_heads = q.ne[0] <= 256 and q.ne[0] % 64 == 0 and q.ne[0] != 192
+        tiles = q.ne[1] > 2 or not vec_heads
         if tiles and k.type != "F16":
             size = -(-size // 128) * 128 + 2 * math.prod(k.ne)
-        if tiles and v.type != "F16":
+        # a V that is a view of K's data (MLA: the latent cache's first rank values) shares K's
+        # conversion (fattn-common.cuh:63-81, V_is_K_view: one view source at one offset; ggufx's
+        # views carry no offset, and MLA's V is the only one built on K's source, at offset 0)
+        v_is_k_view = v.view_src is not None and (v.view_src is k or v.view_src is k.view_src)
+        if tiles and v.type != "F16" and not v_is_k_view:
             size = -(-size // 128) * 128 + 2 * math.prod(v.ne)
     tt = _type(t.type)
     if tt.block_size > 1 and t.ne[0] % MATRIX_ROW_PADDING:

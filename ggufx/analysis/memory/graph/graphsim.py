@@ -251,7 +251,7 @@ def _context(model: GGUFModel, ld: _Loaded, sp: SimParams, n_tokens: int, n_outp
     n_tokens = -(-n_tokens // sp.n_seq_max) * sp.n_seq_max
     c = _Ctx(hp, sp, n_tokens, n_outputs, ld.weights, ld.by_name, ld.layer_buft, cache_buft, pin, model.path, ld.moe)
     c.swa, c.n_kv_swa, c.recurrent, c.gdn = ld.swa, n_kv_swa, ld.recurrent, ld.gdn
-    c.model = model
+    c.model, c.host = model, len(gpus)
     return c
 
 

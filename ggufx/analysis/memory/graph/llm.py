@@ -73,6 +73,7 @@ class _Ctx:
     gdn: _Gdn | None = None  # their dimensions
     layers: list[int] = field(default_factory=list)  # the layers built, in order (all of them, or a plan's)
     model: GGUFModel | None = None  # the opened model: the hyper-parameters a builder reads beyond ``hp``
+    host: int = -1  # the scheduler's index of the host backend (its last: after the GPUs)
 
 
 def model_of(c: _Ctx) -> GGUFModel:
@@ -275,7 +276,7 @@ def _attn_kv_impl(c: _Ctx, g: _Graph, q: _T, k: _T, v: _T, il: int, inp: _AttnIn
         kq = g.new(f"kq-{il}", "MUL_MAT", "F32", (n_kv, T // ns, nh, ns), kp, qv)
         kq = g.op(f"kq_soft_max-{il}", "SOFT_MAX", kq, inp.mask)
         kqv = g.new(f"kqv-{il}", "MUL_MAT", "F32", (hv, T // ns, nh, ns), vp, kq)
-        cur = g.new(f"kqv_out-{il}", "CONT", "F32", (hv * nh, T), g.permute(kqv, 0, 2, 1, 3))
+        cur = kqv_on_host(c, g.new(f"kqv_out-{il}", "CONT", "F32", (hv * nh, T), g.permute(kqv, 0, 2, 1, 3)))
     return _rot(g, cur, inp.v_rot) if inp.v_rot is not None else cur
 
 
@@ -375,3 +376,14 @@ def _proj(c: _Ctx, g: _Graph, name: str, prefix: str, x: _T, il: int) -> _T:
     cur = g.mul_mat(name, _w(c, prefix + ".weight", il), x)
     b = _weight(c, prefix + ".bias", il)
     return g.op(name, "ADD", cur, b) if b is not None else cur
+
+
+def kqv_on_host(c: _Ctx, cur: _T) -> _T:
+    """``build_attn_mha`` without flash attention (llama-graph.cpp:2821-2824): with ``-nkvo``
+    (``offload_kqv`` off) the attention's output (the ``ggml_cont_2d`` of the heads) is set to the CPU
+    backend, so the scheduler's GPU expansion stops at it and the scores, softmax and product over
+    the host cache run on the host too (they follow the host cache's writes). Flash attention's
+    output is left to the scheduler."""
+    if c.sp.no_kv_offload:
+        cur.backend = c.host
+    return cur

@@ -18,7 +18,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph, _type
-from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _inp_embd, _proj, _rot, _w, _weight, v_cache_view
+from ggufx.analysis.memory.graph.llm import (
+    _attn_inp,
+    _AttnInp,
+    _Ctx,
+    _inp_embd,
+    _proj,
+    _rot,
+    _w,
+    _weight,
+    kqv_on_host,
+    v_cache_view,
+)
 from ggufx.model import GGUFModel
 
 
@@ -72,9 +83,10 @@ def _qkv(c: _Ctx, g: _Graph, x: _T, il: int, reshape: bool) -> tuple[_T, _T, _T]
         qkv = _proj(c, g, f"wqkv-{il}", p + "attn_qkv", x, il)
         es, row = qkv.nb[0], qkv.nb[1]
         if reshape:
-            q = g.view(qkv, (hd, nh, T), (es * hd, row))
-            k = g.view(qkv, (hd, nkv, T), (es * hd, row))
-            v = g.view(qkv, (hv, nkv, T), (es * hv, row))
+            # ggml_view_3d(cur, head, heads, tokens, nb1 = head * element, nb2 = the row, offset)
+            q = g.view(qkv, (hd, nh, T), (es, es * hd, row))
+            k = g.view(qkv, (hd, nkv, T), (es, es * hd, row))
+            v = g.view(qkv, (hv, nkv, T), (es, es * hv, row))
             return q, k, v
         views = [g.view(qkv, (n, T), (es, row)) for n in (hd * nh, hd * nkv, hv * nkv)]
         q, k, v = (g.new(f"cont-{il}", "CONT", "F32", t.ne[:2], t) for t in views)
@@ -166,7 +178,7 @@ def _attn_kv(c: _Ctx, g: _Graph, q: _T, k: _T, v: _T, il: int, inp: _AttnInp, is
             kq = g.op(f"kq_scaled_2-{il}", "SCALE", kq)
         kq = g.op(f"kq_soft_max-{il}", "SOFT_MAX", kq, inp.mask)
         kqv = g.new(f"kqv-{il}", "MUL_MAT", "F32", (hv, T // ns, nh, ns), vp, kq)
-        cur = g.new(f"kqv_out-{il}", "CONT", "F32", (hv * nh, T), g.permute(kqv, 0, 2, 1, 3))
+        cur = kqv_on_host(c, g.new(f"kqv_out-{il}", "CONT", "F32", (hv * nh, T), g.permute(kqv, 0, 2, 1, 3)))
     return _rot(g, cur, inp.v_rot) if inp.v_rot is not None else cur
 
 

@@ -12,7 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Fusion, _Graph, _type
-from ggufx.analysis.memory.graph.llm import _MOE_REDUCTION_MAX, _Ctx, _inp_embd, _norm, _w, _weight, model_of
+from ggufx.analysis.memory.graph.llm import (
+    _MOE_REDUCTION_MAX,
+    _Ctx,
+    _inp_embd,
+    _norm,
+    _w,
+    _weight,
+    kqv_on_host,
+    model_of,
+)
 from ggufx.model import GGUFModel
 
 SOFTMAX, SIGMOID, SOFTMAX_WEIGHT = 1, 2, 3  # llama_expert_gating_func_type (llama-hparams.h)
@@ -291,6 +300,7 @@ def mla_mha(c: _Ctx, g: _Graph, qcur: _T, k: _T, mask: _T, il: int, rank: int) -
         kqv = g.mul_mat(f"kqv_mla-{il}", wv_b, kqv)
         perm = g.permute(kqv, 0, 2, 1, 3)
         cur = g.new(f"kqv_out-{il}", "CONT", "F32", (perm.ne[0] * perm.ne[1], perm.ne[2] * perm.ne[3]), perm)
+        kqv_on_host(c, cur)
     g.expand(cur)
     return g.mul_mat(f"attn_out-{il}", _w(c, p + "attn_output.weight", il), cur)
 

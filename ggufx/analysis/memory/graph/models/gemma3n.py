@@ -21,7 +21,18 @@ order ggml gives them, and only the expansions gemma3n.cpp and ``build_attn`` ma
 from __future__ import annotations
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _inp_embd, _proj, _rot, _w, _weight, v_cache_view
+from ggufx.analysis.memory.graph.llm import (
+    _attn_inp,
+    _AttnInp,
+    _Ctx,
+    _inp_embd,
+    _proj,
+    _rot,
+    _w,
+    _weight,
+    kqv_on_host,
+    v_cache_view,
+)
 from ggufx.analysis.memory.graph.models._dense import Dense, _attn_kv
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.model import GGUFModel
@@ -122,7 +133,7 @@ def _attn_shared(c: _Ctx, g: _Graph, q: _T, il: int, src_il: int, inp: _AttnInp)
         kq = g.new(f"kq-{il}", "MUL_MAT", "F32", (n_kv, T // ns, nh, ns), kp, qv)
         kq = g.op(f"kq_soft_max-{il}", "SOFT_MAX", kq, inp.mask)
         kqv = g.new(f"kqv-{il}", "MUL_MAT", "F32", (hv, T // ns, nh, ns), vp, kq)
-        cur = g.new(f"kqv_out-{il}", "CONT", "F32", (hv * nh, T), g.permute(kqv, 0, 2, 1, 3))
+        cur = kqv_on_host(c, g.new(f"kqv_out-{il}", "CONT", "F32", (hv * nh, T), g.permute(kqv, 0, 2, 1, 3)))
     return _rot(g, cur, inp.v_rot) if inp.v_rot is not None else cur
 
 

@@ -35,6 +35,7 @@ from ggufx.analysis.memory.graph.llm import (
     _rot,
     _w,
     _weight,
+    kqv_on_host,
     model_of,
 )
 from ggufx.analysis.memory.graph.models.qwen3next import n_expert_used
@@ -141,7 +142,7 @@ def _mha(c: _Ctx, g: _Graph, q: _T, il: int, src_il: int, inp: _AttnInp) -> _T:
         kq = g.new(f"kq-{il}", "MUL_MAT", "F32", (n_kv, T // ns, nh, ns), kp, qv)
         kq = g.op(f"kq_soft_max-{il}", "SOFT_MAX", kq, inp.mask)
         kqv = g.new(f"kqv-{il}", "MUL_MAT", "F32", (hv, T // ns, nh, ns), vp, kq)
-        cur = g.new(f"kqv_out-{il}", "CONT", "F32", (hv * nh, T), g.permute(kqv, 0, 2, 1, 3))
+        cur = kqv_on_host(c, g.new(f"kqv_out-{il}", "CONT", "F32", (hv * nh, T), g.permute(kqv, 0, 2, 1, 3)))
     return cur
 
 
@@ -242,8 +243,8 @@ def _moe(c: _Ctx, g: _Graph, cur: _T, logits: _T, il: int) -> _T:
     if gate_up_w is not None:
         gate_up = g.new(f"ffn_moe_gate_up-{il}", "MUL_MAT_ID", "F32", (gate_up_w.ne[1], n_used, T), gate_up_w, x, topk)
         n_ff = gate_up.ne[0] // 2
-        gate = g.view(gate_up, (n_ff, n_used, T), gate_up.nb[1:3])
-        up = g.view(gate_up, (n_ff, n_used, T), gate_up.nb[1:3])
+        gate = g.view(gate_up, (n_ff, n_used, T), gate_up.nb[:3])  # ggml_view_3d: nb1, nb2 of gate_up
+        up = g.view(gate_up, (n_ff, n_used, T), gate_up.nb[:3])  # ggml_view_3d: nb1, nb2 of gate_up
     else:
         up_w, gate_w = _w(c, p + "ffn_up_exps.weight", il), _w(c, p + "ffn_gate_exps.weight", il)
         up = g.new(f"ffn_moe_up-{il}", "MUL_MAT_ID", "F32", (up_w.ne[1], n_used, T), up_w, x, topk)

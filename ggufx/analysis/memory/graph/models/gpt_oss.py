@@ -137,7 +137,7 @@ def _moe(c: _Ctx, g: _Graph, cur: _T, il: int, n_used: int) -> _T:
     probs = g.op(f"ffn_moe_logits_biased-{il}", "ADD", logits, _w(c, p + "ffn_gate_inp.bias", il))
     n_exp = probs.ne[0]
     argsort = g.new(f"ffn_moe_argsort-{il}", "ARGSORT", "I32", (n_exp, T), probs)
-    topk = g.view(argsort, (n_used, T), argsort.nb[1:])
+    topk = g.view(argsort, (n_used, T), argsort.nb)  # ggml_argsort_top_k
     probs3 = g.reshape(probs, 1, n_exp, T)
     weights = g.new(f"ffn_moe_weights-{il}", "GET_ROWS", "F32", (1, n_used, T), probs3, topk)
     w2 = g.op(f"ffn_moe_weights_softmax-{il}", "SOFT_MAX", g.reshape(weights, n_used, T))

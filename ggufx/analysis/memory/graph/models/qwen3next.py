@@ -108,7 +108,7 @@ def _gated_delta_net(c: _Ctx, g: _Graph, x: _T, il: int, s_copy: _T) -> _T:
         per = value_dim // d.n_k_heads
         width = 2 * d.head_k + 2 * per
         mixed = g.reshape(mixed, width, d.n_k_heads, nst, ns)
-        nb = mixed.nb[1:]
+        nb = mixed.nb  # ggml_view_4d keeps nb1..nb3 (nb0: the element)
         parts = [
             g.view(mixed, (size, d.n_k_heads, nst, ns), nb) for size in (d.head_k, d.head_k, per, per)
         ]  # the offsets do not change what is allocated
@@ -122,8 +122,8 @@ def _gated_delta_net(c: _Ctx, g: _Graph, x: _T, il: int, s_copy: _T) -> _T:
     ba = g.mul_mat(f"mixed_ba-{il}", _w(c, p + "ssm_ba.weight", il), x)
     per_k = H // d.n_k_heads
     ba = g.reshape(ba, 2 * per_k, d.n_k_heads, nst, ns)
-    b = g.view(ba, (per_k, d.n_k_heads, nst, ns), ba.nb[1:])
-    a = g.view(ba, (per_k, d.n_k_heads, nst, ns), ba.nb[1:])
+    b = g.view(ba, (per_k, d.n_k_heads, nst, ns), ba.nb)
+    a = g.view(ba, (per_k, d.n_k_heads, nst, ns), ba.nb)
     b = g.new(f"b-{il}", "CONT", "F32", b.ne, b)
     beta = g.op(f"beta-{il}", "UNARY", b)
     alpha = g.new(f"alpha-{il}", "CONT", "F32", (H, nst, ns), a)
@@ -201,8 +201,8 @@ def _gated_attn(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp) -> _T:
     assert pos is not None
     qg, k, v = _qkv(c, g, x, il)
     qg = g.reshape(qg, 2 * hd, nh, T, 1)
-    q = g.view(qg, (hd, nh, T, 1), qg.nb[1:])
-    gate = g.view(qg, (hd, nh, T, 1), qg.nb[1:])
+    q = g.view(qg, (hd, nh, T, 1), qg.nb)
+    gate = g.view(qg, (hd, nh, T, 1), qg.nb)
     k = g.reshape(k, hd, nkv, T)
     v = g.reshape(v, hp.head_v, nkv, T)
     q = _norm(c, g, q, p + "attn_q_norm.weight", il)
