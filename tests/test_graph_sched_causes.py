@@ -163,3 +163,28 @@ def test_every_view_steps_one_element_at_a_time(hole_models: dict[str, Path]) ->
             built += 1
     assert not wrong
     assert built >= 2 * 50
+
+
+def test_cuda_flash_attention_support_follows_ggml_cuda() -> None:
+    """``ggml_cuda_flash_attn_ext_supported`` (fattn.cu:541-632): MiniCPM3's 96/64 heads and MiMo-V2's 192/128
+    at a GQA ratio that is not a multiple of 8 have no kernel (the scheduler then runs the node on the CPU
+    and ``-fa auto`` turns flash attention off: g-minicpm3-*, g-mimo2-* recorded so); equal heads, MLA's
+    576/512 with GQA, and 192/128 at a GQA ratio of 8 have one."""
+    from ggufx.analysis.memory.graph.ggml import _Graph
+    from ggufx.analysis.memory.graph.sched import cuda_flash_attn_supported
+
+    def fa(dk: int, dv: int, heads: int, kv_heads: int, kv_type: str = "F16") -> bool:
+        g = _Graph()
+        q = g.new("q", "PERMUTE", "F32", (dk, 512, heads, 1))
+        k = g.leaf("k", kv_type, (dk, 4096, kv_heads, 1))
+        v = g.leaf("v", kv_type, (dv, 4096, kv_heads, 1))
+        mask = g.input("mask", "F16", 4096, 512, 1, 1)
+        return cuda_flash_attn_supported(
+            g.new("node_fa-0", "FLASH_ATTN_EXT", "F32", (dv, heads, 512, 1), q, k, v, mask)
+        )
+
+    assert fa(128, 128, 32, 8) and fa(64, 64, 8, 8) and fa(256, 256, 8, 4, "Q8_0")
+    assert not fa(96, 64, 8, 8)  # MiniCPM3
+    assert not fa(192, 128, 8, 2) and fa(192, 128, 16, 2)  # GQA 4: none; GQA 8: the MMA kernel
+    assert fa(576, 512, 16, 1) and not fa(576, 512, 1, 1)  # MLA needs the GQA path
+    assert not fa(128, 128, 8, 8, "IQ4_NL") and not fa(48, 48, 8, 8)

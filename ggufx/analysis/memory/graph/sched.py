@@ -15,6 +15,43 @@ _VIEW_OPS = frozenset({"VIEW", "RESHAPE", "PERMUTE", "TRANSPOSE"})  # ggml_is_vi
 _HOST_BUFTS = ("CPU", "CPU_Mapped", "CPU_REPACK")
 
 
+FATTN_KQ_STRIDE = 256  # ggml-cuda/fattn-common.cuh
+_FATTN_KV_TYPES = frozenset({"F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"})  # fattn.cu:525-538
+
+
+def cuda_flash_attn_supported(t: _T) -> bool:
+    """``ggml_cuda_flash_attn_ext_supported`` (fattn.cu:541-632, 775): a kernel exists for these head
+    sizes, K/V types and mask. Equal K and V heads of 40 to 256; K 192 with V 128, K 320 with V 256, 512
+    and MLA's 576 with V 512 only where the GQA optimization applies (and the GQA ratio divides as the
+    kernels need). Where it returns False the scheduler runs the node on the CPU, and ``-fa auto``'s probe
+    then turns flash attention off (MiniCPM3's 96/64 heads, MiMo-V2's 192/128 at an odd GQA ratio)."""
+    q, k, v = t.src[0], t.src[1], t.src[2]
+    mask = t.src[3] if len(t.src) > 3 else None
+    gqa_ratio = q.ne[2] // k.ne[2] if k.ne[2] else 0
+    gqa_opt = gqa_ratio >= 2 and mask is not None and k.ne[1] % FATTN_KQ_STRIDE == 0
+    for x in (q, k, v, mask):  # ALiBi (max_bias > 0) is not modelled: its models' heads need no GQA path
+        if x is not None and not _quantized(x.type) and any(nb % 16 for nb in x.nb[1:]):
+            gqa_opt = False
+    dk, dv = k.ne[0], v.ne[0]
+    if dk in (40, 64, 72, 80, 96, 112, 128, 256):
+        ok = dv == dk
+    elif dk == 192:
+        ok = dv == 128 and gqa_opt and gqa_ratio % 8 == 0
+    elif dk == 320:
+        ok = dv == 256 and gqa_opt and gqa_ratio % 32 == 0
+    elif dk == 512:
+        ok = dv == 512 and gqa_opt
+    elif dk == 576:
+        ok = dv == 512 and gqa_opt
+    else:
+        ok = False
+    return ok and k.type in _FATTN_KV_TYPES and v.type in _FATTN_KV_TYPES and (mask is None or mask.ne[2] == 1)
+
+
+def _quantized(type_: str) -> bool:
+    return type_.startswith(("Q", "IQ", "TQ", "MXFP"))
+
+
 class _Sched:
     """The backends (GPUs in order, the CPU last) and the split graph they run."""
 
@@ -74,6 +111,9 @@ class _Sched:
             buft = self.bufts[bid]
         return self.supports_buft(b, buft)
 
+    def supports_op(self, t: _T, b: int) -> bool:  # ggml_backend_supports_op (the ops a GPU lacks)
+        return b == self.cpu or t.op != "FLASH_ATTN_EXT" or cuda_flash_attn_supported(t)
+
     def assign(self, g: _Graph) -> None:
         for leaf in g.leafs:
             if leaf.backend == -1:
@@ -87,12 +127,14 @@ class _Sched:
             for node in seq:
                 if node.backend != -1:
                     cur = -1 if gpu_only and node.backend == self.cpu else node.backend
-                elif cur != -1:
+                elif cur != -1 and self.supports_op(node, cur):  # ggml_backend_sched_set_if_supported
                     node.backend = cur
         for node in ops:  # pass 3: the backend with the most supported inputs (distinct bufts: no upgrades)
             if node.backend == -1:
                 best = -1
                 for b in range(len(self.names)):
+                    if not self.supports_op(node, b):
+                        continue
                     n = sum(
                         1
                         for s in node.src
