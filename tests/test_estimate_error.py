@@ -52,15 +52,17 @@ def test_a_file_its_builder_cannot_build_falls_back_naming_what_is_missing(tmp_p
 
 
 def test_cli_labels_the_estimate(cli, tmp_path: Path, smollm2_path: Path) -> None:  # type: ignore[no-untyped-def]
-    _write(tmp_path, smollm2_path, "rwkv7", "rwkv7", "rwkv7")
-    path = str(tmp_path / "rwkv7.gguf")
+    """EmbeddingGemma (``gemma-embedding``) is registered for its sliding-window rule but has no builder."""
+    _write(tmp_path, smollm2_path, "gemma-embedding", "gemma-embedding", "gemma2")
+    path = str(tmp_path / "gemma-embedding.gguf")
+    note = "generic decoder estimate: no graph builder for gemma-embedding"
     d = json.loads(cli("mem", path, "-c", "8192", "--json").output)
-    assert d["compute_note"] == "generic decoder estimate: no graph builder for rwkv7"
+    assert d["compute_note"] == note
     assert d["compute_estimate"] > 0
     text = cli("mem", path, "-c", "8192")
-    assert text.exit_code == 0 and "generic decoder estimate: no graph builder for rwkv7" in text.output
+    assert text.exit_code == 0 and note in text.output
     fit = json.loads(cli("mem", path, "--fit", "2GiB", "--json").output)
-    assert fit["llama_cpp"]["compute_note"] == "generic decoder estimate: no graph builder for rwkv7"
+    assert fit["llama_cpp"]["compute_note"] == note
 
 
 @pytest.fixture(scope="module")
