@@ -130,7 +130,24 @@ def replay_run(rid: str, models: dict[str, Path]):
 # factors, the fit traces' reading) are resolved, and so are those of the second recordings (2026-12-06:
 # MLA's V sharing K's f16 conversion, a fused QKV's view strides, -nkvo's attention pinned to the host
 # without flash attention: tests/test_graph_sched_causes.py).
-KNOWN_DEVIATIONS: dict[tuple[str, str], str] = {}
+# The third recordings (2026-12-06) found these, not yet explained:
+_COHERE2_Q8 = (
+    "Cohere 2 7B (published shape: sliding-window layers of 4096 and every fourth layer full) at 32K with q8_0 "
+    "caches on CUDA: ggufx's CUDA0 compute buffer is 568.68 MiB, llama.cpp's 576.68 (8 MiB = 4096 cells x 1024 "
+    "x 2 bytes short); its f16 runs at 4K-131K, -fa off, -np 3 and -nkvo are exact"
+)
+_MISTRAL4_INPUT = (
+    "Mistral 4 (deepseek2's loader and graph, MLA expanded over an ordinary cache) on CUDA: ggufx's CUDA0 "
+    "compute buffer is about 2 KB above llama.cpp's at the 4 decimals of ~llama_context (136.0117 against "
+    "136.0098 MiB); the 2-decimal buffers and every CPU run are exact; not found"
+)
+KNOWN_DEVIATIONS: dict[tuple[str, str], str] = {
+    ("compute", "coh2-ngl99-c32768-q8_0"): _COHERE2_Q8,
+    **{
+        ("compute", f"g-mistral4-{run}"): _MISTRAL4_INPUT
+        for run in ("ncpumoe1-c32768", "ngl99-c131072-q8_0", "ngl99-c32768", "ngl99-c32768-faoff", "ngl99-c32768-np3")
+    },
+}
 
 
 def with_known(test: str, rids: list[str]) -> list[object]:
