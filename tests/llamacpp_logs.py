@@ -132,9 +132,10 @@ def replay_run(rid: str, models: dict[str, Path]):
 # without flash attention: tests/test_graph_sched_causes.py).
 # The third recordings (2026-12-06) found these, not yet explained:
 _COHERE2_Q8 = (
-    "Cohere 2 7B (published shape: sliding-window layers of 4096 and every fourth layer full) at 32K with q8_0 "
-    "caches on CUDA: ggufx's CUDA0 compute buffer is 568.68 MiB, llama.cpp's 576.68 (8 MiB = 4096 cells x 1024 "
-    "x 2 bytes short); its f16 runs at 4K-131K, -fa off, -np 3 and -nkvo are exact"
+    "Cohere 2 7B (published shape: sliding-window layers of 4096, every fourth layer full) at 32K with q8_0 "
+    "caches on CUDA: ggufx's CUDA0 compute buffer is 576.68 MiB, llama.cpp's 568.68. The peak is the 500 MiB "
+    "logits; ggufx places them at 76.68 MiB, llama.cpp 8 MiB lower (one 512 x 4096 F32 tensor): the layout "
+    "left by the flash-attention f16 conversions differs. Its f16 runs (4K-131K, -fa off, -np 3, -nkvo) are exact"
 )
 _MISTRAL4_INPUT = (
     "Mistral 4 (deepseek2's loader and graph, MLA expanded over an ordinary cache) on CUDA: ggufx's CUDA0 "
