@@ -38,6 +38,16 @@ def cpu_args(rid: str) -> tuple[str, str]:
     raise KeyError(rid)
 
 
+def cpu_spec(name: str) -> dict:
+    """The models.py entry of the header-only model ``name`` (its architecture, keys and vocabulary)."""
+    sys.path.insert(0, str(CPU_LOGS))
+    try:
+        from models import MODELS
+    finally:
+        sys.path.remove(str(CPU_LOGS))
+    return MODELS[name]
+
+
 def cpu_model(name: str, out: Path, smollm2: Path) -> Path:
     """The header-only model ``name`` of models.py / tensors.json (what record_cpu.py loaded)."""
     sys.path.insert(0, str(CPU_LOGS))

@@ -63,6 +63,7 @@ from .graph_arch_logs import (
     cpu_runs,
     replay_cpu,
 )
+from .graph_arch_logs import cpu_spec as _spec
 
 _LACKS = "the graph needs tensor {}, which the file lacks"
 
@@ -154,15 +155,6 @@ NODE_RUNS += [(m, f"{m}-{run}") for m in sorted(FA_OFF) for run in ("c4096-faoff
 WIDE = ("afmoe-wide", "cohere2moe-wide", "smallthinker-wide", "arctic-wide", "grovemoe-wide", "grok-1-wide")
 NODE_RUNS += [(m, f"{m}-c4096-faoff-np3") for m in WIDE]
 CPU_RUNS = [(m, rid) for m in MODELS + WIDE for rid in cpu_runs(m)]
-
-
-def _spec(name: str) -> dict:
-    sys.path.insert(0, str(CPU_LOGS))
-    try:
-        from models import MODELS as SPECS
-    finally:
-        sys.path.remove(str(CPU_LOGS))
-    return SPECS[name]
 
 
 @pytest.fixture(scope="module")

@@ -54,6 +54,7 @@ from ggufx.analysis.memory.placement import Device
 
 from . import graph_arch_logs
 from .graph_arch_logs import CPU_LOGS, assert_compute_equal, assert_nodes_equal, cpu_model, cpu_runs, replay_cpu
+from .graph_arch_logs import cpu_spec as _spec
 
 # the models and the runs whose graph llama.cpp's scheduler printed (nodes/<id>.tsv: the last prompt graph
 # reserved, which for kimi-linear is the one of a single sequence, llama-context.cpp:715-728)
@@ -154,15 +155,6 @@ REFUSED = (
 )
 CPU_RUNS = [(m, rid) for m in MODELS for rid in cpu_runs(m)]
 NODE_RUNS = [(m, rid) for m, rids in MODELS.items() for rid in rids]
-
-
-def _spec(name: str) -> dict:
-    sys.path.insert(0, str(CPU_LOGS))
-    try:
-        from models import MODELS as SPECS
-    finally:
-        sys.path.remove(str(CPU_LOGS))
-    return SPECS[name]
 
 
 @pytest.fixture(scope="module")
