@@ -137,17 +137,8 @@ _COHERE2_Q8 = (
     "logits; ggufx places them at 76.68 MiB, llama.cpp 8 MiB lower (one 512 x 4096 F32 tensor): the layout "
     "left by the flash-attention f16 conversions differs. Its f16 runs (4K-131K, -fa off, -np 3, -nkvo) are exact"
 )
-_MISTRAL4_INPUT = (
-    "Mistral 4 (deepseek2's loader and graph, MLA expanded over an ordinary cache) on CUDA: ggufx's CUDA0 "
-    "compute buffer is about 2 KB above llama.cpp's at the 4 decimals of ~llama_context (136.0117 against "
-    "136.0098 MiB); the 2-decimal buffers and every CPU run are exact; not found"
-)
 KNOWN_DEVIATIONS: dict[tuple[str, str], str] = {
     ("compute", "coh2-ngl99-c32768-q8_0"): _COHERE2_Q8,
-    **{
-        ("compute", f"g-mistral4-{run}"): _MISTRAL4_INPUT
-        for run in ("ncpumoe1-c32768", "ngl99-c131072-q8_0", "ngl99-c32768", "ngl99-c32768-faoff", "ngl99-c32768-np3")
-    },
 }
 
 

@@ -36,6 +36,7 @@ class _T:
     backend: int = -1
     pos: int = GLOBAL  # the position in the built layers of the layer that made it (GLOBAL: none)
     seq: object = 0  # its place among that layer's tensors (what the replay's periodicity check keys on)
+    src1_f32: bool = False  # ``ggml_prec_set_src(t, GGML_PREC_F32, 1)``: op_params[3] (ggml.c ggml_prec_set_src)
 
     @property
     def nbytes(self) -> int:

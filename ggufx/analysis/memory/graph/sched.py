@@ -95,6 +95,9 @@ class _Sched:
         for s in t.src:
             if s.weight:
                 sb = self.from_buffer(s)
+                if sb != -1 and not self.supports_op(t, sb):
+                    # no backend runs the op next to its weight: the weight will be copied (:1042-1047)
+                    return -1
                 if self.op_offload and sb == self.cpu and self.cpu > 0 and self.offload(t):
                     return 0
                 return sb
@@ -112,7 +115,11 @@ class _Sched:
         return self.supports_buft(b, buft)
 
     def supports_op(self, t: _T, b: int) -> bool:  # ggml_backend_supports_op (the ops a GPU lacks)
-        return b == self.cpu or t.op != "FLASH_ATTN_EXT" or cuda_flash_attn_supported(t)
+        if b == self.cpu:
+            return True
+        if t.op == "MUL_MAT_ID" and t.src1_f32:  # ggml-cuda.cu:5329 (supports_op): src1 kept in F32
+            return False
+        return t.op != "FLASH_ATTN_EXT" or cuda_flash_attn_supported(t)
 
     def assign(self, g: _Graph) -> None:
         for leaf in g.leafs:
@@ -152,9 +159,17 @@ class _Sched:
             if node.backend == -1:
                 node.backend = 0
 
-    def keep_alive(self, g: _Graph, splits: list[tuple[int, list[_T], list[_T]]]) -> dict[_T, list[_T]]:
+    def keep_alive(
+        self,
+        g: _Graph,
+        splits: list[tuple[int, list[_T], list[_T]]],
+        copies: dict[tuple[_T, int], list[_T]] | None = None,
+    ) -> dict[_T, list[_T]]:
         """``ggml_backend_cuda_graph_optimize``'s allocation dependencies (ggml-cuda.cu:4604-4660):
-        for each fusable group inside one CUDA split, the tensors kept alive until a node."""
+        for each fusable group inside one CUDA split, the tensors kept alive until a node. The split's
+        graph reads its inputs' copies (``node->src[j]`` is replaced before graph_optimize runs,
+        ggml-backend.cpp:1535, 1618): a kept tensor from another backend is kept as its copy there."""
+        copies = copies or {}
         where = {n: (i, j) for i, (_, _, members) in enumerate(splits) for j, n in enumerate(members)}
         deps: dict[_T, list[_T]] = {}
         for f in g.fused:
@@ -167,7 +182,7 @@ class _Sched:
                     continue
                 until, keep = members[last[1] + 1], [t for m in f.members for t in (m, *m.src)]
             else:  # the weighted sum of the experts: until its last add
-                until, keep = f.members[-1], f.keep
+                until, keep = f.members[-1], [copies[(t, b)][0] if (t, b) in copies else t for t in f.keep]
             kept = deps.setdefault(until, [])
             kept += [t for t in dict.fromkeys(keep) if t not in kept]
         return deps
@@ -244,7 +259,7 @@ class _Sched:
             split[2].append(node)
         if g.rotations:
             self._rotate(g, splits)
-        deps = self.keep_alive(g, splits)
+        deps = self.keep_alive(g, splits, copies)
         nodes: list[_T] = []
         node_at: list[int] = []
         for (b, inputs, members), sat in zip(splits, split_at, strict=True):

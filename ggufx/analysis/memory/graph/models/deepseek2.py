@@ -188,6 +188,9 @@ def moe_ffn(c: _Ctx, g: _Graph, cur: _T, il: int, mp: MoeParams, gating: int) ->
     gate = g.new(f"ffn_moe_gate-{il}", "MUL_MAT_ID", "F32", (gate_w.ne[1], n_used, T), gate_w, x, topk)
     act = g.new(f"ffn_moe_swiglu-{il}", "GLU", "F32", gate.ne, gate, up)
     experts = g.new(f"ffn_moe_down-{il}", "MUL_MAT_ID", "F32", (down_w.ne[1], n_used, T), down_w, act, topk)
+    # Mistral 4: src1 can exceed F16 range (llama-graph.cpp build_moe_ffn: ggml_prec_set_src(experts,
+    # GGML_PREC_F32, 1)), which CUDA does not run: the product goes to the CPU, its weight copied there
+    experts.src1_f32 = c.hp.arch == "mistral4"
     weighted = g.op(f"ffn_moe_weighted-{il}", "MUL", experts, weights)
     g.expand(weighted)
     views = [g.view(weighted, (E, T), (weighted.nb[0], weighted.nb[2])) for _ in range(n_used)]
