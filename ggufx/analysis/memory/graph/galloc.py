@@ -37,43 +37,50 @@ class DynAllocator:
 
     def alloc(self, size: int) -> int:
         """Best fit among the free blocks but the last, ties to the later block; else the tail."""
-        size = self.align(size)
-        best, best_size = -1, 1 << 63
-        for i, (_, bsize) in enumerate(self.blocks[:-1]):
+        a = self.alignment
+        size = -(-size // a) * a
+        blocks = self.blocks
+        last = len(blocks) - 1
+        best, best_size = last, 1 << 63
+        for i in range(last):
+            bsize = blocks[i][1]
             if size <= bsize <= best_size:
                 best, best_size = i, bsize
-        if best == -1:
-            best = len(self.blocks) - 1
-        block = self.blocks[best]
+        block = blocks[best]
         offset = block[0]
         block[0] += size
         block[1] -= size
         if block[1] == 0:
-            del self.blocks[best]
-        self.max_size = max(self.max_size, offset + size)
+            del blocks[best]
+        if offset + size > self.max_size:
+            self.max_size = offset + size
         return offset
 
     def free(self, offset: int, size: int) -> None:
         """Merge with an adjacent free block, else insert in offset order."""
-        size = self.align(size)
-        for i, block in enumerate(self.blocks):
-            if block[0] + block[1] == offset:
+        a = self.alignment
+        size = -(-size // a) * a
+        blocks = self.blocks
+        end = offset + size
+        for i, block in enumerate(blocks):
+            b0 = block[0]
+            if b0 + block[1] == offset:
                 block[1] += size
-                if i + 1 < len(self.blocks) and block[0] + block[1] == self.blocks[i + 1][0]:
-                    block[1] += self.blocks[i + 1][1]
-                    del self.blocks[i + 1]
+                if i + 1 < len(blocks) and b0 + block[1] == blocks[i + 1][0]:
+                    block[1] += blocks[i + 1][1]
+                    del blocks[i + 1]
                 return
-            if offset + size == block[0]:
+            if end == b0:
                 block[0] = offset
                 block[1] += size
-                if i > 0 and self.blocks[i - 1][0] + self.blocks[i - 1][1] == block[0]:
-                    self.blocks[i - 1][1] += block[1]
-                    del self.blocks[i]
+                if i > 0 and blocks[i - 1][0] + blocks[i - 1][1] == offset:
+                    blocks[i - 1][1] += block[1]
+                    del blocks[i]
                 return
         pos = 0
-        while pos < len(self.blocks) and self.blocks[pos][0] < offset:
+        while pos < len(blocks) and blocks[pos][0] < offset:
             pos += 1
-        self.blocks.insert(pos, [offset, size])
+        blocks.insert(pos, [offset, size])
 
 
 # -- ggml_gallocr (ggml-alloc.c:589-822) ---------------------------------------------------------------
@@ -135,8 +142,8 @@ def _reserve(
         return n
 
     def allocate(t: _T, bid: int) -> None:
-        if t.buft is not None or t in own or t.view_src is not None:
-            return
+        # the callers skip what ggml_gallocr_allocate_node returns early on (a tensor with a buffer, a
+        # view, one already allocated): t.buft is None, t.view_src is None, t not in own
         own.add(t)
         if t.op in _INPLACE:
             for p in t.src:
@@ -162,23 +169,19 @@ def _reserve(
         buft = bufts[bid]
         where[t] = (buft, allocs[buft].alloc(size_of(buft, t)))
 
-    def free(t: _T) -> None:
-        if t.flags & OUTPUT:
-            return
-        buft, off = where[t]
-        allocs[buft].free(off, size_of(buft, t))
-        own.discard(t)
-
     for leaf in leafs:
-        allocate(leaf, leaf.backend)
+        if leaf.buft is None and leaf.view_src is None and leaf not in own:
+            allocate(leaf, leaf.backend)
+    children_get, views_get = children.get, views.get
     for node in nodes:
-        if node.view_src is not None and node.op != "NONE":
-            views[node.view_src] = views.get(node.view_src, 0) + 1
-        if node.flags & INPUT:
+        vs = node.view_src
+        if vs is not None and node.op != "NONE":
+            views[vs] = views_get(vs, 0) + 1
+        if node.flags & INPUT and node.buft is None and vs is None and node not in own:
             allocate(node, node.backend)
         for s in node.src:
-            children[s] = children.get(s, 0) + 1
-            if s.flags & INPUT:
+            children[s] = children_get(s, 0) + 1
+            if s.flags & INPUT and s.buft is None and s.view_src is None and s not in own:
                 allocate(s, node.backend)
     states: dict[int, object] = {}
     todo = sorted(marks, reverse=True)
@@ -192,22 +195,33 @@ def _reserve(
         pre = frozenset(own)  # allocated before the first node: leafs and inputs
         states[PREALLOCATED] = frozenset(t.pos for t in pre)
     for i, node in enumerate(nodes):
-        while todo and node_at is not None and node_at[i] >= todo[-1]:
-            mark = todo.pop()
-            states[mark] = _state(mark, allocs, tensors, where, own, children, views, pre)
-        for p in node.src:
-            allocate(p, node.backend)
-        allocate(node, node.backend)
-        for p in node.src:
-            children[p] -= 1
-            if children[p] == 0 and views.get(p, 0) == 0:
-                if p.view_src is not None:
-                    v = p.view_src
-                    views[v] -= 1
-                    if views[v] == 0 and children.get(v, 0) == 0 and v in own:
-                        free(v)
-                elif p in own:
-                    free(p)
+        if todo and node_at is not None:
+            while todo and node_at[i] >= todo[-1]:
+                mark = todo.pop()
+                states[mark] = _state(mark, allocs, tensors, where, own, children, views, pre)
+        backend = node.backend
+        src = node.src
+        for p in src:
+            if p.buft is None and p.view_src is None and p not in own:
+                allocate(p, backend)
+        if node.buft is None and node.view_src is None and node not in own:
+            allocate(node, backend)
+        for p in src:
+            n = children[p] - 1
+            children[p] = n
+            if n == 0 and views_get(p, 0) == 0:
+                v = p.view_src
+                if v is not None:
+                    nv = views[v] - 1
+                    views[v] = nv
+                    if nv == 0 and children_get(v, 0) == 0 and v in own and not v.flags & OUTPUT:
+                        buft, off = where[v]
+                        allocs[buft].free(off, size_of(buft, v))
+                        own.discard(v)
+                elif p in own and not p.flags & OUTPUT:
+                    buft, off = where[p]
+                    allocs[buft].free(off, size_of(buft, p))
+                    own.discard(p)
     return {b: a.max_size for b, a in allocs.items()}, states
 
 

@@ -62,7 +62,16 @@ def _strides(ne: tuple[int, int, int, int], type_: str) -> tuple[int, int, int, 
 
 
 def _ne(*ne: int) -> tuple[int, int, int, int]:
-    n = (tuple(ne) + (1, 1, 1, 1))[:4]
+    k = len(ne)
+    if k == 4:
+        return ne  # type: ignore[return-value]
+    if k == 3:
+        return ne[0], ne[1], ne[2], 1
+    if k == 2:
+        return ne[0], ne[1], 1, 1
+    if k == 1:
+        return ne[0], 1, 1, 1
+    n = (ne + (1, 1, 1, 1))[:4]
     return n[0], n[1], n[2], n[3]
 
 
@@ -102,7 +111,10 @@ class _Graph:
 
     def new(self, name: str, op: str, type_: str, ne: tuple[int, ...], *src: _T) -> _T:
         n = _ne(*ne)
-        return self._tag(_T(name, op, type_, n, _strides(n, type_), list(src)))
+        t = _T(name, op, type_, n, _strides(n, type_), list(src))
+        self._seq = seq = self._seq + 1
+        t.pos, t.seq = self.pos, seq
+        return t
 
     def leaf(self, name: str, type_: str, ne: tuple[int, ...], flags: int = 0, buft: str | None = None) -> _T:
         t = self.new(name, "NONE", type_, ne)
@@ -116,12 +128,17 @@ class _Graph:
         n = _ne(*ne)
         if nb is None:
             strides = _strides(n, a.type)
+        elif len(nb) == 4:
+            strides = (nb[0], nb[1], nb[2], nb[3])
         else:
             full = list(nb) + [0] * (4 - len(nb))
             for i in range(len(nb), 4):
                 full[i] = full[i - 1] * n[i - 1]
             strides = (full[0], full[1], full[2], full[3])
-        return self._tag(_T(a.name, op, a.type, n, strides, [a], view_src=a.view_src or a))
+        t = _T(a.name, op, a.type, n, strides, [a], a.view_src or a)
+        self._seq = seq = self._seq + 1
+        t.pos, t.seq = self.pos, seq
+        return t
 
     def reshape(self, a: _T, *ne: int) -> _T:
         return self.view(a, ne, None, "RESHAPE")
@@ -143,19 +160,24 @@ class _Graph:
     def expand(self, t: _T) -> None:
         """``ggml_visit_parents``: the sources depth first, then the tensor (a node, or a leaf when it
         has no op)."""
-        seen, nodes, leafs = self._seen, self.nodes, self.leafs
+        seen = self._seen
+        if t in seen:
+            return
+        seen.add(t)
+        nodes, leafs = self.nodes, self.leafs
         stack: list[tuple[_T, int]] = [(t, 0)]
-        pop, push = stack.pop, stack.append
         while stack:
-            node, i = pop()
-            if i == 0:
-                if node in seen:
-                    continue
-                seen.add(node)
+            node, i = stack[-1]
             src = node.src
-            if i < len(src):
-                push((node, i + 1))
-                if src[i] not in seen:
-                    push((src[i], 0))
-                continue
-            (leafs if node.op == "NONE" else nodes).append(node)
+            n = len(src)
+            while i < n:
+                s = src[i]
+                i += 1
+                if s not in seen:  # visited next: marked now, as ggml marks it on entry
+                    seen.add(s)
+                    stack[-1] = (node, i)
+                    stack.append((s, 0))
+                    break
+            else:
+                stack.pop()
+                (leafs if node.op == "NONE" else nodes).append(node)
