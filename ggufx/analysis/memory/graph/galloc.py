@@ -5,8 +5,10 @@ graph in :mod:`ggufx.analysis.memory.graph.graphsim`, a projector's in :mod:`ggu
 from __future__ import annotations
 
 import math
+from collections import Counter
+from itertools import chain
 
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, INPUT, OUTPUT, _type
+from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, INPUT, OUTPUT, _nbytes, _type
 
 __all__ = ["CUDA_ALIGN", "HOST_ALIGN", "MATRIX_ROW_PADDING", "DynAllocator"]
 
@@ -86,11 +88,14 @@ class DynAllocator:
 # -- ggml_gallocr (ggml-alloc.c:589-822) ---------------------------------------------------------------
 
 
+_HOST_BUFTS = frozenset({"CPU", "CPU_Mapped", "CPU_REPACK", "CUDA_Host"})  # no padding: the answer's first part
+
+
 def _alloc_size(buft: str, t: _T) -> int:
     """``ggml_backend_buft_get_alloc_size``: CUDA adds the flash-attention f16 conversion of a
     quantized K/V (fattn.cu:722, fattn-common.cuh:53) and pads quantized rows (ggml-cuda.cu:903)."""
-    size = t.nbytes
-    if not buft.startswith("CUDA") or buft.endswith("_Host"):
+    size = _nbytes(t.type, t.ne, t.nb)
+    if buft in _HOST_BUFTS or not buft.startswith("CUDA") or buft.endswith("_Host"):
         return size
     if t.op == "FLASH_ATTN_EXT":
         q, k, v = t.src[0], t.src[1], t.src[2]
@@ -167,11 +172,17 @@ def _reserve(
                     a.free(off + ns, ps - ns)
                 return
         buft = bufts[bid]
-        where[t] = (buft, allocs[buft].alloc(size_of(buft, t)))
+        n = sizes.get(t)
+        if n is None:
+            n = sizes[t] = _alloc_size(buft, t)
+        where[t] = (buft, allocs[buft].alloc(n))
 
     for leaf in leafs:
         if leaf.buft is None and leaf.view_src is None and leaf not in own:
             allocate(leaf, leaf.backend)
+    # the consumers of each tensor (counted up front: the inputs allocated below, ops without an
+    # in-place variant, never read them)
+    children.update(Counter(chain.from_iterable([node.src for node in nodes])))
     children_get, views_get = children.get, views.get
     for node in nodes:
         vs = node.view_src
@@ -180,7 +191,6 @@ def _reserve(
         if node.flags & INPUT and node.buft is None and vs is None and node not in own:
             allocate(node, node.backend)
         for s in node.src:
-            children[s] = children_get(s, 0) + 1
             if s.flags & INPUT and s.buft is None and s.view_src is None and s not in own:
                 allocate(s, node.backend)
     states: dict[int, object] = {}
@@ -188,10 +198,11 @@ def _reserve(
     tensors: dict[_T, None] = {}
     pre: frozenset[_T] = frozenset()
     if todo:
+        every: list[_T] = []  # each tensor, then its sources
         for t in (*leafs, *nodes):
-            tensors[t] = None
-            for s in t.src:
-                tensors[s] = None
+            every.append(t)
+            every += t.src
+        tensors = dict.fromkeys(every)
         pre = frozenset(own)  # allocated before the first node: leafs and inputs
         states[PREALLOCATED] = frozenset(t.pos for t in pre)
     for i, node in enumerate(nodes):
@@ -216,11 +227,11 @@ def _reserve(
                     views[v] = nv
                     if nv == 0 and children_get(v, 0) == 0 and v in own and not v.flags & OUTPUT:
                         buft, off = where[v]
-                        allocs[buft].free(off, size_of(buft, v))
+                        allocs[buft].free(off, sizes[v])
                         own.discard(v)
                 elif p in own and not p.flags & OUTPUT:
                     buft, off = where[p]
-                    allocs[buft].free(off, size_of(buft, p))
+                    allocs[buft].free(off, sizes[p])
                     own.discard(p)
     return {b: a.max_size for b, a in allocs.items()}, states
 
@@ -244,21 +255,26 @@ def _state(
     changes) by identity. Tensors of later layers are left out unless already allocated."""
     free = tuple((b, tuple(tuple(blk) for blk in a.blocks)) for b, a in allocs.items())
     live: dict[object, object] = {}
+    children_get, views_get = children.get, views.get
     for t in tensors:
-        tid = t
-        if t.buft is not None or (t.view_src is not None and t.view_src.buft is not None):
+        if t.buft is not None:
             continue  # weights and caches: never allocated here
-        mine = tid in own
-        if tid in pre:
-            live[("pre", id(t))] = where[tid] if mine else None
+        vs = t.view_src
+        if vs is not None and vs.buft is not None:
             continue
-        if t.pos == GLOBAL:
-            if mine or children.get(tid, 0) or views.get(tid, 0):
-                live[("global", id(t))] = (where[t] if mine else None, bool(children.get(t, 0) or views.get(t, 0)))
+        mine = t in own
+        if t in pre:
+            live[("pre", id(t))] = where[t] if mine else None
             continue
-        if t.pos >= mark and not mine:
+        pos = t.pos
+        if pos == GLOBAL:
+            pending = bool(children_get(t, 0) or views_get(t, 0))
+            if mine or pending:
+                live[("global", id(t))] = (where[t] if mine else None, pending)
             continue
-        n_children, n_views = children.get(tid, 0), views.get(tid, 0)
+        if pos >= mark and not mine:
+            continue
+        n_children, n_views = children_get(t, 0), views_get(t, 0)
         if mine or n_children or n_views:
-            live[(t.pos - mark, t.seq)] = (where[tid] if mine else None, n_children, n_views)
+            live[(pos - mark, t.seq)] = (where[t] if mine else None, n_children, n_views)
     return free, live

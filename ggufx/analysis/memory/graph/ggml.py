@@ -141,7 +141,11 @@ class _Graph:
         return t
 
     def reshape(self, a: _T, *ne: int) -> _T:
-        return self.view(a, ne, None, "RESHAPE")
+        n = _ne(*ne)
+        t = _T(a.name, "RESHAPE", a.type, n, _strides(n, a.type), [a], a.view_src or a)
+        self._seq = seq = self._seq + 1
+        t.pos, t.seq = self.pos, seq
+        return t
 
     def permute(self, a: _T, *axes: int) -> _T:
         ne, nb = [0] * 4, [0] * 4
@@ -152,10 +156,20 @@ class _Graph:
 
     def op(self, name: str, op: str, a: _T, *more: _T, type_: str | None = None) -> _T:
         """An element-wise op: the shape and type of ``a``."""
-        return self.new(name, op, type_ or a.type, a.ne, a, *more)
+        type_ = type_ or a.type
+        ne = a.ne
+        t = _T(name, op, type_, ne, _strides(ne, type_), [a, *more])
+        self._seq = seq = self._seq + 1
+        t.pos, t.seq = self.pos, seq
+        return t
 
     def mul_mat(self, name: str, w: _T, x: _T) -> _T:
-        return self.new(name, "MUL_MAT", "F32", (w.ne[1], x.ne[1], x.ne[2], x.ne[3]), w, x)
+        xn = x.ne
+        ne = (w.ne[1], xn[1], xn[2], xn[3])
+        t = _T(name, "MUL_MAT", "F32", ne, _strides(ne, "F32"), [w, x])
+        self._seq = seq = self._seq + 1
+        t.pos, t.seq = self.pos, seq
+        return t
 
     def expand(self, t: _T) -> None:
         """``ggml_visit_parents``: the sources depth first, then the tensor (a node, or a leaf when it
@@ -165,6 +179,12 @@ class _Graph:
             return
         seen.add(t)
         nodes, leafs = self.nodes, self.leafs
+        for s in t.src:
+            if s not in seen:
+                break
+        else:  # every source visited already: the tensor alone
+            (leafs if t.op == "NONE" else nodes).append(t)
+            return
         stack: list[tuple[_T, int]] = [(t, 0)]
         while stack:
             node, i = stack[-1]

@@ -183,6 +183,7 @@ class _Sched:
         if not g.fused:
             return deps
         where = _positions(splits)
+        listed: dict[_T, set[_T]] = {}  # what each list of deps holds
         for f in g.fused:
             first, last = where[f.members[0]], where[f.members[-1]]
             b, _, members = splits[first[0]]
@@ -194,8 +195,11 @@ class _Sched:
                 until, keep = members[last[1] + 1], [t for m in f.members for t in (m, *m.src)]
             else:  # the weighted sum of the experts: until its last add
                 until, keep = f.members[-1], f.keep
-            kept = deps.setdefault(until, [])
-            kept += [t for t in dict.fromkeys(keep) if t not in kept]
+            kept, held = deps.setdefault(until, []), listed.setdefault(until, set())
+            for t in keep:
+                if t not in held:
+                    held.add(t)
+                    kept.append(t)
         return deps
 
     def _rotate(self, g: _Graph, splits: list[tuple[int, list[_T], list[_T]]]) -> None:
