@@ -5,8 +5,10 @@ graph in :mod:`ggufx.analysis.memory.graph.graphsim`, a projector's in :mod:`ggu
 from __future__ import annotations
 
 import math
+from collections import Counter
+from itertools import chain
 
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, INPUT, OUTPUT, _type
+from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, INPUT, OUTPUT, _nbytes, _type
 
 __all__ = ["CUDA_ALIGN", "HOST_ALIGN", "MATRIX_ROW_PADDING", "DynAllocator"]
 
@@ -37,53 +39,63 @@ class DynAllocator:
 
     def alloc(self, size: int) -> int:
         """Best fit among the free blocks but the last, ties to the later block; else the tail."""
-        size = self.align(size)
-        best, best_size = -1, 1 << 63
-        for i, (_, bsize) in enumerate(self.blocks[:-1]):
+        a = self.alignment
+        size = -(-size // a) * a
+        blocks = self.blocks
+        last = len(blocks) - 1
+        best, best_size = last, 1 << 63
+        for i in range(last):
+            bsize = blocks[i][1]
             if size <= bsize <= best_size:
                 best, best_size = i, bsize
-        if best == -1:
-            best = len(self.blocks) - 1
-        block = self.blocks[best]
+        block = blocks[best]
         offset = block[0]
         block[0] += size
         block[1] -= size
         if block[1] == 0:
-            del self.blocks[best]
-        self.max_size = max(self.max_size, offset + size)
+            del blocks[best]
+        if offset + size > self.max_size:
+            self.max_size = offset + size
         return offset
 
     def free(self, offset: int, size: int) -> None:
         """Merge with an adjacent free block, else insert in offset order."""
-        size = self.align(size)
-        for i, block in enumerate(self.blocks):
-            if block[0] + block[1] == offset:
+        a = self.alignment
+        size = -(-size // a) * a
+        blocks = self.blocks
+        end = offset + size
+        for i, block in enumerate(blocks):
+            b0 = block[0]
+            if b0 + block[1] == offset:
                 block[1] += size
-                if i + 1 < len(self.blocks) and block[0] + block[1] == self.blocks[i + 1][0]:
-                    block[1] += self.blocks[i + 1][1]
-                    del self.blocks[i + 1]
+                if i + 1 < len(blocks) and b0 + block[1] == blocks[i + 1][0]:
+                    block[1] += blocks[i + 1][1]
+                    del blocks[i + 1]
                 return
-            if offset + size == block[0]:
+            if end == b0:
                 block[0] = offset
                 block[1] += size
-                if i > 0 and self.blocks[i - 1][0] + self.blocks[i - 1][1] == block[0]:
-                    self.blocks[i - 1][1] += block[1]
-                    del self.blocks[i]
+                if i > 0 and blocks[i - 1][0] + blocks[i - 1][1] == offset:
+                    blocks[i - 1][1] += block[1]
+                    del blocks[i]
                 return
         pos = 0
-        while pos < len(self.blocks) and self.blocks[pos][0] < offset:
+        while pos < len(blocks) and blocks[pos][0] < offset:
             pos += 1
-        self.blocks.insert(pos, [offset, size])
+        blocks.insert(pos, [offset, size])
 
 
 # -- ggml_gallocr (ggml-alloc.c:589-822) ---------------------------------------------------------------
 
 
+_HOST_BUFTS = frozenset({"CPU", "CPU_Mapped", "CPU_REPACK", "CUDA_Host"})  # no padding: the answer's first part
+
+
 def _alloc_size(buft: str, t: _T) -> int:
     """``ggml_backend_buft_get_alloc_size``: CUDA adds the flash-attention f16 conversion of a
     quantized K/V (fattn.cu:722, fattn-common.cuh:53) and pads quantized rows (ggml-cuda.cu:903)."""
-    size = t.nbytes
-    if not buft.startswith("CUDA") or buft.endswith("_Host"):
+    size = _nbytes(t.type, t.ne, t.nb)
+    if buft in _HOST_BUFTS or not buft.startswith("CUDA") or buft.endswith("_Host"):
         return size
     if t.op == "FLASH_ATTN_EXT":
         q, k, v = t.src[0], t.src[1], t.src[2]
@@ -135,8 +147,8 @@ def _reserve(
         return n
 
     def allocate(t: _T, bid: int) -> None:
-        if t.buft is not None or t in own or t.view_src is not None:
-            return
+        # the callers skip what ggml_gallocr_allocate_node returns early on (a tensor with a buffer, a
+        # view, one already allocated): t.buft is None, t.view_src is None, t not in own
         own.add(t)
         if t.op in _INPLACE:
             for p in t.src:
@@ -160,54 +172,67 @@ def _reserve(
                     a.free(off + ns, ps - ns)
                 return
         buft = bufts[bid]
-        where[t] = (buft, allocs[buft].alloc(size_of(buft, t)))
-
-    def free(t: _T) -> None:
-        if t.flags & OUTPUT:
-            return
-        buft, off = where[t]
-        allocs[buft].free(off, size_of(buft, t))
-        own.discard(t)
+        n = sizes.get(t)
+        if n is None:
+            n = sizes[t] = _alloc_size(buft, t)
+        where[t] = (buft, allocs[buft].alloc(n))
 
     for leaf in leafs:
-        allocate(leaf, leaf.backend)
+        if leaf.buft is None and leaf.view_src is None and leaf not in own:
+            allocate(leaf, leaf.backend)
+    # the consumers of each tensor (counted up front: the inputs allocated below, ops without an
+    # in-place variant, never read them)
+    children.update(Counter(chain.from_iterable([node.src for node in nodes])))
+    children_get, views_get = children.get, views.get
     for node in nodes:
-        if node.view_src is not None and node.op != "NONE":
-            views[node.view_src] = views.get(node.view_src, 0) + 1
-        if node.flags & INPUT:
+        vs = node.view_src
+        if vs is not None and node.op != "NONE":
+            views[vs] = views_get(vs, 0) + 1
+        if node.flags & INPUT and node.buft is None and vs is None and node not in own:
             allocate(node, node.backend)
         for s in node.src:
-            children[s] = children.get(s, 0) + 1
-            if s.flags & INPUT:
+            if s.flags & INPUT and s.buft is None and s.view_src is None and s not in own:
                 allocate(s, node.backend)
     states: dict[int, object] = {}
     todo = sorted(marks, reverse=True)
     tensors: dict[_T, None] = {}
     pre: frozenset[_T] = frozenset()
     if todo:
+        every: list[_T] = []  # each tensor, then its sources
         for t in (*leafs, *nodes):
-            tensors[t] = None
-            for s in t.src:
-                tensors[s] = None
+            every.append(t)
+            every += t.src
+        tensors = dict.fromkeys(every)
         pre = frozenset(own)  # allocated before the first node: leafs and inputs
         states[PREALLOCATED] = frozenset(t.pos for t in pre)
     for i, node in enumerate(nodes):
-        while todo and node_at is not None and node_at[i] >= todo[-1]:
-            mark = todo.pop()
-            states[mark] = _state(mark, allocs, tensors, where, own, children, views, pre)
-        for p in node.src:
-            allocate(p, node.backend)
-        allocate(node, node.backend)
-        for p in node.src:
-            children[p] -= 1
-            if children[p] == 0 and views.get(p, 0) == 0:
-                if p.view_src is not None:
-                    v = p.view_src
-                    views[v] -= 1
-                    if views[v] == 0 and children.get(v, 0) == 0 and v in own:
-                        free(v)
-                elif p in own:
-                    free(p)
+        if todo and node_at is not None:
+            while todo and node_at[i] >= todo[-1]:
+                mark = todo.pop()
+                states[mark] = _state(mark, allocs, tensors, where, own, children, views, pre)
+        backend = node.backend
+        src = node.src
+        for p in src:
+            if p.buft is None and p.view_src is None and p not in own:
+                allocate(p, backend)
+        if node.buft is None and node.view_src is None and node not in own:
+            allocate(node, backend)
+        for p in src:
+            n = children[p] - 1
+            children[p] = n
+            if n == 0 and views_get(p, 0) == 0:
+                v = p.view_src
+                if v is not None:
+                    nv = views[v] - 1
+                    views[v] = nv
+                    if nv == 0 and children_get(v, 0) == 0 and v in own and not v.flags & OUTPUT:
+                        buft, off = where[v]
+                        allocs[buft].free(off, sizes[v])
+                        own.discard(v)
+                elif p in own and not p.flags & OUTPUT:
+                    buft, off = where[p]
+                    allocs[buft].free(off, sizes[p])
+                    own.discard(p)
     return {b: a.max_size for b, a in allocs.items()}, states
 
 
@@ -230,21 +255,26 @@ def _state(
     changes) by identity. Tensors of later layers are left out unless already allocated."""
     free = tuple((b, tuple(tuple(blk) for blk in a.blocks)) for b, a in allocs.items())
     live: dict[object, object] = {}
+    children_get, views_get = children.get, views.get
     for t in tensors:
-        tid = t
-        if t.buft is not None or (t.view_src is not None and t.view_src.buft is not None):
+        if t.buft is not None:
             continue  # weights and caches: never allocated here
-        mine = tid in own
-        if tid in pre:
-            live[("pre", id(t))] = where[tid] if mine else None
+        vs = t.view_src
+        if vs is not None and vs.buft is not None:
             continue
-        if t.pos == GLOBAL:
-            if mine or children.get(tid, 0) or views.get(tid, 0):
-                live[("global", id(t))] = (where[t] if mine else None, bool(children.get(t, 0) or views.get(t, 0)))
+        mine = t in own
+        if t in pre:
+            live[("pre", id(t))] = where[t] if mine else None
             continue
-        if t.pos >= mark and not mine:
+        pos = t.pos
+        if pos == GLOBAL:
+            pending = bool(children_get(t, 0) or views_get(t, 0))
+            if mine or pending:
+                live[("global", id(t))] = (where[t] if mine else None, pending)
             continue
-        n_children, n_views = children.get(tid, 0), views.get(tid, 0)
+        if pos >= mark and not mine:
+            continue
+        n_children, n_views = children_get(t, 0), views_get(t, 0)
         if mine or n_children or n_views:
-            live[(t.pos - mark, t.seq)] = (where[tid] if mine else None, n_children, n_views)
+            live[(pos - mark, t.seq)] = (where[t] if mine else None, n_children, n_views)
     return free, live

@@ -63,7 +63,16 @@ def _strides(ne: tuple[int, int, int, int], type_: str) -> tuple[int, int, int, 
 
 
 def _ne(*ne: int) -> tuple[int, int, int, int]:
-    n = (tuple(ne) + (1, 1, 1, 1))[:4]
+    k = len(ne)
+    if k == 4:
+        return ne  # type: ignore[return-value]
+    if k == 3:
+        return ne[0], ne[1], ne[2], 1
+    if k == 2:
+        return ne[0], ne[1], 1, 1
+    if k == 1:
+        return ne[0], 1, 1, 1
+    n = (ne + (1, 1, 1, 1))[:4]
     return n[0], n[1], n[2], n[3]
 
 
@@ -103,7 +112,10 @@ class _Graph:
 
     def new(self, name: str, op: str, type_: str, ne: tuple[int, ...], *src: _T) -> _T:
         n = _ne(*ne)
-        return self._tag(_T(name, op, type_, n, _strides(n, type_), list(src)))
+        t = _T(name, op, type_, n, _strides(n, type_), list(src))
+        self._seq = seq = self._seq + 1
+        t.pos, t.seq = self.pos, seq
+        return t
 
     def leaf(self, name: str, type_: str, ne: tuple[int, ...], flags: int = 0, buft: str | None = None) -> _T:
         t = self.new(name, "NONE", type_, ne)
@@ -117,15 +129,24 @@ class _Graph:
         n = _ne(*ne)
         if nb is None:
             strides = _strides(n, a.type)
+        elif len(nb) == 4:
+            strides = (nb[0], nb[1], nb[2], nb[3])
         else:
             full = list(nb) + [0] * (4 - len(nb))
             for i in range(len(nb), 4):
                 full[i] = full[i - 1] * n[i - 1]
             strides = (full[0], full[1], full[2], full[3])
-        return self._tag(_T(a.name, op, a.type, n, strides, [a], view_src=a.view_src or a))
+        t = _T(a.name, op, a.type, n, strides, [a], a.view_src or a)
+        self._seq = seq = self._seq + 1
+        t.pos, t.seq = self.pos, seq
+        return t
 
     def reshape(self, a: _T, *ne: int) -> _T:
-        return self.view(a, ne, None, "RESHAPE")
+        n = _ne(*ne)
+        t = _T(a.name, "RESHAPE", a.type, n, _strides(n, a.type), [a], a.view_src or a)
+        self._seq = seq = self._seq + 1
+        t.pos, t.seq = self.pos, seq
+        return t
 
     def permute(self, a: _T, *axes: int) -> _T:
         ne, nb = [0] * 4, [0] * 4
@@ -136,27 +157,48 @@ class _Graph:
 
     def op(self, name: str, op: str, a: _T, *more: _T, type_: str | None = None) -> _T:
         """An element-wise op: the shape and type of ``a``."""
-        return self.new(name, op, type_ or a.type, a.ne, a, *more)
+        type_ = type_ or a.type
+        ne = a.ne
+        t = _T(name, op, type_, ne, _strides(ne, type_), [a, *more])
+        self._seq = seq = self._seq + 1
+        t.pos, t.seq = self.pos, seq
+        return t
 
     def mul_mat(self, name: str, w: _T, x: _T) -> _T:
-        return self.new(name, "MUL_MAT", "F32", (w.ne[1], x.ne[1], x.ne[2], x.ne[3]), w, x)
+        xn = x.ne
+        ne = (w.ne[1], xn[1], xn[2], xn[3])
+        t = _T(name, "MUL_MAT", "F32", ne, _strides(ne, "F32"), [w, x])
+        self._seq = seq = self._seq + 1
+        t.pos, t.seq = self.pos, seq
+        return t
 
     def expand(self, t: _T) -> None:
         """``ggml_visit_parents``: the sources depth first, then the tensor (a node, or a leaf when it
         has no op)."""
-        seen, nodes, leafs = self._seen, self.nodes, self.leafs
+        seen = self._seen
+        if t in seen:
+            return
+        seen.add(t)
+        nodes, leafs = self.nodes, self.leafs
+        for s in t.src:
+            if s not in seen:
+                break
+        else:  # every source visited already: the tensor alone
+            (leafs if t.op == "NONE" else nodes).append(t)
+            return
         stack: list[tuple[_T, int]] = [(t, 0)]
-        pop, push = stack.pop, stack.append
         while stack:
-            node, i = pop()
-            if i == 0:
-                if node in seen:
-                    continue
-                seen.add(node)
+            node, i = stack[-1]
             src = node.src
-            if i < len(src):
-                push((node, i + 1))
-                if src[i] not in seen:
-                    push((src[i], 0))
-                continue
-            (leafs if node.op == "NONE" else nodes).append(node)
+            n = len(src)
+            while i < n:
+                s = src[i]
+                i += 1
+                if s not in seen:  # visited next: marked now, as ggml marks it on entry
+                    seen.add(s)
+                    stack[-1] = (node, i)
+                    stack.append((s, 0))
+                    break
+            else:
+                stack.pop()
+                (leafs if node.op == "NONE" else nodes).append(node)

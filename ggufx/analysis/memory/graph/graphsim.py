@@ -199,6 +199,7 @@ class _Loaded:
     gdn: _Gdn | None
     plans: dict[object, _Plan] = field(default_factory=dict)  # by the signatures' varying parts and warm-up
     tagged: _Plan | None = None  # the plan the weights' positions are set for
+    blk: list[tuple[int | None, list[tuple[_T, tuple[str, str, str]]]]] | None = None  # for :func:`_one`
 
 
 def _load(model: GGUFModel, hp: Hparams, pl: Placement) -> _Loaded:
@@ -360,12 +361,17 @@ def _one(
     if warm is not None and ld.tagged is not plan:
         ld.tagged = plan
         where = {il: p for p, il in enumerate(plan.layers)}
-        for name, copies in c.by_name.items():
-            if name.startswith("blk."):
-                num = name[4:].partition(".")[0]
-                for buft, t in copies:
-                    t.pos = where.get(int(num), GLOBAL - 1) if num.isdigit() else GLOBAL
-                    t.seq = ("weight", name[4 + len(num) :], buft)
+        if ld.blk is None:  # each layer weight's layer (None: a "blk." name without one) and place
+            ld.blk = []
+            for name, copies in c.by_name.items():
+                if name.startswith("blk."):
+                    num = name[4:].partition(".")[0]
+                    il = int(num) if num.isdigit() else None
+                    ld.blk.append((il, [(t, ("weight", name[4 + len(num) :], buft)) for buft, t in copies]))
+        for il, tagged in ld.blk:
+            pos = GLOBAL if il is None else where.get(il, GLOBAL - 1)
+            for t, seq in tagged:
+                t.pos, t.seq = pos, seq
     g = _Graph()
     g.expand(builder(hp.arch)(c, g))
     gpus = [d.name for d in pl.devices]

@@ -5,12 +5,15 @@ allocation dependencies CUDA's ``graph_optimize`` adds around the ops it fuses."
 
 from __future__ import annotations
 
+from itertools import count, repeat
+
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, INPUT, OUTPUT, _Fusion, _Graph
 from ggufx.analysis.memory.placement import CPU
 
 OP_OFFLOAD_MIN_BATCH = 32  # ggml-cuda.cu:5754 (op_offload_min_batch_size)
 N_COPIES = 4  # GGML_SCHED_MAX_COPIES (ggml-backend.cpp:912)
 GGML_MAX_SRC = 10
+_GPU_MAY_LACK = frozenset({"FLASH_ATTN_EXT", "MUL_MAT_ID"})  # the ops supports_op can refuse a GPU
 _VIEW_OPS = frozenset({"VIEW", "RESHAPE", "PERMUTE", "TRANSPOSE"})  # ggml_is_view_op
 _HOST_BUFTS = ("CPU", "CPU_Mapped", "CPU_REPACK")
 
@@ -48,6 +51,14 @@ def cuda_flash_attn_supported(t: _T) -> bool:
     return ok and k.type in _FATTN_KV_TYPES and v.type in _FATTN_KV_TYPES and (mask is None or mask.ne[2] == 1)
 
 
+def _positions(splits: list[tuple[int, list[_T], list[_T]]]) -> dict[_T, tuple[int, int]]:
+    """Each node's split and place in it (a node listed twice: its last place)."""
+    where: dict[_T, tuple[int, int]] = {}
+    for i, (_, _, members) in enumerate(splits):
+        where.update(zip(members, zip(repeat(i), count())))
+    return where
+
+
 def _quantized(type_: str) -> bool:
     return type_.startswith(("Q", "IQ", "TQ", "MXFP"))
 
@@ -61,6 +72,8 @@ class _Sched:
         self.cpu = len(gpus)
         self.n_copies = n_copies
         self.op_offload = op_offload
+        self._from: dict[str, int] = {}  # buffer type -> the first backend that supports it
+        self._supports: dict[tuple[int, str], bool] = {}  # supports_buft's answers
 
     def supports_buft(self, b: int, buft: str) -> bool:
         if b == self.cpu:  # the CPU backend takes any host buffer (ggml-cpu.cpp supports_buft)
@@ -71,7 +84,10 @@ class _Sched:
         buft = t.view_src.buft if t.view_src is not None else t.buft
         if buft is None:
             return -1
-        return next(b for b in range(len(self.names)) if self.supports_buft(b, buft))
+        b = self._from.get(buft)
+        if b is None:
+            b = self._from[buft] = next(b for b in range(len(self.names)) if self.supports_buft(b, buft))
+        return b
 
     def offload(self, t: _T) -> bool:  # ggml_backend_cuda_device_offload_op (ggml-cuda.cu:5739-5758)
         if t.op == "GET_ROWS":
@@ -85,9 +101,10 @@ class _Sched:
         return batch >= OP_OFFLOAD_MIN_BATCH
 
     def from_cur(self, t: _T) -> int:  # ggml_backend_sched_backend_id_from_cur (:1061)
-        b = self.from_buffer(t)
-        if b != -1:
-            return b
+        vs = t.view_src
+        buft = vs.buft if vs is not None else t.buft
+        if buft is not None:
+            return self.from_buffer(t)
         if t.flags & INPUT:
             return self.cpu
         if t.op in ("ROPE", "FLASH_ATTN_EXT"):
@@ -112,7 +129,11 @@ class _Sched:
             if bid == -1:
                 return False
             buft = self.bufts[bid]
-        return self.supports_buft(b, buft)
+        key = (b, buft)
+        ok = self._supports.get(key)
+        if ok is None:
+            ok = self._supports[key] = self.supports_buft(b, buft)
+        return ok
 
     def supports_op(self, t: _T, b: int) -> bool:  # ggml_backend_supports_op (the ops a GPU lacks)
         if b == self.cpu:
@@ -129,12 +150,16 @@ class _Sched:
             if node.backend == -1:
                 node.backend = self.from_cur(node)
         ops = [n for n in g.nodes if n.op not in _VIEW_OPS]
+        cpu = self.cpu
         for seq, gpu_only in ((ops, True), (ops[::-1], True), (ops, False), (ops[::-1], False)):
             cur = -1
             for node in seq:
-                if node.backend != -1:
-                    cur = -1 if gpu_only and node.backend == self.cpu else node.backend
-                elif cur != -1 and self.supports_op(node, cur):  # ggml_backend_sched_set_if_supported
+                b = node.backend
+                if b != -1:
+                    cur = -1 if gpu_only and b == cpu else b
+                elif cur != -1 and (  # ggml_backend_sched_set_if_supported (supports_op)
+                    cur == cpu or node.op not in _GPU_MAY_LACK or self.supports_op(node, cur)
+                ):
                     node.backend = cur
         for node in ops:  # pass 3: the backend with the most supported inputs (distinct bufts: no upgrades)
             if node.backend == -1:
@@ -170,8 +195,11 @@ class _Sched:
         graph reads its inputs' copies (``node->src[j]`` is replaced before graph_optimize runs,
         ggml-backend.cpp:1535, 1618): a kept tensor from another backend is kept as its copy there."""
         copies = copies or {}
-        where = {n: (i, j) for i, (_, _, members) in enumerate(splits) for j, n in enumerate(members)}
         deps: dict[_T, list[_T]] = {}
+        if not g.fused:
+            return deps
+        where = _positions(splits)
+        listed: dict[_T, set[_T]] = {}  # what each list of deps holds
         for f in g.fused:
             first, last = where[f.members[0]], where[f.members[-1]]
             b, _, members = splits[first[0]]
@@ -183,8 +211,11 @@ class _Sched:
                 until, keep = members[last[1] + 1], [t for m in f.members for t in (m, *m.src)]
             else:  # the weighted sum of the experts: until its last add
                 until, keep = f.members[-1], [copies[(t, b)][0] if (t, b) in copies else t for t in f.keep]
-            kept = deps.setdefault(until, [])
-            kept += [t for t in dict.fromkeys(keep) if t not in kept]
+            kept, held = deps.setdefault(until, []), listed.setdefault(until, set())
+            for t in keep:
+                if t not in held:
+                    held.add(t)
+                    kept.append(t)
         return deps
 
     def _rotate(self, g: _Graph, splits: list[tuple[int, list[_T], list[_T]]]) -> None:
@@ -193,7 +224,7 @@ class _Sched:
         and GLU (when no pair of expert products lies between), and the routed input and ids are kept
         alive until the shared GLU. The builder registers the candidates whose weights
         ``ggml_cuda_match_shared_expert`` accepts (batch-size independent checks)."""
-        where = {n: (i, j) for i, (_, _, members) in enumerate(splits) for j, n in enumerate(members)}
+        where = _positions(splits)
         for routed, shared, keep in g.rotations:
             at = [where.get(n) for n in (*routed, *shared)]
             if any(a is None for a in at) or len({a[0] for a in at if a is not None}) != 1:
@@ -227,21 +258,26 @@ class _Sched:
         splits.append(split)
         split_at.append(GLOBAL)
         at = GLOBAL
+        supported = self.supported
         for node in g.nodes:
-            at = max(at, node.pos)
+            if node.pos > at:
+                at = node.pos
             if node.op in _VIEW_OPS:
                 split[2].append(node)
                 continue
             need_new = False
             if node.backend == cur and split[1]:
-                need_new = any(s.weight and s.backend != cur and not self.supported(s, cur) for s in node.src)
+                for s in node.src:
+                    if s.weight and s.backend != cur and not supported(s, cur):
+                        need_new = True
+                        break
             if node.backend != cur or need_new:
                 cur = node.backend
                 split = (cur, [], [])
                 splits.append(split)
                 split_at.append(at)
             for j, s in enumerate(node.src):
-                if s.backend != cur and not self.supported(s, cur):
+                if s.backend != cur and not supported(s, cur):
                     key = (s, cur)
                     if key not in copies:
                         made = []
@@ -269,8 +305,16 @@ class _Sched:
                 dep.seq = ("input", s.pos - dep.pos, s.seq, b)
                 nodes += [dep, copies[(s, b)][0]]
                 node_at += [sat, sat]
+            if not deps:
+                for node in members:
+                    if node.pos > sat:
+                        sat = node.pos
+                    node_at.append(sat)
+                nodes += members
+                continue
             for node in members:
-                sat = max(sat, node.pos)
+                if node.pos > sat:
+                    sat = node.pos
                 nodes.append(node)
                 node_at.append(sat)
                 keep = deps.get(node, [])
