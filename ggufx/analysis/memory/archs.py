@@ -893,6 +893,29 @@ _ENTRIES = (
         builder="granite_swa",  # granite's scales, sinks, NoPE layers; its experts are not rebuilt
         swa=Swa(needs_window=True),
     ),
+    # -- newest decoder families (issue 25, h-newarch) ------------------------------------------------------
+    Arch(
+        "hy_v3",  # Hunyuan's MoE: Q/K norms before RoPE, dense layers where ffn_gate_inp is absent, sigmoid
+        "hy-v3.cpp",  # routing with the selection bias blk.N.exp_probs_b, an ungated shared expert; MTP skipped
+        (
+            "expert_feed_forward_length",
+            "expert_shared_feed_forward_length",
+            "expert_gating_func",
+            "expert_weights_scale",
+            "expert_weights_norm",
+        ),
+        skips_nextn=True,
+        moe=True,
+        shared_experts=True,
+    ),
+    # sliding-window attention on the layers the (required) pattern array marks, the window required; a per-head
+    # sigmoid gate of the attention output; a GELU FFN
+    Arch(
+        "spark2_5",
+        "spark2-5.cpp",
+        ("attention.sliding_window", "attention.sliding_window_pattern", "rope.freq_base_swa"),
+        swa=Swa(),
+    ),
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}
