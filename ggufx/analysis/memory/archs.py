@@ -904,6 +904,7 @@ _ENTRIES = (
             "expert_weights_scale",
             "expert_weights_norm",
         ),
+        builder="hy_v3",
         skips_nextn=True,
         moe=True,
         shared_experts=True,
