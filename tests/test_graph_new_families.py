@@ -4,7 +4,10 @@ llama.cpp's CPU build:
 * ``hy_v3`` (src/models/hy-v3.cpp, graph/models/hy_v3.py): Q/K head norms before RoPE, a dense first
   layer (no router), then sigmoid-routed experts with the selection bias ``blk.N.exp_probs_b``, normalized
   and scaled weights, an ungated shared expert; the rows picked after the output norm (the MTP hidden
-  state ``t_h_nextn`` an output).
+  state ``t_h_nextn`` an output);
+* ``spark2_5`` (spark2-5.cpp, graph/models/spark2_5.py): sliding-window layers from the pattern array on
+  their own cache and mask (also with --swa-full), the head-wise sigmoid gate of the attention output, a
+  GELU FFN.
 
 Per model: its compute buffer on its runs (flash attention on and off, -np 3 with its 513-token
 micro-batch, q8_0 caches at 16384 cells, --no-repack), to the 0.0001 MiB of ``~llama_context``'s line;
@@ -27,6 +30,7 @@ from ggufx.analysis.memory.graph import graphsim
 from ggufx.analysis.memory.llamaargs import parse_args
 from ggufx.analysis.memory.placement import Device
 
+from . import graph_arch_logs
 from .graph_arch_logs import CPU_LOGS, assert_compute_equal, assert_nodes_equal, cpu_model, cpu_runs, replay_cpu
 from .graph_arch_logs import cpu_spec as _spec
 
@@ -39,7 +43,7 @@ class Refused:
     add_kv: tuple[tuple[str, object], ...] = ()  # ...or gains these keys
 
 
-MODELS = ("hy_v3",)
+MODELS = ("hy_v3", "spark2_5")
 REFUSED = (
     Refused(  # a router without its shared expert (the loader takes both as not required; the graph uses both)
         "hy_v3",
@@ -51,6 +55,9 @@ REFUSED = (
         "",
         "the graph needs hy_v3.expert_gating_func 1, 2 or 3 (softmax, sigmoid, softmax weights), not 4",
         add_kv=(("expert_gating_func", 4),),
+    ),
+    Refused(
+        "spark2_5", "blk.1.attn_gate.weight", "the graph needs tensor blk.1.attn_gate.weight, which the file lacks"
     ),
 )
 CPU_RUNS = [(m, rid) for m in MODELS for rid in cpu_runs(m)]
@@ -80,10 +87,14 @@ def test_cpu_compute_buffer_equals_llama_cpp(name: str, rid: str, models: dict[s
 
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("run", ["c4096-faoff-np3", "c16384-q8_0"])
-def test_the_graph_is_llama_cpps_node_for_node(name: str, run: str, models: dict[str, Path]) -> None:
+def test_the_graph_is_llama_cpps_node_for_node(
+    name: str, run: str, models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Equal buffers could hide another order of the same nodes: the graph itself equals the one
     llama.cpp's scheduler printed (GGML_SCHED_DEBUG=2, nodes/<id>.tsv), op and size of every node, in order
-    (hy_v3: the selection bias's ADD, the rows picked after the output norm)."""
+    (hy_v3: the selection bias's ADD, the rows picked after the output norm; spark2_5's GEGLU is a GLU op, as
+    SwiGLU is)."""
+    monkeypatch.setitem(graph_arch_logs._OP, "GEGLU", "GLU")
     assert_nodes_equal(f"{name}-{run}", models[name])
 
 

@@ -915,6 +915,7 @@ _ENTRIES = (
         "spark2_5",
         "spark2-5.cpp",
         ("attention.sliding_window", "attention.sliding_window_pattern", "rope.freq_base_swa"),
+        builder="spark2_5",
         swa=Swa(),
     ),
 )
