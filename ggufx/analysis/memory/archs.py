@@ -918,6 +918,38 @@ _ENTRIES = (
         builder="spark2_5",
         swa=Swa(),
     ),
+    # Ling 2.5: kimi-linear's hybrid (Kimi-delta-attention layers where head_count_kv is 0, MLA layers on the
+    # K-only cache), a head-wise gate of the MLA output, SwiGLU clamps; the MTP block skipped. No graph builder
+    # yet: the compute buffer is the generic estimate
+    Arch(
+        "bailingmoe3",
+        "bailingmoe3.cpp",
+        (
+            "attention.key_length_mla",
+            "attention.value_length_mla",
+            "attention.kv_lora_rank",
+            "attention.q_lora_rank",
+            "ssm.conv_kernel",
+            "kda.head_dim",
+            "kda.gate_lower_bound",
+            "rope.dimension_sections",
+            "expert_feed_forward_length",
+            "expert_shared_feed_forward_length",
+            "expert_shared_count",
+            "leading_dense_block_count",
+            "expert_weights_scale",
+            "expert_weights_norm",
+            "expert_gating_func",
+            "swiglu_clamp_exp",
+            "swiglu_clamp_shexp",
+        ),
+        recurrent=Recurrent("Kimi delta attention", "no_kv_heads"),
+        mla=True,
+        skips_nextn=True,
+        moe=True,
+        leading_dense=True,
+        shared_experts=True,
+    ),
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}
