@@ -950,6 +950,39 @@ _ENTRIES = (
         leading_dense=True,
         shared_experts=True,
     ),
+    # HY V4: MLA with q_lora on the K-only cache, sinks, the attention output's gate, hyper-connection streams,
+    # DeepSeek-style experts; the DSA indexer's key cache on the "full" layers of attention.indexer.types when
+    # attention.indexer.top_k > 0 (hy-v4.cpp requires the types then: layer 0 must be full). No graph builder
+    # yet: the compute buffer is the generic estimate
+    Arch(
+        "hy_v4",
+        "hy-v4.cpp",
+        (
+            "leading_dense_block_count",
+            "attention.q_lora_rank",
+            "attention.kv_lora_rank",
+            "attention.key_length_mla",
+            "attention.value_length_mla",
+            "expert_feed_forward_length",
+            "expert_shared_count",
+            "expert_weights_scale",
+            "expert_weights_norm",
+            "expert_gating_func",
+            "swiglu_clamp_exp",
+            "hyper_connection.count",
+            "hyper_connection.epsilon",
+            "hyper_connection.magnitude",
+            "attention.indexer.head_count",
+            "attention.indexer.key_length",
+            "attention.indexer.top_k",
+            "attention.indexer.types",
+        ),
+        mla=True,
+        moe=True,
+        leading_dense=True,
+        shared_experts=True,
+        indexer="types",
+    ),
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}
