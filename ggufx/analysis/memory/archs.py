@@ -983,6 +983,37 @@ _ENTRIES = (
         shared_experts=True,
         indexer="types",
     ),
+    # Kimi-K3: kimi-linear's hybrid (Kimi-delta-attention layers where head_count_kv is 0, MLA layers on the K-only
+    # cache) with the cross-layer residual attention, latent MoE, situ activation, the MLA output gate. No graph
+    # builder yet: the compute buffer is the generic estimate
+    Arch(
+        "kimi-k3",
+        "kimi-k3.cpp",
+        (
+            "attention.key_length_mla",
+            "attention.value_length_mla",
+            "attention.q_lora_rank",
+            "attention.kv_lora_rank",
+            "ssm.conv_kernel",
+            "kda.head_dim",
+            "kda.gate_lower_bound",
+            "expert_feed_forward_length",
+            "expert_shared_count",
+            "leading_dense_block_count",
+            "expert_weights_scale",
+            "expert_weights_norm",
+            "expert_gating_func",
+            "expert_latent_length",
+            "attn_res.block_size",
+            "activation.situ_beta",
+            "activation.situ_linear_beta",
+        ),
+        recurrent=Recurrent("Kimi delta attention", "no_kv_heads"),
+        mla=True,
+        moe=True,
+        leading_dense=True,
+        shared_experts=True,
+    ),
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}
