@@ -116,6 +116,8 @@ def test_issue_architectures_are_registered() -> None:
         "afmoe", "exaone-moe", "cohere2moe", "smallthinker", "phimoe", "dbrx", "arctic", "grok", "grovemoe",
         "deci", "olmo", "falcon", "gptneox", "mpt", "starcoder", "gpt2", "bloom", "refact", "codeshell", "jais",
         "jais2", "bitnet", "plamo", "pangu-embedded", "nanbeige", "plamo3", "mellum", "laguna", "plm", "granite_swa",
+        # the newest decoder families (h-newarch)
+        "hy_v3", "spark2_5",
     }  # fmt: skip
     assert arch_of("deepseek2").mla and arch_of("glm4moe").skips_nextn  # type: ignore[union-attr]
     assert arch_of("no-such-arch") is None and builder_of(None) is None

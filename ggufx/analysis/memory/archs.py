@@ -893,6 +893,127 @@ _ENTRIES = (
         builder="granite_swa",  # granite's scales, sinks, NoPE layers; its experts are not rebuilt
         swa=Swa(needs_window=True),
     ),
+    # -- newest decoder families (issue 25, h-newarch) ------------------------------------------------------
+    Arch(
+        "hy_v3",  # Hunyuan's MoE: Q/K norms before RoPE, dense layers where ffn_gate_inp is absent, sigmoid
+        "hy-v3.cpp",  # routing with the selection bias blk.N.exp_probs_b, an ungated shared expert; MTP skipped
+        (
+            "expert_feed_forward_length",
+            "expert_shared_feed_forward_length",
+            "expert_gating_func",
+            "expert_weights_scale",
+            "expert_weights_norm",
+        ),
+        builder="hy_v3",
+        skips_nextn=True,
+        moe=True,
+        shared_experts=True,
+    ),
+    # sliding-window attention on the layers the (required) pattern array marks, the window required; a per-head
+    # sigmoid gate of the attention output; a GELU FFN
+    Arch(
+        "spark2_5",
+        "spark2-5.cpp",
+        ("attention.sliding_window", "attention.sliding_window_pattern", "rope.freq_base_swa"),
+        builder="spark2_5",
+        swa=Swa(),
+    ),
+    # Ling 2.5: kimi-linear's hybrid (Kimi-delta-attention layers where head_count_kv is 0, MLA layers on the
+    # K-only cache), a head-wise gate of the MLA output, SwiGLU clamps; the MTP block skipped. No graph builder
+    # yet: the compute buffer is the generic estimate
+    Arch(
+        "bailingmoe3",
+        "bailingmoe3.cpp",
+        (
+            "attention.key_length_mla",
+            "attention.value_length_mla",
+            "attention.kv_lora_rank",
+            "attention.q_lora_rank",
+            "ssm.conv_kernel",
+            "kda.head_dim",
+            "kda.gate_lower_bound",
+            "rope.dimension_sections",
+            "expert_feed_forward_length",
+            "expert_shared_feed_forward_length",
+            "expert_shared_count",
+            "leading_dense_block_count",
+            "expert_weights_scale",
+            "expert_weights_norm",
+            "expert_gating_func",
+            "swiglu_clamp_exp",
+            "swiglu_clamp_shexp",
+        ),
+        recurrent=Recurrent("Kimi delta attention", "no_kv_heads"),
+        mla=True,
+        skips_nextn=True,
+        moe=True,
+        leading_dense=True,
+        shared_experts=True,
+    ),
+    # HY V4: MLA with q_lora on the K-only cache, sinks, the attention output's gate, hyper-connection streams,
+    # DeepSeek-style experts; the DSA indexer's key cache on the "full" layers of attention.indexer.types when
+    # attention.indexer.top_k > 0 (hy-v4.cpp requires the types then: layer 0 must be full). No graph builder
+    # yet: the compute buffer is the generic estimate
+    Arch(
+        "hy_v4",
+        "hy-v4.cpp",
+        (
+            "leading_dense_block_count",
+            "attention.q_lora_rank",
+            "attention.kv_lora_rank",
+            "attention.key_length_mla",
+            "attention.value_length_mla",
+            "expert_feed_forward_length",
+            "expert_shared_count",
+            "expert_weights_scale",
+            "expert_weights_norm",
+            "expert_gating_func",
+            "swiglu_clamp_exp",
+            "hyper_connection.count",
+            "hyper_connection.epsilon",
+            "hyper_connection.magnitude",
+            "attention.indexer.head_count",
+            "attention.indexer.key_length",
+            "attention.indexer.top_k",
+            "attention.indexer.types",
+        ),
+        mla=True,
+        moe=True,
+        leading_dense=True,
+        shared_experts=True,
+        indexer="types",
+    ),
+    # Kimi-K3: kimi-linear's hybrid (Kimi-delta-attention layers where head_count_kv is 0, MLA layers on the K-only
+    # cache) with the cross-layer residual attention, latent MoE, situ activation, the MLA output gate. No graph
+    # builder yet: the compute buffer is the generic estimate
+    Arch(
+        "kimi-k3",
+        "kimi-k3.cpp",
+        (
+            "attention.key_length_mla",
+            "attention.value_length_mla",
+            "attention.q_lora_rank",
+            "attention.kv_lora_rank",
+            "ssm.conv_kernel",
+            "kda.head_dim",
+            "kda.gate_lower_bound",
+            "expert_feed_forward_length",
+            "expert_shared_count",
+            "leading_dense_block_count",
+            "expert_weights_scale",
+            "expert_weights_norm",
+            "expert_gating_func",
+            "expert_latent_length",
+            "attn_res.block_size",
+            "activation.situ_beta",
+            "activation.situ_linear_beta",
+        ),
+        recurrent=Recurrent("Kimi delta attention", "no_kv_heads"),
+        mla=True,
+        moe=True,
+        leading_dense=True,
+        shared_experts=True,
+    ),
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}
