@@ -318,7 +318,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
     if not mp.gating and hp.n_layer_main in (47, 48) and mp.n_vocab == 154880:  # GLM 4.7 Lite
         gating = SIGMOID
     ns = sp.n_streams
-    T, n_out, E = c.n_tokens, c.n_outputs, hp.n_embd
+    T, n_out = c.n_tokens, c.n_outputs
     last = hp.n_layer_main - 1
     x = _inp_embd(c, g)
     scale = g.input("inp_attn_scale", "F32", 1, 1, T) if mp.attn_temp else None
@@ -333,23 +333,39 @@ def build(c: _Ctx, g: _Graph) -> _T:
         inp_sa = x
         cur = _norm(c, g, x, f"blk.{il}.attn_norm.weight", il)
         cur = _mla_attn(c, g, cur, il, k_idxs, mask, scale)
-        if il == last:
-            cur = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), cur, out_ids)
-            inp_sa = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), inp_sa, out_ids)
-        ffn_inp = g.op(f"ffn_inp-{il}", "ADD", cur, inp_sa)
-        cur = _norm(c, g, ffn_inp, f"blk.{il}.ffn_norm.weight", il)
-        if il < mp.n_lead:
-            cur = ffn(c, g, cur, il)
-        else:
-            moe_out, routed = moe_ffn(c, g, cur, il, mp, gating)
-            shexp = ffn(c, g, cur, il, "_shexp", routed)
-            cur = g.op(f"ffn_out-{il}", "ADD", moe_out, shexp)
-        x = g.op(f"l_out-{il}", "ADD", cur, ffn_inp)
+        x = layer_tail(c, g, cur, inp_sa, il, il == last, out_ids, mp, gating)
+    return output_head(c, g, x)
+
+
+def layer_tail(
+    c: _Ctx, g: _Graph, cur: _T, inp_sa: _T, il: int, last: bool, out_ids: _T, mp: MoeParams, gating: int
+) -> _T:
+    """A trunk layer after its attention (deepseek2.cpp, deepseek32.cpp, glm-dsa.cpp): the last layer's
+    rows picked, the residual, the FFN norm, a dense FFN in the leading layers or the routed experts plus
+    the shared ones, the residual again."""
+    if last:
+        n = (c.hp.n_embd, c.n_outputs)
+        cur = g.new("node_rows", "GET_ROWS", "F32", n, cur, out_ids)
+        inp_sa = g.new("node_rows", "GET_ROWS", "F32", n, inp_sa, out_ids)
+    ffn_inp = g.op(f"ffn_inp-{il}", "ADD", cur, inp_sa)
+    cur = _norm(c, g, ffn_inp, f"blk.{il}.ffn_norm.weight", il)
+    if il < mp.n_lead:
+        cur = ffn(c, g, cur, il)
+    else:
+        moe_out, routed = moe_ffn(c, g, cur, il, mp, gating)
+        shexp = ffn(c, g, cur, il, "_shexp", routed)
+        cur = g.op(f"ffn_out-{il}", "ADD", moe_out, shexp)
+    return g.op(f"l_out-{il}", "ADD", cur, ffn_inp)
+
+
+def output_head(c: _Ctx, g: _Graph, x: _T) -> _T:
+    """The output norm (an output too) and the logits, over ``output.weight`` or the tied embedding."""
+    n_layer = c.hp.n_layer
     g.at(GLOBAL)
     cur = g.op("norm", "RMS_NORM", x)
-    cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
+    cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", n_layer))
     cur.flags |= OUTPUT
-    out_w = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
+    out_w = _weight(c, "output.weight", n_layer) or _w(c, "token_embd.weight", n_layer)
     logits = g.mul_mat("result_output", out_w, cur)
     logits.flags |= OUTPUT
     return logits

@@ -14,9 +14,16 @@ experts) is deepseek2's; the NextN/MTP block is left out as llama.cpp leaves it.
 
 from __future__ import annotations
 
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph, _type
-from ggufx.analysis.memory.graph.llm import _Ctx, _inp_embd, _norm, _w, _weight
-from ggufx.analysis.memory.graph.models.deepseek2 import SIGMOID, SOFTMAX, ffn, mla_mha, moe_ffn, moe_params
+from ggufx.analysis.memory.graph.ggml import _T, _Graph, _type
+from ggufx.analysis.memory.graph.llm import _Ctx, _inp_embd, _norm, _w
+from ggufx.analysis.memory.graph.models.deepseek2 import (
+    SIGMOID,
+    SOFTMAX,
+    layer_tail,
+    mla_mha,
+    moe_params,
+    output_head,
+)
 from ggufx.analysis.memory.graph.models.deepseek2 import unbuildable as _deepseek2_unbuildable
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.model import GGUFModel
@@ -170,7 +177,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
     hp = c.hp
     mp = moe_params(c)
     gating = mp.gating or (SIGMOID if hp.arch == "glm-dsa" else SOFTMAX)
-    T, n_out, E = c.n_tokens, c.n_outputs, hp.n_embd
+    T, n_out = c.n_tokens, c.n_outputs
     last = hp.n_layer_main - 1
     full = set(hp.indexer_layers)
     x = _inp_embd(c, g)
@@ -190,26 +197,8 @@ def build(c: _Ctx, g: _Graph) -> _T:
             prev_top_k = _indexer(c, g, cur, qr, il, inp)
         assert prev_top_k is not None  # unbuildable: the first trunk layer has an indexer
         cur = _attn(c, g, cur, qr, il, inp, prev_top_k)
-        if il == last:
-            cur = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), cur, out_ids)
-            inp_sa = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), inp_sa, out_ids)
-        ffn_inp = g.op(f"ffn_inp-{il}", "ADD", cur, inp_sa)
-        cur = _norm(c, g, ffn_inp, f"blk.{il}.ffn_norm.weight", il)
-        if il < mp.n_lead:
-            cur = ffn(c, g, cur, il)
-        else:
-            moe_out, routed = moe_ffn(c, g, cur, il, mp, gating)
-            shexp = ffn(c, g, cur, il, "_shexp", routed)
-            cur = g.op(f"ffn_out-{il}", "ADD", moe_out, shexp)
-        x = g.op(f"l_out-{il}", "ADD", cur, ffn_inp)
-    g.at(GLOBAL)
-    cur = g.op("norm", "RMS_NORM", x)
-    cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
-    cur.flags |= OUTPUT
-    out_w = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
-    logits = g.mul_mat("result_output", out_w, cur)
-    logits.flags |= OUTPUT
-    return logits
+        x = layer_tail(c, g, cur, inp_sa, il, il == last, out_ids, mp, gating)
+    return output_head(c, g, x)
 
 
 def unbuildable(model: GGUFModel) -> str | None:
