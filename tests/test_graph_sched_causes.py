@@ -11,6 +11,10 @@ the scheduler assigns, the size of the tensor it copies) and on the run llama.cp
   cache to f16 once and V reads K's conversion (fattn-common.cuh:63-81, ``V_is_K_view``): the four
   131K+ q8_0 DeepSeek/GLM-5 runs, 128 MiB (n_kv x 512 x 2 bytes) below a second conversion.
 - Every view of every recorded model's graph steps one element at a time, as ``ggml_view_*`` makes it.
+- A quantized cache's V rotation (``llama_mul_mat_hadamard`` of the attention's output) is not expanded with
+  the attention (``build_attn_mha`` expands the output before it, llama-graph.cpp:2827): in Cohere 2's
+  parallel block it joins the graph with the output projection, after the FFN, so the allocator lays the
+  last layer out differently (coh2-ngl99-c32768-q8_0: CUDA0 568.68 MiB, not 576.68).
 """
 
 from __future__ import annotations
@@ -188,3 +192,21 @@ def test_cuda_flash_attention_support_follows_ggml_cuda() -> None:
     assert not fa(192, 128, 8, 2) and fa(192, 128, 16, 2)  # GQA 4: none; GQA 8: the MMA kernel
     assert fa(576, 512, 16, 1) and not fa(576, 512, 1, 1)  # MLA needs the GQA path
     assert not fa(128, 128, 8, 8, "IQ4_NL") and not fa(48, 48, 8, 8)
+
+
+def test_a_parallel_block_rotates_the_attention_output_after_its_ffn(hole_models: dict[str, Path]) -> None:
+    rid = "coh2-ngl99-c32768-q8_0"
+    g, _sched, theirs, ours = _scheduled(rid, hole_models)
+    order = [n.name for n in g.nodes]
+    for il in (0, 3, 31):  # sliding-window layers, a full one, the last (its output rows taken first)
+        fa = order.index(f"node_fa-{il}")
+        ffn = order.index(f"ffn_out-{il}")
+        wo = order.index(f"attn_out-{il}")
+        # the rotation of the attention's output: the product of the reshaped output by the 64 x 64 matrix
+        rot = next(
+            i
+            for i, n in enumerate(g.nodes)
+            if n.op == "MUL_MAT" and any(s.name == "attn_inp_v_rot" for s in n.src) and i > fa
+        )
+        assert fa < ffn < rot < wo, (il, fa, ffn, rot, wo)
+    assert {k: round(v / MiB, 4) for k, v in ours.items()} == theirs == {"CUDA0": 568.6797, "CUDA_Host": 68.6836}

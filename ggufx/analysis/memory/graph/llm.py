@@ -277,6 +277,7 @@ def _attn_kv_impl(c: _Ctx, g: _Graph, q: _T, k: _T, v: _T, il: int, inp: _AttnIn
         kq = g.op(f"kq_soft_max-{il}", "SOFT_MAX", kq, inp.mask)
         kqv = g.new(f"kqv-{il}", "MUL_MAT", "F32", (hv, T // ns, nh, ns), vp, kq)
         cur = kqv_on_host(c, g.new(f"kqv_out-{il}", "CONT", "F32", (hv * nh, T), g.permute(kqv, 0, 2, 1, 3)))
+    g.expand(cur)  # build_attn_mha's expansion (llama-graph.cpp:2827), before the V rotation
     return _rot(g, cur, inp.v_rot) if inp.v_rot is not None else cur
 
 

@@ -120,7 +120,6 @@ def _attention(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp, iswa: bool, d:
     if d.q_scale:
         q = g.op(q.name, "SCALE", q)
     cur = _attn_kv(c, g, q, k, v, il, inp, iswa, d)
-    g.expand(cur)  # build_attn_mha expands the attention's output before the output projection
     return _proj(c, g, f"attn_out-{il}", p + "attn_output", cur, il)
 
 
@@ -179,6 +178,9 @@ def _attn_kv(c: _Ctx, g: _Graph, q: _T, k: _T, v: _T, il: int, inp: _AttnInp, is
         kq = g.op(f"kq_soft_max-{il}", "SOFT_MAX", kq, inp.mask)
         kqv = g.new(f"kqv-{il}", "MUL_MAT", "F32", (hv, T // ns, nh, ns), vp, kq)
         cur = kqv_on_host(c, g.new(f"kqv_out-{il}", "CONT", "F32", (hv * nh, T), g.permute(kqv, 0, 2, 1, 3)))
+    # build_attn_mha expands the attention's output (llama-graph.cpp:2827); the V rotation and the output
+    # projection join the graph where their consumer is expanded: after the FFN in a parallel block
+    g.expand(cur)
     return _rot(g, cur, inp.v_rot) if inp.v_rot is not None else cur
 
 

@@ -64,7 +64,6 @@ def _attention_after_rope_norms(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnIn
     k = _n(c, g, k, p + "attn_k_norm.weight", il, d)
     q = _n(c, g, q, p + "attn_q_norm.weight", il, d)
     cur = _attn_kv(c, g, q, k, v, il, inp, False, d)
-    g.expand(cur)  # build_attn_mha expands the attention's output before the output projection
     return _proj(c, g, f"attn_out-{il}", p + "attn_output", cur, il)
 
 

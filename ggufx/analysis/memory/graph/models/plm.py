@@ -53,7 +53,6 @@ def _attention(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp) -> _T:
     rep = g.new(f"k_pe_rep-{il}", "REPEAT", "F32", (n_rot, nh, T), k_pe)
     k = g.new(f"k_states-{il}", "CONCAT", "F32", (hd, nh, T), k_nope, rep)
     cur = _attn_kv(c, g, q, k, v, il, inp, False, _D)
-    g.expand(cur)
     return g.mul_mat(f"attn_out-{il}", _w(c, p + "attn_output.weight", il), cur)
 
 
