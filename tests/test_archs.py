@@ -118,6 +118,8 @@ def test_issue_architectures_are_registered() -> None:
         "jais2", "bitnet", "plamo", "pangu-embedded", "nanbeige", "plamo3", "mellum", "laguna", "plm", "granite_swa",
         # the newest decoder families (h-newarch)
         "hy_v3", "spark2_5",
+        # the OCR decoders (session 6)
+        "paddleocr", "hunyuan_vl", "deepseek2-ocr",
     }  # fmt: skip
     assert arch_of("deepseek2").mla and arch_of("glm4moe").skips_nextn  # type: ignore[union-attr]
     assert arch_of("no-such-arch") is None and builder_of(None) is None

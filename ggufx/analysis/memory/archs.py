@@ -1014,6 +1014,31 @@ _ENTRIES = (
         leading_dense=True,
         shared_experts=True,
     ),
+    # The OCR decoders
+    # PaddleOCR-VL (ERNIE-4.5-0.3B's loader: llama_model_paddleocr extends llama_model_ernie4_5): its own graph
+    # struct (paddleocr.cpp), qwen2vl.cpp's graph line for line (M-RoPE, biases where the file has them)
+    Arch("paddleocr", "ernie4-5.cpp", ("rope.dimension_sections",), graph="paddleocr", builder="qwen2vl"),
+    # HunyuanOCR: the graph hunyuan-dense reuses (graph/models/hunyuan_dense.py), XD-RoPE read as M-RoPE
+    Arch("hunyuan_vl", "hunyuan-vl.cpp", ("rope.dimension_sections",), builder="hunyuan_dense"),
+    # DeepSeek-OCR: deepseek2.cpp's graph without MLA (is_ocr: multi-head attention over an ordinary K/V
+    # cache, NeoX RoPE over whole heads), DeepSeek V2's leading dense layers, routed and shared experts
+    Arch(
+        "deepseek2-ocr",
+        "deepseek2ocr.cpp",
+        (
+            "leading_dense_block_count",
+            "expert_feed_forward_length",
+            "expert_shared_count",
+            "expert_weights_scale",
+            "expert_weights_norm",
+            "expert_gating_func",
+        ),
+        graph="deepseek2",
+        builder="deepseek2_ocr",
+        moe=True,
+        leading_dense=True,
+        shared_experts=True,
+    ),
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}

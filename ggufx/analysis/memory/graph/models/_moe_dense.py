@@ -74,7 +74,7 @@ def build(c: _Ctx, g: _Graph, spec: MoeDense) -> _T:
     T, n_out, E = c.n_tokens, c.n_outputs, hp.n_embd
     d = spec.attn
     x = _inp_embd(c, g)
-    c.pos = g.input("inp_pos", "I32", T)
+    c.pos = g.input("inp_pos", "I32", T * d.n_pos)  # four positions per token with M-RoPE
     inp = _attn_inp(c, g, sp.n_kv)
     out_ids = g.input("out_ids", "I32", n_out)
     for p, il in enumerate(c.layers):
