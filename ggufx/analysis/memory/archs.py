@@ -919,8 +919,7 @@ _ENTRIES = (
         swa=Swa(),
     ),
     # Ling 2.5: kimi-linear's hybrid (Kimi-delta-attention layers where head_count_kv is 0, MLA layers on the
-    # K-only cache), a head-wise gate of the MLA output, SwiGLU clamps; the MTP block skipped. No graph builder
-    # yet: the compute buffer is the generic estimate
+    # K-only cache), a head-wise gate of the MLA output, SwiGLU clamps; the MTP block skipped
     Arch(
         "bailingmoe3",
         "bailingmoe3.cpp",
@@ -943,6 +942,7 @@ _ENTRIES = (
             "swiglu_clamp_exp",
             "swiglu_clamp_shexp",
         ),
+        builder="bailingmoe3",
         recurrent=Recurrent("Kimi delta attention", "no_kv_heads"),
         mla=True,
         skips_nextn=True,
