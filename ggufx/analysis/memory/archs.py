@@ -952,8 +952,7 @@ _ENTRIES = (
     ),
     # HY V4: MLA with q_lora on the K-only cache, sinks, the attention output's gate, hyper-connection streams,
     # DeepSeek-style experts; the DSA indexer's key cache on the "full" layers of attention.indexer.types when
-    # attention.indexer.top_k > 0 (hy-v4.cpp requires the types then: layer 0 must be full). No graph builder
-    # yet: the compute buffer is the generic estimate
+    # attention.indexer.top_k > 0 (hy-v4.cpp requires the types then: layer 0 must be full)
     Arch(
         "hy_v4",
         "hy-v4.cpp",
@@ -977,6 +976,7 @@ _ENTRIES = (
             "attention.indexer.top_k",
             "attention.indexer.types",
         ),
+        builder="hy_v4",
         mla=True,
         moe=True,
         leading_dense=True,
