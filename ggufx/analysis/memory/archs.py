@@ -984,8 +984,7 @@ _ENTRIES = (
         indexer="types",
     ),
     # Kimi-K3: kimi-linear's hybrid (Kimi-delta-attention layers where head_count_kv is 0, MLA layers on the K-only
-    # cache) with the cross-layer residual attention, latent MoE, situ activation, the MLA output gate. No graph
-    # builder yet: the compute buffer is the generic estimate
+    # cache) with the cross-layer residual attention, latent MoE, situ activation, the MLA output gate
     Arch(
         "kimi-k3",
         "kimi-k3.cpp",
@@ -1008,6 +1007,7 @@ _ENTRIES = (
             "activation.situ_beta",
             "activation.situ_linear_beta",
         ),
+        builder="kimi_k3",
         recurrent=Recurrent("Kimi delta attention", "no_kv_heads"),
         mla=True,
         moe=True,
