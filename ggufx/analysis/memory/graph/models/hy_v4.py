@@ -140,7 +140,7 @@ def _indexer(c: _Ctx, g: _Graph, cur: _T, qr: _T, il: int, inp: _Dsa) -> _T:
     return g.new(f"top_k-{il}", "CONT", "I32", top.ne, top)
 
 
-def _attention(c: _Ctx, g: _Graph, x: _T, il: int, inp: _Dsa, dsa: bool, top_k: list[_T]) -> _T:
+def _attention(c: _Ctx, g: _Graph, x: _T, il: int, k_idxs: _T, mask: _T, dsa: _Dsa | None, top_k: list[_T]) -> _T:
     """``build_attention`` / ``build_attention_dsa`` (hy-v4.cpp:247-325, :402-480): q_lora (the indexer of
     a full layer between ``q_a_norm`` and ``q_b``), the compressed latent and the roped part of K, the
     absorbed ``q_nope``, the cache write, the attention with sinks over the causal or the sparse mask,
@@ -159,8 +159,8 @@ def _attention(c: _Ctx, g: _Graph, x: _T, il: int, inp: _Dsa, dsa: bool, top_k: 
     hk = nope + n_rot  # n_embd_head_k_mla
     qr = g.mul_mat(f"q_a-{il}", _w(c, p + "attn_q_a.weight", il), x)
     qr = _norm(c, g, qr, p + "attn_q_a_norm.weight", il)
-    if dsa and il in c.hp.indexer_layers:
-        top_k[:] = [_indexer(c, g, x, qr, il, inp)]
+    if dsa is not None and il in c.hp.indexer_layers:
+        top_k[:] = [_indexer(c, g, x, qr, il, dsa)]
     q = g.mul_mat(f"q_b-{il}", _w(c, p + "attn_q_b.weight", il), qr)
     qrow = 4 * hk
     q_nope = g.view(q, (nope, nh, T), (4, qrow, qrow * nh))
@@ -180,8 +180,9 @@ def _attention(c: _Ctx, g: _Graph, x: _T, il: int, inp: _Dsa, dsa: bool, top_k: 
         g.expand(t)
     width = rank + n_rot
     cache, k = _cache_k(c, g, f"cache_k_l{il}", width, _type(sp.type_k).name, il)
-    g.expand(_cache_write(c, g, cache, kcur, width, inp.k_idxs))
-    mask = _sparse_mask(c, g, inp, top_k[0], il) if dsa else inp.mask
+    g.expand(_cache_write(c, g, cache, kcur, width, k_idxs))
+    if dsa is not None:
+        mask = _sparse_mask(c, g, dsa, top_k[0], il)
     cur = mha(c, g, qcur, k, mask, il, rank, _w(c, p + "attn_sinks.weight", il))
     gate = g.op(f"attn_gate-{il}", "UNARY", g.mul_mat(f"attn_gate-{il}", _w(c, p + "attn_gate.weight", il), x))
     cur = g.op(f"attn_gated-{il}", "MUL", cur, gate)
@@ -203,16 +204,16 @@ def build(c: _Ctx, g: _Graph) -> _T:
     T, n_out, E = c.n_tokens, c.n_outputs, hp.n_embd
     hc = _hc(c)
     mp = replace(deepseek2.moe_params(c), n_used=qwen3next.n_expert_used(c), n_groups=0)
-    dsa = _top_k(c) > 0
     inp_embd = _inp_embd(c, g)
     c.pos = g.input("inp_pos", "I32", T)
-    if dsa:
-        inp = _Dsa(c, g)
-    else:  # build_attn_inp_k: the MLA cache's rows and mask only
-        inp = _Dsa.__new__(_Dsa)
-        inp.k_idxs = g.input("attn_inp_k_idxs", "I64", T)
-        ns = sp.n_streams
-        inp.mask = g.input("attn_inp_kq_mask", "F16" if sp.flash_attn else "F32", sp.n_kv, T // ns, 1, ns)
+    dsa = _Dsa(c, g) if _top_k(c) > 0 else None  # build_attn_inp_k_dsa, else build_attn_inp_k:
+    if dsa is not None:
+        k_idxs, mask = dsa.k_idxs, dsa.mask
+    else:  # the MLA cache's rows and mask only
+        k_idxs = g.input("attn_inp_k_idxs", "I64", T)
+        mask = g.input(
+            "attn_inp_kq_mask", "F16" if sp.flash_attn else "F32", sp.n_kv, T // sp.n_streams, 1, sp.n_streams
+        )
     out_ids = g.input("out_ids", "I32", n_out)
     x = g.new("hc_init", "REPEAT", inp_embd.type, (E, hc, T), g.reshape(inp_embd, E, 1, T))
     top_k: list[_T] = []
@@ -221,7 +222,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
         residual = x
         cur, post = _hc_pre(c, g, x, il, "attn")
         cur = _norm(c, g, cur, f"blk.{il}.attn_norm.weight", il)
-        cur = _attention(c, g, cur, il, inp, dsa, top_k)
+        cur = _attention(c, g, cur, il, k_idxs, mask, dsa, top_k)
         x = _hc_post(g, cur, residual, post)
         residual = x
         cur, post = _hc_pre(c, g, x, il, "ffn")

@@ -186,6 +186,13 @@ class _Res:
         return g.op(f"res_out-{il}", "ADD", out, g.op(f"res_cur-{il}", "MUL", cur, p_cur))
 
 
+def layer_kind(il: int) -> int:
+    """Every layer its own kind: the checkpoint stack grows by one every ``attn_res.block_size`` layers, so
+    no block of layers allocates as the one before it and the shortened replay would only be tried and
+    refused (graphsim's layer signatures do not see the stack)."""
+    return il
+
+
 def build(c: _Ctx, g: _Graph) -> _T:
     """kimi-k3.cpp ``graph::graph``: per layer the residual mix, the checkpoint, the attention norm
     (expanded), KDA or MLA, the stream, the FFN's mix and norm, the dense FFN or the latent MoE, the
