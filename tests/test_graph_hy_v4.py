@@ -31,6 +31,7 @@ from ggufx.analysis.memory.placement import Device
 from . import graph_arch_logs
 from .graph_arch_logs import CPU_LOGS, NODES, assert_compute_equal, assert_nodes_equal, cpu_model, cpu_runs, replay_cpu
 from .graph_arch_logs import cpu_spec as _spec
+from .graph_grow import grown_model
 
 MODELS = ("hy_v4", "hy_v4-full", "hy_v4-clamp")
 CPU_RUNS = [(m, rid) for m in MODELS for rid in cpu_runs(m)]
@@ -142,6 +143,28 @@ def test_the_top_k_0_graph_is_llama_cpps_node_for_node(
     rid = "hy_v4-topk0-c4096-faoff-np3"
     monkeypatch.setattr(graph_arch_logs, "cpu_args", lambda r: ("hy_v4-topk0", TOPK0[r]))
     assert_nodes_equal(rid, models["hy_v4-topk0"])
+
+
+@pytest.mark.parametrize(("name", "period"), [("hy_v4", 2), ("hy_v4-full", 3)])
+def test_the_layer_shortcut_equals_the_whole_replay_on_33_layers(
+    name: str, period: int, smollm2_path: Path, tmp_path: Path
+) -> None:
+    """The model grown to 33 layers (its last {period} repeated): the shortened replay, where it is taken,
+    allocates as the whole one, on the CPU and with the layers on a GPU or split."""
+    model = ggufx.open(grown_model(name, 33, period, tmp_path, smollm2_path))
+    assert graphsim.unbuildable(model) is None
+    gpu = [Device("CUDA0", 80 << 30)]
+    for args, devices in (
+        ("-c 8192", []),
+        ("-c 4096 -fa off -np 3", []),
+        ("-ngl 99 -c 8192", gpu),
+        ("-ngl 20 -c 8192", gpu),
+    ):
+        a = parse_args("-m x " + args)
+        sp = breakdown(model, devices, a.offload, a.context).reservation
+        assert sp is not None
+        whole = graphsim.simulate(model, devices, a.offload, sp, whole=True)
+        assert graphsim.simulate(model, devices, a.offload, sp) == whole and all(v > 0 for v in whole.values())
 
 
 @pytest.mark.parametrize("refused", REFUSED, ids=lambda r: f"{r[0]}-{r[1] or 'kv'}")
