@@ -1,6 +1,7 @@
 """``bailingmoe3`` (Ling 2.5; src/models/bailingmoe3.cpp, graph/models/bailingmoe3.py) against llama.cpp's CPU
 build: kimi-linear's hybrid of Kimi-delta-attention layers (``head_count_kv`` 0) and MLA layers on the K-only
 cache, with Ling's full-rank KDA gates, RoPE'd MLA with q_lora and the head-wise sigmoid gate of its output,
+M-RoPE where the file has ``rope.dimension_sections`` (``bailingmoe3-mrope``: four positions per token),
 a dense first layer then sigmoid-routed experts plus the shared expert (with and without the SwiGLU clamps),
 the rows picked after the output norm (the MTP hidden state an output); with its MTP block
 (``bailingmoe3-mtp``) the block left out of the graph, and its KV cache (which llama.cpp keeps) a strict
@@ -32,7 +33,7 @@ from .graph_arch_logs import CPU_LOGS, NODES, assert_compute_equal, assert_nodes
 from .graph_arch_logs import cpu_spec as _spec
 from .graph_grow import grown_model
 
-MODELS = ("bailingmoe3", "bailingmoe3-clamp")
+MODELS = ("bailingmoe3", "bailingmoe3-clamp", "bailingmoe3-mrope")
 CPU_RUNS = [(m, rid) for m in MODELS for rid in cpu_runs(m)]
 NODE_RUNS = [(m, rid) for m, rid in CPU_RUNS if (NODES / f"{rid}.tsv").exists()]
 # recorded, their matrix lines commented out (test_arch_logs would fail on their KV buffer): see below
