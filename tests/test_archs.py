@@ -117,7 +117,7 @@ def test_issue_architectures_are_registered() -> None:
         "deci", "olmo", "falcon", "gptneox", "mpt", "starcoder", "gpt2", "bloom", "refact", "codeshell", "jais",
         "jais2", "bitnet", "plamo", "pangu-embedded", "nanbeige", "plamo3", "mellum", "laguna", "plm", "granite_swa",
         # the newest decoder families (h-newarch)
-        "hy_v3", "spark2_5",
+        "hy_v3", "spark2_5", "bailingmoe3", "hy_v4", "kimi-k3",
         # the OCR decoders (session 6)
         "paddleocr", "hunyuan_vl", "deepseek2-ocr",
     }  # fmt: skip

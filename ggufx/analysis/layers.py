@@ -208,7 +208,7 @@ def _layer_kinds(model: GGUFModel) -> list[LayerKind]:
         # deci: every layer has its K and V cache tensors, empty where the layer has no KV heads (no
         # layer filter in its cache, deci.cpp); without flash attention each V is padded to the widest
         attends = mixer.startswith("attention") or (a is not None and a.kv_every_layer)
-        has_kv = attends and not nextn and (kv_from < 0 or i < kv_from)
+        has_kv = attends and (not nextn or (a is not None and a.nextn_kv)) and (kv_from < 0 or i < kv_from)
         out.append(LayerKind(i, mixer, ffn, kv[i] if kv else None, has_kv, rec[i], nextn))
     return out
 

@@ -10,8 +10,9 @@ entry per ``general.architecture`` says
   MLA (DeepSeek's compressed KV cache), Gemma 3n's shared-KV layers, mixture of experts with shared
   experts and leading dense layers;
 * ``skips_nextn``: the NextN/MTP layers (the last ``nextn_predict_layers`` blocks) are created with
-  ``TENSOR_SKIP`` (not loaded unless ``--mtp``); every architecture leaves them out of its KV cache
-  (llama-model.cpp:2812-2819, ``il < n_layer()``);
+  ``TENSOR_SKIP`` (not loaded unless ``--mtp``); the architectures leave them out of their KV cache
+  (llama-model.cpp:2812-2819, ``il < n_layer()``) but for ``nextn_kv`` ones (Ling 2.5's hybrid memory has no
+  layer filter: its MTP layer keeps an attention cache);
 * ``builder``: the module of :mod:`ggufx.analysis.memory.graph` that rebuilds its compute graph, or
   None (the compute figure is then the generic decoder estimate of :mod:`.compute`, labelled so);
   ``graph``: the llama.cpp graph struct it runs, which several architectures share
@@ -97,6 +98,10 @@ class Arch:
     mla: bool = False  # attention.key_length_mla + value_length_mla: K-only cache (llama-kv-cache.cpp:210-211)
     kv_from_start: int = -1  # n_layer_kv_from_start: later layers reuse earlier KV (gemma3n.cpp:7)
     skips_nextn: bool = False  # NextN/MTP tensors created with TENSOR_SKIP
+    # the NextN/MTP layers keep their attention cache: a hybrid memory without a layer filter of its own
+    # (llama-model.cpp create_memory: llama_memory_hybrid's default attention filter takes every layer that is
+    # not recurrent, of n_layer_all; the recurrent memory stops at n_layer)
+    nextn_kv: bool = False
     moe: bool = False
     leading_dense: bool = False  # reads leading_dense_block_count
     shared_experts: bool = False  # expert_shared_count / expert_shared_feed_forward_length
@@ -919,8 +924,7 @@ _ENTRIES = (
         swa=Swa(),
     ),
     # Ling 2.5: kimi-linear's hybrid (Kimi-delta-attention layers where head_count_kv is 0, MLA layers on the
-    # K-only cache), a head-wise gate of the MLA output, SwiGLU clamps; the MTP block skipped. No graph builder
-    # yet: the compute buffer is the generic estimate
+    # K-only cache), a head-wise gate of the MLA output, SwiGLU clamps; the MTP block skipped
     Arch(
         "bailingmoe3",
         "bailingmoe3.cpp",
@@ -943,17 +947,18 @@ _ENTRIES = (
             "swiglu_clamp_exp",
             "swiglu_clamp_shexp",
         ),
+        builder="bailingmoe3",
         recurrent=Recurrent("Kimi delta attention", "no_kv_heads"),
         mla=True,
         skips_nextn=True,
+        nextn_kv=True,
         moe=True,
         leading_dense=True,
         shared_experts=True,
     ),
     # HY V4: MLA with q_lora on the K-only cache, sinks, the attention output's gate, hyper-connection streams,
     # DeepSeek-style experts; the DSA indexer's key cache on the "full" layers of attention.indexer.types when
-    # attention.indexer.top_k > 0 (hy-v4.cpp requires the types then: layer 0 must be full). No graph builder
-    # yet: the compute buffer is the generic estimate
+    # attention.indexer.top_k > 0 (hy-v4.cpp requires the types then: layer 0 must be full)
     Arch(
         "hy_v4",
         "hy-v4.cpp",
@@ -977,6 +982,7 @@ _ENTRIES = (
             "attention.indexer.top_k",
             "attention.indexer.types",
         ),
+        builder="hy_v4",
         mla=True,
         moe=True,
         leading_dense=True,
@@ -984,8 +990,7 @@ _ENTRIES = (
         indexer="types",
     ),
     # Kimi-K3: kimi-linear's hybrid (Kimi-delta-attention layers where head_count_kv is 0, MLA layers on the K-only
-    # cache) with the cross-layer residual attention, latent MoE, situ activation, the MLA output gate. No graph
-    # builder yet: the compute buffer is the generic estimate
+    # cache) with the cross-layer residual attention, latent MoE, situ activation, the MLA output gate
     Arch(
         "kimi-k3",
         "kimi-k3.cpp",
@@ -1008,6 +1013,7 @@ _ENTRIES = (
             "activation.situ_beta",
             "activation.situ_linear_beta",
         ),
+        builder="kimi_k3",
         recurrent=Recurrent("Kimi delta attention", "no_kv_heads"),
         mla=True,
         moe=True,

@@ -127,6 +127,8 @@ def indexer_layers(model: GGUFModel, n_main: int) -> tuple[int, ...]:
     rule = arch.indexer if arch is not None else ""
     if not rule:
         return ()
+    if a == "hy_v4" and (model.metadata.get_int(f"{a}.attention.indexer.top_k") or 0) <= 0:
+        return ()  # hy-v4.cpp: DSA off at top_k 0, and create_memory makes a plain llama_kv_cache (llama-model.cpp:2503)
     if rule == "all":
         return tuple(range(n_main))
     key = f"{a}.attention.indexer.types"
