@@ -46,7 +46,7 @@ from ggufx.analysis.memory.compute import (
 from ggufx.analysis.memory.graph.galloc import CUDA_ALIGN, HOST_ALIGN, MATRIX_ROW_PADDING
 from ggufx.analysis.memory.graph.graphsim import SimParams, flash_attn_mismatch, simulated
 from ggufx.analysis.memory.graph.graphsim import simulate as simulate_compute
-from ggufx.analysis.memory.hparams import DSV4_CSA, DSV4_HCA, Hparams, hparams, pad
+from ggufx.analysis.memory.hparams import DSV4_ARCHS, DSV4_CSA, DSV4_HCA, Hparams, hparams, pad
 from ggufx.analysis.memory.placement import (
     CPU,
     CPU_MAPPED,
@@ -666,9 +666,16 @@ def breakdown(
     rec_bytes = n_rec * 4 * (hp.n_embd_r + hp.n_embd_s) * max(1, n_seq)
     if dsv4:  # the compressor states are DeepSeek V4's per-sequence state
         rec_bytes, n_rec = dsv4["state"]
+        caches = dsv4_layout(hp, n_ctx_seq, max(1, n_seq), n_ubatch, cp.swa_full)[0]
+        rows = ", ".join(
+            f"{what} {len(c.layers)} layers x {c.cells:,} rows ({dsv4[c.name][0] / MiB:,.2f} MiB)"
+            for c, what in zip(caches[1:], ("CSA (1/4)", "HCA (1/128)", "indexer keys (1/4)"), strict=True)
+        )
+        seqs = f", rows for each of {n_seq} sequences" if n_seq > 1 else ""
         notes.append(
-            "DeepSeek V4 cache (llama_kv_cache_dsv4): the sliding window of every block, the CSA/HCA compressed "
-            "caches and the lightning indexer's keys are KV buffers; the compressor states are 'state' buffers"
+            f"DeepSeek V4 cache (llama_kv_cache_dsv4): the full-attention figure is its compressed caches: "
+            f"{rows}{seqs}; the sliding window holds every block; the recurrent state is its F32 "
+            f"compressor states ('state' buffers)"
         )
     return Breakdown(
         buffers,
@@ -723,6 +730,15 @@ def approximate_compute(
 ) -> str | None:
     """Why the compute model is only approximate for this configuration (None: it is within 5% of
     llama.cpp on every recorded run of this kind)."""
+    if model.architecture in DSV4_ARCHS:
+        # the generic decoder sees window layers only; DeepSeek V4's compressed attention and lightning indexer
+        # score n_ctx_seq / 4 rows per token (deepseek4.cpp), so llama.cpp's buffer grows with the context:
+        # on the CPU build the estimate is 31-78% under llama.cpp's on the small model (-c 512 to 65536), 9%
+        # over at 4096 cells and 82% under at 1,048,576 (llama.cpp's 5.5x) on the published Flash dimensions
+        return (
+            "DeepSeek V4's compressed attention and lightning indexer grow with the context and are not "
+            "modelled; llama.cpp's compute buffer was up to 5.5x this estimate on the recorded runs"
+        )
     host_weights = any(not is_cuda(buft) and layer_of(t.name, len(kinds)) != "input" for t, buft in pl.tensors)
     if len(pl.devices) > 1 and not pipeline and host_weights and s.n_tokens >= OP_OFFLOAD_MIN_BATCH:
         # the first GPU multiplies every host weight (op offload) and runs the host layers' attention
