@@ -407,7 +407,8 @@ class Dsv4Cache:
     name: str  # "raw" (the sliding window), "csa", "hca", "lid" (the lightning indexer's compressed keys)
     layers: tuple[int, ...]
     cells: int
-    width: int
+    width: int  # per KV head: n_embd_k_gqa(il) = width x head_count_kv(il), except the indexer's (one head)
+    per_kv_head: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -444,16 +445,18 @@ def dsv4_layout(
     csa = tuple(il for il in range(n_all) if ratios[il] == DSV4_CSA)
     hca = tuple(il for il in range(n_all) if ratios[il] == DSV4_HCA)
     window = n_ctx_seq if swa_full else pad(min(n_ctx_seq, hp.n_swa + n_ubatch))
-    head = hp.head_k_swa  # n_embd_head_k(il) of an SWA layer (key_length_swa, else key_length)
+    # n_embd_head_k(il): every block is an SWA layer (set_swa_pattern(0), the NextN ones marked too), so
+    # key_length_swa, which defaults to key_length
+    head = hp.head_k_swa
 
     def comp(ratio: int) -> int:
         return pad(max(1, -(-n_ctx_seq // ratio)))
 
     caches = [
         Dsv4Cache("raw", tuple(range(n_all)), window, head),
-        Dsv4Cache("csa", csa, comp(DSV4_CSA), hp.head_k),
-        Dsv4Cache("hca", hca, comp(DSV4_HCA), hp.head_k),
-        Dsv4Cache("lid", csa, comp(DSV4_CSA), hp.indexer_k),
+        Dsv4Cache("csa", csa, comp(DSV4_CSA), head),
+        Dsv4Cache("hca", hca, comp(DSV4_HCA), head),
+        Dsv4Cache("lid", csa, comp(DSV4_CSA), hp.indexer_k, per_kv_head=False),  # n_head_kv_arr filled with 1
     ]
     states = [
         Dsv4State("csa", csa, 2 * DSV4_CSA, 2 * hp.head_k),
@@ -492,11 +495,14 @@ def dsv4_buffers(
     stats: dict[str, tuple[int, int]] = {}
     for c in caches:
         per: dict[str, int] = {}
+        nbytes = 0
         for il in c.layers:
             buft = buft_of(il)
-            per[buft] = per.get(buft, 0) + alloc_size(buft, tk, c.width, c.cells * n_seq)
+            width = c.width * (hp.n_head_kv[il] if c.per_kv_head and il < len(hp.n_head_kv) else 1)
+            per[buft] = per.get(buft, 0) + alloc_size(buft, tk, width, c.cells * n_seq)
+            nbytes += _row(tk, width, path) * c.cells * n_seq
         out += [Buffer("kv", b, n) for b, n in per.items()]
-        stats[c.name] = (_row(tk, c.width, path) * c.cells * n_seq * len(c.layers), len(c.layers))
+        stats[c.name] = (nbytes, len(c.layers))
     state_bytes = 0
     state_layers: set[int] = set()
     for st in states:
