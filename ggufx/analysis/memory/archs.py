@@ -1045,6 +1045,46 @@ _ENTRIES = (
         leading_dense=True,
         shared_experts=True,
     ),
+    # DeepSeek V4
+    # deepseek4.cpp + llama-kv-cache-dsv4.cpp: every block (NextN/MTP ones too: the DSV4 cache zeroes
+    # n_layer_nextn) keeps a K-only sliding-window cache of one 512-value head per cell (the window's
+    # llama_kv_cache_iswa, never unified); attention.compress_ratios 4 (CSA) and 128 (HCA) add K-only caches
+    # of n_ctx_seq / ratio rows (padded to 256) and F32 compressor states per sequence; the CSA layers also
+    # keep the lightning indexer's compressed keys (attention.indexer.key_length values) and its state
+    # (buffers.dsv4_buffers). Hyper-connection streams, grouped low-rank output, hash-routed first layers
+    # (ffn_gate_tid2eid), sqrt-softplus experts with shared experts. The NextN block's tensors are skipped
+    # unless --mtp, and only counted as NextN when blk.<n_main>.nextn.eh_proj is in the file. No graph
+    # builder: the compute buffer is the generic estimate
+    Arch(
+        "deepseek4",
+        "deepseek4.cpp",
+        (
+            "attention.q_lora_rank",
+            "attention.sliding_window",
+            "expert_feed_forward_length",
+            "expert_shared_count",
+            "expert_weights_scale",
+            "expert_weights_norm",
+            "expert_gating_func",
+            "swiglu_clamp_exp",
+            "swiglu_clamp_shexp",
+            "attention.indexer.head_count",
+            "attention.indexer.key_length",
+            "attention.indexer.top_k",
+            "attention.output_group_count",
+            "attention.output_lora_rank",
+            "attention.compress_rope_freq_base",
+            "attention.compress_ratios",
+            "hyper_connection.count",
+            "hyper_connection.sinkhorn_iterations",
+            "hyper_connection.epsilon",
+            "hash_layer_count",
+        ),
+        swa=Swa(0),
+        skips_nextn=True,
+        moe=True,
+        shared_experts=True,
+    ),
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}

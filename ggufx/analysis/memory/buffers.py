@@ -46,7 +46,7 @@ from ggufx.analysis.memory.compute import (
 from ggufx.analysis.memory.graph.galloc import CUDA_ALIGN, HOST_ALIGN, MATRIX_ROW_PADDING
 from ggufx.analysis.memory.graph.graphsim import SimParams, flash_attn_mismatch, simulated
 from ggufx.analysis.memory.graph.graphsim import simulate as simulate_compute
-from ggufx.analysis.memory.hparams import Hparams, hparams, pad
+from ggufx.analysis.memory.hparams import DSV4_ARCHS, DSV4_CSA, DSV4_HCA, Hparams, hparams, pad
 from ggufx.analysis.memory.placement import (
     CPU,
     CPU_MAPPED,
@@ -162,7 +162,7 @@ class Breakdown:
         """llama.cpp's ``memory breakdown``: per device and the host, model / context / compute bytes
         (the output buffer is not in llama.cpp's table and not here)."""
         rows: dict[str, dict[str, int]] = {d.name: {"model": 0, "context": 0, "compute": 0} for d in self.devices}
-        col = {"model": "model", "kv": "context", "recurrent": "context", "compute": "compute"}
+        col = {"model": "model", "kv": "context", "recurrent": "context", "state": "context", "compute": "compute"}
         for b in self.buffers:
             if b.kind in col:
                 for name, n in (b.slices or {self.row(b.buft): b.bytes}).items():
@@ -379,6 +379,11 @@ def _indexer_buffers(
     return _row(tk, hp.indexer_k, path) * cells * n_streams * len(hp.indexer_layers)
 
 
+def hp_layers(hp: Hparams, ratio: int) -> tuple[int, ...]:
+    """The blocks of a DeepSeek V4 model whose ``attention.compress_ratios`` entry is ``ratio``."""
+    return tuple(il for il, r in enumerate(hp.dsv4_ratios) if r == ratio)
+
+
 def _element_bytes(t: GGMLType) -> float:
     return t.type_size / t.block_size if t.known and t.block_size else 2.0
 
@@ -392,6 +397,124 @@ def _row(t: GGMLType, n: int, path: str) -> int:
             f"of {t.name} blocks ({t.block_size}): llama.cpp cannot use that cache type",
         )
     return n // t.block_size * t.type_size
+
+
+@dataclass(frozen=True, slots=True)
+class Dsv4Cache:
+    """One cache of DeepSeek V4's ``llama_kv_cache_dsv4`` (llama-kv-cache-dsv4.cpp:1213-1340): its name as
+    llama.cpp's log says it, the blocks it holds, its cells per stream and its K width (values per cell)."""
+
+    name: str  # "raw" (the sliding window), "csa", "hca", "lid" (the lightning indexer's compressed keys)
+    layers: tuple[int, ...]
+    cells: int
+    width: int  # per KV head: n_embd_k_gqa(il) = width x head_count_kv(il), except the indexer's (one head)
+    per_kv_head: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Dsv4State:
+    """One compressor state of ``llama_kv_cache_dsv4`` (``llama_dsv4_comp_state``, llama-kv-cache-dsv4.cpp:896-1003):
+    per layer two F32 tensors (kv and score) of ``width`` x ``rows`` x streams."""
+
+    name: str  # "csa", "hca", "lid"
+    layers: tuple[int, ...]
+    rows: int
+    width: int
+
+
+def dsv4_layout(
+    hp: Hparams, n_ctx_seq: int, n_seq: int, n_ubatch: int, swa_full: bool
+) -> tuple[list[Dsv4Cache], list[Dsv4State]]:
+    """What ``llama_kv_cache_dsv4`` makes for ``-c``'s ``n_ctx_seq``, ``-np`` and ``-ub``
+    (llama-model.cpp create_memory passes ``cparams.n_ctx_seq`` and no layer filter):
+
+    * ``raw``: a ``llama_kv_cache_iswa`` over a copy of the hparams with ``n_layer_nextn`` 0, so every block,
+      NextN/MTP ones too, is an SWA layer; K only (``dsv4_make_k_only``: the MLA path), ``key_length x
+      head_count_kv`` values per cell; never unified (``unified_raw = false``, whatever -kvu says), so the
+      window is ``pad256(min(n_ctx_seq, n_swa + n_ubatch))`` cells (``n_ctx_seq`` with --swa-full) per
+      sequence. Its non-SWA half has no layer and no buffer.
+    * ``csa`` / ``hca``: K-only ``llama_kv_cache``s of the blocks whose ratio is 4 / 128,
+      ``pad256(max(1, ceil(n_ctx_seq / ratio)))`` cells per sequence, same width.
+    * ``lid``: the lightning indexer's, on the CSA blocks, CSA's cells, one head of
+      ``indexer.key_length`` values.
+    * the compressor states (F32, ``n_seq x (1 + n_rs_seq)`` planes; ``n_rs_seq`` is 0 without speculative
+      decoding): CSA ``8 x 2·key_length``, HCA ``128 x key_length``, the indexer's ``8 x 2·indexer.key_length``.
+    """
+    n_all = hp.n_layer
+    ratios = hp.dsv4_ratios
+    csa = tuple(il for il in range(n_all) if ratios[il] == DSV4_CSA)
+    hca = tuple(il for il in range(n_all) if ratios[il] == DSV4_HCA)
+    window = n_ctx_seq if swa_full else pad(min(n_ctx_seq, hp.n_swa + n_ubatch))
+    # n_embd_head_k(il): every block is an SWA layer (set_swa_pattern(0), the NextN ones marked too), so
+    # key_length_swa, which defaults to key_length
+    head = hp.head_k_swa
+
+    def comp(ratio: int) -> int:
+        return pad(max(1, -(-n_ctx_seq // ratio)))
+
+    caches = [
+        Dsv4Cache("raw", tuple(range(n_all)), window, head),
+        Dsv4Cache("csa", csa, comp(DSV4_CSA), head),
+        Dsv4Cache("hca", hca, comp(DSV4_HCA), head),
+        Dsv4Cache("lid", csa, comp(DSV4_CSA), hp.indexer_k, per_kv_head=False),  # n_head_kv_arr filled with 1
+    ]
+    states = [
+        Dsv4State("csa", csa, 2 * DSV4_CSA, 2 * hp.head_k),
+        Dsv4State("hca", hca, DSV4_HCA, hp.head_k),
+        Dsv4State("lid", csa, 2 * DSV4_CSA, 2 * hp.indexer_k),
+    ]
+    return caches, states
+
+
+def dsv4_buffers(
+    hp: Hparams,
+    pl: Placement,
+    cp: ContextParams,
+    n_ctx_seq: int,
+    n_seq: int,
+    n_ubatch: int,
+    path: str = "",
+) -> tuple[list[Buffer], dict[str, tuple[int, int]]]:
+    """DeepSeek V4's KV caches (kind ``kv``: one buffer per buffer type and cache, as each
+    ``llama_kv_cache`` prints its own) and compressor states (kind ``state``: llama.cpp prints them as
+    ``llama_dsv4_comp_state: ... DSV4 csa state buffer size``; its memory breakdown counts them as context),
+    each tensor on its block's device (``model.dev_layer``), the host with -nkvo. The K width and cells
+    are per :func:`dsv4_layout`; the -ctk type applies to every cache (there is no V), -ctv to none.
+
+    Returns the buffers and, per cache and state (``raw``, ``csa``, ``hca``, ``lid``, ``state``), its
+    tensor bytes and layers."""
+    tk = _cache_type(cp.cache_type_k, "-ctk")
+    f32 = ggml_type_by_name("F32")
+    caches, states = dsv4_layout(hp, n_ctx_seq, n_seq, n_ubatch, cp.swa_full)
+
+    def buft_of(il: int) -> str:
+        dev = pl.layer_device[il] if il < len(pl.layer_device) else None
+        return CPU if cp.no_kv_offload or dev is None else dev
+
+    out: list[Buffer] = []
+    stats: dict[str, tuple[int, int]] = {}
+    for c in caches:
+        per: dict[str, int] = {}
+        nbytes = 0
+        for il in c.layers:
+            buft = buft_of(il)
+            width = c.width * (hp.n_head_kv[il] if c.per_kv_head and il < len(hp.n_head_kv) else 1)
+            per[buft] = per.get(buft, 0) + alloc_size(buft, tk, width, c.cells * n_seq)
+            nbytes += _row(tk, width, path) * c.cells * n_seq
+        out += [Buffer("kv", b, n) for b, n in per.items()]
+        stats[c.name] = (nbytes, len(c.layers))
+    state_bytes = 0
+    state_layers: set[int] = set()
+    for st in states:
+        per = {}
+        for il in st.layers:
+            buft = buft_of(il)
+            per[buft] = per.get(buft, 0) + 2 * alloc_size(buft, f32, st.width, st.rows * n_seq)
+        out += [Buffer("state", b, n) for b, n in per.items()]
+        state_bytes += 2 * 4 * st.width * st.rows * n_seq * len(st.layers)
+        state_layers |= set(st.layers)
+    stats["state"] = (state_bytes, len(state_layers))
+    return out, stats
 
 
 def recurrent_buffers(
@@ -452,8 +575,27 @@ def breakdown(
         notes.append("flash attention off: llama.cpp forces it off for Grok")
     if cp.flash_attn == "off" and ggml_type_by_name(cp.cache_type_v).is_quantized:
         raise InputError("a quantized V cache needs flash attention (llama.cpp refuses -fa off with it)", "-ctv")
+    if hp.dsv4_ratios and _cache_type(cp.cache_type_k, "-ctk") != _cache_type(cp.cache_type_v, "-ctv"):
+        # llama_init_from_model (llama-context.cpp:3838-3841): MLA models and DeepSeek V4 refuse different K and V
+        # cache types (llama-completion: "unable to create context")
+        raise InputError(
+            f"-ctk {cp.cache_type_k} -ctv {cp.cache_type_v}: DeepSeek V4 needs the same K and V cache types "
+            "(llama.cpp refuses different ones)",
+            "-ctv",
+        )
     buffers = weight_buffers(model, pl)
-    kv, kv_stats = kv_buffers(hp, kinds, pl, cp, n_ctx_seq, swa_cells, n_streams, model.path)
+    dsv4: dict[str, tuple[int, int]] = {}
+    if hp.dsv4_ratios:  # DeepSeek V4: llama_kv_cache_dsv4, one stream per sequence whatever -kvu says
+        kv, dsv4 = dsv4_buffers(hp, pl, cp, n_ctx_seq, max(1, n_seq), n_ubatch, model.path)
+        comp = [dsv4[k] for k in ("csa", "hca", "lid")]
+        kv_stats = {
+            False: (sum(b for b, _ in comp), len({*hp_layers(hp, DSV4_CSA), *hp_layers(hp, DSV4_HCA)})),
+            True: dsv4["raw"],
+            None: dsv4["lid"],
+        }
+        swa_cells = dsv4_layout(hp, n_ctx_seq, max(1, n_seq), n_ubatch, cp.swa_full)[0][0].cells
+    else:
+        kv, kv_stats = kv_buffers(hp, kinds, pl, cp, n_ctx_seq, swa_cells, n_streams, model.path)
     buffers += kv
     rs = recurrent_buffers(hp, kinds, pl, cp, max(1, n_seq))
     buffers += rs
@@ -527,6 +669,20 @@ def breakdown(
     for rx in pl.unmatched_overrides:  # llama.cpp applies the overrides that match and ignores the rest
         notes.append(f"-ot {rx}: matches no tensor of this model; llama.cpp ignores it")
     n_rec = sum(1 for k in kinds if k.state)
+    rec_bytes = n_rec * 4 * (hp.n_embd_r + hp.n_embd_s) * max(1, n_seq)
+    if dsv4:  # the compressor states are DeepSeek V4's per-sequence state
+        rec_bytes, n_rec = dsv4["state"]
+        caches = dsv4_layout(hp, n_ctx_seq, max(1, n_seq), n_ubatch, cp.swa_full)[0]
+        rows = ", ".join(
+            f"{what} {len(c.layers)} layers x {c.cells:,} rows ({dsv4[c.name][0] / MiB:,.2f} MiB)"
+            for c, what in zip(caches[1:], ("CSA (1/4)", "HCA (1/128)", "indexer keys (1/4)"), strict=True)
+        )
+        seqs = f", rows for each of {n_seq} sequences" if n_seq > 1 else ""
+        notes.append(
+            f"DeepSeek V4 cache (llama_kv_cache_dsv4): the full-attention figure is its compressed caches: "
+            f"{rows}{seqs}; the sliding window holds every block; the recurrent state is its F32 "
+            f"compressor states ('state' buffers)"
+        )
     return Breakdown(
         buffers,
         n_ctx,
@@ -544,7 +700,7 @@ def breakdown(
         kv_stats[False][1],
         kv_stats[True][0],
         kv_stats[True][1],
-        n_rec * 4 * (hp.n_embd_r + hp.n_embd_s) * max(1, n_seq),
+        rec_bytes,
         n_rec,
         sp,
         estimate,
@@ -580,6 +736,15 @@ def approximate_compute(
 ) -> str | None:
     """Why the compute model is only approximate for this configuration (None: it is within 5% of
     llama.cpp on every recorded run of this kind)."""
+    if model.architecture in DSV4_ARCHS:
+        # the generic decoder sees window layers only; DeepSeek V4's compressed attention and lightning indexer
+        # score n_ctx_seq / 4 rows per token (deepseek4.cpp), so llama.cpp's buffer grows with the context:
+        # on the CPU build the estimate is 31-78% under llama.cpp's on the small model (-c 512 to 65536), 9%
+        # over at 4096 cells and 82% under at 1,048,576 (llama.cpp's 5.5x) on the published Flash dimensions
+        return (
+            "DeepSeek V4's compressed attention and lightning indexer grow with the context and are not "
+            "modelled; llama.cpp's compute buffer was up to 5.5x this estimate on the recorded runs"
+        )
     host_weights = any(not is_cuda(buft) and layer_of(t.name, len(kinds)) != "input" for t, buft in pl.tensors)
     if len(pl.devices) > 1 and not pipeline and host_weights and s.n_tokens >= OP_OFFLOAD_MIN_BATCH:
         # the first GPU multiplies every host weight (op offload) and runs the host layers' attention

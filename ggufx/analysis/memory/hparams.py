@@ -55,6 +55,9 @@ class Hparams:
     # layers whose keys its cache holds
     indexer_k: int = 0
     indexer_layers: tuple[int, ...] = ()
+    # DeepSeek V4 (llama-kv-cache-dsv4.cpp): attention.compress_ratios per block (0: the window only, 4: CSA,
+    # 128: HCA); empty for every other architecture
+    dsv4_ratios: tuple[int, ...] = ()
 
     @property
     def n_layer_main(self) -> int:
@@ -84,9 +87,44 @@ def _arr(model: GGUFModel, key: str, n: int, default: int) -> list[int]:
 
 
 def n_nextn(model: GGUFModel) -> int:
-    """``nextn_predict_layers``: the trailing NextN/MTP blocks (llama_hparams::n_layer_nextn)."""
+    """``nextn_predict_layers``: the trailing NextN/MTP blocks (llama_hparams::n_layer_nextn). DeepSeek V4
+    counts them only when the first one's ``nextn.eh_proj`` is in the file (deepseek4.cpp
+    ``load_arch_hparams``: otherwise every block is a trunk layer)."""
     n = model.metadata.get_int(f"{model.architecture}.nextn_predict_layers") or 0
+    if n > 0 and model.architecture in DSV4_ARCHS:
+        n_all = model.metadata.get_int(f"{model.architecture}.block_count") or 0
+        probe = f"blk.{n_all - n}.nextn.eh_proj.weight"
+        if not any(t.name == probe for t in model.tensors):
+            return 0
     return max(n, 0)
+
+
+# the architectures whose memory is llama_kv_cache_dsv4 (llama-model.cpp create_memory)
+DSV4_ARCHS = frozenset({"deepseek4"})
+# llama-kv-cache-dsv4.cpp DSV4_CSA_RATIO / DSV4_HCA_RATIO: the compression ratios its loader accepts
+DSV4_CSA, DSV4_HCA = 4, 128
+
+
+def dsv4_ratios(model: GGUFModel, n_layer: int) -> tuple[int, ...]:
+    """``attention.compress_ratios`` of a DeepSeek V4 file, one per block (deepseek4.cpp ``load_arch_hparams``
+    reads the array and refuses one shorter than ``block_count``; ``load_arch_tensors`` accepts 0, 4 and 128
+    only). Empty for every other architecture."""
+    a = model.architecture or ""
+    if a not in DSV4_ARCHS:
+        return ()
+    key = f"{a}.attention.compress_ratios"
+    md = model.metadata
+    v = md.get(key)
+    if not isinstance(v, GGUFArray):
+        raise ValidationError(model.path, md.kv(key).offset if key in md else None, f"{key} is missing or not an array")
+    items = v.tolist()
+    if len(items) < n_layer:
+        raise ValidationError(
+            model.path, md.kv(key).offset, f"{key} has {len(items)} entries but the model has {n_layer} blocks"
+        )
+    if not all(isinstance(x, int) and x in (0, DSV4_CSA, DSV4_HCA) for x in items[:n_layer]):
+        raise ValidationError(model.path, md.kv(key).offset, f"{key} must hold 0, 4 or 128 per block")
+    return tuple(int(x) for x in items[:n_layer])
 
 
 def sliding_window(model: GGUFModel, n_layer: int | None = None) -> int:
@@ -212,6 +250,7 @@ def hparams(model: GGUFModel) -> Hparams:
         n_s,
         min(n_nextn(model), n_layer),
         bool(arch is not None and arch.mla and get("attention.key_length_mla") and get("attention.value_length_mla")),
-        get("attention.indexer.key_length") if arch is not None and arch.indexer else 0,
+        get("attention.indexer.key_length") if arch is not None and (arch.indexer or a in DSV4_ARCHS) else 0,
         indexer_layers(model, n_layer - min(n_nextn(model), n_layer)),
+        dsv4_ratios(model, n_layer),
     )

@@ -208,6 +208,11 @@ def _override(
     return buft
 
 
+# llama-arch.cpp:829, :1008, :1012: DeepSeek V4's weights that llama.cpp reads with GGML_OP_GET_ROWS, which the
+# repack buffer type does not take (its supports_op is MUL_MAT / MUL_MAT_ID only)
+_GET_ROWS_WEIGHTS = ("attn_compressor_ape.weight", "indexer_compressor_ape.weight", "ffn_gate_tid2eid.weight")
+
+
 def _repackable(t: TensorInfo) -> bool:
     """A weight the CPU_REPACK buffer type takes (ggml-cpu/repack.cpp:5191-5225 ``supports_op``): a
     matrix of ``MUL_MAT`` (2 dimensions) or an expert stack of ``MUL_MAT_ID`` (3), of a repackable
@@ -219,6 +224,7 @@ def _repackable(t: TensorInfo) -> bool:
     experts = "_exps." in t.name or "_chexps." in t.name
     return (
         t.name.endswith(".weight")
+        and not t.name.endswith(_GET_ROWS_WEIGHTS)
         and t.type.name in _REPACK_TYPES
         and dims == (3 if experts else 2)
         and t.shape[1] % 8 == 0
