@@ -42,7 +42,7 @@ MATRIX = [
     if line.strip() and not line.startswith("#")
 ]
 RUNS = {rid: (model, args) for rid, model, args in MATRIX if (CPU_LOGS / f"{rid}.log").exists()}
-EXACT = ("model", "kv", "recurrent", "output")
+EXACT = ("model", "kv", "recurrent", "state", "output")
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,10 @@
 """DeepSeek V4's memory (llama.cpp's ``llama_kv_cache_dsv4``) against llama.cpp's CPU build.
 
-``tests/test_arch_logs.py`` holds every DeepSeek V4 run's weights, KV and output buffers to the 0.01 MiB. Here,
+``tests/test_arch_logs.py`` holds every DeepSeek V4 run's weights, KV, state and output buffers to the 0.01 MiB. Here,
 per run: each of the four K-only caches llama.cpp makes (the sliding window of every block, the CSA and HCA
 compressed caches, the lightning indexer's) with its cells, layers and buffer line in the order llama.cpp
-prints them; each compressor state's ``DSV4 ... state buffer size`` line (which ggufx's log parser does not
-read: ``record_dsv4.py`` keeps them); and the ``context`` column of llama.cpp's memory breakdown.
+prints them; each compressor state's ``DSV4 ... state buffer size`` line (a ``state`` buffer to the log parser);
+and the ``context`` column of llama.cpp's memory breakdown.
 """
 
 from __future__ import annotations

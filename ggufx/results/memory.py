@@ -637,7 +637,7 @@ def _check_rows(
     from ggufx.analysis.memory.buffers import MiB
 
     rows: list[CheckRow] = []
-    for kind in ("model", "kv", "recurrent", "output", "compute"):
+    for kind in ("model", "kv", "recurrent", "state", "output", "compute"):
         theirs = {k: v for k, v in theirs_by_kind.get(prefix + kind, {}).items() if v > 0 or kind != "compute"}
         ours: dict[str, int] = {}
         # llama.cpp prints each cache's buffer on its own line to 0.01 MiB (an SWA cache beside the full

@@ -269,7 +269,12 @@ def free_seen(
     0.06 MiB, which free memory floored to MiB loses)."""
     offload = offload or OffloadParams()
     cp = cp or ContextParams()
-    rs = breakdown(model, devices, offload, cp).by_kind("recurrent")
+    b = breakdown(model, devices, offload, cp)
+    rs = b.by_kind("recurrent")
+    # DeepSeek V4's compressor states are allocated in the dry run too (llama_dsv4_comp_state has no no_alloc
+    # branch, llama-kv-cache-dsv4.cpp); not yet measured on a GPU: counted with the recurrent state's pages
+    for name, n in b.by_kind("state").items():
+        rs[name] = rs.get(name, 0) + n
     out = []
     for d in devices:
         state = -(-rs.get(d.name, 0) // PAGE) * PAGE

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 __all__ = ["LlamaLog", "parse_log"]
 
 _BUFFER = re.compile(
-    r"(?P<fn>load_tensors|llama_kv_cache|llama_memory_recurrent|llama_context|sched_reserve):\s+"
-    r"(?P<buft>\S+)\s+(?P<kind>model|KV|RS|output|compute) buffer size =\s+(?P<mib>[\d.]+) MiB"
+    r"(?P<fn>load_tensors|llama_kv_cache|llama_memory_recurrent|llama_context|sched_reserve|llama_dsv4_comp_state):\s+"
+    r"(?P<buft>\S+)\s+(?:DSV4 \w+ )?(?P<kind>model|KV|RS|output|compute|state) buffer size =\s+(?P<mib>[\d.]+) MiB"
 )
 _EXACT_COMPUTE = re.compile(r"~llama_context:\s+(?P<buft>\S+) compute buffer size is\s+(?P<mib>[\d.]+) MiB")
 _DEVICE = re.compile(r"using device (?P<name>\S+) \((?P<desc>[^)]*)\).* - (?P<free>\d+) MiB free")
@@ -27,7 +27,7 @@ _BREAKDOWN = re.compile(
 _PARAM = re.compile(
     r"llama_context: (?P<key>n_seq_max|n_ctx|n_ctx_seq|n_batch|n_ubatch|flash_attn|kv_unified)\s+= (?P<v>\S+)"
 )
-KINDS = {"model": "model", "KV": "kv", "RS": "recurrent", "output": "output", "compute": "compute"}
+KINDS = {"model": "model", "KV": "kv", "RS": "recurrent", "output": "output", "compute": "compute", "state": "state"}
 
 
 @dataclass(slots=True)
