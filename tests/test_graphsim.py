@@ -400,6 +400,47 @@ def test_a_replay_settled_after_two_blocks_has_the_next_one_try_exactly_two(
     assert got == graphsim.simulate(model, devices, args.offload, sp, whole=True)
 
 
+@pytest.mark.parametrize(
+    ("name", "argv", "builds"),
+    [
+        ("qwen36-27b", "-c 32768", 2),  # the prompt's graph, the probe's (which the token reservation takes)
+        ("qwen36-27b", "-c 32768 -fa on", 2),  # no probe
+        ("qwen3moe-30b-a3b", "-c 32768 --n-cpu-moe 20", 2),
+        ("llama31-8b", "-c 32768 -np 4", 2),
+    ],
+)
+def test_the_token_reservation_takes_the_flash_attention_probes_graph(
+    name: str, argv: str, builds: int, hole_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``-fa auto``: the probe builds and schedules the one-token graph of the plan the token
+    reservation tries first; with flash attention kept on, that reservation splits and reserves that
+    graph instead of building it again: two graphs built per breakdown, the whole replay's buffers."""
+    model = ggufx.open(hole_models[name])
+    devices = [Device("CUDA0", 80000 * MiB)]
+    args = parse_args(f"-m x {argv}")
+    made: list[str] = []
+    build = graphsim.builder
+
+    def counted(arch: str):  # type: ignore[no-untyped-def]
+        b = build(arch)
+
+        def run(*a):  # type: ignore[no-untyped-def]
+            made.append(arch)
+            return b(*a)
+
+        run.__module__ = b.__module__
+        return run
+
+    monkeypatch.setattr(graphsim, "builder", counted)
+    bd = breakdown(model, devices, args.offload, args.context)
+    assert len(made) == builds
+    monkeypatch.setattr(graphsim, "builder", build)
+    sp = sim_params(bd)
+    assert graphsim.simulate(model, devices, args.offload, sp) == graphsim.simulate(
+        model, devices, args.offload, sp, whole=True
+    )
+
+
 def test_an_odd_number_left_out_needs_a_replay_periodic_over_one_block() -> None:
     """Where the blocks left out are odd in number, a state that repeats only every two blocks would
     resume in the other phase: the plan's check then compares with one block back only."""

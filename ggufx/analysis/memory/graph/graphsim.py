@@ -69,10 +69,16 @@ def simulated(model: GGUFModel) -> str | None:
     """Why this model's graph is not simulated (None when it is): another architecture, or a file
     without the tensors or the expert counts the graph needs (which llama.cpp would not load; the
     phase model still sizes it)."""
+    if model in _WHY_NOT:  # asked once per breakdown: --fit's dry runs, a report's contexts
+        return _WHY_NOT[model]
     arch = model.architecture or ""
+    why: str | None
     if arch not in SIMULATED_ARCHS:
-        return f"the {arch!r} graph is not simulated (simulated: {', '.join(sorted(SIMULATED_ARCHS))})"
-    return unbuildable(model) or _unsound(model)
+        why = f"the {arch!r} graph is not simulated (simulated: {', '.join(sorted(SIMULATED_ARCHS))})"
+    else:
+        why = unbuildable(model) or _unsound(model)
+    _WHY_NOT[model] = why
+    return why
 
 
 def _unsound(model: GGUFModel) -> str | None:
@@ -201,6 +207,9 @@ class _Loaded:
     kinds: dict[object, frozenset[tuple[object, ...]]] = field(default_factory=dict)  # the signatures, as a set
     tagged: _Plan | None = None  # the plan the weights' positions are set for
     blk: list[tuple[int | None, list[tuple[_T, tuple[str, str, str]]]]] | None = None  # for :func:`_one`
+    # the -fa auto probe's graph, built and assigned (:func:`_flash_attn_mismatch`), with the reservation
+    # and plan it was built for: the token reservation of that plan splits and reserves it (once)
+    probe: tuple[SimParams, _Plan, _Graph, _Sched] | None = None
 
 
 def _load(model: GGUFModel, hp: Hparams, pl: Placement) -> _Loaded:
@@ -383,12 +392,17 @@ def _one(
             pos = GLOBAL if il is None else where.get(il, GLOBAL - 1)
             for t, seq in tagged:
                 t.pos, t.seq = pos, seq
-    g = _Graph()
-    g.expand(builder(hp.arch)(c, g))
-    gpus = [d.name for d in pl.devices]
-    host = host_buft(gpus[0] if gpus else None)
-    sched = _Sched(gpus, host, N_COPIES if sp.pipeline else 1)
-    sched.assign(g)
+    probe = ld.probe
+    if probe is not None and probe[1] is plan and probe[0] == sp and n_tokens == n_outputs == sp.n_seq_max:
+        ld.probe = None  # split changes the graph: used once
+        g, sched = probe[2], probe[3]  # the graph the probe built and assigned (weights' tags: not read before)
+    else:
+        g = _Graph()
+        g.expand(builder(hp.arch)(c, g))
+        gpus = [d.name for d in pl.devices]
+        host = host_buft(gpus[0] if gpus else None)
+        sched = _Sched(gpus, host, N_COPIES if sp.pipeline else 1)
+        sched.assign(g)
     nodes, leafs, node_at = sched.split(g)
     marks = frozenset(p for check in plan.checks for p in check[:3])
     sizes, states = _reserve(nodes, leafs, sched.bufts, node_at, marks)
@@ -537,12 +551,23 @@ def _flash_attn_mismatch(
 ) -> int | None:
     ld = _loaded(model, devices, offload, placement)
     c = _context(model, ld, sp, sp.n_seq_max, sp.n_seq_max)
-    c.layers = list(range(ld.hp.n_layer)) if whole else list(_plan(_layer_signatures(c, ld), 2).layers)
+    plan = None
+    if whole:
+        c.layers = list(range(ld.hp.n_layer))
+    else:  # the plan of two blocks (or three) that the token reservation tries first
+        key = (tuple(c.cache_buft), tuple(c.pin), 2, False)
+        if key not in ld.plans:
+            ld.plans[key] = _plan(_layer_signatures(c, ld), 2)
+        plan = ld.plans[key]
+        c.layers = list(plan.layers)
     g = _Graph()
     g.expand(builder(ld.hp.arch)(c, g))
     gpus = [d.name for d in ld.pl.devices]
     sched = _Sched(gpus, host_buft(gpus[0]), 1)
     sched.assign(g)
+    # kept for that reservation (with flash attention kept on, the same graph) unless pipeline parallelism
+    # gives it another scheduler
+    ld.probe = (sp, plan, g, sched) if plan is not None and not sp.pipeline else None
     for node in g.nodes:
         if node.op == "FLASH_ATTN_EXT" and node.name.startswith("node_fa-"):
             il = int(node.name.rsplit("-", 1)[1])
@@ -574,6 +599,8 @@ def _layout(devices: list[Device], offload: OffloadParams) -> tuple[object, ...]
     return tuple(d.name for d in devices)
 
 
+# per model (held weakly), why its graph is not simulated (:func:`simulated`; None: it is)
+_WHY_NOT: weakref.WeakKeyDictionary[GGUFModel, str | None] = weakref.WeakKeyDictionary()
 # per model (held weakly: a model closed and collected takes its entries along), the loaded graph
 # tensors per placement and the buffers per reservation, so that --fit's searches and a report's
 # several contexts replay a configuration once per process
