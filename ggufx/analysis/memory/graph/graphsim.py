@@ -493,6 +493,9 @@ def simulate(
         if not whole:
             kinds = _kinds(model, ld, sp, n_tokens, n_outputs)
             prev = last.get((prompt, kinds), TRIES[0])
+            probe = ld.probe
+            if prev == (2, True) and probe is not None and probe[0] == sp and n_tokens == n_outputs == sp.n_seq_max:
+                prev = TRIES[0]  # the probe's graph (three blocks, or two) split and reserved, not built again
             tries = TRIES[:1] if prev is None else (prev, *(w for w in TRIES if w != prev))
             used: tuple[int, bool] | None = None
             failed: set[_Plan] = set()
