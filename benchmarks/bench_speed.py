@@ -2,6 +2,7 @@
 """How long `ggufx info`, `mem`, `mem --fit` and `report` take, as whole processes, before and after.
 
     python benchmarks/bench_speed.py [--runs N] [--before /work/main] [--only info,mem,fit,report,report-gpus]
+                                     [--models NAME,...]
 
 One table per command, one row per model and code: "after" is this checkout, "before" another
 checkout of ggufx (default: /work/main, the commit this branch started from), both run by this
@@ -9,7 +10,9 @@ interpreter with their own tree first on sys.path and their own byte-code cache
 (benchmarks/.data/pycache/<label>, as an installed package has one), so the two differ only in their
 code. `info` is paired with PyPI's `gguf-inspect` (its header summary, `--no-metadata --no-tensors`),
 the fastest Python peer we know. Models (benchmarks/bench_models.py): the Qwen3.6 27B hybrid replica
-of the recorded runs (64 layers), a 94-layer MoE of Qwen3-235B-A22B's shape, Gemma 3 270M.
+of the recorded runs (64 layers), a 94-layer MoE of Qwen3-235B-A22B's shape, Gemma 3 270M; ``--models``
+picks among those and the header-only models of benchmarks/.data/holes by name (qwen3next-80b-a3b,
+glm45-air, ...).
 
 Per model the commands compared (before, after, the peer, `python -c pass`) run N times interleaved,
 round by round, after a warm-up round (page cache and byte code warm), so that the other workers of
@@ -79,8 +82,16 @@ def main() -> None:
         help="the ggufx tree to compare with (a checkout, or `git archive REV ggufx templates | tar -x -C DIR`)",
     )
     ap.add_argument("--only", default="info,mem,fit,report,report-gpus")
+    ap.add_argument("--models", default="", help="comma-separated names (default: the three of bench_models.py)")
     args = ap.parse_args()
     paths = models()
+    if args.models:
+        holes = {p.stem: p for p in (HERE / ".data" / "holes").glob("*.gguf")}
+        names = args.models.split(",")
+        unknown = [n for n in names if n not in paths and n not in holes]
+        if unknown:
+            raise SystemExit(f"unknown models: {', '.join(unknown)} (known: {', '.join(sorted({*paths, *holes}))})")
+        paths = {n: paths.get(n) or holes[n] for n in names}
     out = Path(tempfile.mkdtemp(prefix="ggufx-bench-"))
     codes = {"after": ROOT}
     if (args.before / "ggufx" / "cli").is_dir():

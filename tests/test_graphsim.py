@@ -329,6 +329,133 @@ def test_a_warm_up_making_a_plan_found_not_periodic_is_not_replayed(
     assert got == graphsim.simulate(model, devices, args.offload, sp, whole=True)
 
 
+@pytest.mark.parametrize(
+    ("name", "argv", "n_tokens"),
+    [
+        ("qwen3next-80b-a3b", "-c 4096 -ngl 99", "prompt"),
+        ("qwen3next-80b-a3b", "-c 4096 -ngl 99", "token"),
+        ("qwen3next-80b-a3b", r"-c 4096 -ngl 99 -ot blk\.(2[2-9]|[34][0-9])\.ffn_.*_exps=CPU", "token"),
+        ("qwen3next-80b-a3b", r"-c 4096 -ngl 99 -ot blk\.(2[2-9]|[34][0-9])\.ffn_.*_exps=CPU", "prompt"),
+    ],
+)
+def test_the_exact_warm_up_keeps_two_blocks_and_gives_the_whole_replays_buffers(
+    name: str, argv: str, n_tokens: str, hole_models: dict[str, Path]
+) -> None:
+    """Exactly two blocks kept, an odd number of blocks left out: the replay must find the allocator
+    periodic over one block where it resumes, and then gives the whole replay's buffers; fewer layers
+    built than the plan that keeps a third block to leave an even number out."""
+    model = ggufx.open(hole_models[name])
+    args = parse_args(f"-m x {argv}")
+    devices = [Device("CUDA0", 80000 * MiB)]
+    sp = sim_params(breakdown(model, devices, args.offload, args.context))
+    ld = graphsim._loaded(model, devices, args.offload)
+    n = sp.n_ubatch if n_tokens == "prompt" else sp.n_seq_max
+    n_out = min(n, sp.n_outputs)
+    c = graphsim._context(model, ld, sp, n, n_out)
+    sigs = graphsim._layer_signatures(c, ld)
+    exact, even = graphsim._plan(sigs, 2, exact=True), graphsim._plan(sigs, 2)
+    assert len(exact.layers) < len(even.layers)
+    # an odd number left out somewhere: that check compares with one block back only
+    assert any(two == one for _, one, two, _ in exact.checks)
+    got = graphsim._one(model, ld, sp, n, n_out, 2, None, exact=True)
+    assert got is not None
+    assert got == graphsim._one(model, ld, sp, n, n_out, None)
+
+
+@pytest.mark.parametrize(
+    ("name", "argv", "hinted"),
+    [
+        ("qwen3next-80b-a3b", r"-ngl 99 -ot blk\.(2[2-9]|[34][0-9])\.ffn_.*_exps=CPU", True),
+        # the 27B hybrid's allocator settles after the third block only: its exact plan of two fails
+        ("qwen36-27b", "-ctk q4_0 -ctv q4_0", False),
+    ],
+)
+def test_a_replay_settled_after_two_blocks_has_the_next_one_try_exactly_two(
+    name: str, argv: str, hinted: bool, hole_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shortened replay of three blocks that finds the allocator the same after the second block as
+    after the first has the next reservation of those kinds of layers (--fit's next dry run) try the
+    exact plan of two blocks first: one replay per reservation, the whole replay's buffers. Where it
+    does not (the 27B hybrid), the next one keeps the plan that held."""
+    model = ggufx.open(hole_models[name])
+    devices = [Device("CUDA0", 80000 * MiB)]
+    graphsim._RESULTS.pop(model, None)
+    graphsim._LAST_WARM.pop(model, None)
+    args = parse_args(f"-m x -c 4096 {argv}")
+    graphsim.simulate(model, devices, args.offload, sim_params(breakdown(model, devices, args.offload, args.context)))
+    assert set(graphsim._LAST_WARM[model].values()) == {(2, True) if hinted else (2, False)}
+    calls: list[bool] = []
+    one = graphsim._one
+
+    def spy(*a, **k):  # type: ignore[no-untyped-def]
+        calls.append(bool(a[7] if len(a) > 7 else k.get("exact", False)))
+        return one(*a, **k)
+
+    args = parse_args(f"-m x -c 8192 {argv}")
+    monkeypatch.setattr(graphsim, "_one", spy)
+    sp = sim_params(breakdown(model, devices, args.offload, args.context))
+    assert calls == [hinted, hinted]  # one replay per reservation
+    monkeypatch.setattr(graphsim, "_one", one)
+    got = graphsim.simulate(model, devices, args.offload, sp)
+    assert got == graphsim.simulate(model, devices, args.offload, sp, whole=True)
+
+
+@pytest.mark.parametrize(
+    ("name", "argv", "builds"),
+    [
+        ("qwen36-27b", "-c 32768", 2),  # the prompt's graph, the probe's (which the token reservation takes)
+        ("qwen36-27b", "-c 32768 -fa on", 2),  # no probe
+        ("qwen3moe-30b-a3b", "-c 32768 --n-cpu-moe 20", 2),
+        ("llama31-8b", "-c 32768 -np 4", 2),
+    ],
+)
+def test_the_token_reservation_takes_the_flash_attention_probes_graph(
+    name: str, argv: str, builds: int, hole_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``-fa auto``: the probe builds and schedules the one-token graph of the plan the token
+    reservation tries first; with flash attention kept on, that reservation splits and reserves that
+    graph instead of building it again: two graphs built per breakdown, the whole replay's buffers."""
+    model = ggufx.open(hole_models[name])
+    devices = [Device("CUDA0", 80000 * MiB)]
+    args = parse_args(f"-m x {argv}")
+    made: list[str] = []
+    build = graphsim.builder
+
+    def counted(arch: str):  # type: ignore[no-untyped-def]
+        b = build(arch)
+
+        def run(*a):  # type: ignore[no-untyped-def]
+            made.append(arch)
+            return b(*a)
+
+        run.__module__ = b.__module__
+        return run
+
+    monkeypatch.setattr(graphsim, "builder", counted)
+    bd = breakdown(model, devices, args.offload, args.context)
+    assert len(made) == builds
+    monkeypatch.setattr(graphsim, "builder", build)
+    sp = sim_params(bd)
+    assert graphsim.simulate(model, devices, args.offload, sp) == graphsim.simulate(
+        model, devices, args.offload, sp, whole=True
+    )
+
+
+def test_an_odd_number_left_out_needs_a_replay_periodic_over_one_block() -> None:
+    """Where the blocks left out are odd in number, a state that repeats only every two blocks would
+    resume in the other phase: the plan's check then compares with one block back only."""
+    a, b, c = ("a",), ("b",), ("c",)
+    sigs = [c, *([a, b] * 7), c]  # seven blocks of two layers between two others
+    plan = graphsim._plan(sigs, 2, exact=True)
+    assert plan.layers == (0, 1, 2, 3, 4, 13, 14, 15)  # two blocks, four left out, the last block kept
+    assert plan.checks == ((5, 3, 1, 1),)  # four out: even, two blocks back allowed
+    sigs = [c, *([a, b] * 8), c]
+    plan = graphsim._plan(sigs, 2, exact=True)
+    assert plan.layers == (0, 1, 2, 3, 4, 15, 16, 17)  # five left out: odd
+    assert plan.checks == ((5, 3, 3, 1),)
+    assert graphsim._plan(sigs, 2).layers == (0, 1, 2, 3, 4, 5, 6, 15, 16, 17)  # even: a third block kept
+
+
 # -- fit's dry runs on a model with NextN/MTP layers ----------------------------------------------------
 
 

@@ -91,9 +91,26 @@ class DynAllocator:
 _HOST_BUFTS = frozenset({"CPU", "CPU_Mapped", "CPU_REPACK", "CUDA_Host"})  # no padding: the answer's first part
 
 
+# _alloc_size of every tensor but flash attention's (whose size reads its sources), by buffer type,
+# type, shape and strides: the replays of one process allocate the same few hundred layouts again
+_SIZES: dict[tuple[str, str, tuple[int, int, int, int], tuple[int, int, int, int]], int] = {}
+
+
 def _alloc_size(buft: str, t: _T) -> int:
     """``ggml_backend_buft_get_alloc_size``: CUDA adds the flash-attention f16 conversion of a
     quantized K/V (fattn.cu:722, fattn-common.cuh:53) and pads quantized rows (ggml-cuda.cu:903)."""
+    if t.op == "FLASH_ATTN_EXT":
+        return _alloc_size_of(buft, t)
+    key = (buft, t.type, t.ne, t.nb)
+    size = _SIZES.get(key)
+    if size is None:
+        if len(_SIZES) >= 1 << 16:
+            _SIZES.clear()
+        size = _SIZES[key] = _alloc_size_of(buft, t)
+    return size
+
+
+def _alloc_size_of(buft: str, t: _T) -> int:
     size = _nbytes(t.type, t.ne, t.nb)
     if buft in _HOST_BUFTS or not buft.startswith("CUDA") or buft.endswith("_Host"):
         return size
@@ -177,6 +194,14 @@ def _reserve(
             n = sizes[t] = _alloc_size(buft, t)
         where[t] = (buft, allocs[buft].alloc(n))
 
+    def allocate_new(t: _T, bid: int) -> None:  # allocate, for a tensor of an op without an in-place variant
+        own.add(t)
+        buft = bufts[bid]
+        n = sizes.get(t)
+        if n is None:
+            n = sizes[t] = _alloc_size(buft, t)
+        where[t] = (buft, allocs[buft].alloc(n))
+
     for leaf in leafs:
         if leaf.buft is None and leaf.view_src is None and leaf not in own:
             allocate(leaf, leaf.backend)
@@ -195,14 +220,17 @@ def _reserve(
                 allocate(s, node.backend)
     states: dict[int, object] = {}
     todo = sorted(marks, reverse=True)
-    tensors: dict[_T, None] = {}
+    tensors: list[_T] = []
     pre: frozenset[_T] = frozenset()
     if todo:
         every: list[_T] = []  # each tensor, then its sources
         for t in (*leafs, *nodes):
             every.append(t)
             every += t.src
-        tensors = dict.fromkeys(every)
+        # what a state can hold: neither weights nor caches (never allocated here), nor views of them
+        tensors = [
+            t for t in dict.fromkeys(every) if t.buft is None and (t.view_src is None or t.view_src.buft is None)
+        ]
         pre = frozenset(own)  # allocated before the first node: leafs and inputs
         states[PREALLOCATED] = frozenset(t.pos for t in pre)
     for i, node in enumerate(nodes):
@@ -216,7 +244,10 @@ def _reserve(
             if p.buft is None and p.view_src is None and p not in own:
                 allocate(p, backend)
         if node.buft is None and node.view_src is None and node not in own:
-            allocate(node, backend)
+            if node.op in _INPLACE:
+                allocate(node, backend)
+            else:
+                allocate_new(node, backend)
         for p in src:
             n = children[p] - 1
             children[p] = n
@@ -239,7 +270,7 @@ def _reserve(
 def _state(
     mark: int,
     allocs: dict[str, DynAllocator],
-    tensors: dict[_T, None],
+    tensors: list[_T],
     where: dict[_T, tuple[str, int]],
     own: set[_T],
     children: dict[_T, int],
@@ -252,16 +283,12 @@ def _state(
     place in it, the others (inputs, embeddings, shared copies) by identity, without their pending
     consumers (which only differ by the uses of the layers a plan leaves out, all before a last
     use in the layers it keeps), and those allocated before the first node (in a place no layer
-    changes) by identity. Tensors of later layers are left out unless already allocated."""
+    changes) by identity. Tensors of later layers are left out unless already allocated.
+    ``tensors``: every tensor of the graph but weights, caches and their views (never allocated here)."""
     free = tuple((b, tuple(tuple(blk) for blk in a.blocks)) for b, a in allocs.items())
     live: dict[object, object] = {}
     children_get, views_get = children.get, views.get
     for t in tensors:
-        if t.buft is not None:
-            continue  # weights and caches: never allocated here
-        vs = t.view_src
-        if vs is not None and vs.buft is not None:
-            continue
         mine = t in own
         if t in pre:
             live[("pre", id(t))] = where[t] if mine else None

@@ -69,10 +69,16 @@ def simulated(model: GGUFModel) -> str | None:
     """Why this model's graph is not simulated (None when it is): another architecture, or a file
     without the tensors or the expert counts the graph needs (which llama.cpp would not load; the
     phase model still sizes it)."""
+    if model in _WHY_NOT:  # asked once per breakdown: --fit's dry runs, a report's contexts
+        return _WHY_NOT[model]
     arch = model.architecture or ""
+    why: str | None
     if arch not in SIMULATED_ARCHS:
-        return f"the {arch!r} graph is not simulated (simulated: {', '.join(sorted(SIMULATED_ARCHS))})"
-    return unbuildable(model) or _unsound(model)
+        why = f"the {arch!r} graph is not simulated (simulated: {', '.join(sorted(SIMULATED_ARCHS))})"
+    else:
+        why = unbuildable(model) or _unsound(model)
+    _WHY_NOT[model] = why
+    return why
 
 
 def _unsound(model: GGUFModel) -> str | None:
@@ -198,8 +204,12 @@ class _Loaded:
     recurrent: list[bool]
     gdn: _Gdn | None
     plans: dict[object, _Plan] = field(default_factory=dict)  # by the signatures' varying parts and warm-up
+    kinds: dict[object, frozenset[tuple[object, ...]]] = field(default_factory=dict)  # the signatures, as a set
     tagged: _Plan | None = None  # the plan the weights' positions are set for
     blk: list[tuple[int | None, list[tuple[_T, tuple[str, str, str]]]]] | None = None  # for :func:`_one`
+    # the -fa auto probe's graph, built and assigned (:func:`_flash_attn_mismatch`), with the reservation
+    # and plan it was built for: the token reservation of that plan splits and reserves it (once)
+    probe: tuple[SimParams, _Plan, _Graph, _Sched] | None = None
 
 
 def _load(model: GGUFModel, hp: Hparams, pl: Placement) -> _Loaded:
@@ -292,12 +302,15 @@ class _Plan:
 MAX_PERIOD = 8  # the longest block of layers looked for (qwen35: 4, gemma3: 6)
 
 
-def _plan(sigs: list[tuple[object, ...]], warm: int) -> _Plan:
+def _plan(sigs: list[tuple[object, ...]], warm: int, exact: bool = False) -> _Plan:
     """Each run of identical blocks of ``P`` layers (the smallest ``P`` that leaves the most layers
     out) is built as its first ``warm`` blocks, then the replay resumes after an even number of
     blocks left out (so that a replay periodic over one or two blocks resumes in the state it would
     have reached: :func:`simulate`); everything else is built as it is. ``warm`` >= 2, so that the
-    states compared follow a block (two blocks back: from three kept blocks on)."""
+    states compared follow a block (two blocks back: from three kept blocks on). ``exact``: exactly
+    ``warm`` blocks kept, and where that leaves an odd number out, the replay must be periodic over
+    one block there (its check compares with the block one period before only): one block fewer to
+    build where the allocator settles at once."""
     n = len(sigs)
     layers: list[int] = []
     checks: list[tuple[int, int, int, int]] = []
@@ -315,7 +328,7 @@ def _plan(sigs: list[tuple[object, ...]], warm: int) -> _Plan:
             # inputs would see their last use in the blocks left out)
             end = i + nb * period
             tail = 0 if end < n and sigs[end] == sigs[i] else 1
-            kept = warm + (nb - warm - tail) % 2
+            kept = warm if exact else warm + (nb - warm - tail) % 2
             out = nb - kept - tail
             if out >= 2 and (best is None or out * period > best[2] * best[0]):
                 best = (period, kept, out)
@@ -327,7 +340,8 @@ def _plan(sigs: list[tuple[object, ...]], warm: int) -> _Plan:
         start = len(layers)
         layers += range(i, i + kept * period)
         resume = len(layers)
-        checks.append((resume, resume - period, resume - 2 * period, start))
+        two = resume - 2 * period if out % 2 == 0 else resume - period  # odd: periodic over one block only
+        checks.append((resume, resume - period, two, start))
         i += (kept + out) * period
     return _Plan(tuple(layers), tuple(checks))
 
@@ -340,18 +354,24 @@ def _one(
     n_outputs: int,
     warm: int | None,
     failed: set[_Plan] | None = None,
+    exact: bool = False,
+    settled: list[bool] | None = None,
 ) -> dict[str, int] | None:
     """One reservation: the graph of every layer (``warm`` None), or of a plan's layers (None when the
     allocator is not periodic where the plan needs it to be). ``failed``: the plans this reservation
     already found not periodic (another warm-up can make the same plan: one more block kept to resume
-    after an even number left out); such a plan is not replayed again, and a failing one is added."""
+    after an even number left out); such a plan is not replayed again, and a failing one is added.
+    ``exact``: the plan of :func:`_plan`'s ``exact``. ``settled``: told (appended) whether, in a
+    replay that held, the allocator came back the same after the second block of every run of three
+    blocks kept (a hint that the exact plan of two blocks holds for such a reservation: it is
+    checked when tried, as any plan)."""
     hp, pl = ld.hp, ld.pl
     c = _context(model, ld, sp, n_tokens, n_outputs)
     plan = _Plan(tuple(range(hp.n_layer)), ())
     if warm is not None:
-        key = (tuple(c.cache_buft), tuple(c.pin), warm)  # what the signatures take from the reservation
+        key = (tuple(c.cache_buft), tuple(c.pin), warm, exact)  # what the signatures take from the reservation
         if key not in ld.plans:
-            ld.plans[key] = _plan(_layer_signatures(c, ld), warm)
+            ld.plans[key] = _plan(_layer_signatures(c, ld), warm, exact)
         plan = ld.plans[key]
         if not plan.checks:
             warm = None
@@ -372,12 +392,17 @@ def _one(
             pos = GLOBAL if il is None else where.get(il, GLOBAL - 1)
             for t, seq in tagged:
                 t.pos, t.seq = pos, seq
-    g = _Graph()
-    g.expand(builder(hp.arch)(c, g))
-    gpus = [d.name for d in pl.devices]
-    host = host_buft(gpus[0] if gpus else None)
-    sched = _Sched(gpus, host, N_COPIES if sp.pipeline else 1)
-    sched.assign(g)
+    probe = ld.probe
+    if probe is not None and probe[1] is plan and probe[0] == sp and n_tokens == n_outputs == sp.n_seq_max:
+        ld.probe = None  # split changes the graph: used once
+        g, sched = probe[2], probe[3]  # the graph the probe built and assigned (weights' tags: not read before)
+    else:
+        g = _Graph()
+        g.expand(builder(hp.arch)(c, g))
+        gpus = [d.name for d in pl.devices]
+        host = host_buft(gpus[0] if gpus else None)
+        sched = _Sched(gpus, host, N_COPIES if sp.pipeline else 1)
+        sched.assign(g)
     nodes, leafs, node_at = sched.split(g)
     marks = frozenset(p for check in plan.checks for p in check[:3])
     sizes, states = _reserve(nodes, leafs, sched.bufts, node_at, marks)
@@ -396,7 +421,26 @@ def _one(
             if failed is not None:
                 failed.add(plan)
             return None
+    if settled is not None:
+        kept = [(resume - start) // (resume - one) for resume, one, _, start in plan.checks]
+        settled.append(
+            bool(plan.checks)
+            and all(k in (2, 3) for k in kept)
+            and all(k == 2 or _shifted(states[one], states[two]) for k, (_, one, two, _) in zip(kept, plan.checks))
+        )
     return sizes
+
+
+def _kinds(
+    model: GGUFModel, ld: _Loaded, sp: SimParams, n_tokens: int, n_outputs: int
+) -> frozenset[tuple[object, ...]]:
+    """The layer signatures of one reservation, as a set: which kinds of layers it builds."""
+    c = _context(model, ld, sp, n_tokens, n_outputs)
+    key = (tuple(c.cache_buft), tuple(c.pin))
+    kinds = ld.kinds.get(key)
+    if kinds is None:
+        kinds = ld.kinds[key] = frozenset(_layer_signatures(c, ld))
+    return kinds
 
 
 def _shifted(a: object, b: object) -> bool:
@@ -405,6 +449,10 @@ def _shifted(a: object, b: object) -> bool:
 
 
 WARM = (2, 3, 6)  # the warm-up blocks tried before the whole graph
+# the warm-ups tried, in this order unless another held last time, as (blocks, exact): two, three and six
+# blocks (or one more, to leave an even number out). Exactly two blocks (:func:`_plan`'s ``exact``)
+# are tried first where a replay of the same kinds of layers found the allocator settled after two
+TRIES = ((2, False), (3, False), (6, False))
 
 
 def simulate(
@@ -436,21 +484,28 @@ def simulate(
     last = _LAST_WARM.setdefault(model, {})
     for n_tokens, n_outputs in ((sp.n_ubatch, sp.n_outputs), (sp.n_seq_max, sp.n_seq_max)):
         sizes = None
-        # the warm-up that served this model's last reservation of this kind first (--fit's dry runs
-        # of one model differ in placement, rarely in what the allocator needs); where none did, one
-        # try before the whole graph. Every answer is checked, so the order changes the time only.
+        # the warm-up that served this model's last reservation of this kind, with layers of the same
+        # signatures, first (--fit's dry runs of one model differ in placement: which layers hold
+        # their experts on the host, say; the allocator settles as slowly on such layers in each);
+        # where none did, one try before the whole graph. Every answer is checked, so the order
+        # changes the time only.
         prompt = n_tokens > sp.n_seq_max
-        prev = last.get(prompt, WARM[0])
-        tries = (WARM[0],) if prev is None else (prev, *(w for w in WARM if w != prev))
-        used: int | None = None
-        failed: set[_Plan] = set()
-        for warm in () if whole else tries:
-            sizes = _one(model, ld, sp, n_tokens, n_outputs, warm, failed)
-            if sizes is not None:
-                used = warm
-                break
         if not whole:
-            last[prompt] = used
+            kinds = _kinds(model, ld, sp, n_tokens, n_outputs)
+            prev = last.get((prompt, kinds), TRIES[0])
+            probe = ld.probe
+            if prev == (2, True) and probe is not None and probe[0] == sp and n_tokens == n_outputs == sp.n_seq_max:
+                prev = TRIES[0]  # the probe's graph (three blocks, or two) split and reserved, not built again
+            tries = TRIES[:1] if prev is None else (prev, *(w for w in TRIES if w != prev))
+            used: tuple[int, bool] | None = None
+            failed: set[_Plan] = set()
+            for warm, exact in tries:
+                settled: list[bool] = []
+                sizes = _one(model, ld, sp, n_tokens, n_outputs, warm, failed, exact, settled)
+                if sizes is not None:
+                    used = (2, True) if settled[0] else (warm, exact)
+                    break
+            last[(prompt, kinds)] = used
         out.append(sizes or _one(model, ld, sp, n_tokens, n_outputs, None))
     pp, tg = out
     assert pp is not None and tg is not None
@@ -499,12 +554,23 @@ def _flash_attn_mismatch(
 ) -> int | None:
     ld = _loaded(model, devices, offload, placement)
     c = _context(model, ld, sp, sp.n_seq_max, sp.n_seq_max)
-    c.layers = list(range(ld.hp.n_layer)) if whole else list(_plan(_layer_signatures(c, ld), 2).layers)
+    plan = None
+    if whole:
+        c.layers = list(range(ld.hp.n_layer))
+    else:  # the plan of two blocks (or three) that the token reservation tries first
+        key = (tuple(c.cache_buft), tuple(c.pin), 2, False)
+        if key not in ld.plans:
+            ld.plans[key] = _plan(_layer_signatures(c, ld), 2)
+        plan = ld.plans[key]
+        c.layers = list(plan.layers)
     g = _Graph()
     g.expand(builder(ld.hp.arch)(c, g))
     gpus = [d.name for d in ld.pl.devices]
     sched = _Sched(gpus, host_buft(gpus[0]), 1)
     sched.assign(g)
+    # kept for that reservation (with flash attention kept on, the same graph) unless pipeline parallelism
+    # gives it another scheduler
+    ld.probe = (sp, plan, g, sched) if plan is not None and not sp.pipeline else None
     for node in g.nodes:
         if node.op == "FLASH_ATTN_EXT" and node.name.startswith("node_fa-"):
             il = int(node.name.rsplit("-", 1)[1])
@@ -536,14 +602,16 @@ def _layout(devices: list[Device], offload: OffloadParams) -> tuple[object, ...]
     return tuple(d.name for d in devices)
 
 
+# per model (held weakly), why its graph is not simulated (:func:`simulated`; None: it is)
+_WHY_NOT: weakref.WeakKeyDictionary[GGUFModel, str | None] = weakref.WeakKeyDictionary()
 # per model (held weakly: a model closed and collected takes its entries along), the loaded graph
 # tensors per placement and the buffers per reservation, so that --fit's searches and a report's
 # several contexts replay a configuration once per process
 _LOADED: weakref.WeakKeyDictionary[GGUFModel, dict[object, Any]] = weakref.WeakKeyDictionary()
 _RESULTS: weakref.WeakKeyDictionary[GGUFModel, dict[object, Any]] = weakref.WeakKeyDictionary()
-# per model and reservation (prompt or token): the warm-up of the last shortened replay that held (None:
-# none did, the whole graph was replayed)
-_LAST_WARM: weakref.WeakKeyDictionary[GGUFModel, dict[bool, int | None]] = weakref.WeakKeyDictionary()
+# per model, reservation (prompt or token) and set of layer signatures: the warm-up of the last shortened
+# replay that held (None: none did, the whole graph was replayed)
+_LAST_WARM: weakref.WeakKeyDictionary[GGUFModel, dict[object, tuple[int, bool] | None]] = weakref.WeakKeyDictionary()
 
 
 def _cached(cache: weakref.WeakKeyDictionary[GGUFModel, dict[object, Any]], model: GGUFModel, key: object) -> Any:
