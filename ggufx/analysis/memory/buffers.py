@@ -255,8 +255,9 @@ def weight_buffers(model: GGUFModel, pl: Placement) -> list[Buffer]:
     meta: dict[str, int] = {}
     known = _SIZES.setdefault(model, {})
     lazy: list[int] = []
+    lazy_names = _LAZY.get(model.architecture or "", ())
     for t, buft in pl.tensors:
-        if t.name in _LAZY.get(model.architecture or "", ()) and t.nbytes > LAZY_MIN:
+        if t.name in lazy_names and t.nbytes > LAZY_MIN:
             lazy.append(t.nbytes)  # its own context and mapped buffer, whatever the placement and --no-mmap
             continue
         if buft == CPU_MAPPED:

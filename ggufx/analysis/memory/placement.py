@@ -277,17 +277,18 @@ def place(model: GGUFModel, devices: list[Device], p: OffloadParams) -> Placemen
 
     seen_rope: set[tuple[str, str]] = set()
     tied = not any(t.name == "output.weight" for t in model.tensors)
-    arch = arch_of(model.architecture)
+    arch_name = model.architecture  # read once: a metadata lookup per tensor is a few % of a fit
+    arch = arch_of(arch_name)
     n_main = n_layer - min(n_nextn(model), n_layer) if arch is not None and arch.skips_nextn else n_layer
     repack = p.repack and not devices
     for t in model.tensors:
-        layer = layer_of(t.name, n_layer, model.architecture)
+        layer = layer_of(t.name, n_layer, arch_name)
         if isinstance(layer, int) and n_main <= layer < n_layer and t.name.startswith("blk."):
             placement.skipped.append(t)  # src/models/*.cpp: mtp_flags |= TENSOR_SKIP unless --mtp
             continue
         if layer == "repeating":
             # gemma4.cpp:94-97 creates rope_freqs for its full-attention layers only
-            full_only = model.architecture == "gemma4" and t.name.startswith("rope_freqs.")
+            full_only = arch_name == "gemma4" and t.name.startswith("rope_freqs.")
             swa = swa_layers(model, n_layer) if full_only else []
             for il in range(n_layer):
                 if full_only and swa[il]:
