@@ -259,6 +259,44 @@ def build_dense(c: _Ctx, g: _Graph, d: Dense) -> _T:
     return logits
 
 
+Attention = Callable[[_Ctx, _Graph, _T, int, _AttnInp], _T]  # (c, g, normed input, il, KV inputs)
+Ffn = Callable[[_Ctx, _Graph, _T, int], _T]  # (c, g, normed input, il)
+
+
+def decoder(c: _Ctx, g: _Graph, x: _T, attention: Attention, ffn: Ffn, d: Dense, ffn_norm: str = "ffn_norm") -> _T:
+    """The pre-norm layers as llama.cpp's model files write them out one by one (bitnet.cpp, plm.cpp,
+    dbrx.cpp, grovemoe.cpp...): the positions, the KV cache's inputs and the output rows; per layer the
+    attention norm (``d.norm``) and the file's ``attention``, the last layer's rows picked, the residual,
+    the ``ffn_norm`` norm and the file's ``ffn``, the residual. The last layer's output."""
+    hp, T, n_out, E = c.hp, c.n_tokens, c.n_outputs, c.hp.n_embd
+    c.pos = g.input("inp_pos", "I32", T)
+    inp = _attn_inp(c, g, c.sp.n_kv)
+    out_ids = g.input("out_ids", "I32", n_out)
+    for pos, il in enumerate(c.layers):
+        g.at(pos)
+        b = f"blk.{il}."
+        inp_sa = x
+        cur = attention(c, g, _n(c, g, x, b + "attn_norm.weight", il, d), il, inp)
+        if il == hp.n_layer - 1:
+            cur = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), cur, out_ids)
+            inp_sa = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), inp_sa, out_ids)
+        ffn_inp = g.op(f"ffn_inp-{il}", "ADD", cur, inp_sa)
+        cur = ffn(c, g, _n(c, g, ffn_inp, f"{b}{ffn_norm}.weight", il, d), il)
+        x = g.op(f"l_out-{il}", "ADD", cur, ffn_inp)
+    return x
+
+
+def output(c: _Ctx, g: _Graph, x: _T, head: _T, norm: str = "RMS_NORM") -> _T:
+    """The output norm (``norm`` times ``output_norm``, an output) and the logits over ``head``."""
+    g.at(GLOBAL)
+    cur = g.op("norm", norm, x)
+    cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", c.hp.n_layer))
+    cur.flags |= OUTPUT
+    logits = g.mul_mat("result_output", head, cur)
+    logits.flags |= OUTPUT
+    return logits
+
+
 def layer_weights(d: Dense) -> tuple[str, ...]:
     """The weights every layer of a ``d`` graph multiplies by (llama.cpp refuses a file without them);
     the Q/K/V projections are checked apart (``attn_qkv`` or the three)."""
