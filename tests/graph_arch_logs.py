@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import pytest
+
 import ggufx
+from ggufx.analysis.memory.archs import builder_of
 from ggufx.analysis.memory.buffers import Breakdown, MiB, breakdown
 from ggufx.analysis.memory.llamaargs import parse_args
 from ggufx.analysis.memory.llamalog import parse_log
+from ggufx.analysis.memory.placement import Device
 
 CPU_LOGS = Path(__file__).resolve().parent / "fixtures" / "llamacpp-logs-cpu"
 CUDA_LOGS = Path(__file__).resolve().parent / "fixtures" / "llamacpp-logs"
@@ -61,6 +65,21 @@ def cpu_model(name: str, out: Path, smollm2: Path) -> Path:
     if not path.exists():
         header(path, MODELS[name], tensors[name], smollm2)
     return path
+
+
+def cpu_model_without(name: str, out: Path, smollm2: Path, tensor: str = "", key: str = "") -> ggufx.GGUFModel:
+    """The header-only model ``name`` at ``out`` without this tensor and this metadata key (a file
+    llama.cpp would refuse, or ggufx does not build)."""
+    sys.path.insert(0, str(CPU_LOGS))
+    try:
+        from make_arch_headers import header
+    finally:
+        sys.path.remove(str(CPU_LOGS))
+    spec = cpu_spec(name)
+    spec = {**spec, "kv": {k: v for k, v in spec["kv"].items() if k != key}}
+    tensors = [t for t in json.loads((CPU_LOGS / "tensors.json").read_text())[name] if t[0] != tensor]
+    header(out, spec, tensors, smollm2)
+    return ggufx.open(out)
 
 
 def replay_cpu(rid: str, path: Path) -> tuple[str, Breakdown]:
@@ -140,3 +159,76 @@ def assert_nodes_equal(rid: str, path: Path) -> None:
     assert len(mine) == len(theirs)
     for i, (a, b) in enumerate(zip(mine, theirs, strict=True)):
         assert a[0].startswith(b[0][:10]) and a[1] == b[1], (i, a, b)
+
+
+def cpu_models(
+    names: tuple[str, ...], smollm2: Path, tmp_path_factory: pytest.TempPathFactory, label: str
+) -> dict[str, Path]:
+    """The header-only files of these models of models.py (a family test's module fixture)."""
+    out = tmp_path_factory.mktemp(label)
+    return {n: cpu_model(n, out, smollm2) for n in names}
+
+
+def assert_runs_cover(name: str, options: tuple[str, ...] | list[str], at_least: int = 5) -> list[str]:
+    """The model's builder exists and its recorded CPU runs (every matrix line of it has its log, at least
+    ``at_least`` of them) include each of these options; the runs' options, for what a test checks more."""
+    assert builder_of(cpu_spec(name)["arch"]) is not None
+    args = [line.split("\t")[2] for line in (CPU_LOGS / "matrix").read_text().splitlines() if f"\t{name}\t" in line]
+    assert len(cpu_runs(name)) == len(args) >= at_least
+    for option in options:
+        assert any(option in a for a in args), option
+    return args
+
+
+def assert_shortcut_is_whole(path: Path, *runs: str) -> None:
+    """For each of these options, the replay that leaves repeated blocks of layers out allocates as the one
+    of every layer (a CPU compute buffer above zero)."""
+    from ggufx.analysis.memory.graph import graphsim
+
+    model = ggufx.open(path)
+    for args in runs:
+        a = parse_args("-m x " + args)
+        sp = breakdown(model, [], a.offload, a.context).reservation
+        assert sp is not None
+        whole = graphsim.simulate(model, [], a.offload, sp, whole=True)
+        assert graphsim.simulate(model, [], a.offload, sp) == whole and whole["CPU"] > 0
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A file llama.cpp would refuse (or ggufx does not build), made from a small model of models.py."""
+
+    model: str  # the small model (models.py) whose file loses...
+    drop_tensor: str  # ...this tensor (llama.cpp's loader requires it)...
+    reason: str  # graphsim.unbuildable's words for it
+    drop_key: str = ""  # ...or this metadata key (without the architecture's prefix)
+    add_kv: tuple[tuple[str, object], ...] = ()  # ...or gains these keys
+
+
+def assert_refused(r: Refused, smollm2: Path, tmp_path: Path, kv_check: str = "") -> None:
+    """The file ``r`` describes is not built, for ``r.reason``, and gets the generic estimate with it.
+    ``kv_check`` "count": the metadata lost the key dropped and gained each key added (none replaced);
+    "dropped": the key dropped was there and is gone."""
+    from ggufx.analysis.memory.graph import graphsim
+
+    sys.path.insert(0, str(CPU_LOGS))
+    try:
+        from make_arch_headers import header
+    finally:
+        sys.path.remove(str(CPU_LOGS))
+    tensors = json.loads((CPU_LOGS / "tensors.json").read_text())[r.model]
+    kept = [t for t in tensors if t[0] != r.drop_tensor]
+    assert len(kept) == len(tensors) - (1 if r.drop_tensor else 0)
+    spec = cpu_spec(r.model)
+    kv = {k: v for k, v in spec["kv"].items() if k != r.drop_key} | dict(r.add_kv)
+    if kv_check == "count":
+        assert len(kv) == len(spec["kv"]) - (1 if r.drop_key else 0) + len(r.add_kv)
+    elif kv_check == "dropped":
+        assert r.drop_key not in kv and (not r.drop_key or r.drop_key in spec["kv"])
+    path = tmp_path / "refused.gguf"
+    header(path, {**spec, "kv": kv}, kept, smollm2)
+    model = ggufx.open(path)
+    assert graphsim.unbuildable(model) == r.reason
+    a = parse_args("-m x -c 8192")
+    bd = breakdown(model, [Device("CUDA0", 80 << 30)], a.offload, a.context)
+    assert bd.compute_estimate and r.reason in bd.compute_estimate

@@ -22,6 +22,7 @@ from .graph_arch_logs import (
     CPU_LOGS,
     assert_compute_equal,
     assert_nodes_equal,
+    assert_shortcut_is_whole,
     cpu_model,
     cpu_runs,
     replay_cpu,
@@ -83,13 +84,7 @@ def test_the_graph_is_llama_cpps_node_for_node(rid: str, model_path: Path) -> No
 
 def test_the_layer_shortcut_equals_the_whole_replay(model_path: Path) -> None:
     """The replay that leaves repeated blocks of layers out allocates as the one of every layer."""
-    model = ggufx.open(model_path)
-    for args in ("-c 8192", "-c 4096 -fa off -np 3"):
-        a = parse_args("-m x " + args)
-        sp = breakdown(model, [], a.offload, a.context).reservation
-        assert sp is not None
-        whole = graphsim.simulate(model, [], a.offload, sp, whole=True)
-        assert graphsim.simulate(model, [], a.offload, sp) == whole and whole["CPU"] > 0
+    assert_shortcut_is_whole(model_path, "-c 8192", "-c 4096 -fa off -np 3")
 
 
 def test_a_file_without_a_tensor_the_graph_reads_gets_the_generic_estimate(smollm2_path: Path, tmp_path: Path) -> None:
