@@ -232,3 +232,105 @@ def assert_refused(r: Refused, smollm2: Path, tmp_path: Path, kv_check: str = ""
     a = parse_args("-m x -c 8192")
     bd = breakdown(model, [Device("CUDA0", 80 << 30)], a.offload, a.context)
     assert bd.compute_estimate and r.reason in bd.compute_estimate
+
+
+def cpu_runs_of(*archs: str) -> dict[str, tuple[str, str]]:
+    """The recorded CPU runs of the models.py models of these architectures: run id -> (model, options)."""
+    models = {n: spec["arch"] for n, spec in _models().items()}
+    runs = {}
+    for line in (CPU_LOGS / "matrix").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            rid, model, args = line.split("\t")
+            if models[model] in archs and (CPU_LOGS / f"{rid}.log").exists():
+                runs[rid] = (model, args)
+    return runs
+
+
+def _models() -> dict[str, dict]:
+    sys.path.insert(0, str(CPU_LOGS))
+    try:
+        from models import MODELS
+    finally:
+        sys.path.remove(str(CPU_LOGS))
+    return MODELS
+
+
+def exact_cpu_compute(text: str) -> float:
+    """The ``~llama_context`` line: the CPU compute buffer to 0.0001 MiB."""
+    (line,) = [x for x in text.splitlines() if "~llama_context:" in x and "CPU compute buffer size is" in x]
+    return float(line.split("size is")[1].split("MiB")[0])
+
+
+def assert_cpu_compute_is_llama_cpps(rid: str, path: Path, args: str) -> None:
+    """The builder's CPU compute buffer of run ``rid`` (its model at ``path``, its options ``args``, with
+    ``--no-repack`` as the offload's repack) equal to the ``~llama_context`` line's 0.0001 MiB."""
+    from ggufx.analysis.memory.graph.graphsim import simulated
+
+    parsed = parse_args("-m x " + args.replace("--no-repack", ""))
+    offload = replace(parsed.offload, repack="--no-repack" not in args)
+    model = ggufx.open(path)
+    assert simulated(model) is None
+    bd = breakdown(model, [], offload, parsed.context)
+    (compute,) = [b for b in bd.buffers if b.kind == "compute"]
+    assert not compute.reason  # the builder's figure, not the generic estimate
+    assert round(compute.bytes / MiB, 4) == exact_cpu_compute((CPU_LOGS / f"{rid}.log").read_text())
+
+
+def deep_model(name: str, smollm2: Path, path: Path, n_trunk: int) -> Path:
+    """The MoE trunk model ``name`` (its layer 0 dense, layer 1 MoE, layer 4 the NextN block) with
+    ``n_trunk`` trunk layers (layer 0, then layer 1's kind) and its NextN block after them: long runs of
+    identical layers for the shortened replay."""
+    sys.path.insert(0, str(CPU_LOGS))
+    try:
+        from make_arch_headers import header
+    finally:
+        sys.path.remove(str(CPU_LOGS))
+    spec = dict(cpu_spec(name))
+    spec["kv"] = dict(spec["kv"], block_count=n_trunk + 1)
+    base = json.loads((CPU_LOGS / "tensors.json").read_text())[name]
+    tensors = [t for t in base if not t[0].startswith("blk.")]
+    tensors += [t for t in base if t[0].startswith("blk.0.")]
+    for il in range(1, n_trunk + 1):
+        src = "blk.4." if il == n_trunk else "blk.1."
+        tensors += [[f"blk.{il}." + t[0][len(src) :], *t[1:]] for t in base if t[0].startswith(src)]
+    header(path, spec, tensors, smollm2)
+    return path
+
+
+def assert_shortened_replay_is_whole(path: Path, argv: str, gpus: int) -> None:
+    """With these options on ``gpus`` 80 GiB GPUs, the replay that leaves repeated layers out allocates as
+    the one of every layer."""
+    from ggufx.analysis.memory.graph.graphsim import simulate, simulated
+
+    model = ggufx.open(path)
+    assert simulated(model) is None
+    args = parse_args("-m x " + argv)
+    devices = [Device("CUDA0", 80 << 30)] * gpus
+    bd = breakdown(model, devices, args.offload, args.context)
+    sp = bd.reservation
+    assert sp is not None
+    assert simulate(model, devices, args.offload, sp) == simulate(model, devices, args.offload, sp, whole=True)
+
+
+def assert_gpu_graph_builds(path: Path) -> None:
+    """On a GPU, with the experts of layer 1 on the host (--n-cpu-moe 2 over a dense layer 0): a figure
+    per backend from the builder."""
+    model = ggufx.open(path)
+    args = parse_args("-m x -c 8192 --n-cpu-moe 2")
+    bd = breakdown(model, [Device("CUDA0", 80 << 30)], args.offload, args.context)
+    compute = {b.buft: b for b in bd.buffers if b.kind == "compute"}
+    assert set(compute) == {"CUDA0", "CUDA_Host"} and all(b.bytes > 0 and not b.reason for b in compute.values())
+
+
+def assert_falls_back_without(name: str, tensor: str, smollm2: Path, out: Path) -> None:
+    """The model ``name`` without ``tensor`` is refused with the tensor named, and gets the generic
+    estimate, labelled."""
+    from ggufx.analysis.memory.graph.graphsim import simulated
+
+    model = cpu_model_without(name, out, smollm2, tensor)
+    why = simulated(model)
+    assert why is not None and tensor in why
+    args = parse_args("-m x -c 8192")
+    bd = breakdown(model, [], args.offload, args.context)
+    (compute,) = [b for b in bd.buffers if b.kind == "compute"]
+    assert compute.bytes > 0 and "generic decoder estimate" in compute.reason
