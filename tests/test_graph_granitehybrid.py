@@ -10,18 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from ggufx.analysis.memory.buffers import breakdown
-from ggufx.analysis.memory.graph import graphsim
-from ggufx.analysis.memory.llamaargs import parse_args
-from ggufx.analysis.memory.placement import Device
-
 from .graph_arch_logs import (
-    CPU_LOGS,
+    Refused,
     assert_compute_equal,
     assert_nodes_equal,
+    assert_refused,
+    assert_runs_cover,
     assert_shortcut_is_whole,
     cpu_model,
-    cpu_model_without,
     cpu_runs,
     replay_cpu,
 )
@@ -36,10 +32,7 @@ def model_path(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def test_the_cpu_runs_cover_flash_attention_off_parallel_sequences_and_a_quantized_cache() -> None:
-    args = " ".join(line for line in (CPU_LOGS / "matrix").read_text().splitlines() if f"\t{ARCH}\t" in line)
-    assert len(CPU_RUNS) >= 3
-    for option in ("-fa off", "-np 3", "-ctk q8_0"):
-        assert option in args
+    assert_runs_cover(ARCH, ("-fa off", "-np 3", "-ctk q8_0"), at_least=3)
 
 
 @pytest.mark.parametrize("rid", CPU_RUNS)
@@ -63,9 +56,8 @@ def test_the_layer_shortcut_equals_the_whole_replay(model_path: Path) -> None:
 def test_a_file_without_the_convolution_bias_the_graph_adds_gets_the_generic_estimate(
     smollm2_path: Path, tmp_path: Path
 ) -> None:
-    model = cpu_model_without(ARCH, tmp_path / "no-conv-bias.gguf", smollm2_path, "blk.1.ssm_conv1d.bias")
-    why = "the graph needs tensor blk.1.ssm_conv1d.bias, which the file lacks"
-    assert graphsim.unbuildable(model) == why
-    a = parse_args("-m x -c 8192")
-    bd = breakdown(model, [Device("CUDA0", 80 << 30)], a.offload, a.context)
-    assert bd.compute_estimate and "blk.1.ssm_conv1d.bias" in bd.compute_estimate
+    assert_refused(
+        Refused(ARCH, "blk.1.ssm_conv1d.bias", "the graph needs tensor blk.1.ssm_conv1d.bias, which the file lacks"),
+        smollm2_path,
+        tmp_path,
+    )
