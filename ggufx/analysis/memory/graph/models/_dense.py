@@ -297,6 +297,27 @@ def output(c: _Ctx, g: _Graph, x: _T, head: _T, norm: str = "RMS_NORM") -> _T:
     return logits
 
 
+def nextn_output(c: _Ctx, g: _Graph, x: _T, out_ids: _T, norm: str = "RMS_NORM", scale: bool = False) -> _T:
+    """The head of the builders with a NextN/MTP draft head's input (qwen35.cpp, qwen3next.cpp,
+    nemotron-h.cpp, hy-v3.cpp, cohere2-moe.cpp...): the output norm over every token kept as an output
+    (``t_h_nextn``, ``llm_graph_result::set_outputs``, llama-graph.cpp:1406), the output rows picked after
+    it (``result_norm``, an output too), the logits over ``output.weight`` or the tied embeddings (scaled
+    with ``scale``)."""
+    n_layer = c.hp.n_layer
+    g.at(GLOBAL)
+    cur = g.op("norm", norm, x)
+    cur = g.op("h_nextn", "MUL", cur, _w(c, "output_norm.weight", n_layer))
+    cur.flags |= OUTPUT
+    cur = g.new("result_norm", "GET_ROWS", "F32", (c.hp.n_embd, c.n_outputs), cur, out_ids)
+    cur.flags |= OUTPUT
+    out_w = _weight(c, "output.weight", n_layer) or _w(c, "token_embd.weight", n_layer)
+    logits = g.mul_mat("result_output", out_w, cur)
+    if scale:
+        logits = g.op("result_output", "SCALE", logits)
+    logits.flags |= OUTPUT
+    return logits
+
+
 def layer_weights(d: Dense) -> tuple[str, ...]:
     """The weights every layer of a ``d`` graph multiplies by (llama.cpp refuses a file without them);
     the Q/K/V projections are checked apart (``attn_qkv`` or the three)."""

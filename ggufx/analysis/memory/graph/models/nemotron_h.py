@@ -10,7 +10,7 @@ weights, optional latent projections around the experts, and a squared-ReLU shar
 
 from __future__ import annotations
 
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
+from ggufx.analysis.memory.graph.ggml import _T, _Graph
 from ggufx.analysis.memory.graph.llm import (
     _attn_inp,
     _Ctx,
@@ -23,7 +23,7 @@ from ggufx.analysis.memory.graph.llm import (
     moe_weights_norm,
     topk_fusion,
 )
-from ggufx.analysis.memory.graph.models._dense import _qkv
+from ggufx.analysis.memory.graph.models._dense import _qkv, nextn_output
 from ggufx.analysis.memory.graph.models.qwen3next import attn_core, file_value, n_expert_used
 from ggufx.analysis.memory.graph.models.ssm import check_shapes, mamba2_dims, mamba2_layer, rs_inp
 from ggufx.analysis.memory.hparams import _arr, hparams
@@ -88,8 +88,8 @@ def _moe(c: _Ctx, g: _Graph, cur: _T, il: int) -> _T:
 def build(c: _Ctx, g: _Graph) -> _T:
     """The graph's logits (nemotron-h.cpp:188-264, with ``embeddings_nextn_masked`` false, as
     llama_context sets it)."""
-    hp, sp = c.hp, c.sp
-    n_out, E = c.n_outputs, hp.n_embd
+    sp = c.sp
+    n_out = c.n_outputs
     x = _inp_embd(c, g)
     rs = rs_inp(c, g)
     full = _attn_inp(c, g, sp.n_kv)
@@ -108,16 +108,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
             q, k, v = _qkv(c, g, cur, il, reshape=True)
             cur = _proj(c, g, f"attn_out-{il}", pre + "attn_output", attn_core(c, g, q, k, v, il, full), il)
         x = g.op(f"nemotron_h_block_out-{il}", "ADD", cur, x)
-    g.at(GLOBAL)
-    cur = g.op("norm", "RMS_NORM", x)
-    cur = g.op("h_nextn", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
-    cur.flags |= OUTPUT  # t_h_nextn: an output of every graph
-    cur = g.new("result_norm", "GET_ROWS", "F32", (E, n_out), cur, out_ids)
-    cur.flags |= OUTPUT
-    out_w = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
-    logits = g.mul_mat("result_output", out_w, cur)
-    logits.flags |= OUTPUT
-    return logits
+    return nextn_output(c, g, x, out_ids)
 
 
 def _moe_shapes(model: GGUFModel, n_layer: int) -> list[dict[str, tuple[int, ...]]] | str:
