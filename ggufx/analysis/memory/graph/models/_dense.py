@@ -263,21 +263,37 @@ Attention = Callable[[_Ctx, _Graph, _T, int, _AttnInp], _T]  # (c, g, normed inp
 Ffn = Callable[[_Ctx, _Graph, _T, int], _T]  # (c, g, normed input, il)
 
 
-def decoder(c: _Ctx, g: _Graph, x: _T, attention: Attention, ffn: Ffn, d: Dense, ffn_norm: str = "ffn_norm") -> _T:
+def decoder(
+    c: _Ctx,
+    g: _Graph,
+    x: _T,
+    attention: Attention,
+    ffn: Ffn,
+    d: Dense,
+    ffn_norm: str = "ffn_norm",
+    iswa: bool = False,
+    n_layer: int | None = None,
+) -> _T:
     """The pre-norm layers as llama.cpp's model files write them out one by one (bitnet.cpp, plm.cpp,
-    dbrx.cpp, grovemoe.cpp...): the positions, the KV cache's inputs and the output rows; per layer the
-    attention norm (``d.norm``) and the file's ``attention``, the last layer's rows picked, the residual,
-    the ``ffn_norm`` norm and the file's ``ffn``, the residual. The last layer's output."""
+    dbrx.cpp, grovemoe.cpp, apertus.cpp, exaone-moe.cpp, mimo2.cpp...): the positions, the KV cache's
+    inputs (with ``iswa`` the sliding-window cache's too, given to its layers) and the output rows; per
+    layer the attention norm (``d.norm``) and the file's ``attention``, the last layer's rows picked, the
+    residual, the ``ffn_norm`` norm and the file's ``ffn``, the residual. ``n_layer``: the trunk's layers
+    (the NextN/MTP blocks after them are not in the graph). The last layer's output."""
     hp, T, n_out, E = c.hp, c.n_tokens, c.n_outputs, c.hp.n_embd
+    last = (hp.n_layer if n_layer is None else n_layer) - 1
     c.pos = g.input("inp_pos", "I32", T)
-    inp = _attn_inp(c, g, c.sp.n_kv)
+    full = _attn_inp(c, g, c.sp.n_kv)
+    swa = _attn_inp(c, g, c.n_kv_swa) if iswa else full
     out_ids = g.input("out_ids", "I32", n_out)
     for pos, il in enumerate(c.layers):
+        if il > last:  # a NextN/MTP block: not in the graph
+            continue
         g.at(pos)
         b = f"blk.{il}."
         inp_sa = x
-        cur = attention(c, g, _n(c, g, x, b + "attn_norm.weight", il, d), il, inp)
-        if il == hp.n_layer - 1:
+        cur = attention(c, g, _n(c, g, x, b + "attn_norm.weight", il, d), il, swa if iswa and c.swa[il] else full)
+        if il == last:
             cur = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), cur, out_ids)
             inp_sa = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), inp_sa, out_ids)
         ffn_inp = g.op(f"ffn_inp-{il}", "ADD", cur, inp_sa)
