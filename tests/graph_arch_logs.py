@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import pytest
+
 import ggufx
+from ggufx.analysis.memory.archs import builder_of
 from ggufx.analysis.memory.buffers import Breakdown, MiB, breakdown
 from ggufx.analysis.memory.llamaargs import parse_args
 from ggufx.analysis.memory.llamalog import parse_log
+from ggufx.analysis.memory.placement import Device
 
 CPU_LOGS = Path(__file__).resolve().parent / "fixtures" / "llamacpp-logs-cpu"
 CUDA_LOGS = Path(__file__).resolve().parent / "fixtures" / "llamacpp-logs"
@@ -61,6 +65,21 @@ def cpu_model(name: str, out: Path, smollm2: Path) -> Path:
     if not path.exists():
         header(path, MODELS[name], tensors[name], smollm2)
     return path
+
+
+def cpu_model_without(name: str, out: Path, smollm2: Path, tensor: str = "", key: str = "") -> ggufx.GGUFModel:
+    """The header-only model ``name`` at ``out`` without this tensor and this metadata key (a file
+    llama.cpp would refuse, or ggufx does not build)."""
+    sys.path.insert(0, str(CPU_LOGS))
+    try:
+        from make_arch_headers import header
+    finally:
+        sys.path.remove(str(CPU_LOGS))
+    spec = cpu_spec(name)
+    spec = {**spec, "kv": {k: v for k, v in spec["kv"].items() if k != key}}
+    tensors = [t for t in json.loads((CPU_LOGS / "tensors.json").read_text())[name] if t[0] != tensor]
+    header(out, spec, tensors, smollm2)
+    return ggufx.open(out)
 
 
 def replay_cpu(rid: str, path: Path) -> tuple[str, Breakdown]:
@@ -140,3 +159,178 @@ def assert_nodes_equal(rid: str, path: Path) -> None:
     assert len(mine) == len(theirs)
     for i, (a, b) in enumerate(zip(mine, theirs, strict=True)):
         assert a[0].startswith(b[0][:10]) and a[1] == b[1], (i, a, b)
+
+
+def cpu_models(
+    names: tuple[str, ...], smollm2: Path, tmp_path_factory: pytest.TempPathFactory, label: str
+) -> dict[str, Path]:
+    """The header-only files of these models of models.py (a family test's module fixture)."""
+    out = tmp_path_factory.mktemp(label)
+    return {n: cpu_model(n, out, smollm2) for n in names}
+
+
+def assert_runs_cover(name: str, options: tuple[str, ...] | list[str], at_least: int = 5) -> list[str]:
+    """The model's builder exists and its recorded CPU runs (every matrix line of it has its log, at least
+    ``at_least`` of them) include each of these options; the runs' options, for what a test checks more."""
+    assert builder_of(cpu_spec(name)["arch"]) is not None
+    args = [line.split("\t")[2] for line in (CPU_LOGS / "matrix").read_text().splitlines() if f"\t{name}\t" in line]
+    assert len(cpu_runs(name)) == len(args) >= at_least
+    for option in options:
+        assert any(option in a for a in args), option
+    return args
+
+
+def assert_shortcut_is_whole(path: Path, *runs: str) -> None:
+    """For each of these options, the replay that leaves repeated blocks of layers out allocates as the one
+    of every layer (a CPU compute buffer above zero)."""
+    from ggufx.analysis.memory.graph import graphsim
+
+    model = ggufx.open(path)
+    for args in runs:
+        a = parse_args("-m x " + args)
+        sp = breakdown(model, [], a.offload, a.context).reservation
+        assert sp is not None
+        whole = graphsim.simulate(model, [], a.offload, sp, whole=True)
+        assert graphsim.simulate(model, [], a.offload, sp) == whole and whole["CPU"] > 0
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A file llama.cpp would refuse (or ggufx does not build), made from a small model of models.py."""
+
+    model: str  # the small model (models.py) whose file loses...
+    drop_tensor: str  # ...this tensor (llama.cpp's loader requires it)...
+    reason: str  # graphsim.unbuildable's words for it
+    drop_key: str = ""  # ...or this metadata key (without the architecture's prefix)
+    add_kv: tuple[tuple[str, object], ...] = ()  # ...or gains these keys
+
+
+def assert_refused(r: Refused, smollm2: Path, tmp_path: Path, kv_check: str = "") -> None:
+    """The file ``r`` describes is not built, for ``r.reason``, and gets the generic estimate with it.
+    ``kv_check`` "count": the metadata lost the key dropped and gained each key added (none replaced);
+    "dropped": the key dropped was there and is gone."""
+    from ggufx.analysis.memory.graph import graphsim
+
+    sys.path.insert(0, str(CPU_LOGS))
+    try:
+        from make_arch_headers import header
+    finally:
+        sys.path.remove(str(CPU_LOGS))
+    tensors = json.loads((CPU_LOGS / "tensors.json").read_text())[r.model]
+    kept = [t for t in tensors if t[0] != r.drop_tensor]
+    assert len(kept) == len(tensors) - (1 if r.drop_tensor else 0)
+    spec = cpu_spec(r.model)
+    kv = {k: v for k, v in spec["kv"].items() if k != r.drop_key} | dict(r.add_kv)
+    if kv_check == "count":
+        assert len(kv) == len(spec["kv"]) - (1 if r.drop_key else 0) + len(r.add_kv)
+    elif kv_check == "dropped":
+        assert r.drop_key not in kv and (not r.drop_key or r.drop_key in spec["kv"])
+    path = tmp_path / "refused.gguf"
+    header(path, {**spec, "kv": kv}, kept, smollm2)
+    model = ggufx.open(path)
+    assert graphsim.unbuildable(model) == r.reason
+    a = parse_args("-m x -c 8192")
+    bd = breakdown(model, [Device("CUDA0", 80 << 30)], a.offload, a.context)
+    assert bd.compute_estimate and r.reason in bd.compute_estimate
+
+
+def cpu_runs_of(*archs: str) -> dict[str, tuple[str, str]]:
+    """The recorded CPU runs of the models.py models of these architectures: run id -> (model, options)."""
+    models = {n: spec["arch"] for n, spec in _models().items()}
+    runs = {}
+    for line in (CPU_LOGS / "matrix").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            rid, model, args = line.split("\t")
+            if models[model] in archs and (CPU_LOGS / f"{rid}.log").exists():
+                runs[rid] = (model, args)
+    return runs
+
+
+def _models() -> dict[str, dict]:
+    sys.path.insert(0, str(CPU_LOGS))
+    try:
+        from models import MODELS
+    finally:
+        sys.path.remove(str(CPU_LOGS))
+    return MODELS
+
+
+def exact_cpu_compute(text: str) -> float:
+    """The ``~llama_context`` line: the CPU compute buffer to 0.0001 MiB."""
+    (line,) = [x for x in text.splitlines() if "~llama_context:" in x and "CPU compute buffer size is" in x]
+    return float(line.split("size is")[1].split("MiB")[0])
+
+
+def assert_cpu_compute_is_llama_cpps(rid: str, path: Path, args: str) -> None:
+    """The builder's CPU compute buffer of run ``rid`` (its model at ``path``, its options ``args``, with
+    ``--no-repack`` as the offload's repack) equal to the ``~llama_context`` line's 0.0001 MiB."""
+    from ggufx.analysis.memory.graph.graphsim import simulated
+
+    parsed = parse_args("-m x " + args.replace("--no-repack", ""))
+    offload = replace(parsed.offload, repack="--no-repack" not in args)
+    model = ggufx.open(path)
+    assert simulated(model) is None
+    bd = breakdown(model, [], offload, parsed.context)
+    (compute,) = [b for b in bd.buffers if b.kind == "compute"]
+    assert not compute.reason  # the builder's figure, not the generic estimate
+    assert round(compute.bytes / MiB, 4) == exact_cpu_compute((CPU_LOGS / f"{rid}.log").read_text())
+
+
+def deep_model(name: str, smollm2: Path, path: Path, n_trunk: int) -> Path:
+    """The MoE trunk model ``name`` (its layer 0 dense, layer 1 MoE, layer 4 the NextN block) with
+    ``n_trunk`` trunk layers (layer 0, then layer 1's kind) and its NextN block after them: long runs of
+    identical layers for the shortened replay."""
+    sys.path.insert(0, str(CPU_LOGS))
+    try:
+        from make_arch_headers import header
+    finally:
+        sys.path.remove(str(CPU_LOGS))
+    spec = dict(cpu_spec(name))
+    spec["kv"] = dict(spec["kv"], block_count=n_trunk + 1)
+    base = json.loads((CPU_LOGS / "tensors.json").read_text())[name]
+    tensors = [t for t in base if not t[0].startswith("blk.")]
+    tensors += [t for t in base if t[0].startswith("blk.0.")]
+    for il in range(1, n_trunk + 1):
+        src = "blk.4." if il == n_trunk else "blk.1."
+        tensors += [[f"blk.{il}." + t[0][len(src) :], *t[1:]] for t in base if t[0].startswith(src)]
+    header(path, spec, tensors, smollm2)
+    return path
+
+
+def assert_shortened_replay_is_whole(path: Path, argv: str, gpus: int) -> None:
+    """With these options on ``gpus`` 80 GiB GPUs, the replay that leaves repeated layers out allocates as
+    the one of every layer."""
+    from ggufx.analysis.memory.graph.graphsim import simulate, simulated
+
+    model = ggufx.open(path)
+    assert simulated(model) is None
+    args = parse_args("-m x " + argv)
+    devices = [Device("CUDA0", 80 << 30)] * gpus
+    bd = breakdown(model, devices, args.offload, args.context)
+    sp = bd.reservation
+    assert sp is not None
+    assert simulate(model, devices, args.offload, sp) == simulate(model, devices, args.offload, sp, whole=True)
+
+
+def assert_gpu_graph_builds(path: Path) -> None:
+    """On a GPU, with the experts of layer 1 on the host (--n-cpu-moe 2 over a dense layer 0): a figure
+    per backend from the builder."""
+    model = ggufx.open(path)
+    args = parse_args("-m x -c 8192 --n-cpu-moe 2")
+    bd = breakdown(model, [Device("CUDA0", 80 << 30)], args.offload, args.context)
+    compute = {b.buft: b for b in bd.buffers if b.kind == "compute"}
+    assert set(compute) == {"CUDA0", "CUDA_Host"} and all(b.bytes > 0 and not b.reason for b in compute.values())
+
+
+def assert_falls_back_without(name: str, tensor: str, smollm2: Path, out: Path) -> None:
+    """The model ``name`` without ``tensor`` is refused with the tensor named, and gets the generic
+    estimate, labelled."""
+    from ggufx.analysis.memory.graph.graphsim import simulated
+
+    model = cpu_model_without(name, out, smollm2, tensor)
+    why = simulated(model)
+    assert why is not None and tensor in why
+    args = parse_args("-m x -c 8192")
+    bd = breakdown(model, [], args.offload, args.context)
+    (compute,) = [b for b in bd.buffers if b.kind == "compute"]
+    assert compute.bytes > 0 and "generic decoder estimate" in compute.reason

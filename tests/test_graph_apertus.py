@@ -5,20 +5,25 @@ micro-batch, a q8_0 cache, -ub 1024), and its graph node for node."""
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import pytest
 
-import ggufx
 from ggufx.analysis.memory.archs import ARCHS
 from ggufx.analysis.memory.buffers import breakdown
 from ggufx.analysis.memory.graph import graphsim
 from ggufx.analysis.memory.llamaargs import parse_args
-from ggufx.model import GGUFModel
 
-from .graph_arch_logs import CPU_LOGS, assert_compute_equal, assert_nodes_equal, cpu_model, cpu_runs, replay_cpu
+from .graph_arch_logs import (
+    CPU_LOGS,
+    assert_compute_equal,
+    assert_nodes_equal,
+    assert_shortcut_is_whole,
+    cpu_model,
+    cpu_model_without,
+    cpu_runs,
+    replay_cpu,
+)
 
 ARCH = "apertus"
 CPU_RUNS = cpu_runs(ARCH)
@@ -51,25 +56,7 @@ def test_the_graph_is_llama_cpps_node_for_node(rid: str, model_path: Path) -> No
 
 
 def test_the_layer_shortcut_equals_the_whole_replay(model_path: Path) -> None:
-    model = ggufx.open(model_path)
-    for args in ("-c 8192", "-c 4096 -fa off -np 3"):
-        a = parse_args("-m x " + args)
-        sp = breakdown(model, [], a.offload, a.context).reservation
-        assert sp is not None
-        whole = graphsim.simulate(model, [], a.offload, sp, whole=True)
-        assert graphsim.simulate(model, [], a.offload, sp) == whole and whole["CPU"] > 0
-
-
-def _without(tensor: str, smollm2: Path, out: Path) -> GGUFModel:
-    sys.path.insert(0, str(CPU_LOGS))
-    try:
-        from make_arch_headers import header
-        from models import MODELS
-    finally:
-        sys.path.remove(str(CPU_LOGS))
-    tensors = [t for t in json.loads((CPU_LOGS / "tensors.json").read_text())[ARCH] if t[0] != tensor]
-    header(out, MODELS[ARCH], tensors, smollm2)
-    return ggufx.open(out)
+    assert_shortcut_is_whole(model_path, "-c 8192", "-c 4096 -fa off -np 3")
 
 
 @pytest.mark.parametrize("tensor", ["output.weight", "blk.3.attn_k_norm.weight", "blk.1.ffn_up.weight"])
@@ -77,7 +64,7 @@ def test_a_file_without_a_tensor_the_graph_reads_gets_the_generic_estimate(
     tensor: str, smollm2_path: Path, tmp_path: Path
 ) -> None:
     """apertus.cpp creates the output projection required (no tied embeddings), and the Q/K norms."""
-    model = _without(tensor, smollm2_path, tmp_path / "odd.gguf")
+    model = cpu_model_without(ARCH, tmp_path / "odd.gguf", smollm2_path, tensor)
     assert graphsim.unbuildable(model) == f"the graph needs tensor {tensor}, which the file lacks"
     a = parse_args("-m x -c 8192")
     bd = breakdown(model, [], a.offload, a.context)
@@ -86,13 +73,5 @@ def test_a_file_without_a_tensor_the_graph_reads_gets_the_generic_estimate(
 
 def test_a_file_without_the_xielu_parameters_gets_the_generic_estimate(smollm2_path: Path, tmp_path: Path) -> None:
     """apertus.cpp reads xielu.alpha_n/alpha_p/beta/eps required (keys without the architecture prefix)."""
-    sys.path.insert(0, str(CPU_LOGS))
-    try:
-        from make_arch_headers import header
-        from models import MODELS
-    finally:
-        sys.path.remove(str(CPU_LOGS))
-    spec = {**MODELS[ARCH], "kv": {k: v for k, v in MODELS[ARCH]["kv"].items() if k != "xielu.beta"}}
-    header(tmp_path / "no-beta.gguf", spec, json.loads((CPU_LOGS / "tensors.json").read_text())[ARCH], smollm2_path)
-    model = ggufx.open(tmp_path / "no-beta.gguf")
+    model = cpu_model_without(ARCH, tmp_path / "no-beta.gguf", smollm2_path, key="xielu.beta")
     assert graphsim.unbuildable(model) == "the graph needs the metadata key xielu.beta, which the file lacks"

@@ -44,33 +44,22 @@ whole replay; and per builder a file llama.cpp would refuse gets the generic est
 
 from __future__ import annotations
 
-import json
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-import ggufx
-from ggufx.analysis.memory.archs import builder_of
-from ggufx.analysis.memory.buffers import breakdown
-from ggufx.analysis.memory.graph import graphsim
-from ggufx.analysis.memory.llamaargs import parse_args
-from ggufx.analysis.memory.placement import Device
-
 from . import graph_arch_logs
-from .graph_arch_logs import CPU_LOGS, assert_compute_equal, assert_nodes_equal, cpu_model, cpu_runs, replay_cpu
-from .graph_arch_logs import cpu_spec as _spec
-
-
-@dataclass(frozen=True)
-class Refused:
-    model: str  # the small model (models.py) whose file loses...
-    drop_tensor: str  # ...this tensor (llama.cpp's loader requires it)...
-    reason: str  # graphsim.unbuildable's words for it
-    drop_key: str = ""  # ...or this metadata key (without the architecture's prefix)
-    add_kv: tuple[tuple[str, object], ...] = ()  # ...or gains these keys
-
+from .graph_arch_logs import (
+    Refused,
+    assert_compute_equal,
+    assert_nodes_equal,
+    assert_refused,
+    assert_runs_cover,
+    assert_shortcut_is_whole,
+    cpu_models,
+    cpu_runs,
+    replay_cpu,
+)
 
 MODELS = (
     "deci", "deci-long", "olmo", "olmo-clamp", "falcon", "falcon-40b", "gptneox", "gptneox-seq", "mpt", "mpt-clamp", "starcoder",
@@ -151,19 +140,15 @@ CPU_RUNS = [(m, rid) for m in MODELS for rid in cpu_runs(m)]
 
 @pytest.fixture(scope="module")
 def models(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("classic-families")
-    return {n: cpu_model(n, out, smollm2_path) for n in MODELS}
+    return cpu_models(MODELS, smollm2_path, tmp_path_factory, "classic-families")
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_the_cpu_runs_cover_flash_attention_off_parallel_sequences_a_quantized_cache_and_no_repack(name: str) -> None:
-    assert builder_of(_spec(name)["arch"]) is not None
-    args = [line.split("\t")[2] for line in (CPU_LOGS / "matrix").read_text().splitlines() if f"\t{name}\t" in line]
-    assert len(cpu_runs(name)) == len(args) >= 5
+    options = ("-fa off", "-np 3", "-ctk q8_0" + ("" if name in FA_OFF_ONLY else " -ctv q8_0"), "--no-repack")
+    args = assert_runs_cover(name, options)
     if name in FA_OFF_ONLY:
         assert all("-fa off" in a for a in args)
-    for option in ("-fa off", "-np 3", "-ctk q8_0" + ("" if name in FA_OFF_ONLY else " -ctv q8_0"), "--no-repack"):
-        assert any(option in a for a in args), option
     assert name in FA_OFF_ONLY or any("-fa off" not in a for a in args)
 
 
@@ -190,34 +175,13 @@ def test_the_graph_is_llama_cpps_node_for_node(
 @pytest.mark.parametrize("name", MODELS)
 def test_the_layer_shortcut_equals_the_whole_replay(name: str, models: dict[str, Path]) -> None:
     """The replay that leaves repeated blocks of layers out allocates as the one of every layer."""
-    model = ggufx.open(models[name])
-    for args in ("-c 8192" + (" -fa off" if name in FA_OFF_ONLY else ""), "-c 4096 -fa off -np 3"):
-        a = parse_args("-m x " + args)
-        sp = breakdown(model, [], a.offload, a.context).reservation
-        assert sp is not None
-        whole = graphsim.simulate(model, [], a.offload, sp, whole=True)
-        assert graphsim.simulate(model, [], a.offload, sp) == whole and whole["CPU"] > 0
+    assert_shortcut_is_whole(
+        models[name], "-c 8192" + (" -fa off" if name in FA_OFF_ONLY else ""), "-c 4096 -fa off -np 3"
+    )
 
 
 @pytest.mark.parametrize("refused", REFUSED, ids=lambda r: f"{r.model}-{r.drop_tensor or r.drop_key or r.add_kv[0][0]}")
 def test_a_file_llama_cpp_would_refuse_gets_the_generic_estimate(
     refused: Refused, smollm2_path: Path, tmp_path: Path
 ) -> None:
-    sys.path.insert(0, str(CPU_LOGS))
-    try:
-        from make_arch_headers import header
-    finally:
-        sys.path.remove(str(CPU_LOGS))
-    tensors = json.loads((CPU_LOGS / "tensors.json").read_text())[refused.model]
-    kept = [t for t in tensors if t[0] != refused.drop_tensor]
-    assert len(kept) == len(tensors) - (1 if refused.drop_tensor else 0)
-    spec = _spec(refused.model)
-    spec = {**spec, "kv": {k: v for k, v in spec["kv"].items() if k != refused.drop_key} | dict(refused.add_kv)}
-    assert len(spec["kv"]) == len(_spec(refused.model)["kv"]) - (1 if refused.drop_key else 0) + len(refused.add_kv)
-    path = tmp_path / "refused.gguf"
-    header(path, spec, kept, smollm2_path)
-    model = ggufx.open(path)
-    assert graphsim.unbuildable(model) == refused.reason
-    a = parse_args("-m x -c 8192")
-    bd = breakdown(model, [Device("CUDA0", 80 << 30)], a.offload, a.context)
-    assert bd.compute_estimate and refused.reason in bd.compute_estimate
+    assert_refused(refused, smollm2_path, tmp_path, kv_check="count")

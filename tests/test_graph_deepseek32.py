@@ -37,26 +37,18 @@ sys.path.insert(0, str(CPU_LOGS))
 from make_arch_headers import header  # noqa: E402
 from models import MODELS  # noqa: E402
 
+from .graph_arch_logs import cpu_models, cpu_runs_of  # noqa: E402
+
 ARCHS = ("deepseek32", "glm-dsa")
 TENSORS = json.loads((CPU_LOGS / "tensors.json").read_text())
-_LINES = (CPU_LOGS / "matrix").read_text().splitlines()
 PER_LINE = {"deepseek32-c8192-np3", "glm-dsa-c4096-faoff-np3", "glm-dsa-c16384-q8_0-ub1024"}
-CPU_RUNS = {
-    rid: (model, args)
-    for rid, model, args in (line.split("\t") for line in _LINES if line.strip() and not line.startswith("#"))
-    if MODELS[model]["arch"] in ARCHS and (CPU_LOGS / f"{rid}.log").exists()
-}
+CPU_RUNS = cpu_runs_of(*ARCHS)
 KV_SIZE = re.compile(r"llama_kv_cache: size =\s+([\d.]+) MiB \(\s*(\d+) cells,\s+(\d+) layers")
 
 
 @pytest.fixture(scope="module")
 def models(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("dsa")
-    made = {}
-    for name in sorted({m for m, _ in CPU_RUNS.values()}):
-        made[name] = out / f"{name}.gguf"
-        header(made[name], MODELS[name], TENSORS[name], smollm2_path)
-    return made
+    return cpu_models(tuple(sorted({m for m, _ in CPU_RUNS.values()})), smollm2_path, tmp_path_factory, "dsa")
 
 
 def _replay(rid: str, models: dict[str, Path]):  # type: ignore[no-untyped-def]

@@ -11,9 +11,17 @@ import pytest
 from ggufx.analysis.memory.buffers import breakdown
 from ggufx.analysis.memory.graph import graphsim
 from ggufx.analysis.memory.llamaargs import parse_args
-from ggufx.analysis.memory.placement import Device
 
-from .graph_arch_logs import CPU_LOGS, assert_compute_equal, assert_nodes_equal, cpu_model, cpu_runs, replay_cpu
+from .graph_arch_logs import (
+    CPU_LOGS,
+    Refused,
+    assert_compute_equal,
+    assert_nodes_equal,
+    assert_refused,
+    cpu_model,
+    cpu_runs,
+    replay_cpu,
+)
 from .ssm_models import repeated, tensors_of, variant
 
 ARCH = "mamba2"
@@ -66,11 +74,9 @@ def test_the_layer_shortcut_equals_the_whole_replay(smollm2_path: Path, tmp_path
 def test_a_file_without_a_tensor_the_graph_reads_gets_the_generic_estimate(
     tensor: str, smollm2_path: Path, tmp_path: Path
 ) -> None:
-    model = variant(ARCH, [t for t in tensors_of(ARCH) if t[0] != tensor], smollm2_path, tmp_path / "without.gguf")
-    assert graphsim.unbuildable(model) == f"the graph needs tensor {tensor}, which the file lacks"
-    a = parse_args("-m x -c 8192")
-    bd = breakdown(model, [Device("CUDA0", 80 << 30)], a.offload, a.context)
-    assert bd.compute_estimate and tensor in bd.compute_estimate
+    assert_refused(
+        Refused(ARCH, tensor, f"the graph needs tensor {tensor}, which the file lacks"), smollm2_path, tmp_path
+    )
 
 
 def test_a_missing_mamba2_dimension_gets_the_generic_estimate(smollm2_path: Path, tmp_path: Path) -> None:

@@ -32,7 +32,15 @@ from ggufx.analysis.memory.graph import graphsim
 from ggufx.analysis.memory.llamaargs import parse_args
 from ggufx.analysis.memory.placement import Device
 
-from .graph_arch_logs import CPU_LOGS, assert_compute_equal, assert_nodes_equal, cpu_model, cpu_runs, replay_cpu
+from .graph_arch_logs import (
+    CPU_LOGS,
+    assert_compute_equal,
+    assert_nodes_equal,
+    assert_shortcut_is_whole,
+    cpu_model,
+    cpu_runs,
+    replay_cpu,
+)
 
 
 @dataclass(frozen=True)
@@ -121,13 +129,7 @@ def test_the_graph_is_llama_cpps_node_for_node(arch: str, run: str, models: dict
 @pytest.mark.parametrize("arch", FAMILIES)
 def test_the_layer_shortcut_equals_the_whole_replay(arch: str, models: dict[str, Path]) -> None:
     """The replay that leaves repeated blocks of layers out allocates as the one of every layer."""
-    model = ggufx.open(models[arch])
-    for args in ("-c 8192", "-c 4096 -fa off -np 3"):
-        a = parse_args("-m x " + args)
-        sp = breakdown(model, [], a.offload, a.context).reservation
-        assert sp is not None
-        whole = graphsim.simulate(model, [], a.offload, sp, whole=True)
-        assert graphsim.simulate(model, [], a.offload, sp) == whole and whole["CPU"] > 0
+    assert_shortcut_is_whole(models[arch], "-c 8192", "-c 4096 -fa off -np 3")
 
 
 @pytest.mark.parametrize("arch", FAMILIES)

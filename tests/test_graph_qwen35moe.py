@@ -6,22 +6,17 @@ build (flash attention on and off, -np 3 with its 513-token micro-batch, q8_0 ca
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import pytest
 
-import ggufx
-from ggufx.analysis.memory.buffers import breakdown
-from ggufx.analysis.memory.graph import graphsim
-from ggufx.analysis.memory.llamaargs import parse_args
-from ggufx.analysis.memory.placement import Device
-
 from .graph_arch_logs import (
-    CPU_LOGS,
+    Refused,
     assert_compute_equal,
     assert_nodes_equal,
+    assert_refused,
+    assert_runs_cover,
+    assert_shortcut_is_whole,
     cpu_model,
     cpu_runs,
     replay_cpu,
@@ -44,10 +39,7 @@ def published_path(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory)
 
 
 def test_the_cpu_runs_cover_flash_attention_off_parallel_sequences_and_a_quantized_cache() -> None:
-    args = " ".join(line for line in (CPU_LOGS / "matrix").read_text().splitlines() if f"\t{ARCH}\t" in line)
-    assert len(CPU_RUNS) >= 3
-    for option in ("-fa off", "-np 3", "-ctk q8_0"):
-        assert option in args
+    assert_runs_cover(ARCH, ("-fa off", "-np 3", "-ctk q8_0"), at_least=3)
 
 
 @pytest.mark.parametrize("rid", CPU_RUNS)
@@ -83,27 +75,12 @@ def test_the_graph_is_llama_cpps_node_for_node(rid: str, model_path: Path) -> No
 
 def test_the_layer_shortcut_equals_the_whole_replay(model_path: Path) -> None:
     """The replay that leaves repeated blocks of layers out allocates as the one of every layer."""
-    model = ggufx.open(model_path)
-    for args in ("-c 8192", "-c 4096 -fa off -np 3"):
-        a = parse_args("-m x " + args)
-        sp = breakdown(model, [], a.offload, a.context).reservation
-        assert sp is not None
-        whole = graphsim.simulate(model, [], a.offload, sp, whole=True)
-        assert graphsim.simulate(model, [], a.offload, sp) == whole and whole["CPU"] > 0
+    assert_shortcut_is_whole(model_path, "-c 8192", "-c 4096 -fa off -np 3")
 
 
 def test_a_file_without_a_tensor_the_graph_reads_gets_the_generic_estimate(smollm2_path: Path, tmp_path: Path) -> None:
-    sys.path.insert(0, str(CPU_LOGS))
-    try:
-        from make_arch_headers import header
-        from models import MODELS
-    finally:
-        sys.path.remove(str(CPU_LOGS))
-    tensors = [t for t in json.loads((CPU_LOGS / "tensors.json").read_text())[ARCH] if t[0] != "blk.1.ssm_beta.weight"]
-    path = tmp_path / "no-ba.gguf"
-    header(path, MODELS[ARCH], tensors, smollm2_path)
-    model = ggufx.open(path)
-    assert graphsim.unbuildable(model) == "the graph needs tensor blk.1.ssm_beta.weight, which the file lacks"
-    a = parse_args("-m x -c 8192")
-    bd = breakdown(model, [Device("CUDA0", 80 << 30)], a.offload, a.context)
-    assert bd.compute_estimate and "blk.1.ssm_beta.weight" in bd.compute_estimate
+    assert_refused(
+        Refused(ARCH, "blk.1.ssm_beta.weight", "the graph needs tensor blk.1.ssm_beta.weight, which the file lacks"),
+        smollm2_path,
+        tmp_path,
+    )

@@ -19,7 +19,15 @@ from ggufx.analysis.memory.graph import graphsim
 from ggufx.analysis.memory.llamaargs import parse_args
 from ggufx.model import GGUFModel
 
-from .graph_arch_logs import CPU_LOGS, assert_compute_equal, assert_nodes_equal, cpu_model, cpu_runs, replay_cpu
+from .graph_arch_logs import (
+    CPU_LOGS,
+    assert_compute_equal,
+    assert_nodes_equal,
+    assert_shortcut_is_whole,
+    cpu_model,
+    cpu_runs,
+    replay_cpu,
+)
 
 ARCH = "qwen3vl"
 CPU_RUNS = cpu_runs(ARCH)
@@ -54,13 +62,7 @@ def test_the_graph_is_llama_cpps_node_for_node(rid: str, model_path: Path) -> No
 def test_the_layer_shortcut_equals_the_whole_replay(model_path: Path) -> None:
     """Deepstack layers share their signature with the others: the replay that leaves repeated layers
     out must still keep the padded embeddings alive until the last deepstack layer."""
-    model = ggufx.open(model_path)
-    for args in ("-c 8192", "-c 4096 -fa off -np 3"):
-        a = parse_args("-m x " + args)
-        sp = breakdown(model, [], a.offload, a.context).reservation
-        assert sp is not None
-        whole = graphsim.simulate(model, [], a.offload, sp, whole=True)
-        assert graphsim.simulate(model, [], a.offload, sp) == whole and whole["CPU"] > 0
+    assert_shortcut_is_whole(model_path, "-c 8192", "-c 4096 -fa off -np 3")
 
 
 def _variant(smollm2: Path, out: Path, drop: str = "", **kv: object) -> GGUFModel:

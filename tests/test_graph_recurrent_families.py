@@ -38,23 +38,29 @@ the reason."""
 
 from __future__ import annotations
 
-import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
 import ggufx
-from ggufx.analysis.memory.archs import builder_of
 from ggufx.analysis.memory.buffers import MiB, breakdown
 from ggufx.analysis.memory.graph import graphsim
 from ggufx.analysis.memory.llamaargs import parse_args
-from ggufx.analysis.memory.placement import Device
 
 from . import graph_arch_logs
-from .graph_arch_logs import CPU_LOGS, assert_compute_equal, assert_nodes_equal, cpu_model, cpu_runs, replay_cpu
-from .graph_arch_logs import cpu_spec as _spec
+from .graph_arch_logs import (
+    CPU_LOGS,
+    Refused,
+    assert_compute_equal,
+    assert_nodes_equal,
+    assert_refused,
+    assert_runs_cover,
+    assert_shortcut_is_whole,
+    cpu_models,
+    cpu_runs,
+    replay_cpu,
+)
 
 # the models and the runs whose graph llama.cpp's scheduler printed (nodes/<id>.tsv: the last prompt graph
 # reserved, which for kimi-linear is the one of a single sequence, llama-context.cpp:715-728)
@@ -159,18 +165,13 @@ NODE_RUNS = [(m, rid) for m, rids in MODELS.items() for rid in rids]
 
 @pytest.fixture(scope="module")
 def models(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("recurrent-families")
-    return {n: cpu_model(n, out, smollm2_path) for n in MODELS}
+    return cpu_models(tuple(MODELS), smollm2_path, tmp_path_factory, "recurrent-families")
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_the_cpu_runs_cover_flash_attention_off_parallel_sequences_and_a_quantized_cache(name: str) -> None:
-    assert builder_of(_spec(name)["arch"]) is not None
-    args = [line.split("\t")[2] for line in (CPU_LOGS / "matrix").read_text().splitlines() if f"\t{name}\t" in line]
-    assert len(cpu_runs(name)) == len(args) >= 5
     options = ("-fa off", "-ctk q8_0 -ctv q8_0") + (() if name in SINGLE_SEQUENCE else ("-np 3", "-c 8192 -np 3"))
-    for option in options:
-        assert any(option in a for a in args), option
+    args = assert_runs_cover(name, options)
     assert any("-fa off" not in a for a in args)
 
 
@@ -195,13 +196,7 @@ def test_the_graph_is_llama_cpps_node_for_node(
 @pytest.mark.parametrize("name", MODELS)
 def test_the_layer_shortcut_equals_the_whole_replay(name: str, models: dict[str, Path]) -> None:
     """The replay that leaves repeated blocks of layers out allocates as the one of every layer."""
-    model = ggufx.open(models[name])
-    for args in ("-c 8192", "-c 4096 -fa off -np 3"):
-        a = parse_args("-m x " + args)
-        sp = breakdown(model, [], a.offload, a.context).reservation
-        assert sp is not None
-        whole = graphsim.simulate(model, [], a.offload, sp, whole=True)
-        assert graphsim.simulate(model, [], a.offload, sp) == whole and whole["CPU"] > 0
+    assert_shortcut_is_whole(models[name], "-c 8192", "-c 4096 -fa off -np 3")
 
 
 # the states the graph reads and writes: (model, run, sequences, recurrent layers, R and S bytes per layer
@@ -249,20 +244,4 @@ def test_the_state_the_graph_reads_is_llama_cpps(
 def test_a_file_llama_cpp_would_refuse_gets_the_generic_estimate(
     name: str, drop: str, kv: dict, reason: str, smollm2_path: Path, tmp_path: Path
 ) -> None:
-    sys.path.insert(0, str(CPU_LOGS))
-    try:
-        from make_arch_headers import header
-    finally:
-        sys.path.remove(str(CPU_LOGS))
-    tensors = json.loads((CPU_LOGS / "tensors.json").read_text())[name]
-    kept = [t for t in tensors if t[0] != drop]
-    assert len(kept) == len(tensors) - (1 if drop else 0)
-    spec = _spec(name)
-    spec = {**spec, "kv": spec["kv"] | kv}
-    path = tmp_path / "refused.gguf"
-    header(path, spec, kept, smollm2_path)
-    model = ggufx.open(path)
-    assert graphsim.unbuildable(model) == reason
-    a = parse_args("-m x -c 8192")
-    bd = breakdown(model, [Device("CUDA0", 80 << 30)], a.offload, a.context)
-    assert bd.compute_estimate and reason in bd.compute_estimate
+    assert_refused(Refused(name, drop, reason, add_kv=tuple(kv.items())), smollm2_path, tmp_path)

@@ -318,37 +318,113 @@ def _qk_norm(c: _Ctx, g: _Graph, x: _T, weight: str, il: int) -> _T:
     return x if c.hp.arch == "llama" else _norm(c, g, x, weight, il)
 
 
-def _moe_ffn(c: _Ctx, g: _Graph, cur: _T, il: int) -> _T:
-    """``build_moe_ffn`` with softmax gating, normalized weights, separate gate and up experts
-    (llama-graph.cpp:2044-2420), in its expansion order: the routing first (expanded early so that
-    CUDA can fuse top-k), then the experts, then one view per used expert and the sum of those."""
-    assert c.moe is not None
-    T, E, n_used = cur.ne[1], cur.ne[0], c.moe
-    p = f"blk.{il}."
-    logits = g.mul_mat(f"ffn_moe_logits-{il}", _w(c, p + "ffn_gate_inp.weight", il), cur)
+def _moe_ffn(
+    c: _Ctx,
+    g: _Graph,
+    cur: _T,
+    il: int,
+    n_used: int | None = None,
+    sigmoid: bool = False,
+    probs_b: _T | None = None,
+    shared_glu: _T | None = None,
+) -> _T:
+    """``build_moe_ffn`` with softmax (or ``sigmoid``) gating, an optional selection bias ``probs_b``
+    (``exp_probs_b``: the experts are picked on the biased probabilities and weighted by the unbiased
+    ones), normalized weights, separate gate and up experts (llama-graph.cpp:2044-2420), in its expansion
+    order: the routing first (:func:`moe_select`), then the experts, then one view per used expert and
+    the sum of those (:func:`moe_weighted_sum`). ``n_used``: the experts used per token (``c.moe`` by
+    default); ``shared_glu``: a shared expert's GLU that CUDA moves right after the routed GLU (expanded
+    there, ``ggml_cuda_match_shared_expert``, ggml-cuda.cu:1827-1876)."""
+    if n_used is None:
+        assert c.moe is not None
+        n_used = c.moe
+    T, E = cur.ne[1], cur.ne[0]
+    logits = g.mul_mat(f"ffn_moe_logits-{il}", _w(c, f"blk.{il}.ffn_gate_inp.weight", il), cur)
+    topk, w3 = moe_select(g, logits, il, n_used, sigmoid, probs_b)
+    x = g.reshape(cur, E, 1, T)
+    _, _, act, experts = moe_swiglu_experts(c, g, x, topk, il, n_used)
+    if shared_glu is not None:
+        g.expand(act)
+        g.expand(shared_glu)
+        g.fused.append(_Fusion([shared_glu], keep=[x, topk]))  # add_alloc_dep until the shared GLU
+    return moe_weighted_sum(g, experts, w3, il, E, n_used)
+
+
+def moe_select(
+    g: _Graph, logits: _T, il: int, n_used: int, sigmoid: bool = False, probs_b: _T | None = None
+) -> tuple[_T, _T]:
+    """``build_moe_ffn``'s routing from the router's logits (llama-graph.cpp:2087-2208) with softmax (or
+    sigmoid) gating, the optional selection bias, top-k and normalized weights, expanded early so that
+    CUDA can fuse the top-k (:func:`topk_fusion`): the selected experts and their weights ``[1, n_used,
+    n_tokens]``."""
+    T = logits.ne[1]
     n_exp = logits.ne[0]
-    probs = g.op(f"ffn_moe_probs-{il}", "SOFT_MAX", logits)
+    if sigmoid:
+        probs = g.op(f"ffn_moe_probs-{il}", "UNARY", logits)
+    else:
+        probs = g.op(f"ffn_moe_probs-{il}", "SOFT_MAX", logits)
     probs3 = g.reshape(probs, 1, n_exp, T)
-    argsort = g.new(f"ffn_moe_argsort-{il}", "ARGSORT", "I32", (n_exp, T), probs)
+    selection = probs if probs_b is None else g.op(f"ffn_moe_probs_biased-{il}", "ADD", probs, probs_b)
+    argsort = g.new(f"ffn_moe_argsort-{il}", "ARGSORT", "I32", (n_exp, T), selection)
     topk = g.view(argsort, (n_used, T), argsort.nb[:2])
     weights = g.new(f"ffn_moe_weights-{il}", "GET_ROWS", "F32", (1, n_used, T), probs3, topk)
+    norm = moe_weights_norm(g, weights, il)
+    w3 = norm[-1]
+    g.expand(w3)
+    biased = [] if selection is probs else [selection]
+    g.fused.extend(topk_fusion(n_exp, [probs, probs3, *biased, argsort, topk, weights, *norm]))
+    return topk, w3
+
+
+def topk_fusion(n_exp: int, members: list[_T]) -> list[_Fusion]:
+    """The top-k routing group CUDA's ``graph_optimize`` keeps alive (ggml-cuda.cu:2875-3025: the gating,
+    the optional selection bias, argsort, top-k, the weights, their normalization and scale, in that
+    order; topk-moe.cu:403-412: expert counts it has a kernel for)."""
+    if n_exp in (288, 576) or (n_exp & (n_exp - 1) == 0 and n_exp <= 512):
+        return [_Fusion(members)]
+    return []
+
+
+def moe_weights_norm(g: _Graph, weights: _T, il: int) -> list[_T]:
+    """``build_moe_ffn``'s ``norm_w`` (llama-graph.cpp:2185-2199): the weights ``[1, n_used, n_tokens]`` of
+    each token divided by their sum (clamped away from zero). The nodes it makes, in order, the normalized
+    weights ``[1, n_used, n_tokens]`` last."""
+    n_used, T = weights.ne[1], weights.ne[2]
     w2 = g.reshape(weights, n_used, T)
     wsum = g.new(f"ffn_moe_weights_sum-{il}", "SUM_ROWS", "F32", (1, T), w2)
     clamped = g.op(f"ffn_moe_weights_sum_clamped-{il}", "CLAMP", wsum)
     wnorm = g.op(f"ffn_moe_weights_norm-{il}", "DIV", w2, clamped)
-    w3 = g.reshape(wnorm, 1, n_used, T)
-    g.expand(w3)
-    if n_exp in (288, 576) or (n_exp & (n_exp - 1) == 0 and n_exp <= 512):  # topk-moe.cu:403-412
-        g.fused.append(_Fusion([probs, probs3, argsort, topk, weights, w2, wsum, clamped, wnorm, w3]))
-    x = g.reshape(cur, E, 1, T)
-    up_w, gate_w, down_w = (_w(c, p + f"ffn_{r}_exps.weight", il) for r in ("up", "gate", "down"))
-    up = g.new(f"ffn_moe_up-{il}", "MUL_MAT_ID", "F32", (up_w.ne[1], n_used, T), up_w, x, topk)
-    gate = g.new(f"ffn_moe_gate-{il}", "MUL_MAT_ID", "F32", (gate_w.ne[1], n_used, T), gate_w, x, topk)
+    return [w2, wsum, clamped, wnorm, g.reshape(wnorm, 1, n_used, T)]
+
+
+def moe_swiglu_experts(
+    c: _Ctx, g: _Graph, x: _T, ids: _T, il: int, n_used: int, part: str = "_exps"
+) -> tuple[_T, _T, _T, _T]:
+    """``build_moe_ffn``'s experts with separate gate and up weights and SiLU (llama-graph.cpp:2240-2360):
+    ``ffn_up{part}`` and ``ffn_gate{part}`` of the selected experts ``ids`` of ``x`` (``[n_embd, 1,
+    n_tokens]``), their ``swiglu_split``, ``ffn_down{part}``: the up, gate, GLU and down nodes."""
+    T = x.ne[2]
+    p = f"blk.{il}."
+    up_w, gate_w, down_w = (_w(c, p + f"ffn_{r}{part}.weight", il) for r in ("up", "gate", "down"))
+    up = g.new(f"ffn_moe_up-{il}", "MUL_MAT_ID", "F32", (up_w.ne[1], n_used, T), up_w, x, ids)
+    gate = g.new(f"ffn_moe_gate-{il}", "MUL_MAT_ID", "F32", (gate_w.ne[1], n_used, T), gate_w, x, ids)
     act = g.new(f"ffn_moe_swiglu-{il}", "GLU", "F32", gate.ne, gate, up)
-    experts = g.new(f"ffn_moe_down-{il}", "MUL_MAT_ID", "F32", (down_w.ne[1], n_used, T), down_w, act, topk)
-    weighted = g.op(f"ffn_moe_weighted-{il}", "MUL", experts, w3)
+    down = g.new(f"ffn_moe_down-{il}", "MUL_MAT_ID", "F32", (down_w.ne[1], n_used, T), down_w, act, ids)
+    return up, gate, act, down
+
+
+def moe_weighted_sum(g: _Graph, experts: _T, weights: _T | None, il: int, n_embd: int, n_used: int) -> _T:
+    """``build_moe_ffn``'s tail (llama-graph.cpp:2366-2409): the experts' output ``[n, n_used, n_tokens]``
+    times their ``weights`` (None: llama4's ``weight_before_ffn``, weighted before the experts), expanded;
+    one ``[n_embd, n_tokens]`` view per used expert, each expanded, then their sum, each ADD expanded (a
+    CONT of the one view when one expert is used). With more than one and at most
+    ``MOE_WEIGHTED_REDUCTION_MAX_EXPERTS``, CUDA's ``graph_optimize`` fuses the product, the views and the
+    adds (``ggml_cuda_match_moe_weighted_reduction``, ggml-cuda.cu:3096-3175), keeping the experts and
+    the weights alive until the group's last node."""
+    T = experts.ne[2]
+    weighted = experts if weights is None else g.op(f"ffn_moe_weighted-{il}", "MUL", experts, weights)
     g.expand(weighted)
-    views = [g.view(weighted, (E, T), (weighted.nb[0], weighted.nb[2])) for _ in range(n_used)]
+    views = [g.view(weighted, (n_embd, T), (weighted.nb[0], weighted.nb[2])) for _ in range(n_used)]
     for v in views:
         g.expand(v)
     out = views[0]
@@ -358,9 +434,9 @@ def _moe_ffn(c: _Ctx, g: _Graph, cur: _T, il: int) -> _T:
         g.expand(out)
         adds.append(out)
     if n_used == 1:
-        out = g.new(f"ffn_moe_out-{il}", "CONT", "F32", (E, T), out)
-    elif n_used <= _MOE_REDUCTION_MAX:
-        g.fused.append(_Fusion([weighted, *views, *adds], keep=[experts, w3]))
+        out = g.new(f"ffn_moe_out-{il}", "CONT", "F32", (n_embd, T), out)
+    elif n_used <= _MOE_REDUCTION_MAX and weights is not None:
+        g.fused.append(_Fusion([weighted, *views, *adds], keep=[experts, weights]))
     return out
 
 

@@ -261,6 +261,81 @@ def build_dense(c: _Ctx, g: _Graph, d: Dense) -> _T:
     return logits
 
 
+Attention = Callable[[_Ctx, _Graph, _T, int, _AttnInp], _T]  # (c, g, normed input, il, KV inputs)
+Ffn = Callable[[_Ctx, _Graph, _T, int], _T]  # (c, g, normed input, il)
+
+
+def decoder(
+    c: _Ctx,
+    g: _Graph,
+    x: _T,
+    attention: Attention,
+    ffn: Ffn,
+    d: Dense,
+    ffn_norm: str = "ffn_norm",
+    iswa: bool = False,
+    n_layer: int | None = None,
+) -> _T:
+    """The pre-norm layers as llama.cpp's model files write them out one by one (bitnet.cpp, plm.cpp,
+    dbrx.cpp, grovemoe.cpp, apertus.cpp, exaone-moe.cpp, mimo2.cpp...): the positions, the KV cache's
+    inputs (with ``iswa`` the sliding-window cache's too, given to its layers) and the output rows; per
+    layer the attention norm (``d.norm``) and the file's ``attention``, the last layer's rows picked, the
+    residual, the ``ffn_norm`` norm and the file's ``ffn``, the residual. ``n_layer``: the trunk's layers
+    (the NextN/MTP blocks after them are not in the graph). The last layer's output."""
+    hp, T, n_out, E = c.hp, c.n_tokens, c.n_outputs, c.hp.n_embd
+    last = (hp.n_layer if n_layer is None else n_layer) - 1
+    c.pos = g.input("inp_pos", "I32", T)
+    full = _attn_inp(c, g, c.sp.n_kv)
+    swa = _attn_inp(c, g, c.n_kv_swa) if iswa else full
+    out_ids = g.input("out_ids", "I32", n_out)
+    for pos, il in enumerate(c.layers):
+        if il > last:  # a NextN/MTP block: not in the graph
+            continue
+        g.at(pos)
+        b = f"blk.{il}."
+        inp_sa = x
+        cur = attention(c, g, _n(c, g, x, b + "attn_norm.weight", il, d), il, swa if iswa and c.swa[il] else full)
+        if il == last:
+            cur = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), cur, out_ids)
+            inp_sa = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), inp_sa, out_ids)
+        ffn_inp = g.op(f"ffn_inp-{il}", "ADD", cur, inp_sa)
+        cur = ffn(c, g, _n(c, g, ffn_inp, f"{b}{ffn_norm}.weight", il, d), il)
+        x = g.op(f"l_out-{il}", "ADD", cur, ffn_inp)
+    return x
+
+
+def output(c: _Ctx, g: _Graph, x: _T, head: _T, norm: str = "RMS_NORM") -> _T:
+    """The output norm (``norm`` times ``output_norm``, an output) and the logits over ``head``."""
+    g.at(GLOBAL)
+    cur = g.op("norm", norm, x)
+    cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", c.hp.n_layer))
+    cur.flags |= OUTPUT
+    logits = g.mul_mat("result_output", head, cur)
+    logits.flags |= OUTPUT
+    return logits
+
+
+def nextn_output(c: _Ctx, g: _Graph, x: _T, out_ids: _T, norm: str = "RMS_NORM", scale: bool = False) -> _T:
+    """The head of the builders with a NextN/MTP draft head's input (qwen35.cpp, qwen3next.cpp,
+    nemotron-h.cpp, hy-v3.cpp, cohere2-moe.cpp...): the output norm over every token kept as an output
+    (``t_h_nextn``, ``llm_graph_result::set_outputs``, llama-graph.cpp:1406), the output rows picked after
+    it (``result_norm``, an output too), the logits over ``output.weight`` or the tied embeddings (scaled
+    with ``scale``)."""
+    n_layer = c.hp.n_layer
+    g.at(GLOBAL)
+    cur = g.op("norm", norm, x)
+    cur = g.op("h_nextn", "MUL", cur, _w(c, "output_norm.weight", n_layer))
+    cur.flags |= OUTPUT
+    cur = g.new("result_norm", "GET_ROWS", "F32", (c.hp.n_embd, c.n_outputs), cur, out_ids)
+    cur.flags |= OUTPUT
+    out_w = _weight(c, "output.weight", n_layer) or _w(c, "token_embd.weight", n_layer)
+    logits = g.mul_mat("result_output", out_w, cur)
+    if scale:
+        logits = g.op("result_output", "SCALE", logits)
+    logits.flags |= OUTPUT
+    return logits
+
+
 def layer_weights(d: Dense) -> tuple[str, ...]:
     """The weights every layer of a ``d`` graph multiplies by (llama.cpp refuses a file without them);
     the Q/K/V projections are checked apart (``attn_qkv`` or the three)."""

@@ -6,37 +6,31 @@ tensor (no tied embeddings)."""
 from __future__ import annotations
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd, _proj, _w
-from ggufx.analysis.memory.graph.models._dense import Dense, _attention, _n
+from ggufx.analysis.memory.graph.llm import _AttnInp, _Ctx, _inp_embd, _proj, _w
+from ggufx.analysis.memory.graph.models._dense import Dense, _attention, decoder
 from ggufx.model import GGUFModel
 
 SPEC = Dense(qk_norm="head")
 XIELU_KEYS = ("xielu.alpha_n", "xielu.alpha_p", "xielu.beta", "xielu.eps")  # the activation's parameters
 
 
+def _attn(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp) -> _T:
+    """apertus.cpp's attention: llama's, with the RMS norms of each Q and K head."""
+    return _attention(c, g, x, il, inp, False, SPEC)
+
+
+def _ffn(c: _Ctx, g: _Graph, x: _T, il: int) -> _T:
+    """apertus.cpp's FFN: up, xIELU, down (no gate)."""
+    b = f"blk.{il}."
+    up = g.mul_mat(f"ffn_up-{il}", _w(c, b + "ffn_up.weight", il), x)
+    act = g.op(f"ffn_xielu-{il}", "UNARY", up)
+    return g.mul_mat(f"ffn_down-{il}", _w(c, b + "ffn_down.weight", il), act)
+
+
 def build(c: _Ctx, g: _Graph) -> _T:
     """The graph of apertus.cpp."""
-    hp, sp = c.hp, c.sp
-    T, n_out, E = c.n_tokens, c.n_outputs, hp.n_embd
-    x = _inp_embd(c, g)
-    c.pos = g.input("inp_pos", "I32", T)
-    inp = _attn_inp(c, g, sp.n_kv)
-    out_ids = g.input("out_ids", "I32", n_out)
-    for p, il in enumerate(c.layers):
-        g.at(p)
-        b = f"blk.{il}."
-        inp_sa = x
-        cur = _n(c, g, x, b + "attn_norm.weight", il, SPEC)
-        cur = _attention(c, g, cur, il, inp, False, SPEC)
-        if il == hp.n_layer - 1:
-            cur = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), cur, out_ids)
-            inp_sa = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), inp_sa, out_ids)
-        ffn_inp = g.op(f"ffn_inp-{il}", "ADD", cur, inp_sa)
-        cur = _n(c, g, ffn_inp, b + "ffn_norm.weight", il, SPEC)
-        up = g.mul_mat(f"ffn_up-{il}", _w(c, b + "ffn_up.weight", il), cur)
-        act = g.op(f"ffn_xielu-{il}", "UNARY", up)
-        cur = g.mul_mat(f"ffn_down-{il}", _w(c, b + "ffn_down.weight", il), act)
-        x = g.op(f"l_out-{il}", "ADD", cur, ffn_inp)
+    hp = c.hp
+    x = decoder(c, g, _inp_embd(c, g), _attn, _ffn, SPEC)
     g.at(GLOBAL)
     cur = g.op("norm", "RMS_NORM", x)
     cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))

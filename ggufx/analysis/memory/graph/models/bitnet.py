@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _inp_embd, _rot, _w, _weight
+from ggufx.analysis.memory.graph.ggml import _T, _Graph
+from ggufx.analysis.memory.graph.llm import _AttnInp, _Ctx, _inp_embd, _rot, _w, _weight
 from ggufx.analysis.memory.graph.models import _plain
-from ggufx.analysis.memory.graph.models._dense import Dense, _attn_kv, _n
+from ggufx.analysis.memory.graph.models._dense import Dense, _attn_kv, _n, decoder, output
 from ggufx.model import GGUFModel
 
 SPEC = Dense()
@@ -64,30 +64,10 @@ def _ffn(c: _Ctx, g: _Graph, x: _T, il: int) -> _T:
 
 
 def build(c: _Ctx, g: _Graph) -> _T:
-    hp, sp = c.hp, c.sp
-    T, n_out, E = c.n_tokens, c.n_outputs, hp.n_embd
-    x = _inp_embd(c, g)
-    c.pos = g.input("inp_pos", "I32", T)
-    inp = _attn_inp(c, g, sp.n_kv)
-    out_ids = g.input("out_ids", "I32", n_out)
-    for pos, il in enumerate(c.layers):
-        g.at(pos)
-        b = f"blk.{il}."
-        inp_sa = x
-        cur = _attention(c, g, _n(c, g, x, b + "attn_norm.weight", il, SPEC), il, inp)
-        if il == hp.n_layer - 1:
-            cur = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), cur, out_ids)
-            inp_sa = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), inp_sa, out_ids)
-        ffn_inp = g.op(f"ffn_inp-{il}", "ADD", cur, inp_sa)
-        cur = _ffn(c, g, _n(c, g, ffn_inp, b + "ffn_norm.weight", il, SPEC), il)
-        x = g.op(f"l_out-{il}", "ADD", cur, ffn_inp)
-    g.at(GLOBAL)
-    cur = g.op("norm", "RMS_NORM", x)
-    cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
-    cur.flags |= OUTPUT
-    logits = g.mul_mat("result_output", _w(c, "token_embd.weight", hp.n_layer), cur)
-    logits.flags |= OUTPUT
-    return logits
+    """bitnet.cpp's ``graph::graph``: :func:`~._dense.decoder` of its attention and FFN, the head the
+    token embeddings."""
+    x = decoder(c, g, _inp_embd(c, g), _attention, _ffn, SPEC)
+    return output(c, g, x, _w(c, "token_embd.weight", c.hp.n_layer))
 
 
 def unbuildable(model: GGUFModel) -> str | None:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd, _w, _weight
+from ggufx.analysis.memory.graph.ggml import _T, _Graph
+from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd, _weight
 from ggufx.analysis.memory.graph.models import deepseek2, qwen3next
-from ggufx.analysis.memory.graph.models._dense import Dense, _n
+from ggufx.analysis.memory.graph.models._dense import Dense, _n, nextn_output
 from ggufx.analysis.memory.graph.models._dense import _ffn as dense_ffn
 from ggufx.analysis.memory.graph.models._moe_dense import EXPERTS, GATINGS, ROUTER, shared
 from ggufx.analysis.memory.graph.models.deepseek2 import SIGMOID
@@ -45,7 +45,7 @@ def _ffn(c: _Ctx, g: _Graph, cur: _T, il: int, d: Dense) -> _T:
 def build(c: _Ctx, g: _Graph) -> _T:
     """cohere2moe.cpp's ``graph::graph`` over the trunk."""
     hp, sp = c.hp, c.sp
-    T, n_out, E = c.n_tokens, c.n_outputs, hp.n_embd
+    T, n_out = c.n_tokens, c.n_outputs
     d = Dense(norm=_norm_op(c))
     last = hp.n_layer_main - 1
     n_lead = deepseek2.moe_params(c).n_lead
@@ -64,18 +64,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
         cur = _ffn(c, g, normed, il, d)
         cur = g.op(f"ffn_out-{il}", "ADD", cur, x)
         x = g.op(f"l_out-{il}", "ADD", cur, attn)
-    g.at(GLOBAL)
-    cur = g.op("norm", d.norm, x)
-    cur = g.op("h_nextn", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
-    cur.flags |= OUTPUT  # t_h_nextn
-    cur = g.new("result_norm", "GET_ROWS", "F32", (E, n_out), cur, out_ids)
-    cur.flags |= OUTPUT
-    out_w = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
-    logits = g.mul_mat("result_output", out_w, cur)
-    if file_value(c, "cohere2moe.logit_scale"):
-        logits = g.op("result_output", "SCALE", logits)
-    logits.flags |= OUTPUT
-    return logits
+    return nextn_output(c, g, x, out_ids, d.norm, scale=bool(file_value(c, "cohere2moe.logit_scale")))
 
 
 def unbuildable(model: GGUFModel) -> str | None:

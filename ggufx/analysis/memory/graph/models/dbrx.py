@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _inp_embd, _proj, _rot, _w
+from ggufx.analysis.memory.graph.ggml import _T, _Graph
+from ggufx.analysis.memory.graph.llm import _AttnInp, _Ctx, _inp_embd, _proj, _rot, _w
 from ggufx.analysis.memory.graph.models import _moe_check
-from ggufx.analysis.memory.graph.models._dense import Dense, _attn_kv, _n
+from ggufx.analysis.memory.graph.models._dense import Dense, _attn_kv, decoder, output
 from ggufx.analysis.memory.graph.models._moe_dense import EXPERTS, ROUTER, routed
 from ggufx.analysis.memory.graph.models._plain import rot
 from ggufx.analysis.memory.graph.models.qwen3next import file_value
@@ -41,32 +41,16 @@ def _attention(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp) -> _T:
     return g.mul_mat(f"attn_out-{il}", _w(c, p + "attn_output.weight", il), _rot(g, cur, inp.v_rot))
 
 
+def _experts(c: _Ctx, g: _Graph, x: _T, il: int) -> _T:
+    """dbrx.cpp's FFN: ``build_moe_ffn`` with softmax gating and normalized weights."""
+    return routed(c, g, x, il, norm_w=True)[0]
+
+
 def build(c: _Ctx, g: _Graph) -> _T:
-    """dbrx.cpp's ``graph::graph``."""
-    hp, sp = c.hp, c.sp
-    T, n_out, E = c.n_tokens, c.n_outputs, hp.n_embd
-    x = _inp_embd(c, g)
-    c.pos = g.input("inp_pos", "I32", T)
-    inp = _attn_inp(c, g, sp.n_kv)
-    out_ids = g.input("out_ids", "I32", n_out)
-    for pos, il in enumerate(c.layers):
-        g.at(pos)
-        b = f"blk.{il}."
-        inp_sa = x
-        cur = _attention(c, g, _n(c, g, x, b + "attn_norm.weight", il, _D), il, inp)
-        if il == hp.n_layer - 1:
-            cur = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), cur, out_ids)
-            inp_sa = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), inp_sa, out_ids)
-        ffn_inp = g.op(f"ffn_inp-{il}", "ADD", cur, inp_sa)
-        cur, _ = routed(c, g, _n(c, g, ffn_inp, b + "attn_output_norm.weight", il, _D), il, norm_w=True)
-        x = g.op(f"l_out-{il}", "ADD", cur, ffn_inp)
-    g.at(GLOBAL)
-    cur = g.op("norm", "NORM", x)
-    cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
-    cur.flags |= OUTPUT
-    logits = g.mul_mat("result_output", _w(c, "output.weight", hp.n_layer), cur)
-    logits.flags |= OUTPUT
-    return logits
+    """dbrx.cpp's ``graph::graph``: :func:`~._dense.decoder` of its attention and experts (after the
+    ``attn_output_norm`` layer norm), the layer-normed output, the head ``output.weight``."""
+    x = decoder(c, g, _inp_embd(c, g), _attention, _experts, _D, "attn_output_norm")
+    return output(c, g, x, _w(c, "output.weight", c.hp.n_layer), "NORM")
 
 
 def unbuildable(model: GGUFModel) -> str | None:

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Fusion, _Graph, _type
+from ggufx.analysis.memory.graph.ggml import _T, _Graph, _type
 from ggufx.analysis.memory.graph.llm import (
-    _MOE_REDUCTION_MAX,
     _Ctx,
     _inp_embd,
     _norm,
@@ -21,7 +20,12 @@ from ggufx.analysis.memory.graph.llm import (
     _weight,
     kqv_on_host,
     model_of,
+    moe_swiglu_experts,
+    moe_weighted_sum,
+    moe_weights_norm,
+    topk_fusion,
 )
+from ggufx.analysis.memory.graph.models._dense import output
 from ggufx.model import GGUFModel
 
 SOFTMAX, SIGMOID, SOFTMAX_WEIGHT = 1, 2, 3  # llama_expert_gating_func_type (llama-hparams.h)
@@ -170,12 +174,8 @@ def moe_ffn(c: _Ctx, g: _Graph, cur: _T, il: int, mp: MoeParams, gating: int) ->
         weights = g.reshape(g.op(f"ffn_moe_weights_softmax-{il}", "SOFT_MAX", w2), 1, n_used, T)
         members += [w2, weights.src[0], weights]
     if mp.norm_w:
-        w2 = g.reshape(weights, n_used, T)
-        wsum = g.new(f"ffn_moe_weights_sum-{il}", "SUM_ROWS", "F32", (1, T), w2)
-        clamped = g.op(f"ffn_moe_weights_sum_clamped-{il}", "CLAMP", wsum)
-        wnorm = g.op(f"ffn_moe_weights_norm-{il}", "DIV", w2, clamped)
-        weights = g.reshape(wnorm, 1, n_used, T)
-        members += [w2, wsum, clamped, wnorm, weights]
+        members += moe_weights_norm(g, weights, il)
+        weights = members[-1]
     if mp.scale not in (0.0, 1.0):
         weights = g.op(f"ffn_moe_weights_scaled-{il}", "SCALE", weights)
         members.append(weights)
@@ -183,39 +183,11 @@ def moe_ffn(c: _Ctx, g: _Graph, cur: _T, il: int, mp: MoeParams, gating: int) ->
     if mp.n_groups <= 1 and gating != SOFTMAX_WEIGHT:  # the group selection breaks topk-moe's pattern
         g.fused.extend(topk_fusion(n_exp, members))
     x = g.reshape(cur, E, 1, T)
-    up_w, gate_w, down_w = (_w(c, p + f"ffn_{r}_exps.weight", il) for r in ("up", "gate", "down"))
-    up = g.new(f"ffn_moe_up-{il}", "MUL_MAT_ID", "F32", (up_w.ne[1], n_used, T), up_w, x, topk)
-    gate = g.new(f"ffn_moe_gate-{il}", "MUL_MAT_ID", "F32", (gate_w.ne[1], n_used, T), gate_w, x, topk)
-    act = g.new(f"ffn_moe_swiglu-{il}", "GLU", "F32", gate.ne, gate, up)
-    experts = g.new(f"ffn_moe_down-{il}", "MUL_MAT_ID", "F32", (down_w.ne[1], n_used, T), down_w, act, topk)
+    up, gate, act, experts = moe_swiglu_experts(c, g, x, topk, il, n_used)
     # Mistral 4: src1 can exceed F16 range (llama-graph.cpp build_moe_ffn: ggml_prec_set_src(experts,
     # GGML_PREC_F32, 1)), which CUDA does not run: the product goes to the CPU, its weight copied there
     experts.src1_f32 = c.hp.arch == "mistral4"
-    weighted = g.op(f"ffn_moe_weighted-{il}", "MUL", experts, weights)
-    g.expand(weighted)
-    views = [g.view(weighted, (E, T), (weighted.nb[0], weighted.nb[2])) for _ in range(n_used)]
-    for v in views:
-        g.expand(v)
-    out = views[0]
-    adds = []
-    for v in views[1:]:
-        out = g.op(f"ffn_moe_out-{il}", "ADD", out, v)
-        g.expand(out)
-        adds.append(out)
-    if n_used == 1:
-        out = g.new(f"ffn_moe_out-{il}", "CONT", "F32", (E, T), out)
-    elif n_used <= _MOE_REDUCTION_MAX:
-        g.fused.append(_Fusion([weighted, *views, *adds], keep=[experts, weights]))
-    return out, Routed(gate, up, act, x, topk)
-
-
-def topk_fusion(n_exp: int, members: list[_T]) -> list[_Fusion]:
-    """The top-k routing group CUDA's ``graph_optimize`` keeps alive (ggml-cuda.cu:2875-3025: the gating,
-    the optional selection bias, argsort, top-k, the weights, their normalization and scale, in that
-    order; topk-moe.cu:403-412: expert counts it has a kernel for)."""
-    if n_exp in (288, 576) or (n_exp & (n_exp - 1) == 0 and n_exp <= 512):
-        return [_Fusion(members)]
-    return []
+    return moe_weighted_sum(g, experts, weights, il, E, n_used), Routed(gate, up, act, x, topk)
 
 
 def _mla_attn(c: _Ctx, g: _Graph, x: _T, il: int, k_idxs: _T, mask: _T, scale: _T | None) -> _T:
@@ -361,14 +333,7 @@ def layer_tail(
 def output_head(c: _Ctx, g: _Graph, x: _T) -> _T:
     """The output norm (an output too) and the logits, over ``output.weight`` or the tied embedding."""
     n_layer = c.hp.n_layer
-    g.at(GLOBAL)
-    cur = g.op("norm", "RMS_NORM", x)
-    cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", n_layer))
-    cur.flags |= OUTPUT
-    out_w = _weight(c, "output.weight", n_layer) or _w(c, "token_embd.weight", n_layer)
-    logits = g.mul_mat("result_output", out_w, cur)
-    logits.flags |= OUTPUT
-    return logits
+    return output(c, g, x, _weight(c, "output.weight", n_layer) or _w(c, "token_embd.weight", n_layer))
 
 
 __all__ = [

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _inp_embd, _proj, _rot, _w, _weight
+from ggufx.analysis.memory.graph.ggml import _T, _Graph
+from ggufx.analysis.memory.graph.llm import _AttnInp, _Ctx, _inp_embd, _proj, _rot, _w, _weight
 from ggufx.analysis.memory.graph.models import _moe_dense, dots1
-from ggufx.analysis.memory.graph.models._dense import _ROPE_FACTORS, Dense, _attn_kv, _n, _qkv
+from ggufx.analysis.memory.graph.models._dense import _ROPE_FACTORS, Dense, _attn_kv, _n, _qkv, decoder, output
 from ggufx.analysis.memory.graph.models._moe_dense import EXPERTS, GATINGS, ROUTER, SHARED
 from ggufx.analysis.memory.graph.models._plain import rot
 from ggufx.model import GGUFModel
@@ -44,37 +44,17 @@ def swa_attention(
     return _proj(c, g, f"attn_out-{il}", p + "attn_output", cur, il) if proj else cur
 
 
+def _attention(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp) -> _T:
+    """exaone-moe.cpp's attention: RoPE in the sliding-window layers only."""
+    return swa_attention(c, g, x, il, inp, rope=c.swa[il])
+
+
 def build(c: _Ctx, g: _Graph) -> _T:
-    """exaone-moe.cpp's ``graph::graph`` over the trunk (``hparams.n_layer()``: the NextN blocks excluded)."""
-    hp, sp = c.hp, c.sp
-    T, n_out, E = c.n_tokens, c.n_outputs, hp.n_embd
-    last = hp.n_layer_main - 1
-    x = _inp_embd(c, g)
-    c.pos = g.input("inp_pos", "I32", T)
-    full = _attn_inp(c, g, sp.n_kv)
-    swa = _attn_inp(c, g, c.n_kv_swa)
-    out_ids = g.input("out_ids", "I32", n_out)
-    for pos, il in enumerate(c.layers):
-        if il > last:  # a NextN block: not in the graph
-            continue
-        g.at(pos)
-        b = f"blk.{il}."
-        inp_sa = x
-        cur = _n(c, g, x, b + "attn_norm.weight", il, _D)
-        cur = swa_attention(c, g, cur, il, swa if c.swa[il] else full, rope=c.swa[il])
-        if il == last:
-            cur = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), cur, out_ids)
-            inp_sa = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), inp_sa, out_ids)
-        ffn_inp = g.op(f"ffn_inp-{il}", "ADD", cur, inp_sa)
-        cur = dots1.ffn(c, g, _n(c, g, ffn_inp, b + "ffn_norm.weight", il, _D), il)
-        x = g.op(f"l_out-{il}", "ADD", cur, ffn_inp)
-    g.at(GLOBAL)
-    cur = g.op("norm", "RMS_NORM", x)
-    cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
-    cur.flags |= OUTPUT
-    logits = g.mul_mat("result_output", _w(c, "output.weight", hp.n_layer), cur)
-    logits.flags |= OUTPUT
-    return logits
+    """exaone-moe.cpp's ``graph::graph`` over the trunk (``hparams.n_layer()``: the NextN blocks excluded):
+    :func:`~._dense.decoder` of its attention and dots1's FFN, the head ``output.weight``."""
+    hp = c.hp
+    x = decoder(c, g, _inp_embd(c, g), _attention, dots1.ffn, _D, iswa=True, n_layer=hp.n_layer_main)
+    return output(c, g, x, _w(c, "output.weight", hp.n_layer))
 
 
 def unbuildable(model: GGUFModel) -> str | None:

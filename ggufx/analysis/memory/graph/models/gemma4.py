@@ -26,9 +26,8 @@ from __future__ import annotations
 
 import math
 
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Fusion, _Graph, _ne, _strides, _type
+from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph, _ne, _strides, _type
 from ggufx.analysis.memory.graph.llm import (
-    _MOE_REDUCTION_MAX,
     _AttnInp,
     _Ctx,
     _inp_embd,
@@ -37,6 +36,8 @@ from ggufx.analysis.memory.graph.llm import (
     _weight,
     kqv_on_host,
     model_of,
+    moe_select,
+    moe_weighted_sum,
 )
 from ggufx.analysis.memory.graph.models.qwen3next import n_expert_used
 from ggufx.analysis.memory.hparams import hparams
@@ -225,19 +226,7 @@ def _moe(c: _Ctx, g: _Graph, cur: _T, logits: _T, il: int) -> _T:
     T, E = cur.ne[1], cur.ne[0]
     p = f"blk.{il}."
     n_exp = logits.ne[0]
-    probs = g.op(f"ffn_moe_probs-{il}", "SOFT_MAX", logits)
-    probs3 = g.reshape(probs, 1, n_exp, T)
-    argsort = g.new(f"ffn_moe_argsort-{il}", "ARGSORT", "I32", (n_exp, T), probs)
-    topk = g.view(argsort, (n_used, T), argsort.nb[:2])
-    weights = g.new(f"ffn_moe_weights-{il}", "GET_ROWS", "F32", (1, n_used, T), probs3, topk)
-    w2 = g.reshape(weights, n_used, T)
-    wsum = g.new(f"ffn_moe_weights_sum-{il}", "SUM_ROWS", "F32", (1, T), w2)
-    clamped = g.op(f"ffn_moe_weights_sum_clamped-{il}", "CLAMP", wsum)
-    wnorm = g.op(f"ffn_moe_weights_norm-{il}", "DIV", w2, clamped)
-    w3 = g.reshape(wnorm, 1, n_used, T)
-    g.expand(w3)
-    if n_exp in (288, 576) or (n_exp & (n_exp - 1) == 0 and n_exp <= 512):  # topk-moe.cu:403-412
-        g.fused.append(_Fusion([probs, probs3, argsort, topk, weights, w2, wsum, clamped, wnorm, w3]))
+    topk, w3 = moe_select(g, logits, il, n_used)
     x = g.reshape(cur, E, 1, T)
     gate_up_w = _weight(c, p + "ffn_gate_up_exps.weight", il)
     if gate_up_w is not None:
@@ -257,22 +246,7 @@ def _moe(c: _Ctx, g: _Graph, cur: _T, logits: _T, il: int) -> _T:
         s = g.new(f"ffn_moe_down_s-{il}", "REPEAT", "F32", (1, n_exp, T), g.reshape(scale, 1, n_exp, 1))
         s = g.new(f"ffn_moe_down_s-{il}", "GET_ROWS", "F32", (1, n_used, T), s, topk)
         experts = g.op(f"ffn_moe_down_scaled-{il}", "MUL", experts, s)
-    weighted = g.op(f"ffn_moe_weighted-{il}", "MUL", experts, w3)
-    g.expand(weighted)
-    views = [g.view(weighted, (E, T), (weighted.nb[0], weighted.nb[2])) for _ in range(n_used)]
-    for v in views:
-        g.expand(v)
-    out = views[0]
-    adds = []
-    for v in views[1:]:
-        out = g.op(f"ffn_moe_out-{il}", "ADD", out, v)
-        g.expand(out)
-        adds.append(out)
-    if n_used == 1:
-        out = g.new(f"ffn_moe_out-{il}", "CONT", "F32", (E, T), out)
-    elif n_used <= _MOE_REDUCTION_MAX:
-        g.fused.append(_Fusion([weighted, *views, *adds], keep=[experts, w3]))
-    return out
+    return moe_weighted_sum(g, experts, w3, il, E, n_used)
 
 
 def layer_kind(il: int) -> None:

@@ -8,9 +8,8 @@ state (``t_h_nextn``) is an output before the output rows are picked."""
 
 from __future__ import annotations
 
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Fusion, _Graph
+from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
 from ggufx.analysis.memory.graph.llm import (
-    _MOE_REDUCTION_MAX,
     _attn_inp,
     _attn_kv,
     _AttnInp,
@@ -20,6 +19,7 @@ from ggufx.analysis.memory.graph.llm import (
     _proj,
     _w,
     model_of,
+    moe_weighted_sum,
 )
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.model import GGUFModel
@@ -156,22 +156,7 @@ def _moe(c: _Ctx, g: _Graph, cur: _T, il: int, n_used: int) -> _T:
     gate = experts("gate", x)
     act = g.new(f"ffn_moe_swiglu_oai-{il}", "GLU", "F32", gate.ne, gate, up)
     down = experts("down", act)
-    weighted = g.op(f"ffn_moe_weighted-{il}", "MUL", down, w3)
-    g.expand(weighted)
-    views = [g.view(weighted, (E, T), (weighted.nb[0], weighted.nb[2])) for _ in range(n_used)]
-    for v in views:
-        g.expand(v)
-    out = views[0]
-    adds = []
-    for v in views[1:]:
-        out = g.op(f"ffn_moe_out-{il}", "ADD", out, v)
-        g.expand(out)
-        adds.append(out)
-    if n_used == 1:
-        out = g.new(f"ffn_moe_out-{il}", "CONT", "F32", (E, T), out)
-    elif n_used <= _MOE_REDUCTION_MAX:  # ggml_cuda_match_moe_weighted_reduction (ggml-cuda.cu:3106)
-        g.fused.append(_Fusion([weighted, *views, *adds], keep=[down, w3]))
-    return out
+    return moe_weighted_sum(g, down, w3, il, E, n_used)
 
 
 def build(c: _Ctx, g: _Graph) -> _T:

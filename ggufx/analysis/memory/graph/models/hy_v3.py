@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd, _w, _weight
+from ggufx.analysis.memory.graph.ggml import _T, _Graph
+from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd, _weight
 from ggufx.analysis.memory.graph.models import _moe_dense, deepseek2, qwen3next
-from ggufx.analysis.memory.graph.models._dense import Dense, _n
+from ggufx.analysis.memory.graph.models._dense import Dense, _n, nextn_output
 from ggufx.analysis.memory.graph.models._dense import _ffn as dense_ffn
 from ggufx.analysis.memory.graph.models._moe_dense import EXPERTS, GATINGS, ROUTER, SHARED, shared
 from ggufx.analysis.memory.graph.models._plain import attention
@@ -44,7 +44,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
     """hy-v3.cpp ``graph::graph``: per trunk layer the attention norm, the attention, the residual, the FFN
     norm, :func:`ffn`, the residual; then the output norm (``t_h_nextn``), the rows, the head."""
     hp, sp = c.hp, c.sp
-    T, n_out, E = c.n_tokens, c.n_outputs, hp.n_embd
+    T, n_out = c.n_tokens, c.n_outputs
     last = hp.n_layer_main - 1
     x = _inp_embd(c, g)
     c.pos = g.input("inp_pos", "I32", T)
@@ -60,16 +60,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
         ffn_inp = g.op(f"ffn_inp-{il}", "ADD", cur, x)
         cur = _n(c, g, ffn_inp, b + "ffn_norm.weight", il, ATTN)
         x = g.op(f"l_out-{il}", "ADD", ffn(c, g, cur, il), ffn_inp)
-    g.at(GLOBAL)
-    cur = g.op("norm", "RMS_NORM", x)
-    cur = g.op("h_nextn", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
-    cur.flags |= OUTPUT  # t_h_nextn (llm_graph_result::set_outputs)
-    cur = g.new("result_norm", "GET_ROWS", "F32", (E, n_out), cur, out_ids)
-    cur.flags |= OUTPUT  # t_embd
-    out_w = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
-    logits = g.mul_mat("result_output", out_w, cur)
-    logits.flags |= OUTPUT
-    return logits
+    return nextn_output(c, g, x, out_ids)
 
 
 def unbuildable(model: GGUFModel) -> str | None:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _inp_embd, _rot, _w, _weight
+from ggufx.analysis.memory.graph.ggml import _T, _Graph
+from ggufx.analysis.memory.graph.llm import _AttnInp, _Ctx, _inp_embd, _rot, _w, _weight
 from ggufx.analysis.memory.graph.models import _moe_dense, deepseek2, qwen3next
-from ggufx.analysis.memory.graph.models._dense import Dense, _attn_kv, _ffn, _n, _qkv
+from ggufx.analysis.memory.graph.models._dense import Dense, _attn_kv, _ffn, _n, _qkv, decoder, output
 from ggufx.analysis.memory.graph.models._moe_dense import EXPERTS, GATINGS, ROUTER, SHARED, shared
 from ggufx.analysis.memory.graph.models._plain import rot
 from ggufx.analysis.memory.graph.models.deepseek2 import SIGMOID
@@ -57,34 +57,17 @@ def _ffn_of(c: _Ctx, g: _Graph, cur: _T, il: int) -> _T:
     return g.op(f"ffn_out-{il}", "ADD", moe, shared(c, g, cur, il, r))
 
 
+def _attn(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp) -> _T:
+    """:func:`_attention` over the layer's cache (a model with sliding-window layers has two)."""
+    return _attention(c, g, x, il, inp, any(c.swa))
+
+
 def build(c: _Ctx, g: _Graph) -> _T:
-    hp, sp = c.hp, c.sp
-    T, n_out, E = c.n_tokens, c.n_outputs, hp.n_embd
-    x = _inp_embd(c, g)
-    c.pos = g.input("inp_pos", "I32", T)
-    iswa = any(c.swa)
-    full = _attn_inp(c, g, sp.n_kv)
-    swa = _attn_inp(c, g, c.n_kv_swa) if iswa else full
-    out_ids = g.input("out_ids", "I32", n_out)
-    for pos, il in enumerate(c.layers):
-        g.at(pos)
-        b = f"blk.{il}."
-        inp_sa = x
-        cur = _attention(c, g, _n(c, g, x, b + "attn_norm.weight", il, _D), il, swa if c.swa[il] else full, iswa)
-        if il == hp.n_layer - 1:
-            cur = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), cur, out_ids)
-            inp_sa = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), inp_sa, out_ids)
-        ffn_inp = g.op(f"ffn_inp-{il}", "ADD", cur, inp_sa)
-        cur = _ffn_of(c, g, _n(c, g, ffn_inp, b + "ffn_norm.weight", il, _D), il)
-        x = g.op(f"l_out-{il}", "ADD", cur, ffn_inp)
-    g.at(GLOBAL)
-    cur = g.op("norm", "RMS_NORM", x)
-    cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
-    cur.flags |= OUTPUT
-    out_w = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
-    logits = g.mul_mat("result_output", out_w, cur)
-    logits.flags |= OUTPUT
-    return logits
+    """laguna.cpp's ``graph::graph``: :func:`~._dense.decoder` of its attention and FFN, the head
+    ``output.weight`` or the tied embeddings."""
+    x = decoder(c, g, _inp_embd(c, g), _attn, _ffn_of, _D, iswa=any(c.swa))
+    n_layer = c.hp.n_layer
+    return output(c, g, x, _weight(c, "output.weight", n_layer) or _w(c, "token_embd.weight", n_layer))
 
 
 def unbuildable(model: GGUFModel) -> str | None:

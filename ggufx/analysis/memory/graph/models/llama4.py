@@ -9,7 +9,17 @@ expert."""
 from __future__ import annotations
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd, _proj, _w, _weight, model_of
+from ggufx.analysis.memory.graph.llm import (
+    _attn_inp,
+    _Ctx,
+    _inp_embd,
+    _proj,
+    _w,
+    _weight,
+    model_of,
+    moe_swiglu_experts,
+    moe_weighted_sum,
+)
 from ggufx.analysis.memory.graph.models._dense import _ROPE_FACTORS, Dense, _attn_kv, _ffn, _n, _qkv
 from ggufx.model import GGUFModel
 
@@ -42,22 +52,8 @@ def _moe(c: _Ctx, g: _Graph, cur: _T, il: int, n_used: int) -> _T:
     x = g.reshape(cur, E, 1, T)
     rep = g.new(f"ffn_moe_repeat-{il}", "REPEAT", "F32", (E, n_used, T), x)
     x = g.op(f"ffn_moe_weighted-{il}", "MUL", rep, weights)
-    up_w, gate_w, down_w = (_w(c, p + f"ffn_{r}_exps.weight", il) for r in ("up", "gate", "down"))
-    up = g.new(f"ffn_moe_up-{il}", "MUL_MAT_ID", "F32", (up_w.ne[1], n_used, T), up_w, x, topk)
-    gate = g.new(f"ffn_moe_gate-{il}", "MUL_MAT_ID", "F32", (gate_w.ne[1], n_used, T), gate_w, x, topk)
-    act = g.new(f"ffn_moe_swiglu-{il}", "GLU", "F32", gate.ne, gate, up)
-    experts = g.new(f"ffn_moe_down-{il}", "MUL_MAT_ID", "F32", (down_w.ne[1], n_used, T), down_w, act, topk)
-    g.expand(experts)
-    views = [g.view(experts, (E, T), (experts.nb[0], experts.nb[2])) for _ in range(n_used)]
-    for v in views:
-        g.expand(v)
-    out = views[0]
-    for v in views[1:]:
-        out = g.op(f"ffn_moe_out-{il}", "ADD", out, v)
-        g.expand(out)
-    if n_used == 1:
-        out = g.new(f"ffn_moe_out-{il}", "CONT", "F32", (E, T), out)
-    return out
+    experts = moe_swiglu_experts(c, g, x, topk, il, n_used)[3]
+    return moe_weighted_sum(g, experts, None, il, E, n_used)  # (weighted before the experts)
 
 
 def build(c: _Ctx, g: _Graph) -> _T:

@@ -6,44 +6,31 @@ scales."""
 
 from __future__ import annotations
 
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd, _w
+from ggufx.analysis.memory.graph.ggml import _T, _Graph
+from ggufx.analysis.memory.graph.llm import _AttnInp, _Ctx, _inp_embd, _w
 from ggufx.analysis.memory.graph.models import _moe_dense
-from ggufx.analysis.memory.graph.models._dense import Dense, _attention, _n
+from ggufx.analysis.memory.graph.models._dense import Dense, _attention, decoder, output
 from ggufx.analysis.memory.graph.models._moe_dense import EXPERTS, ROUTER, routed
 from ggufx.model import GGUFModel
 
 SPEC = Dense(qk_norm="head")
 
 
+def _attn(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp) -> _T:
+    """mellum.cpp's attention: llama's with the RMS norms of each Q and K head, over the layer's cache."""
+    return _attention(c, g, x, il, inp, any(c.swa), SPEC)
+
+
+def _experts(c: _Ctx, g: _Graph, x: _T, il: int) -> _T:
+    """mellum.cpp's FFN: ``build_moe_ffn`` with softmax gating and normalized weights."""
+    return routed(c, g, x, il, norm_w=True)[0]
+
+
 def build(c: _Ctx, g: _Graph) -> _T:
-    hp, sp = c.hp, c.sp
-    T, n_out, E = c.n_tokens, c.n_outputs, hp.n_embd
-    x = _inp_embd(c, g)
-    c.pos = g.input("inp_pos", "I32", T)
-    iswa = any(c.swa)
-    full = _attn_inp(c, g, sp.n_kv)
-    swa = _attn_inp(c, g, c.n_kv_swa) if iswa else full
-    out_ids = g.input("out_ids", "I32", n_out)
-    for pos, il in enumerate(c.layers):
-        g.at(pos)
-        b = f"blk.{il}."
-        inp_sa = x
-        cur = _n(c, g, x, b + "attn_norm.weight", il, SPEC)
-        cur = _attention(c, g, cur, il, swa if c.swa[il] else full, iswa, SPEC)
-        if il == hp.n_layer - 1:
-            cur = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), cur, out_ids)
-            inp_sa = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), inp_sa, out_ids)
-        ffn_inp = g.op(f"ffn_inp-{il}", "ADD", cur, inp_sa)
-        cur = routed(c, g, _n(c, g, ffn_inp, b + "ffn_norm.weight", il, SPEC), il, norm_w=True)[0]
-        x = g.op(f"l_out-{il}", "ADD", cur, ffn_inp)
-    g.at(GLOBAL)
-    cur = g.op("norm", "RMS_NORM", x)
-    cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
-    cur.flags |= OUTPUT
-    logits = g.mul_mat("result_output", _w(c, "output.weight", hp.n_layer), cur)
-    logits.flags |= OUTPUT
-    return logits
+    """mellum.cpp's ``graph::graph``: :func:`~._dense.decoder` of its attention and experts, the head
+    ``output.weight``."""
+    x = decoder(c, g, _inp_embd(c, g), _attn, _experts, SPEC, iswa=any(c.swa))
+    return output(c, g, x, _w(c, "output.weight", c.hp.n_layer))
 
 
 def unbuildable(model: GGUFModel) -> str | None:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _inp_embd, _rot, _w, _weight
+from ggufx.analysis.memory.graph.ggml import _T, _Graph
+from ggufx.analysis.memory.graph.llm import _AttnInp, _Ctx, _inp_embd, _rot, _w, _weight
 from ggufx.analysis.memory.graph.models import _moe_dense, gpt_oss
-from ggufx.analysis.memory.graph.models._dense import Dense, _attn_kv, _ffn, _n
+from ggufx.analysis.memory.graph.models._dense import Dense, _attn_kv, _ffn, decoder, output
 from ggufx.analysis.memory.graph.models._moe_dense import EXPERTS, ROUTER, routed
 from ggufx.analysis.memory.graph.models._plain import rot
 from ggufx.analysis.memory.graph.models.deepseek2 import SIGMOID
@@ -67,35 +67,9 @@ def _ffn_of(c: _Ctx, g: _Graph, cur: _T, il: int) -> _T:
 def build(c: _Ctx, g: _Graph) -> _T:
     """mimo2.cpp's ``graph::graph`` without the MTP outputs (``crop_last_layer``: the last trunk layer's
     rows picked before its FFN)."""
-    hp, sp = c.hp, c.sp
-    T, n_out, E = c.n_tokens, c.n_outputs, hp.n_embd
-    last = hp.n_layer_main - 1
-    x = _inp_embd(c, g)
-    c.pos = g.input("inp_pos", "I32", T)
-    full = _attn_inp(c, g, sp.n_kv)
-    swa = _attn_inp(c, g, c.n_kv_swa)
-    out_ids = g.input("out_ids", "I32", n_out)
-    for pos, il in enumerate(c.layers):
-        if il > last:  # an MTP block: not in the graph
-            continue
-        g.at(pos)
-        b = f"blk.{il}."
-        inp_sa = x
-        cur = _n(c, g, x, b + "attn_norm.weight", il, _D)
-        cur = _attention(c, g, cur, il, swa if c.swa[il] else full)
-        if il == last:
-            cur = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), cur, out_ids)
-            inp_sa = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), inp_sa, out_ids)
-        ffn_inp = g.op(f"ffn_inp-{il}", "ADD", cur, inp_sa)
-        cur = _ffn_of(c, g, _n(c, g, ffn_inp, b + "ffn_norm.weight", il, _D), il)
-        x = g.op(f"l_out-{il}", "ADD", cur, ffn_inp)
-    g.at(GLOBAL)
-    cur = g.op("norm", "RMS_NORM", x)
-    cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
-    cur.flags |= OUTPUT
-    logits = g.mul_mat("result_output", _w(c, "output.weight", hp.n_layer), cur)
-    logits.flags |= OUTPUT
-    return logits
+    hp = c.hp
+    x = decoder(c, g, _inp_embd(c, g), _attention, _ffn_of, _D, iswa=True, n_layer=hp.n_layer_main)
+    return output(c, g, x, _w(c, "output.weight", hp.n_layer))
 
 
 def unbuildable(model: GGUFModel) -> str | None:

@@ -23,16 +23,32 @@ _LAYER = (
 
 
 def _attention(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp) -> _T:
-    """minicpm3.cpp:110-185."""
+    """minicpm3.cpp:104-191: Q from ``attn_q_a``, its norm and ``attn_q_b``; K and V
+    (:func:`expanded_kv`), the attention, the output projection."""
     hp, T = c.hp, c.n_tokens
-    nh, hd, hv = hp.n_head[il], hp.head_k, hp.head_v
-    n_rot = file_value(c, "minicpm3.rope.dimension_count")
-    assert isinstance(n_rot, int)
-    nope = hd - n_rot
+    nh, hd = hp.n_head[il], hp.head_k
     p = f"blk.{il}."
     q = g.mul_mat(f"q-{il}", _w(c, p + "attn_q_a.weight", il), x)
     q = _n(c, g, q, p + "attn_q_a_norm.weight", il, _D)
     q = g.reshape(g.mul_mat(f"q-{il}", _w(c, p + "attn_q_b.weight", il), q), hd, nh, T)
+    freqs = next((f for n in _ROPE_FACTORS if (f := _weight(c, n, il)) is not None), None)
+    q, k, v = expanded_kv(c, g, x, q, il, freqs)
+    cur = _attn_kv(c, g, q, k, v, il, inp, False, _D)
+    return _proj(c, g, f"attn_out-{il}", p + "attn_output", cur, il)
+
+
+def expanded_kv(c: _Ctx, g: _Graph, x: _T, q: _T, il: int, freqs: _T | None) -> tuple[_T, _T, _T]:
+    """The expanded MLA of minicpm3.cpp:122-186 and plm.cpp:88-157 (the same code): the compressed KV
+    and the rope part of K from ``attn_kv_a_mqa`` of the layer's input ``x``, the compressed part
+    RMS-normed and expanded by ``attn_kv_b`` into each head's K (no rope part) and V (made contiguous),
+    RoPE (with the rope ``freqs`` factors) of Q ``[head_k, n_head, n_tokens]`` and of the shared rope
+    part, repeated over the heads and concatenated to K: the roped Q, K and V."""
+    hp, T = c.hp, c.n_tokens
+    nh, hd, hv = hp.n_head[il], hp.head_k, hp.head_v
+    n_rot = file_value(c, f"{hp.arch}.rope.dimension_count")
+    assert isinstance(n_rot, int)
+    nope = hd - n_rot
+    p = f"blk.{il}."
     kv_pe = g.mul_mat(f"kv_pe_compresseed-{il}", _w(c, p + "attn_kv_a_mqa.weight", il), x)
     kv_lora = kv_pe.ne[0] - n_rot
     es, row = kv_pe.nb[0], kv_pe.nb[1]
@@ -45,14 +61,12 @@ def _attention(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp) -> _T:
     v = g.view(kv, (hv, nh, T), (kes, kes * (nope + hv), kes * (nope + hv) * nh))
     v = g.new(f"v_states-{il}", "CONT", "F32", (hv, nh, T), v)
     assert c.pos is not None
-    freqs = next((f for n in _ROPE_FACTORS if (f := _weight(c, n, il)) is not None), None)
     src = [c.pos, *([freqs] if freqs else [])]
     q = g.new(f"q-{il}", "ROPE", "F32", q.ne, q, *src)
     k_pe = g.new(f"k_pe-{il}", "ROPE", "F32", k_pe.ne, k_pe, *src)
     rep = g.new(f"k_pe_rep-{il}", "REPEAT", "F32", (n_rot, nh, T), k_pe)
     k = g.new(f"k_states-{il}", "CONCAT", "F32", (hd, nh, T), k_nope, rep)
-    cur = _attn_kv(c, g, q, k, v, il, inp, False, _D)
-    return _proj(c, g, f"attn_out-{il}", p + "attn_output", cur, il)
+    return q, k, v
 
 
 def build(c: _Ctx, g: _Graph) -> _T:

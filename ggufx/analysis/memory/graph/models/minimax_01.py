@@ -24,6 +24,7 @@ from ggufx.analysis.memory.graph.llm import (
 )
 from ggufx.analysis.memory.graph.models.deepseek2 import SOFTMAX, moe_ffn, moe_params
 from ggufx.analysis.memory.graph.models.qwen35 import _rs
+from ggufx.analysis.memory.graph.models.ssm import check_shapes
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.model import GGUFModel
 
@@ -188,12 +189,4 @@ def unbuildable(model: GGUFModel) -> str | None:
         else:
             w |= {"attn_q.weight": (E, hd * H), "attn_k.weight": (E, hd * nkv), "attn_v.weight": (E, hd * nkv)}
         shapes |= {p + n: ne for n, ne in w.items()}
-    emb = tensors.get("token_embd.weight", ())
-    if len(emb) != 2 or emb[0] != E:
-        return f"the graph needs a two-dimensional tensor token_embd.weight of {E} columns"
-    for name, shape in shapes.items():
-        if name not in tensors:
-            return f"the graph needs tensor {name}, which the file lacks"
-        if tensors[name] != shape:
-            return f"the graph needs tensor {name} of shape {list(shape)}, not {list(tensors[name])}"
-    return None
+    return check_shapes(model, shapes)

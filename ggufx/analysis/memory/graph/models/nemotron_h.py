@@ -10,9 +10,20 @@ weights, optional latent projections around the experts, and a squared-ReLU shar
 
 from __future__ import annotations
 
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Fusion, _Graph
-from ggufx.analysis.memory.graph.llm import _MOE_REDUCTION_MAX, _attn_inp, _Ctx, _inp_embd, _norm, _proj, _w, _weight
-from ggufx.analysis.memory.graph.models._dense import _qkv
+from ggufx.analysis.memory.graph.ggml import _T, _Graph
+from ggufx.analysis.memory.graph.llm import (
+    _attn_inp,
+    _Ctx,
+    _inp_embd,
+    _norm,
+    _proj,
+    _w,
+    _weight,
+    moe_weighted_sum,
+    moe_weights_norm,
+    topk_fusion,
+)
+from ggufx.analysis.memory.graph.models._dense import _qkv, nextn_output
 from ggufx.analysis.memory.graph.models.qwen3next import attn_core, file_value, n_expert_used
 from ggufx.analysis.memory.graph.models.ssm import check_shapes, mamba2_dims, mamba2_layer, rs_inp
 from ggufx.analysis.memory.hparams import _arr, hparams
@@ -53,40 +64,20 @@ def _moe(c: _Ctx, g: _Graph, cur: _T, il: int) -> _T:
     weights = g.new(f"ffn_moe_weights-{il}", "GET_ROWS", "F32", (1, n_used, T), probs3, topk)
     routing = [probs, probs3, biased, argsort, topk, weights]
     if file_value(c, f"{c.hp.arch}.expert_weights_norm") is True:
-        w2 = g.reshape(weights, n_used, T)
-        wsum = g.new(f"ffn_moe_weights_sum-{il}", "SUM_ROWS", "F32", (1, T), w2)
-        clamped = g.op(f"ffn_moe_weights_sum_clamped-{il}", "CLAMP", wsum)
-        wnorm = g.op(f"ffn_moe_weights_norm-{il}", "DIV", w2, clamped)
-        weights = g.reshape(wnorm, 1, n_used, T)
-        routing += [w2, wsum, clamped, wnorm, weights]
+        routing += moe_weights_norm(g, weights, il)
+        weights = routing[-1]
     scale = file_value(c, f"{c.hp.arch}.expert_weights_scale")
     if isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale not in (0, 1):
         weights = g.op(f"ffn_moe_weights_scaled-{il}", "SCALE", weights)
         routing.append(weights)
     g.expand(weights)
-    if n_exp in (288, 576) or (n_exp & (n_exp - 1) == 0 and n_exp <= 512):  # topk-moe.cu:403-412
-        g.fused.append(_Fusion(routing))
+    g.fused.extend(topk_fusion(n_exp, routing))
     x = g.reshape(inp, inp.ne[0], 1, T)
     up_w, down_w = _w(c, p + "ffn_up_exps.weight", il), _w(c, p + "ffn_down_exps.weight", il)
     up = g.new(f"ffn_moe_up-{il}", "MUL_MAT_ID", "F32", (up_w.ne[1], n_used, T), up_w, x, topk)
     act = _relu_sqr(g, up, f"ffn_moe_relu_sqr-{il}")
     experts = g.new(f"ffn_moe_down-{il}", "MUL_MAT_ID", "F32", (down_w.ne[1], n_used, T), down_w, act, topk)
-    weighted = g.op(f"ffn_moe_weighted-{il}", "MUL", experts, weights)
-    g.expand(weighted)
-    E = weighted.ne[0]
-    views = [g.view(weighted, (E, T), (weighted.nb[0], weighted.nb[2])) for _ in range(n_used)]
-    for v in views:
-        g.expand(v)
-    out = views[0]
-    adds = []
-    for v in views[1:]:
-        out = g.op(f"ffn_moe_out-{il}", "ADD", out, v)
-        g.expand(out)
-        adds.append(out)
-    if n_used == 1:
-        out = g.new(f"ffn_moe_out-{il}", "CONT", "F32", (E, T), out)
-    elif n_used <= _MOE_REDUCTION_MAX:
-        g.fused.append(_Fusion([weighted, *views, *adds], keep=[experts, weights]))
+    out = moe_weighted_sum(g, experts, weights, il, experts.ne[0], n_used)
     if latent_up is not None:
         out = g.mul_mat(f"ffn_latent_up-{il}", latent_up, out)
     sh_up = g.mul_mat(f"ffn_up_shexp-{il}", _w(c, p + "ffn_up_shexp.weight", il), cur)
@@ -97,8 +88,8 @@ def _moe(c: _Ctx, g: _Graph, cur: _T, il: int) -> _T:
 def build(c: _Ctx, g: _Graph) -> _T:
     """The graph's logits (nemotron-h.cpp:188-264, with ``embeddings_nextn_masked`` false, as
     llama_context sets it)."""
-    hp, sp = c.hp, c.sp
-    n_out, E = c.n_outputs, hp.n_embd
+    sp = c.sp
+    n_out = c.n_outputs
     x = _inp_embd(c, g)
     rs = rs_inp(c, g)
     full = _attn_inp(c, g, sp.n_kv)
@@ -117,16 +108,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
             q, k, v = _qkv(c, g, cur, il, reshape=True)
             cur = _proj(c, g, f"attn_out-{il}", pre + "attn_output", attn_core(c, g, q, k, v, il, full), il)
         x = g.op(f"nemotron_h_block_out-{il}", "ADD", cur, x)
-    g.at(GLOBAL)
-    cur = g.op("norm", "RMS_NORM", x)
-    cur = g.op("h_nextn", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
-    cur.flags |= OUTPUT  # t_h_nextn: an output of every graph
-    cur = g.new("result_norm", "GET_ROWS", "F32", (E, n_out), cur, out_ids)
-    cur.flags |= OUTPUT
-    out_w = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
-    logits = g.mul_mat("result_output", out_w, cur)
-    logits.flags |= OUTPUT
-    return logits
+    return nextn_output(c, g, x, out_ids)
 
 
 def _moe_shapes(model: GGUFModel, n_layer: int) -> list[dict[str, tuple[int, ...]]] | str:

@@ -4,7 +4,7 @@ read and write the recurrent state in place (the fused ``GATED_DELTA_NET`` node)
 from __future__ import annotations
 
 from ggufx.analysis.layers import layer_kinds
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
+from ggufx.analysis.memory.graph.ggml import _T, _Graph
 from ggufx.analysis.memory.graph.llm import (
     _attn_inp,
     _attn_kv,
@@ -15,8 +15,8 @@ from ggufx.analysis.memory.graph.llm import (
     _norm,
     _proj,
     _w,
-    _weight,
 )
+from ggufx.analysis.memory.graph.models._dense import nextn_output
 from ggufx.model import GGUFModel
 
 
@@ -159,8 +159,8 @@ def _gated_attn(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp) -> _T:
 def _qwen35(c: _Ctx, g: _Graph, d: _Gdn) -> _T:
     """The hybrid of src/models/qwen35.cpp: attention or Gated DeltaNet, the post-attention norm,
     a dense FFN; the final norm (``h_nextn``) stays an output before the rows are picked."""
-    hp, sp = c.hp, c.sp
-    T, n_out, E = c.n_tokens, c.n_outputs, hp.n_embd
+    sp = c.sp
+    T, n_out = c.n_tokens, c.n_outputs
     x = _inp_embd(c, g)
     s_copy = g.input("rs_s_copy", "I32", sp.n_seq_max)  # get_n_rs of the full memory (llama-memory-recurrent.cpp:1336)
     full = _attn_inp(c, g, sp.n_kv)
@@ -183,16 +183,7 @@ def _qwen35(c: _Ctx, g: _Graph, d: _Gdn) -> _T:
             c, g, f"ffn_out-{il}", f"blk.{il}.ffn_down", g.new(f"ffn_glu-{il}", "GLU", "F32", gate.ne, gate, up), il
         )
         x = g.op(f"l_out-{il}", "ADD", cur, res)
-    g.at(GLOBAL)
-    cur = g.op("norm", "RMS_NORM", x)
-    cur = g.op("h_nextn", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
-    cur.flags |= OUTPUT  # llm_graph_result::set_outputs (llama-graph.cpp:1406)
-    cur = g.new("result_norm", "GET_ROWS", "F32", (E, n_out), cur, out_ids)
-    cur.flags |= OUTPUT
-    out_w = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
-    logits = g.mul_mat("result_output", out_w, cur)
-    logits.flags |= OUTPUT
-    return logits
+    return nextn_output(c, g, x, out_ids)
 
 
 def build(c: _Ctx, g: _Graph) -> _T:

@@ -9,8 +9,9 @@ speculative decoding (``TENSOR_SKIP`` otherwise) and never runs in the main grap
 from __future__ import annotations
 
 from ggufx.analysis.layers import layer_kinds
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd, _norm, _w, _weight
+from ggufx.analysis.memory.graph.ggml import _T, _Graph
+from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd, _norm
+from ggufx.analysis.memory.graph.models._dense import nextn_output
 from ggufx.analysis.memory.graph.models.qwen3next import _ffn, gdn_dims, n_expert_used, recurrent_layer
 from ggufx.analysis.memory.graph.models.qwen35 import _gated_attn, _gated_delta_net, _gdn_dims
 from ggufx.analysis.memory.hparams import hparams
@@ -22,7 +23,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
     post-attention norm, the experts plus the gated shared expert, the residual; the final norm
     (``h_nextn``) stays an output before the rows are picked."""
     hp, sp = c.hp, c.sp
-    T, n_out, E = c.n_tokens, c.n_outputs, hp.n_embd
+    T, n_out = c.n_tokens, c.n_outputs
     c.moe = n_expert_used(c)
     x = _inp_embd(c, g)
     s_copy = g.input("rs_s_copy", "I32", sp.n_seq_max)  # get_n_rs of the full memory (llama-memory-recurrent.cpp:1336)
@@ -44,16 +45,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
         cur = _norm(c, g, res, f"blk.{il}.post_attention_norm.weight", il)
         cur = _ffn(c, g, cur, il)
         x = g.op(f"post_moe-{il}", "ADD", cur, res)
-    g.at(GLOBAL)
-    cur = g.op("norm", "RMS_NORM", x)
-    cur = g.op("h_nextn", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
-    cur.flags |= OUTPUT  # llm_graph_result::set_outputs (llama-graph.cpp:1406)
-    cur = g.new("result_norm", "GET_ROWS", "F32", (E, n_out), cur, out_ids)
-    cur.flags |= OUTPUT
-    out_w = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
-    logits = g.mul_mat("result_output", out_w, cur)
-    logits.flags |= OUTPUT
-    return logits
+    return nextn_output(c, g, x, out_ids)
 
 
 def unbuildable(model: GGUFModel) -> str | None:

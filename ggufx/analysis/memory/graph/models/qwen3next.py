@@ -8,7 +8,7 @@ mixture-of-experts FFN with a sigmoid-gated shared expert in every layer."""
 from __future__ import annotations
 
 from ggufx.analysis.layers import layer_kinds
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
+from ggufx.analysis.memory.graph.ggml import _T, _Graph
 from ggufx.analysis.memory.graph.llm import (
     _attn_inp,
     _attn_kv,
@@ -21,6 +21,7 @@ from ggufx.analysis.memory.graph.llm import (
     _weight,
     model_of,
 )
+from ggufx.analysis.memory.graph.models._dense import nextn_output
 from ggufx.analysis.memory.graph.models.moe import moe_ffn, shared_fuses
 from ggufx.analysis.memory.graph.models.qwen35 import _copy_into, _gdn_dims, _rs
 from ggufx.analysis.memory.hparams import hparams
@@ -254,7 +255,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
     post-attention norm, the FFN; the final norm (``h_nextn``) stays an output before the rows are
     picked. The MTP block (``nextn_predict_layers``) is not executed."""
     hp, sp = c.hp, c.sp
-    T, n_out, E = c.n_tokens, c.n_outputs, hp.n_embd
+    T, n_out = c.n_tokens, c.n_outputs
     c.moe = n_expert_used(c)
     x = _inp_embd(c, g)
     s_copy = g.input("rs_s_copy", "I32", sp.n_seq_max)  # get_n_rs of the full memory
@@ -275,16 +276,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
         cur = _norm(c, g, res, f"blk.{il}.post_attention_norm.weight", il)
         cur = _ffn(c, g, cur, il)
         x = g.op(f"post_moe-{il}", "ADD", cur, res)
-    g.at(GLOBAL)
-    cur = g.op("norm", "RMS_NORM", x)
-    cur = g.op("h_nextn", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
-    cur.flags |= OUTPUT  # llm_graph_result::set_outputs (llama-graph.cpp:1406)
-    cur = g.new("result_norm", "GET_ROWS", "F32", (E, n_out), cur, out_ids)
-    cur.flags |= OUTPUT
-    out_w = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
-    logits = g.mul_mat("result_output", out_w, cur)
-    logits.flags |= OUTPUT
-    return logits
+    return nextn_output(c, g, x, out_ids)
 
 
 def unbuildable(model: GGUFModel) -> str | None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 from ggufx.analysis.memory.graph.ggml import _T, _Graph
 from ggufx.analysis.memory.graph.llm import _Ctx, _proj, _w, _weight
 from ggufx.analysis.memory.graph.models.qwen3next import file_value
-from ggufx.analysis.memory.graph.models.qwen35 import _rs
-from ggufx.analysis.memory.graph.models.rwkv7 import build_rwkv
+from ggufx.analysis.memory.graph.models.rwkv7 import build_rwkv, rwkv_head, wkv_output, wkv_state
+from ggufx.analysis.memory.graph.models.ssm import check_shapes
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.model import GGUFModel
 
@@ -70,25 +70,13 @@ def _time_mix6(c: _Ctx, g: _Graph, cur: _T, x_prev: _T, il: int, s_copy: _T) -> 
     w = g.reshape(w, hs, nh, T)
     if qrwkv:
         k = g.op(f"k_decayed-{il}", "SUB", k, g.op(f"k_w-{il}", "MUL", k, w))
-    cache_s = g.leaf(f"cache_s_l{il}", "F32", (hp.n_embd_s, ns), buft=c.cache_buft[il])
-    state = _rs(c, g, cache_s, s_copy, hp.n_embd_s)
+    cache_s, state = wkv_state(c, g, il, s_copy)
     if qrwkv:
         wkv = g.new(f"gla-{il}", "GATED_LINEAR_ATTN", "F32", (E, T + hs * ns), k, v, r, w, state)
     else:
         first = _w(c, p + "first.weight", il)
         wkv = g.new(f"wkv6-{il}", "RWKV_WKV6", "F32", (E, T + hs * ns), k, v, r, first, w, state)
-    out = g.view(wkv, (E * T,), None)
-    new_state = g.view(wkv, (E * hs * ns,), None)
-    dst = g.view(cache_s, (hp.n_embd_s * ns,), None)
-    cpy = g.view(dst, dst.ne, dst.nb, "CPY")
-    cpy.src = [new_state, dst]
-    g.expand(cpy)
-    if not qrwkv:
-        out = g.op(f"wkv_norm-{il}", "NORM", g.reshape(out, hs, nh, T))
-        out = g.op(f"wkv_ln-{il}", "MUL", g.reshape(out, E, T), _w(c, p + "ln.weight", il))
-        out = g.op(f"wkv_ln-{il}", "ADD", out, _w(c, p + "ln.bias", il))
-    else:
-        out = g.reshape(out, E, T)
+    out = wkv_output(c, g, wkv, cache_s, il, not qrwkv)
     out = g.op(f"wkv_gated-{il}", "MUL", out, gate)
     out = g.mul_mat(f"time_mix_out-{il}", _w(c, p + "output.weight", il), out)
     return g.reshape(out, E, nst, ns)
@@ -125,22 +113,16 @@ def unbuildable(model: GGUFModel) -> str | None:
     md = model.metadata
     hp = hparams(model)
     E = hp.n_embd
-    hs = md.get_int(f"{a}.wkv.head_size") or 0
-    shifts = md.get_int(f"{a}.token_shift_count")
-    shifts = 2 if shifts is None else shifts
     qwen = a == "rwkv6qwen2"
-    if hs <= 0 or E % hs:
-        return f"the graph needs {a}.wkv.head_size dividing embedding_length"
-    if shifts != (1 if qwen else 2):
-        return f"the graph needs {a}.token_shift_count {1 if qwen else 2}, not {shifts}"
+    head = rwkv_head(model, qwen)
+    if isinstance(head, str):
+        return head
+    hs, shapes = head
     mix, decay = (md.get_int(f"{a}.{k}") or 0 for k in ("time_mix_extra_dim", "time_decay_extra_dim"))
     if mix <= 0 or decay <= 0:
         return f"the graph needs positive {a}.time_mix_extra_dim and {a}.time_decay_extra_dim"
     nh = E // hs
     tensors = {t.name: tuple(t.shape) for t in model.tensors}
-    shapes: dict[str, tuple[int, ...]] = {"output_norm.weight": (E,), "output.weight": (E, hp.n_vocab)}
-    if not qwen:
-        shapes |= {"token_embd_norm.weight": (E,), "token_embd_norm.bias": (E,), "output_norm.bias": (E,)}
     for il in range(hp.n_layer):
         p = f"blk.{il}."
         nkv = hp.n_head_kv[il]
@@ -169,12 +151,4 @@ def unbuildable(model: GGUFModel) -> str | None:
             w |= {"channel_mix_key.weight": (E, hp.n_ff), "channel_mix_value.weight": (hp.n_ff, E)}
             w |= {"channel_mix_receptance.weight": (E, E)}
         shapes |= {p + n: ne for n, ne in w.items()}
-    emb = tensors.get("token_embd.weight", ())
-    if len(emb) != 2 or emb[0] != E:
-        return f"the graph needs a two-dimensional tensor token_embd.weight of {E} columns"
-    for name, shape in shapes.items():
-        if name not in tensors:
-            return f"the graph needs tensor {name}, which the file lacks"
-        if tensors[name] != shape:
-            return f"the graph needs tensor {name} of shape {list(shape)}, not {list(tensors[name])}"
-    return None
+    return check_shapes(model, shapes)

@@ -15,6 +15,7 @@ from ggufx.analysis.memory.graph.llm import _Ctx, _inp_embd, _w, _weight
 from ggufx.analysis.memory.graph.models._dense import Dense, _n
 from ggufx.analysis.memory.graph.models.deepseek2 import ffn
 from ggufx.analysis.memory.graph.models.qwen35 import _rs
+from ggufx.analysis.memory.graph.models.ssm import check_shapes
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.model import GGUFModel
 
@@ -110,24 +111,12 @@ def time_mix7(c: _Ctx, g: _Graph, cur: _T, x_prev: _T, first: _T | None, il: int
     ka = g.op(f"ka-{il}", "MUL", k, _w(c, p + "time_mix_k_a.weight", il))
     k = g.op(f"k_iclr-{il}", "ADD", k, g.op(f"k_sub-{il}", "SUB", g.op(f"a_ka-{il}", "MUL", a, ka), ka))
     r, w, k, v, a = (g.reshape(t, hs, hc, T) for t in (r, w, k, v, a))
-    buft = c.cache_buft[il]
-    cache_s = g.leaf(f"cache_s_l{il}", "F32", (hp.n_embd_s, ns), buft=buft)
-    state = _rs(c, g, cache_s, s_copy, hp.n_embd_s)
+    cache_s, state = wkv_state(c, g, il, s_copy)
     neg = g.op(f"kk_neg-{il}", "UNARY", kk)
     kka = g.op(f"kk_a-{il}", "MUL", kk, a)
     wkv = g.new(f"wkv7-{il}", "RWKV_WKV7", "F32", (E, T + hs * ns), r, w, k, v, neg, kka, state)
-    out = g.view(wkv, (E * T,), None)
-    new_state = g.view(wkv, (E * hs * ns,), None)
-    dst = g.view(cache_s, (hp.n_embd_s * ns,), None)
-    cpy = g.view(dst, dst.ne, dst.nb, "CPY")
-    cpy.src = [new_state, dst]
-    g.expand(cpy)
-    if all(_weight(c, f"{p}time_mix_ln.{n}", il) is not None for n in ("weight", "bias")):
-        out = g.op(f"wkv_norm-{il}", "NORM", g.reshape(out, hs, hc, T))
-        out = g.op(f"wkv_ln-{il}", "MUL", g.reshape(out, E, T), _w(c, p + "time_mix_ln.weight", il))
-        out = g.op(f"wkv_ln-{il}", "ADD", out, _w(c, p + "time_mix_ln.bias", il))
-    else:
-        out = g.reshape(out, E, T)
+    ln = all(_weight(c, f"{p}time_mix_ln.{n}", il) is not None for n in ("weight", "bias"))
+    out = wkv_output(c, g, wkv, cache_s, il, ln)
     r_k = g.reshape(_w(c, p + "time_mix_r_k.weight", il), hs, hc)
     rk = g.op(f"rk-{il}", "MUL", g.op(f"kr-{il}", "MUL", k, r), r_k)
     rk = g.new(f"rk_sum-{il}", "SUM_ROWS", "F32", (1, hc, T), rk)
@@ -136,6 +125,37 @@ def time_mix7(c: _Ctx, g: _Graph, cur: _T, x_prev: _T, first: _T | None, il: int
         out = g.op(f"wkv_gated-{il}", "MUL", out, gate)
     out = g.mul_mat(f"time_mix_out-{il}", _w(c, p + "time_mix_output.weight", il), out)
     return g.reshape(out, E, nst, ns), first
+
+
+def wkv_state(c: _Ctx, g: _Graph, il: int, s_copy: _T) -> tuple[_T, _T]:
+    """The layer's wkv state cache and ``build_rs``'s rows of it for the micro-batch's sequences
+    (rwkv6-base.cpp:133, rwkv7-base.cpp:106)."""
+    hp, ns = c.hp, c.sp.n_seq_max
+    cache_s = g.leaf(f"cache_s_l{il}", "F32", (hp.n_embd_s, ns), buft=c.cache_buft[il])
+    return cache_s, _rs(c, g, cache_s, s_copy, hp.n_embd_s)
+
+
+def wkv_output(c: _Ctx, g: _Graph, wkv: _T, cache_s: _T, il: int, group_norm: bool) -> _T:
+    """What rwkv6-base.cpp:141-160 and rwkv7-base.cpp:109-128 (the same code) make of a fused wkv node:
+    its first ``n_embd x n_tokens`` values the output, the rest the new state, copied into the cache
+    (expanded); the output group-normed (one group a head) times ``time_mix_ln`` plus its bias with
+    ``group_norm``: ``(n_embd, n_tokens)``."""
+    hp, T, ns = c.hp, c.n_tokens, c.sp.n_seq_max
+    E = hp.n_embd
+    hs = hp.n_embd_s // E  # wkv.head_size
+    nh = E // hs
+    p = f"blk.{il}.time_mix_"
+    out = g.view(wkv, (E * T,), None)
+    new_state = g.view(wkv, (E * hs * ns,), None)
+    dst = g.view(cache_s, (hp.n_embd_s * ns,), None)
+    cpy = g.view(dst, dst.ne, dst.nb, "CPY")
+    cpy.src = [new_state, dst]
+    g.expand(cpy)
+    if not group_norm:
+        return g.reshape(out, E, T)
+    out = g.op(f"wkv_norm-{il}", "NORM", g.reshape(out, hs, nh, T))
+    out = g.op(f"wkv_ln-{il}", "MUL", g.reshape(out, E, T), _w(c, p + "ln.weight", il))
+    return g.op(f"wkv_ln-{il}", "ADD", out, _w(c, p + "ln.bias", il))
 
 
 def _channel_mix7(c: _Ctx, g: _Graph, cur: _T, x_prev: _T, il: int) -> _T:
@@ -222,6 +242,28 @@ def build(c: _Ctx, g: _Graph) -> _T:
     return build_rwkv(c, g, mix, None if c.hp.arch == "arwkv7" else _channel_mix7)
 
 
+def rwkv_head(model: GGUFModel, rms: bool) -> tuple[int, dict[str, tuple[int, ...]]] | str:
+    """What rwkv6.cpp/rwkv7.cpp (``rms`` False) and rwkv6qwen2.cpp/arwkv7.cpp (``rms``) check and load alike:
+    ``wkv.head_size`` dividing the embedding, 2 token shifts (one with ``rms``); the head size and the
+    shapes of the tensors outside the layers (the output norm, with a bias and the token-embedding norm
+    but with ``rms``; the output projection), or why the graph cannot be built."""
+    a = model.architecture or ""
+    md = model.metadata
+    hp = hparams(model)
+    E = hp.n_embd
+    hs = md.get_int(f"{a}.wkv.head_size") or 0
+    shifts = md.get_int(f"{a}.token_shift_count")
+    shifts = 2 if shifts is None else shifts
+    if hs <= 0 or E % hs:
+        return f"the graph needs {a}.wkv.head_size dividing embedding_length"
+    if shifts != (1 if rms else 2):
+        return f"the graph needs {a}.token_shift_count {1 if rms else 2}, not {shifts}"
+    shapes: dict[str, tuple[int, ...]] = {"output_norm.weight": (E,), "output.weight": (E, hp.n_vocab)}
+    if not rms:
+        shapes |= {"token_embd_norm.weight": (E,), "token_embd_norm.bias": (E,), "output_norm.bias": (E,)}
+    return hs, shapes
+
+
 def unbuildable(model: GGUFModel) -> str | None:
     """Why the rwkv7 / arwkv7 graph cannot be built from this file (None when it can): the head size and
     token shifts (rwkv7.cpp:139 asserts 2 shifts, arwkv7.cpp:118 one), and every tensor the graph reads in
@@ -230,22 +272,16 @@ def unbuildable(model: GGUFModel) -> str | None:
     md = model.metadata
     hp = hparams(model)
     E = hp.n_embd
-    hs = md.get_int(f"{a}.wkv.head_size") or 0
-    shifts = md.get_int(f"{a}.token_shift_count")
-    shifts = 2 if shifts is None else shifts
     arwkv = a == "arwkv7"
-    if hs <= 0 or E % hs:
-        return f"the graph needs {a}.wkv.head_size dividing embedding_length"
-    if shifts != (1 if arwkv else 2):
-        return f"the graph needs {a}.token_shift_count {1 if arwkv else 2}, not {shifts}"
+    head = rwkv_head(model, arwkv)
+    if isinstance(head, str):
+        return head
+    shapes = head[1]
     lora = {
         n: md.get_int(f"{a}.attention.{k}_lora_rank") or 0
         for n, k in (("w", "decay"), ("a", "iclr"), ("v", "value_residual_mix"), ("g", "gate"))
     }
     tensors = {t.name: tuple(t.shape) for t in model.tensors}
-    shapes: dict[str, tuple[int, ...]] = {"output_norm.weight": (E,), "output.weight": (E, hp.n_vocab)}
-    if not arwkv:
-        shapes |= {"token_embd_norm.weight": (E,), "token_embd_norm.bias": (E,), "output_norm.bias": (E,)}
     for il in range(hp.n_layer):
         p = f"blk.{il}."
         gating = p + "time_mix_g1.weight" in tensors and p + "time_mix_g2.weight" in tensors
@@ -274,12 +310,4 @@ def unbuildable(model: GGUFModel) -> str | None:
             w |= {"time_mix_ln.weight": (E,), "time_mix_ln.bias": (E,), "channel_mix_lerp_k.weight": (E, 1, 1)}
             w |= {"channel_mix_key.weight": (E, n_ff), "channel_mix_value.weight": (n_ff, E)}
         shapes |= {p + n: ne for n, ne in w.items()}
-    emb = tensors.get("token_embd.weight", ())
-    if len(emb) != 2 or emb[0] != E:
-        return f"the graph needs a two-dimensional tensor token_embd.weight of {E} columns"
-    for name, shape in shapes.items():
-        if name not in tensors:
-            return f"the graph needs tensor {name}, which the file lacks"
-        if tensors[name] != shape:
-            return f"the graph needs tensor {name} of shape {list(shape)}, not {list(tensors[name])}"
-    return None
+    return check_shapes(model, shapes)
