@@ -9,6 +9,12 @@ import re
 import sys
 from pathlib import Path
 
+import ggufx
+from ggufx.analysis.memory.buffers import breakdown
+from ggufx.analysis.memory.graph import graphsim
+from ggufx.analysis.memory.llamaargs import parse_args
+from ggufx.analysis.memory.placement import Device
+
 from .graph_arch_logs import CPU_LOGS
 
 
@@ -40,3 +46,22 @@ def grown_model(name: str, n_layer: int, period: int, out: Path, smollm2: Path) 
     path = out / f"{name}-{n_layer}.gguf"
     header(path, spec, tensors, smollm2)
     return path
+
+
+def assert_grown_shortcut_is_whole(path: Path) -> None:
+    """A grown model is built, and its shortened replay, where it is taken, allocates as the whole one: on
+    the CPU (with and without flash attention, one and three sequences) and with the layers on a GPU or split."""
+    model = ggufx.open(path)
+    assert graphsim.unbuildable(model) is None
+    gpu = [Device("CUDA0", 80 << 30)]
+    for args, devices in (
+        ("-c 8192", []),
+        ("-c 4096 -fa off -np 3", []),
+        ("-ngl 99 -c 8192", gpu),
+        ("-ngl 20 -c 8192", gpu),
+    ):
+        a = parse_args("-m x " + args)
+        sp = breakdown(model, devices, a.offload, a.context).reservation
+        assert sp is not None
+        whole = graphsim.simulate(model, devices, a.offload, sp, whole=True)
+        assert graphsim.simulate(model, devices, a.offload, sp) == whole and all(v > 0 for v in whole.values())

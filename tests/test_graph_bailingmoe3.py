@@ -14,8 +14,6 @@ shortcut against the whole replay; a file llama.cpp would refuse gets the generi
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,15 +21,24 @@ import pytest
 import ggufx
 from ggufx.analysis.memory.archs import builder_of
 from ggufx.analysis.memory.buffers import Breakdown, breakdown
-from ggufx.analysis.memory.graph import graphsim
 from ggufx.analysis.memory.llamaargs import parse_args
 from ggufx.analysis.memory.llamalog import parse_log
-from ggufx.analysis.memory.placement import Device
 
 from . import graph_arch_logs
-from .graph_arch_logs import CPU_LOGS, NODES, assert_compute_equal, assert_nodes_equal, cpu_model, cpu_runs, replay_cpu
+from .graph_arch_logs import (
+    CPU_LOGS,
+    NODES,
+    Refused,
+    assert_compute_equal,
+    assert_nodes_equal,
+    assert_refused,
+    assert_shortcut_is_whole,
+    cpu_model,
+    cpu_runs,
+    replay_cpu,
+)
 from .graph_arch_logs import cpu_spec as _spec
-from .graph_grow import grown_model
+from .graph_grow import assert_grown_shortcut_is_whole, grown_model
 
 MODELS = ("bailingmoe3", "bailingmoe3-clamp", "bailingmoe3-mrope")
 CPU_RUNS = [(m, rid) for m in MODELS for rid in cpu_runs(m)]
@@ -42,7 +49,7 @@ MTP = {
     "bailingmoe3-mtp-c4096-faoff-np3": "-c 4096 -fa off -np 3",
     "bailingmoe3-mtp-c16384-q8_0": "-c 16384 -ctk q8_0 -ctv q8_0",
 }
-REFUSED = (  # (tensor left out or "", keys added, unbuildable's reason)
+_REFUSED = (  # (tensor left out or "", keys added, unbuildable's reason)
     ("blk.3.attn_gate.weight", (), "the graph needs tensor blk.3.attn_gate.weight, which the file lacks"),
     ("blk.1.ssm_g_a.weight", (), "the graph needs tensor blk.1.ssm_g_a.weight of shape [1024, 1024]"),
     ("blk.2.exp_probs_b.bias", (), "the graph needs tensor blk.2.exp_probs_b.bias, which the file lacks"),
@@ -52,6 +59,7 @@ REFUSED = (  # (tensor left out or "", keys added, unbuildable's reason)
         "the graph needs bailingmoe3.expert_gating_func 1, 2 or 3 (softmax, sigmoid, softmax weights), not 0",
     ),
 )
+REFUSED = tuple(Refused("bailingmoe3", drop, reason, add_kv=kv) for drop, kv, reason in _REFUSED)
 
 
 @pytest.fixture(scope="module")
@@ -88,13 +96,7 @@ def test_the_graph_is_llama_cpps_node_for_node(name: str, rid: str, models: dict
 
 @pytest.mark.parametrize("name", MODELS)
 def test_the_layer_shortcut_equals_the_whole_replay(name: str, models: dict[str, Path]) -> None:
-    model = ggufx.open(models[name])
-    for args in ("-c 8192", "-c 4096 -fa off -np 3"):
-        a = parse_args("-m x " + args)
-        sp = breakdown(model, [], a.offload, a.context).reservation
-        assert sp is not None
-        whole = graphsim.simulate(model, [], a.offload, sp, whole=True)
-        assert graphsim.simulate(model, [], a.offload, sp) == whole and whole["CPU"] > 0
+    assert_shortcut_is_whole(models[name], "-c 8192", "-c 4096 -fa off -np 3")
 
 
 @pytest.mark.parametrize(("name", "period"), [("bailingmoe3", 3), ("bailingmoe3-clamp", 3)])
@@ -103,20 +105,7 @@ def test_the_layer_shortcut_equals_the_whole_replay_on_33_layers(
 ) -> None:
     """The model grown to 33 layers (its last {period} repeated): the shortened replay, where it is taken,
     allocates as the whole one, on the CPU and with the layers on a GPU or split."""
-    model = ggufx.open(grown_model(name, 33, period, tmp_path, smollm2_path))
-    assert graphsim.unbuildable(model) is None
-    gpu = [Device("CUDA0", 80 << 30)]
-    for args, devices in (
-        ("-c 8192", []),
-        ("-c 4096 -fa off -np 3", []),
-        ("-ngl 99 -c 8192", gpu),
-        ("-ngl 20 -c 8192", gpu),
-    ):
-        a = parse_args("-m x " + args)
-        sp = breakdown(model, devices, a.offload, a.context).reservation
-        assert sp is not None
-        whole = graphsim.simulate(model, devices, a.offload, sp, whole=True)
-        assert graphsim.simulate(model, devices, a.offload, sp) == whole and all(v > 0 for v in whole.values())
+    assert_grown_shortcut_is_whole(grown_model(name, 33, period, tmp_path, smollm2_path))
 
 
 def _replay_mtp(rid: str, path: Path) -> tuple[str, Breakdown]:
@@ -146,25 +135,8 @@ def test_the_mtp_layer_has_its_cache(rid: str, models: dict[str, Path]) -> None:
     assert round(kv / 2**20, 2) == parse_log(text).buffers["kv"]["CPU"]
 
 
-@pytest.mark.parametrize("refused", REFUSED, ids=lambda r: r[0] or "kv")
+@pytest.mark.parametrize("refused", REFUSED, ids=lambda r: r.drop_tensor or "kv")
 def test_a_file_llama_cpp_would_refuse_gets_the_generic_estimate(
-    refused: tuple[str, tuple[tuple[str, object], ...], str], smollm2_path: Path, tmp_path: Path
+    refused: Refused, smollm2_path: Path, tmp_path: Path
 ) -> None:
-    drop, add_kv, reason = refused
-    sys.path.insert(0, str(CPU_LOGS))
-    try:
-        from make_arch_headers import header
-    finally:
-        sys.path.remove(str(CPU_LOGS))
-    tensors = json.loads((CPU_LOGS / "tensors.json").read_text())["bailingmoe3"]
-    kept = [t for t in tensors if t[0] != drop]
-    assert len(kept) == len(tensors) - (1 if drop else 0)
-    spec = _spec("bailingmoe3")
-    spec = {**spec, "kv": spec["kv"] | dict(add_kv)}
-    path = tmp_path / "refused.gguf"
-    header(path, spec, kept, smollm2_path)
-    model = ggufx.open(path)
-    assert graphsim.unbuildable(model) == reason
-    a = parse_args("-m x -c 8192")
-    bd = breakdown(model, [Device("CUDA0", 80 << 30)], a.offload, a.context)
-    assert bd.compute_estimate and reason in bd.compute_estimate
+    assert_refused(refused, smollm2_path, tmp_path)

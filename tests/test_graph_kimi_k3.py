@@ -14,27 +14,31 @@ shortcut against the whole replay; a file llama.cpp would refuse gets the generi
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import pytest
 
-import ggufx
 from ggufx.analysis.memory.archs import builder_of
-from ggufx.analysis.memory.buffers import breakdown
-from ggufx.analysis.memory.graph import graphsim
-from ggufx.analysis.memory.llamaargs import parse_args
-from ggufx.analysis.memory.placement import Device
 
-from .graph_arch_logs import CPU_LOGS, NODES, assert_compute_equal, assert_nodes_equal, cpu_model, cpu_runs, replay_cpu
+from .graph_arch_logs import (
+    CPU_LOGS,
+    NODES,
+    Refused,
+    assert_compute_equal,
+    assert_nodes_equal,
+    assert_refused,
+    assert_shortcut_is_whole,
+    cpu_model,
+    cpu_runs,
+    replay_cpu,
+)
 from .graph_arch_logs import cpu_spec as _spec
-from .graph_grow import grown_model
+from .graph_grow import assert_grown_shortcut_is_whole, grown_model
 
 MODELS = ("kimi-k3", "kimi-k3-var")
 CPU_RUNS = [(m, rid) for m in MODELS for rid in cpu_runs(m)]
 NODE_RUNS = [(m, rid) for m, rid in CPU_RUNS if (NODES / f"{rid}.tsv").exists()]
-REFUSED = (  # (model, tensor left out or "", keys added, unbuildable's reason)
+_REFUSED = (  # (model, tensor left out or "", keys added, unbuildable's reason)
     ("kimi-k3", "blk.2.ssm_g.weight", (), "the graph needs tensor blk.2.ssm_g.weight of shape [1024, 1024]"),
     (
         "kimi-k3",
@@ -51,6 +55,7 @@ REFUSED = (  # (model, tensor left out or "", keys added, unbuildable's reason)
         "the graph needs kimi-k3.expert_gating_func 1, 2 or 3 (softmax, sigmoid, softmax weights), not 0",
     ),
 )
+REFUSED = tuple(Refused(model, drop, reason, add_kv=kv) for model, drop, kv, reason in _REFUSED)
 
 
 @pytest.fixture(scope="module")
@@ -87,13 +92,7 @@ def test_the_graph_is_llama_cpps_node_for_node(name: str, rid: str, models: dict
 
 @pytest.mark.parametrize("name", MODELS)
 def test_the_layer_shortcut_equals_the_whole_replay(name: str, models: dict[str, Path]) -> None:
-    model = ggufx.open(models[name])
-    for args in ("-c 8192", "-c 4096 -fa off -np 3"):
-        a = parse_args("-m x " + args)
-        sp = breakdown(model, [], a.offload, a.context).reservation
-        assert sp is not None
-        whole = graphsim.simulate(model, [], a.offload, sp, whole=True)
-        assert graphsim.simulate(model, [], a.offload, sp) == whole and whole["CPU"] > 0
+    assert_shortcut_is_whole(models[name], "-c 8192", "-c 4096 -fa off -np 3")
 
 
 @pytest.mark.parametrize(("name", "period"), [("kimi-k3", 3), ("kimi-k3-var", 3)])
@@ -102,41 +101,11 @@ def test_the_layer_shortcut_equals_the_whole_replay_on_33_layers(
 ) -> None:
     """The model grown to 33 layers (its last {period} repeated): the shortened replay, where it is taken,
     allocates as the whole one, on the CPU and with the layers on a GPU or split."""
-    model = ggufx.open(grown_model(name, 33, period, tmp_path, smollm2_path))
-    assert graphsim.unbuildable(model) is None
-    gpu = [Device("CUDA0", 80 << 30)]
-    for args, devices in (
-        ("-c 8192", []),
-        ("-c 4096 -fa off -np 3", []),
-        ("-ngl 99 -c 8192", gpu),
-        ("-ngl 20 -c 8192", gpu),
-    ):
-        a = parse_args("-m x " + args)
-        sp = breakdown(model, devices, a.offload, a.context).reservation
-        assert sp is not None
-        whole = graphsim.simulate(model, devices, a.offload, sp, whole=True)
-        assert graphsim.simulate(model, devices, a.offload, sp) == whole and all(v > 0 for v in whole.values())
+    assert_grown_shortcut_is_whole(grown_model(name, 33, period, tmp_path, smollm2_path))
 
 
-@pytest.mark.parametrize("refused", REFUSED, ids=lambda r: f"{r[0]}-{r[1] or 'kv'}")
+@pytest.mark.parametrize("refused", REFUSED, ids=lambda r: f"{r.model}-{r.drop_tensor or 'kv'}")
 def test_a_file_llama_cpp_would_refuse_gets_the_generic_estimate(
-    refused: tuple[str, str, tuple[tuple[str, object], ...], str], smollm2_path: Path, tmp_path: Path
+    refused: Refused, smollm2_path: Path, tmp_path: Path
 ) -> None:
-    name, drop, add_kv, reason = refused
-    sys.path.insert(0, str(CPU_LOGS))
-    try:
-        from make_arch_headers import header
-    finally:
-        sys.path.remove(str(CPU_LOGS))
-    tensors = json.loads((CPU_LOGS / "tensors.json").read_text())[name]
-    kept = [t for t in tensors if t[0] != drop]
-    assert len(kept) == len(tensors) - (1 if drop else 0)
-    spec = _spec(name)
-    spec = {**spec, "kv": spec["kv"] | dict(add_kv)}
-    path = tmp_path / "refused.gguf"
-    header(path, spec, kept, smollm2_path)
-    model = ggufx.open(path)
-    assert graphsim.unbuildable(model) == reason
-    a = parse_args("-m x -c 8192")
-    bd = breakdown(model, [Device("CUDA0", 80 << 30)], a.offload, a.context)
-    assert bd.compute_estimate and reason in bd.compute_estimate
+    assert_refused(refused, smollm2_path, tmp_path)

@@ -16,46 +16,46 @@ the graph needs gets the generic estimate, with the reason."""
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import pytest
 
 import ggufx
-from ggufx.analysis.memory.archs import builder_of
-from ggufx.analysis.memory.buffers import breakdown
-from ggufx.analysis.memory.graph import graphsim
 from ggufx.analysis.memory.graph.models.hunyuan_dense import uses_mrope
-from ggufx.analysis.memory.llamaargs import parse_args
-from ggufx.analysis.memory.placement import Device
 
-from .graph_arch_logs import CPU_LOGS, assert_compute_equal, assert_nodes_equal, cpu_model, cpu_runs, replay_cpu
-from .graph_arch_logs import cpu_spec as _spec
+from .graph_arch_logs import (
+    Refused,
+    assert_compute_equal,
+    assert_nodes_equal,
+    assert_refused,
+    assert_runs_cover,
+    assert_shortcut_is_whole,
+    cpu_models,
+    cpu_runs,
+    replay_cpu,
+)
 
 MODELS = ("paddleocr", "hunyuan_vl", "deepseek2-ocr")
 CPU_RUNS = [(m, rid) for m in MODELS for rid in cpu_runs(m)]
-REFUSED = (
-    ("paddleocr", "blk.2.ffn_up.weight"),
-    ("hunyuan_vl", "blk.1.attn_k_norm.weight"),
-    ("deepseek2-ocr", "blk.0.ffn_gate.weight"),  # the leading dense layer's FFN
-    ("deepseek2-ocr", "blk.3.ffn_down_shexp.weight"),
+REFUSED = tuple(
+    Refused(model, tensor, f"the graph needs tensor {tensor}, which the file lacks")
+    for model, tensor in (
+        ("paddleocr", "blk.2.ffn_up.weight"),
+        ("hunyuan_vl", "blk.1.attn_k_norm.weight"),
+        ("deepseek2-ocr", "blk.0.ffn_gate.weight"),  # the leading dense layer's FFN
+        ("deepseek2-ocr", "blk.3.ffn_down_shexp.weight"),
+    )
 )
 
 
 @pytest.fixture(scope="module")
 def models(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("ocr")
-    return {n: cpu_model(n, out, smollm2_path) for n in MODELS}
+    return cpu_models(MODELS, smollm2_path, tmp_path_factory, "ocr")
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_the_cpu_runs_cover_flash_attention_off_parallel_sequences_a_quantized_cache_and_no_repack(name: str) -> None:
-    assert builder_of(_spec(name)["arch"]) is not None
-    args = [line.split("\t")[2] for line in (CPU_LOGS / "matrix").read_text().splitlines() if f"\t{name}\t" in line]
-    assert len(cpu_runs(name)) == len(args) >= 5
-    for option in ("-fa off", "-np 3", "-ctk q8_0 -ctv q8_0", "--no-repack"):
-        assert any(option in a for a in args), option
+    assert_runs_cover(name, ("-fa off", "-np 3", "-ctk q8_0 -ctv q8_0", "--no-repack"))
 
 
 @pytest.mark.parametrize(("name", "rid"), CPU_RUNS)
@@ -79,32 +79,11 @@ def test_xd_rope_reads_four_positions_per_token(models: dict[str, Path]) -> None
 
 @pytest.mark.parametrize("name", MODELS)
 def test_the_layer_shortcut_equals_the_whole_replay(name: str, models: dict[str, Path]) -> None:
-    model = ggufx.open(models[name])
-    for args in ("-c 8192", "-c 4096 -fa off -np 3"):
-        a = parse_args("-m x " + args)
-        sp = breakdown(model, [], a.offload, a.context).reservation
-        assert sp is not None
-        whole = graphsim.simulate(model, [], a.offload, sp, whole=True)
-        assert graphsim.simulate(model, [], a.offload, sp) == whole and whole["CPU"] > 0
+    assert_shortcut_is_whole(models[name], "-c 8192", "-c 4096 -fa off -np 3")
 
 
-@pytest.mark.parametrize(("name", "drop"), REFUSED)
+@pytest.mark.parametrize("refused", REFUSED, ids=lambda r: f"{r.model}-{r.drop_tensor}")
 def test_a_file_without_a_tensor_the_graph_needs_gets_the_generic_estimate(
-    name: str, drop: str, smollm2_path: Path, tmp_path: Path
+    refused: Refused, smollm2_path: Path, tmp_path: Path
 ) -> None:
-    sys.path.insert(0, str(CPU_LOGS))
-    try:
-        from make_arch_headers import header
-    finally:
-        sys.path.remove(str(CPU_LOGS))
-    tensors = json.loads((CPU_LOGS / "tensors.json").read_text())[name]
-    kept = [t for t in tensors if t[0] != drop]
-    assert len(kept) == len(tensors) - 1
-    path = tmp_path / "refused.gguf"
-    header(path, _spec(name), kept, smollm2_path)
-    model = ggufx.open(path)
-    reason = f"the graph needs tensor {drop}, which the file lacks"
-    assert graphsim.unbuildable(model) == reason
-    a = parse_args("-m x -c 8192")
-    bd = breakdown(model, [Device("CUDA0", 80 << 30)], a.offload, a.context)
-    assert bd.compute_estimate and reason in bd.compute_estimate
+    assert_refused(refused, smollm2_path, tmp_path)
