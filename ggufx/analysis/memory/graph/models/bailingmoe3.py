@@ -19,6 +19,7 @@ from typing import cast
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph, _type
 from ggufx.analysis.memory.graph.llm import _Ctx, _inp_embd, _norm, _w, _weight, kqv_on_host, model_of
 from ggufx.analysis.memory.graph.models import deepseek2, qwen3next
+from ggufx.analysis.memory.graph.models.deepseek2 import cache_k, cache_write
 from ggufx.analysis.memory.graph.models.kimi_linear import _causal_conv, _Kda, _kda_dims
 from ggufx.analysis.memory.graph.models.qwen35 import _rs
 from ggufx.analysis.memory.graph.models.step35 import _clamped_swiglu, _ClampedExperts, _clamps
@@ -133,7 +134,7 @@ def mla(c: _Ctx, g: _Graph, x: _T, il: int, k_idxs: _T, mask: _T, rope: bool = T
     ``rope``), the latent's norm, the absorbed ``q_nope``, the concatenations, the cache write, the
     attention and ``attn_v_b``. Returns the heads' output ``[v_head * n_head, T]`` and ``n_head``."""
     sp = c.sp
-    T, ns = c.n_tokens, sp.n_streams
+    T = c.n_tokens
     nh = c.hp.n_head[il]
     p = f"blk.{il}."
     wk_b = _w(c, p + "attn_k_b.weight", il)
@@ -166,16 +167,8 @@ def mla(c: _Ctx, g: _Graph, x: _T, il: int, k_idxs: _T, mask: _T, rope: bool = T
     kcur = g.new(f"Kcur-{il}", "CONCAT", "F32", (rank + n_rot, 1, T), kv, k_pe)
     for t in (qcur, kv, kcur):
         g.expand(t)
-    hk_all = rank + n_rot
-    n_kv = mask.ne[0]
-    cache_k = g.leaf(f"cache_k_l{il}", _type(sp.type_k).name, (hk_all, n_kv * ns), buft=c.cache_buft[il])
-    src = g.view(kcur, (hk_all, T), None)
-    dst = g.reshape(cache_k, hk_all, n_kv * ns) if ns > 1 else cache_k
-    set_k = g.view(dst, dst.ne, dst.nb, "SET_ROWS")
-    set_k.src = [src, k_idxs, dst]
-    g.expand(set_k)
-    krow = cache_k.nb[1]
-    k = g.view(cache_k, (hk_all, 1, n_kv, ns), (cache_k.nb[0], krow, krow, krow * n_kv))
+    cache, k = cache_k(c, g, f"cache_k_l{il}", rank + n_rot, _type(sp.type_k).name, il)
+    g.expand(cache_write(c, g, cache, kcur, rank + n_rot, k_idxs))
     return mha(c, g, qcur, k, mask, il, rank), nh
 
 

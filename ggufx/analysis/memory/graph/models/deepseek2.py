@@ -195,7 +195,7 @@ def _mla_attn(c: _Ctx, g: _Graph, x: _T, il: int, k_idxs: _T, mask: _T, scale: _
     ``llm_graph_input_attn_k``, llama-graph.cpp:3056-3110, and ``build_attn_mha``, :2691-2820), up to and
     including the output projection."""
     hp, sp = c.hp, c.sp
-    T, ns = c.n_tokens, sp.n_streams
+    T = c.n_tokens
     nh = hp.n_head[il]
     p = f"blk.{il}."
     wk_b = _w(c, p + "attn_k_b.weight", il)
@@ -232,19 +232,28 @@ def _mla_attn(c: _Ctx, g: _Graph, x: _T, il: int, k_idxs: _T, mask: _T, scale: _
         qcur = g.op(f"Qcur_attn_temp_scaled-{il}", "MUL", qcur, scale)
     for t in (qcur, vcur, kcur):
         g.expand(t)
-    hk_all = rank + n_rot
-    n_kv = mask.ne[0]
-    tk = _type(sp.type_k)
-    cache_k = g.leaf(f"cache_k_l{il}", tk.name, (hk_all, n_kv * ns), buft=c.cache_buft[il])
-    kv = g.view(kcur, (hk_all, T), None)
-    # cpy_k (llama-kv-cache.cpp:1348-1380): the streams' caches merged into one 2D view when several
-    dst = g.reshape(cache_k, hk_all, n_kv * ns) if ns > 1 else cache_k
-    set_k = g.view(dst, dst.ne, dst.nb, "SET_ROWS")
-    set_k.src = [kv, k_idxs, dst]
-    g.expand(set_k)
-    krow = cache_k.nb[1]
-    k = g.view(cache_k, (hk_all, 1, n_kv, ns), (cache_k.nb[0], krow, krow, krow * n_kv))
+    cache, k = cache_k(c, g, f"cache_k_l{il}", rank + n_rot, _type(sp.type_k).name, il)
+    g.expand(cache_write(c, g, cache, kcur, rank + n_rot, k_idxs))
     return mla_mha(c, g, qcur, k, mask, il, rank)
+
+
+def cache_write(c: _Ctx, g: _Graph, cache: _T, cur: _T, width: int, idxs: _T) -> _T:
+    """``llama_kv_cache::cpy_k`` (llama-kv-cache.cpp:1348-1381): the new keys as rows, the streams'
+    caches merged into one 2D view when several, and their SET_ROWS."""
+    T, ns = c.n_tokens, c.sp.n_streams
+    rows = g.view(cur, (width, T), None)
+    dst = g.reshape(cache, width, cache.ne[1]) if ns > 1 else cache
+    out = g.view(dst, dst.ne, dst.nb, "SET_ROWS")
+    out.src = [rows, idxs, dst]
+    return out
+
+
+def cache_k(c: _Ctx, g: _Graph, name: str, width: int, type_: str, il: int) -> tuple[_T, _T]:
+    """One layer's K tensor of a cache and ``get_k``'s view of it: [width, 1 head, cells, streams]."""
+    n_kv, ns = c.sp.n_kv, c.sp.n_streams
+    cache = g.leaf(name, type_, (width, n_kv * ns), buft=c.cache_buft[il])
+    row = cache.nb[1]
+    return cache, g.view(cache, (width, 1, n_kv, ns), (cache.nb[0], row, row, row * n_kv))
 
 
 def mla_mha(c: _Ctx, g: _Graph, qcur: _T, k: _T, mask: _T, il: int, rank: int) -> _T:
@@ -340,6 +349,8 @@ __all__ = [
     "MoeParams",
     "Routed",
     "build",
+    "cache_k",
+    "cache_write",
     "ffn",
     "moe_ffn",
     "moe_params",

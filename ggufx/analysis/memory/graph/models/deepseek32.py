@@ -19,6 +19,8 @@ from ggufx.analysis.memory.graph.llm import _Ctx, _inp_embd, _norm, _w
 from ggufx.analysis.memory.graph.models.deepseek2 import (
     SIGMOID,
     SOFTMAX,
+    cache_k,
+    cache_write,
     layer_tail,
     mla_mha,
     moe_params,
@@ -48,25 +50,6 @@ class _Dsa:
         self.k_rot = g.input("attn_inp_k_rot", "F32", n, n)
 
 
-def _cache_write(c: _Ctx, g: _Graph, cache: _T, cur: _T, width: int, idxs: _T) -> _T:
-    """``llama_kv_cache::cpy_k`` (llama-kv-cache.cpp:1348-1381): the new keys as rows, the streams'
-    caches merged into one 2D view when several, and their SET_ROWS."""
-    T, ns = c.n_tokens, c.sp.n_streams
-    rows = g.view(cur, (width, T), None)
-    dst = g.reshape(cache, width, cache.ne[1]) if ns > 1 else cache
-    out = g.view(dst, dst.ne, dst.nb, "SET_ROWS")
-    out.src = [rows, idxs, dst]
-    return out
-
-
-def _cache_k(c: _Ctx, g: _Graph, name: str, width: int, type_: str, il: int) -> tuple[_T, _T]:
-    """One layer's K tensor of a cache and ``get_k``'s view of it: [width, 1 head, cells, streams]."""
-    n_kv, ns = c.sp.n_kv, c.sp.n_streams
-    cache = g.leaf(name, type_, (width, n_kv * ns), buft=c.cache_buft[il])
-    row = cache.nb[1]
-    return cache, g.view(cache, (width, 1, n_kv, ns), (cache.nb[0], row, row, row * n_kv))
-
-
 def _indexer(c: _Ctx, g: _Graph, cur: _T, qr: _T, il: int, inp: _Dsa) -> _T:
     """The lightning indexer of one full layer (deepseek32.cpp:214-318 with ``cparams.fused_lid``): the
     indexer keys written to its cache, then the top-k cells of its scores (the CONT of TOP_K)."""
@@ -88,8 +71,8 @@ def _indexer(c: _Ctx, g: _Graph, cur: _T, qr: _T, il: int, inp: _Dsa) -> _T:
     k = g.new(f"indexer_k-{il}", "ROPE", "F32", k.ne, k, pos)
     q = g.mul_mat(f"indexer_q-{il}", inp.k_rot, q)
     k = g.mul_mat(f"indexer_k-{il}", inp.k_rot, k)
-    cache, cached = _cache_k(c, g, f"cache_k_l{il}", hk, _type(c.sp.type_k).name, il)
-    g.expand(_cache_write(c, g, cache, k, hk, inp.k_idxs_lid))
+    cache, cached = cache_k(c, g, f"cache_k_l{il}", hk, _type(c.sp.type_k).name, il)
+    g.expand(cache_write(c, g, cache, k, hk, inp.k_idxs_lid))
     weights = g.mul_mat(f"indexer_weights-{il}", _w(c, p + "proj.weight", il), cur)
     q = g.view(q, (hk, n_heads, T // ns, ns), (q.nb[0], q.nb[1], q.nb[2], q.nb[3] // ns))
     weights = g.view(
@@ -163,8 +146,8 @@ def _attn(c: _Ctx, g: _Graph, x: _T, qr: _T, il: int, inp: _Dsa, top_k: _T) -> _
     for t in (qcur, vcur, kcur):
         g.expand(t)
     width = rank + n_rot
-    cache, k = _cache_k(c, g, f"cache_k_l{il}", width, _type(sp.type_k).name, il)
-    g.expand(_cache_write(c, g, cache, kcur, width, inp.k_idxs))
+    cache, k = cache_k(c, g, f"cache_k_l{il}", width, _type(sp.type_k).name, il)
+    g.expand(cache_write(c, g, cache, kcur, width, inp.k_idxs))
     mask = _sparse_mask(c, g, inp, top_k, il)
     return mla_mha(c, g, qcur, k, mask, il, rank)
 

@@ -20,7 +20,8 @@ from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph, _type
 from ggufx.analysis.memory.graph.llm import _Ctx, _inp_embd, _norm, _w
 from ggufx.analysis.memory.graph.models import deepseek2, qwen3next
 from ggufx.analysis.memory.graph.models.bailingmoe3 import mha
-from ggufx.analysis.memory.graph.models.deepseek32 import _cache_k, _cache_write, _Dsa, _sparse_mask
+from ggufx.analysis.memory.graph.models.deepseek2 import cache_k, cache_write
+from ggufx.analysis.memory.graph.models.deepseek32 import _Dsa, _sparse_mask
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.model import GGUFModel
 
@@ -124,8 +125,8 @@ def _indexer(c: _Ctx, g: _Graph, cur: _T, qr: _T, il: int, inp: _Dsa) -> _T:
     k = g.op(f"indexer_k-{il}", "ADD", k, _w(c, p + "k_norm.bias", il))
     k = g.reshape(k, hk, 1, T)
     k = g.new(f"indexer_k-{il}", "ROPE", "F32", k.ne, k, pos)
-    cache, cached = _cache_k(c, g, f"cache_k_l{il}", hk, _type(c.sp.type_k).name, il)
-    g.expand(_cache_write(c, g, cache, k, hk, inp.k_idxs_lid))
+    cache, cached = cache_k(c, g, f"cache_k_l{il}", hk, _type(c.sp.type_k).name, il)
+    g.expand(cache_write(c, g, cache, k, hk, inp.k_idxs_lid))
     weights = g.mul_mat(f"indexer_weights-{il}", _w(c, p + "proj.weight", il), cur)
     q = g.view(q, (hk, n_heads, T // ns, ns), (q.nb[0], q.nb[1], q.nb[2], q.nb[3] // ns))
     weights = g.view(
@@ -179,8 +180,8 @@ def _attention(c: _Ctx, g: _Graph, x: _T, il: int, k_idxs: _T, mask: _T, dsa: _D
     for t in (qcur, kv_cmpr, kcur):
         g.expand(t)
     width = rank + n_rot
-    cache, k = _cache_k(c, g, f"cache_k_l{il}", width, _type(sp.type_k).name, il)
-    g.expand(_cache_write(c, g, cache, kcur, width, k_idxs))
+    cache, k = cache_k(c, g, f"cache_k_l{il}", width, _type(sp.type_k).name, il)
+    g.expand(cache_write(c, g, cache, kcur, width, k_idxs))
     if dsa is not None:
         mask = _sparse_mask(c, g, dsa, top_k[0], il)
     cur = mha(c, g, qcur, k, mask, il, rank, _w(c, p + "attn_sinks.weight", il))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph, _type
 from ggufx.analysis.memory.graph.llm import _Ctx, _inp_embd, _norm, _w
-from ggufx.analysis.memory.graph.models.deepseek2 import ffn, mla_mha, moe_ffn, moe_params
+from ggufx.analysis.memory.graph.models.deepseek2 import cache_k, cache_write, ffn, mla_mha, moe_ffn, moe_params
 from ggufx.analysis.memory.graph.models.qwen3next import file_value
 from ggufx.analysis.memory.graph.models.qwen35 import _rs
 from ggufx.analysis.memory.hparams import hparams
@@ -122,7 +122,7 @@ def _mla(c: _Ctx, g: _Graph, x: _T, il: int, k_idxs: _T, mask: _T) -> _T:
     without q_lora and without RoPE (``k_pe`` and ``q_pe`` are views of the projections), through
     :func:`~ggufx.analysis.memory.graph.models.deepseek2.mla_mha`."""
     sp = c.sp
-    T, ns = c.n_tokens, sp.n_streams
+    T = c.n_tokens
     nh = c.hp.n_head[il]
     p = f"blk.{il}."
     wk_b = _w(c, p + "attn_k_b.weight", il)
@@ -146,16 +146,8 @@ def _mla(c: _Ctx, g: _Graph, x: _T, il: int, k_idxs: _T, mask: _T) -> _T:
     kcur = g.new(f"Kcur-{il}", "CONCAT", "F32", (rank + n_rot, 1, T), kv_cmpr, k_pe)
     for t in (qcur, kv_cmpr, kcur):
         g.expand(t)
-    hk_all = rank + n_rot
-    n_kv = mask.ne[0]
-    cache_k = g.leaf(f"cache_k_l{il}", _type(sp.type_k).name, (hk_all, n_kv * ns), buft=c.cache_buft[il])
-    kv = g.view(kcur, (hk_all, T), None)
-    dst = g.reshape(cache_k, hk_all, n_kv * ns) if ns > 1 else cache_k
-    set_k = g.view(dst, dst.ne, dst.nb, "SET_ROWS")
-    set_k.src = [kv, k_idxs, dst]
-    g.expand(set_k)
-    krow = cache_k.nb[1]
-    k = g.view(cache_k, (hk_all, 1, n_kv, ns), (cache_k.nb[0], krow, krow, krow * n_kv))
+    cache, k = cache_k(c, g, f"cache_k_l{il}", rank + n_rot, _type(sp.type_k).name, il)
+    g.expand(cache_write(c, g, cache, kcur, rank + n_rot, k_idxs))
     return mla_mha(c, g, qcur, k, mask, il, rank)
 
 
