@@ -17,13 +17,12 @@ from dataclasses import replace
 from typing import cast
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph, _type
-from ggufx.analysis.memory.graph.llm import _Ctx, _inp_embd, _norm, _w, _weight, kqv_on_host, model_of
+from ggufx.analysis.memory.graph.llm import _Ctx, _inp_embd, _norm, _w, _weight, model_of
 from ggufx.analysis.memory.graph.models import deepseek2, qwen3next
-from ggufx.analysis.memory.graph.models.deepseek2 import cache_k, cache_write
-from ggufx.analysis.memory.graph.models.kimi_linear import _causal_conv, _Kda, _kda_dims
+from ggufx.analysis.memory.graph.models.deepseek2 import cache_k, cache_write, mha
+from ggufx.analysis.memory.graph.models.kimi_linear import _causal_conv, _Kda, _kda_dims, kda_header
 from ggufx.analysis.memory.graph.models.qwen35 import _rs
 from ggufx.analysis.memory.graph.models.step35 import _clamped_swiglu, _ClampedExperts, _clamps
-from ggufx.analysis.memory.hparams import hparams
 from ggufx.format.values import GGUFArray
 from ggufx.model import GGUFModel
 
@@ -92,40 +91,6 @@ def _kda(c: _Ctx, g: _Graph, x: _T, il: int, s_copy: _T, d: _Kda) -> _T:
     gated = g.op(f"kda_gated-{il}", "MUL", normed, g.op(f"kda_gate-{il}", "UNARY", g.reshape(out_gate, S, H, T)))
     gated = g.new(f"kda_gated_cont-{il}", "CONT", "F32", (d.d_inner, T), gated)
     return g.mul_mat(f"kda_out-{il}", _w(c, p + "attn_output.weight", il), gated)
-
-
-def mha(c: _Ctx, g: _Graph, qcur: _T, k: _T, mask: _T, il: int, rank: int, sinks: _T | None = None) -> _T:
-    """``build_attn_mha`` over the MLA cache view ``k`` (V its first ``rank`` values) and ``attn_v_b``
-    decompressing each head (llama-graph.cpp:2691-2820): :func:`~.deepseek2.mla_mha` without the output
-    projection (``build_attn``'s ``wo`` is null here); ``sinks``: the attention sinks, a source of the
-    flash attention or of the softmax (``ggml_flash_attn_ext_add_sinks``, ``ggml_soft_max_add_sinks``)."""
-    extra = [sinks] if sinks is not None else []
-    ns, fa = c.sp.n_streams, c.sp.flash_attn
-    T, nh, n_kv = c.n_tokens, qcur.ne[1], k.ne[2]
-    wv_b = _w(c, f"blk.{il}.attn_v_b.weight", il)
-    width = qcur.ne[0]
-    v = g.view(k, (rank, 1, n_kv, ns), k.nb)
-    qv = g.view(qcur, (width, nh, T // ns, ns), (qcur.nb[0], qcur.nb[1], qcur.nb[2], qcur.nb[2] * (T // ns)))
-    qp, kp, vp = g.permute(qv, 0, 2, 1, 3), g.permute(k, 0, 2, 1, 3), g.permute(v, 0, 2, 1, 3)
-    if fa:
-        out = g.new(f"node_fa-{il}", "FLASH_ATTN_EXT", "F32", (rank, nh, T // ns, ns), qp, kp, vp, mask, *extra)
-        out = g.permute(out, 0, 2, 1, 3)
-        out = g.mul_mat(f"fattn_mla-{il}", wv_b, out)
-        out = g.permute(out, 0, 2, 1, 3)
-        out = g.new(f"node_cont-{il}", "CONT", "F32", out.ne, out)
-        cur = g.reshape(out, out.ne[0] * out.ne[1], out.ne[2] * out.ne[3])
-    else:
-        kq = g.mul_mat(f"kq-{il}", kp, qp)
-        kq = g.op(f"kq_soft_max-{il}", "SOFT_MAX", kq, mask, *extra)
-        vt = g.permute(vp, 1, 0, 2, 3)  # ggml_transpose
-        vc = g.new(f"v_cont-{il}", "CONT", vt.type, vt.ne, vt)
-        kqv = g.mul_mat(f"kqv-{il}", vc, kq)
-        kqv = g.mul_mat(f"kqv_mla-{il}", wv_b, kqv)
-        perm = g.permute(kqv, 0, 2, 1, 3)
-        cur = g.new(f"kqv_out-{il}", "CONT", "F32", (perm.ne[0] * perm.ne[1], perm.ne[2] * perm.ne[3]), perm)
-        kqv_on_host(c, cur)
-    g.expand(cur)
-    return cur
 
 
 def mla(c: _Ctx, g: _Graph, x: _T, il: int, k_idxs: _T, mask: _T, rope: bool = True) -> tuple[_T, int]:
@@ -250,19 +215,10 @@ def unbuildable(model: GGUFModel) -> str | None:
         return md.get_int(f"{a}.{key}") or 0
 
     n_main = get("block_count") - get("nextn_predict_layers")
-    E, d_conv, head = get("embedding_length"), get("ssm.conv_kernel"), get("kda.head_dim")
-    if d_conv < 2 or head <= 0:
-        return f"the graph needs {a}.ssm.conv_kernel >= 2 and a positive {a}.kda.head_dim"
-    gating = get("expert_gating_func")
-    if gating not in (deepseek2.SOFTMAX, deepseek2.SIGMOID, deepseek2.SOFTMAX_WEIGHT):
-        return f"the graph needs {a}.expert_gating_func 1, 2 or 3 (softmax, sigmoid, softmax weights), not {gating}"
-    n_exp, n_used, n_lead = get("expert_count"), get("expert_used_count"), get("leading_dense_block_count")
-    if n_lead < n_main and not 0 < n_used <= n_exp <= 1024:
-        return "the graph needs 0 < expert_used_count <= expert_count <= 1024"
-    hp = hparams(model)
-    n_head = hp.n_head[0] if hp.n_head else 0
-    if n_head <= 0 or min(hp.n_head) != n_head:
-        return f"the graph needs one positive {a}.attention.head_count for every layer"
+    h = kda_header(model, n_main)
+    if isinstance(h, str):
+        return h
+    E, d_conv, head, n_head, n_lead, hp = h.n_embd, h.d_conv, h.head, h.n_head, h.n_lead, h.hp
     tensors = {t.name: tuple(t.shape) for t in model.tensors}
     d_inner = head * n_head
     kda: dict[str, tuple[int, ...]] = {

@@ -256,20 +256,21 @@ def cache_k(c: _Ctx, g: _Graph, name: str, width: int, type_: str, il: int) -> t
     return cache, g.view(cache, (width, 1, n_kv, ns), (cache.nb[0], row, row, row * n_kv))
 
 
-def mla_mha(c: _Ctx, g: _Graph, qcur: _T, k: _T, mask: _T, il: int, rank: int) -> _T:
-    """``build_attn_mha`` over an MLA cache view ``k`` (V its first ``rank`` values), then ``attn_v_b``
-    decompressing each head and the output projection (llama-graph.cpp:2691-2820): deepseek2's and
-    deepseek32's layers alike."""
+def mha(c: _Ctx, g: _Graph, qcur: _T, k: _T, mask: _T, il: int, rank: int, sinks: _T | None = None) -> _T:
+    """``build_attn_mha`` over the MLA cache view ``k`` (V its first ``rank`` values) and ``attn_v_b``
+    decompressing each head (llama-graph.cpp:2691-2820), without the output projection (:func:`mla_mha` adds
+    it; ``build_attn``'s ``wo`` is null in Ling 2.5 and HY V4); ``sinks``: the attention sinks, a source of the
+    flash attention or of the softmax (``ggml_flash_attn_ext_add_sinks``, ``ggml_soft_max_add_sinks``)."""
+    extra = [sinks] if sinks is not None else []
     ns, fa = c.sp.n_streams, c.sp.flash_attn
     T, nh, n_kv = c.n_tokens, qcur.ne[1], k.ne[2]
-    p = f"blk.{il}."
-    wv_b = _w(c, p + "attn_v_b.weight", il)
+    wv_b = _w(c, f"blk.{il}.attn_v_b.weight", il)
     width = qcur.ne[0]
     v = g.view(k, (rank, 1, n_kv, ns), k.nb)
     qv = g.view(qcur, (width, nh, T // ns, ns), (qcur.nb[0], qcur.nb[1], qcur.nb[2], qcur.nb[2] * (T // ns)))
     qp, kp, vp = g.permute(qv, 0, 2, 1, 3), g.permute(k, 0, 2, 1, 3), g.permute(v, 0, 2, 1, 3)
     if fa:
-        out = g.new(f"node_fa-{il}", "FLASH_ATTN_EXT", "F32", (rank, nh, T // ns, ns), qp, kp, vp, mask)
+        out = g.new(f"node_fa-{il}", "FLASH_ATTN_EXT", "F32", (rank, nh, T // ns, ns), qp, kp, vp, mask, *extra)
         out = g.permute(out, 0, 2, 1, 3)
         out = g.mul_mat(f"fattn_mla-{il}", wv_b, out)
         out = g.permute(out, 0, 2, 1, 3)
@@ -277,7 +278,7 @@ def mla_mha(c: _Ctx, g: _Graph, qcur: _T, k: _T, mask: _T, il: int, rank: int) -
         cur = g.reshape(out, out.ne[0] * out.ne[1], out.ne[2] * out.ne[3])
     else:
         kq = g.mul_mat(f"kq-{il}", kp, qp)
-        kq = g.op(f"kq_soft_max-{il}", "SOFT_MAX", kq, mask)
+        kq = g.op(f"kq_soft_max-{il}", "SOFT_MAX", kq, mask, *extra)
         vt = g.permute(vp, 1, 0, 2, 3)  # ggml_transpose
         vc = g.new(f"v_cont-{il}", "CONT", vt.type, vt.ne, vt)
         kqv = g.mul_mat(f"kqv-{il}", vc, kq)
@@ -286,7 +287,12 @@ def mla_mha(c: _Ctx, g: _Graph, qcur: _T, k: _T, mask: _T, il: int, rank: int) -
         cur = g.new(f"kqv_out-{il}", "CONT", "F32", (perm.ne[0] * perm.ne[1], perm.ne[2] * perm.ne[3]), perm)
         kqv_on_host(c, cur)
     g.expand(cur)
-    return g.mul_mat(f"attn_out-{il}", _w(c, p + "attn_output.weight", il), cur)
+    return cur
+
+
+def mla_mha(c: _Ctx, g: _Graph, qcur: _T, k: _T, mask: _T, il: int, rank: int) -> _T:
+    """:func:`mha` then the output projection: deepseek2's and deepseek32's layers alike."""
+    return g.mul_mat(f"attn_out-{il}", _w(c, f"blk.{il}.attn_output.weight", il), mha(c, g, qcur, k, mask, il, rank))
 
 
 def build(c: _Ctx, g: _Graph) -> _T:
@@ -352,6 +358,7 @@ __all__ = [
     "cache_k",
     "cache_write",
     "ffn",
+    "mha",
     "moe_ffn",
     "moe_params",
     "params_of",

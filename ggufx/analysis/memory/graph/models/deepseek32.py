@@ -50,9 +50,10 @@ class _Dsa:
         self.k_rot = g.input("attn_inp_k_rot", "F32", n, n)
 
 
-def _indexer(c: _Ctx, g: _Graph, cur: _T, qr: _T, il: int, inp: _Dsa) -> _T:
+def _indexer(c: _Ctx, g: _Graph, cur: _T, qr: _T, il: int, inp: _Dsa, top_k: int, rotate: bool = True) -> _T:
     """The lightning indexer of one full layer (deepseek32.cpp:214-318 with ``cparams.fused_lid``): the
-    indexer keys written to its cache, then the top-k cells of its scores (the CONT of TOP_K)."""
+    indexer keys written to its cache, then the ``top_k`` cells of its scores (the CONT of TOP_K). HY V4's
+    (hy-v4.cpp:327-400) is the same without the Hadamard rotation of the queries and keys (``rotate``)."""
     hp, T, ns = c.hp, c.n_tokens, c.sp.n_streams
     pos = c.pos
     assert pos is not None
@@ -69,8 +70,9 @@ def _indexer(c: _Ctx, g: _Graph, cur: _T, qr: _T, il: int, inp: _Dsa) -> _T:
     k = g.op(f"indexer_k-{il}", "ADD", k, _w(c, p + "k_norm.bias", il))
     k = g.reshape(k, hk, 1, T)
     k = g.new(f"indexer_k-{il}", "ROPE", "F32", k.ne, k, pos)
-    q = g.mul_mat(f"indexer_q-{il}", inp.k_rot, q)
-    k = g.mul_mat(f"indexer_k-{il}", inp.k_rot, k)
+    if rotate:
+        q = g.mul_mat(f"indexer_q-{il}", inp.k_rot, q)
+        k = g.mul_mat(f"indexer_k-{il}", inp.k_rot, k)
     cache, cached = cache_k(c, g, f"cache_k_l{il}", hk, _type(c.sp.type_k).name, il)
     g.expand(cache_write(c, g, cache, k, hk, inp.k_idxs_lid))
     weights = g.mul_mat(f"indexer_weights-{il}", _w(c, p + "proj.weight", il), cur)
@@ -83,7 +85,7 @@ def _indexer(c: _Ctx, g: _Graph, cur: _T, qr: _T, il: int, inp: _Dsa) -> _T:
     score = g.new(
         f"indexer_score-{il}", "LIGHTNING_INDEXER", "F32", (n_kv, T // ns, 1, ns), q, cached, weights, inp.mask_lid
     )
-    n_top = min(n_kv, int(_top_k(c)))
+    n_top = min(n_kv, top_k)
     top = g.new(f"top_k-{il}", "TOP_K", "I32", (n_top, *score.ne[1:]), score)
     return g.new(f"top_k-{il}", "CONT", "I32", top.ne, top)
 
@@ -177,7 +179,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
         qr = g.mul_mat(f"qr-{il}", _w(c, f"blk.{il}.attn_q_a.weight", il), cur)
         qr = _norm(c, g, qr, f"blk.{il}.attn_q_a_norm.weight", il)
         if il in full:
-            prev_top_k = _indexer(c, g, cur, qr, il, inp)
+            prev_top_k = _indexer(c, g, cur, qr, il, inp, _top_k(c))
         assert prev_top_k is not None  # unbuildable: the first trunk layer has an indexer
         cur = _attn(c, g, cur, qr, il, inp, prev_top_k)
         x = layer_tail(c, g, cur, inp_sa, il, il == last, out_ids, mp, gating)

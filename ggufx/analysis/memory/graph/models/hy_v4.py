@@ -19,9 +19,8 @@ from dataclasses import replace
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph, _type
 from ggufx.analysis.memory.graph.llm import _Ctx, _inp_embd, _norm, _w
 from ggufx.analysis.memory.graph.models import deepseek2, qwen3next
-from ggufx.analysis.memory.graph.models.bailingmoe3 import mha
-from ggufx.analysis.memory.graph.models.deepseek2 import cache_k, cache_write
-from ggufx.analysis.memory.graph.models.deepseek32 import _Dsa, _sparse_mask
+from ggufx.analysis.memory.graph.models.deepseek2 import cache_k, cache_write, mha
+from ggufx.analysis.memory.graph.models.deepseek32 import _Dsa, _indexer, _sparse_mask
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.model import GGUFModel
 
@@ -105,42 +104,6 @@ def _hc_post(g: _Graph, x: _T, residual: _T, post: _T) -> _T:
     return _cast(g, out)
 
 
-def _indexer(c: _Ctx, g: _Graph, cur: _T, qr: _T, il: int, inp: _Dsa) -> _T:
-    """``build_indexer_top_k`` (hy-v4.cpp:327-400, ``fused_lid``): deepseek32's indexer without the
-    Hadamard rotation: the roped keys written to the indexer cache, the roped queries from ``qr``, the
-    scaled per-head weights, the fused ``LIGHTNING_INDEXER`` scores and the CONT of their ``TOP_K``."""
-    hp, T, ns = c.hp, c.n_tokens, c.sp.n_streams
-    pos = c.pos
-    assert pos is not None
-    p = f"blk.{il}.indexer."
-    hk = hp.indexer_k
-    q = g.mul_mat(f"indexer_q-{il}", _w(c, p + "attn_q_b.weight", il), qr)
-    n_heads = q.ne[0] // hk
-    q = g.reshape(q, hk, n_heads, T)
-    q = g.new(f"indexer_q-{il}", "ROPE", "F32", q.ne, q, pos)
-    k = g.mul_mat(f"indexer_k-{il}", _w(c, p + "attn_k.weight", il), cur)
-    k = g.op(f"norm-{il}", "NORM", k)
-    k.backend = c.pin[il]
-    k = g.op(f"norm_w-{il}", "MUL", k, _w(c, p + "k_norm.weight", il))
-    k = g.op(f"indexer_k-{il}", "ADD", k, _w(c, p + "k_norm.bias", il))
-    k = g.reshape(k, hk, 1, T)
-    k = g.new(f"indexer_k-{il}", "ROPE", "F32", k.ne, k, pos)
-    cache, cached = cache_k(c, g, f"cache_k_l{il}", hk, _type(c.sp.type_k).name, il)
-    g.expand(cache_write(c, g, cache, k, hk, inp.k_idxs_lid))
-    weights = g.mul_mat(f"indexer_weights-{il}", _w(c, p + "proj.weight", il), cur)
-    q = g.view(q, (hk, n_heads, T // ns, ns), (q.nb[0], q.nb[1], q.nb[2], q.nb[3] // ns))
-    weights = g.view(
-        weights, (n_heads, T // ns, 1, ns), (weights.nb[0], weights.nb[1], weights.nb[2] // ns, weights.nb[3] // ns)
-    )
-    weights = g.new(f"indexer_weights-{il}", "SCALE", "F32", weights.ne, weights)
-    n_kv = cached.ne[2]
-    score = g.new(
-        f"indexer_score-{il}", "LIGHTNING_INDEXER", "F32", (n_kv, T // ns, 1, ns), q, cached, weights, inp.mask_lid
-    )
-    top = g.new(f"top_k-{il}", "TOP_K", "I32", (min(n_kv, _top_k(c)), *score.ne[1:]), score)
-    return g.new(f"top_k-{il}", "CONT", "I32", top.ne, top)
-
-
 def _attention(c: _Ctx, g: _Graph, x: _T, il: int, k_idxs: _T, mask: _T, dsa: _Dsa | None, top_k: list[_T]) -> _T:
     """``build_attention`` / ``build_attention_dsa`` (hy-v4.cpp:247-325, :402-480): q_lora (the indexer of
     a full layer between ``q_a_norm`` and ``q_b``), the compressed latent and the roped part of K, the
@@ -161,7 +124,7 @@ def _attention(c: _Ctx, g: _Graph, x: _T, il: int, k_idxs: _T, mask: _T, dsa: _D
     qr = g.mul_mat(f"q_a-{il}", _w(c, p + "attn_q_a.weight", il), x)
     qr = _norm(c, g, qr, p + "attn_q_a_norm.weight", il)
     if dsa is not None and il in c.hp.indexer_layers:
-        top_k[:] = [_indexer(c, g, x, qr, il, dsa)]
+        top_k[:] = [_indexer(c, g, x, qr, il, dsa, _top_k(c), rotate=False)]
     q = g.mul_mat(f"q_b-{il}", _w(c, p + "attn_q_b.weight", il), qr)
     qrow = 4 * hk
     q_nope = g.view(q, (nope, nh, T), (4, qrow, qrow * nh))

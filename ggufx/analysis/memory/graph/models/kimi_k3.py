@@ -17,9 +17,8 @@ from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
 from ggufx.analysis.memory.graph.llm import _Ctx, _inp_embd, _norm, _w, _weight
 from ggufx.analysis.memory.graph.models import deepseek2, qwen3next
 from ggufx.analysis.memory.graph.models.bailingmoe3 import _conv_ok, mla
-from ggufx.analysis.memory.graph.models.kimi_linear import _causal_conv, _Kda, _kda_dims
+from ggufx.analysis.memory.graph.models.kimi_linear import _causal_conv, _Kda, _kda_dims, kda_header
 from ggufx.analysis.memory.graph.models.qwen35 import _rs
-from ggufx.analysis.memory.hparams import hparams
 from ggufx.model import GGUFModel
 
 
@@ -249,20 +248,11 @@ def unbuildable(model: GGUFModel) -> str | None:
     def get(key: str) -> int:
         return md.get_int(f"{a}.{key}") or 0
 
-    n_layer, E = get("block_count"), get("embedding_length")
-    d_conv, head = get("ssm.conv_kernel"), get("kda.head_dim")
-    if d_conv < 2 or head <= 0:
-        return f"the graph needs {a}.ssm.conv_kernel >= 2 and a positive {a}.kda.head_dim"
-    gating = get("expert_gating_func")
-    if gating not in (deepseek2.SOFTMAX, deepseek2.SIGMOID, deepseek2.SOFTMAX_WEIGHT):
-        return f"the graph needs {a}.expert_gating_func 1, 2 or 3 (softmax, sigmoid, softmax weights), not {gating}"
-    n_exp, n_used, n_lead = get("expert_count"), get("expert_used_count"), get("leading_dense_block_count")
-    if n_lead < n_layer and not 0 < n_used <= n_exp <= 1024:
-        return "the graph needs 0 < expert_used_count <= expert_count <= 1024"
-    hp = hparams(model)
-    n_head = hp.n_head[0] if hp.n_head else 0
-    if n_head <= 0 or min(hp.n_head) != n_head:
-        return f"the graph needs one positive {a}.attention.head_count for every layer"
+    n_layer = get("block_count")
+    h = kda_header(model, n_layer)
+    if isinstance(h, str):
+        return h
+    E, d_conv, head, n_head, n_lead, hp = h.n_embd, h.d_conv, h.head, h.n_head, h.n_lead, h.hp
     tensors = {t.name: tuple(t.shape) for t in model.tensors}
     d_inner = head * n_head
     kda: dict[str, tuple[int, ...]] = {"attn_q.weight": (E, d_inner), "attn_k.weight": (E, d_inner)}

@@ -12,10 +12,20 @@ from dataclasses import dataclass, replace
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph, _type
 from ggufx.analysis.memory.graph.llm import _Ctx, _inp_embd, _norm, _w
-from ggufx.analysis.memory.graph.models.deepseek2 import cache_k, cache_write, ffn, mla_mha, moe_ffn, moe_params
+from ggufx.analysis.memory.graph.models.deepseek2 import (
+    SIGMOID,
+    SOFTMAX,
+    SOFTMAX_WEIGHT,
+    cache_k,
+    cache_write,
+    ffn,
+    mla_mha,
+    moe_ffn,
+    moe_params,
+)
 from ggufx.analysis.memory.graph.models.qwen3next import file_value
 from ggufx.analysis.memory.graph.models.qwen35 import _rs
-from ggufx.analysis.memory.hparams import hparams
+from ggufx.analysis.memory.hparams import Hparams, hparams
 from ggufx.model import GGUFModel
 
 
@@ -196,30 +206,53 @@ def build(c: _Ctx, g: _Graph) -> _T:
     return logits
 
 
-def unbuildable(model: GGUFModel) -> str | None:
-    """Why the kimi-linear graph cannot be built from this file (None when it can): the KDA dimensions,
-    the gating, the absorbed MLA form (legacy files with one ``attn_kv_b`` and MLA layers with q_lora are
-    not simulated), every tensor the graph reads in the shape kimi-linear.cpp:34-173 creates it."""
+@dataclass(frozen=True, slots=True)
+class KdaHeader:
+    """What the graphs of the KDA/MLA hybrids (kimi-linear, Ling 2.5, Kimi-K3) read from the header."""
+
+    n_embd: int
+    d_conv: int  # ssm.conv_kernel
+    head: int  # kda.head_dim
+    n_head: int  # one head count for every layer
+    n_lead: int  # leading_dense_block_count
+    hp: Hparams
+
+
+def kda_header(model: GGUFModel, n_trunk: int) -> KdaHeader | str:
+    """The header checks those graphs share (the reason when a file fails one): the KDA convolution and
+    head size, a gating ``build_moe_ffn`` builds, the expert counts where a trunk layer has experts, one
+    positive head count."""
     md = model.metadata
     a = model.architecture or ""
 
     def get(key: str) -> int:
         return md.get_int(f"{a}.{key}") or 0
 
-    n_layer, E = get("block_count"), get("embedding_length")
-    d_conv, head = get("ssm.conv_kernel"), get("kda.head_dim")
+    E, d_conv, head = get("embedding_length"), get("ssm.conv_kernel"), get("kda.head_dim")
     if d_conv < 2 or head <= 0:
         return f"the graph needs {a}.ssm.conv_kernel >= 2 and a positive {a}.kda.head_dim"
     gating = get("expert_gating_func")
-    if gating not in (1, 2, 3):
+    if gating not in (SOFTMAX, SIGMOID, SOFTMAX_WEIGHT):
         return f"the graph needs {a}.expert_gating_func 1, 2 or 3 (softmax, sigmoid, softmax weights), not {gating}"
     n_exp, n_used, n_lead = get("expert_count"), get("expert_used_count"), get("leading_dense_block_count")
-    if n_lead < n_layer and not 0 < n_used <= n_exp <= 1024:
+    if n_lead < n_trunk and not 0 < n_used <= n_exp <= 1024:
         return "the graph needs 0 < expert_used_count <= expert_count <= 1024"
     hp = hparams(model)
-    n_head, n_head_kv = hp.n_head[0], hp.n_head_kv
-    if min(hp.n_head) != n_head or n_head <= 0:
+    n_head = hp.n_head[0] if hp.n_head else 0
+    if n_head <= 0 or min(hp.n_head) != n_head:
         return f"the graph needs one positive {a}.attention.head_count for every layer"
+    return KdaHeader(E, d_conv, head, n_head, n_lead, hp)
+
+
+def unbuildable(model: GGUFModel) -> str | None:
+    """Why the kimi-linear graph cannot be built from this file (None when it can): the KDA dimensions,
+    the gating, the absorbed MLA form (legacy files with one ``attn_kv_b`` and MLA layers with q_lora are
+    not simulated), every tensor the graph reads in the shape kimi-linear.cpp:34-173 creates it."""
+    n_layer = model.metadata.get_int(f"{model.architecture}.block_count") or 0
+    h = kda_header(model, n_layer)
+    if isinstance(h, str):
+        return h
+    E, d_conv, head, n_head, n_lead, n_head_kv = h.n_embd, h.d_conv, h.head, h.n_head, h.n_lead, h.hp.n_head_kv
     tensors = {t.name: tuple(t.shape) for t in model.tensors}
     d_inner = head * n_head
     kda_2d = {"ssm_f_a": (E, head), "ssm_f_b": (head, d_inner), "ssm_beta": (E, n_head), "ssm_g_a": (E, head)}
