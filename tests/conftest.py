@@ -9,13 +9,22 @@ fails - it does not skip - when they cannot be had.
 
 from __future__ import annotations
 
+import atexit
 import importlib
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
 import pytest
+
+# ggufx's caches (remote headers, the local header index) go to a folder of this run, not the user's
+if "GGUFX_CACHE_DIR" not in os.environ:
+    os.environ["GGUFX_CACHE_DIR"] = tempfile.mkdtemp(prefix="ggufx-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["GGUFX_CACHE_DIR"], True)
 
 from tests.support import GEMMA_PKGS, SMOLLM2_PKG, CliRun, find_llama_bin, model_cache, run_cli
 

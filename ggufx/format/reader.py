@@ -22,6 +22,7 @@ few reads.
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from math import prod
 from typing import Any, Protocol
@@ -184,15 +185,20 @@ class _Cursor:
         raise cls(self.path, at, what)
 
 
-def parse_header(src: ByteSource) -> GGUFHeader:
+def parse_header(src: ByteSource, string_arrays: Mapping[int, tuple[int, int]] | None = None) -> GGUFHeader:
     """Parse and validate the header of ``src``. Costs O(header) reads, never O(file).
 
     Four steps, each needing the one before: the preamble (magic, version, counts), the metadata
-    (which sets the alignment), the tensor infos, and the layout of their data."""
+    (which sets the alignment), the tensor infos, and the layout of their data.
+
+    ``string_arrays`` maps the offset of a string array's first element to ``(count, end)`` as an
+    earlier parse of the same bytes found them (:mod:`ggufx.io.header_index`): such an array is not
+    walked again (the walk is most of the parse of a large vocabulary). An entry whose count differs
+    from the file's, or whose end the file cannot hold, is ignored."""
     cur = _Cursor(src)
     version, bo = _read_version(cur)
     n_tensors, n_kv = _read_counts(cur, bo)
-    p = _Parser(cur, bo)
+    p = _Parser(cur, bo, string_arrays or {})
     kvs, tensor_info_offset = p.metadata(PREAMBLE_SIZE, n_kv)
     alignment = _alignment(cur.path, kvs)
     infos, header_end = p.tensor_infos(tensor_info_offset, n_tensors, alignment)
@@ -339,11 +345,12 @@ def _text(path: str, data: bytearray, start: int, end: int, errors: str = "surro
 
 
 class _Parser:
-    __slots__ = ("cur", "bo", "u64", "i32", "nested")
+    __slots__ = ("cur", "bo", "u64", "i32", "nested", "known")
 
-    def __init__(self, cur: _Cursor, bo: str):
+    def __init__(self, cur: _Cursor, bo: str, known: Mapping[int, tuple[int, int]]):
         self.cur = cur
         self.bo = bo
+        self.known = known  # string arrays walked before: first element -> (count, end)
         self.u64 = struct.Struct(bo + "Q")
         self.i32 = struct.Struct(bo + "i")
         self.nested = 0  # nested arrays read for the current key
@@ -552,7 +559,12 @@ class _Parser:
                     path, pos - 8, f"array {key!r} claims {count:,} strings, more than the file can hold"
                 )
             self._count_limit(pos - 8, count, key)
-            end = self._skip_strings(pos, count, key)
+            seen = self.known.get(pos)
+            if seen is not None and seen[0] == count and pos + 8 * count <= seen[1] <= cur.size:
+                end = seen[1]
+                cur.need(end, pos, f"array {key!r}")
+            else:
+                end = self._skip_strings(pos, count, key)
             return GGUFArray(cur.data, self.bo, etype, count, pos, end - pos), end
         if etype is ValueType.ARRAY:
             if count > left // 12:

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ggufx.errors import SourceError
+from ggufx.io.header_index import default_cache_dir
 from ggufx.io.http import HTTPClient, Location, Response, Retry, Stats, drain, validator
 
 if TYPE_CHECKING:  # the parser is imported when a header is parsed, not with this module
@@ -66,15 +67,6 @@ class RemoteConfig:
     max_header_bytes: int = 512 << 20  # a header claiming more is refused (a hostile server or file)
     # the HTTP client of this config (made by client() on first use; a copy starts without one)
     _client: HTTPClient[RemoteConfig] | None = field(default=None, init=False, repr=False, compare=False)
-
-
-def default_cache_dir() -> str | None:
-    if os.environ.get("GGUFX_NO_CACHE"):
-        return None
-    if os.environ.get("GGUFX_CACHE_DIR"):
-        return os.environ["GGUFX_CACHE_DIR"]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return os.path.join(base, "ggufx", "headers")
 
 
 def _env_offline() -> bool:

@@ -24,7 +24,7 @@ def is_remote(location: str | os.PathLike[str]) -> bool:
 class FileSource:
     """A local file read with positional reads."""
 
-    __slots__ = ("path", "size", "_fd", "bytes_read", "reads")
+    __slots__ = ("path", "size", "identity", "_fd", "bytes_read", "reads")
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = os.fspath(path)
@@ -43,6 +43,8 @@ class FileSource:
             os.close(self._fd)
             raise SourceError(self.path, None, "is a directory, not a GGUF file")
         self.size = st.st_size
+        # which version of which file this is (ggufx.io.header_index's key): any write changes it
+        self.identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         self.bytes_read = 0
         self.reads = 0
 

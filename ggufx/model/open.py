@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ggufx.format.reader import GGUFHeader, parse_header
+from ggufx.io import header_index
 from ggufx.io.sources import FileSource, close_source, is_remote
 from ggufx.model.model import GGUFModel
 from ggufx.model.shards import assemble_shards
@@ -47,7 +48,11 @@ def open_model(
     def parse(p: str) -> GGUFHeader:
         src = opener(p)
         try:
-            return parse_header(src)
+            identity = getattr(src, "identity", None)
+            known = header_index.load(identity)
+            head = parse_header(src, known)
+            header_index.store(identity, head, known)
+            return head
         finally:
             close_source(src)
 
