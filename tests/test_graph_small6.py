@@ -2,15 +2,16 @@
 CPU build:
 
 * ``talkie`` (src/models/talkie.cpp, graph/models/talkie.py): weightless RMS norms, Q/K normed after RoPE with
-  a per-head Q gain, the per-tensor output scales, the normed embeddings added to every layer, scaled logits;
-  also at talkie-1930-13b's published dimensions (40 layers of 5120, 65,540 tokens);
+  a per-head Q gain, the per-tensor output scales (and a file without them), the normed embeddings added to
+  every layer, scaled logits; also at talkie-1930-13b's published dimensions (40 layers of 5120, 65,540 tokens);
 * ``maple`` (maple.cpp, graph/models/maple.py): sliding-window layers from the pattern array (RoPE on them
   only), Q/K head norms, clamped-SwiGLU experts (``SWIGLU_CLAMP``: a GLU node);
 * ``muse-glimmer`` (muse-glimmer.cpp, graph/models/muse_glimmer.py): a period-4 window (NoPE on the full
-  layers), the sigmoid gate of the attention output, unpinned post norms, scaled and soft-capped logits;
+  layers), the sigmoid gate of the attention output, unpinned post norms, scaled logits soft-capped at the
+  file's final_logit_softcapping, at llama_hparams' default of 30 without the key, not at all at 0;
 * ``hrm_text`` (hrm-text.cpp, graph/models/hrm_text.py): the low and high stacks run h_cycles x (l_cycles + 1)
-  passes over cache slots of their own that alias the file's 2 x layers_per_stack blocks; also at HRM-Text-1B's
-  dimensions (128 slots over 32 blocks).
+  passes over cache slots of their own that alias the file's 2 x layers_per_stack blocks (one and two low passes
+  per cycle, with and without embedding_scale); also at HRM-Text-1B's dimensions (128 slots over 32 blocks).
 
 Per model: its compute buffer on every recorded run to the 0.0001 MiB of ``~llama_context``'s line; its graph
 against the one llama.cpp's scheduler printed, node for node; the layer shortcut against the whole replay (on
@@ -45,13 +46,14 @@ from .graph_arch_logs import (
 from .graph_grow import assert_grown_shortcut_is_whole, grown_model
 
 SMALL = ("talkie", "maple", "muse-glimmer", "hrm_text")
-MODELS = (*SMALL, "hrm_text-l2", "talkie-13b", "hrm_text-1b")
+VARIANTS = ("talkie-noscale", "muse-glimmer-defcap", "muse-glimmer-nocap", "hrm_text-l2", "hrm_text-noscale")
+MODELS = (*SMALL, *VARIANTS, "talkie-13b", "hrm_text-1b")
 ARCHS = {"talkie": "talkie", "maple": "maple", "muse-glimmer": "muse_glimmer", "hrm_text": "hrm_text"}
 CPU_RUNS = [(m, rid) for m in MODELS for rid in cpu_runs(m)]
 NODE_RUNS = [
     *(f"{m}-{run}" for m in SMALL for run in ("c4096-faoff-np3", "c16384-q8_0")),
     "maple-c8192-swafull",
-    "hrm_text-l2-c4096-faoff-np3",
+    *(f"{m}-c4096-faoff-np3" for m in VARIANTS),
 ]
 REFUSED = (
     Refused(

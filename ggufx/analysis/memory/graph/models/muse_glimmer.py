@@ -4,7 +4,7 @@ on them only (NoPE on the full ones); Q/K/V, RMS norms of each Q and K head, the
 projection times the sigmoid of ``attn_gate`` of the layer's normed input (afmoe.cpp's gate,
 :mod:`.afmoe`), then the output projection; post-attention and post-FFN norms made with ``ggml_rms_norm``
 directly (not named "norm": not pinned) beside the pre-norms; a SwiGLU FFN; the logits scaled by
-``logit_scale`` and soft-capped when ``final_logit_softcapping`` is set."""
+``logit_scale`` and soft-capped unless ``final_logit_softcapping`` is 0 (its default is 30)."""
 
 from __future__ import annotations
 
@@ -81,10 +81,11 @@ def build(c: _Ctx, g: _Graph) -> _T:
 
 
 def softcap(c: _Ctx) -> bool:
-    """Whether the file sets ``final_logit_softcapping`` (muse-glimmer.cpp:185: SCALE, TANH, SCALE when it is
-    not 0; the loader reads it optionally)."""
-    v = c.model.metadata.get(f"{c.hp.arch}.final_logit_softcapping") if c.model is not None else None
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v != 0
+    """Whether the logits are soft-capped (muse-glimmer.cpp:185: SCALE, TANH, SCALE when
+    ``f_final_logit_softcapping`` is not 0): the loader reads ``final_logit_softcapping`` optionally, over
+    llama_hparams' default of 30 (llama-hparams.h:137), so only a file that sets it to 0 has none."""
+    v = c.model.metadata.get(f"{c.hp.arch}.final_logit_softcapping", 30.0) if c.model is not None else 30.0
+    return not (isinstance(v, (int, float)) and not isinstance(v, bool) and v == 0)
 
 
 def unbuildable(model: GGUFModel) -> str | None:
