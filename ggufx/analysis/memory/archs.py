@@ -1085,6 +1085,48 @@ _ENTRIES = (
         moe=True,
         shared_experts=True,
     ),
+    # -- h-small6 (issue 25): Talkie, Maple, Muse Glimmer, HRM-Text ---------------------------------------------
+    # Talkie (13B): weightless RMS norms, the per-head Q gain after RoPE, the normed embeddings added to each layer
+    Arch("talkie", "talkie.cpp", ("logit_scale",), builder="talkie"),
+    # Maple: sliding-window layers from the required pattern array (RoPE only on them), clamped SwiGLU experts
+    Arch(
+        "maple",
+        "maple.cpp",
+        (
+            "attention.sliding_window",
+            "attention.sliding_window_pattern",
+            "expert_feed_forward_length",
+            "rope.freq_base_swa",
+            "swiglu_clamp_exp",
+        ),
+        builder="maple",
+        swa=Swa(),
+        moe=True,
+    ),
+    # Muse Glimmer (30B): load_swa_pattern(ml, 4) (every fourth layer full, NoPE), the gated attention output,
+    # post-attention/post-FFN norms, the scaled and soft-capped logits
+    Arch(
+        "muse-glimmer",
+        "muse-glimmer.cpp",
+        (
+            "attention.sliding_window",
+            "attention.sliding_window_pattern",
+            "final_logit_softcapping",
+            "logit_scale",
+            "rope.freq_base_swa",
+        ),
+        builder="muse_glimmer",
+        swa=Swa(4),
+    ),
+    # HRM-Text (DFM-Mimir): block_count is the cache-slot count, hrm.layers_per_stack x hrm.h_cycles x
+    # (hrm.l_cycles + 1); the file holds the low and the high stack's 2 x layers_per_stack blocks, which the later
+    # passes alias (one KV cache layer per slot)
+    Arch(
+        "hrm_text",
+        "hrm-text.cpp",
+        ("embedding_scale", "hrm.layers_per_stack", "hrm.h_cycles", "hrm.l_cycles", "hrm.prefix_lm"),
+        builder="hrm_text",
+    ),
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}
