@@ -120,6 +120,8 @@ def test_issue_architectures_are_registered() -> None:
         "hy_v3", "spark2_5", "bailingmoe3", "hy_v4", "kimi-k3",
         # the OCR decoders (session 6)
         "paddleocr", "hunyuan_vl", "deepseek2-ocr",
+        # session 7: the newest small decoders
+        "talkie", "maple", "muse-glimmer", "hrm_text",
     }  # fmt: skip
     assert arch_of("deepseek2").mla and arch_of("glm4moe").skips_nextn  # type: ignore[union-attr]
     assert arch_of("no-such-arch") is None and builder_of(None) is None
