@@ -1141,6 +1141,7 @@ _ENTRIES = (
             "attention.indexer.top_k",
             "attention.indexer.types",
         ),
+        builder="dots3note",
         swa=Swa(),
         mla=True,
         skips_nextn=True,
