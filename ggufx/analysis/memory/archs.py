@@ -1107,6 +1107,7 @@ _ENTRIES = (
             "attention.indexer.block_size",
             "attention.indexer.local_blocks",
         ),
+        builder="minimax_m3",
         moe=True,
         leading_dense=True,
         shared_experts=True,
