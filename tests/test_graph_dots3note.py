@@ -19,8 +19,10 @@ import pytest
 from ggufx.analysis.memory.buffers import MiB
 
 from .graph_arch_logs import (
+    NODES,
     Refused,
     assert_compute_equal,
+    assert_nodes_equal,
     assert_refused,
     assert_runs_cover,
     assert_shortcut_is_whole,
@@ -32,6 +34,7 @@ from .graph_grow import assert_grown_shortcut_is_whole, grown_model
 
 MODELS = ("dots3note", "dots3note-nomtp")
 CPU_RUNS = [(m, rid) for m in MODELS for rid in cpu_runs(m)]
+NODE_RUNS = [(m, rid) for m, rid in CPU_RUNS if (NODES / f"{rid}.tsv").exists()]
 REFUSED = (
     Refused(
         "dots3note", "blk.1.attn_gate.weight", "the graph needs tensor blk.1.attn_gate.weight, which the file lacks"
@@ -78,6 +81,15 @@ def test_the_runs_cover_the_options() -> None:
 def test_cpu_compute_buffer_equals_llama_cpp(name: str, rid: str, models: dict[str, Path]) -> None:
     text, bd = replay_cpu(rid, models[name])
     assert_compute_equal(text, bd)
+
+
+@pytest.mark.parametrize(("name", "rid"), NODE_RUNS)
+def test_the_graph_is_llama_cpps_node_for_node(name: str, rid: str, models: dict[str, Path]) -> None:
+    """The full layers' indexer (its keys and cache write, the fused scores, the top-k) before Q; the rope key's
+    norm before the RoPEs; the sparse mask of a full layer, the window's mask of a sliding one; the output gate
+    after the attention."""
+    assert len(NODE_RUNS) >= 2
+    assert_nodes_equal(rid, models[name])
 
 
 @pytest.mark.parametrize(
