@@ -4,7 +4,7 @@ absorbed MLA with q_lora in two geometries (the full layers' kv_lora_rank 512 un
 the sliding layers' dense attention over its window cache, the rope key's norm, the head-wise sigmoid gate of the
 attention output, a dense first layer then sigmoid experts plus the shared expert, the NextN block left out.
 
-Per run (flash attention on and off, -np 2 and 3, -ub 1024, q8_0 caches, --swa-full, 4K to 64K, --no-repack,
+Per run (flash attention on and off, -np 2 and 3, -ub 1024, q8_0 caches, --swa-full, 4K to 128K, --no-repack,
 --n-cpu-moe 2): every compute buffer to the 0.0001 MiB of ``~llama_context``'s line; the caches as llama.cpp
 prints them (the MLA cache and the indexer-key cache of the full layers, the window cache of the others); the
 layer shortcut against the whole replay; a file llama.cpp would refuse gets the generic estimate, with the
@@ -73,7 +73,7 @@ def test_the_runs_cover_the_options() -> None:
         ("-fa off", "-np 3", "-ub 1024", "-ctk q8_0 -ctv q8_0", "--swa-full", "--no-repack", "--n-cpu-moe 2"),
         at_least=9,
     )
-    assert any("-c 65536" in a for a in args)
+    assert any("-c 65536" in a for a in args) and any(a == "-c 131072" for a in args)  # up to the training context
     assert len(cpu_runs("dots3note-nomtp")) == 3
 
 

@@ -4,7 +4,7 @@ MiniMax-M2's attention with per-head Q/K norms, leading dense layers, sigmoid ex
 cache, the per-stream block selection and grouped flash attention of a micro-batch, the gathered blocks of one token
 per stream; dense attention without flash attention.
 
-Per run (flash attention on and off, -np 2 and 3, -ub 1, 2, 1024 and 2048, q8_0 and q4_0 caches, 4K to 64K,
+Per run (flash attention on and off, -np 2 and 3, -ub 1, 2, 1024 and 2048, q8_0 and q4_0 caches, 4K to 128K,
 --no-repack, --n-cpu-moe 2, two models: 1 dense layer, 2 KV heads, 128-value indexer keys, blocks of 64 and the top
 16; 2 dense layers, 4 KV heads, 64-value keys, blocks of 128 and the top 1): every compute buffer to the 0.0001 MiB of
 ``~llama_context``'s line; the two caches of ``llama_kv_cache_msa`` as llama.cpp prints them; the graph against the
@@ -89,6 +89,7 @@ def test_the_runs_cover_the_options() -> None:
         at_least=13,
     )
     assert any("-c 65536" in a for a in args) and any("--n-cpu-moe 2" in a for a in args)
+    assert any(a == "-c 131072" for a in args)  # the training context (context_length)
     assert any(a.endswith("-ub 1") for a in args)  # the decode graph alone (one token per stream)
     assert len(cpu_runs("minimax-m3-var")) >= 6
     assert {m for m, _ in NODE_RUNS} == set(MODELS)
