@@ -6,7 +6,8 @@ per stream; dense attention without flash attention.
 
 Per run (flash attention on and off, -np 2 and 3, -ub 1, 2, 1024 and 2048, q8_0 and q4_0 caches, 4K to 128K,
 --no-repack, --n-cpu-moe 2, two models: 1 dense layer, 2 KV heads, 128-value indexer keys, blocks of 64 and the top
-16; 2 dense layers, 4 KV heads, 64-value keys, blocks of 128 and the top 1): every compute buffer to the 0.0001 MiB of
+16; 2 dense layers, 4 KV heads, 64-value keys, blocks of 128 and the top 1; MiniMax-M3's published dimensions at 8
+layers, 4K to 256K): every compute buffer to the 0.0001 MiB of
 ``~llama_context``'s line; the two caches of ``llama_kv_cache_msa`` as llama.cpp prints them; the graph against the
 one llama.cpp's scheduler printed, node for node; the layer shortcut against the whole replay; a file llama.cpp would
 refuse gets the generic estimate, with the reason."""
@@ -40,7 +41,8 @@ from .graph_arch_logs import (
 from .graph_grow import assert_grown_shortcut_is_whole, grown_model
 
 MODELS = ("minimax-m3", "minimax-m3-var")
-CPU_RUNS = [(m, rid) for m in MODELS for rid in cpu_runs(m)]
+PUBLISHED = "minimax-m3-428b"  # the published dimensions at 8 of the 60 layers (models.py)
+CPU_RUNS = [(m, rid) for m in (*MODELS, PUBLISHED) for rid in cpu_runs(m)]
 NODE_RUNS = [(m, rid) for m, rid in CPU_RUNS if (NODES / f"{rid}.tsv").exists()]
 REFUSED = (
     Refused(
@@ -79,7 +81,7 @@ REFUSED = (
 
 @pytest.fixture(scope="module")
 def models(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return cpu_models(MODELS, smollm2_path, tmp_path_factory, "minimax_m3")
+    return cpu_models((*MODELS, PUBLISHED), smollm2_path, tmp_path_factory, "minimax_m3")
 
 
 def test_the_runs_cover_the_options() -> None:
@@ -92,6 +94,7 @@ def test_the_runs_cover_the_options() -> None:
     assert any(a == "-c 131072" for a in args)  # the training context (context_length)
     assert any(a.endswith("-ub 1") for a in args)  # the decode graph alone (one token per stream)
     assert len(cpu_runs("minimax-m3-var")) >= 6
+    assert any("-c 262144" in a for a in assert_runs_cover(PUBLISHED, ("-fa off -np 3", "-ctk q8_0"), at_least=4))
     assert {m for m, _ in NODE_RUNS} == set(MODELS)
 
 
