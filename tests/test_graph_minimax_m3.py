@@ -9,7 +9,8 @@ Per run (flash attention on and off, -np 2 and 3, -ub 1, 2, 1024 and 2048, q8_0 
 top 16; 2 dense layers, 4 KV heads, 64-value keys, blocks of 128 and the top 1; MiniMax-M3's published dimensions
 at 8 of its 60 layers, 4K to 256K): every compute buffer to the 0.0001 MiB of ``~llama_context``'s line; the two
 caches of ``llama_kv_cache_msa`` as llama.cpp prints them; the graph against the one llama.cpp's scheduler printed,
-node for node; the layer shortcut against the whole replay; a file llama.cpp would refuse gets the generic estimate, with the reason."""
+node for node; the layer shortcut against the whole replay; a file llama.cpp would refuse gets the generic
+estimate, with the reason."""
 
 from __future__ import annotations
 
