@@ -5,10 +5,11 @@ the sliding layers' dense attention over its window cache, the rope key's norm, 
 attention output, a dense first layer then sigmoid experts plus the shared expert, the NextN block left out.
 
 Per run (flash attention on and off, -np 2 and 3, -ub 1024, q8_0 caches, --swa-full, 4K to 128K, --no-repack,
---n-cpu-moe 2): every compute buffer to the 0.0001 MiB of ``~llama_context``'s line; the caches as llama.cpp
-prints them (the MLA cache and the indexer-key cache of the full layers, the window cache of the others); the
-layer shortcut against the whole replay; a file llama.cpp would refuse gets the generic estimate, with the
-reason."""
+--n-cpu-moe 2; dots3-note's published dimensions at 8 of its 46 layers, 4K to its 524,288-token context): every
+compute buffer to the 0.0001 MiB of ``~llama_context``'s line; the caches as llama.cpp prints them (the MLA cache
+and the indexer-key cache of the full layers, the window cache of the others); the graph against the one llama.cpp's
+scheduler printed, node for node; the layer shortcut against the whole replay; a file llama.cpp would refuse gets
+the generic estimate, with the reason."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ from .graph_arch_logs import (
 from .graph_grow import assert_grown_shortcut_is_whole, grown_model
 
 MODELS = ("dots3note", "dots3note-nomtp")
-CPU_RUNS = [(m, rid) for m in MODELS for rid in cpu_runs(m)]
+PUBLISHED = "dots3note-288b"  # the published dimensions at 8 of the 46 layers (models.py)
+CPU_RUNS = [(m, rid) for m in (*MODELS, PUBLISHED) for rid in cpu_runs(m)]
 NODE_RUNS = [(m, rid) for m, rid in CPU_RUNS if (NODES / f"{rid}.tsv").exists()]
 REFUSED = (
     Refused(
@@ -64,7 +66,7 @@ REFUSED = (
 
 @pytest.fixture(scope="module")
 def models(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return cpu_models(MODELS, smollm2_path, tmp_path_factory, "dots3note")
+    return cpu_models((*MODELS, PUBLISHED), smollm2_path, tmp_path_factory, "dots3note")
 
 
 def test_the_runs_cover_the_options() -> None:
@@ -75,6 +77,7 @@ def test_the_runs_cover_the_options() -> None:
     )
     assert any("-c 65536" in a for a in args) and any(a == "-c 131072" for a in args)  # up to the training context
     assert len(cpu_runs("dots3note-nomtp")) == 3
+    assert any("-c 524288" in a for a in assert_runs_cover(PUBLISHED, ("-fa off -np 3", "-ctk q8_0"), at_least=4))
 
 
 @pytest.mark.parametrize(("name", "rid"), CPU_RUNS)
