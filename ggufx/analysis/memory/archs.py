@@ -1127,6 +1127,72 @@ _ENTRIES = (
         ("embedding_scale", "hrm.layers_per_stack", "hrm.h_cycles", "hrm.l_cycles", "hrm.prefix_lm"),
         builder="hrm_text",
     ),
+    # -- group msa (issue 25): MiniMax-M3 and dots3-note ---------------------------------------------------------------
+    # MiniMax-M3 (minimax-m3.cpp): MiniMax-M2's GQA (per-head QK norms, partial rotary), leading dense layers, sigmoid
+    # experts with a shared expert (swigluoai), MiniMax Sparse Attention on the layers from leading_dense_block_count
+    # on (flash attention only; -fa off runs them dense). Its memory is llama_kv_cache_msa (llama-model.cpp
+    # create_memory): the K/V cache of every layer plus an indexer cache of the sparse layers, one head of
+    # indexer.key_length K and value_length V values per cell (buffers.msa_buffers)
+    Arch(
+        "minimax-m3",
+        "minimax-m3.cpp",
+        (
+            "leading_dense_block_count",
+            "expert_feed_forward_length",
+            "expert_shared_count",
+            "expert_weights_scale",
+            "expert_weights_norm",
+            "expert_gating_func",
+            "attention.indexer.head_count",
+            "attention.indexer.key_length",
+            "attention.indexer.top_k",
+            "attention.indexer.block_size",
+            "attention.indexer.local_blocks",
+        ),
+        builder="minimax_m3",
+        moe=True,
+        leading_dense=True,
+        shared_experts=True,
+    ),
+    # dots3-note (dots3note.cpp): deepseek32's absorbed MLA (q_lora, K-only cache) in two geometries (the sliding-window
+    # layers' kv_lora_rank_swa / key_length_mla_swa, per-layer head counts), the head-wise sigmoid output gate, the DSA
+    # indexer on the "full" layers of attention.indexer.types, leading dense layers, sigmoid experts with a shared
+    # expert, a NextN block (skipped). Its memory is llama_kv_cache_dsa_iswa: the MLA cache and the indexer-key cache
+    # of the full layers, and a window cache of the sliding_window_pattern layers
+    Arch(
+        "dots3note",
+        "dots3note.cpp",
+        (
+            "expert_shared_count",
+            "expert_feed_forward_length",
+            "leading_dense_block_count",
+            "expert_weights_scale",
+            "expert_weights_norm",
+            "expert_gating_func",
+            "attention.q_lora_rank",
+            "attention.kv_lora_rank",
+            "attention.key_length_mla",
+            "attention.value_length_mla",
+            "attention.kv_lora_rank_swa",
+            "attention.key_length_mla_swa",
+            "attention.value_length_mla_swa",
+            "attention.sliding_window",
+            "rope.freq_base_swa",
+            "attention.sliding_window_pattern",
+            "attention.indexer.head_count",
+            "attention.indexer.key_length",
+            "attention.indexer.top_k",
+            "attention.indexer.types",
+        ),
+        builder="dots3note",
+        swa=Swa(),
+        mla=True,
+        skips_nextn=True,
+        moe=True,
+        leading_dense=True,
+        shared_experts=True,
+        indexer="types",
+    ),
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}

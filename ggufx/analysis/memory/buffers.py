@@ -380,6 +380,58 @@ def _indexer_buffers(
     return _row(tk, hp.indexer_k, path) * cells * n_streams * len(hp.indexer_layers)
 
 
+# the architectures whose memory is llama_kv_cache_msa (llama-model.cpp create_memory: MiniMax Sparse Attention)
+MSA_ARCHS = frozenset({"minimax-m3"})
+
+
+def msa_buffers(
+    model: GGUFModel,
+    hp: Hparams,
+    pl: Placement,
+    cp: ContextParams,
+    cells: int,
+    n_streams: int,
+    out: list[Buffer],
+    stats: dict[bool | None, tuple[int, int]],
+) -> dict[bool | None, tuple[int, int]]:
+    """MiniMax Sparse Attention's indexer cache: ``llama_kv_cache_msa``'s second ``llama_kv_cache``
+    (llama-kv-cache-msa.cpp:40-50) over a copy of the hparams with one KV head per layer and
+    ``indexer.key_length`` as the K head size, for the layers from ``leading_dense_block_count`` on
+    (create_memory's ``filter_idx``); the hparams are not MLA, so each layer keeps K (``indexer.key_length``
+    values per cell) and V (``value_length`` values: ``n_embd_v_gqa`` of one head, and ``n_embd_v_gqa_max``,
+    the same, when ``-fa off`` transposes it), of the -ctk / -ctv types, the same cells and streams as the
+    main cache, on the layer's device (the host with -nkvo). Appends its buffers (one per buffer type, after
+    the main cache's) to ``out``; returns ``stats`` with the indexer cache (``None``) and its bytes within
+    the full-attention figure, as for DeepSeek Sparse Attention."""
+    tk, tv = _cache_type(cp.cache_type_k, "-ctk"), _cache_type(cp.cache_type_v, "-ctv")
+    n_dense = model.metadata.get_int(f"{hp.arch}.leading_dense_block_count") or 0
+    layers = [il for il in range(max(n_dense, 0), hp.n_layer_main) if il < len(hp.n_head_kv)]
+    per: dict[str, int] = {}
+    meta: dict[str, int] = {}
+    for il in layers:
+        dev = pl.layer_device[il] if il < len(pl.layer_device) else None
+        buft = CPU if cp.no_kv_offload or dev is None else dev
+        if buft == META:
+            _add(meta, meta_alloc(pl, f"cache_k_l{il}", tk, (_msa_key(model), cells, n_streams)))
+            _add(meta, meta_alloc(pl, f"cache_v_l{il}", tv, (hp.head_v, cells, n_streams)))
+        else:
+            rows = cells * n_streams
+            per[buft] = (
+                per.get(buft, 0) + alloc_size(buft, tk, _msa_key(model), rows) + alloc_size(buft, tv, hp.head_v, rows)
+            )
+    out += [Buffer("kv", b, n) for b, n in per.items()]
+    if meta:
+        out.append(meta_buffer("kv", meta))
+    nbytes = (_row(tk, _msa_key(model), model.path) + _row(tv, hp.head_v, model.path)) * cells * n_streams * len(layers)
+    full, n_full = stats[False]
+    return {**stats, False: (full + nbytes, n_full), None: (nbytes, len(layers))}
+
+
+def _msa_key(model: GGUFModel) -> int:
+    """``attention.indexer.key_length`` (minimax-m3.cpp ``load_arch_hparams`` requires it)."""
+    return model.metadata.get_int(f"{model.architecture}.attention.indexer.key_length") or 0
+
+
 def hp_layers(hp: Hparams, ratio: int) -> tuple[int, ...]:
     """The blocks of a DeepSeek V4 model whose ``attention.compress_ratios`` entry is ``ratio``."""
     return tuple(il for il, r in enumerate(hp.dsv4_ratios) if r == ratio)
@@ -597,6 +649,8 @@ def breakdown(
         swa_cells = dsv4_layout(hp, n_ctx_seq, max(1, n_seq), n_ubatch, cp.swa_full)[0][0].cells
     else:
         kv, kv_stats = kv_buffers(hp, kinds, pl, cp, n_ctx_seq, swa_cells, n_streams, model.path)
+        if hp.arch in MSA_ARCHS:  # MiniMax-M3: llama_kv_cache_msa's indexer cache after the main one
+            kv_stats = msa_buffers(model, hp, pl, cp, n_ctx_seq, n_streams, kv, kv_stats)
     buffers += kv
     rs = recurrent_buffers(hp, kinds, pl, cp, max(1, n_seq))
     buffers += rs
