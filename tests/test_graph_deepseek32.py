@@ -117,7 +117,7 @@ def test_mem_says_the_indexer_cache_apart(models: dict[str, Path], smollm2_path:
         kv = json.loads(out.output)["kv_cache"]
         assert kv["indexer"]["layers"] == layers and (kv["indexer"]["bytes"] > 0) == (layers > 0)
         text = CliRunner().invoke(main, ["mem", str(path), "-c", "8192"]).output
-        assert ("indexer's keys, %d layers" % layers in text) == (layers > 0), text
+        assert ("indexer's cache, %d layers" % layers in text) == (layers > 0), text
 
 
 def test_which_layers_have_an_indexer(models: dict[str, Path]) -> None:

@@ -483,7 +483,7 @@ def memory_devices_text(res: MemoryResult, fmt: str = "simple") -> str:
         line = f"KV cache: {full['layers']} full-attention layers x {full['cells']:,} cells = {full['bytes'] / MiB:,.2f} MiB"
         indexer = kv.get("indexer") or {}
         if indexer.get("layers"):
-            line += f" (with the sparse-attention indexer's keys, {indexer['layers']} layers: {indexer['bytes'] / MiB:,.2f} MiB)"
+            line += f" (with the sparse-attention indexer's cache, {indexer['layers']} layers: {indexer['bytes'] / MiB:,.2f} MiB)"
         lines.append(line)
     if swa["layers"]:
         lines.append(
