@@ -595,7 +595,11 @@ __all__ = ["build", "unbuildable"]
 
 
 def unbuildable(model: GGUFModel) -> str | None:
-    """Why the deepseek4 graph cannot be built from this file (None when it can)."""
+    """Why the deepseek4 graph cannot be built from this file (None when it can): four hyper-connection streams
+    and sqrt-softplus gating (what deepseek4.cpp accepts), the expert counts, output groups dividing the heads,
+    equal K and V heads, a CSA layer (llama.cpp crashes without one) and the indexer's keys, and per trunk layer
+    the tensors the graph reads (the token routing of the hash layers, the selection bias of the others, the
+    compressors of the ratio-4 and ratio-128 layers, the indexer's of the ratio-4 ones)."""
     md = model.metadata
     a = model.architecture or ""
 
@@ -620,14 +624,16 @@ def unbuildable(model: GGUFModel) -> str | None:
     if not 0 < n_rot <= hp.head_k:
         return "the graph needs 0 < rope.dimension_count <= attention.key_length"
     ratios = hp.dsv4_ratios[:n_main]
-    if DSV4_CSA in ratios:
-        for key in ("attention.indexer.head_count", "attention.indexer.key_length", "attention.indexer.top_k"):
-            if get(key) <= 0:
-                return f"the graph needs a positive {a}.{key}"
-        if get("attention.indexer.key_length") % 64:
-            return "an indexer key length that is not a multiple of 64 (llama.cpp's Hadamard matrix)"
-    else:  # llama-kv-cache.cpp: the indexer cache's Hadamard size loops forever over a cache without layers
-        return "deepseek4 graphs without a CSA (compress ratio 4) layer are not simulated"
+    if DSV4_CSA not in hp.dsv4_ratios:  # llama-kv-cache.cpp: n_rot_k doubles while it divides 0 (the cache's head size)
+        return (
+            "deepseek4 files without a CSA (compress ratio 4) layer are not simulated: llama.cpp stops on a "
+            "floating-point exception sizing the indexer cache's Hadamard matrix"
+        )
+    for key in ("attention.indexer.head_count", "attention.indexer.key_length", "attention.indexer.top_k"):
+        if get(key) <= 0:
+            return f"the graph needs a positive {a}.{key}"
+    if get("attention.indexer.key_length") % 64:
+        return "deepseek4 graphs whose indexer key length is not a multiple of 64 (its Hadamard rows) are not simulated"
     names = {t.name for t in model.tensors}
     need = ["token_embd.weight", "output_norm.weight", "output.weight"]
     need += [f"output_hc_{n}.weight" for n in ("fn", "base", "scale")]
