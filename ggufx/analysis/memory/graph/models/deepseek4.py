@@ -594,8 +594,34 @@ def _same_glu(c: _Ctx, il: int) -> bool:
 __all__ = ["build", "unbuildable"]
 
 
+# the keys deepseek4.cpp's load_arch_hparams reads without a default (llama_model_loader::get_key throws without them)
+_REQUIRED = (
+    "attention.layer_norm_rms_epsilon",
+    "attention.q_lora_rank",
+    "attention.sliding_window",
+    "expert_feed_forward_length",
+    "expert_shared_count",
+    "expert_weights_scale",
+    "expert_weights_norm",
+    "swiglu_clamp_exp",
+    "attention.indexer.head_count",
+    "attention.indexer.key_length",
+    "attention.indexer.top_k",
+    "attention.output_group_count",
+    "attention.output_lora_rank",
+    "attention.compress_rope_freq_base",
+    "hyper_connection.count",
+    "hyper_connection.sinkhorn_iterations",
+    "hyper_connection.epsilon",
+    "hash_layer_count",
+    "attention.compress_ratios",
+    "expert_gating_func",
+)
+
+
 def unbuildable(model: GGUFModel) -> str | None:
-    """Why the deepseek4 graph cannot be built from this file (None when it can): four hyper-connection streams
+    """Why the deepseek4 graph cannot be built from this file (None when it can): the keys its loader requires,
+    four hyper-connection streams
     and sqrt-softplus gating (what deepseek4.cpp accepts), the expert counts, output groups dividing the heads,
     equal K and V heads, a CSA layer (llama.cpp crashes without one) and the indexer's keys, and per trunk layer
     the tensors the graph reads (the token routing of the hash layers, the selection bias of the others, the
@@ -606,6 +632,9 @@ def unbuildable(model: GGUFModel) -> str | None:
     def get(key: str) -> int:
         return md.get_int(f"{a}.{key}") or 0
 
+    for key in _REQUIRED:
+        if f"{a}.{key}" not in md:
+            return f"the graph needs {a}.{key}, which the file lacks (deepseek4.cpp's loader requires it)"
     if get("hyper_connection.count") != 4:
         return f"the graph needs {a}.hyper_connection.count 4 (deepseek4.cpp asserts it)"
     if get("expert_gating_func") != SQRT_SOFTPLUS:
