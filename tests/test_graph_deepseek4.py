@@ -35,6 +35,7 @@ from .graph_arch_logs import (
     Refused,
     _fmt_size,
     assert_compute_equal,
+    assert_gpu_graph_builds,
     assert_nodes_equal,
     assert_refused,
     assert_shortcut_is_whole,
@@ -185,6 +186,13 @@ def test_the_views_lie_where_llama_cpps_do(name: str, rid: str, models: dict[str
 )
 def test_the_layer_shortcut_equals_the_whole_replay(name: str, runs: tuple[str, ...], models: dict[str, Path]) -> None:
     assert_shortcut_is_whole(models[name], *runs)
+
+
+@pytest.mark.parametrize("name", ["deepseek4", "deepseek4-var"])
+def test_the_gpu_graph_builds(name: str, models: dict[str, Path]) -> None:
+    """On a GPU with the first two layers' experts on the host: a figure per backend from the builder (the
+    scheduler's splits, copies and CUDA's fusions over DeepSeek V4's graph; llama.cpp's CUDA runs: to record)."""
+    assert_gpu_graph_builds(models[name])
 
 
 def _grown(n_pairs: int, out: Path, smollm2: Path) -> Path:
