@@ -158,24 +158,26 @@ class _Inp:
         self.hca = comp("hca", DSV4_HCA, False, DSV4_HCA, sp.flash_attn, rot)
         # the indexer's cache always has its Hadamard matrix; its mask is the fused indexer's (F16)
         self.lid = comp("lid", DSV4_CSA, True, 2 * DSV4_CSA, True, _rot_size(d.lid_head))
+        self._caches: dict[tuple[str, int], _T] = {}
 
-
-def _cache(c: _Ctx, g: _Graph, il: int, width: int, cells: int, ns: int) -> tuple[_T, _T]:
-    """One layer's K tensor of a K-only cache and ``get_k``'s view of it over every stream
-    (llama-kv-cache.cpp:1296-1313): [width, 1 head, cells, streams]."""
-    cache = g.leaf(f"cache_k_l{il}", _type(c.sp.type_k).name, (width, cells * ns), buft=c.cache_buft[il])
-    row = cache.nb[1]
-    return cache, g.view(cache, (width, 1, cells, ns), (cache.nb[0], row, row, row * cells))
+    def cache(self, c: _Ctx, g: _Graph, which: str, il: int, width: int, cells: int) -> tuple[_T, _T]:
+        """Layer ``il``'s K tensor of one of the four K-only caches (``which``: raw, csa, hca, lid; made once)
+        and a new ``get_k`` view of it over every stream (llama-kv-cache.cpp:1296-1313): [width, 1 head,
+        cells, streams]."""
+        ns = self.ns
+        cache = self._caches.get((which, il))
+        if cache is None:
+            cache = g.leaf(f"cache_k_l{il}", _type(c.sp.type_k).name, (width, cells * ns), buft=c.cache_buft[il])
+            self._caches[(which, il)] = cache
+        row = cache.nb[1]
+        return cache, g.view(cache, (width, 1, cells, ns), (cache.nb[0], row, row, row * cells))
 
 
 def _cpy_k(g: _Graph, cache: _T, cur: _T, width: int, rows: int, idxs: _T, ns: int) -> _T:
     """``llama_kv_cache::cpy_k`` (llama-kv-cache.cpp:1348-1381): ``rows`` new keys, the streams merged into one
     2D view of the cache when several, their SET_ROWS."""
     src = g.view(cur, (width, rows), (cur.nb[0], cur.nb[2]))
-    dst = g.reshape(cache, width, cache.ne[1]) if ns > 1 else cache
-    out = g.view(dst, dst.ne, dst.nb, "SET_ROWS")
-    out.src = [src, idxs, dst]
-    return out
+    return _set_rows(g, g.reshape(cache, width, cache.ne[1]) if ns > 1 else cache, src, idxs)
 
 
 def _set_rows(g: _Graph, dst: _T, rows: _T, idxs: _T) -> _T:
@@ -291,18 +293,19 @@ def _state_new(c: _Ctx, g: _Graph, x: _T, prefix: str, inp: _Comp, il: int) -> t
     return kv, g.op(f"{prefix}_state_score_ape-{il}", "ADD", score, rows)
 
 
-def _compress(c: _Ctx, g: _Graph, x: _T, il: int, inp: _Comp, prefix: str, name: str, width: int, cells: int) -> None:
+def _compress(c: _Ctx, g: _Graph, x: _T, il: int, caches: _Inp, name: str, prefix: str, width: int) -> None:
     """One overlapping (CSA, indexer) compressor of a ratio-4 layer (deepseek4.cpp ``build_attention_impl``):
     the new rows after the restored state, pooled, Hadamard-rotated when the cache has a matrix, written to the
     compressed cache; then the state's persisted rows."""
-    ns = c.sp.n_seq_max
+    ns = caches.ns
+    inp = caches.csa if name == "csa" else caches.lid
     new_kv, new_score = _state_new(c, g, x, prefix, inp, il)
     st = _State(c, g, name, il, 2 * width, 2 * inp.ratio, ns)
     kv = _overlap(
         c, g, st.source(st.kv, new_kv), st.source(st.score, new_score), inp, f"blk.{il}.{prefix}_norm.weight", width, il
     )
     kv = _rotate(g, kv, inp.k_rot)
-    cache, _ = _cache(c, g, il, width, cells, ns)
+    cache, _ = caches.cache(c, g, name, il, width, inp.cells)
     g.expand(_cpy_k(g, cache, kv, width, inp.n_blocks, inp.write_idxs, ns))
     st.persist(new_kv, new_score, inp)
 
@@ -320,7 +323,7 @@ def _lid_top_k(c: _Ctx, g: _Graph, d: _Dims, inp: _Inp, qr: _T, x: _T, il: int) 
     q = _rot(g, q, inp.lid.k_rot)
     w = g.mul_mat(f"lid_weights-{il}", _w(c, p + "proj.weight", il), x)
     w = g.op(f"lid_weights-{il}", "SCALE", w)
-    _, k = _cache(c, g, il, d.lid_head, inp.lid.cells, ns)
+    _, k = inp.cache(c, g, "lid", il, d.lid_head, inp.lid.cells)
     k = g.view(k, k.ne, k.nb)
     q = g.view(q, (q.ne[0], q.ne[1], q.ne[2] // ns, ns), (q.nb[0], q.nb[1], q.nb[2], q.nb[3] // ns))
     w = g.view(w, (w.ne[0], w.ne[1] // ns, w.ne[2], ns), (w.nb[0], w.nb[1], w.nb[2] // ns, w.nb[3] // ns))
@@ -387,8 +390,8 @@ def _attention(c: _Ctx, g: _Graph, d: _Dims, x: _T, il: int, inp: _Inp) -> _T:
     kv = g.reshape(kv, d.head, 1, T)
     kv = g.new(f"kv-{il}", "ROPE", "F32", kv.ne, kv, pos)
     if ratio == DSV4_CSA:
-        _compress(c, g, x, il, inp.csa, "attn_compressor", "csa", d.head, inp.csa.cells)
-        _compress(c, g, x, il, inp.lid, "indexer_compressor", "lid", d.lid_head, inp.lid.cells)
+        _compress(c, g, x, il, inp, "csa", "attn_compressor", d.head)
+        _compress(c, g, x, il, inp, "lid", "indexer_compressor", d.lid_head)
     elif ratio == DSV4_HCA:
         h = inp.hca
         new_kv, new_score = _state_new(c, g, x, "attn_compressor", h, il)
@@ -404,19 +407,19 @@ def _attention(c: _Ctx, g: _Graph, d: _Dims, x: _T, il: int, inp: _Inp) -> _T:
             il,
         )
         comp = _rotate(g, comp, h.k_rot)
-        cache, _ = _cache(c, g, il, d.head, h.cells, ns)
+        cache, _ = inp.cache(c, g, "hca", il, d.head, h.cells)
         g.expand(_cpy_k(g, cache, comp, d.head, h.n_blocks, h.write_idxs, ns))
         st.persist(new_kv, new_score, h)
     top_k = _lid_top_k(c, g, d, inp, qr, x, il) if ratio == DSV4_CSA else None
     q, kv = _rotate(g, q, inp.k_rot), _rotate(g, kv, inp.k_rot)
     g.expand(q)
     g.expand(kv)
-    cache, k = _cache(c, g, il, d.head, inp.n_raw, ns)
+    cache, k = inp.cache(c, g, "raw", il, d.head, inp.n_raw)
     g.expand(_cpy_k(g, cache, kv, d.head, T, inp.k_idxs, ns))
     mask = inp.mask
     if ratio in (DSV4_CSA, DSV4_HCA):
         comp_inp = inp.csa if ratio == DSV4_CSA else inp.hca
-        _, ck = _cache(c, g, il, d.head, comp_inp.cells, ns)
+        _, ck = inp.cache(c, g, "csa" if ratio == DSV4_CSA else "hca", il, d.head, comp_inp.cells)
         ck = g.view(ck, ck.ne, ck.nb)
         k = g.new(f"k_all-{il}", "CONCAT", k.type, (d.head, 1, k.ne[2] + ck.ne[2], ns), k, ck)
         if top_k is not None:
