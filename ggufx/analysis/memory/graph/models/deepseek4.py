@@ -7,9 +7,9 @@ Sinkhorn combination and the reduction and distribution of the streams as the fu
 output head reduces the streams unfused (``build_hc_pre`` with il -1: MUL and ADD per stream).
 
 Attention: Q through ``q_lora`` (``attn_q_a``, its norm, ``attn_q_b``, an RMS norm per head, RoPE over the last
-``rope.dimension_count`` values), one 512-value K/V head (``attn_kv``, its norm, RoPE) written to the sliding-window
-raw cache (every block, one stream per sequence whatever ``-kvu`` says), attention with sinks over it, the RoPE
-undone on the output (ROPE_BACK), the grouped low-rank output (``attn_output_a`` per group, ``attn_output_b``).
+``rope.dimension_count`` values), one K/V head of ``attention.key_length`` values (``attn_kv``, its norm, RoPE)
+written to the sliding-window raw cache (every block, one stream per sequence whatever ``-kvu`` says), attention
+with sinks over it, the RoPE undone on the output (ROPE_BACK), the grouped low-rank output (``attn_output_a`` per group, ``attn_output_b``).
 Blocks of ``attention.compress_ratios`` 128 (HCA) add a compressor: its kv and gate projections (plus the learned
 positions, ``attn_compressor_ape``), appended to the compressor state, softmax-pooled over 128 rows per block,
 normed, roped, written to the HCA cache, the state's last rows persisted; the attention then runs over the window
@@ -55,7 +55,6 @@ class _Dims:
     """The hyper-parameters deepseek4.cpp's graph reads beyond ``hp`` (``load_arch_hparams``)."""
 
     head: int  # n_embd_head_k (attention.key_length): the one K/V head
-    n_rot: int  # rope.dimension_count
     hc: int  # hyper_connection.count
     n_groups: int  # attention.output_group_count
     o_rank: int  # attention.output_lora_rank
@@ -73,7 +72,6 @@ def _int(c: _Ctx, key: str) -> int:
 def _dims(c: _Ctx) -> _Dims:
     return _Dims(
         c.hp.head_k,
-        _int(c, "rope.dimension_count"),
         _int(c, "hyper_connection.count"),
         _int(c, "attention.output_group_count"),
         _int(c, "attention.output_lora_rank"),
