@@ -9,16 +9,18 @@ output head reduces the streams unfused (``build_hc_pre`` with il -1: MUL and AD
 Attention: Q through ``q_lora`` (``attn_q_a``, its norm, ``attn_q_b``, an RMS norm per head, RoPE over the last
 ``rope.dimension_count`` values), one K/V head of ``attention.key_length`` values (``attn_kv``, its norm, RoPE)
 written to the sliding-window raw cache (every block, one stream per sequence whatever ``-kvu`` says), attention
-with sinks over it, the RoPE undone on the output (ROPE_BACK), the grouped low-rank output (``attn_output_a`` per group, ``attn_output_b``).
-Blocks of ``attention.compress_ratios`` 128 (HCA) add a compressor: its kv and gate projections (plus the learned
-positions, ``attn_compressor_ape``), appended to the compressor state, softmax-pooled over 128 rows per block,
-normed, roped, written to the HCA cache, the state's last rows persisted; the attention then runs over the window
-plus every HCA row. Blocks of ratio 4 (CSA) pool overlapping blocks of 8 (the state gets a zero row) into the CSA
-cache, and the lightning indexer does the same for its own keys (``indexer_compressor_*``, Hadamard-rotated),
-then scores every indexer row for each query (the fused ``LIGHTNING_INDEXER``) and keeps the top
-``attention.indexer.top_k``: the attention runs over the window plus those CSA rows (a mask FILLed with -inf,
-zeros SET at the top-k rows). The reservation's inputs are ``dsv4_build_reserve_comp_plan``'s worst case: per
-ratio ``n_tokens / ratio + n_seqs`` blocks, every cache's full size.
+with sinks over it, the RoPE undone on the output (ROPE_BACK), the grouped low-rank output (``attn_output_a`` per
+group, ``attn_output_b``). Blocks of ``attention.compress_ratios`` 128 (HCA) add a compressor: its kv and gate
+projections (plus the learned positions, ``attn_compressor_ape``), appended to the compressor state, softmax-pooled
+over 128 rows per block, normed, roped, written to the HCA cache, the state's last rows persisted; the attention
+then runs over the window plus every HCA row. Blocks of ratio 4 (CSA) pool overlapping blocks of 8 (the state gets a
+zero row) into the CSA cache, and the lightning indexer does the same for its own keys (``indexer_compressor_*``,
+Hadamard-rotated), then scores every indexer row for each query (the fused ``LIGHTNING_INDEXER``) and keeps the top
+``attention.indexer.top_k``: the attention runs over the window plus those CSA rows (a mask FILLed with -inf, zeros
+SET at the top-k rows). The reservation's inputs are ``dsv4_build_reserve_comp_plan``'s worst case: per ratio
+``n_tokens / ratio + n_seqs`` blocks, every cache's full size. Each CSA layer's zeros are a leaf, allocated before
+the first node: graphsim's layer shortcut never holds (an up-front allocation per block), the whole graph is
+replayed (0.3-0.6 s for DeepSeek-V4-Flash's 43 layers on the CPU).
 
 FFN: sqrt-softplus routed experts, the first ``hash_layer_count`` layers routed by the token
 (``ffn_gate_tid2eid``), the others by top-k with the selection bias, normalized and scaled weights, the experts'
