@@ -1053,8 +1053,8 @@ _ENTRIES = (
     # keep the lightning indexer's compressed keys (attention.indexer.key_length values) and its state
     # (buffers.dsv4_buffers). Hyper-connection streams, grouped low-rank output, hash-routed first layers
     # (ffn_gate_tid2eid), sqrt-softplus experts with shared experts. The NextN block's tensors are skipped
-    # unless --mtp, and only counted as NextN when blk.<n_main>.nextn.eh_proj is in the file. No graph
-    # builder: the compute buffer is the generic estimate
+    # unless --mtp, and only counted as NextN when blk.<n_main>.nextn.eh_proj is in the file. Graph:
+    # graph/models/deepseek4.py
     Arch(
         "deepseek4",
         "deepseek4.cpp",
@@ -1084,6 +1084,7 @@ _ENTRIES = (
         skips_nextn=True,
         moe=True,
         shared_experts=True,
+        builder="deepseek4",
     ),
     # -- h-small6 (issue 25): Talkie, Maple, Muse Glimmer, HRM-Text ---------------------------------------------
     # Talkie (13B): weightless RMS norms, the per-head Q gain after RoPE, the normed embeddings added to each layer
