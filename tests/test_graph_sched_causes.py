@@ -194,6 +194,28 @@ def test_cuda_flash_attention_support_follows_ggml_cuda() -> None:
     assert not fa(128, 128, 8, 8, "IQ4_NL") and not fa(48, 48, 8, 8)
 
 
+def test_cuda_lightning_indexer_support_follows_ggml_cuda() -> None:
+    """``ggml_cuda_lightning_indexer_supported`` (lightning-indexer.cu:724-778): keys of 128 values, 4, 32 or
+    64 indexer heads, rows aligned to 16 bytes, and the key types of its kernels. DeepSeek-V3.2's and V4-Flash's
+    64 x 128 indexer runs on the GPU; DeepSeek V4's small recorded models (8 x 128, 4 x 64) run it on the CPU."""
+    from ggufx.analysis.memory.graph.ggml import _Graph
+    from ggufx.analysis.memory.graph.sched import cuda_lightning_indexer_supported
+
+    def lid(head: int, heads: int, k_type: str = "F16") -> bool:
+        g = _Graph()
+        q = g.new("q", "ROPE", "F32", (head, heads, 512, 1))
+        k = g.leaf("k", k_type, (head, 1, 4096, 1))
+        w = g.new("w", "SCALE", "F32", (heads, 512, 1, 1))
+        mask = g.input("mask", "F16", 4096, 512, 1, 1)
+        return cuda_lightning_indexer_supported(
+            g.new("indexer_score-0", "LIGHTNING_INDEXER", "F32", (4096, 512, 1, 1), q, k, w, mask)
+        )
+
+    assert lid(128, 64) and lid(128, 32) and lid(128, 4) and lid(128, 64, "Q8_0") and lid(128, 64, "Q4_0")
+    assert not lid(128, 8) and not lid(64, 4) and not lid(128, 16)
+    assert not lid(128, 64, "Q4_K") and not lid(128, 64, "IQ4_NL")
+
+
 def test_a_parallel_block_rotates_the_attention_output_after_its_ffn(hole_models: dict[str, Path]) -> None:
     rid = "coh2-ngl99-c32768-q8_0"
     g, _sched, theirs, ours = _scheduled(rid, hole_models)

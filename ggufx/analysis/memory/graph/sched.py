@@ -13,13 +13,29 @@ from ggufx.analysis.memory.placement import CPU
 OP_OFFLOAD_MIN_BATCH = 32  # ggml-cuda.cu:5754 (op_offload_min_batch_size)
 N_COPIES = 4  # GGML_SCHED_MAX_COPIES (ggml-backend.cpp:912)
 GGML_MAX_SRC = 10
-_GPU_MAY_LACK = frozenset({"FLASH_ATTN_EXT", "MUL_MAT_ID"})  # the ops supports_op can refuse a GPU
+_GPU_MAY_LACK = frozenset({"FLASH_ATTN_EXT", "MUL_MAT_ID", "LIGHTNING_INDEXER"})  # the ops supports_op can refuse a GPU
 _VIEW_OPS = frozenset({"VIEW", "RESHAPE", "PERMUTE", "TRANSPOSE"})  # ggml_is_view_op
 _HOST_BUFTS = ("CPU", "CPU_Mapped", "CPU_REPACK")
 
 
 FATTN_KQ_STRIDE = 256  # ggml-cuda/fattn-common.cuh
 _FATTN_KV_TYPES = frozenset({"F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"})  # fattn.cu:525-538
+
+
+_LIGHTNING_INDEXER_K_TYPES = frozenset({"F32", "BF16", "F16", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0"})
+
+
+def cuda_lightning_indexer_supported(t: _T) -> bool:
+    """``ggml_cuda_lightning_indexer_supported`` (lightning-indexer.cu:724-778): kernels exist for keys of 128
+    values with 4, 32 or 64 indexer heads, rows aligned to 16 bytes, and these key types. Elsewhere the
+    scheduler runs the indexer on the CPU (DeepSeek V4's small models: 8 or 4 heads, or keys of 64)."""
+    q, k = t.src[0], t.src[1]
+    if q.ne[0] != 128 or q.ne[1] not in (4, 32, 64):
+        return False
+    for x in (q, k):
+        if not _quantized(x.type) and any(nb % 16 for nb in x.nb[1:]):
+            return False
+    return k.type in _LIGHTNING_INDEXER_K_TYPES
 
 
 def cuda_flash_attn_supported(t: _T) -> bool:
@@ -140,6 +156,8 @@ class _Sched:
             return True
         if t.op == "MUL_MAT_ID" and t.src1_f32:  # ggml-cuda.cu:5329 (supports_op): src1 kept in F32
             return False
+        if t.op == "LIGHTNING_INDEXER":
+            return cuda_lightning_indexer_supported(t)
         return t.op != "FLASH_ATTN_EXT" or cuda_flash_attn_supported(t)
 
     def assign(self, g: _Graph) -> None:
