@@ -596,7 +596,10 @@ def breakdown(
         }
         swa_cells = dsv4_layout(hp, n_ctx_seq, max(1, n_seq), n_ubatch, cp.swa_full)[0][0].cells
     else:
-        kv, kv_stats = kv_buffers(hp, kinds, pl, cp, n_ctx_seq, swa_cells, n_streams, model.path)
+        kv_kinds = kinds
+        if hp.router_layer >= 0:  # Granite Switch's router layer: a KV cache layer of its own (1 KV head)
+            kv_kinds = [*kinds, LayerKind(hp.router_layer, "attention", "none", 1, True)]
+        kv, kv_stats = kv_buffers(hp, kv_kinds, pl, cp, n_ctx_seq, swa_cells, n_streams, model.path)
     buffers += kv
     rs = recurrent_buffers(hp, kinds, pl, cp, max(1, n_seq))
     buffers += rs
