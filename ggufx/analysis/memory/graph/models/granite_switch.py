@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
 from ggufx.analysis.memory.graph.llm import _attn_inp, _attn_kv, _Ctx, _norm, _w, _weight, model_of
+from ggufx.analysis.memory.graph.models._dense import Dense
+from ggufx.analysis.memory.graph.models._dense import _attn_kv as padded_attn_kv
 from ggufx.analysis.memory.graph.models.granite import read_params
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.model import GGUFModel
@@ -88,7 +90,9 @@ def build(c: _Ctx, g: _Graph) -> _T:
         c.pos = g.input("inp_pos", "I32", T)
     inp = _attn_inp(c, g, sp.n_kv)
     k_r, v_r, q_r = (g.new("router", "PAD", "F32", (hd, 1, T), g.reshape(s, 1, 1, T)) for s in lanes)
-    router = _attn_kv(c, g, q_r, k_r, v_r, R, inp, False)
+    # into a transposed V cache (flash attention off) cpy_v pads the router's one head to the widest layer's
+    # n_embd_v_gqa ([TAG_V_CACHE_VARIABLE]): a PAD node before its SET_ROWS
+    router = padded_attn_kv(c, g, q_r, k_r, v_r, R, inp, False, Dense())
     slot = g.new("router_out (cont)", "CONT", "F32", (1, T), g.view(router, (1, T), router.nb))
     slot = g.op("router_out", "CLAMP", g.reshape(slot, T))
     slot = g.op("router_out", "UNARY", slot)  # ggml_round
