@@ -24,7 +24,7 @@ from ggufx.analysis.memory.archs import builder_of
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.analysis.memory.llamaargs import parse_args
 from ggufx.analysis.memory.llamalog import parse_log
-from ggufx.analysis.memory.placement import place
+from ggufx.analysis.memory.placement import Device, place
 
 from . import graph_arch_logs
 from .graph_arch_logs import (
@@ -145,3 +145,18 @@ def test_a_file_llama_cpp_would_refuse_gets_the_generic_estimate(
     refused: Refused, smollm2_path: Path, tmp_path: Path
 ) -> None:
     assert_refused(refused, smollm2_path, tmp_path)
+
+
+def test_gpu_layers_count_the_router_layer(models: dict[str, Path]) -> None:
+    """load_tensors (llama-model.cpp:1590) offloads the last -ngl of n_layer_all + 1 layers, n_layer_all =
+    block_count + 1 with the router layer: -ngl 2 puts the router and the output layer on the GPU and no block,
+    -ngl 3 the last block too, block_count + 2 every one."""
+    model = ggufx.open(models["graniteswitch"])
+    gpu = [Device("CUDA0", 80 << 30)]
+    on_gpu = {
+        ngl: [d is not None for d in place(model, gpu, parse_args(f"-m x -ngl {ngl}").offload).layer_device]
+        for ngl in (1, 2, 3, 6)
+    }
+    assert on_gpu[1] == on_gpu[2] == [False] * 4 + [True]
+    assert on_gpu[3] == [False] * 3 + [True] * 2
+    assert on_gpu[6] == [True] * 5

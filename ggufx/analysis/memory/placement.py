@@ -252,7 +252,14 @@ def place(model: GGUFModel, devices: list[Device], p: OffloadParams) -> Placemen
     if p.tensor_split and len(p.tensor_split) > max(len(devices), 1):
         raise InputError(f"-ts has {len(p.tensor_split)} entries for {len(devices)} GPU(s)", "-ts")
     n_layer = model.metadata.get_int(f"{model.architecture}.block_count") or 0
-    layer_dev = layer_devices(n_layer, devices, p)
+    if model.architecture == "graniteswitch":
+        # load_tensors (llama-model.cpp:1590) splits n_layer_all + 1 layers: block_count, the router layer at index
+        # block_count, the output layer. Its weights follow the others; the router's KV cache is given the output
+        # layer's device here (they differ only at -ngl 1, where llama.cpp keeps the router on the host)
+        split = layer_devices(n_layer + 1, devices, p)
+        layer_dev = [*split[:n_layer], split[n_layer + 1]]
+    else:
+        layer_dev = layer_devices(n_layer, devices, p)
     names = {d.name for d in devices}
     patterns = []
     for rx, buft in p.overrides:
