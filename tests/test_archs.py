@@ -121,7 +121,7 @@ def test_issue_architectures_are_registered() -> None:
         # the OCR decoders (session 6)
         "paddleocr", "hunyuan_vl", "deepseek2-ocr",
         # session 7: the newest small decoders
-        "talkie", "maple", "muse-glimmer", "hrm_text", "minimax-m3", "dots3note", "deepseek4",
+        "talkie", "maple", "muse-glimmer", "hrm_text", "minimax-m3", "dots3note", "deepseek4", "graniteswitch",
     }  # fmt: skip
     assert arch_of("deepseek2").mla and arch_of("glm4moe").skips_nextn  # type: ignore[union-attr]
     assert arch_of("no-such-arch") is None and builder_of(None) is None

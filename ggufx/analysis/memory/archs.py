@@ -1194,6 +1194,29 @@ _ENTRIES = (
         shared_experts=True,
         indexer="types",
     ),
+    # -- h-gsw (issue 25): graniteswitch ------------------------------------------------------------
+    # Granite Switch: granite with per-token switched LoRA adapters (stacked, slot 0 the zero delta) on Q/K/V/O
+    # and the FFN, picked by a one-head router attention layer that the loader adds at index block_count
+    # (n_layer_all = block_count + 1, n_layer_nextn repurposed as 1 with router_layer set: its own KV cache layer,
+    # not filtered out, llama-model.cpp create_memory)
+    Arch(
+        "graniteswitch",
+        "granite-switch.cpp",
+        (
+            "logit_scale",
+            "residual_scale",
+            "embedding_scale",
+            "attention.scale",
+            "rope.scaling.finetuned",
+            "expert_shared_feed_forward_length",
+            "adapters.count",
+            "adapters.lora_rank",
+            "adapters.router_gain",
+            "adapters.token_ids_activate",
+            "adapters.token_ids_substitute",
+        ),
+        builder="granite_switch",
+    ),
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}

@@ -648,7 +648,10 @@ def breakdown(
         }
         swa_cells = dsv4_layout(hp, n_ctx_seq, max(1, n_seq), n_ubatch, cp.swa_full)[0][0].cells
     else:
-        kv, kv_stats = kv_buffers(hp, kinds, pl, cp, n_ctx_seq, swa_cells, n_streams, model.path)
+        kv_kinds = kinds
+        if hp.router_layer >= 0:  # Granite Switch's router layer: a KV cache layer of its own (1 KV head)
+            kv_kinds = [*kinds, LayerKind(hp.router_layer, "attention", "none", 1, True)]
+        kv, kv_stats = kv_buffers(hp, kv_kinds, pl, cp, n_ctx_seq, swa_cells, n_streams, model.path)
         if hp.arch in MSA_ARCHS:  # MiniMax-M3: llama_kv_cache_msa's indexer cache after the main one
             kv_stats = msa_buffers(model, hp, pl, cp, n_ctx_seq, n_streams, kv, kv_stats)
     buffers += kv

@@ -58,6 +58,10 @@ class Hparams:
     # DeepSeek V4 (llama-kv-cache-dsv4.cpp): attention.compress_ratios per block (0: the window only, 4: CSA,
     # 128: HCA); empty for every other architecture
     dsv4_ratios: tuple[int, ...] = ()
+    # Granite Switch (granite-switch.cpp load_arch_hparams): the router attention layer the loader adds at index
+    # block_count (1 head, 1 KV head, no FFN; n_layer_all = block_count + 1), which n_head / n_head_kv also
+    # describe; -1 for every other architecture
+    router_layer: int = -1
 
     @property
     def n_layer_main(self) -> int:
@@ -215,6 +219,9 @@ def hparams(model: GGUFModel) -> Hparams:
     tokens = md.get("tokenizer.ggml.tokens")
     n_vocab = get("vocab_size", len(tokens) if isinstance(tokens, GGUFArray) else 0)
     n_ff = max(_arr(model, f"{a}.feed_forward_length", n_layer, 0), default=0)
+    router = -1
+    if a == "graniteswitch":  # granite-switch.cpp: hparams.router_layer = n_layer, n_head_arr / n_head_kv_arr 1
+        router, n_head, n_head_kv = n_layer, [*n_head, 1], [*n_head_kv, 1]
     # recurrent state sizes, as llama_hparams::n_embd_r / n_embd_s
     d_conv, d_inner = get("ssm.conv_kernel"), get("ssm.inner_size")
     d_state, n_group = get("ssm.state_size"), get("ssm.group_count")
@@ -253,4 +260,5 @@ def hparams(model: GGUFModel) -> Hparams:
         get("attention.indexer.key_length") if arch is not None and (arch.indexer or a in DSV4_ARCHS) else 0,
         indexer_layers(model, n_layer - min(n_nextn(model), n_layer)),
         dsv4_ratios(model, n_layer),
+        router,
     )

@@ -213,7 +213,7 @@ def _override(
 _GET_ROWS_WEIGHTS = ("attn_compressor_ape.weight", "indexer_compressor_ape.weight", "ffn_gate_tid2eid.weight")
 
 
-def _repackable(t: TensorInfo) -> bool:
+def _repackable(t: TensorInfo, arch: str | None = None) -> bool:
     """A weight the CPU_REPACK buffer type takes (ggml-cpu/repack.cpp:5191-5225 ``supports_op``): a
     matrix of ``MUL_MAT`` (2 dimensions) or an expert stack of ``MUL_MAT_ID`` (3), of a repackable
     type whose rows come in groups of 8; not a bias (``ADD``/``ADD_ID``) nor a 3-D ``MUL_MAT`` weight
@@ -222,11 +222,13 @@ def _repackable(t: TensorInfo) -> bool:
     while dims > 1 and t.shape[dims - 1] == 1:
         dims -= 1
     experts = "_exps." in t.name or "_chexps." in t.name
+    # Granite Switch's stacked adapters: llama-model-loader.cpp:1193 gives its .lora_a / .lora_b MUL_MAT_ID
+    lora = arch == "graniteswitch" and t.name.endswith((".lora_a", ".lora_b"))
     return (
-        t.name.endswith(".weight")
+        (t.name.endswith(".weight") or lora)
         and not t.name.endswith(_GET_ROWS_WEIGHTS)
         and t.type.name in _REPACK_TYPES
-        and dims == (3 if experts else 2)
+        and dims == (3 if experts or lora else 2)
         and t.shape[1] % 8 == 0
     )
 
@@ -250,7 +252,14 @@ def place(model: GGUFModel, devices: list[Device], p: OffloadParams) -> Placemen
     if p.tensor_split and len(p.tensor_split) > max(len(devices), 1):
         raise InputError(f"-ts has {len(p.tensor_split)} entries for {len(devices)} GPU(s)", "-ts")
     n_layer = model.metadata.get_int(f"{model.architecture}.block_count") or 0
-    layer_dev = layer_devices(n_layer, devices, p)
+    if model.architecture == "graniteswitch":
+        # load_tensors (llama-model.cpp:1590) splits n_layer_all + 1 layers: block_count, the router layer at index
+        # block_count, the output layer. Its weights follow the others; the router's KV cache is given the output
+        # layer's device here (they differ only at -ngl 1, where llama.cpp keeps the router on the host)
+        split = layer_devices(n_layer + 1, devices, p)
+        layer_dev = [*split[:n_layer], split[n_layer + 1]]
+    else:
+        layer_dev = layer_devices(n_layer, devices, p)
     names = {d.name for d in devices}
     patterns = []
     for rx, buft in p.overrides:
@@ -300,7 +309,7 @@ def place(model: GGUFModel, devices: list[Device], p: OffloadParams) -> Placemen
             continue
         buft = buft_for(t, layer)
         placement.tensors.append((t, buft))
-        if repack and buft in (CPU_MAPPED, CPU) and isinstance(layer, int) and _repackable(t):
+        if repack and buft in (CPU_MAPPED, CPU) and isinstance(layer, int) and _repackable(t, arch_name):
             placement.repack.append(t)
             placement.repacked_only.add(t.name)
         if tied and t.name == "token_embd.weight":
