@@ -1085,6 +1085,50 @@ _ENTRIES = (
         moe=True,
         shared_experts=True,
     ),
+    # -- hybrids with an indexer cache (issue 25, h-hybidx): llama_memory_hybrid_idx ---------------------------
+    # GLM5-Next / GLM-5.3-Flash (glm5-next.cpp): Kimi-delta-attention layers where head_count_kv is 0 (recurrent:
+    # Q/K/V short convolutions, kda.head_dim heads), nope-only MLA layers on a K-only cache of the kv_lora_rank
+    # latent (key_length), a k-pool DSA indexer whose keys, pool gates and pooled keys the third cache of
+    # llama_memory_hybrid_idx keeps for the MLA layers of attention.indexer.types (buffers.hybrid_idx_buffers),
+    # mHC residual streams, DeepSeek-style experts; the NextN block is skipped and never attended. No graph
+    # builder yet: the compute buffer is the generic estimate
+    Arch(
+        "glm5-next",
+        "glm5-next.cpp",
+        (
+            "attention.layer_norm_epsilon",
+            "attention.key_length_mla",
+            "attention.value_length_mla",
+            "attention.q_lora_rank",
+            "attention.kv_lora_rank",
+            "ssm.conv_kernel",
+            "kda.head_dim",
+            "kda.gate_lower_bound",
+            "expert_feed_forward_length",
+            "expert_shared_count",
+            "leading_dense_block_count",
+            "expert_weights_scale",
+            "expert_weights_norm",
+            "expert_gating_func",
+            "swiglu_clamp_exp",
+            "swiglu_clamp_shexp",
+            "attention.indexer.head_count",
+            "attention.indexer.key_length",
+            "attention.indexer.top_k",
+            "attention.indexer.kpool",
+            "attention.indexer.kpool_select_tail",
+            "attention.indexer.types",
+            "hyper_connection.count",
+            "hyper_connection.sinkhorn_iterations",
+            "hyper_connection.epsilon",
+        ),
+        recurrent=Recurrent("Kimi delta attention", "no_kv_heads"),
+        mla=True,
+        skips_nextn=True,
+        moe=True,
+        leading_dense=True,
+        shared_experts=True,
+    ),
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}

@@ -63,6 +63,7 @@ from ggufx.analysis.memory.placement import (
 )
 from ggufx.errors import InputError, ValidationError
 from ggufx.format.ggmltypes import GGMLType, ggml_type_by_name
+from ggufx.format.values import GGUFArray
 from ggufx.model import GGUFModel
 
 MiB = 1 << 20
@@ -597,6 +598,8 @@ def breakdown(
         swa_cells = dsv4_layout(hp, n_ctx_seq, max(1, n_seq), n_ubatch, cp.swa_full)[0][0].cells
     else:
         kv, kv_stats = kv_buffers(hp, kinds, pl, cp, n_ctx_seq, swa_cells, n_streams, model.path)
+        if hp.arch in HYBRID_IDX_ROW:  # llama_memory_hybrid_idx: the indexer's own cache
+            kv_stats = hybrid_idx_buffers(model, hp, kinds, pl, cp, n_ctx_seq, n_streams, kv, kv_stats)
     buffers += kv
     rs = recurrent_buffers(hp, kinds, pl, cp, max(1, n_seq))
     buffers += rs
@@ -865,3 +868,75 @@ def _meta_compute(pl: Placement, b: Buffer) -> Buffer:
     if b.buft != META:
         return b
     return Buffer(b.kind, b.buft, b.bytes, b.exact, slices={d.name: b.bytes for d in pl.meta}, reason=b.reason)
+
+
+# -- llama_memory_hybrid_idx (issue 25, h-hybidx) ------------------------------------------------------------------
+# llama-memory-hybrid-idx.cpp:52-75: llama_memory_hybrid (attention cache + recurrent state) plus a third
+# llama_kv_cache, the indexer's: one head (n_head_kv_arr filled with 1) of attention.indexer.key_length x
+# indexer_kpool_row values per cell when the indexer pools its keys (kpool > 0), of the -ctk type, K only (the
+# hparams are made MLA's), n_ctx_seq cells, the attention cache's streams; its layers are create_memory's
+# filter_idx (llama-model.cpp: GLM5_NEXT, and QWEN4EXP's needs_mem_idx branch). The row: glm5-next caches key |
+# gate | pooled (llama_hparams::indexer_kpool_row's default 3), qwen4exp key | pooled (qwen4exp.cpp:81, 2).
+HYBRID_IDX_ROW = {"glm5-next": 3, "qwen4exp": 2}
+
+
+def _per_layer_ints(model: GGUFModel, key: str, n: int) -> list[int] | None:
+    """A ``get_key_or_arr`` key of ``n`` entries (None: absent); an array of another length is llama.cpp's
+    "wrong array length" refusal."""
+    md = model.metadata
+    if key not in md:
+        return None
+    v = md[key]
+    if not isinstance(v, GGUFArray):
+        return [int(v)] * n
+    items = [int(x) for x in v.tolist()]
+    if len(items) != n:
+        raise ValidationError(
+            model.path,
+            md.kv(key).offset,
+            f"{key} has {len(items)} entries but llama.cpp expects {n} (wrong array length)",
+        )
+    return items
+
+
+def hybrid_idx_layout(model: GGUFModel, hp: Hparams, kinds: list[LayerKind]) -> tuple[int, tuple[int, ...]]:
+    """The indexer cache of ``llama_memory_hybrid_idx``: (values per cell, layers).
+
+    glm5-next (llama-model.cpp create_memory, GLM5_NEXT): the trunk's MLA layers (``!is_recr``) whose
+    ``attention.indexer.types`` entry is set (every one without the key: glm5-next.cpp fills the array with 1),
+    rows of key | gate | pooled. qwen4exp (its ``needs_mem_idx`` branch): every trunk
+    attention layer, rows of key | pooled when ``attention.compress_ratios`` gives a k-pool, else the key alone."""
+    a = hp.arch
+    attn = [k.index for k in kinds if k.kv and not k.nextn]
+    key_len = model.metadata.get_int(f"{a}.attention.indexer.key_length") or 0
+    n_main = hp.n_layer - hp.n_nextn
+    if a == "glm5-next":
+        types = _per_layer_ints(model, f"{a}.attention.indexer.types", n_main) or [1] * n_main
+        return key_len * HYBRID_IDX_ROW[a], tuple(il for il in attn if types[il])
+    ratios = _per_layer_ints(model, f"{a}.attention.compress_ratios", hp.n_layer) or []
+    kpool = max(ratios, default=0)
+    return key_len * (HYBRID_IDX_ROW[a] if kpool > 0 else 1), tuple(attn)
+
+
+def hybrid_idx_buffers(
+    model: GGUFModel,
+    hp: Hparams,
+    kinds: list[LayerKind],
+    pl: Placement,
+    cp: ContextParams,
+    cells: int,
+    n_streams: int,
+    out: list[Buffer],
+    stats: dict[bool | None, tuple[int, int]],
+) -> dict[bool | None, tuple[int, int]]:
+    """Appends the indexer cache's buffers to ``out`` (after the attention cache's, as llama.cpp allocates
+    them; per buffer type, on each layer's device) and returns the KV statistics with its bytes (within the
+    full-attention figure, as for llama_kv_cache_dsa) and layers."""
+    width, layers = hybrid_idx_layout(model, hp, kinds)
+    if not layers or not width:
+        return stats
+    tk = _cache_type(cp.cache_type_k, "-ctk")
+    idx = replace(hp, indexer_k=width, indexer_layers=layers)
+    nbytes = _indexer_buffers(idx, pl, cp, tk, cells, n_streams, model.path, out)
+    full_bytes, full_layers = stats[False]
+    return {**stats, False: (full_bytes + nbytes, full_layers), None: (nbytes, len(layers))}
