@@ -1129,6 +1129,45 @@ _ENTRIES = (
         leading_dense=True,
         shared_experts=True,
     ),
+    # Qwen4exp (qwen4exp.cpp): qwen35's Gated DeltaNet hybrid (attention.recurrent_layers or every
+    # full_attention_interval-th trunk layer attends, Q with its gate, IMRoPE) with low-rank hyper-connection
+    # streams for norms, experts with a gated shared expert, optional PLE n-gram embeddings (their conv history a
+    # row of its own in the recurrent memory, cache_ple_r_l), and a QSA indexer whose keys (| pooled keys where
+    # attention.compress_ratios gives a k-pool) llama_memory_hybrid_idx's third cache keeps for every trunk
+    # attention layer (buffers.hybrid_idx_buffers). The MTP block is skipped and never attended by the trunk
+    Arch(
+        "qwen4exp",
+        "qwen4exp.cpp",
+        (
+            "expert_feed_forward_length",
+            "expert_shared_feed_forward_length",
+            "rope.dimension_sections",
+            *_SSM,
+            "attention.recurrent_layers",
+            "full_attention_interval",
+            "hyper_connection.count",
+            "hyper_connection.low_rank",
+            "attention.indexer.head_count",
+            "attention.indexer.key_length",
+            "attention.indexer.top_k",
+            "attention.compress_ratios",
+            "ple.layers",
+            "ple.ngram_size",
+            "ple.heads_per_ngram",
+            "ple.conv_kernel",
+            "ple.layer_multipliers",
+            "ple.head_offsets",
+            "ple.head_vocab_sizes",
+            "ple.eos_token_id",
+            "ple.image_token_id",
+            "embedding_length_per_layer_input",
+        ),
+        recurrent=_GDN,
+        skips_nextn=True,
+        moe=True,
+        shared_experts=True,
+        gated_q=True,
+    ),
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}
