@@ -1134,7 +1134,8 @@ _ENTRIES = (
     # streams for norms, experts with a gated shared expert, optional PLE n-gram embeddings (their conv history a
     # row of its own in the recurrent memory, cache_ple_r_l), and a QSA indexer whose keys (| pooled keys where
     # attention.compress_ratios gives a k-pool) llama_memory_hybrid_idx's third cache keeps for every trunk
-    # attention layer (buffers.hybrid_idx_buffers). The MTP block is skipped and never attended by the trunk
+    # attention layer (buffers.hybrid_idx_buffers). The MTP block is skipped and never attended by the trunk.
+    # graph/models/qwen4exp.py builds the files without a k-pool or PLE (QSA and PLE: the generic estimate)
     Arch(
         "qwen4exp",
         "qwen4exp.cpp",
@@ -1162,6 +1163,7 @@ _ENTRIES = (
             "ple.image_token_id",
             "embedding_length_per_layer_input",
         ),
+        builder="qwen4exp",
         recurrent=_GDN,
         skips_nextn=True,
         moe=True,

@@ -1,0 +1,254 @@
+"""The ``qwen4exp`` hybrid (src/models/qwen4exp.cpp): ``qwen35moe``'s layers (gated M-RoPE attention every
+``full_attention_interval``-th layer, Gated DeltaNet layers between them with the fused ``GATED_DELTA_NET``
+node, experts with a sigmoid-gated shared expert) between low-rank hyper-connection mixers instead of norms:
+``hyper_connection.count`` residual streams ``[n_embd, hc, n_tokens]``, mixed into one before each block
+(``build_hc_mix``: a grouped RMS norm, a low-rank SiLU gate, the fused ``DSV4_HC_PRE`` mean of the gated
+streams) and scattered back after it (``build_hc_combine``: the fused ``DSV4_HC_POST``); the final mixer, the
+output norm, unfused. Its Gated DeltaNet writes the convolution's last columns through a ``CONT``
+(``build_conv_state_at``) and gates its norm with a sigmoid.
+
+Built: files without a k-pool (no ``attention.compress_ratios`` entry above 0: every attention layer dense,
+the QSA indexer's cache allocated but not read) and without PLE n-gram embeddings; the QSA selection
+(``build_qsa_sel``: the pooled-key scatter and gather over the indexer cache, the lightning indexer, the mask
+scatter) and PLE are not simulated (the generic estimate, with the reason). On the CPU build llama.cpp's
+``resolve_fused_ops`` keeps the fused hyper-connection ops on (one device)."""
+
+from __future__ import annotations
+
+from ggufx.analysis.layers import layer_kinds
+from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
+from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd, _norm, _w, _weight
+from ggufx.analysis.memory.graph.models.qwen3next import _ffn, gdn_dims, n_expert_used, recurrent_layer
+from ggufx.analysis.memory.graph.models.qwen35 import _copy_into, _gated_attn, _gdn_dims, _rs
+from ggufx.analysis.memory.hparams import hparams
+from ggufx.format.values import GGUFArray
+from ggufx.model import GGUFModel
+
+
+def _hc(c: _Ctx) -> int:
+    """``hyper_connection.count``: the residual streams."""
+    assert c.model is not None
+    n = c.model.metadata.get_int(f"{c.hp.arch}.hyper_connection.count")
+    assert n is not None and n > 1
+    return n
+
+
+def hc_mix(c: _Ctx, g: _Graph, x: _T, prefix: str, il: int, fused: bool, inject: bool) -> tuple[_T, _T | None]:
+    """``build_hc_mix`` (qwen4exp.cpp:313-366): the streams ``x`` ``[n_embd, hc, T]`` RMS-normed per stream
+    (``ggml_rms_norm``, not ``build_norm``: nothing pinned) times the ``[n_embd, hc]`` gammas, a low-rank gate
+    (down, SCALE, SiLU, up), the gated mean of the streams (``DSV4_HC_PRE`` where ``fused``: the layers, il >= 0;
+    else SIGMOID, MUL, one CONT and ADDs of the stream views, SCALE), and the ``[hc, T]`` scatter weights
+    (``inject``: ``{prefix}inject``, not expanded here)."""
+    hc, E = _hc(c), c.hp.n_embd
+    nt = x.ne[2]
+    il_w = il if il >= 0 else c.hp.n_layer
+    xn = g.op(f"hc_rms-{il}", "RMS_NORM", x)
+    xn = g.op(f"hc_norm-{il}", "MUL", xn, _w(c, prefix + "norm.weight", il_w))
+    xn = g.reshape(xn, hc * E, nt)
+    lo = g.mul_mat(f"hc_lo-{il}", _w(c, prefix + "down.weight", il_w), xn)
+    lo = g.op(f"hc_lo_silu-{il}", "UNARY", g.op(f"hc_lo_scaled-{il}", "SCALE", lo))
+    gate = g.mul_mat(f"hc_gate-{il}", _w(c, prefix + "up.weight", il_w), lo)
+    if fused:
+        x3, gate3 = g.reshape(xn, E, hc, nt), g.reshape(gate, E, hc, nt)
+        mixed = g.new(f"hc_mixed-{il}", "DSV4_HC_PRE", "F32", (E, nt), x3, gate3)
+    else:
+        gated = g.op(f"hc_gated-{il}", "MUL", xn, g.op(f"hc_gate_sigmoid-{il}", "UNARY", gate))
+        gated = g.reshape(gated, E, hc, nt)
+        row = gated.nb[1] * hc
+        mixed = g.new(f"hc_mixed-{il}", "CONT", "F32", (E, nt), g.view(gated, (E, nt), (4, row)))
+        for _ in range(1, hc):
+            mixed = g.op(f"hc_mixed-{il}", "ADD", mixed, g.view(gated, (E, nt), (4, row)))
+        mixed = g.op(f"hc_mixed-{il}", "SCALE", mixed)
+    w = g.mul_mat(f"hc_inject-{il}", _w(c, prefix + "inject.weight", il_w), xn) if inject else None
+    return mixed, w
+
+
+def hc_combine(g: _Graph, residual: _T, block_out: _T, inject: _T, il: int) -> _T:
+    """``build_hc_combine`` (qwen4exp.cpp:368-397) fused (``DSV4_HC_POST``, a layer's): the scatter weights
+    ``2 sigmoid(inject / hc)`` (SCALE, SIGMOID, SCALE), each stream plus its weight times the block's output."""
+    w = g.op(f"hc_w-{il}", "SCALE", g.op(f"hc_w-{il}", "UNARY", g.op(f"hc_w-{il}", "SCALE", inject)))
+    return g.new(f"hc_combine-{il}", "DSV4_HC_POST", "F32", residual.ne, block_out, residual, w)
+
+
+def _gated_delta_net(c: _Ctx, g: _Graph, x: _T, il: int, s_copy: _T) -> _T:
+    """``build_layer_attn_linear`` (qwen4exp.cpp:1018-1156): qwen35's (graph/models/qwen35.py) but for
+    ``build_conv_state_at`` (qwen4exp.cpp:1299-1340), which writes the last columns back through a ``CONT``,
+    and the sigmoid gate of the output norm (the same nodes as qwen35's SiLU)."""
+    hp, T = c.hp, c.n_tokens
+    ns = c.sp.n_seq_max
+    nst = T // ns
+    d = gdn_dims(c, il)
+    p = f"blk.{il}."
+    buft = c.cache_buft[il]
+    cache_r = g.leaf(f"cache_r_l{il}", "F32", (hp.n_embd_r, ns), buft=buft)
+    cache_s = g.leaf(f"cache_s_l{il}", "F32", (hp.n_embd_s, ns), buft=buft)
+    qkv = g.mul_mat(f"qkv_mixed-{il}", _w(c, p + "attn_qkv.weight", il), x)
+    channels = qkv.ne[0]
+    qkv = g.reshape(qkv, channels, nst, ns)
+    z = g.mul_mat(f"z-{il}", _w(c, p + "attn_gate.weight", il), x)
+    beta = g.reshape(g.mul_mat(f"beta-{il}", _w(c, p + "ssm_beta.weight", il), x), 1, d.n_v_heads, nst, ns)
+    beta = g.op(f"beta_sigmoid-{il}", "UNARY", beta)
+    alpha = g.reshape(g.mul_mat(f"alpha-{il}", _w(c, p + "ssm_alpha.weight", il), x), d.n_v_heads, nst, ns)
+    alpha = g.op(f"alpha_biased-{il}", "ADD", alpha, _w(c, p + "ssm_dt.bias", il))
+    alpha = g.op(f"a_softplus-{il}", "UNARY", alpha)
+    gate = g.op(f"gate-{il}", "MUL", alpha, _w(c, p + "ssm_a", il))
+    gate = g.reshape(gate, 1, d.n_v_heads, nst, ns)
+    conv = g.reshape(_rs(c, g, cache_r, s_copy, hp.n_embd_r), d.d_conv - 1, channels, ns)
+    conv_in = g.new(
+        f"conv_input-{il}", "CONCAT", "F32", (d.d_conv - 1 + nst, channels, ns), conv, g.permute(qkv, 1, 0, 2, 3)
+    )
+    last = g.view(conv_in, (d.d_conv - 1, channels, ns), conv_in.nb[:3])
+    _copy_into(g, g.new(f"conv_tail-{il}", "CONT", "F32", last.ne, last), cache_r, ns)
+    state = _rs(c, g, cache_s, s_copy, hp.n_embd_s)
+    state = g.reshape(state, d.head_v, d.head_v, d.n_v_heads, ns)
+    out = g.new(
+        f"conv_output_raw-{il}", "SSM_CONV", "F32", (channels, nst, ns), conv_in, _w(c, p + "ssm_conv1d.weight", il)
+    )
+    out = g.op(f"conv_output_silu-{il}", "UNARY", out)
+    row = out.nb[1]
+    heads = []
+    for n_heads in (d.n_k_heads, d.n_k_heads):  # build_gdn_l2_norm: RMS_NORM, SCALE (the fused GDN: no repeat)
+        qk = g.view(out, (d.head_k, n_heads, nst, ns), (4, 4 * d.head_k, row, row * nst))
+        heads.append(g.op(f"qk_conv-{il}", "SCALE", g.new(f"qk_norm-{il}", "RMS_NORM", "F32", qk.ne, qk)))
+    v = g.view(out, (d.head_v, d.n_v_heads, nst, ns), (4, 4 * d.head_v, row, row * nst))
+    S, H = d.head_v, d.n_v_heads
+    gdn = g.new(f"gdn-{il}", "GATED_DELTA_NET", "F32", (S * H, T + S * ns), heads[0], heads[1], v, gate, beta, state)
+    new_state = g.view(gdn, (S, S, H, ns), (4, 4 * S, 4 * S * S))
+    _copy_into(g, new_state, cache_s, ns)
+    o = g.view(gdn, (S, H, nst, ns), (4, 4 * S, 4 * S * H))
+    o = _norm(c, g, o, p + "ssm_norm.weight", il)  # build_norm_gated (qwen4exp.cpp:625-635)
+    o = g.op(f"attn_gated-{il}", "MUL", o, g.op(f"z_sigmoid-{il}", "UNARY", g.reshape(z, S, H, nst, ns)))
+    o = g.mul_mat(f"linear_attn_out-{il}", _w(c, p + "ssm_out.weight", il), g.reshape(o, S * H, nst, ns))
+    return g.reshape(o, hp.n_embd, T)
+
+
+def _rows(g: _Graph, t: _T, out_ids: _T, name: str) -> _T:
+    """``ggml_get_rows`` of the output tokens' columns of a 2-D tensor."""
+    return g.new(name, "GET_ROWS", "F32", (t.ne[0], out_ids.ne[0]), t, out_ids)
+
+
+def build(c: _Ctx, g: _Graph) -> _T:
+    """The graph's logits (qwen4exp.cpp:399-516): the embeddings repeated into the streams, per layer the
+    mixer, Gated DeltaNet or gated attention, the combine, the mixer, the experts, the combine (the last
+    trunk layer keeps the output tokens' rows of its block output, scatter weights and streams before its
+    first combine); the final mixer is the output norm (``result_norm``)."""
+    hp, sp = c.hp, c.sp
+    T, n_out = c.n_tokens, c.n_outputs
+    E, hc = hp.n_embd, _hc(c)
+    c.moe = n_expert_used(c)
+    x = _inp_embd(c, g)
+    s_copy = g.input("rs_s_copy", "I32", sp.n_seq_max)
+    full = _attn_inp(c, g, sp.n_kv)
+    c.pos = g.input("inp_pos", "I32", T * 4)  # M-RoPE: 4 positions per token
+    out_ids = g.input("out_ids", "I32", n_out)
+    res = g.new("hc_init", "REPEAT", "F32", (E, hc, T), g.reshape(x, E, 1, T))
+    g.expand(res)
+    last = hp.n_layer_main - 1
+    for p, il in enumerate(c.layers):
+        if il > last:  # the MTP block: not run by the main graph
+            continue
+        g.at(p)
+        pre = f"blk.{il}.hc_attn_"
+        cur, inject = hc_mix(c, g, res, pre, il, True, True)
+        assert inject is not None
+        g.expand(cur)
+        if recurrent_layer(c, il):
+            cur = _gated_delta_net(c, g, cur, il, s_copy)
+        else:
+            cur = _gated_attn(c, g, cur, il, full)
+        if il == last:
+            cur = _rows(g, cur, out_ids, f"attn_out_rows-{il}")
+            inject = _rows(g, inject, out_ids, f"hc_inject_rows-{il}")
+            res = g.reshape(_rows(g, g.reshape(res, E * hc, res.ne[2]), out_ids, f"hc_rows-{il}"), E, hc, n_out)
+        res = hc_combine(g, res, cur, inject, il)
+        cur, inject = hc_mix(c, g, res, f"blk.{il}.hc_ffn_", il, True, True)
+        assert inject is not None
+        cur = _ffn(c, g, cur, il)
+        res = hc_combine(g, res, cur, inject, il)
+    g.at(GLOBAL)
+    cur, _ = hc_mix(c, g, res, "output_hc_", -1, False, False)
+    cur.flags |= OUTPUT  # result_norm: t_embd
+    out_w = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
+    logits = g.mul_mat("result_output", out_w, cur)
+    logits.flags |= OUTPUT
+    return logits
+
+
+def unbuildable(model: GGUFModel) -> str | None:
+    """Why the qwen4exp graph cannot be built from this file (None when it can): QSA (a k-pool) and PLE are
+    not simulated; the expert counts, the Gated DeltaNet dimensions and every tensor the main graph reads in
+    the shape qwen4exp.cpp:170-297 creates it (llama.cpp refuses the file otherwise)."""
+    md = model.metadata
+    a = "qwen4exp"
+    ratios = md.get(f"{a}.attention.compress_ratios")
+    values = ratios.tolist() if isinstance(ratios, GGUFArray) else [ratios] if isinstance(ratios, int) else []
+    if any(isinstance(v, int) and v > 0 for v in values):
+        return "qwen4exp graphs with QSA (attention.compress_ratios above 0: a k-pool) are not simulated"
+    if f"{a}.ple.layers" in md and isinstance(md[f"{a}.ple.layers"], GGUFArray) and len(md[f"{a}.ple.layers"]):
+        return "qwen4exp graphs with PLE n-gram embeddings (ple.layers) are not simulated"
+    n_expert = md.get_int(f"{a}.expert_count") or 0
+    n_used = md.get_int(f"{a}.expert_used_count") or 0
+    if not 0 < n_used <= n_expert <= 1024:
+        return "the graph needs 0 < expert_used_count <= expert_count <= 1024"
+    hc = md.get_int(f"{a}.hyper_connection.count") or 0
+    if hc <= 1:  # qwen4exp.cpp:47-50
+        return "the graph needs hyper_connection.count above 1"
+    d = _gdn_dims(model)
+    if isinstance(d, str):
+        return d
+    tensors = {t.name: tuple(t.shape) for t in model.tensors}
+    extra = next((n for n in tensors if n.endswith((".scale", "gate_up_exps.weight"))), None)
+    if extra:
+        return f"qwen4exp graphs with tensor {extra} are not simulated"
+    hp = hparams(model)
+    E, hd = hp.n_embd, hp.head_k
+    if hd <= 0 or hd != hp.head_v:
+        return "the graph needs attention.key_length = attention.value_length > 0 (qwen4exp.cpp:402)"
+    if len(tensors.get("token_embd.weight", ())) != 2 or tensors["token_embd.weight"][0] != E:
+        return f"the graph needs a two-dimensional tensor token_embd.weight of {E} columns"
+    down = tensors.get("output_hc_down.weight", ())
+    if len(down) != 2 or down[0] != hc * E:
+        return f"the graph needs a two-dimensional tensor output_hc_down.weight of {hc * E} columns"
+    lr = down[1]
+    key_dim, value_dim = d.head_k * d.n_k_heads, d.head_v * d.n_v_heads
+    recurrent = [k.is_recurrent for k in layer_kinds(model)]
+    shapes: dict[str, tuple[int, ...]] = {"output_hc_up.weight": (lr, hc * E)}
+    for il in range(hp.n_layer_main):
+        p = f"blk.{il}."
+        nh, nkv = hp.n_head[il], hp.n_head_kv[il]
+        w: dict[str, tuple[int, ...]] = {}
+        for part in ("attn", "ffn"):
+            w |= {f"hc_{part}_down.weight": (hc * E, lr), f"hc_{part}_up.weight": (lr, hc * E)}
+            w |= {f"hc_{part}_inject.weight": (hc * E, hc)}
+        if recurrent[il]:
+            w |= {"attn_qkv.weight": (E, 2 * key_dim + value_dim), "attn_gate.weight": (E, value_dim)}
+            w |= {"ssm_conv1d.weight": (d.d_conv, 2 * key_dim + value_dim), "ssm_dt.bias": (d.n_v_heads,)}
+            w |= {"ssm_a": (d.n_v_heads,), "ssm_beta.weight": (E, d.n_v_heads), "ssm_alpha.weight": (E, d.n_v_heads)}
+            w |= {"ssm_norm.weight": (d.head_v,), "ssm_out.weight": (value_dim, E)}
+        elif nh <= 0 or nkv <= 0 or nh % nkv:
+            return f"the graph needs attention heads in layer {il} (head_count a multiple of head_count_kv)"
+        else:
+            w |= {"attn_q.weight": (E, 2 * hd * nh), "attn_k.weight": (E, hd * nkv), "attn_v.weight": (E, hd * nkv)}
+            w |= {"attn_output.weight": (hd * nh, E), "attn_q_norm.weight": (hd,), "attn_k_norm.weight": (hd,)}
+        up = tensors.get(p + "ffn_up_exps.weight", ())
+        if len(up) != 3:
+            return f"the graph needs a three-dimensional tensor {p}ffn_up_exps.weight"
+        n_ff_exp = up[1]
+        w |= {"ffn_gate_inp.weight": (E, n_expert), "ffn_up_exps.weight": (E, n_ff_exp, n_expert)}
+        w |= {"ffn_gate_exps.weight": (E, n_ff_exp, n_expert), "ffn_down_exps.weight": (n_ff_exp, E, n_expert)}
+        sh = tensors.get(p + "ffn_up_shexp.weight", ())
+        if len(sh) != 2:
+            return f"the graph needs tensor {p}ffn_up_shexp.weight, which the file lacks"
+        w |= {"ffn_gate_inp_shexp.weight": (E,), "ffn_gate_shexp.weight": (E, sh[1])}
+        w |= {"ffn_up_shexp.weight": (E, sh[1]), "ffn_down_shexp.weight": (sh[1], E)}
+        shapes |= {p + n: shape for n, shape in w.items()}
+    for name, shape in shapes.items():
+        if name not in tensors:
+            return f"the graph needs tensor {name}, which the file lacks"
+        if tensors[name] != shape:
+            return f"the graph needs tensor {name} of shape {list(shape)}, not {list(tensors[name])}"
+    norms = [f"blk.{il}.hc_{part}_norm.weight" for il in range(hp.n_layer_main) for part in ("attn", "ffn")]
+    for name in ("output_hc_norm.weight", *norms):
+        if name not in tensors:
+            return f"the graph needs tensor {name}, which the file lacks"
+    return None

@@ -1,0 +1,145 @@
+"""``qwen4exp`` (src/models/qwen4exp.cpp, graph/models/qwen4exp.py) against llama.cpp's CPU build: qwen35moe's
+Gated DeltaNet hybrid between low-rank hyper-connection mixers (four residual streams, the fused DSV4_HC_PRE and
+DSV4_HC_POST ops of the CPU build), over ``llama_memory_hybrid_idx`` (the attention cache, the recurrent state and
+the QSA indexer's cache). ``qwen4exp-dense`` (no ``attention.compress_ratios``: no k-pool, dense attention, an
+indexer cache of the raw key) is built: per run (flash attention on and off, -np 3, -ub 1024, q8_0 caches,
+--n-cpu-moe 2) the compute buffer to the 0.0001 MiB of ``~llama_context``'s line, the graph node for node, the
+layer shortcut against the whole replay. ``qwen4exp`` (a k-pool of 4: QSA) is not simulated: its compute buffer
+is the generic estimate with that reason, its caches exact (tests/test_arch_logs.py replays every buffer)."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+import ggufx
+from ggufx.analysis.layers import layer_kinds
+from ggufx.analysis.memory.archs import builder_of
+from ggufx.analysis.memory.buffers import MiB, hybrid_idx_layout
+from ggufx.analysis.memory.graph import graphsim
+from ggufx.analysis.memory.hparams import hparams
+
+from .graph_arch_logs import (
+    CPU_LOGS,
+    NODES,
+    Refused,
+    assert_compute_equal,
+    assert_nodes_equal,
+    assert_refused,
+    assert_runs_cover,
+    assert_shortcut_is_whole,
+    cpu_model,
+    cpu_runs,
+    cpu_spec,
+    replay_cpu,
+)
+from .graph_grow import assert_grown_shortcut_is_whole
+
+BUILT = ("qwen4exp-dense",)
+CPU_RUNS = [(m, rid) for m in BUILT for rid in cpu_runs(m)]
+NODE_RUNS = [(m, rid) for m, rid in CPU_RUNS if (NODES / f"{rid}.tsv").exists()]
+REFUSED = (
+    Refused(
+        "qwen4exp-dense", "blk.2.attn_q.weight", "the graph needs tensor blk.2.attn_q.weight, which the file lacks"
+    ),
+    Refused(
+        "qwen4exp-dense", "output_hc_up.weight", "the graph needs tensor output_hc_up.weight, which the file lacks"
+    ),
+    Refused(
+        "qwen4exp-dense",
+        "",
+        "qwen4exp graphs with QSA (attention.compress_ratios above 0: a k-pool) are not simulated",
+        add_kv=(("attention.compress_ratios", [0, 0, 4, 0, 0, 4, 4]),),
+    ),
+)
+
+
+@pytest.fixture(scope="module")
+def models(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("qwen4exp")
+    return {n: cpu_model(n, out, smollm2_path) for n in ("qwen4exp", "qwen4exp-dense")}
+
+
+def test_the_runs_cover_the_options() -> None:
+    assert builder_of("qwen4exp") == "qwen4exp"
+    assert_runs_cover("qwen4exp-dense", ("-fa off -np 3", "-ub 1024", "-ctk q8_0 -ctv q8_0", "--n-cpu-moe 2"))
+    assert {m for m, _ in NODE_RUNS} == set(BUILT)
+
+
+@pytest.mark.parametrize(("name", "rid"), CPU_RUNS)
+def test_cpu_compute_buffer_equals_llama_cpp(name: str, rid: str, models: dict[str, Path]) -> None:
+    text, bd = replay_cpu(rid, models[name])
+    assert_compute_equal(text, bd)
+
+
+@pytest.mark.parametrize(("name", "rid"), NODE_RUNS)
+def test_the_graph_is_llama_cpps_node_for_node(name: str, rid: str, models: dict[str, Path]) -> None:
+    """The mixers' RMS_NORM, MUL, low-rank gate and DSV4_HC_PRE before each block, the scatter weights and
+    DSV4_HC_POST after it (the inject projection where the combine reaches it), the Gated DeltaNet's CONT
+    before its convolution-state copy, the last trunk layer's GET_ROWS of block output, streams and scatter
+    weights, the unfused final mixer (SIGMOID, MUL, CONT, three ADDs, SCALE)."""
+    assert_nodes_equal(rid, models[name])
+
+
+def test_the_layer_shortcut_equals_the_whole_replay(models: dict[str, Path]) -> None:
+    assert_shortcut_is_whole(models["qwen4exp-dense"], "-c 8192", "-c 4096 -fa off -np 3")
+
+
+def _grown(n_trunk: int, out: Path, smollm2: Path) -> Path:
+    """qwen4exp-dense with ``n_trunk`` trunk layers (layer il as the small model's il % 3: the interval of 3
+    keeps the kinds) and its MTP block after them."""
+    spec = json.loads(json.dumps(cpu_spec("qwen4exp-dense")))
+    spec["kv"]["block_count"] = n_trunk + 1
+    tensors = []
+    for t in json.loads((CPU_LOGS / "tensors.json").read_text())["qwen4exp-dense"]:
+        m = re.fullmatch(r"blk\.(\d+)\.(.*)", t[0])
+        if m is None:
+            tensors.append(t)
+        elif int(m.group(1)) == 6:  # the MTP block
+            tensors.append([f"blk.{n_trunk}.{m.group(2)}", *t[1:]])
+        else:
+            tensors += [[f"blk.{il}.{m.group(2)}", *t[1:]] for il in range(n_trunk) if il % 3 == int(m.group(1))]
+    sys.path.insert(0, str(CPU_LOGS))
+    try:
+        from make_arch_headers import header
+    finally:
+        sys.path.remove(str(CPU_LOGS))
+    path = out / f"qwen4exp-dense-{n_trunk}.gguf"
+    header(path, spec, tensors, smollm2)
+    return path
+
+
+def test_the_layer_shortcut_equals_the_whole_replay_on_24_trunk_layers(smollm2_path: Path, tmp_path: Path) -> None:
+    """Grown to 24 trunk layers (two Gated DeltaNet layers and one attention layer repeated) and the MTP
+    block: the shortened replay, where it is taken, allocates as the whole one, on the CPU and on a GPU."""
+    assert_grown_shortcut_is_whole(_grown(24, tmp_path, smollm2_path))
+
+
+def test_qsa_files_get_the_generic_estimate_with_their_caches_exact(models: dict[str, Path]) -> None:
+    """The k-pool file: the estimate, labelled with the reason; its indexer cache (key | pooled: 2 x 64 values
+    per cell, the two trunk attention layers) as llama.cpp's second KV line of the run."""
+    model = ggufx.open(models["qwen4exp"])
+    why = graphsim.simulated(model)
+    assert why == "qwen4exp graphs with QSA (attention.compress_ratios above 0: a k-pool) are not simulated"
+    assert hybrid_idx_layout(model, hparams(model), layer_kinds(model)) == (128, (2, 5))
+    text, bd = replay_cpu("qwen4exp-c8192", models["qwen4exp"])
+    assert bd.compute_estimate and why in bd.compute_estimate
+    assert "llama_kv_cache: size =    4.00 MiB (  8192 cells,   2 layers" in text
+    assert (bd.kv_indexer_bytes, bd.kv_indexer_layers) == (4 * MiB, 2)
+    dense = ggufx.open(models["qwen4exp-dense"])
+    assert hybrid_idx_layout(dense, hparams(dense), layer_kinds(dense)) == (64, (2, 5))
+    assert (
+        "llama_kv_cache: size =    2.00 MiB (  8192 cells,   2 layers"
+        in (CPU_LOGS / "qwen4exp-dense-c8192.log").read_text()
+    )
+
+
+@pytest.mark.parametrize("refused", REFUSED, ids=lambda r: r.drop_tensor or "qsa")
+def test_a_file_llama_cpp_would_refuse_gets_the_generic_estimate(
+    refused: Refused, smollm2_path: Path, tmp_path: Path
+) -> None:
+    assert_refused(refused, smollm2_path, tmp_path)
