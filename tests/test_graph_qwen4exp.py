@@ -1,11 +1,12 @@
 """``qwen4exp`` (src/models/qwen4exp.cpp, graph/models/qwen4exp.py) against llama.cpp's CPU build: qwen35moe's
 Gated DeltaNet hybrid between low-rank hyper-connection mixers (four residual streams, the fused DSV4_HC_PRE and
 DSV4_HC_POST ops of the CPU build), over ``llama_memory_hybrid_idx`` (the attention cache, the recurrent state and
-the QSA indexer's cache). ``qwen4exp-dense`` (no ``attention.compress_ratios``: no k-pool, dense attention, an
-indexer cache of the raw key) is built: per run (flash attention on and off, -np 3, -ub 1024, q8_0 caches,
---n-cpu-moe 2) the compute buffer to the 0.0001 MiB of ``~llama_context``'s line, the graph node for node, the
-layer shortcut against the whole replay. ``qwen4exp`` (a k-pool of 4: QSA) is not simulated: its compute buffer
-is the generic estimate with that reason, its caches exact (tests/test_arch_logs.py replays every buffer)."""
+the QSA indexer's cache). ``qwen4exp`` pools the indexer keys by 4 (``attention.compress_ratios``): its attention
+layers attend over the QSA selection (pooled keys scattered into and gathered from the indexer cache, the
+lightning indexer, the top pools and the tail, the mask scatter); ``qwen4exp-dense`` has no k-pool (dense
+attention, an indexer cache of the raw key). Per run (flash attention on and off, -np 3, -ub 1024, q8_0 caches,
+--n-cpu-moe 2, up to the 131,072-token training context) the compute buffer to the 0.0001 MiB of
+``~llama_context``'s line, the graph node for node, the layer shortcut against the whole replay."""
 
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ import ggufx
 from ggufx.analysis.layers import layer_kinds
 from ggufx.analysis.memory.archs import builder_of
 from ggufx.analysis.memory.buffers import MiB, hybrid_idx_layout
-from ggufx.analysis.memory.graph import graphsim
 from ggufx.analysis.memory.hparams import hparams
 
 from .graph_arch_logs import (
@@ -32,6 +32,7 @@ from .graph_arch_logs import (
     assert_refused,
     assert_runs_cover,
     assert_shortcut_is_whole,
+    compute_mib,
     cpu_model,
     cpu_runs,
     cpu_spec,
@@ -39,7 +40,7 @@ from .graph_arch_logs import (
 )
 from .graph_grow import assert_grown_shortcut_is_whole
 
-BUILT = ("qwen4exp-dense",)
+BUILT = ("qwen4exp", "qwen4exp-dense")
 CPU_RUNS = [(m, rid) for m in BUILT for rid in cpu_runs(m)]
 NODE_RUNS = [(m, rid) for m, rid in CPU_RUNS if (NODES / f"{rid}.tsv").exists()]
 REFUSED = (
@@ -50,10 +51,16 @@ REFUSED = (
         "qwen4exp-dense", "output_hc_up.weight", "the graph needs tensor output_hc_up.weight, which the file lacks"
     ),
     Refused(
+        "qwen4exp",
+        "",
+        "the graph needs one attention.compress_ratios above 1 that divides attention.indexer.top_k",
+        add_kv=(("attention.compress_ratios", [0, 0, 4, 0, 0, 8, 8]),),
+    ),
+    Refused(
         "qwen4exp-dense",
         "",
-        "qwen4exp graphs with QSA (attention.compress_ratios above 0: a k-pool) are not simulated",
-        add_kv=(("attention.compress_ratios", [0, 0, 4, 0, 0, 4, 4]),),
+        "qwen4exp graphs with PLE n-gram embeddings (ple.layers) are not simulated",
+        add_kv=(("ple.layers", [0]),),
     ),
 )
 
@@ -66,7 +73,9 @@ def models(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
 
 def test_the_runs_cover_the_options() -> None:
     assert builder_of("qwen4exp") == "qwen4exp"
-    assert_runs_cover("qwen4exp-dense", ("-fa off -np 3", "-ub 1024", "-ctk q8_0 -ctv q8_0", "--n-cpu-moe 2"))
+    for name in BUILT:
+        assert_runs_cover(name, ("-fa off -np 3", "-ub 1024", "-ctk q8_0 -ctv q8_0", "--n-cpu-moe 2"))
+    assert any("-c 131072" in line for line in (CPU_LOGS / "matrix").read_text().splitlines() if "\tqwen4exp\t" in line)
     assert {m for m, _ in NODE_RUNS} == set(BUILT)
 
 
@@ -86,16 +95,19 @@ def test_the_graph_is_llama_cpps_node_for_node(name: str, rid: str, models: dict
 
 
 def test_the_layer_shortcut_equals_the_whole_replay(models: dict[str, Path]) -> None:
-    assert_shortcut_is_whole(models["qwen4exp-dense"], "-c 8192", "-c 4096 -fa off -np 3")
+    for name in BUILT:
+        assert_shortcut_is_whole(models[name], "-c 8192", "-c 4096 -fa off -np 3")
 
 
-def _grown(n_trunk: int, out: Path, smollm2: Path) -> Path:
-    """qwen4exp-dense with ``n_trunk`` trunk layers (layer il as the small model's il % 3: the interval of 3
-    keeps the kinds) and its MTP block after them."""
-    spec = json.loads(json.dumps(cpu_spec("qwen4exp-dense")))
+def _grown(name: str, n_trunk: int, out: Path, smollm2: Path) -> Path:
+    """The model with ``n_trunk`` trunk layers (layer il as the small model's il % 3: the interval of 3 keeps
+    the kinds; the k-pool on the attention layers and the MTP block) and its MTP block after them."""
+    spec = json.loads(json.dumps(cpu_spec(name)))
     spec["kv"]["block_count"] = n_trunk + 1
+    if "attention.compress_ratios" in spec["kv"]:
+        spec["kv"]["attention.compress_ratios"] = [4 if il % 3 == 2 else 0 for il in range(n_trunk)] + [4]
     tensors = []
-    for t in json.loads((CPU_LOGS / "tensors.json").read_text())["qwen4exp-dense"]:
+    for t in json.loads((CPU_LOGS / "tensors.json").read_text())[name]:
         m = re.fullmatch(r"blk\.(\d+)\.(.*)", t[0])
         if m is None:
             tensors.append(t)
@@ -108,37 +120,44 @@ def _grown(n_trunk: int, out: Path, smollm2: Path) -> Path:
         from make_arch_headers import header
     finally:
         sys.path.remove(str(CPU_LOGS))
-    path = out / f"qwen4exp-dense-{n_trunk}.gguf"
+    path = out / f"{name}-{n_trunk}.gguf"
     header(path, spec, tensors, smollm2)
     return path
 
 
-def test_the_layer_shortcut_equals_the_whole_replay_on_24_trunk_layers(smollm2_path: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", BUILT)
+def test_the_layer_shortcut_equals_the_whole_replay_on_24_trunk_layers(
+    name: str, smollm2_path: Path, tmp_path: Path
+) -> None:
     """Grown to 24 trunk layers (two Gated DeltaNet layers and one attention layer repeated) and the MTP
     block: the shortened replay, where it is taken, allocates as the whole one, on the CPU and on a GPU."""
-    assert_grown_shortcut_is_whole(_grown(24, tmp_path, smollm2_path))
+    assert_grown_shortcut_is_whole(_grown(name, 24, tmp_path, smollm2_path))
 
 
-def test_qsa_files_get_the_generic_estimate_with_their_caches_exact(models: dict[str, Path]) -> None:
-    """The k-pool file: the estimate, labelled with the reason; its indexer cache (key | pooled: 2 x 64 values
-    per cell, the two trunk attention layers) as llama.cpp's second KV line of the run."""
+def test_the_indexer_cache_holds_the_key_and_its_pooled_slot(models: dict[str, Path]) -> None:
+    """The k-pool file's indexer cache: key | pooled (2 x 64 values per cell) for the two trunk attention
+    layers, as llama.cpp's second KV line of the run; without a k-pool the key alone."""
     model = ggufx.open(models["qwen4exp"])
-    why = graphsim.simulated(model)
-    assert why == "qwen4exp graphs with QSA (attention.compress_ratios above 0: a k-pool) are not simulated"
     assert hybrid_idx_layout(model, hparams(model), layer_kinds(model)) == (128, (2, 5))
     text, bd = replay_cpu("qwen4exp-c8192", models["qwen4exp"])
-    assert bd.compute_estimate and why in bd.compute_estimate
     assert "llama_kv_cache: size =    4.00 MiB (  8192 cells,   2 layers" in text
     assert (bd.kv_indexer_bytes, bd.kv_indexer_layers) == (4 * MiB, 2)
     dense = ggufx.open(models["qwen4exp-dense"])
     assert hybrid_idx_layout(dense, hparams(dense), layer_kinds(dense)) == (64, (2, 5))
-    assert (
-        "llama_kv_cache: size =    2.00 MiB (  8192 cells,   2 layers"
-        in (CPU_LOGS / "qwen4exp-dense-c8192.log").read_text()
-    )
+    dense_log = (CPU_LOGS / "qwen4exp-dense-c8192.log").read_text()
+    assert "llama_kv_cache: size =    2.00 MiB (  8192 cells,   2 layers" in dense_log
 
 
-@pytest.mark.parametrize("refused", REFUSED, ids=lambda r: r.drop_tensor or "qsa")
+def test_the_qsa_mask_grows_with_the_context(models: dict[str, Path]) -> None:
+    """The selection's mask (n_kv + n_sel columns per token, F32 without flash attention) dominates: the QSA
+    file's compute buffer is llama.cpp's at 8K and at 131,072 cells, and above the dense file's."""
+    qsa = replay_cpu("qwen4exp-c8192", models["qwen4exp"])[1]
+    dense = replay_cpu("qwen4exp-dense-c8192", models["qwen4exp-dense"])[1]
+    assert compute_mib(qsa)["CPU"] == 60.893 > compute_mib(dense)["CPU"] == 42.0489
+    assert compute_mib(replay_cpu("qwen4exp-c131072", models["qwen4exp"])[1])["CPU"] == 448.9945
+
+
+@pytest.mark.parametrize("refused", REFUSED, ids=lambda r: r.drop_tensor or next(iter(dict(r.add_kv))))
 def test_a_file_llama_cpp_would_refuse_gets_the_generic_estimate(
     refused: Refused, smollm2_path: Path, tmp_path: Path
 ) -> None:

@@ -7,17 +7,21 @@ streams) and scattered back after it (``build_hc_combine``: the fused ``DSV4_HC_
 output norm, unfused. Its Gated DeltaNet writes the convolution's last columns through a ``CONT``
 (``build_conv_state_at``) and gates its norm with a sigmoid.
 
-Built: files without a k-pool (no ``attention.compress_ratios`` entry above 0: every attention layer dense,
-the QSA indexer's cache allocated but not read) and without PLE n-gram embeddings; the QSA selection
-(``build_qsa_sel``: the pooled-key scatter and gather over the indexer cache, the lightning indexer, the mask
-scatter) and PLE are not simulated (the generic estimate, with the reason). On the CPU build llama.cpp's
-``resolve_fused_ops`` keeps the fused hyper-connection ops on (one device)."""
+With a k-pool (``attention.compress_ratios``: QSA) the attention layers whose ratio is above 0 attend over
+the selection ``build_qsa_sel`` makes (:func:`_qsa_sel`: the pooled keys over the indexer cache of
+``llama_memory_hybrid_idx``, the lightning indexer, the mask scatter), sized for the reserve's full memory
+context (every pool new). PLE n-gram embeddings are not simulated (the generic estimate, with the reason).
+On the CPU build llama.cpp's ``resolve_fused_ops`` keeps the fused hyper-connection ops on (one device)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 from ggufx.analysis.layers import layer_kinds
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd, _norm, _w, _weight
+from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd, _norm, _w, _weight, model_of
+from ggufx.analysis.memory.graph.models.deepseek2 import cache_write
+from ggufx.analysis.memory.graph.models.hy_v4 import _cast
 from ggufx.analysis.memory.graph.models.qwen3next import _ffn, gdn_dims, n_expert_used, recurrent_layer
 from ggufx.analysis.memory.graph.models.qwen35 import _copy_into, _gated_attn, _gdn_dims, _rs
 from ggufx.analysis.memory.hparams import hparams
@@ -122,6 +126,164 @@ def _gated_delta_net(c: _Ctx, g: _Graph, x: _T, il: int, s_copy: _T) -> _T:
     return g.reshape(o, hp.n_embd, T)
 
 
+def compress_ratios(model: GGUFModel) -> list[int]:
+    """``attention.compress_ratios`` per block (none: every one 0)."""
+    v = model.metadata.get(f"{model.architecture}.attention.compress_ratios")
+    if isinstance(v, GGUFArray):
+        return [int(x) for x in v.tolist()]
+    return [int(v)] * (model.metadata.get_int(f"{model.architecture}.block_count") or 0) if isinstance(v, int) else []
+
+
+@dataclass(slots=True)
+class _Kpool:
+    """``build_inp_kpool`` (qwen4exp.cpp:695-736) over the reserve's full memory context
+    (llama-memory-hybrid-idx.cpp:515-535): every pool the cache can hold, ``n_pool_real`` = cells per stream /
+    kpool x n_seq_max, all of them new; ``n_pool`` = ``kpool_pad`` (one more, padded to 64); the top pools plus
+    the tail: ``n_sel`` = kpool x min(n_pool, top_k / kpool) + kpool - 1."""
+
+    kpool: int
+    idx_dim: int
+    n_pool: int
+    n_new: int
+    n_top: int
+    k_idxs: _T
+    pool_cells: _T
+    pool_idxs: _T
+    pool_mask: _T
+    tail_idxs: _T
+    new_pool_idxs: _T
+    new_pool_rep: _T
+    new_pool_pos: _T
+
+    @property
+    def n_sel(self) -> int:
+        return self.kpool * self.n_top + self.kpool - 1
+
+
+def _inp_kpool(c: _Ctx, g: _Graph, kpool: int) -> _Kpool:
+    assert c.model is not None
+    md, a = c.model.metadata, c.hp.arch
+    idx_dim = md.get_int(f"{a}.attention.indexer.key_length") or 0
+    top_k = md.get_int(f"{a}.attention.indexer.top_k") or 0
+    T = c.n_tokens
+    n_pool_real = c.sp.n_kv // kpool * c.sp.n_seq_max
+    n_pool = max(64, -(-(n_pool_real + 1) // 64) * 64)  # kpool_pad
+    n_new = max(n_pool_real, 1)
+    k_idxs = g.input("idx_inp_k_idxs", "I64", T)
+    pool_cells = g.input("pool_cells", "I32", n_pool)
+    pool_idxs = g.input("pool_idxs", "I32", kpool, n_pool)
+    pool_mask = g.input("pool_mask", "F16", n_pool, T)
+    tail_idxs = g.input("tail_idxs", "I32", kpool - 1, T)
+    for t in (pool_cells, pool_idxs, pool_mask, tail_idxs):  # kept allocated: set_input fills them all
+        g.expand(t)
+    new_idxs = g.input("new_pool_idxs", "I32", kpool, n_new)
+    new_rep = g.input("new_pool_rep", "I64", n_new)
+    new_pos = g.input("new_pool_pos", "I32", 4 * n_new)
+    n_top = min(n_pool, top_k // kpool)
+    return _Kpool(
+        kpool,
+        idx_dim,
+        n_pool,
+        n_new,
+        n_top,
+        k_idxs,
+        pool_cells,
+        pool_idxs,
+        pool_mask,
+        tail_idxs,
+        new_idxs,
+        new_rep,
+        new_pos,
+    )
+
+
+def _qsa_sel(c: _Ctx, g: _Graph, cur: _T, il: int, kp: _Kpool, kq_mask: _T) -> _T:
+    """``build_qsa_sel`` (qwen4exp.cpp:740-878): the raw indexer key (next to a zero pooled slot) written into
+    the indexer cache; the new pools' members gathered, summed (CONT and ADDs of the member slices), scaled,
+    RMS-normed and M-RoPE'd, scattered into their pooled slots; every pooled key gathered; the indexer query
+    (normed, M-RoPE'd), the lightning indexer's scores with unit head weights (a FILL), the top pools, their
+    member cells and the tail; the dead slots mapped to dump rows (a cumulative sum); zeros set at the
+    selected cells of an all -inf mask of n_kv + n_sel columns per token, its first n_kv plus the causal mask."""
+    T = c.n_tokens
+    p = f"blk.{il}."
+    d, kpool, n_new, n_pool, n_top, n_sel = kp.idx_dim, kp.kpool, kp.n_new, kp.n_pool, kp.n_top, kp.n_sel
+    pos = c.pos
+    assert pos is not None
+    n_cells = c.sp.n_kv * c.sp.n_streams
+    storage = g.leaf(f"cache_idx_k_l{il}", _kv_type(c), (2 * d, n_cells), buft=c.cache_buft[il])
+    k_raw = g.mul_mat(f"indexer_k_raw-{il}", _w(c, p + "indexer.k_proj.weight", il), cur)
+    pzero = g.new(f"pzero-{il}", "FILL", "F32", (d, T), g.leaf(f"pzero_leaf-{il}", "F32", (d, T)))
+    packed = g.new(f"indexer_packed-{il}", "CONCAT", "F32", (2 * d, T), k_raw, pzero)
+    g.expand(cache_write(c, g, storage, g.reshape(packed, 2 * d, 1, T), 2 * d, kp.k_idxs))
+    row = storage.nb[1]
+    key_gate = g.view(storage, (d, n_cells), (storage.nb[0], row))
+    pooled_view = g.view(storage, (d, n_cells), (storage.nb[0], row))
+    ids = g.reshape(kp.new_pool_idxs, kpool * n_new)
+    rows = g.new(f"indexer_rows-{il}", "GET_ROWS", "F32", (d, kpool * n_new), key_gate, ids)
+    rows = g.reshape(rows, d, kpool, n_new)
+    pooled_new: _T | None = None
+    for _ in range(kpool):
+        piece = g.view(rows, (d, n_new), (rows.nb[0], rows.nb[2]))
+        if pooled_new is None:
+            pooled_new = g.new(f"indexer_pool-{il}", "CONT", "F32", (d, n_new), piece)
+        else:
+            pooled_new = g.op(f"indexer_pool-{il}", "ADD", pooled_new, piece)
+    assert pooled_new is not None
+    pooled_new = g.op(f"indexer_pool-{il}", "SCALE", pooled_new)
+    pooled_new = _norm(c, g, pooled_new, p + "indexer.k_norm.weight", il)
+    pooled_new = g.reshape(pooled_new, d, 1, n_new)
+    pooled_new = g.new(f"indexer_pool_k_new-{il}", "ROPE", "F32", pooled_new.ne, pooled_new, kp.new_pool_pos)
+    pooled_new = g.reshape(pooled_new, d, n_new)
+    scatter = g.view(pooled_view, pooled_view.ne, pooled_view.nb, "SET_ROWS")
+    scatter.src = [pooled_new, kp.new_pool_rep, pooled_view]
+    g.expand(scatter)
+    pooled = g.new(f"indexer_k-{il}", "GET_ROWS", "F32", (d, n_pool), pooled_view, kp.pool_cells)
+    pooled = g.reshape(pooled, d, 1, n_pool)
+    q = g.mul_mat(f"indexer_q-{il}", _w(c, p + "indexer.q_proj.weight", il), cur)
+    q = g.reshape(q, d, q.ne[0] // d, T)
+    q = _norm(c, g, q, p + "indexer.q_norm.weight", il)
+    q = g.new(f"indexer_q-{il}", "ROPE", "F32", q.ne, q, pos)
+    weights = g.new(f"indexer_w-{il}", "FILL", "F32", (q.ne[1], T), g.leaf(f"indexer_w_leaf-{il}", "F32", (q.ne[1], T)))
+    score = g.new(f"indexer_score-{il}", "LIGHTNING_INDEXER", "F32", (n_pool, T), q, pooled, weights, kp.pool_mask)
+    top = g.new(f"indexer_top_k-{il}", "TOP_K", "I32", (n_top, T), score)
+    sel = g.new(f"indexer_sel_idx-{il}", "GET_ROWS", "I32", (kpool, n_top * T), kp.pool_idxs, g.reshape(top, n_top * T))
+    sel = g.reshape(sel, kpool * n_top, T)
+    sel = g.new(f"indexer_sel_idx-{il}", "CONCAT", "I32", (n_sel, T), sel, kp.tail_idxs)
+    g.expand(sel)
+    n_kv, mt = kq_mask.ne[0], kq_mask.type
+    mask_all = g.new(f"mask_all-{il}", "FILL", mt, (n_kv + n_sel,), g.leaf(f"mask_all_leaf-{il}", mt, (n_kv + n_sel,)))
+    mask_all = g.new(f"mask_all-{il}", "REPEAT", mt, (n_kv + n_sel, T), mask_all)
+    mask_all = g.reshape(mask_all, 1, n_kv + n_sel, T)
+    zeros = g.new(f"zeros-{il}", "FILL", mt, (n_sel,), g.leaf(f"zeros_leaf-{il}", mt, (n_sel,)))
+    zeros = g.reshape(g.new(f"zeros-{il}", "REPEAT", mt, (n_sel, T), zeros), 1, n_sel, T)
+    top_score = g.new(f"top_score-{il}", "GET_ROWS", "F32", (1, n_top, T), g.reshape(score, 1, n_pool, T), top)
+    live_pool = g.op(f"live_pool-{il}", "CLAMP", g.op(f"live_pool-{il}", "SCALE", top_score))
+    live_pool = g.new(f"live_pool-{il}", "REPEAT", "F32", (kpool, n_top, T), live_pool)
+    live_pool = g.reshape(live_pool, kpool * n_top, T)
+    live_tail = g.new(f"{kp.tail_idxs.name} (copy)", "CPY", "F32", kp.tail_idxs.ne, kp.tail_idxs)
+    live_tail.src.append(live_tail)
+    live_tail = g.op(f"live_tail-{il}", "CLAMP", g.op(f"live_tail-{il}", "SCALE", live_tail))
+    live = g.new(f"live-{il}", "CONCAT", "F32", (n_sel, T), live_pool, live_tail)
+    dump = g.op(f"dump-{il}", "FILL", live)
+    dump = g.op(f"dump-{il}", "SCALE", g.op(f"dump-{il}", "CUMSUM", dump))
+    idx_f = _cast(g, sel)
+    idx_f = g.op(f"idx_f-{il}", "ADD", g.op(f"idx_f-{il}", "MUL", g.op(f"idx_f-{il}", "SUB", idx_f, dump), live), dump)
+    sel_i = g.new(f"{idx_f.name} (copy)", "CPY", "I32", idx_f.ne, idx_f)
+    sel_i.src.append(sel_i)
+    scattered = g.view(mask_all, mask_all.ne, mask_all.nb, "SET_ROWS")
+    scattered.src = [zeros, g.reshape(sel_i, n_sel, T, 1), mask_all]
+    rs = scattered.nb[2]
+    m = kq_mask.ne
+    first = g.view(scattered, m, (scattered.nb[0], rs, rs * m[1], rs * m[1] * m[2]))
+    return g.op(f"indexer_sel-{il}", "ADD", first, kq_mask)
+
+
+def _kv_type(c: _Ctx) -> str:
+    from ggufx.analysis.memory.graph.ggml import _type
+
+    return _type(c.sp.type_k).name
+
+
 def _rows(g: _Graph, t: _T, out_ids: _T, name: str) -> _T:
     """``ggml_get_rows`` of the output tokens' columns of a 2-D tensor."""
     return g.new(name, "GET_ROWS", "F32", (t.ne[0], out_ids.ne[0]), t, out_ids)
@@ -139,6 +301,9 @@ def build(c: _Ctx, g: _Graph) -> _T:
     x = _inp_embd(c, g)
     s_copy = g.input("rs_s_copy", "I32", sp.n_seq_max)
     full = _attn_inp(c, g, sp.n_kv)
+    ratios = compress_ratios(model_of(c))
+    kpool = max(ratios, default=0)
+    kp = _inp_kpool(c, g, kpool) if kpool > 0 else None
     c.pos = g.input("inp_pos", "I32", T * 4)  # M-RoPE: 4 positions per token
     out_ids = g.input("out_ids", "I32", n_out)
     res = g.new("hc_init", "REPEAT", "F32", (E, hc, T), g.reshape(x, E, 1, T))
@@ -154,6 +319,8 @@ def build(c: _Ctx, g: _Graph) -> _T:
         g.expand(cur)
         if recurrent_layer(c, il):
             cur = _gated_delta_net(c, g, cur, il, s_copy)
+        elif kp is not None and ratios[il] > 0:  # QSA: dense attention over the selection's mask
+            cur = _gated_attn(c, g, cur, il, replace(full, mask=_qsa_sel(c, g, cur, il, kp, full.mask)))
         else:
             cur = _gated_attn(c, g, cur, il, full)
         if il == last:
@@ -180,10 +347,12 @@ def unbuildable(model: GGUFModel) -> str | None:
     the shape qwen4exp.cpp:170-297 creates it (llama.cpp refuses the file otherwise)."""
     md = model.metadata
     a = "qwen4exp"
-    ratios = md.get(f"{a}.attention.compress_ratios")
-    values = ratios.tolist() if isinstance(ratios, GGUFArray) else [ratios] if isinstance(ratios, int) else []
-    if any(isinstance(v, int) and v > 0 for v in values):
-        return "qwen4exp graphs with QSA (attention.compress_ratios above 0: a k-pool) are not simulated"
+    ratios = [r for r in compress_ratios(model) if r]
+    top_k = md.get_int(f"{a}.attention.indexer.top_k") or 0
+    if ratios and (len(set(ratios)) > 1 or ratios[0] < 2 or top_k % ratios[0]):  # qwen4exp.cpp:63-79
+        return "the graph needs one attention.compress_ratios above 1 that divides attention.indexer.top_k"
+    if (md.get_int(f"{a}.attention.indexer.key_length") or 0) <= 0 or top_k <= 0:
+        return "the graph needs attention.indexer.key_length and attention.indexer.top_k above 0"
     if f"{a}.ple.layers" in md and isinstance(md[f"{a}.ple.layers"], GGUFArray) and len(md[f"{a}.ple.layers"]):
         return "qwen4exp graphs with PLE n-gram embeddings (ple.layers) are not simulated"
     n_expert = md.get_int(f"{a}.expert_count") or 0
