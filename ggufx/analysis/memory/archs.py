@@ -1090,8 +1090,8 @@ _ENTRIES = (
     # Q/K/V short convolutions, kda.head_dim heads), nope-only MLA layers on a K-only cache of the kv_lora_rank
     # latent (key_length), a k-pool DSA indexer whose keys, pool gates and pooled keys the third cache of
     # llama_memory_hybrid_idx keeps for the MLA layers of attention.indexer.types (buffers.hybrid_idx_buffers),
-    # mHC residual streams, DeepSeek-style experts; the NextN block is skipped and never attended. No graph
-    # builder yet: the compute buffer is the generic estimate
+    # mHC residual streams, DeepSeek-style experts; the NextN block is skipped and never attended.
+    # graph/models/glm5_next.py builds it
     Arch(
         "glm5-next",
         "glm5-next.cpp",
@@ -1122,6 +1122,7 @@ _ENTRIES = (
             "hyper_connection.sinkhorn_iterations",
             "hyper_connection.epsilon",
         ),
+        builder="glm5_next",
         recurrent=Recurrent("Kimi delta attention", "no_kv_heads"),
         mla=True,
         skips_nextn=True,
