@@ -6,7 +6,9 @@ layers attend over the QSA selection (pooled keys scattered into and gathered fr
 lightning indexer, the top pools and the tail, the mask scatter); ``qwen4exp-dense`` has no k-pool (dense
 attention, an indexer cache of the raw key). Per run (flash attention on and off, -np 3, -ub 1024, q8_0 caches,
 --n-cpu-moe 2, up to the 131,072-token training context) the compute buffer to the 0.0001 MiB of
-``~llama_context``'s line, the graph node for node, the layer shortcut against the whole replay."""
+``~llama_context``'s line, the graph node for node, the layer shortcut against the whole replay. ``qwen4exp-ple``
+(tests/fixtures/llamacpp-logs-cpu/ple.py) adds a PLE module: every buffer, its convolution history in the
+recurrent memory among them, and the graph."""
 
 from __future__ import annotations
 
@@ -20,9 +22,13 @@ import pytest
 import ggufx
 from ggufx.analysis.layers import layer_kinds
 from ggufx.analysis.memory.archs import builder_of
-from ggufx.analysis.memory.buffers import MiB, hybrid_idx_layout
+from ggufx.analysis.memory.buffers import Breakdown, MiB, breakdown, hybrid_idx_layout, ple_conv_state
+from ggufx.analysis.memory.graph import graphsim
 from ggufx.analysis.memory.hparams import hparams
+from ggufx.analysis.memory.llamaargs import parse_args
+from ggufx.analysis.memory.llamalog import parse_log
 
+from . import graph_arch_logs
 from .graph_arch_logs import (
     CPU_LOGS,
     NODES,
@@ -55,12 +61,6 @@ REFUSED = (
         "",
         "the graph needs one attention.compress_ratios above 1 that divides attention.indexer.top_k",
         add_kv=(("attention.compress_ratios", [0, 0, 4, 0, 0, 8, 8]),),
-    ),
-    Refused(
-        "qwen4exp-dense",
-        "",
-        "qwen4exp graphs with PLE n-gram embeddings (ple.layers) are not simulated",
-        add_kv=(("ple.layers", [0]),),
     ),
 )
 
@@ -162,3 +162,102 @@ def test_a_file_llama_cpp_would_refuse_gets_the_generic_estimate(
     refused: Refused, smollm2_path: Path, tmp_path: Path
 ) -> None:
     assert_refused(refused, smollm2_path, tmp_path)
+
+
+# -- PLE (tests/fixtures/llamacpp-logs-cpu/ple.py: qwen4exp plus a PLE module on layer 3, its uint64 arrays set
+# by ggufx's metadata edit; recorded by ple.py into ple/) ------------------------------------------------------
+sys.path.insert(0, str(CPU_LOGS))
+import ple  # noqa: E402
+
+sys.path.remove(str(CPU_LOGS))
+PLE_LOGS = CPU_LOGS / "ple"
+
+
+@pytest.fixture(scope="module")
+def ple_model(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return ple.write(tmp_path_factory.mktemp("qwen4exp-ple") / "qwen4exp-ple.gguf", smollm2_path)
+
+
+def _ple_replay(rid: str, path: Path) -> tuple[str, Breakdown]:
+    text = (PLE_LOGS / f"{rid}.log").read_text()
+    assert "# exit status: 0" in text
+    args = parse_args("-m x " + dict(ple.RUNS)[rid])
+    return text, breakdown(ggufx.open(path), [], args.offload, args.context)
+
+
+def test_the_ple_runs_are_recorded() -> None:
+    assert {rid for rid, _ in ple.RUNS} == {p.stem for p in PLE_LOGS.glob("*.log")}
+    assert {p.stem for p in (PLE_LOGS / "nodes").glob("*.tsv")} == set(ple.NODES)
+
+
+@pytest.mark.parametrize("rid", [rid for rid, _ in ple.RUNS])
+def test_ple_buffers_equal_llama_cpp(rid: str, ple_model: Path) -> None:
+    """Every buffer: the weights (the n-gram table among them), the caches, the recurrent memory with the PLE
+    layer's convolution history (llama.cpp's P), the output; the compute buffer to the 0.0001 MiB."""
+    text, bd = _ple_replay(rid, ple_model)
+    log = parse_log(text)
+    for kind in ("model", "kv", "recurrent", "output"):
+        mine: dict[str, float] = {}
+        for b in bd.buffers:
+            if b.kind == kind:
+                mine[b.buft] = mine.get(b.buft, 0.0) + round(b.bytes / MiB, 2)
+        assert {k: round(v, 2) for k, v in mine.items() if v} == {k: v for k, v in log.buffers[kind].items() if v}
+    assert_compute_equal(text, bd)
+
+
+def test_the_ple_history_is_a_row_of_its_own(ple_model: Path) -> None:
+    """cache_ple_r_l3: (4 - 1) x 3 x 4 x 1,024 F32 values per sequence, llama.cpp's "P (f32): 0.14 MiB" (0.42 for
+    three sequences), beside R and S."""
+    model = ggufx.open(ple_model)
+    assert ple_conv_state(model) == 36864
+    text, bd = _ple_replay("qwen4exp-ple-c8192", ple_model)
+    assert "P (f32):    0.14 MiB" in text
+    hp = hparams(model)
+    n_rec = sum(1 for k in layer_kinds(model) if k.state)
+    assert n_rec == 4 and bd.recurrent_bytes == n_rec * 4 * (hp.n_embd_r + hp.n_embd_s) + 4 * 36864
+    text3, bd3 = _ple_replay("qwen4exp-ple-c4096-faoff-np3", ple_model)
+    assert "P (f32):    0.42 MiB" in text3 and bd3.recurrent_bytes == 3 * bd.recurrent_bytes
+
+
+def test_the_ple_graph_is_llama_cpps_node_for_node(ple_model: Path) -> None:
+    """The n-gram rows gathered before the streams; at layer 3 the history's gather (where layer 2's experts
+    are expanded), the key, value, gate and gated value, the history written back, four shifted copies and
+    kernel columns made contiguous, multiplied and added, the SiLU and its CONT, the two ADDs."""
+    from ggufx.analysis.memory.graph.ggml import _Graph
+    from ggufx.analysis.memory.graph.models import builder
+
+    rid = ple.NODES[0]
+    theirs = []
+    for line in (PLE_LOGS / "nodes" / f"{rid}.tsv").read_text().splitlines():
+        if not line.startswith("#"):
+            _, op, _, size = line.split("\t")
+            if op not in graph_arch_logs._VIEWS:
+                theirs.append((graph_arch_logs._OP.get(op, op), size))
+    model = ggufx.open(ple_model)
+    args = parse_args("-m x " + dict(ple.RUNS)[rid])
+    sp = breakdown(model, [], args.offload, args.context).reservation
+    assert sp is not None
+    ld = graphsim._loaded(model, [], args.offload)
+    c = graphsim._context(model, ld, sp, sp.n_ubatch, sp.n_outputs)
+    c.layers = list(range(ld.hp.n_layer))
+    g = _Graph()
+    g.expand(builder("qwen4exp")(c, g))
+    mine = [(n.op, graph_arch_logs._fmt_size(n.nbytes)) for n in g.nodes if n.op not in graph_arch_logs._VIEWS]
+    assert len(mine) == len(theirs) > 500
+    for i, (a, b) in enumerate(zip(mine, theirs, strict=True)):
+        assert a[0].startswith(b[0][:10]) and a[1] == b[1], (i, a, b)
+
+
+def test_the_ple_shortcut_equals_the_whole_replay(ple_model: Path) -> None:
+    assert_shortcut_is_whole(ple_model, "-c 8192", "-c 4096 -fa off -np 3")
+
+
+def test_ple_on_an_attention_layer_is_refused(smollm2_path: Path, tmp_path: Path) -> None:
+    """llama.cpp refuses a PLE module on a layer without the recurrent memory (qwen4exp.cpp:157-162): the generic
+    estimate, with the reason."""
+    model = ggufx.open(ple.write(tmp_path / "bad.gguf", smollm2_path, **{"ple.layers": [2]}))
+    why = "PLE layer 2 is not a Gated DeltaNet layer of the trunk (llama.cpp refuses the file)"
+    assert graphsim.unbuildable(model) == why
+    a = parse_args("-m x -c 8192")
+    bd = breakdown(model, [], a.offload, a.context)
+    assert bd.compute_estimate and why in bd.compute_estimate

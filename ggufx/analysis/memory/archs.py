@@ -1136,7 +1136,7 @@ _ENTRIES = (
     # row of its own in the recurrent memory, cache_ple_r_l), and a QSA indexer whose keys (| pooled keys where
     # attention.compress_ratios gives a k-pool) llama_memory_hybrid_idx's third cache keeps for every trunk
     # attention layer (buffers.hybrid_idx_buffers). The MTP block is skipped and never attended by the trunk.
-    # graph/models/qwen4exp.py builds them, QSA included; PLE files get the generic estimate
+    # graph/models/qwen4exp.py builds them, QSA and PLE included
     Arch(
         "qwen4exp",
         "qwen4exp.cpp",

@@ -602,6 +602,8 @@ def breakdown(
             kv_stats = hybrid_idx_buffers(model, hp, kinds, pl, cp, n_ctx_seq, n_streams, kv, kv_stats)
     buffers += kv
     rs = recurrent_buffers(hp, kinds, pl, cp, max(1, n_seq))
+    if hp.arch in HYBRID_IDX_ROW:  # qwen4exp's PLE conv history: a row of its own in the recurrent memory
+        rs = ple_state_buffers(model, kinds, pl, cp, max(1, n_seq), rs)
     buffers += rs
     buffers.append(Buffer("output", _host(pl, pl.output_device), 4 * hp.n_vocab * n_seq))
     n_outputs = min(n_ubatch, cp.n_outputs_max or n_batch)
@@ -674,6 +676,8 @@ def breakdown(
         notes.append(f"-ot {rx}: matches no tensor of this model; llama.cpp ignores it")
     n_rec = sum(1 for k in kinds if k.state)
     rec_bytes = n_rec * 4 * (hp.n_embd_r + hp.n_embd_s) * max(1, n_seq)
+    if hp.arch in HYBRID_IDX_ROW:  # qwen4exp's PLE conv history (ple_state_buffers)
+        rec_bytes += 4 * ple_conv_state(model) * len(ple_layers(model)) * max(1, n_seq)
     if dsv4:  # the compressor states are DeepSeek V4's per-sequence state
         rec_bytes, n_rec = dsv4["state"]
         caches = dsv4_layout(hp, n_ctx_seq, max(1, n_seq), n_ubatch, cp.swa_full)[0]
@@ -940,3 +944,67 @@ def hybrid_idx_buffers(
     nbytes = _indexer_buffers(idx, pl, cp, tk, cells, n_streams, model.path, out)
     full_bytes, full_layers = stats[False]
     return {**stats, False: (full_bytes + nbytes, full_layers), None: (nbytes, len(layers))}
+
+
+def ple_conv_state(model: GGUFModel) -> int:
+    """``llama_hparams::ple_conv_state`` (llama-hparams.cpp:268-275): qwen4exp's PLE convolution history per
+    sequence, ``(ple.conv_kernel - 1) x ple.ngram_size x hyper_connection.count x n_embd`` F32 values (0: no PLE,
+    ``ple.layers`` absent)."""
+    md = model.metadata
+    a = model.architecture or ""
+    layers = md.get(f"{a}.ple.layers")
+    if not isinstance(layers, GGUFArray) or not len(layers):
+        return 0
+
+    def get(suffix: str) -> int:
+        return md.get_int(f"{a}.{suffix}") or 0
+
+    heads = (get("ple.ngram_size") - 1) * get("ple.heads_per_ngram")
+    if heads <= 0 or get("ple.conv_kernel") <= 0:
+        return 0
+    return (
+        (get("ple.conv_kernel") - 1) * get("ple.ngram_size") * get("hyper_connection.count") * get("embedding_length")
+    )
+
+
+def ple_layers(model: GGUFModel) -> tuple[int, ...]:
+    """qwen4exp's PLE layers (``ple.layers``; llama.cpp takes one, a Gated DeltaNet layer)."""
+    v = model.metadata.get(f"{model.architecture}.ple.layers")
+    return tuple(int(x) for x in v.tolist()) if isinstance(v, GGUFArray) else ()
+
+
+def ple_state_buffers(
+    model: GGUFModel, kinds: list[LayerKind], pl: Placement, cp: ContextParams, n_seq: int, rs: list[Buffer]
+) -> list[Buffer]:
+    """The recurrent buffers ``rs`` with qwen4exp's ``cache_ple_r_l`` tensors (llama-memory-recurrent.cpp:109-114:
+    ``[ple_conv_state, mem_size x (1 + n_rs_seq)]`` of the R type, F32, in the PLE layer's recurrent context, so in
+    its buffer) added to the buffer of each PLE layer's buffer type; on the Meta device mirrored on every GPU."""
+    width = ple_conv_state(model)
+    if not width:
+        return rs
+    f32 = ggml_type_by_name("F32")
+    per: dict[str, int] = {}
+    meta: dict[str, int] = {}
+    state = {k.index for k in kinds if k.state}
+    for il in ple_layers(model):
+        if il not in state:
+            continue
+        dev = pl.layer_device[il]
+        buft = CPU if cp.no_kv_offload or dev is None else dev
+        if buft == META:
+            _add(meta, meta_alloc(pl, f"cache_ple_r_l{il}", f32, (width, n_seq)))
+        else:
+            per[buft] = per.get(buft, 0) + alloc_size(buft, f32, width, n_seq)
+    out = []
+    for b in rs:
+        if b.buft == META and meta:
+            merged = dict(b.slices or {})
+            _add(merged, meta)
+            out.append(meta_buffer("recurrent", merged))
+            meta = {}
+        else:
+            out.append(replace(b, bytes=b.bytes + per.pop(b.buft, 0)))
+    out += [Buffer("recurrent", b, n) for b, n in per.items()]
+    if meta:
+        out.append(meta_buffer("recurrent", meta))
+    return out

@@ -10,7 +10,8 @@ output norm, unfused. Its Gated DeltaNet writes the convolution's last columns t
 With a k-pool (``attention.compress_ratios``: QSA) the attention layers whose ratio is above 0 attend over
 the selection ``build_qsa_sel`` makes (:func:`_qsa_sel`: the pooled keys over the indexer cache of
 ``llama_memory_hybrid_idx``, the lightning indexer, the mask scatter), sized for the reserve's full memory
-context (every pool new). PLE n-gram embeddings are not simulated (the generic estimate, with the reason).
+context (every pool new). A PLE module (``ple.layers``: n-gram embeddings, :func:`_ple`) mixes into the streams
+before its layer's mixer.
 On the CPU build llama.cpp's ``resolve_fused_ops`` keeps the fused hyper-connection ops on (one device)."""
 
 from __future__ import annotations
@@ -278,10 +279,77 @@ def _qsa_sel(c: _Ctx, g: _Graph, cur: _T, il: int, kp: _Kpool, kq_mask: _T) -> _
     return g.op(f"indexer_sel-{il}", "ADD", first, kq_mask)
 
 
+def _ple_layers(model: GGUFModel) -> tuple[int, ...]:
+    """``ple.layers`` (llama.cpp takes one, a Gated DeltaNet layer)."""
+    v = model.metadata.get(f"{model.architecture}.ple.layers")
+    return tuple(int(x) for x in v.tolist()) if isinstance(v, GGUFArray) else ()
+
+
+def _md_int(c: _Ctx, suffix: str) -> int:
+    assert c.model is not None
+    return c.model.metadata.get_int(f"{c.hp.arch}.{suffix}") or 0
+
+
 def _kv_type(c: _Ctx) -> str:
     from ggufx.analysis.memory.graph.ggml import _type
 
     return _type(c.sp.type_k).name
+
+
+def _ple(c: _Ctx, g: _Graph, emb: _T, hidden: _T, il: int, s_copy: _T) -> _T:
+    """``build_ple`` (qwen4exp.cpp:1374-1461): the n-gram embedding's key and value; the key and the streams
+    RMS-normed per stream; a per-stream gate ``sigmoid(sgn(s) sqrt(|s|))`` of their scaled dot product; the
+    value repeated over the streams times the gate, normed; its depthwise causal convolution over the history in
+    ``cache_ple_r_l`` (``build_conv_state_at``: the history gathered, the new columns concatenated, the last ones
+    written back through a CONT) as a sum of shifted copies (a CONT of each shift and of each kernel column, MUL,
+    ADD), SiLU, a CONT; the streams plus the gated value plus the convolution."""
+    assert c.model is not None
+    md, a = c.model.metadata, c.hp.arch
+    E, hc, T = c.hp.n_embd, _hc(c), c.n_tokens
+    ns = c.sp.n_seq_max
+    nst = T // ns
+    hc_dim = hc * E
+    kern, dil = md.get_int(f"{a}.ple.conv_kernel") or 0, md.get_int(f"{a}.ple.ngram_size") or 0
+    hist = (kern - 1) * dil
+    p = f"blk.{il}."
+    cache_p = g.leaf(f"cache_ple_r_l{il}", "F32", (hist * hc_dim, ns), buft=c.cache_buft[il])
+    state = _rs(c, g, cache_p, s_copy, hist * hc_dim)
+    key = g.mul_mat(f"ple_key-{il}", _w(c, p + "ple_key.weight", il), emb)
+    value = g.mul_mat(f"ple_value-{il}", _w(c, p + "ple_value.weight", il), emb)
+
+    def grouped_norm(x: _T, w: str) -> _T:
+        t = g.new(f"ple_rms-{il}", "RMS_NORM", "F32", (E, hc, T), g.reshape(x, E, hc, T))
+        return g.op(f"ple_norm-{il}", "MUL", t, _w(c, p + w, il))
+
+    key = grouped_norm(key, "ple_norm_key.weight")
+    query = grouped_norm(hidden, "ple_norm_query.weight")
+    dot = g.new(f"ple_s-{il}", "SUM_ROWS", "F32", (1, hc, T), g.op(f"ple_kq-{il}", "MUL", key, query))
+    dot = g.op(f"ple_s-{il}", "SCALE", dot)
+    mag = g.op(f"ple_mag-{il}", "SQRT", g.op(f"ple_mag-{il}", "CLAMP", g.op(f"ple_abs-{il}", "ABS", dot)))
+    gate = g.op(f"ple_gate-{il}", "UNARY", g.op(f"ple_gate-{il}", "MUL", g.op(f"ple_sgn-{il}", "SGN", dot), mag))
+    v3 = g.new(f"ple_v-{il}", "REPEAT", "F32", (E, hc, T), g.reshape(value, E, 1, T))
+    gated = g.op(f"ple_gated_value-{il}", "MUL", v3, gate)
+    normalized = g.reshape(grouped_norm(g.reshape(gated, hc_dim, T), "ple_norm_conv.weight"), hc_dim, T)
+    x3 = g.reshape(normalized, hc_dim, nst, ns)
+    conv = g.reshape(state, hist, hc_dim, ns)
+    padded = g.new(f"ple_padded-{il}", "CONCAT", "F32", (hist + nst, hc_dim, ns), conv, g.permute(x3, 1, 0, 2, 3))
+    last = g.view(padded, (hist, hc_dim, ns), padded.nb[:3])
+    _copy_into(g, g.new(f"ple_tail-{il}", "CONT", "F32", last.ne, last), cache_p, ns)
+    conv_w = _w(c, p + "ple_conv1d.weight", il)
+    out: _T | None = None
+    for _ in range(kern):
+        shift = g.view(padded, (nst, hc_dim, ns), padded.nb[:3])
+        shifted = g.new(f"ple_shift-{il}", "CONT", "F32", (hc_dim, nst, ns), g.permute(shift, 1, 0, 2, 3))
+        wk = g.new(f"ple_wk-{il}", "CONT", conv_w.type, (1, hc_dim), g.view(conv_w, (1, hc_dim), conv_w.nb[:2]))
+        wk = g.reshape(wk, hc_dim)
+        if wk.type != "F32":
+            wk = _cast(g, wk)
+        term = g.op(f"ple_term-{il}", "MUL", shifted, wk)
+        out = term if out is None else g.op(f"ple_conv-{il}", "ADD", out, term)
+    assert out is not None
+    out = g.new(f"ple_conv_out-{il}", "CONT", "F32", out.ne, g.op(f"ple_conv_silu-{il}", "UNARY", out))
+    out = g.reshape(out, E, hc, T)
+    return g.op(f"ple_out-{il}", "ADD", hidden, g.op(f"ple_out-{il}", "ADD", gated, out))
 
 
 def _rows(g: _Graph, t: _T, out_ids: _T, name: str) -> _T:
@@ -306,6 +374,15 @@ def build(c: _Ctx, g: _Graph) -> _T:
     kp = _inp_kpool(c, g, kpool) if kpool > 0 else None
     c.pos = g.input("inp_pos", "I32", T * 4)  # M-RoPE: 4 positions per token
     out_ids = g.input("out_ids", "I32", n_out)
+    ple_layers = _ple_layers(model_of(c))
+    emb = None
+    if ple_layers:  # build_inp_ple: the rows of every head of every token, expanded before the streams
+        n_heads = (_md_int(c, "ple.ngram_size") - 1) * _md_int(c, "ple.heads_per_ngram")
+        table = _w(c, "per_layer_token_embd.weight", -1)
+        rows = g.input("ple_rows", "I32", n_heads * T)
+        emb = g.new("ple_embd", "GET_ROWS", "F32", (table.ne[0], n_heads * T), table, rows)
+        emb = g.reshape(emb, table.ne[0] * n_heads, T)
+        g.expand(emb)
     res = g.new("hc_init", "REPEAT", "F32", (E, hc, T), g.reshape(x, E, 1, T))
     g.expand(res)
     last = hp.n_layer_main - 1
@@ -313,6 +390,9 @@ def build(c: _Ctx, g: _Graph) -> _T:
         if il > last:  # the MTP block: not run by the main graph
             continue
         g.at(p)
+        if il in ple_layers:
+            assert emb is not None
+            res = _ple(c, g, emb, res, il, s_copy)
         pre = f"blk.{il}.hc_attn_"
         cur, inject = hc_mix(c, g, res, pre, il, True, True)
         assert inject is not None
@@ -342,9 +422,10 @@ def build(c: _Ctx, g: _Graph) -> _T:
 
 
 def unbuildable(model: GGUFModel) -> str | None:
-    """Why the qwen4exp graph cannot be built from this file (None when it can): QSA (a k-pool) and PLE are
-    not simulated; the expert counts, the Gated DeltaNet dimensions and every tensor the main graph reads in
-    the shape qwen4exp.cpp:170-297 creates it (llama.cpp refuses the file otherwise)."""
+    """Why the qwen4exp graph cannot be built from this file (None when it can): the k-pool llama.cpp accepts
+    (one ratio above 1 dividing the top-k), a PLE module on a Gated DeltaNet layer, the expert counts, the Gated
+    DeltaNet dimensions and every tensor the main graph reads in the shape qwen4exp.cpp:170-297 creates it
+    (llama.cpp refuses the file otherwise)."""
     md = model.metadata
     a = "qwen4exp"
     ratios = [r for r in compress_ratios(model) if r]
@@ -353,8 +434,6 @@ def unbuildable(model: GGUFModel) -> str | None:
         return "the graph needs one attention.compress_ratios above 1 that divides attention.indexer.top_k"
     if (md.get_int(f"{a}.attention.indexer.key_length") or 0) <= 0 or top_k <= 0:
         return "the graph needs attention.indexer.key_length and attention.indexer.top_k above 0"
-    if f"{a}.ple.layers" in md and isinstance(md[f"{a}.ple.layers"], GGUFArray) and len(md[f"{a}.ple.layers"]):
-        return "qwen4exp graphs with PLE n-gram embeddings (ple.layers) are not simulated"
     n_expert = md.get_int(f"{a}.expert_count") or 0
     n_used = md.get_int(f"{a}.expert_used_count") or 0
     if not 0 < n_used <= n_expert <= 1024:
@@ -411,6 +490,23 @@ def unbuildable(model: GGUFModel) -> str | None:
         w |= {"ffn_gate_inp_shexp.weight": (E,), "ffn_gate_shexp.weight": (E, sh[1])}
         w |= {"ffn_up_shexp.weight": (E, sh[1]), "ffn_down_shexp.weight": (sh[1], E)}
         shapes |= {p + n: shape for n, shape in w.items()}
+    for il in _ple_layers(model):  # qwen4exp.cpp:189-205, :261-268
+        if not (0 <= il < hp.n_layer_main and recurrent[il]):
+            return f"PLE layer {il} is not a Gated DeltaNet layer of the trunk (llama.cpp refuses the file)"
+        p = f"blk.{il}."
+        ple = tensors.get("per_layer_token_embd.weight", ())
+        if (
+            len(ple) != 2
+            or ple[0] * ((md.get_int(f"{a}.ple.ngram_size") or 0) - 1) * (md.get_int(f"{a}.ple.heads_per_ngram") or 0)
+            != E
+        ):
+            return "the graph needs per_layer_token_embd.weight rows of n_embd / PLE heads values"
+        kern = md.get_int(f"{a}.ple.conv_kernel") or 0
+        shapes |= {p + "ple_key.weight": (E, hc * E), p + "ple_value.weight": (E, E)}
+        shapes |= {p + "ple_conv1d.weight": (kern, hc * E)}
+        for n in ("key", "query", "conv"):
+            if p + f"ple_norm_{n}.weight" not in tensors:
+                return f"the graph needs tensor {p}ple_norm_{n}.weight, which the file lacks"
     for name, shape in shapes.items():
         if name not in tensors:
             return f"the graph needs tensor {name}, which the file lacks"
