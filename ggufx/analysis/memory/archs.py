@@ -1171,6 +1171,27 @@ _ENTRIES = (
         shared_experts=True,
         gated_q=True,
     ),
+    # CLEF (clef.cpp): a decision model on qwen35's backbone (Gated DeltaNet and gated attention layers, dense FFNs)
+    # whose head scores the options of a batch (llama_batch_ext_set_decision_order); create_memory makes no memory
+    # for it (llama-model.cpp: among the memory-less architectures), so no KV cache and no recurrent state
+    # (buffers.NO_MEMORY). Its head's tensors (decision.*, dec.blk.N.*) are the output layer's and layer N's in
+    # llama.cpp. No graph builder: the compute buffer is the generic estimate
+    Arch(
+        "clef",
+        "clef.cpp",
+        (
+            "rope.dimension_sections",
+            *_SSM,
+            "attention.recurrent_layers",
+            "full_attention_interval",
+            "attention.layer_norm_epsilon",
+            "decision.block_count",
+            "decision.routing_block_count",
+            "decision.head_count",
+        ),
+        recurrent=_GDN,
+        gated_q=True,
+    ),
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}

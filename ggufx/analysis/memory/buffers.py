@@ -600,6 +600,8 @@ def breakdown(
         kv, kv_stats = kv_buffers(hp, kinds, pl, cp, n_ctx_seq, swa_cells, n_streams, model.path)
         if hp.arch in HYBRID_IDX_ROW:  # llama_memory_hybrid_idx: the indexer's own cache
             kv_stats = hybrid_idx_buffers(model, hp, kinds, pl, cp, n_ctx_seq, n_streams, kv, kv_stats)
+    if hp.arch in NO_MEMORY:  # create_memory makes none: no KV cache, no recurrent state
+        kv, kv_stats, kinds = [], {False: (0, 0), True: (0, 0), None: (0, 0)}, memoryless(kinds)
     buffers += kv
     rs = recurrent_buffers(hp, kinds, pl, cp, max(1, n_seq))
     if hp.arch in HYBRID_IDX_ROW:  # qwen4exp's PLE conv history: a row of its own in the recurrent memory
@@ -1008,3 +1010,14 @@ def ple_state_buffers(
     if meta:
         out.append(meta_buffer("recurrent", meta))
     return out
+
+
+# llama-model.cpp create_memory: the architectures it makes no memory module for (res = nullptr: BERT-style encoders,
+# the diffusion models, CLEF's decision model) among the registered ones: no KV cache, no recurrent state, whatever
+# their layers would keep in a decoder's memory
+NO_MEMORY = frozenset({"clef"})
+
+
+def memoryless(kinds: list[LayerKind]) -> list[LayerKind]:
+    """The layer kinds of a model without memory: no layer keeps a cache or a state."""
+    return [replace(k, kv=False, state=False) for k in kinds]
