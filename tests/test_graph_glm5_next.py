@@ -23,7 +23,7 @@ import pytest
 import ggufx
 from ggufx.analysis.layers import layer_kinds
 from ggufx.analysis.memory.archs import builder_of
-from ggufx.analysis.memory.buffers import MiB, hybrid_idx_layout
+from ggufx.analysis.memory.buffers import MiB, breakdown, hybrid_idx_layout
 from ggufx.analysis.memory.hparams import hparams
 
 from . import graph_arch_logs
@@ -184,3 +184,25 @@ def test_a_file_llama_cpp_would_refuse_gets_the_generic_estimate(
     refused: Refused, smollm2_path: Path, tmp_path: Path
 ) -> None:
     assert_refused(refused, smollm2_path, tmp_path)
+
+
+def test_indexer_types_of_the_wrong_length_are_refused_with_the_key(smollm2_path: Path, tmp_path: Path) -> None:
+    """llama.cpp refuses an attention.indexer.types array of other than n_layer entries ("wrong array length"):
+    ggufx's error names the key, its offset and the count, before any figure."""
+    from ggufx.analysis.memory.llamaargs import parse_args
+    from ggufx.errors import ValidationError
+
+    spec = cpu_spec("glm5-next")
+    kv = {**spec["kv"], "attention.indexer.types": [True] * 5}
+    sys.path.insert(0, str(CPU_LOGS))
+    try:
+        from make_arch_headers import header
+    finally:
+        sys.path.remove(str(CPU_LOGS))
+    path = tmp_path / "bad.gguf"
+    header(path, {**spec, "kv": kv}, json.loads((CPU_LOGS / "tensors.json").read_text())["glm5-next"], smollm2_path)
+    a = parse_args("-m x -c 8192")
+    with pytest.raises(
+        ValidationError, match=r"glm5-next\.attention\.indexer\.types has 5 entries but llama\.cpp expects 6"
+    ):
+        breakdown(ggufx.open(path), [], a.offload, a.context)

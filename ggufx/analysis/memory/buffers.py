@@ -893,9 +893,10 @@ def _per_layer_ints(model: GGUFModel, key: str, n: int) -> list[int] | None:
     if key not in md:
         return None
     v = md[key]
-    if not isinstance(v, GGUFArray):
-        return [int(v)] * n
-    items = [int(x) for x in v.tolist()]
+    raw = v.tolist() if isinstance(v, GGUFArray) else [v] * n
+    if not all(isinstance(x, (bool, int, float)) for x in raw):
+        raise ValidationError(model.path, md.kv(key).offset, f"{key} is not a number or an array of numbers")
+    items = [int(x) for x in raw]
     if len(items) != n:
         raise ValidationError(
             model.path,
