@@ -47,7 +47,8 @@ from .graph_arch_logs import (
 from .graph_grow import assert_grown_shortcut_is_whole
 
 BUILT = ("qwen4exp", "qwen4exp-dense")
-CPU_RUNS = [(m, rid) for m in BUILT for rid in cpu_runs(m)]
+K128 = "qwen4exp-k128"  # indexer keys of 128 over 4 heads: an indexer CUDA's lightning indexer takes
+CPU_RUNS = [(m, rid) for m in (*BUILT, K128) for rid in cpu_runs(m)]
 NODE_RUNS = [(m, rid) for m, rid in CPU_RUNS if (NODES / f"{rid}.tsv").exists()]
 REFUSED = (
     Refused(
@@ -68,7 +69,7 @@ REFUSED = (
 @pytest.fixture(scope="module")
 def models(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("qwen4exp")
-    return {n: cpu_model(n, out, smollm2_path) for n in ("qwen4exp", "qwen4exp-dense")}
+    return {n: cpu_model(n, out, smollm2_path) for n in (*BUILT, K128)}
 
 
 def test_the_runs_cover_the_options() -> None:
