@@ -105,8 +105,9 @@ def test_the_graph_is_llama_cpps_node_for_node(
     the KDA layers' three convolutions; the indexer's packed key | gate | zero row, the new pools' softmax pooling,
     the pooled keys scattered and gathered, the lightning indexer, the top pools ordered by their scores, the dump
     rows (ARANGE, EXP of the slot mask), the mask scatter (or, at -ub 16, the gathered latents); the output rows
-    before the streams' mean. ``ggml_swiglu_clamp`` prints as SWIGLU_CLAMP: the same GLU node."""
+    before the streams' mean. ``ggml_swiglu_clamp`` prints as SWIGLU_CLAMP (a GLU node), ``ggml_exp`` as EXP (UNARY)."""
     monkeypatch.setitem(graph_arch_logs._OP, "SWIGLU_CLA", "GLU")
+    monkeypatch.setitem(graph_arch_logs._OP, "EXP", "UNARY")  # ggml_exp is a unary op
     assert_nodes_equal(rid, models[name])
 
 

@@ -233,7 +233,7 @@ def test_the_ple_graph_is_llama_cpps_node_for_node(ple_model: Path) -> None:
         if not line.startswith("#"):
             _, op, _, size = line.split("\t")
             if op not in graph_arch_logs._VIEWS:
-                theirs.append((graph_arch_logs._OP.get(op, op), size))
+                theirs.append(({"ABS": "UNARY", "SGN": "UNARY"}.get(op, graph_arch_logs._OP.get(op, op)), size))
     model = ggufx.open(ple_model)
     args = parse_args("-m x " + dict(ple.RUNS)[rid])
     sp = breakdown(model, [], args.offload, args.context).reservation

@@ -270,7 +270,7 @@ def _kpool_select(c: _Ctx, g: _Graph, cur: _T, qr: _T, kq_mask: _T, il: int, kp:
     mask_all = g.reshape(g.new(f"mask_all-{il}", "REPEAT", mt, (n_kv + n_sel, T), mask_all), 1, n_kv + n_sel, T)
     zeros = g.new(f"zeros-{il}", "FILL", mt, (n_sel,), g.leaf(f"zeros_leaf-{il}", mt, (n_sel,)))
     zeros = g.reshape(g.new(f"zeros-{il}", "REPEAT", mt, (n_sel, T), zeros), 1, n_sel, T)
-    live = g.op(f"live-{il}", "EXP", g.reshape(kp.gather_mask, n_sel, T))
+    live = g.op(f"live-{il}", "UNARY", g.reshape(kp.gather_mask, n_sel, T))  # ggml_exp: a unary op
     dump = g.new(f"dump-{il}", "ARANGE", "F32", (n_sel,))
     idx_f = _cast(g, sel)
     idx_f = g.op(f"idx_f-{il}", "ADD", g.op(f"idx_f-{il}", "MUL", g.op(f"idx_f-{il}", "SUB", idx_f, dump), live), dump)
