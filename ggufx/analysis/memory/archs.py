@@ -1175,7 +1175,7 @@ _ENTRIES = (
     # whose head scores the options of a batch (llama_batch_ext_set_decision_order); create_memory makes no memory
     # for it (llama-model.cpp: among the memory-less architectures), so no KV cache and no recurrent state
     # (buffers.NO_MEMORY). Its head's tensors (decision.*, dec.blk.N.*) are the output layer's and layer N's in
-    # llama.cpp. No graph builder: the compute buffer is the generic estimate
+    # llama.cpp. graph/models/clef.py builds it (the backbone over the micro-batch alone, the head)
     Arch(
         "clef",
         "clef.cpp",
@@ -1189,6 +1189,7 @@ _ENTRIES = (
             "decision.routing_block_count",
             "decision.head_count",
         ),
+        builder="clef",
         recurrent=_GDN,
         gated_q=True,
     ),
