@@ -1179,11 +1179,7 @@ _ENTRIES = (
     Arch(
         "clef",
         "clef.cpp",
-        (
-            "rope.dimension_sections",
-            *_SSM,
-            "attention.recurrent_layers",
-            "full_attention_interval",
+        (  # beside qwen35's keys (clef.cpp calls llama_model_qwen35::load_arch_hparams first)
             "attention.layer_norm_epsilon",
             "decision.block_count",
             "decision.routing_block_count",
