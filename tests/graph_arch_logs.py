@@ -114,16 +114,23 @@ def assert_compute_equal(log_text: str, bd: Breakdown) -> None:
 
 NODES = CPU_LOGS / "nodes"
 _VIEWS = {"VIEW", "RESHAPE", "PERMUTE", "TRANSPOSE"}
-# ggml_op_desc prints the unary and GLU kinds; the graph records their op
+# ggml_op_desc prints the unary and GLU kinds (GGML_SCHED_DEBUG cuts names to 10 characters: SWIGLU_CLAMP
+# prints as SWIGLU_CLA); the graph records their op
 _OP = {
     "SILU": "UNARY",
     "SIGMOID": "UNARY",
     "SOFTPLUS": "UNARY",
     "GELU": "UNARY",
+    "GELU_ERF": "UNARY",
     "TANH": "UNARY",
     "RELU": "UNARY",
     "XIELU": "UNARY",
+    "EXP": "UNARY",
+    "NEG": "UNARY",
+    "ABS": "UNARY",
+    "SGN": "UNARY",
     "SWIGLU": "GLU",
+    "SWIGLU_CLA": "GLU",
 }
 
 

@@ -1217,6 +1217,110 @@ _ENTRIES = (
         ),
         builder="granite_switch",
     ),
+    # -- hybrids with an indexer cache (issue 25, h-hybidx): llama_memory_hybrid_idx ---------------------------
+    # GLM5-Next / GLM-5.3-Flash (glm5-next.cpp): Kimi-delta-attention layers where head_count_kv is 0 (recurrent:
+    # Q/K/V short convolutions, kda.head_dim heads), nope-only MLA layers on a K-only cache of the kv_lora_rank
+    # latent (key_length), a k-pool DSA indexer whose keys, pool gates and pooled keys the third cache of
+    # llama_memory_hybrid_idx keeps for the MLA layers of attention.indexer.types (buffers.hybrid_idx_buffers),
+    # mHC residual streams, DeepSeek-style experts; the NextN block is skipped and never attended.
+    # graph/models/glm5_next.py builds it
+    Arch(
+        "glm5-next",
+        "glm5-next.cpp",
+        (
+            "attention.layer_norm_epsilon",
+            "attention.key_length_mla",
+            "attention.value_length_mla",
+            "attention.q_lora_rank",
+            "attention.kv_lora_rank",
+            "ssm.conv_kernel",
+            "kda.head_dim",
+            "kda.gate_lower_bound",
+            "expert_feed_forward_length",
+            "expert_shared_count",
+            "leading_dense_block_count",
+            "expert_weights_scale",
+            "expert_weights_norm",
+            "expert_gating_func",
+            "swiglu_clamp_exp",
+            "swiglu_clamp_shexp",
+            "attention.indexer.head_count",
+            "attention.indexer.key_length",
+            "attention.indexer.top_k",
+            "attention.indexer.kpool",
+            "attention.indexer.kpool_select_tail",
+            "attention.indexer.types",
+            "hyper_connection.count",
+            "hyper_connection.sinkhorn_iterations",
+            "hyper_connection.epsilon",
+        ),
+        builder="glm5_next",
+        recurrent=Recurrent("Kimi delta attention", "no_kv_heads"),
+        mla=True,
+        skips_nextn=True,
+        moe=True,
+        leading_dense=True,
+        shared_experts=True,
+    ),
+    # Qwen4exp (qwen4exp.cpp): qwen35's Gated DeltaNet hybrid (attention.recurrent_layers or every
+    # full_attention_interval-th trunk layer attends, Q with its gate, IMRoPE) with low-rank hyper-connection
+    # streams for norms, experts with a gated shared expert, optional PLE n-gram embeddings (their conv history a
+    # row of its own in the recurrent memory, cache_ple_r_l), and a QSA indexer whose keys (| pooled keys where
+    # attention.compress_ratios gives a k-pool) llama_memory_hybrid_idx's third cache keeps for every trunk
+    # attention layer (buffers.hybrid_idx_buffers). The MTP block is skipped and never attended by the trunk.
+    # graph/models/qwen4exp.py builds them, QSA and PLE included
+    Arch(
+        "qwen4exp",
+        "qwen4exp.cpp",
+        (
+            "expert_feed_forward_length",
+            "expert_shared_feed_forward_length",
+            "rope.dimension_sections",
+            *_SSM,
+            "attention.recurrent_layers",
+            "full_attention_interval",
+            "hyper_connection.count",
+            "hyper_connection.low_rank",
+            "attention.indexer.head_count",
+            "attention.indexer.key_length",
+            "attention.indexer.top_k",
+            "attention.compress_ratios",
+            "ple.layers",
+            "ple.ngram_size",
+            "ple.heads_per_ngram",
+            "ple.conv_kernel",
+            "ple.layer_multipliers",
+            "ple.head_offsets",
+            "ple.head_vocab_sizes",
+            "ple.eos_token_id",
+            "ple.image_token_id",
+            "embedding_length_per_layer_input",
+        ),
+        builder="qwen4exp",
+        recurrent=_GDN,
+        skips_nextn=True,
+        moe=True,
+        shared_experts=True,
+        gated_q=True,
+    ),
+    # CLEF (clef.cpp): a decision model on qwen35's backbone (Gated DeltaNet and gated attention layers, dense FFNs)
+    # whose head scores the options of a batch (llama_batch_ext_set_decision_order); create_memory makes no memory
+    # for it (llama-model.cpp: among the memory-less architectures), so no KV cache and no recurrent state
+    # (buffers.NO_MEMORY). Its head's tensors (decision.*, dec.blk.N.*) are the output layer's and layer N's in
+    # llama.cpp. graph/models/clef.py builds it (the backbone over the micro-batch alone, the head)
+    Arch(
+        "clef",
+        "clef.cpp",
+        (  # beside qwen35's keys (clef.cpp calls llama_model_qwen35::load_arch_hparams first)
+            "attention.layer_norm_epsilon",
+            "decision.block_count",
+            "decision.routing_block_count",
+            "decision.head_count",
+        ),
+        builder="clef",
+        recurrent=_GDN,
+        gated_q=True,
+    ),
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}

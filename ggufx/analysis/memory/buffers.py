@@ -63,6 +63,7 @@ from ggufx.analysis.memory.placement import (
 )
 from ggufx.errors import InputError, ValidationError
 from ggufx.format.ggmltypes import GGMLType, ggml_type_by_name
+from ggufx.format.values import GGUFArray
 from ggufx.model import GGUFModel
 
 MiB = 1 << 20
@@ -654,8 +655,14 @@ def breakdown(
         kv, kv_stats = kv_buffers(hp, kv_kinds, pl, cp, n_ctx_seq, swa_cells, n_streams, model.path)
         if hp.arch in MSA_ARCHS:  # MiniMax-M3: llama_kv_cache_msa's indexer cache after the main one
             kv_stats = msa_buffers(model, hp, pl, cp, n_ctx_seq, n_streams, kv, kv_stats)
+        if hp.arch in HYBRID_IDX_ROW:  # llama_memory_hybrid_idx: the indexer's own cache
+            kv_stats = hybrid_idx_buffers(model, hp, kinds, pl, cp, n_ctx_seq, n_streams, kv, kv_stats)
+    if hp.arch in NO_MEMORY:  # create_memory makes none: no KV cache, no recurrent state
+        kv, kv_stats, kinds = [], {False: (0, 0), True: (0, 0), None: (0, 0)}, memoryless(kinds)
     buffers += kv
     rs = recurrent_buffers(hp, kinds, pl, cp, max(1, n_seq))
+    if hp.arch in HYBRID_IDX_ROW:  # qwen4exp's PLE conv history: a row of its own in the recurrent memory
+        rs = ple_state_buffers(model, kinds, pl, cp, max(1, n_seq), rs)
     buffers += rs
     buffers.append(Buffer("output", _host(pl, pl.output_device), 4 * hp.n_vocab * n_seq))
     n_outputs = min(n_ubatch, cp.n_outputs_max or n_batch)
@@ -728,6 +735,8 @@ def breakdown(
         notes.append(f"-ot {rx}: matches no tensor of this model; llama.cpp ignores it")
     n_rec = sum(1 for k in kinds if k.state)
     rec_bytes = n_rec * 4 * (hp.n_embd_r + hp.n_embd_s) * max(1, n_seq)
+    if hp.arch in HYBRID_IDX_ROW:  # qwen4exp's PLE conv history (ple_state_buffers)
+        rec_bytes += 4 * ple_conv_state(model) * len(ple_layers(model)) * max(1, n_seq)
     if dsv4:  # the compressor states are DeepSeek V4's per-sequence state
         rec_bytes, n_rec = dsv4["state"]
         caches = dsv4_layout(hp, n_ctx_seq, max(1, n_seq), n_ubatch, cp.swa_full)[0]
@@ -922,3 +931,151 @@ def _meta_compute(pl: Placement, b: Buffer) -> Buffer:
     if b.buft != META:
         return b
     return Buffer(b.kind, b.buft, b.bytes, b.exact, slices={d.name: b.bytes for d in pl.meta}, reason=b.reason)
+
+
+# -- llama_memory_hybrid_idx (issue 25, h-hybidx) ------------------------------------------------------------------
+# llama-memory-hybrid-idx.cpp:52-75: llama_memory_hybrid (attention cache + recurrent state) plus a third
+# llama_kv_cache, the indexer's: one head (n_head_kv_arr filled with 1) of attention.indexer.key_length x
+# indexer_kpool_row values per cell when the indexer pools its keys (kpool > 0), of the -ctk type, K only (the
+# hparams are made MLA's), n_ctx_seq cells, the attention cache's streams; its layers are create_memory's
+# filter_idx (llama-model.cpp: GLM5_NEXT, and QWEN4EXP's needs_mem_idx branch). The row: glm5-next caches key |
+# gate | pooled (llama_hparams::indexer_kpool_row's default 3), qwen4exp key | pooled (qwen4exp.cpp:81, 2).
+HYBRID_IDX_ROW = {"glm5-next": 3, "qwen4exp": 2}
+
+
+def _per_layer_ints(model: GGUFModel, key: str, n: int) -> list[int] | None:
+    """A ``get_key_or_arr`` key of ``n`` entries (None: absent); an array of another length is llama.cpp's
+    "wrong array length" refusal."""
+    md = model.metadata
+    if key not in md:
+        return None
+    v = md[key]
+    raw = v.tolist() if isinstance(v, GGUFArray) else [v] * n
+    if not all(isinstance(x, (bool, int, float)) for x in raw):
+        raise ValidationError(model.path, md.kv(key).offset, f"{key} is not a number or an array of numbers")
+    items = [int(x) for x in raw]
+    if len(items) != n:
+        raise ValidationError(
+            model.path,
+            md.kv(key).offset,
+            f"{key} has {len(items)} entries but llama.cpp expects {n} (wrong array length)",
+        )
+    return items
+
+
+def hybrid_idx_layout(model: GGUFModel, hp: Hparams, kinds: list[LayerKind]) -> tuple[int, tuple[int, ...]]:
+    """The indexer cache of ``llama_memory_hybrid_idx``: (values per cell, layers).
+
+    glm5-next (llama-model.cpp create_memory, GLM5_NEXT): the trunk's MLA layers (``!is_recr``) whose
+    ``attention.indexer.types`` entry is set (every one without the key: glm5-next.cpp fills the array with 1),
+    rows of key | gate | pooled. qwen4exp (its ``needs_mem_idx`` branch): every trunk
+    attention layer, rows of key | pooled when ``attention.compress_ratios`` gives a k-pool, else the key alone."""
+    a = hp.arch
+    attn = [k.index for k in kinds if k.kv and not k.nextn]
+    key_len = model.metadata.get_int(f"{a}.attention.indexer.key_length") or 0
+    n_main = hp.n_layer - hp.n_nextn
+    if a == "glm5-next":
+        types = _per_layer_ints(model, f"{a}.attention.indexer.types", n_main) or [1] * n_main
+        return key_len * HYBRID_IDX_ROW[a], tuple(il for il in attn if types[il])
+    ratios = _per_layer_ints(model, f"{a}.attention.compress_ratios", hp.n_layer) or []
+    kpool = max(ratios, default=0)
+    return key_len * (HYBRID_IDX_ROW[a] if kpool > 0 else 1), tuple(attn)
+
+
+def hybrid_idx_buffers(
+    model: GGUFModel,
+    hp: Hparams,
+    kinds: list[LayerKind],
+    pl: Placement,
+    cp: ContextParams,
+    cells: int,
+    n_streams: int,
+    out: list[Buffer],
+    stats: dict[bool | None, tuple[int, int]],
+) -> dict[bool | None, tuple[int, int]]:
+    """Appends the indexer cache's buffers to ``out`` (after the attention cache's, as llama.cpp allocates
+    them; per buffer type, on each layer's device) and returns the KV statistics with its bytes (within the
+    full-attention figure, as for llama_kv_cache_dsa) and layers."""
+    width, layers = hybrid_idx_layout(model, hp, kinds)
+    if not layers or not width:
+        return stats
+    tk = _cache_type(cp.cache_type_k, "-ctk")
+    idx = replace(hp, indexer_k=width, indexer_layers=layers)
+    nbytes = _indexer_buffers(idx, pl, cp, tk, cells, n_streams, model.path, out)
+    full_bytes, full_layers = stats[False]
+    return {**stats, False: (full_bytes + nbytes, full_layers), None: (nbytes, len(layers))}
+
+
+def ple_conv_state(model: GGUFModel) -> int:
+    """``llama_hparams::ple_conv_state`` (llama-hparams.cpp:268-275): qwen4exp's PLE convolution history per
+    sequence, ``(ple.conv_kernel - 1) x ple.ngram_size x hyper_connection.count x n_embd`` F32 values (0: no PLE,
+    ``ple.layers`` absent)."""
+    md = model.metadata
+    a = model.architecture or ""
+    layers = md.get(f"{a}.ple.layers")
+    if not isinstance(layers, GGUFArray) or not len(layers):
+        return 0
+
+    def get(suffix: str) -> int:
+        return md.get_int(f"{a}.{suffix}") or 0
+
+    heads = (get("ple.ngram_size") - 1) * get("ple.heads_per_ngram")
+    if heads <= 0 or get("ple.conv_kernel") <= 0:
+        return 0
+    return (
+        (get("ple.conv_kernel") - 1) * get("ple.ngram_size") * get("hyper_connection.count") * get("embedding_length")
+    )
+
+
+def ple_layers(model: GGUFModel) -> tuple[int, ...]:
+    """qwen4exp's PLE layers (``ple.layers``; llama.cpp takes one, a Gated DeltaNet layer)."""
+    v = model.metadata.get(f"{model.architecture}.ple.layers")
+    return tuple(int(x) for x in v.tolist()) if isinstance(v, GGUFArray) else ()
+
+
+def ple_state_buffers(
+    model: GGUFModel, kinds: list[LayerKind], pl: Placement, cp: ContextParams, n_seq: int, rs: list[Buffer]
+) -> list[Buffer]:
+    """The recurrent buffers ``rs`` with qwen4exp's ``cache_ple_r_l`` tensors (llama-memory-recurrent.cpp:109-114:
+    ``[ple_conv_state, mem_size x (1 + n_rs_seq)]`` of the R type, F32, in the PLE layer's recurrent context, so in
+    its buffer) added to the buffer of each PLE layer's buffer type; on the Meta device mirrored on every GPU."""
+    width = ple_conv_state(model)
+    if not width:
+        return rs
+    f32 = ggml_type_by_name("F32")
+    per: dict[str, int] = {}
+    meta: dict[str, int] = {}
+    state = {k.index for k in kinds if k.state}
+    for il in ple_layers(model):
+        if il not in state:
+            continue
+        dev = pl.layer_device[il]
+        buft = CPU if cp.no_kv_offload or dev is None else dev
+        if buft == META:
+            _add(meta, meta_alloc(pl, f"cache_ple_r_l{il}", f32, (width, n_seq)))
+        else:
+            per[buft] = per.get(buft, 0) + alloc_size(buft, f32, width, n_seq)
+    out = []
+    for b in rs:
+        if b.buft == META and meta:
+            merged = dict(b.slices or {})
+            _add(merged, meta)
+            out.append(meta_buffer("recurrent", merged))
+            meta = {}
+        else:
+            out.append(replace(b, bytes=b.bytes + per.pop(b.buft, 0)))
+    out += [Buffer("recurrent", b, n) for b, n in per.items()]
+    if meta:
+        out.append(meta_buffer("recurrent", meta))
+    return out
+
+
+# llama-model.cpp create_memory: the architectures it makes no memory module for (res = nullptr: BERT-style encoders,
+# the diffusion models, CLEF's decision model) among the registered ones: no KV cache, no recurrent state, whatever
+# their layers would keep in a decoder's memory
+NO_MEMORY = frozenset({"clef"})
+
+
+def memoryless(kinds: list[LayerKind]) -> list[LayerKind]:
+    """The layer kinds of a model without memory: no layer keeps a cache or a state."""
+    return [replace(k, kv=False, state=False) for k in kinds]

@@ -49,7 +49,7 @@ _LAYER0 = frozenset({"per_layer_model_proj", "per_layer_proj_norm"})
 # layer 0 its own and the others TENSOR_DUPLICATED (phi3.cpp:52-53, llama.cpp's rope_freqs the same way):
 # one copy per buffer type the layers use, on the layers' devices, not in the input layer on the host
 _PER_LAYER = frozenset({"rope_freqs", "rope_factors_long", "rope_factors_short"})
-_OUTPUT_LAYER = frozenset({"altup_proj", "altup_unembd_proj"})
+_OUTPUT_LAYER = frozenset({"altup_proj", "altup_unembd_proj", "decision"})  # CLEF's decision head too (:759-771)
 # LFM2's output norm is stored as token_embd_norm (LLM_TENSOR_OUTPUT_NORM_LFM2, llama-arch.cpp:447, :775):
 # the output layer's
 _OUTPUT_NORM_AS_TOKEN_EMBD_NORM = frozenset({"lfm2", "lfm2moe"})
@@ -123,7 +123,7 @@ def host_buft(device: str | None) -> str:
 def layer_of(name: str, n_layer: int, arch: str | None = None) -> int | str:
     """The llama.cpp layer a tensor belongs to: a block index, ``n_layer`` for the output layer,
     ``"input"`` for the input layer or ``"repeating"`` for per-layer duplicates such as rope_freqs."""
-    m = re.match(r"blk\.(\d+)\.", name)
+    m = re.match(r"(?:dec\.)?blk\.(\d+)\.", name)  # dec.blk.N: a decoder block of layer N (llama-arch.cpp:834-974)
     if m:
         return min(int(m.group(1)), n_layer)
     base = name.split(".")[0]
@@ -135,7 +135,7 @@ def layer_of(name: str, n_layer: int, arch: str | None = None) -> int | str:
         return 0
     if base == "token_embd_norm" and arch in _OUTPUT_NORM_AS_TOKEN_EMBD_NORM:
         return n_layer
-    if base in _OUTPUT_LAYER or base.startswith(_OUTPUT_PREFIXES):
+    if base in _OUTPUT_LAYER or base.startswith(_OUTPUT_PREFIXES) or name.startswith("dec.output_norm"):
         return n_layer
     return "input"
 
