@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ggufx.analysis.memory.archs import ARCHS, arch_of, builder_of, sharing
+from ggufx.analysis.memory.archs import ARCHS, arch_of, builder_of, memory_of, sharing
 from tests.support import LLAMA_CPP_VERSION
 
 SRC = (
@@ -127,6 +127,20 @@ def test_issue_architectures_are_registered() -> None:
     }  # fmt: skip
     assert arch_of("deepseek2").mla and arch_of("glm4moe").skips_nextn  # type: ignore[union-attr]
     assert arch_of("no-such-arch") is None and builder_of(None) is None
+
+
+def test_the_memory_modules_create_memory_picks_by_name() -> None:
+    """llama-model.cpp's create_memory picks these memory modules by architecture (the others follow from the
+    layer kinds: KV cache, its sliding-window pair, recurrent or hybrid memory); buffers.breakdown reads
+    ``Arch.memory`` and nothing else to size them."""
+    assert {n: memory_of(n) for n in ARCHS if memory_of(n)} == {
+        "deepseek4": "dsv4",
+        "minimax-m3": "msa",
+        "glm5-next": "hybrid_idx",
+        "qwen4exp": "hybrid_idx",
+        "clef": "none",
+    }
+    assert memory_of("llama") == memory_of("no-such-arch") == ""
 
 
 @pytest.mark.parametrize(

@@ -114,6 +114,11 @@ class Arch:
     # every layer has K and V cache tensors, empty in a layer without KV heads (deci: its cache has no
     # layer filter), so that without flash attention each V is padded to the widest layer's
     kv_every_layer: bool = False
+    # the memory module llama-model.cpp's create_memory makes where it is not chosen by the layer kinds alone
+    # (the KV cache, its sliding-window pair, the recurrent or hybrid memory): "dsv4" llama_kv_cache_dsv4, "msa"
+    # llama_kv_cache_msa (an indexer cache of the sparse layers after the main one), "hybrid_idx"
+    # llama_memory_hybrid_idx (the hybrid memory and an indexer cache), "none" no memory at all (res = nullptr)
+    memory: str = ""
 
     @property
     def llama_graph(self) -> str:
@@ -1085,6 +1090,7 @@ _ENTRIES = (
         moe=True,
         shared_experts=True,
         builder="deepseek4",
+        memory="dsv4",
     ),
     # -- h-small6 (issue 25): Talkie, Maple, Muse Glimmer, HRM-Text ---------------------------------------------
     # Talkie (13B): weightless RMS norms, the per-head Q gain after RoPE, the normed embeddings added to each layer
@@ -1151,6 +1157,7 @@ _ENTRIES = (
             "attention.indexer.local_blocks",
         ),
         builder="minimax_m3",
+        memory="msa",
         moe=True,
         leading_dense=True,
         shared_experts=True,
@@ -1255,6 +1262,7 @@ _ENTRIES = (
             "hyper_connection.epsilon",
         ),
         builder="glm5_next",
+        memory="hybrid_idx",
         recurrent=Recurrent("Kimi delta attention", "no_kv_heads"),
         mla=True,
         skips_nextn=True,
@@ -1297,6 +1305,7 @@ _ENTRIES = (
             "embedding_length_per_layer_input",
         ),
         builder="qwen4exp",
+        memory="hybrid_idx",
         recurrent=_GDN,
         skips_nextn=True,
         moe=True,
@@ -1318,6 +1327,7 @@ _ENTRIES = (
             "decision.head_count",
         ),
         builder="clef",
+        memory="none",
         recurrent=_GDN,
         gated_q=True,
     ),
@@ -1329,6 +1339,12 @@ ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}
 def arch_of(name: str | None) -> Arch | None:
     """The registry entry of ``general.architecture`` (None: not registered)."""
     return ARCHS.get(name or "")
+
+
+def memory_of(name: str | None) -> str:
+    """The memory module of this architecture when not the layer kinds' default (``Arch.memory``; "" else)."""
+    a = arch_of(name)
+    return a.memory if a else ""
 
 
 def builder_of(name: str | None) -> str | None:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ggufx.analysis.layers import LayerKind, layer_kinds
-from ggufx.analysis.memory.archs import arch_of
+from ggufx.analysis.memory.archs import ARCHS, arch_of, memory_of
 from ggufx.analysis.memory.compute import (
     OP_OFFLOAD_MIN_BATCH,
     ComputeModel,
@@ -381,10 +381,6 @@ def _indexer_buffers(
     return _row(tk, hp.indexer_k, path) * cells * n_streams * len(hp.indexer_layers)
 
 
-# the architectures whose memory is llama_kv_cache_msa (llama-model.cpp create_memory: MiniMax Sparse Attention)
-MSA_ARCHS = frozenset({"minimax-m3"})
-
-
 def msa_buffers(
     model: GGUFModel,
     hp: Hparams,
@@ -608,6 +604,7 @@ def breakdown(
     if grok_fa_off:
         cp = replace(cp, flash_attn="off")
     hp = hparams(model)
+    memory = memory_of(hp.arch)
     kinds = layer_kinds(model)
     pl = place(model, devices, offload)
     if pl.meta:
@@ -653,15 +650,15 @@ def breakdown(
         if hp.router_layer >= 0:  # Granite Switch's router layer: a KV cache layer of its own (1 KV head)
             kv_kinds = [*kinds, LayerKind(hp.router_layer, "attention", "none", 1, True)]
         kv, kv_stats = kv_buffers(hp, kv_kinds, pl, cp, n_ctx_seq, swa_cells, n_streams, model.path)
-        if hp.arch in MSA_ARCHS:  # MiniMax-M3: llama_kv_cache_msa's indexer cache after the main one
+        if memory == "msa":  # MiniMax-M3: llama_kv_cache_msa's indexer cache after the main one
             kv_stats = msa_buffers(model, hp, pl, cp, n_ctx_seq, n_streams, kv, kv_stats)
-        if hp.arch in HYBRID_IDX_ROW:  # llama_memory_hybrid_idx: the indexer's own cache
+        if memory == "hybrid_idx":  # llama_memory_hybrid_idx: the indexer's own cache
             kv_stats = hybrid_idx_buffers(model, hp, kinds, pl, cp, n_ctx_seq, n_streams, kv, kv_stats)
-    if hp.arch in NO_MEMORY:  # create_memory makes none: no KV cache, no recurrent state
+    if memory == "none":  # create_memory makes none: no KV cache, no recurrent state
         kv, kv_stats, kinds = [], {False: (0, 0), True: (0, 0), None: (0, 0)}, memoryless(kinds)
     buffers += kv
     rs = recurrent_buffers(hp, kinds, pl, cp, max(1, n_seq))
-    if hp.arch in HYBRID_IDX_ROW:  # qwen4exp's PLE conv history: a row of its own in the recurrent memory
+    if memory == "hybrid_idx":  # qwen4exp's PLE conv history: a row of its own in the recurrent memory
         rs = ple_state_buffers(model, kinds, pl, cp, max(1, n_seq), rs)
     buffers += rs
     buffers.append(Buffer("output", _host(pl, pl.output_device), 4 * hp.n_vocab * n_seq))
@@ -735,7 +732,7 @@ def breakdown(
         notes.append(f"-ot {rx}: matches no tensor of this model; llama.cpp ignores it")
     n_rec = sum(1 for k in kinds if k.state)
     rec_bytes = n_rec * 4 * (hp.n_embd_r + hp.n_embd_s) * max(1, n_seq)
-    if hp.arch in HYBRID_IDX_ROW:  # qwen4exp's PLE conv history (ple_state_buffers)
+    if memory == "hybrid_idx":  # qwen4exp's PLE conv history (ple_state_buffers)
         rec_bytes += 4 * ple_conv_state(model) * len(ple_layers(model)) * max(1, n_seq)
     if dsv4:  # the compressor states are DeepSeek V4's per-sequence state
         rec_bytes, n_rec = dsv4["state"]
@@ -1071,9 +1068,9 @@ def ple_state_buffers(
 
 
 # llama-model.cpp create_memory: the architectures it makes no memory module for (res = nullptr: BERT-style encoders,
-# the diffusion models, CLEF's decision model) among the registered ones: no KV cache, no recurrent state, whatever
-# their layers would keep in a decoder's memory
-NO_MEMORY = frozenset({"clef"})
+# the diffusion models, CLEF's decision model) among the registered ones (``Arch.memory == "none"``): no KV cache,
+# no recurrent state, whatever their layers would keep in a decoder's memory
+NO_MEMORY = frozenset(a.name for a in ARCHS.values() if a.memory == "none")
 
 
 def memoryless(kinds: list[LayerKind]) -> list[LayerKind]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ggufx.analysis.memory.archs import arch_of
+from ggufx.analysis.memory.archs import ARCHS, arch_of
 from ggufx.errors import ValidationError
 from ggufx.format.ggmltypes import ggml_type_by_name
 from ggufx.format.spec import align
@@ -103,8 +103,8 @@ def n_nextn(model: GGUFModel) -> int:
     return max(n, 0)
 
 
-# the architectures whose memory is llama_kv_cache_dsv4 (llama-model.cpp create_memory)
-DSV4_ARCHS = frozenset({"deepseek4"})
+# the architectures whose memory is llama_kv_cache_dsv4 (llama-model.cpp create_memory; Arch.memory "dsv4")
+DSV4_ARCHS = frozenset(a.name for a in ARCHS.values() if a.memory == "dsv4")
 # llama-kv-cache-dsv4.cpp DSV4_CSA_RATIO / DSV4_HCA_RATIO: the compression ratios its loader accepts
 DSV4_CSA, DSV4_HCA = 4, 128
 
