@@ -32,8 +32,8 @@ from ggufx.analysis.memory.graph.models.deepseek2 import (
     moe_params,
 )
 from ggufx.analysis.memory.graph.models.hy_v4 import _cast
-from ggufx.analysis.memory.graph.models.kimi_linear import _causal_conv, _Kda, _kda_dims
-from ggufx.analysis.memory.graph.models.qwen35 import _rs
+from ggufx.analysis.memory.graph.models.kimi_k3 import kda
+from ggufx.analysis.memory.graph.models.kimi_linear import _kda_dims
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.format.values import GGUFArray
 from ggufx.model import GGUFModel
@@ -83,52 +83,6 @@ def hc_post(g: _Graph, x: _T, residual: _T, post: _T, comb: _T, name: str) -> _T
 
 
 # -- the KDA layer ----------------------------------------------------------------------------------------------
-
-
-def _kda(c: _Ctx, g: _Graph, x: _T, il: int, s_copy: _T, d: _Kda) -> _T:
-    """``build_kda_layer`` (glm5-next.cpp:690-780): kimi-linear's KDA layer (graph/models/kimi_linear.py: the
-    convolutions ``glm5_conv1d``, the fused ``GATED_DELTA_NET``, the state written back, the output's CONT, the
-    ``g_b(g_a(x))`` gate) with kimi-k3's decay gate where ``kda.gate_lower_bound`` is set."""
-    T, ns = c.n_tokens, c.sp.n_seq_max
-    nst = T // ns
-    S, H = d.head, d.n_head
-    p = f"blk.{il}."
-    buft = c.cache_buft[il]
-    cache_r = g.leaf(f"cache_r_l{il}", "F32", (d.n_embd_r, ns), buft=buft)
-    cache_s = g.leaf(f"cache_s_l{il}", "F32", (d.n_embd_s, ns), buft=buft)
-    conv_state = _rs(c, g, cache_r, s_copy, d.n_embd_r)
-    q, k, v = (_causal_conv(c, g, x, i, il, d, conv_state, cache_r) for i in range(3))
-    f_a = g.mul_mat(f"f_a-{il}", _w(c, p + "ssm_f_a.weight", il), x)
-    g1 = g.mul_mat(f"g1-{il}", _w(c, p + "ssm_f_b.weight", il), f_a)
-    g1 = g.op(f"g1_biased-{il}", "ADD", g1, _w(c, p + "ssm_dt.bias", il))
-    a = g.reshape(_w(c, p + "ssm_a", il), 1, H, 1)
-    if _key(c, "kda.gate_lower_bound") is not None:
-        g1 = g.op(f"kda_g1-{il}", "MUL", g.reshape(g1, S, H, T), a)
-        g1 = g.op(f"kda_g1_sigmoid-{il}", "UNARY", g.op(f"kda_g1_neg-{il}", "SCALE", g1))
-        g1 = g.op(f"kda_g1-{il}", "SCALE", g1)
-    else:
-        g1 = g.reshape(g.op(f"g1_softplus-{il}", "UNARY", g1), S, H, T)
-        g1 = g.op(f"kda_g1-{il}", "MUL", g1, a)
-    g1 = g.reshape(g1, S, H, nst, ns)
-    beta = g.mul_mat(f"kda_beta-{il}", _w(c, p + "ssm_beta.weight", il), x)
-    beta = g.op(f"kda_beta-{il}", "UNARY", g.reshape(beta, 1, H, nst, ns))
-    state = g.reshape(_rs(c, g, cache_s, s_copy, d.n_embd_s), S, S, H, ns)
-    q = g.op(f"q_l2-{il}", "SCALE", g.new(f"q_norm-{il}", "RMS_NORM", "F32", q.ne, q))
-    k = g.op(f"k_l2-{il}", "SCALE", g.new(f"k_norm-{il}", "RMS_NORM", "F32", k.ne, k))
-    gdn = g.new(f"gdn-{il}", "GATED_DELTA_NET", "F32", (S * H, T + S * ns), q, k, v, g1, beta, state)
-    out = g.view(gdn, (S, H, nst, ns), (4, 4 * S, 4 * S * H))
-    new_state = g.view(gdn, (d.n_embd_s, ns), (4, 4 * d.n_embd_s))
-    dst = g.view(cache_s, (d.n_embd_s, ns), cache_s.nb[:2])
-    cpy = g.view(dst, dst.ne, dst.nb, "CPY")
-    cpy.src = [new_state, dst]
-    g.expand(cpy)
-    out = g.new(f"kda_scan_out-{il}", "CONT", "F32", out.ne, out)
-    g_a = g.mul_mat(f"g_a-{il}", _w(c, p + "ssm_g_a.weight", il), x)
-    g2 = g.reshape(g.mul_mat(f"kda_g2-{il}", _w(c, p + "ssm_g_b.weight", il), g_a), S, H, T)
-    normed = _norm(c, g, g.reshape(out, S, H, T), p + "ssm_norm.weight", il)
-    gated = g.op(f"kda_gated-{il}", "MUL", normed, g.op(f"kda_gate-{il}", "UNARY", g2))
-    gated = g.new(f"kda_gated_cont-{il}", "CONT", "F32", (d.d_inner, T), gated)
-    return g.mul_mat(f"kda_out-{il}", _w(c, p + "attn_output.weight", il), gated)
 
 
 # -- the DSA layer ----------------------------------------------------------------------------------------------
@@ -373,7 +327,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
         cur = _norm(c, g, cur, f"blk.{il}.attn_norm.weight", il)
         g.expand(cur)
         if hp.n_head_kv[il] == 0:
-            cur = _kda(c, g, cur, il, s_copy, d)
+            cur = kda(c, g, cur, il, s_copy, d)  # kimi-k3's KDA layer with glm5-next's low-rank output gate
         else:
             cur = _dsa(c, g, cur, il, k_idxs, kq_mask, kp, prev)
         res = hc_post(g, cur, res, post, comb, f"hc_attn_post-{il}")

@@ -85,11 +85,12 @@ def _latent_moe(c: _Ctx, g: _Graph, cur: _T, il: int, mp: deepseek2.MoeParams) -
     return out
 
 
-def _kda(c: _Ctx, g: _Graph, x: _T, il: int, s_copy: _T, d: _Kda) -> _T:
+def kda(c: _Ctx, g: _Graph, x: _T, il: int, s_copy: _T, d: _Kda) -> _T:
     """``build_kda_layer`` (kimi-k3.cpp:400-470): the convolved Q, K and V, the decay gate (``lower_bound *
     sigmoid(-(f_b(f_a(x)) + dt_bias) * A)`` when the file sets the bound, else kimi-linear's softplus), beta,
     the L2-normed Q and K, the fused ``GATED_DELTA_NET`` (the state written back before the output's CONT),
-    the RMS norm of each head times the sigmoid of ``ssm_g(x)``, the output projection."""
+    the RMS norm of each head times the sigmoid of ``ssm_g(x)`` (glm5-next.cpp:690-780: of ``g_b(g_a(x))``, its
+    low-rank gate), the output projection; glm5-next builds the same layer."""
     T, ns = c.n_tokens, c.sp.n_seq_max
     nst = T // ns
     S, H = d.head, d.n_head
@@ -124,7 +125,11 @@ def _kda(c: _Ctx, g: _Graph, x: _T, il: int, s_copy: _T, d: _Kda) -> _T:
     cpy.src = [new_state, dst]
     g.expand(cpy)
     out = g.new(f"kda_scan_out-{il}", "CONT", "F32", out.ne, out)
-    g2 = g.reshape(g.mul_mat(f"kda_g2-{il}", _w(c, p + "ssm_g.weight", il), x), S, H, T)
+    if _weight(c, p + "ssm_g_a.weight", il) is not None:  # glm5-next: the low-rank output gate g_b(g_a(x))
+        g_a = g.mul_mat(f"g_a-{il}", _w(c, p + "ssm_g_a.weight", il), x)
+        g2 = g.reshape(g.mul_mat(f"kda_g2-{il}", _w(c, p + "ssm_g_b.weight", il), g_a), S, H, T)
+    else:
+        g2 = g.reshape(g.mul_mat(f"kda_g2-{il}", _w(c, p + "ssm_g.weight", il), x), S, H, T)
     normed = _norm(c, g, g.reshape(out, S, H, T), p + "ssm_norm.weight", il)
     gated = g.op(f"kda_gated-{il}", "MUL", normed, g.op(f"kda_gate-{il}", "UNARY", g2))
     gated = g.new(f"kda_gated_cont-{il}", "CONT", "F32", (d.d_inner, T), gated)
@@ -219,7 +224,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
         cur = _norm(c, g, cur, b + "attn_norm.weight", il)
         g.expand(cur)
         if hp.n_head_kv[il] == 0:
-            cur = _kda(c, g, cur, il, s_copy, d)
+            cur = kda(c, g, cur, il, s_copy, d)
         else:
             cur = _mla(c, g, cur, il, k_idxs, mask)
         prefix = cur if banked else g.op(f"prefix_sum_attn-{il}", "ADD", prefix, cur)
