@@ -79,7 +79,7 @@ def _copy_into(g: _Graph, src: _T, cache: _T, rows: int) -> None:
     g.expand(cpy)
 
 
-def _gated_delta_net(c: _Ctx, g: _Graph, x: _T, il: int, s_copy: _T, d: _Gdn) -> _T:
+def _gated_delta_net(c: _Ctx, g: _Graph, x: _T, il: int, s_copy: _T, d: _Gdn, cont_tail: bool = False) -> _T:
     """``build_layer_attn_linear`` (qwen35.cpp:349-482): the joint QKV and gate projections, the
     convolution over the cached last ``d_conv - 1`` columns (``build_conv_state``,
     delta-net-base.cpp:449-525), the fused ``GATED_DELTA_NET`` node (llama-context.cpp:235 keeps
@@ -109,6 +109,8 @@ def _gated_delta_net(c: _Ctx, g: _Graph, x: _T, il: int, s_copy: _T, d: _Gdn) ->
         f"conv_input-{il}", "CONCAT", "F32", (d.d_conv - 1 + nst, channels, ns), conv, g.permute(qkv, 1, 0, 2, 3)
     )
     last = g.view(conv_in, (d.d_conv - 1, channels, ns), conv_in.nb[:3])
+    if cont_tail:  # qwen4exp's build_conv_state_at (qwen4exp.cpp:1299-1340) writes them back through a CONT
+        last = g.new(f"conv_tail-{il}", "CONT", "F32", last.ne, last)
     _copy_into(g, last, cache_r, ns)
     state = _rs(c, g, cache_s, s_copy, hp.n_embd_s)
     state = g.reshape(state, d.head_v, d.head_v, d.n_v_heads, ns)

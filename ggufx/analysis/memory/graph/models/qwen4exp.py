@@ -24,7 +24,7 @@ from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd, _norm, _
 from ggufx.analysis.memory.graph.models.deepseek2 import cache_write
 from ggufx.analysis.memory.graph.models.hy_v4 import _cast
 from ggufx.analysis.memory.graph.models.qwen3next import _ffn, gdn_dims, n_expert_used, recurrent_layer
-from ggufx.analysis.memory.graph.models.qwen35 import _copy_into, _gated_attn, _gdn_dims, _rs
+from ggufx.analysis.memory.graph.models.qwen35 import _copy_into, _gated_attn, _gated_delta_net, _gdn_dims, _rs
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.format.values import GGUFArray
 from ggufx.model import GGUFModel
@@ -73,58 +73,6 @@ def hc_combine(g: _Graph, residual: _T, block_out: _T, inject: _T, il: int) -> _
     ``2 sigmoid(inject / hc)`` (SCALE, SIGMOID, SCALE), each stream plus its weight times the block's output."""
     w = g.op(f"hc_w-{il}", "SCALE", g.op(f"hc_w-{il}", "UNARY", g.op(f"hc_w-{il}", "SCALE", inject)))
     return g.new(f"hc_combine-{il}", "DSV4_HC_POST", "F32", residual.ne, block_out, residual, w)
-
-
-def _gated_delta_net(c: _Ctx, g: _Graph, x: _T, il: int, s_copy: _T) -> _T:
-    """``build_layer_attn_linear`` (qwen4exp.cpp:1018-1156): qwen35's (graph/models/qwen35.py) but for
-    ``build_conv_state_at`` (qwen4exp.cpp:1299-1340), which writes the last columns back through a ``CONT``,
-    and the sigmoid gate of the output norm (the same nodes as qwen35's SiLU)."""
-    hp, T = c.hp, c.n_tokens
-    ns = c.sp.n_seq_max
-    nst = T // ns
-    d = gdn_dims(c, il)
-    p = f"blk.{il}."
-    buft = c.cache_buft[il]
-    cache_r = g.leaf(f"cache_r_l{il}", "F32", (hp.n_embd_r, ns), buft=buft)
-    cache_s = g.leaf(f"cache_s_l{il}", "F32", (hp.n_embd_s, ns), buft=buft)
-    qkv = g.mul_mat(f"qkv_mixed-{il}", _w(c, p + "attn_qkv.weight", il), x)
-    channels = qkv.ne[0]
-    qkv = g.reshape(qkv, channels, nst, ns)
-    z = g.mul_mat(f"z-{il}", _w(c, p + "attn_gate.weight", il), x)
-    beta = g.reshape(g.mul_mat(f"beta-{il}", _w(c, p + "ssm_beta.weight", il), x), 1, d.n_v_heads, nst, ns)
-    beta = g.op(f"beta_sigmoid-{il}", "UNARY", beta)
-    alpha = g.reshape(g.mul_mat(f"alpha-{il}", _w(c, p + "ssm_alpha.weight", il), x), d.n_v_heads, nst, ns)
-    alpha = g.op(f"alpha_biased-{il}", "ADD", alpha, _w(c, p + "ssm_dt.bias", il))
-    alpha = g.op(f"a_softplus-{il}", "UNARY", alpha)
-    gate = g.op(f"gate-{il}", "MUL", alpha, _w(c, p + "ssm_a", il))
-    gate = g.reshape(gate, 1, d.n_v_heads, nst, ns)
-    conv = g.reshape(_rs(c, g, cache_r, s_copy, hp.n_embd_r), d.d_conv - 1, channels, ns)
-    conv_in = g.new(
-        f"conv_input-{il}", "CONCAT", "F32", (d.d_conv - 1 + nst, channels, ns), conv, g.permute(qkv, 1, 0, 2, 3)
-    )
-    last = g.view(conv_in, (d.d_conv - 1, channels, ns), conv_in.nb[:3])
-    _copy_into(g, g.new(f"conv_tail-{il}", "CONT", "F32", last.ne, last), cache_r, ns)
-    state = _rs(c, g, cache_s, s_copy, hp.n_embd_s)
-    state = g.reshape(state, d.head_v, d.head_v, d.n_v_heads, ns)
-    out = g.new(
-        f"conv_output_raw-{il}", "SSM_CONV", "F32", (channels, nst, ns), conv_in, _w(c, p + "ssm_conv1d.weight", il)
-    )
-    out = g.op(f"conv_output_silu-{il}", "UNARY", out)
-    row = out.nb[1]
-    heads = []
-    for n_heads in (d.n_k_heads, d.n_k_heads):  # build_gdn_l2_norm: RMS_NORM, SCALE (the fused GDN: no repeat)
-        qk = g.view(out, (d.head_k, n_heads, nst, ns), (4, 4 * d.head_k, row, row * nst))
-        heads.append(g.op(f"qk_conv-{il}", "SCALE", g.new(f"qk_norm-{il}", "RMS_NORM", "F32", qk.ne, qk)))
-    v = g.view(out, (d.head_v, d.n_v_heads, nst, ns), (4, 4 * d.head_v, row, row * nst))
-    S, H = d.head_v, d.n_v_heads
-    gdn = g.new(f"gdn-{il}", "GATED_DELTA_NET", "F32", (S * H, T + S * ns), heads[0], heads[1], v, gate, beta, state)
-    new_state = g.view(gdn, (S, S, H, ns), (4, 4 * S, 4 * S * S))
-    _copy_into(g, new_state, cache_s, ns)
-    o = g.view(gdn, (S, H, nst, ns), (4, 4 * S, 4 * S * H))
-    o = _norm(c, g, o, p + "ssm_norm.weight", il)  # build_norm_gated (qwen4exp.cpp:625-635)
-    o = g.op(f"attn_gated-{il}", "MUL", o, g.op(f"z_sigmoid-{il}", "UNARY", g.reshape(z, S, H, nst, ns)))
-    o = g.mul_mat(f"linear_attn_out-{il}", _w(c, p + "ssm_out.weight", il), g.reshape(o, S * H, nst, ns))
-    return g.reshape(o, hp.n_embd, T)
 
 
 def compress_ratios(model: GGUFModel) -> list[int]:
@@ -398,7 +346,9 @@ def build(c: _Ctx, g: _Graph) -> _T:
         assert inject is not None
         g.expand(cur)
         if recurrent_layer(c, il):
-            cur = _gated_delta_net(c, g, cur, il, s_copy)
+            # qwen35's Gated DeltaNet (qwen4exp.cpp:1018-1156; its sigmoid gate of the output norm is the same
+            # nodes as qwen35's SiLU), the conv tail written back through a CONT
+            cur = _gated_delta_net(c, g, cur, il, s_copy, gdn_dims(c, il), cont_tail=True)
         elif kp is not None and ratios[il] > 0:  # QSA: dense attention over the selection's mask
             cur = _gated_attn(c, g, cur, il, replace(full, mask=_qsa_sel(c, g, cur, il, kp, full.mask)))
         else:
