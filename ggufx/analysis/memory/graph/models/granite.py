@@ -163,6 +163,14 @@ def build(c: _Ctx, g: _Graph) -> _T:
         if gp.residual_scale:
             cur = g.op(cur.name, "SCALE", cur)
         x = g.op(f"l_out-{il}", "ADD", cur, ffn_inp)
+    return scaled_output(c, g, x)
+
+
+def scaled_output(c: _Ctx, g: _Graph, x: _T) -> _T:
+    """Granite's output head (granite.cpp, and the Granite-style graphs: Granite SWA, MiniCPM, Granite Switch):
+    the final RMS norm, the output projection (the tied token embeddings where there is none) divided by
+    ``logit_scale``."""
+    hp = c.hp
     g.at(GLOBAL)
     cur = g.op("norm", "RMS_NORM", x)
     cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
+from ggufx.analysis.memory.graph.ggml import _T, _Graph
 from ggufx.analysis.memory.graph.llm import (
     _attn_inp,
     _AttnInp,
@@ -86,14 +86,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
         if gp.residual_scale:
             cur = g.op(cur.name, "SCALE", cur)
         x = g.op(f"l_out-{il}", "ADD", cur, ffn_inp)
-    g.at(GLOBAL)
-    cur = g.op("norm", "RMS_NORM", x)
-    cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
-    cur.flags |= OUTPUT
-    out_w = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
-    logits = g.op("result_output", "SCALE", g.mul_mat("result_output", out_w, cur))  # / logit_scale
-    logits.flags |= OUTPUT
-    return logits
+    return granite.scaled_output(c, g, x)
 
 
 def unbuildable(model: GGUFModel) -> str | None:

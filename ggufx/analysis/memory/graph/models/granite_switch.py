@@ -12,11 +12,11 @@ gate, up, down) plus its switched delta ``B_a (A_a x)``: two ``MUL_MAT_ID`` over
 
 from __future__ import annotations
 
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _attn_inp, _attn_kv, _Ctx, _norm, _w, _weight, model_of
+from ggufx.analysis.memory.graph.ggml import _T, _Graph
+from ggufx.analysis.memory.graph.llm import _attn_inp, _attn_kv, _Ctx, _norm, _w, model_of
 from ggufx.analysis.memory.graph.models._dense import Dense
 from ggufx.analysis.memory.graph.models._dense import _attn_kv as padded_attn_kv
-from ggufx.analysis.memory.graph.models.granite import read_params
+from ggufx.analysis.memory.graph.models.granite import read_params, scaled_output
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.model import GGUFModel
 
@@ -135,11 +135,4 @@ def build(c: _Ctx, g: _Graph) -> _T:
         if gp.residual_scale:
             cur = g.op(cur.name, "SCALE", cur)
         x = g.op(f"l_out-{il}", "ADD", cur, ffn_inp)
-    g.at(GLOBAL)
-    cur = g.op("norm", "RMS_NORM", x)
-    cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
-    cur.flags |= OUTPUT
-    out_w = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
-    logits = g.op("result_output", "SCALE", g.mul_mat("result_output", out_w, cur))  # / logit_scale
-    logits.flags |= OUTPUT
-    return logits
+    return scaled_output(c, g, x)

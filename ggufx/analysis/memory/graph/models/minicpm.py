@@ -6,10 +6,10 @@ every layer. Mixture-of-experts MiniCPM files are not built here."""
 
 from __future__ import annotations
 
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd, _norm, _w, _weight, model_of
+from ggufx.analysis.memory.graph.ggml import _T, _Graph
+from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd, _norm, model_of
 from ggufx.analysis.memory.graph.models import _plain
-from ggufx.analysis.memory.graph.models.granite import _attention, _ffn
+from ggufx.analysis.memory.graph.models.granite import _attention, _ffn, scaled_output
 from ggufx.model import GGUFModel
 
 _LAYER = ("attn_norm", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")
@@ -50,14 +50,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
         if residual_scale:
             cur = g.op(cur.name, "SCALE", cur)
         x = g.op(f"l_out-{il}", "ADD", cur, ffn_inp)
-    g.at(GLOBAL)
-    cur = g.op("norm", "RMS_NORM", x)
-    cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
-    cur.flags |= OUTPUT
-    out_w = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
-    logits = g.op("result_output", "SCALE", g.mul_mat("result_output", out_w, cur))  # / logit_scale
-    logits.flags |= OUTPUT
-    return logits
+    return scaled_output(c, g, x)
 
 
 def unbuildable(model: GGUFModel) -> str | None:
