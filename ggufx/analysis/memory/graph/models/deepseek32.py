@@ -112,17 +112,18 @@ def _sparse_mask(c: _Ctx, g: _Graph, inp: _Dsa, top_k: _T, il: int) -> _T:
     return g.op(f"node_add-{il}", "ADD", back, mask)
 
 
-def _attn(c: _Ctx, g: _Graph, x: _T, qr: _T, il: int, inp: _Dsa, top_k: _T) -> _T:
-    """The MLA attention of one layer over its top-k cells (deepseek32.cpp:322-400, ``build_attn`` of
-    ``llm_graph_input_attn_k_dsa`` and ``build_attn_mha``, llama-graph.cpp:2691-2830), up to and including
-    the output projection."""
-    hp, sp = c.hp, c.sp
+def mla_qkv(c: _Ctx, g: _Graph, x: _T, qr: _T, il: int, k_pe_norm: bool = False) -> tuple[_T, _T, int, int]:
+    """The absorbed MLA's Q and K of one layer (deepseek32.cpp:322-370): Q from the compressed ``qr``, its rope
+    part roped and its nope part absorbed by ``attn_k_b``; the compressed KV normed and the rope key roped (RMS-normed
+    first where ``k_pe_norm``: dots3note.cpp), each concatenated, expanded Q, V (the compressed KV), K as llama.cpp
+    expands them. Returns (Q, K, kv_lora_rank, rope dimensions)."""
+    hp = c.hp
     T = c.n_tokens
     nh = hp.n_head[il]
     p = f"blk.{il}."
     wk_b = _w(c, p + "attn_k_b.weight", il)
     kv_a = _w(c, p + "attn_kv_a_mqa.weight", il)
-    rank = _w(c, p + "attn_kv_a_norm.weight", il).ne[0]  # kv_lora_rank
+    rank = _w(c, p + "attn_kv_a_norm.weight", il).ne[0]  # kv_lora_rank (dots3note: of the layer's geometry)
     n_rot = kv_a.ne[1] - rank
     nope = wk_b.ne[0]
     hk = nope + n_rot  # n_embd_head_k_mla
@@ -136,6 +137,8 @@ def _attn(c: _Ctx, g: _Graph, x: _T, qr: _T, il: int, inp: _Dsa, top_k: _T) -> _
     row = kv_cmpr_pe.nb[1]
     kv_cmpr = g.view(kv_cmpr_pe, (rank, T), (4, row))
     k_pe = g.view(kv_cmpr_pe, (n_rot, 1, T), (4, row, row))
+    if k_pe_norm:
+        k_pe = _norm(c, g, k_pe, p + "attn_k_norm.weight", il)
     q_pe = g.new(f"q_pe-{il}", "ROPE", "F32", q_pe.ne, q_pe, pos)
     k_pe = g.new(f"k_pe-{il}", "ROPE", "F32", k_pe.ne, k_pe, pos)
     kv_cmpr = _norm(c, g, kv_cmpr, p + "attn_kv_a_norm.weight", il)
@@ -144,11 +147,18 @@ def _attn(c: _Ctx, g: _Graph, x: _T, qr: _T, il: int, inp: _Dsa, top_k: _T) -> _
     qcur = g.new(f"Qcur-{il}", "CONCAT", "F32", (rank + n_rot, nh, T), absorbed, q_pe)
     kv_cmpr = g.reshape(kv_cmpr, rank, 1, T)
     kcur = g.new(f"Kcur-{il}", "CONCAT", "F32", (rank + n_rot, 1, T), kv_cmpr, k_pe)
-    vcur = kv_cmpr
-    for t in (qcur, vcur, kcur):
+    for t in (qcur, kv_cmpr, kcur):
         g.expand(t)
+    return qcur, kcur, rank, n_rot
+
+
+def _attn(c: _Ctx, g: _Graph, x: _T, qr: _T, il: int, inp: _Dsa, top_k: _T) -> _T:
+    """The MLA attention of one layer over its top-k cells (deepseek32.cpp:322-400, ``build_attn`` of
+    ``llm_graph_input_attn_k_dsa`` and ``build_attn_mha``, llama-graph.cpp:2691-2830), up to and including
+    the output projection."""
+    qcur, kcur, rank, n_rot = mla_qkv(c, g, x, qr, il)
     width = rank + n_rot
-    cache, k = cache_k(c, g, f"cache_k_l{il}", width, _type(sp.type_k).name, il)
+    cache, k = cache_k(c, g, f"cache_k_l{il}", width, _type(c.sp.type_k).name, il)
     g.expand(cache_write(c, g, cache, kcur, width, inp.k_idxs))
     mask = _sparse_mask(c, g, inp, top_k, il)
     return mla_mha(c, g, qcur, k, mask, il, rank)

@@ -20,7 +20,7 @@ from ggufx.analysis.memory.graph.models.deepseek2 import (
     output_head,
 )
 from ggufx.analysis.memory.graph.models.deepseek2 import unbuildable as _deepseek2_unbuildable
-from ggufx.analysis.memory.graph.models.deepseek32 import _Dsa, _indexer, _sparse_mask, _top_k
+from ggufx.analysis.memory.graph.models.deepseek32 import _Dsa, _indexer, _sparse_mask, _top_k, mla_qkv
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.model import GGUFModel
 
@@ -49,37 +49,10 @@ def _attn(c: _Ctx, g: _Graph, x: _T, qr: _T, il: int, inp: _DsaIswa, top_k: _T |
     """The attention of one layer (dots3note.cpp:214-400): Q from the compressed ``qr``, the compressed KV and the
     rope key (RMS-normed, then roped), the absorbed MLA over the window cache (a sliding layer) or over the DSA
     cache's ``top_k`` cells (a full layer), the head-wise sigmoid gate, the output projection."""
-    hp = c.hp
     T = c.n_tokens
-    nh = hp.n_head[il]
+    nh = c.hp.n_head[il]
     p = f"blk.{il}."
-    wk_b = _w(c, p + "attn_k_b.weight", il)
-    kv_a = _w(c, p + "attn_kv_a_mqa.weight", il)
-    rank = _w(c, p + "attn_kv_a_norm.weight", il).ne[0]  # kv_lora_rank(_swa)
-    n_rot = kv_a.ne[1] - rank
-    nope = wk_b.ne[0]
-    hk = nope + n_rot  # n_embd_head_k_mla(_swa)
-    pos = c.pos
-    assert pos is not None
-    q = g.mul_mat(f"q-{il}", _w(c, p + "attn_q_b.weight", il), qr)
-    q = g.reshape(q, hk, nh, T)
-    q_nope = g.view(q, (nope, nh, T), q.nb[:3])
-    q_pe = g.view(q, (n_rot, nh, T), q.nb[:3])
-    kv_cmpr_pe = g.mul_mat(f"kv_cmpr_pe-{il}", kv_a, x)
-    row = kv_cmpr_pe.nb[1]
-    kv_cmpr = g.view(kv_cmpr_pe, (rank, T), (4, row))
-    k_pe = g.view(kv_cmpr_pe, (n_rot, 1, T), (4, row, row))
-    k_pe = _norm(c, g, k_pe, p + "attn_k_norm.weight", il)
-    q_pe = g.new(f"q_pe-{il}", "ROPE", "F32", q_pe.ne, q_pe, pos)
-    k_pe = g.new(f"k_pe-{il}", "ROPE", "F32", k_pe.ne, k_pe, pos)
-    kv_cmpr = _norm(c, g, kv_cmpr, p + "attn_kv_a_norm.weight", il)
-    q_nope = g.permute(q_nope, 0, 2, 1, 3)
-    absorbed = g.permute(g.mul_mat(f"q_nope_absorbed-{il}", wk_b, q_nope), 0, 2, 1, 3)
-    qcur = g.new(f"Qcur-{il}", "CONCAT", "F32", (rank + n_rot, nh, T), absorbed, q_pe)
-    kv_cmpr = g.reshape(kv_cmpr, rank, 1, T)
-    kcur = g.new(f"Kcur-{il}", "CONCAT", "F32", (rank + n_rot, 1, T), kv_cmpr, k_pe)
-    for t in (qcur, kv_cmpr, kcur):
-        g.expand(t)
+    qcur, kcur, rank, n_rot = mla_qkv(c, g, x, qr, il, k_pe_norm=True)
     width = rank + n_rot
     if top_k is None:  # a sliding layer: build_attn of the window cache's K-only input
         cache, k = _cache_k(c, g, il, width, c.n_kv_swa)
