@@ -516,7 +516,13 @@ _ENTRIES = (
         recurrent=Recurrent("RWKV", "all"),
     ),
     # -- registered for their layer kinds only (sliding window or recurrent rule) ---------------------
-    Arch("gemma-embedding", "gemma-embedding.cpp", ("attention.sliding_window",), swa=Swa(6, needs_window=True)),
+    Arch(
+        "gemma-embedding",
+        "gemma-embedding.cpp",
+        ("attention.sliding_window",),
+        builder="gemma_embedding",
+        swa=Swa(6, needs_window=True),
+    ),
     Arch(
         "cohere2moe",  # cohere2's parallel layer, a dense first layer, experts plus a shared expert averaged
         "cohere2moe.cpp",
