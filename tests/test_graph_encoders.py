@@ -1,0 +1,134 @@
+"""The embedding encoders (issue 25): ``bert`` (bge, all-MiniLM), ``nomic-bert`` (nomic-embed-text) and
+``gemma-embedding`` (EmbeddingGemma), run with llama.cpp as ``llama-embedding`` / ``llama-server --embedding`` do.
+
+llama.cpp makes no memory for them (llama-model.cpp create_memory: ``res = nullptr`` for the BERT-style encoders
+and gemma-embedding): no KV cache, whatever the context; ggufx allocates none (buffers.NO_MEMORY, as for clef).
+Their graph attends over the micro-batch alone, without a causal mask (``build_attn_inp_no_cache``), and
+graph/models/bert.py and graph/models/gemma_embedding.py rebuild it: on every CPU run recorded
+(tests/fixtures/llamacpp-logs-cpu: small models of each family and the published shapes of bge-base-en-v1.5,
+nomic-embed-text-v1.5 and EmbeddingGemma-300m) every buffer equals llama.cpp's, the compute buffer to the 0.0001 MiB
+of ``~llama_context``'s line where the log has it (else the 0.01 of ``sched_reserve``'s)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import ggufx
+from ggufx.analysis.layers import layer_kinds
+from ggufx.analysis.memory.archs import arch_of, builder_of
+from ggufx.analysis.memory.buffers import NO_MEMORY, breakdown
+from ggufx.analysis.memory.llamaargs import parse_args
+from ggufx.analysis.memory.llamalog import parse_log
+
+from .graph_arch_logs import (
+    CPU_LOGS,
+    Refused,
+    assert_compute_equal,
+    assert_refused,
+    assert_runs_cover,
+    assert_shortcut_is_whole,
+    cpu_models,
+    cpu_runs,
+    replay_cpu,
+)
+
+SMALL = ("bert", "nomic-bert", "gemma-embedding")
+PUBLISHED = ("bge-base", "nomic-embed-v1.5", "embeddinggemma-300m")
+MODELS = SMALL + PUBLISHED
+RUNS = [(name, rid) for name in MODELS for rid in cpu_runs(name)]
+
+
+@pytest.fixture(scope="module")
+def files(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return cpu_models(MODELS, smollm2_path, tmp_path_factory, "encoders")
+
+
+def test_the_encoders_are_registered_without_memory_and_with_builders() -> None:
+    for name, builder in (
+        ("bert", "bert"),
+        ("nomic-bert", "bert"),
+        ("gemma-embedding", "gemma_embedding"),
+    ):
+        assert arch_of(name) is not None and name in NO_MEMORY and builder_of(name) == builder, name
+    assert "modern-bert" in NO_MEMORY  # create_memory makes none for it either
+    assert arch_of("nomic-bert").llama_graph == "bert"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_the_runs_cover_flash_attention_off_parallel_sequences_and_repacking(name: str) -> None:
+    assert_runs_cover(name, ("-fa off", "-np 3", "--no-repack", "-ub "), at_least=4)
+
+
+@pytest.mark.parametrize(("name", "rid"), RUNS)
+def test_no_cache_and_every_buffer_equals_llama_cpp(name: str, rid: str, files: dict[str, Path]) -> None:
+    text, bd = replay_cpu(rid, files[name])
+    assert "llama_kv_cache" not in text and "KV buffer" not in text
+    assert not [b for b in bd.buffers if b.kind in ("kv", "recurrent")]
+    assert (bd.kv_bytes, bd.kv_layers) == (0, 0)
+    theirs = parse_log(text).buffers
+    for kind in ("model", "output"):
+        mine: dict[str, float] = {}
+        for b in bd.buffers:
+            if b.kind == kind:
+                mine[b.buft] = mine.get(b.buft, 0.0) + b.bytes / 2**20
+        assert {k: round(v, 2) for k, v in mine.items()} == theirs[kind], kind
+    assert_compute_equal(text, bd)
+
+
+def test_the_layers_would_keep_a_cache_in_a_decoder(files: dict[str, Path]) -> None:
+    """The layers are attention layers (a decoder would cache them; EmbeddingGemma's five of six with the
+    window): only create_memory's choice leaves the cache out."""
+    kinds = layer_kinds(ggufx.open(files["gemma-embedding"]))
+    assert [k.kv for k in kinds] == [True] * 6
+    assert [k.mixer for k in kinds] == ["attention (SWA)"] * 5 + ["attention"]
+
+
+def test_without_a_cache_the_memory_does_not_follow_the_context(files: dict[str, Path]) -> None:
+    """ggufx: nomic-embed-text-v1.5 at 2,048 and 8,192 tokens of context needs the same buffers (llama.cpp's runs
+    at both contexts print no cache)."""
+    model = ggufx.open(files["nomic-embed-v1.5"])
+    sizes = []
+    for ctx in (2048, 8192):
+        a = parse_args(f"-m x -c {ctx} -fa off")
+        bd = breakdown(model, [], a.offload, a.context)
+        sizes.append(sorted((b.kind, b.buft, b.bytes) for b in bd.buffers))
+    assert sizes[0] == sizes[1]
+    logs = [(CPU_LOGS / f"{rid}.log").read_text() for rid in ("nomic-embed-v1.5-c2048", "nomic-embed-v1.5-c8192-faoff")]
+    assert all("llama_kv_cache" not in t for t in logs)
+
+
+def test_flash_attention_casts_k_and_v_to_f16(files: dict[str, Path]) -> None:
+    """With flash attention K and V are cast to F16 (llama-graph.cpp:2726-2733) and the scores are never
+    materialised: the compute buffer is below the one without it, as llama.cpp's runs print."""
+    _, on = replay_cpu("bert-c512", files["bert"])
+    _, off = replay_cpu("bert-c512-faoff", files["bert"])
+    comp = [sum(b.bytes for b in bd.buffers if b.kind == "compute") for bd in (on, off)]
+    assert 0 < comp[0] < comp[1]
+
+
+@pytest.mark.parametrize("name", ("bge-base", "embeddinggemma-300m", "nomic-embed-v1.5"))
+def test_the_layer_shortcut_equals_the_whole_replay(name: str, files: dict[str, Path]) -> None:
+    assert_shortcut_is_whole(files[name], "-c 2048", "-c 2048 -fa off -np 3")
+
+
+@pytest.mark.parametrize(
+    "r",
+    [
+        Refused("bert", "position_embd.weight", "the graph needs tensor position_embd.weight, which the file lacks"),
+        Refused(
+            "nomic-bert", "blk.1.ffn_gate.weight", "the graph needs tensor blk.1.ffn_gate.weight, which the file lacks"
+        ),
+        Refused(
+            "gemma-embedding",
+            "blk.2.attn_q_norm.weight",
+            "the graph needs tensor blk.2.attn_q_norm.weight, which the file lacks",
+        ),
+    ],
+    ids=lambda r: r.model,
+)
+def test_a_file_without_what_the_graph_reads_gets_the_generic_estimate(
+    r: Refused, smollm2_path: Path, tmp_path: Path
+) -> None:
+    assert_refused(r, smollm2_path, tmp_path)
