@@ -1,12 +1,12 @@
 """The embedding encoders (issue 25): ``bert`` (bge, all-MiniLM), ``nomic-bert`` (nomic-embed-text) and
-``gemma-embedding`` (EmbeddingGemma), run with llama.cpp as ``llama-embedding`` / ``llama-server --embedding`` do.
+``gemma-embedding`` (EmbeddingGemma) and ``modern-bert`` (modernbert-embed, gte-modernbert), run with llama.cpp as ``llama-embedding`` / ``llama-server --embedding`` do.
 
 llama.cpp makes no memory for them (llama-model.cpp create_memory: ``res = nullptr`` for the BERT-style encoders
 and gemma-embedding): no KV cache, whatever the context; ggufx allocates none (buffers.NO_MEMORY, as for clef).
 Their graph attends over the micro-batch alone, without a causal mask (``build_attn_inp_no_cache``), and
-graph/models/bert.py and graph/models/gemma_embedding.py rebuild it: on every CPU run recorded
+graph/models/bert.py, gemma_embedding.py and modern_bert.py rebuild it: on every CPU run recorded
 (tests/fixtures/llamacpp-logs-cpu: small models of each family and the published shapes of bge-base-en-v1.5,
-nomic-embed-text-v1.5 and EmbeddingGemma-300m) every buffer equals llama.cpp's, the compute buffer to the 0.0001 MiB
+nomic-embed-text-v1.5, EmbeddingGemma-300m and modernbert-embed-base) every buffer equals llama.cpp's, the compute buffer to the 0.0001 MiB
 of ``~llama_context``'s line where the log has it (else the 0.01 of ``sched_reserve``'s)."""
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from .graph_arch_logs import (
     replay_cpu,
 )
 
-SMALL = ("bert", "nomic-bert", "gemma-embedding")
-PUBLISHED = ("bge-base", "nomic-embed-v1.5", "embeddinggemma-300m")
+SMALL = ("bert", "nomic-bert", "gemma-embedding", "modern-bert")
+PUBLISHED = ("bge-base", "nomic-embed-v1.5", "embeddinggemma-300m", "modernbert-embed-base")
 MODELS = SMALL + PUBLISHED
 RUNS = [(name, rid) for name in MODELS for rid in cpu_runs(name)]
 
@@ -50,9 +50,9 @@ def test_the_encoders_are_registered_without_memory_and_with_builders() -> None:
         ("bert", "bert"),
         ("nomic-bert", "bert"),
         ("gemma-embedding", "gemma_embedding"),
+        ("modern-bert", "modern_bert"),
     ):
         assert arch_of(name) is not None and name in NO_MEMORY and builder_of(name) == builder, name
-    assert "modern-bert" in NO_MEMORY  # create_memory makes none for it either
     assert arch_of("nomic-bert").llama_graph == "bert"  # type: ignore[union-attr]
 
 
@@ -108,7 +108,7 @@ def test_flash_attention_casts_k_and_v_to_f16(files: dict[str, Path]) -> None:
     assert 0 < comp[0] < comp[1]
 
 
-@pytest.mark.parametrize("name", ("bge-base", "embeddinggemma-300m", "nomic-embed-v1.5"))
+@pytest.mark.parametrize("name", PUBLISHED)
 def test_the_layer_shortcut_equals_the_whole_replay(name: str, files: dict[str, Path]) -> None:
     assert_shortcut_is_whole(files[name], "-c 2048", "-c 2048 -fa off -np 3")
 
@@ -125,8 +125,20 @@ def test_the_layer_shortcut_equals_the_whole_replay(name: str, files: dict[str, 
             "blk.2.attn_q_norm.weight",
             "the graph needs tensor blk.2.attn_q_norm.weight, which the file lacks",
         ),
+        Refused(
+            "modern-bert",
+            "",
+            "the graph of a decision model (decision.block_count > 0) is not built",
+            add_kv=(("decision.block_count", 1),),
+        ),
+        Refused(
+            "modern-bert",
+            "",
+            "the graph needs a GLU hidden_activation, not gelu_pytorch_tanh",
+            add_kv=(("hidden_activation", "gelu_pytorch_tanh"),),
+        ),
     ],
-    ids=lambda r: r.model,
+    ids=lambda r: f"{r.model}-{r.drop_tensor or r.add_kv[0][0]}",
 )
 def test_a_file_without_what_the_graph_reads_gets_the_generic_estimate(
     r: Refused, smollm2_path: Path, tmp_path: Path

@@ -608,7 +608,13 @@ _ENTRIES = (
         swa=Swa(4, True, needs_window=True, forced_window=4096),  # any positive window is 4096
         moe=True,
     ),
-    Arch("modern-bert", "modern-bert.cpp", ("attention.sliding_window",), swa=Swa(3, True, needs_window=True)),
+    Arch(
+        "modern-bert",
+        "modern-bert.cpp",
+        ("attention.sliding_window",),
+        builder="modern_bert",
+        swa=Swa(3, True, needs_window=True),
+    ),
     Arch(
         "laguna",
         "laguna.cpp",
