@@ -1,4 +1,5 @@
-"""The embedding encoders (issue 25): ``bert`` (bge, all-MiniLM), ``nomic-bert`` (nomic-embed-text) and
+"""The embedding encoders (issue 25): ``bert`` (bge, all-MiniLM), ``nomic-bert`` (nomic-embed-text), ``jina-bert-v2`` / ``jina-bert-v3``
+(jina-embeddings) and
 ``gemma-embedding`` (EmbeddingGemma) and ``modern-bert`` (modernbert-embed, gte-modernbert), run with llama.cpp as ``llama-embedding`` / ``llama-server --embedding`` do.
 
 llama.cpp makes no memory for them (llama-model.cpp create_memory: ``res = nullptr`` for the BERT-style encoders
@@ -17,7 +18,7 @@ import pytest
 
 import ggufx
 from ggufx.analysis.layers import layer_kinds
-from ggufx.analysis.memory.archs import arch_of, builder_of
+from ggufx.analysis.memory.archs import arch_of, builder_of, sharing
 from ggufx.analysis.memory.buffers import NO_MEMORY, breakdown
 from ggufx.analysis.memory.llamaargs import parse_args
 from ggufx.analysis.memory.llamalog import parse_log
@@ -34,7 +35,7 @@ from .graph_arch_logs import (
     replay_cpu,
 )
 
-SMALL = ("bert", "nomic-bert", "gemma-embedding", "modern-bert")
+SMALL = ("bert", "nomic-bert", "jina-bert-v2", "jina-bert-v3", "gemma-embedding", "modern-bert")
 PUBLISHED = ("bge-base", "nomic-embed-v1.5", "embeddinggemma-300m", "modernbert-embed-base")
 MODELS = SMALL + PUBLISHED
 RUNS = [(name, rid) for name in MODELS for rid in cpu_runs(name)]
@@ -49,11 +50,13 @@ def test_the_encoders_are_registered_without_memory_and_with_builders() -> None:
     for name, builder in (
         ("bert", "bert"),
         ("nomic-bert", "bert"),
+        ("jina-bert-v2", "bert"),
+        ("jina-bert-v3", "bert"),
         ("gemma-embedding", "gemma_embedding"),
         ("modern-bert", "modern_bert"),
     ):
         assert arch_of(name) is not None and name in NO_MEMORY and builder_of(name) == builder, name
-    assert arch_of("nomic-bert").llama_graph == "bert"  # type: ignore[union-attr]
+    assert sharing("bert") == ["bert", "nomic-bert", "jina-bert-v2", "jina-bert-v3"]
 
 
 @pytest.mark.parametrize("name", SMALL)
@@ -119,6 +122,9 @@ def test_the_layer_shortcut_equals_the_whole_replay(name: str, files: dict[str, 
         Refused("bert", "position_embd.weight", "the graph needs tensor position_embd.weight, which the file lacks"),
         Refused(
             "nomic-bert", "blk.1.ffn_gate.weight", "the graph needs tensor blk.1.ffn_gate.weight, which the file lacks"
+        ),
+        Refused(
+            "jina-bert-v2", "blk.2.ffn_down.bias", "the graph needs tensor blk.2.ffn_down.bias, which the file lacks"
         ),
         Refused(
             "gemma-embedding",

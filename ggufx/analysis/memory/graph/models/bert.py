@@ -1,13 +1,15 @@
-"""``bert`` and ``nomic-bert`` (src/models/bert.cpp, whose graph nomic-bert.cpp takes: ``using graph =
-llama_model_bert::graph``): the embedding encoders (bge, all-MiniLM, nomic-embed-text). llama.cpp makes no memory
+"""``bert``, ``nomic-bert``, ``jina-bert-v2`` and ``jina-bert-v3`` (src/models/bert.cpp, whose graph the others take:
+``using graph = llama_model_bert::graph``): the embedding encoders (bge, all-MiniLM, nomic-embed-text,
+jina-embeddings v2 and v3). llama.cpp makes no memory
 for them (create_memory: ``res = nullptr``), so the attention runs over the micro-batch alone
 (``build_attn_inp_no_cache``: a ``[n_tokens, n_tokens]`` mask, no causal rule) and ``build_attn_mha`` casts K and V
 to F16 for flash attention (llama-graph.cpp:2726-2733).
 
 The graph: the token rows, plus the first token-type row, plus (bert) the learned positions; a LayerNorm; per layer
-Q, K, V (separate with biases, or nomic's fused ``attn_qkv``), RoPE (nomic), the attention and its output, the
-residual, ``attn_output_norm``, the FFN (bert: up + bias, GELU, down + bias; nomic: SwiGLU without biases), the
-residual, ``layer_output_norm``; the last layer gathers the output rows before its residual. The result is
+Q, K, V (separate with biases, or a fused ``attn_qkv``), jina-v2's optional Q/K LayerNorms, RoPE (nomic, jina-v3;
+jina-v2 has ALiBi and no positions), the attention and its output, the residual, ``attn_output_norm`` (jina-v2: the
+input re-added and ``attn_norm_2`` when present), the FFN (bert, jina-v3: up + bias, GELU, down + bias; nomic:
+SwiGLU without biases; jina-v2: GEGLU over a double-width up, or over gate and up, or GELU), the residual, ``layer_output_norm``; the last layer gathers the output rows before its residual. The result is
 ``t_embd`` (no logits; pooling is added only with ``--embedding``, which llama-completion does not set)."""
 
 from __future__ import annotations
@@ -48,20 +50,43 @@ def attn_no_cache(c: _Ctx, g: _Graph, q: _T, k: _T, v: _T, il: int, mask: _T) ->
     return cur
 
 
+def _qk_norm(c: _Ctx, g: _Graph, x: _T, weight: str, il: int) -> _T:
+    """jina-bert-v2's optional LayerNorm of the whole Q or K projection (bert.cpp: reshaped to 2-D and back)."""
+    if _weight(c, weight, il) is None:
+        return x
+    return g.reshape(_n(c, g, g.reshape(x, x.ne[0] * x.ne[1], x.ne[2]), weight, il, _NORM), *x.ne)
+
+
+def _ffn_jina_v2(c: _Ctx, g: _Graph, x: _T, il: int) -> _T:
+    """jina-bert-v2's FFN (bert.cpp): ``ffn_up`` (+ bias) of twice the FFN width halved by GEGLU when the file has no
+    ``ffn_gate``; with one, GEGLU over gate and up; else GELU; then ``ffn_down`` + bias."""
+    b = f"blk.{il}."
+    up = _proj(c, g, f"ffn_up-{il}", b + "ffn_up", x, il)
+    if _weight(c, b + "ffn_gate.weight", il) is not None:
+        gate = g.mul_mat(f"ffn_gate-{il}", _w(c, b + "ffn_gate.weight", il), x)
+        cur = g.new(f"ffn_geglu-{il}", "GLU", "F32", gate.ne, gate, up)
+    elif up.ne[0] != c.hp.n_ff:
+        cur = g.new(f"ffn_geglu-{il}", "GLU", "F32", (up.ne[0] // 2, *up.ne[1:]), up)
+    else:
+        cur = g.op(f"ffn_gelu-{il}", "UNARY", up)
+    return _proj(c, g, f"ffn_out-{il}", b + "ffn_down", cur, il)
+
+
 def build(c: _Ctx, g: _Graph) -> _T:
-    """bert.cpp's graph (llama_model_bert::graph) for bert and nomic-bert."""
+    """bert.cpp's graph (llama_model_bert::graph) for bert, nomic-bert, jina-bert-v2 and jina-bert-v3."""
     hp, T, E = c.hp, c.n_tokens, c.hp.n_embd
     n_out = c.n_outputs
-    bert = hp.arch == "bert"
-    rope = hp.arch in ("nomic-bert", "nomic-bert-moe", "jina-bert-v3")
-    c.pos = g.input("inp_pos", "I32", T)
+    arch = hp.arch
+    rope = arch in ("nomic-bert", "nomic-bert-moe", "jina-bert-v3")
+    pos = None if arch == "jina-bert-v2" else g.input("inp_pos", "I32", T)  # jina-v2: ALiBi, no positions
+    c.pos = pos
     x = _inp_embd(c, g)
     types = _weight(c, "token_types.weight", -1)
     if types is not None:  # token types are hardcoded to zero: the first row added
         x = g.op("inp_types", "ADD", x, g.view(types, (E,), (types.nb[0],)))
-    if bert:
-        pos = g.new("pos_rows", "GET_ROWS", "F32", (E, T), _w(c, "position_embd.weight", -1), c.pos)
-        x = g.op("inp_embd", "ADD", pos, x)
+    if arch == "bert" and pos is not None:
+        rows = g.new("pos_rows", "GET_ROWS", "F32", (E, T), _w(c, "position_embd.weight", -1), pos)
+        x = g.op("inp_embd", "ADD", rows, x)
     x = _n(c, g, x, "token_embd_norm.weight", 0, _NORM)
     mask = g.input("self_kq_mask", "F16" if c.sp.flash_attn else "F32", T, T, 1, 1)
     out_ids = g.input("out_ids", "I32", n_out)
@@ -69,9 +94,11 @@ def build(c: _Ctx, g: _Graph) -> _T:
         g.at(p)
         b = f"blk.{il}."
         q, k, v = _qkv(c, g, x, il, reshape=True)
-        if rope:
-            q = g.new(f"Qcur-{il}", "ROPE", "F32", q.ne, q, c.pos)
-            k = g.new(f"Kcur-{il}", "ROPE", "F32", k.ne, k, c.pos)
+        q = _qk_norm(c, g, q, b + "attn_q_norm.weight", il)
+        k = _qk_norm(c, g, k, b + "attn_k_norm.weight", il)
+        if rope and pos is not None:
+            q = g.new(f"Qcur-{il}", "ROPE", "F32", q.ne, q, pos)
+            k = g.new(f"Kcur-{il}", "ROPE", "F32", k.ne, k, pos)
         cur = attn_no_cache(c, g, q, k, v, il, mask)
         cur = _proj(c, g, f"attn_out-{il}", b + "attn_output", cur, il)
         inp = x
@@ -79,8 +106,13 @@ def build(c: _Ctx, g: _Graph) -> _T:
             cur = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), cur, out_ids)
             inp = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), inp, out_ids)
         cur = g.op(f"attn_res-{il}", "ADD", cur, inp)
-        ffn_inp = _n(c, g, cur, b + "attn_output_norm.weight", il, _NORM)
-        if bert:
+        cur = _n(c, g, cur, b + "attn_output_norm.weight", il, _NORM)
+        if _weight(c, b + "attn_norm_2.weight", il) is not None:  # jina-bert-v2: the layer input re-added
+            cur = _n(c, g, g.op(f"attn_res2-{il}", "ADD", cur, inp), b + "attn_norm_2.weight", il, _NORM)
+        ffn_inp = cur
+        if arch == "jina-bert-v2":
+            cur = _ffn_jina_v2(c, g, ffn_inp, il)
+        elif arch in ("bert", "jina-bert-v3"):
             up = _proj(c, g, f"ffn_up-{il}", b + "ffn_up", ffn_inp, il)
             cur = _proj(c, g, f"ffn_out-{il}", b + "ffn_down", g.op(f"ffn_gelu-{il}", "UNARY", up), il)
         else:
@@ -100,15 +132,24 @@ def unbuildable(model: GGUFModel) -> str | None:
     if hp.head_k <= 0 or hp.head_k != hp.head_v:
         return "the graph needs attention.key_length = attention.value_length > 0"
     names = {t.name for t in model.tensors}
+    if model.architecture == "jina-bert-v2" and any(
+        n.endswith(("attn_q_norm.weight", "attn_k_norm.weight")) for n in names
+    ):
+        if any(n.endswith("attn_qkv.weight") for n in names):  # ggml_reshape_2d of a view: llama.cpp asserts
+            return "the graph needs separate Q and K projections beside attn_q_norm / attn_k_norm"
     need = ["token_embd.weight", "token_embd_norm.weight", "token_embd_norm.bias"]
     if model.architecture == "bert":
         need.append("position_embd.weight")
-    ffn = ("ffn_up", "ffn_down") if model.architecture == "bert" else ("ffn_up", "ffn_gate", "ffn_down")
+    if model.architecture == "jina-bert-v2":
+        need.append("token_types.weight")
+    ffn = ("ffn_up", "ffn_gate", "ffn_down") if model.architecture == "nomic-bert" else ("ffn_up", "ffn_down")
     for il in range(hp.n_layer):
         p = f"blk.{il}."
         if p + "attn_qkv.weight" not in names:
             need += [p + f"attn_{n}.weight" for n in "qkv"]
         need += [p + n + ".weight" for n in ("attn_output", *ffn)]
         need += [p + n for n in ("attn_output_norm.weight", "layer_output_norm.weight")]
+        if model.architecture == "jina-bert-v2":  # its loader requires these biases
+            need += [p + "attn_output.bias", p + "ffn_down.bias"]
     missing = next((x for x in need if x not in names), None)
     return f"the graph needs tensor {missing}, which the file lacks" if missing else None
