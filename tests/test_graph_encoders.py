@@ -1,11 +1,11 @@
 """The embedding encoders (issue 25): ``bert`` (bge, all-MiniLM), ``nomic-bert`` (nomic-embed-text), ``jina-bert-v2`` / ``jina-bert-v3``
-(jina-embeddings) and
+(jina-embeddings), ``neo-bert`` (NeoBERT), ``eurobert`` (EuroBERT) and
 ``gemma-embedding`` (EmbeddingGemma) and ``modern-bert`` (modernbert-embed, gte-modernbert), run with llama.cpp as ``llama-embedding`` / ``llama-server --embedding`` do.
 
 llama.cpp makes no memory for them (llama-model.cpp create_memory: ``res = nullptr`` for the BERT-style encoders
 and gemma-embedding): no KV cache, whatever the context; ggufx allocates none (buffers.NO_MEMORY, as for clef).
 Their graph attends over the micro-batch alone, without a causal mask (``build_attn_inp_no_cache``), and
-graph/models/bert.py, gemma_embedding.py and modern_bert.py rebuild it: on every CPU run recorded
+graph/models/bert.py, neo_bert.py, gemma_embedding.py and modern_bert.py rebuild it: on every CPU run recorded
 (tests/fixtures/llamacpp-logs-cpu: small models of each family and the published shapes of bge-base-en-v1.5,
 nomic-embed-text-v1.5, EmbeddingGemma-300m and modernbert-embed-base) every buffer equals llama.cpp's, the compute buffer to the 0.0001 MiB
 of ``~llama_context``'s line where the log has it (else the 0.01 of ``sched_reserve``'s)."""
@@ -35,7 +35,7 @@ from .graph_arch_logs import (
     replay_cpu,
 )
 
-SMALL = ("bert", "nomic-bert", "jina-bert-v2", "jina-bert-v3", "gemma-embedding", "modern-bert")
+SMALL = ("bert", "nomic-bert", "jina-bert-v2", "jina-bert-v3", "neo-bert", "eurobert", "gemma-embedding", "modern-bert")
 PUBLISHED = ("bge-base", "nomic-embed-v1.5", "embeddinggemma-300m", "modernbert-embed-base")
 MODELS = SMALL + PUBLISHED
 RUNS = [(name, rid) for name in MODELS for rid in cpu_runs(name)]
@@ -52,6 +52,8 @@ def test_the_encoders_are_registered_without_memory_and_with_builders() -> None:
         ("nomic-bert", "bert"),
         ("jina-bert-v2", "bert"),
         ("jina-bert-v3", "bert"),
+        ("neo-bert", "neo_bert"),
+        ("eurobert", "neo_bert"),
         ("gemma-embedding", "gemma_embedding"),
         ("modern-bert", "modern_bert"),
     ):
@@ -125,6 +127,12 @@ def test_the_layer_shortcut_equals_the_whole_replay(name: str, files: dict[str, 
         ),
         Refused(
             "jina-bert-v2", "blk.2.ffn_down.bias", "the graph needs tensor blk.2.ffn_down.bias, which the file lacks"
+        ),
+        Refused(
+            "neo-bert", "enc.output_norm.weight", "the graph needs tensor enc.output_norm.weight, which the file lacks"
+        ),
+        Refused(
+            "eurobert", "blk.3.ffn_gate.weight", "the graph needs tensor blk.3.ffn_gate.weight, which the file lacks"
         ),
         Refused(
             "gemma-embedding",

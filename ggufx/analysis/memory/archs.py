@@ -1333,7 +1333,7 @@ _ENTRIES = (
         recurrent=_GDN,
         gated_q=True,
     ),
-    # -- h-enc: the embedding encoders (bge, all-MiniLM, nomic-embed-text, jina-embeddings v2/v3). create_memory makes no memory for them
+    # -- h-enc: the embedding encoders (bge, all-MiniLM, nomic-embed-text, jina-embeddings v2/v3, NeoBERT, EuroBERT). create_memory makes no memory for them
     # (llama-model.cpp:2364-2380, res = nullptr): no KV cache (buffers.NO_MEMORY); their graph attends over the
     # micro-batch alone, without a causal mask (llm_graph_input_attn_no_cache). bert.cpp's graph is theirs
     # (``using graph = llama_model_bert::graph`` for nomic-bert); graph/models/bert.py rebuilds it
@@ -1341,6 +1341,8 @@ _ENTRIES = (
     Arch("nomic-bert", "nomic-bert.cpp", ("attention.layer_norm_epsilon",), graph="bert", builder="bert"),
     Arch("jina-bert-v2", "jina-bert-v2.cpp", ("attention.layer_norm_epsilon",), graph="bert", builder="bert"),
     Arch("jina-bert-v3", "jina-bert-v3.cpp", ("attention.layer_norm_epsilon",), graph="bert", builder="bert"),
+    Arch("neo-bert", "neo-bert.cpp", builder="neo_bert"),
+    Arch("eurobert", "eurobert.cpp", builder="neo_bert"),
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}

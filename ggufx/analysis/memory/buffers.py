@@ -1073,7 +1073,19 @@ def ple_state_buffers(
 # llama-model.cpp create_memory: the architectures it makes no memory module for (res = nullptr: BERT-style encoders,
 # the diffusion models, CLEF's decision model) among the registered ones: no KV cache, no recurrent state, whatever
 # their layers would keep in a decoder's memory
-NO_MEMORY = frozenset({"clef", "bert", "nomic-bert", "jina-bert-v2", "jina-bert-v3", "gemma-embedding", "modern-bert"})
+NO_MEMORY = frozenset(
+    {
+        "clef",
+        "bert",
+        "nomic-bert",
+        "jina-bert-v2",
+        "jina-bert-v3",
+        "neo-bert",
+        "eurobert",
+        "gemma-embedding",
+        "modern-bert",
+    }
+)
 
 
 def memoryless(kinds: list[LayerKind]) -> list[LayerKind]:
