@@ -1,4 +1,4 @@
-"""The embedding encoders (issue 25): ``bert`` (bge, all-MiniLM), ``nomic-bert`` (nomic-embed-text), ``jina-bert-v2`` / ``jina-bert-v3``
+"""The embedding encoders (issue 25): ``bert`` (bge, all-MiniLM), ``nomic-bert`` / ``nomic-bert-moe`` (nomic-embed-text v1.5, v2-moe), ``jina-bert-v2`` / ``jina-bert-v3``
 (jina-embeddings), ``neo-bert`` (NeoBERT), ``eurobert`` (EuroBERT) and
 ``gemma-embedding`` (EmbeddingGemma) and ``modern-bert`` (modernbert-embed, gte-modernbert), run with llama.cpp as ``llama-embedding`` / ``llama-server --embedding`` do.
 
@@ -35,8 +35,18 @@ from .graph_arch_logs import (
     replay_cpu,
 )
 
-SMALL = ("bert", "nomic-bert", "jina-bert-v2", "jina-bert-v3", "neo-bert", "eurobert", "gemma-embedding", "modern-bert")
-PUBLISHED = ("bge-base", "nomic-embed-v1.5", "embeddinggemma-300m", "modernbert-embed-base")
+SMALL = (
+    "bert",
+    "nomic-bert",
+    "nomic-bert-moe",
+    "jina-bert-v2",
+    "jina-bert-v3",
+    "neo-bert",
+    "eurobert",
+    "gemma-embedding",
+    "modern-bert",
+)
+PUBLISHED = ("bge-base", "nomic-embed-v1.5", "embeddinggemma-300m", "modernbert-embed-base", "nomic-embed-v2-moe")
 MODELS = SMALL + PUBLISHED
 RUNS = [(name, rid) for name in MODELS for rid in cpu_runs(name)]
 
@@ -50,6 +60,7 @@ def test_the_encoders_are_registered_without_memory_and_with_builders() -> None:
     for name, builder in (
         ("bert", "bert"),
         ("nomic-bert", "bert"),
+        ("nomic-bert-moe", "bert"),
         ("jina-bert-v2", "bert"),
         ("jina-bert-v3", "bert"),
         ("neo-bert", "neo_bert"),
@@ -58,7 +69,7 @@ def test_the_encoders_are_registered_without_memory_and_with_builders() -> None:
         ("modern-bert", "modern_bert"),
     ):
         assert arch_of(name) is not None and name in NO_MEMORY and builder_of(name) == builder, name
-    assert sharing("bert") == ["bert", "nomic-bert", "jina-bert-v2", "jina-bert-v3"]
+    assert sharing("bert") == ["bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "jina-bert-v3"]
 
 
 @pytest.mark.parametrize("name", SMALL)
@@ -124,6 +135,11 @@ def test_the_layer_shortcut_equals_the_whole_replay(name: str, files: dict[str, 
         Refused("bert", "position_embd.weight", "the graph needs tensor position_embd.weight, which the file lacks"),
         Refused(
             "nomic-bert", "blk.1.ffn_gate.weight", "the graph needs tensor blk.1.ffn_gate.weight, which the file lacks"
+        ),
+        Refused(
+            "nomic-bert-moe",
+            "blk.3.ffn_up_exps.weight",
+            "the graph needs tensor blk.3.ffn_up_exps.weight, which the file lacks",
         ),
         Refused(
             "jina-bert-v2", "blk.2.ffn_down.bias", "the graph needs tensor blk.2.ffn_down.bias, which the file lacks"

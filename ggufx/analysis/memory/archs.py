@@ -1339,6 +1339,14 @@ _ENTRIES = (
     # (``using graph = llama_model_bert::graph`` for nomic-bert); graph/models/bert.py rebuilds it
     Arch("bert", "bert.cpp", ("attention.layer_norm_epsilon",), builder="bert"),
     Arch("nomic-bert", "nomic-bert.cpp", ("attention.layer_norm_epsilon",), graph="bert", builder="bert"),
+    Arch(
+        "nomic-bert-moe",
+        "nomic-bert-moe.cpp",
+        ("attention.layer_norm_epsilon", "moe_every_n_layers"),
+        graph="bert",
+        builder="bert",
+        moe=True,
+    ),
     Arch("jina-bert-v2", "jina-bert-v2.cpp", ("attention.layer_norm_epsilon",), graph="bert", builder="bert"),
     Arch("jina-bert-v3", "jina-bert-v3.cpp", ("attention.layer_norm_epsilon",), graph="bert", builder="bert"),
     Arch("neo-bert", "neo-bert.cpp", builder="neo_bert"),

@@ -1078,6 +1078,7 @@ NO_MEMORY = frozenset(
         "clef",
         "bert",
         "nomic-bert",
+        "nomic-bert-moe",
         "jina-bert-v2",
         "jina-bert-v3",
         "neo-bert",

@@ -1,6 +1,6 @@
-"""``bert``, ``nomic-bert``, ``jina-bert-v2`` and ``jina-bert-v3`` (src/models/bert.cpp, whose graph the others take:
-``using graph = llama_model_bert::graph``): the embedding encoders (bge, all-MiniLM, nomic-embed-text,
-jina-embeddings v2 and v3). llama.cpp makes no memory
+"""``bert``, ``nomic-bert``, ``nomic-bert-moe``, ``jina-bert-v2`` and ``jina-bert-v3`` (src/models/bert.cpp, whose graph the others take:
+``using graph = llama_model_bert::graph``): the embedding encoders (bge, all-MiniLM, nomic-embed-text v1/v1.5
+and v2-moe, jina-embeddings v2 and v3). llama.cpp makes no memory
 for them (create_memory: ``res = nullptr``), so the attention runs over the micro-batch alone
 (``build_attn_inp_no_cache``: a ``[n_tokens, n_tokens]`` mask, no causal rule) and ``build_attn_mha`` casts K and V
 to F16 for flash attention (llama-graph.cpp:2726-2733).
@@ -9,14 +9,25 @@ The graph: the token rows, plus the first token-type row, plus (bert) the learne
 Q, K, V (separate with biases, or a fused ``attn_qkv``), jina-v2's optional Q/K LayerNorms, RoPE (nomic, jina-v3;
 jina-v2 has ALiBi and no positions), the attention and its output, the residual, ``attn_output_norm`` (jina-v2: the
 input re-added and ``attn_norm_2`` when present), the FFN (bert, jina-v3: up + bias, GELU, down + bias; nomic:
-SwiGLU without biases; jina-v2: GEGLU over a double-width up, or over gate and up, or GELU), the residual, ``layer_output_norm``; the last layer gathers the output rows before its residual. The result is
+SwiGLU without biases; nomic-moe: every ``moe_every_n_layers``-th layer from layer 1 a GELU mixture of experts,
+the others bert's FFN; jina-v2: GEGLU over a double-width up, or over gate and up, or GELU), the residual, ``layer_output_norm``; the last layer gathers the output rows before its residual. The result is
 ``t_embd`` (no logits; pooling is added only with ``--embedding``, which llama-completion does not set)."""
 
 from __future__ import annotations
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _Ctx, _inp_embd, _proj, _w, _weight, kqv_on_host
+from ggufx.analysis.memory.graph.llm import (
+    _Ctx,
+    _inp_embd,
+    _proj,
+    _w,
+    _weight,
+    kqv_on_host,
+    model_of,
+    moe_weighted_sum,
+)
 from ggufx.analysis.memory.graph.models._dense import Dense, _ffn, _n, _qkv
+from ggufx.analysis.memory.graph.models.qwen3next import n_expert_used
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.model import GGUFModel
 
@@ -72,11 +83,39 @@ def _ffn_jina_v2(c: _Ctx, g: _Graph, x: _T, il: int) -> _T:
     return _proj(c, g, f"ffn_out-{il}", b + "ffn_down", cur, il)
 
 
+def _moe_every(c: _Ctx) -> int:
+    """nomic-bert-moe's ``moe_every_n_layers`` (0: no MoE layer)."""
+    return model_of(c).metadata.get_int(f"{c.hp.arch}.moe_every_n_layers") or 0
+
+
+def _moe_gelu(c: _Ctx, g: _Graph, x: _T, il: int) -> _T:
+    """``build_moe_ffn`` as bert.cpp calls it for nomic-bert-moe (llama-graph.cpp:2044-2420): softmax gating, top-k,
+    the weights neither normalized nor scaled, ``ffn_up_exps`` without a gate, GELU, ``ffn_down_exps``, the weighted
+    experts' views summed."""
+    T, E = x.ne[1], x.ne[0]
+    n_used = n_expert_used(c)
+    b = f"blk.{il}."
+    logits = g.mul_mat(f"ffn_moe_logits-{il}", _w(c, b + "ffn_gate_inp.weight", il), x)
+    probs = g.op(f"ffn_moe_probs-{il}", "SOFT_MAX", logits)
+    n_exp = logits.ne[0]
+    argsort = g.new(f"ffn_moe_argsort-{il}", "ARGSORT", "I32", (n_exp, T), probs)
+    topk = g.view(argsort, (n_used, T), argsort.nb[:2])
+    weights = g.new(f"ffn_moe_weights-{il}", "GET_ROWS", "F32", (1, n_used, T), g.reshape(probs, 1, n_exp, T), topk)
+    g.expand(weights)
+    x3 = g.reshape(x, E, 1, T)
+    up_w, down_w = _w(c, b + "ffn_up_exps.weight", il), _w(c, b + "ffn_down_exps.weight", il)
+    up = g.new(f"ffn_moe_up-{il}", "MUL_MAT_ID", "F32", (up_w.ne[1], n_used, T), up_w, x3, topk)
+    act = g.op(f"ffn_moe_gelu-{il}", "UNARY", up)
+    down = g.new(f"ffn_moe_down-{il}", "MUL_MAT_ID", "F32", (down_w.ne[1], n_used, T), down_w, act, topk)
+    return moe_weighted_sum(g, down, weights, il, E, n_used)
+
+
 def build(c: _Ctx, g: _Graph) -> _T:
     """bert.cpp's graph (llama_model_bert::graph) for bert, nomic-bert, jina-bert-v2 and jina-bert-v3."""
     hp, T, E = c.hp, c.n_tokens, c.hp.n_embd
     n_out = c.n_outputs
     arch = hp.arch
+    moe_every = _moe_every(c) if arch == "nomic-bert-moe" else 0
     rope = arch in ("nomic-bert", "nomic-bert-moe", "jina-bert-v3")
     pos = None if arch == "jina-bert-v2" else g.input("inp_pos", "I32", T)  # jina-v2: ALiBi, no positions
     c.pos = pos
@@ -110,9 +149,11 @@ def build(c: _Ctx, g: _Graph) -> _T:
         if _weight(c, b + "attn_norm_2.weight", il) is not None:  # jina-bert-v2: the layer input re-added
             cur = _n(c, g, g.op(f"attn_res2-{il}", "ADD", cur, inp), b + "attn_norm_2.weight", il, _NORM)
         ffn_inp = cur
-        if arch == "jina-bert-v2":
+        if moe_every > 0 and il % moe_every == 1:
+            cur = _moe_gelu(c, g, ffn_inp, il)
+        elif arch == "jina-bert-v2":
             cur = _ffn_jina_v2(c, g, ffn_inp, il)
-        elif arch in ("bert", "jina-bert-v3"):
+        elif arch in ("bert", "nomic-bert-moe", "jina-bert-v3"):
             up = _proj(c, g, f"ffn_up-{il}", b + "ffn_up", ffn_inp, il)
             cur = _proj(c, g, f"ffn_out-{il}", b + "ffn_down", g.op(f"ffn_gelu-{il}", "UNARY", up), il)
         else:
@@ -143,11 +184,18 @@ def unbuildable(model: GGUFModel) -> str | None:
     if model.architecture == "jina-bert-v2":
         need.append("token_types.weight")
     ffn = ("ffn_up", "ffn_gate", "ffn_down") if model.architecture == "nomic-bert" else ("ffn_up", "ffn_down")
+    every = model.metadata.get_int(f"{model.architecture}.moe_every_n_layers") or 0
+    if model.architecture != "nomic-bert-moe":
+        every = 0
+    elif every > 0 and (model.metadata.get_int(f"{model.architecture}.expert_used_count") or 0) <= 0:
+        return "the graph needs a positive expert_used_count"
     for il in range(hp.n_layer):
         p = f"blk.{il}."
+        moe = every > 0 and il % every == 1
+        ffn_il = ("ffn_gate_inp", "ffn_up_exps", "ffn_down_exps") if moe else ffn
         if p + "attn_qkv.weight" not in names:
             need += [p + f"attn_{n}.weight" for n in "qkv"]
-        need += [p + n + ".weight" for n in ("attn_output", *ffn)]
+        need += [p + n + ".weight" for n in ("attn_output", *ffn_il)]
         need += [p + n for n in ("attn_output_norm.weight", "layer_output_norm.weight")]
         if model.architecture == "jina-bert-v2":  # its loader requires these biases
             need += [p + "attn_output.bias", p + "ffn_down.bias"]
