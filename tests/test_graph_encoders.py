@@ -19,7 +19,7 @@ import pytest
 import ggufx
 from ggufx.analysis.layers import layer_kinds
 from ggufx.analysis.memory.archs import arch_of, builder_of, sharing
-from ggufx.analysis.memory.buffers import NO_MEMORY, breakdown
+from ggufx.analysis.memory.buffers import NO_MEMORY, Breakdown, breakdown
 from ggufx.analysis.memory.llamaargs import parse_args
 from ggufx.analysis.memory.llamalog import parse_log
 
@@ -49,11 +49,12 @@ SMALL = (
 PUBLISHED = ("bge-base", "nomic-embed-v1.5", "embeddinggemma-300m", "modernbert-embed-base", "nomic-embed-v2-moe")
 MODELS = SMALL + PUBLISHED
 RUNS = [(name, rid) for name in MODELS for rid in cpu_runs(name)]
+LLAMA_EMBED_RUNS = cpu_runs("llama-embed")
 
 
 @pytest.fixture(scope="module")
 def files(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return cpu_models(MODELS, smollm2_path, tmp_path_factory, "encoders")
+    return cpu_models((*MODELS, "llama-embed"), smollm2_path, tmp_path_factory, "encoders")
 
 
 def test_the_encoders_are_registered_without_memory_and_with_builders() -> None:
@@ -85,11 +86,28 @@ def test_no_cache_and_every_buffer_equals_llama_cpp(name: str, rid: str, files: 
     assert (bd.kv_bytes, bd.kv_layers) == (0, 0)
     theirs = parse_log(text).buffers
     for kind in ("model", "output"):
-        mine: dict[str, float] = {}
-        for b in bd.buffers:
-            if b.kind == kind:
-                mine[b.buft] = mine.get(b.buft, 0.0) + b.bytes / 2**20
-        assert {k: round(v, 2) for k, v in mine.items()} == theirs[kind], kind
+        assert _buffers_mib(bd, kind) == theirs[kind], kind
+    assert_compute_equal(text, bd)
+
+
+def _buffers_mib(bd: Breakdown, kind: str) -> dict[str, float]:
+    mine: dict[str, float] = {}
+    for b in bd.buffers:
+        if b.kind == kind:
+            mine[b.buft] = mine.get(b.buft, 0.0) + b.bytes / 2**20
+    return {k: round(v, 2) for k, v in mine.items()}
+
+
+@pytest.mark.parametrize("rid", LLAMA_EMBED_RUNS)
+def test_llama_embed_keeps_the_default_cache_its_graph_never_reads(rid: str, files: dict[str, Path]) -> None:
+    """llama-embed is not among create_memory's memory-less architectures: llama.cpp allocates the default KV cache
+    (and ggufx with it), though its graph (llm_graph_input_attn_no_cache) neither writes nor reads it."""
+    assert "llama-embed" not in NO_MEMORY and builder_of("llama-embed") == "neo_bert"
+    text, bd = replay_cpu(rid, files["llama-embed"])
+    theirs = parse_log(text).buffers
+    assert "llama_kv_cache" in text and theirs["kv"]
+    for kind in ("model", "output", "kv"):
+        assert _buffers_mib(bd, kind) == theirs[kind], kind
     assert_compute_equal(text, bd)
 
 
@@ -149,6 +167,9 @@ def test_the_layer_shortcut_equals_the_whole_replay(name: str, files: dict[str, 
         ),
         Refused(
             "eurobert", "blk.3.ffn_gate.weight", "the graph needs tensor blk.3.ffn_gate.weight, which the file lacks"
+        ),
+        Refused(
+            "llama-embed", "blk.0.ffn_gate.weight", "the graph needs tensor blk.0.ffn_gate.weight, which the file lacks"
         ),
         Refused(
             "gemma-embedding",

@@ -1351,6 +1351,9 @@ _ENTRIES = (
     Arch("jina-bert-v3", "jina-bert-v3.cpp", ("attention.layer_norm_epsilon",), graph="bert", builder="bert"),
     Arch("neo-bert", "neo-bert.cpp", builder="neo_bert"),
     Arch("eurobert", "eurobert.cpp", builder="neo_bert"),
+    # llama-embed: llama's layer without a causal mask or lm_head; create_memory gives it the default KV cache (not among
+    # the memory-less architectures), which its graph (llm_graph_input_attn_no_cache) never uses
+    Arch("llama-embed", "llama.cpp", builder="neo_bert"),  # llama.cpp loads it; llama_model_llama::graph<true>
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}
