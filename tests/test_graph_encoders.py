@@ -24,9 +24,11 @@ from ggufx.analysis.memory.llamaargs import parse_args
 from ggufx.analysis.memory.llamalog import parse_log
 
 from .graph_arch_logs import (
+    _OP,
     CPU_LOGS,
     Refused,
     assert_compute_equal,
+    assert_nodes_equal,
     assert_refused,
     assert_runs_cover,
     assert_shortcut_is_whole,
@@ -140,6 +142,30 @@ def test_flash_attention_casts_k_and_v_to_f16(files: dict[str, Path]) -> None:
     _, off = replay_cpu("bert-c512-faoff", files["bert"])
     comp = [sum(b.bytes for b in bd.buffers if b.kind == "compute") for bd in (on, off)]
     assert 0 < comp[0] < comp[1]
+
+
+# ggml_op_desc prints GEGLU for ggml_geglu / ggml_geglu_split (a GLU node); tests/graph_arch_logs.py's map knows
+# SWIGLU only (the lead may add this entry there)
+_OP.setdefault("GEGLU", "GLU")
+NODE_RUNS = {
+    "bert-c512-faoff": "bert",
+    "nomic-bert-c2048": "nomic-bert",
+    "nomic-bert-moe-c512": "nomic-bert-moe",
+    "jina-bert-v2-c8192": "jina-bert-v2",
+    "neo-bert-c4096-faoff": "neo-bert",
+    "eurobert-c8192": "eurobert",
+    "llama-embed-c4096": "llama-embed",
+    "gemma-embedding-c2048": "gemma-embedding",
+    "modern-bert-c8192-faoff": "modern-bert",
+}
+
+
+@pytest.mark.parametrize("rid", NODE_RUNS)
+def test_the_graph_is_llama_cpps_node_for_node(rid: str, files: dict[str, Path]) -> None:
+    """Each builder's prompt-processing graph, node for node (op and size), as llama.cpp's scheduler printed it
+    (GGML_SCHED_DEBUG=2, tests/fixtures/llamacpp-logs-cpu/nodes): with flash attention K and V cast to F16 (CPY),
+    without it the scores over the micro-batch; bert's position rows, the token-type row, nomic-moe's experts."""
+    assert_nodes_equal(rid, files[NODE_RUNS[rid]])
 
 
 @pytest.mark.parametrize("name", PUBLISHED)
