@@ -131,6 +131,7 @@ _OP = {
     "SGN": "UNARY",
     "SWIGLU": "GLU",
     "SWIGLU_CLA": "GLU",
+    "GEGLU": "GLU",
 }
 
 

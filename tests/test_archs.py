@@ -124,6 +124,8 @@ def test_issue_architectures_are_registered() -> None:
         "talkie", "maple", "muse-glimmer", "hrm_text", "minimax-m3", "dots3note", "deepseek4", "graniteswitch",
         # the hybrids with an indexer cache (h-hybidx)
         "glm5-next", "qwen4exp", "clef",
+        # the embedding encoders (h-enc)
+        "bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "jina-bert-v3", "neo-bert", "eurobert", "llama-embed", "gemma-embedding", "modern-bert",
     }  # fmt: skip
     assert arch_of("deepseek2").mla and arch_of("glm4moe").skips_nextn  # type: ignore[union-attr]
     assert arch_of("no-such-arch") is None and builder_of(None) is None
@@ -139,6 +141,20 @@ def test_the_memory_modules_create_memory_picks_by_name() -> None:
         "glm5-next": "hybrid_idx",
         "qwen4exp": "hybrid_idx",
         "clef": "none",
+        **{
+            n: "none"
+            for n in (
+                "bert",
+                "nomic-bert",
+                "nomic-bert-moe",
+                "jina-bert-v2",
+                "jina-bert-v3",
+                "neo-bert",
+                "eurobert",
+                "gemma-embedding",
+                "modern-bert",
+            )
+        },  # fmt: skip
     }
     assert memory_of("llama") == memory_of("no-such-arch") == ""
 

@@ -52,10 +52,11 @@ def test_a_file_its_builder_cannot_build_falls_back_naming_what_is_missing(tmp_p
 
 
 def test_cli_labels_the_estimate(cli, tmp_path: Path, smollm2_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """EmbeddingGemma (``gemma-embedding``) is registered for its sliding-window rule but has no builder."""
+    """An EmbeddingGemma file (``gemma-embedding``) without the Q/K norms its graph reads (gemma2's tensors): its
+    builder refuses it, and every face says the compute buffer is the generic estimate and why."""
     _write(tmp_path, smollm2_path, "gemma-embedding", "gemma-embedding", "gemma2")
     path = str(tmp_path / "gemma-embedding.gguf")
-    note = "generic decoder estimate: no graph builder for gemma-embedding"
+    note = "generic decoder estimate: the graph needs tensor blk.0.attn_q_norm.weight, which the file lacks"
     d = json.loads(cli("mem", path, "-c", "8192", "--json").output)
     assert d["compute_note"] == note
     assert d["compute_estimate"] > 0

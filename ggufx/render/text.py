@@ -476,8 +476,12 @@ def memory_devices_text(res: MemoryResult, fmt: str = "simple") -> str:
         "* computed: llama.cpp's graph, split and allocated as llama.cpp does (an estimate where a note says"
         " so); every other figure is exact.",
         f"context {res['n_ctx']:,} tokens ({res['n_streams']} stream(s) of {res['n_ctx_seq']:,}), micro-batch "
-        f"{res['n_ubatch']}, {res['layers_offloaded']}/{res['n_layer'] + 1} layers offloaded, KV cache K "
-        f"{res['cache_type_k']} V {res['cache_type_v']}",
+        f"{res['n_ubatch']}, {res['layers_offloaded']}/{res['n_layer'] + 1} layers offloaded, "
+        + (
+            f"KV cache K {res['cache_type_k']} V {res['cache_type_v']}"
+            if full["layers"] or swa["layers"]
+            else "no KV cache"
+        ),
     ]
     if full["layers"]:
         line = f"KV cache: {full['layers']} full-attention layers x {full['cells']:,} cells = {full['bytes'] / MiB:,.2f} MiB"

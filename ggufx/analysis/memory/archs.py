@@ -521,7 +521,14 @@ _ENTRIES = (
         recurrent=Recurrent("RWKV", "all"),
     ),
     # -- registered for their layer kinds only (sliding window or recurrent rule) ---------------------
-    Arch("gemma-embedding", "gemma-embedding.cpp", ("attention.sliding_window",), swa=Swa(6, needs_window=True)),
+    Arch(
+        "gemma-embedding",
+        "gemma-embedding.cpp",
+        ("attention.sliding_window",),
+        builder="gemma_embedding",
+        memory="none",
+        swa=Swa(6, needs_window=True),
+    ),
     Arch(
         "cohere2moe",  # cohere2's parallel layer, a dense first layer, experts plus a shared expert averaged
         "cohere2moe.cpp",
@@ -607,7 +614,14 @@ _ENTRIES = (
         swa=Swa(4, True, needs_window=True, forced_window=4096),  # any positive window is 4096
         moe=True,
     ),
-    Arch("modern-bert", "modern-bert.cpp", ("attention.sliding_window",), swa=Swa(3, True, needs_window=True)),
+    Arch(
+        "modern-bert",
+        "modern-bert.cpp",
+        ("attention.sliding_window",),
+        builder="modern_bert",
+        memory="none",
+        swa=Swa(3, True, needs_window=True),
+    ),
     Arch(
         "laguna",
         "laguna.cpp",
@@ -1331,6 +1345,44 @@ _ENTRIES = (
         recurrent=_GDN,
         gated_q=True,
     ),
+    # -- h-enc: the embedding encoders (bge, all-MiniLM, nomic-embed-text, jina-embeddings v2/v3, NeoBERT, EuroBERT).
+    # create_memory makes no memory for them (llama-model.cpp:2364-2380, res = nullptr: memory="none"); their graph attends over the
+    # micro-batch alone, without a causal mask (llm_graph_input_attn_no_cache). bert.cpp's graph is theirs
+    # (``using graph = llama_model_bert::graph`` for nomic-bert); graph/models/bert.py rebuilds it
+    Arch("bert", "bert.cpp", ("attention.layer_norm_epsilon",), builder="bert", memory="none"),
+    Arch(
+        "nomic-bert", "nomic-bert.cpp", ("attention.layer_norm_epsilon",), graph="bert", builder="bert", memory="none"
+    ),
+    Arch(
+        "nomic-bert-moe",
+        "nomic-bert-moe.cpp",
+        ("attention.layer_norm_epsilon", "moe_every_n_layers"),
+        graph="bert",
+        builder="bert",
+        memory="none",
+        moe=True,
+    ),
+    Arch(
+        "jina-bert-v2",
+        "jina-bert-v2.cpp",
+        ("attention.layer_norm_epsilon",),
+        graph="bert",
+        builder="bert",
+        memory="none",
+    ),
+    Arch(
+        "jina-bert-v3",
+        "jina-bert-v3.cpp",
+        ("attention.layer_norm_epsilon",),
+        graph="bert",
+        builder="bert",
+        memory="none",
+    ),
+    Arch("neo-bert", "neo-bert.cpp", builder="neo_bert", memory="none"),
+    Arch("eurobert", "eurobert.cpp", builder="neo_bert", memory="none"),
+    # llama-embed: llama's layer without a causal mask or lm_head; create_memory gives it the default KV cache (not among
+    # the memory-less architectures), which its graph (llm_graph_input_attn_no_cache) never uses
+    Arch("llama-embed", "llama.cpp", builder="neo_bert"),  # llama.cpp loads it; llama_model_llama::graph<true>
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}
