@@ -111,3 +111,9 @@ def test_a_file_without_its_head_gets_the_generic_estimate(smollm2_path: Path, t
         smollm2_path,
         tmp_path,
     )
+
+
+def test_mem_says_there_is_no_kv_cache(cli, clef: Path) -> None:  # type: ignore[no-untyped-def]
+    """The text names no cache type for a model llama.cpp gives no cache (a decoder's line names both)."""
+    out = cli("mem", str(clef), "-c", "8192", "--gpus", "none").output
+    assert "layers offloaded, no KV cache" in out and "KV cache K" not in out
