@@ -90,21 +90,31 @@ def unbuildable(model: GGUFModel) -> str | None:
         else:
             w |= {"attn_q.weight": (E, 2 * hd * nh), "attn_k.weight": (E, hd * nkv), "attn_v.weight": (E, hd * nkv)}
             w |= {"attn_output.weight": (hd * nh, E), "attn_q_norm.weight": (hd,), "attn_k_norm.weight": (hd,)}
-        up = tensors.get(p + "ffn_up_exps.weight", ())
-        if len(up) != 3:
-            return f"the graph needs a three-dimensional tensor {p}ffn_up_exps.weight (separate gate and up experts)"
-        n_ff_exp = up[1]
-        w |= {"ffn_gate_inp.weight": (E, n_expert), "ffn_up_exps.weight": (E, n_ff_exp, n_expert)}
-        w |= {"ffn_gate_exps.weight": (E, n_ff_exp, n_expert), "ffn_down_exps.weight": (n_ff_exp, E, n_expert)}
-        sh = tensors.get(p + "ffn_up_shexp.weight", ())
-        if len(sh) != 2:
-            return f"the graph needs a two-dimensional tensor {p}ffn_up_shexp.weight"
-        w |= {"ffn_gate_inp_shexp.weight": (E,), "ffn_gate_shexp.weight": (E, sh[1])}
-        w |= {"ffn_up_shexp.weight": (E, sh[1]), "ffn_down_shexp.weight": (sh[1], E)}
-        shapes |= {p + n: shape for n, shape in w.items()}
+        experts = expert_shapes(tensors, p, E, n_expert)
+        if isinstance(experts, str):
+            return experts
+        shapes |= {p + n: shape for n, shape in (w | experts).items()}
     for name, shape in shapes.items():
         if name not in tensors:
             return f"the graph needs tensor {name}, which the file lacks"
         if tensors[name] != shape:
             return f"the graph needs tensor {name} of shape {list(shape)}, not {list(tensors[name])}"
     return None
+
+
+def expert_shapes(
+    tensors: dict[str, tuple[int, ...]], p: str, E: int, n_expert: int
+) -> dict[str, tuple[int, ...]] | str:
+    """The shapes of one layer's routed experts (gate and up apart) and gated shared expert, as qwen35moe.cpp
+    and qwen4exp.cpp load them, their widths read from the file (or why the graph cannot be built)."""
+    up = tensors.get(p + "ffn_up_exps.weight", ())
+    if len(up) != 3:
+        return f"the graph needs a three-dimensional tensor {p}ffn_up_exps.weight (separate gate and up experts)"
+    n_ff_exp = up[1]
+    w = {"ffn_gate_inp.weight": (E, n_expert), "ffn_up_exps.weight": (E, n_ff_exp, n_expert)}
+    w |= {"ffn_gate_exps.weight": (E, n_ff_exp, n_expert), "ffn_down_exps.weight": (n_ff_exp, E, n_expert)}
+    sh = tensors.get(p + "ffn_up_shexp.weight", ())
+    if len(sh) != 2:
+        return f"the graph needs a two-dimensional tensor {p}ffn_up_shexp.weight"
+    w |= {"ffn_gate_inp_shexp.weight": (E,), "ffn_gate_shexp.weight": (E, sh[1])}
+    return w | {"ffn_up_shexp.weight": (E, sh[1]), "ffn_down_shexp.weight": (sh[1], E)}

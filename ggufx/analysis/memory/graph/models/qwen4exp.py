@@ -25,6 +25,7 @@ from ggufx.analysis.memory.graph.models.deepseek2 import cache_write
 from ggufx.analysis.memory.graph.models.hy_v4 import _cast
 from ggufx.analysis.memory.graph.models.qwen3next import _ffn, gdn_dims, n_expert_used, recurrent_layer
 from ggufx.analysis.memory.graph.models.qwen35 import _copy_into, _gated_attn, _gated_delta_net, _gdn_dims, _rs
+from ggufx.analysis.memory.graph.models.qwen35moe import expert_shapes
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.format.values import GGUFArray
 from ggufx.model import GGUFModel
@@ -428,18 +429,10 @@ def unbuildable(model: GGUFModel) -> str | None:
         else:
             w |= {"attn_q.weight": (E, 2 * hd * nh), "attn_k.weight": (E, hd * nkv), "attn_v.weight": (E, hd * nkv)}
             w |= {"attn_output.weight": (hd * nh, E), "attn_q_norm.weight": (hd,), "attn_k_norm.weight": (hd,)}
-        up = tensors.get(p + "ffn_up_exps.weight", ())
-        if len(up) != 3:
-            return f"the graph needs a three-dimensional tensor {p}ffn_up_exps.weight"
-        n_ff_exp = up[1]
-        w |= {"ffn_gate_inp.weight": (E, n_expert), "ffn_up_exps.weight": (E, n_ff_exp, n_expert)}
-        w |= {"ffn_gate_exps.weight": (E, n_ff_exp, n_expert), "ffn_down_exps.weight": (n_ff_exp, E, n_expert)}
-        sh = tensors.get(p + "ffn_up_shexp.weight", ())
-        if len(sh) != 2:
-            return f"the graph needs tensor {p}ffn_up_shexp.weight, which the file lacks"
-        w |= {"ffn_gate_inp_shexp.weight": (E,), "ffn_gate_shexp.weight": (E, sh[1])}
-        w |= {"ffn_up_shexp.weight": (E, sh[1]), "ffn_down_shexp.weight": (sh[1], E)}
-        shapes |= {p + n: shape for n, shape in w.items()}
+        experts = expert_shapes(tensors, p, E, n_expert)  # qwen35moe's routed and shared experts
+        if isinstance(experts, str):
+            return experts
+        shapes |= {p + n: shape for n, shape in (w | experts).items()}
     for il in _ple_layers(model):  # qwen4exp.cpp:189-205, :261-268
         if not (0 <= il < hp.n_layer_main and recurrent[il]):
             return f"PLE layer {il} is not a Gated DeltaNet layer of the trunk (llama.cpp refuses the file)"
