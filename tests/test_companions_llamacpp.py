@@ -224,3 +224,26 @@ def test_imatrix_coverage_as_llama_quantize_requires_it(
         if not ok:
             assert "Missing importance matrix for tensor blk.3.ffn_down.weight" in p.stdout + p.stderr
             assert "1 quantizable tensor(s) have no importance data: blk.3.ffn_down.weight" in r.stdout
+
+
+def test_projector_as_the_model_refused_by_llama_cpp_and_by_mem(cli: CliRun, llama_bin: Path, tmp_path: Path) -> None:
+    """A projector given as the model: llama.cpp stops after its hyper-parameters with "CLIP cannot be
+    used as main model, use it with --mmproj instead"; ``ggufx mem`` refuses it with the same words
+    (exit 2), where it used to ask for a ``clip.block_count`` no projector has."""
+    mmproj = cf.write_projector(tmp_path / "mmproj.gguf")
+    words = "CLIP cannot be used as main model, use it with --mmproj instead"
+    # llama.cpp's logger is a leaked singleton whose worker thread may not have written the last lines when
+    # the process exits (common/log.cpp:453-457): about half the runs of this early exit print nothing. Every
+    # run must fail; one of a few dozen must say why.
+    said = []
+    for _ in range(40):
+        cmd = [str(llama_bin / "llama-completion"), "-m", str(mmproj), "-n", "1", "-p", "hi", "-no-cnv", "-fit", "off"]
+        p = _run(cmd, tmp_path)
+        assert p.returncode == 1, p.stderr[-2000:]
+        said = [line for line in p.stderr.splitlines() if "error loading model" in line]
+        if said:
+            break
+    assert said and words in said[0], said
+    r = cli("mem", str(mmproj), "-c", "512")
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert words in r.stderr and "offset 24" in r.stderr

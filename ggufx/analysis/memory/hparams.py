@@ -196,6 +196,13 @@ def hparams(model: GGUFModel) -> Hparams:
         v = md.get_int(f"{a}.{suffix}")
         return default if v is None else v
 
+    if a == "clip":  # src/llama.cpp's llama_model_load refuses it after reading its hyper-parameters (llama.cpp:352)
+        raise ValidationError(
+            model.path,
+            md.kv("general.architecture").offset,
+            "CLIP cannot be used as main model, use it with --mmproj instead (llama.cpp's words): "
+            "this is a multimodal projector; give the language model as the file and this one as --mmproj",
+        )
     for key in (f"{a}.block_count", f"{a}.embedding_length"):
         value = md.get_int(key) if a else None
         if value is None or value <= 0:
