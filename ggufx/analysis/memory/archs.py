@@ -1383,6 +1383,15 @@ _ENTRIES = (
     # llama-embed: llama's layer without a causal mask or lm_head; create_memory gives it the default KV cache (not among
     # the memory-less architectures), which its graph (llm_graph_input_attn_no_cache) never uses
     Arch("llama-embed", "llama.cpp", builder="neo_bert"),  # llama.cpp loads it; llama_model_llama::graph<true>
+    # gptj, chameleon, cogvlm (session 8). gptj is not registered: llama-arch.cpp names it but llama_model_mapping
+    # (llama-model.cpp:43) has no case for it, so llama.cpp 11434 refuses the file ("unsupported model architecture")
+    # -- chameleon: llama's layer with layer-normed Q/K heads, swin_norm's post-norms, the image tokens' logits
+    # overwritten after the head (graph/models/chameleon.py)
+    Arch("chameleon", "chameleon.cpp", ("swin_norm",), builder="chameleon"),
+    # -- cogvlm: the text decoder (a micro-batch of tokens runs the language weights; the visual expert's QKV, output
+    # and FFN are loaded beside them): llama's layer over a fused QKV with plain RoPE, built by graph/models/cogvlm.py
+    # over _dense's pieces
+    Arch("cogvlm", "cogvlm.cpp", builder="cogvlm"),
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}
