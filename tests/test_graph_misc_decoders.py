@@ -218,3 +218,150 @@ def test_the_published_shapes_are_built_from_their_own_files(models: dict[str, P
         assert model.metadata.get_int(f"{model.architecture}.block_count") == 32
         head = next(t for t in model.tensors if t.name == "output.weight")
         assert head.shape[1] == vocab
+
+
+# -- gemma4-assistant: Gemma 4's drafter over the target's cache (llama-server -md, --spec-type draft-mtp) ----------
+
+SERVER_RUNS = [
+    tuple(line.split("\t")[1:])
+    for line in (graph_arch_logs.CPU_LOGS / "matrix").read_text().splitlines()
+    if line.startswith("#server\t")
+]
+ASSISTANT_NODE_RUNS = (
+    "gemma4-assistant-c8192",
+    "gemma4-assistant-c8192-faoff",
+    "gemma4-assistant-c16384-q8_0",
+    "gemma4-assistant-c4096-faoff-np3",
+)
+
+
+@pytest.fixture(scope="module")
+def pair(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return cpu_models(("gemma4", "gemma4-assistant"), smollm2_path, tmp_path_factory, "gemma4-pair")
+
+
+def _drafter(rid: str, pair: dict[str, Path], target_types: bool = True):  # type: ignore[no-untyped-def]
+    """The drafter's breakdown for a recorded server run, and the run's log after ``loading draft model``.
+    ``target_types``: its context has the target's cache types (the shared cache's: llama_kv_cache takes
+    ``n_rot_k``/``n_rot_v`` from the cache it shares, llama-kv-cache.cpp:307-313), as the drafter's compute
+    needs; without, the drafter's own ``-ctkd``/``-ctvd`` (f16)."""
+    from dataclasses import replace
+
+    _, target, drafter, args = next(r for r in SERVER_RUNS if r[0] == rid)
+    a = parse_args(f"llama-server -m {pair[target]} -md {pair[drafter]} {args} -dev none -fit off")
+    assert a.draft_context is not None and a.context.n_outputs_max == a.context.n_parallel
+    cp = a.draft_context
+    if target_types:
+        cp = replace(cp, cache_type_k=a.context.cache_type_k, cache_type_v=a.context.cache_type_v)
+    offload = replace(a.draft_offload or a.offload, repack="--no-repack" not in args)
+    bd = breakdown(ggufx.open(pair[drafter]), [], offload, cp)
+    text = (graph_arch_logs.CPU_LOGS / f"{rid}.log").read_text()
+    return bd, text[text.index("loading draft model") :]
+
+
+def test_the_server_runs_cover_flash_attention_off_sequences_a_quantized_cache_and_swa_full() -> None:
+    assert builder_of("gemma4-assistant") == "gemma4_assistant"
+    args = " ".join(r[3] for r in SERVER_RUNS)
+    assert len(SERVER_RUNS) >= 6 and all((graph_arch_logs.CPU_LOGS / f"{r[0]}.log").exists() for r in SERVER_RUNS)
+    for option in ("-fa off", "-np 1", "-np 3", "-ctk q8_0 -ctv q8_0", "--swa-full", "-ub 256", "--no-repack"):
+        assert option in args, option
+
+
+@pytest.mark.parametrize("rid", [r[0] for r in SERVER_RUNS])
+def test_the_drafter_compute_buffer_equals_llama_cpp(rid: str, pair: dict[str, Path]) -> None:
+    """The drafter's compute buffer to the four decimals of its ``~llama_context`` line (the first at exit: the
+    draft context is destroyed first), its mapped weights and output buffer to llama.cpp's 0.01 MiB, and no KV
+    buffer: llama.cpp prints none for it, each of its layers shares a target cache layer."""
+    bd, draft = _drafter(rid, pair)
+    (compute,) = [b for b in bd.buffers if b.kind == "compute"]
+    assert not compute.reason and bd.compute_estimate is None
+    exit_lines = re.findall(r"~llama_context:\s+CPU compute buffer size is\s+([\d.]+) MiB", draft)
+    assert len(exit_lines) == 2  # the drafter's, then the target's
+    assert round(compute.bytes / (1 << 20), 4) == float(exit_lines[0])
+    assert not [b for b in bd.buffers if b.kind == "kv"] and "KV buffer size" not in draft
+    # the target (8 layers) shares its layer 6 (n_layer - 2) with the drafter's window layers, 7 with its full one
+    assert re.search(r"sharing with layer 6\. k = \S+ v = \S+: 0-2", draft)
+    assert re.search(r"sharing with layer 7\. k = \S+ v = \S+: 3", draft)
+    mapped = re.search(r"CPU_Mapped model buffer size =\s+([\d.]+) MiB", draft)
+    output = re.search(r"CPU  output buffer size =\s+([\d.]+) MiB", draft)
+    assert mapped and output
+    assert round(sum(b.bytes for b in bd.buffers if b.buft == "CPU_Mapped") / (1 << 20), 2) == float(mapped[1])
+    assert round(sum(b.bytes for b in bd.buffers if b.kind == "output") / (1 << 20), 2) == float(output[1])
+
+
+def test_a_quantized_target_cache_rotates_the_drafter_queries(pair: dict[str, Path]) -> None:
+    """With the target's q8_0 cache the drafter's Q and attention output get the Hadamard rotations of the cache it
+    shares, whatever its own -ctkd (f16 here, as the log's spec line says): with its own types the figure misses
+    llama.cpp's by the rotations."""
+    rid = "gemma4-assistant-c16384-q8_0"
+    bd, draft = _drafter(rid, pair)
+    assert "cache_k=f16, cache_v=f16" in draft
+    theirs = float(re.findall(r"compute buffer size is\s+([\d.]+) MiB", draft)[0])
+    mine = [b.bytes for b in bd.buffers if b.kind == "compute"][0] / (1 << 20)
+    bd_own, _ = _drafter(rid, pair, target_types=False)
+    own = [b.bytes for b in bd_own.buffers if b.kind == "compute"][0] / (1 << 20)
+    assert round(mine, 4) == theirs and round(own, 4) < theirs
+
+
+@pytest.mark.parametrize("rid", ASSISTANT_NODE_RUNS)
+def test_the_drafter_graph_is_llama_cpps_node_for_node(rid: str, pair: dict[str, Path]) -> None:
+    """The target's token rows, scaled and concatenated with the hidden state, the pre-projection; per layer Q only
+    (its norm, RoPE) over the shared cache, no SET_ROWS; the output rows in the last layer; logits and h_nextn."""
+    from ggufx.analysis.memory.graph.ggml import _Graph
+    from ggufx.analysis.memory.graph.models import builder
+
+    bd, _ = _drafter(rid, pair)
+    sp = bd.reservation
+    assert sp is not None
+    model = ggufx.open(pair["gemma4-assistant"])
+    _, _, _, args = next(r for r in SERVER_RUNS if r[0] == rid)
+    ld = graphsim._loaded(model, [], parse_args(f"llama-server -m x {args}").offload)
+    c = graphsim._context(model, ld, sp, sp.n_ubatch, sp.n_outputs)
+    c.layers = list(range(ld.hp.n_layer))
+    g = _Graph()
+    g.expand(builder("gemma4-assistant")(c, g))
+    views = graph_arch_logs._VIEWS
+    mine = [(n.op, graph_arch_logs._fmt_size(n.nbytes)) for n in g.nodes if n.op not in views]
+    theirs = []
+    for line in (graph_arch_logs.NODES / f"{rid}.tsv").read_text().splitlines():
+        if not line.startswith("#"):
+            _, op, _, size = line.split("\t")
+            if op not in views:
+                theirs.append((graph_arch_logs._OP.get(op, op), size))
+    assert "SET_ROWS" not in {op for op, _ in theirs}
+    assert len(mine) == len(theirs)
+    for i, (a, b) in enumerate(zip(mine, theirs, strict=True)):
+        assert a[0].startswith(b[0][:10]) and a[1] == b[1], (i, a, b)
+
+
+ASSISTANT_REFUSED = (
+    Refused(
+        "gemma4-assistant",
+        "nextn.pre_projection.weight",
+        "the graph needs tensor nextn.pre_projection.weight, which the file lacks",
+    ),
+    Refused(
+        "gemma4-assistant",
+        "blk.3.layer_output_scale.weight",
+        "the graph needs tensor blk.3.layer_output_scale.weight, which the file lacks",
+    ),
+    Refused(
+        "gemma4-assistant",
+        "",
+        "the gemma4-assistant graph needs nextn_predict_layers = block_count (every layer a drafter layer)",
+        add_kv=(("nextn_predict_layers", 2),),
+    ),
+    Refused(
+        "gemma4-assistant",
+        "",
+        "the gemma4-assistant graph needs embedding_length_out, the target's width, which llama.cpp requires",
+        drop_key="embedding_length_out",
+    ),
+)
+
+
+@pytest.mark.parametrize("refused", ASSISTANT_REFUSED, ids=lambda r: r.drop_tensor or r.drop_key or "nextn")
+def test_a_drafter_llama_cpp_would_refuse_gets_the_generic_estimate(
+    refused: Refused, smollm2_path: Path, tmp_path: Path
+) -> None:
+    assert_refused(refused, smollm2_path, tmp_path)
