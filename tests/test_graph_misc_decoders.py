@@ -8,9 +8,13 @@
 * ``cogvlm`` (cogvlm.cpp, graph/models/cogvlm.py): the text decoder's graph (a fused QKV and its per-head views,
   plain RoPE, no output rows, no mixed-batch embedding branch) beside the visual expert's weights, which llama.cpp
   loads (they are in every weight buffer checked here) and a text micro-batch never reads; ``cogvlm-17b`` is
-  cogvlm-chat-hf's text decoder (CogVLM2-19B's does not load: see below);
+  cogvlm-chat-hf's text decoder (CogVLM2-19B's multi-query QKV does not load: the loader wants 3 x n_embd rows);
 * ``gptj``: llama-arch.cpp names it, but ``llama_model_mapping`` has no case for it, so llama.cpp refuses every
-  GPT-J file; ggufx does not register it.
+  GPT-J file; ggufx does not register it;
+* ``gemma4-assistant`` (gemma4-assistant.cpp, graph/models/gemma4_assistant.py): Gemma 4's drafter, which only
+  llama-server runs (``-md``, ``--spec-type draft-mtp``) beside its target; its layers share the target's cache,
+  so its figures come from ``#server`` runs of ``matrix`` with the small gemma4 as the target
+  (``record_server.py``), its compute buffer given the target's cache types.
 
 Per model: every buffer of every recorded run (tests/test_arch_logs.py holds the weights, KV and output buffers;
 here the compute buffer to the 0.0001 MiB of ``~llama_context``'s line), the graph against the one llama.cpp's
@@ -133,11 +137,15 @@ def test_a_file_llama_cpp_would_refuse_gets_the_generic_estimate(
 
 
 def test_a_chameleon_head_narrower_than_the_image_tokens_is_not_built(smollm2_path: Path, tmp_path: Path) -> None:
-    """ggml_set_1d writes 8,192 values from the fifth logit on: a head of fewer than 8,196 rows is not a graph
-    llama.cpp can compute (ggml_set asserts the destination holds the source at one output)."""
+    """ggml_set_1d writes 8,192 values from the fifth logit on: with a head of 8,192 rows llama.cpp's CPU build
+    sizes every buffer, then aborts on the first token (ggml-cpu/ops.cpp:5041: the set runs past the one output's
+    logits), so the file gets the generic estimate with the reason."""
     path = grown_vocab(smollm2_path, tmp_path, 8192)
     reason = graphsim.unbuildable(ggufx.open(path))
-    assert reason == "the chameleon graph needs at least 8196 logits per token (the image tokens'), the head has 8192"
+    assert (
+        reason
+        == "the chameleon graph needs at least 8196 logits per token (the image tokens' are set), the head has 8192"
+    )
 
 
 def grown_vocab(smollm2: Path, out: Path, n_vocab: int) -> Path:
@@ -365,3 +373,41 @@ def test_a_drafter_llama_cpp_would_refuse_gets_the_generic_estimate(
     refused: Refused, smollm2_path: Path, tmp_path: Path
 ) -> None:
     assert_refused(refused, smollm2_path, tmp_path)
+
+
+def test_a_cogvlm_with_grouped_kv_heads_is_refused(smollm2_path: Path, tmp_path: Path) -> None:
+    """cogvlm.cpp's loader wants a QKV of 3 x n_embd rows: a multi-query projection (CogVLM2's, hidden plus two
+    8-head K/V parts; here 1024 + 2 x 2 x 128) is refused by llama.cpp ("wrong shape"), and by the builder."""
+    path = _cogvlm_gqa(smollm2_path, tmp_path)
+    reason = graphsim.unbuildable(ggufx.open(path))
+    assert reason == (
+        "the cogvlm graph needs blk.0.attn_qkv.weight 3072 wide (3 x heads x head size), llama.cpp's loader refuses it"
+    )
+
+
+@pytest.mark.llamacpp
+def test_llama_cpp_refuses_a_cogvlm_with_grouped_kv_heads(llama_bin: Path, smollm2_path: Path, tmp_path: Path) -> None:
+    path = _cogvlm_gqa(smollm2_path, tmp_path)
+    cmd = [str(llama_bin / "llama-completion"), "-m", str(path), "-dev", "none", "-c", "256", "-n", "0", "-p", "hi"]
+    for _ in range(20):  # llama.cpp's log worker may lose the last lines when it exits
+        p = subprocess.run([*cmd, "-no-cnv", "-fit", "off"], capture_output=True, text=True, timeout=60)
+        assert p.returncode != 0
+        if "wrong shape" in p.stdout + p.stderr:
+            break
+    assert re.search(r"tensor 'blk\.0\.attn_qkv\.weight' has wrong shape; expected\s+1024,\s+3072", p.stdout + p.stderr)
+
+
+def _cogvlm_gqa(smollm2: Path, out: Path) -> Path:
+    import json
+    import sys
+
+    sys.path.insert(0, str(graph_arch_logs.CPU_LOGS))
+    try:
+        from make_arch_headers import header
+    finally:
+        sys.path.remove(str(graph_arch_logs.CPU_LOGS))
+    tensors = json.loads((graph_arch_logs.CPU_LOGS / "tensors.json").read_text())["cogvlm"]
+    tensors = [[n, [1024, 1536], "F16"] if n.endswith("attn_qkv.weight") else [n, ne, t] for n, ne, t in tensors]
+    path = out / "cogvlm-gqa.gguf"
+    header(path, graph_arch_logs.cpu_spec("cogvlm"), tensors, smollm2)
+    return path

@@ -2,9 +2,11 @@
 FFN, the separate Q/K/V projections reshaped per head and each head layer-normed (``LLM_NORM`` with weights of
 ``{head, heads}`` and their optional biases) before RoPE; with ``chameleon.swin_norm`` (30B) the attention reads
 the layer input itself, the attention and FFN outputs are RMS-normed *after* them (by ``attn_norm`` and
-``ffn_norm``) and the FFN reads the normed attention output (the residual sum only joins after it). After the head, the image tokens' logits (4 to 8195) are overwritten: a new 8,192-value F32
-tensor of the graph (allocated in the compute buffer), ``ggml_clamp`` of it (a new tensor) and ``ggml_set_1d``
-over the logits (not in place: a copy of the logits, the graph's output, beside the head's product)."""
+``ffn_norm``) and the FFN reads the normed attention output (the residual sum only joins after it).
+
+After the head, the image tokens' logits (4 to 8195) are overwritten: a new 8,192-value F32 tensor of the graph
+(allocated in the compute buffer), ``ggml_clamp`` of it (a new tensor) and ``ggml_set_1d`` over the logits (not
+in place: a copy of the logits, the graph's output, beside the head's product)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from ggufx.analysis.memory.graph.models._dense import Dense, _attn_kv, _ffn, _n,
 from ggufx.model import GGUFModel
 
 _RMS = Dense()  # the layer's norms, and build_attn's and build_ffn's switches (llama's)
-_LN = Dense(norm="NORM")  # the Q/K head norms (LLM_NORM, chameleon.cpp:80-94)
+_LN = Dense(norm="NORM")  # the Q/K head norms (LLM_NORM)
 IMG_TOKENS = 8196 - 4  # chameleon.cpp:184-186: img_token_end_idx - img_token_start_idx
 
 
@@ -79,8 +81,9 @@ def build(c: _Ctx, g: _Graph) -> _T:
 def unbuildable(model: GGUFModel) -> str | None:
     """chameleon.cpp's load_arch_tensors: every layer's norms (the Q/K head norms included), the separate Q/K/V
     projections, the output projection and the SwiGLU FFN are required; the head is the tied embeddings
-    without ``output.weight``. ``ggml_set_1d`` writes 8,192 values 4 values into the logits: llama.cpp's
-    graph needs at least 8,196 of them."""
+    without ``output.weight``. ``ggml_set_1d`` writes 8,192 values from the fifth logit on: with a narrower head
+    llama.cpp sizes its buffers but aborts computing the first token (ggml-cpu/ops.cpp:5041, ``offset + ... <=
+    ggml_nbytes(dst)`` at one output), so such a file is refused."""
     layer = ("attn_norm", "attn_q_norm", "attn_k_norm", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")
     why = _plain.needs(model, layer)
     if why is not None:
@@ -89,5 +92,6 @@ def unbuildable(model: GGUFModel) -> str | None:
         (t for t in model.tensors if t.name == "token_embd.weight"), None
     )
     if head is not None and len(head.shape) > 1 and head.shape[1] < 8196:
-        return f"the chameleon graph needs at least 8196 logits per token (the image tokens'), the head has {head.shape[1]}"
+        n = head.shape[1]
+        return f"the chameleon graph needs at least 8196 logits per token (the image tokens' are set), the head has {n}"
     return None

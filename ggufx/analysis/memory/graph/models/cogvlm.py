@@ -15,6 +15,7 @@ from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
 from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _proj, _rot, _w, _weight
 from ggufx.analysis.memory.graph.models import _plain
 from ggufx.analysis.memory.graph.models._dense import Dense, _attn_kv, _ffn, _n, _qkv
+from ggufx.analysis.memory.hparams import hparams
 from ggufx.model import GGUFModel
 
 _D = Dense()  # llama's switches: RMS norms, SwiGLU
@@ -68,4 +69,14 @@ def build(c: _Ctx, g: _Graph) -> _T:
 def unbuildable(model: GGUFModel) -> str | None:
     """cogvlm.cpp's load_arch_tensors requires the fused QKV, the output projection, the norms and the FFN of
     the language and of the visual expert in every layer (llama.cpp refuses a file without one)."""
-    return _plain.needs(model, (*LAYER, *VISUAL), qkv=False)
+    why = _plain.needs(model, (*LAYER, *VISUAL), qkv=False)
+    if why is not None:
+        return why
+    # the loader's shape is {n_embd, n_embd_head_k * n_head * 3}: no grouped KV heads (CogVLM2's multi-query QKV,
+    # hidden + 2 x 8 heads wide, is refused: "wrong shape")
+    hp = hparams(model)
+    width = 3 * hp.head_k * hp.n_head[0]
+    odd = next((t for t in model.tensors if t.name.endswith("attn_qkv.weight") and t.shape[1] != width), None)
+    if odd is not None:
+        return f"the cogvlm graph needs {odd.name} {width} wide (3 x heads x head size), llama.cpp's loader refuses it"
+    return None
