@@ -13,7 +13,7 @@
   GPT-J file; ggufx does not register it;
 * ``gemma4-assistant`` (gemma4-assistant.cpp, graph/models/gemma4_assistant.py): Gemma 4's drafter, which only
   llama-server runs (``-md``, ``--spec-type draft-mtp``) beside its target; its layers share the target's cache,
-  so its figures come from ``#server`` runs of ``matrix`` with the small gemma4 as the target
+  so its figures come from the runs of ``matrix-server`` with the small gemma4 as the target
   (``record_server.py``), its compute buffer given the target's cache types.
 
 Per model: every buffer of every recorded run (tests/test_arch_logs.py holds the weights, KV and output buffers;
@@ -231,9 +231,9 @@ def test_the_published_shapes_are_built_from_their_own_files(models: dict[str, P
 # -- gemma4-assistant: Gemma 4's drafter over the target's cache (llama-server -md, --spec-type draft-mtp) ----------
 
 SERVER_RUNS = [
-    tuple(line.split("\t")[1:])
-    for line in (graph_arch_logs.CPU_LOGS / "matrix").read_text().splitlines()
-    if line.startswith("#server\t")
+    tuple(line.split("\t"))
+    for line in (graph_arch_logs.CPU_LOGS / "matrix-server").read_text().splitlines()
+    if line.strip() and not line.startswith("#")
 ]
 ASSISTANT_NODE_RUNS = (
     "gemma4-assistant-c8192",
