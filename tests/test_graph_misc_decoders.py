@@ -236,10 +236,10 @@ SERVER_RUNS = [
     if line.strip() and not line.startswith("#")
 ]
 ASSISTANT_NODE_RUNS = (
-    "gemma4-assistant-c8192",
-    "gemma4-assistant-c8192-faoff",
-    "gemma4-assistant-c16384-q8_0",
-    "gemma4-assistant-c4096-faoff-np3",
+    "srv-gemma4-assistant-c8192",
+    "srv-gemma4-assistant-c8192-faoff",
+    "srv-gemma4-assistant-c16384-q8_0",
+    "srv-gemma4-assistant-c4096-faoff-np3",
 )
 
 
@@ -301,7 +301,7 @@ def test_a_quantized_target_cache_rotates_the_drafter_queries(pair: dict[str, Pa
     """With the target's q8_0 cache the drafter's Q and attention output get the Hadamard rotations of the cache it
     shares, whatever its own -ctkd (f16 here, as the log's spec line says): with its own types the figure misses
     llama.cpp's by the rotations."""
-    rid = "gemma4-assistant-c16384-q8_0"
+    rid = "srv-gemma4-assistant-c16384-q8_0"
     bd, draft = _drafter(rid, pair)
     assert "cache_k=f16, cache_v=f16" in draft
     theirs = float(re.findall(r"compute buffer size is\s+([\d.]+) MiB", draft)[0])
