@@ -1383,6 +1383,32 @@ _ENTRIES = (
     # llama-embed: llama's layer without a causal mask or lm_head; create_memory gives it the default KV cache (not among
     # the memory-less architectures), which its graph (llm_graph_input_attn_no_cache) never uses
     Arch("llama-embed", "llama.cpp", builder="neo_bert"),  # llama.cpp loads it; llama_model_llama::graph<true>
+    # gptj, chameleon, cogvlm (session 8). gptj is not registered: llama-arch.cpp names it but llama_model_mapping
+    # (llama-model.cpp:43) has no case for it, so llama.cpp 11434 refuses the file ("unsupported model architecture")
+    # -- chameleon: llama's layer with layer-normed Q/K heads, swin_norm's post-norms, the image tokens' logits
+    # overwritten after the head (graph/models/chameleon.py)
+    Arch("chameleon", "chameleon.cpp", ("swin_norm",), builder="chameleon"),
+    # -- cogvlm: the text decoder (a micro-batch of tokens runs the language weights; the visual expert's QKV, output
+    # and FFN are loaded beside them): llama's layer over a fused QKV with plain RoPE, built by graph/models/cogvlm.py
+    # over _dense's pieces
+    Arch("cogvlm", "cogvlm.cpp", builder="cogvlm"),
+    # -- gemma4-assistant: Gemma 4's drafter (llama-server -md, --spec-type draft-mtp). Every layer is a NextN layer
+    # (block_count = nextn_predict_layers) whose K/V are the target's cache (create_memory's share: the target's
+    # layers n_layer - 2 and n_layer - 1), so it has no KV buffer of its own, as ggufx's NextN rule gives; the
+    # window pattern is read with get_arr (no set_swa_pattern), graph/models/gemma4_assistant.py sizes the caches
+    Arch(
+        "gemma4-assistant",
+        "gemma4-assistant.cpp",
+        (
+            "attention.sliding_window_pattern",
+            "attention.shared_kv_layers",
+            "rope.freq_base_swa",
+            "attention.sliding_window",
+            "attention.key_length_swa",
+            "attention.value_length_swa",
+        ),
+        builder="gemma4_assistant",
+    ),
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}
