@@ -62,10 +62,20 @@ _PROJ_COMPUTE = re.compile(r"reserve_compute_meta:\s+(?P<buft>\S+) compute buffe
 def _parse(text: str) -> LlamaLog:
     log = LlamaLog()
     exact_compute: dict[str, float] = {}
+    before_context: dict[str, float] = {}  # the compute figures before the current context's reservations
+    reserved = False  # whether the current context has reserved its graphs already
     for raw in text.splitlines():
         line = raw.strip()
         if "load_tensors: loading model tensors" in line and log.buffers.get("model"):
             log.buffers.clear()  # a second load in the same log (the fit dry run came first): keep the last
+        if "llama_context: constructing llama_context" in line:
+            before_context, reserved = dict(log.buffers.get("compute", {})), False
+        elif "sched_reserve: reserving ..." in line:
+            # a context reserving again (a drafter after set_embeddings_nextn, llama-context.cpp): its buffers are
+            # sized anew, the figures of its earlier reservation replaced, not added
+            if reserved:
+                log.buffers["compute"] = dict(before_context)
+            reserved = True
         if m := _PROJ_WEIGHTS.search(line):
             log.projector["weights"] = float(m["mib"])
             continue
