@@ -194,6 +194,23 @@ def test_the_self_attention_never_uses_flash_attention(files: dict[str, Path]) -
     assert comp[1] - comp[0] == 512 * 512 * 2
 
 
+def test_llama_server_outputs_the_whole_micro_batch_for_a_model_with_an_encoder(files: dict[str, Path]) -> None:
+    """llama-server asks for -np outputs (4 slots here, a unified cache), but llama_context takes n_outputs_max =
+    n_batch for a model with an encoder (llama-context.cpp:252): the prompt reservation outputs 512 rows of logits,
+    as llama.cpp's server log prints (t5-server-c2048-norepack.log: n_outputs_max = 2048, n_outputs = 512), and the
+    compute buffer is its 110.5176 MiB. Its output buffer (logits and embeddings of 4 sequences) is pending with the
+    others."""
+    text = (CPU_LOGS / "t5-server-c2048-norepack.log").read_text()
+    assert "n_outputs_max         = 2048" in text and "n_tokens =  512, n_seqs =  4, n_outputs =  512" in text
+    a = parse_args("llama-server -m x -c 2048")
+    assert a.context.n_outputs_max == 4 and a.context.kv_unified
+    bd = breakdown(ggufx.open(files["t5"]), [], replace(a.offload, repack=False), a.context)
+    theirs = parse_log(text).buffers
+    for kind in ("model", "kv"):
+        assert _mib(bd, kind) == theirs[kind], kind
+    assert_compute_equal(text, bd)
+
+
 NODE_RUNS = {
     "t5-c512-norepack": "t5",
     "t5-c2048-q8_0-norepack": "t5",

@@ -194,6 +194,14 @@ def _layers(c: _Ctx, n: int) -> list[int]:
     return list(range(n))
 
 
+def n_outputs(c: _Ctx) -> int:
+    """The outputs of this reservation: llama_context takes ``n_outputs_max = n_batch`` for a model with an encoder
+    whatever the caller asked (llama-context.cpp:252: llama-server's ``-np`` outputs do not apply), so the
+    prompt-processing reservation outputs the whole micro-batch (``min(n_ubatch, n_batch)``); the token one, one
+    output per sequence."""
+    return c.n_outputs if c.n_tokens == c.sp.n_seq_max else c.sp.n_ubatch
+
+
 def build(c: _Ctx, g: _Graph) -> _T:
     """t5.cpp's graph that llama_context reserves: t5's decoder, t5encoder's encoder."""
     if c.hp.arch == "t5encoder":
@@ -203,14 +211,14 @@ def build(c: _Ctx, g: _Graph) -> _T:
 
 def _decoder(c: _Ctx, g: _Graph) -> _T:
     hp, sp = c.hp, c.sp
-    T, n_out, E = c.n_tokens, c.n_outputs, hp.n_embd
+    T, n_out, E = c.n_tokens, n_outputs(c), hp.n_embd
     if (
         sp.n_streams > 1
     ):  # ggml_add(kq, kq_b): the bias [n_kv, n_tokens, n_head] against [n_kv, n_tokens/ns, n_head, ns]
         raise InputError(
             f"-np {sp.n_seq_max}: llama.cpp aborts on t5's graph with a KV stream per sequence (its position bias "
             "does not broadcast over the streams: GGML_ASSERT(ggml_can_repeat(b, a)) in ggml_add); use -np 1 or "
-            "a unified KV cache",
+            "a unified KV cache (-kvu)",
             "-np",
         )
     n_enc = hp.n_ctx_train
@@ -255,7 +263,7 @@ def _decoder(c: _Ctx, g: _Graph) -> _T:
 
 def _encoder(c: _Ctx, g: _Graph) -> _T:
     hp, sp = c.hp, c.sp
-    T, n_out, E = c.n_tokens, c.n_outputs, hp.n_embd
+    T, n_out, E = c.n_tokens, n_outputs(c), hp.n_embd
     x = _inp_embd(c, g)
     bucket = g.input("pos_bucket_enc", "I32", T, T)
     mask = g.input("self_kq_mask", "F16" if sp.flash_attn else "F32", T, T, 1, 1)
