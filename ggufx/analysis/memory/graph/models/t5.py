@@ -212,9 +212,8 @@ def build(c: _Ctx, g: _Graph) -> _T:
 def _decoder(c: _Ctx, g: _Graph) -> _T:
     hp, sp = c.hp, c.sp
     T, n_out, E = c.n_tokens, n_outputs(c), hp.n_embd
-    if (
-        sp.n_streams > 1
-    ):  # ggml_add(kq, kq_b): the bias [n_kv, n_tokens, n_head] against [n_kv, n_tokens/ns, n_head, ns]
+    # ggml_add(kq, kq_b): the bias [n_kv, n_tokens, n_head] against the scores [n_kv, n_tokens/ns, n_head, ns]
+    if sp.n_streams > 1:
         raise InputError(
             f"-np {sp.n_seq_max}: llama.cpp aborts on t5's graph with a KV stream per sequence (its position bias "
             "does not broadcast over the streams: GGML_ASSERT(ggml_can_repeat(b, a)) in ggml_add); use -np 1 or "
