@@ -1409,6 +1409,33 @@ _ENTRIES = (
         ),
         builder="gemma4_assistant",
     ),
+    # T5 (session 8): the encoder-decoder T5 (t5.cpp: flan-t5, madlad400) and its encoder alone (t5encoder.cpp: the
+    # T5-XXL text encoder of image pipelines). Tensors enc.blk.N.* (the encoder's block_count layers), dec.blk.N.*
+    # (decoder_block_count layers, block_count when absent), enc.output_norm / dec.output_norm; relative position
+    # buckets (attention.relative_buckets_count; attn_rel_b in block 0, the other blocks reuse it), no RoPE. Both get
+    # create_memory's default KV cache of block_count layers (llama_kv_cache over n_layer_all: the encoder's count,
+    # which the decoder's self-attention reads; t5encoder's graph never uses its cache). llama_context reserves
+    # LLM_GRAPH_TYPE_DEFAULT: t5's decoder graph (graph<false>: self-attention over the cache with the position bias,
+    # cross attention over n_ctx_train encoder rows, build_inp_cross_embd before an encode), t5encoder's encoder
+    # graph (graph<true>, ``using graph = llama_model_t5::graph<true>``). graph/models/t5.py builds both
+    Arch(
+        "t5",
+        "t5.cpp",
+        (
+            "attention.layer_norm_rms_epsilon",
+            "attention.relative_buckets_count",
+            "decoder_start_token_id",
+            "decoder_block_count",
+        ),
+        builder="t5",
+    ),
+    Arch(
+        "t5encoder",
+        "t5encoder.cpp",
+        ("attention.layer_norm_rms_epsilon", "attention.relative_buckets_count"),
+        graph="t5",
+        builder="t5",
+    ),
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}
