@@ -146,7 +146,9 @@ class MemoryRequest:
         parsed = self.parsed_args()
         embedding = self.embedding
         tool = (
-            (parsed.tool if parsed is not None else None) or self.tool or ("llama-server" if embedding else "llama-cli")
+            (parsed.tool if parsed is not None else None)
+            or self.tool
+            or ("llama-server" if embedding or self.pooling else "llama-cli")
         )
         if (embedding or self.pooling is not None) and tool not in EMBEDDING_TOOLS:
             raise InputError(
@@ -361,6 +363,8 @@ class MemoryResult(TypedDict):
     exact: list[str]
     computed: list[str]
     warnings: list[str]
+    embeddings: bool  # an embedding run (llama-server --embedding, llama-embedding)
+    pooling: str | None  # its pooling type (none, mean, cls, last, rank); None: no embeddings
 
 
 class CheckRow(TypedDict):
@@ -598,6 +602,8 @@ def _details(b: Breakdown) -> dict[str, Any]:
         "n_layer": d["n_layer"],
         "exact": ["model", "kv", "recurrent", "output"],
         "computed": ["compute", "projector_compute"],
+        "embeddings": b.reservation is not None and b.reservation.pooling is not None,
+        "pooling": None if b.reservation is None else b.reservation.pooling,
     }
 
 

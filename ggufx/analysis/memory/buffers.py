@@ -706,6 +706,12 @@ def breakdown(
     )
     if sp.pooling is not None:
         embedding_refusal(model, sp, cp.n_outputs_max or n_batch, n_ubatch)
+        notes.append(
+            f"embedding run: {sp.pooling} pooling ({'the file' + chr(39) + 's pooling_type' if cp.pooling is None else '--pooling'}) "
+            f"over {n_seq} sequence(s), {n_outputs:,} outputs a micro-batch; the output buffer holds "
+            f"{n_embd_out(model, hp):,} embedding floats per sequence beside the {hp.n_vocab:,} logits (llama.cpp "
+            "reserves both)"
+        )
     why_not = simulated(model) if builder else "the graph builder is switched off"
     # -fa auto with a quantized V cache is flash attention on before any probe (llama_init_from_model,
     # llama-context.cpp:3843-3847: the V cache needs it); otherwise resolve_fused_ops' probe decides
