@@ -95,6 +95,7 @@ def test_the_runs_cover_both_tools_every_pooling_type_and_the_families() -> None
         assert any(option in c for c in commands), option
     models = {m for m, _ in RUNS.values()}
     assert {"bert", "nomic-bert", "gemma-embedding", "modern-bert", "neo-bert", "qwen3-embed", "bert-rerank"} <= models
+    assert {"bge-base", "nomic-embed-v1.5", "embeddinggemma-300m", "qwen3-embedding-0.6b"} <= models  # published
     assert len(SIZED) >= 40 and len(ABORTED) == 2
 
 
@@ -244,12 +245,16 @@ def test_the_tools_command_lines() -> None:
         parse_args("llama-embedding -m x --pooling max")
 
 
-def test_mem_embedding_cli(files: dict[str, Path]) -> None:
+def test_mem_embedding_cli(files: dict[str, Path], smollm2_path: Path) -> None:
     runner = CliRunner()
     bert = str(files["bert"])
     r = runner.invoke(main, ["mem", bert, "--embedding", "--pooling", "mean", "-c", "512", "--gpus", "none"])
     assert r.exit_code == 0, r.output
     assert "note: embedding run: mean pooling (--pooling) over 1 sequence(s)" in r.output
+    assert "does not add llama.cpp's pooling nodes" not in r.output
+    # a builder without the pooling nodes says so (SmolLM2: llama's builder)
+    r = runner.invoke(main, ["mem", str(smollm2_path), "--embedding", "--pooling", "mean", "-c", "4096"])
+    assert r.exit_code == 0 and "the llama graph builder does not add llama.cpp's pooling nodes" in r.output
     r = runner.invoke(main, ["mem", bert, "--embedding", "-c", "512", "--gpus", "none", "--json"])
     d = json.loads(r.output)
     assert (d["embeddings"], d["pooling"]) == (True, "cls")  # bert's pooling_type
@@ -284,3 +289,21 @@ def test_mem_fit_with_embedding(files: dict[str, Path]) -> None:
     assert emb["fits"][0]["gpu_bytes"] > srv["fits"][0]["gpu_bytes"]
     r = json.loads(runner.invoke(main, ["mem", q, "-c", "4096", "-np", "4", "--embedding", "--json"]).output)
     assert emb["fits"][0]["gpu_bytes"] == sum(d["self"] + d["output"] for d in r["devices"] if d["name"] == "CUDA0")
+
+
+def test_the_python_api_mirrors_the_cli(files: dict[str, Path]) -> None:
+    """``results.MemoryRequest(embedding=..., pooling=..., tool=...)`` is ``mem --embedding --pooling --tool``: the
+    buffers of llama-embedding's recorded run on Qwen3-Embedding-0.6B's shape, from the request's fields."""
+    from ggufx import results
+
+    rid = "qwen3-embedding-0.6b-emb-c2048"
+    model = ggufx.open(files["qwen3-embedding-0.6b"])
+    req = results.MemoryRequest(ctx=2048, tool="llama-embedding", gpus="none")
+    res = results.memory(model, req, ggufx.open)
+    assert (res["embeddings"], res["pooling"], res["parallel"]) == (True, "last", LLAMA_MAX_SEQ)
+    theirs = parse_log(TEXT[rid]).buffers
+    for kind in ("kv", "output", "compute"):
+        mine = sum(b["bytes"] for b in res["buffers"] if b["kind"] == kind)
+        assert round(mine / 2**20, 4 if kind == "compute" else 2) == theirs[kind]["CPU"], kind
+    with pytest.raises(InputError, match="--pooling needs --embedding"):
+        results.memory(model, results.MemoryRequest(pooling="mean"), ggufx.open)
