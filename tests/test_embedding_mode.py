@@ -95,6 +95,7 @@ def test_the_runs_cover_both_tools_every_pooling_type_and_the_families() -> None
         assert any(option in c for c in commands), option
     models = {m for m, _ in RUNS.values()}
     assert {"bert", "nomic-bert", "gemma-embedding", "modern-bert", "neo-bert", "qwen3-embed", "bert-rerank"} <= models
+    assert {"qwen3-rerank", "modern-bert-rerank", "jina-bert-v2-rerank", "gemma-embedding-dense"} <= models
     assert {"bge-base", "nomic-embed-v1.5", "embeddinggemma-300m", "qwen3-embedding-0.6b"} <= models  # published
     assert len(SIZED) >= 40 and len(ABORTED) == 2
 
@@ -171,6 +172,10 @@ def _their_nodes(rid: str) -> int:
         ("qwen3-embed-srv-c4096-none", "qwen3-embed-srv-c4096", 1),  # last: GET_ROWS
         ("qwen3-embed-srv-c4096-none", "qwen3-embed-srv-c4096-rerank", 2),  # rank: the rows, Qwen3's softmax
         ("gemma-embedding-srv-c2048-ub2048-none", "gemma-embedding-dense-srv-c2048-ub2048-none", 2),  # dense_2, _3
+        # modern-bert's head over the mean: MUL_MAT, GELU, NORM, MUL, MUL_MAT, ADD
+        ("modern-bert-rerank-emb-c4096-faoff-mean", "modern-bert-rerank-emb-c4096-faoff", 6),
+        ("jina-bert-v2-rerank-srv-c8192-none", "jina-bert-v2-rerank-srv-c8192", 4),  # GET_ROWS, MUL_MAT, ADD, TANH
+        ("qwen3-embed-srv-c4096-none", "qwen3-rerank-srv-c4096", 3),  # GET_ROWS, cls.output's MUL_MAT, SOFT_MAX
     ],
 )
 def test_the_pooling_adds_llama_cpps_nodes(base: str, other: str, added: int, files: dict[str, Path]) -> None:
