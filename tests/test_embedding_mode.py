@@ -107,8 +107,9 @@ def test_every_buffer_equals_llama_cpp(rid: str, files: dict[str, Path]) -> None
     for kind in ("model", "kv", "output"):
         assert _mib(bd, kind) == {k: v for k, v in theirs.get(kind, {}).items() if v}, kind
     assert_compute_equal(TEXT[rid], bd)
-    assert bd.reservation is not None and bd.reservation.pooling is not None
-    assert any(n.startswith("embedding run:") for n in bd.notes)
+    embeddings = _args(rid).context.embeddings  # all but llama-server --pooling without --embedding
+    assert bd.reservation is not None and (bd.reservation.pooling is not None) == embeddings
+    assert any(n.startswith("embedding run:") for n in bd.notes) == embeddings
 
 
 @pytest.mark.parametrize("rid", SIZED)
@@ -117,10 +118,10 @@ def test_the_tools_rules_give_llama_cpps_context(rid: str) -> None:
     command line (llama-embedding: 256 sequences unless -np, the batch at least the context, the micro-batch the
     batch; llama-server: the batch cut to the micro-batch; a causal model's batch at most the context)."""
     cp = _args(rid).context
-    assert cp.embeddings
+    assert cp.embeddings or rid == "qwen3-embed-srv-c4096-pooling-only"
     assert _log_int(rid, "n_seq_max") == cp.n_parallel
     assert (re.search(r"kv_unified += (\w+)", TEXT[rid]) or [""])[1] == str(cp.kv_unified).lower()
-    n_batch = min(cp.n_batch, cp.n_ubatch)  # common_init_from_params with embeddings
+    n_batch = min(cp.n_batch, cp.n_ubatch) if cp.embeddings else cp.n_batch  # common_init_from_params
     if _log_int(rid, "causal_attn"):
         n_batch = min(n_batch, _log_int(rid, "n_ctx"))
     assert _log_int(rid, "n_batch") == n_batch
@@ -242,7 +243,8 @@ def test_the_tools_command_lines() -> None:
     r = parse_args("llama-server -m x --rerank").context
     assert (r.embeddings, r.pooling) == (True, "rank")
     p = parse_args("llama-server -m x --pooling mean").context  # server_output_limits, but no embeddings
-    assert (p.embeddings, p.n_outputs_max) == (False, 0)
+    assert (p.embeddings, p.n_outputs_max, p.n_batch) == (False, 0, 2048)
+    assert _log_int("qwen3-embed-srv-c4096-pooling-only", "n_outputs_max") == 2048  # the whole batch, not -np's 4
     assert parse_args("llama-server -m x").context.n_outputs_max == 4
     with pytest.raises(InputError, match="invalid argument: --attention"):
         parse_args("llama-server -m x --attention causal")
