@@ -706,8 +706,9 @@ def breakdown(
     )
     if sp.pooling is not None:
         embedding_refusal(model, sp, cp.n_outputs_max or n_batch, n_ubatch)
+        source = "the file's pooling_type" if cp.pooling is None else "--pooling"
         notes.append(
-            f"embedding run: {sp.pooling} pooling ({'the file' + chr(39) + 's pooling_type' if cp.pooling is None else '--pooling'}) "
+            f"embedding run: {sp.pooling} pooling ({source}) "
             f"over {n_seq} sequence(s), {n_outputs:,} outputs a micro-batch; the output buffer holds "
             f"{n_embd_out(model, hp):,} embedding floats per sequence beside the {hp.n_vocab:,} logits (llama.cpp "
             "reserves both)"
@@ -1131,8 +1132,8 @@ def n_embd_out(model: GGUFModel, hp: Hparams) -> int:
 def output_bytes(model: GGUFModel, hp: Hparams, cp: ContextParams, n_seq: int) -> int:
     """``llama_context::output_reserve(n_seq_max)`` at the context's creation (llama-context.cpp:2118-2174): the
     logits of ``n_vocab`` floats per sequence (always: ``has_logits``), and in an embedding run ``n_embd_out``
-    floats more per sequence (``has_embd``)."""
-    per = hp.n_vocab + (n_embd_out(model, hp) if cp.embeddings else 0)
+    floats more per sequence (``has_embd``; always for T5, llama-context.cpp:2133-2137: "hacky enc-dec support")."""
+    per = hp.n_vocab + (n_embd_out(model, hp) if cp.embeddings or hp.arch == "t5" else 0)
     return 4 * per * n_seq
 
 
