@@ -20,7 +20,7 @@ from ggufx.cli._common import (
     write_text_atomic,
 )
 from ggufx.results import CACHE_TYPES
-from ggufx.results.memory import FLASH_ATTN, SPLIT_MODES, TOOLS
+from ggufx.results.memory import FLASH_ATTN, POOLING_TYPES, SPLIT_MODES, TOOLS
 
 
 @click.command()
@@ -270,8 +270,23 @@ __all__: list[Any] = ["roles", "layers", "recipe", "diff_"]
     "--tool",
     type=click.Choice(TOOLS),
     default=None,
-    help="The program whose buffers to give (default: the one --llama-args names, else llama-cli): "
-    "llama-server reserves logits for one token per slot, the CLI tools for a whole micro-batch.",
+    help="The program whose buffers to give (default: the one --llama-args names, else llama-cli; llama-server "
+    "with --embedding): llama-server reserves logits for one token per slot, the CLI tools for a whole micro-batch; "
+    "llama-embedding computes embeddings (256 sequences unless -np, the micro-batch the batch).",
+)
+@click.option(
+    "--embedding",
+    "--embeddings",
+    "embedding",
+    is_flag=True,
+    help="An embedding run (llama-server's --embedding; llama-embedding always is one): the output buffer holds "
+    "embeddings beside the logits, the graph ends with the pooling, the batch is cut to the micro-batch.",
+)
+@click.option(
+    "--pooling",
+    type=click.Choice(POOLING_TYPES),
+    default=None,
+    help="With --embedding or --tool llama-embedding: llama.cpp's pooling type (default: the file's pooling_type).",
 )
 @click.option(
     "--mmproj", "mmproj_file", type=click.Path(dir_okay=False), help="A vision/audio projector loaded beside the model."
@@ -382,6 +397,9 @@ def mem(file: str | None, as_json: bool, tablefmt: str, **options: Any) -> None:
       ggufx mem model.gguf --fit 24GiB
       ggufx mem model.gguf --fit 24GiB,24GiB -fitt 1024 -ctk q8_0 -ctv q8_0
       ggufx mem model.gguf --fit 24GiB --fit-layers -c 131072
+      ggufx mem bge-base.gguf --embedding -c 512 -ub 512   # llama-server --embedding (file's pooling)
+      ggufx mem qwen3-embedding.gguf --embedding --pooling last -c 8192 -np 4
+      ggufx mem --llama-args "llama-embedding -m nomic-embed.gguf -c 2048 --pooling mean"
     """
     from ggufx import results
     from ggufx.render.text import fit_text, memory_check_text, memory_devices_text

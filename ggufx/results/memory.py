@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypedDict, cast
 
+from ggufx.analysis.memory.options import POOLING_TYPES
 from ggufx.errors import GGUFError, InputError
 from ggufx.format.ggmltypes import CACHE_TYPES
 from ggufx.model import GGUFModel
@@ -24,7 +25,15 @@ if TYPE_CHECKING:
 
 Opener = Callable[[str], GGUFModel]  # how a face opens a companion file it names (its remote options, its roots)
 
-TOOLS = ("llama-cli", "llama-server", "llama-completion", "llama-mtmd-cli", "llama-fit-params")  # llamaargs.TOOL_NAMES
+TOOLS = (  # llamaargs.TOOL_NAMES
+    "llama-cli",
+    "llama-server",
+    "llama-completion",
+    "llama-mtmd-cli",
+    "llama-fit-params",
+    "llama-embedding",
+)
+EMBEDDING_TOOLS = ("llama-server", "llama-embedding")  # the tools that compute embeddings (--embedding, always)
 
 
 def parse_size(text: str) -> int:
@@ -89,6 +98,8 @@ class MemoryRequest:
     fit_layers: bool = False
     check_log: str | None = None
     tolerance: float = 5.0  # percent
+    embedding: bool = False  # llama-server's --embedding (an embedding run; llama-embedding always is one)
+    pooling: str | None = None  # --pooling none|mean|cls|last|rank (None: the file's pooling_type)
 
     def parsed_args(self) -> LlamaArgs | None:
         """``llama_args`` read whole (None without it): its program name sets the tool (an explicit
@@ -130,8 +141,27 @@ class MemoryRequest:
             raise InputError("ctx must be >= 0, parallel and ubatch >= 1", "--ctx")
         if self.tool is not None and self.tool not in TOOLS:
             raise InputError(f"tool must be one of {', '.join(TOOLS)}", "--tool")
+        if self.pooling is not None and self.pooling not in POOLING_TYPES:
+            raise InputError(f"pooling must be one of {', '.join(POOLING_TYPES)}", "--pooling")
         parsed = self.parsed_args()
-        tool = (parsed.tool if parsed is not None else None) or self.tool or "llama-cli"
+        embedding = self.embedding
+        tool = (
+            (parsed.tool if parsed is not None else None)
+            or self.tool
+            or ("llama-server" if embedding or self.pooling else "llama-cli")
+        )
+        if (embedding or self.pooling is not None) and tool not in EMBEDDING_TOOLS:
+            raise InputError(
+                f"{tool} computes no embeddings: --embedding and --pooling are llama-server's "
+                "(llama-embedding always computes them)",
+                "--embedding" if embedding else "--pooling",
+            )
+        if self.pooling is not None and tool == "llama-server" and not embedding:
+            if parsed is None or not parsed.context.embeddings:
+                raise InputError(
+                    "--pooling needs --embedding: llama-server computes no embeddings without it", "--pooling"
+                )
+        embedding = embedding or self.pooling is not None
         ot = [_override(o) for o in self.overrides]
         if self.cpu_moe:
             ot.append((CPU_MOE_PATTERN, "CPU"))
@@ -158,7 +188,13 @@ class MemoryRequest:
             no_kv_offload=self.no_kv_offload,
             swa_full=self.swa_full,
             n_outputs_max=self.parallel if server else 0,
+            embeddings=self.embedding,
+            pooling=self.pooling,
         )
+        if embedding or tool == "llama-embedding":
+            from ggufx.analysis.memory.llamaargs import embedding_context
+
+            context = embedding_context(context, tool)
         no_devices = False
         draft_offload = OffloadParams(n_gpu_layers=self.n_gpu_layers_draft)
         draft_context = replace(
@@ -182,6 +218,12 @@ class MemoryRequest:
                 parsed.no_devices,
                 parsed.projector,
             )
+            if embedding and not context.embeddings:  # --embedding / --pooling beside a line that lacks them
+                from ggufx.analysis.memory.llamaargs import embedding_context
+
+                context = embedding_context(
+                    replace(context, embeddings=True, pooling=self.pooling or context.pooling), tool
+                )
             mmproj_file, draft_file = parsed.mmproj or mmproj_file, parsed.draft or draft_file
             draft_offload, draft_context = parsed.draft_offload or draft_offload, parsed.draft_context or draft_context
         return MemorySetup(
@@ -321,6 +363,8 @@ class MemoryResult(TypedDict):
     exact: list[str]
     computed: list[str]
     warnings: list[str]
+    embeddings: bool  # an embedding run (llama-server --embedding, llama-embedding)
+    pooling: str | None  # its pooling type (none, mean, cls, last, rank); None: no embeddings
 
 
 class CheckRow(TypedDict):
@@ -558,6 +602,8 @@ def _details(b: Breakdown) -> dict[str, Any]:
         "n_layer": d["n_layer"],
         "exact": ["model", "kv", "recurrent", "output"],
         "computed": ["compute", "projector_compute"],
+        "embeddings": b.reservation is not None and b.reservation.pooling is not None,
+        "pooling": None if b.reservation is None else b.reservation.pooling,
     }
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ggufx.analysis.layers import LayerKind, layer_kinds
-from ggufx.analysis.memory.archs import ARCHS, arch_of, memory_of
+from ggufx.analysis.memory.archs import ARCHS, arch_of, builder_of, memory_of
 from ggufx.analysis.memory.compute import (
     OP_OFFLOAD_MIN_BATCH,
     ComputeModel,
@@ -46,7 +46,9 @@ from ggufx.analysis.memory.compute import (
 from ggufx.analysis.memory.graph.galloc import CUDA_ALIGN, HOST_ALIGN, MATRIX_ROW_PADDING
 from ggufx.analysis.memory.graph.graphsim import SimParams, flash_attn_mismatch, simulated
 from ggufx.analysis.memory.graph.graphsim import simulate as simulate_compute
+from ggufx.analysis.memory.graph.llm import classifier_pooling
 from ggufx.analysis.memory.hparams import DSV4_ARCHS, DSV4_CSA, DSV4_HCA, Hparams, hparams, pad
+from ggufx.analysis.memory.options import POOLING_TYPES
 from ggufx.analysis.memory.placement import (
     CPU,
     CPU_MAPPED,
@@ -85,6 +87,10 @@ class ContextParams:
     no_kv_offload: bool = False  # -nkvo
     swa_full: bool = False  # --swa-full
     n_outputs_max: int = 0  # 0: n_batch, as llama-completion; llama-server reserves -np outputs
+    # an embedding run (llama.cpp's cparams.embeddings: llama-server --embedding, llama-embedding): the output
+    # buffer holds embeddings beside the logits, the graph ends with the pooling nodes
+    embeddings: bool = False
+    pooling: str | None = None  # --pooling none|mean|cls|last|rank (None: the file's pooling_type)
 
 
 @dataclass(slots=True)
@@ -617,6 +623,8 @@ def breakdown(
         n_ctx_seq, n_streams = pad(n_ctx // n_seq), n_seq
         n_ctx = n_ctx_seq * n_seq
     n_batch = min(n_ctx, cp.n_batch)
+    if cp.embeddings:  # common_init_from_params (common.cpp:1297-1303): the whole batch in one micro-batch
+        n_batch = min(n_batch, cp.n_ubatch)
     n_ubatch = min(n_batch, cp.n_ubatch)
     swa_cells = n_ctx_seq
     if hp.n_swa and not cp.swa_full:
@@ -661,7 +669,7 @@ def breakdown(
     if memory == "hybrid_idx":  # qwen4exp's PLE conv history: a row of its own in the recurrent memory
         rs = ple_state_buffers(model, kinds, pl, cp, max(1, n_seq), rs)
     buffers += rs
-    buffers.append(Buffer("output", _host(pl, pl.output_device), 4 * hp.n_vocab * n_seq))
+    buffers.append(Buffer("output", _host(pl, pl.output_device), output_bytes(model, hp, cp, n_seq)))
     n_outputs = min(n_ubatch, cp.n_outputs_max or n_batch)
     shape = GraphShape(
         n_tokens=n_ubatch,
@@ -694,7 +702,22 @@ def breakdown(
         cp.no_kv_offload,
         pipeline,
         swa_cells,
+        pooling=pooling_of(model, cp),
     )
+    if sp.pooling is not None:
+        embedding_refusal(model, sp, cp.n_outputs_max or n_batch, n_ubatch)
+        source = "the file's pooling_type" if cp.pooling is None else "--pooling"
+        notes.append(
+            f"embedding run: {sp.pooling} pooling ({source}) "
+            f"over {n_seq} sequence(s), {n_outputs:,} outputs a micro-batch; the output buffer holds "
+            f"{n_embd_out(model, hp):,} embedding floats per sequence beside the {hp.n_vocab:,} logits (llama.cpp "
+            "reserves both)"
+        )
+        if sp.pooling != "none" and builder_of(hp.arch) not in POOLING_BUILDERS and simulated(model) is None:
+            notes.append(
+                f"embedding run: the {hp.arch} graph builder does not add llama.cpp's pooling nodes yet (a few "
+                "small tensors after the output norm): its compute buffers may be slightly low"
+            )
     why_not = simulated(model) if builder else "the graph builder is switched off"
     # -fa auto with a quantized V cache is flash attention on before any probe (llama_init_from_model,
     # llama-context.cpp:3843-3847: the V cache needs it); otherwise resolve_fused_ops' probe decides
@@ -1076,3 +1099,69 @@ NO_MEMORY = frozenset(a.name for a in ARCHS.values() if a.memory == "none")
 def memoryless(kinds: list[LayerKind]) -> list[LayerKind]:
     """The layer kinds of a model without memory: no layer keeps a cache or a state."""
     return [replace(k, kv=False, state=False) for k in kinds]
+
+
+def pooling_of(model: GGUFModel, cp: ContextParams) -> str | None:
+    """The pooling type of an embedding run (None without embeddings): ``--pooling``, else the file's
+    ``{arch}.pooling_type`` (llama-model.cpp:1327), else none (llama-context.cpp:218-224)."""
+    if not cp.embeddings:
+        return None
+    if cp.pooling is not None:
+        if cp.pooling not in POOLING_TYPES:
+            raise InputError(f"--pooling must be one of {', '.join(POOLING_TYPES)}", "--pooling")
+        return cp.pooling
+    key = model.metadata.get_int(f"{model.architecture}.pooling_type")
+    return POOLING_TYPES[key] if key is not None and 0 <= key < len(POOLING_TYPES) else "none"
+
+
+def n_embd_out(model: GGUFModel, hp: Hparams) -> int:
+    """``hparams.n_embd_out()`` (llama-hparams.cpp:136): the width of an output embedding: the file's
+    ``{arch}.embedding_length_out``, the architectures' own (modern-bert's decision head: 3 scores; CLEF: 1;
+    DeepSeek V4 / qwen4exp: the hyper-connection streams), else ``n_embd``."""
+    md, arch = model.metadata, model.architecture
+    out = md.get_int(f"{arch}.embedding_length_out") or 0
+    if arch == "modern-bert" and (md.get_int(f"{arch}.decision.block_count") or 0) > 0:
+        out = 3  # N_DECISION_TYPES (modern-bert.cpp:4, :41)
+    elif arch == "clef":
+        out = 1  # clef.cpp:22
+    elif hp.dsv4_ratios or arch == "qwen4exp":
+        out = (md.get_int(f"{arch}.hyper_connection.count") or 1) * hp.n_embd
+    return out if out > 0 else hp.n_embd
+
+
+def output_bytes(model: GGUFModel, hp: Hparams, cp: ContextParams, n_seq: int) -> int:
+    """``llama_context::output_reserve(n_seq_max)`` at the context's creation (llama-context.cpp:2118-2174): the
+    logits of ``n_vocab`` floats per sequence (always: ``has_logits``), and in an embedding run ``n_embd_out``
+    floats more per sequence (``has_embd``; always for T5, llama-context.cpp:2133-2137: "hacky enc-dec support")."""
+    per = hp.n_vocab + (n_embd_out(model, hp) if cp.embeddings or hp.arch == "t5" else 0)
+    return 4 * per * n_seq
+
+
+# the graph builders that end with build_pooling in an embedding run (graph/llm.py with_pooling): the encoders' and
+# qwen3's (Qwen3-Embedding, Qwen3-Reranker)
+POOLING_BUILDERS = frozenset({"bert", "neo_bert", "gemma_embedding", "modern_bert", "qwen3"})
+
+
+def embedding_refusal(model: GGUFModel, sp: SimParams, n_outputs_max: int, n_ubatch: int) -> None:
+    """The embedding runs llama.cpp aborts while it sizes the buffers (an :class:`InputError` worded so):
+
+    * more sequences than outputs (``llama-embedding --attention causal`` with a micro-batch below its 256
+      sequences): ``output_reserve(n_seq_max)`` asserts ``n_outputs_max <= cparams.n_outputs_max``
+      (llama-context.cpp:2275);
+    * mean pooling (or rank pooling over means) where ``graph_reserve`` rounds the micro-batch up to a multiple of
+      the sequences (llama-context.cpp:2531-2534) but the outputs stay as asked: the ``mean`` input's tokens and
+      the embeddings' rows differ and ``ggml_mul_mat`` asserts (llama-graph.cpp:3831)."""
+    if sp.n_seq_max > n_outputs_max:
+        raise InputError(
+            f"llama.cpp aborts this embedding run: {sp.n_seq_max} sequences need {sp.n_seq_max} outputs, but the "
+            f"batch holds {n_outputs_max} (llama_context::output_reserve); raise -ub/-b or lower -np",
+            "-np",
+        )
+    mean = sp.pooling == "mean" or (sp.pooling == "rank" and classifier_pooling(model) == "mean")
+    if mean and n_ubatch % sp.n_seq_max and sp.n_outputs == n_ubatch:
+        raise InputError(
+            f"llama.cpp aborts this embedding run: its mean pooling reserves "
+            f"{-(-n_ubatch // sp.n_seq_max) * sp.n_seq_max} tokens ({n_ubatch} rounded up to a multiple of -np "
+            f"{sp.n_seq_max}) for {n_ubatch} outputs (ggml_mul_mat's shapes differ); make -ub a multiple of -np",
+            "-np",
+        )

@@ -18,8 +18,13 @@ pinned llama.cpp defines (:mod:`ggufx.analysis.memory.llama_arg_table`, generate
   values (listed in ``others``; those that change memory in a way ggufx does not model yet, in
   ``unmodelled``); ``-m``, ``--mmproj`` and ``-md`` name the files (``model``, ``mmproj``, ``draft``).
 
-Without a program name (and no ``tool``), an argument is accepted when any of the tools ggufx reads
-accepts it. Environment variables (``LLAMA_ARG_*``) are not read.
+Without a program name (and no ``tool``), an argument is accepted when any of the tools ggufx reads but
+``llama-embedding`` accepts it (name that program for its own options, such as ``--attention``). Environment
+variables (``LLAMA_ARG_*``) are not read.
+
+Embedding runs: ``llama-server --embedding`` (or ``--rerank``, with ``--pooling``) and ``llama-embedding`` set
+:class:`ContextParams`' ``embeddings`` and ``pooling``, and each tool's own changes to the batch, the sequences and
+the outputs (:func:`embedding_context`).
 """
 
 from __future__ import annotations
@@ -32,13 +37,20 @@ from functools import cache
 
 from ggufx.analysis.memory.buffers import ContextParams
 from ggufx.analysis.memory.llama_arg_table import ARGS, LLAMA_CPP_VERSION, TOOLS
-from ggufx.analysis.memory.options import ProjectorOptions
+from ggufx.analysis.memory.options import POOLING_TYPES, ProjectorOptions
 from ggufx.analysis.memory.placement import CPU_MOE_PATTERN, OffloadParams, n_cpu_moe_patterns
 from ggufx.errors import InputError
 
-__all__ = ["TOOL_NAMES", "LlamaArgs", "accepted", "parse_args", "program_tool"]
+__all__ = ["TOOL_NAMES", "LlamaArgs", "accepted", "embedding_context", "parse_args", "program_tool"]
 
-TOOL_NAMES: tuple[str, ...] = tuple(TOOLS)  # the programs whose command lines ggufx reads
+# program name -> the LLAMA_EXAMPLE_* it parses its arguments as: the generated table's tools, and llama-embedding
+# (examples/embedding/embedding.cpp: common_params_parse(..., LLAMA_EXAMPLE_EMBEDDING))
+_TOOLS: dict[str, str] = {**TOOLS, "llama-embedding": "EMBEDDING"}
+TOOL_NAMES: tuple[str, ...] = tuple(_TOOLS)  # the programs whose command lines ggufx reads
+# a line without a program is read as any of the generated table's tools would read it (not llama-embedding's
+# own options, such as --attention: name the program for those)
+_ANY_TOOL: tuple[str, ...] = tuple(TOOLS)
+LLAMA_MAX_SEQ = 256  # llama_max_parallel_sequences() (llama-cparams.h): llama-embedding's sequences by default
 PARAM = "--llama-args"  # the option every InputError names (the CLI's option for a llama.cpp command line)
 
 # arguments that change memory in ways ggufx does not model yet (by the first name arg.cpp gives)
@@ -90,7 +102,7 @@ def _accepts(example: str, examples: tuple[str, ...], excludes: tuple[str, ...],
 def _options(tool: str | None) -> dict[str, _Option]:
     """Every name ``tool`` accepts (any of the tools ggufx reads when None), as llama.cpp maps them
     (a later definition of a name wins, as in ``arg_to_options``)."""
-    examples = [TOOLS[tool]] if tool is not None else list(TOOLS.values())
+    examples = [_TOOLS[tool]] if tool is not None else [_TOOLS[t] for t in _ANY_TOOL]
     out: dict[str, _Option] = {}
     for names, negated, values, ex, excludes, when in ARGS:
         if not any(_accepts(e, ex, excludes, when) for e in examples):
@@ -103,7 +115,7 @@ def _options(tool: str | None) -> dict[str, _Option]:
 
 
 def accepted(name: str, tool: str | None = None) -> bool:
-    """Whether ``tool`` (any of :data:`TOOL_NAMES` when None) accepts the argument ``name``."""
+    """Whether ``tool`` (when None: any of the tools a line without a program may be for) accepts ``name``."""
     return _canonical(name) in _options(tool)
 
 
@@ -118,7 +130,7 @@ def program_tool(word: str) -> str:
     base = os.path.basename(word.replace("\\", "/"))
     if base.lower().endswith(".exe"):
         base = base[:-4]
-    if base not in TOOLS:
+    if base not in _TOOLS:
         raise InputError(
             f"{word!r} is not a llama.cpp program whose command line ggufx reads ({', '.join(TOOL_NAMES)}); "
             "give the options alone, or one of those programs first",
@@ -137,7 +149,7 @@ def _refusal(word: str, tool: str | None) -> str:
     if tool is not None and others:
         return msg + f" ({tool} does not accept it; {', '.join(others)} {'does' if len(others) == 1 else 'do'})"
     if any(name in names or name in neg for names, neg, *_ in ARGS):
-        return msg + f" ({tool or ', '.join(TOOL_NAMES)} {'does' if tool else 'do'} not accept it)"
+        return msg + f" ({tool or ', '.join(_ANY_TOOL)} {'does' if tool else 'do'} not accept it)"
     return msg + f" (llama.cpp {LLAMA_CPP_VERSION} has no such argument)"
 
 
@@ -150,7 +162,7 @@ def parse_args(argv: list[str] | str, server: bool = False, tool: str | None = N
         words = shlex.split(argv) if isinstance(argv, str) else list(argv)
     except ValueError as e:  # an unclosed quote
         raise InputError(f"cannot split the command line: {e}", PARAM) from None
-    if tool is not None and tool not in TOOLS:
+    if tool is not None and tool not in _TOOLS:
         raise InputError(f"unknown tool {tool!r} (one of {', '.join(TOOL_NAMES)})", "--tool")
     if words and not words[0].startswith("-"):
         program = program_tool(words.pop(0))
@@ -265,7 +277,10 @@ class _State:
             no_kv_offload=bool(v.get("no_kv_offload", False)),
             swa_full=bool(v.get("swa_full", False)),
             n_outputs_max=n_parallel if server else 0,
+            embeddings=bool(v.get("embedding", False)),
+            pooling=None if v.get("pooling") is None else str(v.get("pooling")),
         )
+        context = embedding_context(context, tool, causal=v.get("attention") == "causal")
         draft = v.get("draft")
         draft_offload = draft_context = None
         if draft is not None:
@@ -294,6 +309,34 @@ class _State:
             tool,
             self.unmodelled,
         )
+
+
+def embedding_context(cp: ContextParams, tool: str | None, causal: bool = False) -> ContextParams:
+    """What llama.cpp's tools do to the context of an embedding run, before llama.cpp sees it:
+
+    * ``llama-embedding`` (examples/embedding/embedding.cpp:107-129) always computes embeddings; with ``-np 1``
+      (its default) it serves ``llama_max_parallel_sequences()`` (256) sequences over a unified cache; a batch
+      below the context becomes the context; unless ``--attention causal``, the micro-batch is the batch;
+    * ``llama-server --embedding`` (tools/server/server.cpp:159-166) makes the batch the micro-batch where it is
+      larger, and reserves outputs for a whole batch, one per sequence (server-context.cpp:42-46
+      ``server_output_limits``: also with a ``--pooling`` other than none).
+
+    Every tool's ``common_init_from_params`` then does the server's batch rule again (common.cpp:1297-1303:
+    :func:`ggufx.analysis.memory.buffers.breakdown` applies it)."""
+    if tool == "llama-embedding":
+        cp = replace(cp, embeddings=True)
+        if cp.n_parallel == 1:
+            cp = replace(cp, n_parallel=LLAMA_MAX_SEQ, kv_unified=True)
+        if cp.n_batch < cp.n_ctx:
+            cp = replace(cp, n_batch=cp.n_ctx)
+        if not causal:
+            cp = replace(cp, n_ubatch=cp.n_batch)
+    elif tool == "llama-server":
+        if cp.embeddings and cp.n_batch > cp.n_ubatch:
+            cp = replace(cp, n_batch=cp.n_ubatch)
+        if cp.embeddings or cp.pooling not in (None, "none"):
+            cp = replace(cp, n_outputs_max=0)  # 0: n_batch
+    return cp
 
 
 def _set(key: str, read: Callable[[_Value], object]) -> Callable[[_State, _Value], None]:
@@ -341,6 +384,11 @@ def _device(st: _State, a: _Value) -> None:
     st.no_devices = a.text == "none"
 
 
+def _rerank(st: _State, a: _Value) -> None:
+    """--rerank (arg.cpp:3494-3499): embeddings with rank pooling."""
+    st.v["embedding"], st.v["pooling"] = True, "rank"
+
+
 def _load_mode(a: _Value) -> bool:
     """-lm: the modes that memory-map the model (llama-model-loader.cpp: mmap, mmap+mlock, auto)."""
     return a.choice("auto", "none", "mmap", "mlock", "mmap+mlock", "dio") in ("auto", "mmap", "mmap+mlock")
@@ -377,4 +425,8 @@ _MEMORY: dict[str, Callable[[_State, _Value], None]] = {
     "--spec-draft-ngl": _set("draft_ngl", _Value.layers),
     "--spec-draft-type-k": _set("draft_ctk", _Value.cache_type),
     "--spec-draft-type-v": _set("draft_ctv", _Value.cache_type),
+    "--embedding": _set("embedding", lambda a: True),
+    "--rerank": _rerank,
+    "--pooling": _set("pooling", lambda a: a.choice(*POOLING_TYPES)),
+    "--attention": _set("attention", lambda a: a.choice("causal", "non-causal")),
 }

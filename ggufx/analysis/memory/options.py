@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ProjectorOptions"]
+__all__ = ["POOLING_TYPES", "ProjectorOptions"]
+
+# llama.cpp's --pooling values: enum llama_pooling_type from 0 (include/llama.h; -1 is unspecified: the file's)
+POOLING_TYPES = ("none", "mean", "cls", "last", "rank")
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from ggufx.analysis.memory.graph.ggml import _T, _Fusion, _Graph, _ne, _strides, _type
 from ggufx.analysis.memory.hparams import Hparams
+from ggufx.analysis.memory.options import POOLING_TYPES
 from ggufx.errors import ValidationError
 from ggufx.model import GGUFModel
 
@@ -35,6 +36,10 @@ class SimParams:
     # flash-attention setting (transposed without). False with flash attention off: -fa auto that
     # resolve_fused_ops turns off (llama-context.cpp:509-561) after the memory was made for it (:232, :399)
     v_trans: bool | None = None
+    # an embedding run (llama.cpp's cparams.embeddings: --embedding, llama-embedding): the pooling type
+    # resolved (none, mean, cls, last, rank; llama-context.cpp:218-224), whose nodes build_pooling adds after
+    # the model's graph (llama-model.cpp build_graph). None: no embeddings, no pooling nodes
+    pooling: str | None = None
 
     @property
     def v_transposed(self) -> bool:
@@ -464,3 +469,89 @@ def kqv_on_host(c: _Ctx, cur: _T) -> _T:
     if c.sp.no_kv_offload:
         cur.backend = c.host
     return cur
+
+
+def classifier_pooling(model: GGUFModel) -> str:
+    """``hparams.pooling_type_cls`` (``{arch}.classifier.pooling_type``, llama-model.cpp:1328): how rank pooling
+    gathers the rows before its head (mean, else the cls rows); modern-bert without the key means mean
+    (modern-bert.cpp:26-29)."""
+    arch = model.architecture
+    key = model.metadata.get_int(f"{arch}.classifier.pooling_type")
+    if key is None:
+        return "mean" if arch == "modern-bert" else "none"
+    return POOLING_TYPES[key] if 0 <= key < len(POOLING_TYPES) else "none"
+
+
+def build_pooling(c: _Ctx, g: _Graph, t_embd: _T) -> _T:
+    """``llm_graph_context::build_pooling`` (llama-graph.cpp:3797-3895) and ``build_dense_out`` (:3772-3794), which
+    ``llama_model::build_graph`` adds after the model's own graph in an embedding run (``c.sp.pooling`` set):
+
+    * none: the embeddings ``t_embd`` themselves;
+    * mean: ``t_embd`` transposed and made contiguous (``[n_outputs, n_embd]``) times the ``mean`` input
+      ``[n_tokens, n_seqs]`` (``build_inp_mean``; the reserve's ``n_seqs_unq`` is its ``n_seq_max``);
+    * cls, last: the rows of the ``cls`` input ``[n_seqs]`` (I32, ``build_inp_cls``);
+    * rank: mean or cls rows (``classifier.pooling_type``), then the classification head where the file has it
+      (``cls`` + bias, tanh or modern-bert's GELU, ``cls.norm``; ``cls.output`` + bias), Qwen3's softmax;
+
+    then the sentence-transformers dense projections (``dense_2`` + bias, ``dense_3``) where the file has them.
+    The nodes are expanded after the model's (the caller expanded its outputs first); returns the last."""
+    pooling, il = c.sp.pooling, c.hp.n_layer
+    if pooling is None:
+        return t_embd
+    n_out, E = t_embd.ne[1], t_embd.ne[0]
+    n_seqs = c.sp.n_seq_max
+    cur = t_embd
+    if pooling != "none":
+        how = classifier_pooling(model_of(c)) if pooling == "rank" else pooling
+        if how == "mean":
+            tr = g.permute(t_embd, 1, 0, 2, 3)  # ggml_transpose: a view
+            cont = g.new(f"{t_embd.name} (transposed) (cont)", "CONT", "F32", (n_out, E), tr)
+            cur = g.mul_mat("result_embd_pooled", cont, g.input("mean", "F32", c.n_tokens, n_seqs))
+        else:
+            cur = g.new("result_embd_pooled", "GET_ROWS", "F32", (E, n_seqs), t_embd, g.input("cls", "I32", n_seqs))
+        if pooling == "rank":
+            cur = _cls_head(c, g, cur, il)
+    g.expand(cur)
+    dense = [_weight(c, n, il) for n in ("dense_2.weight", "dense_2.bias", "dense_3.weight")]
+    if any(t is not None for t in dense):
+        if dense[0] is not None:
+            cur = g.mul_mat("result_embd_pooled", dense[0], cur)
+        if dense[1] is not None:
+            cur = g.op("result_embd_pooled", "ADD", cur, dense[1])
+        if dense[2] is not None:
+            cur = g.mul_mat("result_embd_pooled", dense[2], cur)
+        g.expand(cur)
+    return cur
+
+
+def _cls_head(c: _Ctx, g: _Graph, cur: _T, il: int) -> _T:
+    """Rank pooling's classification head (llama-graph.cpp:3851-3883)."""
+    cls = _weight(c, "cls.weight", il)
+    if cls is not None:
+        cur = g.mul_mat("result_embd_pooled", cls, cur)
+        b = _weight(c, "cls.bias", il)
+        if b is not None:
+            cur = g.op("result_embd_pooled", "ADD", cur, b)
+        cur = g.op("result_embd_pooled", "UNARY", cur)  # ggml_tanh, or modern-bert's ggml_gelu
+        norm = _weight(c, "cls.norm.weight", il)
+        if norm is not None:  # build_norm(LLM_NORM) without a bias
+            cur = g.op("result_embd_pooled", "MUL", g.op("norm", "NORM", cur), norm)
+    out = _weight(c, "cls.output.weight", il)
+    if out is not None:
+        cur = g.mul_mat("result_embd_pooled", out, cur)
+        b = _weight(c, "cls.output.bias", il)
+        if b is not None:
+            cur = g.op("result_embd_pooled", "ADD", cur, b)
+    if c.hp.arch in ("qwen3", "qwen3vl"):
+        cur = g.op("result_embd_pooled", "SOFT_MAX", cur)
+    return cur
+
+
+def with_pooling(c: _Ctx, g: _Graph, out: _T, t_embd: _T) -> _T:
+    """A builder's result in an embedding run: its outputs ``out`` expanded, then :func:`build_pooling` over its
+    embeddings ``t_embd`` (``res->t_embd``: the encoders' last tensor, a decoder's ``result_norm``). Without
+    embeddings ``out`` as it is."""
+    if c.sp.pooling is None:
+        return out
+    g.expand(out)
+    return build_pooling(c, g, t_embd)

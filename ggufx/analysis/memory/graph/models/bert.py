@@ -25,6 +25,7 @@ from ggufx.analysis.memory.graph.llm import (
     kqv_on_host,
     model_of,
     moe_weighted_sum,
+    with_pooling,
 )
 from ggufx.analysis.memory.graph.models._dense import Dense, _ffn, _n, _qkv
 from ggufx.analysis.memory.graph.models.qwen3next import n_expert_used
@@ -163,7 +164,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
     g.at(GLOBAL)
     x.flags |= OUTPUT
     g.expand(x)
-    return x
+    return with_pooling(c, g, x, x)
 
 
 def unbuildable(model: GGUFModel) -> str | None:

@@ -11,7 +11,7 @@ the residual, the FFN norm, GEGLU, the post-FFN norm (built with il = -1), the r
 from __future__ import annotations
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _Ctx, _inp_embd, _norm, _proj, _w
+from ggufx.analysis.memory.graph.llm import _Ctx, _inp_embd, _norm, _proj, _w, with_pooling
 from ggufx.analysis.memory.graph.models._dense import Dense, _ffn, _qkv
 from ggufx.analysis.memory.graph.models.bert import attn_no_cache
 from ggufx.analysis.memory.hparams import hparams
@@ -59,7 +59,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
     cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
     cur.flags |= OUTPUT
     g.expand(cur)
-    return cur
+    return with_pooling(c, g, cur, cur)
 
 
 def unbuildable(model: GGUFModel) -> str | None:

@@ -14,7 +14,7 @@ labelled)."""
 from __future__ import annotations
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _Ctx, _inp_embd, _proj, _weight
+from ggufx.analysis.memory.graph.llm import _Ctx, _inp_embd, _proj, _weight, with_pooling
 from ggufx.analysis.memory.graph.models._dense import Dense, _n, _qkv
 from ggufx.analysis.memory.graph.models.bert import attn_no_cache
 from ggufx.analysis.memory.hparams import hparams
@@ -58,7 +58,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
     x = _n(c, g, x, "output_norm.weight", -1, _NORM, pin=False)
     x.flags |= OUTPUT
     g.expand(x)
-    return x
+    return with_pooling(c, g, x, x)
 
 
 def unbuildable(model: GGUFModel) -> str | None:
