@@ -12,7 +12,10 @@ llama-diffusion-cli creates its context from ``llama_context_default_params`` wi
 cache types (examples/diffusion/diffusion-cli.cpp): the reserve is llama-completion's, as its recorded runs show
 (tests/fixtures/llamacpp-logs-cpu/diffusion); what ggufx answers is that reserve. The tool does not pass -np,
 --no-repack or tensor overrides on to llama.cpp (its model parameters are -ngl, -dev, the load mode and
---check-tensors alone): its run with --no-repack repacks."""
+--check-tensors alone): its run with --no-repack repacks. It asks for the logits of every token it denoises (the
+``-ub`` tokens of its sequence), so its first decode grows the output buffer from the context's one row to one row
+per token (``diffusion.tool_output_bytes``, proven by the tool's recorded allocations); ggufx's breakdown gives the
+context's buffer, as both tools print it."""
 
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ import pytest
 import ggufx
 from ggufx.analysis.memory.archs import arch_of, builder_of
 from ggufx.analysis.memory.buffers import NO_MEMORY, Breakdown, breakdown
+from ggufx.analysis.memory.graph.models.diffusion import DIFFUSION as DIFFUSION_ARCHS
+from ggufx.analysis.memory.graph.models.diffusion import tool_output_bytes
 from ggufx.analysis.memory.llamaargs import parse_args
 from ggufx.analysis.memory.llamalog import parse_log
 from tests.support import LLAMA_CPP_VERSION
@@ -47,11 +52,13 @@ PUBLISHED = ("dream-7b", "llada-8b", "llada-moe-7b", "rnd1-30b")
 MODELS = SMALL + PUBLISHED
 RUNS = [(name, rid) for name in MODELS for rid in cpu_runs(name)]
 DIFFUSION = CPU_LOGS / "diffusion"
-DIFFUSION_RUNS = [
-    line.split("\t")[:2]
+DIFFUSION_MATRIX = [
+    line.split("\t")
     for line in (DIFFUSION / "diffusion_matrix").read_text().splitlines()
     if line.strip() and not line.startswith("#")
 ]
+DIFFUSION_RUNS = [(rid, name) for rid, name, _ in DIFFUSION_MATRIX]
+DIFFUSION_ARGS = {rid: args for rid, _, args in DIFFUSION_MATRIX}
 SRC = (
     Path(os.environ.get("LLAMA_CPP_HOME", str(Path.home() / ".cache" / f"llama.cpp-{LLAMA_CPP_VERSION}")))
     / "src"
@@ -72,16 +79,23 @@ def test_registered_without_memory_with_the_diffusion_builder() -> None:
 
 
 def test_llama_cpp_makes_no_memory_and_no_causal_mask_for_them() -> None:
-    """What the registry says, read from llama.cpp's source: create_memory's memory-less cases name the four, and
-    each model file's load_arch_hparams sets causal_attn false and its graph takes build_attn_inp_no_cache."""
+    """What the registry says, read from llama.cpp's source: create_memory's memory-less cases name the four, they
+    are llm_arch_is_diffusion's four (the models llama-diffusion-cli runs), and each model file's load_arch_hparams
+    sets causal_attn false and its graph takes build_attn_inp_no_cache."""
     if not (SRC / "src" / "llama-model.cpp").is_file():
         pytest.skip(f"llama.cpp's source is not at {SRC}")
     text = (SRC / "src" / "llama-model.cpp").read_text()
     body = text[text.index("llama_model::create_memory(") :]
     none_cases = body[: body.index("res = nullptr;")]
     none_cases = none_cases[none_cases.index("switch (arch)") :]
-    for enum in ("LLM_ARCH_DREAM", "LLM_ARCH_LLADA:", "LLM_ARCH_LLADA_MOE", "LLM_ARCH_RND1"):
-        assert f"case {enum.rstrip(':')}:" in none_cases, enum
+    for enum in ("LLM_ARCH_DREAM", "LLM_ARCH_LLADA", "LLM_ARCH_LLADA_MOE", "LLM_ARCH_RND1"):
+        assert f"case {enum}:" in none_cases, enum
+    arch_cpp = (SRC / "src" / "llama-arch.cpp").read_text()
+    names = dict(re.findall(r'\{\s*(LLM_ARCH_\w+),\s*"([^"]+)"\s*\}', arch_cpp))
+    is_diffusion = arch_cpp[arch_cpp.index("bool llm_arch_is_diffusion(") :]
+    is_diffusion = is_diffusion[: is_diffusion.index("return true;")]
+    assert sorted(names[e] for e in re.findall(r"case (LLM_ARCH_\w+):", is_diffusion)) == sorted(DIFFUSION_ARCHS)
+    assert sorted(DIFFUSION_ARCHS) == sorted(SMALL)
     for name in SMALL:
         a = arch_of(name)
         assert a is not None
@@ -136,6 +150,27 @@ def test_llama_diffusion_cli_reserves_what_llama_completion_reserves(
         assert tool["model"] == parse_log((CPU_LOGS / f"{name}-c8192.log").read_text()).buffers["model"]
     else:
         assert tool["model"] == completion["model"] == _buffers_mib(bd, "model")
+
+
+@pytest.mark.parametrize(("rid", "name"), DIFFUSION_RUNS)
+def test_the_tools_first_decode_grows_the_output_buffer_to_every_tokens_logits(
+    rid: str, name: str, files: dict[str, Path]
+) -> None:
+    """The buffers llama-diffusion-cli allocated in order (diffusion/<id>.allocs, alloc_shim.c): the weights, the
+    context's output buffer (ggufx's output buffer: n_vocab floats for the one sequence), the compute buffer
+    (ggufx's), then, at the first decode, the output buffer of every token's logits (``tool_output_bytes``)."""
+    rows = [ln.split("\t") for ln in (DIFFUSION / f"{rid}.allocs").read_text().splitlines() if not ln.startswith("#")]
+    sizes = [(buft, int(n)) for buft, n in rows]
+    _, bd = replay_cpu(rid, files[name])
+    model = ggufx.open(files[name])
+    n_vocab = len(model.metadata["tokenizer.ggml.tokens"])
+    a = parse_args("-m x " + DIFFUSION_ARGS[rid])
+    n_ubatch = min(a.context.n_ubatch, a.context.n_batch)
+    output = [b.bytes for b in bd.buffers if b.kind == "output"]
+    compute = [b.bytes for b in bd.buffers if b.kind == "compute" and b.bytes > 1]
+    assert output == [4 * n_vocab] and sizes[-3] == ("CPU", output[0])
+    assert sizes[-2] == ("CPU", compute[0])
+    assert sizes[-1] == ("CPU", tool_output_bytes(n_vocab, n_ubatch)) and n_ubatch in (256, 512, 1024)
 
 
 def _r2(d: dict[str, float]) -> dict[str, float]:

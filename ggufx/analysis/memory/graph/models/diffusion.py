@@ -26,6 +26,8 @@ from ggufx.analysis.memory.hparams import hparams
 from ggufx.model import GGUFModel
 
 _RMS = Dense()
+# llm_arch_is_diffusion (llama-arch.cpp): the architectures llama-diffusion-cli runs (llama_model_is_diffusion)
+DIFFUSION = ("dream", "llada", "llada-moe", "rnd1")
 MOE = ("llada-moe", "rnd1")
 # the expert weights normalized per token (build_moe_ffn's norm_w): rnd1.cpp true, llada-moe.cpp false
 _NORM_W = {"llada-moe": False, "rnd1": True}
@@ -95,3 +97,12 @@ def unbuildable(model: GGUFModel) -> str | None:
         need += [p + n + ".weight" for n in ("attn_norm", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")]
     missing = next((x for x in need if x not in names), None)
     return f"the graph needs tensor {missing}, which the file lacks" if missing else None
+
+
+def tool_output_bytes(n_vocab: int, n_ubatch: int, n_seq_max: int = 1) -> int:
+    """The output buffer llama-diffusion-cli's run grows to (not the one the context starts with, which ggufx's
+    breakdown gives as llama.cpp prints it): the tool denoises ``max_length = -ub`` tokens, every one asking for
+    logits (examples/diffusion/diffusion.cpp ``batch.add(..., true)``), so the first decode's ``output_reserve``
+    (llama-context.cpp) frees the context's buffer of ``n_seq_max`` rows and allocates ``n_vocab`` floats for each
+    of the ``n_ubatch`` tokens (no embeddings, no backend samplers)."""
+    return 4 * n_vocab * max(n_ubatch, n_seq_max)
