@@ -49,7 +49,8 @@ from .graph_arch_logs import (
 
 SMALL = ("dream", "llada", "llada-moe", "rnd1")
 PUBLISHED = ("dream-7b", "llada-8b", "llada-moe-7b", "rnd1-30b")
-MODELS = SMALL + PUBLISHED
+VARIANTS = ("llada-bias",)  # llada with the optional tensors its loader takes
+MODELS = SMALL + VARIANTS + PUBLISHED
 RUNS = [(name, rid) for name in MODELS for rid in cpu_runs(name)]
 DIFFUSION = CPU_LOGS / "diffusion"
 DIFFUSION_MATRIX = [
@@ -206,6 +207,7 @@ NODE_RUNS = {
     "llada-moe-c8192": "llada-moe",
     "rnd1-c8192": "rnd1",
     "rnd1-c4096-faoff-np3": "rnd1",
+    "llada-bias-c8192-faoff": "llada-bias",
 }
 
 
@@ -214,7 +216,7 @@ def test_the_graph_is_llama_cpps_node_for_node(rid: str, files: dict[str, Path])
     """The prompt-processing graph, node for node (op and size), as llama.cpp's scheduler printed it
     (GGML_SCHED_DEBUG=2, tests/fixtures/llamacpp-logs-cpu/nodes): Dream's Q/K/V biases, the Q/K head norms of
     LLaDA-MoE and RND1, the experts' weights normalized in RND1 only (SUM_ROWS, CLAMP, DIV), K and V cast to F16
-    for flash attention."""
+    for flash attention; LLaDA's Q/K/V biases added, its output and FFN biases and rope_freqs loaded but not read."""
     assert_nodes_equal(rid, files[NODE_RUNS[rid]])
 
 
