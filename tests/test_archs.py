@@ -128,6 +128,8 @@ def test_issue_architectures_are_registered() -> None:
         "bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "jina-bert-v3", "neo-bert", "eurobert", "llama-embed", "gemma-embedding", "modern-bert",
         # gptj, chameleon, cogvlm (session 8): llama.cpp has no loader for gptj
         "chameleon", "cogvlm", "gemma4-assistant", "t5", "t5encoder",
+        # the diffusion LMs (session 8)
+        "dream", "llada", "llada-moe", "rnd1",
     }  # fmt: skip
     assert arch_of("deepseek2").mla and arch_of("glm4moe").skips_nextn  # type: ignore[union-attr]
     assert arch_of("no-such-arch") is None and builder_of(None) is None
@@ -155,6 +157,11 @@ def test_the_memory_modules_create_memory_picks_by_name() -> None:
                 "eurobert",
                 "gemma-embedding",
                 "modern-bert",
+                # the diffusion LMs (session 8)
+                "dream",
+                "llada",
+                "llada-moe",
+                "rnd1",
             )
         },  # fmt: skip
     }

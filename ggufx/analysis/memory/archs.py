@@ -1436,6 +1436,15 @@ _ENTRIES = (
         graph="t5",
         builder="t5",
     ),
+    # diffusion LMs (session 8): Dream (qwen2's layer), LLaDA (llama's), LLaDA-MoE and RND1 (qwen3moe's: Q/K head
+    # norms, softmax experts), run by llama-diffusion-cli. create_memory makes no memory for them (llama-model.cpp,
+    # res = nullptr: memory="none") and load_arch_hparams sets causal_attn false: their graphs are llama.cpp's qwen2,
+    # llama and qwen3moe graphs but for the attention over the micro-batch alone (llm_graph_input_attn_no_cache, no
+    # causal mask, no cache writes); graph/models/diffusion.py rebuilds the four
+    Arch("dream", "dream.cpp", builder="diffusion", memory="none"),
+    Arch("llada", "llada.cpp", builder="diffusion", memory="none"),
+    Arch("llada-moe", "llada-moe.cpp", ("expert_feed_forward_length",), builder="diffusion", memory="none", moe=True),
+    Arch("rnd1", "rnd1.cpp", ("expert_feed_forward_length",), builder="diffusion", memory="none", moe=True),
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}
