@@ -8,6 +8,7 @@ import math
 from collections import Counter
 from collections.abc import Callable
 from itertools import chain
+from typing import Any
 
 from ggufx.analysis.memory.graph.ggml import _T, INPUT, OUTPUT, _nbytes, _type
 
@@ -263,9 +264,11 @@ def _reserve(
                 inputs.append(s)
     states: dict[int, object] = {}
     marks: dict[int, int] = {}  # position -> the start of its run
-    for resume, one, two, start, _ in runs:
-        for mark in (resume, one, two):  # a position two runs share: the earlier start (relative keys)
-            marks[mark] = min(start, marks.get(mark, start))
+    for b in blocks:
+        if b.leafs:  # replayed whatever the allocator's state
+            continue
+        for mark in (b.resume, b.one, b.two):  # a position two runs share: the earlier start (relative keys)
+            marks[mark] = min(b.start, marks.get(mark, b.start))
     todo = sorted(marks, reverse=True)
     tensors: list[_T] = []
     pre: frozenset[_T] = frozenset()
@@ -345,13 +348,13 @@ class _Blocks:
     for (or the other way round)."""
 
     def __init__(self, resume: int, one: int, two: int, start: int, out: int) -> None:
-        self.resume, self.one, self.start, self.out = resume, one, start, out
+        self.resume, self.one, self.two, self.start, self.out = resume, one, two, start, out
         self.period = resume - one
         self.log: list[tuple[object, ...]] = []
         self.leafs: list[_T] = []  # the leafs of the last block kept before resume (allocated up front)
-        # per block (0: the last kept before resume, 1..out: those left out), its tensors' places by
+        # per block (0: the last kept before resume, 1..out: those left out), its tensors' offsets by
         # (position in the block, seq)
-        self.where: dict[int, dict[tuple[int, object], tuple[DynAllocator, int]]] = {}
+        self.where: dict[int, dict[tuple[int, object], int]] = {}
 
     def _key(self, t: _T) -> tuple[int, tuple[int, object]]:
         """The block of a tensor of the run (0: the last kept before resume, -1 the one before...) and its
@@ -379,8 +382,7 @@ class _Blocks:
             block = self.where.setdefault(k, {})
             for t in self.leafs:
                 buft = bufts[t.backend]
-                a = allocs[buft]
-                block[self._key(t)[1]] = (a, a.alloc(_alloc_size(buft, t)))
+                block[self._key(t)[1]] = allocs[buft].alloc(_alloc_size(buft, t))
 
     def replay(
         self, allocs: dict[str, DynAllocator], where: dict[_T, tuple[str, int]], own: set[_T], inputs: object
@@ -392,9 +394,10 @@ class _Blocks:
         for t in own:  # the kept tensors of the run, alive
             if start <= t.pos < resume:
                 b, key = self._key(t)
-                buft, off = where[t]
-                places.setdefault(b, {})[key] = (allocs[buft], off)
-        ops: list[tuple[int, int, tuple[int, object], int, tuple[int, object], DynAllocator, int, int]] = []
+                places.setdefault(b, {})[key] = where[t][1]
+        # the block's events as (what, block, place, owner's block, owner's place, allocator's alloc or
+        # free, size or owner's size, size): block -1 the block before...
+        ops: list[tuple[int, int, tuple[int, object], int, tuple[int, object], Callable[..., Any], int, int]] = []
         for ev in self.log:
             kind, made = ev[0], ev[1]
             assert isinstance(made, _T)
@@ -402,34 +405,37 @@ class _Blocks:
                 return False
             b, key = self._key(made)
             if kind == "a":  # ("a", tensor, buft, size)
-                assert isinstance(ev[2], str) and isinstance(ev[3], int)
-                ops.append((0, b, key, 0, key, allocs[ev[2]], ev[3], 0))
+                assert isinstance(ev[3], int)
+                ops.append((0, b, key, 0, key, allocs[str(ev[2])].alloc, ev[3], 0))
             elif kind == "i":  # ("i", tensor, owner, buft, owner's size, size)
                 owner = ev[2]
                 assert isinstance(owner, _T) and isinstance(ev[4], int) and isinstance(ev[5], int)
                 if not start <= owner.pos < resume:
                     return False
                 ob, okey = self._key(owner)
-                ops.append((1, b, key, ob, okey, allocs[str(ev[3])], ev[4], ev[5]))
+                ops.append((1, b, key, ob, okey, allocs[str(ev[3])].free, ev[4], ev[5]))
             else:  # ("f", tensor, buft, size)
                 assert isinstance(ev[3], int)
-                ops.append((2, b, key, 0, key, allocs[str(ev[2])], ev[3], 0))
+                ops.append((2, b, key, 0, key, allocs[str(ev[2])].free, ev[3], 0))
+        lowest = min((min(op[1], op[3]) for op in ops), default=0)
+        for k in range(lowest + 1, self.out + 1):
+            places.setdefault(k, {})
         for k in range(1, self.out + 1):
-            for kind, b, key, ob, okey, a, n, ns in ops:
+            for kind, b, key, ob, okey, call, n, ns in ops:
                 if kind == 0:
-                    places.setdefault(k + b, {})[key] = (a, a.alloc(n))
+                    places[k + b][key] = call(n)
                 elif kind == 1:
-                    there = places.get(k + ob, {}).pop(okey, None)
-                    if there is None:
+                    off = places[k + ob].pop(okey, None)
+                    if off is None:
                         return False
-                    places.setdefault(k + b, {})[key] = there
+                    places[k + b][key] = off
                     if n > ns:
-                        a.free(there[1] + ns, n - ns)
+                        call(off + ns, n - ns)
                 else:
-                    there = places.get(k + b, {}).pop(key, None)
-                    if there is None:
+                    off = places[k + b].pop(key, None)
+                    if off is None:
                         return False
-                    a.free(there[1], n)
+                    call(off, n)
         # the kept tensors of the run stand for those of the blocks last left out, which must be alive
         mine: dict[int, dict[tuple[int, object], _T]] = {}
         for t in own:
@@ -437,16 +443,14 @@ class _Blocks:
                 b, key = self._key(t)
                 mine.setdefault(b + self.out, {})[key] = t
         for b, block in places.items():
-            kept = mine.get(b, {})
-            if block.keys() != kept.keys():
+            if block.keys() != mine.get(b, {}).keys():
                 return False
         for b, kept in mine.items():
             block = places.get(b, {})
             if block.keys() != kept.keys():
                 return False
             for key, t in kept.items():
-                a, off = block[key]
-                where[t] = (where[t][0], off)
+                where[t] = (where[t][0], block[key])
         return True
 
 
