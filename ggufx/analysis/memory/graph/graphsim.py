@@ -492,7 +492,10 @@ def simulate(
     where they are and what still reads them) comes back the same after a block of identical layers,
     every further such block leaves it so and allocates as that one did. So the graph is built with
     a few of each run of identical blocks, and the replay checks that periodicity where it leaves the
-    others out; where it does not hold, with more blocks kept, then with every layer. ``whole``
+    others out; where it does not hold (or each block has leafs of its own, allocated before the first
+    node), the blocks left out are replayed on the allocators from the last kept block's allocations and
+    frees (:func:`galloc._reserve`: what ggml-alloc does for a node depends on the graph only, never
+    on where things lie); where that cannot be done, with more blocks kept, then with every layer. ``whole``
     replays every layer (the oracle the shortcut is tested against). ``placement``: ``place(model,
     devices, offload)`` when the caller has it."""
     key = (_layout(devices, offload), offload, sp, whole)
