@@ -136,10 +136,14 @@ def test_the_layer_shortcut_equals_the_whole_replay_on_33_layers(
     assert_grown_shortcut_is_whole(grown_model(name, 33, period, tmp_path, smollm2_path))
 
 
-def test_hrm_text_slots_alias_the_stack_blocks_and_are_all_replayed(models: dict[str, Path]) -> None:
+def test_hrm_text_slots_alias_the_stack_blocks_and_the_middle_of_each_pass_is_left_out(
+    models: dict[str, Path],
+) -> None:
     """HRM-Text-1B's 128 slots: 16 per pass, 8 passes (2 cycles of 3 low and 1 high), the low passes reading
-    blocks 0-15 and the high ones 16-31; every slot is its own layer kind, so graphsim's plan keeps them all
-    (the loop keys decide what differs between slots, which the layer signatures do not see)."""
+    blocks 0-15 and the high ones 16-31. The slots' kinds (hrm_text.graph_kinds: a pass's first and last slot,
+    the block read: six kinds) make the 14 middle slots of each pass one run: graphsim's plan keeps each
+    pass's first and last slots and three middle ones (two, eleven left out, one), 40 slots of 128, and its
+    shortened replay allocates as the whole one."""
     slots = [hrm_text.slot(16, 3, s) for s in range(128)]
     assert [b for _, _, _, b in slots[:64]] == [*range(16)] * 3 + [*range(16, 32)]
     assert slots[64:] == [(1, lp, il, b) for (_, lp, il, b) in slots[:64]]
@@ -149,8 +153,12 @@ def test_hrm_text_slots_alias_the_stack_blocks_and_are_all_replayed(models: dict
     assert sp is not None
     ld = graphsim._loaded(model, [], a.offload)
     c = graphsim._context(model, ld, sp, sp.n_ubatch, sp.n_outputs)
-    plan = graphsim._plan(graphsim._layer_signatures(c, ld), 2)
-    assert plan.layers == tuple(range(128)) and not plan.checks
+    kinds = hrm_text.graph_kinds(c)
+    assert len(set(kinds)) == 6 and kinds[1:15] == [kinds[1]] * 14 and kinds[33:47] == [kinds[33]] * 14
+    plan = graphsim._plan(graphsim._layer_signatures(c, ld), 2, exact=True)
+    assert len(plan.layers) == 40 and len(plan.checks) == 8
+    assert plan.layers[:8] == (0, 1, 2, 14, 15, 16, 17, 18)  # slots 3-13 left out, then 19-29...
+    graph_arch_logs.assert_shortcut_is_whole(models["hrm_text-1b"], "-c 4096", "-c 4096 -fa off -np 3")
 
 
 @pytest.mark.parametrize("refused", REFUSED, ids=lambda r: f"{r.model}-{r.drop_tensor or r.drop_key or 'kv'}")

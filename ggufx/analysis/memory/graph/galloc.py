@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable
 from itertools import chain
+from typing import Any
 
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, INPUT, OUTPUT, _nbytes, _type
+from ggufx.analysis.memory.graph.ggml import _T, INPUT, OUTPUT, _nbytes, _type
 
 __all__ = ["CUDA_ALIGN", "HOST_ALIGN", "MATRIX_ROW_PADDING", "DynAllocator"]
 
 PREALLOCATED = -1  # the key of the positions of the tensors allocated before the first node
+INPUTS = -2  # ... and of those of them allocated in the node pass (inputs, their copies)
+FAILED = -3  # the key of a reservation whose blocks left out could not be replayed (:func:`_reserve`)
 # ggml_op_can_inplace (ggml-alloc.c:22)
 _INPLACE = frozenset(
     {"FILL", "SCALE", "DIAG_MASK_ZERO", "DIAG_MASK_INF", "ADD", "ADD_ID", "ADD1", "SUB", "MUL", "DIV", "SQR"}
@@ -143,11 +147,23 @@ def _reserve(
     leafs: list[_T],
     bufts: list[str],
     node_at: list[int] | None = None,
-    marks: frozenset[int] = frozenset(),
+    runs: tuple[tuple[int, int, int, int, int], ...] = (),
+    periodic: Callable[[int, dict[int, object]], bool] | None = None,
 ) -> tuple[dict[str, int], dict[int, object]]:
     """``ggml_gallocr_alloc_graph_impl`` with one dynamic allocator per buffer type: each buffer
     type's high-water mark, and the allocator's state (:func:`_state`) where the nodes of the layer
-    at each position of ``marks`` begin (``node_at``: the position each node comes with)."""
+    at each position of the ``runs`` begin (``node_at``: the position each node comes with).
+
+    ``runs``: per run of repeated blocks of layers that a shortened graph leaves blocks out of,
+    ``(resume, one, two, start, out)``: the position (in the layers built) of the block the replay
+    resumes on, of the blocks one and two periods before it, of the run's first block, and how many
+    blocks the graph leaves out before ``resume``. Where ``periodic(i, states)`` says that run ``i``'s
+    allocator came back the same after a block (the states so far), the blocks left out would
+    allocate as the last one kept did and leave it so: nothing is done. Elsewhere the blocks left
+    out are replayed on the allocators (:func:`_Blocks`): the allocations, frees and in-place reuses
+    of the last block kept before ``resume``, block after block, as the whole graph would make them,
+    with the up-front allocations of their leafs where ggml-alloc makes them. The answer's states
+    then hold ``FAILED`` where a run's blocks cannot be replayed so (the caller replays more)."""
     allocs = {
         b: DynAllocator(CUDA_ALIGN if b.startswith("CUDA") and not b.endswith("_Host") else HOST_ALIGN) for b in bufts
     }
@@ -156,6 +172,7 @@ def _reserve(
     children: dict[_T, int] = {}
     views: dict[_T, int] = {}
     sizes: dict[_T, int] = {}
+    logs: list[list[tuple[object, ...]]] = []  # the events of the blocks being recorded (:class:`_Blocks`)
 
     def size_of(buft: str, t: _T) -> int:
         n = sizes.get(t)
@@ -187,12 +204,11 @@ def _reserve(
                 ps, ns = a.align(size_of(buft, owner)), a.align(size_of(buft, t))
                 if ps > ns:
                     a.free(off + ns, ps - ns)
+                if logs:
+                    for log in logs:
+                        log.append(("i", t, owner, buft, ps, ns))
                 return
-        buft = bufts[bid]
-        n = sizes.get(t)
-        if n is None:
-            n = sizes[t] = _alloc_size(buft, t)
-        where[t] = (buft, allocs[buft].alloc(n))
+        allocate_new(t, bid)
 
     def allocate_new(t: _T, bid: int) -> None:  # allocate, for a tensor of an op without an in-place variant
         own.add(t)
@@ -201,24 +217,58 @@ def _reserve(
         if n is None:
             n = sizes[t] = _alloc_size(buft, t)
         where[t] = (buft, allocs[buft].alloc(n))
+        if logs:
+            for log in logs:
+                log.append(("a", t, buft, n))
 
-    for leaf in leafs:
-        if leaf.buft is None and leaf.view_src is None and leaf not in own:
+    def free(t: _T) -> None:
+        buft, off = where[t]
+        allocs[buft].free(off, sizes[t])
+        own.discard(t)
+        if logs:
+            for log in logs:
+                log.append(("f", t, buft, sizes[t]))
+
+    blocks = [_Blocks(*run) for run in runs] if node_at is not None else []
+    # the leafs (up front), with those of the blocks left out after the last block kept before them
+    todo_leafs = list(dict.fromkeys(t for t in leafs if t.buft is None and t.view_src is None))
+    inserts: dict[int, list[_Blocks]] = {}
+    for b in blocks:
+        at = b.leaf_slot(todo_leafs)
+        if at is None:
+            return {k: a.max_size for k, a in allocs.items()}, {FAILED: True}
+        if at >= 0:
+            inserts.setdefault(at, []).append(b)
+    for i, leaf in enumerate(todo_leafs):
+        for b in inserts.get(i, ()):
+            b.allocate_leafs(allocs, bufts)
+        if leaf not in own:
             allocate(leaf, leaf.backend)
+    for b in inserts.get(len(todo_leafs), ()):
+        b.allocate_leafs(allocs, bufts)
     # the consumers of each tensor (counted up front: the inputs allocated below, ops without an
     # in-place variant, never read them)
     children.update(Counter(chain.from_iterable([node.src for node in nodes])))
     children_get, views_get = children.get, views.get
+    inputs: list[_T] = []  # allocated up front, in the node pass
     for node in nodes:
         vs = node.view_src
         if vs is not None and node.op != "NONE":
             views[vs] = views_get(vs, 0) + 1
         if node.flags & INPUT and node.buft is None and vs is None and node not in own:
             allocate(node, node.backend)
+            inputs.append(node)
         for s in node.src:
             if s.flags & INPUT and s.buft is None and s.view_src is None and s not in own:
                 allocate(s, node.backend)
+                inputs.append(s)
     states: dict[int, object] = {}
+    marks: dict[int, int] = {}  # position -> the start of its run
+    for b in blocks:
+        if b.leafs:  # replayed whatever the allocator's state
+            continue
+        for mark in (b.resume, b.one, b.two):  # a position two runs share: the earlier start (relative keys)
+            marks[mark] = min(b.start, marks.get(mark, b.start))
     todo = sorted(marks, reverse=True)
     tensors: list[_T] = []
     pre: frozenset[_T] = frozenset()
@@ -233,11 +283,27 @@ def _reserve(
         ]
         pre = frozenset(own)  # allocated before the first node: leafs and inputs
         states[PREALLOCATED] = frozenset(t.pos for t in pre)
+        states[INPUTS] = frozenset(t.pos for t in inputs)
+    # where the blocks begin recording (0) and replay (1), in the order the replay meets them
+    events = sorted([(b.one, 0, i) for i, b in enumerate(blocks)] + [(b.resume, 1, i) for i, b in enumerate(blocks)])
+    events.reverse()
     for i, node in enumerate(nodes):
-        if todo and node_at is not None:
-            while todo and node_at[i] >= todo[-1]:
+        if node_at is not None and (todo or events):
+            at = node_at[i]
+            while todo and at >= todo[-1]:
                 mark = todo.pop()
-                states[mark] = _state(mark, allocs, tensors, where, own, children, views, pre)
+                states[mark] = _state(mark, marks[mark], allocs, tensors, where, own, children, views, pre)
+            while events and at >= events[-1][0]:
+                _, what, j = events.pop()
+                b = blocks[j]
+                if what == 0:  # the last block kept before resume: recorded
+                    b.log = []
+                    logs.append(b.log)
+                else:  # resume: the blocks left out, unless periodic
+                    logs.remove(b.log)
+                    if b.leafs or periodic is None or not periodic(j, states):
+                        if not b.replay(allocs, where, own, states.get(INPUTS)):
+                            return {k: a.max_size for k, a in allocs.items()}, {FAILED: True}
         backend = node.backend
         src = node.src
         for p in src:
@@ -257,18 +323,140 @@ def _reserve(
                     nv = views[v] - 1
                     views[v] = nv
                     if nv == 0 and children_get(v, 0) == 0 and v in own and not v.flags & OUTPUT:
-                        buft, off = where[v]
-                        allocs[buft].free(off, sizes[v])
-                        own.discard(v)
+                        free(v)
                 elif p in own and not p.flags & OUTPUT:
-                    buft, off = where[p]
-                    allocs[buft].free(off, sizes[p])
-                    own.discard(p)
+                    free(p)
     return {b: a.max_size for b, a in allocs.items()}, states
+
+
+class _Blocks:
+    """The blocks of one run that a shortened graph leaves out, replayed on the allocators from the
+    events of the last block kept before them (``log``: its allocations, frees and in-place reuses).
+    What ggml-alloc does for a node depends on the graph (each tensor's consumers and views, the
+    layouts), never on where the allocator puts things; so each block left out, made as the one before
+    it, allocates, frees and reuses in place as that block did, its own tensors and its predecessors'
+    (the tensors of a block ``d`` blocks back stand for those of the block ``d`` blocks before it): the
+    same calls on the allocators, in the same order, whose offsets then come out as the whole graph's,
+    whatever the allocator's state (DeepSeek V4's zeros, one leaf per CSA layer allocated before the
+    first node and freed in its layer, grow a hole the allocator's state never comes back from). The
+    leafs of the blocks left out are allocated up front where ggml-alloc allocates them (after the last
+    kept block's). The kept tensors of the run then stand for those of the last blocks left out (the
+    block after ``resume`` reads them). Refused (:meth:`replay` False) where that premise is not seen to
+    hold: an event of that block on a tensor made before the run (its last use would lie in the blocks
+    left out), an input allocated up front in it (pipeline parallelism's copies), leafs of that block
+    apart from one another, or tensors left alive by the blocks left out that no kept tensor stands
+    for (or the other way round)."""
+
+    def __init__(self, resume: int, one: int, two: int, start: int, out: int) -> None:
+        self.resume, self.one, self.two, self.start, self.out = resume, one, two, start, out
+        self.period = resume - one
+        self.log: list[tuple[object, ...]] = []
+        self.leafs: list[_T] = []  # the leafs of the last block kept before resume (allocated up front)
+        # per block (0: the last kept before resume, 1..out: those left out), its tensors' offsets by
+        # (position in the block, seq)
+        self.where: dict[int, dict[tuple[int, object], int]] = {}
+
+    def _key(self, t: _T) -> tuple[int, tuple[int, object]]:
+        """The block of a tensor of the run (0: the last kept before resume, -1 the one before...) and its
+        place in it."""
+        b, d = divmod(t.pos - self.one, self.period)
+        return b, (d, t.seq)
+
+    def leaf_slot(self, todo: list[_T]) -> int | None:
+        """Where, among the leafs ggml-alloc allocates up front, those of the blocks left out come: after
+        the last kept block's (which must come together, and be followed by a later layer's or none).
+        -1: that block has none; None: not so."""
+        at = [i for i, t in enumerate(todo) if self.one <= t.pos < self.resume]
+        if not at:
+            return -1
+        if at != list(range(at[0], at[-1] + 1)):
+            return None
+        after = at[-1] + 1
+        if after < len(todo) and todo[after].pos < self.resume:
+            return None
+        self.leafs = [todo[i] for i in at]
+        return after
+
+    def allocate_leafs(self, allocs: dict[str, DynAllocator], bufts: list[str]) -> None:
+        for k in range(1, self.out + 1):
+            block = self.where.setdefault(k, {})
+            for t in self.leafs:
+                buft = bufts[t.backend]
+                block[self._key(t)[1]] = allocs[buft].alloc(_alloc_size(buft, t))
+
+    def replay(
+        self, allocs: dict[str, DynAllocator], where: dict[_T, tuple[str, int]], own: set[_T], inputs: object
+    ) -> bool:
+        start, resume = self.start, self.resume
+        if isinstance(inputs, frozenset) and any(self.one <= p < resume for p in inputs):
+            return False
+        places = self.where
+        for t in own:  # the kept tensors of the run, alive
+            if start <= t.pos < resume:
+                b, key = self._key(t)
+                places.setdefault(b, {})[key] = where[t][1]
+        # the block's events as (what, block, place, owner's block, owner's place, allocator's alloc or
+        # free, size or owner's size, size): block -1 the block before...
+        ops: list[tuple[int, int, tuple[int, object], int, tuple[int, object], Callable[..., Any], int, int]] = []
+        for ev in self.log:
+            kind, made = ev[0], ev[1]
+            assert isinstance(made, _T)
+            if not start <= made.pos < resume:
+                return False
+            b, key = self._key(made)
+            if kind == "a":  # ("a", tensor, buft, size)
+                assert isinstance(ev[3], int)
+                ops.append((0, b, key, 0, key, allocs[str(ev[2])].alloc, ev[3], 0))
+            elif kind == "i":  # ("i", tensor, owner, buft, owner's size, size)
+                owner = ev[2]
+                assert isinstance(owner, _T) and isinstance(ev[4], int) and isinstance(ev[5], int)
+                if not start <= owner.pos < resume:
+                    return False
+                ob, okey = self._key(owner)
+                ops.append((1, b, key, ob, okey, allocs[str(ev[3])].free, ev[4], ev[5]))
+            else:  # ("f", tensor, buft, size)
+                assert isinstance(ev[3], int)
+                ops.append((2, b, key, 0, key, allocs[str(ev[2])].free, ev[3], 0))
+        lowest = min((min(op[1], op[3]) for op in ops), default=0)
+        for k in range(lowest + 1, self.out + 1):
+            places.setdefault(k, {})
+        for k in range(1, self.out + 1):
+            for kind, b, key, ob, okey, call, n, ns in ops:
+                if kind == 0:
+                    places[k + b][key] = call(n)
+                elif kind == 1:
+                    off = places[k + ob].pop(okey, None)
+                    if off is None:
+                        return False
+                    places[k + b][key] = off
+                    if n > ns:
+                        call(off + ns, n - ns)
+                else:
+                    off = places[k + b].pop(key, None)
+                    if off is None:
+                        return False
+                    call(off, n)
+        # the kept tensors of the run stand for those of the blocks last left out, which must be alive
+        mine: dict[int, dict[tuple[int, object], _T]] = {}
+        for t in own:
+            if start <= t.pos < resume:
+                b, key = self._key(t)
+                mine.setdefault(b + self.out, {})[key] = t
+        for b, block in places.items():
+            if block.keys() != mine.get(b, {}).keys():
+                return False
+        for b, kept in mine.items():
+            block = places.get(b, {})
+            if block.keys() != kept.keys():
+                return False
+            for key, t in kept.items():
+                where[t] = (where[t][0], block[key])
+        return True
 
 
 def _state(
     mark: int,
+    start: int,
     allocs: dict[str, DynAllocator],
     tensors: list[_T],
     where: dict[_T, tuple[str, int]],
@@ -282,8 +470,11 @@ def _state(
     consumers and views), a layer's tensors keyed by their layer's distance to ``mark`` and their
     place in it, the others (inputs, embeddings, shared copies) by identity, without their pending
     consumers (which only differ by the uses of the layers a plan leaves out, all before a last
-    use in the layers it keeps), and those allocated before the first node (in a place no layer
-    changes) by identity. Tensors of later layers are left out unless already allocated.
+    use in the layers it keeps), and so are the tensors of the layers before the run (at ``start``)
+    that ``mark`` is in (HRM-Text's stack outputs, read by the first layer of a later pass: the same
+    tensor for every block of the run, as an input is), and those allocated before the first node
+    (in a place no layer changes) by identity. Tensors of later layers are left out unless already
+    allocated.
     ``tensors``: every tensor of the graph but weights, caches and their views (never allocated here)."""
     free = tuple((b, tuple(tuple(blk) for blk in a.blocks)) for b, a in allocs.items())
     live: dict[object, object] = {}
@@ -294,7 +485,7 @@ def _state(
             live[("pre", id(t))] = where[t] if mine else None
             continue
         pos = t.pos
-        if pos == GLOBAL:
+        if pos < start:  # GLOBAL, or a layer before the run
             pending = bool(children_get(t, 0) or views_get(t, 0))
             if mine or pending:
                 live[("global", id(t))] = (where[t] if mine else None, pending)

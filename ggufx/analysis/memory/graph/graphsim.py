@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 from ggufx.analysis.layers import swa_layers
 from ggufx.analysis.memory.archs import arch_of
-from ggufx.analysis.memory.graph.galloc import PREALLOCATED, _reserve
+from ggufx.analysis.memory.graph.galloc import FAILED, PREALLOCATED, _reserve
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, _Graph, _ne, _strides
 from ggufx.analysis.memory.graph.llm import SimParams, _Ctx, _Gdn
 from ggufx.analysis.memory.graph.models import BUILT, builder, layer_kind
@@ -271,11 +271,20 @@ def _layer_signatures(c: _Ctx, ld: _Loaded) -> list[tuple[object, ...]]:
     its weights, cache and pinned norm, and the name, buffer, type and shape of each of its weights.
     Two layers with one signature make identical nodes, scheduled and split identically."""
     hp = c.hp
-    kind = layer_kind(hp.arch) or (lambda il: None)
+    # a module's graph_kinds(c): the kinds of every layer of this graph, where they depend on more than
+    # the layer (HRM-Text's slots, by the loop keys); else its layer_kind(il)
+    graph_kinds: Callable[[_Ctx], list[object]] | None = getattr(
+        importlib.import_module(builder(hp.arch).__module__), "graph_kinds", None
+    )
+    if graph_kinds is not None:
+        kinds = graph_kinds(c)
+    else:
+        kind = layer_kind(hp.arch) or (lambda il: None)
+        kinds = [kind(il) for il in range(hp.n_layer)]
     return [
         (
             il == hp.n_layer_main - 1,  # the last trunk layer (NextN blocks follow it, unbuilt)
-            kind(il),
+            kinds[il],
             hp.n_head[il],
             hp.n_head_kv[il],
             c.swa[il] if il < len(c.swa) else False,
@@ -293,10 +302,12 @@ def _layer_signatures(c: _Ctx, ld: _Loaded) -> list[tuple[object, ...]]:
 class _Plan:
     """The layers a shortened replay builds, and where it must find the allocator periodic: for each
     run of repeated blocks of layers it shortens, the positions (in ``layers``) of the first block it
-    keeps after the left-out blocks, and of the blocks one and two periods before it."""
+    keeps after the left-out blocks, and of the blocks one and two periods before it, and how many
+    blocks it leaves out there."""
 
     layers: tuple[int, ...]
     checks: tuple[tuple[int, int, int, int], ...]  # (resume, one period before, two before, the run's start)
+    outs: tuple[int, ...] = ()  # per check, the blocks left out before its resume
 
 
 MAX_PERIOD = 8  # the longest block of layers looked for (qwen35: 4, gemma3: 6)
@@ -314,6 +325,7 @@ def _plan(sigs: list[tuple[object, ...]], warm: int, exact: bool = False) -> _Pl
     n = len(sigs)
     layers: list[int] = []
     checks: list[tuple[int, int, int, int]] = []
+    outs: list[int] = []
     i = 0
     while i < n:
         best: tuple[int, int, int] | None = None  # (P, blocks kept before, blocks left out)
@@ -342,8 +354,9 @@ def _plan(sigs: list[tuple[object, ...]], warm: int, exact: bool = False) -> _Pl
         resume = len(layers)
         two = resume - 2 * period if out % 2 == 0 else resume - period  # odd: periodic over one block only
         checks.append((resume, resume - period, two, start))
+        outs.append(out)
         i += (kept + out) * period
-    return _Plan(tuple(layers), tuple(checks))
+    return _Plan(tuple(layers), tuple(checks), tuple(outs))
 
 
 def _one(
@@ -404,29 +417,36 @@ def _one(
         sched = _Sched(gpus, host, N_COPIES if sp.pipeline else 1)
         sched.assign(g)
     nodes, leafs, node_at = sched.split(g)
-    marks = frozenset(p for check in plan.checks for p in check[:3])
-    sizes, states = _reserve(nodes, leafs, sched.bufts, node_at, marks)
-    pre = states.get(PREALLOCATED, frozenset())
-    assert isinstance(pre, frozenset)
-    for resume, one, two, start in plan.checks:
+
+    def periodic(i: int, states: dict[int, object]) -> bool:
+        """Whether the allocator came back the same after a block where run ``i`` resumes."""
+        resume, one, two, start = plan.checks[i]
+        pre = states.get(PREALLOCATED, frozenset())
+        assert isinstance(pre, frozenset)
         # up-front allocations (pipeline parallelism's input copies) of a block after the first: each
         # block left out would have its own (the first block's may come from the layers before it)
         if any(start + resume - one <= p < resume for p in pre):
-            if failed is not None:
-                failed.add(plan)
-            return None
+            return False
         # two blocks back only where that state follows a block too (the warm-up's first block does not)
         twice = two >= start + resume - one and _shifted(states[resume], states[two])
-        if not (twice or _shifted(states[resume], states[one])):
-            if failed is not None:
-                failed.add(plan)
-            return None
+        return twice or _shifted(states[resume], states[one])
+
+    runs = tuple((*check, out) for check, out in zip(plan.checks, plan.outs, strict=True))
+    sizes, states = _reserve(nodes, leafs, sched.bufts, node_at, runs, periodic)
+    if FAILED in states:
+        if failed is not None:
+            failed.add(plan)
+        return None
     if settled is not None:
         kept = [(resume - start) // (resume - one) for resume, one, _, start in plan.checks]
         settled.append(
             bool(plan.checks)
             and all(k in (2, 3) for k in kept)
-            and all(k == 2 or _shifted(states[one], states[two]) for k, (_, one, two, _) in zip(kept, plan.checks))
+            and all(
+                # a run replayed whatever the allocator's state (its leafs) holds with two blocks too
+                k == 2 or one not in states or _shifted(states[one], states[two])
+                for k, (_, one, two, _) in zip(kept, plan.checks)
+            )
         )
     return sizes
 
@@ -472,7 +492,10 @@ def simulate(
     where they are and what still reads them) comes back the same after a block of identical layers,
     every further such block leaves it so and allocates as that one did. So the graph is built with
     a few of each run of identical blocks, and the replay checks that periodicity where it leaves the
-    others out; where it does not hold, with more blocks kept, then with every layer. ``whole``
+    others out; where it does not hold (or each block has leafs of its own, allocated before the first
+    node), the blocks left out are replayed on the allocators from the last kept block's allocations and
+    frees (:func:`galloc._reserve`: what ggml-alloc does for a node depends on the graph only, never
+    on where things lie); where that cannot be done, with more blocks kept, then with every layer. ``whole``
     replays every layer (the oracle the shortcut is tested against). ``placement``: ``place(model,
     devices, offload)`` when the caller has it."""
     key = (_layout(devices, offload), offload, sp, whole)

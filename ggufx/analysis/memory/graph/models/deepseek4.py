@@ -19,8 +19,9 @@ Hadamard-rotated), then scores every indexer row for each query (the fused ``LIG
 ``attention.indexer.top_k``: the attention runs over the window plus those CSA rows (a mask FILLed with -inf, zeros
 SET at the top-k rows). The reservation's inputs are ``dsv4_build_reserve_comp_plan``'s worst case: per ratio
 ``n_tokens / ratio + n_seqs`` blocks, every cache's full size. Each CSA layer's zeros are a leaf, allocated before
-the first node: graphsim's layer shortcut never holds (an up-front allocation per block), the whole graph is
-replayed (0.3-0.6 s for DeepSeek-V4-Flash's 43 layers on the CPU).
+the first node and freed in its layer: the allocator never comes back the same after a block (the hole the freed
+zeros leave grows), so graphsim's layer shortcut replays the blocks it leaves out from the events of the last one
+kept (galloc ``_Blocks``), their zeros allocated up front where ggml-alloc puts them.
 
 FFN: sqrt-softplus routed experts, the first ``hash_layer_count`` layers routed by the token
 (``ffn_gate_tid2eid``), the others by top-k with the selection bias, normalized and scaled weights, the experts'

@@ -52,16 +52,34 @@ def slot(lps: int, l_cycles: int, s: int) -> tuple[int, int, int, int]:
     return h, lp, il, (lps if lp == l_cycles else 0) + il
 
 
-def layer_kind(il: int) -> int:
-    """Every slot its own kind: what makes a slot's part of the graph differ (the block whose weights it
-    reads, the zH + zL before a pass's first layer, the stack norm after its last) depends on the loop keys,
-    which this function is not given, and the layer signatures see only ``blk.<slot>``'s weights (the file's
-    2 x layers_per_stack blocks; none for the aliased slots). So no slot is left out of a replay."""
-    return il
+def graph_kinds(c: _Ctx) -> list[object]:
+    """Each slot's kind, for graphsim's layer signatures (which see a slot's cache, pin and heads, and
+    ``blk.<slot>``'s weights: not the block's whose weights the slot reads): whether it is its pass's
+    first layer (the ``zH + zL`` before it, read from earlier passes) or its last (the stack norm, pinned
+    to the pass's first slot: that pin), which of zH and zL its pass makes, and the block it reads: the
+    buffer type of that block's layer (which copy of a weight it takes) and the buffer type, type and
+    shape of each of its weights. Slots of one kind make identical nodes: the middle layers of a pass
+    are one run the replay shortens."""
+    lps, l_cycles = _where(c)
+    blocks: dict[int, object] = {}
+    kinds: list[object] = []
+    for s in range(c.hp.n_layer):
+        _, lp, il, bid = slot(lps, l_cycles, s)
+        if bid not in blocks:
+            p = f"blk.{bid}."
+            weights = sorted(
+                (name[len(p) :], tuple((b, t.type, t.ne) for b, t in copies))
+                for name, copies in c.by_name.items()
+                if name.startswith(p)
+            )
+            blocks[bid] = (c.layer_buft[bid], tuple(weights))
+        last = il == lps - 1
+        kinds.append((il == 0, last, lp == l_cycles, blocks[bid], c.pin[s - il] if last else None))
+    return kinds
 
 
 def build(c: _Ctx, g: _Graph) -> _T:
-    """hrm-text.cpp ``graph::graph`` and ``build_stack``, slot by slot (every slot: :func:`layer_kind`)."""
+    """hrm-text.cpp ``graph::graph`` and ``build_stack``, slot by slot (the slots' kinds: :func:`graph_kinds`)."""
     lps, l_cycles = _where(c)
     T, n_out, n_layer = c.n_tokens, c.n_outputs, c.hp.n_layer
     z_h = _inp_embd(c, g)
