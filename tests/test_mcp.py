@@ -516,3 +516,30 @@ def test_memory_and_fit_with_a_projector_equal_cli_json(cli: CliRun, hole_models
     # in the recorded q27-mmproj-c32768 log)
     (reserved,) = got["fit"].structured_content["projector_bytes"].items()
     assert reserved[0] == "CUDA0" and abs(reserved[1] / (1 << 20) - (884.62 + 248.10)) <= 0.01
+
+
+def test_memory_of_an_embedding_run_equals_cli_json(cli: CliRun, smollm2_path: Path) -> None:
+    """The memory tool's embedding and pooling arguments are `mem --embedding --pooling`: an agent sizing an
+    embedding server gets the embeddings in the output buffer and the pooling's note, as the CLI prints them."""
+
+    async def calls(c: Client) -> dict[str, Any]:
+        return {
+            "embedding": await c.call_tool(
+                "memory", {"path": str(smollm2_path), "ctx": 2048, "embedding": True, "pooling": "mean"}
+            ),
+            "plain": await c.call_tool("memory", {"path": str(smollm2_path), "ctx": 2048}),
+            "bad": await c.call_tool("memory", {"path": str(smollm2_path), "pooling": "max"}),
+        }
+
+    got = session(["--root", str(smollm2_path.parent)], calls)
+    code, out, err = cli("mem", "--json", "-c", "2048", "--embedding", "--pooling", "mean", str(smollm2_path))
+    assert code == 0 and not got["embedding"].is_error, (err, text(got["embedding"]))
+    emb, plain = got["embedding"].structured_content, got["plain"].structured_content
+    assert emb == json.loads(out)
+    assert (emb["embeddings"], emb["pooling"], plain["embeddings"]) == (True, "mean", False)
+
+    def output(d: dict[str, Any]) -> int:
+        return sum(b["bytes"] for b in d["buffers"] if b["kind"] == "output")
+
+    assert output(emb) > output(plain)
+    assert got["bad"].is_error

@@ -26,6 +26,7 @@ from ggufx.io.sources import is_remote
 from ggufx.mcp.access import Access
 from ggufx.render.jsontext import dumps
 from ggufx.results import CACHE_TYPES, SORT_ORDERS, InputError
+from ggufx.results.memory import POOLING_TYPES
 
 if TYPE_CHECKING:
     from ggufx.edit.engine import Op
@@ -79,6 +80,7 @@ ModelPath = Annotated[
 TemplatePath = Annotated[str, Field(description="A GGUF, .jinja or tokenizer_config.json under the roots.")]
 TypeName = Literal[_ggml_type_names()]  # type: ignore[valid-type]
 CacheType = Literal[CACHE_TYPES]  # type: ignore[valid-type]
+Pooling = Literal[POOLING_TYPES]  # type: ignore[valid-type]
 SortOrder = Literal[SORT_ORDERS]  # type: ignore[valid-type]
 Sample = Literal[SAMPLES]  # type: ignore[valid-type]
 
@@ -218,6 +220,12 @@ class GGUFTools:
         mmproj: Annotated[
             str | None, Field(description="A vision/audio projector (mmproj GGUF) loaded beside it, under the roots.")
         ] = None,
+        embedding: Annotated[
+            bool, Field(description="An embedding run (llama-server --embedding): embeddings out, pooling nodes.")
+        ] = False,
+        pooling: Annotated[
+            Pooling | None, Field(description="llama.cpp's --pooling (default: the file's pooling type).")
+        ] = None,
     ) -> Result:
         request = results.MemoryRequest(
             ctx=ctx,
@@ -227,6 +235,8 @@ class GGUFTools:
             parallel=parallel,
             n_gpu_layers=n_gpu_layers,
             mmproj_file=mmproj,
+            embedding=embedding,
+            pooling=pooling,
         )
         return results.memory(self.access.open_model(path), request, self.access.open_model)
 
