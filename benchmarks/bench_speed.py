@@ -10,7 +10,8 @@ interpreter with their own tree first on sys.path and their own byte-code cache
 (benchmarks/.data/pycache/<label>, as an installed package has one), so the two differ only in their
 code. `info` is paired with PyPI's `gguf-inspect` (its header summary, `--no-metadata --no-tensors`),
 the fastest Python peer we know. Models (benchmarks/bench_models.py): the Qwen3.6 27B hybrid replica
-of the recorded runs (64 layers), a 94-layer MoE of Qwen3-235B-A22B's shape, Gemma 3 270M; ``--models``
+of the recorded runs (64 layers), a 94-layer MoE of Qwen3-235B-A22B's shape, Gemma 3 270M, DeepSeek-V4-Flash's
+and HRM-Text-1B's published shapes; ``--models``
 picks among those and the header-only models of benchmarks/.data/holes by name (qwen3next-80b-a3b,
 glm45-air, ...).
 
@@ -82,7 +83,7 @@ def main() -> None:
         help="the ggufx tree to compare with (a checkout, or `git archive REV ggufx templates | tar -x -C DIR`)",
     )
     ap.add_argument("--only", default="info,mem,fit,report,report-gpus")
-    ap.add_argument("--models", default="", help="comma-separated names (default: the three of bench_models.py)")
+    ap.add_argument("--models", default="", help="comma-separated names (default: the five of bench_models.py)")
     args = ap.parse_args()
     paths = models()
     if args.models:
