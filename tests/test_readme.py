@@ -37,6 +37,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.graph_arch_logs import cpu_model
 from tests.support import FIXTURES, CliRun
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,7 +67,7 @@ SKIPPED = {
 }
 # how many commands the README shows that this test runs; a README edit that changes it (or breaks
 # the extraction) must change this number too
-EXPECTED_RUN = 68
+EXPECTED_RUN = 69
 
 # placeholder name in the README -> (path inside the block's folder, what it is); the folder is built
 # by ``files`` below
@@ -77,6 +78,7 @@ PLACEHOLDERS = {
     "draft.gguf": "SmolLM2 again: a draft model llama.cpp accepts for itself",
     "big/Qwen3.6-27B-Q4_K_M.gguf": "the header-only qwen36-27b of the recorded llama.cpp runs",
     "big/Qwen3-30B-A3B-Q4_K_M.gguf": "the header-only qwen3moe-30b-a3b of the recorded llama.cpp runs",
+    "embed/Qwen3-Embedding-0.6B-Q8_0.gguf": "the header-only qwen3-embedding-0.6b of the recorded CPU embedding runs",
     "mmproj.gguf": "the header-only SmolVLM 256M projector (projects to 576, SmolLM2's width)",
     "adapter.gguf": "a LoRA adapter for two SmolLM2 tensors (gguf-py)",
     "imatrix.gguf": "an importance matrix for every SmolLM2 weight llama-quantize quantizes (gguf-py)",
@@ -90,7 +92,7 @@ PLACEHOLDERS = {
     "llama.log": "llama.cpp's -v log of Gemma 3 270M, -ngl 99 -c 32768 (tests/fixtures/llamacpp-logs)",
     "policy.toml": "the README's policy (its first toml block)",
 }
-# names the README uses for files under big/ and quants/ (kept out of the folder's top level, so that
+# names the README uses for files under big/, quants/ and embed/ (kept out of the folder's top level, so that
 # `*.gguf` and `~/models` do not hash 37 GB of header-only models or scan tokenizer-less toys)
 ALIASES = {Path(p).name: p for p in PLACEHOLDERS if "/" in p}
 
@@ -195,6 +197,7 @@ def files(real_models: dict[str, Path], hole_models: dict[str, Path], tmp_path_f
     out = tmp_path_factory.mktemp("readme-files")
     (out / "big").mkdir()
     (out / "quants").mkdir()
+    (out / "embed").mkdir()
     smol, gemma = real_models["smollm2"], real_models["gemma"]
     links = {
         "model.gguf": smol,
@@ -203,6 +206,7 @@ def files(real_models: dict[str, Path], hole_models: dict[str, Path], tmp_path_f
         "gemma-3-270m-q4_k_m.gguf": gemma,
         "big/Qwen3.6-27B-Q4_K_M.gguf": hole_models["qwen36-27b"],
         "big/Qwen3-30B-A3B-Q4_K_M.gguf": hole_models["qwen3moe-30b-a3b"],
+        "embed/Qwen3-Embedding-0.6B-Q8_0.gguf": cpu_model("qwen3-embedding-0.6b", tmp_path_factory.mktemp("emb"), smol),
         "mmproj.gguf": hole_models["mmproj-smolvlm-256m"],
         "llama.log": FIXTURES / "llamacpp-logs" / "gemma-ngl99-c32768.log",
     }
@@ -272,7 +276,7 @@ def _folder(commands: list[Command], files: Path, folder: Path) -> Path:
         args, _ = _args(c.text, files)
         if _is_edit(args):
             edited |= {a for a in args if a in PLACEHOLDERS and a.endswith(".gguf")}
-    for sub in ("big", "quants"):
+    for sub in ("big", "quants", "embed"):
         (folder / sub).mkdir(parents=True)
     for name in PLACEHOLDERS:
         src = files / name
