@@ -1,0 +1,211 @@
+"""Multi-token-prediction speculative decoding (``--spec-type draft-mtp``): what llama.cpp allocates beside
+the main context when it drafts with the model's own NextN/MTP block.
+
+With ``draft-mtp`` llama.cpp (common/common.cpp:1683 ``load_mtp``, common/speculative.cpp:2527-2650,
+tools/server/server-context.cpp:1110-1250):
+
+* loads the NextN blocks' tensors (``TENSOR_SKIP`` otherwise), in the model buffers of their layer's device,
+  as any layer's (``mtp_model``: the bytes they add to each model buffer);
+* makes a second context of type ``LLAMA_CONTEXT_TYPE_MTP`` over the same weights, from the main context's
+  parameters (``common_base_params_to_speculative``): the main context's ``n_ctx``, sequences and
+  ``-kvu``, the draft cache types ``-ctkd``/``-ctvd`` (f16 by default, not ``-ctk``/``-ctv``),
+  ``n_outputs_max`` = ``-np``. Its memory (src/llama-model.cpp ``create_memory``) is a plain KV cache of the
+  NextN layers only (``il >= n_layer()``; ``mtp_kv``); its output buffer holds ``-np`` rows of logits
+  (``mtp_output``); its graph (``LLM_GRAPH_TYPE_DECODER_MTP``, :mod:`ggufx.analysis.memory.graph.models.mtp`)
+  is reserved as the main one is (``mtp_compute``);
+* gives the main context ``n_rs_seq`` = ``--spec-draft-n-max`` (3) rollback snapshots of the recurrent
+  state (``need_n_rs_seq``: ``mem_size x (1 + n_rs_seq)`` rows, llama-memory-recurrent.cpp:101), and in
+  llama-server ``n_outputs_max`` = ``-np x (1 + n_max)`` (``server_output_limits``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from ggufx.analysis.layers import layer_kinds
+from ggufx.analysis.memory.buffers import (
+    Breakdown,
+    Buffer,
+    ContextParams,
+    _cache_type,
+    _host,
+    kv_buffers,
+    recurrent_buffers,
+    weight_buffers,
+)
+from ggufx.analysis.memory.hparams import hparams
+from ggufx.analysis.memory.placement import Device, OffloadParams, host_buft, place
+from ggufx.errors import InputError
+from ggufx.model import GGUFModel
+
+SPEC_TYPES = (  # common/speculative.cpp:72-84, the names --spec-type takes
+    "none",
+    "draft-simple",
+    "draft-eagle3",
+    "draft-mtp",
+    "draft-dflash",
+    "draft-dspark",
+    "ngram-simple",
+    "ngram-map-k",
+    "ngram-map-k4v",
+    "ngram-mod",
+    "ngram-cache",
+)
+N_MAX = 3  # common_params_speculative_draft::n_max (common.h:329), --spec-draft-n-max
+# the architectures whose MTP context's memory is a plain KV cache of the NextN layers (create_memory)
+# and whose MTP graph is rebuilt here
+MODELLED = ("qwen35", "qwen35moe")
+
+
+@dataclass(frozen=True, slots=True)
+class MtpOptions:
+    """``--spec-type draft-mtp`` and the options of its draft context."""
+
+    n_max: int = N_MAX  # --spec-draft-n-max: the main context's rollback snapshots (n_rs_seq)
+    cache_type_k: str = "f16"  # -ctkd
+    cache_type_v: str = "f16"  # -ctvd
+
+
+def spec_types(text: str) -> tuple[str, ...]:
+    """``--spec-type a,b``: the names, each one llama.cpp knows (InputError otherwise, in its words)."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    bad = next((n for n in names if n not in SPEC_TYPES), None)
+    if bad is not None or not names:
+        raise InputError(
+            f"--spec-type {text}: unknown speculative type: {bad or text!r} (one of {', '.join(SPEC_TYPES)})",
+            "--spec-type",
+        )
+    return names
+
+
+def no_mtp_reason(model: GGUFModel) -> str | None:
+    """Why llama.cpp cannot make this model's MTP context (None: it can): no NextN block
+    (llama_init_from_model, llama-context.cpp:3883-3888: "context type MTP requested but model doesn't
+    contain MTP layers", and llama-server stops: "failed to create MTP context")."""
+    hp = hparams(model)
+    if hp.n_layer == hp.n_layer_main or hp.router_layer >= 0:
+        return (
+            f"{model.path} has no MTP layers ({model.architecture}.nextn_predict_layers is 0): llama.cpp "
+            'cannot create the MTP context ("context type MTP requested but model doesn\'t contain MTP layers")'
+        )
+    return None
+
+
+def main_context(context: ContextParams, opts: MtpOptions, server: bool) -> ContextParams:
+    """The main context's parameters under ``draft-mtp``: llama-server reserves ``-np x (1 + n_max)``
+    outputs (``server_output_limits``, capped at ``-b``)."""
+    if not server:
+        return context
+    return replace(context, n_outputs_max=min(context.n_batch, context.n_parallel * (1 + max(0, opts.n_max))))
+
+
+def rollback_state(
+    model: GGUFModel, b: Breakdown, devices: list[Device], offload: OffloadParams, context: ContextParams, n_rs_seq: int
+) -> None:
+    """The main context's recurrent state with ``n_rs_seq`` rollback snapshots per sequence: every R and S
+    tensor has ``max(1, n_seq) x (1 + n_rs_seq)`` rows (llama-memory-recurrent.cpp:101). Replaces
+    ``b``'s recurrent buffers and byte count in place."""
+    if n_rs_seq <= 0 or not any(x.kind == "recurrent" for x in b.buffers):
+        return
+    hp = hparams(model)
+    pl = place(model, devices, offload)
+    rows = max(1, context.n_parallel) * (1 + n_rs_seq)
+    rs = recurrent_buffers(hp, layer_kinds(model), pl, context, rows)
+    at = next(i for i, x in enumerate(b.buffers) if x.kind == "recurrent")
+    b.buffers = [x for x in b.buffers if x.kind != "recurrent"]
+    b.buffers[at:at] = rs
+    b.recurrent_bytes *= 1 + n_rs_seq
+
+
+def mtp_buffers(
+    model: GGUFModel,
+    devices: list[Device],
+    offload: OffloadParams,
+    context: ContextParams,
+    main: Breakdown,
+    opts: MtpOptions,
+    notes: list[str],
+) -> list[Buffer]:
+    """The MTP context's buffers and the MTP weights (kinds ``mtp_model``, ``mtp_kv``, ``mtp_output``,
+    ``mtp_compute``) beside ``main``, the main context's breakdown with the same options. An architecture
+    whose MTP context is not modelled gets a note saying so, and no rows."""
+    why = no_mtp_reason(model)
+    if why:
+        raise InputError(f"--spec-type draft-mtp: {why}", "--spec-type")
+    arch = model.architecture or ""
+    if arch not in MODELLED:
+        notes.append(
+            f"--spec-type draft-mtp: the MTP context of {arch} (its NextN weights, KV cache, output and compute "
+            f"buffers) is not modelled; modelled: {', '.join(MODELLED)}"
+        )
+        return []
+    if main.reservation is None or main.compute_estimate is not None and "tensor" in (main.compute_estimate or ""):
+        notes.append("--spec-type draft-mtp: the MTP context is not modelled with -sm tensor")
+        return []
+    hp = hparams(model)
+    with_mtp = replace(offload, mtp=True)
+    pl = place(model, devices, with_mtp)
+    out: list[Buffer] = []
+    # the NextN weights: what they add to each model buffer (the same buffers as the trunk's)
+    before: dict[str, int] = {}
+    for x in weight_buffers(model, place(model, devices, offload)):
+        before[x.buft] = before.get(x.buft, 0) + x.bytes
+    after: dict[str, int] = {}
+    for x in weight_buffers(model, pl):
+        after[x.buft] = after.get(x.buft, 0) + x.bytes
+    out += [Buffer("mtp_model", buft, n - before.get(buft, 0)) for buft, n in after.items() if n != before.get(buft, 0)]
+    # the MTP context's KV cache: the NextN layers only, of the draft cache types
+    cp = replace(context, cache_type_k=opts.cache_type_k, cache_type_v=opts.cache_type_v)
+    if cp.flash_attn == "off" and _cache_type(cp.cache_type_v, "-ctvd").is_quantized:
+        raise InputError("a quantized draft V cache (-ctvd) needs flash attention (llama.cpp refuses -fa off)", "-ctvd")
+    kinds = [replace(k, kv=k.nextn and k.is_attention) for k in layer_kinds(model)]
+    kv, _ = kv_buffers(hp, kinds, pl, cp, main.n_ctx_seq, main.swa_cells, main.n_streams, model.path)
+    out += [Buffer("mtp_kv", x.buft, x.bytes) for x in kv]
+    n_seq = max(1, context.n_parallel)
+    out.append(Buffer("mtp_output", _host(pl, pl.output_device), 4 * hp.n_vocab * n_seq))
+    from ggufx.analysis.memory.graph.models.mtp import unbuildable
+
+    why_not = unbuildable(model)
+    if why_not:
+        notes.append(f"--spec-type draft-mtp: the MTP context's compute buffer is not counted: {why_not}")
+        return out
+    sp = replace(
+        main.reservation,
+        n_outputs=min(main.n_ubatch, n_seq),
+        type_k=_cache_type(cp.cache_type_k, "-ctkd").name,
+        type_v=_cache_type(cp.cache_type_v, "-ctvd").name,
+    )
+    out += [
+        Buffer("mtp_compute", b, n, exact=False) for b, n in mtp_compute(model, devices, with_mtp, sp).items() if n > 1
+    ]
+    return out
+
+
+def mtp_compute(model: GGUFModel, devices: list[Device], offload: OffloadParams, sp: object) -> dict[str, int]:
+    """Each backend's compute buffer of the MTP context: its graph of ``n_ubatch`` tokens and of one token
+    per sequence, split and allocated as the main context's are (graphsim's scheduler and allocator), the
+    larger of the two per buffer type."""
+    from ggufx.analysis.memory.graph.galloc import _reserve
+    from ggufx.analysis.memory.graph.ggml import _Graph
+    from ggufx.analysis.memory.graph.graphsim import _context, _load
+    from ggufx.analysis.memory.graph.llm import SimParams
+    from ggufx.analysis.memory.graph.models.mtp import build
+    from ggufx.analysis.memory.graph.sched import N_COPIES, _Sched
+
+    assert isinstance(sp, SimParams)
+    hp = hparams(model)
+    ld = _load(model, hp, place(model, devices, offload))
+    gpus = [d.name for d in ld.pl.devices]
+    result: dict[str, int] = {}
+    for n_tokens, n_outputs in ((sp.n_ubatch, sp.n_outputs), (sp.n_seq_max, sp.n_seq_max)):
+        c = _context(model, ld, sp, n_tokens, n_outputs)
+        c.layers = [hp.n_layer_main]
+        g = _Graph()
+        g.expand(build(c, g))
+        sched = _Sched(gpus, host_buft(gpus[0] if gpus else None), N_COPIES if sp.pipeline else 1)
+        sched.assign(g)
+        nodes, leafs, node_at = sched.split(g)
+        sizes, _ = _reserve(nodes, leafs, sched.bufts, node_at, frozenset())
+        for b, n in sizes.items():
+            result[b] = max(result.get(b, 0), n)
+    return result
