@@ -20,6 +20,7 @@ tools/server/server-context.cpp:1110-1250):
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 
 from ggufx.analysis.layers import layer_kinds
@@ -209,3 +210,32 @@ def mtp_compute(model: GGUFModel, devices: list[Device], offload: OffloadParams,
         for b, n in sizes.items():
             result[b] = max(result.get(b, 0), n)
     return result
+
+
+_EXIT = re.compile(r"~llama_context:\s+(?P<buft>\S+) compute buffer size is")
+_RESERVE = re.compile(r"sched_reserve:\s+(?P<buft>\S+) compute buffer size =")
+MARK = "creating MTP draft context"  # common_speculative_init_result (speculative.cpp:2639)
+
+
+def split_log(text: str) -> tuple[str, str]:
+    """A ``--spec-type draft-mtp`` log (``-v``) as two logs: the main context's and the MTP context's.
+
+    The MTP context's lines follow ``creating MTP draft context``; it reserves its graph again once the
+    draft samplers are set (``set_sampler``: the last ``sched_reserve`` line per buffer type counts). At
+    exit the MTP context ends first: the first ``~llama_context`` line of each buffer type is its own, the
+    next the main context's."""
+    head, sep, tail = text.partition(MARK)
+    if not sep:
+        raise InputError(f"the log made no MTP context (no '{MARK}' line)", "--check")
+    lines = tail.splitlines()
+    last = {m["buft"]: i for i, line in enumerate(lines) if (m := _RESERVE.search(line))}
+    mtp: list[str] = []
+    main_exit: list[str] = []
+    seen: set[str] = set()
+    for i, line in enumerate(lines):
+        if m := _EXIT.search(line):
+            (main_exit if m["buft"] in seen else mtp).append(line)
+            seen.add(m["buft"])
+        elif (r := _RESERVE.search(line)) is None or last[r["buft"]] == i:
+            mtp.append(line)
+    return "\n".join([head, *main_exit]), "\n".join(mtp)
