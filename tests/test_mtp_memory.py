@@ -1,0 +1,214 @@
+"""Multi-token-prediction speculative decoding (``--spec-type draft-mtp``) against llama.cpp's CPU build.
+
+``tests/fixtures/llamacpp-logs-cpu/mtp/`` holds llama-server's logs (``record_mtp.py``, the runs of
+``matrix-mtp``) of the header-only Qwen 3.5 MoE and dense models with their MTP block (``qwen35moe-mtp``,
+``qwen35-mtp``): the main context's buffers, then the MTP draft context's (its KV cache of the NextN layer,
+its output and compute buffers). Every buffer of both contexts must agree with llama.cpp's: the weights
+(with the NextN tensors loaded), KV caches, recurrent state (with the rollback snapshots), outputs to the
+0.01 MiB printed, the MTP context's compute buffer to llama.cpp's 4-decimal exit line where it printed one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import ggufx
+from ggufx.analysis.memory.buffers import MiB, alloc_size
+from ggufx.analysis.memory.llamaargs import parse_args
+from ggufx.analysis.memory.mtp import split_log
+from ggufx.errors import InputError
+from ggufx.results.memory import MemoryRequest, check, memory
+
+from .graph_arch_logs import CPU_LOGS, cpu_model
+
+MTP_LOGS = CPU_LOGS / "mtp"
+MATRIX = [
+    line.split("\t")
+    for line in (CPU_LOGS / "matrix-mtp").read_text().splitlines()
+    if line.strip() and not line.startswith("#")
+]
+RUNS = {rid: (model, args) for rid, model, args in MATRIX if (MTP_LOGS / f"{rid}.log").exists()}
+# qwen35's main graph with an MTP block is the generic estimate today (graphsim's _qwen35_unbuildable refuses
+# it): its main compute buffer is not held here, the MTP context's is
+MAIN_COMPUTE_BUILT = {"qwen35moe-mtp"}
+
+
+@pytest.fixture(scope="module")
+def mtp_models(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("mtp-holes")
+    return {name: cpu_model(name, out, smollm2_path) for name in sorted({m for m, _ in RUNS.values()})}
+
+
+def request(rid: str, path: Path) -> MemoryRequest:
+    _, args = RUNS[rid]
+    return MemoryRequest(llama_args=f"llama-server -m {path} {args} --spec-type draft-mtp", gpus="none")
+
+
+def exit_lines(text: str) -> list[float]:
+    """The 4-decimal ``~llama_context`` compute figures, in the order llama.cpp printed them."""
+    return [float(line.split(" is ")[1].split()[0]) for line in text.splitlines() if "~llama_context" in line]
+
+
+def test_the_mtp_matrix_is_recorded() -> None:
+    """Both Qwen 3.5 graphs, over -c, -np, -ub, the main and the draft cache types, -fa off, --no-repack and
+    --spec-draft-n-max; every log has both contexts."""
+    assert {m for m, _ in RUNS.values()} == {"qwen35moe-mtp", "qwen35-mtp"}
+    assert len(RUNS) == len(MATRIX) >= 14
+    args = " ".join(a for _, a in RUNS.values())
+    for option in ("-ctk q8_0", "-ctkd q8_0", "-fa off", "-np 1", "-np 2", "-np 3", "-ub 256", "-ub 1024"):
+        assert option in args, option
+    for option in ("--no-repack", "--spec-draft-n-max 5", "--spec-draft-n-max 2", "-c 4096", "-c 16384"):
+        assert option in args, option
+    for rid in RUNS:
+        text = (MTP_LOGS / f"{rid}.log").read_text()
+        assert "--spec-type draft-mtp" in text.splitlines()[1]
+        assert "creating MTP draft context" in text and "speculative decoding context initialized" in text
+
+
+@pytest.mark.parametrize("rid", sorted(RUNS))
+def test_both_contexts_match_llama_cpp(rid: str, mtp_models: dict[str, Path]) -> None:
+    model_name, _ = RUNS[rid]
+    path = mtp_models[model_name]
+    text = (MTP_LOGS / f"{rid}.log").read_text()
+    res = check(ggufx.open(path), request(rid, path), text, ggufx.open)
+    rows = {(r["kind"], r["buft"]): r for r in res["rows"]}
+    kinds = {k for k, _ in rows}
+    assert {"model", "kv", "recurrent", "output", "compute"} <= kinds
+    assert {"mtp_kv", "mtp_output", "mtp_compute"} <= kinds
+    for (kind, buft), r in rows.items():
+        if kind == "compute" and model_name not in MAIN_COMPUTE_BUILT:
+            continue
+        assert r["llama_cpp_mib"] is not None, (kind, buft)
+        assert r["ggufx_mib"] == round(r["llama_cpp_mib"], 2), (kind, buft, r)
+    # the exit lines: the MTP context ends first, then the main one (4 decimals, where the server printed them)
+    exits = exit_lines(text)
+    if exits:
+        ours = memory(ggufx.open(path), request(rid, path), ggufx.open)
+        mtp_compute = sum(b["bytes"] for b in ours["buffers"] if b["kind"] == "mtp_compute")
+        assert abs(mtp_compute / MiB - exits[0]) < 0.00006, (mtp_compute / MiB, exits[0])
+        if model_name in MAIN_COMPUTE_BUILT:
+            main_compute = sum(b["bytes"] for b in ours["buffers"] if b["kind"] == "compute")
+            assert abs(main_compute / MiB - exits[1]) < 0.00006, (main_compute / MiB, exits[1])
+
+
+def test_the_mtp_rows_of_mem(mtp_models: dict[str, Path]) -> None:
+    """``mem`` with draft-mtp: the NextN weights, the MTP context's KV cache (the draft cache types, not
+    -ctk), output and compute as rows of their own, counted in the device's companions; the main context's
+    recurrent state grows by the rollback snapshots; without --spec-type none of it."""
+    path = mtp_models["qwen35moe-mtp"]
+    model = ggufx.open(path)
+    base = f"llama-server -m {path} -c 8192 -ctk q8_0 -ctv q8_0"
+    plain = memory(model, MemoryRequest(llama_args=base, gpus="none"), ggufx.open)
+    mtp = memory(model, MemoryRequest(llama_args=base + " --spec-type draft-mtp", gpus="none"), ggufx.open)
+    assert not any(b["kind"].startswith("mtp_") for b in plain["buffers"])
+
+    def by_kind(res: dict, kind: str) -> int:  # type: ignore[type-arg]
+        return sum(b["bytes"] for b in res["buffers"] if b["kind"] == kind)
+
+    # without a GPU the mapped span is the whole file, with or without the NextN block: what it adds is
+    # the repacked copies of its Q4_K matrices (the logs' CPU_REPACK); the F32 norms stay in the span
+    repacked = sum(t.nbytes for t in model.tensors if t.name.startswith("blk.4.") and t.type.name == "Q4_K")
+    assert [(b["buft"], b["bytes"]) for b in mtp["buffers"] if b["kind"] == "mtp_model"] == [("CPU_REPACK", repacked)]
+    assert by_kind(mtp, "model") == by_kind(plain, "model")
+    # on a GPU every tensor of blk.4 (the NextN block: its attention, experts and nextn.*) is its own
+    gpu = memory(model, MemoryRequest(llama_args=base + " --spec-type draft-mtp"), ggufx.open)
+    nextn = sum(
+        alloc_size("CUDA0", t.type, t.shape[0], t.n_elements // t.shape[0])
+        for t in model.tensors
+        if t.name.startswith("blk.4.")
+    )
+    assert [(b["buft"], b["bytes"]) for b in gpu["buffers"] if b["kind"] == "mtp_model"] == [("CUDA0", nextn)]
+    # one layer of 2 KV heads x 256 x 8192 cells, K and V, f16 (-ctkd/-ctvd's default): 8 MiB; the main
+    # cache (q8_0) is untouched
+    assert by_kind(mtp, "mtp_kv") == 2 * 2 * 256 * 8192 * 2
+    assert by_kind(mtp, "kv") == by_kind(plain, "kv")
+    assert by_kind(mtp, "mtp_output") == 4 * 8192 * 4  # -np 4 (llama-server's default) rows of logits
+    # n_rs_seq = 3 rollback snapshots: (1 + 3) x the state of 4 sequences
+    assert by_kind(mtp, "recurrent") == 4 * by_kind(plain, "recurrent")
+    assert by_kind(mtp, "mtp_compute") > 0
+    companions = sum(d["companions"] for d in mtp["devices"])
+    assert companions == sum(by_kind(mtp, k) for k in ("mtp_model", "mtp_kv", "mtp_output", "mtp_compute"))
+    assert "mtp_kv" in mtp["exact"] and "mtp_compute" in mtp["computed"]
+    # -ctkd/-ctvd q8_0: the MTP cache in q8_0 (34 bytes per 32 values)
+    q8 = memory(model, MemoryRequest(llama_args=base + " --spec-type draft-mtp -ctkd q8_0 -ctvd q8_0"), ggufx.open)
+    assert by_kind(q8, "mtp_kv") == 2 * 2 * 256 * 8192 * 34 // 32
+
+
+def test_the_nextn_weights_follow_their_layer(mtp_models: dict[str, Path]) -> None:
+    """The NextN block is the last layer: -ngl counts it as llama.cpp's layer split does (n_layer_all),
+    so -ngl 2 puts it (and the output layer) on the GPU, -ngl 1 the output layer alone."""
+    path = mtp_models["qwen35moe-mtp"]
+    model = ggufx.open(path)
+    for ngl, where in ((2, "CUDA0"), (1, "CPU_Mapped")):
+        req = MemoryRequest(llama_args=f"llama-server -m {path} -c 4096 -ngl {ngl} --spec-type draft-mtp")
+        res = memory(model, req, ggufx.open)
+        assert {b["buft"] for b in res["buffers"] if b["kind"] == "mtp_model"} == {where}, ngl
+        kv = {b["buft"] for b in res["buffers"] if b["kind"] == "mtp_kv"}
+        assert kv == {"CUDA0" if where == "CUDA0" else "CPU"}, ngl
+
+
+def test_the_option_and_the_command_line(mtp_models: dict[str, Path]) -> None:
+    """``MemoryRequest.spec_type`` (``ggufx mem --spec-type draft-mtp``) is the command line's --spec-type."""
+    path = mtp_models["qwen35-mtp"]
+    model = ggufx.open(path)
+    line = memory(model, MemoryRequest(llama_args=f"llama-server -m {path} -c 8192 --spec-type draft-mtp"), ggufx.open)
+    req = MemoryRequest(ctx=8192, parallel=4, kv_unified=True, tool="llama-server", spec_type="draft-mtp")
+    opt = memory(model, req, ggufx.open)
+    assert [(b["kind"], b["bytes"]) for b in line["buffers"]] == [(b["kind"], b["bytes"]) for b in opt["buffers"]]
+    # other types make no MTP context; draft-mtp among several does
+    several = MemoryRequest(llama_args=f"llama-server -m {path} -c 8192 --spec-type ngram-mod,draft-mtp")
+    assert any(b["kind"] == "mtp_kv" for b in memory(model, several, ggufx.open)["buffers"])
+    ngram = MemoryRequest(llama_args=f"llama-server -m {path} -c 8192 --spec-type ngram-mod")
+    assert not any(b["kind"].startswith("mtp_") for b in memory(model, ngram, ggufx.open)["buffers"])
+
+
+def test_spec_type_is_read_not_ignored() -> None:
+    a = parse_args("llama-server -m x --spec-type draft-mtp --spec-type ngram-mod -ctkd q8_0 --spec-draft-n-max 5")
+    assert a.spec_types == ("draft-mtp", "ngram-mod") and a.spec_n_max == 5 and a.spec_cache == ("q8_0", "f16")
+    assert "--spec-type" not in a.others
+    with pytest.raises(InputError, match="unknown speculative type: 'draft-bogus'"):
+        parse_args("llama-server -m x --spec-type draft-bogus")
+    with pytest.raises(InputError, match="llama-completion does not accept it"):
+        parse_args("llama-completion -m x --spec-type draft-mtp")
+    with pytest.raises(InputError, match="does not accept it"):
+        MemoryRequest(spec_type="draft-mtp", tool="llama-completion").setup(ggufx.open)
+
+
+def test_a_model_without_mtp_layers_is_refused(smollm2_path: Path, tmp_path: Path) -> None:
+    """llama.cpp cannot make the MTP context of a model without NextN layers (llama-server stops)."""
+    path = cpu_model("qwen35moe", tmp_path, smollm2_path)
+    req = MemoryRequest(llama_args=f"llama-server -m {path} -c 4096 --spec-type draft-mtp")
+    with pytest.raises(InputError, match="has no MTP layers"):
+        memory(ggufx.open(path), req, ggufx.open)
+
+
+def test_an_mtp_context_not_modelled_is_said(smollm2_path: Path, tmp_path: Path) -> None:
+    """GLM-4.5's NextN layer: its MTP context is not modelled yet, and the answer says so."""
+    path = cpu_model("glm4moe", tmp_path, smollm2_path)
+    req = MemoryRequest(llama_args=f"llama-server -m {path} -c 4096 --spec-type draft-mtp")
+    res = memory(ggufx.open(path), req, ggufx.open)
+    assert any("MTP context of glm4moe" in n and "not modelled" in n for n in res["notes"])
+    assert not any(b["kind"].startswith("mtp_") for b in res["buffers"])
+
+
+def test_split_log() -> None:
+    """The main context's lines, then the MTP context's: its last reservation counts, and of the exit lines
+    the first is the MTP context's."""
+    rid = next(r for r in sorted(RUNS) if exit_lines((MTP_LOGS / f"{r}.log").read_text()))
+    text = (MTP_LOGS / f"{rid}.log").read_text()
+    main, mtp = split_log(text)
+    assert "creating MTP draft context" not in main + mtp
+    assert sum("sched_reserve" in x and "compute buffer size" in x for x in mtp.splitlines()) == 1
+    assert exit_lines(mtp) == exit_lines(text)[:1] and exit_lines(main) == exit_lines(text)[1:]
+    with pytest.raises(InputError, match="no MTP context"):
+        split_log(main)
+
+
+def test_record_script_matches_matrix() -> None:
+    """record_mtp.py records every line of matrix-mtp into mtp/<id>.log (no stray logs)."""
+    logs = {p.stem for p in MTP_LOGS.glob("*.log")}
+    assert logs == {rid for rid, _, _ in MATRIX}
+    assert json.loads((CPU_LOGS / "tensors.json").read_text())["qwen35-mtp"]
