@@ -28,6 +28,7 @@ from ggufx.analysis.memory.buffers import (
     Breakdown,
     Buffer,
     ContextParams,
+    MiB,
     _cache_type,
     _host,
     kv_buffers,
@@ -73,7 +74,7 @@ def spec_types(text: str) -> tuple[str, ...]:
     bad = next((n for n in names if n not in SPEC_TYPES), None)
     if bad is not None or not names:
         raise InputError(
-            f"--spec-type {text}: unknown speculative type: {bad or text!r} (one of {', '.join(SPEC_TYPES)})",
+            f"unknown speculative type: {bad or text!r} (one of {', '.join(SPEC_TYPES)})",
             "--spec-type",
         )
     return names
@@ -116,6 +117,10 @@ def rollback_state(
     b.buffers = [x for x in b.buffers if x.kind != "recurrent"]
     b.buffers[at:at] = rs
     b.recurrent_bytes *= 1 + n_rs_seq
+    b.notes.append(
+        f"--spec-type draft-mtp: the recurrent state keeps {n_rs_seq} rollback snapshots per sequence "
+        f"(--spec-draft-n-max; {1 + n_rs_seq}x the state of each sequence)"
+    )
 
 
 def mtp_buffers(
@@ -179,7 +184,22 @@ def mtp_buffers(
     out += [
         Buffer("mtp_compute", b, n, exact=False) for b, n in mtp_compute(model, devices, with_mtp, sp).items() if n > 1
     ]
+    notes.append(summary(out, main, cp, hp.n_layer - hp.n_layer_main))
     return out
+
+
+def summary(bufs: list[Buffer], main: Breakdown, cp: ContextParams, n_nextn: int) -> str:
+    """One line on the MTP context: what each of its kinds takes, in MiB."""
+
+    def mib(kind: str) -> str:
+        return f"{sum(x.bytes for x in bufs if x.kind == kind) / MiB:,.2f} MiB"
+
+    cells = f"{main.n_ctx_seq:,} cells" + (f" x {main.n_streams} streams" if main.n_streams > 1 else "")
+    return (
+        f"--spec-type draft-mtp: the NextN weights {mib('mtp_model')}; the MTP draft context's KV cache "
+        f"{mib('mtp_kv')} ({n_nextn} layer(s) x {cells}, K {cp.cache_type_k} V {cp.cache_type_v}: -ctkd/-ctvd), "
+        f"output {mib('mtp_output')}, compute {mib('mtp_compute')} (computed)"
+    )
 
 
 def mtp_compute(model: GGUFModel, devices: list[Device], offload: OffloadParams, sp: object) -> dict[str, int]:
