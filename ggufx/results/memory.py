@@ -388,6 +388,7 @@ class FitResult(TypedDict):
     projector_bytes: dict[str, int] | None
     fits: list[dict[str, Any]]
     llama_cpp: dict[str, Any]
+    notes: list[str]
 
 
 # -- the questions, from a request -------------------------------------------------------------
@@ -428,6 +429,8 @@ def fit(model: GGUFModel, request: MemoryRequest, open_model: Opener) -> FitResu
         n_ctx_min=request.fit_ctx,
         mmproj=s.mmproj,
         projector=s.projector,
+        mtp=s.mtp,
+        tool=s.tool,
     )
 
 
@@ -769,6 +772,8 @@ def fit_budget(
     n_ctx_min: int = 4096,
     mmproj: GGUFModel | None = None,
     projector: ProjectorOptions | None = None,
+    mtp: MtpOptions | None = None,
+    tool: str | None = None,
 ) -> FitResult:
     """What fits GPUs of ``budget`` free memory (``"24GiB"`` or ``"24GiB,24GiB"``, or bytes).
 
@@ -779,11 +784,13 @@ def fit_budget(
     ``llama_cpp``: what llama.cpp's ``--fit`` decides (``-c``, ``-ngl``, ``-ts``, ``-ot``), keeping
     ``margin`` bytes free per GPU (one value or one per GPU; None: llama.cpp's 1024 MiB), from the
     free memory llama.cpp's fit reads while its dry run holds the recurrent state (``free_seen``), with
-    ``n_ctx_min`` as ``-fitc``; ``context.n_ctx`` 0 is ``-c`` not given. ``fits``: ggufx's own
+    ``n_ctx_min`` as ``-fitc``; ``context.n_ctx`` 0 is ``-c`` not given. ``mtp`` (``--spec-type draft-mtp``):
+    llama.cpp's fit loads the NextN weights and fits the MTP draft context beside the main one
+    (:func:`ggufx.analysis.memory.mtp.fit_measure`). ``fits``: ggufx's own
     search per KV cache type (``margin`` None: nothing kept free), the largest context, or with
     ``layers`` the most whole layers at ``context.n_ctx``, each with llama.cpp's answer beside it."""
     from ggufx.analysis.memory.buffers import ContextParams
-    from ggufx.analysis.memory.fit import MARGIN, fit_devices, free_seen, llama_fit
+    from ggufx.analysis.memory.fit import MARGIN, fit_devices
     from ggufx.analysis.memory.options import ProjectorOptions
     from ggufx.analysis.memory.placement import Device, OffloadParams
 
@@ -808,17 +815,33 @@ def fit_budget(
     else:
         devices_left = devices
 
+    notes: list[str] = []
+    if mtp is not None:
+        from ggufx.analysis.memory.mtp import main_context, no_mtp_reason
+
+        why = no_mtp_reason(model)
+        if why:
+            raise InputError(f"--spec-type draft-mtp: {why}", "--spec-type")
+        context = main_context(context, mtp, tool == "llama-server")
+        notes.append(
+            "--spec-type draft-mtp: llama.cpp's decision (llama_cpp) fits the MTP draft context beside the main "
+            "one; ggufx's own search (fits) counts the main context alone"
+        )
+
     def decide(ct: str) -> Any:
         cp = replace(context, cache_type_k=ct, cache_type_v=ct)
-        return llama_fit(
-            model, free_seen(model, devices, offload, cp), offload, cp, margins=llama_margins, n_ctx_min=n_ctx_min
-        )
+        return _llama_fit(model, devices, offload, cp, llama_margins, n_ctx_min, mtp)
 
     found = fit_devices(
         model, devices_left, offload, context, target="layers" if layers else "context", margin=own_margin
     )
-    seen = free_seen(model, devices, offload, context)  # what llama.cpp's fit reads during its dry run
-    decision = llama_fit(model, seen, offload, context, margins=llama_margins, n_ctx_min=n_ctx_min)
+    decision = _llama_fit(model, devices, offload, context, llama_margins, n_ctx_min, mtp)
+    if mtp is not None and decision.status == "layers":
+        notes.append(
+            "--spec-type draft-mtp: llama.cpp counts the NextN layers in the layers it splits (hp_ngl + "
+            "nextn_predict_layers, common/fit.cpp:140-143); ggufx's layer split does not yet, so its -ngl/-ot "
+            "may be off by them"
+        )
     out: FitResult = {
         "path": model.path,
         "budget": sizes[0] if len(sizes) == 1 else sizes,
@@ -826,6 +849,7 @@ def fit_budget(
         "projector_bytes": vision or None,
         "fits": [],
         "llama_cpp": decision.to_dict(),
+        "notes": notes,
     }
     for f in found:
         d = f.to_dict()
@@ -841,6 +865,36 @@ def fit_budget(
                 }
             )
         out["fits"].append(d)
+    return out
+
+
+def _llama_fit(
+    model: GGUFModel,
+    devices: list[Device],
+    offload: OffloadParams,
+    context: ContextParams,
+    margins: list[int],
+    n_ctx_min: int,
+    mtp: MtpOptions | None,
+) -> Any:
+    """llama.cpp's fit (:func:`ggufx.analysis.memory.fit.llama_fit`) from the free memory it reads during its
+    first dry run; with ``mtp`` the dry runs of ``draft-mtp`` (the MTP context fitted beside the main one)."""
+    from ggufx.analysis.memory.fit import free_seen, llama_fit
+
+    if mtp is None:
+        seen = free_seen(model, devices, offload, context)  # what llama.cpp's fit reads during its dry run
+        return llama_fit(model, seen, offload, context, margins=margins, n_ctx_min=n_ctx_min)
+    from ggufx.analysis.memory.mtp import fit_measure
+    from ggufx.analysis.memory.mtp import free_seen as mtp_free_seen
+
+    seen = mtp_free_seen(model, devices, offload, context, mtp)
+    measure = fit_measure(model, seen, offload, context, mtp)
+    out = llama_fit(
+        model, seen, replace(offload, mtp=True), context, margins=margins, n_ctx_min=n_ctx_min, measure=measure
+    )
+    last = next((t for t in reversed(out.trials) if t.run.n_ctx == out.n_ctx and t.run.layers == out.layers), None)
+    if last is not None:  # the decision's use with the MTP context in it (llama_fit's own would leave it out)
+        out.use = {d.name: u.total for d, u in zip(out.devices, last.use, strict=True)}
     return out
 
 

@@ -21,7 +21,9 @@ tools/server/server-context.cpp:1110-1250):
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from ggufx.analysis.layers import layer_kinds
 from ggufx.analysis.memory.buffers import (
@@ -39,6 +41,9 @@ from ggufx.analysis.memory.hparams import hparams
 from ggufx.analysis.memory.placement import Device, OffloadParams, host_buft, place
 from ggufx.errors import InputError
 from ggufx.model import GGUFModel
+
+if TYPE_CHECKING:
+    from ggufx.analysis.memory.fit import DeviceUse, DryRun
 
 SPEC_TYPES = (  # common/speculative.cpp:72-84, the names --spec-type takes
     "none",
@@ -259,3 +264,88 @@ def split_log(text: str) -> tuple[str, str]:
         elif (r := _RESERVE.search(line)) is None or last[r["buft"]] == i:
             mtp.append(line)
     return "\n".join([head, *main_exit]), "\n".join(mtp)
+
+
+def fit_measure(
+    model: GGUFModel, devices: list[Device], offload: OffloadParams, context: ContextParams, opts: MtpOptions
+) -> Callable[[DryRun], tuple[DeviceUse, ...]]:
+    """The dry runs of llama.cpp's fit under ``draft-mtp`` (common/common.cpp:1236-1265, common/fit.cpp:200-262):
+    the main model loaded with its NextN tensors (``load_mtp``), its context with the rollback snapshots,
+    and on each GPU the MTP context's memory beside it (``common_fit_extra_model`` with ``shares_model``: its
+    KV cache and compute buffers, no weights), measured at the main context's ``n_ctx`` with the options
+    as given (the extra model's parameters are copied before fit changes the main ones)."""
+    import re
+
+    from ggufx.analysis.memory.buffers import breakdown
+    from ggufx.analysis.memory.fit import MOE_ALL, device_use, layer_args
+    from ggufx.analysis.memory.placement import CPU
+
+    hp = hparams(model)
+    with_mtp = replace(offload, mtp=True)
+    names = [t.name for t in model.tensors]
+    extra: dict[int, dict[tuple[str, str], int]] = {}
+    measured: dict[DryRun, tuple[DeviceUse, ...]] = {}
+
+    def mtp_use(n_ctx: int) -> dict[tuple[str, str], int]:
+        """(device, kv or compute) -> bytes of the MTP context at this context size."""
+        if n_ctx not in extra:
+            cp = replace(context, n_ctx=n_ctx)
+            b = breakdown(model, devices, offload, cp)
+            per: dict[tuple[str, str], int] = {}
+            for x in mtp_buffers(model, devices, offload, cp, b, opts, []):
+                if x.kind in ("mtp_kv", "mtp_compute"):
+                    key = (x.buft, x.kind[4:])
+                    per[key] = per.get(key, 0) + x.bytes
+            extra[n_ctx] = per
+        return extra[n_ctx]
+
+    def measure(run: DryRun) -> tuple[DeviceUse, ...]:
+        if run in measured:
+            return measured[run]
+        off = with_mtp
+        if run.experts_on_host:
+            off = replace(with_mtp, overrides=((MOE_ALL, CPU),))
+        elif run.layers is not None:
+            # llama.cpp's hp_ngl counts the NextN layers under load_mtp (common/fit.cpp:140-143)
+            ngl, ts, ot = layer_args(run.layers, run.bufts, hp.n_layer)
+            off = replace(
+                with_mtp,
+                n_gpu_layers=ngl,
+                tensor_split=tuple(float(n) for n in ts) or offload.tensor_split,
+                overrides=tuple(o for o in ot if any(re.search(o[0], n) for n in names)),
+            )
+        cp = replace(context, n_ctx=run.n_ctx)
+        b = breakdown(model, devices, off, cp)
+        rollback_state(model, b, devices, off, cp, opts.n_max)
+        use = device_use(b, devices)
+        more = mtp_use(run.n_ctx)
+        measured[run] = tuple(
+            replace(
+                u, context=u.context + more.get((d.name, "kv"), 0), compute=u.compute + more.get((d.name, "compute"), 0)
+            )
+            for u, d in zip(use, devices, strict=True)
+        )
+        return measured[run]
+
+    return measure
+
+
+def free_seen(
+    model: GGUFModel, devices: list[Device], offload: OffloadParams, context: ContextParams, opts: MtpOptions
+) -> list[Device]:
+    """:func:`ggufx.analysis.memory.fit.free_seen` under ``draft-mtp``: the first dry run allocates the main
+    context's recurrent state with its rollback snapshots (the MTP context's plain KV cache is a dummy)."""
+    from ggufx.analysis.memory.buffers import breakdown
+    from ggufx.analysis.memory.fit import PAGE
+
+    with_mtp = replace(offload, mtp=True)
+    b = breakdown(model, devices, with_mtp, context)
+    rollback_state(model, b, devices, with_mtp, context, opts.n_max)
+    rs = b.by_kind("recurrent")
+    for name, n in b.by_kind("state").items():
+        rs[name] = rs.get(name, 0) + n
+    out = []
+    for d in devices:
+        state = -(-rs.get(d.name, 0) // PAGE) * PAGE
+        out.append(replace(d, free=d.free - state - (PAGE if state or len(devices) > 1 else 0)))
+    return out
