@@ -212,3 +212,46 @@ def test_record_script_matches_matrix() -> None:
     logs = {p.stem for p in MTP_LOGS.glob("*.log")}
     assert logs == {rid for rid, _, _ in MATRIX}
     assert json.loads((CPU_LOGS / "tensors.json").read_text())["qwen35-mtp"]
+
+
+def test_mem_spec_type_on_the_command_line(cli, mtp_models: dict[str, Path]) -> None:  # type: ignore[no-untyped-def]
+    """``ggufx mem FILE --spec-type draft-mtp``: the mtp_* rows in --json, the MTP line in the text; an unknown
+    type is a usage error (exit 2)."""
+    path = str(mtp_models["qwen35moe-mtp"])
+    r = cli("mem", path, "-c", "8192", "--gpus", "none", "--spec-type", "draft-mtp", "--json")
+    assert r.exit_code == 0, r.stderr
+    kinds = {b["kind"] for b in json.loads(r.stdout)["buffers"]}
+    assert {"mtp_model", "mtp_kv", "mtp_output", "mtp_compute"} <= kinds
+    r = cli("mem", path, "-c", "8192", "--gpus", "none", "--spec-type", "draft-mtp", "--spec-draft-n-max", "1")
+    assert r.exit_code == 0 and "MTP draft context's KV cache 16.00 MiB" in r.stdout, r.stdout
+    assert "keeps 1 rollback snapshots" in r.stdout
+    r = cli("mem", path, "--spec-type", "draft-nope")
+    assert r.exit_code == 2 and "unknown speculative type: 'draft-nope'" in r.stderr
+
+
+def test_fit_counts_the_mtp_context(mtp_models: dict[str, Path]) -> None:
+    """``--fit`` with draft-mtp: llama.cpp's fit adds the MTP context (KV and compute, its weights shared) to
+    every dry run of the main model loaded with its NextN block: at a fixed -c, what it measures is the
+    main context's use plus every MTP row but the output."""
+    path = mtp_models["qwen35moe-mtp"]
+    model = ggufx.open(path)
+    line = f"llama-server -m {path} -c 16384 -np 1"
+    from ggufx.results.memory import fit
+
+    plain = fit(model, MemoryRequest(llama_args=line, fit_budget="8GiB"), ggufx.open)
+    mtp = fit(model, MemoryRequest(llama_args=line + " --spec-type draft-mtp", fit_budget="8GiB"), ggufx.open)
+    res = memory(model, MemoryRequest(llama_args=line + " --spec-type draft-mtp"), ggufx.open)
+    gpu = [b for b in res["buffers"] if b["buft"] == "CUDA0"]
+    assert plain["llama_cpp"]["status"] == mtp["llama_cpp"]["status"] == "unchanged"
+    assert mtp["llama_cpp"]["use"]["CUDA0"] == sum(b["bytes"] for b in gpu if b["kind"] != "output")
+    assert mtp["llama_cpp"]["use"]["CUDA0"] > plain["llama_cpp"]["use"]["CUDA0"]
+    assert any("MTP draft context" in n for n in mtp["notes"]) and plain["notes"] == []
+    # a budget the MTP context does not leave room for at the training context: fit shortens it further
+    auto = f"llama-server -m {path} -np 1"
+    small = fit(model, MemoryRequest(llama_args=auto, fit_budget="700MiB", fit_target="100"), ggufx.open)
+    small_mtp = fit(
+        model,
+        MemoryRequest(llama_args=auto + " --spec-type draft-mtp", fit_budget="700MiB", fit_target="100"),
+        ggufx.open,
+    )
+    assert small_mtp["llama_cpp"]["n_ctx"] < small["llama_cpp"]["n_ctx"]
