@@ -61,7 +61,7 @@ SPEC_TYPES = (  # common/speculative.cpp:72-84, the names --spec-type takes
 N_MAX = 3  # common_params_speculative_draft::n_max (common.h:329), --spec-draft-n-max
 # the architectures whose MTP context's memory is a plain KV cache of the NextN layers (create_memory)
 # and whose MTP graph is rebuilt here
-MODELLED = ("qwen35", "qwen35moe")
+MODELLED = ("qwen35", "qwen35moe", "glm4moe")
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +201,7 @@ def summary(bufs: list[Buffer], main: Breakdown, cp: ContextParams, n_nextn: int
 
     cells = f"{main.n_ctx_seq:,} cells" + (f" x {main.n_streams} streams" if main.n_streams > 1 else "")
     return (
-        f"--spec-type draft-mtp: the NextN weights {mib('mtp_model')}; the MTP draft context's KV cache "
+        f"--spec-type draft-mtp: the NextN weights add {mib('mtp_model')} to the model buffers; the MTP draft context's KV cache "
         f"{mib('mtp_kv')} ({n_nextn} layer(s) x {cells}, K {cp.cache_type_k} V {cp.cache_type_v}: -ctkd/-ctvd), "
         f"output {mib('mtp_output')}, compute {mib('mtp_compute')} (computed)"
     )

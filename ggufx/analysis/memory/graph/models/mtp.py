@@ -12,13 +12,13 @@ the experts plus the gated shared expert), the head norm (``nextn.shared_head_no
 from __future__ import annotations
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _norm, _proj, _w, _weight
+from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _norm, _proj, _w, _weight
 from ggufx.analysis.memory.graph.models.qwen3next import _ffn, n_expert_used
 from ggufx.analysis.memory.graph.models.qwen35 import _gated_attn
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.model import GGUFModel
 
-ARCHS = ("qwen35", "qwen35moe")  # the architectures whose MTP graph is built here
+ARCHS = ("qwen35", "qwen35moe", "glm4moe")  # the architectures whose MTP graph is built here
 
 
 def build(c: _Ctx, g: _Graph) -> _T:
@@ -32,11 +32,12 @@ def build(c: _Ctx, g: _Graph) -> _T:
     moe = hp.arch == "qwen35moe"
     if moe:
         c.moe = n_expert_used(c)
+    mrope = hp.arch in ("qwen35", "qwen35moe")
     tokens = g.input("inp_tokens", "I32", T)
     tok_w = _weight(c, p + "nextn.embed_tokens.weight", il) or _w(c, "token_embd.weight", -1)
     tok = g.new(f"mtp_tok_embd-{il}", "GET_ROWS", "F32", (hp.n_embd, T), tok_w, tokens)
     h = g.input("mtp_h_input", "F32", hp.n_embd, T)
-    c.pos = g.input("inp_pos", "I32", T * 4)  # M-RoPE: 4 positions per token (llama-graph.cpp:2540)
+    c.pos = g.input("inp_pos", "I32", T * (4 if mrope else 1))  # M-RoPE: 4 positions per token (llama-graph.cpp:2540)
     out_ids = g.input("out_ids", "I32", n_out)
     inp = _attn_inp(c, g, sp.n_kv)
     g.at(0)
@@ -45,16 +46,20 @@ def build(c: _Ctx, g: _Graph) -> _T:
     cat = g.new(f"mtp_concat-{il}", "CONCAT", "F32", (2 * hp.n_embd, T), e_norm, h_norm)
     x = g.mul_mat(f"mtp_eh_proj-{il}", _w(c, p + "nextn.eh_proj.weight", il), cat)
     cur = _norm(c, g, x, p + "attn_norm.weight", il)
-    cur = _gated_attn(c, g, cur, il, inp)
-    res = g.op(f"mtp_attn_residual-{il}", "ADD", cur, x)
-    cur = _norm(c, g, res, p + "post_attention_norm.weight", il)
-    if moe:
-        cur = _ffn(c, g, cur, il)
+    if hp.arch == "glm4moe":
+        x = _glm4moe_block(c, g, cur, x, il, inp)
     else:
-        gate = _proj(c, g, f"ffn_gate-{il}", p + "ffn_gate", cur, il)
-        up = _proj(c, g, f"ffn_up-{il}", p + "ffn_up", cur, il)
-        cur = _proj(c, g, f"ffn_out-{il}", p + "ffn_down", g.new(f"ffn_glu-{il}", "GLU", "F32", gate.ne, gate, up), il)
-    x = g.op(f"mtp_post_ffn-{il}", "ADD", cur, res)
+        cur = _gated_attn(c, g, cur, il, inp)
+        res = g.op(f"mtp_attn_residual-{il}", "ADD", cur, x)
+        cur = _norm(c, g, res, p + "post_attention_norm.weight", il)
+        if moe:
+            cur = _ffn(c, g, cur, il)
+        else:
+            gate = _proj(c, g, f"ffn_gate-{il}", p + "ffn_gate", cur, il)
+            up = _proj(c, g, f"ffn_up-{il}", p + "ffn_up", cur, il)
+            glu = g.new(f"ffn_glu-{il}", "GLU", "F32", gate.ne, gate, up)
+            cur = _proj(c, g, f"ffn_out-{il}", p + "ffn_down", glu, il)
+        x = g.op(f"mtp_post_ffn-{il}", "ADD", cur, res)
     g.at(GLOBAL)
     head_norm = _weight(c, p + "nextn.shared_head_norm.weight", il) or _w(c, "output_norm.weight", hp.n_layer)
     cur = g.op("norm", "RMS_NORM", x)  # build_norm(..., -1): no layer, not pinned
@@ -69,6 +74,26 @@ def build(c: _Ctx, g: _Graph) -> _T:
     logits = g.mul_mat("result_output", head, cur)
     logits.flags |= OUTPUT
     return logits
+
+
+def _glm4moe_block(c: _Ctx, g: _Graph, cur: _T, x: _T, il: int, inp: _AttnInp) -> _T:
+    """GLM-4.5's NextN block (glm4-moe.cpp:195-262): the trunk's attention (Q/K/V with their biases, the
+    optional Q/K norms, RoPE, the output projection inside ``build_attn``), the residual, the post-attention
+    norm, the routed experts (sigmoid gating with the selection bias, normalized and scaled weights) plus the
+    shared expert, the residual."""
+    from ggufx.analysis.memory.graph.models.deepseek2 import SIGMOID, ffn, moe_ffn, moe_params
+    from ggufx.analysis.memory.graph.models.glm4moe import _attn
+
+    mp = moe_params(c)
+    cur = _attn(c, g, cur, il, inp)
+    ffn_inp = g.op(f"mtp_ffn_inp-{il}", "ADD", cur, x)
+    cur = _norm(c, g, ffn_inp, f"blk.{il}.post_attention_norm.weight", il)
+    moe_out, routed = moe_ffn(c, g, cur, il, mp, mp.gating or SIGMOID)
+    if _weight(c, f"blk.{il}.ffn_up_shexp.weight", il) is not None:
+        cur = g.op(f"mtp_ffn_out-{il}", "ADD", moe_out, ffn(c, g, cur, il, "_shexp", routed))
+    else:  # build_ffn of null weights: the SiLU of its input
+        cur = g.op(f"mtp_ffn_out-{il}", "ADD", moe_out, g.op(f"ffn_silu-{il}", "UNARY", cur))
+    return g.op(f"mtp_post_ffn-{il}", "ADD", cur, ffn_inp)
 
 
 def unbuildable(model: GGUFModel) -> str | None:
@@ -90,6 +115,8 @@ def unbuildable(model: GGUFModel) -> str | None:
     if hd <= 0 or hd != hp.head_v or nh <= 0 or nkv <= 0 or nh % nkv:
         return "the MTP graph needs key_length = value_length > 0 and head_count a multiple of head_count_kv"
     p = f"blk.{il}."
+    if arch == "glm4moe":
+        return _glm4moe_unbuildable(model, tensors, p, E)
     w: dict[str, tuple[int, ...]] = {"attn_norm.weight": (E,), "post_attention_norm.weight": (E,)}
     w |= {"attn_q.weight": (E, 2 * hd * nh), "attn_k.weight": (E, hd * nkv), "attn_v.weight": (E, hd * nkv)}
     w |= {"attn_output.weight": (hd * nh, E), "attn_q_norm.weight": (hd,), "attn_k_norm.weight": (hd,)}
@@ -110,4 +137,26 @@ def unbuildable(model: GGUFModel) -> str | None:
             return f"the MTP graph needs tensor {name}, which the file lacks"
         if tensors[name] != shape:
             return f"the MTP graph needs tensor {name} of shape {list(shape)}, not {list(tensors[name])}"
+    return None
+
+
+def _glm4moe_unbuildable(model: GGUFModel, tensors: dict[str, tuple[int, ...]], p: str, E: int) -> str | None:
+    """The NextN block's tensors as glm4-moe.cpp:57-121 loads them: separate Q/K/V, split experts with the
+    selection bias, the shared expert where the model has one, the NextN projection and norms."""
+    if p + "attn_qkv.weight" in tensors:
+        return "glm4moe MTP graphs with a fused attn_qkv are not simulated"
+    need = ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "post_attention_norm", "ffn_gate_inp"]
+    need += ["nextn.enorm", "nextn.hnorm"]
+    if (model.metadata.get_int("glm4moe.expert_shared_count") or 0) > 0:
+        need += ["ffn_gate_shexp", "ffn_up_shexp", "ffn_down_shexp"]
+    for role in need:
+        if p + role + ".weight" not in tensors:
+            return f"the MTP graph needs tensor {p}{role}.weight, which the file lacks"
+    if p + "exp_probs_b.bias" not in tensors:
+        return f"the MTP graph needs tensor {p}exp_probs_b.bias, which the file lacks"
+    for role in ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"):
+        if len(tensors.get(p + role + ".weight", ())) != 3:
+            return f"the MTP graph needs a three-dimensional tensor {p}{role}.weight"
+    if tensors.get(p + "nextn.eh_proj.weight") != (2 * E, E):
+        return f"the MTP graph needs tensor {p}nextn.eh_proj.weight of shape {[2 * E, E]}"
     return None
