@@ -33,7 +33,7 @@ MATRIX = [
 RUNS = {rid: (model, args) for rid, model, args in MATRIX if (MTP_LOGS / f"{rid}.log").exists()}
 # qwen35's main graph with an MTP block is the generic estimate today (graphsim's _qwen35_unbuildable refuses
 # it): its main compute buffer is not held here, the MTP context's is
-MAIN_COMPUTE_BUILT = {"qwen35moe-mtp", "glm4moe", "glm4moe-air"}
+MAIN_COMPUTE_BUILT = {"qwen35moe-mtp", "glm4moe", "glm4moe-air", "deepseek2-mla-mtp"}
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +53,16 @@ def exit_lines(text: str) -> list[float]:
 
 
 def test_the_mtp_matrix_is_recorded() -> None:
-    """Both Qwen 3.5 graphs and GLM-4.5's (and -Air's), over -c, -np, -ub, the main and the draft cache types,
-    -fa off, --no-repack and --spec-draft-n-max; every log has both contexts."""
-    assert {m for m, _ in RUNS.values()} == {"qwen35moe-mtp", "qwen35-mtp", "glm4moe", "glm4moe-air"}
-    assert len(RUNS) == len(MATRIX) >= 21
+    """Both Qwen 3.5 graphs, GLM-4.5's (and -Air's) and DeepSeek V3's, over -c, -np, -ub, the main and the
+    draft cache types, -fa off, --no-repack and --spec-draft-n-max; every log has both contexts."""
+    assert {m for m, _ in RUNS.values()} == {
+        "qwen35moe-mtp",
+        "qwen35-mtp",
+        "glm4moe",
+        "glm4moe-air",
+        "deepseek2-mla-mtp",
+    }
+    assert len(RUNS) == len(MATRIX) >= 25
     args = " ".join(a for _, a in RUNS.values())
     for option in (
         "-ctk q8_0",
@@ -197,11 +203,11 @@ def test_a_model_without_mtp_layers_is_refused(smollm2_path: Path, tmp_path: Pat
 
 
 def test_an_mtp_context_not_modelled_is_said(smollm2_path: Path, tmp_path: Path) -> None:
-    """DeepSeek V3's NextN layer: its MTP context is not modelled yet, and the answer says so."""
-    path = cpu_model("deepseek2-mla", tmp_path, smollm2_path)
+    """Ling's (bailingmoe3) NextN layer: its MTP context is not modelled yet, and the answer says so."""
+    path = cpu_model("bailingmoe3-mtp", tmp_path, smollm2_path)
     req = MemoryRequest(llama_args=f"llama-server -m {path} -c 4096 --spec-type draft-mtp")
     res = memory(ggufx.open(path), req, ggufx.open)
-    assert any("MTP context of deepseek2" in n and "not modelled" in n for n in res["notes"])
+    assert any("MTP context of bailingmoe3" in n and "not modelled" in n for n in res["notes"])
     assert not any(b["kind"].startswith("mtp_") for b in res["buffers"])
 
 

@@ -61,7 +61,7 @@ SPEC_TYPES = (  # common/speculative.cpp:72-84, the names --spec-type takes
 N_MAX = 3  # common_params_speculative_draft::n_max (common.h:329), --spec-draft-n-max
 # the architectures whose MTP context's memory is a plain KV cache of the NextN layers (create_memory)
 # and whose MTP graph is rebuilt here
-MODELLED = ("qwen35", "qwen35moe", "glm4moe")
+MODELLED = ("qwen35", "qwen35moe", "glm4moe", "deepseek2")
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from ggufx.analysis.memory.graph.models.qwen35 import _gated_attn
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.model import GGUFModel
 
-ARCHS = ("qwen35", "qwen35moe", "glm4moe")  # the architectures whose MTP graph is built here
+ARCHS = ("qwen35", "qwen35moe", "glm4moe", "deepseek2")  # the architectures whose MTP graph is built here
 
 
 def build(c: _Ctx, g: _Graph) -> _T:
@@ -39,14 +39,21 @@ def build(c: _Ctx, g: _Graph) -> _T:
     h = g.input("mtp_h_input", "F32", hp.n_embd, T)
     c.pos = g.input("inp_pos", "I32", T * (4 if mrope else 1))  # M-RoPE: 4 positions per token (llama-graph.cpp:2540)
     out_ids = g.input("out_ids", "I32", n_out)
-    inp = _attn_inp(c, g, sp.n_kv)
+    if hp.arch == "deepseek2":  # build_attn_inp_k: the MLA cache's rows and mask (deepseek2.cpp:245)
+        ns = sp.n_streams
+        k_idxs = g.input("attn_inp_k_idxs", "I64", T)
+        mask = g.input("attn_inp_kq_mask", "F16" if sp.flash_attn else "F32", sp.n_kv, T // ns, 1, ns)
+    else:
+        inp = _attn_inp(c, g, sp.n_kv)
     g.at(0)
     h_norm = _norm(c, g, h, p + "nextn.hnorm.weight", il)
     e_norm = _norm(c, g, tok, p + "nextn.enorm.weight", il)
     cat = g.new(f"mtp_concat-{il}", "CONCAT", "F32", (2 * hp.n_embd, T), e_norm, h_norm)
     x = g.mul_mat(f"mtp_eh_proj-{il}", _w(c, p + "nextn.eh_proj.weight", il), cat)
     cur = _norm(c, g, x, p + "attn_norm.weight", il)
-    if hp.arch == "glm4moe":
+    if hp.arch == "deepseek2":
+        x = _deepseek2_block(c, g, cur, x, il, k_idxs, mask, out_ids)
+    elif hp.arch == "glm4moe":
         x = _glm4moe_block(c, g, cur, x, il, inp)
     else:
         cur = _gated_attn(c, g, cur, il, inp)
@@ -96,6 +103,18 @@ def _glm4moe_block(c: _Ctx, g: _Graph, cur: _T, x: _T, il: int, inp: _AttnInp) -
     return g.op(f"mtp_post_ffn-{il}", "ADD", cur, ffn_inp)
 
 
+def _deepseek2_block(c: _Ctx, g: _Graph, cur: _T, x: _T, il: int, k_idxs: _T, mask: _T, out_ids: _T) -> _T:
+    """DeepSeek V3's NextN block (deepseek2.cpp:170-400): the trunk's absorbed MLA attention with the Q LoRA
+    (``build_attn`` over the K-only cache, the output projection in it), the residual, the FFN norm, the
+    routed experts (the trunk's gating, selection bias, normalized and scaled weights) plus the shared ones,
+    the residual: the trunk's layer tail of a mixture-of-experts layer."""
+    from ggufx.analysis.memory.graph.models.deepseek2 import SOFTMAX, _mla_attn, layer_tail, moe_params
+
+    mp = moe_params(c)
+    cur = _mla_attn(c, g, cur, il, k_idxs, mask, None)
+    return layer_tail(c, g, cur, x, il, False, out_ids, mp, mp.gating or SOFTMAX)
+
+
 def unbuildable(model: GGUFModel) -> str | None:
     """Why the MTP graph of this file is not built (None when it is): another architecture, not one
     NextN block, or a tensor the graph reads missing or of another shape than the loader creates."""
@@ -111,10 +130,12 @@ def unbuildable(model: GGUFModel) -> str | None:
     if extra:
         return f"MTP graphs with tensor {extra} are not simulated"
     E, hd, il = hp.n_embd, hp.head_k, hp.n_layer_main
+    p = f"blk.{il}."
+    if arch == "deepseek2":
+        return _deepseek2_unbuildable(model, tensors, p, E)
     nh, nkv = hp.n_head[il], hp.n_head_kv[il]
     if hd <= 0 or hd != hp.head_v or nh <= 0 or nkv <= 0 or nh % nkv:
         return "the MTP graph needs key_length = value_length > 0 and head_count a multiple of head_count_kv"
-    p = f"blk.{il}."
     if arch == "glm4moe":
         return _glm4moe_unbuildable(model, tensors, p, E)
     w: dict[str, tuple[int, ...]] = {"attn_norm.weight": (E,), "post_attention_norm.weight": (E,)}
@@ -157,6 +178,33 @@ def _glm4moe_unbuildable(model: GGUFModel, tensors: dict[str, tuple[int, ...]], 
     for role in ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"):
         if len(tensors.get(p + role + ".weight", ())) != 3:
             return f"the MTP graph needs a three-dimensional tensor {p}{role}.weight"
+    if tensors.get(p + "nextn.eh_proj.weight") != (2 * E, E):
+        return f"the MTP graph needs tensor {p}nextn.eh_proj.weight of shape {[2 * E, E]}"
+    return None
+
+
+def _deepseek2_unbuildable(model: GGUFModel, tensors: dict[str, tuple[int, ...]], p: str, E: int) -> str | None:
+    """What deepseek2.cpp's ``graph_mtp`` asserts (:170-215): absorbed MLA with the Q LoRA, no attention
+    temperature scaling, a mixture-of-experts block with split gate and up experts and the shared ones."""
+    from ggufx.analysis.memory.graph.models.deepseek2 import unbuildable as trunk
+
+    why = trunk(model)
+    if why:
+        return why
+    md = model.metadata
+    if (md.get_int("deepseek2.attention.q_lora_rank") or 0) <= 0:
+        return "llama.cpp's deepseek2 MTP graph needs a Q LoRA (attention.q_lora_rank > 0)"
+    if md.get("deepseek2.attention.temperature_scale") not in (None, 0, 0.0):
+        return "llama.cpp's deepseek2 MTP graph does not support attention temperature scaling"
+    need = ["attn_norm", "attn_q_a", "attn_q_a_norm", "attn_q_b", "attn_kv_a_mqa", "attn_kv_a_norm"]
+    need += ["attn_k_b", "attn_v_b", "attn_output", "ffn_norm", "ffn_gate_inp"]
+    need += ["ffn_gate_shexp", "ffn_up_shexp", "ffn_down_shexp", "nextn.enorm", "nextn.hnorm"]
+    for role in need:
+        if p + role + ".weight" not in tensors:
+            return f"the MTP graph needs tensor {p}{role}.weight, which the file lacks"
+    for role in ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"):
+        if len(tensors.get(p + role + ".weight", ())) != 3:
+            return f"the MTP graph needs a three-dimensional tensor {p}{role}.weight (split gate and up experts)"
     if tensors.get(p + "nextn.eh_proj.weight") != (2 * E, E):
         return f"the MTP graph needs tensor {p}nextn.eh_proj.weight of shape {[2 * E, E]}"
     return None
