@@ -33,7 +33,7 @@ MATRIX = [
 RUNS = {rid: (model, args) for rid, model, args in MATRIX if (MTP_LOGS / f"{rid}.log").exists()}
 # qwen35's main graph with an MTP block is the generic estimate today (graphsim's _qwen35_unbuildable refuses
 # it): its main compute buffer is not held here, the MTP context's is
-MAIN_COMPUTE_BUILT = {"qwen35moe-mtp", "glm4moe", "glm4moe-air", "deepseek2-mla-mtp"}
+MAIN_COMPUTE_BUILT = {"qwen35moe-mtp", "qwen3next-mtp", "glm4moe", "glm4moe-air", "deepseek2-mla-mtp"}
 
 
 @pytest.fixture(scope="module")
@@ -53,16 +53,11 @@ def exit_lines(text: str) -> list[float]:
 
 
 def test_the_mtp_matrix_is_recorded() -> None:
-    """Both Qwen 3.5 graphs, GLM-4.5's (and -Air's) and DeepSeek V3's, over -c, -np, -ub, the main and the
-    draft cache types, -fa off, --no-repack and --spec-draft-n-max; every log has both contexts."""
-    assert {m for m, _ in RUNS.values()} == {
-        "qwen35moe-mtp",
-        "qwen35-mtp",
-        "glm4moe",
-        "glm4moe-air",
-        "deepseek2-mla-mtp",
-    }
-    assert len(RUNS) == len(MATRIX) >= 25
+    """Both Qwen 3.5 graphs, Qwen3-Next's, GLM-4.5's (and -Air's) and DeepSeek V3's, over -c, -np, -ub, the main
+    and the draft cache types, -fa off, --no-repack and --spec-draft-n-max; every log has both contexts."""
+    models = {"qwen35moe-mtp", "qwen35-mtp", "qwen3next-mtp", "glm4moe", "glm4moe-air", "deepseek2-mla-mtp"}
+    assert {m for m, _ in RUNS.values()} == models
+    assert len(RUNS) == len(MATRIX) >= 28
     args = " ".join(a for _, a in RUNS.values())
     for option in (
         "-ctk q8_0",
@@ -93,7 +88,7 @@ def test_both_contexts_match_llama_cpp(rid: str, mtp_models: dict[str, Path]) ->
     rows = {(r["kind"], r["buft"]): r for r in res["rows"]}
     kinds = {k for k, _ in rows}
     assert {"model", "kv", "output", "compute"} <= kinds
-    assert ("recurrent" in kinds) == model_name.startswith("qwen35")  # the hybrids' state (with its snapshots)
+    assert ("recurrent" in kinds) == model_name.startswith("qwen3")  # the hybrids' state (with its snapshots)
     assert {"mtp_kv", "mtp_output", "mtp_compute"} <= kinds
     for (kind, buft), r in rows.items():
         if kind == "compute" and model_name not in MAIN_COMPUTE_BUILT:
@@ -272,3 +267,18 @@ def test_fit_counts_the_mtp_context(mtp_models: dict[str, Path]) -> None:
         ggufx.open,
     )
     assert small_mtp["llama_cpp"]["n_ctx"] < small["llama_cpp"]["n_ctx"]
+
+
+def test_rollback_snapshots_only_where_llama_cpp_keeps_them(mtp_models: dict[str, Path]) -> None:
+    """Qwen 3.5 keeps --spec-draft-n-max snapshots of its recurrent state per sequence; Qwen3-Next does not
+    (llm_arch_supports_rs_rollback: llama.cpp clamps n_rs_seq to 0, its log says so)."""
+    for name, factor in (("qwen35-mtp", 6), ("qwen3next-mtp", 1)):
+        path = mtp_models[name]
+        base = f"llama-server -m {path} -c 4096 -np 2"
+        plain = memory(ggufx.open(path), MemoryRequest(llama_args=base, gpus="none"), ggufx.open)
+        req = MemoryRequest(llama_args=base + " --spec-type draft-mtp --spec-draft-n-max 5", gpus="none")
+        mtp = memory(ggufx.open(path), req, ggufx.open)
+        rs = [sum(b["bytes"] for b in r["buffers"] if b["kind"] == "recurrent") for r in (plain, mtp)]
+        assert rs[1] == factor * rs[0], name
+    log = (MTP_LOGS / "qwen3next-mtp-c8192.log").read_text()
+    assert "does not support recurrent partial rollback; clamping to 0" in log

@@ -61,7 +61,16 @@ SPEC_TYPES = (  # common/speculative.cpp:72-84, the names --spec-type takes
 N_MAX = 3  # common_params_speculative_draft::n_max (common.h:329), --spec-draft-n-max
 # the architectures whose MTP context's memory is a plain KV cache of the NextN layers (create_memory)
 # and whose MTP graph is rebuilt here
-MODELLED = ("qwen35", "qwen35moe", "glm4moe", "deepseek2")
+MODELLED = ("qwen35", "qwen35moe", "qwen3next", "glm4moe", "deepseek2")
+# llm_arch_supports_rs_rollback (llama-arch.cpp:1162-1179): the architectures whose context keeps the rollback
+# snapshots; the others clamp n_rs_seq to 0 (llama-context.cpp:107-112)
+RS_ROLLBACK = frozenset(
+    ("kimi-k3", "qwen35", "qwen35moe", "qwen4exp", "deepseek4", "glm5-next")
+    + ("nemotron_h", "nemotron_h_moe", "lfm2", "lfm2moe", "bailingmoe3")
+)
+# of those, the ones whose state ggufx sizes in other buffers than R and S rows (compressor states, the PLE
+# history, the KDA state): their snapshots are not modelled
+RS_ROLLBACK_NOT_MODELLED = frozenset(("kimi-k3", "qwen4exp", "deepseek4", "glm5-next"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,8 +120,16 @@ def rollback_state(
 ) -> None:
     """The main context's recurrent state with ``n_rs_seq`` rollback snapshots per sequence: every R and S
     tensor has ``max(1, n_seq) x (1 + n_rs_seq)`` rows (llama-memory-recurrent.cpp:101). Replaces
-    ``b``'s recurrent buffers and byte count in place."""
-    if n_rs_seq <= 0 or not any(x.kind == "recurrent" for x in b.buffers):
+    ``b``'s recurrent buffers and byte count in place. Only the architectures of :data:`RS_ROLLBACK` keep
+    snapshots (llama.cpp clamps ``n_rs_seq`` to 0 for the others)."""
+    arch = model.architecture or ""
+    if n_rs_seq <= 0 or arch not in RS_ROLLBACK or not any(x.kind in ("recurrent", "state") for x in b.buffers):
+        return
+    if arch in RS_ROLLBACK_NOT_MODELLED:
+        b.notes.append(
+            f"--spec-type draft-mtp: {arch} keeps {n_rs_seq} rollback snapshots of its state per sequence, "
+            "which ggufx does not model (its state figures are without them)"
+        )
         return
     hp = hparams(model)
     pl = place(model, devices, offload)

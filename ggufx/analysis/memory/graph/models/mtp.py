@@ -18,7 +18,7 @@ from ggufx.analysis.memory.graph.models.qwen35 import _gated_attn
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.model import GGUFModel
 
-ARCHS = ("qwen35", "qwen35moe", "glm4moe", "deepseek2")  # the architectures whose MTP graph is built here
+ARCHS = ("qwen35", "qwen35moe", "qwen3next", "glm4moe", "deepseek2")  # the architectures whose MTP graph is built here
 
 
 def build(c: _Ctx, g: _Graph) -> _T:
@@ -29,7 +29,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
     T, n_out = c.n_tokens, c.n_outputs
     il = hp.n_layer_main  # the NextN block (one: both graphs assert n_layer_nextn == 1)
     p = f"blk.{il}."
-    moe = hp.arch == "qwen35moe"
+    moe = hp.arch in ("qwen35moe", "qwen3next")
     if moe:
         c.moe = n_expert_used(c)
     mrope = hp.arch in ("qwen35", "qwen35moe")
@@ -51,12 +51,16 @@ def build(c: _Ctx, g: _Graph) -> _T:
     cat = g.new(f"mtp_concat-{il}", "CONCAT", "F32", (2 * hp.n_embd, T), e_norm, h_norm)
     x = g.mul_mat(f"mtp_eh_proj-{il}", _w(c, p + "nextn.eh_proj.weight", il), cat)
     cur = _norm(c, g, x, p + "attn_norm.weight", il)
+    picked = hp.arch == "qwen3next"  # the rows are picked after the attention (qwen3next.cpp graph_mtp)
     if hp.arch == "deepseek2":
         x = _deepseek2_block(c, g, cur, x, il, k_idxs, mask, out_ids)
     elif hp.arch == "glm4moe":
         x = _glm4moe_block(c, g, cur, x, il, inp)
     else:
         cur = _gated_attn(c, g, cur, il, inp)
+        if picked:
+            cur = g.new("node_rows", "GET_ROWS", "F32", (hp.n_embd, n_out), cur, out_ids)
+            x = g.new("node_rows", "GET_ROWS", "F32", (hp.n_embd, n_out), x, out_ids)
         res = g.op(f"mtp_attn_residual-{il}", "ADD", cur, x)
         cur = _norm(c, g, res, p + "post_attention_norm.weight", il)
         if moe:
@@ -72,7 +76,8 @@ def build(c: _Ctx, g: _Graph) -> _T:
     cur = g.op("norm", "RMS_NORM", x)  # build_norm(..., -1): no layer, not pinned
     cur = g.op("h_nextn", "MUL", cur, head_norm)
     cur.flags |= OUTPUT
-    cur = g.new("mtp_shared_head_norm", "GET_ROWS", "F32", (hp.n_embd, n_out), cur, out_ids)
+    if not picked:
+        cur = g.new("mtp_shared_head_norm", "GET_ROWS", "F32", (hp.n_embd, n_out), cur, out_ids)
     head = (
         _weight(c, p + "nextn.shared_head_head.weight", il)
         or _weight(c, "output.weight", hp.n_layer)
@@ -142,10 +147,10 @@ def unbuildable(model: GGUFModel) -> str | None:
     w |= {"attn_q.weight": (E, 2 * hd * nh), "attn_k.weight": (E, hd * nkv), "attn_v.weight": (E, hd * nkv)}
     w |= {"attn_output.weight": (hd * nh, E), "attn_q_norm.weight": (hd,), "attn_k_norm.weight": (hd,)}
     w |= {"nextn.eh_proj.weight": (2 * E, E), "nextn.enorm.weight": (E,), "nextn.hnorm.weight": (E,)}
-    if arch == "qwen35moe":
+    if arch in ("qwen35moe", "qwen3next"):
         from ggufx.analysis.memory.graph.models.qwen35moe import expert_shapes
 
-        n_expert = model.metadata.get_int("qwen35moe.expert_count") or 0
+        n_expert = model.metadata.get_int(f"{arch}.expert_count") or 0
         experts = expert_shapes(tensors, p, E, n_expert)
         if isinstance(experts, str):
             return experts
