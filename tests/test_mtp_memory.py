@@ -282,3 +282,13 @@ def test_rollback_snapshots_only_where_llama_cpp_keeps_them(mtp_models: dict[str
         assert rs[1] == factor * rs[0], name
     log = (MTP_LOGS / "qwen3next-mtp-c8192.log").read_text()
     assert "does not support recurrent partial rollback; clamping to 0" in log
+
+
+def test_sm_tensor_says_the_mtp_context_is_not_modelled(mtp_models: dict[str, Path]) -> None:
+    path = mtp_models["qwen35moe-mtp"]
+    req = MemoryRequest(
+        llama_args=f"llama-server -m {path} -c 4096 -sm tensor --spec-type draft-mtp", gpus="24GiB,24GiB"
+    )
+    res = memory(ggufx.open(path), req, ggufx.open)
+    assert any("MTP context is not modelled with -sm tensor" in n for n in res["notes"])
+    assert not any(b["kind"].startswith("mtp_") for b in res["buffers"])

@@ -167,7 +167,7 @@ def mtp_buffers(
             f"buffers) is not modelled; modelled: {', '.join(MODELLED)}"
         )
         return []
-    if main.reservation is None or main.compute_estimate is not None and "tensor" in (main.compute_estimate or ""):
+    if offload.split_mode == "tensor" or main.reservation is None:
         notes.append("--spec-type draft-mtp: the MTP context is not modelled with -sm tensor")
         return []
     hp = hparams(model)
