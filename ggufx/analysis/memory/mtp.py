@@ -131,6 +131,8 @@ def rollback_state(
             "which ggufx does not model (its state figures are without them)"
         )
         return
+    if not any(x.kind == "recurrent" for x in b.buffers):
+        return
     hp = hparams(model)
     pl = place(model, devices, offload)
     rows = max(1, context.n_parallel) * (1 + n_rs_seq)
