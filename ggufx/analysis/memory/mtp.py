@@ -68,9 +68,12 @@ RS_ROLLBACK = frozenset(
     ("kimi-k3", "qwen35", "qwen35moe", "qwen4exp", "deepseek4", "glm5-next")
     + ("nemotron_h", "nemotron_h_moe", "lfm2", "lfm2moe", "bailingmoe3")
 )
-# of those, the ones whose state ggufx sizes in other buffers than R and S rows (compressor states, the PLE
-# history, the KDA state): their snapshots are not modelled
-RS_ROLLBACK_NOT_MODELLED = frozenset(("kimi-k3", "qwen4exp", "deepseek4", "glm5-next"))
+# of those, the ones whose state ggufx sizes in other buffers than the recurrent memory's R, S (and qwen4exp's
+# P) rows: DeepSeek V4's compressor states, Kimi K3's: their snapshots are not modelled
+RS_ROLLBACK_NOT_MODELLED = frozenset(("kimi-k3", "deepseek4"))
+# the architectures whose NextN weights (load_mtp) are proven against llama.cpp's model buffers (mtp/ logs)
+# beyond MODELLED; the others' are not counted (dots3note's loader takes fewer than its file's blk.N tensors)
+WEIGHTS_PROVEN = ("bailingmoe3", "cohere2moe", "deepseek32", "glm-dsa", "glm5-next", "qwen4exp", "deepseek4")
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +139,12 @@ def rollback_state(
     hp = hparams(model)
     pl = place(model, devices, offload)
     rows = max(1, context.n_parallel) * (1 + n_rs_seq)
-    rs = recurrent_buffers(hp, layer_kinds(model), pl, context, rows)
+    kinds = layer_kinds(model)
+    rs = recurrent_buffers(hp, kinds, pl, context, rows)
+    if arch == "qwen4exp":  # its PLE history rows too (llama-memory-recurrent.cpp:109-114)
+        from ggufx.analysis.memory.buffers import ple_state_buffers
+
+        rs = ple_state_buffers(model, kinds, pl, context, rows, rs)
     at = next(i for i, x in enumerate(b.buffers) if x.kind == "recurrent")
     b.buffers = [x for x in b.buffers if x.kind != "recurrent"]
     b.buffers[at:at] = rs
@@ -163,20 +171,20 @@ def mtp_buffers(
     if why:
         raise InputError(f"--spec-type draft-mtp: {why}", "--spec-type")
     arch = model.architecture or ""
-    if arch not in MODELLED:
-        notes.append(
-            f"--spec-type draft-mtp: the MTP context of {arch} (its NextN weights, KV cache, output and compute "
-            f"buffers) is not modelled; modelled: {', '.join(MODELLED)}"
-        )
-        return []
     if offload.split_mode == "tensor" or main.reservation is None:
         notes.append("--spec-type draft-mtp: the MTP context is not modelled with -sm tensor")
+        return []
+    if arch not in MODELLED + WEIGHTS_PROVEN:
+        notes.append(
+            f"--spec-type draft-mtp: the MTP context of {arch} and the NextN weights it loads are not modelled; "
+            f"modelled: {', '.join(MODELLED)}"
+        )
         return []
     hp = hparams(model)
     with_mtp = replace(offload, mtp=True)
     pl = place(model, devices, with_mtp)
     out: list[Buffer] = []
-    # the NextN weights: what they add to each model buffer (the same buffers as the trunk's)
+    # the NextN weights: what they add to each model buffer (the same buffers as the trunk's), any architecture
     before: dict[str, int] = {}
     for x in weight_buffers(model, place(model, devices, offload)):
         before[x.buft] = before.get(x.buft, 0) + x.bytes
@@ -184,6 +192,12 @@ def mtp_buffers(
     for x in weight_buffers(model, pl):
         after[x.buft] = after.get(x.buft, 0) + x.bytes
     out += [Buffer("mtp_model", buft, n - before.get(buft, 0)) for buft, n in after.items() if n != before.get(buft, 0)]
+    if arch not in MODELLED:
+        notes.append(
+            f"--spec-type draft-mtp: the MTP context of {arch} (its KV cache, output and compute buffers) is not "
+            f"modelled, only the NextN weights it loads; modelled: {', '.join(MODELLED)}"
+        )
+        return out
     # the MTP context's KV cache: the NextN layers only, of the draft cache types
     cp = replace(context, cache_type_k=opts.cache_type_k, cache_type_v=opts.cache_type_v)
     if cp.flash_attn == "off" and _cache_type(cp.cache_type_v, "-ctvd").is_quantized:
