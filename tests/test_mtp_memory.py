@@ -326,3 +326,12 @@ def test_sm_tensor_says_the_mtp_context_is_not_modelled(mtp_models: dict[str, Pa
     res = memory(ggufx.open(path), req, ggufx.open)
     assert any("MTP context is not modelled with -sm tensor" in n for n in res["notes"])
     assert not any(b["kind"].startswith("mtp_") for b in res["buffers"])
+
+
+def test_fit_says_when_the_mtp_context_is_left_out(smollm2_path: Path, tmp_path: Path) -> None:
+    from ggufx.results.memory import fit
+
+    path = cpu_model("bailingmoe3-mtp", tmp_path, smollm2_path)
+    req = MemoryRequest(llama_args=f"llama-server -m {path} --spec-type draft-mtp", fit_budget="4GiB")
+    res = fit(ggufx.open(path), req, ggufx.open)
+    assert any("MTP context of bailingmoe3 is not modelled" in n for n in res["notes"])

@@ -817,16 +817,23 @@ def fit_budget(
 
     notes: list[str] = []
     if mtp is not None:
+        from ggufx.analysis.memory.mtp import MODELLED as MTP_MODELLED
         from ggufx.analysis.memory.mtp import main_context, no_mtp_reason
 
         why = no_mtp_reason(model)
         if why:
             raise InputError(f"--spec-type draft-mtp: {why}", "--spec-type")
         context = main_context(context, mtp, tool == "llama-server")
-        notes.append(
-            "--spec-type draft-mtp: llama.cpp's decision (llama_cpp) fits the MTP draft context beside the main "
-            "one; ggufx's own search (fits) counts the main context alone"
-        )
+        if (model.architecture or "") in MTP_MODELLED:
+            notes.append(
+                "--spec-type draft-mtp: llama.cpp's decision (llama_cpp) fits the MTP draft context beside the main "
+                "one; ggufx's own search (fits) counts the main context alone"
+            )
+        else:
+            notes.append(
+                f"--spec-type draft-mtp: the MTP context of {model.architecture} is not modelled: llama.cpp's "
+                "decision (llama_cpp) is without it, and would leave it less room"
+            )
 
     def decide(ct: str) -> Any:
         cp = replace(context, cache_type_k=ct, cache_type_v=ct)
