@@ -17,6 +17,8 @@ from ggufx.format.ggmltypes import CACHE_TYPES
 from ggufx.model import GGUFModel
 
 if TYPE_CHECKING:
+    from typing_extensions import NotRequired
+
     from ggufx.analysis.memory.buffers import Breakdown, Buffer, ContextParams
     from ggufx.analysis.memory.llamaargs import LlamaArgs
     from ggufx.analysis.memory.mtp import MtpOptions
@@ -388,7 +390,7 @@ class FitResult(TypedDict):
     projector_bytes: dict[str, int] | None
     fits: list[dict[str, Any]]
     llama_cpp: dict[str, Any]
-    notes: list[str]
+    notes: NotRequired[list[str]]  # --spec-type draft-mtp: what the MTP context changes in the answer
 
 
 # -- the questions, from a request -------------------------------------------------------------
@@ -625,8 +627,8 @@ def _details(b: Breakdown) -> dict[str, Any]:
         "swa_cells": d["swa_cells"],
         "layers_offloaded": d["layers_offloaded"],
         "n_layer": d["n_layer"],
-        "exact": ["model", "kv", "recurrent", "output", "mtp_model", "mtp_kv", "mtp_output"],
-        "computed": ["compute", "projector_compute", "mtp_compute"],
+        "exact": ["model", "kv", "recurrent", "output"],
+        "computed": ["compute", "projector_compute"],
     }
 
 
@@ -856,8 +858,9 @@ def fit_budget(
         "projector_bytes": vision or None,
         "fits": [],
         "llama_cpp": decision.to_dict(),
-        "notes": notes,
     }
+    if notes:
+        out["notes"] = notes
     for f in found:
         d = f.to_dict()
         same = f.cache_type == context.cache_type_k == context.cache_type_v
