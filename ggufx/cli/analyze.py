@@ -333,6 +333,15 @@ __all__: list[Any] = ["roles", "layers", "recipe", "diff_"]
     show_default=True,
     help="The draft model's V cache type.",
 )
+@click.option(
+    "--spec-type",
+    metavar="TYPES",
+    help="Speculative decoding types (llama.cpp's --spec-type); draft-mtp adds the MTP draft context "
+    "(the model's NextN block; its cache types: -ctkd/-ctvd).",
+)
+@click.option(
+    "--spec-draft-n-max", type=click.IntRange(min=0), default=3, show_default=True, help="Tokens drafted per step."
+)
 @click.option("--llama-args", metavar="'ARGS'", help="llama.cpp's own options as one string (they override the above).")
 @click.option(
     "--fit",
@@ -394,6 +403,7 @@ def mem(file: str | None, as_json: bool, tablefmt: str, **options: Any) -> None:
       ggufx mem model.gguf --llama-args "-ngl 99 -c 65536 -fa on" --check llama.log
       ggufx mem --llama-args "llama-server -m model.gguf -ngl 99 -c 32768 -np 2"
       ggufx mem model.gguf -c 32768 --mmproj mmproj.gguf -md draft.gguf -ngld 99
+      ggufx mem model.gguf -c 65536 --spec-type draft-mtp
       ggufx mem model.gguf --fit 24GiB
       ggufx mem model.gguf --fit 24GiB,24GiB -fitt 1024 -ctk q8_0 -ctv q8_0
       ggufx mem model.gguf --fit 24GiB --fit-layers -c 131072

@@ -18,8 +18,11 @@ from ggufx.format.ggmltypes import CACHE_TYPES
 from ggufx.model import GGUFModel
 
 if TYPE_CHECKING:
+    from typing_extensions import NotRequired
+
     from ggufx.analysis.memory.buffers import Breakdown, Buffer, ContextParams
     from ggufx.analysis.memory.llamaargs import LlamaArgs
+    from ggufx.analysis.memory.mtp import MtpOptions
     from ggufx.analysis.memory.options import ProjectorOptions
     from ggufx.analysis.memory.placement import Device, OffloadParams
 
@@ -92,6 +95,8 @@ class MemoryRequest:
     ctx_size_draft: int = 0
     cache_type_k_draft: str = "f16"
     cache_type_v_draft: str = "f16"
+    spec_type: str | None = None  # --spec-type a,b: draft-mtp makes the MTP draft context
+    spec_draft_n_max: int = 3  # --spec-draft-n-max
     fit_budget: str | None = None
     fit_target: str | None = None
     fit_ctx: int = 4096
@@ -226,6 +231,7 @@ class MemoryRequest:
                 )
             mmproj_file, draft_file = parsed.mmproj or mmproj_file, parsed.draft or draft_file
             draft_offload, draft_context = parsed.draft_offload or draft_offload, parsed.draft_context or draft_context
+        mtp = self._mtp(parsed, tool, draft_file, notes)
         return MemorySetup(
             offload=offload,
             context=context,
@@ -238,7 +244,35 @@ class MemoryRequest:
             draft_context=draft_context,
             tool=tool,
             notes=notes,
+            mtp=mtp,
         )
+
+    def _mtp(self, parsed: LlamaArgs | None, tool: str, draft_file: str | None, notes: list[str]) -> MtpOptions | None:
+        """``--spec-type draft-mtp`` (the command line's, else the option's): the MTP context's options."""
+        from ggufx.analysis.memory.mtp import MtpOptions, spec_types
+
+        if parsed is not None and parsed.spec_types:
+            types, n_max, (ctk, ctv) = parsed.spec_types, parsed.spec_n_max, parsed.spec_cache
+        elif self.spec_type is not None:
+            types, n_max = spec_types(self.spec_type), self.spec_draft_n_max
+            ctk, ctv = self.cache_type_k_draft, self.cache_type_v_draft
+            if tool not in ("llama-server", "llama-cli"):  # arg.cpp:4282: SPECULATIVE, SERVER, CLI
+                raise InputError(
+                    f"--spec-type: {tool} does not accept it (llama-server and llama-cli do)", "--spec-type"
+                )
+        else:
+            return None
+        if n_max < 0:
+            raise InputError(f"--spec-draft-n-max {n_max}: invalid value", "--spec-draft-n-max")
+        if "draft-mtp" not in types:
+            return None
+        if draft_file:  # common_speculative_init_result: a draft model wins, its context made of the MTP type
+            notes.append(
+                "--spec-type draft-mtp with a draft model (-md): llama.cpp drafts with that model, not the MTP "
+                "block; ggufx sizes the draft model's context as an ordinary one"
+            )
+            return None
+        return MtpOptions(n_max, ctk, ctv)
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -265,6 +299,7 @@ class MemorySetup:
     draft_context: ContextParams | None
     tool: str = "llama-cli"  # the program whose buffers these are
     notes: list[str] = field(default_factory=list)  # what the command line asks that ggufx does not model
+    mtp: MtpOptions | None = None  # --spec-type draft-mtp: the MTP draft context's options
 
 
 def _override(text: str) -> tuple[str, str]:
@@ -399,6 +434,7 @@ class FitResult(TypedDict):
     projector_bytes: dict[str, int] | None
     fits: list[dict[str, Any]]
     llama_cpp: dict[str, Any]
+    notes: NotRequired[list[str]]  # --spec-type draft-mtp: what the MTP context changes in the answer
 
 
 # -- the questions, from a request -------------------------------------------------------------
@@ -418,6 +454,7 @@ def memory(model: GGUFModel, request: MemoryRequest, open_model: Opener) -> Memo
         draft_context=s.draft_context,
         projector=s.projector,
         tool=s.tool,
+        mtp=s.mtp,
     )
     res["notes"] += s.notes
     return res
@@ -438,6 +475,8 @@ def fit(model: GGUFModel, request: MemoryRequest, open_model: Opener) -> FitResu
         n_ctx_min=request.fit_ctx,
         mmproj=s.mmproj,
         projector=s.projector,
+        mtp=s.mtp,
+        tool=s.tool,
     )
 
 
@@ -456,6 +495,8 @@ def check(model: GGUFModel, request: MemoryRequest, log_text: str, open_model: O
         draft_offload=s.draft_offload,
         draft_context=s.draft_context,
         projector=s.projector,
+        mtp=s.mtp,
+        tool=s.tool,
     )
 
 
@@ -480,15 +521,18 @@ def memory_breakdown(
     draft_context: ContextParams | None = None,
     projector: ProjectorOptions | None = None,
     tool: str | None = None,
+    mtp: MtpOptions | None = None,
 ) -> MemoryResult:
     """Every buffer llama.cpp allocates, per device, and the one-GPU summary of earlier versions.
 
     ``mmproj`` adds a projector's weights and compute buffers (on the first GPU, as ``mtmd`` loads
     it, with ``projector``'s ``--image-*-tokens`` / ``--no-mmproj-offload``); ``draft`` adds a draft
     model's buffers (its own context, ``-ngld``/``-cd``/``-ctkd``/``-ctvd`` in ``draft_*``).
+    ``mtp`` (``--spec-type draft-mtp``) adds the MTP draft context's buffers and the NextN weights (kinds
+    ``mtp_*``, :mod:`ggufx.analysis.memory.mtp`) and gives the main context its rollback snapshots.
     ``gpus``: default one CUDA GPU; empty: a build without GPUs. ``warnings``: what llama.cpp (``tool``)
     logs about this context (beyond the training context, not divisible by the sequences)."""
-    from ggufx.analysis.memory.buffers import ContextParams, breakdown
+    from ggufx.analysis.memory.buffers import ContextParams
     from ggufx.analysis.memory.context_warnings import context_warnings
     from ggufx.analysis.memory.estimate import GPU, summarize_breakdown
     from ggufx.analysis.memory.options import ProjectorOptions
@@ -497,10 +541,11 @@ def memory_breakdown(
     context = context or ContextParams()
     offload = offload or OffloadParams()
     devices = list(gpus) if gpus is not None else [Device(GPU, 0)]
-    b = breakdown(model, devices, offload, context)
+    context, b, mtp_extra = _main_and_mtp(model, devices, offload, context, mtp, tool)
     extra = companion_buffers(
         model, devices, context, mmproj, draft, draft_offload, draft_context, b.notes, projector or ProjectorOptions()
     )
+    extra += mtp_extra
     e = summarize_breakdown(model, b, context)
     b.buffers += extra
     res = {
@@ -511,6 +556,32 @@ def memory_breakdown(
         "warnings": context_warnings(model, context, tool),
     }
     return cast(MemoryResult, res)
+
+
+def _main_and_mtp(
+    model: GGUFModel,
+    devices: list[Device],
+    offload: OffloadParams,
+    context: ContextParams,
+    mtp: MtpOptions | None,
+    tool: str | None,
+) -> tuple[ContextParams, Breakdown, list[Buffer]]:
+    """The main context's breakdown, and with ``mtp`` the MTP context's buffers: the main context then
+    keeps ``n_max`` rollback snapshots of its recurrent state and, in llama-server, ``-np x (1 + n_max)``
+    outputs (:mod:`ggufx.analysis.memory.mtp`)."""
+    from ggufx.analysis.memory.buffers import breakdown
+
+    if mtp is None:
+        return context, breakdown(model, devices, offload, context), []
+    from ggufx.analysis.memory.mtp import main_context, mtp_buffers, no_mtp_reason, rollback_state
+
+    why = no_mtp_reason(model)
+    if why:
+        raise InputError(f"--spec-type draft-mtp: {why}", "--spec-type")
+    context = main_context(context, mtp, tool == "llama-server")
+    b = breakdown(model, devices, offload, context)
+    rollback_state(model, b, devices, offload, context, mtp.n_max)
+    return context, b, mtp_buffers(model, devices, offload, context, b, mtp, b.notes)
 
 
 def companion_buffers(
@@ -572,7 +643,7 @@ def _details(b: Breakdown) -> dict[str, Any]:
     rows: list[DeviceRow] = []
     others: dict[str, int] = {}
     for x in b.buffers:
-        if x.kind.startswith(("projector", "draft_")):
+        if x.kind.startswith(("projector", "draft_", "mtp_")):
             others[b.row(x.buft)] = others.get(b.row(x.buft), 0) + x.bytes
     for name in others:
         d["table"].setdefault(name, {"model": 0, "context": 0, "compute": 0, "self": 0})
@@ -620,28 +691,45 @@ def memory_check(
     draft_offload: OffloadParams | None = None,
     draft_context: ContextParams | None = None,
     projector: ProjectorOptions | None = None,
+    mtp: MtpOptions | None = None,
+    tool: str | None = None,
 ) -> MemoryCheckResult:
     """Compare ggufx's buffers with a llama.cpp log's (``-v``): per kind and buffer type, llama.cpp's
     MiB, ggufx's and the difference. Exact buffers must agree to llama.cpp's printed 0.01 MiB,
     computed ones within ``tolerance``; ``ok`` says whether all do. A draft model's buffers and a
-    projector's weights and compute buffers are compared too when given. ``gpus`` None: the
-    devices the log reports."""
-    from ggufx.analysis.memory.buffers import ContextParams, MiB, breakdown
+    projector's weights and compute buffers are compared too when given; with ``mtp`` the MTP context's
+    (``mtp_*``: the log's lines after ``creating MTP draft context``) and the model buffers with the NextN
+    weights in them. ``gpus`` None: the devices the log reports."""
+    from ggufx.analysis.memory.buffers import Buffer, ContextParams, MiB
     from ggufx.analysis.memory.llamalog import parse_log
     from ggufx.analysis.memory.options import ProjectorOptions
     from ggufx.analysis.memory.placement import Device, OffloadParams
 
+    mtp_text = None
+    if mtp is not None:
+        from ggufx.analysis.memory.mtp import split_log
+
+        log_text, mtp_text = split_log(log_text)
     log = parse_log(log_text)
     if not log.buffers:
         raise InputError("the log has no buffer lines: run llama.cpp with -v (--verbose)", "--check")
     if gpus is None:
         gpus = [Device(name, free * MiB) for name, free in log.devices]
     context = context or ContextParams()
-    b = breakdown(model, list(gpus), offload or OffloadParams(), context)
+    offload = offload or OffloadParams()
+    context, b, mtp_bufs = _main_and_mtp(model, list(gpus), offload, context, mtp, tool)
     companions = companion_buffers(
         model, gpus, context, mmproj, draft, draft_offload, draft_context, b.notes, projector or ProjectorOptions()
     )
-    rows = _check_rows(b.buffers, log.buffers, "", tolerance)
+    main_bufs = b.buffers
+    if mtp_bufs:  # the NextN weights are in the model buffers llama.cpp prints
+        nextn = {x.buft: x.bytes for x in mtp_bufs if x.kind == "mtp_model"}
+        main_bufs = [replace(x, bytes=x.bytes + nextn.pop(x.buft, 0)) if x.kind == "model" else x for x in b.buffers]
+        main_bufs += [Buffer("model", buft, n) for buft, n in nextn.items()]
+    rows = _check_rows(main_bufs, log.buffers, "", tolerance)
+    if mtp_text is not None:
+        theirs = {f"mtp_{k}": v for k, v in parse_log(mtp_text).buffers.items()}
+        rows += _check_rows([x for x in mtp_bufs if x.kind != "mtp_model"], theirs, "mtp_", tolerance)
     if draft is not None:
         if log.draft is None:
             raise InputError("the log loaded no draft model (no 'loading draft model' line)", "--model-draft")
@@ -732,6 +820,8 @@ def fit_budget(
     n_ctx_min: int = 4096,
     mmproj: GGUFModel | None = None,
     projector: ProjectorOptions | None = None,
+    mtp: MtpOptions | None = None,
+    tool: str | None = None,
 ) -> FitResult:
     """What fits GPUs of ``budget`` free memory (``"24GiB"`` or ``"24GiB,24GiB"``, or bytes).
 
@@ -742,11 +832,13 @@ def fit_budget(
     ``llama_cpp``: what llama.cpp's ``--fit`` decides (``-c``, ``-ngl``, ``-ts``, ``-ot``), keeping
     ``margin`` bytes free per GPU (one value or one per GPU; None: llama.cpp's 1024 MiB), from the
     free memory llama.cpp's fit reads while its dry run holds the recurrent state (``free_seen``), with
-    ``n_ctx_min`` as ``-fitc``; ``context.n_ctx`` 0 is ``-c`` not given. ``fits``: ggufx's own
+    ``n_ctx_min`` as ``-fitc``; ``context.n_ctx`` 0 is ``-c`` not given. ``mtp`` (``--spec-type draft-mtp``):
+    llama.cpp's fit loads the NextN weights and fits the MTP draft context beside the main one
+    (:func:`ggufx.analysis.memory.mtp.fit_measure`). ``fits``: ggufx's own
     search per KV cache type (``margin`` None: nothing kept free), the largest context, or with
     ``layers`` the most whole layers at ``context.n_ctx``, each with llama.cpp's answer beside it."""
     from ggufx.analysis.memory.buffers import ContextParams
-    from ggufx.analysis.memory.fit import MARGIN, fit_devices, free_seen, llama_fit
+    from ggufx.analysis.memory.fit import MARGIN, fit_devices
     from ggufx.analysis.memory.options import ProjectorOptions
     from ggufx.analysis.memory.placement import Device, OffloadParams
 
@@ -771,17 +863,40 @@ def fit_budget(
     else:
         devices_left = devices
 
+    notes: list[str] = []
+    if mtp is not None:
+        from ggufx.analysis.memory.mtp import MODELLED as MTP_MODELLED
+        from ggufx.analysis.memory.mtp import main_context, no_mtp_reason
+
+        why = no_mtp_reason(model)
+        if why:
+            raise InputError(f"--spec-type draft-mtp: {why}", "--spec-type")
+        context = main_context(context, mtp, tool == "llama-server")
+        if (model.architecture or "") in MTP_MODELLED:
+            notes.append(
+                "--spec-type draft-mtp: llama.cpp's decision (llama_cpp) fits the MTP draft context beside the main "
+                "one; ggufx's own search (fits) counts the main context alone"
+            )
+        else:
+            notes.append(
+                f"--spec-type draft-mtp: the MTP context of {model.architecture} is not modelled: llama.cpp's "
+                "decision (llama_cpp) is without it, and would leave it less room"
+            )
+
     def decide(ct: str) -> Any:
         cp = replace(context, cache_type_k=ct, cache_type_v=ct)
-        return llama_fit(
-            model, free_seen(model, devices, offload, cp), offload, cp, margins=llama_margins, n_ctx_min=n_ctx_min
-        )
+        return _llama_fit(model, devices, offload, cp, llama_margins, n_ctx_min, mtp)
 
     found = fit_devices(
         model, devices_left, offload, context, target="layers" if layers else "context", margin=own_margin
     )
-    seen = free_seen(model, devices, offload, context)  # what llama.cpp's fit reads during its dry run
-    decision = llama_fit(model, seen, offload, context, margins=llama_margins, n_ctx_min=n_ctx_min)
+    decision = _llama_fit(model, devices, offload, context, llama_margins, n_ctx_min, mtp)
+    if mtp is not None and decision.status == "layers":
+        notes.append(
+            "--spec-type draft-mtp: llama.cpp counts the NextN layers in the layers it splits (hp_ngl + "
+            "nextn_predict_layers, common/fit.cpp:140-143); ggufx's layer split does not yet, so its -ngl/-ot "
+            "may be off by them"
+        )
     out: FitResult = {
         "path": model.path,
         "budget": sizes[0] if len(sizes) == 1 else sizes,
@@ -790,6 +905,8 @@ def fit_budget(
         "fits": [],
         "llama_cpp": decision.to_dict(),
     }
+    if notes:
+        out["notes"] = notes
     for f in found:
         d = f.to_dict()
         same = f.cache_type == context.cache_type_k == context.cache_type_v
@@ -804,6 +921,36 @@ def fit_budget(
                 }
             )
         out["fits"].append(d)
+    return out
+
+
+def _llama_fit(
+    model: GGUFModel,
+    devices: list[Device],
+    offload: OffloadParams,
+    context: ContextParams,
+    margins: list[int],
+    n_ctx_min: int,
+    mtp: MtpOptions | None,
+) -> Any:
+    """llama.cpp's fit (:func:`ggufx.analysis.memory.fit.llama_fit`) from the free memory it reads during its
+    first dry run; with ``mtp`` the dry runs of ``draft-mtp`` (the MTP context fitted beside the main one)."""
+    from ggufx.analysis.memory.fit import free_seen, llama_fit
+
+    if mtp is None:
+        seen = free_seen(model, devices, offload, context)  # what llama.cpp's fit reads during its dry run
+        return llama_fit(model, seen, offload, context, margins=margins, n_ctx_min=n_ctx_min)
+    from ggufx.analysis.memory.mtp import fit_measure
+    from ggufx.analysis.memory.mtp import free_seen as mtp_free_seen
+
+    seen = mtp_free_seen(model, devices, offload, context, mtp)
+    measure = fit_measure(model, seen, offload, context, mtp)
+    out = llama_fit(
+        model, seen, replace(offload, mtp=True), context, margins=margins, n_ctx_min=n_ctx_min, measure=measure
+    )
+    last = next((t for t in reversed(out.trials) if t.run.n_ctx == out.n_ctx and t.run.layers == out.layers), None)
+    if last is not None:  # the decision's use with the MTP context in it (llama_fit's own would leave it out)
+        out.use = {d.name: u.total for d, u in zip(out.devices, last.use, strict=True)}
     return out
 
 

@@ -81,6 +81,9 @@ class LlamaArgs:
     others: list[str] = field(default_factory=list)  # arguments (with their values) that change no buffer
     tool: str | None = None  # the program the line runs (its first word), or the tool asked for
     unmodelled: list[str] = field(default_factory=list)  # arguments that change memory ggufx does not model
+    spec_types: tuple[str, ...] = ()  # --spec-type a,b (each occurrence adds): draft-mtp makes the MTP context
+    spec_n_max: int = 3  # --spec-draft-n-max
+    spec_cache: tuple[str, str] = ("f16", "f16")  # -ctkd, -ctvd: the draft (or MTP) context's cache types
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +311,9 @@ class _State:
             self.others,
             tool,
             self.unmodelled,
+            tuple(v.get("spec_types", ())),  # type: ignore[arg-type]
+            int(v.get("spec_n_max", 3)),  # type: ignore[call-overload]
+            (str(v.get("draft_ctk", "f16")), str(v.get("draft_ctv", "f16"))),
         )
 
 
@@ -394,6 +400,17 @@ def _load_mode(a: _Value) -> bool:
     return a.choice("auto", "none", "mmap", "mlock", "mmap+mlock", "dio") in ("auto", "mmap", "mmap+mlock")
 
 
+def _spec_type(st: _State, a: _Value) -> None:
+    """--spec-type a,b: every occurrence adds its types (arg.cpp:4277-4281)."""
+    from ggufx.analysis.memory.mtp import spec_types
+
+    try:
+        names = spec_types(a.text)
+    except InputError as e:
+        raise InputError(f'error while handling argument "{a.name}": {e}', PARAM) from None
+    st.v["spec_types"] = (*st.v.get("spec_types", ()), *names)  # type: ignore[misc]
+
+
 # the memory arguments, by the first name arg.cpp gives each (every one is checked against the table)
 _MEMORY: dict[str, Callable[[_State, _Value], None]] = {
     "-ngl": _set("n_gpu_layers", _Value.layers),
@@ -429,4 +446,6 @@ _MEMORY: dict[str, Callable[[_State, _Value], None]] = {
     "--rerank": _rerank,
     "--pooling": _set("pooling", lambda a: a.choice(*POOLING_TYPES)),
     "--attention": _set("attention", lambda a: a.choice("causal", "non-causal")),
+    "--spec-type": _spec_type,
+    "--spec-draft-n-max": _set("spec_n_max", lambda a: a.integer(lo=0)),
 }

@@ -83,6 +83,9 @@ class OffloadParams:
     overrides: tuple[tuple[str, str], ...] = ()  # -ot REGEX=BUFT, in order
     mmap: bool = True  # --no-mmap turns it off
     repack: bool = True  # --no-repack turns it off (no CPU_REPACK copies: params.no_extra_bufts)
+    # the NextN/MTP blocks' tensors loaded (mparams.load_mtp: --spec-type draft-mtp or --mtp, common.cpp:1683);
+    # otherwise the loaders create them with TENSOR_SKIP (``Placement.skipped``)
+    mtp: bool = False
 
 
 @dataclass(slots=True)
@@ -292,7 +295,7 @@ def place(model: GGUFModel, devices: list[Device], p: OffloadParams) -> Placemen
     repack = p.repack and not devices
     for t in model.tensors:
         layer = layer_of(t.name, n_layer, arch_name)
-        if isinstance(layer, int) and n_main <= layer < n_layer and t.name.startswith("blk."):
+        if isinstance(layer, int) and n_main <= layer < n_layer and t.name.startswith("blk.") and not p.mtp:
             placement.skipped.append(t)  # src/models/*.cpp: mtp_flags |= TENSOR_SKIP unless --mtp
             continue
         if layer == "repeating":
