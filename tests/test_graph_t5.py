@@ -10,9 +10,9 @@ default KV cache of ``block_count`` layers (t5's decoder reads it; t5encoder's g
 The proof is llama.cpp's CPU build (tests/fixtures/llamacpp-logs-cpu: small models of flan-t5's gated GELU with 4
 encoder and 3 decoder blocks, T5 v1.0's ReLU with a tied output, t5encoder; flan-t5-xl and the T5-XXL encoder at
 their published dimensions): every compute buffer equals llama.cpp's to the 0.0001 MiB of ``~llama_context``'s line
-where the log has it, node for node where the scheduler's graph was dumped. The runs with a CPU_REPACK buffer and
-t5's logits-plus-embeddings output buffer (the ``#t5-pending`` lines of the matrix) are held as strict xfails:
-ggufx's placement puts ``enc.blk.N`` in the input layer and its output buffer counts the logits only."""
+where the log has it, node for node where the scheduler's graph was dumped; every other buffer to its 0.01 MiB,
+the repacked encoder blocks (``enc.blk.N``: layer N's buffer type) and t5's output buffer (logits and embeddings)
+included."""
 
 from __future__ import annotations
 
@@ -48,19 +48,6 @@ PUBLISHED = ("flan-t5-xl", "t5-v1_1-xxl-enc")
 RUNS = [(name, rid) for name in (*SMALL, *PUBLISHED) for rid in cpu_runs(name)]
 
 
-def _pending() -> dict[str, tuple[str, str]]:
-    """The ``#t5-pending`` lines of the matrix: run id -> (model, options)."""
-    out = {}
-    for line in (CPU_LOGS / "matrix").read_text().splitlines():
-        if line.startswith("#t5-pending\t"):
-            _, rid, model, args = line.split("\t")
-            out[rid] = (model, args)
-    return out
-
-
-PENDING = _pending()
-
-
 @pytest.fixture(scope="module")
 def files(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("t5")
@@ -79,7 +66,7 @@ def _args(rid: str) -> tuple[str, str]:
         if line.startswith(rid + "\t"):
             _, model, args = line.split("\t")
             return model, args
-    return PENDING[rid]
+    raise KeyError(rid)
 
 
 def _mib(bd: Breakdown, kind: str) -> dict[str, float]:
@@ -102,7 +89,7 @@ def test_t5_and_t5encoder_are_registered_with_the_t5_builder() -> None:
 @pytest.mark.parametrize("name", SMALL)
 def test_the_runs_cover_flash_attention_off_quantized_caches_and_micro_batches(name: str) -> None:
     """Every matrix line of the model has its log; the runs include -fa off, --no-repack (and -ctk q8_0, -ub, -np 3
-    where the family has them); every pending line has its log too."""
+    where the family has them)."""
     assert builder_of(cpu_spec(name)["arch"]) == "t5"
     lines = [x.split("\t") for x in (CPU_LOGS / "matrix").read_text().splitlines() if x and not x.startswith("#")]
     args = [a for _, m, a in lines if m == name]
@@ -112,40 +99,18 @@ def test_the_runs_cover_flash_attention_off_quantized_caches_and_micro_batches(n
     )
     for option in options:
         assert any(option in a for a in args), option
-    assert all((CPU_LOGS / f"{rid}.log").exists() for rid in PENDING)
 
 
 @pytest.mark.parametrize(("name", "rid"), RUNS)
 def test_every_buffer_equals_llama_cpps(name: str, rid: str, files: dict[str, Path]) -> None:
     """The weights, the KV cache of block_count layers, the output and the compute buffer of every run of the
-    matrix (without repacking: see the pending runs below)."""
+    matrix, repacked or not."""
     text, bd = _replay(rid, *_args(rid), files)
     theirs = parse_log(text).buffers
     assert "llama_kv_cache" in text and theirs["kv"]
     for kind in ("model", "kv", "output"):
         assert _mib(bd, kind) == {k: v for k, v in theirs[kind].items() if v}, kind
     assert_compute_equal(text, bd)
-
-
-@pytest.mark.parametrize("rid", sorted(PENDING))
-def test_the_compute_buffer_of_the_pending_runs_equals_llama_cpps(rid: str, files: dict[str, Path]) -> None:
-    """The runs held back from the matrix (repacked weights, flan-t5-xl's output): their compute buffer is exact
-    already."""
-    text, bd = _replay(rid, *PENDING[rid], files)
-    assert_compute_equal(text, bd)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="placement.layer_of maps enc.blk.N to the input layer (never repacked, on the host under -ngl) and "
-    "buffers sizes t5's output buffer as logits only; llama.cpp: layer N, and logits + embeddings for t5",
-)
-@pytest.mark.parametrize("rid", sorted(PENDING))
-def test_the_weights_and_output_of_the_pending_runs(rid: str, files: dict[str, Path]) -> None:
-    text, bd = _replay(rid, *PENDING[rid], files)
-    theirs = parse_log(text).buffers
-    for kind in ("model", "kv", "output"):
-        assert _mib(bd, kind) == {k: v for k, v in theirs[kind].items() if v}, kind
 
 
 def test_the_kv_cache_follows_block_count_not_the_decoders_blocks(files: dict[str, Path]) -> None:
@@ -198,8 +163,7 @@ def test_llama_server_outputs_the_whole_micro_batch_for_a_model_with_an_encoder(
     """llama-server asks for -np outputs (4 slots here, a unified cache), but llama_context takes n_outputs_max =
     n_batch for a model with an encoder (llama-context.cpp:252): the prompt reservation outputs 512 rows of logits,
     as llama.cpp's server log prints (t5-server-c2048-norepack.log: n_outputs_max = 2048, n_outputs = 512), and the
-    compute buffer is its 110.5176 MiB. Its output buffer (logits and embeddings of 4 sequences) is pending with the
-    others."""
+    compute buffer is its 110.5176 MiB."""
     text = (CPU_LOGS / "t5-server-c2048-norepack.log").read_text()
     assert "n_outputs_max         = 2048" in text and "n_tokens =  512, n_seqs =  4, n_outputs =  512" in text
     a = parse_args("llama-server -m x -c 2048")
@@ -260,7 +224,6 @@ def test_llama_cpp_aborts_on_t5_with_two_kv_streams(files: dict[str, Path], llam
     assert "compute buffer size" not in p.stdout + p.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="placement.layer_of maps enc.blk.N and enc.output_norm to the input layer")
 def test_the_encoder_blocks_follow_their_layer_on_a_gpu(files: dict[str, Path]) -> None:
     """llama.cpp creates enc.blk.N.* with layer N's buffer type (LLM_TENSOR_LAYER_REPEATING, llama-arch.cpp:845-851)
     and enc.output_norm with the output layer's (:777): with every layer offloaded they are on the GPU."""

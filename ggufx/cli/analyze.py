@@ -315,8 +315,8 @@ __all__: list[Any] = ["roles", "layers", "recipe", "diff_"]
 )
 @click.option("--n-gpu-layers-draft", "-ngld", type=int, default=-1, show_default=True, help="-ngl of the draft model.")
 @click.option(
-    "--ctx-size-draft", "-cd", type=click.IntRange(min=0), default=0, help="The draft model's context (0: -c)."
-)
+    "--ctx-size-draft", "-cd", type=click.IntRange(min=0), default=0, hidden=True
+)  # refused: llama.cpp has none
 @click.option(
     "--cache-type-k-draft",
     "-ctkd",

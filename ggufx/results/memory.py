@@ -201,13 +201,16 @@ class MemoryRequest:
 
             context = embedding_context(context, tool)
         no_devices = False
-        draft_offload = OffloadParams(n_gpu_layers=self.n_gpu_layers_draft)
-        draft_context = replace(
-            context,
-            n_ctx=self.ctx_size_draft or self.ctx,
-            cache_type_k=self.cache_type_k_draft,
-            cache_type_v=self.cache_type_v_draft,
-        )
+        # the draft model's parameters are the target's but for its -ngld and -otd (common_base_params_to_speculative,
+        # common/speculative.cpp): --no-mmap, --no-repack, -sm, -ts and -mg apply to it too
+        draft_offload = replace(offload, n_gpu_layers=self.n_gpu_layers_draft, overrides=())
+        if self.ctx_size_draft:
+            raise InputError(
+                "llama.cpp has no -cd: a draft model's context holds as many tokens as the target's "
+                "(-c; common/speculative.cpp)",
+                "--ctx-size-draft",
+            )
+        draft_context = replace(context, cache_type_k=self.cache_type_k_draft, cache_type_v=self.cache_type_v_draft)
         projector = ProjectorOptions(self.image_min_tokens, self.image_max_tokens, not self.no_mmproj_offload)
         mmproj_file, draft_file = self.mmproj_file, self.draft_file
         notes: list[str] = []
@@ -527,7 +530,7 @@ def memory_breakdown(
 
     ``mmproj`` adds a projector's weights and compute buffers (on the first GPU, as ``mtmd`` loads
     it, with ``projector``'s ``--image-*-tokens`` / ``--no-mmproj-offload``); ``draft`` adds a draft
-    model's buffers (its own context, ``-ngld``/``-cd``/``-ctkd``/``-ctvd`` in ``draft_*``).
+    model's buffers (the target's context, ``-ngld``/``-ctkd``/``-ctvd`` in ``draft_*``).
     ``mtp`` (``--spec-type draft-mtp``) adds the MTP draft context's buffers and the NextN weights (kinds
     ``mtp_*``, :mod:`ggufx.analysis.memory.mtp`) and gives the main context its rollback snapshots.
     ``gpus``: default one CUDA GPU; empty: a build without GPUs. ``warnings``: what llama.cpp (``tool``)
@@ -543,7 +546,16 @@ def memory_breakdown(
     devices = list(gpus) if gpus is not None else [Device(GPU, 0)]
     context, b, mtp_extra = _main_and_mtp(model, devices, offload, context, mtp, tool)
     extra = companion_buffers(
-        model, devices, context, mmproj, draft, draft_offload, draft_context, b.notes, projector or ProjectorOptions()
+        model,
+        devices,
+        context,
+        mmproj,
+        draft,
+        draft_offload,
+        draft_context,
+        b.notes,
+        projector or ProjectorOptions(),
+        b.n_ctx,
     )
     extra += mtp_extra
     e = summarize_breakdown(model, b, context)
@@ -594,10 +606,14 @@ def companion_buffers(
     draft_context: ContextParams | None,
     notes: list[str],
     projector: ProjectorOptions,
+    target_n_ctx: int = 0,
 ) -> list[Buffer]:
     """A projector's weights and compute buffers and a draft model's buffers (kinds ``projector``,
     ``projector_compute`` and ``draft_*``); a pair llama.cpp would refuse is an
-    :class:`InputError` naming the reason."""
+    :class:`InputError` naming the reason. The draft context holds as many tokens as the target's
+    (``target_n_ctx``, the main context's cells: ``cparams.n_ctx = llama_n_ctx(ctx_tgt)``,
+    common/speculative.cpp); Gemma 4's drafter reads the target's cache, so its cache types and ``--swa-full``
+    are the target's whatever ``-ctkd``/``-ctvd`` say."""
     from ggufx.analysis.memory.buffers import Buffer, alloc_size, breakdown
     from ggufx.analysis.memory.placement import OffloadParams
 
@@ -631,6 +647,11 @@ def companion_buffers(
         if reason:
             raise InputError(f"--model-draft {draft.path}: llama.cpp refuses this pair: {reason}", "--model-draft")
         dcp = draft_context or replace(context, cache_type_k="f16", cache_type_v="f16")
+        dcp = replace(dcp, n_ctx=target_n_ctx or context.n_ctx)
+        if draft.architecture == "gemma4-assistant":
+            dcp = replace(
+                dcp, cache_type_k=context.cache_type_k, cache_type_v=context.cache_type_v, swa_full=context.swa_full
+            )
         db = breakdown(draft, list(devices), draft_offload or OffloadParams(), dcp)
         out += [Buffer(f"draft_{x.kind}", x.buft, x.bytes, x.exact) for x in db.buffers]
     return out
@@ -719,7 +740,16 @@ def memory_check(
     offload = offload or OffloadParams()
     context, b, mtp_bufs = _main_and_mtp(model, list(gpus), offload, context, mtp, tool)
     companions = companion_buffers(
-        model, gpus, context, mmproj, draft, draft_offload, draft_context, b.notes, projector or ProjectorOptions()
+        model,
+        gpus,
+        context,
+        mmproj,
+        draft,
+        draft_offload,
+        draft_context,
+        b.notes,
+        projector or ProjectorOptions(),
+        b.n_ctx,
     )
     main_bufs = b.buffers
     if mtp_bufs:  # the NextN weights are in the model buffers llama.cpp prints

@@ -287,7 +287,8 @@ class _State:
         draft = v.get("draft")
         draft_offload = draft_context = None
         if draft is not None:
-            draft_offload = OffloadParams(n_gpu_layers=int(v.get("draft_ngl", -1)))  # type: ignore[call-overload]
+            # the target's parameters but for -ngld and -otd (common_base_params_to_speculative, speculative.cpp)
+            draft_offload = replace(offload, n_gpu_layers=int(v.get("draft_ngl", -1)), overrides=())  # type: ignore[call-overload]
             draft_context = replace(
                 context,
                 cache_type_k=str(v.get("draft_ctk", "f16")),

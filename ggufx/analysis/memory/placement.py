@@ -50,6 +50,12 @@ _LAYER0 = frozenset({"per_layer_model_proj", "per_layer_proj_norm"})
 # one copy per buffer type the layers use, on the layers' devices, not in the input layer on the host
 _PER_LAYER = frozenset({"rope_freqs", "rope_factors_long", "rope_factors_short"})
 _OUTPUT_LAYER = frozenset({"altup_proj", "altup_unembd_proj", "decision"})  # CLEF's decision head too (:759-771)
+# the decoder's and the encoder's output norms (LLM_TENSOR_DEC_OUTPUT_NORM / _ENC_OUTPUT_NORM, llama-arch.cpp:776-777)
+# and a drafter's projection back to the target's width (LLM_TENSOR_NEXTN_PROJ_POST, :1014): the output layer's
+_OUTPUT_NAMES = ("dec.output_norm", "enc.output_norm", "nextn.post_projection.")
+# a drafter's projection of the target's rows (LLM_TENSOR_NEXTN_PROJ_PRE, llama-arch.cpp:1013): a repeating tensor of
+# layer 0
+_NEXTN_LAYER0 = ("nextn.pre_projection.",)
 # LFM2's output norm is stored as token_embd_norm (LLM_TENSOR_OUTPUT_NORM_LFM2, llama-arch.cpp:447, :775):
 # the output layer's
 _OUTPUT_NORM_AS_TOKEN_EMBD_NORM = frozenset({"lfm2", "lfm2moe"})
@@ -126,9 +132,12 @@ def host_buft(device: str | None) -> str:
 def layer_of(name: str, n_layer: int, arch: str | None = None) -> int | str:
     """The llama.cpp layer a tensor belongs to: a block index, ``n_layer`` for the output layer,
     ``"input"`` for the input layer or ``"repeating"`` for per-layer duplicates such as rope_freqs."""
-    m = re.match(r"(?:dec\.)?blk\.(\d+)\.", name)  # dec.blk.N: a decoder block of layer N (llama-arch.cpp:834-974)
+    # dec.blk.N / enc.blk.N: a decoder / encoder block of layer N (LLM_TENSOR_LAYER_REPEATING, llama-arch.cpp:834-974)
+    m = re.match(r"(?:dec\.|enc\.)?blk\.(\d+)\.", name)
     if m:
         return min(int(m.group(1)), n_layer)
+    if name.startswith(_NEXTN_LAYER0):
+        return 0
     base = name.split(".")[0]
     if base in _INPUT:
         return "input"
@@ -138,7 +147,7 @@ def layer_of(name: str, n_layer: int, arch: str | None = None) -> int | str:
         return 0
     if base == "token_embd_norm" and arch in _OUTPUT_NORM_AS_TOKEN_EMBD_NORM:
         return n_layer
-    if base in _OUTPUT_LAYER or base.startswith(_OUTPUT_PREFIXES) or name.startswith("dec.output_norm"):
+    if base in _OUTPUT_LAYER or base.startswith(_OUTPUT_PREFIXES) or name.startswith(_OUTPUT_NAMES):
         return n_layer
     return "input"
 
