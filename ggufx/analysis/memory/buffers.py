@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ggufx.analysis.layers import LayerKind, layer_kinds
-from ggufx.analysis.memory.archs import ARCHS, arch_of, builder_of, memory_of
+from ggufx.analysis.memory.archs import ARCHS, arch_of, memory_of
 from ggufx.analysis.memory.compute import (
     OP_OFFLOAD_MIN_BATCH,
     ComputeModel,
@@ -713,11 +713,6 @@ def breakdown(
             f"{n_embd_out(model, hp):,} embedding floats per sequence beside the {hp.n_vocab:,} logits (llama.cpp "
             "reserves both)"
         )
-        if sp.pooling != "none" and builder_of(hp.arch) not in POOLING_BUILDERS and simulated(model) is None:
-            notes.append(
-                f"embedding run: the {hp.arch} graph builder does not add llama.cpp's pooling nodes yet (a few "
-                "small tensors after the output norm): its compute buffers may be slightly low"
-            )
     why_not = simulated(model) if builder else "the graph builder is switched off"
     # -fa auto with a quantized V cache is flash attention on before any probe (llama_init_from_model,
     # llama-context.cpp:3843-3847: the V cache needs it); otherwise resolve_fused_ops' probe decides
@@ -1135,11 +1130,6 @@ def output_bytes(model: GGUFModel, hp: Hparams, cp: ContextParams, n_seq: int) -
     floats more per sequence (``has_embd``; always for T5, llama-context.cpp:2133-2137: "hacky enc-dec support")."""
     per = hp.n_vocab + (n_embd_out(model, hp) if cp.embeddings or hp.arch == "t5" else 0)
     return 4 * per * n_seq
-
-
-# the graph builders that end with build_pooling in an embedding run (graph/llm.py with_pooling): the encoders' and
-# qwen3's (Qwen3-Embedding, Qwen3-Reranker)
-POOLING_BUILDERS = frozenset({"bert", "neo_bert", "gemma_embedding", "modern_bert", "qwen3"})
 
 
 def embedding_refusal(model: GGUFModel, sp: SimParams, n_outputs_max: int, n_ubatch: int) -> None:
