@@ -47,6 +47,7 @@ from ggufx.analysis.memory.graph.galloc import CUDA_ALIGN, HOST_ALIGN, MATRIX_RO
 from ggufx.analysis.memory.graph.graphsim import SimParams, flash_attn_mismatch, simulated
 from ggufx.analysis.memory.graph.graphsim import simulate as simulate_compute
 from ggufx.analysis.memory.graph.llm import classifier_pooling
+from ggufx.analysis.memory.graph.models.diffusion import DIFFUSION, tool_output_bytes
 from ggufx.analysis.memory.hparams import DSV4_ARCHS, DSV4_CSA, DSV4_HCA, Hparams, hparams, pad
 from ggufx.analysis.memory.options import POOLING_TYPES
 from ggufx.analysis.memory.placement import (
@@ -669,7 +670,16 @@ def breakdown(
     if memory == "hybrid_idx":  # qwen4exp's PLE conv history: a row of its own in the recurrent memory
         rs = ple_state_buffers(model, kinds, pl, cp, max(1, n_seq), rs)
     buffers += rs
-    buffers.append(Buffer("output", _host(pl, pl.output_device), output_bytes(model, hp, cp, n_seq)))
+    out_bytes = output_bytes(model, hp, cp, n_seq)
+    if hp.arch in DIFFUSION:  # llama.cpp runs these only through llama-diffusion-cli: its run's output buffer
+        tokens = min(cp.n_batch, cp.n_ubatch)
+        out_bytes = tool_output_bytes(hp.n_vocab, tokens, n_seq)
+        notes.append(
+            f"output buffer: llama-diffusion-cli's run after its first decode (the logits of all {tokens:,} tokens "
+            f"it denoises, {hp.n_vocab:,} floats each); the context starts with {4 * hp.n_vocab * n_seq:,} bytes "
+            "(one row per sequence, as llama-completion and the tool print it)"
+        )
+    buffers.append(Buffer("output", _host(pl, pl.output_device), out_bytes))
     n_outputs = min(n_ubatch, cp.n_outputs_max or n_batch)
     shape = GraphShape(
         n_tokens=n_ubatch,
