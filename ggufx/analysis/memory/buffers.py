@@ -801,6 +801,15 @@ def breakdown(
     )
 
 
+# the architectures llama-arch.cpp names but llama.cpp does not load: why (the generic estimate's reason)
+NOT_LOADED = {
+    # llama_model_mapping (llama-model.cpp:43-352) has no LLM_ARCH_GPTJ case: "unsupported model architecture: 'gptj'"
+    "gptj": (
+        "llama.cpp 11434 does not load gptj (unsupported model architecture: llama_model_mapping has no case for it)"
+    ),
+}
+
+
 def estimate_reason(model: GGUFModel, why_not: str | None, meta: bool = False) -> str:
     """Why a model's compute buffers are the phase model's estimate (:mod:`.compute`), not its rebuilt graph:
     no builder for the architecture, an unknown architecture, a file the builder cannot build (what is
@@ -808,6 +817,8 @@ def estimate_reason(model: GGUFModel, why_not: str | None, meta: bool = False) -
     arch = model.architecture or ""
     a = arch_of(arch)
     if a is None:
+        if arch in NOT_LOADED:
+            return f"generic decoder estimate: {NOT_LOADED[arch]}"
         return f"generic decoder estimate: {arch!r} is not a registered architecture"
     if a.builder is None:
         return f"generic decoder estimate: no graph builder for {arch}"
