@@ -205,6 +205,21 @@ def test_committed_table_is_generated_from_the_pinned_llama_cpp() -> None:
     assert len(T.ARGS) == text.count("add_opt(common_arg(")
 
 
+def test_the_generated_table_reads_llama_embeddings_example_from_its_source() -> None:
+    """llama-embedding is an example (examples/embedding/embedding.cpp), not a tool: the generator reads its
+    common_params_parse call as the tools' (LLAMA_EXAMPLE_EMBEDDING); a line without a program is still read as the
+    other tools read it (--attention is llama-embedding's own)."""
+    gen = _gen()
+    assert gen.TOOL_SOURCES["llama-embedding"] == "examples/embedding/embedding.cpp"
+    assert T.TOOLS["llama-embedding"] == "EMBEDDING" and TOOL_NAMES[-1] == "llama-embedding"
+    src = gen.default_source(LLAMA_CPP_VERSION)
+    if src is not None:
+        files, _ = gen.read_sources(src)
+        assert gen.tool_examples(files)["llama-embedding"] == "EMBEDDING"
+    assert accepted("--attention", "llama-embedding") and not accepted("--attention")
+    assert not accepted("--attention", "llama-server")
+
+
 def test_generator_refuses_what_it_cannot_read(tmp_path: Path) -> None:
     gen = _gen()
     with pytest.raises(gen.GenError, match="handler parameter"):
