@@ -326,6 +326,51 @@ def test_context_warnings_are_the_ones_every_recorded_llama_cpp_run_printed(hole
     assert compared > 800 and warned == 83
 
 
+def test_llama_embeddings_context_warning(smollm2_path: Path) -> None:
+    """llama-embedding compares llama_n_ctx with the training context (examples/embedding/embedding.cpp:152-155),
+    after llama_context's own warning; the other tools do not print its line."""
+    import ggufx
+    from ggufx.analysis.memory.context_warnings import context_warnings
+
+    smol = ggufx.open(smollm2_path)  # trained on 8192 tokens
+    over = parse_args("llama-embedding -c 16384")  # 256 sequences over one unified cache of 16384
+    assert context_warnings(smol, over.context, over.tool) == [
+        "llama_context: n_ctx_seq (16384) > n_ctx_train (8192) -- possible training context overflow",
+        "main: warning: model was trained on only 8192 context tokens (16384 specified)",
+    ]
+    fits = parse_args("llama-embedding -c 8192")
+    assert context_warnings(smol, fits.context, fits.tool) == []
+    split = parse_args("llama-embedding -c 16384 -np 2")  # two sequences of 8192: the whole context still compared
+    assert context_warnings(smol, split.context, split.tool) == [
+        "main: warning: model was trained on only 8192 context tokens (16384 specified)"
+    ]
+    completion = parse_args("llama-completion -c 16384")
+    assert not any(w.startswith("main:") for w in context_warnings(smol, completion.context, completion.tool))
+
+
+@pytest.mark.llamacpp
+def test_llama_embedding_prints_the_warnings_ggufx_gives(llama_bin: Path, smollm2_path: Path) -> None:
+    import ggufx
+    from ggufx.analysis.memory.context_warnings import context_warnings
+
+    for line in ("-c 16384", "-c 8192", "-c 12000 -np 2"):
+        cmd = [str(llama_bin / "llama-embedding"), "-m", str(smollm2_path), *line.split()]
+        p = subprocess.run(
+            [*cmd, "-dev", "none", "-p", "hi", "--no-warmup", "-fit", "off"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert p.returncode == 0, p.stderr[-2000:]
+        printed = [
+            x.split(" W ", 1)[1]
+            for x in (p.stdout + p.stderr).splitlines()
+            if " W " in x and any(w in x for w in _WARNED)
+        ]
+        args = parse_args("llama-embedding " + line)
+        assert context_warnings(ggufx.open(smollm2_path), args.context, args.tool) == printed, line
+
+
 def test_context_warnings_of_each_tool(smollm2_path: Path) -> None:
     import ggufx
     from ggufx.analysis.memory.context_warnings import context_warnings
