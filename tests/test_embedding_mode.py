@@ -294,6 +294,14 @@ def test_mem_embedding_cli(files: dict[str, Path], smollm2_path: Path) -> None:
     r = runner.invoke(main, ["mem", bert, "--embedding", "--pooling", "mean", "-c", "512", "--gpus", "none"])
     assert r.exit_code == 0, r.output
     assert "note: embedding run: mean pooling (--pooling) over 1 sequence(s)" in r.output
+    # the context line names the run and the pooling in effect (--pooling, else the file's pooling_type)
+    (context_line,) = [x for x in r.output.splitlines() if x.startswith("context ")]
+    assert context_line.endswith(", no KV cache, embedding run (mean pooling)"), context_line
+    r = runner.invoke(main, ["mem", bert, "--embedding", "-c", "512", "--gpus", "none"])
+    assert "embedding run (cls pooling)" in r.output  # bert's pooling_type
+    r = runner.invoke(main, ["mem", bert, "--embedding", "--pooling", "none", "-c", "512", "--gpus", "none"])
+    assert "embedding run (no pooling)" in r.output
+    assert "embedding run" not in runner.invoke(main, ["mem", bert, "-c", "512", "--gpus", "none"]).output
     assert "does not add llama.cpp's pooling nodes" not in r.output
     # every decoder's graph ends with the pooling nodes (SmolLM2: llama's builder, graphsim.build_graph): no caveat
     r = runner.invoke(main, ["mem", str(smollm2_path), "--embedding", "--pooling", "mean", "-c", "4096"])
