@@ -13,6 +13,7 @@ The compute buffer of these architectures is the generic decoder estimate: label
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +25,7 @@ from ggufx.analysis.layers import layer_kinds
 from ggufx.analysis.memory.archs import builder_of
 from ggufx.analysis.memory.buffers import ContextParams, MiB, breakdown
 from ggufx.analysis.memory.fit import llama_fit
+from ggufx.analysis.memory.graph.models.diffusion import DIFFUSION, tool_output_bytes
 from ggufx.analysis.memory.llamaargs import parse_args
 from ggufx.analysis.memory.llamalog import parse_log
 from ggufx.analysis.memory.placement import Device, OffloadParams, place
@@ -86,6 +88,14 @@ def test_cpu_buffers_match_llama_cpp(rid: str, arch_models: dict[str, Path]) -> 
         printed[b.kind][b.buft] += round(b.bytes / MiB, 2)
     for kind in EXACT:
         theirs = log.buffers.get(kind, {})
+        if kind == "output" and MODELS[RUNS[rid][0]]["arch"] in DIFFUSION:
+            # llama.cpp runs these through llama-diffusion-cli alone: ggufx's output buffer is that tool's after its
+            # first decode (a row of logits per token of the micro-batch: test_graph_diffusion.py proves it on the
+            # tool's allocations); llama-completion printed the context's, a row per sequence
+            text = (CPU_LOGS / f"{rid}.log").read_text()
+            n_vocab, n_ubatch, n_seq = (_log_int(text, k) for k in ("n_vocab", "n_ubatch", "n_seq_max"))
+            assert theirs == {"CPU": round(4 * n_vocab * n_seq / MiB, 2)}
+            theirs = {"CPU": round(tool_output_bytes(n_vocab, n_ubatch, n_seq) / MiB, 2)}
         mine = {k: round(v, 2) for k, v in printed.get(kind, {}).items() if v}
         assert mine == {k: v for k, v in theirs.items() if v}, (kind, mine, theirs)
     compute = [b for b in bd.buffers if b.kind == "compute"]
@@ -98,6 +108,12 @@ def test_cpu_buffers_match_llama_cpp(rid: str, arch_models: dict[str, Path]) -> 
     else:  # the generic estimate, labelled as such in every compute buffer and in the notes
         assert all("generic decoder estimate" in b.reason for b in compute)
         assert any(bd.compute_estimate in n for n in bd.notes)
+
+
+def _log_int(text: str, key: str) -> int:
+    m = re.search(rf"(?:print_info|llama_context): {key} += (\d+)", text)
+    assert m, key
+    return int(m.group(1))
 
 
 def _decimals(mib: float) -> int:

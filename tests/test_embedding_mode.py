@@ -11,7 +11,8 @@ EmbeddingGemma with its dense projections):
 * the output buffer (``output_reserve``): ``n_embd_out`` floats per sequence beside the ``n_vocab`` logits;
 * the graph: ``build_pooling`` (mean: a transposed copy times the ``mean`` input; cls/last: the rows of ``cls``;
   rank: the rows, the classification head, Qwen3's softmax) and ``build_dense_out`` after the model's own graph
-  (graph/llm.py ``build_pooling``, called by the encoders' and qwen3's builders).
+  (graph/llm.py ``build_pooling``, called by the encoders' and qwen3's builders, and after every other decoder's
+  graph by graphsim.build_graph: dense, Gemma 3, MoE and hybrid decoders recorded).
 
 Every buffer of every run llama.cpp sized equals ggufx's (compute to the 0.0001 MiB of ``~llama_context``'s line where
 the log has it); the runs llama.cpp aborts while sizing them are refused with the reason."""
@@ -97,6 +98,7 @@ def test_the_runs_cover_both_tools_every_pooling_type_and_the_families() -> None
     assert {"bert", "nomic-bert", "gemma-embedding", "modern-bert", "neo-bert", "qwen3-embed", "bert-rerank"} <= models
     assert {"qwen3-rerank", "modern-bert-rerank", "jina-bert-v2-rerank", "gemma-embedding-dense"} <= models
     assert {"bge-base", "nomic-embed-v1.5", "embeddinggemma-300m", "qwen3-embedding-0.6b"} <= models  # published
+    assert set(DECODERS) <= models  # decoders of every kind: dense, sliding window, MoE, hybrids
     assert len(SIZED) >= 40 and len(ABORTED) == 2
 
 
@@ -145,16 +147,7 @@ def test_the_reservation_is_llama_cpps(rid: str, files: dict[str, Path]) -> None
 
 
 def _nodes(rid: str, files: dict[str, Path]) -> int:
-    a = _args(rid)
-    model = ggufx.open(files[RUNS[rid][0]])
-    sp = breakdown(model, [], a.offload, a.context).reservation
-    assert sp is not None
-    ld = graphsim._loaded(model, [], a.offload)
-    c = graphsim._context(model, ld, sp, sp.n_ubatch, sp.n_outputs)
-    c.layers = list(range(ld.hp.n_layer))
-    g = _Graph()
-    g.expand(builder(ld.hp.arch)(c, g))
-    return len(g.nodes)
+    return len(_graph(rid, files).nodes)
 
 
 def _their_nodes(rid: str) -> int:
@@ -177,6 +170,7 @@ def _their_nodes(rid: str) -> int:
         ("modern-bert-rerank-emb-c4096-faoff-mean", "modern-bert-rerank-emb-c4096-faoff", 6),
         ("jina-bert-v2-rerank-srv-c8192-none", "jina-bert-v2-rerank-srv-c8192", 4),  # GET_ROWS, MUL_MAT, ADD, TANH
         ("qwen3-embed-srv-c4096-none", "qwen3-rerank-srv-c4096", 3),  # GET_ROWS, cls.output's MUL_MAT, SOFT_MAX
+        ("llama-srv-c4096-none", "llama-srv-c4096-last", 1),  # a decoder's last: GET_ROWS (graphsim.build_graph)
     ],
 )
 def test_the_pooling_adds_llama_cpps_nodes(base: str, other: str, added: int, files: dict[str, Path]) -> None:
@@ -186,6 +180,48 @@ def test_the_pooling_adds_llama_cpps_nodes(base: str, other: str, added: int, fi
     assert _nodes(other, files) - _nodes(base, files) == added
     if base.startswith("qwen3"):
         assert _nodes(base, files) == _their_nodes(base) and _nodes(other, files) == _their_nodes(other)
+
+
+DECODERS = ("llama", "gemma3", "olmoe", "qwen2moe", "granitehybrid", "lfm2", "qwen3next")
+
+
+@pytest.mark.parametrize(
+    "rid", [rid for rid in SIZED if RUNS[rid][0] in DECODERS and "-np " not in RUNS[rid][1] and "none" not in rid]
+)
+def test_every_decoders_graph_ends_with_llama_cpps_pooling_nodes(rid: str, files: dict[str, Path]) -> None:
+    """llama_model::build_graph adds build_pooling after every architecture's graph (graphsim.build_graph: over the
+    decoder's result_norm; lfm2's graph stops there, without logits): the graph of a single-stream run has
+    llama.cpp's node count exactly, the model's own graph alone has fewer nodes (the pooling's GET_ROWS, or mean's
+    CONT and MUL_MAT, TRANSPOSE being a view), and the compute buffer is llama.cpp's (test_every_buffer_...)."""
+    a = _args(rid)
+    model = ggufx.open(files[RUNS[rid][0]])
+    sp = breakdown(model, [], a.offload, a.context).reservation
+    assert sp is not None and sp.pooling in ("mean", "cls", "last", "rank")
+    ld = graphsim._loaded(model, [], a.offload)
+    c = graphsim._context(model, ld, sp, sp.n_ubatch, sp.n_outputs)
+    c.layers = list(range(ld.hp.n_layer))
+    own = _Graph()
+    own.expand(builder(ld.hp.arch)(c, own))
+    assert _nodes(rid, files) == _their_nodes(rid)
+    assert "result_embd_pooled" in {n.name for n in _graph(rid, files).nodes}
+    assert "result_embd_pooled" not in {n.name for n in own.nodes}
+    if ld.hp.arch == "lfm2":  # no logits: the pooled graph is not the model's graph plus nodes
+        assert "result_output" not in {n.name for n in _graph(rid, files).nodes}
+    else:
+        assert len(own.nodes) < _their_nodes(rid)
+
+
+def _graph(rid: str, files: dict[str, Path]) -> _Graph:
+    a = _args(rid)
+    model = ggufx.open(files[RUNS[rid][0]])
+    sp = breakdown(model, [], a.offload, a.context).reservation
+    assert sp is not None
+    ld = graphsim._loaded(model, [], a.offload)
+    c = graphsim._context(model, ld, sp, sp.n_ubatch, sp.n_outputs)
+    c.layers = list(range(ld.hp.n_layer))
+    g = _Graph()
+    g.expand(graphsim.build_graph(c, g))
+    return g
 
 
 def test_the_output_buffer_holds_the_embeddings_beside_the_logits(files: dict[str, Path]) -> None:
@@ -258,10 +294,19 @@ def test_mem_embedding_cli(files: dict[str, Path], smollm2_path: Path) -> None:
     r = runner.invoke(main, ["mem", bert, "--embedding", "--pooling", "mean", "-c", "512", "--gpus", "none"])
     assert r.exit_code == 0, r.output
     assert "note: embedding run: mean pooling (--pooling) over 1 sequence(s)" in r.output
+    # the context line names the run and the pooling in effect (--pooling, else the file's pooling_type)
+    (context_line,) = [x for x in r.output.splitlines() if x.startswith("context ")]
+    assert context_line.endswith(", no KV cache, embedding run (mean pooling)"), context_line
+    r = runner.invoke(main, ["mem", bert, "--embedding", "-c", "512", "--gpus", "none"])
+    assert "embedding run (cls pooling)" in r.output  # bert's pooling_type
+    r = runner.invoke(main, ["mem", bert, "--embedding", "--pooling", "none", "-c", "512", "--gpus", "none"])
+    assert "embedding run (no pooling)" in r.output
+    assert "embedding run" not in runner.invoke(main, ["mem", bert, "-c", "512", "--gpus", "none"]).output
     assert "does not add llama.cpp's pooling nodes" not in r.output
-    # a builder without the pooling nodes says so (SmolLM2: llama's builder)
+    # every decoder's graph ends with the pooling nodes (SmolLM2: llama's builder, graphsim.build_graph): no caveat
     r = runner.invoke(main, ["mem", str(smollm2_path), "--embedding", "--pooling", "mean", "-c", "4096"])
-    assert r.exit_code == 0 and "the llama graph builder does not add llama.cpp's pooling nodes" in r.output
+    assert r.exit_code == 0 and "note: embedding run: mean pooling" in r.output
+    assert "pooling nodes" not in r.output
     r = runner.invoke(main, ["mem", bert, "--embedding", "-c", "512", "--gpus", "none", "--json"])
     d = json.loads(r.output)
     assert (d["embeddings"], d["pooling"]) == (True, "cls")  # bert's pooling_type

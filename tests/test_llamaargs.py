@@ -205,6 +205,21 @@ def test_committed_table_is_generated_from_the_pinned_llama_cpp() -> None:
     assert len(T.ARGS) == text.count("add_opt(common_arg(")
 
 
+def test_the_generated_table_reads_llama_embeddings_example_from_its_source() -> None:
+    """llama-embedding is an example (examples/embedding/embedding.cpp), not a tool: the generator reads its
+    common_params_parse call as the tools' (LLAMA_EXAMPLE_EMBEDDING); a line without a program is still read as the
+    other tools read it (--attention is llama-embedding's own)."""
+    gen = _gen()
+    assert gen.TOOL_SOURCES["llama-embedding"] == "examples/embedding/embedding.cpp"
+    assert T.TOOLS["llama-embedding"] == "EMBEDDING" and TOOL_NAMES[-1] == "llama-embedding"
+    src = gen.default_source(LLAMA_CPP_VERSION)
+    if src is not None:
+        files, _ = gen.read_sources(src)
+        assert gen.tool_examples(files)["llama-embedding"] == "EMBEDDING"
+    assert accepted("--attention", "llama-embedding") and not accepted("--attention")
+    assert not accepted("--attention", "llama-server")
+
+
 def test_generator_refuses_what_it_cannot_read(tmp_path: Path) -> None:
     gen = _gen()
     with pytest.raises(gen.GenError, match="handler parameter"):
@@ -309,6 +324,51 @@ def test_context_warnings_are_the_ones_every_recorded_llama_cpp_run_printed(hole
     # smol at -c 16384, Llama 3.2 1B at -c 262144; gpt-oss 20B and 29 other models (the second recordings) and
     # 51 more (the third) at -c 32768 -np 3 (n_ctx not divisible by n_seq_max)
     assert compared > 800 and warned == 83
+
+
+def test_llama_embeddings_context_warning(smollm2_path: Path) -> None:
+    """llama-embedding compares llama_n_ctx with the training context (examples/embedding/embedding.cpp:152-155),
+    after llama_context's own warning; the other tools do not print its line."""
+    import ggufx
+    from ggufx.analysis.memory.context_warnings import context_warnings
+
+    smol = ggufx.open(smollm2_path)  # trained on 8192 tokens
+    over = parse_args("llama-embedding -c 16384")  # 256 sequences over one unified cache of 16384
+    assert context_warnings(smol, over.context, over.tool) == [
+        "llama_context: n_ctx_seq (16384) > n_ctx_train (8192) -- possible training context overflow",
+        "main: warning: model was trained on only 8192 context tokens (16384 specified)",
+    ]
+    fits = parse_args("llama-embedding -c 8192")
+    assert context_warnings(smol, fits.context, fits.tool) == []
+    split = parse_args("llama-embedding -c 16384 -np 2")  # two sequences of 8192: the whole context still compared
+    assert context_warnings(smol, split.context, split.tool) == [
+        "main: warning: model was trained on only 8192 context tokens (16384 specified)"
+    ]
+    completion = parse_args("llama-completion -c 16384")
+    assert not any(w.startswith("main:") for w in context_warnings(smol, completion.context, completion.tool))
+
+
+@pytest.mark.llamacpp
+def test_llama_embedding_prints_the_warnings_ggufx_gives(llama_bin: Path, smollm2_path: Path) -> None:
+    import ggufx
+    from ggufx.analysis.memory.context_warnings import context_warnings
+
+    for line in ("-c 16384", "-c 8192", "-c 12000 -np 2"):
+        cmd = [str(llama_bin / "llama-embedding"), "-m", str(smollm2_path), *line.split()]
+        p = subprocess.run(
+            [*cmd, "-dev", "none", "-p", "hi", "--no-warmup", "-fit", "off"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert p.returncode == 0, p.stderr[-2000:]
+        printed = [
+            x.split(" W ", 1)[1]
+            for x in (p.stdout + p.stderr).splitlines()
+            if " W " in x and any(w in x for w in _WARNED)
+        ]
+        args = parse_args("llama-embedding " + line)
+        assert context_warnings(ggufx.open(smollm2_path), args.context, args.tool) == printed, line
 
 
 def test_context_warnings_of_each_tool(smollm2_path: Path) -> None:

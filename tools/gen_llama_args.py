@@ -18,8 +18,9 @@ What it reads (no compiler needed):
   ``LLAMA_EXAMPLE_COMMON``, which every tool but llama-download inherits) and the tools that refuse it
   (``.set_excludes({...})``). An option added inside ``if (ex == LLAMA_EXAMPLE_X) {...} else {...}``
   carries that condition.
-* ``tools/*/`` sources: the ``LLAMA_EXAMPLE_*`` each tool ggufx reads passes to ``common_params_parse``
-  (llama-server, llama-cli, llama-completion, llama-mtmd-cli, llama-fit-params).
+* ``tools/*/`` and ``examples/*/`` sources: the ``LLAMA_EXAMPLE_*`` each tool ggufx reads passes to
+  ``common_params_parse`` (llama-server, llama-cli, llama-completion, llama-mtmd-cli, llama-fit-params;
+  llama-embedding, an example: examples/embedding/embedding.cpp).
 
 Anything it cannot parse is an error (exit status 1), never a guess. The output depends only on those
 files, so it is byte-for-byte reproducible.
@@ -45,6 +46,7 @@ TOOL_SOURCES = {
     "llama-completion": "tools/completion/completion.cpp",
     "llama-mtmd-cli": "tools/mtmd/mtmd-cli.cpp",
     "llama-fit-params": "tools/fit-params/fit-params.cpp",
+    "llama-embedding": "examples/embedding/embedding.cpp",
 }
 ARG_CPP = "common/arg.cpp"
 

@@ -433,6 +433,11 @@ def fit_text(res: FitResult, fmt: str = "simple") -> str:
     )
 
 
+def _embedding_run(pooling: str | None) -> str:
+    """The context line's word on an embedding run: the pooling in effect (``--pooling``, else the file's)."""
+    return f", embedding run ({'no' if pooling in (None, 'none') else pooling} pooling)"
+
+
 def memory_devices_text(res: MemoryResult, fmt: str = "simple") -> str:
     """``ggufx mem`` (``results.memory``): llama.cpp's memory breakdown per device, then the caches."""
     rows = []
@@ -481,7 +486,8 @@ def memory_devices_text(res: MemoryResult, fmt: str = "simple") -> str:
             f"KV cache K {res['cache_type_k']} V {res['cache_type_v']}"
             if full["layers"] or swa["layers"]
             else "no KV cache"
-        ),
+        )
+        + (_embedding_run(res["pooling"]) if res.get("embeddings") else ""),
     ]
     if full["layers"]:
         line = f"KV cache: {full['layers']} full-attention layers x {full['cells']:,} cells = {full['bytes'] / MiB:,.2f} MiB"

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ggufx.analysis.layers import LayerKind, layer_kinds
-from ggufx.analysis.memory.archs import ARCHS, arch_of, builder_of, memory_of
+from ggufx.analysis.memory.archs import ARCHS, arch_of, memory_of
 from ggufx.analysis.memory.compute import (
     OP_OFFLOAD_MIN_BATCH,
     ComputeModel,
@@ -47,6 +47,7 @@ from ggufx.analysis.memory.graph.galloc import CUDA_ALIGN, HOST_ALIGN, MATRIX_RO
 from ggufx.analysis.memory.graph.graphsim import SimParams, flash_attn_mismatch, simulated
 from ggufx.analysis.memory.graph.graphsim import simulate as simulate_compute
 from ggufx.analysis.memory.graph.llm import classifier_pooling
+from ggufx.analysis.memory.graph.models.diffusion import DIFFUSION, tool_output_bytes
 from ggufx.analysis.memory.hparams import DSV4_ARCHS, DSV4_CSA, DSV4_HCA, Hparams, hparams, pad
 from ggufx.analysis.memory.options import POOLING_TYPES
 from ggufx.analysis.memory.placement import (
@@ -669,7 +670,16 @@ def breakdown(
     if memory == "hybrid_idx":  # qwen4exp's PLE conv history: a row of its own in the recurrent memory
         rs = ple_state_buffers(model, kinds, pl, cp, max(1, n_seq), rs)
     buffers += rs
-    buffers.append(Buffer("output", _host(pl, pl.output_device), output_bytes(model, hp, cp, n_seq)))
+    out_bytes = output_bytes(model, hp, cp, n_seq)
+    if hp.arch in DIFFUSION:  # llama.cpp runs these only through llama-diffusion-cli: its run's output buffer
+        tokens = min(cp.n_batch, cp.n_ubatch)
+        out_bytes = tool_output_bytes(hp.n_vocab, tokens, n_seq)
+        notes.append(
+            f"output buffer: llama-diffusion-cli's run after its first decode (the logits of all {tokens:,} tokens "
+            f"it denoises, {hp.n_vocab:,} floats each); the context starts with {4 * hp.n_vocab * n_seq:,} bytes "
+            "(one row per sequence, as llama-completion and the tool print it)"
+        )
+    buffers.append(Buffer("output", _host(pl, pl.output_device), out_bytes))
     n_outputs = min(n_ubatch, cp.n_outputs_max or n_batch)
     shape = GraphShape(
         n_tokens=n_ubatch,
@@ -713,11 +723,6 @@ def breakdown(
             f"{n_embd_out(model, hp):,} embedding floats per sequence beside the {hp.n_vocab:,} logits (llama.cpp "
             "reserves both)"
         )
-        if sp.pooling != "none" and builder_of(hp.arch) not in POOLING_BUILDERS and simulated(model) is None:
-            notes.append(
-                f"embedding run: the {hp.arch} graph builder does not add llama.cpp's pooling nodes yet (a few "
-                "small tensors after the output norm): its compute buffers may be slightly low"
-            )
     why_not = simulated(model) if builder else "the graph builder is switched off"
     # -fa auto with a quantized V cache is flash attention on before any probe (llama_init_from_model,
     # llama-context.cpp:3843-3847: the V cache needs it); otherwise resolve_fused_ops' probe decides
@@ -796,6 +801,15 @@ def breakdown(
     )
 
 
+# the architectures llama-arch.cpp names but llama.cpp does not load: why (the generic estimate's reason)
+NOT_LOADED = {
+    # llama_model_mapping (llama-model.cpp:43-352) has no LLM_ARCH_GPTJ case: "unsupported model architecture: 'gptj'"
+    "gptj": (
+        "llama.cpp 11434 does not load gptj (unsupported model architecture: llama_model_mapping has no case for it)"
+    ),
+}
+
+
 def estimate_reason(model: GGUFModel, why_not: str | None, meta: bool = False) -> str:
     """Why a model's compute buffers are the phase model's estimate (:mod:`.compute`), not its rebuilt graph:
     no builder for the architecture, an unknown architecture, a file the builder cannot build (what is
@@ -803,6 +817,8 @@ def estimate_reason(model: GGUFModel, why_not: str | None, meta: bool = False) -
     arch = model.architecture or ""
     a = arch_of(arch)
     if a is None:
+        if arch in NOT_LOADED:
+            return f"generic decoder estimate: {NOT_LOADED[arch]}"
         return f"generic decoder estimate: {arch!r} is not a registered architecture"
     if a.builder is None:
         return f"generic decoder estimate: no graph builder for {arch}"
@@ -1135,11 +1151,6 @@ def output_bytes(model: GGUFModel, hp: Hparams, cp: ContextParams, n_seq: int) -
     floats more per sequence (``has_embd``; always for T5, llama-context.cpp:2133-2137: "hacky enc-dec support")."""
     per = hp.n_vocab + (n_embd_out(model, hp) if cp.embeddings or hp.arch == "t5" else 0)
     return 4 * per * n_seq
-
-
-# the graph builders that end with build_pooling in an embedding run (graph/llm.py with_pooling): the encoders' and
-# qwen3's (Qwen3-Embedding, Qwen3-Reranker)
-POOLING_BUILDERS = frozenset({"bert", "neo_bert", "gemma_embedding", "modern_bert", "qwen3"})
 
 
 def embedding_refusal(model: GGUFModel, sp: SimParams, n_outputs_max: int, n_ubatch: int) -> None:

@@ -12,7 +12,9 @@ the training context) is padded to 256 and split into sequences:
 And from the tools: llama-server caps every slot at the training context
 (``tools/server/server-context.cpp`` ``load_model``: ``the slot context (N) exceeds the training context
 of the model (M) - capping``); llama-completion compares the whole context with it
-(``tools/completion/completion.cpp``: ``model was trained on only M context tokens (N specified)``).
+(``tools/completion/completion.cpp``: ``model was trained on only M context tokens (N specified)``), as does
+llama-embedding (``examples/embedding/embedding.cpp``: ``main: warning: model was trained on only M context tokens
+(N specified)``).
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ __all__ = ["context_warnings"]
 def context_warnings(model: GGUFModel, context: ContextParams, tool: str | None = None) -> list[str]:
     """llama.cpp's warnings for ``context`` on ``model``, each as the line it logs (function prefix
     included: ``llama_context: n_ctx_seq (16384) > n_ctx_train (8192) -- possible training context
-    overflow``). ``tool`` ``llama-server`` adds the server's own. Empty when llama.cpp says nothing,
-    and when the model states no training context (llama.cpp then needs ``-c``)."""
+    overflow``). ``tool`` ``llama-server``, ``llama-completion`` or ``llama-embedding`` adds the tool's own.
+    Empty when llama.cpp says nothing, and when the model states no training context (llama.cpp then needs
+    ``-c``)."""
     n_ctx_train = hparams(model).n_ctx_train
     if context.n_ctx == 0 and n_ctx_train == 0:
         return []
@@ -52,4 +55,6 @@ def context_warnings(model: GGUFModel, context: ContextParams, tool: str | None 
             )
     if tool == "llama-completion" and n_ctx_train and n_ctx > n_ctx_train:
         out.append(f"llama_completion: model was trained on only {n_ctx_train} context tokens ({n_ctx} specified)")
+    if tool == "llama-embedding" and n_ctx_train and n_ctx > n_ctx_train:  # examples/embedding/embedding.cpp:152-155
+        out.append(f"main: warning: model was trained on only {n_ctx_train} context tokens ({n_ctx} specified)")
     return out

@@ -20,6 +20,7 @@ TOOLS: dict[str, str] = {
     "llama-completion": "COMPLETION",
     "llama-mtmd-cli": "MTMD",
     "llama-fit-params": "FIT_PARAMS",
+    "llama-embedding": "EMBEDDING",
 }
 
 Arg = tuple[tuple[str, ...], tuple[str, ...], int, tuple[str, ...], tuple[str, ...], str | None]

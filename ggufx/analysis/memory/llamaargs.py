@@ -43,13 +43,13 @@ from ggufx.errors import InputError
 
 __all__ = ["TOOL_NAMES", "LlamaArgs", "accepted", "embedding_context", "parse_args", "program_tool"]
 
-# program name -> the LLAMA_EXAMPLE_* it parses its arguments as: the generated table's tools, and llama-embedding
-# (examples/embedding/embedding.cpp: common_params_parse(..., LLAMA_EXAMPLE_EMBEDDING))
-_TOOLS: dict[str, str] = {**TOOLS, "llama-embedding": "EMBEDDING"}
+# program name -> the LLAMA_EXAMPLE_* it parses its arguments as: the generated table's tools (llama-embedding's from
+# examples/embedding/embedding.cpp: common_params_parse(..., LLAMA_EXAMPLE_EMBEDDING))
+_TOOLS: dict[str, str] = dict(TOOLS)
 TOOL_NAMES: tuple[str, ...] = tuple(_TOOLS)  # the programs whose command lines ggufx reads
-# a line without a program is read as any of the generated table's tools would read it (not llama-embedding's
-# own options, such as --attention: name the program for those)
-_ANY_TOOL: tuple[str, ...] = tuple(TOOLS)
+# a line without a program is read as any of the tools would read it but llama-embedding (not its own options, such
+# as --attention: name the program for those)
+_ANY_TOOL: tuple[str, ...] = tuple(t for t in TOOLS if t != "llama-embedding")
 LLAMA_MAX_SEQ = 256  # llama_max_parallel_sequences() (llama-cparams.h): llama-embedding's sequences by default
 PARAM = "--llama-args"  # the option every InputError names (the CLI's option for a llama.cpp command line)
 

@@ -33,7 +33,7 @@ from ggufx.analysis.layers import swa_layers
 from ggufx.analysis.memory.archs import arch_of
 from ggufx.analysis.memory.graph.galloc import FAILED, PREALLOCATED, _reserve
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, _Graph, _ne, _strides
-from ggufx.analysis.memory.graph.llm import SimParams, _Ctx, _Gdn
+from ggufx.analysis.memory.graph.llm import SimParams, _Ctx, _Gdn, build_pooling, with_pooling
 from ggufx.analysis.memory.graph.models import BUILT, builder, layer_kind
 from ggufx.analysis.memory.graph.models.qwen35 import _gdn_dims, _recurrent_layers
 from ggufx.analysis.memory.graph.sched import N_COPIES, OP_OFFLOAD_MIN_BATCH, _Sched
@@ -44,13 +44,37 @@ from ggufx.model import GGUFModel
 
 T = TypeVar("T")
 
-__all__ = ["BUILT_ARCHS", "SIMULATED_ARCHS", "SimParams", "simulate", "simulated", "unbuildable"]
+__all__ = ["BUILT_ARCHS", "SIMULATED_ARCHS", "SimParams", "build_graph", "simulate", "simulated", "unbuildable"]
 
 SIMULATED_ARCHS = BUILT  # the registry entries with a builder module (graph/models/)
 BUILT_ARCHS = SIMULATED_ARCHS  # every built graph is exact on every recorded run
 
 
 # -- the reservation -----------------------------------------------------------------------------------
+
+
+def build_graph(c: _Ctx, g: _Graph) -> _T:
+    """``llama_model::build_graph`` (llama-model.cpp:2900-2916): the architecture's graph, then in an embedding run
+    ``build_pooling`` and ``build_dense_out`` over its ``res->t_embd`` (graph/llm.py :func:`with_pooling`). A
+    decoder's ``t_embd`` is its ``result_norm``, found by walking back from the logits; the builders that pool
+    themselves (the encoders', qwen3's) return the pooled result (``result_embd_pooled``, or with pooling none
+    ``t_embd`` itself) and are left as they are; lfm2's graph has no logits in an embedding run. Returns the last tensor (the caller expands it)."""
+    out = builder(c.hp.arch)(c, g)
+    if c.sp.pooling is None or out.name != "result_output" or any(n.name == "result_embd_pooled" for n in g.nodes):
+        return out
+    norm: _T | None = out
+    while norm is not None and norm.name != "result_norm":  # the logits' product (bias, scale, softcap) over it
+        srcs = norm.src
+        norm = (srcs[1] if norm.op == "MUL_MAT" else srcs[0]) if srcs else None
+    if norm is None:
+        return out
+    if c.hp.arch in _NO_LOGITS:  # the graph stops at result_norm: the logits are not computed
+        return build_pooling(c, g, norm)
+    return with_pooling(c, g, out, norm)
+
+
+# the graphs without logits in an embedding run (lfm2.cpp:287 ``if (!cparams.embeddings)``, lfm2moe's too)
+_NO_LOGITS = ("lfm2", "lfm2moe")
 
 
 # the weights each layer's graph multiplies by (src/models/llama.cpp, src/models/qwen3moe.cpp)
@@ -411,7 +435,7 @@ def _one(
         g, sched = probe[2], probe[3]  # the graph the probe built and assigned (weights' tags: not read before)
     else:
         g = _Graph()
-        g.expand(builder(hp.arch)(c, g))
+        g.expand(build_graph(c, g))
         gpus = [d.name for d in pl.devices]
         host = host_buft(gpus[0] if gpus else None)
         sched = _Sched(gpus, host, N_COPIES if sp.pipeline else 1)
@@ -587,7 +611,7 @@ def _flash_attn_mismatch(
         plan = ld.plans[key]
         c.layers = list(plan.layers)
     g = _Graph()
-    g.expand(builder(ld.hp.arch)(c, g))
+    g.expand(build_graph(c, g))
     gpus = [d.name for d in ld.pl.devices]
     sched = _Sched(gpus, host_buft(gpus[0]), 1)
     sched.assign(g)
