@@ -543,3 +543,27 @@ def test_memory_of_an_embedding_run_equals_cli_json(cli: CliRun, smollm2_path: P
 
     assert output(emb) > output(plain)
     assert got["bad"].is_error
+
+
+def test_memory_with_the_mtp_draft_context_equals_cli_json(
+    cli: CliRun, smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The memory tool's spec_type is `mem --spec-type`: draft-mtp adds the MTP context's rows (mtp_*) on a model
+    with a NextN block, as the CLI prints them; an unknown type is an error in llama.cpp's words."""
+    from tests.graph_arch_logs import cpu_model
+
+    model = str(cpu_model("qwen35moe-mtp", tmp_path_factory.mktemp("mcp-mtp"), smollm2_path))
+
+    async def calls(c: Client) -> dict[str, Any]:
+        return {
+            "mtp": await c.call_tool("memory", {"path": model, "ctx": 8192, "spec_type": "draft-mtp"}),
+            "bad": await c.call_tool("memory", {"path": model, "ctx": 8192, "spec_type": "draft-nope"}),
+        }
+
+    got = session(["--root", str(Path(model).parent)], calls)
+    code, out, err = cli("mem", "--json", "-c", "8192", "--spec-type", "draft-mtp", model)
+    assert code == 0 and not got["mtp"].is_error, (err, text(got["mtp"]))
+    assert got["mtp"].structured_content == json.loads(out)
+    kinds = {b["kind"] for b in got["mtp"].structured_content["buffers"]}
+    assert {"mtp_kv", "mtp_compute"} <= kinds
+    assert got["bad"].is_error and "unknown speculative type" in text(got["bad"])

@@ -226,6 +226,10 @@ class GGUFTools:
         pooling: Annotated[
             Pooling | None, Field(description="llama.cpp's --pooling (default: the file's pooling type).")
         ] = None,
+        spec_type: Annotated[
+            str | None,
+            Field(description="llama.cpp's --spec-type (draft-mtp: the MTP draft context beside the main one)."),
+        ] = None,
     ) -> Result:
         request = results.MemoryRequest(
             ctx=ctx,
@@ -237,6 +241,7 @@ class GGUFTools:
             mmproj_file=mmproj,
             embedding=embedding,
             pooling=pooling,
+            spec_type=spec_type,
         )
         return results.memory(self.access.open_model(path), request, self.access.open_model)
 
