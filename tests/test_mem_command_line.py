@@ -81,3 +81,15 @@ def test_no_repack_drops_the_repacked_copies(cli: CliRun, gemma_path: Path) -> N
 
 def test_the_request_knows_every_tool_the_command_line_may_name() -> None:
     assert set(TOOLS) == set(TOOL_NAMES)
+
+
+def test_options_beside_llama_args_that_it_replaces_are_refused(cli: CliRun, smollm2_path: Path) -> None:
+    """`--llama-args` carries a whole llama.cpp command line: `-c 8192 --llama-args "--spec-type draft-mtp"` used
+    to size the training context without a word. An option it replaces is refused, named, exit 2; the companion
+    files and ggufx's own options (--gpus, --fit, --check) still go beside it."""
+    r = cli("mem", str(smollm2_path), "-c", "8192", "-ngl", "4", "--llama-args", "-fa on")
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "-c, -ngl beside --llama-args" in r.stderr
+    ok = cli("mem", "--json", str(smollm2_path), "--gpus", "24GiB", "--llama-args", "-c 8192 -ngl 4")
+    assert ok.exit_code == 0, ok.stderr
+    assert json.loads(ok.stdout)["n_ctx"] == 8192

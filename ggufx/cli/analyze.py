@@ -414,6 +414,8 @@ def mem(file: str | None, as_json: bool, tablefmt: str, **options: Any) -> None:
     from ggufx import results
     from ggufx.render.text import fit_text, memory_check_text, memory_devices_text
 
+    if options["llama_args"] is not None:
+        _no_options_beside_llama_args(click.get_current_context())
     request = results.MemoryRequest(flash_attn=not options.pop("no_flash_attn"), **options)
     try:
         model = open_model(request.model_file(file))
@@ -435,6 +437,36 @@ def mem(file: str | None, as_json: bool, tablefmt: str, **options: Any) -> None:
                 sys.exit(EXIT_CHECK_FAILED)
     except results.InputError as e:
         raise click.BadParameter(str(e), param_hint=e.param) from None
+
+
+# the llama.cpp options that --llama-args replaces (results.MemoryRequest.setup takes its command line's context,
+# offload, projector and draft settings whole); the companion files and --spec-type are merged instead
+_REPLACED_BY_LLAMA_ARGS = frozenset(
+    {
+        "ctx", "cache_type_k", "cache_type_v", "fa", "no_flash_attn", "parallel", "ubatch", "batch", "n_gpu_layers",
+        "tensor_split", "split_mode", "main_gpu", "overrides", "cpu_moe", "n_cpu_moe", "no_kv_offload", "swa_full",
+        "kv_unified", "no_mmap", "no_repack", "embedding", "pooling", "image_min_tokens", "image_max_tokens",
+        "no_mmproj_offload", "n_gpu_layers_draft", "cache_type_k_draft", "cache_type_v_draft",
+    }
+)  # fmt: skip
+
+
+def _no_options_beside_llama_args(ctx: click.Context) -> None:
+    """An option given beside ``--llama-args`` that its command line replaces would be dropped without a word
+    (``-c 8192 --llama-args "--spec-type draft-mtp"`` sized the training context): refuse it, naming it."""
+    from click.core import ParameterSource
+
+    given = [
+        min(p.opts, key=len)
+        for p in ctx.command.params
+        if p.name in _REPLACED_BY_LLAMA_ARGS and ctx.get_parameter_source(p.name) is ParameterSource.COMMANDLINE
+    ]
+    if given:
+        raise click.BadParameter(
+            f"{', '.join(given)} beside --llama-args, whose command line sets every llama.cpp option: "
+            "put them inside it",
+            param_hint="--llama-args",
+        )
 
 
 @click.command()
