@@ -74,8 +74,8 @@ def test_no_repack_drops_the_repacked_copies(cli: CliRun, gemma_path: Path) -> N
     gemma = str(gemma_path)  # Q4_K_M: its Q4_K matrices get a CPU_REPACK copy on an AVX2 CPU build
     repacked = {b["buft"] for b in _mem(cli, gemma, "--gpus", "none", "-c", "4096")["buffers"]}
     assert "CPU_REPACK" in repacked
-    for args in (("--no-repack",), ("--llama-args", "-c 4096 -dev none --no-repack")):
-        d = _mem(cli, gemma, "--gpus", "none", "-c", "4096", *args)
+    for args in (("-c", "4096", "--no-repack"), ("--llama-args", "-c 4096 -dev none --no-repack")):
+        d = _mem(cli, gemma, "--gpus", "none", *args)
         assert "CPU_REPACK" not in {b["buft"] for b in d["buffers"]}, args
 
 
