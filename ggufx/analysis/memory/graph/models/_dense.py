@@ -304,6 +304,13 @@ def decoder(
     return x
 
 
+def tied_head(c: _Ctx) -> _T:
+    """The head of the logits: ``output.weight``, else the token embeddings (tied: their copy on the output
+    layer's buffer type, ``TENSOR_DUPLICATED``)."""
+    n_layer = c.hp.n_layer
+    return _weight(c, "output.weight", n_layer) or _w(c, "token_embd.weight", n_layer)
+
+
 def output(c: _Ctx, g: _Graph, x: _T, head: _T, norm: str = "RMS_NORM") -> _T:
     """The output norm (``norm`` times ``output_norm``, an output) and the logits over ``head``."""
     g.at(GLOBAL)

@@ -11,10 +11,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _inp_embd, _proj, _w, _weight
+from ggufx.analysis.memory.graph.ggml import _T, _Graph
+from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _inp_embd, _proj, _weight
 from ggufx.analysis.memory.graph.models import deepseek2, qwen3next
-from ggufx.analysis.memory.graph.models._dense import _ROPE_FACTORS, Dense, _attention, _attn_kv, _n, _qkv
+from ggufx.analysis.memory.graph.models._dense import (
+    _ROPE_FACTORS,
+    Dense,
+    _attention,
+    _attn_kv,
+    _n,
+    _qkv,
+    output,
+    tied_head,
+)
 from ggufx.analysis.memory.graph.models.deepseek2 import SIGMOID, SOFTMAX, SOFTMAX_WEIGHT, MoeParams, Routed
 from ggufx.model import GGUFModel
 
@@ -93,14 +102,7 @@ def build(c: _Ctx, g: _Graph, spec: MoeDense) -> _T:
         cur = _n(c, g, ffn_inp, b + "ffn_norm.weight", il, d)
         cur = spec.ffn(c, g, cur, il)
         x = g.op(f"l_out-{il}", "ADD", cur, ffn_inp)
-    g.at(GLOBAL)
-    cur = g.op("norm", "RMS_NORM", x)
-    cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
-    cur.flags |= OUTPUT
-    out_w = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
-    logits = g.mul_mat("result_output", out_w, cur)
-    logits.flags |= OUTPUT
-    return logits
+    return output(c, g, x, tied_head(c))
 
 
 GATINGS = (SOFTMAX, SIGMOID, SOFTMAX_WEIGHT)  # the gating functions deepseek2.moe_ffn builds

@@ -5,10 +5,10 @@ branch."""
 
 from __future__ import annotations
 
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd, _w, _weight
+from ggufx.analysis.memory.graph.ggml import _T, _Graph
+from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd
 from ggufx.analysis.memory.graph.models import _moe_check
-from ggufx.analysis.memory.graph.models._dense import Dense, _ffn, _n
+from ggufx.analysis.memory.graph.models._dense import Dense, _ffn, _n, output, tied_head
 from ggufx.analysis.memory.graph.models._moe_dense import EXPERTS, ROUTER, routed
 from ggufx.analysis.memory.graph.models._plain import attention
 from ggufx.model import GGUFModel
@@ -37,14 +37,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
         ffn_out = g.op(f"ffn_out-{il}", "ADD", cur, ffn_inp)
         moe, _ = routed(c, g, _n(c, g, inp_sa, b + "ffn_norm_exps.weight", il, _D), il, norm_w=True)
         x = g.op(f"l_out-{il}", "ADD", moe, ffn_out)
-    g.at(GLOBAL)
-    cur = g.op("norm", "RMS_NORM", x)
-    cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
-    cur.flags |= OUTPUT
-    out_w = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
-    logits = g.mul_mat("result_output", out_w, cur)
-    logits.flags |= OUTPUT
-    return logits
+    return output(c, g, x, tied_head(c))
 
 
 def unbuildable(model: GGUFModel) -> str | None:

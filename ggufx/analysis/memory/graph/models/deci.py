@@ -11,10 +11,10 @@ not, and the next layer reads the same input."""
 
 from __future__ import annotations
 
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd, _w, _weight, model_of
+from ggufx.analysis.memory.graph.ggml import _T, _Graph
+from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd, _w, model_of
 from ggufx.analysis.memory.graph.models import _plain
-from ggufx.analysis.memory.graph.models._dense import Dense, _ffn, _n
+from ggufx.analysis.memory.graph.models._dense import Dense, _ffn, _n, output, tied_head
 from ggufx.analysis.memory.hparams import _arr
 from ggufx.model import GGUFModel
 
@@ -53,14 +53,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
         ffn_inp = g.op(f"ffn_inp-{il}", "ADD", cur, inp_sa) if nh > 0 else cur
         cur = _ffn(c, g, _n(c, g, ffn_inp, b + "ffn_norm.weight", il, SPEC), il, SPEC)
         x = g.op(f"l_out-{il}", "ADD", cur, ffn_inp)
-    g.at(GLOBAL)
-    cur = g.op("norm", "RMS_NORM", x)
-    cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
-    cur.flags |= OUTPUT
-    out_w = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
-    logits = g.mul_mat("result_output", out_w, cur)
-    logits.flags |= OUTPUT
-    return logits
+    return output(c, g, x, tied_head(c))
 
 
 def unbuildable(model: GGUFModel) -> str | None:

@@ -16,10 +16,10 @@ norm and the logits (no output bias: dream loads one, its graph passes none)."""
 
 from __future__ import annotations
 
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _Ctx, _inp_embd, _proj, _w, _weight
+from ggufx.analysis.memory.graph.ggml import _T, _Graph
+from ggufx.analysis.memory.graph.llm import _Ctx, _inp_embd, _proj, _w
 from ggufx.analysis.memory.graph.models import _moe_dense, deepseek2
-from ggufx.analysis.memory.graph.models._dense import Dense, _n, _qkv
+from ggufx.analysis.memory.graph.models._dense import Dense, _n, _qkv, output, tied_head
 from ggufx.analysis.memory.graph.models._moe_dense import EXPERTS, ROUTER
 from ggufx.analysis.memory.graph.models.bert import attn_no_cache
 from ggufx.analysis.memory.hparams import hparams
@@ -70,14 +70,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
         else:  # build_ffn(up, gate, down) without biases, SiLU, parallel gate
             cur = deepseek2.ffn(c, g, cur, il)
         x = g.op(f"l_out-{il}", "ADD", cur, ffn_inp)
-    g.at(GLOBAL)
-    cur = g.op("norm", "RMS_NORM", x)
-    cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
-    cur.flags |= OUTPUT
-    out_w = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
-    logits = g.mul_mat("result_output", out_w, cur)
-    logits.flags |= OUTPUT
-    return logits
+    return output(c, g, x, tied_head(c))
 
 
 def unbuildable(model: GGUFModel) -> str | None:

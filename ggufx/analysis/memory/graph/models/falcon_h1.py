@@ -5,9 +5,9 @@ biases whose norm weight is ``blk.N.ffn_norm`` (no ``.weight`` suffix: llama.cpp
 
 from __future__ import annotations
 
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd, _norm, _proj, _w, _weight
-from ggufx.analysis.memory.graph.models._dense import _qkv
+from ggufx.analysis.memory.graph.ggml import _T, _Graph
+from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd, _norm, _proj, _w
+from ggufx.analysis.memory.graph.models._dense import _qkv, output, tied_head
 from ggufx.analysis.memory.graph.models.qwen3next import attn_core
 from ggufx.analysis.memory.graph.models.ssm import check_shapes, mamba2_dims, mamba2_layer, rs_inp
 from ggufx.analysis.memory.hparams import hparams
@@ -51,14 +51,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
         cur = _norm(c, g, inp_sa, pre + "ffn_norm", il)
         cur = _ffn(c, g, cur, il)
         x = g.op(f"l_out-{il}", "ADD", cur, inp_sa)
-    g.at(GLOBAL)
-    cur = g.op("norm", "RMS_NORM", x)
-    cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
-    cur.flags |= OUTPUT
-    out_w = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
-    logits = g.mul_mat("result_output", out_w, cur)
-    logits.flags |= OUTPUT
-    return logits
+    return output(c, g, x, tied_head(c))
 
 
 def unbuildable(model: GGUFModel) -> str | None:

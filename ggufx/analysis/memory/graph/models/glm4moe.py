@@ -6,8 +6,9 @@ the shared expert; the NextN/MTP layer is left out of the graph as llama.cpp lea
 
 from __future__ import annotations
 
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
+from ggufx.analysis.memory.graph.ggml import _T, _Graph
 from ggufx.analysis.memory.graph.llm import _attn_inp, _attn_kv, _AttnInp, _Ctx, _inp_embd, _norm, _proj, _w, _weight
+from ggufx.analysis.memory.graph.models._dense import output, tied_head
 from ggufx.analysis.memory.graph.models.deepseek2 import SIGMOID, ffn, moe_ffn, moe_params
 from ggufx.model import GGUFModel
 
@@ -66,14 +67,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
             else:  # n_expert_shared 0: build_ffn of null weights is the SiLU of its input
                 cur = g.op(f"ffn_out-{il}", "ADD", moe_out, g.op(f"ffn_silu-{il}", "UNARY", cur))
         x = g.op(f"l_out-{il}", "ADD", cur, ffn_inp)
-    g.at(GLOBAL)
-    cur = g.op("norm", "RMS_NORM", x)
-    cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
-    cur.flags |= OUTPUT
-    out_w = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
-    logits = g.mul_mat("result_output", out_w, cur)
-    logits.flags |= OUTPUT
-    return logits
+    return output(c, g, x, tied_head(c))
 
 
 def unbuildable(model: GGUFModel) -> str | None:

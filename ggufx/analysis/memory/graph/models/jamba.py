@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd, _norm, _w, _weight
+from ggufx.analysis.memory.graph.ggml import _T, _Graph
+from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd, _norm, _weight
+from ggufx.analysis.memory.graph.models._dense import output, tied_head
 from ggufx.analysis.memory.graph.models.deepseek2 import SOFTMAX, ffn, moe_ffn, moe_params
 from ggufx.analysis.memory.graph.models.granitehybrid import _attention
 from ggufx.analysis.memory.graph.models.ssm import check_shapes, mamba_dims, mamba_layer_normed, rs_inp
@@ -47,14 +48,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
         else:
             cur, _ = moe_ffn(c, g, cur, il, mp, SOFTMAX)
         x = g.op(f"l_out-{il}", "ADD", ffn_inp, cur)
-    g.at(GLOBAL)
-    cur = g.op("norm", "RMS_NORM", x)
-    cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
-    cur.flags |= OUTPUT
-    out_w = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
-    logits = g.mul_mat("result_output", out_w, cur)
-    logits.flags |= OUTPUT
-    return logits
+    return output(c, g, x, tied_head(c))
 
 
 def unbuildable(model: GGUFModel) -> str | None:

@@ -5,8 +5,9 @@ own cache and mask) and ``qwen3moe`` (src/models/qwen3moe.cpp: Q/K norms, the Mo
 
 from __future__ import annotations
 
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _attn, _attn_inp, _Ctx, _inp_embd, _moe_ffn, _norm, _proj, _w, _weight
+from ggufx.analysis.memory.graph.ggml import _T, _Graph
+from ggufx.analysis.memory.graph.llm import _attn, _attn_inp, _Ctx, _inp_embd, _moe_ffn, _norm, _proj
+from ggufx.analysis.memory.graph.models._dense import output, tied_head
 
 
 def build(c: _Ctx, g: _Graph) -> _T:
@@ -43,11 +44,4 @@ def build(c: _Ctx, g: _Graph) -> _T:
         if gemma:  # the post-FFN norm is built with il = -1 (gemma3.cpp:188): not pinned
             cur = _norm(c, g, cur, f"blk.{il}.post_ffw_norm.weight", il, pin=False)
         x = g.op(f"l_out-{il}", "ADD", cur, ffn_inp)
-    g.at(GLOBAL)
-    cur = g.op("norm", "RMS_NORM", x)
-    cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
-    cur.flags |= OUTPUT
-    out_w = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
-    logits = g.mul_mat("result_output", out_w, cur)
-    logits.flags |= OUTPUT
-    return logits
+    return output(c, g, x, tied_head(c))

@@ -8,7 +8,7 @@ expert."""
 
 from __future__ import annotations
 
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
+from ggufx.analysis.memory.graph.ggml import _T, _Graph
 from ggufx.analysis.memory.graph.llm import (
     _attn_inp,
     _Ctx,
@@ -20,7 +20,7 @@ from ggufx.analysis.memory.graph.llm import (
     moe_swiglu_experts,
     moe_weighted_sum,
 )
-from ggufx.analysis.memory.graph.models._dense import _ROPE_FACTORS, Dense, _attn_kv, _ffn, _n, _qkv
+from ggufx.analysis.memory.graph.models._dense import _ROPE_FACTORS, Dense, _attn_kv, _ffn, _n, _qkv, output, tied_head
 from ggufx.model import GGUFModel
 
 SPEC = Dense()
@@ -104,14 +104,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
             sh = _proj(c, g, f"ffn_out-{il}", b + "ffn_down_shexp", sh, il)
             cur = g.op(f"ffn_moe_out_merged-{il}", "ADD", moe, sh)
         x = g.op(f"l_out-{il}", "ADD", cur, ffn_inp)
-    g.at(GLOBAL)
-    cur = g.op("norm", "RMS_NORM", x)
-    cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
-    cur.flags |= OUTPUT
-    out_w = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
-    logits = g.mul_mat("result_output", out_w, cur)
-    logits.flags |= OUTPUT
-    return logits
+    return output(c, g, x, tied_head(c))
 
 
 _ATTN = ("attn_norm", "attn_output", "ffn_norm")

@@ -5,8 +5,9 @@ with Mamba-1): every layer an RMS norm, a Mamba-1 mixer (``build_mamba_layer``,
 
 from __future__ import annotations
 
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _Ctx, _inp_embd, _norm, _w, _weight
+from ggufx.analysis.memory.graph.ggml import _T, _Graph
+from ggufx.analysis.memory.graph.llm import _Ctx, _inp_embd, _norm
+from ggufx.analysis.memory.graph.models._dense import output, tied_head
 from ggufx.analysis.memory.graph.models.ssm import (
     MambaDims,
     check_shapes,
@@ -36,14 +37,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
             cur = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), cur, out_ids)
             x = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), x, out_ids)
         x = g.op(f"l_out-{il}", "ADD", cur, x)
-    g.at(GLOBAL)
-    cur = g.op("norm", "RMS_NORM", x)
-    cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
-    cur.flags |= OUTPUT
-    out_w = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
-    logits = g.mul_mat("result_output", out_w, cur)
-    logits.flags |= OUTPUT
-    return logits
+    return output(c, g, x, tied_head(c))
 
 
 def unbuildable(model: GGUFModel) -> str | None:

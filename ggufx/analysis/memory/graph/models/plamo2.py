@@ -6,8 +6,9 @@ SwiGLU FFN of one up projection."""
 
 from __future__ import annotations
 
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _inp_embd, _norm, _w, _weight, attn_kv_strided
+from ggufx.analysis.memory.graph.ggml import _T, _Graph
+from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _inp_embd, _norm, _w, attn_kv_strided
+from ggufx.analysis.memory.graph.models._dense import output, tied_head
 from ggufx.analysis.memory.graph.models.qwen35 import _rs
 from ggufx.analysis.memory.graph.models.ssm import RsInp, check_shapes, rs_inp
 from ggufx.analysis.memory.hparams import hparams
@@ -143,14 +144,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
         cur = g.mul_mat(f"ffn_out-{il}", _w(c, f"blk.{il}.ffn_down.weight", il), cur)
         cur = _norm(c, g, cur, f"blk.{il}.post_ffw_norm", il)
         x = g.op(f"ffn_residual-{il}", "ADD", cur, residual)
-    g.at(GLOBAL)
-    cur = g.op("norm", "RMS_NORM", x)
-    cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
-    cur.flags |= OUTPUT
-    out_w = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
-    logits = g.mul_mat("result_output", out_w, cur)
-    logits.flags |= OUTPUT
-    return logits
+    return output(c, g, x, tied_head(c))
 
 
 def unbuildable(model: GGUFModel) -> str | None:

@@ -8,9 +8,9 @@ plamo3.cpp's loader names the two post norms without a suffix (``tn(LLM_TENSOR_A
 
 from __future__ import annotations
 
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd, _w, _weight
-from ggufx.analysis.memory.graph.models._dense import Dense, _ffn, _n
+from ggufx.analysis.memory.graph.ggml import _T, _Graph
+from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd
+from ggufx.analysis.memory.graph.models._dense import Dense, _ffn, _n, output, tied_head
 from ggufx.analysis.memory.graph.models._plain import attention_classic
 from ggufx.model import GGUFModel
 
@@ -52,14 +52,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
         cur = _ffn(c, g, _n(c, g, residual, b + "ffn_norm.weight", il, SPEC), il, SPEC)
         cur = _n(c, g, cur, b + "post_ffw_norm", il, SPEC)
         x = g.op(f"l_out-{il}", "ADD", cur, residual)
-    g.at(GLOBAL)
-    cur = g.op("norm", "RMS_NORM", x)
-    cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
-    cur.flags |= OUTPUT
-    out_w = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
-    logits = g.mul_mat("result_output", out_w, cur)
-    logits.flags |= OUTPUT
-    return logits
+    return output(c, g, x, tied_head(c))
 
 
 def unbuildable(model: GGUFModel) -> str | None:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd, _w, _weight, model_of
-from ggufx.analysis.memory.graph.models._dense import Dense, _attention, _ffn, _n, dense_unbuildable
+from ggufx.analysis.memory.graph.ggml import _T, _Graph
+from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd, _w, model_of
+from ggufx.analysis.memory.graph.models._dense import Dense, _attention, _ffn, _n, dense_unbuildable, output, tied_head
 from ggufx.model import GGUFModel
 
 SPEC = Dense(qk_norm="head", n_pos=4)
@@ -86,14 +86,7 @@ def decoder(c: _Ctx, g: _Graph, ffn: Callable[[_T, int], _T]) -> _T:
             assert padded is not None
             ds = g.view(padded, (E, T), padded.nb[:2])
             x = g.op(f"deepstack_out-{il}", "ADD", x, ds)
-    g.at(GLOBAL)
-    cur = g.op("norm", "RMS_NORM", x)
-    cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
-    cur.flags |= OUTPUT
-    out_w = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
-    logits = g.mul_mat("result_output", out_w, cur)
-    logits.flags |= OUTPUT
-    return logits
+    return output(c, g, x, tied_head(c))
 
 
 def unbuildable(model: GGUFModel) -> str | None:

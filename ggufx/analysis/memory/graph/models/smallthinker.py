@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, cast
 
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd, _w, _weight
+from ggufx.analysis.memory.graph.ggml import _T, _Graph
+from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd, _w
 from ggufx.analysis.memory.graph.models import _moe_dense, deepseek2, qwen3next
-from ggufx.analysis.memory.graph.models._dense import Dense, _n
+from ggufx.analysis.memory.graph.models._dense import Dense, _n, output, tied_head
 from ggufx.analysis.memory.graph.models._moe_dense import EXPERTS, GATINGS, ROUTER
 from ggufx.analysis.memory.graph.models._plain import attention
 from ggufx.analysis.memory.graph.models.exaone_moe import swa_attention
@@ -70,14 +70,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
         given = cast(_Graph, _GivenLogits(g, f"ffn_moe_logits-{il}", logits))
         cur, _ = deepseek2.moe_ffn(c, given, cur, il, mp, mp.gating)
         x = g.op(f"l_out-{il}", "ADD", cur, ffn_inp)
-    g.at(GLOBAL)
-    cur = g.op("norm", "RMS_NORM", x)
-    cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
-    cur.flags |= OUTPUT
-    out_w = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
-    logits = g.mul_mat("result_output", out_w, cur)
-    logits.flags |= OUTPUT
-    return logits
+    return output(c, g, x, tied_head(c))
 
 
 def unbuildable(model: GGUFModel) -> str | None:
