@@ -466,7 +466,7 @@ def memory_devices_text(res: MemoryResult, fmt: str = "simple") -> str:
             "context MiB",
             "compute MiB*",
             "output MiB",
-            "mmproj+draft MiB",
+            "companions MiB",
             "total MiB",
             "free MiB",
             "fits",
