@@ -93,3 +93,16 @@ def test_options_beside_llama_args_that_it_replaces_are_refused(cli: CliRun, smo
     ok = cli("mem", "--json", str(smollm2_path), "--gpus", "24GiB", "--llama-args", "-c 8192 -ngl 4")
     assert ok.exit_code == 0, ok.stderr
     assert json.loads(ok.stdout)["n_ctx"] == 8192
+
+
+def test_fit_of_a_model_without_a_kv_cache_prints_one_row(cli: CliRun, smollm2_path: Path, tmp_path: Path) -> None:
+    """An encoder has no KV cache: the three cache types give the same answer, printed once as "any" (the JSON
+    keeps its three rows), where a model with a KV cache keeps a row per type."""
+    from tests.graph_arch_logs import cpu_model
+
+    bert = str(cpu_model("bert", tmp_path, smollm2_path))
+    text = cli("mem", bert, "--fit", "2GiB").stdout
+    assert "any (the same for every type)" in text and "\nq8_0 " not in text
+    assert len(json.loads(cli("mem", bert, "--fit", "2GiB", "--json").stdout)["fits"]) == 3
+    text = cli("mem", str(smollm2_path), "--fit", "2GiB").stdout
+    assert "any (the same" not in text and "\nq8_0 " in text and "\nq4_0 " in text

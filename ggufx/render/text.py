@@ -428,6 +428,8 @@ def fit_text(res: FitResult, fmt: str = "simple") -> str:
         )
         for f in res["fits"]
     ]
+    if len(ctx_rows) > 1 and len({r[1:] for r in ctx_rows}) == 1:  # no KV cache (an encoder, a recurrent model)
+        ctx_rows = [("any (the same for every type)", *ctx_rows[0][1:])]
     return "\n".join(head) + table.render(
         ctx_rows, ("KV cache type", "largest context", "llama.cpp --fit", "GPU MiB"), fmt, align="lrrl"
     )
