@@ -101,7 +101,7 @@ def cases() -> list[Case]:
     add("mem-ot", "mem", "{smollm2}", "--gpus", "8GiB", "-ot", "blk\\.[0-9]\\.=CPU", "-nkvo", "--no-mmap", "--json")
     add("mem-swa-unified", "mem", "{gemma}", "-c", "16384", "--swa-full", "-kvu", "-np", "2", "-ub", "256", "--json")
     add("mem-llama-args", "mem", "{gemma}", "--llama-args", "-ngl 12 -c 8192 -fa off -ctk q8_0", "--json")
-    add("mem-draft", "mem", "{gemma}", "-c", "8192", "-md", "{gemma}", "-ngld", "5", "-cd", "4096", "--json")
+    add("mem-draft", "mem", "{gemma}", "-c", "8192", "-md", "{gemma}", "-ngld", "5", "--json")
     add("mem-fit", "mem", "{gemma}", "--fit", "1GiB", "--json")
     add("mem-fit-2gpu", "mem", "{smollm2}", "--fit", "512MiB,512MiB", "-fitt", "64", "--json")
     add("mem-fit-layers", "mem", "{gemma}", "--fit", "400MiB", "--fit-layers", "-c", "32768", "--json")
@@ -249,8 +249,6 @@ def cases() -> list[Case]:
         "{H}/llama32-1b.gguf",
         "-ngld",
         "10",
-        "-cd",
-        "8192",
         "-ctkd",
         "q8_0",
         "-ctvd",
