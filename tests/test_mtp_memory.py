@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 import ggufx
-from ggufx.analysis.memory.buffers import MiB, alloc_size
+from ggufx.analysis.memory.buffers import MiB, alloc_size, breakdown
+from ggufx.analysis.memory.graph import graphsim
+from ggufx.analysis.memory.graph.ggml import _Graph
 from ggufx.analysis.memory.llamaargs import parse_args
 from ggufx.analysis.memory.mtp import split_log
 from ggufx.errors import InputError
@@ -35,9 +37,8 @@ RUNS = {rid: (model, args) for rid, model, args in MATRIX if (MTP_LOGS / f"{rid}
 MODELLED = {"qwen35moe-mtp", "qwen35-mtp", "qwen3next-mtp", "glm4moe", "glm4moe-air", "deepseek2-mla-mtp"}
 BUILT_RUNS = sorted(r for r, (m, _) in RUNS.items() if m in MODELLED)
 OTHER_RUNS = sorted(r for r, (m, _) in RUNS.items() if m not in MODELLED)
-# qwen35's main graph with an MTP block is the generic estimate today (graphsim's _qwen35_unbuildable refuses
-# it): its main compute buffer is not held here, the MTP context's is
-MAIN_COMPUTE_BUILT = {"qwen35moe-mtp", "qwen3next-mtp", "glm4moe", "glm4moe-air", "deepseek2-mla-mtp"}
+# the models whose main graph is rebuilt too (every MODELLED one: qwen35's skips its MTP block like qwen35moe's)
+MAIN_COMPUTE_BUILT = {"qwen35-mtp", "qwen35moe-mtp", "qwen3next-mtp", "glm4moe", "glm4moe-air", "deepseek2-mla-mtp"}
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +110,36 @@ def test_both_contexts_match_llama_cpp(rid: str, mtp_models: dict[str, Path]) ->
         if model_name in MAIN_COMPUTE_BUILT:
             main_compute = sum(b["bytes"] for b in ours["buffers"] if b["kind"] == "compute")
             assert abs(main_compute / MiB - exits[1]) < 0.00006, (main_compute / MiB, exits[1])
+
+
+def test_qwen35_main_graph_skips_the_nextn_layer_without_spec_type(mtp_models: dict[str, Path]) -> None:
+    """A dense Qwen 3.5/3.6 file with its MTP block in llama-completion without --spec-type (the CPU run
+    qwen35-mtp-c8192 of ../matrix): qwen35.cpp:159 loops over hparams.n_layer() = n_layer_all - n_layer_nextn,
+    so the main graph never runs blk.4 (the NextN weights are left unused, TENSOR_SKIP): the rebuilt graph
+    has llama.cpp's 248 nodes, none of layer 4, and its compute buffer is llama.cpp's to the 4 decimals."""
+    path = mtp_models["qwen35-mtp"]
+    model = ggufx.open(path)
+    text = (CPU_LOGS / "qwen35-mtp-c8192.log").read_text()
+    assert "completion -m @qwen35-mtp -c 8192 " in text and "--spec-type" not in text
+    assert "unused tensor blk.4.nextn.eh_proj.weight" in text  # the NextN block is not loaded
+    assert graphsim.unbuildable(model) is None
+    a = parse_args("-m x -c 8192")
+    bd = breakdown(model, [], a.offload, a.context)
+    assert bd.compute_estimate is None  # rebuilt, not the generic estimate
+    compute = sum(b.bytes for b in bd.buffers if b.kind == "compute")
+    exits = exit_lines(text)
+    assert len(exits) == 1 and abs(compute / MiB - exits[0]) < 0.00006, (compute / MiB, exits)
+    sp = bd.reservation
+    assert sp is not None
+    ld = graphsim._loaded(model, [], a.offload)
+    assert ld.hp.n_layer == 5 and ld.hp.n_layer_main == 4
+    c = graphsim._context(model, ld, sp, sp.n_ubatch, sp.n_outputs)
+    c.layers = list(range(ld.hp.n_layer))
+    g = _Graph()
+    g.expand(graphsim.build_graph(c, g))
+    assert f"graph: nodes = {len(g.nodes)}, splits = 1" in text and len(g.nodes) == 248
+    assert not any(n.name.endswith("-4") for n in g.nodes)
+    assert any(n.name.endswith("-3") for n in g.nodes)
 
 
 def test_the_mtp_rows_of_mem(mtp_models: dict[str, Path]) -> None:
