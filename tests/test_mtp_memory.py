@@ -366,3 +366,83 @@ def test_fit_says_when_the_mtp_context_is_left_out(smollm2_path: Path, tmp_path:
     req = MemoryRequest(llama_args=f"llama-server -m {path} --spec-type draft-mtp", fit_budget="4GiB")
     res = fit(ggufx.open(path), req, ggufx.open)
     assert any("MTP context of bailingmoe3 is not modelled" in n for n in res["notes"])
+
+
+def _fit_model(mtp_models: dict[str, Path]):  # type: ignore[no-untyped-def]
+    from ggufx.analysis.memory.placement import Device
+
+    model = ggufx.open(mtp_models["qwen35moe-mtp"])  # block_count 5 with nextn_predict_layers 1, 8 experts
+    a = parse_args("-m x -c 4096 -np 1")
+    return model, [Device("CUDA0", 90 * MiB)], a
+
+
+def test_fit_splits_the_nextn_layers_under_draft_mtp(mtp_models: dict[str, Path]) -> None:
+    """common/fit.cpp:140-143: under load_mtp (--spec-type draft-mtp) fit's hp_ngl is llama_model_n_layer plus
+    llama_model_n_layer_nextn, the layers it splits (hp_ngl + 1 with the output layer, fit.cpp:676) and counts the
+    -ot indices from (il0 = hp_ngl + 1 - ngl, fit.cpp:560). On qwen35moe-mtp (4 layers + 1 NextN layer, MoE), one
+    GPU of 90 MiB, no margin, and a cost model of the dry runs (MiB: 50 on the device with no layer, the output
+    layer 15, a full layer 20, a dense-only one 8), llama.cpp's rule by hand:
+    step 1: -ngl -1 = 50 + 15 + 5 x 20 = 165 > 90 (-c given: no context step); fit.cpp:616-645: the dense-only
+    run 50 + 15 + 5 x 8 = 105 leaves a surplus of -15, so step 4 is skipped; step 3 (fit.cpp:676-735): low
+    (0, 0) = 50, high (hp_ngl + 1 = 6, 5) = 50 + 15 + 5 x 8 = 105 > 90, delta 6, step trunc(6 x 40 / 55) = 4
+    -> (4, 3) (the output layer full) = 15 + 3 x 8 + 50 = 89 fits; delta 2, step max(trunc(2 x 1 / 16), 1) = 1
+    -> (5, 4) = 97 does not; delta 1: (4, 3). set_ngl_tensor_split_tbo: -ngl 4, il0 = 6 - 4 = 2, one full
+    layer, then the experts of layers 3, 4 and 5 (the output layer's index, matching no tensor) on the CPU.
+    Without the NextN layer counted (hp_ngl 4) the same costs would answer -ot for layers 2, 3, 4: one layer
+    short of llama.cpp's placement (load_tensors' i_gpu_start = n_layer_all + 1 - ngl = 2 keeps layer 2 whole)."""
+    from dataclasses import replace
+
+    from ggufx.analysis.memory.fit import MOE_ALL, DeviceUse, DryRun, hp_ngl, llama_fit
+    from ggufx.analysis.memory.hparams import hparams
+
+    model, devices, a = _fit_model(mtp_models)
+    mtp = replace(a.offload, mtp=True)
+    hp = hparams(model)
+    assert (hp_ngl(hp, mtp), hp_ngl(hp, a.offload)) == (5, 4)
+
+    def cost(run: DryRun) -> tuple[DeviceUse, ...]:
+        if run.layers is None:
+            mib = 50 + 15 + 5 * (8 if run.experts_on_host else 20)
+        else:
+            n, p = run.layers[0].n_layer, run.layers[0].n_part
+            mib = 50 + (15 + (n - 1 - p) * 20 + p * 8 if n else 0)
+        return (DeviceUse(mib * MiB, 0, 0),)
+
+    out = llama_fit(model, devices, mtp, a.context, margins=0, measure=cost)
+    runs = [t.run for t in out.trials]
+    assert runs[:2] == [DryRun(4096), DryRun(4096, experts_on_host=True)]
+    assert [(x.layers[0].n_layer, x.layers[0].n_part) for x in runs[2:] if x.layers] == [(0, 0), (6, 5), (4, 3), (5, 4)]
+    assert (out.status, out.n_gpu_layers, out.tensor_split) == ("layers", 4, ())
+    moe = MOE_ALL.replace(r"\d+", "{}")
+    assert out.overrides == tuple((moe.format(il), "CPU") for il in (3, 4, 5))
+    # the NextN layer left out (no load_mtp): 5 layers split, the -ot indices one lower
+    plain = llama_fit(model, devices, a.offload, a.context, margins=0, measure=cost)
+    assert [(t.run.layers[0].n_layer, t.run.layers[0].n_part) for t in plain.trials if t.run.layers][:2] == [
+        (0, 0),
+        (5, 4),
+    ]
+    assert plain.overrides == tuple((moe.format(il), "CPU") for il in (2, 3, 4))
+
+
+def test_fit_dry_runs_place_the_nextn_layers_under_draft_mtp(mtp_models: dict[str, Path]) -> None:
+    """ggufx's own dry runs (breakdown_measure) turn fit's layer split into -ngl/-ot with the same hp_ngl: under
+    draft-mtp 6 layers with 5 dense-only are -ngl 6 with the experts of layers 1-5 on the CPU (layer 0 whole,
+    fit.cpp:560's il0 = 0), the weights of ``breakdown`` at those arguments; and with ggufx's dry runs fit's
+    first split of the 90 MiB GPU is the 6 layers (hp_ngl + 1)."""
+    from dataclasses import replace
+
+    from ggufx.analysis.memory.fit import MOE_ALL, DeviceLayers, DryRun, breakdown_measure, device_use, llama_fit
+
+    model, devices, a = _fit_model(mtp_models)
+    mtp = replace(a.offload, mtp=True)
+    run = DryRun(4096, (DeviceLayers(6, 5),), ("CPU",))
+    moe = MOE_ALL.replace(r"\d+", "{}")
+    ot = tuple((moe.format(il), "CPU") for il in (1, 2, 3, 4))  # (blk.5 is the output layer's: no tensor)
+    want = device_use(breakdown(model, devices, replace(mtp, n_gpu_layers=6, overrides=ot), a.context), devices)
+    assert breakdown_measure(model, devices, mtp, a.context)(run) == want
+    everything = device_use(breakdown(model, devices, mtp, a.context), devices)
+    assert want[0].model < everything[0].model  # the experts of 4 layers left on the CPU
+    out = llama_fit(model, devices, mtp, a.context, margins=0)
+    layered = [t.run.layers[0] for t in out.trials if t.run.layers]
+    assert (layered[0].n_layer, layered[1].n_layer, layered[1].n_part) == (0, 6, 5)
+    assert out.status == "layers" and 0 < out.n_gpu_layers <= 6
