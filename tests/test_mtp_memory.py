@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 import ggufx
-from ggufx.analysis.memory.buffers import MiB, alloc_size
+from ggufx.analysis.memory.buffers import MiB, alloc_size, breakdown
+from ggufx.analysis.memory.graph import graphsim
+from ggufx.analysis.memory.graph.ggml import _Graph
 from ggufx.analysis.memory.llamaargs import parse_args
 from ggufx.analysis.memory.mtp import split_log
 from ggufx.errors import InputError
@@ -35,9 +37,8 @@ RUNS = {rid: (model, args) for rid, model, args in MATRIX if (MTP_LOGS / f"{rid}
 MODELLED = {"qwen35moe-mtp", "qwen35-mtp", "qwen3next-mtp", "glm4moe", "glm4moe-air", "deepseek2-mla-mtp"}
 BUILT_RUNS = sorted(r for r, (m, _) in RUNS.items() if m in MODELLED)
 OTHER_RUNS = sorted(r for r, (m, _) in RUNS.items() if m not in MODELLED)
-# qwen35's main graph with an MTP block is the generic estimate today (graphsim's _qwen35_unbuildable refuses
-# it): its main compute buffer is not held here, the MTP context's is
-MAIN_COMPUTE_BUILT = {"qwen35moe-mtp", "qwen3next-mtp", "glm4moe", "glm4moe-air", "deepseek2-mla-mtp"}
+# the models whose main graph is rebuilt too (every MODELLED one: qwen35's skips its MTP block like qwen35moe's)
+MAIN_COMPUTE_BUILT = {"qwen35-mtp", "qwen35moe-mtp", "qwen3next-mtp", "glm4moe", "glm4moe-air", "deepseek2-mla-mtp"}
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +110,36 @@ def test_both_contexts_match_llama_cpp(rid: str, mtp_models: dict[str, Path]) ->
         if model_name in MAIN_COMPUTE_BUILT:
             main_compute = sum(b["bytes"] for b in ours["buffers"] if b["kind"] == "compute")
             assert abs(main_compute / MiB - exits[1]) < 0.00006, (main_compute / MiB, exits[1])
+
+
+def test_qwen35_main_graph_skips_the_nextn_layer_without_spec_type(mtp_models: dict[str, Path]) -> None:
+    """A dense Qwen 3.5/3.6 file with its MTP block in llama-completion without --spec-type (the CPU run
+    qwen35-mtp-c8192 of ../matrix): qwen35.cpp:159 loops over hparams.n_layer() = n_layer_all - n_layer_nextn,
+    so the main graph never runs blk.4 (the NextN weights are left unused, TENSOR_SKIP): the rebuilt graph
+    has llama.cpp's 248 nodes, none of layer 4, and its compute buffer is llama.cpp's to the 4 decimals."""
+    path = mtp_models["qwen35-mtp"]
+    model = ggufx.open(path)
+    text = (CPU_LOGS / "qwen35-mtp-c8192.log").read_text()
+    assert "completion -m @qwen35-mtp -c 8192 " in text and "--spec-type" not in text
+    assert "unused tensor blk.4.nextn.eh_proj.weight" in text  # the NextN block is not loaded
+    assert graphsim.unbuildable(model) is None
+    a = parse_args("-m x -c 8192")
+    bd = breakdown(model, [], a.offload, a.context)
+    assert bd.compute_estimate is None  # rebuilt, not the generic estimate
+    compute = sum(b.bytes for b in bd.buffers if b.kind == "compute")
+    exits = exit_lines(text)
+    assert len(exits) == 1 and abs(compute / MiB - exits[0]) < 0.00006, (compute / MiB, exits)
+    sp = bd.reservation
+    assert sp is not None
+    ld = graphsim._loaded(model, [], a.offload)
+    assert ld.hp.n_layer == 5 and ld.hp.n_layer_main == 4
+    c = graphsim._context(model, ld, sp, sp.n_ubatch, sp.n_outputs)
+    c.layers = list(range(ld.hp.n_layer))
+    g = _Graph()
+    g.expand(graphsim.build_graph(c, g))
+    assert f"graph: nodes = {len(g.nodes)}, splits = 1" in text and len(g.nodes) == 248
+    assert not any(n.name.endswith("-4") for n in g.nodes)
+    assert any(n.name.endswith("-3") for n in g.nodes)
 
 
 def test_the_mtp_rows_of_mem(mtp_models: dict[str, Path]) -> None:
@@ -335,3 +366,83 @@ def test_fit_says_when_the_mtp_context_is_left_out(smollm2_path: Path, tmp_path:
     req = MemoryRequest(llama_args=f"llama-server -m {path} --spec-type draft-mtp", fit_budget="4GiB")
     res = fit(ggufx.open(path), req, ggufx.open)
     assert any("MTP context of bailingmoe3 is not modelled" in n for n in res["notes"])
+
+
+def _fit_model(mtp_models: dict[str, Path]):  # type: ignore[no-untyped-def]
+    from ggufx.analysis.memory.placement import Device
+
+    model = ggufx.open(mtp_models["qwen35moe-mtp"])  # block_count 5 with nextn_predict_layers 1, 8 experts
+    a = parse_args("-m x -c 4096 -np 1")
+    return model, [Device("CUDA0", 90 * MiB)], a
+
+
+def test_fit_splits_the_nextn_layers_under_draft_mtp(mtp_models: dict[str, Path]) -> None:
+    """common/fit.cpp:140-143: under load_mtp (--spec-type draft-mtp) fit's hp_ngl is llama_model_n_layer plus
+    llama_model_n_layer_nextn, the layers it splits (hp_ngl + 1 with the output layer, fit.cpp:676) and counts the
+    -ot indices from (il0 = hp_ngl + 1 - ngl, fit.cpp:560). On qwen35moe-mtp (4 layers + 1 NextN layer, MoE), one
+    GPU of 90 MiB, no margin, and a cost model of the dry runs (MiB: 50 on the device with no layer, the output
+    layer 15, a full layer 20, a dense-only one 8), llama.cpp's rule by hand:
+    step 1: -ngl -1 = 50 + 15 + 5 x 20 = 165 > 90 (-c given: no context step); fit.cpp:616-645: the dense-only
+    run 50 + 15 + 5 x 8 = 105 leaves a surplus of -15, so step 4 is skipped; step 3 (fit.cpp:676-735): low
+    (0, 0) = 50, high (hp_ngl + 1 = 6, 5) = 50 + 15 + 5 x 8 = 105 > 90, delta 6, step trunc(6 x 40 / 55) = 4
+    -> (4, 3) (the output layer full) = 15 + 3 x 8 + 50 = 89 fits; delta 2, step max(trunc(2 x 1 / 16), 1) = 1
+    -> (5, 4) = 97 does not; delta 1: (4, 3). set_ngl_tensor_split_tbo: -ngl 4, il0 = 6 - 4 = 2, one full
+    layer, then the experts of layers 3, 4 and 5 (the output layer's index, matching no tensor) on the CPU.
+    Without the NextN layer counted (hp_ngl 4) the same costs would answer -ot for layers 2, 3, 4: one layer
+    short of llama.cpp's placement (load_tensors' i_gpu_start = n_layer_all + 1 - ngl = 2 keeps layer 2 whole)."""
+    from dataclasses import replace
+
+    from ggufx.analysis.memory.fit import MOE_ALL, DeviceUse, DryRun, hp_ngl, llama_fit
+    from ggufx.analysis.memory.hparams import hparams
+
+    model, devices, a = _fit_model(mtp_models)
+    mtp = replace(a.offload, mtp=True)
+    hp = hparams(model)
+    assert (hp_ngl(hp, mtp), hp_ngl(hp, a.offload)) == (5, 4)
+
+    def cost(run: DryRun) -> tuple[DeviceUse, ...]:
+        if run.layers is None:
+            mib = 50 + 15 + 5 * (8 if run.experts_on_host else 20)
+        else:
+            n, p = run.layers[0].n_layer, run.layers[0].n_part
+            mib = 50 + (15 + (n - 1 - p) * 20 + p * 8 if n else 0)
+        return (DeviceUse(mib * MiB, 0, 0),)
+
+    out = llama_fit(model, devices, mtp, a.context, margins=0, measure=cost)
+    runs = [t.run for t in out.trials]
+    assert runs[:2] == [DryRun(4096), DryRun(4096, experts_on_host=True)]
+    assert [(x.layers[0].n_layer, x.layers[0].n_part) for x in runs[2:] if x.layers] == [(0, 0), (6, 5), (4, 3), (5, 4)]
+    assert (out.status, out.n_gpu_layers, out.tensor_split) == ("layers", 4, ())
+    moe = MOE_ALL.replace(r"\d+", "{}")
+    assert out.overrides == tuple((moe.format(il), "CPU") for il in (3, 4, 5))
+    # the NextN layer left out (no load_mtp): 5 layers split, the -ot indices one lower
+    plain = llama_fit(model, devices, a.offload, a.context, margins=0, measure=cost)
+    assert [(t.run.layers[0].n_layer, t.run.layers[0].n_part) for t in plain.trials if t.run.layers][:2] == [
+        (0, 0),
+        (5, 4),
+    ]
+    assert plain.overrides == tuple((moe.format(il), "CPU") for il in (2, 3, 4))
+
+
+def test_fit_dry_runs_place_the_nextn_layers_under_draft_mtp(mtp_models: dict[str, Path]) -> None:
+    """ggufx's own dry runs (breakdown_measure) turn fit's layer split into -ngl/-ot with the same hp_ngl: under
+    draft-mtp 6 layers with 5 dense-only are -ngl 6 with the experts of layers 1-5 on the CPU (layer 0 whole,
+    fit.cpp:560's il0 = 0), the weights of ``breakdown`` at those arguments; and with ggufx's dry runs fit's
+    first split of the 90 MiB GPU is the 6 layers (hp_ngl + 1)."""
+    from dataclasses import replace
+
+    from ggufx.analysis.memory.fit import MOE_ALL, DeviceLayers, DryRun, breakdown_measure, device_use, llama_fit
+
+    model, devices, a = _fit_model(mtp_models)
+    mtp = replace(a.offload, mtp=True)
+    run = DryRun(4096, (DeviceLayers(6, 5),), ("CPU",))
+    moe = MOE_ALL.replace(r"\d+", "{}")
+    ot = tuple((moe.format(il), "CPU") for il in (1, 2, 3, 4))  # (blk.5 is the output layer's: no tensor)
+    want = device_use(breakdown(model, devices, replace(mtp, n_gpu_layers=6, overrides=ot), a.context), devices)
+    assert breakdown_measure(model, devices, mtp, a.context)(run) == want
+    everything = device_use(breakdown(model, devices, mtp, a.context), devices)
+    assert want[0].model < everything[0].model  # the experts of 4 layers left on the CPU
+    out = llama_fit(model, devices, mtp, a.context, margins=0)
+    layered = [t.run.layers[0] for t in out.trials if t.run.layers]
+    assert (layered[0].n_layer, layered[1].n_layer, layered[1].n_part) == (0, 6, 5)
+    assert out.status == "layers" and 0 < out.n_gpu_layers <= 6

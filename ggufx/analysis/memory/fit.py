@@ -29,7 +29,7 @@ from typing import Any
 
 from ggufx.analysis.memory.buffers import Breakdown, ContextParams, breakdown, estimate_reason
 from ggufx.analysis.memory.graph.graphsim import simulated
-from ggufx.analysis.memory.hparams import hparams, pad
+from ggufx.analysis.memory.hparams import Hparams, hparams, pad
 from ggufx.analysis.memory.placement import CPU, Device, OffloadParams
 from ggufx.errors import InputError
 from ggufx.model import GGUFModel
@@ -209,11 +209,18 @@ def _step(delta: int, target: int, lo: int, hi: int) -> int:
     return min(max(step, 1), delta - 1)
 
 
+def hp_ngl(hp: Hparams, offload: OffloadParams) -> int:
+    """Fit's ``hp_ngl`` (common/fit.cpp:140-143), the layers it splits (plus the output layer) and counts
+    ``-ngl`` from: ``llama_model_n_layer`` (without the NextN/MTP layers), plus ``llama_model_n_layer_nextn``
+    when the model loads them (``mparams.load_mtp``: ``--spec-type draft-mtp``, ``offload.mtp``)."""
+    return hp.n_layer if offload.mtp else hp.n_layer_main
+
+
 def breakdown_measure(model: GGUFModel, devices: list[Device], offload: OffloadParams, cp: ContextParams) -> Measure:
     """The dry run of ``common_get_device_memory_data`` computed by :func:`breakdown`."""
     import re
 
-    n_layer = hparams(model).n_layer_main  # hp_ngl: without the NextN/MTP layers (common/fit.cpp:140-143)
+    n_layer = hp_ngl(hparams(model), offload)
     names = [t.name for t in model.tensors]
     matched: dict[str, bool] = {}
     measured: dict[DryRun, tuple[DeviceUse, ...]] = {}  # fit's searches come back to a dry run
@@ -349,7 +356,7 @@ class _Fit:
         self.nd = len(devices)
         self.free = [d.free for d in devices]
         self.targets = [f - m for f, m in zip(self.free, margins, strict=True)]  # common/fit.cpp:647-652
-        self.hp_ngl = hp.n_layer_main  # llama_model_n_layer: without the NextN/MTP layers (common/fit.cpp:140-143)
+        self.hp_ngl = hp_ngl(hp, offload)
         self.hp_nct = hp.n_ctx_train or 4096
         self.hp_nex = model.metadata.get_int(f"{model.architecture}.expert_count") or 0
         self.n_streams = 1 if cp.kv_unified else max(1, cp.n_parallel)  # common/fit.cpp:197

@@ -160,7 +160,9 @@ def _gated_attn(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp) -> _T:
 
 def _qwen35(c: _Ctx, g: _Graph, d: _Gdn) -> _T:
     """The hybrid of src/models/qwen35.cpp: attention or Gated DeltaNet, the post-attention norm,
-    a dense FFN; the final norm (``h_nextn``) stays an output before the rows are picked."""
+    a dense FFN; the final norm (``h_nextn``) stays an output before the rows are picked. The MTP block
+    (``nextn_predict_layers``) is never run by this graph: the loop stops at ``hparams.n_layer()``, with or
+    without ``--spec-type draft-mtp``."""
     sp = c.sp
     T, n_out = c.n_tokens, c.n_outputs
     x = _inp_embd(c, g)
@@ -170,6 +172,8 @@ def _qwen35(c: _Ctx, g: _Graph, d: _Gdn) -> _T:
     c.pos = g.input("inp_pos", "I32", T * 4)
     out_ids = g.input("out_ids", "I32", n_out)
     for p, il in enumerate(c.layers):
+        if il >= c.hp.n_layer_main:  # the MTP block: loaded as extra layers, not run (qwen35.cpp:158-159)
+            continue
         g.at(p)
         cur = _norm(c, g, x, f"blk.{il}.attn_norm.weight", il)
         g.expand(cur)
