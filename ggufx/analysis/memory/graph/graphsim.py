@@ -161,12 +161,9 @@ def unbuildable(model: GGUFModel) -> str | None:
 
 
 def _qwen35_unbuildable(model: GGUFModel) -> str | None:
-    """Why the qwen35 graph cannot be built: no MTP block, per-tensor scales or embedding projection
-    (graph parts not simulated), Gated DeltaNet dimensions, every tensor the graph reads in the shape
-    qwen35.cpp:33-135 creates it (llama.cpp refuses the file otherwise)."""
-    md = model.metadata
-    if (md.get_int("qwen35.nextn_predict_layers") or 0) > 0:
-        return "qwen35 graphs with a multi-token-prediction block are not simulated"
+    """Why the qwen35 graph cannot be built: per-tensor scales or embedding projection (graph parts not
+    simulated), Gated DeltaNet dimensions, every tensor the main graph reads in the shape qwen35.cpp:33-135
+    creates it (llama.cpp refuses the file otherwise); the MTP block's layers are not in the main graph."""
     tensors = {t.name: tuple(t.shape) for t in model.tensors}
     extra = next((n for n in tensors if n.endswith(".scale") or n.startswith("cls.")), None)
     if extra:
@@ -183,7 +180,7 @@ def _qwen35_unbuildable(model: GGUFModel) -> str | None:
     recurrent = _recurrent_layers(model, hp.n_layer)
     if isinstance(recurrent, str):
         return recurrent
-    for il, is_recurrent in enumerate(recurrent):
+    for il, is_recurrent in enumerate(recurrent[: hp.n_layer_main]):  # the MTP block is not in the main graph
         nh, nkv = hp.n_head[il], hp.n_head_kv[il]
         w: dict[str, tuple[int, ...]] = {"attn_norm.weight": (E,), "post_attention_norm.weight": (E,)}
         w |= {"ffn_gate.weight": (E, n_ff), "ffn_up.weight": (E, n_ff), "ffn_down.weight": (n_ff, E)}
