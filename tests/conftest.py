@@ -145,3 +145,25 @@ def llama_bin() -> Path:
     if found is None:
         pytest.skip("llama.cpp tools not built (run ../shared/tools/build-llama-cpp.sh or set LLAMA_CPP_BIN)")
     return found
+
+
+@pytest.fixture(scope="session")
+def llama_embedding(llama_bin: Path) -> Path:
+    """llama.cpp's llama-embedding, which ../shared/tools/build-llama-cpp.sh does not build: built here as one more
+    target of that build tree (its libraries are built already: a minute), once; a failed build fails the test."""
+    tool = llama_bin / "llama-embedding"
+    if tool.is_file():
+        return tool
+    build = llama_bin.parent
+    if not (build / "CMakeCache.txt").is_file():
+        pytest.skip(f"llama-embedding is not in {llama_bin} and there is no build tree to build it in")
+    p = subprocess.run(
+        ["cmake", "--build", str(build), "-j", str(os.cpu_count() or 2), "--target", "llama-embedding"],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert p.returncode == 0 and tool.is_file(), (
+        f"building llama-embedding failed:\n{p.stdout[-2000:]}{p.stderr[-2000:]}"
+    )
+    return tool

@@ -349,12 +349,12 @@ def test_llama_embeddings_context_warning(smollm2_path: Path) -> None:
 
 
 @pytest.mark.llamacpp
-def test_llama_embedding_prints_the_warnings_ggufx_gives(llama_bin: Path, smollm2_path: Path) -> None:
+def test_llama_embedding_prints_the_warnings_ggufx_gives(llama_embedding: Path, smollm2_path: Path) -> None:
     import ggufx
     from ggufx.analysis.memory.context_warnings import context_warnings
 
     for line in ("-c 16384", "-c 8192", "-c 12000 -np 2"):
-        cmd = [str(llama_bin / "llama-embedding"), "-m", str(smollm2_path), *line.split()]
+        cmd = [str(llama_embedding), "-m", str(smollm2_path), *line.split()]
         p = subprocess.run(
             [*cmd, "-dev", "none", "-p", "hi", "--no-warmup", "-fit", "off"],
             capture_output=True,
