@@ -19,10 +19,12 @@ import pytest
 
 import ggufx
 from ggufx import results
-from ggufx.analysis.memory.archs import builder_of
+from ggufx.analysis.memory.archs import builder_of, memory_of
 from ggufx.analysis.memory.buffers import MiB, breakdown
+from ggufx.analysis.memory.graph.models.diffusion import DIFFUSION, tool_output_bytes
 from ggufx.analysis.memory.llamaargs import parse_args
 from ggufx.analysis.memory.llamalog import parse_log
+from ggufx.analysis.memory.mtp import MtpOptions
 from ggufx.analysis.memory.placement import Device
 from ggufx.errors import InputError
 from tests.support import CliRun
@@ -43,8 +45,12 @@ def test_buffers_match_llama_cpp(rid: str, hole_models: dict[str, Path]) -> None
     run = RUNS[rid]
     text = (LOGS / f"{rid}.log").read_text()
     args = parse_args(run["args"].replace("@", ""), server=run["tool"] == "server")
+    model = ggufx.open(hole_models[args.model])
+    mtp = None
+    if "draft-mtp" in args.spec_types and not args.draft:  # the MTP draft context beside the main one
+        mtp = MtpOptions(args.spec_n_max, *args.spec_cache)
     res = results.memory_check(
-        ggufx.open(hole_models[args.model]),
+        model,
         text,
         gpus=devices_of(run, parse_log(text).devices),
         offload=args.offload,
@@ -54,14 +60,32 @@ def test_buffers_match_llama_cpp(rid: str, hole_models: dict[str, Path]) -> None
         draft=ggufx.open(hole_models[args.draft]) if args.draft else None,
         mmproj=ggufx.open(hole_models[args.mmproj]) if args.mmproj else None,
         projector=args.projector,
+        mtp=mtp,
     )
     exact = [r for r in res["rows"] if r["exact"]]
     kinds = {r["kind"] for r in exact}
-    # a model of recurrent layers only (Mamba) has a state and no KV cache
-    assert {"model", "output"} <= kinds and kinds & {"kv", "recurrent"}, kinds
+    if model.architecture in DIFFUSION:
+        # llama.cpp runs these through llama-diffusion-cli alone: ggufx's output buffer is that tool's after its
+        # first decode (test_graph_diffusion.py proves it on the tool's allocations); llama-completion printed the
+        # context's, a row of logits per sequence
+        n_vocab, n_ubatch, n_seq = (
+            int(re.search(rf"(?:print_info|llama_context): {k} += (\d+)", text)[1])  # type: ignore[index]
+            for k in ("n_vocab", "n_ubatch", "n_seq_max")
+        )
+        (out,) = [r for r in exact if r["kind"] == "output"]
+        assert out["llama_cpp_mib"] == round(4 * n_vocab * n_seq / MiB, 2), out
+        assert out["ggufx_mib"] == round(tool_output_bytes(n_vocab, n_ubatch, n_seq) / MiB, 2), out
+        exact = [r for r in exact if r["kind"] != "output"]
+    # a model of recurrent layers only (Mamba) has a state and no KV cache; the encoders and the diffusion LMs
+    # have no memory at all
+    assert {"model", "output"} <= kinds, kinds
+    assert kinds & {"kv", "recurrent"} or memory_of(model.architecture) == "none", kinds
     assert all(r["ok"] for r in exact), [r for r in exact if not r["ok"]]
-    if args.draft:
-        assert {"draft_model", "draft_kv", "draft_output"} <= kinds
+    if args.draft:  # Gemma 4's drafter reads its target's cache: no KV buffer of its own
+        draft_kv = ggufx.open(hole_models[args.draft]).architecture != "gemma4-assistant"
+        assert {"draft_model", "draft_output"} <= kinds and ("draft_kv" in kinds) == draft_kv, kinds
+    if mtp is not None:
+        assert {"mtp_kv", "mtp_output"} <= kinds, kinds
     if args.mmproj:
         assert "projector" in kinds
     # the generic decoder estimate (architectures without a graph builder) is measured, not held to 5%:

@@ -53,6 +53,12 @@ _OUTPUT_LAYER = frozenset({"altup_proj", "altup_unembd_proj", "decision"})  # CL
 # the decoder's and the encoder's output norms (LLM_TENSOR_DEC_OUTPUT_NORM / _ENC_OUTPUT_NORM, llama-arch.cpp:776-777)
 # and a drafter's projection back to the target's width (LLM_TENSOR_NEXTN_PROJ_POST, :1014): the output layer's
 _OUTPUT_NAMES = ("dec.output_norm", "enc.output_norm", "nextn.post_projection.")
+# the encoders whose loaders create no output head (src/models/<arch>.cpp: no ``output`` tensor, so no tied copy of
+# token_embd on the output layer's device, TENSOR_DUPLICATED): their embeddings stay on the host alone
+_NO_OUTPUT_HEAD = frozenset(
+    {"bert", "eurobert", "jina-bert-v2", "jina-bert-v3", "llama-embed", "modern-bert", "neo-bert", "nomic-bert",
+     "nomic-bert-moe"}
+)  # fmt: skip
 # a drafter's projection of the target's rows (LLM_TENSOR_NEXTN_PROJ_PRE, llama-arch.cpp:1013): a repeating tensor of
 # layer 0
 _NEXTN_LAYER0 = ("nextn.pre_projection.",)
@@ -297,8 +303,8 @@ def place(model: GGUFModel, devices: list[Device], p: OffloadParams) -> Placemen
         return dev if dev is not None else host
 
     seen_rope: set[tuple[str, str]] = set()
-    tied = not any(t.name == "output.weight" for t in model.tensors)
     arch_name = model.architecture  # read once: a metadata lookup per tensor is a few % of a fit
+    tied = arch_name not in _NO_OUTPUT_HEAD and not any(t.name == "output.weight" for t in model.tensors)
     arch = arch_of(arch_name)
     n_main = n_layer - min(n_nextn(model), n_layer) if arch is not None and arch.skips_nextn else n_layer
     repack = p.repack and not devices
