@@ -12,6 +12,7 @@ small models of each family.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from ggufx.analysis.memory.archs import builder_of
 from ggufx.analysis.memory.buffers import MiB, breakdown
 from ggufx.analysis.memory.llamaargs import parse_args
 from ggufx.analysis.memory.llamalog import parse_log
+from ggufx.analysis.memory.mtp import split_log
 
 from .llamacpp_logs import LOGS, RUNS, cpu_model_archs, devices_of, with_known
 
@@ -82,11 +84,14 @@ def test_every_model_of_the_runs_is_known() -> None:
 def test_compute_buffers_are_llama_cpps(rid: str, hole_models: dict[str, Path]) -> None:
     run = RUNS[rid]
     text = (LOGS / f"{rid}.log").read_text()
-    log = parse_log(text)
     args = parse_args(run["args"].replace("@", ""), server=run["tool"] == "server")
+    if "draft-mtp" in args.spec_types:  # the main context's lines (the MTP context's: tests/test_memory_logs.py)
+        text = split_log(text)[0]
+    log = parse_log(text)
     model = ggufx.open(hole_models[str(args.model)])
     assert model.architecture == _ARCH[str(args.model)]
-    bd = breakdown(model, devices_of(run, log.devices), args.offload, args.context)
+    offload = replace(args.offload, mtp=True) if "draft-mtp" in args.spec_types else args.offload
+    bd = breakdown(model, devices_of(run, log.devices), offload, args.context)
     assert bd.compute_estimate is None, bd.compute_estimate
     ours: dict[str, int] = {}
     for b in bd.buffers:

@@ -322,8 +322,9 @@ def test_context_warnings_are_the_ones_every_recorded_llama_cpp_run_printed(hole
         compared += 1
         warned += bool(printed)
     # smol at -c 16384, Llama 3.2 1B at -c 262144; gpt-oss 20B and 29 other models (the second recordings) and
-    # 51 more (the third) at -c 32768 -np 3 (n_ctx not divisible by n_seq_max)
-    assert compared > 800 and warned == 83
+    # 51 more (the third) at -c 32768 -np 3 (n_ctx not divisible by n_seq_max); 156 more in the session-8
+    # recordings (the builders of sessions 6-8: beyond the training context, -np 3)
+    assert compared > 1200 and warned == 239
 
 
 def test_llama_embeddings_context_warning(smollm2_path: Path) -> None:

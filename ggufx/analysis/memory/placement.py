@@ -56,8 +56,7 @@ _OUTPUT_NAMES = ("dec.output_norm", "enc.output_norm", "nextn.post_projection.")
 # the encoders whose loaders create no output head (src/models/<arch>.cpp: no ``output`` tensor, so no tied copy of
 # token_embd on the output layer's device, TENSOR_DUPLICATED): their embeddings stay on the host alone
 _NO_OUTPUT_HEAD = frozenset(
-    {"bert", "eurobert", "jina-bert-v2", "jina-bert-v3", "llama-embed", "modern-bert", "neo-bert", "nomic-bert",
-     "nomic-bert-moe"}
+    {"bert", "eurobert", "jina-bert-v2", "jina-bert-v3", "modern-bert", "neo-bert", "nomic-bert", "nomic-bert-moe"}
 )  # fmt: skip
 # a drafter's projection of the target's rows (LLM_TENSOR_NEXTN_PROJ_PRE, llama-arch.cpp:1013): a repeating tensor of
 # layer 0
@@ -151,8 +150,8 @@ def layer_of(name: str, n_layer: int, arch: str | None = None) -> int | str:
         return "repeating"
     if base in _LAYER0:
         return 0
-    if base == "token_embd_norm" and arch in _OUTPUT_NORM_AS_TOKEN_EMBD_NORM:
-        return n_layer
+    if base == "token_embd_norm":  # LLM_TENSOR_LAYER_REPEATING: "do the norms on the first layer" (llama-arch.cpp:754)
+        return n_layer if arch in _OUTPUT_NORM_AS_TOKEN_EMBD_NORM else 0
     if base in _OUTPUT_LAYER or base.startswith(_OUTPUT_PREFIXES) or name.startswith(_OUTPUT_NAMES):
         return n_layer
     return "input"
