@@ -134,7 +134,6 @@ def replay_run(rid: str, models: dict[str, Path]):
 # The session-8 CUDA recordings (one H100, 418 runs of the builders of sessions 6-8) left these: every other run of
 # those builders is exact on CUDA as on the CPU build.
 KNOWN_DEVIATIONS: dict[tuple[str, str], str] = {
-    ("buffers", "g-graniteswitch-ngl1-c32768"): "Granite Switch at -ngl 1: llama.cpp keeps the router layer and its KV cache on the host; ggufx gives them the output layer's device (kv CPU llama.cpp 144.0 ggufx 128.0; kv CUDA0 llama.cpp None ggufx 16.0; compute CUDA0 llama.cpp 92.0934 ggufx 76.36; compute CUDA_Host llama.cpp 34.51)",
     ("buffers", "srv-qwen35-mtp-ngl1-c32768"): "the MTP draft context on CUDA (llama-server --spec-type draft-mtp): the main context's compute differs from llama.cpp's by 0.0001 MiB or more (recorded in session 8; the CPU runs are exact), not yet followed (compute CUDA_Host llama.cpp 52.3966 ggufx 40.12)",
     ("compute", "g-clef-ngl99-c131072-q8_0"): "CLEF on CUDA: the compute buffer differs from llama.cpp's (recorded in session 8; the CPU runs are exact), not yet followed",
     ("compute", "g-clef-ngl99-c32768"): "CLEF on CUDA: the compute buffer differs from llama.cpp's (recorded in session 8; the CPU runs are exact), not yet followed",
@@ -143,7 +142,6 @@ KNOWN_DEVIATIONS: dict[tuple[str, str], str] = {
     ("compute", "g-glm5-next-h32-ngl3-c32768"): "GLM5-Next at a partial -ngl on CUDA: the compute buffers differ from llama.cpp's (recorded in session 8), not yet followed",
     ("compute", "g-glm5-next-ngl3-c32768"): "GLM5-Next at a partial -ngl on CUDA: the compute buffers differ from llama.cpp's (recorded in session 8), not yet followed",
     ("compute", "g-glm5-next-var-ngl3-c32768"): "GLM5-Next at a partial -ngl on CUDA: the compute buffers differ from llama.cpp's (recorded in session 8), not yet followed",
-    ("compute", "g-graniteswitch-ngl1-c32768"): "Granite Switch at -ngl 1: llama.cpp keeps the router layer and its KV cache on the host; ggufx gives them the output layer's device",
     ("compute", "srv-qwen35-mtp-ngl1-c32768"): "the MTP draft context on CUDA (llama-server --spec-type draft-mtp): the main context's compute differs from llama.cpp's by 0.0001 MiB or more (recorded in session 8; the CPU runs are exact), not yet followed",
     ("compute", "srv-qwen35moe-mtp-ngl99-c131072-q8"): "the MTP draft context on CUDA (llama-server --spec-type draft-mtp): the main context's compute differs from llama.cpp's by 0.0001 MiB or more (recorded in session 8; the CPU runs are exact), not yet followed",
     ("compute", "srv-qwen3next-mtp-ngl99-c32768-faoff"): "the MTP draft context on CUDA (llama-server --spec-type draft-mtp): the main context's compute differs from llama.cpp's by 0.0001 MiB or more (recorded in session 8; the CPU runs are exact), not yet followed",

@@ -154,3 +154,19 @@ def test_the_router_layer_keeps_its_own_gpu_when_the_output_layer_goes_to_the_ne
     bd = breakdown(model, gpus, offload, ContextParams(n_ctx=32768))
     assert {b.buft: b.bytes for b in bd.buffers if b.kind == "kv"} == {"CUDA0": (4 * 32 + 16) * MiB}
     assert not any("turns flash attention off" in n for n in bd.notes)
+
+
+FA_AUTO = [r for r in CUDA_RUNS if r.startswith("g-graniteswitch") and "-fa " not in RUNS[r]["args"]]
+
+
+@pytest.mark.parametrize("rid", FA_AUTO)
+def test_the_flash_attention_probe_finds_the_router_on_its_own_device(rid: str, models: dict[str, Path]) -> None:
+    """-fa auto: resolve_fused_ops compares each attention's device with ``model.dev_layer(il)``; the router's
+    attention runs beside its cache on the router layer's device (the host at -ngl 1), so llama.cpp keeps flash
+    attention on in every run, and ggufx's probe must find it there too."""
+    run = RUNS[rid]
+    text = (LOGS / f"{rid}.log").read_text()
+    assert "resolve_fused_ops: Flash Attention enabled" in text
+    args = parse_args(run["args"].replace("@", ""))
+    bd = breakdown(ggufx.open(models[args.model]), devices_of(run, parse_log(text).devices), args.offload, args.context)
+    assert not any("turns flash attention off" in n for n in bd.notes), bd.notes
