@@ -334,7 +334,7 @@ def kv_buffers(
                 continue
             n_kv = hp.n_head_kv[k.index]
             hk, hv = (hp.head_k_swa, hp.head_v_swa) if swa else (hp.head_k, hp.head_v)
-            dev = pl.layer_device[k.index] if k.index < len(pl.layer_device) else None
+            dev = pl.dev_layer(k.index)  # the layer's device (Granite Switch's router layer: its own)
             buft = CPU if cp.no_kv_offload or dev is None else dev
             rows = (swa_cells if swa else cells) * n_streams
             v_width = (v_max if v_trans else hv * n_kv) if has_v else 0

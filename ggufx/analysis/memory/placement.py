@@ -5,6 +5,10 @@ This follows llama.cpp 11434 (``src/llama-model.cpp`` ``load_tensors``, ``src/ll
 
 * ``-ngl N`` offloads the last N of ``n_layer + 1`` layers, the output layer counting as one
   (``i_gpu_start = max(n_layer + 1 - N, 0)``); the input layer (``token_embd``...) stays on the host.
+  ``n_layer`` there is llama.cpp's ``n_layer_all``: Granite Switch adds a router layer without weights after
+  its blocks, which -ngl counts and whose KV cache goes to its own device (``Placement.weightless``).
+  A tensor without a block number goes by its llama-arch.cpp class: the input layer's, the output layer's,
+  or, for a repeating one, the layer it is created with (HRM-Text's ``hrm.z_l_init``: block 0).
 * Several GPUs split the offloaded layers by ``-ts`` or, by default, in proportion to each GPU's free
   memory: layer ``il`` goes to the first GPU whose cumulative share exceeds ``(il - i_gpu_start) / N``.
   ``-sm none`` keeps only ``-mg``'s GPU; ``-sm row`` is refused by this llama.cpp's CUDA backend;
@@ -61,6 +65,10 @@ _NO_OUTPUT_HEAD = frozenset(
 # a drafter's projection of the target's rows (LLM_TENSOR_NEXTN_PROJ_PRE, llama-arch.cpp:1013): a repeating tensor of
 # layer 0
 _NEXTN_LAYER0 = ("nextn.pre_projection.",)
+# HRM-Text's low-stack initial state: hrm-text.cpp:46 creates it with block 0 (``tn(LLM_TENSOR_HRM_Z_L_INIT, 0)``),
+# a LLM_TENSOR_LAYER_REPEATING tensor (llama-arch.cpp:753), so create_tensor gives it layer 0's buffer types
+# (llama-model.cpp:1969), not the input layer's host: on CUDA at -ngl 99 it is a CUDA0 weight
+_BLOCK0_NAMES = frozenset({"hrm.z_l_init"})
 # LFM2's output norm is stored as token_embd_norm (LLM_TENSOR_OUTPUT_NORM_LFM2, llama-arch.cpp:447, :775):
 # the output layer's
 _OUTPUT_NORM_AS_TOKEN_EMBD_NORM = frozenset({"lfm2", "lfm2moe"})
@@ -118,6 +126,9 @@ class Placement:
     unmatched_overrides: list[str] = field(default_factory=list)
     meta: list[Device] = field(default_factory=list)  # -sm tensor: the GPUs behind the Meta device
     layout: MetaLayout | None = None  # -sm tensor: what decides each tensor's slices
+    # layers past block_count that llama.cpp's load_tensors splits with the others but that hold no weights (index
+    # -> device): Granite Switch's router layer, whose KV cache and attention go to its own layer's device
+    weightless: dict[int, str | None] = field(default_factory=dict)
 
     @property
     def n_offloaded(self) -> int:
@@ -126,6 +137,19 @@ class Placement:
     @property
     def output_device(self) -> str | None:
         return self.layer_device[self.n_layer]
+
+    def dev_layer(self, il: int) -> str | None:
+        """``model.dev_layer(il)``: the device of llama.cpp's layer ``il``, which its KV cache (llama-kv-cache.cpp)
+        and the -fa auto probe (resolve_fused_ops) use; a block's, or a weightless layer's (Granite Switch's
+        router); None = the host."""
+        if il in self.weightless:
+            return self.weightless[il]
+        return self.layer_device[il] if il < len(self.layer_device) else None
+
+    def dev_layers(self) -> list[str | None]:
+        """:meth:`dev_layer` of layers 0..n_layer (index n_layer: a weightless layer there, else the output
+        layer's device, which no cache uses)."""
+        return [self.dev_layer(il) for il in range(len(self.layer_device))]
 
 
 def host_buft(device: str | None) -> str:
@@ -141,7 +165,7 @@ def layer_of(name: str, n_layer: int, arch: str | None = None) -> int | str:
     m = re.match(r"(?:dec\.|enc\.)?blk\.(\d+)\.", name)
     if m:
         return min(int(m.group(1)), n_layer)
-    if name.startswith(_NEXTN_LAYER0):
+    if name.startswith(_NEXTN_LAYER0) or name in _BLOCK0_NAMES:
         return 0
     base = name.split(".")[0]
     if base in _INPUT:
@@ -269,12 +293,15 @@ def place(model: GGUFModel, devices: list[Device], p: OffloadParams) -> Placemen
     if p.tensor_split and len(p.tensor_split) > max(len(devices), 1):
         raise InputError(f"-ts has {len(p.tensor_split)} entries for {len(devices)} GPU(s)", "-ts")
     n_layer = model.metadata.get_int(f"{model.architecture}.block_count") or 0
+    weightless: dict[int, str | None] = {}
     if model.architecture == "graniteswitch":
-        # load_tensors (llama-model.cpp:1590) splits n_layer_all + 1 layers: block_count, the router layer at index
-        # block_count, the output layer. Its weights follow the others; the router's KV cache is given the output
-        # layer's device here (they differ only at -ngl 1, where llama.cpp keeps the router on the host)
+        # granite-switch.cpp load_arch_hparams sets n_layer_all = block_count + 1 (router_layer = block_count), and
+        # load_tensors (llama-model.cpp:1591-1616) splits n_layer_all + 1 layers: the blocks, the router layer at
+        # index block_count (dev_layer, no weights), the output layer. -ngl N counts the router: at -ngl 1 only the
+        # output layer is offloaded and the router stays on the host with its KV cache
         split = layer_devices(n_layer + 1, devices, p)
         layer_dev = [*split[:n_layer], split[n_layer + 1]]
+        weightless[n_layer] = split[n_layer]
     else:
         layer_dev = layer_devices(n_layer, devices, p)
     names = {d.name for d in devices}
@@ -292,7 +319,7 @@ def place(model: GGUFModel, devices: list[Device], p: OffloadParams) -> Placemen
     first = _first_matches(model, patterns)
 
     host = CPU_MAPPED if p.mmap else host_buft(devices[0].name if devices else None)
-    placement = Placement(devices, n_layer, layer_dev)
+    placement = Placement(devices, n_layer, layer_dev, weightless=weightless)
 
     def buft_for(t: TensorInfo, layer: int | str) -> str:
         forced = _override(t.name, patterns, hits, first)

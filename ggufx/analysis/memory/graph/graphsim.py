@@ -268,7 +268,7 @@ def _load(model: GGUFModel, hp: Hparams, pl: Placement) -> _Loaded:
 
 def _context(model: GGUFModel, ld: _Loaded, sp: SimParams, n_tokens: int, n_outputs: int) -> _Ctx:
     hp, pl = ld.hp, ld.pl
-    cache_buft = [CPU if sp.no_kv_offload or d is None else d for d in pl.layer_device]
+    cache_buft = [CPU if sp.no_kv_offload or d is None else d for d in pl.dev_layers()]
     gpus = [d.name for d in pl.devices]
     full = pl.n_offloaded > hp.n_layer
     pin = [-1] * (hp.n_layer + 1)
@@ -618,7 +618,7 @@ def _flash_attn_mismatch(
     for node in g.nodes:
         if node.op == "FLASH_ATTN_EXT" and node.name.startswith("node_fa-"):
             il = int(node.name.rsplit("-", 1)[1])
-            device = ld.pl.layer_device[il]
+            device = ld.pl.dev_layer(il)
             if node.backend != (gpus.index(device) if device in gpus else sched.cpu):
                 return il
     return None
