@@ -104,13 +104,18 @@ MEASURED_FREE = {"NVIDIA H100 80GB HBM3": 84_465_090_560}
 
 @cache
 def card_name(session: int) -> str:
-    """The GPU of a recording session, as ggml_cuda_init names it (``Device 0: NVIDIA H100 80GB HBM3, ...``)."""
+    """The GPU of a recording session, as ggml_cuda_init names it (``Device 0: NVIDIA H100 80GB HBM3, ...``) or
+    llama_prepare_model_devices (``using device CUDA0 (NVIDIA H100 80GB HBM3) (...)``: the logs trimmed since
+    session 8 keep only this one; llama-fit-params's logs print neither)."""
     names = {
         m
         for rid in RUNS
         if machine_of(rid) == session
-        for m in re.findall(r"Device \d+: ([^,\n]+),", (LOGS / f"{rid}.log").read_text())
+        for m in re.findall(
+            r"Device \d+: ([^,\n]+),|using device CUDA\d+ \(([^)\n]+)\)", (LOGS / f"{rid}.log").read_text()
+        )
     }
+    names = {a or b for a, b in names}
     assert len(names) == 1, (session, names)
     return names.pop()
 
