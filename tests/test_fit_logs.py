@@ -7,7 +7,8 @@ and must print the same arguments (``-c -ngl -ts -ot``) or reach the same split 
 
 llama-fit-params prints only its answer, so every run gets the free memory llama.cpp's fit saw from
 ``fit.free_seen`` of the card's free memory in that recording session (``machine_of``: H100s before
-the matrix's ``# Session 2``, H200s after it); test_free_seen_is_what_fit_printed pins that to every
+the matrix's ``# Session 2``, H200s after it, each later ``# Session N``/``# session N`` block its own card,
+whose free memory its ``-fit off`` runs print); test_free_seen_is_what_fit_printed pins that to every
 fit-on run, which prints it. The logs print it floored to MiB; the H100's fraction (0.1875 MiB) was
 measured (``MEASURED_FREE``) and decides granite-4.0-h-tiny's split, 0.06 MiB under its target.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import sys
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
@@ -48,22 +50,36 @@ from ggufx.analysis.memory.placement import Device, OffloadParams
 
 from .llamacpp_logs import LOGS, RUNS, with_known
 
+sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "llamacpp-logs"))
+try:
+    import matrix_builders  # priority 49's generator: which models the fit sweep covers
+finally:
+    sys.path.pop(0)
+
 FIT_LOGS = sorted(rid for rid in RUNS if rid.startswith(("fit-", "fit2g-", "fiton")))
 
 MATRIX = LOGS / "matrix"
 
 
+def sessions(text: str) -> dict[str, int]:
+    """Run id -> recording session of a matrix: 0 for the lines before the first ``# Session N`` header
+    (2 x H100, device-env.txt), one more after each such header, written ``# Session N`` or ``# session N``
+    (session 2: 2 x H200, device-env-2.txt; sessions 8 and 9, appended as ``# session 8``/``# session 9``,
+    are their own: a session's card and free memory are those of its runs, card_name and card_free)."""
+    out: dict[str, int] = {}
+    session = 0
+    for line in text.splitlines():
+        if re.match(r"# [Ss]ession \d+", line):
+            session += 1
+        elif line.strip() and not line.startswith("#"):
+            out.setdefault(line.split("|", 1)[0].strip(), session)
+    return out
+
+
 @cache
 def machine_of(rid: str) -> int:
-    """The recording session of a run: 0 for the matrix lines before the first ``# Session N`` header
-    (2 x H100, device-env.txt), N-1 after it (session 2: 2 x H200, device-env-2.txt)."""
-    session = 0
-    for line in MATRIX.read_text().splitlines():
-        if re.match(r"# Session \d+", line):
-            session += 1
-        elif line.split("|", 1)[0].strip() == rid:
-            return session
-    raise KeyError(rid)
+    """The recording session of a run (``sessions`` of the matrix)."""
+    return sessions(MATRIX.read_text())[rid]
 
 
 def printed_free(text: str, nd: int) -> list[int] | None:
@@ -88,13 +104,18 @@ MEASURED_FREE = {"NVIDIA H100 80GB HBM3": 84_465_090_560}
 
 @cache
 def card_name(session: int) -> str:
-    """The GPU of a recording session, as ggml_cuda_init names it (``Device 0: NVIDIA H100 80GB HBM3, ...``)."""
+    """The GPU of a recording session, as ggml_cuda_init names it (``Device 0: NVIDIA H100 80GB HBM3, ...``) or
+    llama_prepare_model_devices (``using device CUDA0 (NVIDIA H100 80GB HBM3) (...)``: the logs trimmed since
+    session 8 keep only this one; llama-fit-params's logs print neither)."""
     names = {
         m
         for rid in RUNS
         if machine_of(rid) == session
-        for m in re.findall(r"Device \d+: ([^,\n]+),", (LOGS / f"{rid}.log").read_text())
+        for m in re.findall(
+            r"Device \d+: ([^,\n]+),|using device CUDA\d+ \(([^)\n]+)\)", (LOGS / f"{rid}.log").read_text()
+        )
     }
+    names = {a or b for a, b in names}
     assert len(names) == 1, (session, names)
     return names.pop()
 
@@ -213,8 +234,12 @@ def recorded_compute(model: str, n_ctx: int, nd: int) -> dict[str, float]:
 
 
 def llama_answer(rid: str, text: str, f: FitRun) -> str:
-    """llama.cpp's answer as llama-fit-params prints it (fit-on runs: rebuilt from the trace)."""
+    """llama.cpp's answer as llama-fit-params prints it (fit-on runs: rebuilt from the trace); where its fit
+    gave up (common_fit_params's warning, fit-params.cpp:37-40: exit 1, no answer), ``failed: `` and why."""
     if not rid.startswith("fiton"):
+        failed = re.search(r"failed to fit params to free device memory: (.*)", text)
+        if failed and "# exit status: 1" in text:
+            return f"failed: {failed[1].strip()}"
         return next(line for line in text.splitlines() if line.startswith("-c "))
     n_ctx, layers = traced_decision(text)
     if layers is None:
@@ -241,13 +266,13 @@ def test_free_seen_is_what_fit_printed(rid: str, hole_models: dict[str, Path]) -
 
 @pytest.mark.parametrize("rid", with_known("fit", [r for r in FIT_LOGS if "--fit-print" not in RUNS[r]["args"]]))
 def test_fit_decision_is_llama_cpps(rid: str, hole_models: dict[str, Path]) -> None:
-    """ggufx's llama_fit prints llama.cpp's answer: the same -c, -ngl, -ts and -ot."""
+    """ggufx's llama_fit prints llama.cpp's answer: the same -c, -ngl, -ts and -ot (or gives up where
+    llama.cpp's fit gave up, for the same reason)."""
     text = (LOGS / f"{rid}.log").read_text()
     f = fit_run(rid, hole_models)
     expected = llama_answer(rid, text, f)
     own = decide(f)
-    assert own.status != "failed", own.message
-    assert own.args == expected
+    assert (f"failed: {own.message}" if own.status == "failed" else own.args) == expected
 
 
 @pytest.mark.parametrize("rid", with_known("trace", [r for r in FIT_LOGS if r.startswith("fiton")]))
@@ -405,3 +430,103 @@ def test_granite_keeps_attention_and_up_of_blk6_by_the_free_fraction(hole_models
     assert floored.devices[0].free < lo <= f.devices[0].free < hi
     assert decide(f).layers == (DeviceLayers(41, 35, UP),)
     assert decide(floored).layers == (DeviceLayers(41, 35, ATTN),)
+
+
+def test_sessions_start_at_each_session_header() -> None:
+    """A ``# Session N`` or ``# session N`` header starts a recording session (its own card and free memory);
+    other comments do not, and a run keeps the session of its first line."""
+    text = "\n".join(
+        [
+            "# --- auto-fit",
+            "fit-a |1|1|fit| -m @x",
+            "# ===== second session (prio 3)",
+            "fit-b |3|1|fit| -m @x",
+            "# Session 2 (H200)",
+            "fit-c |5|1|fit| -m @x",
+            "# session 8 (one H100)",
+            "fit-d |48|1|fit| -m @x",
+            "# session 9",
+            "",
+            "fit-e |49|1|fit| -m @x",
+            "fit-a |49|1|fit| -m @x",
+        ]
+    )
+    assert sessions(text) == {"fit-a": 0, "fit-b": 0, "fit-c": 1, "fit-d": 2, "fit-e": 3}
+
+
+@pytest.mark.parametrize("session", sorted({machine_of(r) for r in FIT_LOGS}))
+def test_every_fit_session_has_one_card_and_its_free_memory(session: int) -> None:
+    """Each session with fit runs ran on one kind of card, and has ``-fit off`` runs on one or two GPUs
+    that print its free memory (priority 49: its probe, matrix_builders.FIT_PROBE): card_free is defined
+    and it is a card's (an H100 prints 80552 MiB free, an H200 142629)."""
+    assert card_name(session).startswith("NVIDIA H")
+    assert card_free(session) // MiB in (80552, 142629)
+
+
+def fit_matrix() -> list[tuple[str, int, str, str]]:
+    """The llama-fit-params lines of the matrix: (run id, priority, model, arguments)."""
+    out = []
+    for line in MATRIX.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            rid, prio, _gpus, tool, args = (f.strip() for f in line.split("|", 4))
+            if tool == "fit":
+                out.append((rid, int(prio), args.split("@", 1)[1].split()[0], args))
+    return out
+
+
+SWEEP_RECORDED = any(prio == 49 and rid in RUNS for rid, prio, _, _ in fit_matrix())
+
+
+@pytest.mark.xfail(not SWEEP_RECORDED, reason="priority 49 (matrix_builders.py) not recorded yet", strict=True)
+def test_every_published_architecture_has_two_fit_targets(hole_models: dict[str, Path]) -> None:
+    """Every registered architecture with a header of published dimensions (matrix_builders.fit_sweep_models)
+    has recorded llama-fit-params runs of its model at two -fitt targets or more, so that the sweep cannot
+    shrink unseen; every model's -fitt targets appear in its recorded fit runs (the replay above covers them)."""
+    chosen = matrix_builders.fit_sweep_models(hole_models)
+    targets: dict[str, set[str]] = {}
+    for rid, _, model, args in fit_matrix():
+        m = re.search(r"-fitt (\S+)", args)
+        if rid in RUNS and m and RUNS[rid]["gpus"] == "1":
+            targets.setdefault(model, set()).add(m[1])
+    short = {arch: name for arch, name in chosen.items() if len(targets.get(name, ())) < 2}
+    assert not short, short
+
+
+def test_the_sweep_covers_the_published_architectures(hole_models: dict[str, Path]) -> None:
+    """The sweep's models are one per registered architecture with a published header, the largest file;
+    each has its builder (ggufx answers its fit with the simulated graph, not the generic estimate), and
+    the traced models (fiton-*) are among them."""
+    from ggufx.analysis.memory.archs import ARCHS
+    from ggufx.analysis.memory.graph.graphsim import simulated
+
+    chosen = matrix_builders.fit_sweep_models(hole_models)
+    archs = {
+        n: ggufx.open(hole_models[n]).metadata.get("general.architecture") for n in matrix_builders.published_headers()
+    }
+    assert set(chosen) == {a for a in archs.values() if a in ARCHS}
+    for arch, name in chosen.items():
+        assert archs[name] == arch
+        assert all(
+            hole_models[n].stat().st_size <= hole_models[name].stat().st_size for n, a in archs.items() if a == arch
+        )
+        assert simulated(ggufx.open(hole_models[name])) is None, name
+    assert set(matrix_builders.FIT_TRACED) <= set(chosen.values())
+
+
+def test_a_fit_llama_cpp_gave_up_is_read_as_its_reason(hole_models: dict[str, Path]) -> None:
+    """A llama-fit-params run whose fit gave up (exit 1, common_fit_params's warning and no answer) reads as
+    ``failed:`` and llama.cpp's reason, which is what ggufx's llama_fit says for the same options (-ngl given:
+    common/fit.cpp:464); a run that answered reads as its answer."""
+    text = "\n".join(
+        [
+            "# id: fit-x",
+            "# exit status: 1",
+            "W common_fit_params: failed to fit params to free device memory: n_gpu_layers already set by user to 20, abort",
+            "E llama_fit_params: failed to fit CLI arguments to free memory, exiting...",
+        ]
+    )
+    f = fit_run("fit-l8b-c131072-fitt75000", hole_models)
+    own = decide(replace(f, offload=replace(f.offload, n_gpu_layers=20)))
+    assert f"failed: {own.message}" == llama_answer("fit-x", text, f)
+    answered = (LOGS / "fit-l8b-c131072-fitt75000.log").read_text()
+    assert llama_answer("fit-l8b-c131072-fitt75000", answered, f) == decide(f).args
