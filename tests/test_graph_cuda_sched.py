@@ -99,3 +99,38 @@ def test_clef_cuda0_compute_to_four_decimals(rid: str, hole_models: dict[str, Pa
     m = re.search(r"CUDA0 compute buffer size is +([\d.]+) MiB", text)
     assert m is not None
     assert f"{ours['CUDA0'] / MiB:.4f}" == m.group(1)
+
+
+@pytest.mark.parametrize(
+    ("rid", "host"),
+    [
+        ("srv-qwen35moe-mtp-ngl99-c131072-q8", "136.2892"),
+        ("srv-qwen3next-mtp-ngl99-c32768-faoff", "74.0138"),
+    ],
+)
+def test_the_mtp_server_main_context_reserves_its_outputs(rid: str, host: str, hole_models: dict[str, Path]) -> None:
+    """llama-server under ``--spec-type draft-mtp`` gives the main context ``-np x (1 + n_max)`` = 16 outputs
+    (``server_output_limits``; the log's prompt reservation: ``n_outputs = 16``), so its ``out_ids`` input holds 16
+    rows: the host compute buffer is 32 bytes above the one of 4 outputs. ``mem`` applies it
+    (:func:`ggufx.analysis.memory.mtp.main_context`); with it both contexts' buffers equal llama.cpp's exit lines."""
+    from dataclasses import replace
+
+    from ggufx.analysis.memory.mtp import MtpOptions, main_context, split_log
+
+    run = RUNS[rid]
+    text = (LOGS / f"{rid}.log").read_text()
+    assert "n_tokens =  512, n_seqs =  4, n_outputs =   16" in split_log(text)[0]
+    args = parse_args(run["args"].replace("@", ""), server=True)
+    model = ggufx.open(hole_models[str(args.model)])
+    devices = devices_of(run, parse_log(text).devices)
+    offload = replace(args.offload, mtp=True)
+    theirs = re.findall(r"(\S+) compute buffer size is +([\d.]+) MiB", text)[-2:]  # the main context ends last
+    assert theirs[1] == ("CUDA_Host", host)
+    context = main_context(args.context, MtpOptions(args.spec_n_max, *args.spec_cache), True)
+    bd = breakdown(model, devices, offload, context)
+    ours = {b.buft: b.bytes for b in bd.buffers if b.kind == "compute"}
+    assert {k: f"{v / MiB:.4f}" for k, v in ours.items()} == dict(theirs)
+    # the 4 outputs of the plain server context: 32 bytes less on the host, below llama.cpp's figure
+    bd4 = breakdown(model, devices, offload, args.context)
+    host4 = next(b.bytes for b in bd4.buffers if b.kind == "compute" and b.buft == "CUDA_Host")
+    assert ours["CUDA_Host"] - host4 == 32
