@@ -12,7 +12,8 @@ question with one empty option (``clef_get_spans``)."""
 from __future__ import annotations
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _Ctx, _inp_embd, _norm, _w, _weight, model_of
+from ggufx.analysis.memory.graph.llm import _Ctx, _inp_embd, _norm, _w, model_of
+from ggufx.analysis.memory.graph.models._dense import tied_head
 from ggufx.analysis.memory.graph.models.qwen3next import _qkv
 from ggufx.analysis.memory.graph.models.qwen35 import _gdn_dims
 from ggufx.analysis.memory.hparams import hparams
@@ -156,8 +157,9 @@ def _head(c: _Ctx, g: _Graph, hidden: _T, n_routing: int, n_joint: int, n_head: 
     hidden_t = g.new("hidden_t", "CONT", "F32", (T, E), g.permute(hidden, 1, 0, 2, 3))
     question = g.mul_mat("question", hidden_t, pool_q)
     opt_ctx = g.mul_mat("opt_ctx", hidden_t, pool_o)
-    out_w = _weight(c, "output.weight", -1) or _w(c, "token_embd.weight", -1)
-    lexical = g.new("lexical", "GET_ROWS", "F32", (E, T), out_w, tokens)
+    # ``model.output``: output.weight, else the token embeddings' copy on the output layer's buffer type
+    # (TENSOR_DUPLICATED), not the input layer's host copy: on a GPU the rows are read there
+    lexical = g.new("lexical", "GET_ROWS", "F32", (E, T), tied_head(c), tokens)
     lexical = g.mul_mat("lexical", g.new("lexical_t", "CONT", "F32", (T, E), g.permute(lexical, 1, 0, 2, 3)), pool_o)
     options = g.mul_mat("options", _w(c, "decision.proj_option_context.weight", -1), opt_ctx)
     options = g.op(

@@ -1,0 +1,136 @@
+"""Where recorded CUDA runs showed the scheduler placing a node elsewhere than ggufx did (the CPU runs of these
+models were exact): the node, its backend and the splits llama.cpp printed (``graph: nodes = N, splits = S``).
+
+CLEF: the decision head's lexical rows are ``ggml_get_rows(model.output, tokens)`` (clef.cpp:562). CLEF has no
+``output.weight``, so ``model.output`` is the token embeddings' TENSOR_DUPLICATED copy on the output layer's buffer
+type (qwen35's loader), not the input layer's host copy: with the output layer on the GPU the rows are read on
+CUDA0 (GET_ROWS of Q8_0 runs there), and the graph splits 4 times (host embeddings, the backbone, the question
+type's host GET_ROWS, the rest), not 6."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+import ggufx
+from ggufx.analysis.memory.buffers import MiB, breakdown
+from ggufx.analysis.memory.graph import graphsim
+from ggufx.analysis.memory.graph.ggml import _Graph
+from ggufx.analysis.memory.graph.models import builder
+from ggufx.analysis.memory.graph.sched import _VIEW_OPS, _Sched
+from ggufx.analysis.memory.llamaargs import parse_args
+from ggufx.analysis.memory.llamalog import parse_log
+from ggufx.analysis.memory.placement import host_buft
+
+from .llamacpp_logs import LOGS, RUNS, devices_of
+
+
+def _scheduled(rid: str, models: dict[str, Path]) -> tuple[_Graph, _Sched, str]:
+    """The prompt-processing graph of a recorded run with every node assigned, and the log's text."""
+    run = RUNS[rid]
+    text = (LOGS / f"{rid}.log").read_text()
+    log = parse_log(text)
+    args = parse_args(run["args"].replace("@", ""), server=run["tool"] == "server")
+    model = ggufx.open(models[str(args.model)])
+    devices = devices_of(run, log.devices)
+    sp = breakdown(model, devices, args.offload, args.context).reservation
+    assert sp is not None
+    ld = graphsim._loaded(model, devices, args.offload)
+    c = graphsim._context(model, ld, sp, sp.n_ubatch, sp.n_outputs)
+    c.layers = list(range(ld.hp.n_layer))
+    g = _Graph()
+    g.expand(builder(ld.hp.arch)(c, g))
+    gpus = [d.name for d in ld.pl.devices]
+    sched = _Sched(gpus, host_buft(gpus[0]), 1)
+    sched.assign(g)
+    return g, sched, text
+
+
+def _splits(g: _Graph) -> int:
+    """The splits of an assigned graph: a new one where the backend changes (no split input here needs one
+    within a backend's run: every weight is read where it lies)."""
+    backends = [n.backend for n in g.nodes if n.op not in _VIEW_OPS]
+    return 1 + sum(1 for a, b in zip(backends, backends[1:], strict=False) if a != b)
+
+
+def _logged_splits(text: str) -> int:
+    m = re.search(r"graph: nodes = \d+, splits = (\d+)", text)
+    assert m is not None
+    return int(m.group(1))
+
+
+@pytest.mark.parametrize(
+    ("rid", "splits"),
+    [
+        ("g-clef-ngl99-c32768", 4),
+        ("g-clef-ngl99-c32768-faoff", 4),
+        # -ngl 2 of 4 layers: layers 2, 3 and the output layer on CUDA0, the head's dec.blk.0/1 with layers 0/1 on
+        # the host (each host weight the prompt's products offload opens a split: not counted here)
+        ("g-clef-ngl2-c32768", None),
+    ],
+)
+def test_clef_reads_the_lexical_rows_from_the_output_copy(
+    rid: str, splits: int | None, hole_models: dict[str, Path]
+) -> None:
+    g, sched, text = _scheduled(rid, hole_models)
+    (embd,) = [n for n in g.nodes if n.name == "embd"]
+    (rows,) = [n for n in g.nodes if n.name == "lexical" and n.op == "GET_ROWS"]
+    assert embd.src[0].name == rows.src[0].name == "token_embd.weight"
+    assert (embd.src[0].buft, rows.src[0].buft) == ("CPU_Mapped", "CUDA0")
+    assert sched.names[rows.backend] == "CUDA0"
+    # the question type's rows stay on the host: token_types is an input-layer weight (llama-arch.cpp:752)
+    (types,) = [n for n in g.nodes if n.name == "types"]
+    assert sched.names[types.backend] == "CPU"
+    if splits is not None:
+        assert _splits(g) == _logged_splits(text) == splits
+
+
+@pytest.mark.parametrize("rid", ["g-clef-ngl99-c32768", "g-clef-ngl99-c32768-np3"])
+def test_clef_cuda0_compute_to_four_decimals(rid: str, hole_models: dict[str, Path]) -> None:
+    run = RUNS[rid]
+    text = (LOGS / f"{rid}.log").read_text()
+    log = parse_log(text)
+    args = parse_args(run["args"].replace("@", ""))
+    model = ggufx.open(hole_models[str(args.model)])
+    bd = breakdown(model, devices_of(run, log.devices), args.offload, args.context)
+    ours = {b.buft: b.bytes for b in bd.buffers if b.kind == "compute"}
+    m = re.search(r"CUDA0 compute buffer size is +([\d.]+) MiB", text)
+    assert m is not None
+    assert f"{ours['CUDA0'] / MiB:.4f}" == m.group(1)
+
+
+@pytest.mark.parametrize(
+    ("rid", "host"),
+    [
+        ("srv-qwen35moe-mtp-ngl99-c131072-q8", "136.2892"),
+        ("srv-qwen3next-mtp-ngl99-c32768-faoff", "74.0138"),
+    ],
+)
+def test_the_mtp_server_main_context_reserves_its_outputs(rid: str, host: str, hole_models: dict[str, Path]) -> None:
+    """llama-server under ``--spec-type draft-mtp`` gives the main context ``-np x (1 + n_max)`` = 16 outputs
+    (``server_output_limits``; the log's prompt reservation: ``n_outputs = 16``), so its ``out_ids`` input holds 16
+    rows: the host compute buffer is 32 bytes above the one of 4 outputs. ``mem`` applies it
+    (:func:`ggufx.analysis.memory.mtp.main_context`); with it both contexts' buffers equal llama.cpp's exit lines."""
+    from dataclasses import replace
+
+    from ggufx.analysis.memory.mtp import MtpOptions, main_context, split_log
+
+    run = RUNS[rid]
+    text = (LOGS / f"{rid}.log").read_text()
+    assert "n_tokens =  512, n_seqs =  4, n_outputs =   16" in split_log(text)[0]
+    args = parse_args(run["args"].replace("@", ""), server=True)
+    model = ggufx.open(hole_models[str(args.model)])
+    devices = devices_of(run, parse_log(text).devices)
+    offload = replace(args.offload, mtp=True)
+    theirs = re.findall(r"(\S+) compute buffer size is +([\d.]+) MiB", text)[-2:]  # the main context ends last
+    assert theirs[1] == ("CUDA_Host", host)
+    context = main_context(args.context, MtpOptions(args.spec_n_max, *args.spec_cache), True)
+    bd = breakdown(model, devices, offload, context)
+    ours = {b.buft: b.bytes for b in bd.buffers if b.kind == "compute"}
+    assert {k: f"{v / MiB:.4f}" for k, v in ours.items()} == dict(theirs)
+    # the 4 outputs of the plain server context: 32 bytes less on the host, below llama.cpp's figure
+    bd4 = breakdown(model, devices, offload, args.context)
+    host4 = next(b.bytes for b in bd4.buffers if b.kind == "compute" and b.buft == "CUDA_Host")
+    assert ours["CUDA_Host"] - host4 == 32
