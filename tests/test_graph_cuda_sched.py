@@ -134,3 +134,41 @@ def test_the_mtp_server_main_context_reserves_its_outputs(rid: str, host: str, h
     bd4 = breakdown(model, devices, offload, args.context)
     host4 = next(b.bytes for b in bd4.buffers if b.kind == "compute" and b.buft == "CUDA_Host")
     assert ours["CUDA_Host"] - host4 == 32
+
+
+def test_the_main_graph_writes_the_rollback_snapshots(hole_models: dict[str, Path]) -> None:
+    """Under ``--spec-type draft-mtp`` the main context keeps ``n_rs_seq`` = ``--spec-draft-n-max`` (3) rollback
+    snapshots of the Gated DeltaNet state: ``ggml_gated_delta_net`` writes K = 4 state slots per sequence and the
+    graph copies the last min(tokens, K) of them and K views of the convolution's last columns into the cache
+    (delta-net-base.cpp:497-520, 563-596). At -ngl 1 the cache is on the host, so these copies are the host's:
+    llama.cpp's CUDA_Host compute buffer is 52.3966 MiB (40.1168 without the snapshots); with the cache on the GPU
+    (-ngl 99) nothing moves."""
+    from dataclasses import replace
+
+    from ggufx.analysis.memory.graph.ggml import _Graph
+    from ggufx.analysis.memory.mtp import MtpOptions, main_context
+
+    for rid, host in (("srv-qwen35-mtp-ngl1-c32768", "52.3966"), ("srv-qwen35-mtp-ngl99-c32768", "40.0235")):
+        run = RUNS[rid]
+        text = (LOGS / f"{rid}.log").read_text()
+        args = parse_args(run["args"].replace("@", ""), server=True)
+        model = ggufx.open(hole_models[str(args.model)])
+        context = main_context(args.context, MtpOptions(args.spec_n_max, *args.spec_cache), True)
+        assert context.n_rs_seq == 3 and context.n_outputs_max == 16
+        devices = devices_of(run, parse_log(text).devices)
+        offload = replace(args.offload, mtp=True)
+        bd = breakdown(model, devices, offload, context)
+        ours = {b.buft: b.bytes for b in bd.buffers if b.kind == "compute"}
+        assert f"{ours['CUDA_Host'] / MiB:.4f}" == host
+        assert host in text.splitlines()[-1]  # the main context's exit line, the log's last
+        sp = bd.reservation
+        assert sp is not None and sp.n_rs_seq == 3
+        ld = graphsim._loaded(model, devices, offload)
+        c = graphsim._context(model, ld, sp, sp.n_ubatch, sp.n_outputs)
+        c.layers = list(range(ld.hp.n_layer_main))
+        g = _Graph()
+        g.expand(builder(ld.hp.arch)(c, g))
+        (gdn,) = [n for n in g.nodes if n.name == "gdn-0" and n.op == "GATED_DELTA_NET"]
+        assert gdn.ne[1] == sp.n_ubatch + gdn.src[2].ne[0] * sp.n_seq_max * 4  # T + S x n_seqs x K rows
+        conv = [n for n in g.nodes if n.op == "CPY" and (n.src[0].view_src or n.src[0]).name == "conv_input-0"]
+        assert len(conv) == 4  # the convolution's last columns, once per snapshot slot

@@ -22,7 +22,7 @@ from ggufx.analysis.memory.archs import builder_of
 from ggufx.analysis.memory.buffers import MiB, breakdown
 from ggufx.analysis.memory.llamaargs import parse_args
 from ggufx.analysis.memory.llamalog import parse_log
-from ggufx.analysis.memory.mtp import split_log
+from ggufx.analysis.memory.mtp import MtpOptions, main_context, split_log
 
 from .llamacpp_logs import LOGS, RUNS, cpu_model_archs, devices_of, with_known
 
@@ -90,8 +90,11 @@ def test_compute_buffers_are_llama_cpps(rid: str, hole_models: dict[str, Path]) 
     log = parse_log(text)
     model = ggufx.open(hole_models[str(args.model)])
     assert model.architecture == _ARCH[str(args.model)]
-    offload = replace(args.offload, mtp=True) if "draft-mtp" in args.spec_types else args.offload
-    bd = breakdown(model, devices_of(run, log.devices), offload, args.context)
+    offload, context = args.offload, args.context
+    if "draft-mtp" in args.spec_types:  # the main context's options under draft-mtp, as `mem` takes them
+        offload = replace(offload, mtp=True)
+        context = main_context(context, MtpOptions(args.spec_n_max, *args.spec_cache), run["tool"] == "server")
+    bd = breakdown(model, devices_of(run, log.devices), offload, context)
     assert bd.compute_estimate is None, bd.compute_estimate
     ours: dict[str, int] = {}
     for b in bd.buffers:

@@ -92,6 +92,8 @@ class ContextParams:
     # buffer holds embeddings beside the logits, the graph ends with the pooling nodes
     embeddings: bool = False
     pooling: str | None = None  # --pooling none|mean|cls|last|rank (None: the file's pooling_type)
+    # the recurrent state's rollback snapshots (--spec-draft-n-max under --spec-type draft-mtp; mtp.main_context)
+    n_rs_seq: int = 0
 
 
 @dataclass(slots=True)
@@ -713,6 +715,7 @@ def breakdown(
         pipeline,
         swa_cells,
         pooling=pooling_of(model, cp),
+        n_rs_seq=cp.n_rs_seq if hp.arch in ("qwen35", "qwen35moe") else 0,
     )
     if sp.pooling is not None:
         embedding_refusal(model, sp, cp.n_outputs_max or n_batch, n_ubatch)

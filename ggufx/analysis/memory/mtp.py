@@ -111,8 +111,10 @@ def no_mtp_reason(model: GGUFModel) -> str | None:
 
 
 def main_context(context: ContextParams, opts: MtpOptions, server: bool) -> ContextParams:
-    """The main context's parameters under ``draft-mtp``: llama-server reserves ``-np x (1 + n_max)``
-    outputs (``server_output_limits``, capped at ``-b``)."""
+    """The main context's parameters under ``draft-mtp``: ``n_max`` rollback snapshots of the recurrent state
+    (``n_rs_seq``: the graph writes them, :func:`rollback_state` sizes them), and in llama-server
+    ``-np x (1 + n_max)`` outputs (``server_output_limits``, capped at ``-b``)."""
+    context = replace(context, n_rs_seq=max(0, opts.n_max))
     if not server:
         return context
     return replace(context, n_outputs_max=min(context.n_batch, context.n_parallel * (1 + max(0, opts.n_max))))

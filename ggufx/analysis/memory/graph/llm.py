@@ -40,6 +40,10 @@ class SimParams:
     # resolved (none, mean, cls, last, rank; llama-context.cpp:218-224), whose nodes build_pooling adds after
     # the model's graph (llama-model.cpp build_graph). None: no embeddings, no pooling nodes
     pooling: str | None = None
+    # the recurrent state's rollback snapshots per sequence (cparams.n_rs_seq: --spec-draft-n-max under
+    # --spec-type draft-mtp, llama-context.cpp:107-112): the Gated DeltaNet writes n_rs_seq + 1 states back
+    # (delta-net-base.cpp:497-520, 563-596)
+    n_rs_seq: int = 0
 
     @property
     def v_transposed(self) -> bool:

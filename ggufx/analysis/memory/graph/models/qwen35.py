@@ -112,6 +112,8 @@ def _gated_delta_net(c: _Ctx, g: _Graph, x: _T, il: int, s_copy: _T, d: _Gdn, co
     if cont_tail:  # qwen4exp's build_conv_state_at (qwen4exp.cpp:1299-1340) writes them back through a CONT
         last = g.new(f"conv_tail-{il}", "CONT", "F32", last.ne, last)
     _copy_into(g, last, cache_r, ns)
+    for _ in range(c.sp.n_rs_seq):  # the rollback snapshots: one more view of the last columns each
+        _copy_into(g, g.view(conv_in, (d.d_conv - 1, channels, ns), conv_in.nb[:3]), cache_r, ns)
     state = _rs(c, g, cache_s, s_copy, hp.n_embd_s)
     state = g.reshape(state, d.head_v, d.head_v, d.n_v_heads, ns)
     out = g.new(
@@ -125,9 +127,20 @@ def _gated_delta_net(c: _Ctx, g: _Graph, x: _T, il: int, s_copy: _T, d: _Gdn, co
         heads.append(g.op(f"qk_conv-{il}", "SCALE", g.new(f"qk_norm-{il}", "RMS_NORM", "F32", qk.ne, qk)))
     v = g.view(out, (d.head_v, d.n_v_heads, nst, ns), (4, 4 * d.head_v, row, row * nst))
     S, H = d.head_v, d.n_v_heads
-    gdn = g.new(f"gdn-{il}", "GATED_DELTA_NET", "F32", (S * H, T + S * ns), heads[0], heads[1], v, gate, beta, state)
-    new_state = g.view(gdn, (S, S, H, ns), (4, 4 * S, 4 * S * S))
-    _copy_into(g, new_state, cache_s, ns)
+    k = c.sp.n_rs_seq + 1  # the state slots the op writes (ggml_gated_delta_net's K: one, or the snapshots)
+    gdn = g.new(
+        f"gdn-{il}", "GATED_DELTA_NET", "F32", (S * H, T + S * ns * k), heads[0], heads[1], v, gate, beta, state
+    )
+    if k == 1:
+        new_state = g.view(gdn, (S, S, H, ns), (4, 4 * S, 4 * S * S))
+        _copy_into(g, new_state, cache_s, ns)
+    else:  # build_recurrent_attn with snapshots: the last min(tokens, K) states of each sequence, one copy
+        size, written = S * S * H, min(nst, k)
+        src = g.view(gdn, (size, ns, written), (4, 4 * size, 4 * size * ns))
+        dst = g.view(cache_s, (size, ns, written), (4, cache_s.nb[1], cache_s.nb[1] * ns))
+        cpy = g.view(dst, dst.ne, dst.nb, "CPY")
+        cpy.src = [src, dst]
+        g.expand(cpy)
     o = g.view(gdn, (S, H, nst, ns), (4, 4 * S, 4 * S * H))
     o = _norm(c, g, o, p + "ssm_norm.weight", il)  # build_norm_gated (qwen35.cpp:257-266)
     o = g.op(f"attn_gated-{il}", "MUL", o, g.op(f"z_silu-{il}", "UNARY", g.reshape(z, S, H, nst, ns)))
