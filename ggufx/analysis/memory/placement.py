@@ -57,10 +57,14 @@ _OUTPUT_LAYER = frozenset({"altup_proj", "altup_unembd_proj", "decision"})  # CL
 # the decoder's and the encoder's output norms (LLM_TENSOR_DEC_OUTPUT_NORM / _ENC_OUTPUT_NORM, llama-arch.cpp:776-777)
 # and a drafter's projection back to the target's width (LLM_TENSOR_NEXTN_PROJ_POST, :1014): the output layer's
 _OUTPUT_NAMES = ("dec.output_norm", "enc.output_norm", "nextn.post_projection.")
-# the encoders whose loaders create no output head (src/models/<arch>.cpp: no ``output`` tensor, so no tied copy of
-# token_embd on the output layer's device, TENSOR_DUPLICATED): their embeddings stay on the host alone
+# the architectures whose loaders create no output head (src/models/<arch>.cpp: no ``output`` tensor, so no tied copy
+# of token_embd on the output layer's device, TENSOR_DUPLICATED): their embeddings stay on the host alone. The
+# encoders have no head at all; BitNet multiplies its output by token_embd itself (bitnet.cpp:163-164, "FIXME: do not
+# use model.tok_embd directly"), the only builder of src/models/*.cpp that does (build_lora_mm(model.tok_embd, ...)):
+# the head's matmul reads the host copy
 _NO_OUTPUT_HEAD = frozenset(
-    {"bert", "eurobert", "jina-bert-v2", "jina-bert-v3", "modern-bert", "neo-bert", "nomic-bert", "nomic-bert-moe"}
+    {"bert", "eurobert", "jina-bert-v2", "jina-bert-v3", "modern-bert", "neo-bert", "nomic-bert", "nomic-bert-moe",
+     "bitnet"}
 )  # fmt: skip
 # a drafter's projection of the target's rows (LLM_TENSOR_NEXTN_PROJ_PRE, llama-arch.cpp:1013): a repeating tensor of
 # layer 0
