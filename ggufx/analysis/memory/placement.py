@@ -76,6 +76,16 @@ _BLOCK0_NAMES = frozenset({"hrm.z_l_init"})
 # LFM2's output norm is stored as token_embd_norm (LLM_TENSOR_OUTPUT_NORM_LFM2, llama-arch.cpp:447, :775):
 # the output layer's
 _OUTPUT_NORM_AS_TOKEN_EMBD_NORM = frozenset({"lfm2", "lfm2moe"})
+# select_weight_buft (llama-model-loader.cpp:1067-1080) skips a buffer type whose device refuses the weight's op,
+# tried on a dummy graph of 512 tokens and 3 sequences (weight_buft_supported, :927-1060); CUDA refuses two of the
+# ops a weight is classed with (llama-arch.cpp LLM_TENSOR_INFOS): GGML_OP_SSM_SCAN of ssm_a (:880; the builders that
+# create LLM_TENSOR_SSM_A rather than _NOSCAN, a MUL: these architectures) and GGML_OP_SSM_CONV of the convolutions
+# (:826, :879, :991), then the layer's weight goes to the next buffer type of its list, the host's
+_SSM_SCAN_ARCHS = frozenset(
+    {"mamba", "mamba2", "jamba", "falcon-h1", "plamo2", "nemotron_h", "nemotron_h_moe", "granitehybrid"}
+)  # fmt: skip
+_SSM_A_NAME = re.compile(r"blk\.\d+\.ssm_a")
+_SSM_CONV_NAME = re.compile(r"blk\.\d+\.(ssm_conv1d|shortconv\.conv|ple_conv1d)\.weight")
 # common/common.h: the tensor-override patterns --cpu-moe and --n-cpu-moe stand for
 CPU_MOE_PATTERN = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"
 # ggml-cpu/repack.cpp on x86 with AVX2: the types whose 2-D matrices get a repacked copy
@@ -258,6 +268,37 @@ def _override(
 _GET_ROWS_WEIGHTS = ("attn_compressor_ape.weight", "indexer_compressor_ape.weight", "ffn_gate_tid2eid.weight")
 
 
+def _cuda_refuses(t: TensorInfo, model: GGUFModel, arch: str | None) -> bool:
+    """Whether CUDA's ``supports_op`` (ggml-cuda.cu:5602-5623) refuses the op ``weight_buft_supported`` builds for
+    this weight, so that llama.cpp keeps it on the host although its layer is on the GPU.
+
+    * ``ssm_a`` (SSM_SCAN): d_state is ``ne[0]``, or the header's ssm.state_size when ``ne[0]`` is 1 (Mamba-2), the
+      heads ``ne[1]``, the head ``ssm.inner_size / heads``. Mamba-2's kernel wants d_state 96, 128 or 256 and a head
+      that is a multiple of 16; Mamba-1's d_state 16, heads of 1, a multiple of 128 of them and one group. PLaMo 2's
+      ``ssm_a`` is one row of its heads (``ne[0]`` 32), which CUDA takes for Mamba-1 with d_state 32: refused.
+    * a convolution (SSM_CONV): its channels ``ne[1]`` a multiple of 128.
+    """
+    name = t.name
+    if "ssm_a" not in name and "conv" not in name:  # the cheap test first: every tensor of every fit passes here
+        return False
+    if _SSM_A_NAME.fullmatch(name):
+        if arch not in _SSM_SCAN_ARCHS:
+            return False
+        ne0 = t.shape[0]
+        n_head = t.shape[1] if len(t.shape) > 1 else 1
+        meta = model.metadata
+        d_inner = meta.get_int(f"{arch}.ssm.inner_size") or 0
+        head_dim = d_inner // n_head
+        if ne0 == 1:
+            d_state = meta.get_int(f"{arch}.ssm.state_size") or 0
+            return not (d_state in (96, 128, 256) and head_dim % 16 == 0)
+        n_group = meta.get_int(f"{arch}.ssm.group_count") or 1
+        return not (ne0 == 16 and head_dim == 1 and n_head % 128 == 0 and n_group == 1)
+    if _SSM_CONV_NAME.fullmatch(name):
+        return len(t.shape) < 2 or t.shape[1] % 128 != 0
+    return False
+
+
 def _repackable(t: TensorInfo, arch: str | None = None) -> bool:
     """A weight the CPU_REPACK buffer type takes (ggml-cpu/repack.cpp:5191-5225 ``supports_op``): a
     matrix of ``MUL_MAT`` (2 dimensions) or an expert stack of ``MUL_MAT_ID`` (3), of a repackable
@@ -330,6 +371,8 @@ def place(model: GGUFModel, devices: list[Device], p: OffloadParams) -> Placemen
         if forced is not None:
             return host if forced == CPU else forced
         dev = layer_dev[layer] if isinstance(layer, int) else None
+        if dev is not None and dev.startswith("CUDA") and _cuda_refuses(t, model, arch_name):
+            return host
         return dev if dev is not None else host
 
     seen_rope: set[tuple[str, str]] = set()
