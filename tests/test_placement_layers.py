@@ -221,3 +221,33 @@ def test_plamo2_keeps_its_scan_weights_on_the_host(rid: str, models: dict[str, P
     mib = _model_mib(text)
     assert round(span / MiB, 2) == mib["CPU_Mapped"] == 22.67
     assert abs(sum(t.nbytes for t, buft in pl.tensors if buft == "CUDA0") / MiB - mib["CUDA0"]) < 0.02
+
+
+def _offloaded(text: str) -> tuple[int, int]:
+    m = re.search(r"load_tensors: offloaded (\d+)/(\d+) layers to GPU", text)
+    assert m, "no offloaded line"
+    return int(m[1]), int(m[2])
+
+
+@pytest.mark.parametrize("rid", CUDA_RUNS)
+def test_the_offloaded_layers_are_llama_cpps_count(rid: str, models: dict[str, Path]) -> None:
+    """``load_tensors: offloaded N/M layers to GPU`` (llama-model.cpp:1913-1927: M = n_layer_all + 1): Granite
+    Switch's weightless router layer is one of llama.cpp's layers, counted in M and, on a GPU, in N (2/6 at -ngl 2,
+    not 1/5); the breakdown's ``layers_offloaded`` and ``n_layer`` say the same."""
+    run = RUNS[rid]
+    text = (LOGS / f"{rid}.log").read_text()
+    args = parse_args(run["args"].replace("@", ""))
+    model = ggufx.open(models[args.model])
+    bd = breakdown(model, devices_of(run, parse_log(text).devices), args.offload, args.context)
+    assert (bd.layers_offloaded, bd.n_layer + 1) == _offloaded(text)
+
+
+@pytest.mark.parametrize("rid", ["g-graniteswitch-ngl1-c32768", "g-graniteswitch-ngl2-c32768"])
+def test_mem_prints_llama_cpps_offloaded_layers(rid: str, cli, models: dict[str, Path]) -> None:  # type: ignore[no-untyped-def]
+    """`ggufx mem` at -ngl 1 and 2 prints the ``N/M layers offloaded`` of llama.cpp's log line."""
+    text = (LOGS / f"{rid}.log").read_text()
+    ngl = re.search(r"-ngl (\d+)", RUNS[rid]["args"])
+    assert ngl
+    out = cli("mem", str(models["graniteswitch"]), "-ngl", ngl[1], "-c", "32768", "--gpus", "80GiB").output
+    n, m = _offloaded(text)
+    assert f", {n}/{m} layers offloaded, " in out, out

@@ -146,7 +146,20 @@ class Placement:
 
     @property
     def n_offloaded(self) -> int:
+        """The blocks and the output layer on a GPU (a weightless layer not counted)."""
         return sum(d is not None for d in self.layer_device)
+
+    @property
+    def n_layer_all(self) -> int:
+        """llama.cpp's ``n_layer_all``: the blocks and the weightless layers after them (Granite Switch's router:
+        granite-switch.cpp load_arch_hparams sets it to block_count + 1), the output layer not counted."""
+        return self.n_layer + len(self.weightless)
+
+    @property
+    def n_offloaded_all(self) -> int:
+        """The layers ``load_tensors`` counts in ``offloaded N/M layers to GPU`` (llama-model.cpp:1913-1927): N of
+        ``M = n_layer_all + 1``, a weightless layer on a GPU included (Granite Switch's router at -ngl 2: 2/6)."""
+        return self.n_offloaded + sum(d is not None for d in self.weightless.values())
 
     @property
     def output_device(self) -> str | None:
