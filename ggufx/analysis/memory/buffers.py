@@ -787,8 +787,8 @@ def breakdown(
         n_ubatch,
         n_seq,
         swa_cells,
-        pl.n_offloaded,
-        hp.n_layer,
+        pl.n_offloaded_all,  # llama.cpp's "offloaded N/M layers": Granite Switch's router layer counted
+        pl.n_layer_all,
         pl.meta or pl.devices,
         notes,
         kv_stats[False][0],

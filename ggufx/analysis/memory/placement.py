@@ -57,10 +57,14 @@ _OUTPUT_LAYER = frozenset({"altup_proj", "altup_unembd_proj", "decision"})  # CL
 # the decoder's and the encoder's output norms (LLM_TENSOR_DEC_OUTPUT_NORM / _ENC_OUTPUT_NORM, llama-arch.cpp:776-777)
 # and a drafter's projection back to the target's width (LLM_TENSOR_NEXTN_PROJ_POST, :1014): the output layer's
 _OUTPUT_NAMES = ("dec.output_norm", "enc.output_norm", "nextn.post_projection.")
-# the encoders whose loaders create no output head (src/models/<arch>.cpp: no ``output`` tensor, so no tied copy of
-# token_embd on the output layer's device, TENSOR_DUPLICATED): their embeddings stay on the host alone
+# the architectures whose loaders create no output head (src/models/<arch>.cpp: no ``output`` tensor, so no tied copy
+# of token_embd on the output layer's device, TENSOR_DUPLICATED): their embeddings stay on the host alone. The
+# encoders have no head at all; BitNet multiplies its output by token_embd itself (bitnet.cpp:163-164, "FIXME: do not
+# use model.tok_embd directly"), the only builder of src/models/*.cpp that does (build_lora_mm(model.tok_embd, ...)):
+# the head's matmul reads the host copy
 _NO_OUTPUT_HEAD = frozenset(
-    {"bert", "eurobert", "jina-bert-v2", "jina-bert-v3", "modern-bert", "neo-bert", "nomic-bert", "nomic-bert-moe"}
+    {"bert", "eurobert", "jina-bert-v2", "jina-bert-v3", "modern-bert", "neo-bert", "nomic-bert", "nomic-bert-moe",
+     "bitnet"}
 )  # fmt: skip
 # a drafter's projection of the target's rows (LLM_TENSOR_NEXTN_PROJ_PRE, llama-arch.cpp:1013): a repeating tensor of
 # layer 0
@@ -72,6 +76,16 @@ _BLOCK0_NAMES = frozenset({"hrm.z_l_init"})
 # LFM2's output norm is stored as token_embd_norm (LLM_TENSOR_OUTPUT_NORM_LFM2, llama-arch.cpp:447, :775):
 # the output layer's
 _OUTPUT_NORM_AS_TOKEN_EMBD_NORM = frozenset({"lfm2", "lfm2moe"})
+# select_weight_buft (llama-model-loader.cpp:1067-1080) skips a buffer type whose device refuses the weight's op,
+# tried on a dummy graph of 512 tokens and 3 sequences (weight_buft_supported, :927-1060); CUDA refuses two of the
+# ops a weight is classed with (llama-arch.cpp LLM_TENSOR_INFOS): GGML_OP_SSM_SCAN of ssm_a (:880; the builders that
+# create LLM_TENSOR_SSM_A rather than _NOSCAN, a MUL: these architectures) and GGML_OP_SSM_CONV of the convolutions
+# (:826, :879, :991), then the layer's weight goes to the next buffer type of its list, the host's
+_SSM_SCAN_ARCHS = frozenset(
+    {"mamba", "mamba2", "jamba", "falcon-h1", "plamo2", "nemotron_h", "nemotron_h_moe", "granitehybrid"}
+)  # fmt: skip
+_SSM_A_NAME = re.compile(r"blk\.\d+\.ssm_a")
+_SSM_CONV_NAME = re.compile(r"blk\.\d+\.(ssm_conv1d|shortconv\.conv|ple_conv1d)\.weight")
 # common/common.h: the tensor-override patterns --cpu-moe and --n-cpu-moe stand for
 CPU_MOE_PATTERN = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"
 # ggml-cpu/repack.cpp on x86 with AVX2: the types whose 2-D matrices get a repacked copy
@@ -132,7 +146,20 @@ class Placement:
 
     @property
     def n_offloaded(self) -> int:
+        """The blocks and the output layer on a GPU (a weightless layer not counted)."""
         return sum(d is not None for d in self.layer_device)
+
+    @property
+    def n_layer_all(self) -> int:
+        """llama.cpp's ``n_layer_all``: the blocks and the weightless layers after them (Granite Switch's router:
+        granite-switch.cpp load_arch_hparams sets it to block_count + 1), the output layer not counted."""
+        return self.n_layer + len(self.weightless)
+
+    @property
+    def n_offloaded_all(self) -> int:
+        """The layers ``load_tensors`` counts in ``offloaded N/M layers to GPU`` (llama-model.cpp:1913-1927): N of
+        ``M = n_layer_all + 1``, a weightless layer on a GPU included (Granite Switch's router at -ngl 2: 2/6)."""
+        return self.n_offloaded + sum(d is not None for d in self.weightless.values())
 
     @property
     def output_device(self) -> str | None:
@@ -254,6 +281,37 @@ def _override(
 _GET_ROWS_WEIGHTS = ("attn_compressor_ape.weight", "indexer_compressor_ape.weight", "ffn_gate_tid2eid.weight")
 
 
+def _cuda_refuses(t: TensorInfo, model: GGUFModel, arch: str | None) -> bool:
+    """Whether CUDA's ``supports_op`` (ggml-cuda.cu:5602-5623) refuses the op ``weight_buft_supported`` builds for
+    this weight, so that llama.cpp keeps it on the host although its layer is on the GPU.
+
+    * ``ssm_a`` (SSM_SCAN): d_state is ``ne[0]``, or the header's ssm.state_size when ``ne[0]`` is 1 (Mamba-2), the
+      heads ``ne[1]``, the head ``ssm.inner_size / heads``. Mamba-2's kernel wants d_state 96, 128 or 256 and a head
+      that is a multiple of 16; Mamba-1's d_state 16, heads of 1, a multiple of 128 of them and one group. PLaMo 2's
+      ``ssm_a`` is one row of its heads (``ne[0]`` 32), which CUDA takes for Mamba-1 with d_state 32: refused.
+    * a convolution (SSM_CONV): its channels ``ne[1]`` a multiple of 128.
+    """
+    name = t.name
+    if "ssm_a" not in name and "conv" not in name:  # the cheap test first: every tensor of every fit passes here
+        return False
+    if _SSM_A_NAME.fullmatch(name):
+        if arch not in _SSM_SCAN_ARCHS:
+            return False
+        ne0 = t.shape[0]
+        n_head = t.shape[1] if len(t.shape) > 1 else 1
+        meta = model.metadata
+        d_inner = meta.get_int(f"{arch}.ssm.inner_size") or 0
+        head_dim = d_inner // n_head
+        if ne0 == 1:
+            d_state = meta.get_int(f"{arch}.ssm.state_size") or 0
+            return not (d_state in (96, 128, 256) and head_dim % 16 == 0)
+        n_group = meta.get_int(f"{arch}.ssm.group_count") or 1
+        return not (ne0 == 16 and head_dim == 1 and n_head % 128 == 0 and n_group == 1)
+    if _SSM_CONV_NAME.fullmatch(name):
+        return len(t.shape) < 2 or t.shape[1] % 128 != 0
+    return False
+
+
 def _repackable(t: TensorInfo, arch: str | None = None) -> bool:
     """A weight the CPU_REPACK buffer type takes (ggml-cpu/repack.cpp:5191-5225 ``supports_op``): a
     matrix of ``MUL_MAT`` (2 dimensions) or an expert stack of ``MUL_MAT_ID`` (3), of a repackable
@@ -326,6 +384,8 @@ def place(model: GGUFModel, devices: list[Device], p: OffloadParams) -> Placemen
         if forced is not None:
             return host if forced == CPU else forced
         dev = layer_dev[layer] if isinstance(layer, int) else None
+        if dev is not None and dev.startswith("CUDA") and _cuda_refuses(t, model, arch_name):
+            return host
         return dev if dev is not None else host
 
     seen_rope: set[tuple[str, str]] = set()

@@ -13,7 +13,8 @@ from ggufx.analysis.memory.placement import CPU
 OP_OFFLOAD_MIN_BATCH = 32  # ggml-cuda.cu:5754 (op_offload_min_batch_size)
 N_COPIES = 4  # GGML_SCHED_MAX_COPIES (ggml-backend.cpp:912)
 GGML_MAX_SRC = 10
-_GPU_MAY_LACK = frozenset({"FLASH_ATTN_EXT", "MUL_MAT_ID", "LIGHTNING_INDEXER"})  # the ops supports_op can refuse a GPU
+# the ops supports_op can refuse a GPU
+_GPU_MAY_LACK = frozenset({"FLASH_ATTN_EXT", "MUL_MAT_ID", "LIGHTNING_INDEXER", "SSM_SCAN", "SSM_CONV"})
 _VIEW_OPS = frozenset({"VIEW", "RESHAPE", "PERMUTE", "TRANSPOSE"})  # ggml_is_view_op
 _HOST_BUFTS = ("CPU", "CPU_Mapped", "CPU_REPACK")
 
@@ -36,6 +37,25 @@ def cuda_lightning_indexer_supported(t: _T) -> bool:
         if not _quantized(x.type) and any(nb % 16 for nb in x.nb[1:]):
             return False
     return k.type in _LIGHTNING_INDEXER_K_TYPES
+
+
+def _ne(t: _T, i: int) -> int:
+    return t.ne[i] if i < len(t.ne) else 1
+
+
+def cuda_ssm_supported(t: _T) -> bool:
+    """ggml-cuda.cu ``supports_op`` (:5602-5623) of the selective scan and the convolution. SSM_SCAN
+    (sources s, x, dt, A, B, C, ids): with A of one row (``ne[0]`` 1, Mamba-2) a kernel exists for d_state
+    (``s->ne[0]``) 96, 128 or 256 and heads (``s->ne[1]``) a multiple of 16; else (Mamba-1, K 1 in every
+    builder) for d_state 16, heads of 1, a multiple of 128 of them and one group (``B->ne[1]``). SSM_CONV: the
+    channels (``src[0]->ne[1]``) a multiple of 128. Elsewhere the scheduler runs the node on the CPU (PLaMo 2's
+    scan of d_state 64)."""
+    if t.op == "SSM_CONV":
+        return _ne(t.src[0], 1) % 128 == 0
+    s, a, b = t.src[0], t.src[3], t.src[4]
+    if _ne(a, 0) == 1:
+        return _ne(s, 0) in (96, 128, 256) and _ne(s, 1) % 16 == 0
+    return _ne(s, 0) == 16 and _ne(s, 1) == 1 and _ne(s, 2) % 128 == 0 and _ne(b, 1) == 1
 
 
 def cuda_flash_attn_supported(t: _T) -> bool:
@@ -158,6 +178,8 @@ class _Sched:
             return False
         if t.op == "LIGHTNING_INDEXER":
             return cuda_lightning_indexer_supported(t)
+        if t.op in ("SSM_SCAN", "SSM_CONV"):
+            return cuda_ssm_supported(t)
         return t.op != "FLASH_ATTN_EXT" or cuda_flash_attn_supported(t)
 
     def assign(self, g: _Graph) -> None:

@@ -220,9 +220,9 @@ def qkv_clamped(c: _Ctx, g: _Graph, x: _T, il: int) -> tuple[_T, _T, _T]:
     if _weight(c, p + "attn_qkv.weight", il) is not None:
         qkv = g.op(f"wqkv_clamped-{il}", "CLAMP", _proj(c, g, f"wqkv-{il}", p + "attn_qkv", x, il))
         es, row = qkv.nb[0], qkv.nb[1]
-        q = g.view(qkv, (hd, nh, T), (es * hd, row))
-        k = g.view(qkv, (hd, nkv, T), (es * hd, row))
-        v = g.view(qkv, (hv, nkv, T), (es * hv, row))
+        q = g.view(qkv, (hd, nh, T), (es, es * hd, row))
+        k = g.view(qkv, (hd, nkv, T), (es, es * hd, row))
+        v = g.view(qkv, (hv, nkv, T), (es, es * hv, row))
         return q, k, v
     out = []
     for r, n, h in (("q", nh, hd), ("k", nkv, hd), ("v", nkv, hv)):

@@ -29,9 +29,12 @@ def _attention(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp) -> _T:
     if isinstance(clamp, (int, float)) and clamp > 0:
         qkv = g.op(f"wqkv_clamped-{il}", "CLAMP", qkv)
     es, row = qkv.nb[0], qkv.nb[1]
-    q = g.view(qkv, (hd, nh, T), (es * hd, row))
-    k = g.view(qkv, (hd, nkv, T), (es * hd, row))
-    v = g.view(qkv, (hv, nkv, T), (es * hv, row))
+    # ggml_view_3d(qkv, hd, n_head, T, nb1 = es * hd, nb2 = the fused row): the strides of each element, head and
+    # token (a view's nb0 is the element's). V stays such a view: at partial offload the host's SET_ROWS copies
+    # cpy_v's 2-D view of it (nb1 the fused row, llama-kv-cache.cpp:1403), the layout ggml_dup_tensor_layout keeps
+    q = g.view(qkv, (hd, nh, T), (es, es * hd, row))
+    k = g.view(qkv, (hd, nkv, T), (es, es * hd, row))
+    v = g.view(qkv, (hv, nkv, T), (es, es * hv, row))
     assert c.pos is not None
     q = g.new(q.name, "ROPE", "F32", q.ne, q, c.pos)
     k = g.new(k.name, "ROPE", "F32", k.ne, k, c.pos)

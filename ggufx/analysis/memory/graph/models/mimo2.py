@@ -37,9 +37,9 @@ def _attention(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp) -> _T:
     if _weight(c, p + "attn_qkv.weight", il) is not None:
         qkv = g.mul_mat(f"wqkv-{il}", _w(c, p + "attn_qkv.weight", il), x)
         es, row = qkv.nb[0], qkv.nb[1]
-        q = g.view(qkv, (hd, nh, T), (es * hd, row))
-        k = g.view(qkv, (hd, nkv, T), (es * hd, row))
-        v = g.view(qkv, (hv, nkv, T), (es * hv, row))
+        q = g.view(qkv, (hd, nh, T), (es, es * hd, row))
+        k = g.view(qkv, (hd, nkv, T), (es, es * hd, row))
+        v = g.view(qkv, (hv, nkv, T), (es, es * hv, row))
     else:
         q = g.reshape(g.mul_mat(f"Qcur-{il}", _w(c, p + "attn_q.weight", il), x), hd, nh, T)
         k = g.reshape(g.mul_mat(f"Kcur-{il}", _w(c, p + "attn_k.weight", il), x), hd, nkv, T)
