@@ -235,6 +235,12 @@ class MemoryRequest:
             mmproj_file, draft_file = parsed.mmproj or mmproj_file, parsed.draft or draft_file
             draft_offload, draft_context = parsed.draft_offload or draft_offload, parsed.draft_context or draft_context
         mtp = self._mtp(parsed, tool, draft_file, notes)
+        draft = open_model(draft_file) if draft_file else None
+        if draft is not None and draft.architecture in ("eagle3", "dflash"):  # a draft head: the target's outputs
+            from ggufx.analysis.memory.drafthead import target_context
+
+            n_max = parsed.spec_n_max if parsed is not None and parsed.spec_types else self.spec_draft_n_max
+            context = target_context(context, n_max, tool == "llama-server")
         return MemorySetup(
             offload=offload,
             context=context,
@@ -242,7 +248,7 @@ class MemoryRequest:
             devices_given=self.gpus is not None or no_devices,
             projector=projector,
             mmproj=open_model(mmproj_file) if mmproj_file else None,
-            draft=open_model(draft_file) if draft_file else None,
+            draft=draft,
             draft_offload=draft_offload,
             draft_context=draft_context,
             tool=tool,
@@ -556,6 +562,7 @@ def memory_breakdown(
         b.notes,
         projector or ProjectorOptions(),
         b.n_ctx,
+        offload,
     )
     extra += mtp_extra
     e = summarize_breakdown(model, b, context)
@@ -582,7 +589,11 @@ def _main_and_mtp(
     keeps ``n_max`` rollback snapshots of its recurrent state and, in llama-server, ``-np x (1 + n_max)``
     outputs (:mod:`ggufx.analysis.memory.mtp`)."""
     from ggufx.analysis.memory.buffers import breakdown
+    from ggufx.analysis.memory.drafthead import alone_refusal
 
+    alone = alone_refusal(model)
+    if alone:  # an EAGLE3 / DFlash head: llama.cpp makes its context only beside a target's
+        raise InputError(alone, "FILE")
     if mtp is None:
         return context, breakdown(model, devices, offload, context), []
     from ggufx.analysis.memory.mtp import main_context, mtp_buffers, no_mtp_reason, rollback_state
@@ -607,6 +618,7 @@ def companion_buffers(
     notes: list[str],
     projector: ProjectorOptions,
     target_n_ctx: int = 0,
+    target_offload: OffloadParams | None = None,
 ) -> list[Buffer]:
     """A projector's weights and compute buffers and a draft model's buffers (kinds ``projector``,
     ``projector_compute`` and ``draft_*``); a pair llama.cpp would refuse is an
@@ -654,7 +666,36 @@ def companion_buffers(
             )
         db = breakdown(draft, list(devices), draft_offload or OffloadParams(), dcp)
         out += [Buffer(f"draft_{x.kind}", x.buft, x.bytes, x.exact) for x in db.buffers]
+        if draft.architecture in ("eagle3", "dflash"):
+            out += _draft_head(model, draft, devices, target_offload, context, notes)
     return out
+
+
+def _draft_head(
+    model: GGUFModel,
+    draft: GGUFModel,
+    devices: Sequence[Device],
+    offload: OffloadParams | None,
+    context: ContextParams,
+    notes: list[str],
+) -> list[Buffer]:
+    """An EAGLE3 / DFlash head's effect on the target (:mod:`ggufx.analysis.memory.drafthead`): llama.cpp's refusal
+    of the pair, the extracted layers' rows in the target's output buffer (kind ``draft_features``)."""
+    from ggufx.analysis.memory.drafthead import SPEC_TYPE, feature_buffers, pair_refusal, target_layers
+    from ggufx.analysis.memory.placement import OffloadParams
+
+    arch = draft.architecture or ""
+    why = pair_refusal(model, draft)
+    if why:
+        raise InputError(f"--model-draft {draft.path}: llama.cpp refuses this pair: {why}", "--model-draft")
+    feats = feature_buffers(model, draft, list(devices), offload or OffloadParams(), context)
+    notes.append(
+        f"{SPEC_TYPE[arch]}: the target's layers {', '.join(map(str, target_layers(draft)))} are extracted for the "
+        f"draft head at each decode: its output buffer grows by {sum(b.bytes for b in feats) / 2**20:.2f} MiB "
+        "(draft_features) and its graph is reserved again with those layer inputs kept as outputs, which can add "
+        "to its compute buffer after the first request (not counted)"
+    )
+    return feats
 
 
 def _details(b: Breakdown) -> dict[str, Any]:
@@ -750,6 +791,7 @@ def memory_check(
         b.notes,
         projector or ProjectorOptions(),
         b.n_ctx,
+        offload,
     )
     main_bufs = b.buffers
     if mtp_bufs:  # the NextN weights are in the model buffers llama.cpp prints
