@@ -25,7 +25,12 @@ import pytest
 import ggufx
 from ggufx.analysis.memory.archs import builder_of
 from ggufx.analysis.memory.buffers import breakdown
-from ggufx.analysis.memory.drafthead import feature_buffers, target_context
+from ggufx.analysis.memory.drafthead import (
+    feature_buffers,
+    features_compute_growth,
+    head_contexts,
+    output_growth,
+)
 from ggufx.analysis.memory.graph import graphsim
 from ggufx.analysis.memory.llamaargs import parse_args
 from ggufx.analysis.memory.placement import OffloadParams
@@ -41,6 +46,9 @@ RUNS = [
     if line.strip() and not line.startswith("#")
 ]
 EAGLE3_RUNS = [r for r in RUNS if "eagle3" in r[2] and (CPU_LOGS / f"{r[0]}.log").exists()]
+DFLASH_RUNS = [r for r in RUNS if "dflash" in r[2] and (CPU_LOGS / f"{r[0]}.log").exists()]
+REQUEST_RUNS = [r for r in RUNS if (CPU_LOGS / f"{r[0]}-request.log").exists()]
+MAP_RUNS = [r for r in RUNS if (CPU_LOGS / "maps" / f"{r[0]}.tsv").exists()]
 NAMES = tuple(sorted({n for r in RUNS for n in r[1:3]}))
 
 
@@ -49,10 +57,16 @@ def files(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     return cpu_models(NAMES, smollm2_path, tmp_path_factory, "draft-heads")
 
 
-def _run(rid: str, files: dict[str, Path]):  # type: ignore[no-untyped-def]
+def _run(rid: str, files: dict[str, Path], suffix: str = ""):  # type: ignore[no-untyped-def]
+    """The run's parsed command line (the head's and the target's contexts as ggufx's setup makes them: the
+    target's drafted outputs, a DFlash draft's sampled rows) and its log before and after ``loading draft model``."""
     _, target, head, args = next(r for r in RUNS if r[0] == rid)
-    a = parse_args(f"llama-server -m {files[target]} -md {files[head]} {args} -dev none -fit off")
-    text = (CPU_LOGS / f"{rid}.log").read_text()
+    line = f"llama-server -m {files[target]} -md {files[head]} {args} -dev none -fit off"
+    a = parse_args(line)
+    assert a.draft_context is not None
+    context, draft_context = head_contexts(ggufx.open(files[head]), a.context, a.draft_context, a.spec_n_max, True)
+    a = replace(a, context=context, draft_context=draft_context)
+    text = (CPU_LOGS / f"{rid}{suffix}.log").read_text()
     i = text.index("loading draft model")
     return a, text[:i], text[i:]
 
@@ -73,10 +87,11 @@ def test_the_runs_cover_the_head_kinds_options_and_published_dimensions() -> Non
     assert {"eagle3", "eagle3-shared", "eagle3-llama31-8b", "eagle3-qwen3-8b"} <= heads
 
 
-@pytest.mark.parametrize("rid", [r[0] for r in EAGLE3_RUNS])
+@pytest.mark.parametrize("rid", [r[0] for r in EAGLE3_RUNS + DFLASH_RUNS])
 def test_the_head_context_equals_llama_cpp(rid: str, files: dict[str, Path]) -> None:
     """The head's compute buffer to the 4 decimals of its ``~llama_context`` line (the first at exit: the draft
-    context is destroyed first), its mapped weights, KV cache and output buffer to llama.cpp's 0.01 MiB."""
+    context is destroyed first), its mapped weights, KV cache and output buffer to llama.cpp's 0.01 MiB; a DFlash
+    draft samples n_max + 1 rows per sequence (its log's n_outputs_max_per_seq)."""
     a, _, draft = _run(rid, files)
     assert a.draft_context is not None
     offload = replace(a.draft_offload or a.offload, repack="--no-repack" not in rid)
@@ -97,6 +112,8 @@ def test_the_head_context_equals_llama_cpp(rid: str, files: dict[str, Path]) -> 
     out = _mib(r"CPU  output buffer size =\s+([\d.]+) MiB", draft)
     assert round(sum(b.bytes for b in bd.buffers if b.kind == "output") / MiB, 2) == out
     assert "n_outputs_max         = " + str(a.draft_context.n_batch) in draft  # llama_model_has_encoder: n_batch
+    per_seq = a.draft_context.n_outputs_max // a.draft_context.n_parallel
+    assert f"n_outputs_max_per_seq = {per_seq}\n" in draft
 
 
 @pytest.mark.xfail(
@@ -112,13 +129,14 @@ def test_the_head_repacked_weights_equal_llama_cpp(files: dict[str, Path]) -> No
     assert round(sum(b.bytes for b in bd.buffers if b.buft == "CPU_REPACK") / MiB, 2) == repack
 
 
-@pytest.mark.parametrize("rid", [r[0] for r in EAGLE3_RUNS])
+@pytest.mark.parametrize("rid", [r[0] for r in EAGLE3_RUNS + DFLASH_RUNS])
 def test_the_target_context_reserves_the_drafted_outputs(rid: str, files: dict[str, Path]) -> None:
-    """llama-server reserves ``-np x (1 + n_max)`` outputs in the target context under draft-eagle3 (its log's
-    n_outputs_max): with them the target's compute buffer equals its ``~llama_context`` line (the second)."""
+    """llama-server reserves ``-np x (1 + n_max)`` outputs in the target context under draft-eagle3 and
+    draft-dflash (its log's n_outputs_max): with them the target's compute buffer equals its ``~llama_context``
+    line (the second)."""
     a, main, draft = _run(rid, files)
     target = next(r[1] for r in RUNS if r[0] == rid)
-    cp = target_context(a.context, a.spec_n_max, True)
+    cp = a.context
     assert f"n_outputs_max         = {cp.n_outputs_max}\n" in main
     offload = replace(a.offload, repack="--no-repack" not in rid)
     bd = breakdown(ggufx.open(files[target]), [], offload, cp)
@@ -183,3 +201,48 @@ def test_a_head_without_its_fused_feature_projection_gets_the_reason(smollm2_pat
 
     model = cpu_model_without("eagle3", tmp_path / "no-fc.gguf", smollm2_path, tensor="fc.weight")
     assert graphsim.unbuildable(model) == "the graph needs tensor fc.weight, which the file lacks"
+
+
+@pytest.mark.parametrize("rid", [r[0] for r in REQUEST_RUNS])
+def test_after_a_request_the_target_keeps_the_extracted_layer_inputs(rid: str, files: dict[str, Path]) -> None:
+    """After one completion the target has reserved its graph again with the extracted layer inputs as outputs
+    (``llama_set_embeddings_layer_inp``: sched_need_reserve): its compute buffer (the second ``~llama_context``
+    line of the request run) is the one at load plus ggufx's draft_features_compute; the head's is unchanged."""
+    a, main, draft = _run(rid, files, "-request")
+    _, target, head, _ = next(r for r in RUNS if r[0] == rid)
+    offload = replace(a.offload, repack="--no-repack" not in rid)
+    t, h = ggufx.open(files[target]), ggufx.open(files[head])
+    bd = breakdown(t, [], offload, a.context)
+    (compute,) = [b.bytes for b in bd.buffers if b.kind == "compute"]
+    growth = features_compute_growth(t, h, [], offload, a.context)
+    assert growth is not None
+    exit_lines = re.findall(r"~llama_context:\s+CPU compute buffer size is\s+([\d.]+) MiB", draft)
+    assert len(exit_lines) == 2
+    assert round((compute + growth.get("CPU", 0)) / MiB, 4) == float(exit_lines[1])
+    load = _mib(r"sched_reserve:\s+CPU compute buffer size =\s+([\d.]+) MiB", main)
+    assert round(compute / MiB, 2) == load  # the reservation at load, before the request
+    hb = breakdown(h, [], replace(a.draft_offload or a.offload, repack=True), a.draft_context)  # type: ignore[arg-type]
+    assert round(next(b.bytes for b in hb.buffers if b.kind == "compute") / MiB, 4) == float(exit_lines[0])
+
+
+@pytest.mark.parametrize("rid", [r[0] for r in MAP_RUNS])
+def test_the_buffers_made_at_the_first_prompt_are_the_mappings_llama_cpp_makes(
+    rid: str, files: dict[str, Path]
+) -> None:
+    """With glibc mapping every buffer apart (``MALLOC_MMAP_THRESHOLD_``), the first prompt of more than a
+    micro-batch makes a mapping of the head's grown output buffer (``draft_output`` + ``draft_output_growth``:
+    a row per token of the encoded chunk) and one of the target's with the extracted layers' rows
+    (``output`` + ``draft_features``), each within a page and glibc's header."""
+    a, _, _ = _run(rid, files)
+    _, target, head, _ = next(r for r in RUNS if r[0] == rid)
+    rows = (CPU_LOGS / "maps" / f"{rid}.tsv").read_text().splitlines()
+    sizes = [int(x) for x in rows if x and not x.startswith("#")]
+    t, h = ggufx.open(files[target]), ggufx.open(files[head])
+    n_seq = a.context.n_parallel
+    hb = breakdown(h, [], a.draft_offload or a.offload, a.draft_context)  # type: ignore[arg-type]
+    head_out = next(b.bytes for b in hb.buffers if b.kind == "output") + output_growth(h, a.draft_context, n_seq)  # type: ignore[arg-type]
+    tb = breakdown(t, [], a.offload, a.context)
+    (feats,) = feature_buffers(t, h, [], OffloadParams(), a.context)
+    target_out = next(b.bytes for b in tb.buffers if b.kind == "output") + feats.bytes
+    for want in (head_out, target_out) if h.architecture == "eagle3" else (target_out,):
+        assert any(0 <= n - want <= 8192 for n in sizes), (want, sizes)

@@ -237,10 +237,10 @@ class MemoryRequest:
         mtp = self._mtp(parsed, tool, draft_file, notes)
         draft = open_model(draft_file) if draft_file else None
         if draft is not None and draft.architecture in ("eagle3", "dflash"):  # a draft head: the target's outputs
-            from ggufx.analysis.memory.drafthead import target_context
+            from ggufx.analysis.memory.drafthead import head_contexts
 
             n_max = parsed.spec_n_max if parsed is not None and parsed.spec_types else self.spec_draft_n_max
-            context = target_context(context, n_max, tool == "llama-server")
+            context, draft_context = head_contexts(draft, context, draft_context, n_max, tool == "llama-server")
         return MemorySetup(
             offload=offload,
             context=context,
@@ -668,7 +668,26 @@ def companion_buffers(
         out += [Buffer(f"draft_{x.kind}", x.buft, x.bytes, x.exact) for x in db.buffers]
         if draft.architecture in ("eagle3", "dflash"):
             out += _draft_head(model, draft, devices, target_offload, context, notes)
+            out += _head_output(draft, dcp, db.buffers, notes)
     return out
+
+
+def _head_output(draft: GGUFModel, dcp: ContextParams, bufs: list[Buffer], notes: list[str]) -> list[Buffer]:
+    """An EAGLE3 head's output buffer after its first prompt chunk (kind ``draft_output_growth``, on its output
+    buffer's type): :func:`ggufx.analysis.memory.drafthead.output_growth`."""
+    from ggufx.analysis.memory.buffers import Buffer
+    from ggufx.analysis.memory.drafthead import output_growth
+
+    out = next((b for b in bufs if b.kind == "output"), None)
+    grow = output_growth(draft, dcp, max(1, dcp.n_parallel))
+    if out is None or grow <= 0:
+        return []
+    notes.append(
+        f"draft-eagle3: the head's output buffer grows from {out.bytes / 2**20:.2f} MiB to "
+        f"{(out.bytes + grow) / 2**20:.2f} MiB at its first prompt chunk of {min(dcp.n_batch, dcp.n_ubatch)} tokens "
+        "(an output row per token: logits, h_nextn, the backend samplers' rows; draft_output_growth)"
+    )
+    return [Buffer("draft_output_growth", out.buft, grow)]
 
 
 def _draft_head(
@@ -680,20 +699,37 @@ def _draft_head(
     notes: list[str],
 ) -> list[Buffer]:
     """An EAGLE3 / DFlash head's effect on the target (:mod:`ggufx.analysis.memory.drafthead`): llama.cpp's refusal
-    of the pair, the extracted layers' rows in the target's output buffer (kind ``draft_features``)."""
-    from ggufx.analysis.memory.drafthead import SPEC_TYPE, feature_buffers, pair_refusal, target_layers
+    of the pair, the extracted layers' rows in the target's output buffer (kind ``draft_features``) and the growth
+    of its compute buffer once its graph keeps them (``draft_features_compute``)."""
+    from ggufx.analysis.memory.buffers import Buffer
+    from ggufx.analysis.memory.drafthead import (
+        SPEC_TYPE,
+        feature_buffers,
+        features_compute_growth,
+        pair_refusal,
+        target_layers,
+    )
     from ggufx.analysis.memory.placement import OffloadParams
 
     arch = draft.architecture or ""
     why = pair_refusal(model, draft)
     if why:
         raise InputError(f"--model-draft {draft.path}: llama.cpp refuses this pair: {why}", "--model-draft")
-    feats = feature_buffers(model, draft, list(devices), offload or OffloadParams(), context)
+    offload = offload or OffloadParams()
+    feats = feature_buffers(model, draft, list(devices), offload, context)
+    growth = features_compute_growth(model, draft, list(devices), offload, context)
+    feats += [Buffer("draft_features_compute", buft, n, exact=False) for buft, n in (growth or {}).items()]
+    grown = sum((growth or {}).values()) / 2**20
     notes.append(
         f"{SPEC_TYPE[arch]}: the target's layers {', '.join(map(str, target_layers(draft)))} are extracted for the "
-        f"draft head at each decode: its output buffer grows by {sum(b.bytes for b in feats) / 2**20:.2f} MiB "
-        "(draft_features) and its graph is reserved again with those layer inputs kept as outputs, which can add "
-        "to its compute buffer after the first request (not counted)"
+        f"draft head from the first request on: the target's output buffer grows by "
+        f"{sum(b.bytes for b in feats if b.kind == 'draft_features') / 2**20:.2f} MiB (draft_features) and its graph "
+        "is reserved again with those layer inputs kept as outputs: "
+        + (
+            f"its compute buffer grows by {grown:.2f} MiB (draft_features_compute)"
+            if growth is not None
+            else f"the growth of its compute buffer is not modelled for {model.architecture} targets"
+        )
     )
     return feats
 

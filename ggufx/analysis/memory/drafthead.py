@@ -22,11 +22,15 @@ What they change beside the draft context itself (whose weights, KV cache, outpu
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from ggufx.analysis.memory.buffers import Buffer, ContextParams
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.analysis.memory.placement import Device, OffloadParams, host_buft, place
 from ggufx.model import GGUFModel
+
+if TYPE_CHECKING:
+    from ggufx.analysis.memory.graph.ggml import _T
 
 HEADS = ("eagle3", "dflash")
 SPEC_TYPE = {"eagle3": "draft-eagle3", "dflash": "draft-dflash"}
@@ -63,6 +67,12 @@ def pair_refusal(target: GGUFModel, head: GGUFModel) -> str | None:
     arch = head.architecture or ""
     ids = target_layers(head)
     n_layer = hparams(target).n_layer
+    graph = target_graph(target)
+    if graph not in LAYER_INPUT_GRAPHS and any(0 <= i < n_layer for i in ids):
+        return (
+            f"the target's graph ({graph}.cpp) names no layer inputs: llama.cpp fails its first decode with the head "
+            '(llm_graph_result::set_outputs: "layer input tensor is null")'
+        )
     if arch == "eagle3" and len(ids) != 3:
         return f"draft model is not eagle3 (expected 3 extract layers, got {len(ids)})"
     if not ids:
@@ -71,6 +81,18 @@ def pair_refusal(target: GGUFModel, head: GGUFModel) -> str | None:
     if bad is not None:
         return f"{arch.upper()}: target layer id {bad} exceeds target n_layer {n_layer}"
     return None
+
+
+def head_contexts(
+    head: GGUFModel, context: ContextParams, draft_context: ContextParams, n_max: int, server: bool
+) -> tuple[ContextParams, ContextParams]:
+    """The target's and the head's context parameters: llama-server's ``-np x (1 + n_max)`` target outputs
+    (:func:`target_context`); a DFlash draft samples ``n_max + 1`` rows per sequence (common/speculative.cpp
+    ``common_context_params_to_llama``: ``n_outputs_max = n_parallel x (n_max + 1)`` for a block draft; its context
+    reserves ``n_batch`` outputs all the same, llama_model_has_encoder), carried as the draft context's outputs."""
+    if head.architecture == "dflash":
+        draft_context = replace(draft_context, n_outputs_max=draft_context.n_parallel * max(1, n_max + 1))
+    return target_context(context, n_max, server), draft_context
 
 
 def target_context(context: ContextParams, n_max: int, server: bool) -> ContextParams:
@@ -94,3 +116,135 @@ def feature_buffers(
     pl = place(target, devices, offload)
     buft = host_buft(pl.layer_device[hp.n_layer])
     return [Buffer("draft_features", buft, 4 * hp.n_embd * n_batch * len(ids))] if ids else []
+
+
+# the llama.cpp graphs that name their layer inputs (``res->t_layer_inp[il] = inpL``, src/models/*.cpp): the targets a
+# head can extract from; any other target fails the first decode on llm_graph_result::set_outputs' assert ("layer
+# input tensor is null", llama-graph.cpp:1413)
+LAYER_INPUT_GRAPHS = frozenset(
+    {
+        "llama", "qwen3", "qwen3moe", "qwen35", "qwen35moe", "qwen3next", "gemma4", "openai_moe", "minimax_m2",
+        "lfm2", "nemotron_h", "mimo2", "bailingmoe3", "deepseek4", "hunyuan_vl", "muse_glimmer", "nanbeige",
+        "minimax_01", "qwen4exp",
+    }
+)  # fmt: skip
+# the target graphs whose re-reservation with the extracted layer inputs kept as outputs ggufx replays (their
+# builders' layer input is the source of the layer's first norm, "norm-{il}"; proven on recorded requests)
+FEATURES_COMPUTE_GRAPHS = frozenset({"llama", "qwen3"})
+
+
+def target_graph(model: GGUFModel) -> str:
+    from ggufx.analysis.memory.archs import arch_of
+
+    a = arch_of(model.architecture)
+    return a.llama_graph if a is not None else (model.architecture or "")
+
+
+def extracted_inputs(model: GGUFModel, head: GGUFModel) -> list[int]:
+    """The target layers whose *inputs* the head extracts (ids below the target's n_layer; EAGLE3's id n_layer is
+    the target's ``h_nextn`` instead, which llama and qwen3 graphs do not make)."""
+    n_layer = hparams(model).n_layer
+    return sorted({i for i in target_layers(head) if 0 <= i < n_layer})
+
+
+def features_compute(
+    model: GGUFModel, devices: list[Device], offload: OffloadParams, context: ContextParams, ids: list[int]
+) -> dict[str, int]:
+    """The target's compute buffers once the head extracts the inputs of layers ``ids``: llama.cpp reserves the
+    graph again (a new scheduler, llama-context.cpp sched_reserve) with each such layer input an output
+    (``llm_graph_result::set_outputs``): ggml-alloc never frees nor reuses them in place. The whole graph of the
+    prompt-processing and token-generation reservations is replayed (no shortcut: the outputs break the layers'
+    periodicity). Bytes by buffer type."""
+    from ggufx.analysis.memory.buffers import breakdown
+    from ggufx.analysis.memory.graph import graphsim
+    from ggufx.analysis.memory.graph.galloc import _reserve
+    from ggufx.analysis.memory.graph.ggml import OUTPUT, _Graph
+    from ggufx.analysis.memory.graph.sched import N_COPIES, _Sched
+
+    sp = breakdown(model, devices, offload, context).reservation
+    if sp is None:
+        return {}
+    ld = graphsim._loaded(model, devices, offload)
+    out: list[dict[str, int]] = []
+    for n_tokens, n_outputs in ((sp.n_ubatch, sp.n_outputs), (sp.n_seq_max, sp.n_seq_max)):
+        c = graphsim._context(model, ld, sp, n_tokens, n_outputs)
+        c.layers = list(range(ld.hp.n_layer))
+        g = _Graph()
+        last = graphsim.build_graph(c, g)
+        tensors = _walk(last)
+        for il in ids:  # t_layer_inp[il]: the layer's input (the layer before's l_out, or the token rows)
+            _layer_input(tensors, il).flags |= OUTPUT
+        g.expand(last)
+        gpus = [d.name for d in ld.pl.devices]
+        sched = _Sched(gpus, host_buft(gpus[0] if gpus else None), N_COPIES if sp.pipeline else 1)
+        sched.assign(g)
+        nodes, leafs, node_at = sched.split(g)
+        sizes, _ = _reserve(nodes, leafs, sched.bufts, node_at)
+        out.append(sizes)
+    pp, tg = out
+    return {b: max(pp.get(b, 0), tg.get(b, 0)) for b in pp}
+
+
+def _layer_input(tensors: list[_T], il: int) -> _T:
+    """Layer ``il``'s input in a llama / qwen3 graph: ``l_out-{il-1}``, or for layer 0 the source of its
+    attention norm (the token rows)."""
+    if il > 0:
+        return next(t for t in tensors if t.name == f"l_out-{il - 1}")
+    norm = next(
+        t
+        for t in tensors
+        if t.name == "norm-0" and t.src[0].op not in ("RESHAPE", "VIEW") and not t.src[0].name.startswith("ffn_inp")
+    )
+    return norm.src[0]
+
+
+def _walk(t: _T) -> list[_T]:
+    """Every tensor the graph's last tensor depends on (depth first, each once)."""
+    seen: set[int] = set()
+    order: list[_T] = []
+    stack = [t]
+    while stack:
+        x = stack.pop()
+        if id(x) in seen:
+            continue
+        seen.add(id(x))
+        order.append(x)
+        stack.extend(x.src)
+    return order
+
+
+def features_compute_growth(
+    model: GGUFModel, head: GGUFModel, devices: list[Device], offload: OffloadParams, context: ContextParams
+) -> dict[str, int] | None:
+    """How much the target's compute buffers grow (bytes by buffer type) when the head's layers are extracted
+    (:func:`features_compute` against the reservation at load); None where ggufx does not replay that target's."""
+    from ggufx.analysis.memory.buffers import breakdown
+
+    ids = extracted_inputs(model, head)
+    if not ids:
+        return {}
+    if target_graph(model) not in FEATURES_COMPUTE_GRAPHS:
+        return None
+    bd = breakdown(model, devices, offload, context)
+    if bd.compute_estimate is not None:
+        return None
+    old = {b.buft: b.bytes for b in bd.buffers if b.kind == "compute"}
+    new = features_compute(model, devices, offload, context, ids)
+    return {b: n - old.get(b, 0) for b, n in new.items() if n > old.get(b, 0)}
+
+
+def output_growth(head: GGUFModel, draft_context: ContextParams, n_seq: int) -> int:
+    """How much an EAGLE3 head's output buffer grows at its first encode of a prompt chunk of ``n_ubatch`` tokens
+    (bytes; 0 for DFlash, whose injected rows request no outputs): ``llama_context::encode`` reserves an output row
+    per token (``output_reserve(n_tokens)``, llama-context.cpp:1523) and, the server's samplers and the masked
+    ``h_nextn`` being on, each row holds ``n_vocab`` logits, ``n_embd`` h_nextn floats, ``2 x n_vocab`` sampled
+    logits and probabilities and ``1 + n_vocab`` sampled tokens and candidates (``output_reserve``,
+    llama-context.cpp:2118-2174); the buffer made at load (``n_vocab`` floats per sequence) is freed for it."""
+    if head.architecture != "eagle3":
+        return 0
+    hp = hparams(head)
+    n_ctx = draft_context.n_ctx or hp.n_ctx_train
+    n_batch = min(n_ctx, draft_context.n_batch)
+    rows = max(min(n_batch, draft_context.n_ubatch), n_seq)
+    per_row = 4 * (3 * hp.n_vocab + hp.n_embd) + 4 * (1 + hp.n_vocab)
+    return rows * per_row - 4 * hp.n_vocab * n_seq

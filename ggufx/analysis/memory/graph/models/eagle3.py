@@ -80,24 +80,25 @@ def head(c: _Ctx, g: _Graph, cur: _T) -> _T:
     return logits
 
 
-def backend_sampling(c: _Ctx, g: _Graph, logits: _T) -> _T:
+def backend_sampling(c: _Ctx, g: _Graph, logits: _T, per_seq: int = 1) -> _T:
     """``build_sampling`` with the server's top-k chain on each of the ``n_seq_max`` sequences (each has a
-    sampler; the reservation gives each one output row, ``ubatch_prepare_reserve``): the padded logits, then per
-    sequence the row's view, ``ggml_top_k`` (its candidates) and the top-k logits (``ggml_get_rows``). The
-    graph's last node."""
+    sampler; the reservation gives each ``min(tokens per sequence, per_seq)`` output rows, ``per_seq`` being the
+    context's ``n_outputs_max_per_seq``: ``ubatch_prepare_reserve``, llama-context.cpp:2470-2522): the logits padded
+    by a row, then per row of a sequence its view, ``ggml_top_k`` (its candidates) and the top-k logits
+    (``ggml_get_rows``), each selected after the logits (``ggml_build_forward_select``). The graph's last node."""
     n_vocab = logits.ne[0]
     pad = g.new("logits_pad", "PAD", "F32", (n_vocab, logits.ne[1] + 1), logits)
     last = pad
-    for s in range(c.sp.n_seq_max):
+    rows_each = min(c.n_tokens // max(1, c.sp.n_seq_max), per_seq)
+    for _ in range(c.sp.n_seq_max * rows_each):
         row = g.view(pad, (n_vocab,), None)
         flat = g.reshape(row, n_vocab)
         top = g.new("top_k", "TOP_K", "I32", (TOP_K,), flat)
         rows = g.reshape(flat, 1, n_vocab)
         last = g.new("top_k_rows", "GET_ROWS", "F32", (1, TOP_K), rows, top)
         g.expand(logits)
-        g.expand(last)  # ggml_build_forward_select: the logits, then the top-k rows (and their candidates)
+        g.expand(last)  # the logits, then the top-k rows (and their candidates, made on the way)
         g.expand(top)
-        del s
     return last
 
 
