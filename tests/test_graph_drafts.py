@@ -159,10 +159,12 @@ def test_mem_of_the_pair_counts_the_head_and_the_extracted_features(files: dict[
 def test_published_features_are_three_layers_of_4096_by_the_batch(files: dict[str, Path]) -> None:
     """Llama-3.1-8B with its EAGLE3 head at -c 4096: 3 x 4096 x 2048 floats (96 MiB) join the target's output."""
     a, _, _ = _run("srv-eagle3-llama31-8b-c4096", files)
-    (b,) = feature_buffers(
+    b, verify = feature_buffers(
         ggufx.open(files["llama31-8b"]), ggufx.open(files["eagle3-llama31-8b"]), [], OffloadParams(), a.context
     )
     assert b.bytes == 96 * MiB and b.buft == "CPU" and b.kind == "draft_features"
+    # -np 4 (llama-server's default) x (1 + 3) drafted outputs: 12 logit rows of 128,256 beyond the 4 of load
+    assert verify.kind == "draft_verify_output" and verify.bytes == 4 * 128256 * 12
 
 
 def test_a_head_alone_is_refused_in_llama_cpps_words(files: dict[str, Path]) -> None:
@@ -229,10 +231,11 @@ def test_after_a_request_the_target_keeps_the_extracted_layer_inputs(rid: str, f
 def test_the_buffers_made_at_the_first_prompt_are_the_mappings_llama_cpp_makes(
     rid: str, files: dict[str, Path]
 ) -> None:
-    """With glibc mapping every buffer apart (``MALLOC_MMAP_THRESHOLD_``), the first prompt of more than a
-    micro-batch makes a mapping of the head's grown output buffer (``draft_output`` + ``draft_output_growth``:
-    a row per token of the encoded chunk) and one of the target's with the extracted layers' rows
-    (``output`` + ``draft_features``), each within a page and glibc's header."""
+    """With glibc mapping every buffer apart (``MALLOC_MMAP_THRESHOLD_``, strace's mmap lengths), the first prompt
+    of more than a micro-batch maps the head's grown output buffer (``draft_output`` + ``draft_output_growth``: a row
+    per token of the encoded chunk) and the target's with the extracted layers' rows and the verified drafts'
+    logits (``output`` + ``draft_features`` + one slot's share of ``draft_verify_output``), each within a page and
+    glibc's header."""
     a, _, _ = _run(rid, files)
     _, target, head, _ = next(r for r in RUNS if r[0] == rid)
     rows = (CPU_LOGS / "maps" / f"{rid}.tsv").read_text().splitlines()
@@ -242,7 +245,40 @@ def test_the_buffers_made_at_the_first_prompt_are_the_mappings_llama_cpp_makes(
     hb = breakdown(h, [], a.draft_offload or a.offload, a.draft_context)  # type: ignore[arg-type]
     head_out = next(b.bytes for b in hb.buffers if b.kind == "output") + output_growth(h, a.draft_context, n_seq)  # type: ignore[arg-type]
     tb = breakdown(t, [], a.offload, a.context)
-    (feats,) = feature_buffers(t, h, [], OffloadParams(), a.context)
-    target_out = next(b.bytes for b in tb.buffers if b.kind == "output") + feats.bytes
+    feats, verify = feature_buffers(t, h, [], OffloadParams(), a.context)
+    # one request: its slot verifies 1 + n_max drafted tokens (the worst case, every slot at once, is ggufx's)
+    n_vocab = t.metadata.get_int("llama.vocab_size") or t.metadata.get_int("qwen3.vocab_size") or 49152
+    verified = 4 * n_vocab * (max(n_seq, 1 + a.spec_n_max) - n_seq)
+    assert verified <= verify.bytes
+    target_out = next(b.bytes for b in tb.buffers if b.kind == "output") + feats.bytes + verified
     for want in (head_out, target_out) if h.architecture == "eagle3" else (target_out,):
-        assert any(0 <= n - want <= 8192 for n in sizes), (want, sizes)
+        assert any(0 <= n - want <= 4096 + 16 for n in sizes), (want, sizes)
+
+
+def test_the_targets_a_head_can_extract_from_are_the_graphs_that_name_their_layer_inputs() -> None:
+    """drafthead.LAYER_INPUT_GRAPHS: exactly the src/models/*.cpp files that set ``res->t_layer_inp[...]``."""
+    from ggufx.analysis.memory.drafthead import LAYER_INPUT_GRAPHS
+
+    from .test_archs import _source
+
+    models = _source() / "src" / "models"
+    named = {p.stem.replace("-", "_") for p in models.glob("*.cpp") if "t_layer_inp[" in p.read_text()}
+    assert named == LAYER_INPUT_GRAPHS
+
+
+def test_a_target_whose_graph_names_no_layer_inputs_is_refused(
+    files: dict[str, Path], smollm2_path: Path, tmp_path: Path
+) -> None:
+    """A gemma3 target (gemma3.cpp sets no ``t_layer_inp``): llama.cpp's first decode with the head fails
+    ``llm_graph_result::set_outputs``' assert; ggufx refuses the pair in those words."""
+    from .graph_arch_logs import cpu_model
+
+    gemma3 = cpu_model("gemma3", tmp_path, smollm2_path)
+    line = f"llama-server -m {gemma3} -md {files['eagle3']} -c 4096 --spec-type draft-eagle3 -dev none"
+    with pytest.raises(InputError, match="layer input tensor is null"):
+        memory(ggufx.open(gemma3), MemoryRequest(llama_args=line), ggufx.open)
+
+
+def test_a_dflash_draft_alone_is_refused_in_llama_cpps_words(files: dict[str, Path]) -> None:
+    with pytest.raises(InputError, match="dflash requires ctx_other to be set.*--spec-type draft-dflash"):
+        memory(ggufx.open(files["dflash"]), MemoryRequest(), ggufx.open)

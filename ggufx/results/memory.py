@@ -723,7 +723,9 @@ def _draft_head(
     notes.append(
         f"{SPEC_TYPE[arch]}: the target's layers {', '.join(map(str, target_layers(draft)))} are extracted for the "
         f"draft head from the first request on: the target's output buffer grows by "
-        f"{sum(b.bytes for b in feats if b.kind == 'draft_features') / 2**20:.2f} MiB (draft_features) and its graph "
+        f"{sum(b.bytes for b in feats if b.kind == 'draft_features') / 2**20:.2f} MiB (draft_features), "
+        f"{sum(b.bytes for b in feats if b.kind == 'draft_verify_output') / 2**20:.2f} MiB more with every slot "
+        "verifying its drafts at once (draft_verify_output), and its graph "
         "is reserved again with those layer inputs kept as outputs: "
         + (
             f"its compute buffer grows by {grown:.2f} MiB (draft_features_compute)"

@@ -8,6 +8,9 @@ What they change beside the draft context itself (whose weights, KV cache, outpu
 * the target context reserves ``-np x (1 + n_max)`` outputs in llama-server (``server_output_limits``,
   tools/server/server-context.cpp:42-54, ``common_speculative_n_max`` counts draft-eagle3 and draft-dflash), as
   with draft-mtp (:func:`ggufx.analysis.memory.mtp.main_context`);
+* the target's output buffer holds the logits of the outputs it verifies: as many rows as the largest decode's
+  outputs, up to ``-np x (1 + n_max)`` (``output_reserve``; kind ``draft_verify_output``, beyond the ``-np`` rows of
+  load);
 * the speculative implementation turns on the extraction of the target layers' inputs
   (``llama_set_embeddings_layer_inp``, common/speculative.cpp:598-607, :1115-1118), so at its next decode the target
   context's output buffer grows by ``n_embd x n_batch`` floats per extracted layer (``output_reserve``,
@@ -115,7 +118,14 @@ def feature_buffers(
     ids = sorted(set(target_layers(head)))
     pl = place(target, devices, offload)
     buft = host_buft(pl.layer_device[hp.n_layer])
-    return [Buffer("draft_features", buft, 4 * hp.n_embd * n_batch * len(ids))] if ids else []
+    out = [Buffer("draft_features", buft, 4 * hp.n_embd * n_batch * len(ids))] if ids else []
+    # the logits of the drafted outputs it verifies: output_reserve keeps max(outputs, n_seq) rows of a decode, at
+    # most the context's n_outputs_max (-np x (1 + n_max) in llama-server: every slot verifying at once)
+    n_seq = max(1, context.n_parallel)
+    rows = min(n_batch, context.n_outputs_max or n_batch)
+    if rows > n_seq:
+        out.append(Buffer("draft_verify_output", buft, 4 * hp.n_vocab * (rows - n_seq)))
+    return out
 
 
 # the llama.cpp graphs that name their layer inputs (``res->t_layer_inp[il] = inpL``, src/models/*.cpp): the targets a

@@ -82,10 +82,11 @@ def head(c: _Ctx, g: _Graph, cur: _T) -> _T:
 
 def backend_sampling(c: _Ctx, g: _Graph, logits: _T, per_seq: int = 1) -> _T:
     """``build_sampling`` with the server's top-k chain on each of the ``n_seq_max`` sequences (each has a
-    sampler; the reservation gives each ``min(tokens per sequence, per_seq)`` output rows, ``per_seq`` being the
-    context's ``n_outputs_max_per_seq``: ``ubatch_prepare_reserve``, llama-context.cpp:2470-2522): the logits padded
-    by a row, then per row of a sequence its view, ``ggml_top_k`` (its candidates) and the top-k logits
-    (``ggml_get_rows``), each selected after the logits (``ggml_build_forward_select``). The graph's last node."""
+        sampler; the reservation gives each ``min(tokens per sequence, per_seq)`` output rows, ``per_seq`` being the
+        context's ``n_outputs_max_per_seq``: ``ubatch_prepare_reserve``, llama-context.cpp:2470-2522): the logits padded
+        by a row, then per row of a sequence its view, ``ggml_top_k`` (its candidates) and the top-k logits
+        (``ggml_get_rows``), each selected after the logits (``ggml_build_forward_select``); the candidates and the top-k
+    logits are outputs (never freed). The graph's last node."""
     n_vocab = logits.ne[0]
     pad = g.new("logits_pad", "PAD", "F32", (n_vocab, logits.ne[1] + 1), logits)
     last = pad
@@ -96,6 +97,8 @@ def backend_sampling(c: _Ctx, g: _Graph, logits: _T, per_seq: int = 1) -> _T:
         top = g.new("top_k", "TOP_K", "I32", (TOP_K,), flat)
         rows = g.reshape(flat, 1, n_vocab)
         last = g.new("top_k_rows", "GET_ROWS", "F32", (1, TOP_K), rows, top)
+        top.flags |= OUTPUT  # t_candidates and t_sampled_logits: outputs (llm_graph_result::set_outputs)
+        last.flags |= OUTPUT
         g.expand(logits)
         g.expand(last)  # the logits, then the top-k rows (and their candidates, made on the way)
         g.expand(top)
