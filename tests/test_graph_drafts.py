@@ -29,7 +29,6 @@ from ggufx.analysis.memory.drafthead import (
     feature_buffers,
     features_compute_growth,
     head_contexts,
-    output_growth,
 )
 from ggufx.analysis.memory.graph import graphsim
 from ggufx.analysis.memory.llamaargs import parse_args
@@ -227,32 +226,46 @@ def test_after_a_request_the_target_keeps_the_extracted_layer_inputs(rid: str, f
     assert round(next(b.bytes for b in hb.buffers if b.kind == "compute") / MiB, 4) == float(exit_lines[0])
 
 
+def _mapped(sizes: list[int], want: int) -> bool:
+    """A mapping of ``want`` bytes: glibc's header (16 bytes) on it, rounded up to the page."""
+    return any(0 <= n - want < 4096 + 16 for n in sizes)
+
+
 @pytest.mark.parametrize("rid", [r[0] for r in MAP_RUNS])
 def test_the_buffers_made_at_the_first_prompt_are_the_mappings_llama_cpp_makes(
     rid: str, files: dict[str, Path]
 ) -> None:
-    """With glibc mapping every buffer apart (``MALLOC_MMAP_THRESHOLD_``, strace's mmap lengths), the first prompt
-    of more than a micro-batch maps the head's grown output buffer (``draft_output`` + ``draft_output_growth``: a row
-    per token of the encoded chunk) and the target's with the extracted layers' rows and the verified drafts'
-    logits (``output`` + ``draft_features`` + one slot's share of ``draft_verify_output``), each within a page and
-    glibc's header."""
+    """With glibc mapping every allocation apart (``MALLOC_MMAP_THRESHOLD_``; strace's mmap lengths), one prompt of
+    more than a micro-batch maps the target's output buffer with the extracted layers' rows (``output`` +
+    ``draft_features``) and the logits of as many verified drafts as a step made (at most ``draft_verify_output``'s
+    rows), the target's compute buffer reserved again (``compute`` + ``draft_features_compute``) and the head's output
+    buffer with its rows (an EAGLE3 head: one per token of its encoded chunk, ``draft_output`` +
+    ``draft_output_growth``; a DFlash draft: its block's rows, at most ggufx's ``draft_output_growth``)."""
+    from ggufx.analysis.memory.drafthead import output_row_bytes, output_rows
+
     a, _, _ = _run(rid, files)
     _, target, head, _ = next(r for r in RUNS if r[0] == rid)
-    rows = (CPU_LOGS / "maps" / f"{rid}.tsv").read_text().splitlines()
-    sizes = [int(x) for x in rows if x and not x.startswith("#")]
+    rows = [x.split("\t") for x in (CPU_LOGS / "maps" / f"{rid}.tsv").read_text().splitlines() if x[:1] != "#"]
+    sizes = [int(n) for phase, n in rows if phase == "request"]
+    made = [int(n) for _, n in rows]  # the head's output may reach its size before the request (llama_set_sampler)
     t, h = ggufx.open(files[target]), ggufx.open(files[head])
     n_seq = a.context.n_parallel
-    hb = breakdown(h, [], a.draft_offload or a.offload, a.draft_context)  # type: ignore[arg-type]
-    head_out = next(b.bytes for b in hb.buffers if b.kind == "output") + output_growth(h, a.draft_context, n_seq)  # type: ignore[arg-type]
-    tb = breakdown(t, [], a.offload, a.context)
+    offload = replace(a.offload, repack="--no-repack" not in rid)
+    tb = breakdown(t, [], offload, a.context)
     feats, verify = feature_buffers(t, h, [], OffloadParams(), a.context)
-    # one request: its slot verifies 1 + n_max drafted tokens (the worst case, every slot at once, is ggufx's)
-    n_vocab = t.metadata.get_int("llama.vocab_size") or t.metadata.get_int("qwen3.vocab_size") or 49152
-    verified = 4 * n_vocab * (max(n_seq, 1 + a.spec_n_max) - n_seq)
-    assert verified <= verify.bytes
-    target_out = next(b.bytes for b in tb.buffers if b.kind == "output") + feats.bytes + verified
-    for want in (head_out, target_out) if h.architecture == "eagle3" else (target_out,):
-        assert any(0 <= n - want <= 4096 + 16 for n in sizes), (want, sizes)
+    n_vocab = int(tb.buffers[[b.kind for b in tb.buffers].index("output")].bytes // (4 * n_seq))
+    base = next(b.bytes for b in tb.buffers if b.kind == "output") + feats.bytes
+    steps = verify.bytes // (4 * n_vocab)
+    assert any(_mapped(sizes, base + 4 * n_vocab * j) for j in range(steps + 1)), (base, sizes)
+    compute = next(b.bytes for b in tb.buffers if b.kind == "compute")
+    growth = features_compute_growth(t, h, [], offload, a.context)
+    assert growth is not None and _mapped(sizes, compute + growth.get("CPU", 0))
+    assert a.draft_context is not None
+    per_row, most = output_row_bytes(h), output_rows(h, a.draft_context, n_seq)
+    if h.architecture == "eagle3":
+        assert _mapped(sizes, most * per_row)
+    else:
+        assert any(_mapped(made, j * per_row) for j in range(n_seq, most + 1)), made
 
 
 def test_the_targets_a_head_can_extract_from_are_the_graphs_that_name_their_layer_inputs() -> None:

@@ -673,19 +673,25 @@ def companion_buffers(
 
 
 def _head_output(draft: GGUFModel, dcp: ContextParams, bufs: list[Buffer], notes: list[str]) -> list[Buffer]:
-    """An EAGLE3 head's output buffer after its first prompt chunk (kind ``draft_output_growth``, on its output
-    buffer's type): :func:`ggufx.analysis.memory.drafthead.output_growth`."""
+    """A head's output buffer after its first prompt (kind ``draft_output_growth``, on its output buffer's type):
+    :func:`ggufx.analysis.memory.drafthead.output_growth`."""
     from ggufx.analysis.memory.buffers import Buffer
-    from ggufx.analysis.memory.drafthead import output_growth
+    from ggufx.analysis.memory.drafthead import SPEC_TYPE, output_growth, output_rows
 
     out = next((b for b in bufs if b.kind == "output"), None)
     grow = output_growth(draft, dcp, max(1, dcp.n_parallel))
     if out is None or grow <= 0:
         return []
+    rows = output_rows(draft, dcp, max(1, dcp.n_parallel))
+    why = (
+        "an output row per token of the prompt chunk it encodes"
+        if draft.architecture == "eagle3"
+        else "n_max + 1 rows per sequence, every slot drafting at once"
+    )
     notes.append(
-        f"draft-eagle3: the head's output buffer grows from {out.bytes / 2**20:.2f} MiB to "
-        f"{(out.bytes + grow) / 2**20:.2f} MiB at its first prompt chunk of {min(dcp.n_batch, dcp.n_ubatch)} tokens "
-        "(an output row per token: logits, h_nextn, the backend samplers' rows; draft_output_growth)"
+        f"{SPEC_TYPE[draft.architecture or '']}: the head's output buffer grows from {out.bytes / 2**20:.2f} MiB to "
+        f"{(out.bytes + grow) / 2**20:.2f} MiB after the first prompt ({rows} rows of logits, h_nextn and the backend "
+        f"samplers' rows: {why}; draft_output_growth)"
     )
     return [Buffer("draft_output_growth", out.buft, grow)]
 

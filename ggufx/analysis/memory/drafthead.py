@@ -243,18 +243,31 @@ def features_compute_growth(
     return {b: n - old.get(b, 0) for b, n in new.items() if n > old.get(b, 0)}
 
 
-def output_growth(head: GGUFModel, draft_context: ContextParams, n_seq: int) -> int:
-    """How much an EAGLE3 head's output buffer grows at its first encode of a prompt chunk of ``n_ubatch`` tokens
-    (bytes; 0 for DFlash, whose injected rows request no outputs): ``llama_context::encode`` reserves an output row
-    per token (``output_reserve(n_tokens)``, llama-context.cpp:1523) and, the server's samplers and the masked
-    ``h_nextn`` being on, each row holds ``n_vocab`` logits, ``n_embd`` h_nextn floats, ``2 x n_vocab`` sampled
-    logits and probabilities and ``1 + n_vocab`` sampled tokens and candidates (``output_reserve``,
-    llama-context.cpp:2118-2174); the buffer made at load (``n_vocab`` floats per sequence) is freed for it."""
-    if head.architecture != "eagle3":
-        return 0
+def output_rows(head: GGUFModel, draft_context: ContextParams, n_seq: int) -> int:
+    """The output rows of a head's context after its first prompt: an EAGLE3 head encodes the prompt in chunks of
+    ``n_ubatch`` tokens with an output row per token (``llama_context::encode``: ``output_reserve(n_tokens)``,
+    llama-context.cpp:1523); a DFlash draft's injected rows request none, its blocks ``n_max + 1`` per sequence: at
+    most its ``n_outputs_max`` (``-np x (n_max + 1)``, every slot drafting at once). At least ``n_seq``."""
     hp = hparams(head)
     n_ctx = draft_context.n_ctx or hp.n_ctx_train
     n_batch = min(n_ctx, draft_context.n_batch)
-    rows = max(min(n_batch, draft_context.n_ubatch), n_seq)
-    per_row = 4 * (3 * hp.n_vocab + hp.n_embd) + 4 * (1 + hp.n_vocab)
-    return rows * per_row - 4 * hp.n_vocab * n_seq
+    if head.architecture == "eagle3":
+        return max(min(n_batch, draft_context.n_ubatch), n_seq)
+    return max(min(n_batch, draft_context.n_outputs_max or n_seq), n_seq)
+
+
+def output_row_bytes(head: GGUFModel) -> int:
+    """One output row of a head's context once the server's samplers and the masked ``h_nextn`` are on
+    (``output_reserve``, llama-context.cpp:2118-2174): ``n_vocab`` logits, ``n_embd`` h_nextn floats, ``2 x n_vocab``
+    sampled logits and probabilities, ``1 + n_vocab`` sampled tokens and candidates."""
+    hp = hparams(head)
+    return 4 * (3 * hp.n_vocab + hp.n_embd) + 4 * (1 + hp.n_vocab)
+
+
+def output_growth(head: GGUFModel, draft_context: ContextParams, n_seq: int) -> int:
+    """How much a head's output buffer grows after its first prompt (bytes): :func:`output_rows` rows of
+    :func:`output_row_bytes` in place of the ``n_vocab`` floats per sequence made at load (freed for it)."""
+    if head.architecture not in HEADS:
+        return 0
+    hp = hparams(head)
+    return output_rows(head, draft_context, n_seq) * output_row_bytes(head) - 4 * hp.n_vocab * n_seq
