@@ -130,6 +130,8 @@ def test_issue_architectures_are_registered() -> None:
         "chameleon", "cogvlm", "gemma4-assistant", "t5", "t5encoder",
         # the diffusion LMs (session 8)
         "dream", "llada", "llada-moe", "rnd1",
+        # the speculative draft heads (h-drafts)
+        "eagle3", "dflash",
     }  # fmt: skip
     assert arch_of("deepseek2").mla and arch_of("glm4moe").skips_nextn  # type: ignore[union-attr]
     assert arch_of("no-such-arch") is None and builder_of(None) is None

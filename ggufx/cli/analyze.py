@@ -337,7 +337,8 @@ __all__: list[Any] = ["roles", "layers", "recipe", "diff_"]
     "--spec-type",
     metavar="TYPES",
     help="Speculative decoding types (llama.cpp's --spec-type); draft-mtp adds the MTP draft context "
-    "(the model's NextN block; its cache types: -ctkd/-ctvd).",
+    "(the model's NextN block; its cache types: -ctkd/-ctvd); draft-eagle3 / draft-dflash with -md HEAD: the head's "
+    "context and the target's extracted layers.",
 )
 @click.option(
     "--spec-draft-n-max", type=click.IntRange(min=0), default=3, show_default=True, help="Tokens drafted per step."
@@ -404,6 +405,7 @@ def mem(file: str | None, as_json: bool, tablefmt: str, **options: Any) -> None:
       ggufx mem --llama-args "llama-server -m model.gguf -ngl 99 -c 32768 -np 2"
       ggufx mem model.gguf -c 32768 --mmproj mmproj.gguf -md draft.gguf -ngld 99
       ggufx mem model.gguf -c 65536 --spec-type draft-mtp
+      ggufx mem --llama-args "llama-server -m llama-3.1-8b.gguf -md eagle3.gguf --spec-type draft-eagle3 -c 32768"
       ggufx mem model.gguf --fit 24GiB
       ggufx mem model.gguf --fit 24GiB,24GiB -fitt 1024 -ctk q8_0 -ctv q8_0
       ggufx mem model.gguf --fit 24GiB --fit-layers -c 131072

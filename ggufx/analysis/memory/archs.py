@@ -1445,6 +1445,37 @@ _ENTRIES = (
     Arch("llada", "llada.cpp", builder="diffusion", memory="none"),
     Arch("llada-moe", "llada-moe.cpp", ("expert_feed_forward_length",), builder="diffusion", memory="none", moe=True),
     Arch("rnd1", "rnd1.cpp", ("expert_feed_forward_length",), builder="diffusion", memory="none", moe=True),
+    # -- speculative draft heads (h-drafts): EAGLE3 and DFlash, run only beside a target (llama-server -m TARGET -md
+    # HEAD --spec-type draft-eagle3 | draft-dflash; llama_context refuses them without ctx_other when they borrow the
+    # target's token_embd or output). Both have an encoder (llama_model_has_encoder: the context reserves n_batch
+    # outputs) fusing the target layers' hidden states (target_layers); llama_context reserves their decoder.
+    # eagle3: one layer over [token rows | fused features], a one-layer KV cache, d2t (a reduced draft vocabulary);
+    # graph/models/eagle3.py. dflash: Qwen3-style layers over a KV cache of their own (the target features are
+    # injected into it), non-causal block attention; graph/models/dflash.py
+    Arch(
+        "eagle3",
+        "eagle3.cpp",
+        ("target_layers", "target_hidden_size", "norm_before_residual", "norm_before_fc"),
+        builder="eagle3",
+    ),
+    Arch(
+        "dflash",
+        "dflash.cpp",
+        (
+            "target_layers",
+            "block_size",
+            "embedding_scale",
+            "attention.scale",
+            "attention.value_scale",
+            "hidden_activation",
+            "logit_scale",
+            "final_logit_softcapping",
+            "rope.dimension_sections",
+            "attention.sliding_window",
+            "attention.sliding_window_pattern",
+        ),
+        builder="dflash",
+    ),
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}
