@@ -115,12 +115,6 @@ def test_the_head_context_equals_llama_cpp(rid: str, files: dict[str, Path]) -> 
     assert f"n_outputs_max_per_seq = {per_seq}\n" in draft
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="placement.layer_of puts fc.weight and d2t in the input layer (on the host, never repacked); llama.cpp "
-    "creates them in the output layer (LLM_TENSOR_FC / LLM_TENSOR_D2T: LLM_TENSOR_LAYER_OUTPUT, llama-arch.cpp:1034-1035) "
-    "and repacks fc: placement.py is not this branch's (the one-line change is in the report)",
-)
 def test_the_head_repacked_weights_equal_llama_cpp(files: dict[str, Path]) -> None:
     a, _, draft = _run("srv-eagle3-c8192", files)
     bd = breakdown(ggufx.open(files["eagle3"]), [], a.draft_offload or a.offload, a.draft_context)  # type: ignore[arg-type]

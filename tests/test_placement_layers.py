@@ -47,7 +47,12 @@ MODELS = (
     "plamo2",
     "bitnet",
 )
-CUDA_RUNS = sorted(rid for rid, r in RUNS.items() if r["model"] in MODELS and r["exit_status"] == 0)
+# the measured runs (-fit off): a fit run's log keeps its decision, not the layers of a load
+CUDA_RUNS = sorted(
+    rid
+    for rid, r in RUNS.items()
+    if r["model"] in MODELS and r["exit_status"] == 0 and not rid.startswith(("fit-", "fit2g-", "fiton"))
+)
 
 
 @pytest.fixture(scope="module")

@@ -53,7 +53,8 @@ _LAYER0 = frozenset({"per_layer_model_proj", "per_layer_proj_norm"})
 # layer 0 its own and the others TENSOR_DUPLICATED (phi3.cpp:52-53, llama.cpp's rope_freqs the same way):
 # one copy per buffer type the layers use, on the layers' devices, not in the input layer on the host
 _PER_LAYER = frozenset({"rope_freqs", "rope_factors_long", "rope_factors_short"})
-_OUTPUT_LAYER = frozenset({"altup_proj", "altup_unembd_proj", "decision"})  # CLEF's decision head too (:759-771)
+# CLEF's decision head too (:759-771), and the EAGLE3/DFlash heads' fc and d2t (:1034-1035)
+_OUTPUT_LAYER = frozenset({"altup_proj", "altup_unembd_proj", "decision", "fc", "d2t"})
 # the decoder's and the encoder's output norms (LLM_TENSOR_DEC_OUTPUT_NORM / _ENC_OUTPUT_NORM, llama-arch.cpp:776-777)
 # and a drafter's projection back to the target's width (LLM_TENSOR_NEXTN_PROJ_POST, :1014): the output layer's
 _OUTPUT_NAMES = ("dec.output_norm", "enc.output_norm", "nextn.post_projection.")
