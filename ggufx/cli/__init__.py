@@ -102,6 +102,9 @@ class LazyGroup(click.Group):
             gc.set_threshold(GC_THRESHOLD, *threshold[1:])
         if args is not None or not standalone_mode:  # called from Python (tests, a script): return or raise
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        from ggufx.cli._codecache import install
+
+        install()  # the process's own: @dataclass's generated methods compiled once, not at every start
         try:  # the process's own command line: click ends it with SystemExit
             super().main(None, prog_name, complete_var, True, **extra)
         except SystemExit as e:
