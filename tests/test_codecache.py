@@ -124,3 +124,16 @@ def test_the_command_answers_the_same_with_the_cache(gemma_path: Path, tmp_path:
     assert [p.returncode for p in outs] == [outs[0].returncode] * 3
     assert outs[0].stdout == outs[1].stdout == outs[2].stdout
     assert list((tmp_path / "code").iterdir())  # the first cached run wrote it
+
+
+def test_a_cache_file_others_may_write_is_not_read(tmp_path: Path) -> None:
+    """Its code would run as ggufx's: a file writable by the group or others is ignored (and replaced)."""
+    from ggufx.cli import _codecache
+
+    subprocess.run([sys.executable, "-c", _save_at_exit_script()], check=True, env=_env(tmp_path), cwd=ROOT)
+    [path] = (tmp_path / "code").iterdir()
+    assert path.stat().st_mode & 0o777 == 0o600 and _codecache.load(str(path))
+    path.chmod(0o666)
+    assert _codecache.load(str(path)) == {}
+    got = _methods("cached", tmp_path)
+    assert got["_from_cache"] == 0 and isinstance(got["_compiled_now"], int) and got["_compiled_now"] > 100

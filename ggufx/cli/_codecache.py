@@ -11,8 +11,9 @@ beside the header index's ``local/``: ``GGUFX_CACHE_DIR``, else ``~/.cache/ggufx
 instead of compiling it again. Each class is still made by ``dataclasses`` from that code: the same
 methods, fields, ``repr``, equality, hashing and immutability (:func:`compile` of the same text,
 ``"<string>"``, no inherited flags: what ``exec`` of it compiles). Only the ``ggufx`` command's own
-process installs it (a library user's process is left alone); an unreadable or foreign file is
-ignored, one that cannot be written only leaves the next process compiling again.
+process installs it (a library user's process is left alone); an unreadable or foreign file, or one
+another user owns or may write, is ignored; one that cannot be written only leaves the next process
+compiling again.
 """
 
 from __future__ import annotations
@@ -44,12 +45,21 @@ def load(path: str) -> dict[str, CodeType]:
     """The texts and their code in ``path`` (empty where it is missing, unreadable or not such a file)."""
     try:
         with open(path, "rb") as f:
+            if not _own(os.fstat(f.fileno())):
+                return {}
             data = marshal.loads(f.read())
     except (OSError, ValueError, EOFError, TypeError):
         return {}
     if not isinstance(data, dict):
         return {}
     return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, CodeType)}
+
+
+def _own(st: os.stat_result) -> bool:
+    """Whether a cache file is this user's alone: its code runs as ggufx's, so a file that someone else
+    owns or may write (a shared ``GGUFX_CACHE_DIR``) is not read."""
+    getuid = getattr(os, "getuid", None)
+    return getuid is None or (st.st_uid == getuid() and not st.st_mode & 0o022)
 
 
 def install() -> bool:
@@ -97,7 +107,7 @@ def save() -> None:
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(tmp, "wb") as f:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
             f.write(marshal.dumps(entries))
         os.replace(tmp, path)
     except (OSError, ValueError):
