@@ -104,12 +104,29 @@ def test_a_foreign_or_broken_cache_file_is_ignored(tmp_path: Path) -> None:
         assert len(_codecache.load(str(folder / name))) >= len(plain) // 2  # rewritten (texts shared by methods)
 
 
-def test_no_cache_when_caching_is_off(tmp_path: Path) -> None:
-    code = "from ggufx.cli._codecache import install\nprint(install())\n"
-    env = _env(None)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env, cwd=ROOT)
-    assert proc.stdout.strip() == "False"
+def test_no_cache_file_when_caching_is_off(tmp_path: Path) -> None:
+    """GGUFX_NO_CACHE: every text compiled as without the cache, no file read or written."""
+    env = _env(None) | {"GGUFX_CACHE_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", _save_at_exit_script()], check=True, env=env, cwd=ROOT)
     assert not any(tmp_path.iterdir())
+    plain = _methods("plain", None)
+    got = _methods("cached", None)
+    assert got.pop("_from_cache") == 0 and got.pop("_compiled_now") > len(plain) // 2 and got == plain
+
+
+def test_a_command_that_makes_no_class_reads_no_cache_file(tmp_path: Path) -> None:
+    """`ggufx --help` makes no dataclass: the cache file is not read (its start-up stays as it was)."""
+    code = (
+        "import sys\n"
+        "from ggufx.cli import _codecache, main\n"
+        "def refuse(path):\n"
+        "    raise AssertionError('read ' + path)\n"
+        "_codecache.load = refuse\n"
+        "sys.argv = ['ggufx', '--help']\n"
+        "main()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(tmp_path), cwd=ROOT)
+    assert proc.returncode == 0 and "Usage:" in proc.stdout, proc.stderr
 
 
 def test_the_command_answers_the_same_with_the_cache(gemma_path: Path, tmp_path: Path) -> None:

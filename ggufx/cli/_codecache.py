@@ -63,24 +63,29 @@ def _own(st: os.stat_result) -> bool:
 
 
 def install() -> bool:
-    """Give ``dataclasses`` the compiled code of the texts this interpreter compiled before; remember
-    the new ones when the process ends. False (nothing done) where caching is off, it is installed
-    already, or ``dataclasses`` has an ``exec`` of its own."""
+    """Give ``dataclasses`` the compiled code of the texts this interpreter compiled before (the file is
+    read at the first class made: a command that makes none, ``--help``, reads nothing); remember the
+    new ones when the process ends. False (nothing done) where it is installed already or
+    ``dataclasses`` has an ``exec`` of its own."""
     import dataclasses
 
     if _state or sys.implementation.name != "cpython" or "exec" in vars(dataclasses):
         return False
-    path = cache_file()
-    if path is None:
-        return False
-    known = load(path)
     used: dict[str, CodeType] = {}
     new: dict[str, CodeType] = {}
+    _state.update(used=used, new=new)
+
+    def known() -> dict[str, CodeType]:
+        table = _state.get("known")
+        if table is None:
+            path = _state["path"] = cache_file()
+            table = _state["known"] = load(path) if path is not None else {}
+        return table
 
     def exec_(source: Any, globals: Any = None, locals: Any = None) -> None:
         """``dataclasses``' exec of a generated method's text."""
         if type(source) is str:
-            code = known.get(source)
+            code = known().get(source)
             if code is not None:
                 used[source] = code
             else:
@@ -90,7 +95,6 @@ def install() -> bool:
             source = code
         builtins.exec(source, globals, locals)
 
-    _state.update(path=path, known=known, used=used, new=new)
     dataclasses.exec = exec_  # type: ignore[attr-defined]
     import atexit
 
@@ -100,7 +104,7 @@ def install() -> bool:
 
 def save() -> None:
     """Write the texts this process compiled beside those known before (at exit; atomically)."""
-    if not _state or not _state["new"]:
+    if not _state.get("new") or _state.get("path") is None:  # nothing new, or caching off
         return
     path, known, used, new = _state["path"], _state["known"], _state["used"], _state["new"]
     entries = {**known, **new} if len(known) + len(new) <= MAX_ENTRIES else {**used, **new}
