@@ -86,6 +86,9 @@ def usage_error(e: click.UsageError) -> NoReturn:
 # 700 allocations (Python's default) cost 56 ms of CPU of `report` on the 27B replica and 95 ms of
 # `mem --fit` on the 94-layer MoE; every 20,000 costs about 10 ms, with the same peak memory
 GC_THRESHOLD = 20_000
+# whether this process is the `ggufx` command's own (main called without arguments): only then does a command
+# install the code cache (a library user's or a test's process is left alone)
+_OWN_PROCESS = False
 
 
 class LazyGroup(click.Group):
@@ -102,6 +105,8 @@ class LazyGroup(click.Group):
             gc.set_threshold(GC_THRESHOLD, *threshold[1:])
         if args is not None or not standalone_mode:  # called from Python (tests, a script): return or raise
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        global _OWN_PROCESS
+        _OWN_PROCESS = True  # the command's module installs the code cache (get_command)
         try:  # the process's own command line: click ends it with SystemExit
             super().main(None, prog_name, complete_var, True, **extra)
         except SystemExit as e:
@@ -115,6 +120,10 @@ class LazyGroup(click.Group):
         entry = COMMANDS.get(name)
         if entry is None:
             return None
+        if _OWN_PROCESS:  # @dataclass's generated methods compiled once, not at every start (ggufx.cli._codecache)
+            from ggufx.cli._codecache import install
+
+            install()
         module = importlib.import_module(f"{__name__}.{entry[0]}")
         return server_aware(getattr(module, entry[1]))
 

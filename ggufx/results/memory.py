@@ -258,6 +258,8 @@ class MemoryRequest:
 
     def _mtp(self, parsed: LlamaArgs | None, tool: str, draft_file: str | None, notes: list[str]) -> MtpOptions | None:
         """``--spec-type draft-mtp`` (the command line's, else the option's): the MTP context's options."""
+        if (parsed is None or not parsed.spec_types) and self.spec_type is None:
+            return None  # no speculative decoding asked: the MTP module is not imported
         from ggufx.analysis.memory.mtp import MtpOptions, spec_types
 
         if parsed is not None and parsed.spec_types:

@@ -237,12 +237,20 @@ def _load(model: GGUFModel, hp: Hparams, pl: Placement) -> _Loaded:
     mapped_host = {CPU, "CPU_Mapped", "CPU_REPACK"}
     weights: dict[tuple[str, str | None], _T] = {}
     by_name: dict[str, list[tuple[str, _T]]] = {}
+    roles: list[tuple[int, str, list[tuple[str, _T]]]] = []  # each layer weight's layer, role and copies
     for info, buft in pl.tensors:
-        shape = tuple(info.shape) or (1,)
-        ne = _ne(*shape)
-        t = _T(info.name, "NONE", info.type.name, ne, _strides(ne, info.type.name), buft=buft, weight=True)
-        weights[(info.name, buft)] = t
-        by_name.setdefault(info.name, []).append((buft, t))
+        name, type_ = info.name, info.type.name
+        ne = _ne(*info.shape) if info.shape else (1, 1, 1, 1)
+        t = _T(name, "NONE", type_, ne, _strides(ne, type_), [], None, 0, buft, True)
+        weights[(name, buft)] = t
+        copies = by_name.get(name)
+        if copies is None:
+            copies = by_name[name] = []
+            if name.startswith("blk."):
+                num, _, role = name[4:].partition(".")
+                if num.isdigit():
+                    roles.append((int(num), role, copies))
+        copies.append((buft, t))
     layer_buft = [d if d is not None else "CPU_Mapped" for d in pl.layer_device]
     for il, d in enumerate(pl.layer_device):
         if d is None:  # the host copy of a layer's weights: whatever host buffer holds them
@@ -250,11 +258,13 @@ def _load(model: GGUFModel, hp: Hparams, pl: Placement) -> _Loaded:
                 (b for b, _ in by_name.get(f"blk.{il}.attn_norm.weight", []) if b in mapped_host), "CPU_Mapped"
             )
     per: dict[int, list[tuple[str, tuple[object, ...]]]] = {}
-    for name, copies in by_name.items():
-        if name.startswith("blk."):
-            num, _, role = name[4:].partition(".")
-            if num.isdigit():
-                per.setdefault(int(num), []).append((role, tuple((b, t.type, t.ne) for b, t in copies)))
+    for il, role, copies in roles:
+        sig = tuple([(b, t.type, t.ne) for b, t in copies])
+        entry = per.get(il)
+        if entry is None:
+            per[il] = [(role, sig)]
+        else:
+            entry.append((role, sig))
     layer_weights: list[tuple[object, ...]] = [tuple(sorted(per.get(il, []))) for il in range(hp.n_layer)]
     moe = model.metadata.get_int(f"{hp.arch}.expert_used_count") if hp.arch == "qwen3moe" else None
     loaded = _Loaded(hp, pl, weights, by_name, layer_buft, layer_weights, moe, swa_layers(model, hp.n_layer), [], None)
