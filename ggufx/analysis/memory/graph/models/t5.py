@@ -48,6 +48,7 @@ from ggufx.analysis.memory.graph.llm import (
     kv_cache_views,
     model_of,
 )
+from ggufx.analysis.memory.graph.models._dense import tied_head
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.errors import InputError
 from ggufx.model import GGUFModel
@@ -223,7 +224,7 @@ def _decoder(c: _Ctx, g: _Graph) -> _T:
     g.at(GLOBAL)
     cur = g.op("norm", "RMS_NORM", x)
     cur = g.op("result_norm", "MUL", cur, _w(c, "dec.output_norm.weight", hp.n_layer))
-    out = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
+    out = tied_head(c)
     logits = g.mul_mat("result_output", out, cur)
     logits.flags |= OUTPUT
     g.expand(logits)
