@@ -246,12 +246,12 @@ def kv_cache_views(
     v_rows: Callable[[_T], _T] | None = None,
 ) -> tuple[_T, _T, _T]:
     """The part of ``build_attn`` over the KV cache (llama-graph.cpp:2950-3060, :3195-3290) before the
-    scores: the Hadamard rotations of a quantized cache, Q, K, V expanded (Q, V, K where the cache has
-    no sliding window), layer ``il``'s cache tensors, K and V written into them (``cpy_k``/``cpy_v``,
-    llama-kv-cache.cpp:1348-1440: ``SET_ROWS`` into views of the cache; into a transposed V cache as
-    one-value rows), then ``build_attn_mha``'s operands (:2691-2720): Q permuted to (head, token,
-    head index, stream), K and V read back from the cache, permuted (:func:`v_cache_view`; ``fa``:
-    as flash attention reads them). Returns the three.
+    scores: the Hadamard rotations of a quantized cache; Q, K, V expanded (in that order over the iSWA
+    cache's input, ``iswa``; else Q, V, K); layer ``il``'s cache tensors; K and V written into them
+    (``cpy_k``/``cpy_v``, llama-kv-cache.cpp:1348-1440: ``SET_ROWS`` into views of the cache, into a
+    transposed V cache as one-value rows); then ``build_attn_mha``'s operands (:2691-2720): Q permuted
+    to (head, token, head index, stream), K and V read back from the cache, permuted
+    (:func:`v_cache_view`; ``fa``: as flash attention reads them). Returns the three.
 
     ``strided``: Q, K or V may be strided views (:func:`attn_kv_strided`): rotated through a
     contiguous copy, and their rows viewed contiguous (without it, with the tensor's token stride
