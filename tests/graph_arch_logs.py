@@ -9,6 +9,7 @@ import json
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -175,6 +176,22 @@ def cpu_models(
     """The header-only files of these models of models.py (a family test's module fixture)."""
     out = tmp_path_factory.mktemp(label)
     return {n: cpu_model(n, out, smollm2) for n in names}
+
+
+def cpu_family(
+    models: tuple[str, ...], label: str, files: tuple[str, ...] | None = None, name: str = "files"
+) -> tuple[list[tuple[str, str]], Any]:
+    """A family test's preamble: (model, run id) of every recorded CPU run of these models, and the module
+    fixture ``name`` of the header-only files of ``files`` (by default the models) in a temporary folder
+    ``label`` (:func:`cpu_models`). ``RUNS, files = cpu_family(MODELS, "family")`` at the top of the test."""
+    runs = [(m, rid) for m in models for rid in cpu_runs(m)]
+    names = models if files is None else files
+
+    @pytest.fixture(scope="module", name=name)
+    def fixture(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+        return cpu_models(names, smollm2_path, tmp_path_factory, label)
+
+    return runs, fixture
 
 
 def assert_runs_cover(name: str, options: tuple[str, ...] | list[str], at_least: int = 5) -> list[str]:

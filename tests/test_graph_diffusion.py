@@ -42,7 +42,7 @@ from .graph_arch_logs import (
     assert_refused,
     assert_runs_cover,
     assert_shortcut_is_whole,
-    cpu_models,
+    cpu_family,
     cpu_runs,
     replay_cpu,
 )
@@ -51,7 +51,7 @@ SMALL = ("dream", "llada", "llada-moe", "rnd1")
 PUBLISHED = ("dream-7b", "llada-8b", "llada-moe-7b", "rnd1-30b")
 VARIANTS = ("llada-bias",)  # llada with the optional tensors its loader takes
 MODELS = SMALL + VARIANTS + PUBLISHED
-RUNS = [(name, rid) for name in MODELS for rid in cpu_runs(name)]
+RUNS, files = cpu_family(MODELS, "diffusion", tuple(n for n in MODELS if cpu_runs(n)))
 DIFFUSION = CPU_LOGS / "diffusion"
 DIFFUSION_MATRIX = [
     line.split("\t")
@@ -65,11 +65,6 @@ SRC = (
     / "src"
     / "llama.cpp"
 )
-
-
-@pytest.fixture(scope="module")
-def files(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return cpu_models(tuple(n for n in MODELS if cpu_runs(n)), smollm2_path, tmp_path_factory, "diffusion")
 
 
 def test_registered_without_memory_with_the_diffusion_builder() -> None:

@@ -31,7 +31,7 @@ from .graph_arch_logs import (
     assert_refused,
     assert_runs_cover,
     assert_shortcut_is_whole,
-    cpu_models,
+    cpu_family,
     cpu_runs,
     replay_cpu,
 )
@@ -49,13 +49,8 @@ SMALL = (
 )
 PUBLISHED = ("bge-base", "nomic-embed-v1.5", "embeddinggemma-300m", "modernbert-embed-base", "nomic-embed-v2-moe")
 MODELS = SMALL + PUBLISHED
-RUNS = [(name, rid) for name in MODELS for rid in cpu_runs(name)]
+RUNS, files = cpu_family(MODELS, "encoders", (*MODELS, "llama-embed"))
 LLAMA_EMBED_RUNS = cpu_runs("llama-embed")
-
-
-@pytest.fixture(scope="module")
-def files(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return cpu_models((*MODELS, "llama-embed"), smollm2_path, tmp_path_factory, "encoders")
 
 
 def test_the_encoders_are_registered_without_memory_and_with_builders() -> None:

@@ -43,8 +43,8 @@ from .graph_arch_logs import (
     assert_refused,
     assert_runs_cover,
     assert_shortcut_is_whole,
+    cpu_family,
     cpu_models,
-    cpu_runs,
     replay_cpu,
 )
 from .graph_grow import assert_grown_shortcut_is_whole, grown_model
@@ -52,7 +52,7 @@ from .test_archs import SRC
 
 SMALL = ("chameleon", "chameleon-swin", "cogvlm")
 MODELS = (*SMALL, "chameleon-7b", "cogvlm-17b")
-CPU_RUNS = [(m, rid) for m in MODELS for rid in cpu_runs(m)]
+CPU_RUNS, models = cpu_family(MODELS, "misc-decoders", name="models")
 NODE_RUNS = (
     "chameleon-c4096-faoff-np3",
     "chameleon-swin-c16384-q8_0",
@@ -68,11 +68,6 @@ REFUSED = (
     Refused("cogvlm", "blk.1.vis_up.weight", "the graph needs tensor blk.1.vis_up.weight, which the file lacks"),
     Refused("cogvlm", "blk.3.attn_qkv.weight", "the graph needs tensor blk.3.attn_qkv.weight, which the file lacks"),
 )
-
-
-@pytest.fixture(scope="module")
-def models(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return cpu_models(MODELS, smollm2_path, tmp_path_factory, "misc-decoders")
 
 
 @pytest.mark.parametrize("name", SMALL)

@@ -37,21 +37,16 @@ from .graph_arch_logs import (
     assert_compute_equal,
     assert_nodes_equal,
     assert_refused,
+    assert_runs_cover,
     assert_shortcut_is_whole,
-    cpu_model,
-    cpu_runs,
+    cpu_args,
+    cpu_family,
     cpu_spec,
 )
 
 SMALL = ("t5", "t5-relu", "t5encoder")
 PUBLISHED = ("flan-t5-xl", "t5-v1_1-xxl-enc")
-RUNS = [(name, rid) for name in (*SMALL, *PUBLISHED) for rid in cpu_runs(name)]
-
-
-@pytest.fixture(scope="module")
-def files(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("t5")
-    return {n: cpu_model(n, out, smollm2_path) for n in (*SMALL, *PUBLISHED)}
+RUNS, files = cpu_family((*SMALL, *PUBLISHED), "t5")
 
 
 def _replay(rid: str, model: str, args: str, files: dict[str, Path]) -> tuple[str, Breakdown]:
@@ -59,14 +54,6 @@ def _replay(rid: str, model: str, args: str, files: dict[str, Path]) -> tuple[st
     parsed = parse_args("-m x " + args.replace("--no-repack", ""))
     offload = replace(parsed.offload, repack="--no-repack" not in args)
     return text, breakdown(ggufx.open(files[model]), [], offload, parsed.context)
-
-
-def _args(rid: str) -> tuple[str, str]:
-    for line in (CPU_LOGS / "matrix").read_text().splitlines():
-        if line.startswith(rid + "\t"):
-            _, model, args = line.split("\t")
-            return model, args
-    raise KeyError(rid)
 
 
 def _mib(bd: Breakdown, kind: str) -> dict[str, float]:
@@ -91,21 +78,17 @@ def test_the_runs_cover_flash_attention_off_quantized_caches_and_micro_batches(n
     """Every matrix line of the model has its log; the runs include -fa off, --no-repack (and -ctk q8_0, -ub, -np 3
     where the family has them)."""
     assert builder_of(cpu_spec(name)["arch"]) == "t5"
-    lines = [x.split("\t") for x in (CPU_LOGS / "matrix").read_text().splitlines() if x and not x.startswith("#")]
-    args = [a for _, m, a in lines if m == name]
-    assert len(cpu_runs(name)) == len(args) >= 2
     options = ["-fa off", "--no-repack"] + {"t5": ["-ctk q8_0", "-ub 256"], "t5encoder": ["-ctk q8_0", "-np 3"]}.get(
         name, []
     )
-    for option in options:
-        assert any(option in a for a in args), option
+    assert_runs_cover(name, options, at_least=2)
 
 
 @pytest.mark.parametrize(("name", "rid"), RUNS)
 def test_every_buffer_equals_llama_cpps(name: str, rid: str, files: dict[str, Path]) -> None:
     """The weights, the KV cache of block_count layers, the output and the compute buffer of every run of the
     matrix, repacked or not."""
-    text, bd = _replay(rid, *_args(rid), files)
+    text, bd = _replay(rid, *cpu_args(rid), files)
     theirs = parse_log(text).buffers
     assert "llama_kv_cache" in text and theirs["kv"]
     for kind in ("model", "kv", "output"):

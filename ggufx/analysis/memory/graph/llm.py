@@ -5,6 +5,7 @@ mixture-of-experts FFN; what a builder of :mod:`ggufx.analysis.memory.graph.mode
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ggufx.analysis.memory.graph.ggml import _T, _Fusion, _Graph, _ne, _strides, _type
@@ -235,15 +236,36 @@ def _rot_strided(g: _Graph, x: _T, rot: _T | None) -> _T:
     return g.reshape(r, *x.ne)
 
 
-def _attn_kv_impl(c: _Ctx, g: _Graph, q: _T, k: _T, v: _T, il: int, inp: _AttnInp, iswa: bool, strided: bool) -> _T:
+def kv_cache_views(
+    c: _Ctx,
+    g: _Graph,
+    q: _T,
+    k: _T,
+    v: _T,
+    il: int,
+    inp: _AttnInp,
+    iswa: bool,
+    fa: bool,
+    strided: bool = False,
+    v_rows: Callable[[_T], _T] | None = None,
+) -> tuple[_T, _T, _T]:
+    """The part of ``build_attn`` over the KV cache (llama-graph.cpp:2950-3060, :3195-3290) before the
+    scores: the Hadamard rotations of a quantized cache; Q, K, V expanded (in that order over the iSWA
+    cache's input, ``iswa``; else Q, V, K); layer ``il``'s cache tensors; K and V written into them
+    (``cpy_k``/``cpy_v``, llama-kv-cache.cpp:1348-1440: ``SET_ROWS`` into views of the cache, into a
+    transposed V cache as one-value rows); then ``build_attn_mha``'s operands (:2691-2720): Q permuted
+    to (head, token, head index, stream), K and V read back from the cache, permuted
+    (:func:`v_cache_view`; ``fa``: as flash attention reads them). Returns the three.
+
+    ``strided``: Q, K or V may be strided views (:func:`attn_kv_strided`): rotated through a
+    contiguous copy, and their rows viewed contiguous (without it, with the tensor's token stride
+    ``nb[2]``, as ``cpy_k``/``cpy_v`` view them). ``v_rows``: V's rows (a column per token) into a
+    transposed cache, before they are flattened; by default V reshaped."""
     hp, sp = c.hp, c.sp
-    T = c.n_tokens
-    ns = sp.n_streams
-    nh, nkv = hp.n_head[il], hp.n_head_kv[il]
-    hd, hv = hp.head_k, hp.head_v
-    fa, vt = sp.flash_attn, sp.v_transposed
+    T, ns = c.n_tokens, sp.n_streams
+    nh, nkv, hd, hv = hp.n_head[il], hp.n_head_kv[il], hp.head_k, hp.head_v
     tk, tv = _type(sp.type_k), _type(sp.type_v)
-    n_kv = inp.n_kv
+    vt, n_kv = sp.v_transposed, inp.n_kv
     v_gqa = max(hp.n_head_kv) * hv
     rot = _rot_strided if strided else _rot
     q, k, v = rot(g, q, inp.k_rot), rot(g, k, inp.k_rot), rot(g, v, inp.v_rot)
@@ -252,23 +274,17 @@ def _attn_kv_impl(c: _Ctx, g: _Graph, q: _T, k: _T, v: _T, il: int, inp: _AttnIn
     buft = c.cache_buft[il]
     cache_k = g.leaf(f"cache_k_l{il}", tk.name, (hd * nkv, n_kv * ns), buft=buft)
     cache_v = g.leaf(f"cache_v_l{il}", tv.name, (v_gqa if vt else (hv * nkv), n_kv * ns), buft=buft)
-    # cpy_k / cpy_v (llama-kv-cache.cpp): SET_ROWS into views of the cache
-    kv = g.view(k, (hd * nkv, T), None)
+    kv = g.view(k, (hd * nkv, T), None if strided else (k.nb[0], k.nb[2]))
     set_k = g.view(cache_k, cache_k.ne, cache_k.nb, "SET_ROWS")
     set_k.src = [kv, inp.k_idxs, cache_k]
     g.expand(set_k)
     if not vt:
-        vv = g.view(v, (hv * nkv, T), None)
+        vv = g.view(v, (hv * nkv, T), None if strided else (v.nb[0], v.nb[2]))
         set_v = g.view(cache_v, cache_v.ne, cache_v.nb, "SET_ROWS")
         set_v.src = [vv, inp.v_idxs, cache_v]
-    elif strided and v.nb[2] != _type(v.type).type_size * hv * nkv:  # cpy_v's ggml_cont_2d
-        vv = g.new(f"{v.name} (cont)", "CONT", v.type, (hv * nkv, T), v)
-        vv = g.reshape(vv, 1, hv * nkv * T)
-        cv = g.reshape(cache_v, 1, math.prod(cache_v.ne))
-        set_v = g.view(cv, cv.ne, cv.nb, "SET_ROWS")
-        set_v.src = [vv, inp.v_idxs, cv]
     else:
-        vv = g.reshape(g.reshape(v, hv * nkv, T), 1, hv * nkv * T)
+        v2 = v_rows(v) if v_rows is not None else g.reshape(v, hv * nkv, T)
+        vv = g.reshape(v2, 1, v2.ne[0] * T)
         cv = g.reshape(cache_v, 1, math.prod(cache_v.ne))
         set_v = g.view(cv, cv.ne, cv.nb, "SET_ROWS")
         set_v.src = [vv, inp.v_idxs, cv]
@@ -278,6 +294,21 @@ def _attn_kv_impl(c: _Ctx, g: _Graph, q: _T, k: _T, v: _T, il: int, inp: _AttnIn
     kview = g.view(cache_k, (hd, nkv, n_kv, ns), (cache_k.nb[0], krow // nkv, krow, krow * n_kv))
     kp = g.permute(kview, 0, 2, 1, 3)
     vp = v_cache_view(g, cache_v, il, nkv, hv, n_kv, ns, vt, v_gqa, fa)
+    return qv, kp, vp
+
+
+def _attn_kv_impl(c: _Ctx, g: _Graph, q: _T, k: _T, v: _T, il: int, inp: _AttnInp, iswa: bool, strided: bool) -> _T:
+    hp, sp = c.hp, c.sp
+    T, ns = c.n_tokens, sp.n_streams
+    nh, nkv, hv = hp.n_head[il], hp.n_head_kv[il], hp.head_v
+    fa, n_kv = sp.flash_attn, inp.n_kv
+
+    def v_rows(v: _T) -> _T:  # cpy_v's ggml_cont_2d of a V whose tokens are not rows of hv * nkv values
+        if v.nb[2] != _type(v.type).type_size * hv * nkv:
+            return g.new(f"{v.name} (cont)", "CONT", v.type, (hv * nkv, T), v)
+        return g.reshape(v, hv * nkv, T)
+
+    qv, kp, vp = kv_cache_views(c, g, q, k, v, il, inp, iswa, fa, strided, v_rows if strided else None)
     if fa:
         out = g.new(f"node_fa-{il}", "FLASH_ATTN_EXT", "F32", (hv, nh, T // ns, ns), qv, kp, vp, inp.mask)
         cur = g.reshape(out, hv * nh, T)

@@ -13,11 +13,10 @@ first), so what matters is which node reads which, not the order llama.cpp creat
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph, _type
+from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
 from ggufx.analysis.memory.graph.llm import (
     _attn_inp,
     _AttnInp,
@@ -28,7 +27,7 @@ from ggufx.analysis.memory.graph.llm import (
     _w,
     _weight,
     kqv_on_host,
-    v_cache_view,
+    kv_cache_views,
 )
 from ggufx.model import GGUFModel
 
@@ -125,47 +124,26 @@ def _attention(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp, iswa: bool, d:
 
 def _attn_kv(c: _Ctx, g: _Graph, q: _T, k: _T, v: _T, il: int, inp: _AttnInp, iswa: bool, d: Dense) -> _T:
     """``build_attn`` (llama-graph.cpp:2950-3060, :3195-3290) with ``build_attn_mha`` (:2691): the cache
-    writes of K and V (``cpy_k``/``cpy_v``, llama-kv-cache.cpp: a V that is a strided view of a fused
-    projection is copied contiguous first when the cache is transposed), then the attention, with the
+    writes of K and V (:func:`~ggufx.analysis.memory.graph.llm.kv_cache_views`; ``cpy_v``,
+    llama-kv-cache.cpp: into a transposed cache, a V that is a strided view of a fused projection is
+    copied contiguous first, and padded to the cache's widest layer), then the attention, with the
     logit soft-capping of the path without flash attention."""
     hp, sp = c.hp, c.sp
     T, ns = c.n_tokens, sp.n_streams
-    nh, nkv, hd, hv = hp.n_head[il], hp.n_head_kv[il], hp.head_k, hp.head_v
-    fa, vt = sp.flash_attn, sp.v_transposed
-    tk, tv = _type(sp.type_k), _type(sp.type_v)
-    n_kv = inp.n_kv
+    nh, nkv, hv = hp.n_head[il], hp.n_head_kv[il], hp.head_v
+    fa, n_kv = sp.flash_attn, inp.n_kv
     v_gqa = max(hp.n_head_kv) * hv
-    q, k, v = _rot(g, q, inp.k_rot), _rot(g, k, inp.k_rot), _rot(g, v, inp.v_rot)
-    for t in (q, k, v) if iswa else (q, v, k):
-        g.expand(t)
-    buft = c.cache_buft[il]
-    cache_k = g.leaf(f"cache_k_l{il}", tk.name, (hd * nkv, n_kv * ns), buft=buft)
-    cache_v = g.leaf(f"cache_v_l{il}", tv.name, (v_gqa if vt else (hv * nkv), n_kv * ns), buft=buft)
-    kv = g.view(k, (hd * nkv, T), (k.nb[0], k.nb[2]))
-    set_k = g.view(cache_k, cache_k.ne, cache_k.nb, "SET_ROWS")
-    set_k.src = [kv, inp.k_idxs, cache_k]
-    g.expand(set_k)
-    if not vt:
-        vv = g.view(v, (hv * nkv, T), (v.nb[0], v.nb[2]))
-        set_v = g.view(cache_v, cache_v.ne, cache_v.nb, "SET_ROWS")
-        set_v.src = [vv, inp.v_idxs, cache_v]
-    else:
+
+    def v_rows(v: _T) -> _T:
         if v.nb[2] == v.nb[0] * hv * nkv:
             v2 = g.reshape(v, hv * nkv, T)
         else:
             v2 = g.new(f"Vcur_cont-{il}", "CONT", "F32", (hv * nkv, T), v)
         if hv * nkv < v_gqa:  # [TAG_V_CACHE_VARIABLE]: fewer KV heads than the cache's widest layer
             v2 = g.new(f"Vcur_pad-{il}", "PAD", "F32", (v_gqa, T), v2)
-        vv = g.reshape(v2, 1, v2.ne[0] * T)
-        cv = g.reshape(cache_v, 1, math.prod(cache_v.ne))
-        set_v = g.view(cv, cv.ne, cv.nb, "SET_ROWS")
-        set_v.src = [vv, inp.v_idxs, cv]
-    g.expand(set_v)
-    qv = g.permute(g.view(q, (hd, nh, T // ns, ns), (q.nb[0], q.nb[1], q.nb[2], q.nb[2] * (T // ns))), 0, 2, 1, 3)
-    krow = cache_k.nb[1]
-    kview = g.view(cache_k, (hd, nkv, n_kv, ns), (cache_k.nb[0], krow // nkv, krow, krow * n_kv))
-    kp = g.permute(kview, 0, 2, 1, 3)
-    vp = v_cache_view(g, cache_v, il, nkv, hv, n_kv, ns, vt, v_gqa, fa)
+        return v2
+
+    qv, kp, vp = kv_cache_views(c, g, q, k, v, il, inp, iswa, fa, v_rows=v_rows)
     if fa:
         out = g.new(f"node_fa-{il}", "FLASH_ATTN_EXT", "F32", (hv, nh, T // ns, ns), qv, kp, vp, inp.mask)
         cur = g.reshape(out, hv * nh, T)

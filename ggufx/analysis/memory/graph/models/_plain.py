@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph, _strides
 from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _inp_embd, _proj, _rot, _w, _weight
-from ggufx.analysis.memory.graph.models._dense import _ROPE_FACTORS, Dense, _attn_kv, _ffn, _n, _qkv
+from ggufx.analysis.memory.graph.models._dense import _ROPE_FACTORS, Dense, _attn_kv, _ffn, _n, _qkv, tied_head
 from ggufx.model import GGUFModel
 
 GLU = "glu"  # ffn_gate and ffn_up in parallel, SwiGLU (GEGLU with Dense.gelu): _dense's FFN
@@ -134,7 +134,7 @@ def build(c: _Ctx, g: _Graph, p: Plain) -> _T:
     if nb is not None:
         cur = g.op("result_norm", "ADD", cur, nb)
     cur.flags |= OUTPUT
-    out_w = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
+    out_w = tied_head(c)
     logits = g.mul_mat("result_output", out_w, cur)
     ob = _weight(c, "output.bias", hp.n_layer)
     if ob is not None:
@@ -317,7 +317,7 @@ def build_classic(c: _Ctx, g: _Graph, k: Classic, use_par_res: bool = False) -> 
     g.at(GLOBAL)
     cur = norm(c, g, x, "output_norm.weight", -1, d)
     cur.flags |= OUTPUT
-    out_w = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
+    out_w = tied_head(c)
     logits = g.mul_mat("result_output", out_w, cur)
     logits.flags |= OUTPUT
     return logits

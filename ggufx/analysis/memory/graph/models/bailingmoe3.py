@@ -19,6 +19,7 @@ from typing import cast
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph, _type
 from ggufx.analysis.memory.graph.llm import _Ctx, _inp_embd, _norm, _w, _weight, model_of
 from ggufx.analysis.memory.graph.models import deepseek2, qwen3next
+from ggufx.analysis.memory.graph.models._dense import tied_head
 from ggufx.analysis.memory.graph.models.deepseek2 import cache_k, cache_write, mha
 from ggufx.analysis.memory.graph.models.kimi_linear import _causal_conv, _Kda, _kda_dims, kda_header
 from ggufx.analysis.memory.graph.models.qwen35 import _rs
@@ -193,7 +194,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
     cur.flags |= OUTPUT  # t_h_nextn (llm_graph_result::set_outputs)
     cur = g.new("result_norm", "GET_ROWS", "F32", (E, n_out), cur, out_ids)
     cur.flags |= OUTPUT  # t_embd
-    out_w = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
+    out_w = tied_head(c)
     logits = g.mul_mat("result_output", out_w, cur)
     logits.flags |= OUTPUT
     return logits

@@ -11,9 +11,9 @@ in place: a copy of the logits, the graph's output, beside the head's product)."
 from __future__ import annotations
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _inp_embd, _proj, _w, _weight
+from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _inp_embd, _proj, _w
 from ggufx.analysis.memory.graph.models import _plain
-from ggufx.analysis.memory.graph.models._dense import Dense, _attn_kv, _ffn, _n, _qkv
+from ggufx.analysis.memory.graph.models._dense import Dense, _attn_kv, _ffn, _n, _qkv, tied_head
 from ggufx.model import GGUFModel
 
 _RMS = Dense()  # the layer's norms, and build_attn's and build_ffn's switches (llama's)
@@ -70,7 +70,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
     cur = g.op("norm", "RMS_NORM", x)
     cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
     cur.flags |= OUTPUT
-    out_w = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
+    out_w = tied_head(c)
     logits = g.mul_mat("result_output_with_img_logits", out_w, cur)
     img = g.op("img_logits", "CLAMP", g.leaf("img_logits", "F32", (IMG_TOKENS,)))
     out = g.op("result_output", "SET", logits, img)

@@ -25,7 +25,7 @@ from ggufx.analysis.memory.graph.llm import (
     moe_weights_norm,
     topk_fusion,
 )
-from ggufx.analysis.memory.graph.models._dense import output
+from ggufx.analysis.memory.graph.models._dense import output, tied_head
 from ggufx.model import GGUFModel
 
 SOFTMAX, SIGMOID, SOFTMAX_WEIGHT = 1, 2, 3  # llama_expert_gating_func_type (llama-hparams.h)
@@ -347,8 +347,7 @@ def layer_tail(
 
 def output_head(c: _Ctx, g: _Graph, x: _T) -> _T:
     """The output norm (an output too) and the logits, over ``output.weight`` or the tied embedding."""
-    n_layer = c.hp.n_layer
-    return output(c, g, x, _weight(c, "output.weight", n_layer) or _w(c, "token_embd.weight", n_layer))
+    return output(c, g, x, tied_head(c))
 
 
 __all__ = [

@@ -29,11 +29,10 @@ from ggufx.analysis.memory.graph.llm import (
     _proj,
     _rot,
     _w,
-    _weight,
     kqv_on_host,
     v_cache_view,
 )
-from ggufx.analysis.memory.graph.models._dense import Dense, _attn_kv
+from ggufx.analysis.memory.graph.models._dense import Dense, _attn_kv, tied_head
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.model import GGUFModel
 
@@ -259,7 +258,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
     rows_out = g.new("node_rows", "GET_ROWS", "F32", (E, n_out), merged, out_ids)
     res = _norm(c, g, rows_out, "output_norm.weight", L, pin=False)
     res.flags |= OUTPUT
-    out_w = _weight(c, "output.weight", L) or _w(c, "token_embd.weight", L)
+    out_w = tied_head(c)
     logits = g.op("result_output", "SCALE", g.mul_mat("result_output", out_w, res))
     logits = g.op("result_output", "SCALE", g.op("result_output", "UNARY", logits))
     logits.flags |= OUTPUT

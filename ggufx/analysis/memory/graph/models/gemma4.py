@@ -39,6 +39,7 @@ from ggufx.analysis.memory.graph.llm import (
     moe_select,
     moe_weighted_sum,
 )
+from ggufx.analysis.memory.graph.models._dense import tied_head
 from ggufx.analysis.memory.graph.models.qwen3next import n_expert_used
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.model import GGUFModel
@@ -320,7 +321,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
     h.flags |= OUTPUT  # t_h_nextn (gemma4.cpp: the MTP drafter's input), an output of every graph
     res = g.new("result_norm", "GET_ROWS", "F32", (E, n_out), h, out_ids)
     res.flags |= OUTPUT
-    out_w = _weight(c, "output.weight", L) or _w(c, "token_embd.weight", L)
+    out_w = tied_head(c)
     logits = g.mul_mat("result_output", out_w, res)
     cap = model_of(c).metadata.get(f"{ARCH}.final_logit_softcapping")
     if isinstance(cap, (int, float)) and not isinstance(cap, bool) and cap:

@@ -22,6 +22,7 @@ from ggufx.analysis.memory.graph.llm import (
     _weight,
     model_of,
 )
+from ggufx.analysis.memory.graph.models._dense import tied_head
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.model import GGUFModel
 
@@ -175,7 +176,7 @@ def scaled_output(c: _Ctx, g: _Graph, x: _T) -> _T:
     cur = g.op("norm", "RMS_NORM", x)
     cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
     cur.flags |= OUTPUT
-    out_w = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
+    out_w = tied_head(c)
     logits = g.op("result_output", "SCALE", g.mul_mat("result_output", out_w, cur))  # / logit_scale
     logits.flags |= OUTPUT
     return logits

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
 from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _inp_embd, _norm, _proj, _w, _weight
+from ggufx.analysis.memory.graph.models._dense import tied_head
 from ggufx.analysis.memory.graph.models.moe import moe_ffn, shared_fuses
 from ggufx.analysis.memory.graph.models.qwen3next import attn_core, file_value, n_expert_used
 from ggufx.analysis.memory.graph.models.ssm import mamba2_layer, rs_inp
@@ -114,7 +115,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
     cur = g.op("norm", "RMS_NORM", x)
     cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
     cur.flags |= OUTPUT
-    out_w = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
+    out_w = tied_head(c)
     logits = g.mul_mat("result_output", out_w, cur)
     if _scale(c, "logit_scale"):
         logits = g.op("result_output", "SCALE", logits)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
 from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd, _w, _weight
 from ggufx.analysis.memory.graph.models import _moe_check
-from ggufx.analysis.memory.graph.models._dense import Dense, _ffn, _n
+from ggufx.analysis.memory.graph.models._dense import Dense, _ffn, _n, tied_head
 from ggufx.analysis.memory.graph.models._moe_dense import ROUTER, routed
 from ggufx.analysis.memory.graph.models._plain import attention
 from ggufx.analysis.memory.graph.models.qwen3next import file_value
@@ -62,7 +62,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
     cur = g.op("norm", "RMS_NORM", x)
     cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
     cur.flags |= OUTPUT
-    out_w = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
+    out_w = tied_head(c)
     logits = g.op("result_output", "SCALE", g.mul_mat("result_output", out_w, cur))
     cap = file_value(c, "grok.final_logit_softcapping")
     if isinstance(cap, (int, float)) and cap != 0:

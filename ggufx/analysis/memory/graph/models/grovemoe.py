@@ -16,13 +16,12 @@ from ggufx.analysis.memory.graph.llm import (
     _Ctx,
     _inp_embd,
     _w,
-    _weight,
     moe_swiglu_experts,
     moe_weighted_sum,
     moe_weights_norm,
 )
 from ggufx.analysis.memory.graph.models import _moe_check, qwen3next
-from ggufx.analysis.memory.graph.models._dense import Dense, decoder, output
+from ggufx.analysis.memory.graph.models._dense import Dense, decoder, output, tied_head
 from ggufx.analysis.memory.graph.models._moe_dense import EXPERTS, ROUTER
 from ggufx.analysis.memory.graph.models._plain import attention
 from ggufx.analysis.memory.graph.models.qwen3next import file_value
@@ -77,8 +76,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
     """grovemoe.cpp's ``graph::graph``: :func:`~._dense.decoder` of its attention and FFN, the head
     ``output.weight`` or the tied embeddings."""
     x = decoder(c, g, _inp_embd(c, g), _attention, _ffn, _D)
-    n_layer = c.hp.n_layer
-    return output(c, g, x, _weight(c, "output.weight", n_layer) or _w(c, "token_embd.weight", n_layer))
+    return output(c, g, x, tied_head(c))
 
 
 def unbuildable(model: GGUFModel) -> str | None:

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ggufx.analysis.memory.graph.ggml import _T, _Graph
-from ggufx.analysis.memory.graph.llm import _AttnInp, _Ctx, _inp_embd, _rot, _w, _weight
+from ggufx.analysis.memory.graph.llm import _AttnInp, _Ctx, _inp_embd, _rot, _w
 from ggufx.analysis.memory.graph.models import _moe_dense, deepseek2, qwen3next
-from ggufx.analysis.memory.graph.models._dense import Dense, _attn_kv, _ffn, _n, _qkv, decoder, output
+from ggufx.analysis.memory.graph.models._dense import Dense, _attn_kv, _ffn, _n, _qkv, decoder, output, tied_head
 from ggufx.analysis.memory.graph.models._moe_dense import EXPERTS, GATINGS, ROUTER, SHARED, shared
 from ggufx.analysis.memory.graph.models._plain import rot
 from ggufx.analysis.memory.graph.models.deepseek2 import SIGMOID
@@ -66,8 +66,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
     """laguna.cpp's ``graph::graph``: :func:`~._dense.decoder` of its attention and FFN, the head
     ``output.weight`` or the tied embeddings."""
     x = decoder(c, g, _inp_embd(c, g), _attn, _ffn_of, _D, iswa=any(c.swa))
-    n_layer = c.hp.n_layer
-    return output(c, g, x, _weight(c, "output.weight", n_layer) or _w(c, "token_embd.weight", n_layer))
+    return output(c, g, x, tied_head(c))
 
 
 def unbuildable(model: GGUFModel) -> str | None:

@@ -17,6 +17,7 @@ from ggufx.analysis.memory.graph.llm import (
     _w,
     _weight,
 )
+from ggufx.analysis.memory.graph.models._dense import tied_head
 from ggufx.analysis.memory.graph.models.moe import moe_ffn
 from ggufx.analysis.memory.graph.models.qwen3next import attn_core, n_expert_used
 from ggufx.analysis.memory.graph.models.qwen35 import _copy_into, _rs
@@ -123,7 +124,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
     cur = g.op("norm", "RMS_NORM", x)
     cur = g.op("result_norm", "MUL", cur, _w(c, OUTPUT_NORM, hp.n_layer))
     cur.flags |= OUTPUT
-    out_w = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
+    out_w = tied_head(c)
     logits = g.mul_mat("result_output", out_w, cur)
     logits.flags |= OUTPUT
     return logits

@@ -11,7 +11,7 @@ from __future__ import annotations
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
 from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _inp_embd, _proj, _w, _weight
 from ggufx.analysis.memory.graph.models import _plain
-from ggufx.analysis.memory.graph.models._dense import _ROPE_FACTORS, Dense, _attn_kv, _ffn, _n
+from ggufx.analysis.memory.graph.models._dense import _ROPE_FACTORS, Dense, _attn_kv, _ffn, _n, tied_head
 from ggufx.analysis.memory.graph.models.qwen3next import file_value
 from ggufx.model import GGUFModel
 
@@ -93,7 +93,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
     cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))
     cur.flags |= OUTPUT
     cur = g.op("lmhead_scaling", "SCALE", cur)
-    out_w = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
+    out_w = tied_head(c)
     logits = g.mul_mat("result_output", out_w, cur)
     logits.flags |= OUTPUT
     return logits

@@ -20,7 +20,8 @@ from dataclasses import dataclass, replace
 
 from ggufx.analysis.layers import layer_kinds
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd, _norm, _w, _weight, model_of
+from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd, _norm, _w, model_of
+from ggufx.analysis.memory.graph.models._dense import tied_head
 from ggufx.analysis.memory.graph.models.deepseek2 import cache_write
 from ggufx.analysis.memory.graph.models.hy_v4 import _cast
 from ggufx.analysis.memory.graph.models.qwen3next import _ffn, gdn_dims, n_expert_used, recurrent_layer
@@ -366,7 +367,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
     g.at(GLOBAL)
     cur, _ = hc_mix(c, g, res, "output_hc_", -1, False, False)
     cur.flags |= OUTPUT  # result_norm: t_embd
-    out_w = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
+    out_w = tied_head(c)
     logits = g.mul_mat("result_output", out_w, cur)
     logits.flags |= OUTPUT
     return logits

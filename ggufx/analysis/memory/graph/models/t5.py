@@ -34,9 +34,7 @@ The self-attention's bias is ``[n_kv, n_tokens, n_head]`` and does not broadcast
 
 from __future__ import annotations
 
-import math
-
-from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph, _type
+from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
 from ggufx.analysis.memory.graph.llm import (
     _attn_inp,
     _AttnInp,
@@ -47,9 +45,10 @@ from ggufx.analysis.memory.graph.llm import (
     _w,
     _weight,
     kqv_on_host,
+    kv_cache_views,
     model_of,
-    v_cache_view,
 )
+from ggufx.analysis.memory.graph.models._dense import tied_head
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.errors import InputError
 from ggufx.model import GGUFModel
@@ -97,41 +96,13 @@ def _qkv(c: _Ctx, g: _Graph, x: _T, p: str, il: int, n_kv_rows: _T | None = None
 
 def _attn_self(c: _Ctx, g: _Graph, q: _T, k: _T, v: _T, kq_b: _T, il: int, inp: _AttnInp) -> _T:
     """``build_attn`` over the KV cache (llama-graph.cpp:2943-3030) with a position bias: the Hadamard rotations of a
-    quantized cache, Q, V, K expanded, the cache writes, then ``build_attn_mha``'s path without flash attention (a
-    ``kq_b`` turns it off, :2716): the scores over the cache, plus the bias, the softmax, V (transposed back into a
-    contiguous copy where the cache was made for flash attention), the product, the heads made contiguous."""
-    hp, sp = c.hp, c.sp
-    T, ns = c.n_tokens, sp.n_streams
-    nh, nkv, hd, hv = hp.n_head[il], hp.n_head_kv[il], hp.head_k, hp.head_v
-    vt = sp.v_transposed
-    tk, tv = _type(sp.type_k), _type(sp.type_v)
-    n_kv = inp.n_kv
-    v_gqa = max(hp.n_head_kv) * hv
-    q, k, v = _rot(g, q, inp.k_rot), _rot(g, k, inp.k_rot), _rot(g, v, inp.v_rot)
-    for t in (q, v, k):
-        g.expand(t)
-    buft = c.cache_buft[il]
-    cache_k = g.leaf(f"cache_k_l{il}", tk.name, (hd * nkv, n_kv * ns), buft=buft)
-    cache_v = g.leaf(f"cache_v_l{il}", tv.name, (v_gqa if vt else (hv * nkv), n_kv * ns), buft=buft)
-    kv = g.view(k, (hd * nkv, T), (k.nb[0], k.nb[2]))
-    set_k = g.view(cache_k, cache_k.ne, cache_k.nb, "SET_ROWS")
-    set_k.src = [kv, inp.k_idxs, cache_k]
-    g.expand(set_k)
-    if not vt:
-        vv = g.view(v, (hv * nkv, T), (v.nb[0], v.nb[2]))
-        set_v = g.view(cache_v, cache_v.ne, cache_v.nb, "SET_ROWS")
-        set_v.src = [vv, inp.v_idxs, cache_v]
-    else:
-        vv = g.reshape(g.reshape(v, hv * nkv, T), 1, hv * nkv * T)
-        cv = g.reshape(cache_v, 1, math.prod(cache_v.ne))
-        set_v = g.view(cv, cv.ne, cv.nb, "SET_ROWS")
-        set_v.src = [vv, inp.v_idxs, cv]
-    g.expand(set_v)
-    qv = g.permute(g.view(q, (hd, nh, T // ns, ns), (q.nb[0], q.nb[1], q.nb[2], q.nb[2] * (T // ns))), 0, 2, 1, 3)
-    krow = cache_k.nb[1]
-    kview = g.view(cache_k, (hd, nkv, n_kv, ns), (cache_k.nb[0], krow // nkv, krow, krow * n_kv))
-    kp = g.permute(kview, 0, 2, 1, 3)
-    vp = v_cache_view(g, cache_v, il, nkv, hv, n_kv, ns, vt, v_gqa, False)
+    quantized cache, Q, V, K expanded, the cache writes (:func:`~ggufx.analysis.memory.graph.llm.kv_cache_views`),
+    then ``build_attn_mha``'s path without flash attention (a ``kq_b`` turns it off, :2716): the scores over the
+    cache, plus the bias, the softmax, V (transposed back into a contiguous copy where the cache was made for flash
+    attention), the product, the heads made contiguous."""
+    hp, T, ns = c.hp, c.n_tokens, c.sp.n_streams
+    nh, hv, n_kv = hp.n_head[il], hp.head_v, inp.n_kv
+    qv, kp, vp = kv_cache_views(c, g, q, k, v, il, inp, False, False)
     kq = g.new(f"kq-{il}", "MUL_MAT", "F32", (n_kv, T // ns, nh, ns), kp, qv)
     kq = g.op(f"kq_plus_kq_b-{il}", "ADD", kq, kq_b)
     kq = g.op(f"kq_soft_max-{il}", "SOFT_MAX", kq, inp.mask)
@@ -253,7 +224,7 @@ def _decoder(c: _Ctx, g: _Graph) -> _T:
     g.at(GLOBAL)
     cur = g.op("norm", "RMS_NORM", x)
     cur = g.op("result_norm", "MUL", cur, _w(c, "dec.output_norm.weight", hp.n_layer))
-    out = _weight(c, "output.weight", hp.n_layer) or _w(c, "token_embd.weight", hp.n_layer)
+    out = tied_head(c)
     logits = g.mul_mat("result_output", out, cur)
     logits.flags |= OUTPUT
     g.expand(logits)
