@@ -78,11 +78,11 @@ def cpu_model_archs() -> dict[str, str]:
     (headers-manifest-cpu-models.tsv, written by matrix_builders.py)."""
     sys.path.insert(0, str(CPU_MODELS))
     try:
-        from models import MODELS
+        from models import ALIASES, MODELS
     finally:
         sys.path.remove(str(CPU_MODELS))
     names = [line.split("\t")[0] for line in (LOGS / "headers-manifest-cpu-models.tsv").read_text().splitlines()]
-    return {n: MODELS[n]["arch"] for n in names}
+    return {n: MODELS[ALIASES.get(n, n)]["arch"] for n in names}
 
 
 def _cpu_models(out: Path, smollm2: Path) -> dict[str, Path]:
@@ -91,15 +91,15 @@ def _cpu_models(out: Path, smollm2: Path) -> dict[str, Path]:
     sys.path.insert(0, str(CPU_MODELS))
     try:
         from make_arch_headers import header
-        from models import MODELS
+        from models import ALIASES, MODELS
     finally:
         sys.path.remove(str(CPU_MODELS))
     tensors = json.loads((CPU_MODELS / "tensors.json").read_text())
     models = {}
     for line in (LOGS / "headers-manifest-cpu-models.tsv").read_text().splitlines():
         name, size, head, sha = line.split("\t")
-        path = out / f"{name}.gguf"
-        assert header(path, MODELS[name], tensors[name], smollm2) == (int(head), int(size)), name
+        path, spec = out / f"{name}.gguf", ALIASES.get(name, name)
+        assert header(path, {"name": spec, **MODELS[spec]}, tensors[spec], smollm2) == (int(head), int(size)), name
         with open(path, "rb") as f:
             assert hashlib.sha256(f.read(int(head))).hexdigest() == sha, f"{name}: not the header llama.cpp loaded"
         models[name] = path

@@ -291,8 +291,12 @@ def _cuda_refuses(t: TensorInfo, model: GGUFModel, arch: str | None) -> bool:
       that is a multiple of 16; Mamba-1's d_state 16, heads of 1, a multiple of 128 of them and one group. PLaMo 2's
       ``ssm_a`` is one row of its heads (``ne[0]`` 32), which CUDA takes for Mamba-1 with d_state 32: refused.
     * a convolution (SSM_CONV): its channels ``ne[1]`` a multiple of 128.
+    * an EAGLE3 head's ``d2t`` (GET_ROWS, llama-arch.cpp:1035) of type I64, which CUDA's GET_ROWS does not take
+      (ggml-cuda.cu:5380-5400): on the host.
     """
     name = t.name
+    if name == "d2t":
+        return t.type.name == "I64"
     if "ssm_a" not in name and "conv" not in name:  # the cheap test first: every tensor of every fit passes here
         return False
     if _SSM_A_NAME.fullmatch(name):
