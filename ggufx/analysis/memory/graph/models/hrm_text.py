@@ -12,8 +12,8 @@ rows are picked from the last zH and projected by ``output`` (or the tied embedd
 from __future__ import annotations
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd, _w, _weight, model_of
-from ggufx.analysis.memory.graph.models._dense import Dense, _ffn
+from ggufx.analysis.memory.graph.llm import _attn_inp, _Ctx, _inp_embd, _w, model_of
+from ggufx.analysis.memory.graph.models._dense import Dense, _ffn, tied_head
 from ggufx.analysis.memory.graph.models._plain import norm
 from ggufx.analysis.memory.graph.models.muse_glimmer import gated_attention
 from ggufx.model import GGUFModel
@@ -81,7 +81,7 @@ def graph_kinds(c: _Ctx) -> list[object]:
 def build(c: _Ctx, g: _Graph) -> _T:
     """hrm-text.cpp ``graph::graph`` and ``build_stack``, slot by slot (the slots' kinds: :func:`graph_kinds`)."""
     lps, l_cycles = _where(c)
-    T, n_out, n_layer = c.n_tokens, c.n_outputs, c.hp.n_layer
+    T, n_out = c.n_tokens, c.n_outputs
     z_h = _inp_embd(c, g)
     scale = model_of(c).metadata.get(f"{c.hp.arch}.embedding_scale")
     if isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale != 0:  # build_inp_embd's SCALE
@@ -112,7 +112,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
     g.at(GLOBAL)
     cur = g.new("result_norm", "GET_ROWS", "F32", (c.hp.n_embd, n_out), z_h, out_ids)
     cur.flags |= OUTPUT
-    out_w = _weight(c, "output.weight", n_layer) or _w(c, "token_embd.weight", n_layer)
+    out_w = tied_head(c)
     logits = g.mul_mat("result_output", out_w, cur)
     logits.flags |= OUTPUT
     return logits

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
 from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _norm, _proj, _w, _weight
+from ggufx.analysis.memory.graph.models._dense import tied_head
 from ggufx.analysis.memory.graph.models.qwen3next import _ffn, n_expert_used
 from ggufx.analysis.memory.graph.models.qwen35 import _gated_attn
 from ggufx.analysis.memory.hparams import hparams
@@ -78,11 +79,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
     cur.flags |= OUTPUT
     if not picked:
         cur = g.new("mtp_shared_head_norm", "GET_ROWS", "F32", (hp.n_embd, n_out), cur, out_ids)
-    head = (
-        _weight(c, p + "nextn.shared_head_head.weight", il)
-        or _weight(c, "output.weight", hp.n_layer)
-        or _w(c, "token_embd.weight", hp.n_layer)
-    )
+    head = _weight(c, p + "nextn.shared_head_head.weight", il) or tied_head(c)
     logits = g.mul_mat("result_output", head, cur)
     logits.flags |= OUTPUT
     return logits

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ggufx.analysis.memory.graph.ggml import _T, _Graph
-from ggufx.analysis.memory.graph.llm import _AttnInp, _Ctx, _inp_embd, _rot, _w, _weight
-from ggufx.analysis.memory.graph.models._dense import Dense, _attn_kv, _ffn, _qkv, decoder, output
+from ggufx.analysis.memory.graph.llm import _AttnInp, _Ctx, _inp_embd, _rot, _w
+from ggufx.analysis.memory.graph.models._dense import Dense, _attn_kv, _ffn, _qkv, decoder, output, tied_head
 from ggufx.analysis.memory.graph.models._plain import rot
 from ggufx.model import GGUFModel
 
@@ -40,8 +40,7 @@ def _attention(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp) -> _T:
 def build(c: _Ctx, g: _Graph) -> _T:
     """spark2-5.cpp ``graph::graph``."""
     x = decoder(c, g, _inp_embd(c, g), _attention, _geglu, _D, iswa=True)
-    n_layer = c.hp.n_layer
-    return output(c, g, x, _weight(c, "output.weight", n_layer) or _w(c, "token_embd.weight", n_layer))
+    return output(c, g, x, tied_head(c))
 
 
 def _geglu(c: _Ctx, g: _Graph, x: _T, il: int) -> _T:
