@@ -289,3 +289,28 @@ def test_a_target_whose_graph_names_no_layer_inputs_is_refused(
 def test_a_dflash_draft_alone_is_refused_in_llama_cpps_words(files: dict[str, Path]) -> None:
     with pytest.raises(InputError, match="dflash requires ctx_other to be set.*--spec-type draft-dflash"):
         memory(ggufx.open(files["dflash"]), MemoryRequest(), ggufx.open)
+
+
+def test_mem_gives_the_heads_own_context_warning(hole_models: dict[str, Path]) -> None:
+    """llama-server's EAGLE3 head of Llama-3.1-8B (trained on 2048 tokens) takes the target's 32768 cells and its
+    context warns after the target's (recorded on CUDA: srv-eagle3-l8b-ngl99-c32768); `mem --json` says the same."""
+    import json
+
+    from .llamacpp_logs import LOGS
+
+    printed = [
+        line[2:]
+        for line in (LOGS / "srv-eagle3-l8b-ngl99-c32768.log").read_text().splitlines()
+        if line.startswith("W llama_context: n_ctx_seq")
+    ]
+    target, head = hole_models["llama31-8b-draft-target"], hole_models["eagle3-llama31-8b"]
+    args = f"llama-server -m {target} -md {head} --spec-type draft-eagle3 -ngl 99 -ngld 99 -c 32768"
+    r = subprocess.run(
+        [sys.executable, "-m", "ggufx", "mem", "--llama-args", args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert printed == ["llama_context: n_ctx_seq (32768) > n_ctx_train (2048) -- possible training context overflow"]
+    assert json.loads(r.stdout)["warnings"][-1:] == printed

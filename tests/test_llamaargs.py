@@ -304,7 +304,8 @@ _TOOL = {"completion": "llama-completion", "server": "llama-server", "mtmd": "ll
 
 def test_context_warnings_are_the_ones_every_recorded_llama_cpp_run_printed(hole_models: dict[str, Path]) -> None:
     import ggufx
-    from ggufx.analysis.memory.context_warnings import context_warnings
+    from ggufx.analysis.memory.context_warnings import context_warnings, draft_context_warnings
+    from ggufx.analysis.memory.hparams import hparams, pad
 
     from .llamacpp_logs import LOGS, RUNS
 
@@ -318,13 +319,18 @@ def test_context_warnings_are_the_ones_every_recorded_llama_cpp_run_printed(hole
         log = (LOGS / f"{rid}.log").read_text()
         printed = [line[2:] for line in log.splitlines() if line.startswith("W ") and any(w in line for w in _WARNED)]
         ours = context_warnings(ggufx.open(hole_models[args.model]), args.context, args.tool)
+        if args.draft is not None:  # the draft's own context, after the target's (the target's cells)
+            n_ctx = pad(args.context.n_ctx or hparams(ggufx.open(hole_models[args.model])).n_ctx_train)
+            draft = ggufx.open(hole_models[args.draft])
+            ours += draft_context_warnings(draft, args.draft_context or args.context, n_ctx)
         assert ours == printed, rid
         compared += 1
         warned += bool(printed)
     # smol at -c 16384, Llama 3.2 1B at -c 262144; gpt-oss 20B and 29 other models (the second recordings) and
     # 51 more (the third) at -c 32768 -np 3 (n_ctx not divisible by n_seq_max); 156 more in the session-8
-    # recordings (the builders of sessions 6-8: beyond the training context, -np 3)
-    assert compared > 1200 and warned == 239
+    # recordings (the builders of sessions 6-8: beyond the training context, -np 3); 65 more in session 9's (the
+    # third round's builders, and an EAGLE3 head's own context beyond its 2048 training tokens)
+    assert compared > 1600 and warned == 304
 
 
 def test_llama_embeddings_context_warning(smollm2_path: Path) -> None:

@@ -544,7 +544,7 @@ def memory_breakdown(
     ``gpus``: default one CUDA GPU; empty: a build without GPUs. ``warnings``: what llama.cpp (``tool``)
     logs about this context (beyond the training context, not divisible by the sequences)."""
     from ggufx.analysis.memory.buffers import ContextParams
-    from ggufx.analysis.memory.context_warnings import context_warnings
+    from ggufx.analysis.memory.context_warnings import context_warnings, draft_context_warnings
     from ggufx.analysis.memory.estimate import GPU, summarize_breakdown
     from ggufx.analysis.memory.options import ProjectorOptions
     from ggufx.analysis.memory.placement import Device, OffloadParams
@@ -574,7 +574,8 @@ def memory_breakdown(
         **e.to_dict(),
         "n_gpu_layers_requested": offload.n_gpu_layers,
         **_details(b),
-        "warnings": context_warnings(model, context, tool),
+        "warnings": context_warnings(model, context, tool)
+        + (draft_context_warnings(draft, draft_context or context, b.n_ctx) if draft is not None else []),
     }
     return cast(MemoryResult, res)
 

@@ -23,7 +23,7 @@ from ggufx.analysis.memory.buffers import ContextParams
 from ggufx.analysis.memory.hparams import hparams, pad
 from ggufx.model import GGUFModel
 
-__all__ = ["context_warnings"]
+__all__ = ["context_warnings", "draft_context_warnings"]
 
 
 def context_warnings(model: GGUFModel, context: ContextParams, tool: str | None = None) -> list[str]:
@@ -58,3 +58,14 @@ def context_warnings(model: GGUFModel, context: ContextParams, tool: str | None 
     if tool == "llama-embedding" and n_ctx_train and n_ctx > n_ctx_train:  # examples/embedding/embedding.cpp:152-155
         out.append(f"main: warning: model was trained on only {n_ctx_train} context tokens ({n_ctx} specified)")
     return out
+
+
+def draft_context_warnings(draft: GGUFModel, draft_context: ContextParams, n_ctx: int) -> list[str]:
+    """The warnings of a draft model's own ``llama_context``: it takes the target's ``n_ctx`` cells
+    (``common_base_params_to_speculative``, common/speculative.cpp), so a draft or EAGLE3 head trained on a short
+    context (2048 tokens) warns ``n_ctx_seq (N) > n_ctx_train (2048)`` after the target's lines. The tools' own
+    warnings are about the target only."""
+    from dataclasses import replace
+
+    lines = context_warnings(draft, replace(draft_context, n_ctx=n_ctx))
+    return [w for w in lines if w.startswith("llama_context:")]
