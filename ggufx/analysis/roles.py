@@ -166,7 +166,7 @@ def parse_name(name: str) -> TensorRole:
     return TensorRole(None, m["role"], m["kind"] or "", tower)
 
 
-_KIND_SUFFIXES = (".weight", ".bias", ".scale", ".scales")
+_KINDS = frozenset({"weight", "bias", "scale", "scales"})  # _BLOCK's kind group
 _COMPANION_ENDS = tuple(f".{s}" for s in COMPANION_SUFFIXES)
 
 
@@ -179,10 +179,8 @@ def block_role(name: str) -> tuple[int, str] | None:
         layer, dot, rest = name[4:].partition(".")
         if dot and rest and layer.isascii() and layer.isdigit():
             # _BLOCK's lazy role: the rest less the one kind suffix it ends with, where a role is left
-            for kind in _KIND_SUFFIXES:
-                if rest.endswith(kind) and len(rest) > len(kind):
-                    return int(layer), rest[: -len(kind)]
-            return int(layer), rest
+            role, dot, kind = rest.rpartition(".")
+            return int(layer), (role if dot and role and kind in _KINDS else rest)
         if not layer.isdecimal():  # _BLOCK needs \d+ then a dot: the name is a global one
             return None
     elif not (name.startswith("direction.") or name.endswith(_COMPANION_ENDS) or "\n" in name):
