@@ -16,7 +16,7 @@ from typing import Any
 
 from ggufx.analysis.memory.archs import arch_of
 from ggufx.analysis.memory.hparams import LLAMA_MAX_LAYERS, n_nextn, sliding_window
-from ggufx.analysis.roles import ATTENTION_ROLES, RECURRENT_ROLES, parse_name
+from ggufx.analysis.roles import ATTENTION_ROLES, RECURRENT_ROLES, block_role, parse_name
 from ggufx.errors import ValidationError
 from ggufx.format.ggmltypes import bpw
 from ggufx.format.values import GGUFArray
@@ -161,9 +161,9 @@ def layer_kinds(model: GGUFModel) -> list[LayerKind]:
 def _layer_kinds(model: GGUFModel) -> list[LayerKind]:
     roles_by_layer: dict[int, set[str]] = {}
     for t in model.tensors:
-        r = parse_name(t.name)
-        if r.layer is not None and r.tower is None:
-            roles_by_layer.setdefault(r.layer, set()).add(r.role)
+        lr = block_role(t.name)  # parse_name's layer and role, without its regular expression per tensor
+        if lr is not None:
+            roles_by_layer.setdefault(lr[0], set()).add(lr[1])
     n = model.metadata.get_int(f"{model.architecture}.block_count") or (
         max(roles_by_layer) + 1 if roles_by_layer else 0
     )

@@ -166,6 +166,29 @@ def parse_name(name: str) -> TensorRole:
     return TensorRole(None, m["role"], m["kind"] or "", tower)
 
 
+_KINDS = frozenset({"weight", "bias", "scale", "scales"})  # _BLOCK's kind group
+_COMPANION_ENDS = tuple(f".{s}" for s in COMPANION_SUFFIXES)
+
+
+def block_role(name: str) -> tuple[int, str] | None:
+    """``(layer, role)`` of a language-model block tensor, as :func:`parse_name` gives them; None where
+    it gives no layer or a tower's (vision, audio...). Without a regular expression for the plain
+    ``blk.N.role[.kind]`` names (what the layer kinds read for every tensor at start-up); any other name
+    that could hold a layer (a companion's, a control vector's direction, a newline) goes to parse_name."""
+    if name.startswith("blk.") and "\n" not in name and not name.endswith(_COMPANION_ENDS):
+        layer, dot, rest = name[4:].partition(".")
+        if dot and rest and layer.isascii() and layer.isdigit():
+            # _BLOCK's lazy role: the rest less the one kind suffix it ends with, where a role is left
+            role, dot, kind = rest.rpartition(".")
+            return int(layer), (role if dot and role and kind in _KINDS else rest)
+        if not layer.isdecimal():  # _BLOCK needs \d+ then a dot: the name is a global one
+            return None
+    elif not (name.startswith("direction.") or name.endswith(_COMPANION_ENDS) or "\n" in name):
+        return None  # no "blk." first: a tower's block or a global tensor
+    r = parse_name(name)
+    return (r.layer, r.role) if r.layer is not None and r.tower is None else None
+
+
 # -- where the bits go, per role ---------------------------------------------------------------
 
 

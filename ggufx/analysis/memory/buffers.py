@@ -28,26 +28,14 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ggufx.analysis.layers import LayerKind, layer_kinds
 from ggufx.analysis.memory.archs import ARCHS, arch_of, memory_of
-from ggufx.analysis.memory.compute import (
-    OP_OFFLOAD_MIN_BATCH,
-    ComputeModel,
-    GraphShape,
-    cpu_compute,
-    cpu_layers_peak,
-    device_compute,
-    host_compute,
-    host_layers_attention,
-    masks,
-)
 from ggufx.analysis.memory.graph.galloc import CUDA_ALIGN, HOST_ALIGN, MATRIX_ROW_PADDING
 from ggufx.analysis.memory.graph.graphsim import SimParams, flash_attn_mismatch, simulated
 from ggufx.analysis.memory.graph.graphsim import simulate as simulate_compute
 from ggufx.analysis.memory.graph.llm import classifier_pooling
-from ggufx.analysis.memory.graph.models.diffusion import DIFFUSION, tool_output_bytes
 from ggufx.analysis.memory.hparams import DSV4_ARCHS, DSV4_CSA, DSV4_HCA, Hparams, hparams, pad
 from ggufx.analysis.memory.options import POOLING_TYPES
 from ggufx.analysis.memory.placement import (
@@ -69,8 +57,14 @@ from ggufx.format.ggmltypes import GGMLType, ggml_type_by_name
 from ggufx.format.values import GGUFArray
 from ggufx.model import GGUFModel
 
+if TYPE_CHECKING:  # the phase model (compute.py) is imported where an estimate is made: off the rebuilt graphs' path
+    from ggufx.analysis.memory.compute import ComputeModel, GraphShape
+
 MiB = 1 << 20
 FLASH_ATTN = ("on", "off", "auto")
+# llm_arch_is_diffusion (llama-arch.cpp:1150-1160: dream, llada, llada-moe, rnd1): the registry's diffusion builder's
+# architectures, graph/models/diffusion.py's DIFFUSION (whose graph modules stay off every other model's path)
+DIFFUSION = frozenset(a.name for a in ARCHS.values() if a.builder == "diffusion")
 
 
 @dataclass(frozen=True, slots=True)
@@ -674,6 +668,8 @@ def breakdown(
     buffers += rs
     out_bytes = output_bytes(model, hp, cp, n_seq)
     if hp.arch in DIFFUSION:  # llama.cpp runs these only through llama-diffusion-cli: its run's output buffer
+        from ggufx.analysis.memory.graph.models.diffusion import tool_output_bytes
+
         tokens = min(cp.n_batch, cp.n_ubatch)
         out_bytes = tool_output_bytes(hp.n_vocab, tokens, n_seq)
         notes.append(
@@ -683,18 +679,6 @@ def breakdown(
         )
     buffers.append(Buffer("output", _host(pl, pl.output_device), out_bytes))
     n_outputs = min(n_ubatch, cp.n_outputs_max or n_batch)
-    shape = GraphShape(
-        n_tokens=n_ubatch,
-        n_outputs=n_outputs,
-        n_kv=n_ctx_seq,
-        n_kv_swa=swa_cells,
-        n_streams=n_streams,
-        flash_attn=cp.flash_attn != "off",
-        k_quantized=ggml_type_by_name(cp.cache_type_k).is_quantized,
-        v_quantized=ggml_type_by_name(cp.cache_type_v).is_quantized,
-        k_bytes=_element_bytes(_cache_type(cp.cache_type_k, "-ctk")),
-        v_bytes=_element_bytes(_cache_type(cp.cache_type_v, "-ctv")),
-    )
     pipeline = (
         len(pl.devices) > 1
         and pl.n_offloaded == hp.n_layer + 1
@@ -745,6 +729,20 @@ def breakdown(
         buffers += [Buffer("compute", b, n, exact=False) for b, n in sizes.items() if n > 1]
         estimate = None
     else:
+        from ggufx.analysis.memory.compute import GraphShape
+
+        shape = GraphShape(
+            n_tokens=n_ubatch,
+            n_outputs=n_outputs,
+            n_kv=n_ctx_seq,
+            n_kv_swa=swa_cells,
+            n_streams=n_streams,
+            flash_attn=cp.flash_attn != "off",
+            k_quantized=ggml_type_by_name(cp.cache_type_k).is_quantized,
+            v_quantized=ggml_type_by_name(cp.cache_type_v).is_quantized,
+            k_bytes=_element_bytes(_cache_type(cp.cache_type_k, "-ctk")),
+            v_bytes=_element_bytes(_cache_type(cp.cache_type_v, "-ctv")),
+        )
         estimate = estimate_reason(model, why_not, bool(pl.meta))
         try:
             computed, decided_by = compute_buffers(
@@ -851,6 +849,8 @@ def approximate_compute(
             "DeepSeek V4's compressed attention and lightning indexer grow with the context and are not "
             "modelled; llama.cpp's compute buffer was up to 5.5x this estimate on the recorded runs"
         )
+    from ggufx.analysis.memory.compute import OP_OFFLOAD_MIN_BATCH
+
     host_weights = any(not is_cuda(buft) and layer_of(t.name, len(kinds)) != "input" for t, buft in pl.tensors)
     if len(pl.devices) > 1 and not pipeline and host_weights and s.n_tokens >= OP_OFFLOAD_MIN_BATCH:
         # the first GPU multiplies every host weight (op offload) and runs the host layers' attention
@@ -864,6 +864,8 @@ def approximate_compute(
 
 
 def compute_model(model: GGUFModel, hp: Hparams, kinds: list[LayerKind]) -> ComputeModel:
+    from ggufx.analysis.memory.compute import ComputeModel
+
     md = model.metadata
     a = model.architecture or ""
     n_expert = md.get_int(f"{a}.expert_count") or 0
@@ -903,6 +905,16 @@ def compute_buffers(
 ) -> tuple[list[Buffer], str | None]:
     """Computed (not exact) compute buffers per backend (see :mod:`ggufx.analysis.memory.compute`), and why
     the figures are rough when a phase the model only bounds decides them (None otherwise)."""
+    from ggufx.analysis.memory.compute import (
+        OP_OFFLOAD_MIN_BATCH,
+        cpu_compute,
+        cpu_layers_peak,
+        device_compute,
+        host_compute,
+        host_layers_attention,
+        masks,
+    )
+
     cm = compute_model(model, hp, kinds)
     if not pl.devices:
         return [Buffer("compute", CPU, cpu_compute(hp, cm, s), exact=False)], None

@@ -487,8 +487,25 @@ _QGATE_ARCHS = frozenset({"qwen3next", "qwen35", "qwen35moe", "clef", "qwen4exp"
 MIRRORED = -1  # GGML_BACKEND_SPLIT_AXIS_MIRRORED (and PARTIAL): the whole tensor on every GPU
 
 
-def _rx(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern)
+class _LazyRx:
+    """A pattern compiled on its first ``fullmatch`` (only ``-sm tensor`` reads these: the ~30 compiles
+    stay off every other start-up)."""
+
+    __slots__ = ("_pattern", "_compiled")
+
+    def __init__(self, pattern: str) -> None:
+        self._pattern = pattern
+        self._compiled: re.Pattern[str] | None = None
+
+    def fullmatch(self, name: str) -> re.Match[str] | None:
+        compiled = self._compiled
+        if compiled is None:
+            compiled = self._compiled = re.compile(self._pattern)
+        return compiled.fullmatch(name)
+
+
+def _rx(pattern: str) -> _LazyRx:
+    return _LazyRx(pattern)
 
 
 # llama-model.cpp:386-430, the patterns of llama_meta_device_get_split_state (std::regex_match)
@@ -524,7 +541,7 @@ _OUTPUT = _rx(r"output\.weight")
 _OUTPUT_B = _rx(r"output\.bias")
 
 
-def _is(name: str, *patterns: re.Pattern[str]) -> bool:
+def _is(name: str, *patterns: _LazyRx) -> bool:
     return any(p.fullmatch(name) for p in patterns)
 
 
