@@ -1476,6 +1476,17 @@ _ENTRIES = (
         ),
         builder="dflash",
     ),
+    # -- session 10: text-to-speech. qwen3tts: the talker of Qwen3-TTS; llama_model_qwen3tts derives from
+    # llama_model_qwen3vl and overrides nothing (models.h: its loader, hyper-parameters and graph struct are
+    # qwen3vl's), but qwen3vl.cpp's loader gives it a codec head of 3072 rows and its graph pads the logits with
+    # -inf to the vocabulary (text + codec tokens): graph/models/qwen3tts.py
+    Arch(
+        "qwen3tts",
+        "qwen3vl.cpp",
+        ("n_deepstack_layers", "rope.dimension_sections"),
+        graph="qwen3tts",
+        builder="qwen3tts",
+    ),
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}

@@ -1,0 +1,110 @@
+"""The text-to-speech architectures llama.cpp 11434 loads (issue 25, session 10), each proven on llama.cpp's CPU build
+(tests/fixtures/llamacpp-logs-cpu: a small model and one of published dimensions per architecture): every buffer of
+every recorded run equal to llama.cpp's, the compute buffer to the 0.0001 MiB of ``~llama_context``'s line.
+
+* ``qwen3tts`` (Qwen3-TTS's talker): ``llama_model_qwen3tts`` is ``llama_model_qwen3vl`` (models.h: it overrides
+  nothing), whose loader gives it a codec head of 3072 rows (qwen3vl.cpp:19-29) and whose graph pads the head's
+  logits in front with ``-inf`` to the embeddings' rows (qwen3vl.cpp:175-191): graph/models/qwen3tts.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import ggufx
+from ggufx.analysis.memory.archs import arch_of, builder_of
+from ggufx.analysis.memory.buffers import MiB, breakdown
+from ggufx.analysis.memory.graph import graphsim
+from ggufx.analysis.memory.llamaargs import parse_args
+
+from .graph_arch_logs import (
+    CPU_LOGS,
+    NODES,
+    Refused,
+    assert_compute_equal,
+    assert_nodes_equal,
+    assert_refused,
+    assert_runs_cover,
+    assert_shortcut_is_whole,
+    cpu_family,
+    cpu_model_without,
+    replay_cpu,
+)
+
+SMALL = ("qwen3tts",)
+PUBLISHED = ("qwen3tts-0.6b",)
+RUNS, files = cpu_family((*SMALL, *PUBLISHED), "tts")
+
+
+def test_qwen3tts_is_registered_as_qwen3vls_loader_with_its_own_builder() -> None:
+    a = arch_of("qwen3tts")
+    assert a is not None and a.source == "qwen3vl.cpp" and builder_of("qwen3tts") == "qwen3tts"
+    assert a.keys == arch_of("qwen3vl").keys  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_the_runs_cover_flash_attention_off_quantized_caches_and_micro_batches(name: str) -> None:
+    assert_runs_cover(name, ["-fa off", "--no-repack", "-ctk q8_0", "-ub 1024", "-np 3"], at_least=4)
+
+
+@pytest.mark.parametrize(("name", "rid"), RUNS)
+def test_every_compute_buffer_equals_llama_cpps(name: str, rid: str, files: dict[str, Path]) -> None:
+    text, bd = replay_cpu(rid, files[name])
+    assert_compute_equal(text, bd)
+
+
+NODE_RUNS = {"qwen3tts-c8192": "qwen3tts", "qwen3tts-c4096-faoff-np3": "qwen3tts"}
+
+
+@pytest.mark.parametrize("rid", NODE_RUNS)
+def test_the_graph_is_llama_cpps_node_for_node(rid: str, files: dict[str, Path]) -> None:
+    """The reserved graph, node for node (op and size), as llama.cpp's scheduler printed it (GGML_SCHED_DEBUG=2,
+    tests/fixtures/llamacpp-logs-cpu/nodes): qwen3vl's layers, then the padded logits."""
+    assert_nodes_equal(rid, files[NODE_RUNS[rid]])
+
+
+def test_the_padding_opens_after_the_last_attention() -> None:
+    """The final ggml_build_forward_expand visits the concat's first source first: SCALE (one float) and REPEAT
+    (8192 - 3072 = 5120 columns of -inf over 512 outputs: 10 MiB) come right after the last layer's attention
+    (which build_attn expanded) and before its output projection, FFN and the head's 3072-column product."""
+    rows = [r.split("\t") for r in (NODES / "qwen3tts-c8192.tsv").read_text().splitlines() if not r.startswith("#")]
+    ops = [(op, size) for _, op, _, size in rows]
+    i = ops.index(("SCALE", "0K"))
+    assert ops[i - 1][0] == "FLASH_ATTN" and ops[i + 1] == ("REPEAT", "10M")
+    assert ops[-2:] == [("MUL_MAT", "6M"), ("CONCAT", "16M")]
+
+
+def test_a_tied_head_is_qwen3vls_graph(files: dict[str, Path], smollm2_path: Path, tmp_path: Path) -> None:
+    """Without output.weight the head is the embeddings' copy (qwen3vl.cpp:31-33), as wide as the vocabulary:
+    no padding, the logits the graph's output."""
+    tied = cpu_model_without("qwen3tts", tmp_path / "tied.gguf", smollm2_path, tensor="output.weight")
+    assert graphsim.simulated(tied) is None
+    a = parse_args("-m x -c 8192")
+    padded = breakdown(ggufx.open(files["qwen3tts"]), [], a.offload, a.context)
+    plain = breakdown(tied, [], a.offload, a.context)
+    assert padded.compute_estimate is None and plain.compute_estimate is None
+    mine = [sum(b.bytes for b in bd.buffers if b.kind == "compute") for bd in (padded, plain)]
+    assert round(mine[0] / MiB, 4) == 44.0254  # qwen3tts-c8192.log
+    assert mine[0] != mine[1]
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_the_layer_shortcut_equals_the_whole_replay(name: str, files: dict[str, Path]) -> None:
+    assert_shortcut_is_whole(files[name], "-c 4096", "-c 4096 -fa off -np 3", "-c 8192 -ub 256 -ctk q8_0 -ctv q8_0")
+
+
+def test_a_qwen3tts_file_without_its_rope_sections_is_refused(smollm2_path: Path, tmp_path: Path) -> None:
+    r = Refused(
+        "qwen3tts",
+        "",
+        "the graph needs the metadata key qwen3tts.rope.dimension_sections, which the file lacks",
+        drop_key="rope.dimension_sections",
+    )
+    assert_refused(r, smollm2_path, tmp_path, kv_check="dropped")
+
+
+def test_the_published_talker_logs_are_its_dimensions() -> None:
+    text = (CPU_LOGS / "qwen3tts-0.6b-c4096-norepack.log").read_text()
+    assert "n_vocab               = 155008" in text and "n_layer               = 28" in text
