@@ -5,6 +5,8 @@ every recorded run equal to llama.cpp's, the compute buffer to the 0.0001 MiB of
 * ``qwen3tts`` (Qwen3-TTS's talker): ``llama_model_qwen3tts`` is ``llama_model_qwen3vl`` (models.h: it overrides
   nothing), whose loader gives it a codec head of 3072 rows (qwen3vl.cpp:19-29) and whose graph pads the head's
   logits in front with ``-inf`` to the embeddings' rows (qwen3vl.cpp:175-191): graph/models/qwen3tts.py.
+* ``pockettts`` (Pocket TTS's backbone, pockettts.cpp): layer norms with biases, Q/K/V optional to the loader, a GELU
+  FFN without gate, logits over the token embeddings (no lm_head): graph/models/pockettts.py.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ from .graph_arch_logs import (
     replay_cpu,
 )
 
-SMALL = ("qwen3tts",)
-PUBLISHED = ("qwen3tts-0.6b",)
+SMALL = ("qwen3tts", "pockettts")
+PUBLISHED = ("qwen3tts-0.6b", "pockettts-en")
 RUNS, files = cpu_family((*SMALL, *PUBLISHED), "tts")
 
 
@@ -108,3 +110,27 @@ def test_a_qwen3tts_file_without_its_rope_sections_is_refused(smollm2_path: Path
 def test_the_published_talker_logs_are_its_dimensions() -> None:
     text = (CPU_LOGS / "qwen3tts-0.6b-c4096-norepack.log").read_text()
     assert "n_vocab               = 155008" in text and "n_layer               = 28" in text
+
+
+def test_pockettts_is_registered_with_its_layer_norm_key() -> None:
+    a = arch_of("pockettts")
+    assert a is not None and a.source == "pockettts.cpp" and builder_of("pockettts") == "pockettts"
+    assert a.keys == ("attention.layer_norm_epsilon",) and a.memory == ""
+
+
+@pytest.mark.parametrize(
+    "tensor", ["blk.2.attn_q.weight", "blk.1.ffn_norm.bias", "output_norm.bias", "blk.3.ffn_up.weight"]
+)
+def test_a_pockettts_file_without_a_tensor_its_graph_reads_is_refused(
+    tensor: str, smollm2_path: Path, tmp_path: Path
+) -> None:
+    """Q/K/V are optional to pockettts.cpp's loader (create_tensor_qkv with TENSOR_NOT_REQUIRED) but build_qkv needs
+    them; the norms' biases and the FFN are required: each missing one is named, and the generic estimate used."""
+    r = Refused("pockettts", tensor, f"the graph needs tensor {tensor}, which the file lacks")
+    assert_refused(r, smollm2_path, tmp_path)
+
+
+def test_the_published_backbone_logs_are_its_dimensions() -> None:
+    """The English model's 6 layers of 1024 and its 4,003 rows (4,001 conditioner rows and the 2 learned inputs)."""
+    text = (CPU_LOGS / "pockettts-en-c4096-norepack.log").read_text()
+    assert "n_vocab               = 4003" in text and "n_layer               = 6" in text

@@ -1487,6 +1487,9 @@ _ENTRIES = (
         graph="qwen3tts",
         builder="qwen3tts",
     ),
+    # pockettts: the backbone of Kyutai's Pocket TTS: layer norms with biases, a GELU FFN without gate, logits over
+    # the token embeddings (no lm_head): graph/models/pockettts.py
+    Arch("pockettts", "pockettts.cpp", ("attention.layer_norm_epsilon",), builder="pockettts"),
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}
