@@ -7,6 +7,11 @@ every recorded run equal to llama.cpp's, the compute buffer to the 0.0001 MiB of
   logits in front with ``-inf`` to the embeddings' rows (qwen3vl.cpp:175-191): graph/models/qwen3tts.py.
 * ``pockettts`` (Pocket TTS's backbone, pockettts.cpp): layer norms with biases, Q/K/V optional to the loader, a GELU
   FFN without gate, logits over the token embeddings (no lm_head): graph/models/pockettts.py.
+* ``wavtokenizer-dec`` (WavTokenizer's decoder, OuteTTS's vocoder, wavtokenizer-dec.cpp): a 1-D convolution, six
+  posnet blocks (group norms, convolutions as IM2COL and MUL_MAT, one attention over the micro-batch), ConvNeXt blocks,
+  the head; no memory, no logits. llama-tts no longer runs it (tools/tts is libmtmd's now); llama-completion loads it
+  and reserves its graph like any model's (its decode runs too: llama.cpp forces every token out as an embedding).
+  Its posnet.N / convnext.N / conv1d weights are layer N's (layer 0's): placement.layer_of.
 """
 
 from __future__ import annotations
@@ -35,8 +40,8 @@ from .graph_arch_logs import (
     replay_cpu,
 )
 
-SMALL = ("qwen3tts", "pockettts")
-PUBLISHED = ("qwen3tts-0.6b", "pockettts-en")
+SMALL = ("qwen3tts", "pockettts", "wavtokenizer-dec")
+PUBLISHED = ("qwen3tts-0.6b", "pockettts-en", "wavtokenizer-dec-75t")
 RUNS, files = cpu_family((*SMALL, *PUBLISHED), "tts")
 
 
@@ -46,9 +51,14 @@ def test_qwen3tts_is_registered_as_qwen3vls_loader_with_its_own_builder() -> Non
     assert a.keys == arch_of("qwen3vl").keys  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("name", SMALL)
+@pytest.mark.parametrize("name", SMALL[:2])
 def test_the_runs_cover_flash_attention_off_quantized_caches_and_micro_batches(name: str) -> None:
     assert_runs_cover(name, ["-fa off", "--no-repack", "-ctk q8_0", "-ub 1024", "-np 3"], at_least=4)
+
+
+def test_the_vocoder_runs_cover_micro_batches() -> None:
+    """No cache to quantize nor sequences to split: the micro-batch is what its graph is sized by."""
+    assert_runs_cover("wavtokenizer-dec", ["-fa off", "--no-repack", "-ub 1024", "-ub 256"], at_least=4)
 
 
 @pytest.mark.parametrize(("name", "rid"), RUNS)
@@ -57,13 +67,20 @@ def test_every_compute_buffer_equals_llama_cpps(name: str, rid: str, files: dict
     assert_compute_equal(text, bd)
 
 
-NODE_RUNS = {"qwen3tts-c8192": "qwen3tts", "qwen3tts-c4096-faoff-np3": "qwen3tts"}
+NODE_RUNS = {
+    "qwen3tts-c8192": "qwen3tts",
+    "qwen3tts-c4096-faoff-np3": "qwen3tts",
+    "wavtokenizer-dec-c8192": "wavtokenizer-dec",
+    "wavtokenizer-dec-75t-c8192-norepack": "wavtokenizer-dec-75t",
+}
 
 
 @pytest.mark.parametrize("rid", NODE_RUNS)
 def test_the_graph_is_llama_cpps_node_for_node(rid: str, files: dict[str, Path]) -> None:
     """The reserved graph, node for node (op and size), as llama.cpp's scheduler printed it (GGML_SCHED_DEBUG=2,
-    tests/fixtures/llamacpp-logs-cpu/nodes): qwen3vl's layers, then the padded logits."""
+    tests/fixtures/llamacpp-logs-cpu/nodes): qwen3vl's layers, then the padded logits; the vocoder's IM2COL (F16
+    over an F32 kernel in the small model, an F16 one in the published), convolution products, group norms and the
+    posnet attention's [T, T] scores."""
     assert_nodes_equal(rid, files[NODE_RUNS[rid]])
 
 
@@ -134,3 +151,43 @@ def test_the_published_backbone_logs_are_its_dimensions() -> None:
     """The English model's 6 layers of 1024 and its 4,003 rows (4,001 conditioner rows and the 2 learned inputs)."""
     text = (CPU_LOGS / "pockettts-en-c4096-norepack.log").read_text()
     assert "n_vocab               = 4003" in text and "n_layer               = 6" in text
+
+
+def test_wavtokenizer_dec_is_registered_without_memory() -> None:
+    a = arch_of("wavtokenizer-dec")
+    assert a is not None and a.memory == "none" and builder_of("wavtokenizer-dec") == "wavtokenizer_dec"
+
+
+@pytest.mark.parametrize(
+    "tensor", ["posnet.2.attn_v.weight", "convnext.3.gamma.weight", "token_embd_norm.bias", "output.bias"]
+)
+def test_a_vocoder_without_a_tensor_its_loader_requires_is_refused(
+    tensor: str, smollm2_path: Path, tmp_path: Path
+) -> None:
+    r = Refused("wavtokenizer-dec", tensor, f"the graph needs tensor {tensor}, which the file lacks")
+    assert_refused(r, smollm2_path, tmp_path)
+
+
+def test_a_seventh_posnet_block_is_refused(smollm2_path: Path, tmp_path: Path) -> None:
+    """wavtokenizer-dec.cpp aborts on a posnet block past the sixth ("unknown posnet layer")."""
+    r = Refused(
+        "wavtokenizer-dec",
+        "",
+        "wavtokenizer-dec.posnet.block_count is 7: llama.cpp knows 6 posnet blocks and aborts past them",
+        add_kv=(("posnet.block_count", 7),),
+    )
+    assert_refused(r, smollm2_path, tmp_path)
+
+
+def test_the_vocoder_blocks_are_their_layers_weights() -> None:
+    """posnet.N and convnext.N are created with block N, conv1d with block 0 (LLM_TENSOR_LAYER_REPEATING): their
+    layer's buffer types. On the CPU build the ConvNeXt products' Q4_K matrices get their CPU_REPACK copy, which
+    llama.cpp's log prints (0.84 MiB: 4 layers x pw1 and pw2 of 256 x 768), and which the input layer never gets."""
+    from ggufx.analysis.memory.placement import layer_of
+
+    assert layer_of("posnet.5.attn_norm.weight", 6, "wavtokenizer-dec") == 5
+    assert layer_of("convnext.3.pw1.weight", 6, "wavtokenizer-dec") == 3
+    assert layer_of("conv1d.weight", 6, "wavtokenizer-dec") == 0
+    assert layer_of("token_embd.weight", 6, "wavtokenizer-dec") == "input"
+    assert layer_of("output.weight", 6, "wavtokenizer-dec") == 6
+    assert "CPU_REPACK model buffer size =     0.84 MiB" in (CPU_LOGS / "wavtokenizer-dec-c8192.log").read_text()

@@ -1490,6 +1490,16 @@ _ENTRIES = (
     # pockettts: the backbone of Kyutai's Pocket TTS: layer norms with biases, a GELU FFN without gate, logits over
     # the token embeddings (no lm_head): graph/models/pockettts.py
     Arch("pockettts", "pockettts.cpp", ("attention.layer_norm_epsilon",), builder="pockettts"),
+    # wavtokenizer-dec: WavTokenizer's decoder (OuteTTS's vocoder): convolutions over the micro-batch, no logits; no
+    # memory (llama-model.cpp create_memory: res = nullptr). features_length is the loader's n_embd (the token rows),
+    # embedding_length its n_embd_out (llama-model.cpp:1346-1358): graph/models/wavtokenizer_dec.py
+    Arch(
+        "wavtokenizer-dec",
+        "wavtokenizer-dec.cpp",
+        ("attention.layer_norm_epsilon", "attention.group_norm_epsilon", "attention.group_norm_groups"),
+        builder="wavtokenizer_dec",
+        memory="none",
+    ),
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}
