@@ -191,3 +191,35 @@ def test_the_vocoder_blocks_are_their_layers_weights() -> None:
     assert layer_of("token_embd.weight", 6, "wavtokenizer-dec") == "input"
     assert layer_of("output.weight", 6, "wavtokenizer-dec") == 6
     assert "CPU_REPACK model buffer size =     0.84 MiB" in (CPU_LOGS / "wavtokenizer-dec-c8192.log").read_text()
+
+
+EMB_RUNS = {
+    "qwen3tts-emb-c4096-none": "qwen3tts",
+    "qwen3tts-emb-c4096-last": "qwen3tts",
+    "pockettts-emb-c4096-none": "pockettts",
+    "wavtokenizer-dec-emb-c4096-none": "wavtokenizer-dec",
+    "wavtokenizer-dec-emb-c4096-mean": "wavtokenizer-dec",
+}
+
+
+@pytest.mark.parametrize("rid", EMB_RUNS)
+def test_embedding_runs_as_llama_tts_makes_them(rid: str, files: dict[str, Path]) -> None:
+    """llama-tts runs the talker and the backbone with embeddings on (tools/tts/tts.cpp: params.embedding = true);
+    llama-embedding's runs (tests/fixtures/llamacpp-logs-cpu/embedding: the micro-batch is the 2048-token batch):
+    the output buffer holds the embeddings beside the logits (the vocoder's n_embd_out is its embedding_length,
+    258 floats, not its 128-wide features), the compute buffer to llama.cpp's figure; last pooling over the
+    talker's result_norm, which its padded logits hide from graphsim's walk back (the builder pools itself), and
+    mean pooling over the vocoder's result_embd."""
+    from ggufx.analysis.memory.llamalog import parse_log
+
+    text = (CPU_LOGS / "embedding" / f"{rid}.log").read_text()
+    program, _, rest = next(
+        line.split("\t")[2]
+        for line in (CPU_LOGS / "embedding" / "matrix").read_text().splitlines()
+        if line.startswith(rid + "\t")
+    ).partition(" ")
+    a = parse_args(f"{program} -m x {rest}")
+    bd = breakdown(ggufx.open(files[EMB_RUNS[rid]]), [], a.offload, a.context)
+    out = {b.buft: round(b.bytes / MiB, 2) for b in bd.buffers if b.kind == "output"}
+    assert out == parse_log(text).buffers["output"]
+    assert_compute_equal(text, bd)

@@ -19,7 +19,7 @@ is as wide as its embeddings (or tied to them) is qwen3vl's graph exactly."""
 from __future__ import annotations
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _Ctx, _w
+from ggufx.analysis.memory.graph.llm import _Ctx, _w, with_pooling
 from ggufx.analysis.memory.graph.models import qwen3vl
 from ggufx.analysis.memory.graph.models._dense import dense_unbuildable
 from ggufx.model import GGUFModel
@@ -46,8 +46,11 @@ def padded_logits(c: _Ctx, g: _Graph, logits: _T) -> _T:
 
 
 def build(c: _Ctx, g: _Graph) -> _T:
-    """The graph of qwen3vl.cpp as a Qwen3-TTS file runs it."""
-    return padded_logits(c, g, qwen3vl.build(c, g))
+    """The graph of qwen3vl.cpp as a Qwen3-TTS file runs it; in an embedding run (llama-tts runs the talker with
+    embeddings on) ``build_pooling`` over its ``result_norm`` after the padded logits (the padding hides
+    ``result_norm`` from graphsim's walk back from the logits, so the builder pools itself)."""
+    logits = qwen3vl.build(c, g)
+    return with_pooling(c, g, padded_logits(c, g, logits), logits.src[1])
 
 
 def unbuildable(model: GGUFModel) -> str | None:

@@ -22,7 +22,7 @@ file expands nothing before it)."""
 from __future__ import annotations
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _Ctx, _inp_embd, _w, model_of
+from ggufx.analysis.memory.graph.llm import _Ctx, _inp_embd, _w, model_of, with_pooling
 from ggufx.model import GGUFModel
 
 _RESNET = (0, 1, 3, 4)  # the posnet's residual blocks; 2 is its attention, 5 its closing norm
@@ -146,7 +146,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
     cur = g.mul_mat("result_embd", _w(c, "output.weight", n_layer), cur)
     cur = g.op("result_embd", "ADD", cur, _w(c, "output.bias", n_layer))
     cur.flags |= OUTPUT
-    return cur
+    return with_pooling(c, g, cur, cur)  # res->t_embd: an embedding run pools it (build_pooling)
 
 
 def _tensors(model: GGUFModel) -> list[str]:
