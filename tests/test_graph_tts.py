@@ -70,6 +70,8 @@ def test_every_compute_buffer_equals_llama_cpps(name: str, rid: str, files: dict
 NODE_RUNS = {
     "qwen3tts-c8192": "qwen3tts",
     "qwen3tts-c4096-faoff-np3": "qwen3tts",
+    "pockettts-c8192": "pockettts",
+    "pockettts-c4096-faoff-np3": "pockettts",
     "wavtokenizer-dec-c8192": "wavtokenizer-dec",
     "wavtokenizer-dec-75t-c8192-norepack": "wavtokenizer-dec-75t",
 }
@@ -78,7 +80,8 @@ NODE_RUNS = {
 @pytest.mark.parametrize("rid", NODE_RUNS)
 def test_the_graph_is_llama_cpps_node_for_node(rid: str, files: dict[str, Path]) -> None:
     """The reserved graph, node for node (op and size), as llama.cpp's scheduler printed it (GGML_SCHED_DEBUG=2,
-    tests/fixtures/llamacpp-logs-cpu/nodes): qwen3vl's layers, then the padded logits; the vocoder's IM2COL (F16
+    tests/fixtures/llamacpp-logs-cpu/nodes): qwen3vl's layers, then the padded logits; Pocket TTS's
+    layer norms, GELU FFN and logits over the embeddings; the vocoder's IM2COL (F16
     over an F32 kernel in the small model, an F16 one in the published), convolution products, group norms and the
     posnet attention's [T, T] scores."""
     assert_nodes_equal(rid, files[NODE_RUNS[rid]])
