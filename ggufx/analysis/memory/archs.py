@@ -1476,6 +1476,30 @@ _ENTRIES = (
         ),
         builder="dflash",
     ),
+    # -- session 10: text-to-speech. qwen3tts: the talker of Qwen3-TTS; llama_model_qwen3tts derives from
+    # llama_model_qwen3vl and overrides nothing (models.h: its loader, hyper-parameters and graph struct are
+    # qwen3vl's), but qwen3vl.cpp's loader gives it a codec head of 3072 rows and its graph pads the logits with
+    # -inf to the vocabulary (text + codec tokens): graph/models/qwen3tts.py
+    Arch(
+        "qwen3tts",
+        "qwen3vl.cpp",
+        ("n_deepstack_layers", "rope.dimension_sections"),
+        graph="qwen3tts",
+        builder="qwen3tts",
+    ),
+    # pockettts: the backbone of Kyutai's Pocket TTS: layer norms with biases, a GELU FFN without gate, logits over
+    # the token embeddings (no lm_head): graph/models/pockettts.py
+    Arch("pockettts", "pockettts.cpp", ("attention.layer_norm_epsilon",), builder="pockettts"),
+    # wavtokenizer-dec: WavTokenizer's decoder (OuteTTS's vocoder): convolutions over the micro-batch, no logits; no
+    # memory (llama-model.cpp create_memory: res = nullptr). features_length is the loader's n_embd (the token rows),
+    # embedding_length its n_embd_out (llama-model.cpp:1346-1358): graph/models/wavtokenizer_dec.py
+    Arch(
+        "wavtokenizer-dec",
+        "wavtokenizer-dec.cpp",
+        ("attention.layer_norm_epsilon", "attention.group_norm_epsilon", "attention.group_norm_groups"),
+        builder="wavtokenizer_dec",
+        memory="none",
+    ),
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in _ENTRIES}

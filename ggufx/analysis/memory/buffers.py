@@ -1150,6 +1150,7 @@ def pooling_of(model: GGUFModel, cp: ContextParams) -> str | None:
 def n_embd_out(model: GGUFModel, hp: Hparams) -> int:
     """``hparams.n_embd_out()`` (llama-hparams.cpp:136): the width of an output embedding: the file's
     ``{arch}.embedding_length_out``, the architectures' own (modern-bert's decision head: 3 scores; CLEF: 1;
+    WavTokenizer's decoder: its embedding_length, beside features_length as n_embd;
     DeepSeek V4 / qwen4exp: the hyper-connection streams), else ``n_embd``."""
     md, arch = model.metadata, model.architecture
     out = md.get_int(f"{arch}.embedding_length_out") or 0
@@ -1157,6 +1158,8 @@ def n_embd_out(model: GGUFModel, hp: Hparams) -> int:
         out = 3  # N_DECISION_TYPES (modern-bert.cpp:4, :41)
     elif arch == "clef":
         out = 1  # clef.cpp:22
+    elif arch == "wavtokenizer-dec":
+        out = md.get_int(f"{arch}.embedding_length") or 0  # n_embd_out_impl (llama-model.cpp:1348)
     elif hp.dsv4_ratios or arch == "qwen4exp":
         out = (md.get_int(f"{arch}.hyper_connection.count") or 1) * hp.n_embd
     return out if out > 0 else hp.n_embd

@@ -217,7 +217,8 @@ def hparams(model: GGUFModel) -> Hparams:
         raise ValidationError(
             model.path, md.kv(f"{a}.block_count").offset, f"{a}.block_count = {n_layer} is not plausible"
         )
-    n_embd = get("embedding_length")
+    # WavTokenizer's decoder: features_length is llama.cpp's n_embd, embedding_length its n_embd_out (llama-model.cpp:1346)
+    n_embd = get("features_length") if a == "wavtokenizer-dec" else get("embedding_length")
     n_head = _arr(model, f"{a}.attention.head_count", n_layer, 0)
     n_head_kv = _arr(model, f"{a}.attention.head_count_kv", n_layer, n_head[0] if n_head else 0)
     h0 = max(n_head, default=0) or 1

@@ -74,6 +74,9 @@ _NEXTN_LAYER0 = ("nextn.pre_projection.",)
 # a LLM_TENSOR_LAYER_REPEATING tensor (llama-arch.cpp:753), so create_tensor gives it layer 0's buffer types
 # (llama-model.cpp:1969), not the input layer's host: on CUDA at -ngl 99 it is a CUDA0 weight
 _BLOCK0_NAMES = frozenset({"hrm.z_l_init"})
+# WavTokenizer's decoder: posnet.N.* and convnext.N.* are created with block N, conv1d with block 0 (wavtokenizer-dec.cpp,
+# LLM_TENSOR_LAYER_REPEATING in llama-arch.cpp:975-990): layer N's buffer types, not the input layer's host
+_WAV_BLOCK = re.compile(r"(posnet|convnext)\.(\d+)\.|(conv1d)\.")
 # LFM2's output norm is stored as token_embd_norm (LLM_TENSOR_OUTPUT_NORM_LFM2, llama-arch.cpp:447, :775):
 # the output layer's
 _OUTPUT_NORM_AS_TOKEN_EMBD_NORM = frozenset({"lfm2", "lfm2moe"})
@@ -193,6 +196,10 @@ def layer_of(name: str, n_layer: int, arch: str | None = None) -> int | str:
     m = re.match(r"(?:dec\.|enc\.)?blk\.(\d+)\.", name)
     if m:
         return min(int(m.group(1)), n_layer)
+    if arch == "wavtokenizer-dec":  # its blocks: LLM_TENSOR_LAYER_REPEATING, created with their number as bid
+        m = _WAV_BLOCK.match(name)  # (wavtokenizer-dec.cpp:14-108; conv1d with bid 0): that layer's buffer types
+        if m:
+            return min(int(m.group(2)), n_layer) if m.group(2) else 0
     if name.startswith(_NEXTN_LAYER0) or name in _BLOCK0_NAMES:
         return 0
     base = name.split(".")[0]
