@@ -132,6 +132,8 @@ def test_issue_architectures_are_registered() -> None:
         "dream", "llada", "llada-moe", "rnd1",
         # the speculative draft heads (h-drafts)
         "eagle3", "dflash",
+        # text-to-speech (session 10)
+        "qwen3tts", "pockettts", "wavtokenizer-dec",
     }  # fmt: skip
     assert arch_of("deepseek2").mla and arch_of("glm4moe").skips_nextn  # type: ignore[union-attr]
     assert arch_of("no-such-arch") is None and builder_of(None) is None
@@ -164,6 +166,8 @@ def test_the_memory_modules_create_memory_picks_by_name() -> None:
                 "llada",
                 "llada-moe",
                 "rnd1",
+                # OuteTTS's vocoder (session 10): convolutions over the micro-batch
+                "wavtokenizer-dec",
             )
         },  # fmt: skip
     }
