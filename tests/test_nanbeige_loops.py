@@ -13,6 +13,7 @@ from ggufx.analysis.layers import layer_kinds
 from ggufx.analysis.memory.buffers import MiB, breakdown
 from ggufx.analysis.memory.hparams import hparams, n_loops
 from ggufx.analysis.memory.llamaargs import parse_args
+from ggufx.analysis.memory.placement import Device, place
 
 CPU_LOGS = Path(__file__).resolve().parent / "fixtures" / "llamacpp-logs-cpu"
 sys.path.insert(0, str(CPU_LOGS))
@@ -43,3 +44,17 @@ def test_two_loops_double_the_cache_layers(tmp_path: Path, smollm2_path: Path) -
 def test_one_loop_is_the_plain_stack(tmp_path: Path, smollm2_path: Path) -> None:
     model = _model(tmp_path, smollm2_path, "nanbeige")  # no num_loops key: one pass (llama.cpp's default)
     assert n_loops(model) == 1 and len(layer_kinds(model)) == MODELS["nanbeige"]["kv"]["block_count"]
+
+
+def test_two_loops_on_a_gpu(tmp_path: Path, smollm2_path: Path) -> None:
+    """llama.cpp's load_tensors splits n_layer_all + 1 = 45 layers: with every one offloaded the 44 caches and the 22
+    blocks' weights are on the card, and the generic compute estimate sizes the card's buffer (it indexed the
+    22-layer placement with the 44 layers before)."""
+    model = _model(tmp_path, smollm2_path, "nanbeige-3b")
+    a = parse_args("-m x -c 4096 -ngl 99")
+    bd = breakdown(model, [Device("CUDA0", 80 << 30)], a.offload, a.context)
+    kv = {b.buft: b.bytes for b in bd.buffers if b.kind == "kv"}
+    assert kv == {"CUDA0": 704 * MiB} and bd.kv_layers == 44
+    assert place(model, [Device("CUDA0", 80 << 30)], a.offload).n_layer == 44
+    assert {b.buft for b in bd.buffers if b.kind == "compute"} == {"CUDA0", "CUDA_Host"}
+    assert bd.compute_estimate is not None and "num_loops above 1" in bd.compute_estimate
