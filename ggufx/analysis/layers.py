@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ggufx.analysis.memory.archs import arch_of
-from ggufx.analysis.memory.hparams import LLAMA_MAX_LAYERS, n_nextn, sliding_window
+from ggufx.analysis.memory.hparams import LLAMA_MAX_LAYERS, n_loops, n_nextn, sliding_window
 from ggufx.analysis.roles import ATTENTION_ROLES, RECURRENT_ROLES, block_role, parse_name
 from ggufx.errors import ValidationError
 from ggufx.format.ggmltypes import bpw
@@ -167,6 +167,9 @@ def _layer_kinds(model: GGUFModel) -> list[LayerKind]:
     n = model.metadata.get_int(f"{model.architecture}.block_count") or (
         max(roles_by_layer) + 1 if roles_by_layer else 0
     )
+    if (loops := n_loops(model)) > 1:  # nanbeige: the later passes reuse the blocks' tensors, with caches of their own
+        roles_by_layer |= {il + k * n: roles_by_layer.get(il, set()) for k in range(1, loops) for il in range(n)}
+        n *= loops
     if not 0 <= n <= LLAMA_MAX_LAYERS:
         key = f"{model.architecture}.block_count"
         raise ValidationError(

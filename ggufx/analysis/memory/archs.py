@@ -896,7 +896,8 @@ _ENTRIES = (
     Arch("bitnet", "bitnet.cpp", builder="bitnet"),  # llama's layer, sub-norms, per-tensor scales
     Arch("plamo", "plamo.cpp", builder="plamo"),  # attention and SwiGLU in parallel on the one norm
     Arch("pangu-embedded", "pangu-embed.cpp", graph="pangu_embed", builder="pangu_embed"),  # llama's, biases
-    # the llama graph; num_loops > 1 (the layers run again with caches of their own) is not sized here
+    # the llama graph; num_loops > 1 runs the blocks again with caches of their own (hparams.n_loops: the cache has
+    # block_count x num_loops layers; that graph is not rebuilt, its compute is the generic estimate)
     Arch("nanbeige", "nanbeige.cpp", ("num_loops", "skip_loop_final_norm"), builder="nanbeige"),
     # minicpm3's expanded MLA without q_lora: an ordinary cache of key_length K and value_length V per head
     Arch("plm", "plm.cpp", ("attention.kv_lora_rank",), builder="plm"),

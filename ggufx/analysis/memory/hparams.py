@@ -90,6 +90,15 @@ def _arr(model: GGUFModel, key: str, n: int, default: int) -> list[int]:
     return [int(v)] * n
 
 
+def n_loops(model: GGUFModel) -> int:
+    """``nanbeige.num_loops``: Nanbeige 4.2 runs its ``block_count`` blocks that many times, each pass with caches of
+    its own (nanbeige.cpp ``load_arch_hparams``: ``n_layer_all = block_count x num_loops``, the later layers' head
+    counts copied from the first pass's); 1 for every other architecture."""
+    if model.architecture != "nanbeige":
+        return 1
+    return max(model.metadata.get_int("nanbeige.num_loops") or 1, 1)
+
+
 def n_nextn(model: GGUFModel) -> int:
     """``nextn_predict_layers``: the trailing NextN/MTP blocks (llama_hparams::n_layer_nextn). DeepSeek V4
     counts them only when the first one's ``nextn.eh_proj`` is in the file (deepseek4.cpp
@@ -212,7 +221,7 @@ def hparams(model: GGUFModel) -> Hparams:
                 md.kv(key).offset if key in md else None,
                 f"{what}: llama.cpp cannot size this model's memory",
             )
-    n_layer = get("block_count")
+    n_layer = get("block_count") * n_loops(model)
     if n_layer > LLAMA_MAX_LAYERS:
         raise ValidationError(
             model.path, md.kv(f"{a}.block_count").offset, f"{a}.block_count = {n_layer} is not plausible"

@@ -31,7 +31,7 @@ from functools import lru_cache
 
 from ggufx.analysis.layers import layer_kinds, swa_layers
 from ggufx.analysis.memory.archs import arch_of
-from ggufx.analysis.memory.hparams import hparams, n_nextn
+from ggufx.analysis.memory.hparams import hparams, n_loops, n_nextn
 from ggufx.errors import InputError
 from ggufx.format.ggmltypes import ggml_type_by_name
 from ggufx.format.reader import TensorInfo
@@ -362,7 +362,9 @@ def place(model: GGUFModel, devices: list[Device], p: OffloadParams) -> Placemen
         devices = [devices[p.main_gpu]]
     if p.tensor_split and len(p.tensor_split) > max(len(devices), 1):
         raise InputError(f"-ts has {len(p.tensor_split)} entries for {len(devices)} GPU(s)", "-ts")
-    n_layer = model.metadata.get_int(f"{model.architecture}.block_count") or 0
+    # nanbeige's num_loops: load_tensors splits n_layer_all = block_count x num_loops layers; the blocks' weights sit
+    # on their first pass's devices, the later passes' caches on their own
+    n_layer = (model.metadata.get_int(f"{model.architecture}.block_count") or 0) * n_loops(model)
     weightless: dict[int, str | None] = {}
     if model.architecture == "graniteswitch":
         # granite-switch.cpp load_arch_hparams sets n_layer_all = block_count + 1 (router_layer = block_count), and
