@@ -670,79 +670,11 @@ def companion_buffers(
         db = breakdown(draft, list(devices), draft_offload or OffloadParams(), dcp)
         out += [Buffer(f"draft_{x.kind}", x.buft, x.bytes, x.exact) for x in db.buffers]
         if draft.architecture in ("eagle3", "dflash"):
-            out += _draft_head(model, draft, devices, target_offload, context, notes)
-            out += _head_output(draft, dcp, db.buffers, notes)
+            from ggufx.analysis.memory.drafthead import head_output, target_buffers
+
+            out += target_buffers(model, draft, devices, target_offload, context, notes)
+            out += head_output(draft, dcp, db.buffers, notes)
     return out
-
-
-def _head_output(draft: GGUFModel, dcp: ContextParams, bufs: list[Buffer], notes: list[str]) -> list[Buffer]:
-    """A head's output buffer after its first prompt (kind ``draft_output_growth``, on its output buffer's type):
-    :func:`ggufx.analysis.memory.drafthead.output_growth`."""
-    from ggufx.analysis.memory.buffers import Buffer
-    from ggufx.analysis.memory.drafthead import SPEC_TYPE, output_growth, output_rows
-
-    out = next((b for b in bufs if b.kind == "output"), None)
-    grow = output_growth(draft, dcp, max(1, dcp.n_parallel))
-    if out is None or grow <= 0:
-        return []
-    rows = output_rows(draft, dcp, max(1, dcp.n_parallel))
-    why = (
-        "an output row per token of the prompt chunk it encodes"
-        if draft.architecture == "eagle3"
-        else "n_max + 1 rows per sequence, every slot drafting at once"
-    )
-    notes.append(
-        f"{SPEC_TYPE[draft.architecture or '']}: the head's output buffer grows from {out.bytes / 2**20:.2f} MiB to "
-        f"{(out.bytes + grow) / 2**20:.2f} MiB after the first prompt ({rows} rows of logits, h_nextn and the backend "
-        f"samplers' rows: {why}; draft_output_growth)"
-    )
-    return [Buffer("draft_output_growth", out.buft, grow)]
-
-
-def _draft_head(
-    model: GGUFModel,
-    draft: GGUFModel,
-    devices: Sequence[Device],
-    offload: OffloadParams | None,
-    context: ContextParams,
-    notes: list[str],
-) -> list[Buffer]:
-    """An EAGLE3 / DFlash head's effect on the target (:mod:`ggufx.analysis.memory.drafthead`): llama.cpp's refusal
-    of the pair, the extracted layers' rows in the target's output buffer (kind ``draft_features``) and the growth
-    of its compute buffer once its graph keeps them (``draft_features_compute``)."""
-    from ggufx.analysis.memory.buffers import Buffer
-    from ggufx.analysis.memory.drafthead import (
-        SPEC_TYPE,
-        feature_buffers,
-        features_compute_growth,
-        pair_refusal,
-        target_layers,
-    )
-    from ggufx.analysis.memory.placement import OffloadParams
-
-    arch = draft.architecture or ""
-    why = pair_refusal(model, draft)
-    if why:
-        raise InputError(f"--model-draft {draft.path}: llama.cpp refuses this pair: {why}", "--model-draft")
-    offload = offload or OffloadParams()
-    feats = feature_buffers(model, draft, list(devices), offload, context)
-    growth = features_compute_growth(model, draft, list(devices), offload, context)
-    feats += [Buffer("draft_features_compute", buft, n, exact=False) for buft, n in (growth or {}).items()]
-    grown = sum((growth or {}).values()) / 2**20
-    notes.append(
-        f"{SPEC_TYPE[arch]}: the target's layers {', '.join(map(str, target_layers(draft)))} are extracted for the "
-        f"draft head from the first request on: the target's output buffer grows by "
-        f"{sum(b.bytes for b in feats if b.kind == 'draft_features') / 2**20:.2f} MiB (draft_features), "
-        f"{sum(b.bytes for b in feats if b.kind == 'draft_verify_output') / 2**20:.2f} MiB more with every slot "
-        "verifying its drafts at once (draft_verify_output), and its graph "
-        "is reserved again with those layer inputs kept as outputs: "
-        + (
-            f"its compute buffer grows by {grown:.2f} MiB (draft_features_compute)"
-            if growth is not None
-            else f"the growth of its compute buffer is not modelled for {model.architecture} targets"
-        )
-    )
-    return feats
 
 
 def _details(b: Breakdown) -> dict[str, Any]:
