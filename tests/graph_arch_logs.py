@@ -9,7 +9,7 @@ import json
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pytest
 
@@ -19,6 +19,10 @@ from ggufx.analysis.memory.buffers import Breakdown, MiB, breakdown
 from ggufx.analysis.memory.llamaargs import parse_args
 from ggufx.analysis.memory.llamalog import parse_log
 from ggufx.analysis.memory.placement import Device
+
+if TYPE_CHECKING:
+    from ggufx.analysis.memory.graph.ggml import _Graph
+    from ggufx.analysis.memory.graph.sched import _Sched
 
 CPU_LOGS = Path(__file__).resolve().parent / "fixtures" / "llamacpp-logs-cpu"
 CUDA_LOGS = Path(__file__).resolve().parent / "fixtures" / "llamacpp-logs"
@@ -359,3 +363,54 @@ def assert_falls_back_without(name: str, tensor: str, smollm2: Path, out: Path) 
     bd = breakdown(model, [], args.offload, args.context)
     (compute,) = [b for b in bd.buffers if b.kind == "compute"]
     assert compute.bytes > 0 and "generic decoder estimate" in compute.reason
+
+
+class Scheduled(NamedTuple):
+    """A recorded CUDA run's prompt-processing graph with every node assigned by the scheduler (:func:`scheduled`)."""
+
+    graph: _Graph  # every layer built
+    sched: _Sched  # its backends (``sched.names[node.backend]``), nothing split yet
+    text: str  # the run's log
+    theirs: dict[str, float]  # llama.cpp's compute buffers (MiB by buffer type, as the log prints them)
+    ours: dict[str, int]  # ggufx's (bytes by buffer type)
+
+
+def scheduled(rid: str, models: dict[str, Path]) -> Scheduled:
+    """The run ``rid`` of tests/fixtures/llamacpp-logs (its model among ``models``, the ``hole_models`` fixture)
+    replayed as ``mem`` replays it: the prompt-processing graph of every layer, built and assigned by
+    ``_Sched.assign`` (ggml_backend_sched's passes 1-4) on the run's GPUs; the log and both compute buffers."""
+    from ggufx.analysis.memory.graph import graphsim
+    from ggufx.analysis.memory.graph.ggml import _Graph
+    from ggufx.analysis.memory.graph.models import builder
+    from ggufx.analysis.memory.graph.sched import _Sched
+    from ggufx.analysis.memory.placement import host_buft
+
+    from .llamacpp_logs import LOGS, RUNS, devices_of
+
+    run = RUNS[rid]
+    text = (LOGS / f"{rid}.log").read_text()
+    log = parse_log(text)
+    args = parse_args(run["args"].replace("@", ""), server=run["tool"] == "server")
+    model = ggufx.open(models[str(args.model)])
+    devices = devices_of(run, log.devices)
+    sp = breakdown(model, devices, args.offload, args.context).reservation
+    assert sp is not None
+    ld = graphsim._loaded(model, devices, args.offload)
+    c = graphsim._context(model, ld, sp, sp.n_ubatch, sp.n_outputs)
+    c.layers = list(range(ld.hp.n_layer))
+    g = _Graph()
+    g.expand(builder(ld.hp.arch)(c, g))
+    gpus = [d.name for d in ld.pl.devices]
+    sched = _Sched(gpus, host_buft(gpus[0]), 1)
+    sched.assign(g)
+    ours = graphsim.simulate(model, devices, args.offload, sp)
+    return Scheduled(g, sched, text, log.buffers.get("compute", {}), ours)
+
+
+def backend_splits(g: _Graph) -> int:
+    """The splits of an assigned graph where no split input within a backend's run opens one (a new split
+    where the backend changes; llama.cpp's ``graph: nodes = N, splits = S``)."""
+    from ggufx.analysis.memory.graph.sched import _VIEW_OPS
+
+    backends = [n.backend for n in g.nodes if n.op not in _VIEW_OPS]
+    return 1 + sum(1 for a, b in zip(backends, backends[1:], strict=False) if a != b)

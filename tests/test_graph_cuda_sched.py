@@ -17,42 +17,12 @@ import pytest
 import ggufx
 from ggufx.analysis.memory.buffers import MiB, breakdown
 from ggufx.analysis.memory.graph import graphsim
-from ggufx.analysis.memory.graph.ggml import _Graph
 from ggufx.analysis.memory.graph.models import builder
-from ggufx.analysis.memory.graph.sched import _VIEW_OPS, _Sched
 from ggufx.analysis.memory.llamaargs import parse_args
 from ggufx.analysis.memory.llamalog import parse_log
-from ggufx.analysis.memory.placement import host_buft
 
+from .graph_arch_logs import backend_splits, scheduled
 from .llamacpp_logs import LOGS, RUNS, devices_of
-
-
-def _scheduled(rid: str, models: dict[str, Path]) -> tuple[_Graph, _Sched, str]:
-    """The prompt-processing graph of a recorded run with every node assigned, and the log's text."""
-    run = RUNS[rid]
-    text = (LOGS / f"{rid}.log").read_text()
-    log = parse_log(text)
-    args = parse_args(run["args"].replace("@", ""), server=run["tool"] == "server")
-    model = ggufx.open(models[str(args.model)])
-    devices = devices_of(run, log.devices)
-    sp = breakdown(model, devices, args.offload, args.context).reservation
-    assert sp is not None
-    ld = graphsim._loaded(model, devices, args.offload)
-    c = graphsim._context(model, ld, sp, sp.n_ubatch, sp.n_outputs)
-    c.layers = list(range(ld.hp.n_layer))
-    g = _Graph()
-    g.expand(builder(ld.hp.arch)(c, g))
-    gpus = [d.name for d in ld.pl.devices]
-    sched = _Sched(gpus, host_buft(gpus[0]), 1)
-    sched.assign(g)
-    return g, sched, text
-
-
-def _splits(g: _Graph) -> int:
-    """The splits of an assigned graph: a new one where the backend changes (no split input here needs one
-    within a backend's run: every weight is read where it lies)."""
-    backends = [n.backend for n in g.nodes if n.op not in _VIEW_OPS]
-    return 1 + sum(1 for a, b in zip(backends, backends[1:], strict=False) if a != b)
 
 
 def _logged_splits(text: str) -> int:
@@ -74,7 +44,7 @@ def _logged_splits(text: str) -> int:
 def test_clef_reads_the_lexical_rows_from_the_output_copy(
     rid: str, splits: int | None, hole_models: dict[str, Path]
 ) -> None:
-    g, sched, text = _scheduled(rid, hole_models)
+    g, sched, text, _, _ = scheduled(rid, hole_models)
     (embd,) = [n for n in g.nodes if n.name == "embd"]
     (rows,) = [n for n in g.nodes if n.name == "lexical" and n.op == "GET_ROWS"]
     assert embd.src[0].name == rows.src[0].name == "token_embd.weight"
@@ -84,7 +54,7 @@ def test_clef_reads_the_lexical_rows_from_the_output_copy(
     (types,) = [n for n in g.nodes if n.name == "types"]
     assert sched.names[types.backend] == "CPU"
     if splits is not None:
-        assert _splits(g) == _logged_splits(text) == splits
+        assert backend_splits(g) == _logged_splits(text) == splits
 
 
 @pytest.mark.parametrize("rid", ["g-clef-ngl99-c32768", "g-clef-ngl99-c32768-np3"])

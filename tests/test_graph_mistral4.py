@@ -17,53 +17,16 @@ from pathlib import Path
 
 import pytest
 
-import ggufx
-from ggufx.analysis.memory.buffers import MiB, breakdown
-from ggufx.analysis.memory.graph import graphsim
-from ggufx.analysis.memory.graph.ggml import _Graph
-from ggufx.analysis.memory.graph.models import builder
-from ggufx.analysis.memory.graph.sched import _VIEW_OPS, _Sched
-from ggufx.analysis.memory.llamaargs import parse_args
-from ggufx.analysis.memory.llamalog import parse_log
-from ggufx.analysis.memory.placement import host_buft
+from ggufx.analysis.memory.buffers import MiB
 
-from .llamacpp_logs import LOGS, RUNS, devices_of
-
-
-def _scheduled(rid: str, models: dict[str, Path]) -> tuple[_Graph, _Sched, str, dict[str, int]]:
-    """The prompt-processing graph of a recorded run with every node assigned, the log's text and
-    ggufx's compute buffers."""
-    run = RUNS[rid]
-    text = (LOGS / f"{rid}.log").read_text()
-    log = parse_log(text)
-    args = parse_args(run["args"].replace("@", ""), server=run["tool"] == "server")
-    model = ggufx.open(models[str(args.model)])
-    devices = devices_of(run, log.devices)
-    sp = breakdown(model, devices, args.offload, args.context).reservation
-    assert sp is not None
-    ld = graphsim._loaded(model, devices, args.offload)
-    c = graphsim._context(model, ld, sp, sp.n_ubatch, sp.n_outputs)
-    c.layers = list(range(ld.hp.n_layer))
-    g = _Graph()
-    g.expand(builder(ld.hp.arch)(c, g))
-    gpus = [d.name for d in ld.pl.devices]
-    sched = _Sched(gpus, host_buft(gpus[0]), 1)
-    sched.assign(g)
-    return g, sched, text, graphsim.simulate(model, devices, args.offload, sp)
-
-
-def _splits(g: _Graph) -> int:
-    """The splits of an assigned graph whose only split inputs within a backend's run are none (a new
-    split where the backend changes)."""
-    backends = [n.backend for n in g.nodes if n.op not in _VIEW_OPS]
-    return 1 + sum(1 for a, b in zip(backends, backends[1:], strict=False) if a != b)
+from .graph_arch_logs import backend_splits, scheduled
 
 
 @pytest.mark.parametrize(
     ("rid", "cpu_down"), [("g-mistral4-ngl99-c32768", True), ("g-deepseek2-k2-ngl99-c32768", False)]
 )
 def test_mistral4_runs_the_f32_down_experts_on_the_cpu(rid: str, cpu_down: bool, hole_models: dict[str, Path]) -> None:
-    g, sched, text, _ = _scheduled(rid, hole_models)
+    g, sched, text, _, _ = scheduled(rid, hole_models)
     downs = {n.name: sched.names[n.backend] for n in g.nodes if n.name.startswith("ffn_moe_down-")}
     assert downs and set(downs.values()) == {"CPU" if cpu_down else "CUDA0"}
     # the rest of the experts' work stays next to its weights
@@ -72,11 +35,11 @@ def test_mistral4_runs_the_f32_down_experts_on_the_cpu(rid: str, cpu_down: bool,
     }
     m = re.search(r"graph: nodes = \d+, splits = (\d+)", text)
     assert m is not None
-    assert _splits(g) == int(m.group(1))
+    assert backend_splits(g) == int(m.group(1))
 
 
 def test_the_fused_weighted_sum_keeps_the_copy_of_the_cpu_product(hole_models: dict[str, Path]) -> None:
-    g, sched, _, _ = _scheduled("g-mistral4-ngl99-c32768-faoff", hole_models)
+    g, sched, _, _, _ = scheduled("g-mistral4-ngl99-c32768-faoff", hole_models)
     nodes, _, _ = sched.split(g)
     kept = {s.name for n in nodes if isinstance(n.seq, tuple) and n.seq[0] == "keep" for s in n.src}
     layers = [il for il in range(8) if any(n.name == f"ffn_moe_down-{il}" for n in g.nodes)]
@@ -94,7 +57,7 @@ def test_the_fused_weighted_sum_keeps_the_copy_of_the_cpu_product(hole_models: d
     ],
 )
 def test_mistral4_cuda0_compute_to_four_decimals(rid: str, hole_models: dict[str, Path]) -> None:
-    _, _, text, ours = _scheduled(rid, hole_models)
+    _, _, text, _, ours = scheduled(rid, hole_models)
     m = re.search(r"CUDA0 compute buffer size is +([\d.]+) MiB", text)
     assert m is not None
     assert f"{ours['CUDA0'] / MiB:.4f}" == m.group(1)

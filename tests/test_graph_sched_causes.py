@@ -30,31 +30,10 @@ from ggufx.analysis.memory.graph.models import builder
 from ggufx.analysis.memory.graph.sched import _Sched
 from ggufx.analysis.memory.llamaargs import parse_args
 from ggufx.analysis.memory.llamalog import parse_log
-from ggufx.analysis.memory.placement import Device, host_buft
+from ggufx.analysis.memory.placement import Device
 
+from .graph_arch_logs import scheduled
 from .llamacpp_logs import LOGS, RUNS, devices_of
-
-
-def _scheduled(rid: str, models: dict[str, Path]) -> tuple[_Graph, _Sched, dict[str, float], dict[str, int]]:
-    """The prompt-processing graph of a recorded run, every node assigned by the scheduler; the
-    compute buffers llama.cpp printed and ggufx's."""
-    run = RUNS[rid]
-    log = parse_log((LOGS / f"{rid}.log").read_text())
-    args = parse_args(run["args"].replace("@", ""), server=run["tool"] == "server")
-    model = ggufx.open(models[str(args.model)])
-    devices = devices_of(run, log.devices)
-    bd = breakdown(model, devices, args.offload, args.context)
-    sp = bd.reservation
-    assert sp is not None
-    ld = graphsim._loaded(model, devices, args.offload)
-    c = graphsim._context(model, ld, sp, sp.n_ubatch, sp.n_outputs)
-    c.layers = list(range(ld.hp.n_layer))
-    g = _Graph()
-    g.expand(builder(ld.hp.arch)(c, g))
-    gpus = [d.name for d in ld.pl.devices]
-    sched = _Sched(gpus, host_buft(gpus[0]), 1)
-    sched.assign(g)
-    return g, sched, log.buffers["compute"], graphsim.simulate(model, devices, args.offload, sp)
 
 
 def _by_name(g: _Graph, sched: _Sched, prefix: str) -> dict[str, str]:
@@ -64,7 +43,7 @@ def _by_name(g: _Graph, sched: _Sched, prefix: str) -> dict[str, str]:
 def test_nkvo_without_flash_attention_runs_the_scores_on_the_host(hole_models: dict[str, Path]) -> None:
     text = (LOGS / "g-smol-ot0-9-nkvo-c8192.log").read_text()
     assert "Flash Attention not supported, set to disabled" in text  # -fa auto's probe turned it off
-    g, sched, theirs, ours = _scheduled("g-smol-ot0-9-nkvo-c8192", hole_models)
+    g, sched, _, theirs, ours = scheduled("g-smol-ot0-9-nkvo-c8192", hole_models)
     n_layer = 30
     for prefix in ("kq-", "kq_soft_max-", "kqv-", "kqv_out-"):
         assert _by_name(g, sched, prefix) == {f"{prefix}{il}": "CPU" for il in range(n_layer)}, prefix
@@ -76,13 +55,13 @@ def test_nkvo_without_flash_attention_runs_the_scores_on_the_host(hole_models: d
 def test_nkvo_with_flash_attention_is_left_to_the_scheduler(hole_models: dict[str, Path]) -> None:
     """With flash attention (-fa on) nothing is pinned: the GPU's expansion takes each layer's
     flash-attention node to CUDA0, the host cache copied to it."""
-    g, sched, theirs, ours = _scheduled("g-smol-ot0-9-nkvo-faon-c8192", hole_models)
+    g, sched, _, theirs, ours = scheduled("g-smol-ot0-9-nkvo-faon-c8192", hole_models)
     assert set(_by_name(g, sched, "node_fa-").values()) == {"CUDA0"}
     assert {k: round(v / MiB, 4) for k, v in ours.items()} == theirs == {"CUDA0": 102.7539, "CUDA_Host": 12.5195}
 
 
 def test_a_fused_qkv_view_spans_the_micro_batch(hole_models: dict[str, Path]) -> None:
-    g, sched, theirs, ours = _scheduled("phi35-ngl16-c32768", hole_models)
+    g, sched, _, theirs, ours = scheduled("phi35-ngl16-c32768", hole_models)
     T, row = 512, 3 * 3072 * 4  # phi-3.5 mini: 32 heads of 96, a QKV row of 3 x 3072 floats
     set_v = [n for n in g.nodes if n.op == "SET_ROWS" and n.name == "cache_v_l0"]
     assert len(set_v) == 1
@@ -218,7 +197,7 @@ def test_cuda_lightning_indexer_support_follows_ggml_cuda() -> None:
 
 def test_a_parallel_block_rotates_the_attention_output_after_its_ffn(hole_models: dict[str, Path]) -> None:
     rid = "coh2-ngl99-c32768-q8_0"
-    g, _sched, theirs, ours = _scheduled(rid, hole_models)
+    g, _sched, _, theirs, ours = scheduled(rid, hole_models)
     order = [n.name for n in g.nodes]
     for il in (0, 3, 31):  # sliding-window layers, a full one, the last (its output rows taken first)
         fa = order.index(f"node_fa-{il}")

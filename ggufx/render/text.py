@@ -407,8 +407,16 @@ def fit_text(res: FitResult, fmt: str = "simple") -> str:
             f"  ggufx's figures there: {uses}",
             "  (free: what llama.cpp's fit reads while its dry run holds the recurrent state, the size "
             "given less that; kept free: the -fitt margin)",
-            "",
         ]
+        draft = res.get("draft")
+        if draft is not None:
+            sizes = ", ".join(f"{k} {v / MiB:,.0f} MiB" for k, v in draft["bytes"].items())
+            head.append(
+                f"  draft model ({sizes}): counted in these figures, fitted beside the target"
+                if draft["fitted"]
+                else f"  + draft model ({sizes}) on top: not in these figures, {draft['reason']}"
+            )
+        head.append("")
     if res["fits"] and res["fits"][0]["fit"] == "layers":
         rows = [
             (

@@ -446,6 +446,18 @@ class FitResult(TypedDict):
     fits: list[dict[str, Any]]
     llama_cpp: dict[str, Any]
     notes: NotRequired[list[str]]  # --spec-type draft-mtp: what the MTP context changes in the answer
+    draft: NotRequired[DraftFit]  # -md: whether llama.cpp's decision holds the draft model
+
+
+class DraftFit(TypedDict):
+    """``mem --fit SIZE -md DRAFT --json``'s ``draft``: whether llama.cpp's fit counts the draft model beside the
+    target (``fitted``; ``reason`` why not: then its buffers come on top of ``llama_cpp``'s figures) and the draft's
+    bytes per GPU (weights, context and compute) at the decision's context."""
+
+    path: str
+    fitted: bool
+    reason: str
+    bytes: dict[str, int]
 
 
 # -- the questions, from a request -------------------------------------------------------------
@@ -488,6 +500,9 @@ def fit(model: GGUFModel, request: MemoryRequest, open_model: Opener) -> FitResu
         projector=s.projector,
         mtp=s.mtp,
         tool=s.tool,
+        draft=s.draft,
+        draft_offload=s.draft_offload,
+        draft_context=s.draft_context,
     )
 
 
@@ -670,79 +685,11 @@ def companion_buffers(
         db = breakdown(draft, list(devices), draft_offload or OffloadParams(), dcp)
         out += [Buffer(f"draft_{x.kind}", x.buft, x.bytes, x.exact) for x in db.buffers]
         if draft.architecture in ("eagle3", "dflash"):
-            out += _draft_head(model, draft, devices, target_offload, context, notes)
-            out += _head_output(draft, dcp, db.buffers, notes)
+            from ggufx.analysis.memory.drafthead import head_output, target_buffers
+
+            out += target_buffers(model, draft, devices, target_offload, context, notes)
+            out += head_output(draft, dcp, db.buffers, notes)
     return out
-
-
-def _head_output(draft: GGUFModel, dcp: ContextParams, bufs: list[Buffer], notes: list[str]) -> list[Buffer]:
-    """A head's output buffer after its first prompt (kind ``draft_output_growth``, on its output buffer's type):
-    :func:`ggufx.analysis.memory.drafthead.output_growth`."""
-    from ggufx.analysis.memory.buffers import Buffer
-    from ggufx.analysis.memory.drafthead import SPEC_TYPE, output_growth, output_rows
-
-    out = next((b for b in bufs if b.kind == "output"), None)
-    grow = output_growth(draft, dcp, max(1, dcp.n_parallel))
-    if out is None or grow <= 0:
-        return []
-    rows = output_rows(draft, dcp, max(1, dcp.n_parallel))
-    why = (
-        "an output row per token of the prompt chunk it encodes"
-        if draft.architecture == "eagle3"
-        else "n_max + 1 rows per sequence, every slot drafting at once"
-    )
-    notes.append(
-        f"{SPEC_TYPE[draft.architecture or '']}: the head's output buffer grows from {out.bytes / 2**20:.2f} MiB to "
-        f"{(out.bytes + grow) / 2**20:.2f} MiB after the first prompt ({rows} rows of logits, h_nextn and the backend "
-        f"samplers' rows: {why}; draft_output_growth)"
-    )
-    return [Buffer("draft_output_growth", out.buft, grow)]
-
-
-def _draft_head(
-    model: GGUFModel,
-    draft: GGUFModel,
-    devices: Sequence[Device],
-    offload: OffloadParams | None,
-    context: ContextParams,
-    notes: list[str],
-) -> list[Buffer]:
-    """An EAGLE3 / DFlash head's effect on the target (:mod:`ggufx.analysis.memory.drafthead`): llama.cpp's refusal
-    of the pair, the extracted layers' rows in the target's output buffer (kind ``draft_features``) and the growth
-    of its compute buffer once its graph keeps them (``draft_features_compute``)."""
-    from ggufx.analysis.memory.buffers import Buffer
-    from ggufx.analysis.memory.drafthead import (
-        SPEC_TYPE,
-        feature_buffers,
-        features_compute_growth,
-        pair_refusal,
-        target_layers,
-    )
-    from ggufx.analysis.memory.placement import OffloadParams
-
-    arch = draft.architecture or ""
-    why = pair_refusal(model, draft)
-    if why:
-        raise InputError(f"--model-draft {draft.path}: llama.cpp refuses this pair: {why}", "--model-draft")
-    offload = offload or OffloadParams()
-    feats = feature_buffers(model, draft, list(devices), offload, context)
-    growth = features_compute_growth(model, draft, list(devices), offload, context)
-    feats += [Buffer("draft_features_compute", buft, n, exact=False) for buft, n in (growth or {}).items()]
-    grown = sum((growth or {}).values()) / 2**20
-    notes.append(
-        f"{SPEC_TYPE[arch]}: the target's layers {', '.join(map(str, target_layers(draft)))} are extracted for the "
-        f"draft head from the first request on: the target's output buffer grows by "
-        f"{sum(b.bytes for b in feats if b.kind == 'draft_features') / 2**20:.2f} MiB (draft_features), "
-        f"{sum(b.bytes for b in feats if b.kind == 'draft_verify_output') / 2**20:.2f} MiB more with every slot "
-        "verifying its drafts at once (draft_verify_output), and its graph "
-        "is reserved again with those layer inputs kept as outputs: "
-        + (
-            f"its compute buffer grows by {grown:.2f} MiB (draft_features_compute)"
-            if growth is not None
-            else f"the growth of its compute buffer is not modelled for {model.architecture} targets"
-        )
-    )
-    return feats
 
 
 def _details(b: Breakdown) -> dict[str, Any]:
@@ -941,6 +888,9 @@ def fit_budget(
     projector: ProjectorOptions | None = None,
     mtp: MtpOptions | None = None,
     tool: str | None = None,
+    draft: GGUFModel | None = None,
+    draft_offload: OffloadParams | None = None,
+    draft_context: ContextParams | None = None,
 ) -> FitResult:
     """What fits GPUs of ``budget`` free memory (``"24GiB"`` or ``"24GiB,24GiB"``, or bytes).
 
@@ -953,7 +903,10 @@ def fit_budget(
     free memory llama.cpp's fit reads while its dry run holds the recurrent state (``free_seen``), with
     ``n_ctx_min`` as ``-fitc``; ``context.n_ctx`` 0 is ``-c`` not given. ``mtp`` (``--spec-type draft-mtp``):
     llama.cpp's fit loads the NextN weights and fits the MTP draft context beside the main one
-    (:func:`ggufx.analysis.memory.mtp.fit_measure`). ``fits``: ggufx's own
+    (:func:`ggufx.analysis.memory.mtp.fit_measure`). ``draft`` (``-md``, with ``draft_offload`` and
+    ``draft_context``): llama.cpp's fit measures the draft model beside the target in every dry run, at the target's
+    context (:func:`ggufx.analysis.memory.fit.with_extra`), unless it cannot (``extra_left_out``: then its buffers
+    come on top, the answer's ``draft`` says so). ``fits``: ggufx's own
     search per KV cache type (``margin`` None: nothing kept free), the largest context, or with
     ``layers`` the most whole layers at ``context.n_ctx``, each with llama.cpp's answer beside it."""
     from ggufx.analysis.memory.buffers import ContextParams
@@ -1002,14 +955,18 @@ def fit_budget(
                 "decision (llama_cpp) is without it, and would leave it less room"
             )
 
+    # llama.cpp's draft context: the target's parameters with -ctkd/-ctvd (f16 unless given)
+    draft_context = draft_context or replace(context, cache_type_k="f16", cache_type_v="f16")
+    extra, draft_left_out = _draft_extra(draft, devices, draft_offload, draft_context, tool, notes)
+
     def decide(ct: str) -> Any:
         cp = replace(context, cache_type_k=ct, cache_type_v=ct)
-        return _llama_fit(model, devices, offload, cp, llama_margins, n_ctx_min, mtp)
+        return _llama_fit(model, devices, offload, cp, llama_margins, n_ctx_min, mtp, extra)
 
     found = fit_devices(
         model, devices_left, offload, context, target="layers" if layers else "context", margin=own_margin
     )
-    decision = _llama_fit(model, devices, offload, context, llama_margins, n_ctx_min, mtp)
+    decision = _llama_fit(model, devices, offload, context, llama_margins, n_ctx_min, mtp, extra)
     if mtp is not None and decision.status == "layers":
         notes.append(
             "--spec-type draft-mtp: llama.cpp counts the NextN layers in the layers it splits (hp_ngl + "
@@ -1024,6 +981,14 @@ def fit_budget(
         "fits": [],
         "llama_cpp": decision.to_dict(),
     }
+    if draft is not None:
+        use = _draft_use(draft, devices, draft_offload, draft_context, decision.n_ctx)
+        out["draft"] = {
+            "path": draft.path,
+            "fitted": draft_left_out is None,
+            "reason": draft_left_out or "",
+            "bytes": {d.name: u.total for d, u in zip(devices, use, strict=True)},
+        }
     if notes:
         out["notes"] = notes
     for f in found:
@@ -1051,14 +1016,23 @@ def _llama_fit(
     margins: list[int],
     n_ctx_min: int,
     mtp: MtpOptions | None,
+    extra: Callable[[int], Any] | None = None,
 ) -> Any:
     """llama.cpp's fit (:func:`ggufx.analysis.memory.fit.llama_fit`) from the free memory it reads during its
-    first dry run; with ``mtp`` the dry runs of ``draft-mtp`` (the MTP context fitted beside the main one)."""
-    from ggufx.analysis.memory.fit import free_seen, llama_fit
+    first dry run; with ``mtp`` the dry runs of ``draft-mtp`` (the MTP context fitted beside the main one); with
+    ``extra`` (a draft model's use per GPU at a context size) the draft fitted beside the target."""
+    from ggufx.analysis.memory.fit import breakdown_measure, free_seen, llama_fit, with_extra
 
     if mtp is None:
         seen = free_seen(model, devices, offload, context)  # what llama.cpp's fit reads during its dry run
-        return llama_fit(model, seen, offload, context, margins=margins, n_ctx_min=n_ctx_min)
+        if extra is None:
+            return llama_fit(model, seen, offload, context, margins=margins, n_ctx_min=n_ctx_min)
+        measure = with_extra(breakdown_measure(model, seen, offload, context), extra)
+        out = llama_fit(model, seen, offload, context, margins=margins, n_ctx_min=n_ctx_min, measure=measure)
+        if _last_trial(out) is None:  # no dry run at the decision (one GPU's interpolated context): the draft added
+            more = extra(out.n_ctx)
+            out.use = {d.name: out.use[d.name] + m.total for d, m in zip(out.devices, more, strict=True)}
+        return _with_last_use(out)
     from ggufx.analysis.memory.mtp import fit_measure
     from ggufx.analysis.memory.mtp import free_seen as mtp_free_seen
 
@@ -1067,10 +1041,63 @@ def _llama_fit(
     out = llama_fit(
         model, seen, replace(offload, mtp=True), context, margins=margins, n_ctx_min=n_ctx_min, measure=measure
     )
-    last = next((t for t in reversed(out.trials) if t.run.n_ctx == out.n_ctx and t.run.layers == out.layers), None)
-    if last is not None:  # the decision's use with the MTP context in it (llama_fit's own would leave it out)
+    return _with_last_use(out)
+
+
+def _with_last_use(out: Any) -> Any:
+    """The decision's use with the extra context in it (the MTP context, a draft model: the last dry run of the
+    decision's parameters; llama_fit's own figures would leave it out)."""
+    last = _last_trial(out)
+    if last is not None:
         out.use = {d.name: u.total for d, u in zip(out.devices, last.use, strict=True)}
     return out
+
+
+def _last_trial(out: Any) -> Any:
+    """The last dry run of the decision's context and layers (None: fit decided without measuring it)."""
+    return next((t for t in reversed(out.trials) if t.run.n_ctx == out.n_ctx and t.run.layers == out.layers), None)
+
+
+def _draft_extra(
+    draft: GGUFModel | None,
+    devices: list[Device],
+    offload: OffloadParams | None,
+    context: ContextParams,
+    tool: str | None,
+    notes: list[str],
+) -> tuple[Callable[[int], Any] | None, str | None]:
+    """A draft model (``-md``) in llama.cpp's fit: the extra model's use per GPU at a context size (None where the
+    fit leaves it out) and why it is left out (None: fitted beside the target); the note that says which."""
+    if draft is None:
+        return None, None
+    from ggufx.analysis.memory.fit import extra_left_out
+
+    why = extra_left_out(draft, tool)
+    if why is not None:
+        notes.append(
+            f"-md {draft.path}: the draft model's buffers come on top of llama.cpp's decision (llama_cpp), which "
+            f"leaves the draft out: {why}"
+        )
+        return None, why
+    notes.append(
+        f"-md {draft.path}: llama.cpp's decision (llama_cpp) fits the draft model beside the target (its weights, "
+        "KV cache and compute buffers measured at the target's context in every dry run, common_fit_extra_model); "
+        "ggufx's own search (fits) counts the target alone"
+    )
+    return (lambda n_ctx: _draft_use(draft, devices, offload, context, n_ctx)), None
+
+
+def _draft_use(
+    draft: GGUFModel, devices: list[Device], offload: OffloadParams | None, context: ContextParams, n_ctx: int
+) -> Any:
+    """The draft model's dry run at ``n_ctx`` (``common_get_device_memory_data`` of the extra model): per GPU its
+    weights, context and compute buffers, with its own ``-ngld`` and cache types."""
+    from ggufx.analysis.memory.buffers import breakdown
+    from ggufx.analysis.memory.fit import device_use
+    from ggufx.analysis.memory.placement import OffloadParams
+
+    b = breakdown(draft, devices, offload or OffloadParams(), replace(context, n_ctx=n_ctx))
+    return device_use(b, devices)
 
 
 def _projector_usage(

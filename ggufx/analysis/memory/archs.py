@@ -119,6 +119,10 @@ class Arch:
     # llama_kv_cache_msa (an indexer cache of the sparse layers after the main one), "hybrid_idx"
     # llama_memory_hybrid_idx (the hybrid memory and an indexer cache), "none" no memory at all (res = nullptr)
     memory: str = ""
+    # the builder's graph writes the recurrent state's rollback snapshots (--spec-draft-n-max under --spec-type
+    # draft-mtp: cparams.n_rs_seq; qwen35.py's Gated DeltaNet). Elsewhere the reservation keeps n_rs_seq 0 (Qwen3-Next's
+    # context clamps it to 0; the other recurrent builders do not model them yet, their state buffer does)
+    rs_rollback_graph: bool = False
 
     @property
     def llama_graph(self) -> str:
@@ -169,6 +173,7 @@ _ENTRIES = (
         recurrent=_GDN,
         skips_nextn=True,
         gated_q=True,
+        rs_rollback_graph=True,
     ),
     # -- dense decoders ------------------------------------------------------------------------------
     Arch("qwen2", "qwen2.cpp", builder="qwen2"),
@@ -418,6 +423,7 @@ _ENTRIES = (
         moe=True,
         shared_experts=True,
         gated_q=True,
+        rs_rollback_graph=True,
     ),
     Arch(
         "qwen3next",

@@ -699,9 +699,8 @@ def breakdown(
         pipeline,
         swa_cells,
         pooling=pooling_of(model, cp),
-        # the rollback snapshots in the graph: qwen35.py's Gated DeltaNet writes them (Qwen3-Next's context clamps
-        # n_rs_seq to 0; the other recurrent builders do not model them yet, their state buffer does)
-        n_rs_seq=cp.n_rs_seq if hp.arch in ("qwen35", "qwen35moe") else 0,
+        # the rollback snapshots in the graph: where the builder writes them (Arch.rs_rollback_graph)
+        n_rs_seq=cp.n_rs_seq if (a := arch_of(hp.arch)) is not None and a.rs_rollback_graph else 0,
     )
     if sp.pooling is not None:
         embedding_refusal(model, sp, cp.n_outputs_max or n_batch, n_ubatch)

@@ -24,12 +24,14 @@ What they change beside the draft context itself (whose weights, KV cache, outpu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ggufx.analysis.memory.buffers import Buffer, ContextParams
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.analysis.memory.placement import Device, OffloadParams, host_buft, place
+from ggufx.errors import InputError
 from ggufx.model import GGUFModel
 
 if TYPE_CHECKING:
@@ -271,3 +273,60 @@ def output_growth(head: GGUFModel, draft_context: ContextParams, n_seq: int) -> 
         return 0
     hp = hparams(head)
     return output_rows(head, draft_context, n_seq) * output_row_bytes(head) - 4 * hp.n_vocab * n_seq
+
+
+def head_output(draft: GGUFModel, dcp: ContextParams, bufs: list[Buffer], notes: list[str]) -> list[Buffer]:
+    """A head's output buffer after its first prompt (kind ``draft_output_growth``, on its output buffer's type):
+    :func:`output_growth`."""
+    out = next((b for b in bufs if b.kind == "output"), None)
+    grow = output_growth(draft, dcp, max(1, dcp.n_parallel))
+    if out is None or grow <= 0:
+        return []
+    rows = output_rows(draft, dcp, max(1, dcp.n_parallel))
+    why = (
+        "an output row per token of the prompt chunk it encodes"
+        if draft.architecture == "eagle3"
+        else "n_max + 1 rows per sequence, every slot drafting at once"
+    )
+    notes.append(
+        f"{SPEC_TYPE[draft.architecture or '']}: the head's output buffer grows from {out.bytes / 2**20:.2f} MiB to "
+        f"{(out.bytes + grow) / 2**20:.2f} MiB after the first prompt ({rows} rows of logits, h_nextn and the backend "
+        f"samplers' rows: {why}; draft_output_growth)"
+    )
+    return [Buffer("draft_output_growth", out.buft, grow)]
+
+
+def target_buffers(
+    model: GGUFModel,
+    draft: GGUFModel,
+    devices: Sequence[Device],
+    offload: OffloadParams | None,
+    context: ContextParams,
+    notes: list[str],
+) -> list[Buffer]:
+    """An EAGLE3 / DFlash head's effect on the target's buffers: llama.cpp's refusal
+    of the pair, the extracted layers' rows in the target's output buffer (kind ``draft_features``) and the growth
+    of its compute buffer once its graph keeps them (``draft_features_compute``)."""
+    arch = draft.architecture or ""
+    why = pair_refusal(model, draft)
+    if why:
+        raise InputError(f"--model-draft {draft.path}: llama.cpp refuses this pair: {why}", "--model-draft")
+    offload = offload or OffloadParams()
+    feats = feature_buffers(model, draft, list(devices), offload, context)
+    growth = features_compute_growth(model, draft, list(devices), offload, context)
+    feats += [Buffer("draft_features_compute", buft, n, exact=False) for buft, n in (growth or {}).items()]
+    grown = sum((growth or {}).values()) / 2**20
+    notes.append(
+        f"{SPEC_TYPE[arch]}: the target's layers {', '.join(map(str, target_layers(draft)))} are extracted for the "
+        f"draft head from the first request on: the target's output buffer grows by "
+        f"{sum(b.bytes for b in feats if b.kind == 'draft_features') / 2**20:.2f} MiB (draft_features), "
+        f"{sum(b.bytes for b in feats if b.kind == 'draft_verify_output') / 2**20:.2f} MiB more with every slot "
+        "verifying its drafts at once (draft_verify_output), and its graph "
+        "is reserved again with those layer inputs kept as outputs: "
+        + (
+            f"its compute buffer grows by {grown:.2f} MiB (draft_features_compute)"
+            if growth is not None
+            else f"the growth of its compute buffer is not modelled for {model.architecture} targets"
+        )
+    )
+    return feats

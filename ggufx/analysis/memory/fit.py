@@ -254,6 +254,46 @@ def breakdown_measure(model: GGUFModel, devices: list[Device], offload: OffloadP
     return measure
 
 
+def extra_left_out(draft: GGUFModel, tool: str | None) -> str | None:
+    """Why llama.cpp's fit leaves a draft model (``-md``) out of its dry runs (None: it fits it beside the target,
+    :func:`with_extra`). ``common_init_result`` hands ``common_fit_params`` the draft as an extra model
+    (common/common.cpp:1239-1266), but ``llama-fit-params`` passes none (tools/fit-params/fit-params.cpp:33-36),
+    and a head that reads the target's context cannot be measured alone: its context refuses to exist without
+    ``ctx_other`` (llama-context.cpp:148-165: Gemma 4's assistant always, an EAGLE3 / DFlash head without its own
+    ``token_embd`` or ``output``), and fit goes on without it (common/fit.cpp:225-231)."""
+    if tool == "llama-fit-params":
+        return "llama-fit-params fits the target alone (it gives common_fit_params no extra model)"
+    arch = draft.architecture or ""
+    names = {t.name for t in draft.tensors}
+    if arch == "gemma4-assistant" or (
+        arch in ("eagle3", "dflash") and not {"token_embd.weight", "output.weight"} <= names
+    ):
+        return (
+            f"{arch} requires ctx_other to be set: llama.cpp's fit cannot measure the draft alone and fits the target "
+            'without it ("failed to measure the memory of the extra model, fitting without it")'
+        )
+    return None
+
+
+def with_extra(measure: Measure, extra: Callable[[int], tuple[DeviceUse, ...]]) -> Measure:
+    """The dry runs of a fit with an extra model (``common_fit_extra_model``, common/fit.cpp:200-262; a draft
+    model, ``-md``): each one's memory plus, on the same devices, the extra model's weights, context and compute
+    buffers, that one measured with its own parameters at the main context's size (``extra(n_ctx)``) and again
+    whenever that size changes. The extra's parameters are never changed by the fit."""
+    cache: dict[int, tuple[DeviceUse, ...]] = {}
+
+    def measured(run: DryRun) -> tuple[DeviceUse, ...]:
+        more = cache.get(run.n_ctx)
+        if more is None:
+            more = cache[run.n_ctx] = extra(run.n_ctx)
+        return tuple(
+            DeviceUse(u.model + m.model, u.context + m.context, u.compute + m.compute)
+            for u, m in zip(measure(run), more, strict=True)
+        )
+
+    return measured
+
+
 PAGE = 2 * MiB  # CUDA hands out device memory in 2 MiB pages
 
 

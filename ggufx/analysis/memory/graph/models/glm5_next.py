@@ -17,7 +17,8 @@ MLA cache, attended per token)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, replace
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph, _type
 from ggufx.analysis.memory.graph.llm import _Ctx, _inp_embd, _norm, _w, model_of
@@ -35,7 +36,9 @@ from ggufx.analysis.memory.graph.models.deepseek2 import (
 from ggufx.analysis.memory.graph.models.hy_v4 import _cast
 from ggufx.analysis.memory.graph.models.kimi_k3 import kda
 from ggufx.analysis.memory.graph.models.kimi_linear import _kda_dims
+from ggufx.analysis.memory.graph.sched import OP_OFFLOAD_MIN_BATCH, _Sched
 from ggufx.analysis.memory.hparams import hparams
+from ggufx.analysis.memory.placement import host_buft
 from ggufx.format.values import GGUFArray
 from ggufx.model import GGUFModel
 
@@ -55,11 +58,24 @@ def _int(c: _Ctx, suffix: str) -> int:
 # -- mHC --------------------------------------------------------------------------------------------------------
 
 
-def hc_pre(c: _Ctx, g: _Graph, x: _T, part: str, il: int) -> tuple[_T, _T, _T]:
-    """``build_hc_pre`` (glm5-next.cpp:480-545) with the fused comb and pre ops: the streams ``[n_embd, hc, T]``
-    flattened and RMS-normed, the ``hc_{part}_fn`` mixes ``[(2 + hc) hc, T]``; the pre weights (a view times
-    the scale, plus the base, SIGMOID, SCALE) and the post weights (the same, not expanded here); the Sinkhorn
-    comb ``DSV4_HC_COMB`` ``[hc, hc, T]``; the mixed stream ``DSV4_HC_PRE`` ``[n_embd, T]``."""
+@dataclass(frozen=True, slots=True)
+class Fused:
+    """``cparams.fused_dsv4_hc_pre``/``_comb``/``_post`` as ``resolve_fused_ops`` leaves them (:func:`fused_hc`)."""
+
+    pre: bool = True
+    comb: bool = True
+    post: bool = True
+
+
+ALL_FUSED = Fused()
+
+
+def hc_pre(c: _Ctx, g: _Graph, x: _T, part: str, il: int, fused: Fused = ALL_FUSED) -> tuple[_T, _T, _T]:
+    """``build_hc_pre`` (glm5-next.cpp:389-508): the streams ``[n_embd, hc, T]`` flattened and RMS-normed, the
+    ``hc_{part}_fn`` mixes ``[(2 + hc) hc, T]``; the pre weights (a view times the scale, plus the base, SIGMOID,
+    SCALE) and the post weights (the same, not expanded here); the Sinkhorn comb ``[hc, hc, T]`` (the fused
+    ``DSV4_HC_COMB``, or its ops); the mixed stream ``[n_embd, T]`` (the fused ``DSV4_HC_PRE``, or per stream a
+    MUL by its weight, summed)."""
     E, hc = c.hp.n_embd, HC_MULT
     nt = x.ne[2]
     p = f"blk.{il}.hc_{part}_"
@@ -74,13 +90,133 @@ def hc_pre(c: _Ctx, g: _Graph, x: _T, part: str, il: int) -> tuple[_T, _T, _T]:
 
     pre = weights("hc_pre")
     post = weights("hc_post")
-    comb = g.new(f"hc_comb-{il}", "DSV4_HC_COMB", "F32", (hc, hc, nt), mixes, scale, base)
-    return g.new(f"hc_{part}_pre-{il}", "DSV4_HC_PRE", "F32", (E, nt), x, pre), post, comb
+    if fused.comb:
+        comb = g.new(f"hc_comb-{il}", "DSV4_HC_COMB", "F32", (hc, hc, nt), mixes, scale, base)
+    else:
+        comb = _sinkhorn(c, g, mixes, scale, base, il)
+    if fused.pre:
+        return g.new(f"hc_{part}_pre-{il}", "DSV4_HC_PRE", "F32", (E, nt), x, pre), post, comb
+    out: _T | None = None
+    for _ in range(hc):  # glm5-next.cpp:405-412
+        xh = g.view(x, (E, nt), (x.nb[0], x.nb[2]))
+        cur = g.op(f"hc_{part}_pre-{il}", "MUL", xh, g.view(pre, (1, nt), pre.nb[:2]))
+        out = cur if out is None else g.op(f"hc_{part}_pre-{il}", "ADD", out, cur)
+    assert out is not None
+    return out, post, comb
 
 
-def hc_post(g: _Graph, x: _T, residual: _T, post: _T, comb: _T, name: str) -> _T:
-    """``build_hc_post`` fused (``DSV4_HC_POST``): ``[n_embd, hc, T]``."""
-    return g.new(name, "DSV4_HC_POST", "F32", residual.ne, x, residual, post, comb)
+def _sinkhorn(c: _Ctx, g: _Graph, mixes: _T, scale: _T, base: _T, il: int) -> _T:
+    """The comb without ``DSV4_HC_COMB`` (glm5-next.cpp:498-503, ``build_hc_sinkhorn`` :416-448): the comb's
+    view of the mixes times the scale plus the base, ``[hc, hc, T]``; a row softmax plus eps, one column
+    normalization, then ``sinkhorn_iterations`` - 1 row and column normalizations."""
+    hc, nt = HC_MULT, mixes.ne[1]
+    w = g.view(mixes, (hc * hc, nt), mixes.nb[:2])
+    w = g.op(f"hc_comb-{il}", "ADD", g.op(f"hc_comb-{il}", "MUL", w, g.view(scale, (1,))), g.view(base, (hc * hc,)))
+    comb = g.op(f"hc_comb-{il}", "SOFT_MAX", g.reshape(w, hc, hc, nt))
+    eps = g.new(f"hc_eps-{il}", "FILL", "F32", (1,), g.leaf(f"hc_eps_leaf-{il}", "F32", (1,)))
+    comb = g.op(f"hc_comb-{il}", "ADD", comb, eps)
+
+    def normed(cur: _T, cols: bool) -> _T:
+        src = g.new(f"hc_comb-{il}", "CONT", "F32", cur.ne, g.permute(cur, 1, 0, 2, 3)) if cols else cur
+        total = g.new(f"hc_comb-{il}", "SUM_ROWS", "F32", (1, hc, nt), src)
+        total = g.op(f"hc_comb-{il}", "ADD", total, eps)
+        return g.op(f"hc_comb-{il}", "DIV", cur, g.permute(total, 1, 0, 2, 3) if cols else total)
+
+    comb = normed(comb, True)
+    iters = _key(c, "hyper_connection.sinkhorn_iterations")
+    for _ in range(1, iters if isinstance(iters, int) else 1):
+        comb = normed(normed(comb, False), True)
+    return comb
+
+
+def hc_post(g: _Graph, x: _T, residual: _T, post: _T, comb: _T, name: str, fused: Fused = ALL_FUSED) -> _T:
+    """``build_hc_post`` (glm5-next.cpp:511-545), ``[n_embd, hc, T]``: the fused ``DSV4_HC_POST``, or per
+    destination stream the sub-layer's output times its post weight plus each source stream times its comb
+    weight (MUL, then MUL and ADD per source), the streams CONCATenated."""
+    if fused.post:
+        return g.new(name, "DSV4_HC_POST", "F32", residual.ne, x, residual, post, comb)
+    E, hc, nt = residual.ne[0], residual.ne[1], residual.ne[2]
+    out: _T | None = None
+    for _ in range(hc):
+        cur = g.op(name, "MUL", x, g.view(post, (1, nt), post.nb[:2]))
+        for _ in range(hc):
+            res = g.view(residual, (E, nt), (residual.nb[0], residual.nb[2]))
+            cur = g.op(name, "ADD", cur, g.op(name, "MUL", res, g.view(comb, (1, nt), (comb.nb[0], comb.nb[2]))))
+        cur = g.reshape(cur, E, 1, nt)
+        out = cur if out is None else g.new(name, "CONCAT", "F32", (E, out.ne[1] + 1, nt), out, cur)
+    assert out is not None
+    return out
+
+
+# the fused HC ops resolve_fused_ops checks, in its order (llama-context.cpp:577-583)
+_PROBES = (("pre", "DSV4_HC_PRE"), ("comb", "DSV4_HC_COMB"), ("post", "DSV4_HC_POST"))
+_RESOLVED: weakref.WeakKeyDictionary[GGUFModel, dict[object, Fused]] = weakref.WeakKeyDictionary()
+
+
+def _gpu_names(c: _Ctx) -> list[str]:
+    """The scheduler's GPUs in order (``c.host`` of them): the devices holding layers, weights or caches; where
+    they are named as ggufx names them (``CUDA0``, ``CUDA1``...), every index up to ``c.host`` (a GPU that holds
+    nothing still takes its place, and op offload's first GPU)."""
+    held = {b for b in (*c.layer_buft, *c.cache_buft, *(b for _, b in c.weights)) if b and not _host(b)}
+    prefixes = {b.rstrip("0123456789") for b in held}
+    if len(prefixes) == 1 and all(b[len(p) :].isdigit() for b in held for p in prefixes):
+        (prefix,) = prefixes
+        return [f"{prefix}{i}" for i in range(c.host)]
+    return sorted(held)
+
+
+def _host(buft: str) -> bool:
+    return buft.startswith("CPU") or buft.endswith("_Host")
+
+
+def fused_hc(c: _Ctx) -> Fused:
+    """``resolve_fused_ops``' DeepSeek V4 HC probes (llama-context.cpp:509-583): for the pre, comb and post ops
+    in turn (each probe built with the ones before it resolved), the graph of one token per sequence is reserved
+    and the fused op kept only if the scheduler puts every layer's fused node on that layer's device
+    (``model.dev_layer(il)``, :func:`hc_mismatch`). On the CPU build (one device) they stay on."""
+    if c.host <= 0:
+        return ALL_FUSED
+    model = model_of(c)
+    key = (tuple(c.layer_buft), tuple(c.cache_buft), c.sp, c.host)
+    done = _RESOLVED.get(model, {}).get(key)
+    if done is not None:
+        return done
+    flags = ALL_FUSED
+    for field, op in _PROBES:
+        if hc_mismatch(c, flags, op) is not None:
+            flags = replace(flags, **{field: False})
+    _RESOLVED.setdefault(model, {})[key] = flags
+    return flags
+
+
+def hc_mismatch(c: _Ctx, fused: Fused, op: str) -> int | None:
+    """The first layer whose fused ``op`` node the scheduler puts on another device than the layer's in the
+    probe graph of ``resolve_fused_ops`` (one token per sequence, every layer, the HC ops fused as ``fused``
+    says); None where every one is on its layer's device. At ``-ngl 3`` of GLM5-Next the last host layer's
+    ``DSV4_HC_POST`` has no weight among its sources and the next layer's CUDA nodes expand up onto it: llama.cpp
+    warns "layer 4 is assigned to device CPU but fused DeepSeek V4 HC post is assigned to device CUDA0" and
+    builds every layer's post unfused."""
+    gpus = _gpu_names(c)
+    n = c.sp.n_seq_max
+    device = [gpus.index(b) if b in gpus else len(gpus) for b in c.layer_buft]
+    full = all(d < len(gpus) for d in device)
+    pin = device if n < OP_OFFLOAD_MIN_BATCH or full else [-1] * len(device)  # graph_get_cb (llama-context.cpp)
+    probe = replace(c, n_tokens=n, n_outputs=n, pin=pin, layers=list(range(c.hp.n_layer)), pos=None)
+    weights = list(c.weights.values())
+    kept = [w.backend for w in weights]
+    try:
+        g = _Graph()
+        g.expand(_build(probe, g, fused))
+        _Sched(gpus, host_buft(gpus[0]), 1).assign(g)
+    finally:  # the weights' backends: the simulation's scheduler sets them
+        for w, b in zip(weights, kept, strict=True):
+            w.backend = b
+    for node in g.nodes:
+        if node.op == op:
+            il = int(node.name.rsplit("-", 1)[1])  # hc_attn_pre-4, hc_comb-4, l_out-4...
+            if node.backend != device[il]:
+                return il
+    return None
 
 
 # -- the KDA layer ----------------------------------------------------------------------------------------------
@@ -304,7 +440,12 @@ def _types(model: GGUFModel, n_main: int) -> list[bool]:
 def build(c: _Ctx, g: _Graph) -> _T:
     """The graph's logits (glm5-next.cpp:562-688): the embeddings repeated into the streams; per layer the mHC
     pre, the attention norm, KDA or the sparse MLA, the mHC post, the mHC pre, the FFN norm, the dense FFN or the
-    experts plus the shared expert, the mHC post; the output rows, the streams' mean, the output norm."""
+    experts plus the shared expert, the mHC post; the output rows, the streams' mean, the output norm. The mHC
+    ops fused as ``resolve_fused_ops`` leaves them (:func:`fused_hc`)."""
+    return _build(c, g, fused_hc(c))
+
+
+def _build(c: _Ctx, g: _Graph, fused: Fused) -> _T:
     hp, sp = c.hp, c.sp
     T, n_out, E, hc = c.n_tokens, c.n_outputs, hp.n_embd, HC_MULT
     ns = sp.n_streams
@@ -324,22 +465,22 @@ def build(c: _Ctx, g: _Graph) -> _T:
         if il > last:  # the NextN block: not run by the main graph
             continue
         g.at(p)
-        cur, post, comb = hc_pre(c, g, res, "attn", il)
+        cur, post, comb = hc_pre(c, g, res, "attn", il, fused)
         cur = _norm(c, g, cur, f"blk.{il}.attn_norm.weight", il)
         g.expand(cur)
         if hp.n_head_kv[il] == 0:
             cur = kda(c, g, cur, il, s_copy, d)  # kimi-k3's KDA layer with glm5-next's low-rank output gate
         else:
             cur = _dsa(c, g, cur, il, k_idxs, kq_mask, kp, prev)
-        res = hc_post(g, cur, res, post, comb, f"hc_attn_post-{il}")
-        cur, post, comb = hc_pre(c, g, res, "ffn", il)
+        res = hc_post(g, cur, res, post, comb, f"hc_attn_post-{il}", fused)
+        cur, post, comb = hc_pre(c, g, res, "ffn", il, fused)
         cur = _norm(c, g, cur, f"blk.{il}.ffn_norm.weight", il)
         if il < mp.n_lead:
             cur = ffn(c, g, cur, il)
         else:
             moe_out, routed = moe_ffn(c, g, cur, il, mp, gating)
             cur = g.op(f"ffn_out-{il}", "ADD", moe_out, ffn(c, g, cur, il, "_shexp", routed))
-        res = hc_post(g, cur, res, post, comb, f"l_out-{il}")
+        res = hc_post(g, cur, res, post, comb, f"l_out-{il}", fused)
     g.at(GLOBAL)
     flat = g.new("hc_rows", "GET_ROWS", "F32", (E * hc, n_out), g.reshape(res, E * hc, T), out_ids)
     res = g.reshape(flat, E, hc, n_out)
