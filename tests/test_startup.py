@@ -54,7 +54,7 @@ def test_a_command_collects_cycles_less_often(tmp_path: Path) -> None:
         "    assert not e.code, e.code\n"
         "print(gc.get_threshold(), file=sys.stderr)\n"
     )
-    for before, after in ((700, "(20000, 10, 10)"), (50_000, "(50000, 10, 10)")):
+    for before, after in ((700, "(100000, 10, 10)"), (50_000, "(100000, 10, 10)"), (200_000, "(200000, 10, 10)")):
         proc = subprocess.run([sys.executable, "-c", code, str(before)], capture_output=True, text=True, check=True)
         assert proc.stderr.strip().splitlines()[-1] == after
 
