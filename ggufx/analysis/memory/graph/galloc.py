@@ -5,9 +5,11 @@ graph in :mod:`ggufx.analysis.memory.graph.graphsim`, a projector's in :mod:`ggu
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable
 from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 from ggufx.analysis.memory.graph.ggml import _T, INPUT, OUTPUT, _nbytes, _type
@@ -29,6 +31,9 @@ HOST_ALIGN = 32  # TENSOR_ALIGNMENT: CPU, CPU_Mapped, CUDA_Host, CPU_REPACK
 MATRIX_ROW_PADDING = 512  # ggml-cuda/common.cuh: CUDA pads a quantized row to this many elements
 
 
+_offset = itemgetter(0)
+
+
 class DynAllocator:
     """``ggml_dyn_tallocr`` with one chunk (ggml-alloc.c:202 alloc, :312 free): free blocks sorted by
     offset; ``max_size`` is the high-water mark, the compute buffer llama.cpp reserves."""
@@ -46,47 +51,46 @@ class DynAllocator:
         a = self.alignment
         size = -(-size // a) * a
         blocks = self.blocks
-        last = len(blocks) - 1
-        best, best_size = last, 1 << 63
-        for i in range(last):
-            bsize = blocks[i][1]
+        best = blocks[-1]
+        best_size = 1 << 63
+        for block in blocks[:-1]:  # a handful of blocks: the loop costs less than any index over them
+            bsize = block[1]
             if size <= bsize <= best_size:
-                best, best_size = i, bsize
-        block = blocks[best]
-        offset = block[0]
-        block[0] += size
-        block[1] -= size
-        if block[1] == 0:
-            del blocks[best]
+                best, best_size = block, bsize
+        offset = best[0]
+        best[0] = offset + size
+        left = best[1] - size
+        best[1] = left
+        if left == 0:
+            blocks.remove(best)  # the one block of size 0 (equality finds it, no other is empty)
         if offset + size > self.max_size:
             self.max_size = offset + size
         return offset
 
     def free(self, offset: int, size: int) -> None:
-        """Merge with an adjacent free block, else insert in offset order."""
+        """Merge with the free block that ends where this begins, else with the one that begins where this
+        ends, else insert in offset order (free blocks never overlap what is allocated: the first block
+        at or after ``offset`` is the only one that can begin at its end)."""
         a = self.alignment
         size = -(-size // a) * a
         blocks = self.blocks
         end = offset + size
-        for i, block in enumerate(blocks):
-            b0 = block[0]
-            if b0 + block[1] == offset:
-                block[1] += size
-                if i + 1 < len(blocks) and b0 + block[1] == blocks[i + 1][0]:
-                    block[1] += blocks[i + 1][1]
-                    del blocks[i + 1]
-                return
-            if end == b0:
-                block[0] = offset
-                block[1] += size
-                if i > 0 and blocks[i - 1][0] + blocks[i - 1][1] == offset:
-                    blocks[i - 1][1] += block[1]
+        i = bisect_left(blocks, offset, key=_offset)
+        if i:
+            before = blocks[i - 1]
+            if before[0] + before[1] == offset:
+                before[1] += size
+                if i < len(blocks) and end == blocks[i][0]:
+                    before[1] += blocks[i][1]
                     del blocks[i]
                 return
-        pos = 0
-        while pos < len(blocks) and blocks[pos][0] < offset:
-            pos += 1
-        blocks.insert(pos, [offset, size])
+        if i < len(blocks):
+            after = blocks[i]
+            if end == after[0]:
+                after[0] = offset
+                after[1] += size
+                return
+        blocks.insert(i, [offset, size])
 
 
 # -- ggml_gallocr (ggml-alloc.c:589-822) ---------------------------------------------------------------
