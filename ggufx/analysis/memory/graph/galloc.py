@@ -10,7 +10,6 @@ from collections import Counter
 from collections.abc import Callable
 from itertools import chain
 from operator import itemgetter
-from typing import Any
 
 from ggufx.analysis.memory.graph.ggml import _T, INPUT, OUTPUT, _nbytes, _type
 
@@ -399,9 +398,9 @@ class _Blocks:
             if start <= t.pos < resume:
                 b, key = self._key(t)
                 places.setdefault(b, {})[key] = where[t][1]
-        # the block's events as (what, block, place, owner's block, owner's place, allocator's alloc or
-        # free, size or owner's size, size): block -1 the block before...
-        ops: list[tuple[int, int, tuple[int, object], int, tuple[int, object], Callable[..., Any], int, int]] = []
+        # the block's events as (what, block, place, owner's block, owner's place, allocator, size or owner's
+        # size, size), sizes aligned as the allocator aligns them: block -1 the block before...
+        ops: list[tuple[int, int, tuple[int, object], int, tuple[int, object], DynAllocator, int, int]] = []
         for ev in self.log:
             kind, made = ev[0], ev[1]
             assert isinstance(made, _T)
@@ -410,36 +409,71 @@ class _Blocks:
             b, key = self._key(made)
             if kind == "a":  # ("a", tensor, buft, size)
                 assert isinstance(ev[3], int)
-                ops.append((0, b, key, 0, key, allocs[str(ev[2])].alloc, ev[3], 0))
-            elif kind == "i":  # ("i", tensor, owner, buft, owner's size, size)
+                a = allocs[str(ev[2])]
+                ops.append((0, b, key, 0, key, a, a.align(ev[3]), 0))
+            elif kind == "i":  # ("i", tensor, owner, buft, owner's size, size): both aligned already
                 owner = ev[2]
                 assert isinstance(owner, _T) and isinstance(ev[4], int) and isinstance(ev[5], int)
                 if not start <= owner.pos < resume:
                     return False
                 ob, okey = self._key(owner)
-                ops.append((1, b, key, ob, okey, allocs[str(ev[3])].free, ev[4], ev[5]))
+                ops.append((1, b, key, ob, okey, allocs[str(ev[3])], ev[4], ev[5]))
             else:  # ("f", tensor, buft, size)
                 assert isinstance(ev[3], int)
-                ops.append((2, b, key, 0, key, allocs[str(ev[2])].free, ev[3], 0))
+                a = allocs[str(ev[2])]
+                ops.append((2, b, key, 0, key, a, a.align(ev[3]), 0))
         lowest = min((min(op[1], op[3]) for op in ops), default=0)
         for k in range(lowest + 1, self.out + 1):
             places.setdefault(k, {})
+        # DynAllocator.alloc and .free written out (the replay's loop is most of their calls in a --fit of
+        # DeepSeek-V4-Flash): the same best fit and merges on the same blocks
         for k in range(1, self.out + 1):
-            for kind, b, key, ob, okey, call, n, ns in ops:
+            for kind, b, key, ob, okey, a, size, ns in ops:
                 if kind == 0:
-                    places[k + b][key] = call(n)
-                elif kind == 1:
-                    off = places[k + ob].pop(okey, None)
-                    if off is None:
-                        return False
+                    blocks = a.blocks
+                    best = blocks[-1]
+                    best_size = 1 << 63
+                    for free_block in blocks[:-1]:
+                        bsize = free_block[1]
+                        if size <= bsize <= best_size:
+                            best, best_size = free_block, bsize
+                    off = best[0]
+                    best[0] = off + size
+                    left = best[1] - size
+                    best[1] = left
+                    if left == 0:
+                        blocks.remove(best)
+                    if off + size > a.max_size:
+                        a.max_size = off + size
                     places[k + b][key] = off
-                    if n > ns:
-                        call(off + ns, n - ns)
-                else:
-                    off = places[k + b].pop(key, None)
-                    if off is None:
-                        return False
-                    call(off, n)
+                    continue
+                got = places[k + ob].pop(okey, None) if kind == 1 else places[k + b].pop(key, None)
+                if got is None:
+                    return False
+                off = got
+                if kind == 1:
+                    places[k + b][key] = off
+                    if size <= ns:
+                        continue
+                    off, size = off + ns, size - ns
+                blocks = a.blocks
+                end = off + size
+                i = bisect_left(blocks, off, key=_offset)
+                if i:
+                    before = blocks[i - 1]
+                    if before[0] + before[1] == off:
+                        before[1] += size
+                        if i < len(blocks) and end == blocks[i][0]:
+                            before[1] += blocks[i][1]
+                            del blocks[i]
+                        continue
+                if i < len(blocks):
+                    after = blocks[i]
+                    if end == after[0]:
+                        after[0] = off
+                        after[1] += size
+                        continue
+                blocks.insert(i, [off, size])
         # the kept tensors of the run stand for those of the blocks last left out, which must be alive
         mine: dict[int, dict[tuple[int, object], _T]] = {}
         for t in own:
