@@ -1,6 +1,7 @@
 """ggml-alloc's dynamic allocator (galloc.DynAllocator) against a plain transcription of ggml-alloc.c's
-``ggml_dyn_tallocr_alloc`` / ``_free_tensor`` (one chunk): the same offsets, free blocks and high-water
-mark after every call, over random sequences of allocations and frees (issue 21: the faster allocator)."""
+``ggml_dyn_tallocr_alloc`` / ``_free_tensor`` (one chunk): the same offsets, free blocks (in the same list
+order) and high-water mark after every call, over random sequences of allocations and frees, tensors of
+no bytes among them (issue 21: the faster allocator)."""
 
 from __future__ import annotations
 
@@ -68,7 +69,9 @@ def test_the_allocator_is_ggml_allocs(seed: int, alignment: int, steps: int) -> 
     rng = random.Random(seed)
     fast, ref = DynAllocator(alignment), _Reference(alignment)
     live: list[tuple[int, int]] = []
-    sizes = [rng.choice([32, 100, 128, 4096, 5000, 65536]) * rng.randint(1, 9) for _ in range(12)]
+    # with tensors of no bytes: their frees insert empty blocks, which later merges can leave out of offset
+    # order (PLaMo 2's graph does; recorded in tests/fixtures/llamacpp-logs)
+    sizes = [rng.choice([0, 32, 100, 128, 4096, 5000, 65536]) * rng.randint(1, 9) for _ in range(12)]
     for _ in range(steps):
         if live and rng.random() < 0.45:
             offset, size = live.pop(rng.randrange(len(live)))

@@ -5,11 +5,9 @@ graph in :mod:`ggufx.analysis.memory.graph.graphsim`, a projector's in :mod:`ggu
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable
 from itertools import chain
-from operator import itemgetter
 
 from ggufx.analysis.memory.graph.ggml import _T, INPUT, OUTPUT, _nbytes, _type
 
@@ -28,9 +26,6 @@ _INPLACE = frozenset(
 CUDA_ALIGN = 128  # ggml-cuda.cu: ggml_backend_cuda_buffer_type_get_alignment
 HOST_ALIGN = 32  # TENSOR_ALIGNMENT: CPU, CPU_Mapped, CUDA_Host, CPU_REPACK
 MATRIX_ROW_PADDING = 512  # ggml-cuda/common.cuh: CUDA pads a quantized row to this many elements
-
-
-_offset = itemgetter(0)
 
 
 class DynAllocator:
@@ -61,35 +56,46 @@ class DynAllocator:
         left = best[1] - size
         best[1] = left
         if left == 0:
-            blocks.remove(best)  # the one block of size 0 (equality finds it, no other is empty)
+            _remove(blocks, best)
         if offset + size > self.max_size:
             self.max_size = offset + size
         return offset
 
     def free(self, offset: int, size: int) -> None:
-        """Merge with the free block that ends where this begins, else with the one that begins where this
-        ends, else insert in offset order (free blocks never overlap what is allocated: the first block
-        at or after ``offset`` is the only one that can begin at its end)."""
+        """Merge with an adjacent free block, else insert in offset order. A scan in list order, as
+        ggml-alloc's: a tensor of no bytes frees an empty block, and a later merge can move a block's
+        offset before it, so the blocks are not always in offset order (PLaMo 2's graph does that)."""
         a = self.alignment
         size = -(-size // a) * a
         blocks = self.blocks
         end = offset + size
-        i = bisect_left(blocks, offset, key=_offset)
-        if i:
-            before = blocks[i - 1]
-            if before[0] + before[1] == offset:
-                before[1] += size
-                if i < len(blocks) and end == blocks[i][0]:
-                    before[1] += blocks[i][1]
+        for i, block in enumerate(blocks):
+            b0 = block[0]
+            if b0 + block[1] == offset:
+                block[1] += size
+                if i + 1 < len(blocks) and b0 + block[1] == blocks[i + 1][0]:
+                    block[1] += blocks[i + 1][1]
+                    del blocks[i + 1]
+                return
+            if end == b0:
+                block[0] = offset
+                block[1] += size
+                if i > 0 and blocks[i - 1][0] + blocks[i - 1][1] == offset:
+                    blocks[i - 1][1] += block[1]
                     del blocks[i]
                 return
-        if i < len(blocks):
-            after = blocks[i]
-            if end == after[0]:
-                after[0] = offset
-                after[1] += size
-                return
-        blocks.insert(i, [offset, size])
+        pos = 0
+        while pos < len(blocks) and blocks[pos][0] < offset:
+            pos += 1
+        blocks.insert(pos, [offset, size])
+
+
+def _remove(blocks: list[list[int]], block: list[int]) -> None:
+    """Delete ``block`` itself (not the first block equal to it: two empty blocks at one offset can be)."""
+    for i, b in enumerate(blocks):
+        if b is block:
+            del blocks[i]
+            return
 
 
 # -- ggml_gallocr (ggml-alloc.c:589-822) ---------------------------------------------------------------
@@ -425,8 +431,8 @@ class _Blocks:
         lowest = min((min(op[1], op[3]) for op in ops), default=0)
         for k in range(lowest + 1, self.out + 1):
             places.setdefault(k, {})
-        # DynAllocator.alloc and .free written out (the replay's loop is most of their calls in a --fit of
-        # DeepSeek-V4-Flash): the same best fit and merges on the same blocks
+        # DynAllocator.alloc written out (the replay's loop is most of its calls in a --fit of
+        # DeepSeek-V4-Flash): the same best fit on the same blocks
         for k in range(1, self.out + 1):
             for kind, b, key, ob, okey, a, size, ns in ops:
                 if kind == 0:
@@ -442,7 +448,7 @@ class _Blocks:
                     left = best[1] - size
                     best[1] = left
                     if left == 0:
-                        blocks.remove(best)
+                        _remove(blocks, best)
                     if off + size > a.max_size:
                         a.max_size = off + size
                     places[k + b][key] = off
@@ -456,24 +462,7 @@ class _Blocks:
                     if size <= ns:
                         continue
                     off, size = off + ns, size - ns
-                blocks = a.blocks
-                end = off + size
-                i = bisect_left(blocks, off, key=_offset)
-                if i:
-                    before = blocks[i - 1]
-                    if before[0] + before[1] == off:
-                        before[1] += size
-                        if i < len(blocks) and end == blocks[i][0]:
-                            before[1] += blocks[i][1]
-                            del blocks[i]
-                        continue
-                if i < len(blocks):
-                    after = blocks[i]
-                    if end == after[0]:
-                        after[0] = off
-                        after[1] += size
-                        continue
-                blocks.insert(i, [off, size])
+                a.free(off, size)
         # the kept tensors of the run stand for those of the blocks last left out, which must be alive
         mine: dict[int, dict[tuple[int, object], _T]] = {}
         for t in own:
