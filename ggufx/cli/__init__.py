@@ -14,11 +14,30 @@ import os
 import sys
 from typing import Any, NoReturn
 
-import click
+# the cyclic collector's first generation threshold in the command line's process: the memory model
+# allocates hundreds of thousands of short-lived containers that reference counting frees, and collecting
+# every 700 allocations (Python's default) cost 56 ms of CPU of `report` on the 27B replica and 95 ms of
+# `mem --fit` on the 94-layer MoE. Raised as this module loads, before click and the command's modules
+# (at 700, importing them collected 16 times), and at 100,000 with the objects of the modules imported
+# before the command frozen (gc.freeze: never traversed again), `mem` on the 27B replica collects next to
+# nothing (0.6 M instructions, 20,000: 8 to 15 M; issue 21) with the same peak memory on every `--fit`
+# of benchmarks/SPEED.md. Never lowered where a caller set it higher.
+GC_THRESHOLD = 100_000
 
-from ggufx._version import __version__
-from ggufx.cli._common import EXIT_USAGE, REMOTE_CONFIG, server_aware, set_remote_option
-from ggufx.errors import GGUFError
+
+def raise_gc_threshold() -> None:
+    threshold = gc.get_threshold()
+    if threshold[0] < GC_THRESHOLD:
+        gc.set_threshold(GC_THRESHOLD, *threshold[1:])
+
+
+raise_gc_threshold()
+
+import click  # noqa: E402
+
+from ggufx._version import __version__  # noqa: E402
+from ggufx.cli._common import EXIT_USAGE, REMOTE_CONFIG, server_aware, set_remote_option  # noqa: E402
+from ggufx.errors import GGUFError  # noqa: E402
 
 # command name -> (module, function, one-line help shown by `ggufx --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -81,11 +100,6 @@ def usage_error(e: click.UsageError) -> NoReturn:
     raise click.exceptions.Exit(EXIT_USAGE)
 
 
-# the cyclic collector's first generation threshold while a command runs: the memory model allocates
-# hundreds of thousands of short-lived containers that reference counting frees, and collecting every
-# 700 allocations (Python's default) cost 56 ms of CPU of `report` on the 27B replica and 95 ms of
-# `mem --fit` on the 94-layer MoE; every 20,000 costs about 10 ms, with the same peak memory
-GC_THRESHOLD = 20_000
 # whether this process is the `ggufx` command's own (main called without arguments): only then does a command
 # install the code cache (a library user's or a test's process is left alone)
 _OWN_PROCESS = False
@@ -100,9 +114,7 @@ class LazyGroup(click.Group):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
-        threshold = gc.get_threshold()
-        if threshold[0] < GC_THRESHOLD:
-            gc.set_threshold(GC_THRESHOLD, *threshold[1:])
+        raise_gc_threshold()
         if args is not None or not standalone_mode:  # called from Python (tests, a script): return or raise
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         global _OWN_PROCESS
@@ -125,6 +137,8 @@ class LazyGroup(click.Group):
 
             install()
         module = importlib.import_module(f"{__name__}.{entry[0]}")
+        if _OWN_PROCESS:  # the command's own process: what its imports made lives to its end
+            gc.freeze()
         return server_aware(getattr(module, entry[1]))
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:

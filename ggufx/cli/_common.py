@@ -12,8 +12,6 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 import click
 
-from ggufx.render.jsontext import dumps
-
 if TYPE_CHECKING:  # the model and remote layers are imported by the commands that use them
     from ggufx.errors import GGUFError
     from ggufx.io.remote import RemoteConfig
@@ -42,6 +40,8 @@ def tablefmt_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def emit_json(obj: Any) -> None:
+    from ggufx.render.jsontext import dumps  # a text answer does not import it (issue 21)
+
     click.echo(dumps(obj))
 
 
@@ -139,6 +139,30 @@ class RemoteOption(click.Option):
 class SectionedCommand(click.Command):
     """A command whose --help lists the remote-source options under their own heading, after the
     command's own options (they are the same five in every command that reads a file)."""
+
+    def make_parser(self, ctx: click.Context) -> Any:
+        """click's parser, which reads ``-c`` as a short option only after it failed as a long one: that
+        failure's "did you mean" list (``difflib`` over every long option, about 4 M instructions) is
+        dropped when an argument with one leading dash turns out short. Here such an argument goes to
+        the short options with the same error (no list), which click drops the same way; anything else
+        (``--ctx``, ``-ctk``, a token normalizer) is matched by click's own code."""
+        parser = super().make_parser(ctx)
+        long_opts, prefixes = getattr(parser, "_long_opt", None), getattr(parser, "_opt_prefixes", None)
+        match_long = getattr(parser, "_match_long_opt", None)
+        if not isinstance(long_opts, dict) or not isinstance(prefixes, set) or match_long is None:
+            return parser  # another click: its own parser as it is
+        if ctx.token_normalize_func is not None:
+            return parser
+
+        def match_long_opt(opt: str, explicit_value: str | None, state: Any) -> None:
+            # _process_opts catches this and, since the argument's first two characters are no prefix,
+            # reads it as short options (click's own rule, parser.py); the possibilities only fed the message
+            if opt not in long_opts and len(opt) >= 2 and opt[:2] not in prefixes:
+                raise click.NoSuchOption(opt, ctx=ctx)
+            match_long(opt, explicit_value, state)
+
+        parser._match_long_opt = match_long_opt  # type: ignore[method-assign]
+        return parser
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         sections: dict[str, list[tuple[str, str]]] = {"Options": []}

@@ -8,7 +8,6 @@ import math
 from collections import Counter
 from collections.abc import Callable
 from itertools import chain
-from typing import Any
 
 from ggufx.analysis.memory.graph.ggml import _T, INPUT, OUTPUT, _nbytes, _type
 
@@ -46,24 +45,26 @@ class DynAllocator:
         a = self.alignment
         size = -(-size // a) * a
         blocks = self.blocks
-        last = len(blocks) - 1
-        best, best_size = last, 1 << 63
-        for i in range(last):
-            bsize = blocks[i][1]
+        best = blocks[-1]
+        best_size = 1 << 63
+        for block in blocks[:-1]:  # a handful of blocks: the loop costs less than any index over them
+            bsize = block[1]
             if size <= bsize <= best_size:
-                best, best_size = i, bsize
-        block = blocks[best]
-        offset = block[0]
-        block[0] += size
-        block[1] -= size
-        if block[1] == 0:
-            del blocks[best]
+                best, best_size = block, bsize
+        offset = best[0]
+        best[0] = offset + size
+        left = best[1] - size
+        best[1] = left
+        if left == 0:
+            _remove(blocks, best)
         if offset + size > self.max_size:
             self.max_size = offset + size
         return offset
 
     def free(self, offset: int, size: int) -> None:
-        """Merge with an adjacent free block, else insert in offset order."""
+        """Merge with an adjacent free block, else insert in offset order. A scan in list order, as
+        ggml-alloc's: a tensor of no bytes frees an empty block, and a later merge can move a block's
+        offset before it, so the blocks are not always in offset order (PLaMo 2's graph does that)."""
         a = self.alignment
         size = -(-size // a) * a
         blocks = self.blocks
@@ -87,6 +88,14 @@ class DynAllocator:
         while pos < len(blocks) and blocks[pos][0] < offset:
             pos += 1
         blocks.insert(pos, [offset, size])
+
+
+def _remove(blocks: list[list[int]], block: list[int]) -> None:
+    """Delete ``block`` itself (not the first block equal to it: two empty blocks at one offset can be)."""
+    for i, b in enumerate(blocks):
+        if b is block:
+            del blocks[i]
+            return
 
 
 # -- ggml_gallocr (ggml-alloc.c:589-822) ---------------------------------------------------------------
@@ -395,9 +404,9 @@ class _Blocks:
             if start <= t.pos < resume:
                 b, key = self._key(t)
                 places.setdefault(b, {})[key] = where[t][1]
-        # the block's events as (what, block, place, owner's block, owner's place, allocator's alloc or
-        # free, size or owner's size, size): block -1 the block before...
-        ops: list[tuple[int, int, tuple[int, object], int, tuple[int, object], Callable[..., Any], int, int]] = []
+        # the block's events as (what, block, place, owner's block, owner's place, allocator, size or owner's
+        # size, size), sizes aligned as the allocator aligns them: block -1 the block before...
+        ops: list[tuple[int, int, tuple[int, object], int, tuple[int, object], DynAllocator, int, int]] = []
         for ev in self.log:
             kind, made = ev[0], ev[1]
             assert isinstance(made, _T)
@@ -406,36 +415,54 @@ class _Blocks:
             b, key = self._key(made)
             if kind == "a":  # ("a", tensor, buft, size)
                 assert isinstance(ev[3], int)
-                ops.append((0, b, key, 0, key, allocs[str(ev[2])].alloc, ev[3], 0))
-            elif kind == "i":  # ("i", tensor, owner, buft, owner's size, size)
+                a = allocs[str(ev[2])]
+                ops.append((0, b, key, 0, key, a, a.align(ev[3]), 0))
+            elif kind == "i":  # ("i", tensor, owner, buft, owner's size, size): both aligned already
                 owner = ev[2]
                 assert isinstance(owner, _T) and isinstance(ev[4], int) and isinstance(ev[5], int)
                 if not start <= owner.pos < resume:
                     return False
                 ob, okey = self._key(owner)
-                ops.append((1, b, key, ob, okey, allocs[str(ev[3])].free, ev[4], ev[5]))
+                ops.append((1, b, key, ob, okey, allocs[str(ev[3])], ev[4], ev[5]))
             else:  # ("f", tensor, buft, size)
                 assert isinstance(ev[3], int)
-                ops.append((2, b, key, 0, key, allocs[str(ev[2])].free, ev[3], 0))
+                a = allocs[str(ev[2])]
+                ops.append((2, b, key, 0, key, a, a.align(ev[3]), 0))
         lowest = min((min(op[1], op[3]) for op in ops), default=0)
         for k in range(lowest + 1, self.out + 1):
             places.setdefault(k, {})
+        # DynAllocator.alloc written out (the replay's loop is most of its calls in a --fit of
+        # DeepSeek-V4-Flash): the same best fit on the same blocks
         for k in range(1, self.out + 1):
-            for kind, b, key, ob, okey, call, n, ns in ops:
+            for kind, b, key, ob, okey, a, size, ns in ops:
                 if kind == 0:
-                    places[k + b][key] = call(n)
-                elif kind == 1:
-                    off = places[k + ob].pop(okey, None)
-                    if off is None:
-                        return False
+                    blocks = a.blocks
+                    best = blocks[-1]
+                    best_size = 1 << 63
+                    for free_block in blocks[:-1]:
+                        bsize = free_block[1]
+                        if size <= bsize <= best_size:
+                            best, best_size = free_block, bsize
+                    off = best[0]
+                    best[0] = off + size
+                    left = best[1] - size
+                    best[1] = left
+                    if left == 0:
+                        _remove(blocks, best)
+                    if off + size > a.max_size:
+                        a.max_size = off + size
                     places[k + b][key] = off
-                    if n > ns:
-                        call(off + ns, n - ns)
-                else:
-                    off = places[k + b].pop(key, None)
-                    if off is None:
-                        return False
-                    call(off, n)
+                    continue
+                got = places[k + ob].pop(okey, None) if kind == 1 else places[k + b].pop(key, None)
+                if got is None:
+                    return False
+                off = got
+                if kind == 1:
+                    places[k + b][key] = off
+                    if size <= ns:
+                        continue
+                    off, size = off + ns, size - ns
+                a.free(off, size)
         # the kept tensors of the run stand for those of the blocks last left out, which must be alive
         mine: dict[int, dict[tuple[int, object], _T]] = {}
         for t in own:

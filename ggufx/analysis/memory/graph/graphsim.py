@@ -641,7 +641,7 @@ def _loaded(
     ld = _cached(_LOADED, model, key)
     if ld is None:
         pl = placement or place(model, devices, offload)
-        ld = _store(_LOADED, model, key, _load(model, hparams(model), pl), 8)
+        ld = _store(_LOADED, model, key, _load(model, hparams(model), pl), LOADED_MOST)
     assert isinstance(ld, _Loaded)
     return ld
 
@@ -662,6 +662,11 @@ _WHY_NOT: weakref.WeakKeyDictionary[GGUFModel, str | None] = weakref.WeakKeyDict
 # tensors per placement and the buffers per reservation, so that --fit's searches and a report's
 # several contexts replay a configuration once per process
 _LOADED: weakref.WeakKeyDictionary[GGUFModel, dict[object, Any]] = weakref.WeakKeyDictionary()
+# how many placements' loaded tensors a model keeps (the oldest goes first): --fit's search of llama.cpp
+# tries 9 to 12 placements per cache type, each pass in the same order, so at 8 every one of its 27 loads
+# of DeepSeek-V4-Flash or the 94-layer MoE missed (600 M instructions); at 16, 9 and 12 loads, for 1.4 and
+# 5 MiB more peak memory (issue 21)
+LOADED_MOST = 16
 _RESULTS: weakref.WeakKeyDictionary[GGUFModel, dict[object, Any]] = weakref.WeakKeyDictionary()
 # per model, reservation (prompt or token) and set of layer signatures: the warm-up of the last shortened
 # replay that held (None: none did, the whole graph was replayed)
