@@ -26,6 +26,7 @@ from ggufx.analysis.memory.graph.models import glm5_next
 from ggufx.analysis.memory.graph.models.glm5_next import ALL_FUSED, Fused, fused_hc, hc_mismatch
 from ggufx.analysis.memory.graph.sched import _VIEW_OPS
 from ggufx.analysis.memory.llamaargs import parse_args
+from ggufx.analysis.memory.placement import Device
 from ggufx.analysis.memory.llamalog import parse_log
 
 from .graph_arch_logs import _OP, _fmt_size, scheduled
@@ -122,3 +123,21 @@ def test_the_fused_post_was_the_five_mib(
     assert f"{cuda0():.4f}" == m.group(1)
     monkeypatch.setattr(glm5_next, "fused_hc", lambda c: ALL_FUSED)
     assert f"{cuda0() - 5:.4f}" == m.group(1)
+
+
+def test_no_layer_on_a_gpu_keeps_the_fused_ops(hole_models: dict[str, Path]) -> None:
+    """``-ngl 0`` beside a GPU (the first dry run of a fit search): nothing is on the GPU, and the probe's few
+    tokens stay below op offload's batch, so every HC node runs on its layer's device, the host: the ops stay
+    fused, and the breakdown (which once raised IndexError looking for a GPU holding something) has its CUDA0
+    compute buffer, the prompt's op offload."""
+    model = ggufx.open(hole_models["glm5-next"])
+    a = parse_args("-m x -ngl 0 -c 32768")
+    devices = [Device("CUDA0", 80 << 30)]
+    b = breakdown(model, devices, a.offload, a.context)
+    sp = b.reservation
+    assert sp is not None
+    ld = graphsim._loaded(model, devices, a.offload)
+    c = graphsim._context(model, ld, sp, sp.n_seq_max, sp.n_seq_max)
+    assert all(hc_mismatch(c, ALL_FUSED, op) is None for _, op in glm5_next._PROBES)
+    assert fused_hc(c) == ALL_FUSED
+    assert b.table()["CUDA0"]["compute"] > 0

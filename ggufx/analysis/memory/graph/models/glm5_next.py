@@ -197,6 +197,8 @@ def hc_mismatch(c: _Ctx, fused: Fused, op: str) -> int | None:
     warns "layer 4 is assigned to device CPU but fused DeepSeek V4 HC post is assigned to device CUDA0" and
     builds every layer's post unfused."""
     gpus = _gpu_names(c)
+    if not gpus:  # no layer, cache or weight on a GPU (-ngl 0): the probe's few tokens stay below op offload's batch,
+        return None  # so every node runs on the host, each layer's device
     n = c.sp.n_seq_max
     device = [gpus.index(b) if b in gpus else len(gpus) for b in c.layer_buft]
     full = all(d < len(gpus) for d in device)
