@@ -26,8 +26,8 @@ from ggufx.analysis.memory.graph.models import glm5_next
 from ggufx.analysis.memory.graph.models.glm5_next import ALL_FUSED, Fused, fused_hc, hc_mismatch
 from ggufx.analysis.memory.graph.sched import _VIEW_OPS
 from ggufx.analysis.memory.llamaargs import parse_args
-from ggufx.analysis.memory.placement import Device
 from ggufx.analysis.memory.llamalog import parse_log
+from ggufx.analysis.memory.placement import Device
 
 from .graph_arch_logs import _OP, _fmt_size, scheduled
 from .llamacpp_logs import LOGS, RUNS, devices_of
