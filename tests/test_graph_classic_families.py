@@ -22,7 +22,7 @@ CPU build (graph/models/<arch>.py over _dense.py and _plain.py):
 * ``bitnet`` (bitnet.cpp): llama's layer with RMS sub-norms before ``attn_output`` and ``ffn_down``, the
   per-tensor scales of some projections (a MUL after the product), the token embeddings as the head;
 * ``plamo`` (plamo.cpp): RMS norms, attention and SwiGLU in parallel on the one norm (falcon's residual);
-  ``pangu-embedded`` (pangu-embed.cpp) and ``nanbeige`` (nanbeige.cpp, one loop): the llama graph;
+  ``pangu-embedded`` (pangu-embed.cpp) and ``nanbeige`` (nanbeige.cpp; its loops: test_nanbeige_loops.py): the llama graph;
 * ``plamo3`` (plamo3.cpp): 8 layers of which the sliding-window pattern's default makes the eighth full (also
   with --swa-full), the fused QKV (V a strided view of it, made contiguous for the Hadamard rotation of a
   quantized cache), Q/K head norms, the post norms (named without ``.weight`` by its loader), the fused up
@@ -107,8 +107,11 @@ REFUSED = (
         "blk.1.attn_output.bias",
         "the graph needs tensor blk.1.attn_output.bias, which the file lacks",
     ),
-    Refused(  # the layers looped (llama.cpp's n_layer is block_count times num_loops): not sized here
-        "nanbeige", "", "nanbeige graphs with num_loops above 1 are not simulated", add_kv=(("num_loops", 2),)
+    Refused(  # the looped layers (num_loops) multiply by the first pass's tensors: a block missing one is refused
+        "nanbeige",
+        "blk.3.ffn_down.weight",
+        "the graph needs tensor blk.3.ffn_down.weight, which the file lacks",
+        add_kv=(("num_loops", 2),),
     ),
     Refused("plamo3", "blk.3.post_ffw_norm", "the graph needs tensor blk.3.post_ffw_norm, which the file lacks"),
     Refused(

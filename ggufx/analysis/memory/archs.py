@@ -903,7 +903,8 @@ _ENTRIES = (
     Arch("plamo", "plamo.cpp", builder="plamo"),  # attention and SwiGLU in parallel on the one norm
     Arch("pangu-embedded", "pangu-embed.cpp", graph="pangu_embed", builder="pangu_embed"),  # llama's, biases
     # the llama graph; num_loops > 1 runs the blocks again with caches of their own (hparams.n_loops: the cache has
-    # block_count x num_loops layers; that graph is not rebuilt, its compute is the generic estimate)
+    # block_count x num_loops layers, the later passes multiply by the first pass's tensors, the output norm between
+    # the passes unless skip_loop_final_norm: graph/models/nanbeige.py)
     Arch("nanbeige", "nanbeige.cpp", ("num_loops", "skip_loop_final_norm"), builder="nanbeige"),
     # minicpm3's expanded MLA without q_lora: an ordinary cache of key_length K and value_length V per head
     Arch("plm", "plm.cpp", ("attention.kv_lora_rank",), builder="plm"),

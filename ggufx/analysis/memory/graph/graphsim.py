@@ -37,7 +37,7 @@ from ggufx.analysis.memory.graph.llm import SimParams, _Ctx, _Gdn, build_pooling
 from ggufx.analysis.memory.graph.models import BUILT, builder, layer_kind
 from ggufx.analysis.memory.graph.models.qwen35 import _gdn_dims, _recurrent_layers
 from ggufx.analysis.memory.graph.sched import N_COPIES, OP_OFFLOAD_MIN_BATCH, _Sched
-from ggufx.analysis.memory.hparams import Hparams, hparams, pad
+from ggufx.analysis.memory.hparams import Hparams, hparams, n_loops, pad
 from ggufx.analysis.memory.placement import CPU, Device, OffloadParams, Placement, host_buft, place
 from ggufx.errors import ValidationError
 from ggufx.model import GGUFModel
@@ -251,6 +251,13 @@ def _load(model: GGUFModel, hp: Hparams, pl: Placement) -> _Loaded:
                 if num.isdigit():
                     roles.append((int(num), role, copies))
         copies.append((buft, t))
+    loops = n_loops(model)
+    if loops > 1:  # nanbeige.cpp load_arch_tensors: layers[i + j * n_phys] = layers[i], the first pass's tensors
+        n_phys = hp.n_layer // loops
+        for il, role, copies in list(roles):
+            for j in range(1, loops):
+                by_name[f"blk.{il + j * n_phys}.{role}"] = copies
+                roles.append((il + j * n_phys, role, copies))
     layer_buft = [d if d is not None else "CPU_Mapped" for d in pl.layer_device]
     for il, d in enumerate(pl.layer_device):
         if d is None:  # the host copy of a layer's weights: whatever host buffer holds them

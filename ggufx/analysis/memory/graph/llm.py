@@ -196,6 +196,19 @@ def _attn(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp, iswa: bool) -> _T:
     return _proj(c, g, f"attn_out-{il}", f"blk.{il}.attn_output", cur, il)
 
 
+def merged_streams(g: _Graph, cache: _T, n_streams: int) -> _T:
+    """``cpy_k``/``cpy_v`` (llama-kv-cache.cpp:1368, :1405): with several streams the cache (one slice per stream)
+    is reshaped to one 2D tensor before its ``SET_ROWS``, "because the idxs are global" (a node of no bytes)."""
+    return g.reshape(cache, *cache.ne[:2]) if n_streams > 1 else cache
+
+
+def set_rows(g: _Graph, dst: _T, rows: _T, idxs: _T) -> _T:
+    """``ggml_set_rows(ctx, dst, rows, idxs)``: a view of ``dst``, its sources in ggml.c's order (rows, idxs, dst)."""
+    out = g.view(dst, dst.ne, dst.nb, "SET_ROWS")
+    out.src = [rows, idxs, dst]
+    return out
+
+
 def _attn_kv(c: _Ctx, g: _Graph, q: _T, k: _T, v: _T, il: int, inp: _AttnInp, iswa: bool) -> _T:
     """The cache writes and the attention of one layer's roped Q, K and V (``build_attn``,
     llama-graph.cpp:2950-3060 and, with a sliding-window cache, :3195-3290), before the output
@@ -275,19 +288,15 @@ def kv_cache_views(
     cache_k = g.leaf(f"cache_k_l{il}", tk.name, (hd * nkv, n_kv * ns), buft=buft)
     cache_v = g.leaf(f"cache_v_l{il}", tv.name, (v_gqa if vt else (hv * nkv), n_kv * ns), buft=buft)
     kv = g.view(k, (hd * nkv, T), None if strided else (k.nb[0], k.nb[2]))
-    set_k = g.view(cache_k, cache_k.ne, cache_k.nb, "SET_ROWS")
-    set_k.src = [kv, inp.k_idxs, cache_k]
+    set_k = set_rows(g, merged_streams(g, cache_k, ns), kv, inp.k_idxs)
     g.expand(set_k)
     if not vt:
         vv = g.view(v, (hv * nkv, T), None if strided else (v.nb[0], v.nb[2]))
-        set_v = g.view(cache_v, cache_v.ne, cache_v.nb, "SET_ROWS")
-        set_v.src = [vv, inp.v_idxs, cache_v]
+        set_v = set_rows(g, merged_streams(g, cache_v, ns), vv, inp.v_idxs)
     else:
         v2 = v_rows(v) if v_rows is not None else g.reshape(v, hv * nkv, T)
         vv = g.reshape(v2, 1, v2.ne[0] * T)
-        cv = g.reshape(cache_v, 1, math.prod(cache_v.ne))
-        set_v = g.view(cv, cv.ne, cv.nb, "SET_ROWS")
-        set_v.src = [vv, inp.v_idxs, cv]
+        set_v = set_rows(g, g.reshape(cache_v, 1, math.prod(cache_v.ne)), vv, inp.v_idxs)
     g.expand(set_v)
     qv = g.permute(g.view(q, (hd, nh, T // ns, ns), (q.nb[0], q.nb[1], q.nb[2], q.nb[2] * (T // ns))), 0, 2, 1, 3)
     krow = cache_k.nb[1]

@@ -12,6 +12,7 @@ which node reads which."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph, _strides
@@ -93,9 +94,10 @@ def ffn(c: _Ctx, g: _Graph, x: _T, il: int, p: Plain) -> _T:
     return _proj(c, g, f"ffn_out-{il}", b + "ffn_down", cur, il)
 
 
-def build(c: _Ctx, g: _Graph, p: Plain) -> _T:
+def build(c: _Ctx, g: _Graph, p: Plain, after: Callable[[_Ctx, _Graph, _T, int], _T] | None = None) -> _T:
     """The transformer of the file: per layer the attention norm and attention, the last layer's rows
-    picked, the file's FFN and residual; then the output norm (optional bias), the head (optional bias)."""
+    picked, the file's FFN and residual (then ``after``, where the file does more at a layer's end: nanbeige's
+    loop norm); then the output norm (optional bias), the head (optional bias)."""
     hp, sp = c.hp, c.sp
     T, n_out, E = c.n_tokens, c.n_outputs, hp.n_embd
     d = p.attn
@@ -119,14 +121,15 @@ def build(c: _Ctx, g: _Graph, p: Plain) -> _T:
         if p.residual == PHI2:
             cur = g.op(f"attn_ffn-{il}", "ADD", cur, ffn(c, g, normed, il, p))
             x = g.op(f"l_out-{il}", "ADD", cur, inp_sa)
-            continue
-        if p.residual == COHERE:
+        elif p.residual == COHERE:
             out = g.op(f"ffn_out-{il}", "ADD", ffn(c, g, normed, il, p), inp_sa)
             x = g.op(f"l_out-{il}", "ADD", out, cur)
-            continue
-        ffn_inp = g.op(f"ffn_inp-{il}", "ADD", cur, inp_sa)
-        src = normed if p.residual == STABLELM else _n(c, g, ffn_inp, b + "ffn_norm.weight", il, d)
-        x = g.op(f"l_out-{il}", "ADD", ffn(c, g, src, il, p), ffn_inp)
+        else:
+            ffn_inp = g.op(f"ffn_inp-{il}", "ADD", cur, inp_sa)
+            src = normed if p.residual == STABLELM else _n(c, g, ffn_inp, b + "ffn_norm.weight", il, d)
+            x = g.op(f"l_out-{il}", "ADD", ffn(c, g, src, il, p), ffn_inp)
+        if after is not None:
+            x = after(c, g, x, il)
     g.at(GLOBAL)
     cur = g.op("norm", d.norm, x)
     cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))

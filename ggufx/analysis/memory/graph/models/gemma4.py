@@ -35,9 +35,11 @@ from ggufx.analysis.memory.graph.llm import (
     _w,
     _weight,
     kqv_on_host,
+    merged_streams,
     model_of,
     moe_select,
     moe_weighted_sum,
+    set_rows,
 )
 from ggufx.analysis.memory.graph.models._dense import tied_head
 from ggufx.analysis.memory.graph.models.qwen3next import n_expert_used
@@ -160,19 +162,14 @@ def _store(c: _Ctx, g: _Graph, k: _T, v: _T, il: int, inp: _AttnInp) -> None:
     buft = c.cache_buft[il]
     cache_k = g.leaf(f"cache_k_l{il}", sp.type_k, (hd * nkv, n_kv * ns), buft=buft)
     cache_v = g.leaf(f"cache_v_l{il}", sp.type_v, ((hv * nkv) if fa else v_gqa, n_kv * ns), buft=buft)
-    set_k = g.view(cache_k, cache_k.ne, cache_k.nb, "SET_ROWS")
-    set_k.src = [g.view(k, (hd * nkv, T), (k.nb[0], k.nb[2])), inp.k_idxs, cache_k]
-    g.expand(set_k)
+    g.expand(set_rows(g, merged_streams(g, cache_k, ns), g.view(k, (hd * nkv, T), (k.nb[0], k.nb[2])), inp.k_idxs))
     if fa:
-        set_v = g.view(cache_v, cache_v.ne, cache_v.nb, "SET_ROWS")
-        set_v.src = [g.view(v, (hv * nkv, T), (v.nb[0], v.nb[2])), inp.v_idxs, cache_v]
+        set_v = set_rows(g, merged_streams(g, cache_v, ns), g.view(v, (hv * nkv, T), (v.nb[0], v.nb[2])), inp.v_idxs)
     else:
         v2 = g.reshape(v, hv * nkv, T)
         if hv * nkv < v_gqa:  # [TAG_V_CACHE_VARIABLE]
             v2 = g.new(f"Vcur_pad-{il}", "PAD", "F32", (v_gqa, T), v2)
-        cv = g.reshape(cache_v, 1, math.prod(cache_v.ne))
-        set_v = g.view(cv, cv.ne, cv.nb, "SET_ROWS")
-        set_v.src = [g.reshape(v2, 1, v2.ne[0] * T), inp.v_idxs, cv]
+        set_v = set_rows(g, g.reshape(cache_v, 1, math.prod(cache_v.ne)), g.reshape(v2, 1, v2.ne[0] * T), inp.v_idxs)
     g.expand(set_v)
 
 
