@@ -77,6 +77,7 @@ def _compute_and_nodes(model: ggufx.GGUFModel, args: str) -> tuple[float, int]:
     [
         ("nanbeige-loop3-c8192", "nanbeige-loop3", "-m x -c 8192"),
         ("nanbeige-loop3-c4096-faoff-np3", "nanbeige-loop3", "-m x -c 4096 -fa off -np 3"),
+        ("nanbeige-loop3-c4096-np3", "nanbeige-loop3", "-m x -c 4096 -np 3"),  # three streams: K and V reshaped
         ("nanbeige-loop3-skip-c8192", "nanbeige-loop3-skip", "-m x -c 8192"),
     ],
 )
