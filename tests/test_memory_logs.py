@@ -27,6 +27,7 @@ from ggufx.analysis.memory.llamalog import parse_log
 from ggufx.analysis.memory.mtp import MtpOptions
 from ggufx.analysis.memory.placement import Device
 from ggufx.errors import InputError
+from ggufx.results.memory import report_memory
 from tests.support import CliRun
 
 from .llamacpp_logs import LOGS, RUNS, cpu_model_archs, devices_of, replay_run, with_known
@@ -232,6 +233,43 @@ def test_split_mode_row_is_refused_like_llama_cpp(rid: str, hole_models: dict[st
     assert "device CUDA0 does not support split buffers" in " ".join(log.errors)
     with pytest.raises(InputError, match="does not support split buffers"):
         replay_run(rid, hole_models)
+
+
+@pytest.mark.parametrize(
+    "rid",
+    ["g-phi2-2.7b-ngl99-c2048-q8_0", "g-bitnet-3b-ngl99-c2048-q8_0", "g-kimi-linear-48b-a3b-ngl99-c262144-q8_0"],
+)
+def test_a_cache_block_that_does_not_divide_a_head_is_refused_like_llama_cpp(
+    rid: str, hole_models: dict[str, Path]
+) -> None:
+    """-ctk/-ctv q8_0 (blocks of 32) with flash attention on K heads of 80 (Phi-2) or 100 (BitNet b1.58 3B) or V
+    heads of 72 (Kimi-Linear's MLA): llama.cpp makes no context, and ggufx refuses with its words."""
+    text = (LOGS / f"{rid}.log").read_text()
+    (error,) = [e for e in text.splitlines() if e.startswith("E llama_init_from_model: ") and "does not divide" in e]
+    quoted = error.split(": ", 1)[1]
+    assert RUNS[rid]["exit_status"] != 0
+    with pytest.raises(InputError) as e:
+        replay_run(rid, hole_models)
+    assert quoted in str(e.value), (quoted, str(e.value))
+
+
+def test_searches_over_cache_types_leave_out_what_llama_cpp_refuses(cli: CliRun, hole_models: dict[str, Path]) -> None:
+    """Phi-2's K heads of 80 (the CUDA run above: llama.cpp makes no context with q8_0): `mem --fit` searches f16
+    alone and says why in its notes (text and JSON), `pick` too; `-fa off` accepts a quantized K cache (the check
+    is flash attention's), and the report's memory table has f16 rows only."""
+    phi2 = hole_models["phi2-2.7b"]
+    res = json.loads(cli("mem", str(phi2), "--fit", "24GiB", "--json").output)
+    assert [f["cache_type"] for f in res["fits"]] == ["f16"]
+    assert [n.split(":")[1].strip() for n in res["notes"]] == ["-ctk q8_0", "-ctk q4_0"]
+    text = cli("mem", str(phi2), "--fit", "24GiB").output
+    assert "note: left out of the search: -ctk q4_0: its block of 32 values does not divide the K head size 80" in text
+    picked = json.loads(cli("pick", str(phi2), "--gpus", "24GiB", "--json").output)
+    (row,) = picked["models"]
+    assert set(row["largest_context"]) == {"f16"} and len(row["notes"]) == 2
+    r = cli("mem", str(phi2), "-c", "2048", "-ctk", "q8_0", "-ctv", "q8_0", "--gpus", "80GiB")
+    assert r.exit_code == 2 and "'K cache type q8_0 with block size 32 does not divide n_embd_head_k=80'" in r.stderr
+    assert cli("mem", str(phi2), "-c", "2048", "-ctk", "q8_0", "-fa", "off", "--gpus", "80GiB").exit_code == 0
+    assert {m["cache_type_k"] for m in report_memory(ggufx.open(phi2), 2048)} == {"f16"}
 
 
 def test_mem_check_cli_agrees_and_fails_on_a_wrong_option(cli: CliRun, hole_models: dict[str, Path]) -> None:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ggufx.analysis.filekind import file_kind
-from ggufx.analysis.memory.buffers import Breakdown, alloc_size, breakdown, is_cuda
+from ggufx.analysis.memory.buffers import Breakdown, alloc_size, breakdown, is_cuda, refused_cache_types
 from ggufx.analysis.memory.fit import MARGIN, N_CTX_MIN, LlamaFit, fit_devices, free_seen, llama_fit
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.analysis.memory.llamaargs import parse_args
@@ -537,6 +537,8 @@ def assess(model: GGUFModel, entry: Entry, req: Request, mmproj: GGUFModel | Non
         cache_types=req.cache_types,
     )
     row.largest_context = {f.cache_type: f.value for f in found}
+    for reason in refused_cache_types(model, cp, req.cache_types).values():
+        row.notes.append(f"left out of the search: {reason}")
     if decision.status == "failed":
         row.notes.append(f"llama.cpp's fit gives up: {decision.message}")
         return row

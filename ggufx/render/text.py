@@ -426,7 +426,8 @@ def fit_text(res: FitResult, fmt: str = "simple") -> str:
             )
             for f in res["fits"]
         ]
-        return "\n".join(head) + table.render(rows, ("KV cache type", "most -ngl", "GPU MiB"), fmt, align="lrl")
+        out = "\n".join(head) + table.render(rows, ("KV cache type", "most -ngl", "GPU MiB"), fmt, align="lrl")
+        return out + "".join(f"\nnote: {note}" for note in res.get("notes", []))
     ctx_rows = [
         (
             f["cache_type"],
@@ -438,9 +439,10 @@ def fit_text(res: FitResult, fmt: str = "simple") -> str:
     ]
     if len(ctx_rows) > 1 and len({r[1:] for r in ctx_rows}) == 1:  # no KV cache (an encoder, a recurrent model)
         ctx_rows = [("any (the same for every type)", *ctx_rows[0][1:])]
-    return "\n".join(head) + table.render(
+    out = "\n".join(head) + table.render(
         ctx_rows, ("KV cache type", "largest context", "llama.cpp --fit", "GPU MiB"), fmt, align="lrrl"
     )
+    return out + "".join(f"\nnote: {note}" for note in res.get("notes", []))
 
 
 def _embedding_run(pooling: str | None) -> str:

@@ -909,7 +909,7 @@ def fit_budget(
     come on top, the answer's ``draft`` says so). ``fits``: ggufx's own
     search per KV cache type (``margin`` None: nothing kept free), the largest context, or with
     ``layers`` the most whole layers at ``context.n_ctx``, each with llama.cpp's answer beside it."""
-    from ggufx.analysis.memory.buffers import ContextParams
+    from ggufx.analysis.memory.buffers import ContextParams, refused_cache_types
     from ggufx.analysis.memory.fit import MARGIN, fit_devices
     from ggufx.analysis.memory.options import ProjectorOptions
     from ggufx.analysis.memory.placement import Device, OffloadParams
@@ -966,6 +966,9 @@ def fit_budget(
     found = fit_devices(
         model, devices_left, offload, context, target="layers" if layers else "context", margin=own_margin
     )
+    if not layers:
+        for reason in refused_cache_types(model, context, ("f16", "q8_0", "q4_0")).values():
+            notes.append(f"left out of the search: {reason}")
     decision = _llama_fit(model, devices, offload, context, llama_margins, n_ctx_min, mtp, extra)
     if mtp is not None and decision.status == "layers":
         notes.append(
@@ -1128,11 +1131,16 @@ def report_memory(model: GGUFModel, context_length: Any) -> list[dict[str, Any]]
 
     n_train = context_length if isinstance(context_length, int) and 0 < context_length < 1 << 32 else 0
     ctxs = sorted({c for c in (*REPORT_CONTEXTS, n_train) if c and (not n_train or c <= n_train)})
+    from ggufx.analysis.memory.buffers import ContextParams, refused_cache_types
+
     try:
+        types = ("f16", "q8_0", "q4_0")
+        refused = refused_cache_types(model, ContextParams(), types)  # llama.cpp makes no context with these
         return [
             estimate(model, c, cache_type_k=ct, cache_type_v=ct).to_dict()
             for c in ctxs
-            for ct in ("f16", "q8_0", "q4_0")
+            for ct in types
+            if ct not in refused
         ]
     except GGUFError:  # a file llama.cpp cannot size (no block count...): the rest of the page still stands
         return []

@@ -631,6 +631,8 @@ def breakdown(
         notes.append("flash attention off: llama.cpp forces it off for Grok")
     if cp.flash_attn == "off" and ggml_type_by_name(cp.cache_type_v).is_quantized:
         raise InputError("a quantized V cache needs flash attention (llama.cpp refuses -fa off with it)", "-ctv")
+    if refusal := cache_block_refusal(hp, kinds, cp):
+        raise InputError(refusal[1], refusal[0])
     if hp.dsv4_ratios and _cache_type(cp.cache_type_k, "-ctk") != _cache_type(cp.cache_type_v, "-ctv"):
         # llama_init_from_model (llama-context.cpp:3838-3841): MLA models and DeepSeek V4 refuse different K and V
         # cache types (llama-completion: "unable to create context")
@@ -956,6 +958,40 @@ def compute_buffers(
     host = host_compute(hp, s, all_masks, v_rows, pipeline, on_host)
     out.append(Buffer("compute", _host(pl, pl.devices[0].name), host, exact=False))
     return out, rough
+
+
+def cache_block_refusal(hp: Hparams, kinds: list[LayerKind], cp: ContextParams) -> tuple[str, str] | None:
+    """llama_init_from_model (llama-context.cpp:3854-3874): where flash attention may run (on or auto), a quantized
+    K or V cache type's block must divide every layer's head size (n_embd_head_k(il): a sliding-window layer's is
+    key_length_swa), or llama.cpp makes no context ("unable to create context"). The option and the reason, or
+    None where llama.cpp accepts the cache types."""
+    if cp.flash_attn == "off":
+        return None
+    swa = any(k.mixer == "attention (SWA)" for k in kinds)
+    for flag, name, which, heads in (
+        ("-ctk", cp.cache_type_k, "K", {hp.head_k, *((hp.head_k_swa,) if swa else ())}),
+        ("-ctv", cp.cache_type_v, "V", {hp.head_v, *((hp.head_v_swa,) if swa else ())}),
+    ):
+        t = ggml_type_by_name(name)
+        bad = sorted(h for h in heads if t.is_quantized and h % t.block_size)
+        if bad:
+            return flag, (
+                f"{flag} {name}: its block of {t.block_size} values does not divide the {which} head size {bad[0]} "
+                f"(llama.cpp makes no context: '{which} cache type {name} with block size {t.block_size} does not "
+                f"divide n_embd_head_{which.lower()}={bad[0]}')"
+            )
+    return None
+
+
+def refused_cache_types(model: GGUFModel, cp: ContextParams, types: tuple[str, ...]) -> dict[str, str]:
+    """The cache types (each for K and V) of ``types`` that llama.cpp refuses for ``model`` with ``cp``, and why."""
+    hp, kinds = hparams(model), layer_kinds(model)
+    out = {}
+    for ct in types:
+        why = cache_block_refusal(hp, kinds, replace(cp, cache_type_k=ct, cache_type_v=ct))
+        if why:
+            out[ct] = why[1]
+    return out
 
 
 def _host(pl: Placement, device: str | None) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ggufx.analysis.memory.buffers import ContextParams, breakdown
+from ggufx.analysis.memory.buffers import ContextParams, breakdown, refused_cache_types
 from ggufx.analysis.memory.fit import MARGIN, free_seen, llama_fit
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.analysis.memory.placement import Device, OffloadParams
@@ -85,6 +85,8 @@ def memory_curve(
     ctxs = contexts or chart_contexts(hp.n_ctx_train)
     curve = MemoryCurve(hp.n_ctx_train, devices, margin, ctxs)
     offload = OffloadParams()
+    refused = refused_cache_types(model, cp, cache_types)  # llama.cpp makes no context with these: no series
+    cache_types = tuple(ct for ct in cache_types if ct not in refused)
     for ct in cache_types:
         pts = []
         for c in ctxs:

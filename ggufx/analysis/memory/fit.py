@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ggufx.analysis.memory.buffers import Breakdown, ContextParams, breakdown, estimate_reason
+from ggufx.analysis.memory.buffers import Breakdown, ContextParams, breakdown, estimate_reason, refused_cache_types
 from ggufx.analysis.memory.graph.graphsim import simulated
 from ggufx.analysis.memory.hparams import Hparams, hparams, pad
 from ggufx.analysis.memory.placement import CPU, Device, OffloadParams
@@ -717,6 +717,9 @@ def fit_devices(
         raise InputError("fitting needs at least one GPU", "--fit")
     hp = hparams(model)
     types = cache_types or ((cp.cache_type_k,) if target == "layers" else ("f16", "q8_0", "q4_0"))
+    if len(types) > 1:  # a search over cache types leaves out those llama.cpp makes no context with
+        refused = refused_cache_types(model, cp, types)
+        types = tuple(t for t in types if t not in refused)
     out = []
     for ct in types:
         ctx_params = replace(cp, cache_type_k=ct, cache_type_v=ct)
