@@ -26,7 +26,7 @@ from ggufx.analysis.memory.graph.llm import (
     _rot,
     _w,
     _weight,
-    kqv_on_host,
+    attn_no_flash,
     kv_cache_views,
 )
 from ggufx.model import GGUFModel
@@ -131,7 +131,7 @@ def _attn_kv(c: _Ctx, g: _Graph, q: _T, k: _T, v: _T, il: int, inp: _AttnInp, is
     hp, sp = c.hp, c.sp
     T, ns = c.n_tokens, sp.n_streams
     nh, nkv, hv = hp.n_head[il], hp.n_head_kv[il], hp.head_v
-    fa, n_kv = sp.flash_attn, inp.n_kv
+    fa = sp.flash_attn
     v_gqa = max(hp.n_head_kv) * hv
 
     def v_rows(v: _T) -> _T:
@@ -148,14 +148,7 @@ def _attn_kv(c: _Ctx, g: _Graph, q: _T, k: _T, v: _T, il: int, inp: _AttnInp, is
         out = g.new(f"node_fa-{il}", "FLASH_ATTN_EXT", "F32", (hv, nh, T // ns, ns), qv, kp, vp, inp.mask)
         cur = g.reshape(out, hv * nh, T)
     else:
-        kq = g.new(f"kq-{il}", "MUL_MAT", "F32", (n_kv, T // ns, nh, ns), kp, qv)
-        if d.attn_softcap:
-            kq = g.op(f"kq_scaled_1-{il}", "SCALE", kq)
-            kq = g.op(f"kq_tanh-{il}", "UNARY", kq)
-            kq = g.op(f"kq_scaled_2-{il}", "SCALE", kq)
-        kq = g.op(f"kq_soft_max-{il}", "SOFT_MAX", kq, inp.mask)
-        kqv = g.new(f"kqv-{il}", "MUL_MAT", "F32", (hv, T // ns, nh, ns), vp, kq)
-        cur = kqv_on_host(c, g.new(f"kqv_out-{il}", "CONT", "F32", (hv * nh, T), g.permute(kqv, 0, 2, 1, 3)))
+        cur = attn_no_flash(c, g, qv, kp, vp, inp.mask, il, softcap=d.attn_softcap)
     # build_attn_mha expands the attention's output (llama-graph.cpp:2827); the V rotation and the output
     # projection join the graph where their consumer is expanded: after the FFN in a parallel block
     g.expand(cur)

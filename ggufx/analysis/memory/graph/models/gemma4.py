@@ -34,7 +34,7 @@ from ggufx.analysis.memory.graph.llm import (
     _rot,
     _w,
     _weight,
-    kqv_on_host,
+    attn_no_flash,
     model_of,
     moe_select,
     moe_weighted_sum,
@@ -141,10 +141,7 @@ def _mha(c: _Ctx, g: _Graph, q: _T, il: int, src_il: int, inp: _AttnInp) -> _T:
         es = cache_v.nb[0]
         vview = g.view(cache_v, (n_kv, nkv, hv, ns), (es, es * n_kv * hv, es * n_kv, es * n_kv * v_gqa))
         vp = g.permute(vview, 0, 2, 1, 3)
-        kq = g.new(f"kq-{il}", "MUL_MAT", "F32", (n_kv, T // ns, nh, ns), kp, qv)
-        kq = g.op(f"kq_soft_max-{il}", "SOFT_MAX", kq, inp.mask)
-        kqv = g.new(f"kqv-{il}", "MUL_MAT", "F32", (hv, T // ns, nh, ns), vp, kq)
-        cur = kqv_on_host(c, g.new(f"kqv_out-{il}", "CONT", "F32", (hv * nh, T), g.permute(kqv, 0, 2, 1, 3)))
+        cur = attn_no_flash(c, g, qv, kp, vp, inp.mask, il)
     return cur
 
 
