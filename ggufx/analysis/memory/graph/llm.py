@@ -274,12 +274,12 @@ def kv_cache_views(
     buft = c.cache_buft[il]
     cache_k = g.leaf(f"cache_k_l{il}", tk.name, (hd * nkv, n_kv * ns), buft=buft)
     cache_v = g.leaf(f"cache_v_l{il}", tv.name, (v_gqa if vt else (hv * nkv), n_kv * ns), buft=buft)
-    kv = g.view(k, (hd * nkv, T), None if strided else (k.nb[0], k.nb[2]))
+    kv = g.view(k, (hd * nkv, T)) if strided else g.rows(k, hd * nkv, T)
     set_k = g.view(cache_k, cache_k.ne, cache_k.nb, "SET_ROWS")
     set_k.src = [kv, inp.k_idxs, cache_k]
     g.expand(set_k)
     if not vt:
-        vv = g.view(v, (hv * nkv, T), None if strided else (v.nb[0], v.nb[2]))
+        vv = g.view(v, (hv * nkv, T)) if strided else g.rows(v, hv * nkv, T)
         set_v = g.view(cache_v, cache_v.ne, cache_v.nb, "SET_ROWS")
         set_v.src = [vv, inp.v_idxs, cache_v]
     else:
@@ -461,7 +461,7 @@ def moe_weighted_sum(g: _Graph, experts: _T, weights: _T | None, il: int, n_embd
     T = experts.ne[2]
     weighted = experts if weights is None else g.op(f"ffn_moe_weighted-{il}", "MUL", experts, weights)
     g.expand(weighted)
-    views = [g.view(weighted, (n_embd, T), (weighted.nb[0], weighted.nb[2])) for _ in range(n_used)]
+    views = [g.rows(weighted, n_embd, T) for _ in range(n_used)]
     for v in views:
         g.expand(v)
     out = views[0]

@@ -158,11 +158,11 @@ def _store(c: _Ctx, g: _Graph, k: _T, v: _T, il: int, inp: _AttnInp) -> None:
     cache_k = g.leaf(f"cache_k_l{il}", sp.type_k, (hd * nkv, n_kv * ns), buft=buft)
     cache_v = g.leaf(f"cache_v_l{il}", sp.type_v, ((hv * nkv) if fa else v_gqa, n_kv * ns), buft=buft)
     set_k = g.view(cache_k, cache_k.ne, cache_k.nb, "SET_ROWS")
-    set_k.src = [g.view(k, (hd * nkv, T), (k.nb[0], k.nb[2])), inp.k_idxs, cache_k]
+    set_k.src = [g.rows(k, hd * nkv, T), inp.k_idxs, cache_k]
     g.expand(set_k)
     if fa:
         set_v = g.view(cache_v, cache_v.ne, cache_v.nb, "SET_ROWS")
-        set_v.src = [g.view(v, (hv * nkv, T), (v.nb[0], v.nb[2])), inp.v_idxs, cache_v]
+        set_v.src = [g.rows(v, hv * nkv, T), inp.v_idxs, cache_v]
     else:
         v2 = g.reshape(v, hv * nkv, T)
         if hv * nkv < v_gqa:  # [TAG_V_CACHE_VARIABLE]
