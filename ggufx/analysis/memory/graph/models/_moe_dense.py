@@ -12,16 +12,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from ggufx.analysis.memory.graph.ggml import _T, _Graph
-from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _inp_embd, _proj, _weight
+from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _inp_embd, _proj
 from ggufx.analysis.memory.graph.models import deepseek2, qwen3next
 from ggufx.analysis.memory.graph.models._dense import (
-    _ROPE_FACTORS,
     Dense,
     _attention,
     _attn_kv,
     _n,
     _qkv,
     output,
+    rope_factors,
+    rope_qk,
     tied_head,
 )
 from ggufx.analysis.memory.graph.models.deepseek2 import SIGMOID, SOFTMAX, SOFTMAX_WEIGHT, MoeParams, Routed
@@ -65,11 +66,7 @@ def _attention_after_rope_norms(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnIn
     Q head, the attention and the output projection."""
     p = f"blk.{il}."
     q, k, v = _qkv(c, g, x, il, reshape=True)
-    assert c.pos is not None
-    freqs = next((f for n in _ROPE_FACTORS if (f := _weight(c, n, il)) is not None), None)
-    src = [c.pos, *([freqs] if freqs else [])]
-    q = g.new(q.name, "ROPE", "F32", q.ne, q, *src)
-    k = g.new(k.name, "ROPE", "F32", k.ne, k, *src)
+    q, k = rope_qk(g, q, k, c.pos, rope_factors(c, il))
     k = _n(c, g, k, p + "attn_k_norm.weight", il, d)
     q = _n(c, g, q, p + "attn_q_norm.weight", il, d)
     cur = _attn_kv(c, g, q, k, v, il, inp, False, d)
