@@ -25,6 +25,7 @@ from ggufx.analysis.memory.graph.models._dense import (
     rope_qk,
     tied_head,
 )
+from ggufx.analysis.memory.graph.models._moe_check import expert_counts, expert_groups, needs_ends
 from ggufx.analysis.memory.graph.models.deepseek2 import SIGMOID, SOFTMAX, SOFTMAX_WEIGHT, MoeParams, Routed
 from ggufx.model import GGUFModel
 
@@ -109,20 +110,11 @@ def unbuildable(model: GGUFModel, needed: Callable[[int], tuple[list[str], list[
     """Why this MoE file's graph cannot be built (None when it can): the expert counts and groups, and per
     layer the weights ``needed(il)`` names (``(weights, three-dimensional experts)`` by role, without the
     ``blk.N.`` prefix); the attention's Q/K/V as one ``attn_qkv`` or three projections."""
-    md = model.metadata
     arch = model.architecture or ""
-    n_exp = md.get_int(f"{arch}.expert_count") or 0
-    n_used = md.get_int(f"{arch}.expert_used_count") or 0
-    if not 0 < n_used <= n_exp <= 1024:  # llama-model.cpp: LLAMA_MAX_EXPERTS
-        return "the graph needs 0 < expert_used_count <= expert_count <= 1024"
-    n_groups = md.get_int(f"{arch}.expert_group_count") or 0
-    if n_groups > 1 and (n_exp % n_groups or not 0 < (md.get_int(f"{arch}.expert_group_used_count") or 0) < n_groups):
-        return "the graph needs expert_count a multiple of expert_group_count > expert_group_used_count > 0"
     dims = {t.name: len(t.shape) for t in model.tensors}
-    for name in ("token_embd.weight", "output_norm.weight"):
-        if name not in dims:
-            return f"the graph needs tensor {name}, which the file lacks"
-    n_layer = md.get_int(f"{arch}.block_count") or 0
+    if why := expert_counts(model) or expert_groups(model) or needs_ends(dims):
+        return why
+    n_layer = model.metadata.get_int(f"{arch}.block_count") or 0
     for il in range(min(n_layer, 513)):
         p = f"blk.{il}."
         if p + "ffn_gate_up_exps.weight" in dims:
