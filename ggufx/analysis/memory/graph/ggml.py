@@ -147,6 +147,14 @@ class _Graph:
         stream of a ``[n, streams, tokens]`` tensor)."""
         return self.view(a, (ne0, ne1), (a.nb[0], a.nb[2]))
 
+    def cpy(self, src: _T, dst: _T) -> _T:
+        """``ggml_cpy(src, dst)`` expanded: a view of ``dst`` (a view of a cache, mostly) whose op copies ``src``
+        into it."""
+        t = self.view(dst, dst.ne, dst.nb, "CPY")
+        t.src = [src, dst]
+        self.expand(t)
+        return t
+
     def reshape(self, a: _T, *ne: int) -> _T:
         n = _ne(*ne)
         t = _T(a.name, "RESHAPE", a.type, n, _strides(n, a.type), [a], a.view_src or a)

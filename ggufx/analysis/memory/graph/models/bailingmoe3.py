@@ -83,9 +83,7 @@ def _kda(c: _Ctx, g: _Graph, x: _T, il: int, s_copy: _T, d: _Kda) -> _T:
     out = g.view(gdn, (S, H, nst, ns), (4, 4 * S, 4 * S * H))
     new_state = g.view(gdn, (d.n_embd_s, ns), (4, 4 * d.n_embd_s))
     dst = g.view(cache_s, (d.n_embd_s, ns), cache_s.nb[:2])
-    cpy = g.view(dst, dst.ne, dst.nb, "CPY")
-    cpy.src = [new_state, dst]
-    g.expand(cpy)
+    g.cpy(new_state, dst)
     out = g.new(f"attn_output-{il}", "CONT", "F32", out.ne, out)
     out_gate = g.mul_mat(f"kda_g_a-{il}", _w(c, p + "ssm_g_a.weight", il), x)
     normed = _norm(c, g, g.reshape(out, S, H, T), p + "ssm_norm.weight", il)
