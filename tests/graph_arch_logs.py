@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -16,7 +17,7 @@ import pytest
 import ggufx
 from ggufx.analysis.memory.archs import builder_of
 from ggufx.analysis.memory.buffers import Breakdown, MiB, breakdown
-from ggufx.analysis.memory.llamaargs import parse_args
+from ggufx.analysis.memory.llamaargs import LlamaArgs, parse_args
 from ggufx.analysis.memory.llamalog import parse_log
 from ggufx.analysis.memory.placement import Device
 
@@ -117,6 +118,49 @@ def assert_compute_equal(log_text: str, bd: Breakdown) -> None:
     assert {k: round(v, digits) for k, v in mine.items()} == theirs, (mine, theirs)
 
 
+def buffers_mib(bd: Breakdown, kind: str) -> dict[str, float]:
+    """Our buffers of this kind, MiB to the two decimals llama.cpp prints, by buffer type."""
+    out: dict[str, int] = {}
+    for b in bd.buffers:
+        if b.kind == kind:
+            out[b.buft] = out.get(b.buft, 0) + b.bytes
+    return {k: round(v / MiB, 2) for k, v in out.items()}
+
+
+def assert_buffers_equal(log_text: str, bd: Breakdown, kinds: tuple[str, ...]) -> None:
+    """Each buffer of these kinds equal to the log's (0.01 MiB), and the compute buffers (:func:`assert_compute_equal`)."""
+    theirs = parse_log(log_text).buffers
+    for kind in kinds:
+        assert buffers_mib(bd, kind) == theirs[kind], kind
+    assert_compute_equal(log_text, bd)
+
+
+def assert_no_cache(log_text: str, bd: Breakdown) -> None:
+    """llama.cpp made no KV cache (``create_memory``'s ``res = nullptr``), and ggufx allocates none."""
+    assert "llama_kv_cache" not in log_text and "KV buffer" not in log_text
+    assert not [b for b in bd.buffers if b.kind in ("kv", "recurrent")]
+    assert (bd.kv_bytes, bd.kv_layers) == (0, 0)
+
+
+EMBEDDING = CPU_LOGS / "embedding"
+
+
+def embedding_args(rid: str) -> LlamaArgs:
+    """The command line of the embedding run ``rid`` (tests/fixtures/llamacpp-logs-cpu/embedding/matrix: the
+    tool's name, llama-embedding or llama-server, then its options), parsed as that tool's."""
+    command = next(
+        line.split("\t")[2] for line in (EMBEDDING / "matrix").read_text().splitlines() if line.startswith(rid + "\t")
+    )
+    program, _, rest = command.partition(" ")
+    return parse_args(f"{program} -m x {rest}")
+
+
+def replay_embedding(rid: str, path: Path) -> tuple[str, Breakdown]:
+    """The log of the embedding run ``rid`` and ggufx's breakdown of its model (at ``path``) and command line."""
+    a = embedding_args(rid)
+    return (EMBEDDING / f"{rid}.log").read_text(), breakdown(ggufx.open(path), [], a.offload, a.context)
+
+
 NODES = CPU_LOGS / "nodes"
 _VIEWS = {"VIEW", "RESHAPE", "PERMUTE", "TRANSPOSE"}
 # ggml_op_desc prints the unary and GLU kinds (GGML_SCHED_DEBUG cuts names to 10 characters: SWIGLU_CLAMP
@@ -172,6 +216,19 @@ def assert_nodes_equal(rid: str, path: Path) -> None:
     assert len(mine) == len(theirs)
     for i, (a, b) in enumerate(zip(mine, theirs, strict=True)):
         assert a[0].startswith(b[0][:10]) and a[1] == b[1], (i, a, b)
+
+
+def node_for_node_test(runs: dict[str, str], doc: str) -> Callable[[str, dict[str, Path]], None]:
+    """A family test's node-for-node check: for each run id of ``runs`` (run id -> model), its model's file from
+    the module fixture ``files`` (:func:`cpu_family`) through :func:`assert_nodes_equal`; ``doc`` says what the
+    runs' graphs show. ``test_the_graph_is_llama_cpps_node_for_node = node_for_node_test(NODE_RUNS, "...")``."""
+
+    @pytest.mark.parametrize("rid", list(runs))
+    def test(rid: str, files: dict[str, Path]) -> None:
+        assert_nodes_equal(rid, files[runs[rid]])
+
+    test.__doc__ = doc
+    return test
 
 
 def cpu_models(

@@ -32,20 +32,19 @@ from ggufx.analysis.memory.buffers import Breakdown, breakdown
 from ggufx.analysis.memory.graph import graphsim
 from ggufx.analysis.memory.graph.ggml import _Graph
 from ggufx.analysis.memory.graph.models import builder
-from ggufx.analysis.memory.llamaargs import LLAMA_MAX_SEQ, LlamaArgs, parse_args
+from ggufx.analysis.memory.llamaargs import LLAMA_MAX_SEQ, parse_args
 from ggufx.analysis.memory.llamalog import parse_log
 from ggufx.cli import main
 from ggufx.errors import InputError
 
-from .graph_arch_logs import CPU_LOGS, assert_compute_equal, cpu_models
+from .graph_arch_logs import EMBEDDING, assert_compute_equal, cpu_models, embedding_args, replay_embedding
 
-EMB = CPU_LOGS / "embedding"
 RUNS: dict[str, tuple[str, str]] = {}
-for _line in (EMB / "matrix").read_text().splitlines():
+for _line in (EMBEDDING / "matrix").read_text().splitlines():
     if _line.strip() and not _line.startswith("#"):
         _rid, _model, _command = _line.split("\t")
         RUNS[_rid] = (_model, _command)
-TEXT = {rid: (EMB / f"{rid}.log").read_text() for rid in RUNS}
+TEXT = {rid: (EMBEDDING / f"{rid}.log").read_text() for rid in RUNS}
 SIZED = sorted(rid for rid in RUNS if "compute buffer size" in TEXT[rid])
 ABORTED = sorted(rid for rid in RUNS if rid not in SIZED)
 
@@ -55,14 +54,8 @@ def files(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     return cpu_models(tuple(sorted({m for m, _ in RUNS.values()})), smollm2_path, tmp_path_factory, "embedding")
 
 
-def _args(rid: str) -> LlamaArgs:
-    program, _, rest = RUNS[rid][1].partition(" ")
-    return parse_args(f"{program} -m x {rest}")
-
-
 def _replay(rid: str, files: dict[str, Path]) -> Breakdown:
-    a = _args(rid)
-    return breakdown(ggufx.open(files[RUNS[rid][0]]), [], a.offload, a.context)
+    return replay_embedding(rid, files[RUNS[rid][0]])[1]
 
 
 def _mib(bd: Breakdown, kind: str) -> dict[str, float]:
@@ -81,7 +74,7 @@ def _log_int(rid: str, key: str) -> int:
 
 def test_the_runs_cover_both_tools_every_pooling_type_and_the_families() -> None:
     commands = [c for _, c in RUNS.values()]
-    assert all((EMB / f"{rid}.log").exists() for rid in RUNS)
+    assert all((EMBEDDING / f"{rid}.log").exists() for rid in RUNS)
     assert sum(c.startswith("llama-embedding") for c in commands) >= 15
     assert sum(c.startswith("llama-server") for c in commands) >= 15
     for option in (
@@ -109,7 +102,7 @@ def test_every_buffer_equals_llama_cpp(rid: str, files: dict[str, Path]) -> None
     for kind in ("model", "kv", "output"):
         assert _mib(bd, kind) == {k: v for k, v in theirs.get(kind, {}).items() if v}, kind
     assert_compute_equal(TEXT[rid], bd)
-    embeddings = _args(rid).context.embeddings  # all but llama-server --pooling without --embedding
+    embeddings = embedding_args(rid).context.embeddings  # all but llama-server --pooling without --embedding
     assert bd.reservation is not None and (bd.reservation.pooling is not None) == embeddings
     assert any(n.startswith("embedding run:") for n in bd.notes) == embeddings
 
@@ -119,7 +112,7 @@ def test_the_tools_rules_give_llama_cpps_context(rid: str) -> None:
     """The sequences, unified cache, batch and micro-batch llama.cpp's context printed, from ggufx's reading of the
     command line (llama-embedding: 256 sequences unless -np, the batch at least the context, the micro-batch the
     batch; llama-server: the batch cut to the micro-batch; a causal model's batch at most the context)."""
-    cp = _args(rid).context
+    cp = embedding_args(rid).context
     assert cp.embeddings or rid == "qwen3-embed-srv-c4096-pooling-only"
     assert _log_int(rid, "n_seq_max") == cp.n_parallel
     assert (re.search(r"kv_unified += (\w+)", TEXT[rid]) or [""])[1] == str(cp.kv_unified).lower()
@@ -193,7 +186,7 @@ def test_every_decoders_graph_ends_with_llama_cpps_pooling_nodes(rid: str, files
     decoder's result_norm; lfm2's graph stops there, without logits): the graph of a single-stream run has
     llama.cpp's node count exactly, the model's own graph alone has fewer nodes (the pooling's GET_ROWS, or mean's
     CONT and MUL_MAT, TRANSPOSE being a view), and the compute buffer is llama.cpp's (test_every_buffer_...)."""
-    a = _args(rid)
+    a = embedding_args(rid)
     model = ggufx.open(files[RUNS[rid][0]])
     sp = breakdown(model, [], a.offload, a.context).reservation
     assert sp is not None and sp.pooling in ("mean", "cls", "last", "rank")
@@ -212,7 +205,7 @@ def test_every_decoders_graph_ends_with_llama_cpps_pooling_nodes(rid: str, files
 
 
 def _graph(rid: str, files: dict[str, Path]) -> _Graph:
-    a = _args(rid)
+    a = embedding_args(rid)
     model = ggufx.open(files[RUNS[rid][0]])
     sp = breakdown(model, [], a.offload, a.context).reservation
     assert sp is not None
@@ -227,7 +220,7 @@ def _graph(rid: str, files: dict[str, Path]) -> _Graph:
 def test_the_output_buffer_holds_the_embeddings_beside_the_logits(files: dict[str, Path]) -> None:
     """output_reserve(n_seq_max): (n_vocab + n_embd) floats per sequence in an embedding run, n_vocab otherwise."""
     for rid, n_embd in (("bert-emb-c512", 512), ("qwen3-embed-srv-c4096", 1024), ("bert-srv-c512-rerank", 512)):
-        a = _args(rid)
+        a = embedding_args(rid)
         model = ggufx.open(files[RUNS[rid][0]])
         on = breakdown(model, [], a.offload, a.context)
         off = breakdown(model, [], a.offload, replace(a.context, embeddings=False))
@@ -315,7 +308,7 @@ def test_mem_embedding_cli(files: dict[str, Path], smollm2_path: Path) -> None:
     out = {x["kind"]: x["bytes"] for x in d["buffers"] if x["kind"] == "output"}
     assert out["output"] == 4 * (8192 + 512)
     # the buffers of a recorded llama-embedding run, from its command line, checked against its log
-    log = EMB / "bert-emb-c512-mean.log"
+    log = EMBEDDING / "bert-emb-c512-mean.log"
     r = runner.invoke(
         main, ["mem", bert, "--llama-args", "llama-embedding -c 512 --pooling mean -dev none", "--check", str(log)]
     )

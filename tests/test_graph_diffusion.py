@@ -27,7 +27,7 @@ import pytest
 
 import ggufx
 from ggufx.analysis.memory.archs import arch_of, builder_of
-from ggufx.analysis.memory.buffers import NO_MEMORY, Breakdown, breakdown
+from ggufx.analysis.memory.buffers import NO_MEMORY, breakdown
 from ggufx.analysis.memory.graph.models.diffusion import DIFFUSION as DIFFUSION_ARCHS
 from ggufx.analysis.memory.graph.models.diffusion import tool_output_bytes
 from ggufx.analysis.memory.llamaargs import parse_args
@@ -37,13 +37,16 @@ from tests.support import LLAMA_CPP_VERSION
 from .graph_arch_logs import (
     CPU_LOGS,
     Refused,
+    assert_buffers_equal,
     assert_compute_equal,
-    assert_nodes_equal,
+    assert_no_cache,
     assert_refused,
     assert_runs_cover,
     assert_shortcut_is_whole,
+    buffers_mib,
     cpu_family,
     cpu_runs,
+    node_for_node_test,
     replay_cpu,
 )
 
@@ -109,32 +112,20 @@ def test_the_runs_cover_flash_attention_off_parallel_sequences_micro_batches_and
 @pytest.mark.parametrize(("name", "rid"), RUNS)
 def test_no_cache_and_every_buffer_equals_llama_cpp(name: str, rid: str, files: dict[str, Path]) -> None:
     text, bd = replay_cpu(rid, files[name])
-    assert "llama_kv_cache" not in text and "KV buffer" not in text
-    assert not [b for b in bd.buffers if b.kind in ("kv", "recurrent")]
-    assert (bd.kv_bytes, bd.kv_layers) == (0, 0)
-    theirs = parse_log(text).buffers
-    assert _buffers_mib(bd, "model") == theirs["model"]
+    assert_no_cache(text, bd)
+    assert_buffers_equal(text, bd, ("model",))
     # the output buffer: llama-diffusion-cli's after its first decode (a row of logits per token of the
     # micro-batch), not the context's row per sequence that llama-completion printed
     n_vocab, n_ubatch, n_seq = (_log_int(text, k) for k in ("n_vocab", "n_ubatch", "n_seq_max"))
-    assert theirs["output"] == {"CPU": round(4 * n_vocab * n_seq / 2**20, 2)}
+    assert parse_log(text).buffers["output"] == {"CPU": round(4 * n_vocab * n_seq / 2**20, 2)}
     assert [b.bytes for b in bd.buffers if b.kind == "output"] == [tool_output_bytes(n_vocab, n_ubatch, n_seq)]
     assert any(n.startswith("output buffer: llama-diffusion-cli's run after its first decode") for n in bd.notes)
-    assert_compute_equal(text, bd)
 
 
 def _log_int(text: str, key: str) -> int:
     m = re.search(rf"(?:print_info|llama_context): {key} += (\d+)", text)
     assert m, key
     return int(m.group(1))
-
-
-def _buffers_mib(bd: Breakdown, kind: str) -> dict[str, float]:
-    mine: dict[str, float] = {}
-    for b in bd.buffers:
-        if b.kind == kind:
-            mine[b.buft] = mine.get(b.buft, 0.0) + b.bytes / 2**20
-    return {k: round(v, 2) for k, v in mine.items()}
 
 
 @pytest.mark.parametrize(("rid", "name"), DIFFUSION_RUNS)
@@ -156,7 +147,7 @@ def test_llama_diffusion_cli_reserves_what_llama_completion_reserves(
         # the weights of llama-completion's run without it
         assert tool["model"] == parse_log((CPU_LOGS / f"{name}-c8192.log").read_text()).buffers["model"]
     else:
-        assert tool["model"] == completion["model"] == _buffers_mib(bd, "model")
+        assert tool["model"] == completion["model"] == buffers_mib(bd, "model")
 
 
 @pytest.mark.parametrize(("rid", "name"), DIFFUSION_RUNS)
@@ -218,13 +209,13 @@ NODE_RUNS = {
 }
 
 
-@pytest.mark.parametrize("rid", NODE_RUNS)
-def test_the_graph_is_llama_cpps_node_for_node(rid: str, files: dict[str, Path]) -> None:
+test_the_graph_is_llama_cpps_node_for_node = node_for_node_test(
+    NODE_RUNS,
     """The prompt-processing graph, node for node (op and size), as llama.cpp's scheduler printed it
     (GGML_SCHED_DEBUG=2, tests/fixtures/llamacpp-logs-cpu/nodes): Dream's Q/K/V biases, the Q/K head norms of
     LLaDA-MoE and RND1, the experts' weights normalized in RND1 only (SUM_ROWS, CLAMP, DIV), K and V cast to F16
-    for flash attention; LLaDA's Q/K/V biases added, its output and FFN biases and rope_freqs loaded but not read."""
-    assert_nodes_equal(rid, files[NODE_RUNS[rid]])
+    for flash attention; LLaDA's Q/K/V biases added, its output and FFN biases and rope_freqs loaded but not read.""",
+)
 
 
 @pytest.mark.parametrize("name", [n for n in PUBLISHED if cpu_runs(n)])

@@ -19,20 +19,21 @@ import pytest
 import ggufx
 from ggufx.analysis.layers import layer_kinds
 from ggufx.analysis.memory.archs import arch_of, builder_of, sharing
-from ggufx.analysis.memory.buffers import NO_MEMORY, Breakdown, breakdown
+from ggufx.analysis.memory.buffers import NO_MEMORY, breakdown
 from ggufx.analysis.memory.llamaargs import parse_args
 from ggufx.analysis.memory.llamalog import parse_log
 
 from .graph_arch_logs import (
     CPU_LOGS,
     Refused,
-    assert_compute_equal,
-    assert_nodes_equal,
+    assert_buffers_equal,
+    assert_no_cache,
     assert_refused,
     assert_runs_cover,
     assert_shortcut_is_whole,
     cpu_family,
     cpu_runs,
+    node_for_node_test,
     replay_cpu,
 )
 
@@ -77,21 +78,8 @@ def test_the_runs_cover_flash_attention_off_parallel_sequences_and_repacking(nam
 @pytest.mark.parametrize(("name", "rid"), RUNS)
 def test_no_cache_and_every_buffer_equals_llama_cpp(name: str, rid: str, files: dict[str, Path]) -> None:
     text, bd = replay_cpu(rid, files[name])
-    assert "llama_kv_cache" not in text and "KV buffer" not in text
-    assert not [b for b in bd.buffers if b.kind in ("kv", "recurrent")]
-    assert (bd.kv_bytes, bd.kv_layers) == (0, 0)
-    theirs = parse_log(text).buffers
-    for kind in ("model", "output"):
-        assert _buffers_mib(bd, kind) == theirs[kind], kind
-    assert_compute_equal(text, bd)
-
-
-def _buffers_mib(bd: Breakdown, kind: str) -> dict[str, float]:
-    mine: dict[str, float] = {}
-    for b in bd.buffers:
-        if b.kind == kind:
-            mine[b.buft] = mine.get(b.buft, 0.0) + b.bytes / 2**20
-    return {k: round(v, 2) for k, v in mine.items()}
+    assert_no_cache(text, bd)
+    assert_buffers_equal(text, bd, ("model", "output"))
 
 
 @pytest.mark.parametrize("rid", LLAMA_EMBED_RUNS)
@@ -100,11 +88,8 @@ def test_llama_embed_keeps_the_default_cache_its_graph_never_reads(rid: str, fil
     (and ggufx with it), though its graph (llm_graph_input_attn_no_cache) neither writes nor reads it."""
     assert "llama-embed" not in NO_MEMORY and builder_of("llama-embed") == "neo_bert"
     text, bd = replay_cpu(rid, files["llama-embed"])
-    theirs = parse_log(text).buffers
-    assert "llama_kv_cache" in text and theirs["kv"]
-    for kind in ("model", "output", "kv"):
-        assert _buffers_mib(bd, kind) == theirs[kind], kind
-    assert_compute_equal(text, bd)
+    assert "llama_kv_cache" in text and parse_log(text).buffers["kv"]
+    assert_buffers_equal(text, bd, ("model", "output", "kv"))
 
 
 def test_the_layers_would_keep_a_cache_in_a_decoder(files: dict[str, Path]) -> None:
@@ -151,12 +136,12 @@ NODE_RUNS = {
 }
 
 
-@pytest.mark.parametrize("rid", NODE_RUNS)
-def test_the_graph_is_llama_cpps_node_for_node(rid: str, files: dict[str, Path]) -> None:
+test_the_graph_is_llama_cpps_node_for_node = node_for_node_test(
+    NODE_RUNS,
     """Each builder's prompt-processing graph, node for node (op and size), as llama.cpp's scheduler printed it
     (GGML_SCHED_DEBUG=2, tests/fixtures/llamacpp-logs-cpu/nodes): with flash attention K and V cast to F16 (CPY),
-    without it the scores over the micro-batch; bert's position rows, the token-type row, nomic-moe's experts."""
-    assert_nodes_equal(rid, files[NODE_RUNS[rid]])
+    without it the scores over the micro-batch; bert's position rows, the token-type row, nomic-moe's experts.""",
+)
 
 
 @pytest.mark.parametrize("name", PUBLISHED)

@@ -35,13 +35,13 @@ from .graph_arch_logs import (
     CPU_LOGS,
     Refused,
     assert_compute_equal,
-    assert_nodes_equal,
     assert_refused,
     assert_runs_cover,
     assert_shortcut_is_whole,
     cpu_args,
     cpu_family,
     cpu_spec,
+    node_for_node_test,
 )
 
 SMALL = ("t5", "t5-relu", "t5encoder")
@@ -167,13 +167,13 @@ NODE_RUNS = {
 }
 
 
-@pytest.mark.parametrize("rid", NODE_RUNS)
-def test_the_graph_is_llama_cpps_node_for_node(rid: str, files: dict[str, Path]) -> None:
+test_the_graph_is_llama_cpps_node_for_node = node_for_node_test(
+    NODE_RUNS,
     """The reserved graph, node for node (op and size), as llama.cpp's scheduler printed it (GGML_SCHED_DEBUG=2,
     tests/fixtures/llamacpp-logs-cpu/nodes): the decoder's position bias (GET_ROWS, CONT) added to the scores,
     the cross attention's K and V over the 512 encoder rows cast to F16 for flash attention, the Hadamard
-    rotations of the q8_0 cache, ReLU for T5 v1.0; the encoder's scores over the micro-batch."""
-    assert_nodes_equal(rid, files[NODE_RUNS[rid]])
+    rotations of the q8_0 cache, ReLU for T5 v1.0; the encoder's scores over the micro-batch.""",
+)
 
 
 @pytest.mark.parametrize("name", PUBLISHED)

@@ -30,14 +30,16 @@ from .graph_arch_logs import (
     CPU_LOGS,
     NODES,
     Refused,
+    assert_buffers_equal,
     assert_compute_equal,
-    assert_nodes_equal,
     assert_refused,
     assert_runs_cover,
     assert_shortcut_is_whole,
     cpu_family,
     cpu_model_without,
+    node_for_node_test,
     replay_cpu,
+    replay_embedding,
 )
 
 SMALL = ("qwen3tts", "pockettts", "wavtokenizer-dec")
@@ -77,14 +79,14 @@ NODE_RUNS = {
 }
 
 
-@pytest.mark.parametrize("rid", NODE_RUNS)
-def test_the_graph_is_llama_cpps_node_for_node(rid: str, files: dict[str, Path]) -> None:
+test_the_graph_is_llama_cpps_node_for_node = node_for_node_test(
+    NODE_RUNS,
     """The reserved graph, node for node (op and size), as llama.cpp's scheduler printed it (GGML_SCHED_DEBUG=2,
     tests/fixtures/llamacpp-logs-cpu/nodes): qwen3vl's layers, then the padded logits; Pocket TTS's
     layer norms, GELU FFN and logits over the embeddings; the vocoder's IM2COL (F16
     over an F32 kernel in the small model, an F16 one in the published), convolution products, group norms and the
-    posnet attention's [T, T] scores."""
-    assert_nodes_equal(rid, files[NODE_RUNS[rid]])
+    posnet attention's [T, T] scores.""",
+)
 
 
 def test_the_padding_opens_after_the_last_attention() -> None:
@@ -213,16 +215,5 @@ def test_embedding_runs_as_llama_tts_makes_them(rid: str, files: dict[str, Path]
     258 floats, not its 128-wide features), the compute buffer to llama.cpp's figure; last pooling over the
     talker's result_norm, which its padded logits hide from graphsim's walk back (the builder pools itself), and
     mean pooling over the vocoder's result_embd."""
-    from ggufx.analysis.memory.llamalog import parse_log
-
-    text = (CPU_LOGS / "embedding" / f"{rid}.log").read_text()
-    program, _, rest = next(
-        line.split("\t")[2]
-        for line in (CPU_LOGS / "embedding" / "matrix").read_text().splitlines()
-        if line.startswith(rid + "\t")
-    ).partition(" ")
-    a = parse_args(f"{program} -m x {rest}")
-    bd = breakdown(ggufx.open(files[EMB_RUNS[rid]]), [], a.offload, a.context)
-    out = {b.buft: round(b.bytes / MiB, 2) for b in bd.buffers if b.kind == "output"}
-    assert out == parse_log(text).buffers["output"]
-    assert_compute_equal(text, bd)
+    text, bd = replay_embedding(rid, files[EMB_RUNS[rid]])
+    assert_buffers_equal(text, bd, ("output",))

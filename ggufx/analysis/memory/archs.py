@@ -132,6 +132,26 @@ class Arch:
 _GDN = Recurrent("Gated DeltaNet", "array_or_interval")
 _SSM = ("ssm.conv_kernel", "ssm.inner_size", "ssm.state_size", "ssm.time_step_rank", "ssm.group_count")
 
+# the keys of the loaders two entries share (deepseek2.cpp: deepseek2 and mistral4; nemotron-h.cpp: nemotron_h and
+# nemotron_h_moe)
+_DEEPSEEK2_KEYS = (
+    "vocab_size",
+    "leading_dense_block_count",
+    "attention.q_lora_rank",
+    "attention.kv_lora_rank",
+    "attention.key_length_mla",
+    "attention.value_length_mla",
+    "expert_feed_forward_length",
+    "expert_shared_count",
+    "expert_weights_scale",
+    "expert_weights_norm",
+    "expert_gating_func",
+    "rope.scaling.yarn_log_multiplier",
+    "attention.temperature_scale",
+    "attention.temperature_length",
+)
+_NEMOTRON_H_KEYS = (*_SSM, "expert_feed_forward_length", "expert_shared_feed_forward_length", "expert_shared_count")
+
 _DSA_KEYS = (
     "leading_dense_block_count",
     "attention.q_lora_rank",
@@ -358,22 +378,7 @@ _ENTRIES = (
     Arch(
         "deepseek2",  # DeepSeek V2/V3/R1, Kimi K2: MLA with and without q_lora
         "deepseek2.cpp",
-        (
-            "vocab_size",
-            "leading_dense_block_count",
-            "attention.q_lora_rank",
-            "attention.kv_lora_rank",
-            "attention.key_length_mla",
-            "attention.value_length_mla",
-            "expert_feed_forward_length",
-            "expert_shared_count",
-            "expert_weights_scale",
-            "expert_weights_norm",
-            "expert_gating_func",
-            "rope.scaling.yarn_log_multiplier",
-            "attention.temperature_scale",
-            "attention.temperature_length",
-        ),
+        _DEEPSEEK2_KEYS,
         builder="deepseek2",
         mla=True,
         skips_nextn=True,
@@ -461,7 +466,7 @@ _ENTRIES = (
     Arch(
         "nemotron_h",
         "nemotron-h.cpp",
-        (*_SSM, "expert_feed_forward_length", "expert_shared_feed_forward_length", "expert_shared_count"),
+        _NEMOTRON_H_KEYS,
         builder="nemotron_h",
         recurrent=Recurrent("Mamba-2", "no_kv_heads_no_ffn"),
         skips_nextn=True,
@@ -469,7 +474,7 @@ _ENTRIES = (
     Arch(
         "nemotron_h_moe",
         "nemotron-h.cpp",
-        (*_SSM, "expert_feed_forward_length", "expert_shared_feed_forward_length", "expert_shared_count"),
+        _NEMOTRON_H_KEYS,
         graph="nemotron_h",
         builder="nemotron_h",
         recurrent=Recurrent("Mamba-2", "no_kv_heads_no_ffn"),
@@ -762,22 +767,7 @@ _ENTRIES = (
     Arch(
         "mistral4",  # llama_model_mistral4: deepseek2's loader and graph (MLA)
         "deepseek2.cpp",
-        (
-            "vocab_size",
-            "leading_dense_block_count",
-            "attention.q_lora_rank",
-            "attention.kv_lora_rank",
-            "attention.key_length_mla",
-            "attention.value_length_mla",
-            "expert_feed_forward_length",
-            "expert_shared_count",
-            "expert_weights_scale",
-            "expert_weights_norm",
-            "expert_gating_func",
-            "rope.scaling.yarn_log_multiplier",
-            "attention.temperature_scale",
-            "attention.temperature_length",
-        ),
+        _DEEPSEEK2_KEYS,
         graph="deepseek2",
         builder="deepseek2",
         mla=True,

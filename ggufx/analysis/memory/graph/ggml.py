@@ -141,6 +141,20 @@ class _Graph:
         t.pos, t.seq = self.pos, seq
         return t
 
+    def rows(self, a: _T, ne0: int, ne1: int) -> _T:
+        """``ggml_view_2d(a, ne0, ne1, a->nb[2], 0)``: ``ne0`` values from the start of each of ``a``'s first ``ne1``
+        slices along dimension 2 (its tokens, mostly), as rows (``cpy_k``/``cpy_v``'s view of K and V; the first
+        stream of a ``[n, streams, tokens]`` tensor)."""
+        return self.view(a, (ne0, ne1), (a.nb[0], a.nb[2]))
+
+    def cpy(self, src: _T, dst: _T) -> _T:
+        """``ggml_cpy(src, dst)`` expanded: a view of ``dst`` (a view of a cache, mostly) whose op copies ``src``
+        into it."""
+        t = self.view(dst, dst.ne, dst.nb, "CPY")
+        t.src = [src, dst]
+        self.expand(t)
+        return t
+
     def reshape(self, a: _T, *ne: int) -> _T:
         n = _ne(*ne)
         t = _T(a.name, "RESHAPE", a.type, n, _strides(n, a.type), [a], a.view_src or a)

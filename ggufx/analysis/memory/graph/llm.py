@@ -287,11 +287,11 @@ def kv_cache_views(
     buft = c.cache_buft[il]
     cache_k = g.leaf(f"cache_k_l{il}", tk.name, (hd * nkv, n_kv * ns), buft=buft)
     cache_v = g.leaf(f"cache_v_l{il}", tv.name, (v_gqa if vt else (hv * nkv), n_kv * ns), buft=buft)
-    kv = g.view(k, (hd * nkv, T), None if strided else (k.nb[0], k.nb[2]))
+    kv = g.view(k, (hd * nkv, T)) if strided else g.rows(k, hd * nkv, T)
     set_k = set_rows(g, merged_streams(g, cache_k, ns), kv, inp.k_idxs)
     g.expand(set_k)
     if not vt:
-        vv = g.view(v, (hv * nkv, T), None if strided else (v.nb[0], v.nb[2]))
+        vv = g.view(v, (hv * nkv, T)) if strided else g.rows(v, hv * nkv, T)
         set_v = set_rows(g, merged_streams(g, cache_v, ns), vv, inp.v_idxs)
     else:
         v2 = v_rows(v) if v_rows is not None else g.reshape(v, hv * nkv, T)
@@ -310,7 +310,7 @@ def _attn_kv_impl(c: _Ctx, g: _Graph, q: _T, k: _T, v: _T, il: int, inp: _AttnIn
     hp, sp = c.hp, c.sp
     T, ns = c.n_tokens, sp.n_streams
     nh, nkv, hv = hp.n_head[il], hp.n_head_kv[il], hp.head_v
-    fa, n_kv = sp.flash_attn, inp.n_kv
+    fa = sp.flash_attn
 
     def v_rows(v: _T) -> _T:  # cpy_v's ggml_cont_2d of a V whose tokens are not rows of hv * nkv values
         if v.nb[2] != _type(v.type).type_size * hv * nkv:
@@ -322,10 +322,7 @@ def _attn_kv_impl(c: _Ctx, g: _Graph, q: _T, k: _T, v: _T, il: int, inp: _AttnIn
         out = g.new(f"node_fa-{il}", "FLASH_ATTN_EXT", "F32", (hv, nh, T // ns, ns), qv, kp, vp, inp.mask)
         cur = g.reshape(out, hv * nh, T)
     else:
-        kq = g.new(f"kq-{il}", "MUL_MAT", "F32", (n_kv, T // ns, nh, ns), kp, qv)
-        kq = g.op(f"kq_soft_max-{il}", "SOFT_MAX", kq, inp.mask)
-        kqv = g.new(f"kqv-{il}", "MUL_MAT", "F32", (hv, T // ns, nh, ns), vp, kq)
-        cur = kqv_on_host(c, g.new(f"kqv_out-{il}", "CONT", "F32", (hv * nh, T), g.permute(kqv, 0, 2, 1, 3)))
+        cur = attn_no_flash(c, g, qv, kp, vp, inp.mask, il)
     g.expand(cur)  # build_attn_mha's expansion (llama-graph.cpp:2827), before the V rotation
     return _rot(g, cur, inp.v_rot) if inp.v_rot is not None else cur
 
@@ -473,7 +470,7 @@ def moe_weighted_sum(g: _Graph, experts: _T, weights: _T | None, il: int, n_embd
     T = experts.ne[2]
     weighted = experts if weights is None else g.op(f"ffn_moe_weighted-{il}", "MUL", experts, weights)
     g.expand(weighted)
-    views = [g.view(weighted, (n_embd, T), (weighted.nb[0], weighted.nb[2])) for _ in range(n_used)]
+    views = [g.rows(weighted, n_embd, T) for _ in range(n_used)]
     for v in views:
         g.expand(v)
     out = views[0]
@@ -513,6 +510,42 @@ def kqv_on_host(c: _Ctx, cur: _T) -> _T:
     if c.sp.no_kv_offload:
         cur.backend = c.host
     return cur
+
+
+def attn_no_flash(
+    c: _Ctx,
+    g: _Graph,
+    q: _T,
+    k: _T,
+    v: _T,
+    mask: _T,
+    il: int,
+    kq_b: _T | None = None,
+    softcap: bool = False,
+    v_cont: bool = False,
+) -> _T:
+    """``build_attn_mha``'s path without flash attention (llama-graph.cpp:2763-2824) over the permuted Q, K and V:
+    the scores ``kq`` (K times Q), the logit soft-capping with ``softcap`` (scale, tanh, scale), the position bias
+    ``kq_b`` added, the softmax with the mask (``ggml_soft_max_ext``: its scale and ALiBi fused), V made contiguous
+    transposed with ``v_cont`` (a V that is not the transposed cache's: ``v_cont``, made here, after the softmax;
+    :func:`v_cache_view` makes the cache's), the product ``kqv``, and the heads made contiguous
+    (``ggml_cont_2d`` of its permutation: :func:`kqv_on_host`'s node). Not expanded: the caller expands it."""
+    kq = g.new(f"kq-{il}", "MUL_MAT", "F32", (k.ne[1], q.ne[1], q.ne[2], q.ne[3]), k, q)
+    if softcap:
+        kq = g.op(f"kq_scaled_1-{il}", "SCALE", kq)
+        kq = g.op(f"kq_tanh-{il}", "UNARY", kq)
+        kq = g.op(f"kq_scaled_2-{il}", "SCALE", kq)
+    if kq_b is not None:
+        kq = g.op(f"kq_plus_kq_b-{il}", "ADD", kq, kq_b)
+    kq = g.op(f"kq_soft_max-{il}", "SOFT_MAX", kq, mask)
+    if v_cont:
+        vtr = g.permute(v, 1, 0, 2, 3)  # ggml_transpose
+        v = g.new(f"v_cont-{il}", "CONT", v.type, vtr.ne, vtr)
+    kqv = g.new(f"kqv-{il}", "MUL_MAT", "F32", (v.ne[1], kq.ne[1], kq.ne[2], kq.ne[3]), v, kq)
+    heads = g.permute(kqv, 0, 2, 1, 3)
+    return kqv_on_host(
+        c, g.new(f"kqv_out-{il}", "CONT", "F32", (heads.ne[0] * heads.ne[1], heads.ne[2] * heads.ne[3]), heads)
+    )
 
 
 def classifier_pooling(model: GGUFModel) -> str:

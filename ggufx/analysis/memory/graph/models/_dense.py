@@ -26,7 +26,7 @@ from ggufx.analysis.memory.graph.llm import (
     _rot,
     _w,
     _weight,
-    kqv_on_host,
+    attn_no_flash,
     kv_cache_views,
 )
 from ggufx.model import GGUFModel
@@ -59,6 +59,38 @@ class Dense:
 
 
 _ROPE_FACTORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
+
+
+def rope_factors(c: _Ctx, il: int) -> _T | None:
+    """``get_rope_factors`` (llama-model.cpp:2343): ``rope_freqs``, else phi3's long or short factors, where the
+    file has them."""
+    return next((f for n in _ROPE_FACTORS if (f := _weight(c, n, il)) is not None), None)
+
+
+def rope_qk(g: _Graph, q: _T, k: _T, pos: _T | None, freqs: _T | None) -> tuple[_T, _T]:
+    """``ggml_rope_ext`` of Q, then of K, over the positions (and the rope ``freqs`` factors where given)."""
+    assert pos is not None
+    src = [pos, *([freqs] if freqs is not None else [])]
+    return g.new(q.name, "ROPE", "F32", q.ne, q, *src), g.new(k.name, "ROPE", "F32", k.ne, k, *src)
+
+
+def qk_prep(c: _Ctx, g: _Graph, q: _T, k: _T, v: _T, il: int, d: Dense) -> tuple[_T, _T, _T]:
+    """What :class:`Dense`'s attention does to ``build_qkv``'s Q, K and V before ``build_attn``: the Q and K norms
+    (``d.qk_norm``; "full": over the whole projection, then the heads' reshape), RoPE with the rope factors
+    (unless ``d.rope`` says no for the layer), the scaled query (``d.q_scale``)."""
+    hp, T = c.hp, c.n_tokens
+    nh, nkv, hd, hv = hp.n_head[il], hp.n_head_kv[il], hp.head_k, hp.head_v
+    p = f"blk.{il}."
+    if d.qk_norm:
+        q = _n(c, g, q, p + "attn_q_norm.weight", il, d)
+        k = _n(c, g, k, p + "attn_k_norm.weight", il, d)
+    if d.qk_norm == "full":
+        q, k, v = g.reshape(q, hd, nh, T), g.reshape(k, hd, nkv, T), g.reshape(v, hv, nkv, T)
+    if d.rope is None or d.rope(c, il):
+        q, k = rope_qk(g, q, k, c.pos, rope_factors(c, il))
+    if d.q_scale:
+        q = g.op(q.name, "SCALE", q)
+    return q, k, v
 
 
 def _n(c: _Ctx, g: _Graph, x: _T, weight: str, il: int, d: Dense, pin: bool = True) -> _T:
@@ -100,26 +132,9 @@ def _qkv(c: _Ctx, g: _Graph, x: _T, il: int, reshape: bool) -> tuple[_T, _T, _T]
 
 def _attention(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp, iswa: bool, d: Dense) -> _T:
     """Q/K/V, their norms, RoPE, the attention (:func:`_attn_kv`) and the output projection."""
-    hp, T = c.hp, c.n_tokens
-    nh, nkv, hd, hv = hp.n_head[il], hp.n_head_kv[il], hp.head_k, hp.head_v
-    p = f"blk.{il}."
-    q, k, v = _qkv(c, g, x, il, reshape=d.qk_norm != "full")
-    if d.qk_norm:
-        q = _n(c, g, q, p + "attn_q_norm.weight", il, d)
-        k = _n(c, g, k, p + "attn_k_norm.weight", il, d)
-    if d.qk_norm == "full":
-        q, k, v = g.reshape(q, hd, nh, T), g.reshape(k, hd, nkv, T), g.reshape(v, hv, nkv, T)
-    if d.rope is None or d.rope(c, il):
-        assert c.pos is not None
-        # get_rope_factors (llama-model.cpp:2343): rope_freqs, else phi3's long or short factors
-        freqs = next((f for n in _ROPE_FACTORS if (f := _weight(c, n, il)) is not None), None)
-        src = [c.pos, *([freqs] if freqs else [])]
-        q = g.new(q.name, "ROPE", "F32", q.ne, q, *src)
-        k = g.new(k.name, "ROPE", "F32", k.ne, k, *src)
-    if d.q_scale:
-        q = g.op(q.name, "SCALE", q)
+    q, k, v = qk_prep(c, g, *_qkv(c, g, x, il, reshape=d.qk_norm != "full"), il, d)
     cur = _attn_kv(c, g, q, k, v, il, inp, iswa, d)
-    return _proj(c, g, f"attn_out-{il}", p + "attn_output", cur, il)
+    return _proj(c, g, f"attn_out-{il}", f"blk.{il}.attn_output", cur, il)
 
 
 def _attn_kv(c: _Ctx, g: _Graph, q: _T, k: _T, v: _T, il: int, inp: _AttnInp, iswa: bool, d: Dense) -> _T:
@@ -131,7 +146,7 @@ def _attn_kv(c: _Ctx, g: _Graph, q: _T, k: _T, v: _T, il: int, inp: _AttnInp, is
     hp, sp = c.hp, c.sp
     T, ns = c.n_tokens, sp.n_streams
     nh, nkv, hv = hp.n_head[il], hp.n_head_kv[il], hp.head_v
-    fa, n_kv = sp.flash_attn, inp.n_kv
+    fa = sp.flash_attn
     v_gqa = max(hp.n_head_kv) * hv
 
     def v_rows(v: _T) -> _T:
@@ -148,14 +163,7 @@ def _attn_kv(c: _Ctx, g: _Graph, q: _T, k: _T, v: _T, il: int, inp: _AttnInp, is
         out = g.new(f"node_fa-{il}", "FLASH_ATTN_EXT", "F32", (hv, nh, T // ns, ns), qv, kp, vp, inp.mask)
         cur = g.reshape(out, hv * nh, T)
     else:
-        kq = g.new(f"kq-{il}", "MUL_MAT", "F32", (n_kv, T // ns, nh, ns), kp, qv)
-        if d.attn_softcap:
-            kq = g.op(f"kq_scaled_1-{il}", "SCALE", kq)
-            kq = g.op(f"kq_tanh-{il}", "UNARY", kq)
-            kq = g.op(f"kq_scaled_2-{il}", "SCALE", kq)
-        kq = g.op(f"kq_soft_max-{il}", "SOFT_MAX", kq, inp.mask)
-        kqv = g.new(f"kqv-{il}", "MUL_MAT", "F32", (hv, T // ns, nh, ns), vp, kq)
-        cur = kqv_on_host(c, g.new(f"kqv_out-{il}", "CONT", "F32", (hv * nh, T), g.permute(kqv, 0, 2, 1, 3)))
+        cur = attn_no_flash(c, g, qv, kp, vp, inp.mask, il, softcap=d.attn_softcap)
     # build_attn_mha expands the attention's output (llama-graph.cpp:2827); the V rotation and the output
     # projection join the graph where their consumer is expanded: after the FFN in a parallel block
     g.expand(cur)

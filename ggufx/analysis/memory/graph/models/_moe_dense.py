@@ -12,18 +12,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from ggufx.analysis.memory.graph.ggml import _T, _Graph
-from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _inp_embd, _proj, _weight
+from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _inp_embd, _proj
 from ggufx.analysis.memory.graph.models import deepseek2, qwen3next
 from ggufx.analysis.memory.graph.models._dense import (
-    _ROPE_FACTORS,
     Dense,
     _attention,
     _attn_kv,
     _n,
     _qkv,
     output,
+    rope_factors,
+    rope_qk,
     tied_head,
 )
+from ggufx.analysis.memory.graph.models._moe_check import expert_counts, expert_groups, needs_ends
 from ggufx.analysis.memory.graph.models.deepseek2 import SIGMOID, SOFTMAX, SOFTMAX_WEIGHT, MoeParams, Routed
 from ggufx.model import GGUFModel
 
@@ -65,11 +67,7 @@ def _attention_after_rope_norms(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnIn
     Q head, the attention and the output projection."""
     p = f"blk.{il}."
     q, k, v = _qkv(c, g, x, il, reshape=True)
-    assert c.pos is not None
-    freqs = next((f for n in _ROPE_FACTORS if (f := _weight(c, n, il)) is not None), None)
-    src = [c.pos, *([freqs] if freqs else [])]
-    q = g.new(q.name, "ROPE", "F32", q.ne, q, *src)
-    k = g.new(k.name, "ROPE", "F32", k.ne, k, *src)
+    q, k = rope_qk(g, q, k, c.pos, rope_factors(c, il))
     k = _n(c, g, k, p + "attn_k_norm.weight", il, d)
     q = _n(c, g, q, p + "attn_q_norm.weight", il, d)
     cur = _attn_kv(c, g, q, k, v, il, inp, False, d)
@@ -112,20 +110,11 @@ def unbuildable(model: GGUFModel, needed: Callable[[int], tuple[list[str], list[
     """Why this MoE file's graph cannot be built (None when it can): the expert counts and groups, and per
     layer the weights ``needed(il)`` names (``(weights, three-dimensional experts)`` by role, without the
     ``blk.N.`` prefix); the attention's Q/K/V as one ``attn_qkv`` or three projections."""
-    md = model.metadata
     arch = model.architecture or ""
-    n_exp = md.get_int(f"{arch}.expert_count") or 0
-    n_used = md.get_int(f"{arch}.expert_used_count") or 0
-    if not 0 < n_used <= n_exp <= 1024:  # llama-model.cpp: LLAMA_MAX_EXPERTS
-        return "the graph needs 0 < expert_used_count <= expert_count <= 1024"
-    n_groups = md.get_int(f"{arch}.expert_group_count") or 0
-    if n_groups > 1 and (n_exp % n_groups or not 0 < (md.get_int(f"{arch}.expert_group_used_count") or 0) < n_groups):
-        return "the graph needs expert_count a multiple of expert_group_count > expert_group_used_count > 0"
     dims = {t.name: len(t.shape) for t in model.tensors}
-    for name in ("token_embd.weight", "output_norm.weight"):
-        if name not in dims:
-            return f"the graph needs tensor {name}, which the file lacks"
-    n_layer = md.get_int(f"{arch}.block_count") or 0
+    if why := expert_counts(model) or expert_groups(model) or needs_ends(dims):
+        return why
+    n_layer = model.metadata.get_int(f"{arch}.block_count") or 0
     for il in range(min(n_layer, 513)):
         p = f"blk.{il}."
         if p + "ffn_gate_up_exps.weight" in dims:

@@ -17,7 +17,15 @@ from dataclasses import dataclass, replace
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph, _strides
 from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _inp_embd, _proj, _rot, _w, _weight
-from ggufx.analysis.memory.graph.models._dense import _ROPE_FACTORS, Dense, _attn_kv, _ffn, _n, _qkv, tied_head
+from ggufx.analysis.memory.graph.models._dense import (
+    Dense,
+    _attn_kv,
+    _ffn,
+    _n,
+    _qkv,
+    qk_prep,
+    tied_head,
+)
 from ggufx.model import GGUFModel
 
 GLU = "glu"  # ffn_gate and ffn_up in parallel, SwiGLU (GEGLU with Dense.gelu): _dense's FFN
@@ -57,23 +65,8 @@ def attention(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp, d: Dense) -> _T
     ``build_attn_mha`` expands the attention's output *before* the Hadamard rotation of a quantized V
     cache (llama-graph.cpp:2827 then :3003), so the rotation and the output projection are reached only
     from the residual that reads them (after a parallel FFN)."""
-    hp, T = c.hp, c.n_tokens
-    nh, nkv, hd, hv = hp.n_head[il], hp.n_head_kv[il], hp.head_k, hp.head_v
     p = f"blk.{il}."
-    q, k, v = _qkv(c, g, x, il, reshape=d.qk_norm != "full")
-    if d.qk_norm:
-        q = _n(c, g, q, p + "attn_q_norm.weight", il, d)
-        k = _n(c, g, k, p + "attn_k_norm.weight", il, d)
-    if d.qk_norm == "full":
-        q, k, v = g.reshape(q, hd, nh, T), g.reshape(k, hd, nkv, T), g.reshape(v, hv, nkv, T)
-    if d.rope is None or d.rope(c, il):
-        assert c.pos is not None
-        freqs = next((f for n in _ROPE_FACTORS if (f := _weight(c, n, il)) is not None), None)
-        src = [c.pos, *([freqs] if freqs else [])]
-        q = g.new(q.name, "ROPE", "F32", q.ne, q, *src)
-        k = g.new(k.name, "ROPE", "F32", k.ne, k, *src)
-    if d.q_scale:
-        q = g.op(q.name, "SCALE", q)
+    q, k, v = qk_prep(c, g, *_qkv(c, g, x, il, reshape=d.qk_norm != "full"), il, d)
     v = rot(g, v, inp.v_rot)  # what _attn_kv does first, here, so that it returns the unrotated output
     cur = _attn_kv(c, g, q, k, v, il, replace(inp, v_rot=None), False, d)
     g.expand(cur)
@@ -243,26 +236,9 @@ def attention_classic(
     first where they are views of the fused projection (:func:`rot`: the unroped Q and K, the V of a fused
     projection); ``iswa``: the model has a sliding-window cache (``build_attn``'s iSWA overload expands Q,
     K, V in that order)."""
-    hp, T = c.hp, c.n_tokens
-    nh, nkv, hd, hv = hp.n_head[il], hp.n_head_kv[il], hp.head_k, hp.head_v
     p = f"blk.{il}."
-    if clamp:
-        q, k, v = qkv_clamped(c, g, x, il)
-    else:
-        q, k, v = _qkv(c, g, x, il, reshape=d.qk_norm != "full")
-    if d.qk_norm:
-        q = _n(c, g, q, p + "attn_q_norm.weight", il, d)
-        k = _n(c, g, k, p + "attn_k_norm.weight", il, d)
-    if d.qk_norm == "full":
-        q, k, v = g.reshape(q, hd, nh, T), g.reshape(k, hd, nkv, T), g.reshape(v, hv, nkv, T)
-    if d.rope is None or d.rope(c, il):
-        assert c.pos is not None
-        freqs = next((f for n in _ROPE_FACTORS if (f := _weight(c, n, il)) is not None), None)
-        src = [c.pos, *([freqs] if freqs else [])]
-        q = g.new(q.name, "ROPE", "F32", q.ne, q, *src)
-        k = g.new(k.name, "ROPE", "F32", k.ne, k, *src)
-    if d.q_scale:
-        q = g.op(q.name, "SCALE", q)
+    qkv = qkv_clamped(c, g, x, il) if clamp else _qkv(c, g, x, il, reshape=d.qk_norm != "full")
+    q, k, v = qk_prep(c, g, *qkv, il, d)
     q, k = rot(g, q, inp.k_rot), rot(g, k, inp.k_rot)
     v = rot(g, v, inp.v_rot)
     cur = _attn_kv(c, g, q, k, v, il, replace(inp, k_rot=None, v_rot=None), iswa, d)

@@ -18,7 +18,7 @@ from typing import cast
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph, _type
 from ggufx.analysis.memory.graph.llm import _Ctx, _inp_embd, _norm, _w, _weight, model_of
-from ggufx.analysis.memory.graph.models import deepseek2, qwen3next
+from ggufx.analysis.memory.graph.models import _moe_check, deepseek2, qwen3next
 from ggufx.analysis.memory.graph.models._dense import tied_head
 from ggufx.analysis.memory.graph.models.deepseek2 import cache_k, cache_write, mha
 from ggufx.analysis.memory.graph.models.kimi_linear import _causal_conv, _Kda, _kda_dims, kda_header
@@ -83,9 +83,7 @@ def _kda(c: _Ctx, g: _Graph, x: _T, il: int, s_copy: _T, d: _Kda) -> _T:
     out = g.view(gdn, (S, H, nst, ns), (4, 4 * S, 4 * S * H))
     new_state = g.view(gdn, (d.n_embd_s, ns), (4, 4 * d.n_embd_s))
     dst = g.view(cache_s, (d.n_embd_s, ns), cache_s.nb[:2])
-    cpy = g.view(dst, dst.ne, dst.nb, "CPY")
-    cpy.src = [new_state, dst]
-    g.expand(cpy)
+    g.cpy(new_state, dst)
     out = g.new(f"attn_output-{il}", "CONT", "F32", out.ne, out)
     out_gate = g.mul_mat(f"kda_g_a-{il}", _w(c, p + "ssm_g_a.weight", il), x)
     normed = _norm(c, g, g.reshape(out, S, H, T), p + "ssm_norm.weight", il)
@@ -229,9 +227,8 @@ def unbuildable(model: GGUFModel) -> str | None:
     }
     kda |= {"ssm_f_a.weight": (E, d_inner), "ssm_beta.weight": (E, n_head), "ssm_g_a.weight": (E, d_inner)}
     kda |= {"ssm_dt.bias": (d_inner,), "ssm_norm.weight": (head,), "attn_output.weight": (d_inner, E)}
-    for name in ("token_embd.weight", "output_norm.weight"):
-        if name not in tensors:
-            return f"the graph needs tensor {name}, which the file lacks"
+    if why := _moe_check.needs_ends(tensors):
+        return why
     for il in range(min(n_main, 513)):
         p = f"blk.{il}."
         need = ["attn_norm.weight", "ffn_norm.weight"]

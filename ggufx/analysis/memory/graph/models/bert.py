@@ -22,7 +22,7 @@ from ggufx.analysis.memory.graph.llm import (
     _proj,
     _w,
     _weight,
-    kqv_on_host,
+    attn_no_flash,
     model_of,
     moe_weighted_sum,
     with_pooling,
@@ -41,7 +41,7 @@ def attn_no_cache(c: _Ctx, g: _Graph, q: _T, k: _T, v: _T, il: int, mask: _T) ->
     tensor), without it the scores, their softmax, V made contiguous transposed, the product, the heads made
     contiguous."""
     hp, T = c.hp, c.n_tokens
-    nh, nkv, hv = hp.n_head[il], hp.n_head_kv[il], hp.head_v
+    nh, hv = hp.n_head[il], hp.head_v
     for t in (q, k, v):
         g.expand(t)
     qp, kp, vp = g.permute(q, 0, 2, 1, 3), g.permute(k, 0, 2, 1, 3), g.permute(v, 0, 2, 1, 3)
@@ -53,11 +53,7 @@ def attn_no_cache(c: _Ctx, g: _Graph, q: _T, k: _T, v: _T, il: int, mask: _T) ->
         out = g.new(f"fattn-{il}", "FLASH_ATTN_EXT", "F32", (hv, nh, T, 1), qp, k16, v16, mask)
         cur = g.reshape(out, hv * nh, T)
     else:
-        kq = g.new(f"kq-{il}", "MUL_MAT", "F32", (T, T, nh, 1), kp, qp)
-        kq = g.op(f"kq_soft_max-{il}", "SOFT_MAX", kq, mask)
-        vt = g.new(f"v_cont-{il}", "CONT", "F32", (T, hv, nkv, 1), g.permute(vp, 1, 0, 2, 3))
-        kqv = g.new(f"kqv-{il}", "MUL_MAT", "F32", (hv, T, nh, 1), vt, kq)
-        cur = kqv_on_host(c, g.new(f"kqv_out-{il}", "CONT", "F32", (hv * nh, T), g.permute(kqv, 0, 2, 1, 3)))
+        cur = attn_no_flash(c, g, qp, kp, vp, mask, il, v_cont=True)
     g.expand(cur)
     return cur
 

@@ -25,6 +25,7 @@ from ggufx.analysis.memory.graph.llm import (
     moe_weights_norm,
     topk_fusion,
 )
+from ggufx.analysis.memory.graph.models import _moe_check
 from ggufx.analysis.memory.graph.models._dense import output, tied_head
 from ggufx.model import GGUFModel
 
@@ -377,17 +378,11 @@ def unbuildable(model: GGUFModel) -> str | None:
     n_layer = md.get_int(f"{arch}.block_count") or 0
     n_main = n_layer - (md.get_int(f"{arch}.nextn_predict_layers") or 0)
     n_lead = md.get_int(f"{arch}.leading_dense_block_count") or 0
-    n_exp = md.get_int(f"{arch}.expert_count") or 0
-    n_used = md.get_int(f"{arch}.expert_used_count") or 0
-    if n_lead < n_main and not 0 < n_used <= n_exp <= 1024:
-        return "the graph needs 0 < expert_used_count <= expert_count <= 1024"
-    n_groups = md.get_int(f"{arch}.expert_group_count") or 0
-    if n_groups > 1 and (n_exp % n_groups or not 0 < (md.get_int(f"{arch}.expert_group_used_count") or 0) < n_groups):
-        return "the graph needs expert_count a multiple of expert_group_count > expert_group_used_count > 0"
+    if n_lead < n_main and (why := _moe_check.expert_counts(model)):
+        return why
     dims = {t.name: len(t.shape) for t in model.tensors}
-    for name in ("token_embd.weight", "output_norm.weight"):
-        if name not in dims:
-            return f"the graph needs tensor {name}, which the file lacks"
+    if why := _moe_check.expert_groups(model) or _moe_check.needs_ends(dims):
+        return why
     for il in range(min(n_main, 513)):
         p = f"blk.{il}."
         if p + "ffn_gate_up_exps.weight" in dims:

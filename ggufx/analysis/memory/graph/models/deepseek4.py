@@ -177,7 +177,7 @@ class _Inp:
 def _cpy_k(g: _Graph, cache: _T, cur: _T, width: int, rows: int, idxs: _T, ns: int) -> _T:
     """``llama_kv_cache::cpy_k`` (llama-kv-cache.cpp:1348-1381): ``rows`` new keys, the streams merged into one
     2D view of the cache when several, their SET_ROWS."""
-    src = g.view(cur, (width, rows), (cur.nb[0], cur.nb[2]))
+    src = g.rows(cur, width, rows)
     return _set_rows(g, g.reshape(cache, width, cache.ne[1]) if ns > 1 else cache, src, idxs)
 
 
@@ -522,7 +522,7 @@ def _hc_head(c: _Ctx, g: _Graph, d: _Dims, x: _T) -> _T:
     pre = g.op("hc_head_pre", "SCALE", g.op("hc_head_sigmoid", "UNARY", pre))
     out: _T | None = None
     for _ in range(hc):
-        xh = g.view(x, (E, nt), (x.nb[0], x.nb[2]))
+        xh = g.rows(x, E, nt)
         wh = g.view(pre, (1, nt), (pre.nb[0], pre.nb[1]))
         cur = g.op("hc_head_mul", "MUL", xh, wh)
         out = cur if out is None else g.op("hc_head", "ADD", out, cur)

@@ -9,9 +9,18 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ggufx.analysis.memory.graph.ggml import _T, _Graph
-from ggufx.analysis.memory.graph.llm import _AttnInp, _Ctx, _inp_embd, _proj, _rot, _w, _weight
+from ggufx.analysis.memory.graph.llm import _AttnInp, _Ctx, _inp_embd, _proj, _rot, _w
 from ggufx.analysis.memory.graph.models import _moe_dense, dots1
-from ggufx.analysis.memory.graph.models._dense import _ROPE_FACTORS, Dense, _attn_kv, _n, _qkv, decoder, output
+from ggufx.analysis.memory.graph.models._dense import (
+    Dense,
+    _attn_kv,
+    _n,
+    _qkv,
+    decoder,
+    output,
+    rope_factors,
+    rope_qk,
+)
 from ggufx.analysis.memory.graph.models._moe_dense import EXPERTS, GATINGS, ROUTER, SHARED
 from ggufx.analysis.memory.graph.models._plain import rot
 from ggufx.model import GGUFModel
@@ -32,11 +41,7 @@ def swa_attention(
         q = _n(c, g, q, p + "attn_q_norm.weight", il, _D)
         k = _n(c, g, k, p + "attn_k_norm.weight", il, _D)
     if rope:
-        assert c.pos is not None
-        freqs = next((f for n in _ROPE_FACTORS if (f := _weight(c, n, il)) is not None), None)
-        src = [c.pos, *([freqs] if freqs else [])]
-        q = g.new(q.name, "ROPE", "F32", q.ne, q, *src)
-        k = g.new(k.name, "ROPE", "F32", k.ne, k, *src)
+        q, k = rope_qk(g, q, k, c.pos, rope_factors(c, il))
     v = rot(g, v, inp.v_rot)  # a V view of a fused QKV made contiguous for a rotated cache
     cur = _attn_kv(c, g, q, k, v, il, replace(inp, v_rot=None), True, _D)
     g.expand(cur)  # build_attn_mha expands the attention's output before the rotation and projection

@@ -29,7 +29,7 @@ from ggufx.analysis.memory.graph.llm import (
     _proj,
     _rot,
     _w,
-    kqv_on_host,
+    attn_no_flash,
     v_cache_view,
 )
 from ggufx.analysis.memory.graph.models._dense import Dense, _attn_kv, tied_head
@@ -129,10 +129,7 @@ def _attn_shared(c: _Ctx, g: _Graph, q: _T, il: int, src_il: int, inp: _AttnInp)
         out = g.new(f"node_fa-{il}", "FLASH_ATTN_EXT", "F32", (hv, nh, T // ns, ns), qv, kp, vp, inp.mask)
         cur = g.reshape(out, hv * nh, T)
     else:
-        kq = g.new(f"kq-{il}", "MUL_MAT", "F32", (n_kv, T // ns, nh, ns), kp, qv)
-        kq = g.op(f"kq_soft_max-{il}", "SOFT_MAX", kq, inp.mask)
-        kqv = g.new(f"kqv-{il}", "MUL_MAT", "F32", (hv, T // ns, nh, ns), vp, kq)
-        cur = kqv_on_host(c, g.new(f"kqv_out-{il}", "CONT", "F32", (hv * nh, T), g.permute(kqv, 0, 2, 1, 3)))
+        cur = attn_no_flash(c, g, qv, kp, vp, inp.mask, il)
     return _rot(g, cur, inp.v_rot) if inp.v_rot is not None else cur
 
 

@@ -34,7 +34,7 @@ from ggufx.analysis.memory.graph.llm import (
     _rot,
     _w,
     _weight,
-    kqv_on_host,
+    attn_no_flash,
     merged_streams,
     model_of,
     moe_select,
@@ -143,10 +143,7 @@ def _mha(c: _Ctx, g: _Graph, q: _T, il: int, src_il: int, inp: _AttnInp) -> _T:
         es = cache_v.nb[0]
         vview = g.view(cache_v, (n_kv, nkv, hv, ns), (es, es * n_kv * hv, es * n_kv, es * n_kv * v_gqa))
         vp = g.permute(vview, 0, 2, 1, 3)
-        kq = g.new(f"kq-{il}", "MUL_MAT", "F32", (n_kv, T // ns, nh, ns), kp, qv)
-        kq = g.op(f"kq_soft_max-{il}", "SOFT_MAX", kq, inp.mask)
-        kqv = g.new(f"kqv-{il}", "MUL_MAT", "F32", (hv, T // ns, nh, ns), vp, kq)
-        cur = kqv_on_host(c, g.new(f"kqv_out-{il}", "CONT", "F32", (hv * nh, T), g.permute(kqv, 0, 2, 1, 3)))
+        cur = attn_no_flash(c, g, qv, kp, vp, inp.mask, il)
     return cur
 
 
@@ -162,9 +159,9 @@ def _store(c: _Ctx, g: _Graph, k: _T, v: _T, il: int, inp: _AttnInp) -> None:
     buft = c.cache_buft[il]
     cache_k = g.leaf(f"cache_k_l{il}", sp.type_k, (hd * nkv, n_kv * ns), buft=buft)
     cache_v = g.leaf(f"cache_v_l{il}", sp.type_v, ((hv * nkv) if fa else v_gqa, n_kv * ns), buft=buft)
-    g.expand(set_rows(g, merged_streams(g, cache_k, ns), g.view(k, (hd * nkv, T), (k.nb[0], k.nb[2])), inp.k_idxs))
+    g.expand(set_rows(g, merged_streams(g, cache_k, ns), g.rows(k, hd * nkv, T), inp.k_idxs))
     if fa:
-        set_v = set_rows(g, merged_streams(g, cache_v, ns), g.view(v, (hv * nkv, T), (v.nb[0], v.nb[2])), inp.v_idxs)
+        set_v = set_rows(g, merged_streams(g, cache_v, ns), g.rows(v, hv * nkv, T), inp.v_idxs)
     else:
         v2 = g.reshape(v, hv * nkv, T)
         if hv * nkv < v_gqa:  # [TAG_V_CACHE_VARIABLE]

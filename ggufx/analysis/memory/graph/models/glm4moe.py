@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ggufx.analysis.memory.graph.ggml import _T, _Graph
 from ggufx.analysis.memory.graph.llm import _attn_inp, _attn_kv, _AttnInp, _Ctx, _inp_embd, _norm, _proj, _w, _weight
+from ggufx.analysis.memory.graph.models import _moe_check
 from ggufx.analysis.memory.graph.models._dense import output, tied_head
 from ggufx.analysis.memory.graph.models.deepseek2 import SIGMOID, ffn, moe_ffn, moe_params
 from ggufx.model import GGUFModel
@@ -78,17 +79,10 @@ def unbuildable(model: GGUFModel) -> str | None:
     n_layer = md.get_int(f"{arch}.block_count") or 0
     n_main = n_layer - (md.get_int(f"{arch}.nextn_predict_layers") or 0)
     n_lead = md.get_int(f"{arch}.leading_dense_block_count") or 0
-    n_exp = md.get_int(f"{arch}.expert_count") or 0
-    n_used = md.get_int(f"{arch}.expert_used_count") or 0
-    if not 0 < n_used <= n_exp <= 1024:  # glm4-moe.cpp:52-53 asserts both
-        return "the graph needs 0 < expert_used_count <= expert_count <= 1024"
-    n_groups = md.get_int(f"{arch}.expert_group_count") or 0
-    if n_groups > 1 and (n_exp % n_groups or not 0 < (md.get_int(f"{arch}.expert_group_used_count") or 0) < n_groups):
-        return "the graph needs expert_count a multiple of expert_group_count > expert_group_used_count > 0"
     dims = {t.name: len(t.shape) for t in model.tensors}
-    for name in ("token_embd.weight", "output_norm.weight"):
-        if name not in dims:
-            return f"the graph needs tensor {name}, which the file lacks"
+    # glm4-moe.cpp:52-53 asserts the counts
+    if why := _moe_check.expert_counts(model) or _moe_check.expert_groups(model) or _moe_check.needs_ends(dims):
+        return why
     for il in range(min(n_main, 513)):
         p = f"blk.{il}."
         if p + "attn_qkv.weight" in dims:

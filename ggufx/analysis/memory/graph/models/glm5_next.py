@@ -98,7 +98,7 @@ def hc_pre(c: _Ctx, g: _Graph, x: _T, part: str, il: int, fused: Fused = ALL_FUS
         return g.new(f"hc_{part}_pre-{il}", "DSV4_HC_PRE", "F32", (E, nt), x, pre), post, comb
     out: _T | None = None
     for _ in range(hc):  # glm5-next.cpp:405-412
-        xh = g.view(x, (E, nt), (x.nb[0], x.nb[2]))
+        xh = g.rows(x, E, nt)
         cur = g.op(f"hc_{part}_pre-{il}", "MUL", xh, g.view(pre, (1, nt), pre.nb[:2]))
         out = cur if out is None else g.op(f"hc_{part}_pre-{il}", "ADD", out, cur)
     assert out is not None
@@ -140,8 +140,8 @@ def hc_post(g: _Graph, x: _T, residual: _T, post: _T, comb: _T, name: str, fused
     for _ in range(hc):
         cur = g.op(name, "MUL", x, g.view(post, (1, nt), post.nb[:2]))
         for _ in range(hc):
-            res = g.view(residual, (E, nt), (residual.nb[0], residual.nb[2]))
-            cur = g.op(name, "ADD", cur, g.op(name, "MUL", res, g.view(comb, (1, nt), (comb.nb[0], comb.nb[2]))))
+            res = g.rows(residual, E, nt)
+            cur = g.op(name, "ADD", cur, g.op(name, "MUL", res, g.rows(comb, 1, nt)))
         cur = g.reshape(cur, E, 1, nt)
         out = cur if out is None else g.new(name, "CONCAT", "F32", (E, out.ne[1] + 1, nt), out, cur)
     assert out is not None
@@ -371,7 +371,7 @@ def _kpool_select(c: _Ctx, g: _Graph, cur: _T, qr: _T, kq_mask: _T, il: int, kp:
     sel_i.src.append(sel_i)
     scattered = g.view(mask_all, mask_all.ne, mask_all.nb, "SET_ROWS")
     scattered.src = [zeros, g.reshape(sel_i, n_sel, T, 1), mask_all]
-    first = g.view(scattered, (n_kv, T), (scattered.nb[0], scattered.nb[2]))
+    first = g.rows(scattered, n_kv, T)
     return g.op(f"indexer_sel-{il}", "ADD", first, g.reshape(kq_mask, n_kv, T))
 
 
@@ -486,9 +486,9 @@ def _build(c: _Ctx, g: _Graph, fused: Fused) -> _T:
     g.at(GLOBAL)
     flat = g.new("hc_rows", "GET_ROWS", "F32", (E * hc, n_out), g.reshape(res, E * hc, T), out_ids)
     res = g.reshape(flat, E, hc, n_out)
-    acc = g.view(res, (E, n_out), (4, res.nb[2]))
+    acc = g.rows(res, E, n_out)
     for _ in range(1, hc):
-        acc = g.op("hc_mean", "ADD", acc, g.view(res, (E, n_out), (4, res.nb[2])))
+        acc = g.op("hc_mean", "ADD", acc, g.rows(res, E, n_out))
     cur = g.op("hc_head", "SCALE", acc)
     cur = g.op("norm", "RMS_NORM", cur)
     cur = g.op("result_norm", "MUL", cur, _w(c, "output_norm.weight", hp.n_layer))

@@ -22,7 +22,7 @@ from ggufx.analysis.memory.graph.llm import (
     _weight,
     model_of,
 )
-from ggufx.analysis.memory.graph.models._dense import tied_head
+from ggufx.analysis.memory.graph.models._dense import rope_qk, tied_head
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.model import GGUFModel
 
@@ -109,11 +109,7 @@ def _attention(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp, rope: bool) ->
     k = g.reshape(_proj(c, g, f"Kcur-{il}", p + "attn_k", x, il), hd, nkv, T)
     v = g.reshape(_proj(c, g, f"Vcur-{il}", p + "attn_v", x, il), hv, nkv, T)
     if rope:
-        assert c.pos is not None
-        freqs = _weight(c, "rope_freqs.weight", il)
-        src = [c.pos, *([freqs] if freqs is not None else [])]
-        q = g.new(q.name, "ROPE", "F32", q.ne, q, *src)
-        k = g.new(k.name, "ROPE", "F32", k.ne, k, *src)
+        q, k = rope_qk(g, q, k, c.pos, _weight(c, "rope_freqs.weight", il))
     cur = _attn_kv(c, g, q, k, v, il, inp, False)
     return _proj(c, g, f"attn_out-{il}", p + "attn_output", cur, il)
 

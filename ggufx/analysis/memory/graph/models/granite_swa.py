@@ -19,11 +19,10 @@ from ggufx.analysis.memory.graph.llm import (
     _proj,
     _rot,
     _w,
-    _weight,
     model_of,
 )
 from ggufx.analysis.memory.graph.models import gpt_oss, granite
-from ggufx.analysis.memory.graph.models._dense import _ROPE_FACTORS, Dense, _attn_kv, _qkv
+from ggufx.analysis.memory.graph.models._dense import Dense, _attn_kv, _qkv, rope_factors, rope_qk
 from ggufx.analysis.memory.graph.models._plain import rot
 from ggufx.format.values import GGUFArray
 from ggufx.model import GGUFModel
@@ -45,11 +44,7 @@ def _attention(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp, rope: bool) ->
     p = f"blk.{il}."
     q, k, v = _qkv(c, g, x, il, reshape=True)
     if rope:
-        assert c.pos is not None
-        freqs = next((f for n in _ROPE_FACTORS if (f := _weight(c, n, il)) is not None), None)
-        src = [c.pos, *([freqs] if freqs else [])]
-        q = g.new(q.name, "ROPE", "F32", q.ne, q, *src)
-        k = g.new(k.name, "ROPE", "F32", k.ne, k, *src)
+        q, k = rope_qk(g, q, k, c.pos, rope_factors(c, il))
     # the Hadamard rotations of a quantized cache, Q/K/V made contiguous first where they are views
     q, k, v = rot(g, q, inp.k_rot), rot(g, k, inp.k_rot), rot(g, v, inp.v_rot)
     cur = _attn_kv(c, g, q, k, v, il, replace(inp, k_rot=None, v_rot=None), True, _D)

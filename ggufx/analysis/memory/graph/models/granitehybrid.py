@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
 from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _inp_embd, _norm, _proj, _w, _weight
-from ggufx.analysis.memory.graph.models._dense import tied_head
+from ggufx.analysis.memory.graph.models._dense import rope_qk, tied_head
 from ggufx.analysis.memory.graph.models.moe import moe_ffn, shared_fuses
 from ggufx.analysis.memory.graph.models.qwen3next import attn_core, file_value, n_expert_used
 from ggufx.analysis.memory.graph.models.ssm import mamba2_layer, rs_inp
@@ -42,12 +42,7 @@ def _attention(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp, rope: bool) ->
         k = g.reshape(_proj(c, g, f"Kcur-{il}", p + "attn_k", x, il), hd, nkv, T)
         v = g.reshape(_proj(c, g, f"Vcur-{il}", p + "attn_v", x, il), hv, nkv, T)
     if rope:
-        pos = c.pos
-        assert pos is not None
-        freqs = _weight(c, "rope_freqs.weight", il)
-        src = [pos, *([freqs] if freqs else [])]
-        q = g.new(q.name, "ROPE", "F32", q.ne, q, *src)
-        k = g.new(k.name, "ROPE", "F32", k.ne, k, *src)
+        q, k = rope_qk(g, q, k, c.pos, _weight(c, "rope_freqs.weight", il))
     cur = attn_core(c, g, q, k, v, il, inp)
     return _proj(c, g, f"attn_out-{il}", p + "attn_output", cur, il)
 

@@ -51,7 +51,7 @@ def _reduce(g: _Graph, x: _T, w: _T, hc: int) -> _T:
     xf = _cast(g, x)
     out: _T | None = None
     for _ in range(hc):
-        xh = g.view(xf, (E, nt), (4, xf.nb[2]))
+        xh = g.rows(xf, E, nt)
         wh = g.view(w, (1, nt), (4, w.nb[1]))
         cur = g.op("hc_reduce_mul", "MUL", xh, wh)
         out = cur if out is None else g.op("hc_reduce_add", "ADD", out, cur)
@@ -92,7 +92,7 @@ def _hc_post(g: _Graph, x: _T, residual: _T, post: _T) -> _T:
     xf, pf, rf = _cast(g, x), _cast(g, post), _cast(g, residual)
     out: _T | None = None
     for _ in range(hc):
-        res_i = g.view(rf, (E, nt), (4, rf.nb[2]))
+        res_i = g.rows(rf, E, nt)
         post_i = g.view(pf, (1, nt), (4, pf.nb[1]))
         cur = g.op("hc_post_add", "ADD", res_i, g.op("hc_post_mul", "MUL", xf, post_i))
         cur = g.reshape(cur, E, 1, nt)

@@ -121,9 +121,7 @@ def kda(c: _Ctx, g: _Graph, x: _T, il: int, s_copy: _T, d: _Kda) -> _T:
     out = g.view(gdn, (S, H, nst, ns), (4, 4 * S, 4 * S * H))
     new_state = g.view(gdn, (d.n_embd_s, ns), (4, 4 * d.n_embd_s))
     dst = g.view(cache_s, (d.n_embd_s, ns), cache_s.nb[:2])
-    cpy = g.view(dst, dst.ne, dst.nb, "CPY")
-    cpy.src = [new_state, dst]
-    g.expand(cpy)
+    g.cpy(new_state, dst)
     out = g.new(f"kda_scan_out-{il}", "CONT", "F32", out.ne, out)
     if _weight(c, p + "ssm_g_a.weight", il) is not None:  # glm5-next: the low-rank output gate g_b(g_a(x))
         g_a = g.mul_mat(f"g_a-{il}", _w(c, p + "ssm_g_a.weight", il), x)

@@ -73,9 +73,7 @@ def _causal_conv(c: _Ctx, g: _Graph, x: _T, qkv: int, il: int, d: _Kda, conv_sta
     conv_x = g.new(f"conv_x-{il}", "CONCAT", "F32", (dc + nst, d.d_inner, ns), state, g.permute(x3, 1, 0, 2, 3))
     last = g.view(conv_x, (dc, d.d_inner, ns), conv_x.nb[:3])
     dst = g.view(cache_r, (dc, d.d_inner, ns), (4, 4 * dc, 4 * d.n_embd_r))
-    cpy = g.view(dst, dst.ne, dst.nb, "CPY")
-    cpy.src = [last, dst]
-    g.expand(cpy)
+    g.cpy(last, dst)
     weight = g.reshape(_w(c, f"blk.{il}.ssm_conv1d_{name}.weight", il), d.d_conv, d.d_inner)
     out = g.new(f"conv-{il}", "SSM_CONV", "F32", (d.d_inner, nst, ns), conv_x, weight)
     out = g.op(f"conv_silu-{il}", "UNARY", g.reshape(out, d.d_inner, T))
@@ -115,9 +113,7 @@ def _kda(c: _Ctx, g: _Graph, x: _T, il: int, s_copy: _T, d: _Kda) -> _T:
     out = g.new(f"attn_output-{il}", "CONT", "F32", out.ne, out)
     new_state = g.view(gdn, (S, S, H, ns), (4, 4 * S, 4 * S * S))
     dst = g.view(cache_s, (d.n_embd_s * ns,), None)
-    cpy = g.view(dst, dst.ne, dst.nb, "CPY")
-    cpy.src = [new_state, dst]
-    g.expand(cpy)
+    g.cpy(new_state, dst)
     cur = g.reshape(cur, E, T)
     g_a = g.mul_mat(f"g_a-{il}", _w(c, p + "ssm_g_a.weight", il), cur)
     g2 = g.reshape(g.mul_mat(f"g2-{il}", _w(c, p + "ssm_g_b.weight", il), g_a), S, H, T)

@@ -20,7 +20,17 @@ from ggufx.analysis.memory.graph.llm import (
     moe_swiglu_experts,
     moe_weighted_sum,
 )
-from ggufx.analysis.memory.graph.models._dense import _ROPE_FACTORS, Dense, _attn_kv, _ffn, _n, _qkv, output, tied_head
+from ggufx.analysis.memory.graph.models._dense import (
+    Dense,
+    _attn_kv,
+    _ffn,
+    _n,
+    _qkv,
+    output,
+    rope_factors,
+    rope_qk,
+    tied_head,
+)
 from ggufx.model import GGUFModel
 
 SPEC = Dense()
@@ -78,11 +88,7 @@ def build(c: _Ctx, g: _Graph) -> _T:
         q, k, v = _qkv(c, g, cur, il, reshape=True)
         use_rope = step > 0 and (il + 1) % step != 0
         if use_rope:
-            assert c.pos is not None
-            freqs = next((f for n in _ROPE_FACTORS if (f := _weight(c, n, il)) is not None), None)
-            src = [c.pos, *([freqs] if freqs else [])]
-            q = g.new(q.name, "ROPE", "F32", q.ne, q, *src)
-            k = g.new(k.name, "ROPE", "F32", k.ne, k, *src)
+            q, k = rope_qk(g, q, k, c.pos, rope_factors(c, il))
             if kq_norm:
                 q, k = g.op(q.name, "RMS_NORM", q), g.op(k.name, "RMS_NORM", k)
         else:

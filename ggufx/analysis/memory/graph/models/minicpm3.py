@@ -9,9 +9,16 @@ repeated over the heads and concatenated to K. The embeddings scaled by 12, each
 from __future__ import annotations
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
-from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _inp_embd, _proj, _w, _weight
+from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _inp_embd, _proj, _w
 from ggufx.analysis.memory.graph.models import _plain
-from ggufx.analysis.memory.graph.models._dense import _ROPE_FACTORS, Dense, _attn_kv, _ffn, _n, tied_head
+from ggufx.analysis.memory.graph.models._dense import (
+    Dense,
+    _attn_kv,
+    _ffn,
+    _n,
+    rope_factors,
+    tied_head,
+)
 from ggufx.analysis.memory.graph.models.qwen3next import file_value
 from ggufx.model import GGUFModel
 
@@ -31,8 +38,7 @@ def _attention(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp) -> _T:
     q = g.mul_mat(f"q-{il}", _w(c, p + "attn_q_a.weight", il), x)
     q = _n(c, g, q, p + "attn_q_a_norm.weight", il, _D)
     q = g.reshape(g.mul_mat(f"q-{il}", _w(c, p + "attn_q_b.weight", il), q), hd, nh, T)
-    freqs = next((f for n in _ROPE_FACTORS if (f := _weight(c, n, il)) is not None), None)
-    q, k, v = expanded_kv(c, g, x, q, il, freqs)
+    q, k, v = expanded_kv(c, g, x, q, il, rope_factors(c, il))
     cur = _attn_kv(c, g, q, k, v, il, inp, False, _D)
     return _proj(c, g, f"attn_out-{il}", p + "attn_output", cur, il)
 

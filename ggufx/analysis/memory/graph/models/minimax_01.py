@@ -100,9 +100,7 @@ def _lightning(c: _Ctx, g: _Graph, x: _T, il: int, s_copy: _T, decays: tuple[_T,
     kd = g.new(f"k_after_decay_trans-{il}", "CONT", "F32", kd.ne, kd)
     kv_new = g.op(f"kv_new-{il}", "ADD", kv_old_s, g.mul_mat(f"kv_cur-{il}", kd, v_trans))
     dst = g.view(cache_s, (n_embd_s * ns,), None)
-    cpy = g.view(dst, dst.ne, dst.nb, "CPY")
-    cpy.src = [kv_new, dst]
-    g.expand(cpy)
+    g.cpy(kv_new, dst)
     perm = g.permute(out, 0, 2, 1, 3)
     out = g.new(f"qkv_permuted-{il}", "CONT", "F32", perm.ne, perm)
     out = g.reshape(out, hd * H, nst, 1, ns)

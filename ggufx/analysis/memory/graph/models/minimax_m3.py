@@ -118,7 +118,7 @@ def _batch(c: _Ctx, g: _Graph, il: int, inp: _Inp, m: Msa, q: _T, iq: _T, ik_kv:
     outs = []
     for _ in range(ns):  # the stream's views: their offsets do not change what is allocated
         iq_s = g.view(iq, (m.key, hd, tps), (iq.nb[0], iq.nb[1], iq.nb[2]))
-        ik_s = g.view(ik_kv, (m.key, n_kv), (ik_kv.nb[0], ik_kv.nb[2]))
+        ik_s = g.rows(ik_kv, m.key, n_kv)
         psl_s = g.view(inp.pos_slot_i, (m.n_ps,))
         pm = inp.pos_mask
         pm_s = g.view(pm, (m.n_ps, 1, tps), (pm.nb[0], pm.nb[1], pm.nb[1]))

@@ -45,9 +45,7 @@ def _mamba(c: _Ctx, g: _Graph, cur: _T, il: int, rs: RsInp) -> _T:
     conv_x = g.new(f"conv_x-{il}", "CONCAT", "F32", (d_conv - 1 + nst, d_inner, ns), conv, g.permute(x, 1, 0, 2, 3))
     last = g.view(conv_x, (d_conv - 1, d_inner, ns), conv_x.nb[:3])
     dst = g.view(cache_r, ((d_conv - 1) * d_inner * ns,), None)
-    cpy = g.view(dst, dst.ne, dst.nb, "CPY")
-    cpy.src = [last, dst]
-    g.expand(cpy)
+    g.cpy(last, dst)
     x = g.new(f"mamba_conv1d-{il}", "SSM_CONV", "F32", (d_inner, nst, ns), conv_x, conv_w)
     x = g.op(f"mamba_conv1d_silu-{il}", "UNARY", x)
     bcdt = g.mul_mat(f"mamba_bcdt_proj-{il}", x_w, x)
@@ -74,9 +72,7 @@ def _mamba(c: _Ctx, g: _Graph, cur: _T, il: int, rs: RsInp) -> _T:
     g.expand(scan)
     extra = g.view(every, (size, rs.s_copy.ne[0] - ns), every.nb[:2])
     dst = g.view(cache_s, extra.ne, cache_s.nb[:2])
-    cpy = g.view(dst, dst.ne, dst.nb, "CPY")
-    cpy.src = [extra, dst]
-    g.expand(cpy)
+    g.cpy(extra, dst)
     dst = g.view(cache_s, (d_state * d_inner * ns,), None)
     cpy = g.view(dst, dst.ne, dst.nb, "CPY")
     cpy.src = [g.view(scan, (d_state * d_inner * ns,), None), dst]

@@ -65,18 +65,14 @@ def _rs(c: _Ctx, g: _Graph, cache: _T, s_copy: _T, size: int) -> _T:
     g.expand(out)
     extra = g.view(every, (size, s_copy.ne[0] - n_seqs), every.nb[:2])
     dst = g.view(cache, extra.ne, cache.nb[:2])
-    cpy = g.view(dst, dst.ne, dst.nb, "CPY")
-    cpy.src = [extra, dst]
-    g.expand(cpy)
+    g.cpy(extra, dst)
     return out
 
 
 def _copy_into(g: _Graph, src: _T, cache: _T, rows: int) -> None:
     """``ggml_cpy`` of ``src`` into the first ``rows`` rows of a recurrent cache, expanded."""
     dst = g.view(cache, (cache.ne[0], rows), cache.nb[:2])
-    cpy = g.view(dst, dst.ne, dst.nb, "CPY")
-    cpy.src = [src, dst]
-    g.expand(cpy)
+    g.cpy(src, dst)
 
 
 def _gated_delta_net(c: _Ctx, g: _Graph, x: _T, il: int, s_copy: _T, d: _Gdn, cont_tail: bool = False) -> _T:
@@ -138,9 +134,7 @@ def _gated_delta_net(c: _Ctx, g: _Graph, x: _T, il: int, s_copy: _T, d: _Gdn, co
         size, written = S * S * H, min(nst, k)
         src = g.view(gdn, (size, ns, written), (4, 4 * size, 4 * size * ns))
         dst = g.view(cache_s, (size, ns, written), (4, cache_s.nb[1], cache_s.nb[1] * ns))
-        cpy = g.view(dst, dst.ne, dst.nb, "CPY")
-        cpy.src = [src, dst]
-        g.expand(cpy)
+        g.cpy(src, dst)
     o = g.view(gdn, (S, H, nst, ns), (4, 4 * S, 4 * S * H))
     o = _norm(c, g, o, p + "ssm_norm.weight", il)  # build_norm_gated (qwen35.cpp:257-266)
     o = g.op(f"attn_gated-{il}", "MUL", o, g.op(f"z_silu-{il}", "UNARY", g.reshape(z, S, H, nst, ns)))

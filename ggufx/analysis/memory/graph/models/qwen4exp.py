@@ -174,7 +174,7 @@ def _qsa_sel(c: _Ctx, g: _Graph, cur: _T, il: int, kp: _Kpool, kq_mask: _T) -> _
     rows = g.reshape(rows, d, kpool, n_new)
     pooled_new: _T | None = None
     for _ in range(kpool):
-        piece = g.view(rows, (d, n_new), (rows.nb[0], rows.nb[2]))
+        piece = g.rows(rows, d, n_new)
         if pooled_new is None:
             pooled_new = g.new(f"indexer_pool-{il}", "CONT", "F32", (d, n_new), piece)
         else:

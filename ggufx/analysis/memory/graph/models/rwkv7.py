@@ -37,9 +37,7 @@ def token_shift_store(c: _Ctx, g: _Graph, shift: _T, cache_r: _T) -> None:
     ns = c.sp.n_seq_max
     src = g.view(shift, (shift.ne[0] * shift.ne[1] * ns,), None)
     dst = g.view(cache_r, (c.hp.n_embd_r * ns,), None)
-    cpy = g.view(dst, dst.ne, dst.nb, "CPY")
-    cpy.src = [src, dst]
-    g.expand(cpy)
+    g.cpy(src, dst)
 
 
 def shifted(g: _Graph, shift: _T, cur: _T) -> _T:
@@ -148,9 +146,7 @@ def wkv_output(c: _Ctx, g: _Graph, wkv: _T, cache_s: _T, il: int, group_norm: bo
     out = g.view(wkv, (E * T,), None)
     new_state = g.view(wkv, (E * hs * ns,), None)
     dst = g.view(cache_s, (hp.n_embd_s * ns,), None)
-    cpy = g.view(dst, dst.ne, dst.nb, "CPY")
-    cpy.src = [new_state, dst]
-    g.expand(cpy)
+    g.cpy(new_state, dst)
     if not group_norm:
         return g.reshape(out, E, T)
     out = g.op(f"wkv_norm-{il}", "NORM", g.reshape(out, hs, nh, T))

@@ -10,6 +10,7 @@ from dataclasses import replace
 
 from ggufx.analysis.memory.graph.ggml import _T, _Graph
 from ggufx.analysis.memory.graph.llm import _AttnInp, _Ctx, _inp_embd, _rot, _w
+from ggufx.analysis.memory.graph.models import _moe_check
 from ggufx.analysis.memory.graph.models._dense import Dense, _attn_kv, _ffn, _qkv, decoder, output, tied_head
 from ggufx.analysis.memory.graph.models._plain import rot
 from ggufx.model import GGUFModel
@@ -54,9 +55,8 @@ def unbuildable(model: GGUFModel) -> str | None:
     names = {t.name for t in model.tensors}
     arch = model.architecture or ""
     n_layer = model.metadata.get_int(f"{arch}.block_count") or 0
-    for name in ("token_embd.weight", "output_norm.weight"):
-        if name not in names:
-            return f"the graph needs tensor {name}, which the file lacks"
+    if why := _moe_check.needs_ends(names):
+        return why
     for il in range(min(n_layer, 513)):
         p = f"blk.{il}."
         qkv = ["attn_qkv"] if p + "attn_qkv.weight" in names else ["attn_q", "attn_k", "attn_v"]

@@ -21,12 +21,4 @@ def build(c: _Ctx, g: _Graph) -> _T:
 
 
 def unbuildable(model: GGUFModel) -> str | None:
-    missing = _plain.needs(model, _plain.layer_weights(SPEC), ("output_norm.bias",))
-    if missing:
-        return missing
-    names = {t.name for t in model.tensors}
-    n_layer = model.metadata.get_int("starcoder2.block_count") or 0
-    bias = next(
-        (f"blk.{il}.{r}.bias" for il in range(n_layer) for r in _BIASES if f"blk.{il}.{r}.bias" not in names), None
-    )
-    return f"the graph needs tensor {bias}, which the file lacks" if bias else None
+    return _plain.needs(model, _plain.layer_weights(SPEC), ("output_norm.bias",)) or _plain.needs_biases(model, _BIASES)

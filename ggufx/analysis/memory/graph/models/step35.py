@@ -18,7 +18,7 @@ from typing import Any, cast
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, OUTPUT, _Graph
 from ggufx.analysis.memory.graph.llm import _attn_inp, _AttnInp, _Ctx, _inp_embd, _rot, _w, _weight, model_of
 from ggufx.analysis.memory.graph.models import _moe_dense, deepseek2, qwen3next
-from ggufx.analysis.memory.graph.models._dense import _ROPE_FACTORS, Dense, _attn_kv, _ffn, _n, _qkv
+from ggufx.analysis.memory.graph.models._dense import Dense, _attn_kv, _ffn, _n, _qkv, rope_factors, rope_qk
 from ggufx.analysis.memory.graph.models._moe_dense import EXPERTS, GATINGS, ROUTER, SHARED, shared
 from ggufx.analysis.memory.graph.models._plain import rot
 from ggufx.analysis.memory.graph.models.deepseek2 import SIGMOID
@@ -38,11 +38,7 @@ def _attention(c: _Ctx, g: _Graph, x: _T, il: int, inp: _AttnInp) -> _T:
         q = _n(c, g, q, p + "attn_q_norm.weight", il, _D)
     if _weight(c, p + "attn_k_norm.weight", il) is not None:
         k = _n(c, g, k, p + "attn_k_norm.weight", il, _D)
-    assert c.pos is not None
-    freqs = None if c.swa[il] else next((f for n in _ROPE_FACTORS if (f := _weight(c, n, il)) is not None), None)
-    src = [c.pos, *([freqs] if freqs else [])]
-    q = g.new(q.name, "ROPE", "F32", q.ne, q, *src)
-    k = g.new(k.name, "ROPE", "F32", k.ne, k, *src)
+    q, k = rope_qk(g, q, k, c.pos, None if c.swa[il] else rope_factors(c, il))
     v = rot(g, v, inp.v_rot)  # a V view of the fused QKV made contiguous for a rotated cache
     cur = _attn_kv(c, g, q, k, v, il, replace(inp, v_rot=None), True, _D)
     g.expand(cur)  # build_attn_mha expands the attention's output before the rotation

@@ -44,7 +44,7 @@ from ggufx.analysis.memory.graph.llm import (
     _rot,
     _w,
     _weight,
-    kqv_on_host,
+    attn_no_flash,
     kv_cache_views,
     model_of,
 )
@@ -100,14 +100,8 @@ def _attn_self(c: _Ctx, g: _Graph, q: _T, k: _T, v: _T, kq_b: _T, il: int, inp: 
     then ``build_attn_mha``'s path without flash attention (a ``kq_b`` turns it off, :2716): the scores over the
     cache, plus the bias, the softmax, V (transposed back into a contiguous copy where the cache was made for flash
     attention), the product, the heads made contiguous."""
-    hp, T, ns = c.hp, c.n_tokens, c.sp.n_streams
-    nh, hv, n_kv = hp.n_head[il], hp.head_v, inp.n_kv
     qv, kp, vp = kv_cache_views(c, g, q, k, v, il, inp, False, False)
-    kq = g.new(f"kq-{il}", "MUL_MAT", "F32", (n_kv, T // ns, nh, ns), kp, qv)
-    kq = g.op(f"kq_plus_kq_b-{il}", "ADD", kq, kq_b)
-    kq = g.op(f"kq_soft_max-{il}", "SOFT_MAX", kq, inp.mask)
-    kqv = g.new(f"kqv-{il}", "MUL_MAT", "F32", (hv, T // ns, nh, ns), vp, kq)
-    cur = kqv_on_host(c, g.new(f"kqv_out-{il}", "CONT", "F32", (hv * nh, T), g.permute(kqv, 0, 2, 1, 3)))
+    cur = attn_no_flash(c, g, qv, kp, vp, inp.mask, il, kq_b=kq_b)
     g.expand(cur)
     return _rot(g, cur, inp.v_rot) if inp.v_rot is not None else cur
 
@@ -119,8 +113,7 @@ def _attn_mha(c: _Ctx, g: _Graph, q: _T, k: _T, v: _T, kq_b: _T | None, mask: _T
     each), else the scores (plus the bias), the softmax, V made contiguous transposed, the product, the heads made
     contiguous."""
     hp, T = c.hp, c.n_tokens
-    nh, nkv, hv = hp.n_head[il], hp.n_head_kv[il], hp.head_v
-    n_kv = k.ne[2]
+    nh, hv = hp.n_head[il], hp.head_v
     for t in (q, k, v):
         g.expand(t)
     qp, kp, vp = g.permute(q, 0, 2, 1, 3), g.permute(k, 0, 2, 1, 3), g.permute(v, 0, 2, 1, 3)
@@ -132,13 +125,7 @@ def _attn_mha(c: _Ctx, g: _Graph, q: _T, k: _T, v: _T, kq_b: _T | None, mask: _T
         out = g.new(f"node_fa-{il}", "FLASH_ATTN_EXT", "F32", (hv, nh, T, 1), qp, k16, v16, mask)
         cur = g.reshape(out, hv * nh, T)
     else:
-        kq = g.new(f"kq-{il}", "MUL_MAT", "F32", (n_kv, T, nh, 1), kp, qp)
-        if kq_b is not None:
-            kq = g.op(f"kq_plus_kq_b-{il}", "ADD", kq, kq_b)
-        kq = g.op(f"kq_soft_max-{il}", "SOFT_MAX", kq, mask)
-        vt = g.new(f"v_cont-{il}", "CONT", "F32", (n_kv, hv, nkv, 1), g.permute(vp, 1, 0, 2, 3))
-        kqv = g.new(f"kqv-{il}", "MUL_MAT", "F32", (hv, T, nh, 1), vt, kq)
-        cur = kqv_on_host(c, g.new(f"kqv_out-{il}", "CONT", "F32", (hv * nh, T), g.permute(kqv, 0, 2, 1, 3)))
+        cur = attn_no_flash(c, g, qp, kp, vp, mask, il, kq_b=kq_b, v_cont=True)
     g.expand(cur)
     return cur
 
