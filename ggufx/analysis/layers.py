@@ -127,6 +127,8 @@ def recurrent_layers(model: GGUFModel, n: int, roles_by_layer: dict[int, set[str
     if explicit is not None:
         return [bool(x) for x in explicit]
     interval = md.get_int(f"{arch}.full_attention_interval")
+    if interval is None and rule == "array_or_interval":  # the loader's default (minimax-01.cpp:13-14)
+        interval = a.recurrent.interval if a and a.recurrent else 0
     if interval:
         return [i < n_main and (i + 1) % interval != 0 for i in range(n)]
     return [bool(roles_by_layer.get(i, set()) & RECURRENT_ROLES) for i in range(n)]

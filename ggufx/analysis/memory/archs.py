@@ -80,10 +80,13 @@ class Recurrent:
     qwen35), ``"no_kv_heads"`` (a 0 in the ``head_count_kv`` array: granitehybrid, lfm2, jamba),
     ``"no_kv_heads_no_ffn"`` (nemotron_h: also ``feed_forward_length`` 0; a layer with neither is
     an MLP layer), ``"every_layer"`` (falcon-h1: every layer has attention *and* a Mamba-2 state,
-    llama-model.cpp:2695-2697)."""
+    llama-model.cpp:2695-2697). ``interval``: for ``"array_or_interval"``, the ``full_attention_interval``
+    the loader takes where the file has neither key (4 in qwen3next/qwen35/qwen4exp.cpp, 8 in minimax-01.cpp,
+    whose conversion does not write the key)."""
 
     flavour: str  # "Mamba", "Mamba-2", "Gated DeltaNet", "RWKV", "short conv"
     rule: str
+    interval: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +132,7 @@ class Arch:
         return self.graph or self.source.removesuffix(".cpp").replace("-", "_")
 
 
-_GDN = Recurrent("Gated DeltaNet", "array_or_interval")
+_GDN = Recurrent("Gated DeltaNet", "array_or_interval", 4)
 _SSM = ("ssm.conv_kernel", "ssm.inner_size", "ssm.state_size", "ssm.time_step_rank", "ssm.group_count")
 
 # the keys of the loaders two entries share (deepseek2.cpp: deepseek2 and mistral4; nemotron-h.cpp: nemotron_h and
@@ -683,7 +686,7 @@ _ENTRIES = (
         "minimax-01.cpp",
         ("attention.recurrent_layers", "full_attention_interval", "residual_scale"),
         builder="minimax_01",
-        recurrent=Recurrent("linear attention", "array_or_interval"),
+        recurrent=Recurrent("linear attention", "array_or_interval", 8),
         moe=True,
     ),
     Arch(

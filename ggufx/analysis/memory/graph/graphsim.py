@@ -513,6 +513,13 @@ WARM = (2, 3, 6)  # the warm-up blocks tried before the whole graph
 TRIES = ((2, False), (3, False), (6, False))
 
 
+# the architectures whose last prompt reservation has one sequence (llama-context.cpp:713-725,
+# TAG_RESERVE_DIAG_DECAY: their decay input grows with the square of the tokens per sequence, so a full
+# micro-batch of one sequence takes more than one of every sequence); its graph is built as that of a context of
+# one sequence and one stream (exact on minimax-text-01-456b's -fa off -np 3 run)
+ONE_SEQUENCE_RESERVE = frozenset({"minimax-01", "kimi-linear"})
+
+
 def simulate(
     model: GGUFModel,
     devices: list[Device],
@@ -543,34 +550,37 @@ def simulate(
     ld = _loaded(model, devices, offload, placement)
     out = []
     last = _LAST_WARM.setdefault(model, {})
-    for n_tokens, n_outputs in ((sp.n_ubatch, sp.n_outputs), (sp.n_seq_max, sp.n_seq_max)):
+    reserves = [(sp, sp.n_ubatch, sp.n_outputs), (sp, sp.n_seq_max, sp.n_seq_max)]
+    if model.architecture in ONE_SEQUENCE_RESERVE and sp.n_seq_max > 1:
+        reserves.append((replace(sp, n_seq_max=1, n_streams=1), sp.n_ubatch, sp.n_outputs))
+    for rsp, n_tokens, n_outputs in reserves:
         sizes = None
         # the warm-up that served this model's last reservation of this kind, with layers of the same
         # signatures, first (--fit's dry runs of one model differ in placement: which layers hold
         # their experts on the host, say; the allocator settles as slowly on such layers in each);
         # where none did, one try before the whole graph. Every answer is checked, so the order
         # changes the time only.
-        prompt = n_tokens > sp.n_seq_max
+        prompt = n_tokens > rsp.n_seq_max
         if not whole:
-            kinds = _kinds(model, ld, sp, n_tokens, n_outputs)
+            kinds = _kinds(model, ld, rsp, n_tokens, n_outputs)
             prev = last.get((prompt, kinds), TRIES[0])
             probe = ld.probe
-            if prev == (2, True) and probe is not None and probe[0] == sp and n_tokens == n_outputs == sp.n_seq_max:
+            if prev == (2, True) and probe is not None and probe[0] == rsp and n_tokens == n_outputs == rsp.n_seq_max:
                 prev = TRIES[0]  # the probe's graph (three blocks, or two) split and reserved, not built again
             tries = TRIES[:1] if prev is None else (prev, *(w for w in TRIES if w != prev))
             used: tuple[int, bool] | None = None
             failed: set[_Plan] = set()
             for warm, exact in tries:
                 settled: list[bool] = []
-                sizes = _one(model, ld, sp, n_tokens, n_outputs, warm, failed, exact, settled)
+                sizes = _one(model, ld, rsp, n_tokens, n_outputs, warm, failed, exact, settled)
                 if sizes is not None:
                     used = (2, True) if settled[0] else (warm, exact)
                     break
             last[(prompt, kinds)] = used
-        out.append(sizes or _one(model, ld, sp, n_tokens, n_outputs, None))
-    pp, tg = out
-    assert pp is not None and tg is not None
-    result = {b: max(pp.get(b, 0), tg.get(b, 0)) for b in pp}
+        out.append(sizes or _one(model, ld, rsp, n_tokens, n_outputs, None))
+    sized = [o for o in out if o is not None]
+    assert len(sized) == len(reserves)
+    result = {b: max(o.get(b, 0) for o in sized) for b in sized[0]}  # the buffers only grow
     return dict(_store(_RESULTS, model, key, result, 256))
 
 
