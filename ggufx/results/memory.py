@@ -568,18 +568,17 @@ def memory_breakdown(
     offload = offload or OffloadParams()
     devices = list(gpus) if gpus is not None else [Device(GPU, 0)]
     context, b, mtp_extra = _main_and_mtp(model, devices, offload, context, mtp, tool)
-    extra = companion_buffers(
+    extra = _companions(
         model,
         devices,
+        offload,
         context,
+        b,
+        projector or ProjectorOptions(),
         mmproj,
         draft,
         draft_offload,
         draft_context,
-        b.notes,
-        projector or ProjectorOptions(),
-        b.n_ctx,
-        offload,
     )
     extra += mtp_extra
     e = summarize_breakdown(model, b, context)
@@ -593,6 +592,24 @@ def memory_breakdown(
         + (draft_context_warnings(draft, draft_context or context, b.n_ctx) if draft is not None else []),
     }
     return cast(MemoryResult, res)
+
+
+def _companions(
+    model: GGUFModel,
+    devices: Sequence[Device],
+    offload: OffloadParams,
+    context: ContextParams,
+    b: Breakdown,
+    projector: ProjectorOptions,
+    mmproj: GGUFModel | None,
+    draft: GGUFModel | None,
+    draft_offload: OffloadParams | None,
+    draft_context: ContextParams | None,
+) -> list[Buffer]:
+    """The projector's and the draft model's buffers beside the main context ``b`` (its notes take theirs)."""
+    return companion_buffers(
+        model, devices, context, mmproj, draft, draft_offload, draft_context, b.notes, projector, b.n_ctx, offload
+    )
 
 
 def _main_and_mtp(
@@ -774,18 +791,8 @@ def memory_check(
     context = context or ContextParams()
     offload = offload or OffloadParams()
     context, b, mtp_bufs = _main_and_mtp(model, list(gpus), offload, context, mtp, tool)
-    companions = companion_buffers(
-        model,
-        gpus,
-        context,
-        mmproj,
-        draft,
-        draft_offload,
-        draft_context,
-        b.notes,
-        projector or ProjectorOptions(),
-        b.n_ctx,
-        offload,
+    companions = _companions(
+        model, gpus, offload, context, b, projector or ProjectorOptions(), mmproj, draft, draft_offload, draft_context
     )
     main_bufs = b.buffers
     if mtp_bufs:  # the NextN weights are in the model buffers llama.cpp prints

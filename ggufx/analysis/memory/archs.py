@@ -137,8 +137,7 @@ _SSM = ("ssm.conv_kernel", "ssm.inner_size", "ssm.state_size", "ssm.time_step_ra
 
 # the keys of the loaders two entries share (deepseek2.cpp: deepseek2 and mistral4; nemotron-h.cpp: nemotron_h and
 # nemotron_h_moe)
-_DEEPSEEK2_KEYS = (
-    "vocab_size",
+_MLA_MOE_KEYS = (  # MLA's ranks and head sizes, the experts' (deepseek2.cpp, and the DSA loaders after it)
     "leading_dense_block_count",
     "attention.q_lora_rank",
     "attention.kv_lora_rank",
@@ -149,6 +148,10 @@ _DEEPSEEK2_KEYS = (
     "expert_weights_scale",
     "expert_weights_norm",
     "expert_gating_func",
+)
+_DEEPSEEK2_KEYS = (
+    "vocab_size",
+    *_MLA_MOE_KEYS,
     "rope.scaling.yarn_log_multiplier",
     "attention.temperature_scale",
     "attention.temperature_length",
@@ -156,16 +159,7 @@ _DEEPSEEK2_KEYS = (
 _NEMOTRON_H_KEYS = (*_SSM, "expert_feed_forward_length", "expert_shared_feed_forward_length", "expert_shared_count")
 
 _DSA_KEYS = (
-    "leading_dense_block_count",
-    "attention.q_lora_rank",
-    "attention.kv_lora_rank",
-    "attention.key_length_mla",
-    "attention.value_length_mla",
-    "expert_feed_forward_length",
-    "expert_shared_count",
-    "expert_weights_scale",
-    "expert_weights_norm",
-    "expert_gating_func",
+    *_MLA_MOE_KEYS,
     "rope.dimension_sections",
     "attention.indexer.head_count",
     "attention.indexer.key_length",
