@@ -141,3 +141,18 @@ def test_no_layer_on_a_gpu_keeps_the_fused_ops(hole_models: dict[str, Path]) -> 
     assert all(hc_mismatch(c, ALL_FUSED, op) is None for _, op in glm5_next._PROBES)
     assert fused_hc(c) == ALL_FUSED
     assert b.table()["CUDA0"]["compute"] > 0
+
+
+# session 11's GLM-5.3-Flash runs (published dimensions), trimmed with the fused ops llama.cpp turned off kept
+GLM53 = sorted(rid for rid in RUNS if rid.startswith("g-glm5.3-flash-"))
+
+
+@pytest.mark.parametrize("rid", GLM53)
+def test_the_fused_ops_of_the_published_model_are_llama_cpps(rid: str, hole_models: dict[str, Path]) -> None:
+    """At -ngl 4 llama.cpp turns the fused post off (layer 5, the last on the host, has its post on CUDA0), and
+    keeps all three fused on every other run; ggufx resolves each the same way."""
+    text = (LOGS / f"{rid}.log").read_text()
+    off = {op for op in ("pre", "comb", "post") if f"fused DeepSeek V4 HC {op} not supported, set to disabled" in text}
+    assert (off == {"post"}) == (rid == "g-glm5.3-flash-ngl4-c32768"), off
+    fused = fused_hc(_ctx(rid, hole_models))
+    assert {op for op in ("pre", "comb", "post") if not getattr(fused, op)} == off
