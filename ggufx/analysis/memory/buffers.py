@@ -44,6 +44,7 @@ from ggufx.analysis.memory.placement import (
     CPU_REPACK,
     META,
     MIRRORED,
+    PLACED_MOST,
     Device,
     OffloadParams,
     Placement,
@@ -252,8 +253,26 @@ _LAZY = {"gemma4": ("per_layer_token_embd.weight",)}
 LAZY_MIN = 4 << 30
 
 
+# per model (held weakly), the model buffers of each placement (:func:`placement.place` gives one object per
+# question, which nobody changes; kept with it, so that an id is never taken for another's): --fit's dry runs
+# come back to the same placements (DeepSeek-V4-Flash's fit: 42 breakdowns, 9 placements)
+_WEIGHTS: weakref.WeakKeyDictionary[GGUFModel, dict[int, tuple[Placement, tuple[Buffer, ...]]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def weight_buffers(model: GGUFModel, pl: Placement) -> list[Buffer]:
     """The model buffers of a placement: one per buffer type (``CPU_Mapped`` one per shard)."""
+    done = _WEIGHTS.setdefault(model, {})
+    entry = done.get(id(pl))
+    if entry is None or entry[0] is not pl:
+        if len(done) >= PLACED_MOST:
+            del done[next(iter(done))]
+        entry = done[id(pl)] = (pl, tuple(_weight_buffers(model, pl)))
+    return list(entry[1])
+
+
+def _weight_buffers(model: GGUFModel, pl: Placement) -> list[Buffer]:
     sizes: dict[str, int] = {}
     spans: dict[int, tuple[int, int]] = {}
     meta: dict[str, int] = {}

@@ -363,13 +363,18 @@ class _Blocks:
         self.leafs: list[_T] = []  # the leafs of the last block kept before resume (allocated up front)
         # per block (0: the last kept before resume, 1..out: those left out), its tensors' offsets by
         # (position in the block, seq)
-        self.where: dict[int, dict[tuple[int, object], int]] = {}
+        self.where: dict[int, dict[int, int]] = {}
+        self.ids: dict[tuple[int, object], int] = {}  # each place in a block (position, seq) as a number
 
-    def _key(self, t: _T) -> tuple[int, tuple[int, object]]:
+    def _key(self, t: _T) -> tuple[int, int]:
         """The block of a tensor of the run (0: the last kept before resume, -1 the one before...) and its
-        place in it."""
+        place in it (as a number: :attr:`ids`)."""
         b, d = divmod(t.pos - self.one, self.period)
-        return b, (d, t.seq)
+        place = (d, t.seq)
+        i = self.ids.get(place)
+        if i is None:
+            i = self.ids[place] = len(self.ids)
+        return b, i
 
     def leaf_slot(self, todo: list[_T]) -> int | None:
         """Where, among the leafs ggml-alloc allocates up front, those of the blocks left out come: after
@@ -404,9 +409,9 @@ class _Blocks:
             if start <= t.pos < resume:
                 b, key = self._key(t)
                 places.setdefault(b, {})[key] = where[t][1]
-        # the block's events as (what, block, place, owner's block, owner's place, allocator, size or owner's
-        # size, size), sizes aligned as the allocator aligns them: block -1 the block before...
-        ops: list[tuple[int, int, tuple[int, object], int, tuple[int, object], DynAllocator, int, int]] = []
+        # the block's events as (what, block, place, owner's block, owner's place, free blocks, allocator, size or
+        # owner's size, size), sizes aligned as the allocator aligns them: block -1 the block before...
+        ops: list[tuple[int, int, int, int, int, list[list[int]], DynAllocator, int, int]] = []
         for ev in self.log:
             kind, made = ev[0], ev[1]
             assert isinstance(made, _T)
@@ -416,27 +421,27 @@ class _Blocks:
             if kind == "a":  # ("a", tensor, buft, size)
                 assert isinstance(ev[3], int)
                 a = allocs[str(ev[2])]
-                ops.append((0, b, key, 0, key, a, a.align(ev[3]), 0))
+                ops.append((0, b, key, 0, key, a.blocks, a, a.align(ev[3]), 0))
             elif kind == "i":  # ("i", tensor, owner, buft, owner's size, size): both aligned already
                 owner = ev[2]
                 assert isinstance(owner, _T) and isinstance(ev[4], int) and isinstance(ev[5], int)
                 if not start <= owner.pos < resume:
                     return False
                 ob, okey = self._key(owner)
-                ops.append((1, b, key, ob, okey, allocs[str(ev[3])], ev[4], ev[5]))
+                a = allocs[str(ev[3])]
+                ops.append((1, b, key, ob, okey, a.blocks, a, ev[4], ev[5]))
             else:  # ("f", tensor, buft, size)
                 assert isinstance(ev[3], int)
                 a = allocs[str(ev[2])]
-                ops.append((2, b, key, 0, key, a, a.align(ev[3]), 0))
+                ops.append((2, b, key, 0, key, a.blocks, a, a.align(ev[3]), 0))
         lowest = min((min(op[1], op[3]) for op in ops), default=0)
         for k in range(lowest + 1, self.out + 1):
             places.setdefault(k, {})
-        # DynAllocator.alloc written out (the replay's loop is most of its calls in a --fit of
-        # DeepSeek-V4-Flash): the same best fit on the same blocks
+        # DynAllocator.alloc and .free written out (the replay's loop is most of their calls in a --fit of
+        # DeepSeek-V4-Flash): the same best fit and the same merges on the same blocks, the sizes aligned already
         for k in range(1, self.out + 1):
-            for kind, b, key, ob, okey, a, size, ns in ops:
+            for kind, b, key, ob, okey, blocks, a, size, ns in ops:
                 if kind == 0:
-                    blocks = a.blocks
                     best = blocks[-1]
                     best_size = 1 << 63
                     for free_block in blocks[:-1]:
@@ -462,9 +467,30 @@ class _Blocks:
                     if size <= ns:
                         continue
                     off, size = off + ns, size - ns
-                a.free(off, size)
+                # DynAllocator.free
+                end = off + size
+                for i, fb in enumerate(blocks):
+                    b0 = fb[0]
+                    if b0 + fb[1] == off:
+                        fb[1] += size
+                        if i + 1 < len(blocks) and b0 + fb[1] == blocks[i + 1][0]:
+                            fb[1] += blocks[i + 1][1]
+                            del blocks[i + 1]
+                        break
+                    if end == b0:
+                        fb[0] = off
+                        fb[1] += size
+                        if i > 0 and blocks[i - 1][0] + blocks[i - 1][1] == off:
+                            blocks[i - 1][1] += fb[1]
+                            del blocks[i]
+                        break
+                else:
+                    pos = 0
+                    while pos < len(blocks) and blocks[pos][0] < off:
+                        pos += 1
+                    blocks.insert(pos, [off, size])
         # the kept tensors of the run stand for those of the blocks last left out, which must be alive
-        mine: dict[int, dict[tuple[int, object], _T]] = {}
+        mine: dict[int, dict[int, _T]] = {}
         for t in own:
             if start <= t.pos < resume:
                 b, key = self._key(t)
