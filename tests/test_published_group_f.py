@@ -62,3 +62,23 @@ def test_minimax_01_reserves_a_full_micro_batch_of_one_sequence(minimax: Path, m
     assert round(_compute(minimax, args), 4) == 522.0159
     monkeypatch.setattr(graphsim, "ONE_SEQUENCE_RESERVE", frozenset())
     assert round(_compute(minimax, args), 4) == 479.5641
+
+
+@pytest.mark.parametrize(
+    ("rid", "args"),
+    [("qrwkv6-32b-c4096-norepack", "-c 4096"), ("qrwkv6-32b-c4096-faoff-np3-norepack", "-c 4096 -fa off -np 3")],
+)
+def test_qrwkv6_with_no_query_heads_is_built(
+    rid: str, args: str, smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """RWKV6Qwen2's converter writes ``head_count`` 0 ("required by llama.cpp, unused") beside its 8 KV heads: its
+    layers have no attention to lay out, so the graph is built (it was refused as '0 query heads for 8 KV heads'
+    and sized by the generic estimate), and the compute buffer is llama.cpp's to the 4 decimals."""
+    name = "qrwkv6-32b"
+    assert MODELS[name]["kv"]["attention.head_count"] == 0
+    path = tmp_path_factory.mktemp("qrwkv6") / f"{name}.gguf"
+    header(path, MODELS[name], json.loads((CPU_LOGS / "tensors.json").read_text())[name], smollm2_path)
+    assert graphsim.simulated(ggufx.open(path)) is None
+    text = (CPU_LOGS / f"{rid}.log").read_text()
+    logged = float(text.split("CPU compute buffer size is")[1].split("MiB")[0])
+    assert f"{_compute(path, args):.4f}" == f"{logged:.4f}"

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-from ggufx.analysis.layers import swa_layers
+from ggufx.analysis.layers import layer_kinds, swa_layers
 from ggufx.analysis.memory.archs import arch_of
 from ggufx.analysis.memory.graph.galloc import FAILED, PREALLOCATED, _reserve
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, _Graph, _ne, _strides
@@ -114,9 +114,12 @@ def _unsound(model: GGUFModel) -> str | None:
     entry = arch_of(model.architecture)
     hybrid = entry is not None and entry.recurrent is not None
     deci = model.architecture == "deci"  # deci.cpp: "linear attention" (no KV heads) and attention-free layers
+    kinds = layer_kinds(model)
     for il, (nh, nkv) in enumerate(zip(hp.n_head, hp.n_head_kv, strict=False)):
         if (hybrid or deci) and nkv == 0:  # a recurrent layer, or deci's layer without attention
             continue
+        if il < len(kinds) and not kinds[il].is_attention:  # no attention to lay out: RWKV6Qwen2's and ARWKV7's
+            continue  # converters write head_count 0 ("required by llama.cpp, unused") beside GQA's KV heads
         if nkv <= 0 or nh <= 0 or nh % nkv:
             return f"layer {il} has {nh} query heads for {nkv} KV heads, which the graph cannot lay out"
     return None
