@@ -264,7 +264,10 @@ def test_free_seen_is_what_fit_printed(rid: str, hole_models: dict[str, Path]) -
         assert mib <= d.free // MiB <= mib + (len(f.devices) > 1), (d.name, d.free / MiB)
 
 
-@pytest.mark.parametrize("rid", with_known("fit", [r for r in FIT_LOGS if "--fit-print" not in RUNS[r]["args"]]))
+@pytest.mark.parametrize(
+    "rid",
+    with_known("fit", [r for r in FIT_LOGS if "--fit-print" not in RUNS[r]["args"] and RUNS[r]["exit_status"] != 134]),
+)  # exit 134: PLM's aborts (test_memory_logs.py test_a_run_llama_cpp_aborts_is_refused)
 def test_fit_decision_is_llama_cpps(rid: str, hole_models: dict[str, Path]) -> None:
     """ggufx's llama_fit prints llama.cpp's answer: the same -c, -ngl, -ts and -ot (or gives up where
     llama.cpp's fit gave up, for the same reason)."""

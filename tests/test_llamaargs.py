@@ -323,8 +323,9 @@ def test_context_warnings_are_the_ones_every_recorded_llama_cpp_run_printed(hole
             n_ctx = pad(args.context.n_ctx or hparams(ggufx.open(hole_models[args.model])).n_ctx_train)
             draft = ggufx.open(hole_models[args.draft])
             ours += draft_context_warnings(draft, args.draft_context or args.context, n_ctx)
-        if "failed to initialize the context" in log:  # llama-completion warns of the training context only after
-            ours = [w for w in ours if "model was trained on only" not in w]  # the context is made (completion.cpp:167)
+        if "failed to initialize the context" in log or "GGML_ASSERT" in log:  # llama-completion warns of the
+            # training context only after the context is made (completion.cpp:167): not where it is refused or aborts
+            ours = [w for w in ours if "model was trained on only" not in w]
         assert ours == printed, rid
         compared += 1
         warned += bool(printed)
@@ -332,8 +333,9 @@ def test_context_warnings_are_the_ones_every_recorded_llama_cpp_run_printed(hole
     # 51 more (the third) at -c 32768 -np 3 (n_ctx not divisible by n_seq_max); 156 more in the session-8
     # recordings (the builders of sessions 6-8: beyond the training context, -np 3); 65 more in session 9's (the
     # third round's builders, and an EAGLE3 head's own context beyond its 2048 training tokens); 217 more in session
-    # 11's (session 10's published models: -c 32768 -np 3, contexts beyond the shorter training contexts)
-    assert compared > 2200 and warned == 521
+    # 11's (session 10's published models: -c 32768 -np 3, contexts beyond the shorter training contexts); 29 more in
+    # session 12's (session 11's published models, the same options)
+    assert compared > 2200 and warned == 550
 
 
 def test_llama_embeddings_context_warning(smollm2_path: Path) -> None:

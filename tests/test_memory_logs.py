@@ -253,6 +253,40 @@ def test_a_cache_block_that_does_not_divide_a_head_is_refused_like_llama_cpp(
     assert quoted in str(e.value), (quoted, str(e.value))
 
 
+ABORTED = sorted(rid for rid, r in RUNS.items() if r["exit_status"] == 134 and "plm-" in rid)
+
+
+def test_the_runs_llama_cpp_aborts_are_plms_with_flash_attention() -> None:
+    """Every recorded run that ggml aborted while the context reserved its graphs: PLM-1.8B's, each with flash
+    attention on or auto (the one PLM run with -fa off loaded); the other abort recorded (Kimi-Linear -np 3) is
+    in the first decode, after every buffer was allocated."""
+    assert len(ABORTED) == 6
+    for rid in ABORTED:
+        text = (LOGS / f"{rid}.log").read_text()
+        (line,) = [x for x in text.splitlines() if "GGML_ASSERT" in x]
+        want = "ggml_nelements(a) == ne0*ne1" if "-np 3" in RUNS[rid]["args"] else "a->ne[0] == b->ne[0]"
+        assert re.search(rf"/ggml\.c:\d+: GGML_ASSERT\({re.escape(want)}\) failed$", line), line
+        assert "-fa off" not in RUNS[rid]["args"]
+    assert RUNS["g-plm-1.8b-ngl99-c32768-faoff"]["exit_status"] == 0
+
+
+@pytest.mark.parametrize("rid", ABORTED)
+def test_a_run_llama_cpp_aborts_is_refused(rid: str, hole_models: dict[str, Path], cli: CliRun) -> None:
+    """PLM with flash attention on or auto (-fa auto is disabled by the probe, but the V cache was made
+    untransposed for it): ggml asserts in ggml_set_rows while the graph is reserved, and ggufx refuses the run,
+    naming -fa off; `mem --fit` too (llama-fit-params aborted the same way)."""
+    argv = RUNS[rid]["args"].replace("@", "").split()
+    model = str(hole_models[argv[1]])
+    args = [a for a in argv[2:] if a not in ("-p", "hi", "-n", "1", "-no-cnv", "--no-warmup", "-v", "-fit", "off")]
+    if rid.startswith("fit-"):
+        fitt = args.index("-fitt")
+        args[fitt : fitt + 2] = ["--fit", "80GiB", "-fitt", args[fitt + 1]]
+    r = cli("mem", model, *args)
+    assert r.exit_code == 2, r.output
+    assert "llama.cpp aborts this run with -fa" in r.stderr and "run it with -fa off" in r.stderr, r.stderr
+    assert cli("mem", model, *args, "-fa", "off", "-ctk", "f16", "-ctv", "f16").exit_code == 0
+
+
 def test_searches_over_cache_types_leave_out_what_llama_cpp_refuses(cli: CliRun, hole_models: dict[str, Path]) -> None:
     """Phi-2's K heads of 80 (the CUDA run above: llama.cpp makes no context with q8_0): `mem --fit` searches f16
     alone and says why in its notes (text and JSON), `pick` too; `-fa off` accepts a quantized K cache (the check

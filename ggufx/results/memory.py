@@ -1138,13 +1138,14 @@ def report_memory(model: GGUFModel, context_length: Any) -> list[dict[str, Any]]
 
     n_train = context_length if isinstance(context_length, int) and 0 < context_length < 1 << 32 else 0
     ctxs = sorted({c for c in (*REPORT_CONTEXTS, n_train) if c and (not n_train or c <= n_train)})
-    from ggufx.analysis.memory.buffers import ContextParams, refused_cache_types
+    from ggufx.analysis.memory.buffers import ContextParams, flash_attn_default, refused_cache_types
 
     try:
         types = ("f16", "q8_0", "q4_0")
-        refused = refused_cache_types(model, ContextParams(), types)  # llama.cpp makes no context with these
+        fa = flash_attn_default(model)  # off where llama.cpp aborts with it (PLM)
+        refused = refused_cache_types(model, ContextParams(flash_attn=fa), types)  # no context with these
         return [
-            estimate(model, c, cache_type_k=ct, cache_type_v=ct).to_dict()
+            estimate(model, c, cache_type_k=ct, cache_type_v=ct, flash_attn=fa != "off").to_dict()
             for c in ctxs
             for ct in types
             if ct not in refused

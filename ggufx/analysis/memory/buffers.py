@@ -625,6 +625,8 @@ def breakdown(
     grok_fa_off = model.architecture == "grok" and cp.flash_attn != "off"
     if grok_fa_off:
         cp = replace(cp, flash_attn="off")
+    if cp.flash_attn != "off" and (why := FLASH_ATTN_ABORTS.get(model.architecture or "")):
+        raise InputError(f"llama.cpp aborts this run with -fa {cp.flash_attn}: {why}; run it with -fa off", "-fa")
     hp = hparams(model)
     memory = memory_of(hp.arch)
     kinds = layer_kinds(model)
@@ -979,6 +981,20 @@ def compute_buffers(
     return out, rough
 
 
+# the architectures whose graph llama.cpp 11434 aborts while reserving it with flash attention on or auto (both
+# reserve the flash-attention graph first), and why (recorded: the CUDA runs g-plm-1.8b-*, fit-plm-1.8b-*)
+FLASH_ATTN_ABORTS = {
+    "plm": "plm.cpp hands the cache a V shaped as n_tokens heads of one token, and ggml asserts while the graph "
+    "is reserved (ggml_set_rows' GGML_ASSERT(a->ne[0] == b->ne[0]); with several sequences ggml_reshape_2d's)",
+}
+
+
+def flash_attn_default(model: GGUFModel) -> str:
+    """llama.cpp's -fa default (auto), or off where llama.cpp aborts the run with it: what searches and reports
+    that take no -fa from the user assume."""
+    return "off" if model.architecture in FLASH_ATTN_ABORTS else "auto"
+
+
 def cache_block_refusal(hp: Hparams, kinds: list[LayerKind], cp: ContextParams) -> tuple[str, str] | None:
     """llama_init_from_model (llama-context.cpp:3854-3874): where flash attention may run (on or auto), a quantized
     K or V cache type's block must divide every layer's head size (n_embd_head_k(il): a sliding-window layer's is
@@ -1007,8 +1023,9 @@ def refused_cache_types(model: GGUFModel, cp: ContextParams, types: tuple[str, .
     hp, kinds = hparams(model), layer_kinds(model)
     out = {}
     for ct in types:
-        why = cache_block_refusal(hp, kinds, replace(cp, cache_type_k=ct, cache_type_v=ct))
-        if why:
+        if cp.flash_attn == "off" and ggml_type_by_name(ct).is_quantized:
+            out[ct] = f"-ctv {ct}: a quantized V cache needs flash attention (llama.cpp refuses -fa off with it)"
+        elif why := cache_block_refusal(hp, kinds, replace(cp, cache_type_k=ct, cache_type_v=ct)):
             out[ct] = why[1]
     return out
 

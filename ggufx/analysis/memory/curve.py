@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ggufx.analysis.memory.buffers import ContextParams, breakdown, refused_cache_types
+from ggufx.analysis.memory.buffers import ContextParams, breakdown, flash_attn_default, refused_cache_types
 from ggufx.analysis.memory.fit import MARGIN, free_seen, llama_fit
 from ggufx.analysis.memory.hparams import hparams
 from ggufx.analysis.memory.placement import Device, OffloadParams
@@ -81,7 +81,7 @@ def memory_curve(
     offloaded; ``gpus`` default one GPU of unknown size (no budget, no fit point)."""
     hp = hparams(model)
     devices = list(gpus) if gpus else [Device("CUDA0", 0)]
-    cp = context or ContextParams()
+    cp = context or ContextParams(flash_attn=flash_attn_default(model))
     ctxs = contexts or chart_contexts(hp.n_ctx_train)
     curve = MemoryCurve(hp.n_ctx_train, devices, margin, ctxs)
     offload = OffloadParams()

@@ -151,8 +151,11 @@ class _Sched:
                 if sb != -1 and not self.supports_op(t, sb):
                     # no backend runs the op next to its weight: the weight will be copied (:1042-1047)
                     return -1
-                if self.op_offload and sb == self.cpu and self.cpu > 0 and self.offload(t):
-                    return 0
+                if self.op_offload and sb == self.cpu and self.offload(t):
+                    # the first GPU that runs the op (:1110-1117): Mistral 4's F32 expert products run on none
+                    for b in range(self.cpu):
+                        if self.supports_op(t, b):
+                            return b
                 return sb
         return -1
 
