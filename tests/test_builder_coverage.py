@@ -9,21 +9,25 @@
    hyper-parameter it reads) would pass them unseen. A run counts where llama.cpp exited 0 or, on the CPU build,
    printed its compute buffers before an abort over the zero weights (its graph was reserved). The replays are
    shared with those tests (``replay_matrix_run``, ``replay_main``): this module adds little to a full run.
+2. Issue 25's proof per registered architecture (archs.py ARCHS): a CPU-build log, a CUDA log, a model of published
+   dimensions and a recorded fit decision; the architectures missing one are listed with why (KNOWN_GAPS), and the
+   list is held true both ways.
 """
 
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 import ggufx
-from ggufx.analysis.memory.archs import builder_of
+from ggufx.analysis.memory.archs import ARCHS, builder_of
 from ggufx.analysis.memory.buffers import Breakdown, breakdown
 from ggufx.analysis.memory.llamaargs import parse_args
 
 from .graph_arch_logs import CPU_LOGS, CPU_MATRIX, cpu_spec, replay_matrix_run
-from .llamacpp_logs import RUNS, replay_main
+from .llamacpp_logs import LOGS, RUNS, replay_main
 
 # Recorded runs of architectures with a builder that ggufx answers with the estimate, each with why. The test
 # fails when one of them stops falling back (so the list stays true) and on any run not listed.
@@ -130,3 +134,126 @@ def test_no_recorded_run_of_a_builder_falls_back(hole_models: dict[str, Path]) -
             fallbacks[rid] = why
     assert len(runs) >= 2200  # 2,304 when this test was written
     _check(fallbacks, runs)
+
+
+# 2. Issue 25's proof per registered architecture: (a) a log of llama.cpp's CPU build, (b) a CUDA log, (c) a model of
+# published dimensions, (d) a recorded fit decision (llama-fit-params or llama-completion with fit on, exit 0).
+# The architectures missing one, and why: the test fails on an architecture that misses something not listed here,
+# and on one listed that no longer misses it.
+PROOF = ("cpu", "cuda", "published", "fit")
+KNOWN_GAPS: dict[str, dict[str, str]] = {
+    "maincoder": {
+        "published": "no model of published dimensions in the fixtures yet (CHANGELOG: 3 remain)",
+        "fit": "fit runs are swept over published models only (matrix_builders.fit_sweep_models)",
+    },
+    "plamo3": {
+        "published": "no model of published dimensions in the fixtures yet (CHANGELOG: 3 remain)",
+        "fit": "fit runs are swept over published models only (matrix_builders.fit_sweep_models)",
+    },
+    "qwen4exp": {
+        "published": "no model of published dimensions in the fixtures yet (CHANGELOG: 3 remain)",
+        "fit": "fit runs are swept over published models only (matrix_builders.fit_sweep_models)",
+    },
+    "plm": {
+        "fit": "priority 60's llama-fit-params runs of plm-1.8b aborted with flash attention (exit 134, as llama.cpp "
+        "11434 does for plm); priority 61's -fa off runs are not recorded yet",
+    },
+    "gemma4-assistant": {
+        "fit": "Gemma 4's drafter attends its target's cache: it never loads alone, and llama.cpp's fit leaves a "
+        "draft out (its buffers come on top of the target's fit)",
+    },
+    **{
+        head: {
+            "fit": "a draft head runs only beside its target (llama_context: requires ctx_other): llama.cpp's fit "
+            "leaves the draft out; the fit runs with a head are CPU-build ones (llamacpp-logs-cpu/record_fit_drafts.py)",
+        }
+        for head in ("eagle3", "dflash")
+    },
+}
+# models.py's draft heads of published dimensions (its h-drafts section: "the published ones for Llama-3.1-8B and
+# Qwen3-8B targets"), beside the lists the audit reads
+PUBLISHED_HEADS = ("eagle3-llama31-8b", "eagle3-qwen3-8b", "dflash-qwen3-8b")
+
+
+def _log_archs(text: str) -> set[str]:
+    """The architectures llama.cpp loaded in a log (print_info's ``arch`` line: the target's and a draft's)."""
+    return set(re.findall(r"print_info: arch += (\S+)", text))
+
+
+def _models_py() -> tuple[dict, dict]:
+    sys.path.insert(0, str(CPU_LOGS))
+    try:
+        from models import ALIASES, MODELS
+    finally:
+        sys.path.remove(str(CPU_LOGS))
+    return MODELS, ALIASES
+
+
+def _published_models() -> list[str]:
+    """The models of published dimensions: make_headers.py's manifest (its text models), matrix_builders.py's
+    FIT_PUBLISHED (every PUBLISHED* group), models.py's "published dimensions" sections and PUBLISHED_HEADS."""
+    names = [r.split("\t")[0] for r in (LOGS / "headers-manifest.tsv").read_text().splitlines()]
+    names = [n for n in names if not n.startswith("mmproj-")]
+    sys.path.insert(0, str(LOGS))
+    try:
+        from matrix_builders import FIT_PUBLISHED
+    finally:
+        sys.path.remove(str(LOGS))
+    names += FIT_PUBLISHED
+    section = False
+    for line in (CPU_LOGS / "models.py").read_text().splitlines():
+        if line.startswith("# -- "):
+            section = "published dimensions" in line
+        if section and (m := re.match(r'MODELS\["([^"]+)"\] = ', line)):
+            names.append(m.group(1))
+    return [*dict.fromkeys([*names, *PUBLISHED_HEADS])]
+
+
+def _proof(hole_models: dict[str, Path]) -> dict[str, dict[str, str]]:
+    """Per architecture, per kind of proof, one recorded run or model that gives it."""
+    MODELS, ALIASES = _models_py()
+
+    def arch(name: str) -> str | None:
+        if name in hole_models:
+            return ggufx.open(hole_models[name]).architecture
+        spec = MODELS.get(ALIASES.get(name, name))
+        return spec["arch"] if spec else None
+
+    proof: dict[str, dict[str, str]] = {}
+
+    def add(kind: str, archs: set[str | None], what: str) -> None:
+        for a in archs:
+            if a is not None:
+                proof.setdefault(a, {}).setdefault(kind, what)
+
+    for log in sorted(CPU_LOGS.rglob("*.log")):  # every CPU-build recording: matrix, published/, servers, ...
+        text = log.read_text()
+        if _counts(text):
+            add("cpu", _log_archs(text), str(log.relative_to(CPU_LOGS)))
+    for rid, r in sorted(RUNS.items()):
+        if r["exit_status"] != 0:
+            continue
+        names = re.findall(r"(?:^| )-md? @(\S+)", r["args"])
+        if r["tool"] in ("completion", "server", "mtmd"):
+            text = (LOGS / f"{rid}.log").read_text()
+            archs = _log_archs(text) or {arch(n) for n in names}
+            on_gpu = r["gpus"] != "cpu" and "-dev none" not in r["args"]
+            add("cuda" if on_gpu else "cpu", archs, rid)
+        if rid.startswith(("fit-", "fit2g-", "fiton")):
+            add("fit", {arch(names[0])}, rid)
+    for name in _published_models():
+        add("published", {arch(name)}, name)
+    return proof
+
+
+def test_every_architecture_has_issue_25s_proof(hole_models: dict[str, Path]) -> None:
+    proof = _proof(hole_models)
+    gaps = {a: [k for k in PROOF if k not in proof.get(a, {})] for a in sorted(ARCHS)}
+    gaps = {a: g for a, g in gaps.items() if g}
+    table = "\n".join(f"  {a}: {', '.join(g)}" for a, g in gaps.items())
+    unlisted = {a: [k for k in g if k not in KNOWN_GAPS.get(a, {})] for a, g in gaps.items()}
+    assert not any(unlisted.values()), f"architectures missing issue 25's proof:\n{table}"
+    closed = {(a, k) for a, ks in KNOWN_GAPS.items() for k in ks if k in proof.get(a, {})}
+    assert not closed, f"no longer missing (drop them from KNOWN_GAPS): {sorted(closed)}"
+    assert set(KNOWN_GAPS) <= set(ARCHS), set(KNOWN_GAPS) - set(ARCHS)
+    assert all(set(ks) <= set(PROOF) for ks in KNOWN_GAPS.values())
