@@ -12,10 +12,12 @@
 2. Issue 25's proof per registered architecture (archs.py ARCHS): a CPU-build log, a CUDA log, a model of published
    dimensions and a recorded fit decision; the architectures missing one are listed with why (KNOWN_GAPS), and the
    list is held true both ways.
+3. matrix_builders.py's tiers by ggufx's GPU total reproduce session 12's recorded priorities.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from dataclasses import replace
@@ -257,3 +259,34 @@ def test_every_architecture_has_issue_25s_proof(hole_models: dict[str, Path]) ->
     assert not closed, f"no longer missing (drop them from KNOWN_GAPS): {sorted(closed)}"
     assert set(KNOWN_GAPS) <= set(ARCHS), set(KNOWN_GAPS) - set(ARCHS)
     assert all(set(ks) <= set(PROOF) for ks in KNOWN_GAPS.values())
+
+
+# 3. record.sh's tiers for the runs that share the one card: matrix_builders.py sets them by ggufx's GPU total
+
+
+def test_session_12_tiers_are_ggufx_gpu_totals(tmp_path: Path) -> None:
+    """`matrix`'s priorities 56-59 (session 12, tiered by hand by each run's GPU total in `ggufx mem --llama-args`)
+    are what matrix_builders.tier_by_gpu_total gives over the same lines: `python matrix_builders.py DIR 56 57 58
+    59` prints them as recorded. (The nearest total is 3.3% from its tier's limit: jais2-8b's -np 3 run, 17.41 GiB.)"""
+    sys.path.insert(0, str(LOGS))
+    sys.path.insert(0, str(CPU_LOGS))
+    try:
+        from make_arch_headers import header
+        from matrix_builders import PUBLISHED_SEVENTH, SEVENTH, tier_by_gpu_total
+        from models import MODELS
+    finally:
+        sys.path.remove(str(LOGS))
+        sys.path.remove(str(CPU_LOGS))
+    tensors = json.loads((CPU_LOGS / "tensors.json").read_text())
+    recorded = [
+        line
+        for line in (LOGS / "matrix").read_text().splitlines()
+        if not line.startswith("#") and line.count("|") >= 4 and line.split("|")[1] in SEVENTH
+    ]
+    assert len(recorded) == 80 and {line.split("|")[1] for line in recorded} == set(SEVENTH)
+    holes = {}
+    for name in PUBLISHED_SEVENTH:
+        holes[name] = tmp_path / f"{name}.gguf"
+        header(holes[name], MODELS[name], tensors[name])
+    untiered = [re.sub(r"\|5[6-9]\|", "|0|", line, count=1) for line in recorded]
+    assert tier_by_gpu_total(untiered, holes) == recorded
