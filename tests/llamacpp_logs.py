@@ -8,14 +8,16 @@ import json
 import shlex
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 import ggufx
-from ggufx.analysis.memory.buffers import MiB, breakdown
+from ggufx.analysis.memory.buffers import Breakdown, MiB, breakdown
 from ggufx.analysis.memory.llamaargs import parse_args
-from ggufx.analysis.memory.llamalog import parse_log
+from ggufx.analysis.memory.llamalog import LlamaLog, parse_log
+from ggufx.analysis.memory.mtp import MtpOptions, main_context, split_log
 from ggufx.analysis.memory.placement import Device
 
 LOGS = Path(__file__).resolve().parent / "fixtures" / "llamacpp-logs"
@@ -122,6 +124,28 @@ def replay_run(rid: str, models: dict[str, Path]):
     args = parse_args(run["args"].replace("@", ""), server=run["tool"] == "server")
     model = ggufx.open(models[args.model])
     return run, log, breakdown(model, devices_of(run, log.devices), args.offload, args.context)
+
+
+_MAIN_REPLAYS: dict[str, tuple[str, LlamaLog, Breakdown]] = {}
+
+
+def replay_main(rid: str, models: dict[str, Path]) -> tuple[str, LlamaLog, Breakdown]:
+    """A run's main model as `mem` takes its command line: the log's text and lines (under ``draft-mtp`` without
+    ``-md``, the main context's) and ggufx's breakdown (there, the main context's options), computed once per test
+    session (tests/test_builder_coverage.py and tests/test_graph_logs.py replay the same runs)."""
+    if rid not in _MAIN_REPLAYS:
+        run = RUNS[rid]
+        text = (LOGS / f"{rid}.log").read_text()
+        args = parse_args(run["args"].replace("@", ""), server=run["tool"] == "server")
+        offload, context = args.offload, args.context
+        if "draft-mtp" in args.spec_types and not args.draft:  # the MTP context (with -md: Gemma 4's drafter)
+            text = split_log(text)[0]
+            offload = replace(offload, mtp=True)
+            context = main_context(context, MtpOptions(args.spec_n_max, *args.spec_cache), run["tool"] == "server")
+        log = parse_log(text)
+        model = ggufx.open(models[str(args.model)])
+        _MAIN_REPLAYS[rid] = text, log, breakdown(model, devices_of(run, log.devices), offload, context)
+    return _MAIN_REPLAYS[rid]
 
 
 # Recorded runs where ggufx does not yet say what llama.cpp did. Each is an expected failure, strict: the

@@ -12,10 +12,8 @@ The compute buffer of these architectures is the generic decoder estimate: label
 
 from __future__ import annotations
 
-import json
 import re
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -30,40 +28,19 @@ from ggufx.analysis.memory.llamaargs import parse_args
 from ggufx.analysis.memory.llamalog import parse_log
 from ggufx.analysis.memory.placement import Device, OffloadParams, place
 
+from .graph_arch_logs import CPU_MATRIX, replay_matrix_run
 from .llamacpp_logs import LOGS
 
 CPU_LOGS = Path(__file__).resolve().parent / "fixtures" / "llamacpp-logs-cpu"
 sys.path.insert(0, str(CPU_LOGS))
-from make_arch_headers import header  # noqa: E402
 from models import MODELS  # noqa: E402
 
-TENSORS = json.loads((CPU_LOGS / "tensors.json").read_text())
-MATRIX = [
-    line.split("\t")
-    for line in (CPU_LOGS / "matrix").read_text().splitlines()
-    if line.strip() and not line.startswith("#")
-]
-RUNS = {rid: (model, args) for rid, model, args in MATRIX if (CPU_LOGS / f"{rid}.log").exists()}
+RUNS = CPU_MATRIX
 EXACT = ("model", "kv", "recurrent", "state", "output")
 
 
-@pytest.fixture(scope="session")
-def arch_models(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("arch-holes")
-    made = {}
-    for name in sorted({m for m, _ in RUNS.values()}):
-        made[name] = out / f"{name}.gguf"
-        header(made[name], MODELS[name], TENSORS[name], smollm2_path)
-    return made
-
-
 def replay(rid: str, models: dict[str, Path]):  # type: ignore[no-untyped-def]
-    model, args = RUNS[rid]
-    text = (CPU_LOGS / f"{rid}.log").read_text()
-    assert "# exit status" in text and "load_tensors" in text
-    parsed = parse_args("-m x " + args.replace("--no-repack", ""))
-    offload = replace(parsed.offload, repack="--no-repack" not in args)
-    return parse_log(text), breakdown(ggufx.open(models[model]), [], offload, parsed.context)
+    return replay_matrix_run(rid, models)
 
 
 def test_the_cpu_matrix_is_recorded() -> None:

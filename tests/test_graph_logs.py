@@ -12,19 +12,16 @@ small models of each family.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 import ggufx
 from ggufx.analysis.memory.archs import builder_of
-from ggufx.analysis.memory.buffers import MiB, breakdown
+from ggufx.analysis.memory.buffers import MiB
 from ggufx.analysis.memory.llamaargs import parse_args
-from ggufx.analysis.memory.llamalog import parse_log
-from ggufx.analysis.memory.mtp import MtpOptions, main_context, split_log
 
-from .llamacpp_logs import LOGS, RUNS, cpu_model_archs, devices_of, with_known
+from .llamacpp_logs import RUNS, cpu_model_archs, replay_main, with_known
 
 # the architecture of each header-only model of the recorded runs (make_headers.py writes them)
 _ARCH = {
@@ -82,19 +79,9 @@ def test_every_model_of_the_runs_is_known() -> None:
 
 @pytest.mark.parametrize("rid", with_known("compute", RUNS_BUILT))
 def test_compute_buffers_are_llama_cpps(rid: str, hole_models: dict[str, Path]) -> None:
-    run = RUNS[rid]
-    text = (LOGS / f"{rid}.log").read_text()
-    args = parse_args(run["args"].replace("@", ""), server=run["tool"] == "server")
-    if "draft-mtp" in args.spec_types:  # the main context's lines (the MTP context's: tests/test_memory_logs.py)
-        text = split_log(text)[0]
-    log = parse_log(text)
-    model = ggufx.open(hole_models[str(args.model)])
-    assert model.architecture == _ARCH[str(args.model)]
-    offload, context = args.offload, args.context
-    if "draft-mtp" in args.spec_types:  # the main context's options under draft-mtp, as `mem` takes them
-        offload = replace(offload, mtp=True)
-        context = main_context(context, MtpOptions(args.spec_n_max, *args.spec_cache), run["tool"] == "server")
-    bd = breakdown(model, devices_of(run, log.devices), offload, context)
+    text, log, bd = replay_main(rid, hole_models)
+    args = parse_args(RUNS[rid]["args"].replace("@", ""), server=RUNS[rid]["tool"] == "server")
+    assert ggufx.open(hole_models[str(args.model)]).architecture == _ARCH[str(args.model)]
     assert bd.compute_estimate is None, bd.compute_estimate
     ours: dict[str, int] = {}
     for b in bd.buffers:

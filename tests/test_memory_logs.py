@@ -91,6 +91,7 @@ def test_buffers_match_llama_cpp(rid: str, hole_models: dict[str, Path]) -> None
         assert "projector" in kinds
     # the generic decoder estimate (architectures without a graph builder) is measured, not held to 5%:
     # tests/estimate_error.py prints its error; no run of an architecture with a builder takes it
+    # (tests/test_builder_coverage.py)
     rough = [n for n in res["notes"] if "rough approximation" in n or "generic decoder estimate" in n]
     computed = [r for r in res["rows"] if not r["exact"] and not r["kind"].startswith("draft_")]
     assert computed and all(r["llama_cpp_mib"] is not None for r in computed), computed
