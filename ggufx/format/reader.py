@@ -22,8 +22,8 @@ few reads.
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from math import prod
 from typing import Any, Protocol
 
@@ -115,6 +115,45 @@ class TensorInfo:
     def bpw(self) -> float:
         """Bits per weight of this tensor: 8 x bytes / elements."""
         return 8.0 * self.nbytes / self.n_elements if self.n_elements else 0.0
+
+
+def _tensor_info_maker() -> Callable[..., TensorInfo]:
+    """``TensorInfo(...)`` for the reader's loop: the same object (fields, equality, hash, repr), its
+    fields set through their slots; the frozen dataclass's ``__init__`` sets each with
+    ``object.__setattr__`` (1.4 µs a tensor, 0.7 this way: 3 M instructions of the 27B replica's 851)."""
+    new = object.__new__
+    sets = [getattr(TensorInfo, f.name).__set__ for f in fields(TensorInfo)]
+    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9 = sets
+
+    def make(
+        name: str,
+        shape: tuple[int, ...],
+        gt: GGMLType,
+        offset: int,
+        file_offset: int,
+        n_elements: int,
+        nbytes: int,
+        shard: int,
+        info_offset: int,
+        size_derived: bool,
+    ) -> TensorInfo:
+        t = new(TensorInfo)
+        s0(t, name)
+        s1(t, shape)
+        s2(t, gt)
+        s3(t, offset)
+        s4(t, file_offset)
+        s5(t, n_elements)
+        s6(t, nbytes)
+        s7(t, shard)
+        s8(t, info_offset)
+        s9(t, size_derived)
+        return t
+
+    return make
+
+
+_tensor_info = _tensor_info_maker()
 
 
 @dataclass(slots=True)
@@ -348,7 +387,7 @@ def _place_tensors(
             )
         expected = offset + padded
         tensors.append(
-            TensorInfo(name, shape, gt, offset, data_offset + offset, n_elements, nbytes, 0, info_at, derived)
+            _tensor_info(name, shape, gt, offset, data_offset + offset, n_elements, nbytes, 0, info_at, derived)
         )
     return tensors
 
