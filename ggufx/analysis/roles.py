@@ -194,6 +194,8 @@ def block_role(name: str) -> tuple[int, str] | None:
 
 @dataclass(frozen=True, slots=True)
 class RoleStat:
+    """One tensor role's tensors, types, parameters and bytes."""
+
     role: str
     tensors: int
     types: dict[str, int]  # type -> tensors, most first
