@@ -179,3 +179,28 @@ def test_the_real_vocabulary_reads_the_same_from_the_index(gemma_path, tmp_path,
     assert "general.tags" in walks[1:]  # a small array is walked each time: no entry for it
     assert second == first
     assert len(second[0]["tokenizer.ggml.tokens"][3]) == 262144
+
+
+def test_a_known_header_is_read_once_into_its_buffer(gemma_path, cache, monkeypatch) -> None:
+    """Gemma 3's 6.5 MB header, its end known from the entry: one read of exactly the header, whose bytes
+    are the buffer the header keeps (not copied into a growing one), the same header as the walk read.
+    An end the entry gives past where its arrays allow is not believed (the header is read as without
+    it)."""
+    from ggufx.io.sources import FileSource
+
+    reads: list[bytes] = []
+    read = FileSource.read
+    monkeypatch.setattr(FileSource, "read", lambda s, o, n: (reads.append(read(s, o, n)), reads[-1])[1])
+    first = _view(open_model(gemma_path))  # walked: the buffer grows read by read
+    assert len(reads) > 1
+    reads.clear()
+    model = open_model(gemma_path)
+    assert _view(model) == first
+    assert [len(r) for r in reads] == [model.header.header_end] and model.header.buf is reads[0]
+    (name,) = os.listdir(cache)
+    rows = (cache / name).read_text().splitlines()
+    assert rows[-1] == f"0 0 {model.header.header_end}"
+    (cache / name).write_text("\n".join([*rows[:-1], f"0 0 {gemma_path.stat().st_size}", ""]))
+    reads.clear()
+    assert _view(open_model(gemma_path)) == first
+    assert len(reads) > 1 and len(reads[0]) == reader.FIRST_READ

@@ -314,3 +314,24 @@ def test_committed_fixtures_are_what_the_generator_writes(tmp_path: Path) -> Non
     assert generated == committed
     for rel in generated:
         assert (tmp_path / rel).read_bytes() == (FIXTURES / rel).read_bytes(), rel
+
+
+def test_the_readers_tensor_infos_are_the_dataclasses_own() -> None:
+    """The reader makes its TensorInfo objects through the slots (reader._tensor_info): each equal to
+    TensorInfo(...) of the same values, field for field, in equality, hash and repr, and as frozen."""
+    import dataclasses
+
+    import pytest
+
+    from ggufx.format.ggmltypes import ggml_type
+    from ggufx.format.reader import TensorInfo, _tensor_info
+
+    for values in (
+        ("blk.0.attn_q.weight", (4096, 4096), ggml_type(12), 0, 6349952, 4096 * 4096, 9437184, 0, 6349000, False),
+        ("x", (), ggml_type(0), 32, 64, 1, 4, 2, 24, True),
+    ):
+        made, own = _tensor_info(*values), TensorInfo(*values)
+        assert type(made) is TensorInfo and made == own and hash(made) == hash(own) and repr(made) == repr(own)
+        assert tuple(getattr(made, f.name) for f in dataclasses.fields(own)) == values
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            made.name = "y"  # type: ignore[misc]

@@ -129,3 +129,24 @@ def test_a_short_option_skips_clicks_did_you_mean_list(gemma_path: Path) -> None
     ):
         proc = _run(code, "mem", str(gemma_path), bad)
         assert message in proc.stderr and proc.stdout.splitlines()[-1].startswith("exit 2")
+
+
+def test_mem_imports_no_other_commands_module(gemma_path: Path) -> None:
+    """`ggufx mem` imports its own command module only (ggufx.cli.memory): the option objects of the
+    other commands (the analysis commands' were 3.8 M instructions of its start) are never built."""
+    from ggufx.cli import COMMANDS
+
+    code = (
+        "import sys\n"
+        "from ggufx.cli import main\n"
+        "try:\n"
+        "    main(sys.argv[1:], prog_name='ggufx')\n"
+        "except SystemExit as e:\n"
+        "    print('exit', e.code, ','.join(sorted(m for m in sys.modules if m.startswith('ggufx.cli.'))))\n"
+    )
+    proc = _run(code, "mem", str(gemma_path), "-c", "4096", "--json")
+    last = proc.stdout.splitlines()[-1].split()
+    assert last[:2] == ["exit", "0"], proc.stderr
+    loaded = set(last[2].split(","))
+    commands = {f"ggufx.cli.{module}" for module, _, _ in COMMANDS.values()}
+    assert loaded & commands == {"ggufx.cli.memory"}, loaded

@@ -25,6 +25,8 @@ from ggufx.model import GGUFModel
 
 @dataclass(frozen=True, slots=True)
 class LayerKind:
+    """One block's kind as llama.cpp decides it: its mixer and feed-forward."""
+
     index: int
     mixer: (
         str  # "attention", "attention (SWA)", "recurrent (Gated DeltaNet)", "attention + recurrent (Mamba-2)", "none"
@@ -223,6 +225,8 @@ def _layer_kinds(model: GGUFModel) -> list[LayerKind]:
 
 @dataclass(frozen=True, slots=True)
 class LayerRow:
+    """One row of the layer grid: layers first..last, alike in kind and types."""
+
     first: int
     last: int  # rows with identical kind and types are collapsed into first..last
     kind: str
@@ -248,6 +252,8 @@ class LayerRow:
 
 @dataclass(slots=True)
 class LayerGrid:
+    """The layer grid: one row per run of alike layers, and every layer's kind."""
+
     roles: list[str]
     rows: list[LayerRow]  # collapsed
     kinds: list[LayerKind] = field(default_factory=list)

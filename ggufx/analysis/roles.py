@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from ggufx.format.ggmltypes import bpw
@@ -66,10 +67,10 @@ def is_quantizable_weight(name: str, n_dims: int) -> bool:
 
 # -- names -> (layer, role) ---------------------------------------------------------------------
 
-_BLOCK = re.compile(
+_BLOCK = (
     r"^(?:(?P<tower>v|a|mm|enc|dec)\.)?blk\.(?P<layer>\d+)\.(?P<role>.+?)(?:\.(?P<kind>weight|bias|scale|scales))?$"
 )
-_GLOBAL = re.compile(r"^(?:(?P<tower>v|a|mm|enc|dec)\.)?(?P<role>.+?)(?:\.(?P<kind>weight|bias|scale|scales))?$")
+_GLOBAL = r"^(?:(?P<tower>v|a|mm|enc|dec)\.)?(?P<role>.+?)(?:\.(?P<kind>weight|bias|scale|scales))?$"
 TOWERS = {"v": "vision", "a": "audio", "mm": "projector", "enc": "encoder", "dec": "decoder"}
 TOWER_PREFIX = {tower: prefix for prefix, tower in TOWERS.items()}
 
@@ -140,7 +141,14 @@ class TensorRole:
 # what companion files append to a model tensor's name: a LoRA adapter's two factors
 # (src/llama-adapter.cpp) and an importance matrix's sums and counts (tools/imatrix/imatrix.cpp)
 COMPANION_SUFFIXES = ("lora_a", "lora_b", "in_sum2", "counts")
-_DIRECTION = re.compile(r"^direction\.(\d+)$")  # a control vector's direction for layer N
+_DIRECTION = r"^direction\.(\d+)$"  # a control vector's direction for layer N
+
+
+@cache
+def _name_patterns() -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
+    """``_DIRECTION``, ``_BLOCK`` and ``_GLOBAL`` compiled at the first name parsed with them, not at
+    import: `mem` reads names with block_role only (their compilation was 2 M instructions of its start)."""
+    return re.compile(_DIRECTION), re.compile(_BLOCK), re.compile(_GLOBAL)
 
 
 def parse_name(name: str) -> TensorRole:
@@ -153,13 +161,14 @@ def parse_name(name: str) -> TensorRole:
     if dot and suffix in COMPANION_SUFFIXES and base:
         r = parse_name(base.removesuffix(".weight"))
         return TensorRole(r.layer, r.role, suffix, r.tower)
-    if m := _DIRECTION.match(name):
+    direction, block, global_ = _name_patterns()
+    if m := direction.match(name):
         return TensorRole(int(m[1]), "direction", "")
-    m = _BLOCK.match(name)
+    m = block.match(name)
     if m:
         tower = TOWERS.get(m["tower"]) if m["tower"] else None
         return TensorRole(int(m["layer"]), m["role"], m["kind"] or "", tower)
-    m = _GLOBAL.match(name)
+    m = global_.match(name)
     tower = TOWERS.get(m["tower"]) if m and m["tower"] else None
     if m is None:  # pragma: no cover - the pattern matches any string
         return TensorRole(None, name, "")
@@ -194,6 +203,8 @@ def block_role(name: str) -> tuple[int, str] | None:
 
 @dataclass(frozen=True, slots=True)
 class RoleStat:
+    """One tensor role's tensors, types, parameters and bytes."""
+
     role: str
     tensors: int
     types: dict[str, int]  # type -> tensors, most first

@@ -47,7 +47,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "roles": ("analyze", "roles", "Where the bits go: types, bytes and BPW per tensor role."),
     "layers": ("analyze", "layers", "Layer grid: kind (attention, SWA, recurrent, MoE) and type per role."),
     "recipe": ("analyze", "recipe", "The llama-quantize recipe that reproduces this quant."),
-    "mem": ("analyze", "mem", "Memory at a context length (KV, recurrent state, weights); --fit a GPU."),
+    "mem": ("memory", "mem", "Memory at a context length (KV, recurrent state, weights); --fit a GPU."),
     "pick": ("pick", "pick", "Which quant to download: every model of a repository or folder against your GPUs."),
     "report": ("analyze", "report", "One-page HTML or Markdown report with a layer heat map."),
     "diff": ("analyze", "diff_", "Type, tensor and metadata differences between two quants."),

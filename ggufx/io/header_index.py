@@ -7,6 +7,10 @@ records the end of each large string array here and later parses of that file sk
 (:func:`ggufx.format.reader.parse_header`'s ``string_arrays``). Everything else is parsed and
 validated as before: the keys, values and tensor infos after the array, the layout, every limit.
 
+An entry also gives where the header ends, as a row of offset 0 (where no array starts; a reader that
+knows no such row skips it): the first read of the file then takes the whole header at once, and the
+bytes read are the header's buffer.
+
 An entry is keyed by the file's identity as ``stat`` gives it (device, inode, size, modification
 and change times in nanoseconds): any write to the file, by ggufx or anything else, changes the
 change time, so the entry of the old bytes is never used for the new ones. Entries are small text
@@ -31,6 +35,7 @@ FORMAT = "ggufx-string-arrays 1"
 MIN_STRINGS = 4096  # smaller arrays are walked in well under a millisecond: not worth an entry
 MAX_ENTRIES = 2000  # one per file version seen; past this, the least recently written go
 MAX_ENTRY_BYTES = 4096  # an entry holds a few lines; a larger file is not one of ours
+HEADER_END = 0  # the offset of the row that gives where the header ends (no array starts at 0)
 
 
 def default_cache_dir() -> str | None:
@@ -52,7 +57,7 @@ def _entry_path(identity: tuple[int, ...]) -> str | None:
 
 def load(identity: tuple[int, ...] | None) -> dict[int, tuple[int, int]] | None:
     """The string arrays recorded for the file of ``identity``: first element offset -> (count,
-    end); ``None`` when there is no usable entry."""
+    end), and 0 -> (0, end of the header); ``None`` when there is no usable entry."""
     if identity is None:
         return None
     path = _entry_path(identity)
@@ -88,12 +93,16 @@ def store(identity: tuple[int, ...] | None, header: GGUFHeader, known: Mapping[i
         arr = kv.value
         if kv.type is ValueType.ARRAY and arr.elem_type is ValueType.STRING and arr.count >= MIN_STRINGS:
             rows[arr.offset] = (arr.count, arr.offset + arr.nbytes)
-    if not rows or (known is not None and all(known.get(k) == v for k, v in rows.items())):
+    if not rows:
+        return
+    rows[HEADER_END] = (0, header.header_end)
+    if known is not None and all(known.get(k) == v for k, v in rows.items()):
         return
     path = _entry_path(identity)
     if path is None:
         return
-    text = FORMAT + "\n" + "".join(f"{o} {c} {e}\n" for o, (c, e) in sorted(rows.items()))
+    text = FORMAT + "\n" + "".join(f"{o} {c} {e}\n" for o, (c, e) in sorted(rows.items()) if o != HEADER_END)
+    text += f"{HEADER_END} 0 {header.header_end}\n"  # last: the arrays' rows first, as entries always had them
     folder = os.path.dirname(path)
     import threading  # only where an entry is written
 

@@ -91,6 +91,8 @@ class Recurrent:
 
 @dataclass(frozen=True, slots=True)
 class Arch:
+    """One architecture of the registry: its keys, layer kinds, memory module and graph builder."""
+
     name: str
     source: str  # src/models/<source> in llama.cpp 11434
     keys: tuple[str, ...] = ()

@@ -34,6 +34,8 @@ def row_size(type_name: str, n: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Hparams:
+    """The sizes llama.cpp reads from a model's metadata (llama_hparams)."""
+
     arch: str
     n_layer: int
     n_embd: int

@@ -76,7 +76,7 @@ _NEXTN_LAYER0 = ("nextn.pre_projection.",)
 _BLOCK0_NAMES = frozenset({"hrm.z_l_init"})
 # WavTokenizer's decoder: posnet.N.* and convnext.N.* are created with block N, conv1d with block 0 (wavtokenizer-dec.cpp,
 # LLM_TENSOR_LAYER_REPEATING in llama-arch.cpp:975-990): layer N's buffer types, not the input layer's host
-_WAV_BLOCK = re.compile(r"(posnet|convnext)\.(\d+)\.|(conv1d)\.")
+_WAV_BLOCK = r"(posnet|convnext)\.(\d+)\.|(conv1d)\."  # compiled by re at its first use: WavTokenizer's only
 # LFM2's output norm is stored as token_embd_norm (LLM_TENSOR_OUTPUT_NORM_LFM2, llama-arch.cpp:447, :775):
 # the output layer's
 _OUTPUT_NORM_AS_TOKEN_EMBD_NORM = frozenset({"lfm2", "lfm2moe"})
@@ -197,7 +197,7 @@ def layer_of(name: str, n_layer: int, arch: str | None = None) -> int | str:
     if m:
         return min(int(m.group(1)), n_layer)
     if arch == "wavtokenizer-dec":  # its blocks: LLM_TENSOR_LAYER_REPEATING, created with their number as bid
-        m = _WAV_BLOCK.match(name)  # (wavtokenizer-dec.cpp:14-108; conv1d with bid 0): that layer's buffer types
+        m = re.match(_WAV_BLOCK, name)  # (wavtokenizer-dec.cpp:14-108; conv1d with bid 0): that layer's buffer types
         if m:
             return min(int(m.group(2)), n_layer) if m.group(2) else 0
     if name.startswith(_NEXTN_LAYER0) or name in _BLOCK0_NAMES:

@@ -65,6 +65,8 @@ class _Gdn:
 
 @dataclass(slots=True)
 class _Ctx:
+    """What a graph builder reads and adds to: the sizes, the options, the weights and the graph."""
+
     hp: Hparams
     sp: SimParams
     n_tokens: int

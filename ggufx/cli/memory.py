@@ -1,0 +1,321 @@
+"""The memory command: ``ggufx mem`` (llama.cpp's buffers per device, ``--fit``, ``--check``).
+
+Its own module, apart from the other analysis commands (:mod:`ggufx.cli.analyze`), so that ``ggufx mem``
+builds only its own options (issue 21: the option objects of the five others were 3.8 M instructions of its start).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from ggufx.cli._common import EXIT_CHECK_FAILED, emit, json_option, open_model, remote_options, tablefmt_option
+from ggufx.results import CACHE_TYPES
+from ggufx.results.memory import FLASH_ATTN, POOLING_TYPES, SPLIT_MODES, TOOLS
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False), required=False)
+@click.option(
+    "--ctx",
+    "-c",
+    "--ctx-size",
+    "ctx",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Context length in tokens (0: the model's training context).",
+)
+@click.option(
+    "--cache-type-k", "-ctk", default="f16", show_default=True, type=click.Choice(CACHE_TYPES), help="K cache type."
+)
+@click.option(
+    "--cache-type-v", "-ctv", default="f16", show_default=True, type=click.Choice(CACHE_TYPES), help="V cache type."
+)
+@click.option(
+    "--flash-attn",
+    "-fa",
+    "fa",
+    type=click.Choice(FLASH_ATTN),
+    is_flag=False,
+    flag_value="auto",
+    default=None,
+    help="llama.cpp's -fa on|off|auto (default auto); a quantized V cache needs it.",
+)
+@click.option("--no-flash-attn", is_flag=True, hidden=True)  # the earlier spelling of -fa off
+@click.option(
+    "--parallel",
+    "-np",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Sequences (slots) served in parallel.",
+)
+@click.option(
+    "--ubatch",
+    "-ub",
+    "--ubatch-size",
+    "ubatch",
+    type=click.IntRange(min=1),
+    default=512,
+    show_default=True,
+    help="Physical batch size in tokens.",
+)
+@click.option(
+    "--batch-size",
+    "-b",
+    "batch",
+    type=click.IntRange(min=1),
+    default=2048,
+    show_default=True,
+    help="Logical batch size in tokens.",
+)
+@click.option(
+    "--n-gpu-layers",
+    "-ngl",
+    type=int,
+    default=-1,
+    show_default=True,
+    help="The last N of n_layer + 1 layers on the GPUs, the output layer counting as one (-1: all).",
+)
+@click.option("--tensor-split", "-ts", metavar="A,B,...", help="Share of the layers per GPU (default: by free memory).")
+@click.option(
+    "--split-mode",
+    "-sm",
+    type=click.Choice(SPLIT_MODES),
+    default="layer",
+    show_default=True,
+    help="How several GPUs share the model (row is refused by this llama.cpp with CUDA).",
+)
+@click.option(
+    "--main-gpu", "-mg", type=click.IntRange(min=0), default=0, show_default=True, help="The GPU of -sm none."
+)
+@click.option(
+    "--override-tensor",
+    "-ot",
+    "overrides",
+    multiple=True,
+    metavar="REGEX=BUFT",
+    help="Put tensors matching REGEX in buffer type BUFT (CPU, CUDA1...); repeatable, first match wins.",
+)
+@click.option("--cpu-moe", "-cmoe", is_flag=True, help="Keep every MoE expert tensor on the CPU.")
+@click.option(
+    "--n-cpu-moe",
+    "-ncmoe",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Keep the experts of the first N layers on the CPU.",
+)
+@click.option("--no-kv-offload", "-nkvo", is_flag=True, help="KV cache and recurrent state on the host.")
+@click.option("--swa-full", is_flag=True, help="Sliding-window layers keep the full context.")
+@click.option("--kv-unified", "-kvu", is_flag=True, help="One KV stream shared by all sequences.")
+@click.option("--no-mmap", is_flag=True, help="Host weights in pinned memory instead of a mapping of the file.")
+@click.option("--no-repack", "-nr", is_flag=True, help="No repacked CPU_REPACK copies of host weights (CPU builds).")
+@click.option(
+    "--gpus", metavar="SIZE,SIZE|none", help="The GPUs' free memory, e.g. 24GiB,24GiB (default: one GPU); none: no GPU."
+)
+@click.option(
+    "--tool",
+    type=click.Choice(TOOLS),
+    default=None,
+    help="The program whose buffers to give (default: the one --llama-args names, else llama-cli; llama-server "
+    "with --embedding): llama-server reserves logits for one token per slot, the CLI tools for a whole micro-batch; "
+    "llama-embedding computes embeddings (256 sequences unless -np, the micro-batch the batch).",
+)
+@click.option(
+    "--embedding",
+    "--embeddings",
+    "embedding",
+    is_flag=True,
+    help="An embedding run (llama-server's --embedding; llama-embedding always is one): the output buffer holds "
+    "embeddings beside the logits, the graph ends with the pooling, the batch is cut to the micro-batch.",
+)
+@click.option(
+    "--pooling",
+    type=click.Choice(POOLING_TYPES),
+    default=None,
+    help="With --embedding or --tool llama-embedding: llama.cpp's pooling type (default: the file's pooling_type).",
+)
+@click.option(
+    "--mmproj", "mmproj_file", type=click.Path(dir_okay=False), help="A vision/audio projector loaded beside the model."
+)
+@click.option(
+    "--image-min-tokens",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --mmproj: the fewest image tokens (llama.cpp's option; default: the projector's).",
+)
+@click.option(
+    "--image-max-tokens",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --mmproj: the most image tokens; a smaller warmup image, a smaller compute buffer.",
+)
+@click.option(
+    "--no-mmproj-offload", is_flag=True, help="With --mmproj: the projector's weights and graph stay on the CPU."
+)
+@click.option(
+    "--model-draft",
+    "-md",
+    "draft_file",
+    type=click.Path(dir_okay=False),
+    help="A draft model for speculative decoding.",
+)
+@click.option("--n-gpu-layers-draft", "-ngld", type=int, default=-1, show_default=True, help="-ngl of the draft model.")
+@click.option(
+    "--ctx-size-draft", "-cd", type=click.IntRange(min=0), default=0, hidden=True
+)  # refused: llama.cpp has none
+@click.option(
+    "--cache-type-k-draft",
+    "-ctkd",
+    type=click.Choice(CACHE_TYPES),
+    default="f16",
+    show_default=True,
+    help="The draft model's K cache type.",
+)
+@click.option(
+    "--cache-type-v-draft",
+    "-ctvd",
+    type=click.Choice(CACHE_TYPES),
+    default="f16",
+    show_default=True,
+    help="The draft model's V cache type.",
+)
+@click.option(
+    "--spec-type",
+    metavar="TYPES",
+    help="Speculative decoding types (llama.cpp's --spec-type); draft-mtp adds the MTP draft context "
+    "(the model's NextN block; its cache types: -ctkd/-ctvd); draft-eagle3 / draft-dflash with -md HEAD: the head's "
+    "context and the target's extracted layers.",
+)
+@click.option(
+    "--spec-draft-n-max", type=click.IntRange(min=0), default=3, show_default=True, help="Tokens drafted per step."
+)
+@click.option("--llama-args", metavar="'ARGS'", help="llama.cpp's own options as one string (they override the above).")
+@click.option(
+    "--fit",
+    "fit_budget",
+    metavar="SIZE",
+    help="Instead: what llama.cpp's --fit sets (-c -ngl -ts -ot) for GPUs of SIZE free memory (24GiB; "
+    "24GiB,24GiB), and the largest context per cache type.",
+)
+@click.option(
+    "--fit-target",
+    "-fitt",
+    metavar="MiB[,MiB...]",
+    help="MiB to keep free per GPU when fitting (one value, or one per GPU). Default: llama.cpp's 1024 "
+    "for its answer, 0 for ggufx's largest context.",
+)
+@click.option(
+    "--fit-ctx",
+    "-fitc",
+    "fit_ctx",
+    type=click.IntRange(min=0),
+    default=4096,
+    show_default=True,
+    help="With --fit and no -c: the smallest context llama.cpp's --fit may reduce to.",
+)
+@click.option("--fit-layers", is_flag=True, help="With --fit: the most layers (-ngl) that fit at -c, not the context.")
+@click.option(
+    "--check",
+    "check_log",
+    type=click.Path(dir_okay=False, exists=True),
+    help="Compare with a llama.cpp log (-v) of the same model and options; exit 1 beyond the tolerance.",
+)
+@click.option(
+    "--tolerance",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="Percent allowed on computed buffers for --check.",
+)
+@json_option
+@tablefmt_option
+@remote_options
+def mem(file: str | None, as_json: bool, tablefmt: str, **options: Any) -> None:
+    """Memory as llama.cpp allocates it, per device: weights, KV cache, recurrent state, output and
+    compute buffers, in the shape of llama.cpp's own "memory breakdown" table. Options are
+    llama.cpp's (-c, -ngl, -ts, -sm, -mg, -ot, --cpu-moe, -nkvo, -np, -ub, -fa, -ctk, -ctv...).
+
+    \b
+    Exact (as llama.cpp allocates them, checked against recorded CUDA logs): weights per buffer
+    type (CUDA padding, memory-mapped host span, tied output copies), KV cache, recurrent state,
+    output buffer. Computed (labelled so): compute buffers, from llama.cpp's graph rebuilt, split and
+    allocated as llama.cpp does (llama-style, Gemma 3, Qwen 3 MoE, Qwen 3.5 hybrid: equal to every
+    recorded log; other architectures: an estimate of the allocator's peak). 1 MiB = 1,048,576 bytes.
+
+    \b
+    Examples:
+      ggufx mem model.gguf -c 32768
+      ggufx mem model.gguf -c 262144 -ctk q4_0 -ctv q4_0 --gpus 24GiB   # exit 1 if it does not fit
+      ggufx mem model.gguf --gpus 24GiB,24GiB -ngl 40 --n-cpu-moe 20
+      ggufx mem model.gguf --llama-args "-ngl 99 -c 65536 -fa on" --check llama.log
+      ggufx mem --llama-args "llama-server -m model.gguf -ngl 99 -c 32768 -np 2"
+      ggufx mem model.gguf -c 32768 --mmproj mmproj.gguf -md draft.gguf -ngld 99
+      ggufx mem model.gguf -c 65536 --spec-type draft-mtp
+      ggufx mem --llama-args "llama-server -m llama-3.1-8b.gguf -md eagle3.gguf --spec-type draft-eagle3 -c 32768"
+      ggufx mem model.gguf --fit 24GiB
+      ggufx mem model.gguf --fit 24GiB,24GiB -fitt 1024 -ctk q8_0 -ctv q8_0
+      ggufx mem model.gguf --fit 24GiB --fit-layers -c 131072
+      ggufx mem bge-base.gguf --embedding -c 512 -ub 512   # llama-server --embedding (file's pooling)
+      ggufx mem qwen3-embedding.gguf --embedding --pooling last -c 8192 -np 4
+      ggufx mem --llama-args "llama-embedding -m nomic-embed.gguf -c 2048 --pooling mean"
+    """
+    from ggufx import results
+    from ggufx.render.text import fit_text, memory_check_text, memory_devices_text
+
+    if options["llama_args"] is not None:
+        _no_options_beside_llama_args(click.get_current_context())
+    request = results.MemoryRequest(flash_attn=not options.pop("no_flash_attn"), **options)
+    try:
+        model = open_model(request.model_file(file))
+        if request.fit_budget is not None:
+            fitted = results.fit(model, request, open_model)
+            emit(fitted, as_json, lambda: fit_text(fitted, tablefmt))
+        elif request.check_log is not None:
+            with open(request.check_log, encoding="utf-8", errors="replace") as f:
+                checked = results.check(model, request, f.read(), open_model)
+            emit(checked, as_json, lambda: memory_check_text(checked, tablefmt))
+            if not checked["ok"]:
+                sys.exit(EXIT_CHECK_FAILED)
+        else:
+            res = results.memory(model, request, open_model)
+            emit(res, as_json, lambda: memory_devices_text(res, tablefmt))
+            for line in [] if as_json else res["warnings"]:
+                click.echo(f"warning: llama.cpp will log: {line}", err=True)
+            if results.short_devices(res):  # --gpus sizes the model does not fit: a failed check
+                sys.exit(EXIT_CHECK_FAILED)
+    except results.InputError as e:
+        raise click.BadParameter(str(e), param_hint=e.param) from None
+
+
+# the llama.cpp options that --llama-args replaces (results.MemoryRequest.setup takes its command line's context,
+# offload, projector and draft settings whole); the companion files and --spec-type are merged instead
+_REPLACED_BY_LLAMA_ARGS = frozenset(
+    {
+        "ctx", "cache_type_k", "cache_type_v", "fa", "no_flash_attn", "parallel", "ubatch", "batch", "n_gpu_layers",
+        "tensor_split", "split_mode", "main_gpu", "overrides", "cpu_moe", "n_cpu_moe", "no_kv_offload", "swa_full",
+        "kv_unified", "no_mmap", "no_repack", "embedding", "pooling", "image_min_tokens", "image_max_tokens",
+        "no_mmproj_offload", "n_gpu_layers_draft", "cache_type_k_draft", "cache_type_v_draft",
+    }
+)  # fmt: skip
+
+
+def _no_options_beside_llama_args(ctx: click.Context) -> None:
+    """An option given beside ``--llama-args`` that its command line replaces would be dropped without a word
+    (``-c 8192 --llama-args "--spec-type draft-mtp"`` sized the training context): refuse it, naming it."""
+    from click.core import ParameterSource
+
+    given = [
+        min(p.opts, key=len)
+        for p in ctx.command.params
+        if p.name in _REPLACED_BY_LLAMA_ARGS and ctx.get_parameter_source(p.name) is ParameterSource.COMMANDLINE
+    ]
+    if given:
+        raise click.BadParameter(
+            f"{', '.join(given)} beside --llama-args, whose command line sets every llama.cpp option: "
+            "put them inside it",
+            param_hint="--llama-args",
+        )
