@@ -16,7 +16,7 @@ import pytest
 
 import ggufx
 from ggufx.analysis.memory.archs import builder_of
-from ggufx.analysis.memory.buffers import Breakdown, MiB, breakdown
+from ggufx.analysis.memory.buffers import Breakdown, MiB, breakdown, flash_attn_default
 from ggufx.analysis.memory.llamaargs import LlamaArgs, parse_args
 from ggufx.analysis.memory.llamalog import LlamaLog, parse_log
 from ggufx.analysis.memory.placement import Device
@@ -352,7 +352,7 @@ def assert_refused(r: Refused, smollm2: Path, tmp_path: Path, kv_check: str = ""
     header(path, {**spec, "kv": kv}, kept, smollm2)
     model = ggufx.open(path)
     assert graphsim.unbuildable(model) == r.reason
-    a = parse_args("-m x -c 8192")
+    a = parse_args(f"-m x -c 8192 -fa {flash_attn_default(model)}")  # PLM: -fa off (llama.cpp aborts with it)
     bd = breakdown(model, [Device("CUDA0", 80 << 30)], a.offload, a.context)
     assert bd.compute_estimate and r.reason in bd.compute_estimate
 

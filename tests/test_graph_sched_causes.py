@@ -22,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import ggufx
-from ggufx.analysis.memory.buffers import MiB, breakdown
+from ggufx.analysis.memory.buffers import FLASH_ATTN_ABORTS, MiB, breakdown
 from ggufx.analysis.memory.graph import graphsim
 from ggufx.analysis.memory.graph.galloc import _alloc_size
 from ggufx.analysis.memory.graph.ggml import _T, _Graph, _type
@@ -131,7 +131,7 @@ def test_every_view_steps_one_element_at_a_time(hole_models: dict[str, Path]) ->
         model = ggufx.open(path)
         if graphsim.simulated(model) is not None:
             continue
-        for fa in ("on", "off"):
+        for fa in ("on", "off") if model.architecture not in FLASH_ATTN_ABORTS else ("off",):
             args = parse_args(f"-m x -ngl 99 -c 4096 -fa {fa}")
             bd = breakdown(model, gpu, args.offload, args.context)
             sp = bd.reservation
@@ -145,7 +145,7 @@ def test_every_view_steps_one_element_at_a_time(hole_models: dict[str, Path]) ->
             wrong += [(name, fa, *odd[0])] if odd else []
             built += 1
     assert not wrong
-    assert built >= 2 * 50
+    assert built >= 2 * 50  # PLM without flash attention only: llama.cpp aborts with it (FLASH_ATTN_ABORTS)
 
 
 def test_cuda_flash_attention_support_follows_ggml_cuda() -> None:
