@@ -105,18 +105,23 @@ def test_where_the_ending_could_differ_the_interpreter_ends_it(gemma_path: Path)
     assert e.value.code == "a message"
 
 
-def test_a_short_option_skips_clicks_did_you_mean_list(gemma_path: Path) -> None:
-    """`-c 4096` is read as the short option it is without building click's "did you mean" list of the
-    long options it is not (difflib: 4 M instructions of `mem`): the same answer as `--ctx 4096`, and
-    every parse error exactly as click words it (an unknown long option still gets its list)."""
-    code = (
+def _cli_exit_printing(expr: str) -> str:
+    """A script that runs the CLI on its own arguments and prints ``exit CODE`` and ``expr``'s value."""
+    return (
         "import sys\n"
         "from ggufx.cli import main\n"
         "try:\n"
         "    main(sys.argv[1:], prog_name='ggufx')\n"
         "except SystemExit as e:\n"
-        "    print('exit', e.code, 'difflib' in sys.modules)\n"
+        f"    print('exit', e.code, {expr})\n"
     )
+
+
+def test_a_short_option_skips_clicks_did_you_mean_list(gemma_path: Path) -> None:
+    """`-c 4096` is read as the short option it is without building click's "did you mean" list of the
+    long options it is not (difflib: 4 M instructions of `mem`): the same answer as `--ctx 4096`, and
+    every parse error exactly as click words it (an unknown long option still gets its list)."""
+    code = _cli_exit_printing("'difflib' in sys.modules")
     short = _run(code, "mem", str(gemma_path), "-c", "4096", "-ctk", "q8_0", "--json")
     long = _run(code, "mem", str(gemma_path), "--ctx", "4096", "--cache-type-k", "q8_0", "--json")
     assert short.stdout.splitlines()[-1] == "exit 0 False"
@@ -136,14 +141,7 @@ def test_mem_imports_no_other_commands_module(gemma_path: Path) -> None:
     other commands (the analysis commands' were 3.8 M instructions of its start) are never built."""
     from ggufx.cli import COMMANDS
 
-    code = (
-        "import sys\n"
-        "from ggufx.cli import main\n"
-        "try:\n"
-        "    main(sys.argv[1:], prog_name='ggufx')\n"
-        "except SystemExit as e:\n"
-        "    print('exit', e.code, ','.join(sorted(m for m in sys.modules if m.startswith('ggufx.cli.'))))\n"
-    )
+    code = _cli_exit_printing("','.join(sorted(m for m in sys.modules if m.startswith('ggufx.cli.')))")
     proc = _run(code, "mem", str(gemma_path), "-c", "4096", "--json")
     last = proc.stdout.splitlines()[-1].split()
     assert last[:2] == ["exit", "0"], proc.stderr
