@@ -55,7 +55,7 @@ def errors(models: dict[str, Path]) -> dict[str, list[tuple[str, str, float]]]:
         log = parse_log(text)
         args = parse_args(run["args"].replace("@", ""), server=run["tool"] == "server")
         if "-sm tensor" in run["args"] or "compute" not in log.buffers:
-            continue  # -sm tensor: the phase model already (never rebuilt)
+            continue  # -sm tensor: left out of the table (its Meta graph is a one-GPU graph, measured on those runs)
         model = opened.setdefault(args.model, ggufx.open(models[args.model]))
         if builder_of(model.architecture) is None:
             continue  # no builder to switch off: these runs are the estimate already (test_memory_logs)

@@ -33,21 +33,8 @@ from .llamacpp_logs import LOGS, RUNS, replay_main
 
 # Recorded runs of architectures with a builder that ggufx answers with the estimate, each with why. The test
 # fails when one of them stops falling back (so the list stays true) and on any run not listed.
-KNOWN_FALLBACKS = {
-    # -sm tensor: llama.cpp's meta device splits every weight and the graph over the GPUs; ggufx's graphs of it
-    # are not rebuilt (the phase model sizes them, labelled; tests/test_memory_logs.py holds them to 5%)
-    **dict.fromkeys(
-        [
-            "2g-l8b-smtensor-c131072-q8",
-            "2g-l8b-smtensor-c32768",
-            "2g-l8b-smtensor-ts3-1-c32768",
-            "2g-moe-smtensor-c32768",
-            "2g-q27-smtensor-c131072",
-            "2g-srv-l8b-smtensor-np4",
-        ],
-        "phase-model estimate: -sm tensor graphs are not rebuilt",
-    ),
-}
+# -sm tensor's six runs (tests/fixtures/llamacpp-logs/2g-*-smtensor-*) left it when the Meta device's graph was rebuilt
+KNOWN_FALLBACKS: dict[str, str] = {}
 
 
 def _counts(text: str) -> bool:

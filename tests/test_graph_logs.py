@@ -3,9 +3,9 @@ equal to llama.cpp's, on every backend (CUDA0..., CUDA_Host, CPU), to the decima
 (four where it has ``~llama_context``'s line, else the two of ``sched_reserve``).
 
 The runs are tests/fixtures/llamacpp-logs' (one and two H100s, the CPU build; header-only models of
-published dimensions). Left out: ``-sm tensor`` runs, whose graphs are not rebuilt (the phase model
-sizes them, labelled: tests/test_memory_logs.py holds them to 5%), and runs with a projector or a
-draft model (their own graphs: tests/test_projector*.py, tests/test_memory_logs.py). A new builder's
+published dimensions), ``-sm tensor``'s six included (the Meta device's buffer, ``Meta()``, and its GPUs' host
+buffer). Left out: runs with a projector or a draft model (their own graphs: tests/test_projector*.py,
+tests/test_memory_logs.py). A new builder's
 runs join this test by being recorded; tests/test_arch_logs.py does the same for the CPU runs of the
 small models of each family.
 """
@@ -60,7 +60,7 @@ def _runs() -> list[str]:
         if r["tool"] not in ("completion", "server") or r["exit_status"] != 0 or rid.startswith("fiton"):
             continue  # (a -fit on run's layers and context are fit's answer: tests/test_fit_logs.py)
         args = parse_args(r["args"].replace("@", ""), server=r["tool"] == "server")
-        if args.mmproj or args.draft or args.offload.split_mode == "tensor":
+        if args.mmproj or args.draft:
             continue
         if builder_of(_ARCH[str(args.model)]) is not None:
             out.append(rid)
@@ -75,6 +75,7 @@ def test_every_model_of_the_runs_is_known() -> None:
     models.discard(None)
     assert {str(m) for m in models if not str(m).startswith("mmproj")} <= set(_ARCH)
     assert len(RUNS_BUILT) >= 190  # 194 runs when this test was written
+    assert sum("-sm tensor" in RUNS[r]["args"] for r in RUNS_BUILT) == 6
 
 
 @pytest.mark.parametrize("rid", with_known("compute", RUNS_BUILT))

@@ -36,7 +36,6 @@ SIMULATED = sorted(
     if r["tool"] in ("completion", "server", "mtmd")
     and r["exit_status"] == 0
     and not rid.startswith("fiton")
-    and "-sm tensor" not in r["args"]
     and "-sm row" not in r["args"]
     and parse_args(r["args"].replace("@", "")).model in MODELS
 )
@@ -65,6 +64,8 @@ def test_the_simulated_runs_cover_the_llama_matrix() -> None:
     assert len(SIMULATED) >= 100
     args = " ".join(RUNS[r]["args"] for r in SIMULATED)
     for option in ("-ngl 0", "-ngl 1 ", "-ngl 20", "-fa off", "-ctk q8_0", "-ub 2048", "-np 4", "-nkvo", "-ts 3,1"):
+        assert option in args, option
+    for option in ("-sm tensor", "-sm tensor -ts 3,1", "-sm tensor -ctk q8_0", "-np 4 -sm tensor"):
         assert option in args, option
     assert {RUNS[r]["gpus"] for r in SIMULATED} == {"1", "2", "cpu"}
     assert set(PHASE_ROUGH) <= set(SIMULATED)
@@ -259,7 +260,7 @@ def test_the_shortened_replay_is_the_whole_one(rid: str, hole_models: dict[str, 
     except (ggufx.GGUFError, InputError) as e:  # options ggufx refuses (tests/test_memory_logs.py checks why)
         pytest.skip(str(e))
     if bd.reservation is None or not any(b.kind == "compute" for b in bd.buffers):
-        pytest.skip("no simulated compute buffers (-sm tensor)")
+        pytest.skip("no simulated compute buffers")
     sp = sim_params(bd)
     whole = graphsim.simulate(model, devices, args.offload, sp, whole=True)
     assert graphsim.simulate(model, devices, args.offload, sp) == whole

@@ -48,9 +48,12 @@ def test_mem_with_a_rebuilt_graph_imports_no_estimate_nor_diffusion_module(gemma
     assert not compiled  # -sm layer: the -sm tensor patterns stay uncompiled
 
 
-def test_the_estimate_and_sm_tensor_still_load_what_they_use(gemma_path: Path) -> None:
-    mods, compiled, _ = _mem(gemma_path, "-c", "4096", "--gpus", "24GiB,24GiB", "-sm", "tensor")
-    assert "ggufx.analysis.memory.compute" in mods  # -sm tensor: the phase model estimates the compute buffers
+def test_sm_tensor_loads_its_patterns_and_no_estimate(gemma_path: Path) -> None:
+    """-sm tensor compiles the split patterns its weights and caches are cut by; its Meta device's graph is
+    rebuilt as any other (tests/test_graph_logs.py), so the phase model stays out."""
+    mods, compiled, out = _mem(gemma_path, "-c", "4096", "--gpus", "24GiB,24GiB", "-sm", "tensor")
+    assert "ggufx.analysis.memory.graph.graphsim" in mods and "CUDA1" in out
+    assert not mods & OFF_PATH, mods & OFF_PATH
     assert compiled
 
 

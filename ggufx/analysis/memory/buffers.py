@@ -14,7 +14,8 @@ Exact (byte for byte what llama.cpp allocates, checked against recorded logs in 
 * **output**: ``n_vocab`` floats per sequence, on the host buffer of the output layer's device.
 * ``-sm tensor``: the weights, KV cache and recurrent state of the Meta device are cut per GPU
   (:func:`ggufx.analysis.memory.placement.meta_split`); each such buffer is one buffer per GPU
-  (``Buffer.slices``) and llama.cpp prints the largest as ``Meta()``.
+  (``Buffer.slices``) and llama.cpp prints the largest as ``Meta()``. Its compute buffer is the graph's (as
+  one GPU's, without CUDA's ``graph_optimize``), whole on every GPU (:func:`_meta_compute`).
 
 Computed: **compute** buffers. Where the architecture's graph is rebuilt
 (:mod:`ggufx.analysis.memory.graph`, the registry's ``builder``) they follow llama.cpp's allocator; every
@@ -748,9 +749,9 @@ def breakdown(
                 f"-fa auto: llama.cpp turns flash attention off (layer {il}'s attention is scheduled on "
                 "another device than the layer's: resolve_fused_ops)"
             )
-    if not pl.meta and why_not is None:  # the graph itself, split and allocated as llama.cpp does
+    if why_not is None:  # the graph itself, split and allocated as llama.cpp does
         sizes = simulate_compute(model, devices, offload, sp, placement=pl)
-        buffers += [Buffer("compute", b, n, exact=False) for b, n in sizes.items() if n > 1]
+        buffers += [_meta_compute(pl, Buffer("compute", b, n, exact=False)) for b, n in sizes.items() if n > 1]
         estimate = None
     else:
         from ggufx.analysis.memory.compute import GraphShape
@@ -767,7 +768,7 @@ def breakdown(
             k_bytes=_element_bytes(_cache_type(cp.cache_type_k, "-ctk")),
             v_bytes=_element_bytes(_cache_type(cp.cache_type_v, "-ctv")),
         )
-        estimate = estimate_reason(model, why_not, bool(pl.meta))
+        estimate = estimate_reason(model, why_not)
         try:
             computed, decided_by = compute_buffers(
                 model, hp, kinds, pl, shape, pipeline, cp.flash_attn == "off", cp.no_kv_offload
@@ -779,7 +780,7 @@ def breakdown(
         rough = approximate_compute(model, kinds, pl, shape, pipeline, cp, offload) or decided_by
         if rough:
             notes.append(f"compute buffers are a rough approximation here ({rough}); the other figures stay exact")
-        if estimate and not pl.meta:
+        if estimate:
             notes.append(f"compute buffers: {estimate}; the weights, KV cache, state and output stay exact")
     for rx in pl.unmatched_overrides:  # llama.cpp applies the overrides that match and ignores the rest
         notes.append(f"-ot {rx}: matches no tensor of this model; llama.cpp ignores it")
@@ -835,10 +836,10 @@ NOT_LOADED = {
 }
 
 
-def estimate_reason(model: GGUFModel, why_not: str | None, meta: bool = False) -> str:
+def estimate_reason(model: GGUFModel, why_not: str | None) -> str:
     """Why a model's compute buffers are the phase model's estimate (:mod:`.compute`), not its rebuilt graph:
-    no builder for the architecture, an unknown architecture, a file the builder cannot build (what is
-    missing), or ``-sm tensor``."""
+    no builder for the architecture, an unknown architecture, or a file the builder cannot build (what is
+    missing)."""
     arch = model.architecture or ""
     a = arch_of(arch)
     if a is None:
@@ -847,10 +848,8 @@ def estimate_reason(model: GGUFModel, why_not: str | None, meta: bool = False) -
         return f"generic decoder estimate: {arch!r} is not a registered architecture"
     if a.builder is None:
         return f"generic decoder estimate: no graph builder for {arch}"
-    if why_not is not None:
-        return f"generic decoder estimate: {why_not}"
-    assert meta
-    return "phase-model estimate: -sm tensor graphs are not rebuilt"
+    assert why_not is not None
+    return f"generic decoder estimate: {why_not}"
 
 
 def approximate_compute(
@@ -1049,9 +1048,12 @@ def _tensor_parallel_context(cp: ContextParams) -> ContextParams:
 
 
 def _meta_compute(pl: Placement, b: Buffer) -> Buffer:
-    """The Meta device's compute buffer: every GPU runs the whole graph over its slices, and llama.cpp
-    prints the one-GPU figure (2 x H100 and H200, 8B, 27B, 30B-A3B, -ts 3,1 alike); each GPU is given
-    that figure."""
+    """The Meta device's compute buffer, on every GPU alike. ggml_gallocr reserves the whole graph on the Meta
+    buffer type, sizing each tensor at its full shape (the largest of its GPUs' sizes of it,
+    ggml-backend-meta.cpp:315-323); the buffer of that size is then allocated once per GPU
+    (``ggml_backend_meta_buffer_type_alloc_buffer``, :1697-1720) and llama.cpp prints it as ``Meta()``. Each GPU
+    runs its slices of the nodes inside its own copy, so -ts changes nothing here (recorded: 314.5156 MiB at -ts
+    3,1 as at 1,1)."""
     if b.buft != META:
         return b
     return Buffer(b.kind, b.buft, b.bytes, b.exact, slices={d.name: b.bytes for d in pl.meta}, reason=b.reason)

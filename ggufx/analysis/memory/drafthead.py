@@ -188,7 +188,7 @@ def features_compute(
             _layer_input(tensors, il).flags |= OUTPUT
         g.expand(last)
         gpus = [d.name for d in ld.pl.devices]
-        sched = _Sched(gpus, host_buft(gpus[0] if gpus else None), N_COPIES if sp.pipeline else 1)
+        sched = _Sched(gpus, graphsim._host(ld.pl), N_COPIES if sp.pipeline else 1)
         sched.assign(g)
         nodes, leafs, node_at = sched.split(g)
         sizes, _ = _reserve(nodes, leafs, sched.bufts, node_at)

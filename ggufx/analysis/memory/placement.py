@@ -12,7 +12,8 @@ This follows llama.cpp 11434 (``src/llama-model.cpp`` ``load_tensors``, ``src/ll
 * Several GPUs split the offloaded layers by ``-ts`` or, by default, in proportion to each GPU's free
   memory: layer ``il`` goes to the first GPU whose cumulative share exceeds ``(il - i_gpu_start) / N``.
   ``-sm none`` keeps only ``-mg``'s GPU; ``-sm row`` is refused by this llama.cpp's CUDA backend;
-  ``-sm tensor`` (one Meta device, every tensor sliced across the GPUs) is refused as not modelled.
+  ``-sm tensor``: one Meta device takes every layer, each tensor on it sliced across the GPUs (:func:`meta_split`);
+  host layers, ``-ot`` and the architectures llama.cpp refuses it for are refused.
 * ``-ot REGEX=BUFT`` (and ``--cpu-moe``, ``--n-cpu-moe N``, which are such overrides): the first
   regex found in the tensor name wins. A weight on the host is memory-mapped (``CPU_Mapped``); in a
   build without GPUs, matrices of repackable types also get a ``CPU_REPACK`` copy.

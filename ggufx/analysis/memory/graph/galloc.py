@@ -10,6 +10,7 @@ from collections.abc import Callable
 from itertools import chain
 
 from ggufx.analysis.memory.graph.ggml import _T, INPUT, OUTPUT, _nbytes, _type
+from ggufx.analysis.memory.placement import META
 
 __all__ = ["CUDA_ALIGN", "HOST_ALIGN", "MATRIX_ROW_PADDING", "DynAllocator"]
 
@@ -26,6 +27,13 @@ _INPLACE = frozenset(
 CUDA_ALIGN = 128  # ggml-cuda.cu: ggml_backend_cuda_buffer_type_get_alignment
 HOST_ALIGN = 32  # TENSOR_ALIGNMENT: CPU, CPU_Mapped, CUDA_Host, CPU_REPACK
 MATRIX_ROW_PADDING = 512  # ggml-cuda/common.cuh: CUDA pads a quantized row to this many elements
+
+
+def _cuda_like(buft: str) -> bool:
+    """A GPU's buffer type, CUDA's alignment and allocation sizes: ``CUDA0``..., and -sm tensor's ``Meta()``, whose
+    alignment and size of a tensor are the largest of its GPUs' for the whole tensor (ggml-backend-meta.cpp:295-323:
+    every GPU is CUDA, so CUDA's), and whose buffer of that size is allocated on every GPU (:1697-1720)."""
+    return buft == META or (buft.startswith("CUDA") and not buft.endswith("_Host"))
 
 
 class DynAllocator:
@@ -125,7 +133,7 @@ def _alloc_size(buft: str, t: _T) -> int:
 
 def _alloc_size_of(buft: str, t: _T) -> int:
     size = _nbytes(t.type, t.ne, t.nb)
-    if buft in _HOST_BUFTS or not buft.startswith("CUDA") or buft.endswith("_Host"):
+    if buft in _HOST_BUFTS or not _cuda_like(buft):
         return size
     if t.op == "FLASH_ATTN_EXT":
         q, k, v = t.src[0], t.src[1], t.src[2]
@@ -173,9 +181,7 @@ def _reserve(
     of the last block kept before ``resume``, block after block, as the whole graph would make them,
     with the up-front allocations of their leafs where ggml-alloc makes them. The answer's states
     then hold ``FAILED`` where a run's blocks cannot be replayed so (the caller replays more)."""
-    allocs = {
-        b: DynAllocator(CUDA_ALIGN if b.startswith("CUDA") and not b.endswith("_Host") else HOST_ALIGN) for b in bufts
-    }
+    allocs = {b: DynAllocator(CUDA_ALIGN if _cuda_like(b) else HOST_ALIGN) for b in bufts}
     where: dict[_T, tuple[str, int]] = {}  # tensor -> (buft, offset)
     own: set[_T] = set()
     children: dict[_T, int] = {}

@@ -454,8 +454,7 @@ def _one(
         g = _Graph()
         g.expand(build_graph(c, g))
         gpus = [d.name for d in pl.devices]
-        host = host_buft(gpus[0] if gpus else None)
-        sched = _Sched(gpus, host, N_COPIES if sp.pipeline else 1)
+        sched = _Sched(gpus, _host(pl), N_COPIES if sp.pipeline else 1)
         sched.assign(g)
     nodes, leafs, node_at = sched.split(g)
 
@@ -490,6 +489,13 @@ def _one(
             )
         )
     return sizes
+
+
+def _host(pl: Placement) -> str:
+    """The CPU backend's buffer type: the first GPU's pinned host memory (``CUDA_Host``); -sm tensor's Meta device
+    gives its GPUs' (ggml-backend-meta.cpp:377-397); ``CPU`` without a GPU."""
+    gpus = pl.meta or pl.devices
+    return host_buft(gpus[0].name if gpus else None)
 
 
 def _kinds(
@@ -640,7 +646,7 @@ def _flash_attn_mismatch(
     g = _Graph()
     g.expand(build_graph(c, g))
     gpus = [d.name for d in ld.pl.devices]
-    sched = _Sched(gpus, host_buft(gpus[0]), 1)
+    sched = _Sched(gpus, _host(ld.pl), 1)
     sched.assign(g)
     # kept for that reservation (with flash attention kept on, the same graph) unless pipeline parallelism
     # gives it another scheduler

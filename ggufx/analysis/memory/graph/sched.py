@@ -1,14 +1,15 @@
 """``ggml_backend_sched`` (ggml/src/ggml-backend.cpp:1061-1745): every node assigned a backend in its
 five passes (op offload of host weights' products to the first GPU from 32 tokens), the graph split
 where the backend changes, one copy per split input (four with pipeline parallelism), and the
-allocation dependencies CUDA's ``graph_optimize`` adds around the ops it fuses."""
+allocation dependencies CUDA's ``graph_optimize`` adds around the ops it fuses. ``-sm tensor``'s Meta device
+(``Meta()``, ggml-backend-meta.cpp) is one backend like a GPU, with neither ``graph_optimize`` nor ``offload_op``."""
 
 from __future__ import annotations
 
 from itertools import count, repeat
 
 from ggufx.analysis.memory.graph.ggml import _T, GLOBAL, INPUT, OUTPUT, _Fusion, _Graph
-from ggufx.analysis.memory.placement import CPU
+from ggufx.analysis.memory.placement import CPU, META
 
 OP_OFFLOAD_MIN_BATCH = 32  # ggml-cuda.cu:5754 (op_offload_min_batch_size)
 N_COPIES = 4  # GGML_SCHED_MAX_COPIES (ggml-backend.cpp:912)
@@ -107,7 +108,11 @@ class _Sched:
         self.bufts = [*gpus, host]
         self.cpu = len(gpus)
         self.n_copies = n_copies
-        self.op_offload = op_offload
+        # the Meta device of -sm tensor has no offload_op (ggml-backend-meta.cpp:192: nullptr; ggml-backend.cpp:784-790
+        # answers false) and no graph_optimize (ggml-backend-meta.cpp:2496: nullptr; ggml-backend.cpp:710-714 does
+        # nothing): no op offload to it, and none of CUDA's fusion dependencies or reordering in its splits
+        self.op_offload = op_offload and META not in gpus
+        self.optimize = [name != META for name in gpus] + [False]  # the backends that run CUDA's graph_optimize
         self._from: dict[str, int] = {}  # buffer type -> the first backend that supports it
         self._supports: dict[tuple[int, str], bool] = {}  # supports_buft's answers
 
@@ -246,7 +251,7 @@ class _Sched:
         for f in g.fused:
             first, last = where[f.members[0]], where[f.members[-1]]
             b, _, members = splits[first[0]]
-            if b == self.cpu or first[0] != last[0] or last[1] - first[1] != len(f.members) - 1:
+            if not self.optimize[b] or first[0] != last[0] or last[1] - first[1] != len(f.members) - 1:
                 continue
             if f.keep is None:  # top-k routing: every member and its sources until the next node
                 if last[1] + 1 >= len(members):
@@ -275,7 +280,7 @@ class _Sched:
             si = at[0][0] if at[0] is not None else -1
             b, _, members = splits[si]
             # the routed weights must have a buffer: not a copy of host experts (ggml-cuda.cu:1857)
-            if b == self.cpu or not routed[1].src[0].weight:
+            if not self.optimize[b] or not routed[1].src[0].weight:
                 continue
             p, q = [a[1] for a in at if a is not None][0], [a[1] for a in at if a is not None][3]
             pos = [a[1] for a in at if a is not None]
