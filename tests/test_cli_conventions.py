@@ -152,9 +152,14 @@ def test_imatrix_has_no_server_option(cli: CliRun) -> None:
 
 
 def test_fit_says_what_its_free_memory_is(cli: CliRun, gemma_path: Path) -> None:
+    """One GPU and no recurrent state: llama.cpp's fit reads the size given; on two GPUs its dry run
+    holds a 2 MiB page on each, and the text says how much it took off."""
     out = cli("mem", str(gemma_path), "--fit", "1GiB").stdout
     assert "MiB free, 1,024 kept free" in out
-    assert "free: what llama.cpp's fit reads while its dry run holds the recurrent state" in out
+    assert "(free: the size given; kept free: the -fitt margin)" in out
+    out = cli("mem", str(gemma_path), "--fit", "2GiB,2GiB").stdout
+    assert "2,046 MiB free" in out
+    assert "free: the size given less what llama.cpp's fit holds as it reads it (CUDA0 2 MiB, CUDA1 2 MiB: " in out
 
 
 def test_mem_with_gpus_is_a_check(cli: CliRun, gemma_path: Path) -> None:

@@ -330,6 +330,22 @@ def test_a_run_llama_cpp_aborts_is_refused(rid: str, hole_models: dict[str, Path
     assert cli("mem", model, *args, "-fa", "off", "-ctk", "f16", "-ctv", "f16").exit_code == 0
 
 
+def test_the_report_sizes_plm_without_flash_attention_and_says_so(
+    hole_models: dict[str, Path], cli: CliRun, gemma_path: Path
+) -> None:
+    """The report's memory table takes no -fa from the user: llama.cpp's default (auto), or off where llama.cpp
+    aborts the graph with it (PLM, above); its caption says which, and whether compute is the rebuilt graph."""
+    plm = cli("report", str(hole_models["plm-1.8b"]), "--json")
+    assert plm.exit_code == 0, plm.output
+    rows = json.loads(plm.output)["memory"]
+    assert rows and not any(m["flash_attn"] for m in rows) and not any(m["compute_note"] for m in rows)
+    md = cli("report", str(hole_models["plm-1.8b"]), "--format", "md").output
+    assert "## Memory (all layers offloaded, flash attention off: llama.cpp aborts this architecture's graph" in md
+    assert "compute from llama.cpp's graph, rebuilt)" in md and "compute MiB (est.)" not in md
+    md = cli("report", str(gemma_path), "--format", "md").output
+    assert "## Memory (all layers offloaded, -fa auto, 1 sequence; compute from llama.cpp's graph, rebuilt)" in md
+
+
 def test_searches_over_cache_types_leave_out_what_llama_cpp_refuses(cli: CliRun, hole_models: dict[str, Path]) -> None:
     """Phi-2's K heads of 80 (the CUDA run above: llama.cpp makes no context with q8_0): `mem --fit` searches f16
     alone and says why in its notes (text and JSON), `pick` too; `-fa off` accepts a quantized K cache (the check

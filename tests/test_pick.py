@@ -199,6 +199,29 @@ def test_each_row_equals_mem_on_that_file(cli: CliRun, picked: dict) -> None:
             assert promised["layers_offloaded"] == r["n_gpu_layers"]
 
 
+def test_llama_args_size_every_figure_and_stay_in_the_command(cli: CliRun, picked: dict, quant_folder: Path) -> None:
+    """The user's other llama-server options (one slot, a 1024-token micro-batch): each row's fit decision and
+    promised buffers are `mem`'s with them, and its command line carries them as given."""
+    extra = "-np 1 -ub 1024"
+    res = pick_json(cli, str(quant_folder), "--gpus", GPUS, "-c", str(CTX), "--llama-args", extra)
+    assert res["llama_args"] == ["-np", "1", "-ub", "1024"] and picked["llama_args"] == []
+    before = {r["name"]: r for r in picked["models"]}
+    rows = [r for r in res["models"] if not r["error"]]
+    assert len(rows) == 5
+    for r in rows:
+        cmd = r["command"]
+        assert cmd[cmd.index("-np") : cmd.index("-np") + 4] == ["-np", "1", "-ub", "1024"], cmd
+        asked = f"--mmproj {shlex.quote(r['projector'])} -ctk f16 -ctv f16 {extra}"
+        lc = _mem(cli, r["path"], "--fit", GPUS, "-fitt", "1024", "--llama-args", f"-c {CTX} {asked}")["llama_cpp"]
+        assert (lc["status"], lc["args"]) == (r["llama_cpp_fit"]["status"], r["llama_cpp_fit"]["args"]), r["name"]
+        promised = _mem(cli, r["path"], "--gpus", GPUS, "--llama-args", shlex.join(cmd[1:]))
+        dev = next(d for d in promised["devices"] if d["name"] == "CUDA0")
+        g = r["gpus"][0]
+        assert (dev["model"], dev["context"], dev["compute"]) == (g["model"], g["context"], g["compute"]), r["name"]
+        # a 1024-token micro-batch: a larger graph than llama-server's default 512
+        assert g["compute"] > before[r["name"]]["gpus"][0]["compute"], r["name"]
+
+
 def test_llama_server_parses_every_printed_command(cli: CliRun, llama_bin: Path, quant_folder: Path) -> None:
     """Every command line, on one GPU and split over two, passes llama-server's own argument parser
     (``--help`` after them: the parser runs every option's handler, then prints the usage and exits 0;
@@ -264,6 +287,19 @@ def test_a_projector_that_fits_no_model_is_said(cli: CliRun, smollm2_path: Path,
         (["--gpus", "24GiB,,"], "ggufx: error: --gpus: "),
         ([], "ggufx: error: --gpus: give the free memory of your GPUs"),
         (["--gpus", "8GiB", "-c", "4096", "--fit"], "ggufx: error: -c: give either -c N or --fit"),
+        (["--gpus", "8GiB", "--llama-args", "-ngl 99"], "ggufx: error: --llama-args: -ngl: llama.cpp's fit places"),
+        (["--gpus", "8GiB", "--llama-args", "--ctx_size 4096"], "ggufx: error: --llama-args: --ctx_size: the context"),
+        (["--gpus", "8GiB", "--llama-args", "-ot exps=CPU"], "ggufx: error: --llama-args: -ot: llama.cpp's fit places"),
+        (["--gpus", "8GiB", "--llama-args", "-fitt 512"], "ggufx: error: --llama-args: -fitt: the margin is pick's"),
+        (["--gpus", "8GiB", "--llama-args", "-md d.gguf"], "ggufx: error: --llama-args: -md: pick does not size"),
+        (["--gpus", "8GiB", "--llama-args", "--mmproj p.gguf"], "ggufx: error: --llama-args: --mmproj: the projector"),
+        (["--gpus", "8GiB", "--llama-args", "--bogus"], "ggufx: error: --llama-args: invalid argument: --bogus"),
+        (
+            ["--gpus", "8GiB", "--llama-args", "-np x"],
+            'ggufx: error: --llama-args: error while handling argument "-np"',
+        ),
+        (["--gpus", "8GiB", "--llama-args", "-np"], 'ggufx: error: --llama-args: error while handling argument "-np"'),
+        (["--gpus", "8GiB", "--llama-args", "-a 'b"], "ggufx: error: --llama-args: cannot split the command line"),
     ],
 )
 def test_bad_options_are_one_line(cli: CliRun, smollm2_path: Path, args: list[str], message: str) -> None:
@@ -375,9 +411,13 @@ def test_mcp_pick_tool_answers_the_cli_json(
         bad_gpus = await server.call_tool("pick", {"sources": [str(quant_folder)], "gpus": "lots"})
         remote_src = await server.call_tool("pick", {"sources": ["hf://org/repo-GGUF"], "gpus": GPUS})
         outside = await server.call_tool("pick", {"sources": [str(smollm2_path)], "gpus": GPUS})
-        return tools, ok, bad_gpus, remote_src, outside
+        decided = await server.call_tool(
+            "pick", {"sources": [str(quant_folder)], "gpus": GPUS, "llama_args": "-np 1 -ngl 3"}
+        )
+        return tools, ok, bad_gpus, remote_src, outside, decided
 
-    tools, ok, bad_gpus, remote_src, outside = anyio.run(go)
+    tools, ok, bad_gpus, remote_src, outside, decided = anyio.run(go)
+    assert decided.is_error and decided.content[0].text.startswith("--llama-args: -ngl: llama.cpp's fit places")
     t = tools["pick"]
     assert t.annotations.read_only_hint and not t.annotations.open_world_hint
     assert set(t.input_schema["required"]) == {"sources", "gpus"}
@@ -525,6 +565,7 @@ def test_a_printed_command_loads_with_the_buffers_it_promised(
     files = [str(quant_folder / f"{stem}.{t}.gguf") for t in ("Q8_0", "Q2_K")]
     res = pick_json(cli, *files, "--gpus", "none", "-c", "4096", "--mmproj", "none")
     assert len(res["models"]) == 2
+    default_host = {row["path"]: row["host_bytes"] for row in res["models"]}
     for row in res["models"]:
         log = _serve_until_loaded(llama_bin, row["command"][1:], tmp_path)
         assert "model loaded" in log, log[-3000:]
@@ -538,3 +579,16 @@ def test_a_printed_command_loads_with_the_buffers_it_promised(
         )
         r = cli("mem", "--llama-args", row["command_line"], "--gpus", "none", "--check", str(tmp_path / "server.log"))
         assert r.exit_code == 0 and "every buffer agrees" in r.stdout, r.stdout + r.stderr
+    # the user's other options (two slots in one unified cache, a 256-token micro-batch) size what it promises
+    res = pick_json(
+        cli, files[0], "--gpus", "none", "-c", "4096", "--mmproj", "none", "--llama-args", "-np 2 -kvu -ub 256"
+    )
+    (row,) = res["models"]
+    assert row["command"][-7:] == ["-np", "2", "-kvu", "-ub", "256", "-ngl", "0"], row["command"]
+    log = _serve_until_loaded(llama_bin, row["command"][1:], tmp_path)
+    assert "model loaded" in log, log[-3000:]
+    assert re.search(r"n_seq_max += 2\n", log) and re.search(r"n_ubatch += 256\n", log)
+    buffers = parse_log(log).buffers
+    theirs = sum(v for kind in buffers.values() for v in kind.values())
+    assert abs(row["host_bytes"] / 2**20 - theirs) <= 0.005 * sum(len(k) for k in buffers.values()), buffers
+    assert row["host_bytes"] != default_host[row["path"]]  # not the default's figure

@@ -38,7 +38,7 @@ from ggufx.analysis.filekind import file_kind
 from ggufx.analysis.memory.buffers import Breakdown, alloc_size, breakdown, is_cuda, refused_cache_types
 from ggufx.analysis.memory.fit import MARGIN, N_CTX_MIN, LlamaFit, fit_devices, free_seen, llama_fit
 from ggufx.analysis.memory.hparams import hparams
-from ggufx.analysis.memory.llamaargs import parse_args
+from ggufx.analysis.memory.llamaargs import argument_names, parse_args
 from ggufx.analysis.memory.placement import Device
 from ggufx.analysis.scan import discover, name_stem
 from ggufx.analysis.summary import summarize
@@ -54,6 +54,29 @@ SEARCH_TYPES = ("f16", "q8_0", "q4_0")  # the cache types of the largest-context
 TOOLS = ("llama-server",)
 PROJECTOR_PREFERENCE = ("F16", "BF16", "F32")  # --mmproj auto: as users choose, the rest after these
 Progress = Callable[[int, int, str], None]  # (done, total, name) after each header read
+# llama.cpp options ``llama_args`` may not give (by the first name llama.cpp gives each): pick writes them itself
+_DECIDED = {
+    **dict.fromkeys(
+        ("-m", "-mu", "-hf", "-hff", "-dr", "--models-dir", "--models-preset"), "the models are pick's sources"
+    ),
+    **dict.fromkeys(
+        ("-mm", "-mmu", "--mmproj-auto", "--mmproj-offload", "-mmdev"),
+        "the projector is pick's --mmproj, counted on the first GPU",
+    ),
+    "-c": "the context is pick's -c (or --fit)",
+    "-ctk": "the K cache type is pick's -ctk",
+    "-ctv": "the V cache type is pick's -ctv",
+    **dict.fromkeys(
+        ("-ngl", "-ts", "-ot", "-cmoe", "-ncmoe", "-sm", "-mg", "-dev"),
+        "llama.cpp's fit places the model on the GPUs given (--gpus)",
+    ),
+    **dict.fromkeys(("-fit", "-fitc"), "pick answers as llama.cpp's -fit on"),
+    "-fitt": "the margin is pick's -fitt",
+    **dict.fromkeys(
+        ("--spec-draft-model", "--spec-draft-hf", "--spec-type"),
+        "pick does not size speculative decoding (ggufx mem -md / --spec-type does)",
+    ),
+}
 
 
 def parse_gpus(text: str) -> list[Device]:
@@ -294,7 +317,8 @@ class PickResult:
 
     * ``sources``, ``gpus`` ([{name, free}]), ``margin`` (bytes kept free per GPU, ``-fitt``),
       ``n_ctx`` (requested; null: llama.cpp's fit chooses), ``cache_type_k``/``cache_type_v``,
-      ``mmproj`` (``auto``, ``none`` or the file), ``tool``;
+      ``mmproj`` (``auto``, ``none`` or the file), ``tool``, ``llama_args`` (the user's other options of
+      the tool, words, in every command line);
     * ``recommendation`` / ``runner_up``: the ``name`` of a row, or null; ``summary``: the one line;
     * ``models``: rows (``ModelPick.to_json``): ``name``, ``path``, ``shards``, ``quant``, ``architecture``,
       ``file_bytes``, ``bpw``, ``parameters``, ``n_ctx_train``, ``experts``, ``error``, ``projector``,
@@ -317,6 +341,7 @@ class PickResult:
     companions: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     recommendation: ModelPick | None = None
+    llama_args: list[str] = field(default_factory=list)  # the user's other options of the tool
     runner_up: ModelPick | None = None
 
     @property
@@ -349,6 +374,7 @@ class PickResult:
             "cache_type_v": self.cache_type_v,
             "mmproj": self.mmproj,
             "tool": self.tool,
+            "llama_args": list(self.llama_args),
             "summary": self.summary,
             "recommendation": None if self.recommendation is None else self.recommendation.name,
             "runner_up": None if self.runner_up is None else self.runner_up.name,
@@ -442,16 +468,18 @@ class Request:
     tool: str = "llama-server"
     cache_types: tuple[str, ...] = SEARCH_TYPES
     n_ctx_min: int = N_CTX_MIN  # -fitc
+    llama_args: tuple[str, ...] = ()  # the user's other options of the tool (-np 1 -ub 1024 ...)
 
 
 def base_args(path: str, req: Request, mmproj: str | None) -> list[str]:
-    """The options that say what the user asked (the model, projector, context and cache types)."""
+    """The options that say what the user asked (the model, projector, context, cache types and the other
+    options of the tool)."""
     argv = ["-m", path]
     if mmproj:
         argv += ["--mmproj", mmproj]
     if req.n_ctx is not None:
         argv += ["-c", str(req.n_ctx)]
-    return argv + ["-ctk", req.cache_type_k, "-ctv", req.cache_type_v]
+    return argv + ["-ctk", req.cache_type_k, "-ctv", req.cache_type_v, *req.llama_args]
 
 
 def _with_ctx(argv: list[str], n_ctx: int) -> list[str]:
@@ -629,6 +657,7 @@ def pick(
     margin: int = MARGIN,
     cache_types: tuple[str, ...] = SEARCH_TYPES,
     n_ctx_min: int = N_CTX_MIN,
+    llama_args: str | Sequence[str] = (),
     remote: RemoteConfig | None = None,
     progress: Progress | None = None,
     allow: Callable[[str], str | None] | None = None,
@@ -640,7 +669,10 @@ def pick(
     ``none``, or a projector file used for every model. Raises :class:`SourceError` for a source with
     no GGUF file and :class:`InputError` for a bad option; a file that cannot be read is a row with
     its ``error``. ``allow(path)``: None, or why a local file may not be read (the MCP server's roots);
-    asked for every file found and every shard of a split model, before any is read."""
+    asked for every file found and every shard of a split model, before any is read. ``llama_args``: the
+    other options of the tool the models run with (``-np 1 -ub 1024 -fa on``...), as one string or words:
+    they size every figure and are kept in the command lines; the options pick writes itself (the model,
+    ``-c``, ``-ctk``/``-ctv``, the placement, the fit's) are an InputError naming ``--llama-args``."""
     from ggufx.format.ggmltypes import CACHE_TYPES
 
     if tool not in TOOLS:
@@ -652,9 +684,10 @@ def pick(
         raise InputError("the context cannot be negative", "-c")
     if margin < 0:
         raise InputError("a margin cannot be negative", "-fitt")
+    extra = _checked_llama_args(llama_args, tool)
     if cache_type_k == cache_type_v and cache_type_k not in cache_types:  # the requested type's largest context too
         cache_types = (*cache_types, cache_type_k)
-    req = Request(tuple(gpus), n_ctx, cache_type_k, cache_type_v, margin, tool, cache_types, n_ctx_min)
+    req = Request(tuple(gpus), n_ctx, cache_type_k, cache_type_v, margin, tool, cache_types, n_ctx_min, extra)
     entries = find_entries(sources, remote)
     explicit: GGUFModel | None = None
     if mmproj not in ("auto", "none"):
@@ -692,6 +725,12 @@ def pick(
         else:
             companions.append((e, m, kind))
     result = PickResult(list(sources), list(gpus), margin, n_ctx, cache_type_k, cache_type_v, mmproj, tool, rows)
+    result.llama_args = list(extra)
+    unmodelled = parse_args(["-m", "model.gguf", *extra], tool=tool).unmodelled
+    if unmodelled:
+        result.notes.append(
+            "ggufx does not model what these llama.cpp options change in memory: " + ", ".join(unmodelled)
+        )
     result.companions = [
         {"name": e.name, "path": e.path, "kind": kind, "quant": summarize(m).file_type_label}
         for e, m, kind in companions
@@ -731,6 +770,21 @@ def pick(
             result.notes.append(f"the projector {label} fits none of the models" + (f" ({why_not})" if why_not else ""))
     _rank(result)
     return result
+
+
+def _checked_llama_args(llama_args: str | Sequence[str], tool: str) -> tuple[str, ...]:
+    """The words of ``llama_args``, each an option ``tool`` defines (with its values) that pick does not write
+    itself; an InputError naming ``--llama-args`` otherwise."""
+    try:
+        words = shlex.split(llama_args) if isinstance(llama_args, str) else list(llama_args)
+    except ValueError as e:  # an unclosed quote
+        raise InputError(f"cannot split the command line: {e}", "--llama-args") from None
+    for word, first in argument_names(words, tool):
+        why = _DECIDED.get(first)
+        if why is not None:
+            raise InputError(f"{word}: {why}", "--llama-args")
+    parse_args(["-m", "model.gguf", *words], tool=tool)  # the values, as llama.cpp reads them
+    return tuple(words)
 
 
 def _local_shards(path: str) -> list[str]:

@@ -62,6 +62,13 @@ def _fail(param: str | None, message: str) -> None:
     show_default=True,
     help="The program the command lines are written for (its defaults size the buffers).",
 )
+@click.option(
+    "--llama-args",
+    metavar="'ARGS'",
+    default="",
+    help="The other llama-server options you run with (-np 1 -ub 1024 -fa on ...): they size every figure and "
+    "are kept in the command lines. Not those pick writes (-m, -c, -ctk, -ctv, -ngl, -ts, -ot, -fitt...).",
+)
 @json_option
 @tablefmt_option
 @network_options
@@ -75,6 +82,7 @@ def pick(
     mmproj: str,
     fit_target: float,
     tool: str,
+    llama_args: str,
     as_json: bool,
     tablefmt: str,
 ) -> None:
@@ -95,6 +103,7 @@ def pick(
       ggufx pick https://huggingface.co/ggml-org/gemma-3-4b-it-GGUF --gpus 8GiB --fit
       ggufx pick ./models/ --gpus 16GiB -c 32768 -ctk q8_0 -ctv q8_0 --tablefmt github
       ggufx pick a.gguf b-00001-of-00002.gguf --gpus 24GiB --mmproj none --json
+      ggufx pick ./models/ --gpus 24GiB -c 32768 --llama-args '-np 1 -ub 2048'
     """
     from ggufx import results
     from ggufx.errors import InputError
@@ -121,6 +130,7 @@ def pick(
             mmproj=mmproj,
             tool=tool,
             fit_target_mib=fit_target,
+            llama_args=llama_args,
             remote=remote,
             progress=progress if remote is not None else None,
         )

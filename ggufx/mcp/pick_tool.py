@@ -67,6 +67,14 @@ class PickTool:
         fit_target_mib: Annotated[
             float, Field(ge=0, description="MiB kept free on each GPU (llama.cpp's -fitt).")
         ] = 1024.0,
+        llama_args: Annotated[
+            str,
+            Field(
+                description='The other llama-server options the models run with ("-np 1 -ub 1024"): they size '
+                "every figure and are kept in the command lines; not those pick writes (-m, -c, -ctk, -ctv, -ngl, "
+                "-ts, -ot, -fitt...)."
+            ),
+        ] = "",
     ) -> dict[str, Any]:
         from ggufx import results
 
@@ -82,6 +90,7 @@ class PickTool:
             cache_type_v=cache_type_v,
             mmproj=projector,
             fit_target_mib=fit_target_mib,
+            llama_args=llama_args,
             remote=self.access.remote,
             allow=self._refusal,
         )

@@ -3,6 +3,7 @@ pastes into a model card), then the command line that runs each."""
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 from ggufx.analysis.pick import ModelPick, PickResult, offload_text
@@ -73,6 +74,8 @@ def pick_text(res: PickResult, fmt: str = "simple") -> str:
         f"GPUs: {gpus}; kept free: {res.margin / MiB:,.0f} MiB each (-fitt); KV cache "
         f"{res.cache_type_k}/{res.cache_type_v}; * recommended, + runner-up with part on the host"
     )
+    if res.llama_args:
+        out.append(f"{res.tool} options given: {shlex.join(res.llama_args)}")
     out.append("")
     out.append(table.render(rows, headers, fmt, align=align))
     commands = [(m.name, m.command_line) for m in res.models if m.command_line]

@@ -403,11 +403,17 @@ def fit_text(res: FitResult, fmt: str = "simple") -> str:
             f"{lc['margin'][k] / MiB:,.0f} kept free"
             for k, v in lc["use"].items()
         )
-        head += [
-            f"  ggufx's figures there: {uses}",
-            "  (free: what llama.cpp's fit reads while its dry run holds the recurrent state, the size "
-            "given less that; kept free: the -fitt margin)",
-        ]
+        given = res["budget"] if isinstance(res["budget"], list) else [res["budget"]]
+        held = [b - lc["free"][k] for k, b in zip(lc["free"], given, strict=False)]
+        if any(held):
+            seen = ", ".join(f"{k} {h / MiB:,.0f} MiB" for k, h in zip(lc["free"], held, strict=False))
+            free_is = (
+                f"free: the size given less what llama.cpp's fit holds as it reads it ({seen}: "
+                "the recurrent state, a page per GPU it works on)"
+            )
+        else:
+            free_is = "free: the size given"
+        head += [f"  ggufx's figures there: {uses}", f"  ({free_is}; kept free: the -fitt margin)"]
         draft = res.get("draft")
         if draft is not None:
             sizes = ", ".join(f"{k} {v / MiB:,.0f} MiB" for k, v in draft["bytes"].items())

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import os
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import cache
 
@@ -41,7 +41,7 @@ from ggufx.analysis.memory.options import POOLING_TYPES, ProjectorOptions
 from ggufx.analysis.memory.placement import CPU_MOE_PATTERN, OffloadParams, n_cpu_moe_patterns
 from ggufx.errors import InputError
 
-__all__ = ["TOOL_NAMES", "LlamaArgs", "accepted", "embedding_context", "parse_args", "program_tool"]
+__all__ = ["TOOL_NAMES", "LlamaArgs", "accepted", "argument_names", "embedding_context", "parse_args", "program_tool"]
 
 # program name -> the LLAMA_EXAMPLE_* it parses its arguments as: the generated table's tools (llama-embedding's from
 # examples/embedding/embedding.cpp: common_params_parse(..., LLAMA_EXAMPLE_EMBEDDING))
@@ -174,8 +174,22 @@ def parse_args(argv: list[str] | str, server: bool = False, tool: str | None = N
         tool = program
     if tool is None and server:
         tool = "llama-server"
-    options = _options(tool)
     st = _State()
+    for word, opt, values in _arguments(words, tool):
+        handler = _MEMORY.get(opt.first)
+        if handler is not None:
+            handler(st, _Value(word, values[0] if values else "", opt.positive))
+        else:
+            st.others += [word, *values]
+            if opt.first in NOT_MODELLED:
+                st.unmodelled.append(word)
+    return st.result(tool)
+
+
+def _arguments(words: list[str], tool: str | None) -> Iterator[tuple[str, _Option, list[str]]]:
+    """Each argument of ``words`` (no program name) as written, what it is, and its values; an argument
+    ``tool`` does not define, or one whose value is missing, is an InputError worded as llama.cpp words it."""
+    options = _options(tool)
     i = 0
     while i < len(words):
         word = words[i]
@@ -184,16 +198,20 @@ def parse_args(argv: list[str] | str, server: bool = False, tool: str | None = N
             raise InputError(_refusal(word, tool), PARAM)
         if i + opt.values >= len(words):
             raise InputError(f'error while handling argument "{word}": expected value for argument', PARAM)
-        values = words[i + 1 : i + 1 + opt.values]
-        handler = _MEMORY.get(opt.first)
-        if handler is not None:
-            handler(st, _Value(word, values[0] if values else "", opt.positive))
-        else:
-            st.others += words[i : i + 1 + opt.values]
-            if opt.first in NOT_MODELLED:
-                st.unmodelled.append(word)
+        yield word, opt, words[i + 1 : i + 1 + opt.values]
         i += 1 + opt.values
-    return st.result(tool)
+
+
+def argument_names(argv: list[str] | str, tool: str | None = None) -> list[tuple[str, str]]:
+    """The arguments of a llama.cpp command line's options (no program name), each as written and by the first
+    name llama.cpp gives it (``--n-gpu-layers`` is ``-ngl``); an InputError as :func:`parse_args` words it."""
+    try:
+        words = shlex.split(argv) if isinstance(argv, str) else list(argv)
+    except ValueError as e:
+        raise InputError(f"cannot split the command line: {e}", PARAM) from None
+    if tool is not None and tool not in _TOOLS:
+        raise InputError(f"unknown tool {tool!r} (one of {', '.join(TOOL_NAMES)})", "--tool")
+    return [(word, opt.first) for word, opt, _ in _arguments(words, tool)]
 
 
 @dataclass(frozen=True, slots=True)
