@@ -247,10 +247,11 @@ def _add(into: dict[str, int], more: dict[str, int]) -> None:
 _SIZES: weakref.WeakKeyDictionary[GGUFModel, dict[tuple[str, int, str], int]] = weakref.WeakKeyDictionary()
 
 
-# TENSOR_READ_LAZY tensors (gemma4.cpp: the per-layer token embeddings) that llama.cpp's default --lazy-mode
-# auto reads on demand when over 4 GiB (llama-model-loader.cpp:1088-1112): a context and a buffer of their
-# own, from the file's mapping (lazy_read::buft, even with --no-mmap), printed as a second CPU_Mapped buffer
-_LAZY = {"gemma4": ("per_layer_token_embd.weight",)}
+# TENSOR_READ_LAZY tensors (gemma4.cpp: the per-layer token embeddings; qwen4exp.cpp:215: the PLE n-gram table)
+# that llama.cpp's default --lazy-mode auto reads on demand when over 4 GiB (llama-model-loader.cpp:1088-1112): a
+# context and a buffer of their own, from the file's mapping (lazy_read::buft, even with --no-mmap), printed as a
+# second CPU_Mapped buffer
+_LAZY = {"gemma4": ("per_layer_token_embd.weight",), "qwen4exp": ("per_layer_token_embd.weight",)}
 LAZY_MIN = 4 << 30
 
 
