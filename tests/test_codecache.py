@@ -154,3 +154,38 @@ def test_a_cache_file_others_may_write_is_not_read(tmp_path: Path) -> None:
     assert _codecache.load(str(path)) == {}
     got = _methods("cached", tmp_path)
     assert got["_from_cache"] == 0 and isinstance(got["_compiled_now"], int) and got["_compiled_now"] > 100
+
+
+def test_each_command_has_its_own_file(tmp_path: Path) -> None:
+    """``install(command)``: the command's own file, written at exit, read back by that command only (``mem``
+    does not load the texts of every other command's classes)."""
+    from ggufx.cli import _codecache
+
+    own = "from ggufx.cli._codecache import _state, install\nassert install({!r})\nimport ggufx.results.memory\n"
+    own += "print(len(_state['used']), len(_state['new']))\n"
+
+    def run(command: str) -> list[int]:
+        proc = subprocess.run(
+            [sys.executable, "-c", own.format(command)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=_env(tmp_path),
+            cwd=ROOT,
+        )
+        return [int(n) for n in proc.stdout.split()]
+
+    used, new = run("mem")
+    tag = f"{sys.implementation.cache_tag}-{sys.hexversion:x}"
+    assert [p.name for p in (tmp_path / "code").iterdir()] == [f"dataclass-methods-{tag}-mem.marshal"]
+    assert (
+        used == 0
+        and new > 20
+        and len(_codecache.load(str(tmp_path / "code" / f"dataclass-methods-{tag}-mem.marshal"))) == new
+    )
+    assert run("mem") == [new, 0]  # read back
+    assert run("report") == [0, new]  # another command: its own file, compiled anew
+    assert sorted(p.name for p in (tmp_path / "code").iterdir()) == [
+        f"dataclass-methods-{tag}-mem.marshal",
+        f"dataclass-methods-{tag}-report.marshal",
+    ]

@@ -184,6 +184,13 @@ def block_role(name: str) -> tuple[int, str] | None:
     it gives no layer or a tower's (vision, audio...). Without a regular expression for the plain
     ``blk.N.role[.kind]`` names (what the layer kinds read for every tensor at start-up); any other name
     that could hold a layer (a companion's, a control vector's direction, a newline) goes to parse_name."""
+    # blk.N.role.kind (nearly every tensor): one split, the same answer as the partitions below for these names
+    # (a kind of _KINDS is no companion's suffix; 8.3 K instructions a name there, 5.8 K here; issue 21)
+    parts = name.split(".")
+    if len(parts) == 4 and parts[0] == "blk" and parts[3] in _KINDS and parts[2] and "\n" not in name:
+        layer = parts[1]
+        if layer.isascii() and layer.isdigit():
+            return int(layer), parts[2]
     if name.startswith("blk.") and "\n" not in name and not name.endswith(_COMPANION_ENDS):
         layer, dot, rest = name[4:].partition(".")
         if dot and rest and layer.isascii() and layer.isdigit():

@@ -135,7 +135,7 @@ class LazyGroup(click.Group):
         if _OWN_PROCESS:  # @dataclass's generated methods compiled once, not at every start (ggufx.cli._codecache)
             from ggufx.cli._codecache import install
 
-            install()
+            install(name)  # the command's own file: the texts of the classes its modules make
         module = importlib.import_module(f"{__name__}.{entry[0]}")
         if _OWN_PROCESS:  # the command's own process: what its imports made lives to its end
             gc.freeze()

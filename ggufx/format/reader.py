@@ -62,7 +62,8 @@ MIN_KV = 13  # bytes of the smallest metadata record: empty key, type, a one-byt
 
 # a tensor info as read, before the layout step sizes and places it (a plain tuple: a model has
 # thousands): name, shape, type, data offset, element count, offset of the info in the file
-_RawTensor = tuple[str, tuple[int, ...], GGMLType, int, int, int]
+# name, shape, type, data offset, elements, where its info starts, ggml_nbytes (-1: a type newer than the table)
+_RawTensor = tuple[str, tuple[int, ...], GGMLType, int, int, int, int]
 _uncached_type = ggml_type.__wrapped__  # for ids past the table: ggml_type caches every id it sees
 MetaValue = int | float | bool | str | GGUFArray
 
@@ -351,10 +352,12 @@ def _place_tensors(
     newer than the type table is sized by the next tensor's offset; a last tensor of such a type has
     nothing to bound its size and is refused."""
     tensors: list[TensorInfo] = []
+    append = tensors.append
+    make = _tensor_info
     expected = 0
     last = len(infos) - 1
-    for i, (name, shape, gt, offset, n_elements, info_at) in enumerate(infos):
-        derived = not gt.known
+    for i, (name, shape, gt, offset, n_elements, info_at, nbytes) in enumerate(infos):
+        derived = nbytes < 0  # a type newer than the table (gt.known is false): nbytes is ggml_nbytes else
         if derived:
             if i == last:
                 raise ValidationError(
@@ -367,8 +370,6 @@ def _place_tensors(
             nbytes = infos[i + 1][3] - offset
             if nbytes <= 0:
                 raise ValidationError(path, info_at, f"tensor {name!r} of {gt.name} has no room before the next tensor")
-        else:
-            nbytes = gt.nbytes(n_elements)
         if offset != expected:
             how = "overlaps the previous tensor" if offset < expected else "leaves a gap after the previous tensor"
             raise ValidationError(
@@ -377,7 +378,7 @@ def _place_tensors(
                 f"tensor {name!r} has data offset {offset:,}, expected {expected:,} "
                 f"(it {how}; llama.cpp requires tensors packed in order)",
             )
-        padded = align(nbytes, alignment)
+        padded = -(-nbytes // alignment) * alignment  # align(nbytes, alignment), without the call
         if offset + padded > data_size:
             size = f"{nbytes:,} bytes" + (f", {padded:,} with its alignment padding" if padded != nbytes else "")
             raise TruncatedError(
@@ -386,9 +387,7 @@ def _place_tensors(
                 f"tensor {name!r} data ({size}, at data offset {offset:,}) runs past the end of the file",
             )
         expected = offset + padded
-        tensors.append(
-            _tensor_info(name, shape, gt, offset, data_offset + offset, n_elements, nbytes, 0, info_at, derived)
-        )
+        append(make(name, shape, gt, offset, data_offset + offset, n_elements, nbytes, 0, info_at, derived))
     return tensors
 
 
@@ -486,7 +485,8 @@ class _Parser:
                 cur.need(pos + 8 * n_dims + 12, pos, f"tensor {name!r}")
                 data, have = cur.data, len(cur.data)
             shape = dims[n_dims](data, pos)
-            if min(shape, default=1) > 0 and (n_elements := prod(shape)) <= INT64_MAX:
+            # (min with a default parses its keywords: 0.4 us a tensor)
+            if (not shape or min(shape) > 0) and (n_elements := prod(shape)) <= INT64_MAX:
                 pass
             else:
                 n_elements = self._elements(pos, name, shape)
@@ -499,6 +499,7 @@ class _Parser:
                 found = _uncached_type(type_id) if type_id >= 0 else None
             if found is None or not found.known:
                 gt = self._unusual_type(pos, name, type_id, found)
+                nbytes = -1  # sized by the next tensor's offset (_place_tensors)
             else:
                 gt = found
                 ne0 = shape[0] if shape else 1  # missing dimensions are 1
@@ -523,7 +524,7 @@ class _Parser:
                     f"tensor {name!r} data offset {offset} is not a multiple of the alignment {alignment}",
                 )
             pos += 12
-            infos.append((name, shape, gt, offset, n_elements, start))
+            infos.append((name, shape, gt, offset, n_elements, start, nbytes))
         return infos, pos
 
     def _elements(self, pos: int, name: str, shape: tuple[int, ...]) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, TypedDict, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from ggufx.analysis.memory.options import POOLING_TYPES
 from ggufx.errors import GGUFError, InputError
@@ -18,8 +18,6 @@ from ggufx.format.ggmltypes import CACHE_TYPES
 from ggufx.model import GGUFModel
 
 if TYPE_CHECKING:
-    from typing_extensions import NotRequired
-
     from ggufx.analysis.memory.buffers import Breakdown, Buffer, ContextParams
     from ggufx.analysis.memory.llamaargs import LlamaArgs
     from ggufx.analysis.memory.mtp import MtpOptions
@@ -363,101 +361,26 @@ def _fit_margins(text: str) -> list[int]:
     return [int(v * MiB) for v in values]
 
 
-# -- result types ----------------------------------------------------------------------------
+# -- result types: made at their first use (ggufx.results._memory_types, issue 21) ------------
 
+if TYPE_CHECKING:
+    from ggufx.results._memory_types import CheckRow as CheckRow
+    from ggufx.results._memory_types import DeviceRow as DeviceRow
+    from ggufx.results._memory_types import DraftFit as DraftFit
+    from ggufx.results._memory_types import FitResult as FitResult
+    from ggufx.results._memory_types import MemoryCheckResult as MemoryCheckResult
+    from ggufx.results._memory_types import MemoryResult as MemoryResult
+else:
+    _RESULT_TYPES = frozenset({"DeviceRow", "MemoryResult", "CheckRow", "MemoryCheckResult", "FitResult", "DraftFit"})
 
-class DeviceRow(TypedDict):
-    """One row of llama.cpp's memory breakdown table (bytes)."""
+    def __getattr__(name: str) -> Any:
+        """The result types (``from ggufx.results.memory import MemoryResult``), made at the first use of one."""
+        if name in _RESULT_TYPES:
+            from ggufx.results import _memory_types
 
-    name: str
-    free: int | None
-    model: int
-    context: int
-    compute: int
-    self: int
-    output: int
-    companions: int
-
-
-class MemoryResult(TypedDict):
-    """``mem --json``: the one-GPU summary of earlier versions (:meth:`Estimate.to_dict`), then every
-    buffer per device."""
-
-    path: str
-    n_ctx: int
-    cache_type_k: str
-    cache_type_v: str
-    parallel: int
-    n_ubatch: int
-    flash_attn: bool
-    n_gpu_layers: int
-    weights: dict[str, int]
-    kv_cache: dict[str, Any]
-    recurrent_state: dict[str, int]
-    compute_estimate: int
-    gpu_total: int
-    notes: list[str]
-    n_gpu_layers_requested: int
-    devices: list[DeviceRow]
-    buffers: list[dict[str, Any]]
-    n_ctx_seq: int
-    n_streams: int
-    n_batch: int
-    swa_cells: int
-    layers_offloaded: int
-    n_layer: int
-    exact: list[str]
-    computed: list[str]
-    warnings: list[str]
-    embeddings: bool  # an embedding run (llama-server --embedding, llama-embedding)
-    pooling: str | None  # its pooling type (none, mean, cls, last, rank); None: no embeddings
-
-
-class CheckRow(TypedDict):
-    kind: str
-    buft: str
-    llama_cpp_mib: float | None
-    ggufx_mib: float
-    difference_mib: float | None
-    difference_pct: float | None
-    exact: bool
-    ok: bool
-
-
-class MemoryCheckResult(TypedDict):
-    """``mem --check LOG --json``."""
-
-    path: str
-    tolerance: float
-    ok: bool
-    rows: list[CheckRow]
-    log_devices: list[dict[str, Any]]
-    pipeline_parallel: bool
-    notes: list[str]
-
-
-class FitResult(TypedDict):
-    """``mem --fit SIZE --json``: ggufx's fits per cache type and llama.cpp's own decision."""
-
-    path: str
-    budget: int | list[int]
-    margin: int
-    projector_bytes: dict[str, int] | None
-    fits: list[dict[str, Any]]
-    llama_cpp: dict[str, Any]
-    notes: NotRequired[list[str]]  # --spec-type draft-mtp: what the MTP context changes in the answer
-    draft: NotRequired[DraftFit]  # -md: whether llama.cpp's decision holds the draft model
-
-
-class DraftFit(TypedDict):
-    """``mem --fit SIZE -md DRAFT --json``'s ``draft``: whether llama.cpp's fit counts the draft model beside the
-    target (``fitted``; ``reason`` why not: then its buffers come on top of ``llama_cpp``'s figures) and the draft's
-    bytes per GPU (weights, context and compute) at the decision's context."""
-
-    path: str
-    fitted: bool
-    reason: str
-    bytes: dict[str, int]
+            globals().update({n: getattr(_memory_types, n) for n in _RESULT_TYPES})
+            return globals()[name]
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # -- the questions, from a request -------------------------------------------------------------
@@ -591,7 +514,7 @@ def memory_breakdown(
         "warnings": context_warnings(model, context, tool)
         + (draft_context_warnings(draft, draft_context or context, b.n_ctx) if draft is not None else []),
     }
-    return cast(MemoryResult, res)
+    return cast("MemoryResult", res)
 
 
 def _companions(

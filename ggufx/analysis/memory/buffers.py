@@ -245,6 +245,9 @@ def _add(into: dict[str, int], more: dict[str, int]) -> None:
 
 # per model (held weakly), the bytes of each (tensor, buffer type): --fit places the same weights again
 _SIZES: weakref.WeakKeyDictionary[GGUFModel, dict[tuple[str, int, str], int]] = weakref.WeakKeyDictionary()
+# alloc_size of a tensor of a known type by what it reads (buffer type, the type's name and sizes, ne0, rows): a
+# model's layers repeat a few dozen shapes, and the call with its own three is 5 K instructions (issue 21)
+_ALLOC_SIZES: dict[tuple[str, str, int, int, int, int], int] = {}
 
 
 # TENSOR_READ_LAZY tensors (gemma4.cpp: the per-layer token embeddings; qwen4exp.cpp:215: the PLE n-gram table)
@@ -298,8 +301,19 @@ def _weight_buffers(model: GGUFModel, pl: Placement) -> list[Buffer]:
         key = (t.name, t.file_offset, buft)
         size = known.get(key)
         if size is None:
-            rows = t.n_elements // t.shape[0] if t.shape and t.shape[0] else 1
-            size = known[key] = alloc_size(buft, t.type, t.shape[0] if t.shape else 1, rows, t.nbytes)
+            shape, gt = t.shape, t.type
+            ne0 = shape[0] if shape else 1
+            rows = t.n_elements // shape[0] if shape and shape[0] else 1
+            if gt.known and gt.block_size:
+                same = (buft, gt.name, gt.block_size, gt.type_size, ne0, rows)
+                size = _ALLOC_SIZES.get(same)
+                if size is None:
+                    if len(_ALLOC_SIZES) >= 1 << 16:
+                        _ALLOC_SIZES.clear()
+                    size = _ALLOC_SIZES[same] = alloc_size(buft, gt, ne0, rows)
+            else:
+                size = alloc_size(buft, gt, ne0, rows, t.nbytes)
+            known[key] = size
         sizes[buft] = sizes.get(buft, 0) + size
     out = [Buffer("model", CPU_MAPPED, hi - lo) for _shard, (lo, hi) in sorted(spans.items())]
     out += [Buffer("model", b, n) for b, n in sizes.items()]

@@ -241,10 +241,15 @@ def _load(model: GGUFModel, hp: Hparams, pl: Placement) -> _Loaded:
     weights: dict[tuple[str, str | None], _T] = {}
     by_name: dict[str, list[tuple[str, _T]]] = {}
     roles: list[tuple[int, str, list[tuple[str, _T]]]] = []  # each layer weight's layer, role and copies
+    # each (shape, type)'s ggml shape and strides: the layers repeat a few dozen (two calls, 3 K instructions)
+    layouts: dict[tuple[tuple[int, ...], str], tuple[tuple[int, int, int, int], tuple[int, int, int, int]]] = {}
     for info, buft in pl.tensors:
         name, type_ = info.name, info.type.name
-        ne = _ne(*info.shape) if info.shape else (1, 1, 1, 1)
-        t = _T(name, "NONE", type_, ne, _strides(ne, type_), [], None, 0, buft, True)
+        layout = layouts.get((info.shape, type_))
+        if layout is None:
+            ne = _ne(*info.shape) if info.shape else (1, 1, 1, 1)
+            layout = layouts[(info.shape, type_)] = (ne, _strides(ne, type_))
+        t = _T(name, "NONE", type_, layout[0], layout[1], [], None, 0, buft, True)
         weights[(name, buft)] = t
         copies = by_name.get(name)
         if copies is None:
