@@ -307,6 +307,15 @@ def test_bad_options_are_one_line(cli: CliRun, smollm2_path: Path, args: list[st
     assert r.exit_code == 2 and r.stderr.startswith(message) and r.stderr.count("\n") == 1, r.stderr
 
 
+def test_llama_args_ggufx_does_not_model_are_said(cli: CliRun, smollm2_path: Path) -> None:
+    """An option llama.cpp accepts whose memory ggufx does not model (-ncffn: dense FFN weights of the first
+    layers on the host) is kept in the command lines and named in the notes, as `mem --llama-args` names it."""
+    res = pick_json(cli, str(smollm2_path), "--gpus", "8GiB", "-c", "4096", "--llama-args", "-ncffn 2")
+    assert res["notes"] == ["ggufx does not model what these llama.cpp options change in memory: -ncffn"]
+    (row,) = res["models"]
+    assert row["command"][row["command"].index("-ncffn") + 1] == "2"
+
+
 def test_no_gguf_is_one_line(cli: CliRun, tmp_path: Path) -> None:
     (tmp_path / "README.md").write_text("nothing here")
     r = cli("pick", str(tmp_path), "--gpus", "8GiB")

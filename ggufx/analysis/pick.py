@@ -684,7 +684,7 @@ def pick(
         raise InputError("the context cannot be negative", "-c")
     if margin < 0:
         raise InputError("a margin cannot be negative", "-fitt")
-    extra = _checked_llama_args(llama_args, tool)
+    extra, unmodelled = _checked_llama_args(llama_args, tool)
     if cache_type_k == cache_type_v and cache_type_k not in cache_types:  # the requested type's largest context too
         cache_types = (*cache_types, cache_type_k)
     req = Request(tuple(gpus), n_ctx, cache_type_k, cache_type_v, margin, tool, cache_types, n_ctx_min, extra)
@@ -726,7 +726,6 @@ def pick(
             companions.append((e, m, kind))
     result = PickResult(list(sources), list(gpus), margin, n_ctx, cache_type_k, cache_type_v, mmproj, tool, rows)
     result.llama_args = list(extra)
-    unmodelled = parse_args(["-m", "model.gguf", *extra], tool=tool).unmodelled
     if unmodelled:
         result.notes.append(
             "ggufx does not model what these llama.cpp options change in memory: " + ", ".join(unmodelled)
@@ -772,9 +771,10 @@ def pick(
     return result
 
 
-def _checked_llama_args(llama_args: str | Sequence[str], tool: str) -> tuple[str, ...]:
+def _checked_llama_args(llama_args: str | Sequence[str], tool: str) -> tuple[tuple[str, ...], list[str]]:
     """The words of ``llama_args``, each an option ``tool`` defines (with its values) that pick does not write
-    itself; an InputError naming ``--llama-args`` otherwise."""
+    itself, and those of them whose effect on memory ggufx does not model; an InputError naming ``--llama-args``
+    otherwise."""
     try:
         words = shlex.split(llama_args) if isinstance(llama_args, str) else list(llama_args)
     except ValueError as e:  # an unclosed quote
@@ -783,8 +783,8 @@ def _checked_llama_args(llama_args: str | Sequence[str], tool: str) -> tuple[str
         why = _DECIDED.get(first)
         if why is not None:
             raise InputError(f"{word}: {why}", "--llama-args")
-    parse_args(["-m", "model.gguf", *words], tool=tool)  # the values, as llama.cpp reads them
-    return tuple(words)
+    parsed = parse_args(["-m", "model.gguf", *words], tool=tool)  # the values, as llama.cpp reads them
+    return tuple(words), parsed.unmodelled
 
 
 def _local_shards(path: str) -> list[str]:
