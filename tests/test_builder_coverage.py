@@ -131,21 +131,10 @@ def test_no_recorded_run_of_a_builder_falls_back(hole_models: dict[str, Path]) -
 # and on one listed that no longer misses it.
 PROOF = ("cpu", "cuda", "published", "fit")
 KNOWN_GAPS: dict[str, dict[str, str]] = {
-    "maincoder": {
-        "fit": "maincoder-1b (session 13) is in priority 66's fit sweep (matrix_builders.py 66), not recorded yet",
-    },
     "plamo3": {
         "published": "no published PLaMo 3 dimensions found verbatim (its pfnet/plamo-3-nict-* repositories are "
         "gated; session 13 searched the docs, pages, code and issues corpora)",
         "fit": "fit runs are swept over published models only (matrix_builders.fit_sweep_models)",
-    },
-    "qwen4exp": {
-        "fit": "qwen4exp-flash-next (session 13) is in priority 66's fit sweep (matrix_builders.py 66), not recorded "
-        "yet",
-    },
-    "plm": {
-        "fit": "priority 60's llama-fit-params runs of plm-1.8b aborted with flash attention (exit 134, as llama.cpp "
-        "11434 does for plm); priority 61's -fa off runs are not recorded yet",
     },
     "gemma4-assistant": {
         "fit": "Gemma 4's drafter attends its target's cache: it never loads alone, and llama.cpp's fit leaves a "
