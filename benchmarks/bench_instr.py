@@ -26,7 +26,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from bench_models import models  # noqa: E402
 
-LAUNCH = "import sys; sys.path.insert(0, sys.argv.pop(1)); sys.argv[0] = 'ggufx'; from ggufx.cli import main; main()"
+LAUNCH = "import sys; sys.path.insert(0, sys.argv.pop(1)); sys.argv[0] = 'ggufx'; import ggufx.cli as c; (c.run if hasattr(c, 'run') else c.main)()"
 COMMANDS = {
     "info": lambda f: ["info", str(f)],
     "mem": lambda f: ["mem", str(f), "-c", "32768", "--gpus", "24GiB"],

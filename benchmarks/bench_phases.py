@@ -122,8 +122,9 @@ def dump_log():
 atexit.register(dump_log)
 sys.path.insert(0, {root!r})
 sys.argv = ['ggufx', *{args!r}]
-from ggufx.cli import main
-main()
+import ggufx.cli as c
+(c.run if hasattr(c, "run") else c.main)()
+
 """
 
 

@@ -42,7 +42,7 @@ sys.path.insert(0, str(HERE))
 from bench_models import models  # noqa: E402
 from common import tool  # noqa: E402
 
-LAUNCH = "import sys; sys.path.insert(0, sys.argv.pop(1)); sys.argv[0] = 'ggufx'; from ggufx.cli import main; main()"
+LAUNCH = "import sys; sys.path.insert(0, sys.argv.pop(1)); sys.argv[0] = 'ggufx'; import ggufx.cli as c; (c.run if hasattr(c, 'run') else c.main)()"
 
 
 def run(cmd: list[str], env: dict[str, str]) -> tuple[float, float, int]:

@@ -23,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 HOLES = HERE / ".data" / "holes"
 SPEED = HERE / ".data" / "speed"
-LAUNCH = "import sys; sys.path.insert(0, sys.argv.pop(1)); sys.argv[0] = 'ggufx'; from ggufx.cli import main; main()"
+LAUNCH = "import sys; sys.path.insert(0, sys.argv.pop(1)); sys.argv[0] = 'ggufx'; import ggufx.cli as c; (c.run if hasattr(c, 'run') else c.main)()"
 COMMANDS = (["--json"], ["--fit", "24GiB", "--json"])
 
 

@@ -1,3 +1,3 @@
-from ggufx.cli import main
+from ggufx.cli import run
 
-main(prog_name="ggufx")
+run(prog_name="ggufx")

@@ -132,7 +132,7 @@ def test_a_command_that_makes_no_class_reads_no_cache_file(tmp_path: Path) -> No
 def test_the_command_answers_the_same_with_the_cache(gemma_path: Path, tmp_path: Path) -> None:
     """`ggufx mem --json` as a process (the only caller that installs the cache), without a cache, with
     a cold one and with a warm one: byte-identical."""
-    launch = "import sys; sys.argv[0] = 'ggufx'; from ggufx.cli import main; main()"
+    launch = "import sys; sys.argv[0] = 'ggufx'; from ggufx.cli import run; run()"
     args = [sys.executable, "-c", launch, "mem", str(gemma_path), "-c", "4096", "--json"]
     outs = [
         subprocess.run(args, capture_output=True, env=env, cwd=ROOT)

@@ -63,7 +63,7 @@ def _run(code: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
 
 
-LAUNCH = "import sys; from ggufx.cli import main; main()"
+LAUNCH = "import sys; from ggufx.cli import run; run()"
 
 
 def test_the_process_ends_as_the_interpreter_would(gemma_path: Path) -> None:

@@ -11,7 +11,8 @@ from typing import Any
 
 import click
 
-from ggufx.cli._common import EXIT_CHECK_FAILED, emit, json_option, open_model, remote_options, tablefmt_option
+from ggufx.cli._common import json_option, open_model, remote_options, tablefmt_option
+from ggufx.cli._memory import REPLACED_BY_LLAMA_ARGS
 from ggufx.results import CACHE_TYPES
 from ggufx.results.memory import FLASH_ATTN, POOLING_TYPES, SPLIT_MODES, TOOLS
 
@@ -264,43 +265,16 @@ def mem(file: str | None, as_json: bool, tablefmt: str, **options: Any) -> None:
       ggufx mem --llama-args "llama-embedding -m nomic-embed.gguf -c 2048 --pooling mean"
     """
     from ggufx import results
-    from ggufx.render.text import fit_text, memory_check_text, memory_devices_text
+    from ggufx.cli._memory import run
 
     if options["llama_args"] is not None:
         _no_options_beside_llama_args(click.get_current_context())
-    request = results.MemoryRequest(flash_attn=not options.pop("no_flash_attn"), **options)
     try:
-        model = open_model(request.model_file(file))
-        if request.fit_budget is not None:
-            fitted = results.fit(model, request, open_model)
-            emit(fitted, as_json, lambda: fit_text(fitted, tablefmt))
-        elif request.check_log is not None:
-            with open(request.check_log, encoding="utf-8", errors="replace") as f:
-                checked = results.check(model, request, f.read(), open_model)
-            emit(checked, as_json, lambda: memory_check_text(checked, tablefmt))
-            if not checked["ok"]:
-                sys.exit(EXIT_CHECK_FAILED)
-        else:
-            res = results.memory(model, request, open_model)
-            emit(res, as_json, lambda: memory_devices_text(res, tablefmt))
-            for line in [] if as_json else res["warnings"]:
-                click.echo(f"warning: llama.cpp will log: {line}", err=True)
-            if results.short_devices(res):  # --gpus sizes the model does not fit: a failed check
-                sys.exit(EXIT_CHECK_FAILED)
+        code = run(file, as_json, tablefmt, options, open_model, click.echo)
     except results.InputError as e:
         raise click.BadParameter(str(e), param_hint=e.param) from None
-
-
-# the llama.cpp options that --llama-args replaces (results.MemoryRequest.setup takes its command line's context,
-# offload, projector and draft settings whole); the companion files and --spec-type are merged instead
-_REPLACED_BY_LLAMA_ARGS = frozenset(
-    {
-        "ctx", "cache_type_k", "cache_type_v", "fa", "no_flash_attn", "parallel", "ubatch", "batch", "n_gpu_layers",
-        "tensor_split", "split_mode", "main_gpu", "overrides", "cpu_moe", "n_cpu_moe", "no_kv_offload", "swa_full",
-        "kv_unified", "no_mmap", "no_repack", "embedding", "pooling", "image_min_tokens", "image_max_tokens",
-        "no_mmproj_offload", "n_gpu_layers_draft", "cache_type_k_draft", "cache_type_v_draft",
-    }
-)  # fmt: skip
+    if code:
+        sys.exit(code)
 
 
 def _no_options_beside_llama_args(ctx: click.Context) -> None:
@@ -311,7 +285,7 @@ def _no_options_beside_llama_args(ctx: click.Context) -> None:
     given = [
         min(p.opts, key=len)
         for p in ctx.command.params
-        if p.name in _REPLACED_BY_LLAMA_ARGS and ctx.get_parameter_source(p.name) is ParameterSource.COMMANDLINE
+        if p.name in REPLACED_BY_LLAMA_ARGS and ctx.get_parameter_source(p.name) is ParameterSource.COMMANDLINE
     ]
     if given:
         raise click.BadParameter(

@@ -1,0 +1,191 @@
+"""The fast start: ``ggufx mem`` without importing click (issue 21: click's import and option objects were 65 M
+of the 360 M instructions ``mem`` ran beyond Python's start on a 27B model, about 12 ms).
+
+A command line is run here only when every token is one this module reads exactly as click would: option strings
+as ``ggufx mem --help`` lists them (``--ctx 32768``, ``-c 32768``, ``--ctx=32768``), values click's types accept
+(integers and numbers within click's bounds, one of click's choices, files click's ``Path`` checks pass), one
+local file. Everything else (``--help``, an unknown or abbreviated option, a value click would refuse, a URL,
+``--server``, the remote-source options, ``--llama-args``, ``--``, output streams that are not UTF-8) goes to the
+click group, and so does any command line whose answer fails (a bad file, options that cannot be answered, a
+bug): the group runs it again from the start and reports it as it always has. The options are read off click's
+declaration into :mod:`ggufx.cli._specs` (``tools/gen_cli_specs.py``; ``tests/test_fast_start.py`` holds this
+reading equal to click's over every option and a corpus of command lines, and the outputs of both starts equal).
+``GGUFX_NO_FAST_START=1`` sends every command line to click.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from typing import Any
+
+FAST = ("mem",)  # the commands the fast start runs; their options: ggufx.cli._specs
+
+_Parsed = tuple[dict[str, Any], set[str]]
+
+
+def parse(command: str, args: list[str]) -> _Parsed | None:
+    """``(params, given)``: the values click's parsing of ``args`` gives each of ``command``'s parameters and the
+    names of those the command line set; None where click might read ``args`` otherwise (or refuse them)."""
+    from ggufx.cli._specs import SPECS
+
+    spec = SPECS[command]
+    options: dict[str, tuple[Any, ...]] = spec["options"]
+    params = dict(spec["defaults"])
+    given: set[str] = set()
+    argument = spec["argument"]
+    i, n = 0, len(args)
+    while i < n:
+        token = args[i]
+        i += 1
+        if not token.startswith("-"):
+            if argument is None or argument in given:
+                return None  # click: an extra argument
+            path = _path(token, exists=False)
+            if path is None:
+                return None
+            params[argument] = path
+            given.add(argument)
+            continue
+        explicit = None
+        if token.startswith("--") and "=" in token:
+            token, explicit = token.split("=", 1)
+        entry = options.get(token)
+        if entry is None or entry[1] == "decline" or token in ("-", "--"):
+            return None
+        name = entry[0]
+        read = _value(entry, explicit, args, i)
+        if read is None:
+            return None
+        value, i = read
+        if entry[1] == "multi":
+            value = (*params[name], value) if name in given else (value,)
+        params[name] = value
+        given.add(name)
+    return params, given
+
+
+def _value(entry: tuple[Any, ...], explicit: str | None, args: list[str], i: int) -> tuple[Any, int] | None:
+    """The value of the option ``entry`` (``explicit``: after its ``=``; else read from ``args[i:]``) and where the
+    next token is, or None where click might read it otherwise or refuse it."""
+    kind = entry[1]
+    if kind == "flag":
+        return None if explicit is not None else (True, i)
+    if kind == "optional":  # click: the flag value where no value follows or an option does
+        if explicit is not None or i >= len(args) or (args[i][:1] == "-" and len(args[i]) > 1):
+            return None
+        return (args[i], i + 1) if args[i] in entry[2] else None
+    if explicit is None:
+        if i >= len(args):
+            return None
+        explicit, i = args[i], i + 1
+    value = _convert(kind, entry, explicit)
+    return None if value is None else (value, i)
+
+
+def _convert(kind: str, entry: tuple[Any, ...], text: str) -> Any:
+    """``text`` as click's type converts it, or None where click would refuse it."""
+    if kind in ("str", "multi"):
+        return text
+    if kind == "choice":
+        return text if text in entry[2] else None
+    if kind == "path":
+        return _path(text, exists=entry[2])
+    try:
+        value: float = int(text) if kind == "int" else float(text)  # click's own conversion
+    except ValueError:
+        return None
+    low = entry[2]
+    if low is not None and value < low:
+        return None
+    return value
+
+
+def _path(text: str, exists: bool) -> str | None:
+    """``text`` where ``click.Path(dir_okay=False, exists=exists)`` accepts it (a file, readable), else None; a URL
+    or hf:// reference is None too (its remote options live on click's context)."""
+    if not text or text == "-" or "://" in text:
+        return None
+    try:
+        st = os.stat(text)
+    except OSError:
+        return None if exists else text
+    if stat.S_ISDIR(st.st_mode) or not os.access(text, os.R_OK):
+        return None
+    return text
+
+
+def _utf8(stream: Any) -> bool:
+    import codecs
+
+    encoding = getattr(stream, "encoding", None)
+    try:
+        return encoding is not None and codecs.lookup(encoding).name == "utf-8"
+    except LookupError:
+        return False
+
+
+class _Output:
+    """click.echo of a text, as it writes one to a UTF-8 stream: the text, a newline, a flush. A text with an
+    escape sequence goes through click.echo itself (it strips them where the stream is no terminal)."""
+
+    def __init__(self) -> None:
+        self.written = False
+
+    def echo(self, message: str, err: bool = False) -> None:
+        self.written = True
+        if "\x1b" in message:
+            import click
+
+            click.echo(message, err=err)
+            return
+        stream = sys.stderr if err else sys.stdout
+        stream.write(message + "\n")
+        stream.flush()
+
+
+def run_fast(argv: list[str]) -> None:
+    """Run ``argv`` (the program's arguments) and end the process, where the fast start applies; else return."""
+    if not argv or argv[0] not in FAST or os.environ.get("GGUFX_NO_FAST_START"):
+        return
+    if not (_utf8(sys.stdout) and _utf8(sys.stderr)):
+        return
+    parsed = parse(argv[0], argv[1:])
+    if parsed is None:
+        return
+    params, given = parsed
+    if "llama_args" in given:  # its command line may name remote files, and click checks the options beside it
+        return
+    _run_mem(argv[0], params)
+
+
+def _run_mem(command: str, params: dict[str, Any]) -> None:
+    import gc
+
+    from ggufx.cli import _codecache
+    from ggufx.cli._process import end_process
+
+    _codecache.install(command)  # as the click group does for a command's own process
+    import ggufx
+    import ggufx.cli._memory as memory
+    import ggufx.results
+    import ggufx.results.memory  # noqa: F401  (what the click command's module imports, before the freeze)
+
+    gc.freeze()
+    out = _Output()
+    file, as_json, tablefmt = params.pop("file"), params.pop("as_json"), params.pop("tablefmt")
+    try:
+        code = memory.run(file, as_json, tablefmt, params, ggufx.open, out.echo)
+    except BrokenPipeError:  # `ggufx mem ... | head`: not an error, as the click group says
+        sys.stderr.close()
+        end_process(0)
+    except KeyboardInterrupt:  # click's standalone ending
+        sys.stderr.write("\nAborted!\n")
+        end_process(1)
+    except Exception as e:
+        if not out.written:
+            return  # the click group runs it again and reports it its way
+        sys.stderr.write(f"ggufx: internal error: {type(e).__name__}: {e} (rerun with --debug and report it)\n")
+        end_process(2)
+    end_process(code)

@@ -1,0 +1,169 @@
+"""The fast start (ggufx.cli._fast): ``ggufx mem`` without click, reading its command line exactly as click would.
+
+Three proofs: the option table is click's declaration as it stands (tools/gen_cli_specs.py --check); over a corpus of
+command lines (every option with values click takes and refuses, the forms click reads specially), wherever the fast
+start reads a line its parameters and the options given are click's own (``make_context``), and it declines every line
+click refuses; and run as the ``ggufx`` program, both starts answer byte for byte the same (stdout, stderr, exit
+status), the fast one without importing click.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+from click.core import ParameterSource
+
+from ggufx.cli._fast import parse
+from ggufx.cli._specs import SPECS
+from ggufx.cli.memory import mem
+
+ROOT = Path(__file__).resolve().parent.parent
+LAUNCH = "import sys; sys.argv[0] = 'ggufx'; from ggufx.cli import run; run()"
+# prints, at the process's end, whether click was imported (end_process runs the atexit handlers)
+WATCH = "import atexit, sys; atexit.register(lambda: print('click:', 'click' in sys.modules, file=sys.stderr)); "
+
+
+def test_the_option_table_is_click_s_declaration() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "gen_cli_specs.py"), "--check"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def _click(args: list[str]) -> tuple[dict[str, object], set[str]] | None:
+    # click's parsing of the command as the group serves it (server_aware may have made it a SectionedCommand or
+    # a ServerAwareCommand in this process), less ServerAwareCommand's `--server` lookup: the fast start declines it
+    ctx = mem.context_class(mem, info_name="mem")
+    try:
+        with ctx.scope(cleanup=False):
+            click.Command.parse_args(mem, ctx, list(args))
+    except (click.ClickException, click.exceptions.Exit):
+        return None
+    given = {n for n in ctx.params if ctx.get_parameter_source(n) is ParameterSource.COMMANDLINE}
+    return dict(ctx.params), given
+
+
+def _corpus(tmp: Path) -> list[list[str]]:
+    model = tmp / "m.gguf"
+    model.write_bytes(b"GGUF")
+    log = tmp / "llama.log"
+    log.write_text("log")
+    folder = tmp / "dir"
+    folder.mkdir()
+    files = [str(model), str(tmp / "missing.gguf"), str(folder), "-", "", "https://x/y.gguf", "hf://o/r/f.gguf"]
+    ints = ["0", "1", "-1", "32768", " 7", "+3", "1_000", "abc", "", "1.5", "0x10", "-0"]
+    floats = ["0", "2.5", "-1", "nan", "inf", "1e3", "x", ""]
+    lines: list[list[str]] = [[], [str(model)], ["--help"], ["-h"], ["--"], [str(model), "--", "-c"]]
+    options = SPECS["mem"]["options"]
+    for opt, entry in options.items():
+        kind = entry[1]
+        if kind == "flag":
+            values: list[list[str]] = [[opt], [opt, opt], [f"{opt}=1"]]
+        elif kind == "optional":
+            values = [[opt], [opt, "on"], [opt, "off", "-c", "5"], [opt, "-c", "5"], [opt, "ON"], [opt, "x"]]
+            values += [[f"{opt}=on"]]
+        elif kind == "int":
+            values = [[opt, v] for v in ints] + [[f"{opt}=5"], [f"{opt}="], [opt]]
+        elif kind == "float":
+            values = [[opt, v] for v in floats] + [[opt]]
+        elif kind == "choice":
+            values = [[opt, c] for c in entry[2]] + [[opt, entry[2][0].upper()], [opt, "nope"], [opt]]
+        elif kind == "path":
+            values = [[opt, f] for f in [str(log), *files]] + [[f"{opt}={log}"], [opt]]
+        else:  # str, multi, decline
+            values = [[opt, "24GiB"], [opt, "a=b"], [opt, "-c"], [opt, ""], [f"{opt}=x"], [opt], [opt, "1", opt, "2"]]
+        for v in values:
+            lines += [[str(model), *v], [*v, str(model)], v]
+    lines += [[f] for f in files] + [[str(model), str(model)], ["-c5", str(model)], ["-c=5", str(model)]]
+    lines += [["--ct", "5", str(model)], ["--CTX", "5"], ["-ctk=q8_0", str(model)], ["-np3"], ["---c", "4"]]
+    rng = random.Random(21)
+    flat = [v for v in lines if v]
+    for _ in range(600):  # combinations: repeated options, several values, positions
+        line: list[str] = []
+        for _ in range(rng.randint(1, 6)):
+            line += rng.choice(flat)
+        lines.append(line)
+    return lines
+
+
+def test_the_fast_start_reads_a_command_line_as_click_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    read = declined_by_us = 0
+    for args in _corpus(tmp_path):
+        fast, ref = parse("mem", args), _click(args)
+        if fast is None:
+            declined_by_us += ref is not None
+            continue
+        read += 1
+        assert ref is not None, f"click refuses {args}, the fast start read it"
+        # values with their types (repr: a nan equals a nan, 1 is not True)
+        assert {k: (type(v), repr(v)) for k, v in fast[0].items()} == {
+            k: (type(v), repr(v)) for k, v in ref[0].items()
+        }, args
+        assert fast[1] == ref[1], args
+    assert read > 1000, read  # most lines click takes, the fast start reads too
+    assert declined_by_us < read, (declined_by_us, read)
+
+
+def test_the_usual_command_lines_are_read(tmp_path: Path) -> None:
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    for line in (
+        "-c 32768 --gpus 24GiB",
+        "-c 131072 -ctk q8_0 -ctv q8_0 --gpus 24GiB",
+        "--gpus 24GiB,24GiB -ts 3,1 -ngl 40 --n-cpu-moe 20 -c 65536",
+        "--fit 24GiB,24GiB --fit-layers -c 262144",
+        "-c 8192 -np 4 --embedding --pooling last",
+        "--fit 24GiB -fitt 1024 -ctk q8_0 -ctv q8_0 --json",
+        "-c 4096 -fa on -ot blk\\.[0-9]+\\.ffn_.*_exps=CPU -nkvo --tablefmt github",
+    ):
+        args = [str(model), *line.split()]
+        assert parse("mem", args) is not None, line
+        assert parse("mem", args) == _click(args), line  # (no nan here: plain equality)
+
+
+def _ggufx(args: list[str], fast: bool, watch: bool = False) -> subprocess.CompletedProcess[bytes]:
+    env = {k: v for k, v in os.environ.items() if k != "GGUFX_NO_FAST_START"}
+    if not fast:
+        env["GGUFX_NO_FAST_START"] = "1"
+    env["PYTHONIOENCODING"] = "utf-8"
+    code = (WATCH if watch else "") + LAUNCH
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, env=env, cwd=ROOT, timeout=300)
+
+
+def test_both_starts_answer_the_same(gemma_path: Path, smollm2_path: Path, tmp_path: Path) -> None:
+    g, s = str(gemma_path), str(smollm2_path)
+    cases = [
+        ["mem", g, "-c", "32768"],
+        ["mem", s, "-c", "8192", "--gpus", "24GiB", "--json"],
+        ["mem", g, "-c", "32768", "--gpus", "100MiB"],  # does not fit: exit 1
+        ["mem", g, "--fit", "1GiB"],
+        ["mem", s, "--fit", "2GiB", "--json", "-ctk", "q8_0", "-ctv", "q8_0"],
+        ["mem", g, "-c", "4096", "-ngl", "3", "--gpus", "8GiB,8GiB", "-ts", "3,1", "--tablefmt", "github"],
+        ["mem", g, "-c", "4096", "-fa", "off", "-ctv", "q4_0"],  # a quantized V cache without flash attention
+        ["mem", g, "--gpus", "24XB"],  # an input error: the click group reports it
+        ["mem", str(tmp_path / "missing.gguf")],  # a bad file: the same
+        ["mem", g, "-c", "abc"],  # a value click refuses: click's message
+        ["mem", g, "--gpus", "24GiB", "-ctk", "q8_0", "-c", "-5"],
+    ]
+    for args in cases:
+        a, b = _ggufx(args, fast=True), _ggufx(args, fast=False)
+        assert (a.returncode, a.stdout, a.stderr) == (b.returncode, b.stdout, b.stderr), args
+    statuses = {tuple(args): _ggufx(args, fast=True).returncode for args in cases[:4]}
+    assert list(statuses.values()) == [0, 0, 1, 0]
+
+
+def test_the_fast_start_imports_no_click(gemma_path: Path) -> None:
+    fast = _ggufx(["mem", str(gemma_path), "-c", "32768", "--gpus", "24GiB"], fast=True, watch=True)
+    assert fast.returncode == 0 and fast.stderr.endswith(b"click: False\n"), fast.stderr
+    slow = _ggufx(["mem", str(gemma_path), "-c", "32768", "--gpus", "24GiB"], fast=False, watch=True)
+    assert slow.stderr.endswith(b"click: True\n") and slow.stdout == fast.stdout
+    # what it declines goes to click: --help, and a bad file reported by the click group
+    for args in (["mem", "--help"], ["mem", str(gemma_path) + ".missing"]):
+        assert _ggufx(args, fast=True, watch=True).stderr.endswith(b"click: True\n"), args
