@@ -91,15 +91,19 @@ def test_exceptions_live_in_errors_and_are_still_where_they_were() -> None:
 
 
 def test_constants_the_results_repeat_are_the_memory_model_s() -> None:
-    """results.memory names llama.cpp's -fa and -sm choices without importing the memory model (the
-    CLI's options need them at start-up); they must stay the memory model's own."""
+    """results.memory names llama.cpp's -fa and -sm choices without importing the memory model, and results
+    its -ctk/-ctv types without the type table (the CLI's options need them at start-up); they must stay the
+    memory model's and the format layer's own."""
     import importlib
 
+    import ggufx.results
     from ggufx.analysis.memory.buffers import FLASH_ATTN
     from ggufx.analysis.memory.placement import SPLIT_MODES
+    from ggufx.format.ggmltypes import CACHE_TYPES
 
     memory = importlib.import_module("ggufx.results.memory")  # the module: results.memory is its function
     assert (memory.FLASH_ATTN, memory.SPLIT_MODES) == (FLASH_ATTN, SPLIT_MODES)
+    assert ggufx.results.CACHE_TYPES == CACHE_TYPES  # the package's own tuple (the CLI's options import it)
 
 
 def test_info_imports_no_memory_model() -> None:

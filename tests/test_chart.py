@@ -293,3 +293,68 @@ def test_report_on_a_folder_is_pick_s_page(cli: CliRun, smollm2_path: Path, gemm
     assert "smol-Q4_1.gguf" in html and "gemma-Q4_K_M.gguf" in html and picked["summary"].split(":")[0] in html
     no_gpus = cli("report", str(folder), "-o", str(tmp_path / "x.html"))
     assert no_gpus.exit_code == 2 and "give --gpus" in no_gpus.stderr and not (tmp_path / "x.html").exists()
+
+
+def test_report_on_a_folder_takes_pick_s_sizing_options(
+    cli: CliRun, smollm2_path: Path, gemma_path: Path, tmp_path: Path
+) -> None:
+    """``report FOLDER`` with pick's -c, -ctk/-ctv, -fitt and --llama-args: the JSON is what ``pick`` computes
+    with the same options, the page states them and its command lines carry the llama-server options; with
+    a model file they are a usage error naming the option; pick's own checks give pick's own messages."""
+    import json
+    import os
+    import shutil
+
+    folder = tmp_path / "quants"
+    folder.mkdir()
+    for src, name in ((smollm2_path, "smol-Q4_1.gguf"), (gemma_path, "gemma-Q4_K_M.gguf")):
+        try:
+            os.link(src, folder / name)
+        except OSError:
+            shutil.copy(src, folder / name)
+    sized = ("--gpus", "2GiB", "-c", "6144", "-ctk", "q8_0", "-ctv", "q8_0", "-fitt", "512")
+    sizing = (*sized, "--llama-args", "-np 1 -ub 1024 -fa on")
+    picked = json.loads(cli("pick", str(folder), *sizing, "--json").stdout)
+    reported = json.loads(cli("report", str(folder), *sizing, "--json").stdout)
+    assert reported == picked
+    assert (picked["n_ctx"], picked["cache_type_k"], picked["cache_type_v"]) == (6144, "q8_0", "q8_0")
+    assert picked["margin"] == 512 << 20 and picked["llama_args"] == ["-np", "1", "-ub", "1024", "-fa", "on"]
+    rows = [m for m in picked["models"] if m["command"]]
+    assert len(rows) == 2 and all(m["n_ctx"] == 6144 for m in rows)
+    # a 1024-token micro-batch: each row's compute buffer is larger than at llama-server's default 512
+    without = json.loads(cli("report", str(folder), *sized, "--json").stdout)
+    assert without == json.loads(cli("pick", str(folder), *sized, "--json").stdout) and without["llama_args"] == []
+    before = {m["name"]: m for m in without["models"]}
+    assert all(m["gpus"][0]["compute"] > before[m["name"]]["gpus"][0]["compute"] for m in rows)
+    for fmt, ext in (("html", "html"), ("md", "md")):
+        page = tmp_path / f"quants.{ext}"
+        assert cli("report", str(folder), *sizing, "-o", str(page)).exit_code == 0
+        text = page.read_text()
+        assert "context: 6,144" in text and "KV cache q8_0/q8_0" in text and "512 MiB" in text, fmt
+        assert "llama-server options given: " + ("<code>" if fmt == "html" else "`") + "-np 1 -ub 1024 -fa on" in text
+        for m in rows:
+            assert "-c 6144 -ctk q8_0 -ctv q8_0 -np 1 -ub 1024 -fa on" in m["command_line"]
+            assert m["command_line"] in text, (fmt, m["command_line"])
+    # a model file's report sizes no ranking: each option is a one-line usage error that names it
+    for args, named in (
+        (("-c", "6144"), "-c/--ctx-size"),
+        (("--fit",), "--fit"),
+        (("-ctv", "f16"), "-ctv/--cache-type-v"),
+        (("--mmproj", "none"), "--mmproj"),
+        (("-fitt", "512"), "-fitt/--fit-target"),
+        (("--tool", "llama-server"), "--tool"),
+        (("--llama-args", "-np 1"), "--llama-args"),
+    ):
+        out = tmp_path / "one.html"
+        r = cli("report", str(folder / "smol-Q4_1.gguf"), "--gpus", "2GiB", *args, "-o", str(out))
+        assert r.exit_code == 2 and not r.stdout and not out.exists(), args
+        assert r.stderr == (
+            f"ggufx: error: {named}: sizes a folder's ranking (ggufx pick's); a model file's report does not take it\n"
+        )
+    # pick's checks, pick's messages (one line, exit 2), and no page written
+    for args in (("-c", "4096", "--fit"), ("--llama-args", "-c 4096"), ("--llama-args", "-ngl 5"), ("-c", "0")):
+        want = cli("pick", str(folder), "--gpus", "2GiB", *args)
+        got = cli("report", str(folder), "--gpus", "2GiB", *args, "-o", str(tmp_path / "bad.html"))
+        assert (got.exit_code, got.stderr) == (want.exit_code, want.stderr) and want.exit_code == 2, args
+        assert got.stderr.startswith("ggufx: error: ") and got.stderr.count("\n") == 1
+        assert not (tmp_path / "bad.html").exists()

@@ -222,6 +222,31 @@ def test_llama_args_size_every_figure_and_stay_in_the_command(cli: CliRun, picke
         assert g["compute"] > before[r["name"]]["gpus"][0]["compute"], r["name"]
 
 
+def test_report_of_the_folder_is_pick_with_the_same_options(cli: CliRun, quant_folder: Path, tmp_path: Path) -> None:
+    """``report FOLDER`` takes pick's sizing options: its JSON is ``pick``'s with the same ones (projectors, the
+    split quant, the corrupt file), at -c with the user's llama-server options and with --fit; its page
+    states them and its command lines carry them."""
+    for args in (
+        ("-c", str(CTX), "--llama-args", "-np 1 -ub 1024", "-ctk", "q8_0", "-ctv", "q8_0"),
+        ("--fit", "--mmproj", "none", "-fitt", "512", "--llama-args", "-np 2"),
+    ):
+        picked = pick_json(cli, str(quant_folder), "--gpus", GPUS, *args)
+        r = cli("report", str(quant_folder), "--gpus", GPUS, *args, "--json")
+        assert r.exit_code == 0, r.stderr
+        assert json.loads(r.stdout) == picked, args
+        given = shlex.split(args[args.index("--llama-args") + 1])
+        assert picked["llama_args"] == given and len([m for m in picked["models"] if m["command"]]) == 5
+        page = tmp_path / "quants.md"
+        assert cli("report", str(quant_folder), "--gpus", GPUS, *args, "-o", str(page)).exit_code == 0
+        text = page.read_text()
+        assert f"llama-server options given: `{shlex.join(given)}`" in text
+        assert ("context: 8,192" if "-c" in args else "context: llama.cpp's --fit chooses") in text
+        for m in picked["models"]:
+            if m["command"]:
+                assert m["command"][m["command"].index(given[0]) :][: len(given)] == given
+                assert f"`{m['command_line']}`" in text
+
+
 def test_llama_server_parses_every_printed_command(cli: CliRun, llama_bin: Path, quant_folder: Path) -> None:
     """Every command line, on one GPU and split over two, passes llama-server's own argument parser
     (``--help`` after them: the parser runs every option's handler, then prints the usage and exits 0;

@@ -8,7 +8,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, overload
 
 import click
 
@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # the model and remote layers are imported by the commands th
     from ggufx.errors import GGUFError
     from ggufx.io.remote import RemoteConfig
     from ggufx.model import GGUFModel
+    from ggufx.results.pick import PickResult
     from ggufx.results.templates import TemplateSet
 
 EXIT_CHECK_FAILED, EXIT_USAGE = 1, 2  # 0 is success
@@ -37,6 +38,144 @@ def tablefmt_option(f: Callable[..., Any]) -> Callable[..., Any]:
         show_default=True,
         help="Table layout; 'github' pastes into a model card.",
     )(f)
+
+
+def fail_usage(param: str | None, message: str) -> NoReturn:
+    """One line ``ggufx: error: PARAM: message`` on stderr, exit 2 (bad input, not a bad file)."""
+    click.echo(f"ggufx: error: {param + ': ' if param else ''}{message}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+# -- pick's sizing options: `pick` and `report FOLDER` take the same ones ------------------------
+
+# the parameter names pick_sizing_options adds (the keyword arguments of run_pick)
+PICK_SIZING = ("ctx", "fit_ctx", "cache_type_k", "cache_type_v", "mmproj", "fit_target", "tool", "llama_args")
+
+
+# (click.option only records its arguments; each command it decorates gets Option objects of its own)
+_PICK_CONTEXT = [
+    click.option(
+        "--ctx-size",
+        "-c",
+        "ctx",
+        type=click.IntRange(min=1),
+        default=None,
+        help="The context you need (tokens). Default, or with --fit: no -c, llama.cpp's --fit chooses one.",
+    ),
+    click.option(
+        "--fit", "fit_ctx", is_flag=True, help="No -c: llama.cpp's --fit reduces the training context to fit."
+    ),
+]
+_PICK_REST = [
+    click.option(
+        "--mmproj",
+        default="auto",
+        show_default=True,
+        metavar="auto|FILE|none",
+        help="The vision/audio projector counted on the first GPU: auto = the repository's own (F16, then BF16, "
+        "then F32), a file, or none.",
+    ),
+    click.option(
+        "--fit-target",
+        "-fitt",
+        type=click.FloatRange(min=0),
+        default=1024.0,
+        show_default=True,
+        metavar="MiB",
+        help="MiB kept free on each GPU (llama.cpp's -fitt).",
+    ),
+    click.option(
+        "--tool",
+        type=click.Choice(["llama-server"]),
+        default="llama-server",
+        show_default=True,
+        help="The program the command lines are written for (its defaults size the buffers).",
+    ),
+    click.option(
+        "--llama-args",
+        metavar="'ARGS'",
+        default="",
+        help="The other llama-server options you run with (-np 1 -ub 1024 -fa on ...): they size every figure and "
+        "are kept in the command lines. Not those pick writes (-m, -c, -ctk, -ctv, -ngl, -ts, -ot, -fitt...).",
+    ),
+]
+
+
+def pick_sizing_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``-c``, ``--fit``, ``-ctk``, ``-ctv``, ``--mmproj``, ``-fitt``, ``--tool``, ``--llama-args``: what
+    sizes ``pick``'s ranking (:func:`run_pick` takes them as they come). The cache types are read when a
+    command that uses them is imported, so that ``ggufx --help`` and the other commands do without them."""
+    from ggufx.results import CACHE_TYPES
+
+    cache = [
+        click.option(
+            f"--cache-type-{kv.lower()}",
+            f"-ct{kv.lower()}",
+            type=click.Choice(CACHE_TYPES),
+            default="f16",
+            show_default=True,
+            help=f"{kv} cache type.",
+        )
+        for kv in ("K", "V")
+    ]
+    for opt in reversed([*_PICK_CONTEXT, *cache, *_PICK_REST]):
+        f = opt(f)
+    return f
+
+
+def pick_sizing_given(ctx: click.Context) -> list[str]:
+    """The sizing options given on the command line (or from the environment), each as its option names
+    (``-c/--ctx-size``), in the order the command declares them."""
+    from click.core import ParameterSource
+
+    given = []
+    for p in ctx.command.params:
+        if p.name in PICK_SIZING and ctx.get_parameter_source(p.name) not in (None, ParameterSource.DEFAULT):
+            given.append("/".join(sorted(p.opts, key=len)))
+    return given
+
+
+def run_pick(
+    sources: list[str] | tuple[str, ...],
+    gpus: str,
+    *,
+    ctx: int | None,
+    fit_ctx: bool,
+    cache_type_k: str,
+    cache_type_v: str,
+    mmproj: str,
+    fit_target: float,
+    tool: str,
+    llama_args: str,
+) -> PickResult:
+    """``results.pick`` with the sizing options as :func:`pick_sizing_options` gives them: the same
+    checks and the same one-line errors (exit 2) for every command that ranks models."""
+    from ggufx import results
+    from ggufx.io.sources import is_remote
+
+    if fit_ctx and ctx is not None:
+        fail_usage("-c", "give either -c N or --fit, not both")
+    remote = remote_config() if any(is_remote(s) for s in sources) or is_remote(mmproj) else None
+
+    def progress(done: int, total: int, name: str) -> None:
+        click.echo(f"ggufx: header {done}/{total}: {name}", err=True)
+
+    try:
+        return results.pick(
+            sources,
+            gpus,
+            ctx=ctx,
+            cache_type_k=cache_type_k,
+            cache_type_v=cache_type_v,
+            mmproj=mmproj,
+            tool=tool,
+            fit_target_mib=fit_target,
+            llama_args=llama_args,
+            remote=remote,
+            progress=progress if remote is not None else None,
+        )
+    except results.InputError as e:
+        fail_usage(e.param, str(e))
 
 
 def emit_json(obj: Any) -> None:

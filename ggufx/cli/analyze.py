@@ -12,10 +12,14 @@ from ggufx.cli._common import (
     EXIT_CHECK_FAILED,
     emit,
     emit_json,
+    fail_usage,
     json_option,
     open_many,
     open_model,
+    pick_sizing_given,
+    pick_sizing_options,
     remote_options,
+    run_pick,
     tablefmt_option,
     write_text_atomic,
 )
@@ -177,13 +181,19 @@ __all__: list[Any] = ["roles", "layers", "recipe", "diff_"]
 @click.option(
     "--gpus",
     metavar="SIZE,SIZE",
-    help="The GPUs' free memory (24GiB,24GiB): the memory chart draws the budget and llama.cpp's --fit point.",
+    help="The GPUs' free memory (24GiB,24GiB): the memory chart draws the budget and llama.cpp's --fit point; "
+    "a folder's quants are ranked against it (required there).",
 )
+@pick_sizing_options
 @json_option
 @remote_options
-def report(file: str, output: str | None, fmt: str | None, gpus: str | None, as_json: bool) -> None:
+def report(file: str, output: str | None, fmt: str | None, gpus: str | None, as_json: bool, **sizing: Any) -> None:
     """One page about a model: summary, type histogram, where the bits go, a layer heat map (inline
     SVG, no JavaScript, no network), memory at a few context lengths, chat template facts.
+
+    A folder: every quant in it ranked against --gpus as `ggufx pick` ranks them (the same JSON), sized
+    by pick's options (-c, --fit, -ctk, -ctv, --mmproj, -fitt, --tool, --llama-args); a model file's
+    report takes none of these (exit 2).
 
     \b
     Examples:
@@ -192,22 +202,26 @@ def report(file: str, output: str | None, fmt: str | None, gpus: str | None, as_
       ggufx report model.gguf --format md > REPORT.md
       ggufx report model.gguf --json   # the data behind the page
       ggufx report ./models/ --gpus 24GiB,24GiB -o quants.html   # a folder: every quant against the GPUs
+      ggufx report ./models/ --gpus 24GiB -c 65536 --llama-args '-np 1 -fa on' -o quants.html
     """
     from ggufx import results
     from ggufx.render.pages import render
 
     if fmt is None:
         fmt = "md" if output and output.endswith((".md", ".markdown")) else "html"
-    try:
-        if os.path.isdir(file):
-            text = _folder_page(file, gpus, fmt, as_json)
-        else:
+    if os.path.isdir(file):
+        text = _folder_page(file, gpus, fmt, as_json, sizing)
+    else:
+        given = pick_sizing_given(click.get_current_context())
+        if given:  # results.report sizes no ranking: it has no context, cache type or llama-server options to take
+            fail_usage(given[0], "sizes a folder's ranking (ggufx pick's); a model file's report does not take it")
+        try:
             res = results.report(open_model(file), gpus)
-            text = "" if as_json else render(res, fmt)
-            if as_json:
-                emit_json(res)
-    except results.InputError as e:
-        raise click.BadParameter(str(e), param_hint=e.param) from None
+        except results.InputError as e:
+            raise click.BadParameter(str(e), param_hint=e.param) from None
+        text = "" if as_json else render(res, fmt)
+        if as_json:
+            emit_json(res)
     if as_json:
         return
     if output is None:
@@ -217,14 +231,14 @@ def report(file: str, output: str | None, fmt: str | None, gpus: str | None, as_
     click.echo(f"wrote {output} ({len(text):,} characters)", err=True)
 
 
-def _folder_page(folder: str, gpus: str | None, fmt: str, as_json: bool) -> str:
-    """A folder's page: ``pick``'s ranking of every quant in it against ``--gpus`` (needed here)."""
-    from ggufx import results
+def _folder_page(folder: str, gpus: str | None, fmt: str, as_json: bool, sizing: dict[str, Any]) -> str:
+    """A folder's page: ``pick``'s ranking of every quant in it against ``--gpus`` (needed here), sized
+    by pick's options, with pick's checks and errors."""
     from ggufx.render.pick import pick_page
 
     if gpus is None:
-        raise results.InputError("a folder's report ranks its quants against your GPUs: give --gpus", "--gpus")
-    data = results.pick([folder], gpus).to_json()
+        fail_usage("--gpus", "a folder's report ranks its quants against your GPUs: give --gpus")
+    data = run_pick([folder], gpus, **sizing).to_json()
     if as_json:
         emit_json(data)
         return ""

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
-from ggufx.cli._common import EXIT_USAGE, emit, json_option, network_options, remote_config, tablefmt_option
-from ggufx.results import CACHE_TYPES
-
-
-def _fail(param: str | None, message: str) -> None:
-    """One line on stderr, exit 2 (bad input, not a bad file)."""
-    click.echo(f"ggufx: error: {param + ': ' if param else ''}{message}", err=True)
-    sys.exit(EXIT_USAGE)
+from ggufx.cli._common import (
+    emit,
+    fail_usage,
+    json_option,
+    network_options,
+    pick_sizing_options,
+    run_pick,
+    tablefmt_option,
+)
 
 
 @click.command("pick")
@@ -23,52 +22,7 @@ def _fail(param: str | None, message: str) -> None:
     metavar="SIZE[,SIZE...]|none",
     help="Free memory of each GPU (24GiB; 24GiB,24GiB for two), or none. Required.",
 )
-@click.option(
-    "--ctx-size",
-    "-c",
-    "ctx",
-    type=click.IntRange(min=1),
-    default=None,
-    help="The context you need (tokens). Default, or with --fit: no -c, llama.cpp's --fit chooses one.",
-)
-@click.option("--fit", "fit_ctx", is_flag=True, help="No -c: llama.cpp's --fit reduces the training context to fit.")
-@click.option(
-    "--cache-type-k", "-ctk", type=click.Choice(CACHE_TYPES), default="f16", show_default=True, help="K cache type."
-)
-@click.option(
-    "--cache-type-v", "-ctv", type=click.Choice(CACHE_TYPES), default="f16", show_default=True, help="V cache type."
-)
-@click.option(
-    "--mmproj",
-    default="auto",
-    show_default=True,
-    metavar="auto|FILE|none",
-    help="The vision/audio projector counted on the first GPU: auto = the repository's own (F16, then BF16, "
-    "then F32), a file, or none.",
-)
-@click.option(
-    "--fit-target",
-    "-fitt",
-    type=click.FloatRange(min=0),
-    default=1024.0,
-    show_default=True,
-    metavar="MiB",
-    help="MiB kept free on each GPU (llama.cpp's -fitt).",
-)
-@click.option(
-    "--tool",
-    type=click.Choice(["llama-server"]),
-    default="llama-server",
-    show_default=True,
-    help="The program the command lines are written for (its defaults size the buffers).",
-)
-@click.option(
-    "--llama-args",
-    metavar="'ARGS'",
-    default="",
-    help="The other llama-server options you run with (-np 1 -ub 1024 -fa on ...): they size every figure and "
-    "are kept in the command lines. Not those pick writes (-m, -c, -ctk, -ctv, -ngl, -ts, -ot, -fitt...).",
-)
+@pick_sizing_options
 @json_option
 @tablefmt_option
 @network_options
@@ -105,36 +59,20 @@ def pick(
       ggufx pick a.gguf b-00001-of-00002.gguf --gpus 24GiB --mmproj none --json
       ggufx pick ./models/ --gpus 24GiB -c 32768 --llama-args '-np 1 -ub 2048'
     """
-    from ggufx import results
-    from ggufx.errors import InputError
-    from ggufx.io.sources import is_remote
     from ggufx.render.pick import pick_text
 
     if gpus is None:
-        _fail("--gpus", "give the free memory of your GPUs, e.g. --gpus 24GiB or --gpus 24GiB,24GiB (or none)")
-        return
-    if fit_ctx and ctx is not None:
-        _fail("-c", "give either -c N or --fit, not both")
-    remote = remote_config() if any(is_remote(s) for s in sources) or is_remote(mmproj) else None
-
-    def progress(done: int, total: int, name: str) -> None:
-        click.echo(f"ggufx: header {done}/{total}: {name}", err=True)
-
-    try:
-        res = results.pick(
-            sources,
-            gpus,
-            ctx=ctx,
-            cache_type_k=cache_type_k,
-            cache_type_v=cache_type_v,
-            mmproj=mmproj,
-            tool=tool,
-            fit_target_mib=fit_target,
-            llama_args=llama_args,
-            remote=remote,
-            progress=progress if remote is not None else None,
-        )
-    except InputError as e:
-        _fail(e.param, str(e))
-        return
+        fail_usage("--gpus", "give the free memory of your GPUs, e.g. --gpus 24GiB or --gpus 24GiB,24GiB (or none)")
+    res = run_pick(
+        sources,
+        gpus,
+        ctx=ctx,
+        fit_ctx=fit_ctx,
+        cache_type_k=cache_type_k,
+        cache_type_v=cache_type_v,
+        mmproj=mmproj,
+        fit_target=fit_target,
+        tool=tool,
+        llama_args=llama_args,
+    )
     emit(res.to_json(), as_json, lambda: pick_text(res, tablefmt))
