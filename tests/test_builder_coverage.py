@@ -133,7 +133,7 @@ PROOF = ("cpu", "cuda", "published", "fit")
 KNOWN_GAPS: dict[str, dict[str, str]] = {
     "plamo3": {
         "published": "no published PLaMo 3 dimensions found verbatim (its pfnet/plamo-3-nict-* repositories are "
-        "gated; session 13 searched the docs, pages, code and issues corpora)",
+        "gated; sessions 13 and 14 searched the docs, pages, code and issues corpora: fragments only)",
         "fit": "fit runs are swept over published models only (matrix_builders.fit_sweep_models)",
     },
     "gemma4-assistant": {
