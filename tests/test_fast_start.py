@@ -133,6 +133,7 @@ def _ggufx(args: list[str], fast: bool, watch: bool = False) -> subprocess.Compl
     if not fast:
         env["GGUFX_NO_FAST_START"] = "1"
     env["PYTHONIOENCODING"] = "utf-8"
+    env["HF_HUB_OFFLINE"] = "1"  # an hf:// model is looked up in the header cache only: no network in tests
     code = (WATCH if watch else "") + LAUNCH
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, env=env, cwd=ROOT, timeout=300)
 
@@ -151,6 +152,11 @@ def test_both_starts_answer_the_same(gemma_path: Path, smollm2_path: Path, tmp_p
         ["mem", str(tmp_path / "missing.gguf")],  # a bad file: the same
         ["mem", g, "-c", "abc"],  # a value click refuses: click's message
         ["mem", g, "--gpus", "24GiB", "-ctk", "q8_0", "-c", "-5"],
+        ["mem", "--llama-args", f"llama-server -m {s} -c 8192 -np 2 -fa on", "--gpus", "8GiB"],
+        ["mem", g, "--llama-args", "-ngl 99 -c 32768 -ctk q8_0 -ctv q8_0"],
+        ["mem", g, "-c", "8192", "--llama-args", "-ngl 99"],  # -c beside it: click refuses, naming it
+        ["mem", "--llama-args", "llama-server -m hf://o/r/m.gguf -c 8192"],  # a URL inside: click's path
+        ["mem", g, "--llama-args", "-c 4096 --bogus"],  # llama.cpp would refuse it: an input error
     ]
     for args in cases:
         a, b = _ggufx(args, fast=True), _ggufx(args, fast=False)
@@ -165,5 +171,11 @@ def test_the_fast_start_imports_no_click(gemma_path: Path) -> None:
     slow = _ggufx(["mem", str(gemma_path), "-c", "32768", "--gpus", "24GiB"], fast=False, watch=True)
     assert slow.stderr.endswith(b"click: True\n") and slow.stdout == fast.stdout
     # what it declines goes to click: --help, and a bad file reported by the click group
-    for args in (["mem", "--help"], ["mem", str(gemma_path) + ".missing"]):
+    read = _ggufx(["mem", "--llama-args", f"-m {gemma_path} -c 8192 -ngl 99"], fast=True, watch=True)
+    assert read.returncode == 0 and read.stderr.endswith(b"click: False\n"), read.stderr
+    for args in (
+        ["mem", "--help"],
+        ["mem", str(gemma_path) + ".missing"],
+        ["mem", "--llama-args", "-m hf://o/r/f.gguf"],
+    ):
         assert _ggufx(args, fast=True, watch=True).stderr.endswith(b"click: True\n"), args

@@ -5,9 +5,10 @@ A command line is run here only when every token is one this module reads exactl
 as ``ggufx mem --help`` lists them (``--ctx 32768``, ``-c 32768``, ``--ctx=32768``), values click's types accept
 (integers and numbers within click's bounds, one of click's choices, files click's ``Path`` checks pass), one
 local file. Everything else (``--help``, an unknown or abbreviated option, a value click would refuse, a URL,
-``--server``, the remote-source options, ``--llama-args``, ``--``, output streams that are not UTF-8) goes to the
-click group, and so does any command line whose answer fails (a bad file, options that cannot be answered, a
-bug): the group runs it again from the start and reports it as it always has. The options are read off click's
+``--server``, the remote-source options, an option beside ``--llama-args`` that its command line sets, ``--``,
+output streams that are not UTF-8) goes to the click group, and so does any command line whose answer fails (a bad
+file, options that cannot be answered, a URL named inside ``--llama-args``, a bug): the group runs it again from the
+start and reports it as it always has. The options are read off click's
 declaration into :mod:`ggufx.cli._specs` (``tools/gen_cli_specs.py``; ``tests/test_fast_start.py`` holds this
 reading equal to click's over every option and a corpus of command lines, and the outputs of both starts equal).
 ``GGUFX_NO_FAST_START=1`` sends every command line to click.
@@ -155,9 +156,25 @@ def run_fast(argv: list[str]) -> None:
     if parsed is None:
         return
     params, given = parsed
-    if "llama_args" in given:  # its command line may name remote files, and click checks the options beside it
+    from ggufx.cli._memory import REPLACED_BY_LLAMA_ARGS
+
+    if "llama_args" in given and given & REPLACED_BY_LLAMA_ARGS:  # click refuses them beside it, naming them
         return
     _run_mem(argv[0], params)
+
+
+class _NotLocal(Exception):
+    """A URL or hf:// reference to open (``--llama-args``' ``-m``...): its remote options live on click's context."""
+
+
+def _open_local(path: str) -> Any:
+    from ggufx.io.sources import is_remote
+
+    if is_remote(path):
+        raise _NotLocal(path)
+    import ggufx
+
+    return ggufx.open(path)
 
 
 def _run_mem(command: str, params: dict[str, Any]) -> None:
@@ -167,7 +184,6 @@ def _run_mem(command: str, params: dict[str, Any]) -> None:
     from ggufx.cli._process import end_process
 
     _codecache.install(command)  # as the click group does for a command's own process
-    import ggufx
     import ggufx.cli._memory as memory
     import ggufx.results
     import ggufx.results.memory  # noqa: F401  (what the click command's module imports, before the freeze)
@@ -176,7 +192,7 @@ def _run_mem(command: str, params: dict[str, Any]) -> None:
     out = _Output()
     file, as_json, tablefmt = params.pop("file"), params.pop("as_json"), params.pop("tablefmt")
     try:
-        code = memory.run(file, as_json, tablefmt, params, ggufx.open, out.echo)
+        code = memory.run(file, as_json, tablefmt, params, _open_local, out.echo)
     except BrokenPipeError:  # `ggufx mem ... | head`: not an error, as the click group says
         sys.stderr.close()
         end_process(0)
