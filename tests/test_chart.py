@@ -335,15 +335,13 @@ def test_report_on_a_folder_takes_pick_s_sizing_options(
         for m in rows:
             assert "-c 6144 -ctk q8_0 -ctv q8_0 -np 1 -ub 1024 -fa on" in m["command_line"]
             assert m["command_line"] in text, (fmt, m["command_line"])
-    # a model file's report sizes no ranking: each option is a one-line usage error that names it
+    # a model file's report shows every context, three cache types, the model alone: the options that set these
+    # are a one-line usage error that names it (-fitt, --tool and --llama-args it takes: the next test)
     for args, named in (
         (("-c", "6144"), "-c/--ctx-size"),
         (("--fit",), "--fit"),
         (("-ctv", "f16"), "-ctv/--cache-type-v"),
         (("--mmproj", "none"), "--mmproj"),
-        (("-fitt", "512"), "-fitt/--fit-target"),
-        (("--tool", "llama-server"), "--tool"),
-        (("--llama-args", "-np 1"), "--llama-args"),
     ):
         out = tmp_path / "one.html"
         r = cli("report", str(folder / "smol-Q4_1.gguf"), "--gpus", "2GiB", *args, "-o", str(out))
@@ -358,3 +356,54 @@ def test_report_on_a_folder_takes_pick_s_sizing_options(
         assert (got.exit_code, got.stderr) == (want.exit_code, want.stderr) and want.exit_code == 2, args
         assert got.stderr.startswith("ggufx: error: ") and got.stderr.count("\n") == 1
         assert not (tmp_path / "bad.html").exists()
+
+
+def test_a_model_s_report_is_sized_with_the_options_given(cli: CliRun, gemma_path: Path, tmp_path: Path) -> None:
+    """``report FILE --llama-args '-np 2 -ub 1024 -fa on'`` (and ``--tool``, ``-fitt``): every row of the memory table
+    is what ``mem`` gives for that command line at that context (each buffer), the chart's points and --fit point
+    move with them, the page says what it was sized for; the options the report sets itself are refused, naming
+    why; without any, the report is what it has always been (llama.cpp's defaults, one sequence)."""
+    import json
+
+    g = str(gemma_path)
+    plain = json.loads(cli("report", g, "--json").stdout)
+    assert (plain["llama_args"], plain["tool"]) == ([], "llama-cli")
+    assert {m["parallel"] for m in plain["memory"]} == {1}
+    for tool, words in (("llama-cli", "-np 2 -ub 1024 -fa on"), ("llama-server", "-np 1 -ub 256")):
+        args = ("--llama-args", words) + (("--tool", tool) if tool != "llama-cli" else ())
+        sized = json.loads(cli("report", g, *args, "--json").stdout)
+        assert (sized["llama_args"], sized["tool"]) == (words.split(), tool)
+        assert sized["memory"] != plain["memory"], tool
+        for row in sized["memory"]:
+            line = (
+                f"{tool} -m {g} -ngl 99 -c {row['n_ctx']} -ctk {row['cache_type_k']} -ctv {row['cache_type_v']} {words}"
+            )
+            mem = json.loads(cli("mem", "--llama-args", line, "--json").stdout)
+            cuda = next(d for d in mem["devices"] if d["name"] == "CUDA0")
+            assert (row["compute_estimate"], row["kv_cache"]["bytes"], row["gpu_total"]) == (
+                mem["compute_estimate"],
+                mem["kv_cache"]["bytes"],
+                cuda["self"],
+            ), (tool, row["n_ctx"], row["cache_type_k"])
+    # the chart: -fitt is the margin of its --fit point; -ub 1024 raises every point
+    chart = json.loads(cli("report", g, "--gpus", "2GiB", "--json").stdout)["memory_curve"]
+    bigger = json.loads(
+        cli("report", g, "--gpus", "2GiB", "-fitt", "256", "--llama-args", "-ub 1024", "--json").stdout
+    )["memory_curve"]
+    assert (chart["margin"], bigger["margin"]) == (1024 << 20, 256 << 20)
+    for a, b in zip(chart["series"][0]["points"], bigger["series"][0]["points"]):
+        assert b["use"]["CUDA0"] > a["use"]["CUDA0"]
+    # the page says what it was sized for
+    md = cli("report", g, "--format", "md", "--tool", "llama-server", "--llama-args", "-np 1 -ub 256").stdout
+    assert "sized for `llama-server -np 1 -ub 256`" in md and "1 sequence" not in md
+    assert "-fa auto, 1 sequence" in cli("report", g, "--format", "md").stdout
+    # what the report varies or sets itself, inside --llama-args: refused, saying why (one line, exit 2)
+    for words, why in (
+        ("-c 4096", "-c: the report shows every context up to the training context"),
+        ("-ctk q8_0", "-ctk: the report shows f16, q8_0 and q4_0 caches"),
+        ("-ngl 5", "-ngl: the report offloads every layer to the GPUs given (ggufx mem sizes other placements)"),
+        ("-fitt 512", "-fitt: the margin is the report's -fitt"),
+    ):
+        r = cli("report", g, "--llama-args", words, "-o", str(tmp_path / "x.html"))
+        assert r.exit_code == 2 and r.stderr == f"ggufx: error: Invalid value for --llama-args: {why}\n", words
+        assert not (tmp_path / "x.html").exists()

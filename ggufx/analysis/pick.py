@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +55,7 @@ TOOLS = ("llama-server",)
 PROJECTOR_PREFERENCE = ("F16", "BF16", "F32")  # --mmproj auto: as users choose, the rest after these
 Progress = Callable[[int, int, str], None]  # (done, total, name) after each header read
 # llama.cpp options ``llama_args`` may not give (by the first name llama.cpp gives each): pick writes them itself
-_DECIDED = {
+DECIDED = {
     **dict.fromkeys(
         ("-m", "-mu", "-hf", "-hff", "-dr", "--models-dir", "--models-preset"), "the models are pick's sources"
     ),
@@ -684,7 +684,7 @@ def pick(
         raise InputError("the context cannot be negative", "-c")
     if margin < 0:
         raise InputError("a margin cannot be negative", "-fitt")
-    extra, unmodelled = _checked_llama_args(llama_args, tool)
+    extra, unmodelled = checked_llama_args(llama_args, tool)
     if cache_type_k == cache_type_v and cache_type_k not in cache_types:  # the requested type's largest context too
         cache_types = (*cache_types, cache_type_k)
     req = Request(tuple(gpus), n_ctx, cache_type_k, cache_type_v, margin, tool, cache_types, n_ctx_min, extra)
@@ -771,16 +771,18 @@ def pick(
     return result
 
 
-def _checked_llama_args(llama_args: str | Sequence[str], tool: str) -> tuple[tuple[str, ...], list[str]]:
+def checked_llama_args(
+    llama_args: str | Sequence[str], tool: str, decided: Mapping[str, str] = DECIDED
+) -> tuple[tuple[str, ...], list[str]]:
     """The words of ``llama_args``, each an option ``tool`` defines (with its values) that pick does not write
-    itself, and those of them whose effect on memory ggufx does not model; an InputError naming ``--llama-args``
-    otherwise."""
+    itself (``decided``: those options, by llama.cpp's first name, with why; the report's, for its own), and those
+    of them whose effect on memory ggufx does not model; an InputError naming ``--llama-args`` otherwise."""
     try:
         words = shlex.split(llama_args) if isinstance(llama_args, str) else list(llama_args)
     except ValueError as e:  # an unclosed quote
         raise InputError(f"cannot split the command line: {e}", "--llama-args") from None
     for word, first in argument_names(words, tool):
-        why = _DECIDED.get(first)
+        why = decided.get(first)
         if why is not None:
             raise InputError(f"{word}: {why}", "--llama-args")
     parsed = parse_args(["-m", "model.gguf", *words], tool=tool)  # the values, as llama.cpp reads them

@@ -123,14 +123,18 @@ def pick_sizing_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-def pick_sizing_given(ctx: click.Context) -> list[str]:
+def pick_sizing_given(ctx: click.Context, but: tuple[str, ...] = ()) -> list[str]:
     """The sizing options given on the command line (or from the environment), each as its option names
-    (``-c/--ctx-size``), in the order the command declares them."""
+    (``-c/--ctx-size``), in the order the command declares them; ``but``: parameters left out."""
     from click.core import ParameterSource
 
     given = []
     for p in ctx.command.params:
-        if p.name in PICK_SIZING and ctx.get_parameter_source(p.name) not in (None, ParameterSource.DEFAULT):
+        if (
+            p.name in PICK_SIZING
+            and p.name not in but
+            and ctx.get_parameter_source(p.name) not in (None, ParameterSource.DEFAULT)
+        ):
             given.append("/".join(sorted(p.opts, key=len)))
     return given
 

@@ -168,6 +168,10 @@ def diff_(a: str, b: str, as_json: bool, tablefmt: str) -> None:
 __all__: list[Any] = ["roles", "layers", "recipe", "diff_"]
 
 
+# pick's sizing options a model file's report takes too (the others size a folder's ranking only)
+MODEL_SIZING = ("fit_target", "tool", "llama_args")
+
+
 @click.command()
 @click.argument("file", type=click.Path())
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the report here (default: stdout).")
@@ -192,8 +196,9 @@ def report(file: str, output: str | None, fmt: str | None, gpus: str | None, as_
     SVG, no JavaScript, no network), memory at a few context lengths, chat template facts.
 
     A folder: every quant in it ranked against --gpus as `ggufx pick` ranks them (the same JSON), sized
-    by pick's options (-c, --fit, -ctk, -ctv, --mmproj, -fitt, --tool, --llama-args); a model file's
-    report takes none of these (exit 2).
+    by pick's options (-c, --fit, -ctk, -ctv, --mmproj, -fitt, --tool, --llama-args). A model file's
+    report takes --llama-args (the other options you run with: -np, -ub, -fa...), --tool (default
+    llama-cli's defaults) and -fitt (the chart's --fit point); the others are a folder's (exit 2).
 
     \b
     Examples:
@@ -201,6 +206,7 @@ def report(file: str, output: str | None, fmt: str | None, gpus: str | None, as_
       ggufx report model.gguf --gpus 24GiB -o report.html   # the chart with the GPU's budget
       ggufx report model.gguf --format md > REPORT.md
       ggufx report model.gguf --json   # the data behind the page
+      ggufx report model.gguf --gpus 24GiB --tool llama-server --llama-args '-np 1 -ub 2048' -o report.html
       ggufx report ./models/ --gpus 24GiB,24GiB -o quants.html   # a folder: every quant against the GPUs
       ggufx report ./models/ --gpus 24GiB -c 65536 --llama-args '-np 1 -fa on' -o quants.html
     """
@@ -212,11 +218,16 @@ def report(file: str, output: str | None, fmt: str | None, gpus: str | None, as_
     if os.path.isdir(file):
         text = _folder_page(file, gpus, fmt, as_json, sizing)
     else:
-        given = pick_sizing_given(click.get_current_context())
-        if given:  # results.report sizes no ranking: it has no context, cache type or llama-server options to take
+        ctx = click.get_current_context()
+        given = pick_sizing_given(ctx, but=MODEL_SIZING)
+        if given:  # the report shows every context and three cache types, the model alone
             fail_usage(given[0], "sizes a folder's ranking (ggufx pick's); a model file's report does not take it")
+        # --tool's default is pick's (llama-server); a model's report, untold, sizes with llama.cpp's own defaults
+        tool = sizing["tool"] if pick_sizing_given(ctx, but=tuple(set(MODEL_SIZING) - {"tool"})) else "llama-cli"
         try:
-            res = results.report(open_model(file), gpus)
+            res = results.report(
+                open_model(file), gpus, fit_target_mib=sizing["fit_target"], llama_args=sizing["llama_args"], tool=tool
+            )
         except results.InputError as e:
             raise click.BadParameter(str(e), param_hint=e.param) from None
         text = "" if as_json else render(res, fmt)

@@ -117,6 +117,8 @@ def context(report: ReportResult) -> dict[str, Any]:
         "memory": report["memory"],
         "memory_curve": report.get("memory_curve"),
         "memory_chart": _chart(report),
+        "llama_args": report.get("llama_args", []),  # the options the memory figures are sized with
+        "tool": report.get("tool", "llama-cli"),
         "MiB": MiB,
         "template": report["chat_template"],
         "version": __version__,

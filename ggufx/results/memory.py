@@ -1054,25 +1054,28 @@ def _projector_usage(
 REPORT_CONTEXTS = (4096, 32768, 131072)  # and the training context, where it is smaller or between
 
 
-def report_memory(model: GGUFModel, context_length: Any) -> list[dict[str, Any]]:
+def report_memory(model: GGUFModel, context_length: Any, context: ContextParams | None = None) -> list[dict[str, Any]]:
     """One GPU, everything offloaded, at the report's contexts (up to the training context), for
-    f16, q8_0 and q4_0 caches."""
-    from ggufx.analysis.memory.estimate import estimate
+    f16, q8_0 and q4_0 caches. ``context``: the other llama.cpp options the user runs with (``--llama-args``:
+    slots, micro-batch, flash attention...), default llama.cpp's own."""
+    from ggufx.analysis.memory.buffers import ContextParams, breakdown, flash_attn_default, refused_cache_types
+    from ggufx.analysis.memory.estimate import GPU, summarize_breakdown
+    from ggufx.analysis.memory.placement import Device, OffloadParams
 
     n_train = context_length if isinstance(context_length, int) and 0 < context_length < 1 << 32 else 0
     ctxs = sorted({c for c in (*REPORT_CONTEXTS, n_train) if c and (not n_train or c <= n_train)})
-    from ggufx.analysis.memory.buffers import ContextParams, flash_attn_default, refused_cache_types
-
     try:
         types = ("f16", "q8_0", "q4_0")
-        fa = flash_attn_default(model)  # off where llama.cpp aborts with it (PLM)
-        refused = refused_cache_types(model, ContextParams(flash_attn=fa), types)  # no context with these
-        return [
-            estimate(model, c, cache_type_k=ct, cache_type_v=ct, flash_attn=fa != "off").to_dict()
-            for c in ctxs
-            for ct in types
-            if ct not in refused
-        ]
+        base = context or ContextParams(flash_attn=flash_attn_default(model))  # fa off where llama.cpp aborts (PLM)
+        refused = refused_cache_types(model, base, types)  # no context with these
+        rows = []
+        for c in ctxs:
+            for ct in types:
+                if ct not in refused:
+                    cp = replace(base, n_ctx=c, cache_type_k=ct, cache_type_v=ct)
+                    b = breakdown(model, [Device(GPU, 0)], OffloadParams(), cp)
+                    rows.append(summarize_breakdown(model, b, cp).to_dict())
+        return rows
     except GGUFError:  # a file llama.cpp cannot size (no block count...): the rest of the page still stands
         return []
 
