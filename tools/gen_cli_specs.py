@@ -6,8 +6,8 @@ usage: gen_cli_specs.py [--check]
 For each command of ``ggufx.cli._fast.FAST``: every option string with the parameter it sets and how its value
 is read (a flag; an integer or a number with click's lower bound; one of click's choices; a string; a file as
 ``click.Path(dir_okay=False)`` checks it; a repeatable string; an optional value of choices), the positional
-argument, and the values click gives every parameter when none is given (``make_context`` of an empty command
-line: click's own defaults, converted as click converts them). An option whose reading the fast start does not
+argument (one optional FILE, or FILES... of at least one), and the values click gives every parameter when none is given (``make_context`` of an empty command
+line, resiliently: click's own defaults, converted as click converts them). An option whose reading the fast start does not
 copy (a callback, an environment variable, a type or feature not listed above) is ``decline``: given, the
 command line goes to click. ``--check`` exits 1 where the file differs from what this would write
 (tests/test_fast_start.py runs it).
@@ -68,7 +68,7 @@ def option_kind(cmd: Any, p: Any) -> tuple[Any, ...]:
 def _flag_sets_true(cmd: Any, p: Any) -> bool:
     """Whether click gives the flag's parameter True when the flag alone is given (its flag value, asked of click)."""
     try:
-        return all(cmd.make_context(cmd.name, [opt]).params[p.name] is True for opt in p.opts)
+        return all(cmd.make_context(cmd.name, [opt], resilient_parsing=True).params[p.name] is True for opt in p.opts)
     except Exception:
         return False
 
@@ -93,16 +93,18 @@ def spec_of(name: str, cmd: Any) -> dict[str, Any]:
     argument = None
     for p in cmd.params:
         if isinstance(p, click.Argument):
-            if argument is not None or p.nargs != 1 or p.required or type(p.type) is not click.Path:
-                raise SystemExit(f"{name}: the fast start reads one optional FILE argument, not {p.name}")
+            # one optional FILE, or FILES... (at least one): plain click.Path(dir_okay=False) each
+            one, many = p.nargs == 1 and not p.required, p.nargs == -1 and p.required
+            if argument is not None or not (one or many) or type(p.type) is not click.Path:
+                raise SystemExit(f"{name}: the fast start reads one optional FILE or FILES..., not {p.name}")
             if not _plain_path(p.type) or p.type.exists:
                 raise SystemExit(f"{name}: argument {p.name} is not a plain click.Path(dir_okay=False)")
-            argument = p.name
+            argument = (p.name, "many" if many else "one")
             continue
         kind = option_kind(cmd, p)
         for opt in p.opts:
             options[opt] = (p.name, *kind) if kind[0] != "decline" else ("", "decline")
-    ctx = cmd.make_context(name, [])
+    ctx = cmd.make_context(name, [], resilient_parsing=True)  # (a required FILES... is given whenever it runs)
     return {"argument": argument, "options": options, "defaults": dict(ctx.params)}
 
 

@@ -1,4 +1,4 @@
-"""The fast start: ``ggufx mem`` without importing click (issue 21: click's import and option objects were 65 M
+"""The fast start: ``ggufx mem`` and ``ggufx info`` without importing click (issue 21: click's import and option objects were 65 M
 of the 360 M instructions ``mem`` ran beyond Python's start on a 27B model, about 12 ms).
 
 A command line is run here only when every token is one this module reads exactly as click would: option strings
@@ -21,7 +21,7 @@ import stat
 import sys
 from typing import Any
 
-FAST = ("mem",)  # the commands the fast start runs; their options: ggufx.cli._specs
+FAST = ("mem", "info")  # the commands the fast start runs; their options: ggufx.cli._specs
 
 _Parsed = tuple[dict[str, Any], set[str]]
 
@@ -41,13 +41,14 @@ def parse(command: str, args: list[str]) -> _Parsed | None:
         token = args[i]
         i += 1
         if not token.startswith("-"):
-            if argument is None or argument in given:
-                return None  # click: an extra argument
             path = _path(token, exists=False)
-            if path is None:
+            if argument is None or path is None:
                 return None
-            params[argument] = path
-            given.add(argument)
+            name, nargs = argument
+            if nargs == "one" and name in given:
+                return None  # click: an extra argument
+            params[name] = path if nargs == "one" else (*params[name], path) if name in given else (path,)
+            given.add(name)
             continue
         explicit = None
         if token.startswith("--") and "=" in token:
@@ -64,6 +65,8 @@ def parse(command: str, args: list[str]) -> _Parsed | None:
             value = (*params[name], value) if name in given else (value,)
         params[name] = value
         given.add(name)
+    if argument is not None and argument[1] == "many" and argument[0] not in given:
+        return None  # click: a missing argument
     return params, given
 
 
@@ -156,11 +159,12 @@ def run_fast(argv: list[str]) -> None:
     if parsed is None:
         return
     params, given = parsed
-    from ggufx.cli._memory import REPLACED_BY_LLAMA_ARGS
+    if argv[0] == "mem":
+        from ggufx.cli._memory import REPLACED_BY_LLAMA_ARGS
 
-    if "llama_args" in given and given & REPLACED_BY_LLAMA_ARGS:  # click refuses them beside it, naming them
-        return
-    _run_mem(argv[0], params)
+        if "llama_args" in given and given & REPLACED_BY_LLAMA_ARGS:  # click refuses them beside it, naming them
+            return
+    _run(argv[0], params)
 
 
 class _NotLocal(Exception):
@@ -177,22 +181,50 @@ def _open_local(path: str) -> Any:
     return ggufx.open(path)
 
 
-def _run_mem(command: str, params: dict[str, Any]) -> None:
+def _open_many_local(paths: Any) -> list[Any]:
+    """Local files (the parser lets no URL through) opened: each model, or its error in its place."""
+    from ggufx.errors import GGUFError
+
+    out: list[Any] = []
+    for path in paths:
+        try:
+            out.append(_open_local(path))
+        except GGUFError as e:
+            out.append(e)
+    return out
+
+
+def _answer(command: str, params: dict[str, Any], echo: Any) -> int:
+    """The command's answer through ``echo``, as its click command gives it; its exit status."""
+    as_json, tablefmt = params.pop("as_json"), params.pop("tablefmt")
+    if command == "info":
+        from ggufx.cli._info import run as info
+
+        return info(params["files"], as_json, tablefmt, _open_many_local, echo)
+    from ggufx.cli._memory import run as mem
+
+    return mem(params.pop("file"), as_json, tablefmt, params, _open_local, echo)
+
+
+# what each command's click module imports before the click group freezes the collector's view of them
+_IMPORTS = {"mem": ("ggufx.results", "ggufx.results.memory", "ggufx.cli._memory"), "info": ("ggufx.results",
+            "ggufx.cli._info")}  # fmt: skip
+
+
+def _run(command: str, params: dict[str, Any]) -> None:
     import gc
+    import importlib
 
     from ggufx.cli import _codecache
     from ggufx.cli._process import end_process
 
     _codecache.install(command)  # as the click group does for a command's own process
-    import ggufx.cli._memory as memory
-    import ggufx.results
-    import ggufx.results.memory  # noqa: F401  (what the click command's module imports, before the freeze)
-
+    for module in _IMPORTS[command]:
+        importlib.import_module(module)
     gc.freeze()
     out = _Output()
-    file, as_json, tablefmt = params.pop("file"), params.pop("as_json"), params.pop("tablefmt")
     try:
-        code = memory.run(file, as_json, tablefmt, params, _open_local, out.echo)
+        code = _answer(command, params, out.echo)
     except BrokenPipeError:  # `ggufx mem ... | head`: not an error, as the click group says
         sys.stderr.close()
         end_process(0)

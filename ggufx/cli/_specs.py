@@ -8,7 +8,7 @@ from typing import Any
 
 SPECS: dict[str, dict[str, Any]] = {
     "mem": {
-        "argument": "file",
+        "argument": ("file", "one"),
         "options": {
             "--ctx": ("ctx", "int", 0),
             "-c": ("ctx", "int", 0),
@@ -175,6 +175,24 @@ SPECS: dict[str, dict[str, Any]] = {
             "fit_layers": False,
             "check_log": None,
             "tolerance": 5.0,
+            "as_json": False,
+            "tablefmt": "simple",
+        },
+    },
+    "info": {
+        "argument": ("files", "many"),
+        "options": {
+            "--json": ("as_json", "flag"),
+            "--tablefmt": ("tablefmt", "choice", ("simple", "github", "grid", "pipe", "rst", "html", "tsv", "plain")),
+            "--server": ("", "decline"),
+            "--cache": ("", "decline"),
+            "--no-cache": ("", "decline"),
+            "--offline": ("", "decline"),
+            "--allow-full-download": ("", "decline"),
+            "--timeout": ("", "decline"),
+        },
+        "defaults": {
+            "files": None,
             "as_json": False,
             "tablefmt": "simple",
         },

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import click
 
 from ggufx.cli._common import (
-    EXIT_USAGE,
     SERVER_META,
     emit,
     emit_json,
@@ -17,6 +19,10 @@ from ggufx.cli._common import (
     write_raw,
 )
 from ggufx.results import SORT_ORDERS
+
+if TYPE_CHECKING:
+    from ggufx.errors import GGUFError
+    from ggufx.model import GGUFModel
 
 
 @click.command()
@@ -45,33 +51,14 @@ def info(ctx: click.Context, files: tuple[str, ...], as_json: bool, tablefmt: st
     With --json one file prints one object, several files a list of objects. A split model is listed
     once, however many of its shards are named.
     """
-    from ggufx import results
-    from ggufx.errors import GGUFError
-    from ggufx.render.text import info_text
+    from ggufx.cli._info import run
 
-    out = []
-    failed = False
-    for i, model in enumerate(results.distinct_models(open_many(files, keep_errors=True))):
-        if isinstance(model, GGUFError):
-            if len(files) == 1:
-                raise model
-            click.echo(f"ggufx: error: {model.one_line()}", err=True)
-            failed = True
-            continue
-        res = results.info(model)
-        server = ctx.meta.get(SERVER_META) if i == 0 else None
-        if server is not None:
-            res["server"] = server.to_dict()
-        if as_json:
-            out.append(res)
-        else:
-            if i:
-                click.echo()
-            click.echo(info_text(res, tablefmt))
-    if as_json:
-        emit_json(out[0] if len(files) == 1 else out)
-    if failed:
-        ctx.exit(EXIT_USAGE)
+    def many(paths: Sequence[str]) -> list[GGUFModel | GGUFError]:
+        return open_many(tuple(paths), keep_errors=True)
+
+    code = run(files, as_json, tablefmt, many, click.echo, ctx.meta.get(SERVER_META))
+    if code:
+        ctx.exit(code)
 
 
 @click.command()
