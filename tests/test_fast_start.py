@@ -202,6 +202,12 @@ def test_the_fast_start_imports_no_click(gemma_path: Path) -> None:
     # what it declines goes to click: --help, and a bad file reported by the click group
     read = _ggufx(["mem", "--llama-args", f"-m {gemma_path} -c 8192 -ngl 99"], fast=True, watch=True)
     assert read.returncode == 0 and read.stderr.endswith(b"click: False\n"), read.stderr
+    # click's shell completion (the environment asks for it, whatever the arguments): click's
+    completing = {**os.environ, "_GGUFX_COMPLETE": "bash_complete", "COMP_WORDS": "ggufx mem --ct", "COMP_CWORD": "2"}
+    done = subprocess.run(
+        [sys.executable, "-c", WATCH + LAUNCH, "mem", str(gemma_path)], capture_output=True, env=completing, cwd=ROOT
+    )
+    assert done.returncode == 0 and b"--ctx" in done.stdout and done.stderr.endswith(b"click: True\n"), done
     for args in (
         ["mem", "--help"],
         ["mem", str(gemma_path) + ".missing"],

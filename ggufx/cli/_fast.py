@@ -1,17 +1,17 @@
-"""The fast start: ``ggufx mem`` and ``ggufx info`` without importing click (issue 21: click's import and option objects were 65 M
-of the 360 M instructions ``mem`` ran beyond Python's start on a 27B model, about 12 ms).
+"""The fast start: ``ggufx mem`` and ``ggufx info`` without importing click (issue 21: click's import and its
+option objects were 58 M of the 360 M instructions ``mem`` ran beyond Python's start on a 27B model, about 11 ms).
 
 A command line is run here only when every token is one this module reads exactly as click would: option strings
 as ``ggufx mem --help`` lists them (``--ctx 32768``, ``-c 32768``, ``--ctx=32768``), values click's types accept
-(integers and numbers within click's bounds, one of click's choices, files click's ``Path`` checks pass), one
-local file. Everything else (``--help``, an unknown or abbreviated option, a value click would refuse, a URL,
+(integers and numbers within click's bounds, one of click's choices, files click's ``Path`` checks pass), local
+files. Everything else (``--help``, an unknown or abbreviated option, a value click would refuse, a URL,
 ``--server``, the remote-source options, an option beside ``--llama-args`` that its command line sets, ``--``,
-output streams that are not UTF-8) goes to the click group, and so does any command line whose answer fails (a bad
-file, options that cannot be answered, a URL named inside ``--llama-args``, a bug): the group runs it again from the
-start and reports it as it always has. The options are read off click's
-declaration into :mod:`ggufx.cli._specs` (``tools/gen_cli_specs.py``; ``tests/test_fast_start.py`` holds this
-reading equal to click's over every option and a corpus of command lines, and the outputs of both starts equal).
-``GGUFX_NO_FAST_START=1`` sends every command line to click.
+output streams that are not UTF-8, shell completion) goes to the click group, and so does any command line whose
+answer fails before it wrote anything (a bad file, options that cannot be answered, a URL named inside
+``--llama-args``, a bug): the group runs it again from the start and reports it as it always has. The options are
+read off click's declaration into :mod:`ggufx.cli._specs` (``tools/gen_cli_specs.py``; ``tests/test_fast_start.py``
+holds this reading equal to click's over every option and a corpus of command lines, and the outputs of both starts
+equal). ``GGUFX_NO_FAST_START=1`` sends every command line to click.
 """
 
 from __future__ import annotations
@@ -152,6 +152,8 @@ class _Output:
 def run_fast(argv: list[str]) -> None:
     """Run ``argv`` (the program's arguments) and end the process, where the fast start applies; else return."""
     if not argv or argv[0] not in FAST or os.environ.get("GGUFX_NO_FAST_START"):
+        return
+    if any(k.startswith("_") and k.endswith("_COMPLETE") for k in os.environ):  # click's shell completion
         return
     if not (_utf8(sys.stdout) and _utf8(sys.stderr)):
         return
