@@ -200,3 +200,21 @@ def test_scan_does_not_say_none_for_a_model_with_a_template(cli: CliRun, smollm2
     row = {line.split()[0].rsplit("/", 1)[-1]: line.split() for line in lines[2:4]}
     assert "not rendered" in " ".join(row["smol.gguf"]) and "none" not in row["smol.gguf"]
     assert row["raw.gguf"][-2] == "-"
+
+
+def test_no_color_turns_colour_off_on_a_terminal(smollm2_path: Path, tmp_path: Path) -> None:
+    """NO_COLOR (https://no-color.org): set and not empty, the edit diff and check's PASS/FAIL carry no
+    escape sequence even where the output is a terminal (CliRunner's color=True)."""
+    from click.testing import CliRunner
+
+    from ggufx.cli import main
+
+    for args in (
+        ("set", str(smollm2_path), "general.name", "Foo", "--dry-run"),
+        ("check", str(smollm2_path), "--mmproj", str(smollm2_path)),
+    ):
+        coloured = CliRunner().invoke(main, list(args), color=True)
+        assert "\x1b[" in coloured.stdout, args
+        for value, escapes in (("1", False), ("", True)):
+            r = CliRunner().invoke(main, list(args), color=True, env={"NO_COLOR": value})
+            assert r.exit_code == coloured.exit_code and ("\x1b[" in r.stdout) == escapes, (args, value)

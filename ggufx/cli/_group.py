@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import os
 import sys
 from typing import Any, NoReturn
 
@@ -175,3 +176,5 @@ def main(ctx: click.Context, debug: bool) -> None:
     """
     if debug:  # remote sources log every request (this invocation's RemoteConfig, see _common)
         set_remote_option(ctx, "debug", True)
+    if os.environ.get("NO_COLOR"):  # https://no-color.org: set and not empty, no colour even on a terminal
+        ctx.color = False  # the command's context inherits it
