@@ -218,3 +218,12 @@ def test_no_color_turns_colour_off_on_a_terminal(smollm2_path: Path, tmp_path: P
         for value, escapes in (("1", False), ("", True)):
             r = CliRunner().invoke(main, list(args), color=True, env={"NO_COLOR": value})
             assert r.exit_code == coloured.exit_code and ("\x1b[" in r.stdout) == escapes, (args, value)
+
+
+def test_json_keeps_the_errors_of_the_text_answer(cli: CliRun, smollm2_path: Path) -> None:
+    """`template show --json --name nope` printed every template and exited 0: --json changes the answer's
+    form, never what is an error."""
+    for args in (("template", "show", str(smollm2_path), "--name", "nope"), ("meta", str(smollm2_path), "no.such")):
+        text, as_json = cli(*args), cli(*args, "--json")
+        assert text.exit_code == as_json.exit_code == 2 and not as_json.stdout, args
+        assert as_json.stderr == text.stderr and text.stderr.startswith("ggufx: error: "), args

@@ -115,6 +115,8 @@ def show(file: str, name: str | None, as_json: bool) -> None:
 
     ts = _load(file)
     if as_json:
+        if name is not None:
+            ts.get(name)  # a --name the file does not have is an error, as without --json
         emit_json(template_show(file, ts))
         return
     write_raw(raw_text(ts.get(name)))
