@@ -97,6 +97,17 @@ def test_set_arrays_from_json(cli: CliRun, v3: Path, vtype: str, items: list) ->
     assert_matches_gguf_reader(v3)
 
 
+def test_a_broken_json_list_is_an_input_error(cli: CliRun, v3: Path) -> None:
+    """'[1, 2, 3' (a list not closed) was an internal error: now one line naming the key, exit 2, nothing written."""
+    before = v3.read_bytes()
+    for args in (("set", str(v3), "t.arr", "[1, 2, 3", "--type", "u32"), ("edit", str(v3), "--set", "t.arr:u32=[1,")):
+        r = cli(*args)
+        assert r.exit_code == 2 and not r.stdout, args
+        assert r.stderr.startswith("ggufx: error: ") and "t.arr: invalid JSON list" in r.stderr, r.stderr
+        assert r.stderr.count("\n") == 1 and "internal error" not in r.stderr
+    assert v3.read_bytes() == before
+
+
 def test_known_key_types_are_checked(cli: CliRun, v3: Path) -> None:
     r = cli("set", str(v3), "llama.context_length", "8192")
     assert r.exit_code == 0 and ggufx.open(v3).metadata.type_of("llama.context_length") is ValueType.UINT32

@@ -166,7 +166,10 @@ def _resolve_set(op: Set, existing: _Entry | None, force: bool) -> tuple[ValueTy
     value = op.value
     listed = None
     if op.from_text and isinstance(value, str):
-        listed = parse_json_list(value, key)
+        try:
+            listed = parse_json_list(value, key)
+        except ValueError as e:  # '[1, 2' : an input error, not ggufx's
+            raise EditError(None, None, str(e)) from None
     elif isinstance(value, (list, tuple)):
         listed = list(value)
     known = expected_types(key)
