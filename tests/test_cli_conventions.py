@@ -227,3 +227,27 @@ def test_json_keeps_the_errors_of_the_text_answer(cli: CliRun, smollm2_path: Pat
         text, as_json = cli(*args), cli(*args, "--json")
         assert text.exit_code == as_json.exit_code == 2 and not as_json.stdout, args
         assert as_json.stderr == text.stderr and text.stderr.startswith("ggufx: error: "), args
+
+
+def test_a_gpu_size_needs_its_unit(cli: CliRun, smollm2_path: Path, tmp_path: Path) -> None:
+    """`--gpus 24` was a GPU of 24 bytes (mem: "0 MiB free, short"; pick: "2.23517e-08 GiB GPU"): a bare
+    number is refused wherever a GPU's free memory is given, naming the option; with a unit it is read."""
+    model = str(smollm2_path)
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "m.gguf").symlink_to(smollm2_path)
+    for args, option in (
+        (("mem", model, "--gpus", "24"), "--gpus"),
+        (("mem", model, "--gpus", "24GiB,24"), "--gpus"),
+        (("mem", model, "--fit", "24"), "--fit"),
+        (("pick", model, "--gpus", "24"), "--gpus"),
+        (("report", model, "--gpus", "24"), "--gpus"),
+        (("report", str(folder), "--gpus", "24"), "--gpus"),
+    ):
+        code, out, err = cli(*args)
+        assert code == 2 and not out, args
+        assert err.startswith("ggufx: error: ") and err.count("\n") == 1, (args, err)
+        assert f"{option}: '24' has no unit" in err, (args, err)
+    assert json.loads(cli("mem", model, "--gpus", "24G", "--json").stdout)["devices"][0]["free"] == 24 << 30
+    assert cli("pick", model, "--gpus", "24 GiB").exit_code == 0
+    assert cli("mem", model, "--gpus", "0").exit_code == 0  # no GPU, as --gpus none

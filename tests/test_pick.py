@@ -309,6 +309,7 @@ def test_a_projector_that_fits_no_model_is_said(cli: CliRun, smollm2_path: Path,
     [
         (["--gpus", "24XB"], "ggufx: error: --gpus: '24XB' is not a size"),
         (["--gpus", "0GiB"], "ggufx: error: --gpus: '0GiB': a GPU needs some memory"),
+        (["--gpus", "24"], "ggufx: error: --gpus: '24' has no unit"),  # was a GPU of 24 bytes
         (["--gpus", "24GiB,,"], "ggufx: error: --gpus: "),
         ([], "ggufx: error: --gpus: give the free memory of your GPUs"),
         (["--gpus", "8GiB", "-c", "4096", "--fit"], "ggufx: error: -c: give either -c N or --fit"),

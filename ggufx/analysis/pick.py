@@ -91,6 +91,8 @@ def parse_gpus(text: str) -> list[Device]:
         raise InputError("expected GPU sizes such as 24GiB or 24GiB,24GiB, or none", "--gpus")
     devices = []
     for i, part in enumerate(t.split(",")):
+        if re.fullmatch(r"\s*[\d.]*[1-9][\d.]*(?:e\d+)?\s*", part):  # as bytes, --gpus 24 would be a 24-byte GPU
+            raise InputError(f"{part.strip()!r} has no unit: give the free memory as 24GiB, 24GB or 24000MiB", "--gpus")
         try:
             size = parse_size(part)
         except ValueError as e:
