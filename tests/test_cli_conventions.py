@@ -220,15 +220,6 @@ def test_no_color_turns_colour_off_on_a_terminal(smollm2_path: Path, tmp_path: P
             assert r.exit_code == coloured.exit_code and ("\x1b[" in r.stdout) == escapes, (args, value)
 
 
-def test_json_keeps_the_errors_of_the_text_answer(cli: CliRun, smollm2_path: Path) -> None:
-    """`template show --json --name nope` printed every template and exited 0: --json changes the answer's
-    form, never what is an error."""
-    for args in (("template", "show", str(smollm2_path), "--name", "nope"), ("meta", str(smollm2_path), "no.such")):
-        text, as_json = cli(*args), cli(*args, "--json")
-        assert text.exit_code == as_json.exit_code == 2 and not as_json.stdout, args
-        assert as_json.stderr == text.stderr and text.stderr.startswith("ggufx: error: "), args
-
-
 def test_a_gpu_size_needs_its_unit(cli: CliRun, smollm2_path: Path, tmp_path: Path) -> None:
     """`--gpus 24` was a GPU of 24 bytes (mem: "0 MiB free, short"; pick: "2.23517e-08 GiB GPU"): a bare
     number is refused wherever a GPU's free memory is given, naming the option; with a unit it is read."""
@@ -251,3 +242,29 @@ def test_a_gpu_size_needs_its_unit(cli: CliRun, smollm2_path: Path, tmp_path: Pa
     assert json.loads(cli("mem", model, "--gpus", "24G", "--json").stdout)["devices"][0]["free"] == 24 << 30
     assert cli("pick", model, "--gpus", "24 GiB").exit_code == 0
     assert cli("mem", model, "--gpus", "0").exit_code == 0  # no GPU, as --gpus none
+
+
+def test_json_keeps_the_errors_of_the_text_answer(cli: CliRun, smollm2_path: Path) -> None:
+    """`template show --json --name nope` printed every template and exited 0: --json changes the answer's
+    form, never what is an error."""
+    for args in (("template", "show", str(smollm2_path), "--name", "nope"), ("meta", str(smollm2_path), "no.such")):
+        text, as_json = cli(*args), cli(*args, "--json")
+        assert text.exit_code == as_json.exit_code == 2 and not as_json.stdout, args
+        assert as_json.stderr == text.stderr and text.stderr.startswith("ggufx: error: "), args
+
+
+def test_template_set_refuses_an_empty_template(cli: CliRun, tmp_path: Path) -> None:
+    """An empty (or blank) --from-file wrote an empty chat template, erasing the model's: refused, saying how
+    a template is removed on purpose; the file is unchanged."""
+    gguf = _template_file(tmp_path, "{{ messages }}")
+    assert cli("template", "set", str(gguf), "--from-file", str(tmp_path / "old.jinja"))[0] == 0
+    before = gguf.read_bytes()
+    (tmp_path / "empty.jinja").write_text("")
+    (tmp_path / "blank.jinja").write_text(" \n")
+    for source in ("empty.jinja", "blank.jinja"):
+        for extra in ((), ("--dry-run",)):
+            code, out, err = cli("template", "set", str(gguf), "--from-file", str(tmp_path / source), *extra)
+            assert code == 2 and not out and err.count("\n") == 1, (source, err)
+            assert err.startswith("ggufx: error: ") and "the template is empty" in err
+            assert "ggufx delete FILE tokenizer.chat_template" in err
+    assert gguf.read_bytes() == before

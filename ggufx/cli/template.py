@@ -152,7 +152,12 @@ def set_(file: str, source: str | None, source_alias: str | None, name: str | No
     source = source or source_alias
     if source is None:
         raise click.UsageError("give --from-file PATH: a template, a GGUF or a tokenizer_config.json")
-    ops = template_set_ops(_load(source), name)
+    from ggufx.results import InputError
+
+    try:
+        ops = template_set_ops(_load(source), name)
+    except InputError as e:
+        raise click.BadParameter(str(e), param_hint=e.param) from None
     if kw.get("dry_run") and not kw.get("as_json"):
         click.echo(template_set_diff(file, _load(file), ops), nl=False)
     run_edit(file, ops, **kw)
