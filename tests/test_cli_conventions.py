@@ -268,3 +268,17 @@ def test_template_set_refuses_an_empty_template(cli: CliRun, tmp_path: Path) -> 
             assert err.startswith("ggufx: error: ") and "the template is empty" in err
             assert "ggufx delete FILE tokenizer.chat_template" in err
     assert gguf.read_bytes() == before
+
+
+def test_a_file_that_cannot_be_written_is_one_line(cli: CliRun, smollm2_path: Path, tmp_path: Path) -> None:
+    """-o or --junit into a folder that does not exist was an internal error naming a temporary file: one line
+    naming the file asked for, exit 2."""
+    missing = tmp_path / "no" / "such"
+    model = str(smollm2_path)
+    for args, out in (
+        (("report", model, "-o"), missing / "r.html"),
+        (("manifest", model, "-o"), missing / "m.json"),
+        (("check", model, "--mmproj", model, "--junit"), missing / "r.xml"),
+    ):
+        code, _, err = cli(*args, str(out))
+        assert code == 2 and err == f"ggufx: error: {out}: No such file or directory\n", (args, err)

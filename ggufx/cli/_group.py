@@ -144,6 +144,11 @@ class LazyGroup(click.Group):
             ctx.exit(0)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, KeyboardInterrupt):
             raise
+        except OSError as e:  # the system refused (-o into a missing folder, a full disk): not a bug in ggufx
+            if ctx.find_root().params.get("debug"):
+                raise
+            click.echo(f"ggufx: error: {f'{e.filename}: ' if e.filename else ''}{e.strerror or e}", err=True)
+            ctx.exit(EXIT_USAGE)
         except Exception as e:  # a bug in ggufx: still one line, never a traceback without --debug
             if ctx.find_root().params.get("debug"):
                 raise
