@@ -282,3 +282,13 @@ def test_a_file_that_cannot_be_written_is_one_line(cli: CliRun, smollm2_path: Pa
     ):
         code, _, err = cli(*args, str(out))
         assert code == 2 and err == f"ggufx: error: {out}: No such file or directory\n", (args, err)
+
+
+def test_a_context_in_k_is_refused_saying_what_to_write(cli: CliRun, smollm2_path: Path) -> None:
+    """`-c 32k`: llama.cpp's std::stoi reads it as 32 tokens; ggufx refuses it (mem, pick) and says what to write,
+    in words a user knows (click said "'32k' is not a valid integer range")."""
+    for args in (("mem", str(smollm2_path)), ("pick", str(smollm2_path), "--gpus", "24GiB")):
+        code, out, err = cli(*args, "-c", "32k")
+        assert code == 2 and not out and err.count("\n") == 1, (args, err)
+        assert "'32k' is not a whole number. Write 32768 for 32K tokens (llama.cpp would read 32k as 32)." in err
+    assert cli("tensors", str(smollm2_path), "--limit", "x").stderr.endswith("'x' is not a whole number.\n")

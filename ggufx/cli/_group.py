@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import importlib
 import os
+import re
 import sys
 from typing import Any, NoReturn
 
@@ -52,10 +53,24 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
+_TYPE_WORDS = {
+    "is not a valid integer range.": "is not a whole number.",
+    "is not a valid integer.": "is not a whole number.",
+    "is not a valid float range.": "is not a number.",
+    "is not a valid float.": "is not a number.",
+}
+
+
 def usage_error(e: click.UsageError) -> NoReturn:
     """Every usage error in one format: ``ggufx: error: ...`` on one line of stderr, exit 2 (click's
     own four-line Usage/Try/Error block is not used)."""
     message = " ".join(e.format_message().split())
+    for said, meant in _TYPE_WORDS.items():  # click's names of its types ('32k' is not a valid integer range)
+        message = message.replace(said, meant)
+    short = re.search(r"'((\d+)[kK])' is not a whole number", message)
+    if short and isinstance(e, click.BadParameter) and e.param is not None and e.param.name == "ctx":
+        n = int(short.group(2))  # llama.cpp's std::stoi reads the digits and stops: -c 32k is a 32-token context
+        message += f" Write {n * 1024} for {n}K tokens (llama.cpp would read {short.group(1)} as {n})."
     click.echo(f"ggufx: error: {message}", err=True)
     raise click.exceptions.Exit(EXIT_USAGE)
 
