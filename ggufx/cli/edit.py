@@ -47,7 +47,8 @@ def write_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--force",
             is_flag=True,
-            help="Allow protected keys (general.alignment, split.*), type changes of known keys, and content-addressed stores.",
+            help="Allow protected keys (general.alignment, split.*), type changes of known keys, a new key that looks "
+            "like a typo of a known one, and content-addressed stores.",
         ),
         click.option(
             "--strategy",
