@@ -366,6 +366,16 @@ def test_readme_block(block: Block, cli: CliRun, files: Path, tmp_path: Path, mo
             )
 
 
+def test_readme_python_block_runs(files: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Python API example runs as the README shows it (``model.gguf`` is SmolLM2): it called
+    ``results.memory(model, ctx=...)``, which the library has not taken since MemoryRequest."""
+    blocks = re.findall(r"^```python\n(.*?)^```", README.read_text(encoding="utf-8"), re.S | re.M)
+    assert blocks, "the README's Python example is missing"
+    monkeypatch.chdir(files)
+    for code in blocks:
+        exec(compile(code, str(README), "exec"), {})
+
+
 def test_output_matching_is_strict() -> None:
     """The matcher used above fails on a changed, missing or extra line."""
     printed = ["a  1", "b  2", "c  3"]
