@@ -292,3 +292,15 @@ def test_a_context_in_k_is_refused_saying_what_to_write(cli: CliRun, smollm2_pat
         assert code == 2 and not out and err.count("\n") == 1, (args, err)
         assert "'32k' is not a whole number. Write 32768 for 32K tokens (llama.cpp would read 32k as 32)." in err
     assert cli("tensors", str(smollm2_path), "--limit", "x").stderr.endswith("'x' is not a whole number.\n")
+
+
+def test_tensors_of_layers_the_model_lacks_is_an_error(cli: CliRun, smollm2_path: Path) -> None:
+    """`tensors --layers 50-60` of a 30-layer model printed an empty table, exit 0, as if layers 50-60 had no
+    tensors: it names the layers the model has; a range that overlaps them still lists what it holds."""
+    for span in ("50-60", "30"):
+        for extra in ((), ("--json",)):
+            code, out, err = cli("tensors", str(smollm2_path), "--layers", span, *extra)
+            assert code == 2 and not out and err.count("\n") == 1, (span, err)
+            assert f"'{span}': no such layer in {smollm2_path} (its layers are 0-29)" in err
+    d = json.loads(cli("tensors", str(smollm2_path), "--layers", "29-40", "--json").stdout)
+    assert d["count"] == 9 and {t["name"].split(".")[1] for t in d["tensors"]} == {"29"}
