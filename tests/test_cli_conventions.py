@@ -52,6 +52,8 @@ def test_every_command_s_help_follows_the_conventions(cli: CliRun, name: str) ->
         assert all(f"  {opt} " in remote for opt in REMOTE), name
     for retired in RETIRED:
         assert retired not in out, f"{name}: {retired.strip()} is a hidden alias now"
+    # a placeholder the help names exists (-o wrote "to OUT", a name no option or argument has)
+    assert " OUT " not in out.replace("\n", " "), name
     # an argument the help names exists (template set spoke of a SOURCE it does not have)
     assert "SOURCE" not in out or any(
         isinstance(p, click.Argument) and p.name in ("source", "sources") for p in cmd.params

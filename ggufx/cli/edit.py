@@ -31,7 +31,10 @@ def write_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """Options every editing command shares."""
     opts: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
         click.option(
-            "-o", "--output", type=click.Path(dir_okay=False), help="Write the result to OUT and leave FILE untouched."
+            "-o",
+            "--output",
+            type=click.Path(dir_okay=False),
+            help="Write the result to this file and leave FILE untouched.",
         ),
         click.option(
             "--dry-run",
