@@ -306,3 +306,16 @@ def test_tensors_of_layers_the_model_lacks_is_an_error(cli: CliRun, smollm2_path
             assert f"'{span}': no such layer in {smollm2_path} (its layers are 0-29)" in err
     d = json.loads(cli("tensors", str(smollm2_path), "--layers", "29-40", "--json").stdout)
     assert d["count"] == 9 and {t["name"].split(".")[1] for t in d["tensors"]} == {"29"}
+
+
+def test_scan_of_a_folder_that_is_not_there_is_an_error(cli: CliRun, tmp_path: Path) -> None:
+    """`scan ~/modles` printed an empty table, exit 0: a folder named on the command line must exist (the
+    Hugging Face cache and the Ollama store may be absent: nothing to scan there)."""
+    code, out, err = cli("scan", str(tmp_path / "modles"))
+    assert code == 2 and not out and err == f"ggufx: error: {tmp_path / 'modles'}: no such folder\n"
+    env = {
+        "HF_HUB_CACHE": str(tmp_path / "no-hf"),
+        "HF_HOME": str(tmp_path / "no-hf"),
+        "OLLAMA_MODELS": str(tmp_path / "no"),
+    }
+    assert cli("scan", "--hf-cache", "--ollama", env=env).exit_code == 0
