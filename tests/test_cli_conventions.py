@@ -319,3 +319,25 @@ def test_scan_of_a_folder_that_is_not_there_is_an_error(cli: CliRun, tmp_path: P
         "OLLAMA_MODELS": str(tmp_path / "no"),
     }
     assert cli("scan", "--hf-cache", "--ollama", env=env).exit_code == 0
+
+
+def test_template_render_checks_its_json_inputs(cli: CliRun, smollm2_path: Path, tmp_path: Path) -> None:
+    """--messages [1, 2] failed inside the template (exit 1, the template blamed) and --tools {"x": 1} was taken
+    as tools: each is an input error naming the option, exit 2; a conversation with "tools": null has none."""
+    cases = {
+        "nums.json": ("--messages", [1, 2], 'message 0 is not an object with a "role"'),
+        "norole.json": ("--messages", [{"content": "hi"}], 'message 0 is not an object with a "role"'),
+        "objtools.json": ("--tools", {"x": 1}, "expected a JSON list of tool schemas"),
+        "convtools.json": (
+            "--messages",
+            {"messages": [{"role": "user", "content": "hi"}], "tools": {"a": 1}},
+            '"tools" must be a list',
+        ),
+    }
+    for name, (option, doc, said) in cases.items():
+        (tmp_path / name).write_text(json.dumps(doc))
+        code, out, err = cli("template", "render", str(smollm2_path), option, str(tmp_path / name))
+        assert code == 2 and not out and err.count("\n") == 1, (name, err)
+        assert err.startswith(f"ggufx: error: Invalid value for {option}: {tmp_path / name}: {said}"), (name, err)
+    (tmp_path / "ok.json").write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}], "tools": None}))
+    assert cli("template", "render", str(smollm2_path), "--messages", str(tmp_path / "ok.json")).exit_code == 0
