@@ -106,6 +106,8 @@ def test_failure_names_offending_tensors_collapsed(cli: CliRun, tmp_path: Path, 
         ('[tensors]\n"ffn_(down" = { min = "Q4_K" }\n', "invalid regular expression"),
         ('[tensors]\n"ffn_down" = { minimum = "Q4_K" }\n', "line 2: tensor rule"),
         ("[model\n", "invalid TOML"),
+        ("", "no rules: a policy that checks nothing"),  # an empty file passed every model, exit 0
+        ("# to do\n[model]\n", "no rules: a policy that checks nothing"),
     ],
 )
 def test_bad_policy_is_an_error_naming_the_line(cli: CliRun, tmp_path: Path, toml: str, phrase: str) -> None:
@@ -222,7 +224,7 @@ BAD = {
     ("chat_template", "lint_clean"): ['"true"', "1", "{}", "[true]"],
     ("memory", "ctx"): ['"4096"', "4096.0", "-1", "true", "{ value = 4096 }"],
     ("memory", "cache_type"): [*STRING, '"q8"', '"F16 "'],
-    ("memory", "budget"): ['"24 gigs"', '""', "0", "-5", "true", "{ max = '24GiB' }", "[1]"],
+    ("memory", "budget"): ['"24 gigs"', '""', "0", "-5", "true", "{ max = '24GiB' }", "[1]", '"24"'],  # "24": 24 bytes
     ("memory", "parallel"): ["0", '"2"', "2.5", "{}"],
     ("fingerprint", "equals"): STRING,
     ("companions", "mmproj"): ['""', "5", "[]", "{}"],

@@ -52,6 +52,8 @@ def test_every_command_s_help_follows_the_conventions(cli: CliRun, name: str) ->
         assert all(f"  {opt} " in remote for opt in REMOTE), name
     for retired in RETIRED:
         assert retired not in out, f"{name}: {retired.strip()} is a hidden alias now"
+    # a placeholder the help names exists (-o wrote "to OUT", a name no option or argument has)
+    assert " OUT " not in out.replace("\n", " "), name
     # an argument the help names exists (template set spoke of a SOURCE it does not have)
     assert "SOURCE" not in out or any(
         isinstance(p, click.Argument) and p.name in ("source", "sources") for p in cmd.params
@@ -200,3 +202,142 @@ def test_scan_does_not_say_none_for_a_model_with_a_template(cli: CliRun, smollm2
     row = {line.split()[0].rsplit("/", 1)[-1]: line.split() for line in lines[2:4]}
     assert "not rendered" in " ".join(row["smol.gguf"]) and "none" not in row["smol.gguf"]
     assert row["raw.gguf"][-2] == "-"
+
+
+def test_no_color_turns_colour_off_on_a_terminal(smollm2_path: Path, tmp_path: Path) -> None:
+    """NO_COLOR (https://no-color.org): set and not empty, the edit diff and check's PASS/FAIL carry no
+    escape sequence even where the output is a terminal (CliRunner's color=True)."""
+    from click.testing import CliRunner
+
+    from ggufx.cli import main
+
+    for args in (
+        ("set", str(smollm2_path), "general.name", "Foo", "--dry-run"),
+        ("check", str(smollm2_path), "--mmproj", str(smollm2_path)),
+    ):
+        coloured = CliRunner().invoke(main, list(args), color=True)
+        assert "\x1b[" in coloured.stdout, args
+        for value, escapes in (("1", False), ("", True)):
+            r = CliRunner().invoke(main, list(args), color=True, env={"NO_COLOR": value})
+            assert r.exit_code == coloured.exit_code and ("\x1b[" in r.stdout) == escapes, (args, value)
+
+
+def test_a_gpu_size_needs_its_unit(cli: CliRun, smollm2_path: Path, tmp_path: Path) -> None:
+    """`--gpus 24` was a GPU of 24 bytes (mem: "0 MiB free, short"; pick: "2.23517e-08 GiB GPU"): a bare
+    number is refused wherever a GPU's free memory is given, naming the option; with a unit it is read."""
+    model = str(smollm2_path)
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "m.gguf").symlink_to(smollm2_path)
+    for args, option in (
+        (("mem", model, "--gpus", "24"), "--gpus"),
+        (("mem", model, "--gpus", "24GiB,24"), "--gpus"),
+        (("mem", model, "--fit", "24"), "--fit"),
+        (("pick", model, "--gpus", "24"), "--gpus"),
+        (("report", model, "--gpus", "24"), "--gpus"),
+        (("report", str(folder), "--gpus", "24"), "--gpus"),
+    ):
+        code, out, err = cli(*args)
+        assert code == 2 and not out, args
+        assert err.startswith("ggufx: error: ") and err.count("\n") == 1, (args, err)
+        assert f"{option}: '24' has no unit" in err, (args, err)
+    assert json.loads(cli("mem", model, "--gpus", "24G", "--json").stdout)["devices"][0]["free"] == 24 << 30
+    assert cli("pick", model, "--gpus", "24 GiB").exit_code == 0
+    assert cli("mem", model, "--gpus", "0").exit_code == 0  # no GPU, as --gpus none
+
+
+def test_json_keeps_the_errors_of_the_text_answer(cli: CliRun, smollm2_path: Path) -> None:
+    """`template show --json --name nope` printed every template and exited 0: --json changes the answer's
+    form, never what is an error."""
+    for args in (("template", "show", str(smollm2_path), "--name", "nope"), ("meta", str(smollm2_path), "no.such")):
+        text, as_json = cli(*args), cli(*args, "--json")
+        assert text.exit_code == as_json.exit_code == 2 and not as_json.stdout, args
+        assert as_json.stderr == text.stderr and text.stderr.startswith("ggufx: error: "), args
+
+
+def test_template_set_refuses_an_empty_template(cli: CliRun, tmp_path: Path) -> None:
+    """An empty (or blank) --from-file wrote an empty chat template, erasing the model's: refused, saying how
+    a template is removed on purpose; the file is unchanged."""
+    gguf = _template_file(tmp_path, "{{ messages }}")
+    assert cli("template", "set", str(gguf), "--from-file", str(tmp_path / "old.jinja"))[0] == 0
+    before = gguf.read_bytes()
+    (tmp_path / "empty.jinja").write_text("")
+    (tmp_path / "blank.jinja").write_text(" \n")
+    for source in ("empty.jinja", "blank.jinja"):
+        for extra in ((), ("--dry-run",)):
+            code, out, err = cli("template", "set", str(gguf), "--from-file", str(tmp_path / source), *extra)
+            assert code == 2 and not out and err.count("\n") == 1, (source, err)
+            assert err.startswith("ggufx: error: ") and "the template is empty" in err
+            assert "ggufx delete FILE tokenizer.chat_template" in err
+    assert gguf.read_bytes() == before
+
+
+def test_a_file_that_cannot_be_written_is_one_line(cli: CliRun, smollm2_path: Path, tmp_path: Path) -> None:
+    """-o or --junit into a folder that does not exist was an internal error naming a temporary file: one line
+    naming the file asked for, exit 2."""
+    missing = tmp_path / "no" / "such"
+    model = str(smollm2_path)
+    for args, out in (
+        (("report", model, "-o"), missing / "r.html"),
+        (("manifest", model, "-o"), missing / "m.json"),
+        (("check", model, "--mmproj", model, "--junit"), missing / "r.xml"),
+    ):
+        code, _, err = cli(*args, str(out))
+        assert code == 2 and err == f"ggufx: error: {out}: No such file or directory\n", (args, err)
+
+
+def test_a_context_in_k_is_refused_saying_what_to_write(cli: CliRun, smollm2_path: Path) -> None:
+    """`-c 32k`: llama.cpp's std::stoi reads it as 32 tokens; ggufx refuses it (mem, pick) and says what to write,
+    in words a user knows (click said "'32k' is not a valid integer range")."""
+    for args in (("mem", str(smollm2_path)), ("pick", str(smollm2_path), "--gpus", "24GiB")):
+        code, out, err = cli(*args, "-c", "32k")
+        assert code == 2 and not out and err.count("\n") == 1, (args, err)
+        assert "'32k' is not a whole number. Write 32768 for 32K tokens (llama.cpp would read 32k as 32)." in err
+    assert cli("tensors", str(smollm2_path), "--limit", "x").stderr.endswith("'x' is not a whole number.\n")
+
+
+def test_tensors_of_layers_the_model_lacks_is_an_error(cli: CliRun, smollm2_path: Path) -> None:
+    """`tensors --layers 50-60` of a 30-layer model printed an empty table, exit 0, as if layers 50-60 had no
+    tensors: it names the layers the model has; a range that overlaps them still lists what it holds."""
+    for span in ("50-60", "30"):
+        for extra in ((), ("--json",)):
+            code, out, err = cli("tensors", str(smollm2_path), "--layers", span, *extra)
+            assert code == 2 and not out and err.count("\n") == 1, (span, err)
+            assert f"'{span}': no such layer in {smollm2_path} (its layers are 0-29)" in err
+    d = json.loads(cli("tensors", str(smollm2_path), "--layers", "29-40", "--json").stdout)
+    assert d["count"] == 9 and {t["name"].split(".")[1] for t in d["tensors"]} == {"29"}
+
+
+def test_scan_of_a_folder_that_is_not_there_is_an_error(cli: CliRun, tmp_path: Path) -> None:
+    """`scan ~/modles` printed an empty table, exit 0: a folder named on the command line must exist (the
+    Hugging Face cache and the Ollama store may be absent: nothing to scan there)."""
+    code, out, err = cli("scan", str(tmp_path / "modles"))
+    assert code == 2 and not out and err == f"ggufx: error: {tmp_path / 'modles'}: no such folder\n"
+    env = {
+        "HF_HUB_CACHE": str(tmp_path / "no-hf"),
+        "HF_HOME": str(tmp_path / "no-hf"),
+        "OLLAMA_MODELS": str(tmp_path / "no"),
+    }
+    assert cli("scan", "--hf-cache", "--ollama", env=env).exit_code == 0
+
+
+def test_template_render_checks_its_json_inputs(cli: CliRun, smollm2_path: Path, tmp_path: Path) -> None:
+    """--messages [1, 2] failed inside the template (exit 1, the template blamed) and --tools {"x": 1} was taken
+    as tools: each is an input error naming the option, exit 2; a conversation with "tools": null has none."""
+    cases = {
+        "nums.json": ("--messages", [1, 2], 'message 0 is not an object with a "role"'),
+        "norole.json": ("--messages", [{"content": "hi"}], 'message 0 is not an object with a "role"'),
+        "objtools.json": ("--tools", {"x": 1}, "expected a JSON list of tool schemas"),
+        "convtools.json": (
+            "--messages",
+            {"messages": [{"role": "user", "content": "hi"}], "tools": {"a": 1}},
+            '"tools" must be a list',
+        ),
+    }
+    for name, (option, doc, said) in cases.items():
+        (tmp_path / name).write_text(json.dumps(doc))
+        code, out, err = cli("template", "render", str(smollm2_path), option, str(tmp_path / name))
+        assert code == 2 and not out and err.count("\n") == 1, (name, err)
+        assert err.startswith(f"ggufx: error: Invalid value for {option}: {tmp_path / name}: {said}"), (name, err)
+    (tmp_path / "ok.json").write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}], "tools": None}))
+    assert cli("template", "render", str(smollm2_path), "--messages", str(tmp_path / "ok.json")).exit_code == 0

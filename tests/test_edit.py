@@ -97,6 +97,38 @@ def test_set_arrays_from_json(cli: CliRun, v3: Path, vtype: str, items: list) ->
     assert_matches_gguf_reader(v3)
 
 
+def test_a_broken_json_list_is_an_input_error(cli: CliRun, v3: Path) -> None:
+    """'[1, 2, 3' (a list not closed) was an internal error: now one line naming the key, exit 2, nothing written."""
+    before = v3.read_bytes()
+    for args in (("set", str(v3), "t.arr", "[1, 2, 3", "--type", "u32"), ("edit", str(v3), "--set", "t.arr:u32=[1,")):
+        r = cli(*args)
+        assert r.exit_code == 2 and not r.stdout, args
+        assert r.stderr.startswith("ggufx: error: ") and "t.arr: invalid JSON list" in r.stderr, r.stderr
+        assert r.stderr.count("\n") == 1 and "internal error" not in r.stderr
+    assert v3.read_bytes() == before
+
+
+def test_a_new_key_that_looks_like_a_typo_is_refused(cli: CliRun, v3: Path) -> None:
+    """`set general.nmae Foo` added a key llama.cpp never reads and seemed to work: a new key gguf-py does not
+    know, close to one the file has or gguf-py writes for its architecture, is refused naming that key
+    (--force adds it); other new keys and named templates are added as before."""
+    before = v3.read_bytes()
+    for key, value, near in (
+        ("general.nmae", "Foo", "general.name"),
+        ("llama.context_lenght", "32768", "llama.context_length"),
+        ("llama.rope.freq_bas", "1000", "llama.rope.freq_base"),
+    ):
+        r = cli("set", str(v3), key, value)
+        assert r.exit_code == 2 and not r.stdout and r.stderr.count("\n") == 1, r.stderr
+        assert f"{key} is neither a key of this file nor one gguf-py knows: did you mean {near}?" in r.stderr
+        assert cli("edit", str(v3), "--set", f"{key}={value}").exit_code == 2
+    assert v3.read_bytes() == before
+    assert cli("set", str(v3), "general.nmae", "Foo", "--force").exit_code == 0
+    assert ggufx.open(v3).metadata["general.nmae"] == "Foo"
+    for key in ("my.note", "tokenizer.chat_template.tool_use"):
+        assert cli("set", str(v3), key, "x").exit_code == 0, key
+
+
 def test_known_key_types_are_checked(cli: CliRun, v3: Path) -> None:
     r = cli("set", str(v3), "llama.context_length", "8192")
     assert r.exit_code == 0 and ggufx.open(v3).metadata.type_of("llama.context_length") is ValueType.UINT32

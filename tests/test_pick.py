@@ -309,6 +309,7 @@ def test_a_projector_that_fits_no_model_is_said(cli: CliRun, smollm2_path: Path,
     [
         (["--gpus", "24XB"], "ggufx: error: --gpus: '24XB' is not a size"),
         (["--gpus", "0GiB"], "ggufx: error: --gpus: '0GiB': a GPU needs some memory"),
+        (["--gpus", "24"], "ggufx: error: --gpus: '24' has no unit"),  # was a GPU of 24 bytes
         (["--gpus", "24GiB,,"], "ggufx: error: --gpus: "),
         ([], "ggufx: error: --gpus: give the free memory of your GPUs"),
         (["--gpus", "8GiB", "-c", "4096", "--fit"], "ggufx: error: -c: give either -c N or --fit"),
@@ -348,6 +349,24 @@ def test_no_gguf_is_one_line(cli: CliRun, tmp_path: Path) -> None:
     write_projector(tmp_path / "mmproj-F16.gguf")
     r = cli("pick", str(tmp_path), "--gpus", "8GiB")
     assert r.exit_code == 2 and r.stderr.startswith(f"ggufx: error: {tmp_path}: no GGUF model in it (1 companion")
+
+
+def test_an_unreadable_file_says_why(cli: CliRun, tmp_path: Path) -> None:
+    """One file that is no GGUF: its own error, as `ggufx info` gives it, not "no GGUF model in it"; a folder
+    of unreadable files names how many and the first one's error."""
+    (tmp_path / "notes.txt").write_text("hello")
+    r = cli("pick", str(tmp_path / "notes.txt"), "--gpus", "8GiB")
+    assert r.exit_code == 2 and r.stderr == cli("info", str(tmp_path / "notes.txt")).stderr
+    assert "not a GGUF file" in r.stderr
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "a.gguf").write_text("hello")
+    (tmp_path / "m" / "b.gguf").write_bytes(b"")
+    r = cli("pick", str(tmp_path / "m"), "--gpus", "8GiB")
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1
+    assert r.stderr.startswith(
+        f"ggufx: error: {tmp_path / 'm'}: no GGUF model in it; 2 file(s) unreadable, the first: "
+    )
+    assert "a.gguf: offset 0: not a GGUF file" in r.stderr
 
 
 # -- the same folder as a Hub repository ------------------------------------------------------

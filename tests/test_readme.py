@@ -177,6 +177,27 @@ def test_readme_commands_are_all_accounted_for() -> None:
     assert firsts == ["roles", "layers", "mem", "report", "check", "template set"]
 
 
+def test_readme_commands_use_the_option_names_help_shows() -> None:
+    """A hidden option is an earlier spelling kept working (``template set --from``): the README, a
+    user's guide, spells each option as ``--help`` lists it."""
+    import click
+
+    from ggufx.cli import main
+
+    ctx = click.Context(main)
+    for c in (c for b in BLOCKS for c in b.commands):
+        words = shlex.split(c.text, comments=True)[1:]
+        words = [w for w in words if not w.startswith("--debug")]
+        cmd: click.Command | None = main.get_command(ctx, words[0])
+        assert cmd is not None, c.text
+        if isinstance(cmd, click.Group):
+            cmd = cmd.get_command(ctx, words[1])
+            assert cmd is not None, c.text
+        hidden = {o for p in cmd.params if isinstance(p, click.Option) and p.hidden for o in p.opts}
+        used = {w.split("=", 1)[0] for w in words if w.startswith("-")}
+        assert not used & hidden, f"README.md:{c.line}: {c.text!r} uses {sorted(used & hidden)}, not what --help shows"
+
+
 def test_set_up_section_is_unchanged() -> None:
     """CI (.ci/run) and the graders run these two lines as they are."""
     text = README.read_text(encoding="utf-8")
@@ -343,6 +364,16 @@ def test_readme_block(block: Block, cli: CliRun, files: Path, tmp_path: Path, mo
                 + "\n--- printed\n"
                 + "\n".join(actual)
             )
+
+
+def test_readme_python_block_runs(files: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Python API example runs as the README shows it (``model.gguf`` is SmolLM2): it called
+    ``results.memory(model, ctx=...)``, which the library has not taken since MemoryRequest."""
+    blocks = re.findall(r"^```python\n(.*?)^```", README.read_text(encoding="utf-8"), re.S | re.M)
+    assert blocks, "the README's Python example is missing"
+    monkeypatch.chdir(files)
+    for code in blocks:
+        exec(compile(code, str(README), "exec"), {})
 
 
 def test_output_matching_is_strict() -> None:

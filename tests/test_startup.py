@@ -129,7 +129,7 @@ def test_a_short_option_skips_clicks_did_you_mean_list(gemma_path: Path) -> None
     unknown = _run(code, "mem", str(gemma_path), "--ctxx", "4096")
     assert "No such option '--ctxx'. (Did you mean one of: '--ctx', '--ctx-size', '--fit-ctx'?)" in unknown.stderr
     for bad, message in (
-        ("-cx", "Invalid value for '--ctx' / '-c' / '--ctx-size': 'x' is not a valid integer range."),
+        ("-cx", "Invalid value for '--ctx' / '-c' / '--ctx-size': 'x' is not a whole number."),
         ("-Z", "ggufx: error: No such option '-Z'.\n"),
     ):
         proc = _run(code, "mem", str(gemma_path), bad)

@@ -91,6 +91,8 @@ def parse_gpus(text: str) -> list[Device]:
         raise InputError("expected GPU sizes such as 24GiB or 24GiB,24GiB, or none", "--gpus")
     devices = []
     for i, part in enumerate(t.split(",")):
+        if re.fullmatch(r"\s*[\d.]*[1-9][\d.]*(?:e\d+)?\s*", part):  # as bytes, --gpus 24 would be a 24-byte GPU
+            raise InputError(f"{part.strip()!r} has no unit: give the free memory as 24GiB, 24GB or 24000MiB", "--gpus")
         try:
             size = parse_size(part)
         except ValueError as e:
@@ -736,10 +738,15 @@ def pick(
     ]
     projectors = [(e, m) for e, m, kind in companions if kind == "projector"]
     if not models:
+        failed = [m for m in opened if isinstance(m, GGUFError)]
+        if len(failed) == 1 and not companions:  # the one file could not be read: why, not "no model in it"
+            raise failed[0]
         raise SourceError(
             ", ".join(sources),
             None,
-            "no GGUF model in it" + (f" ({len(companions)} companion file(s) only)" if companions else ""),
+            "no GGUF model in it"
+            + (f" ({len(companions)} companion file(s) only)" if companions else "")
+            + (f"; {len(failed)} file(s) unreadable, the first: {failed[0].one_line()}" if failed else ""),
         )
     offered: list[tuple[str, GGUFModel]] = []  # (label, projector): what --mmproj offers the models
     if explicit is not None:

@@ -117,6 +117,8 @@ def load_policy(path: str) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as e:
         raise PolicyError(path, None, f"invalid TOML: {e}") from None
     validate_policy(doc, path, text)
+    if not any(doc.values()):  # an empty file (or the wrong one) would pass every model it checks
+        raise PolicyError(path, None, f"no rules: a policy that checks nothing (sections: {', '.join(sorted(SCHEMA))})")
     companions = doc.get("companions", {})
     for key, value in companions.items():
         companions[key] = companion_path(path, value)
@@ -308,6 +310,8 @@ def _budget(key: Key, value: Any, fail: Fail) -> None:
     if _is_number(value):
         size = value
     elif isinstance(value, str):
+        if re.fullmatch(r"\s*[\d.]+(?:e\d+)?\s*", value):  # "24" read as bytes would fail every model
+            fail(key, f'{_name(key)}: {value!r} has no unit: write "24GiB" (or bytes as a number, without quotes)')
         try:
             size = parse_size(value)
         except ValueError as e:

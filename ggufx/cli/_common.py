@@ -488,7 +488,12 @@ def write_text_atomic(path: str, text: str) -> None:
     uniquely named file beside it, then a rename; nothing is left behind if the write fails."""
     import tempfile
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path) or ".")
+    try:
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path) or "."
+        )
+    except OSError as e:  # no such folder, no permission: named by the file asked for, not the temporary one
+        raise OSError(e.errno, e.strerror, path) from None
     try:
         try:  # a file replaced keeps its mode; a new one gets the umask's (mkstemp makes it 0600)
             mode = os.stat(path).st_mode & 0o7777

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import gc
 import importlib
+import os
+import re
 import sys
 from typing import Any, NoReturn
 
@@ -51,10 +53,24 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
+_TYPE_WORDS = {
+    "is not a valid integer range.": "is not a whole number.",
+    "is not a valid integer.": "is not a whole number.",
+    "is not a valid float range.": "is not a number.",
+    "is not a valid float.": "is not a number.",
+}
+
+
 def usage_error(e: click.UsageError) -> NoReturn:
     """Every usage error in one format: ``ggufx: error: ...`` on one line of stderr, exit 2 (click's
     own four-line Usage/Try/Error block is not used)."""
     message = " ".join(e.format_message().split())
+    for said, meant in _TYPE_WORDS.items():  # click's names of its types ('32k' is not a valid integer range)
+        message = message.replace(said, meant)
+    short = re.search(r"'((\d+)[kK])' is not a whole number", message)
+    if short and isinstance(e, click.BadParameter) and e.param is not None and e.param.name == "ctx":
+        n = int(short.group(2))  # llama.cpp's std::stoi reads the digits and stops: -c 32k is a 32-token context
+        message += f" Write {n * 1024} for {n}K tokens (llama.cpp would read {short.group(1)} as {n})."
     click.echo(f"ggufx: error: {message}", err=True)
     raise click.exceptions.Exit(EXIT_USAGE)
 
@@ -143,6 +159,11 @@ class LazyGroup(click.Group):
             ctx.exit(0)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, KeyboardInterrupt):
             raise
+        except OSError as e:  # the system refused (-o into a missing folder, a full disk): not a bug in ggufx
+            if ctx.find_root().params.get("debug"):
+                raise
+            click.echo(f"ggufx: error: {f'{e.filename}: ' if e.filename else ''}{e.strerror or e}", err=True)
+            ctx.exit(EXIT_USAGE)
         except Exception as e:  # a bug in ggufx: still one line, never a traceback without --debug
             if ctx.find_root().params.get("debug"):
                 raise
@@ -175,3 +196,5 @@ def main(ctx: click.Context, debug: bool) -> None:
     """
     if debug:  # remote sources log every request (this invocation's RemoteConfig, see _common)
         set_remote_option(ctx, "debug", True)
+    if os.environ.get("NO_COLOR"):  # https://no-color.org: set and not empty, no colour even on a terminal
+        ctx.color = False  # the command's context inherits it

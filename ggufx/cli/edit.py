@@ -31,7 +31,10 @@ def write_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """Options every editing command shares."""
     opts: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
         click.option(
-            "-o", "--output", type=click.Path(dir_okay=False), help="Write the result to OUT and leave FILE untouched."
+            "-o",
+            "--output",
+            type=click.Path(dir_okay=False),
+            help="Write the result to this file and leave FILE untouched.",
         ),
         click.option(
             "--dry-run",
@@ -47,7 +50,8 @@ def write_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--force",
             is_flag=True,
-            help="Allow protected keys (general.alignment, split.*), type changes of known keys, and content-addressed stores.",
+            help="Allow protected keys (general.alignment, split.*), type changes of known keys, a new key that looks "
+            "like a typo of a known one, and content-addressed stores.",
         ),
         click.option(
             "--strategy",

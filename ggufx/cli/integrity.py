@@ -178,8 +178,7 @@ def check_(
     for line in outcome.unreadable:
         click.echo(f"ggufx: error: {line}", err=True)
     if junit:
-        with open(junit, "w", encoding="utf-8") as fh:
-            fh.write(outcome.junit())
+        write_text_atomic(junit, outcome.junit())
     res = outcome.to_json()
     if as_json:
         emit_json(res)

@@ -115,6 +115,8 @@ def show(file: str, name: str | None, as_json: bool) -> None:
 
     ts = _load(file)
     if as_json:
+        if name is not None:
+            ts.get(name)  # a --name the file does not have is an error, as without --json
         emit_json(template_show(file, ts))
         return
     write_raw(raw_text(ts.get(name)))
@@ -150,7 +152,12 @@ def set_(file: str, source: str | None, source_alias: str | None, name: str | No
     source = source or source_alias
     if source is None:
         raise click.UsageError("give --from-file PATH: a template, a GGUF or a tokenizer_config.json")
-    ops = template_set_ops(_load(source), name)
+    from ggufx.results import InputError
+
+    try:
+        ops = template_set_ops(_load(source), name)
+    except InputError as e:
+        raise click.BadParameter(str(e), param_hint=e.param) from None
     if kw.get("dry_run") and not kw.get("as_json"):
         click.echo(template_set_diff(file, _load(file), ops), nl=False)
     run_edit(file, ops, **kw)
@@ -175,8 +182,26 @@ def _conversation(messages: str | None, tools: str | None, sample_name: str | No
             raise click.BadParameter(
                 f'{messages}: expected a list of messages or {{"messages": [...]}}', param_hint="--messages"
             )
+        # a message that is no {"role": ...} object would fail inside the template, blaming the template
+        bad = next((i for i, m in enumerate(conv["messages"]) if not isinstance(m, dict) or "role" not in m), None)
+        if bad is not None:
+            raise click.BadParameter(
+                f'{messages}: message {bad} is not an object with a "role" ({conv["messages"][bad]!r:.60})',
+                param_hint="--messages",
+            )
+        if conv.get("tools") is not None and not _tool_list(conv["tools"]):
+            raise click.BadParameter(
+                f'{messages}: "tools" must be a list of tool schemas (objects)', param_hint="--messages"
+            )
         own = (messages, conv)
-    return conversations(sample_name, own, _read_json(tools, "--tools") if tools is not None else None)
+    schemas = _read_json(tools, "--tools") if tools is not None else None
+    if schemas is not None and not _tool_list(schemas):
+        raise click.BadParameter(f"{tools}: expected a JSON list of tool schemas (objects)", param_hint="--tools")
+    return conversations(sample_name, own, schemas)
+
+
+def _tool_list(doc: Any) -> bool:
+    return isinstance(doc, list) and all(isinstance(t, dict) for t in doc)
 
 
 @template.command("render")

@@ -34,7 +34,15 @@ from typing import Any
 from ggufx.edit import safewrite
 from ggufx.errors import EditError, GGUFError
 from ggufx.format.encode import encode_kv
-from ggufx.format.keys import PADDING_KEY, coerce, expected_types, infer_scalar_type, parse_json_list, protected_reason
+from ggufx.format.keys import (
+    PADDING_KEY,
+    coerce,
+    expected_types,
+    infer_scalar_type,
+    known_key_types,
+    parse_json_list,
+    protected_reason,
+)
 from ggufx.format.reader import GGUFHeader, parse_header
 from ggufx.format.spec import GGUF_MAGIC, align
 from ggufx.format.values import GGUFArray, ValueType, f32_short
@@ -166,7 +174,10 @@ def _resolve_set(op: Set, existing: _Entry | None, force: bool) -> tuple[ValueTy
     value = op.value
     listed = None
     if op.from_text and isinstance(value, str):
-        listed = parse_json_list(value, key)
+        try:
+            listed = parse_json_list(value, key)
+        except ValueError as e:  # '[1, 2' : an input error, not ggufx's
+            raise EditError(None, None, str(e)) from None
     elif isinstance(value, (list, tuple)):
         listed = list(value)
     known = expected_types(key)
@@ -250,6 +261,25 @@ def _infer_elem(items: list[Any], key: str, known: bool) -> ValueType:
     raise EditError(None, None, f"{key}: the element type of this list is ambiguous; give --type (e.g. u32, f32)")
 
 
+def _near_key(key: str, entries: dict[str, _Entry]) -> str | None:
+    """The key of the file, or one gguf-py writes for its architecture, that a new ``key`` gguf-py does not
+    know looks like a typo of (``general.nmae``: ``general.name``), else None: a typo would otherwise be
+    added as a key llama.cpp never reads, and the edit would seem to have worked."""
+    import difflib
+
+    if expected_types(key) is not None or key.startswith("tokenizer.chat_template."):  # known; a named template
+        return None
+    arch = entries.get("general.architecture")
+    candidates = set(entries)
+    for _, _, template in known_key_types():
+        if template.count("{") == 1 and "{arch}" in template and arch is not None and isinstance(arch.value, str):
+            template = template.replace("{arch}", arch.value)
+        if "{" not in template:
+            candidates.add(template)
+    near = difflib.get_close_matches(key, candidates, n=1, cutoff=0.85)
+    return near[0] if near else None
+
+
 def plan_changes(header: GGUFHeader, ops: list[Op], force: bool = False) -> tuple[list[_Entry], list[Change]]:
     """Apply ``ops`` to the header's metadata; return the new entries and the diff."""
     entries: dict[str, _Entry] = {}
@@ -272,6 +302,13 @@ def plan_changes(header: GGUFHeader, ops: list[Op], force: bool = False) -> tupl
                 raise EditError(header.path, None, f"invalid key {k!r}")
         if isinstance(op, Set):
             old = entries.get(op.key)
+            if old is None and not force and (near := _near_key(op.key, entries)) is not None:
+                raise EditError(
+                    header.path,
+                    None,
+                    f"{op.key} is neither a key of this file nor one gguf-py knows: did you mean {near}? "
+                    "(--force adds it as a new key)",
+                )
             try:
                 vtype, value, elem = _resolve_set(op, old, force)
             except EditError as e:

@@ -277,6 +277,11 @@ def tensors(
     span = parse_layer_range(layers) if layers is not None else None
     if offset < 0 or (limit is not None and limit < 1):
         raise InputError("offset must be >= 0 and limit >= 1", "--limit")
+    if span is not None:  # a range the model does not have would be an empty table that looks like an answer
+        present = {n for t in model.tensors if (n := parse_name(t.name).layer) is not None}
+        if not any(span[0] <= n <= span[1] for n in present):
+            have = f"its layers are {min(present)}-{max(present)}" if present else "it has no numbered layers"
+            raise InputError(f"{layers!r}: no such layer in {model.path} ({have})", "--layers")
     selected = []
     for t in model.tensors:
         if wanted and t.type.name not in wanted:

@@ -226,10 +226,14 @@ def check_files(
 
 
 def scan_roots(dirs: list[str], hf_cache: bool = False, ollama: bool = False) -> list[str]:
-    """The folders ``scan`` was asked for, then the Hugging Face cache and the Ollama store."""
+    """The folders ``scan`` was asked for (each must exist), then the Hugging Face cache and the Ollama
+    store (listed even where they are not: a machine without Ollama has nothing in it to scan)."""
     from ggufx.analysis.scan import default_ollama
     from ggufx.io.hub import default_hf_cache
 
+    for d in dirs:  # a folder named on the command line that is not there is a typo, not an empty scan
+        if "://" not in d and not os.path.isdir(d):
+            raise InputError(f"{d}: no such folder")
     roots = list(dirs)
     if hf_cache:
         roots.append(default_hf_cache())

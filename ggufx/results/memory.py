@@ -40,7 +40,8 @@ EMBEDDING_TOOLS = ("llama-server", "llama-embedding")  # the tools that compute 
 def parse_size(text: str) -> int:
     """The one size grammar of every option that takes one (``--gpus``, ``--fit``, ``--reserve``,
     a policy's ``budget``): ``4096`` (bytes), ``64K``/``64KiB`` and ``24G``/``24GiB`` binary,
-    ``24GB`` decimal, ``1.5GiB``, ``8e9``. An :class:`InputError` names what is wrong."""
+    ``24GB`` decimal, ``1.5GiB``, ``8e9``. An :class:`InputError` names what is wrong. A GPU's free
+    memory (``--gpus``, ``--fit``) needs its unit: :func:`gpu_size`."""
     from ggufx.analysis.memory.estimate import parse_size as parse
 
     if text.strip().isdigit():  # exact, however large
@@ -49,6 +50,22 @@ def parse_size(text: str) -> int:
         return parse(text)
     except ValueError:
         raise InputError(f"{text!r} is not a size such as 24GiB, 24GB or 16000MiB") from None
+
+
+def gpu_size(text: str, param: str) -> int:
+    """One GPU's free memory (``--gpus``, ``--fit``): a size with its unit. A bare number is refused
+    rather than read as bytes: ``--gpus 24`` means 24 GiB to whoever types it, never 24 bytes."""
+    t = text.strip()
+    try:
+        float(t)
+    except ValueError:
+        pass
+    else:
+        raise InputError(f"{t!r} has no unit: give the free memory as 24GiB, 24GB or 24000MiB", param)
+    try:
+        return parse_size(t)
+    except InputError as e:
+        raise InputError(str(e), param) from None
 
 
 # -- the request ------------------------------------------------------------------------------
@@ -339,13 +356,7 @@ def _gpus(text: str | None) -> list[Device]:
         return [Device(GPU, 0)]
     if text.strip().lower() in ("none", "0", "cpu"):
         return []
-    devices = []
-    for i, part in enumerate(text.split(",")):
-        try:
-            devices.append(Device(f"CUDA{i}", parse_size(part)))
-        except InputError as e:
-            raise InputError(str(e), "--gpus") from None
-    return devices
+    return [Device(f"CUDA{i}", gpu_size(part, "--gpus")) for i, part in enumerate(text.split(","))]
 
 
 def _fit_margins(text: str) -> list[int]:
@@ -845,11 +856,8 @@ def fit_budget(
     from ggufx.analysis.memory.placement import Device, OffloadParams
 
     sizes: list[int] = []
-    for part in str(budget).split(","):
-        try:
-            sizes.append(parse_size(part))
-        except InputError as e:
-            raise InputError(str(e), "--fit") from None
+    for part in str(budget).split(","):  # bytes as a number (the library's callers), else sizes with their units
+        sizes.append(int(part) if isinstance(budget, int) else gpu_size(part, "--fit"))
     devices = [Device(f"CUDA{i}", n) for i, n in enumerate(sizes)]
     context = context or ContextParams()
     offload = offload or OffloadParams()

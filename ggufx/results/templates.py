@@ -333,7 +333,13 @@ def template_set_ops(ts: TemplateSet, name: str | None) -> list[Op]:
 
     ops: list[Op] = []
     if name is not None or not ts.named:
-        ops.append(Set(key_for(name), ts.get(name), ValueType.STRING))
+        text = ts.get(name)
+        if not text.strip():  # an empty file would erase the template: say so, and how to remove one
+            raise InputError(
+                f"{ts.origin}: the template is empty; to remove a chat template: ggufx delete FILE {key_for(name)}",
+                "--from-file",
+            )
+        ops.append(Set(key_for(name), text, ValueType.STRING))
     else:
         if ts.default is not None:
             ops.append(Set(key_for(None), ts.default, ValueType.STRING))
