@@ -194,6 +194,24 @@ def test_both_starts_summarise_the_same(gemma_path: Path, smollm2_path: Path, tm
     assert fast.returncode == 0 and fast.stderr.endswith(b"click: False\n"), fast.stderr
 
 
+def test_a_full_disk_is_the_same_one_line(gemma_path: Path) -> None:
+    """stdout on a full disk: one line naming the system's refusal, exit 2, whichever start wrote it."""
+    if not Path("/dev/full").exists():
+        pytest.fail("this test needs /dev/full (Linux)")
+    outs = []
+    for fast in (True, False):
+        env = {k: v for k, v in os.environ.items() if k != "GGUFX_NO_FAST_START"} | {"PYTHONIOENCODING": "utf-8"}
+        if not fast:
+            env["GGUFX_NO_FAST_START"] = "1"
+        for args in (["mem", str(gemma_path), "-c", "4096"], ["info", str(gemma_path)]):
+            with open("/dev/full", "w") as full:
+                p = subprocess.run(
+                    [sys.executable, "-c", LAUNCH, *args], stdout=full, stderr=subprocess.PIPE, env=env, timeout=300
+                )
+            outs.append((p.returncode, p.stderr))
+    assert outs[:2] == outs[2:] and outs[0] == (2, b"ggufx: error: No space left on device\n"), outs
+
+
 def test_the_fast_start_imports_no_click(gemma_path: Path) -> None:
     fast = _ggufx(["mem", str(gemma_path), "-c", "32768", "--gpus", "24GiB"], fast=True, watch=True)
     assert fast.returncode == 0 and fast.stderr.endswith(b"click: False\n"), fast.stderr

@@ -106,3 +106,22 @@ def test_fit_of_a_model_without_a_kv_cache_prints_one_row(cli: CliRun, smollm2_p
     assert len(json.loads(cli("mem", bert, "--fit", "2GiB", "--json").stdout)["fits"]) == 3
     text = cli("mem", str(smollm2_path), "--fit", "2GiB").stdout
     assert "any (the same" not in text and "\nq8_0 " in text and "\nq4_0 " in text
+
+
+def test_what_does_not_fit_says_what_llama_cpp_does_then(cli: CliRun, gemma_path: Path, smollm2_path: Path) -> None:
+    """A configuration that does not fit the --gpus given (exit 1) says that llama.cpp's -fit, on by default, would
+    change the options left unset, and which `mem --fit` shows it; one that fits says nothing of it. A dense
+    model's fit moves layers, an MoE's expert tensors: the fit's text says which."""
+    short = cli("mem", str(gemma_path), "-c", "32768", "--gpus", "100MiB")
+    assert short.exit_code == 1
+    assert (
+        "note: it does not fit as asked: llama.cpp's -fit (on by default) changes the options left unset (-ngl, -c, "
+        "-ts, -ot) until it fits, and with none left fails to allocate; `ggufx mem FILE --fit 100MiB` with the same "
+        "options shows what it sets"
+    ) in short.stdout
+    as_json = json.loads(cli("mem", str(gemma_path), "-c", "32768", "--gpus", "100MiB", "--json").stdout)
+    assert any(n.startswith("it does not fit as asked") for n in as_json["notes"])
+    fits = cli("mem", str(gemma_path), "-c", "4096", "--gpus", "24GiB")
+    assert fits.exit_code == 0 and "does not fit as asked" not in fits.stdout
+    dense = cli("mem", str(smollm2_path), "--fit", "120MiB", "-c", "8192").stdout
+    assert "-ngl " in dense and "(layers moved off the GPUs)" in dense and "expert" not in dense, dense

@@ -230,6 +230,11 @@ def _run(command: str, params: dict[str, Any]) -> None:
     except BrokenPipeError:  # `ggufx mem ... | head`: not an error, as the click group says
         sys.stderr.close()
         end_process(0)
+    except OSError as e:  # the system refused (stdout on a full disk...), as the click group says it
+        if not out.written:
+            return
+        sys.stderr.write(f"ggufx: error: {f'{e.filename}: ' if e.filename else ''}{e.strerror or e}\n")
+        end_process(2)
     except KeyboardInterrupt:  # click's standalone ending
         sys.stderr.write("\nAborted!\n")
         end_process(1)

@@ -389,7 +389,10 @@ def fit_text(res: FitResult, fmt: str = "simple") -> str:
         why = {
             "unchanged": "everything fits as given",
             "context": "the context reduced",
-            "layers": "layers (MoE: expert tensors) moved off the GPUs",
+            # an MoE's fit moves expert tensors (-ot ...=CPU) before whole layers; a dense model's, layers (-ngl)
+            "layers": "expert tensors moved off the GPUs"
+            if " -ot " in f" {lc['args']} "
+            else "layers moved off the GPUs",
         }
         margins = sorted({v // MiB for v in lc["margin"].values()})
         head.append(f"llama.cpp --fit (-fitt {','.join(str(m) for m in margins)} MiB):")

@@ -414,6 +414,13 @@ def memory(model: GGUFModel, request: MemoryRequest, open_model: Opener) -> Memo
         mtp=s.mtp,
     )
     res["notes"] += s.notes
+    if short_devices(res):  # what llama.cpp itself does then (common_fit_params, on by default)
+        fit = f"--fit {request.gpus}" if request.gpus else "--fit SIZE"
+        res["notes"].append(
+            "it does not fit as asked: llama.cpp's -fit (on by default) changes the options left unset (-ngl, -c, "
+            f"-ts, -ot) until it fits, and with none left fails to allocate; `ggufx mem FILE {fit}` with the same "
+            "options shows what it sets"
+        )
     return res
 
 
