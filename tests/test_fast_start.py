@@ -128,14 +128,23 @@ def test_the_usual_command_lines_are_read(tmp_path: Path) -> None:
         assert parse("mem", args) == _click(args), line  # (no nan here: plain equality)
 
 
-def _ggufx(args: list[str], fast: bool, watch: bool = False) -> subprocess.CompletedProcess[bytes]:
+def _ggufx(
+    args: list[str],
+    fast: bool,
+    watch: bool = False,
+    extra_env: dict[str, str] | None = None,
+    stdin: bytes | None = None,
+) -> subprocess.CompletedProcess[bytes]:
     env = {k: v for k, v in os.environ.items() if k != "GGUFX_NO_FAST_START"}
     if not fast:
         env["GGUFX_NO_FAST_START"] = "1"
     env["PYTHONIOENCODING"] = "utf-8"
     env["HF_HUB_OFFLINE"] = "1"  # an hf:// model is looked up in the header cache only: no network in tests
+    env.update(extra_env or {})
     code = (WATCH if watch else "") + LAUNCH
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, env=env, cwd=ROOT, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], input=stdin, capture_output=True, env=env, cwd=ROOT, timeout=300
+    )
 
 
 def test_both_starts_answer_the_same(gemma_path: Path, smollm2_path: Path, tmp_path: Path) -> None:
@@ -163,6 +172,30 @@ def test_both_starts_answer_the_same(gemma_path: Path, smollm2_path: Path, tmp_p
         assert (a.returncode, a.stdout, a.stderr) == (b.returncode, b.stdout, b.stderr), args
     statuses = {tuple(args): _ggufx(args, fast=True).returncode for args in cases[:4]}
     assert list(statuses.values()) == [0, 0, 1, 0]
+
+
+def test_both_starts_answer_the_same_where_click_reads_more_than_the_options(gemma_path: Path) -> None:
+    g = str(gemma_path)
+    log = ROOT / "tests" / "fixtures" / "llamacpp-logs" / "gemma-ngl99-c32768.log"
+    cases: list[tuple[list[str], dict[str, str], bytes | None]] = [
+        # ServerAwareCommand takes --server out of the command line before click parses it, even as another
+        # option's value (a valid -ot here); the URL is refused at once (port 9, this machine: no network)
+        (["mem", g, "-ot", "--server=http://127.0.0.1:9/=CPU"], {}, None),
+        # click's shell completion answers whatever the command line (the variable named after the program)
+        (["mem", g, "-c", "4096"], {"_GGUFX_COMPLETE": "bash_source"}, None),
+        (
+            ["mem", g, "-c", "4096"],
+            {"_GGUFX_COMPLETE": "zsh_complete", "COMP_WORDS": "ggufx mem", "COMP_CWORD": "2"},
+            None,
+        ),
+        # a pipe (`--check <(llama-cli ...)`) reads once: a failing fast start must not have drained it for the group
+        (["mem", g, "-c", "32768", "-md", g, "--check", "/dev/stdin"], {}, log.read_bytes()),
+        (["mem", g, "-c", "32768", "--check", "/dev/stdin"], {}, log.read_bytes()),
+    ]
+    for args, env, stdin in cases:
+        a = _ggufx(args, fast=True, extra_env=env, stdin=stdin)
+        b = _ggufx(args, fast=False, extra_env=env, stdin=stdin)
+        assert (a.returncode, a.stdout, a.stderr) == (b.returncode, b.stdout, b.stderr), (args, env)
 
 
 def test_the_fast_start_imports_no_click(gemma_path: Path) -> None:

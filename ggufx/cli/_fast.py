@@ -31,6 +31,8 @@ def parse(command: str, args: list[str]) -> _Parsed | None:
     names of those the command line set; None where click might read ``args`` otherwise (or refuse them)."""
     from ggufx.cli._specs import SPECS
 
+    if any(a == "--server" or a.startswith("--server=") for a in args):
+        return None  # click's ServerAwareCommand takes it out before parsing, even as another option's value
     spec = SPECS[command]
     options: dict[str, tuple[Any, ...]] = spec["options"]
     params = dict(spec["defaults"])
@@ -105,14 +107,15 @@ def _convert(kind: str, entry: tuple[Any, ...], text: str) -> Any:
 
 def _path(text: str, exists: bool) -> str | None:
     """``text`` where ``click.Path(dir_okay=False, exists=exists)`` accepts it (a file, readable), else None; a URL
-    or hf:// reference is None too (its remote options live on click's context)."""
+    or hf:// reference is None too (its remote options live on click's context), and so is a file that is no
+    regular file (a pipe, ``--check <(...)``, reads once: a fast start that fails must leave it for the group)."""
     if not text or text == "-" or "://" in text:
         return None
     try:
         st = os.stat(text)
     except OSError:
         return None if exists else text
-    if stat.S_ISDIR(st.st_mode) or not os.access(text, os.R_OK):
+    if not stat.S_ISREG(st.st_mode) or not os.access(text, os.R_OK):
         return None
     return text
 
@@ -150,6 +153,8 @@ def run_fast(argv: list[str]) -> None:
     """Run ``argv`` (the program's arguments) and end the process, where the fast start applies; else return."""
     if not argv or argv[0] not in FAST or os.environ.get("GGUFX_NO_FAST_START"):
         return
+    if any(k[:1] == "_" and k.endswith("_COMPLETE") for k in os.environ):
+        return  # click's shell completion (_GGUFX_COMPLETE, named after the program) answers any command line
     if not (_utf8(sys.stdout) and _utf8(sys.stderr)):
         return
     parsed = parse(argv[0], argv[1:])
@@ -164,13 +169,14 @@ def run_fast(argv: list[str]) -> None:
 
 
 class _NotLocal(Exception):
-    """A URL or hf:// reference to open (``--llama-args``' ``-m``...): its remote options live on click's context."""
+    """A URL or hf:// reference to open (``--llama-args``' ``-m``...): its remote options live on click's context;
+    or no regular file (a pipe reads once: the group must read it all)."""
 
 
 def _open_local(path: str) -> Any:
     from ggufx.io.sources import is_remote
 
-    if is_remote(path):
+    if is_remote(path) or _path(path, exists=False) is None:
         raise _NotLocal(path)
     import ggufx
 
