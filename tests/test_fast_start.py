@@ -9,11 +9,14 @@ status), the fast one without importing click.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import click
 import pytest
@@ -34,6 +37,44 @@ def test_the_option_table_is_click_s_declaration() -> None:
         [sys.executable, str(ROOT / "tools" / "gen_cli_specs.py"), "--check"], capture_output=True, text=True, cwd=ROOT
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def _gen() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("_gen_cli_specs", ROOT / "tools" / "gen_cli_specs.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_table_declines_what_it_does_not_copy() -> None:
+    gen = _gen()
+
+    def command(*options: Any, **settings: Any) -> click.Command:
+        def f(**kw: Any) -> None:
+            pass
+
+        for option in options:
+            f = option(f)
+        return click.command(context_settings=settings)(f)
+
+    plain = gen.spec_of("t", command(click.option("--n", type=int, default=1)))
+    assert plain["options"] == {"--n": ("n", "int", None)} and plain["defaults"] == {"n": 1}
+    # click warns on stderr where a deprecated option is given: the command line goes to click
+    spec = gen.spec_of("t", command(click.option("--n", type=int, default=1, deprecated=True)))
+    assert spec["options"] == {"--n": ("", "decline")}
+    # what click does where an option is not given is no value the table can hold
+    for option in (
+        click.option("--n", type=int, required=True),
+        click.option("--n", type=int, default=lambda: 1),
+        click.option("--n", type=int, default=1, prompt=True),
+    ):
+        with pytest.raises(SystemExit):
+            gen.spec_of("t", command(option))
+    for settings in ({"auto_envvar_prefix": "GGUFX"}, {"default_map": {"n": 2}}, {"token_normalize_func": str.lower}):
+        with pytest.raises(SystemExit):
+            gen.spec_of("t", command(click.option("--n", type=int, default=1), **settings))
+    assert gen.spec_of("t", command(click.option("--n", type=int), help_option_names=["-h"]))["options"]
 
 
 def _click(args: list[str]) -> tuple[dict[str, object], set[str]] | None:
