@@ -30,6 +30,15 @@ ROOT = Path(__file__).resolve().parent.parent
 LAUNCH = "import sys; sys.argv[0] = 'ggufx'; from ggufx.cli import run; run()"
 # prints, at the process's end, whether click was imported (end_process runs the atexit handlers)
 WATCH = "import atexit, sys; atexit.register(lambda: print('click:', 'click' in sys.modules, file=sys.stderr)); "
+# an interrupt (Ctrl-C) while the command's modules load: the click group loads them inside click's main
+INTERRUPT = (
+    "import sys\n"
+    "class Stop:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name == 'ggufx.results.memory':\n"
+    "            raise KeyboardInterrupt\n"
+    "sys.meta_path.insert(0, Stop())\n"
+)
 
 
 def test_the_option_table_is_click_s_declaration() -> None:
@@ -175,6 +184,7 @@ def _ggufx(
     watch: bool = False,
     extra_env: dict[str, str] | None = None,
     stdin: bytes | None = None,
+    prelude: str = "",
 ) -> subprocess.CompletedProcess[bytes]:
     env = {k: v for k, v in os.environ.items() if k != "GGUFX_NO_FAST_START"}
     if not fast:
@@ -182,7 +192,7 @@ def _ggufx(
     env["PYTHONIOENCODING"] = "utf-8"
     env["HF_HUB_OFFLINE"] = "1"  # an hf:// model is looked up in the header cache only: no network in tests
     env.update(extra_env or {})
-    code = (WATCH if watch else "") + LAUNCH
+    code = (WATCH if watch else "") + prelude + LAUNCH
     return subprocess.run(
         [sys.executable, "-c", code, *args], input=stdin, capture_output=True, env=env, cwd=ROOT, timeout=300
     )
@@ -237,6 +247,12 @@ def test_both_starts_answer_the_same_where_click_reads_more_than_the_options(gem
         a = _ggufx(args, fast=True, extra_env=env, stdin=stdin)
         b = _ggufx(args, fast=False, extra_env=env, stdin=stdin)
         assert (a.returncode, a.stdout, a.stderr) == (b.returncode, b.stdout, b.stderr), (args, env)
+
+
+def test_both_starts_end_an_interrupt_the_same(gemma_path: Path) -> None:
+    args = ["mem", str(gemma_path), "-c", "4096"]
+    a, b = _ggufx(args, fast=True, prelude=INTERRUPT), _ggufx(args, fast=False, prelude=INTERRUPT)
+    assert (a.returncode, a.stdout, a.stderr) == (b.returncode, b.stdout, b.stderr) == (1, b"", b"\nAborted!\n")
 
 
 def test_the_fast_start_imports_no_click(gemma_path: Path) -> None:

@@ -186,18 +186,19 @@ def _open_local(path: str) -> Any:
 def _run_mem(command: str, params: dict[str, Any]) -> None:
     import gc
 
-    from ggufx.cli import _codecache
     from ggufx.cli._process import end_process
 
-    _codecache.install(command)  # as the click group does for a command's own process
-    import ggufx.cli._memory as memory
-    import ggufx.results
-    import ggufx.results.memory  # noqa: F401  (what the click command's module imports, before the freeze)
-
-    gc.freeze()
     out = _Output()
     file, as_json, tablefmt = params.pop("file"), params.pop("as_json"), params.pop("tablefmt")
-    try:
+    try:  # the command's imports too: the click group makes them inside click's main (an interrupt: "Aborted!")
+        from ggufx.cli import _codecache
+
+        _codecache.install(command)  # as the click group does for a command's own process
+        import ggufx.cli._memory as memory
+        import ggufx.results
+        import ggufx.results.memory  # noqa: F401  (what the click command's module imports, before the freeze)
+
+        gc.freeze()
         code = memory.run(file, as_json, tablefmt, params, _open_local, out.echo)
     except BrokenPipeError:  # `ggufx mem ... | head`: not an error, as the click group says
         sys.stderr.close()
