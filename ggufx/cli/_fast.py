@@ -5,11 +5,12 @@ A command line is run here only when every token is one this module reads exactl
 as ``ggufx mem --help`` lists them (``--ctx 32768``, ``-c 32768``, ``--ctx=32768``), values click's types accept
 (integers and numbers within click's bounds, one of click's choices, files click's ``Path`` checks pass), one
 local file. Everything else (``--help``, an unknown or abbreviated option, a value click would refuse, a URL,
-``--server``, the remote-source options, an option beside ``--llama-args`` that its command line sets, ``--``,
-output streams that are not UTF-8) goes to the click group, and so does any command line whose answer fails (a bad
-file, options that cannot be answered, a URL named inside ``--llama-args``, a bug): the group runs it again from the
-start and reports it as it always has. The options are read off click's
-declaration into :mod:`ggufx.cli._specs` (``tools/gen_cli_specs.py``; ``tests/test_fast_start.py`` holds this
+``--server`` anywhere (even as a value: click's ServerAwareCommand takes it out first), the remote-source options, an
+option beside ``--llama-args`` that its command line sets, ``--``, a file that is no regular file (a pipe reads once),
+output streams that are not UTF-8, a shell-completion variable) goes to the click group, and so does any command
+line whose answer fails (a bad file, options that cannot be answered, a URL named inside ``--llama-args``, a bug):
+the group runs it again from the start and reports it as it always has. The options are read off click's declaration
+into :mod:`ggufx.cli._specs` (``tools/gen_cli_specs.py``; ``tests/test_fast_start.py`` holds this
 reading equal to click's over every option and a corpus of command lines, and the outputs of both starts equal).
 ``GGUFX_NO_FAST_START=1`` sends every command line to click.
 """
