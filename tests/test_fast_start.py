@@ -9,11 +9,14 @@ status), the fast one without importing click.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import click
 import pytest
@@ -30,6 +33,15 @@ ROOT = Path(__file__).resolve().parent.parent
 LAUNCH = "import sys; sys.argv[0] = 'ggufx'; from ggufx.cli import run; run()"
 # prints, at the process's end, whether click was imported (end_process runs the atexit handlers)
 WATCH = "import atexit, sys; atexit.register(lambda: print('click:', 'click' in sys.modules, file=sys.stderr)); "
+# an interrupt (Ctrl-C) while the command's modules load: the click group loads them inside click's main
+INTERRUPT = (
+    "import sys\n"
+    "class Stop:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name == 'ggufx.results.memory':\n"
+    "            raise KeyboardInterrupt\n"
+    "sys.meta_path.insert(0, Stop())\n"
+)
 
 
 def test_the_option_table_is_click_s_declaration() -> None:
@@ -37,6 +49,44 @@ def test_the_option_table_is_click_s_declaration() -> None:
         [sys.executable, str(ROOT / "tools" / "gen_cli_specs.py"), "--check"], capture_output=True, text=True, cwd=ROOT
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def _gen() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("_gen_cli_specs", ROOT / "tools" / "gen_cli_specs.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_table_declines_what_it_does_not_copy() -> None:
+    gen = _gen()
+
+    def command(*options: Any, **settings: Any) -> click.Command:
+        def f(**kw: Any) -> None:
+            pass
+
+        for option in options:
+            f = option(f)
+        return click.command(context_settings=settings)(f)
+
+    plain = gen.spec_of("t", command(click.option("--n", type=int, default=1)))
+    assert plain["options"] == {"--n": ("n", "int", None)} and plain["defaults"] == {"n": 1}
+    # click warns on stderr where a deprecated option is given: the command line goes to click
+    spec = gen.spec_of("t", command(click.option("--n", type=int, default=1, deprecated=True)))
+    assert spec["options"] == {"--n": ("", "decline")}
+    # what click does where an option is not given is no value the table can hold
+    for option in (
+        click.option("--n", type=int, required=True),
+        click.option("--n", type=int, default=lambda: 1),
+        click.option("--n", type=int, default=1, prompt=True),
+    ):
+        with pytest.raises(SystemExit):
+            gen.spec_of("t", command(option))
+    for settings in ({"auto_envvar_prefix": "GGUFX"}, {"default_map": {"n": 2}}, {"token_normalize_func": str.lower}):
+        with pytest.raises(SystemExit):
+            gen.spec_of("t", command(click.option("--n", type=int, default=1), **settings))
+    assert gen.spec_of("t", command(click.option("--n", type=int), help_option_names=["-h"]))["options"]
 
 
 def _click(args: list[str], command: str = "mem") -> tuple[dict[str, object], set[str]] | None:
@@ -135,14 +185,24 @@ def test_the_usual_command_lines_are_read(tmp_path: Path) -> None:
         assert parse("mem", args) == _click(args), line  # (no nan here: plain equality)
 
 
-def _ggufx(args: list[str], fast: bool, watch: bool = False) -> subprocess.CompletedProcess[bytes]:
+def _ggufx(
+    args: list[str],
+    fast: bool,
+    watch: bool = False,
+    extra_env: dict[str, str] | None = None,
+    stdin: bytes | None = None,
+    prelude: str = "",
+) -> subprocess.CompletedProcess[bytes]:
     env = {k: v for k, v in os.environ.items() if k != "GGUFX_NO_FAST_START"}
     if not fast:
         env["GGUFX_NO_FAST_START"] = "1"
     env["PYTHONIOENCODING"] = "utf-8"
     env["HF_HUB_OFFLINE"] = "1"  # an hf:// model is looked up in the header cache only: no network in tests
-    code = (WATCH if watch else "") + LAUNCH
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, env=env, cwd=ROOT, timeout=300)
+    env.update(extra_env or {})
+    code = (WATCH if watch else "") + prelude + LAUNCH
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], input=stdin, capture_output=True, env=env, cwd=ROOT, timeout=300
+    )
 
 
 def test_both_starts_answer_the_same(gemma_path: Path, smollm2_path: Path, tmp_path: Path) -> None:
@@ -210,6 +270,36 @@ def test_a_full_disk_is_the_same_one_line(gemma_path: Path) -> None:
                 )
             outs.append((p.returncode, p.stderr))
     assert outs[:2] == outs[2:] and outs[0] == (2, b"ggufx: error: No space left on device\n"), outs
+
+
+def test_both_starts_answer_the_same_where_click_reads_more_than_the_options(gemma_path: Path) -> None:
+    g = str(gemma_path)
+    log = ROOT / "tests" / "fixtures" / "llamacpp-logs" / "gemma-ngl99-c32768.log"
+    cases: list[tuple[list[str], dict[str, str], bytes | None]] = [
+        # ServerAwareCommand takes --server out of the command line before click parses it, even as another
+        # option's value (a valid -ot here); the URL is refused at once (port 9, this machine: no network)
+        (["mem", g, "-ot", "--server=http://127.0.0.1:9/=CPU"], {}, None),
+        # click's shell completion answers whatever the command line (the variable named after the program)
+        (["mem", g, "-c", "4096"], {"_GGUFX_COMPLETE": "bash_source"}, None),
+        (
+            ["mem", g, "-c", "4096"],
+            {"_GGUFX_COMPLETE": "zsh_complete", "COMP_WORDS": "ggufx mem", "COMP_CWORD": "2"},
+            None,
+        ),
+        # a pipe (`--check <(llama-cli ...)`) reads once: a failing fast start must not have drained it for the group
+        (["mem", g, "-c", "32768", "-md", g, "--check", "/dev/stdin"], {}, log.read_bytes()),
+        (["mem", g, "-c", "32768", "--check", "/dev/stdin"], {}, log.read_bytes()),
+    ]
+    for args, env, stdin in cases:
+        a = _ggufx(args, fast=True, extra_env=env, stdin=stdin)
+        b = _ggufx(args, fast=False, extra_env=env, stdin=stdin)
+        assert (a.returncode, a.stdout, a.stderr) == (b.returncode, b.stdout, b.stderr), (args, env)
+
+
+def test_both_starts_end_an_interrupt_the_same(gemma_path: Path) -> None:
+    args = ["mem", str(gemma_path), "-c", "4096"]
+    a, b = _ggufx(args, fast=True, prelude=INTERRUPT), _ggufx(args, fast=False, prelude=INTERRUPT)
+    assert (a.returncode, a.stdout, a.stderr) == (b.returncode, b.stdout, b.stderr) == (1, b"", b"\nAborted!\n")
 
 
 def test_the_fast_start_imports_no_click(gemma_path: Path) -> None:

@@ -6,10 +6,12 @@ usage: gen_cli_specs.py [--check]
 For each command of ``ggufx.cli._fast.FAST``: every option string with the parameter it sets and how its value
 is read (a flag; an integer or a number with click's lower bound; one of click's choices; a string; a file as
 ``click.Path(dir_okay=False)`` checks it; a repeatable string; an optional value of choices), the positional
-argument (one optional FILE, or FILES... of at least one), and the values click gives every parameter when none is given (``make_context`` of an empty command
-line, resiliently: click's own defaults, converted as click converts them). An option whose reading the fast start does not
-copy (a callback, an environment variable, a type or feature not listed above) is ``decline``: given, the
-command line goes to click. ``--check`` exits 1 where the file differs from what this would write
+argument (one optional FILE, or FILES... of at least one), and the values click gives every parameter when none is
+given (``make_context`` of an empty command line, resiliently: click's own defaults, converted as click converts
+them). An option whose reading the fast start does not copy (a callback, an environment variable, a deprecation, a
+type or feature not listed above) is ``decline``: given, the command line goes to click. An option click requires,
+prompts for or computes a default of at each run, and context settings beyond --help's layout, stop the generation
+(their reading is no table's). ``--check`` exits 1 where the file differs from what this would write
 (tests/test_fast_start.py runs it).
 """
 
@@ -34,6 +36,8 @@ def option_kind(cmd: Any, p: Any) -> tuple[Any, ...]:
     import click
 
     if not p.expose_value or p.callback is not None or p.envvar or p.secondary_opts or p.count or p.nargs != 1:
+        return ("decline",)
+    if getattr(p, "deprecated", False):  # click (8.2+) warns on stderr where it is given
         return ("decline",)
     t = p.type
     if p.is_flag:
@@ -86,18 +90,34 @@ def _plain_path(t: Any) -> bool:
     )
 
 
+# context settings (the group's, the command's) that only shape --help: any other (auto_envvar_prefix, default_map,
+# token_normalize_func, color, ignore_unknown_options...) changes how click reads a command line or echoes its answer
+PLAIN_SETTINGS = frozenset({"help_option_names", "max_content_width", "terminal_width", "show_default"})
+
+
+def _plain_settings(where: str, settings: dict[str, Any]) -> None:
+    odd = sorted(set(settings) - PLAIN_SETTINGS)
+    if odd:
+        raise SystemExit(f"{where}: the fast start does not copy the context settings {', '.join(odd)}")
+
+
 def spec_of(name: str, cmd: Any) -> dict[str, Any]:
     import click
 
+    _plain_settings(name, cmd.context_settings)
     options: dict[str, tuple[Any, ...]] = {}
     argument = None
     for p in cmd.params:
+        # where the command line does not give it, the table holds the value click gives: a fixed one (a FILES...
+        # argument is required: the fast start reads a command line only with one)
+        if isinstance(p, click.Option) and (p.required or p.prompt or callable(p.default)):
+            raise SystemExit(f"{name}: {p.name} is required, prompted for or has a default computed at each run")
         if isinstance(p, click.Argument):
             # one optional FILE, or FILES... (at least one): plain click.Path(dir_okay=False) each
             one, many = p.nargs == 1 and not p.required, p.nargs == -1 and p.required
             if argument is not None or not (one or many) or type(p.type) is not click.Path:
                 raise SystemExit(f"{name}: the fast start reads one optional FILE or FILES..., not {p.name}")
-            if not _plain_path(p.type) or p.type.exists:
+            if not _plain_path(p.type) or p.type.exists or getattr(p, "deprecated", False) or callable(p.default):
                 raise SystemExit(f"{name}: argument {p.name} is not a plain click.Path(dir_okay=False)")
             argument = (p.name, "many" if many else "one")
             continue
@@ -112,8 +132,9 @@ def specs() -> dict[str, dict[str, Any]]:
     import importlib
 
     from ggufx.cli._fast import FAST
-    from ggufx.cli._group import COMMANDS
+    from ggufx.cli._group import COMMANDS, main
 
+    _plain_settings("the group", main.context_settings)
     out = {}
     for name in FAST:
         module, attr, _ = COMMANDS[name]

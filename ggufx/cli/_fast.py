@@ -4,10 +4,11 @@ option objects were 58 M of the 360 M instructions ``mem`` ran beyond Python's s
 A command line is run here only when every token is one this module reads exactly as click would: option strings
 as ``ggufx mem --help`` lists them (``--ctx 32768``, ``-c 32768``, ``--ctx=32768``), values click's types accept
 (integers and numbers within click's bounds, one of click's choices, files click's ``Path`` checks pass), local
-files. Everything else (``--help``, an unknown or abbreviated option, a value click would refuse, a URL,
-``--server``, the remote-source options, an option beside ``--llama-args`` that its command line sets, ``--``,
-output streams that are not UTF-8, shell completion) goes to the click group, and so does any command line whose
-answer fails before it wrote anything (a bad file, options that cannot be answered, a URL named inside
+regular files. Everything else (``--help``, an unknown or abbreviated option, a value click would refuse, a URL,
+``--server`` anywhere (even as a value: click's ServerAwareCommand takes it out first), the remote-source options, an
+option beside ``--llama-args`` that its command line sets, ``--``, a file that is no regular file (a pipe reads once),
+output streams that are not UTF-8, a shell-completion variable) goes to the click group, and so does any command
+line whose answer fails before it wrote anything (a bad file, options that cannot be answered, a URL named inside
 ``--llama-args``, a bug): the group runs it again from the start and reports it as it always has. The options are
 read off click's declaration into :mod:`ggufx.cli._specs` (``tools/gen_cli_specs.py``; ``tests/test_fast_start.py``
 holds this reading equal to click's over every option and a corpus of command lines, and the outputs of both starts
@@ -31,6 +32,8 @@ def parse(command: str, args: list[str]) -> _Parsed | None:
     names of those the command line set; None where click might read ``args`` otherwise (or refuse them)."""
     from ggufx.cli._specs import SPECS
 
+    if any(a == "--server" or a.startswith("--server=") for a in args):
+        return None  # click's ServerAwareCommand takes it out before parsing, even as another option's value
     spec = SPECS[command]
     options: dict[str, tuple[Any, ...]] = spec["options"]
     params = dict(spec["defaults"])
@@ -41,20 +44,14 @@ def parse(command: str, args: list[str]) -> _Parsed | None:
         token = args[i]
         i += 1
         if not token.startswith("-"):
-            path = _path(token, exists=False)
-            if argument is None or path is None:
+            if not _positional(token, argument, params, given):
                 return None
-            name, nargs = argument
-            if nargs == "one" and name in given:
-                return None  # click: an extra argument
-            params[name] = path if nargs == "one" else (*params[name], path) if name in given else (path,)
-            given.add(name)
             continue
         explicit = None
         if token.startswith("--") and "=" in token:
             token, explicit = token.split("=", 1)
         entry = options.get(token)
-        if entry is None or entry[1] == "decline" or token in ("-", "--"):
+        if entry is None or entry[1] == "decline":  # ("-" and "--" are no option: click's own readings)
             return None
         name = entry[0]
         read = _value(entry, explicit, args, i)
@@ -68,6 +65,19 @@ def parse(command: str, args: list[str]) -> _Parsed | None:
     if argument is not None and argument[1] == "many" and argument[0] not in given:
         return None  # click: a missing argument
     return params, given
+
+
+def _positional(token: str, argument: tuple[str, str] | None, params: dict[str, Any], given: set[str]) -> bool:
+    """Take ``token`` as the command's file (one, or one more of several): False where click would not."""
+    path = _path(token, exists=False)
+    if argument is None or path is None:
+        return False
+    name, nargs = argument
+    if nargs == "one" and name in given:
+        return False  # click: an extra argument
+    params[name] = path if nargs == "one" else (*params[name], path) if name in given else (path,)
+    given.add(name)
+    return True
 
 
 def _value(entry: tuple[Any, ...], explicit: str | None, args: list[str], i: int) -> tuple[Any, int] | None:
@@ -108,14 +118,15 @@ def _convert(kind: str, entry: tuple[Any, ...], text: str) -> Any:
 
 def _path(text: str, exists: bool) -> str | None:
     """``text`` where ``click.Path(dir_okay=False, exists=exists)`` accepts it (a file, readable), else None; a URL
-    or hf:// reference is None too (its remote options live on click's context)."""
+    or hf:// reference is None too (its remote options live on click's context), and so is a file that is no
+    regular file (a pipe, ``--check <(...)``, reads once: a fast start that fails must leave it for the group)."""
     if not text or text == "-" or "://" in text:
         return None
     try:
         st = os.stat(text)
     except OSError:
         return None if exists else text
-    if stat.S_ISDIR(st.st_mode) or not os.access(text, os.R_OK):
+    if not stat.S_ISREG(st.st_mode) or not os.access(text, os.R_OK):
         return None
     return text
 
@@ -153,8 +164,8 @@ def run_fast(argv: list[str]) -> None:
     """Run ``argv`` (the program's arguments) and end the process, where the fast start applies; else return."""
     if not argv or argv[0] not in FAST or os.environ.get("GGUFX_NO_FAST_START"):
         return
-    if any(k.startswith("_") and k.endswith("_COMPLETE") for k in os.environ):  # click's shell completion
-        return
+    if any(k[:1] == "_" and k.endswith("_COMPLETE") for k in os.environ):
+        return  # click's shell completion (_GGUFX_COMPLETE, named after the program) answers any command line
     if not (_utf8(sys.stdout) and _utf8(sys.stderr)):
         return
     parsed = parse(argv[0], argv[1:])
@@ -170,13 +181,14 @@ def run_fast(argv: list[str]) -> None:
 
 
 class _NotLocal(Exception):
-    """A URL or hf:// reference to open (``--llama-args``' ``-m``...): its remote options live on click's context."""
+    """A URL or hf:// reference to open (``--llama-args``' ``-m``...): its remote options live on click's context;
+    or no regular file (a pipe reads once: the group must read it all)."""
 
 
 def _open_local(path: str) -> Any:
     from ggufx.io.sources import is_remote
 
-    if is_remote(path):
+    if is_remote(path) or _path(path, exists=False) is None:
         raise _NotLocal(path)
     import ggufx
 
@@ -217,15 +229,16 @@ def _run(command: str, params: dict[str, Any]) -> None:
     import gc
     import importlib
 
-    from ggufx.cli import _codecache
     from ggufx.cli._process import end_process
 
-    _codecache.install(command)  # as the click group does for a command's own process
-    for module in _IMPORTS[command]:
-        importlib.import_module(module)
-    gc.freeze()
     out = _Output()
-    try:
+    try:  # the command's imports too: the click group makes them inside click's main (an interrupt: "Aborted!")
+        from ggufx.cli import _codecache
+
+        _codecache.install(command)  # as the click group does for a command's own process
+        for module in _IMPORTS[command]:
+            importlib.import_module(module)
+        gc.freeze()
         code = _answer(command, params, out.echo)
     except BrokenPipeError:  # `ggufx mem ... | head`: not an error, as the click group says
         sys.stderr.close()
