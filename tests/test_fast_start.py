@@ -121,7 +121,10 @@ def _corpus(tmp: Path, command: str = "mem") -> list[list[str]]:
             values: list[list[str]] = [[opt], [opt, opt], [f"{opt}=1"]]
         elif kind == "optional":
             values = [[opt], [opt, "on"], [opt, "off", "-c", "5"], [opt, "-c", "5"], [opt, "ON"], [opt, "x"]]
+            values += [[opt, w] for w in entry[2]] + [[opt, "-1"], [opt, "2"]]
             values += [[f"{opt}=on"]]
+        elif kind == "spelled":
+            values = [[opt, w] for w in entry[2]] + [[opt, w.upper()] for w in entry[2]] + [[opt, v] for v in ints]
         elif kind == "int":
             values = [[opt, v] for v in ints] + [[f"{opt}=5"], [f"{opt}="], [opt]]
         elif kind == "float":

@@ -125,3 +125,39 @@ def test_what_does_not_fit_says_what_llama_cpp_does_then(cli: CliRun, gemma_path
     assert fits.exit_code == 0 and "does not fit as asked" not in fits.stdout
     dense = cli("mem", str(smollm2_path), "--fit", "120MiB", "-c", "8192").stdout
     assert "-ngl " in dense and "(layers moved off the GPUs)" in dense and "expert" not in dense, dense
+
+
+def test_llama_cpp_s_words_for_ngl_and_fa(cli: CliRun, gemma_path: Path) -> None:
+    """-ngl / -ngld take llama.cpp's auto and all (every layer here, as -1), -fa its synonyms (enabled, true, 1...),
+    the same words --llama-args reads; anything else is one line naming the option and what it takes."""
+    from ggufx.analysis.memory import llamaargs
+    from ggufx.results.memory import FLASH_ATTN_WORDS, LAYERS_WORDS
+
+    assert {w for w, v in FLASH_ATTN_WORDS.items() if v == "on"} == set(llamaargs._TRUTHY)
+    assert {w for w, v in FLASH_ATTN_WORDS.items() if v == "off"} == set(llamaargs._FALSEY)
+    assert {w for w, v in FLASH_ATTN_WORDS.items() if v == "auto"} == set(llamaargs._AUTO)
+    g = str(gemma_path)
+
+    def mem(*args: str) -> object:
+        r = cli("mem", g, *(() if "--llama-args" in args else ("-c", "4096")), "--json", *args)
+        assert r.exit_code == 0, (args, r.output)
+        return json.loads(r.stdout)
+
+    every = mem("-ngl", "-1")
+    for word in LAYERS_WORDS:
+        assert mem("-ngl", word) == every
+        line = mem("--llama-args", f"-ngl {word} -c 4096")
+        assert line["devices"] == every["devices"]  # type: ignore[index]
+    assert mem("-ngl", "5") != every
+    for word, meaning in FLASH_ATTN_WORDS.items():  # (-fa -1: click reads -1 as the next option, -fa as auto)
+        if not word.startswith("-"):
+            assert mem("-fa", word) == mem("-fa", meaning), word
+    assert mem("-fa", "0") != mem("-fa", "on")
+    for args, named, said in (
+        (("-ngl", "x"), "'--n-gpu-layers' / '-ngl'", "'x' is not a number of layers, auto or all."),
+        (("-ngld", "every"), "'--n-gpu-layers-draft' / '-ngld'", "'every' is not a number of layers, auto or all."),
+        (("-fa", "ON"), "'--flash-attn' / '-fa'", "'ON' is not on, off or auto (or llama.cpp's enabled/true/1, "
+         "disabled/false/0)."),
+    ):  # fmt: skip
+        r = cli("mem", g, *args)
+        assert r.exit_code == 2 and r.stderr == f"ggufx: error: Invalid value for {named}: {said}\n", r.stderr

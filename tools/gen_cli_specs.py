@@ -4,8 +4,9 @@
 usage: gen_cli_specs.py [--check]
 
 For each command of ``ggufx.cli._fast.FAST``: every option string with the parameter it sets and how its value
-is read (a flag; an integer or a number with click's lower bound; one of click's choices; a string; a file as
-``click.Path(dir_okay=False)`` checks it; a repeatable string; an optional value of choices), the positional
+is read (a flag; an integer or a number with click's lower bound; one of click's choices; one of llama.cpp's words
+for a value or a whole number, ggufx.cli.memory.Spelled; a string; a file as ``click.Path(dir_okay=False)`` checks
+it; a repeatable string; an optional value of choices or words), the positional
 argument (one optional FILE, or FILES... of at least one), and the values click gives every parameter when none is
 given (``make_context`` of an empty command line, resiliently: click's own defaults, converted as click converts
 them). An option whose reading the fast start does not copy (a callback, an environment variable, a deprecation, a
@@ -44,9 +45,13 @@ def option_kind(cmd: Any, p: Any) -> tuple[Any, ...]:
         if isinstance(t, click.types.BoolParamType) and not p.multiple and _flag_sets_true(cmd, p):
             return ("flag",)
         return ("decline",)
+    from ggufx.cli.memory import Spelled
+
     if getattr(p, "_flag_needs_value", False):
-        if isinstance(t, click.Choice) and all(isinstance(c, str) for c in t.choices) and t.case_sensitive:
-            return ("optional", tuple(t.choices), p.flag_value)
+        if type(t) is click.Choice and all(isinstance(c, str) for c in t.choices) and t.case_sensitive:
+            return ("optional", {c: c for c in t.choices}, p.flag_value)
+        if type(t) is Spelled and not t.integers:
+            return ("optional", dict(t.words), p.flag_value)
         return ("decline",)
     if p.multiple:
         return ("multi",) if type(t) is click.types.StringParamType else ("decline",)
@@ -64,6 +69,8 @@ def option_kind(cmd: Any, p: Any) -> tuple[Any, ...]:
         if all(isinstance(c, str) for c in t.choices) and t.case_sensitive:
             return ("choice", tuple(t.choices))
         return ("decline",)
+    if type(t) is Spelled:
+        return ("spelled", dict(t.words), t.integers)
     if type(t) is click.Path and _plain_path(t):
         return ("path", bool(t.exists))
     return ("decline",)

@@ -89,7 +89,7 @@ def _value(entry: tuple[Any, ...], explicit: str | None, args: list[str], i: int
     if kind == "optional":  # click: the flag value where no value follows or an option does
         if explicit is not None or i >= len(args) or (args[i][:1] == "-" and len(args[i]) > 1):
             return None
-        return (args[i], i + 1) if args[i] in entry[2] else None
+        return (entry[2][args[i]], i + 1) if args[i] in entry[2] else None  # the word's value
     if explicit is None:
         if i >= len(args):
             return None
@@ -104,6 +104,13 @@ def _convert(kind: str, entry: tuple[Any, ...], text: str) -> Any:
         return text
     if kind == "choice":
         return text if text in entry[2] else None
+    if kind == "spelled":  # one of llama.cpp's words for the value, or (entry[3]) a whole number as int() reads it
+        if text in entry[2]:
+            return entry[2][text]
+        try:
+            return int(text) if entry[3] else None
+        except ValueError:
+            return None
     if kind == "path":
         return _path(text, exists=entry[2])
     try:

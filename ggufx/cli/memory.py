@@ -7,14 +7,43 @@ builds only its own options (issue 21: the option objects of the five others wer
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ggufx.cli._common import json_option, open_model, remote_options, tablefmt_option
 from ggufx.cli._memory import REPLACED_BY_LLAMA_ARGS
 from ggufx.results import CACHE_TYPES
-from ggufx.results.memory import FLASH_ATTN, POOLING_TYPES, SPLIT_MODES, TOOLS
+from ggufx.results.memory import FLASH_ATTN_WORDS, LAYERS_WORDS, POOLING_TYPES, SPLIT_MODES, TOOLS
+
+if TYPE_CHECKING:  # generic for the type checker in click 8.2 and later; a plain class in click 8.1
+    _ParamType = click.ParamType[Any]
+else:
+    _ParamType = click.ParamType
+
+
+class Spelled(_ParamType):
+    """A value given as one of llama.cpp's words for it (``words``: word -> value) or, with ``integers``, a whole
+    number. tools/gen_cli_specs.py copies its reading into the fast start's table."""
+
+    def __init__(self, words: dict[str, Any], metavar: str, wanted: str, integers: bool = False) -> None:
+        self.words, self.metavar, self.wanted, self.integers = dict(words), metavar, wanted, integers
+        self.name = metavar
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return self.metavar
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value  # a default
+        if value in self.words:
+            return self.words[value]
+        if self.integers:
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        self.fail(f"{value!r} is not {self.wanted}.", param, ctx)
 
 
 @click.command()
@@ -39,11 +68,13 @@ from ggufx.results.memory import FLASH_ATTN, POOLING_TYPES, SPLIT_MODES, TOOLS
     "--flash-attn",
     "-fa",
     "fa",
-    type=click.Choice(FLASH_ATTN),
+    type=Spelled(
+        FLASH_ATTN_WORDS, "[on|off|auto]", "on, off or auto (or llama.cpp's enabled/true/1, disabled/false/0)"
+    ),
     is_flag=False,
     flag_value="auto",
     default=None,
-    help="llama.cpp's -fa on|off|auto (default auto); a quantized V cache needs it.",
+    help="llama.cpp's -fa on|off|auto (default auto; its synonyms too); a quantized V cache needs it.",
 )
 @click.option("--no-flash-attn", is_flag=True, hidden=True)  # the earlier spelling of -fa off
 @click.option(
@@ -76,10 +107,11 @@ from ggufx.results.memory import FLASH_ATTN, POOLING_TYPES, SPLIT_MODES, TOOLS
 @click.option(
     "--n-gpu-layers",
     "-ngl",
-    type=int,
+    type=Spelled(LAYERS_WORDS, "N|auto|all", "a number of layers, auto or all", integers=True),
     default=-1,
     show_default=True,
-    help="The last N of n_layer + 1 layers on the GPUs, the output layer counting as one (-1: all).",
+    help="The last N of n_layer + 1 layers on the GPUs, the output layer counting as one (-1, auto, all: every "
+    "layer; llama.cpp's -fit chooses for auto: see --fit).",
 )
 @click.option("--tensor-split", "-ts", metavar="A,B,...", help="Share of the layers per GPU (default: by free memory).")
 @click.option(
@@ -164,7 +196,14 @@ from ggufx.results.memory import FLASH_ATTN, POOLING_TYPES, SPLIT_MODES, TOOLS
     type=click.Path(dir_okay=False),
     help="A draft model for speculative decoding.",
 )
-@click.option("--n-gpu-layers-draft", "-ngld", type=int, default=-1, show_default=True, help="-ngl of the draft model.")
+@click.option(
+    "--n-gpu-layers-draft",
+    "-ngld",
+    type=Spelled(LAYERS_WORDS, "N|auto|all", "a number of layers, auto or all", integers=True),
+    default=-1,
+    show_default=True,
+    help="-ngl of the draft model.",
+)
 @click.option(
     "--ctx-size-draft", "-cd", type=click.IntRange(min=0), default=0, hidden=True
 )  # refused: llama.cpp has none

@@ -1096,4 +1096,13 @@ def report_memory(model: GGUFModel, context_length: Any, context: ContextParams 
 
 
 FLASH_ATTN = ("on", "off", "auto")  # llama.cpp's -fa (ggufx.analysis.memory.buffers.FLASH_ATTN)
+# every word llama.cpp's -fa takes (common/arg.cpp: is_truthy, is_falsey, is_autoy), as the one of FLASH_ATTN it means
+FLASH_ATTN_WORDS = {
+    **dict.fromkeys(("on", "enabled", "true", "1"), "on"),
+    **dict.fromkeys(("off", "disabled", "false", "0"), "off"),
+    **dict.fromkeys(("auto", "-1"), "auto"),
+}
+# the words llama.cpp's -ngl takes beside a number: auto (its fit's choice) and all; ggufx puts every layer on the GPUs
+# for both, as for -1 (llamaargs reads them so)
+LAYERS_WORDS = {"auto": -1, "all": -1}
 SPLIT_MODES = ("none", "layer", "row", "tensor")  # llama.cpp's -sm (ggufx.analysis.memory.placement.SPLIT_MODES)
