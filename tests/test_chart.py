@@ -271,9 +271,8 @@ def test_report_carries_the_chart(cli: CliRun, smollm2_path: Path, tmp_path: Pat
     assert bad.exit_code == 2 and not (tmp_path / "bad.html").exists()
 
 
-def test_report_on_a_folder_is_pick_s_page(cli: CliRun, smollm2_path: Path, gemma_path: Path, tmp_path: Path) -> None:
-    """``report FOLDER --gpus``: the folder's page ranks its quants as ``pick`` does (the same JSON)."""
-    import json
+def _quants(tmp_path: Path, smollm2_path: Path, gemma_path: Path) -> Path:
+    """A folder of the two real models, linked (copied where links cannot be made)."""
     import os
     import shutil
 
@@ -284,6 +283,14 @@ def test_report_on_a_folder_is_pick_s_page(cli: CliRun, smollm2_path: Path, gemm
             os.link(src, folder / name)
         except OSError:
             shutil.copy(src, folder / name)
+    return folder
+
+
+def test_report_on_a_folder_is_pick_s_page(cli: CliRun, smollm2_path: Path, gemma_path: Path, tmp_path: Path) -> None:
+    """``report FOLDER --gpus``: the folder's page ranks its quants as ``pick`` does (the same JSON)."""
+    import json
+
+    folder = _quants(tmp_path, smollm2_path, gemma_path)
     picked = json.loads(cli("pick", str(folder), "--gpus", "2GiB", "--json").stdout)
     reported = json.loads(cli("report", str(folder), "--gpus", "2GiB", "--json").stdout)
     assert reported == picked and len(picked["models"]) == 2
@@ -302,16 +309,8 @@ def test_report_on_a_folder_takes_pick_s_sizing_options(
     with the same options, the page states them and its command lines carry the llama-server options; with
     a model file they are a usage error naming the option; pick's own checks give pick's own messages."""
     import json
-    import os
-    import shutil
 
-    folder = tmp_path / "quants"
-    folder.mkdir()
-    for src, name in ((smollm2_path, "smol-Q4_1.gguf"), (gemma_path, "gemma-Q4_K_M.gguf")):
-        try:
-            os.link(src, folder / name)
-        except OSError:
-            shutil.copy(src, folder / name)
+    folder = _quants(tmp_path, smollm2_path, gemma_path)
     sized = ("--gpus", "2GiB", "-c", "6144", "-ctk", "q8_0", "-ctv", "q8_0", "-fitt", "512")
     sizing = (*sized, "--llama-args", "-np 1 -ub 1024 -fa on")
     picked = json.loads(cli("pick", str(folder), *sizing, "--json").stdout)

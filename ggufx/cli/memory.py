@@ -46,6 +46,10 @@ class Spelled(_ParamType):
         self.fail(f"{value!r} is not {self.wanted}.", param, ctx)
 
 
+# -ngl and -ngld: a number of layers, or llama.cpp's auto and all
+LAYERS = Spelled(LAYERS_WORDS, "N|auto|all", "a number of layers, auto or all", integers=True)
+
+
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False), required=False)
 @click.option(
@@ -107,7 +111,7 @@ class Spelled(_ParamType):
 @click.option(
     "--n-gpu-layers",
     "-ngl",
-    type=Spelled(LAYERS_WORDS, "N|auto|all", "a number of layers, auto or all", integers=True),
+    type=LAYERS,
     default=-1,
     show_default=True,
     help="The last N of n_layer + 1 layers on the GPUs, the output layer counting as one (-1, auto, all: every "
@@ -199,7 +203,7 @@ class Spelled(_ParamType):
 @click.option(
     "--n-gpu-layers-draft",
     "-ngld",
-    type=Spelled(LAYERS_WORDS, "N|auto|all", "a number of layers, auto or all", integers=True),
+    type=LAYERS,
     default=-1,
     show_default=True,
     help="-ngl of the draft model.",
