@@ -184,7 +184,7 @@ MODEL_SIZING = ("fit_target", "tool", "llama_args")
 )
 @click.option(
     "--gpus",
-    metavar="SIZE,SIZE",
+    metavar="SIZE[,SIZE...]|none",
     help="The GPUs' free memory (24GiB,24GiB): the memory chart draws the budget and llama.cpp's --fit point; "
     "a folder's quants are ranked against it (required there).",
 )

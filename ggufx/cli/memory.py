@@ -151,7 +151,10 @@ LAYERS = Spelled(LAYERS_WORDS, "N|auto|all", "a number of layers, auto or all", 
 @click.option("--no-mmap", is_flag=True, help="Host weights in pinned memory instead of a mapping of the file.")
 @click.option("--no-repack", "-nr", is_flag=True, help="No repacked CPU_REPACK copies of host weights (CPU builds).")
 @click.option(
-    "--gpus", metavar="SIZE,SIZE|none", help="The GPUs' free memory, e.g. 24GiB,24GiB (default: one GPU); none: no GPU."
+    "--gpus",
+    metavar="SIZE[,SIZE...]|none",
+    help="The GPUs' free memory, e.g. 24GiB,24GiB (default: one GPU); none: no GPU. G and GiB are binary, GB decimal "
+    "(24GB: 22,888 MiB).",
 )
 @click.option(
     "--tool",

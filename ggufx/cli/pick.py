@@ -20,7 +20,8 @@ from ggufx.cli._common import (
 @click.option(
     "--gpus",
     metavar="SIZE[,SIZE...]|none",
-    help="Free memory of each GPU (24GiB; 24GiB,24GiB for two), or none. Required.",
+    help="Free memory of each GPU (24GiB; 24GiB,24GiB for two), or none. Required. G and GiB are binary, GB decimal "
+    "(24GB: 22,888 MiB).",
 )
 @pick_sizing_options
 @json_option
