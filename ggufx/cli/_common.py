@@ -12,14 +12,16 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn, overload
 
 import click
 
+# the exit codes, defined with the process's ending; the commands take them from here
+from ggufx.cli._process import EXIT_CHECK_FAILED as EXIT_CHECK_FAILED
+from ggufx.cli._process import EXIT_USAGE as EXIT_USAGE
+
 if TYPE_CHECKING:  # the model and remote layers are imported by the commands that use them
     from ggufx.errors import GGUFError
     from ggufx.io.remote import RemoteConfig
     from ggufx.model import GGUFModel
     from ggufx.results.pick import PickResult
     from ggufx.results.templates import TemplateSet
-
-EXIT_CHECK_FAILED, EXIT_USAGE = 1, 2  # 0 is success
 
 TABLE_FORMATS = ("simple", "github", "grid", "pipe", "rst", "html", "tsv", "plain")
 

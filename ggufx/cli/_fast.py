@@ -236,7 +236,7 @@ def _run(command: str, params: dict[str, Any]) -> None:
     import gc
     import importlib
 
-    from ggufx.cli._process import end_process
+    from ggufx.cli._process import end_process, internal_error_line, os_error_line
 
     out = _Output()
     try:  # the command's imports too: the click group makes them inside click's main (an interrupt: "Aborted!")
@@ -253,7 +253,7 @@ def _run(command: str, params: dict[str, Any]) -> None:
     except OSError as e:  # the system refused (stdout on a full disk...), as the click group says it
         if not out.written:
             return
-        sys.stderr.write(f"ggufx: error: {f'{e.filename}: ' if e.filename else ''}{e.strerror or e}\n")
+        sys.stderr.write(os_error_line(e) + "\n")
         end_process(2)
     except KeyboardInterrupt:  # click's standalone ending
         sys.stderr.write("\nAborted!\n")
@@ -261,6 +261,6 @@ def _run(command: str, params: dict[str, Any]) -> None:
     except Exception as e:
         if not out.written:
             return  # the click group runs it again and reports it its way
-        sys.stderr.write(f"ggufx: internal error: {type(e).__name__}: {e} (rerun with --debug and report it)\n")
+        sys.stderr.write(internal_error_line(e) + "\n")
         end_process(2)
     end_process(code)

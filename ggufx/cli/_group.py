@@ -19,7 +19,7 @@ import click
 
 from ggufx._version import __version__
 from ggufx.cli._common import EXIT_USAGE, REMOTE_CONFIG, server_aware, set_remote_option
-from ggufx.cli._process import end_process, raise_gc_threshold
+from ggufx.cli._process import end_process, internal_error_line, os_error_line, raise_gc_threshold
 from ggufx.errors import GGUFError
 
 # command name -> (module, function, one-line help shown by `ggufx --help`)
@@ -162,12 +162,12 @@ class LazyGroup(click.Group):
         except OSError as e:  # the system refused (-o into a missing folder, a full disk): not a bug in ggufx
             if ctx.find_root().params.get("debug"):
                 raise
-            click.echo(f"ggufx: error: {f'{e.filename}: ' if e.filename else ''}{e.strerror or e}", err=True)
+            click.echo(os_error_line(e), err=True)
             ctx.exit(EXIT_USAGE)
         except Exception as e:  # a bug in ggufx: still one line, never a traceback without --debug
             if ctx.find_root().params.get("debug"):
                 raise
-            click.echo(f"ggufx: internal error: {type(e).__name__}: {e} (rerun with --debug and report it)", err=True)
+            click.echo(internal_error_line(e), err=True)
             ctx.exit(EXIT_USAGE)
 
 

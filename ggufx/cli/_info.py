@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ggufx.cli._process import EXIT_USAGE
+
 if TYPE_CHECKING:
     from ggufx.errors import GGUFError
     from ggufx.model import GGUFModel
-
-EXIT_USAGE = 2
 
 
 def run(

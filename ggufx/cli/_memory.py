@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ggufx.cli._process import EXIT_CHECK_FAILED
+
 if TYPE_CHECKING:
     from ggufx.model import GGUFModel
-
-EXIT_CHECK_FAILED = 1
 
 # the llama.cpp options that --llama-args replaces (results.MemoryRequest.setup takes its command line's context,
 # offload, projector and draft settings whole); the companion files and --spec-type are merged instead

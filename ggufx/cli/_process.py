@@ -1,5 +1,6 @@
-"""How the ``ggufx`` process runs and ends: the cyclic collector's threshold and an ending without the
-interpreter's teardown. Nothing here imports click (the fast start, :mod:`ggufx.cli._fast`, runs without it)."""
+"""How the ``ggufx`` process runs and ends: the cyclic collector's threshold, the exit codes and the lines an
+ending prints, and an ending without the interpreter's teardown. Nothing here imports click (the fast start,
+:mod:`ggufx.cli._fast`, runs without it)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,19 @@ import gc
 import os
 import sys
 from typing import Any, NoReturn
+
+EXIT_CHECK_FAILED, EXIT_USAGE = 1, 2  # 0 is success
+
+
+def os_error_line(e: OSError) -> str:
+    """The one line for what the system refused (``-o`` into a missing folder, a full disk): not a bug in ggufx."""
+    return f"ggufx: error: {f'{e.filename}: ' if e.filename else ''}{e.strerror or e}"
+
+
+def internal_error_line(e: Exception) -> str:
+    """The one line for a bug in ggufx (``--debug`` shows its traceback instead)."""
+    return f"ggufx: internal error: {type(e).__name__}: {e} (rerun with --debug and report it)"
+
 
 # the cyclic collector's first generation threshold in the command line's process: the memory model
 # allocates hundreds of thousands of short-lived containers that reference counting frees, and collecting
